@@ -1,0 +1,1 @@
+"""The admin HTTP surface every service shares: /healthz /status /metrics /loglevel."""

@@ -1,0 +1,85 @@
+"""The admin endpoint of one process, hosting the status of every service in it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+StatusSource = Callable[[], dict[str, Any]]
+
+REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+SOURCES_KEY = web.AppKey("sources", dict)
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def make_app(registry: CollectorRegistry, sources: dict[str, StatusSource]) -> web.Application:
+    """`sources` maps a service name to a function giving its status (no secrets, ever)."""
+    app = web.Application(client_max_size=4096)
+    app[REGISTRY_KEY] = registry
+    app[SOURCES_KEY] = sources
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_put("/loglevel", loglevel)
+    app.router.add_get("/loglevel", get_loglevel)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def status(request: web.Request) -> web.Response:
+    sources: dict[str, StatusSource] = request.app[SOURCES_KEY]
+    body: dict[str, Any] = {name: source() for name, source in sources.items()}
+    body["log_level"] = logging.getLevelName(logging.getLogger("retreatkit").getEffectiveLevel())
+    return web.json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[REGISTRY_KEY])
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def get_loglevel(request: web.Request) -> web.Response:
+    level = logging.getLogger("retreatkit").getEffectiveLevel()
+    return web.json_response({"logger": "retreatkit", "level": logging.getLevelName(level)})
+
+
+async def loglevel(request: web.Request) -> web.Response:
+    """Body: `debug`, or JSON {"level": "debug", "logger": "retreatkit.relay"}."""
+    raw = (await request.text()).strip()
+    logger_name = "retreatkit"
+    level = raw
+    if raw.startswith("{"):
+        try:
+            doc = json.loads(raw)
+            level = str(doc["level"])
+            logger_name = str(doc.get("logger", logger_name))
+        except (ValueError, KeyError, TypeError):
+            raise web.HTTPBadRequest(text='expected {"level": "...", "logger": "..."}\n') from None
+    level = level.upper()
+    if level not in LEVELS:
+        raise web.HTTPBadRequest(text=f"unknown level {level!r}; one of {', '.join(LEVELS)}\n")
+    if logger_name != "retreatkit" and not logger_name.startswith("retreatkit."):
+        raise web.HTTPBadRequest(text="only retreatkit loggers can be set\n")
+    logging.getLogger(logger_name).setLevel(level)
+    return web.json_response({"logger": logger_name, "level": level})
+
+
+async def start(
+    registry: CollectorRegistry, sources: dict[str, StatusSource], host: str, port: int
+) -> tuple[web.AppRunner, tuple[str, int]]:
+    """Serve the admin endpoint; returns the runner (to clean up) and the bound address."""
+    runner = web.AppRunner(make_app(registry, sources), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    address: tuple[str, int] = tuple(runner.addresses[0][:2])  # the real port of a port-0 bind
+    return runner, address

@@ -1,0 +1,64 @@
+"""retreat.toml: every key has an embedded default, so no file is needed."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "admin": {"listen": "127.0.0.1:8080"},
+    "relay": {
+        "listen": "0.0.0.0:9000",
+        "per_ip": 64,
+        "waiting": 1000,
+        "handshake_timeout": 10.0,
+        "wait_timeout": 3600.0,
+        "idle_timeout": 300.0,
+    },
+    "bob": {"relay": "relay.retreat.lan:9000"},
+}
+
+
+class ConfigError(ValueError):
+    """retreat.toml is unreadable or names an unknown key."""
+
+
+def load(path: Path | None) -> dict[str, Any]:
+    merged = copy.deepcopy(DEFAULTS)
+    if path is None:
+        return merged
+    try:
+        doc = tomllib.loads(path.read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    for section, values in doc.items():
+        if section not in merged or not isinstance(values, dict):
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        for key, value in values.items():
+            if key not in merged[section]:
+                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
+            if type(value) is not type(merged[section][key]) and not (
+                isinstance(value, int) and isinstance(merged[section][key], float)
+            ):
+                raise ConfigError(
+                    f"{path}: [{section}] {key} should be like {merged[section][key]!r}"
+                )
+            merged[section][key] = value
+    return merged
+
+
+def host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT` or (with a default port) `HOST`."""
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:
+        if default_port is None:
+            raise ValueError(f"expected HOST:PORT, got {text!r}")
+        host, port = text, str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)

@@ -1,0 +1,1 @@
+"""The blind relay: pairs a sender and a receiver by nameplate, then forwards bytes."""

@@ -1,0 +1,71 @@
+"""The relay's handshake lines, shared by the relay and its clients (no I/O).
+
+Client to relay, one line:   `bob/1 send`, `bob/1 send NAMEPLATE` or `bob/1 recv NAMEPLATE`
+Relay to client, lines:      `ok NAMEPLATE` (a sender's nameplate is held),
+                             `paired HOST:PORT` (the peer's address; bytes flow from here on),
+                             `error TEXT` (then the relay closes).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+MAX_LINE = 128
+PREFIX = "bob/1"
+_REQUEST = re.compile(r"^bob/1 (send|recv)(?: ([0-9]{1,6}))?$")
+
+
+class Role(enum.Enum):
+    SEND = "send"
+    RECV = "recv"
+
+
+class WireError(ValueError):
+    """A handshake line that does not parse."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    role: Role
+    nameplate: str | None
+
+    def encode(self) -> bytes:
+        parts = [PREFIX, self.role.value] + ([self.nameplate] if self.nameplate else [])
+        return (" ".join(parts) + "\n").encode("ascii")
+
+
+def parse_request(line: bytes) -> Request:
+    try:
+        text = line.decode("ascii").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise WireError("not a bob/1 request") from None
+    match = _REQUEST.match(text)
+    if match is None:
+        raise WireError("not a bob/1 request")
+    role = Role(match[1])
+    if role is Role.RECV and match[2] is None:
+        raise WireError("recv needs a nameplate")
+    return Request(role, match[2])
+
+
+def reply(word: str, text: str = "") -> bytes:
+    line = f"{word} {text}".strip()
+    # a reply is one short ASCII line, whatever text went in
+    safe = line.encode("ascii", "replace").replace(b"\n", b" ").replace(b"\r", b" ")
+    return safe[: MAX_LINE - 1] + b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    word: str
+    text: str
+
+
+def parse_reply(line: bytes) -> Reply:
+    text = line.decode("ascii", "replace").rstrip("\r\n")
+    word, _, rest = text.partition(" ")
+    if word not in ("ok", "paired", "error"):
+        raise WireError("the relay answered something that is not bob/1")
+    return Reply(word, rest)

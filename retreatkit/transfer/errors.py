@@ -1,0 +1,27 @@
+"""Transfer errors, named for whose fault they are (as h11 does)."""
+
+from __future__ import annotations
+
+
+class TransferError(Exception):
+    """Base: the message is one line a user can read."""
+
+
+class LocalProtocolError(TransferError):
+    """We misused the protocol machine: a bug in our code."""
+
+
+class RemoteProtocolError(TransferError):
+    """The peer broke the protocol: malformed, tampered, reordered or truncated data."""
+
+
+class PakeFailed(RemoteProtocolError):
+    """The key exchange or its confirmation failed: usually a wrong passphrase."""
+
+
+class Refused(TransferError):
+    """The other side declined the transfer."""
+
+
+class UnsafeOffer(RemoteProtocolError):
+    """The offer names a path or size we will not accept."""

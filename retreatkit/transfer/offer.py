@@ -1,0 +1,184 @@
+"""The offer (what the sender proposes) and its validation: the receiver's first line of defence."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from retreatkit.transfer.errors import UnsafeOffer
+
+MAX_ENTRIES = 100_000
+MAX_DEPTH = 64
+MAX_COMPONENT = 255  # bytes, as on most file systems
+MAX_PATH = 4096
+MAX_TEXT = 1024 * 1024
+MAX_OFFER = 32 * 1024 * 1024  # encoded JSON
+MAX_SIZE = 1 << 50
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_LENGTH = struct.Struct(">I")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A folder or a file, by its relative path; size None means a stream of unknown length."""
+
+    path: tuple[str, ...]
+    is_dir: bool = False
+    size: int | None = 0
+    executable: bool = False
+
+    def __post_init__(self) -> None:
+        check_path(self.path)
+        if self.is_dir and (self.size or self.executable):
+            raise UnsafeOffer(f"folder {display_path(self.path)} claims a size")
+        if self.size is not None and not (
+            isinstance(self.size, int) and 0 <= self.size <= MAX_SIZE
+        ):
+            raise UnsafeOffer(f"{display_path(self.path)} claims an impossible size")
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    text: str | None = None
+    entries: tuple[Entry, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.text is not None:
+            if self.entries:
+                raise UnsafeOffer("an offer holds text or files, not both")
+            if len(self.text.encode("utf-8", "surrogatepass")) > MAX_TEXT:
+                raise UnsafeOffer(f"the text is over {MAX_TEXT} bytes")
+            return
+        if not self.entries:
+            raise UnsafeOffer("the offer is empty")
+        if len(self.entries) > MAX_ENTRIES:
+            raise UnsafeOffer(f"the offer lists over {MAX_ENTRIES} entries")
+        seen: dict[tuple[str, ...], bool] = {}
+        for entry in self.entries:
+            if entry.path in seen:
+                raise UnsafeOffer(f"{display_path(entry.path)} is listed twice")
+            # a parent must come first and be a folder: no file may stand in for one
+            for depth in range(1, len(entry.path)):
+                if seen.get(entry.path[:depth]) is not True:
+                    raise UnsafeOffer(f"{display_path(entry.path)} comes before its folder")
+            seen[entry.path] = entry.is_dir
+        if sum(1 for e in self.entries if e.size is None) > 1:
+            raise UnsafeOffer("more than one stream of unknown length")
+
+    @property
+    def files(self) -> tuple[Entry, ...]:
+        return tuple(e for e in self.entries if not e.is_dir)
+
+    @property
+    def total_size(self) -> int | None:
+        sizes = [e.size for e in self.files]
+        return None if None in sizes else sum(s for s in sizes if s is not None)
+
+    @property
+    def top_level(self) -> tuple[str, ...]:
+        return tuple(e.path[0] for e in self.entries if len(e.path) == 1)
+
+    def encode(self) -> bytes:
+        doc: dict[str, Any] = {"v": 1}
+        if self.text is not None:
+            doc["text"] = self.text
+        else:
+            doc["entries"] = [
+                [list(e.path), "d" if e.is_dir else ("x" if e.executable else "f"), e.size]
+                for e in self.entries
+            ]
+        body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        return _LENGTH.pack(len(body)) + body
+
+    @staticmethod
+    def decode(body: bytes) -> Offer:
+        """Parse an offer; anything malformed raises UnsafeOffer with one line."""
+        try:
+            doc = json.loads(body)
+            if not isinstance(doc, dict) or doc.get("v") != 1:
+                raise UnsafeOffer("the offer is of an unknown version")
+            if "text" in doc:
+                if not isinstance(doc["text"], str):
+                    raise UnsafeOffer("the offered text is not text")
+                return Offer(text=doc["text"])
+            raw = doc["entries"]
+            if not isinstance(raw, list) or len(raw) > MAX_ENTRIES:
+                raise UnsafeOffer("the offer's entry list is malformed or too long")
+            return Offer(entries=tuple(_entry(item) for item in raw))
+        except UnsafeOffer:
+            raise
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise UnsafeOffer(f"the offer is malformed ({type(exc).__name__})") from None
+
+
+def offer_length(first_chunk: bytes) -> int:
+    """The encoded offer's length, read from its first record."""
+    if len(first_chunk) < _LENGTH.size:
+        raise UnsafeOffer("the offer is malformed (short)")
+    length: int = _LENGTH.unpack_from(first_chunk)[0]
+    if length > MAX_OFFER:
+        raise UnsafeOffer(f"the offer is over {MAX_OFFER} bytes")
+    return length + _LENGTH.size
+
+
+def _entry(item: object) -> Entry:
+    if not (isinstance(item, list) and len(item) == 3):
+        raise UnsafeOffer("an offer entry is malformed")
+    path, kind, size = item
+    if not (isinstance(path, list) and all(isinstance(p, str) for p in path)):
+        raise UnsafeOffer("an offer entry's path is malformed")
+    if kind not in ("d", "f", "x") or not (size is None or type(size) is int):
+        raise UnsafeOffer("an offer entry's type or size is malformed")
+    return Entry(tuple(path), is_dir=kind == "d", size=size, executable=kind == "x")
+
+
+def check_component(name: str) -> None:
+    """One path component the receiver may create inside its output folder."""
+    shown = escape(name)
+    if name in ("", ".", ".."):
+        raise UnsafeOffer(f"unsafe name {shown!s}: empty, '.' or '..'")
+    if "/" in name or "\\" in name or "\0" in name:
+        raise UnsafeOffer(f"unsafe name {shown}: contains a separator or NUL")
+    if _DRIVE.match(name):
+        raise UnsafeOffer(f"unsafe name {shown}: looks like a drive letter")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsafeOffer(f"unsafe name {shown}: not valid UTF-8") from None
+    if len(encoded) > MAX_COMPONENT:
+        raise UnsafeOffer(f"unsafe name {shown[:40]}...: longer than {MAX_COMPONENT} bytes")
+
+
+def check_path(path: tuple[str, ...]) -> None:
+    if not path or len(path) > MAX_DEPTH:
+        raise UnsafeOffer(f"unsafe path: {len(path)} levels deep")
+    for part in path:
+        if not isinstance(part, str):
+            raise UnsafeOffer("unsafe path: not text")
+        check_component(part)
+    if sum(len(p.encode("utf-8")) + 1 for p in path) > MAX_PATH:
+        raise UnsafeOffer(f"unsafe path: longer than {MAX_PATH} bytes")
+
+
+def escape(name: str) -> str:
+    """A name as it is safe to show on a terminal: control, format and bidi characters escaped."""
+    out = []
+    for ch in name:
+        if ch.isprintable() and ch != "\\":
+            out.append(ch)
+        elif ch == "\\":
+            out.append("\\\\")
+        else:
+            code = ord(ch)
+            if code < 0x100:
+                out.append(f"\\x{code:02x}")
+            else:
+                out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
+def display_path(path: tuple[str, ...]) -> str:
+    return "/".join(escape(p) for p in path)

@@ -1,0 +1,153 @@
+"""Framing and authenticated records: XChaCha20-Poly1305 with counter nonces (no I/O).
+
+A frame is a 4-byte header (type: u8, body length: u24, big-endian) and a body.
+Handshake frames travel in clear; every later body is an AEAD ciphertext whose
+associated data is the header, so neither type nor length can be altered, and whose
+nonce is the record's counter, so records cannot be dropped, replayed or reordered.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+)
+from nacl.exceptions import CryptoError
+
+from retreatkit.transfer.errors import LocalProtocolError, RemoteProtocolError
+
+HEADER = struct.Struct(">I")
+HEADER_SIZE = 4
+TAG_SIZE = 16
+RECORD_SIZE = 64 * 1024  # plaintext bytes per data record
+MAX_BODY = RECORD_SIZE + 1024  # room for the tag and small control records
+
+
+class Kind(enum.IntEnum):
+    # clear handshake frames
+    PAKE = 1
+    CONFIRM = 2
+    # encrypted records
+    OFFER = 0x10
+    ANSWER = 0x11
+    DATA = 0x12
+    DATA_Z = 0x13  # zlib-compressed data
+    FILE_END = 0x14
+    END = 0x15  # the explicit final record from the sender
+    DONE = 0x16  # the receiver's final acknowledgement
+    ABORT = 0x17  # either side gives up, with a reason
+
+
+CLEAR_KINDS = frozenset({Kind.PAKE, Kind.CONFIRM})
+
+
+def header(kind: int, length: int) -> bytes:
+    return HEADER.pack((kind << 24) | length)
+
+
+def frame(kind: Kind, body: bytes) -> bytes:
+    """A clear frame (handshake only)."""
+    if len(body) > MAX_BODY:
+        raise LocalProtocolError("frame too large")
+    return header(kind, len(body)) + body
+
+
+class FrameParser:
+    """Bytes in, (kind, body) out; bounds the body length a peer may claim."""
+
+    __slots__ = ("_buf", "max_body")
+
+    def __init__(self, max_body: int = MAX_BODY) -> None:
+        self._buf = bytearray()
+        self.max_body = max_body
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def next(self) -> tuple[int, bytes, bytes] | None:
+        """The next whole frame as (kind, header, body), or None if more bytes are needed."""
+        buf = self._buf
+        if len(buf) < HEADER_SIZE:
+            return None
+        (word,) = HEADER.unpack_from(buf)
+        kind, length = word >> 24, word & 0xFFFFFF
+        if length > self.max_body:
+            raise RemoteProtocolError(
+                f"the peer sent a {length}-byte record (limit {self.max_body})"
+            )
+        end = HEADER_SIZE + length
+        if len(buf) < end:
+            return None
+        head = bytes(buf[:HEADER_SIZE])
+        body = bytes(buf[HEADER_SIZE:end])
+        del buf[:end]  # CPython trims a bytearray's front in O(1)
+        return kind, head, body
+
+
+def _nonce(counter: int) -> bytes:
+    return counter.to_bytes(24, "little")
+
+
+class Sealer:
+    """Encrypts our records in order."""
+
+    __slots__ = ("_counter", "_key", "closed")
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._counter = 0
+        self.closed = False
+
+    def seal(self, kind: Kind, plaintext: bytes) -> bytes:
+        if self.closed:
+            raise LocalProtocolError("record after the final record")
+        if kind in CLEAR_KINDS or len(plaintext) + TAG_SIZE > MAX_BODY:
+            raise LocalProtocolError(f"cannot seal a {kind.name} record of {len(plaintext)} bytes")
+        head = header(kind, len(plaintext) + TAG_SIZE)
+        body = crypto_aead_xchacha20poly1305_ietf_encrypt(
+            plaintext, head, _nonce(self._counter), self._key
+        )
+        self._counter += 1
+        if kind in (Kind.END, Kind.DONE, Kind.ABORT):
+            self.closed = True
+        return head + body
+
+
+class Opener:
+    """Decrypts the peer's records; any tampering, loss or reordering fails here."""
+
+    __slots__ = ("_counter", "_key", "closed")
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._counter = 0
+        self.closed = False
+
+    def open(self, kind: int, head: bytes, body: bytes) -> tuple[Kind, bytes]:
+        if self.closed:
+            raise RemoteProtocolError("the peer sent data after its final record")
+        try:
+            known = Kind(kind)
+        except ValueError:
+            raise RemoteProtocolError(f"the peer sent an unknown record type {kind}") from None
+        if known in CLEAR_KINDS:
+            raise RemoteProtocolError("the peer sent a handshake frame after the handshake")
+        try:
+            plaintext = crypto_aead_xchacha20poly1305_ietf_decrypt(
+                body, head, _nonce(self._counter), self._key
+            )
+        except CryptoError:
+            raise RemoteProtocolError(
+                "a record failed authentication: the data was altered, reordered or lost"
+            ) from None
+        self._counter += 1
+        if known in (Kind.END, Kind.DONE, Kind.ABORT):
+            self.closed = True
+        return known, plaintext

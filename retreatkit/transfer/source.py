@@ -1,0 +1,152 @@
+"""What a sender offers: paths on disk (files, folders) or stdin, turned into an Offer."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retreatkit.transfer.errors import LocalProtocolError, TransferError, UnsafeOffer
+from retreatkit.transfer.machine import Session
+from retreatkit.transfer.offer import Entry, Offer, check_component, escape
+from retreatkit.transfer.records import RECORD_SIZE
+
+STDIN = "-"
+STDIN_NAME = "stdin"
+
+
+class SourceError(TransferError):
+    """A path the user asked to send cannot be sent."""
+
+
+@dataclass
+class Sources:
+    offer: Offer
+    paths: list[Path | None]  # one per offered file, in order; None is stdin
+    skipped: list[str] = field(default_factory=list)  # symlinks and special files
+
+
+def collect(args: list[str]) -> Sources:
+    entries: list[Entry] = []
+    paths: list[Path | None] = []
+    skipped: list[str] = []
+    tops: set[str] = set()
+    for arg in args:
+        if arg == STDIN:
+            _add_top(tops, STDIN_NAME)
+            entries.append(Entry((STDIN_NAME,), size=None))
+            paths.append(None)
+            continue
+        path = Path(arg)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise SourceError(f"cannot send {arg}: {exc.strerror}") from None
+        name = path.resolve().name if path.name in ("", ".", "..") else path.name
+        _check_local(name, arg)
+        _add_top(tops, name)
+        if stat.S_ISDIR(st.st_mode):
+            entries.append(Entry((name,), is_dir=True, size=0))
+            _walk(path, (name,), entries, paths, skipped)
+        elif stat.S_ISREG(st.st_mode):
+            entries.append(_file_entry((name,), st))
+            paths.append(path)
+        else:
+            raise SourceError(f"cannot send {arg}: not a file or folder")
+    try:
+        offer = Offer(entries=tuple(entries))
+    except UnsafeOffer as exc:
+        raise SourceError(f"cannot send: {exc}") from None
+    return Sources(offer, paths, skipped)
+
+
+def _add_top(tops: set[str], name: str) -> None:
+    if name in tops:
+        raise SourceError(f"two of the paths are named {escape(name)}; send them separately")
+    tops.add(name)
+
+
+def _check_local(name: str, shown: str) -> None:
+    try:
+        check_component(name)
+    except UnsafeOffer as exc:
+        raise SourceError(f"cannot send {escape(shown)}: {exc}") from None
+
+
+def _file_entry(path: tuple[str, ...], st: os.stat_result) -> Entry:
+    return Entry(path, size=st.st_size, executable=bool(st.st_mode & stat.S_IXUSR))
+
+
+def _walk(
+    folder: Path,
+    prefix: tuple[str, ...],
+    entries: list[Entry],
+    paths: list[Path | None],
+    skipped: list[str],
+) -> None:
+    # symlinks are skipped, never followed: a folder may point anywhere
+    with os.scandir(folder) as it:
+        children = sorted(it, key=lambda e: e.name)
+    for child in children:
+        rel = (*prefix, child.name)
+        shown = "/".join(escape(p) for p in rel)
+        if child.is_symlink():
+            skipped.append(f"{shown} (symlink)")
+            continue
+        _check_local(child.name, shown)
+        st = child.stat(follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            entries.append(Entry(rel, is_dir=True, size=0))
+            _walk(Path(child.path), rel, entries, paths, skipped)
+        elif stat.S_ISREG(st.st_mode):
+            entries.append(_file_entry(rel, st))
+            paths.append(Path(child.path))
+        else:
+            skipped.append(f"{shown} (not a regular file)")
+
+
+def frames(session: Session, sources: Sources, compress: bool) -> Iterator[bytes]:
+    """Every record the sender sends after the receiver accepted, in order."""
+    for entry, path in zip(sources.offer.files, sources.paths, strict=True):
+        fd = sys.stdin.buffer.fileno() if path is None else _open(path)
+        try:
+            remaining = entry.size
+            while remaining is None or remaining > 0:
+                want = RECORD_SIZE if remaining is None else min(RECORD_SIZE, remaining)
+                chunk = os.read(fd, want)
+                if not chunk:
+                    if remaining is None:
+                        break
+                    raise LocalProtocolError(
+                        f"{escape(str(path))} shrank while being sent; send it again"
+                    )
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield session.send_data(chunk, compress)
+        finally:
+            if path is not None:
+                os.close(fd)
+        yield session.end_file()
+    yield session.end()
+
+
+def _open(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise SourceError(f"cannot read {escape(str(path))}: {exc.strerror}") from None
+
+
+def batch(gen: Iterator[bytes], limit: int = 1 << 20) -> list[bytes]:
+    """Up to `limit` bytes of frames; empty when the generator is done."""
+    out: list[bytes] = []
+    size = 0
+    for item in gen:
+        out.append(item)
+        size += len(item)
+        if size >= limit:
+            break
+    return out
