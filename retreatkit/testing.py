@@ -1,0 +1,149 @@
+"""Test tools shipped with the code: run services as real processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+START_TIMEOUT = 30.0
+
+
+class ProcessFailed(AssertionError):
+    pass
+
+
+@dataclass
+class Process:
+    """A child process whose stderr is read line by line in a thread."""
+
+    popen: subprocess.Popen[bytes]
+    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    seen: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        stdin: IO[bytes] | int = subprocess.DEVNULL,
+    ) -> Process:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+        proc = cls(popen)
+        assert popen.stderr is not None
+        threading.Thread(target=proc._pump, args=(popen.stderr,), daemon=True).start()
+        return proc
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
+        """Block until a stderr line matches `pattern`; fail if the process ends first."""
+        regex = re.compile(pattern)
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise ProcessFailed(f"no line matching {pattern!r}; saw {self.seen}") from None
+            if line is None:
+                raise ProcessFailed(f"process ended before {pattern!r}; saw {self.seen}")
+            self.seen.append(line)
+            match = regex.search(line)
+            if match:
+                return match
+
+    def finish(self, timeout: float = START_TIMEOUT) -> tuple[int, list[str]]:
+        """Wait for the exit; returns the exit code and every stderr line."""
+        code = self.popen.wait(timeout)
+        while (line := self.lines.get(timeout=timeout)) is not None:
+            self.seen.append(line)
+        self._close_pipes()
+        return code, self.seen
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self) -> int:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._close_pipes()
+        return self.popen.returncode
+
+    def _close_pipes(self) -> None:
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@dataclass
+class RelayProcess:
+    process: Process
+    host: str
+    port: int
+    admin: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.admin}/status", timeout=10) as response:
+            doc: dict[str, Any] = json.load(response)
+        return doc
+
+    def stop(self) -> int:
+        return self.process.stop()
+
+
+def bob_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "retreatkit.cli.bob", *args]
+
+
+def start_relay(config: Path | None = None) -> RelayProcess:
+    args = ["relay", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
+    if config is not None:
+        args += ["--config", str(config)]
+    proc = Process.start(bob_argv(*args))
+    try:
+        listening = proc.wait_for(r"^Relay listening on (\S+):(\d+)$")
+        admin = proc.wait_for(r"^Admin on (http://\S+)/status$")
+    except ProcessFailed:
+        proc.stop()
+        raise
+    return RelayProcess(proc, listening[1], int(listening[2]), admin[1])
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise ProcessFailed("no VmRSS")

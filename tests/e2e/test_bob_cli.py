@@ -1,0 +1,249 @@
+"""bob send / bob recv as real processes through a real relay on loopback; the text users see is pinned."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from retreatkit.testing import Process, RelayProcess, bob_argv
+
+pytestmark = pytest.mark.e2e
+TIMEOUT = 120
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def start_send(relay: RelayProcess, *args: str, stdin: object = None) -> Process:
+    proc = Process.start(
+        bob_argv("send", "--relay", relay.address, *args),
+        stdin=stdin if stdin is not None else subprocess.DEVNULL,  # type: ignore[arg-type]
+    )
+    proc.wait_for(r"^Passphrase: ")
+    return proc
+
+
+def recv(
+    relay: RelayProcess,
+    *args: str,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        bob_argv("recv", "--relay", relay.address, *args),
+        input=input if input is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    yield folder
+
+
+def test_big_file_arrives_whole(relay: RelayProcess, tmp_path: Path, out: Path) -> None:
+    src = tmp_path / "disk.img"
+    with src.open("wb") as f:
+        for _ in range(256):
+            f.write(os.urandom(1 << 20))
+    sender = start_send(relay, "--passphrase", "17-alpha-beta", str(src))
+    got = recv(relay, "--yes", "--output", str(out), "17-alpha-beta")
+    code, lines = sender.finish(TIMEOUT)
+    assert got.returncode == 0, got.stderr
+    assert code == 0, lines
+    assert sha256(out / "disk.img") == sha256(src)
+    assert lines == [
+        "Sending 268.4 MB file named 'disk.img'",
+        "Passphrase: 17-alpha-beta",
+        "On the other computer, please run:",
+        "",
+        f"bob recv --relay {relay.address} 17-alpha-beta",
+        "",
+        "Transfer complete.",
+    ]
+    assert got.stderr.splitlines()[1:] == [
+        "  disk.img  268.4 MB",
+        f"Received file written to: {out}/disk.img",
+    ]
+    assert got.stderr.startswith("Offer from 127.0.0.1:")
+    assert got.stderr.splitlines()[0].endswith(": 1 file (268.4 MB)")
+    assert [p.name for p in out.iterdir()] == ["disk.img"]
+
+
+def test_folder_tree_keeps_structure(relay: RelayProcess, tmp_path: Path, out: Path) -> None:
+    tree = tmp_path / "proj"
+    (tree / "src" / "deep" / "er").mkdir(parents=True)
+    (tree / "empty").mkdir()
+    (tree / "README").write_text("read me\n" * 1000)  # compressible
+    (tree / "src" / "main.py").write_bytes(os.urandom(300_000))
+    (tree / "src" / "deep" / "er" / "zero").write_bytes(b"")
+    run = tree / "run.sh"
+    run.write_text("#!/bin/sh\necho hi\n")
+    run.chmod(0o4755)  # setuid must not survive
+    (tree / "link").symlink_to("/etc/passwd")
+    sender = start_send(relay, "--passphrase", "3-tree-frog", str(tree))
+    got = recv(relay, "-y", "-o", str(out), "3-tree-frog")
+    code, lines = sender.finish(TIMEOUT)
+    assert (code, got.returncode) == (0, 0), (lines, got.stderr)
+    assert lines[:2] == ["Skipping proj/link (symlink)", "Sending 4 files (308.0 kB) in folder 'proj'"]
+    received = out / "proj"
+    assert sorted(str(p.relative_to(received)) for p in received.rglob("*")) == [
+        "README",
+        "empty",
+        "run.sh",
+        "src",
+        "src/deep",
+        "src/deep/er",
+        "src/deep/er/zero",
+        "src/main.py",
+    ]
+    for rel in ("README", "run.sh", "src/main.py", "src/deep/er/zero"):
+        assert sha256(received / rel) == sha256(tree / rel)
+    mode = stat.S_IMODE((received / "run.sh").stat().st_mode)
+    assert mode & 0o100 and not mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX)
+    assert got.stderr.splitlines()[-1] == f"Received 4 files into: {out}"
+
+
+def test_text_goes_to_stdout(relay: RelayProcess) -> None:
+    sender = start_send(relay, "--text", "héllo wörld\nline two")
+    passphrase = sender.seen[-1].removeprefix("Passphrase: ")
+    got = recv(relay, passphrase)
+    code, lines = sender.finish(TIMEOUT)
+    assert (code, got.returncode) == (0, 0), (lines, got.stderr)
+    assert got.stdout == "héllo wörld\nline two\n"
+    assert lines[0] == "Sending text message (22 bytes)"
+    assert lines[-1] == "Transfer complete."
+
+
+def test_generated_passphrase_and_stdin(relay: RelayProcess, tmp_path: Path, out: Path) -> None:
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(1_000_000))
+    with data.open("rb") as stdin:
+        sender = start_send(relay, "-", stdin=stdin)
+    passphrase = sender.seen[-1].removeprefix("Passphrase: ")
+    number, *words = passphrase.split("-")
+    assert number.isdigit() and len(words) == 2
+    assert sender.seen[0] == "Sending unknown size file named 'stdin'"
+    got = recv(relay, "--yes", "--output", str(out), env={"BOB_PASSPHRASE": passphrase})
+    code, lines = sender.finish(TIMEOUT)
+    assert (code, got.returncode) == (0, 0), (lines, got.stderr)
+    assert (out / "stdin").read_bytes() == data.read_bytes()
+
+
+def test_passphrase_prompt_and_yes_prompt(relay: RelayProcess, tmp_path: Path, out: Path) -> None:
+    src = tmp_path / "photo.jpg"
+    src.write_bytes(b"jpeg")
+    (out / "photo.jpg").write_bytes(b"mine")  # must survive
+    sender = start_send(relay, "--passphrase", "8-apple-pie", str(src))
+    got = recv(relay, "--output", str(out), input="8-apple-pie\n\n")
+    code, lines = sender.finish(TIMEOUT)
+    assert (code, got.returncode) == (0, 0), (lines, got.stderr)
+    assert (out / "photo.jpg").read_bytes() == b"mine"
+    assert (out / "photo (1).jpg").read_bytes() == b"jpeg"
+    err = got.stderr.splitlines()
+    assert err[0].startswith("Enter passphrase: Offer from 127.0.0.1:")
+    assert err[1] == "  photo (1).jpg  (renamed: 'photo.jpg' exists)  4 bytes"
+    assert err[2] == f"Accept into {out}? [Y/n] Received file written to: {out}/photo (1).jpg"
+
+
+def test_declined_fails_both_sides(relay: RelayProcess, tmp_path: Path, out: Path) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    sender = start_send(relay, "--passphrase", "9-no-way", str(src))
+    got = recv(relay, "-o", str(out), "9-no-way", input="n\n")
+    code, lines = sender.finish(TIMEOUT)
+    assert (code, got.returncode) == (1, 1)
+    assert lines[-1] == "ERROR: the receiver declined the transfer"
+    assert got.stderr.splitlines()[-1] == f"Accept into {out}? [Y/n] ERROR: transfer declined"
+    assert list(out.iterdir()) == []
+
+
+def test_wrong_passphrase_fails_both_and_burns_nameplate(
+    relay: RelayProcess, tmp_path: Path, out: Path
+) -> None:
+    src = tmp_path / "secret.txt"
+    src.write_text("top secret")
+    sender = start_send(relay, "--passphrase", "5-alpha-beta", str(src))
+    got = recv(relay, "--yes", "-o", str(out), "5-alpha-gamma")
+    code, lines = sender.finish(TIMEOUT)
+    assert (code, got.returncode) == (1, 1)
+    assert lines[-1] == "ERROR: wrong passphrase: the other side used a different one"
+    assert got.stderr == "ERROR: wrong passphrase: the other side used a different one\n"
+    assert list(out.iterdir()) == []
+    # one online guess per session: the right code no longer finds the sender
+    again = recv(relay, "--yes", "-o", str(out), "5-alpha-beta")
+    assert again.returncode == 1
+    assert again.stderr == "ERROR: the relay says: no sender is waiting on nameplate 5\n"
+
+
+def test_relay_unreachable(tmp_path: Path) -> None:
+    got = subprocess.run(
+        bob_argv("recv", "--relay", "127.0.0.1:1", "4-some-code"),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert got.returncode == 1
+    assert got.stderr == "ERROR: cannot reach the relay at 127.0.0.1:1: Connection refused\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["send"], "bob: nothing to send: give a PATH, - for stdin, or --text TEXT\n"),
+        (
+            ["send", "--passphrase", "purple", "x"],
+            "bob: a passphrase looks like 7-purple-sofa: a number, then two or more words\n",
+        ),
+        (["send", "--text", "hi", "file"], "bob: give --text or paths, not both\n"),
+        (
+            ["recv", "--relay", "nonsense:port", "4-a-b"],
+            "bob: expected HOST:PORT, got 'nonsense:port'\n",
+        ),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], message: str) -> None:
+    got = subprocess.run(bob_argv(*args), capture_output=True, text=True, timeout=TIMEOUT)
+    assert (got.returncode, got.stderr) == (2, message)
+
+
+def test_missing_path_exits_1(tmp_path: Path) -> None:
+    got = subprocess.run(
+        bob_argv("send", "--relay", "127.0.0.1:1", str(tmp_path / "nope")),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert got.returncode == 1
+    assert got.stderr == f"ERROR: cannot send {tmp_path / 'nope'}: No such file or directory\n"
+
+
+def test_help_mentions_the_other_bob() -> None:
+    got = subprocess.run(bob_argv("--help"), capture_output=True, text=True, timeout=TIMEOUT)
+    assert got.returncode == 0
+    assert "Not dinosaure/bob" in got.stdout
+    for command in ("send", "recv", "relay"):
+        sub = subprocess.run(
+            [sys.executable, "-m", "retreatkit.cli.bob", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert sub.returncode == 0 and f"usage: bob {command}" in sub.stdout
