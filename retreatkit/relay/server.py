@@ -207,9 +207,12 @@ class RelayConnection(asyncio.Protocol):
     def _expire(self, delay: float, why: str, idle: bool) -> None:
         self._timer = None
         if idle:
+            # measure against the configured limit, not this timer's delay: a re-armed
+            # timer runs for the rest of the limit only, and the limit must not shrink
+            limit = self.relay.limits.idle_timeout
             quiet = time.monotonic() - max(self._last, self.peer._last if self.peer else 0.0)
-            if quiet < delay:
-                self._arm(delay - quiet, why, idle=True)
+            if quiet < limit:
+                self._arm(limit - quiet, why, idle=True)
                 return
         self._fail(why, Mood.ERRORY if self._mood is not Mood.LONELY else Mood.LONELY)
 

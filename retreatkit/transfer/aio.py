@@ -196,9 +196,9 @@ async def _send_session(
             link.writer.writelines(frames)
             drain = asyncio.ensure_future(link.drain())
             await asyncio.wait({drain, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if watcher.done():
+            if watcher.done() and not isinstance(watcher.result(), Done):
+                # result() raised PeerGone with the receiver's reason, if it gave one
                 drain.cancel()
-                watcher.result()  # raises PeerGone with the receiver's reason
                 raise RemoteProtocolError("the receiver spoke out of turn")
             await drain
             reporter.progress(session.bytes_done, total)

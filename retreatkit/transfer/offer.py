@@ -34,9 +34,8 @@ class Entry:
         check_path(self.path)
         if self.is_dir and (self.size or self.executable):
             raise UnsafeOffer(f"folder {display_path(self.path)} claims a size")
-        if self.size is not None and not (
-            isinstance(self.size, int) and 0 <= self.size <= MAX_SIZE
-        ):
+        # type(): a bool is an int to isinstance, and True is not a size
+        if self.size is not None and not (type(self.size) is int and 0 <= self.size <= MAX_SIZE):
             raise UnsafeOffer(f"{display_path(self.path)} claims an impossible size")
 
 
@@ -90,7 +89,10 @@ class Offer:
                 [list(e.path), "d" if e.is_dir else ("x" if e.executable else "f"), e.size]
                 for e in self.entries
             ]
-        body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        # lone surrogates (argv and stdin decode stray bytes to them) can only stand in
+        # strings: backslashreplace makes them the JSON escape that decodes back to them
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        body = text.encode("utf-8", "backslashreplace")
         return _LENGTH.pack(len(body)) + body
 
     @staticmethod

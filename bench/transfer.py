@@ -1,0 +1,695 @@
+"""Throughput of bob through its relay, against magic-wormhole's relay path and a plain copy.
+
+    uv run python bench/transfer.py [--size-mib 512] [--rounds 3]
+
+Moves one random file of --size-mib MiB, on loopback, with real processes:
+
+  bob          bob send / bob recv through our relay (compression on, the default)
+  bob-nc       the same with `bob send --no-compress`
+  wormhole     magic-wormhole 0.24.0, its own mailbox server and transit relay,
+               `--no-listen` on both sides so the bytes go through the transit relay
+  plain        a Python process writing the file to a TCP socket and another one
+               writing what it reads to disk: the ceiling
+
+Each run is timed from the launch of the second process (the first one is already
+waiting: bob's and wormhole's sender, the plain receiver) until both have exited, so
+interpreter start-up, key exchange and the final acknowledgement are included
+("end-to-end"). A thread also watches the receiving folder and times the first to the
+last byte landing on disk ("data phase"). MB/s are 10^6 bytes per second. CPU seconds
+are user+system of each side's process (all threads, from wait4) and of the relay
+process over the run (from /proc). The received file's sha256 is checked after every
+run; a run that fails or mismatches is reported and never counted.
+
+magic-wormhole lives in its own venv under bench/.work/, made here when missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import queue
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / ".work"
+WORMHOLE_VENV = WORK / "wormhole-venv"
+WORMHOLE_VERSION = "0.24.0"
+WORMHOLE_PACKAGES = (
+    f"magic-wormhole=={WORMHOLE_VERSION}",
+    "magic-wormhole-mailbox-server",
+    "magic-wormhole-transit-relay",
+)
+HOST = "127.0.0.1"
+MIB = 1 << 20
+CHUNK = 256 * 1024  # the plain copy's read and write size (bob reads 256 KiB too)
+START_TIMEOUT = 60.0
+TOOLS = ("bob", "bob-nc", "wormhole", "plain")
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# -- child processes ------------------------------------------------------------------
+
+
+@dataclass
+class Exit:
+    code: int
+    cpu: float  # user + system seconds, all threads
+    at: float  # perf_counter() when it was reaped
+
+
+class Child:
+    """A child process: stdout and stderr lines pumped by threads, reaped with wait4."""
+
+    def __init__(self, name: str, argv: Sequence[str], cwd: Path | None = None) -> None:
+        self.name = name
+        self.popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self._exit: Exit | None = None
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(stream,), daemon=True)
+            for stream in (self.popen.stdout, self.popen.stderr)
+        ]
+        for pump in self._pumps:
+            pump.start()
+        self._reaper = threading.Thread(target=self._reap, daemon=True)
+        self._reaper.start()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            self.lines.put(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        self.lines.put(None)
+
+    def _reap(self) -> None:
+        _, status, usage = os.wait4(self.pid, 0)
+        at = time.perf_counter()
+        code = os.waitstatus_to_exitcode(status)
+        self.popen.returncode = code  # so Popen never waits for it again
+        self._exit = Exit(code, usage.ru_utime + usage.ru_stime, at)
+
+    def alive(self) -> bool:
+        return self._exit is None
+
+    def wait_for(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
+        """Block until an output line matches; fail if the process ends or time runs out."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        ended = 0
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise BenchError(f"{self.name}: no line {pattern!r} in {timeout}s") from None
+            if line is None:
+                ended += 1
+                if ended == len(self._pumps):
+                    raise BenchError(f"{self.name} ended before {pattern!r}: {self.tail()}")
+                continue
+            self.seen.append(line)
+            match = regex.search(line)
+            if match:
+                return match
+
+    def finish(self, timeout: float) -> Exit:
+        self._reaper.join(timeout)
+        if self._exit is None:
+            self.kill()
+            raise BenchError(f"{self.name} still running after {timeout:.0f}s: {self.tail()}")
+        for pump in self._pumps:
+            pump.join(5)
+        return self._exit
+
+    def tail(self) -> str:
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.seen.append(line)
+        return " | ".join(self.seen[-8:])
+
+    def kill(self) -> None:
+        if self._exit is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.terminate()
+            self._reaper.join(10)
+        if self._exit is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.kill()
+            self._reaper.join(10)
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system seconds a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, owner: Child, timeout: float = START_TIMEOUT) -> None:
+    """Poll until something accepts on the port; fail fast if its owner died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=1.0):
+                return
+        except OSError:
+            pass
+        if not owner.alive():
+            raise BenchError(f"{owner.name} exited before listening: {owner.tail()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{owner.name}: nothing listens on {port} after {timeout}s")
+        time.sleep(0.05)
+
+
+# -- measuring a run ------------------------------------------------------------------
+
+
+class Landing(threading.Thread):
+    """Watches a folder for the first byte and the last byte of `size` to land."""
+
+    def __init__(self, folder: Path, size: int) -> None:
+        super().__init__(daemon=True)
+        self.folder = folder
+        self.size = size
+        self.first: float | None = None
+        self.last: float | None = None
+        self._halt = threading.Event()
+
+    def _total(self) -> int:
+        total = 0
+        with os.scandir(self.folder) as it:
+            for entry in it:
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.is_file(follow_symlinks=False):
+                        total = max(total, entry.stat(follow_symlinks=False).st_size)
+        return total
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            total = self._total()
+            now = time.perf_counter()
+            if total and self.first is None:
+                self.first = now
+            if total >= self.size:
+                self.last = now
+                return
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+
+@dataclass
+class Run:
+    tool: str
+    round: int
+    ok: bool
+    wall: float = 0.0  # s, end-to-end
+    data: float = 0.0  # s, first to last byte on the receiver's disk
+    cpu_send: float = 0.0
+    cpu_recv: float = 0.0
+    cpu_relay: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class Bench:
+    size: int
+    source: Path
+    digest: str
+    tmp: Path
+    timeout: float
+    relay_address: str = ""
+    relay: Child | None = None
+    mailbox_url: str = ""
+    transit: str = ""
+    transit_relay: Child | None = None
+    servers: list[Child] = field(default_factory=list)
+    serial: int = 0
+
+    def nameplate(self) -> int:
+        self.serial += 1  # a bob nameplate pairs once, then it is burned
+        return 100 + self.serial
+
+    def stop(self) -> None:
+        for child in self.servers:
+            child.kill()
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(4 * MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def timed_pair(
+    bench: Bench,
+    tool: str,
+    rnd: int,
+    first: Child,
+    start_second: Callable[[], Child],
+    out: Path,
+    relay: Child | None,
+    first_sends: bool,
+) -> Run:
+    """`first` is waiting; start the second, time until both exit, check the file."""
+    landing = Landing(out, bench.size)
+    relay_cpu = proc_cpu(relay.pid) if relay else 0.0
+    landing.start()
+    t0 = time.perf_counter()
+    second = start_second()
+    try:
+        a, b = first.finish(bench.timeout), second.finish(bench.timeout)
+    finally:
+        first.kill()
+        second.kill()
+        landing.stop()
+    wall = max(a.at, b.at) - t0
+    send, recv = (a, b) if first_sends else (b, a)
+    run = Run(tool, rnd, False, wall, 0.0, send.cpu, recv.cpu)
+    if relay:
+        run.cpu_relay = proc_cpu(relay.pid) - relay_cpu
+    if landing.first is not None and landing.last is not None:
+        run.data = landing.last - landing.first
+    if a.code or b.code:
+        run.error = f"exit codes {a.code}/{b.code}: {first.tail()} || {second.tail()}"
+        return run
+    received = [p for p in out.rglob("*") if p.is_file()]
+    if len(received) != 1:
+        run.error = f"expected one received file, found {[str(p) for p in received]}"
+        return run
+    got = sha256(received[0])
+    if got != bench.digest:
+        run.error = f"sha256 mismatch: {got} != {bench.digest}"
+        return run
+    run.ok = True
+    return run
+
+
+def run_bob(bench: Bench, rnd: int, compress: bool) -> Run:
+    out = bench.tmp / f"recv-bob-{rnd}-{compress}"
+    out.mkdir()
+    code = f"{bench.nameplate()}-alpha-beta"
+    bob = [sys.executable, "-m", "retreatkit.cli.bob"]
+    relay = ["--relay", bench.relay_address]
+    extra = [] if compress else ["--no-compress"]
+    sender = Child(
+        "bob send", [*bob, "send", *relay, "--passphrase", code, *extra, str(bench.source)]
+    )
+    try:
+        sender.wait_for(r"^Passphrase: ")
+    except BenchError:
+        sender.kill()
+        raise
+
+    def receiver() -> Child:
+        return Child("bob recv", [*bob, "recv", *relay, "--yes", "--output", str(out), code])
+
+    tool = "bob" if compress else "bob-nc"
+    return timed_pair(bench, tool, rnd, sender, receiver, out, bench.relay, first_sends=True)
+
+
+def run_wormhole(bench: Bench, rnd: int) -> Run:
+    out = bench.tmp / f"recv-wormhole-{rnd}"
+    out.mkdir()
+    code = f"{bench.nameplate()}-alpha-beta"
+    wormhole = [
+        str(WORMHOLE_VENV / "bin" / "wormhole"),
+        "--relay-url",
+        bench.mailbox_url,
+        "--transit-helper",
+        bench.transit,
+    ]
+    src = str(bench.source)
+    sender = Child(
+        "wormhole send",
+        [*wormhole, "send", "--no-qr", "--hide-progress", "--no-listen", "--code", code, src],
+        cwd=bench.tmp,
+    )
+    try:
+        sender.wait_for(r"Wormhole code is: ")
+    except BenchError:
+        sender.kill()
+        raise
+
+    def receiver() -> Child:
+        argv = [*wormhole, "receive", "--accept-file", "--hide-progress", "--no-listen", code]
+        return Child("wormhole receive", argv, cwd=out)
+
+    return timed_pair(
+        bench, "wormhole", rnd, sender, receiver, out, bench.transit_relay, first_sends=True
+    )
+
+
+def run_plain(bench: Bench, rnd: int) -> Run:
+    out = bench.tmp / f"recv-plain-{rnd}"
+    out.mkdir()
+    me = [sys.executable, str(Path(__file__).resolve())]
+    receiver = Child("plain recv", [*me, "--plain-recv", str(out / bench.source.name)])
+    try:
+        port = int(receiver.wait_for(r"^listening (\d+)$")[1])
+    except BenchError:
+        receiver.kill()
+        raise
+
+    def sender() -> Child:
+        return Child("plain send", [*me, "--plain-send", str(port), str(bench.source)])
+
+    return timed_pair(bench, "plain", rnd, receiver, sender, out, None, first_sends=False)
+
+
+# -- the plain copy's two halves (run as child processes of this script) ----------------
+
+
+def plain_recv(path: str) -> int:
+    with socket.socket() as listener:
+        listener.bind((HOST, 0))
+        listener.listen(1)
+        print(f"listening {listener.getsockname()[1]}", file=sys.stderr, flush=True)
+        conn, _ = listener.accept()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with conn:
+            while n := conn.recv_into(buf):
+                done = 0
+                while done < n:
+                    done += os.write(fd, view[done:n])
+    finally:
+        os.close(fd)
+    return 0
+
+
+def plain_send(port: str, path: str) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with socket.create_connection((HOST, int(port))) as conn:
+            while chunk := os.read(fd, CHUNK):
+                conn.sendall(chunk)
+    finally:
+        os.close(fd)
+    return 0
+
+
+# -- servers and set-up ---------------------------------------------------------------
+
+
+def ensure_wormhole() -> None:
+    wormhole = WORMHOLE_VENV / "bin" / "wormhole"
+    if wormhole.exists():
+        found = subprocess.run([str(wormhole), "--version"], capture_output=True, text=True)
+        if WORMHOLE_VERSION in found.stdout + found.stderr:
+            return
+    print(f"Installing magic-wormhole {WORMHOLE_VERSION} into {WORMHOLE_VENV} ...", flush=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    uv = shutil.which("uv")
+    if uv:
+        subprocess.run(
+            [uv, "venv", "-q", "--python", sys.executable, str(WORMHOLE_VENV)], check=True
+        )
+        cmd = [uv, "pip", "install", "-q", "--python", str(WORMHOLE_VENV), *WORMHOLE_PACKAGES]
+        subprocess.run(cmd, check=True)
+    else:
+        subprocess.run([sys.executable, "-m", "venv", str(WORMHOLE_VENV)], check=True)
+        pip = [str(WORMHOLE_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, *WORMHOLE_PACKAGES], check=True)
+
+
+def start_servers(bench: Bench, tools: Sequence[str]) -> None:
+    if "bob" in tools or "bob-nc" in tools:
+        bob = [sys.executable, "-m", "retreatkit.cli.bob"]
+        relay = Child(
+            "bob relay",
+            [*bob, "relay", "--listen", f"{HOST}:0", "--admin", f"{HOST}:0"],
+        )
+        bench.servers.append(relay)
+        match = relay.wait_for(r"^Relay listening on (\S+):(\d+)$")
+        wait_port(int(match[2]), relay)
+        bench.relay, bench.relay_address = relay, f"{match[1]}:{match[2]}"
+    if "wormhole" in tools:
+        twist = str(WORMHOLE_VENV / "bin" / "twist")
+        home = bench.tmp / "wormhole-servers"
+        home.mkdir()
+        mailbox_port, transit_port = free_port(), free_port()
+        mailbox = Child(
+            "wormhole mailbox",
+            [twist, "wormhole-mailbox", f"--port=tcp:{mailbox_port}:interface={HOST}"],
+            cwd=home,
+        )
+        bench.servers.append(mailbox)
+        transit = Child(
+            "transit relay",
+            [twist, "transitrelay", f"--port=tcp:{transit_port}:interface={HOST}"],
+            cwd=home,
+        )
+        bench.servers.append(transit)
+        wait_port(mailbox_port, mailbox)
+        wait_port(transit_port, transit)
+        bench.mailbox_url = f"ws://{HOST}:{mailbox_port}/v1"
+        bench.transit = f"tcp:{HOST}:{transit_port}"
+        bench.transit_relay = transit
+
+
+def make_source(folder: Path, size: int) -> tuple[Path, str]:
+    path = folder / f"random-{size // MIB}MiB.bin"
+    digest = hashlib.sha256()
+    with path.open("wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(4 * MIB, left))
+            digest.update(block)
+            f.write(block)
+            left -= len(block)
+    return path, digest.hexdigest()
+
+
+def machine() -> dict[str, str]:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def mbps(size: int, seconds: float) -> float:
+    return size / seconds / 1e6 if seconds > 0 else 0.0
+
+
+@dataclass
+class Summary:
+    tool: str
+    runs: int
+    wall_median: float
+    wall_best: float
+    data_median: float
+    data_best: float
+    cpu_send: float  # medians
+    cpu_recv: float
+    cpu_relay: float
+
+
+def summarise(size: int, runs: list[Run], tools: Sequence[str]) -> list[Summary]:
+    out = []
+    for tool in tools:
+        good = [r for r in runs if r.tool == tool and r.ok]
+        if not good:
+            continue
+        wall = [mbps(size, r.wall) for r in good]
+        data = [mbps(size, r.data) for r in good if r.data > 0]
+        out.append(
+            Summary(
+                tool,
+                len(good),
+                statistics.median(wall),
+                max(wall),
+                statistics.median(data) if data else 0.0,
+                max(data) if data else 0.0,
+                statistics.median(r.cpu_send for r in good),
+                statistics.median(r.cpu_recv for r in good),
+                statistics.median(r.cpu_relay for r in good),
+            )
+        )
+    return out
+
+
+def report(size: int, runs: list[Run], summaries: list[Summary]) -> None:
+    print()
+    print(f"{'run':<14} {'e2e s':>7} {'MB/s':>8} {'data MB/s':>10} {'CPU send':>9}", end="")
+    print(f" {'CPU recv':>9} {'CPU relay':>10}  check")
+    for r in runs:
+        label = f"{r.tool}#{r.round}"
+        print(
+            f"{label:<14} {r.wall:7.2f} {mbps(size, r.wall):8.1f} {mbps(size, r.data):10.1f}"
+            f" {r.cpu_send:9.2f} {r.cpu_recv:9.2f} {r.cpu_relay:10.2f}  "
+            + ("sha256 ok" if r.ok else f"FAILED: {r.error[:300]}")
+        )
+    print()
+    print("median (best) over good runs; CPU seconds are medians")
+    print(f"{'tool':<10} {'runs':>4} {'end-to-end MB/s':>18} {'data-phase MB/s':>18}", end="")
+    print(f" {'CPU send':>9} {'CPU recv':>9} {'CPU relay':>10}")
+    for s in summaries:
+        e2e = f"{s.wall_median:.1f} ({s.wall_best:.1f})"
+        data = f"{s.data_median:.1f} ({s.data_best:.1f})"
+        print(
+            f"{s.tool:<10} {s.runs:>4} {e2e:>18} {data:>18}"
+            f" {s.cpu_send:9.2f} {s.cpu_recv:9.2f} {s.cpu_relay:10.2f}"
+        )
+    by = {s.tool: s for s in summaries}
+    print()
+    for ours in ("bob", "bob-nc"):
+        for other, goal in (("wormhole", "target >= 5x"), ("plain", "stretch >= 0.5x")):
+            if ours in by and other in by:
+                a, b = by[ours], by[other]
+                print(
+                    f"{ours}/{other}: end-to-end {a.wall_median / b.wall_median:.2f}x median"
+                    f" ({a.wall_best / b.wall_best:.2f}x best),"
+                    f" data phase {a.data_median / b.data_median:.2f}x median"
+                    f" ({a.data_best / b.data_best:.2f}x best)   [{goal}]"
+                    if b.wall_median and b.data_median and b.wall_best and b.data_best
+                    else f"{ours}/{other}: n/a"
+                )
+
+
+# -- main -----------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--size-mib", type=int, default=512, help="file size in MiB (default 512)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of every tool (default 3)")
+    p.add_argument(
+        "--tools",
+        default=",".join(TOOLS),
+        help=f"comma-separated subset of {','.join(TOOLS)} (default all)",
+    )
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per run before failing")
+    p.add_argument("--json", type=Path, help="also write every run and the summary here")
+    p.add_argument("--plain-recv", metavar="PATH", help=argparse.SUPPRESS)
+    p.add_argument("--plain-send", nargs=2, metavar=("PORT", "PATH"), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.plain_recv:
+        return plain_recv(args.plain_recv)
+    if args.plain_send:
+        return plain_send(*args.plain_send)
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    unknown = set(tools) - set(TOOLS)
+    if unknown or not tools or args.rounds < 1 or args.size_mib < 1:
+        print(f"bad arguments (tools: {', '.join(TOOLS)})", file=sys.stderr)
+        return 2
+    if "wormhole" in tools:
+        ensure_wormhole()
+    size = args.size_mib * MIB
+    info = machine()
+    print(
+        f"bench/transfer.py: {args.size_mib} MiB, {args.rounds} rounds, tools {','.join(tools)};"
+        f" nproc {info['nproc']}, {info['cpu']}, kernel {info['kernel']},"
+        f" Python {info['python']}",
+        flush=True,
+    )
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="bob-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        source, digest = make_source(tmp, size)
+        bench = Bench(size, source, digest, tmp, args.timeout)
+        try:
+            start_servers(bench, tools)
+            for rnd in range(1, args.rounds + 1):
+                shift = (rnd - 1) % len(tools)  # rotate the order from round to round
+                for tool in tools[shift:] + tools[:shift]:
+                    os.sync()  # the last run's dirty pages go out before this one starts
+                    try:
+                        if tool == "wormhole":
+                            run = run_wormhole(bench, rnd)
+                        elif tool == "plain":
+                            run = run_plain(bench, rnd)
+                        else:
+                            run = run_bob(bench, rnd, compress=tool == "bob")
+                    except BenchError as exc:
+                        run = Run(tool, rnd, False, error=str(exc))
+                    runs.append(run)
+                    status = "ok" if run.ok else f"FAILED {run.error[:200]}"
+                    print(
+                        f"  round {rnd} {tool:<9} {run.wall:6.2f} s"
+                        f" {mbps(size, run.wall):7.1f} MB/s end-to-end,"
+                        f" {mbps(size, run.data):7.1f} MB/s data phase  {status}",
+                        flush=True,
+                    )
+                    for child in tmp.glob("recv-*"):
+                        shutil.rmtree(child, ignore_errors=True)
+        finally:
+            bench.stop()
+    summaries = summarise(size, runs, tools)
+    report(size, runs, summaries)
+    if args.json:
+        doc = {
+            "machine": info,
+            "size": size,
+            "rounds": args.rounds,
+            "runs": [asdict(r) for r in runs],
+            "summary": [asdict(s) for s in summaries],
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0 if all(r.ok for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

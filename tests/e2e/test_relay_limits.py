@@ -1,0 +1,605 @@
+"""The relay as a real process on loopback: aborted handshakes leak nothing, limits hold.
+
+Every wait for the relay to notice something is a poll of /status (or /proc) with a
+deadline, never a fixed sleep. Clients are plain sockets (blocking, with timeouts) for the
+one-at-a-time tests and asyncio streams for the storm of a thousand connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import socket
+import struct
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from retreatkit.testing import RelayProcess, open_fds, rss_bytes, start_relay
+
+pytestmark = pytest.mark.e2e
+
+DEADLINE = 20.0  # seconds to wait for the relay to notice something; only ever a bound
+IO_TIMEOUT = 10.0  # a client socket that waits longer than this has found a bug
+OK = re.compile(rb"^ok ([0-9]{1,6})\n$")
+PAIRED = re.compile(rb"^paired 127\.0\.0\.1:([0-9]+)\n$")
+MOODS = ("happy", "lonely", "jilted", "errory", "refused")
+
+
+# -- the relay process ----------------------------------------------------------------------
+
+
+@contextmanager
+def relay_with(tmp_path: Path, **limits: float) -> Iterator[RelayProcess]:
+    """A `bob relay` started with a retreat.toml holding these [relay] limits."""
+    lines = ["[relay]"]
+    for key, value in limits.items():
+        lines.append(f"{key} = {float(value) if key.endswith('timeout') else int(value)}")
+    config = tmp_path / "retreat.toml"
+    config.write_text("\n".join(lines) + "\n")
+    proc = start_relay(config)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def status(relay: RelayProcess) -> dict[str, Any]:
+    """/status, read until the admin server closes the connection.
+
+    Unlike urllib (which stops at Content-Length), reading to EOF means the admin
+    server has closed its socket by the time we count the relay's descriptors, so an
+    in-flight /status request is never mistaken for a leaked socket.
+    """
+    admin = urlsplit(relay.admin)
+    assert admin.hostname is not None and admin.port is not None
+    with socket.create_connection((admin.hostname, admin.port), timeout=IO_TIMEOUT) as sock:
+        sock.sendall(b"GET /status HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    doc: dict[str, Any] = json.loads(body)
+    relay_status: dict[str, Any] = doc["relay"]
+    return relay_status
+
+
+def poll(
+    relay: RelayProcess, done: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
+    """Poll /status until `done(status)`, failing after DEADLINE seconds."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        current = status(relay)
+        if done(current):
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"relay never reached {what}; last status {current}")
+
+
+def quiet(relay: RelayProcess, fds: int | None = None) -> dict[str, Any]:
+    """Wait until nothing is open or waiting (and, given `fds`, the descriptors are back)."""
+
+    def done(current: dict[str, Any]) -> bool:
+        settled = current["connections_open"] == 0 and current["waiting"] == 0
+        return settled and (fds is None or open_fds(relay.process.pid) == fds)
+
+    return poll(relay, done, f"no connections, none waiting, {fds} descriptors")
+
+
+def moods(current: dict[str, Any]) -> Counter[str]:
+    return Counter({mood: int(n) for mood, n in current["closed"].items()})
+
+
+# -- a blocking client ----------------------------------------------------------------------
+
+
+class Client:
+    """One TCP connection to the relay, reading lines the way bob does."""
+
+    def __init__(self, relay: RelayProcess) -> None:
+        self.sock = socket.create_connection((relay.host, relay.port), timeout=IO_TIMEOUT)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise EOFError(f"relay closed; had {self.buf!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line + b"\n"
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"relay closed after {len(self.buf)} of {n} bytes")
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def rest(self) -> bytes:
+        """Everything until the relay closes (EOF)."""
+        chunks = [self.buf]
+        self.buf = b""
+        while chunk := self.sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def abort(self) -> None:
+        """Close with a TCP RST instead of a FIN."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    @property
+    def address(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return f"{host}:{port}"
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[[RelayProcess], Client]]:
+    """Opens clients, and closes every one of them at the end of the test."""
+    with ExitStack() as stack:
+
+        def open_client(relay: RelayProcess) -> Client:
+            client = Client(relay)
+            stack.callback(client.close)
+            return client
+
+        yield open_client
+
+
+def pair(
+    relay: RelayProcess, clients: Callable[[RelayProcess], Client], nameplate: str | None = None
+) -> tuple[Client, Client]:
+    sender = clients(relay)
+    sender.send(b"bob/1 send\n" if nameplate is None else f"bob/1 send {nameplate}\n".encode())
+    ok = OK.match(sender.line())
+    assert ok is not None
+    receiver = clients(relay)
+    receiver.send(b"bob/1 recv " + ok[1] + b"\n")
+    assert receiver.line() == f"paired {sender.address}\n".encode()
+    assert sender.line() == f"paired {receiver.address}\n".encode()
+    return sender, receiver
+
+
+# -- 1. a thousand aborted handshakes leak nothing ----------------------------------------------
+
+
+@asynccontextmanager
+async def connection(
+    host: str, port: int
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def rst(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def line(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.readline(), IO_TIMEOUT)
+
+
+async def until_eof(reader: asyncio.StreamReader) -> bytes:
+    """Read until the relay closes; a reset counts as closed too."""
+    try:
+        return await asyncio.wait_for(reader.read(), IO_TIMEOUT)
+    except ConnectionResetError:
+        return b""
+
+
+class Storm:
+    """Clients that give up at every stage of the handshake; each knows how it must end."""
+
+    def __init__(self, host: str, port: int, round_: int) -> None:
+        self.host, self.port = host, port
+        self.round = round_
+        self.expected: Counter[str] = Counter()
+        self.kinds: Counter[str] = Counter()
+        self.claimed = 100_000 + 1000 * round_  # own nameplates, unique per sender and round
+
+    async def instant_close(self, i: int) -> None:
+        async with connection(self.host, self.port):
+            pass
+        self.expected["errory"] += 1
+
+    async def instant_rst(self, i: int) -> None:
+        async with connection(self.host, self.port) as (_, writer):
+            rst(writer)
+        self.expected["errory"] += 1
+
+    async def half_line(self, i: int) -> None:
+        async with connection(self.host, self.port) as (_, writer):
+            writer.write(b"bob/1 se")
+            await writer.drain()
+        self.expected["errory"] += 1
+
+    async def overlong(self, i: int) -> None:
+        async with connection(self.host, self.port) as (reader, writer):
+            writer.write(b"bob/1 send " + b"7" * 300)
+            assert await line(reader) == b"error handshake line too long\n"
+            assert await until_eof(reader) == b""
+        self.expected["errory"] += 1
+
+    GARBAGE = (
+        (b"\x00\xff\xfe\x80 garbage\n", b"error not a bob/1 request\n"),
+        (b"bob/2 send\n", b"error not a bob/1 request\n"),
+        (b"bob/1 send 1234567\n", b"error not a bob/1 request\n"),
+        (b"bob/1 recv\n", b"error recv needs a nameplate\n"),
+        (b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n", b"error send nothing until paired\n"),
+    )
+
+    async def garbage(self, i: int) -> None:
+        sent, answer = self.GARBAGE[i % len(self.GARBAGE)]
+        async with connection(self.host, self.port) as (reader, writer):
+            writer.write(sent)
+            assert await line(reader) == answer
+            assert await until_eof(reader) == b""
+        self.expected["errory"] += 1
+
+    async def lonely(self, i: int) -> None:
+        async with connection(self.host, self.port) as (reader, writer):
+            writer.write(b"bob/1 send\n")
+            assert OK.match(await line(reader))
+            if i % 2:
+                rst(writer)
+        self.expected["lonely"] += 1
+
+    async def early_talker(self, i: int) -> None:
+        async with connection(self.host, self.port) as (reader, writer):
+            writer.write(b"bob/1 send\n")
+            assert OK.match(await line(reader))
+            writer.write(b"hello before anyone came")
+            assert await line(reader) == b"error send nothing until paired\n"
+            assert await until_eof(reader) == b""
+        self.expected["errory"] += 1
+
+    async def jilted(self, i: int) -> None:
+        # 900000 and up: never allocated (spans stay below 10_000 here), never claimed
+        nameplate = 900_000 + 1000 * self.round + i
+        async with connection(self.host, self.port) as (reader, writer):
+            writer.write(f"bob/1 recv {nameplate}\n".encode())
+            expected = f"error no sender is waiting on nameplate {nameplate}\n".encode()
+            assert await line(reader) == expected
+            assert await until_eof(reader) == b""
+        self.expected["jilted"] += 1
+
+    async def silent(self, i: int) -> None:
+        async with connection(self.host, self.port) as (reader, _):
+            assert await line(reader) == b"error handshake timed out\n"
+            assert await until_eof(reader) == b""
+        self.expected["errory"] += 1
+
+    async def _paired(
+        self, i: int, body: Callable[..., Any]
+    ) -> None:
+        async with connection(self.host, self.port) as (s_reader, s_writer):
+            if i % 2:  # half the senders bring their own nameplate
+                self.claimed += 1
+                s_writer.write(f"bob/1 send {self.claimed}\n".encode())
+            else:
+                s_writer.write(b"bob/1 send\n")
+            answer = await line(s_reader)
+            ok = OK.match(answer)
+            assert ok is not None, answer
+            async with connection(self.host, self.port) as (r_reader, r_writer):
+                r_writer.write(b"bob/1 recv " + ok[1] + b"\n")
+                assert PAIRED.match(await line(r_reader))
+                assert PAIRED.match(await line(s_reader))
+                await body(i, (s_reader, s_writer), (r_reader, r_writer))
+        self.expected["happy"] += 2
+
+    async def pair_then_close(self, i: int) -> None:
+        async def body(i: int, *sides: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+            (a_reader, a_writer), (b_reader, _) = sides[i % 2], sides[1 - i % 2]
+            payload = os.urandom(1000 + i)
+            a_writer.write(payload)
+            assert await asyncio.wait_for(b_reader.readexactly(len(payload)), IO_TIMEOUT)
+            a_writer.write(b"some bytes nobody waits for")
+            a_writer.close()  # FIN mid-stream: the relay must close the other side too
+            await until_eof(b_reader)
+            await until_eof(a_reader)
+
+        await self._paired(i, body)
+
+    async def pair_then_rst(self, i: int) -> None:
+        async def body(i: int, *sides: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+            (_, a_writer), (b_reader, b_writer) = sides[i % 2], sides[1 - i % 2]
+            b_writer.write(os.urandom(20_000))  # in flight towards the side that resets
+            a_writer.write(os.urandom(5000))
+            await asyncio.wait_for(b_reader.readexactly(5000), IO_TIMEOUT)
+            rst(a_writer)  # RST mid-stream: the relay must close the other side too
+            await until_eof(b_reader)
+
+        await self._paired(i, body)
+
+    async def run(self, per_kind: int, pairs_per_kind: int, concurrency: int) -> int:
+        singles = [
+            self.instant_close, self.instant_rst, self.half_line, self.overlong,
+            self.garbage, self.lonely, self.early_talker, self.jilted, self.silent,
+        ]  # fmt: skip
+        doubles = [self.pair_then_close, self.pair_then_rst]
+        jobs: list[tuple[Callable[[int], Any], int]] = [
+            (kind, i) for kind in singles for i in range(per_kind)
+        ] + [(kind, i) for kind in doubles for i in range(pairs_per_kind)]
+        random.Random(self.round).shuffle(jobs)  # every stage at once, in a fixed order
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(kind: Callable[[int], Any], i: int) -> None:
+            async with gate:
+                await kind(i)
+            self.kinds[kind.__name__] += 1
+
+        await asyncio.gather(*(one(kind, i) for kind, i in jobs))
+        return per_kind * len(singles) + 2 * pairs_per_kind * len(doubles)
+
+
+def storm(relay: RelayProcess, round_: int) -> tuple[int, Counter[str]]:
+    """1000 connections: 9 single-connection stages x 80, 2 kinds of pair x 70 x 2."""
+    clients = Storm(relay.host, relay.port, round_)
+    made = asyncio.run(clients.run(per_kind=80, pairs_per_kind=70, concurrency=100))
+    assert made == 1000
+    return made, clients.expected
+
+
+def test_thousand_aborted_handshakes_leak_nothing(tmp_path: Path) -> None:
+    limits = {"per_ip": 10_000, "handshake_timeout": 0.5}
+    with relay_with(tmp_path, **limits) as relay:
+        pid = relay.process.pid
+        before_warmup = quiet(relay)
+        fds_at_start = open_fds(pid)
+
+        # warm-up: the first round grows the interpreter's arenas, uvloop's handle pools
+        # and the prometheus label children to their working size
+        made, expected = storm(relay, round_=0)
+        warm = quiet(relay, fds=fds_at_start)  # the warm-up leaked no descriptor either
+        assert moods(warm) - moods(before_warmup) == expected
+        baseline_fds, baseline_rss = open_fds(pid), rss_bytes(pid)
+
+        started = time.monotonic()
+        made, expected = storm(relay, round_=1)
+        elapsed = time.monotonic() - started
+        after = quiet(relay, fds=baseline_fds)
+
+        # every connection made was closed exactly once, in the mood its stage implies
+        closed = moods(after) - moods(warm)
+        assert sum(closed.values()) == made == 1000
+        assert closed == expected
+        assert set(closed) <= set(MOODS)
+        assert after["pairs"] - warm["pairs"] == 2 * 70
+        assert after["transfers"] == 0
+        assert open_fds(pid) == baseline_fds
+
+        # RSS is not exact: pymalloc keeps freed arenas, glibc keeps freed heap pages, and
+        # the /status JSON and log buffers churn, so the same work twice can land a few
+        # hundred KiB apart. A leak of even 1 KiB per connection would show as >= 1 MiB
+        # after 1000 connections, so allow 1 MiB over the warmed-up baseline.
+        growth = rss_bytes(pid) - baseline_rss
+        assert growth < 1 << 20, f"RSS grew {growth} bytes over 1000 connections"
+        assert elapsed < 30, f"1000 connections took {elapsed:.1f}s"
+
+
+# -- 2. limits, with their exact words ---------------------------------------------------------
+
+
+def test_per_ip_limit_refuses_the_extra_connection(
+    tmp_path: Path, clients: Callable[[RelayProcess], Client]
+) -> None:
+    with relay_with(tmp_path, per_ip=2) as relay:
+        first, second = clients(relay), clients(relay)
+        poll(relay, lambda s: s["connections_open"] == 2, "two connections open")
+        third = clients(relay)
+        assert third.line() == b"error too many connections from 127.0.0.1\n"
+        assert third.rest() == b""
+        after = poll(relay, lambda s: s["connections_open"] == 2, "the third refused")
+        assert after["closed"] == {"refused": 1}
+
+        # a closed connection frees its place for the next one
+        first.close()
+        poll(relay, lambda s: s["connections_open"] == 1, "the first one gone")
+        fourth = clients(relay)
+        fourth.send(b"bob/1 send\n")
+        assert OK.match(fourth.line())
+        second.send(b"bob/1 send\n")
+        assert OK.match(second.line())
+
+
+def test_second_sender_on_a_nameplate_in_use_is_turned_away(
+    tmp_path: Path, clients: Callable[[RelayProcess], Client]
+) -> None:
+    with relay_with(tmp_path) as relay:
+        first = clients(relay)
+        first.send(b"bob/1 send 4242\n")
+        assert first.line() == b"ok 4242\n"
+        second = clients(relay)
+        second.send(b"bob/1 send 4242\n")
+        assert second.line() == b"error nameplate 4242 is in use; choose another passphrase\n"
+        assert second.rest() == b""
+
+        # the first sender still holds it: a receiver pairs with the first
+        receiver = clients(relay)
+        receiver.send(b"bob/1 recv 4242\n")
+        assert receiver.line() == f"paired {first.address}\n".encode()
+        assert first.line() == f"paired {receiver.address}\n".encode()
+
+        # pairing burned the nameplate, so it is free for a new sender
+        third = clients(relay)
+        third.send(b"bob/1 send 4242\n")
+        assert third.line() == b"ok 4242\n"
+
+
+def test_waiting_limit_says_the_relay_is_full(
+    tmp_path: Path, clients: Callable[[RelayProcess], Client]
+) -> None:
+    with relay_with(tmp_path, waiting=2) as relay:
+        waiting = []
+        for command in (b"bob/1 send\n", b"bob/1 send 777\n"):
+            sender = clients(relay)
+            sender.send(command)
+            ok = OK.match(sender.line())
+            assert ok is not None
+            waiting.append(ok[1].decode())
+        for command in (b"bob/1 send\n", b"bob/1 send 778\n"):
+            extra = clients(relay)
+            extra.send(command)
+            assert extra.line() == b"error the relay is full; try again later\n"
+            assert extra.rest() == b""
+        full = poll(relay, lambda s: s["connections_open"] == 2, "the extras closed")
+        assert full["waiting"] == 2
+        assert full["closed"] == {"errory": 2}
+
+        # a receiver is not a waiter: it still pairs when the relay is full, and frees a place
+        receiver = clients(relay)
+        receiver.send(f"bob/1 recv {waiting[0]}\n".encode())
+        assert PAIRED.match(receiver.line())
+        poll(relay, lambda s: s["waiting"] == 1, "one waiting after a pairing")
+        another = clients(relay)
+        another.send(b"bob/1 send\n")
+        assert OK.match(another.line())
+
+
+def test_handshake_timeout_closes_silent_and_slow_clients(
+    tmp_path: Path, clients: Callable[[RelayProcess], Client]
+) -> None:
+    with relay_with(tmp_path, handshake_timeout=0.3) as relay:
+        silent, slow = clients(relay), clients(relay)
+        slow.send(b"bob/1 se")  # half a line does not buy more time
+        started = time.monotonic()
+        for client in (silent, slow):
+            assert client.line() == b"error handshake timed out\n"
+            assert client.rest() == b""
+        assert time.monotonic() - started >= 0.2
+        done = quiet(relay)
+        assert done["closed"] == {"errory": 2}
+
+
+def test_wait_timeout_lets_a_lonely_sender_go(
+    tmp_path: Path, clients: Callable[[RelayProcess], Client]
+) -> None:
+    with relay_with(tmp_path, wait_timeout=0.3) as relay:
+        sender = clients(relay)
+        sender.send(b"bob/1 send\n")
+        assert OK.match(sender.line())
+        assert sender.line() == b"error nobody came for this nameplate\n"
+        assert sender.rest() == b""
+        assert quiet(relay)["closed"] == {"lonely": 1}
+
+
+def test_idle_timeout_closes_both_sides_of_a_quiet_pair(
+    tmp_path: Path, clients: Callable[[RelayProcess], Client]
+) -> None:
+    with relay_with(tmp_path, idle_timeout=0.4) as relay:
+        sender, receiver = pair(relay, clients)
+        started = time.monotonic()
+        assert sender.rest() == b""  # paired: no error line, just closed
+        assert receiver.rest() == b""
+        assert time.monotonic() - started >= 0.3
+        done = quiet(relay)
+        assert done["closed"] == {"errory": 2}
+        assert done["pairs"] == 1
+
+
+def test_idle_timeout_spares_a_pair_that_keeps_talking(
+    tmp_path: Path, clients: Callable[[RelayProcess], Client]
+) -> None:
+    idle = 0.6
+    with relay_with(tmp_path, idle_timeout=idle) as relay:
+        sender, receiver = pair(relay, clients)
+        # a byte every `idle / 3` seconds, for five idle periods: the pair is never idle.
+        # The pacing is the waiting on the receiver's socket, which must see no EOF.
+        receiver.sock.settimeout(idle / 3)
+        for _ in range(15):
+            sender.send(b".")
+            assert receiver.read(1) == b"."
+            with pytest.raises(TimeoutError):
+                receiver.read(1)
+        receiver.sock.settimeout(IO_TIMEOUT)
+        receiver.send(b"still here")
+        assert sender.read(10) == b"still here"
+        assert status(relay)["connections_open"] == 2
+
+        # then silence, and the idle timeout still applies
+        assert sender.rest() == b""
+        assert receiver.rest() == b""
+        assert quiet(relay)["closed"] == {"errory": 2}
+
+
+# -- 3. blind forwarding --------------------------------------------------------------------
+
+
+def test_pair_forwards_bytes_both_ways_unchanged_and_counts_them(
+    tmp_path: Path, clients: Callable[[RelayProcess], Client]
+) -> None:
+    with relay_with(tmp_path) as relay:
+        sender, receiver = pair(relay, clients, nameplate="31337")
+        # every byte value, lines that look like the handshake, and a lot of noise: both
+        # ways at once, more than the relay buffers, so flow control has to work
+        tricky = bytes(range(256)) + b"\nbob/1 send\nerror x\nok 1\npaired 1.2.3.4:5\n\r\n"
+        up = tricky + os.urandom(3 << 20) + tricky
+        down = tricky[::-1] + os.urandom(2 << 20)
+
+        async def both_ways() -> tuple[bytes, bytes]:
+            loop = asyncio.get_running_loop()
+            for client in (sender, receiver):
+                client.sock.setblocking(False)
+
+            async def recv(client: Client, n: int) -> bytes:
+                chunks, got = [], 0
+                while got < n:
+                    chunk = await loop.sock_recv(client.sock, 65536)
+                    assert chunk, f"EOF after {got} of {n} bytes"
+                    chunks.append(chunk)
+                    got += len(chunk)
+                return b"".join(chunks)
+
+            _, _, got_down, got_up = await asyncio.wait_for(
+                asyncio.gather(
+                    loop.sock_sendall(sender.sock, up),
+                    loop.sock_sendall(receiver.sock, down),
+                    recv(sender, len(down)),
+                    recv(receiver, len(up)),
+                ),
+                30,
+            )
+            return got_down, got_up
+
+        got_down, got_up = asyncio.run(both_ways())
+        assert got_up == up
+        assert got_down == down
+
+        receiver.close()
+        for client in (sender,):
+            client.sock.setblocking(True)
+            client.sock.settimeout(IO_TIMEOUT)
+            assert client.rest() == b""
+        done = quiet(relay)
+        assert done["bytes_relayed"] == len(up) + len(down)
+        assert done["pairs"] == 1
+        assert done["closed"] == {"happy": 2}
