@@ -1,4 +1,4 @@
-"""bob send / bob recv as real processes through a real relay on loopback; the text users see is pinned."""
+"""bob send and bob recv as real processes through a real relay; the text users see is pinned."""
 
 from __future__ import annotations
 
@@ -102,7 +102,10 @@ def test_folder_tree_keeps_structure(relay: RelayProcess, tmp_path: Path, out: P
     got = recv(relay, "-y", "-o", str(out), "3-tree-frog")
     code, lines = sender.finish(TIMEOUT)
     assert (code, got.returncode) == (0, 0), (lines, got.stderr)
-    assert lines[:2] == ["Skipping proj/link (symlink)", "Sending 4 files (308.0 kB) in folder 'proj'"]
+    assert lines[:2] == [
+        "Skipping proj/link (symlink)",
+        "Sending 4 files (308.0 kB) in folder 'proj'",
+    ]
     received = out / "proj"
     assert sorted(str(p.relative_to(received)) for p in received.rglob("*")) == [
         "README",

@@ -74,9 +74,7 @@ def status(relay: RelayProcess) -> dict[str, Any]:
     return relay_status
 
 
-def poll(
-    relay: RelayProcess, done: Callable[[dict[str, Any]], bool], what: str
-) -> dict[str, Any]:
+def poll(relay: RelayProcess, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
     """Poll /status until `done(status)`, failing after DEADLINE seconds."""
     deadline = time.monotonic() + DEADLINE
     while True:
@@ -297,9 +295,7 @@ class Storm:
             assert await until_eof(reader) == b""
         self.expected["errory"] += 1
 
-    async def _paired(
-        self, i: int, body: Callable[..., Any]
-    ) -> None:
+    async def _paired(self, i: int, body: Callable[..., Any]) -> None:
         async with connection(self.host, self.port) as (s_reader, s_writer):
             if i % 2:  # half the senders bring their own nameplate
                 self.claimed += 1

@@ -267,9 +267,7 @@ MALFORMED = [
     pytest.param(b'{"v": 1, "entries": [[["a"], "f", 1e400]]}', id="size-inf"),
     pytest.param(b'{"v": 1, "entries": [[["a"], "f", NaN]]}', id="size-nan"),
     pytest.param(b'{"v": 1, "entries": [[["a"], "f", [1]]]}', id="size-list"),
-    pytest.param(
-        b'{"v": 1, "entries": [[["a"], "f", %d]]}' % (MAX_SIZE + 1), id="size-over-limit"
-    ),
+    pytest.param(b'{"v": 1, "entries": [[["a"], "f", %d]]}' % (MAX_SIZE + 1), id="size-over-limit"),
     pytest.param(b'{"v": 1, "entries": [[["a"], "f", 1%s]]}' % (b"0" * 5000), id="size-huge"),
     pytest.param(b'{"v": 1, "entries": [[["d"], "d", 5]]}', id="folder-with-size"),
     pytest.param(b'{"v": 1, "entries": [[["a"], "f", 1]]' + b"]" * 3, id="trailing"),

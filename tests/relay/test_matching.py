@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import pytest
+
+from retreatkit.relay import wire
+from retreatkit.relay.matching import Limits, Matcher, Refusal
+
+
+def counter() -> Matcher:
+    values = iter(range(1000))
+    return Matcher(Limits(per_ip=2, waiting=3), randbelow=lambda n: next(values) % n)
+
+
+def test_allocate_join_burns_the_nameplate() -> None:
+    m = counter()
+    a, b = object(), object()
+    plate = m.allocate(a)
+    assert plate == "1" and m.waiting == 1
+    assert m.join(plate) is a
+    with pytest.raises(Refusal, match="no sender is waiting on nameplate 1"):
+        m.join(plate)
+    assert m.allocate(b) == "2"
+
+
+def test_claim_in_use_and_room() -> None:
+    m = counter()
+    m.claim(object(), "7")
+    with pytest.raises(Refusal, match="nameplate 7 is in use; choose another passphrase"):
+        m.claim(object(), "7")
+    m.allocate(object())
+    m.allocate(object())
+    with pytest.raises(Refusal, match="the relay is full; try again later"):
+        m.allocate(object())
+
+
+def test_leave_only_frees_own_nameplate() -> None:
+    m = counter()
+    a = object()
+    m.claim(a, "5")
+    m.leave(object(), "5")
+    assert m.waiting == 1
+    m.leave(a, "5")
+    assert m.waiting == 0
+
+
+def test_per_ip_limit() -> None:
+    m = counter()
+    m.admit("10.0.0.1")
+    m.admit("10.0.0.1")
+    with pytest.raises(Refusal, match=r"too many connections from 10\.0\.0\.1"):
+        m.admit("10.0.0.1")
+    m.admit("10.0.0.2")
+    m.release("10.0.0.1")
+    m.admit("10.0.0.1")
+    assert m.open_connections == 3
+
+
+@pytest.mark.parametrize(
+    ("line", "role", "plate"),
+    [
+        (b"bob/1 send\n", "send", None),
+        (b"bob/1 send 12\n", "send", "12"),
+        (b"bob/1 recv 3", "recv", "3"),
+    ],
+)
+def test_parse_request(line: bytes, role: str, plate: str | None) -> None:
+    request = wire.parse_request(line)
+    assert (request.role.value, request.nameplate) == (role, plate)
+    assert wire.parse_request(request.encode()) == request
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"bob/1 recv\n", b"bob/2 send\n", b"bob/1 send abc\n", b"\xff\n", b"bob/1 send 1234567\n"],
+)
+def test_parse_request_rejects(line: bytes) -> None:
+    with pytest.raises(wire.WireError):
+        wire.parse_request(line)
+
+
+def test_reply_is_one_bounded_line() -> None:
+    line = wire.reply("error", "x\ny" * 100)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and len(line) <= wire.MAX_LINE

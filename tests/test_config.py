@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from retreatkit import config
+
+
+def test_defaults_without_a_file() -> None:
+    cfg = config.load(None)
+    assert cfg["relay"]["listen"] == "0.0.0.0:9000"
+    assert cfg["admin"]["listen"] == "127.0.0.1:8080"
+
+
+def test_file_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "retreat.toml"
+    path.write_text("[relay]\nper_ip = 3\nidle_timeout = 5\n")
+    cfg = config.load(path)
+    assert cfg["relay"]["per_ip"] == 3
+    assert cfg["relay"]["idle_timeout"] == 5
+    assert config.DEFAULTS["relay"]["per_ip"] == 64
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[nope]\n", "unknown section [nope]"),
+        ("[relay]\nbogus = 1\n", "unknown key 'bogus' in [relay]"),
+        ("[relay]\nper_ip = 'many'\n", "[relay] per_ip should be like 64"),
+        ("[relay\n", "is not valid TOML"),
+    ],
+)
+def test_bad_files(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "retreat.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        config.load(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:9000", ("127.0.0.1", 9000)),
+        ("[::1]:53", ("::1", 53)),
+        ("relay.lan", ("relay.lan", 9000)),
+    ],
+)
+def test_host_port(text: str, expected: tuple[str, int]) -> None:
+    assert config.host_port(text, default_port=9000) == expected
+
+
+@pytest.mark.parametrize("text", ["nohost", ":80", "h:99999", "h:x"])
+def test_host_port_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        config.host_port(text)
