@@ -547,6 +547,29 @@ def test_idle_timeout_spares_a_pair_that_keeps_talking(
         assert quiet(relay)["closed"] == {"errory": 2}
 
 
+def test_a_receiver_that_stops_reading_cannot_keep_a_socket(
+    tmp_path: Path, clients: Callable[[RelayProcess], Client]
+) -> None:
+    """Closing flushes what the relay holds for a client, but not for ever.
+
+    Once a connection is closed it no longer counts towards per_ip, so a client that never
+    reads again must not be able to hold the relay's socket (and its buffer) past a bound.
+    """
+    with relay_with(tmp_path, idle_timeout=0.5) as relay:
+        baseline_fds = open_fds(relay.process.pid)
+        sender, receiver = pair(relay, clients)
+        # the receiver reads nothing more; the sender writes until the buffers on the way
+        # are full, the relay stops reading from it, and the idle timeout ends the pair
+        chunk = b"x" * (1 << 20)
+        with pytest.raises(OSError):  # reset by the relay, when the idle timeout fires
+            for _ in range(1000):
+                sender.send(chunk)
+        done = quiet(relay, fds=baseline_fds)  # while the receiver is still connected
+        assert done["closed"] == {"errory": 2}
+        with suppress(OSError):
+            receiver.rest()
+
+
 # -- 3. blind forwarding --------------------------------------------------------------------
 
 
