@@ -153,6 +153,9 @@ class RelayConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close(self._mood)
+        if self._timer is not None:  # the flush after close() finished in time
+            self._timer.cancel()
+            self._timer = None
 
     # flow control: when the peer cannot take more, stop reading from this side
     def pause_writing(self) -> None:
@@ -237,6 +240,11 @@ class RelayConnection(asyncio.Protocol):
         self.relay.stats.closed(mood, self._relayed)
         if self.transport is not None:
             self.transport.close()  # flushes what is buffered, then closes
+            if self.transport.get_write_buffer_size():
+                # but not for ever: a client that stops reading would keep the socket
+                # (and the buffer) after it no longer counts towards any limit
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(self.relay.limits.idle_timeout, self.transport.abort)
         peer, self.peer = self.peer, None
         if peer is not None:
             peer.close(mood)
