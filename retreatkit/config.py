@@ -18,6 +18,15 @@ DEFAULTS: dict[str, Any] = {
         "idle_timeout": 300.0,
     },
     "bob": {"relay": "relay.retreat.lan:9000"},
+    "mirror": {
+        "listen": "0.0.0.0:8000",
+        "store": "",  # empty: the user's data folder
+        "pypi": "",  # empty: from pip's own configuration
+        "opam": "",  # empty: from opam's own configuration
+        "index_ttl": 600.0,
+        "connect_timeout": 5.0,
+        "read_timeout": 30.0,
+    },
 }
 
 

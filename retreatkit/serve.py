@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
+import aiohttp
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from retreatkit import config
 from retreatkit.admin import app as admin
+from retreatkit.mirror import app as mirror_app
+from retreatkit.mirror import upstreams
+from retreatkit.mirror.fetch import Limits as FetchLimits
+from retreatkit.mirror.service import Mirror, Settings, register
 from retreatkit.relay.matching import Limits
 from retreatkit.relay.server import Relay
 
 log = logging.getLogger("retreatkit")
+Say = Callable[[str], None]
 
 
 def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -35,6 +45,14 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("retreatkit").setLevel(level)
 
 
+class Service(Protocol):
+    name: str
+
+    async def start(self, registry: CollectorRegistry, say: Say) -> None: ...
+    async def stop(self) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+
+
 def relay_limits(section: dict[str, Any]) -> Limits:
     return Limits(
         per_ip=int(section["per_ip"]),
@@ -45,20 +63,106 @@ def relay_limits(section: dict[str, Any]) -> Limits:
     )
 
 
-async def serve_relay(
-    listen: tuple[str, int], admin_at: tuple[str, int], limits: Limits, say: Callable[[str], None]
-) -> int:
+class RelayService:
+    name = "relay"
+
+    def __init__(self, listen: tuple[str, int], limits: Limits) -> None:
+        self.listen = listen
+        self.limits = limits
+        self.relay: Relay | None = None
+
+    async def start(self, registry: CollectorRegistry, say: Say) -> None:
+        self.relay = Relay(self.limits, registry)
+        host, port = await self.relay.start(*self.listen)
+        say(f"Relay listening on {host}:{port}")
+
+    async def stop(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
+
+    def status(self) -> dict[str, Any]:
+        return self.relay.status() if self.relay else {}
+
+
+def default_store() -> Path:
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "retreatkit" / "mirror"
+
+
+class MirrorService:
+    name = "mirror"
+
+    def __init__(self, listen: tuple[str, int], settings: Settings) -> None:
+        self.listen = listen
+        self.settings = settings
+        self.mirror: Mirror | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> MirrorService:
+        settings = Settings(
+            store=Path(section["store"]) if section["store"] else default_store(),
+            pypi=section["pypi"] or upstreams.default_pypi(),
+            opam=section["opam"] or upstreams.default_opam(),
+            index_ttl=float(section["index_ttl"]),
+            limits=FetchLimits(
+                connect_timeout=float(section["connect_timeout"]),
+                read_timeout=float(section["read_timeout"]),
+            ),
+        )
+        return cls(config.host_port(section["listen"]), settings)
+
+    async def start(self, registry: CollectorRegistry, say: Say) -> None:
+        # no environment proxies: the mirror talks to the upstreams it was given, only
+        self._session = aiohttp.ClientSession(auto_decompress=False, trust_env=False)
+        self.mirror = Mirror(self.settings, self._session)
+        _kept, dropped = await self.mirror.check_store()
+        register(self.mirror, registry)
+        self._runner = web.AppRunner(mirror_app.make_app(self.mirror), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, *self.listen).start()
+        host, port = self._runner.addresses[0][:2]
+        say(f"Mirror listening on http://{host}:{port}/ (store {self.settings.store})")
+        if dropped:
+            say(f"Mirror store check dropped {dropped} corrupt files")
+        for ecosystem in ("pypi", "opam"):
+            upstream = getattr(self.settings, ecosystem)
+            say(f"Mirror {ecosystem} upstream: {upstream or 'none (pass --' + ecosystem + ' URL)'}")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.mirror is not None:
+            await self.mirror.close()
+        if self._session is not None:
+            await self._session.close()
+
+    def status(self) -> dict[str, Any]:
+        return self.mirror.status() if self.mirror else {}
+
+
+async def serve(services: list[Service], admin_at: tuple[str, int], say: Say) -> int:
+    """Start every service and the admin endpoint; run until SIGINT or SIGTERM."""
     registry = CollectorRegistry()
-    relay = Relay(limits, registry)
-    host, port = await relay.start(*listen)
-    runner, (ahost, aport) = await admin.start(registry, {"relay": relay.status}, *admin_at)
-    say(f"Relay listening on {host}:{port}")
-    say(f"Admin on http://{ahost}:{aport}/status")
+    started: list[Service] = []
+    runner: web.AppRunner | None = None
     try:
+        for service in services:
+            await service.start(registry, say)
+            started.append(service)
+        sources = {s.name: s.status for s in services}
+        runner, (ahost, aport) = await admin.start(registry, sources, *admin_at)
+        say(f"Admin on http://{ahost}:{aport}/status")
         await _until_signalled()
     finally:
-        await relay.stop()
-        await runner.cleanup()
+        for service in reversed(started):
+            try:
+                await service.stop()
+            except Exception:  # one service failing to stop must not keep the others up
+                log.exception("stopping %s failed", service.name)
+        if runner is not None:
+            await runner.cleanup()
     return 0
 
 

@@ -91,8 +91,8 @@ def run_relay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise Usage(str(exc)) from None
     serve.setup_logging()
-    limits = serve.relay_limits(cfg["relay"])
-    return serve.run(lambda: serve.serve_relay(listen, admin_at, limits, _say))
+    relay = serve.RelayService(listen, serve.relay_limits(cfg["relay"]))
+    return serve.run(lambda: serve.serve([relay], admin_at, _say))
 
 
 def _say(line: str) -> None:

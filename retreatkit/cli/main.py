@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from retreatkit import config, serve
 
@@ -14,37 +15,53 @@ Infrastructure in a bag for events whose internet is slow, metered or gone.
 also run on its own."""
 
 
-class Usage(Exception):
-    """Bad arguments: exit 2."""
-
-
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="retreatkit", description=DESCRIPTION)
     top.add_argument("--config", metavar="FILE", type=Path, help="retreat.toml (default: none)")
-    sub = top.add_subparsers(dest="command", required=True, metavar="{up,relay}")
-    up = sub.add_parser("up", help="run all services (for now: the relay)")
-    up.add_argument("--admin", metavar="HOST:PORT", help="admin endpoint (default 127.0.0.1:8080)")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{up,relay,mirror}")
+    admin_help = "admin endpoint (default 127.0.0.1:8080)"
+    up = sub.add_parser("up", help="run all services: relay and mirror")
+    up.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
     relay = sub.add_parser("relay", help="run bob's relay")
     relay.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:9000")
-    relay.add_argument(
-        "--admin", metavar="HOST:PORT", help="admin endpoint (default 127.0.0.1:8080)"
-    )
+    relay.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
+    mirror = sub.add_parser("mirror", help="run the caching package mirror")
+    mirror.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:8000")
+    mirror.add_argument("--store", metavar="DIR", help="default: the user's data folder")
+    mirror.add_argument("--pypi", metavar="URL", help="PyPI simple index (default: pip's own)")
+    mirror.add_argument("--opam", metavar="URL", help="opam repository (default: opam's own)")
+    mirror.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
     return top
+
+
+def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Service]:
+    flags = {k: v for k, v in vars(args).items() if v is not None}
+    out: list[serve.Service] = []
+    if args.command in ("up", "relay"):
+        listen = flags.get("listen") if args.command == "relay" else None
+        section = {**cfg["relay"], **({"listen": listen} if listen else {})}
+        relay = serve.RelayService(config.host_port(section["listen"]), serve.relay_limits(section))
+        out.append(relay)
+    if args.command in ("up", "mirror"):
+        section = dict(cfg["mirror"])
+        if args.command == "mirror":
+            section.update({k: flags[k] for k in ("listen", "store", "pypi", "opam") if k in flags})
+        out.append(serve.MirrorService.from_config(section))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         cfg = config.load(args.config)
-        listen = config.host_port(getattr(args, "listen", None) or cfg["relay"]["listen"])
         admin_at = config.host_port(args.admin or cfg["admin"]["listen"])
+        chosen = services(args, cfg)
     except ValueError as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 2
     serve.setup_logging()
-    limits = serve.relay_limits(cfg["relay"])
     try:
-        return serve.run(lambda: serve.serve_relay(listen, admin_at, limits, _say))
+        return serve.run(lambda: serve.serve(chosen, admin_at, _say))
     except OSError as exc:
         print(f"ERROR: cannot start: {exc.strerror or exc}", file=sys.stderr)
         return 1

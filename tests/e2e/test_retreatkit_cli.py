@@ -22,7 +22,11 @@ def retreatkit(*args: str) -> list[str]:
 @pytest.mark.parametrize("command", ["up", "relay"])
 def test_serves_relay_and_admin(tmp_path: Path, command: str) -> None:
     cfg = tmp_path / "retreat.toml"
-    cfg.write_text('[relay]\nlisten = "127.0.0.1:0"\n[admin]\nlisten = "127.0.0.1:0"\n')
+    cfg.write_text(
+        '[relay]\nlisten = "127.0.0.1:0"\n[admin]\nlisten = "127.0.0.1:0"\n'
+        f'[mirror]\nlisten = "127.0.0.1:0"\nstore = "{tmp_path / "store"}"\n'
+        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
+    )
     proc = Process.start(retreatkit("--config", str(cfg), command))
     try:
         proc.wait_for(r"^Relay listening on 127\.0\.0\.1:\d+$")

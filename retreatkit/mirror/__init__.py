@@ -1,0 +1,1 @@
+"""The caching package mirror: every package crosses the uplink once."""

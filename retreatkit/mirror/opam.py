@@ -1,0 +1,132 @@
+"""opam repositories: read index.tar.gz, find every archive and its checksums (no I/O)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import tarfile
+from dataclasses import dataclass
+
+from retreatkit.mirror.store import valid_hex
+
+REPO_FILE = b'opam-version: "2.0"\narchive-mirrors: "cache"\n'
+MAX_INDEX = 512 * 1024 * 1024
+MAX_OPAM_FILE = 1024 * 1024
+_TOKEN = re.compile(
+    r'"""(?P<tstr>.*?)"""|"(?P<str>(?:[^"\\]|\\.)*)"|(?P<comment>#[^\n]*|\(\*.*?\*\))'
+    r"|(?P<punct>[{}\[\]():])|(?P<word>[^\s{}\[\]():\"]+)|(?P<space>\s+)",
+    re.DOTALL,
+)
+
+
+class BadIndex(ValueError):
+    """index.tar.gz is truncated, corrupt or too large."""
+
+
+@dataclass(frozen=True, slots=True)
+class Archive:
+    url: str
+    mirrors: tuple[str, ...]
+    checksums: dict[str, str]  # algo -> hex, every one the opam file gives
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out = []
+    for match in _TOKEN.finditer(text):
+        kind = match.lastgroup
+        if kind in ("space", "comment") or kind is None:
+            continue
+        value = match[kind]
+        out.append(("str" if kind == "tstr" else kind, value))
+    return out
+
+
+def _section_fields(tokens: list[tuple[str, str]], start: int) -> tuple[dict[str, list[str]], int]:
+    """Fields of a `{ ... }` section starting after its `{`: name -> its string values."""
+    fields: dict[str, list[str]] = {}
+    depth, i, current = 1, start, None
+    while i < len(tokens) and depth:
+        kind, value = tokens[i]
+        if kind == "punct" and value == "{":
+            depth += 1
+        elif kind == "punct" and value == "}":
+            depth -= 1
+        elif (
+            depth == 1
+            and kind == "word"
+            and i + 1 < len(tokens)
+            and tokens[i + 1] == ("punct", ":")
+        ):
+            current = value
+            fields.setdefault(current, [])
+            i += 1
+        elif depth == 1 and kind == "str" and current is not None:
+            fields[current].append(value)
+        i += 1
+    return fields, i
+
+
+def _archive(fields: dict[str, list[str]]) -> Archive | None:
+    urls = fields.get("src") or fields.get("archive") or fields.get("http")
+    if not urls:
+        return None
+    checksums: dict[str, str] = {}
+    for item in fields.get("checksum", []):
+        algo, eq, digest = item.partition("=")
+        if eq and valid_hex(algo, digest.lower()):
+            checksums[algo] = digest.lower()
+        elif valid_hex("md5", item.lower()):  # opam 1.2 style: a bare md5
+            checksums["md5"] = item.lower()
+    if not checksums:
+        return None
+    return Archive(urls[0], tuple(fields.get("mirrors", [])), checksums)
+
+
+def archives(opam_text: str) -> list[Archive]:
+    """The archives an opam file declares: its `url` section and every `extra-source`."""
+    tokens = _tokens(opam_text)
+    found = []
+    i = 0
+    while i < len(tokens):
+        kind, value = tokens[i]
+        if kind == "word" and value in ("url", "extra-source"):
+            j = i + 1
+            if value == "extra-source" and j < len(tokens) and tokens[j][0] == "str":
+                j += 1
+            if j < len(tokens) and tokens[j] == ("punct", "{"):
+                fields, i = _section_fields(tokens, j + 1)
+                archive = _archive(fields)
+                if archive is not None:
+                    found.append(archive)
+                continue
+        i += 1
+    return found
+
+
+def read_index(data: bytes) -> list[Archive]:
+    """Every archive declared in an index.tar.gz; raises on a corrupt or truncated tarball."""
+    if len(data) > MAX_INDEX:
+        raise BadIndex("index.tar.gz is too large")
+    found: list[Archive] = []
+    try:
+        # decompress whole first: gzip's CRC and length trailer catch a body cut short
+        raw = gzip.decompress(data)
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+            for member in tar:
+                if not member.isfile() or not member.name.endswith("/opam"):
+                    continue
+                if member.size > MAX_OPAM_FILE:
+                    continue
+                handle = tar.extractfile(member)
+                if handle is None:
+                    continue
+                text = handle.read().decode("utf-8", "replace")
+                found.extend(archives(text))
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise BadIndex(f"index.tar.gz is corrupt or truncated ({exc})") from None
+    return found
+
+
+def cache_name(algo: str, digest: str) -> str:
+    return f"opam/{algo}/{digest}"
