@@ -42,7 +42,10 @@ def _mirror(request: web.Request) -> Mirror:
 
 
 def _error(mirror: Mirror, status: int, text: str) -> web.Response:
-    mirror.counters.errors += 1
+    if status == 404:
+        mirror.counters.not_found += 1
+    else:
+        mirror.counters.errors += 1
     return web.Response(status=status, text=text.rstrip("\n") + "\n")
 
 
@@ -133,7 +136,7 @@ async def opam_index(request: web.Request) -> web.Response:
     url = mirror.settings.opam.rstrip("/") + "/index.tar.gz"
 
     async def process(body: bytes, content_type: str) -> tuple[bytes, str]:
-        found = await asyncio.to_thread(opam.read_index, body)
+        index, found = await asyncio.to_thread(opam.read_index, body)
         mirror.store.add_sources(
             [
                 (opam.cache_name(algo, digest), a.url, a.checksums)
@@ -141,7 +144,7 @@ async def opam_index(request: web.Request) -> web.Response:
                 for algo, digest in a.checksums.items()
             ]
         )
-        return body, "application/gzip"
+        return index, "application/gzip"
 
     answer = await _index(mirror, "opam/index.tar.gz", url, "*/*", process)
     if isinstance(answer, web.Response):
@@ -169,8 +172,10 @@ async def _index(
         return _error(mirror, 404, str(exc))
     except UpstreamError as exc:
         return _error(mirror, exc.status, str(exc))
-    if answer.stale:
+    if answer.origin == "stale":
         mirror.counters.stale += 1
+    elif answer.origin == "upstream":
+        mirror.counters.misses += 1
     else:
         mirror.counters.hits += 1
     return answer

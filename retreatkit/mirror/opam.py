@@ -104,28 +104,58 @@ def archives(opam_text: str) -> list[Archive]:
     return found
 
 
-def read_index(data: bytes) -> list[Archive]:
-    """Every archive declared in an index.tar.gz; raises on a corrupt or truncated tarball."""
+def read_index(data: bytes) -> tuple[bytes, list[Archive]]:
+    """Every archive an index.tar.gz declares, and the index as the mirror serves it.
+
+    opam takes `archive-mirrors` from the `repo` file inside the index, so the
+    mirror's copy carries its own `repo` file pointing opam at `cache`.
+    Raises BadIndex on a corrupt or truncated tarball.
+    """
     if len(data) > MAX_INDEX:
         raise BadIndex("index.tar.gz is too large")
     found: list[Archive] = []
+    out = io.BytesIO()
     try:
         # decompress whole first: gzip's CRC and length trailer catch a body cut short
         raw = gzip.decompress(data)
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        with (
+            tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar,
+            tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as new,
+        ):
+            saw_repo = False
             for member in tar:
-                if not member.isfile() or not member.name.endswith("/opam"):
-                    continue
-                if member.size > MAX_OPAM_FILE:
-                    continue
-                handle = tar.extractfile(member)
-                if handle is None:
-                    continue
-                text = handle.read().decode("utf-8", "replace")
-                found.extend(archives(text))
+                handle = tar.extractfile(member) if member.isfile() else None
+                content = handle.read() if handle is not None else b""
+                if (
+                    member.isfile()
+                    and member.name.rstrip("/").split("/")[-1] == "repo"
+                    and (member.name.count("/") <= 1)
+                ):
+                    content, saw_repo = _mirror_repo(content), True
+                    member.size = len(content)
+                if (
+                    member.isfile()
+                    and member.name.endswith("/opam")
+                    and member.size <= MAX_OPAM_FILE
+                ):
+                    found.extend(archives(content.decode("utf-8", "replace")))
+                new.addfile(member, io.BytesIO(content) if member.isfile() else None)
+            if not saw_repo:
+                info = tarfile.TarInfo("repo")
+                info.size = len(REPO_FILE)
+                new.addfile(info, io.BytesIO(REPO_FILE))
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise BadIndex(f"index.tar.gz is corrupt or truncated ({exc})") from None
-    return found
+    return out.getvalue(), found
+
+
+def _mirror_repo(content: bytes) -> bytes:
+    kept = [
+        line
+        for line in content.decode("utf-8", "replace").splitlines()
+        if not line.startswith("archive-mirrors")
+    ]
+    return ("\n".join([*kept, 'archive-mirrors: "cache"']) + "\n").encode()
 
 
 def cache_name(algo: str, digest: str) -> str:

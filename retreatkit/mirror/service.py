@@ -36,6 +36,7 @@ class Counters:
     hits: int = 0
     misses: int = 0
     stale: int = 0
+    not_found: int = 0
     errors: int = 0
     bytes_from_cache: int = 0
     bytes_from_upstream: int = 0
@@ -44,7 +45,11 @@ class Counters:
 @dataclass(frozen=True, slots=True)
 class IndexAnswer:
     obj: Object
-    stale: bool
+    origin: str  # "cache", "revalidated", "upstream" or "stale"
+
+    @property
+    def stale(self) -> bool:
+        return self.origin == "stale"
 
 
 Process = Callable[[bytes, str], Awaitable[tuple[bytes, str]]]
@@ -75,7 +80,7 @@ class Mirror:
         """The cached index if fresh; else ask upstream (once, however many ask); else stale."""
         cached = self.store.get(key)
         if cached is not None and time.time() - cached.fetched < self.settings.index_ttl:
-            return IndexAnswer(cached, stale=False)
+            return IndexAnswer(cached, "cache")
         running = self._revalidating.get(key)
         if running is not None:
             return await asyncio.shield(running)
@@ -105,7 +110,7 @@ class Mirror:
             async with response:
                 if response.status == 304 and cached is not None:
                     self.store.touch(key)
-                    return IndexAnswer(cached, stale=False)
+                    return IndexAnswer(cached, "revalidated")
                 if response.status == 404:
                     raise NotFound(f"upstream has no {key}")
                 if response.status != 200:
@@ -123,11 +128,11 @@ class Mirror:
                     raise
                 raise UpstreamError(f"upstream failed for {key}: {exc}") from None
             log.warning("serving stale %s: %s", key, exc)
-            return IndexAnswer(cached, stale=True)
+            return IndexAnswer(cached, "stale")
         digest = self.store.put_bytes(data)
         obj = Object(key, digest, len(data), stored_type, time.time(), etag, modified)
         self.store.put(obj)
-        return IndexAnswer(obj, stale=False)
+        return IndexAnswer(obj, "upstream")
 
     # -- files ----------------------------------------------------------------------
 
@@ -159,6 +164,7 @@ class Mirror:
             "hits": c.hits,
             "misses": c.misses,
             "stale_served": c.stale,
+            "not_found": c.not_found,
             "errors": c.errors,
             "bytes_from_cache": c.bytes_from_cache,
             "bytes_from_upstream": c.bytes_from_upstream,
@@ -204,6 +210,7 @@ class _MirrorCollector(Collector):
             ("hits", "Requests answered from the store"),
             ("misses", "Requests that needed upstream"),
             ("stale_served", "Indexes served stale because upstream failed"),
+            ("not_found", "Requests for things upstream does not have"),
             ("errors", "Requests answered with an error"),
             ("bytes_from_cache", "Bytes served from the store"),
             ("bytes_from_upstream", "Bytes served while being fetched"),

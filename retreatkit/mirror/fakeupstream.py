@@ -1,0 +1,150 @@
+"""A test upstream: serves a folder over HTTP/1.1 and misbehaves on request.
+
+`python -m retreatkit.mirror.fakeupstream ROOT` prints `Upstream listening on URL`.
+`ROOT/.behaviours.json` maps a request path to a misbehaviour, read at each request:
+  truncate      half the body, no Content-Length, then close
+  truncate-cl   the full Content-Length, half the body, then close
+  corrupt       the right length, one byte flipped
+  stall         headers and half the body, then silence until the client gives up
+  reset         half the body, then a TCP reset
+  fail          500
+`GET /_stats` gives {path: request count}. It is a raw asyncio server because a
+real server would not let a test send a body cut short without Content-Length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import mimetypes
+import socket
+import struct
+import sys
+import zlib
+from collections import Counter
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+MAX_HEAD = 16 * 1024
+
+
+class Upstream:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.counts: Counter[str] = Counter()
+
+    def behaviour(self, path: str) -> str:
+        try:
+            rules = json.loads((self.root / ".behaviours.json").read_text())
+        except (OSError, ValueError):
+            return "ok"
+        return str(rules.get(path, "ok"))
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = ([*lines[0].split(" "), "", "", ""])[:3]
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])
+        }
+        path = unquote(urlsplit(target).path)
+        self.counts[path] += 1
+        try:
+            await self._respond(writer, method, path, headers)
+        except ConnectionError:
+            pass
+        finally:
+            if not writer.is_closing():
+                writer.close()
+
+    async def _respond(
+        self, writer: asyncio.StreamWriter, method: str, path: str, headers: dict[str, str]
+    ) -> None:
+        if path == "/_stats":
+            return await _send(writer, 200, json.dumps(self.counts).encode(), "application/json")
+        file = (self.root / path.lstrip("/")).resolve()
+        if file.is_dir():
+            file = file / "index.html"
+        if self.root not in file.parents or not file.is_file() or file.name.startswith("."):
+            return await _send(writer, 404, b"not found\n", "text/plain")
+        body = file.read_bytes()
+        kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        if file.name == "index.html":
+            kind = "text/html"
+        etag = f'"{zlib.crc32(body):08x}"'
+        if headers.get("if-none-match") == etag:
+            return await _send(writer, 304, b"", kind, etag=etag)
+        mode = self.behaviour(path)
+        half = body[: len(body) // 2]
+        if mode == "fail":
+            return await _send(writer, 500, b"upstream broke\n", "text/plain")
+        if mode == "truncate":
+            writer.write(_head(200, kind, None, etag) + half)
+            await writer.drain()
+            return
+        if mode == "truncate-cl":
+            writer.write(_head(200, kind, len(body), etag) + half)
+            await writer.drain()
+            return
+        if mode == "corrupt":
+            flipped = bytearray(body)
+            if flipped:
+                flipped[len(flipped) // 2] ^= 0xFF
+            return await _send(writer, 200, bytes(flipped), kind, etag=etag)
+        if mode == "stall":
+            writer.write(_head(200, kind, len(body), etag) + half)
+            await writer.drain()
+            await asyncio.sleep(3600)  # the client's read timeout is what ends this
+            return
+        if mode == "reset":
+            writer.write(_head(200, kind, len(body), etag) + half)
+            await writer.drain()
+            sock = writer.get_extra_info("socket")
+            if sock is not None:  # SO_LINGER 0: close() sends RST
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
+        await _send(writer, 200, b"" if method == "HEAD" else body, kind, etag=etag)
+
+
+def _head(status: int, kind: str, length: int | None, etag: str | None = None) -> bytes:
+    reason = {200: "OK", 304: "Not Modified", 404: "Not Found", 500: "Internal Server Error"}
+    lines = [f"HTTP/1.1 {status} {reason.get(status, 'X')}", f"Content-Type: {kind}"]
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    if etag:
+        lines.append(f"ETag: {etag}")
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def _send(
+    writer: asyncio.StreamWriter, status: int, body: bytes, kind: str, etag: str | None = None
+) -> None:
+    writer.write(_head(status, kind, len(body), etag) + body)
+    await writer.drain()
+
+
+async def main(root: Path, host: str, port: int) -> None:
+    upstream = Upstream(root)
+    server = await asyncio.start_server(upstream.handle, host, port, limit=MAX_HEAD)
+    bound = server.sockets[0].getsockname()
+    print(f"Upstream listening on http://{bound[0]}:{bound[1]}/", file=sys.stderr, flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(args.root, args.host, args.port))
