@@ -202,17 +202,20 @@ async def follow(fill: Fill, store: Store) -> AsyncIterator[bytes]:
     offset = 0
     try:
         while True:
-            if offset < fill.written:
-                chunk = os.pread(fd, min(CHUNK, fill.written - offset), offset)
+            state = fill.current()  # a call, not an attribute: it changes across awaits
+            if state is FillState.FAILED:
+                assert fill.error is not None
+                raise fill.error
+            # the last byte waits for the hash check: until then no reader holds a
+            # complete body, so a file that fails verification is never a whole 200
+            limit = fill.written if state is FillState.DONE else fill.written - 1
+            if offset < limit:
+                chunk = os.pread(fd, min(CHUNK, limit - offset), offset)
                 if not chunk:
                     raise UpstreamError(f"lost track of {fill.name}")
                 offset += len(chunk)
                 yield chunk
                 continue
-            state = fill.current()  # a call, not an attribute: it changes across awaits
-            if state is FillState.FAILED:
-                assert fill.error is not None
-                raise fill.error
             if state is FillState.DONE:
                 return
             await fill.changed()
