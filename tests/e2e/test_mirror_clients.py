@@ -28,7 +28,7 @@ TIMEOUT = 180
 
 
 def get_json(url: str) -> dict[str, object]:
-    with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=30) as r:
         doc: dict[str, object] = json.load(r)
     return doc
 

@@ -73,7 +73,7 @@ def blobs(store: Path) -> set[str]:
 def test_bad_upstream_bytes_are_never_published(
     setup: tuple[Server, Path, Server, str, str, bytes], tmp_path: Path, mode: str
 ) -> None:
-    upstream, root, mirror, admin, filename, wheel = setup
+    _upstream, root, mirror, admin, filename, wheel = setup
     path = file_path(mirror)
     before = blobs(tmp_path / "store")
     (root / ".behaviours.json").write_text(json.dumps({f"/files/{filename}": mode}))
