@@ -183,3 +183,24 @@ def test_store_check_drops_a_corrupt_blob(tmp_path: Path) -> None:
         mirror.stop()
     finally:
         upstream.stop()
+
+
+def test_attendee_page_and_metrics(setup: tuple[Server, Path, Server, str, str, bytes]) -> None:
+    _, _, mirror, admin, _, _ = setup
+    status, headers, body = request(mirror.url, "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    base = mirror.url.rstrip("/")
+    page = body.decode()
+    for line in (
+        f"pip install --index-url {base}/pypi/simple/ PACKAGE",
+        f"uv pip install --index-url {base}/pypi/simple/ PACKAGE",
+        f"opam repository set-url default {base}/opam",
+    ):
+        assert line in page
+    file_path(mirror)
+    status, _, metrics = request(admin, "/metrics")
+    assert status == 200
+    text = metrics.decode()
+    for name in ("mirror_hits_total", "mirror_upstream_bytes_total", "mirror_verify_failures_total"):
+        assert f"\n{name} " in text
+    assert "mirror_misses_total 1.0" in text
