@@ -184,7 +184,8 @@ class Fetcher:
             raise UpstreamError(f"upstream cut {fill.name} short")
         assert fill.writer is not None
         # a body cut short without a Content-Length is caught here, by its hash
-        fill.digest = fill.writer.commit(fill.expected)
+        fill.digest = fill.writer.check(fill.expected)
+        await asyncio.to_thread(fill.writer.publish, fill.digest)
 
 
 def _why(exc: BaseException) -> str:

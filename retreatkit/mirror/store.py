@@ -84,21 +84,29 @@ class BlobWriter:
             view = view[os.write(self._fd, view) :]
         self.size += len(data)
 
-    def commit(self, expected: dict[str, str] | None = None) -> str:
-        """Check every expected hash, fsync, publish. Returns the sha256."""
-        assert self._fd is not None
+    def check(self, expected: dict[str, str] | None = None) -> str:
+        """Compare every expected hash; returns the sha256. Discards the blob on a mismatch."""
         got = {a: h.hexdigest() for a, h in self.hashes.items()}
         for algo, want in (expected or {}).items():
             if algo in got and got[algo] != want.lower():
                 self.discard()
                 raise IntegrityError(f"{algo} mismatch: expected {want}, got {got[algo]}")
+        return got["sha256"]
+
+    def publish(self, digest: str) -> None:
+        """fsync and rename into place (blocking: the mirror calls it from a thread)."""
+        assert self._fd is not None
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = None
-        digest = got["sha256"]
         target = self.store.blob_path(digest)
         target.parent.mkdir(parents=True, exist_ok=True)
         self.path.replace(target)  # same content, same name: replacing is harmless
+
+    def commit(self, expected: dict[str, str] | None = None) -> str:
+        """check() then publish(). Returns the sha256."""
+        digest = self.check(expected)
+        self.publish(digest)
         return digest
 
     def discard(self) -> None:

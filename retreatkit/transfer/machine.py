@@ -21,7 +21,7 @@ from retreatkit.transfer.errors import (
     RemoteProtocolError,
     UnsafeOffer,
 )
-from retreatkit.transfer.offer import Entry, Offer, display_path, offer_length
+from retreatkit.transfer.offer import Entry, Offer, display_path, escape, offer_length
 from retreatkit.transfer.pake import (
     CONFIRM_SIZE,
     Entropy,
@@ -112,7 +112,7 @@ class Session:
         self._hash = hashlib.sha256()
         self._backoff = 0
         self._backoff_next = _COMPRESS_BACKOFF
-        self._inflate = zlib.decompressobj()
+        self._eof = False
         self.bytes_done = 0
 
     # -- the adapter's three verbs -------------------------------------------------
@@ -121,6 +121,9 @@ class Session:
         return records.frame(Kind.PAKE, self._pake.start())
 
     def receive_data(self, data: bytes) -> None:
+        """What the peer sent; b"" says the peer closed the connection (as in h11)."""
+        if not data:
+            self._eof = True
         self._parser.feed(data)
 
     def data_to_send(self) -> bytes:
@@ -133,6 +136,8 @@ class Session:
         while True:
             frame = self._parser.next()
             if frame is None:
+                if self._eof:
+                    self._check_eof()
                 return None
             kind, head, body = frame
             event = self._handle(kind, head, body)
@@ -204,6 +209,14 @@ class Session:
 
     # -- internals ----------------------------------------------------------------
 
+    def _check_eof(self) -> None:
+        """The peer closed the connection: fine only once the session is over."""
+        if self._parser.buffered:
+            raise RemoteProtocolError("the connection ended in the middle of a record")
+        if self.state is State.CLOSED or (self.side is Side.RECEIVER and self.state is State.ENDED):
+            return
+        raise RemoteProtocolError(f"the connection ended early, during {self.state.value}")
+
     def _expect(self, side: Side, state: State) -> None:
         if self.side is not side or self.state is not state:
             raise LocalProtocolError(
@@ -221,7 +234,6 @@ class Session:
         self._hash = hashlib.sha256()
         self._backoff = 0
         self._backoff_next = _COMPRESS_BACKOFF
-        self._inflate = zlib.decompressobj()
 
     def _current_file_size(self) -> int | None:
         files = self._offer_files()
@@ -270,7 +282,8 @@ class Session:
         rkind, plain = self._opener.open(kind, head, body)
         if rkind is Kind.ABORT:
             self.state = State.CLOSED
-            return Aborted(plain.decode("utf-8", "replace"))
+            # the peer's words go to a terminal: no escape sequences, one line
+            return Aborted(escape(plain.decode("utf-8", "replace")))
         if self.side is Side.RECEIVER:
             return self._receiver(rkind, plain)
         return self._sender(rkind, plain)
@@ -296,10 +309,7 @@ class Session:
                 self._count(plain)
                 return FileData(plain)
             if kind is Kind.DATA_Z:
-                data = self._inflate.decompress(plain, RECORD_SIZE)
-                # bounded output: a zip bomb stops at one record's worth
-                if self._inflate.unconsumed_tail or len(data) > RECORD_SIZE:
-                    raise RemoteProtocolError("a compressed record expands beyond its limit")
+                data = _inflate(plain)
                 self._count(data)
                 return FileData(data)
             if kind is Kind.FILE_END:
@@ -335,3 +345,20 @@ class Session:
         self._offer_buf = bytearray()
         self.state = State.OFFERED
         return Offered(self.offer)
+
+
+def _inflate(packed: bytes) -> bytes:
+    """One DATA_Z record: a whole zlib stream of its own (as send_data makes it).
+
+    The output is bounded: a zip bomb stops at one record's worth.
+    """
+    inflate = zlib.decompressobj()
+    try:
+        data = inflate.decompress(packed, RECORD_SIZE)
+    except zlib.error:
+        raise RemoteProtocolError("a compressed record is corrupt") from None
+    if inflate.unconsumed_tail or (not inflate.eof and len(data) >= RECORD_SIZE):
+        raise RemoteProtocolError("a compressed record expands beyond its limit")
+    if not inflate.eof or inflate.unused_data:
+        raise RemoteProtocolError("a compressed record is truncated or has trailing data")
+    return data

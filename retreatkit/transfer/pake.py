@@ -18,6 +18,7 @@ from retreatkit.transfer.errors import PakeFailed
 ID_SENDER = b"retreatkit/bob/1 sender"
 ID_RECEIVER = b"retreatkit/bob/1 receiver"
 MESSAGE_SIZE = 33  # one side byte + one Ed25519 point
+_P = 2**255 - 19  # the field prime of Ed25519
 CONFIRM_SIZE = 32
 
 Entropy = Callable[[int], bytes]
@@ -77,13 +78,25 @@ class Pake:
     def finish(self, peer_message: bytes) -> SessionKeys:
         # python-spake2 accepts trailing bytes and checks the side byte with an
         # assert that `python -O` removes: check both here.
-        if len(peer_message) != MESSAGE_SIZE or peer_message[:1] != self.side.other.tag:
+        if (
+            len(peer_message) != MESSAGE_SIZE
+            or peer_message[:1] != self.side.other.tag
+            or not _plausible_point(peer_message[1:])
+        ):
             raise PakeFailed("key exchange failed: the peer sent a malformed message")
         try:
             key: bytes = self._spake.finish(peer_message)
         except Exception as exc:  # it raises a zoo of types on hostile points
             raise PakeFailed("key exchange failed: the peer sent a malformed message") from exc
         return derive(key, self.side)
+
+
+def _plausible_point(encoded: bytes) -> bool:
+    """Not a non-canonical encoding (y >= p), nor a point with x = 0: the identity and
+    the point of order 2. python-spake2 rejects the canonical identity only, so y = p + 1
+    or a set sign bit on x = 0 slipped the identity past it."""
+    y = int.from_bytes(encoded, "little") & ((1 << 255) - 1)
+    return y < _P and y not in (1, _P - 1)
 
 
 def derive(key: bytes, side: Side) -> SessionKeys:

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import secrets
+from collections.abc import Container
 from pathlib import Path
 
 from retreatkit.transfer.errors import TransferError
@@ -34,13 +35,19 @@ def current_umask() -> int:
     return mask
 
 
-def free_name(root_fd: int, name: str) -> str:
-    """`name`, or `name (N)` before its extension, whichever does not exist yet."""
+def free_name(root_fd: int, name: str, taken: Container[str] = ()) -> str:
+    """`name`, or `name (N)` before its extension, whichever does not exist yet.
+
+    A renamed name also avoids `taken`: the other names of the same offer, which may
+    not exist yet (`a.txt` and `a (1).txt` offered together, `a.txt` already there).
+    """
     stem, dot, ext = name.rpartition(".") if "." in name.strip(".") else (name, "", "")
     for n in range(_MAX_RENAMES):
         candidate = name if n == 0 else f"{stem} ({n}){dot}{ext}"
         if len(candidate.encode()) > 255:
             break
+        if n and candidate in taken:
+            continue
         try:
             os.lstat(candidate, dir_fd=root_fd)
         except FileNotFoundError:
@@ -63,7 +70,11 @@ class Writer:
         self._fd: int | None = None
         self._part: str | None = None
         self._parent: int | None = None
-        self.top_names = {top: free_name(self._root, top) for top in dict.fromkeys(offer.top_level)}
+        self.top_names: dict[str, str] = {}
+        taken = set(offer.top_level)
+        for top in offer.top_level:
+            self.top_names[top] = name = free_name(self._root, top, taken)
+            taken.add(name)
         self.written: list[str] = []
 
     def final_path(self, entry: Entry) -> tuple[str, ...]:
@@ -176,8 +187,8 @@ class Writer:
 
     def _error(self, what: str, path: tuple[str, ...], exc: OSError) -> WriteError:
         reason = exc.strerror or str(exc)
-        if exc.errno == errno.ELOOP:
-            reason = "a symlink stands in the way"
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW | O_DIRECTORY: either
+            reason = "a symlink or file stands in the way"
         if exc.errno == errno.EEXIST:
             reason = "it already exists"
         return WriteError(f"{what} {display_path(path)}: {reason}")

@@ -139,6 +139,8 @@ class Opener:
             raise RemoteProtocolError(f"the peer sent an unknown record type {kind}") from None
         if known in CLEAR_KINDS:
             raise RemoteProtocolError("the peer sent a handshake frame after the handshake")
+        if len(body) < TAG_SIZE:  # libsodium raises ValueError, not CryptoError, on these
+            raise RemoteProtocolError("a record failed authentication: it is shorter than a tag")
         try:
             plaintext = crypto_aead_xchacha20poly1305_ietf_decrypt(
                 body, head, _nonce(self._counter), self._key

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.errors import RemoteProtocolError, TransferError, UnsafeOffer
 from retreatkit.transfer.machine import Confirmed, Ended, FileData, FileEnd, Offered, Session
-from retreatkit.transfer.offer import Entry, Offer
+from retreatkit.transfer.offer import Entry, Offer, check_component
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.receive import WriteError, Writer
 from retreatkit.transfer.records import RECORD_SIZE, Kind
@@ -117,19 +117,29 @@ def transfer(output: Path, offer: Offer, contents: list[bytes], umask: int | Non
     return writer
 
 
-def tree(root: Path) -> dict[str, tuple[str, bytes | str | None]]:
-    """Every entry under root, symlinks not followed: kind and content or link target."""
-    found: dict[str, tuple[str, bytes | str | None]] = {}
+Node = tuple[str, object]
+
+
+def tree(root: Path, content: bool = True) -> dict[str, Node]:
+    """Every entry under root, symlinks not followed: its kind and its content (or size
+    and mtime), its link target; other kinds (sockets, FIFOs) by kind only."""
+    found: dict[str, Node] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = Path(dirpath, name)
             rel = str(path.relative_to(root))
-            if path.is_symlink():
+            st_ = path.lstat()
+            if stat.S_ISLNK(st_.st_mode):
                 found[rel] = ("link", os.readlink(path))
-            elif path.is_dir():
+            elif stat.S_ISDIR(st_.st_mode):
                 found[rel] = ("dir", None)
+            elif stat.S_ISREG(st_.st_mode):
+                found[rel] = (
+                    "file",
+                    path.read_bytes() if content else (st_.st_size, st_.st_mtime_ns),
+                )
             else:
-                found[rel] = ("file", path.read_bytes())
+                found[rel] = ("other", stat.S_IFMT(st_.st_mode))
     return found
 
 
@@ -166,7 +176,7 @@ def umask(mask: int) -> Iterator[None]:
 # -- nothing outside the output folder (property) -----------------------------------------
 
 
-_WEIRD = [
+_UNSAFE = [
     "..",
     ".",
     "",
@@ -180,6 +190,11 @@ _WEIRD = [
     "c:\\x",
     "\0",
     "a\0b",
+    "x" * 256,
+    "\u00e9" * 128,
+    "\udc80",
+]
+_ODD = [
     "\x1b[31m",
     "\u202etxt.exe",
     "e\u0301",
@@ -195,17 +210,24 @@ _WEIRD = [
     "-",
     ".bob-0-00000000.part",
     "x" * 255,
-    "x" * 256,
-    "\u00e9" * 128,
-    "\udc80",
+    "\u00e9" * 127,
     "outside",
     "out",
+    "a (1)",
+    "a",
 ]
-_component = st.one_of(
-    st.sampled_from(_WEIRD),
-    st.text(st.characters(), min_size=1, max_size=6),
-    st.tuples(st.sampled_from(_WEIRD), st.text(max_size=3)).map("".join),
-)
+
+
+@st.composite
+def _component(draw: st.DrawFn) -> str:
+    roll = draw(st.integers(0, 19))
+    if roll < 2:
+        return draw(st.sampled_from(_UNSAFE))
+    if roll < 9:
+        return draw(st.sampled_from(_ODD))
+    if roll < 12:
+        return draw(st.sampled_from(_ODD)) + draw(st.text(max_size=3))
+    return draw(st.text(st.characters(), min_size=1, max_size=6))
 
 
 @st.composite
@@ -215,9 +237,9 @@ def hostile_offers(draw: st.DrawFn) -> list[list[Any]]:
     folders: list[list[str]] = [[]]
     for _ in range(draw(st.integers(1, 6))):
         parent = draw(st.sampled_from(folders))
-        path = [*parent, draw(_component)]
+        path = [*parent, draw(_component())]
         if draw(st.integers(0, 9)) == 0:  # a path that skips its folders
-            path = [draw(_component), *path]
+            path = [draw(_component()), *path]
         kind = draw(st.sampled_from(["d", "d", "f", "x"]))
         if kind == "d":
             folders.append(path)
@@ -227,13 +249,21 @@ def hostile_offers(draw: st.DrawFn) -> list[list[Any]]:
     return entries
 
 
+def _safe_component(name: str) -> bool:
+    try:
+        check_component(name)
+    except UnsafeOffer:
+        return False
+    return True
+
+
 def content(path: list[str], size: int) -> bytes:
     seed = hashlib.sha256(json.dumps(path).encode()).digest()
     return (seed * (size // 32 + 1))[:size]
 
 
 @settings(
-    max_examples=60,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -242,29 +272,35 @@ def test_nothing_is_ever_written_outside_the_output_folder(
     tmp_path: Path, outside: Path, entries: list[list[Any]], clash: int
 ) -> None:
     output = Path(tempfile.mkdtemp(dir=tmp_path, prefix="out-"))
-    # plant clashes under the first offered top-level name: a file, a symlink out, a folder
+    # plant a clash under the first offered top-level name: a file, or a symlink out to a
+    # folder or a file; only under a safe name (`output / "/etc/passwd"` is /etc/passwd!)
     top = entries[0][0][0] if entries[0][0] else ""
-    planted = output / top if top not in ("", ".", "..") else None
-    try:
-        if planted is not None and clash == 1:
+    if clash and _safe_component(top):
+        planted = output / top
+        assert planted.parent == output
+        if clash == 1:
             planted.write_bytes(b"mine")
-        elif planted is not None and clash == 2:
+        elif clash == 2:
             planted.symlink_to(outside)
-        elif planted is not None and clash == 3:
+        else:
             planted.symlink_to(outside / "target.txt")
-    except (OSError, ValueError):
-        planted = None  # not a name this file system takes
-    before_all = tree(tmp_path.parent)
+    before_all = tree(tmp_path.parent, content=False)
     before_out = tree(output)
 
     raw = RawSender()
     try:
         offer = offered(raw.receiver, raw.offer({"v": 1, "entries": entries}))
     except UnsafeOffer:
-        assert tree(tmp_path.parent) == before_all
+        event("offer refused")
+        assert tree(tmp_path.parent, content=False) == before_all
         return
+    event("offer accepted")
     wire = b"".join(raw.file(content(list(e.path), e.size or 0)) for e in offer.files)
-    writer = Writer(output, offer)
+    try:
+        writer = Writer(output, offer)
+    except WriteError as exc:
+        assert "no free name" in str(exc)  # a 255-byte name that clashes
+        return
     try:
         raw.receiver.answer(True)
         writer.make_folders()
@@ -276,7 +312,7 @@ def test_nothing_is_ever_written_outside_the_output_folder(
     finally:
         writer.close()
 
-    after_all = tree(tmp_path.parent)
+    after_all = tree(tmp_path.parent, content=False)
     out_rel = str(output.relative_to(tmp_path.parent))
     changed = {
         k for k in after_all.keys() | before_all.keys() if after_all.get(k) != before_all.get(k)
@@ -287,14 +323,14 @@ def test_nothing_is_ever_written_outside_the_output_folder(
     for rel, value in before_out.items():
         assert after_out[rel] == value
     # every offered entry is where the writer says, with its content; nothing else is new
-    expected: dict[str, tuple[str, bytes | str | None]] = {}
+    expected: dict[str, Node] = {}
     for entry in offer.entries:
         rel = os.sep.join(writer.final_path(entry))
         expected[rel] = (
             ("dir", None) if entry.is_dir else ("file", content(list(entry.path), entry.size or 0))
         )
     assert {k: v for k, v in after_out.items() if k not in before_out} == expected
-    assert not parts(output)
+    assert not [p for p in parts(output) if p not in expected and p not in before_out]
     assert (outside / "target.txt").read_bytes() == b"precious"
 
 
@@ -399,7 +435,7 @@ def test_final_name_taken_mid_transfer_is_not_overwritten(
         final.symlink_to(outside / "target.txt")
     else:
         final.mkdir()
-    before = tree(output / "d")
+    before = {k: v for k, v in tree(output / "d").items() if not k.endswith(".part")}
     with pytest.raises(WriteError, match="already exists"):
         writer.finish_file()
     writer.close()
@@ -457,7 +493,7 @@ def test_parent_swapped_for_symlink_before_the_file(
     writer = Writer(output, offer)
     writer.make_folders()
     _swap_for_symlink(output.joinpath(*which), outside / "dir")
-    with pytest.raises(WriteError, match="symlink") as info:
+    with pytest.raises(WriteError, match="symlink or file stands in the way") as info:
         writer.write(b"evil")
     assert "\n" not in str(info.value)
     writer.abort()
@@ -478,7 +514,7 @@ def test_parent_swapped_for_symlink_mid_file(output: Path, outside: Path) -> Non
     aside = _swap_for_symlink(output / "d", outside / "dir")
     writer.write(b"more")
     writer.finish_file()  # into the folder it opened, wherever that is now: not through the link
-    with pytest.raises(WriteError, match="symlink"):
+    with pytest.raises(WriteError, match="symlink or file stands in the way"):
         writer.write(b"next")  # the next file must go through the link: refused
     writer.abort()
     writer.close()
@@ -500,6 +536,7 @@ def test_output_folder_path_components_are_trusted_but_names_are_not(
 
 
 # -- permission bits ---------------------------------------------------------------------
+# PROTOCOL.md: 0666, or 0777 for `x` entries, minus the umask; never setuid/setgid/sticky.
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002, 0o000, 0o027])
@@ -514,29 +551,35 @@ def test_permission_bits(output: Path, mask: int) -> None:
     )
     with umask(mask):
         transfer(output, offer, [b"#!", b"hi", b""])
-    assert stat.S_IMODE((output / "run.sh").stat().st_mode) == 0o755 & ~mask
-    assert stat.S_IMODE((output / "data.txt").stat().st_mode) == 0o644 & ~mask
-    assert stat.S_IMODE((output / "d" / "tool").stat().st_mode) == 0o755 & ~mask
+    assert stat.S_IMODE((output / "run.sh").stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((output / "data.txt").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((output / "d" / "tool").stat().st_mode) == 0o777 & ~mask
     assert stat.S_IMODE((output / "d").stat().st_mode) == 0o777 & ~mask
 
 
-def test_explicit_umask_and_no_special_bits(output: Path) -> None:
+def test_executable_is_0755_under_the_usual_umask(output: Path) -> None:
     offer = Offer(entries=(Entry(("run",), size=1, executable=True), Entry(("plain",), size=1)))
     with umask(0o000):
-        transfer(output, offer, [b"x", b"y"], umask=0o022)
+        transfer(output, offer, [b"x", b"y"], umask=0o022)  # an explicit umask wins
     assert stat.S_IMODE((output / "run").stat().st_mode) == 0o755
     assert stat.S_IMODE((output / "plain").stat().st_mode) == 0o644
-    for name in ("run", "plain"):
-        mode = (output / name).stat().st_mode
-        assert not mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX)
 
 
-def test_setgid_output_folder_gives_files_no_special_bits(output: Path) -> None:
-    output.chmod(0o2775)
-    transfer(output, Offer(entries=(Entry(("run",), size=1, executable=True),)), [b"x"], umask=0)
-    mode = (output / "run").stat().st_mode
-    assert not mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX)
-    assert stat.S_IMODE(mode) == 0o777
+@pytest.mark.parametrize("mask", [0o000, 0o022])
+def test_no_setuid_setgid_or_sticky(output: Path, mask: int) -> None:
+    output.chmod(0o3777)  # a setgid, sticky output folder: its files still get none
+    offer = Offer(
+        entries=(
+            Entry(("run",), size=1, executable=True),
+            Entry(("plain",), size=1),
+            Entry(("d",), is_dir=True),
+            Entry(("d", "x"), size=1, executable=True),
+        )
+    )
+    transfer(output, offer, [b"x", b"y", b"z"], umask=mask)
+    for path in (output / "run", output / "plain", output / "d" / "x"):
+        assert not path.stat().st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX), path
+    assert stat.S_IMODE((output / "run").stat().st_mode) == 0o777 & ~mask
 
 
 def test_part_file_is_private_while_written(output: Path) -> None:
@@ -579,6 +622,7 @@ def test_failed_hash_leaves_no_file(output: Path) -> None:
     assert sorted(os.listdir(output)) == ["ok"]
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
 def test_write_error_leaves_no_part(output: Path) -> None:
     offer = Offer(entries=(Entry(("d",), is_dir=True), Entry(("d", "f"), size=4)))
     writer = Writer(output, offer)
@@ -586,8 +630,6 @@ def test_write_error_leaves_no_part(output: Path) -> None:
     writer.write(b"half")
     (output / "d").chmod(0o500)  # the folder turns read-only: link() fails
     try:
-        if os.geteuid() == 0:
-            pytest.skip("root ignores folder permissions")
         with pytest.raises(WriteError, match="cannot save"):
             writer.finish_file()
     finally:
