@@ -201,6 +201,10 @@ def test_attendee_page_and_metrics(setup: tuple[Server, Path, Server, str, str, 
     status, _, metrics = request(admin, "/metrics")
     assert status == 200
     text = metrics.decode()
-    for name in ("mirror_hits_total", "mirror_upstream_bytes_total", "mirror_verify_failures_total"):
+    for name in (
+        "mirror_hits_total",
+        "mirror_upstream_bytes_total",
+        "mirror_verify_failures_total",
+    ):
         assert f"\n{name} " in text
     assert "mirror_misses_total 1.0" in text
