@@ -19,7 +19,6 @@ from retreatkit.transfer.errors import PakeFailed, RemoteProtocolError, Transfer
 from retreatkit.transfer.machine import (
     Aborted,
     Answered,
-    Confirmed,
     Ended,
     FileData,
     FileEnd,
@@ -31,6 +30,7 @@ from retreatkit.transfer.offer import Entry, Offer
 from retreatkit.transfer.pake import MESSAGE_SIZE, Pake, Side
 from retreatkit.transfer.receive import Writer
 from retreatkit.transfer.records import RECORD_SIZE, Kind
+from retreatkit.transfer.testing import connected_pair
 
 CODE = Code("7", ("purple", "sofa"))
 A = os.urandom(3000)  # first file
@@ -41,16 +41,7 @@ ENTRIES = (Entry(("a.bin",), size=len(A)), Entry(("b.txt",), size=len(B)))
 # -- an in-process pair and a sender that seals whatever it likes ---------------------------
 
 
-def handshake(sender_code: Code = CODE, receiver_code: Code = CODE) -> tuple[Session, Session]:
-    sender, receiver = Session(Side.SENDER, sender_code), Session(Side.RECEIVER, receiver_code)
-    receiver.receive_data(sender.start())
-    sender.receive_data(receiver.start())
-    assert receiver.next_event() is None and sender.next_event() is None
-    receiver.receive_data(sender.data_to_send())
-    sender.receive_data(receiver.data_to_send())
-    assert isinstance(receiver.next_event(), Confirmed)
-    assert isinstance(sender.next_event(), Confirmed)
-    return sender, receiver
+handshake = connected_pair
 
 
 class Liar:

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.errors import RemoteProtocolError, TransferError, UnsafeOffer
-from retreatkit.transfer.machine import Confirmed, Ended, FileData, FileEnd, Offered, Session
+from retreatkit.transfer.machine import Ended, FileData, FileEnd, Offered, Session
 from retreatkit.transfer.offer import Entry, Offer, check_component
-from retreatkit.transfer.pake import Side
 from retreatkit.transfer.receive import WriteError, Writer
 from retreatkit.transfer.records import RECORD_SIZE, Kind
+from retreatkit.transfer.testing import connected_pair
 
 CODE = Code("7", ("purple", "sofa"))
 
@@ -31,16 +31,7 @@ CODE = Code("7", ("purple", "sofa"))
 # -- an in-process sender and receiver ----------------------------------------------------
 
 
-def handshake() -> tuple[Session, Session]:
-    sender, receiver = Session(Side.SENDER, CODE), Session(Side.RECEIVER, CODE)
-    receiver.receive_data(sender.start())
-    sender.receive_data(receiver.start())
-    assert receiver.next_event() is None and sender.next_event() is None
-    receiver.receive_data(sender.data_to_send())
-    sender.receive_data(receiver.data_to_send())
-    assert isinstance(receiver.next_event(), Confirmed)
-    assert isinstance(sender.next_event(), Confirmed)
-    return sender, receiver
+handshake = connected_pair
 
 
 class RawSender:
