@@ -16,9 +16,17 @@ waiting: bob's and wormhole's sender, the plain receiver) until both have exited
 interpreter start-up, key exchange and the final acknowledgement are included
 ("end-to-end"). A thread also watches the receiving folder and times the first to the
 last byte landing on disk ("data phase"). MB/s are 10^6 bytes per second. CPU seconds
-are user+system of each side's process (all threads, from wait4) and of the relay
-process over the run (from /proc). The received file's sha256 is checked after every
-run; a run that fails or mismatches is reported and never counted.
+are user+system of each side's process (all threads, from wait4; the waiting side's
+start-up included) and of the relay process over the run (from /proc). The received
+file's sha256 is checked after every run; a run that fails or mismatches is reported
+and never counted.
+
+The machine may be shared: before each run the script waits (--quiet-wait) for it to
+be idle, and it records "CPU other", the machine's busy CPU during the run that was not
+ours. Runs where that is more than a few percent are marked busy; the headline is the
+median of the quiet runs, next to the best and the median of all runs. Children get
+bytecode caches under bench/.work/pycache (both tools alike), and one 1 MiB warm-up
+transfer per tool runs first, uncounted.
 
 magic-wormhole lives in its own venv under bench/.work/, made here when missing.
 """
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -41,8 +50,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -87,6 +96,7 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
+            env=child_env(),
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
@@ -173,10 +183,36 @@ class Child:
                     stream.close()
 
 
+def child_env() -> dict[str, str]:
+    """Bytecode caches under bench/.work/, so no run pays for compiling (both tools alike)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(WORK / "pycache")
+    return env
+
+
 def proc_cpu(pid: int) -> float:
     """User + system seconds a live process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu() -> float:
+    """Seconds all CPUs of the machine spent busy so far (to spot runs shared with others)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(max_wait: float, busy_below: float = 0.15) -> float:
+    """Wait (at most max_wait s) for the machine to be idle; returns the last busy fraction."""
+    deadline = time.monotonic() + max_wait
+    cores = os.cpu_count() or 1
+    while True:
+        before, t = busy_cpu(), time.monotonic()
+        time.sleep(0.5)
+        busy = (busy_cpu() - before) / (time.monotonic() - t) / cores
+        if busy < busy_below or time.monotonic() > deadline:
+            return busy
 
 
 def free_port() -> int:
@@ -251,6 +287,7 @@ class Run:
     cpu_send: float = 0.0
     cpu_recv: float = 0.0
     cpu_relay: float = 0.0
+    cpu_other: float = 0.0  # machine-wide busy CPU during the run minus the three above
     error: str = ""
 
 
@@ -267,11 +304,11 @@ class Bench:
     transit: str = ""
     transit_relay: Child | None = None
     servers: list[Child] = field(default_factory=list)
-    serial: int = 0
+    # a bob nameplate pairs once, then it is burned; shared by copies of this Bench
+    serial: Iterator[int] = field(default_factory=lambda: itertools.count(101))
 
     def nameplate(self) -> int:
-        self.serial += 1  # a bob nameplate pairs once, then it is burned
-        return 100 + self.serial
+        return next(self.serial)
 
     def stop(self) -> None:
         for child in self.servers:
@@ -299,7 +336,9 @@ def timed_pair(
     """`first` is waiting; start the second, time until both exit, check the file."""
     landing = Landing(out, bench.size)
     relay_cpu = proc_cpu(relay.pid) if relay else 0.0
+    first_cpu = proc_cpu(first.pid)
     landing.start()
+    machine_cpu = busy_cpu()
     t0 = time.perf_counter()
     second = start_second()
     try:
@@ -309,10 +348,14 @@ def timed_pair(
         second.kill()
         landing.stop()
     wall = max(a.at, b.at) - t0
+    machine_cpu = busy_cpu() - machine_cpu
     send, recv = (a, b) if first_sends else (b, a)
     run = Run(tool, rnd, False, wall, 0.0, send.cpu, recv.cpu)
     if relay:
         run.cpu_relay = proc_cpu(relay.pid) - relay_cpu
+    # the waiting side's CPU before t0 is not the run's
+    ours = a.cpu - first_cpu + b.cpu + run.cpu_relay
+    run.cpu_other = max(0.0, machine_cpu - ours)
     if landing.first is not None and landing.last is not None:
         run.data = landing.last - landing.first
     if a.code or b.code:
@@ -383,6 +426,20 @@ def run_wormhole(bench: Bench, rnd: int) -> Run:
     return timed_pair(
         bench, "wormhole", rnd, sender, receiver, out, bench.transit_relay, first_sends=True
     )
+
+
+def run_tool(bench: Bench, tool: str, rnd: int) -> Run:
+    try:
+        if tool == "wormhole":
+            return run_wormhole(bench, rnd)
+        if tool == "plain":
+            return run_plain(bench, rnd)
+        return run_bob(bench, rnd, compress=tool == "bob")
+    except BenchError as exc:
+        return Run(tool, rnd, False, error=str(exc))
+    finally:
+        for child in bench.tmp.glob("recv-*"):
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def run_plain(bench: Bench, rnd: int) -> Run:
@@ -496,7 +553,7 @@ def start_servers(bench: Bench, tools: Sequence[str]) -> None:
 
 
 def make_source(folder: Path, size: int) -> tuple[Path, str]:
-    path = folder / f"random-{size // MIB}MiB.bin"
+    path = folder / f"random-{size}.bin"
     digest = hashlib.sha256()
     with path.open("wb") as f:
         left = size
@@ -506,6 +563,22 @@ def make_source(folder: Path, size: int) -> tuple[Path, str]:
             f.write(block)
             left -= len(block)
     return path, digest.hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "retreatkit"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "?"
+    return (head or "?") + (" (retreatkit/ modified)" if dirty else "")
 
 
 def machine() -> dict[str, str]:
@@ -520,6 +593,7 @@ def machine() -> dict[str, str]:
         "cpu": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "commit": git_commit(),
     }
 
 
@@ -530,15 +604,34 @@ def mbps(size: int, seconds: float) -> float:
     return size / seconds / 1e6 if seconds > 0 else 0.0
 
 
+def quiet(run: Run) -> bool:
+    """Nothing else of note ran on the machine during this run."""
+    cores = os.cpu_count() or 1
+    return run.cpu_other <= 0.05 + 0.05 * cores * run.wall
+
+
+@dataclass
+class Stat:
+    quiet_median: float  # over quiet runs, else over all runs
+    best: float
+    median: float  # over all runs
+
+
+def stat(values: list[float], quiet_values: list[float]) -> Stat:
+    if not values:
+        return Stat(0.0, 0.0, 0.0)
+    headline = statistics.median(quiet_values or values)
+    return Stat(headline, max(values), statistics.median(values))
+
+
 @dataclass
 class Summary:
     tool: str
     runs: int
-    wall_median: float
-    wall_best: float
-    data_median: float
-    data_best: float
-    cpu_send: float  # medians
+    quiet_runs: int
+    e2e: Stat  # MB/s
+    data: Stat  # MB/s
+    cpu_send: float  # medians over all good runs
     cpu_recv: float
     cpu_relay: float
 
@@ -549,16 +642,17 @@ def summarise(size: int, runs: list[Run], tools: Sequence[str]) -> list[Summary]
         good = [r for r in runs if r.tool == tool and r.ok]
         if not good:
             continue
-        wall = [mbps(size, r.wall) for r in good]
-        data = [mbps(size, r.data) for r in good if r.data > 0]
+        calm = [r for r in good if quiet(r)]
         out.append(
             Summary(
                 tool,
                 len(good),
-                statistics.median(wall),
-                max(wall),
-                statistics.median(data) if data else 0.0,
-                max(data) if data else 0.0,
+                len(calm),
+                stat([mbps(size, r.wall) for r in good], [mbps(size, r.wall) for r in calm]),
+                stat(
+                    [mbps(size, r.data) for r in good if r.data > 0],
+                    [mbps(size, r.data) for r in calm if r.data > 0],
+                ),
                 statistics.median(r.cpu_send for r in good),
                 statistics.median(r.cpu_recv for r in good),
                 statistics.median(r.cpu_relay for r in good),
@@ -570,39 +664,47 @@ def summarise(size: int, runs: list[Run], tools: Sequence[str]) -> list[Summary]
 def report(size: int, runs: list[Run], summaries: list[Summary]) -> None:
     print()
     print(f"{'run':<14} {'e2e s':>7} {'MB/s':>8} {'data MB/s':>10} {'CPU send':>9}", end="")
-    print(f" {'CPU recv':>9} {'CPU relay':>10}  check")
+    print(f" {'CPU recv':>9} {'CPU relay':>10} {'CPU other':>10}  check")
     for r in runs:
         label = f"{r.tool}#{r.round}"
         print(
             f"{label:<14} {r.wall:7.2f} {mbps(size, r.wall):8.1f} {mbps(size, r.data):10.1f}"
-            f" {r.cpu_send:9.2f} {r.cpu_recv:9.2f} {r.cpu_relay:10.2f}  "
+            f" {r.cpu_send:9.2f} {r.cpu_recv:9.2f} {r.cpu_relay:10.2f} {r.cpu_other:10.2f}  "
             + ("sha256 ok" if r.ok else f"FAILED: {r.error[:300]}")
+            + ("" if quiet(r) or not r.ok else ", machine busy")
         )
     print()
-    print("median (best) over good runs; CPU seconds are medians")
-    print(f"{'tool':<10} {'runs':>4} {'end-to-end MB/s':>18} {'data-phase MB/s':>18}", end="")
+    print("MB/s: median of quiet runs / best / median of all runs; CPU s: medians")
+    print(f"{'tool':<9} {'runs':>9} {'end-to-end MB/s':>22} {'data-phase MB/s':>22}", end="")
     print(f" {'CPU send':>9} {'CPU recv':>9} {'CPU relay':>10}")
     for s in summaries:
-        e2e = f"{s.wall_median:.1f} ({s.wall_best:.1f})"
-        data = f"{s.data_median:.1f} ({s.data_best:.1f})"
+        runs_text = f"{s.runs} ({s.quiet_runs} q)"
         print(
-            f"{s.tool:<10} {s.runs:>4} {e2e:>18} {data:>18}"
+            f"{s.tool:<9} {runs_text:>9} {triple(s.e2e):>22} {triple(s.data):>22}"
             f" {s.cpu_send:9.2f} {s.cpu_recv:9.2f} {s.cpu_relay:10.2f}"
         )
     by = {s.tool: s for s in summaries}
     print()
     for ours in ("bob", "bob-nc"):
         for other, goal in (("wormhole", "target >= 5x"), ("plain", "stretch >= 0.5x")):
-            if ours in by and other in by:
-                a, b = by[ours], by[other]
-                print(
-                    f"{ours}/{other}: end-to-end {a.wall_median / b.wall_median:.2f}x median"
-                    f" ({a.wall_best / b.wall_best:.2f}x best),"
-                    f" data phase {a.data_median / b.data_median:.2f}x median"
-                    f" ({a.data_best / b.data_best:.2f}x best)   [{goal}]"
-                    if b.wall_median and b.data_median and b.wall_best and b.data_best
-                    else f"{ours}/{other}: n/a"
-                )
+            if ours not in by or other not in by:
+                continue
+            a, b = by[ours], by[other]
+            print(
+                f"{ours}/{other}:"
+                f" end-to-end {ratio(a.e2e.quiet_median, b.e2e.quiet_median)} quiet median,"
+                f" {ratio(a.e2e.best, b.e2e.best)} best;"
+                f" data phase {ratio(a.data.quiet_median, b.data.quiet_median)} quiet median,"
+                f" {ratio(a.data.best, b.data.best)} best   [{goal}]"
+            )
+
+
+def triple(s: Stat) -> str:
+    return f"{s.quiet_median:.0f} / {s.best:.0f} / {s.median:.0f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
 
 
 # -- main -----------------------------------------------------------------------------
@@ -618,6 +720,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(TOOLS)} (default all)",
     )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per run before failing")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each run, wait up to this many seconds for the machine to be idle",
+    )
     p.add_argument("--json", type=Path, help="also write every run and the summary here")
     p.add_argument("--plain-recv", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--plain-send", nargs=2, metavar=("PORT", "PATH"), help=argparse.SUPPRESS)
@@ -642,7 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"bench/transfer.py: {args.size_mib} MiB, {args.rounds} rounds, tools {','.join(tools)};"
         f" nproc {info['nproc']}, {info['cpu']}, kernel {info['kernel']},"
-        f" Python {info['python']}",
+        f" Python {info['python']}; commit {info['commit']}",
         flush=True,
     )
     runs: list[Run] = []
@@ -652,19 +760,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = Bench(size, source, digest, tmp, args.timeout)
         try:
             start_servers(bench, tools)
+            # warm up: bytecode caches, page cache, first connections; not counted
+            small, small_digest = make_source(tmp, MIB)
+            warm = replace(bench, size=MIB, source=small, digest=small_digest)
+            for tool in tools:
+                run = run_tool(warm, tool, 0)
+                if not run.ok:
+                    print(f"  warm-up {tool} FAILED: {run.error[:300]}", flush=True)
             for rnd in range(1, args.rounds + 1):
                 shift = (rnd - 1) % len(tools)  # rotate the order from round to round
                 for tool in tools[shift:] + tools[:shift]:
                     os.sync()  # the last run's dirty pages go out before this one starts
-                    try:
-                        if tool == "wormhole":
-                            run = run_wormhole(bench, rnd)
-                        elif tool == "plain":
-                            run = run_plain(bench, rnd)
-                        else:
-                            run = run_bob(bench, rnd, compress=tool == "bob")
-                    except BenchError as exc:
-                        run = Run(tool, rnd, False, error=str(exc))
+                    busy = wait_quiet(args.quiet_wait)
+                    if busy >= 0.15:
+                        print(f"  (machine still {busy:.0%} busy; running anyway)", flush=True)
+                    run = run_tool(bench, tool, rnd)
                     runs.append(run)
                     status = "ok" if run.ok else f"FAILED {run.error[:200]}"
                     print(
@@ -673,8 +783,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f" {mbps(size, run.data):7.1f} MB/s data phase  {status}",
                         flush=True,
                     )
-                    for child in tmp.glob("recv-*"):
-                        shutil.rmtree(child, ignore_errors=True)
         finally:
             bench.stop()
     summaries = summarise(size, runs, tools)
