@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,16 +26,6 @@ from retreatkit.relay.server import Relay
 
 log = logging.getLogger("retreatkit")
 Say = Callable[[str], None]
-
-
-def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    """Run on uvloop where it is installed (it is faster), else on asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main())
-    result: int = uvloop.run(main())
-    return result
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from retreatkit import config, serve
+from retreatkit import config, loop
 from retreatkit.cli import ui
 from retreatkit.transfer import aio, codes, source
 from retreatkit.transfer.errors import TransferError
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "relay":
             return run_relay(args)
         if args.command == "send":
-            return serve.run(lambda: send(args))
-        return serve.run(lambda: recv(args))
+            return loop.run(lambda: send(args))
+        return loop.run(lambda: recv(args))
     except Usage as exc:
         print(f"bob: {exc}", file=sys.stderr)
         return 2
@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_relay(args: argparse.Namespace) -> int:
+    from retreatkit import serve  # aiohttp and the services: only the relay needs them
+
     try:
         cfg = config.load(args.config)
         listen = config.host_port(args.listen)
@@ -92,7 +94,7 @@ def run_relay(args: argparse.Namespace) -> int:
         raise Usage(str(exc)) from None
     serve.setup_logging()
     relay = serve.RelayService(listen, serve.relay_limits(cfg["relay"]))
-    return serve.run(lambda: serve.serve([relay], admin_at, _say))
+    return loop.run(lambda: serve.serve([relay], admin_at, _say))
 
 
 def _say(line: str) -> None:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retreatkit import config, serve
+from retreatkit import config, loop, serve
 
 DESCRIPTION = """\
 Infrastructure in a bag for events whose internet is slow, metered or gone.
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     serve.setup_logging()
     try:
-        return serve.run(lambda: serve.serve(chosen, admin_at, _say))
+        return loop.run(lambda: serve.serve(chosen, admin_at, _say))
     except OSError as exc:
         print(f"ERROR: cannot start: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -98,7 +98,9 @@ class _Link:
                     raise PeerGone(f"the other side gave up: {event.reason}")
                 return event
             try:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+                # asyncio.timeout, not wait_for: no task per read on the hot path
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(READ_SIZE)
             except TimeoutError:
                 raise PeerGone("the other side went quiet") from None
             except OSError as exc:
@@ -184,7 +186,7 @@ async def _send_session(
     total = sources.offer.total_size
     gen = source.frames(session, sources, compress)
     # read and seal the next batch in a thread while this one goes out
-    # (libsodium and hashlib release the GIL)
+    # (OpenSSL and hashlib release the GIL)
     pending = asyncio.ensure_future(asyncio.to_thread(source.batch, gen))
     watcher = asyncio.ensure_future(link.event(session, timeout=None))
     try:

@@ -139,8 +139,11 @@ class Session:
                 if self._eof:
                     self._check_eof()
                 return None
-            kind, head, body = frame
-            event = self._handle(kind, head, body)
+            kind, head, view = frame
+            try:
+                event = self._handle(kind, head, view)
+            finally:
+                view.release()
             if event is not None:
                 return event
 
@@ -260,9 +263,22 @@ class Session:
             return LocalProtocolError(f"{name} changed while being sent: {what}")
         return RemoteProtocolError(f"the sender sent {what} for {name}")
 
-    def _handle(self, kind: int, head: bytes, body: bytes) -> Event | None:
+    def _handle(self, kind: int, head: bytes, view: memoryview) -> Event | None:
         if self.state is State.CLOSED:
             raise RemoteProtocolError("the peer sent data after the session closed")
+        if self.state in (State.PAKE, State.CONFIRM):
+            return self._handshake(kind, bytes(view))
+        assert self._opener is not None
+        rkind, plain = self._opener.open(kind, head, view)
+        if rkind is Kind.ABORT:
+            self.state = State.CLOSED
+            # the peer's words go to a terminal: no escape sequences, one line
+            return Aborted(escape(plain.decode("utf-8", "replace")))
+        if self.side is Side.RECEIVER:
+            return self._receiver(rkind, plain)
+        return self._sender(rkind, plain)
+
+    def _handshake(self, kind: int, body: bytes) -> Event | None:
         if self.state is State.PAKE:
             if kind != Kind.PAKE:
                 raise PakeFailed("key exchange failed: the peer is not speaking bob/1")
@@ -272,21 +288,11 @@ class Session:
             self._outbox.append(records.frame(Kind.CONFIRM, self._keys.my_confirm))
             self.state = State.CONFIRM
             return None
-        if self.state is State.CONFIRM:
-            if kind != Kind.CONFIRM or len(body) != CONFIRM_SIZE or self._keys is None:
-                raise PakeFailed("key exchange failed: no key confirmation from the peer")
-            check_confirmation(self._keys, body)
-            self.state = State.READY
-            return Confirmed(self._keys.verifier)
-        assert self._opener is not None
-        rkind, plain = self._opener.open(kind, head, body)
-        if rkind is Kind.ABORT:
-            self.state = State.CLOSED
-            # the peer's words go to a terminal: no escape sequences, one line
-            return Aborted(escape(plain.decode("utf-8", "replace")))
-        if self.side is Side.RECEIVER:
-            return self._receiver(rkind, plain)
-        return self._sender(rkind, plain)
+        if kind != Kind.CONFIRM or len(body) != CONFIRM_SIZE or self._keys is None:
+            raise PakeFailed("key exchange failed: no key confirmation from the peer")
+        check_confirmation(self._keys, body)
+        self.state = State.READY
+        return Confirmed(self._keys.verifier)
 
     def _sender(self, kind: Kind, plain: bytes) -> Event | None:
         if kind is Kind.ANSWER and self.state is State.OFFERED:

@@ -1,4 +1,4 @@
-"""Framing and authenticated records: XChaCha20-Poly1305 with counter nonces (no I/O).
+"""Framing and authenticated records: ChaCha20-Poly1305 with counter nonces (no I/O).
 
 A frame is a 4-byte header (type: u8, body length: u24, big-endian) and a body.
 Handshake frames travel in clear; every later body is an AEAD ciphertext whose
@@ -11,11 +11,8 @@ from __future__ import annotations
 import enum
 import struct
 
-from nacl.bindings import (
-    crypto_aead_xchacha20poly1305_ietf_decrypt,
-    crypto_aead_xchacha20poly1305_ietf_encrypt,
-)
-from nacl.exceptions import CryptoError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from retreatkit.transfer.errors import LocalProtocolError, RemoteProtocolError
 
@@ -58,50 +55,62 @@ def frame(kind: Kind, body: bytes) -> bytes:
 class FrameParser:
     """Bytes in, (kind, body) out; bounds the body length a peer may claim."""
 
-    __slots__ = ("_buf", "max_body")
+    __slots__ = ("_buf", "_pos", "max_body")
 
     def __init__(self, max_body: int = MAX_BODY) -> None:
         self._buf = bytearray()
+        self._pos = 0  # start of the first unparsed frame
         self.max_body = max_body
 
     def feed(self, data: bytes) -> None:
+        """More bytes; every body view handed out before must have been released."""
+        if self._pos:
+            del self._buf[: self._pos]  # CPython trims a bytearray's front in O(1)
+            self._pos = 0
         self._buf += data
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
-    def next(self) -> tuple[int, bytes, bytes] | None:
-        """The next whole frame as (kind, header, body), or None if more bytes are needed."""
-        buf = self._buf
-        if len(buf) < HEADER_SIZE:
+    def next(self) -> tuple[int, bytes, memoryview] | None:
+        """The next whole frame as (kind, header, body), or None if more bytes are needed.
+
+        The body is a view into the buffer, not a copy (the receive hot path decrypts
+        straight from it): release it before the next feed().
+        """
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < HEADER_SIZE:
             return None
-        (word,) = HEADER.unpack_from(buf)
+        (word,) = HEADER.unpack_from(buf, pos)
         kind, length = word >> 24, word & 0xFFFFFF
         if length > self.max_body:
             raise RemoteProtocolError(
                 f"the peer sent a {length}-byte record (limit {self.max_body})"
             )
-        end = HEADER_SIZE + length
+        end = pos + HEADER_SIZE + length
         if len(buf) < end:
             return None
-        head = bytes(buf[:HEADER_SIZE])
-        body = bytes(buf[HEADER_SIZE:end])
-        del buf[:end]  # CPython trims a bytearray's front in O(1)
+        head = bytes(buf[pos : pos + HEADER_SIZE])
+        with memoryview(buf) as view:
+            body = view[pos + HEADER_SIZE : end]
+        self._pos = end
         return kind, head, body
 
 
 def _nonce(counter: int) -> bytes:
-    return counter.to_bytes(24, "little")
+    # RFC 8439 nonces are 96 bits; each key is used in one direction of one session,
+    # so the record counter alone never repeats a nonce under a key
+    return counter.to_bytes(12, "little")
 
 
 class Sealer:
     """Encrypts our records in order."""
 
-    __slots__ = ("_counter", "_key", "closed")
+    __slots__ = ("_aead", "_counter", "closed")
 
     def __init__(self, key: bytes) -> None:
-        self._key = key
+        self._aead = ChaCha20Poly1305(key)
         self._counter = 0
         self.closed = False
 
@@ -111,9 +120,7 @@ class Sealer:
         if kind in CLEAR_KINDS or len(plaintext) + TAG_SIZE > MAX_BODY:
             raise LocalProtocolError(f"cannot seal a {kind.name} record of {len(plaintext)} bytes")
         head = header(kind, len(plaintext) + TAG_SIZE)
-        body = crypto_aead_xchacha20poly1305_ietf_encrypt(
-            plaintext, head, _nonce(self._counter), self._key
-        )
+        body = self._aead.encrypt(_nonce(self._counter), plaintext, head)
         self._counter += 1
         if kind in (Kind.END, Kind.DONE, Kind.ABORT):
             self.closed = True
@@ -123,14 +130,14 @@ class Sealer:
 class Opener:
     """Decrypts the peer's records; any tampering, loss or reordering fails here."""
 
-    __slots__ = ("_counter", "_key", "closed")
+    __slots__ = ("_aead", "_counter", "closed")
 
     def __init__(self, key: bytes) -> None:
-        self._key = key
+        self._aead = ChaCha20Poly1305(key)
         self._counter = 0
         self.closed = False
 
-    def open(self, kind: int, head: bytes, body: bytes) -> tuple[Kind, bytes]:
+    def open(self, kind: int, head: bytes, body: bytes | memoryview) -> tuple[Kind, bytes]:
         if self.closed:
             raise RemoteProtocolError("the peer sent data after its final record")
         try:
@@ -139,13 +146,11 @@ class Opener:
             raise RemoteProtocolError(f"the peer sent an unknown record type {kind}") from None
         if known in CLEAR_KINDS:
             raise RemoteProtocolError("the peer sent a handshake frame after the handshake")
-        if len(body) < TAG_SIZE:  # libsodium raises ValueError, not CryptoError, on these
+        if len(body) < TAG_SIZE:
             raise RemoteProtocolError("a record failed authentication: it is shorter than a tag")
         try:
-            plaintext = crypto_aead_xchacha20poly1305_ietf_decrypt(
-                body, head, _nonce(self._counter), self._key
-            )
-        except CryptoError:
+            plaintext = self._aead.decrypt(_nonce(self._counter), body, head)
+        except InvalidTag:
             raise RemoteProtocolError(
                 "a record failed authentication: the data was altered, reordered or lost"
             ) from None
