@@ -27,6 +27,18 @@ DEFAULTS: dict[str, Any] = {
         "connect_timeout": 5.0,
         "read_timeout": 30.0,
     },
+    "nameserver": {
+        "listen": "0.0.0.0:5300",
+        "upstreams": [],  # empty: the nameservers in /etc/resolv.conf
+        "blocklists": [],
+        "allow": [],
+        "records": {},  # name = "address" or "cname:target"
+        "block_mode": "null",
+        "networks": [],  # empty: loopback, RFC 1918, link-local, CGNAT and ULA
+        "rate_limit": 1000,  # queries per second per client; 0 turns it off
+        "stale_for": 86400.0,
+        "reload_every": 86400.0,
+    },
 }
 
 

@@ -21,6 +21,9 @@ from retreatkit.mirror import app as mirror_app
 from retreatkit.mirror import upstreams
 from retreatkit.mirror.fetch import Limits as FetchLimits
 from retreatkit.mirror.service import Mirror, Settings, register
+from retreatkit.nameserver.policy import parse_record
+from retreatkit.nameserver.server import LAN
+from retreatkit.nameserver.service import Settings as NameserverSettings
 from retreatkit.relay.matching import Limits
 from retreatkit.relay.server import Relay
 
@@ -130,6 +133,39 @@ class MirrorService:
 
     def status(self) -> dict[str, Any]:
         return self.mirror.status() if self.mirror else {}
+
+
+def resolv_conf_upstreams(path: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:
+    """The system resolver's own upstreams, the default for ours."""
+    try:
+        lines = path.read_text("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    return [(parts[1], 53) for parts in (line.split() for line in lines)
+            if len(parts) >= 2 and parts[0] == "nameserver"]  # fmt: skip
+
+
+def nameserver_settings(section: dict[str, Any], own: dict[str, str]) -> NameserverSettings:
+    """Settings from [nameserver]; `own` names the services of this process (name -> address)."""
+    records = [parse_record(f"{name}={value}") for name, value in section["records"].items()]
+    records += [parse_record(r) for r in section.get("record_flags", [])]
+    named = {r.name for r in records}
+    records += [parse_record(f"{n}={a}") for n, a in own.items() if n not in named]
+    upstreams = [config.host_port(u, 53) for u in section["upstreams"]] or resolv_conf_upstreams()
+    if section["block_mode"] not in ("null", "nxdomain"):
+        raise ValueError("block mode is null or nxdomain")
+    return NameserverSettings(
+        listen=config.host_port(section["listen"], 53),
+        upstreams=upstreams,
+        blocklists=list(section["blocklists"]),
+        allow=list(section["allow"]),
+        records=records,
+        block_mode=section["block_mode"],
+        networks=list(section["networks"]) or list(LAN),
+        rate_limit=int(section["rate_limit"]),
+        stale_for=float(section["stale_for"]),
+        reload_every=float(section["reload_every"]),
+    )
 
 
 async def serve(services: list[Service], admin_at: tuple[str, int], say: Say) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from retreatkit import config, loop, serve
+from retreatkit.nameserver.service import Nameserver, host_address
 
 DESCRIPTION = """\
 Infrastructure in a bag for events whose internet is slow, metered or gone.
@@ -18,9 +19,9 @@ also run on its own."""
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="retreatkit", description=DESCRIPTION)
     top.add_argument("--config", metavar="FILE", type=Path, help="retreat.toml (default: none)")
-    sub = top.add_subparsers(dest="command", required=True, metavar="{up,relay,mirror}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{up,relay,mirror,nameserver}")
     admin_help = "admin endpoint (default 127.0.0.1:8080)"
-    up = sub.add_parser("up", help="run all services: relay and mirror")
+    up = sub.add_parser("up", help="run all services: relay, mirror and nameserver")
     up.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
     relay = sub.add_parser("relay", help="run bob's relay")
     relay.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:9000")
@@ -31,7 +32,34 @@ def parser() -> argparse.ArgumentParser:
     mirror.add_argument("--pypi", metavar="URL", help="PyPI simple index (default: pip's own)")
     mirror.add_argument("--opam", metavar="URL", help="opam repository (default: opam's own)")
     mirror.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
-    return top
+    ns = sub.add_parser("nameserver", help="run the LAN's caching, blocking nameserver")
+    ns.add_argument("--listen", metavar="HOST:PORT", help="UDP and TCP (default 0.0.0.0:5300)")
+    ns.add_argument(
+        "--upstream",
+        metavar="HOST[:PORT]",
+        action="append",
+        dest="upstreams",
+        help="repeatable (default: the nameservers in /etc/resolv.conf)",
+    )
+    ns.add_argument(
+        "--blocklist",
+        metavar="PATH|URL",
+        action="append",
+        dest="blocklists",
+        help="hosts, plain-domain or adblock list; repeatable",
+    )
+    ns.add_argument("--allow", metavar="DOMAIN", action="append", help="never block; repeatable")
+    ns.add_argument(
+        "--record",
+        metavar="NAME=ADDRESS",
+        action="append",
+        dest="record_flags",
+        help="a local name (A/AAAA by the address, or NAME=cname:TARGET); repeatable",
+    )
+    ns.add_argument("--block-mode", choices=("null", "nxdomain"), help="default null")
+    ns.add_argument("--rate-limit", type=int, metavar="QPS", help="per client; 0 is off")
+    ns.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
+    return top  # fmt: skip
 
 
 def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Service]:
@@ -47,6 +75,20 @@ def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Servic
         if args.command == "mirror":
             section.update({k: flags[k] for k in ("listen", "store", "pypi", "opam") if k in flags})
         out.append(serve.MirrorService.from_config(section))
+    if args.command in ("up", "nameserver"):
+        section = dict(cfg["nameserver"])
+        if args.command == "nameserver":
+            for key in ("listen", "upstreams", "blocklists", "allow", "record_flags"):
+                if key in flags:
+                    section[key] = flags[key]
+            for key in ("block_mode", "rate_limit"):
+                if key in flags:
+                    section[key] = flags[key]
+        own: dict[str, str] = {}
+        if args.command == "up":
+            address = host_address()
+            own = {"relay.retreat.lan": address, "mirror.retreat.lan": address}
+        out.append(Nameserver(serve.nameserver_settings(section, own)))
     return out
 
 

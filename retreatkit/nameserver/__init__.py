@@ -1,0 +1,1 @@
+"""The LAN's nameserver: caching forwarder, serve-stale, sinkhole, local names."""

@@ -1,0 +1,169 @@
+"""The nameserver as a service: sockets, blocklist loading and reloading, status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from retreatkit.nameserver.policy import Blocklist, Policy, Record
+from retreatkit.nameserver.resolver import Resolver
+from retreatkit.nameserver.server import LAN, Gate, TCPServer, UDPServer
+from retreatkit.nameserver.upstream import Upstream, Upstreams
+
+log = logging.getLogger("retreatkit.nameserver")
+MAX_LIST = 256 * 1024 * 1024
+
+
+@dataclass
+class Settings:
+    listen: tuple[str, int]
+    upstreams: list[tuple[str, int]]
+    blocklists: list[str] = field(default_factory=list)
+    allow: list[str] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    block_mode: str = "null"
+    networks: list[str] = field(default_factory=lambda: list(LAN))
+    rate_limit: int = 1000
+    stale_for: float = 86400.0
+    reload_every: float = 86400.0
+
+
+class Nameserver:
+    name = "nameserver"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.resolver = Resolver(
+            Policy(settings.records, settings.allow),
+            Upstreams([Upstream(h, p) for h, p in settings.upstreams]),
+            block_mode=settings.block_mode,
+        )
+        self.resolver.cache.stale_for = settings.stale_for
+        self.gate = Gate(settings.networks, settings.rate_limit)
+        self._transports: list[asyncio.BaseTransport] = []
+        self._tcp: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.list_errors: dict[str, str] = {}
+        self.good: dict[str, list[str]] = {}  # last good lines per source
+
+    async def start(self, registry: CollectorRegistry, say: Any) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.settings.listen
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: UDPServer(self.resolver, self.gate), local_addr=(host, port)
+        )
+        self._transports.append(transport)
+        bound = transport.get_extra_info("sockname")
+        # TCP on the same port as UDP, even when UDP picked it (port 0)
+        self._tcp = await loop.create_server(
+            lambda: TCPServer(self.resolver, self.gate), host, bound[1], reuse_address=True
+        )
+        registry.register(_Collector(self))
+        say(f"Nameserver listening on {bound[0]}:{bound[1]} (UDP and TCP)")
+        upstreams = ", ".join(u.address for u in self.resolver.upstreams.servers) or "none"
+        say(f"Nameserver upstreams: {upstreams}")
+        # serve at once; lists arrive when they are read (no DNS outage while loading)
+        self._spawn(self._reload_forever())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for transport in self._transports:
+            transport.close()
+        if self._tcp is not None:
+            self._tcp.close()
+
+    async def _reload_forever(self) -> None:
+        while True:
+            await self.reload()
+            await asyncio.sleep(self.settings.reload_every)
+
+    async def reload(self) -> None:
+        """Read every list; a source that fails keeps its last good copy; swap atomically."""
+        if not self.settings.blocklists:
+            return
+        blocklist = Blocklist()
+        for source in self.settings.blocklists:
+            try:
+                lines = await self._read(source)
+                self.good[source] = lines
+                self.list_errors.pop(source, None)
+            except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                self.list_errors[source] = str(exc) or type(exc).__name__
+                log.warning("blocklist %s failed (%s); keeping the last good copy", source, exc)
+                lines = self.good.get(source, [])
+            await asyncio.to_thread(blocklist.add_lines, source, lines)
+        self.resolver.set_policy(self.resolver.policy.with_blocklist(blocklist))
+        log.info("blocklists loaded: %d domains", len(blocklist.domains))
+
+    async def _read(self, source: str) -> list[str]:
+        if source.startswith(("http://", "https://")):
+            timeout = aiohttp.ClientTimeout(total=120)
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(source) as response,
+            ):
+                if response.status != 200:
+                    raise ValueError(f"HTTP {response.status}")
+                body = await response.content.read(MAX_LIST + 1)
+                if len(body) > MAX_LIST:
+                    raise ValueError("list larger than 256 MiB")
+                return body.decode("utf-8", "replace").splitlines()
+        path = Path(source)
+
+        def read() -> list[str]:
+            if path.stat().st_size > MAX_LIST:
+                raise ValueError("list larger than 256 MiB")
+            return path.read_text("utf-8", "replace").splitlines()
+
+        return await asyncio.to_thread(read)
+
+    def status(self) -> dict[str, Any]:
+        status = self.resolver.status()
+        status["blocklist_errors"] = dict(self.list_errors)
+        status["blocklist_sources"] = dict(self.resolver.policy.blocklist.sources)
+        return status
+
+
+def host_address() -> str:
+    """This machine's LAN address for our own names, without sending a packet anywhere."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        return "127.0.0.1"
+    for info in infos:
+        address = str(info[4][0])
+        if not address.startswith("127."):
+            return address
+    return "127.0.0.1"
+
+
+class _Collector(Collector):
+    def __init__(self, nameserver: Nameserver) -> None:
+        self.nameserver = nameserver
+
+    def collect(self) -> Any:
+        s = self.nameserver.resolver.status()
+        for key in ("queries", "cache_hits", "blocked", "stale_served", "forwarded", "servfail",
+                    "refused", "rate_limited", "spoofed_replies_ignored"):  # fmt: skip
+            yield CounterMetricFamily(f"nameserver_{key}", key.replace("_", " "), value=s[key])
+        yield GaugeMetricFamily(
+            "nameserver_cache_entries", "cache entries", value=s["cache_entries"]
+        )
+        yield GaugeMetricFamily(
+            "nameserver_blocklist_entries", "blocked domains", value=s["blocklist_entries"]
+        )
