@@ -36,9 +36,12 @@ def parse_line(line: str) -> str | bool | None:
     Returns the domain, None for a line with nothing to block (blank, comment,
     header), or False for a line that is malformed (counted, then skipped).
     """
-    text = line.split("#", 1)[0].strip()
-    if not text or text.startswith("!") or text.startswith("["):
+    stripped = line.strip()
+    if not stripped or stripped.startswith(("#", "!", "[")):
         return None
+    if any(marker in stripped for marker in ("##", "#@#", "#?#", "#$#")):
+        return False  # cosmetic adblock rules hide page elements: not a DNS rule
+    text = stripped.split("#", 1)[0].strip()  # a hosts file's trailing comment
     if text.startswith("||"):
         rule = text[2:]
         # only whole-domain rules: `||ads.example^` with no path and no options
@@ -49,7 +52,7 @@ def parse_line(line: str) -> str | bool | None:
         if not rule.endswith("^") or "/" in rule or "*" in rule:
             return False
         return normalize(rule[:-1]) or False
-    if text.startswith(("@@", "/", "-")) or "##" in line or "#@#" in line:
+    if text.startswith(("@@", "/", "-")):
         return False
     parts = text.split()
     if len(parts) >= 2:

@@ -78,7 +78,10 @@ class UDPServer(asyncio.DatagramProtocol):
         assert transport is not None
         if not gate.allowed(ip):
             resolver.stats.refused += 1
-            return  # silence: answering strangers is how amplification starts
+            query = wire.parse(data)
+            if query is not None:  # REFUSED is no bigger than the query: nothing to amplify
+                transport.sendto(_echo(data, query, rcode=5), addr)
+            return
         stats = resolver.stats
         if gate.over_limit(ip):
             stats.rate_limited += 1
@@ -113,9 +116,9 @@ class UDPServer(asyncio.DatagramProtocol):
             self.slow -= 1
 
 
-def _echo(data: bytes, query: wire.Query) -> bytes:
-    """A header + question answer skeleton for a query (QR set)."""
-    flags = (query.flags | wire.FLAG_QR | 0x0080) & ~wire.FLAG_AA  # RA
+def _echo(data: bytes, query: wire.Query, rcode: int = 0) -> bytes:
+    """A header + question answer skeleton for a query (QR and RA set)."""
+    flags = ((query.flags | wire.FLAG_QR | 0x0080) & ~wire.FLAG_AA & ~0x000F) | rcode
     return wire.HEADER.pack(query.id, flags, 1, 0, 0, 0) + data[12 : query.question_end]
 
 
