@@ -29,7 +29,7 @@ from retreatkit.nameserver.policy import Blocklist, Policy, parse_line, parse_re
         ("-bad.example.com", False),
     ],
 )
-def test_parse_line(line: str, expected: str | None | bool) -> None:
+def test_parse_line(line: str, expected: str | bool | None) -> None:
     assert parse_line(line) == expected
 
 
