@@ -66,7 +66,7 @@ def test_parse_record(text: str, rtype: str, value: str) -> None:
 
 @pytest.mark.parametrize("text", ["nope", "x=notanip", "=1.2.3.4", "a..b=1.2.3.4"])
 def test_parse_record_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="expected|bad"):
+    with pytest.raises(ValueError, match=r"expected|bad"):
         parse_record(text)
 
 
