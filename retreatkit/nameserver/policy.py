@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+# a whole domain in one match: labels of 1-63 of [a-z0-9_-], not starting or ending in "-"
+_DOMAIN = re.compile(
+    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+)
 _NULL_HOSTS = {"0.0.0.0", "127.0.0.1", "::", "::1", "0:0:0:0:0:0:0:0"}
 # names a hosts file maps for itself, never worth blocking
 _HOSTS_NOISE = {
@@ -24,10 +29,7 @@ def normalize(name: str) -> str | None:
         return None
     if name.startswith("*."):
         name = name[2:]
-    labels = name.split(".")
-    if not all(_LABEL.match(label) for label in labels):
-        return None
-    return name
+    return name if _DOMAIN.fullmatch(name) else None
 
 
 def parse_line(line: str) -> str | bool | None:
@@ -35,49 +37,72 @@ def parse_line(line: str) -> str | bool | None:
 
     Returns the domain, None for a line with nothing to block (blank, comment,
     header), or False for a line that is malformed (counted, then skipped).
+    Written for speed: a million-line list must load in well under two seconds.
     """
-    stripped = line.strip()
-    if not stripped or stripped.startswith(("#", "!", "[")):
+    text = line.strip()
+    if not text or text[0] in "#![":
         return None
-    if any(marker in stripped for marker in ("##", "#@#", "#?#", "#$#")):
-        return False  # cosmetic adblock rules hide page elements: not a DNS rule
-    text = stripped.split("#", 1)[0].strip()  # a hosts file's trailing comment
-    if text.startswith("||"):
-        rule = text[2:]
-        # only whole-domain rules: `||ads.example^` with no path and no options
-        # other than $important; cosmetic and path rules are not DNS rules
-        rule, _, options = rule.partition("$")
-        if options and options not in ("important", "all"):
-            return False
-        if not rule.endswith("^") or "/" in rule or "*" in rule:
-            return False
-        return normalize(rule[:-1]) or False
-    if text.startswith(("@@", "/", "-")):
-        return False
+    if "#" in text:
+        if "##" in text or "#@#" in text or "#?#" in text or "#$#" in text:
+            return False  # cosmetic adblock rules hide page elements: not a DNS rule
+        text = text.split("#", 1)[0].strip()  # a hosts file's trailing comment
+    if text[0] == "|":
+        return _adblock(text)
     parts = text.split()
-    if len(parts) >= 2:
+    if len(parts) == 1:
+        name = parts[0]
+        if name in _HOSTS_NOISE:
+            return None
+        if name[0] in "@/-":
+            return False
+    else:
         if parts[0] not in _NULL_HOSTS:
             return False
-        names = [p for p in parts[1:] if p.lower() not in _HOSTS_NOISE]
-        if not names:
-            return None
-        return normalize(names[0]) or False
-    if parts[0].lower() in _HOSTS_NOISE:
-        return None
-    return normalize(parts[0]) or False
+        name = parts[1]
+        if name in _HOSTS_NOISE:
+            rest = [p for p in parts[2:] if p not in _HOSTS_NOISE]
+            if not rest:
+                return None
+            name = rest[0]
+    name = name.lower()
+    if name[-1] == ".":
+        name = name.rstrip(".")
+    if name[:2] == "*.":
+        name = name[2:]
+    return name if len(name) <= 253 and _DOMAIN.fullmatch(name) else False
+
+
+def _adblock(text: str) -> str | bool:
+    # only whole-domain rules: `||ads.example^` with no path and no options other
+    # than $important; cosmetic and path rules are not DNS rules
+    if not text.startswith("||"):
+        return False
+    rule, _, options = text[2:].partition("$")
+    if options and options not in ("important", "all"):
+        return False
+    if not rule.endswith("^") or "/" in rule or "*" in rule:
+        return False
+    return normalize(rule[:-1]) or False
 
 
 @dataclass
 class Blocklist:
-    """Domains blocked with their subdomains; built whole, then swapped in."""
+    """Domains blocked with their subdomains; built whole, then swapped in.
 
-    domains: set[str] = field(default_factory=set)
+    Kept as a sorted array of 64-bit hashes, not a set of strings: a million
+    entries take 8 MB instead of ~110 MB. A lookup is a binary search per
+    suffix, and only cache misses look (answers, blocks included, are cached).
+    A false match needs a 64-bit hash collision.
+    """
+
+    hashes: array[int] = field(default_factory=lambda: array("q"))
     bad_lines: int = 0
     sources: dict[str, int] = field(default_factory=dict)  # source -> entries
+    _pending: list[int] = field(default_factory=list)
 
     def add_lines(self, source: str, lines: Iterable[str]) -> None:
         count = 0
-        add = self.domains.add
+        pending = self._pending
         for line in lines:
             found = parse_line(line)
             if found is None:
@@ -85,10 +110,35 @@ class Blocklist:
             if found is False:
                 self.bad_lines += 1
                 continue
-            assert isinstance(found, str)
-            add(found)
+            pending.append(hash(found))
             count += 1
         self.sources[source] = count
+
+    def seal(self) -> Blocklist:
+        """Sort and deduplicate what was added; returns self, ready for lookups."""
+        pending = self._pending
+        pending.extend(self.hashes)
+        pending.sort()  # duplicates may stay: bisect finds one of them all the same
+        self.hashes = array("q", pending)
+        self._pending = []
+        return self
+
+    @classmethod
+    def merge(cls, parts: Iterable[Blocklist]) -> Blocklist:
+        merged = cls()
+        for part in parts:
+            merged._pending.extend(part.hashes)
+            merged.bad_lines += part.bad_lines
+            merged.sources.update(part.sources)
+        return merged.seal()
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def __contains__(self, domain: str) -> bool:
+        key = hash(domain)
+        at = bisect_left(self.hashes, key)
+        return at < len(self.hashes) and self.hashes[at] == key
 
 
 def suffixes(name: str) -> Iterable[str]:
@@ -159,8 +209,8 @@ class Policy:
 
     def blocked(self, name: str) -> str | None:
         """The blocklist entry that blocks `name` (itself or a parent), unless allowed."""
-        domains = self.blocklist.domains
+        blocklist = self.blocklist
         for suffix in suffixes(name):
-            if suffix in domains:
+            if suffix in blocklist:
                 return None if self.allowed(name) else suffix
         return None

@@ -293,7 +293,7 @@ class Resolver:
             "rebinding_dropped": s.rebinding_dropped,
             "spoofed_replies_ignored": self.upstreams.spoofs.ignored,
             "cache_entries": len(self.cache),
-            "blocklist_entries": len(self.policy.blocklist.domains),
+            "blocklist_entries": len(self.policy.blocklist),
             "blocklist_bad_lines": self.policy.blocklist.bad_lines,
             "upstreams": [
                 {

@@ -53,7 +53,7 @@ class Nameserver:
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.list_errors: dict[str, str] = {}
-        self.good: dict[str, list[str]] = {}  # last good lines per source
+        self.good: dict[str, Blocklist] = {}  # the last good copy of each source
 
     async def start(self, registry: CollectorRegistry, say: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -96,21 +96,25 @@ class Nameserver:
         """Read every list; a source that fails keeps its last good copy; swap atomically."""
         if not self.settings.blocklists:
             return
-        blocklist = Blocklist()
+        parts = []
         for source in self.settings.blocklists:
             try:
-                lines = await self._read(source)
-                self.good[source] = lines
+                part = await self._load(source)
+                self.good[source] = part
                 self.list_errors.pop(source, None)
             except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 self.list_errors[source] = str(exc) or type(exc).__name__
                 log.warning("blocklist %s failed (%s); keeping the last good copy", source, exc)
-                lines = self.good.get(source, [])
-            await asyncio.to_thread(blocklist.add_lines, source, lines)
+                if source not in self.good:
+                    continue
+                part = self.good[source]
+            parts.append(part)
+        blocklist = await asyncio.to_thread(Blocklist.merge, parts)
         self.resolver.set_policy(self.resolver.policy.with_blocklist(blocklist))
-        log.info("blocklists loaded: %d domains", len(blocklist.domains))
+        log.info("blocklists loaded: %d domains", len(blocklist))
 
-    async def _read(self, source: str) -> list[str]:
+    async def _load(self, source: str) -> Blocklist:
+        part = Blocklist()
         if source.startswith(("http://", "https://")):
             timeout = aiohttp.ClientTimeout(total=120)
             async with (
@@ -120,17 +124,24 @@ class Nameserver:
                 if response.status != 200:
                     raise ValueError(f"HTTP {response.status}")
                 body = await response.content.read(MAX_LIST + 1)
-                if len(body) > MAX_LIST:
-                    raise ValueError("list larger than 256 MiB")
-                return body.decode("utf-8", "replace").splitlines()
+            if len(body) > MAX_LIST:
+                raise ValueError("list larger than 256 MiB")
+
+            def parse_body() -> Blocklist:
+                part.add_lines(source, body.decode("utf-8", "replace").splitlines())
+                return part.seal()
+
+            return await asyncio.to_thread(parse_body)
         path = Path(source)
 
-        def read() -> list[str]:
+        def parse_file() -> Blocklist:
             if path.stat().st_size > MAX_LIST:
                 raise ValueError("list larger than 256 MiB")
-            return path.read_text("utf-8", "replace").splitlines()
+            with path.open(encoding="utf-8", errors="replace") as lines:  # streamed
+                part.add_lines(source, lines)
+            return part.seal()
 
-        return await asyncio.to_thread(read)
+        return await asyncio.to_thread(parse_file)
 
     def status(self) -> dict[str, Any]:
         status = self.resolver.status()

@@ -41,6 +41,7 @@ def test_parse_line_never_raises(line: str) -> None:
 def test_block_subdomains_allowlist_wins_local_first() -> None:
     blocklist = Blocklist()
     blocklist.add_lines("list", ["ads.example.com", "tracker.test", "junk line here"])
+    blocklist.seal()
     policy = Policy([parse_record("ads.example.com=192.0.2.9")], ["ok.tracker.test"], blocklist)
     assert policy.blocked("ads.example.com") == "ads.example.com"
     assert policy.blocked("a.b.ads.example.com") == "ads.example.com"
