@@ -301,3 +301,45 @@ def test_metrics_and_status_shape(ns: NameserverProcess) -> None:
     with urllib.request.urlopen(f"{ns.admin}/metrics", timeout=10) as r:
         text = r.read().decode()
     assert "nameserver_queries_total" in text and "nameserver_cache_hits_total" in text
+
+
+def test_failover_to_a_healthy_upstream(upstream: Dnsmasq) -> None:
+    dead = ScriptedUpstream(lambda query, sock, addr: None)  # never answers
+    ns = start_nameserver(
+        "--upstream", f"127.0.0.1:{dead.port}", "--upstream", f"127.0.0.1:{upstream.port}"
+    )
+    try:
+        for name in ("www.example.test", "ads.example.test", "tracker.example.test"):
+            assert short(ns.port, name) != []
+        servers = status(ns)["upstreams"]
+        assert isinstance(servers, list)
+        assert servers[0]["errors"] >= 1 and servers[1]["queries"] >= 3
+    finally:
+        ns.stop()
+        dead.stop()
+
+
+def test_blocklist_url_keeps_last_good_copy(upstream: Dnsmasq, tmp_path: Path) -> None:
+    from retreatkit.mirror.testing import start_upstream
+
+    root = tmp_path / "lists"
+    root.mkdir()
+    (root / "list.txt").write_text("||ads.example.test^\n")
+    server = start_upstream(root)
+    config = tmp_path / "retreat.toml"
+    config.write_text("[nameserver]\nreload_every = 0.2\n")
+    ns = start_nameserver(
+        "--upstream", f"127.0.0.1:{upstream.port}", "--blocklist", f"{server.url}list.txt",
+        config=config,
+    )  # fmt: skip
+    try:
+        assert short(ns.port, "ads.example.test") == ["0.0.0.0"]
+        (root / ".behaviours.json").write_text(json.dumps({"/list.txt": "fail"}))
+        deadline = time.monotonic() + 20
+        while not status(ns)["blocklist_errors"]:  # poll until a reload has failed
+            assert time.monotonic() < deadline, "no reload failed in 20 s"
+        assert status(ns)["blocklist_entries"] == 1  # the last good copy stays in force
+        assert short(ns.port, "ads.example.test") == ["0.0.0.0"]
+    finally:
+        ns.stop()
+        server.stop()
