@@ -13,7 +13,7 @@ from aiohttp import web
 
 from retreatkit.mirror import opam, pypi
 from retreatkit.mirror.fetch import Fill, UpstreamError, follow
-from retreatkit.mirror.service import IndexAnswer, Mirror, NotFound
+from retreatkit.mirror.service import Hot, IndexAnswer, Mirror, NotFound
 from retreatkit.mirror.store import Object, valid_hex
 
 log = logging.getLogger("retreatkit.mirror")
@@ -189,9 +189,15 @@ def _index_response(answer: IndexAnswer, body: bytes, content_type: str) -> web.
 
 
 async def _file(request: web.Request, mirror: Mirror, name: str) -> web.StreamResponse:
+    hot = mirror.hot.get(name)
+    if hot is not None:  # the hot path: no disk, no SQLite
+        counters = mirror.counters
+        counters.hits += 1
+        counters.bytes_from_cache += len(hot.body)
+        return web.Response(body=hot.body, headers=_headers(hot.digest, hot.content_type))
     obj = mirror.cached(name)
     if obj is not None:
-        return _blob(mirror, obj)
+        return _blob(mirror, name, obj)
     fill = mirror.fetch(name)
     if fill is None:
         return _error(mirror, 404, "not in any index the mirror has read")
@@ -199,14 +205,24 @@ async def _file(request: web.Request, mirror: Mirror, name: str) -> web.StreamRe
     return await _stream(request, mirror, fill)
 
 
-def _blob(mirror: Mirror, obj: Object) -> web.StreamResponse:
+def _headers(digest: str, content_type: str) -> dict[str, str]:
+    return {
+        "Content-Type": content_type,
+        "ETag": f'"{digest}"',
+        "Cache-Control": "public, max-age=31536000, immutable",  # named by its hash
+    }
+
+
+def _blob(mirror: Mirror, name: str, obj: Object) -> web.StreamResponse:
     mirror.counters.hits += 1
     mirror.counters.bytes_from_cache += obj.size
-    headers = {"ETag": f'"{obj.digest}"', "Cache-Control": "public, max-age=31536000, immutable"}
+    headers = _headers(obj.digest, obj.content_type)
     path = mirror.store.blob_path(obj.digest)
     if obj.size <= SMALL:
-        return web.Response(body=path.read_bytes(), content_type=obj.content_type, headers=headers)
-    return web.FileResponse(path, headers={**headers, "Content-Type": obj.content_type})
+        body = path.read_bytes()
+        mirror.hot.put(name, Hot(body, obj.digest, obj.content_type))
+        return web.Response(body=body, headers=headers)
+    return web.FileResponse(path, headers=headers)
 
 
 async def _stream(request: web.Request, mirror: Mirror, fill: Fill) -> web.StreamResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ class Settings:
     pypi: str | None
     opam: str | None
     index_ttl: float = 600.0  # how long an index is served before asking upstream again
+    hot_bytes: int = 128 * 1024 * 1024  # small files kept in memory
     limits: Limits = field(default_factory=Limits)
 
 
@@ -63,6 +65,7 @@ class Mirror:
         self.counters = Counters()
         self.started = time.time()
         self._revalidating: dict[str, asyncio.Future[IndexAnswer]] = {}
+        self.hot = HotCache(settings.hot_bytes)
 
     async def close(self) -> None:
         await self.fetcher.close()
@@ -182,6 +185,40 @@ class Mirror:
 
     def collector(self) -> Collector:
         return _MirrorCollector(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Hot:
+    body: bytes
+    digest: str
+    content_type: str
+
+
+class HotCache:
+    """Small files in memory, least recently used out first. Keys name content by its
+    hash, so an entry never goes stale: nothing to invalidate."""
+
+    SMALL = 1024 * 1024
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._items: OrderedDict[str, Hot] = OrderedDict()
+
+    def get(self, name: str) -> Hot | None:
+        item = self._items.get(name)
+        if item is not None:
+            self._items.move_to_end(name)
+        return item
+
+    def put(self, name: str, item: Hot) -> None:
+        if len(item.body) > self.SMALL or name in self._items:
+            return
+        self._items[name] = item
+        self.size += len(item.body)
+        while self.size > self.limit and self._items:
+            _, old = self._items.popitem(last=False)
+            self.size -= len(old.body)
 
 
 class NotFound(Exception):

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import tempfile
 import time
@@ -45,12 +46,12 @@ class IntegrityError(Exception):
     """Downloaded bytes do not match what the index promised."""
 
 
+_HEX = {algo: re.compile(f"[0-9a-f]{{{n}}}") for algo, n in _HEX_LEN.items()}
+
+
 def valid_hex(algo: str, value: str) -> bool:
-    return (
-        algo in _HEX_LEN
-        and len(value) == _HEX_LEN[algo]
-        and all(c in "0123456789abcdef" for c in value)
-    )
+    pattern = _HEX.get(algo)
+    return pattern is not None and pattern.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

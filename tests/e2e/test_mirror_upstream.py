@@ -113,6 +113,9 @@ def test_fifty_cold_clients_one_upstream_fetch(
     assert json.loads(stats)[f"/files/{filename}"] == 1
     status = status_of(admin)
     assert status["upstream_fetches"] == 1  # file downloads: one, however many asked
+    # and from the store (a file over 1 MiB goes out by sendfile), still whole
+    for _ in range(2):
+        assert request(mirror.url, path)[2] == wheel
     assert status["coalesced"] + status["hits"] >= 49
 
 
