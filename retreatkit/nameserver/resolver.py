@@ -216,10 +216,11 @@ class Resolver:
             self.stats.cache_hits += 1
             self.stats.note(client, name, rdtype, "cached")
             return entry.template.render(parsed, data, int(entry.expires - now))
-        refresh = self._refresh(question, query)
+        refresh = self._refresh(question, query, parsed)
         stale_ok = entry is not None and not entry.local and now < entry.stale_until
         try:
             if stale_ok:
+                # the refresh goes on after a stale answer, and caches what it gets
                 reply = await asyncio.wait_for(asyncio.shield(refresh), self.stale_wait)
             else:
                 reply = await refresh
@@ -232,32 +233,44 @@ class Resolver:
             self.stats.note(client, name, rdtype, f"servfail: {exc}")
             return answers.error(query, dns.rcode.SERVFAIL)
         self.stats.forwarded += 1
-        rebind_ok = self.policy.allowed(name)
-        response, ttl, dropped = answers.from_upstream(query, reply, rebind_ok)
+        self.stats.note(client, name, rdtype, "forwarded")
+        fresh = self.cache.get(parsed.key) if parsed else None
+        if fresh is not None and parsed is not None and not fresh.local:
+            return fresh.template.render(parsed, data, fresh.ttl_at(self.clock()))
+        # not cacheable, or asked with other EDNS flags than the first asker
+        return answers.from_upstream(query, reply, self.policy.allowed(name))[0]
+
+    async def _fetch(
+        self, question: Question, query: dns.message.Message, parsed: wire.Query | None
+    ) -> dns.message.Message:
+        """Ask upstream; cache the answer as built for the first asker's query."""
+        upstream_query = make_query(query.question[0].name, question.rdtype, question.dnssec)
+        if question.cd:
+            upstream_query.flags |= dns.flags.CD
+        reply = await self.upstreams.ask(upstream_query)
+        response, ttl, dropped = answers.from_upstream(
+            query, reply, self.policy.allowed(question.name)
+        )
         if dropped:
             self.stats.rebinding_dropped += 1
-        self.stats.note(client, name, rdtype, "forwarded")
         if parsed is not None and not reply.flags & dns.flags.TC:
             encoded = response.to_wire()
             offsets, question_end, _ = wire.ttl_offsets(encoded)
             template = wire.Template(bytearray(encoded), offsets, question_end)
             self.cache.put(parsed.key, template, ttl, self.clock(), self.generation)
-        return response
+        return reply
 
     def _stale(self, entry: Entry, parsed: wire.Query, data: bytes) -> bytes:
         return entry.template.render(parsed, data, STALE_TTL)
 
     def _refresh(
-        self, question: Question, query: dns.message.Message
+        self, question: Question, query: dns.message.Message, parsed: wire.Query | None
     ) -> asyncio.Future[dns.message.Message]:
         """One upstream query per question, however many clients ask at once."""
         running = self._inflight.get(question)
         if running is not None:
             return running
-        upstream_query = make_query(query.question[0].name, question.rdtype, question.dnssec)
-        if question.cd:
-            upstream_query.flags |= dns.flags.CD
-        future = asyncio.ensure_future(self.upstreams.ask(upstream_query))
+        future = asyncio.ensure_future(self._fetch(question, query, parsed))
         self._inflight[question] = future
         future.add_done_callback(lambda f: self._done(question, f))
         return future

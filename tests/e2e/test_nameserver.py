@@ -343,3 +343,26 @@ def test_blocklist_url_keeps_last_good_copy(upstream: Dnsmasq, tmp_path: Path) -
     finally:
         ns.stop()
         server.stop()
+
+
+def test_a_late_refresh_is_cached_after_a_stale_answer() -> None:
+    def script(query: dns.message.Message, sock: socket.socket, addr: tuple[str, int]) -> None:
+        if len(fake.queries) == 1:
+            sock.sendto(reply(query, "198.51.100.1", ttl=0).to_wire(), addr)
+        else:
+            time.sleep(2.5)  # slower than the 1.8 s a client waits before getting stale data
+            sock.sendto(reply(query, "198.51.100.2", ttl=300).to_wire(), addr)
+
+    fake = ScriptedUpstream(script)
+    ns = start_nameserver("--upstream", f"127.0.0.1:{fake.port}")
+    try:
+        assert short(ns.port, "slow.example.test") == ["198.51.100.1"]
+        assert short(ns.port, "slow.example.test") == ["198.51.100.1"]  # stale, refresh going on
+        deadline = time.monotonic() + 20
+        while short(ns.port, "slow.example.test") != ["198.51.100.2"]:
+            assert time.monotonic() < deadline, "the late answer never replaced the stale one"
+        assert len(fake.queries) == 2  # the refresh that came late was kept, not asked again
+        assert status(ns)["stale_served"] >= 1
+    finally:
+        ns.stop()
+        fake.stop()
