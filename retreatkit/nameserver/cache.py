@@ -17,10 +17,7 @@ class Entry:
     stale_until: float
     generation: int  # the policy generation our own answers were made under
     ttl: int  # as cached, for answers we make ourselves
-
-    @property
-    def local(self) -> bool:
-        return math.isinf(self.expires)
+    local: bool = False  # our own answer (local name, block): it never expires
 
     def ttl_at(self, now: float) -> int:
         return self.ttl if self.local else max(0, int(self.expires - now))
@@ -46,7 +43,7 @@ class Cache:
         return entry
 
     def put_local(self, key: bytes, template: Template, ttl: int, generation: int) -> Entry:
-        entry = Entry(template, math.inf, math.inf, generation, ttl)
+        entry = Entry(template, math.inf, math.inf, generation, ttl, local=True)
         self._store(key, entry)
         return entry
 
