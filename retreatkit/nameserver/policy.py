@@ -103,14 +103,24 @@ class Blocklist:
     def add_lines(self, source: str, lines: Iterable[str]) -> None:
         count = 0
         pending = self._pending
+        append = pending.append
+        domain = _DOMAIN.fullmatch
         for line in lines:
+            # the common line first, inline: `0.0.0.0 name`, a clean lowercase name
+            parts = line.split()
+            if len(parts) == 2 and parts[0] in _NULL_HOSTS:
+                name = parts[1].lower()
+                if len(name) <= 253 and name not in _HOSTS_NOISE and domain(name):
+                    append(hash(name))
+                    count += 1
+                    continue
             found = parse_line(line)
             if found is None:
                 continue
             if found is False:
                 self.bad_lines += 1
                 continue
-            pending.append(hash(found))
+            append(hash(found))
             count += 1
         self.sources[source] = count
 

@@ -74,3 +74,23 @@ def test_parse_record_rejects(text: str) -> None:
 def test_ptr_for_local_records() -> None:
     policy = Policy([parse_record("laptop.retreat.lan=10.0.0.7")])
     assert policy.reverse["7.0.0.10.in-addr.arpa"] == "laptop.retreat.lan"
+
+
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        st.builds(lambda n: f"0.0.0.0 {n}", st.text(max_size=40)),
+        st.builds(
+            lambda n: f"0.0.0.0 {n}", st.from_regex(r"[A-Za-z0-9*._-]{1,30}\.?", fullmatch=True)
+        ),
+    )
+)
+def test_the_inline_fast_path_agrees_with_parse_line(line: str) -> None:
+    blocklist = Blocklist()
+    blocklist.add_lines("x", [line])
+    blocklist.seal()
+    found = parse_line(line)
+    if isinstance(found, str):
+        assert found in blocklist and blocklist.sources["x"] == 1
+    else:
+        assert len(blocklist) == 0 and blocklist.bad_lines == (found is False)
