@@ -9,10 +9,19 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-# a whole domain in one match: labels of 1-63 of [a-z0-9_-], not starting or ending in "-"
-_DOMAIN = re.compile(
-    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-)
+# a whole domain in one match: labels of [a-z0-9_] runs joined by hyphens (so none
+# starts or ends with one), written to match without backtracking; label length is
+# checked apart, and only for names long enough to break it
+_LABEL_RE = r"[a-z0-9_]+(?:-+[a-z0-9_]+)*"
+_DOMAIN = re.compile(rf"(?:{_LABEL_RE}\.)*{_LABEL_RE}")
+
+
+def _domain_ok(name: str) -> bool:
+    if len(name) > 253 or _DOMAIN.fullmatch(name) is None:
+        return False
+    return len(name) <= 63 or all(len(label) <= 63 for label in name.split("."))
+
+
 _NULL_HOSTS = {"0.0.0.0", "127.0.0.1", "::", "::1", "0:0:0:0:0:0:0:0"}
 # names a hosts file maps for itself, never worth blocking
 _HOSTS_NOISE = {
@@ -29,7 +38,7 @@ def normalize(name: str) -> str | None:
         return None
     if name.startswith("*."):
         name = name[2:]
-    return name if _DOMAIN.fullmatch(name) else None
+    return name if _domain_ok(name) else None
 
 
 def parse_line(line: str) -> str | bool | None:
@@ -69,7 +78,7 @@ def parse_line(line: str) -> str | bool | None:
         name = name.rstrip(".")
     if name[:2] == "*.":
         name = name[2:]
-    return name if len(name) <= 253 and _DOMAIN.fullmatch(name) else False
+    return name if _domain_ok(name) else False
 
 
 def _adblock(text: str) -> str | bool:
@@ -110,7 +119,7 @@ class Blocklist:
             parts = line.split()
             if len(parts) == 2 and parts[0] in _NULL_HOSTS:
                 name = parts[1].lower()
-                if len(name) <= 253 and name not in _HOSTS_NOISE and domain(name):
+                if len(name) <= 63 and name not in _HOSTS_NOISE and domain(name):
                     append(hash(name))
                     count += 1
                     continue

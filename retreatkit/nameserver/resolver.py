@@ -90,6 +90,7 @@ class Resolver:
         self.stats = Stats()
         self._inflight: dict[Question, asyncio.Future[dns.message.Message]] = {}
         self.hit_keys: Counter[bytes] = Counter()  # fast-path hits, named only when asked
+        self.on_status: list[Callable[[], None]] = []  # fold in counts kept elsewhere
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
@@ -287,6 +288,8 @@ class Resolver:
         return encoded
 
     def status(self) -> dict[str, Any]:
+        for fold in self.on_status:
+            fold()
         s = self.stats
         for key, count in self.hit_keys.items():
             s.domains[key_name(key)] += count

@@ -20,6 +20,7 @@ LAN = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.
 TCP_IDLE = 10.0
 TCP_MAX_CONNECTIONS = 256
 TCP_MAX_PENDING = 32  # pipelined queries in progress on one connection
+EXACT_MAX = 65536  # exact-bytes answers kept; past that the table starts over
 MAX_SLOW = 2048  # slow-path queries in progress at once; past that, new ones are dropped
 _RUNNING: set[asyncio.Future[None]] = set()  # the loop keeps only weak references to tasks
 
@@ -51,15 +52,23 @@ class Gate:
             self._allowed[ip] = known
         return known
 
-    def over_limit(self, ip: str) -> bool:
-        if not self.rate:
-            return False
-        window = int(time.monotonic())
+    def over_limit(self, ip: str, window: int) -> bool:
         if window != self._window:
             self._window = window
             self._counts.clear()
         self._counts[ip] += 1
         return self._counts[ip] > self.rate
+
+
+class _Exact:
+    __slots__ = ("answer", "generation", "hits", "key", "second")
+
+    def __init__(self, answer: bytes, second: int, generation: int, key: bytes) -> None:
+        self.answer = answer
+        self.second = second
+        self.generation = generation
+        self.key = key
+        self.hits = 0
 
 
 class UDPServer(asyncio.DatagramProtocol):
@@ -68,6 +77,10 @@ class UDPServer(asyncio.DatagramProtocol):
         self.gate = gate
         self.transport: asyncio.DatagramTransport | None = None
         self.slow = 0
+        # answers by the exact query bytes after the ID, good for the second they were
+        # made in (TTLs count down by the second) and the policy they were made under
+        self.exact: dict[bytes, _Exact] = {}
+        resolver.on_status.append(self.flush_hits)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -83,11 +96,21 @@ class UDPServer(asyncio.DatagramProtocol):
                 transport.sendto(_echo(data, query, rcode=5), addr)
             return
         stats = resolver.stats
-        if gate.over_limit(ip):
+        second = int(time.monotonic())
+        if gate.rate and gate.over_limit(ip, second):
             stats.rate_limited += 1
             query = wire.parse(data)
             if query is not None:
                 transport.sendto(truncate(_echo(data, query)), addr)
+            return
+        # the hottest path: these very bytes (but the ID) were answered this second
+        tail = data[2:]
+        seen = self.exact.get(tail)
+        if seen is not None and seen.second == second and seen.generation == resolver.generation:
+            seen.hits += 1
+            stats.queries += 1
+            stats.cache_hits += 1
+            transport.sendto(data[:2] + seen.answer, addr)
             return
         out, query = resolver.fast(data)
         if out is not None and query is not None and len(out) <= query.udp_size:
@@ -96,6 +119,7 @@ class UDPServer(asyncio.DatagramProtocol):
             stats.clients[ip] += 1
             resolver.hit_keys[query.key] += 1
             transport.sendto(out, addr)
+            self._remember(tail, out, query.key, second)
             return
         if self.slow >= MAX_SLOW:
             return
@@ -104,6 +128,24 @@ class UDPServer(asyncio.DatagramProtocol):
         task = asyncio.ensure_future(self._slow(data, addr, ip, size))
         _RUNNING.add(task)
         task.add_done_callback(_RUNNING.discard)
+
+    def _remember(self, tail: bytes, out: bytes, key: bytes, second: int) -> None:
+        exact = self.exact
+        old = exact.get(tail)
+        if old is not None and old.hits:
+            self.resolver.hit_keys[old.key] += old.hits  # counted per entry, named later
+        if old is None and len(exact) >= EXACT_MAX:
+            self.flush_hits()
+            exact.clear()
+        exact[tail] = _Exact(out[2:], second, self.resolver.generation, key)
+
+    def flush_hits(self) -> None:
+        """Fold the per-entry hit counts into the resolver's top-domain counts."""
+        hit_keys = self.resolver.hit_keys
+        for entry in self.exact.values():
+            if entry.hits:
+                hit_keys[entry.key] += entry.hits
+                entry.hits = 0
 
     async def _slow(self, data: bytes, addr: Any, ip: str, size: int) -> None:
         try:

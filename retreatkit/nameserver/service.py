@@ -109,7 +109,10 @@ class Nameserver:
                     continue
                 part = self.good[source]
             parts.append(part)
-        blocklist = await asyncio.to_thread(Blocklist.merge, parts)
+        if len(parts) == 1:
+            blocklist = parts[0]  # sealed already, and never changed after
+        else:
+            blocklist = await asyncio.to_thread(Blocklist.merge, parts)
         self.resolver.set_policy(self.resolver.policy.with_blocklist(blocklist))
         log.info("blocklists loaded: %d domains", len(blocklist))
 

@@ -27,6 +27,11 @@ from retreatkit.nameserver.policy import Blocklist, Policy, parse_line, parse_re
         ("192.168.1.1 router.lan", False),
         ("not a domain!", False),
         ("-bad.example.com", False),
+        ("0.0.0.0 bad-.example.com", False),
+        ("0.0.0.0 " + "a" * 64 + ".com", False),
+        ("0.0.0.0 " + "a" * 63 + ".com", "a" * 63 + ".com"),
+        ("0.0.0.0 xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("0.0.0.0 a.b..c", False),
     ],
 )
 def test_parse_line(line: str, expected: str | bool | None) -> None:
