@@ -98,8 +98,8 @@ def start_nameserver(*args: str, config: Path | None = None) -> NameserverProces
     proc = Process.start(argv)
     port = int(proc.wait_for(r"^Nameserver listening on 127\.0\.0\.1:(\d+) ")[1])
     admin = proc.wait_for(r"^Admin on (http://\S+)/status$")[1]
-    if "--blocklist" in args:
-        proc.wait_for(r"blocklists loaded")
+    if "--blocklist" in args and not any("blocklists loaded" in line for line in proc.seen):
+        proc.wait_for(r"blocklists loaded")  # lists load beside the sockets: either order
     return NameserverProcess(proc, port, admin)
 
 
