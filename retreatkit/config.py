@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
         "index_ttl": 600.0,
         "connect_timeout": 5.0,
         "read_timeout": 30.0,
+        "lists": [],  # other URLs to keep for the LAN, served at /lists/<key> (blocklists)
     },
     "nameserver": {
         "listen": "0.0.0.0:5300",
@@ -38,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
         "rate_limit": 1000,  # queries per second per client; 0 turns it off
         "stale_for": 86400.0,
         "reload_every": 86400.0,
+        "mirror": "",  # fetch URL blocklists through this mirror; `up` uses its own
     },
 }
 

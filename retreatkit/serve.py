@@ -91,6 +91,7 @@ class MirrorService:
         self.mirror: Mirror | None = None
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        self.url: str | None = None  # where this process reaches the mirror, once started
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> MirrorService:
@@ -99,6 +100,7 @@ class MirrorService:
             pypi=section["pypi"] or upstreams.default_pypi(),
             opam=section["opam"] or upstreams.default_opam(),
             index_ttl=float(section["index_ttl"]),
+            lists=list(section["lists"]),
             limits=FetchLimits(
                 connect_timeout=float(section["connect_timeout"]),
                 read_timeout=float(section["read_timeout"]),
@@ -116,6 +118,8 @@ class MirrorService:
         await self._runner.setup()
         await web.TCPSite(self._runner, *self.listen).start()
         host, port = self._runner.addresses[0][:2]
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.url = f"http://{local}:{port}"
         say(f"Mirror listening on http://{host}:{port}/ (store {self.settings.store})")
         if dropped:
             say(f"Mirror store check dropped {dropped} corrupt files")
@@ -145,8 +149,13 @@ def resolv_conf_upstreams(path: Path = Path("/etc/resolv.conf")) -> list[tuple[s
             if len(parts) >= 2 and parts[0] == "nameserver"]  # fmt: skip
 
 
-def nameserver_settings(section: dict[str, Any], own: dict[str, str]) -> NameserverSettings:
-    """Settings from [nameserver]; `own` names the services of this process (name -> address)."""
+def nameserver_settings(
+    section: dict[str, Any],
+    own: dict[str, str],
+    mirror: Callable[[], str | None] | None = None,
+) -> NameserverSettings:
+    """Settings from [nameserver]; `own` names the services of this process (name -> address);
+    `mirror` says where this process's own mirror is, if it hosts one."""
     records = [parse_record(f"{name}={value}") for name, value in section["records"].items()]
     records += [parse_record(r) for r in section.get("record_flags", [])]
     named = {r.name for r in records}
@@ -165,6 +174,7 @@ def nameserver_settings(section: dict[str, Any], own: dict[str, str]) -> Nameser
         rate_limit=int(section["rate_limit"]),
         stale_for=float(section["stale_for"]),
         reload_every=float(section["reload_every"]),
+        mirror=mirror or (lambda: section["mirror"] or None),
     )
 
 

@@ -70,11 +70,16 @@ def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Servic
         section = {**cfg["relay"], **({"listen": listen} if listen else {})}
         relay = serve.RelayService(config.host_port(section["listen"]), serve.relay_limits(section))
         out.append(relay)
+    mirror: serve.MirrorService | None = None
     if args.command in ("up", "mirror"):
         section = dict(cfg["mirror"])
         if args.command == "mirror":
             section.update({k: flags[k] for k in ("listen", "store", "pypi", "opam") if k in flags})
-        out.append(serve.MirrorService.from_config(section))
+        else:  # the nameserver's URL lists come through this mirror: one fetch for the LAN
+            urls = [u for u in cfg["nameserver"]["blocklists"] if "://" in u]
+            section["lists"] = list(dict.fromkeys([*section["lists"], *urls]))
+        mirror = serve.MirrorService.from_config(section)
+        out.append(mirror)
     if args.command in ("up", "nameserver"):
         section = dict(cfg["nameserver"])
         if args.command == "nameserver":
@@ -88,7 +93,8 @@ def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Servic
         if args.command == "up":
             address = host_address()
             own = {"relay.retreat.lan": address, "mirror.retreat.lan": address}
-        out.append(Nameserver(serve.nameserver_settings(section, own)))
+        local_mirror = (lambda: mirror.url) if mirror is not None else None
+        out.append(Nameserver(serve.nameserver_settings(section, own, local_mirror)))
     return out
 
 

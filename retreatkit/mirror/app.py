@@ -13,6 +13,7 @@ from aiohttp import web
 
 from retreatkit.mirror import opam, pypi
 from retreatkit.mirror.fetch import Fill, UpstreamError, follow
+from retreatkit.mirror.lists import list_key
 from retreatkit.mirror.service import Hot, IndexAnswer, Mirror, NotFound
 from retreatkit.mirror.store import Object, valid_hex
 
@@ -34,6 +35,7 @@ def make_app(mirror: Mirror) -> web.Application:
     r.add_get("/opam/repo", opam_repo)
     r.add_get("/opam/index.tar.gz", opam_index)
     r.add_get("/opam/cache/{algo}/{prefix}/{digest}", opam_archive)
+    r.add_get("/lists/{key}", cached_list)
     return app
 
 
@@ -158,6 +160,27 @@ async def opam_archive(request: web.Request) -> web.StreamResponse:
     if not valid_hex(algo, digest) or prefix != digest[:2]:
         return _error(mirror, 404, "no such archive")
     return await _file(request, mirror, opam.cache_name(algo, digest))
+
+
+# -- other lists (blocklists), only those configured: not an open proxy -----------------
+
+
+async def cached_list(request: web.Request) -> web.Response:
+    mirror = _mirror(request)
+    key = request.match_info["key"]
+    urls = {list_key(url): url for url in mirror.settings.lists}
+    if key not in urls:
+        return _error(mirror, 404, "not a list this mirror keeps")
+
+    async def process(body: bytes, content_type: str) -> tuple[bytes, str]:
+        return body, content_type or "text/plain"
+
+    answer = await _index(mirror, f"lists/{key}", urls[key], "*/*", process)
+    if isinstance(answer, web.Response):
+        return answer
+    return _index_response(
+        answer, mirror.store.read(answer.obj.digest), answer.obj.content_type.split(";")[0]
+    )
 
 
 # -- shared -----------------------------------------------------------------------------

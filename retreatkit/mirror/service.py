@@ -30,6 +30,7 @@ class Settings:
     opam: str | None
     index_ttl: float = 600.0  # how long an index is served before asking upstream again
     hot_bytes: int = 128 * 1024 * 1024  # small files kept in memory
+    lists: list[str] = field(default_factory=list)  # other URLs to cache (blocklists)
     limits: Limits = field(default_factory=Limits)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from retreatkit.mirror.lists import via_mirror
 from retreatkit.nameserver.policy import Blocklist, Policy, Record
 from retreatkit.nameserver.resolver import Resolver
 from retreatkit.nameserver.server import LAN, Gate, TCPServer, UDPServer
@@ -35,6 +37,9 @@ class Settings:
     rate_limit: int = 1000
     stale_for: float = 86400.0
     reload_every: float = 86400.0
+    # where URL lists come from when a mirror is configured: it fetches each once for
+    # the LAN and keeps serving it when the uplink is gone
+    mirror: Callable[[], str | None] = lambda: None
 
 
 class Nameserver:
@@ -119,10 +124,12 @@ class Nameserver:
     async def _load(self, source: str) -> Blocklist:
         part = Blocklist()
         if source.startswith(("http://", "https://")):
+            mirror = self.settings.mirror()
+            url = via_mirror(mirror, source) if mirror else source
             timeout = aiohttp.ClientTimeout(total=120)
             async with (
                 aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(source) as response,
+                session.get(url) as response,
             ):
                 if response.status != 200:
                     raise ValueError(f"HTTP {response.status}")
