@@ -62,7 +62,7 @@ class Relay:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: RelayConnection(self), host, port)
         address: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
-        log.info("relay listening on %s:%d", *address)
+        log.debug("relay listening on %s:%d", *address)
         return address
 
     async def stop(self) -> None:

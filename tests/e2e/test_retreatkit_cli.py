@@ -22,15 +22,21 @@ def retreatkit(*args: str) -> list[str]:
     return [sys.executable, "-m", "retreatkit.cli.main", *args]
 
 
-@pytest.mark.parametrize("command", ["up", "relay"])
-def test_serves_relay_and_admin(tmp_path: Path, command: str) -> None:
+def loopback_config(tmp_path: Path, nameserver_extra: str = "") -> Path:
+    """Every service on a free loopback port, upstreams that are not there."""
     cfg = tmp_path / "retreat.toml"
     cfg.write_text(
         '[relay]\nlisten = "127.0.0.1:0"\n[admin]\nlisten = "127.0.0.1:0"\n'
         f'[mirror]\nlisten = "127.0.0.1:0"\nstore = "{tmp_path / "store"}"\n'
         'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
-        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n'
+        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n' + nameserver_extra
     )
+    return cfg
+
+
+@pytest.mark.parametrize("command", ["up", "relay"])
+def test_serves_relay_and_admin(tmp_path: Path, command: str) -> None:
+    cfg = loopback_config(tmp_path)
     proc = Process.start(retreatkit("--config", str(cfg), command))
     try:
         proc.wait_for(r"^Relay listening on 127\.0\.0\.1:\d+$")
@@ -72,14 +78,7 @@ def test_up_fetches_blocklists_through_its_mirror(tmp_path: Path) -> None:
     (lists / "ads.txt").write_text("||ads.example.test^\n")
     upstream = start_upstream(lists)
     url = f"{upstream.url}ads.txt"
-    cfg = tmp_path / "retreat.toml"
-    cfg.write_text(
-        '[relay]\nlisten = "127.0.0.1:0"\n[admin]\nlisten = "127.0.0.1:0"\n'
-        f'[mirror]\nlisten = "127.0.0.1:0"\nstore = "{tmp_path / "store"}"\n'
-        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
-        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n'
-        f'blocklists = ["{url}"]\n'
-    )
+    cfg = loopback_config(tmp_path, f'blocklists = ["{url}"]\n')
     proc = Process.start(retreatkit("--config", str(cfg), "up"))
     try:
         mirror = proc.wait_for(r"^Mirror listening on (http://\S+) ")[1]
