@@ -110,6 +110,7 @@ class UDPServer(asyncio.DatagramProtocol):
             seen.hits += 1
             stats.queries += 1
             stats.cache_hits += 1
+            stats.clients[ip] += 1
             transport.sendto(data[:2] + seen.answer, addr)
             return
         out, query = resolver.fast(data)
@@ -223,10 +224,13 @@ class TCPServer(asyncio.Protocol):
 
     async def _answer(self, message: bytes) -> None:
         try:
-            out, _ = self.resolver.fast(message)
-            if out is not None:
-                self.resolver.stats.queries += 1
-                self.resolver.stats.cache_hits += 1
+            out, query = self.resolver.fast(message)
+            if out is not None and query is not None:
+                stats = self.resolver.stats
+                stats.queries += 1
+                stats.cache_hits += 1
+                stats.clients[self.ip] += 1
+                self.resolver.hit_keys[query.key] += 1
             else:
                 out = await self.resolver.resolve(message, self.ip, None)
             if out is not None and self.transport is not None and not self.transport.is_closing():
