@@ -33,12 +33,12 @@ class Gate:
     def __init__(self, networks: list[str], rate: int) -> None:
         self.networks = [ipaddress.ip_network(n) for n in networks]
         self.rate = rate
-        self._allowed: dict[str, bool] = {}
+        self.known: dict[str, bool] = {}
         self._window = 0
         self._counts: Counter[str] = Counter()
 
     def allowed(self, ip: str) -> bool:
-        known = self._allowed.get(ip)
+        known = self.known.get(ip)
         if known is None:
             try:
                 address = ipaddress.ip_address(ip.split("%")[0])
@@ -47,9 +47,9 @@ class Gate:
             if address.version == 6 and address.ipv4_mapped:
                 address = address.ipv4_mapped
             known = any(address in net for net in self.networks if net.version == address.version)
-            if len(self._allowed) > 65536:
-                self._allowed.clear()
-            self._allowed[ip] = known
+            if len(self.known) > 65536:
+                self.known.clear()
+            self.known[ip] = known
         return known
 
     def over_limit(self, ip: str, window: int) -> bool:
@@ -89,7 +89,8 @@ class UDPServer(asyncio.DatagramProtocol):
         ip = addr[0]
         gate, resolver, transport = self.gate, self.resolver, self.transport
         assert transport is not None
-        if not gate.allowed(ip):
+        # the gate's verdicts are cached per address: a dict lookup, not a call
+        if not (gate.known.get(ip) or gate.allowed(ip)):
             resolver.stats.refused += 1
             query = wire.parse(data)
             if query is not None:  # REFUSED is no bigger than the query: nothing to amplify
@@ -107,9 +108,7 @@ class UDPServer(asyncio.DatagramProtocol):
         tail = data[2:]
         seen = self.exact.get(tail)
         if seen is not None and seen.second == second and seen.generation == resolver.generation:
-            seen.hits += 1
-            stats.queries += 1
-            stats.cache_hits += 1
+            seen.hits += 1  # folded into queries, hits and top domains when /status asks
             stats.clients[ip] += 1
             transport.sendto(data[:2] + seen.answer, addr)
             return
@@ -134,19 +133,24 @@ class UDPServer(asyncio.DatagramProtocol):
         exact = self.exact
         old = exact.get(tail)
         if old is not None and old.hits:
-            self.resolver.hit_keys[old.key] += old.hits  # counted per entry, named later
+            self._fold(old)
         if old is None and len(exact) >= EXACT_MAX:
             self.flush_hits()
             exact.clear()
         exact[tail] = _Exact(out[2:], second, self.resolver.generation, key)
 
     def flush_hits(self) -> None:
-        """Fold the per-entry hit counts into the resolver's top-domain counts."""
-        hit_keys = self.resolver.hit_keys
+        """Fold the per-entry hit counts into the resolver's counts and top domains."""
         for entry in self.exact.values():
             if entry.hits:
-                hit_keys[entry.key] += entry.hits
-                entry.hits = 0
+                self._fold(entry)
+
+    def _fold(self, entry: _Exact) -> None:
+        stats = self.resolver.stats
+        stats.queries += entry.hits
+        stats.cache_hits += entry.hits
+        self.resolver.hit_keys[entry.key] += entry.hits
+        entry.hits = 0
 
     async def _slow(self, data: bytes, addr: Any, ip: str, size: int) -> None:
         try:
