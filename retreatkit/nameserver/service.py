@@ -61,23 +61,36 @@ class Nameserver:
         self.good: dict[str, Blocklist] = {}  # the last good copy of each source
 
     async def start(self, registry: CollectorRegistry, say: Any) -> None:
-        loop = asyncio.get_running_loop()
         host, port = self.settings.listen
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: UDPServer(self.resolver, self.gate), local_addr=(host, port)
-        )
-        self._transports.append(transport)
-        bound = transport.get_extra_info("sockname")
-        # TCP on the same port as UDP, even when UDP picked it (port 0)
-        self._tcp = await loop.create_server(
-            lambda: TCPServer(self.resolver, self.gate), host, bound[1], reuse_address=True
-        )
+        bound = await self._bind(host, port)
         registry.register(_Collector(self))
         say(f"Nameserver listening on {bound[0]}:{bound[1]} (UDP and TCP)")
         upstreams = ", ".join(u.address for u in self.resolver.upstreams.servers) or "none"
         say(f"Nameserver upstreams: {upstreams}")
         # serve at once; lists arrive when they are read (no DNS outage while loading)
         self._spawn(self._reload_forever())
+
+    async def _bind(self, host: str, port: int) -> tuple[str, int]:
+        """UDP and TCP on one port. With port 0 the kernel picks a UDP port that TCP may
+        already use elsewhere: then pick again, a few times."""
+        loop = asyncio.get_running_loop()
+        for attempt in range(20):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: UDPServer(self.resolver, self.gate), local_addr=(host, port)
+            )
+            bound: tuple[str, int] = transport.get_extra_info("sockname")[:2]
+            try:
+                self._tcp = await loop.create_server(
+                    lambda: TCPServer(self.resolver, self.gate), host, bound[1], reuse_address=True
+                )
+            except OSError:
+                transport.close()
+                if port != 0 or attempt == 19:
+                    raise
+                continue
+            self._transports.append(transport)
+            return bound
+        raise OSError("no port free for both UDP and TCP")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
