@@ -32,6 +32,7 @@ class Limits:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0  # longest silence from upstream mid-body
     max_size: int = 8 * 1024**3
+    downloads: int = 32  # upstream downloads at once; more wait their turn
 
 
 class FillState(enum.Enum):
@@ -89,6 +90,8 @@ class Fetcher:
         self.inflight: dict[str, Fill] = {}
         self.counters = Counters()
         self._tasks: set[asyncio.Task[None]] = set()
+        # clients choose how many different files they ask for: the uplink is not theirs
+        self._slots = asyncio.Semaphore(limits.downloads)
 
     def fill(self, name: str, url: str, expected: dict[str, str], publish: Publish) -> Fill:
         """Start a download of `url` for `name`, or join the one under way."""
@@ -127,7 +130,8 @@ class Fetcher:
         self.counters.upstream_fetches += 1
         started = time.monotonic()
         try:
-            await self._download(fill)
+            async with self._slots:
+                await self._download(fill)
             await publish(fill)
             fill.state = FillState.DONE
             log.info(
