@@ -47,7 +47,6 @@ import os
 import platform
 import random
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -62,12 +61,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "bench" / ".work"
+from benchlib import (
+    RESULTS,
+    ROOT,
+    WORK,
+    BenchError,
+    busy_cpu,
+    children_cpu,
+    ensure_py_spy,
+    proc_cpu,
+    ratio,
+    stop_popen,
+    tree_cpu,
+    verdict,
+    version_of,
+    wait_quiet,
+    write_section,
+)
+
 DATA = WORK / "nameserver"
-RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## nameserver (bench/nameserver.py)"
-PROF_VENV = WORK / "prof-venv"
 HOST = "127.0.0.1"
 MIB = 1 << 20
 TARGET_QPS_RATIO = 1.0
@@ -80,49 +93,7 @@ BLOCKED_SHARE = 0.30
 UPSTREAM_TTL = 86400
 
 
-class BenchError(RuntimeError):
-    pass
-
-
 # -- /proc ----------------------------------------------------------------------------
-
-
-def proc_cpu(pid: int) -> tuple[float, float]:
-    """(user, system) seconds a live process (all its threads) has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
-def tree_cpu(pid: int) -> tuple[float, float]:
-    """(user, system) seconds of a process and its live children."""
-    user, system = proc_cpu(pid)
-    for child in children(pid):
-        with contextlib.suppress(OSError):
-            u, s = proc_cpu(child)
-            user, system = user + u, system + s
-    return user, system
-
-
-def busy_cpu() -> float:
-    """Seconds all CPUs of the machine spent busy so far."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu() -> float:
-    """CPU seconds of this process's reaped children (dnsperf) so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -150,30 +121,7 @@ def process_cpu_table() -> dict[int, tuple[str, float]]:
     return out
 
 
-def wait_quiet(max_wait: float, busy_below: float = 0.15) -> float:
-    """Wait (at most max_wait s) for the machine to be idle; returns the last busy fraction."""
-    deadline = time.monotonic() + max_wait
-    cores = os.cpu_count() or 1
-    while True:
-        before, t = busy_cpu(), time.monotonic()
-        time.sleep(0.5)
-        busy = (busy_cpu() - before) / (time.monotonic() - t) / cores
-        if busy < busy_below or time.monotonic() > deadline:
-            if busy >= busy_below:
-                print(f"  (machine still {busy:.0%} busy after {max_wait:g} s)", flush=True)
-            return busy
-
-
 # -- processes ------------------------------------------------------------------------
-
-
-def version_of(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    text = (done.stdout + done.stderr).strip()
-    return text.splitlines()[0] if text else "?"
 
 
 def machine() -> dict[str, str]:
@@ -210,16 +158,6 @@ def machine() -> dict[str, str]:
         "uvloop": str(getattr(uvloop, "__version__", "?")),
         "dnspython": dns.version.version,
     }
-
-
-def stop_popen(popen: subprocess.Popen[bytes]) -> None:
-    if popen.poll() is None:
-        popen.terminate()
-        try:
-            popen.wait(10)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait()
 
 
 def free_udp_port() -> int:
@@ -678,31 +616,6 @@ def load_dnsmasq(files: Files, upstream: int) -> DnsmasqLoad:
 # -- profile --------------------------------------------------------------------------
 
 
-def ensure_py_spy() -> Path | None:
-    found = shutil.which("py-spy")
-    if found:
-        return Path(found)
-    exe = PROF_VENV / "bin" / "py-spy"
-    if exe.exists():
-        return exe
-    print(f"Installing py-spy into {PROF_VENV} ...", flush=True)
-    uv = shutil.which("uv")
-    try:
-        if uv:
-            subprocess.run(
-                [uv, "venv", "-q", "--python", sys.executable, str(PROF_VENV)], check=True
-            )
-            pip = [uv, "pip", "install", "-q", "--python", str(PROF_VENV), "py-spy"]
-            subprocess.run(pip, check=True)
-        else:
-            subprocess.run([sys.executable, "-m", "venv", str(PROF_VENV)], check=True)
-            subprocess.run([str(PROF_VENV / "bin" / "pip"), "install", "-q", "py-spy"], check=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        print(f"  no py-spy ({exc}); skipping the profile", flush=True)
-        return None
-    return exe if exe.exists() else None
-
-
 @dataclass
 class Profile:
     samples: int = 0
@@ -829,14 +742,6 @@ def median_run(runs: Sequence[PerfRun], key: str) -> PerfRun:
 
 def spread(runs: Sequence[Any], key: str, fmt: str) -> str:
     return " / ".join(format(float(getattr(r, key)), fmt) for r in runs)
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b else float("inf")
-
-
-def verdict(ok: bool) -> str:
-    return "**met**" if ok else "**missed**"
 
 
 @dataclass
@@ -1078,20 +983,6 @@ def print_table(o: Outcome) -> None:
     print()
 
 
-def write_section(text: str) -> None:
-    """Replace our section of RESULTS.md (or add it); every other section stays as it is."""
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    updated = updated.rstrip("\n") + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(updated)
-    tmp.replace(RESULTS)
-
-
 # -- main -----------------------------------------------------------------------------
 
 
@@ -1279,7 +1170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "nameserver.json").write_text(json.dumps(asdict(outcome), indent=2, default=str) + "\n")
     if not args.no_write:
-        write_section(section)
+        write_section(SECTION, section)
         print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
 

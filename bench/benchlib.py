@@ -1,0 +1,143 @@
+"""What the benchmarks share: CPU accounting from /proc, waiting for a quiet machine, RESULTS.md."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / ".work"
+RESULTS = ROOT / "bench" / "RESULTS.md"
+PROF_VENV = WORK / "prof-venv"
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) seconds a live process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) seconds of a process and its live children."""
+    user, system = proc_cpu(pid)
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            u, s = proc_cpu(child)
+            user, system = user + u, system + s
+    return user, system
+
+
+def busy_cpu() -> float:
+    """Seconds all CPUs of the machine spent busy so far."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_quiet(max_wait: float, busy_below: float = 0.15) -> float:
+    """Wait (at most max_wait s) for the machine to be idle; returns the last busy fraction."""
+    deadline = time.monotonic() + max_wait
+    cores = os.cpu_count() or 1
+    while True:
+        before, t = busy_cpu(), time.monotonic()
+        time.sleep(0.5)
+        busy = (busy_cpu() - before) / (time.monotonic() - t) / cores
+        if busy < busy_below or time.monotonic() > deadline:
+            if busy >= busy_below:
+                print(f"  (machine still {busy:.0%} busy after {max_wait:g} s)", flush=True)
+            return busy
+
+
+def stop_popen(popen: subprocess.Popen[bytes]) -> None:
+    if popen.poll() is None:
+        popen.terminate()
+        try:
+            popen.wait(10)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+    for stream in (popen.stdout, popen.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def version_of(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = (done.stdout + done.stderr).strip()
+    return text.splitlines()[0] if text else "?"
+
+
+def ensure_py_spy() -> Path | None:
+    found = shutil.which("py-spy")
+    if found:
+        return Path(found)
+    exe = PROF_VENV / "bin" / "py-spy"
+    if exe.exists():
+        return exe
+    print(f"Installing py-spy into {PROF_VENV} ...", flush=True)
+    uv = shutil.which("uv")
+    try:
+        if uv:
+            subprocess.run(
+                [uv, "venv", "-q", "--python", sys.executable, str(PROF_VENV)], check=True
+            )
+            pip = [uv, "pip", "install", "-q", "--python", str(PROF_VENV), "py-spy"]
+            subprocess.run(pip, check=True)
+        else:
+            subprocess.run([sys.executable, "-m", "venv", str(PROF_VENV)], check=True)
+            subprocess.run([str(PROF_VENV / "bin" / "pip"), "install", "-q", "py-spy"], check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"  no py-spy ({exc}); skipping the profile", flush=True)
+        return None
+    return exe if exe.exists() else None
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("inf")
+
+
+def write_section(section: str, text: str) -> None:
+    """Replace our section of RESULTS.md (or add it); every other section stays as it is."""
+    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(section)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
+    if pattern.search(current):
+        updated = pattern.sub(lambda _: text + "\n", current, count=1)
+    else:
+        updated = current.rstrip("\n") + "\n\n" + text
+    updated = updated.rstrip("\n") + "\n"
+    tmp = RESULTS.with_suffix(".md.tmp")
+    tmp.write_text(updated)
+    tmp.replace(RESULTS)
