@@ -134,7 +134,9 @@ async def _connect(relay: Relay, request: wire.Request) -> _Link:
         )
     except (OSError, TimeoutError) as exc:
         why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise RelayError(f"cannot reach the relay at {relay}: {why}") from None
+        raise RelayError(
+            f"cannot reach the relay at {relay}: {why} (give --relay HOST:PORT or set BOB_RELAY)"
+        ) from None
     writer.write(request.encode())
     return _Link(reader, writer)
 

@@ -204,7 +204,10 @@ def test_relay_unreachable(tmp_path: Path) -> None:
         timeout=TIMEOUT,
     )
     assert got.returncode == 1
-    assert got.stderr == "ERROR: cannot reach the relay at 127.0.0.1:1: Connection refused\n"
+    assert got.stderr == (
+        "ERROR: cannot reach the relay at 127.0.0.1:1: Connection refused"
+        " (give --relay HOST:PORT or set BOB_RELAY)\n"
+    )
 
 
 @pytest.mark.parametrize(
