@@ -141,3 +141,11 @@ def write_section(section: str, text: str) -> None:
     tmp = RESULTS.with_suffix(".md.tmp")
     tmp.write_text(updated)
     tmp.replace(RESULTS)
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "?"

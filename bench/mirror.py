@@ -66,6 +66,7 @@ from benchlib import (
     BenchError,
     busy_cpu,
     children_cpu,
+    cpu_model,
     ensure_py_spy,
     proc_cpu,
     ratio,
@@ -178,12 +179,7 @@ def machine() -> dict[str, str]:
     import aiohttp  # the mirror's own stack, for the record
     import uvloop
 
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     return {
         "uvloop_sendfile": uvloop_sendfile(),
         "nproc": str(os.cpu_count()),

@@ -68,6 +68,7 @@ from benchlib import (
     BenchError,
     busy_cpu,
     children_cpu,
+    cpu_model,
     ensure_py_spy,
     proc_cpu,
     ratio,
@@ -128,12 +129,7 @@ def machine() -> dict[str, str]:
     import dns.version
     import uvloop
 
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     dnsperf = "?"
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         done = subprocess.run(["dnsperf", "-h"], capture_output=True, text=True, timeout=10)

@@ -55,6 +55,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
+from benchlib import BenchError, busy_cpu, cpu_model, wait_quiet
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
 WORMHOLE_VENV = WORK / "wormhole-venv"
@@ -69,10 +71,6 @@ MIB = 1 << 20
 CHUNK = 256 * 1024  # the plain copy's read and write size (bob reads 256 KiB too)
 START_TIMEOUT = 60.0
 TOOLS = ("bob", "bob-nc", "wormhole", "plain")
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 # -- child processes ------------------------------------------------------------------
@@ -194,25 +192,6 @@ def proc_cpu(pid: int) -> float:
     """User + system seconds a live process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def busy_cpu() -> float:
-    """Seconds all CPUs of the machine spent busy so far (to spot runs shared with others)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_quiet(max_wait: float, busy_below: float = 0.15) -> float:
-    """Wait (at most max_wait s) for the machine to be idle; returns the last busy fraction."""
-    deadline = time.monotonic() + max_wait
-    cores = os.cpu_count() or 1
-    while True:
-        before, t = busy_cpu(), time.monotonic()
-        time.sleep(0.5)
-        busy = (busy_cpu() - before) / (time.monotonic() - t) / cores
-        if busy < busy_below or time.monotonic() > deadline:
-            return busy
 
 
 def free_port() -> int:
@@ -582,12 +561,7 @@ def git_commit() -> str:
 
 
 def machine() -> dict[str, str]:
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     return {
         "nproc": str(os.cpu_count()),
         "cpu": model,
