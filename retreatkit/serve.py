@@ -46,6 +46,14 @@ class Service(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+def admin_routes(service: Service) -> list[web.AbstractRouteDef]:
+    """A service's own lists and actions on the admin endpoint, if it has any: an optional
+    `admin_routes()` method returning routes whose paths start with `/<service.name>/`."""
+    own = getattr(service, "admin_routes", None)
+    routes: list[web.AbstractRouteDef] = list(own()) if own is not None else []
+    return routes
+
+
 def relay_limits(section: dict[str, Any]) -> Limits:
     return Limits(
         per_ip=int(section["per_ip"]),
@@ -188,7 +196,8 @@ async def serve(services: list[Service], admin_at: tuple[str, int], say: Say) ->
             await service.start(registry, say)
             started.append(service)
         sources = {s.name: s.status for s in services}
-        runner, (ahost, aport) = await admin.start(registry, sources, *admin_at)
+        routes = [route for s in services for route in admin_routes(s)]
+        runner, (ahost, aport) = await admin.start(registry, sources, *admin_at, routes)
         say(f"Admin on http://{ahost}:{aport}/status")
         await _until_signalled()
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -18,8 +18,14 @@ SOURCES_KEY = web.AppKey("sources", dict)
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def make_app(registry: CollectorRegistry, sources: dict[str, StatusSource]) -> web.Application:
-    """`sources` maps a service name to a function giving its status (no secrets, ever)."""
+def make_app(
+    registry: CollectorRegistry,
+    sources: dict[str, StatusSource],
+    routes: Sequence[web.AbstractRouteDef] = (),
+) -> web.Application:
+    """`sources` maps a service name to a function giving its status (no secrets, ever);
+    `routes` are the services' own lists and actions, each under `/<service>/`
+    (docs/admin-api.md)."""
     app = web.Application(client_max_size=4096)
     app[REGISTRY_KEY] = registry
     app[SOURCES_KEY] = sources
@@ -28,6 +34,7 @@ def make_app(registry: CollectorRegistry, sources: dict[str, StatusSource]) -> w
     app.router.add_get("/metrics", metrics)
     app.router.add_put("/loglevel", loglevel)
     app.router.add_get("/loglevel", get_loglevel)
+    app.router.add_routes(routes)
     return app
 
 
@@ -74,10 +81,14 @@ async def loglevel(request: web.Request) -> web.Response:
 
 
 async def start(
-    registry: CollectorRegistry, sources: dict[str, StatusSource], host: str, port: int
+    registry: CollectorRegistry,
+    sources: dict[str, StatusSource],
+    host: str,
+    port: int,
+    routes: Sequence[web.AbstractRouteDef] = (),
 ) -> tuple[web.AppRunner, tuple[str, int]]:
     """Serve the admin endpoint; returns the runner (to clean up) and the bound address."""
-    runner = web.AppRunner(make_app(registry, sources), access_log=None)
+    runner = web.AppRunner(make_app(registry, sources, routes), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
