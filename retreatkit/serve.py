@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,8 +15,12 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from retreatkit import config
+from retreatkit import config, startup
 from retreatkit.admin import app as admin
+from retreatkit.admin import token as admin_token
+from retreatkit.admin.advertise import Advertisement, advertise
+from retreatkit.admin.logs import LogRing
+from retreatkit.admin.process import ProcessInfo
 from retreatkit.mirror import app as mirror_app
 from retreatkit.mirror import upstreams
 from retreatkit.mirror.fetch import Limits as FetchLimits
@@ -24,17 +28,28 @@ from retreatkit.mirror.service import Mirror, Settings, register
 from retreatkit.nameserver.policy import parse_record
 from retreatkit.nameserver.server import LAN
 from retreatkit.nameserver.service import Settings as NameserverSettings
+from retreatkit.nameserver.service import host_address
 from retreatkit.relay.matching import Limits
 from retreatkit.relay.server import Relay
 
 log = logging.getLogger("retreatkit")
 Say = Callable[[str], None]
+Dashboard = Callable[[str, str], Awaitable[None]]  # (admin URL, token): runs until quit
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s", level="WARNING"
-    )
+def setup_logging(level: str = "INFO", to_file: Path | None = None) -> None:
+    """Logs go to stderr, or to `to_file` while the dashboard holds the terminal (a line on
+    stderr would tear its screen); the admin endpoint keeps the last ones for /logs too."""
+    if to_file is None:
+        logging.basicConfig(stream=sys.stderr, format=LOG_FORMAT, level="WARNING")
+    else:
+        from logging.handlers import RotatingFileHandler
+
+        to_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handler = RotatingFileHandler(to_file, maxBytes=10 << 20, backupCount=3)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.basicConfig(handlers=[handler], level="WARNING")
     logging.getLogger("retreatkit").setLevel(level)
 
 
@@ -71,10 +86,12 @@ class RelayService:
         self.listen = listen
         self.limits = limits
         self.relay: Relay | None = None
+        self.bound: tuple[str, int] | None = None
 
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
         self.relay = Relay(self.limits, registry)
         host, port = await self.relay.start(*self.listen)
+        self.bound = (host, port)
         say(f"Relay listening on {host}:{port}")
 
     async def stop(self) -> None:
@@ -100,6 +117,7 @@ class MirrorService:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.url: str | None = None  # where this process reaches the mirror, once started
+        self.bound: tuple[str, int] | None = None
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> MirrorService:
@@ -126,6 +144,7 @@ class MirrorService:
         await self._runner.setup()
         await web.TCPSite(self._runner, *self.listen).start()
         host, port = self._runner.addresses[0][:2]
+        self.bound = (host, port)
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = f"http://{local}:{port}"
         say(f"Mirror listening on http://{host}:{port}/ (store {self.settings.store})")
@@ -186,21 +205,61 @@ def nameserver_settings(
     )
 
 
-async def serve(services: list[Service], admin_at: tuple[str, int], say: Say) -> int:
-    """Start every service and the admin endpoint; run until SIGINT or SIGTERM."""
+def bound_of(services: list[Service]) -> dict[str, tuple[str, int]]:
+    """Where each started service listens (the configured address where it does not say)."""
+    out = {}
+    for service in services:
+        bound = getattr(service, "bound", None)
+        settings = getattr(service, "settings", None)
+        bound = bound or getattr(service, "listen", None) or getattr(settings, "listen", None)
+        if bound is not None:
+            out[service.name] = (str(bound[0]), int(bound[1]))
+    return out
+
+
+async def serve(
+    services: list[Service], admin_at: tuple[str, int], say: Say, dashboard: Dashboard | None = None
+) -> int:
+    """Start every service and the admin endpoint; run until SIGINT or SIGTERM, or until
+    the organiser quits the dashboard."""
     registry = CollectorRegistry()
+    names = [s.name for s in services]
+    token = admin_token.load_or_create()
+    ring = LogRing(services=tuple(names))
+    logging.getLogger("retreatkit").addHandler(ring)
+    process = ProcessInfo(names)
     started: list[Service] = []
     runner: web.AppRunner | None = None
+    advert: Advertisement | None = None
     try:
         for service in services:
             await service.start(registry, say)
             started.append(service)
         sources = {s.name: s.status for s in services}
         routes = [route for s in services for route in admin_routes(s)]
-        runner, (ahost, aport) = await admin.start(registry, sources, *admin_at, routes)
+        app = admin.make_app(
+            registry, sources, routes, token=token, bound_host=admin_at[0], ring=ring,
+            process=process,
+        )  # fmt: skip
+        runner, (ahost, aport) = await admin.start(app, *admin_at)
         say(f"Admin on http://{ahost}:{aport}/status")
-        await _until_signalled()
+        lan = host_address()
+        advert = await advertise(admin_at[0], [lan], aport, names)
+        named = {"relay", "mirror", "nameserver"} <= set(names)
+        process.attendees = startup.attendee_lines(bound_of(services), lan, named)
+        if process.attendees:
+            say("Attendees use:")
+            for line in process.attendees:
+                say(f"  {line}")
+        if dashboard is not None:
+            local = "127.0.0.1" if ahost in ("0.0.0.0", "::") else ahost
+            await dashboard(f"http://{local}:{aport}".replace("http://::1", "http://[::1]"), token)
+        else:
+            await _until_signalled()
+        say("Stopping...")
     finally:
+        if advert is not None:
+            await advert.close()
         for service in reversed(started):
             try:
                 await service.stop()
@@ -208,6 +267,9 @@ async def serve(services: list[Service], admin_at: tuple[str, int], say: Say) ->
                 log.exception("stopping %s failed", service.name)
         if runner is not None:
             await runner.cleanup()
+        logging.getLogger("retreatkit").removeHandler(ring)
+        if started:
+            say(f"Stopped: {', '.join(s.name for s in started)}")
     return 0
 
 
