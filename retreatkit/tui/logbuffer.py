@@ -70,6 +70,7 @@ class LogBuffer:
         self.received = 0
         self.dropped = 0  # records the endpoint said it skipped because we fell behind
         self.version = 0  # bumps on every change, so a view knows when to redraw
+        self.widest = 0  # characters in the longest line seen (escaped lines are one cell each)
 
     def extend(self, records: list[dict[str, Any]], where: str = "") -> None:
         for record in records:
@@ -77,6 +78,7 @@ class LogBuffer:
                 self.dropped += record["dropped"]
                 continue
             line = to_line(record, where)
+            self.widest = max(self.widest, len(line.text))
             self.lines.append(line)
             if self.filter.matches(line):
                 self.shown.append(line)

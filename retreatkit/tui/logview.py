@@ -12,7 +12,6 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from retreatkit.tui.escape import LIMIT
 from retreatkit.tui.logbuffer import LogBuffer
 
 STYLES = {
@@ -38,7 +37,7 @@ class LogView(ScrollView, can_focus=True):
             return
         self._drawn = self.buffer.version
         follow = self.scroll_y >= self.max_scroll_y - 1
-        self.virtual_size = Size(LIMIT + 40, len(self.buffer.shown))
+        self.virtual_size = Size(self.buffer.widest, len(self.buffer.shown))
         if follow:
             self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
         self.refresh()

@@ -24,8 +24,9 @@ class Panel(Screen[None]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.loaded = asyncio.Event()  # set once its first refresh has been drawn
+        self.loaded = asyncio.Event()  # set when a refresh has been drawn and none is pending
         self._loading = False
+        self._again = False
 
     @property
     def dash(self) -> Dashboard:
@@ -49,9 +50,11 @@ class Panel(Screen[None]):
 
     def reload(self) -> None:
         """Fetch this screen's lists (if any) and redraw, unless a fetch is under way."""
-        if not self._loading:
-            self._loading = True
-            self.run_worker(self._reload(), group="load", exit_on_error=False)
+        if self._loading:
+            self._again = True  # asked again while fetching: go once more, with the news
+            return
+        self._loading = True
+        self.run_worker(self._reload(), group="load", exit_on_error=False)
 
     async def _reload(self) -> None:
         try:
@@ -60,7 +63,11 @@ class Panel(Screen[None]):
             self.query_one("#title", Lines).show([self.dash.title_line(self.TITLE)])
         finally:
             self._loading = False
-            self.loaded.set()
+            if self._again:
+                self._again = False
+                self.reload()
+            else:
+                self.loaded.set()
 
     async def load(self) -> None:
         """Fetch what only this screen needs (lists); the status is the app's."""

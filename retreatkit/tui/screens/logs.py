@@ -84,7 +84,7 @@ class LogsScreen(Panel):
         log.scroll_end(animate=False)
 
     def action_set_level(self) -> None:
-        self.run_worker(self._set_level())
+        self.run_worker(self._set_level(), group="action")
 
     async def _set_level(self) -> None:
         from retreatkit.tui.widgets import AskScreen

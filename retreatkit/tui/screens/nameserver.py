@@ -104,19 +104,19 @@ class NameserverScreen(Panel):
     # -- actions ----------------------------------------------------------------------
 
     def action_reload_lists(self) -> None:
-        self.run_worker(self._act("POST", "/nameserver/blocklists/reload", None, "blocklists reloaded"))  # fmt: skip
+        self.run_worker(self._act("POST", "/nameserver/blocklists/reload", None, "blocklists reloaded"), group="action")  # fmt: skip
 
     def action_pause(self) -> None:
-        self.run_worker(self._pause())
+        self.run_worker(self._pause(), group="action")
 
     def action_add_name(self) -> None:
-        self.run_worker(self._add())
+        self.run_worker(self._add(), group="action")
 
     def action_remove_name(self) -> None:
-        self.run_worker(self._remove())
+        self.run_worker(self._remove(), group="action")
 
     def action_flush(self) -> None:
-        self.run_worker(self._flush())
+        self.run_worker(self._flush(), group="action")
 
     async def _ask(self, question: str, placeholder: str = "") -> str | None:
         return await self.app.push_screen_wait(AskScreen(question, placeholder))
