@@ -29,10 +29,11 @@ class SourceError(Exception):
 class Endpoint:
     url: str  # http://host:port
     token: str | None = None
+    label: str | None = None  # how screens name it; host:port when not given
 
     @property
     def name(self) -> str:
-        return urlsplit(self.url).netloc
+        return self.label or urlsplit(self.url).netloc
 
 
 def endpoint_url(text: str) -> str:

@@ -102,6 +102,10 @@ class FakeAdmin:
             await asyncio.Event().wait()  # a live stream with nothing more to say
         if request.method != "GET":
             return web.json_response({"done": request.path})
+        if request.path == "/nameserver/queries" and request.path in self.lists:
+            doc = self.lists[request.path]
+            after = int(request.query.get("after", "0"))
+            return web.json_response({**doc, "queries": [q for q in doc["queries"] if q["seq"] > after]})  # fmt: skip
         if request.path in self.lists:
             return web.json_response(self.lists[request.path])
         raise web.HTTPNotFound()
@@ -153,9 +157,10 @@ class Clock:
         return self.now
 
 
-def make_dashboard(*urls: str, follow_logs: bool = False) -> Dashboard:
-    """A dashboard that polls once (its period is an hour) on a clock that stands still."""
-    endpoints = [Endpoint(url, TOKEN) for url in urls]
+def make_dashboard(*urls: str, follow_logs: bool = False, label: str | None = None) -> Dashboard:
+    """A dashboard that polls once (its period is an hour) on a clock that stands still;
+    `label` names the endpoint on screen in place of its port-0 address."""
+    endpoints = [Endpoint(url, TOKEN, label) for url in urls]
     return Dashboard(endpoints, interval=3600, clock=Clock(), follow_logs=follow_logs)
 
 
