@@ -112,18 +112,18 @@ def serve_web(listen: tuple[str, int], connect: list[str], token_flag: str | Non
     if not is_loopback(host):
         print("retreatkit: the web dashboard is open to the LAN; the token guards it",
               file=sys.stderr)  # fmt: skip
-    print(f"Dashboard on {public}/?token={token}", file=sys.stderr, flush=True)
-    return asyncio.run(_serve(server, sock))
+    return asyncio.run(_serve(server, sock, f"{public}/?token={token}"))
 
 
-async def _serve(server: DashboardServer, sock: socket.socket) -> int:
-    runner = web.AppRunner(await server._make_app(), handle_signals=False, access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
+async def _serve(server: DashboardServer, sock: socket.socket, address: str) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(await server._make_app(), handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    print(f"Dashboard on {address}", file=sys.stderr, flush=True)
     await stop.wait()
     await runner.cleanup()
     print("Dashboard stopped", file=sys.stderr)
