@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -86,12 +87,10 @@ class RelayService:
         self.listen = listen
         self.limits = limits
         self.relay: Relay | None = None
-        self.bound: tuple[str, int] | None = None
 
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
         self.relay = Relay(self.limits, registry)
         host, port = await self.relay.start(*self.listen)
-        self.bound = (host, port)
         say(f"Relay listening on {host}:{port}")
 
     async def stop(self) -> None:
@@ -117,7 +116,6 @@ class MirrorService:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.url: str | None = None  # where this process reaches the mirror, once started
-        self.bound: tuple[str, int] | None = None
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> MirrorService:
@@ -144,7 +142,6 @@ class MirrorService:
         await self._runner.setup()
         await web.TCPSite(self._runner, *self.listen).start()
         host, port = self._runner.addresses[0][:2]
-        self.bound = (host, port)
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = f"http://{local}:{port}"
         say(f"Mirror listening on http://{host}:{port}/ (store {self.settings.store})")
@@ -205,16 +202,19 @@ def nameserver_settings(
     )
 
 
-def bound_of(services: list[Service]) -> dict[str, tuple[str, int]]:
-    """Where each started service listens (the configured address where it does not say)."""
-    out = {}
-    for service in services:
-        bound = getattr(service, "bound", None)
-        settings = getattr(service, "settings", None)
-        bound = bound or getattr(service, "listen", None) or getattr(settings, "listen", None)
-        if bound is not None:
-            out[service.name] = (str(bound[0]), int(bound[1]))
-    return out
+LISTENING = re.compile(r"^(Relay|Mirror|Nameserver) listening on (?:http://)?\[?([^\s/\]]+)\]?:(\d+)")
+
+
+def noting_listeners(say: Say, bound: dict[str, tuple[str, int]]) -> Say:
+    """`say`, also noting where each service says it listens (the real port of a port 0)."""
+
+    def noted(line: str) -> None:
+        match = LISTENING.match(line)
+        if match:
+            bound[match[1].lower()] = (match[2], int(match[3]))
+        say(line)
+
+    return noted
 
 
 async def serve(
@@ -223,7 +223,10 @@ async def serve(
     """Start every service and the admin endpoint; run until SIGINT or SIGTERM, or until
     the organiser quits the dashboard."""
     registry = CollectorRegistry()
+    stop = _stop_on_signals()  # before anything starts: a SIGTERM at any point stops cleanly
     names = [s.name for s in services]
+    bound: dict[str, tuple[str, int]] = {}
+    say = noting_listeners(say, bound)
     token = admin_token.load_or_create()
     ring = LogRing(services=tuple(names))
     logging.getLogger("retreatkit").addHandler(ring)
@@ -246,7 +249,7 @@ async def serve(
         lan = host_address()
         advert = await advertise(admin_at[0], [lan], aport, names)
         named = {"relay", "mirror", "nameserver"} <= set(names)
-        process.attendees = startup.attendee_lines(bound_of(services), lan, named)
+        process.attendees = startup.attendee_lines(bound, lan, named)
         if process.attendees:
             say("Attendees use:")
             for line in process.attendees:
@@ -255,7 +258,7 @@ async def serve(
             local = "127.0.0.1" if ahost in ("0.0.0.0", "::") else ahost
             await dashboard(f"http://{local}:{aport}".replace("http://::1", "http://[::1]"), token)
         else:
-            await _until_signalled()
+            await stop.wait()
         say("Stopping...")
     finally:
         if advert is not None:
@@ -273,9 +276,9 @@ async def serve(
     return 0
 
 
-async def _until_signalled() -> None:
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
