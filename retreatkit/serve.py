@@ -202,7 +202,9 @@ def nameserver_settings(
     )
 
 
-LISTENING = re.compile(r"^(Relay|Mirror|Nameserver) listening on (?:http://)?\[?([^\s/\]]+)\]?:(\d+)")
+LISTENING = re.compile(
+    r"^(Relay|Mirror|Nameserver) listening on (?:http://)?\[?([^\s/\]]+)\]?:(\d+)"
+)
 
 
 def noting_listeners(say: Say, bound: dict[str, tuple[str, int]]) -> Say:

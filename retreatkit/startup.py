@@ -45,7 +45,10 @@ def check_config(cfg: dict[str, Any], sections: list[str], flags: dict[str, str]
                 config.host_port(cfg[section]["listen"], DEFAULT_PORTS.get(section))
             except ValueError as exc:
                 problems.append(f"{where(section, 'listen', flags.get(section))}: {exc}")
-    for table, bad, words in ((POSITIVE, _not_positive, "above 0"), (NOT_NEGATIVE, _negative, "0 or more")):  # fmt: skip
+    for table, bad, words in (
+        (POSITIVE, _not_positive, "above 0"),
+        (NOT_NEGATIVE, _negative, "0 or more"),
+    ):
         for section, keys in table.items():
             for key in keys if section in [*sections, "dashboard"] else ():
                 value = cfg.get(section, {}).get(key)
@@ -156,14 +159,20 @@ def attendee_lines(bound: dict[str, tuple[str, int]], lan_address: str, named: b
     if "relay" in bound:
         host, port = bound["relay"]
         address, note = reach(host, lan_address)
-        shown = f"relay.retreat.lan:{port} ({address}:{port})" if named and not note else f"{address}:{port}"
+        shown = (
+            f"relay.retreat.lan:{port} ({address}:{port})"
+            if named and not note
+            else f"{address}:{port}"
+        )
         lines.append(f"bob relay: {shown}{note}")
     if "mirror" in bound:
         host, port = bound["mirror"]
         address, note = reach(host, lan_address)
         name = "mirror.retreat.lan" if named and not note else address
-        lines.append(f"package mirror: http://{name}:{port}/ (its page shows the pip, uv and "
-                     f"opam lines){note}")  # fmt: skip
+        lines.append(
+            f"package mirror: http://{name}:{port}/ (its page shows the pip, uv and "
+            f"opam lines){note}"
+        )
     if "nameserver" in bound:
         host, port = bound["nameserver"]
         address, note = reach(host, lan_address)

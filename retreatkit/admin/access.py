@@ -43,7 +43,10 @@ def _refuse(status: type[web.HTTPException], text: str) -> web.HTTPException:
     return status(text=text + "\n")
 
 
-def middleware(token: str, bound_host: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:  # fmt: skip
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+def middleware(token: str, bound_host: str) -> Middleware:
     """The access rules for an endpoint bound to `bound_host`, over every route (the
     services' own routes included)."""
     public = not is_loopback(bound_host)

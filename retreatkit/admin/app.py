@@ -36,7 +36,8 @@ def make_app(
     """`sources` maps a service name to a function giving its status (no secrets, ever);
     `routes` are the services' own lists and actions, each under `/<service>/`
     (docs/admin-api.md). Every route, theirs included, is behind the access rules."""
-    app = web.Application(client_max_size=4096, middlewares=[access.middleware(token, bound_host)])
+    check = access.middleware(token, bound_host)
+    app = web.Application(client_max_size=4096, middlewares=[check])  # type: ignore[list-item]
     app[REGISTRY_KEY] = registry
     app[SOURCES_KEY] = sources
     app[PROCESS_KEY] = process or ProcessInfo(list(sources))

@@ -9,6 +9,7 @@ never holds memory in the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -133,10 +134,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
     )
     await response.prepare(request)
-    try:
+    with contextlib.suppress(ConnectionResetError):  # the reader went away
         await _follow(ring, seq, response)
-    except ConnectionResetError:
-        pass  # the reader went away
     return response
 
 

@@ -20,14 +20,21 @@ also run on its own."""
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="retreatkit", description=DESCRIPTION)
     top.add_argument("--config", metavar="FILE", type=Path, help="retreat.toml (default: none)")
-    sub = top.add_subparsers(dest="command", required=True, metavar="{up,relay,mirror,nameserver,tui}")  # fmt: skip
+    commands = "{up,relay,mirror,nameserver,tui}"
+    sub = top.add_subparsers(dest="command", required=True, metavar=commands)
     admin_help = "admin endpoint (default 127.0.0.1:8080)"
     up = sub.add_parser("up", help="run all services, with the dashboard in a terminal")
     up.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
     up.add_argument("--relay-listen", metavar="HOST:PORT", help="default 0.0.0.0:9000")
     up.add_argument("--mirror-listen", metavar="HOST:PORT", help="default 0.0.0.0:8000")
-    up.add_argument("--nameserver-listen", metavar="HOST:PORT", help="UDP and TCP (default 0.0.0.0:5300)")  # fmt: skip
-    up.add_argument("--no-tui", action="store_true", help="no dashboard: log to stderr (as when not in a terminal)")  # fmt: skip
+    up.add_argument(
+        "--nameserver-listen", metavar="HOST:PORT", help="UDP and TCP (default 0.0.0.0:5300)"
+    )
+    up.add_argument(
+        "--no-tui",
+        action="store_true",
+        help="no dashboard: log to stderr (as when not in a terminal)",
+    )
     relay = sub.add_parser("relay", help="run bob's relay")
     relay.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:9000")
     relay.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
@@ -136,7 +143,8 @@ def sections_and_flags(args: argparse.Namespace) -> tuple[list[str], dict[str, s
 def apply_listen_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
     given = vars(args)
     for section in ("relay", "mirror", "nameserver"):
-        flag = given.get(f"{section}_listen") or (given.get("listen") if args.command == section else None)  # fmt: skip
+        own = given.get("listen") if args.command == section else None
+        flag = given.get(f"{section}_listen") or own
         if flag:
             cfg[section]["listen"] = flag
     if given.get("admin"):

@@ -96,7 +96,9 @@ class Dashboard(App[int]):
             try:
                 async for batch in client.logs(after):
                     self.logs.extend(batch, where)
-                    after = max(after, *(r.get("seq", 0) for r in batch if isinstance(r.get("seq"), int)))  # fmt: skip
+                    after = max(
+                        after, *(r.get("seq", 0) for r in batch if isinstance(r.get("seq"), int))
+                    )
                     self.log_problem = None
             except SourceError as exc:
                 self.log_problem = str(exc)
@@ -105,7 +107,9 @@ class Dashboard(App[int]):
     def title_line(self, screen: str) -> str:
         alarms = len(self.state.alarms(self.clock()))
         names = ", ".join(self.clients)
-        return f"retreatkit · {screen} · {names} · " + (f"{alarms} alarms" if alarms else "no alarms")  # fmt: skip
+        return f"retreatkit · {screen} · {names} · " + (
+            f"{alarms} alarms" if alarms else "no alarms"
+        )
 
     async def action_show(self, mode: str) -> None:
         await self.switch_mode(mode)
@@ -123,7 +127,9 @@ class Dashboard(App[int]):
         except SourceError as exc:
             return None, str(exc)
 
-    async def act(self, service: str | None, method: str, path: str, body: Any) -> tuple[Any, str | None]:  # fmt: skip
+    async def act(
+        self, service: str | None, method: str, path: str, body: Any
+    ) -> tuple[Any, str | None]:
         """An action at the endpoint hosting `service` (every endpoint for None)."""
         if service is None:
             names = list(self.clients)

@@ -17,7 +17,9 @@ async def discover(listen: float = LISTEN) -> list[str]:
     """URLs of the admin endpoints that answer on the LAN within `listen` seconds."""
     names: list[str] = []
 
-    def seen(zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:  # fmt: skip
+    def seen(
+        zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
         if state_change is ServiceStateChange.Added and name not in names:
             names.append(name)
 

@@ -97,9 +97,13 @@ class AdminClient:
         headers = {"Content-Type": "application/json"} if data is not None else {}
         try:
             async with self.session.request(
-                method, self.endpoint.url + path, data=data, headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout), allow_redirects=False,
-            ) as response:  # fmt: skip
+                method,
+                self.endpoint.url + path,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                allow_redirects=False,
+            ) as response:
                 raw = await response.content.read(MAX_BODY + 1)
                 kind = response.content_type
                 code = response.status
@@ -114,13 +118,16 @@ class AdminClient:
         text = raw.decode("utf-8", "replace")
         if code == 401:
             if self.endpoint.token:
-                raise SourceError(f"{name}: the admin token was refused (pass --token or set "
-                                  "RETREATKIT_TOKEN to this endpoint's token)")  # fmt: skip
+                raise SourceError(
+                    f"{name}: the admin token was refused (pass --token or set "
+                    "RETREATKIT_TOKEN to this endpoint's token)"
+                )
             raise SourceError(f"{name}: needs the admin token (--token or RETREATKIT_TOKEN)")
         if not 200 <= code < 300:
             first = text.strip().splitlines()[0][:200] if text.strip() else ""
-            raise SourceError(f"{name}: {method} {path} answered HTTP {code}" +
-                              (f": {first}" if first else ""))  # fmt: skip
+            raise SourceError(
+                f"{name}: {method} {path} answered HTTP {code}" + (f": {first}" if first else "")
+            )
         if code == 204:
             return None
         if kind != "application/json":

@@ -67,8 +67,13 @@ class DashboardState:
         self.endpoints = {name: EndpointState(name) for name in endpoints}
         self.leak_window = leak_window
 
-    def record(self, endpoint: str, now: float, status: dict[str, Any] | None = None,
-               error: str | None = None) -> None:  # fmt: skip
+    def record(
+        self,
+        endpoint: str,
+        now: float,
+        status: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
         """A poll's outcome: the status read at `now`, or the one-line error."""
         state = self.endpoints[endpoint]
         if error is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from itertools import pairwise
 
 MIN_SAMPLES = 5
 
@@ -54,7 +55,7 @@ class Series:
         """Per-second rates between neighbouring samples, for a sparkline."""
         pairs = list(self.samples)
         out = []
-        for (t0, v0), (t1, v1) in zip(pairs, pairs[1:], strict=False):
+        for (t0, v0), (t1, v1) in pairwise(pairs):
             out.append((v1 - v0) / (t1 - t0) if t1 > t0 and v1 >= v0 else 0.0)
         return out
 
@@ -65,7 +66,7 @@ class Series:
         recent = [(t, v) for t, v in self.samples if t >= now - window]
         if len(recent) < MIN_SAMPLES:
             return None
-        if any(b < a for (_, a), (_, b) in zip(recent, recent[1:], strict=False)):
+        if any(b < a for (_, a), (_, b) in pairwise(recent)):
             return None
         (t0, first), (t1, last) = recent[0], recent[-1]
         if last <= first or t1 <= t0:

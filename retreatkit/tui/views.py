@@ -37,7 +37,9 @@ def overview_rows(state: DashboardState) -> list[Row]:
     rows: list[Row] = []
     for e in state.endpoints.values():
         if not e.services():
-            rows.append(("—", e.name, "unreachable" if e.error else "waiting", *(NOT_REPORTED,) * 3, ""))  # fmt: skip
+            rows.append(
+                ("—", e.name, "unreachable" if e.error else "waiting", *(NOT_REPORTED,) * 3, "")
+            )
         for service in e.services():
             section = e.section(service)
             up = e.is_up(service)
@@ -50,20 +52,38 @@ def overview_rows(state: DashboardState) -> list[Row]:
                 else (rate(speed) if speed is not None else NOT_REPORTED)
             )
             trend = spark(line.rates(), 24) if line else ""
-            rows.append((service, e.name, shown, duration(section.get("uptime_seconds")),
-                         count(section.get("connections_open")), throughput, trend))  # fmt: skip
+            rows.append(
+                (
+                    service,
+                    e.name,
+                    shown,
+                    duration(section.get("uptime_seconds")),
+                    count(section.get("connections_open")),
+                    throughput,
+                    trend,
+                )
+            )
     return rows
 
 
 def process_rows(state: DashboardState) -> list[Row]:
     rows: list[Row] = []
     for e in state.endpoints.values():
-        p = get(e.status, "process") or {}
+        found = get(e.status, "process")
+        p = found if isinstance(found, dict) else {}
         memory = e.series.get("process memory")
-        rows.append((e.name, _text(p.get("pid")), duration(p.get("uptime_seconds")),
-                     size(p.get("memory_bytes")), spark(memory.values(), 16) if memory else "",
-                     count(p.get("open_files")), _text(p.get("log_level")),
-                     _text(p.get("version"))))  # fmt: skip
+        rows.append(
+            (
+                e.name,
+                _text(p.get("pid")),
+                duration(p.get("uptime_seconds")),
+                size(p.get("memory_bytes")),
+                spark(memory.values(), 16) if memory else "",
+                count(p.get("open_files")),
+                _text(p.get("log_level")),
+                _text(p.get("version")),
+            )
+        )
     return rows
 
 
@@ -79,7 +99,11 @@ def attendee_lines(state: DashboardState) -> list[str]:
 def relay_summary(e: EndpointState) -> list[str]:
     s = e.section("relay")
     ended = s.get("ended")
-    ends = " · ".join(f"{k} {count(v)}" for k, v in ended.items()) if isinstance(ended, dict) else NOT_REPORTED  # fmt: skip
+    ends = (
+        " · ".join(f"{k} {count(v)}" for k, v in ended.items())
+        if isinstance(ended, dict)
+        else NOT_REPORTED
+    )
     return [
         f"transfers active {count(s.get('transfers_active'))} · completed "
         f"{count(s.get('transfers_completed'))} · waiting senders {count(s.get('waiting_senders'))}"
@@ -99,14 +123,15 @@ def transfer_rows(doc: Any, key: str) -> list[Row]:
             duration(t.get("duration_seconds")),
             clock(t.get("started_at")),
             _text(t.get("ended", "active")),
-        )  # fmt: skip
+        )
         for t in _items(doc, key)
     ]
 
 
 def mirror_summary(e: EndpointState) -> list[str]:
     s = e.section("mirror")
-    store = s.get("store") if isinstance(s.get("store"), dict) else {}
+    found = s.get("store")
+    store: dict[str, Any] = found if isinstance(found, dict) else {}
     full = " · DISK FULL" if store.get("disk_full") is True else ""
     return [
         f"hit ratio {percent(s.get('hit_ratio'))} · hits {count(s.get('hits'))} · misses "
@@ -124,8 +149,14 @@ def upstream_rows(e: EndpointState) -> list[Row]:
     if isinstance(ups, dict):
         for ecosystem, u in ups.items():
             if isinstance(u, dict):
-                rows.append((str(ecosystem), _text(u.get("url")), _text(u.get("state")),
-                             _text(u.get("last_error") or "")))  # fmt: skip
+                rows.append(
+                    (
+                        str(ecosystem),
+                        _text(u.get("url")),
+                        _text(u.get("state")),
+                        _text(u.get("last_error") or ""),
+                    )
+                )
             else:
                 rows.append((str(ecosystem), _text(u), NOT_REPORTED, ""))
     return rows
@@ -135,7 +166,9 @@ def top_rows(value: Any) -> list[Row]:
     """`[[name, count], ...]` as rows; anything else as none."""
     if not isinstance(value, list):
         return []
-    return [(_text(x[0]), count(x[1])) for x in value if isinstance(x, list | tuple) and len(x) == 2]  # fmt: skip
+    return [
+        (_text(x[0]), count(x[1])) for x in value if isinstance(x, list | tuple) and len(x) == 2
+    ]
 
 
 def fetch_rows(doc: Any, key: str) -> list[Row]:
@@ -148,7 +181,7 @@ def fetch_rows(doc: Any, key: str) -> list[Row]:
             size(f.get("size_bytes")),
             clock(f.get("started_at")),
             _text(f.get("ended", "fetching")),
-        )  # fmt: skip
+        )
         for f in _items(doc, key)
     ]
 
@@ -174,8 +207,13 @@ def dns_upstream_rows(e: EndpointState) -> list[Row]:
         if state is None and isinstance(u.get("healthy"), bool):
             state = "up" if u["healthy"] else "down"
         latency = number(u.get("latency_ms"))
-        rows.append((_text(u.get("address")), _text(state),
-                     NOT_REPORTED if latency is None else f"{latency:.1f} ms"))  # fmt: skip
+        rows.append(
+            (
+                _text(u.get("address")),
+                _text(state),
+                NOT_REPORTED if latency is None else f"{latency:.1f} ms",
+            )
+        )
     return rows
 
 
@@ -190,7 +228,7 @@ def blocklist_rows(e: EndpointState) -> list[Row]:
             count(b.get("bad_lines")),
             clock(b.get("loaded_at")),
             _text(b.get("last_error") or ""),
-        )  # fmt: skip
+        )
         for source, b in lists.items()
         if isinstance(b, dict)
     ]
@@ -198,9 +236,14 @@ def blocklist_rows(e: EndpointState) -> list[Row]:
 
 def query_row(q: dict[str, Any]) -> Row:
     ms = number(q.get("ms"))
-    return (clock(q.get("at")), _text(q.get("client")), _text(q.get("name")),
-            _text(q.get("type")), _text(q.get("answer")),
-            NOT_REPORTED if ms is None else f"{ms:.1f}")  # fmt: skip
+    return (
+        clock(q.get("at")),
+        _text(q.get("client")),
+        _text(q.get("name")),
+        _text(q.get("type")),
+        _text(q.get("answer")),
+        NOT_REPORTED if ms is None else f"{ms:.1f}",
+    )
 
 
 def legacy_queries(e: EndpointState) -> list[dict[str, Any]]:
@@ -209,8 +252,9 @@ def legacy_queries(e: EndpointState) -> list[dict[str, Any]]:
     out = []
     for item in e.section("nameserver").get("recent") or []:
         if isinstance(item, list) and len(item) == 5:
-            out.append({"at": None, "client": item[1], "name": item[2], "type": item[3],
-                        "answer": item[4]})  # fmt: skip
+            out.append(
+                {"at": None, "client": item[1], "name": item[2], "type": item[3], "answer": item[4]}
+            )
     return out
 
 
@@ -219,6 +263,8 @@ def answer_line(answer: Any) -> str:
     if answer is None:
         return "done"
     if isinstance(answer, dict):
-        return " · ".join(f"{k} {answer_line(v) if isinstance(v, dict) else _text(v)}"
-                          for k, v in list(answer.items())[:8])  # fmt: skip
+        return " · ".join(
+            f"{k} {answer_line(v) if isinstance(v, dict) else _text(v)}"
+            for k, v in list(answer.items())[:8]
+        )
     return _text(answer).splitlines()[0] if _text(answer).strip() else "done"

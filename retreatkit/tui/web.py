@@ -74,8 +74,9 @@ class DashboardServer(Server):
         """textual-serve prints a banner here; the command line says what matters instead."""
 
 
-def serve_web(listen: tuple[str, int], connect: list[str], token_flag: str | None,
-              config: Path | None) -> int:  # fmt: skip
+def serve_web(
+    listen: tuple[str, int], connect: list[str], token_flag: str | None, config: Path | None
+) -> int:
     """Serve until SIGINT or SIGTERM; 1 with one line when it cannot."""
     try:
         urls = [endpoint_url(u) for u in connect] or [DEFAULT]
@@ -84,8 +85,11 @@ def serve_web(listen: tuple[str, int], connect: list[str], token_flag: str | Non
         return 2
     token = admin_token.given(token_flag) or local_token()
     if token is None:
-        print(f"retreatkit: the web dashboard needs the admin token: start a service here "
-              f"first or set {admin_token.ENV}", file=sys.stderr)  # fmt: skip
+        print(
+            f"retreatkit: the web dashboard needs the admin token: start a service here "
+            f"first or set {admin_token.ENV}",
+            file=sys.stderr,
+        )
         return 1
     host, port = listen
     try:
@@ -110,8 +114,9 @@ def serve_web(listen: tuple[str, int], connect: list[str], token_flag: str | Non
     os.environ[admin_token.ENV] = token
     server = DashboardServer(shlex.join(argv), host, port, public, token)
     if not is_loopback(host):
-        print("retreatkit: the web dashboard is open to the LAN; the token guards it",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "retreatkit: the web dashboard is open to the LAN; the token guards it", file=sys.stderr
+        )
     return asyncio.run(_serve(server, sock, f"{public}/?token={token}"))
 
 

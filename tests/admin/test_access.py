@@ -27,10 +27,13 @@ async def service_action(request: web.Request) -> web.Response:
 
 
 def app(bound: str, ring: LogRing | None = None) -> web.Application:
-    routes = [web.post("/nameserver/blocklists/reload", service_action),
-              web.get("/nameserver/queries", service_action)]  # fmt: skip
-    return make_app(CollectorRegistry(), {"nameserver": dict}, routes, token=TOKEN,
-                    bound_host=bound, ring=ring)  # fmt: skip
+    routes = [
+        web.post("/nameserver/blocklists/reload", service_action),
+        web.get("/nameserver/queries", service_action),
+    ]
+    return make_app(
+        CollectorRegistry(), {"nameserver": dict}, routes, token=TOKEN, bound_host=bound, ring=ring
+    )
 
 
 @pytest.fixture
@@ -46,7 +49,9 @@ async def test_loopback_reads_are_open_and_actions_need_the_token(loopback: Test
     for method, path in (("PUT", "/loglevel"), ("POST", "/nameserver/blocklists/reload")):
         r = await loopback.request(method, path, data="debug")
         assert (r.status, await r.text()) == (401, "this needs the admin token\n")
-        r = await loopback.request(method, path, data="debug", headers={"Authorization": "Bearer nope"})  # fmt: skip
+        r = await loopback.request(
+            method, path, data="debug", headers={"Authorization": "Bearer nope"}
+        )
         assert (r.status, await r.text()) == (401, "wrong admin token\n")
         r = await loopback.request(method, path, data="debug", headers=AUTH)
         assert r.status == 200
@@ -55,12 +60,17 @@ async def test_loopback_reads_are_open_and_actions_need_the_token(loopback: Test
 
 async def test_no_cross_site_action(loopback: TestClient) -> None:  # type: ignore[type-arg]
     # a form post from another site: no Authorization header can ride along
-    r = await loopback.post("/nameserver/blocklists/reload", data={"x": "1"},
-                            headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"})  # fmt: skip
+    r = await loopback.post(
+        "/nameserver/blocklists/reload",
+        data={"x": "1"},
+        headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
+    )
     assert r.status == 401
     # the preflight a browser needs before sending the header cross-site is refused
-    r = await loopback.options("/loglevel", headers={"Origin": "http://evil.example",
-                               "Access-Control-Request-Method": "PUT"})  # fmt: skip
+    r = await loopback.options(
+        "/loglevel",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "PUT"},
+    )
     assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
     # DNS rebinding: evil.example now points at 127.0.0.1, but the browser says its name
     r = await loopback.get("/status", headers={"Host": "evil.example:8080"})
@@ -72,7 +82,10 @@ async def test_beyond_loopback_everything_needs_the_token() -> None:
         for path in ("/healthz", "/status", "/metrics", "/nameserver/queries"):
             r = await c.get(path)
             assert r.status == 401
-            assert await r.text() == "this admin endpoint needs its token (Authorization: Bearer TOKEN)\n"  # fmt: skip
+            assert (
+                await r.text()
+                == "this admin endpoint needs its token (Authorization: Bearer TOKEN)\n"
+            )
         assert (await c.get("/status", headers=AUTH)).status == 200
 
 

@@ -3,7 +3,6 @@ bob transfer, a dig, the reload action, and a clean quit."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -24,7 +23,9 @@ from retreatkit.testing import Process, bob_argv
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is missing (.ci/run installs it)"),  # fmt: skip
+    pytest.mark.skipif(
+        shutil.which("tmux") is None, reason="tmux is missing (.ci/run installs it)"
+    ),
 ]
 DEADLINE = 30.0
 
@@ -45,8 +46,13 @@ class Pane:
     blocklist: Path
 
     def tmux(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.server, *args], capture_output=True,
-                              text=True, check=True, timeout=10).stdout  # fmt: skip
+        return subprocess.run(
+            ["tmux", "-L", self.server, *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
 
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "dash")
@@ -68,8 +74,9 @@ class Pane:
     def route(self, method: str, path: str) -> int:
         """The admin endpoint's answer code for a route (a colleague's may be missing)."""
         token = (self.state / "retreatkit" / "admin-token").read_text().strip()
-        request = urllib.request.Request(f"{self.admin}{path}", method=method,
-                                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        request = urllib.request.Request(
+            f"{self.admin}{path}", method=method, headers={"Authorization": f"Bearer {token}"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as r:
                 return int(r.status)
@@ -92,15 +99,31 @@ def pane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pane]:
         f'[nameserver]\nlisten = "127.0.0.1:{dns}"\nupstreams = ["127.0.0.1:9"]\n'
         f'blocklists = ["{blocklist}"]\n'
     )
-    env = {"XDG_STATE_HOME": str(tmp / "state"), "XDG_DATA_HOME": str(tmp / "data"),
-           "HOME": str(tmp), "TERM": "xterm-256color"}  # fmt: skip
+    env = {
+        "XDG_STATE_HOME": str(tmp / "state"),
+        "XDG_DATA_HOME": str(tmp / "data"),
+        "HOME": str(tmp),
+        "TERM": "xterm-256color",
+    }
     up = shlex.join([sys.executable, "-m", "retreatkit.cli.main", "--config", str(cfg), "up"])
     # after the dashboard: the exit code, then whether the terminal is back to normal
     shell = f"{up}; echo EXIT=$?; stty -a | head -1; sleep 600"
-    p = Pane(f"rkdash-{os.getpid()}", tmp / "state", f"http://127.0.0.1:{admin}", relay, dns,
-             blocklist)  # fmt: skip
-    p.tmux("new-session", "-d", "-s", "dash", "-x", "160", "-y", "50",
-           "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + f" sh -c {shlex.quote(shell)}")  # fmt: skip
+    p = Pane(
+        f"rkdash-{os.getpid()}", tmp / "state", f"http://127.0.0.1:{admin}", relay, dns, blocklist
+    )
+    p.tmux(
+        "new-session",
+        "-d",
+        "-s",
+        "dash",
+        "-x",
+        "160",
+        "-y",
+        "50",
+        "env "
+        + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        + f" sh -c {shlex.quote(shell)}",
+    )
     try:
         yield p
     finally:
@@ -115,8 +138,12 @@ def test_overview_shows_three_services_up(pane: Pane) -> None:
 
 
 def test_a_dig_shows_in_the_query_log(pane: Pane) -> None:
-    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(pane.dns), "+short", "+tries=1",
-                          "ads.example.test"], capture_output=True, text=True, timeout=30)  # fmt: skip
+    out = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(pane.dns), "+short", "+tries=1", "ads.example.test"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.stdout.strip() == "0.0.0.0"
     pane.keys("4")
     pane.wait(r"127\.0\.0\.1\s+ads\.example\.test\s+A\s+blocked")
@@ -124,12 +151,17 @@ def test_a_dig_shows_in_the_query_log(pane: Pane) -> None:
 
 def test_a_bob_transfer_shows_on_the_relay_screen(pane: Pane) -> None:
     relay = f"127.0.0.1:{pane.relay}"
-    sender = Process.start(bob_argv("send", "--relay", relay, "--passphrase", "42-alpha-beta",
-                                    "--text", "hello"))  # fmt: skip
+    sender = Process.start(
+        bob_argv("send", "--relay", relay, "--passphrase", "42-alpha-beta", "--text", "hello")
+    )
     try:
         sender.wait_for(r"^Passphrase: ")
-        got = subprocess.run(bob_argv("recv", "--relay", relay, "42-alpha-beta"),
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        got = subprocess.run(
+            bob_argv("recv", "--relay", relay, "42-alpha-beta"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert got.returncode == 0 and got.stdout == "hello\n"
     finally:
         sender.stop()
@@ -147,8 +179,12 @@ def test_reload_action_reloads_a_changed_blocklist(pane: Pane) -> None:
     text = pane.wait(r"blocklists reloaded|reload answered HTTP")
     if "answered HTTP 404" in text or "answered HTTP 405" in text:
         pytest.skip("this nameserver has no POST /nameserver/blocklists/reload yet")
-    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(pane.dns), "+short", "+tries=1",
-                          "tracker.example.test"], capture_output=True, text=True, timeout=30)  # fmt: skip
+    out = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(pane.dns), "+short", "+tries=1", "tracker.example.test"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.stdout.strip() == "0.0.0.0"
 
 
@@ -159,8 +195,9 @@ def test_q_stops_everything_and_leaves_the_terminal_sane(pane: Pane) -> None:
     text = pane.wait(r"^EXIT=\d+")
     assert "EXIT=0" in text
     assert re.search(r"^Stopped: relay, mirror, nameserver$", text, re.M)
-    flags = pane.tmux("display", "-p", "-t", "dash",
-                      "#{alternate_on} #{mouse_any_flag} #{cursor_flag}").split()  # fmt: skip
+    flags = pane.tmux(
+        "display", "-p", "-t", "dash", "#{alternate_on} #{mouse_any_flag} #{cursor_flag}"
+    ).split()
     assert flags == ["0", "0", "1"]  # main screen, no mouse reporting, cursor shown
     assert "-icanon" not in text and "-echo " not in text  # stty: cooked mode, echo on
     with pytest.raises(urllib.error.URLError):

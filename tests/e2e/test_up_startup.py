@@ -16,10 +16,19 @@ pytestmark = pytest.mark.e2e
 
 
 def run(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
-    env = {"XDG_STATE_HOME": str(tmp / "state"), "XDG_DATA_HOME": str(tmp / "data"),
-           "HOME": str(tmp), "PATH": "/usr/bin:/bin"}  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "retreatkit.cli.main", *args],
-                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    env = {
+        "XDG_STATE_HOME": str(tmp / "state"),
+        "XDG_DATA_HOME": str(tmp / "data"),
+        "HOME": str(tmp),
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "retreatkit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def test_every_port_conflict_at_once(tmp_path: Path) -> None:
@@ -30,9 +39,19 @@ def test_every_port_conflict_at_once(tmp_path: Path) -> None:
         b.listen()
         c.bind(("127.0.0.1", 0))
         taken = [s.getsockname()[1] for s in (a, b, c)]
-        got = run("up", "--no-tui", "--relay-listen", f"127.0.0.1:{taken[0]}",
-                  "--admin", f"127.0.0.1:{taken[1]}", "--mirror-listen", "127.0.0.1:0",
-                  "--nameserver-listen", f"127.0.0.1:{taken[2]}", tmp=tmp_path)  # fmt: skip
+        got = run(
+            "up",
+            "--no-tui",
+            "--relay-listen",
+            f"127.0.0.1:{taken[0]}",
+            "--admin",
+            f"127.0.0.1:{taken[1]}",
+            "--mirror-listen",
+            "127.0.0.1:0",
+            "--nameserver-listen",
+            f"127.0.0.1:{taken[2]}",
+            tmp=tmp_path,
+        )
     assert got.returncode == 1
     assert got.stderr.splitlines() == [
         f"retreatkit: cannot start: relay: TCP 127.0.0.1:{taken[0]} is in use by another program: change [relay] listen (or --relay-listen)",  # noqa: E501
@@ -56,24 +75,41 @@ def test_bad_values_name_their_keys(tmp_path: Path) -> None:
 
 
 def test_up_says_what_attendees_use_and_when_it_stops(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "retreatkit.cli.main", "up", "--no-tui", "--admin",
-            "127.0.0.1:0", "--relay-listen", "127.0.0.1:0", "--mirror-listen", "127.0.0.1:0",
-            "--nameserver-listen", "127.0.0.1:0"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "retreatkit.cli.main",
+        "up",
+        "--no-tui",
+        "--admin",
+        "127.0.0.1:0",
+        "--relay-listen",
+        "127.0.0.1:0",
+        "--mirror-listen",
+        "127.0.0.1:0",
+        "--nameserver-listen",
+        "127.0.0.1:0",
+    ]
     cfg = tmp_path / "retreat.toml"
-    cfg.write_text(f'[mirror]\nstore = "{tmp_path / "store"}"\npypi = "http://127.0.0.1:1/s/"\n'
-                   'opam = "http://127.0.0.1:1/o"\n[nameserver]\nupstreams = ["127.0.0.1:9"]\n')  # fmt: skip
+    cfg.write_text(
+        f'[mirror]\nstore = "{tmp_path / "store"}"\npypi = "http://127.0.0.1:1/s/"\n'
+        'opam = "http://127.0.0.1:1/o"\n[nameserver]\nupstreams = ["127.0.0.1:9"]\n'
+    )
     argv[3:3] = ["--config", str(cfg)]
-    proc = Process.start(argv, env={"XDG_STATE_HOME": str(tmp_path / "s"),
-                                    "XDG_DATA_HOME": str(tmp_path / "d")})  # fmt: skip
+    proc = Process.start(
+        argv, env={"XDG_STATE_HOME": str(tmp_path / "s"), "XDG_DATA_HOME": str(tmp_path / "d")}
+    )
     try:
         proc.wait_for(r"^Attendees use:$")
-        relay = proc.wait_for(r"^  bob relay: 127\.0\.0\.1:(\d+) \(loopback only: attendees cannot reach it\)$")  # fmt: skip
+        relay = proc.wait_for(
+            r"^  bob relay: 127\.0\.0\.1:(\d+) \(loopback only: attendees cannot reach it\)$"
+        )
         assert int(relay[1]) > 0
         proc.wait_for(r"^  package mirror: http://127\.0\.0\.1:\d+/ ")
         proc.wait_for(r"^  DNS server: 127\.0\.0\.1 port \d+ ")
     finally:
         assert proc.stop() == 0
-    code, lines = proc.finish()
+    _code, lines = proc.finish()
     assert lines[-2:] == ["Stopping...", "Stopped: relay, mirror, nameserver"]
     assert not any("Traceback" in line for line in lines)
 

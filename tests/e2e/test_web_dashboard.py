@@ -20,11 +20,21 @@ from retreatkit.tui.testing import TOKEN, FakeAdmin, serve
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is missing (.ci/run installs it)"),  # fmt: skip
+    pytest.mark.skipif(
+        shutil.which("chromium") is None, reason="chromium is missing (.ci/run installs it)"
+    ),
 ]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-debugging-port=0"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-port=0",
+]
 # resolves when textual-serve's page has drawn the app's first bytes (it marks the body)
 PAINTED = """new Promise(done => {
   const check = () => document.body && document.body.classList.contains("-first-byte");
@@ -42,8 +52,17 @@ async def painted(devtools: str, url: str) -> bool:
             # the first load redirects (the token moves to a cookie), which can end an
             # evaluation under way: ask again in the new page
             for attempt in range(20):
-                await ws.send_json({"id": attempt, "method": "Runtime.evaluate", "params": {
-                    "expression": PAINTED, "awaitPromise": True, "returnByValue": True}})  # fmt: skip
+                await ws.send_json(
+                    {
+                        "id": attempt,
+                        "method": "Runtime.evaluate",
+                        "params": {
+                            "expression": PAINTED,
+                            "awaitPromise": True,
+                            "returnByValue": True,
+                        },
+                    }
+                )
                 async with asyncio.timeout(60):
                     async for message in ws:
                         doc = json.loads(message.data)
@@ -57,8 +76,17 @@ async def painted(devtools: str, url: str) -> bool:
 def test_browser_loads_the_dashboard(tmp_path: Path) -> None:
     with serve(FakeAdmin()) as fake:
         web = Process.start(
-            [sys.executable, "-m", "retreatkit.cli.main", "tui", "--web", "--listen",
-             "127.0.0.1:0", "--connect", fake.url],  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "retreatkit.cli.main",
+                "tui",
+                "--web",
+                "--listen",
+                "127.0.0.1:0",
+                "--connect",
+                fake.url,
+            ],
             env={"RETREATKIT_TOKEN": TOKEN, "XDG_STATE_HOME": str(tmp_path / "state")},
         )
         try:
@@ -72,7 +100,9 @@ def test_browser_loads_the_dashboard(tmp_path: Path) -> None:
             profile = tmp_path / "chromium"
             browser = subprocess.Popen(
                 ["chromium", *FLAGS, f"--user-data-dir={profile}", f"{base}/?token={token}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             try:
                 assert browser.stderr is not None
@@ -83,7 +113,9 @@ def test_browser_loads_the_dashboard(tmp_path: Path) -> None:
                 assert asyncio.run(painted(devtools, base))
                 # the dashboard started for the browser reads the endpoint with the token
                 deadline = 100
-                while not any(p == "/status" and a == f"Bearer {TOKEN}" for _, p, a, _ in fake.seen):  # fmt: skip
+                while not any(
+                    p == "/status" and a == f"Bearer {TOKEN}" for _, p, a, _ in fake.seen
+                ):
                     deadline -= 1
                     assert deadline, f"no /status read with the token: {fake.seen}"
                     asyncio.run(asyncio.sleep(0.1))  # its first poll is on its way

@@ -79,7 +79,9 @@ async def test_relay_screen_lists_transfers(fake: FakeAdmin) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("2")
         await settle(pilot)
-        assert table_text(app, "#active") == [["7", "1.0 MiB", "256.0 KiB/s", "4s", "10:59:00", "active"]]  # fmt: skip
+        assert table_text(app, "#active") == [
+            ["7", "1.0 MiB", "256.0 KiB/s", "4s", "10:59:00", "active"]
+        ]
         assert table_text(app, "#recent")[0][5] == "completed"
         summary = str(app.screen.query_one("#summary", Lines).render())
         assert "handshakes refused 2 · failed 1" in summary
@@ -94,8 +96,13 @@ async def test_fields_not_there_yet_show_a_dash(fake: FakeAdmin) -> None:
         await pilot.press("2")
         await settle(pilot)
         summary = str(app.screen.query_one("#summary", Lines).render())
-        assert "transfers active — · completed — · waiting senders — · open connections 1" in summary  # fmt: skip
-        assert f"transfers not reported: {fake.url[7:]}: GET /relay/transfers answered HTTP 404" in summary  # fmt: skip
+        assert (
+            "transfers active — · completed — · waiting senders — · open connections 1" in summary
+        )
+        assert (
+            f"transfers not reported: {fake.url[7:]}: GET /relay/transfers answered HTTP 404"
+            in summary
+        )
         for key in ("3", "4", "5", "1"):
             await pilot.press(key)
             await settle(pilot)
@@ -162,18 +169,41 @@ async def test_destructive_actions_ask_first(fake: FakeAdmin) -> None:
         await pilot.pause()
         await pilot.press("y")
         await actions_done(pilot)
-        assert ("POST", "/nameserver/blocking/pause", f"Bearer {TOKEN}", '{"minutes": 15}') in fake.seen  # fmt: skip
+        assert (
+            "POST",
+            "/nameserver/blocking/pause",
+            f"Bearer {TOKEN}",
+            '{"minutes": 15}',
+        ) in fake.seen
 
 
 async def test_logs_filter_by_service_level_and_text(fake: FakeAdmin) -> None:
     fake.logs = [
-        {"seq": 1, "at": "2026-01-01T10:00:00.000+00:00", "service": "relay", "level": "INFO",
-         "logger": "retreatkit.relay", "message": "paired nameplate 7"},
-        {"seq": 2, "at": "2026-01-01T10:00:01.000+00:00", "service": "nameserver",
-         "level": "WARNING", "logger": "retreatkit.nameserver", "message": HOSTILE},
-        {"seq": 3, "at": "2026-01-01T10:00:02.000+00:00", "service": "nameserver",
-         "level": "DEBUG", "logger": "retreatkit.nameserver", "message": "cache miss x.org"},
-    ]  # fmt: skip
+        {
+            "seq": 1,
+            "at": "2026-01-01T10:00:00.000+00:00",
+            "service": "relay",
+            "level": "INFO",
+            "logger": "retreatkit.relay",
+            "message": "paired nameplate 7",
+        },
+        {
+            "seq": 2,
+            "at": "2026-01-01T10:00:01.000+00:00",
+            "service": "nameserver",
+            "level": "WARNING",
+            "logger": "retreatkit.nameserver",
+            "message": HOSTILE,
+        },
+        {
+            "seq": 3,
+            "at": "2026-01-01T10:00:02.000+00:00",
+            "service": "nameserver",
+            "level": "DEBUG",
+            "logger": "retreatkit.nameserver",
+            "message": "cache miss x.org",
+        },
+    ]
     app = make_dashboard(fake.url, follow_logs=True)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("5")
@@ -189,7 +219,9 @@ async def test_logs_filter_by_service_level_and_text(fake: FakeAdmin) -> None:
         await pilot.press("s", "s", "s")  # all -> relay -> mirror -> nameserver
         assert [t.split()[1] for t in shown()] == ["nameserver", "nameserver"]
         await pilot.press("v")  # INFO and above
-        assert shown() == [f"10:00:01 nameserver WARNING {app.logs.lines[1].text.split('WARNING ')[1]}"]  # fmt: skip
+        assert shown() == [
+            f"10:00:01 nameserver WARNING {app.logs.lines[1].text.split('WARNING ')[1]}"
+        ]
         assert "\\x1b]0;pwned" in shown()[0]
         await pilot.press("s", "s", "v", "v", "v", "v", "slash", *"nameplate")
         assert isinstance(app.focused, Input)

@@ -3,8 +3,10 @@ log level changed from here (louder to chase a problem, quieter after)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.widgets import Input
 
 from retreatkit.tui.logbuffer import LEVELS, LogFilter
@@ -17,7 +19,7 @@ SERVICES = (None, "relay", "mirror", "nameserver", "process")
 
 class LogsScreen(Panel):
     TITLE = "Logs"
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s", "next_service", "Service"),
         Binding("v", "next_level", "Level shown"),
         Binding("L", "set_level", "Set log level"),
@@ -48,9 +50,11 @@ class LogsScreen(Panel):
     def show_filters(self) -> None:
         f = self.dash.logs.filter
         buffer = self.dash.logs
-        line = (f"service {f.service or 'all'} (s) · level {f.level} and above (v) · "
-                f"{len(buffer.shown):,} of {len(buffer.lines):,} lines kept · "
-                f"{buffer.received:,} received")  # fmt: skip
+        line = (
+            f"service {f.service or 'all'} (s) · level {f.level} and above (v) · "
+            f"{len(buffer.shown):,} of {len(buffer.lines):,} lines kept · "
+            f"{buffer.received:,} received"
+        )
         if buffer.dropped:
             line += f" · {buffer.dropped:,} skipped (too fast to show)"
         problem = self.dash.log_problem
@@ -99,8 +103,10 @@ class LogsScreen(Panel):
         if text.upper() not in LEVELS:
             self.say(f"not a level: {text} (debug, info, warning, error, critical)")
             return
-        answer, problem = await self.dash.act(
+        _answer, problem = await self.dash.act(
             service if service in ("relay", "mirror", "nameserver") else None,
-            "PUT", "/loglevel", {"level": text.lower(), "logger": logger},
-        )  # fmt: skip
+            "PUT",
+            "/loglevel",
+            {"level": text.lower(), "logger": logger},
+        )
         self.say(problem or f"{logger} now logs at {text.upper()} and above")

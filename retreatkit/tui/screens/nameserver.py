@@ -4,11 +4,11 @@ blocklists, a live query log with a filter, and the organiser's actions."""
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label
 
@@ -22,7 +22,7 @@ PAGE = 200
 
 class NameserverScreen(Panel):
     TITLE = "Nameserver"
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("r", "reload_lists", "Reload lists"),
         Binding("p", "pause", "Pause blocking"),
         Binding("a", "add_name", "Add name"),
@@ -42,8 +42,11 @@ class NameserverScreen(Panel):
     def body(self) -> ComposeResult:
         yield Lines(id="summary")
         with Horizontal(classes="pair"):
-            for key, title in (("domains", "Top domains"), ("blocked", "Top blocked"),
-                               ("clients", "Top clients")):  # fmt: skip
+            for key, title in (
+                ("domains", "Top domains"),
+                ("blocked", "Top blocked"),
+                ("clients", "Top clients"),
+            ):
                 with Vertical():
                     yield Label(title, classes="heading")
                     yield Table("Name", "Queries", id=f"top_{key}")
@@ -90,7 +93,9 @@ class NameserverScreen(Panel):
         needle = self.query_one("#filter", Input).value.strip().casefold()
         if needle:
             rows = [r for r in rows if any(needle in cell.casefold() for cell in r)]
-        self.query_one("#queries", Table).set_rows(rows, "no queries" + (" match" if needle else " yet"))  # fmt: skip
+        self.query_one("#queries", Table).set_rows(
+            rows, "no queries" + (" match" if needle else " yet")
+        )
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.draw_queries()
@@ -104,7 +109,10 @@ class NameserverScreen(Panel):
     # -- actions ----------------------------------------------------------------------
 
     def action_reload_lists(self) -> None:
-        self.run_worker(self._act("POST", "/nameserver/blocklists/reload", None, "blocklists reloaded"), group="action")  # fmt: skip
+        self.run_worker(
+            self._act("POST", "/nameserver/blocklists/reload", None, "blocklists reloaded"),
+            group="action",
+        )
 
     def action_pause(self) -> None:
         self.run_worker(self._pause(), group="action")
@@ -122,7 +130,8 @@ class NameserverScreen(Panel):
         return await self.app.push_screen_wait(AskScreen(question, placeholder))
 
     async def _sure(self, question: str) -> bool:
-        return bool(await self.app.push_screen_wait(ConfirmScreen(question)))
+        answer: bool = await self.app.push_screen_wait(ConfirmScreen(question))
+        return answer
 
     async def _act(self, method: str, path: str, body: Any, done: str) -> None:
         answer, problem = await self.dash.act("nameserver", method, path, body)
@@ -144,8 +153,9 @@ class NameserverScreen(Panel):
         await self._act("POST", "/nameserver/blocking/pause", {"minutes": minutes}, "blocking")
 
     async def _add(self) -> None:
-        text = await self._ask("Add a local name: NAME ADDRESS (or NAME cname:TARGET)",
-                               "printer.retreat.lan 10.0.0.9")  # fmt: skip
+        text = await self._ask(
+            "Add a local name: NAME ADDRESS (or NAME cname:TARGET)", "printer.retreat.lan 10.0.0.9"
+        )
         if text is None:
             return
         parts = text.split()
@@ -153,15 +163,17 @@ class NameserverScreen(Panel):
             self.say(f"expected NAME ADDRESS, got: {text}")
             return
         name, value = parts
-        await self._act("PUT", f"/nameserver/records/{quote(name, safe='')}", {"value": value},
-                        f"added {name}")  # fmt: skip
+        await self._act(
+            "PUT", f"/nameserver/records/{quote(name, safe='')}", {"value": value}, f"added {name}"
+        )
 
     async def _remove(self) -> None:
         name = await self._ask("Remove which local name?", "printer.retreat.lan")
         if name is None or not await self._sure(f"Remove the local name {name}?"):
             return
-        await self._act("DELETE", f"/nameserver/records/{quote(name, safe='')}", None,
-                        f"removed {name}")  # fmt: skip
+        await self._act(
+            "DELETE", f"/nameserver/records/{quote(name, safe='')}", None, f"removed {name}"
+        )
 
     async def _flush(self) -> None:
         name = await self._ask("Flush which name from the cache?", "example.org")

@@ -16,13 +16,30 @@ class Overview(Panel):
 
     def body(self) -> ComposeResult:
         yield Label("Services", classes="heading")
-        yield Table("Service", "Endpoint", "State", "Uptime", "Connections", "Throughput",
-                    "Trend (per poll)", id="services")  # fmt: skip
+        yield Table(
+            "Service",
+            "Endpoint",
+            "State",
+            "Uptime",
+            "Connections",
+            "Throughput",
+            "Trend (per poll)",
+            id="services",
+        )
         yield Label("Alarms", classes="heading")
         yield Lines(id="alarms")
         yield Label("Processes", classes="heading")
-        yield Table("Endpoint", "PID", "Uptime", "Memory", "Memory trend", "Open files",
-                    "Log level", "Version", id="processes")  # fmt: skip
+        yield Table(
+            "Endpoint",
+            "PID",
+            "Uptime",
+            "Memory",
+            "Memory trend",
+            "Open files",
+            "Log level",
+            "Version",
+            id="processes",
+        )
         yield Label("Attendees use", classes="heading")
         yield Lines(id="attendees")
 
