@@ -22,10 +22,10 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from retreatkit.admin.process import rss_bytes  # noqa: E402
-from retreatkit.tui.app import Dashboard  # noqa: E402
-from retreatkit.tui.sources import Endpoint  # noqa: E402
-from retreatkit.tui.testing import FakeAdmin, canned, serve  # noqa: E402
+from retreatkit.admin.process import rss_bytes
+from retreatkit.tui.app import Dashboard
+from retreatkit.tui.sources import Endpoint
+from retreatkit.tui.testing import FakeAdmin, canned, serve
 
 
 class Flood(FakeAdmin):
