@@ -73,15 +73,18 @@ def per_second(value: float | None) -> str:
     return NOT_REPORTED if value is None else f"{value:,.1f}/s"
 
 
-def spark(values: Sequence[float], width: int = 20) -> str:
-    """The last `width` values as bars, scaled from zero to their maximum."""
+def spark(values: Sequence[float], width: int = 20, from_zero: bool = True) -> str:
+    """The last `width` values as bars, scaled from zero (or, for a level such as memory,
+    from their minimum) to their maximum."""
     tail = list(values)[-width:]
     if not tail:
         return ""
-    top = max(tail)
-    if top <= 0:
+    low = 0.0 if from_zero else min(tail)
+    span = max(tail) - low
+    if span <= 0:
         return BARS[0] * len(tail)
-    return "".join(BARS[max(0, min(len(BARS) - 1, int(v / top * (len(BARS) - 1))))] for v in tail)
+    top = len(BARS) - 1
+    return "".join(BARS[max(0, min(top, int((v - low) / span * top)))] for v in tail)
 
 
 def clock(at: Any) -> str:

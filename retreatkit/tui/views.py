@@ -78,7 +78,7 @@ def process_rows(state: DashboardState) -> list[Row]:
                 _text(p.get("pid")),
                 duration(p.get("uptime_seconds")),
                 size(p.get("memory_bytes")),
-                spark(memory.values(), 16) if memory else "",
+                spark(memory.values(), 16, from_zero=False) if memory else "",
                 count(p.get("open_files")),
                 _text(p.get("log_level")),
                 _text(p.get("version")),
