@@ -33,7 +33,12 @@ def test_visible_is_bounded() -> None:
 
 def test_figures() -> None:
     assert [size(0), size(1536), size(None), size("12"), size(True)] == [
-        "0 B", "1.5 KiB", NOT_REPORTED, NOT_REPORTED, NOT_REPORTED]  # fmt: skip
+        "0 B",
+        "1.5 KiB",
+        NOT_REPORTED,
+        NOT_REPORTED,
+        NOT_REPORTED,
+    ]
     assert [duration(59), duration(3725), duration(-1)] == ["59s", "1h 02m", NOT_REPORTED]
     assert number(float("inf")) is None
     assert spark([0, 1, 2, 4]) == "▁▂▄█"
@@ -54,7 +59,9 @@ def test_leak_needs_a_whole_window_of_growth() -> None:
 
 def test_state_alarms_and_fields_not_reported() -> None:
     state = DashboardState(["a:1", "b:2"], leak_window=120)
-    state.record("a:1", 0, status={"relay": {"up": False}, "mirror": {"warnings": ["disk full", 3]}})  # fmt: skip
+    state.record(
+        "a:1", 0, status={"relay": {"up": False}, "mirror": {"warnings": ["disk full", 3]}}
+    )
     state.record("b:2", 0, error="b:2: cannot connect (connection refused)")
     for t in range(0, 181, 30):
         state.record("a:1", t, status={"process": {"open_files": 10 + t}, "relay": {"up": True}})
@@ -66,8 +73,15 @@ def test_state_alarms_and_fields_not_reported() -> None:
 
 def test_log_buffer_is_bounded_and_filters_as_lines_arrive() -> None:
     buffer = LogBuffer(capacity=100)
-    records = [{"seq": i, "service": "relay" if i % 2 else "mirror", "level": "INFO",
-                "message": f"line {i}\x1b[31m"} for i in range(1, 301)]  # fmt: skip
+    records = [
+        {
+            "seq": i,
+            "service": "relay" if i % 2 else "mirror",
+            "level": "INFO",
+            "message": f"line {i}\x1b[31m",
+        }
+        for i in range(1, 301)
+    ]
     buffer.set_filter(LogFilter(service="relay", text="LINE 29"))
     buffer.extend(records)
     assert len(buffer.lines) == 100 and buffer.received == 300
