@@ -1,4 +1,4 @@
-"""Advertise an admin endpoint bound beyond loopback as `_retreatkit-admin._tcp.local.`.
+"""Advertise an admin endpoint bound beyond loopback as `_retreat-admin._tcp.local.`.
 
 Only the address and port are published, with the services hosted: the endpoint still
 refuses everything without the token, so finding it gives nothing away.
@@ -16,7 +16,9 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 from retreatkit.admin.access import is_loopback
 
 log = logging.getLogger("retreatkit.admin")
-SERVICE_TYPE = "_retreatkit-admin._tcp.local."
+# not `_retreatkit-admin`: RFC 6335 (5.1) caps a service name at 15 characters, and
+# zeroconf refuses a longer one; this matches `_retreat-relay` and `_retreat-mirror`
+SERVICE_TYPE = "_retreat-admin._tcp.local."
 
 
 def instance_name(port: int) -> str:

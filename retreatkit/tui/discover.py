@@ -1,4 +1,4 @@
-"""Admin endpoints advertised on the LAN as `_retreatkit-admin._tcp.local.` (no Textual)."""
+"""Admin endpoints advertised on the LAN as `_retreat-admin._tcp.local.` (no Textual)."""
 
 from __future__ import annotations
 
