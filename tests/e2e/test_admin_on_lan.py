@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,11 +42,11 @@ def lan() -> Iterator[None]:
             "rkdash-vb",
             "netns",
             B,
-        )  # noqa: E501
+        )
         for ns, dev, address in (
             (A, "rkdash-va", "10.77.0.1/24"),
             (B, "rkdash-vb", "10.77.0.2/24"),
-        ):  # noqa: E501
+        ):
             ip("-n", ns, "addr", "add", address, "dev", dev)
             ip("-n", ns, "link", "set", dev, "up", "multicast", "on")
             ip(
