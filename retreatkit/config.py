@@ -41,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
         "reload_every": 86400.0,
         "mirror": "",  # fetch URL blocklists through this mirror; `up` uses its own
     },
+    "dashboard": {
+        "leak_window": 600.0,  # seconds a figure must only grow before the overview flags it
+    },
 }
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,8 +16,12 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from retreatkit import config
+from retreatkit import config, startup
 from retreatkit.admin import app as admin
+from retreatkit.admin import token as admin_token
+from retreatkit.admin.advertise import Advertisement, advertise
+from retreatkit.admin.logs import LogRing
+from retreatkit.admin.process import ProcessInfo
 from retreatkit.mirror import app as mirror_app
 from retreatkit.mirror import upstreams
 from retreatkit.mirror.fetch import Limits as FetchLimits
@@ -24,17 +29,28 @@ from retreatkit.mirror.service import Mirror, Settings, register
 from retreatkit.nameserver.policy import parse_record
 from retreatkit.nameserver.server import LAN
 from retreatkit.nameserver.service import Settings as NameserverSettings
+from retreatkit.nameserver.service import host_address
 from retreatkit.relay.matching import Limits
 from retreatkit.relay.server import Relay
 
 log = logging.getLogger("retreatkit")
 Say = Callable[[str], None]
+Dashboard = Callable[[str, str], Awaitable[None]]  # (admin URL, token): runs until quit
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s", level="WARNING"
-    )
+def setup_logging(level: str = "INFO", to_file: Path | None = None) -> None:
+    """Logs go to stderr, or to `to_file` while the dashboard holds the terminal (a line on
+    stderr would tear its screen); the admin endpoint keeps the last ones for /logs too."""
+    if to_file is None:
+        logging.basicConfig(stream=sys.stderr, format=LOG_FORMAT, level="WARNING")
+    else:
+        from logging.handlers import RotatingFileHandler
+
+        to_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handler = RotatingFileHandler(to_file, maxBytes=10 << 20, backupCount=3)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.basicConfig(handlers=[handler], level="WARNING")
     logging.getLogger("retreatkit").setLevel(level)
 
 
@@ -186,21 +202,69 @@ def nameserver_settings(
     )
 
 
-async def serve(services: list[Service], admin_at: tuple[str, int], say: Say) -> int:
-    """Start every service and the admin endpoint; run until SIGINT or SIGTERM."""
+LISTENING = re.compile(
+    r"^(Relay|Mirror|Nameserver) listening on (?:http://)?\[?([^\s/\]]+)\]?:(\d+)"
+)
+
+
+def noting_listeners(say: Say, bound: dict[str, tuple[str, int]]) -> Say:
+    """`say`, also noting where each service says it listens (the real port of a port 0)."""
+
+    def noted(line: str) -> None:
+        match = LISTENING.match(line)
+        if match:
+            bound[match[1].lower()] = (match[2], int(match[3]))
+        say(line)
+
+    return noted
+
+
+async def serve(
+    services: list[Service], admin_at: tuple[str, int], say: Say, dashboard: Dashboard | None = None
+) -> int:
+    """Start every service and the admin endpoint; run until SIGINT or SIGTERM, or until
+    the organiser quits the dashboard."""
     registry = CollectorRegistry()
+    stop = _stop_on_signals()  # before anything starts: a SIGTERM at any point stops cleanly
+    names = [s.name for s in services]
+    bound: dict[str, tuple[str, int]] = {}
+    say = noting_listeners(say, bound)
+    token = admin_token.load_or_create()
+    ring = LogRing(services=tuple(names))
+    logging.getLogger("retreatkit").addHandler(ring)
+    process = ProcessInfo(names)
     started: list[Service] = []
     runner: web.AppRunner | None = None
+    advert: Advertisement | None = None
     try:
         for service in services:
             await service.start(registry, say)
             started.append(service)
         sources = {s.name: s.status for s in services}
         routes = [route for s in services for route in admin_routes(s)]
-        runner, (ahost, aport) = await admin.start(registry, sources, *admin_at, routes)
+        app = admin.make_app(
+            registry, sources, routes, token=token, bound_host=admin_at[0], ring=ring,
+            process=process,
+        )  # fmt: skip
+        runner, (ahost, aport) = await admin.start(app, *admin_at)
         say(f"Admin on http://{ahost}:{aport}/status")
-        await _until_signalled()
+        lan = host_address()
+        advert = await advertise(admin_at[0], [lan], aport, names)
+        named = {"relay", "mirror", "nameserver"} <= set(names)
+        process.attendees = startup.attendee_lines(bound, lan, named)
+        if process.attendees:
+            say("Attendees use:")
+            for line in process.attendees:
+                say(f"  {line}")
+        if dashboard is not None:
+            local = "127.0.0.1" if ahost in ("0.0.0.0", "::") else ahost
+            await dashboard(f"http://{local}:{aport}".replace("http://::1", "http://[::1]"), token)
+        else:
+            await stop.wait()
+        say("Stopping...")
     finally:
+        if advert is not None:
+            await advert.close()
         for service in reversed(started):
             try:
                 await service.stop()
@@ -208,12 +272,15 @@ async def serve(services: list[Service], admin_at: tuple[str, int], say: Say) ->
                 log.exception("stopping %s failed", service.name)
         if runner is not None:
             await runner.cleanup()
+        logging.getLogger("retreatkit").removeHandler(ring)
+        if started:
+            say(f"Stopped: {', '.join(s.name for s in started)}")
     return 0
 
 
-async def _until_signalled() -> None:
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop

@@ -11,10 +11,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from retreatkit.admin import access
+from retreatkit.admin.logs import RING_KEY, LogRing, close_streams, stream
+from retreatkit.admin.process import ProcessInfo
+
 StatusSource = Callable[[], dict[str, Any]]
 
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 SOURCES_KEY = web.AppKey("sources", dict)
+PROCESS_KEY = web.AppKey("process", ProcessInfo)
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -22,19 +27,29 @@ def make_app(
     registry: CollectorRegistry,
     sources: dict[str, StatusSource],
     routes: Sequence[web.AbstractRouteDef] = (),
+    *,
+    token: str,
+    bound_host: str = "127.0.0.1",
+    ring: LogRing | None = None,
+    process: ProcessInfo | None = None,
 ) -> web.Application:
     """`sources` maps a service name to a function giving its status (no secrets, ever);
     `routes` are the services' own lists and actions, each under `/<service>/`
-    (docs/admin-api.md)."""
-    app = web.Application(client_max_size=4096)
+    (docs/admin-api.md). Every route, theirs included, is behind the access rules."""
+    check = access.middleware(token, bound_host)
+    app = web.Application(client_max_size=4096, middlewares=[check])  # type: ignore[list-item]
     app[REGISTRY_KEY] = registry
     app[SOURCES_KEY] = sources
+    app[PROCESS_KEY] = process or ProcessInfo(list(sources))
+    app[RING_KEY] = ring or LogRing(services=tuple(sources))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_put("/loglevel", loglevel)
     app.router.add_get("/loglevel", get_loglevel)
+    app.router.add_get("/logs", stream)
     app.router.add_routes(routes)
+    app.on_shutdown.append(close_streams)
     return app
 
 
@@ -44,8 +59,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     sources: dict[str, StatusSource] = request.app[SOURCES_KEY]
-    body: dict[str, Any] = {name: source() for name, source in sources.items()}
-    body["log_level"] = logging.getLevelName(logging.getLogger("retreatkit").getEffectiveLevel())
+    body: dict[str, Any] = {"process": request.app[PROCESS_KEY].status()}
+    body.update({name: source() for name, source in sources.items()})
     return web.json_response(body)
 
 
@@ -77,18 +92,15 @@ async def loglevel(request: web.Request) -> web.Response:
     if logger_name != "retreatkit" and not logger_name.startswith("retreatkit."):
         raise web.HTTPBadRequest(text="only retreatkit loggers can be set\n")
     logging.getLogger(logger_name).setLevel(level)
+    logging.getLogger("retreatkit.admin").warning("log level of %s set to %s", logger_name, level)
     return web.json_response({"logger": logger_name, "level": level})
 
 
 async def start(
-    registry: CollectorRegistry,
-    sources: dict[str, StatusSource],
-    host: str,
-    port: int,
-    routes: Sequence[web.AbstractRouteDef] = (),
+    app: web.Application, host: str, port: int
 ) -> tuple[web.AppRunner, tuple[str, int]]:
     """Serve the admin endpoint; returns the runner (to clean up) and the bound address."""
-    runner = web.AppRunner(make_app(registry, sources, routes), access_log=None)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retreatkit import config, loop, serve
+from retreatkit import config, loop, serve, startup
+from retreatkit.admin import token as admin_token
 from retreatkit.nameserver.service import Nameserver, host_address
 
 DESCRIPTION = """\
@@ -19,10 +20,21 @@ also run on its own."""
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="retreatkit", description=DESCRIPTION)
     top.add_argument("--config", metavar="FILE", type=Path, help="retreat.toml (default: none)")
-    sub = top.add_subparsers(dest="command", required=True, metavar="{up,relay,mirror,nameserver}")
+    commands = "{up,relay,mirror,nameserver,tui}"
+    sub = top.add_subparsers(dest="command", required=True, metavar=commands)
     admin_help = "admin endpoint (default 127.0.0.1:8080)"
-    up = sub.add_parser("up", help="run all services: relay, mirror and nameserver")
+    up = sub.add_parser("up", help="run all services, with the dashboard in a terminal")
     up.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
+    up.add_argument("--relay-listen", metavar="HOST:PORT", help="default 0.0.0.0:9000")
+    up.add_argument("--mirror-listen", metavar="HOST:PORT", help="default 0.0.0.0:8000")
+    up.add_argument(
+        "--nameserver-listen", metavar="HOST:PORT", help="UDP and TCP (default 0.0.0.0:5300)"
+    )
+    up.add_argument(
+        "--no-tui",
+        action="store_true",
+        help="no dashboard: log to stderr (as when not in a terminal)",
+    )
     relay = sub.add_parser("relay", help="run bob's relay")
     relay.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:9000")
     relay.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
@@ -59,20 +71,41 @@ def parser() -> argparse.ArgumentParser:
     ns.add_argument("--block-mode", choices=("null", "nxdomain"), help="default null")
     ns.add_argument("--rate-limit", type=int, metavar="QPS", help="per client; 0 is off")
     ns.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
+    tui = sub.add_parser("tui", help="the organiser's dashboard over running admin endpoints")
+    tui.add_argument(
+        "--connect",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="an admin endpoint, repeatable (default: 127.0.0.1:8080 and any on the LAN)",
+    )
+    tui.add_argument(
+        "--token",
+        help="a remote endpoint's admin token (better: $RETREATKIT_TOKEN, "
+        "which other users cannot see in ps); default: this machine's token file",
+    )
+    tui.add_argument("--web", action="store_true", help="serve the dashboard as a web page")
+    tui.add_argument("--listen", metavar="HOST:PORT", help="with --web (default 127.0.0.1:8081)")
     return top  # fmt: skip
+
+
+LISTEN_FLAGS = {"relay": "--relay-listen", "mirror": "--mirror-listen",
+                "nameserver": "--nameserver-listen", "admin": "--admin"}  # fmt: skip
 
 
 def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Service]:
     flags = {k: v for k, v in vars(args).items() if v is not None}
     out: list[serve.Service] = []
     if args.command in ("up", "relay"):
-        listen = flags.get("listen") if args.command == "relay" else None
+        listen = flags.get("listen") if args.command == "relay" else flags.get("relay_listen")
         section = {**cfg["relay"], **({"listen": listen} if listen else {})}
         relay = serve.RelayService(config.host_port(section["listen"]), serve.relay_limits(section))
         out.append(relay)
     mirror: serve.MirrorService | None = None
     if args.command in ("up", "mirror"):
         section = dict(cfg["mirror"])
+        if "mirror_listen" in flags:
+            section["listen"] = flags["mirror_listen"]
         if args.command == "mirror":
             section.update({k: flags[k] for k in ("listen", "store", "pypi", "opam") if k in flags})
         else:  # the nameserver's URL lists come through this mirror: one fetch for the LAN
@@ -82,6 +115,8 @@ def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Servic
         out.append(mirror)
     if args.command in ("up", "nameserver"):
         section = dict(cfg["nameserver"])
+        if "nameserver_listen" in flags:
+            section["listen"] = flags["nameserver_listen"]
         if args.command == "nameserver":
             for key in ("listen", "upstreams", "blocklists", "allow", "record_flags"):
                 if key in flags:
@@ -98,21 +133,88 @@ def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Servic
     return out
 
 
+def sections_and_flags(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The config sections this command runs, and the flag that sets each one's listen."""
+    if args.command == "up":
+        return ["relay", "mirror", "nameserver"], LISTEN_FLAGS
+    return [args.command], {args.command: "--listen", "admin": "--admin"}
+
+
+def apply_listen_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    given = vars(args)
+    for section in ("relay", "mirror", "nameserver"):
+        own = given.get("listen") if args.command == section else None
+        flag = given.get(f"{section}_listen") or own
+        if flag:
+            cfg[section]["listen"] = flag
+    if given.get("admin"):
+        cfg["admin"]["listen"] = given["admin"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "tui":
+        return tui(args)
+    sections, flags = sections_and_flags(args)
     try:
         cfg = config.load(args.config)
-        admin_at = config.host_port(args.admin or cfg["admin"]["listen"])
+        apply_listen_flags(args, cfg)
+        problems = startup.check_config(cfg, sections, flags)
+        if problems:
+            for problem in problems:
+                print(f"retreatkit: {problem}", file=sys.stderr)
+            return 2
+        admin_at = config.host_port(cfg["admin"]["listen"])
         chosen = services(args, cfg)
     except ValueError as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 2
-    serve.setup_logging()
-    try:
-        return loop.run(lambda: serve.serve(chosen, admin_at, _say))
-    except OSError as exc:
-        print(f"ERROR: cannot start: {exc.strerror or exc}", file=sys.stderr)
+    conflicts = startup.port_problems(startup.listeners(cfg, sections, flags))
+    if conflicts:  # every one at once: the organiser fixes them in one go
+        for conflict in conflicts:
+            print(f"retreatkit: cannot start: {conflict}", file=sys.stderr)
         return 1
+    dashboard = None
+    if args.command == "up" and not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty():
+        from retreatkit.tui.run import in_process
+
+        window = float(cfg["dashboard"]["leak_window"])
+
+        async def dashboard(url: str, token: str) -> None:
+            await in_process(url, token, window)
+
+        serve.setup_logging(to_file=admin_token.state_dir() / "retreatkit.log")
+    else:
+        serve.setup_logging()
+    try:
+        return loop.run(lambda: serve.serve(chosen, admin_at, _say, dashboard))
+    except admin_token.TokenError as exc:
+        print(f"retreatkit: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"retreatkit: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def tui(args: argparse.Namespace) -> int:
+    try:
+        cfg = config.load(args.config)
+    except ValueError as exc:
+        print(f"retreatkit: {exc}", file=sys.stderr)
+        return 2
+    window = float(cfg["dashboard"]["leak_window"])
+    if args.web:
+        from retreatkit.tui.web import serve_web
+
+        try:
+            listen = config.host_port(args.listen or "127.0.0.1:8081")
+        except ValueError as exc:
+            print(f"retreatkit: --listen: {exc}", file=sys.stderr)
+            return 2
+        return serve_web(listen, args.connect, args.token, args.config)
+    from retreatkit.tui.run import run
+
+    return run(args.connect, args.token, window)
 
 
 def _say(line: str) -> None:

@@ -9,13 +9,16 @@ from prometheus_client import CollectorRegistry, Counter
 
 from retreatkit.admin.app import make_app
 
+TOKEN = "t0ken"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
 
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient[object, object]]:
     registry = CollectorRegistry()
     Counter("demo_things", "things", registry=registry).inc(3)
-    app = make_app(registry, {"demo": lambda: {"ok": True}})
-    async with TestClient(TestServer(app)) as c:
+    app = make_app(registry, {"demo": lambda: {"ok": True}}, token=TOKEN)
+    async with TestClient(TestServer(app), headers=AUTH) as c:
         yield c
     logging.getLogger("retreatkit").setLevel(logging.NOTSET)
     logging.getLogger("retreatkit.relay").setLevel(logging.NOTSET)
@@ -38,7 +41,7 @@ async def test_loglevel(client: TestClient[object, object]) -> None:
     assert r.status == 200
     assert logging.getLogger("retreatkit.relay").level == logging.WARNING
     status = await (await client.get("/status")).json()
-    assert status["log_level"] == "DEBUG"
+    assert status["process"]["log_level"] == "DEBUG"
 
 
 @pytest.mark.parametrize(

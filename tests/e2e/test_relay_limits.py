@@ -64,7 +64,7 @@ def status(relay: RelayProcess) -> dict[str, Any]:
     admin = urlsplit(relay.admin)
     assert admin.hostname is not None and admin.port is not None
     with socket.create_connection((admin.hostname, admin.port), timeout=IO_TIMEOUT) as sock:
-        sock.sendall(b"GET /status HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)

@@ -1,0 +1,71 @@
+"""The admin token: random, created on the first start, kept mode 0600 in the state folder."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+ENV = "RETREATKIT_TOKEN"
+TOKEN_BYTES = 32
+
+
+class TokenError(Exception):
+    """The token file cannot be made or read safely; the message names the path."""
+
+
+def state_dir() -> Path:
+    """`$XDG_STATE_HOME/retreatkit`, else `~/.local/state/retreatkit`."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "retreatkit"
+
+
+def token_path() -> Path:
+    return state_dir() / "admin-token"
+
+
+def load_or_create(path: Path | None = None) -> str:
+    """The token in `path`, made on the first call. A file others can read is refused:
+    anyone who can read it can act on the LAN's services."""
+    path = path or token_path()
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TokenError(f"cannot make {path.parent} for the admin token: {exc.strerror}") from None
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    try:
+        # O_EXCL: two processes starting at once agree on one token; 0600 from birth,
+        # never a moment with a readable file
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return read(path)
+    except OSError as exc:
+        raise TokenError(f"cannot write the admin token {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def read(path: Path | None = None) -> str:
+    """The token in `path`; TokenError if it is missing, empty or readable by others."""
+    path = path or token_path()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise TokenError(f"no admin token at {path}: start a service first") from None
+    except OSError as exc:
+        raise TokenError(f"cannot read the admin token {path}: {exc.strerror}") from None
+    with os.fdopen(fd) as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise TokenError(f"the admin token {path} is open to others: chmod 600 {path}")
+        token = f.read(1024).strip()
+    if not token:
+        raise TokenError(f"the admin token {path} is empty: delete it and start again")
+    return token
+
+
+def given(flag: str | None) -> str | None:
+    """The token for a remote endpoint: `--token`, else $RETREATKIT_TOKEN."""
+    return flag or os.environ.get(ENV) or None

@@ -1,0 +1,180 @@
+"""Before and after `retreatkit up` starts: checks that name the key to change, every port
+conflict at once, and the addresses attendees use."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retreatkit import config
+from retreatkit.admin.access import is_loopback
+
+# keys whose values must be positive (> 0) or at least zero, by section
+POSITIVE = {
+    "relay": ("per_ip", "waiting", "handshake_timeout", "wait_timeout", "idle_timeout"),
+    "mirror": ("connect_timeout", "read_timeout"),
+    "nameserver": ("reload_every",),
+    "dashboard": ("leak_window",),
+}
+NOT_NEGATIVE = {"mirror": ("index_ttl",), "nameserver": ("rate_limit", "stale_for")}
+DEFAULT_PORTS = {"nameserver": 53}
+
+
+@dataclass(frozen=True)
+class Listener:
+    service: str  # relay, mirror, nameserver, admin
+    proto: str  # tcp or udp
+    host: str
+    port: int
+    flag: str  # the command-line flag that sets it
+
+
+def where(section: str, key: str, flag: str | None = None) -> str:
+    return f"[{section}] {key}" + (f" (or {flag})" if flag else "")
+
+
+def check_config(cfg: dict[str, Any], sections: list[str], flags: dict[str, str]) -> list[str]:
+    """Every value that cannot work, each as one line naming its key (and flag)."""
+    problems = []
+    for section in [*sections, "admin"]:
+        if "listen" in cfg.get(section, {}):
+            try:
+                config.host_port(cfg[section]["listen"], DEFAULT_PORTS.get(section))
+            except ValueError as exc:
+                problems.append(f"{where(section, 'listen', flags.get(section))}: {exc}")
+    for table, bad, words in (
+        (POSITIVE, _not_positive, "above 0"),
+        (NOT_NEGATIVE, _negative, "0 or more"),
+    ):
+        for section, keys in table.items():
+            for key in keys if section in [*sections, "dashboard"] else ():
+                value = cfg.get(section, {}).get(key)
+                if isinstance(value, int | float) and bad(value):
+                    problems.append(f"{where(section, key)} must be {words}, not {value}")
+    if "mirror" in sections and cfg["mirror"]["store"]:
+        store = Path(cfg["mirror"]["store"])
+        if store.exists() and not store.is_dir():
+            problems.append(f"{where('mirror', 'store')}: {store} is a file; name a folder")
+    return problems
+
+
+def _not_positive(value: float) -> bool:
+    return value <= 0
+
+
+def _negative(value: float) -> bool:
+    return value < 0
+
+
+def listeners(cfg: dict[str, Any], sections: list[str], flags: dict[str, str]) -> list[Listener]:
+    out = []
+    for section in [*sections, "admin"]:
+        host, port = config.host_port(cfg[section]["listen"], DEFAULT_PORTS.get(section))
+        flag = flags.get(section, "")
+        out.append(Listener(section, "tcp", host, port, flag))
+        if section == "nameserver":
+            out.append(Listener(section, "udp", host, port, flag))
+    return out
+
+
+def _overlap(a: Listener, b: Listener) -> bool:
+    wild = ("0.0.0.0", "::", "")
+    return (
+        a.proto == b.proto
+        and a.port == b.port
+        and (a.host == b.host or a.host in wild or b.host in wild)
+    )
+
+
+def port_problems(wanted: list[Listener]) -> list[str]:
+    """Every listener that cannot bind now, each as one line naming the key to change."""
+    problems = []
+    for i, a in enumerate(wanted):
+        for b in wanted[:i]:
+            if a.port and _overlap(a, b) and a.service != b.service:
+                problems.append(
+                    f"{a.service} and {b.service} both want {a.proto.upper()} port {a.port}: "
+                    f"change {where(a.service, 'listen', a.flag)}"
+                )
+    seen: set[tuple[str, str]] = set()
+    for listener in wanted:
+        if listener.port == 0 or (listener.service, listener.proto) in seen:
+            continue
+        seen.add((listener.service, listener.proto))
+        why = _try_bind(listener)
+        if why:
+            problems.append(why)
+    return problems
+
+
+def _try_bind(lst: Listener) -> str | None:
+    key = where(lst.service, "listen", lst.flag)
+    kind = socket.SOCK_STREAM if lst.proto == "tcp" else socket.SOCK_DGRAM
+    address = f"{lst.host}:{lst.port}"
+    try:
+        infos = socket.getaddrinfo(lst.host, lst.port, type=kind, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return f"{lst.service}: cannot resolve {lst.host!r}: change {key}"
+    family, _, _, _, sockaddr = infos[0]
+    with socket.socket(family, kind) as sock:
+        if kind == socket.SOCK_STREAM:  # as asyncio's servers do
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"{lst.service}: {lst.proto.upper()} {address} is in use by another "
+                    f"program: change {key}"
+                )
+            if exc.errno == errno.EACCES:
+                return (
+                    f"{lst.service}: port {lst.port} needs root or CAP_NET_BIND_SERVICE "
+                    f"(docs/operations.md, 'Port 53 without root'), or change {key}"
+                )
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"{lst.service}: {lst.host} is not an address of this machine: change {key}"
+            return f"{lst.service}: cannot listen on {address}: {exc.strerror}: change {key}"
+    return None
+
+
+def reach(host: str, lan_address: str) -> tuple[str, str]:
+    """(the address attendees use for a service bound to `host`, a note when they cannot)."""
+    if is_loopback(host):
+        return host, " (loopback only: attendees cannot reach it)"
+    if host in ("0.0.0.0", "::", ""):
+        if is_loopback(lan_address):
+            return lan_address, " (this machine has no LAN address yet)"
+        return lan_address, ""
+    return host, ""
+
+
+def attendee_lines(bound: dict[str, tuple[str, int]], lan_address: str, named: bool) -> list[str]:
+    """What the organiser tells attendees, one line per service this process hosts; `named`
+    when the nameserver here gives relay.retreat.lan and mirror.retreat.lan."""
+    lines = []
+    if "relay" in bound:
+        host, port = bound["relay"]
+        address, note = reach(host, lan_address)
+        shown = (
+            f"relay.retreat.lan:{port} ({address}:{port})"
+            if named and not note
+            else f"{address}:{port}"
+        )
+        lines.append(f"bob relay: {shown}{note}")
+    if "mirror" in bound:
+        host, port = bound["mirror"]
+        address, note = reach(host, lan_address)
+        name = "mirror.retreat.lan" if named and not note else address
+        lines.append(
+            f"package mirror: http://{name}:{port}/ (its page shows the pip, uv and "
+            f"opam lines){note}"
+        )
+    if "nameserver" in bound:
+        host, port = bound["nameserver"]
+        address, note = reach(host, lan_address)
+        lines.append(f"DNS server: {address} port {port} (hand it out by DHCP){note}")
+    return lines

@@ -1,0 +1,1 @@
+"""The organiser's dashboard: a Textual app that reads and acts over the admin API only."""

@@ -1,0 +1,94 @@
+"""Figures as the dashboard shows them: plain units, and a dash for what is not reported."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+NOT_REPORTED = "—"
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def get(doc: Any, *path: str) -> Any:
+    """doc[path[0]][path[1]]...; None where a level is missing or not a mapping."""
+    for key in path:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+def number(value: Any) -> float | None:
+    """A finite number, or None (JSON may say true, "12" or 1e999)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def count(value: Any) -> str:
+    n = number(value)
+    return NOT_REPORTED if n is None else f"{int(n):,}"
+
+
+def size(value: Any) -> str:
+    """Bytes in IEC units: 512 B, 1.5 KiB, 20.0 MiB."""
+    n = number(value)
+    if n is None:
+        return NOT_REPORTED
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return NOT_REPORTED  # pragma: no cover
+
+
+def rate(value: Any) -> str:
+    s = size(value)
+    return s if s == NOT_REPORTED else f"{s}/s"
+
+
+def duration(value: Any) -> str:
+    """Seconds as 45s, 3m 05s, 2h 04m, 3d 02h."""
+    n = number(value)
+    if n is None or n < 0:
+        return NOT_REPORTED
+    s = int(n)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+
+
+def percent(value: Any) -> str:
+    """A ratio 0..1 as a percentage."""
+    n = number(value)
+    return NOT_REPORTED if n is None else f"{n * 100:.1f}%"
+
+
+def per_second(value: float | None) -> str:
+    return NOT_REPORTED if value is None else f"{value:,.1f}/s"
+
+
+def spark(values: Sequence[float], width: int = 20, from_zero: bool = True) -> str:
+    """The last `width` values as bars, scaled from zero (or, for a level such as memory,
+    from their minimum) to their maximum."""
+    tail = list(values)[-width:]
+    if not tail:
+        return ""
+    low = 0.0 if from_zero else min(tail)
+    span = max(tail) - low
+    if span <= 0:
+        return BARS[0] * len(tail)
+    top = len(BARS) - 1
+    return "".join(BARS[max(0, min(top, int((v - low) / span * top)))] for v in tail)
+
+
+def clock(at: Any) -> str:
+    """An ISO 8601 time as HH:MM:SS (the date is today's, nearly always)."""
+    if not isinstance(at, str) or "T" not in at:
+        return NOT_REPORTED
+    return at.split("T", 1)[1][:8]

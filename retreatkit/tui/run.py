@@ -1,0 +1,73 @@
+"""Open the dashboard: against endpoints named or found (`retreatkit tui`), or inside
+`retreatkit up` over its own admin endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from retreatkit.admin import token as admin_token
+from retreatkit.tui.app import Dashboard
+from retreatkit.tui.sources import AdminClient, Endpoint, SourceError, endpoint_url
+
+DEFAULT = "http://127.0.0.1:8080"
+PROBE_TIMEOUT = 3.0
+
+
+def local_token() -> str | None:
+    """This machine's token, if a service has made one (reads work without it on loopback)."""
+    try:
+        return admin_token.read()
+    except admin_token.TokenError:
+        return None
+
+
+async def endpoints(connect: list[str], token: str | None, find: bool) -> list[Endpoint]:
+    urls = [endpoint_url(u) for u in connect] or [DEFAULT]
+    if find and not connect:
+        from retreatkit.tui.discover import discover
+
+        urls += [u for u in await discover() if u not in urls]
+    token = token or local_token()
+    return [Endpoint(u, token) for u in urls]
+
+
+async def reachable(found: list[Endpoint]) -> list[str]:
+    """One line per endpoint that cannot be read; all of them means nothing to show."""
+
+    async def probe(e: Endpoint) -> str | None:
+        async with AdminClient(e, PROBE_TIMEOUT) as client:
+            try:
+                await client.status()
+            except SourceError as exc:
+                return str(exc)
+        return None
+
+    return [p for p in await asyncio.gather(*map(probe, found)) if p]
+
+
+def run(connect: list[str], token: str | None, leak_window: float) -> int:
+    """`retreatkit tui`: 0 when the organiser quits, 1 when nothing can be reached."""
+    try:
+        found = asyncio.run(endpoints(connect, admin_token.given(token), find=True))
+        problems = asyncio.run(reachable(found))
+    except ValueError as exc:
+        print(f"retreatkit: {exc}", file=sys.stderr)
+        return 2
+    if len(problems) == len(found):
+        print(f"retreatkit: no admin endpoint reachable: {'; '.join(problems)}", file=sys.stderr)
+        return 1
+    result = Dashboard(found, leak_window=leak_window).run()
+    return result or 0
+
+
+async def in_process(url: str, token: str, leak_window: float) -> None:
+    """The dashboard of `retreatkit up`, in its own event loop: SIGTERM closes it too."""
+    app = Dashboard([Endpoint(url, token)], leak_window=leak_window)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, app.exit)
+    try:
+        await app.run_async()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)

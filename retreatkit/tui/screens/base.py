@@ -1,0 +1,83 @@
+"""What every screen shares: a title line, a result line, and a refresh while shown."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from retreatkit.tui.widgets import Lines
+
+if TYPE_CHECKING:
+    from retreatkit.tui.app import Dashboard
+
+
+class Panel(Screen[None]):
+    """A screen that redraws from the app's state and may fetch its own lists."""
+
+    TITLE = ""
+    HELP = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded = asyncio.Event()  # set when a refresh has been drawn and none is pending
+        self._loading = False
+        self._again = False
+
+    @property
+    def dash(self) -> Dashboard:
+        from retreatkit.tui.app import Dashboard
+
+        assert isinstance(self.app, Dashboard)
+        return self.app
+
+    def compose(self) -> ComposeResult:
+        yield Lines(id="title")
+        with VerticalScroll(id="body"):
+            yield from self.body()
+        yield Lines(id="result")
+        yield Footer()
+
+    def body(self) -> ComposeResult:
+        yield from ()
+
+    def on_screen_resume(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        """Fetch this screen's lists (if any) and redraw, unless a fetch is under way."""
+        if self._loading:
+            self._again = True  # asked again while fetching: go once more, with the news
+            return
+        self._loading = True
+        self.run_worker(self._reload(), group="load", exit_on_error=False)
+
+    async def _reload(self) -> None:
+        try:
+            await self.load()
+            self.draw()
+            self.query_one("#title", Lines).show([self.dash.title_line(self.TITLE)])
+        finally:
+            self._loading = False
+            if self._again:
+                self._again = False
+                self.reload()
+            else:
+                self.loaded.set()
+
+    async def load(self) -> None:
+        """Fetch what only this screen needs (lists); the status is the app's."""
+
+    def draw(self) -> None:
+        """Redraw from the app's state and what `load` fetched."""
+
+    def say(self, line: str) -> None:
+        """The screen's one-line result: what an action did or why it failed."""
+        self.query_one("#result", Lines).show([line])
+
+    async def fetch(self, service: str, path: str) -> tuple[Any, str | None]:
+        return await self.dash.fetch(service, path)

@@ -1,0 +1,55 @@
+"""Overview: every service up or down, uptime, connections, throughput and its trend,
+each process's memory and files, alarms (leaks among them), and what attendees use."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.widgets import Label
+
+from retreatkit.tui import views
+from retreatkit.tui.screens.base import Panel
+from retreatkit.tui.widgets import Lines, Table
+
+
+class Overview(Panel):
+    TITLE = "Overview"
+
+    def body(self) -> ComposeResult:
+        yield Label("Services", classes="heading")
+        yield Table(
+            "Service",
+            "Endpoint",
+            "State",
+            "Uptime",
+            "Connections",
+            "Throughput",
+            "Trend (per poll)",
+            id="services",
+        )
+        yield Label("Alarms", classes="heading")
+        yield Lines(id="alarms")
+        yield Label("Processes", classes="heading")
+        yield Table(
+            "Endpoint",
+            "PID",
+            "Uptime",
+            "Memory",
+            "Memory trend",
+            "Open files",
+            "Log level",
+            "Version",
+            id="processes",
+        )
+        yield Label("Attendees use", classes="heading")
+        yield Lines(id="attendees")
+
+    def draw(self) -> None:
+        state = self.dash.state
+        self.query_one("#services", Table).set_rows(views.overview_rows(state))
+        alarms = state.alarms(self.dash.clock())
+        alarm_lines = self.query_one("#alarms", Lines)
+        alarm_lines.set_class(bool(alarms), "alarm")
+        alarm_lines.show([f"! {a}" for a in alarms] or ["none"])
+        self.query_one("#processes", Table).set_rows(views.process_rows(state))
+        attendees = views.attendee_lines(state)
+        self.query_one("#attendees", Lines).show(attendees or ["not reported"])

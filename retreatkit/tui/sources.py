@@ -1,0 +1,190 @@
+"""Status, lists, logs and actions of admin endpoints, over HTTP only (no Textual here).
+
+Every failure a user can meet becomes a SourceError whose message is one line naming the
+endpoint: unreachable, a refused token, an answer that is not what the contract says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+TIMEOUT = 5.0
+MAX_BODY = 8 << 20  # a status or list larger than this is an endpoint misbehaving
+MAX_EVENT = 1 << 20
+LOG_IDLE = 45.0  # the stream sends a keepalive every 15 s; silence past this is a dead peer
+
+
+class SourceError(Exception):
+    """One line for the organiser: what failed at which endpoint."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str  # http://host:port
+    token: str | None = None
+    label: str | None = None  # how screens name it; host:port when not given
+
+    @property
+    def name(self) -> str:
+        return self.label or urlsplit(self.url).netloc
+
+
+def endpoint_url(text: str) -> str:
+    """`host:port`, `http://host:port/` or `.../status` as `http://host:port`."""
+    text = text.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an admin endpoint URL: {text!r} (expected http://HOST:PORT)")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"bad port in {text!r}") from None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class AdminClient:
+    """One endpoint. Use `async with`, or call `close()`."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float = TIMEOUT) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _headers(self) -> dict[str, str]:
+        token = self.endpoint.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # no proxies from the environment: the admin endpoint is on this LAN
+            self._session = aiohttp.ClientSession(trust_env=False, headers=self._headers())
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def status(self) -> dict[str, Any]:
+        doc = await self.get_json("/status")
+        if not isinstance(doc, dict):
+            raise SourceError(f"{self.endpoint.name}: /status is not a JSON object")
+        return doc
+
+    async def get_json(self, path: str) -> Any:
+        return await self.request("GET", path)
+
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        """JSON back (or the text, for an answer that is not JSON but 2xx)."""
+        name = self.endpoint.name
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        try:
+            async with self.session.request(
+                method,
+                self.endpoint.url + path,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                allow_redirects=False,
+            ) as response:
+                raw = await response.content.read(MAX_BODY + 1)
+                kind = response.content_type
+                code = response.status
+        except TimeoutError:
+            raise SourceError(f"{name}: no answer within {self.timeout:g} s") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise SourceError(f"{name}: cannot connect ({_why(exc)})") from None
+        except aiohttp.ClientError as exc:
+            raise SourceError(f"{name}: the connection broke ({type(exc).__name__})") from None
+        if len(raw) > MAX_BODY:
+            raise SourceError(f"{name}: {path} answered more than {MAX_BODY >> 20} MiB")
+        text = raw.decode("utf-8", "replace")
+        if code == 401:
+            if self.endpoint.token:
+                raise SourceError(
+                    f"{name}: the admin token was refused (pass --token or set "
+                    "RETREATKIT_TOKEN to this endpoint's token)"
+                )
+            raise SourceError(f"{name}: needs the admin token (--token or RETREATKIT_TOKEN)")
+        if not 200 <= code < 300:
+            first = text.strip().splitlines()[0][:200] if text.strip() else ""
+            raise SourceError(
+                f"{name}: {method} {path} answered HTTP {code}" + (f": {first}" if first else "")
+            )
+        if code == 204:
+            return None
+        if kind != "application/json":
+            if method == "GET":
+                raise SourceError(f"{name}: {path} answered {kind or 'no type'}, not JSON")
+            return text.strip()
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise SourceError(f"{name}: {path} answered something that is not JSON") from None
+
+    async def logs(self, after: int = 0) -> AsyncIterator[list[dict[str, Any]]]:
+        """Batches of log records from `GET /logs` (SSE), as they arrive."""
+        name = self.endpoint.name
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=LOG_IDLE)
+        try:
+            async with self.session.get(
+                f"{self.endpoint.url}/logs", params={"after": str(after)}, timeout=timeout
+            ) as response:
+                if response.status == 401:
+                    raise SourceError(f"{name}: the log stream needs the admin token")
+                if response.status != 200:
+                    raise SourceError(f"{name}: /logs answered HTTP {response.status}")
+                pending = b""
+                async for chunk in response.content.iter_any():
+                    pending += chunk
+                    events = pending.split(b"\n\n")
+                    pending = events.pop()
+                    if len(pending) > MAX_EVENT:
+                        raise SourceError(f"{name}: /logs sent an event over 1 MiB")
+                    batch = [r for r in map(_event, events) if r is not None]
+                    if batch:
+                        yield batch
+        except TimeoutError:
+            raise SourceError(f"{name}: the log stream went silent") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise SourceError(f"{name}: cannot connect ({_why(exc)})") from None
+        except aiohttp.ClientError as exc:
+            raise SourceError(f"{name}: the log stream broke ({type(exc).__name__})") from None
+        raise SourceError(f"{name}: the log stream ended")
+
+
+def _why(exc: aiohttp.ClientConnectorError) -> str:
+    """`connection refused`, `no route to host`: the OS's words, not aiohttp's repr."""
+    error = exc.os_error
+    if error.errno:
+        return os.strerror(error.errno).lower()
+    return (error.strerror or str(error) or type(error).__name__).lower()
+
+
+def _event(raw: bytes) -> dict[str, Any] | None:
+    """One SSE event's `data:` as a dict; comments and junk are skipped."""
+    data = b"".join(line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:"))
+    if not data:
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None

@@ -1,0 +1,274 @@
+"""Test tools shipped with the dashboard: a fake admin endpoint (an aiohttp app on port 0,
+in a thread) serving canned JSON, garbage, or nothing at all (it hangs)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from textual.pilot import Pilot
+
+from retreatkit.tui.app import Dashboard
+from retreatkit.tui.screens.base import Panel
+from retreatkit.tui.sources import Endpoint
+
+HOSTILE = "[@click=app.quit]x[/] [bold]boom \x1b]0;pwned\x07\x1b[2J\x9b31m\u202etxt.exe"
+
+
+def canned(name: str = HOSTILE) -> dict[str, Any]:
+    """A /status as the contract describes it, with a hostile name wherever a peer chose one."""
+    return {
+        "process": {
+            "pid": 4242,
+            "started_at": "2026-01-01T10:00:00+00:00",
+            "uptime_seconds": 3725,
+            "memory_bytes": 52428800,
+            "open_files": 31,
+            "services": ["relay", "mirror", "nameserver"],
+            "version": "0.1.0",
+            "log_level": "INFO",
+            "attendees": [
+                "bob relay: relay.retreat.lan:9000 (10.0.0.2:9000)",
+                "DNS server: 10.0.0.2 port 53 (hand it out by DHCP)",
+            ],
+        },
+        "relay": {
+            "up": True,
+            "uptime_seconds": 3720,
+            "connections_open": 4,
+            "warnings": [],
+            "waiting_senders": 1,
+            "transfers_active": 1,
+            "transfers_completed": 12,
+            "bytes_relayed": 734003200,
+            "handshakes_refused": 2,
+            "handshakes_failed": 1,
+            "ended": {"completed": 12, "abandoned": 1},
+        },
+        "mirror": {
+            "up": True,
+            "uptime_seconds": 3720,
+            "connections_open": 2,
+            "warnings": [f"upstream pypi down: {name}"],
+            "hits": 70,
+            "misses": 10,
+            "hit_ratio": 0.875,
+            "bytes_from_cache": 1073741824,
+            "bytes_from_upstream": 157286400,
+            "bytes_saved": 916455424,
+            "downloads_in_progress": 1,
+            "top_packages": [[name, 9], ["numpy", 7]],
+            "upstreams": {
+                "pypi": {
+                    "url": "http://192.0.2.1/simple/",
+                    "state": "down",
+                    "last_error": "connection refused",
+                }
+            },
+            "store": {
+                "size_bytes": 1231028224,
+                "free_bytes": 50 << 30,
+                "files": 80,
+                "disk_full": False,
+            },
+        },
+        "nameserver": {
+            "up": False,
+            "uptime_seconds": 3720,
+            "connections_open": 0,
+            "warnings": [],
+            "queries": 5000,
+            "cache_hits": 4000,
+            "blocked": 1500,
+            "stale_served": 3,
+            "forwarded": 900,
+            "servfail": 2,
+            "blocking": "on",
+            "top_domains": [[name, 40], ["example.org", 30]],
+            "top_blocked": [["ads.example", 20]],
+            "top_clients": [["10.0.0.7", 99]],
+            "upstreams": [{"address": "192.0.2.53:53", "state": "up", "latency_ms": 12.5}],
+            "blocklists": {
+                "/srv/ads.txt": {
+                    "entries": 1200,
+                    "bad_lines": 3,
+                    "loaded_at": "2026-01-01T10:00:02+00:00",
+                    "last_error": None,
+                }
+            },
+        },
+    }
+
+
+def lists(name: str = HOSTILE) -> dict[str, Any]:
+    transfer = {
+        "nameplate": "7",
+        "bytes": 1048576,
+        "started_at": "2026-01-01T10:59:00+00:00",
+        "duration_seconds": 4,
+        "rate_bytes_per_second": 262144,
+    }
+    fetch = {
+        "ecosystem": "pypi",
+        "package": name,
+        "file": f"{name}.whl",
+        "bytes": 1000,
+        "size_bytes": 4000,
+        "started_at": "2026-01-01T10:59:30+00:00",
+    }
+    return {
+        "/relay/transfers": {
+            "active": [transfer],
+            "recent": [{**transfer, "nameplate": "3", "ended": "completed"}],
+        },
+        "/mirror/fetches": {"in_progress": [fetch], "recent": [{**fetch, "ended": "stored"}]},
+        "/nameserver/queries": {
+            "next": 2,
+            "queries": [
+                {
+                    "seq": 1,
+                    "at": "2026-01-01T10:59:58+00:00",
+                    "client": "10.0.0.7",
+                    "name": name,
+                    "type": "A",
+                    "answer": "blocked",
+                    "rcode": "NOERROR",
+                    "ms": 0.1,
+                },
+                {
+                    "seq": 2,
+                    "at": "2026-01-01T10:59:59+00:00",
+                    "client": "10.0.0.8",
+                    "name": "example.org",
+                    "type": "AAAA",
+                    "answer": "cached",
+                    "rcode": "NOERROR",
+                    "ms": 0.2,
+                },
+            ],
+        },
+    }
+
+
+@dataclass
+class FakeAdmin:
+    """`mode`: "ok" (canned JSON), "garbage" (not JSON), "hang" (never answers)."""
+
+    mode: str = "ok"
+    status: dict[str, Any] = field(default_factory=canned)
+    lists: dict[str, Any] = field(default_factory=lists)
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    seen: list[tuple[str, str, str | None, str]] = field(default_factory=list)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.text()
+        self.seen.append((request.method, request.path, request.headers.get("Authorization"), body))
+        if self.mode == "hang":
+            await asyncio.Event().wait()
+        if self.mode == "garbage":
+            return web.Response(text="<html>\x1b[31mnot json", content_type="application/json")
+        if request.path == "/status":
+            return web.json_response(self.status)
+        if request.path == "/logs":
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for record in self.logs:
+                await response.write(f"data: {json.dumps(record)}\n\n".encode())
+            await asyncio.Event().wait()  # a live stream with nothing more to say
+        if request.method != "GET":
+            return web.json_response({"done": request.path})
+        if request.path == "/nameserver/queries" and request.path in self.lists:
+            doc = self.lists[request.path]
+            after = int(request.query.get("after", "0"))
+            return web.json_response(
+                {**doc, "queries": [q for q in doc["queries"] if q["seq"] > after]}
+            )
+        if request.path in self.lists:
+            return web.json_response(self.lists[request.path])
+        raise web.HTTPNotFound()
+
+
+@contextmanager
+def serve(fake: FakeAdmin) -> Iterator[FakeAdmin]:
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fake.handle)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+
+    async def start() -> None:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        ready.set()
+
+    thread = threading.Thread(
+        target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True
+    )
+    thread.start()
+    ready.wait(10)
+    try:
+        yield fake
+    finally:
+
+        async def stop() -> None:
+            for task in asyncio.all_tasks(loop):
+                if task is not asyncio.current_task():
+                    task.cancel()
+            await runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+TOKEN = "test-token"  # noqa: S105 - a fake endpoint's, in tests only
+
+
+class Clock:
+    """A clock that stands still unless a test moves it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_dashboard(*urls: str, follow_logs: bool = False, label: str | None = None) -> Dashboard:
+    """A dashboard that polls once (its period is an hour) on a clock that stands still;
+    `label` names the endpoint on screen in place of its port-0 address."""
+    endpoints = [Endpoint(url, TOKEN, label) for url in urls]
+    return Dashboard(endpoints, interval=3600, clock=Clock(), follow_logs=follow_logs)
+
+
+async def settle(pilot: Pilot[int]) -> None:
+    """Every endpoint polled once, and the screen drawn from it and its lists."""
+    app = pilot.app
+    assert isinstance(app, Dashboard)
+    await app.polled.wait()
+    screen = app.screen
+    assert isinstance(screen, Panel)
+    screen.loaded.clear()
+    screen.reload()
+    await screen.loaded.wait()
+    await pilot.pause()
+
+
+async def actions_done(pilot: Pilot[int]) -> None:
+    """Every action the organiser started has finished (its question answered, its
+    request back)."""
+    app = pilot.app
+    actions = [w for w in app.workers if w.group == "action"]
+    if actions:  # an empty list would mean every worker, the pollers too
+        await app.workers.wait_for_complete(actions)
+    await pilot.pause()

@@ -1,0 +1,135 @@
+"""`retreatkit tui --web`: the same dashboard as a web page (textual-serve), behind the token.
+
+textual-serve starts one dashboard process per browser connection and has no access
+control of its own. Here the page answers only a browser that brought the admin token:
+once, in the address printed at start, after which an HttpOnly, SameSite=Strict cookie
+carries it. The WebSocket that drives the app must also come from the page's own origin,
+so another site open in the organiser's browser cannot drive the dashboard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import shlex
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from textual_serve.server import Server
+
+from retreatkit.admin import token as admin_token
+from retreatkit.admin.access import Handler, is_loopback
+from retreatkit.tui.run import DEFAULT, local_token
+from retreatkit.tui.sources import endpoint_url
+
+COOKIE = "retreatkit_dashboard"
+
+
+def access(token: str) -> Any:
+    expected = token.encode()
+
+    def good(value: str | None) -> bool:
+        return value is not None and hmac.compare_digest(value.encode(), expected)
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/static/"):
+            return await handler(request)  # the terminal's scripts and styles: no secrets
+        if request.path == "/" and "token" in request.query:
+            if not good(request.query["token"]):
+                raise web.HTTPUnauthorized(text="wrong token\n")
+            # out of the address bar and the history at once
+            response = web.HTTPSeeOther("/")
+            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+            raise response
+        if not good(request.cookies.get(COOKIE)):
+            raise web.HTTPUnauthorized(
+                text="open the address `retreatkit tui --web` printed: it carries the token\n"
+            )
+        if request.path == "/ws":
+            origin = request.headers.get("Origin", "")
+            if origin.split("://", 1)[-1] != request.host:
+                raise web.HTTPForbidden(text="the dashboard is driven from its own page only\n")
+        return await handler(request)
+
+    return check
+
+
+class DashboardServer(Server):
+    def __init__(self, command: str, host: str, port: int, public_url: str, token: str) -> None:
+        super().__init__(command, host=host, port=port, title="retreatkit", public_url=public_url)
+        self.token = token
+
+    async def _make_app(self) -> web.Application:
+        app = await super()._make_app()
+        app.middlewares.append(access(self.token))
+        return app
+
+    async def on_startup(self, app: web.Application) -> None:
+        """textual-serve prints a banner here; the command line says what matters instead."""
+
+
+def serve_web(
+    listen: tuple[str, int], connect: list[str], token_flag: str | None, config: Path | None
+) -> int:
+    """Serve until SIGINT or SIGTERM; 1 with one line when it cannot."""
+    try:
+        urls = [endpoint_url(u) for u in connect] or [DEFAULT]
+    except ValueError as exc:
+        print(f"retreatkit: {exc}", file=sys.stderr)
+        return 2
+    token = admin_token.given(token_flag) or local_token()
+    if token is None:
+        print(
+            f"retreatkit: the web dashboard needs the admin token: start a service here "
+            f"first or set {admin_token.ENV}",
+            file=sys.stderr,
+        )
+        return 1
+    host, port = listen
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        print(f"retreatkit: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    port = sock.getsockname()[1]
+    shown = host
+    if host in ("0.0.0.0", "::"):
+        from retreatkit.nameserver.service import host_address
+
+        shown = host_address()
+    public = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
+    argv = [sys.executable, "-m", "retreatkit.cli.main"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    argv += ["tui", *(a for u in urls for a in ("--connect", u))]
+    # the token reaches each dashboard process in its environment, never in its argv
+    os.environ[admin_token.ENV] = token
+    server = DashboardServer(shlex.join(argv), host, port, public, token)
+    if not is_loopback(host):
+        print(
+            "retreatkit: the web dashboard is open to the LAN; the token guards it", file=sys.stderr
+        )
+    return asyncio.run(_serve(server, sock, f"{public}/?token={token}"))
+
+
+async def _serve(server: DashboardServer, sock: socket.socket, address: str) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(await server._make_app(), handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    print(f"Dashboard on {address}", file=sys.stderr, flush=True)
+    await stop.wait()
+    await runner.cleanup()
+    print("Dashboard stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,113 @@
+"""Widgets that show untrusted text safely, and the dashboard's two small dialogs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.content import Content
+from textual.screen import ModalScreen
+from textual.widgets import Button, DataTable, Input, Label, Static
+
+from retreatkit.tui.escape import visible
+
+
+def plain(value: object, style: str = "") -> Text:
+    """A cell that shows `value` literally: escaped, and never read as markup."""
+    return Text(visible(value), style=style, no_wrap=True, overflow="ellipsis")
+
+
+def content(lines: Iterable[str]) -> Content:
+    return Content("\n".join(visible(line) for line in lines))
+
+
+class Lines(Static):
+    """A few lines of figures; each line escaped, never markup."""
+
+    def show(self, lines: Iterable[str]) -> None:
+        self.update(content(lines))
+
+
+class Table(DataTable[Text]):
+    """A table whose rows are replaced on each refresh, keeping the cursor where it was."""
+
+    def __init__(self, *columns: str, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=True)
+        self._columns = columns
+
+    def on_mount(self) -> None:
+        for column in self._columns:
+            self.add_column(column, key=column)
+
+    def set_rows(self, rows: Sequence[Sequence[str]], empty: str = "none yet") -> None:
+        row = self.cursor_row
+        self.clear()
+        if not rows:
+            self.add_row(plain(empty, "dim"), *[plain("")] * (len(self._columns) - 1))
+        for values in rows:
+            self.add_row(*[plain(v, _style(v)) for v in values])
+        if rows and 0 <= row < len(rows):
+            self.move_cursor(row=row, animate=False)
+
+
+def _style(value: str) -> str:
+    if value in ("DOWN", "down", "unreachable", "failed", "verify failed", "disk full"):
+        return "bold red"
+    if value in ("blocked", "refused", "servfail"):
+        return "yellow"
+    return ""
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Asks before anything destructive: y or Enter on Yes goes ahead, n or Escape does not."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(Content(visible(self.question)), id="question")
+            with Horizontal(id="buttons"):
+                yield Button("Yes (y)", variant="error", id="yes")
+                yield Button("No (n)", variant="primary", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class AskScreen(ModalScreen[str | None]):
+    """One line of input: Enter gives it, Escape gives None."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, placeholder: str = "") -> None:
+        super().__init__()
+        self.question = question
+        self.placeholder = placeholder
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(Content(visible(self.question)), id="question")
+            yield Input(placeholder=self.placeholder, id="answer")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

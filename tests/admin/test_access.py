@@ -1,0 +1,128 @@
+"""Who may read and act: the token file, loopback reads, non-loopback, cross-site, /logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from retreatkit.admin import token as admin_token
+from retreatkit.admin.app import make_app
+from retreatkit.admin.logs import LogRing
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def service_action(request: web.Request) -> web.Response:
+    return web.json_response({"done": True})
+
+
+def app(bound: str, ring: LogRing | None = None) -> web.Application:
+    routes = [
+        web.post("/nameserver/blocklists/reload", service_action),
+        web.get("/nameserver/queries", service_action),
+    ]
+    return make_app(
+        CollectorRegistry(), {"nameserver": dict}, routes, token=TOKEN, bound_host=bound, ring=ring
+    )
+
+
+@pytest.fixture
+async def loopback() -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    async with TestClient(TestServer(app("127.0.0.1"))) as c:
+        yield c
+    logging.getLogger("retreatkit").setLevel(logging.NOTSET)
+
+
+async def test_loopback_reads_are_open_and_actions_need_the_token(loopback: TestClient) -> None:  # type: ignore[type-arg]
+    assert (await loopback.get("/status")).status == 200
+    assert (await loopback.get("/nameserver/queries")).status == 200  # a service's own read
+    for method, path in (("PUT", "/loglevel"), ("POST", "/nameserver/blocklists/reload")):
+        r = await loopback.request(method, path, data="debug")
+        assert (r.status, await r.text()) == (401, "this needs the admin token\n")
+        r = await loopback.request(
+            method, path, data="debug", headers={"Authorization": "Bearer nope"}
+        )
+        assert (r.status, await r.text()) == (401, "wrong admin token\n")
+        r = await loopback.request(method, path, data="debug", headers=AUTH)
+        assert r.status == 200
+    assert (await loopback.get("/logs")).status == 401
+
+
+async def test_no_cross_site_action(loopback: TestClient) -> None:  # type: ignore[type-arg]
+    # a form post from another site: no Authorization header can ride along
+    r = await loopback.post(
+        "/nameserver/blocklists/reload",
+        data={"x": "1"},
+        headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
+    )
+    assert r.status == 401
+    # the preflight a browser needs before sending the header cross-site is refused
+    r = await loopback.options(
+        "/loglevel",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "PUT"},
+    )
+    assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+    # DNS rebinding: evil.example now points at 127.0.0.1, but the browser says its name
+    r = await loopback.get("/status", headers={"Host": "evil.example:8080"})
+    assert (r.status, await r.text()) == (403, "open reads answer loopback names only\n")
+
+
+async def test_beyond_loopback_everything_needs_the_token() -> None:
+    async with TestClient(TestServer(app("0.0.0.0"))) as c:
+        for path in ("/healthz", "/status", "/metrics", "/nameserver/queries"):
+            r = await c.get(path)
+            assert r.status == 401
+            assert (
+                await r.text()
+                == "this admin endpoint needs its token (Authorization: Bearer TOKEN)\n"
+            )
+        assert (await c.get("/status", headers=AUTH)).status == 200
+
+
+async def test_log_stream_sends_records_and_says_what_it_skipped() -> None:
+    ring = LogRing(capacity=3, services=("nameserver",))
+    log = logging.getLogger("retreatkit.nameserver.test")
+    log.addHandler(ring)
+    log.setLevel(logging.INFO)
+    try:
+        for i in range(5):
+            log.info("line %d \x1b[2J", i)
+        dropped, records = ring.after(1)
+        assert dropped == 1 and [r["seq"] for r in records] == [3, 4, 5]
+        assert records[0]["service"] == "nameserver" and records[0]["message"] == "line 2 \x1b[2J"
+        async with TestClient(TestServer(app("127.0.0.1", ring)), headers=AUTH) as c:
+            r = await c.get("/logs", params={"after": "3"})
+            assert r.headers["Content-Type"] == "text/event-stream"
+            first = json.loads((await r.content.readuntil(b"\n\n"))[6:])
+            assert first["seq"] == 4 and first["level"] == "INFO"
+            log.warning("live")  # arrives on the open stream
+            await r.content.readuntil(b"\n\n")
+            live = json.loads((await r.content.readuntil(b"\n\n"))[6:])
+            assert live["message"] == "live" and live["seq"] == 6
+            r.close()
+            assert (await c.get("/logs", params={"after": "x"})).status == 400
+    finally:
+        log.removeHandler(ring)
+        log.setLevel(logging.NOTSET)
+
+
+def test_token_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    path = admin_token.token_path()
+    assert path == tmp_path / "retreatkit" / "admin-token"
+    made = admin_token.load_or_create()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(made) >= 43
+    assert admin_token.load_or_create() == made == admin_token.read()  # made once
+    os.chmod(path, 0o644)
+    with pytest.raises(admin_token.TokenError, match=f"open to others: chmod 600 {path}"):
+        admin_token.read()

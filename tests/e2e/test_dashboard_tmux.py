@@ -1,0 +1,204 @@
+"""`retreatkit up` in a real terminal (tmux): the dashboard over three real services, a
+bob transfer, a dig, the reload action, and a clean quit."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from retreatkit.testing import Process, bob_argv
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        shutil.which("tmux") is None, reason="tmux is missing (.ci/run installs it)"
+    ),
+]
+DEADLINE = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Pane:
+    server: str  # a tmux server of its own (-L), so nothing collides with another test
+    state: Path
+    admin: str
+    relay: int
+    dns: int
+    blocklist: Path
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(
+            ["tmux", "-L", self.server, *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "dash")
+
+    def wait(self, pattern: str) -> str:
+        """The screen once `pattern` shows on it (the dashboard redraws every second)."""
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            text = self.screen()
+            if re.search(pattern, text, re.M):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} never showed; the screen:\n{text}")
+            time.sleep(0.2)  # polling a terminal: tmux has no "changed" event
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", "dash", *keys)
+
+    def route(self, method: str, path: str) -> int:
+        """The admin endpoint's answer code for a route (a colleague's may be missing)."""
+        token = (self.state / "retreatkit" / "admin-token").read_text().strip()
+        request = urllib.request.Request(
+            f"{self.admin}{path}", method=method, headers={"Authorization": f"Bearer {token}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return int(exc.code)
+
+
+@pytest.fixture(scope="module")
+def pane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pane]:
+    tmp = tmp_path_factory.mktemp("dash")
+    blocklist = tmp / "blocks.txt"
+    blocklist.write_text("ads.example.test\n")
+    admin, relay, mirror, dns = free_port(), free_port(), free_port(), free_port()
+    cfg = tmp / "retreat.toml"
+    cfg.write_text(
+        f'[relay]\nlisten = "127.0.0.1:{relay}"\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[mirror]\nlisten = "127.0.0.1:{mirror}"\nstore = "{tmp / "store"}"\n'
+        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
+        f'[nameserver]\nlisten = "127.0.0.1:{dns}"\nupstreams = ["127.0.0.1:9"]\n'
+        f'blocklists = ["{blocklist}"]\n'
+    )
+    env = {
+        "XDG_STATE_HOME": str(tmp / "state"),
+        "XDG_DATA_HOME": str(tmp / "data"),
+        "HOME": str(tmp),
+        "TERM": "xterm-256color",
+    }
+    up = shlex.join([sys.executable, "-m", "retreatkit.cli.main", "--config", str(cfg), "up"])
+    # after the dashboard: the exit code, then whether the terminal is back to normal
+    shell = f"{up}; echo EXIT=$?; stty -a | head -1; sleep 600"
+    p = Pane(
+        f"rkdash-{os.getpid()}", tmp / "state", f"http://127.0.0.1:{admin}", relay, dns, blocklist
+    )
+    p.tmux(
+        "new-session",
+        "-d",
+        "-s",
+        "dash",
+        "-x",
+        "160",
+        "-y",
+        "50",
+        "env "
+        + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        + f" sh -c {shlex.quote(shell)}",
+    )
+    try:
+        yield p
+    finally:
+        subprocess.run(["tmux", "-L", p.server, "kill-server"], capture_output=True, timeout=10)
+
+
+def test_overview_shows_three_services_up(pane: Pane) -> None:
+    text = pane.wait(r"^\s+nameserver\s+127\.0\.0\.1:\d+\s+up")
+    for service in ("relay", "mirror"):
+        assert re.search(rf"^\s+{service}\s+127\.0\.0\.1:\d+\s+up\s", text, re.M)
+    assert "Attendees use" in text and f"DNS server: 127.0.0.1 port {pane.dns}" in text
+
+
+def test_a_dig_shows_in_the_query_log(pane: Pane) -> None:
+    out = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(pane.dns), "+short", "+tries=1", "ads.example.test"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.stdout.strip() == "0.0.0.0"
+    pane.keys("4")
+    pane.wait(r"127\.0\.0\.1\s+ads\.example\.test\s+A\s+blocked")
+
+
+def test_a_bob_transfer_shows_on_the_relay_screen(pane: Pane) -> None:
+    relay = f"127.0.0.1:{pane.relay}"
+    sender = Process.start(
+        bob_argv("send", "--relay", relay, "--passphrase", "42-alpha-beta", "--text", "hello")
+    )
+    try:
+        sender.wait_for(r"^Passphrase: ")
+        got = subprocess.run(
+            bob_argv("recv", "--relay", relay, "42-alpha-beta"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert got.returncode == 0 and got.stdout == "hello\n"
+    finally:
+        sender.stop()
+    if pane.route("GET", "/relay/transfers") == 404:
+        pytest.skip("this relay has no GET /relay/transfers yet")
+    pane.keys("2")
+    pane.wait(r"^\s+42\s+.*completed")
+
+
+def test_reload_action_reloads_a_changed_blocklist(pane: Pane) -> None:
+    pane.blocklist.write_text("ads.example.test\ntracker.example.test\n")
+    pane.keys("4")
+    pane.wait(r"Query log")
+    pane.keys("r")
+    text = pane.wait(r"blocklists reloaded|reload answered HTTP")
+    if "answered HTTP 404" in text or "answered HTTP 405" in text:
+        pytest.skip("this nameserver has no POST /nameserver/blocklists/reload yet")
+    out = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(pane.dns), "+short", "+tries=1", "tracker.example.test"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.stdout.strip() == "0.0.0.0"
+
+
+def test_q_stops_everything_and_leaves_the_terminal_sane(pane: Pane) -> None:
+    pane.keys("1")
+    pane.wait(r"Overview")
+    pane.keys("q")
+    text = pane.wait(r"^EXIT=\d+")
+    assert "EXIT=0" in text
+    assert re.search(r"^Stopped: relay, mirror, nameserver$", text, re.M)
+    flags = pane.tmux(
+        "display", "-p", "-t", "dash", "#{alternate_on} #{mouse_any_flag} #{cursor_flag}"
+    ).split()
+    assert flags == ["0", "0", "1"]  # main screen, no mouse reporting, cursor shown
+    assert "-icanon" not in text and "-echo " not in text  # stty: cooked mode, echo on
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{pane.admin}/healthz", timeout=5)

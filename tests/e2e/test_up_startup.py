@@ -1,0 +1,122 @@
+"""`retreatkit up` as the organiser meets it: every conflict at once, keys named, the
+addresses attendees use, a plain stop; `retreatkit tui` against nothing."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retreatkit.testing import Process
+
+pytestmark = pytest.mark.e2e
+
+
+def run(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        "XDG_STATE_HOME": str(tmp / "state"),
+        "XDG_DATA_HOME": str(tmp / "data"),
+        "HOME": str(tmp),
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "retreatkit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_every_port_conflict_at_once(tmp_path: Path) -> None:
+    with socket.socket() as a, socket.socket() as b, socket.socket(type=socket.SOCK_DGRAM) as c:
+        a.bind(("127.0.0.1", 0))
+        a.listen()
+        b.bind(("127.0.0.1", 0))
+        b.listen()
+        c.bind(("127.0.0.1", 0))
+        taken = [s.getsockname()[1] for s in (a, b, c)]
+        got = run(
+            "up",
+            "--no-tui",
+            "--relay-listen",
+            f"127.0.0.1:{taken[0]}",
+            "--admin",
+            f"127.0.0.1:{taken[1]}",
+            "--mirror-listen",
+            "127.0.0.1:0",
+            "--nameserver-listen",
+            f"127.0.0.1:{taken[2]}",
+            tmp=tmp_path,
+        )
+    assert got.returncode == 1
+    assert got.stderr.splitlines() == [
+        f"retreatkit: cannot start: relay: TCP 127.0.0.1:{taken[0]} is in use by another program: change [relay] listen (or --relay-listen)",  # noqa: E501
+        f"retreatkit: cannot start: nameserver: UDP 127.0.0.1:{taken[2]} is in use by another program: change [nameserver] listen (or --nameserver-listen)",  # noqa: E501
+        f"retreatkit: cannot start: admin: TCP 127.0.0.1:{taken[1]} is in use by another program: change [admin] listen (or --admin)",  # noqa: E501
+    ]
+
+
+def test_bad_values_name_their_keys(tmp_path: Path) -> None:
+    store = tmp_path / "store-file"
+    store.write_text("not a folder")
+    cfg = tmp_path / "retreat.toml"
+    cfg.write_text(f'[relay]\nlisten = "nonsense"\n[mirror]\nindex_ttl = -5\nstore = "{store}"\n')
+    got = run("--config", str(cfg), "up", "--no-tui", tmp=tmp_path)
+    assert got.returncode == 2
+    assert got.stderr.splitlines() == [
+        "retreatkit: [relay] listen (or --relay-listen): expected HOST:PORT, got 'nonsense'",
+        "retreatkit: [mirror] index_ttl must be 0 or more, not -5",
+        f"retreatkit: [mirror] store: {store} is a file; name a folder",
+    ]
+
+
+def test_up_says_what_attendees_use_and_when_it_stops(tmp_path: Path) -> None:
+    argv = [
+        sys.executable,
+        "-m",
+        "retreatkit.cli.main",
+        "up",
+        "--no-tui",
+        "--admin",
+        "127.0.0.1:0",
+        "--relay-listen",
+        "127.0.0.1:0",
+        "--mirror-listen",
+        "127.0.0.1:0",
+        "--nameserver-listen",
+        "127.0.0.1:0",
+    ]
+    cfg = tmp_path / "retreat.toml"
+    cfg.write_text(
+        f'[mirror]\nstore = "{tmp_path / "store"}"\npypi = "http://127.0.0.1:1/s/"\n'
+        'opam = "http://127.0.0.1:1/o"\n[nameserver]\nupstreams = ["127.0.0.1:9"]\n'
+    )
+    argv[3:3] = ["--config", str(cfg)]
+    proc = Process.start(
+        argv, env={"XDG_STATE_HOME": str(tmp_path / "s"), "XDG_DATA_HOME": str(tmp_path / "d")}
+    )
+    try:
+        proc.wait_for(r"^Attendees use:$")
+        relay = proc.wait_for(
+            r"^  bob relay: 127\.0\.0\.1:(\d+) \(loopback only: attendees cannot reach it\)$"
+        )
+        assert int(relay[1]) > 0
+        proc.wait_for(r"^  package mirror: http://127\.0\.0\.1:\d+/ ")
+        proc.wait_for(r"^  DNS server: 127\.0\.0\.1 port \d+ ")
+    finally:
+        assert proc.stop() == 0
+    _code, lines = proc.finish()
+    assert lines[-2:] == ["Stopping...", "Stopped: relay, mirror, nameserver"]
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_tui_against_nothing_is_one_line(tmp_path: Path) -> None:
+    got = run("tui", "--connect", "127.0.0.1:9", tmp=tmp_path)
+    assert got.returncode == 1
+    assert got.stderr == (
+        "retreatkit: no admin endpoint reachable: 127.0.0.1:9: cannot connect (connection refused)\n"  # noqa: E501
+    )

@@ -1,0 +1,92 @@
+"""The dashboard's pure parts: escaping, figures, trends and the leak alarm, the log ring."""
+
+from __future__ import annotations
+
+import pytest
+
+from retreatkit.tui.escape import visible
+from retreatkit.tui.fmt import NOT_REPORTED, duration, number, size, spark
+from retreatkit.tui.logbuffer import LogBuffer, LogFilter
+from retreatkit.tui.state import DashboardState
+from retreatkit.tui.trend import Series
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("[@click=app.quit]x[/]", "[@click=app.quit]x[/]"),  # markup is text, kept as is
+        ("a\x1b[2Jb", "a\\x1b[2Jb"),
+        ("\x1b]0;title\x07", "\\x1b]0;title\\x07"),
+        ("\x9b31m", "\\x9b31m"),  # C1 CSI
+        ("exe\u202etxt", "exe\\u202etxt"),  # bidi override
+        ("tab\there\r\n", "tab\\x09here\\x0d\\x0a"),
+        ("café ✓", "café ✓"),
+    ],
+)
+def test_visible(raw: str, shown: str) -> None:
+    assert visible(raw) == shown
+
+
+def test_visible_is_bounded() -> None:
+    assert visible("x" * 10_000, 10) == "x" * 9 + "…"
+
+
+def test_figures() -> None:
+    assert [size(0), size(1536), size(None), size("12"), size(True)] == [
+        "0 B",
+        "1.5 KiB",
+        NOT_REPORTED,
+        NOT_REPORTED,
+        NOT_REPORTED,
+    ]
+    assert [duration(59), duration(3725), duration(-1)] == ["59s", "1h 02m", NOT_REPORTED]
+    assert number(float("inf")) is None
+    assert spark([0, 1, 2, 4]) == "▁▂▄█"
+    assert spark([100, 101, 102], from_zero=False) == "▁▄█"
+
+
+def test_leak_needs_a_whole_window_of_growth() -> None:
+    s = Series()
+    for t in range(0, 601, 60):
+        s.add(t, 10 + t / 60)  # one more connection a minute, never a dip
+    leak = s.leak("relay open connections", window=600, now=600)
+    assert leak is not None and leak.slope_per_minute == pytest.approx(1.0)
+    assert leak.line() == "relay open connections only grew for 10 min: 10 -> 20 (+1.00/min)"
+    assert s.leak("x", window=900, now=600) is None  # not watched long enough to say
+    s.add(660, 19)  # one dip and it is not a leak
+    assert s.leak("x", window=600, now=660) is None
+
+
+def test_state_alarms_and_fields_not_reported() -> None:
+    state = DashboardState(["a:1", "b:2"], leak_window=120)
+    state.record(
+        "a:1", 0, status={"relay": {"up": False}, "mirror": {"warnings": ["disk full", 3]}}
+    )
+    state.record("b:2", 0, error="b:2: cannot connect (connection refused)")
+    for t in range(0, 181, 30):
+        state.record("a:1", t, status={"process": {"open_files": 10 + t}, "relay": {"up": True}})
+    assert state.alarms(180) == [
+        "leak? process open files only grew for 2 min: 70 -> 190 (+60.00/min) on a:1",
+        "b:2: cannot connect (connection refused)",
+    ]
+
+
+def test_log_buffer_is_bounded_and_filters_as_lines_arrive() -> None:
+    buffer = LogBuffer(capacity=100)
+    records = [
+        {
+            "seq": i,
+            "service": "relay" if i % 2 else "mirror",
+            "level": "INFO",
+            "message": f"line {i}\x1b[31m",
+        }
+        for i in range(1, 301)
+    ]
+    buffer.set_filter(LogFilter(service="relay", text="LINE 29"))
+    buffer.extend(records)
+    assert len(buffer.lines) == 100 and buffer.received == 300
+    # the filtered view keeps its own last matches, older than the ring when they are rare
+    assert [x.seq for x in buffer.shown] == [29, 291, 293, 295, 297, 299]
+    assert buffer.shown[0].text.endswith("line 29\\x1b[31m")
+    buffer.set_filter(LogFilter(level="ERROR"))
+    assert not buffer.shown

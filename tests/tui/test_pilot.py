@@ -1,0 +1,240 @@
+"""Every screen driven with Pilot against a fake admin endpoint: hostile names, a service
+down, an endpoint that answers garbage or hangs, actions and their questions."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import Input
+
+from retreatkit.tui.app import Dashboard
+from retreatkit.tui.logview import LogView
+from retreatkit.tui.testing import (
+    HOSTILE,
+    TOKEN,
+    FakeAdmin,
+    actions_done,
+    make_dashboard,
+    serve,
+    settle,
+)
+from retreatkit.tui.widgets import Lines, Table
+
+SIZE = (150, 60)
+
+
+def screen_text(app: Dashboard) -> str:
+    """What the terminal would show, as text (the SVG export, tags dropped)."""
+    import html
+    import re
+
+    svg = app.export_screenshot()
+    return html.unescape(re.sub(r"<[^>]+>", "", svg)).replace("\xa0", " ")
+
+
+def table_text(app: Dashboard, table_id: str) -> list[list[str]]:
+    table = app.screen.query_one(table_id, Table)
+    return [[cell.plain for cell in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+async def test_overview_shows_each_service_and_alarms(fake: FakeAdmin) -> None:
+    app = make_dashboard(fake.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        rows = table_text(app, "#services")
+        assert [r[0] for r in rows] == ["relay", "mirror", "nameserver"]
+        assert [r[2] for r in rows] == ["up", "up", "DOWN"]
+        assert rows[0][3] == "1h 02m" and rows[0][4] == "4"
+        alarms = str(app.screen.query_one("#alarms", Lines).render())
+        assert f"nameserver on {fake.url[7:]} is down" in alarms
+        assert "mirror: upstream pypi down: [@click=app.quit]x[/] [bold]boom" in alarms
+        processes = table_text(app, "#processes")
+        assert processes[0][1:4] == ["4242", "1h 02m", "50.0 MiB"]
+
+
+async def test_hostile_names_are_shown_literally_and_never_run(fake: FakeAdmin) -> None:
+    app = make_dashboard(fake.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("3")
+        await settle(pilot)
+        shown = table_text(app, "#top")[0][0]
+        assert shown.startswith("[@click=app.quit]x[/] [bold]boom ")
+        # every control byte and the bidi override in a visible form
+        assert "\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\u202etxt.exe" in shown
+        text = screen_text(app)
+        assert "[@click=app.quit]x[/]" in text
+        assert not any(c in text for c in "\x1b\x07\x9b\u202e")
+        # clicking where the hostile name is drawn does not run its action
+        table = app.screen.query_one("#top", Table)
+        await pilot.click(table, offset=(4, 1))
+        await pilot.pause()
+        assert app.is_running
+        await pilot.press("4")
+        await settle(pilot)
+        queries = table_text(app, "#queries")
+        assert queries[1][2].startswith("[@click=app.quit]x[/]")
+
+
+async def test_relay_screen_lists_transfers(fake: FakeAdmin) -> None:
+    app = make_dashboard(fake.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await settle(pilot)
+        assert table_text(app, "#active") == [
+            ["7", "1.0 MiB", "256.0 KiB/s", "4s", "10:59:00", "active"]
+        ]
+        assert table_text(app, "#recent")[0][5] == "completed"
+        summary = str(app.screen.query_one("#summary", Lines).render())
+        assert "handshakes refused 2 · failed 1" in summary
+        assert ("GET", "/relay/transfers", f"Bearer {TOKEN}", "") in fake.seen
+
+
+async def test_fields_not_there_yet_show_a_dash(fake: FakeAdmin) -> None:
+    fake.status = {"relay": {"connections_open": 1, "waiting": 0}}  # today's relay, say
+    fake.lists = {}
+    app = make_dashboard(fake.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await settle(pilot)
+        summary = str(app.screen.query_one("#summary", Lines).render())
+        assert (
+            "transfers active — · completed — · waiting senders — · open connections 1" in summary
+        )
+        assert (
+            f"transfers not reported: {fake.url[7:]}: GET /relay/transfers answered HTTP 404"
+            in summary
+        )
+        for key in ("3", "4", "5", "1"):
+            await pilot.press(key)
+            await settle(pilot)
+        assert table_text(app, "#services")[0][:3] == ["relay", fake.url[7:], "up"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "line"),
+    [
+        ("garbage", "/status answered something that is not JSON"),
+        ("hang", "no answer within 1 s"),
+    ],
+)
+async def test_a_bad_endpoint_is_one_line(fake: FakeAdmin, mode: str, line: str) -> None:
+    with serve(FakeAdmin(mode=mode)) as bad:
+        app = make_dashboard(fake.url, bad.url)
+        for client in app.clients.values():
+            client.timeout = 1.0
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            alarms = str(app.screen.query_one("#alarms", Lines).render())
+            assert f"! {bad.url[7:]}: {line}" in alarms.splitlines()
+            rows = table_text(app, "#services")
+            assert ["—", bad.url[7:], "unreachable"] == rows[-1][:3]
+            assert rows[0][:3] == ["relay", fake.url[7:], "up"]  # the good one still shows
+
+
+async def test_a_service_down_endpoint(fake: FakeAdmin) -> None:
+    app = make_dashboard("http://127.0.0.1:9")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        alarms = str(app.screen.query_one("#alarms", Lines).render())
+        assert alarms == "! 127.0.0.1:9: cannot connect (connection refused)"
+
+
+async def test_reload_acts_at_once_with_the_token(fake: FakeAdmin) -> None:
+    app = make_dashboard(fake.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        await pilot.press("r")
+        await actions_done(pilot)
+        posts = [s for s in fake.seen if s[0] == "POST"]
+        assert posts == [("POST", "/nameserver/blocklists/reload", f"Bearer {TOKEN}", "")]
+        result = str(app.screen.query_one("#result", Lines).render())
+        assert result == "blocklists reloaded: done /nameserver/blocklists/reload"
+
+
+async def test_destructive_actions_ask_first(fake: FakeAdmin) -> None:
+    app = make_dashboard(fake.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        await pilot.press("d")
+        await pilot.pause()
+        await pilot.press(*"printer.retreat.lan", "enter")
+        await pilot.pause()
+        await pilot.press("n")  # no: nothing is sent
+        await actions_done(pilot)
+        assert not [s for s in fake.seen if s[0] == "DELETE"]
+        await pilot.press("p")
+        await pilot.pause()
+        await pilot.press("1", "5", "enter")
+        await pilot.pause()
+        await pilot.press("y")
+        await actions_done(pilot)
+        assert (
+            "POST",
+            "/nameserver/blocking/pause",
+            f"Bearer {TOKEN}",
+            '{"minutes": 15}',
+        ) in fake.seen
+
+
+async def test_logs_filter_by_service_level_and_text(fake: FakeAdmin) -> None:
+    fake.logs = [
+        {
+            "seq": 1,
+            "at": "2026-01-01T10:00:00.000+00:00",
+            "service": "relay",
+            "level": "INFO",
+            "logger": "retreatkit.relay",
+            "message": "paired nameplate 7",
+        },
+        {
+            "seq": 2,
+            "at": "2026-01-01T10:00:01.000+00:00",
+            "service": "nameserver",
+            "level": "WARNING",
+            "logger": "retreatkit.nameserver",
+            "message": HOSTILE,
+        },
+        {
+            "seq": 3,
+            "at": "2026-01-01T10:00:02.000+00:00",
+            "service": "nameserver",
+            "level": "DEBUG",
+            "logger": "retreatkit.nameserver",
+            "message": "cache miss x.org",
+        },
+    ]
+    app = make_dashboard(fake.url, follow_logs=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("5")
+        await settle(pilot)
+        while app.logs.received < 3:  # the stream is read in the background
+            await pilot.pause()
+        view = app.screen.query_one(LogView)
+
+        def shown() -> list[str]:
+            return [line.text for line in view.buffer.shown]
+
+        assert len(shown()) == 3
+        await pilot.press("s", "s", "s")  # all -> relay -> mirror -> nameserver
+        assert [t.split()[1] for t in shown()] == ["nameserver", "nameserver"]
+        await pilot.press("v")  # INFO and above
+        assert shown() == [
+            f"10:00:01 nameserver WARNING {app.logs.lines[1].text.split('WARNING ')[1]}"
+        ]
+        assert "\\x1b]0;pwned" in shown()[0]
+        await pilot.press("s", "s", "v", "v", "v", "v", "slash", *"nameplate")
+        assert isinstance(app.focused, Input)
+        assert shown() == ["10:00:00 relay      INFO    paired nameplate 7"]
+        text = screen_text(app)
+        assert "paired nameplate 7" in text
+
+
+async def test_quit_keys(fake: FakeAdmin) -> None:
+    for key in ("q", "ctrl+c"):
+        app = make_dashboard(fake.url)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press(key)
+            await pilot.pause()
+        assert app.return_value == 0

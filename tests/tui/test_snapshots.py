@@ -1,0 +1,44 @@
+"""An SVG snapshot of each screen: fixed data, a clock that stands still, a fixed size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from retreatkit.tui.testing import FakeAdmin, make_dashboard, settle
+
+SIZE = (150, 50)
+
+
+@pytest.mark.parametrize("key", ["1", "2", "3", "4", "5"])
+def test_screen(snap_compare: Any, fake: FakeAdmin, key: str) -> None:
+    fake.logs = [
+        {
+            "seq": 1,
+            "at": "2026-01-01T10:00:00.000+00:00",
+            "service": "relay",
+            "level": "INFO",
+            "logger": "retreatkit.relay",
+            "message": "paired nameplate 7",
+        },
+        {
+            "seq": 2,
+            "at": "2026-01-01T10:00:01.000+00:00",
+            "service": "nameserver",
+            "level": "WARNING",
+            "logger": "retreatkit.nameserver",
+            "message": "[@click=app.quit]x[/] [bold]boom \x1b[2J\u202etxt.exe",
+        },
+    ]
+    app = make_dashboard(fake.url, follow_logs=key == "5", label="10.0.0.2:8080")
+
+    async def run_before(pilot: Pilot[int]) -> None:
+        await pilot.press(key)
+        await settle(pilot)
+        while key == "5" and pilot.app.logs.received < 2:  # type: ignore[attr-defined]
+            await pilot.pause()
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
