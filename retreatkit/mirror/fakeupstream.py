@@ -1,15 +1,19 @@
 """A test upstream: serves a folder over HTTP/1.1 and misbehaves on request.
 
-`python -m retreatkit.mirror.fakeupstream ROOT` prints `Upstream listening on URL`.
-`ROOT/.behaviours.json` maps a request path to a misbehaviour, read at each request:
+`python -m retreatkit.mirror.fakeupstream ROOT` prints `Upstream listening on URL`;
+in a test's own loop, `async with serving(ROOT) as upstream` does the same on port 0.
+`ROOT/.behaviours.json` (or `Upstream.rules`) maps a request path to a misbehaviour,
+read at each request:
   truncate      half the body, no Content-Length, then close
   truncate-cl   the full Content-Length, half the body, then close
   corrupt       the right length, one byte flipped
   stall         headers and half the body, then silence until the client gives up
   reset         half the body, then a TCP reset
+  silent        read the request, never answer (a dead uplink that still accepts)
   fail          500
-`GET /_stats` gives {path: request count}. It is a raw asyncio server because a
-real server would not let a test send a body cut short without Content-Length.
+A folder answers with its `index.json` (PEP 691) to a client that accepts JSON, else
+its `index.html`. `GET /_stats` gives {path: request count}. It is a raw asyncio server
+because a real server would not let a test send a body cut short without Content-Length.
 """
 
 from __future__ import annotations
@@ -24,18 +28,27 @@ import struct
 import sys
 import zlib
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 MAX_HEAD = 16 * 1024
 
 
+JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+
+
 class Upstream:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.counts: Counter[str] = Counter()
+        self.rules: dict[str, str] = {}  # path -> misbehaviour, beside the file's
+        self.url = ""
+        self.waiting: set[asyncio.Task[None]] = set()
 
     def behaviour(self, path: str) -> str:
+        if path in self.rules:
+            return self.rules[path]
         try:
             rules = json.loads((self.root / ".behaviours.json").read_text())
         except (OSError, ValueError):
@@ -70,18 +83,24 @@ class Upstream:
             return await _send(writer, 200, json.dumps(self.counts).encode(), "application/json")
         file = (self.root / path.lstrip("/")).resolve()
         if file.is_dir():
-            file = file / "index.html"
+            as_json = JSON_TYPE in headers.get("accept", "") and (file / "index.json").is_file()
+            file = file / ("index.json" if as_json else "index.html")
         if self.root not in file.parents or not file.is_file() or file.name.startswith("."):
             return await _send(writer, 404, b"not found\n", "text/plain")
         body = file.read_bytes()
         kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         if file.name == "index.html":
             kind = "text/html"
+        if file.name == "index.json":
+            kind = JSON_TYPE
         etag = f'"{zlib.crc32(body):08x}"'
         if headers.get("if-none-match") == etag:
             return await _send(writer, 304, b"", kind, etag=etag)
         mode = self.behaviour(path)
         half = body[: len(body) // 2]
+        if mode == "silent":
+            await asyncio.sleep(3600)  # the client's timeout is what ends this
+            return
         if mode == "fail":
             return await _send(writer, 500, b"upstream broke\n", "text/plain")
         if mode == "truncate":
@@ -129,6 +148,33 @@ async def _send(
 ) -> None:
     writer.write(_head(status, kind, len(body), etag) + body)
     await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def serving(root: Path, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Upstream]:
+    """An upstream in the running loop, for in-process tests; `.url` is where it listens."""
+    upstream = Upstream(root)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        upstream.waiting.add(task)
+        try:
+            await upstream.handle(reader, writer)
+        finally:
+            upstream.waiting.discard(task)
+
+    server = await asyncio.start_server(handle, host, port, limit=MAX_HEAD)
+    bound = server.sockets[0].getsockname()
+    upstream.url = f"http://{bound[0]}:{bound[1]}/"
+    try:
+        yield upstream
+    finally:
+        server.close()
+        for task in list(upstream.waiting):  # silent and stalled answers end with the test
+            task.cancel()
+        await asyncio.gather(*upstream.waiting, return_exceptions=True)
+        await server.wait_closed()
 
 
 async def main(root: Path, host: str, port: int) -> None:
