@@ -10,6 +10,7 @@ read at each request:
   stall         headers and half the body, then silence until the client gives up
   reset         half the body, then a TCP reset
   silent        read the request, never answer (a dead uplink that still accepts)
+  nolength      the whole body with no Content-Length, then close
   fail          500
 A folder answers with its `index.json` (PEP 691) to a client that accepts JSON, else
 its `index.html`. `GET /_stats` gives {path: request count}. It is a raw asyncio server
@@ -44,7 +45,7 @@ class Upstream:
         self.counts: Counter[str] = Counter()
         self.rules: dict[str, str] = {}  # path -> misbehaviour, beside the file's
         self.url = ""
-        self.waiting: set[asyncio.Task[None]] = set()
+        self.closing = asyncio.Event()  # ends the silences when the test is over
 
     def behaviour(self, path: str) -> str:
         if path in self.rules:
@@ -94,17 +95,21 @@ class Upstream:
         if file.name == "index.json":
             kind = JSON_TYPE
         etag = f'"{zlib.crc32(body):08x}"'
-        if headers.get("if-none-match") == etag:
-            return await _send(writer, 304, b"", kind, etag=etag)
         mode = self.behaviour(path)
+        if mode == "ok" and headers.get("if-none-match") == etag:
+            return await _send(writer, 304, b"", kind, etag=etag)
         half = body[: len(body) // 2]
         if mode == "silent":
-            await asyncio.sleep(3600)  # the client's timeout is what ends this
+            await self.closing.wait()  # the client's timeout is what ends this
             return
         if mode == "fail":
             return await _send(writer, 500, b"upstream broke\n", "text/plain")
         if mode == "truncate":
             writer.write(_head(200, kind, None, etag) + half)
+            await writer.drain()
+            return
+        if mode == "nolength":
+            writer.write(_head(200, kind, None, etag) + body)
             await writer.drain()
             return
         if mode == "truncate-cl":
@@ -119,7 +124,7 @@ class Upstream:
         if mode == "stall":
             writer.write(_head(200, kind, len(body), etag) + half)
             await writer.drain()
-            await asyncio.sleep(3600)  # the client's read timeout is what ends this
+            await self.closing.wait()  # the client's read timeout is what ends this
             return
         if mode == "reset":
             writer.write(_head(200, kind, len(body), etag) + half)
@@ -154,26 +159,14 @@ async def _send(
 async def serving(root: Path, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Upstream]:
     """An upstream in the running loop, for in-process tests; `.url` is where it listens."""
     upstream = Upstream(root)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        upstream.waiting.add(task)
-        try:
-            await upstream.handle(reader, writer)
-        finally:
-            upstream.waiting.discard(task)
-
-    server = await asyncio.start_server(handle, host, port, limit=MAX_HEAD)
+    server = await asyncio.start_server(upstream.handle, host, port, limit=MAX_HEAD)
     bound = server.sockets[0].getsockname()
     upstream.url = f"http://{bound[0]}:{bound[1]}/"
     try:
         yield upstream
     finally:
         server.close()
-        for task in list(upstream.waiting):  # silent and stalled answers end with the test
-            task.cancel()
-        await asyncio.gather(*upstream.waiting, return_exceptions=True)
+        upstream.closing.set()
         await server.wait_closed()
 
 

@@ -4,6 +4,7 @@ one download per missing file however many ask, streamed to all as it arrives.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -219,7 +220,7 @@ class Fetcher:
         log.warning("fetch of %s failed: %s", fill.name, exc)
         self.count(exc)
         if isinstance(exc, StoreFull):
-            self.store.space.did_not_fit(max(fill.expected_size or 0, fill.written))
+            self.store.space.did_not_fit(fill.expected_size or self._outgrew(fill))
             return "disk full"
         if isinstance(exc, BadUpstreamData):
             return "verify failed"
@@ -227,11 +228,20 @@ class Fetcher:
             return "upstream down"
         return "upstream error" if isinstance(exc, UpstreamError) else "mirror error"
 
+    def _outgrew(self, fill: Fill) -> int:
+        """A file of unknown size that filled the disk needs more than the room it had:
+        what it took, what was left, and a margin for the filesystem's own blocks."""
+        taken = 0
+        if fill.writer is not None:
+            with contextlib.suppress(OSError):
+                taken = fill.writer.path.stat().st_blocks * 512
+        return taken + self.store.free_bytes() + (1 << 20)
+
     async def _download(self, fill: Fill) -> None:
         limits, store = self.limits, self.store
         known = fill.source.size
         if known is not None and not store.space.room_for(known, store.free_bytes()):
-            raise StoreFull(f"the mirror's disk has no room for {fill.file} ({known} bytes)")
+            raise StoreFull(f"the mirror's disk has no room for {fill.file}")
         response = await self._open(fill.source.url, {})
         try:
             async with response:
@@ -246,6 +256,8 @@ class Fetcher:
                         raise StoreFull(f"the mirror's disk has no room for {fill.file}")
                     fill.reserved = size
                     store.space.reserve(size)
+                elif store.disk_full():  # a size nobody knows would only find out the hard way
+                    raise StoreFull(f"the mirror's disk is full; {fill.file} has no known size")
                 fill.content_type = response.headers.get("Content-Type", fill.content_type)
                 fill.writer = store.writer(tuple(fill.source.hashes))
                 fill.headers.set()
@@ -258,6 +270,8 @@ class Fetcher:
                     fill.notify()
         except TimeoutError:
             raise UpstreamTimeout(f"upstream went silent sending {fill.file}") from None
+        except aiohttp.ClientPayloadError:
+            raise UpstreamError(f"upstream cut {fill.file} short") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream failed sending {fill.file}: {_why(exc)}") from None
         if fill.length is not None and fill.written != fill.length:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from aiohttp import web
@@ -37,7 +38,7 @@ async def index(request: web.Request) -> web.Response:
     url = mirror.settings.opam.rstrip("/") + "/index.tar.gz"
     answer = await mirror.index("opam/index.tar.gz", url, "*/*", _process, opam.MAX_INDEX)
     page = Page(answer.body, f'"{answer.obj.digest}"', "application/gzip")
-    max_age = int(mirror.settings.index_ttl - (time.time() - answer.obj.fetched))
+    max_age = math.ceil(mirror.settings.index_ttl - (time.time() - answer.obj.fetched))
     return respond.page(request, page, stale=answer.stale, offline=False, max_age=max_age)
 
 

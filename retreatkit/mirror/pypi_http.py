@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from functools import partial
 
@@ -74,7 +75,7 @@ async def project(request: web.Request) -> web.Response:
     if offline:
         mirror.stats.offline_pages += 1
     age = time.time() - answer.obj.fetched
-    max_age = int(mirror.settings.index_ttl - age)
+    max_age = math.ceil(mirror.settings.index_ttl - age)
     return respond.page(request, page, stale=answer.stale, offline=offline, max_age=max_age)
 
 

@@ -32,4 +32,4 @@ class Space:
     def full(self, free: int) -> bool:
         if self.needed is not None and self.room_for(self.needed, free):
             self.needed = None  # someone made room
-        return free < self.keep_free or self.needed is not None
+        return free <= self.keep_free or self.needed is not None

@@ -38,7 +38,7 @@ def _upstream(u: Upstream | None, url: str | None, wall: float, mono: float) -> 
 
 
 def section(mirror: Mirror, up: bool, connections_open: int) -> dict[str, Any]:
-    wall, mono = time.time(), time.monotonic()
+    wall, mono = time.time(), mirror.fetcher.clock()
     stats, store, settings = mirror.stats, mirror.store, mirror.settings
     known = {u.origin: u for u in mirror.health.all()}
     configured = {"pypi": settings.pypi, "opam": settings.opam}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from retreatkit.mirror.blobs import BlobWriter, blob_path, disk_error, hash_file, valid_hex
+from retreatkit.mirror.blobs import BlobWriter, blob_path, hash_file, valid_hex
 from retreatkit.mirror.errors import LocalError, StoreFull
 from retreatkit.mirror.records import Object, Source
 from retreatkit.mirror.space import Space
@@ -154,6 +154,11 @@ class Store:
 
     def disk_full(self) -> bool:
         return self.space.full(self.free_bytes())
+
+    def outgrown(self) -> None:
+        """A write found the disk full: it stays full until there is more room than now,
+        with a margin for the filesystem's own blocks."""
+        self.space.did_not_fit(self.free_bytes() + (1 << 20))
 
     def verify(self, digest: str) -> bool:
         """Re-hash one blob (blocking); a blob that fails is removed. True if it is good."""
@@ -303,8 +308,9 @@ class Store:
         self.add_sources(sources)
         try:
             digest = self.put_bytes(data)
-        except OSError as exc:
-            raise disk_error(exc, "storing an index") from None
+        except StoreFull:
+            self.outgrown()
+            raise
         obj = Object(key, digest, len(data), content_type, time.time(), etag, modified)
         self.put(obj)
         return obj
@@ -319,5 +325,6 @@ class Store:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("rollback")
             if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+                self.outgrown()
                 raise StoreFull("the mirror's disk is full (its catalog cannot grow)") from None
             raise LocalError(f"the mirror's catalog failed: {exc}") from None
