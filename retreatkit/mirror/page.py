@@ -80,28 +80,41 @@ def lines(base: str) -> dict[str, list[str]]:
     }
 
 
+def _count(n: int, thing: str) -> str:
+    return f"{n:,} {thing}" + ("" if n == 1 else "s")
+
+
 def _holding(s: Summary) -> str:
     if not s.files and not s.opam_archives:
         return "Nothing is cached yet: the first install of each package fetches it for everyone."
     parts = [
-        f"Holding {s.files:,} Python files ({human(s.size_bytes)}) for {s.projects:,} projects"
+        f"Holding {_count(s.files, 'Python file')} ({human(s.size_bytes)})"
+        f" of {_count(s.projects, 'project')}"
     ]
     if s.platforms:
         parts.append(f"wheels for {', '.join(s.platforms)}")
     if s.pythons:
         parts.append(f"built for {', '.join(s.pythons)}")
     if s.sources:
-        parts.append(f"{s.sources:,} source distributions")
+        parts.append(_count(s.sources, "source distribution"))
     text = "; ".join(parts) + "."
     if s.opam_archives:
-        text += f" {s.opam_archives:,} opam archives."
+        text += f" {_count(s.opam_archives, 'opam archive')}."
     return text
+
+
+_INTROS = {
+    "pip": "One install, then every install from this machine on:",
+    "uv": "One install, then <code>uv add</code>, <code>uv sync</code> and <code>uv run</code>:",
+    "opam": "An opam already set up, or a new one:",
+}
 
 
 def render(base: str, s: Summary) -> str:
     commands = lines(html.escape(base))
     blocks = "".join(
-        f"<h2>{name}</h2>\n<pre>{chr(10).join(found)}</pre>\n" for name, found in commands.items()
+        f"<h2>{name}</h2>\n<p>{_INTROS[name]}</p>\n<pre>{chr(10).join(found)}</pre>\n"
+        for name, found in commands.items()
     )
     now = (
         "<p><strong>The internet link is down right now:</strong> installing from what is"
@@ -113,7 +126,7 @@ def render(base: str, s: Summary) -> str:
 <html><head><meta charset="utf-8"><title>Package mirror</title></head><body>
 <h1>Package mirror</h1>
 <p>Packages are fetched from the internet once, for everyone, and kept here.
-{_holding(s)} {human(s.bytes_saved)} saved so far.</p>
+{_holding(s)} So far it saved {human(s.bytes_saved)} of downloads over the internet link.</p>
 {now}<p>When the internet link is down, the mirror lists only the files it holds, so pip
 and uv install the newest version it has; a package nobody fetched before cannot be
 installed until the link is back.</p>

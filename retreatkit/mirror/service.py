@@ -111,6 +111,11 @@ class Mirror:
 
         self._check = asyncio.create_task(check())
 
+    async def checked(self) -> None:
+        """Wait for the background store check to end."""
+        if self._check is not None:
+            await asyncio.shield(self._check)
+
     async def close(self) -> None:
         if self._check is not None:
             self._check.cancel()

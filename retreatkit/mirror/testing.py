@@ -217,6 +217,7 @@ async def mirror_client(
     """The mirror's app behind aiohttp's test client, on 127.0.0.1 port 0, in this loop."""
     async with aiohttp.ClientSession(auto_decompress=False, trust_env=False) as session:
         mirror = Mirror(config, session, **mirror_kw)
+        mirror.start()
         try:
             async with TestClient(TestServer(make_app(mirror))) as client:
                 yield client, mirror

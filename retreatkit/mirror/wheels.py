@@ -69,7 +69,8 @@ def summary(filenames: Iterable[str]) -> tuple[list[str], list[str], int]:
             found = python_name(tag)
             if found:
                 pythons.add(found)
-    return sorted(platforms), sorted(pythons, key=_version_order), sources
+    ordered = sorted(platforms, key=lambda p: (p.startswith("any "), p.lower()))
+    return ordered, sorted(pythons, key=_version_order), sources
 
 
 def _version_order(name: str) -> tuple[str, int, int]:
