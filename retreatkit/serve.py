@@ -19,6 +19,7 @@ from retreatkit import config
 from retreatkit.admin import app as admin
 from retreatkit.mirror import admin as mirror_admin
 from retreatkit.mirror import app as mirror_app
+from retreatkit.mirror import resolver as mirror_resolver
 from retreatkit.mirror import status as mirror_status
 from retreatkit.mirror import upstreams
 from retreatkit.mirror.fetch import Limits as FetchLimits
@@ -132,8 +133,7 @@ class MirrorService:
 
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
         files = raise_open_files()
-        # no environment proxies: the mirror talks to the upstreams it was given, only
-        self._session = aiohttp.ClientSession(auto_decompress=False, trust_env=False)
+        self._session = mirror_resolver.session()
         try:
             self.mirror = Mirror(self.settings, self._session)
             limits = self.settings.server

@@ -110,6 +110,10 @@ class Fetcher:
         try:
             async with asyncio.timeout(bound):
                 response = await self.session.get(url, headers=headers, timeout=timeout)
+        except aiohttp.ConnectionTimeoutError:  # the name, or the TCP handshake
+            why = f"no connection within {limits.connect_timeout:g} s"
+            self._unreachable(where, verdict, why)
+            raise UpstreamTimeout(f"upstream {host}: {why}") from None
         except TimeoutError:
             why = f"no answer within {bound:g} s"
             self._unreachable(where, verdict, why)

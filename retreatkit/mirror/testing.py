@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
+from retreatkit.mirror import resolver
 from retreatkit.mirror.app import make_app
 from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.service import Mirror, Settings
@@ -215,7 +215,7 @@ async def mirror_client(
     config: Settings, **mirror_kw: Any
 ) -> AsyncIterator[tuple[TestClient[Any, Any], Mirror]]:
     """The mirror's app behind aiohttp's test client, on 127.0.0.1 port 0, in this loop."""
-    async with aiohttp.ClientSession(auto_decompress=False, trust_env=False) as session:
+    async with resolver.session() as session:
         mirror = Mirror(config, session, **mirror_kw)
         mirror.start()
         try:
