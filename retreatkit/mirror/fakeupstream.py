@@ -13,7 +13,7 @@ read at each request:
   nolength      the whole body with no Content-Length, then close
   fail          500
 A folder answers with its `index.json` (PEP 691) to a client that accepts JSON, else
-its `index.html`. `GET /_stats` gives {path: request count}. It is a raw asyncio server
+its `index.html`. `GET /_stats` gives {path: GETs} (and {"HEAD path": HEADs}). It is a raw asyncio server
 because a real server would not let a test send a body cut short without Content-Length.
 """
 
@@ -68,7 +68,7 @@ class Upstream:
             k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])
         }
         path = unquote(urlsplit(target).path)
-        self.counts[path] += 1
+        self.counts[path if method != "HEAD" else f"HEAD {path}"] += 1
         try:
             await self._respond(writer, method, path, headers)
         except ConnectionError:
@@ -134,7 +134,10 @@ class Upstream:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
             return
-        await _send(writer, 200, b"" if method == "HEAD" else body, kind, etag=etag)
+        if method == "HEAD":  # the length the GET would have, no body
+            writer.write(_head(200, kind, len(body), etag))
+            return await writer.drain()
+        await _send(writer, 200, body, kind, etag=etag)
 
 
 def _head(status: int, kind: str, length: int | None, etag: str | None = None) -> bytes:

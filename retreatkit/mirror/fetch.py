@@ -90,7 +90,9 @@ class Fetcher:
 
     # -- one bounded request --------------------------------------------------------------
 
-    async def _open(self, url: str, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+    async def _open(
+        self, url: str, headers: Mapping[str, str], method: str = "GET"
+    ) -> aiohttp.ClientResponse:
         """The upstream's answer, headers read; the caller reads the body and releases it."""
         where = origin(url)
         host = urlsplit(url).netloc
@@ -109,7 +111,9 @@ class Fetcher:
         bound = limits.connect_timeout + limits.headers_timeout
         try:
             async with asyncio.timeout(bound):
-                response = await self.session.get(url, headers=headers, timeout=timeout)
+                response = await self.session.request(
+                    method, url, headers=headers, timeout=timeout
+                )
         except aiohttp.ConnectionTimeoutError:  # the name, or the TCP handshake
             why = f"no connection within {limits.connect_timeout:g} s"
             self._unreachable(where, verdict, why)
@@ -163,6 +167,16 @@ class Fetcher:
         except UpstreamError as exc:
             self.count(exc)
             raise
+
+    async def size_of(self, url: str) -> int | None:
+        """What a file's Content-Length is upstream, by a HEAD: no body crosses the uplink."""
+        try:
+            response = await self._open(url, {"Accept-Encoding": "identity"}, method="HEAD")
+        except UpstreamError:
+            return None
+        async with response:
+            ok = response.status == 200
+            return response.content_length if ok else None
 
     # -- files ------------------------------------------------------------------------------
 

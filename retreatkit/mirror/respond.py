@@ -80,7 +80,8 @@ async def blob(request: web.Request, mirror: Mirror, found: Blob) -> web.StreamR
 
 async def cold(request: web.Request, mirror: Mirror, source: Source) -> web.StreamResponse:
     """A file an index named and the store does not hold yet. HEAD and a matching
-    If-None-Match are answered from what the index promised: they never fetch."""
+    If-None-Match are answered from what the index promised (and a HEAD upstream for a
+    size it did not give): they never start a download."""
     sha = source.hashes.get("sha256")
     etag = ranges.etag_of(sha) if sha else None
     inm = request.headers.get("If-None-Match")
@@ -90,8 +91,9 @@ async def cold(request: web.Request, mirror: Mirror, source: Source) -> web.Stre
     headers = _file_headers(etag, "application/octet-stream")
     if request.method == "HEAD":
         response = web.StreamResponse(headers=headers)
-        if source.size is not None:
-            response.content_length = source.size
+        size = await mirror.size(source)
+        if size is not None:
+            response.content_length = size
         return response
     mirror.stats.misses += 1
     fill = mirror.fetch(source)

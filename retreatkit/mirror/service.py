@@ -10,6 +10,7 @@ once verified; a missing one is fetched once and streamed to everyone who asks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -278,6 +279,18 @@ class Mirror:
         if source is None:
             raise NotFound("not in any index the mirror has read")
         return source
+
+    async def size(self, source: Source) -> int | None:
+        """A file's size, from its index or else from a HEAD upstream (kept for next time):
+        a client that reads a file by ranges (uv) needs its length before any range."""
+        if source.size is not None:
+            return source.size
+        size = await self.fetcher.size_of(source.url)
+        if size is not None:
+            known = replace(source, size=size)
+            with contextlib.suppress(LocalError):
+                await self.store.run(lambda: self.store.add_sources([known]))
+        return size
 
     def fetch(self, source: Source) -> Fill:
         """Start or join the download of a file an index named."""
