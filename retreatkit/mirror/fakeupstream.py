@@ -12,9 +12,10 @@ read at each request:
   silent        read the request, never answer (a dead uplink that still accepts)
   nolength      the whole body with no Content-Length, then close
   fail          500
-A folder answers with its `index.json` (PEP 691) to a client that accepts JSON, else
-its `index.html`. `GET /_stats` gives {path: GETs} (and {"HEAD path": HEADs}). It is a raw asyncio server
-because a real server would not let a test send a body cut short without Content-Length.
+A folder answers with its `index.json` (PEP 691) to a client that accepts JSON, else its
+`index.html`. `GET /_stats` gives {path: GETs, "HEAD path": HEADs}. It is a raw asyncio
+server because a real server would not let a test send a body cut short without
+Content-Length.
 """
 
 from __future__ import annotations
