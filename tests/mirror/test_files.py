@@ -105,3 +105,19 @@ async def test_many_cold_clients_one_upstream_fetch(env: Env) -> None:
     assert all(b == data for b in bodies)
     assert env.fetched(filename) == 1
     assert env.mirror.stats.coalesced == 19 and env.mirror.stats.upstream_fetches == 1
+
+
+async def test_without_sendfile_a_large_file_still_goes_out_whole_and_in_ranges(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_sendfile(*args: object, **kwargs: object) -> int:
+        raise NotImplementedError  # as on a transport with no socket (TLS)
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "sendfile", no_sendfile)
+    _, data, _ = env.wheels["big-pkg"]
+    url = await env.file_url("big-pkg")
+    await (await env.client.get(url)).read()  # stored
+    whole = await env.client.get(url)
+    assert await whole.read() == data
+    part = await env.client.get(url, headers={"Range": "bytes=1000000-1100000"})
+    assert await part.read() == data[1_000_000:1_100_001]
