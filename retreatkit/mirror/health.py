@@ -13,6 +13,8 @@ import enum
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+MAX_UPSTREAMS = 1024  # origins remembered; those up are forgotten first
+
 
 class State(enum.Enum):
     UNKNOWN = "unknown"
@@ -53,6 +55,9 @@ class Health:
     def get(self, origin: str) -> Upstream:
         upstream = self._upstreams.get(origin)
         if upstream is None:
+            if len(self._upstreams) >= MAX_UPSTREAMS:  # index pages choose the hosts
+                for name in [n for n, u in self._upstreams.items() if u.state is not State.DOWN]:
+                    del self._upstreams[name]
             upstream = self._upstreams[origin] = Upstream(origin)
         return upstream
 

@@ -8,11 +8,11 @@ import time
 from aiohttp import web
 
 from retreatkit.mirror import opam, respond
+from retreatkit.mirror.blobs import valid_hex
 from retreatkit.mirror.errors import NotFound, UpstreamError
 from retreatkit.mirror.memory import Page
 from retreatkit.mirror.records import Processed
 from retreatkit.mirror.respond import mirror_of
-from retreatkit.mirror.store import valid_hex
 
 
 def routes() -> list[web.RouteDef]:

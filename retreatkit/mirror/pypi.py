@@ -18,9 +18,9 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urldefrag, urljoin
 
+from retreatkit.mirror.blobs import valid_hex
 from retreatkit.mirror.errors import BadUpstreamData
 from retreatkit.mirror.records import Processed, Source
-from retreatkit.mirror.store import valid_hex
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPE = "application/vnd.pypi.simple.v1+html"

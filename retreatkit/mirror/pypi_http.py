@@ -10,12 +10,12 @@ from functools import partial
 from aiohttp import web
 
 from retreatkit.mirror import pypi, respond
+from retreatkit.mirror.blobs import valid_hex
 from retreatkit.mirror.errors import NotFound, UpstreamError
 from retreatkit.mirror.memory import Page
 from retreatkit.mirror.records import Processed
 from retreatkit.mirror.respond import mirror_of
 from retreatkit.mirror.service import IndexAnswer, Mirror
-from retreatkit.mirror.store import valid_hex
 
 
 def routes() -> list[web.RouteDef]:

@@ -41,6 +41,7 @@ log = logging.getLogger("retreatkit.mirror")
 Offload = Callable[..., Awaitable[Any]]
 Process = Callable[[bytes, str], Processed]
 MAX_ORIGINS = 64  # upstream hosts remembered per ecosystem
+MAX_UNSAVED = 64  # index pages kept in memory only, while the disk cannot take them
 
 
 @dataclass
@@ -212,8 +213,11 @@ class Mirror:
             if not isinstance(exc, UpstreamDown):
                 log.warning("serving %s stale: %s", key, exc)
             return await self._answer(cached, "stale")
-        for source in processed.sources[:MAX_ORIGINS]:
-            self.origins.setdefault(source.ecosystem, set()).add(origin(source.url))
+        for source in processed.sources:
+            seen = self.origins.setdefault(source.ecosystem, set())
+            if len(seen) >= MAX_ORIGINS:
+                break
+            seen.add(origin(source.url))
         obj = await self._save(key, processed, reply.etag, reply.last_modified)
         return IndexAnswer(obj, processed.body, "upstream")
 
@@ -234,6 +238,8 @@ class Mirror:
                 key, digest, len(page.body), page.content_type, time.time(), etag, modified
             )
             self._pages[key] = (obj, page.body)
+            while len(self._pages) > MAX_UNSAVED:  # the oldest go: refetched if asked again
+                del self._pages[next(iter(self._pages))]
             return obj
         self._pages.pop(key, None)
         self.renders.put(("raw", obj.digest), Page(page.body, f'"{obj.digest}"', obj.content_type))
