@@ -1,16 +1,15 @@
-"""The mirror's HTTP surface: routes only (each ecosystem brings its own), the attendee
-page, and errors turned into one line of text with the status their kind calls for."""
+"""The mirror's HTTP surface: routes only (each ecosystem brings its own) and the page for
+attendees; responses, and what they count, are respond.py's."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from aiohttp import web
 
 from retreatkit.mirror import opam_http, page, pypi_http, respond
-from retreatkit.mirror.errors import MirrorError, NotFound
+from retreatkit.mirror.errors import NotFound
 from retreatkit.mirror.lists import list_key
 from retreatkit.mirror.memory import Page
 from retreatkit.mirror.records import Processed
@@ -21,12 +20,11 @@ from retreatkit.mirror.wheels import summary as wheel_summary
 log = logging.getLogger("retreatkit.mirror")
 MAX_LIST = 128 * 1024 * 1024
 SUMMARY_KEY = web.AppKey("summary", list)  # [(what it was made from), page.Summary]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_app(mirror: Mirror) -> web.Application:
     # clients send no bodies: GET and HEAD only
-    app = web.Application(middlewares=[errors], client_max_size=4096)
+    app = web.Application(middlewares=[respond.errors], client_max_size=4096)
     app[MIRROR_KEY] = mirror
     app[SUMMARY_KEY] = []
     app.router.add_get("/", home)
@@ -34,20 +32,6 @@ def make_app(mirror: Mirror) -> web.Application:
     app.router.add_routes(opam_http.routes())
     app.router.add_get("/lists/{key}", cached_list)
     return app
-
-
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except MirrorError as exc:
-        stats = mirror_of(request).stats
-        if isinstance(exc, NotFound):
-            stats.not_found += 1
-        else:
-            stats.errors += 1
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return web.Response(status=exc.status, text=text + "\n")
 
 
 # -- the page for attendees ---------------------------------------------------------------

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import aiofiles
 from aiohttp import web
 
 from retreatkit.mirror import ranges
-from retreatkit.mirror.errors import MirrorError
+from retreatkit.mirror.errors import MirrorError, NotFound
 from retreatkit.mirror.fill import Fill, follow
 from retreatkit.mirror.memory import Page
 from retreatkit.mirror.records import Blob, Source
@@ -20,6 +20,7 @@ from retreatkit.mirror.service import Mirror
 
 log = logging.getLogger("retreatkit.mirror")
 MIRROR_KEY = web.AppKey("mirror", Mirror)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 IMMUTABLE = "public, max-age=31536000, immutable"  # a file is named by its hash
 STALE_WARNING = '110 - "Response is Stale"'
@@ -44,6 +45,21 @@ def _bodiless(plan: ranges.Plan, headers: Mapping[str, str]) -> web.Response:
 
 def mirror_of(request: web.Request) -> Mirror:
     return request.app[MIRROR_KEY]
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A MirrorError as one line of text with the status its kind calls for, counted."""
+    try:
+        return await handler(request)
+    except MirrorError as exc:
+        stats = mirror_of(request).stats
+        if isinstance(exc, NotFound):
+            stats.not_found += 1
+        else:
+            stats.errors += 1
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return web.Response(status=exc.status, text=text + "\n")
 
 
 async def file(request: web.Request, name: str) -> web.StreamResponse:
