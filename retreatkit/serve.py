@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry
 
 from retreatkit import config
 from retreatkit.admin import app as admin
-from retreatkit.mirror import admin as mirror_admin
 from retreatkit.mirror import app as mirror_app
 from retreatkit.mirror import resolver as mirror_resolver
 from retreatkit.mirror import status as mirror_status
@@ -175,7 +174,7 @@ class MirrorService:
         return mirror_status.section(self.mirror, self.url is not None, self._gate.open)
 
     def admin_routes(self) -> list[web.RouteDef]:
-        return mirror_admin.routes(lambda: self.mirror)
+        return mirror_status.admin_routes(lambda: self.mirror)
 
 
 def resolv_conf_upstreams(path: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:

@@ -1,5 +1,7 @@
-"""The mirror's HTTP surface: routes only (each ecosystem brings its own) and the page for
-attendees; responses, and what they count, are respond.py's."""
+"""The mirror's HTTP routes: each ecosystem's, the attendee page and the kept lists.
+
+Responses, and what they count, are respond.py's; where answers come from, service.py's.
+"""
 
 from __future__ import annotations
 

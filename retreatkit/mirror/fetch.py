@@ -1,5 +1,8 @@
-"""Upstream requests: every one bounded in time, none sent to an upstream known to be down;
-one download per missing file however many ask, streamed to all as it arrives."""
+"""Upstream requests, each bounded in time and never sent to an upstream known to be down.
+
+Index pages are read whole; a missing file is downloaded once however many ask, and
+streamed to all of them as it arrives (fill.py).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""One download in progress, and its readers: every one gets the bytes as they arrive, and
-every one learns how it ended (a whole verified body, or a cut), never a hang."""
+"""One download in progress and its readers, who all learn how it ended, never hang.
+
+Every reader gets the bytes as they arrive and, at the end, either a whole verified
+body or an error (a cut, once a 200 went out).
+"""
 
 from __future__ import annotations
 

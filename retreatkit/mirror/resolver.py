@@ -1,5 +1,6 @@
-"""Upstream names through the system's resolver (/etc/hosts, nsswitch, resolv.conf), each
-lookup on a daemon thread of its own.
+"""Upstream names through the system's resolver, each lookup on a daemon thread of its own.
+
+The system's resolver is /etc/hosts, nsswitch and resolv.conf, as every client sees it.
 
 getaddrinfo cannot be cancelled: when the resolver never answers, glibc holds the call
 for its own timeouts (5 s, twice, by default). On a pool thread that holds a worker the

@@ -1,5 +1,8 @@
-"""Responses for files and pages: one ETag scheme, ranges, 304 and HEAD for every file,
-whether held, cold or on its way; bytes counted as they are sent, not as files are found."""
+"""Responses for files and pages, and what each one counts.
+
+One ETag scheme, ranges, 304 and HEAD for every file, whether held, cold or on its way;
+bytes are counted as they are sent, not as files are found.
+"""
 
 from __future__ import annotations
 

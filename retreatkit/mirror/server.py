@@ -1,5 +1,7 @@
-"""The mirror's listening socket: connections capped per address and in total, idle ones
-closed, and the process's open-file limit raised to what the system allows.
+"""The mirror's listening socket: connections capped, idle ones closed, files limit raised.
+
+Connections are capped per address and in total, and the process's open-file limit is
+raised to what the system allows.
 
 A client that opens connections and never finishes a request (slowloris) holds a file
 descriptor each; without a bound, 3000 of them starve everyone. aiohttp closes a

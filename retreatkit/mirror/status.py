@@ -1,15 +1,16 @@
-"""The mirror's section of /status and its /metrics, both made from the same table.
+"""The mirror on the admin endpoint: its /status section, its /metrics, its fetch list.
 
-Field by field in docs/operations.md ("The mirror in /status"); the contract with the
-dashboard is docs/admin-api.md.
+/status and /metrics are made from the same tables. Field by field in docs/operations.md
+("The mirror in /status"); the contract with the dashboard is docs/admin-api.md.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -99,3 +100,19 @@ class MirrorCollector(Collector):
                 value = value[part]
             name = "mirror_" + path.replace(".", "_")
             yield GaugeMetricFamily(name, help_text, value=float(value))
+
+
+MAX_ITEMS = 100  # in each list; the recent ones are bounded by the fetcher too
+
+
+def admin_routes(mirror: Callable[[], Mirror | None]) -> list[web.RouteDef]:
+    """`GET /mirror/fetches`; `mirror` gives the running mirror, or None before it starts."""
+
+    async def fetches(request: web.Request) -> web.Response:
+        running = mirror()
+        if running is None:
+            return web.json_response({"in_progress": [], "recent": []})
+        lists = running.fetcher.fetches()
+        return web.json_response({name: items[:MAX_ITEMS] for name, items in lists.items()})
+
+    return [web.get("/mirror/fetches", fetches)]

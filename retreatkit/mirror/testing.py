@@ -1,5 +1,8 @@
-"""Test tools for the mirror: wheels, PyPI and opam upstreams on disk, the mirror itself in
-process (aiohttp's test client) or as a real process, and network namespaces for clients."""
+"""Test tools for the mirror: upstreams, the mirror in process or as a process, namespaces.
+
+Wheels, PyPI and opam upstreams on disk; the mirror behind aiohttp's test client or as a
+real `retreatkit mirror`; network namespaces for clients off loopback.
+"""
 
 from __future__ import annotations
 
