@@ -116,7 +116,7 @@ async def cold(request: web.Request, mirror: Mirror, source: Source) -> web.Stre
         return response
     mirror.stats.misses += 1
     fill = mirror.fetch(source)
-    if "Range" in request.headers or inm is not None:
+    if "Range" in request.headers:
         # a part of a file is served from the verified whole: the fill stores it once,
         # and a client that asks for ranges (uv reading a wheel's metadata) gets them
         return await blob(request, mirror, await mirror.fetched(fill))

@@ -56,7 +56,7 @@ _SOURCE_COLUMNS = {"ecosystem": "text", "package": "text", "size": "integer", "a
 class Check:
     """The background re-hash of the store after a start."""
 
-    state: str = "pending"  # pending, running, done
+    state: str = "pending"  # pending, running, done (or stopped, by a shutdown)
     files: int = 0  # blobs on disk
     size_bytes: int = 0
     checked: int = 0
@@ -79,6 +79,7 @@ class Store:
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mirror-store")
+        self._halt = threading.Event()  # ends a check under way: the process is stopping
         db = self.db()
         db.executescript(_SCHEMA)
         have = {row[1] for row in db.execute("pragma table_info(sources)")}
@@ -107,6 +108,7 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     def close(self) -> None:
+        self._halt.set()
         self._pool.shutdown(wait=True)
         with self._conns_lock:
             for conn in self._conns:
@@ -192,6 +194,9 @@ class Store:
         check.state = "running"
         for path in paths:
             pace()
+            if self._halt.is_set():
+                check.state = "stopped"
+                return check
             if path.parent.name != path.name[:2] or not valid_hex("sha256", path.name):
                 self._drop(path)
             else:
