@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -170,7 +171,11 @@ class Server:
 
 def start_upstream(root: Path) -> Server:
     proc = Process.start([sys.executable, "-m", "retreatkit.mirror.fakeupstream", str(root)])
-    url = proc.wait_for(r"^Upstream listening on (\S+)$")[1]
+    try:
+        url = proc.wait_for(r"^Upstream listening on (\S+)$")[1]
+    except BaseException:
+        proc.stop()
+        raise
     return Server(proc, url)
 
 
@@ -198,9 +203,23 @@ def start_mirror(
     home = store.parent / f"{store.name}-home"
     env = {"HOME": str(home), "XDG_STATE_HOME": str(home / "state")}
     proc = Process.start(wrap(argv), env=env)
-    url = proc.wait_for(r"^Mirror listening on (\S+) ")[1]
-    admin = proc.wait_for(r"^Admin on (http://\S+)/status$")[1]
+    try:
+        url = proc.wait_for(r"^Mirror listening on (\S+) ")[1]
+        admin = proc.wait_for(r"^Admin on (http://\S+)/status$")[1]
+    except BaseException:
+        proc.stop()
+        raise
     return Server(proc, url), admin
+
+
+def said(server: Server, pattern: str) -> re.Match[str]:
+    """A line the process printed, or prints next: lines read while waiting for another
+    (the store check can end before the admin endpoint is up) count too."""
+    for line in server.process.seen:
+        match = re.search(pattern, line)
+        if match:
+            return match
+    return server.process.wait_for(pattern)
 
 
 # -- the mirror in process ------------------------------------------------------------------

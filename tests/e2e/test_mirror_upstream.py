@@ -17,7 +17,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from retreatkit.mirror.testing import Server, make_wheel, start_mirror, start_upstream, write_pypi
+from retreatkit.mirror.testing import (
+    Server,
+    make_wheel,
+    said,
+    start_mirror,
+    start_upstream,
+    write_pypi,
+)
 
 pytestmark = pytest.mark.e2e
 JSON = "application/vnd.pypi.simple.v1+json"
@@ -75,8 +82,10 @@ def test_an_upstream_whose_name_never_resolves(
     store = tmp_path / "store"
     try:
         mirror, _ = start_mirror(store, pypi=f"{upstream.url}simple/")
-        assert request(mirror.url, file_path(mirror, "one"))[0] == 200  # cached while online
-        mirror.stop()
+        try:
+            assert request(mirror.url, file_path(mirror, "one"))[0] == 200  # cached online
+        finally:
+            mirror.stop()
     finally:
         upstream.stop()
 
@@ -131,14 +140,16 @@ def test_a_store_that_rotted_while_the_mirror_was_down(tmp_path: Path) -> None:
     store = tmp_path / "store"
     try:
         mirror, _ = start_mirror(store, pypi=f"{upstream.url}simple/")
-        path = file_path(mirror, "one")
-        assert request(mirror.url, path)[2] == wheel[1]
-        mirror.stop()
+        try:
+            path = file_path(mirror, "one")
+            assert request(mirror.url, path)[2] == wheel[1]
+        finally:
+            mirror.stop()
         digest = hashlib.sha256(wheel[1]).hexdigest()
         (store / "blobs" / "sha256" / digest[:2] / digest).write_bytes(b"bit rot")
         mirror, admin = start_mirror(store, pypi=f"{upstream.url}simple/")
         try:
-            mirror.process.wait_for(r"^Mirror store check done: 1 kept, 1 corrupt dropped$")
+            said(mirror, r"^Mirror store check done: 1 kept, 1 corrupt dropped$")
             assert status_of(admin)["store"]["check"] == {
                 "state": "done",
                 "checked": 2,
