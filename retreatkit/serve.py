@@ -17,12 +17,12 @@ from prometheus_client import CollectorRegistry
 
 from retreatkit import config
 from retreatkit.admin import app as admin
-from retreatkit.mirror import app as mirror_app
 from retreatkit.mirror import resolver as mirror_resolver
+from retreatkit.mirror import server as mirror_server
 from retreatkit.mirror import status as mirror_status
 from retreatkit.mirror import upstreams
 from retreatkit.mirror.fetch import Limits as FetchLimits
-from retreatkit.mirror.server import RESERVED_FILES, Gate, GuardedSite, raise_open_files
+from retreatkit.mirror.server import Gate
 from retreatkit.mirror.service import Mirror, ServerLimits, Settings
 from retreatkit.mirror.status import MirrorCollector
 from retreatkit.nameserver.policy import parse_record
@@ -131,20 +131,10 @@ class MirrorService:
         return cls(config.host_port(section["listen"]), settings)
 
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
-        files = raise_open_files()
         self._session = mirror_resolver.session()
         try:
             self.mirror = Mirror(self.settings, self._session)
-            limits = self.settings.server
-            self._gate = Gate(
-                limits.per_address, max(64, files - RESERVED_FILES), self.mirror.stats
-            )
-            app = mirror_app.make_app(self.mirror)
-            self._runner = web.AppRunner(
-                app, access_log=None, keepalive_timeout=limits.idle_timeout
-            )
-            await self._runner.setup()
-            await GuardedSite(self._runner, *self.listen, self._gate).start()
+            self._runner, self._gate = await mirror_server.listen(self.mirror, *self.listen)
         except BaseException:
             await self.stop()
             raise

@@ -20,6 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
+from retreatkit.mirror.app import make_app
+from retreatkit.mirror.service import Mirror
 from retreatkit.mirror.stats import Stats
 
 log = logging.getLogger("retreatkit.mirror")
@@ -124,3 +126,18 @@ class GuardedSite(web.TCPSite):
             factory, self._host, self._port, backlog=self._backlog, reuse_address=True
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+async def listen(mirror: Mirror, host: str, port: int) -> tuple[web.AppRunner, Gate]:
+    """Serve the mirror on HOST:PORT behind its gate; the runner (to clean up) and the gate."""
+    limits = mirror.settings.server
+    files = raise_open_files()
+    gate = Gate(limits.per_address, max(64, files - RESERVED_FILES), mirror.stats)
+    runner = web.AppRunner(make_app(mirror), access_log=None, keepalive_timeout=limits.idle_timeout)
+    await runner.setup()
+    try:
+        await GuardedSite(runner, host, port, gate).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, gate
