@@ -199,9 +199,9 @@ class Mirror:
                 await self._touch(cached)
                 return await self._answer(cached, "revalidated")
             if reply.status == 404:
-                raise NotFound(f"the upstream has no {key}")
+                raise NotFound(f"the upstream has no {url}")
             if reply.status != 200:
-                raise UpstreamError(f"the upstream answered {reply.status} for {key}")
+                raise UpstreamError(f"the upstream answered {reply.status} for {url}")
             try:
                 processed: Processed = await self.offload(process, reply.body, reply.content_type)
             except BadUpstreamData as exc:

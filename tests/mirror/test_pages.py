@@ -92,3 +92,10 @@ async def test_a_fresh_page_lists_only_what_is_held_once_its_files_host_is_down(
     assert r.headers["Mirror-Offline"] == "cached-only" and "Warning" not in r.headers
     assert json.loads(await r.read())["files"] == []
     assert len((await env.page("demo-pkg"))["files"]) == 1  # held: still listed
+
+
+async def test_a_project_the_upstream_does_not_have(env: Env) -> None:
+    r = await env.client.get("/pypi/simple/no-such-thing/")
+    assert r.status == 404
+    assert await r.text() == f"the upstream has no {env.upstream.url}simple/no-such-thing/\n"
+    assert env.mirror.stats.not_found == 1
