@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import re
 import resource
 import secrets
@@ -59,6 +60,8 @@ def file_path(mirror: Server, project: str) -> str:
 @pytest.fixture
 def silent_resolver() -> Iterator[tuple[str, socket.socket]]:
     """A UDP socket on port 53 of a random loopback address that reads and never answers."""
+    if os.geteuid() != 0:
+        pytest.skip("port 53 and a private mount of resolv.conf need root")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for _ in range(10):
         address = f"127.53.{secrets.randbelow(256)}.{1 + secrets.randbelow(254)}"
