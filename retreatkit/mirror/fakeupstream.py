@@ -47,6 +47,7 @@ class Upstream:
         self.rules: dict[str, str] = {}  # path -> misbehaviour, beside the file's
         self.url = ""
         self.closing = asyncio.Event()  # ends the silences when the test is over
+        self.asked = asyncio.Event()  # set by every request (a test clears it)
 
     def behaviour(self, path: str) -> str:
         if path in self.rules:
@@ -70,6 +71,7 @@ class Upstream:
         }
         path = unquote(urlsplit(target).path)
         self.counts[path if method != "HEAD" else f"HEAD {path}"] += 1
+        self.asked.set()
         try:
             await self._respond(writer, method, path, headers)
         except ConnectionError:

@@ -155,6 +155,8 @@ class Mirror:
             return await self._answer(cached, "cache")
         running = self._revalidating.get(key)
         if running is not None:
+            if cached is not None and self.health.is_down(origin(url)):
+                return await self._answer(cached, "stale")  # nobody waits on the probe
             return await asyncio.shield(running)
         future: asyncio.Future[IndexAnswer] = asyncio.get_running_loop().create_future()
         self._revalidating[key] = future

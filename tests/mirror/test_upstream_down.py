@@ -81,3 +81,24 @@ async def test_a_page_never_cached_fails_fast_while_the_upstream_is_down(env: En
             f"upstream {host} is down (no answer within 0.6 s); next try in 2 s\n".encode()
         )
         assert env.upstream.counts["/simple/demo-dep/"] == 0
+
+
+@pytest.mark.parametrize("env", [QUICK], indirect=True)
+async def test_nobody_waits_on_the_probe_for_the_page_they_ask(env: Env) -> None:
+    now = [1000.0]
+    env.mirror.fetcher.clock = lambda: now[0]
+    await env.page("demo-pkg")
+    env.upstream.rules["/simple/demo-pkg/"] = "silent"
+    async with asyncio.timeout(30):
+        assert (await get(env, "demo-pkg"))[0] == 200  # the upstream is now known down
+        env.mirror.settings.limits.headers_timeout = 3600.0  # the probe ends when we say
+        now[0] += 2.0
+        env.upstream.asked.clear()
+        probe = asyncio.create_task(get(env, "demo-pkg"))
+        await env.upstream.asked.wait()  # the probe is at the upstream, unanswered
+        for _ in range(2):  # the same page meanwhile: stale at once, not after the probe
+            status, headers, _ = await get(env, "demo-pkg")
+            assert status == 200 and headers["Mirror-Offline"] == "cached-only"
+        assert not probe.done()
+        env.upstream.closing.set()  # the silence ends: the probe fails, served stale too
+        assert (await probe)[0] == 200
