@@ -606,13 +606,11 @@ class Profile:
 BUCKETS: tuple[tuple[str, str], ...] = (
     ("socket send (transport.writelines: the syscall, loopback TCP included)",
      r"^StreamWriter\._writelines \(aiohttp/"),
-    ("blob open + read (Path.read_bytes)", r"^Path\.read_bytes \("),
-    ("blob stat (Path.is_file in Store.has_blob)", r"^Store\.has_blob \(retreatkit/"),
-    ("sqlite lookup (Store.get)", r"^Store\.get \(retreatkit/"),
-    ("blob path + hex checks (Store.blob_path, valid_hex)",
-     r"^(Store\.blob_path|valid_hex|valid_hex\.<locals>\.<genexpr>) \(retreatkit/"),
-    ("the rest of the mirror's handler (pypi_file, _file, _blob, web.Response)",
-     r"^(pypi_file|_file|_blob|Mirror\.cached) \(retreatkit/"),
+    ("the mirror's handler (routes, hot cache, ranges.plan, respond.blob, web.Response)",
+     r"^(file|blob|plan|matches|etag_of|_file_headers|mirror_of|errors|Mirror\.blob"
+     r"|HotCache\.get|LRU\._get) \(retreatkit/"),
+    ("a hot-cache miss (Store.get, Store.has_blob, the blob read)",
+     r"^(Store\.(get|has_blob|blob_path|db)|valid_hex|blob_path) \(retreatkit/"),
     ("aiohttp response (prepare, headers, write_eof)",
      r"^(\w+\.)?(prepare|_start|_write_headers|write_headers|write_eof|finish_response"
      r"|_prepare_hook) \(aiohttp/"),
@@ -948,13 +946,13 @@ def _extra(runs: Sequence[WrkResult | LargeResult]) -> int:
 
 def _store_share(p: Profile) -> str:
     shares = dict(p.buckets)
-    store = sum(v for k, v in shares.items() if k.startswith(("blob ", "sqlite ")))
+    own = sum(v for k, v in shares.items() if k.startswith(("the mirror's", "a hot-cache")))
     aio = sum(v for k, v in shares.items() if k.startswith("aiohttp "))
     send = sum(v for k, v in shares.items() if k.startswith("socket send"))
     return (
-        f"In the profile, the per-request store work (SQLite lookup, stat, open/read/close,"
-        f" path and hex checks) holds {store:.0%} of the samples, aiohttp's request and"
-        f" response code {aio:.0%}, and the socket write, which nginx pays as well, {send:.0%}."
+        f"In the profile, the mirror's own code (routes, hot cache, ranges, store lookups)"
+        f" holds {own:.0%} of the samples, aiohttp's request and response code {aio:.0%},"
+        f" and the socket write, which nginx pays as well, {send:.0%}."
     )
 
 

@@ -24,9 +24,15 @@ DEFAULTS: dict[str, Any] = {
         "pypi": "",  # empty: from pip's own configuration
         "opam": "",  # empty: from opam's own configuration
         "index_ttl": 600.0,
-        "connect_timeout": 5.0,
-        "read_timeout": 30.0,
+        "connect_timeout": 5.0,  # an upstream's name and TCP connect, in total
+        "headers_timeout": 10.0,  # request sent -> the upstream's answer
+        "read_timeout": 30.0,  # the longest silence mid-download
+        "index_timeout": 60.0,  # a whole index page, in total
         "lists": [],  # other URLs to keep for the LAN, served at /lists/<key> (blocklists)
+        "public_url": "",  # what the page on / tells attendees; empty: the name they used
+        "keep_free_bytes": 536870912,  # disk space the store leaves free
+        "per_address": 256,  # connections from one client address
+        "idle_timeout": 15.0,  # a client connection with no complete request
     },
     "nameserver": {
         "listen": "0.0.0.0:5300",

@@ -22,10 +22,14 @@ from retreatkit.admin import token as admin_token
 from retreatkit.admin.advertise import Advertisement, advertise
 from retreatkit.admin.logs import LogRing
 from retreatkit.admin.process import ProcessInfo
-from retreatkit.mirror import app as mirror_app
+from retreatkit.mirror import resolver as mirror_resolver
+from retreatkit.mirror import server as mirror_server
+from retreatkit.mirror import status as mirror_status
 from retreatkit.mirror import upstreams
 from retreatkit.mirror.fetch import Limits as FetchLimits
-from retreatkit.mirror.service import Mirror, Settings, register
+from retreatkit.mirror.server import Gate
+from retreatkit.mirror.service import Mirror, ServerLimits, Settings
+from retreatkit.mirror.status import MirrorCollector
 from retreatkit.nameserver.policy import parse_record
 from retreatkit.nameserver.server import LAN
 from retreatkit.nameserver.service import Settings as NameserverSettings
@@ -115,6 +119,7 @@ class MirrorService:
         self.mirror: Mirror | None = None
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        self._gate: Gate | None = None
         self.url: str | None = None  # where this process reaches the mirror, once started
 
     @classmethod
@@ -127,29 +132,38 @@ class MirrorService:
             lists=list(section["lists"]),
             limits=FetchLimits(
                 connect_timeout=float(section["connect_timeout"]),
+                headers_timeout=float(section["headers_timeout"]),
                 read_timeout=float(section["read_timeout"]),
+                index_timeout=float(section["index_timeout"]),
             ),
+            server=ServerLimits(
+                per_address=int(section["per_address"]),
+                idle_timeout=float(section["idle_timeout"]),
+            ),
+            keep_free=int(section["keep_free_bytes"]),
+            public_url=str(section["public_url"]),
         )
         return cls(config.host_port(section["listen"]), settings)
 
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
-        # no environment proxies: the mirror talks to the upstreams it was given, only
-        self._session = aiohttp.ClientSession(auto_decompress=False, trust_env=False)
-        self.mirror = Mirror(self.settings, self._session)
-        _kept, dropped = await self.mirror.check_store()
-        register(self.mirror, registry)
-        self._runner = web.AppRunner(mirror_app.make_app(self.mirror), access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, *self.listen).start()
+        self._session = mirror_resolver.session()
+        try:
+            self.mirror = Mirror(self.settings, self._session)
+            self._runner, self._gate = await mirror_server.listen(self.mirror, *self.listen)
+        except BaseException:
+            await self.stop()
+            raise
+        registry.register(MirrorCollector(self.status))
         host, port = self._runner.addresses[0][:2]
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = f"http://{local}:{port}"
+        lan = host_address() if host in ("0.0.0.0", "::") else host
+        self.mirror.lan_url = f"http://{lan}:{port}"
         say(f"Mirror listening on http://{host}:{port}/ (store {self.settings.store})")
-        if dropped:
-            say(f"Mirror store check dropped {dropped} corrupt files")
         for ecosystem in ("pypi", "opam"):
             upstream = getattr(self.settings, ecosystem)
             say(f"Mirror {ecosystem} upstream: {upstream or 'none (pass --' + ecosystem + ' URL)'}")
+        self.mirror.start(done=say)  # the store check runs while the mirror serves
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -160,7 +174,12 @@ class MirrorService:
             await self._session.close()
 
     def status(self) -> dict[str, Any]:
-        return self.mirror.status() if self.mirror else {}
+        if self.mirror is None or self._gate is None:
+            return {}
+        return mirror_status.section(self.mirror, self.url is not None, self._gate.open)
+
+    def admin_routes(self) -> list[web.RouteDef]:
+        return mirror_status.admin_routes(lambda: self.mirror)
 
 
 def resolv_conf_upstreams(path: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:

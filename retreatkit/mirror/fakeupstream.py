@@ -1,15 +1,21 @@
 """A test upstream: serves a folder over HTTP/1.1 and misbehaves on request.
 
-`python -m retreatkit.mirror.fakeupstream ROOT` prints `Upstream listening on URL`.
-`ROOT/.behaviours.json` maps a request path to a misbehaviour, read at each request:
+`python -m retreatkit.mirror.fakeupstream ROOT` prints `Upstream listening on URL`;
+in a test's own loop, `async with serving(ROOT) as upstream` does the same on port 0.
+`ROOT/.behaviours.json` (or `Upstream.rules`) maps a request path to a misbehaviour,
+read at each request:
   truncate      half the body, no Content-Length, then close
   truncate-cl   the full Content-Length, half the body, then close
   corrupt       the right length, one byte flipped
   stall         headers and half the body, then silence until the client gives up
   reset         half the body, then a TCP reset
+  silent        read the request, never answer (a dead uplink that still accepts)
+  nolength      the whole body with no Content-Length, then close
   fail          500
-`GET /_stats` gives {path: request count}. It is a raw asyncio server because a
-real server would not let a test send a body cut short without Content-Length.
+A folder answers with its `index.json` (PEP 691) to a client that accepts JSON, else its
+`index.html`. `GET /_stats` gives {path: GETs, "HEAD path": HEADs}. It is a raw asyncio
+server because a real server would not let a test send a body cut short without
+Content-Length.
 """
 
 from __future__ import annotations
@@ -24,18 +30,28 @@ import struct
 import sys
 import zlib
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 MAX_HEAD = 16 * 1024
 
 
+JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+
+
 class Upstream:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.counts: Counter[str] = Counter()
+        self.rules: dict[str, str] = {}  # path -> misbehaviour, beside the file's
+        self.url = ""
+        self.closing = asyncio.Event()  # ends the silences when the test is over
+        self.asked = asyncio.Event()  # set by every request (a test clears it)
 
     def behaviour(self, path: str) -> str:
+        if path in self.rules:
+            return self.rules[path]
         try:
             rules = json.loads((self.root / ".behaviours.json").read_text())
         except (OSError, ValueError):
@@ -54,7 +70,8 @@ class Upstream:
             k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])
         }
         path = unquote(urlsplit(target).path)
-        self.counts[path] += 1
+        self.counts[path if method != "HEAD" else f"HEAD {path}"] += 1
+        self.asked.set()
         try:
             await self._respond(writer, method, path, headers)
         except ConnectionError:
@@ -70,22 +87,32 @@ class Upstream:
             return await _send(writer, 200, json.dumps(self.counts).encode(), "application/json")
         file = (self.root / path.lstrip("/")).resolve()
         if file.is_dir():
-            file = file / "index.html"
+            as_json = JSON_TYPE in headers.get("accept", "") and (file / "index.json").is_file()
+            file = file / ("index.json" if as_json else "index.html")
         if self.root not in file.parents or not file.is_file() or file.name.startswith("."):
             return await _send(writer, 404, b"not found\n", "text/plain")
         body = file.read_bytes()
         kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         if file.name == "index.html":
             kind = "text/html"
+        if file.name == "index.json":
+            kind = JSON_TYPE
         etag = f'"{zlib.crc32(body):08x}"'
-        if headers.get("if-none-match") == etag:
-            return await _send(writer, 304, b"", kind, etag=etag)
         mode = self.behaviour(path)
+        if mode == "ok" and headers.get("if-none-match") == etag:
+            return await _send(writer, 304, b"", kind, etag=etag)
         half = body[: len(body) // 2]
+        if mode == "silent":
+            await self.closing.wait()  # the client's timeout is what ends this
+            return
         if mode == "fail":
             return await _send(writer, 500, b"upstream broke\n", "text/plain")
         if mode == "truncate":
             writer.write(_head(200, kind, None, etag) + half)
+            await writer.drain()
+            return
+        if mode == "nolength":
+            writer.write(_head(200, kind, None, etag) + body)
             await writer.drain()
             return
         if mode == "truncate-cl":
@@ -100,7 +127,7 @@ class Upstream:
         if mode == "stall":
             writer.write(_head(200, kind, len(body), etag) + half)
             await writer.drain()
-            await asyncio.sleep(3600)  # the client's read timeout is what ends this
+            await self.closing.wait()  # the client's read timeout is what ends this
             return
         if mode == "reset":
             writer.write(_head(200, kind, len(body), etag) + half)
@@ -110,7 +137,10 @@ class Upstream:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
             return
-        await _send(writer, 200, b"" if method == "HEAD" else body, kind, etag=etag)
+        if method == "HEAD":  # the length the GET would have, no body
+            writer.write(_head(200, kind, len(body), etag))
+            return await writer.drain()
+        await _send(writer, 200, body, kind, etag=etag)
 
 
 def _head(status: int, kind: str, length: int | None, etag: str | None = None) -> bytes:
@@ -129,6 +159,21 @@ async def _send(
 ) -> None:
     writer.write(_head(status, kind, len(body), etag) + body)
     await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def serving(root: Path, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Upstream]:
+    """An upstream in the running loop, for in-process tests; `.url` is where it listens."""
+    upstream = Upstream(root)
+    server = await asyncio.start_server(upstream.handle, host, port, limit=MAX_HEAD)
+    bound = server.sockets[0].getsockname()
+    upstream.url = f"http://{bound[0]}:{bound[1]}/"
+    try:
+        yield upstream
+    finally:
+        server.close()
+        upstream.closing.set()
+        await server.wait_closed()
 
 
 async def main(root: Path, host: str, port: int) -> None:

@@ -1,134 +1,205 @@
-"""Upstream downloads: one per missing file however many ask, streamed to all as it arrives."""
+"""Upstream requests, each bounded in time and never sent to an upstream known to be down.
+
+Index pages are read whole; a missing file is downloaded once however many ask, and
+streamed to all of them as it arrives (fill.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import enum
+import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
-from retreatkit.mirror.store import BlobWriter, IntegrityError, Store
+from retreatkit.mirror.blobs import IntegrityError
+from retreatkit.mirror.errors import (
+    BadUpstreamData,
+    LocalError,
+    MirrorError,
+    StoreFull,
+    UpstreamDown,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from retreatkit.mirror.fill import CHUNK, Fill, FillState
+from retreatkit.mirror.health import Health, Verdict, origin
+from retreatkit.mirror.records import Source
+from retreatkit.mirror.stats import Stats
+from retreatkit.mirror.store import Store
 
 log = logging.getLogger("retreatkit.mirror")
 
-CHUNK = 256 * 1024
-
-
-class UpstreamError(Exception):
-    """The upstream could not give us the file; `status` is what we answer (502 or 504)."""
-
-    def __init__(self, message: str, status: int = 502) -> None:
-        super().__init__(message)
-        self.status = status
+RECENT = 100  # finished fetches kept for the organiser's list
 
 
 @dataclass
 class Limits:
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0  # longest silence from upstream mid-body
+    connect_timeout: float = 5.0  # name resolution and TCP connect, in total
+    headers_timeout: float = 10.0  # from the request sent to the answer's headers
+    read_timeout: float = 30.0  # the longest silence mid-body
+    index_timeout: float = 60.0  # a whole index page, from the first byte of DNS to the last
     max_size: int = 8 * 1024**3
     downloads: int = 32  # upstream downloads at once; more wait their turn
 
 
-class FillState(enum.Enum):
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An upstream's answer to an index request, read whole."""
 
-
-@dataclass
-class Fill:
-    """One download in progress. Readers follow `written`; `state` says how it ended."""
-
-    name: str
-    url: str
-    expected: dict[str, str]
-    writer: BlobWriter | None = None
-    written: int = 0
-    length: int | None = None
-    content_type: str = "application/octet-stream"
-    state: FillState = FillState.RUNNING
-    digest: str | None = None
-    error: UpstreamError | None = None
-    readers: int = 0
-    headers: asyncio.Event = field(default_factory=asyncio.Event)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def current(self) -> FillState:
-        return self.state
-
-    def notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def changed(self) -> None:
-        await self._changed.wait()
+    status: int
+    body: bytes
+    content_type: str
+    etag: str | None
+    last_modified: str | None
 
 
 Publish = Callable[[Fill], Awaitable[None]]
 
 
-@dataclass
-class Counters:
-    upstream_fetches: int = 0
-    upstream_bytes: int = 0
-    coalesced: int = 0
-    verify_failures: int = 0
-    upstream_errors: int = 0
-
-
 class Fetcher:
-    def __init__(self, store: Store, session: aiohttp.ClientSession, limits: Limits) -> None:
+    def __init__(
+        self,
+        store: Store,
+        session: aiohttp.ClientSession,
+        limits: Limits,
+        stats: Stats,
+        health: Health,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.session = session
         self.limits = limits
+        self.stats = stats
+        self.health = health
+        self.clock = clock
         self.inflight: dict[str, Fill] = {}
-        self.counters = Counters()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._tasks: set[asyncio.Task[None]] = set()
         # clients choose how many different files they ask for: the uplink is not theirs
         self._slots = asyncio.Semaphore(limits.downloads)
-
-    def fill(self, name: str, url: str, expected: dict[str, str], publish: Publish) -> Fill:
-        """Start a download of `url` for `name`, or join the one under way."""
-        running = self.inflight.get(name)
-        if running is not None:
-            self.counters.coalesced += 1
-            running.readers += 1
-            return running
-        fill = Fill(name, url, expected, readers=1)
-        self.inflight[name] = fill
-        task = asyncio.create_task(self._run(fill, publish))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return fill
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def get_small(self, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        """A revalidation or index request; the caller reads and releases it."""
+    # -- one bounded request --------------------------------------------------------------
+
+    async def _open(
+        self, url: str, headers: Mapping[str, str], method: str = "GET"
+    ) -> aiohttp.ClientResponse:
+        """The upstream's answer, headers read; the caller reads the body and releases it."""
+        where = origin(url)
+        host = urlsplit(url).netloc
+        verdict = self.health.ask(where, self.clock())
+        if verdict is Verdict.WAIT:
+            self.stats.upstream_skipped += 1
+            why = self.health.get(where).last_error or "unreachable"
+            wait = self.health.retry_in(where, self.clock())
+            raise UpstreamDown(f"upstream {host} is down ({why}); next try in {wait:.0f} s")
+        limits = self.limits
+        # `connect` covers name resolution too; sock_connect would not, and a resolver
+        # that never answers then holds every request for the resolver's own timeouts
         timeout = aiohttp.ClientTimeout(
-            sock_connect=self.limits.connect_timeout, sock_read=self.limits.read_timeout
+            connect=limits.connect_timeout, sock_read=limits.read_timeout
         )
+        bound = limits.connect_timeout + limits.headers_timeout
         try:
-            return await self.session.get(url, headers=headers, timeout=timeout)
+            async with asyncio.timeout(bound):
+                response = await self.session.request(method, url, headers=headers, timeout=timeout)
+        except aiohttp.ConnectionTimeoutError:  # the name, or the TCP handshake
+            why = f"no connection within {limits.connect_timeout:g} s"
+            self._unreachable(where, verdict, why)
+            raise UpstreamTimeout(f"upstream {host}: {why}") from None
         except TimeoutError:
-            self.counters.upstream_errors += 1
-            raise UpstreamError(f"upstream timed out: {url}", 504) from None
-        except aiohttp.ClientError as exc:
-            self.counters.upstream_errors += 1
-            raise UpstreamError(f"upstream unreachable: {_why(exc)}") from None
+            why = f"no answer within {bound:g} s"
+            self._unreachable(where, verdict, why)
+            raise UpstreamTimeout(f"upstream {host}: {why}") from None
+        except aiohttp.ClientConnectorDNSError as exc:
+            why = f"its name does not resolve ({_why(exc.os_error)})"
+            self._unreachable(where, verdict, why)
+            raise UpstreamError(f"upstream {host}: {why}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            why = _why(exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc)
+            self._unreachable(where, verdict, why)
+            raise UpstreamError(f"upstream {host}: {why}") from None
+        except BaseException:
+            self.health.abandoned(where, verdict)
+            raise
+        self.health.answered(where)
+        return response
+
+    def _unreachable(self, where: str, verdict: Verdict, why: str) -> None:
+        was_down = self.health.is_down(where)
+        self.health.failed(where, self.clock(), why, verdict)
+        if not was_down:
+            log.warning("upstream %s is down: %s", where, why)
+
+    async def get_index(self, url: str, headers: Mapping[str, str], limit: int) -> Reply:
+        """An index page, read whole within `index_timeout`."""
+        try:
+            try:
+                async with asyncio.timeout(self.limits.index_timeout):
+                    response = await self._open(url, headers)
+                    async with response:
+                        ok = response.status == 200
+                        body = await _read_bounded(response, limit) if ok else b""
+                        h = response.headers
+                        return Reply(
+                            response.status,
+                            body,
+                            h.get("Content-Type", ""),
+                            h.get("ETag"),
+                            h.get("Last-Modified"),
+                        )
+            except TimeoutError:
+                bound = self.limits.index_timeout
+                raise UpstreamTimeout(f"upstream took over {bound:g} s sending {url}") from None
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(f"upstream failed sending {url}: {_why(exc)}") from None
+        except UpstreamError as exc:
+            self.count(exc)
+            raise
+
+    async def size_of(self, url: str) -> int | None:
+        """What a file's Content-Length is upstream, by a HEAD: no body crosses the uplink."""
+        try:
+            response = await self._open(url, {"Accept-Encoding": "identity"}, method="HEAD")
+        except UpstreamError:
+            return None
+        async with response:
+            ok = response.status == 200
+            return response.content_length if ok else None
+
+    # -- files ------------------------------------------------------------------------------
+
+    def fill(self, source: Source, publish: Publish) -> Fill:
+        """Start a download of `source`, or join the one under way."""
+        running = self.inflight.get(source.name)
+        if running is not None:
+            self.stats.coalesced += 1
+            running.readers += 1
+            return running
+        fill = Fill(source, time.time(), readers=1)
+        self.inflight[source.name] = fill
+        task = asyncio.create_task(self._run(fill, publish))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fill
 
     async def _run(self, fill: Fill, publish: Publish) -> None:
-        self.counters.upstream_fetches += 1
+        self.stats.upstream_fetches += 1
         started = time.monotonic()
+        space = self.store.space
+        ended = "stored"
         try:
             async with self._slots:
                 await self._download(fill)
@@ -137,108 +208,127 @@ class Fetcher:
             log.info(
                 "fetched %s (%d bytes, %.2fs)", fill.name, fill.written, time.monotonic() - started
             )
-        except UpstreamError as exc:
-            fill.error = exc
-            fill.state = FillState.FAILED
-            self.counters.upstream_errors += 1
-            log.warning("fetch of %s failed: %s", fill.name, exc)
-        except IntegrityError as exc:
-            fill.error = UpstreamError(f"upstream sent bad bytes for {fill.name}: {exc}")
-            fill.state = FillState.FAILED
-            self.counters.verify_failures += 1
-            log.warning("rejected %s: %s", fill.name, exc)
         except asyncio.CancelledError:
-            fill.error = UpstreamError("mirror shutting down", 503)
-            fill.state = FillState.FAILED
+            fill.fail(LocalError("the mirror is shutting down"))
+            ended = "cancelled"
             raise
+        except MirrorError as exc:
+            fill.fail(exc)
+            ended = self._failed(fill, exc)
+        except Exception as exc:  # a bug must not leave readers waiting forever
+            log.exception("fetch of %s failed", fill.name)
+            fill.fail(LocalError(f"the mirror failed fetching {fill.name}: {_why(exc)}"))
+            ended = "mirror error"
         finally:
             if fill.writer is not None and fill.state is not FillState.DONE:
                 fill.writer.discard()
+            space.release(fill.reserved)
             del self.inflight[fill.name]
             fill.headers.set()
             fill.notify()
+            self.recent.appendleft(fill.record(ended))
+
+    def count(self, exc: MirrorError) -> None:
+        """One home for counting an upstream's failure, whatever request met it."""
+        if isinstance(exc, BadUpstreamData):
+            self.stats.verify_failures += 1
+        elif isinstance(exc, UpstreamError) and not isinstance(exc, UpstreamDown):
+            self.stats.upstream_errors += 1
+
+    def _failed(self, fill: Fill, exc: MirrorError) -> str:
+        log.warning("fetch of %s failed: %s", fill.name, exc)
+        self.count(exc)
+        if isinstance(exc, StoreFull):
+            self.store.space.did_not_fit(fill.expected_size or self._outgrew(fill))
+            return "disk full"
+        if isinstance(exc, BadUpstreamData):
+            return "verify failed"
+        if isinstance(exc, UpstreamDown):
+            return "upstream down"
+        return "upstream error" if isinstance(exc, UpstreamError) else "mirror error"
+
+    def _outgrew(self, fill: Fill) -> int:
+        """A file of unknown size that filled the disk needs more than the room it had:
+        what it took, what was left, and a margin for the filesystem's own blocks."""
+        taken = 0
+        if fill.writer is not None:
+            with contextlib.suppress(OSError):
+                taken = fill.writer.path.stat().st_blocks * 512
+        return taken + self.store.free_bytes() + (1 << 20)
 
     async def _download(self, fill: Fill) -> None:
-        limits = self.limits
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=limits.connect_timeout, sock_read=limits.read_timeout
-        )
+        limits, store = self.limits, self.store
+        known = fill.source.size
+        if known is not None and not store.space.room_for(known, store.free_bytes()):
+            raise StoreFull(f"the mirror's disk has no room for {fill.file}")
+        response = await self._open(fill.source.url, {})
         try:
-            async with self.session.get(fill.url, timeout=timeout) as response:
+            async with response:
                 if response.status != 200:
-                    raise UpstreamError(f"upstream answered {response.status} for {fill.name}")
+                    raise UpstreamError(f"upstream answered {response.status} for {fill.file}")
                 fill.length = response.content_length
-                if fill.length is not None and fill.length > limits.max_size:
-                    raise UpstreamError(f"{fill.name} is larger than the mirror's limit")
+                size = fill.expected_size
+                if size is not None and size > limits.max_size:
+                    raise UpstreamError(f"{fill.file} is larger than the mirror's limit")
+                if size is not None:
+                    if not store.space.room_for(size, store.free_bytes()):
+                        raise StoreFull(f"the mirror's disk has no room for {fill.file}")
+                    fill.reserved = size
+                    store.space.reserve(size)
+                elif store.disk_full():  # a size nobody knows would only find out the hard way
+                    raise StoreFull(f"the mirror's disk is full; {fill.file} has no known size")
                 fill.content_type = response.headers.get("Content-Type", fill.content_type)
-                fill.writer = self.store.writer(tuple(fill.expected))
+                fill.writer = store.writer(tuple(fill.source.hashes))
                 fill.headers.set()
                 async for chunk in response.content.iter_chunked(CHUNK):
-                    fill.writer.write(chunk)
+                    # hashing and writing 256 KiB held the loop ~0.2 ms a chunk; a thread
+                    # costs ~20% more CPU and holds it not at all (bench/mirror_io.py)
+                    await asyncio.to_thread(fill.writer.write, chunk)
                     fill.written += len(chunk)
-                    self.counters.upstream_bytes += len(chunk)
+                    self.stats.upstream_bytes += len(chunk)
                     if fill.written > limits.max_size:
-                        raise UpstreamError(f"{fill.name} is larger than the mirror's limit")
+                        raise UpstreamError(f"{fill.file} is larger than the mirror's limit")
                     fill.notify()
         except TimeoutError:
-            raise UpstreamError(f"upstream timed out fetching {fill.name}", 504) from None
+            raise UpstreamTimeout(f"upstream went silent sending {fill.file}") from None
+        except aiohttp.ClientPayloadError:
+            raise UpstreamError(f"upstream cut {fill.file} short") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream failed fetching {fill.name}: {_why(exc)}") from None
+            raise UpstreamError(f"upstream failed sending {fill.file}: {_why(exc)}") from None
         if fill.length is not None and fill.written != fill.length:
-            raise UpstreamError(f"upstream cut {fill.name} short")
-        assert fill.writer is not None
+            raise BadUpstreamData(f"upstream cut {fill.file} short")
         # a body cut short without a Content-Length is caught here, by its hash
-        fill.digest = fill.writer.check(fill.expected)
+        try:
+            fill.digest = fill.writer.check(fill.source.hashes)
+        except IntegrityError as exc:
+            raise IntegrityError(f"upstream sent bad bytes for {fill.file}: {exc}") from None
         await asyncio.to_thread(fill.writer.publish, fill.digest)
+        store.published(fill.digest, fill.written)
+
+    # -- the organiser's list -----------------------------------------------------------------
+
+    def fetches(self) -> dict[str, list[dict[str, Any]]]:
+        running = sorted(self.inflight.values(), key=lambda f: f.started, reverse=True)
+        return {"in_progress": [f.record(None) for f in running], "recent": list(self.recent)}
 
 
-def _why(exc: BaseException) -> str:
+def _why(exc: BaseException | None) -> str:
+    """One short line: the system's words for an OSError, else the exception's first line."""
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
 
 
-async def follow(fill: Fill, store: Store) -> AsyncIterator[bytes]:
-    """The fill's bytes as they arrive; raises UpstreamError if it fails, even mid-way."""
-    await fill.headers.wait()
-    if fill.state is FillState.FAILED:
-        assert fill.error is not None
-        raise fill.error
-    fd = _open_fill(fill, store)
-    offset = 0
-    try:
-        while True:
-            state = fill.current()  # a call, not an attribute: it changes across awaits
-            if state is FillState.FAILED:
-                assert fill.error is not None
-                raise fill.error
-            # the last byte waits for the hash check: until then no reader holds a
-            # complete body, so a file that fails verification is never a whole 200
-            limit = fill.written if state is FillState.DONE else fill.written - 1
-            if offset < limit:
-                chunk = os.pread(fd, min(CHUNK, limit - offset), offset)
-                if not chunk:
-                    raise UpstreamError(f"lost track of {fill.name}")
-                offset += len(chunk)
-                yield chunk
-                continue
-            if state is FillState.DONE:
-                return
-            await fill.changed()
-    finally:
-        os.close(fd)
-
-
-def _open_fill(fill: Fill, store: Store) -> int:
-    # the temp file may have been published (renamed) or dropped since: try both
-    for path in (fill.writer.path if fill.writer else None, _published(fill, store)):
-        if path is None:
-            continue
-        try:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-    raise fill.error or UpstreamError(f"lost track of {fill.name}")
-
-
-def _published(fill: Fill, store: Store) -> os.PathLike[str] | None:
-    return store.blob_path(fill.digest) if fill.digest else None
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    if response.content_length is not None and response.content_length > limit:
+        raise BadUpstreamData("upstream index is larger than the mirror's limit")
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise BadUpstreamData("upstream index is larger than the mirror's limit")
+        chunks.append(chunk)
+    if response.content_length is not None and size != response.content_length:
+        raise BadUpstreamData("upstream cut the index short")
+    return b"".join(chunks)

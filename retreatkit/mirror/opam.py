@@ -8,7 +8,9 @@ import re
 import tarfile
 from dataclasses import dataclass
 
-from retreatkit.mirror.store import valid_hex
+from retreatkit.mirror.blobs import valid_hex
+from retreatkit.mirror.errors import BadUpstreamData
+from retreatkit.mirror.records import Processed, Source
 
 REPO_FILE = b'opam-version: "2.0"\narchive-mirrors: "cache"\n'
 MAX_INDEX = 512 * 1024 * 1024
@@ -20,7 +22,7 @@ _TOKEN = re.compile(
 )
 
 
-class BadIndex(ValueError):
+class BadIndex(BadUpstreamData):
     """index.tar.gz is truncated, corrupt or too large."""
 
 
@@ -29,6 +31,7 @@ class Archive:
     url: str
     mirrors: tuple[str, ...]
     checksums: dict[str, str]  # algo -> hex, every one the opam file gives
+    package: str = ""  # `name.version`, from where the opam file sits
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
@@ -67,7 +70,7 @@ def _section_fields(tokens: list[tuple[str, str]], start: int) -> tuple[dict[str
     return fields, i
 
 
-def _archive(fields: dict[str, list[str]]) -> Archive | None:
+def _archive(fields: dict[str, list[str]], package: str) -> Archive | None:
     urls = fields.get("src") or fields.get("archive") or fields.get("http")
     if not urls:
         return None
@@ -80,10 +83,10 @@ def _archive(fields: dict[str, list[str]]) -> Archive | None:
             checksums["md5"] = item.lower()
     if not checksums:
         return None
-    return Archive(urls[0], tuple(fields.get("mirrors", [])), checksums)
+    return Archive(urls[0], tuple(fields.get("mirrors", [])), checksums, package)
 
 
-def archives(opam_text: str) -> list[Archive]:
+def archives(opam_text: str, package: str = "") -> list[Archive]:
     """The archives an opam file declares: its `url` section and every `extra-source`."""
     tokens = _tokens(opam_text)
     found = []
@@ -96,7 +99,7 @@ def archives(opam_text: str) -> list[Archive]:
                 j += 1
             if j < len(tokens) and tokens[j] == ("punct", "{"):
                 fields, i = _section_fields(tokens, j + 1)
-                archive = _archive(fields)
+                archive = _archive(fields, package)
                 if archive is not None:
                     found.append(archive)
                 continue
@@ -138,7 +141,8 @@ def read_index(data: bytes) -> tuple[bytes, list[Archive]]:
                     and member.name.endswith("/opam")
                     and member.size <= MAX_OPAM_FILE
                 ):
-                    found.extend(archives(content.decode("utf-8", "replace")))
+                    package = member.name.rstrip("/").split("/")[-2]
+                    found.extend(archives(content.decode("utf-8", "replace"), package))
                 new.addfile(member, io.BytesIO(content) if member.isfile() else None)
             if not saw_repo:
                 info = tarfile.TarInfo("repo")
@@ -160,3 +164,17 @@ def _mirror_repo(content: bytes) -> bytes:
 
 def cache_name(algo: str, digest: str) -> str:
     return f"opam/{algo}/{digest}"
+
+
+def process(data: bytes) -> Processed:
+    """The index as the mirror serves it, and one source per archive checksum: opam may
+    ask for an archive by any hash its opam file gives, and all name the same bytes."""
+    index, found = read_index(data)
+    sources = []
+    for a in found:
+        names = [cache_name(algo, digest) for algo, digest in a.checksums.items()]
+        for name in names:
+            also = tuple(n for n in names if n != name)
+            package = a.package.split(".", 1)[0]
+            sources.append(Source(name, a.url, a.checksums, "opam", package, None, also))
+    return Processed(index, "application/gzip", tuple(sources))

@@ -1,15 +1,26 @@
-"""PyPI's simple API (PEP 503, 691, 658, 714): parse upstream pages, rewrite, render (no I/O)."""
+"""PyPI's simple API (PEP 503, 691, 658, 700, 714): typed pages, parsed, rewritten, rendered.
+
+No I/O here. Upstream pages (HTML or JSON) become a `Project` of `File`s; the mirror
+keeps the rewritten project, whose files point at itself, as PEP 691 JSON, and renders
+HTML, or the offline page listing only what it holds, from it. PEP 700 makes `size`
+mandatory under api-version 1.1: a page whose sizes are not all known (an HTML upstream,
+files never fetched) says 1.0, the truth, and gives the sizes it knows.
+"""
 
 from __future__ import annotations
 
 import html
 import json
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urldefrag, urljoin
 
-from retreatkit.mirror.store import valid_hex
+from retreatkit.mirror.blobs import valid_hex
+from retreatkit.mirror.errors import BadUpstreamData
+from retreatkit.mirror.records import Processed, Source
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPE = "application/vnd.pypi.simple.v1+html"
@@ -17,10 +28,70 @@ ACCEPT_UPSTREAM = f"{JSON_TYPE}, {HTML_TYPE};q=0.2, text/html;q=0.1"
 MAX_PAGE = 64 * 1024 * 1024
 _NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
 _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!-]{0,254}$")
+_SDIST = re.compile(r"\.(tar\.gz|tar\.bz2|tar\.xz|tar|zip|tgz)$")
 
 
-class PageError(ValueError):
+class PageError(BadUpstreamData):
     """An upstream page we cannot make sense of (truncated, wrong type, malformed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    filename: str
+    url: str
+    hashes: Mapping[str, str]
+    requires_python: str | None = None
+    yanked: bool | str = False  # True, or the reason
+    size: int | None = None
+    upload_time: str | None = None
+    core_metadata: Mapping[str, str] | None = None  # hashes of `<url>.metadata`, if offered
+
+    @property
+    def key(self) -> str:
+        """Where the store keeps this file (see `source_name`)."""
+        return source_name(self.hashes.get("sha256", ""), self.filename)
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    name: str
+    files: tuple[File, ...]
+
+    @property
+    def versions(self) -> list[str]:
+        """PEP 700: the versions its files carry, in the order they first appear."""
+        found = (version_of(self.name, f.filename) for f in self.files)
+        return list(dict.fromkeys(v for v in found if v))
+
+    def with_sizes(self, sizes: Mapping[str, int]) -> Project:
+        """Sizes the store knows, for files the upstream gave none."""
+        return Project(
+            self.name,
+            tuple(
+                replace(f, size=sizes[f.key]) if f.size is None and f.key in sizes else f
+                for f in self.files
+            ),
+        )
+
+    def only(self, held: Mapping[str, int]) -> Project:
+        """The offline page: only what the store holds, so clients pick a version they can
+        install; metadata is offered only where it is held too."""
+        files = []
+        for f in self.files:
+            if f.key not in held:
+                continue
+            meta = f.core_metadata if f.key + ".metadata" in held else None
+            files.append(replace(f, size=held[f.key], core_metadata=meta))
+        return Project(self.name, tuple(files))
+
+    def keys(self) -> list[str]:
+        """Every store key the page names: files and their metadata."""
+        out = []
+        for f in self.files:
+            out.append(f.key)
+            if f.core_metadata is not None:
+                out.append(f.key + ".metadata")
+        return out
 
 
 def normalize(name: str) -> str:
@@ -44,6 +115,26 @@ def source_name(sha256: str, filename: str) -> str:
     return f"pypi/{sha256}/{filename}"
 
 
+def page_key(name: str) -> str:
+    return f"pypi/simple/{name}"
+
+
+def version_of(project: str, filename: str) -> str | None:
+    """A distribution's version from its file name (wheel, sdist or egg)."""
+    if filename.endswith((".whl", ".egg")):
+        parts = filename.split("-")
+        return parts[1] if len(parts) >= 3 else None
+    stem = _SDIST.sub("", filename)
+    if stem == filename:
+        return None
+    # an sdist's project part may itself hold dashes (`python-dateutil-2.8.2.tar.gz`)
+    cut = len(project)
+    if normalize(stem[:cut]) == project and stem[cut : cut + 1] == "-":
+        return stem[cut + 1 :] or None
+    _, dash, version = stem.rpartition("-")
+    return version if dash and version else None
+
+
 def wants_json(accept: str) -> bool:
     """PEP 691 content negotiation, simplified: JSON if the client ranks it above HTML."""
     best, best_q = "html", -1.0
@@ -63,6 +154,9 @@ def wants_json(accept: str) -> bool:
         elif kind in (HTML_TYPE, "text/html", "*/*") and q > best_q:
             best, best_q = "html", q
     return best == "json"
+
+
+# -- upstream pages ---------------------------------------------------------------------
 
 
 class _Anchors(HTMLParser):
@@ -89,17 +183,20 @@ class _Anchors(HTMLParser):
             self.closed_html = True
 
 
-def _hash_attr(value: str | None) -> dict[str, str] | bool:
-    """`sha256=abc` -> {"sha256": "abc"}; `true` -> True; absent -> False."""
+def _hashes(pairs: Iterable[tuple[Any, Any]]) -> dict[str, str]:
+    return {str(a): str(h).lower() for a, h in pairs if valid_hex(str(a), str(h).lower())}
+
+
+def _metadata_attr(value: str | None) -> dict[str, str] | None:
+    """`sha256=abc` -> {"sha256": "abc"}; `true` (no hash) or absent -> None: the mirror
+    offers no file it cannot verify."""
     if value is None:
-        return False
-    algo, eq, digest = value.partition("=")
-    if eq and valid_hex(algo, digest.lower()):
-        return {algo: digest.lower()}
-    return value.strip().lower() == "true"
+        return None
+    algo, _, digest = value.partition("=")
+    return _hashes([(algo, digest)]) or None
 
 
-def parse_html(body: bytes, page_url: str) -> list[dict[str, Any]]:
+def parse_html(body: bytes, page_url: str) -> list[File]:
     parser = _Anchors()
     try:
         parser.feed(body.decode("utf-8"))
@@ -115,21 +212,25 @@ def parse_html(body: bytes, page_url: str) -> list[dict[str, Any]]:
         if not href:
             continue
         url, fragment = urldefrag(urljoin(page_url, href))
-        entry: dict[str, Any] = {"filename": text or url.rsplit("/", 1)[-1], "url": url}
         algo, _, digest = fragment.partition("=")
-        entry["hashes"] = {algo: digest.lower()} if valid_hex(algo, digest.lower()) else {}
-        if attrs.get("data-requires-python"):
-            entry["requires-python"] = attrs["data-requires-python"]
+        yanked: bool | str = False
         if "data-yanked" in attrs:
-            entry["yanked"] = attrs["data-yanked"] or True
-        meta = _hash_attr(attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata")))
-        if meta:
-            entry["core-metadata"] = meta
-        files.append(entry)
+            yanked = attrs["data-yanked"] or True
+        meta = attrs.get("data-core-metadata", attrs.get("data-dist-info-metadata"))
+        files.append(
+            File(
+                filename=text or url.rsplit("/", 1)[-1],
+                url=url,
+                hashes=_hashes([(algo, digest)]),
+                requires_python=attrs.get("data-requires-python") or None,
+                yanked=yanked,
+                core_metadata=_metadata_attr(meta),
+            )
+        )
     return files
 
 
-def parse_json(body: bytes, page_url: str) -> list[dict[str, Any]]:
+def parse_json(body: bytes, page_url: str) -> list[File]:
     try:
         doc = json.loads(body)
         raw = doc["files"]
@@ -141,89 +242,115 @@ def parse_json(body: bytes, page_url: str) -> list[dict[str, Any]]:
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("url"), str):
             continue
-        entry = {
-            k: item[k]
-            for k in ("filename", "requires-python", "yanked", "size", "upload-time")
-            if k in item
-        }
-        entry["url"] = urljoin(page_url, item["url"])
         hashes = item.get("hashes")
-        entry["hashes"] = {
-            a: str(h).lower()
-            for a, h in (hashes.items() if isinstance(hashes, dict) else [])
-            if valid_hex(a, str(h).lower())
-        }
-        meta = item.get("core-metadata", item.get("dist-info-metadata", False))
-        if isinstance(meta, dict):
-            meta = {a: str(h).lower() for a, h in meta.items() if valid_hex(a, str(h).lower())}
-        if meta:
-            entry["core-metadata"] = meta
-        files.append(entry)
+        meta = item.get("core-metadata", item.get("dist-info-metadata"))
+        size, yanked = item.get("size"), item.get("yanked", False)
+        requires, uploaded = item.get("requires-python"), item.get("upload-time")
+        files.append(
+            File(
+                filename=str(item.get("filename") or item["url"].rsplit("/", 1)[-1]),
+                url=urljoin(page_url, item["url"]),
+                hashes=_hashes(hashes.items()) if isinstance(hashes, dict) else {},
+                requires_python=requires if isinstance(requires, str) and requires else None,
+                yanked=yanked if isinstance(yanked, bool | str) else bool(yanked),
+                size=size if type(size) is int and size >= 0 else None,
+                upload_time=uploaded if isinstance(uploaded, str) else None,
+                core_metadata=(_hashes(meta.items()) or None) if isinstance(meta, dict) else None,
+            )
+        )
     return files
 
 
-def parse(body: bytes, content_type: str, page_url: str) -> list[dict[str, Any]]:
+def parse(body: bytes, content_type: str, page_url: str) -> list[File]:
     if JSON_TYPE in content_type or content_type.startswith("application/json"):
         return parse_json(body, page_url)
     return parse_html(body, page_url)
 
 
-Source = tuple[str, str, dict[str, str]]
-
-
-def rewrite(name: str, files: list[dict[str, Any]]) -> tuple[dict[str, Any], list[Source]]:
-    """The page as the mirror serves it, and where upstream keeps each file.
+def rewrite(name: str, files: Iterable[File]) -> tuple[Project, list[Source]]:
+    """The project as the mirror serves it, and where upstream keeps each file.
 
     Files without a sha256 are left out: the mirror stores nothing it cannot verify.
-    Metadata is offered only where upstream gave its hash, for the same reason.
+    Metadata is offered only where upstream gave its sha256, for the same reason.
     """
-    out: list[dict[str, Any]] = []
+    out: list[File] = []
     sources: list[Source] = []
-    for entry in files:
-        sha = entry["hashes"].get("sha256")
-        filename = str(entry.get("filename", ""))
-        if not sha or not valid_filename(filename):
+    for f in files:
+        sha = f.hashes.get("sha256")
+        if not sha or not valid_filename(f.filename):
             continue
-        sources.append((source_name(sha, filename), entry["url"], dict(entry["hashes"])))
-        item = {k: v for k, v in entry.items() if k not in ("url", "core-metadata")}
-        item["filename"] = filename
-        item["url"] = files_url(sha, filename)
-        meta = entry.get("core-metadata")
-        if isinstance(meta, dict) and "sha256" in meta:
-            item["core-metadata"] = meta
-            sources.append(
-                (source_name(sha, filename + ".metadata"), entry["url"] + ".metadata", meta)
-            )
-        out.append(item)
-    page = {"meta": {"api-version": "1.1"}, "name": name, "files": out}
-    return page, sources
+        key = source_name(sha, f.filename)
+        sources.append(Source(key, f.url, dict(f.hashes), "pypi", name, f.size))
+        meta = f.core_metadata if f.core_metadata and "sha256" in f.core_metadata else None
+        if meta is not None:
+            sources.append(Source(key + ".metadata", f.url + ".metadata", meta, "pypi", name))
+        out.append(replace(f, url=files_url(sha, f.filename), core_metadata=meta))
+    return Project(name, tuple(out)), sources
 
 
-def render_json(page: dict[str, Any]) -> bytes:
-    return json.dumps(page, separators=(",", ":")).encode()
+def process(name: str, body: bytes, content_type: str, page_url: str) -> Processed:
+    """An upstream page as the mirror keeps it (CPU-heavy for big projects: run off the loop)."""
+    project, sources = rewrite(name, parse(body, content_type, page_url))
+    return Processed(render_json(project), JSON_TYPE, tuple(sources))
 
 
-def render_html(page: dict[str, Any]) -> bytes:
-    name = html.escape(page["name"])
+def load(body: bytes) -> Project:
+    """A page the mirror stored (its own PEP 691 JSON) back into records."""
+    doc = json.loads(body)
+    return Project(str(doc["name"]), tuple(parse_json(body, "")))
+
+
+# -- what clients get -------------------------------------------------------------------
+
+
+def api_version(project: Project) -> str:
+    return "1.1" if all(f.size is not None for f in project.files) else "1.0"
+
+
+def _json_file(f: File) -> dict[str, Any]:
+    item: dict[str, Any] = {"filename": f.filename, "url": f.url, "hashes": dict(f.hashes)}
+    if f.requires_python:
+        item["requires-python"] = f.requires_python
+    if f.yanked:
+        item["yanked"] = f.yanked
+    if f.size is not None:
+        item["size"] = f.size
+    if f.upload_time:
+        item["upload-time"] = f.upload_time
+    if f.core_metadata is not None:
+        item["core-metadata"] = dict(f.core_metadata)  # PEP 714: only the new name in JSON
+    return item
+
+
+def render_json(project: Project) -> bytes:
+    doc = {
+        "meta": {"api-version": api_version(project)},
+        "name": project.name,
+        "versions": project.versions,
+        "files": [_json_file(f) for f in project.files],
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def render_html(project: Project) -> bytes:
+    name = html.escape(project.name)
     lines = [
         "<!DOCTYPE html>",
         '<html><head><meta name="pypi:repository-version" content="1.1">',
         f"<title>Links for {name}</title></head><body><h1>Links for {name}</h1>",
     ]
-    for item in page["files"]:
-        attrs = [f'href="{html.escape(item["url"])}#sha256={item["hashes"]["sha256"]}"']
-        if item.get("requires-python"):
-            attrs.append(f'data-requires-python="{html.escape(item["requires-python"])}"')
-        yanked = item.get("yanked")
-        if yanked:
-            reason = yanked if isinstance(yanked, str) else ""
+    for f in project.files:
+        attrs = [f'href="{html.escape(f.url)}#sha256={f.hashes["sha256"]}"']
+        if f.requires_python:
+            attrs.append(f'data-requires-python="{html.escape(f.requires_python)}"')
+        if f.yanked:
+            reason = f.yanked if isinstance(f.yanked, str) else ""
             attrs.append(f'data-yanked="{html.escape(reason)}"')
-        meta = item.get("core-metadata")
-        if isinstance(meta, dict):
-            value = f"sha256={meta['sha256']}"
+        if f.core_metadata is not None:
+            value = f"sha256={f.core_metadata['sha256']}"
             # PEP 714: the new name and, for older clients, the old one
             attrs.append(f'data-core-metadata="{value}" data-dist-info-metadata="{value}"')
-        lines.append(f"<a {' '.join(attrs)}>{html.escape(item['filename'])}</a><br/>")
+        lines.append(f"<a {' '.join(attrs)}>{html.escape(f.filename)}</a><br/>")
     lines.append("</body></html>")
     return ("\n".join(lines) + "\n").encode()
 

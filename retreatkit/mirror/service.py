@@ -1,26 +1,53 @@
-"""The mirror's state and policy: fresh, revalidated or stale indexes; verified files."""
+"""The mirror's policy: fresh, revalidated, stale or offline indexes; verified files.
+
+Ecosystems (pypi, opam, ...) bring the format; this module decides where an answer comes
+from. An index is served from the store while fresh, then revalidated (once, however
+many ask); when the upstream fails it is served stale at once, and while the upstream
+is down the ecosystem's pages list only what the store holds. A file is served only
+once verified; a missing one is fetched once and streamed to everyone who asks.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
-from retreatkit.mirror import opam, pypi
-from retreatkit.mirror.fetch import Fetcher, Fill, Limits, UpstreamError
-from retreatkit.mirror.store import Object, Store
+from retreatkit.mirror.errors import (
+    BadUpstreamData,
+    LocalError,
+    NotFound,
+    UpstreamDown,
+    UpstreamError,
+)
+from retreatkit.mirror.fetch import Fetcher, Limits
+from retreatkit.mirror.fill import Fill, FillState
+from retreatkit.mirror.health import Health, origin
+from retreatkit.mirror.memory import SMALL, HotCache, Page, Renders
+from retreatkit.mirror.records import Blob, Object, Processed, Source
+from retreatkit.mirror.stats import Stats
+from retreatkit.mirror.store import Store
 
 log = logging.getLogger("retreatkit.mirror")
+Offload = Callable[..., Awaitable[Any]]
+Process = Callable[[bytes, str], Processed]
+MAX_ORIGINS = 64  # upstream hosts remembered per ecosystem
+MAX_UNSAVED = 64  # index pages kept in memory only, while the disk cannot take them
+
+
+@dataclass
+class ServerLimits:
+    per_address: int = 256  # connections from one address (uv opens up to 50 at once)
+    idle_timeout: float = 15.0  # a connection with no complete request, first or next
 
 
 @dataclass
@@ -30,24 +57,18 @@ class Settings:
     opam: str | None
     index_ttl: float = 600.0  # how long an index is served before asking upstream again
     hot_bytes: int = 128 * 1024 * 1024  # small files kept in memory
+    page_bytes: int = 64 * 1024 * 1024  # index pages kept in memory, as clients get them
     lists: list[str] = field(default_factory=list)  # other URLs to cache (blocklists)
     limits: Limits = field(default_factory=Limits)
-
-
-@dataclass
-class Counters:
-    hits: int = 0
-    misses: int = 0
-    stale: int = 0
-    not_found: int = 0
-    errors: int = 0
-    bytes_from_cache: int = 0
-    bytes_from_upstream: int = 0
+    server: ServerLimits = field(default_factory=ServerLimits)
+    keep_free: int = 512 * 1024 * 1024  # disk space the store leaves to the machine
+    public_url: str = ""  # what the attendee page tells people; empty: from the request
 
 
 @dataclass(frozen=True, slots=True)
 class IndexAnswer:
     obj: Object
+    body: bytes
     origin: str  # "cache", "revalidated", "upstream" or "stale"
 
     @property
@@ -55,43 +76,92 @@ class IndexAnswer:
         return self.origin == "stale"
 
 
-Process = Callable[[bytes, str], Awaitable[tuple[bytes, str]]]
-
-
 class Mirror:
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        *,
+        offload: Offload = asyncio.to_thread,
+        pace: Callable[[], None] = lambda: None,
+    ) -> None:
         self.settings = settings
-        self.store = Store(settings.store)
-        self.fetcher = Fetcher(self.store, session, settings.limits)
-        self.counters = Counters()
-        self.started = time.time()
-        self._revalidating: dict[str, asyncio.Future[IndexAnswer]] = {}
+        self.store = Store(settings.store, settings.keep_free)
+        self.stats = Stats()
+        self.health = Health()
+        self.fetcher = Fetcher(self.store, session, settings.limits, self.stats, self.health)
         self.hot = HotCache(settings.hot_bytes)
+        self.renders = Renders(settings.page_bytes)
+        self.started = time.time()
+        self.lan_url = "http://localhost"  # where the LAN reaches it; the service sets it
+        self.offload = offload  # CPU or disk work that must not stall the loop
+        self.generation: Counter[str] = Counter()  # per package: bumps as files land
+        self.origins: dict[str, set[str]] = {}  # ecosystem -> upstream hosts its files use
+        self._pace = pace
+        self._pages: dict[str, tuple[Object, bytes]] = {}  # pages the disk could not take
+        self._revalidating: dict[str, asyncio.Future[IndexAnswer]] = {}
+        self._check: asyncio.Task[None] | None = None
+
+    def start(self, done: Callable[[str], None] = lambda line: None) -> None:
+        """Check the store in the background: the mirror serves meanwhile, verifying on
+        first serve any blob the check has not reached yet."""
+
+        async def check() -> None:
+            result = await self.offload(self.store.check_all, self._pace)
+            dropped = f"{result.dropped} corrupt dropped" if result.dropped else "none corrupt"
+            done(f"Mirror store check done: {result.files} kept, {dropped}")
+
+        self._check = asyncio.create_task(check())
+
+    async def checked(self) -> None:
+        """Wait for the background store check to end."""
+        if self._check is not None:
+            await asyncio.shield(self._check)
 
     async def close(self) -> None:
+        if self._check is not None:
+            self._check.cancel()
         await self.fetcher.close()
-        self.store.close()
-
-    async def check_store(self) -> tuple[int, int]:
-        kept, dropped = await asyncio.to_thread(self.store.verify)
-        if dropped:
-            log.warning("store check dropped %d corrupt blobs", dropped)
-        return kept, dropped
+        await asyncio.to_thread(self.store.close)
 
     # -- indexes --------------------------------------------------------------------
 
-    async def index(self, key: str, url: str, accept: str, process: Process) -> IndexAnswer:
-        """The cached index if fresh; else ask upstream (once, however many ask); else stale."""
-        cached = self.store.get(key)
+    def ecosystem_down(self, ecosystem: str, index_url: str) -> bool:
+        """Is an upstream this ecosystem needs unreachable? Then pages list only what the
+        store holds, so clients pick versions they can install."""
+        if self.health.is_down(origin(index_url)):
+            return True
+        return any(self.health.is_down(o) for o in self.origins.get(ecosystem, ()))
+
+    async def index(
+        self, key: str, url: str, accept: str, process: Process, limit: int
+    ) -> IndexAnswer:
+        """The cached index if fresh; else ask upstream (once, however many ask); else stale.
+        `process` turns the upstream's bytes (at most `limit`) into what the mirror keeps."""
+        answer = await self._index(key, url, (accept, limit), process)
+        stats = self.stats
+        if answer.origin == "upstream":
+            stats.misses += 1
+        else:
+            stats.hits += 1
+            stats.stale_served += answer.stale
+        return answer
+
+    async def _index(
+        self, key: str, url: str, ask: tuple[str, int], process: Process
+    ) -> IndexAnswer:
+        cached = self._cached_page(key)
         if cached is not None and time.time() - cached.fetched < self.settings.index_ttl:
-            return IndexAnswer(cached, "cache")
+            return await self._answer(cached, "cache")
         running = self._revalidating.get(key)
         if running is not None:
+            if cached is not None and self.health.is_down(origin(url)):
+                return await self._answer(cached, "stale")  # nobody waits on the probe
             return await asyncio.shield(running)
         future: asyncio.Future[IndexAnswer] = asyncio.get_running_loop().create_future()
         self._revalidating[key] = future
         try:
-            answer = await self._revalidate(key, url, accept, process, cached)
+            answer = await self._revalidate(key, url, ask, process, cached)
             future.set_result(answer)
             return answer
         except BaseException as exc:
@@ -101,168 +171,157 @@ class Mirror:
         finally:
             del self._revalidating[key]
 
+    def _cached_page(self, key: str) -> Object | None:
+        unsaved = self._pages.get(key)
+        return unsaved[0] if unsaved is not None else self.store.get(key)
+
+    async def _answer(self, obj: Object, how: str) -> IndexAnswer:
+        unsaved = self._pages.get(obj.key)
+        if unsaved is not None and unsaved[0].digest == obj.digest:
+            return IndexAnswer(obj, unsaved[1], how)
+        raw = self.renders.get(("raw", obj.digest))
+        if raw is None:
+            body = await self.offload(self.store.read, obj.digest)
+            raw = Page(body, f'"{obj.digest}"', obj.content_type)
+            self.renders.put(("raw", obj.digest), raw)
+        return IndexAnswer(obj, raw.body, how)
+
     async def _revalidate(
-        self, key: str, url: str, accept: str, process: Process, cached: Object | None
+        self, key: str, url: str, ask: tuple[str, int], process: Process, cached: Object | None
     ) -> IndexAnswer:
+        accept, limit = ask
         headers = {"Accept": accept}
         if cached is not None and cached.etag:
             headers["If-None-Match"] = cached.etag
         if cached is not None and cached.last_modified:
             headers["If-Modified-Since"] = cached.last_modified
         try:
-            response = await self.fetcher.get_small(url, headers)
-            async with response:
-                if response.status == 304 and cached is not None:
-                    self.store.touch(key)
-                    return IndexAnswer(cached, "revalidated")
-                if response.status == 404:
-                    raise NotFound(f"upstream has no {key}")
-                if response.status != 200:
-                    raise UpstreamError(f"upstream answered {response.status} for {key}")
-                body = await _read_bounded(response, pypi.MAX_PAGE)
-                content_type = response.headers.get("Content-Type", "")
-                etag = response.headers.get("ETag")
-                modified = response.headers.get("Last-Modified")
-            data, stored_type = await process(body, content_type)
-        except (UpstreamError, ValueError, aiohttp.ClientError, TimeoutError) as exc:
-            if isinstance(exc, ValueError):
-                self.fetcher.counters.verify_failures += 1
+            reply = await self.fetcher.get_index(url, headers, limit)
+            if reply.status == 304 and cached is not None:
+                await self._touch(cached)
+                return await self._answer(cached, "revalidated")
+            if reply.status == 404:
+                raise NotFound(f"the upstream has no {url}")
+            if reply.status != 200:
+                raise UpstreamError(f"the upstream answered {reply.status} for {url}")
+            try:
+                processed: Processed = await self.offload(process, reply.body, reply.content_type)
+            except BadUpstreamData as exc:
+                self.fetcher.count(exc)
+                raise
+        except UpstreamError as exc:
             if cached is None:
-                if isinstance(exc, UpstreamError):
-                    raise
-                raise UpstreamError(f"upstream failed for {key}: {exc}") from None
-            log.warning("serving stale %s: %s", key, exc)
-            return IndexAnswer(cached, "stale")
-        digest = self.store.put_bytes(data)
-        obj = Object(key, digest, len(data), stored_type, time.time(), etag, modified)
-        self.store.put(obj)
-        return IndexAnswer(obj, "upstream")
+                raise
+            if not isinstance(exc, UpstreamDown):
+                log.warning("serving %s stale: %s", key, exc)
+            return await self._answer(cached, "stale")
+        for source in processed.sources:
+            seen = self.origins.setdefault(source.ecosystem, set())
+            if len(seen) >= MAX_ORIGINS:
+                break
+            seen.add(origin(source.url))
+        obj = await self._save(key, processed, reply.etag, reply.last_modified)
+        return IndexAnswer(obj, processed.body, "upstream")
+
+    async def _save(
+        self, key: str, page: Processed, etag: str | None, modified: str | None
+    ) -> Object:
+        store = self.store
+        try:
+            obj = await store.run(
+                lambda: store.save(key, page.body, page.content_type, page.sources, etag, modified)
+            )
+        except LocalError as exc:
+            # serve it anyway, and keep it in memory for its freshness: a full disk must
+            # not turn every index into a 500 (or an upstream request per client)
+            log.warning("cannot keep %s: %s", key, exc)
+            digest = hashlib.sha256(page.body).hexdigest()
+            obj = Object(
+                key, digest, len(page.body), page.content_type, time.time(), etag, modified
+            )
+            self._pages[key] = (obj, page.body)
+            while len(self._pages) > MAX_UNSAVED:  # the oldest go: refetched if asked again
+                del self._pages[next(iter(self._pages))]
+            return obj
+        self._pages.pop(key, None)
+        self.renders.put(("raw", obj.digest), Page(page.body, f'"{obj.digest}"', obj.content_type))
+        return obj
+
+    async def _touch(self, cached: Object) -> None:
+        unsaved = self._pages.get(cached.key)
+        if unsaved is not None:
+            obj = replace(unsaved[0], fetched=time.time())
+            self._pages[cached.key] = (obj, unsaved[1])
+            return
+        try:
+            await self.store.run(lambda: self.store.touch(cached.key, time.time()))
+        except LocalError as exc:
+            log.warning("cannot note %s as fresh: %s", cached.key, exc)
 
     # -- files ----------------------------------------------------------------------
 
-    def cached(self, name: str) -> Object | None:
-        return self.store.get(name)
+    async def blob(self, name: str) -> Blob | None:
+        """The verified file the store holds under `name`, if any."""
+        hot = self.hot.get(name)
+        if hot is not None:  # the hot path: no disk, no SQLite
+            return hot
+        store = self.store
+        obj = store.get(name)
+        if obj is None:
+            return None
+        if obj.digest not in store.verified and not await self.offload(store.verify, obj.digest):
+            return None  # it rotted: dropped, and fetched again like any missing file
+        path = store.blob_path(obj.digest)
+        if obj.size > SMALL:
+            return Blob(obj, path)
+        try:
+            body = await self.offload(path.read_bytes)
+        except FileNotFoundError:
+            return None
+        found = Blob(obj, path, body)
+        self.hot.put(name, found)
+        return found
 
-    def fetch(self, name: str) -> Fill | None:
-        """Start or join the download of a file an index named; None if none did."""
+    def source(self, name: str) -> Source:
         source = self.store.source(name)
         if source is None:
-            return None
-        url, expected = source
+            raise NotFound("not in any index the mirror has read")
+        return source
 
-        async def publish(fill: Fill) -> None:
-            assert fill.digest is not None
-            for algo, digest in expected.items():
-                key = opam.cache_name(algo, digest) if name.startswith("opam/") else name
-                self.store.put(
-                    Object(key, fill.digest, fill.written, fill.content_type, time.time())
-                )
+    async def size(self, source: Source) -> int | None:
+        """A file's size, from its index or else from a HEAD upstream (kept for next time):
+        a client that reads a file by ranges (uv) needs its length before any range."""
+        if source.size is not None:
+            return source.size
+        size = await self.fetcher.size_of(source.url)
+        if size is not None:
+            known = replace(source, size=size)
+            with contextlib.suppress(LocalError):
+                await self.store.run(lambda: self.store.add_sources([known]))
+        return size
 
-        return self.fetcher.fill(name, url, expected, publish)
+    def fetch(self, source: Source) -> Fill:
+        """Start or join the download of a file an index named."""
+        return self.fetcher.fill(source, self._publish)
 
-    # -- reporting ------------------------------------------------------------------
+    async def _publish(self, fill: Fill) -> None:
+        assert fill.digest is not None  # set by a fill that passed its checks
+        source, digest = fill.source, fill.digest
+        now = time.time()
+        objs = [Object(key, digest, fill.written, fill.content_type, now) for key in source.keys]
+        self.generation[source.package] += 1
+        try:
+            await self.store.run(lambda: self.store.put(*objs))
+        except LocalError as exc:  # the bytes are good: its readers get them all the same
+            log.warning("cannot index %s: %s", fill.name, exc)
 
-    def status(self) -> dict[str, Any]:
-        c, f = self.counters, self.fetcher.counters
-        return {
-            "hits": c.hits,
-            "misses": c.misses,
-            "stale_served": c.stale,
-            "not_found": c.not_found,
-            "errors": c.errors,
-            "bytes_from_cache": c.bytes_from_cache,
-            "bytes_from_upstream": c.bytes_from_upstream,
-            "bytes_saved": max(0, c.bytes_from_cache + c.bytes_from_upstream - f.upstream_bytes),
-            "upstream_fetches": f.upstream_fetches,
-            "upstream_bytes": f.upstream_bytes,
-            "coalesced": f.coalesced,
-            "verify_failures": f.verify_failures,
-            "upstream_errors": f.upstream_errors,
-            "downloads_in_progress": len(self.fetcher.inflight),
-            "upstreams": {"pypi": self.settings.pypi, "opam": self.settings.opam},
-            "store": self.store.counts(),
-            "uptime": round(time.time() - self.started, 1),
-        }
-
-    def collector(self) -> Collector:
-        return _MirrorCollector(self)
-
-
-@dataclass(frozen=True, slots=True)
-class Hot:
-    body: bytes
-    digest: str
-    content_type: str
-
-
-class HotCache:
-    """Small files in memory, least recently used out first. Keys name content by its
-    hash, so an entry never goes stale: nothing to invalidate."""
-
-    SMALL = 1024 * 1024
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.size = 0
-        self._items: OrderedDict[str, Hot] = OrderedDict()
-
-    def get(self, name: str) -> Hot | None:
-        item = self._items.get(name)
-        if item is not None:
-            self._items.move_to_end(name)
-        return item
-
-    def put(self, name: str, item: Hot) -> None:
-        if len(item.body) > self.SMALL or name in self._items:
-            return
-        self._items[name] = item
-        self.size += len(item.body)
-        while self.size > self.limit and self._items:
-            _, old = self._items.popitem(last=False)
-            self.size -= len(old.body)
-
-
-class NotFound(Exception):
-    """Upstream says there is no such thing."""
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in response.content.iter_chunked(256 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamError("upstream index is larger than the mirror's limit")
-        chunks.append(chunk)
-    if response.content_length is not None and size != response.content_length:
-        raise UpstreamError("upstream cut the index short")
-    return b"".join(chunks)
-
-
-class _MirrorCollector(Collector):
-    def __init__(self, mirror: Mirror) -> None:
-        self.mirror = mirror
-
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        s = self.mirror.status()
-        for name, help_text in (
-            ("hits", "Requests answered from the store"),
-            ("misses", "Requests that needed upstream"),
-            ("stale_served", "Indexes served stale because upstream failed"),
-            ("not_found", "Requests for things upstream does not have"),
-            ("errors", "Requests answered with an error"),
-            ("bytes_from_cache", "Bytes served from the store"),
-            ("bytes_from_upstream", "Bytes served while being fetched"),
-            ("upstream_fetches", "Downloads started upstream"),
-            ("upstream_bytes", "Bytes fetched from upstream"),
-            ("coalesced", "Requests that joined a download already under way"),
-            ("verify_failures", "Upstream bytes rejected by hash or format checks"),
-            ("upstream_errors", "Upstream failures"),
-        ):
-            yield CounterMetricFamily(f"mirror_{name}", help_text, value=s[name])
-        yield GaugeMetricFamily(
-            "mirror_downloads_in_progress", "Downloads under way", value=s["downloads_in_progress"]
-        )
-
-
-def register(mirror: Mirror, registry: CollectorRegistry) -> None:
-    registry.register(mirror.collector())
+    async def fetched(self, fill: Fill) -> Blob:
+        """Wait for a fill to end; the file it stored, or its error."""
+        while fill.current() is FillState.RUNNING:
+            await fill.changed()
+        if fill.error is not None:
+            raise fill.error
+        blob = await self.blob(fill.name)
+        if blob is None:
+            raise LocalError(f"the mirror could not keep {fill.file}")
+        return blob

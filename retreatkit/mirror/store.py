@@ -1,29 +1,38 @@
-"""Content-addressed blobs on disk and an SQLite index of what they stand for.
+"""The store: blobs named by their sha256, an SQLite catalog of what they answer, their health.
 
-A blob is written to a private temp file, fsynced, checked against every hash the
-index promised, and only then renamed to `blobs/sha256/ab/<hex>`: a partial,
-truncated or mismatched download is never published, so never served.
+Lookups run on the event loop (point reads by primary key, microseconds); every write
+runs on the one store thread (`run`), each thread over its own connection: SQLite's WAL
+lets the loop read while the store thread writes. A blob is served only once it is
+verified: written and checked by this process, or re-hashed since it started (in the
+background, or on first serve if a client asks before the background check got to it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import re
 import sqlite3
-import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
+
+from retreatkit.mirror.blobs import BlobWriter, blob_path, hash_file, valid_hex
+from retreatkit.mirror.errors import LocalError, StoreFull
+from retreatkit.mirror.records import Object, Source
+from retreatkit.mirror.space import Space
+
+__all__ = ["Check", "Store", "valid_hex"]
 
 log = logging.getLogger("retreatkit.mirror")
-
-ALGOS = ("md5", "sha256", "sha512")
-_HEX_LEN = {"md5": 32, "sha256": 64, "sha512": 128}
+T = TypeVar("T")
+_SQLITE_FULL = 13
 _SCHEMA = """
 create table if not exists objects (
     key text primary key,       -- what a client asks for, e.g. 'pypi/simple/numpy'
@@ -40,86 +49,22 @@ create table if not exists sources (
     hashes text not null        -- JSON {algo: hex} it must match
 );
 """
+_SOURCE_COLUMNS = {"ecosystem": "text", "package": "text", "size": "integer", "aliases": "text"}
 
 
-class IntegrityError(Exception):
-    """Downloaded bytes do not match what the index promised."""
+@dataclass
+class Check:
+    """The background re-hash of the store after a start."""
 
-
-_HEX = {algo: re.compile(f"[0-9a-f]{{{n}}}") for algo, n in _HEX_LEN.items()}
-
-
-def valid_hex(algo: str, value: str) -> bool:
-    pattern = _HEX.get(algo)
-    return pattern is not None and pattern.fullmatch(value) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Object:
-    key: str
-    digest: str
-    size: int
-    content_type: str
-    fetched: float
-    etag: str | None = None
-    last_modified: str | None = None
-
-
-class BlobWriter:
-    """A blob being written: hashes on the way in, published only by commit()."""
-
-    def __init__(self, store: Store, algos: tuple[str, ...] = ("sha256",)) -> None:
-        self.store = store
-        self.hashes = {a: hashlib.new(a) for a in {"sha256", *algos}}
-        self.size = 0
-        fd, name = tempfile.mkstemp(dir=store.tmp, suffix=".part")
-        self.path = Path(name)
-        self._fd: int | None = fd
-
-    def write(self, data: bytes) -> None:
-        assert self._fd is not None
-        for h in self.hashes.values():
-            h.update(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        self.size += len(data)
-
-    def check(self, expected: dict[str, str] | None = None) -> str:
-        """Compare every expected hash; returns the sha256. Discards the blob on a mismatch."""
-        got = {a: h.hexdigest() for a, h in self.hashes.items()}
-        for algo, want in (expected or {}).items():
-            if algo in got and got[algo] != want.lower():
-                self.discard()
-                raise IntegrityError(f"{algo} mismatch: expected {want}, got {got[algo]}")
-        return got["sha256"]
-
-    def publish(self, digest: str) -> None:
-        """fsync and rename into place (blocking: the mirror calls it from a thread)."""
-        assert self._fd is not None
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
-        target = self.store.blob_path(digest)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self.path.replace(target)  # same content, same name: replacing is harmless
-
-    def commit(self, expected: dict[str, str] | None = None) -> str:
-        """check() then publish(). Returns the sha256."""
-        digest = self.check(expected)
-        self.publish(digest)
-        return digest
-
-    def discard(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+    state: str = "pending"  # pending, running, done (or stopped, by a shutdown)
+    files: int = 0  # blobs on disk
+    size_bytes: int = 0
+    checked: int = 0
+    dropped: int = 0  # corrupt blobs removed, by this check or on a first serve
 
 
 class Store:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, keep_free: int = 0) -> None:
         self.root = root
         self.blobs = root / "blobs" / "sha256"
         self.tmp = root / "tmp"
@@ -127,99 +72,264 @@ class Store:
         self.tmp.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():  # a crash mid-download leaves these
             leftover.unlink()
-        self.db = sqlite3.connect(root / "index.sqlite", isolation_level=None)
-        self.db.execute("pragma journal_mode=wal")
-        self.db.execute("pragma synchronous=normal")
-        self.db.executescript(_SCHEMA)
+        self.space = Space(keep_free)
+        self.check = Check()
+        self.verified: set[str] = set()
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mirror-store")
+        self._halt = threading.Event()  # ends a check under way: the process is stopping
+        db = self.db()
+        db.executescript(_SCHEMA)
+        have = {row[1] for row in db.execute("pragma table_info(sources)")}
+        for column, kind in _SOURCE_COLUMNS.items():  # stores made before these existed
+            if column not in have:
+                db.execute(f"alter table sources add column {column} {kind}")
+
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection: the loop reads over one, the store thread writes over
+        another, so the loop never waits on a write."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.root / "index.sqlite", isolation_level=None, check_same_thread=False
+            )
+            conn.execute("pragma journal_mode=wal")
+            conn.execute("pragma synchronous=normal")
+            conn.execute("pragma busy_timeout=5000")
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run a write (or anything slow on the catalog) on the store thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     def close(self) -> None:
-        self.db.close()
+        self._halt.set()
+        self._pool.shutdown(wait=True)
+        with self._conns_lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
 
     # -- blobs ----------------------------------------------------------------------
 
     def blob_path(self, digest: str) -> Path:
-        if not valid_hex("sha256", digest):
-            raise ValueError("not a sha256")
-        return self.blobs / digest[:2] / digest
+        return blob_path(self.blobs, digest)
 
     def has_blob(self, digest: str) -> bool:
         return valid_hex("sha256", digest) and self.blob_path(digest).is_file()
 
     def writer(self, algos: tuple[str, ...] = ("sha256",)) -> BlobWriter:
-        return BlobWriter(self, algos)
+        return BlobWriter(self.blobs, self.tmp, algos)
 
-    def put_bytes(self, data: bytes, expected: dict[str, str] | None = None) -> str:
+    def put_bytes(self, data: bytes, expected: Mapping[str, str] | None = None) -> str:
         w = self.writer(tuple(expected or ()))
-        w.write(data)
-        return w.commit(expected)
+        try:
+            w.write(data)
+            digest = w.commit(expected)
+        except BaseException:
+            w.discard()
+            raise
+        self.published(digest, len(data))
+        return digest
 
     def read(self, digest: str) -> bytes:
         return self.blob_path(digest).read_bytes()
 
-    # -- index ----------------------------------------------------------------------
+    def published(self, digest: str, size: int) -> None:
+        """A blob this process wrote and checked: verified, and counted once."""
+        if digest not in self.verified:
+            self.verified.add(digest)
+            self.check.files += 1
+            self.check.size_bytes += size
+
+    def free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return 0
+        return st.f_bavail * st.f_frsize
+
+    def disk_full(self) -> bool:
+        return self.space.full(self.free_bytes())
+
+    def outgrown(self) -> None:
+        """A write found the disk full: it stays full until there is more room than now,
+        with a margin for the filesystem's own blocks."""
+        self.space.did_not_fit(self.free_bytes() + (1 << 20))
+
+    def verify(self, digest: str) -> bool:
+        """Re-hash one blob (blocking); a blob that fails is removed. True if it is good."""
+        if digest in self.verified:
+            return True
+        path = self.blob_path(digest)
+        try:
+            good = hash_file(path) == digest
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("cannot read blob %s: %s", digest, exc.strerror)
+            return False
+        if good:
+            self.verified.add(digest)
+            return True
+        self._drop(path)
+        return False
+
+    def check_all(self, pace: Callable[[], None] = lambda: None) -> Check:
+        """Re-hash every blob not yet verified, dropping those that fail (blocking)."""
+        check = self.check
+        paths: list[Path] = []
+        for path in self.blobs.glob("*/*"):
+            with contextlib.suppress(OSError):
+                size = path.stat().st_size
+                if path.name not in self.verified:
+                    check.files += 1
+                    check.size_bytes += size
+                    paths.append(path)
+        check.state = "running"
+        for path in paths:
+            pace()
+            if self._halt.is_set():
+                check.state = "stopped"
+                return check
+            if path.parent.name != path.name[:2] or not valid_hex("sha256", path.name):
+                self._drop(path)
+            else:
+                self.verify(path.name)
+            check.checked += 1
+        check.state = "done"
+        return check
+
+    def _drop(self, path: Path) -> None:
+        log.warning("dropping corrupt blob %s", path.name)
+        size = 0
+        with contextlib.suppress(OSError):
+            size = path.stat().st_size
+            path.unlink()
+        self.check.dropped += 1
+        self.check.files = max(0, self.check.files - 1)
+        self.check.size_bytes = max(0, self.check.size_bytes - size)
+
+    # -- the catalog: lookups (any thread) ----------------------------------------------
 
     def get(self, key: str) -> Object | None:
-        row = self.db.execute(
-            "select key, digest, size, content_type, fetched, etag, last_modified"
-            " from objects where key = ?",
-            (key,),
-        ).fetchone()
+        row = (
+            self.db()
+            .execute(
+                "select key, digest, size, content_type, fetched, etag, last_modified"
+                " from objects where key = ?",
+                (key,),
+            )
+            .fetchone()
+        )
         if row is None:
             return None
         obj = Object(*row)
         return obj if self.has_blob(obj.digest) else None
 
-    def put(self, obj: Object) -> None:
-        self.db.execute(
-            "insert or replace into objects values (?, ?, ?, ?, ?, ?, ?)",
-            (
-                obj.key,
-                obj.digest,
-                obj.size,
-                obj.content_type,
-                obj.fetched,
-                obj.etag,
-                obj.last_modified,
-            ),
+    def source(self, name: str) -> Source | None:
+        row = (
+            self.db()
+            .execute(
+                "select url, hashes, ecosystem, package, size, aliases from sources where name = ?",
+                (name,),
+            )
+            .fetchone()
         )
-
-    def touch(self, key: str) -> None:
-        self.db.execute("update objects set fetched = ? where key = ?", (time.time(), key))
-
-    def add_sources(self, rows: list[tuple[str, str, dict[str, str]]]) -> None:
-        self.db.executemany(
-            "insert or replace into sources values (?, ?, ?)",
-            [(name, url, json.dumps(hashes, sort_keys=True)) for name, url, hashes in rows],
-        )
-
-    def source(self, name: str) -> tuple[str, dict[str, str]] | None:
-        row = self.db.execute("select url, hashes from sources where name = ?", (name,)).fetchone()
         if row is None:
             return None
-        hashes: dict[str, str] = json.loads(row[1])
-        return str(row[0]), hashes
+        url, hashes, ecosystem, package, size, aliases = row
+        also = tuple(json.loads(aliases)) if aliases else ()
+        return Source(name, url, json.loads(hashes), ecosystem or "", package or "", size, also)
 
-    def counts(self) -> dict[str, Any]:
-        objects, size = self.db.execute(
-            "select count(*), coalesce(sum(size), 0) from objects"
-        ).fetchone()
-        blobs = sum(1 for _ in self.blobs.glob("*/*"))
-        return {"objects": objects, "object_bytes": size, "blobs": blobs}
+    def names(self, prefix: str) -> list[str]:
+        """Keys under a prefix, without it, in order."""
+        return [key.removeprefix(prefix) for key, _, _ in self.catalog(prefix)]
 
-    # -- integrity --------------------------------------------------------------------
+    def catalog(self, prefix: str) -> list[tuple[str, str, int]]:
+        """(key, digest, size) of every object under a prefix, in key order."""
+        rows = self.db().execute(
+            "select key, digest, size from objects where key >= ? and key < ? order by key",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        return [(str(k), str(d), int(n)) for k, d, n in rows]
 
-    def verify(self) -> tuple[int, int]:
-        """Re-hash every blob; drop those that do not match their name. (kept, dropped)"""
-        kept = dropped = 0
-        for path in self.blobs.glob("*/*"):
-            digest = hashlib.sha256()
-            with path.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-            if digest.hexdigest() == path.name and path.parent.name == path.name[:2]:
-                kept += 1
-            else:
-                log.warning("dropping corrupt blob %s", path.name)
-                path.unlink()
-                dropped += 1
-        return kept, dropped
+    def held(self, keys: Iterable[str]) -> dict[str, int]:
+        """Of these keys, those the store holds a blob for, with their sizes."""
+        wanted = list(keys)
+        found: dict[str, int] = {}
+        db = self.db()
+        for i in range(0, len(wanted), 500):
+            part = wanted[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for key, digest, size in db.execute(
+                f"select key, digest, size from objects where key in ({marks})",  # noqa: S608
+                part,
+            ):
+                if self.has_blob(digest):
+                    found[key] = size
+        return found
+
+    # -- the catalog: writes (the store thread) ---------------------------------------
+
+    def put(self, *objs: Object) -> None:
+        self._write(
+            "insert or replace into objects values (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (o.key, o.digest, o.size, o.content_type, o.fetched, o.etag, o.last_modified)
+                for o in objs
+            ],
+        )
+
+    def touch(self, key: str, when: float) -> None:
+        self._write("update objects set fetched = ? where key = ?", [(when, key)])
+
+    def add_sources(self, sources: Iterable[Source]) -> None:
+        self._write(
+            "insert or replace into sources (name, url, hashes, ecosystem, package, size, aliases)"
+            " values (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (s.name, s.url, json.dumps(dict(s.hashes), sort_keys=True), s.ecosystem,
+                 s.package, s.size, json.dumps(s.aliases) if s.aliases else None)
+                for s in sources
+            ],
+        )  # fmt: skip
+
+    def save(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        sources: Iterable[Source] = (),
+        etag: str | None = None,
+        modified: str | None = None,
+    ) -> Object:
+        """An index page, its blob and the files it names, in one go (blocking)."""
+        self.add_sources(sources)
+        try:
+            digest = self.put_bytes(data)
+        except StoreFull:
+            self.outgrown()
+            raise
+        obj = Object(key, digest, len(data), content_type, time.time(), etag, modified)
+        self.put(obj)
+        return obj
+
+    def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        db = self.db()
+        try:
+            db.execute("begin")
+            db.executemany(sql, rows)
+            db.execute("commit")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("rollback")
+            if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+                self.outgrown()
+                raise StoreFull("the mirror's disk is full (its catalog cannot grow)") from None
+            raise LocalError(f"the mirror's catalog failed: {exc}") from None

@@ -1,17 +1,35 @@
-"""Test tools for the mirror: build wheels, a PEP 503 index and an opam repository on disk."""
+"""Test tools for the mirror: upstreams, the mirror in process or as a process, namespaces.
+
+Wheels, PyPI and opam upstreams on disk; the mirror behind aiohttp's test client or as a
+real `retreatkit mirror`; network namespaces for clients off loopback.
+"""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
+import json
+import os
+import re
+import secrets
+import shutil
 import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from aiohttp.test_utils import TestClient, TestServer
+
+from retreatkit.mirror import resolver
+from retreatkit.mirror.app import make_app
+from retreatkit.mirror.fetch import Limits
+from retreatkit.mirror.service import Mirror, Settings
 from retreatkit.testing import Process
 
 
@@ -51,14 +69,28 @@ def make_wheel(
     return f"{module}-{version}-py3-none-any.whl", buf.getvalue(), metadata
 
 
-def write_pypi(root: Path, wheels: dict[str, list[tuple[str, bytes, bytes]]]) -> None:
-    """`root/simple/<name>/index.html` (PEP 503 with PEP 658 metadata) and `root/files/...`."""
+def write_pypi(
+    root: Path, wheels: dict[str, list[tuple[str, bytes, bytes]]], as_json: bool = False
+) -> None:
+    """`root/simple/<name>/index.html` (PEP 503 with PEP 658 metadata) and `root/files/...`;
+    with `as_json`, an `index.json` (PEP 691 and 700: sizes) beside each page too."""
     (root / "files").mkdir(parents=True, exist_ok=True)
     names = []
     for name, items in wheels.items():
         names.append(name)
         links = []
+        entries = []
         for filename, data, metadata in items:
+            entries.append(
+                {
+                    "filename": filename,
+                    "url": f"../../files/{filename}",
+                    "hashes": {"sha256": sha256(data)},
+                    "requires-python": ">=3.8",
+                    "size": len(data),
+                    "core-metadata": {"sha256": sha256(metadata)},
+                }
+            )
             (root / "files" / filename).write_bytes(data)
             (root / "files" / (filename + ".metadata")).write_bytes(metadata)
             links.append(
@@ -73,6 +105,9 @@ def write_pypi(root: Path, wheels: dict[str, list[tuple[str, bytes, bytes]]]) ->
             + "\n".join(links)
             + "\n</body></html>\n"
         )
+        if as_json:
+            doc = {"meta": {"api-version": "1.1"}, "name": name, "files": entries}
+            (page / "index.json").write_text(json.dumps(doc))
     (root / "simple" / "index.html").write_text(
         "<!DOCTYPE html><html><body>"
         + "".join(f'<a href="{n}/">{n}</a>' for n in names)
@@ -136,24 +171,125 @@ class Server:
 
 def start_upstream(root: Path) -> Server:
     proc = Process.start([sys.executable, "-m", "retreatkit.mirror.fakeupstream", str(root)])
-    url = proc.wait_for(r"^Upstream listening on (\S+)$")[1]
+    try:
+        url = proc.wait_for(r"^Upstream listening on (\S+)$")[1]
+    except BaseException:
+        proc.stop()
+        raise
     return Server(proc, url)
 
 
 def start_mirror(
-    store: Path, pypi: str | None = None, opam: str | None = None, ttl: float = 600.0
+    store: Path,
+    pypi: str | None = None,
+    opam: str | None = None,
+    ttl: float = 600.0,
+    listen: str = "127.0.0.1:0",
+    extra: str = "",
+    wrap: Callable[[list[str]], list[str]] = lambda argv: argv,
 ) -> tuple[Server, str]:
-    """A real `retreatkit mirror` process; returns it (url = the mirror) and its admin URL."""
+    """A real `retreatkit mirror` process; returns it (url = the mirror) and its admin URL.
+    `extra` adds lines to its [mirror] section; `wrap` puts a command in front of it."""
     config = store.parent / f"{store.name}.toml"
     config.write_text(
-        f'[mirror]\nindex_ttl = {ttl}\nread_timeout = 2.0\n[admin]\nlisten = "127.0.0.1:0"\n'
+        f"[mirror]\nindex_ttl = {ttl}\nread_timeout = 2.0\nkeep_free_bytes = 0\n{extra}\n"
+        '[admin]\nlisten = "127.0.0.1:0"\n'
     )
     argv = [
         sys.executable, "-m", "retreatkit.cli.main", "--config", str(config),
-        "mirror", "--listen", "127.0.0.1:0", "--store", str(store),
+        "mirror", "--listen", listen, "--store", str(store),
         "--pypi", pypi or "http://127.0.0.1:9/none/", "--opam", opam or "http://127.0.0.1:9/none/",
     ]  # fmt: skip
-    proc = Process.start(argv)
-    url = proc.wait_for(r"^Mirror listening on (\S+) ")[1]
-    admin = proc.wait_for(r"^Admin on (http://\S+)/status$")[1]
+    home = store.parent / f"{store.name}-home"
+    env = {"HOME": str(home), "XDG_STATE_HOME": str(home / "state")}
+    proc = Process.start(wrap(argv), env=env)
+    try:
+        url = proc.wait_for(r"^Mirror listening on (\S+) ")[1]
+        admin = proc.wait_for(r"^Admin on (http://\S+)/status$")[1]
+    except BaseException:
+        proc.stop()
+        raise
     return Server(proc, url), admin
+
+
+def said(server: Server, pattern: str) -> re.Match[str]:
+    """A line the process printed, or prints next: lines read while waiting for another
+    (the store check can end before the admin endpoint is up) count too."""
+    for line in server.process.seen:
+        match = re.search(pattern, line)
+        if match:
+            return match
+    return server.process.wait_for(pattern)
+
+
+# -- the mirror in process ------------------------------------------------------------------
+
+
+def settings(store: Path, pypi: str | None = None, **changes: Any) -> Settings:
+    """Settings for a test: no disk reserve, short timeouts (a test upstream answers at once
+    or never)."""
+    limits = changes.pop("limits", Limits(connect_timeout=2.0, headers_timeout=2.0))
+    return Settings(store=store, pypi=pypi, opam=None, keep_free=0, limits=limits, **changes)
+
+
+@contextlib.asynccontextmanager
+async def mirror_client(
+    config: Settings, **mirror_kw: Any
+) -> AsyncIterator[tuple[TestClient[Any, Any], Mirror]]:
+    """The mirror's app behind aiohttp's test client, on 127.0.0.1 port 0, in this loop."""
+    async with resolver.session() as session:
+        mirror = Mirror(config, session, **mirror_kw)
+        mirror.start()
+        try:
+            async with TestClient(TestServer(make_app(mirror))) as client:
+                yield client, mirror
+        finally:
+            await mirror.close()
+
+
+# -- network namespaces: an attendee's machine, off loopback ---------------------------------
+
+
+@dataclass
+class Netns:
+    """A network namespace joined to this machine by a veth pair on a random /30 of
+    100.64.0.0/10 (RFC 6598), so `host` is an address of this machine that is not
+    loopback, and programs run with `argv` live on the other end, at `address`."""
+
+    name: str
+    host: str
+    address: str
+    link: str
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def netns(tag: str) -> Iterator[Netns]:
+    """Made for one test, removed after it, whatever happens (needs root and iproute2)."""
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        raise RuntimeError("network namespaces need root and iproute2")
+    name = f"rkmir-{os.getpid()}-{tag}"
+    link = f"rkmir{os.getpid() % 10_000_000}{tag[:1]}"  # at most 15 characters
+    pick = secrets.randbelow  # not for secrecy: only so two runs rarely pick the same subnet
+    a, b, c = 64 + pick(64), pick(256), 4 * pick(64)
+    host, address = f"100.{a}.{b}.{c + 1}", f"100.{a}.{b}.{c + 2}"
+    made = Netns(name, host, address, link)
+    try:
+        _ip("netns", "add", name)
+        _ip("link", "add", link + "h", "type", "veth", "peer", "name", link + "n")
+        _ip("link", "set", link + "n", "netns", name)
+        _ip("addr", "add", f"{host}/30", "dev", link + "h")
+        _ip("link", "set", link + "h", "up")
+        _ip("-n", name, "addr", "add", f"{address}/30", "dev", link + "n")
+        _ip("-n", name, "link", "set", link + "n", "up")
+        _ip("-n", name, "link", "set", "lo", "up")
+        yield made
+    finally:
+        subprocess.run(["ip", "link", "del", link + "h"], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)

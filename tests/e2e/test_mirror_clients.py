@@ -1,9 +1,18 @@
-"""Real pip, uv and opam install through a real mirror from a real (local) upstream."""
+"""Real pip, uv and opam through a real mirror from a real (local) upstream.
+
+pip and uv run on an attendee's machine: a network namespace that reaches the mirror at
+a non-loopback address of this machine, as the LAN would (pip trusts plain HTTP only on
+loopback). They run exactly the lines the page on `/` prints; only flags that keep the
+test's installs apart (`--target`, no cache) are added.
+"""
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from retreatkit.mirror.testing import (
-    Server,
+    Netns,
     make_source_tarball,
     make_wheel,
+    netns,
     start_mirror,
     start_upstream,
     write_opam,
@@ -25,6 +35,7 @@ from retreatkit.mirror.testing import (
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 180
+UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
 
 
 def get_json(url: str) -> dict[str, object]:
@@ -33,76 +44,135 @@ def get_json(url: str) -> dict[str, object]:
     return doc
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """No pip/uv/opam settings from this machine: the clients see only the mirror."""
+def mirror_status(admin: str) -> dict[str, int]:
+    doc = get_json(f"{admin}/status")["mirror"]
+    assert isinstance(doc, dict)
+    return doc
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """No pip or uv settings from this machine's environment: the clients see the mirror."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "OPAM"))}
-    return {**env, "PIP_CONFIG_FILE": os.devnull, **extra}
+    home.mkdir(parents=True, exist_ok=True)
+    return {**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), **extra}
+
+
+def page_lines(mirror_url: str) -> dict[str, list[str]]:
+    """The attendee page's commands, by client, as a browser would show them."""
+    with urllib.request.urlopen(mirror_url, timeout=30) as r:
+        text = r.read().decode()
+    found: dict[str, list[str]] = {}
+    for name, block in re.findall(r"<h2>(\w+)</h2>\n<p>.*?</p>\n<pre>(.*?)</pre>", text, re.S):
+        found[name] = html.unescape(block).splitlines()
+    return found
+
+
+class Attendee:
+    """Runs the page's lines in the namespace, each install into its own folder."""
+
+    def __init__(self, ns: Netns, home: Path) -> None:
+        self.ns, self.home = ns, home
+        self.env = clean_env(home)
+
+    def run(self, line: str, target: Path | None = None, package: str = "demo-pkg") -> str:
+        words = shlex.split(line.replace("PACKAGE", package))
+        if words[0] == "export":
+            name, _, value = words[1].partition("=")
+            self.env[name] = value
+            return ""
+        if words[0] == "pip":
+            argv = [sys.executable, "-m", "pip", "--disable-pip-version-check", *words[1:]]
+            if words[1] == "install":
+                argv += ["--no-cache-dir", "--target", str(target)]
+        else:
+            assert words[:3] == ["uv", "pip", "install"], line
+            argv = [UV, *words[1:], "--no-cache", "--python", sys.executable]
+            argv += ["--target", str(target)]
+        done = subprocess.run(
+            self.ns.argv(argv), capture_output=True, text=True, timeout=TIMEOUT, env=self.env
+        )
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        return done.stdout + done.stderr
+
+
+def installed(target: Path, module: str) -> str:
+    text = (target / module / "__init__.py").read_text()
+    match = re.search(r"VERSION = '([^']+)'", text)
+    assert match is not None
+    return match[1]
 
 
 @pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+def lan() -> Iterator[Netns]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("an attendee's network namespace needs root and iproute2 (.ci/run)")
+    with netns("c") as ns:
+        yield ns
+
+
+def test_attendees_install_with_the_pages_lines_online_then_offline(
+    tmp_path: Path, lan: Netns
+) -> None:
     root = tmp_path / "upstream"
+    big = make_wheel("big-nometa", "1.0", pad=3_000_000)
     write_pypi(
         root,
         {
             "demo-pkg": [make_wheel("demo-pkg", "1.0", ("demo-dep",))],
             "demo-dep": [make_wheel("demo-dep", "2.0", pad=200_000)],
+            "big-nometa": [big],
         },
     )
-    server = start_upstream(root)
-    yield server, root
-    server.stop()
-
-
-def pip_install(index: str, target: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pip", "--isolated", "install", "--no-cache-dir",
-         "--disable-pip-version-check", "--target", str(target), "--index-url", index, "demo-pkg"],
-        capture_output=True, text=True, timeout=TIMEOUT, env=clean_env(),
-    )  # fmt: skip
-
-
-def uv_install(index: str, target: Path) -> subprocess.CompletedProcess[str]:
-    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-    return subprocess.run(
-        [uv, "pip", "install", "--no-config", "--no-cache", "--python", sys.executable,
-         "--target", str(target), "--index-url", index, "demo-pkg"],
-        capture_output=True, text=True, timeout=TIMEOUT, env=clean_env(),
-    )  # fmt: skip
-
-
-def test_pip_and_uv_install_then_upstream_gone(
-    upstream: tuple[Server, Path], tmp_path: Path
-) -> None:
-    server, _ = upstream
-    mirror, admin = start_mirror(tmp_path / "store", pypi=f"{server.url}simple/", ttl=0)
+    page = root / "simple" / "big-nometa" / "index.html"  # no PEP 658 metadata: uv uses ranges
+    page.write_text(re.sub(r' data-dist-info-metadata="[^"]*"', "", page.read_text()))
+    upstream = start_upstream(root)
+    mirror, admin = start_mirror(
+        tmp_path / "store", pypi=f"{upstream.url}simple/", ttl=0, listen=f"{lan.host}:0"
+    )
     try:
-        index = f"{mirror.url}pypi/simple/"
-        first = pip_install(index, tmp_path / "t1")
-        assert first.returncode == 0, first.stderr
-        assert (tmp_path / "t1" / "demo_dep" / "__init__.py").is_file()
-        status = get_json(f"{admin}/status")["mirror"]
-        assert isinstance(status, dict)
-        fetched_once = status["upstream_bytes"]
+        assert mirror.url.startswith(f"http://{lan.host}:")  # not loopback: pip must trust it
+        lines = page_lines(mirror.url)
+        pip_once, pip_index, pip_trust = lines["pip"]
+        uv_once, uv_export = lines["uv"]
+        who = Attendee(lan, tmp_path / "home")
 
-        with_uv = uv_install(index, tmp_path / "t2")
-        assert with_uv.returncode == 0, with_uv.stderr
-        assert (tmp_path / "t2" / "demo_pkg" / "__init__.py").is_file()
-        status = get_json(f"{admin}/status")["mirror"]
-        assert isinstance(status, dict)
-        assert status["upstream_bytes"] == fetched_once  # the files crossed the uplink once
-        assert status["bytes_from_cache"] > 200_000
+        who.run(pip_once, tmp_path / "t1")
+        assert installed(tmp_path / "t1", "demo_dep") == "2.0"
+        fetched_once = mirror_status(admin)["upstream_bytes"]
+        who.run(pip_index)
+        who.run(pip_trust)
+        who.run("pip install PACKAGE", tmp_path / "t2")  # with the configuration just set
+        who.run(uv_once, tmp_path / "t3")
+        who.run(uv_export)
+        who.run("uv pip install PACKAGE", tmp_path / "t4")
+        for target in ("t2", "t3", "t4"):
+            assert installed(tmp_path / target, "demo_pkg") == "1.0"
+        assert mirror_status(admin)["upstream_bytes"] == fetched_once  # crossed once
 
-        server.stop()  # the uplink is gone: indexes go stale, files stay
-        for install, target in ((pip_install, "t3"), (uv_install, "t4")):
-            offline = install(index, tmp_path / target)
-            assert offline.returncode == 0, offline.stderr
-            assert (tmp_path / target / "demo_dep" / "__init__.py").is_file()
-        status = get_json(f"{admin}/status")["mirror"]
-        assert isinstance(status, dict)
-        assert status["stale_served"] >= 4
+        # uv reads a wheel without published metadata by ranges: it is not downloaded twice
+        before = mirror_status(admin)
+        who.run(uv_once, tmp_path / "t5", package="big-nometa")
+        after = mirror_status(admin)
+        sent = sum(after[k] - before[k] for k in ("bytes_from_cache", "bytes_from_upstream"))
+        assert len(big[1]) <= sent < 1.5 * len(big[1])
+        stats = get_json(f"{upstream.url}_stats")
+        assert (stats[f"/files/{big[0]}"], stats[f"HEAD /files/{big[0]}"]) == (1, 1)
+
+        # a newer demo-dep appears upstream, is listed, never fetched; then the uplink goes
+        newer = make_wheel("demo-dep", "3.0")
+        write_pypi(root, {"demo-dep": [make_wheel("demo-dep", "2.0", pad=200_000), newer]})
+        with urllib.request.urlopen(f"{mirror.url}pypi/simple/demo-dep/", timeout=30) as r:
+            assert newer[0] in r.read().decode()
+        upstream.stop()
+        out = who.run(pip_once, tmp_path / "t6")
+        assert installed(tmp_path / "t6", "demo_dep") == "2.0", out  # what the store holds
+        who.run("uv pip install PACKAGE", tmp_path / "t7")
+        assert installed(tmp_path / "t7", "demo_dep") == "2.0"
+        status = mirror_status(admin)
+        assert status["offline_pages"] >= 4 and status["upstreams"]["pypi"]["state"] == "down"
     finally:
         mirror.stop()
+        upstream.stop()
 
 
 @pytest.mark.skipif(
@@ -120,7 +190,7 @@ def test_opam_fetches_archives_through_the_cache(tmp_path: Path) -> None:
         try:
             for round_ in ("online", "offline"):
                 opamroot = tmp_path / f"opamroot-{round_}"
-                env = clean_env(OPAMROOT=str(opamroot), OPAMYES="1", HOME=str(tmp_path))
+                env = clean_env(tmp_path / "home", OPAMROOT=str(opamroot), OPAMYES="1")
                 steps = [
                     ["opam", "init", "--bare", "--no-setup", "--disable-sandboxing",
                      "default", f"{mirror.url}opam"],

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from retreatkit.mirror.service import Hot, HotCache
-from retreatkit.mirror.store import IntegrityError, Store, valid_hex
+from retreatkit.mirror.blobs import IntegrityError
+from retreatkit.mirror.memory import SMALL, HotCache
+from retreatkit.mirror.records import Blob, Object
+from retreatkit.mirror.store import Store, valid_hex
 
 
 def test_a_mismatch_is_never_published(tmp_path: Path) -> None:
@@ -35,12 +37,17 @@ def test_every_promised_hash_is_checked(tmp_path: Path) -> None:
     store.close()
 
 
-def test_verify_drops_rot(tmp_path: Path) -> None:
+def test_the_check_after_a_restart_drops_rot(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    digest = store.put_bytes(b"fine")
-    store.blob_path(digest).write_bytes(b"rotten")
-    assert store.verify() == (0, 1)
-    assert not store.has_blob(digest)
+    good, bad = store.put_bytes(b"fine"), store.put_bytes(b"will rot")
+    store.close()
+    store.blob_path(bad).write_bytes(b"rotten")
+    store = Store(tmp_path)  # a restart: nothing is trusted until re-hashed
+    assert good not in store.verified
+    check = store.check_all()
+    assert (check.state, check.files, check.checked, check.dropped) == ("done", 1, 2, 1)
+    assert store.has_blob(good) and not store.has_blob(bad)
+    assert good in store.verified
     store.close()
 
 
@@ -59,11 +66,16 @@ def test_valid_hex(algo: str, value: str, ok: bool) -> None:
     assert valid_hex(algo, value) is ok
 
 
+def _blob(body: bytes) -> Blob:
+    return Blob(Object("k", "d", len(body), "t", 0.0), Path("/nonexistent"), body)
+
+
 def test_hot_cache_is_bounded_by_bytes() -> None:
     hot = HotCache(limit=10)
     for name in "abc":
-        hot.put(name, Hot(b"xxxx", "d", "t"))
+        hot.put(name, _blob(b"xxxx"))
     assert hot.get("a") is None  # the oldest went first
     assert hot.get("c") is not None and hot.size == 8
-    hot.put("big", Hot(b"x" * (HotCache.SMALL + 1), "d", "t"))
-    assert hot.get("big") is None  # large files go by sendfile, never into memory
+    big = HotCache(limit=10 * SMALL)
+    big.put("big", _blob(b"x" * (SMALL + 1)))
+    assert big.get("big") is None  # large files go by sendfile, never into memory

@@ -1,0 +1,134 @@
+"""The page attendees open at `/`: the lines to paste, what is cached, what offline means.
+
+Every command on it must work pasted as it is, from an attendee's machine: pip refuses a
+plain-HTTP index under any name but localhost unless told to trust the host, so its
+lines carry `--trusted-host`; uv takes a plain-HTTP index as it is.
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from retreatkit.mirror.stats import human
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:\d{1,5})?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    projects: int  # PyPI projects whose page the mirror holds
+    files: int  # PyPI files held
+    size_bytes: int
+    platforms: list[str]
+    pythons: list[str]
+    sources: int  # source distributions among the files
+    opam_archives: int
+    bytes_saved: int
+    offline: bool  # an upstream is down right now
+
+
+def loopback(host: str) -> bool:
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def base_url(public_url: str, host_header: str | None, fallback: str) -> str:
+    """Where attendees reach the mirror: the organiser's setting; else the name this
+    request used, unless that is loopback (the organiser's own browser) or missing or
+    malformed; else the address the mirror found for itself on the LAN."""
+    if public_url:
+        return public_url.rstrip("/")
+    match = _HOST.match(host_header or "")
+    if match and not loopback(match[1]):
+        return f"http://{host_header}"
+    return fallback.rstrip("/")
+
+
+def host_of(base: str) -> str:
+    """The host pip must trust: no scheme, no port (pip then trusts it on any port)."""
+    netloc = base.split("://", 1)[-1].split("/", 1)[0]
+    if netloc.startswith("["):
+        return netloc.split("]", 1)[0] + "]"
+    return netloc.rsplit(":", 1)[0] if ":" in netloc else netloc
+
+
+def lines(base: str) -> dict[str, list[str]]:
+    """The commands, by client; tests run them as they are."""
+    index, host = f"{base}/pypi/simple/", host_of(base)
+    return {
+        "pip": [
+            f"pip install --index-url {index} --trusted-host {host} PACKAGE",
+            f"pip config set global.index-url {index}",
+            f"pip config set global.trusted-host {host}",
+        ],
+        "uv": [
+            f"uv pip install --index-url {index} PACKAGE",
+            f"export UV_DEFAULT_INDEX={index}",
+        ],
+        "opam": [
+            f"opam repository set-url default {base}/opam",
+            f"opam init default {base}/opam",
+        ],
+    }
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n:,} {thing}" + ("" if n == 1 else "s")
+
+
+def _holding(s: Summary) -> str:
+    if not s.files and not s.opam_archives:
+        return "Nothing is cached yet: the first install of each package fetches it for everyone."
+    parts = [
+        f"Holding {_count(s.files, 'Python file')} ({human(s.size_bytes)})"
+        f" of {_count(s.projects, 'project')}"
+    ]
+    if s.platforms:
+        parts.append(f"wheels for {', '.join(s.platforms)}")
+    if s.pythons:
+        parts.append(f"built for {', '.join(s.pythons)}")
+    if s.sources:
+        parts.append(_count(s.sources, "source distribution"))
+    text = "; ".join(parts) + "."
+    if s.opam_archives:
+        text += f" {_count(s.opam_archives, 'opam archive')}."
+    return text
+
+
+_INTROS = {
+    "pip": "One install, then every install from this machine on:",
+    "uv": "One install, then <code>uv add</code>, <code>uv sync</code> and <code>uv run</code>:",
+    "opam": "An opam already set up, or a new one:",
+}
+
+
+def render(base: str, s: Summary) -> str:
+    commands = lines(html.escape(base))
+    blocks = "".join(
+        f"<h2>{name}</h2>\n<p>{_INTROS[name]}</p>\n<pre>{chr(10).join(found)}</pre>\n"
+        for name, found in commands.items()
+    )
+    now = (
+        "<p><strong>The internet link is down right now:</strong> installing from what is"
+        " cached.</p>\n"
+        if s.offline
+        else ""
+    )
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Package mirror</title></head><body>
+<h1>Package mirror</h1>
+<p>Packages are fetched from the internet once, for everyone, and kept here.
+{_holding(s)} So far it saved {human(s.bytes_saved)} of downloads over the internet link.</p>
+{now}<p>When the internet link is down, the mirror lists only the files it holds, so pip
+and uv install the newest version it has; a package nobody fetched before cannot be
+installed until the link is back.</p>
+{blocks}</body></html>
+"""

@@ -1,0 +1,115 @@
+"""PyPI's routes: the simple index (PEP 503, 691, 700) and its files, over the mirror's policy."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from functools import partial
+
+from aiohttp import web
+
+from retreatkit.mirror import pypi, respond
+from retreatkit.mirror.blobs import valid_hex
+from retreatkit.mirror.errors import NotFound, UpstreamError
+from retreatkit.mirror.memory import Page
+from retreatkit.mirror.records import Processed
+from retreatkit.mirror.respond import mirror_of
+from retreatkit.mirror.service import IndexAnswer, Mirror
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/pypi/simple/", root),
+        web.get("/pypi/simple", to_root),
+        web.get("/pypi/simple/{project}/", project),
+        web.get("/pypi/simple/{project}", to_project),
+        web.get("/pypi/files/{sha256}/{filename}", file),
+    ]
+
+
+async def to_root(request: web.Request) -> web.Response:
+    raise web.HTTPMovedPermanently("/pypi/simple/")
+
+
+async def root(request: web.Request) -> web.Response:
+    mirror = mirror_of(request)
+    names = mirror.store.names(pypi.page_key(""))
+    as_json = pypi.wants_json(request.headers.get("Accept", ""))
+    return web.Response(
+        body=pypi.render_root(names, as_json),
+        headers={
+            "Content-Type": pypi.JSON_TYPE if as_json else "text/html",
+            "Vary": "Accept",
+            "Cache-Control": "max-age=60",
+        },
+    )
+
+
+async def to_project(request: web.Request) -> web.Response:
+    name = request.match_info["project"]
+    if not pypi.valid_project(name):
+        raise NotFound("not a project name")
+    raise web.HTTPMovedPermanently(f"/pypi/simple/{pypi.normalize(name)}/")
+
+
+async def project(request: web.Request) -> web.Response:
+    mirror = mirror_of(request)
+    asked = request.match_info["project"]
+    if not pypi.valid_project(asked):
+        raise NotFound("not a project name")
+    name = pypi.normalize(asked)
+    if name != asked:
+        raise web.HTTPMovedPermanently(f"/pypi/simple/{name}/")
+    if mirror.settings.pypi is None:
+        raise UpstreamError("no PyPI upstream configured (--pypi URL)")
+    url = mirror.settings.pypi.rstrip("/") + f"/{name}/"
+    mirror.stats.asked(f"pypi/{name}")
+    process = partial(_process, name, url)
+    answer = await mirror.index(
+        pypi.page_key(name), url, pypi.ACCEPT_UPSTREAM, process, pypi.MAX_PAGE
+    )
+    offline = answer.stale or mirror.ecosystem_down("pypi", url)
+    as_json = pypi.wants_json(request.headers.get("Accept", ""))
+    page = await _render(mirror, answer, as_json, offline)
+    if offline:
+        mirror.stats.offline_pages += 1
+    age = time.time() - answer.obj.fetched
+    max_age = math.ceil(mirror.settings.index_ttl - age)
+    return respond.page(request, page, stale=answer.stale, offline=offline, max_age=max_age)
+
+
+def _process(name: str, url: str, body: bytes, content_type: str) -> Processed:
+    return pypi.process(name, body, content_type, url)
+
+
+async def _render(mirror: Mirror, answer: IndexAnswer, as_json: bool, offline: bool) -> Page:
+    """The page in the client's format: sizes the store learned filled in, or (offline)
+    only what the store holds. Made off the loop, once per page, format and change."""
+    obj = answer.obj
+    name = obj.key.removeprefix(pypi.page_key(""))
+    variant = ("json" if as_json else "html") + ("-offline" if offline else "")
+    key = (obj.digest, variant, str(mirror.generation[name]))
+    page = mirror.renders.get(key)
+    if page is None:
+        page = await mirror.offload(_make, mirror, answer.body, as_json, offline)
+        mirror.renders.put(key, page)
+    return page
+
+
+def _make(mirror: Mirror, body: bytes, as_json: bool, offline: bool) -> Page:
+    project = pypi.load(body)
+    held = mirror.store.held(project.keys())
+    project = project.only(held) if offline else project.with_sizes(held)
+    if as_json:
+        out, kind = pypi.render_json(project), pypi.JSON_TYPE
+    else:
+        out, kind = pypi.render_html(project), "text/html"
+    return Page(out, f'"{hashlib.sha256(out).hexdigest()}"', kind)
+
+
+async def file(request: web.Request) -> web.StreamResponse:
+    sha, filename = request.match_info["sha256"], request.match_info["filename"]
+    if not valid_hex("sha256", sha) or not pypi.valid_filename(filename):
+        raise NotFound("no such file")
+    return await respond.file(request, pypi.source_name(sha, filename))

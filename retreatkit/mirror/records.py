@@ -1,0 +1,56 @@
+"""The records every ecosystem shares: what the store holds and what it may fetch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Object:
+    """A name a client asks for (`pypi/simple/numpy`, `pypi/<sha256>/<file>`) and the blob,
+    named by its sha256, that answers it."""
+
+    key: str
+    digest: str
+    size: int
+    content_type: str
+    fetched: float  # wall-clock time upstream last confirmed it
+    etag: str | None = None  # the upstream's validators, for revalidation
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A file an index the mirror read names: where upstream keeps it and what it must hash to."""
+
+    name: str  # the key the file is stored under once fetched
+    url: str
+    hashes: Mapping[str, str]  # algo -> lowercase hex; every one is checked
+    ecosystem: str  # "pypi", "opam", ...
+    package: str  # the project or package it belongs to, for the organiser's lists
+    size: int | None = None  # as the index promised, if it did
+    aliases: tuple[str, ...] = ()  # other keys the same bytes answer (opam: one per hash)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """An upstream index as the mirror keeps it, and the files it names."""
+
+    body: bytes
+    content_type: str
+    sources: tuple[Source, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """A verified file the store holds; `body` when it is small enough for memory."""
+
+    obj: Object
+    path: Path
+    body: bytes | None = None

@@ -1,0 +1,213 @@
+"""Responses for files and pages, and what each one counts.
+
+One ETag scheme, ranges, 304 and HEAD for every file, whether held, cold or on its way;
+bytes are counted as they are sent, not as files are found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+import aiofiles
+from aiohttp import web
+
+from retreatkit.mirror import ranges
+from retreatkit.mirror.errors import MirrorError, NotFound
+from retreatkit.mirror.fill import Fill, follow
+from retreatkit.mirror.memory import Page
+from retreatkit.mirror.records import Blob, Source
+from retreatkit.mirror.service import Mirror
+
+log = logging.getLogger("retreatkit.mirror")
+MIRROR_KEY = web.AppKey("mirror", Mirror)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+IMMUTABLE = "public, max-age=31536000, immutable"  # a file is named by its hash
+STALE_WARNING = '110 - "Response is Stale"'
+OFFLINE = "cached-only"  # the Mirror-Offline header: pages list only what the store holds
+SENDFILE_CHUNK = 1 << 20
+
+
+def _file_headers(etag: str | None, content_type: str) -> dict[str, str]:
+    headers = {"Content-Type": content_type, "Accept-Ranges": "bytes", "Cache-Control": IMMUTABLE}
+    if etag is not None:
+        headers["ETag"] = etag
+    return headers
+
+
+def _bodiless(plan: ranges.Plan, headers: Mapping[str, str]) -> web.Response:
+    if plan.status == 304:  # RFC 9110 15.4.5: the validators and caching headers only
+        kept = {k: v for k, v in headers.items() if k in ("ETag", "Cache-Control")}
+        return web.Response(status=304, headers=kept)
+    assert plan.content_range is not None
+    return web.Response(status=416, headers={**headers, "Content-Range": plan.content_range})
+
+
+def mirror_of(request: web.Request) -> Mirror:
+    return request.app[MIRROR_KEY]
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A MirrorError as one line of text with the status its kind calls for, counted."""
+    try:
+        return await handler(request)
+    except MirrorError as exc:
+        stats = mirror_of(request).stats
+        if isinstance(exc, NotFound):
+            stats.not_found += 1
+        else:
+            stats.errors += 1
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return web.Response(status=exc.status, text=text + "\n")
+
+
+async def file(request: web.Request, name: str) -> web.StreamResponse:
+    """The file stored under `name`: held, or fetched once an index named it."""
+    mirror = mirror_of(request)
+    found = await mirror.blob(name)
+    if found is not None:
+        return await blob(request, mirror, found)
+    return await cold(request, mirror, mirror.source(name))
+
+
+async def blob(request: web.Request, mirror: Mirror, found: Blob) -> web.StreamResponse:
+    """A verified file from the store: from memory if small, else by sendfile."""
+    obj, stats = found.obj, mirror.stats
+    etag = ranges.etag_of(obj.digest)
+    headers = _file_headers(etag, obj.content_type)
+    plan = ranges.plan(request.method, request.headers, etag, obj.size)
+    stats.hits += 1
+    if plan.status in (304, 416):
+        return _bodiless(plan, headers)
+    if plan.content_range is not None:
+        headers["Content-Range"] = plan.content_range
+    if found.body is not None:
+        body = found.body
+        if plan.status == 206:
+            body = body[plan.start : plan.start + plan.length]
+        if request.method != "HEAD":
+            stats.bytes_from_cache += len(body)
+        return web.Response(status=plan.status, body=body, headers=headers)
+    response = FileSlice(found.path, plan, headers)
+    stats.bytes_from_cache += await response.send(request)
+    return response
+
+
+async def cold(request: web.Request, mirror: Mirror, source: Source) -> web.StreamResponse:
+    """A file an index named and the store does not hold yet. HEAD and a matching
+    If-None-Match are answered from what the index promised (and a HEAD upstream for a
+    size it did not give): they never start a download."""
+    sha = source.hashes.get("sha256")
+    etag = ranges.etag_of(sha) if sha else None
+    inm = request.headers.get("If-None-Match")
+    if etag is not None and inm is not None and ranges.matches(inm, etag):
+        mirror.stats.hits += 1
+        return web.Response(status=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
+    headers = _file_headers(etag, "application/octet-stream")
+    if request.method == "HEAD":
+        response = web.StreamResponse(headers=headers)
+        size = await mirror.size(source)
+        if size is not None:
+            response.content_length = size
+        return response
+    mirror.stats.misses += 1
+    fill = mirror.fetch(source)
+    if "Range" in request.headers:
+        # a part of a file is served from the verified whole: the fill stores it once,
+        # and a client that asks for ranges (uv reading a wheel's metadata) gets them
+        return await blob(request, mirror, await mirror.fetched(fill))
+    return await stream(request, mirror, fill, etag)
+
+
+async def stream(
+    request: web.Request, mirror: Mirror, fill: Fill, etag: str | None
+) -> web.StreamResponse:
+    """Bytes as they arrive from upstream; a failed fill cuts the connection, so no short
+    200 exists, and no reader is left waiting."""
+    await fill.headers.wait()
+    if fill.error is not None and fill.written == 0:
+        raise fill.error
+    response = web.StreamResponse(headers=_file_headers(etag, fill.content_type))
+    if fill.length is not None:
+        response.content_length = fill.length
+    else:
+        response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        async for chunk in follow(fill, mirror.store):
+            await response.write(chunk)
+            mirror.stats.bytes_from_upstream += len(chunk)
+    except (MirrorError, OSError) as exc:
+        if not isinstance(exc, ConnectionError):
+            log.warning("cutting a response for %s: %s", fill.name, exc)
+        if request.transport is not None:
+            request.transport.abort()  # the client sees a broken transfer, never a short 200
+        return response
+    await response.write_eof()
+    return response
+
+
+class FileSlice(web.StreamResponse):
+    """Part or all of a file on disk, sent by the kernel (sendfile)."""
+
+    def __init__(self, path: Path, plan: ranges.Plan, headers: Mapping[str, str]) -> None:
+        super().__init__(status=plan.status, headers=headers)
+        self.path, self.plan = path, plan
+        self.content_length = plan.length
+
+    async def send(self, request: web.Request) -> int:
+        """Prepare and send; returns the body bytes that left."""
+        with self.path.open("rb") as f:
+            await self.prepare(request)
+            if request.method == "HEAD" or not self.plan.length:
+                await self.write_eof()
+                return 0
+            transport = request.transport
+            if transport is None:
+                return 0
+            loop = asyncio.get_running_loop()
+            start, length = self.plan.start, self.plan.length
+            try:
+                sent = await loop.sendfile(transport, f, start, length)
+            except NotImplementedError:  # no socket to send from (TLS, a test transport)
+                sent = await self._copy(start, length)
+            await self.write_eof()
+            return sent
+
+    async def _copy(self, start: int, length: int) -> int:
+        """The same bytes through Python, the file read on aiofiles' threads."""
+        sent = 0
+        async with aiofiles.open(self.path, "rb") as f:
+            await f.seek(start)
+            while sent < length:
+                chunk = await f.read(min(SENDFILE_CHUNK, length - sent))
+                if not chunk:
+                    break
+                await self.write(chunk)
+                sent += len(chunk)
+        return sent
+
+
+def page(
+    request: web.Request, page: Page, *, stale: bool, offline: bool, max_age: int
+) -> web.Response:
+    """An index page: its own ETag, `Vary: Accept` (one URL, HTML or JSON by what the client
+    accepts, so a shared cache must not mix them), and a lifetime no longer than the
+    mirror's own. Stale and offline pages say so."""
+    headers = {
+        "ETag": page.etag,
+        "Vary": "Accept",
+        "Cache-Control": "no-cache" if stale or offline else f"max-age={max(0, max_age)}",
+    }
+    if stale:
+        headers["Warning"] = STALE_WARNING
+    if offline:
+        headers["Mirror-Offline"] = OFFLINE
+    inm = request.headers.get("If-None-Match")
+    if inm is not None and ranges.matches(inm, page.etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=page.body, headers={**headers, "Content-Type": page.content_type})

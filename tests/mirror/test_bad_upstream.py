@@ -1,0 +1,78 @@
+"""A misbehaving upstream never gets its bytes published, and every reader of its download
+learns how it ended; hostile paths touch nothing (in process)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from retreatkit.mirror.fetch import Limits
+from tests.mirror.conftest import Env
+
+QUICK = {"limits": Limits(connect_timeout=1.0, headers_timeout=1.0, read_timeout=0.3)}
+
+
+def blobs(store: Path) -> set[str]:
+    return {p.name for p in (store / "blobs" / "sha256").glob("*/*")}
+
+
+async def fetch(env: Env, url: str) -> tuple[int, bytes]:
+    """A transfer cut short shows up as status -1."""
+    r = await env.client.get(url)
+    try:
+        return r.status, await r.read()
+    except aiohttp.ClientPayloadError:
+        return -1, b""
+
+
+@pytest.mark.parametrize("env", [QUICK], indirect=True)
+@pytest.mark.parametrize("mode", ["truncate", "truncate-cl", "corrupt", "stall", "reset", "fail"])
+async def test_bad_upstream_bytes_are_never_published(env: Env, mode: str) -> None:
+    filename, data, _ = env.wheels["big-pkg"]
+    url = await env.file_url("big-pkg")
+    store = env.mirror.settings.store
+    before = blobs(store)
+    env.upstream.rules[f"/files/{filename}"] = mode
+    async with asyncio.timeout(30):  # every reader learns the end: a hang fails here
+        answers = await asyncio.gather(*(fetch(env, url) for _ in range(3)))
+    for status, body in answers:  # never a 200 with the wrong bytes
+        assert status in (-1, 502, 504), (status, len(body))
+    assert blobs(store) == before
+    assert not list((store / "tmp").iterdir())
+    assert env.fetched(filename) == 1  # three readers, one download
+    recent = env.mirror.fetcher.fetches()["recent"][0]
+    verify = mode in ("corrupt", "truncate")  # a cut with no length shows in the hash
+    assert recent["ended"] == ("verify failed" if verify else "upstream error")
+    assert env.mirror.stats.verify_failures == verify
+    env.upstream.rules.clear()  # once upstream behaves: fetched again, verified, whole
+    assert await fetch(env, url) == (200, data)
+    assert hashlib.sha256(data).hexdigest() in blobs(store)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/pypi/files/..%2f..%2fetc/passwd",
+        "/pypi/files/%2e%2e/%2e%2e/index.sqlite",
+        "/pypi/simple/..%2f..%2f/",
+        "/pypi/simple/a%00b/",
+        "/pypi/files/" + "0" * 64 + "/x%0d%0aSet-Cookie:%20a=b",
+        "/pypi/files/" + "0" * 64 + "/" + "a" * 300 + ".whl",
+        "/pypi/files/" + "0" * 64 + "/unknown.whl",
+        "/opam/cache/sha256/00/" + "0" * 64,
+        "/opam/cache/sha256/11/" + "0" * 64,
+        "/opam/cache/md5/../../index.sqlite",
+        "/http://example.invalid/",
+        "/pypi/files/" + "a" * 64 + "/../../../index.sqlite",
+        "/lists/" + "0" * 32,
+    ],
+)
+async def test_hostile_paths_touch_nothing(env: Env, path: str) -> None:
+    r = await env.client.get(path, allow_redirects=False)
+    assert r.status in (400, 404), (r.status, await r.text())
+    assert "Set-Cookie" not in r.headers
+    assert sum(env.upstream.counts.values()) == 0  # not an open proxy: upstream never asked

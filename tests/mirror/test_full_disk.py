@@ -1,0 +1,119 @@
+"""A really full disk (item 3): the store on a 4 MiB tmpfs this test mounts (root needed).
+Every reader of a fill that fails gets a clean end, never a hang; a full catalog does not
+turn pages into 500s; what the store holds is still served; /status says the disk is full."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from retreatkit.mirror import fakeupstream
+from retreatkit.mirror.status import section
+from retreatkit.mirror.testing import make_wheel, mirror_client, settings, write_pypi
+from tests.mirror.conftest import JSON, Env
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "rkmir-full", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (root needed): {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture
+async def env(tmp_path: Path, small_disk: Path) -> AsyncIterator[Env]:
+    wheels = {
+        "small": make_wheel("small", "1.0", pad=100_000),
+        "huge": make_wheel("huge", "1.0", pad=6 * MIB),  # never fits
+        "grows": make_wheel("grows", "1.0", pad=6 * MIB),  # sent with no length
+    }
+    root = tmp_path / "upstream"
+    write_pypi(root, {name: [w] for name, w in wheels.items()})
+    async with fakeupstream.serving(root) as upstream:
+        upstream.rules[f"/files/{wheels['grows'][0]}"] = "nolength"
+        config = settings(small_disk / "store", f"{upstream.url}simple/", index_ttl=0.0)
+        async with mirror_client(config) as (client, mirror):
+            yield Env(upstream, client, mirror, wheels, root)
+
+
+async def fetch(env: Env, url: str) -> tuple[int, bytes]:
+    r = await env.client.get(url)
+    try:
+        return r.status, await r.read()
+    except aiohttp.ClientPayloadError:
+        return -1, b""  # the transfer was cut: the client knows it is incomplete
+
+
+def fill_up(disk: Path) -> None:
+    with contextlib.suppress(OSError), (disk / "filler").open("wb") as f:
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+async def test_a_file_that_cannot_fit_is_refused_before_a_byte_is_sent(env: Env) -> None:
+    small = await env.file_url("small")
+    assert (await fetch(env, small))[0] == 200
+    url = await env.file_url("huge")
+    async with asyncio.timeout(30):
+        answers = await asyncio.gather(*(fetch(env, url) for _ in range(3)))
+    refusal = b"the mirror's disk has no room for huge-1.0-py3-none-any.whl\n"
+    assert answers == [(507, refusal)] * 3
+    assert (await fetch(env, small)) == (200, env.wheels["small"][1])  # held: still served
+    report = section(env.mirror, True, 0)
+    assert report["store"]["disk_full"] is True
+    assert report["warnings"][0].startswith("disk full: ")
+    assert env.mirror.fetcher.fetches()["recent"][0]["ended"] == "disk full"
+
+
+async def test_every_reader_of_a_fill_the_disk_cuts_gets_a_clean_end(env: Env) -> None:
+    url = await env.file_url("grows")
+    async with asyncio.timeout(30):  # a hang fails here
+        answers = await asyncio.gather(*(fetch(env, url) for _ in range(3)))
+    assert answers == [(-1, b"")] * 3  # 200 and a cut: never a short body taken as whole
+    store = env.mirror.settings.store
+    assert not list((store / "tmp").iterdir())  # the partial file is gone
+    assert section(env.mirror, True, 0)["store"]["disk_full"] is True
+    async with asyncio.timeout(30):  # now it is known not to fit: refused at once
+        status, body = await fetch(env, url)
+    assert (status, body) == (
+        507,
+        b"the mirror's disk is full; grows-1.0-py3-none-any.whl has no known size\n",
+    )
+
+
+async def test_a_full_catalog_still_serves_pages_and_held_files(env: Env) -> None:
+    small = await env.file_url("small")
+    assert (await fetch(env, small))[0] == 200
+    fill_up(env.mirror.settings.store.parent)
+    with pytest.raises(OSError) as full:
+        (env.mirror.settings.store / "probe").write_bytes(b"x" * 65536)
+    assert full.value.errno == errno.ENOSPC
+    page = env.root / "simple" / "small" / "index.html"
+    page.write_text(page.read_text() + "<!-- changed -->\n")  # a new page: must be stored
+    for _ in range(2):
+        r = await env.client.get("/pypi/simple/small/", headers={"Accept": JSON})
+        assert r.status == 200, await r.text()
+    assert (await fetch(env, small)) == (200, env.wheels["small"][1])
+    assert section(env.mirror, True, 0)["store"]["disk_full"] is True

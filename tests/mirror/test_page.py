@@ -1,0 +1,116 @@
+"""The page attendees open (item 11): the name it gives, what it says is cached, pinned."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from retreatkit.mirror import page, wheels
+from tests.mirror.conftest import Env
+
+SUMMARY = page.Summary(
+    projects=12,
+    files=118,
+    size_bytes=412_300_000,
+    platforms=["Linux x86_64", "any platform (pure Python)"],
+    pythons=["CPython 3.11", "CPython 3.12"],
+    sources=1,
+    opam_archives=0,
+    bytes_saved=2_345_678_901,
+    offline=False,
+)
+
+PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Package mirror</title></head><body>
+<h1>Package mirror</h1>
+<p>Packages are fetched from the internet once, for everyone, and kept here.
+Holding 118 Python files (412 MB) of 12 projects; wheels for Linux x86_64, any platform \
+(pure Python); built for CPython 3.11, CPython 3.12; 1 source distribution. So far it saved \
+2.3 GB of downloads over the internet link.</p>
+<p>When the internet link is down, the mirror lists only the files it holds, so pip
+and uv install the newest version it has; a package nobody fetched before cannot be
+installed until the link is back.</p>
+<h2>pip</h2>
+<p>One install, then every install from this machine on:</p>
+<pre>pip install --index-url http://mirror.retreat.lan:8000/pypi/simple/ \
+--trusted-host mirror.retreat.lan PACKAGE
+pip config set global.index-url http://mirror.retreat.lan:8000/pypi/simple/
+pip config set global.trusted-host mirror.retreat.lan</pre>
+<h2>uv</h2>
+<p>One install, then <code>uv add</code>, <code>uv sync</code> and <code>uv run</code>:</p>
+<pre>uv pip install --index-url http://mirror.retreat.lan:8000/pypi/simple/ PACKAGE
+export UV_DEFAULT_INDEX=http://mirror.retreat.lan:8000/pypi/simple/</pre>
+<h2>opam</h2>
+<p>An opam already set up, or a new one:</p>
+<pre>opam repository set-url default http://mirror.retreat.lan:8000/opam
+opam init default http://mirror.retreat.lan:8000/opam</pre>
+</body></html>
+"""
+
+
+def test_the_page_is_pinned() -> None:
+    assert page.render("http://mirror.retreat.lan:8000", SUMMARY) == PAGE
+
+
+@pytest.mark.parametrize(
+    ("public", "host", "expected"),
+    [
+        ("http://mirror.retreat.lan:8000/", "localhost:8000", "http://mirror.retreat.lan:8000"),
+        ("", "10.0.0.5:8000", "http://10.0.0.5:8000"),
+        ("", "mirror.retreat.lan:8000", "http://mirror.retreat.lan:8000"),
+        ("", "localhost:8000", "http://192.0.2.7:8000"),  # the organiser's own browser
+        ("", "127.0.0.1:8000", "http://192.0.2.7:8000"),
+        ("", "[::1]:8000", "http://192.0.2.7:8000"),
+        ("", None, "http://192.0.2.7:8000"),  # HTTP/1.0 without Host
+        ("", "evil<script>", "http://192.0.2.7:8000"),
+    ],
+)
+def test_the_name_attendees_are_given(public: str, host: str | None, expected: str) -> None:
+    assert page.base_url(public, host, "http://192.0.2.7:8000") == expected
+
+
+def test_pip_trusts_the_host_on_any_port() -> None:
+    assert page.host_of("http://10.0.0.5:8000") == "10.0.0.5"
+    assert page.host_of("http://[fd00::5]:8000") == "[fd00::5]"
+    assert page.host_of("http://mirror.retreat.lan") == "mirror.retreat.lan"
+
+
+def test_platforms_from_wheel_names() -> None:
+    found = wheels.summary(
+        [
+            "numpy-2.1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+            "numpy-2.1.0-cp312-cp312-macosx_14_0_arm64.whl",
+            "numpy-2.1.0-cp310-cp310-win_amd64.whl",
+            "rich-13.7.0-py3-none-any.whl",
+            "numpy-2.1.0.tar.gz",
+        ]
+    )
+    assert found == (
+        ["Linux x86_64", "macOS arm64", "Windows x86_64", "any platform (pure Python)"],
+        ["CPython 3.10", "CPython 3.11", "CPython 3.12"],
+        1,
+    )
+
+
+async def test_the_page_without_a_host_header_still_names_a_port(env: Env) -> None:
+    env.mirror.lan_url = "http://192.0.2.7:8000"
+    assert env.client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.client.port)
+    writer.write(b"GET / HTTP/1.0\r\n\r\n")
+    body = await reader.read()
+    writer.close()
+    assert b"pip install --index-url http://192.0.2.7:8000/pypi/simple/" in body
+
+
+async def test_the_page_says_what_is_cached(env: Env) -> None:
+    r = await env.client.get("/", headers={"Host": "mirror.retreat.lan:8000"})
+    assert "Nothing is cached yet" in await r.text()
+    _, data, _ = env.wheels["demo-dep"]
+    await (await env.client.get(await env.file_url("demo-dep"))).read()
+    await (await env.client.get(await env.file_url("demo-dep"))).read()
+    text = await (await env.client.get("/", headers={"Host": "mirror.retreat.lan:8000"})).text()
+    size = page.human(len(data))
+    assert f"Holding 1 Python file ({size}) of 1 project; wheels for any platform" in text
+    assert f"So far it saved {size} of downloads" in text
+    assert "--trusted-host mirror.retreat.lan PACKAGE" in text

@@ -1,0 +1,101 @@
+"""Index pages over HTTP, in process: conformance (item 10), offline pages (item 4)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.mirror.conftest import JSON, Env
+
+
+async def test_index_pages_carry_validators_and_vary(env: Env) -> None:
+    r = await env.client.get("/pypi/simple/demo-pkg/", headers={"Accept": JSON})
+    assert r.status == 200 and r.headers["Content-Type"] == JSON
+    assert r.headers["Vary"] == "Accept"  # one URL, two formats: shared caches must not mix
+    kind, _, seconds = r.headers["Cache-Control"].partition("=")
+    assert kind == "max-age" and 0 < int(seconds) <= 600  # no longer than the mirror's own
+    tag = r.headers["ETag"]
+    html = await env.client.get("/pypi/simple/demo-pkg/", headers={"Accept": "text/html"})
+    assert html.headers["Content-Type"].startswith("text/html") and html.headers["ETag"] != tag
+    again = await env.client.get(
+        "/pypi/simple/demo-pkg/", headers={"Accept": JSON, "If-None-Match": tag}
+    )
+    assert again.status == 304 and again.headers["ETag"] == tag
+
+
+async def test_the_simple_root_without_its_slash_redirects(env: Env) -> None:
+    r = await env.client.get("/pypi/simple", allow_redirects=False)
+    assert r.status == 301 and r.headers["Location"] == "/pypi/simple/"
+    r = await env.client.get("/pypi/simple/Demo_Pkg", allow_redirects=False)
+    assert r.status == 301 and r.headers["Location"] == "/pypi/simple/demo-pkg/"
+
+
+async def test_pep_700_from_an_html_upstream(env: Env) -> None:
+    doc = await env.page("demo-dep")
+    assert doc["versions"] == ["2.0"]
+    assert doc["meta"]["api-version"] == "1.0"  # no sizes known yet: 1.1 would be a lie
+    _, data, _ = env.wheels["demo-dep"]
+    await (await env.client.get(doc["files"][0]["url"])).read()
+    doc = await env.page("demo-dep")  # the size is known once the file is held
+    assert doc["meta"]["api-version"] == "1.1" and doc["files"][0]["size"] == len(data)
+
+
+@pytest.mark.parametrize("env", [{"as_json": True}], indirect=True)
+async def test_pep_700_from_a_json_upstream(env: Env) -> None:
+    doc = await env.page("big-pkg")
+    _, data, metadata = env.wheels["big-pkg"]
+    assert doc["meta"]["api-version"] == "1.1" and doc["versions"] == ["1.0"]
+    assert doc["files"][0]["size"] == len(data)
+    meta = await env.client.get(doc["files"][0]["url"] + ".metadata")
+    assert await meta.read() == metadata
+
+
+@pytest.mark.parametrize("env", [{"index_ttl": 0.0}], indirect=True)
+async def test_offline_pages_list_only_what_is_held(env: Env) -> None:
+    # two versions upstream; only 1.0 was ever fetched
+    page = env.root / "simple" / "demo-dep" / "index.html"
+    old = page.read_text()
+    extra = '<a href="../../files/demo_dep-3.0-py3-none-any.whl#sha256=' + "e" * 64 + '">'
+    page.write_text(old.replace("</body>", extra + "demo_dep-3.0-py3-none-any.whl</a></body>"))
+    online = await env.page("demo-dep")
+    assert [f["filename"] for f in online["files"]] == [
+        "demo_dep-2.0-py3-none-any.whl",
+        "demo_dep-3.0-py3-none-any.whl",
+    ]
+    await (await env.client.get(online["files"][0]["url"])).read()
+    env.upstream.rules["/simple/demo-dep/"] = "fail"  # the upstream breaks
+    r = await env.client.get("/pypi/simple/demo-dep/", headers={"Accept": JSON})
+    assert r.status == 200
+    assert r.headers["Mirror-Offline"] == "cached-only"
+    assert r.headers["Warning"] == '110 - "Response is Stale"'
+    assert r.headers["Cache-Control"] == "no-cache"
+    doc = json.loads(await r.read())
+    assert [f["filename"] for f in doc["files"]] == ["demo_dep-2.0-py3-none-any.whl"]
+    assert doc["versions"] == ["2.0"] and doc["meta"]["api-version"] == "1.1"
+    html = await env.client.get("/pypi/simple/demo-dep/")
+    assert b"3.0" not in await html.read() and html.headers["Mirror-Offline"] == "cached-only"
+    assert env.mirror.stats.offline_pages == 2 and env.mirror.stats.stale_served == 2
+
+
+async def test_a_fresh_page_lists_only_what_is_held_once_its_files_host_is_down(env: Env) -> None:
+    doc = await env.page("demo-pkg")
+    await (await env.client.get(doc["files"][0]["url"])).read()
+    await env.page("demo-dep")
+    env.upstream.rules["/files/" + env.wheels["demo-dep"][0]] = "silent"
+    env.mirror.settings.limits.connect_timeout = 0.2
+    env.mirror.settings.limits.headers_timeout = 0.2
+    dep = (await env.page("demo-dep"))["files"][0]["url"]
+    r = await env.client.get(dep)
+    assert r.status == 504  # the files' host gave no answer in time: it is down
+    r = await env.client.get("/pypi/simple/demo-dep/", headers={"Accept": JSON})
+    assert r.headers["Mirror-Offline"] == "cached-only" and "Warning" not in r.headers
+    assert json.loads(await r.read())["files"] == []
+    assert len((await env.page("demo-pkg"))["files"]) == 1  # held: still listed
+
+
+async def test_a_project_the_upstream_does_not_have(env: Env) -> None:
+    r = await env.client.get("/pypi/simple/no-such-thing/")
+    assert r.status == 404
+    assert await r.text() == f"the upstream has no {env.upstream.url}simple/no-such-thing/\n"
+    assert env.mirror.stats.not_found == 1

@@ -1,0 +1,45 @@
+"""Validators and ranges for files (RFC 9110), pure."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from retreatkit.mirror.ranges import Plan, etag_of, plan
+
+TAG = etag_of("ab" * 32)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, Plan(200, 0, 100)),
+        ({"If-None-Match": TAG}, Plan(304)),
+        ({"If-None-Match": f'"other", W/{TAG}'}, Plan(304)),
+        ({"If-None-Match": "*"}, Plan(304)),
+        ({"If-None-Match": '"other"'}, Plan(200, 0, 100)),
+        ({"Range": "bytes=0-9"}, Plan(206, 0, 10, "bytes 0-9/100")),
+        ({"Range": "bytes=90-"}, Plan(206, 90, 10, "bytes 90-99/100")),
+        ({"Range": "bytes=-30"}, Plan(206, 70, 30, "bytes 70-99/100")),
+        ({"Range": "bytes=-300"}, Plan(206, 0, 100, "bytes 0-99/100")),
+        ({"Range": "bytes=50-500"}, Plan(206, 50, 50, "bytes 50-99/100")),
+        ({"Range": "bytes=100-"}, Plan(416, content_range="bytes */100")),
+        ({"Range": "bytes=-0"}, Plan(416, content_range="bytes */100")),
+        ({"Range": "bytes=9-3"}, Plan(200, 0, 100)),  # invalid: ignored
+        ({"Range": "bytes=0-1,5-6"}, Plan(200, 0, 100)),  # several: the whole file
+        ({"Range": "lines=1-2"}, Plan(200, 0, 100)),
+        ({"Range": "bytes=0-9", "If-Range": TAG}, Plan(206, 0, 10, "bytes 0-9/100")),
+        ({"Range": "bytes=0-9", "If-Range": '"changed"'}, Plan(200, 0, 100)),
+        ({"Range": "bytes=0-9", "If-None-Match": TAG}, Plan(304)),
+    ],
+)
+def test_plan(headers: dict[str, str], expected: Plan) -> None:
+    assert plan("GET", headers, TAG, 100) == expected
+
+
+@given(st.integers(0, 10_000), st.text(max_size=40))
+def test_any_range_header_gives_bytes_inside_the_file(size: int, spec: str) -> None:
+    p = plan("GET", {"Range": spec}, TAG, size)
+    assert p.status in (200, 206, 416)
+    assert p.start >= 0 and p.start + p.length <= size

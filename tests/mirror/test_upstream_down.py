@@ -1,0 +1,104 @@
+"""An upstream that accepts and never answers (item 2, in process): every request bounded,
+the upstream remembered down, stale pages served without asking it, one probe at a time.
+The resolver that never answers is tested end to end (tests/e2e/test_mirror_upstream.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from retreatkit.mirror.fetch import Limits
+from retreatkit.mirror.status import section
+from tests.mirror.conftest import JSON, Env
+
+PAGES = ("/simple/demo-pkg/", "/simple/demo-dep/", "/simple/big-pkg/")
+QUICK = {"index_ttl": 0.0, "limits": Limits(connect_timeout=0.3, headers_timeout=0.3)}
+
+
+async def get(env: Env, project: str) -> tuple[int, dict[str, str], bytes]:
+    r = await env.client.get(f"/pypi/simple/{project}/", headers={"Accept": JSON})
+    return r.status, dict(r.headers), await r.read()
+
+
+def asked(env: Env) -> int:
+    return sum(env.upstream.counts[p] for p in PAGES)
+
+
+@pytest.mark.parametrize("env", [QUICK], indirect=True)
+async def test_a_silent_upstream_is_remembered_down(env: Env) -> None:
+    now = [1000.0]
+    env.mirror.fetcher.clock = lambda: now[0]
+    for project in ("demo-pkg", "demo-dep", "big-pkg"):
+        await env.page(project)
+    for path in PAGES:
+        env.upstream.rules[path] = "silent"
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        status, headers, _ = await get(env, "demo-pkg")  # waits for the bound, once
+        assert status == 200 and headers["Warning"] == '110 - "Response is Stale"'
+        before = asked(env)
+        for _ in range(5):  # nobody else waits on it: stale at once, upstream not asked
+            status, headers, _ = await get(env, "demo-pkg")
+            assert status == 200 and headers["Mirror-Offline"] == "cached-only"
+        assert asked(env) == before and env.mirror.stats.upstream_skipped == 5
+
+        report = section(env.mirror, True, 0)
+        pypi = report["upstreams"]["pypi"]
+        assert (pypi["state"], pypi["last_error"]) == ("down", "no answer within 0.6 s")
+        assert pypi["retry_in_seconds"] == 2.0
+        host = env.upstream.url.split("//")[1].rstrip("/")
+        assert re.fullmatch(
+            rf"upstream down: http://{host} since \S+Z \(no answer within 0.6 s\);"
+            " serving what the store holds",
+            report["warnings"][0],
+        )
+
+        # after the backoff: one request probes, the others are answered from the store
+        now[0] += 2.0
+        answers = await asyncio.gather(*(get(env, p) for p in ("demo-pkg", "demo-dep", "big-pkg")))
+        assert [a[0] for a in answers] == [200, 200, 200]
+        assert asked(env) == before + 1
+
+        env.upstream.rules.clear()  # the uplink is back: the next probe finds it
+        now[0] += 60.0
+        status, headers, _ = await get(env, "demo-dep")
+        assert status == 200 and "Warning" not in headers and "Mirror-Offline" not in headers
+        assert section(env.mirror, True, 0)["upstreams"]["pypi"]["state"] == "up"
+
+
+@pytest.mark.parametrize("env", [QUICK], indirect=True)
+async def test_a_page_never_cached_fails_fast_while_the_upstream_is_down(env: Env) -> None:
+    env.mirror.fetcher.clock = lambda: 1000.0
+    env.upstream.rules["/simple/demo-pkg/"] = "silent"
+    async with asyncio.timeout(30):
+        status, _, body = await get(env, "demo-pkg")
+        host = env.upstream.url.split("//")[1].rstrip("/")
+        assert (status, body) == (504, f"upstream {host}: no answer within 0.6 s\n".encode())
+        status, _, body = await get(env, "demo-dep")  # another page, same upstream
+        assert status == 502
+        assert body == (
+            f"upstream {host} is down (no answer within 0.6 s); next try in 2 s\n".encode()
+        )
+        assert env.upstream.counts["/simple/demo-dep/"] == 0
+
+
+@pytest.mark.parametrize("env", [QUICK], indirect=True)
+async def test_nobody_waits_on_the_probe_for_the_page_they_ask(env: Env) -> None:
+    now = [1000.0]
+    env.mirror.fetcher.clock = lambda: now[0]
+    await env.page("demo-pkg")
+    env.upstream.rules["/simple/demo-pkg/"] = "silent"
+    async with asyncio.timeout(30):
+        assert (await get(env, "demo-pkg"))[0] == 200  # the upstream is now known down
+        env.mirror.settings.limits.headers_timeout = 3600.0  # the probe ends when we say
+        now[0] += 2.0
+        env.upstream.asked.clear()
+        probe = asyncio.create_task(get(env, "demo-pkg"))
+        await env.upstream.asked.wait()  # the probe is at the upstream, unanswered
+        for _ in range(2):  # the same page meanwhile: stale at once, not after the probe
+            status, headers, _ = await get(env, "demo-pkg")
+            assert status == 200 and headers["Mirror-Offline"] == "cached-only"
+        assert not probe.done()
+        env.upstream.closing.set()  # the silence ends: the probe fails, served stale too
+        assert (await probe)[0] == 200
