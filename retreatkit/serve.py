@@ -21,8 +21,9 @@ from retreatkit.mirror import app as mirror_app
 from retreatkit.mirror import upstreams
 from retreatkit.mirror.fetch import Limits as FetchLimits
 from retreatkit.mirror.service import Mirror, Settings, register
-from retreatkit.nameserver.policy import parse_record
-from retreatkit.nameserver.server import LAN
+from retreatkit.nameserver.blocklist import normalize
+from retreatkit.nameserver.gate import LAN
+from retreatkit.nameserver.local import parse_record
 from retreatkit.nameserver.service import Settings as NameserverSettings
 from retreatkit.relay.matching import Limits
 from retreatkit.relay.server import Relay
@@ -169,6 +170,7 @@ def nameserver_settings(
     named = {r.name for r in records}
     records += [parse_record(f"{n}={a}") for n, a in own.items() if n not in named]
     upstreams = [config.host_port(u, 53) for u in section["upstreams"]] or resolv_conf_upstreams()
+    forward = forward_rules(section["forward"], section.get("forward_flags", []))
     if section["block_mode"] not in ("null", "nxdomain"):
         raise ValueError("block mode is null or nxdomain")
     return NameserverSettings(
@@ -177,6 +179,7 @@ def nameserver_settings(
         blocklists=list(section["blocklists"]),
         allow=list(section["allow"]),
         records=records,
+        forward=forward,
         block_mode=section["block_mode"],
         networks=list(section["networks"]) or list(LAN),
         rate_limit=int(section["rate_limit"]),
@@ -184,6 +187,23 @@ def nameserver_settings(
         reload_every=float(section["reload_every"]),
         mirror=mirror or (lambda: section["mirror"] or None),
     )
+
+
+def forward_rules(table: dict[str, Any], flags: list[str]) -> dict[str, list[tuple[str, int]]]:
+    """[nameserver.forward] (domain = "server" or a list) and --forward DOMAIN=SERVER flags."""
+    rules: dict[str, list[tuple[str, int]]] = {}
+    pairs = [(d, s) for d, v in table.items() for s in ([v] if isinstance(v, str) else v)]
+    for flag in flags:
+        domain, eq, server = flag.partition("=")
+        if not eq:
+            raise ValueError(f"expected --forward DOMAIN=SERVER, got {flag!r}")
+        pairs.append((domain, server))
+    for domain, server in pairs:
+        name = normalize(domain)
+        if name is None or not isinstance(server, str):
+            raise ValueError(f'forward: expected DOMAIN = "SERVER[:PORT]", got {domain!r}')
+        rules.setdefault(name, []).append(config.host_port(server, 53))
+    return rules
 
 
 async def serve(services: list[Service], admin_at: tuple[str, int], say: Say) -> int:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from retreatkit import config, loop, serve
-from retreatkit.nameserver.service import Nameserver, host_address
+from retreatkit.nameserver import address as lan
+from retreatkit.nameserver.service import Nameserver
 
 DESCRIPTION = """\
 Infrastructure in a bag for events whose internet is slow, metered or gone.
@@ -23,6 +24,12 @@ def parser() -> argparse.ArgumentParser:
     admin_help = "admin endpoint (default 127.0.0.1:8080)"
     up = sub.add_parser("up", help="run all services: relay, mirror and nameserver")
     up.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
+    up.add_argument(
+        "--address",
+        metavar="ADDRESS",
+        help="what relay.retreat.lan and mirror.retreat.lan answer"
+        " (default: the address of the interface the default route uses)",
+    )
     relay = sub.add_parser("relay", help="run bob's relay")
     relay.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:9000")
     relay.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
@@ -56,6 +63,13 @@ def parser() -> argparse.ArgumentParser:
         dest="record_flags",
         help="a local name (A/AAAA by the address, or NAME=cname:TARGET); repeatable",
     )
+    ns.add_argument(
+        "--forward",
+        metavar="DOMAIN=SERVER[:PORT]",
+        action="append",
+        dest="forward_flags",
+        help="send DOMAIN and its names to SERVER (the venue router's own names); repeatable",
+    )
     ns.add_argument("--block-mode", choices=("null", "nxdomain"), help="default null")
     ns.add_argument("--rate-limit", type=int, metavar="QPS", help="per client; 0 is off")
     ns.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
@@ -83,7 +97,8 @@ def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Servic
     if args.command in ("up", "nameserver"):
         section = dict(cfg["nameserver"])
         if args.command == "nameserver":
-            for key in ("listen", "upstreams", "blocklists", "allow", "record_flags"):
+            for key in ("listen", "upstreams", "blocklists", "allow", "record_flags",
+                        "forward_flags"):  # fmt: skip
                 if key in flags:
                     section[key] = flags[key]
             for key in ("block_mode", "rate_limit"):
@@ -91,11 +106,22 @@ def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Servic
                     section[key] = flags[key]
         own: dict[str, str] = {}
         if args.command == "up":
-            address = host_address()
-            own = {"relay.retreat.lan": address, "mirror.retreat.lan": address}
+            chosen = lan.choose(flags.get("address") or section["address"])
+            own = {"relay.retreat.lan": chosen.address, "mirror.retreat.lan": chosen.address}
+            say_address(chosen)
         local_mirror = (lambda: mirror.url) if mirror is not None else None
         out.append(Nameserver(serve.nameserver_settings(section, own, local_mirror)))
     return out
+
+
+def say_address(chosen: lan.LanAddress) -> None:
+    _say(f"relay.retreat.lan and mirror.retreat.lan answer {chosen.address} ({chosen.how})")
+    if chosen.loopback:
+        _say(
+            f"WARNING: {chosen.address} is a loopback address: every attendee asking for"
+            " relay.retreat.lan or mirror.retreat.lan would reach their own computer."
+            " Pass --address ADDRESS or set address in [nameserver] of retreat.toml."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
