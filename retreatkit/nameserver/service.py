@@ -25,7 +25,7 @@ from retreatkit.nameserver.resolver import Resolver
 from retreatkit.nameserver.server import UDPServer
 from retreatkit.nameserver.tcp import IDLE, Connections, TCPServer
 from retreatkit.nameserver.transport import Pool
-from retreatkit.nameserver.upstream import Upstream, UpstreamSet
+from retreatkit.nameserver.upstream import Transport, Upstream, UpstreamSet
 
 log = logging.getLogger("retreatkit.nameserver")
 Address = tuple[str, int]
@@ -58,14 +58,16 @@ class Nameserver:
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        transport: Transport | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.wall = wall
         self.pool = Pool()
+        upstream_transport = transport if transport is not None else self.pool
 
         def servers(addresses: list[Address]) -> UpstreamSet:
-            return UpstreamSet([Upstream(h, p) for h, p in addresses], self.pool, clock)
+            return UpstreamSet([Upstream(h, p) for h, p in addresses], upstream_transport, clock)
 
         groups = {"": servers(settings.upstreams)}
         groups.update({zone: servers(addrs) for zone, addrs in settings.forward.items()})
