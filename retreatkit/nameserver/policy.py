@@ -146,6 +146,12 @@ def reverse_is_private(name: str) -> bool:
 
 
 def _reverse_apex(name: str) -> str:
-    # the classful reverse zone the name sits in: a negative answer's SOA goes there
-    labels = name.split(".")
-    return ".".join(labels[-4:]) if name.endswith(".in-addr.arpa") else name
+    """The RFC 6303 zone a private reverse name sits in: its negative answer's SOA."""
+    labels = name.split(".")[:-2]  # without in-addr.arpa / ip6.arpa
+    if name.endswith(".in-addr.arpa"):
+        first = labels[-1] if labels else ""
+        keep = 1 if first in ("10", "127", "0") else 2
+        return ".".join([*labels[-keep:], "in-addr", "arpa"])
+    nibbles = labels[::-1]
+    keep = 3 if nibbles[:2] == ["f", "e"] else 2 if nibbles[:1] == ["f"] else len(nibbles)
+    return ".".join([*labels[len(labels) - keep :], "ip6", "arpa"])

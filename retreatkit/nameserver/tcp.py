@@ -160,7 +160,7 @@ class TCPServer(asyncio.Protocol):
             transport = self.transport
             if out is not None and transport is not None and not transport.is_closing():
                 transport.write(_LENGTH.pack(len(out)) + out)
-                self.framer.answered(resolver.clock())
+                self.framer.answered(self.connections.clock())
         except Exception:
             log.exception("TCP query from %s failed", self.ip)
         finally:
