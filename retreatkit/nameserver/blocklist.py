@@ -199,19 +199,24 @@ class Blocklist:
 
     def match(self, name: str) -> str | None:
         """The rule that blocks `name` (itself, a parent, or `*.parent`), unless a list's
-        own exception covers it."""
+        own exception covers it. Every cache miss asks: a plain loop, no generators."""
         hashes, subdomains = self.hashes, self.subdomains
+        size = len(hashes)
         listed = None
-        for depth, suffix in enumerate(suffixes(name)):
+        suffix, dot = name, name.find(".")
+        while True:
             key = hash(suffix)
-            if _has(hashes, key):
+            at = bisect_left(hashes, key)
+            if at < size and hashes[at] == key:
                 listed = suffix
                 break
-            if depth and subdomains and _has(subdomains, key):
+            if suffix is not name and subdomains and _has(subdomains, key):
                 listed = "*." + suffix
                 break
-        if listed is None:
-            return None
+            if dot == -1:
+                return None
+            suffix = name[dot + 1 :]
+            dot = name.find(".", dot + 1)
         if self.exceptions and any(_has(self.exceptions, hash(s)) for s in suffixes(name)):
             return None
         return listed

@@ -83,6 +83,8 @@ class LocalNames:
                     break
                 self.empty.add(parent)
         self.empty.update(self.zones)
+        # every name whose suffixes lead to local data: one walk rejects all the others
+        self.known = {o for o in self.records if not o.startswith("*.")} | self.empty
         self.reverse: dict[str, str] = {
             "1.0.0.127.in-addr.arpa": "localhost",
             ipaddress.ip_address("::1").reverse_pointer: "localhost",
@@ -103,6 +105,8 @@ class LocalNames:
 
     def find(self, name: str) -> Found | None:
         """Local data for `name`, or None when it is not ours to answer."""
+        if not self._maybe(name):
+            return None
         own = self.records.get(name)
         zone = self.zone_of(name)
         if own is not None:
@@ -119,6 +123,18 @@ class LocalNames:
         if zone is not None:
             return Found((), False, zone)
         return None
+
+    def _maybe(self, name: str) -> bool:
+        """Whether any suffix of `name` leads to local data: one walk rejects the rest."""
+        known = self.known
+        if name in known:
+            return True
+        dot = name.find(".")
+        while dot != -1:
+            if name[dot + 1 :] in known:
+                return True
+            dot = name.find(".", dot + 1)
+        return False
 
     def _wildcard(self, name: str) -> Found | None:
         # the closest encloser: the nearest parent that exists; its `*.` child, if any,

@@ -122,12 +122,20 @@ class Resolver:
 
     # -- everything else -----------------------------------------------------------------
 
-    async def resolve(self, data: bytes, client: str, max_size: int | None) -> bytes | None:
-        """The answer to any query bytes, or None to stay silent (not a query at all)."""
+    async def resolve(
+        self,
+        data: bytes,
+        client: str,
+        max_size: int | None,
+        query: wire.Query | None = None,
+    ) -> bytes | None:
+        """The answer to any query bytes, or None to stay silent (not a query at all).
+        `query` is wire.parse(data) when the caller has it already."""
         now = self.clock()
         if now >= self.next_tick:
             self.tick(now)
-        query = wire.parse(data)
+        if query is None:
+            query = wire.parse(data)
         if query is None:
             parsed = self._unusual(data, client, now)
             if parsed is None or isinstance(parsed, bytes):
@@ -278,15 +286,16 @@ class Resolver:
     ) -> bytes:
         key = query.key
         stale_ok = entry is not None and now < entry.stale_until
+        ukey = wire.upstream_key(key)
         try:
-            flight = self.flights.join(
-                wire.upstream_key(key), lambda: self._fetch(query, data, route, name)
-            )
             if stale_ok:
                 # the refresh goes on after a stale answer, and caches what it gets
+                flight = self.flights.join(ukey, lambda: self._fetch(query, data, route, name))
                 fetched = await asyncio.wait_for(asyncio.shield(flight), self.stale_wait)
             else:
-                fetched = await flight
+                fetched = await self.flights.run(
+                    ukey, lambda: self._fetch(query, data, route, name)
+                )
         except (UpstreamFailed, BadReply, TimeoutError):
             later = self.clock()
             if stale_ok and entry is not None:

@@ -34,6 +34,7 @@ class UDPServer(asyncio.DatagramProtocol):
         self.gate = gate
         self.clock = resolver.clock
         self.transport: asyncio.DatagramTransport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.slow = 0
         self.tasks: set[asyncio.Future[None]] = set()  # the loop keeps only weak references
         # answers by the exact query bytes after the ID, good while their TTLs stand and
@@ -42,6 +43,8 @@ class UDPServer(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        # looked up once: get_running_loop() is a getpid() system call each time (3.11)
+        self.loop = asyncio.get_running_loop()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         ip = addr[0]
@@ -76,7 +79,7 @@ class UDPServer(asyncio.DatagramProtocol):
             if not entry.hits:
                 stats.dirty.append(entry)
             entry.hits += 1
-            stats.recent.append((now, ip, entry.key, entry.kind, entry.rcode, 0, 0.0))
+            stats.recent.append((now, ip, entry))
             transport.sendto(data[:2] + seen.answer, addr)
             return
         query = wire.parse(data)
@@ -91,8 +94,8 @@ class UDPServer(asyncio.DatagramProtocol):
         if self.slow >= MAX_SLOW:
             return
         self.slow += 1
-        size = query.udp_size if query is not None else 512
-        task = asyncio.ensure_future(self._slow(data, addr, ip, size))
+        assert self.loop is not None
+        task = self.loop.create_task(self._slow(data, addr, ip, query))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -102,9 +105,10 @@ class UDPServer(asyncio.DatagramProtocol):
             exact.clear()
         exact[tail] = _Exact(out[2:], entry.fresh_until(now), self.resolver.generation, entry)
 
-    async def _slow(self, data: bytes, addr: Any, ip: str, size: int) -> None:
+    async def _slow(self, data: bytes, addr: Any, ip: str, query: wire.Query | None) -> None:
         try:
-            out = await self.resolver.resolve(data, ip, size)
+            size = query.udp_size if query is not None else 512
+            out = await self.resolver.resolve(data, ip, size, query)
             if out is not None and self.transport is not None:
                 self.transport.sendto(out, addr)
         except Exception:  # one bad query must never take the server down

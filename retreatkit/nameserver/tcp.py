@@ -79,6 +79,13 @@ class Connections:
         self.open: set[TCPServer] = set()
         self.by_address: Counter[str] = Counter()
         self.refused = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once (get_running_loop() is a getpid() call)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def admit(self, conn: TCPServer) -> bool:
         if len(self.open) >= self.limit or self.by_address[conn.ip] >= self.per_address:
@@ -140,7 +147,7 @@ class TCPServer(asyncio.Protocol):
             self.pending += 1
             if self.pending >= MAX_PENDING and self.transport is not None:
                 self.transport.pause_reading()
-            task = asyncio.ensure_future(self._answer(message))
+            task = self.connections.loop().create_task(self._answer(message))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -156,7 +163,7 @@ class TCPServer(asyncio.Protocol):
                 out: bytes | None = found[0]
                 resolver.stats.hit(now, self.ip, found[1])
             else:
-                out = await resolver.resolve(message, self.ip, None)
+                out = await resolver.resolve(message, self.ip, None, query)
             transport = self.transport
             if out is not None and transport is not None and not transport.is_closing():
                 transport.write(_LENGTH.pack(len(out)) + out)

@@ -48,6 +48,7 @@ class Pool:
         self.lifetime = lifetime
         self.spoofs = 0  # replies ignored: wrong ID, wrong question, not a reply
         self._current: dict[tuple[str, int], _Socket] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # looked up once (a getpid each)
         self._open_sockets: set[_Socket] = set()
 
     async def query(
@@ -55,7 +56,9 @@ class Pool:
     ) -> bytes:
         if tcp:
             return await self._tcp(upstream, data, question, timeout)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         (qid,) = _ID.unpack_from(data)
         s = self._socket(loop, (upstream.host, upstream.port), qid)
         future: asyncio.Future[bytes] = loop.create_future()
@@ -101,30 +104,27 @@ class Pool:
         return s
 
     def _readable(self, s: _Socket) -> None:
-        recv = s.sock.recv
-        while True:
-            try:
-                data = recv(MAX_REPLY)
-            except BlockingIOError:
-                return
-            except OSError as exc:  # ICMP port unreachable and friends, for this socket
-                failure = UpstreamFailed(f"unreachable: {exc.strerror or exc}")
-                for future, _ in s.pending.values():
-                    if not future.done():
-                        future.set_exception(failure)
-                return
-            if len(data) < 12:
-                self.spoofs += 1
-                continue
-            waiting = s.pending.get(_ID.unpack_from(data)[0])
-            if waiting is None or waiting[0].done() or not data[2] & 0x80:
-                self.spoofs += 1
-                continue
-            future, question = waiting
-            if data[12 : 12 + len(question)].lower() != question:
-                self.spoofs += 1
-                continue
-            future.set_result(data)
+        # one datagram per call: readiness is level-triggered, so the loop calls again
+        # while more wait, and no call ends in a failed recv (an exception, in Python)
+        try:
+            data = s.sock.recv(MAX_REPLY)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # ICMP port unreachable and friends, for this socket
+            failure = UpstreamFailed(f"unreachable: {exc.strerror or exc}")
+            for future, _ in s.pending.values():
+                if not future.done():
+                    future.set_exception(failure)
+            return
+        waiting = s.pending.get(_ID.unpack_from(data)[0]) if len(data) >= 12 else None
+        if waiting is None or waiting[0].done() or not data[2] & 0x80:
+            self.spoofs += 1
+            return
+        future, question = waiting
+        if data[12 : 12 + len(question)].lower() != question:
+            self.spoofs += 1
+            return
+        future.set_result(data)
 
     def _close(self, loop: asyncio.AbstractEventLoop, s: _Socket) -> None:
         if s not in self._open_sockets:

@@ -52,3 +52,28 @@ async def test_clients_asking_at_once_share_one_upstream_query() -> None:
     assert all(a.answer[0][0].address == "198.51.100.5" for a in answers)
     assert upstream.asked() == 1
     assert r.stats.counts[1] == 10  # forwarded: each was answered after the one query
+
+
+async def test_a_flight_run_in_the_askers_task_is_shared_too() -> None:
+    flights: Flights[str] = Flights()
+    gate = asyncio.Event()
+
+    async def fetch() -> str:
+        await gate.wait()
+        return "answer"
+
+    first = asyncio.ensure_future(flights.run(b"k", fetch))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(flights.run(b"k", fetch))
+    joined = flights.join(b"k", fetch)
+    await asyncio.sleep(0)
+    gate.set()
+    assert [await first, await second, await joined] == ["answer"] * 3
+    assert (flights.started, flights.merged, len(flights)) == (1, 2, 0)
+
+    async def broken() -> str:
+        raise UpstreamFailed("upstream: SERVFAIL")
+
+    with pytest.raises(UpstreamFailed, match="SERVFAIL"):
+        await flights.run(b"k", broken)
+    assert len(flights) == 0
