@@ -38,16 +38,18 @@ class Dnsmasq:
     port: int
 
     @classmethod
-    def start(cls, hosts: Path, ttl: int = 60) -> Dnsmasq:
+    def start(cls, hosts: Path, ttl: int = 60, extra: tuple[str, ...] = ()) -> Dnsmasq:
+        """`extra`: more dnsmasq options, e.g. `--address=/zone/ADDRESS` to answer every
+        name under a zone."""
         for _ in range(5):  # a port free for UDP may be taken for TCP: try another
             try:
-                return cls._start(hosts, ttl)
+                return cls._start(hosts, ttl, extra)
             except RuntimeError:
                 continue
         raise RuntimeError("dnsmasq did not start")
 
     @classmethod
-    def _start(cls, hosts: Path, ttl: int) -> Dnsmasq:
+    def _start(cls, hosts: Path, ttl: int, extra: tuple[str, ...]) -> Dnsmasq:
         binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
         port = free_udp_port()
         argv = [
@@ -55,6 +57,7 @@ class Dnsmasq:
             "--listen-address=127.0.0.1", "--bind-interfaces", f"--addn-hosts={hosts}",
             f"--local-ttl={ttl}", f"--neg-ttl={ttl}", "--cache-size=10000", "--pid-file=",
             "--local=/test/", f"--user={getpass.getuser()}",  # root's dnsmasq drops to nobody
+            *extra,
         ]  # fmt: skip
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         server = cls(proc, port)
