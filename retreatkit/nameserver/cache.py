@@ -7,8 +7,7 @@ import math
 from retreatkit.nameserver.stats import BLOCKED, CACHED, LOCAL
 from retreatkit.nameserver.wire import Template
 
-STALE_TTL = 30  # RFC 8767: the TTL of an answer served stale
-__all__ = ["BLOCKED", "CACHED", "LOCAL", "STALE_TTL", "Cache", "Entry"]
+__all__ = ["BLOCKED", "CACHED", "LOCAL", "Cache", "Entry"]
 
 
 class Entry:

@@ -27,7 +27,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from retreatkit.nameserver import answers, fill, wire
-from retreatkit.nameserver.cache import STALE_TTL, Cache, Entry
+from retreatkit.nameserver.cache import Cache, Entry
 from retreatkit.nameserver.errors import BadReply, UpstreamFailed
 from retreatkit.nameserver.flight import Flights
 from retreatkit.nameserver.policy import BLOCKED, FORWARD, LOCAL, NXDOMAIN, PTR, Policy, Route
@@ -40,7 +40,6 @@ STALE_WAIT = 1.8  # RFC 8767: how long a client waits for a refresh before getti
 EXPIRE_EVERY = 60.0  # seconds between sweeps of answers past their stale window
 TYPE_ANY = 255
 CLASS_IN = b"\x00\x01"
-__all__ = ["STALE_TTL", "Resolver"]
 
 
 @dataclass(slots=True)

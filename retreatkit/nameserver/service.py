@@ -63,7 +63,7 @@ class Nameserver:
         self.settings = settings
         self.clock = clock
         self.wall = wall
-        self.pool = Pool()
+        self.pool = Pool(clock=clock)
         upstream_transport = transport if transport is not None else self.pool
 
         def servers(addresses: list[Address]) -> UpstreamSet:

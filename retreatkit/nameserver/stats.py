@@ -48,7 +48,6 @@ class Stats:
         self.keep = keep
         self.rebinding_dropped = 0
         self.cname_blocked = 0
-        self.notimp = 0
 
     @property
     def queries(self) -> int:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
+from collections.abc import Callable
 
 from retreatkit.nameserver.errors import BadReply, UpstreamFailed
 from retreatkit.nameserver.upstream import Upstream
@@ -43,8 +45,14 @@ class _Socket:
 class Pool:
     """The upstream transport of one nameserver (not shared between servers)."""
 
-    def __init__(self, uses: int = USES, lifetime: float = LIFETIME) -> None:
+    def __init__(
+        self,
+        uses: int = USES,
+        lifetime: float = LIFETIME,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.uses = uses
+        self.clock = clock
         self.lifetime = lifetime
         self.spoofs = 0  # replies ignored: wrong ID, wrong question, not a reply
         self._current: dict[tuple[str, int], _Socket] = {}
@@ -81,7 +89,7 @@ class Pool:
         self, loop: asyncio.AbstractEventLoop, address: tuple[str, int], qid: int
     ) -> _Socket:
         s = self._current.get(address)
-        now = loop.time()
+        now = self.clock()
         if s is not None and (s.uses >= self.uses or now - s.opened > self.lifetime
                               or qid in s.pending):  # fmt: skip
             s.retired = True
@@ -143,10 +151,6 @@ class Pool:
                 if not future.done():
                     future.set_exception(UpstreamFailed("the nameserver is stopping"))
             self._close(loop, s)
-
-    @property
-    def sockets(self) -> int:
-        return len(self._open_sockets)
 
     async def _tcp(self, upstream: Upstream, data: bytes, question: bytes, timeout: float) -> bytes:
         async with asyncio.timeout(timeout):

@@ -121,7 +121,8 @@ def upstream_query(qid: int, key: bytes) -> bytes:
 
 _ID_FLAGS = struct.Struct(">HH")
 _TTL = struct.Struct(">I")
-STALE = -1
+STALE = -1  # render's age for an answer served stale
+STALE_TTL = 30  # RFC 8767: the TTL of an answer served stale
 
 
 class Template:
@@ -165,7 +166,7 @@ class Template:
             self._age = age
             if age == STALE:
                 for offset in self.ttl_offsets:
-                    _TTL.pack_into(wire, offset, 30)
+                    _TTL.pack_into(wire, offset, STALE_TTL)
             else:
                 for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
                     _TTL.pack_into(wire, offset, ttl - age if ttl > age else 0)

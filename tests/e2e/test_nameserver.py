@@ -383,9 +383,11 @@ def test_outside_the_lan_is_refused_and_logged_once(upstream: Dnsmasq, tmp_path:
         assert "status: REFUSED" in dig(ns.port, "www.example.test")
         assert "198.51.100.7" not in dig(ns.port, "www.example.test")
         ns.process.wait_for("refusing queries")
+        ns.process.popen.terminate()
+        _, seen = ns.process.finish()  # every line it wrote, to its exit
     finally:
         ns.stop()
-    lines = [line for line in ns.process.seen if "refusing queries" in line]
+    lines = [line for line in seen if "refusing queries" in line]
     assert len(lines) == 1
     assert lines[0].endswith(
         "refusing queries from 127.0.0.0/24 (127.0.0.1): not in the LAN's networks; to answer"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import dns.flags
 import dns.message
 import dns.rcode
@@ -115,8 +117,8 @@ async def test_stale_answer_then_the_late_refresh_is_kept() -> None:
     assert (await lan.ask("short.example.test")).answer[0].ttl == 5
     clock.advance(6)  # expired: the next ask refreshes, and gets stale meanwhile
     lan.send(make_query("short.example.test"))
-    while not lan.transport.sent[1:]:
-        await __import__("asyncio").sleep(0)
+    while not lan.transport.sent[1:]:  # the stale answer, while the refresh waits
+        await asyncio.sleep(0)
     stale = dns.message.from_wire(lan.transport.sent[1][0])
     assert stale.answer[0].ttl == 30  # RFC 8767
     slow.released.set()
