@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -170,7 +171,7 @@ def nameserver_settings(
     records += [parse_record(r) for r in section.get("record_flags", [])]
     named = {r.name for r in records}
     records += [parse_record(f"{n}={a}") for n, a in own.items() if n not in named]
-    upstreams = [config.host_port(u, 53) for u in section["upstreams"]] or resolv_conf_upstreams()
+    upstreams = [dns_server(u) for u in section["upstreams"]] or resolv_conf_upstreams()
     forward = forward_rules(section["forward"], section.get("forward_flags", []))
     if section["block_mode"] not in ("null", "nxdomain"):
         raise ValueError("block mode is null or nxdomain")
@@ -203,8 +204,16 @@ def forward_rules(table: dict[str, Any], flags: list[str]) -> dict[str, list[tup
         name = normalize(domain)
         if name is None or not isinstance(server, str):
             raise ValueError(f'forward: expected DOMAIN = "SERVER[:PORT]", got {domain!r}')
-        rules.setdefault(name, []).append(config.host_port(server, 53))
+        rules.setdefault(name, []).append(dns_server(server))
     return rules
+
+
+def dns_server(text: str) -> tuple[str, int]:
+    """`ADDRESS`, `HOST:PORT` or `[V6]:PORT`; a bare IPv6 address is port 53."""
+    try:
+        return str(ipaddress.ip_address(text.strip("[]"))), 53
+    except ValueError:
+        return config.host_port(text, 53)
 
 
 async def serve(services: list[Service], admin_at: tuple[str, int], say: Say) -> int:
