@@ -66,5 +66,5 @@ def test_forward_rules_and_dns_servers() -> None:
         "lab.example": [("fd00::53", 53), ("fd00::54", 5353)],
         "168.192.in-addr.arpa": [("192.168.1.1", 5353)],
     }
-    with pytest.raises(ValueError, match="expected --forward DOMAIN=SERVER, got 'venue.example'"):
+    with pytest.raises(ValueError, match=r"expected --forward DOMAIN=SERVER, got 'venue\.example'"):
         serve.forward_rules({}, ["venue.example"])
