@@ -19,9 +19,12 @@ One run, real processes, 127.0.0.1 only:
   fixed    (unless --fixed-qps 0) the cache-hit file at one fixed rate both servers can
            keep up with: CPU per query at equal load, where neither is saturated.
   uncached (unless --uncached 0) --uncached names no server has seen (u1.TAG.uncached.test
-           ..., which the upstream answers by --address), each asked once at a fixed
-           --uncached-qps: server CPU per cache miss. A third server joins here, dnsmasq
-           without the blocklist: its misses are cheaper than with 3000 hosts entries.
+           ..., which the upstream answers by --address, TTL one day), each asked once
+           at a fixed --uncached-qps: server CPU per cache miss, the answer cached.
+  uncached0 the same under ttl0.test, which a second upstream answers with TTL 0 (both
+           servers forward the zone there: dnsmasq --server=/ttl0.test/..., ours
+           --forward): nothing to cache, so the plain forwarding cost. dnsmasq's cheapest
+           miss: with a full cache of live answers, each insert costs it an eviction.
   mixed5   (unless --mixed-lines 0) --mixed-lines queries, each asked once at full speed:
            30% blocked names, 5% names never seen before, the rest cached names.
            Every measured attempt of these two gets a file of its own, so no name repeats.
@@ -37,7 +40,7 @@ measurement the bench waits for an idle machine and records the CPU that other p
 took meanwhile; a disturbed measurement is taken again.
 
 Targets: >= 1.0x dnsmasq's queries/s on cache hits, <= 1.5x its CPU per query; <= 3x
-dnsmasq's CPU per uncached query (against dnsmasq without a list, the cheaper one); >=
+dnsmasq's CPU per uncached query (uncached0, dnsmasq's cheapest case); >=
 0.8x dnsmasq's queries/s on mixed5; the 1M-entry list loaded in under 2 s and under 150 MB.
 The table is printed and written to bench/RESULTS.md under
 `## nameserver (bench/nameserver.py)`, leaving every other section as it is; the raw
@@ -103,6 +106,7 @@ TRIES = 3
 BLOCKED_SHARE = 0.30
 UNCACHED_SHARE = 0.05
 UNCACHED_ZONE = "uncached.test"  # the upstream answers every name under it
+TTL0_ZONE = "ttl0.test"  # a second upstream answers every name under it, TTL 0
 UPSTREAM_TTL = 86400
 TARGET_UNCACHED_CPU_RATIO = 3.0
 TARGET_MIXED5_QPS_RATIO = 0.8
@@ -227,12 +231,13 @@ def start_dnsmasq(
     raise BenchError(f"dnsmasq did not start: {log.read_text()[-500:]}")
 
 
-def start_ours(upstream: int, blocked: Path) -> Server:
+def start_ours(upstream: int, blocked: Path, extra: Sequence[str] = ()) -> Server:
     from retreatkit.nameserver.testing import start_nameserver
 
     ns = start_nameserver(
-        "--upstream", f"{HOST}:{upstream}", "--rate-limit", "0", "--blocklist", str(blocked)
-    )
+        "--upstream", f"{HOST}:{upstream}", "--rate-limit", "0", "--blocklist", str(blocked),
+        *extra,
+    )  # fmt: skip
     return Server("ours", ns.process.popen, ns.port, admin=ns.admin, stopper=ns.stop)
 
 
@@ -323,11 +328,11 @@ def make_files(names: int, blocked_count: int, list_entries: int) -> Files:
 _fresh = iter(range(1, 1 << 30))
 
 
-def uncached_file(count: int) -> Path:
+def uncached_file(count: int, zone: str = UNCACHED_ZONE) -> Path:
     """`count` names no server has seen: every query a cache miss, on every server."""
     tag = f"t{next(_fresh)}x{random.getrandbits(32):08x}"
     path = DATA / "uncached.txt"
-    path.write_text("".join(f"u{i}.{tag}.{UNCACHED_ZONE} A\n" for i in range(count)))
+    path.write_text("".join(f"u{i}.{tag}.{zone} A\n" for i in range(count)))
     return path
 
 
@@ -786,12 +791,12 @@ class Outcome:
 
 DETAILS = (
     ("hits", "Cache hits"), ("mixed", "Mixed"), ("fixed", "Fixed rate"), ("uncached", "Uncached"),
-    ("mixed5", "Mixed with uncached"),
+    ("uncached0", "Uncached, TTL 0"), ("mixed5", "Mixed with uncached"),
 )  # fmt: skip
 # workload -> (queries/s target, CPU per query target, the dnsmasq the targets compare with)
 TARGETS: dict[str, tuple[float | None, float | None, str]] = {
     "hits": (TARGET_QPS_RATIO, TARGET_CPU_RATIO, "dnsmasq"),
-    "uncached": (None, TARGET_UNCACHED_CPU_RATIO, "dnsmasq-nolist"),
+    "uncached0": (None, TARGET_UNCACHED_CPU_RATIO, "dnsmasq"),
     "mixed5": (TARGET_MIXED5_QPS_RATIO, None, "dnsmasq"),
 }
 
@@ -810,7 +815,7 @@ def workload_rows(o: Outcome, workload: str, label: str) -> list[str]:
         mu, md = median_run(us, "us_per_query"), median_run(dm, "us_per_query")
         q_goal = qps_target if name == against else None
         c_goal = cpu_target if name == against else None
-        what = f"{label}{'' if name == 'dnsmasq' else ', against dnsmasq without the list'}"
+        what = label
         rows += [
             f"| {what}: queries/s | {med(us, 'qps'):,.0f} | {med(dm, 'qps'):,.0f}"
             f" | {q_ratio:.2f}x | {f'>= {q_goal}x' if q_goal else ''}"
@@ -865,9 +870,11 @@ def render(o: Outcome) -> str:
         f"{dperf} (UDP, no EDNS), the same for both. **uncached**: {st['uncached']:,}"
         f" names under {UNCACHED_ZONE} (the upstream answers them all with `--address`)"
         " that no server has seen, each asked once (`-n 1`) at"
-        f" {st['uncached_qps']:,} q/s; here a third server, dnsmasq without the list, is"
-        " measured too: dnsmasq's misses cost it more with 3000 hosts entries, so the"
-        " target is against the cheaper one. **mixed5**: each of"
+        f" {st['uncached_qps']:,} q/s, their answers (TTL one day) cached by both, so"
+        " dnsmasq's cache is full of live answers after 10,000 of them; **uncached0**: the"
+        f" same under {TTL0_ZONE}, which both servers forward to a second upstream that"
+        " answers with TTL 0: nothing is cached, the plain cost of forwarding, dnsmasq's"
+        " cheapest miss (the target is against this one). **mixed5**: each of"
         f" {st['mixed_lines']:,} queries once, at full speed: {BLOCKED_SHARE:.0%} blocked,"
         f" {UNCACHED_SHARE:.0%} names never seen before, the rest cached names. Every"
         " measured attempt of these two has a query file of its own.",
@@ -881,6 +888,9 @@ def render(o: Outcome) -> str:
         *workload_rows(o, "mixed", f"mixed, {BLOCKED_SHARE:.0%} blocked"),
         *workload_rows(o, "fixed", f"cache hits at a fixed {st['fixed_qps']:,} q/s"),
         *workload_rows(o, "uncached", f"uncached, each name once at {st['uncached_qps']:,} q/s"),
+        *workload_rows(
+            o, "uncached0", f"uncached, TTL 0 (nothing cached), {st['uncached_qps']:,} q/s"
+        ),
         *workload_rows(
             o, "mixed5", f"mixed, {BLOCKED_SHARE:.0%} blocked + {UNCACHED_SHARE:.0%} uncached"
         ),
@@ -950,7 +960,7 @@ def render(o: Outcome) -> str:
         f"- Upstream traffic: after all runs ours had forwarded"
         f" {fwd['ours'].get('forwarded', '?')} queries and dnsmasq"
         f" {fwd['dnsmasq'].get('forwarded', '?')}: the {st['names']} warm-up queries and the"
-        " uncached names of the uncached and mixed5 runs (plus one readiness probe for"
+        " names of the uncached, uncached0 and mixed5 runs (plus one readiness probe for"
         f" dnsmasq); the rest came from cache. Ours counted {fwd['ours'].get('blocked', '?')}"
         " blocked answers, every one it gave (cached or not)."
     )
@@ -979,7 +989,7 @@ def render(o: Outcome) -> str:
         f" {md.user_us:.1f} µs. At most 1.5x dnsmasq's CPU per query leaves ours"
         f" {TARGET_CPU_RATIO * md.us_per_query - mu.sys_us:.1f} µs of user time per query."
     )
-    for workload, what in (("uncached", "Uncached queries"), ("mixed5", "Mixed with uncached")):
+    for workload, what in (("uncached0", "Uncached queries"), ("mixed5", "Mixed with uncached")):
         runs = o.perf.get(workload)
         if not runs:
             continue
@@ -1034,7 +1044,7 @@ def render_profile(p: Profile | None) -> list[str]:
 def print_table(o: Outcome) -> None:
     print()
     print(f"{'':34} {'ours':>14} {'dnsmasq':>14} {'ratio':>8}")
-    for workload in ("hits", "mixed", "fixed", "uncached", "mixed5"):
+    for workload in ("hits", "mixed", "fixed", "uncached", "uncached0", "mixed5"):
         runs = o.perf.get(workload)
         if not runs:
             continue
@@ -1151,17 +1161,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra=(f"--address=/{UNCACHED_ZONE}/198.51.100.200",),
         )
         stoppers.append(upstream.stop)
-        dm = start_dnsmasq(upstream.port, files.blocked_hosts, DATA / "dnsmasq.log")
+        empty = DATA / "empty.hosts"
+        empty.write_text("")
+        ttl0 = Dnsmasq.start(empty, ttl=0, extra=(f"--address=/{TTL0_ZONE}/198.51.100.201",))
+        stoppers.append(ttl0.stop)
+        dm = start_dnsmasq(
+            upstream.port, files.blocked_hosts, DATA / "dnsmasq.log",
+            [f"--server=/{TTL0_ZONE}/{HOST}#{ttl0.port}"],
+        )  # fmt: skip
         stoppers.append(dm.stop)
-        no_list = DATA / "empty.hosts"
-        no_list.write_text("")
-        dm_plain = start_dnsmasq(
-            upstream.port, no_list, DATA / "dnsmasq-nolist.log", name="dnsmasq-nolist"
+        us = start_ours(
+            upstream.port, files.blocked_hosts, ["--forward", f"{TTL0_ZONE}={HOST}:{ttl0.port}"]
         )
-        stoppers.append(dm_plain.stop)
-        us = start_ours(upstream.port, files.blocked_hosts)
         stoppers.append(us.stop)
-        ours_pids = [upstream.process.pid, dm.pid, dm_plain.pid, us.pid]
+        ours_pids = [upstream.process.pid, ttl0.process.pid, dm.pid, us.pid]
         for server in (dm, us):
             print(f"warming {server.name} on port {server.port} ...", flush=True)
             warm(server, files)
@@ -1175,10 +1188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Workload("fixed", lambda: files.hits, args.fixed_seconds, args.fixed_qps, (dm, us))
             )
         if args.uncached:
-            workloads.append(Workload(
-                "uncached", lambda: uncached_file(args.uncached), 0, args.uncached_qps,
-                (dm, dm_plain, us),
-            ))  # fmt: skip
+            workloads += [
+                Workload("uncached", lambda: uncached_file(args.uncached), 0,
+                         args.uncached_qps, (dm, us)),
+                Workload("uncached0", lambda: uncached_file(args.uncached, TTL0_ZONE), 0,
+                         args.uncached_qps, (dm, us)),
+            ]  # fmt: skip
         if args.mixed_lines:
             workloads.append(Workload(
                 "mixed5", lambda: mixed5_file(files, args.mixed_lines), 0, args.max_qps, (dm, us)
@@ -1212,7 +1227,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             wait_quiet(args.quiet_wait)
             profile = profile_ours(py_spy, us, files, args, ours_pids)
         dm.stop()
-        dm_plain.stop()
         us.stop()
 
         loads: list[LoadRun] = []
