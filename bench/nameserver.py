@@ -18,6 +18,16 @@ One run, real processes, 127.0.0.1 only:
   mixed    the same, with a query file where 30% of lines are blocked names.
   fixed    (unless --fixed-qps 0) the cache-hit file at one fixed rate both servers can
            keep up with: CPU per query at equal load, where neither is saturated.
+  uncached (unless --uncached 0) --uncached names no server has seen (u1.TAG.uncached.test
+           ..., which the upstream answers by --address, TTL one day), each asked once
+           at a fixed --uncached-qps: server CPU per cache miss, the answer cached.
+  uncached0 the same under ttl0.test, which a second upstream answers with TTL 0 (both
+           servers forward the zone there: dnsmasq --server=/ttl0.test/..., ours
+           --forward): nothing to cache, so the plain forwarding cost. dnsmasq's cheapest
+           miss: with a full cache of live answers, each insert costs it an eviction.
+  mixed5   (unless --mixed-lines 0) --mixed-lines queries, each asked once at full speed:
+           30% blocked names, 5% names never seen before, the rest cached names.
+           Every measured attempt of these two gets a file of its own, so no name repeats.
   lists    a generated hosts-format list of --list-entries entries: time and RSS growth for
            our nameserver to load it, (a) as a process from its start until /status shows
            every entry (RSS against the same process without a list), (b) in a fresh
@@ -29,8 +39,9 @@ Rounds alternate the order of the servers; the table shows medians. Before each
 measurement the bench waits for an idle machine and records the CPU that other programs
 took meanwhile; a disturbed measurement is taken again.
 
-Targets: >= 1.0x dnsmasq's queries/s on cache hits, <= 1.5x its CPU per query; the
-1M-entry list loaded in under 2 s and under 150 MB.
+Targets: >= 1.0x dnsmasq's queries/s on cache hits, <= 1.5x its CPU per query; <= 3x
+dnsmasq's CPU per uncached query (uncached0, dnsmasq's cheapest case); >=
+0.8x dnsmasq's queries/s on mixed5; the 1M-entry list loaded in under 2 s and under 150 MB.
 The table is printed and written to bench/RESULTS.md under
 `## nameserver (bench/nameserver.py)`, leaving every other section as it is; the raw
 numbers go to bench/.work/nameserver.json.
@@ -70,7 +81,9 @@ from benchlib import (
     children_cpu,
     cpu_model,
     ensure_py_spy,
+    memory_mb,
     proc_cpu,
+    process_cpu_table,
     ratio,
     stop_popen,
     tree_cpu,
@@ -91,35 +104,12 @@ TARGET_LOAD_MB = 150.0
 NOISY = 0.10  # CPU-s/s that other programs may take before a measurement is taken again
 TRIES = 3
 BLOCKED_SHARE = 0.30
+UNCACHED_SHARE = 0.05
+UNCACHED_ZONE = "uncached.test"  # the upstream answers every name under it
+TTL0_ZONE = "ttl0.test"  # a second upstream answers every name under it, TTL 0
 UPSTREAM_TTL = 86400
-
-
-# -- /proc ----------------------------------------------------------------------------
-
-
-def memory_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of a process in MiB."""
-    found = {"VmRSS": 0.0, "VmHWM": 0.0}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in found:
-            found[key] = int(value.split()[0]) / 1024
-    return found["VmRSS"], found["VmHWM"]
-
-
-def process_cpu_table() -> dict[int, tuple[str, float]]:
-    """Every live process: pid -> (name, CPU seconds so far)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[int, tuple[str, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            text = (entry / "stat").read_text()
-            name = text[text.index("(") + 1 : text.rindex(")")]
-            fields = text.rsplit(")", 1)[1].split()
-            out[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
-    return out
+TARGET_UNCACHED_CPU_RATIO = 3.0
+TARGET_MIXED5_QPS_RATIO = 0.8
 
 
 # -- processes ------------------------------------------------------------------------
@@ -218,7 +208,9 @@ class Server:
         raise BenchError("dnsmasq wrote no counters after SIGUSR1")
 
 
-def start_dnsmasq(upstream: int, blocked: Path, log: Path, extra: Sequence[str] = ()) -> Server:
+def start_dnsmasq(
+    upstream: int, blocked: Path, log: Path, extra: Sequence[str] = (), name: str = "dnsmasq"
+) -> Server:
     """dnsmasq as a caching forwarder to `upstream`, with `blocked` as extra hosts."""
     binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
     for _ in range(5):  # a port free for UDP may be taken for TCP: try another
@@ -234,17 +226,18 @@ def start_dnsmasq(upstream: int, blocked: Path, log: Path, extra: Sequence[str] 
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and popen.poll() is None:
             if ask(port, "ready.example.test", 0.2) is not None:
-                return Server("dnsmasq", popen, port, log=log)
+                return Server(name, popen, port, log=log)
         stop_popen(popen)
     raise BenchError(f"dnsmasq did not start: {log.read_text()[-500:]}")
 
 
-def start_ours(upstream: int, blocked: Path) -> Server:
+def start_ours(upstream: int, blocked: Path, extra: Sequence[str] = ()) -> Server:
     from retreatkit.nameserver.testing import start_nameserver
 
     ns = start_nameserver(
-        "--upstream", f"{HOST}:{upstream}", "--rate-limit", "0", "--blocklist", str(blocked)
-    )
+        "--upstream", f"{HOST}:{upstream}", "--rate-limit", "0", "--blocklist", str(blocked),
+        *extra,
+    )  # fmt: skip
     return Server("ours", ns.process.popen, ns.port, admin=ns.admin, stopper=ns.stop)
 
 
@@ -332,6 +325,46 @@ def make_files(names: int, blocked_count: int, list_entries: int) -> Files:
                  list_entries)  # fmt: skip
 
 
+_fresh = iter(range(1, 1 << 30))
+
+
+def uncached_file(count: int, zone: str = UNCACHED_ZONE) -> Path:
+    """`count` names no server has seen: every query a cache miss, on every server."""
+    tag = f"t{next(_fresh)}x{random.getrandbits(32):08x}"
+    path = DATA / "uncached.txt"
+    path.write_text("".join(f"u{i}.{tag}.{zone} A\n" for i in range(count)))
+    return path
+
+
+def mixed5_file(files: Files, count: int) -> Path:
+    """30% blocked names, 5% names never seen before, the rest cached names, shuffled."""
+    tag = f"t{next(_fresh)}x{random.getrandbits(32):08x}"
+    rng = random.Random(tag)
+    lines = []
+    fresh = 0
+    for _ in range(count):
+        draw = rng.random()
+        if draw < BLOCKED_SHARE:
+            lines.append(f"{rng.choice(files.blocked)} A\n")
+        elif draw < BLOCKED_SHARE + UNCACHED_SHARE:
+            lines.append(f"u{fresh}.{tag}.{UNCACHED_ZONE} A\n")
+            fresh += 1
+        else:
+            lines.append(f"{rng.choice(files.names)} A\n")
+    path = DATA / "mixed5.txt"
+    path.write_text("".join(lines))
+    return path
+
+
+@dataclass
+class Workload:
+    name: str
+    queries: Callable[[], Path]  # a file per measured attempt
+    seconds: float  # dnsperf -l; 0: each line of the file once (-n 1)
+    qps: int
+    servers: tuple[Server, ...]
+
+
 # -- dnsperf --------------------------------------------------------------------------
 
 
@@ -377,15 +410,17 @@ def dnsperf(
     max_qps: int,
     ours: Sequence[int],
 ) -> PerfRun:
-    """One dnsperf run against `server`; its CPU and everyone else's around it."""
+    """One dnsperf run against `server`; its CPU and everyone else's around it.
+    `seconds` 0: every line of the file once (-n 1), however long that takes."""
+    length = ["-l", f"{seconds:g}"] if seconds else ["-n", "1"]
     argv = [
-        "dnsperf", "-s", HOST, "-p", str(server.port), "-d", str(queries),
-        "-l", f"{seconds:g}", "-c", str(clients), "-q", str(outstanding), "-Q", str(max_qps),
+        "dnsperf", "-s", HOST, "-p", str(server.port), "-d", str(queries), *length,
+        "-c", str(clients), "-q", str(outstanding), "-Q", str(max_qps),
     ]  # fmt: skip
     ours_set = {*ours, server.pid}
     table0 = process_cpu_table()
     t0, cpu0, kids0, busy0 = time.monotonic(), server.cpu(), children_cpu(), busy_cpu()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=(seconds or 600) + 60)
     t1, cpu1, kids1, busy1 = time.monotonic(), server.cpu(), children_cpu(), busy_cpu()
     table1 = process_cpu_table()
     if done.returncode != 0:
@@ -754,25 +789,44 @@ class Outcome:
     seconds: float = 0.0
 
 
+DETAILS = (
+    ("hits", "Cache hits"), ("mixed", "Mixed"), ("fixed", "Fixed rate"), ("uncached", "Uncached"),
+    ("uncached0", "Uncached, TTL 0"), ("mixed5", "Mixed with uncached"),
+)  # fmt: skip
+# workload -> (queries/s target, CPU per query target, the dnsmasq the targets compare with)
+TARGETS: dict[str, tuple[float | None, float | None, str]] = {
+    "hits": (TARGET_QPS_RATIO, TARGET_CPU_RATIO, "dnsmasq"),
+    "uncached0": (None, TARGET_UNCACHED_CPU_RATIO, "dnsmasq"),
+    "mixed5": (TARGET_MIXED5_QPS_RATIO, None, "dnsmasq"),
+}
+
+
 def workload_rows(o: Outcome, workload: str, label: str) -> list[str]:
     runs = o.perf.get(workload)
     if not runs:
         return []
-    us, dm = runs["ours"], runs["dnsmasq"]
-    q_ratio = ratio(med(us, "qps"), med(dm, "qps"))
-    c_ratio = ratio(med(us, "us_per_query"), med(dm, "us_per_query"))
-    mu, md = median_run(us, "us_per_query"), median_run(dm, "us_per_query")
-    hits = workload == "hits"
-    return [
-        f"| {label}: queries/s | {med(us, 'qps'):,.0f} | {med(dm, 'qps'):,.0f}"
-        f" | {q_ratio:.2f}x | {'>= 1.0x' if hits else ''}"
-        f" | {verdict(q_ratio >= TARGET_QPS_RATIO) if hits else ''} |",
-        f"| {label}: server CPU per query (user + sys)"
-        f" | {med(us, 'us_per_query'):.2f} µs ({mu.user_us:.2f} + {mu.sys_us:.2f})"
-        f" | {med(dm, 'us_per_query'):.2f} µs ({md.user_us:.2f} + {md.sys_us:.2f})"
-        f" | {c_ratio:.2f}x | {'<= 1.5x' if hits else ''}"
-        f" | {verdict(c_ratio <= TARGET_CPU_RATIO) if hits else ''} |",
-    ]
+    qps_target, cpu_target, against = TARGETS.get(workload, (None, None, "dnsmasq"))
+    us = runs["ours"]
+    rows = []
+    for name in [n for n in runs if n != "ours"]:
+        dm = runs[name]
+        q_ratio = ratio(med(us, "qps"), med(dm, "qps"))
+        c_ratio = ratio(med(us, "us_per_query"), med(dm, "us_per_query"))
+        mu, md = median_run(us, "us_per_query"), median_run(dm, "us_per_query")
+        q_goal = qps_target if name == against else None
+        c_goal = cpu_target if name == against else None
+        what = label
+        rows += [
+            f"| {what}: queries/s | {med(us, 'qps'):,.0f} | {med(dm, 'qps'):,.0f}"
+            f" | {q_ratio:.2f}x | {f'>= {q_goal}x' if q_goal else ''}"
+            f" | {verdict(q_ratio >= q_goal) if q_goal else ''} |",
+            f"| {what}: server CPU per query (user + sys)"
+            f" | {med(us, 'us_per_query'):.2f} µs ({mu.user_us:.2f} + {mu.sys_us:.2f})"
+            f" | {med(dm, 'us_per_query'):.2f} µs ({md.user_us:.2f} + {md.sys_us:.2f})"
+            f" | {c_ratio:.2f}x | {f'<= {c_goal}x' if c_goal else ''}"
+            f" | {verdict(c_ratio <= c_goal) if c_goal else ''} |",
+        ]
+    return rows
 
 
 def render(o: Outcome) -> str:
@@ -813,7 +867,17 @@ def render(o: Outcome) -> str:
         " cache or from the blocklist. **cache hits**: the query file is the"
         f" {st['names']} cached names; **mixed**: {BLOCKED_SHARE:.0%} of its lines are"
         " blocked names, the rest cached names. dnsperf as "
-        f"{dperf} (UDP, no EDNS), the same for both.",
+        f"{dperf} (UDP, no EDNS), the same for both. **uncached**: {st['uncached']:,}"
+        f" names under {UNCACHED_ZONE} (the upstream answers them all with `--address`)"
+        " that no server has seen, each asked once (`-n 1`) at"
+        f" {st['uncached_qps']:,} q/s, their answers (TTL one day) cached by both, so"
+        " dnsmasq's cache is full of live answers after 10,000 of them; **uncached0**: the"
+        f" same under {TTL0_ZONE}, which both servers forward to a second upstream that"
+        " answers with TTL 0: nothing is cached, the plain cost of forwarding, dnsmasq's"
+        " cheapest miss (the target is against this one). **mixed5**: each of"
+        f" {st['mixed_lines']:,} queries once, at full speed: {BLOCKED_SHARE:.0%} blocked,"
+        f" {UNCACHED_SHARE:.0%} names never seen before, the rest cached names. Every"
+        " measured attempt of these two has a query file of its own.",
         "",
         f"Medians of {len(hits['ours'])} rounds (servers alternating); every round's numbers"
         " are under Details. The user + sys split is that of the median round.",
@@ -823,6 +887,13 @@ def render(o: Outcome) -> str:
         *workload_rows(o, "hits", "cache hits"),
         *workload_rows(o, "mixed", f"mixed, {BLOCKED_SHARE:.0%} blocked"),
         *workload_rows(o, "fixed", f"cache hits at a fixed {st['fixed_qps']:,} q/s"),
+        *workload_rows(o, "uncached", f"uncached, each name once at {st['uncached_qps']:,} q/s"),
+        *workload_rows(
+            o, "uncached0", f"uncached, TTL 0 (nothing cached), {st['uncached_qps']:,} q/s"
+        ),
+        *workload_rows(
+            o, "mixed5", f"mixed, {BLOCKED_SHARE:.0%} blocked + {UNCACHED_SHARE:.0%} uncached"
+        ),
     ]
     lines += [
         "",
@@ -859,7 +930,7 @@ def render(o: Outcome) -> str:
             f" | {d.to_answer_s:.2f} s, RSS {d.rss_mb:.0f} MB | | |"
         )
     lines += ["", "Details:", ""]
-    for workload, label in (("hits", "Cache hits"), ("mixed", "Mixed"), ("fixed", "Fixed rate")):
+    for workload, label in DETAILS:
         runs = o.perf.get(workload)
         if not runs:
             continue
@@ -886,12 +957,12 @@ def render(o: Outcome) -> str:
         )
     fwd = o.counters
     lines.append(
-        f"- Nothing measured went upstream: after all runs ours had forwarded"
+        f"- Upstream traffic: after all runs ours had forwarded"
         f" {fwd['ours'].get('forwarded', '?')} queries and dnsmasq"
-        f" {fwd['dnsmasq'].get('forwarded', '?')} (the {st['names']} warm-up queries plus"
-        " one readiness probe for dnsmasq); ours counted"
-        f" {fwd['ours'].get('blocked', '?')} blocked answers made (one per blocked name;"
-        " later ones are cache hits of that answer)."
+        f" {fwd['dnsmasq'].get('forwarded', '?')}: the {st['names']} warm-up queries and the"
+        " names of the uncached, uncached0 and mixed5 runs (plus one readiness probe for"
+        f" dnsmasq); the rest came from cache. Ours counted {fwd['ours'].get('blocked', '?')}"
+        " blocked answers, every one it gave (cached or not)."
     )
     lines.append(
         "- Blocklist loading, each round: start -> every entry"
@@ -918,6 +989,24 @@ def render(o: Outcome) -> str:
         f" {md.user_us:.1f} µs. At most 1.5x dnsmasq's CPU per query leaves ours"
         f" {TARGET_CPU_RATIO * md.us_per_query - mu.sys_us:.1f} µs of user time per query."
     )
+    for workload, what in (("uncached0", "Uncached queries"), ("mixed5", "Mixed with uncached")):
+        runs = o.perf.get(workload)
+        if not runs:
+            continue
+        qps_goal, cpu_goal, against = TARGETS[workload]
+        us, dm = runs["ours"], runs[against]
+        if cpu_goal is not None:
+            c = ratio(med(us, "us_per_query"), med(dm, "us_per_query"))
+            lines.append(
+                f"- {what}: {c:.2f}x the CPU per query of {against} against <= {cpu_goal}x:"
+                f" {verdict(c <= cpu_goal)}."
+            )
+        if qps_goal is not None:
+            q = ratio(med(us, "qps"), med(dm, "qps"))
+            lines.append(
+                f"- {what}: {q:.2f}x the queries/s of {against} against >= {qps_goal}x:"
+                f" {verdict(q >= qps_goal)}."
+            )
     lines.append(
         f"- 1M-entry list: {load_s:.2f} s from process start against < {TARGET_LOAD_S:g} s:"
         f" {verdict(load_s < TARGET_LOAD_S)}; {peak:.0f} MB peak RSS growth against"
@@ -955,20 +1044,23 @@ def render_profile(p: Profile | None) -> list[str]:
 def print_table(o: Outcome) -> None:
     print()
     print(f"{'':34} {'ours':>14} {'dnsmasq':>14} {'ratio':>8}")
-    for workload in ("hits", "mixed", "fixed"):
+    for workload in ("hits", "mixed", "fixed", "uncached", "uncached0", "mixed5"):
         runs = o.perf.get(workload)
         if not runs:
             continue
-        us, dm = runs["ours"], runs["dnsmasq"]
-        print(
-            f"{workload + ' queries/s':34} {med(us, 'qps'):>14,.0f} {med(dm, 'qps'):>14,.0f}"
-            f" {ratio(med(us, 'qps'), med(dm, 'qps')):>7.2f}x"
-        )
-        print(
-            f"{workload + ' CPU µs/query':34} {med(us, 'us_per_query'):>14.2f}"
-            f" {med(dm, 'us_per_query'):>14.2f}"
-            f" {ratio(med(us, 'us_per_query'), med(dm, 'us_per_query')):>7.2f}x"
-        )
+        us = runs["ours"]
+        for name in [n for n in runs if n != "ours"]:
+            dm = runs[name]
+            tag = workload if name == "dnsmasq" else f"{workload} vs no list"
+            print(
+                f"{tag + ' queries/s':34} {med(us, 'qps'):>14,.0f} {med(dm, 'qps'):>14,.0f}"
+                f" {ratio(med(us, 'qps'), med(dm, 'qps')):>7.2f}x"
+            )
+            print(
+                f"{tag + ' CPU µs/query':34} {med(us, 'us_per_query'):>14.2f}"
+                f" {med(dm, 'us_per_query'):>14.2f}"
+                f" {ratio(med(us, 'us_per_query'), med(dm, 'us_per_query')):>7.2f}x"
+            )
     print(f"{'1M list: start -> loaded (s)':34} {med(o.loads, 'to_loaded_s'):>14.2f}")
     print(f"{'1M list: peak RSS growth (MB)':34} {med(o.loads, 'peak_growth_mb'):>14.0f}")
     print(f"{'1M list in-process add+seal (s)':34} {med(o.inproc, 'total_s'):>14.2f}")
@@ -993,6 +1085,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--fixed-qps", type=int, default=30000, help="the fixed-rate run's -Q; 0 skips it (30000)"
     )
     p.add_argument("--fixed-seconds", type=float, default=4.0, help="its -l (4)")
+    p.add_argument(
+        "--uncached", type=int, default=30000, help="names of the uncached run; 0 skips it (30000)"
+    )
+    p.add_argument("--uncached-qps", type=int, default=5000, help="its -Q (5000)")
+    p.add_argument(
+        "--mixed-lines", type=int, default=400000, help="queries of mixed5; 0 skips it (400000)"
+    )
     p.add_argument("--names", type=int, default=1000, help="cached test names (1000)")
     p.add_argument("--blocked", type=int, default=3000, help="blocked names (3000)")
     p.add_argument("--list-entries", type=int, default=1_000_000, help="big list (1000000)")
@@ -1056,38 +1155,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     stoppers: list[Callable[[], object]] = []
     perf: dict[str, dict[str, list[PerfRun]]] = {}
     try:
-        upstream = Dnsmasq.start(files.upstream_hosts, ttl=UPSTREAM_TTL)
+        upstream = Dnsmasq.start(
+            files.upstream_hosts,
+            ttl=UPSTREAM_TTL,
+            extra=(f"--address=/{UNCACHED_ZONE}/198.51.100.200",),
+        )
         stoppers.append(upstream.stop)
-        dm = start_dnsmasq(upstream.port, files.blocked_hosts, DATA / "dnsmasq.log")
+        empty = DATA / "empty.hosts"
+        empty.write_text("")
+        ttl0 = Dnsmasq.start(empty, ttl=0, extra=(f"--address=/{TTL0_ZONE}/198.51.100.201",))
+        stoppers.append(ttl0.stop)
+        dm = start_dnsmasq(
+            upstream.port, files.blocked_hosts, DATA / "dnsmasq.log",
+            [f"--server=/{TTL0_ZONE}/{HOST}#{ttl0.port}"],
+        )  # fmt: skip
         stoppers.append(dm.stop)
-        us = start_ours(upstream.port, files.blocked_hosts)
+        us = start_ours(
+            upstream.port, files.blocked_hosts, ["--forward", f"{TTL0_ZONE}={HOST}:{ttl0.port}"]
+        )
         stoppers.append(us.stop)
-        ours_pids = [upstream.process.pid, dm.pid, us.pid]
+        ours_pids = [upstream.process.pid, ttl0.process.pid, dm.pid, us.pid]
         for server in (dm, us):
             print(f"warming {server.name} on port {server.port} ...", flush=True)
             warm(server, files)
 
-        workloads: list[tuple[str, Path, float, int]] = [
-            ("hits", files.hits, args.seconds, args.max_qps),
-            ("mixed", files.mixed, args.seconds, args.max_qps),
+        workloads = [
+            Workload("hits", lambda: files.hits, args.seconds, args.max_qps, (dm, us)),
+            Workload("mixed", lambda: files.mixed, args.seconds, args.max_qps, (dm, us)),
         ]
         if args.fixed_qps:
-            workloads.append(("fixed", files.hits, args.fixed_seconds, args.fixed_qps))
+            workloads.append(
+                Workload("fixed", lambda: files.hits, args.fixed_seconds, args.fixed_qps, (dm, us))
+            )
+        if args.uncached:
+            workloads += [
+                Workload("uncached", lambda: uncached_file(args.uncached), 0,
+                         args.uncached_qps, (dm, us)),
+                Workload("uncached0", lambda: uncached_file(args.uncached, TTL0_ZONE), 0,
+                         args.uncached_qps, (dm, us)),
+            ]  # fmt: skip
+        if args.mixed_lines:
+            workloads.append(Workload(
+                "mixed5", lambda: mixed5_file(files, args.mixed_lines), 0, args.max_qps, (dm, us)
+            ))  # fmt: skip
         for rnd in range(args.rounds):
-            order = (dm, us) if rnd % 2 == 0 else (us, dm)
-            for workload, queries, seconds, qps in workloads:
+            for load in workloads:
+                order = load.servers if rnd % 2 == 0 else load.servers[::-1]
                 for server in order:
-                    print(f"round {rnd + 1} {workload}: {server.name} ...", flush=True)
+                    print(f"round {rnd + 1} {load.name}: {server.name} ...", flush=True)
 
-                    def measure(
-                        s: Server = server, w: str = workload, q: Path = queries,
-                        sec: float = seconds, m: int = qps,
-                    ) -> PerfRun:  # fmt: skip
-                        return dnsperf(s, w, q, sec, args.clients, args.outstanding, m, ours_pids)
+                    def measure(s: Server = server, w: Workload = load) -> PerfRun:
+                        return dnsperf(s, w.name, w.queries(), w.seconds, args.clients,
+                                       args.outstanding, w.qps, ours_pids)  # fmt: skip
 
                     r = quietly(measure, args.quiet_wait)
                     check_run(r)
-                    perf.setdefault(workload, {}).setdefault(server.name, []).append(r)
+                    perf.setdefault(load.name, {}).setdefault(server.name, []).append(r)
                     print(
                         f"  {r.qps:,.0f} q/s, {r.us_per_query:.2f} µs CPU/query"
                         f" ({r.user_us:.2f} user + {r.sys_us:.2f} sys), server"
@@ -1148,6 +1271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_qps": args.max_qps,
             "fixed_qps": args.fixed_qps,
             "fixed_seconds": args.fixed_seconds,
+            "uncached": args.uncached,
+            "uncached_qps": args.uncached_qps,
+            "mixed_lines": args.mixed_lines,
             "names": args.names,
             "blocked": args.blocked,
             "list_entries": args.list_entries,

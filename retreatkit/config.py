@@ -39,7 +39,9 @@ DEFAULTS: dict[str, Any] = {
         "upstreams": [],  # empty: the nameservers in /etc/resolv.conf
         "blocklists": [],
         "allow": [],
-        "records": {},  # name = "address" or "cname:target"
+        "records": {},  # name = "address" or "cname:target"; "*.zone" for a wildcard
+        "forward": {},  # domain = "server[:port]" or a list of them (conditional forwarding)
+        "address": "",  # what relay/mirror.retreat.lan answer; empty: the LAN interface's
         "block_mode": "null",
         "networks": [],  # empty: loopback, RFC 1918, link-local, CGNAT and ULA
         "rate_limit": 1000,  # queries per second per client; 0 turns it off

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import ipaddress
 import logging
 import os
 import re
@@ -22,6 +24,7 @@ from retreatkit.admin import token as admin_token
 from retreatkit.admin.advertise import Advertisement, advertise
 from retreatkit.admin.logs import LogRing
 from retreatkit.admin.process import ProcessInfo
+from retreatkit.lanaddress import choose as lan_address
 from retreatkit.mirror import resolver as mirror_resolver
 from retreatkit.mirror import server as mirror_server
 from retreatkit.mirror import status as mirror_status
@@ -30,10 +33,10 @@ from retreatkit.mirror.fetch import Limits as FetchLimits
 from retreatkit.mirror.server import Gate
 from retreatkit.mirror.service import Mirror, ServerLimits, Settings
 from retreatkit.mirror.status import MirrorCollector
-from retreatkit.nameserver.policy import parse_record
-from retreatkit.nameserver.server import LAN
+from retreatkit.nameserver.blocklist import normalize
+from retreatkit.nameserver.gate import LAN
+from retreatkit.nameserver.local import parse_record
 from retreatkit.nameserver.service import Settings as NameserverSettings
-from retreatkit.nameserver.service import host_address
 from retreatkit.relay.matching import Limits
 from retreatkit.relay.server import Relay
 
@@ -157,7 +160,7 @@ class MirrorService:
         host, port = self._runner.addresses[0][:2]
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = f"http://{local}:{port}"
-        lan = host_address() if host in ("0.0.0.0", "::") else host
+        lan = lan_address().address if host in ("0.0.0.0", "::") else host
         self.mirror.lan_url = f"http://{lan}:{port}"
         say(f"Mirror listening on http://{host}:{port}/ (store {self.settings.store})")
         for ecosystem in ("pypi", "opam"):
@@ -203,7 +206,8 @@ def nameserver_settings(
     records += [parse_record(r) for r in section.get("record_flags", [])]
     named = {r.name for r in records}
     records += [parse_record(f"{n}={a}") for n, a in own.items() if n not in named]
-    upstreams = [config.host_port(u, 53) for u in section["upstreams"]] or resolv_conf_upstreams()
+    upstreams = [dns_server(u) for u in section["upstreams"]] or resolv_conf_upstreams()
+    forward = forward_rules(section["forward"], section.get("forward_flags", []))
     if section["block_mode"] not in ("null", "nxdomain"):
         raise ValueError("block mode is null or nxdomain")
     return NameserverSettings(
@@ -212,6 +216,7 @@ def nameserver_settings(
         blocklists=list(section["blocklists"]),
         allow=list(section["allow"]),
         records=records,
+        forward=forward,
         block_mode=section["block_mode"],
         networks=list(section["networks"]) or list(LAN),
         rate_limit=int(section["rate_limit"]),
@@ -219,6 +224,31 @@ def nameserver_settings(
         reload_every=float(section["reload_every"]),
         mirror=mirror or (lambda: section["mirror"] or None),
     )
+
+
+def forward_rules(table: dict[str, Any], flags: list[str]) -> dict[str, list[tuple[str, int]]]:
+    """[nameserver.forward] (domain = "server" or a list) and --forward DOMAIN=SERVER flags."""
+    rules: dict[str, list[tuple[str, int]]] = {}
+    pairs = [(d, s) for d, v in table.items() for s in ([v] if isinstance(v, str) else v)]
+    for flag in flags:
+        domain, eq, server = flag.partition("=")
+        if not eq:
+            raise ValueError(f"expected --forward DOMAIN=SERVER, got {flag!r}")
+        pairs.append((domain, server))
+    for domain, server in pairs:
+        name = normalize(domain)
+        if name is None or not isinstance(server, str):
+            raise ValueError(f'forward: expected DOMAIN = "SERVER[:PORT]", got {domain!r}')
+        rules.setdefault(name, []).append(dns_server(server))
+    return rules
+
+
+def dns_server(text: str) -> tuple[str, int]:
+    """`ADDRESS`, `HOST:PORT` or `[V6]:PORT`; a bare IPv6 address is port 53."""
+    try:
+        return str(ipaddress.ip_address(text.strip("[]"))), 53
+    except ValueError:
+        return config.host_port(text, 53)
 
 
 LISTENING = re.compile(
@@ -266,8 +296,11 @@ async def serve(
             process=process,
         )  # fmt: skip
         runner, (ahost, aport) = await admin.start(app, *admin_at)
+        # what start-up made lives as long as the process: keep the cyclic GC from
+        # scanning it again and again (it was a tenth of a nameserver's CPU under load)
+        gc.freeze()
         say(f"Admin on http://{ahost}:{aport}/status")
-        lan = host_address()
+        lan = lan_address().address
         advert = await advertise(admin_at[0], [lan], aport, names)
         named = {"relay", "mirror", "nameserver"} <= set(names)
         process.attendees = startup.attendee_lines(bound, lan, named)

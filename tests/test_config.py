@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from retreatkit import config
+from retreatkit import config, serve
 
 
 def test_defaults_without_a_file() -> None:
@@ -54,3 +54,17 @@ def test_host_port(text: str, expected: tuple[str, int]) -> None:
 def test_host_port_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="expected HOST:PORT"):
         config.host_port(text)
+
+
+def test_forward_rules_and_dns_servers() -> None:
+    rules = serve.forward_rules(
+        {"venue.example": "192.168.1.1", "Lab.Example.": ["fd00::53", "[fd00::54]:5353"]},
+        ["168.192.in-addr.arpa=192.168.1.1:5353"],
+    )
+    assert rules == {
+        "venue.example": [("192.168.1.1", 53)],
+        "lab.example": [("fd00::53", 53), ("fd00::54", 5353)],
+        "168.192.in-addr.arpa": [("192.168.1.1", 5353)],
+    }
+    with pytest.raises(ValueError, match=r"expected --forward DOMAIN=SERVER, got 'venue\.example'"):
+        serve.forward_rules({}, ["venue.example"])

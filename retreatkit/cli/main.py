@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from retreatkit import config, loop, serve, startup
+from retreatkit import lanaddress as lan
 from retreatkit.admin import token as admin_token
-from retreatkit.nameserver.service import Nameserver, host_address
+from retreatkit.nameserver.service import Nameserver
 
 DESCRIPTION = """\
 Infrastructure in a bag for events whose internet is slow, metered or gone.
@@ -34,6 +35,12 @@ def parser() -> argparse.ArgumentParser:
         "--no-tui",
         action="store_true",
         help="no dashboard: log to stderr (as when not in a terminal)",
+    )
+    up.add_argument(
+        "--address",
+        metavar="ADDRESS",
+        help="what relay.retreat.lan and mirror.retreat.lan answer"
+        " (default: the address of the interface the default route uses)",
     )
     relay = sub.add_parser("relay", help="run bob's relay")
     relay.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:9000")
@@ -68,6 +75,13 @@ def parser() -> argparse.ArgumentParser:
         dest="record_flags",
         help="a local name (A/AAAA by the address, or NAME=cname:TARGET); repeatable",
     )
+    ns.add_argument(
+        "--forward",
+        metavar="DOMAIN=SERVER[:PORT]",
+        action="append",
+        dest="forward_flags",
+        help="send DOMAIN and its names to SERVER (the venue router's own names); repeatable",
+    )
     ns.add_argument("--block-mode", choices=("null", "nxdomain"), help="default null")
     ns.add_argument("--rate-limit", type=int, metavar="QPS", help="per client; 0 is off")
     ns.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
@@ -93,7 +107,10 @@ LISTEN_FLAGS = {"relay": "--relay-listen", "mirror": "--mirror-listen",
                 "nameserver": "--nameserver-listen", "admin": "--admin"}  # fmt: skip
 
 
-def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Service]:
+def services(
+    args: argparse.Namespace, cfg: dict[str, Any], lan_address: lan.LanAddress | None = None
+) -> list[serve.Service]:
+    """The services this command runs; `lan_address` is what `up` names its own after."""
     flags = {k: v for k, v in vars(args).items() if v is not None}
     out: list[serve.Service] = []
     if args.command in ("up", "relay"):
@@ -118,16 +135,19 @@ def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Servic
         if "nameserver_listen" in flags:
             section["listen"] = flags["nameserver_listen"]
         if args.command == "nameserver":
-            for key in ("listen", "upstreams", "blocklists", "allow", "record_flags"):
+            for key in ("listen", "upstreams", "blocklists", "allow", "record_flags",
+                        "forward_flags"):  # fmt: skip
                 if key in flags:
                     section[key] = flags[key]
             for key in ("block_mode", "rate_limit"):
                 if key in flags:
                     section[key] = flags[key]
         own: dict[str, str] = {}
-        if args.command == "up":
-            address = host_address()
-            own = {"relay.retreat.lan": address, "mirror.retreat.lan": address}
+        if lan_address is not None:
+            own = {
+                "relay.retreat.lan": lan_address.address,
+                "mirror.retreat.lan": lan_address.address,
+            }
         local_mirror = (lambda: mirror.url) if mirror is not None else None
         out.append(Nameserver(serve.nameserver_settings(section, own, local_mirror)))
     return out
@@ -151,6 +171,16 @@ def apply_listen_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
         cfg["admin"]["listen"] = given["admin"]
 
 
+def say_address(chosen: lan.LanAddress) -> None:
+    _say(f"relay.retreat.lan and mirror.retreat.lan answer {chosen.address} ({chosen.how})")
+    if chosen.loopback:
+        _say(
+            f"WARNING: {chosen.address} is a loopback address: every attendee asking for"
+            " relay.retreat.lan or mirror.retreat.lan would reach their own computer."
+            " Pass --address ADDRESS or set address in [nameserver] of retreat.toml."
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "tui":
@@ -165,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"retreatkit: {problem}", file=sys.stderr)
             return 2
         admin_at = config.host_port(cfg["admin"]["listen"])
-        chosen = services(args, cfg)
+        address = None
+        if args.command == "up":
+            address = lan.choose(args.address or cfg["nameserver"]["address"])
+        chosen = services(args, cfg, address)
     except ValueError as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 2
@@ -174,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         for conflict in conflicts:
             print(f"retreatkit: cannot start: {conflict}", file=sys.stderr)
         return 1
+    if address is not None:
+        say_address(address)
     dashboard = None
     if args.command == "up" and not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty():
         from retreatkit.tui.run import in_process

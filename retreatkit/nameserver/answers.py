@@ -1,8 +1,12 @@
-"""Answers built with dnspython: local names, blocks, RFC 8482 ANY, upstream replies (no I/O)."""
+"""Answers built with dnspython: local names, blocks, RFC 8482 ANY, errors (no I/O).
+
+DNSSEC bits (RFC 4035 3.1, RFC 6840 5.8): the OPT we send back echoes the client's DO;
+CD is copied; AD is set only on an upstream's data the upstream marked AD, and only
+for a client that asked with DO or AD. Our own data (local names, blocks) is never AD:
+nobody validated it.
+"""
 
 from __future__ import annotations
-
-import ipaddress
 
 import dns.edns
 import dns.flags
@@ -13,68 +17,67 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from retreatkit.nameserver.policy import Record
-from retreatkit.nameserver.wire import UDP_PAYLOAD
+from retreatkit.nameserver.local import Record
+from retreatkit.nameserver.policy import is_private
+from retreatkit.nameserver.wire import MAX_TTL, UDP_PAYLOAD
 
 LOCAL_TTL = 60
 BLOCK_TTL = 60
-NEGATIVE_NO_SOA_TTL = 10
-MAX_TTL = 86400
 EDE_BLOCKED = dns.edns.EDECode.BLOCKED  # RFC 8914: 15
 SOA_MNAME = "ns.retreat.lan."
 SOA_RNAME = "hostmaster.retreat.lan."
 
-# RFC 1918 / 6761 / 6762 and friends: reverse names that never leave the LAN
-PRIVATE_NETS = [
-    ipaddress.ip_network(n)
-    for n in (
-        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-        "172.16.0.0/12", "192.168.0.0/16", "::1/128", "::/128", "fc00::/7", "fe80::/10",
-    )
-]  # fmt: skip
 
-
-def is_private(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in PRIVATE_NETS if net.version == ip.version)
-
-
-def response_for(query: dns.message.Message) -> dns.message.Message:
-    """An empty response: ID, question and RD copied, RA set, OPT regenerated per hop."""
+def response_for(
+    query: dns.message.Message, options: list[dns.edns.Option] | None = None
+) -> dns.message.Message:
+    """An empty response: ID, question, RD and CD copied, RA set, OPT regenerated per hop."""
     response = dns.message.make_response(query, recursion_available=True)
+    response.flags |= query.flags & dns.flags.CD
     if query.edns >= 0:
-        response.use_edns(0, payload=UDP_PAYLOAD)
+        response.use_edns(
+            0, query.ednsflags & dns.flags.DO, payload=UDP_PAYLOAD, options=options or []
+        )
     return response
 
 
-def soa(zone: str) -> dns.rrset.RRset:
+def soa(zone: str, ttl: int = BLOCK_TTL) -> dns.rrset.RRset:
     return dns.rrset.from_text(
-        zone, BLOCK_TTL, "IN", "SOA", f"{SOA_MNAME} {SOA_RNAME} 1 3600 600 86400 {BLOCK_TTL}"
-    )
+        zone.rstrip(".") + ".", ttl, "IN", "SOA",
+        f"{SOA_MNAME} {SOA_RNAME} 1 3600 600 86400 {ttl}",
+    )  # fmt: skip
 
 
-def local(query: dns.message.Message, records: list[Record]) -> dns.message.Message:
-    """Authoritative data for a local name; CNAMEs are not chased beyond the record."""
+def local(query: dns.message.Message, chain: list[Record], apex: str) -> dns.message.Message:
+    """Authoritative data for a local name, CNAMEs followed through local names; with no
+    data of the asked type, NODATA with the zone apex's SOA."""
     response = response_for(query)
     response.flags |= dns.flags.AA
     question = query.question[0]
-    wanted = dns.rdatatype.to_text(question.rdtype)
-    for record in records:
-        if (
-            record.rtype == wanted
-            or record.rtype == "CNAME"
-            or question.rdtype == dns.rdatatype.ANY
-        ):
-            value = record.value + ("." if record.rtype == "CNAME" else "")
-            response.answer.append(
-                dns.rrset.from_text(question.name, LOCAL_TTL, "IN", record.rtype, value)
-            )
+    if question.rdtype == dns.rdatatype.SOA and chain == [] and _is_apex(question.name, apex):
+        response.answer.append(soa(apex))
+        response.answer[0].name = question.name
+        return response
+    asked = question.name.to_text(omit_final_dot=True).lower()
+    by_owner: dict[tuple[str, str], dns.rrset.RRset] = {}
+    for record in chain:
+        # the asked name as the client wrote it (case kept); targets as we know them
+        owner = question.name if record.name == asked else dns.name.from_text(record.name)
+        value = record.value + ("." if record.rtype == "CNAME" else "")
+        rrset = by_owner.get((record.name, record.rtype))
+        if rrset is None:
+            rrset = dns.rrset.from_text(owner, LOCAL_TTL, "IN", record.rtype, value)
+            by_owner[(record.name, record.rtype)] = rrset
+            response.answer.append(rrset)
+        else:
+            rrset.add(dns.rrset.from_text(owner, LOCAL_TTL, "IN", record.rtype, value)[0])
     if not response.answer:
-        response.authority.append(soa(str(question.name)))
+        response.authority.append(soa(apex))
     return response
+
+
+def _is_apex(name: dns.name.Name, apex: str) -> bool:
+    return name.to_text(omit_final_dot=True).lower() == apex
 
 
 def ptr(query: dns.message.Message, target: str) -> dns.message.Message:
@@ -86,34 +89,35 @@ def ptr(query: dns.message.Message, target: str) -> dns.message.Message:
     return response
 
 
-def nxdomain(query: dns.message.Message, zone: str | None = None) -> dns.message.Message:
+def nxdomain(query: dns.message.Message, apex: str) -> dns.message.Message:
+    """NXDOMAIN with the SOA of the zone's apex (RFC 2308 3), so stubs cache the refusal."""
     response = response_for(query)
     response.set_rcode(dns.rcode.NXDOMAIN)
     response.flags |= dns.flags.AA
-    response.authority.append(soa(zone or str(query.question[0].name)))
+    response.authority.append(soa(apex))
     return response
 
 
 def blocked(query: dns.message.Message, mode: str, listed: str) -> dns.message.Message:
-    """Null addresses (the default) or NXDOMAIN with an SOA so stubs cache the refusal."""
+    """Null addresses (the default) or NXDOMAIN, with an SOA at the listed name so stubs
+    cache the refusal, and RFC 8914's extended error "Blocked"."""
+    apex = listed.removeprefix("*.")
+    options: list[dns.edns.Option] = [dns.edns.EDEOption(EDE_BLOCKED, "Blocked")]
     question = query.question[0]
     if mode == "nxdomain":
-        response = nxdomain(query, listed + ".")
-    else:
-        response = response_for(query)
+        response = response_for(query, options)
+        response.set_rcode(dns.rcode.NXDOMAIN)
         response.flags |= dns.flags.AA
-        if question.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            null = "0.0.0.0" if question.rdtype == dns.rdatatype.A else "::"
-            rdtype = dns.rdatatype.to_text(question.rdtype)
-            response.answer.append(
-                dns.rrset.from_text(question.name, BLOCK_TTL, "IN", rdtype, null)
-            )
-        else:
-            response.authority.append(soa(listed + "."))
-    if query.edns >= 0:
-        response.use_edns(
-            0, payload=UDP_PAYLOAD, options=[dns.edns.EDEOption(EDE_BLOCKED, "Blocked")]
-        )
+        response.authority.append(soa(apex))
+        return response
+    response = response_for(query, options)
+    response.flags |= dns.flags.AA
+    if question.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        null = "0.0.0.0" if question.rdtype == dns.rdatatype.A else "::"
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        response.answer.append(dns.rrset.from_text(question.name, BLOCK_TTL, "IN", rdtype, null))
+    else:
+        response.authority.append(soa(apex))
     return response
 
 
@@ -132,57 +136,40 @@ def error(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Mes
     return response
 
 
+def badvers(query: dns.message.Message) -> dns.message.Message:
+    """RFC 6891 6.1.3: an EDNS version we do not speak gets BADVERS and our version, 0."""
+    response = dns.message.make_response(query, recursion_available=True)
+    response.use_edns(0, 0, payload=UDP_PAYLOAD)
+    response.set_rcode(dns.rcode.BADVERS)
+    return response
+
+
 def from_upstream(
     query: dns.message.Message, reply: dns.message.Message, rebind_ok: bool
-) -> tuple[dns.message.Message, int, bool]:
-    """The client's answer from an upstream reply: (message, cache TTL, rebinding dropped).
-
-    Sections are copied, OPT is ours (RFC 6891: per hop), and the TTL to cache is the
-    minimum of the records (RFC 2181), or for a negative answer min(SOA TTL, MINIMUM)
-    (RFC 2308).
-    """
+) -> tuple[dns.message.Message, bool]:
+    """The client's answer from an upstream reply that the byte path left to us: sections
+    copied with each RRset's own TTL, AD as the module says, private addresses of a
+    public name dropped unless `rebind_ok` (DNS rebinding). Returns (answer, dropped)."""
     response = response_for(query)
-    response.set_rcode(dns.rcode.Rcode.make(reply.rcode()))
-    response.answer = [rrset for rrset in reply.answer]
-    response.authority = [rrset for rrset in reply.authority]
-    response.additional = [rrset for rrset in reply.additional]
+    response.set_rcode(dns.rcode.Rcode.make(reply.rcode() & 0xF))
+    if reply.flags & dns.flags.AD and (
+        query.flags & dns.flags.AD or query.ednsflags & dns.flags.DO
+    ):
+        response.flags |= dns.flags.AD
+    response.answer = list(reply.answer)
+    response.authority = list(reply.authority)
+    response.additional = list(reply.additional)
+    for rrset in (*response.answer, *response.authority, *response.additional):
+        rrset.ttl = 0 if rrset.ttl & 0x80000000 else min(rrset.ttl, MAX_TTL)
     dropped = False
     if not rebind_ok:
         kept = [rrset for rrset in response.answer if not _private_rrset(rrset)]
         dropped = len(kept) != len(response.answer)
         response.answer = kept
-    if response.answer:
-        ttl = min(rrset.ttl for rrset in response.answer)
-    else:
-        soas = [r for r in reply.authority if r.rdtype == dns.rdatatype.SOA]
-        if soas:
-            ttl = min(soas[0].ttl, min(rdata.minimum for rdata in soas[0]))
-        else:
-            ttl = NEGATIVE_NO_SOA_TTL
-    return response, max(0, min(ttl, MAX_TTL)), dropped
+    return response, dropped
 
 
 def _private_rrset(rrset: dns.rrset.RRset) -> bool:
     if rrset.rdtype not in (dns.rdatatype.A, dns.rdatatype.AAAA):
         return False
     return any(is_private(rdata.address) for rdata in rrset)
-
-
-def reverse_is_private(name: dns.name.Name) -> bool:
-    """A PTR question about a private address: it has no business going upstream."""
-    text = name.to_text(omit_final_dot=True).lower()
-    try:
-        if text.endswith(".in-addr.arpa"):
-            octets = text.removesuffix(".in-addr.arpa").split(".")
-            if len(octets) != 4:
-                return any(text.endswith(z) for z in ("10.in-addr.arpa", "168.192.in-addr.arpa"))
-            return is_private(".".join(reversed(octets)))
-        if text.endswith(".ip6.arpa"):
-            nibbles = text.removesuffix(".ip6.arpa").split(".")
-            if len(nibbles) != 32:
-                return False
-            full = "".join(reversed(nibbles))
-            return is_private(":".join(full[i : i + 4] for i in range(0, 32, 4)))
-    except ValueError:
-        return False
-    return False

@@ -3,24 +3,56 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from retreatkit.nameserver.stats import BLOCKED, CACHED, LOCAL
 from retreatkit.nameserver.wire import Template
 
-STALE_TTL = 30  # RFC 8767: the TTL of an answer served stale
+__all__ = ["BLOCKED", "CACHED", "LOCAL", "Cache", "Entry"]
 
 
-@dataclass(slots=True)
 class Entry:
-    template: Template
-    expires: float  # monotonic; inf for our own answers
-    stale_until: float
-    generation: int  # the policy generation our own answers were made under
-    ttl: int  # as cached, for answers we make ourselves
-    local: bool = False  # our own answer (local name, block): it never expires
+    """One answer for one cache key. Slotted: the fast path reads it on every hit."""
 
-    def ttl_at(self, now: float) -> int:
-        return self.ttl if self.local else max(0, int(self.expires - now))
+    __slots__ = (
+        "expires", "generation", "hits", "key", "kind", "rcode", "stale_until", "stored_at",
+        "targets", "template",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        key: bytes,
+        template: Template,
+        kind: int,
+        stored_at: float,
+        expires: float,
+        stale_until: float,
+        generation: int,
+        targets: tuple[str, ...] = (),
+    ) -> None:
+        self.key = key
+        self.template = template
+        self.kind = kind  # CACHED (an upstream's data), BLOCKED or LOCAL (our own)
+        self.rcode = template.rcode
+        self.stored_at = stored_at
+        self.expires = expires  # inf for our own answers: only a policy change ends them
+        self.stale_until = stale_until
+        self.generation = generation  # the policy generation it was checked under
+        self.targets = targets  # CNAME targets: checked again when the blocklists change
+        self.hits = 0  # hits not yet counted per domain (stats.Stats.tick folds them)
+
+    @property
+    def own(self) -> bool:
+        return self.kind != CACHED
+
+    def age(self, now: float) -> int:
+        return int(now - self.stored_at)
+
+    def fresh_until(self, now: float) -> float:
+        """When the answer rendered now stops being right: the next change of its TTLs,
+        or its expiry."""
+        if self.own:
+            return math.inf
+        return min(self.stored_at + self.age(now) + 1, self.expires)
 
 
 class Cache:
@@ -37,13 +69,27 @@ class Cache:
     def get(self, key: bytes) -> Entry | None:
         return self.entries.get(key)
 
-    def put(self, key: bytes, template: Template, ttl: int, now: float, generation: int) -> Entry:
-        entry = Entry(template, now + ttl, now + ttl + self.stale_for, generation, ttl)
+    def put(
+        self,
+        key: bytes,
+        template: Template,
+        ttl: int,
+        now: float,
+        generation: int,
+        targets: tuple[str, ...] = (),
+    ) -> Entry:
+        """An upstream's answer, fresh for `ttl` s and served stale `stale_for` s more."""
+        entry = Entry(
+            key, template, CACHED, now, now + ttl, now + ttl + self.stale_for, generation, targets
+        )
         self._store(key, entry)
         return entry
 
-    def put_local(self, key: bytes, template: Template, ttl: int, generation: int) -> Entry:
-        entry = Entry(template, math.inf, math.inf, generation, ttl, local=True)
+    def put_own(
+        self, key: bytes, template: Template, kind: int, now: float, generation: int
+    ) -> Entry:
+        """Our own answer (a local name, a block): good until the policy changes."""
+        entry = Entry(key, template, kind, now, math.inf, math.inf, generation)
         self._store(key, entry)
         return entry
 
@@ -54,10 +100,18 @@ class Cache:
             del entries[next(iter(entries))]
         entries[key] = entry
 
-    def purge_local(self) -> None:
-        """Our own answers depend on the policy: drop them when it changes."""
-        for key in [k for k, e in self.entries.items() if e.local]:
+    def flush(self, name: str) -> int:
+        """Drop every answer for `name` (any type, any flags); returns how many went."""
+        prefix = b"".join(bytes((len(p),)) + p.encode("ascii") for p in name.split(".")) + b"\0"
+        dead = [k for k in self.entries if k.startswith(prefix)]
+        for key in dead:
             del self.entries[key]
+        return len(dead)
+
+    def clear(self) -> int:
+        count = len(self.entries)
+        self.entries.clear()
+        return count
 
     def expire(self, now: float) -> int:
         """Drop what is past even its stale window; returns how many went."""

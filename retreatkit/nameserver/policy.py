@@ -1,235 +1,157 @@
-"""What the nameserver answers itself: blocklists, the allowlist, local names (no I/O)."""
+"""Who answers a name: local data, the blocklists, a conditional forward, or the upstreams.
+
+A Policy never changes; a change (lists reloaded, blocking paused, a record added)
+makes a new one, and the resolver compares generations so the very next query, cached
+or not, is answered under it. No I/O.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-import re
-from array import array
-from bisect import bisect_left
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
-# a whole domain in one match: labels of [a-z0-9_] runs joined by hyphens (so none
-# starts or ends with one), written to match without backtracking; label length is
-# checked apart, and only for names long enough to break it
-_LABEL_RE = r"[a-z0-9_]+(?:-+[a-z0-9_]+)*"
-_DOMAIN = re.compile(rf"(?:{_LABEL_RE}\.)*{_LABEL_RE}")
+from retreatkit.nameserver.blocklist import Blocklist, normalize, suffixes
+from retreatkit.nameserver.local import Found, LocalNames, Record
 
+CANARY = "use-application-dns.net"  # RFC 8484 deployments: tells browsers to keep to our DNS
+TYPE_PTR = 12
 
-def _domain_ok(name: str) -> bool:
-    if len(name) > 253 or _DOMAIN.fullmatch(name) is None:
-        return False
-    return len(name) <= 63 or all(len(label) <= 63 for label in name.split("."))
+# RFC 1918 / 6598 / 3927 / 4193 / 4291: reverse names that never leave the LAN
+_PRIVATE_NETS = [
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "172.16.0.0/12", "192.168.0.0/16", "::1/128", "::/128", "fc00::/7", "fe80::/10",
+    )
+]  # fmt: skip
 
-
-_NULL_HOSTS = {"0.0.0.0", "127.0.0.1", "::", "::1", "0:0:0:0:0:0:0:0"}
-# names a hosts file maps for itself, never worth blocking
-_HOSTS_NOISE = {
-    "localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost",
-    "ip6-loopback", "ip6-localnet", "ip6-mcastprefix", "ip6-allnodes", "ip6-allrouters",
-    "ip6-allhosts", "0.0.0.0",
-}  # fmt: skip
-
-
-def normalize(name: str) -> str | None:
-    """A domain in our canonical form (lowercase, no trailing dot), or None if malformed."""
-    name = name.strip().rstrip(".").lower()
-    if not name or len(name) > 253:
-        return None
-    if name.startswith("*."):
-        name = name[2:]
-    return name if _domain_ok(name) else None
-
-
-def parse_line(line: str) -> str | bool | None:
-    """One blocklist line in hosts, plain-domain or adblock `||domain^` form.
-
-    Returns the domain, None for a line with nothing to block (blank, comment,
-    header), or False for a line that is malformed (counted, then skipped).
-    Written for speed: a million-line list must load in well under two seconds.
-    """
-    text = line.strip()
-    if not text or text[0] in "#![":
-        return None
-    if "#" in text:
-        if "##" in text or "#@#" in text or "#?#" in text or "#$#" in text:
-            return False  # cosmetic adblock rules hide page elements: not a DNS rule
-        text = text.split("#", 1)[0].strip()  # a hosts file's trailing comment
-    if text[0] == "|":
-        return _adblock(text)
-    parts = text.split()
-    if len(parts) == 1:
-        name = parts[0]
-        if name in _HOSTS_NOISE:
-            return None
-        if name[0] in "@/-":
-            return False
-    else:
-        if parts[0] not in _NULL_HOSTS:
-            return False
-        name = parts[1]
-        if name in _HOSTS_NOISE:
-            rest = [p for p in parts[2:] if p not in _HOSTS_NOISE]
-            if not rest:
-                return None
-            name = rest[0]
-    name = name.lower()
-    if name[-1] == ".":
-        name = name.rstrip(".")
-    if name[:2] == "*.":
-        name = name[2:]
-    return name if _domain_ok(name) else False
-
-
-def _adblock(text: str) -> str | bool:
-    # only whole-domain rules: `||ads.example^` with no path and no options other
-    # than $important; cosmetic and path rules are not DNS rules
-    if not text.startswith("||"):
-        return False
-    rule, _, options = text[2:].partition("$")
-    if options and options not in ("important", "all"):
-        return False
-    if not rule.endswith("^") or "/" in rule or "*" in rule:
-        return False
-    return normalize(rule[:-1]) or False
-
-
-@dataclass
-class Blocklist:
-    """Domains blocked with their subdomains; built whole, then swapped in.
-
-    Kept as a sorted array of 64-bit hashes, not a set of strings: a million
-    entries take 8 MB instead of ~110 MB. A lookup is a binary search per
-    suffix, and only cache misses look (answers, blocks included, are cached).
-    A false match needs a 64-bit hash collision.
-    """
-
-    hashes: array[int] = field(default_factory=lambda: array("q"))
-    bad_lines: int = 0
-    sources: dict[str, int] = field(default_factory=dict)  # source -> entries
-    _pending: list[int] = field(default_factory=list)
-
-    def add_lines(self, source: str, lines: Iterable[str]) -> None:
-        count = 0
-        pending = self._pending
-        append = pending.append
-        domain = _DOMAIN.fullmatch
-        for line in lines:
-            # the common line first, inline: `0.0.0.0 name`, a clean lowercase name
-            parts = line.split()
-            if len(parts) == 2 and parts[0] in _NULL_HOSTS:
-                name = parts[1].lower()
-                if len(name) <= 63 and name not in _HOSTS_NOISE and domain(name):
-                    append(hash(name))
-                    count += 1
-                    continue
-            found = parse_line(line)
-            if found is None:
-                continue
-            if found is False:
-                self.bad_lines += 1
-                continue
-            append(hash(found))
-            count += 1
-        self.sources[source] = count
-
-    def seal(self) -> Blocklist:
-        """Sort and deduplicate what was added; returns self, ready for lookups."""
-        pending = self._pending
-        pending.extend(self.hashes)
-        pending.sort()  # duplicates may stay: bisect finds one of them all the same
-        self.hashes = array("q", pending)
-        self._pending = []
-        return self
-
-    @classmethod
-    def merge(cls, parts: Iterable[Blocklist]) -> Blocklist:
-        merged = cls()
-        for part in parts:
-            merged._pending.extend(part.hashes)
-            merged.bad_lines += part.bad_lines
-            merged.sources.update(part.sources)
-        return merged.seal()
-
-    def __len__(self) -> int:
-        return len(self.hashes)
-
-    def __contains__(self, domain: str) -> bool:
-        key = hash(domain)
-        at = bisect_left(self.hashes, key)
-        return at < len(self.hashes) and self.hashes[at] == key
-
-
-def suffixes(name: str) -> Iterable[str]:
-    """`a.b.c` -> `a.b.c`, `b.c`, `c`."""
-    yield name
-    start = name.find(".")
-    while start != -1:
-        yield name[start + 1 :]
-        start = name.find(".", start + 1)
+LOCAL, PTR, NXDOMAIN, BLOCKED, FORWARD = "local", "ptr", "nxdomain", "blocked", "forward"
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
-    name: str
-    rtype: str  # A, AAAA or CNAME
-    value: str
+class Route:
+    """The decision for one name. `zone` is the forward rule's domain ("" for the default
+    upstreams), the blocking rule, the PTR target or the apex of a negative answer."""
+
+    kind: str
+    zone: str = ""
+    found: Found | None = None
+    rebind_ok: bool = False  # private addresses may be answered (allowed or forwarded)
 
 
-def parse_record(text: str) -> Record:
-    """`NAME=ADDRESS` (A or AAAA by the address) or `NAME=CNAME:TARGET`."""
-    name, eq, value = text.partition("=")
-    domain = normalize(name)
-    if not eq or domain is None:
-        raise ValueError(f"expected NAME=ADDRESS, got {text!r}")
-    value = value.strip()
-    if value.lower().startswith("cname:"):
-        target = normalize(value[6:])
-        if target is None:
-            raise ValueError(f"bad CNAME target in {text!r}")
-        return Record(domain, "CNAME", target)
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"expected an IP address in {text!r}") from None
-    return Record(domain, "A" if address.version == 4 else "AAAA", str(address))
+DEFAULT = Route(FORWARD)
 
 
+@dataclass(frozen=True, eq=False)
 class Policy:
-    """Local records first, then the allowlist, then the blocklist."""
+    local: LocalNames = field(default_factory=LocalNames)
+    allow: frozenset[str] = frozenset()
+    blocklist: Blocklist = field(default_factory=Blocklist)
+    forward: Mapping[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    paused: bool = False
 
-    def __init__(
-        self,
+    @classmethod
+    def build(
+        cls,
         records: Iterable[Record] = (),
         allow: Iterable[str] = (),
         blocklist: Blocklist | None = None,
-    ) -> None:
-        self.records: dict[str, list[Record]] = {}
-        self.reverse: dict[str, str] = {}
-        for record in records:
-            self.records.setdefault(record.name, []).append(record)
-            if record.rtype in ("A", "AAAA"):
-                ptr = ipaddress.ip_address(record.value).reverse_pointer
-                self.reverse.setdefault(ptr, record.name)
-        self.allow = {d for d in (normalize(a) for a in allow) if d}
-        self.blocklist = blocklist or Blocklist()
+        forward: Mapping[str, tuple[tuple[str, int], ...]] | None = None,
+    ) -> Policy:
+        return cls(
+            LocalNames(records),
+            frozenset(d for d in (normalize(a) for a in allow) if d),
+            blocklist or Blocklist(),
+            dict(forward or {}),
+        )
 
     def with_blocklist(self, blocklist: Blocklist) -> Policy:
-        new = Policy.__new__(Policy)
-        new.records, new.reverse, new.allow = self.records, self.reverse, self.allow
-        new.blocklist = blocklist
-        return new
+        return replace(self, blocklist=blocklist)
 
-    def local(self, name: str) -> list[Record] | None:
-        return self.records.get(name)
+    def with_records(self, records: Iterable[Record]) -> Policy:
+        return replace(self, local=LocalNames(records, self.local.zones))
+
+    def with_pause(self, paused: bool) -> Policy:
+        return replace(self, paused=paused)
 
     def allowed(self, name: str) -> bool:
         return any(s in self.allow for s in suffixes(name))
 
     def blocked(self, name: str) -> str | None:
-        """The blocklist entry that blocks `name` (itself or a parent), unless allowed."""
-        blocklist = self.blocklist
+        """The rule that blocks `name`, unless allowed or blocking is paused."""
+        if self.paused:
+            return None
+        listed = self.blocklist.match(name)
+        if listed is None or self.allowed(name):
+            return None
+        return listed
+
+    def forward_zone(self, name: str) -> str | None:
+        forward = self.forward
+        if not forward:
+            return None
         for suffix in suffixes(name):
-            if suffix in blocklist:
-                return None if self.allowed(name) else suffix
+            if suffix in forward:
+                return suffix
         return None
+
+    def route(self, name: str, rdtype: int) -> Route:
+        found = self.local.find(name)
+        if found is not None and found.exists:
+            return Route(LOCAL, found.apex, found)  # local data wins over every list
+        if rdtype == TYPE_PTR and name in self.local.reverse:
+            return Route(PTR, self.local.reverse[name])
+        if name == CANARY:
+            return Route(NXDOMAIN, CANARY)
+        listed = self.blocked(name)
+        if listed is not None:
+            return Route(BLOCKED, listed)
+        zone = self.forward_zone(name)
+        if zone is not None:
+            # the venue's own names behind its router: private addresses are their point
+            return Route(FORWARD, zone, rebind_ok=True)
+        if found is not None:
+            return Route(NXDOMAIN, found.apex)
+        if reverse_is_private(name):
+            return Route(NXDOMAIN, _reverse_apex(name))
+        return Route(FORWARD, "", rebind_ok=self.allowed(name)) if self.allow else DEFAULT
+
+
+def is_private(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in _PRIVATE_NETS if net.version == ip.version)
+
+
+def reverse_is_private(name: str) -> bool:
+    """A PTR question about a private address: it has no business going upstream."""
+    try:
+        if name.endswith(".in-addr.arpa"):
+            octets = name.removesuffix(".in-addr.arpa").split(".")
+            if len(octets) != 4:
+                return any(name.endswith(z) for z in ("10.in-addr.arpa", "168.192.in-addr.arpa"))
+            return is_private(".".join(reversed(octets)))
+        if name.endswith(".ip6.arpa"):
+            nibbles = name.removesuffix(".ip6.arpa").split(".")
+            if len(nibbles) != 32:
+                return False
+            full = "".join(reversed(nibbles))
+            return is_private(":".join(full[i : i + 4] for i in range(0, 32, 4)))
+    except ValueError:
+        return False
+    return False
+
+
+def _reverse_apex(name: str) -> str:
+    """The RFC 6303 zone a private reverse name sits in: its negative answer's SOA."""
+    labels = name.split(".")[:-2]  # without in-addr.arpa / ip6.arpa
+    if name.endswith(".in-addr.arpa"):
+        first = labels[-1] if labels else ""
+        keep = 1 if first in ("10", "127", "0") else 2
+        return ".".join([*labels[-keep:], "in-addr", "arpa"])
+    nibbles = labels[::-1]
+    keep = 3 if nibbles[:2] == ["f", "e"] else 2 if nibbles[:1] == ["f"] else len(nibbles)
+    return ".".join([*labels[len(labels) - keep :], "ip6", "arpa"])

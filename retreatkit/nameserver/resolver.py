@@ -1,14 +1,22 @@
-"""The slow path and its policy: local names, blocks, forwarding, caching, serve-stale."""
+"""The resolver: a query's bytes in, its answer's bytes out, under the policy of the moment.
+
+The parts it joins are each tested alone: policy.route decides who answers, fill
+writes the cache, flight merges identical questions, upstream picks and judges the
+servers, stats counts. The clock is injected and is the only time read here.
+
+Every policy change (lists reloaded, blocking paused or resumed, a record set, the
+cache flushed) bumps the generation; an answer cached under an older generation is
+checked again before it is served, so a change applies to the very next query.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 import time
-from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import dns.exception
 import dns.flags
@@ -18,330 +26,345 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from retreatkit.nameserver import answers, wire
-from retreatkit.nameserver.cache import STALE_TTL, Cache, Entry
-from retreatkit.nameserver.policy import Policy, Record
-from retreatkit.nameserver.upstream import UpstreamFailed, Upstreams, make_query
+from retreatkit.nameserver import answers, fill, wire
+from retreatkit.nameserver.cache import Cache, Entry
+from retreatkit.nameserver.errors import BadReply, UpstreamFailed
+from retreatkit.nameserver.flight import Flights
+from retreatkit.nameserver.policy import BLOCKED, FORWARD, LOCAL, NXDOMAIN, PTR, Policy, Route
+from retreatkit.nameserver.stats import BLOCKED as BLOCKED_ANSWER
+from retreatkit.nameserver.stats import FORMERR, FORWARDED, REFUSED, SERVFAIL, STALE, Stats
+from retreatkit.nameserver.stats import LOCAL as LOCAL_ANSWER
+from retreatkit.nameserver.upstream import Answer, UpstreamSet
 
 STALE_WAIT = 1.8  # RFC 8767: how long a client waits for a refresh before getting stale data
-LOCAL_ZONES = ("retreat.lan", "home.arpa", "internal", "localhost")
-CANARY = "use-application-dns.net"  # RFC 8484 deployments: tells browsers to keep to our DNS
+EXPIRE_EVERY = 60.0  # seconds between sweeps of answers past their stale window
+TYPE_ANY = 255
+CLASS_IN = b"\x00\x01"
 
 
-@dataclass
-class Stats:
-    queries: int = 0
-    cache_hits: int = 0
-    blocked: int = 0
-    local: int = 0
-    stale: int = 0
-    forwarded: int = 0
-    servfail: int = 0
-    refused: int = 0
-    rate_limited: int = 0
-    formerr: int = 0
-    rebinding_dropped: int = 0
-    domains: Counter[str] = field(default_factory=Counter)
-    blocked_domains: Counter[str] = field(default_factory=Counter)
-    clients: Counter[str] = field(default_factory=Counter)
-    recent: deque[tuple[float, str, str, str, str]] = field(
-        default_factory=lambda: deque(maxlen=200)
-    )
+@dataclass(slots=True)
+class Fetched:
+    """An upstream's answer, checked once for every client that waited on it."""
 
-    def note(self, client: str, name: str, rdtype: str, outcome: str) -> None:
-        self.domains[name] += 1
-        self.clients[client] += 1
-        self.recent.append((round(time.time(), 3), client, name, rdtype, outcome))
-
-    def trim(self, keep: int = 1000) -> None:
-        """Top-N counters stay bounded however many names the LAN asks for."""
-        for counter in (self.domains, self.blocked_domains, self.clients):
-            if len(counter) > keep * 2:
-                top = counter.most_common(keep)
-                counter.clear()
-                counter.update(dict(top))
-
-
-@dataclass(frozen=True, slots=True)
-class Question:
-    name: str  # lowercase, no final dot
-    rdtype: int
-    dnssec: bool
-    cd: bool
+    answer: Answer
+    cloaked: str | None  # the blocking rule a CNAME target hit (CNAME cloaking)
+    generation: int  # the policy generation the check was made under
+    ms: float
+    entry: Entry | None = None  # the first asker's answer, cached
 
 
 class Resolver:
     def __init__(
         self,
         policy: Policy,
-        upstreams: Upstreams,
+        upstreams: Mapping[str, UpstreamSet],
         cache: Cache | None = None,
+        stats: Stats | None = None,
         block_mode: str = "null",
         clock: Callable[[], float] = time.monotonic,
         stale_wait: float = STALE_WAIT,
     ) -> None:
         self.policy = policy
-        self.generation = 0
-        self.upstreams = upstreams
-        self.cache = cache or Cache()
+        self.upstreams = dict(upstreams)  # forward zone ("" = the default) -> its servers
+        self.cache = cache if cache is not None else Cache()
+        self.stats = stats if stats is not None else Stats()
         self.block_mode = block_mode
         self.clock = clock
         self.stale_wait = stale_wait
-        self.stats = Stats()
-        self._inflight: dict[Question, asyncio.Future[dns.message.Message]] = {}
-        self.hit_keys: Counter[bytes] = Counter()  # fast-path hits, named only when asked
-        self.on_status: list[Callable[[], None]] = []  # fold in counts kept elsewhere
+        self.generation = 0
+        self.paused_until = 0.0  # blocking is paused until then (clock time); 0: it is on
+        self.next_tick = 0.0
+        self._next_expire = 0.0
+        self.flights: Flights[Fetched] = Flights()
+
+    # -- policy changes ------------------------------------------------------------------
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
         self.generation += 1
-        self.cache.purge_local()
 
-    # -- the fast path -------------------------------------------------------------------
-
-    def fast(self, data: bytes) -> tuple[bytes | None, wire.Query | None]:
-        """A cached answer for a plain query, or (None, parsed query or None)."""
-        query = wire.parse(data)
-        if query is None:
-            return None, None
-        entry = self.cache.get(query.key)
-        if entry is None:
-            return None, query
-        now = self.clock()
-        if entry.local:
-            if entry.generation != self.generation:
-                return None, query
-            out = entry.template.render(query, data, None)
-        elif now < entry.expires:
-            out = entry.template.render(query, data, int(entry.expires - now))
-        else:
-            return None, query
-        return out, query
-
-    # -- the slow path -------------------------------------------------------------------
-
-    async def resolve(self, data: bytes, client: str, max_size: int | None) -> bytes | None:
-        """The answer to any query bytes, or None to stay silent (not a query at all)."""
-        self.stats.queries += 1
-        try:
-            query = dns.message.from_wire(data)
-        except dns.exception.DNSException:
-            return self._formerr(data)
-        if query.flags & dns.flags.QR:
-            return None  # a response sent to us: never answer those (reflection loops)
-        if query.opcode() != dns.opcode.QUERY:
-            return self._finish(answers.error(query, dns.rcode.NOTIMP), max_size)
-        if len(query.question) != 1:
-            self.stats.formerr += 1
-            return self._finish(answers.error(query, dns.rcode.FORMERR), max_size)
-        response = await self._answer(query, data, client)
-        return self._finish(response, max_size)
-
-    def _formerr(self, data: bytes) -> bytes | None:
-        self.stats.formerr += 1
-        if len(data) < 12 or data[2] & 0x80:
-            return None
-        # header only, our ID echoed, QR and FORMERR set: the client learns it was us
-        (qid,) = struct.unpack_from(">H", data)
-        return struct.pack(">HHHHHH", qid, 0x8001, 0, 0, 0, 0)
-
-    async def _answer(
-        self, query: dns.message.Message, data: bytes, client: str
-    ) -> dns.message.Message | bytes:
-        q = query.question[0]
-        name = q.name.to_text(omit_final_dot=True).lower()
-        rdtype_text = dns.rdatatype.to_text(q.rdtype)
-        if q.rdclass != dns.rdataclass.IN:
-            self.stats.refused += 1
-            self.stats.note(client, name, rdtype_text, "refused")
-            return answers.error(query, dns.rcode.REFUSED)
-        if q.rdtype == dns.rdatatype.ANY:
-            self.stats.note(client, name, rdtype_text, "any")
-            return answers.minimal_any(query)
-        own = self._own_answer(query, name)
-        if own is not None:
-            response, outcome = own
-            self.stats.note(client, name, rdtype_text, outcome)
-            if outcome == "blocked":
-                self.stats.blocked += 1
-                self.stats.blocked_domains[name] += 1
-            else:
-                self.stats.local += 1
-            self._cache_local(data, response)
-            return response
-        return await self._forward(query, data, client, name, rdtype_text)
-
-    def _own_answer(
-        self, query: dns.message.Message, name: str
-    ) -> tuple[dns.message.Message, str] | None:
-        policy = self.policy
-        q = query.question[0]
-        records = policy.local(name)
-        if records is not None:
-            return answers.local(query, records), "local"
-        if q.rdtype == dns.rdatatype.PTR and name in policy.reverse:
-            return answers.ptr(query, policy.reverse[name]), "local"
-        if name == "localhost" or name.endswith(".localhost"):
-            address = "127.0.0.1" if q.rdtype != dns.rdatatype.AAAA else "::1"
-            rtype = "AAAA" if q.rdtype == dns.rdatatype.AAAA else "A"
-            return answers.local(query, [Record(name, rtype, address)]), "local"
-        if name == CANARY or answers.reverse_is_private(q.name):
-            return answers.nxdomain(query), "local"
-        if any(name == z or name.endswith("." + z) for z in LOCAL_ZONES):
-            return answers.nxdomain(query), "local"
-        listed = policy.blocked(name)
-        if listed is not None:
-            return answers.blocked(query, self.block_mode, listed), "blocked"
-        return None
-
-    def _cache_local(self, data: bytes, response: dns.message.Message) -> None:
-        parsed = wire.parse(data)
-        if parsed is None:
+    def pause(self, seconds: float) -> None:
+        """Pause blocking for `seconds` (0 resumes). The end falls on a whole second of
+        the clock, when the once-a-second tick runs, so it too applies to the next query."""
+        if seconds <= 0:
+            self.paused_until = 0.0
+            self.set_policy(self.policy.with_pause(False))
             return
-        encoded = response.to_wire()
-        offsets, question_end, _ = wire.ttl_offsets(encoded)
-        template = wire.Template(bytearray(encoded), offsets, question_end)
-        self.cache.put_local(parsed.key, template, answers.LOCAL_TTL, self.generation)
+        self.paused_until = math.ceil(self.clock() + seconds)
+        self.set_policy(self.policy.with_pause(True))
+
+    def flush(self, name: str) -> int:
+        dropped = self.cache.flush(name)
+        self.generation += 1  # the servers' exact-bytes answers go with it
+        return dropped
+
+    def tick(self, now: float) -> None:
+        """Once a second: fold counts, end a pause that is over, drop long-dead answers."""
+        self.next_tick = math.floor(now) + 1
+        self.stats.tick()
+        if self.paused_until and now >= self.paused_until:
+            self.paused_until = 0.0
+            self.set_policy(self.policy.with_pause(False))
+        if now >= self._next_expire:
+            self._next_expire = now + EXPIRE_EVERY
+            self.cache.expire(now)
+
+    # -- cache hits ----------------------------------------------------------------------
+
+    def hit(self, query: wire.Query, data: bytes, now: float) -> tuple[bytes, Entry] | None:
+        """A fresh cached answer under the current policy, or None: resolve() decides."""
+        entry = self.cache.get(query.key)
+        if entry is None or entry.generation != self.generation or now >= entry.expires:
+            return None
+        age = None if entry.own else int(now - entry.stored_at)
+        return entry.template.render(query, data, age), entry
+
+    # -- everything else -----------------------------------------------------------------
+
+    async def resolve(
+        self,
+        data: bytes,
+        client: str,
+        max_size: int | None,
+        query: wire.Query | None = None,
+    ) -> bytes | None:
+        """The answer to any query bytes, or None to stay silent (not a query at all).
+        `query` is wire.parse(data) when the caller has it already."""
+        now = self.clock()
+        if now >= self.next_tick:
+            self.tick(now)
+        if query is None:
+            query = wire.parse(data)
+        if query is None:
+            parsed = self._unusual(data, client, now)
+            if parsed is None or isinstance(parsed, bytes):
+                return parsed
+            query, data = parsed
+        out = await self._plain(query, data, client, now)
+        if max_size is not None and len(out) > max_size:
+            return wire.truncated(out, query.edns, bool(query.key[-1] & wire.KEY_DO))
+        return out
+
+    def _unusual(
+        self, data: bytes, client: str, now: float
+    ) -> bytes | tuple[wire.Query, bytes] | None:
+        """What wire.parse left: errors, or the query rewritten plainly for _plain."""
+        try:
+            message = dns.message.from_wire(data)
+        except dns.exception.DNSException:
+            if len(data) < 12 or data[2] & 0x80:
+                return None
+            self.stats.answered(now, client, "", FORMERR, 1)
+            # header only, our ID echoed, QR and FORMERR set: the client learns it was us
+            return struct.pack(">HHHHHH", struct.unpack_from(">H", data)[0], 0x8001, 0, 0, 0, 0)
+        if message.flags & dns.flags.QR:
+            return None  # a response sent to us: never answer those (reflection loops)
+        name = message.question[0].name.to_text(True).lower() if message.question else ""
+        if message.edns > 0:
+            response = answers.badvers(message)
+        elif message.opcode() != dns.opcode.QUERY:
+            response = answers.error(message, dns.rcode.NOTIMP)
+        elif len(message.question) != 1:
+            response = answers.error(message, dns.rcode.FORMERR)
+        else:
+            # a compression pointer in the question, extra records: ask it plainly
+            q = message.question[0]
+            plain = dns.message.make_query(
+                q.name, q.rdtype, q.rdclass, use_edns=0 if message.edns == 0 else False,
+                want_dnssec=bool(message.ednsflags & dns.flags.DO), payload=message.payload,
+            )  # fmt: skip
+            plain.id = message.id
+            plain.flags = message.flags
+            query = wire.parse(plain.to_wire())
+            if query is not None:
+                return query, plain.to_wire()
+            response = answers.error(message, dns.rcode.FORMERR)
+        self.stats.answered(now, client, name, FORMERR, response.rcode())
+        return fill.encode(response)
+
+    async def _plain(self, query: wire.Query, data: bytes, client: str, now: float) -> bytes:
+        key = query.key
+        name, qtype = wire.key_name(key), wire.key_type(key)
+        if key[-3:-1] != CLASS_IN:
+            self.stats.answered(now, client, name, REFUSED, 5, key=key)
+            return _bare(query, data, 5)
+        if qtype == TYPE_ANY:
+            response = answers.minimal_any(dns.message.from_wire(data))
+            own = fill.own(self.cache, query, response, LOCAL_ANSWER, now, self.generation)
+            self.stats.answered(now, client, name, LOCAL_ANSWER, 0, key=key)
+            return own.template.render(query, data, None)
+        route = self.policy.route(name, qtype)
+        if route.kind != FORWARD:
+            return await self._own(query, data, client, now, route, name, qtype)
+        entry: Entry | None = self.cache.get(key)
+        if entry is not None and entry.own:
+            entry = None  # our answer under an older policy: the name is forwarded now
+        if entry is not None and entry.generation != self.generation:
+            # the lists changed since it was cached: its CNAME chain may be listed now
+            listed = self._cloaked(name, entry.targets)
+            if listed is not None:
+                self.stats.cname_blocked += 1
+                return await self._own(
+                    query, data, client, now, Route(BLOCKED, listed), name, qtype
+                )
+            entry.generation = self.generation
+        if entry is not None and now < entry.expires:
+            self.stats.hit(now, client, entry)
+            return entry.template.render(query, data, int(now - entry.stored_at))
+        return await self._forward(query, data, client, now, route, name, entry)
+
+    async def _own(
+        self,
+        query: wire.Query,
+        data: bytes,
+        client: str,
+        now: float,
+        route: Route,
+        name: str,
+        qtype: int,
+    ) -> bytes:
+        message = dns.message.from_wire(data)
+        kind = LOCAL_ANSWER
+        if route.kind == LOCAL:
+            assert route.found is not None
+            chain, outside = self.policy.local.chase(name, _type_text(qtype))
+            response = answers.local(message, chain, route.zone)
+            if outside is not None:
+                # a local CNAME to a name outside: ask for it as any client would
+                await self._follow(response, query, outside, qtype)
+                self.stats.answered(
+                    now, client, name, LOCAL_ANSWER, response.rcode(), key=query.key
+                )
+                return fill.encode(response)
+        elif route.kind == PTR:
+            response = answers.ptr(message, route.zone)
+        elif route.kind == NXDOMAIN:
+            response = answers.nxdomain(message, route.zone)
+        else:
+            response = answers.blocked(message, self.block_mode, route.zone)
+            kind = BLOCKED_ANSWER
+        entry = fill.own(self.cache, query, response, kind, now, self.generation)
+        self.stats.answered(now, client, name, kind, entry.rcode, key=query.key)
+        return entry.template.render(query, data, None)
+
+    async def _follow(
+        self,
+        response: dns.message.Message,
+        query: wire.Query,
+        target: str,
+        qtype: int,
+    ) -> None:
+        if self.policy.route(target, qtype).kind != FORWARD:
+            return
+        labels = b"".join(bytes((len(p),)) + p.encode("ascii") for p in target.split("."))
+        key = labels + b"\0" + query.key[-5:]
+        asked = wire.upstream_query(0, key)  # as if a client asked for the target
+        target_query = wire.parse(asked)
+        if target_query is None:
+            return
+        try:
+            fetched = await self.flights.join(
+                wire.upstream_key(target_query.key),
+                lambda: self._fetch(target_query, asked, Route(FORWARD), target),
+            )
+        except (UpstreamFailed, BadReply):
+            return
+        upstream = dns.message.from_wire(fetched.answer.raw, ignore_trailing=True)
+        response.answer += list(upstream.answer)
+        response.set_rcode(dns.rcode.Rcode.make(upstream.rcode() & 0xF))
 
     async def _forward(
-        self, query: dns.message.Message, data: bytes, client: str, name: str, rdtype: str
-    ) -> dns.message.Message | bytes:
-        q = query.question[0]
-        dnssec = bool(query.ednsflags & dns.flags.DO)
-        question = Question(name, q.rdtype, dnssec, bool(query.flags & dns.flags.CD))
-        parsed = wire.parse(data)
-        entry = self.cache.get(parsed.key) if parsed else None
-        now = self.clock()
-        if entry is not None and not entry.local and parsed is not None and now < entry.expires:
-            # fresh, but too big for the fast path's UDP reply
-            self.stats.cache_hits += 1
-            self.stats.note(client, name, rdtype, "cached")
-            return entry.template.render(parsed, data, int(entry.expires - now))
-        refresh = self._refresh(question, query, parsed)
-        stale_ok = entry is not None and not entry.local and now < entry.stale_until
+        self,
+        query: wire.Query,
+        data: bytes,
+        client: str,
+        now: float,
+        route: Route,
+        name: str,
+        entry: Entry | None,
+    ) -> bytes:
+        key = query.key
+        stale_ok = entry is not None and now < entry.stale_until
+        ukey = wire.upstream_key(key)
         try:
             if stale_ok:
                 # the refresh goes on after a stale answer, and caches what it gets
-                reply = await asyncio.wait_for(asyncio.shield(refresh), self.stale_wait)
+                flight = self.flights.join(ukey, lambda: self._fetch(query, data, route, name))
+                fetched = await asyncio.wait_for(asyncio.shield(flight), self.stale_wait)
             else:
-                reply = await refresh
-        except (UpstreamFailed, TimeoutError) as exc:
-            if stale_ok and entry is not None and parsed is not None:
-                self.stats.stale += 1
-                self.stats.note(client, name, rdtype, "stale")
-                return self._stale(entry, parsed, data)
-            self.stats.servfail += 1
-            self.stats.note(client, name, rdtype, f"servfail: {exc}")
-            return answers.error(query, dns.rcode.SERVFAIL)
-        self.stats.forwarded += 1
-        self.stats.note(client, name, rdtype, "forwarded")
-        fresh = self.cache.get(parsed.key) if parsed else None
-        if fresh is not None and parsed is not None and not fresh.local:
-            return fresh.template.render(parsed, data, fresh.ttl_at(self.clock()))
-        # not cacheable, or asked with other EDNS flags than the first asker
-        return answers.from_upstream(query, reply, self.policy.allowed(name))[0]
+                fetched = await self.flights.run(
+                    ukey, lambda: self._fetch(query, data, route, name)
+                )
+        except (UpstreamFailed, BadReply, TimeoutError):
+            later = self.clock()
+            if stale_ok and entry is not None:
+                self.stats.answered(later, client, name, STALE, entry.rcode, key=key)
+                return entry.template.render(query, data, wire.STALE)
+            self.stats.answered(later, client, name, SERVFAIL, 2, key=key,
+                                ms=(later - now) * 1000)  # fmt: skip
+            return _bare(query, data, 2)
+        later = self.clock()
+        if fetched.cloaked is not None:
+            self.stats.cname_blocked += 1
+            return await self._own(query, data, client, later, Route(BLOCKED, fetched.cloaked),
+                                   name, wire.key_type(key))  # fmt: skip
+        entry = fetched.entry
+        if entry is None or entry.key != key:
+            # asked with other EDNS or AD bits than the first asker: its own answer
+            try:
+                entry = self._store(query, data, fetched, route)
+            except BadReply:
+                self.stats.answered(later, client, name, SERVFAIL, 2, key=key)
+                return _bare(query, data, 2)
+        self.stats.answered(later, client, name, FORWARDED, entry.rcode, key=key, ms=fetched.ms)
+        return entry.template.render(query, data, int(later - entry.stored_at))
 
-    async def _fetch(
-        self, question: Question, query: dns.message.Message, parsed: wire.Query | None
-    ) -> dns.message.Message:
-        """Ask upstream; cache the answer as built for the first asker's query."""
-        upstream_query = make_query(query.question[0].name, question.rdtype, question.dnssec)
-        if question.cd:
-            upstream_query.flags |= dns.flags.CD
-        reply = await self.upstreams.ask(upstream_query)
-        response, ttl, dropped = answers.from_upstream(
-            query, reply, self.policy.allowed(question.name)
+    async def _fetch(self, query: wire.Query, data: bytes, route: Route, name: str) -> Fetched:
+        """Ask upstream; check the answer once for everyone waiting on it, and cache it as
+        built for the first asker (even when that asker has gone with a stale answer)."""
+        started = self.clock()
+        answer = await self.upstreams[route.zone].ask(wire.upstream_key(query.key))
+        fetched = Fetched(
+            answer,
+            self._cloaked(name, fill.targets(answer)),
+            self.generation,
+            (self.clock() - started) * 1000,
         )
-        if dropped:
-            self.stats.rebinding_dropped += 1
-        if parsed is not None and not reply.flags & dns.flags.TC:
-            encoded = response.to_wire()
-            offsets, question_end, _ = wire.ttl_offsets(encoded)
-            template = wire.Template(bytearray(encoded), offsets, question_end)
-            self.cache.put(parsed.key, template, ttl, self.clock(), self.generation)
-        return reply
+        if fetched.cloaked is None:
+            fetched.entry = self._store(query, data, fetched, route)
+        return fetched
 
-    def _stale(self, entry: Entry, parsed: wire.Query, data: bytes) -> bytes:
-        return entry.template.render(parsed, data, STALE_TTL)
+    def _store(self, query: wire.Query, data: bytes, fetched: Fetched, route: Route) -> Entry:
+        entry, dropped = fill.forwarded(
+            self.cache, query, data, fetched.answer, route.rebind_ok, self.clock(),
+            fetched.generation,
+        )  # fmt: skip
+        self.stats.rebinding_dropped += dropped
+        return entry
 
-    def _refresh(
-        self, question: Question, query: dns.message.Message, parsed: wire.Query | None
-    ) -> asyncio.Future[dns.message.Message]:
-        """One upstream query per question, however many clients ask at once."""
-        running = self._inflight.get(question)
-        if running is not None:
-            return running
-        future = asyncio.ensure_future(self._fetch(question, query, parsed))
-        self._inflight[question] = future
-        future.add_done_callback(lambda f: self._done(question, f))
-        return future
-
-    def _done(self, question: Question, future: asyncio.Future[dns.message.Message]) -> None:
-        self._inflight.pop(question, None)
-        if not future.cancelled():
-            future.exception()  # retrieved: a failure nobody waited for is not an error
-
-    def _finish(self, response: dns.message.Message | bytes, max_size: int | None) -> bytes:
-        encoded = response.to_wire() if isinstance(response, dns.message.Message) else response
-        if max_size is not None and len(encoded) > max_size:
-            return truncate(encoded)
-        return encoded
-
-    def status(self) -> dict[str, Any]:
-        for fold in self.on_status:
-            fold()
-        s = self.stats
-        for key, count in self.hit_keys.items():
-            s.domains[key_name(key)] += count
-        self.hit_keys.clear()
-        s.trim()
-        return {
-            "queries": s.queries,
-            "cache_hits": s.cache_hits,
-            "blocked": s.blocked,
-            "local": s.local,
-            "stale_served": s.stale,
-            "forwarded": s.forwarded,
-            "servfail": s.servfail,
-            "refused": s.refused,
-            "rate_limited": s.rate_limited,
-            "formerr": s.formerr,
-            "rebinding_dropped": s.rebinding_dropped,
-            "spoofed_replies_ignored": self.upstreams.spoofs.ignored,
-            "cache_entries": len(self.cache),
-            "blocklist_entries": len(self.policy.blocklist),
-            "blocklist_bad_lines": self.policy.blocklist.bad_lines,
-            "upstreams": [
-                {
-                    "address": u.address,
-                    "healthy": u.healthy(time.monotonic()),
-                    "queries": u.queries,
-                    "errors": u.errors,
-                    "latency_ms": round(u.latency_ms, 2),
-                }
-                for u in self.upstreams.servers
-            ],
-            "top_domains": s.domains.most_common(10),
-            "top_blocked": s.blocked_domains.most_common(10),
-            "top_clients": s.clients.most_common(10),
-            "recent": list(s.recent)[-50:],
-        }
+    def _cloaked(self, name: str, targets: tuple[str, ...]) -> str | None:
+        """The rule blocking a CNAME target of `name` (blocky, Pi-hole and AdGuard Home
+        block the name too); an allowed name is never blocked this way."""
+        if not targets or self.policy.allowed(name):
+            return None
+        for target in targets:
+            listed = self.policy.blocked(target)
+            if listed is not None:
+                return listed
+        return None
 
 
-def key_name(key: bytes) -> str:
-    """The query name inside a cache key (the key starts with the name in wire form)."""
-    labels, pos = [], 0
-    while pos < len(key) and key[pos]:
-        labels.append(key[pos + 1 : pos + 1 + key[pos]].decode("ascii", "replace"))
-        pos += 1 + key[pos]
-    return ".".join(labels)
+def _type_text(qtype: int) -> str:
+    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype))
 
 
-def truncate(encoded: bytes) -> bytes:
-    """Header and question only, TC set: the client asks again over TCP."""
-    _id, flags, qd, _an, _ns, _ar = wire.HEADER.unpack_from(encoded)
-    pos = 12
-    for _ in range(qd):
-        pos = wire._skip_name(encoded, pos) + 4
-    header = wire.HEADER.pack(_id, flags | wire.FLAG_TC, qd, 0, 0, 0)
-    return header + encoded[12:pos]
+def _bare(query: wire.Query, data: bytes, rcode: int) -> bytes:
+    """Header, question and our OPT: for SERVFAIL and REFUSED, made without dnspython."""
+    flags = (query.flags & (wire.FLAG_RD | wire.FLAG_CD)) | wire.FLAG_QR | wire.FLAG_RA | rcode
+    bits = query.key[-1]
+    head = wire.HEADER.pack(query.id, flags, 1, 0, 0, 1 if query.edns else 0)
+    return (
+        head
+        + data[12 : query.question_end]
+        + (wire.opt(bool(bits & wire.KEY_DO)) if query.edns else b"")
+    )

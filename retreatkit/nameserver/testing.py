@@ -1,20 +1,26 @@
-"""Test tools for the nameserver: dnsmasq upstream, our server as a process, scripted upstream."""
+"""Test tools for the nameserver on the wire: dnsmasq, our server as a process, upstreams
+a test writes (scripted replies, or a zone over UDP and TCP). In-process tools: fakes."""
 
 from __future__ import annotations
 
 import getpass
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dns.exception
+import dns.flags
 import dns.message
 import dns.rrset
 
+from retreatkit.nameserver.fakes import Zone
 from retreatkit.testing import Process
 
 
@@ -32,16 +38,18 @@ class Dnsmasq:
     port: int
 
     @classmethod
-    def start(cls, hosts: Path, ttl: int = 60) -> Dnsmasq:
+    def start(cls, hosts: Path, ttl: int = 60, extra: tuple[str, ...] = ()) -> Dnsmasq:
+        """`extra`: more dnsmasq options, e.g. `--address=/zone/ADDRESS` to answer every
+        name under a zone."""
         for _ in range(5):  # a port free for UDP may be taken for TCP: try another
             try:
-                return cls._start(hosts, ttl)
+                return cls._start(hosts, ttl, extra)
             except RuntimeError:
                 continue
         raise RuntimeError("dnsmasq did not start")
 
     @classmethod
-    def _start(cls, hosts: Path, ttl: int) -> Dnsmasq:
+    def _start(cls, hosts: Path, ttl: int, extra: tuple[str, ...]) -> Dnsmasq:
         binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
         port = free_udp_port()
         argv = [
@@ -49,6 +57,7 @@ class Dnsmasq:
             "--listen-address=127.0.0.1", "--bind-interfaces", f"--addn-hosts={hosts}",
             f"--local-ttl={ttl}", f"--neg-ttl={ttl}", "--cache-size=10000", "--pid-file=",
             "--local=/test/", f"--user={getpass.getuser()}",  # root's dnsmasq drops to nobody
+            *extra,
         ]  # fmt: skip
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         server = cls(proc, port)
@@ -85,22 +94,48 @@ class NameserverProcess:
     process: Process
     port: int
     admin: str
+    home: Path
 
     def stop(self) -> int:
-        return self.process.stop()
+        code = self.process.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+        return code
+
+    @property
+    def token(self) -> str:
+        """The admin token the process made on its first start, in its own state folder."""
+        return (self.home / "state" / "retreatkit" / "admin-token").read_text().strip()
 
 
-def start_nameserver(*args: str, config: Path | None = None) -> NameserverProcess:
+def home_env(home: Path) -> dict[str, str]:
+    """Everything a process would keep in the user's folders goes under `home`."""
+    return {
+        "HOME": str(home),
+        "XDG_STATE_HOME": str(home / "state"),
+        "XDG_DATA_HOME": str(home / "data"),
+        "XDG_CONFIG_HOME": str(home / "config"),
+    }
+
+
+def start_nameserver(
+    *args: str, config: Path | None = None, listen: str = "127.0.0.1:0"
+) -> NameserverProcess:
     argv = [sys.executable, "-m", "retreatkit.cli.main"]
     if config is not None:
         argv += ["--config", str(config)]
-    argv += ["nameserver", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", *args]
-    proc = Process.start(argv)
-    port = int(proc.wait_for(r"^Nameserver listening on 127\.0\.0\.1:(\d+) ")[1])
-    admin = proc.wait_for(r"^Admin on (http://\S+)/status$")[1]
-    if "--blocklist" in args and not any("blocklists loaded" in line for line in proc.seen):
-        proc.wait_for(r"blocklists loaded")  # lists load beside the sockets: either order
-    return NameserverProcess(proc, port, admin)
+    argv += ["nameserver", "--listen", listen, "--admin", "127.0.0.1:0", *args]
+    home = Path(tempfile.mkdtemp(prefix="rkns-home-"))
+    proc = Process.start(argv, env=home_env(home))
+    try:
+        port = int(proc.wait_for(r"^Nameserver listening on \S+:(\d+) ")[1])
+        admin = proc.wait_for(r"^Admin on (http://\S+)/status$")[1]
+        if "--blocklist" in args and not any("blocklists loaded" in line for line in proc.seen):
+            proc.wait_for(r"blocklists loaded")  # lists load beside the sockets: either order
+    except Exception:
+        proc.stop()
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    return NameserverProcess(proc, port, admin, home)
 
 
 Script = Callable[[dns.message.Message, socket.socket, tuple[str, int]], None]
@@ -146,3 +181,104 @@ def reply(query: dns.message.Message, address: str, ttl: int = 60) -> dns.messag
     response = dns.message.make_response(query)
     response.answer.append(dns.rrset.from_text(query.question[0].name, ttl, "IN", "A", address))
     return response
+
+
+@dataclass
+class ZoneUpstream:
+    """A real upstream on 127.0.0.1, UDP and TCP, answering from a Zone in threads.
+
+    It truncates UDP answers to what the query allows (TC), as a real server does, and
+    with `silent` it reads every query and answers none (no ICMP either).
+    """
+
+    zone: Zone
+    silent: bool = False
+    queries: list[tuple[str, dns.message.Message]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for _ in range(20):  # the UDP port must be free for TCP as well
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind(("127.0.0.1", 0))
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self.tcp.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                self.udp.close()
+                self.tcp.close()
+        self.tcp.listen(16)
+        self.udp.settimeout(0.2)
+        self.tcp.settimeout(0.2)
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._serve_udp, daemon=True),
+            threading.Thread(target=self._serve_tcp, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.udp.getsockname()[1])
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def asked(self, transport: str | None = None) -> int:
+        return sum(1 for how, _ in self.queries if transport is None or how == transport)
+
+    def _serve_udp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.udp.recvfrom(65535)
+            except (TimeoutError, OSError):
+                continue
+            query = dns.message.from_wire(data)
+            self.queries.append(("udp", query))
+            if self.silent:
+                continue
+            wire = self.zone.answer(query).to_wire(max_size=65535)
+            limit = max(512, query.payload) if query.edns >= 0 else 512
+            if len(wire) > limit:
+                cut = dns.message.make_response(query)
+                cut.flags |= dns.flags.TC
+                wire = cut.to_wire()
+            self.udp.sendto(wire, addr)
+
+    def _serve_tcp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.tcp.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    (length,) = struct.unpack(">H", _read(conn, 2))
+                    query = dns.message.from_wire(_read(conn, length))
+                except (OSError, struct.error, dns.exception.DNSException):
+                    continue
+                self.queries.append(("tcp", query))
+                if self.silent:
+                    continue
+                wire = self.zone.answer(query).to_wire(max_size=65535)
+                conn.sendall(struct.pack(">H", len(wire)) + wire)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+        self.udp.close()
+        self.tcp.close()
+
+
+def _read(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    return data

@@ -1,177 +1,173 @@
-"""Upstream queries: a fresh random port and ID per query, strict reply matching, failover.
+"""Upstreams: which to ask, in what order, and what their answers say about their health.
 
-RFC 5452 and the DNSpooq fixes: each query goes out from a new socket (the kernel
-picks a random source port), with an ID from a CSPRNG; a reply counts only when it
-comes from the server's address and port (the socket is connected), carries our ID
-and repeats our question. Anything else is ignored and counted, never accepted.
+The clock is the caller's. An upstream that fails three times in a row is down for
+RETRY_AFTER seconds (RFC 8767's failure recheck timer); then one query at a time
+probes it while the others pass it by. When every upstream is down and none is due a
+probe, asking fails at once: stale answers and SERVFAIL come without waiting on
+servers known to be silent. SERVFAIL and REFUSED from an upstream count as failures
+(and fail over), never as answers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import secrets
-import struct
-import time
+import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-
-from retreatkit.nameserver.wire import UDP_PAYLOAD
+from retreatkit.nameserver import reply as replies
+from retreatkit.nameserver import wire
+from retreatkit.nameserver.errors import BadReply, UpstreamFailed
 
 ATTEMPT_TIMEOUT = 1.5
 RETRY_AFTER = 30.0  # RFC 8767: recheck a failing upstream after ~30 s
-MAX_REPLY = 65535
-
-
-class UpstreamFailed(Exception):
-    """No upstream gave a usable answer."""
+FAILURES_TO_DOWN = 3
+RCODE_SERVFAIL, RCODE_REFUSED = 2, 5
 
 
 @dataclass
 class Upstream:
     host: str
     port: int = 53
-    failures: int = 0
+    failures: int = 0  # in a row
     down_until: float = 0.0
+    probing: bool = False  # a probe is out: nobody else asks until it ends
     queries: int = 0
     errors: int = 0
     latency_ms: float = 0.0  # moving average
+    last_error: str = ""
 
     @property
     def address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
-    def healthy(self, now: float) -> bool:
-        return now >= self.down_until
+    @property
+    def down(self) -> bool:
+        return self.failures >= FAILURES_TO_DOWN
 
-    def record(self, ok: bool, elapsed: float) -> None:
+    def state(self) -> str:
+        if self.down:
+            return "down"
+        return "up" if self.queries else "unknown"
+
+    def answered(self, elapsed: float) -> None:
         self.queries += 1
-        if ok:
-            self.failures = 0
-            self.down_until = 0.0
-            ms = elapsed * 1000
-            self.latency_ms = ms if self.latency_ms == 0 else 0.8 * self.latency_ms + 0.2 * ms
-        else:
-            self.errors += 1
-            self.failures += 1
-            if self.failures >= 3:
-                self.down_until = time.monotonic() + RETRY_AFTER
+        self.failures = 0
+        self.down_until = 0.0
+        ms = elapsed * 1000
+        self.latency_ms = ms if self.latency_ms == 0 else 0.8 * self.latency_ms + 0.2 * ms
+
+    def failed(self, now: float, why: str) -> None:
+        self.queries += 1
+        self.errors += 1
+        self.failures += 1
+        self.last_error = why
+        if self.down:
+            self.down_until = now + RETRY_AFTER
+
+
+class Transport(Protocol):
+    """Sends one query and returns the reply that matches its ID, source and question."""
+
+    async def query(
+        self, upstream: Upstream, data: bytes, question: bytes, tcp: bool, timeout: float
+    ) -> bytes: ...
+
+
+@dataclass(slots=True)
+class Answer:
+    raw: bytes
+    reply: replies.Reply | None  # None: a layout reply.digest leaves to dnspython
+    upstream: Upstream
+
+
+class RandomIds:
+    """Query IDs from the operating system's CSPRNG (RFC 5452 9.2), read in batches: one
+    getrandom call per 2048 IDs instead of one per query."""
+
+    BATCH = 4096
+
+    def __init__(self) -> None:
+        self._ids: list[int] = []
+
+    def __call__(self) -> int:
+        ids = self._ids
+        if not ids:
+            raw = os.urandom(self.BATCH)
+            ids.extend(int.from_bytes(raw[i : i + 2], "big") for i in range(0, self.BATCH, 2))
+        return ids.pop()
 
 
 @dataclass
-class Spoofs:
-    ignored: int = 0
-
-
-class _Datagram(asyncio.DatagramProtocol):
-    def __init__(self, expect: dns.message.Message, spoofs: Spoofs) -> None:
-        self.expect = expect
-        self.spoofs = spoofs
-        self.reply: asyncio.Future[dns.message.Message] = asyncio.get_running_loop().create_future()
-
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        if self.reply.done():
-            return
-        if len(data) < 12 or struct.unpack_from(">H", data)[0] != self.expect.id:
-            self.spoofs.ignored += 1
-            return
-        try:
-            reply = dns.message.from_wire(data, ignore_trailing=True)
-        except dns.exception.DNSException:
-            self.spoofs.ignored += 1
-            return
-        if not _matches(self.expect, reply):
-            self.spoofs.ignored += 1
-            return
-        self.reply.set_result(reply)
-
-    def error_received(self, exc: Exception) -> None:
-        if not self.reply.done():
-            self.reply.set_exception(UpstreamFailed(f"upstream unreachable: {exc}"))
-
-
-def _matches(query: dns.message.Message, reply: dns.message.Message) -> bool:
-    if reply.id != query.id or not reply.flags & dns.flags.QR or len(reply.question) != 1:
-        return False
-    q, r = query.question[0], reply.question[0]
-    return q.name == r.name and q.rdtype == r.rdtype and q.rdclass == r.rdclass
-
-
-@dataclass
-class Upstreams:
+class UpstreamSet:
     servers: list[Upstream]
-    spoofs: Spoofs = field(default_factory=Spoofs)
+    transport: Transport
+    clock: Callable[[], float]
     timeout: float = ATTEMPT_TIMEOUT
+    random_id: Callable[[], int] = field(default_factory=RandomIds)
 
-    async def ask(self, query: dns.message.Message) -> dns.message.Message:
-        """Try healthy upstreams in order (all, if none is healthy); SERVFAIL fails over."""
-        now = time.monotonic()
-        order = [u for u in self.servers if u.healthy(now)] or list(self.servers)
-        last = "no upstream configured"
-        for upstream in order:
-            started = time.monotonic()
+    def plan(self, now: float) -> list[Upstream]:
+        """Who to ask, in order: every upstream that is up, and any down one whose
+        recheck is due and not already being probed."""
+        servers = self.servers
+        for u in servers:
+            if u.failures >= FAILURES_TO_DOWN:
+                break
+        else:
+            return servers  # all up: the common case, asked on every cache miss
+        return [u for u in servers if not u.down or (not u.probing and now >= u.down_until)]
+
+    def next_check(self, now: float) -> float:
+        waits = [u.down_until - now for u in self.servers if u.down]
+        return max(0.0, min(waits)) if waits else 0.0
+
+    async def ask(self, key: bytes) -> Answer:
+        """The first good answer to the question in cache key `key`; UpstreamFailed if none."""
+        plan = self.plan(self.clock())
+        if not self.servers:
+            raise UpstreamFailed("no upstream configured")
+        if not plan:
+            wait = self.next_check(self.clock())
+            raise UpstreamFailed(f"every upstream is down; the next check is in {wait:.0f} s")
+        question = key[:-1]
+        last = ""
+        for upstream in plan:
+            probe = upstream.down
+            if probe:
+                upstream.probing = True
+            started = self.clock()
             try:
-                reply = await self._one(upstream, query)
-            except (UpstreamFailed, TimeoutError, OSError, dns.exception.DNSException) as exc:
-                upstream.record(False, 0.0)
-                last = f"{upstream.address}: {exc or type(exc).__name__}"
+                raw = await self._query(upstream, key, question, tcp=False)
+                try:
+                    reply: replies.Reply | None = replies.digest(raw, question)
+                except replies.Unusual:
+                    reply = None  # well formed, in a layout left to dnspython
+                if reply is not None and reply.truncated:
+                    raw = await self._query(upstream, key, question, tcp=True)
+                    reply = replies.digest(raw, question)
+                    if reply.truncated:
+                        raise BadReply("truncated over TCP")
+            except (UpstreamFailed, TimeoutError, OSError, replies.Unusual) as exc:
+                why = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else
+                                   type(exc).__name__)  # fmt: skip
+                upstream.failed(self.clock(), why)
+                last = f"{upstream.address}: {why}"
                 continue
-            if reply.rcode() in (dns.rcode.SERVFAIL, dns.rcode.REFUSED):
-                upstream.record(False, 0.0)
-                last = f"{upstream.address}: {dns.rcode.to_text(reply.rcode())}"
+            finally:
+                if probe:
+                    upstream.probing = False
+            rcode = reply.rcode if reply is not None else wire.HEADER.unpack_from(raw)[1] & 0xF
+            if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
+                why = "SERVFAIL" if rcode == RCODE_SERVFAIL else "REFUSED"
+                upstream.failed(self.clock(), why)
+                last = f"{upstream.address}: {why}"
                 continue
-            upstream.record(True, time.monotonic() - started)
-            return reply
+            upstream.answered(self.clock() - started)
+            return Answer(raw, reply, upstream)
         raise UpstreamFailed(last)
 
-    async def _one(self, upstream: Upstream, query: dns.message.Message) -> dns.message.Message:
-        query.id = secrets.randbits(16)
-        loop = asyncio.get_running_loop()
-        wire = query.to_wire()
-        transport, proto = await loop.create_datagram_endpoint(
-            lambda: _Datagram(query, self.spoofs), remote_addr=(upstream.host, upstream.port)
-        )
-        try:
-            transport.sendto(wire)
-            async with asyncio.timeout(self.timeout):
-                reply = await proto.reply
-        finally:
-            transport.close()
-        if reply.flags & dns.flags.TC:
-            return await self._tcp(upstream, query)
-        return reply
-
-    async def _tcp(self, upstream: Upstream, query: dns.message.Message) -> dns.message.Message:
-        query.id = secrets.randbits(16)
-        wire = query.to_wire()
-        async with asyncio.timeout(self.timeout * 2):
-            reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
-            try:
-                writer.write(struct.pack(">H", len(wire)) + wire)
-                await writer.drain()
-                (length,) = struct.unpack(">H", await reader.readexactly(2))
-                reply = dns.message.from_wire(await reader.readexactly(length))
-            finally:
-                writer.close()
-        if not _matches(query, reply):
-            raise UpstreamFailed("mismatched TCP reply")
-        return reply
-
-
-def make_query(name: dns.name.Name, rdtype: int, dnssec: bool) -> dns.message.Message:
-    query = dns.message.make_query(
-        name,
-        dns.rdatatype.RdataType.make(rdtype),
-        dns.rdataclass.IN,
-        use_edns=0,
-        payload=UDP_PAYLOAD,
-        want_dnssec=dnssec,
-    )
-    query.flags |= dns.flags.RD
-    return query
+    def _query(
+        self, upstream: Upstream, key: bytes, question: bytes, tcp: bool
+    ) -> Awaitable[bytes]:
+        data = wire.upstream_query(self.random_id(), key)
+        return self.transport.query(upstream, data, question, tcp, self.timeout * (1 + tcp))

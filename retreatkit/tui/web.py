@@ -102,9 +102,9 @@ def serve_web(
     port = sock.getsockname()[1]
     shown = host
     if host in ("0.0.0.0", "::"):
-        from retreatkit.nameserver.service import host_address
+        from retreatkit.lanaddress import choose
 
-        shown = host_address()
+        shown = choose().address
     public = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
     argv = [sys.executable, "-m", "retreatkit.cli.main"]
     if config is not None:

@@ -31,13 +31,33 @@ def run(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def udp_only(sock: socket.socket) -> None:
+    """Bind `sock` (UDP) to a port whose TCP twin is free, so only UDP conflicts: on a busy
+    machine the kernel's pick for UDP can be a port some TCP connection holds."""
+    while True:
+        with socket.socket(type=socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with socket.socket() as tcp:
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        try:
+            sock.bind(("127.0.0.1", port))
+            return
+        except OSError:
+            continue
+
+
 def test_every_port_conflict_at_once(tmp_path: Path) -> None:
     with socket.socket() as a, socket.socket() as b, socket.socket(type=socket.SOCK_DGRAM) as c:
         a.bind(("127.0.0.1", 0))
         a.listen()
         b.bind(("127.0.0.1", 0))
         b.listen()
-        c.bind(("127.0.0.1", 0))
+        udp_only(c)
         taken = [s.getsockname()[1] for s in (a, b, c)]
         got = run(
             "up",

@@ -1,101 +1,106 @@
+"""Who answers a name: local data, lists, forward rules, upstreams (policy routing, pure)."""
+
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from retreatkit.nameserver.policy import Blocklist, Policy, parse_line, parse_record
+from retreatkit.nameserver.blocklist import Blocklist
+from retreatkit.nameserver.errors import BadRecord
+from retreatkit.nameserver.local import LocalNames, Record, parse_record
+from retreatkit.nameserver.policy import BLOCKED, FORWARD, LOCAL, NXDOMAIN, PTR, Policy
 
-
-@pytest.mark.parametrize(
-    ("line", "expected"),
-    [
-        ("0.0.0.0 ads.example.com", "ads.example.com"),
-        ("127.0.0.1  Tracker.Example.COM  # trailing", "tracker.example.com"),
-        ("::1 localhost", None),
-        ("ads.example.com", "ads.example.com"),
-        ("||ads.example.com^", "ads.example.com"),
-        ("||ads.example.com^$important", "ads.example.com"),
-        ("||ads.example.com^$third-party", False),
-        ("||ads.example.com/path^", False),
-        ("example.com##.banner", False),
-        ("@@||good.example.com^", False),
-        ("# comment", None),
-        ("! adblock comment", None),
-        ("[Adblock Plus 2.0]", None),
-        ("", None),
-        ("192.168.1.1 router.lan", False),
-        ("not a domain!", False),
-        ("-bad.example.com", False),
-        ("0.0.0.0 bad-.example.com", False),
-        ("0.0.0.0 " + "a" * 64 + ".com", False),
-        ("0.0.0.0 " + "a" * 63 + ".com", "a" * 63 + ".com"),
-        ("0.0.0.0 xn--bcher-kva.example", "xn--bcher-kva.example"),
-        ("0.0.0.0 a.b..c", False),
-    ],
-)
-def test_parse_line(line: str, expected: str | bool | None) -> None:
-    assert parse_line(line) == expected
+A, AAAA, PTR_TYPE = 1, 28, 12
 
 
-@given(st.text(max_size=200))
-def test_parse_line_never_raises(line: str) -> None:
-    parse_line(line)
-
-
-def test_block_subdomains_allowlist_wins_local_first() -> None:
+def policy(*lists: str, **kw: object) -> Policy:
     blocklist = Blocklist()
-    blocklist.add_lines("list", ["ads.example.com", "tracker.test", "junk line here"])
-    blocklist.seal()
-    policy = Policy([parse_record("ads.example.com=192.0.2.9")], ["ok.tracker.test"], blocklist)
-    assert policy.blocked("ads.example.com") == "ads.example.com"
-    assert policy.blocked("a.b.ads.example.com") == "ads.example.com"
-    assert policy.blocked("example.com") is None
-    assert policy.blocked("ok.tracker.test") is None
-    assert policy.blocked("sub.ok.tracker.test") is None
-    assert policy.local("ads.example.com") is not None  # the resolver asks local first
-    assert blocklist.bad_lines == 1 and blocklist.sources == {"list": 2}
+    blocklist.add_lines("t", lists)
+    return Policy.build(blocklist=blocklist.seal(), **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
-    ("text", "rtype", "value"),
+    ("text", "record"),
     [
-        ("laptop.retreat.lan=10.0.0.7", "A", "10.0.0.7"),
-        ("v6.retreat.lan=fd00::1", "AAAA", "fd00::1"),
-        ("docs.retreat.lan=cname:laptop.retreat.lan", "CNAME", "laptop.retreat.lan"),
+        ("laptop.retreat.lan=10.0.0.7", Record("laptop.retreat.lan", "A", "10.0.0.7")),
+        ("v6.retreat.lan=fd00::1", Record("v6.retreat.lan", "AAAA", "fd00::1")),
+        ("Docs.Retreat.Lan.=cname:Laptop.retreat.lan", Record("docs.retreat.lan", "CNAME",
+                                                              "laptop.retreat.lan")),
+        ("*.dev.retreat.lan=10.0.0.8", Record("*.dev.retreat.lan", "A", "10.0.0.8")),
+    ],
+)  # fmt: skip
+def test_parse_record(text: str, record: Record) -> None:
+    assert parse_record(text) == record
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nope", "expected NAME=ADDRESS, got 'nope'"),
+        ("x=notanip", "expected an IP address in 'x=notanip'"),
+        ("=1.2.3.4", "expected NAME=ADDRESS, got '=1.2.3.4'"),
+        ("a..b=1.2.3.4", "expected NAME=ADDRESS, got 'a..b=1.2.3.4'"),
+        ("a.*.b=1.2.3.4", "expected NAME=ADDRESS, got 'a.*.b=1.2.3.4'"),
+        ("a.b=cname:*.c", "bad CNAME target in 'a.b=cname:*.c'"),
     ],
 )
-def test_parse_record(text: str, rtype: str, value: str) -> None:
-    record = parse_record(text)
-    assert (record.rtype, record.value) == (rtype, value)
-
-
-@pytest.mark.parametrize("text", ["nope", "x=notanip", "=1.2.3.4", "a..b=1.2.3.4"])
-def test_parse_record_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match=r"expected|bad"):
+def test_parse_record_rejects(text: str, message: str) -> None:
+    with pytest.raises(BadRecord) as err:
         parse_record(text)
+    assert str(err.value) == message
 
 
-def test_ptr_for_local_records() -> None:
-    policy = Policy([parse_record("laptop.retreat.lan=10.0.0.7")])
-    assert policy.reverse["7.0.0.10.in-addr.arpa"] == "laptop.retreat.lan"
+def test_local_names_follow_the_authoritative_rules() -> None:
+    names = LocalNames([parse_record(r) for r in (
+        "laptop.retreat.lan=10.0.0.7", "docs.retreat.lan=cname:laptop.retreat.lan",
+        "*.dev.retreat.lan=10.0.0.8", "loop1.retreat.lan=cname:loop2.retreat.lan",
+        "loop2.retreat.lan=cname:loop1.retreat.lan", "out.retreat.lan=cname:www.example.org",
+        "wiki.example.com=10.0.0.3",
+    )])  # fmt: skip
+    found = names.find("x.y.dev.retreat.lan")
+    assert found is not None and found.records == (Record("x.y.dev.retreat.lan", "A", "10.0.0.8"),)
+    for empty in ("retreat.lan", "dev.retreat.lan"):  # names below it exist: NODATA
+        found = names.find(empty)
+        assert found is not None and found.exists and not found.records
+    missing = names.find("nope.retreat.lan")
+    assert missing is not None and not missing.exists and missing.apex == "retreat.lan"
+    assert names.find("example.com") is None  # an override claims no parent
+    override = names.find("wiki.example.com")
+    assert override is not None and override.apex == "wiki.example.com"
+    chain, outside = names.chase("docs.retreat.lan", "A")
+    assert [(r.name, r.rtype) for r in chain] == [("docs.retreat.lan", "CNAME"),
+                                                  ("laptop.retreat.lan", "A")]  # fmt: skip
+    assert outside is None
+    assert names.chase("loop1.retreat.lan", "A")[1] is None  # a loop ends, never spins
+    chain, outside = names.chase("out.retreat.lan", "A")
+    assert len(chain) == 1 and outside == "www.example.org"
+    assert names.reverse["1.0.0.127.in-addr.arpa"] == "localhost"
+    assert names.reverse["7.0.0.10.in-addr.arpa"] == "laptop.retreat.lan"
 
 
-@given(
-    st.one_of(
-        st.text(max_size=60),
-        st.builds(lambda n: f"0.0.0.0 {n}", st.text(max_size=40)),
-        st.builds(
-            lambda n: f"0.0.0.0 {n}", st.from_regex(r"[A-Za-z0-9*._-]{1,30}\.?", fullmatch=True)
-        ),
-    )
-)
-def test_the_inline_fast_path_agrees_with_parse_line(line: str) -> None:
-    blocklist = Blocklist()
-    blocklist.add_lines("x", [line])
-    blocklist.seal()
-    found = parse_line(line)
-    if isinstance(found, str):
-        assert found in blocklist and blocklist.sources["x"] == 1
-    else:
-        assert len(blocklist) == 0 and blocklist.bad_lines == (found is False)
+def test_route_order() -> None:
+    p = policy(
+        "ads.example", "laptop.retreat.lan", "use-application-dns.net",
+        records=[parse_record("laptop.retreat.lan=10.0.0.7")],
+        forward={"venue.example": (("192.168.1.1", 53),),
+                 "168.192.in-addr.arpa": (("192.168.1.1", 53),)},
+    )  # fmt: skip
+    assert p.route("laptop.retreat.lan", A).kind == LOCAL  # local data wins over every list
+    assert p.route("7.0.0.10.in-addr.arpa", PTR_TYPE).kind == PTR
+    assert p.route("use-application-dns.net", A).kind == NXDOMAIN  # the canary, not a block
+    assert p.route("x.ads.example", A).kind == BLOCKED
+    route = p.route("printer.venue.example", A)
+    assert (route.kind, route.zone, route.rebind_ok) == (FORWARD, "venue.example", True)
+    assert p.route("5.1.168.192.in-addr.arpa", PTR_TYPE).kind == FORWARD  # the router knows
+    nx = p.route("1.0.0.10.in-addr.arpa", PTR_TYPE)
+    assert (nx.kind, nx.zone) == (NXDOMAIN, "10.in-addr.arpa")
+    assert p.route("nope.home.arpa", A).kind == NXDOMAIN
+    default = p.route("www.example.org", A)
+    assert (default.kind, default.zone, default.rebind_ok) == (FORWARD, "", False)
+    assert p.with_pause(True).route("x.ads.example", A).kind == FORWARD
+    assert p.route("localhost", AAAA).kind == LOCAL
+
+
+def test_allow_turns_off_blocking_and_rebinding_protection() -> None:
+    p = policy("example.org", allow=["intranet.example.org"])
+    route = p.route("a.intranet.example.org", A)
+    assert (route.kind, route.rebind_ok) == (FORWARD, True)

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
+
 import dns.flags
 import dns.message
 import dns.rrset
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -60,11 +63,14 @@ def test_template_patches_id_case_rd_and_ttl() -> None:
     data = asker.to_wire()
     parsed = wire.parse(data)
     assert parsed is not None
-    out = dns.message.from_wire(template.render(parsed, data, 42))
+    out = dns.message.from_wire(template.render(parsed, data, 42))  # 42 s old
     assert out.id == 999
     assert not out.flags & dns.flags.RD
     assert out.question[0].name.to_text() == "WWW.example.TEST."
-    assert out.answer[0].ttl == 42
+    assert out.answer[0].ttl == 258
+    stale = dns.message.from_wire(template.render(parsed, data, wire.STALE))
+    assert stale.answer[0].ttl == 30  # RFC 8767
+    assert dns.message.from_wire(template.render(parsed, data, 400)).answer[0].ttl == 0
 
 
 def test_ttl_with_top_bit_counts_as_zero() -> None:
@@ -75,3 +81,44 @@ def test_ttl_with_top_bit_counts_as_zero() -> None:
     offsets, _, _ = wire.ttl_offsets(bytes(encoded))
     encoded[offsets[0]] = 0x80  # RFC 2181 section 8
     assert wire.ttl_offsets(bytes(encoded))[2] == 0
+
+
+def test_key_bits_say_what_changes_the_upstream_question() -> None:
+    plain = wire.parse(query(edns=False))
+    asked = dns.message.make_query("www.example.test", "A", want_dnssec=True)
+    asked.flags |= dns.flags.CD | dns.flags.AD
+    dnssec = wire.parse(asked.to_wire())
+    assert plain is not None and dnssec is not None
+    assert plain.key[-1] == 0
+    assert dnssec.key[-1] == wire.KEY_DO | wire.KEY_CD | wire.KEY_EDNS | wire.KEY_AD
+    assert wire.upstream_key(dnssec.key)[-1] == wire.KEY_DO | wire.KEY_CD
+    sent = dns.message.from_wire(wire.upstream_query(77, dnssec.key))
+    assert sent.id == 77 and sent.flags & dns.flags.CD and sent.ednsflags & dns.flags.DO
+    assert sent.payload == wire.UDP_PAYLOAD and sent.flags & dns.flags.RD
+
+
+def test_truncated_keeps_the_opt_record() -> None:
+    asked = dns.message.make_query("big.example.test", "TXT", want_dnssec=True)
+    answer = dns.message.make_response(asked)
+    answer.answer.append(dns.rrset.from_text("big.example.test.", 60, "IN", "TXT", '"x"'))
+    cut = dns.message.from_wire(wire.truncated(answer.to_wire(), True, True))
+    assert cut.flags & dns.flags.TC and not cut.answer
+    assert cut.edns == 0 and cut.ednsflags & dns.flags.DO and cut.payload == wire.UDP_PAYLOAD
+    bare = dns.message.from_wire(wire.truncated(answer.to_wire(), False, False))
+    assert bare.edns == -1
+
+
+def test_read_name_follows_pointers_back_only() -> None:
+    data = b"\x03abc\x00" + b"\x01x\xc0\x00"
+    assert wire.read_name(data, 5) == "x.abc"
+    loop = b"\x01a\xc0\x00"  # points at itself
+    with pytest.raises(ValueError, match="backwards"):
+        wire.read_name(loop + b"\xc0\x04", 4)
+    with pytest.raises(ValueError, match="backwards"):
+        wire.read_name(b"\xc0\x00", 0)
+
+
+@given(st.binary(max_size=300), st.integers(0, 299))
+def test_read_name_never_loops(data: bytes, pos: int) -> None:
+    with contextlib.suppress(ValueError):
+        wire.read_name(data, pos)

@@ -1,0 +1,93 @@
+"""The address attendees reach this machine at, for the names it gives its own services.
+
+Not the host name's address: Debian and Ubuntu map it to 127.0.1.1 in /etc/hosts, and
+a name pointing at loopback sends every attendee to their own computer. The address of
+the interface the default route uses is the one that faces the LAN; with no default
+route (no uplink at all), the first other interface that is up. Linux only: the routes
+come from /proc/net/route and the addresses from the SIOCGIFADDR ioctl, so no packet
+is sent anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+SIOCGIFADDR = 0x8915
+SIOCGIFFLAGS = 0x8913
+IFF_UP, IFF_LOOPBACK = 0x1, 0x8
+
+
+@dataclass(frozen=True)
+class LanAddress:
+    address: str
+    how: str  # said at start: where the address came from
+
+    @property
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(self.address).is_loopback
+
+
+def choose(configured: str = "", routes: Path = Path("/proc/net/route")) -> LanAddress:
+    """`configured` if given (--address, [nameserver] address), else the default route's
+    interface address, else another interface's, else loopback (the caller warns)."""
+    if configured:
+        try:
+            return LanAddress(str(ipaddress.ip_address(configured)), "as configured")
+        except ValueError:
+            raise ValueError(f"address: expected an IP address, got {configured!r}") from None
+    interface = default_interface(routes)
+    if interface is not None:
+        found = interface_address(interface)
+        if found is not None:
+            return LanAddress(found, f"the default route's interface, {interface}")
+    for _index, name in socket.if_nameindex():
+        if name == interface:
+            continue
+        flags = _flags(name)
+        if flags & IFF_UP and not flags & IFF_LOOPBACK:
+            found = interface_address(name)
+            if found is not None:
+                return LanAddress(found, f"interface {name} (no default route)")
+    return LanAddress("127.0.0.1", "no LAN interface found")
+
+
+def default_interface(routes: Path = Path("/proc/net/route")) -> str | None:
+    """The interface of the IPv4 default route with the lowest metric."""
+    try:
+        lines = routes.read_text().splitlines()[1:]
+    except OSError:
+        return None
+    best: tuple[int, str] | None = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or fields[1] != "00000000" or fields[7] != "00000000":
+            continue
+        if not int(fields[3], 16) & 0x1:  # RTF_UP
+            continue
+        metric = int(fields[6])
+        if best is None or metric < best[0]:
+            best = (metric, fields[0])
+    return best[1] if best else None
+
+
+def interface_address(name: str) -> str | None:
+    """An interface's (primary) IPv4 address, or None."""
+    request = struct.pack("256s", name[:15].encode())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+        raw = fcntl.ioctl(s.fileno(), SIOCGIFADDR, request)
+        return socket.inet_ntoa(raw[20:24])
+    return None
+
+
+def _flags(name: str) -> int:
+    request = struct.pack("256s", name[:15].encode())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+        raw = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, request)
+        return int(struct.unpack_from("H", raw, 16)[0])
+    return 0

@@ -1,0 +1,123 @@
+"""The nameserver's lists and actions on the admin endpoint (docs/admin-api.md).
+
+Access (the token, loopback) is the admin endpoint's business, not this module's.
+Every action that changes the policy applies to the very next query, cached or not.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from retreatkit.nameserver import status
+from retreatkit.nameserver.blocklist import normalize
+from retreatkit.nameserver.errors import BadRecord
+from retreatkit.nameserver.local import Record, parse_record
+
+if TYPE_CHECKING:
+    from retreatkit.nameserver.service import Nameserver
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_PAUSE_MINUTES = 24 * 60
+
+
+def routes(ns: Nameserver) -> list[web.RouteDef]:
+    async def queries(request: web.Request) -> web.Response:
+        after = _int(request.query.get("after", "-1"), "after", -1)
+        limit = _int(request.query.get("limit", str(DEFAULT_LIMIT)), "limit", 1)
+        next_seq, items = ns.resolver.stats.since(
+            after, min(limit, MAX_LIMIT), lambda when: status.at(ns, when)
+        )
+        return web.json_response({"next": next_seq, "queries": items})
+
+    async def reload(request: web.Request) -> web.Response:
+        await ns.reload()
+        return web.json_response({"blocklists": status.blocklists(ns)})
+
+    async def pause(request: web.Request) -> web.Response:
+        body = await _json(request, '{"minutes": N} (0 resumes)')
+        minutes = body.get("minutes") if isinstance(body, dict) else None
+        if (
+            not isinstance(minutes, int | float)
+            or isinstance(minutes, bool)
+            or not (0 <= minutes <= MAX_PAUSE_MINUTES)
+        ):
+            raise _bad(f'expected {{"minutes": N}} with N from 0 to {MAX_PAUSE_MINUTES}')
+        ns.resolver.pause(float(minutes) * 60)
+        return web.json_response({"blocking": status.blocking(ns)})
+
+    async def put_record(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await _json(request, '{"value": "10.0.0.9"} or {"value": "cname:TARGET"}')
+        value = body.get("value") if isinstance(body, dict) else None
+        if not isinstance(value, str):
+            raise _bad('expected {"value": "10.0.0.9"} or {"value": "cname:TARGET"}')
+        try:
+            record = parse_record(f"{name}={value}")
+        except BadRecord as exc:
+            raise _bad(str(exc)) from None
+        kept = [r for r in ns.resolver.policy.local.all() if not _replaced(r, record)]
+        ns.set_records([*kept, record])
+        return web.json_response(_record(record))
+
+    async def delete_record(request: web.Request) -> web.Response:
+        name = request.match_info["name"].strip().rstrip(".").lower()
+        current = ns.resolver.policy.local.all()
+        kept = [r for r in current if r.name != name]
+        if len(kept) == len(current):
+            raise web.HTTPNotFound(text=f"no local record named {name}\n")
+        ns.set_records(kept)
+        return web.Response(status=204)
+
+    async def flush(request: web.Request) -> web.Response:
+        body = await _json(request, '{"name": "example.org"}')
+        raw = body.get("name") if isinstance(body, dict) else None
+        name = normalize(raw) if isinstance(raw, str) else None
+        if name is None:
+            raise _bad('expected {"name": "example.org"}')
+        return web.json_response({"name": name, "dropped": ns.resolver.flush(name)})
+
+    return [
+        web.get("/nameserver/queries", queries),
+        web.post("/nameserver/blocklists/reload", reload),
+        web.post("/nameserver/blocking/pause", pause),
+        web.put("/nameserver/records/{name}", put_record),
+        web.delete("/nameserver/records/{name}", delete_record),
+        web.post("/nameserver/cache/flush", flush),
+    ]
+
+
+def _replaced(old: Record, new: Record) -> bool:
+    """A CNAME replaces everything at its name; an address replaces its own type and a
+    CNAME (a name with a CNAME has no other data, RFC 1034 3.6.2)."""
+    if old.name != new.name:
+        return False
+    return new.rtype == "CNAME" or old.rtype in (new.rtype, "CNAME")
+
+
+def _record(record: Record) -> dict[str, str]:
+    return {"name": record.name, "type": record.rtype, "value": record.value}
+
+
+def _int(text: str, what: str, lowest: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise _bad(f"{what} must be a whole number") from None
+    if value < lowest:
+        raise _bad(f"{what} must be at least {lowest}")
+    return value
+
+
+async def _json(request: web.Request, expected: str) -> Any:
+    try:
+        return json.loads(await request.text() or "null")
+    except ValueError:
+        raise _bad(f"expected JSON: {expected}") from None
+
+
+def _bad(text: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=text.rstrip("\n") + "\n")

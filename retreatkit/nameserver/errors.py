@@ -1,0 +1,23 @@
+"""Nameserver errors, named for whose fault they are; each message is one line."""
+
+from __future__ import annotations
+
+
+class NameserverError(Exception):
+    """Base: the message is one line an organiser can read."""
+
+
+class UpstreamFailed(NameserverError):
+    """No upstream gave a usable answer: down, silent, refusing, or every one marked down."""
+
+
+class BadReply(UpstreamFailed):
+    """An upstream's reply is malformed or answers another question: never used."""
+
+
+class BadList(NameserverError):
+    """A blocklist source cannot be read or is too large: its last good copy stays."""
+
+
+class BadRecord(NameserverError, ValueError):
+    """A local record the organiser gave is not NAME=ADDRESS or NAME=cname:TARGET."""

@@ -1,0 +1,67 @@
+"""Who may ask, and how fast: the LAN's networks, a per-client rate, refusals logged once."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections import Counter
+
+log = logging.getLogger("retreatkit.nameserver")
+
+LAN = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+       "100.64.0.0/10", "::1/128", "fc00::/7", "fe80::/10")  # fmt: skip
+MAX_KNOWN = 65536  # addresses whose verdict is remembered
+MAX_LOGGED = 4096  # networks whose first refusal was logged
+
+
+class Gate:
+    """An open resolver is an amplifier for anyone's attack: only the LAN's networks get
+    answers. Over the rate limit a UDP client gets an empty truncated answer (it retries
+    over TCP, which cannot be spoofed), so a NAT full of people is slowed, not cut off
+    (the RRL "slip")."""
+
+    def __init__(self, networks: list[str], rate: int) -> None:
+        self.networks = [ipaddress.ip_network(n) for n in networks]
+        self.rate = rate
+        self.known: dict[str, bool] = {}  # read inline by the servers: a dict lookup per query
+        self.logged: set[str] = set()
+        self._window = 0
+        self._counts: Counter[str] = Counter()
+
+    def allowed(self, ip: str) -> bool:
+        known = self.known.get(ip)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(ip.split("%")[0])
+            except ValueError:
+                return False
+            if address.version == 6 and address.ipv4_mapped:
+                address = address.ipv4_mapped
+            known = any(address in net for net in self.networks if net.version == address.version)
+            if len(self.known) >= MAX_KNOWN:
+                self.known.clear()
+            self.known[ip] = known
+            if not known:
+                self._log_refusal(address)
+        return known
+
+    def _log_refusal(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+        """The first refusal per network, once: a LAN outside the default private ranges
+        otherwise gets REFUSED with nothing to say why."""
+        prefix = 24 if address.version == 4 else 64
+        network = str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+        if network in self.logged or len(self.logged) >= MAX_LOGGED:
+            return
+        self.logged.add(network)
+        log.warning(
+            "refusing queries from %s (%s): not in the LAN's networks; to answer it, add"
+            ' "%s" to networks in [nameserver] of retreat.toml',
+            network, address, network,
+        )  # fmt: skip
+
+    def over_limit(self, ip: str, window: int) -> bool:
+        if window != self._window:
+            self._window = window
+            self._counts.clear()
+        self._counts[ip] += 1
+        return self._counts[ip] > self.rate

@@ -1,0 +1,111 @@
+"""Blocklist sources: files or URLs read in a worker thread, each keeping its last good copy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from retreatkit.mirror.lists import via_mirror
+from retreatkit.nameserver.blocklist import Blocklist
+from retreatkit.nameserver.errors import BadList
+
+log = logging.getLogger("retreatkit.nameserver")
+MAX_LIST = 256 * 1024 * 1024
+FETCH_TIMEOUT = 120.0
+
+
+@dataclass
+class Source:
+    """One list's state, as /status shows it."""
+
+    source: str
+    entries: int = 0
+    bad_lines: int = 0
+    loaded_at: float | None = None  # wall-clock time of the last good load
+    last_error: str = ""
+    good: Blocklist | None = None  # the last good copy: kept when a reload fails
+
+
+class Sources:
+    def __init__(self, sources: list[str], mirror: Callable[[], str | None] = lambda: None) -> None:
+        self.sources = {s: Source(s) for s in sources}
+        self.mirror = mirror  # where URL lists come from, when there is a mirror
+        self._lock = asyncio.Lock()
+
+    async def load(self, wall: Callable[[], float]) -> Blocklist:
+        """Read every source (one reload at a time); a source that fails keeps its last
+        good copy; the merge happens before anything is swapped in."""
+        async with self._lock:
+            parts = []
+            for state in self.sources.values():
+                try:
+                    part = await self._read(state.source)
+                except BadList as exc:
+                    state.last_error = str(exc)
+                    log.warning(
+                        "blocklist %s failed (%s); keeping the last good copy", state.source, exc
+                    )
+                else:
+                    state.good = part
+                    state.entries = part.sources.get(state.source, 0)
+                    state.bad_lines = part.bad_lines
+                    state.loaded_at = wall()
+                    state.last_error = ""
+                if state.good is not None:
+                    parts.append(state.good)
+            if len(parts) == 1:
+                return parts[0]  # sealed already, and never changed after
+            return await asyncio.to_thread(Blocklist.merge, parts)
+
+    async def _read(self, source: str) -> Blocklist:
+        try:
+            if source.startswith(("http://", "https://")):
+                return await self._fetch(source)
+            return await asyncio.to_thread(_parse_file, source)
+        except (OSError, aiohttp.ClientError, TimeoutError, UnicodeError) as exc:
+            raise BadList(_why(exc)) from None
+
+    async def _fetch(self, source: str) -> Blocklist:
+        mirror = self.mirror()
+        url = via_mirror(mirror, source) if mirror else source
+        timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url) as response,
+        ):
+            if response.status != 200:
+                raise BadList(f"HTTP {response.status}")
+            body = await response.content.read(MAX_LIST + 1)
+        if len(body) > MAX_LIST:
+            raise BadList("list larger than 256 MiB")
+
+        def parse_body() -> Blocklist:
+            part = Blocklist()
+            # utf-8-sig: a byte order mark is not part of the first line
+            part.add_lines(source, body.decode("utf-8-sig", "replace").splitlines())
+            return part.seal()
+
+        return await asyncio.to_thread(parse_body)
+
+
+def _parse_file(source: str) -> Blocklist:
+    path = Path(source)
+    if path.stat().st_size > MAX_LIST:
+        raise BadList("list larger than 256 MiB")
+    part = Blocklist()
+    with path.open(encoding="utf-8-sig", errors="replace") as lines:  # streamed
+        part.add_lines(source, lines)
+    return part.seal()
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,176 @@
+"""DNS over TCP (RFC 7766): framing, pipelining, fair limits and deadlines.
+
+Wire format: each message is preceded by its length, two bytes, big-endian (RFC 1035
+4.2.2). Answers are never cut to a UDP size: up to 65535 bytes.
+
+One LAN host must not be able to shut TCP off for everyone: connections are capped
+per address as well as in all, and each connection has a deadline that only a whole
+message moves (RFC 7766 6.2.3): a client that trickles a byte now and then, never
+finishing a message, is closed when its deadline passes, however busy it keeps the
+socket. A connection with answers still being worked on is left to finish them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections import Counter
+from collections.abc import Callable
+from typing import cast
+
+from retreatkit.nameserver import wire
+from retreatkit.nameserver.gate import Gate
+from retreatkit.nameserver.resolver import Resolver
+
+log = logging.getLogger("retreatkit.nameserver")
+
+IDLE = 10.0  # seconds a connection may go without a whole message
+MAX_CONNECTIONS = 256
+PER_ADDRESS = 16
+MAX_PENDING = 32  # pipelined queries in progress on one connection; then reading pauses
+_LENGTH = struct.Struct(">H")
+
+
+class Framer:
+    """Bytes in, whole messages out, and the deadline they move (no I/O)."""
+
+    def __init__(self, now: float, idle: float = IDLE) -> None:
+        self.idle = idle
+        self.deadline = now + idle
+        self._buf = bytearray()
+
+    def feed(self, data: bytes, now: float) -> list[bytes]:
+        self._buf += data
+        out = []
+        buf = self._buf
+        while len(buf) >= 2:
+            (length,) = _LENGTH.unpack_from(buf)
+            if len(buf) < 2 + length:
+                break
+            out.append(bytes(buf[2 : 2 + length]))
+            del buf[: 2 + length]
+        if out:
+            self.deadline = now + self.idle  # only a whole message buys more time
+        return out
+
+    def answered(self, now: float) -> None:
+        self.deadline = max(self.deadline, now + self.idle)
+
+    def expired(self, now: float) -> bool:
+        return now >= self.deadline
+
+
+class Connections:
+    """The TCP connections of one server: counts per address, and the sweep that ends
+    the ones past their deadline. Never shared between servers."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        idle: float = IDLE,
+        limit: int = MAX_CONNECTIONS,
+        per_address: int = PER_ADDRESS,
+    ) -> None:
+        self.clock = clock
+        self.idle = idle
+        self.limit = limit
+        self.per_address = per_address
+        self.open: set[TCPServer] = set()
+        self.by_address: Counter[str] = Counter()
+        self.refused = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once (get_running_loop() is a getpid() call)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def admit(self, conn: TCPServer) -> bool:
+        if len(self.open) >= self.limit or self.by_address[conn.ip] >= self.per_address:
+            self.refused += 1
+            return False
+        self.open.add(conn)
+        self.by_address[conn.ip] += 1
+        return True
+
+    def leave(self, conn: TCPServer) -> None:
+        if conn in self.open:
+            self.open.discard(conn)
+            self.by_address[conn.ip] -= 1
+            if self.by_address[conn.ip] <= 0:
+                del self.by_address[conn.ip]
+
+    def sweep(self, now: float) -> int:
+        """Close what is past its deadline with nothing in progress; returns how many."""
+        late = [c for c in self.open if c.pending == 0 and c.framer.expired(now)]
+        for conn in late:
+            conn.close()
+        return len(late)
+
+    async def sweep_forever(self, every: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.sweep(self.clock())
+
+
+class TCPServer(asyncio.Protocol):
+    def __init__(self, resolver: Resolver, gate: Gate, connections: Connections) -> None:
+        self.resolver = resolver
+        self.gate = gate
+        self.connections = connections
+        self.transport: asyncio.Transport | None = None
+        self.ip = "?"
+        self.pending = 0
+        self.framer = Framer(connections.clock(), connections.idle)
+        self.tasks: set[asyncio.Future[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.ip = str((self.transport.get_extra_info("peername") or ("?",))[0])
+        if not self.gate.allowed(self.ip) or not self.connections.admit(self):
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.leave(self)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.connections.leave(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self not in self.connections.open:
+            return
+        for message in self.framer.feed(data, self.connections.clock()):
+            self.pending += 1
+            if self.pending >= MAX_PENDING and self.transport is not None:
+                self.transport.pause_reading()
+            task = self.connections.loop().create_task(self._answer(message))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, message: bytes) -> None:
+        resolver = self.resolver
+        try:
+            now = resolver.clock()
+            if now >= resolver.next_tick:
+                resolver.tick(now)
+            query = wire.parse(message)
+            found = resolver.hit(query, message, now) if query is not None else None
+            if found is not None:
+                out: bytes | None = found[0]
+                resolver.stats.hit(now, self.ip, found[1])
+            else:
+                out = await resolver.resolve(message, self.ip, None, query)
+            transport = self.transport
+            if out is not None and transport is not None and not transport.is_closing():
+                transport.write(_LENGTH.pack(len(out)) + out)
+                self.framer.answered(self.connections.clock())
+        except Exception:
+            log.exception("TCP query from %s failed", self.ip)
+        finally:
+            self.pending -= 1
+            if self.transport is not None and self.pending < MAX_PENDING:
+                self.transport.resume_reading()

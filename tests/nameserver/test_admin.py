@@ -1,0 +1,181 @@
+"""The nameserver's part of the admin contract (docs/admin-api.md), in process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from retreatkit.admin.app import make_app
+from retreatkit.nameserver.fakes import FakeTransport, ManualClock, UDPClient, Zone
+from retreatkit.nameserver.service import Nameserver, Settings
+
+ZONE = Zone(
+    "$TTL 300\n@ SOA ns.test. h.test. 1 3600 600 86400 60\n"
+    "www.example A 198.51.100.7\nads.example A 198.51.100.66\n"
+)
+UP = ("192.0.2.53", 53)
+TOKEN = "admin-token-for-tests"
+
+
+@dataclass
+class Admin:
+    client: TestClient[Any, Any]
+    ns: Nameserver
+    lan: UDPClient
+    clock: ManualClock
+    lists: Path
+
+    async def request(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        """Every admin request of these tests goes through here (one place for credentials)."""
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        response = await self.client.request(method, path, json=body, headers=auth)
+        text = await response.text()
+        is_json = response.content_type == "application/json"
+        return response.status, (await response.json()) if is_json else text
+
+    async def addresses(self, name: str) -> list[str]:
+        answer = await self.lan.ask(name)
+        return sorted(r.to_text() for rrset in answer.answer for r in rrset)
+
+
+@pytest.fixture
+async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
+    lists = tmp_path / "block.txt"
+    lists.write_text("||tracker.example.test^\n")
+    clock = ManualClock()
+    settings = Settings(listen=("127.0.0.1", 0), upstreams=[UP], blocklists=[str(lists)])
+    wall = lambda: 1_799_999_000.0 + clock()  # noqa: E731  (2027-01-15T08:00:00Z at start)
+    ns = Nameserver(settings, clock=clock, wall=wall, transport=FakeTransport({UP: ZONE.answer}))
+    await ns.reload()
+    app = make_app(CollectorRegistry(), {"nameserver": ns.status}, ns.admin_routes(), token=TOKEN)
+    async with TestClient(TestServer(app)) as client:
+        yield Admin(client, ns, UDPClient(ns.resolver), clock, lists)
+
+
+async def test_pause_and_resume_apply_to_the_next_query(admin: Admin) -> None:
+    admin.lists.write_text("||ads.example.test^\n")
+    assert await admin.addresses("ads.example.test") == ["198.51.100.66"]  # cached now
+    status, body = await admin.request("POST", "/nameserver/blocklists/reload")
+    assert status == 200
+    assert body == {
+        "blocklists": [
+            {
+                "source": str(admin.lists),
+                "entries": 1,
+                "bad_lines": 0,
+                "loaded_at": "2027-01-15T08:00:00Z",
+                "last_error": None,
+            }
+        ]
+    }
+    assert await admin.addresses("ads.example.test") == ["0.0.0.0"]
+    status, body = await admin.request("POST", "/nameserver/blocking/pause", {"minutes": 5})
+    assert (status, body) == (200, {"blocking": "paused until 2027-01-15T08:05:00Z"})
+    assert await admin.addresses("ads.example.test") == ["198.51.100.66"]
+    doc = (await admin.request("GET", "/status"))[1]["nameserver"]
+    assert doc["blocking"] == "paused until 2027-01-15T08:05:00Z"
+    assert doc["warnings"] == ["blocking is paused until 2027-01-15T08:05:00Z"]
+    status, body = await admin.request("POST", "/nameserver/blocking/pause", {"minutes": 0})
+    assert (status, body) == (200, {"blocking": "on"})
+    assert await admin.addresses("ads.example.test") == ["0.0.0.0"]
+
+
+async def test_records_put_and_delete(admin: Admin) -> None:
+    status, body = await admin.request("PUT", "/nameserver/records/wiki.retreat.lan",
+                                       {"value": "10.0.0.9"})  # fmt: skip
+    assert (status, body) == (200, {"name": "wiki.retreat.lan", "type": "A", "value": "10.0.0.9"})
+    assert await admin.addresses("wiki.retreat.lan") == ["10.0.0.9"]
+    await admin.request("PUT", "/nameserver/records/wiki.retreat.lan", {"value": "10.0.0.10"})
+    assert await admin.addresses("wiki.retreat.lan") == ["10.0.0.10"]  # replaced, cache too
+    await admin.request("PUT", "/nameserver/records/www.example.test",
+                        {"value": "cname:wiki.retreat.lan"})  # fmt: skip
+    assert await admin.addresses("www.example.test") == ["10.0.0.10", "wiki.retreat.lan."]
+    status, _ = await admin.request("DELETE", "/nameserver/records/www.example.test")
+    assert status == 204
+    assert await admin.addresses("www.example.test") == ["198.51.100.7"]
+    status, text = await admin.request("DELETE", "/nameserver/records/www.example.test")
+    assert (status, text) == (404, "no local record named www.example.test\n")
+
+
+async def test_flush(admin: Admin) -> None:
+    await admin.addresses("www.example.test")
+    status, body = await admin.request("POST", "/nameserver/cache/flush",
+                                       {"name": "WWW.example.test."})  # fmt: skip
+    assert (status, body) == (200, {"name": "www.example.test", "dropped": 1})
+    await admin.addresses("www.example.test")
+    transport = admin.ns.resolver.upstreams[""].transport
+    assert isinstance(transport, FakeTransport) and transport.asked() == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "message"),
+    [
+        ("POST", "/nameserver/blocking/pause", {"minutes": -1},
+         'expected {"minutes": N} with N from 0 to 1440\n'),
+        ("POST", "/nameserver/blocking/pause", "soon",
+         'expected {"minutes": N} with N from 0 to 1440\n'),
+        ("PUT", "/nameserver/records/x.retreat.lan", {"value": "nowhere"},
+         "expected an IP address in 'x.retreat.lan=nowhere'\n"),
+        ("PUT", "/nameserver/records/x.retreat.lan", {},
+         'expected {"value": "10.0.0.9"} or {"value": "cname:TARGET"}\n'),
+        ("POST", "/nameserver/cache/flush", {"name": "not a name"},
+         'expected {"name": "example.org"}\n'),
+        ("GET", "/nameserver/queries?after=x", None, "after must be a whole number\n"),
+        ("GET", "/nameserver/queries?limit=0", None, "limit must be at least 1\n"),
+    ],
+)  # fmt: skip
+async def test_bad_requests_say_what_to_send(
+    admin: Admin, method: str, path: str, body: object, message: str
+) -> None:
+    assert await admin.request(method, path, body) == (400, message)
+
+
+async def test_queries_list_every_path_oldest_first(admin: Admin) -> None:
+    await admin.addresses("www.example.test")
+    await admin.addresses("www.example.test")
+    await admin.addresses("x.tracker.example.test")
+    admin.clock.advance(2)
+    await admin.addresses("x.tracker.example.test")
+    status, body = await admin.request("GET", "/nameserver/queries?after=1&limit=2")
+    assert status == 200 and body["next"] == 3
+    assert [(q["seq"], q["name"], q["answer"], q["rcode"]) for q in body["queries"]] == [
+        (2, "www.example.test", "cached", "NOERROR"),
+        (3, "x.tracker.example.test", "blocked", "NOERROR"),
+    ]
+    last = (await admin.request("GET", "/nameserver/queries?after=3"))[1]
+    assert last["next"] == 4 and last["queries"][0]["at"] == "2027-01-15T08:00:02Z"
+    assert last["queries"][0]["client"] == "10.0.0.5" and last["queries"][0]["type"] == "A"
+
+
+async def test_status_section_has_the_contract_fields(admin: Admin) -> None:
+    await admin.addresses("www.example.test")
+    doc = (await admin.request("GET", "/status"))[1]["nameserver"]
+    for key in (
+        "up",
+        "uptime_seconds",
+        "connections_open",
+        "warnings",
+        "queries",
+        "cache_hits",
+        "blocked",
+        "stale_served",
+        "forwarded",
+        "servfail",
+        "blocking",
+        "top_domains",
+        "top_blocked",
+        "top_clients",
+        "upstreams",
+        "blocklists",
+    ):
+        assert key in doc
+    assert doc["upstreams"] == [{"address": "192.0.2.53:53", "zone": None, "state": "up",
+                                 "latency_ms": 0.0, "queries": 1, "errors": 0,
+                                 "last_error": None}]  # fmt: skip
+    assert doc["top_clients"] == [["10.0.0.5", 1]]

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from retreatkit.nameserver.blocklist import BLOCK, EXCEPT, SUBDOMAINS, Blocklist, parse_line
+from retreatkit.nameserver.policy import Policy
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("0.0.0.0 ads.example.com", ((BLOCK, "ads.example.com"),)),
+        ("127.0.0.1  Tracker.Example.COM  # trailing", ((BLOCK, "tracker.example.com"),)),
+        ("::1 localhost", None),
+        ("ads.example.com", ((BLOCK, "ads.example.com"),)),
+        ("||ads.example.com^", ((BLOCK, "ads.example.com"),)),
+        ("||ads.example.com^$important", ((BLOCK, "ads.example.com"),)),
+        ("||ads.example.com^$third-party", False),
+        ("||ads.example.com/path^", False),
+        ("example.com##.banner", False),
+        ("# comment", None),
+        ("! adblock comment", None),
+        ("[Adblock Plus 2.0]", None),
+        ("", None),
+        ("192.168.1.1 router.lan", False),
+        ("not a domain!", False),
+        ("-bad.example.com", False),
+        ("0.0.0.0 bad-.example.com", False),
+        ("0.0.0.0 " + "a" * 64 + ".com", False),
+        ("0.0.0.0 " + "a" * 63 + ".com", ((BLOCK, "a" * 63 + ".com"),)),
+        ("0.0.0.0 xn--bcher-kva.example", ((BLOCK, "xn--bcher-kva.example"),)),
+        ("0.0.0.0 a.b..c", False),
+        # item 7: what list authors mean
+        ("0.0.0.0 a.example b.example", ((BLOCK, "a.example"), (BLOCK, "b.example"))),
+        ("0.0.0.0 localhost a.example", ((BLOCK, "a.example"),)),
+        ("\ufeff0.0.0.0 first.example", ((BLOCK, "first.example"),)),
+        ("\ufeff# a header", None),
+        ("@@||good.example.com^", ((EXCEPT, "good.example.com"),)),
+        ("@@||good.example.com^$important", ((EXCEPT, "good.example.com"),)),
+        ("||*.ads.example^", ((SUBDOMAINS, "ads.example"),)),
+        ("@@||*.good.example^", False),
+        ("||ad*.example^", False),
+    ],
+)
+def test_parse_line(line: str, expected: object) -> None:
+    assert parse_line(line) == expected
+
+
+@given(st.text(max_size=200))
+def test_parse_line_never_raises(line: str) -> None:
+    parse_line(line)
+
+
+def sealed(*lines: str) -> Blocklist:
+    blocklist = Blocklist()
+    blocklist.add_lines("list", lines)
+    return blocklist.seal()
+
+
+def test_block_subdomains_allowlist_wins() -> None:
+    policy = Policy.build(
+        allow=["ok.tracker.test"], blocklist=sealed("ads.example.com", "tracker.test", "junk x")
+    )
+    assert policy.blocked("ads.example.com") == "ads.example.com"
+    assert policy.blocked("a.b.ads.example.com") == "ads.example.com"
+    assert policy.blocked("example.com") is None
+    assert policy.blocked("ok.tracker.test") is None
+    assert policy.blocked("sub.ok.tracker.test") is None
+
+
+def test_every_name_of_a_hosts_line_and_the_first_line_after_a_bom() -> None:
+    blocklist = sealed("\ufeff0.0.0.0 first.example", "0.0.0.0 a.example b.example c.example")
+    for name in ("first.example", "a.example", "b.example", "c.example"):
+        assert blocklist.match(name) == name
+    assert blocklist.sources == {"list": 4} and blocklist.bad_lines == 0
+
+
+def test_exceptions_and_subdomain_rules() -> None:
+    blocklist = sealed("||example.org^", "@@||good.example.org^", "||*.cdn.example^")
+    assert blocklist.match("ads.example.org") == "example.org"
+    assert blocklist.match("good.example.org") is None
+    assert blocklist.match("deep.good.example.org") is None
+    assert blocklist.match("cdn.example") is None  # `*.` means the names under it only
+    assert blocklist.match("x.cdn.example") == "*.cdn.example"
+    merged = Blocklist.merge([sealed("||example.org^"), sealed("@@||good.example.org^")])
+    assert merged.match("good.example.org") is None  # an exception holds across lists
+
+
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        st.builds(lambda n: f"0.0.0.0 {n}", st.text(max_size=40)),
+        st.builds(
+            lambda n: f"0.0.0.0 {n}", st.from_regex(r"[A-Za-z0-9*._-]{1,30}\.?", fullmatch=True)
+        ),
+    )
+)
+def test_the_inline_fast_path_agrees_with_parse_line(line: str) -> None:
+    blocklist = sealed(line)
+    found = parse_line(line)
+    if found:
+        assert all(blocklist.match(name) for kind, name in found if kind == BLOCK)
+        assert blocklist.sources["list"] == len(found)
+    else:
+        assert len(blocklist) == 0 and blocklist.bad_lines == (found is False)

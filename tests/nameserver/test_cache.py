@@ -1,0 +1,109 @@
+"""Cache writes: what an upstream reply becomes in the cache (fill, cache; no I/O)."""
+
+from __future__ import annotations
+
+import math
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+
+from retreatkit.nameserver import fill, wire
+from retreatkit.nameserver import reply as replies
+from retreatkit.nameserver.cache import Cache
+from retreatkit.nameserver.fakes import Zone, make_query
+from retreatkit.nameserver.upstream import Answer, Upstream
+
+ZONE = Zone(
+    """
+$TTL 300
+@ SOA ns.test. hostmaster.test. 1 3600 600 86400 45
+www A 198.51.100.7
+cdn 3600 CNAME edge
+edge 60 A 198.51.100.8
+big 4294967295 A 198.51.100.9
+intranet A 10.1.2.3
+"""
+)
+UP = Upstream("192.0.2.53")
+
+
+def upstream_reply(name: str, rdtype: str = "A", **options: object) -> tuple[bytes, bytes]:
+    """(client query bytes, the upstream's reply bytes to our query for it)."""
+    client = make_query(name, rdtype, **options)
+    data = client.to_wire()
+    query = wire.parse(data)
+    assert query is not None
+    ours = dns.message.from_wire(wire.upstream_query(7, query.key))
+    return data, ZONE.answer(ours).to_wire()
+
+
+def store(name: str, rdtype: str = "A", rebind_ok: bool = False, **options: object):  # type: ignore[no-untyped-def]
+    data, raw = upstream_reply(name, rdtype, **options)
+    query = wire.parse(data)
+    assert query is not None
+    reply = replies.digest(raw, query.key[:-1])
+    cache = Cache(stale_for=600)
+    entry, dropped = fill.forwarded(cache, query, data, Answer(raw, reply, UP), rebind_ok, 100.0, 3)
+    answer = dns.message.from_wire(entry.template.render(query, data, 0))
+    return cache, entry, answer, dropped
+
+
+def test_positive_answer_ttls_and_windows() -> None:
+    _, entry, answer, _ = store("cdn.test")
+    assert [(r.rdtype, r.ttl) for r in answer.answer] == [(5, 3600), (1, 60)]
+    assert (entry.expires, entry.stale_until, entry.generation) == (160.0, 760.0, 3)
+    assert entry.targets == ("edge.test",)
+    assert not entry.own and entry.fresh_until(100.5) == 101.0
+
+
+def test_negative_answer_caches_for_the_soa_minimum() -> None:
+    _, entry, answer, _ = store("nothing.test")
+    assert answer.rcode() == dns.rcode.NXDOMAIN
+    assert entry.expires == 100.0 + 45  # RFC 2308: min(SOA TTL 300, MINIMUM 45)
+
+
+def test_a_ttl_with_the_top_bit_counts_as_zero() -> None:
+    _, entry, answer, _ = store("big.test")
+    assert answer.answer[0].ttl == 0 and entry.expires == 100.0  # RFC 2181 8
+
+
+def test_rebinding_drops_private_addresses_of_public_names() -> None:
+    _, _, answer, dropped = store("intranet.test")
+    assert dropped and not answer.answer
+    _, _, answer, dropped = store("intranet.test", rebind_ok=True)
+    assert not dropped and answer.answer[0][0].address == "10.1.2.3"
+
+
+def test_opt_is_ours_and_dnssec_bits_follow_the_client() -> None:
+    _, _, answer, _ = store("www.test", want_dnssec=True)
+    assert answer.edns == 0 and answer.payload == wire.UDP_PAYLOAD
+    assert answer.ednsflags & dns.flags.DO
+    _, _, plain, _ = store("www.test", use_edns=False)
+    assert plain.edns == -1 and not plain.flags & dns.flags.AA
+
+
+def test_own_answers_never_expire_and_flush_takes_every_variant() -> None:
+    cache = Cache()
+    for options in ({}, {"use_edns": False}, {"want_dnssec": True}):
+        data = make_query("gone.test", **options).to_wire()
+        query = wire.parse(data)
+        assert query is not None
+        response = dns.message.make_response(dns.message.from_wire(data))
+        response.answer.append(dns.rrset.from_text("gone.test.", 60, "IN", "A", "192.0.2.1"))
+        entry = fill.own(cache, query, response, 3, 1.0, 0)
+        assert entry.own and entry.expires == math.inf
+    other = wire.parse(make_query("sub.gone.test").to_wire())
+    assert other is not None
+    cache.put_own(other.key, entry.template, 3, 1.0, 0)
+    assert cache.flush("gone.test") == 3 and len(cache) == 1
+
+
+def test_the_oldest_goes_first_when_full() -> None:
+    cache = Cache(max_entries=2)
+    _, entry, _, _ = store("www.test")
+    for key in (b"a", b"b", b"c"):
+        cache.put(key, entry.template, 60, 0.0, 0)
+    assert list(cache.entries) == [b"b", b"c"]
+    assert cache.expire(1000.0) == 0 and cache.expire(100000.0) == 2

@@ -1,0 +1,44 @@
+"""Who may ask: the LAN's networks, the first refusal per network logged once."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from retreatkit.nameserver.fakes import UDPClient, Zone, resolver
+from retreatkit.nameserver.gate import Gate
+
+ZONE = Zone("$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nwww A 198.51.100.7\n")
+UP = ("192.0.2.53", 53)
+
+
+def test_lan_only_and_v4_mapped() -> None:
+    gate = Gate(["10.0.0.0/8", "fd00::/8"], 0)
+    assert gate.allowed("10.1.2.3") and gate.allowed("::ffff:10.1.2.3")
+    assert gate.allowed("fd00::5") and not gate.allowed("203.0.113.5")
+    assert not gate.allowed("not an address")
+
+
+async def test_first_refusal_per_network_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    r, upstream, _ = resolver({UP: ZONE.answer})
+    lan = UDPClient(r, networks=["10.0.0.0/8"])
+    with caplog.at_level(logging.WARNING, logger="retreatkit.nameserver"):
+        for client in ("203.0.113.5", "203.0.113.5", "203.0.113.77", "198.51.100.1"):
+            assert (await lan.ask("www.test", client=client)).rcode() == 5
+    assert [r.getMessage() for r in caplog.records] == [
+        "refusing queries from 203.0.113.0/24 (203.0.113.5): not in the LAN's networks; to"
+        ' answer it, add "203.0.113.0/24" to networks in [nameserver] of retreat.toml',
+        "refusing queries from 198.51.100.0/24 (198.51.100.1): not in the LAN's networks; to"
+        ' answer it, add "198.51.100.0/24" to networks in [nameserver] of retreat.toml',
+    ]
+    assert upstream.asked() == 0 and r.stats.counts[6] == 4
+
+
+async def test_over_the_rate_a_client_gets_truncated_answers() -> None:
+    r, _, _ = resolver({UP: ZONE.answer})
+    lan = UDPClient(r, rate=2)
+    answers = [await lan.ask("www.test") for _ in range(4)]
+    assert [bool(a.flags & 0x0200) for a in answers] == [False, False, True, True]
+    assert answers[-1].edns == 0  # TC keeps the OPT
+    assert r.stats.counts[7] == 2

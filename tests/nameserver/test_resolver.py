@@ -1,0 +1,195 @@
+"""The resolver in process: scripted upstreams, a manual clock, our UDP server in memory."""
+
+from __future__ import annotations
+
+import asyncio
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
+from retreatkit.nameserver.blocklist import Blocklist
+from retreatkit.nameserver.fakes import SILENT, Hold, UDPClient, Zone, make_query, resolver
+from retreatkit.nameserver.local import parse_record
+
+UP = ("192.0.2.53", 53)
+SECOND = ("192.0.2.54", 53)
+ZONE = Zone(
+    """
+$TTL 300
+@ SOA ns.test. hostmaster.test. 1 3600 600 86400 60
+www.example A 198.51.100.7
+www.example AAAA 2001:db8::7
+short.example 5 A 198.51.100.5
+cdn.example 3600 CNAME edge.example
+edge.example 60 A 198.51.100.8
+cloaked.example CNAME tracker.ads.example
+tracker.ads.example A 198.51.100.66
+sneaky.example A 10.9.9.9
+*.wild.example A 198.51.100.9
+""",
+)
+
+
+def blocklist(*names: str) -> Blocklist:
+    part = Blocklist()
+    part.add_lines("test", names)
+    return part.seal()
+
+
+def addresses(answer: dns.message.Message) -> list[str]:
+    return sorted(r.to_text() for rrset in answer.answer for r in rrset)
+
+
+async def test_forwards_caches_and_counts_every_path() -> None:
+    r, upstream, clock = resolver({UP: ZONE.answer})
+    lan = UDPClient(r)
+    assert addresses(await lan.ask("www.example.test")) == ["198.51.100.7"]
+    for _ in range(5):
+        assert addresses(await lan.ask("WWW.example.test")) == ["198.51.100.7"]
+    assert upstream.asked() == 1
+    counts = r.stats.counts
+    assert (counts[0], counts[1]) == (5, 1)  # cached, forwarded
+    r.set_policy(r.policy.with_blocklist(blocklist("www.example.test")))
+    for _ in range(3):
+        assert addresses(await lan.ask("www.example.test")) == ["0.0.0.0"]
+    r.tick(clock())
+    assert r.stats.counts[2] == 3  # every block counts, cached or not
+    assert r.stats.top("blocked") == [("www.example.test", 3)]
+    assert r.stats.top("domains") == [("www.example.test", 9)]
+
+
+async def test_a_policy_change_reaches_cached_answers_at_once() -> None:
+    r, _, _ = resolver({UP: ZONE.answer})
+    lan = UDPClient(r)
+    await lan.ask("www.example.test")
+    await lan.ask("www.example.test")  # now in the exact-bytes table too
+    r.set_policy(r.policy.with_blocklist(blocklist("example.test")))
+    assert addresses(await lan.ask("www.example.test")) == ["0.0.0.0"]
+    r.pause(300)
+    assert addresses(await lan.ask("www.example.test")) == ["198.51.100.7"]
+    r.pause(0)
+    assert addresses(await lan.ask("www.example.test")) == ["0.0.0.0"]
+
+
+async def test_a_pause_ends_on_its_own_for_the_next_query() -> None:
+    r, _, clock = resolver({UP: ZONE.answer})
+    lan = UDPClient(r)
+    r.set_policy(r.policy.with_blocklist(blocklist("www.example.test")))
+    r.pause(60)
+    assert addresses(await lan.ask("www.example.test")) == ["198.51.100.7"]
+    clock.advance(61)
+    assert addresses(await lan.ask("www.example.test")) == ["0.0.0.0"]
+    assert r.paused_until == 0
+
+
+async def test_cname_cloaking_is_blocked_then_and_later() -> None:
+    r, _, _ = resolver({UP: ZONE.answer})
+    lan = UDPClient(r)
+    assert addresses(await lan.ask("cdn.example.test")) == ["198.51.100.8", "edge.example.test."]
+    r.set_policy(r.policy.with_blocklist(blocklist("ads.example.test", "edge.example.test")))
+    assert addresses(await lan.ask("cloaked.example.test")) == ["0.0.0.0"]  # fresh
+    assert addresses(await lan.ask("cdn.example.test")) == ["0.0.0.0"]  # cached before
+    assert r.stats.cname_blocked == 2
+
+
+async def test_each_rrset_keeps_its_own_ttl() -> None:
+    r, _, clock = resolver({UP: ZONE.answer})
+    lan = UDPClient(r)
+    first = await lan.ask("cdn.example.test")
+    assert [(x.rdtype, x.ttl) for x in first.answer] == [(dns.rdatatype.CNAME, 3600), (1, 60)]
+    clock.advance(10)
+    later = await lan.ask("cdn.example.test")
+    assert [x.ttl for x in later.answer] == [3590, 50]
+
+
+async def test_stale_answer_then_the_late_refresh_is_kept() -> None:
+    slow = Hold(ZONE.answer(make_query("short.example.test")))
+    replies: list[object] = [ZONE.answer, lambda q: slow]
+
+    def script(query: dns.message.Message) -> object:
+        handler = replies.pop(0) if replies else ZONE.answer
+        return handler(query)  # type: ignore[operator]
+
+    r, upstream, clock = resolver({UP: script})  # type: ignore[dict-item]
+    lan = UDPClient(r)
+    assert (await lan.ask("short.example.test")).answer[0].ttl == 5
+    clock.advance(6)  # expired: the next ask refreshes, and gets stale meanwhile
+    lan.send(make_query("short.example.test"))
+    while not lan.transport.sent[1:]:  # the stale answer, while the refresh waits
+        await asyncio.sleep(0)
+    stale = dns.message.from_wire(lan.transport.sent[1][0])
+    assert stale.answer[0].ttl == 30  # RFC 8767
+    slow.released.set()
+    await lan.settle()
+    fresh = await lan.ask("short.example.test")
+    assert fresh.answer[0].ttl == 5
+    assert upstream.asked() == 2
+
+
+async def test_silent_upstream_fails_fast_once_known_down() -> None:
+    r, upstream, clock = resolver({UP: lambda q: SILENT})
+    lan = UDPClient(r)
+    for i in range(3):
+        assert (await lan.ask(f"n{i}.example.test")).rcode() == dns.rcode.SERVFAIL
+    assert upstream.asked() == 3
+    for i in range(20):  # known down: SERVFAIL at once, nothing sent
+        assert (await lan.ask(f"m{i}.example.test")).rcode() == dns.rcode.SERVFAIL
+    assert upstream.asked() == 3
+    clock.advance(30)  # the recheck is due: one probe, the rest still fail at once
+    assert (await lan.ask("probe.example.test")).rcode() == dns.rcode.SERVFAIL
+    assert (await lan.ask("after.example.test")).rcode() == dns.rcode.SERVFAIL
+    assert upstream.asked() == 4
+
+
+async def test_dnssec_bits_pass_through() -> None:
+    secure = Zone(ZONE.zone.to_text(), secure=True)
+    r, _, _ = resolver({UP: secure.answer})
+    lan = UDPClient(r)
+    with_do = await lan.ask("www.example.test", want_dnssec=True)
+    assert with_do.flags & dns.flags.AD and with_do.ednsflags & dns.flags.DO
+    plain = await lan.ask("www.example.test")
+    assert not plain.flags & dns.flags.AD and not plain.ednsflags & dns.flags.DO
+    cd = make_query("www.example.test")
+    cd.flags |= dns.flags.CD
+    lan.send(cd)
+    await lan.settle()
+    assert dns.message.from_wire(lan.transport.sent[-1][0]).flags & dns.flags.CD
+
+
+async def test_local_wildcard_chain_and_apex() -> None:
+    records = [
+        parse_record("laptop.retreat.lan=10.0.0.7"),
+        parse_record("docs.retreat.lan=cname:laptop.retreat.lan"),
+        parse_record("*.dev.retreat.lan=10.0.0.8"),
+    ]
+    r, upstream, _ = resolver({UP: ZONE.answer}, records=records)
+    lan = UDPClient(r)
+    assert addresses(await lan.ask("docs.retreat.lan")) == ["10.0.0.7", "laptop.retreat.lan."]
+    assert addresses(await lan.ask("x.dev.retreat.lan")) == ["10.0.0.8"]
+    ent = await lan.ask("retreat.lan")
+    assert ent.rcode() == dns.rcode.NOERROR and not ent.answer
+    missing = await lan.ask("nope.retreat.lan")
+    assert missing.rcode() == dns.rcode.NXDOMAIN
+    assert missing.authority[0].name.to_text() == "retreat.lan."
+    ptr = await lan.ask("1.0.0.127.in-addr.arpa", "PTR")
+    assert addresses(ptr) == ["localhost."]
+    assert upstream.asked() == 0
+
+
+async def test_failover_to_a_healthy_upstream() -> None:
+    r, upstream, _ = resolver({UP: lambda q: SILENT, SECOND: ZONE.answer})
+    lan = UDPClient(r)
+    for name in ("www", "short", "edge", "cdn"):
+        assert (await lan.ask(f"{name}.example.test")).answer
+    first, second = r.upstreams[""].servers
+    assert first.state() == "down" and second.state() == "up"
+    assert upstream.asked(UP) == 3 and upstream.asked(SECOND) == 4
+
+
+async def test_badvers() -> None:
+    r, _, _ = resolver({UP: ZONE.answer})
+    lan = UDPClient(r)
+    answer = await lan.ask("www.example.test", use_edns=1)
+    assert answer.rcode() == dns.rcode.BADVERS and answer.edns == 0

@@ -1,0 +1,103 @@
+"""TCP fairness with a manual clock: framing, deadlines only whole messages move, caps."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import dns.message
+
+from retreatkit.nameserver.fakes import ManualClock, Zone, make_query, resolver
+from retreatkit.nameserver.gate import LAN, Gate
+from retreatkit.nameserver.tcp import Connections, Framer, TCPServer
+
+ZONE = Zone("$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nwww A 198.51.100.7\n")
+UP = ("192.0.2.53", 53)
+
+
+class Stream:
+    """A stream transport in memory."""
+
+    def __init__(self, ip: str) -> None:
+        self.ip = ip
+        self.written = b""
+        self.closed = False
+        self.aborted = False
+
+    def get_extra_info(self, name: str) -> object:
+        return (self.ip, 40000) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def framed(name: str) -> bytes:
+    wire = make_query(name).to_wire()
+    return struct.pack(">H", len(wire)) + wire
+
+
+def test_framer_pipelining_and_a_deadline_only_whole_messages_move() -> None:
+    framer = Framer(now=0.0, idle=10.0)
+    two = framed("a.test") + framed("b.test")
+    assert len(framer.feed(two[:5], 1.0)) == 0
+    assert len(framer.feed(two[5:], 2.0)) == 2  # pipelined: both at once
+    assert framer.deadline == 12.0
+    trickle = framed("c.test")
+    for i, byte in enumerate(trickle[:-1]):  # a byte every 8 s: never a whole message
+        assert framer.feed(bytes([byte]), 3.0 + 8 * i) == []
+    assert framer.expired(12.0)
+
+
+async def test_connections_capped_per_address_and_swept_at_their_deadline() -> None:
+    r, _, _ = resolver({UP: ZONE.answer})
+    clock = ManualClock(0.0)
+    conns = Connections(clock, idle=10.0, limit=5, per_address=2)
+    gate = Gate(list(LAN), 0)
+
+    def connect(ip: str) -> tuple[TCPServer, Stream]:
+        server, stream = TCPServer(r, gate, conns), Stream(ip)
+        server.connection_made(stream)  # type: ignore[arg-type]
+        return server, stream
+
+    a1, _ = connect("10.0.0.1")
+    connect("10.0.0.1")
+    _, refused = connect("10.0.0.1")
+    assert refused.aborted and conns.refused == 1  # one host holds at most two
+    b, b_stream = connect("10.0.0.2")
+    assert not b_stream.aborted
+    b.data_received(framed("www.test"))
+    await asyncio.gather(*b.tasks)
+    (length,) = struct.unpack_from(">H", b_stream.written)
+    assert dns.message.from_wire(b_stream.written[2 : 2 + length]).answer
+    clock.advance(5)
+    a1.data_received(framed("www.test")[:4])  # a partial message buys no time
+    clock.advance(6)
+    assert conns.sweep(clock()) == 3  # a1, a2 and b: past their deadlines
+    assert len(conns.open) == 0 and not conns.by_address
+
+
+async def test_servers_never_share_connection_counts() -> None:
+    clock = ManualClock(0.0)
+    one, two = Connections(clock, per_address=1), Connections(clock, per_address=1)
+    r, _, _ = resolver({UP: ZONE.answer})
+    gate = Gate(list(LAN), 0)
+    for conns in (one, two):
+        server = TCPServer(r, gate, conns)
+        stream = Stream("10.0.0.1")
+        server.connection_made(stream)  # type: ignore[arg-type]
+        assert not stream.aborted  # the first connection of each server

@@ -1,0 +1,95 @@
+"""Upstream health with a manual clock: down after three failures, one probe when due."""
+
+from __future__ import annotations
+
+import asyncio
+
+import dns.message
+import dns.rcode
+import pytest
+
+from retreatkit.nameserver import wire
+from retreatkit.nameserver.errors import UpstreamFailed
+from retreatkit.nameserver.fakes import SILENT, FakeTransport, Hold, ManualClock, Zone, make_query
+from retreatkit.nameserver.upstream import RETRY_AFTER, Upstream, UpstreamSet
+
+ZONE = Zone("$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nwww A 198.51.100.7\n")
+A, B = ("192.0.2.1", 53), ("192.0.2.2", 53)
+
+
+def key(name: str = "www.test") -> bytes:
+    query = wire.parse(make_query(name).to_wire())
+    assert query is not None
+    return query.key
+
+
+def servfail(query: dns.message.Message) -> dns.message.Message:
+    answer = dns.message.make_response(query)
+    answer.set_rcode(dns.rcode.SERVFAIL)
+    return answer
+
+
+def upstreams(*scripts: object) -> tuple[UpstreamSet, FakeTransport, ManualClock]:
+    clock = ManualClock()
+    transport = FakeTransport(dict(zip((A, B), scripts, strict=False)))  # type: ignore[arg-type]
+    servers = [Upstream(h, p) for h, p in (A, B)[: len(scripts)]]
+    return UpstreamSet(servers, transport, clock), transport, clock
+
+
+async def test_three_failures_mark_it_down_then_one_probe_when_due() -> None:
+    group, transport, clock = upstreams(lambda q: SILENT)
+    for _ in range(3):
+        with pytest.raises(UpstreamFailed, match="no answer in time"):
+            await group.ask(key())
+    (up,) = group.servers
+    assert up.state() == "down" and up.last_error == "no answer in time"
+    with pytest.raises(UpstreamFailed, match="every upstream is down; the next check is in 30 s"):
+        await group.ask(key())
+    assert transport.asked() == 3
+    clock.advance(RETRY_AFTER)
+    hold = Hold(ZONE.answer(make_query("www.test")))
+    transport.scripts[A] = lambda q: hold
+    probe = asyncio.ensure_future(group.ask(key()))
+    await asyncio.sleep(0)
+    assert up.probing and transport.asked() == 4
+    with pytest.raises(UpstreamFailed, match="every upstream is down"):
+        await group.ask(key())  # one probe at a time: the others fail at once
+    assert transport.asked() == 4
+    hold.released.set()
+    await probe
+    assert up.state() == "up" and not up.probing and up.failures == 0
+
+
+async def test_servfail_fails_over_and_counts_against_the_upstream() -> None:
+    group, transport, _ = upstreams(servfail, ZONE.answer)
+    answer = await group.ask(key())
+    assert answer.upstream.address == "192.0.2.2:53"
+    first, second = group.servers
+    assert (first.errors, first.last_error, second.errors) == (1, "SERVFAIL", 0)
+    assert transport.asked(A) == 1 and transport.asked(B) == 1
+
+
+async def test_a_truncated_reply_is_asked_again_over_tcp() -> None:
+    big = Zone(
+        "$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\n"
+        + "".join(f"www A 198.51.100.{i}\n" for i in range(1, 120))
+    )
+    group, transport, _ = upstreams(big.answer)
+    answer = await group.ask(key())
+    assert answer.reply is not None and answer.reply.an == 119
+    assert transport.asked() == 2  # UDP (truncated), then TCP
+
+
+async def test_ids_come_from_the_random_source() -> None:
+    group, transport, _ = upstreams(ZONE.answer)
+    ids = iter([4711, 815])
+    group.random_id = lambda: next(ids)
+    await group.ask(key())
+    await group.ask(key())
+    assert [m.id for _, m in transport.sent] == [4711, 815]
+
+
+def test_no_upstream_configured() -> None:
+    group = UpstreamSet([], FakeTransport({}), ManualClock())
+    with pytest.raises(UpstreamFailed, match="no upstream configured"):
+        asyncio.run(group.ask(key()))
