@@ -156,7 +156,7 @@ def check_component(name: str) -> None:
     on the POSIX systems bob receives on: they are accepted, and shown so that an edge
     space is visible.
     """
-    why = _unsafe(name)
+    why = name_problem(name)
     if why is not None:
         shown = show_name(name)
         if len(shown) > 60:
@@ -164,7 +164,8 @@ def check_component(name: str) -> None:
         raise UnsafeOffer(f"unsafe name {shown}: {why}")
 
 
-def _unsafe(name: str) -> str | None:
+def name_problem(name: str) -> str | None:
+    """Why the receiver would refuse this name, or None."""
     if name in ("", ".", ".."):
         return "empty, '.' or '..'"
     if "/" in name or "\\" in name or "\0" in name:

@@ -9,9 +9,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retreatkit.transfer.errors import LocalProtocolError, TransferError, UnsafeOffer
+from retreatkit.transfer.errors import TransferError, UnsafeOffer
 from retreatkit.transfer.machine import Session
-from retreatkit.transfer.offer import Entry, Offer, check_component, escape
+from retreatkit.transfer.offer import (
+    Entry,
+    Offer,
+    check_component,
+    display_path,
+    escape,
+    name_problem,
+    show_name,
+)
 from retreatkit.transfer.records import RECORD_SIZE
 
 STDIN = "-"
@@ -30,6 +38,8 @@ class Sources:
 
 
 def collect(args: list[str]) -> Sources:
+    """Everything the user named, checked before a passphrase is shown: a name the
+    receiver would refuse, or a file or folder we cannot read, is found here."""
     entries: list[Entry] = []
     paths: list[Path | None] = []
     skipped: list[str] = []
@@ -42,9 +52,9 @@ def collect(args: list[str]) -> Sources:
             continue
         path = Path(arg)
         try:
-            st = path.stat()
+            st = path.stat()  # a symlink named here is followed, as cp and wormhole do
         except OSError as exc:
-            raise SourceError(f"cannot send {arg}: {exc.strerror}") from None
+            raise SourceError(f"cannot send {escape(arg)}: {exc.strerror}") from None
         name = path.resolve().name if path.name in ("", ".", "..") else path.name
         _check_local(name, arg)
         _add_top(tops, name)
@@ -52,10 +62,11 @@ def collect(args: list[str]) -> Sources:
             entries.append(Entry((name,), is_dir=True, size=0))
             _walk(path, (name,), entries, paths, skipped)
         elif stat.S_ISREG(st.st_mode):
+            _check_readable(path, arg)
             entries.append(_file_entry((name,), st))
-            paths.append(path)
+            paths.append(path.resolve())  # opened with O_NOFOLLOW: the link's target
         else:
-            raise SourceError(f"cannot send {arg}: not a file or folder")
+            raise SourceError(f"cannot send {escape(arg)}: not a file or folder")
     try:
         offer = Offer(entries=tuple(entries))
     except UnsafeOffer as exc:
@@ -65,7 +76,7 @@ def collect(args: list[str]) -> Sources:
 
 def _add_top(tops: set[str], name: str) -> None:
     if name in tops:
-        raise SourceError(f"two of the paths are named {escape(name)}; send them separately")
+        raise SourceError(f"two of the paths are named {show_name(name)}; send them separately")
     tops.add(name)
 
 
@@ -73,7 +84,14 @@ def _check_local(name: str, shown: str) -> None:
     try:
         check_component(name)
     except UnsafeOffer as exc:
-        raise SourceError(f"cannot send {escape(shown)}: {exc}") from None
+        raise SourceError(
+            f"cannot send {escape(shown)}: the receiver would refuse it ({exc})"
+        ) from None
+
+
+def _check_readable(path: Path | str, shown: str) -> None:
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"cannot send {escape(shown)}: Permission denied")
 
 
 def _file_entry(path: tuple[str, ...], st: os.stat_result) -> Entry:
@@ -87,25 +105,44 @@ def _walk(
     paths: list[Path | None],
     skipped: list[str],
 ) -> None:
-    # symlinks are skipped, never followed: a folder may point anywhere
-    with os.scandir(folder) as it:
-        children = sorted(it, key=lambda e: e.name)
+    # symlinks inside a folder are skipped, never followed: a folder may point anywhere
+    shown_folder = display_path(prefix)
+    try:
+        with os.scandir(folder) as it:
+            children = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        raise SourceError(f"cannot send {shown_folder}: {exc.strerror}") from None
     for child in children:
-        rel = (*prefix, child.name)
-        shown = "/".join(escape(p) for p in rel)
+        shown = f"{shown_folder}/{show_name(child.name)}"
         if child.is_symlink():
             skipped.append(f"{shown} (symlink)")
             continue
-        _check_local(child.name, shown)
-        st = child.stat(follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            entries.append(Entry(rel, is_dir=True, size=0))
-            _walk(Path(child.path), rel, entries, paths, skipped)
-        elif stat.S_ISREG(st.st_mode):
-            entries.append(_file_entry(rel, st))
-            paths.append(Path(child.path))
-        else:
+        try:
+            st = child.stat(follow_symlinks=False)
+        except OSError as exc:
+            raise SourceError(f"cannot send {shown}: {exc.strerror}") from None
+        is_dir, is_file = stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode)
+        if not (is_dir or is_file):
             skipped.append(f"{shown} (not a regular file)")
+            continue
+        rel = (*prefix, child.name)
+        # one odd name does not stop a whole folder: it is left out, and said so
+        why = name_problem(child.name)
+        if why is not None:
+            skipped.append(f"{shown} (the receiver would refuse the name: {why})")
+            continue
+        try:
+            entry = Entry(rel, is_dir=True, size=0) if is_dir else _file_entry(rel, st)
+        except UnsafeOffer as exc:
+            skipped.append(f"{shown} (the receiver would refuse it: {exc})")
+            continue
+        if is_dir:
+            entries.append(entry)
+            _walk(Path(child.path), rel, entries, paths, skipped)
+        else:
+            _check_readable(child.path, shown)
+            entries.append(entry)
+            paths.append(Path(child.path))
 
 
 def frames(session: Session, sources: Sources, compress: bool) -> Iterator[bytes]:
@@ -120,8 +157,8 @@ def frames(session: Session, sources: Sources, compress: bool) -> Iterator[bytes
                 if not chunk:
                     if remaining is None:
                         break
-                    raise LocalProtocolError(
-                        f"{escape(str(path))} shrank while being sent; send it again"
+                    raise SourceError(
+                        f"{display_path(entry.path)} shrank while being sent; send it again"
                     )
                 if remaining is not None:
                     remaining -= len(chunk)
