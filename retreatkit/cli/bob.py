@@ -279,12 +279,12 @@ async def recv(args: argparse.Namespace) -> int:
 class RecvReporter(ui.Reporter):
     def __init__(self, output: Path) -> None:
         super().__init__()
-        self.output = output
+        shown = escape(str(output))
+        self.prefix = "" if shown == "." else shown.rstrip("/") + "/"
         self.written: list[str] = []
 
     def saved(self, name: str) -> None:
-        shown = escape(str(self.output))
-        self.written.append(name if shown == "." else f"{shown.rstrip('/')}/{name}")
+        self.written.append(self.prefix + name)
 
     def text(self, text: str) -> None:
         out = sys.stdout.buffer

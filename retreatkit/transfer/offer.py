@@ -200,6 +200,8 @@ def check_path(path: tuple[str, ...]) -> None:
 
 def escape(name: str) -> str:
     """A name as it is safe to show on a terminal: control, format and bidi characters escaped."""
+    if name.isprintable() and "\\" not in name:  # nearly every name: no loop in Python
+        return name
     out = []
     for ch in name:
         if ch.isprintable() and ch != "\\":

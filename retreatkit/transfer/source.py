@@ -33,7 +33,7 @@ class SourceError(TransferError):
 @dataclass
 class Sources:
     offer: Offer
-    paths: list[Path | None]  # one per offered file, in order; None is stdin
+    paths: list[str | None]  # one per offered file, in order; None is stdin
     skipped: list[str] = field(default_factory=list)  # symlinks and special files
 
 
@@ -41,7 +41,7 @@ def collect(args: list[str]) -> Sources:
     """Everything the user named, checked before a passphrase is shown: a name the
     receiver would refuse, or a file or folder we cannot read, is found here."""
     entries: list[Entry] = []
-    paths: list[Path | None] = []
+    paths: list[str | None] = []
     skipped: list[str] = []
     tops: set[str] = set()
     for arg in args:
@@ -64,7 +64,7 @@ def collect(args: list[str]) -> Sources:
         elif stat.S_ISREG(st.st_mode):
             _check_readable(path, arg)
             entries.append(_file_entry((name,), st))
-            paths.append(path.resolve())  # opened with O_NOFOLLOW: the link's target
+            paths.append(str(path.resolve()))  # opened with O_NOFOLLOW: the link's target
         else:
             raise SourceError(f"cannot send {escape(arg)}: not a file or folder")
     try:
@@ -99,10 +99,10 @@ def _file_entry(path: tuple[str, ...], st: os.stat_result) -> Entry:
 
 
 def _walk(
-    folder: Path,
+    folder: str | Path,
     prefix: tuple[str, ...],
     entries: list[Entry],
-    paths: list[Path | None],
+    paths: list[str | None],
     skipped: list[str],
 ) -> None:
     # symlinks inside a folder are skipped, never followed: a folder may point anywhere
@@ -138,11 +138,11 @@ def _walk(
             continue
         if is_dir:
             entries.append(entry)
-            _walk(Path(child.path), rel, entries, paths, skipped)
+            _walk(child.path, rel, entries, paths, skipped)
         else:
             _check_readable(child.path, shown)
             entries.append(entry)
-            paths.append(Path(child.path))
+            paths.append(child.path)
 
 
 def frames(session: Session, sources: Sources, compress: bool) -> Iterator[bytes]:
@@ -170,7 +170,7 @@ def frames(session: Session, sources: Sources, compress: bool) -> Iterator[bytes
     yield session.end()
 
 
-def _open(path: Path) -> int:
+def _open(path: str) -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
