@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from rich.progress import (
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.offer import Entry, Offer, display_path, escape, show_name
 from retreatkit.transfer.receive import Writer
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def size(n: int | None) -> str:
@@ -139,7 +142,7 @@ def safe_text(text: str, stream: TextIO) -> bytes:
     try:
         return text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "replace")
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 class Reporter:
