@@ -102,7 +102,7 @@ def describe_offer(offer: Offer, writer: Writer, peer: str) -> list[str]:
                 else:
                     folders[path[: depth + 1]].add(entry)
                 break
-    lines = [f"Offer from {escape(peer)}: {files_phrase(offer)}"]
+    lines = [f"Offer from {peer}: {files_phrase(offer)}"]  # the adapter escaped the relay's text
     for entry in offer.entries:
         if len(entry.path) == 1:
             lines.append("  " + _entry_line(entry, writer, folders))

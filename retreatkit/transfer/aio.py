@@ -101,6 +101,13 @@ def in_thread(call: Callable[[], _T]) -> asyncio.Future[_T]:
     return future
 
 
+def _discard(future: asyncio.Future[_T]) -> None:
+    """Cancel a future we no longer wait for; an error it already holds was seen elsewhere."""
+    if future.done() and not future.cancelled():
+        future.exception()  # retrieved: asyncio does not log it as lost
+    future.cancel()
+
+
 class _Link:
     """A connection through the relay, carrying one Session."""
 
@@ -298,36 +305,50 @@ async def _send_session(
     if not event.accepted:
         raise Refused("the receiver declined the transfer")
     total = sources.offer.total_size
-    gen = source.frames(session, sources, compress)
+    producer = source.Producer(session, sources, compress)
     # read and seal the next batch in a thread while this one goes out
     # (OpenSSL and hashlib release the GIL)
-    pending = in_thread(lambda: source.batch(gen))
+    pending = in_thread(producer.fill)
     watcher = asyncio.ensure_future(link.event(session, None))
     try:
-        while True:
-            frames = await pending
-            if not frames:
+        more = True
+        while more:
+            # a source that waits (a quiet stdin) must not hide a receiver that left
+            either: set[asyncio.Future[object]] = {pending, watcher}  # type: ignore[arg-type]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if watcher.done() and not pending.done():
+                # result() raises PeerGone if the receiver gave up or went away; DONE
+                # means END went out with the last batch
+                if not isinstance(watcher.result(), Done):
+                    raise RemoteProtocolError("the receiver spoke out of turn")
                 break
-            pending = in_thread(lambda: source.batch(gen))
+            more = pending.result()
+            frames = producer.take()
+            if more:
+                pending = in_thread(producer.fill)
             link.write(frames)
             drain = asyncio.ensure_future(link.drain())
             await asyncio.wait({drain, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            # the receiver speaks once, after END: DONE; anything else ends the transfer
-            # (result() raises PeerGone with the receiver's reason, if it gave one)
             if watcher.done():
                 drain.cancel()  # DONE: everything arrived, nothing is left to drain
                 if not isinstance(watcher.result(), Done):
                     raise RemoteProtocolError("the receiver spoke out of turn")
-                continue
+                break
             await drain
             reporter.progress(session.bytes_done, total)
         async with asyncio.timeout(link.timeout):
             event = await asyncio.shield(watcher)
     except TimeoutError:
         raise PeerGone("the receiver did not confirm the transfer in time") from None
+    except (TransferError, asyncio.CancelledError):
+        # what was sealed must go out before the ABORT: its nonce comes after theirs
+        with contextlib.suppress(TransferError):
+            link.write(producer.stop())
+        raise
     finally:
-        watcher.cancel()
-        pending.cancel()
+        producer.stop()
+        _discard(watcher)
+        _discard(pending)
     if not isinstance(event, Done):
         raise RemoteProtocolError("the receiver did not acknowledge the transfer")
     reporter.progress(session.bytes_done, total)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,8 +147,9 @@ def _walk(
             paths.append(child.path)
 
 
-def frames(session: Session, sources: Sources, compress: bool) -> Iterator[bytes]:
-    """Every record the sender sends after the receiver accepted, in order."""
+def records(session: Session, sources: Sources, compress: bool) -> Iterator[Callable[[], bytes]]:
+    """Every record the sender sends after the receiver accepted, in order, each as the
+    call that seals it: reading happens here, sealing where the Producer says."""
     for entry, path in zip(sources.offer.files, sources.paths, strict=True):
         fd = sys.stdin.buffer.fileno() if path is None else _open(path)
         try:
@@ -162,12 +165,12 @@ def frames(session: Session, sources: Sources, compress: bool) -> Iterator[bytes
                     )
                 if remaining is not None:
                     remaining -= len(chunk)
-                yield session.send_data(chunk, compress)
+                yield functools.partial(session.send_data, chunk, compress)
         finally:
             if path is not None:
                 os.close(fd)
-        yield session.end_file()
-    yield session.end()
+        yield session.end_file
+    yield session.end
 
 
 def _open(path: str) -> int:
@@ -177,13 +180,47 @@ def _open(path: str) -> int:
         raise SourceError(f"cannot read {escape(str(path))}: {exc.strerror}") from None
 
 
-def batch(gen: Iterator[bytes], limit: int = 1 << 20) -> list[bytes]:
-    """Up to `limit` bytes of frames; empty when the generator is done."""
-    out: list[bytes] = []
-    size = 0
-    for item in gen:
-        out.append(item)
-        size += len(item)
-        if size >= limit:
-            break
-    return out
+class Stopped(Exception):
+    """The transfer ended while a batch was being made."""
+
+
+class Producer:
+    """Reads and seals the sender's records a batch ahead of the socket, in a thread.
+
+    Each record's nonce is the count of records sealed before it, so a record sealed
+    and never sent would make every later one (the ABORT saying why we stop) fail to
+    authenticate. Records are sealed under a lock; `stop()` ends the sealing and hands
+    back what was sealed and not yet taken, to go out before the ABORT.
+    """
+
+    def __init__(self, session: Session, sources: Sources, compress: bool) -> None:
+        self._records = records(session, sources, compress)
+        self._lock = threading.Lock()
+        self._sealed: list[bytes] = []
+        self._stopped = False
+
+    def fill(self, limit: int = 1 << 20) -> bool:
+        """Seal up to `limit` bytes of records (in a worker thread); False once done."""
+        size = 0
+        for seal in self._records:  # may block: reading a file, or a quiet stdin
+            with self._lock:
+                if self._stopped:
+                    raise Stopped
+                record = seal()
+                self._sealed.append(record)
+            size += len(record)
+            if size >= limit:
+                return True
+        return False
+
+    def take(self) -> list[bytes]:
+        with self._lock:
+            out, self._sealed = self._sealed, []
+        return out
+
+    def stop(self) -> list[bytes]:
+        """No more sealing; what was sealed and not taken yet."""
+        with self._lock:
+            self._stopped = True
+            out, self._sealed = self._sealed, []
+        return out
