@@ -48,8 +48,12 @@ def _count_phrase(count: int, total: int | None) -> str:
 
 
 def text_size(text: str) -> int:
-    # lone surrogates (from argv or a hostile peer) count as the bytes they travel as
-    return len(text.encode("utf-8", "surrogatepass"))
+    """Bytes of the text: a byte argv could not decode (U+DC80..U+DCFF) counts as itself,
+    any other lone surrogate as the three bytes it travels as."""
+    try:
+        return len(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return len(text.encode("utf-8", "surrogatepass"))
 
 
 def describe_send(offer: Offer) -> str:

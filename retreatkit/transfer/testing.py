@@ -97,9 +97,12 @@ class Peer:
         return event.offer
 
     def seal(self, kind: Kind, body: bytes) -> None:
-        """A record the session would not send: its type and body are the test's."""
-        assert self.session._sealer is not None
-        self.sock.sendall(self.session._sealer.seal(kind, body))
+        """A record the session would not send: its type and body are the test's, even
+        after a final record."""
+        sealer = self.session._sealer
+        assert sealer is not None
+        sealer.closed = False
+        self.sock.sendall(sealer.seal(kind, body))
 
     def close(self) -> None:
         self.sock.close()

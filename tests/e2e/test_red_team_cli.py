@@ -11,6 +11,8 @@ import contextlib
 import fcntl
 import os
 import pty
+import re
+import resource
 import select
 import signal
 import socket
@@ -27,6 +29,7 @@ from retreatkit.testing import Process, RelayProcess, bob_argv, start_relay
 from retreatkit.transfer.codes import Code, parse
 from retreatkit.transfer.offer import Entry, Offer
 from retreatkit.transfer.pake import Side
+from retreatkit.transfer.records import Kind
 from retreatkit.transfer.testing import Peer, fake_relay, sender_over
 
 pytestmark = pytest.mark.e2e
@@ -301,7 +304,11 @@ def test_04_a_killed_receiver(relay: RelayProcess, home: dict[str, str], out: Pa
         until(lambda: receiving(out), "data arrives")
         receiver.popen.kill()
         code, lines = finished(sender)
-    assert (code, lines[-1]) == (1, "ERROR: the other side closed the connection")
+    assert code == 1
+    assert lines[-1] in (  # a FIN, or a RST when the relay closes with bytes unread
+        "ERROR: the other side closed the connection",
+        "ERROR: the connection broke: Connection reset by peer",
+    )
     receiver.stop()
 
 
@@ -458,3 +465,281 @@ def read_until(fd: int, marker: bytes) -> bytes:
         except OSError:  # the other end closed
             raise AssertionError(f"terminal closed before {marker!r}; saw {seen!r}") from None
     return seen
+
+
+# -- 7. sender-side failures ------------------------------------------------------------------
+
+
+def test_07_an_empty_folder_and_a_symlink_named_on_the_command_line_arrive(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path, out: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "real.txt").write_text("hi")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "real.txt")
+    sender = send(relay, home, str(tmp_path / "empty"), str(tmp_path / "link.txt"))
+    assert sender.seen[0] == "Sending 1 file (2 bytes)"
+    got = recv(relay, home, "--yes", "-o", str(out), passphrase(sender))
+    assert finished(sender)[0] == got.returncode == 0, err(got)
+    assert (out / "empty").is_dir() and not (out / "link.txt").is_symlink()
+    assert (out / "link.txt").read_text() == "hi"
+    sender = send(relay, home, str(tmp_path / "empty"))
+    assert sender.seen[0] == "Sending 0 files (0 bytes) in folder 'empty'"
+    got = recv(relay, home, "--yes", "-o", str(out), passphrase(sender))
+    assert finished(sender)[0] == got.returncode == 0, err(got)
+    assert (out / "empty (1)").is_dir()
+
+
+def without_root_powers() -> tuple[str, ...]:
+    """As root, permission bits bind only without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH."""
+    if not ROOT:
+        return ()
+    caps = "-dac_override,-dac_read_search"
+    return ("setpriv", "--inh-caps", caps, "--bounding-set", caps, "--")
+
+
+def test_07_unreadable_folders_and_files_fail_before_the_passphrase(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    (tree / "secret").mkdir(parents=True)
+    (tree / "ok.txt").write_text("fine")
+    (tree / "secret").chmod(0)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "diary.txt").write_text("dear diary")
+    (locked / "diary.txt").chmod(0)
+    try:
+        for path, said in ((tree, "tree/secret"), (locked, "locked/diary.txt")):
+            sender = bob(
+                home, "send", "--relay", relay.address, str(path), prefix=without_root_powers()
+            )
+            code, lines = finished(sender)
+            assert (code, lines) == (1, [f"ERROR: cannot send {said}: Permission denied"])
+    finally:
+        (tree / "secret").chmod(0o755)
+
+
+def test_07_names_the_receiver_would_refuse_are_said_and_left_out(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path, out: Path
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("ok.txt", "a:b.txt", "esc\x1b[2J"):
+        (tree / name).write_text("x")
+    sender = send(relay, home, str(tree))
+    assert sender.seen[:3] == [
+        "Skipping tree/a:b.txt (the receiver would refuse the name: looks like a drive letter)",
+        "Skipping tree/esc\\x1b[2J (the receiver would refuse the name:"
+        " contains a control character or line break)",
+        "Sending 1 file (1 byte) in folder 'tree'",
+    ]
+    got = recv(relay, home, "--yes", "-o", str(out), passphrase(sender))
+    assert finished(sender)[0] == got.returncode == 0, err(got)
+    assert os.listdir(out / "tree") == ["ok.txt"]
+
+    sender = bob(home, "send", "--relay", relay.address, str(tree / "a:b.txt"))
+    assert finished(sender) == (
+        1,
+        [
+            f"ERROR: cannot send {tree}/a:b.txt: the receiver would refuse it"
+            " (unsafe name a:b.txt: looks like a drive letter)"
+        ],
+    )
+
+
+# -- 8. names with controls and bidi overrides ------------------------------------------------
+
+
+def test_08_an_offer_naming_control_characters_is_refused(
+    relay: RelayProcess, home: dict[str, str], out: Path
+) -> None:
+    code = Code("4242", ("alpha", "abandon"))
+    peer = Peer((relay.host, relay.port), code)
+    assert peer.line() == b"ok 4242\n"
+    receiver = bob(home, "recv", "--relay", relay.address, "--yes", "-o", str(out), str(code))
+    try:
+        assert peer.line().startswith(b"paired ")
+        peer.handshake()
+        encoded = Offer(entries=(Entry(("x",), size=1),)).encode()
+        evil = encoded[4:].replace(b'"x"', b'"\\u001b[2J\\u202e.txt"')
+        peer.seal(Kind.OFFER, len(evil).to_bytes(4, "big") + evil)
+        status, lines = finished(receiver)
+    finally:
+        peer.close()
+        receiver.stop()
+    assert (status, lines) == (
+        1,
+        ["ERROR: unsafe name \\x1b[2J\\u202e.txt: contains a control character or line break"],
+    )
+    assert list(out.iterdir()) == []
+
+
+# -- 9. a lone surrogate crashes a piped receiver ---------------------------------------------
+
+
+def test_09_text_with_an_undecodable_byte_reaches_a_pipe(
+    relay: RelayProcess, home: dict[str, str]
+) -> None:
+    sender = send(relay, home, "--text", b"caf\xe9 au lait")
+    assert sender.seen[0] == "Sending text message (12 bytes)"
+    got = recv(relay, home, passphrase(sender))
+    assert finished(sender)[0] == got.returncode == 0, err(got)
+    assert got.stdout == b"caf\xe9 au lait\n"  # the byte as it was, into the pipe
+
+
+# -- 10. the passphrase in ps, and a guessable one --------------------------------------------
+
+
+def test_10_a_chosen_passphrase_stays_out_of_ps_and_off_the_screen(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path, out: Path
+) -> None:
+    (tmp_path / "f").write_text("x")
+    chosen = "12-our-own-words"
+    sender = send(relay, home, str(tmp_path / "f"), BOB_PASSPHRASE=chosen)
+    argv = Path(f"/proc/{sender.pid}/cmdline").read_bytes()
+    assert b"own-words" not in argv and b"our" not in argv
+    got = recv(relay, home, "--yes", "-o", str(out), chosen)
+    code, lines = finished(sender)
+    assert (code, got.returncode) == (0, 0)
+    assert lines[1:5] == [
+        "Passphrase: yours, on nameplate 12 (its words are not shown)",
+        "On the other computer, please run:",
+        "",
+        f"bob recv --relay {relay.address}",
+    ]
+    assert not any(words in line for line in lines for words in ("our-own", "own-words"))
+
+
+def test_10_a_passphrase_in_argv_or_easy_to_guess_is_refused(home: dict[str, str]) -> None:
+    argv = bob(home, "send", "--passphrase", "12-our-own-words", "--text", "x")
+    assert finished(argv) == (
+        2,
+        [
+            "bob: a passphrase on the command line shows in ps to everyone on this computer"
+            " while bob waits; set BOB_PASSPHRASE instead"
+        ],
+    )
+    weak = bob(home, "send", "--text", "x", BOB_PASSPHRASE="5-a-b")
+    assert finished(weak) == (
+        2,
+        [
+            "bob: the passphrase in BOB_PASSPHRASE is too easy to guess (about 9 bits; a"
+            " generated one has 22): use longer words, or unset it and let bob choose"
+        ],
+    )
+
+
+# -- 11. the relay held full; the open-file limit ---------------------------------------------
+
+
+def test_11_the_relay_raises_its_open_file_limit(tmp_path: Path) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(256, hard)
+    argv = ["prlimit", f"--nofile={low}:", "--", *bob_argv("relay", "--listen", "127.0.0.1:0")]
+    proc = Process.start([*argv, "--admin", "127.0.0.1:0"])
+    try:
+        proc.wait_for(r"^Admin on ")
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+    finally:
+        proc.stop()
+    line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+    assert line.split()[3:5] == [str(hard), str(hard)]
+
+
+def test_11_waiting_senders_are_capped_per_address(relay: RelayProcess) -> None:
+    with contextlib.ExitStack() as stack:
+
+        def sender(source: str) -> bytes:
+            sock = stack.enter_context(socket.socket())
+            sock.settimeout(TIMEOUT)
+            sock.bind((source, 0))
+            sock.connect((relay.host, relay.port))
+            sock.sendall(b"bob/1 send\n")
+            return sock.makefile("rb").readline()
+
+        assert all(re.match(rb"^ok \d+\n$", sender("127.0.0.1")) for _ in range(20))
+        assert sender("127.0.0.1") == b"error too many senders waiting from 127.0.0.1\n"
+        assert re.match(rb"^ok \d+\n$", sender("127.0.0.2"))
+
+
+# -- 12 and 13. a disk that fills; what the sender is told ------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real file system of 8 MiB, mounted for the test (root only)."""
+    if not ROOT:
+        pytest.skip("mounting a small file system needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_12_a_stream_that_would_fill_the_disk_is_stopped(
+    relay: RelayProcess, home: dict[str, str], small_disk: Path
+) -> None:
+    sender = send(relay, home, "-", stdin=subprocess.PIPE)
+    receiver = bob(
+        home, "recv", "--relay", relay.address, "--yes", "-o", str(small_disk), passphrase(sender)
+    )
+    with feeding(sender):
+        code, lines = finished(receiver)
+        assert code == 1 and re.fullmatch(
+            r"ERROR: stdin went over \d+ bytes, all this receiver takes", lines[-1]
+        ), lines
+        status, said = finished(sender)
+    assert (status, said[-1]) == (
+        1,
+        "ERROR: the other side gave up: the stream is larger than the receiver can take",
+    )
+    assert list(small_disk.iterdir()) == []
+    free = os.statvfs(small_disk)
+    assert free.f_bavail * free.f_frsize > 0  # nothing filled it
+
+
+def test_12_empty_records_and_records_after_end_are_refused(
+    relay: RelayProcess, home: dict[str, str], out: Path
+) -> None:
+    for nameplate, records in (
+        ("31", [(Kind.DATA, b"")]),
+        ("32", [(Kind.DATA, b"x"), (Kind.FILE_END, SHA_X), (Kind.END, b""), (Kind.DATA, b"y")]),
+    ):
+        code = Code(nameplate, ("alpha", "abandon"))
+        peer = Peer((relay.host, relay.port), code)
+        assert peer.line() == f"ok {nameplate}\n".encode()
+        receiver = bob(home, "recv", "--relay", relay.address, "--yes", "-o", str(out), str(code))
+        try:
+            assert peer.line().startswith(b"paired ")
+            peer.handshake()
+            assert peer.offer(Offer(entries=(Entry((f"f{nameplate}",), size=1),)))
+            for kind, body in records:
+                peer.seal(kind, body)
+            status, lines = finished(receiver)
+        finally:
+            peer.close()
+            receiver.stop()
+        expected = "an empty data record" if nameplate == "31" else "data after its final record"
+        assert status == 1 and lines[-1] == f"ERROR: the sender sent {expected}", lines
+
+
+SHA_X = bytes.fromhex("2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881")
+
+
+def test_13_the_sender_hears_what_failed_not_where(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path, small_disk: Path
+) -> None:
+    big = tmp_path / "big.iso"
+    big.write_bytes(bytes(9 << 20))
+    sender = send(relay, home, str(big))
+    got = recv(relay, home, "--yes", "-o", str(small_disk), passphrase(sender))
+    code, lines = finished(sender)
+    assert (code, got.returncode) == (1, 1)
+    assert re.fullmatch(
+        r"ERROR: not enough space: 9437184 bytes offered, \d+ free in the output folder",
+        err(got)[-1],
+    )
+    assert lines[-1] == "ERROR: the other side gave up: the receiver has not enough free space"
