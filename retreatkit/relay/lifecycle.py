@@ -37,7 +37,7 @@ class Phase(enum.Enum):
 class Ending(enum.Enum):
     """How a connection ended, in the words docs/operations.md explains."""
 
-    FINISHED = "finished"  # paired past the key exchange, then a peer closed
+    COMPLETED = "completed"  # paired past the key exchange, then a peer closed
     KEY_EXCHANGE_FAILED = "key exchange failed"  # paired, closed before the key was confirmed
     IDLE_TIMEOUT = "idle timeout"  # paired, and no byte either way for idle_timeout
     WAIT_TIMEOUT = "wait timeout"  # a sender no receiver came for in wait_timeout
@@ -196,7 +196,7 @@ class RelayCore:
         if phase is Phase.CLOSED:
             return []
         if phase is Phase.PAIRED:
-            return self._unpair(conn, Ending.FINISHED)
+            return self._unpair(conn, Ending.COMPLETED)
         ending = Ending.SENDER_LEFT if phase is Phase.WAITING else Ending.LEFT_EARLY
         return self._close(conn, ending)
 
@@ -259,9 +259,9 @@ class RelayCore:
             receiver = peer if conn.sender else conn
             self.matcher.failed(receiver.ip)
             self.handshakes_failed += 1
-            if ending is Ending.FINISHED:
+            if ending is Ending.COMPLETED:
                 ending = Ending.KEY_EXCHANGE_FAILED
-        elif ending is Ending.FINISHED:
+        elif ending is Ending.COMPLETED:
             self.transfers_completed += 1
         transfer.ended = ending
         transfer.duration = self.clock() - transfer.started

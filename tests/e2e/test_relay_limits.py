@@ -34,7 +34,7 @@ TIMER_SLACK = 0.05  # the relay's loop keeps time in whole milliseconds, cached 
 OK = re.compile(rb"^ok ([0-9]{1,6})\n$")
 PAIRED = re.compile(rb"^paired 127\.0\.0\.1:([0-9]+)\n$")
 ENDINGS = (
-    "finished", "key exchange failed", "idle timeout", "wait timeout", "sender left",
+    "completed", "key exchange failed", "idle timeout", "wait timeout", "sender left",
     "no sender", "refused", "bad request", "handshake timeout", "left early", "relay stopped",
 )  # fmt: skip
 
@@ -327,7 +327,7 @@ class Storm:
             await until_eof(a_reader)
 
         # a sender that spoke got past a key exchange, for all the relay can tell
-        await self._paired(i, body, "key exchange failed" if i % 2 else "finished")
+        await self._paired(i, body, "key exchange failed" if i % 2 else "completed")
 
     async def pair_then_rst(self, i: int) -> None:
         async def body(i: int, *sides: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
@@ -339,7 +339,7 @@ class Storm:
             rst(a_writer)  # RST mid-stream: the relay must close the other side too
             await until_eof(b_reader)
 
-        await self._paired(i, body, "finished")
+        await self._paired(i, body, "completed")
 
     async def run(self, per_kind: int, pairs_per_kind: int, concurrency: int) -> None:
         singles: list[Callable[[int], Awaitable[None]]] = [
@@ -581,4 +581,4 @@ def test_pair_forwards_bytes_both_ways_unchanged_and_counts_them(
         done = quiet(relay)
         assert done["bytes_relayed"] == len(up) + len(down)
         assert done["transfers_completed"] == 1
-        assert endings(done) == {"finished": 2}
+        assert endings(done) == {"completed": 2}

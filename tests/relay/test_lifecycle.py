@@ -191,7 +191,7 @@ def test_who_left_when() -> None:
 # -- pairs: what the relay can tell from byte counts -----------------------------------------
 
 
-def test_pair_past_the_key_exchange_is_finished_and_refunds_the_join() -> None:
+def test_pair_past_the_key_exchange_is_completed_and_refunds_the_join() -> None:
     r = Relay()
     sender, receiver = r.pair()
     r.core.forwarded(sender, 37)
@@ -201,7 +201,7 @@ def test_pair_past_the_key_exchange_is_finished_and_refunds_the_join() -> None:
     r.core.forwarded(sender, 1)  # a byte past PAKE and CONFIRM: the OFFER
     assert sender.transfer.confirmed  # type: ignore[union-attr]
     actions = r.core.lost(receiver)
-    assert closed(actions) == [Ending.FINISHED, Ending.FINISHED]
+    assert closed(actions) == [Ending.COMPLETED, Ending.COMPLETED]
     assert (r.core.transfers_completed, r.core.handshakes_failed) == (1, 0)
     assert r.core.bytes_relayed == HANDSHAKE_BYTES + 1 + 73
     assert r.core.matcher._buckets["10.0.0.2"].tokens == 2  # the join's token came back
@@ -291,7 +291,7 @@ def test_status_section_fields() -> None:
         "recent": [],
     }
     r.core.lost(sender)
-    assert status.transfers(r.core)["recent"][0]["ended"] == "finished"
+    assert status.transfers(r.core)["recent"][0]["ended"] == "completed"
 
 
 def test_transfer_lists_are_bounded() -> None:
