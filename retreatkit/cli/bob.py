@@ -301,12 +301,14 @@ class Lines:
     def __init__(self) -> None:
         self._buf = b""
         self._eof = False
+        self._worker: aio.Worker | None = None
 
     async def ask(self, prompt: str) -> str | None:
         """The next line after showing `prompt` on stderr; None at end of input."""
         print(prompt, end="", file=sys.stderr, flush=True)
         while b"\n" not in self._buf and not self._eof:
-            chunk = await aio.in_thread(lambda: os.read(0, 4096))
+            self._worker = self._worker or aio.Worker()
+            chunk = await self._worker.run(lambda: os.read(0, 4096))
             self._eof = not chunk
             self._buf += chunk
         if not self._buf:

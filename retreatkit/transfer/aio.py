@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -75,30 +76,41 @@ class Reporter(Protocol):
 Confirm = Callable[[Offer, Writer | None, str], Awaitable[bool]]
 
 
-def in_thread(call: Callable[[], _T]) -> asyncio.Future[_T]:
-    """`call()` in a daemon thread: a read that never returns (a silent stdin) cannot
-    hold the process at exit the way asyncio.to_thread's pool does."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[_T] = loop.create_future()
+class Worker:
+    """Calls run one at a time in a daemon thread of their own: a call that never returns
+    (a read from a quiet stdin) cannot hold the process at exit the way asyncio.to_thread's
+    pool does, and one thread for many calls costs less than a thread each."""
 
-    def settle(result: _T | None, exc: BaseException | None) -> None:
-        if future.done():
-            return
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, daemon=True).start()
 
-    def run() -> None:
-        try:
-            result, exc = call(), None
-        except BaseException as caught:  # handed to the loop, raised where it is awaited
-            result, exc = None, caught
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(settle, result, exc)
+    def _serve(self) -> None:
+        while True:
+            self._jobs.get()()
 
-    threading.Thread(target=run, daemon=True).start()
-    return future
+    def run(self, call: Callable[[], _T]) -> asyncio.Future[_T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+
+        def settle(result: _T | None, exc: BaseException | None) -> None:
+            if future.done():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+        def job() -> None:
+            try:
+                result, exc = call(), None
+            except BaseException as caught:  # handed to the loop, raised where it is awaited
+                result, exc = None, caught
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(settle, result, exc)
+
+        self._jobs.put(job)
+        return future
 
 
 def _discard(future: asyncio.Future[_T]) -> None:
@@ -308,7 +320,8 @@ async def _send_session(
     producer = source.Producer(session, sources, compress)
     # read and seal the next batch in a thread while this one goes out
     # (OpenSSL and hashlib release the GIL)
-    pending = in_thread(producer.fill)
+    worker = Worker()
+    pending = worker.run(producer.fill)
     watcher = asyncio.ensure_future(link.event(session, None))
     try:
         more = True
@@ -325,7 +338,7 @@ async def _send_session(
             more = pending.result()
             frames = producer.take()
             if more:
-                pending = in_thread(producer.fill)
+                pending = worker.run(producer.fill)
             link.write(frames)
             drain = asyncio.ensure_future(link.drain())
             await asyncio.wait({drain, watcher}, return_when=asyncio.FIRST_COMPLETED)
