@@ -288,10 +288,16 @@ class RecvReporter(ui.Reporter):
 
     def text(self, text: str) -> None:
         out = sys.stdout.buffer
-        out.write(ui.safe_text(text, sys.stdout))
-        if not text.endswith("\n"):
-            out.write(b"\n")
-        out.flush()
+        try:
+            out.write(ui.safe_text(text, sys.stdout))
+            if not text.endswith("\n"):
+                out.write(b"\n")
+            out.flush()
+        except OSError as exc:
+            # a reader that went away (`| head`): say so once, and let the exit's own
+            # flush of stdout find nothing to complain about (Python's signal docs)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise TransferError(f"cannot write the text: {exc.strerror or exc}") from None
 
 
 class Lines:
