@@ -17,6 +17,7 @@ import select
 import signal
 import socket
 import subprocess
+import tempfile
 import termios
 import threading
 import time
@@ -198,30 +199,33 @@ def test_01_yes_refuses_hidden_top_level_names_and_the_prompt_shows_them(
 
 
 def test_02_a_hundred_thousand_entries_through_the_relay(
-    relay: RelayProcess, home: dict[str, str], tmp_path: Path, out: Path
+    relay: RelayProcess, home: dict[str, str]
 ) -> None:
     """The most an offer may hold (100 000 entries: a folder and 99 999 small files).
     Quadratic costs made this take about an hour; linear ones take seconds."""
-    many = tmp_path / "src" / "many"
-    many.mkdir(parents=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    for i in range(99_999):
-        fd = os.open(many / f"{i:05}", flags, 0o644)
-        os.write(fd, b"%d\n" % i)
-        os.close(fd)
-    sender = send(relay, home, str(many))
-    assert sender.seen[0] == "Sending 99999 files (588.9 kB) in folder 'many'"
-    got = recv(relay, home, "--yes", "-o", str(out), passphrase(sender))
-    code, _ = finished(sender)
-    assert (code, got.returncode) == (0, 0), err(got)
-    assert err(got) == [
-        f"Offer from {err(got)[0].split()[2]} 99999 files (588.9 kB)",
-        "  many/  99999 files (588.9 kB)",
-        f"Received 99999 files into: {out}",
-    ]
-    received = sorted(os.listdir(out / "many"))
-    assert len(received) == 99_999 and received[-1] == "99998"
-    assert (out / "many" / "12345").read_bytes() == b"12345\n"
+    # not under pytest's tmp_path, which other tests walk: 200 000 files are removed here
+    with tempfile.TemporaryDirectory(prefix="rkbob-") as scratch:
+        many, out = Path(scratch) / "src" / "many", Path(scratch) / "out"
+        many.mkdir(parents=True)
+        out.mkdir()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        for i in range(99_999):
+            fd = os.open(many / f"{i:05}", flags, 0o644)
+            os.write(fd, b"%d\n" % i)
+            os.close(fd)
+        sender = send(relay, home, str(many))
+        assert sender.seen[0] == "Sending 99999 files (588.9 kB) in folder 'many'"
+        got = recv(relay, home, "--yes", "-o", str(out), passphrase(sender))
+        code, _ = finished(sender)
+        assert (code, got.returncode) == (0, 0), err(got)
+        assert err(got) == [
+            f"Offer from {err(got)[0].split()[2]} 99999 files (588.9 kB)",
+            "  many/  99999 files (588.9 kB)",
+            f"Received 99999 files into: {out}",
+        ]
+        received = sorted(os.listdir(out / "many"))
+        assert len(received) == 99_999 and received[-1] == "99998"
+        assert (out / "many" / "12345").read_bytes() == b"12345\n"
 
 
 # -- 3. nameplate sniping ---------------------------------------------------------------------
