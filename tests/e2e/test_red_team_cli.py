@@ -156,6 +156,20 @@ def feeding(proc: Process, chunk: int = 1 << 20) -> Iterator[None]:
         stop.set()
 
 
+@contextlib.contextmanager
+def scratch_disk(size: str) -> Iterator[Path]:
+    """A tmpfs of `size` as root (gone with everything on it at umount), else a folder."""
+    with tempfile.TemporaryDirectory(prefix="rkbob-") as folder:
+        if not ROOT:
+            yield Path(folder)
+            return
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder], check=True)
+        try:
+            yield Path(folder)
+        finally:  # lazily: a process that failed may still hold a file open
+            subprocess.run(["umount", "--lazy", folder], check=True)
+
+
 # -- 1. hidden files land unseen --------------------------------------------------------------
 
 
@@ -203,9 +217,9 @@ def test_02_a_hundred_thousand_entries_through_the_relay(
 ) -> None:
     """The most an offer may hold (100 000 entries: a folder and 99 999 small files).
     Quadratic costs made this take about an hour; linear ones take seconds."""
-    # not under pytest's tmp_path, which other tests walk: 200 000 files are removed here
-    with tempfile.TemporaryDirectory(prefix="rkbob-") as scratch:
-        many, out = Path(scratch) / "src" / "many", Path(scratch) / "out"
+    # in memory where possible, and not under pytest's tmp_path, which other tests walk
+    with scratch_disk("1g") as scratch:  # a small file takes a 4 KiB page: 2 x 400 MiB
+        many, out = scratch / "src" / "many", scratch / "out"
         many.mkdir(parents=True)
         out.mkdir()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -670,17 +684,12 @@ def test_11_waiting_senders_are_capped_per_address(relay: RelayProcess) -> None:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
+def small_disk() -> Iterator[Path]:
     """A real file system of 8 MiB, mounted for the test (root only)."""
     if not ROOT:
         pytest.skip("mounting a small file system needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=True)
-    try:
+    with scratch_disk("8m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_12_a_stream_that_would_fill_the_disk_is_stopped(
