@@ -17,7 +17,7 @@ import pytest
 
 from retreatkit.cli import ui
 from retreatkit.relay import wire
-from retreatkit.transfer import aio, codes, records, source
+from retreatkit.transfer import aio, codes, link, records, source
 from retreatkit.transfer.errors import (
     LocalProtocolError,
     OverLimit,
@@ -125,9 +125,9 @@ def test_04_closed_connection_is_a_clean_error_not_a_runtime_error() -> None:
         def is_closing(self) -> bool:
             return True
 
-    link = aio._Link(None, Closed(), 1.0)  # type: ignore[arg-type]
+    closed = link.Link(None, Closed(), 1.0)  # type: ignore[arg-type]
     with pytest.raises(aio.PeerGone, match="the connection broke"):
-        link.write([b"x"])
+        closed.write([b"x"])
 
 
 # -- 5. the relay's text reaches the terminal raw ---------------------------------------------
@@ -139,7 +139,7 @@ async def test_05_relay_lines_are_escaped_and_checked() -> None:
         reader.feed_data(line)
         reader.feed_eof()
         with pytest.raises(aio.RelayError) as info:
-            await aio._Link(reader, None, 1.0).line(1.0, expect)  # type: ignore[arg-type]
+            await link.Link(reader, None, 1.0).line(1.0, expect)  # type: ignore[arg-type]
         return str(info.value)
 
     said = await relay_says(b"error \x1b]0;owned\x07\x1b[2J gone\n")
