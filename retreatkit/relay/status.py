@@ -6,6 +6,7 @@ import datetime
 from typing import Any
 
 from retreatkit.relay.lifecycle import LISTED, Ending, RelayCore, Transfer
+from retreatkit.relay.matching import ATTACKED
 
 FULL = 0.9  # of the waiting limit: warn the organiser before senders are turned away
 
@@ -35,9 +36,9 @@ def own_warnings(core: RelayCore) -> list[str]:
             f"{waiting} senders are waiting and the limit is {limit}:"
             " new senders are turned away when it is reached (raise [relay] waiting)"
         )
-    guesser = core.matcher.top_guesser()
     failures = core.matcher.recent_failures()
-    if guesser is not None and core.matcher.span() > 100 and failures:
+    guesser = core.matcher.top_guesser()
+    if failures >= ATTACKED and guesser is not None:
         address, count = guesser
         out.append(
             f"{failures} failed joins in the last 10 minutes, {count} from {address}:"

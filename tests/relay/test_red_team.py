@@ -8,6 +8,7 @@ import itertools
 import pytest
 
 from retreatkit import config, serve
+from retreatkit.relay import status
 from retreatkit.relay.lifecycle import HANDSHAKE_BYTES, Ending, RelayCore
 from retreatkit.relay.matching import ATTACK_WINDOW, Limits, Matcher, NoSender, Refusal
 
@@ -92,6 +93,20 @@ def test_03_nameplates_widen_under_attack_and_shrink_after() -> None:
     assert m.span() == 1_000_000
     clock.now += ATTACK_WINDOW + 1
     assert m.span() == 100
+
+
+def test_03_the_organiser_is_warned_of_a_guesser() -> None:
+    clock = Clock()
+    core = RelayCore(Limits(failed_joins=100), clock=clock)
+    for i in range(20):
+        conn, _ = core.connect(SNIPER if i % 4 else VICTIM, "x:1", None)
+        core.received(conn, b"bob/1 recv %d\n" % (100 + i))
+    assert status.section(core)["warnings"] == [
+        "20 failed joins in the last 10 minutes, 15 from 10.0.0.66: someone may be guessing"
+        " nameplates; new nameplates are longer for now"
+    ]
+    clock.now += ATTACK_WINDOW + 1
+    assert status.section(core)["warnings"] == []
 
 
 def test_03_remembered_addresses_are_bounded() -> None:
