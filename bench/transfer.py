@@ -86,7 +86,13 @@ class Exit:
 class Child:
     """A child process: stdout and stderr lines pumped by threads, reaped with wait4."""
 
-    def __init__(self, name: str, argv: Sequence[str], cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.popen = subprocess.Popen(
             list(argv),
@@ -94,7 +100,7 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
-            env=child_env(),
+            env={**child_env(), **(env or {})},
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
@@ -360,7 +366,9 @@ def run_bob(bench: Bench, rnd: int, compress: bool) -> Run:
     relay = ["--relay", bench.relay_address]
     extra = [] if compress else ["--no-compress"]
     sender = Child(
-        "bob send", [*bob, "send", *relay, "--passphrase", code, *extra, str(bench.source)]
+        "bob send",
+        [*bob, "send", *relay, *extra, str(bench.source)],
+        env={"BOB_PASSPHRASE": code},  # never in argv: bob refuses it there
     )
     try:
         sender.wait_for(r"^Passphrase: ")

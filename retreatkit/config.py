@@ -13,9 +13,12 @@ DEFAULTS: dict[str, Any] = {
         "listen": "0.0.0.0:9000",
         "per_ip": 64,
         "waiting": 1000,
+        "waiting_per_ip": 20,
         "handshake_timeout": 10.0,
-        "wait_timeout": 3600.0,
+        "wait_timeout": 600.0,
         "idle_timeout": 300.0,
+        "failed_joins": 8,  # joins an address may fail at once (a guess at a nameplate) ...
+        "failed_join_wait": 15.0,  # ... then one more every this many seconds
     },
     "bob": {"relay": "relay.retreat.lan:9000"},
     "mirror": {

@@ -81,9 +81,12 @@ def relay_limits(section: dict[str, Any]) -> Limits:
     return Limits(
         per_ip=int(section["per_ip"]),
         waiting=int(section["waiting"]),
+        waiting_per_ip=int(section["waiting_per_ip"]),
         handshake_timeout=float(section["handshake_timeout"]),
         wait_timeout=float(section["wait_timeout"]),
         idle_timeout=float(section["idle_timeout"]),
+        failed_joins=int(section["failed_joins"]),
+        failed_join_wait=float(section["failed_join_wait"]),
     )
 
 
@@ -105,7 +108,15 @@ class RelayService:
             await self.relay.stop()
 
     def status(self) -> dict[str, Any]:
-        return self.relay.status() if self.relay else {}
+        return self.relay.status() if self.relay else {"up": False}
+
+    def admin_routes(self) -> list[web.AbstractRouteDef]:
+        return [web.get("/relay/transfers", self._transfers)]
+
+    async def _transfers(self, request: web.Request) -> web.Response:
+        if self.relay is None:
+            return web.json_response({"active": [], "recent": []})
+        return web.json_response(self.relay.transfers())
 
 
 def default_store() -> Path:

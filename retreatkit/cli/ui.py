@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+from dataclasses import dataclass
 from typing import TextIO
 
 from rich.console import Console
@@ -17,10 +19,10 @@ from rich.progress import (
 )
 
 from retreatkit.transfer.codes import Code
-from retreatkit.transfer.offer import Offer, display_path, escape
+from retreatkit.transfer.offer import Entry, Offer, display_path, escape, show_name
 from retreatkit.transfer.receive import Writer
 
-SHOWN_NAMES = 10
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def size(n: int | None) -> str:
@@ -38,39 +40,113 @@ def size(n: int | None) -> str:
 
 
 def files_phrase(offer: Offer) -> str:
-    count = len(offer.files)
-    return f"{count} file{'' if count == 1 else 's'} ({size(offer.total_size)})"
+    return _count_phrase(len(offer.files), offer.total_size)
+
+
+def _count_phrase(count: int, total: int | None) -> str:
+    return f"{count} file{'' if count == 1 else 's'} ({size(total)})"
+
+
+def text_size(text: str) -> int:
+    """Bytes of the text: a byte argv could not decode (U+DC80..U+DCFF) counts as itself,
+    any other lone surrogate as the three bytes it travels as."""
+    try:
+        return len(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return len(text.encode("utf-8", "surrogatepass"))
 
 
 def describe_send(offer: Offer) -> str:
     if offer.text is not None:
-        return f"Sending text message ({size(len(offer.text.encode()))})"
+        return f"Sending text message ({size(text_size(offer.text))})"
     tops = offer.top_level
-    if len(tops) == 1 and len(offer.entries) == 1:
-        return f"Sending {size(offer.files[0].size)} file named '{escape(tops[0])}'"
+    if len(tops) == 1 and len(offer.entries) == 1 and offer.files:
+        return f"Sending {size(offer.files[0].size)} file named '{show_name(tops[0])}'"
     if len(tops) == 1:
-        return f"Sending {files_phrase(offer)} in folder '{escape(tops[0])}'"
+        return f"Sending {files_phrase(offer)} in folder '{show_name(tops[0])}'"
     return f"Sending {files_phrase(offer)}"
 
 
+@dataclass(slots=True)
+class _Tally:
+    files: int = 0
+    size: int | None = 0
+
+    def add(self, entry: Entry) -> None:
+        if not entry.is_dir:
+            self.files += 1
+            known = self.size is not None and entry.size is not None
+            self.size = self.size + entry.size if known else None  # type: ignore[operator]
+
+
+def hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
 def describe_offer(offer: Offer, writer: Writer, peer: str) -> list[str]:
-    lines = [f"Offer from {peer}: {files_phrase(offer)}"]
-    entries = [e for e in offer.entries if not e.is_dir or len(e.path) == 1]
-    for entry in entries[:SHOWN_NAMES]:
-        shown = display_path(writer.final_path(entry)) + ("/" if entry.is_dir else "")
-        if writer.top_names[entry.path[0]] != entry.path[0] and len(entry.path) == 1:
-            shown += f"  (renamed: '{escape(entry.path[0])}' exists)"
-        lines.append(f"  {shown}" + ("" if entry.is_dir else f"  {size(entry.size)}"))
-    if len(entries) > SHOWN_NAMES:
-        lines.append(f"  ... and {len(entries) - SHOWN_NAMES} more")
+    """What the receiver is asked to accept: every top-level entry, each folder summed up
+    on its line, and every hidden name inside a folder on a line of its own (a hidden
+    folder with its sum), so nothing that lands goes unseen (croc's CVE-2023-43619).
+    Linear in the number of entries."""
+    folders: dict[tuple[str, ...], _Tally] = {}  # top-level folders and named hidden ones
+    inner: dict[str, list[Entry]] = {}  # hidden entries named under each top-level folder
+    for entry in offer.entries:
+        path = entry.path
+        if len(path) == 1:
+            if entry.is_dir:
+                folders[path] = _Tally()
+            continue
+        folders[path[:1]].add(entry)
+        for depth in range(1, len(path)):
+            if hidden(path[depth]):  # the outermost hidden name below the top level
+                if depth + 1 == len(path):
+                    inner.setdefault(path[0], []).append(entry)
+                    if entry.is_dir:
+                        folders[path] = _Tally()
+                else:
+                    folders[path[: depth + 1]].add(entry)
+                break
+    lines = [f"Offer from {peer}: {files_phrase(offer)}"]  # the adapter escaped the relay's text
+    for entry in offer.entries:
+        if len(entry.path) == 1:
+            lines.append("  " + _entry_line(entry, writer, folders))
+            for below in inner.get(entry.path[0], ()):
+                lines.append("    " + _entry_line(below, writer, folders))
     return lines
 
 
-def safe_text(text: str, stream: TextIO) -> str:
-    """Received text as it is safe to print: escaped on a terminal, verbatim into a pipe."""
-    if not stream.isatty():
-        return text
-    return "\n".join(escape(line).replace("\\x09", "\t") for line in text.split("\n"))
+def _entry_line(entry: Entry, writer: Writer, folders: dict[tuple[str, ...], _Tally]) -> str:
+    shown = display_path(writer.final_path(entry)) + ("/" if entry.is_dir else "")
+    top = entry.path[0]
+    if len(entry.path) == 1 and writer.top_names[top] != top:
+        shown += f"  (renamed: '{show_name(top)}' exists)"
+    if entry.is_dir:
+        tally = folders[entry.path]
+        shown += f"  {_count_phrase(tally.files, tally.size)}"
+    else:
+        shown += f"  {size(entry.size)}"
+    if hidden(entry.path[-1]):
+        shown += "  (hidden)"
+    return shown
+
+
+def hidden_tops(offer: Offer) -> list[str]:
+    """Top-level names a `--yes` never accepts: hidden ones, such as .bashrc or .ssh."""
+    return [show_name(name) for name in offer.top_level if hidden(name)]
+
+
+def safe_text(text: str, stream: TextIO) -> bytes:
+    """Received text as it is safe to print: escaped on a terminal, verbatim into a pipe.
+
+    A lone surrogate cannot be encoded as it is: one from a sender's undecodable argv
+    (U+DC80..U+DCFF) goes back to its byte, any other becomes U+FFFD.
+    """
+    if stream.isatty():
+        text = "\n".join(escape(line).replace("\\x09", "\t") for line in text.split("\n"))
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 class Reporter:

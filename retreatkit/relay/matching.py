@@ -2,44 +2,70 @@
 
 from __future__ import annotations
 
-import enum
+import math
 import secrets
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
-class Mood(enum.Enum):
-    """How a connection ended (after magic-wormhole's transit relay)."""
-
-    HAPPY = "happy"  # paired, and the bytes flowed until a side closed
-    LONELY = "lonely"  # a sender left, or timed out, before a receiver came
-    JILTED = "jilted"  # a receiver named a nameplate with no sender waiting
-    ERRORY = "errory"  # malformed handshake, overlong line, limits, timeouts
-    REFUSED = "refused"  # turned away at the door by a limit
+# Nameplates under attack: this many failed joins in WINDOW seconds make new nameplates
+# 4 digits long, and the second count 6 digits, so a guesser's odds fall a hundredfold each.
+ATTACK_WINDOW = 600.0
+ATTACKED = 20
+BESIEGED = 500
+_MAX_BUCKETS = 65_536  # addresses whose failed joins are remembered
 
 
 class Refusal(Exception):
     """The relay will not do what was asked; the text goes back to the client."""
 
 
+class NoSender(Refusal):
+    """A receiver named a nameplate that no sender holds."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
-    per_ip: int = 64
-    waiting: int = 1000
+    per_ip: int = 64  # open connections from one address
+    waiting: int = 1000  # senders waiting, in all
+    waiting_per_ip: int = 20  # senders waiting from one address
     handshake_timeout: float = 10.0
-    wait_timeout: float = 3600.0
+    wait_timeout: float = 600.0
     idle_timeout: float = 300.0
+    failed_joins: int = 8  # joins an address may fail in a burst ...
+    failed_join_wait: float = 15.0  # ... then one more each this many seconds
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    stamp: float
 
 
 class Matcher:
-    """Nameplate -> waiting sender; a nameplate pairs once, then it is burned."""
+    """Nameplate -> waiting sender; a nameplate pairs once, then it is burned.
 
-    def __init__(self, limits: Limits, randbelow: Callable[[int], int] = secrets.randbelow):
+    Every join costs its address a token, refunded once the pair's key exchange succeeded
+    (`confirmed`): a join that named no sender, or whose key exchange failed, is a guess
+    at someone's nameplate. An address out of tokens is refused before its join touches a
+    nameplate, so throttling a guesser never burns a waiting sender's nameplate.
+    """
+
+    def __init__(
+        self,
+        limits: Limits,
+        randbelow: Callable[[int], int] = secrets.randbelow,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limits = limits
         self._randbelow = randbelow
-        self._waiting: dict[str, object] = {}
+        self._clock = clock
+        self._waiting: dict[str, tuple[object, str]] = {}  # nameplate -> (sender, address)
+        self._waiting_by_ip: Counter[str] = Counter()
         self._by_ip: Counter[str] = Counter()
+        self._buckets: dict[str, _Bucket] = {}
+        self._failures: deque[tuple[float, str]] = deque(maxlen=BESIEGED)
 
     # -- connections ----------------------------------------------------------------
 
@@ -63,38 +89,122 @@ class Matcher:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def allocate(self, who: object) -> str:
-        """A fresh short nameplate for a sender."""
-        self._check_room()
-        # short numbers while few wait; longer ones as the room fills, so a free
-        # one is found fast and a stale code rarely hits a new sender
-        span = 100 if len(self._waiting) < 30 else 10_000 if len(self._waiting) < 3000 else 10**6
+    def span(self) -> int:
+        """Nameplates are drawn below this: short while few wait and nobody guesses."""
+        waiting = len(self._waiting)
+        span = 100 if waiting < 30 else 10_000 if waiting < 3000 else 1_000_000
+        failures = self.recent_failures()
+        if failures >= BESIEGED:
+            return 1_000_000
+        if failures >= ATTACKED:
+            return max(span, 10_000)
+        return span
+
+    def allocate(self, who: object, ip: str) -> str:
+        """A fresh nameplate for a sender."""
+        self._check_room(ip)
+        span = self.span()
         for _ in range(64):
             nameplate = str(1 + self._randbelow(span - 1))
             if nameplate not in self._waiting:
-                self._waiting[nameplate] = who
+                self._hold(nameplate, who, ip)
                 return nameplate
         raise Refusal("no free nameplate; try again")
 
-    def claim(self, who: object, nameplate: str) -> str:
+    def claim(self, who: object, ip: str, nameplate: str) -> str:
         """A sender brought its own passphrase, so its own nameplate."""
-        self._check_room()
+        self._check_room(ip)
         if nameplate in self._waiting:
             raise Refusal(f"nameplate {nameplate} is in use; choose another passphrase")
-        self._waiting[nameplate] = who
+        self._hold(nameplate, who, ip)
         return nameplate
 
-    def join(self, nameplate: str) -> object:
+    def join(self, nameplate: str, ip: str) -> object:
         """A receiver: pair with the sender waiting on `nameplate`, burning it."""
-        try:
-            return self._waiting.pop(nameplate)
-        except KeyError:
-            raise Refusal(f"no sender is waiting on nameplate {nameplate}") from None
+        now = self._clock()
+        self._take(ip, now)
+        held = self._waiting.pop(nameplate, None)
+        if held is None:
+            self.failed(ip)
+            raise NoSender(f"no sender is waiting on nameplate {nameplate}")
+        who, sender_ip = held
+        self._unhold(sender_ip)
+        return who
+
+    def confirmed(self, ip: str) -> None:
+        """The pair that `ip` joined got past its key exchange: the join was no guess."""
+        bucket = self._buckets.get(ip)
+        if bucket is not None:
+            bucket.tokens = min(float(self.limits.failed_joins), bucket.tokens + 1)
+
+    def failed(self, ip: str) -> None:
+        """A join that named no sender, or whose key exchange failed."""
+        self._failures.append((self._clock(), ip))
+
+    def recent_failures(self) -> int:
+        horizon = self._clock() - ATTACK_WINDOW
+        while self._failures and self._failures[0][0] < horizon:
+            self._failures.popleft()
+        return len(self._failures)
+
+    def top_guesser(self) -> tuple[str, int] | None:
+        """The address with the most recent failed joins, if any."""
+        self.recent_failures()
+        counts = Counter(ip for _, ip in self._failures)
+        return counts.most_common(1)[0] if counts else None
 
     def leave(self, who: object, nameplate: str | None) -> None:
-        if nameplate is not None and self._waiting.get(nameplate) is who:
-            del self._waiting[nameplate]
+        held = self._waiting.get(nameplate) if nameplate is not None else None
+        if held is not None and held[0] is who:
+            del self._waiting[nameplate]  # type: ignore[arg-type]
+            self._unhold(held[1])
 
-    def _check_room(self) -> None:
+    # -- internals ----------------------------------------------------------------------
+
+    def _check_room(self, ip: str) -> None:
         if len(self._waiting) >= self.limits.waiting:
             raise Refusal("the relay is full; try again later")
+        if self._waiting_by_ip[ip] >= self.limits.waiting_per_ip:
+            raise Refusal(f"too many senders waiting from {ip}")
+
+    def _hold(self, nameplate: str, who: object, ip: str) -> None:
+        self._waiting[nameplate] = (who, ip)
+        self._waiting_by_ip[ip] += 1
+
+    def _unhold(self, ip: str) -> None:
+        self._waiting_by_ip[ip] -= 1
+        if self._waiting_by_ip[ip] <= 0:
+            del self._waiting_by_ip[ip]
+
+    def _take(self, ip: str, now: float) -> None:
+        """A token bucket per address: `failed_joins` at once, then one per wait."""
+        cap, wait = float(self.limits.failed_joins), self.limits.failed_join_wait
+        bucket = self._buckets.get(ip)
+        if bucket is None:
+            if len(self._buckets) >= _MAX_BUCKETS:
+                self._forget(now)
+            bucket = self._buckets[ip] = _Bucket(cap, now)
+        elif wait > 0:
+            bucket.tokens = min(cap, bucket.tokens + (now - bucket.stamp) / wait)
+        else:
+            bucket.tokens = cap
+        bucket.stamp = now
+        if bucket.tokens < 1:
+            seconds = math.ceil((1 - bucket.tokens) * wait)
+            raise Refusal(f"too many failed joins from {ip}; try again in {seconds} s")
+        bucket.tokens -= 1
+
+    def _forget(self, now: float) -> None:
+        """Drop the buckets that have refilled (they hold nothing a fresh one would not);
+        if none has, the oldest half: memory stays bounded whatever the flood."""
+        cap, wait = float(self.limits.failed_joins), self.limits.failed_join_wait
+        full = [
+            ip
+            for ip, b in self._buckets.items()
+            if wait <= 0 or b.tokens + (now - b.stamp) / wait >= cap
+        ]
+        if not full:
+            oldest = sorted(self._buckets, key=lambda ip: self._buckets[ip].stamp)
+            full = oldest[: len(oldest) // 2]
+        for ip in full:
+            del self._buckets[ip]

@@ -5,20 +5,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from retreatkit.relay import wire
 from retreatkit.transfer import codes, source
-from retreatkit.transfer.errors import Refused, RemoteProtocolError, TransferError
+from retreatkit.transfer.errors import (
+    LocalProtocolError,
+    OverLimit,
+    Refused,
+    RemoteProtocolError,
+    TransferError,
+)
+from retreatkit.transfer.link import (
+    CONNECT_TIMEOUT,
+    Link,
+    PeerGone,
+    Relay,
+    RelayError,
+    Worker,
+    connect,
+    discard,
+)
 from retreatkit.transfer.machine import (
-    Aborted,
     Answered,
     Confirmed,
     Done,
     Ended,
-    Event,
     FileData,
     FileEnd,
     Offered,
@@ -26,28 +39,10 @@ from retreatkit.transfer.machine import (
 )
 from retreatkit.transfer.offer import Offer
 from retreatkit.transfer.pake import Side
-from retreatkit.transfer.receive import Writer
+from retreatkit.transfer.receive import WriteError, Writer
 
-READ_SIZE = 256 * 1024
-CONNECT_TIMEOUT = 10.0
-PEER_TIMEOUT = 120.0  # longest silence from a paired peer outside of a prompt
-
-
-class PeerGone(TransferError):
-    """The connection ended before the transfer did."""
-
-
-class RelayError(TransferError):
-    """The relay refused or could not be reached."""
-
-
-@dataclass(frozen=True, slots=True)
-class Relay:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+__all__ = ["PeerGone", "Relay", "RelayError", "Worker", "receive", "send", "tell_peer"]
+PEER_TIMEOUT = 120.0  # longest silence from a paired peer outside of a prompt (--timeout)
 
 
 class Reporter(Protocol):
@@ -63,89 +58,36 @@ class Reporter(Protocol):
 Confirm = Callable[[Offer, Writer | None, str], Awaitable[bool]]
 
 
-class _Link:
-    """A paired connection through the relay, carrying one Session."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def line(self, timeout: float | None) -> wire.Reply:
-        try:
-            raw = await asyncio.wait_for(self.reader.readline(), timeout)
-        except TimeoutError:
-            raise RelayError("the relay did not answer in time") from None
-        except ValueError:
-            raise RelayError("the relay sent an overlong line") from None
-        except OSError as exc:
-            raise RelayError(f"lost the relay: {exc.strerror or exc}") from None
-        if not raw.endswith(b"\n"):
-            raise RelayError("the relay closed the connection")
-        try:
-            reply = wire.parse_reply(raw)
-        except wire.WireError as exc:
-            raise RelayError(str(exc)) from None
-        if reply.word == "error":
-            raise RelayError(f"the relay says: {reply.text}")
-        return reply
-
-    async def event(self, session: Session, timeout: float | None = PEER_TIMEOUT) -> Event:
-        while True:
-            event = session.next_event()
-            await self.flush(session.data_to_send())
-            if event is not None:
-                if isinstance(event, Aborted):
-                    raise PeerGone(f"the other side gave up: {event.reason}")
-                return event
-            try:
-                # asyncio.timeout, not wait_for: no task per read on the hot path
-                async with asyncio.timeout(timeout):
-                    data = await self.reader.read(READ_SIZE)
-            except TimeoutError:
-                raise PeerGone("the other side went quiet") from None
-            except OSError as exc:
-                raise PeerGone(f"the connection broke: {exc.strerror or exc}") from None
-            if not data:
-                raise PeerGone("the other side closed the connection")
-            session.receive_data(data)
-
-    async def flush(self, data: bytes) -> None:
-        if data:
-            self.writer.write(data)
-            await self.drain()
-
-    async def drain(self) -> None:
-        try:
-            await self.writer.drain()
-        except OSError as exc:
-            raise PeerGone(f"the connection broke: {exc.strerror or exc}") from None
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
-
-
-async def _connect(relay: Relay, request: wire.Request) -> _Link:
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(relay.host, relay.port, limit=READ_SIZE * 4),
-            CONNECT_TIMEOUT,
-        )
-    except (OSError, TimeoutError) as exc:
-        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise RelayError(
-            f"cannot reach the relay at {relay}: {why} (give --relay HOST:PORT or set BOB_RELAY)"
-        ) from None
-    writer.write(request.encode())
-    return _Link(reader, writer)
-
-
-async def _handshake(link: _Link, session: Session) -> None:
+async def _handshake(link: Link, session: Session) -> None:
     await link.flush(session.start())
-    event = await link.event(session)
+    event = await link.event(session, link.timeout)
     if not isinstance(event, Confirmed):
         raise RemoteProtocolError("the peer skipped key confirmation")
+
+
+def tell_peer(exc: BaseException, side: Side) -> str:
+    """Why we give up, as the peer may hear it: what failed, never where on our disk."""
+    who = side.value
+    if isinstance(exc, WriteError):
+        return exc.public
+    if isinstance(exc, source.SourceError):
+        return "the sender could not read a file"
+    if isinstance(exc, OverLimit):
+        return "the stream is larger than the receiver can take"
+    if isinstance(exc, asyncio.CancelledError):
+        return f"the {who} stopped the transfer"
+    if isinstance(exc, PeerGone):
+        return f"the {who} gave up waiting"
+    if isinstance(exc, RemoteProtocolError | LocalProtocolError):
+        return str(exc)  # about the session and the offer's names, which the peer knows
+    return f"the {who} could not go on"
+
+
+async def _give_up(link: Link, session: Session, exc: BaseException) -> None:
+    """Send an ABORT saying why, if the session is far enough along to carry one."""
+    with contextlib.suppress(TransferError, TimeoutError):
+        async with asyncio.timeout(min(link.timeout, 5.0)):
+            await link.flush(session.abort(tell_peer(exc, session.side)))
 
 
 async def send(
@@ -154,62 +96,85 @@ async def send(
     code: codes.Code | None,
     reporter: Reporter,
     compress: bool = True,
+    timeout: float = PEER_TIMEOUT,
 ) -> None:
     nameplate = code.nameplate if code else None
-    link = await _connect(relay, wire.Request(wire.Role.SEND, nameplate))
+    link = await connect(relay, wire.Request(wire.Role.SEND, nameplate), timeout)
     try:
-        ok = await link.line(CONNECT_TIMEOUT)
+        ok = await link.line(CONNECT_TIMEOUT, "ok")
+        if codes.NAMEPLATE_RE.match(ok.text) is None or ok.text != (nameplate or ok.text):
+            raise RelayError(f"the relay gave a nameplate that is not the one asked: {ok.text}")
         if code is None:
             code = codes.generate(ok.text)
         reporter.code(code)
-        paired = await link.line(None)  # as long as it takes the receiver to come
+        paired = await link.line(None, "paired")  # as long as it takes the receiver to come
         reporter.paired(paired.text)
         session = Session(Side.SENDER, code)
         try:
             await _send_session(link, session, sources, reporter, compress)
-        except TransferError as exc:
-            with contextlib.suppress(TransferError):
-                await link.flush(session.abort(str(exc)))
+        except (TransferError, asyncio.CancelledError) as exc:
+            await _give_up(link, session, exc)
             raise
     finally:
         await link.close()
 
 
 async def _send_session(
-    link: _Link, session: Session, sources: source.Sources, reporter: Reporter, compress: bool
+    link: Link, session: Session, sources: source.Sources, reporter: Reporter, compress: bool
 ) -> None:
     await _handshake(link, session)
     await link.flush(session.send_offer(sources.offer))
-    event = await link.event(session, timeout=None)  # the receiver may think it over
+    event = await link.event(session, None)  # a person decides; the relay's idle bound holds
     if not isinstance(event, Answered):
         raise RemoteProtocolError("the receiver did not answer the offer")
     if not event.accepted:
         raise Refused("the receiver declined the transfer")
     total = sources.offer.total_size
-    gen = source.frames(session, sources, compress)
+    producer = source.Producer(session, sources, compress)
     # read and seal the next batch in a thread while this one goes out
     # (OpenSSL and hashlib release the GIL)
-    pending = asyncio.ensure_future(asyncio.to_thread(source.batch, gen))
-    watcher = asyncio.ensure_future(link.event(session, timeout=None))
+    worker = Worker()
+    pending = worker.run(producer.fill)
+    watcher = asyncio.ensure_future(link.event(session, None))
     try:
-        while True:
-            frames = await pending
-            if not frames:
+        more = True
+        while more:
+            # a source that waits (a quiet stdin) must not hide a receiver that left
+            either: set[asyncio.Future[object]] = {pending, watcher}  # type: ignore[arg-type]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if watcher.done() and not pending.done():
+                # result() raises PeerGone if the receiver gave up or went away; DONE
+                # means END went out with the last batch
+                if not isinstance(watcher.result(), Done):
+                    raise RemoteProtocolError("the receiver spoke out of turn")
                 break
-            pending = asyncio.ensure_future(asyncio.to_thread(source.batch, gen))
-            link.writer.writelines(frames)
+            more = pending.result()
+            frames = producer.take()
+            if more:
+                pending = worker.run(producer.fill)
+            link.write(frames)
             drain = asyncio.ensure_future(link.drain())
             await asyncio.wait({drain, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if watcher.done() and not isinstance(watcher.result(), Done):
-                # result() raised PeerGone with the receiver's reason, if it gave one
-                drain.cancel()
-                raise RemoteProtocolError("the receiver spoke out of turn")
+            if watcher.done():
+                drain.cancel()  # DONE: everything arrived, nothing is left to drain
+                if not isinstance(watcher.result(), Done):
+                    raise RemoteProtocolError("the receiver spoke out of turn")
+                break
             await drain
             reporter.progress(session.bytes_done, total)
-        event = await watcher
+        async with asyncio.timeout(link.timeout):
+            event = await asyncio.shield(watcher)
+    except TimeoutError:
+        raise PeerGone("the receiver did not confirm the transfer in time") from None
+    except (TransferError, asyncio.CancelledError):
+        # what was sealed must go out before the ABORT: its nonce comes after theirs
+        with contextlib.suppress(TransferError):
+            link.write(producer.stop())
+        raise
     finally:
-        watcher.cancel()
-        pending.cancel()
+        producer.stop()
+        discard(watcher)
+        discard(pending)
     if not isinstance(event, Done):
         raise RemoteProtocolError("the receiver did not acknowledge the transfer")
     reporter.progress(session.bytes_done, total)
@@ -221,22 +186,28 @@ async def receive(
     output: Path,
     reporter: Reporter,
     confirm: Confirm,
+    timeout: float = PEER_TIMEOUT,
 ) -> Offer:
-    link = await _connect(relay, wire.Request(wire.Role.RECV, code.nameplate))
+    link = await connect(relay, wire.Request(wire.Role.RECV, code.nameplate), timeout)
     session = Session(Side.RECEIVER, code)
     writer: Writer | None = None
     try:
-        paired = await link.line(CONNECT_TIMEOUT)
+        paired = await link.line(CONNECT_TIMEOUT, "paired")
         reporter.paired(paired.text)
         await _handshake(link, session)
-        event = await link.event(session)
+        event = await link.event(session, timeout)
         if not isinstance(event, Offered):
             raise RemoteProtocolError("the sender sent no offer")
         offer = event.offer
         if offer.text is None:
             writer = Writer(output, offer)
-            writer.check_space()
-        if not await confirm(offer, writer, paired.text):
+            session.stream_limit = writer.check_space()
+        try:
+            accepted = await confirm(offer, writer, paired.text)
+        except Refused:
+            await link.flush(session.answer(False))
+            raise
+        if not accepted:
             await link.flush(session.answer(False))
             raise Refused("transfer declined")
         await link.flush(session.answer(True))
@@ -246,13 +217,13 @@ async def receive(
             writer.make_folders()
         await _receive_data(link, session, writer, reporter, offer.total_size)
         await link.flush(session.done())
+        await link.until_closed(session)
         return offer
-    except TransferError as exc:
+    except (TransferError, asyncio.CancelledError) as exc:
         if writer is not None:
             writer.abort()
         if not isinstance(exc, Refused):
-            with contextlib.suppress(TransferError):
-                await link.flush(session.abort(str(exc)))
+            await _give_up(link, session, exc)
         raise
     finally:
         if writer is not None:
@@ -261,11 +232,11 @@ async def receive(
 
 
 async def _receive_data(
-    link: _Link, session: Session, writer: Writer | None, reporter: Reporter, total: int | None
+    link: Link, session: Session, writer: Writer | None, reporter: Reporter, total: int | None
 ) -> None:
     shown = 0
     while True:
-        event = await link.event(session)
+        event = await link.event(session, link.timeout)
         if isinstance(event, FileData) and writer is not None:
             writer.write(event.data)
             if session.bytes_done - shown >= 1 << 20:

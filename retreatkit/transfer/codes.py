@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from importlib import resources
 # A nameplate is public (the relay sees it); only the words are secret.
 _CODE_RE = re.compile(r"^(?P<nameplate>[0-9]{1,6})(?P<words>(-[a-z]{1,16}){2,6})$")
 NAMEPLATE_RE = re.compile(r"^[0-9]{1,6}$")
+WORD_BITS = 11  # log2(2048): a word drawn from the shipped list
+MIN_BITS = 2 * WORD_BITS  # what a generated passphrase has; a chosen one needs as much
 
 
 class CodeError(ValueError):
@@ -45,6 +48,21 @@ def parse(text: str) -> Code:
     if match is None:
         raise CodeError("a passphrase looks like 7-purple-sofa: a number, then two or more words")
     return Code(match["nameplate"], tuple(match["words"].strip("-").split("-")))
+
+
+def entropy_bits(code: Code) -> float:
+    """How hard the words are to guess, estimated without flattery.
+
+    A word from the shipped list is one of 2048: 11 bits, if it was drawn at random.
+    Any other word counts for what its letters could carry (log2(26) a letter) but never
+    more than a list word: people pick words they know, not random letters. A repeated
+    word adds nothing. The nameplate is public and counts for nothing.
+    """
+    pool = frozenset(words())
+    bits = 0.0
+    for word in dict.fromkeys(code.secret_words):
+        bits += WORD_BITS if word in pool else min(WORD_BITS, len(word) * math.log2(26))
+    return bits
 
 
 def generate(nameplate: str, count: int = 2) -> Code:

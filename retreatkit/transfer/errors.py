@@ -25,3 +25,7 @@ class Refused(TransferError):
 
 class UnsafeOffer(RemoteProtocolError):
     """The offer names a path or size we will not accept."""
+
+
+class OverLimit(TransferError):
+    """The peer sent more than this side takes: a stream past the room it has."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,10 @@ MAX_OFFER = 32 * 1024 * 1024  # encoded JSON
 MAX_SIZE = 1 << 50
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _LENGTH = struct.Struct(">I")
+# Bidi controls reorder what a terminal shows (CVE-2021-42574, "Trojan Source"): a name
+# holding one can pass for another, so none is accepted, nor a control or line break.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,44 +46,51 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Offer:
+    """Checked when built, in time linear in the number of entries (a peer chooses it)."""
+
     text: str | None = None
     entries: tuple[Entry, ...] = field(default_factory=tuple)
+    # derived once here: the session asks for them per record
+    files: tuple[Entry, ...] = field(init=False, repr=False, compare=False)
+    top_level: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    total_size: int | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        files: list[Entry] = []
+        top: list[str] = []
         if self.text is not None:
             if self.entries:
                 raise UnsafeOffer("an offer holds text or files, not both")
             if len(self.text.encode("utf-8", "surrogatepass")) > MAX_TEXT:
                 raise UnsafeOffer(f"the text is over {MAX_TEXT} bytes")
-            return
-        if not self.entries:
+        elif not self.entries:
             raise UnsafeOffer("the offer is empty")
-        if len(self.entries) > MAX_ENTRIES:
+        elif len(self.entries) > MAX_ENTRIES:
             raise UnsafeOffer(f"the offer lists over {MAX_ENTRIES} entries")
         seen: dict[tuple[str, ...], bool] = {}
+        total: int | None = 0
         for entry in self.entries:
-            if entry.path in seen:
-                raise UnsafeOffer(f"{display_path(entry.path)} is listed twice")
-            # a parent must come first and be a folder: no file may stand in for one
-            for depth in range(1, len(entry.path)):
-                if seen.get(entry.path[:depth]) is not True:
-                    raise UnsafeOffer(f"{display_path(entry.path)} comes before its folder")
-            seen[entry.path] = entry.is_dir
-        if sum(1 for e in self.entries if e.size is None) > 1:
-            raise UnsafeOffer("more than one stream of unknown length")
-
-    @property
-    def files(self) -> tuple[Entry, ...]:
-        return tuple(e for e in self.entries if not e.is_dir)
-
-    @property
-    def total_size(self) -> int | None:
-        sizes = [e.size for e in self.files]
-        return None if None in sizes else sum(s for s in sizes if s is not None)
-
-    @property
-    def top_level(self) -> tuple[str, ...]:
-        return tuple(e.path[0] for e in self.entries if len(e.path) == 1)
+            path = entry.path
+            if path in seen:
+                raise UnsafeOffer(f"{display_path(path)} is listed twice")
+            # a parent must come first and be a folder: no file may stand in for one.
+            # Its own parent was checked the same way, so one look covers every level.
+            if len(path) > 1 and seen.get(path[:-1]) is not True:
+                raise UnsafeOffer(f"{display_path(path)} comes before its folder")
+            seen[path] = entry.is_dir
+            if len(path) == 1:
+                top.append(path[0])
+            if not entry.is_dir:
+                files.append(entry)
+                if entry.size is None:
+                    if total is None:
+                        raise UnsafeOffer("more than one stream of unknown length")
+                    total = None
+                elif total is not None:
+                    total += entry.size
+        object.__setattr__(self, "files", tuple(files))
+        object.__setattr__(self, "top_level", tuple(top))
+        object.__setattr__(self, "total_size", total)
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {"v": 1}
@@ -138,20 +150,41 @@ def _entry(item: object) -> Entry:
 
 
 def check_component(name: str) -> None:
-    """One path component the receiver may create inside its output folder."""
-    shown = escape(name)
+    """One path component the receiver may create inside its output folder.
+
+    Trailing dots and spaces and Windows device names (CON, NUL, ...) are ordinary names
+    on the POSIX systems bob receives on: they are accepted, and shown so that an edge
+    space is visible.
+    """
+    why = name_problem(name)
+    if why is not None:
+        shown = show_name(name)
+        if len(shown) > 60:
+            shown = shown[:40] + "..."
+        raise UnsafeOffer(f"unsafe name {shown}: {why}")
+
+
+def name_problem(name: str) -> str | None:
+    """Why the receiver would refuse this name, or None."""
     if name in ("", ".", ".."):
-        raise UnsafeOffer(f"unsafe name {shown!s}: empty, '.' or '..'")
+        return "empty, '.' or '..'"
     if "/" in name or "\\" in name or "\0" in name:
-        raise UnsafeOffer(f"unsafe name {shown}: contains a separator or NUL")
+        return "contains a separator or NUL"
     if _DRIVE.match(name):
-        raise UnsafeOffer(f"unsafe name {shown}: looks like a drive letter")
+        return "looks like a drive letter"
     try:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:
-        raise UnsafeOffer(f"unsafe name {shown}: not valid UTF-8") from None
+        return "not valid UTF-8"
     if len(encoded) > MAX_COMPONENT:
-        raise UnsafeOffer(f"unsafe name {shown[:40]}...: longer than {MAX_COMPONENT} bytes")
+        return f"longer than {MAX_COMPONENT} bytes"
+    if not name.isprintable():  # the rare case: look closer
+        for ch in name:
+            if ch in _BIDI:
+                return "contains a bidi control character"
+            if unicodedata.category(ch) in _REFUSED_CATEGORIES:
+                return "contains a control character or line break"
+    return None
 
 
 def check_path(path: tuple[str, ...]) -> None:
@@ -167,6 +200,8 @@ def check_path(path: tuple[str, ...]) -> None:
 
 def escape(name: str) -> str:
     """A name as it is safe to show on a terminal: control, format and bidi characters escaped."""
+    if name.isprintable() and "\\" not in name:  # nearly every name: no loop in Python
+        return name
     out = []
     for ch in name:
         if ch.isprintable() and ch != "\\":
@@ -182,5 +217,18 @@ def escape(name: str) -> str:
     return "".join(out)
 
 
+def show_name(name: str) -> str:
+    """A name as shown: escaped, and a space at either end made visible (`a.txt\\x20`)."""
+    shown = escape(name)
+    if shown[:1] == " " or shown[-1:] == " ":
+        stripped = shown.strip(" ")
+        if not stripped:
+            return "\\x20" * len(shown)
+        head = len(shown) - len(shown.lstrip(" "))
+        tail = len(shown) - len(shown.rstrip(" "))
+        shown = "\\x20" * head + stripped + "\\x20" * tail
+    return shown
+
+
 def display_path(path: tuple[str, ...]) -> str:
-    return "/".join(escape(p) for p in path)
+    return "/".join(show_name(p) for p in path)

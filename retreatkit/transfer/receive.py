@@ -23,10 +23,21 @@ from retreatkit.transfer.offer import Entry, Offer, display_path, escape
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_RENAMES = 1000
+# An offer may not take the last of the disk: 5% of it stays free, at most this much.
+RESERVE = 64 * 1024 * 1024
+RESERVE_SHARE = 0.05
 
 
 class WriteError(TransferError):
-    """We could not write what was offered (disk full, name taken, no permission)."""
+    """We could not write what was offered (disk full, name taken, no permission).
+
+    The message names paths and sizes for our user; `public` is what the sender may be
+    told: what failed, never where, nor how much room is left.
+    """
+
+    def __init__(self, message: str, public: str = "the receiver could not save the files"):
+        super().__init__(message)
+        self.public = public
 
 
 def current_umask() -> int:
@@ -52,7 +63,10 @@ def free_name(root_fd: int, name: str, taken: Container[str] = ()) -> str:
             os.lstat(candidate, dir_fd=root_fd)
         except FileNotFoundError:
             return candidate
-    raise WriteError(f"no free name for {escape(name)} in the output folder")
+    raise WriteError(
+        f"no free name for {escape(name)} in the output folder",
+        "the receiver has no free name for a file",
+    )
 
 
 class Writer:
@@ -64,7 +78,10 @@ class Writer:
         try:
             self._root = os.open(output, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise WriteError(f"cannot open output folder {output}: {exc.strerror}") from None
+            raise WriteError(
+                f"cannot open output folder {output}: {exc.strerror}",
+                "the receiver cannot write into its folder",
+            ) from None
         self._files = offer.files
         self._index = 0
         self._fd: int | None = None
@@ -80,16 +97,25 @@ class Writer:
     def final_path(self, entry: Entry) -> tuple[str, ...]:
         return (self.top_names[entry.path[0]], *entry.path[1:])
 
-    def check_space(self) -> None:
-        total = self.offer.total_size
-        if total is None:
-            return
+    def room(self) -> int:
+        """Bytes this offer may take: the free space, less what always stays free."""
         st = os.statvfs(self._root)
-        free = st.f_bavail * st.f_frsize
-        if total > free:
+        reserve = min(RESERVE, int(st.f_blocks * st.f_frsize * RESERVE_SHARE))
+        return max(0, st.f_bavail * st.f_frsize - reserve)
+
+    def check_space(self) -> int | None:
+        """Refuse an offer whose sizes do not fit; returns the most a stream of unknown
+        length may bring (None if there is no such stream)."""
+        room = self.room()
+        known = sum(e.size for e in self._files if e.size is not None)
+        if known > room:
             raise WriteError(
-                f"not enough space: {total} bytes offered, {free} free in the output folder"
+                f"not enough space: {known} bytes offered, {room} free in the output folder",
+                "the receiver has not enough free space",
             )
+        if self.offer.total_size is None:
+            return room - known
+        return None
 
     def make_folders(self) -> None:
         for entry in self.offer.entries:
@@ -191,4 +217,9 @@ class Writer:
             reason = "a symlink or file stands in the way"
         if exc.errno == errno.EEXIST:
             reason = "it already exists"
-        return WriteError(f"{what} {display_path(path)}: {reason}")
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            public = "the receiver's disk is full"
+        else:
+            thing = "a folder" if "folder" in what else "a file"
+            public = f"the receiver could not save {thing}: {reason}"
+        return WriteError(f"{what} {display_path(path)}: {reason}", public)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import zlib
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -158,3 +159,20 @@ class Opener:
         if known in (Kind.END, Kind.DONE, Kind.ABORT):
             self.closed = True
         return known, plaintext
+
+
+def inflate(packed: bytes) -> bytes:
+    """One DATA_Z record: a whole zlib stream of its own (as send_data makes it).
+
+    The output is bounded: a zip bomb stops at one record's worth.
+    """
+    inflate = zlib.decompressobj()
+    try:
+        data = inflate.decompress(packed, RECORD_SIZE)
+    except zlib.error:
+        raise RemoteProtocolError("a compressed record is corrupt") from None
+    if inflate.unconsumed_tail or (not inflate.eof and len(data) >= RECORD_SIZE):
+        raise RemoteProtocolError("a compressed record expands beyond its limit")
+    if not inflate.eof or inflate.unused_data:
+        raise RemoteProtocolError("a compressed record is truncated or has trailing data")
+    return data

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retreatkit.transfer.errors import LocalProtocolError, TransferError, UnsafeOffer
+from retreatkit.transfer.errors import TransferError, UnsafeOffer
 from retreatkit.transfer.machine import Session
-from retreatkit.transfer.offer import Entry, Offer, check_component, escape
+from retreatkit.transfer.offer import (
+    Entry,
+    Offer,
+    check_component,
+    display_path,
+    escape,
+    name_problem,
+    show_name,
+)
 from retreatkit.transfer.records import RECORD_SIZE
 
 STDIN = "-"
@@ -25,13 +35,15 @@ class SourceError(TransferError):
 @dataclass
 class Sources:
     offer: Offer
-    paths: list[Path | None]  # one per offered file, in order; None is stdin
+    paths: list[str | None]  # one per offered file, in order; None is stdin
     skipped: list[str] = field(default_factory=list)  # symlinks and special files
 
 
 def collect(args: list[str]) -> Sources:
+    """Everything the user named, checked before a passphrase is shown: a name the
+    receiver would refuse, or a file or folder we cannot read, is found here."""
     entries: list[Entry] = []
-    paths: list[Path | None] = []
+    paths: list[str | None] = []
     skipped: list[str] = []
     tops: set[str] = set()
     for arg in args:
@@ -42,9 +54,9 @@ def collect(args: list[str]) -> Sources:
             continue
         path = Path(arg)
         try:
-            st = path.stat()
+            st = path.stat()  # a symlink named here is followed, as cp and wormhole do
         except OSError as exc:
-            raise SourceError(f"cannot send {arg}: {exc.strerror}") from None
+            raise SourceError(f"cannot send {escape(arg)}: {exc.strerror}") from None
         name = path.resolve().name if path.name in ("", ".", "..") else path.name
         _check_local(name, arg)
         _add_top(tops, name)
@@ -52,10 +64,11 @@ def collect(args: list[str]) -> Sources:
             entries.append(Entry((name,), is_dir=True, size=0))
             _walk(path, (name,), entries, paths, skipped)
         elif stat.S_ISREG(st.st_mode):
+            _check_readable(path, arg)
             entries.append(_file_entry((name,), st))
-            paths.append(path)
+            paths.append(str(path.resolve()))  # opened with O_NOFOLLOW: the link's target
         else:
-            raise SourceError(f"cannot send {arg}: not a file or folder")
+            raise SourceError(f"cannot send {escape(arg)}: not a file or folder")
     try:
         offer = Offer(entries=tuple(entries))
     except UnsafeOffer as exc:
@@ -65,7 +78,7 @@ def collect(args: list[str]) -> Sources:
 
 def _add_top(tops: set[str], name: str) -> None:
     if name in tops:
-        raise SourceError(f"two of the paths are named {escape(name)}; send them separately")
+        raise SourceError(f"two of the paths are named {show_name(name)}; send them separately")
     tops.add(name)
 
 
@@ -73,7 +86,14 @@ def _check_local(name: str, shown: str) -> None:
     try:
         check_component(name)
     except UnsafeOffer as exc:
-        raise SourceError(f"cannot send {escape(shown)}: {exc}") from None
+        raise SourceError(
+            f"cannot send {escape(shown)}: the receiver would refuse it ({exc})"
+        ) from None
+
+
+def _check_readable(path: Path | str, shown: str) -> None:
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"cannot send {escape(shown)}: Permission denied")
 
 
 def _file_entry(path: tuple[str, ...], st: os.stat_result) -> Entry:
@@ -81,35 +101,55 @@ def _file_entry(path: tuple[str, ...], st: os.stat_result) -> Entry:
 
 
 def _walk(
-    folder: Path,
+    folder: str | Path,
     prefix: tuple[str, ...],
     entries: list[Entry],
-    paths: list[Path | None],
+    paths: list[str | None],
     skipped: list[str],
 ) -> None:
-    # symlinks are skipped, never followed: a folder may point anywhere
-    with os.scandir(folder) as it:
-        children = sorted(it, key=lambda e: e.name)
+    # symlinks inside a folder are skipped, never followed: a folder may point anywhere
+    shown_folder = display_path(prefix)
+    try:
+        with os.scandir(folder) as it:
+            children = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        raise SourceError(f"cannot send {shown_folder}: {exc.strerror}") from None
     for child in children:
-        rel = (*prefix, child.name)
-        shown = "/".join(escape(p) for p in rel)
+        shown = f"{shown_folder}/{show_name(child.name)}"
         if child.is_symlink():
             skipped.append(f"{shown} (symlink)")
             continue
-        _check_local(child.name, shown)
-        st = child.stat(follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            entries.append(Entry(rel, is_dir=True, size=0))
-            _walk(Path(child.path), rel, entries, paths, skipped)
-        elif stat.S_ISREG(st.st_mode):
-            entries.append(_file_entry(rel, st))
-            paths.append(Path(child.path))
-        else:
+        try:
+            st = child.stat(follow_symlinks=False)
+        except OSError as exc:
+            raise SourceError(f"cannot send {shown}: {exc.strerror}") from None
+        is_dir, is_file = stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode)
+        if not (is_dir or is_file):
             skipped.append(f"{shown} (not a regular file)")
+            continue
+        rel = (*prefix, child.name)
+        # one odd name does not stop a whole folder: it is left out, and said so
+        why = name_problem(child.name)
+        if why is not None:
+            skipped.append(f"{shown} (the receiver would refuse the name: {why})")
+            continue
+        try:
+            entry = Entry(rel, is_dir=True, size=0) if is_dir else _file_entry(rel, st)
+        except UnsafeOffer as exc:
+            skipped.append(f"{shown} (the receiver would refuse it: {exc})")
+            continue
+        if is_dir:
+            entries.append(entry)
+            _walk(child.path, rel, entries, paths, skipped)
+        else:
+            _check_readable(child.path, shown)
+            entries.append(entry)
+            paths.append(child.path)
 
 
-def frames(session: Session, sources: Sources, compress: bool) -> Iterator[bytes]:
-    """Every record the sender sends after the receiver accepted, in order."""
+def records(session: Session, sources: Sources, compress: bool) -> Iterator[Callable[[], bytes]]:
+    """Every record the sender sends after the receiver accepted, in order, each as the
+    call that seals it: reading happens here, sealing where the Producer says."""
     for entry, path in zip(sources.offer.files, sources.paths, strict=True):
         fd = sys.stdin.buffer.fileno() if path is None else _open(path)
         try:
@@ -120,33 +160,67 @@ def frames(session: Session, sources: Sources, compress: bool) -> Iterator[bytes
                 if not chunk:
                     if remaining is None:
                         break
-                    raise LocalProtocolError(
-                        f"{escape(str(path))} shrank while being sent; send it again"
+                    raise SourceError(
+                        f"{display_path(entry.path)} shrank while being sent; send it again"
                     )
                 if remaining is not None:
                     remaining -= len(chunk)
-                yield session.send_data(chunk, compress)
+                yield functools.partial(session.send_data, chunk, compress)
         finally:
             if path is not None:
                 os.close(fd)
-        yield session.end_file()
-    yield session.end()
+        yield session.end_file
+    yield session.end
 
 
-def _open(path: Path) -> int:
+def _open(path: str) -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
         raise SourceError(f"cannot read {escape(str(path))}: {exc.strerror}") from None
 
 
-def batch(gen: Iterator[bytes], limit: int = 1 << 20) -> list[bytes]:
-    """Up to `limit` bytes of frames; empty when the generator is done."""
-    out: list[bytes] = []
-    size = 0
-    for item in gen:
-        out.append(item)
-        size += len(item)
-        if size >= limit:
-            break
-    return out
+class Stopped(Exception):
+    """The transfer ended while a batch was being made."""
+
+
+class Producer:
+    """Reads and seals the sender's records a batch ahead of the socket, in a thread.
+
+    Each record's nonce is the count of records sealed before it, so a record sealed
+    and never sent would make every later one (the ABORT saying why we stop) fail to
+    authenticate. Records are sealed under a lock; `stop()` ends the sealing and hands
+    back what was sealed and not yet taken, to go out before the ABORT.
+    """
+
+    def __init__(self, session: Session, sources: Sources, compress: bool) -> None:
+        self._records = records(session, sources, compress)
+        self._lock = threading.Lock()
+        self._sealed: list[bytes] = []
+        self._stopped = False
+
+    def fill(self, limit: int = 1 << 20) -> bool:
+        """Seal up to `limit` bytes of records (in a worker thread); False once done."""
+        size = 0
+        for seal in self._records:  # may block: reading a file, or a quiet stdin
+            with self._lock:
+                if self._stopped:
+                    raise Stopped
+                record = seal()
+                self._sealed.append(record)
+            size += len(record)
+            if size >= limit:
+                return True
+        return False
+
+    def take(self) -> list[bytes]:
+        with self._lock:
+            out, self._sealed = self._sealed, []
+        return out
+
+    def stop(self) -> list[bytes]:
+        """No more sealing; what was sealed and not taken yet."""
+        with self._lock:
+            self._stopped = True
+            out, self._sealed = self._sealed, []
+        return out

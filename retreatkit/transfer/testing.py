@@ -1,11 +1,23 @@
-"""Test tools for the transfer core: two Sessions joined in memory, no sockets."""
+"""Test tools for bob: two Sessions joined in memory; hostile peers and relays on sockets.
+
+A `Peer` speaks bob/1 through a real relay with blocking sockets and a real Session, and
+then says whatever the test makes it say. A `FakeRelay` is a relay that lies.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+from retreatkit.relay import wire
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.errors import RemoteProtocolError
-from retreatkit.transfer.machine import Confirmed, Session
+from retreatkit.transfer.machine import Answered, Confirmed, Event, Offered, Session
+from retreatkit.transfer.offer import Offer
 from retreatkit.transfer.pake import Side
+from retreatkit.transfer.records import Kind
 
 CODE = Code("7", ("purple", "sofa"))
 
@@ -24,3 +36,125 @@ def connected_pair(sender_code: Code = CODE, receiver_code: Code = CODE) -> tupl
     if not isinstance(sender.next_event(), Confirmed):
         raise RemoteProtocolError("the sender did not confirm")
     return sender, receiver
+
+
+IO_TIMEOUT = 30.0
+
+
+class Peer:
+    """One side of a session through the relay, driven step by step by the test."""
+
+    def __init__(
+        self,
+        relay: tuple[str, int],
+        code: Code,
+        side: Side = Side.SENDER,
+        source: str | None = None,
+    ) -> None:
+        self.sock = socket.socket()
+        self.sock.settimeout(IO_TIMEOUT)
+        if source is not None:
+            self.sock.bind((source, 0))  # another loopback address is another host here
+        self.sock.connect(relay)
+        role = wire.Role.SEND if side is Side.SENDER else wire.Role.RECV
+        self.sock.sendall(wire.Request(role, code.nameplate).encode())
+        self.session = Session(side, code)
+        self.buf = b""
+
+    def line(self) -> bytes:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise EOFError(f"relay closed; had {self.buf!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line + b"\n"
+
+    def event(self) -> Event:
+        if self.buf:
+            self.session.receive_data(self.buf)
+            self.buf = b""
+        while True:
+            event = self.session.next_event()
+            self.sock.sendall(self.session.data_to_send())
+            if event is not None:
+                return event
+            self.session.receive_data(self.sock.recv(65536))
+
+    def handshake(self) -> None:
+        self.sock.sendall(self.session.start())
+        assert isinstance(self.event(), Confirmed)
+
+    def offer(self, offer: Offer) -> bool:
+        self.sock.sendall(self.session.send_offer(offer))
+        answer = self.event()
+        assert isinstance(answer, Answered)
+        return answer.accepted
+
+    def receive_offer(self) -> Offer:
+        event = self.event()
+        assert isinstance(event, Offered)
+        return event.offer
+
+    def seal(self, kind: Kind, body: bytes) -> None:
+        """A record the session would not send: its type and body are the test's, even
+        after a final record."""
+        sealer = self.session._sealer
+        assert sealer is not None
+        sealer.closed = False
+        self.sock.sendall(sealer.seal(kind, body))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class FakeRelay:
+    """A listening socket that hands each connection to `serve` in a thread."""
+
+    def __init__(self, serve: Callable[[socket.socket, bytes], None]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.serve = serve
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                conn.settimeout(IO_TIMEOUT)
+                with conn, contextlib.suppress(OSError, EOFError):
+                    request = b""
+                    while not request.endswith(b"\n"):
+                        chunk = conn.recv(1)
+                        if not chunk:
+                            raise EOFError
+                        request += chunk
+                    self.serve(conn, request)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@contextlib.contextmanager
+def fake_relay(serve: Callable[[socket.socket, bytes], None]) -> Iterator[FakeRelay]:
+    relay = FakeRelay(serve)
+    try:
+        yield relay
+    finally:
+        relay.close()
+
+
+def sender_over(conn: socket.socket, code: Code) -> Session:
+    """Play an honest sender over a raw connection (for a fake relay that is also the peer)."""
+    session = Session(Side.SENDER, code)
+    conn.sendall(session.start())
+    while True:
+        event = session.next_event()
+        conn.sendall(session.data_to_send())
+        if isinstance(event, Confirmed):
+            return session
+        data = conn.recv(65536)
+        if not data:
+            raise EOFError
+        session.receive_data(data)

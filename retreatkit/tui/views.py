@@ -246,18 +246,6 @@ def query_row(q: dict[str, Any]) -> Row:
     )
 
 
-def legacy_queries(e: EndpointState) -> list[dict[str, Any]]:
-    """Queries from a nameserver without `GET /nameserver/queries`: its status's `recent`
-    list of [time, client, name, type, answer]."""
-    out = []
-    for item in e.section("nameserver").get("recent") or []:
-        if isinstance(item, list) and len(item) == 5:
-            out.append(
-                {"at": None, "client": item[1], "name": item[2], "type": item[3], "answer": item[4]}
-            )
-    return out
-
-
 def answer_line(answer: Any) -> str:
     """An action's answer in one line: `key value` pairs, or the text."""
     if answer is None:

@@ -26,10 +26,13 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def start_send(relay: RelayProcess, *args: str, stdin: object = None) -> Process:
+def start_send(
+    relay: RelayProcess, *args: str, passphrase: str | None = None, stdin: object = None
+) -> Process:
     proc = Process.start(
         bob_argv("send", "--relay", relay.address, *args),
         stdin=stdin if stdin is not None else subprocess.DEVNULL,  # type: ignore[arg-type]
+        env={"BOB_PASSPHRASE": passphrase} if passphrase else None,
     )
     proc.wait_for(r"^Passphrase: ")
     return proc
@@ -63,7 +66,7 @@ def test_big_file_arrives_whole(relay: RelayProcess, tmp_path: Path, out: Path) 
     with src.open("wb") as f:
         for _ in range(256):
             f.write(os.urandom(1 << 20))
-    sender = start_send(relay, "--passphrase", "17-alpha-beta", str(src))
+    sender = start_send(relay, str(src), passphrase="17-alpha-beta")
     got = recv(relay, "--yes", "--output", str(out), "17-alpha-beta")
     code, lines = sender.finish(TIMEOUT)
     assert got.returncode == 0, got.stderr
@@ -71,10 +74,10 @@ def test_big_file_arrives_whole(relay: RelayProcess, tmp_path: Path, out: Path) 
     assert sha256(out / "disk.img") == sha256(src)
     assert lines == [
         "Sending 268.4 MB file named 'disk.img'",
-        "Passphrase: 17-alpha-beta",
+        "Passphrase: yours, on nameplate 17 (its words are not shown)",
         "On the other computer, please run:",
         "",
-        f"bob recv --relay {relay.address} 17-alpha-beta",
+        f"bob recv --relay {relay.address}",
         "",
         "Transfer complete.",
     ]
@@ -98,7 +101,7 @@ def test_folder_tree_keeps_structure(relay: RelayProcess, tmp_path: Path, out: P
     run.write_text("#!/bin/sh\necho hi\n")
     run.chmod(0o4755)  # setuid must not survive
     (tree / "link").symlink_to("/etc/passwd")
-    sender = start_send(relay, "--passphrase", "3-tree-frog", str(tree))
+    sender = start_send(relay, str(tree), passphrase="3-tree-frog")
     got = recv(relay, "-y", "-o", str(out), "3-tree-frog")
     code, lines = sender.finish(TIMEOUT)
     assert (code, got.returncode) == (0, 0), (lines, got.stderr)
@@ -154,7 +157,7 @@ def test_passphrase_prompt_and_yes_prompt(relay: RelayProcess, tmp_path: Path, o
     src = tmp_path / "photo.jpg"
     src.write_bytes(b"jpeg")
     (out / "photo.jpg").write_bytes(b"mine")  # must survive
-    sender = start_send(relay, "--passphrase", "8-apple-pie", str(src))
+    sender = start_send(relay, str(src), passphrase="8-apple-pie")
     got = recv(relay, "--output", str(out), input="8-apple-pie\n\n")
     code, lines = sender.finish(TIMEOUT)
     assert (code, got.returncode) == (0, 0), (lines, got.stderr)
@@ -169,8 +172,8 @@ def test_passphrase_prompt_and_yes_prompt(relay: RelayProcess, tmp_path: Path, o
 def test_declined_fails_both_sides(relay: RelayProcess, tmp_path: Path, out: Path) -> None:
     src = tmp_path / "f"
     src.write_bytes(b"x")
-    sender = start_send(relay, "--passphrase", "9-no-way", str(src))
-    got = recv(relay, "-o", str(out), "9-no-way", input="n\n")
+    sender = start_send(relay, str(src), passphrase="9-not-now")
+    got = recv(relay, "-o", str(out), "9-not-now", input="n\n")
     code, lines = sender.finish(TIMEOUT)
     assert (code, got.returncode) == (1, 1)
     assert lines[-1] == "ERROR: the receiver declined the transfer"
@@ -183,7 +186,7 @@ def test_wrong_passphrase_fails_both_and_burns_nameplate(
 ) -> None:
     src = tmp_path / "secret.txt"
     src.write_text("top secret")
-    sender = start_send(relay, "--passphrase", "5-alpha-beta", str(src))
+    sender = start_send(relay, str(src), passphrase="5-alpha-beta")
     got = recv(relay, "--yes", "-o", str(out), "5-alpha-gamma")
     code, lines = sender.finish(TIMEOUT)
     assert (code, got.returncode) == (1, 1)
@@ -215,8 +218,9 @@ def test_relay_unreachable(tmp_path: Path) -> None:
     [
         (["send"], "bob: nothing to send: give a PATH, - for stdin, or --text TEXT\n"),
         (
-            ["send", "--passphrase", "purple", "x"],
-            "bob: a passphrase looks like 7-purple-sofa: a number, then two or more words\n",
+            ["send", "--passphrase", "7-purple-sofa", "x"],
+            "bob: a passphrase on the command line shows in ps to everyone on this computer"
+            " while bob waits; set BOB_PASSPHRASE instead\n",
         ),
         (["send", "--text", "hi", "file"], "bob: give --text or paths, not both\n"),
         (

@@ -5,6 +5,8 @@ import pytest
 from retreatkit.relay import wire
 from retreatkit.relay.matching import Limits, Matcher, Refusal
 
+IP = "10.0.0.1"
+
 
 def counter() -> Matcher:
     values = iter(range(1000))
@@ -14,29 +16,29 @@ def counter() -> Matcher:
 def test_allocate_join_burns_the_nameplate() -> None:
     m = counter()
     a, b = object(), object()
-    plate = m.allocate(a)
+    plate = m.allocate(a, IP)
     assert plate == "1" and m.waiting == 1
-    assert m.join(plate) is a
+    assert m.join(plate, IP) is a
     with pytest.raises(Refusal, match="no sender is waiting on nameplate 1"):
-        m.join(plate)
-    assert m.allocate(b) == "2"
+        m.join(plate, IP)
+    assert m.allocate(b, IP) == "2"
 
 
 def test_claim_in_use_and_room() -> None:
     m = counter()
-    m.claim(object(), "7")
+    m.claim(object(), IP, "7")
     with pytest.raises(Refusal, match="nameplate 7 is in use; choose another passphrase"):
-        m.claim(object(), "7")
-    m.allocate(object())
-    m.allocate(object())
+        m.claim(object(), IP, "7")
+    m.allocate(object(), IP)
+    m.allocate(object(), IP)
     with pytest.raises(Refusal, match="the relay is full; try again later"):
-        m.allocate(object())
+        m.allocate(object(), IP)
 
 
 def test_leave_only_frees_own_nameplate() -> None:
     m = counter()
     a = object()
-    m.claim(a, "5")
+    m.claim(a, IP, "5")
     m.leave(object(), "5")
     assert m.waiting == 1
     m.leave(a, "5")

@@ -69,6 +69,13 @@ UNSAFE_NAMES = [
     pytest.param("x" * (MAX_COMPONENT + 1), id="overlong-ascii"),
     pytest.param("é" * (MAX_COMPONENT // 2 + 1), id="overlong-utf8-bytes"),
     pytest.param("a\udc80b", id="lone-surrogate"),
+    pytest.param("\u202eexe.txt", id="bidi-override"),
+    pytest.param("a\u2066b", id="bidi-isolate"),
+    pytest.param("\x1b[31mred", id="escape"),
+    pytest.param("two\nlines", id="newline"),
+    pytest.param("\x9bcsi", id="c1-control"),
+    pytest.param("\x7f", id="delete"),
+    pytest.param("line\u2028sep", id="line-separator"),
 ]
 
 
@@ -103,8 +110,12 @@ def test_unsafe_component_in_decoded_offer(name: str) -> None:
         "é" * (MAX_COMPONENT // 2),
         "1:x",  # not a drive letter
         "ab:c",
-        "\u202eexe.txt",  # shown escaped, but a legal name
-        "\x1b[31mred",
+        "trailing dot.",
+        "trailing space ",
+        "CON",  # a device on Windows, a name on POSIX
+        "nul.txt",
+        "\u200bzero-width",  # shown escaped, but a legal name
+        "family \U0001f468\u200d\U0001f469",  # emoji joined by ZWJ (a format character)
     ],
 )
 def test_odd_but_safe_component_is_accepted(name: str) -> None:
@@ -344,7 +355,11 @@ def test_decode_arbitrary_json_raises_only_unsafe_offer(value: Any) -> None:
 # surrogate is allowed in a str but a high+low pair is one character to JSON
 _any_char = st.characters() | st.integers(0xD800, 0xDFFF).map(chr)
 _argv_char = st.characters(exclude_categories=["Cs"]) | st.integers(0xDC80, 0xDCFF).map(chr)
-_name_chars = st.characters(codec="utf-8", exclude_characters="/\\\0")
+_name_chars = st.characters(
+    codec="utf-8",
+    exclude_categories=["Cc", "Zl", "Zp"],
+    exclude_characters="/\\\0\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069",
+)
 _component = (
     st.text(_name_chars, min_size=1, max_size=12)
     .filter(lambda s: s not in (".", "..") and not re.match(r"^[A-Za-z]:", s))

@@ -37,7 +37,6 @@ class NameserverScreen(Panel):
         self.queries: deque[dict[str, Any]] = deque(maxlen=QUERY_LOG)
         self.after = 0
         self.problem: str | None = None
-        self.legacy = False
 
     def body(self) -> ComposeResult:
         yield Lines(id="summary")
@@ -65,8 +64,7 @@ class NameserverScreen(Panel):
         doc, problem = await self.fetch(
             "nameserver", f"/nameserver/queries?after={self.after}&limit={PAGE}"
         )
-        self.legacy = problem is not None and "HTTP 404" in problem
-        self.problem = None if self.legacy else problem
+        self.problem = problem
         if isinstance(doc, dict) and isinstance(doc.get("queries"), list):
             self.queries.extend(q for q in doc["queries"] if isinstance(q, dict))
             if isinstance(doc.get("next"), int):
@@ -87,9 +85,7 @@ class NameserverScreen(Panel):
         self.draw_queries()
 
     def draw_queries(self) -> None:
-        e = self.dash.state.hosting("nameserver")
-        source = views.legacy_queries(e) if self.legacy and e else list(self.queries)
-        rows = [views.query_row(q) for q in reversed(source)]  # newest first
+        rows = [views.query_row(q) for q in reversed(self.queries)]  # newest first
         needle = self.query_one("#filter", Input).value.strip().casefold()
         if needle:
             rows = [r for r in rows if any(needle in cell.casefold() for cell in r)]

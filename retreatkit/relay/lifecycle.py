@@ -1,0 +1,291 @@
+"""A relay connection's life (request line, waiting, paired, closed): a pure machine.
+
+The socket shell reports what happened (`connect`, `received`, `forwarded`, `lost`,
+`expire`, `stop`) and performs the actions it gets back: write these bytes, close that
+connection, wake me at this time. The clock is injected, so every timer and limit is
+tested in process with exact times. How each connection ended is an `Ending`, decided
+from the phase it was in, never from the text of a message.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from retreatkit.relay import wire
+from retreatkit.relay.matching import Limits, Matcher, NoSender, Refusal
+
+# A bob/1 sender's first two frames, PAKE (4 + 33 bytes) and CONFIRM (4 + 32): it sends
+# a byte more only after checking the receiver's confirmation (PROTOCOL.md 4), so a pair
+# whose sender sent no more than this failed its key exchange.
+HANDSHAKE_BYTES = 73
+RECENT = 100  # ended transfers kept for the admin list
+LISTED = 100  # active transfers listed at most
+
+
+class Phase(enum.Enum):
+    HANDSHAKE = "handshake"  # connected, no complete request line yet
+    WAITING = "waiting"  # a sender holding its nameplate
+    PAIRED = "paired"  # forwarding to and from a peer
+    CLOSED = "closed"
+
+
+class Ending(enum.Enum):
+    """How a connection ended, in the words docs/operations.md explains."""
+
+    COMPLETED = "completed"  # paired past the key exchange, then a peer closed
+    KEY_EXCHANGE_FAILED = "key exchange failed"  # paired, closed before the key was confirmed
+    IDLE_TIMEOUT = "idle timeout"  # paired, and no byte either way for idle_timeout
+    WAIT_TIMEOUT = "wait timeout"  # a sender no receiver came for in wait_timeout
+    SENDER_LEFT = "sender left"  # a sender that closed while it waited
+    NO_SENDER = "no sender"  # a receiver that named a nameplate nobody holds
+    REFUSED = "refused"  # turned away by a limit, or a nameplate in use
+    BAD_REQUEST = "bad request"  # not a bob/1 request line, or bytes before pairing
+    HANDSHAKE_TIMEOUT = "handshake timeout"  # no request line within handshake_timeout
+    LEFT_EARLY = "left early"  # closed before sending a whole request line
+    RELAY_STOPPED = "relay stopped"
+
+
+@dataclass(eq=False, slots=True)
+class Transfer:
+    """One pairing; what the admin list shows. Never anything but the public nameplate."""
+
+    nameplate: str
+    started: float
+    started_at: float  # wall clock, for display only
+    last: float  # the last byte either way
+    bytes: int = 0
+    confirmed: bool = False
+    ended: Ending | None = None
+    duration: float = 0.0
+
+
+@dataclass(eq=False, slots=True)
+class Conn:
+    ip: str
+    address: str
+    handle: object  # the shell's own object for this connection
+    phase: Phase = Phase.HANDSHAKE
+    sender: bool = False
+    nameplate: str | None = None
+    peer: Conn | None = None
+    transfer: Transfer | None = None
+    sent: int = 0  # bytes this side sent its peer
+    deadline: float | None = None
+    buf: bytes = b""
+    admitted: bool = False
+    ending: Ending | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    conn: Conn
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection (flushing what is buffered); `conn.ending` says why."""
+
+    conn: Conn
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """Call `expire(conn)` at `at` (on the core's clock); None cancels."""
+
+    conn: Conn
+    at: float | None
+
+
+Action = Write | Close | Arm
+
+
+class RelayCore:
+    """Every connection of one relay, the matcher and the counts /status shows."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        randbelow: Callable[[int], int] = secrets.randbelow,
+    ) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.wall = wall
+        self.matcher = Matcher(limits, randbelow, clock)
+        self.conns: set[Conn] = set()
+        self.active: dict[Transfer, None] = {}  # insertion-ordered: oldest first
+        self.recent: deque[Transfer] = deque(maxlen=RECENT)
+        self.ended: Counter[Ending] = Counter()
+        self.bytes_relayed = 0
+        self.handshakes_refused = 0
+        self.handshakes_failed = 0
+        self.transfers_completed = 0
+        self.started = clock()
+
+    # -- what the shell reports -------------------------------------------------------
+
+    def connect(self, ip: str, address: str, handle: object) -> tuple[Conn, list[Action]]:
+        conn = Conn(ip, address, handle)
+        self.conns.add(conn)
+        try:
+            self.matcher.admit(ip)
+        except Refusal as exc:
+            return conn, self._refuse(conn, str(exc), Ending.REFUSED)
+        conn.admitted = True
+        return conn, [self._arm(conn, self.clock() + self.limits.handshake_timeout)]
+
+    def received(self, conn: Conn, data: bytes) -> list[Action]:
+        """Bytes from a connection that is not paired (paired ones go to `forwarded`)."""
+        if conn.phase is Phase.CLOSED:
+            return []
+        if conn.phase is Phase.PAIRED:
+            assert conn.peer is not None
+            self.forwarded(conn, len(data))
+            return [Write(conn.peer, data)]
+        if conn.phase is Phase.WAITING:
+            return self._refuse(conn, "send nothing until paired", Ending.BAD_REQUEST)
+        conn.buf += data
+        line, newline, rest = conn.buf.partition(b"\n")
+        if not newline:
+            if len(conn.buf) >= wire.MAX_LINE:
+                return self._refuse(conn, "handshake line too long", Ending.BAD_REQUEST)
+            return []
+        if rest:
+            return self._refuse(conn, "send nothing until paired", Ending.BAD_REQUEST)
+        conn.buf = b""
+        try:
+            request = wire.parse_request(line)
+        except wire.WireError as exc:
+            return self._refuse(conn, str(exc), Ending.BAD_REQUEST)
+        try:
+            if request.role is wire.Role.SEND:
+                return self._wait(conn, request.nameplate)
+            assert request.nameplate is not None
+            sender = self.matcher.join(request.nameplate, conn.ip)
+        except NoSender as exc:
+            return self._refuse(conn, str(exc), Ending.NO_SENDER)
+        except Refusal as exc:
+            return self._refuse(conn, str(exc), Ending.REFUSED)
+        assert isinstance(sender, Conn)
+        return self._pair(sender, conn, request.nameplate)
+
+    def forwarded(self, conn: Conn, count: int) -> None:
+        """The shell passed `count` bytes from `conn` to its peer (the hot path)."""
+        transfer = conn.transfer
+        if transfer is None:
+            return
+        conn.sent += count
+        transfer.bytes += count
+        transfer.last = self.clock()
+        self.bytes_relayed += count
+        if not transfer.confirmed and conn.sender and conn.sent > HANDSHAKE_BYTES:
+            transfer.confirmed = True
+            assert conn.peer is not None
+            self.matcher.confirmed(conn.peer.ip)
+
+    def lost(self, conn: Conn) -> list[Action]:
+        """The connection closed or reset on the client's side."""
+        phase = conn.phase
+        if phase is Phase.CLOSED:
+            return []
+        if phase is Phase.PAIRED:
+            return self._unpair(conn, Ending.COMPLETED)
+        ending = Ending.SENDER_LEFT if phase is Phase.WAITING else Ending.LEFT_EARLY
+        return self._close(conn, ending)
+
+    def expire(self, conn: Conn) -> list[Action]:
+        """A timer the shell armed fired (perhaps a little early: then it is re-armed)."""
+        if conn.phase is Phase.CLOSED or conn.deadline is None:
+            return []
+        now = self.clock()
+        if conn.phase is Phase.PAIRED:
+            assert conn.transfer is not None
+            due = conn.transfer.last + self.limits.idle_timeout
+            if now < due:  # bytes flowed since the timer was armed
+                return [self._arm(conn, due)]
+            return self._unpair(conn, Ending.IDLE_TIMEOUT)
+        if now < conn.deadline:
+            return [self._arm(conn, conn.deadline)]
+        if conn.phase is Phase.WAITING:
+            return self._refuse(conn, "nobody came for this nameplate", Ending.WAIT_TIMEOUT)
+        return self._refuse(conn, "handshake timed out", Ending.HANDSHAKE_TIMEOUT)
+
+    def stop(self) -> list[Action]:
+        actions: list[Action] = []
+        for conn in list(self.conns):
+            if conn.phase is Phase.PAIRED:
+                actions += self._unpair(conn, Ending.RELAY_STOPPED)
+            else:
+                actions += self._close(conn, Ending.RELAY_STOPPED)
+        return actions
+
+    # -- transitions ------------------------------------------------------------------
+
+    def _wait(self, conn: Conn, nameplate: str | None) -> list[Action]:
+        if nameplate is None:
+            conn.nameplate = self.matcher.allocate(conn, conn.ip)
+        else:
+            conn.nameplate = self.matcher.claim(conn, conn.ip, nameplate)
+        conn.phase, conn.sender = Phase.WAITING, True
+        deadline = self.clock() + self.limits.wait_timeout
+        return [Write(conn, wire.reply("ok", conn.nameplate)), self._arm(conn, deadline)]
+
+    def _pair(self, sender: Conn, receiver: Conn, nameplate: str) -> list[Action]:
+        now = self.clock()
+        transfer = Transfer(nameplate, now, self.wall(), now)
+        self.active[transfer] = None
+        for side, peer in ((sender, receiver), (receiver, sender)):
+            side.phase, side.peer, side.transfer = Phase.PAIRED, peer, transfer
+        return [
+            Write(sender, wire.reply("paired", receiver.address)),
+            Write(receiver, wire.reply("paired", sender.address)),
+            self._arm(sender, None),  # one idle timer per pair: the receiver's
+            self._arm(receiver, now + self.limits.idle_timeout),
+        ]
+
+    def _unpair(self, conn: Conn, ending: Ending) -> list[Action]:
+        transfer, peer = conn.transfer, conn.peer
+        assert transfer is not None and peer is not None
+        if not transfer.confirmed and ending is not Ending.RELAY_STOPPED:
+            # a join whose key exchange failed was a guess (or a typo): it counts
+            # towards widening the nameplates, and its token stays spent
+            receiver = peer if conn.sender else conn
+            self.matcher.failed(receiver.ip)
+            self.handshakes_failed += 1
+            if ending is Ending.COMPLETED:
+                ending = Ending.KEY_EXCHANGE_FAILED
+        elif ending is Ending.COMPLETED:
+            self.transfers_completed += 1
+        transfer.ended = ending
+        transfer.duration = self.clock() - transfer.started
+        self.active.pop(transfer, None)
+        self.recent.appendleft(transfer)
+        return self._close(conn, ending) + self._close(peer, ending)
+
+    def _refuse(self, conn: Conn, reason: str, ending: Ending) -> list[Action]:
+        if ending is not Ending.WAIT_TIMEOUT:
+            self.handshakes_refused += 1
+        return [Write(conn, wire.reply("error", reason)), *self._close(conn, ending)]
+
+    def _close(self, conn: Conn, ending: Ending) -> list[Action]:
+        if conn.phase is Phase.CLOSED:
+            return []
+        if conn.phase is Phase.WAITING:
+            self.matcher.leave(conn, conn.nameplate)
+        conn.phase, conn.ending, conn.deadline, conn.peer = Phase.CLOSED, ending, None, None
+        if conn.admitted:
+            self.matcher.release(conn.ip)
+        self.conns.discard(conn)
+        self.ended[ending] += 1
+        return [Close(conn)]
+
+    def _arm(self, conn: Conn, at: float | None) -> Arm:
+        conn.deadline = at
+        return Arm(conn, at)
