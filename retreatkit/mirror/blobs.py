@@ -18,8 +18,10 @@ from pathlib import Path
 
 from retreatkit.mirror.errors import BadUpstreamData, LocalError, StoreFull
 
-ALGOS = ("md5", "sha256", "sha512")
-_HEX_LEN = {"md5": 32, "sha256": 64, "sha512": 128}
+ALGOS = ("md5", "sha1", "sha256", "sha512")
+# sha1 only ever joins a stronger hash, or stands for npm's `shasum`, the one check the
+# oldest npm packages have: npm trusts nothing more for them either
+_HEX_LEN = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 _HEX = {algo: re.compile(f"[0-9a-f]{{{n}}}") for algo, n in _HEX_LEN.items()}
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 

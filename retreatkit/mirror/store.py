@@ -1,5 +1,8 @@
 """The store: blobs named by their sha256, an SQLite catalog of what they answer, their health.
 
+One process owns a store at a time (a lock file): two mirrors writing one catalog would
+each believe their own memory of it.
+
 Lookups run on the event loop (point reads by primary key, microseconds); every write
 runs on the one store thread (`run`), each thread over its own connection: SQLite's WAL
 lets the loop read while the store thread writes. A blob is served only once it is
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -25,7 +29,7 @@ from typing import TypeVar
 
 from retreatkit.mirror.blobs import BlobWriter, blob_path, hash_file, valid_hex
 from retreatkit.mirror.errors import LocalError, StoreFull
-from retreatkit.mirror.records import Object, Source
+from retreatkit.mirror.records import Object, Source, kind_of
 from retreatkit.mirror.space import Space
 
 __all__ = ["Check", "Store", "valid_hex"]
@@ -48,6 +52,15 @@ create table if not exists sources (
     url text not null,          -- where upstream has it
     hashes text not null        -- JSON {algo: hex} it must match
 );
+create table if not exists blobs (
+    digest text primary key,    -- sha256 of a blob on disk
+    size integer not null,
+    kind text not null,         -- 'index', 'archive' or 'local' (what goes first when full)
+    pinned integer not null default 0,  -- never evicted: the organiser's own files
+    last_access real not null,  -- written in batches, never on the hit path
+    created real not null
+);
+create index if not exists blobs_evict on blobs(pinned, kind, last_access);
 """
 _SOURCE_COLUMNS = {"ecosystem": "text", "package": "text", "size": "integer", "aliases": "text"}
 
@@ -63,11 +76,31 @@ class Check:
     dropped: int = 0  # corrupt blobs removed, by this check or on a first serve
 
 
+class StoreInUse(LocalError):
+    """Another process holds this store."""
+
+
+def lock(root: Path) -> int:
+    """Take the store's lock file (released when the descriptor closes, a crash included)."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreInUse(
+            f"the store {root} is in use by another retreatkit process; stop it first"
+            " (or send files to the running mirror)"
+        ) from None
+    return fd
+
+
 class Store:
     def __init__(self, root: Path, keep_free: int = 0) -> None:
         self.root = root
         self.blobs = root / "blobs" / "sha256"
         self.tmp = root / "tmp"
+        self._lock = lock(root)
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():  # a crash mid-download leaves these
@@ -75,6 +108,7 @@ class Store:
         self.space = Space(keep_free)
         self.check = Check()
         self.verified: set[str] = set()
+        self.accessed: dict[str, float] = {}  # digest -> last hit, until the next flush
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -86,6 +120,14 @@ class Store:
         for column, kind in _SOURCE_COLUMNS.items():  # stores made before these existed
             if column not in have:
                 db.execute(f"alter table sources add column {column} {kind}")
+        if db.execute("select count(*) from blobs").fetchone()[0] == 0:
+            # a store made before blobs were accounted: each as last used when fetched
+            rows = db.execute("select key, digest, size, fetched from objects").fetchall()
+            self._write(
+                "insert or ignore into blobs values (?, ?, ?, 0, ?, ?)",
+                [(d, n, kind_of(k), t, t) for k, d, n, t in rows],
+            )
+        self.used: int = db.execute("select coalesce(sum(size), 0) from blobs").fetchone()[0]
 
     def db(self) -> sqlite3.Connection:
         """This thread's connection: the loop reads over one, the store thread writes over
@@ -110,10 +152,15 @@ class Store:
     def close(self) -> None:
         self._halt.set()
         self._pool.shutdown(wait=True)
+        with contextlib.suppress(LocalError, sqlite3.Error):
+            self.flush_access()
         with self._conns_lock:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     # -- blobs ----------------------------------------------------------------------
 
@@ -277,14 +324,51 @@ class Store:
 
     # -- the catalog: writes (the store thread) ---------------------------------------
 
-    def put(self, *objs: Object) -> None:
+    def put(self, *objs: Object, kind: str | None = None, pinned: bool = False) -> None:
+        """Names for blobs on disk, and the blobs' accounting (new ones count as just used)."""
+        now = time.time()
+        blobs = {o.digest: (o.digest, o.size, kind or kind_of(o.key), int(pinned), now, now)
+                 for o in objs}  # fmt: skip
+
+        def write(db: sqlite3.Connection) -> int:
+            db.executemany(
+                "insert or replace into objects values (?, ?, ?, ?, ?, ?, ?)",
+                [(o.key, o.digest, o.size, o.content_type, o.fetched, o.etag, o.last_modified)
+                 for o in objs],
+            )  # fmt: skip
+            added = 0
+            for row in blobs.values():
+                cursor = db.execute("insert or ignore into blobs values (?, ?, ?, ?, ?, ?)", row)
+                added += row[1] if cursor.rowcount == 1 else 0
+                if pinned:
+                    db.execute(
+                        "update blobs set pinned = 1, kind = ? where digest = ?", (row[2], row[0])
+                    )
+            return added
+
+        self.used += self.transaction(write)
+
+    def flush_access(self) -> None:
+        """Write the hits noted since the last flush, in one transaction (the store thread)."""
+        if not self.accessed:
+            return
+        batch, self.accessed = self.accessed, {}
         self._write(
-            "insert or replace into objects values (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (o.key, o.digest, o.size, o.content_type, o.fetched, o.etag, o.last_modified)
-                for o in objs
-            ],
+            "update blobs set last_access = max(last_access, ?) where digest = ?",
+            [(when, digest) for digest, when in batch.items()],
         )
+
+    def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self.db()
+        try:
+            db.execute("begin")
+            result = fn(db)
+            db.execute("commit")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("rollback")
+            raise self._catalog_error(exc) from None
+        return result
 
     def touch(self, key: str, when: float) -> None:
         self._write("update objects set fetched = ? where key = ?", [(when, key)])
@@ -321,15 +405,10 @@ class Store:
         return obj
 
     def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
-        db = self.db()
-        try:
-            db.execute("begin")
-            db.executemany(sql, rows)
-            db.execute("commit")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("rollback")
-            if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
-                self.outgrown()
-                raise StoreFull("the mirror's disk is full (its catalog cannot grow)") from None
-            raise LocalError(f"the mirror's catalog failed: {exc}") from None
+        self.transaction(lambda db: db.executemany(sql, rows))
+
+    def _catalog_error(self, exc: sqlite3.Error) -> LocalError:
+        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+            self.outgrown()
+            return StoreFull("the mirror's disk is full (its catalog cannot grow)")
+        return LocalError(f"the mirror's catalog failed: {exc}")

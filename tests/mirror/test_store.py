@@ -58,7 +58,8 @@ def test_the_check_after_a_restart_drops_rot(tmp_path: Path) -> None:
         ("sha256", "A" * 64, False),
         ("sha256", "a" * 63, False),
         ("md5", "0" * 32, True),
-        ("sha1", "0" * 40, False),
+        ("sha1", "0" * 40, True),
+        ("sha3", "0" * 64, False),
         ("sha256", "../" + "a" * 61, False),
     ],
 )
