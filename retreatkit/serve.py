@@ -22,6 +22,7 @@ from retreatkit.admin import token as admin_token
 from retreatkit.admin.advertise import Advertisement, advertise
 from retreatkit.admin.logs import LogRing
 from retreatkit.admin.process import ProcessInfo
+from retreatkit.mirror import apt as apt_format
 from retreatkit.mirror import resolver as mirror_resolver
 from retreatkit.mirror import server as mirror_server
 from retreatkit.mirror import status as mirror_status
@@ -110,6 +111,19 @@ def default_store() -> Path:
     return Path(data) / "retreatkit" / "mirror"
 
 
+def mirror_apt(origins: dict[str, Any]) -> dict[str, str]:
+    """[mirror] apt, checked: names the mirror can serve under, http(s) URLs."""
+    for name, url in origins.items():
+        if not apt_format.valid_origin(name):
+            raise ValueError(
+                f"apt origin {name!r}: use lowercase letters, digits, '.', '_' and '-',"
+                " and not pypi, opam, npm or lists"
+            )
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"apt origin {name}: {url!r} is not an http:// or https:// URL")
+    return {name: str(url).rstrip("/") for name, url in origins.items()}
+
+
 class MirrorService:
     name = "mirror"
 
@@ -142,6 +156,10 @@ class MirrorService:
             ),
             keep_free=int(section["keep_free_bytes"]),
             public_url=str(section["public_url"]),
+            npm=section["npm"] or upstreams.default_npm(),
+            apt=mirror_apt(section["apt"]) or upstreams.default_apt(),
+            max_size=int(section["max_size_bytes"]),
+            allow_upstream=list(section["allow_upstream"]),
         )
         return cls(config.host_port(section["listen"]), settings)
 
@@ -160,9 +178,11 @@ class MirrorService:
         lan = host_address() if host in ("0.0.0.0", "::") else host
         self.mirror.lan_url = f"http://{lan}:{port}"
         say(f"Mirror listening on http://{host}:{port}/ (store {self.settings.store})")
-        for ecosystem in ("pypi", "opam"):
+        for ecosystem in ("pypi", "opam", "npm"):
             upstream = getattr(self.settings, ecosystem)
             say(f"Mirror {ecosystem} upstream: {upstream or 'none (pass --' + ecosystem + ' URL)'}")
+        apt = ", ".join(f"{n}={u}" for n, u in self.settings.apt.items())
+        say(f"Mirror apt origins: {apt or 'none (pass --apt NAME=URL)'}")
         self.mirror.start(done=say)  # the store check runs while the mirror serves
 
     async def stop(self) -> None:

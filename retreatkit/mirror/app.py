@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from retreatkit.mirror import opam_http, page, pypi_http, respond
+from retreatkit.mirror import apt_http, npm_http, opam_http, page, pypi_http, respond
 from retreatkit.mirror.errors import NotFound
 from retreatkit.mirror.lists import list_key
 from retreatkit.mirror.memory import Page
@@ -32,7 +32,9 @@ def make_app(mirror: Mirror) -> web.Application:
     app.router.add_get("/", home)
     app.router.add_routes(pypi_http.routes())
     app.router.add_routes(opam_http.routes())
+    app.router.add_routes(npm_http.routes())
     app.router.add_get("/lists/{key}", cached_list)
+    apt_http.install(app)  # last: its `/NAME/...` would match any path
     return app
 
 

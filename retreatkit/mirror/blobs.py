@@ -87,7 +87,8 @@ class BlobWriter:
     def check(self, expected: Mapping[str, str] | None = None) -> str:
         """Compare every expected hash; returns the sha256. Discards the blob on a mismatch."""
         got = {a: h.hexdigest() for a, h in self.hashes.items()}
-        for algo, want in (expected or {}).items():
+        strongest_first = sorted((expected or {}).items(), key=lambda kv: -_HEX_LEN.get(kv[0], 0))
+        for algo, want in strongest_first:
             if algo in got and got[algo] != want.lower():
                 self.discard()
                 raise IntegrityError(f"{algo} mismatch: expected {want}, got {got[algo]}")

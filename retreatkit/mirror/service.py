@@ -56,6 +56,8 @@ class Settings:
     store: Path
     pypi: str | None
     opam: str | None
+    npm: str | None = None  # an npm registry
+    apt: dict[str, str] = field(default_factory=dict)  # origin name -> archive URL
     index_ttl: float = 600.0  # how long an index is served before asking upstream again
     hot_bytes: int = 128 * 1024 * 1024  # small files kept in memory
     page_bytes: int = 64 * 1024 * 1024  # index pages kept in memory, as clients get them
@@ -65,6 +67,7 @@ class Settings:
     keep_free: int = 512 * 1024 * 1024  # disk space the store leaves to the machine
     public_url: str = ""  # what the attendee page tells people; empty: from the request
     max_size: int = 0  # bytes of blobs the store keeps; 0: no limit but the disk
+    allow_upstream: list[str] = field(default_factory=list)  # local names upstream may add to
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,7 @@ class Mirror:
         self.offload = offload  # CPU or disk work that must not stall the loop
         self.generation: Counter[str] = Counter()  # per package: bumps as files land
         self.origins: dict[str, set[str]] = {}  # ecosystem -> upstream hosts its files use
+        self.warners: list[Callable[[], list[str]]] = []  # ecosystems' lines for /status
         self._pace = pace
         self._pages: dict[str, tuple[Object, bytes]] = {}  # pages the disk could not take
         self._revalidating: dict[str, asyncio.Future[IndexAnswer]] = {}

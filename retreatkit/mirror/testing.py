@@ -187,6 +187,9 @@ def start_mirror(
     listen: str = "127.0.0.1:0",
     extra: str = "",
     wrap: Callable[[list[str]], list[str]] = lambda argv: argv,
+    npm: str | None = None,
+    apt: dict[str, str] | None = None,
+    flags: tuple[str, ...] = (),
 ) -> tuple[Server, str]:
     """A real `retreatkit mirror` process; returns it (url = the mirror) and its admin URL.
     `extra` adds lines to its [mirror] section; `wrap` puts a command in front of it."""
@@ -199,7 +202,10 @@ def start_mirror(
         sys.executable, "-m", "retreatkit.cli.main", "--config", str(config),
         "mirror", "--listen", listen, "--store", str(store),
         "--pypi", pypi or "http://127.0.0.1:9/none/", "--opam", opam or "http://127.0.0.1:9/none/",
+        "--npm", npm or "http://127.0.0.1:9/none/", *flags,
     ]  # fmt: skip
+    for name, url in (apt or {}).items():
+        argv += ["--apt", f"{name}={url}"]
     home = store.parent / f"{store.name}-home"
     env = {"HOME": str(home), "XDG_STATE_HOME": str(home / "state")}
     proc = Process.start(wrap(argv), env=env)
