@@ -95,7 +95,7 @@ def add_arguments(mirror: argparse.ArgumentParser) -> None:
     add.add_argument("files", nargs="+", metavar="FILE")
 
 
-def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+def run(args: argparse.Namespace) -> int:
     """One of the verbs; its exit code (0 done, 1 failed, 2 usage)."""
     print(f"retreatkit: mirror {args.action} is not available yet", file=sys.stderr)
     return 2

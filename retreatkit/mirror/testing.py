@@ -276,12 +276,13 @@ def _ip(*args: str) -> None:
 
 
 @contextlib.contextmanager
-def netns(tag: str) -> Iterator[Netns]:
+def netns(tag: str, prefix: str = "rkmir") -> Iterator[Netns]:
     """Made for one test, removed after it, whatever happens (needs root and iproute2)."""
     if shutil.which("ip") is None or os.geteuid() != 0:
         raise RuntimeError("network namespaces need root and iproute2")
-    name = f"rkmir-{os.getpid()}-{tag}"
-    link = f"rkmir{os.getpid() % 10_000_000}{tag[:1]}"  # at most 15 characters
+    name = f"{prefix}-{os.getpid()}-{tag}"
+    digits = 13 - len(prefix)  # interface names: at most 15 characters, with tag and side
+    link = f"{prefix}{os.getpid() % 10**digits}{tag[:1]}"
     pick = secrets.randbelow  # not for secrecy: only so two runs rarely pick the same subnet
     a, b, c = 64 + pick(64), pick(256), 4 * pick(64)
     host, address = f"100.{a}.{b}.{c + 1}", f"100.{a}.{b}.{c + 2}"
