@@ -220,7 +220,10 @@ def tui(args: argparse.Namespace) -> int:
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    # one write: print() writes the line and its newline apart, and a log record from
+    # another thread (the mirror's store check) could land between them
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def _summary(mirror: Mirror) -> page.Summary:
     platforms, pythons, sources = wheel_summary(name for name, _ in files)
     opam_digests = {digest for _, digest, _ in mirror.store.catalog("opam/")}
     npm_tarballs = sum("/-/" in key for key, _, _ in mirror.store.catalog("npm/"))
-    debs, suites = 0, []
+    debs, suites = 0, list[tuple[str, str, str]]()
     for key, digest, _ in mirror.store.catalog("apt/"):
         debs += key.endswith(".deb")
         parts = key.split("/")
