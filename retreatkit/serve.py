@@ -23,10 +23,13 @@ from retreatkit.admin.advertise import Advertisement, advertise
 from retreatkit.admin.logs import LogRing
 from retreatkit.admin.process import ProcessInfo
 from retreatkit.mirror import apt as apt_format
+from retreatkit.mirror import local as mirror_local
+from retreatkit.mirror import local_http as mirror_local_http
 from retreatkit.mirror import resolver as mirror_resolver
 from retreatkit.mirror import server as mirror_server
 from retreatkit.mirror import status as mirror_status
 from retreatkit.mirror import upstreams
+from retreatkit.mirror.errors import MirrorError
 from retreatkit.mirror.fetch import Limits as FetchLimits
 from retreatkit.mirror.server import Gate
 from retreatkit.mirror.service import Mirror, ServerLimits, Settings
@@ -135,6 +138,7 @@ class MirrorService:
         self._runner: web.AppRunner | None = None
         self._gate: Gate | None = None
         self.url: str | None = None  # where this process reaches the mirror, once started
+        self.own_wheel: asyncio.Task[None] | None = None  # publishing the kit for attendees
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> MirrorService:
@@ -184,6 +188,16 @@ class MirrorService:
         apt = ", ".join(f"{n}={u}" for n, u in self.settings.apt.items())
         say(f"Mirror apt origins: {apt or 'none (pass --apt NAME=URL)'}")
         self.mirror.start(done=say)  # the store check runs while the mirror serves
+        self.own_wheel = self.mirror.spawn(self._own_wheel(say))
+
+    async def _own_wheel(self, say: Say) -> None:
+        assert self.mirror is not None
+        try:
+            line = await mirror_local.publish_own(self.mirror)
+        except (MirrorError, OSError) as exc:
+            log.warning("cannot serve this retreatkit to attendees: %s", exc)
+            return
+        say(f"Mirror local index: {line}")
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -199,7 +213,8 @@ class MirrorService:
         return mirror_status.section(self.mirror, self.url is not None, self._gate.open)
 
     def admin_routes(self) -> list[web.RouteDef]:
-        return mirror_status.admin_routes(lambda: self.mirror)
+        running = lambda: self.mirror  # noqa: E731
+        return mirror_status.admin_routes(running) + mirror_local_http.admin_routes(running)
 
 
 def resolv_conf_upstreams(path: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:

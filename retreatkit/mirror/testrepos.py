@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retreatkit.mirror.upstreams import dpkg_arch
+
 # -- npm --------------------------------------------------------------------------------
 
 
@@ -94,11 +96,7 @@ def write_npm(root: Path, base_url: str, tarballs: list[bytes]) -> dict[str, dic
 
 def arch() -> str:
     """This machine's Debian architecture (apt asks for its own, and `all`)."""
-    try:
-        done = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True)
-    except OSError:
-        return "amd64"
-    return done.stdout.strip() or "amd64"
+    return dpkg_arch()
 
 
 def make_deb(work: Path, name: str, version: str, depends: str = "", pad: int = 0) -> bytes:

@@ -160,3 +160,14 @@ def default_apt(root: Path = Path("/etc/apt")) -> dict[str, str]:
         if name and name not in named and name not in ("pypi", "opam", "npm", "lists"):
             named[name] = url
     return named
+
+
+def dpkg_arch() -> str:
+    """This machine's Debian architecture: what its apt asks for (besides `all`)."""
+    try:
+        done = subprocess.run(
+            ["dpkg", "--print-architecture"], capture_output=True, text=True, timeout=_TIMEOUT
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "amd64"
+    return done.stdout.strip() or "amd64"
