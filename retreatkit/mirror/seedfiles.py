@@ -210,27 +210,38 @@ def pylock(text: str, origin: str) -> Read:
 
 
 def running_kit() -> Read:
-    """retreatkit's own dependencies at the versions running here, every level down, so
-    the kit's wheel (which the mirror serves) installs with no uplink."""
-    out, todo, seen = Read(), ["retreatkit"], {"retreatkit"}
+    """retreatkit's own dependencies at the versions running here, every level down and
+    with the extras asked for (`markdown-it-py[linkify]`), so the kit's wheel (which the
+    mirror serves) installs with no uplink."""
+    out = Read()
+    todo: list[tuple[str, frozenset[str]]] = [("retreatkit", frozenset())]
+    done: set[tuple[str, frozenset[str]]] = set()
+    pinned: set[str] = {"retreatkit"}
     while todo:
+        name, extras = todo.pop()
+        if (name, extras) in done:
+            continue
+        done.add((name, extras))
         try:
-            requires = importlib.metadata.requires(todo.pop()) or []
+            requires = importlib.metadata.requires(name) or []
         except importlib.metadata.PackageNotFoundError:
             continue
         for text in requires:
             req = Requirement(text)
-            name = canonicalize_name(req.name)
-            if name in seen or (req.marker is not None and "extra" in str(req.marker)):
+            wanted = [{"extra": e} for e in ("", *extras)]
+            if req.marker is not None and not any(req.marker.evaluate(w) for w in wanted):
+                continue  # another extra's, or not for this Python and platform
+            dep = canonicalize_name(req.name)
+            todo.append((dep, frozenset(req.extras)))
+            if dep in pinned:
                 continue
-            seen.add(name)
+            pinned.add(dep)
             try:
-                version = importlib.metadata.version(name)
+                version = importlib.metadata.version(dep)
             except importlib.metadata.PackageNotFoundError:
-                out.notes.append(f"the kit needs {name}, not installed here: skipped")
+                out.notes.append(f"the kit needs {dep}, not installed here: skipped")
                 continue
-            out.wants.append(Want("pypi", name, version, origin="the running retreatkit"))
-            todo.append(name)
+            out.wants.append(Want("pypi", dep, version, origin="the running retreatkit"))
     return out
 
 

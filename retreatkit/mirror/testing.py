@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
@@ -26,7 +27,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from retreatkit.mirror import resolver
+from retreatkit.mirror import resolver, wheelmaker
 from retreatkit.mirror.app import make_app
 from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.service import Mirror, Settings
@@ -300,3 +301,31 @@ def netns(tag: str, prefix: str = "rkmir") -> Iterator[Netns]:
     finally:
         subprocess.run(["ip", "link", "del", link + "h"], capture_output=True, timeout=30)
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+def wheel_from_installed(name: str) -> tuple[str, bytes, bytes]:
+    """An installed distribution packed back into a wheel with its own tags (from its
+    WHEEL file), stored uncompressed (quick): (file name, bytes, METADATA). For an index
+    of the kit's dependencies with no network at all."""
+    dist = importlib.metadata.distribution(name)
+    info = dist.read_text("WHEEL") or ""
+    tags = tuple(
+        line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Tag:")
+    )
+    files = []
+    for f in dist.files or []:
+        path = str(f)
+        if path.startswith("..") or "__pycache__" in path or ".dist-info/" in path:
+            continue
+        files.append((path, Path(str(dist.locate_file(f))).read_bytes()))
+    metadata = (dist.read_text("METADATA") or "").encode()
+    extra = {"METADATA": metadata}
+    for kept in ("entry_points.txt", "top_level.txt"):
+        text = dist.read_text(kept)
+        if text:
+            extra[kept] = text.encode()
+    filename, data = wheelmaker.build(
+        dist.metadata["Name"], dist.version, files, extra, tags or ("py3-none-any",),
+        compression=zipfile.ZIP_STORED,
+    )  # fmt: skip
+    return filename, data, metadata

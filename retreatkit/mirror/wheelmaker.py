@@ -13,6 +13,7 @@ import base64
 import hashlib
 import importlib.metadata
 import io
+import re
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,10 +29,10 @@ def _record_hash(data: bytes) -> str:
 
 def build(
     name: str, version: str, files: Iterable[tuple[str, bytes]], dist_info: dict[str, bytes],
-    tags: tuple[str, ...] = ("py3-none-any",),
+    tags: tuple[str, ...] = ("py3-none-any",), compression: int = zipfile.ZIP_DEFLATED,
 ) -> tuple[str, bytes]:  # fmt: skip
     """A wheel of these files and `.dist-info` entries: (file name, bytes)."""
-    stem = f"{name.replace('-', '_')}-{version}"
+    stem = f"{re.sub(r'[-_.]+', '_', name)}-{version}"  # the escaping the wheel spec asks
     folder = f"{stem}.dist-info"
     wheel = "Wheel-Version: 1.0\nGenerator: retreatkit\nRoot-Is-Purelib: "
     wheel += ("true" if tags == ("py3-none-any",) else "false") + "\n"
@@ -43,11 +44,11 @@ def build(
     record.append(f"{folder}/RECORD,,")
     entries.append((f"{folder}/RECORD", ("\n".join(record) + "\n").encode()))
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+    with zipfile.ZipFile(buf, "w", compression) as z:
         for path, data in entries:
             info = zipfile.ZipInfo(path, _TIME)
             info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = compression
             z.writestr(info, data)
     platform = ".".join(sorted({t.split("-", 2)[2] for t in tags}))
     pythons = ".".join(sorted({t.split("-", 2)[0] for t in tags}))

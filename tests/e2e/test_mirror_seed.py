@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,10 +54,10 @@ def lan() -> Iterator[Netns]:
         yield ns
 
 
-def run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, **kw)  # type: ignore[call-overload]
+def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, **kw)
     assert done.returncode == 0, (argv, done.stdout, done.stderr)
-    return done  # type: ignore[no-any-return]
+    return done
 
 
 def seed(*args: str, env: dict[str, str]) -> str:

@@ -1,0 +1,91 @@
+"""An attendee without bob installs it from the mirror with no uplink: the line the page on
+`/` prints, run on an attendee's machine (a network namespace) after the organiser seeded
+the kit's own dependencies (`retreatkit mirror seed --kit`) and the uplink went.
+
+The upstream index is built from the distributions installed here, packed back into
+wheels, so the test needs no network; the kit's own wheel is the one the mirror builds
+from what is running.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from retreatkit.mirror.seedfiles import running_kit
+from retreatkit.mirror.testing import (
+    Netns,
+    netns,
+    start_mirror,
+    start_upstream,
+    wheel_from_installed,
+    write_pypi,
+)
+
+pytestmark = pytest.mark.e2e
+UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+
+
+@pytest.fixture
+def lan() -> Iterator[Netns]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("an attendee's network namespace needs root and iproute2 (.ci/run)")
+    with netns("k", prefix="rkmir2") as ns:
+        yield ns
+
+
+def bob_lines(mirror_url: str) -> list[str]:
+    with urllib.request.urlopen(mirror_url, timeout=30) as r:
+        text = r.read().decode()
+    block = re.search(r"<h2>bob</h2>\n<p>.*?</p>\n<pre>(.*?)</pre>", text, re.S)
+    assert block is not None, text
+    return html.unescape(block[1]).splitlines()
+
+
+def test_attendees_install_bob_from_the_mirror_with_no_uplink(tmp_path: Path, lan: Netns) -> None:
+    root = tmp_path / "upstream"
+    deps = running_kit().wants
+    write_pypi(root, {w.name: [wheel_from_installed(w.name)] for w in deps})
+    upstream = start_upstream(root)
+    mirror, _ = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
+                             listen=f"{lan.host}:0", ttl=0)  # fmt: skip
+    try:
+        home = tmp_path / "home"
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))},
+               "HOME": str(home), "XDG_STATE_HOME": str(home / "state")}  # fmt: skip
+        argv = [sys.executable, "-m", "retreatkit.cli.main", "mirror", "seed", "--kit",
+                "--mirror", mirror.url]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert done.stdout.startswith(f"Seeded {2 * len(deps)} files: {2 * len(deps)} fetched")
+        upstream.stop()  # the venue: no uplink
+
+        uv_line, pipx_line = bob_lines(mirror.url)
+        assert pipx_line.endswith(" pipx install retreatkit")
+        words = shlex.split(uv_line)
+        assert words[0] == "UV_PYTHON_DOWNLOADS=never" and words[1:3] == ["uv", "tool"]
+        tools = tmp_path / "tools"
+        attendee = {
+            **env, "UV_PYTHON_DOWNLOADS": "never", "UV_TOOL_DIR": str(tools / "envs"),
+            "UV_TOOL_BIN_DIR": str(tools / "bin"), "UV_CACHE_DIR": str(tools / "cache"),
+        }  # fmt: skip
+        install = [UV, *words[2:], "--python", sys.executable]
+        done = subprocess.run(lan.argv(install), capture_output=True, text=True,
+                              env=attendee, timeout=300)  # fmt: skip
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        bob = subprocess.run([str(tools / "bin" / "bob"), "--help"], capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert bob.returncode == 0 and "send" in bob.stdout, bob
+    finally:
+        mirror.stop()
+        upstream.stop()
