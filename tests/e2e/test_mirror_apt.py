@@ -11,7 +11,6 @@ itself: every byte comes through the mirror.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import urllib.request
 from collections.abc import Iterator
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from retreatkit.mirror.testing import Netns, netns, start_mirror, start_upstream
+from retreatkit.mirror.testing import Netns, start_mirror, start_upstream
 from retreatkit.mirror.testrepos import AptClient, Signer, make_deb, write_apt
+from tests.e2e.mirror_attendee import attendee
 
 pytestmark = [
     pytest.mark.e2e,
@@ -31,12 +31,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def lan() -> Iterator[Netns]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("an attendee's network namespace needs root and iproute2 (.ci/run)")
-    with netns("a", prefix="rkmir2") as ns:
-        yield ns
+lan = attendee("a")
 
 
 @pytest.fixture

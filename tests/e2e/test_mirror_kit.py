@@ -9,15 +9,11 @@ from what is running.
 
 from __future__ import annotations
 
-import html
 import os
-import re
 import shlex
 import shutil
 import subprocess
 import sys
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,31 +21,18 @@ import pytest
 from retreatkit.mirror.seedfiles import running_kit
 from retreatkit.mirror.testing import (
     Netns,
-    netns,
     start_mirror,
     start_upstream,
     wheel_from_installed,
     write_pypi,
 )
+from tests.e2e.mirror_attendee import attendee, page_block
 
 pytestmark = pytest.mark.e2e
 UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
 
 
-@pytest.fixture
-def lan() -> Iterator[Netns]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("an attendee's network namespace needs root and iproute2 (.ci/run)")
-    with netns("k", prefix="rkmir2") as ns:
-        yield ns
-
-
-def bob_lines(mirror_url: str) -> list[str]:
-    with urllib.request.urlopen(mirror_url, timeout=30) as r:
-        text = r.read().decode()
-    block = re.search(r"<h2>bob</h2>\n<p>.*?</p>\n<pre>(.*?)</pre>", text, re.S)
-    assert block is not None, text
-    return html.unescape(block[1]).splitlines()
+lan = attendee("k")
 
 
 def test_attendees_install_bob_from_the_mirror_with_no_uplink(tmp_path: Path, lan: Netns) -> None:
@@ -70,7 +53,7 @@ def test_attendees_install_bob_from_the_mirror_with_no_uplink(tmp_path: Path, la
         assert done.stdout.startswith(f"Seeded {2 * len(deps)} files: {2 * len(deps)} fetched")
         upstream.stop()  # the venue: no uplink
 
-        uv_line, pipx_line = bob_lines(mirror.url)
+        uv_line, pipx_line = page_block(mirror.url, "bob")
         assert pipx_line.endswith(" pipx install retreatkit")
         words = shlex.split(uv_line)
         assert words[0] == "UV_PYTHON_DOWNLOADS=never" and words[1:3] == ["uv", "tool"]

@@ -9,21 +9,19 @@ page on `/` prints; only the test's own cache is added.
 
 from __future__ import annotations
 
-import html
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from retreatkit.mirror.testing import Netns, netns, start_mirror, start_upstream
+from retreatkit.mirror.testing import Netns, start_mirror, start_upstream
 from retreatkit.mirror.testrepos import npm_pack, write_npm
+from tests.e2e.mirror_attendee import attendee, page_block
 
 pytestmark = [
     pytest.mark.e2e,
@@ -31,12 +29,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def lan() -> Iterator[Netns]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("an attendee's network namespace needs root and iproute2 (.ci/run)")
-    with netns("n", prefix="rkmir2") as ns:
-        yield ns
+lan = attendee("n")
 
 
 def npm_env(home: Path) -> dict[str, str]:
@@ -62,14 +55,6 @@ def package(folder: Path, name: str, version: str, deps: dict[str, str] | None =
     return folder
 
 
-def page_lines(mirror_url: str) -> list[str]:
-    with urllib.request.urlopen(mirror_url, timeout=30) as r:
-        text = r.read().decode()
-    block = re.search(r"<h2>npm</h2>\n<p>.*?</p>\n<pre>(.*?)</pre>", text, re.S)
-    assert block is not None, text
-    return html.unescape(block[1]).splitlines()
-
-
 def test_npm_installs_through_the_mirror_online_then_offline(tmp_path: Path, lan: Netns) -> None:
     env = npm_env(tmp_path / "home")
     made = tmp_path / "packed"
@@ -87,7 +72,7 @@ def test_npm_installs_through_the_mirror_online_then_offline(tmp_path: Path, lan
     write_npm(root, upstream.url, [t.read_bytes() for t in tarballs])
     mirror, _admin = start_mirror(tmp_path / "store", npm=upstream.url, listen=f"{lan.host}:0")
     try:
-        once, config_set = page_lines(mirror.url)
+        once, config_set = page_block(mirror.url, "npm")
         assert once == f"npm install --registry {mirror.url}npm/ PACKAGE"
         for round_ in ("online", "offline"):
             for how in ("once", "config"):

@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from retreatkit.mirror.testing import (
     Netns,
     make_source_tarball,
     make_wheel,
-    netns,
     sha256,
     start_mirror,
     start_upstream,
@@ -33,6 +31,7 @@ from retreatkit.mirror.testing import (
     write_pypi,
 )
 from retreatkit.mirror.testrepos import AptClient, Signer, make_deb, npm_pack, write_apt, write_npm
+from tests.e2e.mirror_attendee import attendee
 from tests.e2e.test_mirror_npm import npm_env, package
 
 pytestmark = [
@@ -46,12 +45,7 @@ UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
 TIMEOUT = 180
 
 
-@pytest.fixture
-def lan() -> Iterator[Netns]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("an attendee's network namespace needs root and iproute2 (.ci/run)")
-    with netns("s", prefix="rkmir2") as ns:
-        yield ns
+lan = attendee("s")
 
 
 def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
