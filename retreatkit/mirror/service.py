@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from retreatkit.mirror import eviction
+from retreatkit.mirror import eviction, storecheck
 from retreatkit.mirror.errors import (
     BadUpstreamData,
     LocalError,
@@ -115,7 +115,7 @@ class Mirror:
         first serve any blob the check has not reached yet."""
 
         async def check() -> None:
-            result = await self.offload(self.store.check_all, self._pace)
+            result = await self.offload(storecheck.check_all, self.store, self._pace)
             dropped = f"{result.dropped} corrupt dropped" if result.dropped else "none corrupt"
             done(f"Mirror store check done: {result.files} kept, {dropped}")
 

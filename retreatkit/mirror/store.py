@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,6 +30,7 @@ from retreatkit.mirror.blobs import BlobWriter, blob_path, hash_file, valid_hex
 from retreatkit.mirror.errors import LocalError, StoreFull
 from retreatkit.mirror.records import Object, Source, kind_of
 from retreatkit.mirror.space import Space
+from retreatkit.mirror.storecheck import Check
 
 __all__ = ["Check", "Store", "valid_hex"]
 
@@ -63,17 +63,6 @@ create table if not exists blobs (
 create index if not exists blobs_evict on blobs(pinned, kind, last_access);
 """
 _SOURCE_COLUMNS = {"ecosystem": "text", "package": "text", "size": "integer", "aliases": "text"}
-
-
-@dataclass
-class Check:
-    """The background re-hash of the store after a start."""
-
-    state: str = "pending"  # pending, running, done (or stopped, by a shutdown)
-    files: int = 0  # blobs on disk
-    size_bytes: int = 0
-    checked: int = 0
-    dropped: int = 0  # corrupt blobs removed, by this check or on a first serve
 
 
 class StoreInUse(LocalError):
@@ -113,7 +102,7 @@ class Store:
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mirror-store")
-        self._halt = threading.Event()  # ends a check under way: the process is stopping
+        self.halt = threading.Event()  # ends a check under way: the process is stopping
         db = self.db()
         db.executescript(_SCHEMA)
         have = {row[1] for row in db.execute("pragma table_info(sources)")}
@@ -150,7 +139,7 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     def close(self) -> None:
-        self._halt.set()
+        self.halt.set()
         self._pool.shutdown(wait=True)
         with contextlib.suppress(LocalError, sqlite3.Error):
             self.flush_access()
@@ -224,35 +213,10 @@ class Store:
         if good:
             self.verified.add(digest)
             return True
-        self._drop(path)
+        self.drop(path)
         return False
 
-    def check_all(self, pace: Callable[[], None] = lambda: None) -> Check:
-        """Re-hash every blob not yet verified, dropping those that fail (blocking)."""
-        check = self.check
-        paths: list[Path] = []
-        for path in self.blobs.glob("*/*"):
-            with contextlib.suppress(OSError):
-                size = path.stat().st_size
-                if path.name not in self.verified:
-                    check.files += 1
-                    check.size_bytes += size
-                    paths.append(path)
-        check.state = "running"
-        for path in paths:
-            pace()
-            if self._halt.is_set():
-                check.state = "stopped"
-                return check
-            if path.parent.name != path.name[:2] or not valid_hex("sha256", path.name):
-                self._drop(path)
-            else:
-                self.verify(path.name)
-            check.checked += 1
-        check.state = "done"
-        return check
-
-    def _drop(self, path: Path) -> None:
+    def drop(self, path: Path) -> None:
         log.warning("dropping corrupt blob %s", path.name)
         size = 0
         with contextlib.suppress(OSError):
