@@ -21,6 +21,7 @@ import pytest
 from retreatkit.mirror.seedfiles import running_kit
 from retreatkit.mirror.testing import (
     Netns,
+    make_wheel,
     start_mirror,
     start_upstream,
     wheel_from_installed,
@@ -38,9 +39,11 @@ lan = attendee("k")
 def test_attendees_install_bob_from_the_mirror_with_no_uplink(tmp_path: Path, lan: Netns) -> None:
     root = tmp_path / "upstream"
     deps = running_kit().wants
-    write_pypi(root, {w.name: [wheel_from_installed(w.name)] for w in deps})
+    index = {w.name: [wheel_from_installed(w.name)] for w in deps}
+    index["course-pkg"] = [make_wheel("course-pkg", "99.0")]  # a name taken on the public index
+    write_pypi(root, index)
     upstream = start_upstream(root)
-    mirror, _ = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
+    mirror, admin = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
                              listen=f"{lan.host}:0", ttl=0)  # fmt: skip
     try:
         home = tmp_path / "home"
@@ -69,6 +72,26 @@ def test_attendees_install_bob_from_the_mirror_with_no_uplink(tmp_path: Path, la
         bob = subprocess.run([str(tools / "bin" / "bob"), "--help"], capture_output=True,
                              text=True, timeout=60)  # fmt: skip
         assert bob.returncode == 0 and "send" in bob.stdout, bob
+
+        # the course's own package, published by the organiser through the admin endpoint
+        course = tmp_path / "course_pkg-0.1-py3-none-any.whl"
+        course.write_bytes(make_wheel("course-pkg", "0.1")[1])
+        organiser = {**env, "XDG_STATE_HOME": str(tmp_path / "store-home" / "state")}
+        add = [sys.executable, "-m", "retreatkit.cli.main", "mirror", "add", "--admin", admin,
+               str(course)]  # fmt: skip
+        done = subprocess.run(add, capture_output=True, text=True, env=organiser, timeout=60)
+        assert (done.returncode, done.stdout) == (
+            0,
+            f"{course.name}: published as course-pkg 0.1\n",
+        )
+        pip_once = page_block(mirror.url, "pip")[0].replace("PACKAGE", "course-pkg")
+        target = ["--no-cache-dir", "--target", str(tmp_path / "course")]
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check",
+               *shlex.split(pip_once)[1:], *target]  # fmt: skip
+        done = subprocess.run(lan.argv(pip), capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        installed = (tmp_path / "course" / "course_pkg" / "__init__.py").read_text()
+        assert "VERSION = '0.1'" in installed  # never the public index's 99.0
     finally:
         mirror.stop()
         upstream.stop()
