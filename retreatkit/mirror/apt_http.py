@@ -63,7 +63,10 @@ async def serve(request: web.Request, origin: str, path: str) -> web.StreamRespo
         return await _release(request, suites, origin, asked)
     if asked.kind == "pool":
         key = apt.pool_key(origin, asked.path)
-        if await mirror.blob(key) is None and mirror.store.source(key) is None:
+        held = await mirror.blob(key)
+        if held is not None:  # the hot path: one lookup
+            return await respond.blob(request, mirror, held)
+        if mirror.store.source(key) is None:
             await suites.catch_up(origin)  # a Packages file just fetched, not yet read
             if mirror.store.source(key) is None:
                 raise NotFound(

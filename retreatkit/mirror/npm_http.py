@@ -124,7 +124,10 @@ async def tarball(request: web.Request) -> web.StreamResponse:
     if not npm.valid_file(file):
         raise NotFound("no such tarball")
     key = npm.tarball_key(name, file)
-    if await mirror.blob(key) is None and mirror.store.source(key) is None:
+    held = await mirror.blob(key)
+    if held is not None:  # the hot path: one lookup
+        return await respond.blob(request, mirror, held)
+    if mirror.store.source(key) is None:
         # a lockfile names tarballs directly (`npm ci`): their hashes are in the packument
         await read(mirror, name, abbreviated=False)
     return await respond.file(request, key)

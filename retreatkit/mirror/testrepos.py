@@ -16,6 +16,7 @@ import io
 import json
 import lzma
 import os
+import random
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -27,7 +28,14 @@ from retreatkit.mirror.upstreams import dpkg_arch
 # -- npm --------------------------------------------------------------------------------
 
 
-def make_npm_tarball(name: str, version: str, dependencies: dict[str, str] | None = None) -> bytes:
+def padding(seed: str, size: int) -> bytes:
+    """Bytes that do not compress, the same for the same seed: files of a real size."""
+    return random.Random(seed).randbytes(size)  # noqa: S311 - test bytes, not secrets
+
+
+def make_npm_tarball(
+    name: str, version: str, dependencies: dict[str, str] | None = None, pad: int = 0
+) -> bytes:
     """What `npm pack` makes, near enough for the mirror: `package/package.json` and code."""
     manifest = {"name": name, "version": version, "main": "index.js"}
     if dependencies:
@@ -36,6 +44,8 @@ def make_npm_tarball(name: str, version: str, dependencies: dict[str, str] | Non
         "package/package.json": json.dumps(manifest, indent=2).encode(),
         "package/index.js": f"module.exports = {json.dumps(version)};\n".encode(),
     }
+    if pad:
+        files["package/data.bin"] = padding(f"{name}@{version}", pad)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for path, data in files.items():
@@ -105,7 +115,9 @@ def make_deb(work: Path, name: str, version: str, depends: str = "", pad: int = 
     (folder / "DEBIAN").mkdir(parents=True, exist_ok=True)
     doc = folder / "usr" / "share" / "doc" / name
     doc.mkdir(parents=True, exist_ok=True)
-    (doc / "README").write_text(f"{name} {version}\n" + "x" * pad)
+    (doc / "README").write_text(f"{name} {version}\n")
+    if pad:
+        (doc / "data.bin").write_bytes(padding(f"{name}={version}", pad))
     control = [
         f"Package: {name}", f"Version: {version}", "Architecture: all",
         "Maintainer: retreatkit tests <nobody@example.invalid>",
