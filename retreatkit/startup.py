@@ -170,8 +170,8 @@ def attendee_lines(bound: dict[str, tuple[str, int]], lan_address: str, named: b
         address, note = reach(host, lan_address)
         name = "mirror.retreat.lan" if named and not note else address
         lines.append(
-            f"package mirror: http://{name}:{port}/ (its page shows the pip, uv and "
-            f"opam lines){note}"
+            f"package mirror: http://{name}:{port}/ (its page shows the pip, uv, opam, npm "
+            f"and apt lines){note}"
         )
     if "nameserver" in bound:
         host, port = bound["nameserver"]
