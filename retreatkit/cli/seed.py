@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from retreatkit import loop, serve
 from retreatkit.cli import mirror as mirror_cli
 from retreatkit.mirror import seedfiles, upstreams
-from retreatkit.mirror.seed import AptScope, Filters, Seeder, Summary
+from retreatkit.mirror.seed import AptScope, Filters, SeedError, Seeder, Summary
 from retreatkit.mirror.stats import human
 
 SERVING_FLAGS = ("store", "pypi", "opam", "npm", "apt", "max_size_bytes")
@@ -71,7 +71,11 @@ def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
             )  # fmt: skip
         return report(summary, read.notes)
 
-    return loop.run(main)
+    try:
+        return loop.run(main)
+    except SeedError as exc:
+        print(f"retreatkit: {exc}", file=sys.stderr)
+        return 1
 
 
 async def seed(

@@ -84,7 +84,7 @@ async def serve(request: web.Request, origin: str, path: str) -> web.StreamRespo
     else:
         key = apt.index_key(origin, asked.algo, asked.digest)
     response = await respond.file(request, key)
-    suites.after_index(origin)
+    suites.after_index(key)
     return response
 
 

@@ -27,6 +27,7 @@ from retreatkit.mirror.stats import iso
 
 log = logging.getLogger("retreatkit.mirror")
 MAX_SUITES = 256  # sets kept parsed in memory
+MAX_PACKAGES_FILES = 65536  # Packages files known by key, to read them once fetched
 EXPIRY_WARNING = 2 * 86400.0  # warn this long before a Release's Valid-Until
 
 
@@ -44,6 +45,7 @@ class Suites:
         self._running: dict[tuple[str, str], asyncio.Future[ReleaseSet]] = {}
         self._parsed: set[str] = set()  # Packages digests whose .deb files are recorded
         self._catching_up: dict[str, asyncio.Task[None]] = {}
+        self._packages: dict[str, str] = {}  # store key of a Packages file -> its origin
         mirror.warners.append(self.warnings)
 
     def base(self, origin: str) -> str:
@@ -113,6 +115,9 @@ class Suites:
         self._sets[key] = found
         while len(self._sets) > MAX_SUITES:
             del self._sets[next(iter(self._sets))]
+        for path, f in found.release.files.items():
+            if apt.is_packages(path) and len(self._packages) < MAX_PACKAGES_FILES:
+                self._packages[apt.index_key(key[0], *f.strongest)] = key[0]
 
     async def _revalidate(self, origin: str, suite: str, cur: ReleaseSet | None) -> ReleaseSet:
         fetcher, stats = self.mirror.fetcher, self.mirror.stats
@@ -265,9 +270,14 @@ class Suites:
                 if self._catching_up.get(origin) is task:
                     del self._catching_up[origin]
 
-    def after_index(self, origin: str) -> None:
-        """An index file was served: read it soon if it is a Packages file."""
-        self.mirror.spawn(self.catch_up(origin))
+    def after_index(self, key: str) -> None:
+        """An index file was served: read it soon if it is a Packages file not read yet."""
+        origin = self._packages.get(key)
+        if origin is None:
+            return
+        held = self.mirror.store.get(key)
+        if held is not None and held.digest not in self._parsed:
+            self.mirror.spawn(self.catch_up(origin))
 
     async def _unread(self, origin: str) -> list[tuple[str, str, apt.IndexFile]]:
         store = self.mirror.store

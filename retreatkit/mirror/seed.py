@@ -13,6 +13,7 @@ import asyncio
 import fnmatch
 import io
 import json
+import os
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -124,10 +125,19 @@ class Seeder:
                     text = body.decode("utf-8", "replace").strip().splitlines()
                     raise SeedError(text[0] if text else f"the mirror answered {r.status}")
                 return body
+        except aiohttp.ClientConnectorError as exc:
+            errno = exc.os_error.errno
+            why = os.strerror(errno).lower() if errno else type(exc).__name__
+            raise SeedError(f"the mirror did not answer ({why})") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SeedError(f"the mirror did not answer ({type(exc).__name__})") from None
 
     async def run(self, wants: Iterable[Want]) -> Summary:
+        """Resolve and fetch; SeedError if no mirror answers at all."""
+        try:
+            await self.get("/")
+        except SeedError as exc:
+            raise SeedError(f"no mirror answers at {self.base}: {exc}") from None
         by: dict[str, list[Want]] = {}
         for want in wants:
             by.setdefault(want.ecosystem, []).append(want)

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from retreatkit.cli.main import main
 from retreatkit.mirror import seedfiles
 from retreatkit.mirror.seed import Filters, Seeder
 from retreatkit.mirror.seedfiles import SeedFileError, Want
@@ -174,3 +175,22 @@ async def test_seeding_fetches_once_and_says_what_it_did(env: Env) -> None:
     assert first.notes == ["demo-dep>=1: not pinned, took 2.0 (its dependencies are not resolved)"]
     assert (again.fetched, again.already) == (0, 4)
     assert env.fetched(env.wheels["demo-dep"][0]) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "said"),
+    [
+        (["--mirror", "http://127.0.0.1:9", "--kit"], 1,
+         "no mirror answers at http://127.0.0.1:9: the mirror did not answer (connection refused)"),
+        (["--mirror", "http://127.0.0.1:9", "--pypi", "http://x/", "--kit"], 2,
+         "--mirror warms a serving mirror with its own upstreams: drop --pypi"),
+        (["--mirror", "http://127.0.0.1:9"], 2, "name the files to seed from (or --kit)"),
+        (["--mirror", "http://127.0.0.1:9", "--apt-dist", "bookworm", "--kit"], 2,
+         "--apt-dist bookworm: expected NAME/SUITE (debian/bookworm)"),
+    ],
+)  # fmt: skip
+def test_what_seed_says_when_it_cannot(
+    argv: list[str], code: int, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["mirror", "seed", *argv]) == code
+    assert capsys.readouterr().err == f"retreatkit: {said}\n"
