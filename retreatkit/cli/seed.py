@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from retreatkit import loop, serve
 from retreatkit.cli import mirror as mirror_cli
 from retreatkit.mirror import seedfiles, upstreams
-from retreatkit.mirror.seed import AptScope, Filters, SeedError, Seeder, Summary
+from retreatkit.mirror.seed import AptScope, Filters, Seeder, SeedError, Summary
 from retreatkit.mirror.stats import human
 
 SERVING_FLAGS = ("store", "pypi", "opam", "npm", "apt", "max_size_bytes")
