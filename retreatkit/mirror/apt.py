@@ -319,15 +319,20 @@ def compare_versions(a: str, b: str) -> int:
 def proxied(origins: dict[str, str], url: str) -> tuple[str, str] | None:
     """A proxy request's URL (`GET http://deb.debian.org/debian/pool/...`) as (origin
     name, path under it), if it falls under a configured origin; None otherwise: the
-    mirror is not an open proxy."""
+    mirror is not an open proxy. An origin the mirror reaches by https answers apt's
+    plain http for the same host (on the default ports): the mirror's side is the
+    safer one."""
     asked = urlsplit(url)
+    if asked.scheme != "http":
+        return None
     for name, base in origins.items():
         b = urlsplit(base)
         prefix = b.path.rstrip("/") + "/"
+        same_port = _port(asked) == _port(b) if b.scheme == "http" else _port(asked) == 80
         if (
-            asked.scheme == b.scheme
-            and (asked.hostname or "") == (b.hostname or "")
-            and _port(asked) == _port(b)
+            (asked.hostname or "") == (b.hostname or "")
+            and same_port
+            and (b.scheme == "http" or _port(b) == 443)
             and asked.path.startswith(prefix)
         ):
             return name, unquote(asked.path[len(prefix) :])

@@ -233,8 +233,11 @@ def test_a_decompression_bomb_is_refused() -> None:
         ("https://deb.test/debian/pool/a.deb", None),
         ("http://evil.test/debian/pool/a.deb", None),
         ("http://deb.test:8080/debian/pool/a.deb", None),
+        ("http://tls.test/ubuntu/pool/a.deb", ("ubuntu", "pool/a.deb")),
+        ("http://tls.test:8443/ubuntu/pool/a.deb", None),
     ],
 )
 def test_proxied_urls(url: str, found: tuple[str, str] | None) -> None:
-    origins = {"debian": "http://deb.test/debian", "security": "http://deb.test/debian-security"}
+    origins = {"debian": "http://deb.test/debian", "security": "http://deb.test/debian-security",
+               "ubuntu": "https://tls.test/ubuntu"}  # fmt: skip
     assert apt.proxied(origins, url) == found
