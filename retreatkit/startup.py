@@ -19,7 +19,10 @@ POSITIVE = {
     "nameserver": ("reload_every",),
     "dashboard": ("leak_window",),
 }
-NOT_NEGATIVE = {"mirror": ("index_ttl",), "nameserver": ("rate_limit", "stale_for")}
+NOT_NEGATIVE = {
+    "mirror": ("index_ttl", "max_size_bytes"),
+    "nameserver": ("rate_limit", "stale_for"),
+}
 DEFAULT_PORTS = {"nameserver": 53}
 
 
