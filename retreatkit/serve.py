@@ -29,7 +29,6 @@ from retreatkit.mirror import resolver as mirror_resolver
 from retreatkit.mirror import server as mirror_server
 from retreatkit.mirror import status as mirror_status
 from retreatkit.mirror import upstreams
-from retreatkit.mirror.errors import MirrorError
 from retreatkit.mirror.fetch import Limits as FetchLimits
 from retreatkit.mirror.server import Gate
 from retreatkit.mirror.service import Mirror, ServerLimits, Settings
@@ -114,19 +113,6 @@ def default_store() -> Path:
     return Path(data) / "retreatkit" / "mirror"
 
 
-def mirror_apt(origins: dict[str, Any]) -> dict[str, str]:
-    """[mirror] apt, checked: names the mirror can serve under, http(s) URLs."""
-    for name, url in origins.items():
-        if not apt_format.valid_origin(name):
-            raise ValueError(
-                f"apt origin {name!r}: use lowercase letters, digits, '.', '_' and '-',"
-                " and not pypi, opam, npm or lists"
-            )
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"apt origin {name}: {url!r} is not an http:// or https:// URL")
-    return {name: str(url).rstrip("/") for name, url in origins.items()}
-
-
 class MirrorService:
     name = "mirror"
 
@@ -161,7 +147,7 @@ class MirrorService:
             keep_free=int(section["keep_free_bytes"]),
             public_url=str(section["public_url"]),
             npm=section["npm"] or upstreams.default_npm(),
-            apt=mirror_apt(section["apt"]) or upstreams.default_apt(),
+            apt=apt_format.checked_origins(section["apt"]) or upstreams.default_apt(),
             max_size=int(section["max_size_bytes"]),
             allow_upstream=list(section["allow_upstream"]),
         )
@@ -188,16 +174,7 @@ class MirrorService:
         apt = ", ".join(f"{n}={u}" for n, u in self.settings.apt.items())
         say(f"Mirror apt origins: {apt or 'none (pass --apt NAME=URL)'}")
         self.mirror.start(done=say)  # the store check runs while the mirror serves
-        self.own_wheel = self.mirror.spawn(self._own_wheel(say))
-
-    async def _own_wheel(self, say: Say) -> None:
-        assert self.mirror is not None
-        try:
-            line = await mirror_local.publish_own(self.mirror)
-        except (MirrorError, OSError) as exc:
-            log.warning("cannot serve this retreatkit to attendees: %s", exc)
-            return
-        say(f"Mirror local index: {line}")
+        self.own_wheel = self.mirror.spawn(mirror_local.publish_own(self.mirror, say))
 
     async def stop(self) -> None:
         if self._runner is not None:

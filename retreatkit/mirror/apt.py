@@ -345,3 +345,17 @@ def _port(parts: SplitResult) -> int:
     except ValueError:
         return -1
     return port or (443 if parts.scheme == "https" else 80)
+
+
+def checked_origins(origins: dict[str, object]) -> dict[str, str]:
+    """[mirror] apt, checked: names the mirror can serve under, http(s) URLs; ValueError
+    naming the one that is not."""
+    for name, url in origins.items():
+        if not valid_origin(name):
+            raise ValueError(
+                f"apt origin {name!r}: use lowercase letters, digits, '.', '_' and '-',"
+                " and not pypi, opam, npm or lists"
+            )
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"apt origin {name}: {url!r} is not an http:// or https:// URL")
+    return {name: str(url).rstrip("/") for name, url in origins.items()}

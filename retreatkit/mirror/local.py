@@ -14,11 +14,13 @@ from __future__ import annotations
 import email.parser
 import io
 import json
+import logging
 import os
 import tarfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +42,7 @@ from retreatkit.mirror.store import Store
 if TYPE_CHECKING:
     from retreatkit.mirror.service import Mirror
 
+log = logging.getLogger("retreatkit.mirror")
 MAX_FILE = 2 * 1024**3  # an upload larger than this is refused
 MAX_METADATA = 4 * 1024 * 1024
 KIND = "local"
@@ -207,7 +210,12 @@ def add_bytes(store: Store, filename: str, data: bytes, replace: bool = False) -
         tmp.unlink(missing_ok=True)
 
 
-async def publish_own(mirror: Mirror) -> str:
+async def publish_own(mirror: Mirror, say: Callable[[str], None]) -> None:
     """The running kit's wheel in the local index, so attendees install bob from the LAN."""
-    filename, data, _ = await mirror.offload(wheelmaker.own_wheel)
-    return await mirror.store.run(lambda: add_bytes(mirror.store, filename, data, replace=True))
+    try:
+        filename, data, _ = await mirror.offload(wheelmaker.own_wheel)
+        line = await mirror.store.run(lambda: add_bytes(mirror.store, filename, data, replace=True))
+    except (MirrorError, OSError) as exc:
+        log.warning("cannot serve this retreatkit to attendees: %s", exc)
+        return
+    say(f"Mirror local index: {line}")
