@@ -21,7 +21,7 @@ from retreatkit.mirror import apt
 from retreatkit.mirror.errors import LocalError, NotFound, UpstreamError
 from retreatkit.mirror.fetch import Reply
 from retreatkit.mirror.health import origin as origin_of
-from retreatkit.mirror.records import Object
+from retreatkit.mirror.records import Object, Source
 from retreatkit.mirror.service import Mirror
 from retreatkit.mirror.stats import iso
 
@@ -178,13 +178,23 @@ class Suites:
         if cur is None:
             return
         store, base = self.mirror.store, self.base(origin)
-        wanted = []
-        for path, old in cur.release.files.items():
-            f = new.files.get(path)
-            if f is None or f == old or store.get(apt.index_key(origin, *old.strongest)) is None:
-                continue
-            if store.get(apt.index_key(origin, *f.strongest)) is None:
-                wanted.append(apt.index_source(origin, base, suite, new, f))
+
+        def held_before() -> list[Source]:
+            """A Release lists a thousand files: looked up off the loop."""
+            wanted = []
+            for path, old in cur.release.files.items():
+                f = new.files.get(path)
+                if (
+                    f is None
+                    or f == old
+                    or store.get(apt.index_key(origin, *old.strongest)) is None
+                ):
+                    continue
+                if store.get(apt.index_key(origin, *f.strongest)) is None:
+                    wanted.append(apt.index_source(origin, base, suite, new, f))
+            return wanted
+
+        wanted: list[Source] = await self.mirror.offload(held_before)
         fills = [self.mirror.fetch(source) for source in wanted]
         results = await asyncio.gather(
             *(self.mirror.fetched(f) for f in fills), return_exceptions=True

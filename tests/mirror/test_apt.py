@@ -16,10 +16,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from retreatkit.mirror import apt, fakeupstream
+from retreatkit.mirror import apt, apt_http, fakeupstream
+from retreatkit.mirror.apt_suites import ReleaseSet
 from retreatkit.mirror.fakeupstream import Upstream
 from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.service import Mirror
+from retreatkit.mirror.status import section
 from retreatkit.mirror.testing import mirror_client, settings
 from retreatkit.mirror.testrepos import arch, make_deb, write_apt
 
@@ -241,3 +243,12 @@ def test_proxied_urls(url: str, found: tuple[str, str] | None) -> None:
     origins = {"debian": "http://deb.test/debian", "security": "http://deb.test/debian-security",
                "ubuntu": "https://tls.test/ubuntu"}  # fmt: skip
     assert apt.proxied(origins, url) == found
+
+
+async def test_status_warns_of_a_release_that_expires(archive: Archive) -> None:
+    suites = archive.client.server.app[apt_http.SUITES_KEY]
+    suites._keep(("debian", "stable-security"), ReleaseSet(apt.parse_release(RELEASE), {}, 0.0))
+    assert section(archive.mirror, True, 0)["warnings"] == [
+        "apt debian/stable-security: its Release expired at 2024-06-08T08:00:00Z; offline,"
+        " apt then needs [check-valid-until=no] in its sources line"
+    ]
