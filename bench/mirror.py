@@ -732,6 +732,50 @@ def docroot_for(root: Path, docroot: Path, wheels: list[Wheel]) -> None:
         os.link(root / "files" / w.filename, dest)
 
 
+def other_archives(
+    up_root: Path, url: str, count: int, size: int, tmp: Path
+) -> dict[str, list[str]]:
+    """An apt archive of `count` .deb files and an npm registry (at `url` + npm/) of `count`
+    tarballs, each about `size` bytes, in the upstream's folder: the paths clients ask
+    for, by kind."""
+    from retreatkit.mirror.testrepos import make_deb, make_npm_tarball, write_apt, write_npm
+
+    debs = {
+        f"bench-deb{i}_1.0_all.deb": make_deb(tmp / "debs", f"bench-deb{i}", "1.0", pad=size)
+        for i in range(count)
+    }
+    write_apt(up_root / "debian", "stable", debs, signer=None)
+    tarballs = [make_npm_tarball(f"bench-npm{i}", "1.0.0", pad=size) for i in range(count)]
+    write_npm(up_root / "npm", url + "npm/", tarballs)
+    return {
+        "apt": [f"/debian/pool/main/b/{name.split('_')[0]}/{name}" for name in debs],
+        "npm": [f"/npm/bench-npm{i}/-/bench-npm{i}-1.0.0.tgz" for i in range(count)],
+    }
+
+
+def prime_paths(mirror: Target, kind: str, paths: list[str]) -> None:
+    """What a client reads before the files (the mirror learns them), then each file."""
+    from retreatkit.mirror.testrepos import arch
+
+    if kind == "apt":
+        http_get(f"{mirror.url}/debian/dists/stable/Release")
+        http_get(f"{mirror.url}/debian/dists/stable/main/binary-{arch()}/Packages.xz")
+    else:
+        for path in paths:
+            http_get(mirror.url + path.split("/-/")[0])  # the packument
+    for path in paths:
+        http_get(mirror.url + path)
+
+
+def docroot_paths(up_root: Path, docroot: Path, paths: list[str], served_as: str) -> None:
+    """The same files at the same paths for nginx; `served_as` maps a path to the
+    upstream's file (the npm stub keeps `/npm/NAME/-/FILE` under `npm/`)."""
+    for path in paths:
+        dest = docroot / path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.link(up_root / served_as / path.split("/", 2)[2], dest)
+
+
 # -- report ---------------------------------------------------------------------------
 
 
@@ -791,6 +835,7 @@ class Outcome:
     small_size: int
     large_size: int
     seconds: float = 0.0
+    others: dict[str, dict[str, Small]] = field(default_factory=dict)  # apt, npm hits
 
 
 def render(o: Outcome) -> str:
@@ -843,6 +888,15 @@ def render(o: Outcome) -> str:
         f" | {ratio(lm.med('machine_per_gib'), ln.med('machine_per_gib')):.2f}x | | |",
         f"| large hit: MB/s per download | {lm.med('mb_per_s'):,.0f} | {ln.med('mb_per_s'):,.0f}"
         f" | {ratio(lm.med('mb_per_s'), ln.med('mb_per_s')):.2f}x | | |",
+        *[
+            f"| {kind} hits: requests/s and server CPU per request ({st['small_files']}"
+            f" distinct {o.small_size / KIB:.0f} KiB {what}, same load)"
+            f" | {h['mirror'].med('rps'):,.0f} ({h['mirror'].med('cpu_per_request_us'):.0f} µs)"
+            f" | {h['nginx'].med('rps'):,.0f} ({h['nginx'].med('cpu_per_request_us'):.0f} µs)"
+            f" | {ratio(h['mirror'].med('rps'), h['nginx'].med('rps')):.2f}x | | |"
+            for kind, h in o.others.items()
+            for what in [{"apt": ".deb files", "npm": "tarballs"}[kind]]
+        ],
         f"| cold file: waiters' first body byte after client 1's (max of clients"
         f" 2..{c.clients}) | {c.max_first_byte_gap_ms:.1f} ms | | | <= {TARGET_WAIT_S * 1e3:.0f}"
         f" ms | {verdict(wait_ok)} |",
@@ -971,6 +1025,9 @@ def print_table(o: Outcome) -> None:
         ("large hit MB/s", lm.med("mb_per_s"), ln.med("mb_per_s"), ",.0f", ""),
     ):  # fmt: skip
         rows.append((name, format(a, fmt), format(b, fmt), f"{ratio(a, b):.2f}x", target))
+    for kind, h in o.others.items():
+        a, b = h["mirror"].med("rps"), h["nginx"].med("rps")
+        rows.append((f"{kind} hits req/s", f"{a:,.0f}", f"{b:,.0f}", f"{ratio(a, b):.2f}x", ""))
     rows.append(
         ("cold: waiters' max gap", f"{c.max_first_byte_gap_ms:.1f} ms", "", "", "<= 100 ms")
     )
@@ -1080,7 +1137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             m = re.match(r"Throttle listening on (\S+)", line)
             if not m:
                 raise BenchError(f"throttle proxy did not start: {line!r}")
-            mirror_server, admin = start_mirror(tmp / "store", pypi=m[1] + "simple/")
+            print("building an apt archive and an npm registry ...", flush=True)
+            others = other_archives(up_root, upstream.url, args.small_files, small_size, tmp)
+            mirror_server, admin = start_mirror(
+                tmp / "store", pypi=m[1] + "simple/", npm=upstream.url + "npm/",
+                apt={"debian": upstream.url + "debian"},
+            )  # fmt: skip
             stoppers.append(mirror_server.stop)
             mirror = Target("mirror", mirror_server.url.rstrip("/"), mirror_server.process.pid)
 
@@ -1088,8 +1150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             prime(mirror, "small", as_wheels["small"], fetch=True)
             prime(mirror, "bighit", as_wheels["bighit"], fetch=True)
             prime(mirror, "bigcold", as_wheels["bigcold"], fetch=False)
+            for kind, paths in others.items():
+                prime_paths(mirror, kind, paths)
             docroot = tmp / "docroot"
             docroot_for(up_root, docroot, as_wheels["small"] + as_wheels["bighit"])
+            docroot_paths(up_root, docroot, others["apt"], "debian")
+            docroot_paths(up_root, docroot, others["npm"], "npm")
             nginx = Nginx.start(tmp / "nginx", docroot)
             stoppers.append(nginx.stop)
             nginx_t = Target("nginx", nginx.url, nginx.pid, nginx)
@@ -1100,6 +1166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise BenchError(f"{t.name} gives wrong bytes for {w.path}")
 
             small_runs: dict[str, list[WrkResult]] = {"mirror": [], "nginx": []}
+            other_runs: dict[str, dict[str, list[WrkResult]]] = {
+                kind: {"mirror": [], "nginx": []} for kind in others
+            }
+            other_lua = {
+                kind: write_lua(paths, tmp / f"{kind}.lua") for kind, paths in others.items()
+            }
             large_runs: dict[str, list[LargeResult]] = {"mirror": [], "nginx": []}
             for rnd in range(args.rounds):
                 order = (nginx_t, mirror) if rnd % 2 == 0 else (mirror, nginx_t)
@@ -1115,6 +1187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f" p99 {r.p99_ms:.1f} ms, {r.errors} errors, others {r.others_busy:.2f}",
                         flush=True,
                     )
+                for kind, lua_file in other_lua.items():
+                    for t in order:
+                        print(f"round {rnd + 1} {kind} hits: {t.name} ...", flush=True)
+                        load = partial(run_wrk, t, lua_file, args.connections, args.duration)
+                        r = quietly(load, args.quiet_wait)
+                        other_runs[kind][t.name].append(r)
+                        print(f"  {r.rps:,.0f} req/s, {r.cpu_per_request_us:.0f} µs CPU/request,"
+                              f" {r.errors} errors", flush=True)  # fmt: skip
                 for t in order:
                     print(f"round {rnd + 1} large hit: {t.name} ...", flush=True)
                     downloads = partial(run_downloads, t, big.path, len(big.data), args.downloads)
@@ -1171,6 +1251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rate_mbs": args.rate,
         },
         small={k: Small(v) for k, v in small_runs.items()},
+        others={kind: {k: Small(v) for k, v in runs.items()} for kind, runs in other_runs.items()},
         large={k: Large(v) for k, v in large_runs.items()},
         cold=cold_result,
         profile=profile,

@@ -26,6 +26,10 @@ DEFAULTS: dict[str, Any] = {
         "store": "",  # empty: the user's data folder
         "pypi": "",  # empty: from pip's own configuration
         "opam": "",  # empty: from opam's own configuration
+        "npm": "",  # empty: the registry npm on this machine uses
+        "apt": {},  # origin name = archive URL; empty: the origins of this machine's apt
+        "max_size_bytes": 0,  # the store's size limit (least recently used go); 0: the disk
+        "allow_upstream": [],  # local (course) projects that may also list upstream files
         "index_ttl": 600.0,
         "connect_timeout": 5.0,  # an upstream's name and TCP connect, in total
         "headers_timeout": 10.0,  # request sent -> the upstream's answer

@@ -25,6 +25,9 @@ from retreatkit.admin.advertise import Advertisement, advertise
 from retreatkit.admin.logs import LogRing
 from retreatkit.admin.process import ProcessInfo
 from retreatkit.lanaddress import choose as lan_address
+from retreatkit.mirror import apt as apt_format
+from retreatkit.mirror import local as mirror_local
+from retreatkit.mirror import local_http as mirror_local_http
 from retreatkit.mirror import resolver as mirror_resolver
 from retreatkit.mirror import server as mirror_server
 from retreatkit.mirror import status as mirror_status
@@ -135,6 +138,7 @@ class MirrorService:
         self._runner: web.AppRunner | None = None
         self._gate: Gate | None = None
         self.url: str | None = None  # where this process reaches the mirror, once started
+        self.own_wheel: asyncio.Task[None] | None = None  # publishing the kit for attendees
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> MirrorService:
@@ -156,6 +160,10 @@ class MirrorService:
             ),
             keep_free=int(section["keep_free_bytes"]),
             public_url=str(section["public_url"]),
+            npm=section["npm"] or upstreams.default_npm(),
+            apt=apt_format.checked_origins(section["apt"]) or upstreams.default_apt(),
+            max_size=int(section["max_size_bytes"]),
+            allow_upstream=list(section["allow_upstream"]),
         )
         return cls(config.host_port(section["listen"]), settings)
 
@@ -174,10 +182,13 @@ class MirrorService:
         lan = lan_address().address if host in ("0.0.0.0", "::") else host
         self.mirror.lan_url = f"http://{lan}:{port}"
         say(f"Mirror listening on http://{host}:{port}/ (store {self.settings.store})")
-        for ecosystem in ("pypi", "opam"):
+        for ecosystem in ("pypi", "opam", "npm"):
             upstream = getattr(self.settings, ecosystem)
             say(f"Mirror {ecosystem} upstream: {upstream or 'none (pass --' + ecosystem + ' URL)'}")
+        apt = ", ".join(f"{n}={u}" for n, u in self.settings.apt.items())
+        say(f"Mirror apt origins: {apt or 'none (pass --apt NAME=URL)'}")
         self.mirror.start(done=say)  # the store check runs while the mirror serves
+        self.own_wheel = self.mirror.spawn(mirror_local.publish_own(self.mirror, say))
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -193,7 +204,8 @@ class MirrorService:
         return mirror_status.section(self.mirror, self.url is not None, self._gate.open)
 
     def admin_routes(self) -> list[web.RouteDef]:
-        return mirror_status.admin_routes(lambda: self.mirror)
+        running = lambda: self.mirror  # noqa: E731
+        return mirror_status.admin_routes(running) + mirror_local_http.admin_routes(running)
 
 
 def resolv_conf_upstreams(path: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:

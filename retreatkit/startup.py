@@ -19,7 +19,10 @@ POSITIVE = {
     "nameserver": ("reload_every",),
     "dashboard": ("leak_window",),
 }
-NOT_NEGATIVE = {"mirror": ("index_ttl",), "nameserver": ("rate_limit", "stale_for")}
+NOT_NEGATIVE = {
+    "mirror": ("index_ttl", "max_size_bytes"),
+    "nameserver": ("rate_limit", "stale_for"),
+}
 DEFAULT_PORTS = {"nameserver": 53}
 
 
@@ -170,8 +173,8 @@ def attendee_lines(bound: dict[str, tuple[str, int]], lan_address: str, named: b
         address, note = reach(host, lan_address)
         name = "mirror.retreat.lan" if named and not note else address
         lines.append(
-            f"package mirror: http://{name}:{port}/ (its page shows the pip, uv and "
-            f"opam lines){note}"
+            f"package mirror: http://{name}:{port}/ (its page shows the pip, uv, opam, npm "
+            f"and apt lines){note}"
         )
     if "nameserver" in bound:
         host, port = bound["nameserver"]

@@ -10,6 +10,7 @@ from typing import Any
 from retreatkit import config, loop, serve, startup
 from retreatkit import lanaddress as lan
 from retreatkit.admin import token as admin_token
+from retreatkit.cli import mirror as mirror_cli
 from retreatkit.nameserver.service import Nameserver
 
 DESCRIPTION = """\
@@ -47,10 +48,8 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
     mirror = sub.add_parser("mirror", help="run the caching package mirror")
     mirror.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:8000")
-    mirror.add_argument("--store", metavar="DIR", help="default: the user's data folder")
-    mirror.add_argument("--pypi", metavar="URL", help="PyPI simple index (default: pip's own)")
-    mirror.add_argument("--opam", metavar="URL", help="opam repository (default: opam's own)")
     mirror.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
+    mirror_cli.add_arguments(mirror)  # upstreams, and seed, export, import, add
     ns = sub.add_parser("nameserver", help="run the LAN's caching, blocking nameserver")
     ns.add_argument("--listen", metavar="HOST:PORT", help="UDP and TCP (default 0.0.0.0:5300)")
     ns.add_argument(
@@ -124,7 +123,8 @@ def services(
         if "mirror_listen" in flags:
             section["listen"] = flags["mirror_listen"]
         if args.command == "mirror":
-            section.update({k: flags[k] for k in ("listen", "store", "pypi", "opam") if k in flags})
+            section.update({k: flags[k] for k in ("listen",) if k in flags})
+            mirror_cli.apply(section, flags)
         else:  # the nameserver's URL lists come through this mirror: one fetch for the LAN
             urls = [u for u in cfg["nameserver"]["blocklists"] if "://" in u]
             section["lists"] = list(dict.fromkeys([*section["lists"], *urls]))
@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "tui":
         return tui(args)
+    if args.command == "mirror" and args.action:
+        return mirror_cli.run(args)
     sections, flags = sections_and_flags(args)
     try:
         cfg = config.load(args.config)
@@ -253,7 +255,10 @@ def tui(args: argparse.Namespace) -> int:
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    # one write: print() writes the line and its newline apart, and a log record from
+    # another thread (the mirror's store check) could land between them
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

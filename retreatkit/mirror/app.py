@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from retreatkit.mirror import opam_http, page, pypi_http, respond
+from retreatkit.mirror import apt, apt_http, npm_http, opam_http, page, pypi_http, respond
 from retreatkit.mirror.errors import NotFound
 from retreatkit.mirror.lists import list_key
 from retreatkit.mirror.memory import Page
@@ -32,7 +32,9 @@ def make_app(mirror: Mirror) -> web.Application:
     app.router.add_get("/", home)
     app.router.add_routes(pypi_http.routes())
     app.router.add_routes(opam_http.routes())
+    app.router.add_routes(npm_http.routes())
     app.router.add_get("/lists/{key}", cached_list)
+    apt_http.install(app)  # last: its `/NAME/...` would match any path
     return app
 
 
@@ -61,6 +63,19 @@ def _summary(mirror: Mirror) -> page.Summary:
     ]
     platforms, pythons, sources = wheel_summary(name for name, _ in files)
     opam_digests = {digest for _, digest, _ in mirror.store.catalog("opam/")}
+    npm_tarballs = sum("/-/" in key for key, _, _ in mirror.store.catalog("npm/"))
+    debs, suites = 0, list[tuple[str, str, str]]()
+    for key, digest, _ in mirror.store.catalog("apt/"):
+        debs += key.endswith(".deb")
+        parts = key.split("/")
+        if len(parts) == 5 and parts[2] == "dists" and parts[4] in ("InRelease", "Release"):
+            if suites and suites[-1][:2] == (parts[1], parts[3]):
+                continue  # InRelease and Release of one suite: one line
+            try:
+                release = apt.parse_release(mirror.store.read(digest))
+            except (OSError, apt.AptError):
+                continue
+            suites.append((parts[1], parts[3], " ".join(release.components) or "main"))
     return page.Summary(
         projects=len(pages),
         files=len(files),
@@ -71,6 +86,10 @@ def _summary(mirror: Mirror) -> page.Summary:
         opam_archives=len(opam_digests),
         bytes_saved=0,
         offline=False,
+        npm_tarballs=npm_tarballs,
+        debs=debs,
+        apt_origins=tuple(mirror.settings.apt),
+        apt_suites=tuple(s for s in suites if s[0] in mirror.settings.apt),
     )
 
 

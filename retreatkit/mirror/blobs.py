@@ -18,8 +18,10 @@ from pathlib import Path
 
 from retreatkit.mirror.errors import BadUpstreamData, LocalError, StoreFull
 
-ALGOS = ("md5", "sha256", "sha512")
-_HEX_LEN = {"md5": 32, "sha256": 64, "sha512": 128}
+ALGOS = ("md5", "sha1", "sha256", "sha512")
+# sha1 only ever joins a stronger hash, or stands for npm's `shasum`, the one check the
+# oldest npm packages have: npm trusts nothing more for them either
+_HEX_LEN = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 _HEX = {algo: re.compile(f"[0-9a-f]{{{n}}}") for algo, n in _HEX_LEN.items()}
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -85,7 +87,8 @@ class BlobWriter:
     def check(self, expected: Mapping[str, str] | None = None) -> str:
         """Compare every expected hash; returns the sha256. Discards the blob on a mismatch."""
         got = {a: h.hexdigest() for a, h in self.hashes.items()}
-        for algo, want in (expected or {}).items():
+        strongest_first = sorted((expected or {}).items(), key=lambda kv: -_HEX_LEN.get(kv[0], 0))
+        for algo, want in strongest_first:
             if algo in got and got[algo] != want.lower():
                 self.discard()
                 raise IntegrityError(f"{algo} mismatch: expected {want}, got {got[algo]}")

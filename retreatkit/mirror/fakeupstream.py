@@ -12,10 +12,10 @@ read at each request:
   silent        read the request, never answer (a dead uplink that still accepts)
   nolength      the whole body with no Content-Length, then close
   fail          500
-A folder answers with its `index.json` (PEP 691) to a client that accepts JSON, else its
-`index.html`. `GET /_stats` gives {path: GETs, "HEAD path": HEADs}. It is a raw asyncio
-server because a real server would not let a test send a body cut short without
-Content-Length.
+A folder answers with its `index.json` (PEP 691, an npm packument) to a client that
+accepts JSON or when it has no `index.html`, else its `index.html`. `GET /_stats` gives
+{path: GETs, "HEAD path": HEADs}. It is a raw asyncio server because a real server
+would not let a test send a body cut short without Content-Length.
 """
 
 from __future__ import annotations
@@ -87,7 +87,10 @@ class Upstream:
             return await _send(writer, 200, json.dumps(self.counts).encode(), "application/json")
         file = (self.root / path.lstrip("/")).resolve()
         if file.is_dir():
-            as_json = JSON_TYPE in headers.get("accept", "") and (file / "index.json").is_file()
+            # JSON to a client that accepts it (PEP 691's type, npm's), or when that is all
+            as_json = (file / "index.json").is_file() and (
+                "json" in headers.get("accept", "") or not (file / "index.html").is_file()
+            )
             file = file / ("index.json" if as_json else "index.html")
         if self.root not in file.parents or not file.is_file() or file.name.startswith("."):
             return await _send(writer, 404, b"not found\n", "text/plain")

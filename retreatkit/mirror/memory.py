@@ -54,6 +54,11 @@ class LRU(Generic[K]):
             _, (dropped, _value) = self._items.popitem(last=False)
             self.size -= dropped
 
+    def drop(self, key: K) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self.size -= item[0]
+
     def __len__(self) -> int:
         return len(self._items)
 

@@ -28,6 +28,10 @@ class Summary:
     opam_archives: int
     bytes_saved: int
     offline: bool  # an upstream is down right now
+    npm_tarballs: int = 0
+    debs: int = 0
+    apt_origins: tuple[str, ...] = ()  # names of the apt archives the mirror keeps
+    apt_suites: tuple[tuple[str, str, str], ...] = ()  # (origin, suite, components) held
 
 
 def loopback(host: str) -> bool:
@@ -60,10 +64,23 @@ def host_of(base: str) -> str:
     return netloc.rsplit(":", 1)[0] if ":" in netloc else netloc
 
 
-def lines(base: str) -> dict[str, list[str]]:
+def apt_lines(base: str, suites: tuple[tuple[str, str, str], ...]) -> list[str]:
+    """apt through the mirror: as the proxy for the archives it keeps (any suite), or a
+    sources line per suite it holds, in place of the machine's own."""
+    proxy = f'Acquire::http::Proxy "{base}";'
+    out = [f"echo '{proxy}' | sudo tee /etc/apt/apt.conf.d/01retreat-mirror"]
+    for origin, suite, components in suites:
+        line = f"deb {base}/{origin} {suite} {components}"
+        out.append(f"echo '{line}' | sudo tee /etc/apt/sources.list.d/retreat-{origin}.list")
+    return out
+
+
+def lines(
+    base: str, apt_origins: tuple[str, ...] = (), apt_suites: tuple[tuple[str, str, str], ...] = ()
+) -> dict[str, list[str]]:
     """The commands, by client; tests run them as they are."""
     index, host = f"{base}/pypi/simple/", host_of(base)
-    return {
+    found = {
         "pip": [
             f"pip install --index-url {index} --trusted-host {host} PACKAGE",
             f"pip config set global.index-url {index}",
@@ -77,7 +94,17 @@ def lines(base: str) -> dict[str, list[str]]:
             f"opam repository set-url default {base}/opam",
             f"opam init default {base}/opam",
         ],
+        "npm": [
+            f"npm install --registry {base}/npm/ PACKAGE",
+            f"npm config set registry {base}/npm/",
+        ],
+        "apt": apt_lines(base, apt_suites) if apt_origins else [],
+        "bob": [
+            f"UV_PYTHON_DOWNLOADS=never uv tool install --index-url {index} retreatkit",
+            f"PIP_INDEX_URL={index} PIP_TRUSTED_HOST={host} pipx install retreatkit",
+        ],
     }
+    return {name: found_lines for name, found_lines in found.items() if found_lines}
 
 
 def _count(n: int, thing: str) -> str:
@@ -85,7 +112,7 @@ def _count(n: int, thing: str) -> str:
 
 
 def _holding(s: Summary) -> str:
-    if not s.files and not s.opam_archives:
+    if not s.files and not s.opam_archives and not s.npm_tarballs and not s.debs:
         return "Nothing is cached yet: the first install of each package fetches it for everyone."
     parts = [
         f"Holding {_count(s.files, 'Python file')} ({human(s.size_bytes)})"
@@ -98,8 +125,10 @@ def _holding(s: Summary) -> str:
     if s.sources:
         parts.append(_count(s.sources, "source distribution"))
     text = "; ".join(parts) + "."
-    if s.opam_archives:
-        text += f" {_count(s.opam_archives, 'opam archive')}."
+    for n, thing in ((s.opam_archives, "opam archive"), (s.npm_tarballs, "npm tarball"),
+                     (s.debs, "Debian package")):  # fmt: skip
+        if n:
+            text += f" {_count(n, thing)}."
     return text
 
 
@@ -107,13 +136,19 @@ _INTROS = {
     "pip": "One install, then every install from this machine on:",
     "uv": "One install, then <code>uv add</code>, <code>uv sync</code> and <code>uv run</code>:",
     "opam": "An opam already set up, or a new one:",
+    "npm": "One install, then every install from this machine on:",
+    "apt": "As the proxy for the archives it keeps ({origins}; https sources go direct), or"
+    " in place of your sources line; remove the file after the event:",
+    "bob": "bob, to send files to each other (<code>bob send FILE</code>), from this mirror:",
 }
 
 
 def render(base: str, s: Summary) -> str:
-    commands = lines(html.escape(base))
+    commands = lines(base, s.apt_origins, s.apt_suites)
+    origins = html.escape(", ".join(s.apt_origins))
     blocks = "".join(
-        f"<h2>{name}</h2>\n<p>{_INTROS[name]}</p>\n<pre>{chr(10).join(found)}</pre>\n"
+        f"<h2>{name}</h2>\n<p>{_INTROS[name].format(origins=origins)}</p>\n"
+        f"<pre>{html.escape(chr(10).join(found), quote=False)}</pre>\n"
         for name, found in commands.items()
     )
     now = (
@@ -127,8 +162,8 @@ def render(base: str, s: Summary) -> str:
 <h1>Package mirror</h1>
 <p>Packages are fetched from the internet once, for everyone, and kept here.
 {_holding(s)} So far it saved {human(s.bytes_saved)} of downloads over the internet link.</p>
-{now}<p>When the internet link is down, the mirror lists only the files it holds, so pip
-and uv install the newest version it has; a package nobody fetched before cannot be
-installed until the link is back.</p>
+{now}<p>When the internet link is down, the mirror lists only the files it holds, so pip,
+uv and npm install the newest version it has, and apt gets the last complete set of
+indexes; a package nobody fetched before cannot be installed until the link is back.</p>
 {blocks}</body></html>
 """

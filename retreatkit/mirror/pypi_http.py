@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -9,11 +10,11 @@ from functools import partial
 
 from aiohttp import web
 
-from retreatkit.mirror import pypi, respond
+from retreatkit.mirror import local, pypi, respond
 from retreatkit.mirror.blobs import valid_hex
 from retreatkit.mirror.errors import NotFound, UpstreamError
 from retreatkit.mirror.memory import Page
-from retreatkit.mirror.records import Processed
+from retreatkit.mirror.records import Object, Processed
 from retreatkit.mirror.respond import mirror_of
 from retreatkit.mirror.service import IndexAnswer, Mirror
 
@@ -34,7 +35,7 @@ async def to_root(request: web.Request) -> web.Response:
 
 async def root(request: web.Request) -> web.Response:
     mirror = mirror_of(request)
-    names = mirror.store.names(pypi.page_key(""))
+    names = sorted({*mirror.store.names(pypi.page_key("")), *local.projects(mirror.store)})
     as_json = pypi.wants_json(request.headers.get("Accept", ""))
     return web.Response(
         body=pypi.render_root(names, as_json),
@@ -61,6 +62,10 @@ async def project(request: web.Request) -> web.Response:
     name = pypi.normalize(asked)
     if name != asked:
         raise web.HTTPMovedPermanently(f"/pypi/simple/{name}/")
+    record = mirror.store.get(local.record_key(name))
+    if record is not None:
+        mirror.stats.asked(f"pypi/{name}")
+        return await _local(request, mirror, name, record)
     if mirror.settings.pypi is None:
         raise UpstreamError("no PyPI upstream configured (--pypi URL)")
     url = mirror.settings.pypi.rstrip("/") + f"/{name}/"
@@ -77,6 +82,51 @@ async def project(request: web.Request) -> web.Response:
     age = time.time() - answer.obj.fetched
     max_age = math.ceil(mirror.settings.index_ttl - age)
     return respond.page(request, page, stale=answer.stale, offline=offline, max_age=max_age)
+
+
+async def _local(request: web.Request, mirror: Mirror, name: str, record: Object) -> web.Response:
+    """A project with local files: those alone, or (if the organiser allowed it) with the
+    upstream's beside them; upstream files never replace a local one of the same name."""
+    upstream: IndexAnswer | None = None
+    if name in mirror.settings.allow_upstream and mirror.settings.pypi is not None:
+        url = mirror.settings.pypi.rstrip("/") + f"/{name}/"
+        process = partial(_process, name, url)
+        with contextlib.suppress(UpstreamError, NotFound):
+            upstream = await mirror.index(
+                pypi.page_key(name), url, pypi.ACCEPT_UPSTREAM, process, pypi.MAX_PAGE
+            )
+    as_json = pypi.wants_json(request.headers.get("Accept", ""))
+    offline = upstream is not None and upstream.stale
+    merged = upstream.obj.digest if upstream is not None else ""
+    key = (record.digest, merged, "json" if as_json else "html", str(offline))
+    page = mirror.renders.get(key)
+    if page is None:
+        body = upstream.body if upstream is not None else None
+        page = await mirror.offload(_make_local, mirror, name, body, as_json, offline)
+        mirror.renders.put(key, page)
+    return respond.page(request, page, stale=offline, offline=offline, max_age=60)
+
+
+def _make_local(
+    mirror: Mirror, name: str, upstream: bytes | None, as_json: bool, offline: bool
+) -> Page:
+    project = local.as_project(name, local.load(mirror.store, name))
+    if upstream is not None:
+        theirs = pypi.load(upstream)
+        held = mirror.store.held(theirs.keys())
+        theirs = theirs.only(held) if offline else theirs.with_sizes(held)
+        mine = {f.filename for f in project.files}
+        extra = tuple(f for f in theirs.files if f.filename not in mine)
+        project = pypi.Project(name, project.files + extra)
+    return _page(project, as_json)
+
+
+def _page(project: pypi.Project, as_json: bool) -> Page:
+    if as_json:
+        out, kind = pypi.render_json(project), pypi.JSON_TYPE
+    else:
+        out, kind = pypi.render_html(project), "text/html"
+    return Page(out, f'"{hashlib.sha256(out).hexdigest()}"', kind)
 
 
 def _process(name: str, url: str, body: bytes, content_type: str) -> Processed:
@@ -101,11 +151,7 @@ def _make(mirror: Mirror, body: bytes, as_json: bool, offline: bool) -> Page:
     project = pypi.load(body)
     held = mirror.store.held(project.keys())
     project = project.only(held) if offline else project.with_sizes(held)
-    if as_json:
-        out, kind = pypi.render_json(project), pypi.JSON_TYPE
-    else:
-        out, kind = pypi.render_html(project), "text/html"
-    return Page(out, f'"{hashlib.sha256(out).hexdigest()}"', kind)
+    return _page(project, as_json)
 
 
 async def file(request: web.Request) -> web.StreamResponse:

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+# store keys of indexes: what names the files, as opposed to the files themselves
+_INDEX = re.compile(
+    r"^(pypi/simple/|opam/index\.tar\.gz$|lists/|npm/packument/|npm/abbreviated/"
+    r"|apt/[^/]+/(dists/|by-hash/))"
+)
+
+
+def kind_of(key: str) -> str:
+    """'index' or 'archive': which a full store gives up last. (Local files are pinned by
+    whoever adds them, whatever their key.)"""
+    return "index" if _INDEX.match(key) else "archive"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,10 @@ OFFLINE = "cached-only"  # the Mirror-Offline header: pages list only what the s
 SENDFILE_CHUNK = 1 << 20
 
 
-def _file_headers(etag: str | None, content_type: str) -> dict[str, str]:
-    headers = {"Content-Type": content_type, "Accept-Ranges": "bytes", "Cache-Control": IMMUTABLE}
+def _file_headers(etag: str | None, content_type: str, hit: bool) -> dict[str, str]:
+    # X-Cache says whether the mirror held it, for `retreatkit mirror seed`'s count
+    headers = {"Content-Type": content_type, "Accept-Ranges": "bytes", "Cache-Control": IMMUTABLE,
+               "X-Cache": "HIT" if hit else "MISS"}  # fmt: skip
     if etag is not None:
         headers["ETag"] = etag
     return headers
@@ -78,7 +80,7 @@ async def blob(request: web.Request, mirror: Mirror, found: Blob) -> web.StreamR
     """A verified file from the store: from memory if small, else by sendfile."""
     obj, stats = found.obj, mirror.stats
     etag = ranges.etag_of(obj.digest)
-    headers = _file_headers(etag, obj.content_type)
+    headers = _file_headers(etag, obj.content_type, hit=True)
     plan = ranges.plan(request.method, request.headers, etag, obj.size)
     stats.hits += 1
     if plan.status in (304, 416):
@@ -107,7 +109,7 @@ async def cold(request: web.Request, mirror: Mirror, source: Source) -> web.Stre
     if etag is not None and inm is not None and ranges.matches(inm, etag):
         mirror.stats.hits += 1
         return web.Response(status=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
-    headers = _file_headers(etag, "application/octet-stream")
+    headers = _file_headers(etag, "application/octet-stream", hit=False)
     if request.method == "HEAD":
         response = web.StreamResponse(headers=headers)
         size = await mirror.size(source)
@@ -131,7 +133,7 @@ async def stream(
     await fill.headers.wait()
     if fill.error is not None and fill.written == 0:
         raise fill.error
-    response = web.StreamResponse(headers=_file_headers(etag, fill.content_type))
+    response = web.StreamResponse(headers=_file_headers(etag, fill.content_type, hit=False))
     if fill.length is not None:
         response.content_length = fill.length
     else:

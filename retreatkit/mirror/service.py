@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from retreatkit.mirror import eviction, storecheck
 from retreatkit.mirror.errors import (
     BadUpstreamData,
     LocalError,
@@ -55,6 +56,8 @@ class Settings:
     store: Path
     pypi: str | None
     opam: str | None
+    npm: str | None = None  # an npm registry
+    apt: dict[str, str] = field(default_factory=dict)  # origin name -> archive URL
     index_ttl: float = 600.0  # how long an index is served before asking upstream again
     hot_bytes: int = 128 * 1024 * 1024  # small files kept in memory
     page_bytes: int = 64 * 1024 * 1024  # index pages kept in memory, as clients get them
@@ -63,6 +66,8 @@ class Settings:
     server: ServerLimits = field(default_factory=ServerLimits)
     keep_free: int = 512 * 1024 * 1024  # disk space the store leaves to the machine
     public_url: str = ""  # what the attendee page tells people; empty: from the request
+    max_size: int = 0  # bytes of blobs the store keeps; 0: no limit but the disk
+    allow_upstream: list[str] = field(default_factory=list)  # local names upstream may add to
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,21 +102,60 @@ class Mirror:
         self.offload = offload  # CPU or disk work that must not stall the loop
         self.generation: Counter[str] = Counter()  # per package: bumps as files land
         self.origins: dict[str, set[str]] = {}  # ecosystem -> upstream hosts its files use
+        self.warners: list[Callable[[], list[str]]] = []  # ecosystems' lines for /status
         self._pace = pace
         self._pages: dict[str, tuple[Object, bytes]] = {}  # pages the disk could not take
         self._revalidating: dict[str, asyncio.Future[IndexAnswer]] = {}
         self._check: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._evicting: asyncio.Task[None] | None = None
 
     def start(self, done: Callable[[str], None] = lambda line: None) -> None:
         """Check the store in the background: the mirror serves meanwhile, verifying on
         first serve any blob the check has not reached yet."""
 
         async def check() -> None:
-            result = await self.offload(self.store.check_all, self._pace)
+            result = await self.offload(storecheck.check_all, self.store, self._pace)
             dropped = f"{result.dropped} corrupt dropped" if result.dropped else "none corrupt"
             done(f"Mirror store check done: {result.files} kept, {dropped}")
 
+        async def flush() -> None:
+            while True:
+                await asyncio.sleep(eviction.FLUSH_EVERY)
+                with contextlib.suppress(LocalError):
+                    await self.store.run(self.store.flush_access)
+
         self._check = asyncio.create_task(check())
+        self.spawn(flush())
+        self.evict_if_over()
+
+    def spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Background work the mirror owns: cancelled when it closes."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def evict_if_over(self) -> None:
+        """Start an eviction pass if the store is over its limit and none is running."""
+        limit = self.settings.max_size
+        if not limit or self.store.used <= limit:
+            return
+        if self._evicting is None or self._evicting.done():
+            self._evicting = self.spawn(self._evict(limit))
+
+    async def _evict(self, limit: int) -> None:
+        try:
+            done = await self.store.run(lambda: eviction.evict(self.store, limit))
+        except LocalError as exc:
+            log.warning("cannot evict: %s", exc)
+            return
+        for key in done.keys:
+            self.hot.drop(key)
+        self.stats.evicted += done.blobs
+        self.stats.evicted_bytes += done.bytes
+        if done.blobs:
+            log.info("evicted %d files (%d bytes) to stay under %d", done.blobs, done.bytes, limit)
 
     async def checked(self) -> None:
         """Wait for the background store check to end."""
@@ -121,6 +165,9 @@ class Mirror:
     async def close(self) -> None:
         if self._check is not None:
             self._check.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.fetcher.close()
         await asyncio.to_thread(self.store.close)
 
@@ -176,6 +223,7 @@ class Mirror:
         return unsaved[0] if unsaved is not None else self.store.get(key)
 
     async def _answer(self, obj: Object, how: str) -> IndexAnswer:
+        self.store.accessed[obj.digest] = time.time()
         unsaved = self._pages.get(obj.key)
         if unsaved is not None and unsaved[0].digest == obj.digest:
             return IndexAnswer(obj, unsaved[1], how)
@@ -244,6 +292,7 @@ class Mirror:
                 del self._pages[next(iter(self._pages))]
             return obj
         self._pages.pop(key, None)
+        self.evict_if_over()
         self.renders.put(("raw", obj.digest), Page(page.body, f'"{obj.digest}"', obj.content_type))
         return obj
 
@@ -264,11 +313,13 @@ class Mirror:
         """The verified file the store holds under `name`, if any."""
         hot = self.hot.get(name)
         if hot is not None:  # the hot path: no disk, no SQLite
+            self.store.accessed[hot.obj.digest] = time.time()
             return hot
         store = self.store
         obj = store.get(name)
         if obj is None:
             return None
+        store.accessed[obj.digest] = time.time()
         if obj.digest not in store.verified and not await self.offload(store.verify, obj.digest):
             return None  # it rotted: dropped, and fetched again like any missing file
         path = store.blob_path(obj.digest)
@@ -314,6 +365,7 @@ class Mirror:
             await self.store.run(lambda: self.store.put(*objs))
         except LocalError as exc:  # the bytes are good: its readers get them all the same
             log.warning("cannot index %s: %s", fill.name, exc)
+        self.evict_if_over()
 
     async def fetched(self, fill: Fill) -> Blob:
         """Wait for a fill to end; the file it stored, or its error."""

@@ -23,6 +23,8 @@ COUNTERS: dict[str, str] = {
     "verify_failures": "Upstream bytes rejected by a hash or format check",
     "upstream_errors": "Upstream failures",
     "connections_refused": "Connections turned away by the per-address or total cap",
+    "evicted": "Files removed to keep the store under its size limit",
+    "evicted_bytes": "Bytes removed to keep the store under its size limit",
 }
 TOP = 10  # packages listed in /status
 _MAX_PACKAGES = 10_000  # names counted; a client choosing names cannot grow this further
@@ -45,6 +47,8 @@ class Stats:
     verify_failures: int = 0
     upstream_errors: int = 0
     connections_refused: int = 0
+    evicted: int = 0
+    evicted_bytes: int = 0
     packages: Counter[str] = field(default_factory=Counter)
 
     def asked(self, package: str) -> None:

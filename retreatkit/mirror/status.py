@@ -42,7 +42,8 @@ def section(mirror: Mirror, up: bool, connections_open: int) -> dict[str, Any]:
     wall, mono = time.time(), mirror.fetcher.clock()
     stats, store, settings = mirror.stats, mirror.store, mirror.settings
     known = {u.origin: u for u in mirror.health.all()}
-    configured = {"pypi": settings.pypi, "opam": settings.opam}
+    configured = {"pypi": settings.pypi, "opam": settings.opam, "npm": settings.npm}
+    configured.update({f"apt/{name}": url for name, url in settings.apt.items()})
     upstreams = {
         name: _upstream(known.get(origin(url)) if url else None, url, wall, mono)
         for name, url in configured.items()
@@ -62,6 +63,8 @@ def section(mirror: Mirror, up: bool, connections_open: int) -> dict[str, Any]:
                 f"upstream down: {u.origin} since {since} ({u.last_error});"
                 " serving what the store holds"
             )
+    for warner in mirror.warners:
+        warnings += warner()
     check = store.check
     return {
         "up": up,
@@ -78,6 +81,7 @@ def section(mirror: Mirror, up: bool, connections_open: int) -> dict[str, Any]:
             "size_bytes": check.size_bytes,
             "free_bytes": free,
             "files": check.files,
+            "max_size_bytes": settings.max_size,
             "disk_full": full,
             "check": {"state": check.state, "checked": check.checked, "dropped": check.dropped},
         },

@@ -1,5 +1,8 @@
 """The store: blobs named by their sha256, an SQLite catalog of what they answer, their health.
 
+One process owns a store at a time (a lock file): two mirrors writing one catalog would
+each believe their own memory of it.
+
 Lookups run on the event loop (point reads by primary key, microseconds); every write
 runs on the one store thread (`run`), each thread over its own connection: SQLite's WAL
 lets the loop read while the store thread writes. A blob is served only once it is
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -19,14 +23,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from retreatkit.mirror.blobs import BlobWriter, blob_path, hash_file, valid_hex
 from retreatkit.mirror.errors import LocalError, StoreFull
-from retreatkit.mirror.records import Object, Source
+from retreatkit.mirror.records import Object, Source, kind_of
 from retreatkit.mirror.space import Space
+from retreatkit.mirror.storecheck import Check
 
 __all__ = ["Check", "Store", "valid_hex"]
 
@@ -48,19 +52,36 @@ create table if not exists sources (
     url text not null,          -- where upstream has it
     hashes text not null        -- JSON {algo: hex} it must match
 );
+create table if not exists blobs (
+    digest text primary key,    -- sha256 of a blob on disk
+    size integer not null,
+    kind text not null,         -- 'index', 'archive' or 'local' (what goes first when full)
+    pinned integer not null default 0,  -- never evicted: the organiser's own files
+    last_access real not null,  -- written in batches, never on the hit path
+    created real not null
+);
+create index if not exists blobs_evict on blobs(pinned, kind, last_access);
 """
 _SOURCE_COLUMNS = {"ecosystem": "text", "package": "text", "size": "integer", "aliases": "text"}
 
 
-@dataclass
-class Check:
-    """The background re-hash of the store after a start."""
+class StoreInUse(LocalError):
+    """Another process holds this store."""
 
-    state: str = "pending"  # pending, running, done (or stopped, by a shutdown)
-    files: int = 0  # blobs on disk
-    size_bytes: int = 0
-    checked: int = 0
-    dropped: int = 0  # corrupt blobs removed, by this check or on a first serve
+
+def lock(root: Path) -> int:
+    """Take the store's lock file (released when the descriptor closes, a crash included)."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreInUse(
+            f"the store {root} is in use by another retreatkit process; stop it first"
+            " (or send files to the running mirror)"
+        ) from None
+    return fd
 
 
 class Store:
@@ -68,6 +89,7 @@ class Store:
         self.root = root
         self.blobs = root / "blobs" / "sha256"
         self.tmp = root / "tmp"
+        self._lock = lock(root)
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():  # a crash mid-download leaves these
@@ -75,17 +97,26 @@ class Store:
         self.space = Space(keep_free)
         self.check = Check()
         self.verified: set[str] = set()
+        self.accessed: dict[str, float] = {}  # digest -> last hit, until the next flush
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mirror-store")
-        self._halt = threading.Event()  # ends a check under way: the process is stopping
+        self.halt = threading.Event()  # ends a check under way: the process is stopping
         db = self.db()
         db.executescript(_SCHEMA)
         have = {row[1] for row in db.execute("pragma table_info(sources)")}
         for column, kind in _SOURCE_COLUMNS.items():  # stores made before these existed
             if column not in have:
                 db.execute(f"alter table sources add column {column} {kind}")
+        if db.execute("select count(*) from blobs").fetchone()[0] == 0:
+            # a store made before blobs were accounted: each as last used when fetched
+            rows = db.execute("select key, digest, size, fetched from objects").fetchall()
+            self._write(
+                "insert or ignore into blobs values (?, ?, ?, 0, ?, ?)",
+                [(d, n, kind_of(k), t, t) for k, d, n, t in rows],
+            )
+        self.used: int = db.execute("select coalesce(sum(size), 0) from blobs").fetchone()[0]
 
     def db(self) -> sqlite3.Connection:
         """This thread's connection: the loop reads over one, the store thread writes over
@@ -108,12 +139,17 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     def close(self) -> None:
-        self._halt.set()
+        self.halt.set()
         self._pool.shutdown(wait=True)
+        with contextlib.suppress(LocalError, sqlite3.Error):
+            self.flush_access()
         with self._conns_lock:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     # -- blobs ----------------------------------------------------------------------
 
@@ -177,35 +213,10 @@ class Store:
         if good:
             self.verified.add(digest)
             return True
-        self._drop(path)
+        self.drop(path)
         return False
 
-    def check_all(self, pace: Callable[[], None] = lambda: None) -> Check:
-        """Re-hash every blob not yet verified, dropping those that fail (blocking)."""
-        check = self.check
-        paths: list[Path] = []
-        for path in self.blobs.glob("*/*"):
-            with contextlib.suppress(OSError):
-                size = path.stat().st_size
-                if path.name not in self.verified:
-                    check.files += 1
-                    check.size_bytes += size
-                    paths.append(path)
-        check.state = "running"
-        for path in paths:
-            pace()
-            if self._halt.is_set():
-                check.state = "stopped"
-                return check
-            if path.parent.name != path.name[:2] or not valid_hex("sha256", path.name):
-                self._drop(path)
-            else:
-                self.verify(path.name)
-            check.checked += 1
-        check.state = "done"
-        return check
-
-    def _drop(self, path: Path) -> None:
+    def drop(self, path: Path) -> None:
         log.warning("dropping corrupt blob %s", path.name)
         size = 0
         with contextlib.suppress(OSError):
@@ -277,14 +288,51 @@ class Store:
 
     # -- the catalog: writes (the store thread) ---------------------------------------
 
-    def put(self, *objs: Object) -> None:
+    def put(self, *objs: Object, kind: str | None = None, pinned: bool = False) -> None:
+        """Names for blobs on disk, and the blobs' accounting (new ones count as just used)."""
+        now = time.time()
+        blobs = {o.digest: (o.digest, o.size, kind or kind_of(o.key), int(pinned), now, now)
+                 for o in objs}  # fmt: skip
+
+        def write(db: sqlite3.Connection) -> int:
+            db.executemany(
+                "insert or replace into objects values (?, ?, ?, ?, ?, ?, ?)",
+                [(o.key, o.digest, o.size, o.content_type, o.fetched, o.etag, o.last_modified)
+                 for o in objs],
+            )  # fmt: skip
+            added = 0
+            for row in blobs.values():
+                cursor = db.execute("insert or ignore into blobs values (?, ?, ?, ?, ?, ?)", row)
+                added += row[1] if cursor.rowcount == 1 else 0
+                if pinned:
+                    db.execute(
+                        "update blobs set pinned = 1, kind = ? where digest = ?", (row[2], row[0])
+                    )
+            return added
+
+        self.used += self.transaction(write)
+
+    def flush_access(self) -> None:
+        """Write the hits noted since the last flush, in one transaction (the store thread)."""
+        if not self.accessed:
+            return
+        batch, self.accessed = self.accessed, {}
         self._write(
-            "insert or replace into objects values (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (o.key, o.digest, o.size, o.content_type, o.fetched, o.etag, o.last_modified)
-                for o in objs
-            ],
+            "update blobs set last_access = max(last_access, ?) where digest = ?",
+            [(when, digest) for digest, when in batch.items()],
         )
+
+    def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self.db()
+        try:
+            db.execute("begin")
+            result = fn(db)
+            db.execute("commit")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("rollback")
+            raise self._catalog_error(exc) from None
+        return result
 
     def touch(self, key: str, when: float) -> None:
         self._write("update objects set fetched = ? where key = ?", [(when, key)])
@@ -321,15 +369,10 @@ class Store:
         return obj
 
     def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
-        db = self.db()
-        try:
-            db.execute("begin")
-            db.executemany(sql, rows)
-            db.execute("commit")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("rollback")
-            if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
-                self.outgrown()
-                raise StoreFull("the mirror's disk is full (its catalog cannot grow)") from None
-            raise LocalError(f"the mirror's catalog failed: {exc}") from None
+        self.transaction(lambda db: db.executemany(sql, rows))
+
+    def _catalog_error(self, exc: sqlite3.Error) -> LocalError:
+        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+            self.outgrown()
+            return StoreFull("the mirror's disk is full (its catalog cannot grow)")
+        return LocalError(f"the mirror's catalog failed: {exc}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
@@ -26,7 +27,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from retreatkit.mirror import resolver
+from retreatkit.mirror import resolver, wheelmaker
 from retreatkit.mirror.app import make_app
 from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.service import Mirror, Settings
@@ -187,6 +188,9 @@ def start_mirror(
     listen: str = "127.0.0.1:0",
     extra: str = "",
     wrap: Callable[[list[str]], list[str]] = lambda argv: argv,
+    npm: str | None = None,
+    apt: dict[str, str] | None = None,
+    flags: tuple[str, ...] = (),
 ) -> tuple[Server, str]:
     """A real `retreatkit mirror` process; returns it (url = the mirror) and its admin URL.
     `extra` adds lines to its [mirror] section; `wrap` puts a command in front of it."""
@@ -199,7 +203,10 @@ def start_mirror(
         sys.executable, "-m", "retreatkit.cli.main", "--config", str(config),
         "mirror", "--listen", listen, "--store", str(store),
         "--pypi", pypi or "http://127.0.0.1:9/none/", "--opam", opam or "http://127.0.0.1:9/none/",
+        "--npm", npm or "http://127.0.0.1:9/none/", *flags,
     ]  # fmt: skip
+    for name, url in (apt or {}).items():
+        argv += ["--apt", f"{name}={url}"]
     home = store.parent / f"{store.name}-home"
     env = {"HOME": str(home), "XDG_STATE_HOME": str(home / "state")}
     proc = Process.start(wrap(argv), env=env)
@@ -270,12 +277,13 @@ def _ip(*args: str) -> None:
 
 
 @contextlib.contextmanager
-def netns(tag: str) -> Iterator[Netns]:
+def netns(tag: str, prefix: str = "rkmir") -> Iterator[Netns]:
     """Made for one test, removed after it, whatever happens (needs root and iproute2)."""
     if shutil.which("ip") is None or os.geteuid() != 0:
         raise RuntimeError("network namespaces need root and iproute2")
-    name = f"rkmir-{os.getpid()}-{tag}"
-    link = f"rkmir{os.getpid() % 10_000_000}{tag[:1]}"  # at most 15 characters
+    name = f"{prefix}-{os.getpid()}-{tag}"
+    digits = 13 - len(prefix)  # interface names: at most 15 characters, with tag and side
+    link = f"{prefix}{os.getpid() % 10**digits}{tag[:1]}"
     pick = secrets.randbelow  # not for secrecy: only so two runs rarely pick the same subnet
     a, b, c = 64 + pick(64), pick(256), 4 * pick(64)
     host, address = f"100.{a}.{b}.{c + 1}", f"100.{a}.{b}.{c + 2}"
@@ -293,3 +301,31 @@ def netns(tag: str) -> Iterator[Netns]:
     finally:
         subprocess.run(["ip", "link", "del", link + "h"], capture_output=True, timeout=30)
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+def wheel_from_installed(name: str) -> tuple[str, bytes, bytes]:
+    """An installed distribution packed back into a wheel with its own tags (from its
+    WHEEL file), stored uncompressed (quick): (file name, bytes, METADATA). For an index
+    of the kit's dependencies with no network at all."""
+    dist = importlib.metadata.distribution(name)
+    info = dist.read_text("WHEEL") or ""
+    tags = tuple(
+        line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Tag:")
+    )
+    files = []
+    for f in dist.files or []:
+        path = str(f)
+        if path.startswith("..") or "__pycache__" in path or ".dist-info/" in path:
+            continue
+        files.append((path, Path(str(dist.locate_file(f))).read_bytes()))
+    metadata = (dist.read_text("METADATA") or "").encode()
+    extra = {"METADATA": metadata}
+    for kept in ("entry_points.txt", "top_level.txt"):
+        text = dist.read_text(kept)
+        if text:
+            extra[kept] = text.encode()
+    filename, data = wheelmaker.build(
+        dist.metadata["Name"], dist.version, files, extra, tags or ("py3-none-any",),
+        compression=zipfile.ZIP_STORED,
+    )  # fmt: skip
+    return filename, data, metadata

@@ -90,3 +90,84 @@ def default_opam() -> str | None:
         return None
     match = _OPAMRC_REPO.search(out.stdout)
     return match[1] if match else None
+
+
+def npm_from_npmrc() -> str | None:
+    """`registry=` in the user's or the system's npmrc (npm's own order: user first)."""
+    files = [Path.home() / ".npmrc", Path("/etc/npmrc"), Path("/usr/etc/npmrc")]
+    if os.environ.get("NPM_CONFIG_USERCONFIG"):
+        files.insert(0, Path(os.environ["NPM_CONFIG_USERCONFIG"]))
+    for path in files:
+        try:
+            lines = path.read_text("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in lines:
+            key, eq, value = line.partition("=")
+            if eq and key.strip() == "registry" and value.strip().startswith("http"):
+                return value.strip()
+    return None
+
+
+def default_npm() -> str | None:
+    """The registry npm on this machine uses: its configuration, else npm's built-in one."""
+    found = os.environ.get("NPM_CONFIG_REGISTRY") or npm_from_npmrc()
+    if found:
+        return found
+    npm = shutil.which("npm")
+    if npm is None:
+        return None
+    try:
+        out = subprocess.run(
+            [npm, "config", "get", "registry"], capture_output=True, text=True, timeout=_TIMEOUT
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    url = out.stdout.strip()
+    return url if out.returncode == 0 and url.startswith(("http://", "https://")) else None
+
+
+def apt_sources(root: Path = Path("/etc/apt")) -> list[str]:
+    """The archive URLs this machine's apt uses: one-line `deb` entries and deb822
+    `URIs:` fields, in the order apt reads them."""
+    files = [root / "sources.list", *sorted((root / "sources.list.d").glob("*.list"))]
+    files += sorted((root / "sources.list.d").glob("*.sources"))
+    urls: list[str] = []
+    for path in files:
+        try:
+            text = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in text.splitlines():
+            words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
+            if path.suffix == ".sources" and words[:1] == ["URIs:"]:
+                urls += words[1:]
+            elif words[:1] == ["deb"] and len(words) >= 2:
+                urls.append(words[1])
+    return list(dict.fromkeys(u.rstrip("/") for u in urls if u.startswith(("http://", "https://"))))
+
+
+def default_apt(root: Path = Path("/etc/apt")) -> dict[str, str]:
+    """Origins named after their URLs' last path segment (`debian`, `debian-security`,
+    `ubuntu`); a second origin with the same segment is told apart by its host."""
+    named: dict[str, str] = {}
+    for url in apt_sources(root):
+        parts = url.split("://", 1)[1].split("/")
+        host, last = parts[0].split(":")[0], parts[-1] if len(parts) > 1 else ""
+        name = re.sub(r"[^a-z0-9._-]", "-", (last or host.split(".")[0]).lower()).strip("-.")
+        if name in named:
+            name = f"{host.split('.')[0].lower()}-{name}"
+        if name and name not in named and name not in ("pypi", "opam", "npm", "lists"):
+            named[name] = url
+    return named
+
+
+def dpkg_arch() -> str:
+    """This machine's Debian architecture: what its apt asks for (besides `all`)."""
+    try:
+        done = subprocess.run(
+            ["dpkg", "--print-architecture"], capture_output=True, text=True, timeout=_TIMEOUT
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "amd64"
+    return done.stdout.strip() or "amd64"

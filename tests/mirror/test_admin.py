@@ -32,6 +32,8 @@ async def admin(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], str
         registry = CollectorRegistry()
         lines: list[str] = []
         await service.start(registry, lines.append)
+        assert service.own_wheel is not None
+        await service.own_wheel  # the kit's own wheel, its metadata and the local index: 3 blobs
         try:
             app = make_app(
                 registry, {"mirror": service.status}, serve.admin_routes(service), token="t"
@@ -67,7 +69,7 @@ async def test_status_fetches_and_metrics(admin: tuple[TestClient[Any, Any], str
     assert status["upstreams"]["pypi"]["state"] == "up"
     assert status["upstreams"]["pypi"]["last_error"] is None
     store = status["store"]
-    assert store["files"] == 2 and store["size_bytes"] > size and not store["disk_full"]
+    assert store["files"] == 2 + 3 and store["size_bytes"] > size and not store["disk_full"]
     assert store["free_bytes"] > 0
 
     fetches = await (await client.get("/mirror/fetches")).json()

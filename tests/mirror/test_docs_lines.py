@@ -1,13 +1,16 @@
 """README and the operations guide give the same client lines as the attendee page, which
-tests/e2e/test_mirror_clients.py runs with real pip and uv."""
+the end-to-end tests run with real pip, uv, npm and apt-get; the organiser's commands in
+the README parse as the `retreatkit` command reads them."""
 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
+from retreatkit.cli.main import parser
 from retreatkit.mirror import page
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,8 +20,9 @@ BASE = "http://mirror.retreat.lan:8000"
 @pytest.mark.parametrize("doc", ["README.md", "docs/operations.md"])
 def test_the_docs_give_the_pages_lines(doc: str) -> None:
     text = (ROOT / doc).read_text()
-    lines = page.lines(BASE)
-    for line in lines["pip"] + lines["uv"]:
+    lines = page.lines(BASE, ("debian",), (("debian", "bookworm", "main"),))
+    wanted = lines["pip"] + lines["uv"] + lines["npm"] + lines["apt"][:1] + lines["bob"][:1]
+    for line in wanted:
         assert line in text, line
     # and no other pip or uv line that would be refused, or point elsewhere
     given = {
@@ -26,3 +30,15 @@ def test_the_docs_give_the_pages_lines(doc: str) -> None:
         for found in re.findall(r"^\s*((?:pip|uv pip) install --index-url .*)$", text, re.M)
     }
     assert given <= set(lines["pip"] + lines["uv"]), given
+    if doc == "README.md":
+        for line in lines["apt"] + lines["bob"] + lines["opam"][:1]:
+            assert line in text, line
+
+
+def test_the_organisers_commands_parse() -> None:
+    text = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^(retreatkit mirror .*)$", text, re.M)
+    assert len(commands) >= 6
+    for command in commands:
+        args = parser().parse_args(shlex.split(command)[1:])
+        assert args.command == "mirror", command

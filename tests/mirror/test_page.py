@@ -19,22 +19,26 @@ SUMMARY = page.Summary(
     opam_archives=0,
     bytes_saved=2_345_678_901,
     offline=False,
+    npm_tarballs=40,
+    debs=3,
+    apt_origins=("debian", "debian-security"),
+    apt_suites=(("debian", "bookworm", "main contrib"),),
 )
 
 PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Package mirror</title></head><body>
 <h1>Package mirror</h1>
 <p>Packages are fetched from the internet once, for everyone, and kept here.
-Holding 118 Python files (412 MB) of 12 projects; wheels for Linux x86_64, any platform \
-(pure Python); built for CPython 3.11, CPython 3.12; 1 source distribution. So far it saved \
-2.3 GB of downloads over the internet link.</p>
-<p>When the internet link is down, the mirror lists only the files it holds, so pip
-and uv install the newest version it has; a package nobody fetched before cannot be
-installed until the link is back.</p>
+Holding 118 Python files (412 MB) of 12 projects; wheels for Linux x86_64, any platform (pure \
+Python); built for CPython 3.11, CPython 3.12; 1 source distribution. 40 npm tarballs. 3 \
+Debian packages. So far it saved 2.3 GB of downloads over the internet link.</p>
+<p>When the internet link is down, the mirror lists only the files it holds, so pip,
+uv and npm install the newest version it has, and apt gets the last complete set of
+indexes; a package nobody fetched before cannot be installed until the link is back.</p>
 <h2>pip</h2>
 <p>One install, then every install from this machine on:</p>
-<pre>pip install --index-url http://mirror.retreat.lan:8000/pypi/simple/ \
---trusted-host mirror.retreat.lan PACKAGE
+<pre>pip install --index-url http://mirror.retreat.lan:8000/pypi/simple/ --trusted-host \
+mirror.retreat.lan PACKAGE
 pip config set global.index-url http://mirror.retreat.lan:8000/pypi/simple/
 pip config set global.trusted-host mirror.retreat.lan</pre>
 <h2>uv</h2>
@@ -45,6 +49,23 @@ export UV_DEFAULT_INDEX=http://mirror.retreat.lan:8000/pypi/simple/</pre>
 <p>An opam already set up, or a new one:</p>
 <pre>opam repository set-url default http://mirror.retreat.lan:8000/opam
 opam init default http://mirror.retreat.lan:8000/opam</pre>
+<h2>npm</h2>
+<p>One install, then every install from this machine on:</p>
+<pre>npm install --registry http://mirror.retreat.lan:8000/npm/ PACKAGE
+npm config set registry http://mirror.retreat.lan:8000/npm/</pre>
+<h2>apt</h2>
+<p>As the proxy for the archives it keeps (debian, debian-security; https sources go direct), \
+or in place of your sources line; remove the file after the event:</p>
+<pre>echo 'Acquire::http::Proxy "http://mirror.retreat.lan:8000";' | sudo tee \
+/etc/apt/apt.conf.d/01retreat-mirror
+echo 'deb http://mirror.retreat.lan:8000/debian bookworm main contrib' | sudo tee \
+/etc/apt/sources.list.d/retreat-debian.list</pre>
+<h2>bob</h2>
+<p>bob, to send files to each other (<code>bob send FILE</code>), from this mirror:</p>
+<pre>UV_PYTHON_DOWNLOADS=never uv tool install --index-url \
+http://mirror.retreat.lan:8000/pypi/simple/ retreatkit
+PIP_INDEX_URL=http://mirror.retreat.lan:8000/pypi/simple/ PIP_TRUSTED_HOST=mirror.retreat.lan \
+pipx install retreatkit</pre>
 </body></html>
 """
 

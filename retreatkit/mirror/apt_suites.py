@@ -1,0 +1,325 @@
+"""Each apt suite's release files, fetched together and served together, flipped when whole.
+
+A suite's set is its `InRelease`, `Release` and `Release.gpg` from one revalidation. A
+new set is served only once every index file of the old one that the store holds (what
+clients asked for) is fetched and verified under the new hashes, and its Packages files
+read: a client that gets the new InRelease then finds every index it names, online or
+not. Until then, and whenever the upstream fails, the old set is served whole.
+Packages files are read off the loop into the `.deb` files they promise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+from retreatkit.mirror import apt
+from retreatkit.mirror.errors import LocalError, NotFound, UpstreamError
+from retreatkit.mirror.fetch import Reply
+from retreatkit.mirror.health import origin as origin_of
+from retreatkit.mirror.records import Object, Source
+from retreatkit.mirror.service import Mirror
+from retreatkit.mirror.stats import iso
+
+log = logging.getLogger("retreatkit.mirror")
+MAX_SUITES = 256  # sets kept parsed in memory
+MAX_PACKAGES_FILES = 65536  # Packages files known by key, to read them once fetched
+EXPIRY_WARNING = 2 * 86400.0  # warn this long before a Release's Valid-Until
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSet:
+    release: apt.Release
+    objects: dict[str, Object]  # file name (InRelease, ...) -> what the store holds
+    fetched: float
+
+
+class Suites:
+    def __init__(self, mirror: Mirror) -> None:
+        self.mirror = mirror
+        self._sets: dict[tuple[str, str], ReleaseSet] = {}
+        self._running: dict[tuple[str, str], asyncio.Future[ReleaseSet]] = {}
+        self._parsed: set[str] = set()  # Packages digests whose .deb files are recorded
+        self._catching_up: dict[str, asyncio.Task[None]] = {}
+        self._packages: dict[str, str] = {}  # store key of a Packages file -> its origin
+        mirror.warners.append(self.warnings)
+
+    def base(self, origin: str) -> str:
+        base = self.mirror.settings.apt.get(origin)
+        if base is None:
+            raise NotFound(f"no apt origin named {origin} on this mirror")
+        return base.rstrip("/")
+
+    # -- the set served now ---------------------------------------------------------------
+
+    async def current(self, origin: str, suite: str) -> tuple[ReleaseSet, bool]:
+        """The set to serve and whether it is stale: fresh, else revalidated (once, however
+        many ask), else the last good one."""
+        key = (origin, suite)
+        cur = self._sets.get(key) or await self._from_store(origin, suite)
+        ttl = self.mirror.settings.index_ttl
+        if cur is not None and time.time() - cur.fetched < ttl:
+            self.mirror.stats.hits += 1
+            return cur, False
+        running = self._running.get(key)
+        if running is not None:
+            if cur is not None and self.mirror.health.is_down(origin_of(self.base(origin))):
+                return cur, True  # nobody waits on the probe
+            return await asyncio.shield(running), False
+        future: asyncio.Future[ReleaseSet] = asyncio.get_running_loop().create_future()
+        self._running[key] = future
+        try:
+            found = await self._revalidate(origin, suite, cur)
+            future.set_result(found)
+        except UpstreamError as exc:
+            future.set_exception(exc)
+            future.exception()
+            if cur is None:
+                raise
+            self.mirror.stats.stale_served += 1
+            self.mirror.stats.hits += 1
+            return cur, True
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        finally:
+            del self._running[key]
+        return found, False
+
+    async def _from_store(self, origin: str, suite: str) -> ReleaseSet | None:
+        store = self.mirror.store
+        objs = {}
+        for name in apt.RELEASE_FILES:
+            obj = store.get(apt.release_key(origin, suite, name))
+            if obj is not None:
+                objs[name] = obj
+        main = objs.get("InRelease") or objs.get("Release")
+        if main is None:
+            return None
+        try:
+            body = await self.mirror.offload(store.read, main.digest)
+            release = await self.mirror.offload(apt.parse_release, body)
+        except (OSError, apt.AptError) as exc:
+            log.warning("cannot read the stored release of %s/%s: %s", origin, suite, exc)
+            return None
+        found = ReleaseSet(release, objs, main.fetched)
+        self._keep((origin, suite), found)
+        return found
+
+    def _keep(self, key: tuple[str, str], found: ReleaseSet) -> None:
+        self._sets[key] = found
+        while len(self._sets) > MAX_SUITES:
+            del self._sets[next(iter(self._sets))]
+        for path, f in found.release.files.items():
+            if apt.is_packages(path) and len(self._packages) < MAX_PACKAGES_FILES:
+                self._packages[apt.index_key(key[0], *f.strongest)] = key[0]
+
+    async def _revalidate(self, origin: str, suite: str, cur: ReleaseSet | None) -> ReleaseSet:
+        fetcher, stats = self.mirror.fetcher, self.mirror.stats
+        url = f"{self.base(origin)}/dists/{suite}/"
+        headers = {}
+        held = cur.objects.get("InRelease") if cur is not None else None
+        if held is not None and held.etag:
+            headers["If-None-Match"] = held.etag
+        if held is not None and held.last_modified:
+            headers["If-Modified-Since"] = held.last_modified
+        first = await fetcher.get_index(url + "InRelease", headers, apt.MAX_RELEASE)
+        if first.status == 304 and cur is not None:
+            stats.hits += 1
+            return await self._confirm(origin, suite, cur)
+        replies: dict[str, Reply] = {}
+        for name, reply in [("InRelease", first)] + [
+            (n, await fetcher.get_index(url + n, {}, apt.MAX_RELEASE))
+            for n in ("Release", "Release.gpg")
+        ]:
+            if reply.status == 200:
+                replies[name] = reply
+            elif reply.status != 404:
+                raise UpstreamError(f"the upstream answered {reply.status} for {url}{name}")
+        main = replies.get("InRelease") or replies.get("Release")
+        if main is None:
+            raise NotFound(f"the upstream has no {url}InRelease or Release")
+        stats.misses += 1
+        digest = hashlib.sha256(main.body).hexdigest()
+        if cur is not None and digest in {o.digest for o in cur.objects.values()}:
+            return await self._confirm(origin, suite, cur)
+        try:
+            release = await self.mirror.offload(apt.parse_release, main.body)
+        except apt.AptError as exc:
+            self.mirror.fetcher.count(exc)
+            raise
+        await self._complete(origin, suite, release, cur)
+        return await self._save(origin, suite, release, replies)
+
+    async def _confirm(self, origin: str, suite: str, cur: ReleaseSet) -> ReleaseSet:
+        now = time.time()
+        store = self.mirror.store
+        keys = [o.key for o in cur.objects.values()]
+
+        def touch() -> None:
+            for key in keys:
+                store.touch(key, now)
+
+        with contextlib.suppress(LocalError):
+            await store.run(touch)
+        found = ReleaseSet(cur.release, cur.objects, now)
+        self._keep((origin, suite), found)
+        return found
+
+    async def _complete(
+        self, origin: str, suite: str, new: apt.Release, cur: ReleaseSet | None
+    ) -> None:
+        """Fetch, under the new set's hashes, every index of the old set the store holds."""
+        if cur is None:
+            return
+        store, base = self.mirror.store, self.base(origin)
+
+        def held_before() -> list[Source]:
+            """A Release lists a thousand files: looked up off the loop."""
+            wanted = []
+            for path, old in cur.release.files.items():
+                f = new.files.get(path)
+                if (
+                    f is None
+                    or f == old
+                    or store.get(apt.index_key(origin, *old.strongest)) is None
+                ):
+                    continue
+                if store.get(apt.index_key(origin, *f.strongest)) is None:
+                    wanted.append(apt.index_source(origin, base, suite, new, f))
+            return wanted
+
+        wanted: list[Source] = await self.mirror.offload(held_before)
+        fills = [self.mirror.fetch(source) for source in wanted]
+        results = await asyncio.gather(
+            *(self.mirror.fetched(f) for f in fills), return_exceptions=True
+        )
+        for source, result in zip(wanted, results, strict=True):
+            if isinstance(result, BaseException):
+                why = result if isinstance(result, UpstreamError) else UpstreamError(str(result))
+                raise type(why)(f"kept the last release of {origin}/{suite}: {why}")
+            log.info("apt %s/%s: %s fetched for the new release", origin, suite, source.name)
+        for path, f in new.files.items():
+            if apt.is_packages(path):
+                await self._read_packages(origin, suite, f)
+
+    async def _save(
+        self, origin: str, suite: str, release: apt.Release, replies: dict[str, Reply]
+    ) -> ReleaseSet:
+        store, base, now = self.mirror.store, self.base(origin), time.time()
+        sources = [
+            apt.index_source(origin, base, suite, release, f) for f in release.files.values()
+        ]
+        main = replies.get("InRelease") or replies["Release"]
+
+        def save() -> dict[str, Object]:
+            store.add_sources(sources)
+            objs = {}
+            for name, reply in replies.items():
+                digest = store.put_bytes(reply.body)
+                etag, modified = (main.etag, main.last_modified) if reply is main else (None, None)
+                key = apt.release_key(origin, suite, name)
+                objs[name] = Object(key, digest, len(reply.body), "text/plain", now, etag, modified)
+            store.put(*objs.values())
+            gone = [
+                (apt.release_key(origin, suite, n),) for n in apt.RELEASE_FILES if n not in objs
+            ]
+            store.transaction(lambda db: db.executemany("delete from objects where key = ?", gone))
+            return objs
+
+        objs = await store.run(save)
+        found = ReleaseSet(release, objs, now)
+        self._keep((origin, suite), found)
+        self.mirror.evict_if_over()
+        return found
+
+    # -- Packages: the .deb files they promise ----------------------------------------------
+
+    async def _read_packages(self, origin: str, suite: str, f: apt.IndexFile) -> None:
+        store = self.mirror.store
+        obj = store.get(apt.index_key(origin, *f.strongest))
+        if obj is None or obj.digest in self._parsed:
+            return
+        base = self.base(origin)
+
+        def read() -> int:
+            text = apt.decompress(f.path, store.read(obj.digest)).decode("utf-8", "replace")
+            sources = apt.pool_sources(origin, base, suite, text)
+            store.add_sources(sources)
+            return len(sources)
+
+        try:
+            count = await self.mirror.offload(read)
+        except (apt.AptError, LocalError, OSError) as exc:
+            log.warning("cannot read %s of %s/%s: %s", f.path, origin, suite, exc)
+            return
+        self._parsed.add(obj.digest)
+        log.info("apt %s/%s: %s lists %d packages", origin, suite, f.path, count)
+
+    async def catch_up(self, origin: str) -> None:
+        """Read every Packages file of this origin's current sets the store holds and this
+        process has not read yet; joins a reading under way, then looks again."""
+        while True:
+            running = self._catching_up.get(origin)
+            if running is not None:
+                await asyncio.shield(running)
+                continue
+            todo = await self._unread(origin)
+            if not todo:
+                return
+            task = asyncio.ensure_future(self._read_all(todo))
+            self._catching_up[origin] = task
+            try:
+                await asyncio.shield(task)
+            finally:
+                if self._catching_up.get(origin) is task:
+                    del self._catching_up[origin]
+
+    def after_index(self, key: str) -> None:
+        """An index file was served: read it soon if it is a Packages file not read yet."""
+        origin = self._packages.get(key)
+        if origin is None:
+            return
+        held = self.mirror.store.get(key)
+        if held is not None and held.digest not in self._parsed:
+            self.mirror.spawn(self.catch_up(origin))
+
+    async def _unread(self, origin: str) -> list[tuple[str, str, apt.IndexFile]]:
+        store = self.mirror.store
+        suites = {k.split("/")[3] for k, _, _ in store.catalog(f"apt/{origin}/dists/")}
+        todo = []
+        for suite in sorted(suites):
+            cur = self._sets.get((origin, suite)) or await self._from_store(origin, suite)
+            for path, f in cur.release.files.items() if cur is not None else ():
+                if not apt.is_packages(path):
+                    continue
+                obj = store.get(apt.index_key(origin, *f.strongest))
+                if obj is not None and obj.digest not in self._parsed:
+                    todo.append((origin, suite, f))
+        return todo
+
+    async def _read_all(self, todo: list[tuple[str, str, apt.IndexFile]]) -> None:
+        for origin, suite, f in todo:
+            await self._read_packages(origin, suite, f)
+
+    # -- for the organiser ----------------------------------------------------------------
+
+    def warnings(self) -> list[str]:
+        """Releases that expire soon: apt refuses an expired one (a replay defence), so
+        offline clients then need `[check-valid-until=no]` in their sources line."""
+        out = []
+        now = time.time()
+        for (origin, suite), found in sorted(self._sets.items()):
+            until = found.release.valid_until
+            if until is not None and until - now < EXPIRY_WARNING:
+                verb = "expired" if until <= now else "expires"
+                out.append(
+                    f"apt {origin}/{suite}: its Release {verb} at {iso(until)}; offline,"
+                    " apt then needs [check-valid-until=no] in its sources line"
+                )
+        return out

@@ -1,0 +1,88 @@
+"""The store under `--max-size`: least recently used blobs go first, archives before indexes.
+
+nginx's cache manager drops the least recently used entries over `max_size`; apt-cacher-ng
+expires only what no index names. Both ideas hold here: above the limit, blobs are removed
+until the store is back under 90% of it (so a store at its limit does not evict on every
+fill), cold archives first, then indexes, each least recently used first; the
+organiser's own files (pinned) never. A removed blob's names go, the sources that say
+where upstream keeps it stay: it is fetched again if anyone asks.
+
+Hits are noted in memory (`Store.accessed`) and written in one batch every
+`FLUSH_EVERY` seconds, so a cache hit never waits on SQLite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from dataclasses import dataclass, field
+
+from retreatkit.mirror.store import Store
+
+FLUSH_EVERY = 30.0  # seconds between writes of last-access times
+BATCH = 256  # candidates read at a time
+TARGET = 0.9  # of the limit, once eviction starts
+
+
+@dataclass
+class Evicted:
+    blobs: int = 0
+    bytes: int = 0
+    keys: list[str] = field(default_factory=list)  # names that went, for the memory caches
+
+
+def forget(store: Store, digest: str) -> tuple[list[str], int]:
+    """Remove a blob and every name it answers (blocking); (keys, bytes freed)."""
+
+    def write(db: sqlite3.Connection) -> tuple[list[str], int]:
+        keys = [k for (k,) in db.execute("select key from objects where digest = ?", (digest,))]
+        row = db.execute("select size from blobs where digest = ?", (digest,)).fetchone()
+        db.execute("delete from objects where digest = ?", (digest,))
+        db.execute("delete from blobs where digest = ?", (digest,))
+        return keys, int(row[0]) if row else 0
+
+    keys, size = store.transaction(write)
+    path = store.blob_path(digest)
+    on_disk = 0
+    with contextlib.suppress(OSError):
+        on_disk = path.stat().st_size
+        path.unlink()  # a client being sent it by sendfile keeps its open file
+    if on_disk:
+        store.check.files = max(0, store.check.files - 1)
+        store.check.size_bytes = max(0, store.check.size_bytes - on_disk)
+    store.verified.discard(digest)
+    store.used = max(0, store.used - size)
+    return keys, size
+
+
+def coldest(store: Store, limit: int) -> list[tuple[str, int]]:
+    """Evictable blobs in the order they go: archives, then indexes (a page still in use
+    names what can be fetched again; a cold archive is only bytes), each least recently
+    used first. Pinned blobs are never listed."""
+    rows = store.db().execute(
+        "select digest, size from blobs where pinned = 0"
+        " order by case kind when 'archive' then 0 else 1 end, last_access limit ?",
+        (limit,),
+    )
+    return [(str(d), int(n)) for d, n in rows]
+
+
+def evict(store: Store, limit: int) -> Evicted:
+    """Bring the store under its limit (blocking: the store thread)."""
+    done = Evicted()
+    if not limit or store.used <= limit:
+        return done
+    store.flush_access()
+    target = int(limit * TARGET)
+    while store.used > target:
+        batch = coldest(store, BATCH)
+        if not batch:
+            break  # only pinned blobs left: the organiser's files are never dropped
+        for digest, _ in batch:
+            if store.used <= target:
+                break
+            keys, size = forget(store, digest)
+            done.blobs += 1
+            done.bytes += size
+            done.keys += keys
+    return done

@@ -1,0 +1,190 @@
+"""npm's registry API: packuments read, rewritten to the mirror, and trimmed offline (no I/O).
+
+A packument (`GET /NAME`, `@scope%2fname` for scoped names) lists every version with
+`dist.tarball` (an absolute URL), `dist.integrity` (SRI, RFC-less but W3C's: `sha512-`
+and base64) and the older `dist.shasum` (sha1 hex). The mirror keeps `integrity` and
+`shasum` exactly as they are (npm checks them, and the registry's signatures cover
+`name@version:integrity`, not the URL) and points `dist.tarball` at itself. npm needs an
+absolute URL there, and the mirror's own name is the one each client used, so the stored
+packument carries `MARKER` where the base URL goes, replaced per response.
+
+The short form (`Accept: application/vnd.npm.install-v1+json`) is kept apart from the full
+one: offline, the full one may answer a request for the short form, never the reverse.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from retreatkit.mirror.blobs import valid_hex
+from retreatkit.mirror.errors import BadUpstreamData
+from retreatkit.mirror.records import Processed, Source
+
+ABBREVIATED = "application/vnd.npm.install-v1+json"
+FULL = "application/json"
+ACCEPT_ABBREVIATED = f"{ABBREVIATED}; q=1.0, {FULL}; q=0.8, */*"
+MAX_PACKUMENT = 128 * 1024 * 1024  # npm's own is 21 MB; the biggest few are far larger
+MARKER = "@@retreatkit-mirror@@"
+_NAME = re.compile(r"^(?:@[A-Za-z0-9_~.-][A-Za-z0-9_~.-]*/)?[A-Za-z0-9_~.-][A-Za-z0-9_~.-]*$")
+_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,200}\.tgz$")
+_SEMVER = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
+_SRI = {"sha512", "sha256", "sha1"}  # what the store can check
+
+
+class PackumentError(BadUpstreamData):
+    """An upstream packument we cannot make sense of."""
+
+
+def valid_name(name: str) -> bool:
+    """npm's package names, old ones with capitals included; never `.`, `..` or a path."""
+    if len(name) > 214 or not _NAME.match(name):
+        return False
+    return all(part not in (".", "..") and not part.startswith(".") for part in name.split("/"))
+
+
+def valid_file(name: str) -> bool:
+    return _FILE.match(name) is not None and ".." not in name
+
+
+def upstream_url(registry: str, name: str) -> str:
+    """A packument's URL: a scoped name's slash is encoded (`@scope%2fname`)."""
+    return registry.rstrip("/") + "/" + name.replace("/", "%2f")
+
+
+def packument_key(name: str, abbreviated: bool) -> str:
+    return f"npm/{'abbreviated' if abbreviated else 'packument'}/{name}"
+
+
+def tarball_key(name: str, file: str) -> str:
+    return f"npm/{name}/-/{file}"
+
+
+def tarball_path(name: str, file: str) -> str:
+    return f"/npm/{name}/-/{file}"
+
+
+def wants_abbreviated(accept: str) -> bool:
+    return ABBREVIATED in accept
+
+
+def hashes(integrity: object, shasum: object) -> dict[str, str]:
+    """Every hash the store can check, as lowercase hex: SRI strings may list several
+    (`sha512-... sha1-...`); `shasum` is sha1 hex."""
+    found: dict[str, str] = {}
+    for part in integrity.split() if isinstance(integrity, str) else ():
+        algo, _, b64 = part.partition("-")
+        algo = algo.lower()
+        if algo not in _SRI:
+            continue
+        try:
+            digest = base64.b64decode(b64.split("?")[0], validate=True).hex()
+        except (binascii.Error, ValueError):
+            continue
+        if valid_hex(algo, digest):
+            found[algo] = digest
+    if isinstance(shasum, str) and valid_hex("sha1", shasum.lower()):
+        found.setdefault("sha1", shasum.lower())
+    return found
+
+
+def _load(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise PackumentError(f"unreadable packument ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise PackumentError("unreadable packument (not an object)")
+    return doc
+
+
+def _dump(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def process(name: str, body: bytes, abbreviated: bool) -> Processed:
+    """An upstream packument as the mirror keeps it, and where upstream keeps each tarball.
+    Versions whose tarball has no hash the store can check, or a name that is not a plain
+    file, are left out: the mirror serves nothing it cannot verify. CPU-heavy for big
+    packuments: run off the loop."""
+    doc = _load(body)
+    if doc.get("name") != name:
+        raise PackumentError(f"upstream sent a packument for {doc.get('name')!r}, not {name!r}")
+    versions = doc.get("versions")
+    if not isinstance(versions, dict):
+        versions = {}
+    kept: dict[str, Any] = {}
+    sources: list[Source] = []
+    for version, meta in versions.items():
+        dist = meta.get("dist") if isinstance(meta, dict) else None
+        url = dist.get("tarball") if isinstance(dist, dict) else None
+        if not isinstance(dist, dict) or not isinstance(url, str):
+            continue
+        file = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+        found = hashes(dist.get("integrity"), dist.get("shasum"))
+        if not found or not valid_file(file) or urlsplit(url).scheme not in ("http", "https"):
+            continue
+        sources.append(Source(tarball_key(name, file), url, found, "npm", name))
+        dist["tarball"] = MARKER + tarball_path(name, file)
+        kept[version] = meta
+    doc["versions"] = kept
+    tags = doc.get("dist-tags")
+    if isinstance(tags, dict):
+        doc["dist-tags"] = {tag: v for tag, v in tags.items() if v in kept}
+    return Processed(_dump(doc), ABBREVIATED if abbreviated else FULL, tuple(sources))
+
+
+def tarball_keys(body: bytes) -> dict[str, str]:
+    """version -> store key of its tarball, in a packument the mirror stored."""
+    out = {}
+    prefix = MARKER + "/npm/"
+    versions = _load(body).get("versions")
+    for version, meta in versions.items() if isinstance(versions, dict) else ():
+        url = meta.get("dist", {}).get("tarball", "")
+        if isinstance(url, str) and url.startswith(prefix):
+            out[version] = "npm/" + url.removeprefix(prefix)
+    return out
+
+
+def version_order(version: str) -> tuple[Any, ...]:
+    """Semver precedence (semver.org, item 11), enough to pick the newest: a release
+    ranks above its prereleases; what is not semver ranks lowest."""
+    match = _SEMVER.match(version)
+    if match is None:
+        return (-1,)
+    pre = match[4]
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in (pre or "").split("."))
+    return (int(match[1]), int(match[2]), int(match[3]), pre is None, parts)
+
+
+def only(body: bytes, held: Callable[[Iterable[str]], Mapping[str, int]]) -> bytes:
+    """The offline packument: only versions whose tarball the store holds, and dist-tags
+    moved to the newest of those, so npm picks a version it can install. A packument
+    with none held is left whole: npm then says which tarball it could not get."""
+    doc = _load(body)
+    keys = tarball_keys(body)
+    have = held(keys.values())
+    kept = {v: meta for v, meta in doc["versions"].items() if keys.get(v) in have}
+    if not kept:
+        return body
+    doc["versions"] = kept
+    newest = max(kept, key=version_order)
+    tags = doc.get("dist-tags")
+    moved = (
+        {t: (v if v in kept else newest) for t, v in (tags or {}).items()}
+        if isinstance(tags, dict)
+        else {}
+    )
+    moved.setdefault("latest", newest)
+    doc["dist-tags"] = moved
+    return _dump(doc)
+
+
+def render(body: bytes, base: str) -> bytes:
+    """A stored packument as one client gets it: tarball URLs under the name it used."""
+    return body.replace(MARKER.encode(), base.rstrip("/").encode())

@@ -1,0 +1,133 @@
+"""npm's routes: packuments (full and short) and tarballs under `/npm/`, over the mirror's policy.
+
+`npm install --registry http://MIRROR:8000/npm/` asks `/npm/NAME` (`/npm/@scope%2fname`)
+and the tarball URLs the packument gives. Some npm releases (11.3 to 11.6, npm/cli#8253)
+drop the registry's path when they rewrite a lockfile's `resolved` URL, so tarballs
+answer at `/NAME/-/FILE` too: no other route has a `-` segment there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from functools import partial
+
+from aiohttp import web
+
+from retreatkit.mirror import npm, respond
+from retreatkit.mirror.errors import NotFound, UpstreamError
+from retreatkit.mirror.memory import Page
+from retreatkit.mirror.records import Processed
+from retreatkit.mirror.respond import mirror_of
+from retreatkit.mirror.service import IndexAnswer, Mirror
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:\d{1,5})?$")
+SCOPE = "{scope:@[^/]+}"
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/npm/-/{command:.*}", no_command),
+        web.post("/npm/-/{command:.*}", no_command),
+        web.get("/npm/{name}", packument),
+        web.get(f"/npm/{SCOPE}/{{name}}", packument),
+        web.get("/npm/{name}/-/{file}", tarball),
+        web.get(f"/npm/{SCOPE}/{{name}}/-/{{file}}", tarball),
+        web.get("/{name}/-/{file}", tarball),
+        web.get(f"/{SCOPE}/{{name}}/-/{{file}}", tarball),
+    ]
+
+
+async def no_command(request: web.Request) -> web.Response:
+    # a quick 404 keeps `npm install` quiet (its audit is best-effort) and makes
+    # `npm audit` say the endpoint failed; an empty answer would claim "no advisories"
+    raise NotFound("this mirror serves packages only, not npm's audit or other commands")
+
+
+def _name(request: web.Request) -> str:
+    info = request.match_info
+    name = f"{info['scope']}/{info['name']}" if "scope" in info else info["name"]
+    if not npm.valid_name(name):
+        raise NotFound("not an npm package name")
+    return name
+
+
+def base_url(mirror: Mirror, host: str | None) -> str:
+    """Where this client reaches the mirror: the name it used (a loopback name included:
+    the tarball URLs are for this client only), else the organiser's setting."""
+    if host and _HOST.match(host):
+        return f"http://{host}"
+    return (mirror.settings.public_url or mirror.lan_url).rstrip("/")
+
+
+def _upstream(mirror: Mirror) -> str:
+    if mirror.settings.npm is None:
+        raise UpstreamError("no npm upstream configured (--npm URL)")
+    return mirror.settings.npm
+
+
+async def read(mirror: Mirror, name: str, abbreviated: bool) -> IndexAnswer:
+    """A packument through the mirror's policy; offline, the full form answers for a short
+    one never fetched (the full one holds all of the short one)."""
+    url = npm.upstream_url(_upstream(mirror), name)
+    accept = npm.ACCEPT_ABBREVIATED if abbreviated else npm.FULL
+    process = partial(_process, name, abbreviated)
+    key = npm.packument_key(name, abbreviated)
+    try:
+        return await mirror.index(key, url, accept, process, npm.MAX_PACKUMENT)
+    except UpstreamError:
+        full = npm.packument_key(name, False)
+        if not abbreviated or mirror.store.get(full) is None:
+            raise
+        return await mirror.index(
+            full, url, npm.FULL, partial(_process, name, False), npm.MAX_PACKUMENT
+        )
+
+
+def _process(name: str, abbreviated: bool, body: bytes, content_type: str) -> Processed:
+    return npm.process(name, body, abbreviated)
+
+
+async def packument(request: web.Request) -> web.Response:
+    mirror = mirror_of(request)
+    name = _name(request)
+    abbreviated = npm.wants_abbreviated(request.headers.get("Accept", ""))
+    mirror.stats.asked(f"npm/{name}")
+    answer = await read(mirror, name, abbreviated)
+    url = npm.upstream_url(_upstream(mirror), name)
+    offline = answer.stale or mirror.ecosystem_down("npm", url)
+    base = base_url(mirror, request.headers.get("Host"))
+    obj = answer.obj
+    variant = (obj.digest, base, "offline" if offline else "", str(mirror.generation[name]))
+    page = mirror.renders.get(variant)
+    if page is None:
+        page = await mirror.offload(_make, mirror, answer.body, obj.content_type, base, offline)
+        mirror.renders.put(variant, page)
+    if offline:
+        mirror.stats.offline_pages += 1
+    max_age = math.ceil(mirror.settings.index_ttl - (time.time() - obj.fetched))
+    return respond.page(request, page, stale=answer.stale, offline=offline, max_age=max_age)
+
+
+def _make(mirror: Mirror, body: bytes, kind: str, base: str, offline: bool) -> Page:
+    if offline:
+        body = npm.only(body, mirror.store.held)
+    out = npm.render(body, base)
+    return Page(out, f'"{hashlib.sha256(out).hexdigest()}"', kind)
+
+
+async def tarball(request: web.Request) -> web.StreamResponse:
+    mirror = mirror_of(request)
+    name, file = _name(request), request.match_info["file"]
+    if not npm.valid_file(file):
+        raise NotFound("no such tarball")
+    key = npm.tarball_key(name, file)
+    held = await mirror.blob(key)
+    if held is not None:  # the hot path: one lookup
+        return await respond.blob(request, mirror, held)
+    if mirror.store.source(key) is None:
+        # a lockfile names tarballs directly (`npm ci`): their hashes are in the packument
+        await read(mirror, name, abbreviated=False)
+    return await respond.file(request, key)

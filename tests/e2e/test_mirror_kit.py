@@ -1,0 +1,97 @@
+"""An attendee without bob installs it from the mirror with no uplink: the line the page on
+`/` prints, run on an attendee's machine (a network namespace) after the organiser seeded
+the kit's own dependencies (`retreatkit mirror seed --kit`) and the uplink went.
+
+The upstream index is built from the distributions installed here, packed back into
+wheels, so the test needs no network; the kit's own wheel is the one the mirror builds
+from what is running.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retreatkit.mirror.seedfiles import running_kit
+from retreatkit.mirror.testing import (
+    Netns,
+    make_wheel,
+    start_mirror,
+    start_upstream,
+    wheel_from_installed,
+    write_pypi,
+)
+from tests.e2e.mirror_attendee import attendee, page_block
+
+pytestmark = pytest.mark.e2e
+UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+
+
+lan = attendee("k")
+
+
+def test_attendees_install_bob_from_the_mirror_with_no_uplink(tmp_path: Path, lan: Netns) -> None:
+    root = tmp_path / "upstream"
+    deps = running_kit().wants
+    index = {w.name: [wheel_from_installed(w.name)] for w in deps}
+    index["course-pkg"] = [make_wheel("course-pkg", "99.0")]  # a name taken on the public index
+    write_pypi(root, index)
+    upstream = start_upstream(root)
+    mirror, admin = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
+                             listen=f"{lan.host}:0", ttl=0)  # fmt: skip
+    try:
+        home = tmp_path / "home"
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))},
+               "HOME": str(home), "XDG_STATE_HOME": str(home / "state")}  # fmt: skip
+        argv = [sys.executable, "-m", "retreatkit.cli.main", "mirror", "seed", "--kit",
+                "--mirror", mirror.url]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert done.stdout.startswith(f"Seeded {2 * len(deps)} files: {2 * len(deps)} fetched")
+        upstream.stop()  # the venue: no uplink
+
+        uv_line, pipx_line = page_block(mirror.url, "bob")
+        assert pipx_line.endswith(" pipx install retreatkit")
+        words = shlex.split(uv_line)
+        assert words[0] == "UV_PYTHON_DOWNLOADS=never" and words[1:3] == ["uv", "tool"]
+        tools = tmp_path / "tools"
+        attendee = {
+            **env, "UV_PYTHON_DOWNLOADS": "never", "UV_TOOL_DIR": str(tools / "envs"),
+            "UV_TOOL_BIN_DIR": str(tools / "bin"), "UV_CACHE_DIR": str(tools / "cache"),
+        }  # fmt: skip
+        install = [UV, *words[2:], "--python", sys.executable]
+        done = subprocess.run(lan.argv(install), capture_output=True, text=True,
+                              env=attendee, timeout=300)  # fmt: skip
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        bob = subprocess.run([str(tools / "bin" / "bob"), "--help"], capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert bob.returncode == 0 and "send" in bob.stdout, bob
+
+        # the course's own package, published by the organiser through the admin endpoint
+        course = tmp_path / "course_pkg-0.1-py3-none-any.whl"
+        course.write_bytes(make_wheel("course-pkg", "0.1")[1])
+        organiser = {**env, "XDG_STATE_HOME": str(tmp_path / "store-home" / "state")}
+        add = [sys.executable, "-m", "retreatkit.cli.main", "mirror", "add", "--admin", admin,
+               str(course)]  # fmt: skip
+        done = subprocess.run(add, capture_output=True, text=True, env=organiser, timeout=60)
+        assert (done.returncode, done.stdout) == (
+            0,
+            f"{course.name}: published as course-pkg 0.1\n",
+        )
+        pip_once = page_block(mirror.url, "pip")[0].replace("PACKAGE", "course-pkg")
+        target = ["--no-cache-dir", "--target", str(tmp_path / "course")]
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check",
+               *shlex.split(pip_once)[1:], *target]  # fmt: skip
+        done = subprocess.run(lan.argv(pip), capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        installed = (tmp_path / "course" / "course_pkg" / "__init__.py").read_text()
+        assert "VERSION = '0.1'" in installed  # never the public index's 99.0
+    finally:
+        mirror.stop()
+        upstream.stop()

@@ -1,0 +1,254 @@
+"""apt through the mirror, in process: release sets served whole and flipped only when
+complete, index and pool files verified against the hashes the indexes give, the proxy
+form for configured origins only. The archive is real: `dpkg-deb` and `dpkg-scanpackages`."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from retreatkit.mirror import apt, apt_http, fakeupstream
+from retreatkit.mirror.apt_suites import ReleaseSet
+from retreatkit.mirror.fakeupstream import Upstream
+from retreatkit.mirror.fetch import Limits
+from retreatkit.mirror.service import Mirror
+from retreatkit.mirror.status import section
+from retreatkit.mirror.testing import mirror_client, settings
+from retreatkit.mirror.testrepos import arch, make_deb, write_apt
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("dpkg-scanpackages") is None, reason="dpkg-dev is not installed (.ci/run)"
+)
+PACKAGES = f"main/binary-{arch()}/Packages.xz"
+
+
+@dataclass
+class Archive:
+    upstream: Upstream
+    client: TestClient[Any, Any]
+    mirror: Mirror
+    root: Path
+    debs: dict[str, bytes]
+
+    async def get(self, path: str) -> tuple[int, bytes, Mapping[str, str]]:
+        r = await self.client.get(path)
+        try:
+            return r.status, await r.read(), r.headers
+        except aiohttp.ClientPayloadError:
+            return -1, b"", {}
+
+    def publish(self, debs: dict[str, bytes]) -> None:
+        write_apt(self.root / "debian", "stable", debs, signer=None)
+
+
+@pytest.fixture
+async def archive(tmp_path: Path) -> AsyncIterator[Archive]:
+    debs = {"hello-rk_1.0_all.deb": make_deb(tmp_path / "build", "hello-rk", "1.0")}
+    root = tmp_path / "upstream"
+    write_apt(root / "debian", "stable", debs, signer=None)
+    limits = Limits(connect_timeout=0.5, headers_timeout=0.5)
+    async with fakeupstream.serving(root) as upstream:
+        origins = {"debian": upstream.url + "debian"}
+        config = settings(tmp_path / "store", apt=origins, index_ttl=0.0, limits=limits)
+        async with mirror_client(config) as (client, mirror):
+            yield Archive(upstream, client, mirror, root, debs)
+
+
+async def test_an_archive_through_the_mirror(archive: Archive) -> None:
+    release = (archive.root / "debian" / "dists" / "stable" / "Release").read_bytes()
+    assert (await archive.get("/debian/dists/stable/InRelease"))[0] == 404  # unsigned here
+    status, body, headers = await archive.get("/debian/dists/stable/Release")
+    assert (status, body) == (200, release)
+    packages = (archive.root / "debian" / "dists" / "stable" / PACKAGES).read_bytes()
+    digest = hashlib.sha256(packages).hexdigest()
+    status, body, headers = await archive.get(f"/debian/dists/stable/{PACKAGES}")
+    assert (status, body) == (200, packages)
+    by_hash = f"/debian/dists/stable/main/binary-{arch()}/by-hash/SHA256/{digest}"
+    assert (await archive.get(by_hash))[:2] == (200, packages)
+    # the index was fetched by hash upstream: a file that never changes mid-push
+    assert archive.upstream.counts[by_hash] == 1
+    assert archive.upstream.counts[f"/debian/dists/stable/{PACKAGES}"] == 0
+    deb = "/debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"
+    status, body, headers = await archive.get(deb)  # known once that Packages is read
+    assert (status, body) == (200, archive.debs["hello-rk_1.0_all.deb"])
+    status, body, headers = await archive.get(deb)
+    assert headers["ETag"] == f'"{hashlib.sha256(body).hexdigest()}"'
+    assert archive.upstream.counts["/debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"] == 1
+
+
+async def test_a_deb_that_does_not_match_its_index_is_never_kept(archive: Archive) -> None:
+    await archive.get("/debian/dists/stable/Release")
+    await archive.get(f"/debian/dists/stable/{PACKAGES}")
+    path = "/debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"
+    archive.upstream.rules[path] = "corrupt"
+    status, _, _ = await archive.get(path)
+    assert status == -1 and archive.mirror.stats.verify_failures == 1
+    assert await archive.mirror.blob(apt.pool_key("debian", path[8:])) is None
+
+
+async def test_a_new_release_is_served_only_once_its_indexes_are_held(archive: Archive) -> None:
+    _, old, _ = await archive.get("/debian/dists/stable/Release")
+    await archive.get(f"/debian/dists/stable/{PACKAGES}")
+    newer = make_deb(archive.root.parent / "build", "hello-rk", "1.1")
+    archive.publish({**archive.debs, "hello-rk_1.1_all.deb": newer})
+    new_packages = (archive.root / "debian" / "dists" / "stable" / PACKAGES).read_bytes()
+    by_hash = (
+        f"/debian/dists/stable/main/binary-{arch()}/by-hash/SHA256/"
+        + hashlib.sha256(new_packages).hexdigest()
+    )
+    archive.upstream.rules[by_hash] = "fail"  # the new index cannot be had (yet)
+    status, body, headers = await archive.get("/debian/dists/stable/Release")
+    assert (status, body) == (200, old)  # the old set, whole, said stale
+    assert headers["Warning"] == '110 - "Response is Stale"'
+    archive.upstream.rules.clear()
+    status, body, headers = await archive.get("/debian/dists/stable/Release")
+    assert body != old and "Warning" not in headers
+    # the new index was fetched before the new Release went out, and its debs are known
+    assert archive.upstream.counts[by_hash] == 2
+    held = await archive.mirror.blob(apt.index_key("debian", "sha256", by_hash[-64:]))
+    assert held is not None
+    path = "/debian/pool/main/h/hello-rk/hello-rk_1.1_all.deb"
+    assert (await archive.get(path))[:2] == (200, newer)
+
+
+async def test_proxy_requests_for_configured_origins_only(archive: Archive) -> None:
+    assert archive.client.port is not None
+    port = archive.client.port
+
+    async def raw(request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        async with asyncio.timeout(5):
+            data = await reader.read()
+        writer.close()
+        return data
+
+    upstream = archive.upstream.url.rstrip("/")
+    ok = await raw(
+        f"GET {upstream}/debian/dists/stable/Release HTTP/1.1\r\nHost: {upstream[7:]}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    assert ok.startswith(b"HTTP/1.1 200 ")
+    assert ok.endswith((archive.root / "debian/dists/stable/Release").read_bytes())
+    other = await raw(
+        b"GET http://example.invalid/debian/dists/stable/Release HTTP/1.1\r\n"
+        b"Host: example.invalid\r\nConnection: close\r\n\r\n"
+    )
+    assert other.startswith(b"HTTP/1.1 403 ")
+    assert other.endswith(b"not an open proxy: this mirror serves only its apt origins (debian)\n")
+    tunnel = await raw(
+        b"CONNECT example.invalid:443 HTTP/1.1\r\nHost: example.invalid:443\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    assert tunnel.startswith(b"HTTP/1.1 405 ")
+    counted = archive.upstream.counts
+    assert set(counted) == {"/debian/dists/stable/InRelease", "/debian/dists/stable/Release",
+                            "/debian/dists/stable/Release.gpg"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/debian/pool/main/h/hello-rk/unknown_1.0_all.deb",
+        "/debian/..%2f..%2fetc/passwd",
+        "/debian/dists/stable/main/.hidden",
+        "/debian/dists/stable/main/binary-amd64/by-hash/SHA256/" + "0" * 64,
+        "/debian/dists/stable/main/binary-amd64/Packages.diff/Index",
+        "/ubuntu/dists/stable/Release",
+    ],
+)
+async def test_what_no_index_names_is_never_fetched(archive: Archive, path: str) -> None:
+    status, _, _ = await archive.get(path)
+    assert status == 404
+    pool = [p for p in archive.upstream.counts if "/pool/" in p or "by-hash" in p or ".." in p]
+    assert pool == []
+
+
+RELEASE = b"""-----BEGIN PGP SIGNED MESSAGE-----
+Hash: SHA512
+
+Origin: Debian
+Suite: stable-security
+Valid-Until: Sat, 08 Jun 2024 08:00:00 UTC
+Acquire-By-Hash: yes
+MD5Sum:
+ 0123456789abcdef0123456789abcdef 123 main/binary-amd64/Packages
+SHA256:
+ %s 123 main/binary-amd64/Packages
+ %s 99 ../../etc/passwd
+- -dash-escaped: ignored
+-----BEGIN PGP SIGNATURE-----
+
+abc
+-----END PGP SIGNATURE-----
+""" % (b"a" * 64, b"b" * 64)
+
+
+def test_a_release_is_read() -> None:
+    release = apt.parse_release(RELEASE)
+    assert list(release.files) == ["main/binary-amd64/Packages"]
+    f = release.files["main/binary-amd64/Packages"]
+    assert f.size == 123 and f.strongest == ("sha256", "a" * 64)
+    assert release.by_hash and release.valid_until == 1717833600.0
+    source = apt.index_source("debian", "http://d.test/debian", "stable", release, f)
+    assert (
+        source.url
+        == "http://d.test/debian/dists/stable/main/binary-amd64/by-hash/SHA256/" + "a" * 64
+    )
+    assert source.name == "apt/debian/by-hash/sha256/" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "order"),
+    [("1.0", "1.0", 0), ("1.0~rc1", "1.0", -1), ("1:0.9", "2.0", 1), ("1.0-2", "1.0-10", -1),
+     ("2.36-9+deb12u4", "2.36-9+deb12u10", -1), ("1.0a", "1.0+", -1), ("1.0", "1.0.0", -1)],
+)  # fmt: skip
+def test_debian_version_order(a: str, b: str, order: int) -> None:
+    assert apt.compare_versions(a, b) == order
+    assert apt.compare_versions(b, a) == -order
+
+
+def test_a_decompression_bomb_is_refused() -> None:
+    import lzma
+
+    bomb = lzma.compress(b"\0" * 10_000_000)
+    with pytest.raises(apt.AptError, match="larger than the mirror's limit"):
+        apt.decompress("Packages.xz", bomb, limit=1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("url", "found"),
+    [
+        ("http://deb.test/debian/pool/a.deb", ("debian", "pool/a.deb")),
+        ("http://deb.test:80/debian/dists/x/InRelease", ("debian", "dists/x/InRelease")),
+        ("http://deb.test/debian-security/x", ("security", "x")),
+        ("http://deb.test/debianx/pool/a.deb", None),
+        ("https://deb.test/debian/pool/a.deb", None),
+        ("http://evil.test/debian/pool/a.deb", None),
+        ("http://deb.test:8080/debian/pool/a.deb", None),
+        ("http://tls.test/ubuntu/pool/a.deb", ("ubuntu", "pool/a.deb")),
+        ("http://tls.test:8443/ubuntu/pool/a.deb", None),
+    ],
+)
+def test_proxied_urls(url: str, found: tuple[str, str] | None) -> None:
+    origins = {"debian": "http://deb.test/debian", "security": "http://deb.test/debian-security",
+               "ubuntu": "https://tls.test/ubuntu"}  # fmt: skip
+    assert apt.proxied(origins, url) == found
+
+
+async def test_status_warns_of_a_release_that_expires(archive: Archive) -> None:
+    suites = archive.client.server.app[apt_http.SUITES_KEY]
+    suites._keep(("debian", "stable-security"), ReleaseSet(apt.parse_release(RELEASE), {}, 0.0))
+    assert section(archive.mirror, True, 0)["warnings"] == [
+        "apt debian/stable-security: its Release expired at 2024-06-08T08:00:00Z; offline,"
+        " apt then needs [check-valid-until=no] in its sources line"
+    ]

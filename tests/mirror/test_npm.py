@@ -1,0 +1,193 @@
+"""npm through the mirror, in process: packuments full and short with tarball URLs rewritten
+and integrity exact, tarballs verified before they are kept, scoped names, offline views."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from retreatkit.mirror import fakeupstream, npm
+from retreatkit.mirror.fakeupstream import Upstream
+from retreatkit.mirror.fetch import Limits
+from retreatkit.mirror.service import Mirror
+from retreatkit.mirror.testing import mirror_client, settings
+from retreatkit.mirror.testrepos import integrity, make_npm_tarball, write_npm
+
+HOST = {"Host": "mirror.retreat.lan:8000"}
+
+
+@dataclass
+class Npm:
+    upstream: Upstream
+    client: TestClient[Any, Any]
+    mirror: Mirror
+    root: Path
+    tarballs: dict[str, bytes]
+    offloaded: list[str]
+
+    async def packument(self, path: str, accept: str = "application/json") -> dict[str, Any]:
+        r = await self.client.get(path, headers={**HOST, "Accept": accept})
+        assert r.status == 200, await r.text()
+        doc: dict[str, Any] = json.loads(await r.read())
+        return doc
+
+
+@pytest.fixture
+async def reg(tmp_path: Path) -> AsyncIterator[Npm]:
+    tarballs = {
+        "leftpad-rk@1.0.0": make_npm_tarball("leftpad-rk", "1.0.0"),
+        "leftpad-rk@1.1.0": make_npm_tarball("leftpad-rk", "1.1.0"),
+        "@rk/util@2.0.0": make_npm_tarball("@rk/util", "2.0.0", {"leftpad-rk": "^1.0.0"}),
+    }
+    root = tmp_path / "upstream"
+    offloaded: list[str] = []
+
+    async def offload(fn: Callable[..., Any], *args: Any) -> Any:
+        offloaded.append(getattr(fn, "__name__", "") or getattr(fn, "func", fn).__name__)
+        return await asyncio.to_thread(fn, *args)
+
+    async with fakeupstream.serving(root) as upstream:
+        write_npm(root, upstream.url, list(tarballs.values()))
+        limits = Limits(connect_timeout=0.5, headers_timeout=0.5, read_timeout=0.5)
+        config = settings(tmp_path / "store", npm=upstream.url, index_ttl=0.0, limits=limits)
+        async with mirror_client(config, offload=offload) as (client, mirror):
+            yield Npm(upstream, client, mirror, root, tarballs, offloaded)
+
+
+async def test_packuments_point_at_the_mirror_and_keep_integrity_exact(reg: Npm) -> None:
+    upstream = json.loads((reg.root / "leftpad-rk" / "index.json").read_text())
+    doc = await reg.packument("/npm/leftpad-rk")
+    assert doc["dist-tags"] == {"latest": "1.1.0"}
+    for version, meta in doc["versions"].items():
+        dist, theirs = meta["dist"], upstream["versions"][version]["dist"]
+        assert (
+            dist["tarball"]
+            == f"http://mirror.retreat.lan:8000/npm/leftpad-rk/-/leftpad-rk-{version}.tgz"
+        )
+        assert (dist["integrity"], dist["shasum"]) == (theirs["integrity"], theirs["shasum"])
+    assert "_process" in reg.offloaded  # parsed off the loop
+    short = await reg.client.get(
+        "/npm/leftpad-rk", headers={"Accept": npm.ACCEPT_ABBREVIATED, "Host": "10.0.0.5:8000"}
+    )
+    assert short.headers["Content-Type"] == npm.ABBREVIATED
+    assert short.headers["Vary"] == "Accept"
+    body = json.loads(await short.read())
+    assert body["versions"]["1.0.0"]["dist"]["tarball"].startswith("http://10.0.0.5:8000/npm/")
+
+
+@pytest.mark.parametrize("path", ["/npm/@rk%2futil", "/npm/@rk%2Futil", "/npm/@rk/util"])
+async def test_scoped_names(reg: Npm, path: str) -> None:
+    doc = await reg.packument(path)
+    url = doc["versions"]["2.0.0"]["dist"]["tarball"]
+    assert url == "http://mirror.retreat.lan:8000/npm/@rk/util/-/util-2.0.0.tgz"
+    r = await reg.client.get(url.removeprefix("http://mirror.retreat.lan:8000"))
+    data = await r.read()
+    assert r.status == 200 and data == reg.tarballs["@rk/util@2.0.0"]
+
+
+async def test_tarballs_are_verified_before_they_are_kept(reg: Npm) -> None:
+    await reg.packument("/npm/leftpad-rk")
+    path = "/npm/leftpad-rk/-/leftpad-rk-1.0.0.tgz"
+    reg.upstream.rules["/leftpad-rk/-/leftpad-rk-1.0.0.tgz"] = "corrupt"
+    r = await reg.client.get(path)
+    try:
+        got: bytes | None = await r.read()
+    except aiohttp.ClientPayloadError:
+        got = None  # the transfer was cut: never a whole 200 with the wrong bytes
+    assert got is None
+    assert reg.mirror.stats.verify_failures == 1
+    assert await reg.mirror.blob(npm.tarball_key("leftpad-rk", "leftpad-rk-1.0.0.tgz")) is None
+    reg.upstream.rules.clear()
+    r = await reg.client.get(path)
+    assert (r.status, await r.read()) == (200, reg.tarballs["leftpad-rk@1.0.0"])
+    r = await reg.client.get(path)  # held now: named by its sha256 like every file
+    assert r.headers["ETag"] == f'"{hashlib.sha256(reg.tarballs["leftpad-rk@1.0.0"]).hexdigest()}"'
+
+
+async def test_a_lockfiles_tarball_is_fetched_without_its_packument_first(reg: Npm) -> None:
+    for path in ("/npm/leftpad-rk/-/leftpad-rk-1.1.0.tgz", "/leftpad-rk/-/leftpad-rk-1.0.0.tgz"):
+        r = await reg.client.get(path)  # npm ci asks the lockfile's URLs only
+        assert r.status == 200
+    assert reg.upstream.counts["/leftpad-rk"] == 1  # the packument, read once for its hashes
+    r = await reg.client.get("/npm/leftpad-rk/-/leftpad-rk-9.9.9.tgz")
+    assert r.status == 404
+
+
+async def test_offline_packuments_list_what_is_held(reg: Npm) -> None:
+    await reg.packument("/npm/leftpad-rk")
+    await (await reg.client.get("/npm/leftpad-rk/-/leftpad-rk-1.0.0.tgz")).read()
+    reg.upstream.rules["/leftpad-rk"] = "silent"
+    r = await reg.client.get("/npm/leftpad-rk", headers={**HOST, "Accept": "application/json"})
+    assert r.headers["Mirror-Offline"] == "cached-only"
+    doc = json.loads(await r.read())
+    assert list(doc["versions"]) == ["1.0.0"]  # 1.1.0 was never fetched: not offered
+    assert doc["dist-tags"] == {"latest": "1.0.0"}
+    # the short form was never fetched: the full one answers for it, offline
+    short = await reg.packument("/npm/leftpad-rk", npm.ACCEPT_ABBREVIATED)
+    assert list(short["versions"]) == ["1.0.0"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/npm/..%2f..%2fetc", "/npm/.hidden", "/npm/a%00b", "/npm/x/-/..%2fx.tgz", "/npm/x/-/x.exe"],
+)
+async def test_hostile_names_touch_nothing(reg: Npm, path: str) -> None:
+    r = await reg.client.get(path)
+    assert r.status == 404
+    assert sum(reg.upstream.counts.values()) == 0
+
+
+async def test_audit_gets_a_quick_no(reg: Npm) -> None:
+    r = await reg.client.post("/npm/-/npm/v1/security/advisories/bulk", data=b"{}")
+    assert r.status == 404
+    assert "not npm's audit" in await r.text()
+    assert sum(reg.upstream.counts.values()) == 0
+
+
+async def test_a_packument_over_the_limit_is_refused(
+    reg: Npm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(npm, "MAX_PACKUMENT", 100)
+    r = await reg.client.get("/npm/leftpad-rk")
+    assert r.status == 502
+    assert await r.text() == "upstream index is larger than the mirror's limit\n"
+
+
+def test_versions_without_a_checkable_hash_are_left_out() -> None:
+    data = make_npm_tarball("x", "1.0.0")
+    doc = {
+        "name": "x",
+        "dist-tags": {"latest": "2.0.0", "old": "1.0.0"},
+        "versions": {
+            "1.0.0": {"dist": {"tarball": "https://r.test/x/-/x-1.0.0.tgz",
+                               "integrity": integrity(data)}},
+            "2.0.0": {"dist": {"tarball": "https://r.test/x/-/x-2.0.0.tgz"}},
+            "3.0.0": {"dist": {"tarball": "file:///x/-/x-3.0.0.tgz", "shasum": "0" * 40}},
+        },
+    }  # fmt: skip
+    processed = npm.process("x", json.dumps(doc).encode(), abbreviated=False)
+    kept = json.loads(processed.body)
+    assert list(kept["versions"]) == ["1.0.0"] and kept["dist-tags"] == {"old": "1.0.0"}
+    (source,) = processed.sources
+    assert source.hashes == {"sha512": hashlib.sha512(data).hexdigest()}
+    with pytest.raises(npm.PackumentError, match="not 'y'"):
+        npm.process("y", json.dumps(doc).encode(), abbreviated=False)
+
+
+@pytest.mark.parametrize(
+    ("versions", "newest"),
+    [(["1.0.0", "1.10.0", "1.9.0"], "1.10.0"), (["2.0.0-rc.1", "1.9.9"], "2.0.0-rc.1"),
+     (["2.0.0-rc.1", "2.0.0"], "2.0.0"), (["1.0.0-alpha.10", "1.0.0-alpha.9"], "1.0.0-alpha.10"),
+     (["banana", "0.0.1"], "0.0.1")],
+)  # fmt: skip
+def test_semver_order(versions: list[str], newest: str) -> None:
+    assert max(versions, key=npm.version_order) == newest
