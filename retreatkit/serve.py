@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -17,15 +17,13 @@ from prometheus_client import CollectorRegistry
 
 from retreatkit import config
 from retreatkit.admin import app as admin
-from retreatkit.mirror import app as mirror_app
-from retreatkit.mirror import upstreams
-from retreatkit.mirror.fetch import Limits as FetchLimits
-from retreatkit.mirror.service import Mirror, Settings, register
-from retreatkit.nameserver.policy import parse_record
-from retreatkit.nameserver.server import LAN
-from retreatkit.nameserver.service import Settings as NameserverSettings
 from retreatkit.relay.matching import Limits
 from retreatkit.relay.server import Relay
+
+if TYPE_CHECKING:
+    # imported where used: a process (or a VM image) hosting one service loads only its own
+    from retreatkit.mirror.service import Mirror, Settings
+    from retreatkit.nameserver.service import Settings as NameserverSettings
 
 log = logging.getLogger("retreatkit")
 Say = Callable[[str], None]
@@ -103,6 +101,10 @@ class MirrorService:
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> MirrorService:
+        from retreatkit.mirror import upstreams
+        from retreatkit.mirror.fetch import Limits as FetchLimits
+        from retreatkit.mirror.service import Settings
+
         settings = Settings(
             store=Path(section["store"]) if section["store"] else default_store(),
             pypi=section["pypi"] or upstreams.default_pypi(),
@@ -117,6 +119,9 @@ class MirrorService:
         return cls(config.host_port(section["listen"]), settings)
 
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
+        from retreatkit.mirror import app as mirror_app
+        from retreatkit.mirror.service import Mirror, register
+
         # no environment proxies: the mirror talks to the upstreams it was given, only
         self._session = aiohttp.ClientSession(auto_decompress=False, trust_env=False)
         self.mirror = Mirror(self.settings, self._session)
@@ -164,6 +169,10 @@ def nameserver_settings(
 ) -> NameserverSettings:
     """Settings from [nameserver]; `own` names the services of this process (name -> address);
     `mirror` says where this process's own mirror is, if it hosts one."""
+    from retreatkit.nameserver.policy import parse_record
+    from retreatkit.nameserver.server import LAN
+    from retreatkit.nameserver.service import Settings as NameserverSettings
+
     records = [parse_record(f"{name}={value}") for name, value in section["records"].items()]
     records += [parse_record(r) for r in section.get("record_flags", [])]
     named = {r.name for r in records}

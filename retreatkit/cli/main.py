@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from retreatkit import config, loop, serve
-from retreatkit.nameserver.service import Nameserver, host_address
 
 DESCRIPTION = """\
 Infrastructure in a bag for events whose internet is slow, metered or gone.
@@ -81,6 +80,8 @@ def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Servic
         mirror = serve.MirrorService.from_config(section)
         out.append(mirror)
     if args.command in ("up", "nameserver"):
+        from retreatkit.nameserver.service import Nameserver, host_address
+
         section = dict(cfg["nameserver"])
         if args.command == "nameserver":
             for key in ("listen", "upstreams", "blocklists", "allow", "record_flags"):

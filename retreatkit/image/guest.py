@@ -1,0 +1,123 @@
+"""The service a guest runs, with its admin endpoint; also the build's import probe.
+
+The probe runs the same code on the build host under the guest's interpreter, serves one
+request of each admin read, stops, and reports every module it loaded: that is what
+the image must hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from retreatkit import config, loop, serve
+from retreatkit.cli import main as cli
+
+STOP_COMMAND = "shutdown"  # a line on the console: the host asks for a clean stop
+STATE = "/run/state"  # XDG_STATE_HOME in the guest: the admin token lives there
+
+
+def services(name: str, cfg: dict[str, Any]) -> list[serve.Service]:
+    """The same services `retreatkit NAME` would run, from a retreat.toml-shaped dict."""
+    return cli.services(argparse.Namespace(command=name), cfg)
+
+
+def write_token(token: str, state: Path) -> None:
+    """The admin token where the admin endpoint looks for it (docs/admin-api.md)."""
+    folder = state / "retreatkit"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(folder / "admin-token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+
+
+def run(name: str, cfg: dict[str, Any], token: str) -> int:
+    os.environ["XDG_STATE_HOME"] = STATE
+    write_token(token, Path(STATE))
+    chosen = services(name, cfg)
+    admin_at = config.host_port(cfg["admin"]["listen"])
+    serve.setup_logging()
+    return loop.run(lambda: _serve_until_asked(chosen, admin_at))
+
+
+async def _serve_until_asked(chosen: list[serve.Service], admin_at: tuple[str, int]) -> int:
+    """Serve until a signal, or until the host writes the stop command on the console.
+
+    The command may come while the services are still starting, before serve() has
+    signal handlers (and PID 1 ignores signals it does not handle): cancelling the task
+    stops whatever has started, at any point.
+    """
+    task = asyncio.ensure_future(serve.serve(chosen, admin_at, _say))
+    watcher = asyncio.ensure_future(_watch_console(task))
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return 0
+    finally:
+        watcher.cancel()
+
+
+async def _watch_console(task: asyncio.Future[int]) -> None:
+    reader = asyncio.StreamReader(limit=1024)
+    loop_ = asyncio.get_running_loop()
+    await loop_.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        if line.strip() == STOP_COMMAND.encode():
+            _say("retreatkit: stopping at the host's request")
+            task.cancel()
+            return
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+async def _fetch(host: str, port: int, path: str) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    body = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return body
+
+
+def probe(name: str) -> None:
+    """Serve `name` on loopback, read each admin page once, stop (the build's probe)."""
+    cfg = config.load(None)
+    with tempfile.TemporaryDirectory() as scratch:
+        cfg["admin"]["listen"] = "127.0.0.1:0"
+        cfg[name]["listen"] = "127.0.0.1:0"
+        if name == "mirror":
+            cfg["mirror"].update(store=f"{scratch}/store", pypi="http://127.0.0.1:9/simple/",
+                                 opam="http://127.0.0.1:9/opam")  # fmt: skip
+        if name == "nameserver":
+            cfg["nameserver"]["upstreams"] = ["127.0.0.1:9"]
+        chosen = services(name, cfg)
+
+        def say(line: str) -> None:
+            if line.startswith("Admin on http://"):
+                host, port = line.split("/")[2].rsplit(":", 1)
+                asyncio.ensure_future(read_all(host, int(port)))
+
+        async def read_all(host: str, port: int) -> None:
+            for path in ("/healthz", "/status", "/metrics", "/loglevel"):
+                await _fetch(host, port, path)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        loop.run(lambda: serve.serve(chosen, ("127.0.0.1", 0), say))
+
+
+if __name__ == "__main__":
+    probe(sys.argv[1])
+    found = {}
+    for module_name, module in list(sys.modules.items()):
+        spec = getattr(module, "__spec__", None)
+        found[module_name] = getattr(spec, "origin", None)
+    print(json.dumps(found))
