@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from retreatkit import config, loop, serve
+from retreatkit.cli import image as image_cli
 
 DESCRIPTION = """\
 Infrastructure in a bag for events whose internet is slow, metered or gone.
@@ -18,7 +19,9 @@ also run on its own."""
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="retreatkit", description=DESCRIPTION)
     top.add_argument("--config", metavar="FILE", type=Path, help="retreat.toml (default: none)")
-    sub = top.add_subparsers(dest="command", required=True, metavar="{up,relay,mirror,nameserver}")
+    sub = top.add_subparsers(
+        dest="command", required=True, metavar="{up,relay,mirror,nameserver,image,vm}"
+    )
     admin_help = "admin endpoint (default 127.0.0.1:8080)"
     up = sub.add_parser("up", help="run all services: relay, mirror and nameserver")
     up.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
@@ -58,6 +61,7 @@ def parser() -> argparse.ArgumentParser:
     ns.add_argument("--block-mode", choices=("null", "nxdomain"), help="default null")
     ns.add_argument("--rate-limit", type=int, metavar="QPS", help="per client; 0 is off")
     ns.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
+    image_cli.add_parsers(sub)
     return top  # fmt: skip
 
 
@@ -101,6 +105,13 @@ def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Servic
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in image_cli.COMMANDS:
+        try:
+            cfg = config.load(getattr(args, "sub_config", None) or args.config)
+        except ValueError as exc:
+            print(f"retreatkit: {exc}", file=sys.stderr)
+            return 2
+        return image_cli.main(args, cfg)
     try:
         cfg = config.load(args.config)
         admin_at = config.host_port(args.admin or cfg["admin"]["listen"])

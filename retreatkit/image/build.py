@@ -29,8 +29,7 @@ def _sha256(data: bytes) -> str:
 
 def base_tree(version: str) -> dict[str, cpio.Entry]:
     """What every guest has before its programs: /init, device nodes, mount points."""
-    init = (f"#!/usr/bin/python{version} -IS\n"
-            "from retreatkit.image.init import main\nmain()\n")  # fmt: skip
+    init = f"#!/usr/bin/python{version} -IS\nfrom retreatkit.image.init import main\nmain()\n"
     return {
         "init": cpio.file(init.encode(), executable=True),
         # CPython seeds its hashes before anything mounts devtmpfs
@@ -66,7 +65,7 @@ def build(
     say(f"Kernel: {kern.label}")
     interp = sysroot.interpreter()
     loaded = payload.probe(interp, service, image.leave_out)
-    origins = payload.select(interp, loaded)
+    origins = payload.select(interp, loaded, image.whole)
     tree = base_tree(interp.version)
     tree.update(payload.python_tree(interp, origins))
     objects = [interp.binary, *payload.extension_files(origins)]
@@ -89,7 +88,9 @@ def build(
         if image.disk:
             wanted.append("fs-ext4")
         for module in index.load_order(wanted):
-            tree[f"lib/modules/{module.name}.ko"] = cpio.file((kern.modules / module.path).read_bytes())
+            tree[f"lib/modules/{module.name}.ko"] = cpio.file(
+                (kern.modules / module.path).read_bytes()
+            )
             modules.append(module.name)
         tree["lib/modules/order"] = cpio.file("".join(f"{m}.ko\n" for m in modules).encode())
     initramfs = cpio.initramfs(tree)
@@ -102,8 +103,12 @@ def build(
     manifest = {
         "service": service,
         "machine": kern.machine,
-        "kernel": {"kind": kern.kind, "label": kern.label, "size_bytes": len(kernel_bytes),
-                   "sha256": _sha256(kernel_bytes)},  # fmt: skip
+        "kernel": {
+            "kind": kern.kind,
+            "label": kern.label,
+            "size_bytes": len(kernel_bytes),
+            "sha256": _sha256(kernel_bytes),
+        },
         "initramfs": {"size_bytes": len(initramfs), "sha256": _sha256(initramfs)},
         "size_bytes": len(kernel_bytes) + len(initramfs),
         "python": interp.version,
@@ -111,11 +116,13 @@ def build(
         "admin_port": specs.ADMIN_PORT,
         "disk": image.disk,
         "modules": modules,
-        "packages": sorted([p.name, p.version, _sha256(p.deb.read_bytes())]
-                           for p in packages.values()),  # fmt: skip
+        "packages": sorted(
+            [p.name, p.version, _sha256(p.deb.read_bytes())] for p in packages.values()
+        ),
         "files": [
             {"path": "/" + path, "size_bytes": len(entry.data), "sha256": _sha256(entry.data)}
-            for path, entry in sorted(tree.items()) if entry.data
+            for path, entry in sorted(tree.items())
+            if entry.data
         ],
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

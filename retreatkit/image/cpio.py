@@ -48,8 +48,7 @@ def _pad(n: int) -> bytes:
 
 def _header(ino: int, entry: Entry, name: bytes) -> bytes:
     nlink = 2 if stat.S_ISDIR(entry.mode) else 1
-    fields = (ino, entry.mode, 0, 0, nlink, 0, len(entry.data), 0, 0, *entry.rdev,
-              len(name) + 1, 0)  # fmt: skip
+    fields = (ino, entry.mode, 0, 0, nlink, 0, len(entry.data), 0, 0, *entry.rdev, len(name) + 1, 0)
     return MAGIC + b"".join(b"%08X" % f for f in fields)
 
 

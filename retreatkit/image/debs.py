@@ -160,7 +160,9 @@ def fetch(name: str) -> Path:
             return deb
         # apt-get download writes into the current folder
         version = f"{name}={fields['Version']}"
-        got = _apt("apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", version, cwd=folder)
+        got = _apt(
+            "apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", version, cwd=folder
+        )
         if got.returncode == 0 and deb.exists():
             return deb
         reason = (got.stderr.strip().splitlines() or ["apt-get download failed"])[-1]

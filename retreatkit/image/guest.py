@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from retreatkit import config, loop, serve
 from retreatkit.cli import main as cli
 
@@ -79,15 +81,6 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-async def _fetch(host: str, port: int, path: str) -> bytes:
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-    body = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    return body
-
-
 def probe(name: str) -> None:
     """Serve `name` on loopback, read each admin page once, stop (the build's probe)."""
     cfg = config.load(None)
@@ -95,20 +88,29 @@ def probe(name: str) -> None:
         cfg["admin"]["listen"] = "127.0.0.1:0"
         cfg[name]["listen"] = "127.0.0.1:0"
         if name == "mirror":
-            cfg["mirror"].update(store=f"{scratch}/store", pypi="http://127.0.0.1:9/simple/",
-                                 opam="http://127.0.0.1:9/opam")  # fmt: skip
+            cfg["mirror"].update(
+                store=f"{scratch}/store",
+                pypi="http://127.0.0.1:9/simple/",
+                opam="http://127.0.0.1:9/opam",
+            )
         if name == "nameserver":
             cfg["nameserver"]["upstreams"] = ["127.0.0.1:9"]
         chosen = services(name, cfg)
+        reading: list[asyncio.Future[None]] = []
 
         def say(line: str) -> None:
             if line.startswith("Admin on http://"):
                 host, port = line.split("/")[2].rsplit(":", 1)
-                asyncio.ensure_future(read_all(host, int(port)))
+                reading.append(asyncio.ensure_future(read_all(host, int(port))))
 
         async def read_all(host: str, port: int) -> None:
-            for path in ("/healthz", "/status", "/metrics", "/loglevel"):
-                await _fetch(host, port, path)
+            # the services hand file work to asyncio's default executor (to_thread)
+            await asyncio.to_thread(len, "")
+            # through aiohttp's client, which the mirror and the nameserver use upstream
+            async with aiohttp.ClientSession() as session:
+                for path in ("/healthz", "/status", "/metrics", "/loglevel"):
+                    async with session.get(f"http://{host}:{port}{path}") as response:
+                        await response.read()
             os.kill(os.getpid(), signal.SIGTERM)
 
         loop.run(lambda: serve.serve(chosen, ("127.0.0.1", 0), say))

@@ -38,8 +38,12 @@ class GuestConfig:
 
     def encode(self) -> bytes:
         names = sorted(self.files)
-        doc = {"service": self.service, "config": self.config, "token": self.token,
-               "files": [[n, len(self.files[n])] for n in names]}  # fmt: skip
+        doc = {
+            "service": self.service,
+            "config": self.config,
+            "token": self.token,
+            "files": [[n, len(self.files[n])] for n in names],
+        }
         body = json.dumps(doc, sort_keys=True).encode()
         raw = MAGIC + b"%d\n" % len(body) + body + b"".join(self.files[n] for n in names)
         return raw + b"\0" * (-len(raw) % SECTOR)
@@ -68,7 +72,9 @@ def read(stream: IO[bytes]) -> GuestConfig:
 
 def _guest_host(host: str) -> str:
     """The host's loopback, as the guest reaches it through qemu's user networking."""
-    return specs.HOST_FROM_GUEST if host in ("localhost", "::1") or host.startswith("127.") else host
+    return (
+        specs.HOST_FROM_GUEST if host in ("localhost", "::1") or host.startswith("127.") else host
+    )
 
 
 def _guest_url(url: str) -> str:

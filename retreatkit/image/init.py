@@ -76,9 +76,14 @@ def network() -> None:
         fcntl.ioctl(s, SIOCSIFNETMASK, _ifreq("eth0", _sockaddr(specs.GUEST_NETMASK)))
         fcntl.ioctl(s, SIOCSIFFLAGS, _ifreq("eth0", struct.pack("H", IFF_UP | IFF_RUNNING)))
         # struct rtentry: pad, dst, gateway, genmask, flags, then fields left zero
-        route = struct.pack("@L16s16s16sH", 0, _sockaddr("0.0.0.0"),
-                            _sockaddr(specs.HOST_FROM_GUEST), _sockaddr("0.0.0.0"),
-                            RTF_UP | RTF_GATEWAY)  # fmt: skip
+        route = struct.pack(
+            "@L16s16s16sH",
+            0,
+            _sockaddr("0.0.0.0"),
+            _sockaddr(specs.HOST_FROM_GUEST),
+            _sockaddr("0.0.0.0"),
+            RTF_UP | RTF_GATEWAY,
+        )
         fcntl.ioctl(s, SIOCADDRT, route.ljust(120, b"\0"))
     Path("/etc").mkdir(exist_ok=True)
     Path("/etc/resolv.conf").write_text(f"nameserver {specs.DNS_FROM_GUEST}\n")

@@ -23,8 +23,12 @@ SOURCE = "linux-source"  # Debian's metapackage; it depends on the versioned sou
 CLOUD = "linux-image-cloud-amd64"
 TOOLS = ("make", "gcc", "flex", "bison", "bc", "tar", "xz")
 # fixed build identity, so the same source and config give the same kernel bytes
-REPRODUCIBLE = {"KBUILD_BUILD_TIMESTAMP": "1970-01-01", "KBUILD_BUILD_USER": "retreatkit",
-                "KBUILD_BUILD_HOST": "retreatkit", "KBUILD_BUILD_VERSION": "1"}  # fmt: skip
+REPRODUCIBLE = {
+    "KBUILD_BUILD_TIMESTAMP": "1970-01-01",
+    "KBUILD_BUILD_USER": "retreatkit",
+    "KBUILD_BUILD_HOST": "retreatkit",
+    "KBUILD_BUILD_VERSION": "1",
+}
 
 
 class KernelError(RuntimeError):
@@ -141,8 +145,13 @@ def build(say: Callable[[str], None], jobs: int | None = None) -> Kernel:
     say(f"Building the kernel ({jobs} jobs; log in {log})")
     with log.open("wb") as out:
         for target in (["allnoconfig", f"KCONFIG_ALLCONFIG={CONFIG}"], [f"-j{jobs}", "bzImage"]):
-            done = subprocess.run(["make", "-C", str(tree), *target], stdout=out,
-                                  stderr=subprocess.STDOUT, env=env, check=False)  # fmt: skip
+            done = subprocess.run(
+                ["make", "-C", str(tree), *target],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                check=False,
+            )
             if done.returncode != 0:
                 tail = log.read_text("utf-8", "replace").strip().splitlines()[-3:]
                 raise KernelError(f"the kernel build failed: {' | '.join(tail)}")

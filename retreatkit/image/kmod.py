@@ -35,7 +35,7 @@ class Index:
     modules: dict[str, Module]
     builtin_aliases: tuple[str, ...]
 
-    def provider(self, wanted: str) -> Module | None | bool:
+    def provider(self, wanted: str) -> Module | bool | None:
         """The module serving a name or modalias; True if built in; None if nothing does."""
         key = wanted.replace("-", "_")
         if key in self.modules:
@@ -100,8 +100,12 @@ def index(modules_dir: Path) -> Index:
     cached = modules_dir / ".retreatkit-index.json"
     if cached.exists():
         doc = json.loads(cached.read_text())
-        mods = {m["name"]: Module(m["name"], m["path"], tuple(m["depends"]), tuple(m["pre"]),
-                                  tuple(m["aliases"])) for m in doc["modules"]}  # fmt: skip
+        mods = {
+            m["name"]: Module(
+                m["name"], m["path"], tuple(m["depends"]), tuple(m["pre"]), tuple(m["aliases"])
+            )
+            for m in doc["modules"]
+        }
         return Index(mods, tuple(doc["builtin_aliases"]))
     mods = {}
     for path in sorted(modules_dir.rglob("*.ko")):

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import subprocess
-import sys
 import sysconfig
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +72,12 @@ def probe(interp: Interpreter, service: str, leave_out: tuple[str, ...]) -> dict
     """module name -> the file it was loaded from, for every module the service loaded."""
     arg = json.dumps([[str(p) for p in site_roots()], list(leave_out), service])
     try:
-        done = subprocess.run([str(interp.binary), "-I", "-S", "-c", PROBE, arg],
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [str(interp.binary), "-I", "-S", "-c", PROBE, arg],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise PackageError(f"the guest's interpreter did not run here: {exc}") from None
     if done.returncode != 0:
@@ -92,8 +97,9 @@ def _guest_path(interp: Interpreter, path: Path) -> str | None:
     return None
 
 
-def select(interp: Interpreter, loaded: dict[str, str]) -> list[Origin]:
-    """The files to ship: each loaded module's, plus whole third-party packages."""
+def select(interp: Interpreter, loaded: dict[str, str], whole: tuple[str, ...]) -> list[Origin]:
+    """The files to ship: each loaded module's, and every module of the packages in `whole`
+    (those that import parts of themselves only when a message needs them)."""
     chosen: dict[str, Origin] = {}
     for origin in loaded.values():
         path = Path(origin)
@@ -101,10 +107,9 @@ def select(interp: Interpreter, loaded: dict[str, str]) -> list[Origin]:
         if guest is None:
             raise PackageError(f"the probe loaded {path}, which is in no known tree")
         chosen[guest] = Origin(path, guest)
-        site = next((r for r in site_roots()[:-1] if path.is_relative_to(r)), None)
-        if site is not None and path.suffix == ".py" and path.parent != site:
-            top = site / path.relative_to(site).parts[0]
-            for extra in sorted(top.rglob("*.py")):
+    for root in site_roots():
+        for name in whole:
+            for extra in sorted((root / name).rglob("*.py")):
                 extra_guest = _guest_path(interp, extra)
                 if extra_guest is not None:
                     chosen.setdefault(extra_guest, Origin(extra, extra_guest))
@@ -126,9 +131,13 @@ def compile_all(interp: Interpreter, origins: list[Origin]) -> dict[str, cpio.En
         if not target.exists():
             jobs.append([str(o.source), str(target), "/" + o.guest])
     if jobs:
-        done = subprocess.run([str(interp.binary), "-I", "-S", "-c", COMPILE],
-                              input=json.dumps(jobs), capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
+        done = subprocess.run(
+            [str(interp.binary), "-I", "-S", "-c", COMPILE],
+            input=json.dumps(jobs),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise PackageError(f"compiling the guest's modules failed: {last}")
@@ -143,8 +152,12 @@ def stripped(path: Path) -> bytes:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".partial")
         try:
-            subprocess.run(["strip", "--strip-unneeded", "-o", str(partial), str(path)],
-                           check=True, capture_output=True, timeout=120)  # fmt: skip
+            subprocess.run(
+                ["strip", "--strip-unneeded", "-o", str(partial), str(path)],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
         except FileNotFoundError:
             raise PackageError("strip not found: building images needs binutils") from None
         except subprocess.CalledProcessError as exc:
@@ -153,21 +166,51 @@ def stripped(path: Path) -> bytes:
     return target.read_bytes()
 
 
+def zipped(members: dict[str, bytes]) -> bytes:
+    """A zip with fixed dates and order: the same members give the same bytes."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, members[name], compresslevel=9)
+    return out.getvalue()
+
+
 def python_tree(interp: Interpreter, origins: list[Origin]) -> dict[str, cpio.Entry]:
-    """Guest path -> entry for the interpreter and every module it will load."""
+    """Guest path -> entry for the interpreter and every module it will load.
+
+    Pure-Python modules go in `pythonXY.zip`, first on the interpreter's default path:
+    the initramfs stays in the guest's RAM for good, and compressed there it costs a third.
+    Packages holding an extension module stay as files, which zipimport cannot load.
+    """
+    libdir = f"usr/lib/python{interp.version}"
     # getpath finds the standard library by its os module, which is frozen into the binary
-    landmark = interp.stdlib / "os.py"
-    origins = [*origins, Origin(landmark, f"usr/lib/python{interp.version}/os.py")]
-    tree = compile_all(interp, origins)
+    landmark = Origin(interp.stdlib / "os.py", f"{libdir}/os.py")
+    compiled = compile_all(interp, [*origins, landmark])
+    on_disk = {
+        o.guest.split("/")[3]
+        for o in origins
+        if o.source.suffix == ".so" and o.guest.count("/") > 3
+    }
+    tree: dict[str, cpio.Entry] = {}
+    members: dict[str, bytes] = {}
+    for path, entry in compiled.items():
+        rel = path[len(libdir) + 1 :]
+        if rel.split("/")[0] in on_disk or rel == "os.pyc":
+            tree[path] = entry
+        else:
+            members[rel] = entry.data
+    tree[f"usr/lib/python{interp.version.replace('.', '')}.zip"] = cpio.file(zipped(members))
     for o in origins:
         if o.source.suffix == ".so":
             tree[o.guest] = cpio.file(stripped(o.source), executable=True)
     tree[f"usr/bin/python{interp.version}"] = cpio.file(interp.binary.read_bytes(), True)
     # and the extension modules by this folder (exec_prefix's landmark)
-    tree.setdefault(f"usr/lib/python{interp.version}/lib-dynload", cpio.directory())
+    tree.setdefault(f"{libdir}/lib-dynload", cpio.directory())
     return tree
 
 
 def extension_files(origins: list[Origin]) -> list[Path]:
     return [o.source for o in origins if o.source.suffix == ".so"]
-

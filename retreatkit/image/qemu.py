@@ -101,8 +101,11 @@ def bind_forwards(forwards: list[Forward]) -> list[Forward]:
         if f.port == 0:
             key = (f.host, f.guest_port)
             if key not in chosen:
-                protos = tuple(sorted({g.proto for g in forwards
-                                       if (g.host, g.guest_port) == key and g.port == 0}))  # fmt: skip
+                protos = tuple(
+                    sorted(
+                        {g.proto for g in forwards if (g.host, g.guest_port) == key and g.port == 0}
+                    )
+                )
                 chosen[key] = free_port(f.host, protos)
             f = Forward(f.proto, f.host, chosen[key], f.guest_port)
         out.append(f)
@@ -145,22 +148,49 @@ def argv(
     chardev = "stdio,id=con,signal=off"
     if console_log is not None:
         chardev += f",logfile={console_log},logappend=on"
-    args = [qemu_binary(), "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-M", "microvm,pit=on,rtc=on,acpi=off" if microvm else "pc",
-            "-accel", accel, "-m", f"{memory_mb}M", "-smp", "1",
-            "-chardev", chardev, "-serial", "chardev:con",
-            "-kernel", str(kernel), "-append", f"{kernel_args(machine)} {append}".strip()]  # fmt: skip
+    args = [
+        qemu_binary(),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-M",
+        "microvm,pit=on,rtc=on,acpi=off" if microvm else "pc",
+        "-accel",
+        accel,
+        "-m",
+        f"{memory_mb}M",
+        "-smp",
+        "1",
+        "-chardev",
+        chardev,
+        "-serial",
+        "chardev:con",
+        "-kernel",
+        str(kernel),
+        "-append",
+        f"{kernel_args(machine)} {append}".strip(),
+    ]
     if initramfs is not None:
         args += ["-initrd", str(initramfs)]
     fwd = "".join(f",hostfwd={f.proto}:{f.host}:{f.port}-:{f.guest_port}" for f in forwards)
     rom = "" if microvm else ",romfile="
     args += ["-netdev", f"user,id=net0{fwd}", "-device", f"virtio-net-{suffix},netdev=net0{rom}"]
-    args += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
-             "-device", f"virtio-rng-{suffix},rng=rng0"]  # fmt: skip
+    args += [
+        "-object",
+        "rng-random,id=rng0,filename=/dev/urandom",
+        "-device",
+        f"virtio-rng-{suffix},rng=rng0",
+    ]
     for number, (path, readonly) in enumerate(disks):
         ro = ",readonly=on" if readonly else ""
-        args += ["-drive", f"file={path},if=none,id=disk{number},format=raw{ro}",
-                 "-device", f"virtio-blk-{suffix},drive=disk{number}"]  # fmt: skip
+        args += [
+            "-drive",
+            f"file={path},if=none,id=disk{number},format=raw{ro}",
+            "-device",
+            f"virtio-blk-{suffix},drive=disk{number}",
+        ]
     return args
 
 
@@ -185,8 +215,13 @@ def accel(kernel: Path, machine: str) -> str:
         return verdict.read_text().strip()
     args = argv(machine, kernel, None, memory_mb=64, accel="kvm")
     try:
-        done = subprocess.run(args, capture_output=True, timeout=KVM_PROBE_SECONDS,
-                              stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+        done = subprocess.run(
+            args,
+            capture_output=True,
+            timeout=KVM_PROBE_SECONDS,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
         works = b"Kernel panic" in done.stdout
     except subprocess.TimeoutExpired:
         works = False

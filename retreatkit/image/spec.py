@@ -22,26 +22,42 @@ class Spec:
     disk: bool = False  # keeps data on a virtio-blk disk
     tls: bool = False  # talks to HTTPS upstreams: ships ssl and CA certificates
     leave_out: tuple[str, ...] = ()  # modules the guest never imports, even if allowed to
+    whole: tuple[str, ...] = ()  # packages shipped whole: they import parts of themselves late
 
     @property
     def tcp_port(self) -> int:
         return next(port for proto, port in self.ports if proto == "tcp")
 
 
-# Leaving out ssl saves libssl and libcrypto (5 MB): the relay and the nameserver have no
-# TLS; aiohttp and asyncio import ssl only where it exists. uvloop's speed matters little
-# to a guest with one virtual CPU and costs 1.6 MB: the guest runs the stdlib loop.
+# Every image ships ssl (and libcrypto, 4.7 MB): prometheus_client imports it whatever is
+# used. uvloop's speed matters little to a guest with one virtual CPU and costs 1.6 MB:
+# the guest runs the stdlib loop.
 # frozenlist's C++ extension would bring libstdc++; its pure-Python twin serves. The
 # compressors and uuid's C part bring libraries nothing here uses (imports of them are
 # guarded where the standard library makes them).
-COMMON_LEAVE_OUT = ("uvloop", "zeroconf", "textual", "rich", "cryptography", "spake2",
-                    "frozenlist._frozenlist", "bz2", "_bz2", "lzma", "_lzma", "_uuid")  # fmt: skip
-NO_TLS = ("ssl", "_ssl", "_hashlib")
+# aiohttp's websocket reader has a pure-Python twin too, and no guest speaks websocket.
+COMMON_LEAVE_OUT = (
+    "uvloop",
+    "zeroconf",
+    "textual",
+    "rich",
+    "cryptography",
+    "spake2",
+    "frozenlist._frozenlist",
+    "bz2",
+    "_bz2",
+    "lzma",
+    "_lzma",
+    "_uuid",
+    "aiohttp._websocket.reader_c",
+    "aiohttp._websocket.mask",
+)
 SPECS = {
     "relay": Spec("relay", (("tcp", 9000),), leave_out=COMMON_LEAVE_OUT),
     "mirror": Spec("mirror", (("tcp", 8000),), disk=True, tls=True, leave_out=COMMON_LEAVE_OUT),
+    # dnspython imports the class of each record type when it first meets one
     "nameserver": Spec(
-        "nameserver", (("udp", 53), ("tcp", 53)), leave_out=COMMON_LEAVE_OUT
+        "nameserver", (("udp", 53), ("tcp", 53)), leave_out=COMMON_LEAVE_OUT, whole=("dns",)
     ),
 }
 

@@ -43,8 +43,11 @@ class Interpreter:
 def interpreter(version: str | None = None) -> Interpreter:
     """Debian's interpreter packages, unpacked and merged into one tree (hard links)."""
     version = version or python_version()
-    names = (f"python{version}-minimal", f"libpython{version}-minimal",
-             f"libpython{version}-stdlib")  # fmt: skip
+    names = (
+        f"python{version}-minimal",
+        f"libpython{version}-minimal",
+        f"libpython{version}-stdlib",
+    )
     packages = tuple(debs.package(n) for n in names)
     key = hashlib.sha256("\n".join(p.deb.name for p in packages).encode()).hexdigest()[:16]
     root = cache_dir() / "python" / f"{version}-{key}"
@@ -57,7 +60,7 @@ def interpreter(version: str | None = None) -> Interpreter:
                 elif not target.exists() and not target.is_symlink():
                     target.parent.mkdir(parents=True, exist_ok=True)
                     if source.is_symlink():
-                        target.symlink_to(os.readlink(source))
+                        target.symlink_to(source.readlink())
                     else:
                         os.link(source, target)
         (root / ".complete").touch()
@@ -82,7 +85,7 @@ def resolve_in(tree: Path, path: PurePosixPath) -> Path | None:
             hops += 1
             if hops > 40:
                 return None
-            target = PurePosixPath(os.readlink(candidate))
+            target = PurePosixPath(candidate.readlink())
             if target.is_absolute():
                 current = PurePosixPath("/")
             parts = list(target.parts[1:] if target.is_absolute() else target.parts) + parts

@@ -1,0 +1,287 @@
+"""VM images built once per run, booted under qemu, used by real clients through forwards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from retreatkit.image.paths import cache_dir
+from retreatkit.image.testing import (
+    BOOT_TIMEOUT,
+    GuestProcess,
+    build_image,
+    isolated_env,
+    start_guest,
+)
+from retreatkit.mirror.testing import make_wheel, start_upstream, write_pypi
+from retreatkit.nameserver.testing import Dnsmasq
+from retreatkit.testing import Process, bob_argv
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("qemu-system-x86_64") is None or shutil.which("apt-get") is None,
+        reason="qemu-system-x86 and apt are needed (.ci/run installs qemu)",
+    ),
+]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each service's image, built the first time a test asks for it."""
+    return {}
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return isolated_env(tmp_path / "home")
+
+
+def image(service: str, built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if service not in built:
+        out = tmp_path_factory.mktemp("images")
+        built[service] = build_image(service, out, isolated_env(out / "home"))
+    return built[service]
+
+
+def get_json(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        doc: dict[str, object] = json.load(r)
+    return doc
+
+
+def qemu_of(guest: GuestProcess) -> int:
+    children = Path(f"/proc/{guest.process.pid}/task/{guest.process.pid}/children").read_text()
+    return int(children.split()[0])
+
+
+def test_relay_image_carries_a_bob_transfer(
+    built: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    relay = image("relay", built, tmp_path_factory)
+    guest = start_guest(relay, "--forward", "tcp:0.0.0.0:0:9000", "--memory", "64", env=env)
+    try:
+        # bob on this host, through the forward, by the host's name rather than loopback
+        address = f"{socket.gethostname()}:{guest.port(9000)}"
+        src = tmp_path / "notes.bin"
+        src.write_bytes(os.urandom(3_000_000))
+        sender = Process.start(
+            bob_argv("send", "--relay", address, "--passphrase", "4-purple-sofa", str(src))
+        )
+        sender.wait_for(r"^Passphrase: ", BOOT_TIMEOUT)
+        out = tmp_path / "out"
+        out.mkdir()
+        got = subprocess.run(
+            bob_argv("recv", "--relay", address, "--yes", "--output", str(out), "4-purple-sofa"),
+            capture_output=True,
+            text=True,
+            timeout=BOOT_TIMEOUT,
+            check=False,
+        )
+        code, lines = sender.finish(BOOT_TIMEOUT)
+        assert got.returncode == 0, got.stderr
+        assert code == 0, lines
+        assert (out / "notes.bin").read_bytes() == src.read_bytes()
+        relay_status = get_json(f"{guest.admin}/status")["relay"]
+        assert isinstance(relay_status, dict)
+        assert relay_status["bytes_relayed"] > 3_000_000  # the file went through the guest
+
+        # the admin token reaches the guest on its configuration disk, never on argv
+        token = (Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token").read_text().strip()
+        argv = Path(f"/proc/{qemu_of(guest)}/cmdline").read_bytes().split(b"\0")
+        assert token.encode() not in b" ".join(argv)
+        disk = next(a for a in argv if a.startswith(b"file=") and b"config.disk" in a)
+        config_disk = Path(disk.split(b",")[0][5:].decode())
+        assert config_disk.stat().st_mode & 0o777 == 0o600
+    finally:
+        code, lines = guest.interrupt()
+    assert code == 0, lines
+    assert "Stopping the guest cleanly (Ctrl-C again powers it off)" in lines
+    assert "Guest stopped" in lines
+    assert "retreatkit: guest stopping (exit code 0)" in lines
+    console = Path(env["XDG_STATE_HOME"]) / "retreatkit" / "console" / "relay.log"
+    assert "Relay listening on 0.0.0.0:9000" in console.read_text()
+    assert not config_disk.exists()  # the run folder goes with the guest
+
+
+HOSTS = "198.51.100.7 www.example.test\n198.51.100.8 ads.example.test\n"
+
+
+def dig(port: int, *args: str) -> list[str]:
+    done = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(port), "+short", "+time=5", "+tries=2", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout.split()
+
+
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig is not installed (.ci/run does)")
+def test_nameserver_image_answers_dig(
+    built: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    nameserver = image("nameserver", built, tmp_path_factory)
+    hosts = tmp_path / "hosts"
+    hosts.write_text(HOSTS)
+    upstream = Dnsmasq.start(hosts)
+    blocklist = tmp_path / "block.txt"
+    blocklist.write_text("||ads.example.test^\n")
+    config = tmp_path / "retreat.toml"
+    config.write_text(
+        f'[nameserver]\nupstreams = ["127.0.0.1:{upstream.port}"]\n'
+        f'blocklists = ["{blocklist}"]\nrecords = {{ "laptop.retreat.lan" = "10.0.0.7" }}\n'
+    )
+    guest: GuestProcess | None = None
+    try:
+        guest = start_guest(
+            nameserver,
+            "--forward",
+            "udp:127.0.0.1:0:53",
+            "--forward",
+            "tcp:127.0.0.1:0:53",
+            "--memory",
+            "64",
+            env=env,
+            config=config,
+        )
+        guest.process.wait_for(r"blocklists loaded: 1 domains", BOOT_TIMEOUT)
+        port = guest.port(53, "udp")
+        assert guest.port(53, "tcp") == port  # one port for both, as for any nameserver
+        assert dig(port, "www.example.test") == ["198.51.100.7"]  # via the host's dnsmasq
+        assert dig(port, "ads.example.test") == ["0.0.0.0"]  # the host's blocklist file
+        assert dig(port, "laptop.retreat.lan") == ["10.0.0.7"]  # a local record
+        assert dig(port, "+tcp", "www.example.test") == ["198.51.100.7"]
+        status = get_json(f"{guest.admin}/status")["nameserver"]
+        assert isinstance(status, dict)
+        assert status["blocked"] == 1
+    finally:
+        if guest is not None:
+            guest.stop()
+        upstream.stop()
+
+
+def pip_install(index: str, target: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--isolated",
+            "install",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            "--index-url",
+            index,
+            "demo-pkg",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=BOOT_TIMEOUT,
+        env={**env, "PIP_CONFIG_FILE": os.devnull},
+    )
+
+
+def test_mirror_image_store_survives_a_reboot(
+    built: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    mirror = image("mirror", built, tmp_path_factory)
+    root = tmp_path / "upstream"
+    write_pypi(root, {"demo-pkg": [make_wheel("demo-pkg", "1.0", pad=300_000)]})
+    upstream = start_upstream(root)
+    config = tmp_path / "retreat.toml"
+    config.write_text(f'[mirror]\npypi = "{upstream.url}simple/"\nindex_ttl = 0.0\n')
+    disk = tmp_path / "store.disk"
+    args = ("--disk", str(disk), "--memory", "64")
+    try:
+        guest = start_guest(mirror, *args, env=env, config=config)
+        try:
+            index = f"http://127.0.0.1:{guest.port(8000)}/pypi/simple/"
+            first = pip_install(index, tmp_path / "t1")
+            assert first.returncode == 0, first.stderr
+            assert (tmp_path / "t1" / "demo_pkg" / "__init__.py").is_file()
+        finally:
+            code, lines = guest.interrupt()
+        assert code == 0, lines
+        assert "retreatkit: data disk unmounted cleanly" in lines
+        fsck = subprocess.run(
+            ["/sbin/e2fsck", "-fn", str(disk)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr  # consistent, no journal replay
+    finally:
+        upstream.stop()  # the uplink is gone for the second boot
+
+    guest = start_guest(mirror, *args, env=env, config=config)
+    try:
+        index = f"http://127.0.0.1:{guest.port(8000)}/pypi/simple/"
+        again = pip_install(index, tmp_path / "t2")
+        assert again.returncode == 0, again.stderr
+        assert (tmp_path / "t2" / "demo_pkg" / "__init__.py").is_file()
+        status = get_json(f"{guest.admin}/status")["mirror"]
+        assert isinstance(status, dict)
+        assert status["bytes_from_cache"] > 300_000  # the wheel came from the disk
+    finally:
+        guest.stop()
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        for name in ("kernel", "initramfs", "manifest.json")
+    }
+
+
+def test_the_same_inputs_build_the_same_bytes(
+    built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    first = image("relay", built, tmp_path_factory)
+    # a second build from the same packages and kernel, with nothing else cached: unpacking,
+    # probing, compiling, stripping and archiving all happen again
+    fresh = tmp_path / "cache"
+    (fresh / "retreatkit").mkdir(parents=True)
+    for kept in ("debs", "kernel"):
+        source = cache_dir() / kept
+        if source.exists():
+            shutil.copytree(source, fresh / "retreatkit" / kept, copy_function=_link_or_copy)
+    env = {**isolated_env(tmp_path / "home"), "XDG_CACHE_HOME": str(fresh)}
+    second = build_image("relay", tmp_path / "again", env)
+    assert _digest(second) == _digest(first)
+    manifest = json.loads((second / "manifest.json").read_text())
+    assert (
+        manifest["size_bytes"]
+        == (second / "kernel").stat().st_size + (second / "initramfs").stat().st_size
+    )
