@@ -56,6 +56,37 @@ def add_parsers(sub: Any) -> None:
         "--console", metavar="FILE", type=Path, help="console log (default: state folder)"
     )
     r.add_argument("--config", metavar="FILE", type=Path, dest="sub_config", help="retreat.toml")
+    add_vm_parser(sub)
+
+
+def add_vm_parser(sub: Any) -> None:
+    vm = sub.add_parser("vm", help="run named guests under a supervisor (start, stop, stats)")
+    vsub = vm.add_subparsers(
+        dest="vm_command", required=True, metavar="{list,start,stop,console,stats,serve}"
+    )
+    vsub.add_parser("list", help="every guest: state, uptime, restarts, memory, CPU")
+    start = vsub.add_parser("start", help="define (with IMAGE) and start a guest")
+    start.add_argument("name", metavar="NAME")
+    start.add_argument("image", metavar="IMAGE", type=Path, nargs="?", help="an image folder")
+    start.add_argument(
+        "--forward", metavar="tcp|udp:HOST:PORT:GUESTPORT", action="append", default=[]
+    )
+    start.add_argument("--disk", metavar="FILE", type=Path, help="a data disk (made if missing)")
+    start.add_argument("--memory", metavar="MB", type=int, help="default: [images] memory")
+    start.add_argument("--restart", action="store_true", help="start it again when it exits")
+    start.add_argument("--config", metavar="FILE", type=Path, dest="sub_config")
+    stop = vsub.add_parser("stop", help="stop a guest cleanly")
+    stop.add_argument("name", metavar="NAME")
+    console = vsub.add_parser("console", help="a guest's console log")
+    console.add_argument("name", metavar="NAME")
+    console.add_argument("-n", "--lines", type=int, default=50, metavar="N")
+    console.add_argument("-f", "--follow", action="store_true")
+    stats = vsub.add_parser("stats", help="one guest's state, memory, CPU time and uptime")
+    stats.add_argument("name", metavar="NAME")
+    run = vsub.add_parser("serve", help="run the supervisor in the foreground")
+    run.add_argument("--admin", metavar="HOST:PORT", help="admin endpoint (default 127.0.0.1:0)")
+    run.add_argument("--until-idle", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
 def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
@@ -75,7 +106,8 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         if args.command == "vm":
             from retreatkit.cli import vm
 
-            return vm.main(args, cfg)
+            code: int = vm.main(args, cfg)
+            return code
         if args.image_command == "kernel":
             kernel.build(_say, args.jobs)
             return 0

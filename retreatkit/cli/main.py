@@ -68,13 +68,14 @@ def parser() -> argparse.ArgumentParser:
 def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Service]:
     flags = {k: v for k, v in vars(args).items() if v is not None}
     out: list[serve.Service] = []
-    if args.command in ("up", "relay"):
+    images = set(cfg["images"]["run"]) if args.command == "up" else set()
+    if args.command in ("up", "relay") and "relay" not in images:
         listen = flags.get("listen") if args.command == "relay" else None
         section = {**cfg["relay"], **({"listen": listen} if listen else {})}
         relay = serve.RelayService(config.host_port(section["listen"]), serve.relay_limits(section))
         out.append(relay)
     mirror: serve.MirrorService | None = None
-    if args.command in ("up", "mirror"):
+    if args.command in ("up", "mirror") and "mirror" not in images:
         section = dict(cfg["mirror"])
         if args.command == "mirror":
             section.update({k: flags[k] for k in ("listen", "store", "pypi", "opam") if k in flags})
@@ -83,7 +84,7 @@ def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Servic
             section["lists"] = list(dict.fromkeys([*section["lists"], *urls]))
         mirror = serve.MirrorService.from_config(section)
         out.append(mirror)
-    if args.command in ("up", "nameserver"):
+    if args.command in ("up", "nameserver") and "nameserver" not in images:
         from retreatkit.nameserver.service import Nameserver, host_address
 
         section = dict(cfg["nameserver"])
@@ -100,6 +101,10 @@ def services(args: argparse.Namespace, cfg: dict[str, Any]) -> list[serve.Servic
             own = {"relay.retreat.lan": address, "mirror.retreat.lan": address}
         local_mirror = (lambda: mirror.url) if mirror is not None else None
         out.append(Nameserver(serve.nameserver_settings(section, own, local_mirror)))
+    if images:  # [images] run: these services boot as VM images under a supervisor
+        from retreatkit.image.vmservice import guests_for_up
+
+        out.append(guests_for_up(cfg, args.config))
     return out
 
 

@@ -51,20 +51,13 @@ class Launch:
         memory_mb: int,
         disk: Path | None = None,
     ) -> Launch:
-        """Check the image, render its configuration, and forward every port it serves:
-        those not named in `forwards` (and the admin port) on 127.0.0.1, port 0."""
+        """Check the image and render its configuration for this boot."""
         manifest = build.load_manifest(image)
         service = manifest["service"]
         if disk is not None and not manifest["disk"]:
             raise RunError(f"the {service} image keeps no data: it takes no --disk")
         config = guestconfig.render(service, cfg, token, disk is not None)
-        wanted = [(proto, port) for proto, port in manifest["ports"]]
-        wanted.append(("tcp", manifest["admin_port"]))
-        given = {(f.proto, f.guest_port) for f in forwards}
-        extra = [qemu.Forward(p, "127.0.0.1", 0, g) for p, g in wanted if (p, g) not in given]
-        return cls(
-            image, qemu.bind_forwards([*forwards, *extra]), memory_mb, config, disk, manifest
-        )
+        return cls(image, complete_forwards(manifest, forwards), memory_mb, config, disk, manifest)
 
     @property
     def service(self) -> str:
@@ -72,8 +65,23 @@ class Launch:
 
     @property
     def admin_url(self) -> str:
-        f = next(f for f in self.forwards if f.guest_port == specs.ADMIN_PORT and f.proto == "tcp")
-        return f"http://{f.host}:{f.port}"
+        return admin_url(self.forwards)
+
+
+def complete_forwards(manifest: dict[str, Any], forwards: list[qemu.Forward]) -> list[qemu.Forward]:
+    """`forwards`, plus every port the image serves (and its admin port) that they do not
+    name, on 127.0.0.1; port 0 becomes a free port."""
+    wanted = [(proto, port) for proto, port in manifest["ports"]]
+    wanted.append(("tcp", manifest["admin_port"]))
+    given = {(f.proto, f.guest_port) for f in forwards}
+    extra = [qemu.Forward(p, "127.0.0.1", 0, g) for p, g in wanted if (p, g) not in given]
+    return qemu.bind_forwards([*forwards, *extra])
+
+
+def admin_url(forwards: list[qemu.Forward]) -> str:
+    f = next(f for f in forwards if f.guest_port == specs.ADMIN_PORT and f.proto == "tcp")
+    host = "127.0.0.1" if f.host in ("0.0.0.0", "") else f.host
+    return f"http://{host}:{f.port}"
 
 
 def make_disk(path: Path, size: str = DEFAULT_DISK_SIZE) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from retreatkit.image.testing import (
     GuestProcess,
     build_image,
     isolated_env,
+    retreatkit_argv,
     start_guest,
 )
 from retreatkit.mirror.testing import make_wheel, start_upstream, write_pypi
@@ -285,3 +288,101 @@ def test_the_same_inputs_build_the_same_bytes(
         manifest["size_bytes"]
         == (second / "kernel").stat().st_size + (second / "initramfs").stat().st_size
     )
+
+
+def admin_call(url: str, token: str, method: str = "GET") -> dict[str, object]:
+    request = urllib.request.Request(
+        url, method=method, headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=BOOT_TIMEOUT) as r:
+        doc: dict[str, object] = json.load(r)
+    return doc
+
+
+def test_vm_supervisor_restarts_a_killed_guest(
+    built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]
+) -> None:
+    relay = image("relay", built, tmp_path_factory)
+    supervisor = Process.start(retreatkit_argv("vm", "serve"), env=env)
+    try:
+        admin = supervisor.wait_for(r"^Admin on (http://\S+)/status$", BOOT_TIMEOUT)[1]
+        for name in ("one", "two"):
+            done = subprocess.run(
+                retreatkit_argv("vm", "start", name, str(relay), "--memory", "64", "--restart"),
+                capture_output=True, text=True, timeout=BOOT_TIMEOUT, env={**os.environ, **env},
+                check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert done.stderr.startswith(f"Guest {name} (relay) starting; admin on http://")
+        up = {supervisor.wait_for(r"^Guest (one|two) up; admin on ", BOOT_TIMEOUT)[1] for _ in "12"}
+        assert up == {"one", "two"}
+        token = (Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token").read_text().strip()
+        before = {g["name"]: g for g in admin_call(f"{admin}/vm/guests", token)["guests"]}  # type: ignore[union-attr]
+
+        os.kill(before["one"]["pid"], signal.SIGKILL)  # qemu dies, as in a crash
+        supervisor.wait_for(r"^Guest one exited \(qemu exit code -9\); restart 1$", BOOT_TIMEOUT)
+        supervisor.wait_for(r"^Guest one up; admin on ", BOOT_TIMEOUT)
+        after = {g["name"]: g for g in admin_call(f"{admin}/vm/guests", token)["guests"]}  # type: ignore[union-attr]
+        assert after["one"]["state"] == "running"
+        assert after["one"]["restarts"] == 1
+        assert after["one"]["pid"] != before["one"]["pid"]
+        assert after["one"]["admin"] == before["one"]["admin"]  # same ports after a restart
+        assert after["two"]["restarts"] == 0
+        assert after["two"]["pid"] == before["two"]["pid"]
+        assert after["two"]["memory_bytes"] > 64_000_000
+        assert after["two"]["cpu_seconds"] > 0
+        with urllib.request.urlopen(f"{after['one']['admin']}/healthz", timeout=30) as r:
+            assert r.read() == b"ok\n"  # the restarted guest serves
+
+        stats = subprocess.run(retreatkit_argv("vm", "stats", "one"), capture_output=True,
+                               text=True, timeout=60, env={**os.environ, **env}, check=False)  # fmt: skip
+        assert "restarts: 1" in stats.stdout.splitlines()
+        assert "last exit: qemu exit code -9" in stats.stdout.splitlines()
+        listed = subprocess.run(retreatkit_argv("vm", "list"), capture_output=True, text=True,
+                                timeout=60, env={**os.environ, **env}, check=False)  # fmt: skip
+        assert listed.stdout.split("\n")[0].split() == [
+            "NAME", "SERVICE", "STATE", "UPTIME", "RESTARTS", "MEMORY", "CPU", "ADMIN"
+        ]  # fmt: skip
+
+        # the dashboard's action: stop a guest through the admin endpoint
+        stopped = admin_call(f"{admin}/vm/guests/two/stop", token, "POST")
+        assert stopped["state"] == "stopped"
+        assert stopped["pid"] is None
+    finally:
+        supervisor.popen.send_signal(signal.SIGINT)
+        code, lines = supervisor.finish(BOOT_TIMEOUT)
+    assert code == 0, lines
+    console = Path(env["XDG_STATE_HOME"]) / "retreatkit" / "vm" / "one" / "console.log"
+    assert console.read_text().count("Relay listening on 0.0.0.0:9000") == 2
+
+
+def test_up_runs_a_service_as_an_image(tmp_path: Path, env: dict[str, str]) -> None:
+    config = tmp_path / "retreat.toml"
+    config.write_text(
+        '[admin]\nlisten = "127.0.0.1:0"\n[relay]\nlisten = "127.0.0.1:0"\n'
+        f'[mirror]\nlisten = "127.0.0.1:0"\nstore = "{tmp_path / "store"}"\n'
+        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
+        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n'
+        f'[images]\nrun = ["relay"]\nmemory = 64\ndir = "{tmp_path / "images"}"\n'
+    )
+    up = Process.start(retreatkit_argv("--config", str(config), "up"), env=env)
+    try:
+        seen: dict[str, str] = {}
+        pattern = r"^(Admin on|Guest relay up; admin on) (http://\S+)/status$"
+        while len(seen) < 2:
+            match = up.wait_for(pattern, BOOT_TIMEOUT)
+            seen[match[1]] = match[2]
+        admin, guest_admin = seen["Admin on"], seen["Guest relay up; admin on"]
+        assert any(re.match(r"^Image \S+/relay built \(\d+\.\d MB\)$", line) for line in up.seen)
+        assert not any(line.startswith("Relay listening") for line in up.seen)  # not in-process
+        status = get_json(f"{admin}/status")
+        assert "relay" not in status
+        assert status["vm"]["guests_running"] == 1  # type: ignore[index]
+        guests = get_json(f"{admin}/vm/guests")["guests"]
+        assert [(g["name"], g["service"], g["state"]) for g in guests] == [  # type: ignore[union-attr,index]
+            ("relay", "relay", "running")
+        ]
+        assert "relay" in get_json(f"{guest_admin}/status")  # the guest serves its own status
+    finally:
+        code = up.stop()
+    assert code == 0, up.seen
