@@ -28,6 +28,7 @@ def add_parsers(sub: Any) -> None:
     isub = image.add_subparsers(dest="image_command", required=True, metavar="{kernel,build,run}")
     k = isub.add_parser("kernel", help="build the small guest kernel once (cached)")
     k.add_argument("--jobs", type=int, metavar="N", help="parallel compile jobs (default: CPUs)")
+    k.add_argument("--force", action="store_true", help="build again even if one is cached")
     b = isub.add_parser("build", help="build SERVICE's image into DIR/SERVICE/")
     b.add_argument("service", choices=sorted(spec.SPECS))
     b.add_argument(
@@ -109,7 +110,7 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
             code: int = vm.main(args, cfg)
             return code
         if args.image_command == "kernel":
-            kernel.build(_say, args.jobs)
+            kernel.build(_say, args.jobs, args.force)
             return 0
         if args.image_command == "build":
             return _build(args, cfg)

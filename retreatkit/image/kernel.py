@@ -128,8 +128,12 @@ def _verify(config: Path) -> None:
         raise KernelError(f"Kconfig dropped {', '.join(lost)}: their dependencies are missing")
 
 
-def build(say: Callable[[str], None], jobs: int | None = None) -> Kernel:
+def build(say: Callable[[str], None], jobs: int | None = None, force: bool = False) -> Kernel:
     """Build our kernel from Debian's source package with the committed config; cache it."""
+    cached = own()
+    if cached is not None and not force:
+        say(f"Kernel ready: {cached.image} ({cached.image.stat().st_size / 1e6:.1f} MB, cached)")
+        return cached
     _check_tools()
     start = time.monotonic()
     name = debs.parse_depends(debs.control_fields(debs.fetch(SOURCE))["Depends"])[0][0]

@@ -200,9 +200,8 @@ class VmService:
                 say(f"Image {out} built ({manifest['size_bytes'] / 1e6:.1f} MB)")
             supervisor.define(definition)
             await supervisor.start(definition.name)
-            say(
-                f"Guest {definition.name} starting; admin on {supervisor.item(definition.name)['admin']}"
-            )
+            admin = supervisor.item(definition.name)["admin"]
+            say(f"Guest {definition.name} starting; admin on {admin}/status")
 
     def _idle(self) -> None:
         log.info("no guest left running; the supervisor stops")

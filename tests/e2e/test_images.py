@@ -334,8 +334,10 @@ def test_vm_supervisor_restarts_a_killed_guest(
         with urllib.request.urlopen(f"{after['one']['admin']}/healthz", timeout=30) as r:
             assert r.read() == b"ok\n"  # the restarted guest serves
 
-        stats = subprocess.run(retreatkit_argv("vm", "stats", "one"), capture_output=True,
-                               text=True, timeout=60, env={**os.environ, **env}, check=False)  # fmt: skip
+        stats = subprocess.run(
+            retreatkit_argv("vm", "stats", "one"),
+            capture_output=True, text=True, timeout=60, env={**os.environ, **env}, check=False,
+        )  # fmt: skip
         assert "restarts: 1" in stats.stdout.splitlines()
         assert "last exit: qemu exit code -9" in stats.stdout.splitlines()
         listed = subprocess.run(retreatkit_argv("vm", "list"), capture_output=True, text=True,
