@@ -70,6 +70,7 @@ from benchlib import (
     children_cpu,
     cpu_model,
     ensure_py_spy,
+    memory_mb,
     proc_cpu,
     ratio,
     stop_popen,
@@ -95,16 +96,6 @@ UPSTREAM_TTL = 86400
 
 
 # -- /proc ----------------------------------------------------------------------------
-
-
-def memory_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of a process in MiB."""
-    found = {"VmRSS": 0.0, "VmHWM": 0.0}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in found:
-            found[key] = int(value.split()[0]) / 1024
-    return found["VmRSS"], found["VmHWM"]
 
 
 def process_cpu_table() -> dict[int, tuple[str, float]]:
