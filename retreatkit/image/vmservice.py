@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -176,8 +177,10 @@ class VmService:
         self.supervisor: Supervisor | None = None
         self._handlers: Handlers | None = None
         self._runner: web.AppRunner | None = None
+        self._started = 0.0
 
     async def start(self, registry: CollectorRegistry, say: Callable[[str], None]) -> None:
+        self._started = time.monotonic()
         folder = private_dir(vm_dir())
         on_idle = self._idle if self.until_idle else None
         supervisor = self.supervisor = Supervisor(folder, say, on_idle)
@@ -221,6 +224,7 @@ class VmService:
         guests = self.supervisor.guests.values()
         return {
             "up": True,
+            "uptime_seconds": round(time.monotonic() - self._started, 1),
             "guests": len(self.supervisor.guests),
             "guests_running": self.supervisor.active,
             "restarts": sum(g.restarts for g in guests),
