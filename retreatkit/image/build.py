@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,8 @@ def ca_bundle() -> tuple[bytes, debs.Package]:
     return b"".join(c.read_bytes() for c in certs), package
 
 
-def devices(image: specs.Spec) -> list[qemu.VirtioDevice]:
-    # the configuration disk always, the data disk when the service keeps data
-    return [qemu.NET, qemu.RNG, qemu.BLK]
+# every guest: a network card, entropy, and disks (the configuration disk at least)
+DEVICES = [qemu.NET, qemu.RNG, qemu.BLK]
 
 
 def build(
@@ -84,7 +82,7 @@ def build(
     modules: list[str] = []
     if kern.modules is not None:
         index = kmod.index(kern.modules)
-        wanted = qemu.modaliases(kern.machine, devices(image))
+        wanted = qemu.modaliases(kern.machine, DEVICES)
         if image.disk:
             wanted.append("fs-ext4")
         for module in index.load_order(wanted):
@@ -135,7 +133,3 @@ def load_manifest(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         raise ValueError(f"{folder} is not an image (no readable {MANIFEST})") from None
     return doc
-
-
-def remove(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)

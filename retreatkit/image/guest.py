@@ -21,8 +21,8 @@ import aiohttp
 
 from retreatkit import config, loop, serve
 from retreatkit.cli import main as cli
+from retreatkit.image import spec as specs
 
-STOP_COMMAND = "shutdown"  # a line on the console: the host asks for a clean stop
 STATE = "/run/state"  # XDG_STATE_HOME in the guest: the admin token lives there
 
 
@@ -71,7 +71,7 @@ async def _watch_console(task: asyncio.Future[int]) -> None:
     loop_ = asyncio.get_running_loop()
     await loop_.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := await reader.readline():
-        if line.strip() == STOP_COMMAND.encode():
+        if line.strip() == specs.STOP_COMMAND.encode():
             _say("retreatkit: stopping at the host's request")
             task.cancel()
             return

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,8 +138,8 @@ def argv(
     *,
     memory_mb: int,
     accel: str,
-    forwards: list[Forward] = (),  # type: ignore[assignment]
-    disks: list[tuple[Path, bool]] = (),  # type: ignore[assignment]
+    forwards: Sequence[Forward] = (),
+    disks: Sequence[tuple[Path, bool]] = (),
     console_log: Path | None = None,
     append: str = "",
 ) -> list[str]:

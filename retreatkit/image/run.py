@@ -20,8 +20,9 @@ from retreatkit.image import spec as specs
 
 CONSOLE_MAX = 1024 * 1024  # then the log moves to console.log.1: bounded on disk
 STOP_SECONDS = 30.0  # a clean stop under emulation takes well under this
-STOP_COMMAND = b"shutdown\n"  # read by the guest on its console (retreatkit.image.guest)
+STOP_COMMAND = specs.STOP_COMMAND.encode() + b"\n"
 READY = b"Admin on http://"  # the guest's last start-up line
+CHUNK = 4096
 DEFAULT_DISK_SIZE = "4G"
 PR_SET_PDEATHSIG = 1
 
@@ -118,6 +119,16 @@ def make_disk(path: Path, size: str = DEFAULT_DISK_SIZE) -> None:
         raise RunError(f"cannot make the disk {path}: {done.stderr.strip()}")
 
 
+# the guest's tty ends lines with CR LF; other control bytes (a terminal's escape
+# sequences among them) are shown as "?"
+_CONTROLS = bytes(c for c in range(32) if c not in (9, 10)) + b"\x7f"
+_SHOWN = bytes.maketrans(_CONTROLS, b"?" * len(_CONTROLS))
+
+
+def printable(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").translate(_SHOWN)
+
+
 class ConsoleLog:
     """The guest's console, appended to a file that moves aside at CONSOLE_MAX."""
 
@@ -192,14 +203,19 @@ class Guest:
         self._pump = asyncio.ensure_future(self._read_console())
 
     async def _read_console(self) -> None:
+        """Copy the console to its log (and the terminal), in bounded chunks: what a guest
+        prints is not trusted, neither its line lengths nor its escape sequences."""
         assert self.process is not None and self.process.stdout is not None
-        while line := await self.process.stdout.readline():
-            line = line.replace(b"\r\n", b"\n")  # the guest's tty ends lines with CR LF
-            self.console.write(line)
+        tail = b"\n"
+        while chunk := await self.process.stdout.read(CHUNK):
+            chunk = printable(chunk)
+            self.console.write(chunk)
             if self.echo is not None:
-                self.echo(line)
-            if line.startswith(READY):
-                self.ready.set()
+                self.echo(chunk)
+            if not self.ready.is_set():
+                tail = (tail + chunk)[-CHUNK:]
+                if b"\n" + READY in tail:
+                    self.ready.set()
 
     @property
     def pid(self) -> int | None:

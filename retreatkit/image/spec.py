@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ADMIN_PORT = 8080  # the admin endpoint inside every guest
+STOP_COMMAND = "shutdown"  # a line on the guest's console: the host asks for a clean stop
 DATA_MOUNT = "/var/lib/retreatkit"  # where the guest mounts its data disk
 FILES_DIR = "/etc/retreatkit/files"  # files the configuration carries (blocklists)
 # qemu's user networking (slirp): the guest's address, and the host's loopback and
