@@ -119,14 +119,14 @@ def make_disk(path: Path, size: str = DEFAULT_DISK_SIZE) -> None:
         raise RunError(f"cannot make the disk {path}: {done.stderr.strip()}")
 
 
-# the guest's tty ends lines with CR LF; other control bytes (a terminal's escape
-# sequences among them) are shown as "?"
-_CONTROLS = bytes(c for c in range(32) if c not in (9, 10)) + b"\x7f"
+# the guest's tty ends lines with CR LF (CRs are dropped, even when a read splits the
+# pair); other control bytes, a terminal's escape sequences among them, are shown as "?"
+_CONTROLS = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
 _SHOWN = bytes.maketrans(_CONTROLS, b"?" * len(_CONTROLS))
 
 
 def printable(data: bytes) -> bytes:
-    return data.replace(b"\r\n", b"\n").translate(_SHOWN)
+    return data.translate(_SHOWN, b"\r")
 
 
 class ConsoleLog:
@@ -207,14 +207,15 @@ class Guest:
         prints is not trusted, neither its line lengths nor its escape sequences."""
         assert self.process is not None and self.process.stdout is not None
         tail = b"\n"
-        while chunk := await self.process.stdout.read(CHUNK):
-            chunk = printable(chunk)
+        while data := await self.process.stdout.read(CHUNK):
+            chunk = printable(data)
             self.console.write(chunk)
             if self.echo is not None:
                 self.echo(chunk)
             if not self.ready.is_set():
                 tail = (tail + chunk)[-CHUNK:]
-                if b"\n" + READY in tail:
+                at = tail.find(b"\n" + READY)
+                if at >= 0 and b"\n" in tail[at + 1 :]:  # the whole line is out
                     self.ready.set()
 
     @property

@@ -183,3 +183,10 @@ def test_render_reaches_the_hosts_loopback_and_carries_lists(tmp_path: Path) -> 
     cfg["nameserver"]["blocklists"] = [str(tmp_path / "missing.txt")]
     with pytest.raises(guestconfig.GuestConfigError, match=r"cannot read blocklist .*missing\.txt"):
         guestconfig.render("nameserver", cfg, "t", False)
+
+
+def test_console_bytes_are_shown_not_obeyed() -> None:
+    from retreatkit.image.run import printable
+
+    assert printable(b"ok\r\n\x1b]0;owned\x07\x1b[2J\tdone\r\n") == b"ok\n?]0;owned??[2J\tdone\n"
+    assert printable("naïve\n".encode()) == "naïve\n".encode()
