@@ -167,6 +167,7 @@ def build(say: Callable[[str], None], jobs: int | None = None, force: bool = Fal
     shutil.copyfile(tree / "arch" / "x86" / "boot" / "bzImage", final / "bzImage.partial")
     (final / "bzImage.partial").replace(final / "bzImage")
     shutil.rmtree(work, ignore_errors=True)
+    deb.unlink(missing_ok=True)  # 140 MB, needed again only for another config
     kernel = own()
     assert kernel is not None
     size = kernel.image.stat().st_size
