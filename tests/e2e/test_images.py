@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,21 +41,22 @@ pytestmark = [
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each service's image, built the first time a test asks for it."""
-    return {}
+def image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Each service's image, built the first time a test asks for it (once per run)."""
+    built: dict[str, Path] = {}
+
+    def get(service: str) -> Path:
+        if service not in built:
+            out = tmp_path_factory.mktemp("images")
+            built[service] = build_image(service, out, isolated_env(out / "home"))
+        return built[service]
+
+    return get
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return isolated_env(tmp_path / "home")
-
-
-def image(service: str, built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if service not in built:
-        out = tmp_path_factory.mktemp("images")
-        built[service] = build_image(service, out, isolated_env(out / "home"))
-    return built[service]
 
 
 def get_json(url: str) -> dict[str, object]:
@@ -69,12 +71,11 @@ def qemu_of(guest: GuestProcess) -> int:
 
 
 def test_relay_image_carries_a_bob_transfer(
-    built: dict[str, Path],
-    tmp_path_factory: pytest.TempPathFactory,
+    image: Callable[[str], Path],
     env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    relay = image("relay", built, tmp_path_factory)
+    relay = image("relay")
     guest = start_guest(relay, "--forward", "tcp:0.0.0.0:0:9000", "--memory", "64", env=env)
     try:
         # bob on this host, through the forward, by the host's name rather than loopback
@@ -136,12 +137,11 @@ def dig(port: int, *args: str) -> list[str]:
 
 @pytest.mark.skipif(shutil.which("dig") is None, reason="dig is not installed (.ci/run does)")
 def test_nameserver_image_answers_dig(
-    built: dict[str, Path],
-    tmp_path_factory: pytest.TempPathFactory,
+    image: Callable[[str], Path],
     env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    nameserver = image("nameserver", built, tmp_path_factory)
+    nameserver = image("nameserver")
     hosts = tmp_path / "hosts"
     hosts.write_text(HOSTS)
     upstream = Dnsmasq.start(hosts)
@@ -208,12 +208,11 @@ def pip_install(index: str, target: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_mirror_image_store_survives_a_reboot(
-    built: dict[str, Path],
-    tmp_path_factory: pytest.TempPathFactory,
+    image: Callable[[str], Path],
     env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    mirror = image("mirror", built, tmp_path_factory)
+    mirror = image("mirror")
     root = tmp_path / "upstream"
     write_pypi(root, {"demo-pkg": [make_wheel("demo-pkg", "1.0", pad=300_000)]})
     upstream = start_upstream(root)
@@ -270,10 +269,8 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
-def test_the_same_inputs_build_the_same_bytes(
-    built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
-) -> None:
-    first = image("relay", built, tmp_path_factory)
+def test_the_same_inputs_build_the_same_bytes(image: Callable[[str], Path], tmp_path: Path) -> None:
+    first = image("relay")
     # a second build from the same packages and kernel, with nothing else cached: unpacking,
     # probing, compiling, stripping and archiving all happen again
     fresh = tmp_path / "cache"
@@ -302,9 +299,9 @@ def admin_call(url: str, token: str, method: str = "GET") -> dict[str, object]:
 
 
 def test_vm_supervisor_restarts_a_killed_guest(
-    built: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]
+    image: Callable[[str], Path], env: dict[str, str]
 ) -> None:
-    relay = image("relay", built, tmp_path_factory)
+    relay = image("relay")
     supervisor = Process.start(retreatkit_argv("vm", "serve"), env=env)
     try:
         admin = supervisor.wait_for(r"^Admin on (http://\S+)/status$", BOOT_TIMEOUT)[1]
