@@ -119,6 +119,9 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"retreatkit: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("retreatkit: interrupted", file=sys.stderr)
+        return 130
 
 
 def _say(line: str) -> None:

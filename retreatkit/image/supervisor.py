@@ -147,7 +147,8 @@ class Supervisor:
         entry = self.get(name)
         if entry.state in ("running", "restarting"):
             return entry
-        launch = self._launch(entry.definition)  # errors here reach the caller
+        qemu.qemu_binary()  # errors here reach the caller
+        launch = self._launch(entry.definition)
         entry.state = "running"
         entry.keeper = asyncio.ensure_future(self._keep(entry, launch))
         return entry
@@ -156,8 +157,7 @@ class Supervisor:
         try:
             await self._run_until_done(entry, launch)
         finally:
-            if self.on_idle is not None and not self.active:
-                self.on_idle()
+            self.settle()
 
     async def _run_until_done(self, entry: Supervised, launch: run.Launch) -> None:
         name = entry.definition.name
@@ -166,18 +166,18 @@ class Supervisor:
         backoff = 1.0
         while True:
             kernel = launch.image / "kernel"
-            accel = await asyncio.to_thread(qemu.accel, kernel, launch.manifest["machine"])
             guest = entry.guest = run.Guest(launch, folder / "run", console)
             entry.state = "running"
+            began = time.monotonic()
             try:
+                accel = await asyncio.to_thread(qemu.accel, kernel, launch.manifest["machine"])
                 await guest.start(accel)
                 ready = asyncio.ensure_future(self._announce(name, guest, entry.admin))
                 code = await guest.wait()
                 ready.cancel()
-            except (OSError, run.RunError) as exc:
-                code, entry.last_exit = -1, f"could not start: {exc}"
-            else:
                 entry.last_exit = f"qemu exit code {code}"
+            except (OSError, RuntimeError) as exc:
+                entry.last_exit = f"could not start: {exc}"
             if guest.stopping:
                 entry.state = "stopped"
                 return
@@ -188,7 +188,7 @@ class Supervisor:
             entry.restarts += 1
             entry.state = "restarting"
             self.say(f"Guest {name} exited ({entry.last_exit}); restart {entry.restarts}")
-            lived = time.monotonic() - guest.started
+            lived = time.monotonic() - began
             backoff = 1.0 if lived > QUICK_EXIT else min(backoff * 2, MAX_BACKOFF)
             if lived < QUICK_EXIT:
                 await asyncio.sleep(backoff)  # a guest dying at boot must not spin the host
@@ -220,6 +220,11 @@ class Supervisor:
             *(self.stop(n) for n, e in self.guests.items() if e.state != "stopped"),
             return_exceptions=True,
         )
+
+    def settle(self) -> None:
+        """Tell `on_idle` if nothing runs (after a guest that could not start)."""
+        if self.on_idle is not None and not self.active:
+            self.on_idle()
 
     @property
     def active(self) -> int:

@@ -70,7 +70,8 @@ class Handlers:
         name = self._name(request)
         try:
             await self.supervisor.start(name)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, RuntimeError) as exc:
+            self.supervisor.settle()
             raise _error(web.HTTPBadRequest, f"cannot start {name}: {exc}") from None
         return web.json_response(self.supervisor.item(name))
 
@@ -90,6 +91,7 @@ class Handlers:
                 raise GuestError("a guest definition is a JSON object")
             self.supervisor.define(Definition.parse({**doc, "name": name}))
         except ValueError as exc:
+            self.supervisor.settle()
             raise _error(web.HTTPBadRequest, str(exc)) from None
         return web.json_response(self.supervisor.item(name))
 
@@ -134,6 +136,7 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None) -> VmService:
     address (forwarded to the guest), restarted when it exits, rebuilt at each start."""
     from retreatkit.image import spec as specs
     from retreatkit.nameserver.service import host_address
+    from retreatkit.serve import default_store
 
     images = cfg["images"]
     folder = Path(images["dir"]) if images["dir"] else cache_dir() / "images"
@@ -145,9 +148,8 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None) -> VmService:
         host, port = config.host_port(cfg[service]["listen"], image.ports[0][1])
         forwards = [str(qemu.Forward(proto, host, port, guest)) for proto, guest in image.ports]
         disk = None
-        if image.disk:
-            data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-            disk = images["disk"] or str(Path(data) / "retreatkit" / f"{service}.disk")
+        if image.disk:  # beside where the in-process mirror keeps its store
+            disk = images["disk"] or str(default_store().parent / f"{service}.disk")
         definitions.append(
             Definition(
                 name=service, image=str(folder / service), forwards=forwards,
@@ -197,14 +199,22 @@ class VmService:
             path.chmod(0o600)
             say(f"Supervisor control socket {path}")
         for definition in self.autostart:
-            if self.build_kernel is not None:
-                out = Path(definition.image)
-                manifest = await asyncio.to_thread(build.build, out.name, out, self.build_kernel)
-                say(f"Image {out} built ({manifest['size_bytes'] / 1e6:.1f} MB)")
-            supervisor.define(definition)
-            await supervisor.start(definition.name)
-            admin = supervisor.item(definition.name)["admin"]
-            say(f"Guest {definition.name} starting; admin on {admin}/status")
+            try:
+                await self._autostart(definition, say)
+            except (RuntimeError, ValueError) as exc:  # serve() reports an OSError in one line
+                raise OSError(f"the {definition.name} guest: {exc}") from None
+
+    async def _autostart(self, definition: Definition, say: Callable[[str], None]) -> None:
+        supervisor = self.supervisor
+        assert supervisor is not None
+        if self.build_kernel is not None:
+            out = Path(definition.image)
+            manifest = await asyncio.to_thread(build.build, out.name, out, self.build_kernel)
+            say(f"Image {out} built ({manifest['size_bytes'] / 1e6:.1f} MB)")
+        supervisor.define(definition)
+        await supervisor.start(definition.name)
+        admin = supervisor.item(definition.name)["admin"]
+        say(f"Guest {definition.name} starting; admin on {admin}/status")
 
     def _idle(self) -> None:
         log.info("no guest left running; the supervisor stops")
