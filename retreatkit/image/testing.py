@@ -34,6 +34,7 @@ def isolated_env(home: Path) -> dict[str, str]:
 
 
 def build_image(service: str, out: Path, env: dict[str, str]) -> Path:
+    """`retreatkit image build SERVICE -o OUT`; its last line says what was built."""
     done = subprocess.run(
         retreatkit_argv("image", "build", service, "-o", str(out)),
         capture_output=True,
@@ -44,6 +45,10 @@ def build_image(service: str, out: Path, env: dict[str, str]) -> Path:
     )
     if done.returncode != 0:
         raise AssertionError(f"image build {service} failed: {done.stderr}")
+    last = done.stderr.splitlines()[-1]
+    if not re.match(rf"^Built {re.escape(str(out / service))}: kernel \d+\.\d MB \+ initramfs "
+                    r"\d+\.\d MB = \d+\.\d MB$", last):  # fmt: skip
+        raise AssertionError(f"image build {service} said {last!r}")
     return out / service
 
 

@@ -345,6 +345,15 @@ def test_vm_supervisor_restarts_a_killed_guest(
             "NAME", "SERVICE", "STATE", "UPTIME", "RESTARTS", "MEMORY", "CPU", "ADMIN"
         ]  # fmt: skip
 
+        console = subprocess.run(
+            retreatkit_argv("vm", "console", "one", "-n", "2"),
+            capture_output=True, text=True, timeout=60, env={**os.environ, **env}, check=False,
+        )  # fmt: skip
+        assert (
+            console.stdout
+            == "Relay listening on 0.0.0.0:9000\nAdmin on http://0.0.0.0:8080/status\n"
+        )
+
         # the dashboard's action: stop a guest through the admin endpoint
         stopped = admin_call(f"{admin}/vm/guests/two/stop", token, "POST")
         assert stopped["state"] == "stopped"
