@@ -41,6 +41,7 @@ class Launch:
     config: guestconfig.GuestConfig
     disk: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    disk_size: str = DEFAULT_DISK_SIZE  # when the disk is made
 
     @classmethod
     def prepare(
@@ -58,7 +59,9 @@ class Launch:
         if disk is not None and not manifest["disk"]:
             raise RunError(f"the {service} image keeps no data: it takes no --disk")
         config = guestconfig.render(service, cfg, token, disk is not None)
-        return cls(image, complete_forwards(manifest, forwards), memory_mb, config, disk, manifest)
+        forwards = complete_forwards(manifest, forwards)
+        size = str(cfg["images"]["disk_size"])
+        return cls(image, forwards, memory_mb, config, disk, manifest, size)
 
     @property
     def service(self) -> str:
@@ -179,7 +182,7 @@ class Guest:
         disks: list[tuple[Path, bool]] = [(config_disk, True)]
         if launch.disk is not None:
             if not launch.disk.exists():
-                make_disk(launch.disk)
+                make_disk(launch.disk, launch.disk_size)
             disks.append((launch.disk, False))
         args = qemu.argv(
             launch.manifest["machine"],

@@ -217,7 +217,9 @@ def test_mirror_image_store_survives_a_reboot(
     write_pypi(root, {"demo-pkg": [make_wheel("demo-pkg", "1.0", pad=300_000)]})
     upstream = start_upstream(root)
     config = tmp_path / "retreat.toml"
-    config.write_text(f'[mirror]\npypi = "{upstream.url}simple/"\nindex_ttl = 0.0\n')
+    config.write_text(
+        f'[mirror]\npypi = "{upstream.url}simple/"\nindex_ttl = 0.0\n[images]\ndisk_size = "256M"\n'
+    )
     disk = tmp_path / "store.disk"
     args = ("--disk", str(disk), "--memory", "64")
     try:
@@ -231,6 +233,7 @@ def test_mirror_image_store_survives_a_reboot(
             code, lines = guest.interrupt()
         assert code == 0, lines
         assert "retreatkit: data disk unmounted cleanly" in lines
+        assert disk.stat().st_size == 256 * 1024 * 1024  # made by the host at [images] disk_size
         fsck = subprocess.run(
             ["/sbin/e2fsck", "-fn", str(disk)],
             capture_output=True,
