@@ -399,3 +399,26 @@ def test_up_runs_a_service_as_an_image(tmp_path: Path, env: dict[str, str]) -> N
     finally:
         code = up.stop()
     assert code == 0, up.seen
+
+
+def test_debians_kernel_boots_with_the_modules_it_needs(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    done = subprocess.run(
+        retreatkit_argv("image", "build", "relay", "--kernel", "debian", "-o", str(tmp_path)),
+        capture_output=True, text=True, timeout=900, env={**os.environ, **env}, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("Kernel: Debian linux-image-")
+    manifest = json.loads((tmp_path / "relay" / "manifest.json").read_text())
+    assert manifest["machine"] == "pc"
+    modules = manifest["modules"]  # computed from the devices' modaliases, dependencies first
+    assert {"virtio_pci", "virtio_net", "virtio_blk", "virtio_rng"} <= set(modules)
+    assert modules.index("virtio_ring") < modules.index("virtio_pci") < modules.index("virtio_net")
+    guest = start_guest(tmp_path / "relay", "--memory", "160", env=env)
+    try:
+        with urllib.request.urlopen(f"{guest.admin}/healthz", timeout=30) as r:
+            assert r.read() == b"ok\n"
+    finally:
+        code, lines = guest.interrupt()
+    assert code == 0, lines
