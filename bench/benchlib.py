@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +104,19 @@ def wait_quiet(max_wait: float, busy_below: float = 0.15) -> float:
             if busy >= busy_below:
                 print(f"  (machine still {busy:.0%} busy after {max_wait:g} s)", flush=True)
             return busy
+
+
+def time_until(
+    check: Callable[[], bool], timeout: float, since: float | None = None, every: float = 0.02
+) -> float | None:
+    """Seconds from `since` (time.monotonic(); default now) until `check()` is true, or
+    None if it is not within `timeout`."""
+    start = time.monotonic() if since is None else since
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(every)
+    return None
 
 
 def stop_popen(popen: subprocess.Popen[bytes]) -> None:

@@ -59,6 +59,14 @@ DEFAULTS: dict[str, Any] = {
     "dashboard": {
         "leak_window": 600.0,  # seconds a figure must only grow before the overview flags it
     },
+    "images": {
+        "run": [],  # services `retreatkit up` runs as VM images instead of in its process
+        "dir": "",  # where `up` builds them; empty: the cache folder
+        "kernel": "auto",  # own (retreatkit image kernel), debian (cloud), auto: own if built
+        "memory": 128,  # MB of guest memory
+        "disk": "",  # the mirror guest's store disk; empty: mirror.disk in the data folder
+        "disk_size": "4G",  # when that disk is made
+    },
 }
 
 

@@ -4,44 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import logging
-import os
 import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from retreatkit import config, startup
+from retreatkit import startup
 from retreatkit.admin import app as admin
 from retreatkit.admin import token as admin_token
-from retreatkit.admin.advertise import Advertisement, advertise
 from retreatkit.admin.logs import LogRing
 from retreatkit.admin.process import ProcessInfo
 from retreatkit.lanaddress import choose as lan_address
-from retreatkit.mirror import apt as apt_format
-from retreatkit.mirror import local as mirror_local
-from retreatkit.mirror import local_http as mirror_local_http
-from retreatkit.mirror import resolver as mirror_resolver
-from retreatkit.mirror import server as mirror_server
-from retreatkit.mirror import status as mirror_status
-from retreatkit.mirror import upstreams
-from retreatkit.mirror.fetch import Limits as FetchLimits
-from retreatkit.mirror.server import Gate
-from retreatkit.mirror.service import Mirror, ServerLimits, Settings
-from retreatkit.mirror.status import MirrorCollector
-from retreatkit.nameserver.blocklist import normalize
-from retreatkit.nameserver.gate import LAN
-from retreatkit.nameserver.local import parse_record
-from retreatkit.nameserver.service import Settings as NameserverSettings
-from retreatkit.relay.matching import Limits
-from retreatkit.relay.server import Relay
+
+if TYPE_CHECKING:
+    from retreatkit.admin.advertise import Advertisement
 
 log = logging.getLogger("retreatkit")
 Say = Callable[[str], None]
@@ -80,200 +62,6 @@ def admin_routes(service: Service) -> list[web.AbstractRouteDef]:
     return routes
 
 
-def relay_limits(section: dict[str, Any]) -> Limits:
-    return Limits(
-        per_ip=int(section["per_ip"]),
-        waiting=int(section["waiting"]),
-        waiting_per_ip=int(section["waiting_per_ip"]),
-        handshake_timeout=float(section["handshake_timeout"]),
-        wait_timeout=float(section["wait_timeout"]),
-        idle_timeout=float(section["idle_timeout"]),
-        failed_joins=int(section["failed_joins"]),
-        failed_join_wait=float(section["failed_join_wait"]),
-    )
-
-
-class RelayService:
-    name = "relay"
-
-    def __init__(self, listen: tuple[str, int], limits: Limits) -> None:
-        self.listen = listen
-        self.limits = limits
-        self.relay: Relay | None = None
-
-    async def start(self, registry: CollectorRegistry, say: Say) -> None:
-        self.relay = Relay(self.limits, registry)
-        host, port = await self.relay.start(*self.listen)
-        say(f"Relay listening on {host}:{port}")
-
-    async def stop(self) -> None:
-        if self.relay is not None:
-            await self.relay.stop()
-
-    def status(self) -> dict[str, Any]:
-        return self.relay.status() if self.relay else {"up": False}
-
-    def admin_routes(self) -> list[web.AbstractRouteDef]:
-        return [web.get("/relay/transfers", self._transfers)]
-
-    async def _transfers(self, request: web.Request) -> web.Response:
-        if self.relay is None:
-            return web.json_response({"active": [], "recent": []})
-        return web.json_response(self.relay.transfers())
-
-
-def default_store() -> Path:
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "retreatkit" / "mirror"
-
-
-class MirrorService:
-    name = "mirror"
-
-    def __init__(self, listen: tuple[str, int], settings: Settings) -> None:
-        self.listen = listen
-        self.settings = settings
-        self.mirror: Mirror | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
-        self._gate: Gate | None = None
-        self.url: str | None = None  # where this process reaches the mirror, once started
-        self.own_wheel: asyncio.Task[None] | None = None  # publishing the kit for attendees
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> MirrorService:
-        settings = Settings(
-            store=Path(section["store"]) if section["store"] else default_store(),
-            pypi=section["pypi"] or upstreams.default_pypi(),
-            opam=section["opam"] or upstreams.default_opam(),
-            index_ttl=float(section["index_ttl"]),
-            lists=list(section["lists"]),
-            limits=FetchLimits(
-                connect_timeout=float(section["connect_timeout"]),
-                headers_timeout=float(section["headers_timeout"]),
-                read_timeout=float(section["read_timeout"]),
-                index_timeout=float(section["index_timeout"]),
-            ),
-            server=ServerLimits(
-                per_address=int(section["per_address"]),
-                idle_timeout=float(section["idle_timeout"]),
-            ),
-            keep_free=int(section["keep_free_bytes"]),
-            public_url=str(section["public_url"]),
-            npm=section["npm"] or upstreams.default_npm(),
-            apt=apt_format.checked_origins(section["apt"]) or upstreams.default_apt(),
-            max_size=int(section["max_size_bytes"]),
-            allow_upstream=list(section["allow_upstream"]),
-        )
-        return cls(config.host_port(section["listen"]), settings)
-
-    async def start(self, registry: CollectorRegistry, say: Say) -> None:
-        self._session = mirror_resolver.session()
-        try:
-            self.mirror = Mirror(self.settings, self._session)
-            self._runner, self._gate = await mirror_server.listen(self.mirror, *self.listen)
-        except BaseException:
-            await self.stop()
-            raise
-        registry.register(MirrorCollector(self.status))
-        host, port = self._runner.addresses[0][:2]
-        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        self.url = f"http://{local}:{port}"
-        lan = lan_address().address if host in ("0.0.0.0", "::") else host
-        self.mirror.lan_url = f"http://{lan}:{port}"
-        say(f"Mirror listening on http://{host}:{port}/ (store {self.settings.store})")
-        for ecosystem in ("pypi", "opam", "npm"):
-            upstream = getattr(self.settings, ecosystem)
-            say(f"Mirror {ecosystem} upstream: {upstream or 'none (pass --' + ecosystem + ' URL)'}")
-        apt = ", ".join(f"{n}={u}" for n, u in self.settings.apt.items())
-        say(f"Mirror apt origins: {apt or 'none (pass --apt NAME=URL)'}")
-        self.mirror.start(done=say)  # the store check runs while the mirror serves
-        self.own_wheel = self.mirror.spawn(mirror_local.publish_own(self.mirror, say))
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self.mirror is not None:
-            await self.mirror.close()
-        if self._session is not None:
-            await self._session.close()
-
-    def status(self) -> dict[str, Any]:
-        if self.mirror is None or self._gate is None:
-            return {}
-        return mirror_status.section(self.mirror, self.url is not None, self._gate.open)
-
-    def admin_routes(self) -> list[web.RouteDef]:
-        running = lambda: self.mirror  # noqa: E731
-        return mirror_status.admin_routes(running) + mirror_local_http.admin_routes(running)
-
-
-def resolv_conf_upstreams(path: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:
-    """The system resolver's own upstreams, the default for ours."""
-    try:
-        lines = path.read_text("utf-8", "replace").splitlines()
-    except OSError:
-        return []
-    return [(parts[1], 53) for parts in (line.split() for line in lines)
-            if len(parts) >= 2 and parts[0] == "nameserver"]  # fmt: skip
-
-
-def nameserver_settings(
-    section: dict[str, Any],
-    own: dict[str, str],
-    mirror: Callable[[], str | None] | None = None,
-) -> NameserverSettings:
-    """Settings from [nameserver]; `own` names the services of this process (name -> address);
-    `mirror` says where this process's own mirror is, if it hosts one."""
-    records = [parse_record(f"{name}={value}") for name, value in section["records"].items()]
-    records += [parse_record(r) for r in section.get("record_flags", [])]
-    named = {r.name for r in records}
-    records += [parse_record(f"{n}={a}") for n, a in own.items() if n not in named]
-    upstreams = [dns_server(u) for u in section["upstreams"]] or resolv_conf_upstreams()
-    forward = forward_rules(section["forward"], section.get("forward_flags", []))
-    if section["block_mode"] not in ("null", "nxdomain"):
-        raise ValueError("block mode is null or nxdomain")
-    return NameserverSettings(
-        listen=config.host_port(section["listen"], 53),
-        upstreams=upstreams,
-        blocklists=list(section["blocklists"]),
-        allow=list(section["allow"]),
-        records=records,
-        forward=forward,
-        block_mode=section["block_mode"],
-        networks=list(section["networks"]) or list(LAN),
-        rate_limit=int(section["rate_limit"]),
-        stale_for=float(section["stale_for"]),
-        reload_every=float(section["reload_every"]),
-        mirror=mirror or (lambda: section["mirror"] or None),
-    )
-
-
-def forward_rules(table: dict[str, Any], flags: list[str]) -> dict[str, list[tuple[str, int]]]:
-    """[nameserver.forward] (domain = "server" or a list) and --forward DOMAIN=SERVER flags."""
-    rules: dict[str, list[tuple[str, int]]] = {}
-    pairs = [(d, s) for d, v in table.items() for s in ([v] if isinstance(v, str) else v)]
-    for flag in flags:
-        domain, eq, server = flag.partition("=")
-        if not eq:
-            raise ValueError(f"expected --forward DOMAIN=SERVER, got {flag!r}")
-        pairs.append((domain, server))
-    for domain, server in pairs:
-        name = normalize(domain)
-        if name is None or not isinstance(server, str):
-            raise ValueError(f'forward: expected DOMAIN = "SERVER[:PORT]", got {domain!r}')
-        rules.setdefault(name, []).append(dns_server(server))
-    return rules
-
-
-def dns_server(text: str) -> tuple[str, int]:
-    """`ADDRESS`, `HOST:PORT` or `[V6]:PORT`; a bare IPv6 address is port 53."""
-    try:
-        return str(ipaddress.ip_address(text.strip("[]"))), 53
-    except ValueError:
-        return config.host_port(text, 53)
-
-
 LISTENING = re.compile(
     r"^(Relay|Mirror|Nameserver) listening on (?:http://)?\[?([^\s/\]]+)\]?:(\d+)"
 )
@@ -292,10 +80,19 @@ def noting_listeners(say: Say, bound: dict[str, tuple[str, int]]) -> Say:
 
 
 async def serve(
-    services: list[Service], admin_at: tuple[str, int], say: Say, dashboard: Dashboard | None = None
+    services: list[Service],
+    admin_at: tuple[str, int],
+    say: Say,
+    dashboard: Dashboard | None = None,
+    *,
+    lan: str | None = None,
+    on_lan: bool = True,
 ) -> int:
     """Start every service and the admin endpoint; run until SIGINT or SIGTERM, or until
-    the organiser quits the dashboard."""
+    the organiser quits the dashboard. `lan` is the address attendees reach (default: the
+    LAN-facing interface's). `on_lan`: the process faces the LAN, so it advertises its admin
+    endpoint by zeroconf (when not on loopback) and says what attendees use; a VM guest
+    behind qemu's user network does neither: its addresses are not the LAN's."""
     registry = CollectorRegistry()
     stop = _stop_on_signals()  # before anything starts: a SIGTERM at any point stops cleanly
     names = [s.name for s in services]
@@ -323,14 +120,17 @@ async def serve(
         # scanning it again and again (it was a tenth of a nameserver's CPU under load)
         gc.freeze()
         say(f"Admin on http://{ahost}:{aport}/status")
-        lan = lan_address().address
-        advert = await advertise(admin_at[0], [lan], aport, names)
-        named = {"relay", "mirror", "nameserver"} <= set(names)
-        process.attendees = startup.attendee_lines(bound, lan, named)
-        if process.attendees:
-            say("Attendees use:")
-            for line in process.attendees:
-                say(f"  {line}")
+        if on_lan:
+            from retreatkit.admin.advertise import advertise
+
+            lan = lan or lan_address().address
+            advert = await advertise(admin_at[0], [lan], aport, names)
+            named = {"relay", "mirror", "nameserver"} <= set(names)
+            process.attendees = startup.attendee_lines(bound, lan, named)
+            if process.attendees:
+                say("Attendees use:")
+                for line in process.attendees:
+                    say(f"  {line}")
         if dashboard is not None:
             local = "127.0.0.1" if ahost in ("0.0.0.0", "::") else ahost
             await dashboard(f"http://{local}:{aport}".replace("http://::1", "http://[::1]"), token)

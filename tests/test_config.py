@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from retreatkit import config, serve
+from retreatkit import config
+from retreatkit.nameserver.hosted import forward_rules
 
 
 def test_defaults_without_a_file() -> None:
@@ -57,7 +58,7 @@ def test_host_port_rejects(text: str) -> None:
 
 
 def test_forward_rules_and_dns_servers() -> None:
-    rules = serve.forward_rules(
+    rules = forward_rules(
         {"venue.example": "192.168.1.1", "Lab.Example.": ["fd00::53", "[fd00::54]:5353"]},
         ["168.192.in-addr.arpa=192.168.1.1:5353"],
     )
@@ -67,4 +68,4 @@ def test_forward_rules_and_dns_servers() -> None:
         "168.192.in-addr.arpa": [("192.168.1.1", 5353)],
     }
     with pytest.raises(ValueError, match=r"expected --forward DOMAIN=SERVER, got 'venue\.example'"):
-        serve.forward_rules({}, ["venue.example"])
+        forward_rules({}, ["venue.example"])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from retreatkit import config, serve
+from retreatkit import config
+from retreatkit.nameserver.hosted import nameserver_settings
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 
@@ -16,6 +17,6 @@ def test_the_guides_retreat_toml_loads(tmp_path: Path) -> None:
     path = tmp_path / "retreat.toml"
     path.write_text(match[1])
     cfg = config.load(path)
-    settings = serve.nameserver_settings(cfg["nameserver"], {})
+    settings = nameserver_settings(cfg["nameserver"], {})
     assert settings.listen == ("0.0.0.0", 53)
     assert {r.name for r in settings.records} == {"wiki.retreat.lan", "printer.retreat.lan"}

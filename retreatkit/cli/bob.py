@@ -127,6 +127,7 @@ async def _interruptible(command: Callable[[], Awaitable[int]]) -> int:
 
 def run_relay(args: argparse.Namespace) -> int:
     from retreatkit import serve  # aiohttp and the services: only the relay needs them
+    from retreatkit.relay.hosted import RelayService, relay_limits
 
     try:
         cfg = config.load(args.config)
@@ -135,7 +136,7 @@ def run_relay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise Usage(str(exc)) from None
     serve.setup_logging()
-    relay = serve.RelayService(listen, serve.relay_limits(cfg["relay"]))
+    relay = RelayService(listen, relay_limits(cfg["relay"]))
     return loop.run(lambda: serve.serve([relay], admin_at, _say))
 
 

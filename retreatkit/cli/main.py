@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retreatkit import config, loop, serve, startup
+from retreatkit import config, hosting, loop, serve, startup
 from retreatkit import lanaddress as lan
 from retreatkit.admin import token as admin_token
+from retreatkit.cli import image as image_cli
 from retreatkit.cli import mirror as mirror_cli
-from retreatkit.nameserver.service import Nameserver
 
 DESCRIPTION = """\
 Infrastructure in a bag for events whose internet is slow, metered or gone.
@@ -22,7 +22,7 @@ also run on its own."""
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="retreatkit", description=DESCRIPTION)
     top.add_argument("--config", metavar="FILE", type=Path, help="retreat.toml (default: none)")
-    commands = "{up,relay,mirror,nameserver,tui}"
+    commands = "{up,relay,mirror,nameserver,tui,image,vm}"
     sub = top.add_subparsers(dest="command", required=True, metavar=commands)
     admin_help = "admin endpoint (default 127.0.0.1:8080)"
     up = sub.add_parser("up", help="run all services, with the dashboard in a terminal")
@@ -99,58 +99,12 @@ def parser() -> argparse.ArgumentParser:
     )
     tui.add_argument("--web", action="store_true", help="serve the dashboard as a web page")
     tui.add_argument("--listen", metavar="HOST:PORT", help="with --web (default 127.0.0.1:8081)")
+    image_cli.add_parsers(sub)
     return top  # fmt: skip
 
 
 LISTEN_FLAGS = {"relay": "--relay-listen", "mirror": "--mirror-listen",
                 "nameserver": "--nameserver-listen", "admin": "--admin"}  # fmt: skip
-
-
-def services(
-    args: argparse.Namespace, cfg: dict[str, Any], lan_address: lan.LanAddress | None = None
-) -> list[serve.Service]:
-    """The services this command runs; `lan_address` is what `up` names its own after."""
-    flags = {k: v for k, v in vars(args).items() if v is not None}
-    out: list[serve.Service] = []
-    if args.command in ("up", "relay"):
-        listen = flags.get("listen") if args.command == "relay" else flags.get("relay_listen")
-        section = {**cfg["relay"], **({"listen": listen} if listen else {})}
-        relay = serve.RelayService(config.host_port(section["listen"]), serve.relay_limits(section))
-        out.append(relay)
-    mirror: serve.MirrorService | None = None
-    if args.command in ("up", "mirror"):
-        section = dict(cfg["mirror"])
-        if "mirror_listen" in flags:
-            section["listen"] = flags["mirror_listen"]
-        if args.command == "mirror":
-            section.update({k: flags[k] for k in ("listen",) if k in flags})
-            mirror_cli.apply(section, flags)
-        else:  # the nameserver's URL lists come through this mirror: one fetch for the LAN
-            urls = [u for u in cfg["nameserver"]["blocklists"] if "://" in u]
-            section["lists"] = list(dict.fromkeys([*section["lists"], *urls]))
-        mirror = serve.MirrorService.from_config(section)
-        out.append(mirror)
-    if args.command in ("up", "nameserver"):
-        section = dict(cfg["nameserver"])
-        if "nameserver_listen" in flags:
-            section["listen"] = flags["nameserver_listen"]
-        if args.command == "nameserver":
-            for key in ("listen", "upstreams", "blocklists", "allow", "record_flags",
-                        "forward_flags"):  # fmt: skip
-                if key in flags:
-                    section[key] = flags[key]
-            for key in ("block_mode", "rate_limit"):
-                if key in flags:
-                    section[key] = flags[key]
-        own: dict[str, str] = {}
-        if lan_address is not None:
-            own = {
-                "relay.retreat.lan": lan_address.address,
-                "mirror.retreat.lan": lan_address.address,
-            }
-        local_mirror = (lambda: mirror.url) if mirror is not None else None
-        out.append(Nameserver(serve.nameserver_settings(section, own, local_mirror)))
-    return out
 
 
 def sections_and_flags(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
@@ -187,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         return tui(args)
     if args.command == "mirror" and args.action:
         return mirror_cli.run(args)
+    if args.command in image_cli.COMMANDS:
+        try:
+            cfg = config.load(getattr(args, "sub_config", None) or args.config)
+        except ValueError as exc:
+            print(f"retreatkit: {exc}", file=sys.stderr)
+            return 2
+        return image_cli.main(args, cfg)
     sections, flags = sections_and_flags(args)
     try:
         cfg = config.load(args.config)
@@ -200,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         address = None
         if args.command == "up":
             address = lan.choose(args.address or cfg["nameserver"]["address"])
-        chosen = services(args, cfg, address)
+        chosen = hosting.services(args, cfg, address)
     except ValueError as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 2
@@ -224,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         serve.setup_logging()
     try:
-        return loop.run(lambda: serve.serve(chosen, admin_at, _say, dashboard))
+        lan_at = address.address if address is not None else None
+        return loop.run(lambda: serve.serve(chosen, admin_at, _say, dashboard, lan=lan_at))
     except admin_token.TokenError as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 1

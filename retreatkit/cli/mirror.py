@@ -23,17 +23,17 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from retreatkit import config, serve
+from retreatkit import config
 from retreatkit.admin import token as admin_token
 from retreatkit.mirror import bundle, local
 from retreatkit.mirror.errors import MirrorError
+from retreatkit.mirror.hosted import default_store
 from retreatkit.mirror.stats import human
 from retreatkit.mirror.store import Store
 
 SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
 UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
          "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}  # fmt: skip
-UPSTREAM_KEYS = ("store", "pypi", "opam", "npm", "apt", "max_size_bytes")
 
 
 def size(text: str) -> int:
@@ -73,13 +73,6 @@ def add_upstream_flags(parser: argparse.ArgumentParser) -> None:
         dest="max_size_bytes",
         help="keep the store under SIZE (50G, 800MB): least recently used files go first",
     )
-
-
-def apply(section: dict[str, Any], flags: dict[str, Any]) -> None:
-    """Flags over [mirror] (a flag given replaces the key, `--apt` all origins at once)."""
-    for key in UPSTREAM_KEYS:
-        if flags.get(key) is not None:
-            section[key] = dict(flags[key]) if key == "apt" else flags[key]
 
 
 def add_arguments(mirror: argparse.ArgumentParser) -> None:
@@ -142,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def store_path(args: argparse.Namespace, cfg: dict[str, Any]) -> Path:
-    return Path(args.store or cfg["mirror"]["store"] or serve.default_store())
+    return Path(args.store or cfg["mirror"]["store"] or default_store())
 
 
 def progress_bar(what: str, total: int) -> Progress:

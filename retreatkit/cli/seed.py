@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from retreatkit import loop, serve
-from retreatkit.cli import mirror as mirror_cli
+from retreatkit import hosting, loop
 from retreatkit.mirror import seedfiles, upstreams
+from retreatkit.mirror.hosted import MirrorService
 from retreatkit.mirror.seed import AptScope, Filters, Seeder, SeedError, Summary
 from retreatkit.mirror.stats import human
 
@@ -89,9 +89,9 @@ async def seed(
             seeder = Seeder(session, args.mirror, filters, apt, on_total, on_item)
             return await seeder.run(wanted)
         section = dict(cfg["mirror"])
-        mirror_cli.apply(section, vars(args))
+        hosting.apply_mirror_flags(section, vars(args))
         section["listen"] = "127.0.0.1:0"
-        service = serve.MirrorService.from_config(section)
+        service = MirrorService.from_config(section)
         await service.start(CollectorRegistry(), lambda line: None)
         try:
             assert service.url is not None

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from retreatkit import serve
 from retreatkit.admin.app import make_app
 from retreatkit.mirror import fakeupstream
+from retreatkit.mirror.hosted import MirrorService
 from retreatkit.mirror.testing import settings, write_pypi
 from tests.mirror.conftest import JSON, wheel_set
 
@@ -26,7 +27,7 @@ async def admin(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], str
     wheels = wheel_set()
     write_pypi(tmp_path / "up", {name: [w] for name, w in wheels.items()})
     async with fakeupstream.serving(tmp_path / "up") as upstream:
-        service = serve.MirrorService(
+        service = MirrorService(
             ("127.0.0.1", 0), settings(tmp_path / "store", f"{upstream.url}simple/")
         )
         registry = CollectorRegistry()

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from retreatkit import serve
 from retreatkit.admin.app import make_app
 from retreatkit.mirror import eviction, fakeupstream, local, wheelmaker
+from retreatkit.mirror.hosted import MirrorService
 from retreatkit.mirror.testing import make_wheel, mirror_client, settings, write_pypi
 from tests.mirror.conftest import JSON
 
@@ -106,9 +107,9 @@ def test_the_kits_own_wheel_is_the_same_bytes_each_time() -> None:
 @pytest.fixture
 async def admin(
     tmp_path: Path,
-) -> AsyncIterator[tuple[TestClient[Any, Any], serve.MirrorService]]:
+) -> AsyncIterator[tuple[TestClient[Any, Any], MirrorService]]:
     config = settings(tmp_path / "store", "http://127.0.0.1:9/none/")
-    service = serve.MirrorService(("127.0.0.1", 0), config)
+    service = MirrorService(("127.0.0.1", 0), config)
     await service.start(CollectorRegistry(), lambda line: None)
     try:
         app = make_app(CollectorRegistry(), {"mirror": service.status},
@@ -120,7 +121,7 @@ async def admin(
 
 
 async def test_uploads_need_the_token_and_are_served(
-    admin: tuple[TestClient[Any, Any], serve.MirrorService],
+    admin: tuple[TestClient[Any, Any], MirrorService],
 ) -> None:
     client, service = admin
     url = service.url

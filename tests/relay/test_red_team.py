@@ -7,8 +7,9 @@ import itertools
 
 import pytest
 
-from retreatkit import config, serve
+from retreatkit import config
 from retreatkit.relay import status
+from retreatkit.relay.hosted import relay_limits
 from retreatkit.relay.lifecycle import HANDSHAKE_BYTES, Ending, RelayCore
 from retreatkit.relay.matching import ATTACK_WINDOW, Limits, Matcher, NoSender, Refusal
 
@@ -133,6 +134,6 @@ def test_11_waiting_senders_are_capped_per_address() -> None:
 
 def test_11_waiting_times_out_in_minutes_not_an_hour() -> None:
     assert config.DEFAULTS["relay"]["wait_timeout"] == 600.0
-    limits = serve.relay_limits(config.DEFAULTS["relay"])
+    limits = relay_limits(config.DEFAULTS["relay"])
     assert limits == Limits()
     assert limits.wait_timeout == 600.0 and limits.waiting_per_ip == 20

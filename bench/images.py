@@ -1,0 +1,276 @@
+"""VM images against the same services as local processes: size, first answer, memory.
+
+    uv run python bench/images.py [--services relay,mirror,nameserver] [--kernels own,debian]
+                                  [--rounds 3] [--no-floor] [--write]
+
+For each service, and for each kernel (`own`: `retreatkit image kernel`, built first if
+missing; `debian`: Debian's cloud kernel), one run:
+
+  size     the image built by `retreatkit.image.build` (kernel + initramfs, bytes)
+  answer   seconds from qemu's start (under KVM if a timed boot shows it works here, else
+           TCG) to the service's first good answer through its forwarded port: the relay
+           answers `bob/1 send` with `ok NAMEPLATE`, the nameserver gives a local name's
+           address over UDP, the mirror answers GET / with 200. Median of --rounds boots
+           at --memory MB. The host RSS of qemu is read at that moment.
+  floor    the least guest memory (MB, a multiple of 8) at which the image boots and gives
+           that answer within 60 s, by bisection between 16 and --memory.
+  local    the same service as `retreatkit SERVICE` on loopback: seconds from its start to
+           the same first answer, and its RSS then.
+
+Targets with our kernel: image <= 8 MB, first answer <= 3 s under emulation, boots in
+64 MB. The table is printed; --write puts it in bench/RESULTS.md under
+`## VM images (bench/images.py)`; raw numbers go to bench/.work/images.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchlib import WORK, cpu_model, memory_mb, time_until, verdict, wait_quiet, write_section
+
+from retreatkit import config
+from retreatkit.image import build, kernel, qemu, run
+from retreatkit.image import spec as specs
+
+SECTION = "## VM images (bench/images.py)"
+ANSWER_TIMEOUT = 60.0
+RECORD = ("bench.retreat.lan", "10.9.8.7")
+
+
+def relay_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.sendall(b"bob/1 send\n")
+            return s.recv(64).startswith(b"ok ")
+    except OSError:
+        return False
+
+
+def nameserver_answers(host: str, port: int) -> bool:
+    import dns.exception
+    import dns.message
+    import dns.query
+
+    try:
+        reply = dns.query.udp(dns.message.make_query(RECORD[0], "A"), host, port=port, timeout=0.3)
+    except (OSError, dns.exception.DNSException):
+        return False
+    return any(r.to_text() == RECORD[1] for rrset in reply.answer for r in rrset)
+
+
+def mirror_answers(host: str, port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=0.5) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+ANSWERS: dict[str, Callable[[str, int], bool]] = {
+    "relay": relay_answers,
+    "nameserver": nameserver_answers,
+    "mirror": mirror_answers,
+}
+
+
+def bench_config(folder: Path) -> dict[str, object]:
+    cfg = config.load(None)
+    cfg["mirror"].update(pypi="http://127.0.0.1:9/simple/", opam="http://127.0.0.1:9/opam")
+    cfg["mirror"]["store"] = str(folder / "store")
+    cfg["nameserver"].update(upstreams=["127.0.0.1:9"], records=dict([RECORD]))
+    return cfg
+
+
+@dataclass
+class Boot:
+    answer_seconds: float | None  # None: no answer within ANSWER_TIMEOUT
+    qemu_rss_mb: float
+
+
+def boot_once(image: Path, service: str, memory: int, cfg: dict[str, object]) -> Boot:
+    """One boot to the first good answer; the guest is powered off right after."""
+
+    async def go() -> Boot:
+        launch = run.Launch.prepare(image, cfg, "bench", [], memory)
+        port = launch.forwards[0].port
+        accel = await asyncio.to_thread(qemu.accel, image / "kernel", launch.manifest["machine"])
+        with tempfile.TemporaryDirectory() as scratch:
+            guest = run.Guest(launch, Path(scratch), run.ConsoleLog(Path(scratch) / "console"))
+            start = time.monotonic()
+            await guest.start(accel)
+            pid = guest.pid
+            assert pid is not None
+
+            def answered_or_gone() -> bool:  # a guest out of memory panics, and qemu exits
+                return not Path(f"/proc/{pid}").exists() or ANSWERS[service]("127.0.0.1", port)
+
+            try:
+                seconds = await asyncio.to_thread(
+                    time_until, answered_or_gone, ANSWER_TIMEOUT, start
+                )
+                rss = memory_mb(pid)[0] if guest.running else 0.0
+                if not guest.running:
+                    seconds = None
+            finally:
+                guest.kill()
+                await guest.wait()
+        return Boot(seconds, rss)
+
+    return asyncio.run(go())
+
+
+def floor_mb(image: Path, service: str, top: int, cfg: dict[str, object]) -> int | None:
+    """The least multiple of 8 MB that boots to an answer (bisection, 16 .. top)."""
+    low, high = 2, top // 8  # in units of 8 MB; high is known to boot (checked first)
+    if boot_once(image, service, high * 8, cfg).answer_seconds is None:
+        return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        if boot_once(image, service, middle * 8, cfg).answer_seconds is None:
+            low = middle
+        else:
+            high = middle
+    return high * 8
+
+
+def local_once(service: str, cfg_path: Path) -> tuple[float | None, float]:
+    """`retreatkit SERVICE` on loopback: seconds to its first answer, and its RSS then."""
+    port = qemu.free_port("127.0.0.1", ("udp", "tcp") if service == "nameserver" else ("tcp",))
+    argv = [sys.executable, "-m", "retreatkit.cli.main", "--config", str(cfg_path), service,
+            "--listen", f"127.0.0.1:{port}", "--admin", "127.0.0.1:0"]  # fmt: skip
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        seconds = time_until(lambda: ANSWERS[service]("127.0.0.1", port), ANSWER_TIMEOUT, start)
+        rss = memory_mb(proc.pid)[0]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return seconds, rss
+
+
+@dataclass
+class Row:
+    service: str
+    kind: str  # own, debian, local
+    size_bytes: int | None
+    answer_seconds: float | None
+    floor_mb: int | None
+    rss_mb: float
+    accel: str
+
+
+def measure(args: argparse.Namespace) -> list[Row]:
+    work = WORK / "images"
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = bench_config(work)
+    cfg_path = work / "retreat.toml"
+    cfg_path.write_text(
+        '[mirror]\npypi = "http://127.0.0.1:9/simple/"\nopam = "http://127.0.0.1:9/opam"\n'
+        f'store = "{work / "store"}"\n[nameserver]\nupstreams = ["127.0.0.1:9"]\n'
+        f'records = {{ "{RECORD[0]}" = "{RECORD[1]}" }}\n'
+    )
+    if "own" in args.kernels and kernel.own() is None:
+        kernel.build(print)
+    rows = []
+    for service in args.services:
+        for kind in args.kernels:
+            image = work / kind / service
+            manifest = build.build(service, image, kind)
+            answers, rss = [], []
+            for _ in range(args.rounds):
+                wait_quiet(args.quiet_wait)
+                boot = boot_once(image, service, args.memory, cfg)
+                if boot.answer_seconds is not None:
+                    answers.append(boot.answer_seconds)
+                    rss.append(boot.qemu_rss_mb)
+            floor = None if args.no_floor else floor_mb(image, service, args.memory, cfg)
+            machine = manifest["machine"]
+            rows.append(Row(service, kind, manifest["size_bytes"],
+                            statistics.median(answers) if answers else None, floor,
+                            statistics.median(rss) if rss else 0.0,
+                            qemu.accel(image / "kernel", machine)))  # fmt: skip
+            print(rows[-1], flush=True)
+        local = [local_once(service, cfg_path) for _ in range(args.rounds)]
+        good = [s for s, _ in local if s is not None]
+        rows.append(Row(service, "local", None, statistics.median(good) if good else None,
+                        None, statistics.median(r for _, r in local), "-"))  # fmt: skip
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _cell(value: float | int | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def table(rows: list[Row], args: argparse.Namespace) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"`uv run python bench/images.py --rounds {args.rounds} --memory {args.memory}` "
+        f"on {cpu_model()}; medians. Image = kernel + initramfs; first answer from qemu's "
+        "(or the process's) start; floor = least guest memory that boots to an answer; "
+        "RSS = qemu's (or the process's) resident memory at the first answer.",
+        "",
+        "| service | run as | accel | image MB | first answer s | floor MB | RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        size = None if r.size_bytes is None else r.size_bytes / 1e6
+        lines.append(f"| {r.service} | {r.kind} | {r.accel} | {_cell(size, '.1f')} | "
+                     f"{_cell(r.answer_seconds, '.2f')} | {_cell(r.floor_mb, 'd')} | "
+                     f"{r.rss_mb:.0f} |")  # fmt: skip
+    own = [r for r in rows if r.kind == "own"]
+    if own:
+        floor = (
+            "not measured"
+            if args.no_floor
+            else verdict(all(r.floor_mb is not None and r.floor_mb <= 64 for r in own))
+        )
+        lines += [
+            "",
+            "Targets with our kernel: image <= 8 MB "
+            f"{verdict(all((r.size_bytes or 0) <= 8e6 for r in own))}, first answer <= 3 s "
+            f"{verdict(all((r.answer_seconds or 99) <= 3 for r in own))}, boots in 64 MB "
+            f"{floor}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--services", default="relay,mirror,nameserver")
+    parser.add_argument("--kernels", default="own,debian")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory", type=int, default=256, help="MB for the timed boots")
+    parser.add_argument("--no-floor", action="store_true", help="skip the memory bisection")
+    parser.add_argument("--quiet-wait", type=float, default=30.0)
+    parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    args = parser.parse_args()
+    args.services = [s for s in args.services.split(",") if s]
+    args.kernels = [k for k in args.kernels.split(",") if k]
+    for service in args.services:
+        specs.spec(service)
+    rows = measure(args)
+    text = table(rows, args)
+    print(text)
+    (WORK / "images.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    if args.write:
+        write_section(SECTION, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""`retreatkit image kernel|build|run`: argument parsing and printing only.
+
+The builder's modules are imported when a command runs: `retreatkit.cli.main` is imported
+by every process, guests included, and they need none of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retreatkit.admin.token import load_or_create
+from retreatkit.image import spec
+
+if TYPE_CHECKING:
+    from retreatkit.image import run
+
+
+COMMANDS = ("image", "vm")
+
+
+def add_parsers(sub: Any) -> None:
+    image = sub.add_parser("image", help="build and boot single-service VM images")
+    isub = image.add_subparsers(dest="image_command", required=True, metavar="{kernel,build,run}")
+    k = isub.add_parser("kernel", help="build the small guest kernel once (cached)")
+    k.add_argument("--jobs", type=int, metavar="N", help="parallel compile jobs (default: CPUs)")
+    k.add_argument("--force", action="store_true", help="build again even if one is cached")
+    b = isub.add_parser("build", help="build SERVICE's image into DIR/SERVICE/")
+    b.add_argument("service", choices=sorted(spec.SPECS))
+    b.add_argument(
+        "-o", "--output", metavar="DIR", type=Path, default=Path("images"), help="default ./images"
+    )
+    b.add_argument(
+        "--kernel",
+        choices=("auto", "own", "debian"),
+        help="own (`image kernel`), debian (cloud) or auto (default: [images] kernel)",
+    )
+    b.add_argument("--config", metavar="FILE", type=Path, dest="sub_config", help="retreat.toml")
+    r = isub.add_parser("run", help="boot an image under qemu; Ctrl-C stops it cleanly")
+    r.add_argument("image", metavar="IMAGE", type=Path, help="a folder `image build` wrote")
+    r.add_argument(
+        "--forward",
+        metavar="tcp|udp:HOST:PORT:GUESTPORT",
+        action="append",
+        default=[],
+        help="repeatable; ports not named go to 127.0.0.1, any free port",
+    )
+    r.add_argument(
+        "--disk", metavar="FILE", type=Path, help="the mirror's store (ext4; made if missing)"
+    )
+    r.add_argument("--memory", metavar="MB", type=int, help="default: [images] memory")
+    r.add_argument(
+        "--console", metavar="FILE", type=Path, help="console log (default: state folder)"
+    )
+    r.add_argument("--config", metavar="FILE", type=Path, dest="sub_config", help="retreat.toml")
+    add_vm_parser(sub)
+
+
+def add_vm_parser(sub: Any) -> None:
+    vm = sub.add_parser("vm", help="run named guests under a supervisor (start, stop, stats)")
+    vsub = vm.add_subparsers(
+        dest="vm_command", required=True, metavar="{list,start,stop,console,stats,serve}"
+    )
+    vsub.add_parser("list", help="every guest: state, uptime, restarts, memory, CPU")
+    start = vsub.add_parser("start", help="define (with IMAGE) and start a guest")
+    start.add_argument("name", metavar="NAME")
+    start.add_argument("image", metavar="IMAGE", type=Path, nargs="?", help="an image folder")
+    start.add_argument(
+        "--forward", metavar="tcp|udp:HOST:PORT:GUESTPORT", action="append", default=[]
+    )
+    start.add_argument("--disk", metavar="FILE", type=Path, help="a data disk (made if missing)")
+    start.add_argument("--memory", metavar="MB", type=int, help="default: [images] memory")
+    start.add_argument("--restart", action="store_true", help="start it again when it exits")
+    start.add_argument("--config", metavar="FILE", type=Path, dest="sub_config")
+    stop = vsub.add_parser("stop", help="stop a guest cleanly")
+    stop.add_argument("name", metavar="NAME")
+    console = vsub.add_parser("console", help="a guest's console log")
+    console.add_argument("name", metavar="NAME")
+    console.add_argument("-n", "--lines", type=int, default=50, metavar="N")
+    console.add_argument("-f", "--follow", action="store_true")
+    stats = vsub.add_parser("stats", help="one guest's state, memory, CPU time and uptime")
+    stats.add_argument("name", metavar="NAME")
+    run = vsub.add_parser("serve", help="run the supervisor in the foreground")
+    run.add_argument("--admin", metavar="HOST:PORT", help="admin endpoint (default 127.0.0.1:0)")
+    run.add_argument("--until-idle", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+
+def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    from retreatkit.image import debs, guestconfig, kernel, kmod, qemu, run
+
+    errors = (
+        debs.PackageError,
+        kernel.KernelError,
+        kmod.ModuleError,
+        qemu.QemuError,
+        run.RunError,
+        guestconfig.GuestConfigError,
+        ValueError,
+        OSError,
+    )
+    try:
+        if args.command == "vm":
+            from retreatkit.cli import vm
+
+            code: int = vm.main(args, cfg)
+            return code
+        if args.image_command == "kernel":
+            kernel.build(_say, args.jobs, args.force)
+            return 0
+        if args.image_command == "build":
+            return _build(args, cfg)
+        return _run(args, cfg)
+    except errors as exc:
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"retreatkit: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("retreatkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _build(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    from retreatkit.image import build
+
+    out = args.output / args.service
+    manifest = build.build(args.service, out, args.kernel or cfg["images"]["kernel"], _say)
+    k, i = manifest["kernel"], manifest["initramfs"]
+    _say(
+        f"Built {out}: kernel {_mb(k['size_bytes'])} + initramfs {_mb(i['size_bytes'])}"
+        f" = {_mb(manifest['size_bytes'])}"
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    from retreatkit.image import paths, qemu, run
+
+    forwards = [qemu.Forward.parse(f) for f in args.forward]
+    memory = args.memory or int(cfg["images"]["memory"])
+    disk = args.disk.resolve() if args.disk else None
+    launch = run.Launch.prepare(args.image, cfg, load_or_create(), forwards, memory, disk)
+    console = args.console or paths.state_dir() / "console" / f"{launch.service}.log"
+    return asyncio.run(_boot(launch, console))
+
+
+def _echo(line: bytes) -> None:
+    sys.stderr.buffer.write(line)
+    sys.stderr.flush()
+
+
+async def _boot(launch: run.Launch, console: Path) -> int:
+    from retreatkit.image import qemu, run
+
+    loop = asyncio.get_running_loop()
+    asked = asyncio.Event()
+    guest: run.Guest | None = None
+
+    def interrupt() -> None:
+        if asked.is_set() and guest is not None:
+            guest.kill()  # a second Ctrl-C: power off now
+        asked.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt)
+    probe = asyncio.ensure_future(
+        asyncio.to_thread(qemu.accel, launch.image / "kernel", launch.manifest["machine"])
+    )
+    await asyncio.wait(
+        {probe, asyncio.ensure_future(asked.wait())}, return_when=asyncio.FIRST_COMPLETED
+    )
+    if asked.is_set():
+        return 130  # Ctrl-C before anything booted
+    accel = probe.result()
+    with tempfile.TemporaryDirectory(prefix="retreatkit-guest-") as run_dir:
+        guest = run.Guest(launch, Path(run_dir), run.ConsoleLog(console), echo=_echo)
+        try:
+            await guest.start(accel)
+            m = launch.manifest
+            _say(
+                f"Booting {launch.service} ({m['kernel']['label']}, {_mb(m['size_bytes'])}) "
+                f"in {launch.memory_mb} MB under {accel}; console log {console}"
+            )
+            for f in launch.forwards:
+                _say(f"Forward {f.proto} {f.host}:{f.port} -> guest port {f.guest_port}")
+            ended = asyncio.ensure_future(guest.wait())
+            ready = asyncio.ensure_future(guest.ready.wait())
+            stop = asyncio.ensure_future(asked.wait())
+            await asyncio.wait({ended, ready, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if ready.done():
+                _say(f"Guest {launch.service} up; admin on {launch.admin_url}/status")
+                await asyncio.wait({ended, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not ended.done():
+                _say("Stopping the guest cleanly (Ctrl-C again powers it off)")
+                await guest.stop()
+            for task in (ready, stop):
+                task.cancel()
+            await ended
+        finally:
+            guest.kill()
+            if guest.process is not None:
+                await guest.wait()
+    if guest.stopping:
+        _say("Guest stopped")
+        return 0
+    _say(f"The guest stopped by itself; its console log is {console}")
+    return 1

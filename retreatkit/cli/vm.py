@@ -1,0 +1,206 @@
+"""`retreatkit vm`: named guests under a supervisor, as `albatross-client` drives albatrossd.
+
+The supervisor is `retreatkit up` (with `[images] run`) or `retreatkit vm serve`; when
+none runs, `vm start` starts one in the background, which ends with its last guest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+from retreatkit import config, loop, serve
+from retreatkit.image import vmservice
+from retreatkit.image.paths import private_dir
+
+READY_SECONDS = 30.0  # for a supervisor started in the background to open its socket
+FOLLOW_SECONDS = 0.5
+
+
+class VmError(RuntimeError):
+    """What the supervisor refused or could not do, in one line."""
+
+
+def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    command = args.vm_command
+    try:
+        if command == "serve":
+            return _serve(args)
+        if command == "console":
+            return _console(args)
+        return asyncio.run(_client(args, cfg))
+    except VmError as exc:
+        print(f"retreatkit: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    admin_at = config.host_port(args.admin or "127.0.0.1:0")
+    service = vmservice.VmService(until_idle=args.until_idle)
+    serve.setup_logging()
+
+    def say(line: str) -> None:
+        _say(line)
+        if args.ready_fd is not None and line.startswith("Admin on "):
+            with contextlib.suppress(OSError):
+                os.write(args.ready_fd, b"ready\n")
+                os.close(args.ready_fd)
+
+    return loop.run(lambda: serve.serve([service], admin_at, say))
+
+
+def _spawn_supervisor() -> None:
+    """A supervisor in the background, detached from this terminal; we wait for its word."""
+    log = private_dir(vmservice.vm_dir()) / "supervisor.log"
+    read, write = os.pipe()
+    argv = [sys.executable, "-m", "retreatkit.cli.main", "vm", "serve", "--until-idle",
+            "--ready-fd", str(write)]  # fmt: skip
+    with log.open("ab") as out:
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                         pass_fds=(write,), start_new_session=True)  # fmt: skip
+    os.close(write)
+    with os.fdopen(read, "rb") as ready:
+        word = ready.readline()
+    if word != b"ready\n":
+        raise VmError(f"the supervisor did not start; see {log}")
+
+
+async def _request(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    connector = aiohttp.UnixConnector(path=str(vmservice.control_path()))
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        session.request(method, f"http://supervisor{path}", json=body) as response,
+    ):
+        if response.status != 200:
+            raise VmError((await response.text()).strip())
+        return await response.json()
+
+
+def _saved() -> list[dict[str, Any]]:
+    """Guests as their definitions on disk say, when no supervisor runs."""
+    from retreatkit.image.supervisor import Supervisor
+
+    folder = vmservice.vm_dir()
+    return Supervisor(folder, _say).items() if folder.exists() else []
+
+
+async def _client(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    running = vmservice.socket_in_use(vmservice.control_path())
+    command = args.vm_command
+    if command == "list":
+        guests = (await _request("GET", "/vm/guests"))["guests"] if running else _saved()
+        print(table(guests))
+        return 0
+    if command == "stats":
+        if running:
+            item = await _request("GET", f"/vm/guests/{args.name}")
+        else:
+            item = next((g for g in _saved() if g["name"] == args.name), None)
+            if item is None:
+                raise VmError(f"no guest named {args.name!r}; `retreatkit vm list` names them")
+        print(stats(item))
+        return 0
+    if command == "stop":
+        if not running:
+            raise VmError(f"{args.name} is not running (no supervisor is)")
+        await _request("POST", f"/vm/guests/{args.name}/stop")
+        _say(f"Guest {args.name} stopped")
+        return 0
+    if not running:
+        await asyncio.to_thread(_spawn_supervisor)
+    if args.image is not None:
+        definition = {
+            "image": str(args.image.resolve()),
+            "forwards": args.forward,
+            "memory_mb": args.memory or int(cfg["images"]["memory"]),
+            "disk": str(args.disk.resolve()) if args.disk else None,
+            "restart": args.restart,
+            "config": str(args.sub_config.resolve()) if args.sub_config else None,
+        }
+        await _request("PUT", f"/vm/guests/{args.name}", definition)
+    item = await _request("POST", f"/vm/guests/{args.name}/start")
+    _say(f"Guest {item['name']} ({item['service']}) starting; admin on {item['admin']}/status")
+    for forward in item["forwards"]:
+        _say(f"Forward {_forward(forward)}")
+    return 0
+
+
+def _forward(text: str) -> str:
+    proto, host, port, guest = text.split(":")
+    return f"{proto} {host}:{port} -> guest port {guest}"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def table(guests: list[dict[str, Any]]) -> str:
+    rows = [("NAME", "SERVICE", "STATE", "UPTIME", "RESTARTS", "MEMORY", "CPU", "ADMIN")]
+    for g in guests:
+        rows.append((g["name"], g["service"], g["state"], f"{g['uptime_seconds']:.0f} s",
+                     str(g["restarts"]), _mb(g["memory_bytes"]), f"{g['cpu_seconds']:.1f} s",
+                     g["admin"] or "-"))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)  # fmt: skip
+
+
+def stats(g: dict[str, Any]) -> str:
+    lines = [
+        ("name", g["name"]),
+        ("service", g["service"]),
+        ("state", g["state"]),
+        ("pid", str(g["pid"] or "-")),
+        ("uptime", f"{g['uptime_seconds']:.1f} s"),
+        ("restarts", str(g["restarts"])),
+        ("memory", f"{_mb(g['memory_bytes'])} (qemu resident; the guest has {g['memory_mb']} MB)"),
+        ("cpu", f"{g['cpu_seconds']:.2f} s"),
+        ("forwards", ", ".join(_forward(f) for f in g["forwards"])),
+        ("admin", f"{g['admin']}/status" if g["admin"] else "-"),
+        ("last exit", g["last_exit"] or "-"),
+        ("console", g["console"]),
+    ]
+    return "\n".join(f"{k}: {v}" for k, v in lines)
+
+
+def _console(args: argparse.Namespace) -> int:
+    log = vmservice.vm_dir() / args.name / "console.log"
+    if not log.exists():
+        raise VmError(f"no console log for {args.name!r} (has it ever started?)")
+    lines = log.read_bytes().splitlines(keepends=True)[-args.lines :] if args.lines else []
+    sys.stdout.buffer.write(b"".join(lines))
+    sys.stdout.flush()
+    if not args.follow:
+        return 0
+    stream = log.open("rb")
+    stream.seek(0, os.SEEK_END)
+    try:
+        while True:  # like tail -F: read what arrived, follow the log when it moves aside
+            chunk = stream.read()
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                continue
+            with contextlib.suppress(OSError):
+                if log.stat().st_ino != os.fstat(stream.fileno()).st_ino:
+                    stream.close()
+                    stream = log.open("rb")
+                    continue
+            time.sleep(FOLLOW_SECONDS)
+    finally:
+        stream.close()

@@ -1,0 +1,135 @@
+"""`retreatkit image build`: a kernel and an initramfs whose only program is one service.
+
+The output folder holds `kernel`, `initramfs` and `manifest.json` (what is inside, with
+sizes and SHA-256 hashes). Nothing in them depends on the time or the order files were
+found in: the same packages, environment and code give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from retreatkit.image import cpio, debs, kernel, kmod, payload, qemu, sysroot
+from retreatkit.image import spec as specs
+from retreatkit.image.elf import Elf
+
+CA_PACKAGE = "ca-certificates"
+CA_BUNDLE = "usr/lib/ssl/cert.pem"  # OpenSSL's default verify file in Debian's build
+MANIFEST = "manifest.json"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def base_tree(version: str) -> dict[str, cpio.Entry]:
+    """What every guest has before its programs: /init, device nodes, mount points."""
+    init = f"#!/usr/bin/python{version} -IS\nfrom retreatkit.image.init import main\nmain()\n"
+    return {
+        "init": cpio.file(init.encode(), executable=True),
+        # CPython seeds its hashes before anything mounts devtmpfs
+        "dev/console": cpio.chardev(5, 1),
+        "dev/null": cpio.chardev(1, 3, 0o666),
+        "dev/urandom": cpio.chardev(1, 9, 0o666),
+        "dev/random": cpio.chardev(1, 8, 0o666),
+        **{d: cpio.directory() for d in ("proc", "sys", "run", "etc", "var/lib/retreatkit")},
+        "tmp": cpio.directory(0o1777),
+    }
+
+
+def ca_bundle() -> tuple[bytes, debs.Package]:
+    package = debs.package(CA_PACKAGE)
+    certs = sorted((package.tree / "usr" / "share" / "ca-certificates").rglob("*.crt"))
+    return b"".join(c.read_bytes() for c in certs), package
+
+
+# every guest: a network card, entropy, and disks (the configuration disk at least)
+DEVICES = [qemu.NET, qemu.RNG, qemu.BLK]
+
+
+def build(
+    service: str,
+    out: Path,
+    which_kernel: str = "auto",
+    say: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Build `out/` for `service`; returns the manifest."""
+    image = specs.spec(service)
+    kern = kernel.choose(which_kernel)
+    say(f"Kernel: {kern.label}")
+    interp = sysroot.interpreter()
+    loaded = payload.probe(interp, service, image.leave_out)
+    origins = payload.select(interp, loaded, image.whole)
+    tree = base_tree(interp.version)
+    tree.update(payload.python_tree(interp, origins))
+    objects = [interp.binary, *payload.extension_files(origins)]
+    libraries = sysroot.Libraries(interp.packages).resolve(objects)
+    packages = {p.name: p for p in interp.packages}
+    for soname, (path, package) in libraries.items():
+        tree[f"{sysroot.GUEST_LIB}/{soname}"] = cpio.file(path.read_bytes(), executable=True)
+        packages[package.name] = package
+    loader = Elf.read(interp.binary).interpreter()
+    if loader and loader.lstrip("/") not in tree:
+        tree[loader.lstrip("/")] = cpio.symlink(f"/{sysroot.GUEST_LIB}/{Path(loader).name}")
+    if image.tls:
+        bundle, package = ca_bundle()
+        tree[CA_BUNDLE] = cpio.file(bundle)
+        packages[package.name] = package
+    modules: list[str] = []
+    if kern.modules is not None:
+        index = kmod.index(kern.modules)
+        wanted = qemu.modaliases(kern.machine, DEVICES)
+        if image.disk:
+            wanted.append("fs-ext4")
+        for module in index.load_order(wanted):
+            tree[f"lib/modules/{module.name}.ko"] = cpio.file(
+                (kern.modules / module.path).read_bytes()
+            )
+            modules.append(module.name)
+        tree["lib/modules/order"] = cpio.file("".join(f"{m}.ko\n" for m in modules).encode())
+    initramfs = cpio.initramfs(tree)
+    kernel_bytes = kern.image.read_bytes()
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in (("kernel", kernel_bytes), ("initramfs", initramfs)):
+        partial = out / f"{name}.partial"
+        partial.write_bytes(data)
+        partial.replace(out / name)
+    manifest = {
+        "service": service,
+        "machine": kern.machine,
+        "kernel": {
+            "kind": kern.kind,
+            "label": kern.label,
+            "size_bytes": len(kernel_bytes),
+            "sha256": _sha256(kernel_bytes),
+        },
+        "initramfs": {"size_bytes": len(initramfs), "sha256": _sha256(initramfs)},
+        "size_bytes": len(kernel_bytes) + len(initramfs),
+        "python": interp.version,
+        "ports": [[proto, port] for proto, port in image.ports],
+        "admin_port": specs.ADMIN_PORT,
+        "disk": image.disk,
+        "modules": modules,
+        "packages": sorted(
+            [p.name, p.version, _sha256(p.deb.read_bytes())] for p in packages.values()
+        ),
+        "files": [
+            {"path": "/" + path, "size_bytes": len(entry.data), "sha256": _sha256(entry.data)}
+            for path, entry in sorted(tree.items())
+            if entry.data
+        ],
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def load_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        doc: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        raise ValueError(f"{folder} is not an image (no readable {MANIFEST})") from None
+    return doc

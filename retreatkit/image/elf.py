@@ -1,0 +1,102 @@
+"""Just enough ELF64 to read a kernel module's `.modinfo` and a shared object's needs.
+
+The System V ABI's generic ELF layout (little-endian, 64-bit only: the images are x86_64).
+Reading these ourselves, rather than running `ldd` or `modinfo`, keeps the build free of
+the host's loader and kmod, and works on files that were never installed.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+SHT_DYNAMIC = 6
+PT_INTERP = 3
+DT_NEEDED = 1
+DT_SONAME = 14
+
+
+class ElfError(ValueError):
+    """The file is not a 64-bit little-endian ELF object we can read."""
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    kind: int
+    offset: int
+    size: int
+    link: int
+
+
+class Elf:
+    def __init__(self, data: bytes, name: str = "") -> None:
+        if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+            raise ElfError(f"{name or 'file'} is not a 64-bit little-endian ELF object")
+        self.data = data
+        self.name = name
+        phoff, shoff = struct.unpack_from("<QQ", data, 0x20)
+        phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from("<HHHHH", data, 0x36)
+        self.segments = [
+            struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize) for i in range(phnum)
+        ]
+        raw = [struct.unpack_from("<IIQQQQII", data, shoff + i * shentsize) for i in range(shnum)]
+        names = raw[shstrndx][4] if raw else 0
+        self.sections = [
+            Section(self._string(names, name_at), kind, offset, size, link)
+            for name_at, kind, _flags, _addr, offset, size, link, _info in raw
+        ]
+
+    @classmethod
+    def read(cls, path: Path) -> Elf:
+        return cls(path.read_bytes(), str(path))
+
+    def _string(self, table_offset: int, at: int) -> str:
+        start = table_offset + at
+        return self.data[start : self.data.index(b"\0", start)].decode("utf-8", "replace")
+
+    def section(self, name: str) -> bytes | None:
+        for s in self.sections:
+            if s.name == name:
+                return self.data[s.offset : s.offset + s.size]
+        return None
+
+    def interpreter(self) -> str | None:
+        """The program loader a dynamically linked executable names (PT_INTERP)."""
+        for kind, _flags, offset, _vaddr, _paddr, filesz in self.segments:
+            if kind == PT_INTERP:
+                return self.data[offset : offset + filesz].rstrip(b"\0").decode()
+        return None
+
+    def _dynamic(self, tag: int) -> list[str]:
+        found: list[str] = []
+        for s in self.sections:
+            if s.kind != SHT_DYNAMIC:
+                continue
+            strings = self.sections[s.link].offset
+            for at in range(s.offset, s.offset + s.size, 16):
+                d_tag, d_val = struct.unpack_from("<qQ", self.data, at)
+                if d_tag == 0:
+                    break
+                if d_tag == tag:
+                    found.append(self._string(strings, d_val))
+        return found
+
+    def needed(self) -> list[str]:
+        """The shared libraries the dynamic loader must find (DT_NEEDED), in order."""
+        return self._dynamic(DT_NEEDED)
+
+    def soname(self) -> str | None:
+        names = self._dynamic(DT_SONAME)
+        return names[0] if names else None
+
+    def modinfo(self) -> list[tuple[str, str]]:
+        """A kernel module's `key=value` strings (alias, depends, softdep, ...)."""
+        raw = self.section(".modinfo") or b""
+        pairs: list[tuple[str, str]] = []
+        for item in raw.split(b"\0"):
+            key, sep, value = item.decode("utf-8", "replace").partition("=")
+            if sep:
+                pairs.append((key, value))
+        return pairs

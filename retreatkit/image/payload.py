@@ -1,0 +1,216 @@
+"""The Python a guest needs: the modules its service loads, precompiled, and their libraries.
+
+Which modules: the probe (`retreatkit.image.guest`) runs the service under the guest's own
+interpreter and reports what it loaded. The standard library and retreatkit ship exactly
+those modules; a third-party package ships whole (its pure-Python part), because libraries
+such as dnspython import parts of themselves only when a message needs them.
+
+Modules ship as sourceless, unchecked-hash .pyc files (PEP 552) compiled with -OO by the
+guest's interpreter: no source, no timestamps, so the same inputs give the same bytes.
+Extension modules ship stripped.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import subprocess
+import sysconfig
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import retreatkit
+from retreatkit.image import cpio
+from retreatkit.image.debs import PackageError
+from retreatkit.image.paths import cache_dir
+from retreatkit.image.sysroot import Interpreter
+
+PROBE = """
+import json, sys
+paths, leave_out, service = json.loads(sys.argv[1])
+sys.path.extend(paths)
+class LeaveOut:  # a meta path finder; importlib.abc itself would import half the stdlib
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in leave_out or name in leave_out:
+            raise ModuleNotFoundError(f"{name} is left out of the image", name=name)
+        return None
+sys.meta_path.insert(0, LeaveOut())
+import retreatkit.image.init, retreatkit.image.guest as guest
+guest.probe(service)
+print(json.dumps({n: getattr(getattr(m, "__spec__", None), "origin", None)
+                  for n, m in list(sys.modules.items())}))
+"""
+
+COMPILE = """
+import json, py_compile, sys
+for source, target, shown in json.load(sys.stdin):
+    py_compile.compile(source, cfile=target, dfile=shown, doraise=True, optimize=2,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+"""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a module's file comes from, and where it goes in the guest."""
+
+    source: Path
+    guest: str  # path in the guest, without the leading /
+
+
+@functools.cache
+def site_roots() -> list[Path]:
+    """The project's environment: its site-packages and where retreatkit itself lives."""
+    roots = [Path(sysconfig.get_path("purelib")), Path(sysconfig.get_path("platlib"))]
+    roots.append(Path(retreatkit.__file__).resolve().parent.parent)
+    return list(dict.fromkeys(roots))
+
+
+def probe(interp: Interpreter, service: str, leave_out: tuple[str, ...]) -> dict[str, str]:
+    """module name -> the file it was loaded from, for every module the service loaded."""
+    arg = json.dumps([[str(p) for p in site_roots()], list(leave_out), service])
+    try:
+        done = subprocess.run(
+            [str(interp.binary), "-I", "-S", "-c", PROBE, arg],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PackageError(f"the guest's interpreter did not run here: {exc}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PackageError(f"probing the {service} service failed: {last}")
+    loaded: dict[str, str | None] = json.loads(done.stdout.strip().splitlines()[-1])
+    return {n: o for n, o in loaded.items() if o and o not in ("built-in", "frozen")}
+
+
+def _guest_path(interp: Interpreter, path: Path) -> str | None:
+    libdir = f"usr/lib/python{interp.version}"
+    if path.is_relative_to(interp.stdlib):
+        return f"{libdir}/{path.relative_to(interp.stdlib)}"
+    for root in site_roots():
+        if path.is_relative_to(root):
+            return f"{libdir}/{path.relative_to(root)}"
+    return None
+
+
+def select(interp: Interpreter, loaded: dict[str, str], whole: tuple[str, ...]) -> list[Origin]:
+    """The files to ship: each loaded module's, and every module of the packages in `whole`
+    (those that import parts of themselves only when a message needs them)."""
+    chosen: dict[str, Origin] = {}
+    for origin in loaded.values():
+        path = Path(origin)
+        guest = _guest_path(interp, path)
+        if guest is None:
+            raise PackageError(f"the probe loaded {path}, which is in no known tree")
+        chosen[guest] = Origin(path, guest)
+    for root in site_roots():
+        for name in whole:
+            for extra in sorted((root / name).rglob("*.py")):
+                extra_guest = _guest_path(interp, extra)
+                if extra_guest is not None:
+                    chosen.setdefault(extra_guest, Origin(extra, extra_guest))
+    return [chosen[k] for k in sorted(chosen)]
+
+
+def compile_all(interp: Interpreter, origins: list[Origin]) -> dict[str, cpio.Entry]:
+    """Sourceless .pyc for every .py, compiled once per content by the guest's Python."""
+    folder = cache_dir() / "pyc" / interp.root.name
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    targets: dict[str, Path] = {}
+    for o in origins:
+        if o.source.suffix != ".py":
+            continue
+        key = hashlib.sha256(o.source.read_bytes() + o.guest.encode()).hexdigest()
+        target = folder / f"{key}.pyc"
+        targets[o.guest[:-3] + ".pyc"] = target
+        if not target.exists():
+            jobs.append([str(o.source), str(target), "/" + o.guest])
+    if jobs:
+        done = subprocess.run(
+            [str(interp.binary), "-I", "-S", "-c", COMPILE],
+            input=json.dumps(jobs),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise PackageError(f"compiling the guest's modules failed: {last}")
+    return {g: cpio.file(t.read_bytes()) for g, t in targets.items()}
+
+
+def stripped(path: Path) -> bytes:
+    """An extension module or library without symbols, once per content (binutils' strip)."""
+    data = path.read_bytes()
+    target = cache_dir() / "stripped" / hashlib.sha256(data).hexdigest()
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        try:
+            subprocess.run(
+                ["strip", "--strip-unneeded", "-o", str(partial), str(path)],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+        except FileNotFoundError:
+            raise PackageError("strip not found: building images needs binutils") from None
+        except subprocess.CalledProcessError as exc:
+            raise PackageError(f"strip {path.name} failed: {exc.stderr.decode().strip()}") from None
+        partial.replace(target)
+    return target.read_bytes()
+
+
+def zipped(members: dict[str, bytes]) -> bytes:
+    """A zip with fixed dates and order: the same members give the same bytes."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, members[name], compresslevel=9)
+    return out.getvalue()
+
+
+def python_tree(interp: Interpreter, origins: list[Origin]) -> dict[str, cpio.Entry]:
+    """Guest path -> entry for the interpreter and every module it will load.
+
+    Pure-Python modules go in `pythonXY.zip`, first on the interpreter's default path:
+    the initramfs stays in the guest's RAM for good, and compressed there it costs a third.
+    Packages holding an extension module stay as files, which zipimport cannot load.
+    """
+    libdir = f"usr/lib/python{interp.version}"
+    # getpath finds the standard library by its os module, which is frozen into the binary
+    landmark = Origin(interp.stdlib / "os.py", f"{libdir}/os.py")
+    compiled = compile_all(interp, [*origins, landmark])
+    on_disk = {
+        o.guest.split("/")[3]
+        for o in origins
+        if o.source.suffix == ".so" and o.guest.count("/") > 3
+    }
+    tree: dict[str, cpio.Entry] = {}
+    members: dict[str, bytes] = {}
+    for path, entry in compiled.items():
+        rel = path[len(libdir) + 1 :]
+        if rel.split("/")[0] in on_disk or rel == "os.pyc":
+            tree[path] = entry
+        else:
+            members[rel] = entry.data
+    tree[f"usr/lib/python{interp.version.replace('.', '')}.zip"] = cpio.file(zipped(members))
+    for o in origins:
+        if o.source.suffix == ".so":
+            tree[o.guest] = cpio.file(stripped(o.source), executable=True)
+    tree[f"usr/bin/python{interp.version}"] = cpio.file(interp.binary.read_bytes(), True)
+    # and the extension modules by this folder (exec_prefix's landmark)
+    tree.setdefault(f"{libdir}/lib-dynload", cpio.directory())
+    return tree
+
+
+def extension_files(origins: list[Origin]) -> list[Path]:
+    return [o.source for o in origins if o.source.suffix == ".so"]

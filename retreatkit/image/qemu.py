@@ -1,0 +1,242 @@
+"""qemu's command line for a guest, its port forwards, and whether KVM really works here."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from retreatkit.image.paths import cache_dir
+
+QEMU = "qemu-system-x86_64"
+KVM_PROBE_SECONDS = 8.0  # a kernel reaches its root-mount panic in < 1 s on working KVM
+
+
+class QemuError(RuntimeError):
+    """qemu is missing or cannot run this guest."""
+
+
+@dataclass(frozen=True)
+class VirtioDevice:
+    """Virtio 1.2 §5 device IDs, and the transitional PCI IDs (§4.1.2.1) qemu's pc gives."""
+
+    kind: str
+    virtio_id: int
+    pci_id: int
+    pci_class: int
+
+
+NET = VirtioDevice("net", 1, 0x1000, 0x020000)
+BLK = VirtioDevice("blk", 2, 0x1001, 0x010000)
+RNG = VirtioDevice("rng", 4, 0x1005, 0x00FF00)
+VIRTIO_VENDOR = 0x1AF4
+
+
+def modaliases(machine: str, devices: list[VirtioDevice]) -> list[str]:
+    """What the guest's devices announce, for a kernel that loads drivers as modules."""
+    found = []
+    for d in devices:
+        if machine == "pc":
+            cls = d.pci_class
+            found.append(
+                f"pci:v{VIRTIO_VENDOR:08X}d{d.pci_id:08X}sv{VIRTIO_VENDOR:08X}sd{d.virtio_id:08X}"
+                f"bc{cls >> 16:02X}sc{(cls >> 8) & 0xFF:02X}i{cls & 0xFF:02X}"
+            )
+        found.append(f"virtio:d{d.virtio_id:08X}v{VIRTIO_VENDOR:08X}")
+    return found
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A host address forwarded to a guest port (qemu user networking's hostfwd)."""
+
+    proto: str  # "tcp" or "udp"
+    host: str
+    port: int
+    guest_port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Forward:
+        """`tcp|udp:HOST:PORT:GUESTPORT` (HOST may be empty: 127.0.0.1)."""
+        parts = text.split(":")
+        if len(parts) != 4 or parts[0] not in ("tcp", "udp"):
+            raise ValueError(f"expected tcp|udp:HOST:PORT:GUESTPORT, got {text!r}")
+        proto, host, port, guest = parts
+        if not (port.isdigit() and guest.isdigit()) or int(port) > 65535 or int(guest) > 65535:
+            raise ValueError(f"expected tcp|udp:HOST:PORT:GUESTPORT, got {text!r}")
+        return cls(proto, host or "127.0.0.1", int(port), int(guest))
+
+    def __str__(self) -> str:
+        return f"{self.proto}:{self.host}:{self.port}:{self.guest_port}"
+
+
+def free_port(host: str, protos: tuple[str, ...] = ("tcp",)) -> int:
+    """A port free for every protocol in `protos`, released for qemu to bind. It is drawn
+    below the kernel's ephemeral range: a port 0 bind would hand out one that the next
+    outgoing connection or port-0 server on this host may take before qemu binds it."""
+    kinds = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+    low = min(_ephemeral_low(), 65536)
+    for _ in range(200):
+        port = secrets.randbelow(low - 10000) + 10000 if low > 11000 else 0
+        with contextlib.ExitStack() as stack:
+            try:
+                for proto in protos:
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, kinds[proto]))
+                    sock.bind((host, port))
+                    port = sock.getsockname()[1]
+            except OSError:
+                continue
+            return port
+    raise QemuError(f"no free port on {host}")
+
+
+def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def bind_forwards(forwards: list[Forward]) -> list[Forward]:
+    """Port 0 becomes a free port; the same host port for UDP and TCP stays the same."""
+    chosen: dict[tuple[str, int], int] = {}
+    out = []
+    for f in forwards:
+        if f.port == 0:
+            key = (f.host, f.guest_port)
+            if key not in chosen:
+                protos = tuple(
+                    sorted(
+                        {g.proto for g in forwards if (g.host, g.guest_port) == key and g.port == 0}
+                    )
+                )
+                chosen[key] = free_port(f.host, protos)
+            f = Forward(f.proto, f.host, chosen[key], f.guest_port)
+        out.append(f)
+    return out
+
+
+def qemu_binary() -> str:
+    found = shutil.which(QEMU)
+    if found is None:
+        raise QemuError(
+            f"{QEMU} not found: apt-get install --no-install-recommends qemu-system-x86"
+        )
+    return found
+
+
+def kernel_args(machine: str) -> str:
+    base = "console=ttyS0 quiet panic=-1"
+    if machine == "microvm":
+        # no ACPI: qemu names the virtio-mmio devices on the command line; a triple fault
+        # is microvm's reset (it has no keyboard controller), and the PIT times the TSC
+        return f"{base} acpi=off reboot=t"
+    return base
+
+
+def argv(
+    machine: str,
+    kernel: Path,
+    initramfs: Path | None,
+    *,
+    memory_mb: int,
+    accel: str,
+    forwards: Sequence[Forward] = (),
+    disks: Sequence[tuple[Path, bool]] = (),
+    console_log: Path | None = None,
+    append: str = "",
+) -> list[str]:
+    """The command line: no defaults, no reboot (a guest reset ends qemu), serial on stdio."""
+    microvm = machine == "microvm"
+    suffix = "device" if microvm else "pci"
+    chardev = "stdio,id=con,signal=off"
+    if console_log is not None:
+        chardev += f",logfile={console_log},logappend=on"
+    args = [
+        qemu_binary(),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-M",
+        "microvm,pit=on,rtc=on,acpi=off" if microvm else "pc",
+        "-accel",
+        accel,
+        "-m",
+        f"{memory_mb}M",
+        "-smp",
+        "1",
+        "-chardev",
+        chardev,
+        "-serial",
+        "chardev:con",
+        "-kernel",
+        str(kernel),
+        "-append",
+        f"{kernel_args(machine)} {append}".strip(),
+    ]
+    if initramfs is not None:
+        args += ["-initrd", str(initramfs)]
+    fwd = "".join(f",hostfwd={f.proto}:{f.host}:{f.port}-:{f.guest_port}" for f in forwards)
+    rom = "" if microvm else ",romfile="
+    args += ["-netdev", f"user,id=net0{fwd}", "-device", f"virtio-net-{suffix},netdev=net0{rom}"]
+    args += [
+        "-object",
+        "rng-random,id=rng0,filename=/dev/urandom",
+        "-device",
+        f"virtio-rng-{suffix},rng=rng0",
+    ]
+    for number, (path, readonly) in enumerate(disks):
+        ro = ",readonly=on" if readonly else ""
+        args += [
+            "-drive",
+            f"file={path},if=none,id=disk{number},format=raw{ro}",
+            "-device",
+            f"virtio-blk-{suffix},drive=disk{number}",
+        ]
+    return args
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def accel(kernel: Path, machine: str) -> str:
+    """`kvm` if a timed boot of this kernel under KVM reaches its first panic, else `tcg`.
+
+    /dev/kvm can exist and still not run a guest (a paravirtual KVM that hangs stock
+    kernels): only a real boot tells. The verdict is kept until the host reboots.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    digest = hashlib.sha256(kernel.read_bytes()).hexdigest()[:16]
+    verdict = cache_dir() / "accel" / f"{_boot_id()}-{digest}"
+    if verdict.exists():
+        return verdict.read_text().strip()
+    args = argv(machine, kernel, None, memory_mb=64, accel="kvm")
+    try:
+        done = subprocess.run(
+            args,
+            capture_output=True,
+            timeout=KVM_PROBE_SECONDS,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        works = b"Kernel panic" in done.stdout
+    except subprocess.TimeoutExpired:
+        works = False
+    result = "kvm" if works else "tcg"
+    verdict.parent.mkdir(parents=True, exist_ok=True)
+    verdict.write_text(result + "\n")
+    return result

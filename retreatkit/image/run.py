@@ -1,0 +1,258 @@
+"""One guest under qemu: its configuration disk, its console kept on the host, a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retreatkit.image import build, guestconfig, qemu
+from retreatkit.image import spec as specs
+
+CONSOLE_MAX = 1024 * 1024  # then the log moves to console.log.1: bounded on disk
+STOP_SECONDS = 30.0  # a clean stop under emulation takes well under this
+STOP_COMMAND = specs.STOP_COMMAND.encode() + b"\n"
+READY = b"Admin on http://"  # the guest's last start-up line
+CHUNK = 4096
+DEFAULT_DISK_SIZE = "4G"
+PR_SET_PDEATHSIG = 1
+
+
+class RunError(RuntimeError):
+    """The guest cannot be started as asked: the message says why."""
+
+
+@dataclass
+class Launch:
+    """Everything needed to boot an image: its folder, forwards, memory, disks."""
+
+    image: Path
+    forwards: list[qemu.Forward]
+    memory_mb: int
+    config: guestconfig.GuestConfig
+    disk: Path | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    disk_size: str = DEFAULT_DISK_SIZE  # when the disk is made
+
+    @classmethod
+    def prepare(
+        cls,
+        image: Path,
+        cfg: dict[str, Any],
+        token: str,
+        forwards: list[qemu.Forward],
+        memory_mb: int,
+        disk: Path | None = None,
+    ) -> Launch:
+        """Check the image and render its configuration for this boot."""
+        manifest = build.load_manifest(image)
+        service = manifest["service"]
+        if disk is not None and not manifest["disk"]:
+            raise RunError(f"the {service} image keeps no data: it takes no --disk")
+        config = guestconfig.render(service, cfg, token, disk is not None)
+        forwards = complete_forwards(manifest, forwards)
+        size = str(cfg["images"]["disk_size"])
+        return cls(image, forwards, memory_mb, config, disk, manifest, size)
+
+    @property
+    def service(self) -> str:
+        return str(self.manifest["service"])
+
+    @property
+    def admin_url(self) -> str:
+        return admin_url(self.forwards)
+
+
+def complete_forwards(manifest: dict[str, Any], forwards: list[qemu.Forward]) -> list[qemu.Forward]:
+    """`forwards`, plus every port the image serves (and its admin port) that they do not
+    name, on 127.0.0.1; port 0 becomes a free port."""
+    wanted = [(proto, port) for proto, port in manifest["ports"]]
+    wanted.append(("tcp", manifest["admin_port"]))
+    given = {(f.proto, f.guest_port) for f in forwards}
+    extra = [qemu.Forward(p, "127.0.0.1", 0, g) for p, g in wanted if (p, g) not in given]
+    return qemu.bind_forwards([*forwards, *extra])
+
+
+def admin_url(forwards: list[qemu.Forward]) -> str:
+    f = next(f for f in forwards if f.guest_port == specs.ADMIN_PORT and f.proto == "tcp")
+    host = "127.0.0.1" if f.host in ("0.0.0.0", "") else f.host
+    return f"http://{host}:{f.port}"
+
+
+def make_disk(path: Path, size: str = DEFAULT_DISK_SIZE) -> None:
+    """An empty ext4 disk image (sparse), made on the host: no root, no loop mount."""
+    mke2fs = shutil.which("mke2fs") or next(
+        (p for p in ("/usr/sbin/mke2fs", "/sbin/mke2fs") if Path(p).exists()), None
+    )
+    if mke2fs is None:
+        raise RunError("mke2fs not found: apt-get install e2fsprogs")
+    # inode tables and journal written now, so the guest's CPU does not do it later
+    done = subprocess.run(
+        [
+            mke2fs,
+            "-q",
+            "-t",
+            "ext4",
+            "-F",
+            "-L",
+            "retreatkit",
+            "-i",
+            "65536",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            str(path),
+            size,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        path.unlink(missing_ok=True)
+        raise RunError(f"cannot make the disk {path}: {done.stderr.strip()}")
+
+
+# the guest's tty ends lines with CR LF (CRs are dropped, even when a read splits the
+# pair); other control bytes, a terminal's escape sequences among them, are shown as "?"
+_CONTROLS = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
+_SHOWN = bytes.maketrans(_CONTROLS, b"?" * len(_CONTROLS))
+
+
+def printable(data: bytes) -> bytes:
+    return data.translate(_SHOWN, b"\r")
+
+
+class ConsoleLog:
+    """The guest's console, appended to a file that moves aside at CONSOLE_MAX."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, data: bytes) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.stat().st_size + len(data) > CONSOLE_MAX:
+                self.path.replace(self.path.with_name(self.path.name + ".1"))
+        with self.path.open("ab") as out:
+            out.write(data)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: if we die unexpectedly, the kernel kills qemu too, rather
+    than leave a guest holding its ports with nobody to stop it (prctl(2))."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Guest:
+    """A running qemu for one Launch; `stop()` asks the guest to shut down cleanly."""
+
+    def __init__(
+        self,
+        launch: Launch,
+        run_dir: Path,
+        console: ConsoleLog,
+        echo: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.launch = launch
+        self.run_dir = run_dir
+        self.console = console
+        self.echo = echo
+        self.process: asyncio.subprocess.Process | None = None
+        self.started = 0.0  # time.monotonic() of the qemu start
+        self.ready = asyncio.Event()
+        self.stopping = False
+        self._pump: asyncio.Task[None] | None = None
+
+    async def start(self, accel: str) -> None:
+        launch = self.launch
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config_disk = self.run_dir / "config.disk"
+        launch.config.write(config_disk)
+        disks: list[tuple[Path, bool]] = [(config_disk, True)]
+        if launch.disk is not None:
+            if not launch.disk.exists():
+                make_disk(launch.disk, launch.disk_size)
+            disks.append((launch.disk, False))
+        args = qemu.argv(
+            launch.manifest["machine"],
+            launch.image / "kernel",
+            launch.image / "initramfs",
+            memory_mb=launch.memory_mb,
+            accel=accel,
+            forwards=launch.forwards,
+            disks=disks,
+        )
+        self.started = time.monotonic()
+        # its own session: a Ctrl-C at the terminal reaches us, and we stop it cleanly
+        self.process = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self._pump = asyncio.ensure_future(self._read_console())
+
+    async def _read_console(self) -> None:
+        """Copy the console to its log (and the terminal), in bounded chunks: what a guest
+        prints is not trusted, neither its line lengths nor its escape sequences."""
+        assert self.process is not None and self.process.stdout is not None
+        tail = b"\n"
+        while data := await self.process.stdout.read(CHUNK):
+            chunk = printable(data)
+            self.console.write(chunk)
+            if self.echo is not None:
+                self.echo(chunk)
+            if not self.ready.is_set():
+                tail = (tail + chunk)[-CHUNK:]
+                at = tail.find(b"\n" + READY)
+                if at >= 0 and b"\n" in tail[at + 1 :]:  # the whole line is out
+                    self.ready.set()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        code = await self.process.wait()
+        if self._pump is not None:
+            await self._pump  # the console up to qemu's last word
+        return code
+
+    async def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Ask for a clean shutdown on the console; power it off if it does not come."""
+        self.stopping = True
+        if not self.running:
+            return
+        assert self.process is not None and self.process.stdin is not None
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.process.stdin.write(STOP_COMMAND)
+            await self.process.stdin.drain()
+        try:
+            await asyncio.wait_for(self.wait(), timeout)
+        except TimeoutError:
+            self.kill()
+            await self.wait()
+
+    def kill(self) -> None:
+        if self.running:
+            assert self.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)

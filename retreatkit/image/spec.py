@@ -1,0 +1,72 @@
+"""What each service image holds and exposes: its ports, disk, and what it leaves out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ADMIN_PORT = 8080  # the admin endpoint inside every guest
+STOP_COMMAND = "shutdown"  # a line on the guest's console: the host asks for a clean stop
+DATA_MOUNT = "/var/lib/retreatkit"  # where the guest mounts its data disk
+FILES_DIR = "/etc/retreatkit/files"  # files the configuration carries (blocklists)
+# qemu's user networking (slirp): the guest's address, and the host's loopback and
+# resolver as the guest reaches them
+GUEST_ADDRESS = "10.0.2.15"
+GUEST_NETMASK = "255.255.255.0"
+HOST_FROM_GUEST = "10.0.2.2"
+DNS_FROM_GUEST = "10.0.2.3"
+
+
+@dataclass(frozen=True)
+class Spec:
+    service: str
+    ports: tuple[tuple[str, int], ...]  # (protocol, port in the guest)
+    disk: bool = False  # keeps data on a virtio-blk disk
+    tls: bool = False  # talks to HTTPS upstreams: ships ssl and CA certificates
+    leave_out: tuple[str, ...] = ()  # modules the guest never imports, even if allowed to
+    whole: tuple[str, ...] = ()  # packages shipped whole: they import parts of themselves late
+
+    @property
+    def tcp_port(self) -> int:
+        return next(port for proto, port in self.ports if proto == "tcp")
+
+
+# Every image ships ssl (and libcrypto, 4.7 MB): prometheus_client imports it whatever is
+# used. uvloop's speed matters little to a guest with one virtual CPU and costs 1.6 MB:
+# the guest runs the stdlib loop.
+# frozenlist's C++ extension would bring libstdc++; its pure-Python twin serves. The
+# compressors and uuid's C part bring libraries nothing here uses (imports of them are
+# guarded where the standard library makes them).
+# aiohttp's websocket reader has a pure-Python twin too, and no guest speaks websocket.
+COMMON_LEAVE_OUT = (
+    "uvloop",
+    "zeroconf",
+    "textual",
+    "rich",
+    "cryptography",
+    "spake2",
+    "frozenlist._frozenlist",
+    "bz2",
+    "_bz2",
+    "lzma",
+    "_lzma",
+    "_uuid",
+    "aiohttp._websocket.reader_c",
+    "aiohttp._websocket.mask",
+)
+# the mirror reads apt's Packages.xz and .bz2 indexes: it keeps the compressors
+MIRROR_LEAVE_OUT = tuple(m for m in COMMON_LEAVE_OUT if m not in ("bz2", "_bz2", "lzma", "_lzma"))
+SPECS = {
+    "relay": Spec("relay", (("tcp", 9000),), leave_out=COMMON_LEAVE_OUT),
+    "mirror": Spec("mirror", (("tcp", 8000),), disk=True, tls=True, leave_out=MIRROR_LEAVE_OUT),
+    # dnspython imports the class of each record type when it first meets one
+    "nameserver": Spec(
+        "nameserver", (("udp", 53), ("tcp", 53)), leave_out=COMMON_LEAVE_OUT, whole=("dns",)
+    ),
+}
+
+
+def spec(service: str) -> Spec:
+    try:
+        return SPECS[service]
+    except KeyError:
+        raise ValueError(f"no image for {service!r}; one of {', '.join(SPECS)}") from None

@@ -1,0 +1,261 @@
+"""Several named guests, as Albatross keeps unikernels: start, stop, restart on exit, stats.
+
+A guest's definition (image, forwards, memory, disk, restart policy, configuration file)
+lives in `<state>/vm/<name>/guest.json` beside its console log, so a definition outlives
+the process that supervised it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retreatkit import config
+from retreatkit.admin.token import load_or_create
+from retreatkit.image import build, qemu, run
+from retreatkit.image.paths import private_dir
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+QUICK_EXIT = 10.0  # a guest that dies sooner than this waits before its next start
+MAX_BACKOFF = 60.0
+
+
+class GuestError(ValueError):
+    """A guest name or definition the caller got wrong: the message says what to send."""
+
+
+@dataclass
+class Definition:
+    name: str
+    image: str  # an image folder, absolute
+    forwards: list[str]  # tcp|udp:HOST:PORT:GUESTPORT, ports fixed when defined
+    memory_mb: int = 128
+    disk: str | None = None
+    restart: bool = False  # start it again whenever it exits on its own
+    config: str | None = None  # retreat.toml the guest's configuration is rendered from
+    records: dict[str, str] = field(default_factory=dict)  # local names a nameserver adds
+
+    @classmethod
+    def parse(cls, doc: dict[str, Any]) -> Definition:
+        try:
+            defn = cls(**doc)
+        except TypeError as exc:
+            raise GuestError(f"bad guest definition: {exc}") from None
+        if not NAME.match(defn.name):
+            raise GuestError(
+                "a guest name is 1-32 of a-z, 0-9 and -, starting with a letter or digit"
+            )
+        for text in defn.forwards:
+            qemu.Forward.parse(text)
+        return defn
+
+
+@dataclass
+class Supervised:
+    definition: Definition
+    state: str = "stopped"  # running, stopped, restarting, failed
+    restarts: int = 0
+    guest: run.Guest | None = None
+    service: str = "?"
+    admin: str | None = None
+    last_exit: str | None = None
+    keeper: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+def proc_stats(pid: int) -> tuple[int, float]:
+    """(resident bytes, CPU seconds) of a live process, from /proc."""
+    rss = 0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+    cpu = 0.0
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss, cpu
+
+
+class Supervisor:
+    def __init__(
+        self,
+        root: Path,
+        say: Callable[[str], None],
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        self.root = root
+        self.say = say
+        self.on_idle = on_idle  # called when the last running guest has ended
+        self.guests: dict[str, Supervised] = {}
+        for saved in sorted(root.glob("*/guest.json")) if root.exists() else []:
+            with contextlib.suppress(OSError, ValueError, GuestError):
+                self._add(Definition.parse(json.loads(saved.read_text())))
+
+    def _add(self, definition: Definition) -> Supervised:
+        entry = self.guests.get(definition.name)
+        if entry is None:
+            entry = self.guests[definition.name] = Supervised(definition)
+        else:
+            entry.definition = definition
+        forwards = [qemu.Forward.parse(f) for f in definition.forwards]
+        entry.admin = run.admin_url(forwards)
+        with contextlib.suppress(ValueError):
+            entry.service = build.load_manifest(Path(definition.image))["service"]
+        return entry
+
+    def folder(self, name: str) -> Path:
+        return private_dir(self.root / name)
+
+    def get(self, name: str) -> Supervised:
+        if name not in self.guests:
+            raise KeyError(name)
+        return self.guests[name]
+
+    def define(self, definition: Definition) -> Supervised:
+        """Add or replace a definition (ports 0 become fixed ones now); saved to disk."""
+        entry = self.guests.get(definition.name)
+        if entry is not None and entry.state in ("running", "restarting"):
+            raise GuestError(f"guest {definition.name} is running: stop it first")
+        definition.image = str(Path(definition.image).resolve())
+        manifest = build.load_manifest(Path(definition.image))
+        given = [qemu.Forward.parse(f) for f in definition.forwards]
+        # every port fixed now: a restarted guest is where its clients left it
+        definition.forwards = [str(f) for f in run.complete_forwards(manifest, given)]
+        (self.folder(definition.name) / "guest.json").write_text(
+            json.dumps(asdict(definition), indent=1, sort_keys=True) + "\n"
+        )
+        return self._add(definition)
+
+    def _launch(self, definition: Definition) -> run.Launch:
+        cfg = config.load(Path(definition.config) if definition.config else None)
+        named = cfg["nameserver"]["records"]
+        named.update({k: v for k, v in definition.records.items() if k not in named})
+        disk = Path(definition.disk) if definition.disk else None
+        forwards = [qemu.Forward.parse(f) for f in definition.forwards]
+        return run.Launch.prepare(
+            Path(definition.image), cfg, load_or_create(), forwards, definition.memory_mb, disk
+        )
+
+    async def start(self, name: str) -> Supervised:
+        entry = self.get(name)
+        if entry.state in ("running", "restarting"):
+            return entry
+        qemu.qemu_binary()  # errors here reach the caller
+        launch = self._launch(entry.definition)
+        entry.state = "running"
+        entry.keeper = asyncio.ensure_future(self._keep(entry, launch))
+        return entry
+
+    async def _keep(self, entry: Supervised, launch: run.Launch) -> None:
+        try:
+            await self._run_until_done(entry, launch)
+        finally:
+            self.settle()
+
+    async def _run_until_done(self, entry: Supervised, launch: run.Launch) -> None:
+        name = entry.definition.name
+        folder = self.folder(name)
+        console = run.ConsoleLog(folder / "console.log")
+        backoff = 1.0
+        while True:
+            kernel = launch.image / "kernel"
+            guest = entry.guest = run.Guest(launch, folder / "run", console)
+            entry.state = "running"
+            began = time.monotonic()
+            try:
+                accel = await asyncio.to_thread(qemu.accel, kernel, launch.manifest["machine"])
+                await guest.start(accel)
+                ready = asyncio.ensure_future(self._announce(name, guest, entry.admin))
+                code = await guest.wait()
+                ready.cancel()
+                entry.last_exit = f"qemu exit code {code}"
+            except (OSError, RuntimeError) as exc:
+                entry.last_exit = f"could not start: {exc}"
+            if guest.stopping:
+                entry.state = "stopped"
+                return
+            if not entry.definition.restart:
+                entry.state = "failed"
+                self.say(f"Guest {name} stopped by itself ({entry.last_exit})")
+                return
+            entry.restarts += 1
+            entry.state = "restarting"
+            self.say(f"Guest {name} exited ({entry.last_exit}); restart {entry.restarts}")
+            lived = time.monotonic() - began
+            backoff = 1.0 if lived > QUICK_EXIT else min(backoff * 2, MAX_BACKOFF)
+            if lived < QUICK_EXIT:
+                await asyncio.sleep(backoff)  # a guest dying at boot must not spin the host
+            try:
+                launch = self._launch(entry.definition)  # retreat.toml may have changed
+            except (ValueError, OSError) as exc:
+                entry.state, entry.last_exit = "failed", f"could not start: {exc}"
+                return
+
+    async def _announce(self, name: str, guest: run.Guest, admin: str | None) -> None:
+        await guest.ready.wait()
+        self.say(f"Guest {name} up; admin on {admin}/status")
+
+    async def stop(self, name: str) -> Supervised:
+        entry = self.get(name)
+        keeper, guest = entry.keeper, entry.guest
+        if guest is not None:
+            guest.stopping = True
+            await guest.stop()
+        entry.state = "stopped"
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        return entry
+
+    async def close(self) -> None:
+        await asyncio.gather(
+            *(self.stop(n) for n, e in self.guests.items() if e.state != "stopped"),
+            return_exceptions=True,
+        )
+
+    def settle(self) -> None:
+        """Tell `on_idle` if nothing runs (after a guest that could not start)."""
+        if self.on_idle is not None and not self.active:
+            self.on_idle()
+
+    @property
+    def active(self) -> int:
+        return sum(1 for e in self.guests.values() if e.state in ("running", "restarting"))
+
+    def item(self, name: str) -> dict[str, Any]:
+        """One guest as docs/admin-api.md lists it."""
+        entry = self.get(name)
+        guest = entry.guest
+        live = guest is not None and guest.running and entry.state == "running"
+        pid = guest.pid if live and guest is not None else None
+        memory, cpu = proc_stats(pid) if pid is not None else (0, 0.0)
+        uptime = time.monotonic() - guest.started if live and guest is not None else 0.0
+        return {
+            "name": name,
+            "service": entry.service,
+            "image": entry.definition.image,
+            "state": entry.state,
+            "pid": pid,
+            "uptime_seconds": round(uptime, 1),
+            "restarts": entry.restarts,
+            "memory_bytes": memory,
+            "cpu_seconds": round(cpu, 2),
+            "forwards": entry.definition.forwards,
+            "admin": entry.admin,
+            "memory_mb": entry.definition.memory_mb,
+            "restart": entry.definition.restart,
+            "last_exit": entry.last_exit,
+            "console": str(self.root / name / "console.log"),
+        }
+
+    def items(self) -> list[dict[str, Any]]:
+        return [self.item(n) for n in sorted(self.guests)]

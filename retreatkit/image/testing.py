@@ -1,0 +1,92 @@
+"""Test tools for images: build them once per run, boot them with `retreatkit image run`."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from retreatkit.image.paths import cache_dir
+from retreatkit.testing import Process
+
+BOOT_TIMEOUT = 180.0  # a loaded CI machine emulating the guest: generous
+LINE = re.compile(
+    r"^(?:Forward (tcp|udp) (\S+):(\d+) -> guest port (\d+)"
+    r"|Guest (\S+) up; admin on (http://\S+)/status)$"
+)
+
+
+def retreatkit_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "retreatkit.cli.main", *args]
+
+
+def isolated_env(home: Path) -> dict[str, str]:
+    """State, data and home in `home`; the cache (packages, kernels) shared between runs."""
+    return {
+        "HOME": str(home),
+        "XDG_STATE_HOME": str(home / "state"),
+        "XDG_DATA_HOME": str(home / "data"),
+        "XDG_CACHE_HOME": str(cache_dir().parent),
+    }
+
+
+def build_image(service: str, out: Path, env: dict[str, str]) -> Path:
+    """`retreatkit image build SERVICE -o OUT`; its last line says what was built."""
+    done = subprocess.run(
+        retreatkit_argv("image", "build", service, "-o", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"image build {service} failed: {done.stderr}")
+    last = done.stderr.splitlines()[-1]
+    if not re.match(rf"^Built {re.escape(str(out / service))}: kernel \d+\.\d MB \+ initramfs "
+                    r"\d+\.\d MB = \d+\.\d MB$", last):  # fmt: skip
+        raise AssertionError(f"image build {service} said {last!r}")
+    return out / service
+
+
+@dataclass
+class GuestProcess:
+    """A `retreatkit image run` process whose guest said it is up."""
+
+    process: Process
+    forwards: dict[tuple[str, int], tuple[str, int]]  # (proto, guest port) -> host address
+    admin: str
+
+    def port(self, guest_port: int, proto: str = "tcp") -> int:
+        return self.forwards[(proto, guest_port)][1]
+
+    def interrupt(self) -> tuple[int, list[str]]:
+        """Ctrl-C, as at a terminal; returns the exit code and every line printed."""
+        self.process.popen.send_signal(signal.SIGINT)
+        return self.process.finish(BOOT_TIMEOUT)
+
+    def stop(self) -> None:
+        if self.process.popen.poll() is None:
+            self.interrupt()
+        self.process.stop()
+
+
+def start_guest(
+    image: Path, *args: str, env: dict[str, str], config: Path | None = None
+) -> GuestProcess:
+    top = ["--config", str(config)] if config else []
+    proc = Process.start(retreatkit_argv(*top, "image", "run", str(image), *args), env=env)
+    forwards: dict[tuple[str, int], tuple[str, int]] = {}
+    try:
+        while True:
+            match = proc.wait_for(LINE.pattern, BOOT_TIMEOUT)
+            if match[6]:
+                return GuestProcess(proc, forwards, match[6])
+            forwards[(match[1], int(match[4]))] = (match[2], int(match[3]))
+    except BaseException:
+        proc.popen.send_signal(signal.SIGINT)
+        proc.stop()
+        raise

@@ -1,0 +1,250 @@
+"""The guest supervisor as a service: its admin routes, and a control socket for `retreatkit vm`.
+
+On the process's admin endpoint (docs/admin-api.md): `GET /vm/guests` and
+`POST /vm/guests/NAME/start|stop`. On the control socket, a UNIX socket only this user
+can open (`<state>/vm/control.sock`), the same routes plus `PUT /vm/guests/NAME` (define
+a guest) and `GET /vm/guests/NAME`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from retreatkit import config
+from retreatkit.image import build, qemu
+from retreatkit.image.paths import cache_dir, private_dir, state_dir
+from retreatkit.image.supervisor import Definition, GuestError, Supervisor
+
+log = logging.getLogger("retreatkit.vm")
+MAX_DEFINITION = 16 * 1024
+
+
+def vm_dir() -> Path:
+    return state_dir() / "vm"
+
+
+def control_path() -> Path:
+    return vm_dir() / "control.sock"
+
+
+def _error(status: type[web.HTTPException], text: str) -> web.HTTPException:
+    return status(text=text + "\n")
+
+
+class Handlers:
+    """The HTTP face of one Supervisor, for the admin endpoint and the control socket."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def _name(self, request: web.Request) -> str:
+        name = request.match_info["name"]
+        if name not in self.supervisor.guests:
+            raise _error(
+                web.HTTPNotFound, f"no guest named {name!r}; `retreatkit vm list` names them"
+            )
+        return name
+
+    async def list_guests(self, request: web.Request) -> web.Response:
+        return web.json_response({"guests": self.supervisor.items()})
+
+    async def get_guest(self, request: web.Request) -> web.Response:
+        return web.json_response(self.supervisor.item(self._name(request)))
+
+    async def start_guest(self, request: web.Request) -> web.Response:
+        name = self._name(request)
+        try:
+            await self.supervisor.start(name)
+        except (ValueError, OSError, RuntimeError) as exc:
+            self.supervisor.settle()
+            raise _error(web.HTTPBadRequest, f"cannot start {name}: {exc}") from None
+        return web.json_response(self.supervisor.item(name))
+
+    async def stop_guest(self, request: web.Request) -> web.Response:
+        name = self._name(request)
+        await self.supervisor.stop(name)
+        return web.json_response(self.supervisor.item(name))
+
+    async def define_guest(self, request: web.Request) -> web.Response:
+        raw = await request.content.read(MAX_DEFINITION + 1)
+        name = request.match_info["name"]
+        try:
+            if len(raw) > MAX_DEFINITION:
+                raise GuestError("a guest definition is at most 16 KiB")
+            doc = json.loads(raw)
+            if not isinstance(doc, dict):
+                raise GuestError("a guest definition is a JSON object")
+            self.supervisor.define(Definition.parse({**doc, "name": name}))
+        except ValueError as exc:
+            self.supervisor.settle()
+            raise _error(web.HTTPBadRequest, str(exc)) from None
+        return web.json_response(self.supervisor.item(name))
+
+    def admin_routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/vm/guests", self.list_guests),
+            web.post("/vm/guests/{name}/start", self.start_guest),
+            web.post("/vm/guests/{name}/stop", self.stop_guest),
+        ]
+
+    def control_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_DEFINITION)
+        app.router.add_routes(self.admin_routes())
+        app.router.add_get("/vm/guests/{name}", self.get_guest)
+        app.router.add_put("/vm/guests/{name}", self.define_guest)
+        return app
+
+
+def socket_in_use(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+class _Collector(Collector):
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Any:
+        guests = self.supervisor.guests.values()
+        yield GaugeMetricFamily("vm_guests_running", "guests running", value=self.supervisor.active)
+        yield CounterMetricFamily(
+            "vm_guest_restarts", "guest restarts", value=sum(g.restarts for g in guests)
+        )
+
+
+def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -> VmService:
+    """The guests `retreatkit up` runs for `[images] run`: each on its service's configured
+    address (forwarded to the guest), restarted when it exits, rebuilt at each start;
+    `address` is what the LAN names relay.retreat.lan and mirror.retreat.lan after."""
+    from retreatkit.image import spec as specs
+    from retreatkit.mirror.hosted import default_store
+
+    images = cfg["images"]
+    folder = Path(images["dir"]) if images["dir"] else cache_dir() / "images"
+    own = {"relay.retreat.lan": address, "mirror.retreat.lan": address}
+    definitions = []
+    for service in images["run"]:
+        image = specs.spec(service)
+        host, port = config.host_port(cfg[service]["listen"], image.ports[0][1])
+        forwards = [str(qemu.Forward(proto, host, port, guest)) for proto, guest in image.ports]
+        disk = None
+        if image.disk:  # beside where the in-process mirror keeps its store
+            disk = images["disk"] or str(default_store().parent / f"{service}.disk")
+        definitions.append(
+            Definition(
+                name=service, image=str(folder / service), forwards=forwards,
+                memory_mb=int(images["memory"]), disk=disk, restart=True,
+                config=str(config_path.resolve()) if config_path else None,
+                records=own if service == "nameserver" else {},
+            )
+        )  # fmt: skip
+    return VmService(definitions, build_kernel=images["kernel"])
+
+
+class VmService:
+    """Supervises guests in this process; `autostart` names guests to start with it, and
+    `until_idle` ends the process once no guest is left running (`retreatkit vm serve`)."""
+
+    name = "vm"
+
+    def __init__(
+        self,
+        autostart: list[Definition] | None = None,
+        until_idle: bool = False,
+        build_kernel: str | None = None,
+    ) -> None:
+        self.autostart = list(autostart or [])
+        self.until_idle = until_idle
+        self.build_kernel = build_kernel  # when set, build each autostart image first
+        self.supervisor: Supervisor | None = None
+        self._handlers: Handlers | None = None
+        self._runner: web.AppRunner | None = None
+        self._started = 0.0
+
+    async def start(self, registry: CollectorRegistry, say: Callable[[str], None]) -> None:
+        self._started = time.monotonic()
+        folder = private_dir(vm_dir())
+        on_idle = self._idle if self.until_idle else None
+        supervisor = self.supervisor = Supervisor(folder, say, on_idle)
+        self._handlers = Handlers(supervisor)
+        registry.register(_Collector(supervisor))
+        path = control_path()
+        if socket_in_use(path):
+            say(f"Another supervisor answers on {path}: `retreatkit vm` will not see these guests")
+        else:
+            path.unlink(missing_ok=True)
+            self._runner = web.AppRunner(self._handlers.control_app(), access_log=None)
+            await self._runner.setup()
+            await web.UnixSite(self._runner, str(path)).start()
+            path.chmod(0o600)
+            say(f"Supervisor control socket {path}")
+        for definition in self.autostart:
+            try:
+                await self._autostart(definition, say)
+            except (RuntimeError, ValueError) as exc:  # serve() reports an OSError in one line
+                raise OSError(f"the {definition.name} guest: {exc}") from None
+
+    async def _autostart(self, definition: Definition, say: Callable[[str], None]) -> None:
+        supervisor = self.supervisor
+        assert supervisor is not None
+        if self.build_kernel is not None:
+            out = Path(definition.image)
+            manifest = await asyncio.to_thread(build.build, out.name, out, self.build_kernel)
+            say(f"Image {out} built ({manifest['size_bytes'] / 1e6:.1f} MB)")
+        supervisor.define(definition)
+        await supervisor.start(definition.name)
+        admin = supervisor.item(definition.name)["admin"]
+        say(f"Guest {definition.name} starting; admin on {admin}/status")
+
+    def _idle(self) -> None:
+        log.info("no guest left running; the supervisor stops")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async def stop(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            with contextlib.suppress(OSError):
+                control_path().unlink()
+
+    def status(self) -> dict[str, Any]:
+        if self.supervisor is None:
+            return {"up": False}
+        guests = self.supervisor.guests.values()
+        return {
+            "up": True,
+            "uptime_seconds": round(time.monotonic() - self._started, 1),
+            "guests": len(self.supervisor.guests),
+            "guests_running": self.supervisor.active,
+            "restarts": sum(g.restarts for g in guests),
+            "warnings": [
+                f"guest {g.definition.name} failed: {g.last_exit}"
+                for g in guests
+                if g.state == "failed"
+            ],
+        }
+
+    def admin_routes(self) -> list[web.RouteDef]:
+        """GET /vm/guests and the start/stop actions, on the process's admin endpoint."""
+        assert self._handlers is not None
+        return self._handlers.admin_routes()

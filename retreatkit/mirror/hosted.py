@@ -1,0 +1,113 @@
+"""The mirror as a service of a retreatkit process: built from [mirror], with its admin routes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from retreatkit import config
+from retreatkit.lanaddress import choose as lan_address
+from retreatkit.mirror import apt as apt_format
+from retreatkit.mirror import local as mirror_local
+from retreatkit.mirror import local_http as mirror_local_http
+from retreatkit.mirror import resolver as mirror_resolver
+from retreatkit.mirror import server as mirror_server
+from retreatkit.mirror import status as mirror_status
+from retreatkit.mirror import upstreams
+from retreatkit.mirror.fetch import Limits as FetchLimits
+from retreatkit.mirror.server import Gate
+from retreatkit.mirror.service import Mirror, ServerLimits, Settings
+from retreatkit.mirror.status import MirrorCollector
+from retreatkit.serve import Say
+
+
+def default_store() -> Path:
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "retreatkit" / "mirror"
+
+
+class MirrorService:
+    name = "mirror"
+
+    def __init__(self, listen: tuple[str, int], settings: Settings) -> None:
+        self.listen = listen
+        self.settings = settings
+        self.mirror: Mirror | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._gate: Gate | None = None
+        self.url: str | None = None  # where this process reaches the mirror, once started
+        self.own_wheel: asyncio.Task[None] | None = None  # publishing the kit for attendees
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> MirrorService:
+        settings = Settings(
+            store=Path(section["store"]) if section["store"] else default_store(),
+            pypi=section["pypi"] or upstreams.default_pypi(),
+            opam=section["opam"] or upstreams.default_opam(),
+            index_ttl=float(section["index_ttl"]),
+            lists=list(section["lists"]),
+            limits=FetchLimits(
+                connect_timeout=float(section["connect_timeout"]),
+                headers_timeout=float(section["headers_timeout"]),
+                read_timeout=float(section["read_timeout"]),
+                index_timeout=float(section["index_timeout"]),
+            ),
+            server=ServerLimits(
+                per_address=int(section["per_address"]),
+                idle_timeout=float(section["idle_timeout"]),
+            ),
+            keep_free=int(section["keep_free_bytes"]),
+            public_url=str(section["public_url"]),
+            npm=section["npm"] or upstreams.default_npm(),
+            apt=apt_format.checked_origins(section["apt"]) or upstreams.default_apt(),
+            max_size=int(section["max_size_bytes"]),
+            allow_upstream=list(section["allow_upstream"]),
+        )
+        return cls(config.host_port(section["listen"]), settings)
+
+    async def start(self, registry: CollectorRegistry, say: Say) -> None:
+        self._session = mirror_resolver.session()
+        try:
+            self.mirror = Mirror(self.settings, self._session)
+            self._runner, self._gate = await mirror_server.listen(self.mirror, *self.listen)
+        except BaseException:
+            await self.stop()
+            raise
+        registry.register(MirrorCollector(self.status))
+        host, port = self._runner.addresses[0][:2]
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.url = f"http://{local}:{port}"
+        lan = lan_address().address if host in ("0.0.0.0", "::") else host
+        self.mirror.lan_url = f"http://{lan}:{port}"
+        say(f"Mirror listening on http://{host}:{port}/ (store {self.settings.store})")
+        for ecosystem in ("pypi", "opam", "npm"):
+            upstream = getattr(self.settings, ecosystem)
+            say(f"Mirror {ecosystem} upstream: {upstream or 'none (pass --' + ecosystem + ' URL)'}")
+        apt = ", ".join(f"{n}={u}" for n, u in self.settings.apt.items())
+        say(f"Mirror apt origins: {apt or 'none (pass --apt NAME=URL)'}")
+        self.mirror.start(done=say)  # the store check runs while the mirror serves
+        self.own_wheel = self.mirror.spawn(mirror_local.publish_own(self.mirror, say))
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.mirror is not None:
+            await self.mirror.close()
+        if self._session is not None:
+            await self._session.close()
+
+    def status(self) -> dict[str, Any]:
+        if self.mirror is None or self._gate is None:
+            return {}
+        return mirror_status.section(self.mirror, self.url is not None, self._gate.open)
+
+    def admin_routes(self) -> list[web.RouteDef]:
+        running = lambda: self.mirror  # noqa: E731
+        return mirror_status.admin_routes(running) + mirror_local_http.admin_routes(running)

@@ -1,0 +1,80 @@
+"""The nameserver's settings from [nameserver] and the command line."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from retreatkit import config
+from retreatkit.nameserver.blocklist import normalize
+from retreatkit.nameserver.gate import LAN
+from retreatkit.nameserver.local import parse_record
+from retreatkit.nameserver.service import Settings as NameserverSettings
+
+
+def resolv_conf_upstreams(path: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:
+    """The system resolver's own upstreams, the default for ours."""
+    try:
+        lines = path.read_text("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    return [(parts[1], 53) for parts in (line.split() for line in lines)
+            if len(parts) >= 2 and parts[0] == "nameserver"]  # fmt: skip
+
+
+def nameserver_settings(
+    section: dict[str, Any],
+    own: dict[str, str],
+    mirror: Callable[[], str | None] | None = None,
+) -> NameserverSettings:
+    """Settings from [nameserver]; `own` names the services of this process (name -> address);
+    `mirror` says where this process's own mirror is, if it hosts one."""
+    records = [parse_record(f"{name}={value}") for name, value in section["records"].items()]
+    records += [parse_record(r) for r in section.get("record_flags", [])]
+    named = {r.name for r in records}
+    records += [parse_record(f"{n}={a}") for n, a in own.items() if n not in named]
+    upstreams = [dns_server(u) for u in section["upstreams"]] or resolv_conf_upstreams()
+    forward = forward_rules(section["forward"], section.get("forward_flags", []))
+    if section["block_mode"] not in ("null", "nxdomain"):
+        raise ValueError("block mode is null or nxdomain")
+    return NameserverSettings(
+        listen=config.host_port(section["listen"], 53),
+        upstreams=upstreams,
+        blocklists=list(section["blocklists"]),
+        allow=list(section["allow"]),
+        records=records,
+        forward=forward,
+        block_mode=section["block_mode"],
+        networks=list(section["networks"]) or list(LAN),
+        rate_limit=int(section["rate_limit"]),
+        stale_for=float(section["stale_for"]),
+        reload_every=float(section["reload_every"]),
+        mirror=mirror or (lambda: section["mirror"] or None),
+    )
+
+
+def forward_rules(table: dict[str, Any], flags: list[str]) -> dict[str, list[tuple[str, int]]]:
+    """[nameserver.forward] (domain = "server" or a list) and --forward DOMAIN=SERVER flags."""
+    rules: dict[str, list[tuple[str, int]]] = {}
+    pairs = [(d, s) for d, v in table.items() for s in ([v] if isinstance(v, str) else v)]
+    for flag in flags:
+        domain, eq, server = flag.partition("=")
+        if not eq:
+            raise ValueError(f"expected --forward DOMAIN=SERVER, got {flag!r}")
+        pairs.append((domain, server))
+    for domain, server in pairs:
+        name = normalize(domain)
+        if name is None or not isinstance(server, str):
+            raise ValueError(f'forward: expected DOMAIN = "SERVER[:PORT]", got {domain!r}')
+        rules.setdefault(name, []).append(dns_server(server))
+    return rules
+
+
+def dns_server(text: str) -> tuple[str, int]:
+    """`ADDRESS`, `HOST:PORT` or `[V6]:PORT`; a bare IPv6 address is port 53."""
+    try:
+        return str(ipaddress.ip_address(text.strip("[]"))), 53
+    except ValueError:
+        return config.host_port(text, 53)

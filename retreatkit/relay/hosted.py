@@ -1,0 +1,54 @@
+"""The relay as a service of a retreatkit process: built from [relay], with its admin list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from retreatkit.relay.matching import Limits
+from retreatkit.relay.server import Relay
+from retreatkit.serve import Say
+
+
+def relay_limits(section: dict[str, Any]) -> Limits:
+    return Limits(
+        per_ip=int(section["per_ip"]),
+        waiting=int(section["waiting"]),
+        waiting_per_ip=int(section["waiting_per_ip"]),
+        handshake_timeout=float(section["handshake_timeout"]),
+        wait_timeout=float(section["wait_timeout"]),
+        idle_timeout=float(section["idle_timeout"]),
+        failed_joins=int(section["failed_joins"]),
+        failed_join_wait=float(section["failed_join_wait"]),
+    )
+
+
+class RelayService:
+    name = "relay"
+
+    def __init__(self, listen: tuple[str, int], limits: Limits) -> None:
+        self.listen = listen
+        self.limits = limits
+        self.relay: Relay | None = None
+
+    async def start(self, registry: CollectorRegistry, say: Say) -> None:
+        self.relay = Relay(self.limits, registry)
+        host, port = await self.relay.start(*self.listen)
+        say(f"Relay listening on {host}:{port}")
+
+    async def stop(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
+
+    def status(self) -> dict[str, Any]:
+        return self.relay.status() if self.relay else {"up": False}
+
+    def admin_routes(self) -> list[web.AbstractRouteDef]:
+        return [web.get("/relay/transfers", self._transfers)]
+
+    async def _transfers(self, request: web.Request) -> web.Response:
+        if self.relay is None:
+            return web.json_response({"active": [], "recent": []})
+        return web.json_response(self.relay.transfers())

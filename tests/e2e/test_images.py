@@ -1,0 +1,432 @@
+"""VM images built once per run, booted under qemu, used by real clients through forwards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from retreatkit.image.paths import cache_dir
+from retreatkit.image.testing import (
+    BOOT_TIMEOUT,
+    GuestProcess,
+    build_image,
+    isolated_env,
+    retreatkit_argv,
+    start_guest,
+)
+from retreatkit.mirror.testing import make_wheel, start_upstream, write_pypi
+from retreatkit.nameserver.testing import Dnsmasq
+from retreatkit.testing import Process, bob_argv
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("qemu-system-x86_64") is None or shutil.which("apt-get") is None,
+        reason="qemu-system-x86 and apt are needed (.ci/run installs qemu)",
+    ),
+]
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Each service's image, built the first time a test asks for it (once per run)."""
+    built: dict[str, Path] = {}
+
+    def get(service: str) -> Path:
+        if service not in built:
+            out = tmp_path_factory.mktemp("images")
+            built[service] = build_image(service, out, isolated_env(out / "home"))
+        return built[service]
+
+    return get
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return isolated_env(tmp_path / "home")
+
+
+def admin_get(url: str, env: dict[str, str]) -> bytes:
+    """A read from an admin endpoint with the user's token: a guest's endpoint is bound
+    beyond its loopback, so it answers nothing without it."""
+    token = (Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token").read_text().strip()
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        body: bytes = r.read()
+    return body
+
+
+def get_json(url: str, env: dict[str, str]) -> dict[str, object]:
+    doc: dict[str, object] = json.loads(admin_get(url, env))
+    return doc
+
+
+def qemu_of(guest: GuestProcess) -> int:
+    children = Path(f"/proc/{guest.process.pid}/task/{guest.process.pid}/children").read_text()
+    return int(children.split()[0])
+
+
+def test_relay_image_carries_a_bob_transfer(
+    image: Callable[[str], Path],
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    relay = image("relay")
+    guest = start_guest(relay, "--forward", "tcp:0.0.0.0:0:9000", "--memory", "64", env=env)
+    try:
+        # bob on this host, through the forward, by the host's name rather than loopback
+        address = f"{socket.gethostname()}:{guest.port(9000)}"
+        src = tmp_path / "notes.bin"
+        src.write_bytes(os.urandom(3_000_000))
+        sender = Process.start(
+            bob_argv("send", "--relay", address, str(src)),
+            env={"BOB_PASSPHRASE": "4-purple-sofa"},
+        )
+        sender.wait_for(r"^Passphrase: ", BOOT_TIMEOUT)
+        out = tmp_path / "out"
+        out.mkdir()
+        got = subprocess.run(
+            bob_argv("recv", "--relay", address, "--yes", "--output", str(out), "4-purple-sofa"),
+            capture_output=True,
+            text=True,
+            timeout=BOOT_TIMEOUT,
+            check=False,
+        )
+        code, lines = sender.finish(BOOT_TIMEOUT)
+        assert got.returncode == 0, got.stderr
+        assert code == 0, lines
+        assert (out / "notes.bin").read_bytes() == src.read_bytes()
+        relay_status = get_json(f"{guest.admin}/status", env)["relay"]
+        assert isinstance(relay_status, dict)
+        assert relay_status["bytes_relayed"] > 3_000_000  # the file went through the guest
+
+        # the admin token reaches the guest on its configuration disk, never on argv
+        token = (Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token").read_text().strip()
+        argv = Path(f"/proc/{qemu_of(guest)}/cmdline").read_bytes().split(b"\0")
+        assert token.encode() not in b" ".join(argv)
+        disk = next(a for a in argv if a.startswith(b"file=") and b"config.disk" in a)
+        config_disk = Path(disk.split(b",")[0][5:].decode())
+        assert config_disk.stat().st_mode & 0o777 == 0o600
+    finally:
+        code, lines = guest.interrupt()
+    assert code == 0, lines
+    assert "Stopping the guest cleanly (Ctrl-C again powers it off)" in lines
+    assert "Guest stopped" in lines
+    assert "retreatkit: guest stopping (exit code 0)" in lines
+    console = Path(env["XDG_STATE_HOME"]) / "retreatkit" / "console" / "relay.log"
+    assert "Relay listening on 0.0.0.0:9000" in console.read_text()
+    assert not config_disk.exists()  # the run folder goes with the guest
+
+
+HOSTS = "198.51.100.7 www.example.test\n198.51.100.8 ads.example.test\n"
+
+
+def dig(port: int, *args: str) -> list[str]:
+    done = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(port), "+short", "+time=5", "+tries=2", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout.split()
+
+
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig is not installed (.ci/run does)")
+def test_nameserver_image_answers_dig(
+    image: Callable[[str], Path],
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    nameserver = image("nameserver")
+    hosts = tmp_path / "hosts"
+    hosts.write_text(HOSTS)
+    upstream = Dnsmasq.start(hosts)
+    blocklist = tmp_path / "block.txt"
+    blocklist.write_text("||ads.example.test^\n")
+    config = tmp_path / "retreat.toml"
+    config.write_text(
+        f'[nameserver]\nupstreams = ["127.0.0.1:{upstream.port}"]\n'
+        f'blocklists = ["{blocklist}"]\nrecords = {{ "laptop.retreat.lan" = "10.0.0.7" }}\n'
+    )
+    guest: GuestProcess | None = None
+    try:
+        guest = start_guest(
+            nameserver,
+            "--forward",
+            "udp:127.0.0.1:0:53",
+            "--forward",
+            "tcp:127.0.0.1:0:53",
+            "--memory",
+            "64",
+            env=env,
+            config=config,
+        )
+        loaded = "blocklists loaded: 1 domains"  # beside the sockets: before or after "up"
+        if not any(loaded in line for line in guest.process.seen):
+            guest.process.wait_for(loaded, BOOT_TIMEOUT)
+        port = guest.port(53, "udp")
+        assert guest.port(53, "tcp") == port  # one port for both, as for any nameserver
+        assert dig(port, "www.example.test") == ["198.51.100.7"]  # via the host's dnsmasq
+        assert dig(port, "ads.example.test") == ["0.0.0.0"]  # the host's blocklist file
+        assert dig(port, "laptop.retreat.lan") == ["10.0.0.7"]  # a local record
+        assert dig(port, "+tcp", "www.example.test") == ["198.51.100.7"]
+        status = get_json(f"{guest.admin}/status", env)["nameserver"]
+        assert isinstance(status, dict)
+        assert status["blocked"] == 1
+    finally:
+        if guest is not None:
+            guest.stop()
+        upstream.stop()
+
+
+def pip_install(index: str, target: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--isolated",
+            "install",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            "--index-url",
+            index,
+            "demo-pkg",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=BOOT_TIMEOUT,
+        env={**env, "PIP_CONFIG_FILE": os.devnull},
+    )
+
+
+def test_mirror_image_store_survives_a_reboot(
+    image: Callable[[str], Path],
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    mirror = image("mirror")
+    root = tmp_path / "upstream"
+    write_pypi(root, {"demo-pkg": [make_wheel("demo-pkg", "1.0", pad=300_000)]})
+    upstream = start_upstream(root)
+    config = tmp_path / "retreat.toml"
+    config.write_text(
+        f'[mirror]\npypi = "{upstream.url}simple/"\nindex_ttl = 0.0\n[images]\ndisk_size = "256M"\n'
+    )
+    disk = tmp_path / "store.disk"
+    args = ("--disk", str(disk), "--memory", "96")
+    try:
+        guest = start_guest(mirror, *args, env=env, config=config)
+        try:
+            index = f"http://127.0.0.1:{guest.port(8000)}/pypi/simple/"
+            first = pip_install(index, tmp_path / "t1")
+            assert first.returncode == 0, first.stderr
+            assert (tmp_path / "t1" / "demo_pkg" / "__init__.py").is_file()
+        finally:
+            code, lines = guest.interrupt()
+        assert code == 0, lines
+        assert "retreatkit: data disk unmounted cleanly" in lines
+        assert disk.stat().st_size == 256 * 1024 * 1024  # made by the host at [images] disk_size
+        fsck = subprocess.run(
+            ["/sbin/e2fsck", "-fn", str(disk)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr  # consistent, no journal replay
+    finally:
+        upstream.stop()  # the uplink is gone for the second boot
+
+    guest = start_guest(mirror, *args, env=env, config=config)
+    try:
+        index = f"http://127.0.0.1:{guest.port(8000)}/pypi/simple/"
+        again = pip_install(index, tmp_path / "t2")
+        assert again.returncode == 0, again.stderr
+        assert (tmp_path / "t2" / "demo_pkg" / "__init__.py").is_file()
+        status = get_json(f"{guest.admin}/status", env)["mirror"]
+        assert isinstance(status, dict)
+        assert status["bytes_from_cache"] > 300_000  # the wheel came from the disk
+    finally:
+        guest.stop()
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        for name in ("kernel", "initramfs", "manifest.json")
+    }
+
+
+def test_the_same_inputs_build_the_same_bytes(image: Callable[[str], Path], tmp_path: Path) -> None:
+    first = image("relay")
+    # a second build from the same packages and kernel, with nothing else cached: unpacking,
+    # probing, compiling, stripping and archiving all happen again
+    fresh = tmp_path / "cache"
+    (fresh / "retreatkit").mkdir(parents=True)
+    for kept in ("debs", "kernel"):
+        source = cache_dir() / kept
+        if source.exists():
+            shutil.copytree(source, fresh / "retreatkit" / kept, copy_function=_link_or_copy)
+    env = {**isolated_env(tmp_path / "home"), "XDG_CACHE_HOME": str(fresh)}
+    second = build_image("relay", tmp_path / "again", env)
+    assert _digest(second) == _digest(first)
+    manifest = json.loads((second / "manifest.json").read_text())
+    assert (
+        manifest["size_bytes"]
+        == (second / "kernel").stat().st_size + (second / "initramfs").stat().st_size
+    )
+
+
+def admin_call(url: str, token: str, method: str = "GET") -> dict[str, object]:
+    request = urllib.request.Request(
+        url, method=method, headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=BOOT_TIMEOUT) as r:
+        doc: dict[str, object] = json.load(r)
+    return doc
+
+
+def test_vm_supervisor_restarts_a_killed_guest(
+    image: Callable[[str], Path], env: dict[str, str]
+) -> None:
+    relay = image("relay")
+    supervisor = Process.start(retreatkit_argv("vm", "serve"), env=env)
+    try:
+        admin = supervisor.wait_for(r"^Admin on (http://\S+)/status$", BOOT_TIMEOUT)[1]
+        for name in ("one", "two"):
+            done = subprocess.run(
+                retreatkit_argv("vm", "start", name, str(relay), "--memory", "64", "--restart"),
+                capture_output=True, text=True, timeout=BOOT_TIMEOUT, env={**os.environ, **env},
+                check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert done.stderr.startswith(f"Guest {name} (relay) starting; admin on http://")
+        up = {supervisor.wait_for(r"^Guest (one|two) up; admin on ", BOOT_TIMEOUT)[1] for _ in "12"}
+        assert up == {"one", "two"}
+        token = (Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token").read_text().strip()
+        before = {g["name"]: g for g in admin_call(f"{admin}/vm/guests", token)["guests"]}  # type: ignore[union-attr]
+
+        os.kill(before["one"]["pid"], signal.SIGKILL)  # qemu dies, as in a crash
+        supervisor.wait_for(r"^Guest one exited \(qemu exit code -9\); restart 1$", BOOT_TIMEOUT)
+        supervisor.wait_for(r"^Guest one up; admin on ", BOOT_TIMEOUT)
+        after = {g["name"]: g for g in admin_call(f"{admin}/vm/guests", token)["guests"]}  # type: ignore[union-attr]
+        assert after["one"]["state"] == "running"
+        assert after["one"]["restarts"] == 1
+        assert after["one"]["pid"] != before["one"]["pid"]
+        assert after["one"]["admin"] == before["one"]["admin"]  # same ports after a restart
+        assert after["two"]["restarts"] == 0
+        assert after["two"]["pid"] == before["two"]["pid"]
+        assert after["two"]["memory_bytes"] > 64_000_000
+        assert after["two"]["cpu_seconds"] > 0
+        assert admin_get(f"{after['one']['admin']}/healthz", env) == b"ok\n"  # it serves
+
+        stats = subprocess.run(
+            retreatkit_argv("vm", "stats", "one"),
+            capture_output=True, text=True, timeout=60, env={**os.environ, **env}, check=False,
+        )  # fmt: skip
+        assert "restarts: 1" in stats.stdout.splitlines()
+        assert "last exit: qemu exit code -9" in stats.stdout.splitlines()
+        listed = subprocess.run(retreatkit_argv("vm", "list"), capture_output=True, text=True,
+                                timeout=60, env={**os.environ, **env}, check=False)  # fmt: skip
+        assert listed.stdout.split("\n")[0].split() == [
+            "NAME", "SERVICE", "STATE", "UPTIME", "RESTARTS", "MEMORY", "CPU", "ADMIN"
+        ]  # fmt: skip
+
+        console = subprocess.run(
+            retreatkit_argv("vm", "console", "one", "-n", "2"),
+            capture_output=True, text=True, timeout=60, env={**os.environ, **env}, check=False,
+        )  # fmt: skip
+        assert (
+            console.stdout
+            == "Relay listening on 0.0.0.0:9000\nAdmin on http://0.0.0.0:8080/status\n"
+        )
+
+        # the dashboard's action: stop a guest through the admin endpoint
+        stopped = admin_call(f"{admin}/vm/guests/two/stop", token, "POST")
+        assert stopped["state"] == "stopped"
+        assert stopped["pid"] is None
+    finally:
+        supervisor.popen.send_signal(signal.SIGINT)
+        code, lines = supervisor.finish(BOOT_TIMEOUT)
+    assert code == 0, lines
+    console = Path(env["XDG_STATE_HOME"]) / "retreatkit" / "vm" / "one" / "console.log"
+    assert console.read_text().count("Relay listening on 0.0.0.0:9000") == 2
+
+
+def test_up_runs_a_service_as_an_image(tmp_path: Path, env: dict[str, str]) -> None:
+    config = tmp_path / "retreat.toml"
+    config.write_text(
+        '[admin]\nlisten = "127.0.0.1:0"\n[relay]\nlisten = "127.0.0.1:0"\n'
+        f'[mirror]\nlisten = "127.0.0.1:0"\nstore = "{tmp_path / "store"}"\n'
+        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
+        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n'
+        f'[images]\nrun = ["relay"]\nmemory = 64\ndir = "{tmp_path / "images"}"\n'
+    )
+    up = Process.start(retreatkit_argv("--config", str(config), "up"), env=env)
+    try:
+        seen: dict[str, str] = {}
+        pattern = r"^(Admin on|Guest relay up; admin on) (http://\S+)/status$"
+        while len(seen) < 2:
+            match = up.wait_for(pattern, BOOT_TIMEOUT)
+            seen[match[1]] = match[2]
+        admin, guest_admin = seen["Admin on"], seen["Guest relay up; admin on"]
+        assert any(re.match(r"^Image \S+/relay built \(\d+\.\d MB\)$", line) for line in up.seen)
+        assert not any(line.startswith("Relay listening") for line in up.seen)  # not in-process
+        status = get_json(f"{admin}/status", env)
+        assert "relay" not in status
+        assert status["vm"]["guests_running"] == 1  # type: ignore[index]
+        guests = get_json(f"{admin}/vm/guests", env)["guests"]
+        assert [(g["name"], g["service"], g["state"]) for g in guests] == [  # type: ignore[union-attr,index]
+            ("relay", "relay", "running")
+        ]
+        assert "relay" in get_json(f"{guest_admin}/status", env)  # the guest serves its own status
+    finally:
+        code = up.stop()
+    assert code == 0, up.seen
+
+
+def test_debians_kernel_boots_with_the_modules_it_needs(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    done = subprocess.run(
+        retreatkit_argv("image", "build", "relay", "--kernel", "debian", "-o", str(tmp_path)),
+        capture_output=True, text=True, timeout=900, env={**os.environ, **env}, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("Kernel: Debian linux-image-")
+    manifest = json.loads((tmp_path / "relay" / "manifest.json").read_text())
+    assert manifest["machine"] == "pc"
+    modules = manifest["modules"]  # computed from the devices' modaliases, dependencies first
+    assert {"virtio_pci", "virtio_net", "virtio_blk", "virtio_rng"} <= set(modules)
+    assert modules.index("virtio_ring") < modules.index("virtio_pci") < modules.index("virtio_net")
+    guest = start_guest(tmp_path / "relay", "--memory", "160", env=env)
+    try:
+        assert admin_get(f"{guest.admin}/healthz", env) == b"ok\n"
+    finally:
+        code, lines = guest.interrupt()
+    assert code == 0, lines

@@ -1,0 +1,139 @@
+"""What the images plan before anything boots: modules, qemu's command line, names, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from retreatkit.cli import main as cli
+from retreatkit.image import kernel, qemu
+from retreatkit.image.kmod import Index, Module, ModuleError
+from retreatkit.image.supervisor import Definition, GuestError
+
+
+def module(name: str, depends: str = "", pre: str = "", aliases: str = "") -> Module:
+    split = lambda s: tuple(s.split()) if s else ()  # noqa: E731
+    return Module(name, f"kernel/{name}.ko", split(depends), split(pre), split(aliases))
+
+
+INDEX = Index(
+    {
+        m.name: m
+        for m in (
+            module("virtio"),
+            module("virtio_ring"),
+            module("virtio_pci", "virtio virtio_ring", aliases="pci:v00001AF4d*sv*sd*bc*sc*i*"),
+            module("failover"),
+            module("net_failover", "failover"),
+            module("virtio_net", "net_failover virtio virtio_ring", aliases="virtio:d00000001v*"),
+            module("jbd2", pre="crc32c"),
+            module("crc32c_generic", aliases="crc32c"),
+        )
+    },
+    builtin_aliases=("fs-ext4", "virtio:d00000004v*"),
+)
+
+
+def test_modules_load_dependencies_first_built_ins_skipped() -> None:
+    wanted = [*qemu.modaliases("pc", [qemu.NET, qemu.RNG]), "fs-ext4"]
+    assert wanted[0] == "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"
+    order = [m.name for m in INDEX.load_order(wanted)]
+    assert order == [
+        "virtio",
+        "virtio_ring",
+        "virtio_pci",
+        "failover",
+        "net_failover",
+        "virtio_net",
+    ]
+    assert [m.name for m in INDEX.load_order(["jbd2"])] == ["crc32c_generic", "jbd2"]
+    with pytest.raises(ModuleError, match="no driver for virtio:d00000002v00001AF4"):
+        INDEX.load_order(qemu.modaliases("microvm", [qemu.BLK]))
+
+
+def test_forwards_parse_and_share_a_port_across_protocols() -> None:
+    assert str(qemu.Forward.parse("udp::0:53")) == "udp:127.0.0.1:0:53"
+    for bad in ("tcp:1:2", "sctp:h:1:2", "tcp:h:99999:53", "tcp:h:x:53"):
+        with pytest.raises(ValueError, match="expected tcp\\|udp:HOST:PORT:GUESTPORT"):
+            qemu.Forward.parse(bad)
+    bound = qemu.bind_forwards([qemu.Forward.parse("udp:127.0.0.1:0:53"),
+                                qemu.Forward.parse("tcp:127.0.0.1:0:53"),
+                                qemu.Forward.parse("tcp:127.0.0.1:0:8080")])  # fmt: skip
+    assert bound[0].port == bound[1].port != 0
+    assert bound[2].port not in (0, bound[0].port)
+
+
+def test_qemu_command_line(tmp_path: Path) -> None:
+    if not qemu.shutil.which(qemu.QEMU):
+        pytest.skip("qemu is not installed (.ci/run installs it)")
+    args = qemu.argv("microvm", tmp_path / "k", tmp_path / "i", memory_mb=64, accel="tcg",
+                     forwards=[qemu.Forward.parse("tcp:0.0.0.0:9000:9000")],
+                     disks=[(tmp_path / "config.disk", True)])  # fmt: skip
+    assert "-no-reboot" in args and "-nodefaults" in args
+    assert args[args.index("-M") + 1] == "microvm,pit=on,rtc=on,acpi=off"
+    assert args[args.index("-append") + 1] == "console=ttyS0 quiet panic=-1 acpi=off reboot=t"
+    assert "user,id=net0,hostfwd=tcp:0.0.0.0:9000-:9000" in args
+    assert f"file={tmp_path / 'config.disk'},if=none,id=disk0,format=raw,readonly=on" in args
+    assert "virtio-blk-device,drive=disk0" in args
+
+
+def test_guest_names_are_safe_for_paths() -> None:
+    good = {"name": "relay-1", "image": "/x", "forwards": ["tcp:127.0.0.1:0:9000"]}
+    assert Definition.parse(good).name == "relay-1"
+    for name in ("../x", "", "A", "x" * 33, "-x"):
+        with pytest.raises(GuestError, match="a guest name is 1-32 of a-z"):
+            Definition.parse({**good, "name": name})
+    with pytest.raises(GuestError, match="bad guest definition"):
+        Definition.parse({**good, "colour": "blue"})
+
+
+def test_kconfig_dropping_a_line_is_an_error(tmp_path: Path) -> None:
+    config = tmp_path / ".config"
+    config.write_text("CONFIG_64BIT=y\n# CONFIG_EXT4_FS is not set\n")
+    with pytest.raises(
+        kernel.KernelError, match=r"Kconfig dropped CONFIG_EMBEDDED=y, .*CONFIG_EXT4_FS=y"
+    ):
+        kernel._verify(config)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for var, sub in (("HOME", ""), ("XDG_STATE_HOME", "state"), ("XDG_DATA_HOME", "data")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["image", "run", "/nonexistent"], 1,
+         "retreatkit: /nonexistent is not an image (no readable manifest.json)\n"),
+        (["image", "run", "/nonexistent", "--forward", "tcp:9000"], 1,
+         "retreatkit: expected tcp|udp:HOST:PORT:GUESTPORT, got 'tcp:9000'\n"),
+        (["vm", "stop", "ghost"], 1, "retreatkit: ghost is not running (no supervisor is)\n"),
+        (["vm", "stats", "ghost"], 1,
+         "retreatkit: no guest named 'ghost'; `retreatkit vm list` names them\n"),
+        (["vm", "console", "ghost"], 1,
+         "retreatkit: no console log for 'ghost' (has it ever started?)\n"),
+    ],
+)  # fmt: skip
+def test_errors_are_one_line(
+    home: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
+    assert cli.main(argv) == code
+    assert capsys.readouterr().err == message
+
+
+def test_up_names_only_services_with_images(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = home / "retreat.toml"
+    config.write_text('[images]\nrun = ["dashboard"]\n')
+    assert cli.main(["--config", str(config), "up"]) == 2
+    assert capsys.readouterr().err == (
+        "retreatkit: no image for 'dashboard'; one of relay, mirror, nameserver\n"
+    )
+
+
+def test_vm_list_without_a_supervisor(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["vm", "list"]) == 0
+    assert capsys.readouterr().out == "NAME  SERVICE  STATE  UPTIME  RESTARTS  MEMORY  CPU  ADMIN\n"
