@@ -16,6 +16,7 @@ from retreatkit.transfer import aio, codes, source
 from retreatkit.transfer.errors import Refused, TransferError
 from retreatkit.transfer.offer import MAX_TEXT, Offer, escape
 from retreatkit.transfer.receive import Writer
+from retreatkit.transfer.rendezvous import RelayRendezvous
 
 DESCRIPTION = """\
 Send files, folders and text to another computer, end-to-end encrypted.
@@ -52,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="{send,recv,relay}")
     relay_help = "relay HOST:PORT (default: $BOB_RELAY, else relay.retreat.lan:9000)"
     timeout_help = f"give up on a silent peer after this long (default {aio.PEER_TIMEOUT:g})"
+    direct_help = "never connect directly: everything goes through the relay"
 
     send = sub.add_parser("send", help="send files, folders, stdin or text")
     send.add_argument("--relay", metavar="HOST:PORT", help=relay_help)
@@ -60,12 +62,17 @@ def parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--text", metavar="TEXT", help="send a text message instead of files")
     send.add_argument("--no-compress", action="store_true", help="do not compress")
+    send.add_argument(
+        "--count", metavar="N", type=_count, default=1, help="send to N receivers (default 1)"
+    )
+    send.add_argument("--no-direct", action="store_true", help=direct_help)
     send.add_argument("--timeout", metavar="SECONDS", type=_seconds, help=timeout_help)
     send.add_argument("paths", nargs="*", metavar="PATH", help="files or folders; - for stdin")
 
     recv = sub.add_parser("recv", help="receive with a passphrase")
     recv.add_argument("--relay", metavar="HOST:PORT", help=relay_help)
     recv.add_argument("--timeout", metavar="SECONDS", type=_seconds, help=timeout_help)
+    recv.add_argument("--no-direct", action="store_true", help=direct_help)
     recv.add_argument(
         "--yes", "-y", action="store_true", help="accept without asking (never hidden top names)"
     )
@@ -89,6 +96,12 @@ def _seconds(text: str) -> float:
     if not 0 < value < 10**6:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
     return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"not a number of receivers (1 to 1000): {text!r}")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +201,9 @@ async def send(args: argparse.Namespace) -> int:
             _say(f"Skipping {skipped}")
         _say(ui.describe_send(sources.offer))
         timeout = args.timeout or aio.PEER_TIMEOUT
-        await aio.send(relay, sources, code, reporter, not args.no_compress, timeout)
+        options = aio.Options(not args.no_compress, not args.no_direct, timeout)
+        rendezvous = RelayRendezvous(relay, args.count, timeout)
+        await aio.send(rendezvous, sources, code, reporter, options, args.count)
     except TransferError as exc:
         return _fail(reporter, exc)
     finally:
@@ -263,7 +278,9 @@ async def recv(args: argparse.Namespace) -> int:
 
     try:
         timeout = args.timeout or aio.PEER_TIMEOUT
-        offer = await aio.receive(relay, code, output, reporter, confirm, timeout)
+        options = aio.Options(direct=not args.no_direct, timeout=timeout)
+        connector = aio.via_relay(relay, timeout)
+        offer = await aio.receive(connector, code, output, reporter, confirm, options)
     except TransferError as exc:
         return _fail(reporter, exc)
     finally:
