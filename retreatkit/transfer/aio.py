@@ -4,7 +4,6 @@ what goes wrong said once, to the user and to the peer."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
@@ -12,13 +11,12 @@ from typing import Protocol
 from retreatkit.relay import wire
 from retreatkit.transfer import codes, resume, source
 from retreatkit.transfer.errors import (
-    LocalProtocolError,
-    OverLimit,
     PakeFailed,
     Refused,
     RemoteProtocolError,
     TransferError,
 )
+from retreatkit.transfer.giveup import give_up, tell_peer
 from retreatkit.transfer.link import (
     CONNECT_TIMEOUT,
     Link,
@@ -32,7 +30,7 @@ from retreatkit.transfer.link import (
 from retreatkit.transfer.machine import Session
 from retreatkit.transfer.offer import Offer
 from retreatkit.transfer.pake import Side
-from retreatkit.transfer.receive import WriteError, Writer
+from retreatkit.transfer.receive import Writer
 from retreatkit.transfer.receiving import Sink, accepted, offered, receive_data
 from retreatkit.transfer.rendezvous import Closed, Rendezvous
 from retreatkit.transfer.sending import Options, handshake, send_session
@@ -56,31 +54,6 @@ class Reporter(Protocol):
 
 
 Confirm = Callable[[Offer, Writer | None, str], Awaitable[bool]]
-
-
-def tell_peer(exc: BaseException, side: Side) -> str:
-    """Why we give up, as the peer may hear it: what failed, never where on our disk."""
-    who = side.value
-    if isinstance(exc, WriteError):
-        return exc.public
-    if isinstance(exc, source.SourceError):
-        return "the sender could not read a file"
-    if isinstance(exc, OverLimit):
-        return "the stream is larger than the receiver can take"
-    if isinstance(exc, asyncio.CancelledError):
-        return f"the {who} stopped the transfer"
-    if isinstance(exc, PeerGone):
-        return f"the {who} gave up waiting"
-    if isinstance(exc, RemoteProtocolError | LocalProtocolError):
-        return str(exc)  # about the session and the offer's names, which the peer knows
-    return f"the {who} could not go on"
-
-
-async def _give_up(link: Link, session: Session, exc: BaseException) -> None:
-    """Send an ABORT saying why, if the session is far enough along to carry one."""
-    with contextlib.suppress(TransferError, TimeoutError):
-        async with asyncio.timeout(min(link.timeout, 5.0)):
-            await link.flush(session.abort(tell_peer(exc, session.side)))
 
 
 # -- the sender ---------------------------------------------------------------------------
@@ -131,7 +104,7 @@ async def _serve(
             await handshake(link, session)
         await send_session(link, session, sources, options, progress, path)
     except (TransferError, asyncio.CancelledError) as exc:
-        await _give_up(link, session, exc)
+        await give_up(link, session, exc)
         raise
     finally:
         await link.close()
@@ -261,7 +234,7 @@ async def receive(
             if keep and writer.record.fd is not None:
                 reporter.say("The partial files are kept: run the same bob recv again to resume.")
         if not isinstance(exc, Refused):
-            await _give_up(data_link, session, exc)
+            await give_up(data_link, session, exc)
         raise
     finally:
         if writer is not None:

@@ -221,6 +221,10 @@ class Channel(asyncio.BufferedProtocol):
     def eof(self) -> bool:
         return self._eof
 
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
     # -- writing -----------------------------------------------------------------------
 
     def is_closing(self) -> bool:

@@ -203,6 +203,11 @@ class Link:
 
     def write(self, frames: Sequence[bytes | bytearray | memoryview]) -> None:
         if self.writer.is_closing():  # uvloop raises RuntimeError on a closed transport
+            error = getattr(self.writer, "error", None)
+            if error is not None:
+                raise broke(error)
+            if getattr(self.writer, "eof", False):
+                raise PeerGone("the other side closed the connection")
             raise PeerGone("the connection broke")
         self.writer.writelines(frames)
 

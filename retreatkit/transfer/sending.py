@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from retreatkit.transfer import direct, hints, source
 from retreatkit.transfer.errors import Refused, RemoteProtocolError, TransferError
+from retreatkit.transfer.giveup import give_up
 from retreatkit.transfer.link import Link, PeerGone, Worker, discard
 from retreatkit.transfer.machine import (
     Answered,
@@ -91,6 +92,9 @@ async def send_session(
         said("direct" if chosen is not None or link.direct else "relay")
         try:
             await _send_data(link, data_link, session, sources, options, progress)
+        except (TransferError, asyncio.CancelledError) as exc:
+            await give_up(data_link, session, exc)  # where the receiver now reads
+            raise
         finally:
             if data_link is not link:
                 await data_link.close()
@@ -161,6 +165,16 @@ async def _send_data(
             await asyncio.shield(watcher)
     except TimeoutError:
         raise PeerGone("the receiver did not confirm the transfer in time") from None
+    except PeerGone as exc:
+        # the connection failed under a write; the receiver's own reason (an ABORT read
+        # just before) says more than "the connection broke"
+        if not watcher.done():
+            await asyncio.wait({watcher}, timeout=0.5)
+        if watcher.done() and not watcher.cancelled():
+            reason = watcher.exception()
+            if isinstance(reason, TransferError) and reason is not exc:
+                raise reason from None
+        raise
     except (TransferError, asyncio.CancelledError):
         # what was sealed must go out before the ABORT: its nonce comes after theirs
         with contextlib.suppress(TransferError):
