@@ -70,7 +70,7 @@ HOST = "127.0.0.1"
 MIB = 1 << 20
 CHUNK = 256 * 1024  # the plain copy's read and write size (bob reads 256 KiB too)
 START_TIMEOUT = 60.0
-TOOLS = ("bob", "bob-nc", "wormhole", "plain")
+TOOLS = ("bob", "bob-direct", "bob-nc", "wormhole", "plain")
 
 
 # -- child processes ------------------------------------------------------------------
@@ -358,13 +358,15 @@ def timed_pair(
     return run
 
 
-def run_bob(bench: Bench, rnd: int, compress: bool) -> Run:
-    out = bench.tmp / f"recv-bob-{rnd}-{compress}"
+def run_bob(bench: Bench, rnd: int, tool: str) -> Run:
+    out = bench.tmp / f"recv-{tool}-{rnd}"
     out.mkdir()
     code = f"{bench.nameplate()}-alpha-beta"
     bob = [sys.executable, "-m", "retreatkit.cli.bob"]
     relay = ["--relay", bench.relay_address]
-    extra = [] if compress else ["--no-compress"]
+    if tool != "bob-direct":
+        relay.append("--no-direct")  # the relay path, forced (on loopback bob goes direct)
+    extra = ["--no-compress"] if tool == "bob-nc" else []
     sender = Child(
         "bob send",
         [*bob, "send", *relay, *extra, str(bench.source)],
@@ -379,7 +381,6 @@ def run_bob(bench: Bench, rnd: int, compress: bool) -> Run:
     def receiver() -> Child:
         return Child("bob recv", [*bob, "recv", *relay, "--yes", "--output", str(out), code])
 
-    tool = "bob" if compress else "bob-nc"
     return timed_pair(bench, tool, rnd, sender, receiver, out, bench.relay, first_sends=True)
 
 
@@ -421,7 +422,7 @@ def run_tool(bench: Bench, tool: str, rnd: int) -> Run:
             return run_wormhole(bench, rnd)
         if tool == "plain":
             return run_plain(bench, rnd)
-        return run_bob(bench, rnd, compress=tool == "bob")
+        return run_bob(bench, rnd, tool)
     except BenchError as exc:
         return Run(tool, rnd, False, error=str(exc))
     finally:
@@ -505,7 +506,7 @@ def ensure_wormhole() -> None:
 
 
 def start_servers(bench: Bench, tools: Sequence[str]) -> None:
-    if "bob" in tools or "bob-nc" in tools:
+    if any(tool.startswith("bob") for tool in tools):
         bob = [sys.executable, "-m", "retreatkit.cli.bob"]
         relay = Child(
             "bob relay",
