@@ -35,7 +35,7 @@ from retreatkit.transfer.receiving import Sink, accepted, offered, receive_data
 from retreatkit.transfer.rendezvous import Closed, Rendezvous
 from retreatkit.transfer.sending import Options, handshake, send_session
 
-__all__ = ["Options", "PeerAborted", "PeerGone", "Relay", "RelayError", "Worker"]
+__all__ = ["Options", "PeerAborted", "PeerGone", "Relay", "RelayError", "Rendezvous", "Worker"]
 __all__ += ["receive", "send", "tell_peer"]
 PEER_TIMEOUT = 120.0  # longest silence from a paired peer outside of a prompt (--timeout)
 
@@ -172,9 +172,13 @@ def _quiet(*_: object) -> None:
 Connector = Callable[[wire.Request], Awaitable[Link]]
 
 
-def via_relay(relay: Relay, timeout: float) -> Connector:
+def via_relay(relay: Relay, timeout: float, direct: bool = False) -> Connector:
+    """Connect to the relay (or, `direct`, to a sender that is its own rendezvous)."""
+
     async def connector(request: wire.Request) -> Link:
-        return await connect(relay, request, timeout)
+        link = await connect(relay, request, timeout)
+        link.direct = direct
+        return link
 
     return connector
 

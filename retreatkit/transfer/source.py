@@ -40,7 +40,7 @@ class Sources:
     skipped: list[str] = field(default_factory=list)  # symlinks and special files
 
 
-def collect(args: list[str]) -> Sources:
+def collect(args: list[str], stdin_name: str = STDIN_NAME) -> Sources:
     """Everything the user named, checked before a passphrase is shown: a name the
     receiver would refuse, or a file or folder we cannot read, is found here."""
     entries: list[Entry] = []
@@ -49,8 +49,8 @@ def collect(args: list[str]) -> Sources:
     tops: set[str] = set()
     for arg in args:
         if arg == STDIN:
-            _add_top(tops, STDIN_NAME)
-            entries.append(Entry((STDIN_NAME,), size=None))
+            _add_top(tops, stdin_name)
+            entries.append(Entry((stdin_name,), size=None))
             paths.append(None)
             continue
         path = Path(arg)

@@ -195,8 +195,14 @@ def test_wrong_passphrase_fails_both_and_burns_nameplate(
     got = recv(relay, "--yes", "-o", str(out), "5-alpha-gamma")
     code, lines = sender.finish(TIMEOUT)
     assert (code, got.returncode) == (1, 1)
-    assert lines[-1] == "ERROR: wrong passphrase: the other side used a different one"
-    assert got.stderr == "ERROR: wrong passphrase: the other side used a different one\n"
+    assert lines[-1] == (
+        "ERROR: wrong passphrase: the other side used a different one."
+        " The passphrase is used up: start a new bob send"
+    )
+    assert got.stderr == (
+        "ERROR: wrong passphrase: the other side used a different one."
+        " The passphrase is used up: ask the sender to start a new bob send\n"
+    )
     assert list(out.iterdir()) == []
     # one online guess per session: the right code no longer finds the sender
     again = recv(relay, "--yes", "-o", str(out), "5-alpha-beta")
