@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import logging
@@ -90,6 +91,47 @@ def relay_limits(section: dict[str, Any]) -> Limits:
     )
 
 
+class LanAdvert:
+    """A service announced on the LAN by zeroconf, in the background (probing takes a
+    second; the service serves meanwhile). Never on loopback: nobody else could reach it."""
+
+    def __init__(self, service: str, label: str, properties: dict[str, str]) -> None:
+        self.service, self.label, self.properties = service, label, properties
+        self._task: asyncio.Task[None] | None = None
+        self._advert: Any = None
+
+    def start(self, host: str, port: int) -> None:
+        wildcard = host in ("0.0.0.0", "::", "")
+        if not wildcard and ipaddress.ip_address(host).is_loopback:
+            return
+        self._task = asyncio.ensure_future(self._run(host, port, wildcard))
+
+    async def _run(self, host: str, port: int, wildcard: bool) -> None:
+        from retreatkit import mdns
+        from retreatkit.transfer.direct import own_addresses
+
+        addresses = [str(a) for a in own_addresses(None) if a.version == 4] if wildcard else [host]
+        if not addresses:
+            return
+        name = f"{self.label} on {mdns.host_label()} port {port}"
+        try:
+            self._advert = await mdns.advertise(
+                self.service, name, addresses, port, self.properties
+            )
+        except (OSError, mdns.NameTaken) as exc:
+            log.warning("cannot announce %s on the LAN: %s", self.label, exc)
+            return
+        log.info("%s announced on the LAN as %s", self.label, name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._advert is not None:
+            await self._advert.close()
+
+
 class RelayService:
     name = "relay"
 
@@ -97,13 +139,16 @@ class RelayService:
         self.listen = listen
         self.limits = limits
         self.relay: Relay | None = None
+        self.advert = LanAdvert("_retreat-relay._tcp.local.", "bob relay", {"kind": "relay"})
 
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
         self.relay = Relay(self.limits, registry)
         host, port = await self.relay.start(*self.listen)
         say(f"Relay listening on {host}:{port}")
+        self.advert.start(host, port)
 
     async def stop(self) -> None:
+        await self.advert.stop()
         if self.relay is not None:
             await self.relay.stop()
 
@@ -135,6 +180,7 @@ class MirrorService:
         self._runner: web.AppRunner | None = None
         self._gate: Gate | None = None
         self.url: str | None = None  # where this process reaches the mirror, once started
+        self.advert = LanAdvert("_retreat-mirror._tcp.local.", "retreatkit mirror", {"path": "/"})
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> MirrorService:
@@ -178,8 +224,10 @@ class MirrorService:
             upstream = getattr(self.settings, ecosystem)
             say(f"Mirror {ecosystem} upstream: {upstream or 'none (pass --' + ecosystem + ' URL)'}")
         self.mirror.start(done=say)  # the store check runs while the mirror serves
+        self.advert.start(host, port)
 
     async def stop(self) -> None:
+        await self.advert.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.mirror is not None:
