@@ -193,7 +193,10 @@ class Session:
             if not accept:
                 return self._seal(Kind.ANSWER, b"no")
             assert self.offer is not None
-            resume.prefix(self.offer.files, claim)  # raises on a claim we could not hold
+            try:
+                resume.prefix(self.offer.files, claim)
+            except RemoteProtocolError as exc:  # our own claim: our bug, not the peer's
+                raise LocalProtocolError(str(exc)) from None
             self.claim = claim
             return self._seal(Kind.ANSWER, resume.YES + claim.encode())
 

@@ -257,3 +257,38 @@ def listening(lan: Lan, host: str) -> list[int]:
             with contextlib.suppress(ValueError):
                 ports.append(int(local.rsplit(":", 1)[1]))
     return ports
+
+
+def test_up_announces_the_relay_and_the_mirror(lan: Lan, tmp_path: Path) -> None:
+    cfg = tmp_path / "retreat.toml"
+    cfg.write_text(
+        '[relay]\nlisten = "0.0.0.0:9000"\n[admin]\nlisten = "127.0.0.1:0"\n'
+        f'[mirror]\nlisten = "0.0.0.0:8000"\nstore = "{tmp_path / "store"}"\n'
+        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
+        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n'
+    )
+    up = lan.run("r", "-m", "retreatkit.cli.main", "--config", str(cfg), "up", "--no-tui")
+    try:
+        for _ in range(2):  # in either order
+            up.wait_for(r"(bob relay|retreatkit mirror) announced on the LAN")
+        look = lan.run("b", "-c", BROWSE)
+        code, lines = finish(look)
+        assert code == 0, lines
+        assert sorted(lines) == [
+            "_retreat-mirror._tcp.local. 10.78.0.3 8000 path=/",
+            "_retreat-relay._tcp.local. 10.78.0.3 9000 kind=relay",
+        ]
+    finally:
+        up.stop()
+
+
+BROWSE = """
+import asyncio, sys
+from retreatkit import mdns
+async def main():
+    for service in (mdns.RELAY, mdns.MIRROR):
+        for f in await mdns.browse(service, 3.0, lambda found: bool(found)):
+            props = " ".join(f"{k}={v}" for k, v in sorted(f.properties.items()))
+            print(service, f.addresses[0], f.port, props, file=sys.stderr)
+asyncio.run(main())
+"""
