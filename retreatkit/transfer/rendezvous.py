@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from retreatkit.relay import wire
@@ -20,7 +20,18 @@ from retreatkit.transfer.link import CONNECT_TIMEOUT, Link, Relay, RelayError, c
 if TYPE_CHECKING:
     from retreatkit import mdns
 
-MAX_WAITING = 8  # connections a sender keeps waiting on its nameplate at once
+MAX_WAITING = 8
+Announce = Callable[[str, list[str], int], Awaitable["mdns.Advertisement"]]
+
+
+async def _announce(nameplate: str, addresses: list[str], port: int) -> mdns.Advertisement:
+    """On the LAN, the public nameplate and where to connect: nothing from the words."""
+    from retreatkit import mdns
+
+    return await mdns.advertise(
+        mdns.RELAY, f"bob sender {nameplate}", addresses, port,
+        {"kind": "sender", "nameplate": nameplate},
+    )  # fmt: skip  # connections a sender keeps waiting on its nameplate at once
 
 
 class Closed(Exception):
@@ -117,9 +128,13 @@ class OwnRendezvous:
     MAX_PENDING = 16
     HANDSHAKE = 10.0
 
-    def __init__(self, count: int, timeout: float) -> None:
+    def __init__(
+        self, count: int, timeout: float, announce: Announce | None = None, host: str = "0.0.0.0"
+    ) -> None:
         self.wanted = count
         self.timeout = timeout
+        self._announce = announce
+        self._host = host
         self.nameplate: str | None = None
         self._server: asyncio.Server | None = None
         self._advert: mdns.Advertisement | None = None
@@ -130,20 +145,15 @@ class OwnRendezvous:
     async def open(self, nameplate: str | None) -> str:
         from retreatkit import mdns  # zeroconf only where it is used: bob starts faster
 
+        announce = self._announce or _announce
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: Channel(self._accepted), "0.0.0.0", 0)
+        self._server = await loop.create_server(lambda: Channel(self._accepted), self._host, 0)
         port = self._server.sockets[0].getsockname()[1]
         addresses = [str(a) for a in own_addresses(None) if a.version == 4] or ["127.0.0.1"]
         for _ in range(16):
             plate = nameplate or str(1 + secrets.randbelow(99))
             try:
-                self._advert = await mdns.advertise(
-                    mdns.RELAY,
-                    f"bob sender {plate}",
-                    addresses,
-                    port,
-                    {"kind": "sender", "nameplate": plate},
-                )
+                self._advert = await announce(plate, addresses, port)
             except mdns.NameTaken:
                 if nameplate is not None:
                     await self.close()
