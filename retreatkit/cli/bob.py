@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from importlib import metadata
 from pathlib import Path
 
 from retreatkit import config, loop
@@ -57,11 +56,24 @@ class Usage(Exception):
 
 
 def version() -> str:
+    from importlib import metadata  # only when asked: a slow import
+
     try:
         number = metadata.version("retreatkit")
     except metadata.PackageNotFoundError:
         number = "unknown"
     return f"bob {number} (protocol bob/1)"
+
+
+class _Version(argparse.Action):
+    """--version, worked out only when given."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version())
+        parser.exit()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    top.add_argument("--version", action="version", version=version())
+    top.add_argument("--version", action=_Version)
     sub = top.add_subparsers(dest="command", required=True, metavar="{send,recv,relay}")
     relay_help = (
         "relay HOST:PORT (default: $BOB_RELAY, else one on the LAN, else relay.retreat.lan)"
@@ -80,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
     direct_help = "never connect directly: everything goes through the relay"
 
     send = sub.add_parser("send", help="send files, folders, stdin or text")
-    send.add_argument("--version", action="version", version=version())
+    send.add_argument("--version", action=_Version)
     send.add_argument("--relay", metavar="HOST:PORT", help=relay_help)
     send.add_argument(
         "--passphrase", metavar="CODE", help="refused: set BOB_PASSPHRASE=CODE (ps shows argv)"
@@ -97,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
     send.add_argument("paths", nargs="*", metavar="PATH", help="files or folders; - for stdin")
 
     recv = sub.add_parser("recv", help="receive with a passphrase")
-    recv.add_argument("--version", action="version", version=version())
+    recv.add_argument("--version", action=_Version)
     recv.add_argument("--relay", metavar="HOST:PORT", help=relay_help)
     recv.add_argument("--timeout", metavar="SECONDS", type=_seconds, help=timeout_help)
     recv.add_argument("--no-direct", action="store_true", help=direct_help)

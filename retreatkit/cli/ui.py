@@ -6,22 +6,15 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import TextIO
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING, TextIO
 
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.offer import Entry, Offer, display_path, escape, show_name
 from retreatkit.transfer.receive import Writer
 from retreatkit.transfer.resume import NOTHING, Claim
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -198,6 +191,16 @@ class Reporter:
         if self._bar is None:
             if time.monotonic() - self.started < 1.0 or not self.stream.isatty():
                 return
+            # rich only for a bar on a terminal: most of bob's start-up otherwise
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._bar = Progress(
                 BarColumn(),
                 DownloadColumn(),
