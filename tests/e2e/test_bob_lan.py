@@ -69,7 +69,7 @@ class Lan:
         return self.run(host, "-m", "retreatkit.cli.bob", *args, stdin=stdin, **env)
 
     def status(self, host: str, admin: str) -> dict[str, object]:
-        code = f"import urllib.request; print(urllib.request.urlopen('{admin}/status').read().decode())"
+        code = f"import urllib.request as u; print(u.urlopen('{admin}/status').read().decode())"
         done = subprocess.run(
             ["ip", "netns", "exec", self.hosts[host], sys.executable, "-c", code],
             capture_output=True, text=True, timeout=TIMEOUT, check=True,
@@ -233,7 +233,8 @@ NEIGHBOUR = """
 import socket, sys, os
 host, ports = sys.argv[1], sys.argv[2:]
 for port in ports:
-    for hello in (b"", b"bob/1 direct\\nR" + os.urandom(16) + os.urandom(32), b"GET / HTTP/1.0\\r\\n\\r\\n"):
+    fake = b"bob/1 direct\\nR" + os.urandom(16) + os.urandom(32)  # a MAC it cannot know
+    for hello in (b"", fake, b"GET / HTTP/1.0\\r\\n\\r\\n"):
         with socket.create_connection((host, int(port)), timeout=5) as s:
             s.sendall(hello)
             s.settimeout(5)

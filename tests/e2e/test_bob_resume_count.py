@@ -40,7 +40,7 @@ def bob(home: dict[str, str], *args: str, **env: str) -> Process:
 
 
 def transfers(relay: RelayProcess) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{relay.admin}/relay/transfers", timeout=10) as response:  # noqa: S310
+    with urllib.request.urlopen(f"{relay.admin}/relay/transfers", timeout=10) as response:
         doc: dict[str, list[dict[str, Any]]] = json.load(response)
     return doc["recent"]
 

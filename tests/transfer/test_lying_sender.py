@@ -18,7 +18,6 @@ from retreatkit.transfer.codes import Code
 from retreatkit.transfer.errors import PakeFailed, RemoteProtocolError, TransferError, UnsafeOffer
 from retreatkit.transfer.machine import (
     Aborted,
-    Answered,
     Ended,
     FileData,
     FileEnd,

@@ -125,7 +125,7 @@ def test_only_the_blocks_past_a_bad_one_travel_again(tmp_path: Path, output: Pat
     with part.open("r+b") as f:
         f.seek(BLOCK + 5)
         f.write(b"\x00\x01")
-    writer, receiver = run(sources, output)
+    writer, _ = run(sources, output)
     assert writer.claim == Claim(0, BLOCK)
     assert (output / "vm.img").read_bytes() == data
 

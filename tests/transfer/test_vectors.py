@@ -4,12 +4,11 @@ and so does a PROTOCOL.md that no longer says what the code does."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 
 from spake2 import SPAKE2_A, SPAKE2_B
-
-import ipaddress
 
 from retreatkit.transfer import hints
 from retreatkit.transfer.codes import Code
