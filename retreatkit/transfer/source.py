@@ -26,6 +26,7 @@ from retreatkit.transfer.records import RECORD_SIZE
 from retreatkit.transfer.resume import NOTHING, Claim, Hasher, prefix
 
 STDIN = "-"
+READ_SIZE = 16 * RECORD_SIZE
 STDIN_NAME = "stdin"
 
 
@@ -158,7 +159,7 @@ def records(
     (`start`), each as the call that seals it into a buffer: reading happens here, into
     one reused buffer, and sealing where the Producer says."""
     files, paths = sources.offer.files, sources.paths
-    chunk = bytearray(RECORD_SIZE)
+    chunk = bytearray(READ_SIZE)  # one read fills several records: fewer system calls
     view = memoryview(chunk)
     for index in range(start.index, len(files)):
         entry, path = files[index], paths[index]
@@ -168,8 +169,11 @@ def records(
             if offset:
                 os.lseek(fd, offset, os.SEEK_SET)
             remaining = None if entry.size is None else entry.size - offset
+            # a stream is read a record at a time: stdin may trickle, and what it gave
+            # must go out without waiting for a whole megabyte
+            size = RECORD_SIZE if remaining is None else READ_SIZE
             while remaining is None or remaining > 0:
-                want = RECORD_SIZE if remaining is None else min(RECORD_SIZE, remaining)
+                want = size if remaining is None else min(size, remaining)
                 got = os.readv(fd, [view[:want]])
                 if not got:
                     if remaining is None:
@@ -179,7 +183,9 @@ def records(
                     )
                 if remaining is not None:
                     remaining -= got
-                yield functools.partial(session.send_data_into, view[:got], compress=compress)
+                for at in range(0, got, RECORD_SIZE):
+                    piece = view[at : min(got, at + RECORD_SIZE)]
+                    yield functools.partial(session.send_data_into, piece, compress=compress)
         finally:
             if path is not None:
                 os.close(fd)
