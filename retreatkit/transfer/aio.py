@@ -94,14 +94,27 @@ async def _serve(
     path: Callable[[str], None],
     options: Options,
     lock: asyncio.Lock,
-    closed: Callable[[], bool] = lambda: False,
+    gate: Gate | None = None,
 ) -> None:
+    """One receiver. With a `gate` (several receivers), a key exchange that stops after
+    our confirmation went out counts as a failed guess, however it stopped: whoever holds
+    our CONFIRM can check a guess offline, then go quiet instead of answering. The gate
+    closes before the lock is let go, so no other key exchange starts after it."""
     session = Session(Side.SENDER, code)
     try:
         async with lock:  # one key exchange at a time: one guess per failed PAKE
-            if closed():
+            if gate is not None and gate.closed:
                 raise Closed
-            await handshake(link, session)
+            try:
+                await handshake(link, session)
+            except (TransferError, asyncio.CancelledError) as exc:
+                if gate is None:
+                    raise
+                if isinstance(exc, PakeFailed) or session.revealed:
+                    gate.closed = True
+                if isinstance(exc, PakeFailed) or not session.revealed:
+                    raise
+                raise PakeFailed(f"a receiver's key exchange did not finish: {exc}") from None
         await send_session(link, session, sources, options, progress, path)
     except (TransferError, asyncio.CancelledError) as exc:
         await give_up(link, session, exc)
@@ -120,18 +133,18 @@ async def _serve_many(
     lock: asyncio.Lock,
 ) -> None:
     failures: list[BaseException] = []
-    guessed = False
+    gate = Gate()
     served = 0
 
     async def one(number: int, link: Link, peer: str) -> None:
-        nonlocal guessed, served
+        nonlocal served
         reporter.say(f"Receiver {number} of {count} ({peer}): connected")
         try:
-            await _serve(link, code, sources, _quiet, _quiet, options, lock, lambda: guessed)
+            await _serve(link, code, sources, _quiet, _quiet, options, lock, gate)
         except Closed:
             return
         except PakeFailed as exc:
-            guessed = True
+            gate.closed = True
             failures.append(exc)
             reporter.say(f"Receiver {number} of {count}: ERROR: {exc}")
             await rendezvous.close()
@@ -150,7 +163,7 @@ async def _serve_many(
             except Closed:
                 break
             group.create_task(one(number, link, peer))
-    if guessed:
+    if gate.closed:
         raise PakeFailed(
             f"wrong passphrase from a receiver: the offer is closed after {served} of {count}"
         )
@@ -160,6 +173,12 @@ async def _serve_many(
             if len(failures) == 1 and not served
             else TransferError(f"{served} of {count} receivers got it")
         )
+
+
+class Gate:
+    """Whether the offer still takes receivers."""
+
+    closed = False
 
 
 def _quiet(*_: object) -> None:

@@ -148,6 +148,11 @@ class Session:
         return self._files
 
     @property
+    def revealed(self) -> bool:
+        """Our CONFIRM is out: the peer can check a guess at the passphrase with it."""
+        return self._keys is not None
+
+    @property
     def keys(self) -> SessionKeys | None:
         """The session's keys, once the peer's confirmation checked out."""
         return self._keys if self._verified else None

@@ -248,3 +248,23 @@ def _key(sources: source.Sources) -> str:
     from retreatkit.transfer.partial import offer_key
 
     return offer_key(sources.offer)
+
+
+def test_a_hostile_relay_cannot_replay_another_session_s_hashes() -> None:
+    """A relay that kept an earlier session's PREFIX (or FROM) and plays it into this one:
+    every session has its own keys, so the record does not open."""
+    offer = Offer(entries=(Entry(("a",), size=10),))
+    old_sender, old_receiver = connected_pair()
+    old_receiver.receive_data(old_sender.send_offer(offer))
+    old_receiver.next_event()
+    old_sender.receive_data(old_receiver.answer(True, Claim(0, 4)))
+    old_sender.next_event()
+    recorded = old_sender.send_prefix([bytes(32)])
+    sender, receiver = connected_pair()
+    receiver.receive_data(sender.send_offer(offer))
+    receiver.next_event()
+    sender.receive_data(receiver.answer(True, Claim(0, 4)))
+    sender.next_event()
+    receiver.receive_data(recorded)
+    with pytest.raises(RemoteProtocolError, match="failed authentication"):
+        receiver.next_event()
