@@ -74,7 +74,7 @@ async def test_many_guessers_at_once_get_one_guess_between_them() -> None:
         theirs.append(other)
     guesses = [asyncio.ensure_future(guesser(s)) for s in theirs]
     sources = source.Sources(Offer(text="for three"), [])
-    with pytest.raises(PakeFailed, match="the offer is closed after 0 of 3"):  # noqa: PT012
+    with pytest.raises(PakeFailed, match="the offer is closed after 0 of 3"):
         await aio.send(Handed(links), sources, RIGHT, Quiet(), aio.Options(direct=False), 3)
     heard = await asyncio.wait_for(asyncio.gather(*guesses), 10)
     for s in theirs:
