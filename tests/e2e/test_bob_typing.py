@@ -169,3 +169,15 @@ def test_the_passphrase_as_a_qr_code_on_a_terminal(relay: RelayProcess) -> None:
             proc.kill()
             proc.wait()
             os.close(term)
+
+
+def test_help_says_where_bob_connects_in_order() -> None:
+    got = subprocess.run(bob_argv("--help"), capture_output=True, text=True, timeout=TIMEOUT)
+    text = " ".join(got.stdout.split())
+    assert (
+        "Where bob connects, in this order: --relay HOST:PORT; else $BOB_RELAY; else a relay"
+        " that announces itself on the LAN (zeroconf, _retreat-relay._tcp), or for the"
+        " receiver the sender itself when it announces the passphrase's number; else"
+        " relay.retreat.lan:9000. A sender that reaches no relay at all waits for the"
+        " receiver on the LAN itself."
+    ) in text
