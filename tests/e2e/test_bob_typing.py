@@ -9,6 +9,7 @@ import os
 import pty
 import select
 import subprocess
+import sys
 import termios
 import time
 from pathlib import Path
@@ -46,6 +47,10 @@ def test_version_on_every_command() -> None:
         got = subprocess.run(bob_argv(*args, "--version"), capture_output=True, text=True)
         assert got.returncode == 0
         assert got.stdout.startswith("bob ") and got.stdout.endswith(" (protocol bob/1)\n")
+    kit = subprocess.run(
+        [sys.executable, "-m", "retreatkit.cli.main", "--version"], capture_output=True, text=True
+    )
+    assert kit.returncode == 0 and kit.stdout.startswith("retreatkit ")
 
 
 def test_four_letter_prefixes_are_the_words(relay: RelayProcess, tmp_path: Path) -> None:
