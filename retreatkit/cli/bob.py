@@ -262,7 +262,7 @@ async def send(args: argparse.Namespace) -> int:
         if target is None:
             target = await find.default()
             rendezvous = FirstReachable(
-                RelayRendezvous(target.relay, args.count, timeout),
+                RelayRendezvous(target.relay, args.count, timeout, find.REACH),
                 OwnRendezvous(args.count, timeout),
                 _say,
             )
@@ -397,7 +397,8 @@ async def recv(args: argparse.Namespace) -> int:
         if target is None:
             target = await find.default()
         options = aio.Options(direct=not args.no_direct, timeout=timeout)
-        connector = aio.via_relay(target.relay, timeout, direct=target.direct)
+        reach = find.REACH if target.how == "default" else aio.CONNECT_TIMEOUT
+        connector = aio.via_relay(target.relay, timeout, direct=target.direct, reach=reach)
         offer = await aio.receive(connector, code, output, reporter, confirm, options, writer)
     except TransferError as exc:
         return _fail(reporter, exc, "ask the sender to start a new bob send")

@@ -36,7 +36,7 @@ from retreatkit.transfer.rendezvous import Closed, Rendezvous
 from retreatkit.transfer.sending import Options, handshake, send_session
 
 __all__ = ["Options", "PeerAborted", "PeerGone", "Relay", "RelayError", "Rendezvous", "Worker"]
-__all__ += ["receive", "send", "tell_peer"]
+__all__ += ["CONNECT_TIMEOUT", "receive", "send", "tell_peer"]
 PEER_TIMEOUT = 120.0  # longest silence from a paired peer outside of a prompt (--timeout)
 
 
@@ -191,11 +191,13 @@ def _quiet(*_: object) -> None:
 Connector = Callable[[wire.Request], Awaitable[Link]]
 
 
-def via_relay(relay: Relay, timeout: float, direct: bool = False) -> Connector:
+def via_relay(
+    relay: Relay, timeout: float, direct: bool = False, reach: float = CONNECT_TIMEOUT
+) -> Connector:
     """Connect to the relay (or, `direct`, to a sender that is its own rendezvous)."""
 
     async def connector(request: wire.Request) -> Link:
-        link = await connect(relay, request, timeout)
+        link = await connect(relay, request, timeout, reach)
         link.direct = direct
         return link
 

@@ -14,6 +14,7 @@ from retreatkit.transfer.link import Relay, Worker
 
 DISCOVERY = 1.5  # seconds to listen for relays on the LAN
 RESOLVE = 2.0  # seconds for the default name to resolve
+REACH = 2.0  # seconds to connect to it: a name that leads nowhere must not hold bob up
 DEFAULT = Relay("relay.retreat.lan", 9000)
 
 

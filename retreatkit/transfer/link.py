@@ -264,9 +264,11 @@ def _no_delay(channel: Channel) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-async def connect(relay: Relay, request: wire.Request, timeout: float) -> Link:
+async def connect(
+    relay: Relay, request: wire.Request, timeout: float, connect_timeout: float = CONNECT_TIMEOUT
+) -> Link:
     try:
-        channel = await open_channel(relay.host, relay.port, CONNECT_TIMEOUT)
+        channel = await open_channel(relay.host, relay.port, connect_timeout)
     except (OSError, TimeoutError) as exc:
         why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise RelayError(

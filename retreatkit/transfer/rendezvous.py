@@ -48,8 +48,11 @@ class RelayRendezvous:
     """A nameplate held at a relay. For several receivers, several connections wait on
     it at once, tied together by a random key only this sender knows (PROTOCOL.md 2)."""
 
-    def __init__(self, relay: Relay, count: int, timeout: float) -> None:
+    def __init__(
+        self, relay: Relay, count: int, timeout: float, connect_timeout: float = CONNECT_TIMEOUT
+    ) -> None:
         self.relay = relay
+        self.connect_timeout = connect_timeout
         self.wanted = count  # receivers still to come
         self.timeout = timeout
         self.key = secrets.token_hex(16) if count > 1 else None
