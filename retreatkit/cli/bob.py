@@ -12,6 +12,7 @@ from pathlib import Path
 
 from retreatkit import config, loop
 from retreatkit.cli import prompt, ui
+from retreatkit.cli.reporters import RecvReporter, SendReporter
 from retreatkit.transfer import aio, codes, find, source
 from retreatkit.transfer.errors import PakeFailed, Refused, TransferError, UnsafeOffer
 from retreatkit.transfer.offer import MAX_TEXT, Offer, check_component, escape
@@ -277,41 +278,6 @@ async def send(args: argparse.Namespace) -> int:
     return 0
 
 
-class SendReporter(ui.Reporter):
-    def __init__(
-        self, target: find.Target | None, own: bool = False, qr: bool = True, count: int = 1
-    ) -> None:
-        super().__init__()
-        self.target = target
-        self.own = own  # the user chose the words: they are never printed
-        self.qr = qr
-        self.count = count
-
-    def code(self, code: codes.Code) -> None:
-        super().code(code)
-        command = "bob recv"
-        target = self.target
-        if target is not None and target.how == "given" and target != _given(None):
-            command += f" --relay {target.relay}"
-        if self.own:
-            self.say(f"Passphrase: yours, on nameplate {code.nameplate} (its words are not shown)")
-        else:
-            self.say(f"Passphrase: {code}")
-            command += f" {code}"
-        if self.count > 1:
-            self.say(f"It lets {self.count} receivers in; a wrong passphrase closes it.")
-        self.say("On the other computer, please run:")
-        self.say("")
-        self.say(command)
-        self.say("")
-        if self.qr and not self.own and sys.stdout.isatty() and sys.stderr.isatty():
-            from retreatkit.cli import qr
-
-            for line in qr.lines(code):
-                self.say(line)
-            self.say("")
-
-
 def _fail(reporter: ui.Reporter, exc: Exception, advice: str) -> int:
     reporter.stop()
     line = f"ERROR: {exc}"  # every message is one line, peer and relay text escaped
@@ -410,30 +376,6 @@ async def recv(args: argparse.Namespace) -> int:
         else:
             _say(f"Received {len(reporter.written)} files into: {escape(str(output))}")
     return 0
-
-
-class RecvReporter(ui.Reporter):
-    def __init__(self, output: Path) -> None:
-        super().__init__()
-        shown = escape(str(output))
-        self.prefix = "" if shown == "." else shown.rstrip("/") + "/"
-        self.written: list[str] = []
-
-    def saved(self, name: str) -> None:
-        self.written.append(self.prefix + name)
-
-    def text(self, text: str) -> None:
-        out = sys.stdout.buffer
-        try:
-            out.write(ui.safe_text(text, sys.stdout))
-            if not text.endswith("\n"):
-                out.write(b"\n")
-            out.flush()
-        except OSError as exc:
-            # a reader that went away (`| head`): say so once, and let the exit's own
-            # flush of stdout find nothing to complain about (Python's signal docs)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise TransferError(f"cannot write the text: {exc.strerror or exc}") from None
 
 
 Lines = prompt.Lines  # where tests and older callers find it
