@@ -100,6 +100,10 @@ async def accepted(
             await racer.close()
 
 
+class _Stopped(Exception):
+    """The data phase ended while a batch was in the worker."""
+
+
 @dataclass
 class _Batch:
     frames: list[Frame]
@@ -193,7 +197,7 @@ class Pump:
         with self._lock:
             for frame in batch.frames:
                 if self._stopping:
-                    raise asyncio.CancelledError
+                    raise _Stopped
                 if batch.ended:
                     raise RemoteProtocolError("the sender sent data after its final record")
                 event = self.session.receive_frame(
