@@ -7,6 +7,7 @@ import os
 import re
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -186,6 +187,31 @@ def write_section(section: str, text: str) -> None:
     tmp = RESULTS.with_suffix(".md.tmp")
     tmp.write_text(updated)
     tmp.replace(RESULTS)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (for a server that takes its port as a flag)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def git_commit() -> str:
+    """The commit measured, and whether retreatkit/ differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "retreatkit"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "?"
+    return (head or "?") + (" (retreatkit/ modified)" if dirty else "")
 
 
 def cpu_model() -> str:

@@ -1,11 +1,13 @@
 """Throughput of bob through its relay, against magic-wormhole's relay path and a plain copy.
 
-    uv run python bench/transfer.py [--size-mib 512] [--rounds 3]
+    uv run python bench/transfer.py [--size-mib 512] [--rounds 3] [--no-write]
 
 Moves one random file of --size-mib MiB, on loopback, with real processes:
 
-  bob          bob send / bob recv through our relay (compression on, the default)
-  bob-nc       the same with `bob send --no-compress`
+  bob          bob send / bob recv through our relay (compression on, the default),
+               `--no-direct` on both sides: on loopback bob would otherwise go direct
+  bob-direct   the same without --no-direct: the direct path, the relay only pairs
+  bob-nc       the relay path with `bob send --no-compress`
   wormhole     magic-wormhole 0.24.0, its own mailbox server and transit relay,
                `--no-listen` on both sides so the bytes go through the transit relay
   plain        a Python process writing the file to a TCP socket and another one
@@ -20,6 +22,12 @@ are user+system of each side's process (all threads, from wait4; the waiting sid
 start-up included) and of the relay process over the run (from /proc). The received
 file's sha256 is checked after every run; a run that fails or mismatches is reported
 and never counted.
+
+CPU is also given per GiB moved, per process (sender, relay, receiver and their sum),
+and checked against the targets of issue 12: total CPU per GiB at most a third of
+magic-wormhole's, the relay's at most an eighth of its transit relay's, end-to-end
+throughput at least 3x wormhole's. The summary goes to bench/RESULTS.md under
+"## bob transfer (bench/transfer.py)" (--no-write: printed only).
 
 The machine may be shared: before each run the script waits (--quiet-wait) for it to
 be idle, and it records "CPU other", the machine's busy CPU during the run that was not
@@ -55,7 +63,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
-from benchlib import BenchError, busy_cpu, cpu_model, wait_quiet
+from benchlib import (
+    RESULTS,
+    BenchError,
+    busy_cpu,
+    cpu_model,
+    free_port,
+    git_commit,
+    verdict,
+    wait_quiet,
+    write_section,
+)
+from benchlib import proc_cpu as proc_user_system
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
@@ -70,7 +89,12 @@ HOST = "127.0.0.1"
 MIB = 1 << 20
 CHUNK = 256 * 1024  # the plain copy's read and write size (bob reads 256 KiB too)
 START_TIMEOUT = 60.0
-TOOLS = ("bob", "bob-nc", "wormhole", "plain")
+TOOLS = ("bob", "bob-direct", "bob-nc", "wormhole", "plain")
+SECTION = "## bob transfer (bench/transfer.py)"
+GIB = 1 << 30
+TARGET_TOTAL_CPU = 1 / 3  # of wormhole's CPU per GiB, sender + relay + receiver
+TARGET_RELAY_CPU = 1 / 8  # of its transit relay's CPU per GiB
+TARGET_SPEED = 3.0  # x wormhole's end-to-end throughput
 
 
 # -- child processes ------------------------------------------------------------------
@@ -196,15 +220,7 @@ def child_env() -> dict[str, str]:
 
 def proc_cpu(pid: int) -> float:
     """User + system seconds a live process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return sum(proc_user_system(pid))
 
 
 def wait_port(port: int, owner: Child, timeout: float = START_TIMEOUT) -> None:
@@ -358,13 +374,15 @@ def timed_pair(
     return run
 
 
-def run_bob(bench: Bench, rnd: int, compress: bool) -> Run:
-    out = bench.tmp / f"recv-bob-{rnd}-{compress}"
+def run_bob(bench: Bench, rnd: int, tool: str) -> Run:
+    out = bench.tmp / f"recv-{tool}-{rnd}"
     out.mkdir()
     code = f"{bench.nameplate()}-alpha-beta"
     bob = [sys.executable, "-m", "retreatkit.cli.bob"]
     relay = ["--relay", bench.relay_address]
-    extra = [] if compress else ["--no-compress"]
+    if tool != "bob-direct":
+        relay.append("--no-direct")  # the relay path, forced (on loopback bob goes direct)
+    extra = ["--no-compress"] if tool == "bob-nc" else []
     sender = Child(
         "bob send",
         [*bob, "send", *relay, *extra, str(bench.source)],
@@ -379,7 +397,6 @@ def run_bob(bench: Bench, rnd: int, compress: bool) -> Run:
     def receiver() -> Child:
         return Child("bob recv", [*bob, "recv", *relay, "--yes", "--output", str(out), code])
 
-    tool = "bob" if compress else "bob-nc"
     return timed_pair(bench, tool, rnd, sender, receiver, out, bench.relay, first_sends=True)
 
 
@@ -421,7 +438,7 @@ def run_tool(bench: Bench, tool: str, rnd: int) -> Run:
             return run_wormhole(bench, rnd)
         if tool == "plain":
             return run_plain(bench, rnd)
-        return run_bob(bench, rnd, compress=tool == "bob")
+        return run_bob(bench, rnd, tool)
     except BenchError as exc:
         return Run(tool, rnd, False, error=str(exc))
     finally:
@@ -505,7 +522,7 @@ def ensure_wormhole() -> None:
 
 
 def start_servers(bench: Bench, tools: Sequence[str]) -> None:
-    if "bob" in tools or "bob-nc" in tools:
+    if any(tool.startswith("bob") for tool in tools):
         bob = [sys.executable, "-m", "retreatkit.cli.bob"]
         relay = Child(
             "bob relay",
@@ -550,22 +567,6 @@ def make_source(folder: Path, size: int) -> tuple[Path, str]:
             f.write(block)
             left -= len(block)
     return path, digest.hexdigest()
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "retreatkit"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "?"
-    return (head or "?") + (" (retreatkit/ modified)" if dirty else "")
 
 
 def machine() -> dict[str, str]:
@@ -665,10 +666,21 @@ def report(size: int, runs: list[Run], summaries: list[Summary]) -> None:
             f"{s.tool:<9} {runs_text:>9} {triple(s.e2e):>22} {triple(s.data):>22}"
             f" {s.cpu_send:9.2f} {s.cpu_recv:9.2f} {s.cpu_relay:10.2f}"
         )
+    print()
+    print("CPU seconds per GiB moved (medians): sender + relay + receiver = total")
+    for s in summaries:
+        per = per_gib(size, s)
+        print(
+            f"{s.tool:<11} {per['send']:6.2f} + {per['relay']:5.2f} + {per['recv']:6.2f}"
+            f" = {per['total']:6.2f}"
+        )
     by = {s.tool: s for s in summaries}
     print()
+    for line in verdicts(size, by):
+        print(line.replace("**", ""))
+    print()
     for ours in ("bob", "bob-nc"):
-        for other, goal in (("wormhole", "target >= 5x"), ("plain", "stretch >= 0.5x")):
+        for other, goal in (("wormhole", "target >= 3x"), ("plain", "stretch >= 0.5x")):
             if ours not in by or other not in by:
                 continue
             a, b = by[ours], by[other]
@@ -679,6 +691,71 @@ def report(size: int, runs: list[Run], summaries: list[Summary]) -> None:
                 f" data phase {ratio(a.data.quiet_median, b.data.quiet_median)} quiet median,"
                 f" {ratio(a.data.best, b.data.best)} best   [{goal}]"
             )
+
+
+def per_gib(size: int, s: Summary) -> dict[str, float]:
+    scale = GIB / size
+    send, relay, recv = s.cpu_send * scale, s.cpu_relay * scale, s.cpu_recv * scale
+    return {"send": send, "relay": relay, "recv": recv, "total": send + relay + recv}
+
+
+def verdicts(size: int, by: dict[str, Summary]) -> list[str]:
+    """Issue 12's targets, against magic-wormhole in the same run."""
+    if "bob" not in by or "wormhole" not in by:
+        return ["(the targets need both bob and wormhole in the run)"]
+    ours, theirs = per_gib(size, by["bob"]), per_gib(size, by["wormhole"])
+    speed = by["bob"].e2e.quiet_median / by["wormhole"].e2e.quiet_median
+    total = ours["total"] / theirs["total"] if theirs["total"] else float("inf")
+    relay = ours["relay"] / theirs["relay"] if theirs["relay"] else float("inf")
+    out = [
+        f"total CPU per GiB: {ours['total']:.2f} s, {total:.2f} of wormhole's"
+        f" {theirs['total']:.2f} s (target <= {TARGET_TOTAL_CPU:.2f}):"
+        f" {verdict(total <= TARGET_TOTAL_CPU)}",
+        f"relay CPU per GiB: {ours['relay']:.2f} s, {relay:.2f} of the transit relay's"
+        f" {theirs['relay']:.2f} s (target <= {TARGET_RELAY_CPU:.3f}):"
+        f" {verdict(relay <= TARGET_RELAY_CPU)}",
+        f"end-to-end throughput: {speed:.2f}x wormhole's (target >= {TARGET_SPEED:g}x):"
+        f" {verdict(speed >= TARGET_SPEED)}",
+    ]
+    if "bob-direct" in by:
+        direct = by["bob-direct"].e2e.quiet_median
+        out.append(
+            f"direct path: {direct:.0f} MB/s end-to-end beside the relay path's"
+            f" {by['bob'].e2e.quiet_median:.0f} MB/s"
+        )
+    return out
+
+
+def render(size: int, rounds: int, info: dict[str, str], summaries: list[Summary]) -> str:
+    """The RESULTS.md section: the command, the machine, the table and the verdicts."""
+    lines = [
+        SECTION,
+        "",
+        f"Command (commit {info['commit']}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}):",
+        "",
+        f"    uv run python bench/transfer.py --size-mib {size // (1 << 20)} --rounds {rounds}",
+        "",
+        f"Machine: nproc {info['nproc']}, {info['cpu']}, kernel {info['kernel']},"
+        f" Python {info['python']}. One random file on loopback, real processes; bob's"
+        " relay path with `--no-direct` on both sides, `bob-direct` without it; magic-wormhole"
+        f" {WORMHOLE_VERSION} with `--no-listen` (its transit relay). MB/s are 10^6 bytes/s,"
+        " end-to-end from the second process's launch until both exit; CPU is user + system"
+        " of each process, all threads, start-up included, per GiB moved (medians).",
+        "",
+        "| tool | runs (quiet) | end-to-end MB/s: quiet median / best | data-phase MB/s"
+        " | CPU s/GiB sender | relay | receiver | total |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        per = per_gib(size, s)
+        lines.append(
+            f"| {s.tool} | {s.runs} ({s.quiet_runs})"
+            f" | **{s.e2e.quiet_median:.0f}** / {s.e2e.best:.0f} | {s.data.quiet_median:.0f}"
+            f" | {per['send']:.2f} | {per['relay']:.2f} | {per['recv']:.2f}"
+            f" | **{per['total']:.2f}** |"
+        )
+    lines += ["", *(f"- {line}" for line in verdicts(size, {s.tool: s for s in summaries}))]
+    return "\n".join(lines) + "\n"
 
 
 def triple(s: Stat) -> str:
@@ -709,6 +786,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="before each run, wait up to this many seconds for the machine to be idle",
     )
     p.add_argument("--json", type=Path, help="also write every run and the summary here")
+    p.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     p.add_argument("--plain-recv", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--plain-send", nargs=2, metavar=("PORT", "PATH"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -769,6 +847,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.stop()
     summaries = summarise(size, runs, tools)
     report(size, runs, summaries)
+    if not args.no_write and all(r.ok for r in runs):
+        write_section(SECTION, render(size, args.rounds, info, summaries))
+        print(f"wrote {RESULTS.relative_to(ROOT)}")
     if args.json:
         doc = {
             "machine": info,

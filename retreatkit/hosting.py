@@ -25,9 +25,14 @@ def apply_mirror_flags(section: dict[str, Any], flags: dict[str, Any]) -> None:
 
 
 def services(
-    args: argparse.Namespace, cfg: dict[str, Any], lan_address: LanAddress | None = None
+    args: argparse.Namespace,
+    cfg: dict[str, Any],
+    lan_address: LanAddress | None = None,
+    on_lan: bool = True,
 ) -> list[Service]:
-    """The services this command runs; `lan_address` is what `up` names its own after."""
+    """The services this command runs; `lan_address` is what `up` names its own after;
+    `on_lan`: the relay and the mirror announce themselves by zeroconf (a VM guest's do
+    not: qemu's user network is not the LAN)."""
     flags = {k: v for k, v in vars(args).items() if v is not None}
     out: list[Service] = []
     images = set(cfg["images"]["run"]) if args.command == "up" else set()
@@ -36,7 +41,8 @@ def services(
         from retreatkit.relay.hosted import RelayService, relay_limits
 
         section = {**cfg["relay"], **({"listen": listen} if listen else {})}
-        out.append(RelayService(config.host_port(section["listen"]), relay_limits(section)))
+        listen_at = config.host_port(section["listen"])
+        out.append(RelayService(listen_at, relay_limits(section), on_lan))
     mirror_url: Callable[[], str | None] | None = None
     if args.command in ("up", "mirror") and "mirror" not in images:
         from retreatkit.mirror.hosted import MirrorService
@@ -50,7 +56,7 @@ def services(
         else:  # the nameserver's URL lists come through this mirror: one fetch for the LAN
             urls = [u for u in cfg["nameserver"]["blocklists"] if "://" in u]
             section["lists"] = list(dict.fromkeys([*section["lists"], *urls]))
-        mirror = MirrorService.from_config(section)
+        mirror = MirrorService.from_config(section, on_lan)
         mirror_url = lambda: mirror.url  # noqa: E731
         out.append(mirror)
     if args.command in ("up", "nameserver") and "nameserver" not in images:

@@ -23,7 +23,7 @@ from retreatkit.admin.process import ProcessInfo
 from retreatkit.lanaddress import choose as lan_address
 
 if TYPE_CHECKING:
-    from retreatkit.admin.advertise import Advertisement
+    from retreatkit.mdns import LanAdvert
 
 log = logging.getLogger("retreatkit")
 Say = Callable[[str], None]
@@ -104,7 +104,7 @@ async def serve(
     process = ProcessInfo(names)
     started: list[Service] = []
     runner: web.AppRunner | None = None
-    advert: Advertisement | None = None
+    advert: LanAdvert | None = None
     try:
         for service in services:
             await service.start(registry, say)
@@ -121,10 +121,11 @@ async def serve(
         gc.freeze()
         say(f"Admin on http://{ahost}:{aport}/status")
         if on_lan:
-            from retreatkit.admin.advertise import advertise
+            from retreatkit.admin.advertise import announcement
 
+            advert = announcement(names)
+            advert.start(admin_at[0], aport)
             lan = lan or lan_address().address
-            advert = await advertise(admin_at[0], [lan], aport, names)
             named = {"relay", "mirror", "nameserver"} <= set(names)
             process.attendees = startup.attendee_lines(bound, lan, named)
             if process.attendees:
@@ -139,7 +140,7 @@ async def serve(
         say("Stopping...")
     finally:
         if advert is not None:
-            await advert.close()
+            await advert.stop()
         for service in reversed(started):
             try:
                 await service.stop()

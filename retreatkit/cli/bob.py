@@ -11,16 +11,25 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from retreatkit import config, loop
-from retreatkit.cli import ui
-from retreatkit.transfer import aio, codes, source
-from retreatkit.transfer.errors import Refused, TransferError
-from retreatkit.transfer.offer import MAX_TEXT, Offer, escape
-from retreatkit.transfer.receive import Writer
+from retreatkit.cli import prompt, ui
+from retreatkit.cli.reporters import RecvReporter, SendReporter
+from retreatkit.transfer import aio, codes, find, source
+from retreatkit.transfer.errors import PakeFailed, Refused, TransferError, UnsafeOffer
+from retreatkit.transfer.offer import MAX_TEXT, Offer, check_component, escape
+from retreatkit.transfer.receive import StdoutWriter, Writer
+from retreatkit.transfer.rendezvous import FirstReachable, OwnRendezvous, RelayRendezvous
 
 DESCRIPTION = """\
 Send files, folders and text to another computer, end-to-end encrypted.
 The sender gets a passphrase such as 7-purple-sofa; the receiver types it.
 The relay in between never sees the words (README: what the relay learns).
+
+Where bob connects, in this order: --relay HOST:PORT; else $BOB_RELAY; else a
+relay that announces itself on the LAN (zeroconf, _retreat-relay._tcp), or for
+the receiver the sender itself when it announces the passphrase's number; else
+relay.retreat.lan:9000. A sender that reaches no relay at all waits for the
+receiver on the LAN itself. Once both sides proved the passphrase, they try a
+direct connection on the LAN and keep the relay if it fails (--no-direct: never).
 
 Not dinosaure/bob: this bob speaks bob/1, a different protocol from the
 OCaml tool of the same name, and the two cannot talk to each other."""
@@ -29,9 +38,14 @@ EPILOG = """\
 examples:
   bob send photo.jpg              then, on the other computer: bob recv 7-purple-sofa
   bob send --text "hello"         the text arrives on the receiver's stdout
-  tar c dir | bob send -          stdin is sent as a stream named 'stdin'
+  tar c dir | bob send -          stdin is sent as a stream named 'stdin' (--name NAME)
+  bob recv CODE --stdout | tar x  one file to stdout
+  bob send --count 3 slides.pdf   three receivers, one passphrase
   BOB_PASSPHRASE=12-our-own-words bob send f   a passphrase of your own (never in argv)
-  bob relay                       run a relay on 0.0.0.0:9000"""
+  bob relay                       run a relay on 0.0.0.0:9000
+
+Run `bob send` and `bob recv` again after an interruption: the receiver resumes
+from what it already holds in its output folder."""
 ARGV_REFUSED = (
     "a passphrase on the command line shows in ps to everyone on this computer"
     " while bob waits; set BOB_PASSPHRASE instead"
@@ -42,6 +56,27 @@ class Usage(Exception):
     """Bad arguments: exit 2."""
 
 
+def version() -> str:
+    from importlib import metadata  # only when asked: a slow import
+
+    try:
+        number = metadata.version("retreatkit")
+    except metadata.PackageNotFoundError:
+        number = "unknown"
+    return f"bob {number} (protocol bob/1)"
+
+
+class _Version(argparse.Action):
+    """--version, worked out only when given."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version())
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="bob",
@@ -49,27 +84,41 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    top.add_argument("--version", action=_Version)
     sub = top.add_subparsers(dest="command", required=True, metavar="{send,recv,relay}")
-    relay_help = "relay HOST:PORT (default: $BOB_RELAY, else relay.retreat.lan:9000)"
+    relay_help = (
+        "relay HOST:PORT (default: $BOB_RELAY, else one on the LAN, else relay.retreat.lan)"
+    )
     timeout_help = f"give up on a silent peer after this long (default {aio.PEER_TIMEOUT:g})"
+    direct_help = "never connect directly: everything goes through the relay"
 
     send = sub.add_parser("send", help="send files, folders, stdin or text")
+    send.add_argument("--version", action=_Version)
     send.add_argument("--relay", metavar="HOST:PORT", help=relay_help)
     send.add_argument(
         "--passphrase", metavar="CODE", help="refused: set BOB_PASSPHRASE=CODE (ps shows argv)"
     )
     send.add_argument("--text", metavar="TEXT", help="send a text message instead of files")
+    send.add_argument("--name", metavar="NAME", help="the name the stream - arrives under")
     send.add_argument("--no-compress", action="store_true", help="do not compress")
+    send.add_argument(
+        "--count", metavar="N", type=_count, default=1, help="send to N receivers (default 1)"
+    )
+    send.add_argument("--no-direct", action="store_true", help=direct_help)
+    send.add_argument("--no-qr", action="store_true", help="no QR code of the passphrase")
     send.add_argument("--timeout", metavar="SECONDS", type=_seconds, help=timeout_help)
     send.add_argument("paths", nargs="*", metavar="PATH", help="files or folders; - for stdin")
 
     recv = sub.add_parser("recv", help="receive with a passphrase")
+    recv.add_argument("--version", action=_Version)
     recv.add_argument("--relay", metavar="HOST:PORT", help=relay_help)
     recv.add_argument("--timeout", metavar="SECONDS", type=_seconds, help=timeout_help)
+    recv.add_argument("--no-direct", action="store_true", help=direct_help)
     recv.add_argument(
         "--yes", "-y", action="store_true", help="accept without asking (never hidden top names)"
     )
     recv.add_argument("--output", "-o", metavar="DIR", default=".", help="folder to write into")
+    recv.add_argument("--stdout", action="store_true", help="write the one file to stdout")
     recv.add_argument(
         "code", nargs="?", metavar="CODE", help="the passphrase (else $BOB_PASSPHRASE, else asked)"
     )
@@ -91,6 +140,12 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"not a number of receivers (1 to 1000): {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -107,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one line, never a traceback, whatever a peer or relay sent
         print(f"ERROR: {type(exc).__name__}: {escape(str(exc))} (a bug in bob)", file=sys.stderr)
         return 1
+    finally:
+        prompt.restore_terminal()
 
 
 async def _interruptible(command: Callable[[], Awaitable[int]]) -> int:
@@ -119,6 +176,7 @@ async def _interruptible(command: Callable[[], Awaitable[int]]) -> int:
     try:
         return await command()
     except asyncio.CancelledError:
+        prompt.restore_terminal()
         _say("ERROR: interrupted")
         return 1
     finally:
@@ -144,24 +202,41 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _relay(value: str | None) -> aio.Relay:
-    text = value or os.environ.get("BOB_RELAY") or config.DEFAULTS["bob"]["relay"]
+def _given(value: str | None) -> find.Target | None:
     try:
-        host, port = config.host_port(text, default_port=9000)
+        return find.given(value)
     except ValueError as exc:
         raise Usage(str(exc)) from None
-    return aio.Relay(host, port)
 
 
 def _code(text: str) -> codes.Code:
     try:
-        return codes.parse(text)
+        return codes.expand(codes.parse(text))
     except codes.CodeError as exc:
         raise Usage(str(exc)) from None
 
 
+def _sources(args: argparse.Namespace) -> source.Sources:
+    if args.text is not None and args.paths:
+        raise Usage("give --text or paths, not both")
+    if args.text is None and not args.paths:
+        raise Usage("nothing to send: give a PATH, - for stdin, or --text TEXT")
+    if args.name is not None:
+        if args.paths != [source.STDIN]:
+            raise Usage("--name names the stream: give it with - alone")
+        try:
+            check_component(args.name)
+        except UnsafeOffer as exc:
+            raise Usage(f"--name: {exc}") from None
+    if args.text is not None:
+        if ui.text_size(args.text) > MAX_TEXT:
+            raise Usage("the text is over 1 MiB; send it as a file")
+        return source.Sources(Offer(text=args.text), [])
+    return source.collect(args.paths, stdin_name=args.name or source.STDIN_NAME)
+
+
 async def send(args: argparse.Namespace) -> int:
-    relay = _relay(args.relay)
+    target = _given(args.relay)
     if args.passphrase is not None:
         raise Usage(ARGV_REFUSED)
     own = os.environ.get("BOB_PASSPHRASE")
@@ -173,82 +248,94 @@ async def send(args: argparse.Namespace) -> int:
             f" a generated one has {codes.MIN_BITS}): use longer words, or unset it"
             " and let bob choose"
         )
-    if args.text is not None and args.paths:
-        raise Usage("give --text or paths, not both")
-    if args.text is None and not args.paths:
-        raise Usage("nothing to send: give a PATH, - for stdin, or --text TEXT")
-    reporter = SendReporter(relay, own=code is not None)
+    reporter = SendReporter(target, own=code is not None, qr=not args.no_qr, count=args.count)
     try:
-        if args.text is not None:
-            if ui.text_size(args.text) > MAX_TEXT:
-                raise Usage("the text is over 1 MiB; send it as a file")
-            sources = source.Sources(Offer(text=args.text), [])
-        else:
-            sources = source.collect(args.paths)
+        sources = _sources(args)
         for skipped in sources.skipped:
             _say(f"Skipping {skipped}")
         _say(ui.describe_send(sources.offer))
         timeout = args.timeout or aio.PEER_TIMEOUT
-        await aio.send(relay, sources, code, reporter, not args.no_compress, timeout)
+        options = aio.Options(not args.no_compress, not args.no_direct, timeout)
+        rendezvous: aio.Rendezvous
+        if target is None:
+            target = await find.on_lan(None)
+            if target is not None:
+                _say(f"Using the relay at {target.relay} (found on the LAN)")
+        if target is None:
+            target = await find.default()
+            rendezvous = FirstReachable(
+                RelayRendezvous(target.relay, args.count, timeout, find.REACH),
+                OwnRendezvous(args.count, timeout),
+                _say,
+            )
+        else:
+            rendezvous = RelayRendezvous(target.relay, args.count, timeout)
+        await aio.send(rendezvous, sources, code, reporter, options, args.count)
     except TransferError as exc:
-        return _fail(reporter, exc)
+        return _fail(reporter, exc, "start a new bob send")
     finally:
         reporter.stop()
-    _say("Transfer complete.")
+    _say("Transfer complete." if args.count == 1 else f"Sent to {args.count} receivers.")
     return 0
 
 
-class SendReporter(ui.Reporter):
-    def __init__(self, relay: aio.Relay, own: bool = False) -> None:
-        super().__init__()
-        self.relay = relay
-        self.own = own  # the user chose the words: they are never printed
-
-    def code(self, code: codes.Code) -> None:
-        super().code(code)
-        command = "bob recv"
-        if self.relay != _relay(None):
-            command += f" --relay {self.relay}"
-        if self.own:
-            self.say(f"Passphrase: yours, on nameplate {code.nameplate} (its words are not shown)")
-        else:
-            self.say(f"Passphrase: {code}")
-            command += f" {code}"
-        self.say("On the other computer, please run:")
-        self.say("")
-        self.say(command)
-        self.say("")
-
-
-def _fail(reporter: ui.Reporter, exc: Exception) -> int:
+def _fail(reporter: ui.Reporter, exc: Exception, advice: str) -> int:
     reporter.stop()
-    _say(f"ERROR: {exc}")  # every message is one line, peer and relay text escaped
+    line = f"ERROR: {exc}"  # every message is one line, peer and relay text escaped
+    if isinstance(exc, PakeFailed):
+        # the nameplate is burned: one guess per passphrase
+        line += f". The passphrase is used up: {advice}"
+    _say(line)
     return 1
 
 
-async def recv(args: argparse.Namespace) -> int:
-    relay = _relay(args.relay)
-    output = Path(args.output)
-    if not output.is_dir():
-        raise Usage(f"--output {args.output}: not a folder")
-    stdin = Lines()
+async def _passphrase(args: argparse.Namespace, lines: prompt.Lines) -> codes.Code | None:
     text = args.code or os.environ.get("BOB_PASSPHRASE")
     if not text:
-        text = await stdin.ask("Enter passphrase: ")
+        text = await prompt.ask_passphrase(lines)
         if text is None:
             _say("ERROR: no passphrase: give it as an argument, in BOB_PASSPHRASE, or on stdin")
-            return 1
+            return None
     code = _code(text)
+    better = codes.suggest(code)
+    if better is None:
+        return code
+    # a typo burns the passphrase: ask before the key exchange, not after
+    if sys.stdin.isatty():
+        answer = await lines.ask(
+            f"'{code}' has a word bob never chooses: did you mean {better}? [Y/n] "
+        )
+        return better if (answer or "").strip().lower() in ("", "y", "yes") else code
+    _say(f"Note: '{code}' has a word bob never chooses (did you mean {better}?); using it as typed")
+    return code
+
+
+async def recv(args: argparse.Namespace) -> int:
+    target = _given(args.relay)
+    output = Path(args.output)
+    if not args.stdout and not output.is_dir():
+        raise Usage(f"--output {args.output}: not a folder")
+    if args.stdout and args.output != ".":
+        raise Usage("give --stdout or --output, not both")
+    stdin = prompt.Lines()
+    code = await _passphrase(args, stdin)
+    if code is None:
+        return 1
     reporter = RecvReporter(output)
 
     async def confirm(offer: Offer, writer: Writer | None, peer: str) -> bool:
         if writer is None:  # text goes to stdout, nothing touches the disk
             return True
+        if args.stdout and (len(offer.entries) != 1 or len(offer.files) != 1):
+            raise Refused(
+                f"not accepted: --stdout takes one file, and this is {ui.files_phrase(offer)}"
+                + (" in folders" if len(offer.entries) != len(offer.files) else "")
+            )
         for line in ui.describe_offer(offer, writer, peer):
             reporter.say(line)
         if args.yes:
             hidden = ui.hidden_tops(offer)
-            if hidden:
+            if hidden and not args.stdout:
                 names = ", ".join(hidden[:3]) + (
                     f" and {len(hidden) - 3} more" if hidden[3:] else ""
                 )
@@ -257,19 +344,34 @@ async def recv(args: argparse.Namespace) -> int:
                     " receive without --yes to see the offer and choose"
                 )
             return True
-        answer = await stdin.ask(f"Accept into {escape(str(output.resolve()))}? [Y/n] ")
+        where = "stdout" if args.stdout else escape(str(output.resolve()))
+        answer = await stdin.ask(f"Accept into {where}? [Y/n] ")
         if answer is None:
             raise Refused("no answer on stdin: transfer declined")
         return answer.strip().lower() in ("", "y", "yes")
 
+    def writer(folder: Path, offer: Offer) -> Writer:
+        return StdoutWriter(offer) if args.stdout else Writer(folder, offer)
+
     try:
         timeout = args.timeout or aio.PEER_TIMEOUT
-        offer = await aio.receive(relay, code, output, reporter, confirm, timeout)
+        if target is None:
+            target = await find.on_lan(code.nameplate)
+            if target is not None and target.direct:
+                _say(f"Found the sender on the LAN at {target.relay}")
+            elif target is not None:
+                _say(f"Using the relay at {target.relay} (found on the LAN)")
+        if target is None:
+            target = await find.default()
+        options = aio.Options(direct=not args.no_direct, timeout=timeout)
+        reach = find.REACH if target.how == "default" else aio.CONNECT_TIMEOUT
+        connector = aio.via_relay(target.relay, timeout, direct=target.direct, reach=reach)
+        offer = await aio.receive(connector, code, output, reporter, confirm, options, writer)
     except TransferError as exc:
-        return _fail(reporter, exc)
+        return _fail(reporter, exc, "ask the sender to start a new bob send")
     finally:
         reporter.stop()
-    if offer.text is None:
+    if offer.text is None and not args.stdout:
         if len(reporter.written) == 1:
             _say(f"Received file written to: {reporter.written[0]}")
         else:
@@ -277,52 +379,7 @@ async def recv(args: argparse.Namespace) -> int:
     return 0
 
 
-class RecvReporter(ui.Reporter):
-    def __init__(self, output: Path) -> None:
-        super().__init__()
-        shown = escape(str(output))
-        self.prefix = "" if shown == "." else shown.rstrip("/") + "/"
-        self.written: list[str] = []
-
-    def saved(self, name: str) -> None:
-        self.written.append(self.prefix + name)
-
-    def text(self, text: str) -> None:
-        out = sys.stdout.buffer
-        try:
-            out.write(ui.safe_text(text, sys.stdout))
-            if not text.endswith("\n"):
-                out.write(b"\n")
-            out.flush()
-        except OSError as exc:
-            # a reader that went away (`| head`): say so once, and let the exit's own
-            # flush of stdout find nothing to complain about (Python's signal docs)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise TransferError(f"cannot write the text: {exc.strerror or exc}") from None
-
-
-class Lines:
-    """Lines from stdin (fd 0), read in a daemon thread: the loop goes on meanwhile, and
-    Ctrl-C at a prompt stops bob at once instead of when Enter is pressed."""
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._eof = False
-        self._worker: aio.Worker | None = None
-
-    async def ask(self, prompt: str) -> str | None:
-        """The next line after showing `prompt` on stderr; None at end of input."""
-        print(prompt, end="", file=sys.stderr, flush=True)
-        while b"\n" not in self._buf and not self._eof:
-            self._worker = self._worker or aio.Worker()
-            chunk = await self._worker.run(lambda: os.read(0, 4096))
-            self._eof = not chunk
-            self._buf += chunk
-        if not self._buf:
-            return None
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode("utf-8", "replace")
-
+Lines = prompt.Lines  # where tests and older callers find it
 
 if __name__ == "__main__":
     sys.exit(main())

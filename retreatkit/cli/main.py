@@ -21,6 +21,7 @@ also run on its own."""
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="retreatkit", description=DESCRIPTION)
+    top.add_argument("--version", action="version", version=f"retreatkit {_version()}")
     top.add_argument("--config", metavar="FILE", type=Path, help="retreat.toml (default: none)")
     commands = "{up,relay,mirror,nameserver,tui,image,vm}"
     sub = top.add_subparsers(dest="command", required=True, metavar=commands)
@@ -101,6 +102,15 @@ def parser() -> argparse.ArgumentParser:
     tui.add_argument("--listen", metavar="HOST:PORT", help="with --web (default 127.0.0.1:8081)")
     image_cli.add_parsers(sub)
     return top  # fmt: skip
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("retreatkit")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 LISTEN_FLAGS = {"relay": "--relay-listen", "mirror": "--mirror-listen",

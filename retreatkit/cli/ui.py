@@ -6,21 +6,15 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import TextIO
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING, TextIO
 
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.offer import Entry, Offer, display_path, escape, show_name
 from retreatkit.transfer.receive import Writer
+from retreatkit.transfer.resume import NOTHING, Claim
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -130,6 +124,20 @@ def _entry_line(entry: Entry, writer: Writer, folders: dict[tuple[str, ...], _Ta
     return shown
 
 
+def resume_lines(offer: Offer, claim: Claim, start: Claim) -> list[str]:
+    """What the receiver says once it knows where the data starts again."""
+    files = offer.files
+    if start == NOTHING and claim.index > 0:
+        return ["What an earlier transfer left differs from this one: receiving it all again"]
+    if start.index >= len(files):
+        return ["Every file arrived in an earlier transfer"]
+    name = display_path(files[start.index].path)
+    if start.length < claim.length:
+        return [f"The partial {name} did not match past {size(start.length)}: receiving the rest"]
+    before = sum(e.size or 0 for e in files[: start.index]) + start.length
+    return [f"Resuming {name} from {size(start.length)} ({size(before)} already here)"]
+
+
 def hidden_tops(offer: Offer) -> list[str]:
     """Top-level names a `--yes` never accepts: hidden ones, such as .bashrc or .ssh."""
     return [show_name(name) for name in offer.top_level if hidden(name)]
@@ -171,10 +179,28 @@ class Reporter:
     def paired(self, peer: str) -> None:
         self.started = time.monotonic()
 
+    def path(self, which: str) -> None:
+        """How the data goes: `direct` or `relay`."""
+        self.say(f"Path: {which}")
+
+    def resumed(self, offer: Offer, claim: Claim, start: Claim) -> None:
+        for line in resume_lines(offer, claim, start):
+            self.say(line)
+
     def progress(self, done: int, total: int | None) -> None:
         if self._bar is None:
             if time.monotonic() - self.started < 1.0 or not self.stream.isatty():
                 return
+            # rich only for a bar on a terminal: most of bob's start-up otherwise
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._bar = Progress(
                 BarColumn(),
                 DownloadColumn(),

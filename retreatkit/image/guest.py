@@ -28,7 +28,7 @@ STATE = "/run/state"  # XDG_STATE_HOME in the guest: the admin token lives there
 
 def services(name: str, cfg: dict[str, Any]) -> list[serve.Service]:
     """The same services `retreatkit NAME` would run, from a retreat.toml-shaped dict."""
-    return hosting.services(argparse.Namespace(command=name), cfg)
+    return hosting.services(argparse.Namespace(command=name), cfg, on_lan=False)
 
 
 def write_token(token: str, state: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -26,6 +26,9 @@ from retreatkit.mirror.service import Mirror, ServerLimits, Settings
 from retreatkit.mirror.status import MirrorCollector
 from retreatkit.serve import Say
 
+if TYPE_CHECKING:
+    from retreatkit.mdns import LanAdvert
+
 
 def default_store() -> Path:
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -35,9 +38,14 @@ def default_store() -> Path:
 class MirrorService:
     name = "mirror"
 
-    def __init__(self, listen: tuple[str, int], settings: Settings) -> None:
+    def __init__(self, listen: tuple[str, int], settings: Settings, announce: bool = True) -> None:
         self.listen = listen
         self.settings = settings
+        self.advert: LanAdvert | None = None
+        if announce:  # zeroconf is imported only where it is used
+            from retreatkit.mdns import MIRROR, LanAdvert
+
+            self.advert = LanAdvert(MIRROR, "retreatkit mirror", {"path": "/"})
         self.mirror: Mirror | None = None
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -46,7 +54,7 @@ class MirrorService:
         self.own_wheel: asyncio.Task[None] | None = None  # publishing the kit for attendees
 
     @classmethod
-    def from_config(cls, section: dict[str, Any]) -> MirrorService:
+    def from_config(cls, section: dict[str, Any], announce: bool = True) -> MirrorService:
         settings = Settings(
             store=Path(section["store"]) if section["store"] else default_store(),
             pypi=section["pypi"] or upstreams.default_pypi(),
@@ -70,7 +78,7 @@ class MirrorService:
             max_size=int(section["max_size_bytes"]),
             allow_upstream=list(section["allow_upstream"]),
         )
-        return cls(config.host_port(section["listen"]), settings)
+        return cls(config.host_port(section["listen"]), settings, announce)
 
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
         self._session = mirror_resolver.session()
@@ -93,9 +101,13 @@ class MirrorService:
         apt = ", ".join(f"{n}={u}" for n, u in self.settings.apt.items())
         say(f"Mirror apt origins: {apt or 'none (pass --apt NAME=URL)'}")
         self.mirror.start(done=say)  # the store check runs while the mirror serves
+        if self.advert is not None:
+            self.advert.start(host, port)
         self.own_wheel = self.mirror.spawn(mirror_local.publish_own(self.mirror, say))
 
     async def stop(self) -> None:
+        if self.advert is not None:
+            await self.advert.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.mirror is not None:

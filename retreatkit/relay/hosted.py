@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -10,6 +10,9 @@ from prometheus_client import CollectorRegistry
 from retreatkit.relay.matching import Limits
 from retreatkit.relay.server import Relay
 from retreatkit.serve import Say
+
+if TYPE_CHECKING:
+    from retreatkit.mdns import LanAdvert
 
 
 def relay_limits(section: dict[str, Any]) -> Limits:
@@ -28,17 +31,27 @@ def relay_limits(section: dict[str, Any]) -> Limits:
 class RelayService:
     name = "relay"
 
-    def __init__(self, listen: tuple[str, int], limits: Limits) -> None:
+    def __init__(self, listen: tuple[str, int], limits: Limits, announce: bool = True) -> None:
         self.listen = listen
         self.limits = limits
         self.relay: Relay | None = None
+        # bob finds the relay by zeroconf; a VM guest behind qemu's user network has no LAN
+        self.advert: LanAdvert | None = None
+        if announce:  # zeroconf is imported only where it is used
+            from retreatkit.mdns import RELAY, LanAdvert
+
+            self.advert = LanAdvert(RELAY, "bob relay", {"kind": "relay"})
 
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
         self.relay = Relay(self.limits, registry)
         host, port = await self.relay.start(*self.listen)
         say(f"Relay listening on {host}:{port}")
+        if self.advert is not None:
+            self.advert.start(host, port)
 
     async def stop(self) -> None:
+        if self.advert is not None:
+            await self.advert.stop()
         if self.relay is not None:
             await self.relay.stop()
 

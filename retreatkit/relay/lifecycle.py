@@ -166,7 +166,7 @@ class RelayCore:
             return self._refuse(conn, str(exc), Ending.BAD_REQUEST)
         try:
             if request.role is wire.Role.SEND:
-                return self._wait(conn, request.nameplate)
+                return self._wait(conn, request.nameplate, request.key)
             assert request.nameplate is not None
             sender = self.matcher.join(request.nameplate, conn.ip)
         except NoSender as exc:
@@ -228,11 +228,11 @@ class RelayCore:
 
     # -- transitions ------------------------------------------------------------------
 
-    def _wait(self, conn: Conn, nameplate: str | None) -> list[Action]:
+    def _wait(self, conn: Conn, nameplate: str | None, key: str | None) -> list[Action]:
         if nameplate is None:
-            conn.nameplate = self.matcher.allocate(conn, conn.ip)
+            conn.nameplate = self.matcher.allocate(conn, conn.ip, key)
         else:
-            conn.nameplate = self.matcher.claim(conn, conn.ip, nameplate)
+            conn.nameplate = self.matcher.claim(conn, conn.ip, nameplate, key)
         conn.phase, conn.sender = Phase.WAITING, True
         deadline = self.clock() + self.limits.wait_timeout
         return [Write(conn, wire.reply("ok", conn.nameplate)), self._arm(conn, deadline)]

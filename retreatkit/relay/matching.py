@@ -43,6 +43,14 @@ class _Bucket:
     stamp: float
 
 
+@dataclass(slots=True)
+class _Hold:
+    """A nameplate's waiting senders: one, or several tied by the sender's own key."""
+
+    key: str | None
+    queue: list[tuple[object, str]]  # (sender, address), first come first paired
+
+
 class Matcher:
     """Nameplate -> waiting sender; a nameplate pairs once, then it is burned.
 
@@ -61,7 +69,8 @@ class Matcher:
         self.limits = limits
         self._randbelow = randbelow
         self._clock = clock
-        self._waiting: dict[str, tuple[object, str]] = {}  # nameplate -> (sender, address)
+        self._waiting: dict[str, _Hold] = {}
+        self._count = 0  # waiting connections, over every nameplate
         self._waiting_by_ip: Counter[str] = Counter()
         self._by_ip: Counter[str] = Counter()
         self._buckets: dict[str, _Bucket] = {}
@@ -87,7 +96,8 @@ class Matcher:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        """Waiting sender connections."""
+        return self._count
 
     def span(self) -> int:
         """Nameplates are drawn below this: short while few wait and nobody guesses."""
@@ -100,34 +110,41 @@ class Matcher:
             return max(span, 10_000)
         return span
 
-    def allocate(self, who: object, ip: str) -> str:
+    def allocate(self, who: object, ip: str, key: str | None = None) -> str:
         """A fresh nameplate for a sender."""
         self._check_room(ip)
         span = self.span()
         for _ in range(64):
             nameplate = str(1 + self._randbelow(span - 1))
             if nameplate not in self._waiting:
-                self._hold(nameplate, who, ip)
+                self._hold(nameplate, who, ip, key)
                 return nameplate
         raise Refusal("no free nameplate; try again")
 
-    def claim(self, who: object, ip: str, nameplate: str) -> str:
-        """A sender brought its own passphrase, so its own nameplate."""
+    def claim(self, who: object, ip: str, nameplate: str, key: str | None = None) -> str:
+        """A sender brought its own passphrase, so its own nameplate; or, with the key
+        its first connection gave, another connection waiting on it (`bob send --count`)."""
         self._check_room(ip)
-        if nameplate in self._waiting:
+        held = self._waiting.get(nameplate)
+        if held is not None and (key is None or held.key != key):
             raise Refusal(f"nameplate {nameplate} is in use; choose another passphrase")
-        self._hold(nameplate, who, ip)
+        self._hold(nameplate, who, ip, key)
         return nameplate
 
     def join(self, nameplate: str, ip: str) -> object:
-        """A receiver: pair with the sender waiting on `nameplate`, burning it."""
+        """A receiver: pair with the first sender connection waiting on `nameplate`. The
+        nameplate is burned with its last waiting connection; a sender that keeps more
+        waiting (several receivers) closes them all after a failed key exchange, so the
+        passphrase still allows one guess."""
         now = self._clock()
         self._take(ip, now)
-        held = self._waiting.pop(nameplate, None)
+        held = self._waiting.get(nameplate)
         if held is None:
             self.failed(ip)
             raise NoSender(f"no sender is waiting on nameplate {nameplate}")
-        who, sender_ip = held
+        who, sender_ip = held.queue.pop(0)
+        if not held.queue:
+            del self._waiting[nameplate]
         self._unhold(sender_ip)
         return who
 
@@ -155,23 +172,32 @@ class Matcher:
 
     def leave(self, who: object, nameplate: str | None) -> None:
         held = self._waiting.get(nameplate) if nameplate is not None else None
-        if held is not None and held[0] is who:
+        if held is None:
+            return
+        for i, (sender, ip) in enumerate(held.queue):
+            if sender is who:
+                del held.queue[i]
+                self._unhold(ip)
+                break
+        if not held.queue:
             del self._waiting[nameplate]  # type: ignore[arg-type]
-            self._unhold(held[1])
 
     # -- internals ----------------------------------------------------------------------
 
     def _check_room(self, ip: str) -> None:
-        if len(self._waiting) >= self.limits.waiting:
+        if self._count >= self.limits.waiting:
             raise Refusal("the relay is full; try again later")
         if self._waiting_by_ip[ip] >= self.limits.waiting_per_ip:
             raise Refusal(f"too many senders waiting from {ip}")
 
-    def _hold(self, nameplate: str, who: object, ip: str) -> None:
-        self._waiting[nameplate] = (who, ip)
+    def _hold(self, nameplate: str, who: object, ip: str, key: str | None) -> None:
+        held = self._waiting.setdefault(nameplate, _Hold(key, []))
+        held.queue.append((who, ip))
+        self._count += 1
         self._waiting_by_ip[ip] += 1
 
     def _unhold(self, ip: str) -> None:
+        self._count -= 1
         self._waiting_by_ip[ip] -= 1
         if self._waiting_by_ip[ip] <= 0:
             del self._waiting_by_ip[ip]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import time
 from typing import Any, cast
@@ -11,8 +12,8 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
-from retreatkit.relay import status
-from retreatkit.relay.lifecycle import Action, Arm, Close, Conn, RelayCore, Write
+from retreatkit.relay import splice, status
+from retreatkit.relay.lifecycle import Action, Arm, Close, Conn, Phase, RelayCore, Write
 from retreatkit.relay.matching import Limits
 
 log = logging.getLogger("retreatkit.relay")
@@ -61,8 +62,14 @@ class Metrics:
 class Relay:
     """One relay: its core, its metrics and its listening socket."""
 
-    def __init__(self, limits: Limits | None = None, registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        registry: CollectorRegistry | None = None,
+        use_splice: bool = splice.AVAILABLE,
+    ):
         self.limits = limits or Limits()
+        self.use_splice = use_splice
         self.core = RelayCore(self.limits, clock=time.monotonic)
         self.metrics = Metrics(registry)
         self.open_files = 0
@@ -107,6 +114,46 @@ class Relay:
                 log.debug("closed %s: %s", action.conn.address, action.conn.ending)
         self.metrics.gauges(self.core)
 
+    def hand_over(self, a: RelayConnection, b: RelayConnection) -> None:
+        """A pair just formed: forward its bytes in the kernel from now on, if this system
+        can and nothing is left in either transport to write."""
+        ta, tb = a.transport, b.transport
+        if not self.use_splice or ta is None or tb is None:
+            return
+        if ta.get_write_buffer_size() or tb.get_write_buffer_size():
+            return
+        sa, sb = ta.get_extra_info("socket"), tb.get_extra_info("socket")
+        if sa is None or sb is None:
+            return
+        fa, fb = os.dup(sa.fileno()), os.dup(sb.fileno())
+        conns = (a.conn, b.conn)
+
+        def moved(side: int, n: int) -> None:
+            conn = conns[side]
+            if conn is not None:
+                self.core.forwarded(conn, n)
+
+        def ended(side: int) -> None:
+            conn = conns[side]
+            if conn is not None:
+                self.perform(self.core.lost(conn))
+
+        for handle in (a, b):
+            handle.spliced = True  # its transport's end is not the connection's
+            assert handle.transport is not None
+            handle.transport.abort()
+        try:
+            pair = splice.Splice(fa, fb, moved, ended)
+        except OSError as exc:  # out of pipes: this pair cannot go on
+            log.warning("cannot splice a pair: %s", exc)
+            for fd in (fa, fb):
+                os.close(fd)
+            for conn in conns:
+                if conn is not None:
+                    self.perform(self.core.lost(conn))
+            return
+        a.pair = b.pair = pair
+
 
 class RelayConnection(asyncio.Protocol):
     """One TCP connection; the core decides, this performs."""
@@ -117,6 +164,8 @@ class RelayConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn: Conn | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.spliced = False  # the pair's bytes go through splice, not this transport
+        self.pair: splice.Splice | None = None
 
     # -- asyncio callbacks ----------------------------------------------------------
 
@@ -137,11 +186,15 @@ class RelayConnection(asyncio.Protocol):
             self.core.forwarded(conn, len(data))
             return
         self.relay.perform(self.core.received(conn, data))
+        if conn.phase is Phase.PAIRED and conn.peer is not None:  # this line paired it
+            self.relay.hand_over(cast(RelayConnection, conn.peer.handle), self)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; the peer gets closed in connection_lost
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.spliced:
+            return  # the splice carries on with the socket
         if self.conn is not None:
             self.relay.perform(self.core.lost(self.conn))
         if self._timer is not None:  # the flush after close() finished in time
@@ -190,7 +243,10 @@ class RelayConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.transport is None:
+        if self.pair is not None:
+            self.pair.close()  # both sockets: the splice flushed what it had
+            return
+        if self.transport is None or self.spliced:
             return
         self.transport.close()  # flushes what is buffered, then closes
         if self.transport.get_write_buffer_size():

@@ -1,6 +1,7 @@
 """The relay's handshake lines, shared by the relay and its clients (no I/O).
 
-Client to relay, one line:   `bob/1 send`, `bob/1 send NAMEPLATE` or `bob/1 recv NAMEPLATE`
+Client to relay, one line:   `bob/1 send [NAMEPLATE] [KEY]` or `bob/1 recv NAMEPLATE`
+                             (KEY, 32 hex digits: a sender's several waiting connections)
 Relay to client, lines:      `ok NAMEPLATE` (a sender's nameplate is held),
                              `paired HOST:PORT` (the peer's address; bytes flow from here on),
                              `error TEXT` (then the relay closes).
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 MAX_LINE = 128
 PREFIX = "bob/1"
-_REQUEST = re.compile(r"^bob/1 (send|recv)(?: ([0-9]{1,6}))?$")
+_REQUEST = re.compile(r"^bob/1 (send|recv)(?: ([0-9]{1,6}))?(?: ([0-9a-f]{32}))?$")
 
 
 class Role(enum.Enum):
@@ -30,9 +31,11 @@ class WireError(ValueError):
 class Request:
     role: Role
     nameplate: str | None
+    key: str | None = None  # a sender's own random key: more connections on its nameplate
 
     def encode(self) -> bytes:
         parts = [PREFIX, self.role.value] + ([self.nameplate] if self.nameplate else [])
+        parts += [self.key] if self.key else []
         return (" ".join(parts) + "\n").encode("ascii")
 
 
@@ -47,7 +50,9 @@ def parse_request(line: bytes) -> Request:
     role = Role(match[1])
     if role is Role.RECV and match[2] is None:
         raise WireError("recv needs a nameplate")
-    return Request(role, match[2])
+    if role is Role.RECV and match[3] is not None:
+        raise WireError("not a bob/1 request")
+    return Request(role, match[2], match[3])
 
 
 def reply(word: str, text: str = "") -> bytes:

@@ -1,47 +1,42 @@
-"""The asyncio adapter: sockets around the sans-I/O Session (the only place that awaits)."""
+"""The asyncio adapter: a sender's offer to one or more receivers, a receiver's session;
+what goes wrong said once, to the user and to the peer."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
 from retreatkit.relay import wire
-from retreatkit.transfer import codes, source
+from retreatkit.transfer import codes, resume, source
 from retreatkit.transfer.errors import (
-    LocalProtocolError,
-    OverLimit,
+    PakeFailed,
     Refused,
     RemoteProtocolError,
     TransferError,
 )
+from retreatkit.transfer.giveup import give_up, tell_peer
 from retreatkit.transfer.link import (
     CONNECT_TIMEOUT,
     Link,
+    PeerAborted,
     PeerGone,
     Relay,
     RelayError,
     Worker,
     connect,
-    discard,
 )
-from retreatkit.transfer.machine import (
-    Answered,
-    Confirmed,
-    Done,
-    Ended,
-    FileData,
-    FileEnd,
-    Offered,
-    Session,
-)
+from retreatkit.transfer.machine import Session
 from retreatkit.transfer.offer import Offer
 from retreatkit.transfer.pake import Side
-from retreatkit.transfer.receive import WriteError, Writer
+from retreatkit.transfer.receive import Writer
+from retreatkit.transfer.receiving import Sink, accepted, offered, receive_data
+from retreatkit.transfer.rendezvous import Closed, Rendezvous
+from retreatkit.transfer.sending import Options, handshake, send_session
 
-__all__ = ["PeerGone", "Relay", "RelayError", "Worker", "receive", "send", "tell_peer"]
+__all__ = ["Options", "PeerAborted", "PeerGone", "Relay", "RelayError", "Rendezvous", "Worker"]
+__all__ += ["CONNECT_TIMEOUT", "receive", "send", "tell_peer"]
 PEER_TIMEOUT = 120.0  # longest silence from a paired peer outside of a prompt (--timeout)
 
 
@@ -50,202 +45,225 @@ class Reporter(Protocol):
 
     def code(self, code: codes.Code) -> None: ...
     def paired(self, peer: str) -> None: ...
+    def path(self, which: str) -> None: ...
     def progress(self, done: int, total: int | None) -> None: ...
     def saved(self, name: str) -> None: ...
     def text(self, text: str) -> None: ...
+    def say(self, line: str) -> None: ...
+    def resumed(self, offer: Offer, claim: resume.Claim, start: resume.Claim) -> None: ...
 
 
 Confirm = Callable[[Offer, Writer | None, str], Awaitable[bool]]
 
 
-async def _handshake(link: Link, session: Session) -> None:
-    await link.flush(session.start())
-    event = await link.event(session, link.timeout)
-    if not isinstance(event, Confirmed):
-        raise RemoteProtocolError("the peer skipped key confirmation")
-
-
-def tell_peer(exc: BaseException, side: Side) -> str:
-    """Why we give up, as the peer may hear it: what failed, never where on our disk."""
-    who = side.value
-    if isinstance(exc, WriteError):
-        return exc.public
-    if isinstance(exc, source.SourceError):
-        return "the sender could not read a file"
-    if isinstance(exc, OverLimit):
-        return "the stream is larger than the receiver can take"
-    if isinstance(exc, asyncio.CancelledError):
-        return f"the {who} stopped the transfer"
-    if isinstance(exc, PeerGone):
-        return f"the {who} gave up waiting"
-    if isinstance(exc, RemoteProtocolError | LocalProtocolError):
-        return str(exc)  # about the session and the offer's names, which the peer knows
-    return f"the {who} could not go on"
-
-
-async def _give_up(link: Link, session: Session, exc: BaseException) -> None:
-    """Send an ABORT saying why, if the session is far enough along to carry one."""
-    with contextlib.suppress(TransferError, TimeoutError):
-        async with asyncio.timeout(min(link.timeout, 5.0)):
-            await link.flush(session.abort(tell_peer(exc, session.side)))
+# -- the sender ---------------------------------------------------------------------------
 
 
 async def send(
-    relay: Relay,
+    rendezvous: Rendezvous,
     sources: source.Sources,
     code: codes.Code | None,
     reporter: Reporter,
-    compress: bool = True,
-    timeout: float = PEER_TIMEOUT,
+    options: Options | None = None,
+    count: int = 1,
 ) -> None:
-    nameplate = code.nameplate if code else None
-    link = await connect(relay, wire.Request(wire.Role.SEND, nameplate), timeout)
+    """Offer to `count` receivers, one PAKE each, one at a time: a failed one closes the
+    offer, so the passphrase gives whoever guesses one try (PROTOCOL.md 2)."""
+    options = options or Options()
+    nameplate = await rendezvous.open(code.nameplate if code else None)
     try:
-        ok = await link.line(CONNECT_TIMEOUT, "ok")
-        if codes.NAMEPLATE_RE.match(ok.text) is None or ok.text != (nameplate or ok.text):
-            raise RelayError(f"the relay gave a nameplate that is not the one asked: {ok.text}")
-        if code is None:
-            code = codes.generate(ok.text)
+        code = code or codes.generate(nameplate)
         reporter.code(code)
-        paired = await link.line(None, "paired")  # as long as it takes the receiver to come
-        reporter.paired(paired.text)
-        session = Session(Side.SENDER, code)
-        try:
-            await _send_session(link, session, sources, reporter, compress)
-        except (TransferError, asyncio.CancelledError) as exc:
-            await _give_up(link, session, exc)
-            raise
+        lock = asyncio.Lock()
+        if count == 1:
+            link, peer = await rendezvous.next()
+            await rendezvous.close()
+            reporter.paired(peer)
+            await _serve(link, code, sources, reporter.progress, reporter.path, options, lock)
+            return
+        await _serve_many(rendezvous, code, sources, reporter, options, count, lock)
+    finally:
+        await rendezvous.close()
+
+
+async def _serve(
+    link: Link,
+    code: codes.Code,
+    sources: source.Sources,
+    progress: Callable[[int, int | None], None],
+    path: Callable[[str], None],
+    options: Options,
+    lock: asyncio.Lock,
+    gate: Gate | None = None,
+) -> None:
+    """One receiver. With a `gate` (several receivers), a key exchange that stops after
+    our confirmation went out counts as a failed guess, however it stopped: whoever holds
+    our CONFIRM can check a guess offline, then go quiet instead of answering. The gate
+    closes before the lock is let go, so no other key exchange starts after it."""
+    session = Session(Side.SENDER, code)
+    try:
+        async with lock:  # one key exchange at a time: one guess per failed PAKE
+            if gate is not None and gate.closed:
+                raise Closed
+            try:
+                await handshake(link, session)
+            except (TransferError, asyncio.CancelledError) as exc:
+                if gate is None:
+                    raise
+                if isinstance(exc, PakeFailed) or session.revealed:
+                    gate.closed = True
+                if isinstance(exc, PakeFailed) or not session.revealed:
+                    raise
+                raise PakeFailed(f"a receiver's key exchange did not finish: {exc}") from None
+        await send_session(link, session, sources, options, progress, path)
+    except (TransferError, asyncio.CancelledError) as exc:
+        await give_up(link, session, exc)
+        raise
     finally:
         await link.close()
 
 
-async def _send_session(
-    link: Link, session: Session, sources: source.Sources, reporter: Reporter, compress: bool
+async def _serve_many(
+    rendezvous: Rendezvous,
+    code: codes.Code,
+    sources: source.Sources,
+    reporter: Reporter,
+    options: Options,
+    count: int,
+    lock: asyncio.Lock,
 ) -> None:
-    await _handshake(link, session)
-    await link.flush(session.send_offer(sources.offer))
-    event = await link.event(session, None)  # a person decides; the relay's idle bound holds
-    if not isinstance(event, Answered):
-        raise RemoteProtocolError("the receiver did not answer the offer")
-    if not event.accepted:
-        raise Refused("the receiver declined the transfer")
-    total = sources.offer.total_size
-    producer = source.Producer(session, sources, compress)
-    # read and seal the next batch in a thread while this one goes out
-    # (OpenSSL and hashlib release the GIL)
-    worker = Worker()
-    pending = worker.run(producer.fill)
-    watcher = asyncio.ensure_future(link.event(session, None))
-    try:
-        more = True
-        while more:
-            # a source that waits (a quiet stdin) must not hide a receiver that left
-            either: set[asyncio.Future[object]] = {pending, watcher}  # type: ignore[arg-type]
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if watcher.done() and not pending.done():
-                # result() raises PeerGone if the receiver gave up or went away; DONE
-                # means END went out with the last batch
-                if not isinstance(watcher.result(), Done):
-                    raise RemoteProtocolError("the receiver spoke out of turn")
+    failures: list[BaseException] = []
+    gate = Gate()
+    served = 0
+
+    async def one(number: int, link: Link, peer: str) -> None:
+        nonlocal served
+        reporter.say(f"Receiver {number} of {count} ({peer}): connected")
+        try:
+            await _serve(link, code, sources, _quiet, _quiet, options, lock, gate)
+        except Closed:
+            return
+        except PakeFailed as exc:
+            gate.closed = True
+            failures.append(exc)
+            reporter.say(f"Receiver {number} of {count}: ERROR: {exc}")
+            await rendezvous.close()
+            return
+        except TransferError as exc:
+            failures.append(exc)
+            reporter.say(f"Receiver {number} of {count}: ERROR: {exc}")
+            return
+        served += 1
+        reporter.say(f"Receiver {number} of {count}: done")
+
+    async with asyncio.TaskGroup() as group:
+        for number in range(1, count + 1):
+            try:
+                link, peer = await rendezvous.next()
+            except Closed:
                 break
-            more = pending.result()
-            frames = producer.take()
-            if more:
-                pending = worker.run(producer.fill)
-            link.write(frames)
-            drain = asyncio.ensure_future(link.drain())
-            await asyncio.wait({drain, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if watcher.done():
-                drain.cancel()  # DONE: everything arrived, nothing is left to drain
-                if not isinstance(watcher.result(), Done):
-                    raise RemoteProtocolError("the receiver spoke out of turn")
-                break
-            await drain
-            reporter.progress(session.bytes_done, total)
-        async with asyncio.timeout(link.timeout):
-            event = await asyncio.shield(watcher)
-    except TimeoutError:
-        raise PeerGone("the receiver did not confirm the transfer in time") from None
-    except (TransferError, asyncio.CancelledError):
-        # what was sealed must go out before the ABORT: its nonce comes after theirs
-        with contextlib.suppress(TransferError):
-            link.write(producer.stop())
-        raise
-    finally:
-        producer.stop()
-        discard(watcher)
-        discard(pending)
-    if not isinstance(event, Done):
-        raise RemoteProtocolError("the receiver did not acknowledge the transfer")
-    reporter.progress(session.bytes_done, total)
+            group.create_task(one(number, link, peer))
+    if gate.closed:
+        raise PakeFailed(
+            f"wrong passphrase from a receiver: the offer is closed after {served} of {count}"
+        )
+    if served < count:
+        raise (
+            failures[0]
+            if len(failures) == 1 and not served
+            else TransferError(f"{served} of {count} receivers got it")
+        )
+
+
+class Gate:
+    """Whether the offer still takes receivers."""
+
+    closed = False
+
+
+def _quiet(*_: object) -> None:
+    """A receiver's progress among several is not drawn (one bar cannot show them)."""
+
+
+# -- the receiver -------------------------------------------------------------------------
+
+
+Connector = Callable[[wire.Request], Awaitable[Link]]
+
+
+def via_relay(
+    relay: Relay, timeout: float, direct: bool = False, reach: float = CONNECT_TIMEOUT
+) -> Connector:
+    """Connect to the relay (or, `direct`, to a sender that is its own rendezvous)."""
+
+    async def connector(request: wire.Request) -> Link:
+        link = await connect(relay, request, timeout, reach)
+        link.direct = direct
+        return link
+
+    return connector
 
 
 async def receive(
-    relay: Relay,
+    connector: Connector,
     code: codes.Code,
     output: Path,
     reporter: Reporter,
     confirm: Confirm,
-    timeout: float = PEER_TIMEOUT,
+    options: Options | None = None,
+    make_writer: Callable[[Path, Offer], Writer] = Writer,
 ) -> Offer:
-    link = await connect(relay, wire.Request(wire.Role.RECV, code.nameplate), timeout)
+    options = options or Options()
+    link = await connector(wire.Request(wire.Role.RECV, code.nameplate))
+    data_link = link
     session = Session(Side.RECEIVER, code)
     writer: Writer | None = None
     try:
         paired = await link.line(CONNECT_TIMEOUT, "paired")
         reporter.paired(paired.text)
-        await _handshake(link, session)
-        event = await link.event(session, timeout)
-        if not isinstance(event, Offered):
-            raise RemoteProtocolError("the sender sent no offer")
-        offer = event.offer
+        await handshake(link, session)
+        offer, racer = await offered(link, session, options)
         if offer.text is None:
-            writer = Writer(output, offer)
+            writer = make_writer(output, offer)
             session.stream_limit = writer.check_space()
         try:
-            accepted = await confirm(offer, writer, paired.text)
+            ok = await confirm(offer, writer, paired.text)
         except Refused:
             await link.flush(session.answer(False))
             raise
-        if not accepted:
+        if not ok:
             await link.flush(session.answer(False))
             raise Refused("transfer declined")
-        await link.flush(session.answer(True))
+        await link.flush(session.answer(True, writer.claim if writer else resume.NOTHING))
         if offer.text is not None:
             reporter.text(offer.text)
+        sink = Sink(reporter.progress, reporter.saved, reporter.path)
+        claim = writer.claim if writer else resume.NOTHING
+        data_link = await accepted(link, session, writer, racer, sink)
+        if writer is not None and claim != resume.NOTHING:
+            reporter.resumed(offer, claim, session.start_at)
+        await receive_data(data_link, session, writer, sink)
+        if data_link.buffered():
+            raise RemoteProtocolError("the sender sent data after its final record")
+        await data_link.flush(session.done())
         if writer is not None:
-            writer.make_folders()
-        await _receive_data(link, session, writer, reporter, offer.total_size)
-        await link.flush(session.done())
-        await link.until_closed(session)
+            writer.complete()
+        await data_link.until_closed(session)
         return offer
     except (TransferError, asyncio.CancelledError) as exc:
+        # a connection that broke or went quiet leaves the part for a resume; a stop on
+        # purpose (Ctrl-C, an ABORT, a tampered record) leaves nothing
+        keep = type(exc) is PeerGone and writer is not None
         if writer is not None:
-            writer.abort()
+            writer.abort(keep=keep)
+            if keep and writer.record.fd is not None:
+                reporter.say("The partial files are kept: run the same bob recv again to resume.")
         if not isinstance(exc, Refused):
-            await _give_up(link, session, exc)
+            await give_up(data_link, session, exc)
         raise
     finally:
         if writer is not None:
             writer.close()
         await link.close()
-
-
-async def _receive_data(
-    link: Link, session: Session, writer: Writer | None, reporter: Reporter, total: int | None
-) -> None:
-    shown = 0
-    while True:
-        event = await link.event(session, link.timeout)
-        if isinstance(event, FileData) and writer is not None:
-            writer.write(event.data)
-            if session.bytes_done - shown >= 1 << 20:
-                shown = session.bytes_done
-                reporter.progress(shown, total)
-        elif isinstance(event, FileEnd) and writer is not None:
-            reporter.saved(writer.finish_file())
-        elif isinstance(event, Ended):
-            reporter.progress(session.bytes_done, total)
-            return
-        else:
-            raise RemoteProtocolError(f"unexpected {type(event).__name__} from the sender")
+        if data_link is not link:
+            await data_link.close()

@@ -43,7 +43,7 @@ class Code:
 
 def parse(text: str) -> Code:
     """Parse a passphrase the user typed; surrounding spaces and case are forgiven."""
-    cleaned = text.strip().lower().replace(" ", "-")
+    cleaned = text.strip().lower().replace(" ", "-").removeprefix("bob:")  # a QR code's text
     match = _CODE_RE.match(cleaned)
     if match is None:
         raise CodeError("a passphrase looks like 7-purple-sofa: a number, then two or more words")
@@ -71,3 +71,68 @@ def generate(nameplate: str, count: int = 2) -> Code:
         raise CodeError(f"not a nameplate: {nameplate!r}")
     pool = words()
     return Code(nameplate, tuple(secrets.choice(pool) for _ in range(count)))
+
+
+PREFIX = 4  # the list's words are unique in their first four letters (BIP-39)
+
+
+@cache
+def _by_prefix() -> dict[str, str]:
+    return {w[:PREFIX]: w for w in words()}
+
+
+def expand(code: Code) -> Code:
+    """Each word given by at least its first four letters, as the list spells it: both
+    sides do this before the PAKE, so `7-purp-sofa` and `7-purple-sofa` agree. A word
+    the list does not start with stays as typed (a passphrase of one's own)."""
+    pool = frozenset(words())
+    out = []
+    for word in code.secret_words:
+        full = _by_prefix().get(word[:PREFIX]) if len(word) >= PREFIX else None
+        out.append(full if word not in pool and full and full.startswith(word) else word)
+    return Code(code.nameplate, tuple(out))
+
+
+def _near(word: str) -> set[str]:
+    """Strings one edit away (delete, swap, replace, insert), as typos are."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    out = {a + b[1:] for a, b in splits if b}
+    out |= {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
+    out |= {a + c + b[1:] for a, b in splits if b for c in letters}
+    out |= {a + c + b for a, b in splits for c in letters}
+    return out
+
+
+def suggest(code: Code) -> Code | None:
+    """A near miss, corrected: each word the list lacks that is one typo (a letter left
+    out, added, changed or two swapped) from exactly one list word, or a four-letter
+    prefix one typo from exactly one word's, becomes that word. None if nothing changes
+    or some word has no single nearest one."""
+    code = expand(code)
+    pool = frozenset(words())
+    out, changed = [], False
+    for word in code.secret_words:
+        if word in pool:
+            out.append(word)
+            continue
+        near = _near(word)
+        candidates = {w for w in near if w in pool}
+        if len(word) == PREFIX:
+            candidates |= {_by_prefix()[p] for p in near if p in _by_prefix()}
+        if len(candidates) != 1:
+            return None
+        out.append(candidates.pop())
+        changed = True
+    return Code(code.nameplate, tuple(out)) if changed else None
+
+
+def complete(text: str) -> list[str]:
+    """Completions of what is typed at the passphrase prompt: the last word's, from the
+    list, each followed by a dash until two words are there."""
+    head, _, fragment = text.rpartition("-")
+    if not head or not NAMEPLATE_RE.match(head.split("-")[0]):
+        return []
+    typed_words = len(head.split("-")) - 1
+    suffix = "-" if typed_words < 1 else ""
+    return [f"{head}-{w}{suffix}" for w in words() if w.startswith(fragment.lower())]

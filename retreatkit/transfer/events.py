@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from retreatkit.transfer.hints import Hint
 from retreatkit.transfer.offer import Offer
+from retreatkit.transfer.resume import NOTHING, Claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,13 +20,45 @@ class Offered:
 
 
 @dataclass(frozen=True, slots=True)
+class Hinted:
+    """The peer's hints, decoded but not yet judged (hints.viable)."""
+
+    hints: tuple[Hint, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Answered:
     accepted: bool
+    claim: Claim = NOTHING  # what the receiver holds already
+
+
+@dataclass(frozen=True, slots=True)
+class Prefixed:
+    """The sender's block hashes of what the receiver claimed."""
+
+    hashes: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """Where the receiver wants the data to start."""
+
+    start: Claim
+
+
+@dataclass(frozen=True, slots=True)
+class PathChosen:
+    direct: bytes | None  # the sender nonce of the direct connection, or None: stay
+
+
+@dataclass(frozen=True, slots=True)
+class PathAcked:
+    pass
 
 
 @dataclass(frozen=True, slots=True)
 class FileData:
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,4 +81,18 @@ class Aborted:
     reason: str
 
 
-Event = Confirmed | Offered | Answered | FileData | FileEnd | Ended | Done | Aborted
+Event = (
+    Confirmed
+    | Hinted
+    | Offered
+    | Answered
+    | Prefixed
+    | Started
+    | PathChosen
+    | PathAcked
+    | FileData
+    | FileEnd
+    | Ended
+    | Done
+    | Aborted
+)

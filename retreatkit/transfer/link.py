@@ -1,28 +1,35 @@
-"""A connection through the relay: the relay's lines checked and escaped, reads and
-writes bounded in time, daemon threads for work that may never return."""
+"""A connection carrying a session (through the relay, or direct): the relay's lines
+checked and escaped, reads and writes bounded in time, daemon threads for work that may
+never return."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import queue
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from retreatkit.relay import wire
-from retreatkit.transfer.errors import TransferError
+from retreatkit.transfer.channel import Channel, ConnectionClosed, Frame
+from retreatkit.transfer.errors import RemoteProtocolError, TransferError
 from retreatkit.transfer.machine import Aborted, Event, Session
 from retreatkit.transfer.offer import escape
 
-READ_SIZE = 256 * 1024
 CONNECT_TIMEOUT = 10.0
 _T = TypeVar("_T")
 
 
 class PeerGone(TransferError):
     """The connection ended, or went quiet, before the transfer did."""
+
+
+class PeerAborted(PeerGone):
+    """The peer said why it gives up (an ABORT): a stop on purpose, nothing to resume."""
 
 
 class RelayError(TransferError):
@@ -35,7 +42,8 @@ class Relay:
     port: int
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 class Worker:
@@ -82,15 +90,40 @@ def discard(future: asyncio.Future[_T]) -> None:
     future.cancel()
 
 
-class Link:
-    """A connection through the relay, carrying one Session."""
+def broke(exc: BaseException) -> PeerGone:
+    if isinstance(exc, ConnectionClosed):
+        return PeerGone(str(exc))
+    return PeerGone(f"the connection broke: {getattr(exc, 'strerror', None) or exc}")
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float
-    ) -> None:
+
+class Link:
+    """A connection carrying one Session. `reader` and `writer` are the same Channel
+    (tests stand in a StreamReader for lines, or a closed writer)."""
+
+    def __init__(self, reader: Any, writer: Any, timeout: float, direct: bool = False) -> None:
         self.reader = reader
         self.writer = writer
         self.timeout = timeout
+        self.direct = direct  # a connection straight to the peer, not through a relay
+        self._pending: collections.deque[Frame] = collections.deque()
+
+    @classmethod
+    def over(cls, channel: Channel, timeout: float, direct: bool = False) -> Link:
+        return cls(channel, channel, timeout, direct)
+
+    @property
+    def channel(self) -> Channel:
+        assert isinstance(self.reader, Channel)
+        return self.reader
+
+    def addresses(self) -> tuple[str | None, str | None]:
+        """(our address, the peer's address) on this connection."""
+        transport = getattr(self.writer, "transport", None)
+        if transport is None:
+            return None, None
+        local = transport.get_extra_info("sockname")
+        peer = transport.get_extra_info("peername")
+        return (local[0] if local else None), (peer[0] if peer else None)
 
     async def line(self, timeout: float | None, expect: str) -> wire.Reply:
         """The relay's next line, which must be `expect` (or an error)."""
@@ -120,39 +153,61 @@ class Link:
         return wire.Reply(reply.word, text)
 
     async def event(self, session: Session, timeout: float | None) -> Event:
+        """The session's next event from this connection."""
+        self.channel.start_frames()
         while True:
-            event = session.next_event()
             await self.flush(session.data_to_send())
-            if event is not None:
-                if isinstance(event, Aborted):
-                    raise PeerGone(f"the other side gave up: {event.reason}")
-                return event
-            session.receive_data(await self._read(timeout))
+            while self._pending:
+                frame = self._pending.popleft()
+                try:
+                    event = session.receive_frame(frame.kind, frame.head, frame.body)
+                finally:
+                    self.channel.release([frame])
+                await self.flush(session.data_to_send())
+                if event is not None:
+                    if isinstance(event, Aborted):
+                        raise PeerAborted(f"the other side gave up: {event.reason}")
+                    return event
+            self._pending.extend(await self.frames(timeout))
 
-    async def _read(self, timeout: float | None) -> bytes:
+    async def frames(self, timeout: float | None) -> list[Frame]:
+        """Whole frames as they come; PeerGone at the end of the stream or past `timeout`."""
         try:
             # asyncio.timeout, not wait_for: no task per read on the hot path
             async with asyncio.timeout(timeout):
-                data = await self.reader.read(READ_SIZE)
+                got = await self.channel.frames()
         except TimeoutError:
             raise PeerGone(f"the other side went quiet: nothing for {timeout:g} s") from None
-        except OSError as exc:
-            raise PeerGone(f"the connection broke: {exc.strerror or exc}") from None
-        if not data:
+        except (OSError, ConnectionClosed) as exc:
+            raise broke(exc) from None
+        if not got:
             raise PeerGone("the other side closed the connection")
-        return data
+        return got
+
+    def buffered(self) -> bool:
+        """Anything received and not yet made into events."""
+        return bool(self._pending) or self.channel.buffered > 0
 
     async def until_closed(self, session: Session) -> None:
         """After DONE: the sender closes. Anything it sends first is an error."""
+        if self._pending:
+            session.next_event()  # raises: the session is over
+            raise RemoteProtocolError("the sender sent data after the session closed")
         while True:
             try:
-                session.receive_data(await self._read(self.timeout))
+                got = await self.frames(self.timeout)
             except PeerGone:
                 return
-            session.next_event()  # raises: the session is over
+            self.channel.release(got)
+            raise RemoteProtocolError("the peer sent data after the session closed")
 
-    def write(self, frames: list[bytes]) -> None:
+    def write(self, frames: Sequence[bytes | bytearray | memoryview]) -> None:
         if self.writer.is_closing():  # uvloop raises RuntimeError on a closed transport
+            error = getattr(self.writer, "error", None)
+            if error is not None:
+                raise broke(error)
+            if getattr(self.writer, "eof", False):
+                raise PeerGone("the other side closed the connection")
             raise PeerGone("the connection broke")
         self.writer.writelines(frames)
 
@@ -192,16 +247,32 @@ class Link:
                 await self.writer.wait_closed()
 
 
-async def connect(relay: Relay, request: wire.Request, timeout: float) -> Link:
+async def open_channel(host: str, port: int, timeout: float) -> Channel:
+    """A TCP connection with Nagle off (records go out as they are sealed)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        _, channel = await loop.create_connection(Channel, host, port)
+    _no_delay(channel)
+    return channel
+
+
+def _no_delay(channel: Channel) -> None:
+    assert channel.transport is not None
+    sock = channel.transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def connect(
+    relay: Relay, request: wire.Request, timeout: float, connect_timeout: float = CONNECT_TIMEOUT
+) -> Link:
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(relay.host, relay.port, limit=READ_SIZE * 4),
-            CONNECT_TIMEOUT,
-        )
+        channel = await open_channel(relay.host, relay.port, connect_timeout)
     except (OSError, TimeoutError) as exc:
         why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise RelayError(
             f"cannot reach the relay at {relay}: {why} (give --relay HOST:PORT or set BOB_RELAY)"
         ) from None
-    writer.write(request.encode())
-    return Link(reader, writer, timeout)
+    channel.write(request.encode())
+    return Link.over(channel, timeout)

@@ -57,6 +57,8 @@ class SessionKeys:
     my_confirm: bytes
     their_confirm: bytes
     verifier: str  # a short public fingerprint both sides may compare by eye
+    my_direct: bytes  # proves a direct connection is ours (hints.mac)
+    their_direct: bytes
 
     def __repr__(self) -> str:
         return "SessionKeys(<secret>)"
@@ -105,9 +107,11 @@ def derive(key: bytes, side: Side) -> SessionKeys:
     c_s = hkdf(key, b"bob/1 confirm sender")
     c_r = hkdf(key, b"bob/1 confirm receiver")
     verifier = hashlib.sha256(hkdf(key, b"bob/1 verifier")).hexdigest()[:16]
+    d_s = hkdf(key, b"bob/1 direct sender")
+    d_r = hkdf(key, b"bob/1 direct receiver")
     if side is Side.SENDER:
-        return SessionKeys(s2r, r2s, c_s, c_r, verifier)
-    return SessionKeys(r2s, s2r, c_r, c_s, verifier)
+        return SessionKeys(s2r, r2s, c_s, c_r, verifier, d_s, d_r)
+    return SessionKeys(r2s, s2r, c_r, c_s, verifier, d_r, d_s)
 
 
 def check_confirmation(keys: SessionKeys, received: bytes) -> None:

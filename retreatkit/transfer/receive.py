@@ -3,9 +3,11 @@
 Every path is opened component by component relative to a folder descriptor with
 O_NOFOLLOW, so neither a sender-chosen name nor a symlink swapped in mid-transfer
 can lead outside the output folder. Data goes to a private `.part` file and is
-linked to its final name only after its hash checked; link() refuses to replace an
+linked to its final name once the whole file arrived; link() refuses to replace an
 existing name, so nothing is ever overwritten. A top-level name that already
-exists gets a free one instead: `photo.jpg` arrives as `photo (1).jpg`.
+exists gets a free one instead: `photo.jpg` arrives as `photo (1).jpg`, unless an
+earlier, interrupted receive of the same offer put it there (partial.py): then the
+receive resumes into the same names.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
-from collections.abc import Container
+import stat
+from collections.abc import Container, Iterator
 from pathlib import Path
 
+from retreatkit.transfer import partial, resume
 from retreatkit.transfer.errors import TransferError
 from retreatkit.transfer.offer import Entry, Offer, display_path, escape
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_RENAMES = 1000
 # An offer may not take the last of the disk: 5% of it stays free, at most this much.
 RESERVE = 64 * 1024 * 1024
@@ -70,9 +72,12 @@ def free_name(root_fd: int, name: str, taken: Container[str] = ()) -> str:
 
 
 class Writer:
-    """Writes one offer's folders and files; `abort()` leaves no partial file behind."""
+    """Writes one offer's folders and files; `abort()` leaves no partial file behind,
+    unless asked to keep it for a later resume."""
 
-    def __init__(self, output: Path, offer: Offer, umask: int | None = None) -> None:
+    def __init__(
+        self, output: Path, offer: Offer, umask: int | None = None, resume_from: bool = True
+    ) -> None:
         self.offer = offer
         self._umask = current_umask() if umask is None else umask
         try:
@@ -84,18 +89,111 @@ class Writer:
             ) from None
         self._files = offer.files
         self._index = 0
+        self._offset: int | None = None  # where the current file's part resumes
         self._fd: int | None = None
         self._part: str | None = None
         self._parent: int | None = None
-        self.top_names: dict[str, str] = {}
-        taken = set(offer.top_level)
-        for top in offer.top_level:
+        self.record = partial.Record(self._root, partial.offer_key(offer))
+        if resume_from and offer.files:
+            self.record = partial.Record.open(self._root, offer)
+        self.resuming = bool(self.record.tops)
+        self.top_names: dict[str, str] = dict(self.record.tops)
+        if not self.resuming:
+            self._fresh_names()
+        self.claim = self._claim() if self.resuming else resume.NOTHING
+        self.written: list[str] = []
+
+    def _fresh_names(self) -> None:
+        self.top_names = {}
+        taken = set(self.offer.top_level)
+        for top in self.offer.top_level:
             self.top_names[top] = name = free_name(self._root, top, taken)
             taken.add(name)
-        self.written: list[str] = []
 
     def final_path(self, entry: Entry) -> tuple[str, ...]:
         return (self.top_names[entry.path[0]], *entry.path[1:])
+
+    # -- resume -----------------------------------------------------------------------
+
+    def _claim(self) -> resume.Claim:
+        """What an earlier receive of this offer left here: whole files in order, then
+        the part of the next one."""
+        for index, entry in enumerate(self._files):
+            path = self.final_path(entry)
+            try:
+                parent = self._open_parent(path)
+            except WriteError:
+                return resume.Claim(index, 0)
+            try:
+                if entry.size is None:
+                    return resume.Claim(index, 0)
+                try:
+                    st = os.lstat(path[-1], dir_fd=parent)
+                    done = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
+                except OSError:
+                    done = False
+                if not done:
+                    name = partial.part_name(self.record.tag, index)
+                    return resume.Claim(index, partial.held(parent, name, entry.size))
+            finally:
+                os.close(parent)
+        return resume.Claim(len(self._files), 0)
+
+    def held_bytes(self) -> int:
+        return resume.prefix(self._files, self.claim)
+
+    def prefix_hashes(self) -> list[bytes]:
+        """Block hashes of what this folder holds of the claim (read from disk: a thread)."""
+        hasher = resume.Hasher(self.held_bytes())
+        try:
+            for chunk in self._held_chunks():
+                hasher.update(chunk)
+        except OSError as exc:
+            raise WriteError(
+                f"cannot read back what an earlier receive left: {exc.strerror or exc}",
+                "the receiver could not read its partial files",
+            ) from None
+        return hasher.digests()
+
+    def _held_chunks(self) -> Iterator[bytes]:
+        claim = self.claim
+        for index, entry in enumerate(self._files[: claim.index + 1]):
+            length = claim.length if index == claim.index else entry.size or 0
+            if index == len(self._files) or not length:
+                continue
+            path = self.final_path(entry)
+            name = path[-1] if index < claim.index else partial.part_name(self.record.tag, index)
+            parent = self._open_parent(path)
+            try:
+                yield from partial.read_file(parent, name, length)
+            finally:
+                os.close(parent)
+
+    def start_at(self, start: resume.Claim) -> None:
+        """Where the data starts (FROM): files before it stay, the part is cut back to it;
+        (0, 0) after whole files that differ means starting over under fresh names."""
+        if start == resume.NOTHING and self.claim.index > 0:
+            self._drop_part(self.claim.index)
+            self._fresh_names()
+            self.resuming = False
+            self.record.tops = {}
+        self._index = start.index
+        held = self.claim.length if start.index == self.claim.index else 0
+        self._offset = start.length if held and start.index < len(self._files) else None
+        self.claim = start
+
+    def _drop_part(self, index: int) -> None:
+        if index >= len(self._files):
+            return
+        path = self.final_path(self._files[index])
+        with contextlib.suppress(WriteError, OSError):
+            parent = self._open_parent(path)
+            try:
+                os.unlink(partial.part_name(self.record.tag, index), dir_fd=parent)
+            finally:
+                os.close(parent)
+
+    # -- space and folders ------------------------------------------------------------
 
     def room(self) -> int:
         """Bytes this offer may take: the free space, less what always stays free."""
@@ -107,7 +205,7 @@ class Writer:
         """Refuse an offer whose sizes do not fit; returns the most a stream of unknown
         length may bring (None if there is no such stream)."""
         room = self.room()
-        known = sum(e.size for e in self._files if e.size is not None)
+        known = sum(e.size for e in self._files if e.size is not None) - self.held_bytes()
         if known > room:
             raise WriteError(
                 f"not enough space: {known} bytes offered, {room} free in the output folder",
@@ -118,18 +216,30 @@ class Writer:
         return None
 
     def make_folders(self) -> None:
+        """The offer's folders (those a resumed receive made already stay), and the
+        record a later run resumes from."""
         for entry in self.offer.entries:
             if entry.is_dir:
                 path = self.final_path(entry)
                 parent = self._open_parent(path)
                 try:
                     os.mkdir(path[-1], 0o777, dir_fd=parent)
+                except FileExistsError:
+                    if not (self.resuming and path[0] in self.record.folders):
+                        raise self._error(
+                            "cannot create folder", path, FileExistsError(errno.EEXIST, "")
+                        ) from None
                 except OSError as exc:
                     raise self._error("cannot create folder", path, exc) from None
                 finally:
                     os.close(parent)
+        if self._files:
+            tops = [self.top_names[e.path[0]] for e in self.offer.entries if e.is_dir]
+            self.record.save(self.top_names, [t for t in tops if "/" not in t])
 
-    def write(self, data: bytes) -> None:
+    # -- data -------------------------------------------------------------------------
+
+    def write(self, data: bytes | memoryview) -> None:
         if self._fd is None:
             self._open_part()
         assert self._fd is not None
@@ -142,7 +252,7 @@ class Writer:
             view = view[written:]
 
     def finish_file(self) -> str:
-        """The current file checked out: give it its final name. Returns that name."""
+        """The current file arrived whole: give it its final name. Returns that name."""
         if self._fd is None:
             self._open_part()
         assert self._fd is not None and self._parent is not None and self._part is not None
@@ -166,23 +276,34 @@ class Writer:
         self.written.append(shown)
         return shown
 
-    def abort(self) -> None:
-        """Remove the partial file, if any; finished files stay, they were verified."""
+    def complete(self) -> None:
+        """Everything arrived: nothing is left to resume."""
+        self.record.remove()
+
+    def abort(self, keep: bool = False) -> None:
+        """Remove the partial file, if any; finished files stay, they arrived whole. With
+        `keep`, a part of a file of known size stays for a later run to resume."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self._part is not None and self._parent is not None:
+        current = self._files[self._index] if self._index < len(self._files) else None
+        known = current is not None and current.size is not None
+        keep = keep and self.record.fd is not None
+        if self._part is not None and self._parent is not None and not (keep and known):
             with contextlib.suppress(OSError):
                 os.unlink(self._part, dir_fd=self._parent)
         if self._parent is not None:
             os.close(self._parent)
         self._part = self._parent = None
+        if not keep:
+            self.record.remove()
 
     def close(self) -> None:
-        self.abort()
+        self.abort(keep=True)
+        self.record.close()
         os.close(self._root)
 
-    # -- internals ----------------------------------------------------------------
+    # -- internals ----------------------------------------------------------------------
 
     def _current_path(self) -> tuple[str, ...]:
         return self.final_path(self._files[self._index])
@@ -192,10 +313,13 @@ class Writer:
             raise WriteError("data beyond the last offered file")
         path = self._current_path()
         self._parent = self._open_parent(path)
-        self._part = f".bob-{self._index}-{secrets.token_hex(4)}.part"
+        self._part = partial.part_name(self.record.tag, self._index)
+        offset, self._offset = self._offset, None
         try:
-            self._fd = os.open(self._part, _PART_FLAGS, 0o600, dir_fd=self._parent)
+            self._fd = partial.open_part(self._parent, self._part, offset)
         except OSError as exc:
+            if offset is None:
+                self._part = None  # not ours to remove
             self.abort()
             raise self._error("cannot create", path, exc) from None
 
@@ -223,3 +347,49 @@ class Writer:
             thing = "a folder" if "folder" in what else "a file"
             public = f"the receiver could not save {thing}: {reason}"
         return WriteError(f"{what} {display_path(path)}: {reason}", public)
+
+
+class StdoutWriter(Writer):
+    """`bob recv --stdout`: the one file of an offer goes to stdout, nothing to disk
+    (no resume, no space check: the reader's pace bounds it)."""
+
+    def __init__(self, offer: Offer, fd: int = 1) -> None:
+        self.offer = offer
+        self._files = offer.files
+        self._fd_out = fd
+        self._index = 0
+        self.claim = resume.NOTHING
+        self.resuming = False
+        self.record = partial.Record(-1, "")
+        self.top_names = {top: top for top in offer.top_level}
+        self.written = []
+
+    def check_space(self) -> int | None:
+        return None
+
+    def make_folders(self) -> None:
+        pass
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._fd_out, view) :]
+            except OSError as exc:
+                raise WriteError(
+                    f"cannot write to stdout: {exc.strerror or exc}",
+                    "the receiver's output closed",
+                ) from None
+
+    def finish_file(self) -> str:
+        self._index += 1
+        return "stdout"
+
+    def complete(self) -> None:
+        pass
+
+    def abort(self, keep: bool = False) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -33,13 +33,19 @@ class Kind(enum.IntEnum):
     ANSWER = 0x11
     DATA = 0x12
     DATA_Z = 0x13  # zlib-compressed data
-    FILE_END = 0x14
+    FILE_END = 0x14  # empty: the AEAD already vouches for every byte, in order
     END = 0x15  # the explicit final record from the sender
     DONE = 0x16  # the receiver's final acknowledgement
     ABORT = 0x17  # either side gives up, with a reason
+    HINTS = 0x18  # either side, first after CONFIRM: where it listens for a direct connection
+    PREFIX = 0x19  # sender: hashes of the blocks the receiver says it already holds
+    FROM = 0x1A  # receiver: where the data starts (the verified part of a resumed offer)
+    PATH = 0x1B  # sender: the records after this go on the relay or on a direct connection
+    PATH_ACK = 0x1C  # receiver: its last record on the relay before it moves
 
 
 CLEAR_KINDS = frozenset({Kind.PAKE, Kind.CONFIRM})
+FINAL_KINDS = frozenset({Kind.END, Kind.DONE, Kind.ABORT})
 
 
 def header(kind: int, length: int) -> bytes:
@@ -51,6 +57,15 @@ def frame(kind: Kind, body: bytes) -> bytes:
     if len(body) > MAX_BODY:
         raise LocalProtocolError("frame too large")
     return header(kind, len(body)) + body
+
+
+def split_header(word: int, max_body: int = MAX_BODY) -> tuple[int, int]:
+    """(kind, body length) of a frame header read as a big-endian u32; a claimed length
+    is refused before anything is buffered for it."""
+    kind, length = word >> 24, word & 0xFFFFFF
+    if length > max_body:
+        raise RemoteProtocolError(f"the peer sent a {length}-byte record (limit {max_body})")
+    return kind, length
 
 
 class FrameParser:
@@ -84,11 +99,7 @@ class FrameParser:
         if len(buf) - pos < HEADER_SIZE:
             return None
         (word,) = HEADER.unpack_from(buf, pos)
-        kind, length = word >> 24, word & 0xFFFFFF
-        if length > self.max_body:
-            raise RemoteProtocolError(
-                f"the peer sent a {length}-byte record (limit {self.max_body})"
-            )
+        kind, length = split_header(word, self.max_body)
         end = pos + HEADER_SIZE + length
         if len(buf) < end:
             return None
@@ -122,10 +133,29 @@ class Sealer:
             raise LocalProtocolError(f"cannot seal a {kind.name} record of {len(plaintext)} bytes")
         head = header(kind, len(plaintext) + TAG_SIZE)
         body = self._aead.encrypt(_nonce(self._counter), plaintext, head)
-        self._counter += 1
-        if kind in (Kind.END, Kind.DONE, Kind.ABORT):
-            self.closed = True
+        self._count(kind)
         return head + body
+
+    def seal_into(self, kind: Kind, plaintext: bytes | memoryview, out: memoryview) -> int:
+        """Seal straight into `out` (header, then ciphertext): the sender's hot path, with
+        no copy of the record after it is encrypted. Returns the bytes written."""
+        if self.closed:
+            raise LocalProtocolError("record after the final record")
+        size = len(plaintext) + TAG_SIZE
+        if kind in CLEAR_KINDS or size > MAX_BODY:
+            raise LocalProtocolError(f"cannot seal a {kind.name} record of {len(plaintext)} bytes")
+        head = header(kind, size)
+        out[:HEADER_SIZE] = head
+        self._aead.encrypt_into(
+            _nonce(self._counter), plaintext, head, out[HEADER_SIZE : HEADER_SIZE + size]
+        )
+        self._count(kind)
+        return HEADER_SIZE + size
+
+    def _count(self, kind: Kind) -> None:
+        self._counter += 1
+        if kind in FINAL_KINDS:
+            self.closed = True
 
 
 class Opener:
@@ -139,6 +169,26 @@ class Opener:
         self.closed = False
 
     def open(self, kind: int, head: bytes, body: bytes | memoryview) -> tuple[Kind, bytes]:
+        known = self._check(kind, body)
+        try:
+            plaintext = self._aead.decrypt(_nonce(self._counter), body, head)
+        except InvalidTag:
+            raise _tampered() from None
+        self._count(known)
+        return known, plaintext
+
+    def open_into(self, kind: int, head: bytes, body: memoryview, out: memoryview) -> Kind:
+        """Decrypt straight into `out`, which holds exactly the plaintext's length: the
+        receiver's hot path (no allocation, and OpenSSL runs without the GIL)."""
+        known = self._check(kind, body)
+        try:
+            self._aead.decrypt_into(_nonce(self._counter), body, head, out)
+        except InvalidTag:
+            raise _tampered() from None
+        self._count(known)
+        return known
+
+    def _check(self, kind: int, body: bytes | memoryview) -> Kind:
         if self.closed:
             raise RemoteProtocolError("the peer sent data after its final record")
         try:
@@ -149,16 +199,18 @@ class Opener:
             raise RemoteProtocolError("the peer sent a handshake frame after the handshake")
         if len(body) < TAG_SIZE:
             raise RemoteProtocolError("a record failed authentication: it is shorter than a tag")
-        try:
-            plaintext = self._aead.decrypt(_nonce(self._counter), body, head)
-        except InvalidTag:
-            raise RemoteProtocolError(
-                "a record failed authentication: the data was altered, reordered or lost"
-            ) from None
+        return known
+
+    def _count(self, kind: Kind) -> None:
         self._counter += 1
-        if known in (Kind.END, Kind.DONE, Kind.ABORT):
+        if kind in FINAL_KINDS:
             self.closed = True
-        return known, plaintext
+
+
+def _tampered() -> RemoteProtocolError:
+    return RemoteProtocolError(
+        "a record failed authentication: the data was altered, reordered or lost"
+    )
 
 
 def inflate(packed: bytes) -> bytes:

@@ -23,8 +23,10 @@ from retreatkit.transfer.offer import (
     show_name,
 )
 from retreatkit.transfer.records import RECORD_SIZE
+from retreatkit.transfer.resume import NOTHING, Claim, Hasher, prefix
 
 STDIN = "-"
+READ_SIZE = 16 * RECORD_SIZE
 STDIN_NAME = "stdin"
 
 
@@ -39,7 +41,7 @@ class Sources:
     skipped: list[str] = field(default_factory=list)  # symlinks and special files
 
 
-def collect(args: list[str]) -> Sources:
+def collect(args: list[str], stdin_name: str = STDIN_NAME) -> Sources:
     """Everything the user named, checked before a passphrase is shown: a name the
     receiver would refuse, or a file or folder we cannot read, is found here."""
     entries: list[Entry] = []
@@ -48,8 +50,8 @@ def collect(args: list[str]) -> Sources:
     tops: set[str] = set()
     for arg in args:
         if arg == STDIN:
-            _add_top(tops, STDIN_NAME)
-            entries.append(Entry((STDIN_NAME,), size=None))
+            _add_top(tops, stdin_name)
+            entries.append(Entry((stdin_name,), size=None))
             paths.append(None)
             continue
         path = Path(arg)
@@ -147,30 +149,78 @@ def _walk(
             paths.append(child.path)
 
 
-def records(session: Session, sources: Sources, compress: bool) -> Iterator[Callable[[], bytes]]:
-    """Every record the sender sends after the receiver accepted, in order, each as the
-    call that seals it: reading happens here, sealing where the Producer says."""
-    for entry, path in zip(sources.offer.files, sources.paths, strict=True):
+Seal = Callable[[memoryview], int]
+
+
+def records(
+    session: Session, sources: Sources, compress: bool, start: Claim = NOTHING
+) -> Iterator[Seal]:
+    """Every record the sender sends after PATH, in order, from where the receiver asked
+    (`start`), each as the call that seals it into a buffer: reading happens here, into
+    one reused buffer, and sealing where the Producer says."""
+    files, paths = sources.offer.files, sources.paths
+    chunk = bytearray(READ_SIZE)  # one read fills several records: fewer system calls
+    view = memoryview(chunk)
+    for index in range(start.index, len(files)):
+        entry, path = files[index], paths[index]
         fd = sys.stdin.buffer.fileno() if path is None else _open(path)
         try:
-            remaining = entry.size
+            offset = start.length if index == start.index else 0
+            if offset:
+                os.lseek(fd, offset, os.SEEK_SET)
+            remaining = None if entry.size is None else entry.size - offset
+            # a stream is read a record at a time: stdin may trickle, and what it gave
+            # must go out without waiting for a whole megabyte
+            size = RECORD_SIZE if remaining is None else READ_SIZE
             while remaining is None or remaining > 0:
-                want = RECORD_SIZE if remaining is None else min(RECORD_SIZE, remaining)
-                chunk = os.read(fd, want)
-                if not chunk:
+                want = size if remaining is None else min(size, remaining)
+                got = os.readv(fd, [view[:want]])
+                if not got:
                     if remaining is None:
                         break
                     raise SourceError(
                         f"{display_path(entry.path)} shrank while being sent; send it again"
                     )
                 if remaining is not None:
-                    remaining -= len(chunk)
-                yield functools.partial(session.send_data, chunk, compress)
+                    remaining -= got
+                for at in range(0, got, RECORD_SIZE):
+                    piece = view[at : min(got, at + RECORD_SIZE)]
+                    yield functools.partial(session.send_data_into, piece, compress=compress)
         finally:
             if path is not None:
                 os.close(fd)
-        yield session.end_file
-    yield session.end
+        yield functools.partial(_copy, session.end_file)
+    yield functools.partial(_copy, session.end)
+
+
+def _copy(seal: Callable[[], bytes], out: memoryview) -> int:
+    record = seal()
+    out[: len(record)] = record
+    return len(record)
+
+
+def prefix_hashes(sources: Sources, claim: Claim) -> list[bytes]:
+    """Block hashes of the part of our files the receiver claims to hold (a thread)."""
+    files = sources.offer.files
+    hasher = Hasher(prefix(files, claim))
+    for index in range(min(claim.index + 1, len(files))):
+        length = claim.length if index == claim.index else files[index].size or 0
+        path = sources.paths[index]
+        if not length or path is None:
+            continue
+        fd = _open(path)
+        try:
+            while length:
+                block = os.read(fd, min(1 << 20, length))
+                if not block:
+                    raise SourceError(
+                        f"{display_path(files[index].path)} shrank while being sent; send it again"
+                    )
+                hasher.update(block)
+                length -= len(block)
+        finally:
+            os.close(fd)
+    return hasher.digests()
 
 
 def _open(path: str) -> int:
@@ -184,43 +234,53 @@ class Stopped(Exception):
     """The transfer ended while a batch was being made."""
 
 
+BATCH = 1 << 20
+
+
 class Producer:
     """Reads and seals the sender's records a batch ahead of the socket, in a thread.
 
     Each record's nonce is the count of records sealed before it, so a record sealed
     and never sent would make every later one (the ABORT saying why we stop) fail to
-    authenticate. Records are sealed under a lock; `stop()` ends the sealing and hands
-    back what was sealed and not yet taken, to go out before the ABORT.
+    authenticate. Records are sealed under a lock, straight into the batch that goes
+    out; `stop()` ends the sealing and hands back what was sealed and not yet taken,
+    to go out before the ABORT.
     """
 
-    def __init__(self, session: Session, sources: Sources, compress: bool) -> None:
-        self._records = records(session, sources, compress)
+    def __init__(
+        self, session: Session, sources: Sources, compress: bool, start: Claim = NOTHING
+    ) -> None:
+        self._records = records(session, sources, compress, start)
         self._lock = threading.Lock()
-        self._sealed: list[bytes] = []
+        self._batch = bytearray(BATCH + 2 * (RECORD_SIZE + 1024))
+        self._used = 0
         self._stopped = False
 
-    def fill(self, limit: int = 1 << 20) -> bool:
+    def fill(self, limit: int = BATCH) -> bool:
         """Seal up to `limit` bytes of records (in a worker thread); False once done."""
-        size = 0
         for seal in self._records:  # may block: reading a file, or a quiet stdin
             with self._lock:
                 if self._stopped:
                     raise Stopped
-                record = seal()
-                self._sealed.append(record)
-            size += len(record)
-            if size >= limit:
-                return True
+                self._used += seal(memoryview(self._batch)[self._used :])
+                if self._used >= limit:
+                    return True
         return False
 
-    def take(self) -> list[bytes]:
+    def take(self) -> list[memoryview]:
         with self._lock:
-            out, self._sealed = self._sealed, []
-        return out
+            return self._swap()
 
-    def stop(self) -> list[bytes]:
+    def stop(self) -> list[memoryview]:
         """No more sealing; what was sealed and not taken yet."""
         with self._lock:
             self._stopped = True
-            out, self._sealed = self._sealed, []
-        return out
+            return self._swap()
+
+    def _swap(self) -> list[memoryview]:
+        if not self._used:
+            return []
+        out = memoryview(self._batch)[: self._used]
+        self._batch = bytearray(len(self._batch))
+        self._used = 0
+        return [out]

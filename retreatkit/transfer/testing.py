@@ -14,16 +14,26 @@ from collections.abc import Callable, Iterator
 from retreatkit.relay import wire
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.errors import RemoteProtocolError
-from retreatkit.transfer.machine import Answered, Confirmed, Event, Offered, Session
+from retreatkit.transfer.machine import (
+    Answered,
+    Confirmed,
+    Event,
+    Hinted,
+    Offered,
+    PathChosen,
+    Session,
+)
 from retreatkit.transfer.offer import Offer
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.records import Kind
+from retreatkit.transfer.resume import NOTHING, Claim
 
 CODE = Code("7", ("purple", "sofa"))
 
 
 def connected_pair(sender_code: Code = CODE, receiver_code: Code = CODE) -> tuple[Session, Session]:
-    """A sender and a receiver that have done the PAKE and confirmed their keys."""
+    """A sender and a receiver that have done the PAKE, confirmed their keys and told
+    each other they listen nowhere (empty HINTS)."""
     sender, receiver = Session(Side.SENDER, sender_code), Session(Side.RECEIVER, receiver_code)
     receiver.receive_data(sender.start())
     sender.receive_data(receiver.start())
@@ -35,6 +45,26 @@ def connected_pair(sender_code: Code = CODE, receiver_code: Code = CODE) -> tupl
         raise RemoteProtocolError("the receiver did not confirm")
     if not isinstance(sender.next_event(), Confirmed):
         raise RemoteProtocolError("the sender did not confirm")
+    receiver.receive_data(sender.send_hints([]))
+    sender.receive_data(receiver.send_hints([]))
+    if receiver.next_event() != Hinted(()) or sender.next_event() != Hinted(()):
+        raise RemoteProtocolError("no hints")
+    return sender, receiver
+
+
+def accepted_pair(offer: Offer, claim: Claim = NOTHING) -> tuple[Session, Session]:
+    """A pair past the offer, a yes (holding nothing) and PATH: the data may flow."""
+    sender, receiver = connected_pair()
+    receiver.receive_data(sender.send_offer(offer))
+    if not isinstance(receiver.next_event(), Offered):
+        raise RemoteProtocolError("no offer")
+    sender.receive_data(receiver.answer(True, claim))
+    if sender.next_event() != Answered(True, claim):
+        raise RemoteProtocolError("no answer")
+    if claim == NOTHING:
+        receiver.receive_data(sender.send_path(None))
+        if receiver.next_event() != PathChosen(None):
+            raise RemoteProtocolError("no path")
     return sender, receiver
 
 
@@ -82,13 +112,19 @@ class Peer:
             self.session.receive_data(self.sock.recv(65536))
 
     def handshake(self) -> None:
+        """The key exchange and empty HINTS both ways (this peer listens nowhere)."""
         self.sock.sendall(self.session.start())
         assert isinstance(self.event(), Confirmed)
+        self.sock.sendall(self.session.send_hints([]))
+        assert isinstance(self.event(), Hinted)
 
     def offer(self, offer: Offer) -> bool:
+        """Offer; on a yes that holds nothing, choose to stay on this connection."""
         self.sock.sendall(self.session.send_offer(offer))
         answer = self.event()
         assert isinstance(answer, Answered)
+        if answer.accepted and answer.claim == NOTHING:
+            self.sock.sendall(self.session.send_path(None))
         return answer.accepted
 
     def receive_offer(self) -> Offer:
@@ -153,8 +189,11 @@ def sender_over(conn: socket.socket, code: Code) -> Session:
         event = session.next_event()
         conn.sendall(session.data_to_send())
         if isinstance(event, Confirmed):
+            conn.sendall(session.send_hints([]))
+        if isinstance(event, Hinted):
             return session
-        data = conn.recv(65536)
-        if not data:
-            raise EOFError
-        session.receive_data(data)
+        if event is None:
+            data = conn.recv(65536)
+            if not data:
+                raise EOFError
+            session.receive_data(data)

@@ -79,10 +79,12 @@ def test_big_file_arrives_whole(relay: RelayProcess, tmp_path: Path, out: Path) 
         "",
         f"bob recv --relay {relay.address}",
         "",
+        "Path: direct",  # both on this computer, as the relay saw them
         "Transfer complete.",
     ]
     assert got.stderr.splitlines()[1:] == [
         "  disk.img  268.4 MB",
+        "Path: direct",
         f"Received file written to: {out}/disk.img",
     ]
     assert got.stderr.startswith("Offer from 127.0.0.1:")
@@ -166,7 +168,10 @@ def test_passphrase_prompt_and_yes_prompt(relay: RelayProcess, tmp_path: Path, o
     err = got.stderr.splitlines()
     assert err[0].startswith("Enter passphrase: Offer from 127.0.0.1:")
     assert err[1] == "  photo (1).jpg  (renamed: 'photo.jpg' exists)  4 bytes"
-    assert err[2] == f"Accept into {out}? [Y/n] Received file written to: {out}/photo (1).jpg"
+    assert err[2:] == [
+        f"Accept into {out}? [Y/n] Path: direct",
+        f"Received file written to: {out}/photo (1).jpg",
+    ]
 
 
 def test_declined_fails_both_sides(relay: RelayProcess, tmp_path: Path, out: Path) -> None:
@@ -190,8 +195,14 @@ def test_wrong_passphrase_fails_both_and_burns_nameplate(
     got = recv(relay, "--yes", "-o", str(out), "5-alpha-gamma")
     code, lines = sender.finish(TIMEOUT)
     assert (code, got.returncode) == (1, 1)
-    assert lines[-1] == "ERROR: wrong passphrase: the other side used a different one"
-    assert got.stderr == "ERROR: wrong passphrase: the other side used a different one\n"
+    assert lines[-1] == (
+        "ERROR: wrong passphrase: the other side used a different one."
+        " The passphrase is used up: start a new bob send"
+    )
+    assert got.stderr == (
+        "ERROR: wrong passphrase: the other side used a different one."
+        " The passphrase is used up: ask the sender to start a new bob send\n"
+    )
     assert list(out.iterdir()) == []
     # one online guess per session: the right code no longer finds the sender
     again = recv(relay, "--yes", "-o", str(out), "5-alpha-beta")

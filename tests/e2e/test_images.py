@@ -92,7 +92,8 @@ def test_relay_image_carries_a_bob_transfer(
         src = tmp_path / "notes.bin"
         src.write_bytes(os.urandom(3_000_000))
         sender = Process.start(
-            bob_argv("send", "--relay", address, str(src)),
+            # through the guest: two peers on one host would otherwise connect directly
+            bob_argv("send", "--relay", address, "--no-direct", str(src)),
             env={"BOB_PASSPHRASE": "4-purple-sofa"},
         )
         sender.wait_for(r"^Passphrase: ", BOOT_TIMEOUT)

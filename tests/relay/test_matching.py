@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from retreatkit.relay import wire
-from retreatkit.relay.matching import Limits, Matcher, Refusal
+from retreatkit.relay.matching import Limits, Matcher, NoSender, Refusal
 
 IP = "10.0.0.1"
 
@@ -83,3 +83,32 @@ def test_parse_request_rejects(line: bytes) -> None:
 def test_reply_is_one_bounded_line() -> None:
     line = wire.reply("error", "x\ny" * 100)
     assert line.endswith(b"\n") and line.count(b"\n") == 1 and len(line) <= wire.MAX_LINE
+
+
+def test_a_sender_s_key_queues_more_connections_on_its_nameplate() -> None:
+    """`bob send --count N` keeps several connections waiting on one nameplate, tied by a
+    key only that sender knows; anyone else claiming the nameplate is refused."""
+    m = Matcher(Limits(), randbelow=lambda n: 41)
+    first, second, third = object(), object(), object()
+    plate = m.allocate(first, "10.0.0.1", key="k" * 32)
+    assert m.claim(second, "10.0.0.1", plate, key="k" * 32) == plate
+    for squatter_key in (None, "e" * 32):  # a neighbour without the key, or with another
+        with pytest.raises(Refusal, match=f"nameplate {plate} is in use"):
+            m.claim(object(), "10.0.0.66", plate, key=squatter_key)
+    m.claim(third, "10.0.0.1", plate, key="k" * 32)
+    assert m.waiting == 3
+    assert [m.join(plate, "10.0.0.2") for _ in range(2)] == [first, second]
+    m.leave(third, plate)  # the sender closes the rest (a failed key exchange, say)
+    assert m.waiting == 0
+    with pytest.raises(NoSender):
+        m.join(plate, "10.0.0.2")
+
+
+def test_an_unkeyed_nameplate_still_pairs_once() -> None:
+    m = Matcher(Limits(), randbelow=lambda n: 41)
+    plate = m.allocate(object(), "10.0.0.1")
+    with pytest.raises(Refusal, match="in use"):
+        m.claim(object(), "10.0.0.1", plate, key="k" * 32)  # no key to match: in use
+    m.join(plate, "10.0.0.2")
+    with pytest.raises(NoSender):
+        m.join(plate, "10.0.0.2")

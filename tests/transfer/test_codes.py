@@ -57,3 +57,35 @@ def test_only_the_nameplate_is_public() -> None:
     code = codes.parse("42-alpha-beta")
     assert code.nameplate == "42"
     assert code.pake_password() == b"42-alpha-beta"
+
+
+def test_four_letter_prefixes_stand_for_their_words() -> None:
+    assert str(codes.expand(codes.parse("7-aban-abil"))) == "7-abandon-ability"
+    assert str(codes.expand(codes.parse("7-abandon-ability"))) == "7-abandon-ability"
+    # too short, or not the start of a list word, or a word of one's own: as typed
+    assert str(codes.expand(codes.parse("7-aba-purple"))) == "7-aba-purple"
+    assert str(codes.expand(codes.parse("7-abandonx-sofa"))) == "7-abandonx-sofa"
+    assert str(codes.parse("BOB:7-ABANDON-ABILITY")) == "7-abandon-ability"  # a QR code's text
+    assert len({w[:4] for w in codes.words()}) == 2048  # BIP-39: unique in four letters
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("7-abandno-ability", "7-abandon-ability"),  # swapped
+        ("7-abandon-abilty", "7-abandon-ability"),  # left out
+        ("7-abandon-abbility", "7-abandon-ability"),  # doubled
+        ("7-abandon-zoo", None),  # nothing to correct
+        ("7-purple-sofa", None),  # words of one's own, near no single list word
+    ],
+)
+def test_did_you_mean_a_near_miss(typed: str, meant: str | None) -> None:
+    better = codes.suggest(codes.parse(typed))
+    assert (str(better) if better else None) == meant
+
+
+def test_completion_at_the_prompt() -> None:
+    assert codes.complete("7-aban") == ["7-abandon-"]
+    assert codes.complete("7-abandon-abi") == ["7-abandon-ability"]
+    assert codes.complete("7-abandon-zzz") == []
+    assert codes.complete("abandon") == []  # no nameplate yet

@@ -6,7 +6,17 @@ import pytest
 
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.errors import LocalProtocolError, PakeFailed, RemoteProtocolError
-from retreatkit.transfer.machine import Aborted, Answered, Done, Ended, Offered, Session, State
+from retreatkit.transfer.machine import (
+    Aborted,
+    Answered,
+    Done,
+    Ended,
+    Hinted,
+    Offered,
+    PathChosen,
+    Session,
+    State,
+)
 from retreatkit.transfer.offer import Entry, Offer
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.records import Kind
@@ -27,11 +37,18 @@ def test_an_honest_session_walks_the_table() -> None:
     sender.receive_data(receiver.data_to_send())
     receiver.next_event(), sender.next_event()
     seen.append((sender.state, receiver.state))
+    receiver.receive_data(sender.send_hints([]))
+    sender.receive_data(receiver.send_hints([]))
+    assert receiver.next_event() == sender.next_event() == Hinted(())
+    seen.append((sender.state, receiver.state))
     receiver.receive_data(sender.send_offer(OFFER))
     assert receiver.next_event() == Offered(OFFER)
     seen.append((sender.state, receiver.state))
     sender.receive_data(receiver.answer(True))
     assert sender.next_event() == Answered(True)
+    seen.append((sender.state, receiver.state))
+    receiver.receive_data(sender.send_path(None))
+    assert receiver.next_event() == PathChosen(None)
     seen.append((sender.state, receiver.state))
     receiver.receive_data(sender.send_data(b"abc") + sender.end_file() + sender.end())
     while not isinstance(receiver.next_event(), Ended):
@@ -44,7 +61,9 @@ def test_an_honest_session_walks_the_table() -> None:
         (State.PAKE, State.PAKE),
         (State.CONFIRM, State.CONFIRM),
         (State.READY, State.READY),
+        (State.READY, State.READY),
         (State.OFFERED, State.OFFERED),
+        (State.ACCEPTED, State.ACCEPTED),
         (State.TRANSFER, State.TRANSFER),
         (State.ENDED, State.ENDED),
         (State.CLOSED, State.CLOSED),

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.errors import RemoteProtocolError, TransferError, UnsafeOffer
-from retreatkit.transfer.machine import Ended, FileData, FileEnd, Offered, Session
+from retreatkit.transfer.machine import Ended, FileData, FileEnd, Offered, PathChosen, Session
 from retreatkit.transfer.offer import Entry, Offer, check_component
 from retreatkit.transfer.receive import WriteError, Writer
 from retreatkit.transfer.records import RECORD_SIZE, Kind
@@ -54,8 +54,13 @@ class RawSender:
 
     def file(self, data: bytes) -> bytes:
         out = [self.seal(Kind.DATA, data[i : i + 1000]) for i in range(0, len(data), 1000)]
-        out.append(self.seal(Kind.FILE_END, hashlib.sha256(data).digest()))
+        out.append(self.seal(Kind.FILE_END, b""))
         return b"".join(out)
+
+    def accept(self) -> bytes:
+        """The receiver's yes; what the sender sends next: PATH, staying put."""
+        self.receiver.answer(True)
+        return self.seal(Kind.PATH, b"\x00")
 
 
 def offered(receiver: Session, wire: bytes) -> Offer:
@@ -77,7 +82,10 @@ def drive(receiver: Session, writer: Writer, wire: bytes) -> list[str]:
             elif isinstance(event, FileEnd):
                 saved.append(writer.finish_file())
             elif isinstance(event, Ended):
+                writer.complete()
                 return saved
+            elif isinstance(event, PathChosen):
+                continue
             else:
                 raise RemoteProtocolError(f"unexpected {type(event).__name__}")
     except TransferError:
@@ -93,6 +101,8 @@ def transfer(output: Path, offer: Offer, contents: list[bytes], umask: int | Non
     try:
         sender.receive_data(receiver.answer(True))
         sender.next_event()
+        receiver.receive_data(sender.send_path(None))
+        receiver.next_event()
         writer.make_folders()
         wire = []
         for data in contents:
@@ -286,14 +296,14 @@ def test_nothing_is_ever_written_outside_the_output_folder(
         assert tree(tmp_path.parent, content=False) == before_all
         return
     event("offer accepted")
-    wire = b"".join(raw.file(content(list(e.path), e.size or 0)) for e in offer.files)
     try:
         writer = Writer(output, offer)
     except WriteError as exc:
         assert "no free name" in str(exc)  # a 255-byte name that clashes
         return
+    wire = raw.accept()
+    wire += b"".join(raw.file(content(list(e.path), e.size or 0)) for e in offer.files)
     try:
-        raw.receiver.answer(True)
         writer.make_folders()
         drive(raw.receiver, writer, wire + raw.seal(Kind.END, b""))
     except WriteError as exc:
@@ -598,16 +608,15 @@ def test_aborted_file_leaves_nothing(output: Path) -> None:
     assert sorted(os.listdir(output)) == ["a"]  # the verified file stays, nothing else
 
 
-def test_failed_hash_leaves_no_file(output: Path) -> None:
+def test_a_malformed_file_end_leaves_no_file(output: Path) -> None:
     raw = RawSender()
     offer = offered(
         raw.receiver, raw.offer({"v": 1, "entries": [[["ok"], "f", 2], [["bad"], "f", 4]]})
     )
     writer = Writer(output, offer)
-    raw.receiver.answer(True)
-    wire = raw.file(b"ok") + raw.seal(Kind.DATA, b"evil")
+    wire = raw.accept() + raw.file(b"ok") + raw.seal(Kind.DATA, b"evil")
     wire += raw.seal(Kind.FILE_END, hashlib.sha256(b"good").digest())
-    with pytest.raises(RemoteProtocolError, match="hash mismatch"):
+    with pytest.raises(RemoteProtocolError, match="FILE_END is not empty"):
         drive(raw.receiver, writer, wire)
     writer.close()
     assert sorted(os.listdir(output)) == ["ok"]

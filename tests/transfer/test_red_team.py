@@ -29,7 +29,7 @@ from retreatkit.transfer.offer import MAX_ENTRIES, Entry, Offer
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.receive import WriteError, Writer
 from retreatkit.transfer.records import Kind
-from retreatkit.transfer.testing import CODE, connected_pair
+from retreatkit.transfer.testing import CODE, accepted_pair
 
 
 @pytest.fixture
@@ -40,13 +40,8 @@ def output(tmp_path: Path) -> Path:
 
 
 def accepted(entries: tuple[Entry, ...]) -> tuple[Session, Session]:
-    """A pair past the offer and a yes."""
-    sender, receiver = connected_pair()
-    receiver.receive_data(sender.send_offer(Offer(entries=entries)))
-    assert isinstance(receiver.next_event(), Offered)
-    sender.receive_data(receiver.answer(True))
-    sender.next_event()
-    return sender, receiver
+    """A pair past the offer, a yes and the sender's PATH."""
+    return accepted_pair(Offer(entries=entries))
 
 
 def sealed(session: Session, kind: Kind, body: bytes) -> bytes:
@@ -309,18 +304,20 @@ def test_14_the_relay_learns_counts_and_sizes_but_no_names_or_words() -> None:
     tag = records.TAG_SIZE
     sent = _headers(up)
     assert [kind for kind, _ in sent] == [
-        Kind.PAKE, Kind.CONFIRM, Kind.OFFER,
+        Kind.PAKE, Kind.CONFIRM, Kind.HINTS, Kind.OFFER, Kind.PATH,
         Kind.DATA, Kind.DATA, Kind.FILE_END, Kind.DATA, Kind.FILE_END, Kind.END,
     ]  # fmt: skip
     assert sum(1 for kind, _ in sent if kind == Kind.FILE_END) == len(contents)  # the count
     assert [n - tag for kind, n in sent if kind == Kind.DATA] == [65_536, 4_464, 5]  # sizes
-    assert sent[2][1] - tag == len(Offer(entries=entries).encode())  # the offer's size
+    assert sent[3][1] - tag == len(Offer(entries=entries).encode())  # the offer's size
+    assert sent[2] == (Kind.HINTS, 1 + tag)  # how many hints, never what they say
     assert _headers(down) == [
         (Kind.PAKE, 33),
         (Kind.CONFIRM, 32),
-        (Kind.ANSWER, 3 + tag),
+        (Kind.HINTS, 1 + tag),
+        (Kind.ANSWER, 15 + tag),
         (Kind.DONE, tag),
-    ]  # the answer (yes is 3 bytes, no 2) and whether it all arrived
+    ]  # the answer (yes with a claim is 15 bytes, no 2) and whether it all arrived
 
 
 def _recorded_transfer(offer: Offer, contents: list[bytes]) -> tuple[bytes, bytes]:
@@ -342,10 +339,15 @@ def _recorded_transfer(offer: Offer, contents: list[bytes]) -> tuple[bytes, byte
     to_receiver(sender.data_to_send())
     to_sender(receiver.data_to_send())
     receiver.next_event(), sender.next_event()
+    to_receiver(sender.send_hints([]))
+    to_sender(receiver.send_hints([]))
+    receiver.next_event(), sender.next_event()
     to_receiver(sender.send_offer(offer))
     assert isinstance(receiver.next_event(), Offered)
     to_sender(receiver.answer(True))
     sender.next_event()
+    to_receiver(sender.send_path(None))
+    receiver.next_event()
     for content in contents:
         for i in range(0, len(content), records.RECORD_SIZE):
             to_receiver(sender.send_data(content[i : i + records.RECORD_SIZE]))

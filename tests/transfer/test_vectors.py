@@ -4,19 +4,35 @@ and so does a PROTOCOL.md that no longer says what the code does."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 
 from spake2 import SPAKE2_A, SPAKE2_B
 
+from retreatkit.transfer import hints
 from retreatkit.transfer.codes import Code
-from retreatkit.transfer.machine import Confirmed, Offered, Session
+from retreatkit.transfer.machine import (
+    Answered,
+    Confirmed,
+    Hinted,
+    Offered,
+    PathChosen,
+    Prefixed,
+    Session,
+    Started,
+)
 from retreatkit.transfer.offer import Entry, Offer
 from retreatkit.transfer.pake import ID_RECEIVER, ID_SENDER, Side
+from retreatkit.transfer.resume import Claim
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "PROTOCOL.md"
 CODE = Code("7", ("purple", "sofa"))
 OFFER = Offer(entries=(Entry(("hello.txt",), size=6),))
+HINT = hints.Hint(ipaddress.ip_address("10.78.0.1"), 40000)
+CLAIM = Claim(0, 3)  # the receiver holds "hel" of hello.txt
+HASH = bytes.fromhex("1b8a09d9cd7d0f7f4eeab4a5a7fcd5acd1c72e5ec2d5c3d3b20e5c6b3dba9a7e")
+NONCE = b"\x33" * 16  # the sender's nonce of the direct connection PATH names
 L = 2**252 + 27742317777372353535851937790883648493  # the order of Ed25519's base point
 
 
@@ -40,9 +56,27 @@ def vectors() -> dict[str, str]:
     sender.receive_data(confirm_r)
     confirmed = receiver.next_event()
     assert isinstance(confirmed, Confirmed) and sender.next_event() == confirmed
+    hints_record = sender.send_hints([HINT])
+    receiver.receive_data(hints_record)
+    assert receiver.next_event() == Hinted((HINT,))
+    receiver_hints = receiver.send_hints([])
+    sender.receive_data(receiver_hints)
+    assert sender.next_event() == Hinted(())
     offer_record = sender.send_offer(OFFER)
     receiver.receive_data(offer_record)
     assert receiver.next_event() == Offered(OFFER)
+    answer_record = receiver.answer(True, CLAIM)
+    sender.receive_data(answer_record)
+    assert sender.next_event() == Answered(True, CLAIM)
+    prefix_record = sender.send_prefix([HASH])
+    receiver.receive_data(prefix_record)
+    assert receiver.next_event() == Prefixed([HASH])
+    from_record = receiver.send_from(CLAIM)
+    sender.receive_data(from_record)
+    assert sender.next_event() == Started(CLAIM)
+    path_record = sender.send_path(NONCE)
+    receiver.receive_data(path_record)
+    assert receiver.next_event() == PathChosen(NONCE)
     # K itself never leaves the Pake object: compute it again with python-spake2
     password = CODE.pake_password()
     a = SPAKE2_A(password, idA=ID_SENDER, idB=ID_RECEIVER, entropy_f=sender_entropy)
@@ -66,8 +100,18 @@ def vectors() -> dict[str, str]:
         "confirm_sender": confirm_s.hex(),
         "confirm_receiver": confirm_r.hex(),
         "verifier": confirmed.verifier,
+        "d_s": keys.my_direct.hex(),
+        "d_r": keys.their_direct.hex(),
+        "hints_sender": hints_record.hex(),
+        "hints_receiver": receiver_hints.hex(),
         "offer_plaintext": OFFER.encode().hex(),
         "offer_record": offer_record.hex(),
+        "answer_record": answer_record.hex(),
+        "prefix_record": prefix_record.hex(),
+        "from_record": from_record.hex(),
+        "path_record": path_record.hex(),
+        "direct_hello": hints.hello(Side.SENDER, NONCE).hex(),
+        "direct_mac": hints.mac(keys.my_direct, NONCE, b"\x44" * 16).hex(),
     }
 
 
@@ -90,6 +134,11 @@ def test_the_vectors_hold_together() -> None:
     plaintext = bytes.fromhex(v["offer_plaintext"])
     assert plaintext == b'\x00\x00\x00){"v":1,"entries":[[["hello.txt"],"f",6]]}'
     assert len(bytes.fromhex(v["offer_record"])) == 4 + len(plaintext) + 16
+    assert v["hints_sender"].startswith("18000018")  # HINTS: 1 + 1 + 4 + 2 bytes + tag
+    assert v["hints_receiver"].startswith("18000011")  # no hints: the count alone, + tag
+    assert v["answer_record"].startswith("1100001f")  # "yes" + u32 + u64, + tag
+    assert v["path_record"].startswith("1b000021")  # 0x01 + a 16-byte nonce, + tag
+    assert v["direct_hello"] == (hints.HELLO_PREFIX + b"S" + NONCE).hex()
 
 
 if __name__ == "__main__":  # print the block for PROTOCOL.md

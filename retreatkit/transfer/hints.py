@@ -1,0 +1,144 @@
+"""Direct connections: the hints each side sends, which of the peer's it will try, and the
+proof a direct socket gives that it carries the session (no I/O).
+
+A HINTS record (encrypted, so never seen by the relay: croc sent local addresses in clear,
+CVE-2023-43618) holds u8 count (at most 4), then per hint u8 family (4 or 6), the address
+(4 or 16 bytes) and u16 port, big-endian: IP literals only, no names to resolve.
+
+A direct TCP connection proves itself before it carries a record. Each side sends at once
+HELLO = `bob/1 direct\\n` + its role (`S` or `R`) + a fresh 16-byte nonce, reads the peer's,
+then sends HMAC-SHA256(its direct key, `bob/1 direct` + sender nonce + receiver nonce) and
+checks the peer's in constant time. Fresh nonces on both sides stop replay; keys and role
+bytes that differ by direction stop a reflected hello or MAC.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from retreatkit.transfer.errors import RemoteProtocolError
+from retreatkit.transfer.pake import Side
+
+MAX_HINTS = 4
+HELLO_PREFIX = b"bob/1 direct\n"
+NONCE_SIZE = 16
+HELLO_SIZE = len(HELLO_PREFIX) + 1 + NONCE_SIZE
+MAC_SIZE = 32
+_PORT = struct.Struct(">H")
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    address: Address
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        return f"{host}:{self.port}"
+
+
+def encode(hints: Sequence[Hint]) -> bytes:
+    out = bytearray([len(hints[:MAX_HINTS])])
+    for hint in hints[:MAX_HINTS]:
+        out.append(hint.address.version)
+        out += hint.address.packed + _PORT.pack(hint.port)
+    return bytes(out)
+
+
+def decode(body: bytes) -> tuple[Hint, ...]:
+    """The peer's hints; anything malformed is the peer's fault."""
+    if not body or body[0] > MAX_HINTS:
+        raise RemoteProtocolError(f"the peer sent more than {MAX_HINTS} hints, or none parsed")
+    hints, pos = [], 1
+    for _ in range(body[0]):
+        family = body[pos] if pos < len(body) else 0
+        size = {4: 4, 6: 16}.get(family)
+        if size is None or len(body) < pos + 1 + size + 2:
+            raise RemoteProtocolError("the peer sent a malformed hint")
+        address = ipaddress.ip_address(body[pos + 1 : pos + 1 + size])
+        (port,) = _PORT.unpack_from(body, pos + 1 + size)
+        if port == 0:
+            raise RemoteProtocolError("the peer sent a hint with port 0")
+        hints.append(Hint(address, port))
+        pos += 1 + size + 2
+    if pos != len(body):
+        raise RemoteProtocolError("the peer's hints have trailing bytes")
+    return tuple(hints)
+
+
+def viable(
+    hints: Iterable[Hint],
+    networks: Sequence[Network],
+    peer_seen: Address | None,
+    relay_local: Address | None,
+) -> list[Hint]:
+    """The peer's hints this side will try: never an address of the peer's choosing
+    beyond these bounds, so a peer cannot make us connect across the LAN or the
+    internet. Kept: an address on a network one of our interfaces is on (link-local
+    only if we hold one there), or the very address the relay saw the peer connect
+    from; loopback only when the relay is on this machine and saw the peer here too
+    (both sides on one computer). Never multicast, broadcast, unspecified or reserved."""
+    out: list[Hint] = []
+    for hint in hints:
+        a = hint.address
+        if a.is_multicast or a.is_unspecified or a.is_reserved or _broadcast(a, networks):
+            continue
+        if a.is_loopback:
+            ok = bool(
+                peer_seen and peer_seen.is_loopback and relay_local and relay_local.is_loopback
+            )
+        elif a.version == 6 and a.is_link_local:
+            ok = False  # an fe80:: address needs a scope the peer cannot name for us
+        else:
+            ok = a == peer_seen or any(a in net for net in networks if not net.is_loopback)
+        if ok and hint not in out:
+            out.append(hint)
+        if len(out) == MAX_HINTS:
+            break
+    return out
+
+
+def _broadcast(address: Address, networks: Sequence[Network]) -> bool:
+    if address.version != 4:
+        return False
+    if address == ipaddress.IPv4Address("255.255.255.255"):
+        return True
+    return any(
+        address == net.broadcast_address
+        for net in networks
+        if net.version == 4 and net.prefixlen < 31
+    )
+
+
+def hello(side: Side, nonce: bytes) -> bytes:
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError("a nonce is 16 bytes")
+    return HELLO_PREFIX + (b"S" if side is Side.SENDER else b"R") + nonce
+
+
+def their_nonce(data: bytes, side: Side) -> bytes:
+    """The nonce in the peer's hello; the role byte must be the other side's."""
+    expect = b"R" if side is Side.SENDER else b"S"
+    prefix = len(HELLO_PREFIX)
+    if (
+        len(data) != HELLO_SIZE
+        or data[:prefix] != HELLO_PREFIX
+        or data[prefix : prefix + 1] != expect
+    ):
+        raise RemoteProtocolError("the direct connection did not say bob/1 direct")
+    return data[prefix + 1 :]
+
+
+def mac(key: bytes, sender_nonce: bytes, receiver_nonce: bytes) -> bytes:
+    return hmac.digest(key, b"bob/1 direct" + sender_nonce + receiver_nonce, "sha256")
+
+
+def check_mac(key: bytes, sender_nonce: bytes, receiver_nonce: bytes, got: bytes) -> None:
+    if not hmac.compare_digest(mac(key, sender_nonce, receiver_nonce), got):
+        raise RemoteProtocolError("the direct connection did not prove the session key")

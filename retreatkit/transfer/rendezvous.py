@@ -1,0 +1,256 @@
+"""Where a sender's receivers come from: a relay holding its nameplate on one or more
+waiting connections, or (with no relay on the network) the sender's own listener,
+advertised on the LAN by its public nameplate alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+from retreatkit.relay import wire
+from retreatkit.transfer import codes
+from retreatkit.transfer.channel import Channel
+from retreatkit.transfer.direct import own_addresses
+from retreatkit.transfer.errors import TransferError
+from retreatkit.transfer.link import CONNECT_TIMEOUT, Link, Relay, RelayError, connect, discard
+
+if TYPE_CHECKING:
+    from retreatkit import mdns
+
+MAX_WAITING = 8
+Announce = Callable[[str, list[str], int], Awaitable["mdns.Advertisement"]]
+
+
+async def _announce(nameplate: str, addresses: list[str], port: int) -> mdns.Advertisement:
+    """On the LAN, the public nameplate and where to connect: nothing from the words."""
+    from retreatkit import mdns
+
+    return await mdns.advertise(
+        mdns.RELAY, f"bob sender {nameplate}", addresses, port,
+        {"kind": "sender", "nameplate": nameplate},
+    )  # fmt: skip  # connections a sender keeps waiting on its nameplate at once
+
+
+class Closed(Exception):
+    """The offer was closed: no more receivers."""
+
+
+class Rendezvous(Protocol):
+    async def open(self, nameplate: str | None) -> str: ...
+    async def next(self) -> tuple[Link, str]: ...
+    async def close(self) -> None: ...
+
+
+class RelayRendezvous:
+    """A nameplate held at a relay. For several receivers, several connections wait on
+    it at once, tied together by a random key only this sender knows (PROTOCOL.md 2)."""
+
+    def __init__(
+        self, relay: Relay, count: int, timeout: float, connect_timeout: float = CONNECT_TIMEOUT
+    ) -> None:
+        self.relay = relay
+        self.connect_timeout = connect_timeout
+        self.wanted = count  # receivers still to come
+        self.timeout = timeout
+        self.key = secrets.token_hex(16) if count > 1 else None
+        self.nameplate: str | None = None
+        self._waiting: dict[asyncio.Future[wire.Reply], Link] = {}
+        self._closed = False
+
+    async def open(self, nameplate: str | None) -> str:
+        link = await self._connect(nameplate)
+        try:
+            ok = await link.line(CONNECT_TIMEOUT, "ok")
+        except BaseException:
+            await link.close()
+            raise
+        if codes.NAMEPLATE_RE.match(ok.text) is None or ok.text != (nameplate or ok.text):
+            await link.close()
+            raise RelayError(f"the relay gave a nameplate that is not the one asked: {ok.text}")
+        self.nameplate = ok.text
+        self._wait_on(link)
+        await self._top_up()
+        return ok.text
+
+    async def _connect(self, nameplate: str | None) -> Link:
+        return await connect(
+            self.relay, wire.Request(wire.Role.SEND, nameplate, self.key), self.timeout
+        )
+
+    def _wait_on(self, link: Link) -> None:
+        waiter = asyncio.ensure_future(link.line(None, "paired"))  # as long as it takes
+        self._waiting[waiter] = link
+
+    async def _top_up(self) -> None:
+        while not self._closed and len(self._waiting) < min(self.wanted, MAX_WAITING):
+            link = await self._connect(self.nameplate)
+            try:
+                await link.line(CONNECT_TIMEOUT, "ok")
+            except BaseException:
+                await link.close()
+                raise
+            self._wait_on(link)
+
+    async def next(self) -> tuple[Link, str]:
+        """The next receiver to join: its connection and its address as the relay saw it."""
+        if self._closed or not self._waiting:
+            raise Closed
+        done, _ = await asyncio.wait(set(self._waiting), return_when=asyncio.FIRST_COMPLETED)
+        waiter = next(iter(done))
+        link = self._waiting.pop(waiter)
+        try:
+            paired = waiter.result()
+        except BaseException:
+            await link.close()
+            raise
+        self.wanted -= 1
+        await self._top_up()
+        return link, paired.text
+
+    async def close(self) -> None:
+        """No more receivers: the waiting connections go, the nameplate is free again."""
+        self._closed = True
+        waiting, self._waiting = self._waiting, {}
+        for waiter, link in waiting.items():
+            discard(waiter)
+            with contextlib.suppress(Exception):
+                await link.close()
+
+
+class OwnRendezvous:
+    """No relay on the network: the sender is its own, for its nameplate alone. It listens
+    on every interface and advertises `_retreat-relay._tcp` with its public nameplate, never
+    anything derived from the words; a receiver on the LAN finds it, sends `bob/1 recv N`
+    and is answered `paired` as a relay would. A nameplate another sender advertises is
+    not taken (mDNS probing). Neighbours that connect and say anything else are turned
+    away without burning the nameplate; at most MAX_PENDING wait to be heard at once."""
+
+    MAX_PENDING = 16
+    HANDSHAKE = 10.0
+
+    def __init__(
+        self, count: int, timeout: float, announce: Announce | None = None, host: str = "0.0.0.0"
+    ) -> None:
+        self.wanted = count
+        self.timeout = timeout
+        self._announce = announce
+        self._host = host
+        self.nameplate: str | None = None
+        self._server: asyncio.Server | None = None
+        self._advert: mdns.Advertisement | None = None
+        self._joined: asyncio.Queue[tuple[Link, str]] = asyncio.Queue()
+        self._pending: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def open(self, nameplate: str | None) -> str:
+        from retreatkit import mdns  # zeroconf only where it is used: bob starts faster
+
+        announce = self._announce or _announce
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Channel(self._accepted), self._host, 0)
+        port = self._server.sockets[0].getsockname()[1]
+        addresses = [str(a) for a in own_addresses(None) if a.version == 4] or ["127.0.0.1"]
+        for _ in range(16):
+            plate = nameplate or str(1 + secrets.randbelow(99))
+            try:
+                self._advert = await announce(plate, addresses, port)
+            except mdns.NameTaken:
+                if nameplate is not None:
+                    await self.close()
+                    raise RelayError(
+                        f"nameplate {plate} is in use on this network; choose another passphrase"
+                    ) from None
+                continue
+            except OSError as exc:
+                await self.close()
+                raise RelayError(
+                    f"cannot advertise on this network: {exc.strerror or exc}"
+                ) from None
+            self.nameplate = plate
+            return plate
+        await self.close()
+        raise RelayError("no free nameplate on this network; try again")
+
+    def _accepted(self, channel: Channel) -> None:
+        if self._closed or len(self._pending) >= self.MAX_PENDING:
+            assert channel.transport is not None
+            channel.transport.abort()
+            return
+        task = asyncio.ensure_future(self._hear(channel))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _hear(self, channel: Channel) -> None:
+        reply = wire.reply("error", "not a bob/1 request")
+        try:
+            async with asyncio.timeout(self.HANDSHAKE):
+                line = await channel.readline(wire.MAX_LINE)
+            request = wire.parse_request(line) if line.endswith(b"\n") else None
+        except (TimeoutError, ValueError, wire.WireError, OSError, TransferError):
+            request = None
+        if request is not None and request.role is wire.Role.RECV:
+            if request.nameplate == self.nameplate and not self._closed:
+                assert channel.transport is not None
+                here = channel.transport.get_extra_info("sockname")
+                peer = channel.transport.get_extra_info("peername")
+                channel.write(wire.reply("paired", f"{here[0]}:{here[1]}"))
+                self._joined.put_nowait(
+                    (Link.over(channel, self.timeout, direct=True), f"{peer[0]}:{peer[1]}")
+                )
+                return
+            reply = wire.reply("error", f"no sender is waiting on nameplate {request.nameplate}")
+        with contextlib.suppress(Exception):
+            channel.write(reply)
+        channel.close()
+
+    async def next(self) -> tuple[Link, str]:
+        if self._closed:
+            raise Closed
+        link, peer = await self._joined.get()
+        self.wanted -= 1
+        return link, peer
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._pending):
+            task.cancel()
+        if self._advert is not None:
+            advert, self._advert = self._advert, None
+            await advert.close()
+
+
+class FirstReachable:
+    """The relay, if it can be reached; else (it was only a default name) our own."""
+
+    def __init__(
+        self, first: RelayRendezvous, then: OwnRendezvous, said: Callable[[str], None]
+    ) -> None:
+        self.current: Rendezvous = first
+        self._then = then
+        self._said = said
+
+    async def open(self, nameplate: str | None) -> str:
+        try:
+            return await self.current.open(nameplate)
+        except RelayError as exc:
+            if "cannot reach the relay" not in str(exc):
+                raise
+        self.current = self._then
+        plate = await self._then.open(nameplate)
+        self._said(
+            "No relay on this network: the receiver finds this computer on the LAN"
+            f" (nameplate {plate} advertised)"
+        )
+        return plate
+
+    async def next(self) -> tuple[Link, str]:
+        return await self.current.next()
+
+    async def close(self) -> None:
+        await self.current.close()

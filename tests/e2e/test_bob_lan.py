@@ -1,0 +1,298 @@
+"""bob on a LAN that is real to the kernel: network namespaces joined by a bridge, so
+multicast discovery and direct connections cross a real interface. The sender is in one
+namespace, the receiver in another, the relay in a third or nowhere at all."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from retreatkit.testing import Process
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("ip") is None,
+        reason="network namespaces need root and iproute2 (ip)",
+    ),
+]
+TIMEOUT = 60
+NETNS = Path("/etc/netns")
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@dataclass
+class Lan:
+    """Hosts on one bridge: `address[name]` on 10.78.0.0/24, each with a default route
+    (as a laptop on a venue's network has) and a resolver that answers nothing."""
+
+    prefix: str
+    hosts: dict[str, str]  # name -> namespace
+    address: dict[str, str]
+    home: Path
+
+    def run(self, host: str, *argv: str, stdin: int = subprocess.DEVNULL, **env: str) -> Process:
+        environ = {k: v for k, v in os.environ.items() if k not in ("BOB_RELAY", "BOB_PASSPHRASE")}
+        environ.update(
+            HOME=str(self.home), XDG_STATE_HOME=str(self.home / "state"),
+            XDG_DATA_HOME=str(self.home / "data"), **env,
+        )  # fmt: skip
+        cmd = ["ip", "netns", "exec", self.hosts[host], sys.executable, *argv]
+        popen = subprocess.Popen(
+            cmd,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environ,
+        )
+        proc = Process(popen)
+        import threading
+
+        assert popen.stderr is not None
+        threading.Thread(target=proc._pump, args=(popen.stderr,), daemon=True).start()
+        return proc
+
+    def bob(self, host: str, *args: str, stdin: int = subprocess.DEVNULL, **env: str) -> Process:
+        return self.run(host, "-m", "retreatkit.cli.bob", *args, stdin=stdin, **env)
+
+    def status(self, host: str, admin: str) -> dict[str, object]:
+        code = f"import urllib.request as u; print(u.urlopen('{admin}/status').read().decode())"
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.hosts[host], sys.executable, "-c", code],
+            capture_output=True, text=True, timeout=TIMEOUT, check=True,
+        )  # fmt: skip
+        doc: dict[str, object] = json.loads(done.stdout)
+        return doc
+
+
+@pytest.fixture
+def lan(tmp_path: Path) -> Iterator[Lan]:
+    prefix = f"rkbl{secrets.token_hex(3)}"
+    switch = f"{prefix}-sw"
+    names = {"a": f"{prefix}-a", "b": f"{prefix}-b", "r": f"{prefix}-r"}
+    address = {"a": "10.78.0.1", "b": "10.78.0.2", "r": "10.78.0.3"}
+    made: list[str] = []
+    try:
+        for ns in (switch, *names.values()):
+            try:
+                ip("netns", "add", ns)
+            except subprocess.CalledProcessError as exc:
+                pytest.skip(f"cannot make a network namespace here: {exc.stderr.strip()!r}")
+            made.append(ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+            # no resolver on this LAN: relay.retreat.lan fails at once, as on a LAN without
+            # the event's nameserver (ip netns exec mounts this over /etc/resolv.conf)
+            (NETNS / ns).mkdir(parents=True, exist_ok=True)
+            (NETNS / ns / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        ip("-n", switch, "link", "add", "br0", "type", "bridge")
+        ip("-n", switch, "link", "set", "br0", "up")
+        for host, ns in names.items():
+            ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", f"p{host}",
+               "netns", switch)  # fmt: skip
+            ip("-n", switch, "link", "set", f"p{host}", "master", "br0", "up")
+            ip("-n", ns, "addr", "add", f"{address[host]}/24", "dev", "eth0")
+            ip("-n", ns, "link", "set", "eth0", "up", "multicast", "on")
+            ip("-n", ns, "route", "add", "default", "dev", "eth0")
+        home = tmp_path / "home"
+        home.mkdir()
+        yield Lan(prefix, names, address, home)
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+            shutil.rmtree(NETNS / ns, ignore_errors=True)
+
+
+def finish(proc: Process) -> tuple[int, list[str]]:
+    code, lines = proc.finish(TIMEOUT)
+    assert not any("Traceback" in line for line in lines), lines
+    return code, lines
+
+
+@pytest.fixture
+def payload(tmp_path: Path) -> Path:
+    src = tmp_path / "image.bin"
+    src.write_bytes(os.urandom(8 << 20))
+    return src
+
+
+def test_a_relay_found_on_the_lan_and_a_direct_connection(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    relay = lan.bob("r", "relay", "--listen", "0.0.0.0:9000", "--admin", "127.0.0.1:0")
+    sender = receiver = None
+    try:
+        admin = relay.wait_for(r"^Admin on (http://\S+)/status$")[1]
+        relay.wait_for(r"bob relay announced on the LAN")
+        sender = lan.bob("a", "send", str(payload), BOB_PASSPHRASE="4321-alpha-abandon")
+        sender.wait_for(r"^Passphrase: ")
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = lan.bob("b", "recv", "--yes", "-o", str(out), "4321-alpha-abandon")
+        code, got = finish(receiver)
+        assert code == 0, got
+        status, said = finish(sender)
+        assert status == 0, said
+        assert said[1] == "Using the relay at 10.78.0.3:9000 (found on the LAN)"
+        assert "Path: direct" in said
+        assert got[0] == "Using the relay at 10.78.0.3:9000 (found on the LAN)"
+        assert got[1].startswith("Offer from 10.78.0.1:")
+        assert "Path: direct" in got
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+        doc = lan.status("r", admin)["relay"]
+        assert isinstance(doc, dict)
+        # the relay carried the key exchange, the offer and the choice of path, not the data
+        assert doc["transfers_completed"] == 1 and doc["bytes_relayed"] < 64 * 1024
+    finally:
+        for proc in (sender, receiver, relay):
+            if proc is not None:
+                proc.stop()
+
+
+def test_no_relay_the_sender_is_its_own_rendezvous(lan: Lan, payload: Path, tmp_path: Path) -> None:
+    sender = lan.bob("a", "send", "--no-qr", str(payload))
+    receiver = None
+    try:
+        announced = sender.wait_for(
+            r"^No relay on this network: the receiver finds this computer on the LAN"
+            r" \(nameplate (\d+) advertised\)$"
+        )
+        code_line = sender.wait_for(r"^Passphrase: (\S+)$")
+        passphrase = code_line[1]
+        assert passphrase.split("-")[0] == announced[1]
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = lan.bob("b", "recv", "--yes", "-o", str(out), passphrase)
+        code, got = finish(receiver)
+        assert code == 0, got
+        status, said = finish(sender)
+        assert status == 0, said
+        assert (
+            got[0]
+            == f"Found the sender on the LAN at {lan.address['a']}:" + got[0].rsplit(":", 1)[1]
+        )
+        assert "Path: direct" in got and "Path: direct" in said
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+        # a second receiver finds nothing: the sender stopped announcing when it was joined
+        again = lan.bob("b", "recv", "--yes", "-o", str(out), passphrase)
+        code, late = finish(again)
+        assert code == 1
+        assert late[-1].startswith("ERROR: cannot reach the relay at relay.retreat.lan:9000")
+    finally:
+        for proc in (sender, receiver):
+            if proc is not None:
+                proc.stop()
+
+
+def test_a_neighbour_on_the_lan_cannot_stop_a_direct_transfer(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """The sender listens for the direct connection while the receiver decides; a
+    neighbour (the relay's host here) that finds the port and connects, says nothing,
+    or says the hello with a MAC it cannot know, changes nothing but its own socket."""
+    relay = lan.bob("r", "relay", "--listen", "0.0.0.0:9000", "--admin", "127.0.0.1:0")
+    sender = receiver = None
+    try:
+        relay.wait_for(r"bob relay announced on the LAN")
+        sender = lan.bob("a", "send", str(payload), BOB_PASSPHRASE="4322-alpha-abandon")
+        sender.wait_for(r"^Passphrase: ")
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = lan.bob("b", "recv", "-o", str(out), "4322-alpha-abandon", stdin=subprocess.PIPE)
+        receiver.wait_for(r"^  image.bin  8.4 MB$")  # at the question: both listen by now
+        ports = listening(lan, "a")
+        assert ports  # the sender's listener, beside nothing else on that host
+        neighbour = lan.run("r", "-c", NEIGHBOUR, lan.address["a"], *map(str, ports))
+        assert finish(neighbour)[0] == 0
+        assert receiver.popen.stdin is not None
+        receiver.popen.stdin.write(b"y\n")
+        receiver.popen.stdin.close()
+        code, got = finish(receiver)
+        assert code == 0, got
+        status, said = finish(sender)
+        assert status == 0, said
+        assert "Path: direct" in said and any(line.endswith("Path: direct") for line in got)
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+        assert [p.name for p in out.iterdir()] == ["image.bin"]
+    finally:
+        for proc in (sender, receiver, relay):
+            if proc is not None:
+                proc.stop()
+
+
+NEIGHBOUR = """
+import socket, sys, os
+host, ports = sys.argv[1], sys.argv[2:]
+for port in ports:
+    fake = b"bob/1 direct\\nR" + os.urandom(16) + os.urandom(32)  # a MAC it cannot know
+    for hello in (b"", fake, b"GET / HTTP/1.0\\r\\n\\r\\n"):
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(hello)
+            s.settimeout(5)
+            try:
+                s.recv(4096)
+            except OSError:
+                pass
+"""
+
+
+def listening(lan: Lan, host: str) -> list[int]:
+    """The TCP ports a host's processes listen on, as a neighbour's scan would find."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", lan.hosts[host], "ss", "-Hltn"],
+        capture_output=True, text=True, timeout=TIMEOUT, check=True,
+    )  # fmt: skip
+    ports = []
+    for line in done.stdout.splitlines():
+        local = line.split()[3]
+        if local.startswith(("0.0.0.0:", "*:")):
+            with contextlib.suppress(ValueError):
+                ports.append(int(local.rsplit(":", 1)[1]))
+    return ports
+
+
+def test_up_announces_the_relay_and_the_mirror(lan: Lan, tmp_path: Path) -> None:
+    cfg = tmp_path / "retreat.toml"
+    cfg.write_text(
+        '[relay]\nlisten = "0.0.0.0:9000"\n[admin]\nlisten = "127.0.0.1:0"\n'
+        f'[mirror]\nlisten = "0.0.0.0:8000"\nstore = "{tmp_path / "store"}"\n'
+        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
+        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n'
+    )
+    up = lan.run("r", "-m", "retreatkit.cli.main", "--config", str(cfg), "up", "--no-tui")
+    try:
+        for _ in range(2):  # in either order
+            up.wait_for(r"(bob relay|retreatkit mirror) announced on the LAN")
+        look = lan.run("b", "-c", BROWSE)
+        code, lines = finish(look)
+        assert code == 0, lines
+        assert sorted(lines) == [
+            "_retreat-mirror._tcp.local. 10.78.0.3 8000 path=/",
+            "_retreat-relay._tcp.local. 10.78.0.3 9000 kind=relay",
+        ]
+    finally:
+        up.stop()
+
+
+BROWSE = """
+import asyncio, sys
+from retreatkit import mdns
+async def main():
+    for service in (mdns.RELAY, mdns.MIRROR):
+        for f in await mdns.browse(service, 3.0, lambda found: bool(found)):
+            props = " ".join(f"{k}={v}" for k, v in sorted(f.properties.items()))
+            print(service, f.addresses[0], f.port, props, file=sys.stderr)
+asyncio.run(main())
+"""

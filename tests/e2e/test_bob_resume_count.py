@@ -1,0 +1,172 @@
+"""Resume and several receivers, with real processes through a real relay that counts the
+bytes it forwards: a receiver killed halfway through 256 MiB, then the same two commands
+again; `--count 3` with three receivers; a wrong passphrase that closes the offer."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retreatkit.testing import Process, RelayProcess, bob_argv
+
+pytestmark = pytest.mark.e2e
+TIMEOUT = 60.0
+MIB = 1 << 20
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> dict[str, str]:
+    folder = tmp_path / "home"
+    folder.mkdir()
+    return {
+        "HOME": str(folder),
+        "XDG_STATE_HOME": str(folder / "s"),
+        "XDG_DATA_HOME": str(folder / "d"),
+    }
+
+
+def bob(home: dict[str, str], *args: str, **env: str) -> Process:
+    return Process.start(bob_argv(*args), env={**home, **env})
+
+
+def transfers(relay: RelayProcess) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{relay.admin}/relay/transfers", timeout=10) as response:
+        doc: dict[str, list[dict[str, Any]]] = json.load(response)
+    return doc["recent"]
+
+
+def finish(proc: Process) -> tuple[int, list[str]]:
+    code, lines = proc.finish(TIMEOUT)
+    assert not any("Traceback" in line for line in lines), lines
+    return code, lines
+
+
+def part_size(folder: Path) -> int:
+    size = 0
+    for path in folder.glob(".bob-*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            size = max(size, path.stat().st_size)
+    return size
+
+
+def test_a_receiver_killed_halfway_resumes_and_less_than_half_crosses_again(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    src = tmp_path / "image.bin"
+    with src.open("wb") as f:
+        for _ in range(256):
+            f.write(os.urandom(MIB))
+    out = tmp_path / "out"
+    out.mkdir()
+    code = "5151-alpha-abandon"
+    path = ("--relay", relay.address, "--no-direct")  # through the relay, which counts
+    sender = bob(home, "send", *path, str(src), BOB_PASSPHRASE=code)
+    sender.wait_for(r"^Passphrase: ")
+    receiver = bob(home, "recv", *path, "--yes", "-o", str(out), code)
+    deadline = time.monotonic() + TIMEOUT
+    while part_size(out) < 136 * MIB:  # past half: watched in bytes, not in time
+        assert receiver.popen.poll() is None and time.monotonic() < deadline, receiver.seen
+        select.select([], [], [], 0.005)
+    receiver.popen.send_signal(signal.SIGKILL)
+    receiver.stop()
+    held = part_size(out)
+    status, said = finish(sender)
+    assert status == 1, said
+    first = transfers(relay)[0]["bytes"]
+
+    sender = bob(home, "send", *path, str(src), BOB_PASSPHRASE=code)
+    sender.wait_for(r"^Passphrase: ")
+    again = subprocess.run(
+        [*bob_argv("recv", *path, "--yes", "-o", str(out)), code],
+        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
+    )  # fmt: skip
+    status, said = finish(sender)
+    assert (status, again.returncode) == (0, 0), (said, again.stderr)
+    lines = again.stderr.splitlines()
+    shown = f"{held / 1e6:.1f} MB"
+    assert f"Resuming image.bin from {shown} ({shown} already here)" in lines
+    second = transfers(relay)[0]["bytes"]
+    assert first >= held and second < 128 * MIB  # fewer than half the bytes crossed again
+    assert (out / "image.bin").read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["image.bin"]  # no part, no record left
+
+
+def test_count_3_three_receivers_each_with_its_own_key_exchange(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    src = tmp_path / "slides.pdf"
+    src.write_bytes(os.urandom(3 * MIB))
+    sender = bob(home, "send", "--relay", relay.address, "--count", "3", str(src))
+    passphrase = sender.wait_for(r"^Passphrase: (\S+)$")[1]
+    sender.wait_for(r"^It lets 3 receivers in; a wrong passphrase closes it\.$")
+    outs = [tmp_path / f"out{i}" for i in range(3)]
+    receivers = []
+    for out in outs:
+        out.mkdir()
+        receivers.append(
+            bob(home, "recv", "--relay", relay.address, "--yes", "-o", str(out), passphrase)
+        )
+    for receiver in receivers:
+        code, lines = finish(receiver)
+        assert code == 0, lines
+    status, said = finish(sender)
+    assert status == 0, said
+    assert said[-1] == "Sent to 3 receivers."
+    assert sorted(line for line in said if line.endswith(": done")) == [
+        f"Receiver {n} of 3: done" for n in (1, 2, 3)
+    ]
+    for out in outs:
+        assert (out / "slides.pdf").read_bytes() == src.read_bytes()
+    assert relay.status()["relay"]["transfers_completed"] == 3
+
+
+def test_a_wrong_passphrase_from_a_fourth_closes_the_offer(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    src = tmp_path / "notes.txt"
+    src.write_text("for the three of you\n")
+    sender = bob(home, "send", "--relay", relay.address, "--count", "4", str(src))
+    passphrase = sender.wait_for(r"^Passphrase: (\S+)$")[1]
+    nameplate = passphrase.split("-")[0]
+    for i in range(3):
+        out = tmp_path / f"out{i}"
+        out.mkdir()
+        got = subprocess.run(
+            [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(out)), passphrase],
+            capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        assert (out / "notes.txt").read_text() == "for the three of you\n"
+    wrong = subprocess.run(
+        [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(tmp_path)),
+         f"{nameplate}-wrong-guess"],
+        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
+    )  # fmt: skip
+    assert wrong.returncode == 1
+    assert wrong.stderr.splitlines()[-1] == (
+        "ERROR: wrong passphrase: the other side used a different one."
+        " The passphrase is used up: ask the sender to start a new bob send"
+    )
+    status, said = finish(sender)
+    assert status == 1
+    assert said[-1] == (
+        "ERROR: wrong passphrase from a receiver: the offer is closed after 3 of 4."
+        " The passphrase is used up: start a new bob send"
+    )
+    # the right passphrase no longer finds anyone: one guess, and the offer is gone
+    late = subprocess.run(
+        [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(tmp_path)), passphrase],
+        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
+    )  # fmt: skip
+    assert late.returncode == 1
+    assert late.stderr == f"ERROR: the relay says: no sender is waiting on nameplate {nameplate}\n"

@@ -1,0 +1,188 @@
+"""What a person types and sees, with real processes (and a real terminal where it
+matters): four-letter prefixes, completion and "did you mean" before the key exchange,
+streams named and written to stdout, --version, and the QR code."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from retreatkit.cli import qr
+from retreatkit.testing import Process, RelayProcess, bob_argv
+from retreatkit.transfer.codes import parse
+
+pytestmark = pytest.mark.e2e
+TIMEOUT = 60.0
+CODE = "3131-abandon-ability"
+
+
+def send(relay: RelayProcess, *args: str, stdin: object = subprocess.DEVNULL) -> Process:
+    proc = Process.start(
+        bob_argv("send", "--relay", relay.address, *args),
+        env={"BOB_PASSPHRASE": CODE},
+        stdin=stdin,  # type: ignore[arg-type]
+    )
+    proc.wait_for(r"^Passphrase: ")
+    return proc
+
+
+def recv(relay: RelayProcess, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        bob_argv("recv", "--relay", relay.address, *args),
+        capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_version_on_every_command() -> None:
+    for args in ([], ["send"], ["recv"]):
+        got = subprocess.run(bob_argv(*args, "--version"), capture_output=True, text=True)
+        assert got.returncode == 0
+        assert got.stdout.startswith("bob ") and got.stdout.endswith(" (protocol bob/1)\n")
+    kit = subprocess.run(
+        [sys.executable, "-m", "retreatkit.cli.main", "--version"], capture_output=True, text=True
+    )
+    assert kit.returncode == 0 and kit.stdout.startswith("retreatkit ")
+
+
+def test_four_letter_prefixes_are_the_words(relay: RelayProcess, tmp_path: Path) -> None:
+    sender = send(relay, "--text", "hi")
+    got = recv(relay, "3131-aban-abil")
+    assert (sender.finish(TIMEOUT)[0], got.returncode) == (0, 0), got.stderr
+    assert got.stdout == b"hi\n"
+
+
+def test_a_named_stream_in_and_one_file_out_on_stdout(relay: RelayProcess, tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)
+    src = tmp_path / "data"
+    src.write_bytes(data)
+    with src.open("rb") as stdin:
+        sender = send(relay, "--name", "backup.tar", "-", stdin=stdin)
+    assert sender.seen[0] == "Sending unknown size file named 'backup.tar'"
+    got = recv(relay, "--yes", "--stdout", CODE)
+    assert (sender.finish(TIMEOUT)[0], got.returncode) == (0, 0), got.stderr
+    assert got.stdout == data  # and nothing else: every word bob says is on stderr
+    assert got.stderr.decode().splitlines()[1] == "  backup.tar  unknown size"
+
+
+def test_stdout_takes_one_file_only(relay: RelayProcess, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a").write_text("a")
+    sender = send(relay, str(tmp_path / "d"))
+    got = recv(relay, "--yes", "--stdout", CODE)
+    code, lines = sender.finish(TIMEOUT)
+    assert (code, got.returncode) == (1, 1)
+    assert got.stderr.decode().splitlines()[-1] == (
+        "ERROR: not accepted: --stdout takes one file, and this is 1 file (1 byte) in folders"
+    )
+    assert lines[-1] == "ERROR: the receiver declined the transfer"
+    assert got.stdout == b""
+
+
+def test_name_needs_the_stream() -> None:
+    got = subprocess.run(
+        bob_argv("send", "--name", "x", "file"), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert (got.returncode, got.stderr) == (
+        2,
+        "bob: --name names the stream: give it with - alone\n",
+    )
+
+
+# -- a real terminal --------------------------------------------------------------------------
+
+
+def on_terminal(
+    argv: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        argv,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(slave)
+    return proc, master
+
+
+def screen_until(fd: int, marker: bytes) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + TIMEOUT
+    while marker not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"no {marker!r} on the terminal; saw {seen!r}")
+        try:
+            seen += os.read(fd, 4096)
+        except OSError:
+            raise AssertionError(f"terminal closed before {marker!r}; saw {seen!r}") from None
+    return seen
+
+
+def test_completion_and_did_you_mean_at_the_prompt(relay: RelayProcess, tmp_path: Path) -> None:
+    sender = send(relay, "--text", "typed by hand")
+    receiver, term = on_terminal(bob_argv("recv", "--relay", relay.address))
+    try:
+        screen_until(term, b"Enter passphrase")
+        os.write(term, b"3131-aban\t")  # Tab completes the word and adds the dash
+        assert b"3131-abandon-" in screen_until(term, b"abandon-")
+        os.write(term, b"abilty\r")  # a typo in the last word
+        asked = screen_until(term, b"[Y/n] ")
+        assert b"'3131-abandon-abilty' has a word bob never chooses:" in asked
+        assert b"did you mean 3131-abandon-ability? [Y/n] " in asked
+        os.write(term, b"\r")
+        assert b"typed by hand" in screen_until(term, b"typed by hand")
+        assert receiver.wait(TIMEOUT) == 0
+    finally:
+        receiver.kill()
+        receiver.wait()
+        os.close(term)
+    assert sender.finish(TIMEOUT)[0] == 0
+
+
+def test_the_passphrase_as_a_qr_code_on_a_terminal(relay: RelayProcess) -> None:
+    for extra, shown in (((), True), (("--no-qr",), False)):
+        proc, term = on_terminal(
+            bob_argv("send", "--relay", relay.address, *extra, "--text", "x"),
+        )
+        try:
+            text = screen_until(term, b"bob recv --relay").decode()
+            passphrase = text.split("Passphrase: ")[1].split()[0]
+            drawn = screen_until(term, b"\r\n\r\n" if not shown else b"\x1b[0m\r\n\r\n").decode()
+            lines = [ln for ln in drawn.split("\r\n") if ln.startswith("\x1b[30;47m")]
+            if shown:
+                import segno
+
+                expected = segno.make(qr.payload(parse(passphrase)), error="m", micro=False)
+                want = [[bool(c) for c in row] for row in expected.matrix_iter(border=2)]
+                assert qr.matrix_of(lines)[: len(want)] == want  # what a phone would read
+            else:
+                assert lines == []
+        finally:
+            proc.kill()
+            proc.wait()
+            os.close(term)
+
+
+def test_help_says_where_bob_connects_in_order() -> None:
+    got = subprocess.run(bob_argv("--help"), capture_output=True, text=True, timeout=TIMEOUT)
+    text = " ".join(got.stdout.split())
+    assert (
+        "Where bob connects, in this order: --relay HOST:PORT; else $BOB_RELAY; else a relay"
+        " that announces itself on the LAN (zeroconf, _retreat-relay._tcp), or for the"
+        " receiver the sender itself when it announces the passphrase's number; else"
+        " relay.retreat.lan:9000. A sender that reaches no relay at all waits for the"
+        " receiver on the LAN itself."
+    ) in text

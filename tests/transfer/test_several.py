@@ -1,0 +1,84 @@
+"""`bob send --count N` in process: a relay (or the LAN) that hands the sender many
+receivers at once still gives a guesser one try, since key exchanges run one at a time
+and a failed one closes the offer before the next begins."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from retreatkit.transfer import aio, source
+from retreatkit.transfer.channel import Channel
+from retreatkit.transfer.codes import Code
+from retreatkit.transfer.errors import PakeFailed
+from retreatkit.transfer.link import Link
+from retreatkit.transfer.machine import Session
+from retreatkit.transfer.offer import Offer
+from retreatkit.transfer.pake import Side
+from retreatkit.transfer.rendezvous import Closed
+
+RIGHT = Code("51", ("abandon", "ability"))
+WRONG = Code("51", ("abandon", "able"))
+
+
+class Handed:
+    """A rendezvous that hands over every receiver at once, as a hostile relay could."""
+
+    def __init__(self, links: list[Link]) -> None:
+        self.links = links
+        self.closed = False
+
+    async def open(self, nameplate: str | None) -> str:
+        return "51"
+
+    async def next(self) -> tuple[Link, str]:
+        if self.closed or not self.links:
+            raise Closed
+        return self.links.pop(0), "10.0.0.9:1"
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class Quiet:
+    def code(self, code: Code) -> None: ...
+    def paired(self, peer: str) -> None: ...
+    def path(self, which: str) -> None: ...
+    def progress(self, done: int, total: int | None) -> None: ...
+    def saved(self, name: str) -> None: ...
+    def text(self, text: str) -> None: ...
+    def say(self, line: str) -> None: ...
+    def resumed(self, *args: object) -> None: ...
+
+
+async def guesser(sock: socket.socket) -> bytes:
+    """Send a PAKE for a wrong passphrase at once, then take whatever comes back."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, Session(Side.RECEIVER, WRONG).start())
+    got = b""
+    while chunk := await loop.sock_recv(sock, 4096):
+        got += chunk
+    return got
+
+
+async def test_many_guessers_at_once_get_one_guess_between_them() -> None:
+    loop = asyncio.get_running_loop()
+    links, theirs = [], []
+    for _ in range(3):
+        ours, other = socket.socketpair()
+        other.setblocking(False)
+        _, channel = await loop.create_connection(Channel, sock=ours)
+        links.append(Link.over(channel, 1.0))  # the first guesser goes quiet: not for long
+        theirs.append(other)
+    guesses = [asyncio.ensure_future(guesser(s)) for s in theirs]
+    sources = source.Sources(Offer(text="for three"), [])
+    with pytest.raises(PakeFailed, match="the offer is closed after 0 of 3"):
+        await aio.send(Handed(links), sources, RIGHT, Quiet(), aio.Options(direct=False), 3)
+    heard = await asyncio.wait_for(asyncio.gather(*guesses), 10)
+    for s in theirs:
+        s.close()
+    # the first guesser got the sender's PAKE and CONFIRM (its one guess); the others
+    # got nothing at all: no key exchange ran for them
+    assert [len(h) > 0 for h in heard] == [True, False, False]
