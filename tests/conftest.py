@@ -1,4 +1,4 @@
-"""Shared fixtures: real relay processes on loopback."""
+"""Shared fixtures: real relay processes on loopback; VM image tests run last."""
 
 from __future__ import annotations
 
@@ -14,3 +14,9 @@ def relay() -> Iterator[RelayProcess]:
     proc = start_relay()
     yield proc
     proc.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `slow` tests (VM images under qemu) run last: the rest of the suite runs while
+    a kernel build started beside it (.ci/run) finishes, and reports sooner."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)

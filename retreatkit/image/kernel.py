@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import lzma
@@ -129,7 +130,25 @@ def _verify(config: Path) -> None:
 
 
 def build(say: Callable[[str], None], jobs: int | None = None, force: bool = False) -> Kernel:
-    """Build our kernel from Debian's source package with the committed config; cache it."""
+    """Build our kernel from Debian's source package with the committed config; cache it.
+    One build at a time per cache: a second caller waits for the first and takes its
+    kernel (CI starts the build beside the linters; the image tests then wait for it)."""
+    folder = cache_dir() / "kernel"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("w") as lock:
+        if own() is None or force:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                say("Another build of the kernel is under way: waiting for it")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                force = False  # what that build made is what was asked for
+        else:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(say, jobs, force)
+
+
+def _build_locked(say: Callable[[str], None], jobs: int | None, force: bool) -> Kernel:
     cached = own()
     if cached is not None and not force:
         say(f"Kernel ready: {cached.image} ({cached.image.stat().st_size / 1e6:.1f} MB, cached)")
