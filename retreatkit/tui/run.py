@@ -58,13 +58,13 @@ def run(connect: list[str], token: str | None, leak_window: float) -> int:
     if len(problems) == len(found):
         print(f"retreatkit: no admin endpoint reachable: {'; '.join(problems)}", file=sys.stderr)
         return 1
-    result = Dashboard(found, leak_window=leak_window).run()
+    result = Dashboard(found, leak_window=leak_window, freeze_gc=True).run()
     return result or 0
 
 
 async def in_process(url: str, token: str, leak_window: float) -> None:
     """The dashboard of `retreatkit up`, in its own event loop: SIGTERM closes it too."""
-    app = Dashboard([Endpoint(url, token)], leak_window=leak_window)
+    app = Dashboard([Endpoint(url, token)], leak_window=leak_window, freeze_gc=True)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.exit)
     try:

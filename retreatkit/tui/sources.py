@@ -158,7 +158,7 @@ class AdminClient:
                     pending = events.pop()
                     if len(pending) > MAX_EVENT:
                         raise SourceError(f"{name}: /logs sent an event over 1 MiB")
-                    batch = [r for r in map(_event, events) if r is not None]
+                    batch = _events(events)
                     if batch:
                         yield batch
         except TimeoutError:
@@ -178,13 +178,26 @@ def _why(exc: aiohttp.ClientConnectorError) -> str:
     return (error.strerror or str(error) or type(error).__name__).lower()
 
 
-def _event(raw: bytes) -> dict[str, Any] | None:
-    """One SSE event's `data:` as a dict; comments and junk are skipped."""
-    data = b"".join(line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:"))
-    if not data:
-        return None
+def _events(raw: list[bytes]) -> list[dict[str, Any]]:
+    """The `data:` of SSE events as dicts; comments and junk are skipped. Under a flood
+    these are hundreds at a time: one JSON array parsed is cheaper than one parse each."""
+    datas = [_data(event) for event in raw]
+    datas = [d for d in datas if d]
+    if not datas:
+        return []
     try:
-        doc = json.loads(data)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
+        docs = json.loads(b"[" + b",".join(datas) + b"]")
+    except ValueError:  # one bad event: take the others one by one
+        docs = []
+        for data in datas:
+            try:
+                docs.append(json.loads(data))
+            except ValueError:
+                continue
+    return [doc for doc in docs if isinstance(doc, dict)]
+
+
+def _data(event: bytes) -> bytes:
+    if event.startswith(b"data: ") and b"\n" not in event:  # what /logs sends: one line
+        return event[6:]
+    return b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))

@@ -34,7 +34,8 @@ class LogsScreen(Panel):
 
     def compose(self) -> ComposeResult:
         yield from super().compose()
-        # the log takes the rest of the screen; it scrolls itself
+        # the log takes the rest of the screen; it scrolls itself (arrows, page keys,
+        # home, end, the wheel)
         yield LogView(self.dash.logs, id="log")
 
     def on_mount(self) -> None:
@@ -53,7 +54,7 @@ class LogsScreen(Panel):
         line = (
             f"service {f.service or 'all'} (s) · level {f.level} and above (v) · "
             f"{len(buffer.shown):,} of {len(buffer.lines):,} lines kept · "
-            f"{buffer.received:,} received"
+            f"{buffer.received:,} received · {self.query_one(LogView).position()}"
         )
         if buffer.dropped:
             line += f" · {buffer.dropped:,} skipped (too fast to show)"
@@ -64,6 +65,7 @@ class LogsScreen(Panel):
         f = self.dash.logs.filter
         values = {"service": f.service, "level": f.level, "text": f.text, **change}
         self.dash.logs.set_filter(LogFilter(**values))  # type: ignore[arg-type]
+        self.query_one(LogView).filtered()
         self.tick()
 
     def action_next_service(self) -> None:
@@ -84,8 +86,7 @@ class LogsScreen(Panel):
         self.query_one(LogView).focus()
 
     def action_follow(self) -> None:
-        log = self.query_one(LogView)
-        log.scroll_end(animate=False)
+        self.query_one(LogView).action_newest()
 
     def action_set_level(self) -> None:
         self.run_worker(self._set_level(), group="action")
