@@ -90,9 +90,12 @@ class AdminClient:
     async def get_json(self, path: str) -> Any:
         return await self.request("GET", path)
 
-    async def request(self, method: str, path: str, body: Any = None) -> Any:
+    async def request(
+        self, method: str, path: str, body: Any = None, timeout: float | None = None
+    ) -> Any:
         """JSON back (or the text, for an answer that is not JSON but 2xx)."""
         name = self.endpoint.name
+        timeout = self.timeout if timeout is None else timeout
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
         try:
@@ -101,14 +104,14 @@ class AdminClient:
                 self.endpoint.url + path,
                 data=data,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as response:
                 raw = await response.content.read(MAX_BODY + 1)
                 kind = response.content_type
                 code = response.status
         except TimeoutError:
-            raise SourceError(f"{name}: no answer within {self.timeout:g} s") from None
+            raise SourceError(f"{name}: no answer within {timeout:g} s") from None
         except aiohttp.ClientConnectorError as exc:
             raise SourceError(f"{name}: cannot connect ({_why(exc)})") from None
         except aiohttp.ClientError as exc:

@@ -69,7 +69,9 @@ class Table(DataTable[Text]):
 def _style(value: str) -> str:
     if value in ("DOWN", "down", "unreachable", "failed", "verify failed", "disk full"):
         return "bold red"
-    if value in ("blocked", "refused", "servfail"):
+    if value in ("stopped", "restarting"):  # a guest: what it serves is down
+        return "bold red"
+    if value in ("blocked", "refused", "servfail", "starting"):
         return "yellow"
     return ""
 

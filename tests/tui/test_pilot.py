@@ -224,7 +224,7 @@ async def test_logs_filter_by_service_level_and_text(fake: FakeAdmin) -> None:
             f"10:00:01 nameserver WARNING {app.logs.lines[1][TEXT].split('WARNING ')[1]}"
         ]
         assert "\\x1b]0;pwned" in shown()[0]
-        await pilot.press("s", "s", "v", "v", "v", "v", "slash", *"nameplate")
+        await pilot.press("s", "s", "s", "v", "v", "v", "v", "slash", *"nameplate")
         assert isinstance(app.focused, Input)
         assert shown() == ["10:00:00 relay      INFO    paired nameplate 7"]
         text = screen_text(app)

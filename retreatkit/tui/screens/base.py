@@ -40,7 +40,7 @@ class Panel(Screen[None]):
         with VerticalScroll(id="body"):
             yield from self.body()
         yield Lines(id="result")
-        yield Footer()
+        yield Footer(compact=True)
 
     def body(self) -> ComposeResult:
         yield from ()

@@ -14,7 +14,8 @@ from retreatkit.tui.logview import LogView
 from retreatkit.tui.screens.base import Panel
 from retreatkit.tui.widgets import Lines
 
-SERVICES = (None, "relay", "mirror", "nameserver", "process")
+SERVICES = (None, "relay", "mirror", "nameserver", "vm", "process")
+HOSTED = ("relay", "mirror", "nameserver", "vm")
 
 
 class LogsScreen(Panel):
@@ -104,10 +105,14 @@ class LogsScreen(Panel):
         if text.upper() not in LEVELS:
             self.say(f"not a level: {text} (debug, info, warning, error, critical)")
             return
-        _answer, problem = await self.dash.act(
-            service if service in ("relay", "mirror", "nameserver") else None,
+        results = await self.dash.act_all(
+            service if service in HOSTED else None,
             "PUT",
             "/loglevel",
             {"level": text.lower(), "logger": logger},
         )
-        self.say(problem or f"{logger} now logs at {text.upper()} and above")
+        failed = [problem for _, _, problem in results if problem]
+        where = ", ".join(name for name, _, problem in results if not problem)
+        done = f"{logger} now logs at {text.upper()} and above" if where else ""
+        done += f" on {where}" if done and len(results) > 1 else ""
+        self.query_one("#result", Lines).show([*failed, *([done] if done else [])])
