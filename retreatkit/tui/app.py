@@ -77,6 +77,7 @@ class Dashboard(App[int]):
         self.clock = clock
         self.follow_logs = follow_logs
         self.freeze_gc = freeze_gc
+        self.retry_logs = RETRY_LOGS
         self.polled = asyncio.Event()  # every endpoint answered or failed at least once
         self._seen: set[str] = set()
 
@@ -167,7 +168,7 @@ class Dashboard(App[int]):
                     self.log_problem = None
             except SourceError as exc:
                 self.log_problem = str(exc)
-            await asyncio.sleep(RETRY_LOGS)
+            await asyncio.sleep(self.retry_logs)
 
     def title_line(self, screen: str) -> str:
         alarms = len(self.state.alarms(self.clock()))

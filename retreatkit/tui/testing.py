@@ -219,6 +219,7 @@ class FakeAdmin:
     lists: dict[str, Any] = field(default_factory=lists)
     logs: list[dict[str, Any]] = field(default_factory=list)
     guests: list[dict[str, Any]] | None = None
+    logs_end: bool = False  # end the log stream once `logs` are sent
     seen: list[tuple[str, str, str | None, str]] = field(default_factory=list)
     url: str = ""
 
@@ -236,18 +237,24 @@ class FakeAdmin:
         if request.path.startswith("/vm/guests") and self.guests is not None:
             return self._supervise(request)
         if request.path == "/logs":
+            after = int(request.query.get("after", "0"))
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             for record in self.logs:
-                await response.write(f"data: {json.dumps(record)}\n\n".encode())
+                if record.get("seq", 0) > after:
+                    await response.write(f"data: {json.dumps(record)}\n\n".encode())
+            if self.logs_end:
+                return response  # the process went away
             await asyncio.Event().wait()  # a live stream with nothing more to say
         if request.method != "GET":
             return web.json_response({"done": request.path})
         if request.path == "/nameserver/queries" and request.path in self.lists:
-            doc = self.lists[request.path]
-            after = int(request.query.get("after", "0"))
+            queries = self.lists[request.path]["queries"]
+            after = int(request.query.get("after", "-1"))
+            found = [q for q in queries if q["seq"] > after]
+            last = max((q["seq"] for q in queries), default=0)
             return web.json_response(
-                {**doc, "queries": [q for q in doc["queries"] if q["seq"] > after]}
+                {"next": found[-1]["seq"] if found else last, "queries": found}
             )
         if request.path in self.lists:
             return web.json_response(self.lists[request.path])

@@ -192,3 +192,35 @@ async def test_a_guest_answering_garbage_or_refusing_the_token(mode: str, line: 
             await pilot.press("5")
             await settle(pilot)
             assert app.is_running
+
+
+def record(seq: int, message: str) -> dict[str, object]:
+    return {"seq": seq, "at": "2026-01-01T10:00:00.000+00:00", "service": "relay",
+            "level": "INFO", "logger": "retreatkit.relay", "message": message}  # fmt: skip
+
+
+async def test_a_restarted_guest_is_read_from_its_first_line_again() -> None:
+    """A guest started again numbers its log records and queries from 1 again: the
+    dashboard reads them from there, not after the last number the old one reached."""
+    status = hosting("relay", "nameserver")
+    with serve(FakeAdmin(status=status, logs_end=True)) as g:
+        g.logs = [record(1, "old 1"), record(2, "old 2"), record(3, "old 3")]
+        app = make_dashboard(g.url, follow_logs=True)
+        app.retry_logs = 0.01
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("4")
+            await settle(pilot)
+            while app.logs.received < 3:
+                await pilot.pause()
+            g.status = {**status, "process": {**status["process"], "started_at": "later"}}
+            g.logs = [record(1, "new 1")]
+            while app.logs.received < 4:
+                await pilot.pause()
+            assert app.logs.lines[-1][TEXT].endswith("new 1")
+            assert rows(app, "#queries")[0][2] == "example.org"
+            g.lists["/nameserver/queries"]["queries"] = [
+                {"seq": 1, "client": "10.0.0.9", "name": "after.restart", "type": "A"}
+            ]
+            for _ in range(2):  # one read sees it started again, the next reads from 1
+                await settle(pilot)
+            assert [row[2] for row in rows(app, "#queries")] == ["after.restart"]

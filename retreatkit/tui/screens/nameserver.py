@@ -64,7 +64,8 @@ class NameserverSection(Section):
         last = doc.get("next")
         if isinstance(last, int) and self.after is not None and last < self.after:
             self.queries.clear()  # it started again: its numbers start again
-            found = []
+            self.after = None
+            return
         self.queries.extend(found)
         # a full page means more are waiting: skip to the newest rather than lag behind
         self.after = last if isinstance(last, int) and len(found) < PAGE else None
