@@ -5,7 +5,9 @@ endpoint answers garbage or refuses the token. No VM boots here: the supervisor 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -224,3 +226,19 @@ async def test_a_restarted_guest_is_read_from_its_first_line_again() -> None:
             for _ in range(2):  # one read sees it started again, the next reads from 1
                 await settle(pilot)
             assert [row[2] for row in rows(app, "#queries")] == ["after.restart"]
+
+
+def test_a_real_supervisors_list_is_read(tmp_path: Path) -> None:
+    """The supervisor's own items (a guest defined, not booted) as the dashboard reads them."""
+    from retreatkit.image.supervisor import Definition, Supervisor
+
+    image = tmp_path / "relay"
+    image.mkdir()
+    manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
+    (image / "manifest.json").write_text(json.dumps(manifest))
+    supervisor = Supervisor(tmp_path / "vm", say=lambda _line: None)
+    supervisor.define(Definition(name="relay", image=str(image), forwards=[]))
+    [found] = parse({"guests": supervisor.items()})
+    admin = supervisor.item("relay")["admin"]
+    assert found == Guest("relay", "relay", "stopped", 0.0, 0, 0.0, 0.0, 128.0, None, admin)
+    assert watch_url("http://127.0.0.1:8080", admin) == (admin, "")
