@@ -208,7 +208,7 @@ async def test_a_restarted_guest_is_read_from_its_first_line_again() -> None:
     with serve(FakeAdmin(status=status, logs_end=True)) as g:
         g.logs = [record(1, "old 1"), record(2, "old 2"), record(3, "old 3")]
         app = make_dashboard(g.url, follow_logs=True)
-        app.retry_logs = 0.01
+        app.retry_logs = 0.2
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("4")
             await settle(pilot)

@@ -115,4 +115,4 @@ class LogsScreen(Panel):
         where = ", ".join(name for name, _, problem in results if not problem)
         done = f"{logger} now logs at {text.upper()} and above" if where else ""
         done += f" on {where}" if done and len(results) > 1 else ""
-        self.query_one("#result", Lines).show([*failed, *([done] if done else [])])
+        self.say(*failed, *([done] if done else []))

@@ -164,12 +164,13 @@ class NameserverScreen(ServicePanel):
         results = await self.dash.act_all("nameserver", method, path, body)
         if not results:
             self.say("no endpoint hosts a nameserver")
+            return
         lines = [
             problem or f"{done}: {views.answer_line(answer)}" for _, answer, problem in results
         ]
         if len(results) > 1:  # which is which
             lines = [f"{name}: {line}" for (name, _, _), line in zip(results, lines, strict=True)]
-        self.query_one("#result", Lines).show(lines)
+        self.say(*lines)
         self.reload()
 
     async def _pause(self) -> None:
