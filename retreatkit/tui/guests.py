@@ -9,6 +9,7 @@ to its host's loopback cannot be reached from another machine at all.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ def parse(doc: Any) -> list[Guest]:
     return found
 
 
+@functools.lru_cache(maxsize=64)  # asked at each poll for a guest it cannot watch
 def is_local(host: str) -> bool:
     """Loopback, or a literal address of this machine (one a socket can bind)."""
     host = host.strip("[]")
