@@ -107,7 +107,8 @@ class Dashboard(App[int]):
                 self.state.record(name, self.clock(), status=await client.status())
             except SourceError as exc:
                 self.state.record(name, self.clock(), error=str(exc))
-            if "vm" in self.state.endpoints[name].services():
+            e = self.state.endpoints[name]
+            if e.error is None and "vm" in e.services():
                 await self._read_guests(name)
             self._seen.add(name)
             if self._seen >= set(self.clients):

@@ -163,8 +163,10 @@ class DashboardState:
                 out.append(e.guests_error)
             for g in e.guests or []:
                 out += guest_alarm(g)
+            if e.guest_down():
+                continue  # what its last status said is over
             for service in e.services():
-                if e.is_up(service) is False and not e.guest_down():
+                if e.is_up(service) is False:
                     out.append(f"{service} on {e.name} is down")
                 warnings = e.section(service).get("warnings")
                 if isinstance(warnings, list):
