@@ -14,6 +14,7 @@ import pytest
 from retreatkit.tui.app import Dashboard
 from retreatkit.tui.guests import Guest, parse, watch_url
 from retreatkit.tui.logbuffer import TEXT
+from retreatkit.tui.screens.service import Section
 from retreatkit.tui.state import DashboardState
 from retreatkit.tui.testing import (
     HOSTILE,
@@ -128,6 +129,11 @@ async def test_guests_listed_and_watched_with_the_token(
         while not app.logs.received:  # its log stream is followed in the background
             await pilot.pause()
         assert app.logs.lines[0][TEXT].endswith("relay@guest relay INFO    paired nameplate 7")
+        await pilot.press("2")  # the relay screen: the guest's relay, its transfers
+        await settle(pilot)
+        [section] = app.screen.query(Section)
+        assert section.endpoint == "guest relay"
+        assert ("GET", "/relay/transfers", f"Bearer {TOKEN}", "") in relay_guest.seen
         await pilot.press("6")
         await settle(pilot)
         assert rows(app, "#guests") == [
