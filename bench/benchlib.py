@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -198,20 +199,36 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def git_commit() -> str:
-    """The commit measured, and whether retreatkit/ differs from it."""
+    """The short commit, marked when retreatkit/ has changes not committed."""
+    git = ["git", "-C", str(ROOT)]
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "retreatkit"],
-            cwd=ROOT,
+            [*git, "status", "--porcelain", "--", "retreatkit"],
             capture_output=True,
             text=True,
+            timeout=10,
         ).stdout.strip()
-    except OSError:
+    except (OSError, subprocess.SubprocessError):
         return "?"
-    return (head or "?") + (" (retreatkit/ modified)" if dirty else "")
+    return (head or "?") + (" + uncommitted changes under retreatkit/" if dirty else "")
+
+
+def py_spy_top(raw: Path, count: int) -> tuple[list[tuple[str, float]], int]:
+    """From `py-spy record --format raw` (collapsed stacks): the innermost frames holding
+    the most samples, each with its share, and the number of samples."""
+    own: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames or not n.isdigit():
+            continue
+        total += int(n)
+        own[frames[-1]] += int(n)
+    return [(frame, n / total) for frame, n in own.most_common(count)], total
 
 
 def cpu_model() -> str:

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("retreatkit")
 Say = Callable[[str], None]
-Dashboard = Callable[[str, str], Awaitable[None]]  # (admin URL, token): runs until quit
+# (admin URL, token, stop): runs until the organiser quits it, or until `stop` is set
+Dashboard = Callable[[str, str, asyncio.Event], Awaitable[None]]
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
@@ -134,7 +135,8 @@ async def serve(
                     say(f"  {line}")
         if dashboard is not None:
             local = "127.0.0.1" if ahost in ("0.0.0.0", "::") else ahost
-            await dashboard(f"http://{local}:{aport}".replace("http://::1", "http://[::1]"), token)
+            url = f"http://{local}:{aport}".replace("http://::1", "http://[::1]")
+            await dashboard(url, token, stop)
         else:
             await stop.wait()
         say("Stopping...")

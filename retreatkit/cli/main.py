@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -184,14 +186,17 @@ def main(argv: list[str] | None = None) -> int:
         say_address(address)
     dashboard = None
     if args.command == "up" and not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty():
-        from retreatkit.tui.run import in_process
+        from retreatkit.tui.run import in_child
 
-        window = float(cfg["dashboard"]["leak_window"])
-
-        async def dashboard(url: str, token: str) -> None:
-            await in_process(url, token, window)
+        async def dashboard(url: str, token: str, stop: asyncio.Event) -> None:
+            _lines.screen_taken = True
+            try:
+                await in_child(url, token, args.config, stop)
+            finally:
+                _lines.screen_taken = False
 
         serve.setup_logging(to_file=admin_token.state_dir() / "retreatkit.log")
+        _lines.to_log = True
     else:
         serve.setup_logging()
     try:
@@ -226,11 +231,26 @@ def tui(args: argparse.Namespace) -> int:
     return run(args.connect, args.token, window)
 
 
+class _Lines:
+    """Where lines for the organiser go: stderr; with the dashboard, the log file too,
+    since the dashboard holds the terminal (a line on stderr would tear its screen) and
+    the terminal may go away."""
+
+    to_log = False
+    screen_taken = False
+
+
+_lines = _Lines()
+
+
 def _say(line: str) -> None:
-    # one write: print() writes the line and its newline apart, and a log record from
-    # another thread (the mirror's store check) could land between them
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+    if _lines.to_log:
+        logging.getLogger("retreatkit").info(line)
+    if not _lines.screen_taken:
+        # one write: print() writes the line and its newline apart, and a log record from
+        # another thread (the mirror's store check) could land between them
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":

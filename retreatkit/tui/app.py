@@ -1,17 +1,27 @@
-"""The dashboard app: polls each endpoint, follows its logs, and hands screens the state."""
+"""The dashboard app: polls each endpoint, follows its logs, and hands screens the state.
+
+Endpoints are those given at start, plus each VM guest's own admin endpoint, found in its
+supervisor's `GET /vm/guests` and watched with the supervisor's token.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
 
+from retreatkit.tui import guests
+from retreatkit.tui.fmt import get
 from retreatkit.tui.logbuffer import LogBuffer
 from retreatkit.tui.screens.base import Panel
+from retreatkit.tui.screens.guests import GuestsScreen
 from retreatkit.tui.screens.logs import LogsScreen
 from retreatkit.tui.screens.mirror import MirrorScreen
 from retreatkit.tui.screens.nameserver import NameserverScreen
@@ -21,6 +31,7 @@ from retreatkit.tui.sources import AdminClient, Endpoint, SourceError
 from retreatkit.tui.state import DashboardState
 
 RETRY_LOGS = 3.0  # seconds before following a broken log stream again
+MAX_GUESTS = 64  # guest endpoints watched at most: a supervisor's list cannot grow this
 
 
 class Dashboard(App[int]):
@@ -32,6 +43,7 @@ class Dashboard(App[int]):
         "mirror": MirrorScreen,
         "nameserver": NameserverScreen,
         "logs": LogsScreen,
+        "guests": GuestsScreen,
     }
     DEFAULT_MODE = "overview"
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -40,6 +52,7 @@ class Dashboard(App[int]):
         Binding("3", "show('mirror')", "Mirror"),
         Binding("4", "show('nameserver')", "DNS"),
         Binding("5", "show('logs')", "Logs"),
+        Binding("6", "show('guests')", "Guests"),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
     ]
@@ -52,23 +65,41 @@ class Dashboard(App[int]):
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         follow_logs: bool = True,
+        freeze_gc: bool = False,
+        stop_on_sigterm: bool = False,
     ) -> None:
         super().__init__()
         self.clients = {e.name: AdminClient(e) for e in endpoints}
         self.state = DashboardState(list(self.clients), leak_window)
+        for e in endpoints:
+            self.state.endpoints[e.name].url = e.url
         self.logs = LogBuffer()
         self.log_problem: str | None = None
         self.interval = interval
         self.clock = clock
         self.follow_logs = follow_logs
+        self.freeze_gc = freeze_gc
+        self.stop_on_sigterm = stop_on_sigterm
+        self.retry_logs = RETRY_LOGS
         self.polled = asyncio.Event()  # every endpoint answered or failed at least once
         self._seen: set[str] = set()
 
     def on_mount(self) -> None:
+        if self.freeze_gc:
+            # what is alive once the first screen is drawn (modules, classes, the app, its
+            # widgets) lives as long as the process: moved out of the collector's sight, a
+            # full collection walks only what came after, a few ms instead of ~50 under a
+            # log flood (the rendering makes cyclic garbage, so full collections happen)
+            self.call_after_refresh(gc.freeze)
+        if self.stop_on_sigterm:  # `retreatkit up` closes its dashboard so: terminal restored
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit)
         for name in self.clients:
-            self.run_worker(self._poll(name), group="poll", exit_on_error=False)
-            if self.follow_logs:
-                self.run_worker(self._follow(name), group="logs", exit_on_error=False)
+            self._start(name)
+
+    def _start(self, name: str) -> None:
+        self.run_worker(self._poll(name), group="poll", exit_on_error=False)
+        if self.follow_logs:
+            self.run_worker(self._follow(name), group="logs", exit_on_error=False)
 
     async def on_unmount(self) -> None:
         for client in self.clients.values():
@@ -81,28 +112,69 @@ class Dashboard(App[int]):
                 self.state.record(name, self.clock(), status=await client.status())
             except SourceError as exc:
                 self.state.record(name, self.clock(), error=str(exc))
+            e = self.state.endpoints[name]
+            if e.error is None and "vm" in e.services():
+                await self._read_guests(name)
             self._seen.add(name)
-            if len(self._seen) == len(self.clients):
+            if self._seen >= set(self.clients):
                 self.polled.set()
             if isinstance(self.screen, Panel):
                 self.screen.reload()
             await asyncio.sleep(self.interval)  # the polling period, not a synchronisation
 
+    async def _read_guests(self, name: str) -> None:
+        """A supervisor's guests; each guest's admin endpoint is watched from now on."""
+        try:
+            found = guests.parse(await self.clients[name].get_json("/vm/guests"))
+        except SourceError as exc:
+            self.state.record_guests(name, None, str(exc))
+            return
+        except ValueError as exc:
+            self.state.record_guests(name, None, f"{name}: {exc}")
+            return
+        for guest in found:
+            self._adopt(name, guest)
+        self.state.record_guests(name, found)
+
+    def _adopt(self, supervisor: str, guest: guests.Guest) -> None:
+        if self.state.watching(supervisor, guest.name) is not None:
+            return
+        parent = self.clients[supervisor].endpoint
+        url, _why = guests.watch_url(parent.url, guest.admin)
+        if url is None:
+            return
+        for e in self.state.endpoints.values():
+            if e.url == url:  # already watched (given with --connect): say whose it is
+                e.guest_of = (supervisor, guest.name)
+                return
+        if sum(1 for e in self.state.endpoints.values() if e.guest_of) >= MAX_GUESTS:
+            return
+        label = f"guest {guest.name}"
+        if label in self.clients:
+            label = f"guest {guest.name}@{supervisor}"
+        endpoint = replace(parent, url=url, label=label)  # the supervisor's token
+        self.clients[label] = AdminClient(endpoint)
+        self.state.add(label, url, (supervisor, guest.name))
+        self.polled.clear()  # set again once this one has answered too
+        self._start(label)
+
     async def _follow(self, name: str) -> None:
         client = self.clients[name]
-        where = name if len(self.clients) > 1 else ""
-        after = 0
+        after, started = 0, None
         while True:
             try:
+                # a process that started again numbers its records from 1 again
+                began = get(await client.status(), "process", "started_at")
+                if began != started:
+                    after, started = 0, began
                 async for batch in client.logs(after):
-                    self.logs.extend(batch, where)
-                    after = max(
-                        after, *(r.get("seq", 0) for r in batch if isinstance(r.get("seq"), int))
-                    )
+                    self.logs.extend(batch, name if len(self.clients) > 1 else "")
+                    seqs = [r["seq"] for r in batch if isinstance(r.get("seq"), int)]
+                    after = max(after, *seqs) if seqs else after
                     self.log_problem = None
             except SourceError as exc:
                 self.log_problem = str(exc)
-            await asyncio.sleep(RETRY_LOGS)
+            await asyncio.sleep(self.retry_logs)
 
     def title_line(self, screen: str) -> str:
         alarms = len(self.state.alarms(self.clock()))
@@ -117,31 +189,35 @@ class Dashboard(App[int]):
     async def action_quit(self) -> None:
         self.exit(0)
 
-    async def fetch(self, service: str, path: str) -> tuple[Any, str | None]:
-        """A list from the endpoint hosting `service`: (the JSON, None) or (None, a line)."""
-        e = self.state.hosting(service)
-        if e is None:
-            return None, f"no endpoint hosts a {service}"
+    async def fetch(self, endpoint: str, path: str) -> tuple[Any, str | None]:
+        """A list from one endpoint: (the JSON, None) or (None, a line)."""
         try:
-            return await self.clients[e.name].get_json(path), None
+            return await self.clients[endpoint].get_json(path), None
         except SourceError as exc:
             return None, str(exc)
 
     async def act(
-        self, service: str | None, method: str, path: str, body: Any
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float | None = None,
     ) -> tuple[Any, str | None]:
-        """An action at the endpoint hosting `service` (every endpoint for None)."""
+        """An action at one endpoint: (its answer, None) or (None, a line)."""
+        try:
+            return await self.clients[endpoint].request(method, path, body, timeout), None
+        except SourceError as exc:
+            return None, str(exc)
+
+    async def act_all(
+        self, service: str | None, method: str, path: str, body: Any = None
+    ) -> list[tuple[str, Any, str | None]]:
+        """The same action at every endpoint hosting `service` (every endpoint for None),
+        at once: (endpoint, answer, problem) each."""
         if service is None:
             names = list(self.clients)
         else:
-            e = self.state.hosting(service)
-            if e is None:
-                return None, f"no endpoint hosts a {service}"
-            names = [e.name]
-        answer: Any = None
-        for name in names:
-            try:
-                answer = await self.clients[name].request(method, path, body)
-            except SourceError as exc:
-                return None, str(exc)
-        return answer, None
+            names = [e.name for e in self.state.hosting(service)]
+        answers = await asyncio.gather(*(self.act(n, method, path, body) for n in names))
+        return [(n, answer, problem) for n, (answer, problem) in zip(names, answers, strict=True)]

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
-import signal
+import contextlib
+import os
 import sys
+from pathlib import Path
 
 from retreatkit.admin import token as admin_token
 from retreatkit.tui.app import Dashboard
@@ -13,6 +15,7 @@ from retreatkit.tui.sources import AdminClient, Endpoint, SourceError, endpoint_
 
 DEFAULT = "http://127.0.0.1:8080"
 PROBE_TIMEOUT = 3.0
+CHILD_GRACE = 5.0  # seconds the dashboard has to restore the terminal when told to stop
 
 
 def local_token() -> str | None:
@@ -58,16 +61,34 @@ def run(connect: list[str], token: str | None, leak_window: float) -> int:
     if len(problems) == len(found):
         print(f"retreatkit: no admin endpoint reachable: {'; '.join(problems)}", file=sys.stderr)
         return 1
-    result = Dashboard(found, leak_window=leak_window).run()
+    dashboard = Dashboard(found, leak_window=leak_window, freeze_gc=True, stop_on_sigterm=True)
+    result = dashboard.run()
     return result or 0
 
 
-async def in_process(url: str, token: str, leak_window: float) -> None:
-    """The dashboard of `retreatkit up`, in its own event loop: SIGTERM closes it too."""
-    app = Dashboard([Endpoint(url, token)], leak_window=leak_window)
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, app.exit)
+async def in_child(url: str, token: str, config: Path | None, stop: asyncio.Event) -> None:
+    """The dashboard of `retreatkit up`: `retreatkit tui` over its admin endpoint, in a
+    process of its own on the terminal. A terminal that goes away (a dropped SSH session)
+    or a dashboard that hangs can then never stall the services the LAN depends on. Ends
+    when the organiser quits it, or closes it when `stop` is set (SIGTERM)."""
+    argv = [sys.executable, "-m", "retreatkit.cli.main"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    argv += ["tui", "--connect", url]
+    env = {**os.environ, "RETREATKIT_TOKEN": token}  # never on argv, where ps shows it
+    child = await asyncio.create_subprocess_exec(*argv, env=env)
+    stopping = asyncio.ensure_future(stop.wait())
+    exited = asyncio.ensure_future(child.wait())
     try:
-        await app.run_async()
+        await asyncio.wait({stopping, exited}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        stopping.cancel()
+        if child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.terminate()  # the dashboard restores the terminal on SIGTERM
+            try:
+                await asyncio.wait_for(exited, CHILD_GRACE)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    child.kill()
+                await exited

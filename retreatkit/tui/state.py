@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retreatkit.tui.fmt import get, number
+from retreatkit.tui.guests import Guest
 from retreatkit.tui.trend import Series
 
 SERVICES = ("relay", "mirror", "nameserver")
@@ -35,14 +36,27 @@ class EndpointState:
     status: dict[str, Any] | None = None
     error: str | None = None
     series: dict[str, Series] = field(default_factory=dict)
+    url: str = ""
+    # a supervising endpoint's guests (None: it supervises none, or they were not read)
+    guests: list[Guest] | None = None
+    guests_error: str | None = None
+    # a guest's own endpoint: (the supervising endpoint, the guest's name), and the guest
+    # as the supervisor last listed it
+    guest_of: tuple[str, str] | None = None
+    guest: Guest | None = None
 
     def services(self) -> list[str]:
         if self.status is None:
-            return []
+            return [self.guest.service] if self.guest is not None else []
         hosted = get(self.status, "process", "services")
         if isinstance(hosted, list):
             return [s for s in hosted if isinstance(s, str)]
         return [s for s in SERVICES if isinstance(self.status.get(s), dict)]
+
+    def guest_down(self) -> bool:
+        """A guest's endpoint whose guest is not running: every service on it is down,
+        whatever its last status said."""
+        return self.guest is not None and not self.guest.running
 
     def section(self, service: str) -> dict[str, Any]:
         value = (self.status or {}).get(service)
@@ -51,10 +65,22 @@ class EndpointState:
     def is_up(self, service: str) -> bool | None:
         """True, False, or None when unreachable. A section without `up` counts as up:
         the process that hosts it answered for it."""
+        if self.guest_down():
+            return False
         if self.error is not None or self.status is None:
             return None
         up = self.section(service).get("up")
         return up if isinstance(up, bool) else service in self.services()
+
+    def state_of(self, service: str) -> str:
+        """How the overview names a service's state: up, DOWN, unreachable, or for a
+        guest's service the guest's own state (stopped, restarting, failed, starting)."""
+        if self.guest is not None and (self.guest_down() or self.error or not self.status):
+            if self.guest_down():
+                return self.guest.state
+            if self.guest.booting():
+                return "starting"
+        return {True: "up", False: "DOWN", None: "unreachable"}[self.is_up(service)]
 
     def line(self, key: str) -> Series:
         if key not in self.series:
@@ -66,6 +92,36 @@ class DashboardState:
     def __init__(self, endpoints: list[str], leak_window: float = 600.0) -> None:
         self.endpoints = {name: EndpointState(name) for name in endpoints}
         self.leak_window = leak_window
+
+    def add(self, name: str, url: str = "", guest_of: tuple[str, str] | None = None) -> None:
+        """An endpoint found while running (a guest's, from its supervisor's list)."""
+        self.endpoints[name] = EndpointState(name, url=url, guest_of=guest_of)
+
+    def record_guests(
+        self, endpoint: str, guests: list[Guest] | None, error: str | None = None
+    ) -> None:
+        """A supervisor's guests (or why they could not be read); each guest's endpoint
+        learns its guest's state."""
+        state = self.endpoints[endpoint]
+        state.guests_error = error
+        if guests is None:
+            return
+        state.guests = guests
+        by_name = {g.name: g for g in guests}
+        for e in self.endpoints.values():
+            if e.guest_of is not None and e.guest_of[0] == endpoint:
+                e.guest = by_name.get(e.guest_of[1])
+
+    def guests(self) -> list[tuple[str, Guest]]:
+        """Every guest every supervisor lists: (the supervisor, the guest)."""
+        return [(e.name, g) for e in self.endpoints.values() for g in e.guests or []]
+
+    def watching(self, supervisor: str, guest: str) -> EndpointState | None:
+        """The endpoint watched for a supervisor's guest, if any."""
+        for e in self.endpoints.values():
+            if e.guest_of == (supervisor, guest):
+                return e
+        return None
 
     def record(
         self,
@@ -91,18 +147,24 @@ class DashboardState:
             if known:
                 state.line(f"{service} throughput").add(now, sum(known))
 
-    def hosting(self, service: str) -> EndpointState | None:
-        """The first endpoint that hosts `service` (reachable ones first)."""
-        found = [e for e in self.endpoints.values() if service in e.services()]
-        found.sort(key=lambda e: e.error is not None)
-        return found[0] if found else None
+    def hosting(self, service: str) -> list[EndpointState]:
+        """Every endpoint that hosts `service`, in the order they were added."""
+        return [e for e in self.endpoints.values() if service in e.services()]
 
     def alarms(self, now: float) -> list[str]:
         """One line each: unreachable endpoints, services down, their warnings, leaks."""
         out = []
         for e in self.endpoints.values():
-            if e.error is not None:
+            if e.guest is not None and (e.guest_down() or (e.error and e.guest.booting())):
+                pass  # its supervisor's list says why (below), not "cannot connect"
+            elif e.error is not None:
                 out.append(e.error)
+            if e.guests_error is not None:
+                out.append(e.guests_error)
+            for g in e.guests or []:
+                out += guest_alarm(g)
+            if e.guest_down():
+                continue  # what its last status said is over
             for service in e.services():
                 if e.is_up(service) is False:
                     out.append(f"{service} on {e.name} is down")
@@ -115,3 +177,15 @@ class DashboardState:
                     if leak is not None:
                         out.append(f"leak? {leak.line()} on {e.name}")
         return out
+
+
+def guest_alarm(g: Guest) -> list[str]:
+    """A guest that is not running, in one line. A failed one is in its supervisor's own
+    warnings already, with its last exit."""
+    if g.state in ("running", "failed"):
+        return []
+    line = f"guest {g.name} is {g.state}: its {g.service} is down"
+    if g.state == "restarting" and g.restarts:
+        line += f" (restart {g.restarts}"
+        line += f"; last exit: {g.last_exit})" if g.last_exit else ")"
+    return [line]

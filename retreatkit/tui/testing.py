@@ -55,10 +55,21 @@ def canned(name: str = HOSTILE) -> dict[str, Any]:
             "up": True,
             "uptime_seconds": 3720,
             "connections_open": 2,
-            "warnings": [f"upstream pypi down: {name}"],
+            "warnings": [
+                f"upstream pypi down: {name}",
+                "apt debian/bookworm: its Release expires at 2026-01-02T09:00:00+00:00;"
+                " offline, apt then needs [check-valid-until=no] in its sources line",
+            ],
             "hits": 70,
             "misses": 10,
             "hit_ratio": 0.875,
+            "stale_served": 4,
+            "offline_pages": 2,
+            "verify_failures": 1,
+            "upstream_errors": 3,
+            "connections_refused": 0,
+            "evicted": 12,
+            "evicted_bytes": 314572800,
             "bytes_from_cache": 1073741824,
             "bytes_from_upstream": 157286400,
             "bytes_saved": 916455424,
@@ -69,13 +80,24 @@ def canned(name: str = HOSTILE) -> dict[str, Any]:
                     "url": "http://192.0.2.1/simple/",
                     "state": "down",
                     "last_error": "connection refused",
-                }
+                    "down_since_at": "2026-01-01T10:58:00+00:00",
+                    "retry_in_seconds": 42.0,
+                },
+                "opam": {"url": "http://192.0.2.2/opam", "state": "up", "last_error": None},
+                "npm": {"url": "http://192.0.2.3/npm/", "state": "unknown", "last_error": None},
+                "apt/debian": {
+                    "url": "http://192.0.2.4/debian",
+                    "state": "up",
+                    "last_error": None,
+                },
             },
             "store": {
                 "size_bytes": 1231028224,
                 "free_bytes": 50 << 30,
                 "files": 80,
+                "max_size_bytes": 4 << 30,
                 "disk_full": False,
+                "check": {"state": "done", "checked": 80, "dropped": 0},
             },
         },
         "nameserver": {
@@ -103,6 +125,35 @@ def canned(name: str = HOSTILE) -> dict[str, Any]:
                 }
             },
         },
+    }
+
+
+def hosting(*services: str, name: str = HOSTILE) -> dict[str, Any]:
+    """A /status like `canned`, of a process hosting only `services` (a guest hosts one)."""
+    full = canned(name)
+    process = {**full["process"], "services": list(services)}
+    return {"process": process, **{s: full[s] for s in services}}
+
+
+def guest(name: str, service: str, admin: str | None, state: str = "running") -> dict[str, Any]:
+    """A guest as a supervisor lists it at `GET /vm/guests`."""
+    running = state == "running"
+    return {
+        "name": name,
+        "service": service,
+        "image": f"/srv/images/{service}",
+        "state": state,
+        "pid": 5151 if running else None,
+        "uptime_seconds": 3600.0 if running else 0.0,
+        "restarts": 2,
+        "memory_bytes": 140 << 20 if running else 0,
+        "cpu_seconds": 93.25,
+        "forwards": ["tcp:0.0.0.0:9000:9000", "tcp:127.0.0.1:41235:8080"],
+        "admin": admin,
+        "memory_mb": 128,
+        "restart": True,
+        "last_exit": "qemu exit code 1",
+        "console": f"/home/o/.local/state/retreatkit/vm/{name}/console.log",
     }
 
 
@@ -158,12 +209,17 @@ def lists(name: str = HOSTILE) -> dict[str, Any]:
 
 @dataclass
 class FakeAdmin:
-    """`mode`: "ok" (canned JSON), "garbage" (not JSON), "hang" (never answers)."""
+    """`mode`: "ok" (canned JSON), "garbage" (not JSON), "hang" (never answers),
+    "unauthorized" (401 to everything: a token it does not take). With `guests`, it
+    supervises them as `retreatkit up` does: `/vm/guests`, and start and stop, which only
+    change the state it lists (no VM boots)."""
 
     mode: str = "ok"
     status: dict[str, Any] = field(default_factory=canned)
     lists: dict[str, Any] = field(default_factory=lists)
     logs: list[dict[str, Any]] = field(default_factory=list)
+    guests: list[dict[str, Any]] | None = None
+    logs_end: bool = False  # end the log stream once `logs` are sent
     seen: list[tuple[str, str, str | None, str]] = field(default_factory=list)
     url: str = ""
 
@@ -174,25 +230,66 @@ class FakeAdmin:
             await asyncio.Event().wait()
         if self.mode == "garbage":
             return web.Response(text="<html>\x1b[31mnot json", content_type="application/json")
+        if self.mode == "unauthorized":
+            raise web.HTTPUnauthorized(text="needs the admin token\n")
         if request.path == "/status":
-            return web.json_response(self.status)
+            return web.json_response(self._status())
+        if request.path.startswith("/vm/guests") and self.guests is not None:
+            return self._supervise(request)
         if request.path == "/logs":
+            after = int(request.query.get("after", "0"))
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             for record in self.logs:
-                await response.write(f"data: {json.dumps(record)}\n\n".encode())
+                if record.get("seq", 0) > after:
+                    await response.write(f"data: {json.dumps(record)}\n\n".encode())
+            if self.logs_end:
+                return response  # the process went away
             await asyncio.Event().wait()  # a live stream with nothing more to say
         if request.method != "GET":
             return web.json_response({"done": request.path})
         if request.path == "/nameserver/queries" and request.path in self.lists:
-            doc = self.lists[request.path]
-            after = int(request.query.get("after", "0"))
+            queries = self.lists[request.path]["queries"]
+            after = int(request.query.get("after", "-1"))
+            found = [q for q in queries if q["seq"] > after]
+            last = max((q["seq"] for q in queries), default=0)
             return web.json_response(
-                {**doc, "queries": [q for q in doc["queries"] if q["seq"] > after]}
+                {"next": found[-1]["seq"] if found else last, "queries": found}
             )
         if request.path in self.lists:
             return web.json_response(self.lists[request.path])
         raise web.HTTPNotFound()
+
+    def _status(self) -> dict[str, Any]:
+        if self.guests is None:
+            return self.status
+        process = self.status.get("process", {})
+        hosted = [*process.get("services", []), "vm"]
+        running = sum(1 for g in self.guests if g["state"] == "running")
+        vm = {
+            "up": True,
+            "uptime_seconds": 7200,
+            "guests": len(self.guests),
+            "guests_running": running,
+            "restarts": sum(g["restarts"] for g in self.guests),
+            "warnings": [
+                f"guest {g['name']} failed: {g['last_exit']}"
+                for g in self.guests
+                if g["state"] == "failed"
+            ],
+        }
+        return {**self.status, "process": {**process, "services": hosted}, "vm": vm}
+
+    def _supervise(self, request: web.Request) -> web.Response:
+        assert self.guests is not None
+        if request.path == "/vm/guests" and request.method == "GET":
+            return web.json_response({"guests": self.guests})
+        parts = request.path.split("/")  # "", "vm", "guests", NAME, VERB
+        found = [g for g in self.guests if len(parts) == 5 and g["name"] == parts[3]]
+        if request.method != "POST" or not found or parts[4] not in ("start", "stop"):
+            raise web.HTTPNotFound(text="no such guest\n")
+        found[0]["state"] = "running" if parts[4] == "start" else "stopped"
+        return web.json_response(found[0])
 
 
 @contextmanager

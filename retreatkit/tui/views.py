@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from retreatkit.tui import guests
 from retreatkit.tui.fmt import (
     NOT_REPORTED,
     clock,
@@ -42,8 +43,7 @@ def overview_rows(state: DashboardState) -> list[Row]:
             )
         for service in e.services():
             section = e.section(service)
-            up = e.is_up(service)
-            shown = {True: "up", False: "DOWN", None: "unreachable"}[up]
+            shown = e.state_of(service)
             line = e.series.get(f"{service} throughput")
             speed = line.rate() if line else None
             throughput = (
@@ -132,33 +132,74 @@ def mirror_summary(e: EndpointState) -> list[str]:
     s = e.section("mirror")
     found = s.get("store")
     store: dict[str, Any] = found if isinstance(found, dict) else {}
-    full = " · DISK FULL" if store.get("disk_full") is True else ""
     return [
         f"hit ratio {percent(s.get('hit_ratio'))} · hits {count(s.get('hits'))} · misses "
         f"{count(s.get('misses'))} · downloads in progress {count(s.get('downloads_in_progress'))}",
         f"served from cache {size(s.get('bytes_from_cache'))} · fetched upstream "
         f"{size(s.get('bytes_from_upstream'))} · saved {size(s.get('bytes_saved'))}",
-        f"store {size(store.get('size_bytes'))} in {count(store.get('files'))} files · free disk "
-        f"{size(store.get('free_bytes'))}{full}",
+        store_line(store, s),
+        f"stale index pages {count(s.get('stale_served'))} · cached-only pages "
+        f"{count(s.get('offline_pages'))} · verify failures {count(s.get('verify_failures'))}"
+        f" · upstream errors {count(s.get('upstream_errors'))} · connections refused "
+        f"{count(s.get('connections_refused'))}",
+        *check_line(store.get("check")),
     ]
 
 
+def store_line(store: dict[str, Any], s: dict[str, Any]) -> str:
+    """The store against its limit (`max_size_bytes`, 0: the disk is the limit), what
+    eviction removed to stay under it, and the disk."""
+    held, limit = number(store.get("size_bytes")), number(store.get("max_size_bytes"))
+    line = f"store {size(held)}"
+    if limit is not None and limit > 0:
+        line += f" of {size(limit)} allowed"
+        line += f" ({percent(held / limit)})" if held is not None else ""
+    elif limit == 0:
+        line += " (no limit but the disk)"
+    line += f" in {count(store.get('files'))} files · evicted {count(s.get('evicted'))} files"
+    line += f" ({size(s.get('evicted_bytes'))}) · free disk {size(store.get('free_bytes'))}"
+    return line + (" · DISK FULL" if store.get("disk_full") is True else "")
+
+
+def check_line(check: Any) -> list[str]:
+    """The re-hash of the store after a start, while it runs or when it dropped files."""
+    if not isinstance(check, dict):
+        return []
+    state, dropped = check.get("state"), number(check.get("dropped"))
+    if state == "done" and not dropped:
+        return []
+    return [
+        f"store check after start: {_text(state)}, {count(check.get('checked'))} checked,"
+        f" {count(dropped)} damaged files dropped"
+    ]
+
+
+def mirror_warnings(e: EndpointState) -> list[str]:
+    warnings = e.section("mirror").get("warnings")
+    return [w for w in warnings if isinstance(w, str)] if isinstance(warnings, list) else []
+
+
 def upstream_rows(e: EndpointState) -> list[Row]:
+    """pypi, opam, npm and each apt archive (`apt/NAME`): where, up or down, since when,
+    when it is tried again, what failed last."""
     ups = e.section("mirror").get("upstreams")
     rows: list[Row] = []
     if isinstance(ups, dict):
         for ecosystem, u in ups.items():
             if isinstance(u, dict):
+                retry = number(u.get("retry_in_seconds"))
                 rows.append(
                     (
                         str(ecosystem),
                         _text(u.get("url")),
                         _text(u.get("state")),
+                        clock(u.get("down_since_at")) if u.get("down_since_at") else "",
+                        "" if retry is None else duration(retry),
                         _text(u.get("last_error") or ""),
                     )
                 )
             else:
-                rows.append((str(ecosystem), _text(u), NOT_REPORTED, ""))
+                rows.append((str(ecosystem), _text(u), NOT_REPORTED, "", "", ""))
     return rows
 
 
@@ -256,3 +297,58 @@ def answer_line(answer: Any) -> str:
             for k, v in list(answer.items())[:8]
         )
     return _text(answer).splitlines()[0] if _text(answer).strip() else "done"
+
+
+def guest_rows(state: DashboardState) -> list[tuple[tuple[str, str], Row]]:
+    """Every supervisor's guests: ((supervisor, name), the row). Memory and CPU time are
+    qemu's, as the supervisor reads them; RAM is what the guest was given."""
+    rows: list[tuple[tuple[str, str], Row]] = []
+    for supervisor, g in state.guests():
+        watched = state.watching(supervisor, g.name)
+        if watched is not None:
+            admin = f"{watched.url.split('://', 1)[-1]} ({watched.state_of(g.service)})"
+        else:
+            admin = guests.watch_url(state.endpoints[supervisor].url, g.admin)[1]
+        row = (
+            g.name,
+            g.service,
+            g.state,
+            duration(g.uptime_seconds) if g.running else "",
+            count(g.restarts),
+            size(g.memory_bytes) if g.running else "",
+            NOT_REPORTED if g.cpu_seconds is None else f"{g.cpu_seconds:,.1f} s",
+            NOT_REPORTED if g.memory_mb is None else f"{g.memory_mb:,.0f} MB",
+            admin,
+            _text(g.last_exit or ""),
+            supervisor,
+        )
+        rows.append(((supervisor, g.name), row))
+    return rows
+
+
+def supervisor_lines(state: DashboardState) -> list[str]:
+    out = []
+    for e in state.endpoints.values():
+        if "vm" not in e.services():
+            continue
+        vm = e.section("vm")
+        out.append(
+            f"{e.name} supervises {count(vm.get('guests'))} guests, "
+            f"{count(vm.get('guests_running'))} running, {count(vm.get('restarts'))} restarts"
+            " since it started"
+        )
+        if e.guests_error:
+            out.append(f"guests not reported: {e.guests_error}")
+    return out
+
+
+def guest_lines(state: DashboardState) -> list[str]:
+    """One line a guest, for the overview (the Guests screen has the rest)."""
+    out = []
+    for supervisor, g in state.guests():
+        line = f"{g.name} ({g.service}) {g.state}"
+        line += f" for {duration(g.uptime_seconds)}" if g.running else ""
+        line += f" · {count(g.restarts)} restarts"
+        line += f" · last exit: {g.last_exit}" if g.last_exit and not g.running else ""
+        out.append(line + (f" · on {supervisor}" if len(state.endpoints) > 1 else ""))
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -21,15 +22,26 @@ def plain(value: object, style: str = "") -> Text:
     return Text(visible(value), style=style, no_wrap=True, overflow="ellipsis")
 
 
-def content(lines: Iterable[str]) -> Content:
-    return Content("\n".join(visible(line) for line in lines))
-
-
 class Lines(Static):
     """A few lines of figures; each line escaped, never markup."""
 
+    _shown: tuple[str, ...] | None = None
+
     def show(self, lines: Iterable[str]) -> None:
-        self.update(content(lines))
+        shown = tuple(visible(line) for line in lines)
+        if shown == self._shown:
+            return
+        # as many lines as before, none wider than the widget: its size stays, so it is
+        # redrawn alone, not the whole screen laid out again (the Logs screen's counts
+        # change ten times a second)
+        width = self.content_size.width
+        same = (
+            self._shown is not None
+            and len(shown) == len(self._shown)
+            and all(cell_len(line) <= width for line in shown)
+        )
+        self._shown = shown
+        self.update(Content("\n".join(shown)), layout=not same)
 
 
 class Table(DataTable[Text]):
@@ -57,7 +69,9 @@ class Table(DataTable[Text]):
 def _style(value: str) -> str:
     if value in ("DOWN", "down", "unreachable", "failed", "verify failed", "disk full"):
         return "bold red"
-    if value in ("blocked", "refused", "servfail"):
+    if value in ("stopped", "restarting"):  # a guest: what it serves is down
+        return "bold red"
+    if value in ("blocked", "refused", "servfail", "starting"):
         return "yellow"
     return ""
 

@@ -117,8 +117,13 @@ def on_terminal(
     return proc, master
 
 
+_unread: dict[int, bytes] = {}
+
+
 def screen_until(fd: int, marker: bytes) -> bytes:
-    seen = b""
+    """What the terminal shows up to and including the marker; what came after it in the
+    same read is kept for the next call, so a marker never hides in an earlier read."""
+    seen = _unread.pop(fd, b"")
     deadline = time.monotonic() + TIMEOUT
     while marker not in seen:
         ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
@@ -128,7 +133,9 @@ def screen_until(fd: int, marker: bytes) -> bytes:
             seen += os.read(fd, 4096)
         except OSError:
             raise AssertionError(f"terminal closed before {marker!r}; saw {seen!r}") from None
-    return seen
+    end = seen.index(marker) + len(marker)
+    _unread[fd] = seen[end:]
+    return seen[:end]
 
 
 def test_completion_and_did_you_mean_at_the_prompt(relay: RelayProcess, tmp_path: Path) -> None:
@@ -148,6 +155,7 @@ def test_completion_and_did_you_mean_at_the_prompt(relay: RelayProcess, tmp_path
     finally:
         receiver.kill()
         receiver.wait()
+        _unread.pop(term, None)
         os.close(term)
     assert sender.finish(TIMEOUT)[0] == 0
 
@@ -173,6 +181,7 @@ def test_the_passphrase_as_a_qr_code_on_a_terminal(relay: RelayProcess) -> None:
         finally:
             proc.kill()
             proc.wait()
+            _unread.pop(term, None)
             os.close(term)
 
 

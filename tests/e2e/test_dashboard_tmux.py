@@ -3,10 +3,12 @@ bob transfer, a dig, the reload action, and a clean quit."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -71,10 +73,18 @@ class Pane:
     def keys(self, *keys: str) -> None:
         self.tmux("send-keys", "-t", "dash", *keys)
 
+    def up_pid(self) -> int | None:
+        """The `retreatkit up` process, as its admin endpoint says (None once it is gone)."""
+        try:
+            with urllib.request.urlopen(f"{self.admin}/status", timeout=5) as r:
+                pid = json.load(r)["process"]["pid"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return int(pid)
 
-@pytest.fixture(scope="module")
-def pane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pane]:
-    tmp = tmp_path_factory.mktemp("dash")
+
+def open_pane(tmp: Path) -> Pane:
+    """`retreatkit up` with its dashboard in a tmux terminal of its own."""
     blocklist = tmp / "blocks.txt"
     blocklist.write_text("ads.example.test\n")
     admin, relay, mirror, dns = free_port(), free_port(), free_port(), free_port()
@@ -96,7 +106,12 @@ def pane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pane]:
     # after the dashboard: the exit code, then whether the terminal is back to normal
     shell = f"{up}; echo EXIT=$?; stty -a | head -1; sleep 600"
     p = Pane(
-        f"rkdash-{os.getpid()}", tmp / "state", f"http://127.0.0.1:{admin}", relay, dns, blocklist
+        f"rkdash-{os.getpid()}-{tmp.name}",
+        tmp / "state",
+        f"http://127.0.0.1:{admin}",
+        relay,
+        dns,
+        blocklist,
     )
     p.tmux(
         "new-session",
@@ -111,10 +126,37 @@ def pane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pane]:
         + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         + f" sh -c {shlex.quote(shell)}",
     )
+    return p
+
+
+def close_pane(p: Pane) -> None:
+    """The terminal goes, and whatever it ran with it: a test never leaves a process."""
+    pid = p.up_pid()
+    subprocess.run(["tmux", "-L", p.server, "kill-server"], capture_output=True, timeout=10)
+    if pid is not None and not gone(pid, DEADLINE):
+        os.kill(pid, signal.SIGKILL)
+
+
+def gone(pid: int, within: float) -> bool:
+    """Whether process `pid` has ended within `within` seconds (it is not our child)."""
+    deadline = time.monotonic() + within
+    while Path(f"/proc/{pid}").exists():
+        stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}").exists() else ""
+        if stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]:
+            return True  # a zombie: ended, waiting for its parent to notice
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)  # polling /proc: a process that is not our child has no wait()
+    return True
+
+
+@pytest.fixture(scope="module")
+def pane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pane]:
+    p = open_pane(tmp_path_factory.mktemp("dash"))
     try:
         yield p
     finally:
-        subprocess.run(["tmux", "-L", p.server, "kill-server"], capture_output=True, timeout=10)
+        close_pane(p)
 
 
 def test_overview_shows_three_services_up(pane: Pane) -> None:
@@ -186,3 +228,34 @@ def test_q_stops_everything_and_leaves_the_terminal_sane(pane: Pane) -> None:
     assert "-icanon" not in text and "-echo " not in text  # stty: cooked mode, echo on
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{pane.admin}/healthz", timeout=5)
+
+
+def test_a_lost_terminal_never_stalls_the_lan_and_stops_cleanly(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The dashboard runs in a process of its own: frozen, it leaves the services serving;
+    its terminal gone (a dropped SSH session), everything stops and says so."""
+    p = open_pane(tmp_path_factory.mktemp("hangup"))
+    try:
+        p.wait(r"^\s+nameserver\s+127\.0\.0\.1:\d+\s+up")
+        up = p.up_pid()
+        assert up is not None
+        children = Path(f"/proc/{up}/task/{up}/children").read_text().split()
+        (dashboard,) = (int(c) for c in children)
+        os.kill(dashboard, signal.SIGSTOP)  # a dashboard that hangs
+        try:
+            out = subprocess.run(
+                ["dig", "@127.0.0.1", "-p", str(p.dns), "+short", "+tries=1", "ads.example.test"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert out.stdout.strip() == "0.0.0.0"  # the LAN's DNS still answers
+        finally:
+            os.kill(dashboard, signal.SIGCONT)
+        subprocess.run(["tmux", "-L", p.server, "kill-server"], capture_output=True, timeout=10)
+        assert gone(dashboard, DEADLINE) and gone(up, DEADLINE)
+        log = (p.state / "retreatkit" / "retreatkit.log").read_text()
+        assert "Stopped: relay, mirror, nameserver" in log
+    finally:
+        close_pane(p)

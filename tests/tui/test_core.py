@@ -6,7 +6,7 @@ import pytest
 
 from retreatkit.tui.escape import visible
 from retreatkit.tui.fmt import NOT_REPORTED, duration, number, size, spark
-from retreatkit.tui.logbuffer import LogBuffer, LogFilter
+from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer, LogFilter
 from retreatkit.tui.state import DashboardState
 from retreatkit.tui.trend import Series
 
@@ -86,7 +86,18 @@ def test_log_buffer_is_bounded_and_filters_as_lines_arrive() -> None:
     buffer.extend(records)
     assert len(buffer.lines) == 100 and buffer.received == 300
     # the filtered view keeps its own last matches, older than the ring when they are rare
-    assert [x.seq for x in buffer.shown] == [29, 291, 293, 295, 297, 299]
-    assert buffer.shown[0].text.endswith("line 29\\x1b[31m")
+    assert [x[SEQ] for x in buffer.shown] == [29, 291, 293, 295, 297, 299]
+    assert buffer.shown[0][TEXT].endswith("line 29\\x1b[31m")
     buffer.set_filter(LogFilter(level="ERROR"))
     assert not buffer.shown
+
+
+def test_log_events_are_parsed_in_one_go_and_junk_is_skipped() -> None:
+    from retreatkit.tui.sources import _events
+
+    good = [b'data: {"seq": 1, "message": "a"}', b'data: {"seq": 2, "message": "b"}']
+    assert [r["seq"] for r in _events(good)] == [1, 2]
+    junk = [good[0], b"data: {not json", b": keepalive", b"data: [1]", good[1]]
+    assert [r["seq"] for r in _events(junk)] == [1, 2]
+    # a record split over two data: lines (SSE allows it) is one record
+    assert _events([b'data: {"seq": 3,\ndata:  "message": "c"}']) == [{"seq": 3, "message": "c"}]

@@ -7,6 +7,7 @@ import pytest
 from textual.widgets import Input
 
 from retreatkit.tui.app import Dashboard
+from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer
 from retreatkit.tui.logview import LogView
 from retreatkit.tui.testing import (
     HOSTILE,
@@ -213,17 +214,17 @@ async def test_logs_filter_by_service_level_and_text(fake: FakeAdmin) -> None:
         view = app.screen.query_one(LogView)
 
         def shown() -> list[str]:
-            return [line.text for line in view.buffer.shown]
+            return [line[TEXT] for line in view.buffer.shown]
 
         assert len(shown()) == 3
         await pilot.press("s", "s", "s")  # all -> relay -> mirror -> nameserver
         assert [t.split()[1] for t in shown()] == ["nameserver", "nameserver"]
         await pilot.press("v")  # INFO and above
         assert shown() == [
-            f"10:00:01 nameserver WARNING {app.logs.lines[1].text.split('WARNING ')[1]}"
+            f"10:00:01 nameserver WARNING {app.logs.lines[1][TEXT].split('WARNING ')[1]}"
         ]
         assert "\\x1b]0;pwned" in shown()[0]
-        await pilot.press("s", "s", "v", "v", "v", "v", "slash", *"nameplate")
+        await pilot.press("s", "s", "s", "v", "v", "v", "v", "slash", *"nameplate")
         assert isinstance(app.focused, Input)
         assert shown() == ["10:00:00 relay      INFO    paired nameplate 7"]
         text = screen_text(app)
@@ -238,3 +239,29 @@ async def test_quit_keys(fake: FakeAdmin) -> None:
             await pilot.press(key)
             await pilot.pause()
         assert app.return_value == 0
+
+
+async def test_log_view_scrolled_back_stays_on_its_lines() -> None:
+    app = make_dashboard("http://127.0.0.1:9")
+    app.logs = LogBuffer(capacity=300)
+
+    def add(first: int, count: int) -> None:
+        records = [{"seq": i, "service": "relay", "level": "INFO"} for i in range(count)]
+        app.logs.extend([{**r, "seq": r["seq"] + first} for r in records])
+
+    add(1, 300)  # the ring is full
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("5")
+        await settle(pilot)
+        view = app.screen.query_one(LogView)
+        height = view.content_size.height
+        assert view.following and app.logs.shown[view.first()][SEQ] == 301 - height
+        view.focus()
+        await pilot.press("pageup")
+        top = app.logs.shown[view.first()][SEQ]
+        assert not view.following and top == 301 - height - (height - 1)
+        add(301, 20)  # the ring moves on by 20 lines: the view stays on the same ones
+        assert app.logs.shown[view.first()][SEQ] == top
+        assert "lines " in view.position()
+        await pilot.press("end")
+        assert view.following and app.logs.shown[view.first()][SEQ] == 321 - height

@@ -7,13 +7,19 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from retreatkit.tui.testing import FakeAdmin, make_dashboard, settle
+from retreatkit.tui.testing import FakeAdmin, guest, make_dashboard, settle
 
 SIZE = (150, 50)
 
 
-@pytest.mark.parametrize("key", ["1", "2", "3", "4", "5"])
+@pytest.mark.parametrize("key", ["1", "2", "3", "4", "5", "6"])
 def test_screen(snap_compare: Any, fake: FakeAdmin, key: str) -> None:
+    # it supervises guests too; their admin endpoints are not reported, so none is watched
+    fake.guests = [
+        guest("relay", "relay", None),
+        {**guest("mirror", "mirror", None), "state": "restarting", "uptime_seconds": 0.0},
+        guest("nameserver", "nameserver", None, state="failed"),
+    ]
     fake.logs = [
         {
             "seq": 1,

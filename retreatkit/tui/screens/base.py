@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
@@ -40,7 +40,7 @@ class Panel(Screen[None]):
         with VerticalScroll(id="body"):
             yield from self.body()
         yield Lines(id="result")
-        yield Footer()
+        yield Footer(compact=True)
 
     def body(self) -> ComposeResult:
         yield from ()
@@ -75,9 +75,6 @@ class Panel(Screen[None]):
     def draw(self) -> None:
         """Redraw from the app's state and what `load` fetched."""
 
-    def say(self, line: str) -> None:
-        """The screen's one-line result: what an action did or why it failed."""
-        self.query_one("#result", Lines).show([line])
-
-    async def fetch(self, service: str, path: str) -> tuple[Any, str | None]:
-        return await self.dash.fetch(service, path)
+    def say(self, *lines: str) -> None:
+        """The screen's result: what an action did or why it failed, a line each place."""
+        self.query_one("#result", Lines).show(lines)

@@ -14,7 +14,8 @@ from retreatkit.tui.logview import LogView
 from retreatkit.tui.screens.base import Panel
 from retreatkit.tui.widgets import Lines
 
-SERVICES = (None, "relay", "mirror", "nameserver", "process")
+SERVICES = (None, "relay", "mirror", "nameserver", "vm", "process")
+HOSTED = ("relay", "mirror", "nameserver", "vm")
 
 
 class LogsScreen(Panel):
@@ -34,7 +35,8 @@ class LogsScreen(Panel):
 
     def compose(self) -> ComposeResult:
         yield from super().compose()
-        # the log takes the rest of the screen; it scrolls itself
+        # the log takes the rest of the screen; it scrolls itself (arrows, page keys,
+        # home, end, the wheel)
         yield LogView(self.dash.logs, id="log")
 
     def on_mount(self) -> None:
@@ -53,7 +55,7 @@ class LogsScreen(Panel):
         line = (
             f"service {f.service or 'all'} (s) · level {f.level} and above (v) · "
             f"{len(buffer.shown):,} of {len(buffer.lines):,} lines kept · "
-            f"{buffer.received:,} received"
+            f"{buffer.received:,} received · {self.query_one(LogView).position()}"
         )
         if buffer.dropped:
             line += f" · {buffer.dropped:,} skipped (too fast to show)"
@@ -64,6 +66,7 @@ class LogsScreen(Panel):
         f = self.dash.logs.filter
         values = {"service": f.service, "level": f.level, "text": f.text, **change}
         self.dash.logs.set_filter(LogFilter(**values))  # type: ignore[arg-type]
+        self.query_one(LogView).filtered()
         self.tick()
 
     def action_next_service(self) -> None:
@@ -84,8 +87,7 @@ class LogsScreen(Panel):
         self.query_one(LogView).focus()
 
     def action_follow(self) -> None:
-        log = self.query_one(LogView)
-        log.scroll_end(animate=False)
+        self.query_one(LogView).action_newest()
 
     def action_set_level(self) -> None:
         self.run_worker(self._set_level(), group="action")
@@ -103,10 +105,14 @@ class LogsScreen(Panel):
         if text.upper() not in LEVELS:
             self.say(f"not a level: {text} (debug, info, warning, error, critical)")
             return
-        _answer, problem = await self.dash.act(
-            service if service in ("relay", "mirror", "nameserver") else None,
+        results = await self.dash.act_all(
+            service if service in HOSTED else None,
             "PUT",
             "/loglevel",
             {"level": text.lower(), "logger": logger},
         )
-        self.say(problem or f"{logger} now logs at {text.upper()} and above")
+        failed = [problem for _, _, problem in results if problem]
+        where = ", ".join(name for name, _, problem in results if not problem)
+        done = f"{logger} now logs at {text.upper()} and above" if where else ""
+        done += f" on {where}" if done and len(results) > 1 else ""
+        self.say(*failed, *([done] if done else []))

@@ -1,56 +1,67 @@
-"""Mirror: hit ratio, bytes from cache against bytes fetched, the store and its disk,
-upstreams, top packages, downloads in progress and recent fetches."""
+"""Mirror: hit ratio, bytes from cache against bytes fetched, the store against its limit
+and what eviction removed, its disk, what needs the organiser (warnings), each upstream
+(PyPI, opam, npm, every apt archive), top packages, downloads in progress and recent
+fetches; for each endpoint hosting a mirror."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
 from textual.widgets import Label
 
 from retreatkit.tui import views
-from retreatkit.tui.screens.base import Panel
+from retreatkit.tui.screens.service import Section, ServicePanel
+from retreatkit.tui.state import EndpointState
 from retreatkit.tui.widgets import Lines, Table
 
+if TYPE_CHECKING:
+    from retreatkit.tui.app import Dashboard
+
 FETCH = ("Ecosystem", "Package", "File", "Bytes", "Size", "Started", "Ended")
+UPSTREAM = ("Upstream", "URL", "State", "Down since", "Retry in", "Last error")
 
 
-class MirrorScreen(Panel):
-    TITLE = "Mirror"
-
-    def __init__(self) -> None:
-        super().__init__()
+class MirrorSection(Section):
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(endpoint)
         self.fetches: Any = None
         self.problem: str | None = None
 
     def body(self) -> ComposeResult:
         yield Lines(id="summary")
-        with Horizontal(classes="pair"):
-            with Vertical():
-                yield Label("Upstreams", classes="heading")
-                yield Table("Ecosystem", "URL", "State", "Last error", id="upstreams")
-            with Vertical():
-                yield Label("Top packages", classes="heading")
-                yield Table("Package", "Requests", id="top")
+        yield Lines(id="warnings")
+        yield Label("Upstreams", classes="heading")
+        yield Table(*UPSTREAM, id="upstreams")
         yield Label("Downloads in progress", classes="heading")
         yield Table(*FETCH, id="in_progress")
         yield Label("Recent fetches", classes="heading")
         yield Table(*FETCH, id="recent")
+        yield Label("Top packages", classes="heading")
+        yield Table("Package", "Requests", id="top")
 
-    async def load(self) -> None:
-        self.fetches, self.problem = await self.fetch("mirror", "/mirror/fetches")
+    async def load(self, dash: Dashboard) -> None:
+        self.fetches, self.problem = await dash.fetch(self.endpoint, "/mirror/fetches")
 
-    def draw(self) -> None:
-        e = self.dash.state.hosting("mirror")
-        summary = views.mirror_summary(e) if e else ["no endpoint hosts a mirror"]
+    def draw(self, dash: Dashboard, e: EndpointState) -> None:
+        summary = views.mirror_summary(e)
         if self.problem:
             summary.append(f"fetches not reported: {self.problem}")
         self.query_one("#summary", Lines).show(summary)
-        section = e.section("mirror") if e else {}
-        self.query_one("#upstreams", Table).set_rows(views.upstream_rows(e) if e else [])
+        warnings = self.query_one("#warnings", Lines)
+        found = views.mirror_warnings(e)
+        warnings.set_class(bool(found), "alarm")
+        warnings.show([f"! {w}" for w in found] or ["no warnings"])
+        section = e.section("mirror")
+        self.query_one("#upstreams", Table).set_rows(views.upstream_rows(e))
         self.query_one("#top", Table).set_rows(views.top_rows(section.get("top_packages")))
         self.query_one("#in_progress", Table).set_rows(
             views.fetch_rows(self.fetches, "in_progress")
         )
         self.query_one("#recent", Table).set_rows(views.fetch_rows(self.fetches, "recent"))
+
+
+class MirrorScreen(ServicePanel):
+    TITLE = "Mirror"
+    SERVICE = "mirror"
+    SECTION: ClassVar[type[Section]] = MirrorSection

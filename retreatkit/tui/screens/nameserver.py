@@ -1,10 +1,11 @@
 """Nameserver: queries per second, blocked share, stale answers, top lists, upstream health,
-blocklists, a live query log with a filter, and the organiser's actions."""
+blocklists and a live query log with a filter, for each endpoint hosting a nameserver;
+and the organiser's actions, which go to every one of them (DHCP hands them all out)."""
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from textual.app import ComposeResult
@@ -13,29 +14,22 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label
 
 from retreatkit.tui import views
-from retreatkit.tui.screens.base import Panel
+from retreatkit.tui.screens.service import Section, ServicePanel
+from retreatkit.tui.state import EndpointState
 from retreatkit.tui.widgets import AskScreen, ConfirmScreen, Lines, Table
 
-QUERY_LOG = 500  # queries kept on screen
+if TYPE_CHECKING:
+    from retreatkit.tui.app import Dashboard
+
+QUERY_LOG = 500  # queries kept on screen, for each endpoint
 PAGE = 200
 
 
-class NameserverScreen(Panel):
-    TITLE = "Nameserver"
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("r", "reload_lists", "Reload lists"),
-        Binding("p", "pause", "Pause blocking"),
-        Binding("a", "add_name", "Add name"),
-        Binding("d", "remove_name", "Remove name"),
-        Binding("f", "flush", "Flush name"),
-        Binding("slash", "filter", "Filter"),
-        Binding("escape", "unfocus", "Leave filter", show=False),
-    ]
-
-    def __init__(self) -> None:
-        super().__init__()
+class NameserverSection(Section):
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(endpoint)
         self.queries: deque[dict[str, Any]] = deque(maxlen=QUERY_LOG)
-        self.after = 0
+        self.after: int | None = None  # None: ask for the newest
         self.problem: str | None = None
 
     def body(self) -> ComposeResult:
@@ -57,41 +51,74 @@ class NameserverScreen(Panel):
                 yield Label("Blocklists", classes="heading")
                 yield Table("Source", "Entries", "Bad lines", "Loaded", "Error", id="lists")
         yield Label("Query log (/ to filter)", classes="heading")
-        yield Input(placeholder="filter: part of a name, client or answer", id="filter")
         yield Table("Time", "Client", "Name", "Type", "Answer", "ms", id="queries")
 
-    async def load(self) -> None:
-        doc, problem = await self.fetch(
-            "nameserver", f"/nameserver/queries?after={self.after}&limit={PAGE}"
+    async def load(self, dash: Dashboard) -> None:
+        cursor = "" if self.after is None else f"after={self.after}&"
+        doc, self.problem = await dash.fetch(
+            self.endpoint, f"/nameserver/queries?{cursor}limit={PAGE}"
         )
-        self.problem = problem
-        if isinstance(doc, dict) and isinstance(doc.get("queries"), list):
-            self.queries.extend(q for q in doc["queries"] if isinstance(q, dict))
-            if isinstance(doc.get("next"), int):
-                self.after = doc["next"]
+        if not isinstance(doc, dict) or not isinstance(doc.get("queries"), list):
+            return
+        found = [q for q in doc["queries"] if isinstance(q, dict)]
+        last = doc.get("next")
+        if isinstance(last, int) and self.after is not None and last < self.after:
+            self.queries.clear()  # it started again: its numbers start again
+            self.after = None
+            return
+        self.queries.extend(found)
+        # a full page means more are waiting: skip to the newest rather than lag behind
+        self.after = last if isinstance(last, int) and len(found) < PAGE else None
 
-    def draw(self) -> None:
-        e = self.dash.state.hosting("nameserver")
-        summary = views.nameserver_summary(e) if e else ["no endpoint hosts a nameserver"]
+    def draw(self, dash: Dashboard, e: EndpointState) -> None:
+        summary = views.nameserver_summary(e)
         if self.problem:
             summary.append(f"query log not reported: {self.problem}")
         self.query_one("#summary", Lines).show(summary)
-        section = e.section("nameserver") if e else {}
+        section = e.section("nameserver")
         for key in ("domains", "blocked", "clients"):
             rows = views.top_rows(section.get(f"top_{key}"))
             self.query_one(f"#top_{key}", Table).set_rows(rows)
-        self.query_one("#upstreams", Table).set_rows(views.dns_upstream_rows(e) if e else [])
-        self.query_one("#lists", Table).set_rows(views.blocklist_rows(e) if e else [])
-        self.draw_queries()
+        self.query_one("#upstreams", Table).set_rows(views.dns_upstream_rows(e))
+        self.query_one("#lists", Table).set_rows(views.blocklist_rows(e))
 
-    def draw_queries(self) -> None:
+    def draw_queries(self, needle: str) -> None:
         rows = [views.query_row(q) for q in reversed(self.queries)]  # newest first
-        needle = self.query_one("#filter", Input).value.strip().casefold()
         if needle:
             rows = [r for r in rows if any(needle in cell.casefold() for cell in r)]
         self.query_one("#queries", Table).set_rows(
             rows, "no queries" + (" match" if needle else " yet")
         )
+
+
+class NameserverScreen(ServicePanel):
+    TITLE = "Nameserver"
+    SERVICE = "nameserver"
+    SECTION: ClassVar[type[Section]] = NameserverSection
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("r", "reload_lists", "Reload lists"),
+        Binding("p", "pause", "Pause blocking"),
+        Binding("a", "add_name", "Add name"),
+        Binding("d", "remove_name", "Remove name"),
+        Binding("f", "flush", "Flush name"),
+        Binding("slash", "filter", "Filter"),
+        Binding("escape", "unfocus", "Leave filter", show=False),
+    ]
+
+    def above(self) -> ComposeResult:
+        yield Input(
+            placeholder="filter the query log: part of a name, client or answer", id="filter"
+        )
+
+    def draw(self) -> None:
+        super().draw()
+        self.draw_queries()
+
+    def draw_queries(self) -> None:
+        needle = self.query_one("#filter", Input).value.strip().casefold()
+        for section in self.sections():
+            if isinstance(section, NameserverSection):
+                section.draw_queries(needle)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.draw_queries()
@@ -100,7 +127,11 @@ class NameserverScreen(Panel):
         self.query_one("#filter", Input).focus()
 
     def action_unfocus(self) -> None:
-        self.query_one("#queries", Table).focus()
+        tables = list(self.query("#queries").results(Table))
+        if tables:
+            tables[0].focus()
+        else:
+            self.set_focus(None)
 
     # -- actions ----------------------------------------------------------------------
 
@@ -130,8 +161,16 @@ class NameserverScreen(Panel):
         return answer
 
     async def _act(self, method: str, path: str, body: Any, done: str) -> None:
-        answer, problem = await self.dash.act("nameserver", method, path, body)
-        self.say(problem or f"{done}: {views.answer_line(answer)}")
+        results = await self.dash.act_all("nameserver", method, path, body)
+        if not results:
+            self.say("no endpoint hosts a nameserver")
+            return
+        lines = [
+            problem or f"{done}: {views.answer_line(answer)}" for _, answer, problem in results
+        ]
+        if len(results) > 1:  # which is which
+            lines = [f"{name}: {line}" for (name, _, _), line in zip(results, lines, strict=True)]
+        self.say(*lines)
         self.reload()
 
     async def _pause(self) -> None:

@@ -1,5 +1,6 @@
 """Overview: every service up or down, uptime, connections, throughput and its trend,
-each process's memory and files, alarms (leaks among them), and what attendees use."""
+alarms (leaks among them), VM guests, each process's memory and files, and what
+attendees use."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class Overview(Panel):
         )
         yield Label("Alarms", classes="heading")
         yield Lines(id="alarms")
+        yield Label("Guests (6 to start or stop them)", classes="heading", id="guests_heading")
+        yield Lines(id="guests")
         yield Label("Processes", classes="heading")
         yield Table(
             "Endpoint",
@@ -50,6 +53,10 @@ class Overview(Panel):
         alarm_lines = self.query_one("#alarms", Lines)
         alarm_lines.set_class(bool(alarms), "alarm")
         alarm_lines.show([f"! {a}" for a in alarms] or ["none"])
+        guests = views.guest_lines(state)
+        for part in ("#guests_heading", "#guests"):
+            self.query_one(part).display = bool(guests)
+        self.query_one("#guests", Lines).show(guests)
         self.query_one("#processes", Table).set_rows(views.process_rows(state))
         attendees = views.attendee_lines(state)
         self.query_one("#attendees", Lines).show(attendees or ["not reported"])

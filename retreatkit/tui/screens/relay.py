@@ -1,25 +1,28 @@
-"""Relay: transfers under way and finished, refused and failed handshakes. The relay
-never knows a passphrase; only the public nameplate is shown."""
+"""Relay: transfers under way and finished, refused and failed handshakes, for each
+endpoint hosting a relay. The relay never knows a passphrase; only the public nameplate
+is shown."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import ComposeResult
 from textual.widgets import Label
 
 from retreatkit.tui import views
-from retreatkit.tui.screens.base import Panel
+from retreatkit.tui.screens.service import Section, ServicePanel
+from retreatkit.tui.state import EndpointState
 from retreatkit.tui.widgets import Lines, Table
+
+if TYPE_CHECKING:
+    from retreatkit.tui.app import Dashboard
 
 COLUMNS = ("Nameplate", "Bytes", "Rate", "Duration", "Started", "Ended")
 
 
-class RelayScreen(Panel):
-    TITLE = "Relay"
-
-    def __init__(self) -> None:
-        super().__init__()
+class RelaySection(Section):
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(endpoint)
         self.transfers: Any = None
         self.problem: str | None = None
 
@@ -30,14 +33,19 @@ class RelayScreen(Panel):
         yield Label("Recent transfers", classes="heading")
         yield Table(*COLUMNS, id="recent")
 
-    async def load(self) -> None:
-        self.transfers, self.problem = await self.fetch("relay", "/relay/transfers")
+    async def load(self, dash: Dashboard) -> None:
+        self.transfers, self.problem = await dash.fetch(self.endpoint, "/relay/transfers")
 
-    def draw(self) -> None:
-        e = self.dash.state.hosting("relay")
-        summary = views.relay_summary(e) if e else ["no endpoint hosts a relay"]
+    def draw(self, dash: Dashboard, e: EndpointState) -> None:
+        summary = views.relay_summary(e)
         if self.problem:
             summary.append(f"transfers not reported: {self.problem}")
         self.query_one("#summary", Lines).show(summary)
         self.query_one("#active", Table).set_rows(views.transfer_rows(self.transfers, "active"))
         self.query_one("#recent", Table).set_rows(views.transfer_rows(self.transfers, "recent"))
+
+
+class RelayScreen(ServicePanel):
+    TITLE = "Relay"
+    SERVICE = "relay"
+    SECTION: ClassVar[type[Section]] = RelaySection

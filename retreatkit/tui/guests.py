@@ -1,0 +1,116 @@
+"""VM guests as a supervising endpoint lists them (`GET /vm/guests`), and which of their
+admin endpoints the dashboard may watch (no Textual here).
+
+A guest's own admin endpoint needs the admin token even for reads; the dashboard sends it
+only where the organiser already sends it: the supervisor's host, or this machine's
+loopback when the supervisor is on this machine. A guest whose admin port is forwarded
+to its host's loopback cannot be reached from another machine at all.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from retreatkit.admin.access import is_loopback
+from retreatkit.tui.fmt import number
+from retreatkit.tui.sources import endpoint_url
+
+STATES = ("running", "stopped", "restarting", "failed")
+BOOT_GRACE = 60.0  # seconds a running guest may take to answer before it counts as down
+
+
+@dataclass(frozen=True)
+class Guest:
+    name: str
+    service: str
+    state: str  # one of STATES, or what the supervisor said (shown as it is)
+    uptime_seconds: float | None
+    restarts: int | None
+    memory_bytes: float | None  # qemu's resident memory
+    cpu_seconds: float | None  # qemu's user+system time
+    memory_mb: float | None  # the guest's own memory
+    last_exit: str | None
+    admin: str | None  # its admin endpoint's URL, as the supervisor wrote it
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def booting(self) -> bool:
+        """Running, but too recently started to be expected to answer yet."""
+        return self.running and (self.uptime_seconds or 0.0) < BOOT_GRACE
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def parse(doc: Any) -> list[Guest]:
+    """The guests in a `/vm/guests` answer; ValueError (one line) if it is not one.
+    Items that are not guests are left out: one bad item hides no other guest."""
+    items = doc.get("guests") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise ValueError('/vm/guests is not {"guests": [...]}')
+    found: list[Guest] = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            continue
+        restarts = number(item.get("restarts"))
+        found.append(
+            Guest(
+                name=item["name"],
+                service=_text(item.get("service")) or "?",
+                state=_text(item.get("state")) or "?",
+                uptime_seconds=number(item.get("uptime_seconds")),
+                restarts=None if restarts is None else int(restarts),
+                memory_bytes=number(item.get("memory_bytes")),
+                cpu_seconds=number(item.get("cpu_seconds")),
+                memory_mb=number(item.get("memory_mb")),
+                last_exit=_text(item.get("last_exit")),
+                admin=_text(item.get("admin")),
+            )
+        )
+    return found
+
+
+@functools.lru_cache(maxsize=64)  # asked at each poll for a guest it cannot watch
+def is_local(host: str) -> bool:
+    """Loopback, or a literal address of this machine (one a socket can bind)."""
+    host = host.strip("[]")
+    if is_loopback(host):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: not resolved here (no DNS on the dashboard's loop)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
+
+
+def watch_url(supervisor: str, admin: str | None) -> tuple[str | None, str]:
+    """(the URL to watch a guest's admin endpoint at, or None; why not, in a few words)."""
+    if admin is None:
+        return None, "admin not reported"
+    try:
+        url = endpoint_url(admin)
+    except ValueError:
+        return None, "admin URL not understood"
+    host = urlsplit(url).hostname or ""
+    own = urlsplit(supervisor).hostname or ""
+    if host == own:
+        return url, ""
+    if is_loopback(host):
+        if is_local(own):
+            return url, ""
+        return None, f"admin on {own}'s loopback only"
+    return None, f"admin on {host}, not the supervisor's host: --connect {url} to watch it"

@@ -1,0 +1,99 @@
+"""Guests: the VM guests each supervising endpoint runs (`retreatkit up` with `[images]
+run`, or `retreatkit vm serve`): state, uptime, restarts, qemu's memory and CPU time, how
+each last ended; start the selected one, or stop it (asked first)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+from urllib.parse import quote
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import Label
+
+from retreatkit.tui import guests, views
+from retreatkit.tui.screens.base import Panel
+from retreatkit.tui.widgets import ConfirmScreen, Lines, Table
+
+COLUMNS = (
+    "Guest", "Service", "State", "Uptime", "Restarts", "Memory", "CPU", "RAM", "Admin",
+    "Last exit", "Supervisor",
+)  # fmt: skip
+# a clean stop lets the service close and the guest sync its disk; the supervisor powers
+# it off if that takes 30 s, so its answer can take that long
+STOP_TIMEOUT = 40.0
+
+
+class GuestsScreen(Panel):
+    TITLE = "Guests"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("s", "start", "Start guest"),
+        Binding("x", "stop", "Stop guest"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[tuple[str, str]] = []  # (supervisor, guest) of each row shown
+
+    def body(self) -> ComposeResult:
+        yield Lines(id="summary")
+        yield Label("Guests (s starts the selected one, x stops it)", classes="heading")
+        yield Table(*COLUMNS, id="guests")
+
+    def draw(self) -> None:
+        state = self.dash.state
+        summary = views.supervisor_lines(state) or [
+            "no endpoint supervises VM guests (retreatkit up with [images] run, or "
+            "retreatkit vm serve)"
+        ]
+        self.query_one("#summary", Lines).show(summary)
+        found = views.guest_rows(state)
+        self.keys = [key for key, _ in found]
+        self.query_one("#guests", Table).set_rows([row for _, row in found], "no guests")
+
+    def selected(self) -> tuple[str, str] | None:
+        row = self.query_one("#guests", Table).cursor_row
+        return self.keys[row] if 0 <= row < len(self.keys) else None
+
+    def action_start(self) -> None:
+        self.run_worker(self._act("start"), group="action")
+
+    def action_stop(self) -> None:
+        self.run_worker(self._act("stop"), group="action")
+
+    async def _act(self, verb: str) -> None:
+        key = self.selected()
+        if key is None:
+            self.say("no guest selected")
+            return
+        supervisor, name = key
+        if verb == "stop":
+            sure: bool = await self.app.push_screen_wait(
+                ConfirmScreen(
+                    f"Stop the guest {name}? What it serves is down until it is started again."
+                )
+            )
+            if not sure:
+                return
+            self.say(f"stopping {name} (a clean stop can take half a minute)")
+        answer, problem = await self.dash.act(
+            supervisor,
+            "POST",
+            f"/vm/guests/{quote(name, safe='')}/{verb}",
+            timeout=STOP_TIMEOUT if verb == "stop" else None,
+        )
+        if problem:
+            self.say(problem)
+            return
+        try:
+            [guest] = guests.parse({"guests": [answer]})
+        except ValueError:
+            self.say(f"{name}: {verb} sent; the answer was not a guest")
+        else:
+            self.say(f"guest {name} {guest.state}")
+            self.dash.state.record_guests(supervisor, self._replaced(supervisor, guest))
+        self.reload()
+
+    def _replaced(self, supervisor: str, guest: guests.Guest) -> list[guests.Guest]:
+        known = self.dash.state.endpoints[supervisor].guests or []
+        return [guest if g.name == guest.name else g for g in known]

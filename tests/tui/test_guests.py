@@ -1,0 +1,250 @@
+"""VM guests on the dashboard: listed from a fake supervising endpoint, their own admin
+endpoints watched with its token, started and stopped (stop asks first), and guests whose
+endpoint answers garbage or refuses the token. No VM boots here: the supervisor is a fake
+(real guests are booted by tests/image)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from retreatkit.tui.app import Dashboard
+from retreatkit.tui.guests import Guest, parse, watch_url
+from retreatkit.tui.logbuffer import TEXT
+from retreatkit.tui.screens.service import Section
+from retreatkit.tui.state import DashboardState
+from retreatkit.tui.testing import (
+    HOSTILE,
+    TOKEN,
+    FakeAdmin,
+    actions_done,
+    guest,
+    hosting,
+    make_dashboard,
+    serve,
+    settle,
+)
+from retreatkit.tui.widgets import Lines, Table
+
+SIZE = (150, 60)
+
+
+def rows(app: Dashboard, table_id: str) -> list[list[str]]:
+    table = app.screen.query_one(table_id, Table)
+    return [[cell.plain for cell in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+def alarms(app: Dashboard) -> list[str]:
+    return str(app.screen.query_one("#alarms", Lines).render()).splitlines()
+
+
+@pytest.fixture
+def relay_guest() -> Iterator[FakeAdmin]:
+    """A guest's own admin endpoint: a relay, and a log line."""
+    fake = FakeAdmin(status=hosting("relay"))
+    fake.logs = [
+        {"seq": 1, "at": "2026-01-01T10:00:00.000+00:00", "service": "relay", "level": "INFO",
+         "logger": "retreatkit.relay", "message": "paired nameplate 7"},
+    ]  # fmt: skip
+    with serve(fake) as admin:
+        yield admin
+
+
+@pytest.fixture
+def supervisor(relay_guest: FakeAdmin) -> Iterator[FakeAdmin]:
+    """`retreatkit up` with the relay and the nameserver as guests, the mirror in-process;
+    the nameserver guest is stopped."""
+    fake = FakeAdmin(status=hosting("mirror"))
+    fake.guests = [
+        guest("relay", "relay", relay_guest.url),
+        guest("nameserver", "nameserver", "http://127.0.0.1:9", state="stopped"),
+    ]
+    with serve(fake) as admin:
+        yield admin
+
+
+def test_guests_parse_what_a_supervisor_may_send() -> None:
+    found = parse({"guests": [guest(HOSTILE, "relay", None), 7, {"name": 3}, {"name": "x"}]})
+    assert [g.name for g in found] == [HOSTILE, "x"]
+    assert found[1] == Guest("x", "?", "?", None, None, None, None, None, None, None)
+    for bad in ({"guests": "all"}, [], "<html>"):
+        with pytest.raises(ValueError, match=r"/vm/guests is not"):
+            parse(bad)
+
+
+def test_the_token_goes_only_where_the_organiser_sends_it() -> None:
+    here = "http://127.0.0.1:8080"
+    assert watch_url(here, "http://127.0.0.1:41235") == ("http://127.0.0.1:41235", "")
+    assert watch_url("http://localhost:8080", "http://127.0.0.1:41235")[0] is not None
+    assert watch_url("http://10.0.0.2:8080", "http://10.0.0.2:41235")[0] is not None
+    assert watch_url("http://192.0.2.7:8080", "http://127.0.0.1:41235") == (
+        None,
+        "admin on 192.0.2.7's loopback only",
+    )
+    assert watch_url(here, "http://192.0.2.9:80") == (
+        None,
+        "admin on 192.0.2.9, not the supervisor's host: --connect http://192.0.2.9:80 to watch it",
+    )
+    assert watch_url(here, None)[1] == "admin not reported"
+    assert watch_url(here, "gopher://x")[1] == "admin URL not understood"
+
+
+def test_a_guest_that_restarts_is_down_and_says_why() -> None:
+    state = DashboardState(["up:1"])
+    state.add("guest relay", "http://127.0.0.1:2", ("up:1", "relay"))
+    state.record("guest relay", 0, status=hosting("relay"))
+    assert state.endpoints["guest relay"].state_of("relay") == "up"
+    restarting = parse({"guests": [{**guest("relay", "relay", None), "state": "restarting"}]})
+    state.record_guests("up:1", restarting)
+    state.record("guest relay", 1, error="guest relay: cannot connect (connection refused)")
+    e = state.endpoints["guest relay"]
+    assert e.state_of("relay") == "restarting" and e.is_up("relay") is False
+    assert state.alarms(1) == [
+        "guest relay is restarting: its relay is down (restart 2; last exit: qemu exit code 1)"
+    ]
+    booting = parse({"guests": [{**guest("relay", "relay", None), "uptime_seconds": 4.0}]})
+    state.record_guests("up:1", booting)
+    assert e.state_of("relay") == "starting" and state.alarms(1) == []
+
+
+async def test_guests_listed_and_watched_with_the_token(
+    supervisor: FakeAdmin, relay_guest: FakeAdmin
+) -> None:
+    app = make_dashboard(supervisor.url, follow_logs=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        services = rows(app, "#services")
+        assert [r[:3] for r in services] == [
+            ["mirror", supervisor.url[7:], "up"],
+            ["vm", supervisor.url[7:], "up"],
+            ["relay", "guest relay", "up"],
+            ["nameserver", "guest nameserver", "stopped"],
+        ]
+        assert "! guest nameserver is stopped: its nameserver is down" in alarms(app)
+        assert not [a for a in alarms(app) if "cannot connect" in a]
+        assert ("GET", "/status", f"Bearer {TOKEN}", "") in relay_guest.seen
+        while not app.logs.received:  # its log stream is followed in the background
+            await pilot.pause()
+        assert app.logs.lines[0][TEXT].endswith("relay@guest relay INFO    paired nameplate 7")
+        await pilot.press("2")  # the relay screen: the guest's relay, its transfers
+        await settle(pilot)
+        [section] = app.screen.query(Section)
+        assert section.endpoint == "guest relay"
+        assert ("GET", "/relay/transfers", f"Bearer {TOKEN}", "") in relay_guest.seen
+        await pilot.press("6")
+        await settle(pilot)
+        assert rows(app, "#guests") == [
+            ["relay", "relay", "running", "1h 00m", "2", "140.0 MiB", "93.2 s", "128 MB",
+             f"{relay_guest.url[7:]} (up)", "qemu exit code 1", supervisor.url[7:]],
+            ["nameserver", "nameserver", "stopped", "", "2", "", "93.2 s", "128 MB",
+             "127.0.0.1:9 (stopped)", "qemu exit code 1", supervisor.url[7:]],
+        ]  # fmt: skip
+        summary = str(app.screen.query_one("#summary", Lines).render())
+        assert (
+            summary
+            == f"{supervisor.url[7:]} supervises 2 guests, 1 running, 4 restarts since it started"
+        )
+
+
+async def test_stopping_a_guest_asks_first(supervisor: FakeAdmin) -> None:
+    app = make_dashboard(supervisor.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("6")
+        await settle(pilot)
+        await pilot.press("x")  # the relay, on the first row
+        await pilot.pause()
+        await pilot.press("n")
+        await actions_done(pilot)
+        assert not [s for s in supervisor.seen if s[0] == "POST"]
+        await pilot.press("x")
+        await pilot.pause()
+        await pilot.press("y")
+        await actions_done(pilot)
+        assert ("POST", "/vm/guests/relay/stop", f"Bearer {TOKEN}", "") in supervisor.seen
+        assert str(app.screen.query_one("#result", Lines).render()) == "guest relay stopped"
+        assert rows(app, "#guests")[0][2] == "stopped"
+        await pilot.press("1")
+        await settle(pilot)
+        assert rows(app, "#services")[2][:3] == ["relay", "guest relay", "stopped"]
+        assert "! guest relay is stopped: its relay is down" in alarms(app)
+        await pilot.press("6")
+        await settle(pilot)
+        await pilot.press("s")  # starting asks nothing
+        await actions_done(pilot)
+        assert ("POST", "/vm/guests/relay/start", f"Bearer {TOKEN}", "") in supervisor.seen
+        assert rows(app, "#guests")[0][2] == "running"
+
+
+@pytest.mark.parametrize(
+    ("mode", "line"),
+    [
+        ("garbage", "guest relay: /status answered something that is not JSON"),
+        ("unauthorized", "guest relay: the admin token was refused (pass --token or set"
+                         " RETREATKIT_TOKEN to this endpoint's token)"),
+    ],
+)  # fmt: skip
+async def test_a_guest_answering_garbage_or_refusing_the_token(mode: str, line: str) -> None:
+    with serve(FakeAdmin(mode=mode)) as bad, serve(FakeAdmin(status=hosting("mirror"))) as sup:
+        sup.guests = [guest("relay", "relay", bad.url)]
+        app = make_dashboard(sup.url, follow_logs=True)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            assert f"! {line}" in alarms(app)
+            assert rows(app, "#services")[-1][:3] == ["relay", "guest relay", "unreachable"]
+            await pilot.press("6")
+            await settle(pilot)
+            assert rows(app, "#guests")[0][8] == f"{bad.url[7:]} (unreachable)"
+            await pilot.press("5")
+            await settle(pilot)
+            assert app.is_running
+
+
+def record(seq: int, message: str) -> dict[str, object]:
+    return {"seq": seq, "at": "2026-01-01T10:00:00.000+00:00", "service": "relay",
+            "level": "INFO", "logger": "retreatkit.relay", "message": message}  # fmt: skip
+
+
+async def test_a_restarted_guest_is_read_from_its_first_line_again() -> None:
+    """A guest started again numbers its log records and queries from 1 again: the
+    dashboard reads them from there, not after the last number the old one reached."""
+    status = hosting("relay", "nameserver")
+    with serve(FakeAdmin(status=status, logs_end=True)) as g:
+        g.logs = [record(1, "old 1"), record(2, "old 2"), record(3, "old 3")]
+        app = make_dashboard(g.url, follow_logs=True)
+        app.retry_logs = 0.2
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("4")
+            await settle(pilot)
+            while app.logs.received < 3:
+                await pilot.pause()
+            g.status = {**status, "process": {**status["process"], "started_at": "later"}}
+            g.logs = [record(1, "new 1")]
+            while app.logs.received < 4:
+                await pilot.pause()
+            assert app.logs.lines[-1][TEXT].endswith("new 1")
+            assert rows(app, "#queries")[0][2] == "example.org"
+            g.lists["/nameserver/queries"]["queries"] = [
+                {"seq": 1, "client": "10.0.0.9", "name": "after.restart", "type": "A"}
+            ]
+            for _ in range(2):  # one read sees it started again, the next reads from 1
+                await settle(pilot)
+            assert [row[2] for row in rows(app, "#queries")] == ["after.restart"]
+
+
+def test_a_real_supervisors_list_is_read(tmp_path: Path) -> None:
+    """The supervisor's own items (a guest defined, not booted) as the dashboard reads them."""
+    from retreatkit.image.supervisor import Definition, Supervisor
+
+    image = tmp_path / "relay"
+    image.mkdir()
+    manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
+    (image / "manifest.json").write_text(json.dumps(manifest))
+    supervisor = Supervisor(tmp_path / "vm", say=lambda _line: None)
+    supervisor.define(Definition(name="relay", image=str(image), forwards=[]))
+    [found] = parse({"guests": supervisor.items()})
+    admin = supervisor.item("relay")["admin"]
+    assert found == Guest("relay", "relay", "stopped", 0.0, 0, 0.0, 0.0, 128.0, None, admin)
+    assert watch_url("http://127.0.0.1:8080", admin) == (admin, "")
