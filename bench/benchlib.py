@@ -188,6 +188,7 @@ def write_section(section: str, text: str) -> None:
     tmp = RESULTS.with_suffix(".md.tmp")
     tmp.write_text(updated)
     tmp.replace(RESULTS)
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

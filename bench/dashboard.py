@@ -56,7 +56,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchlib import (
-    RESULTS,
     ROOT,
     WORK,
     BenchError,
@@ -424,7 +423,6 @@ def main(argv: list[str] | None = None) -> int:
     print(section)
     if not args.no_write:
         write_section(SECTION, section)
-        print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
 
 

@@ -60,8 +60,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from benchlib import (
-    RESULTS,
-    ROOT,
     WORK,
     BenchError,
     busy_cpu,
@@ -1265,7 +1263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     (WORK / "mirror.json").write_text(json.dumps(asdict(outcome), indent=2, default=str) + "\n")
     if not args.no_write:
         write_section(SECTION, section)
-        print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
 
 

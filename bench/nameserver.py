@@ -73,7 +73,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from benchlib import (
-    RESULTS,
     ROOT,
     WORK,
     BenchError,
@@ -1293,7 +1292,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     (WORK / "nameserver.json").write_text(json.dumps(asdict(outcome), indent=2, default=str) + "\n")
     if not args.no_write:
         write_section(SECTION, section)
-        print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
 
 

@@ -64,7 +64,6 @@ from pathlib import Path
 from typing import IO
 
 from benchlib import (
-    RESULTS,
     BenchError,
     busy_cpu,
     cpu_model,
@@ -849,7 +848,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     report(size, runs, summaries)
     if not args.no_write and all(r.ok for r in runs):
         write_section(SECTION, render(size, args.rounds, info, summaries))
-        print(f"wrote {RESULTS.relative_to(ROOT)}")
     if args.json:
         doc = {
             "machine": info,

@@ -147,3 +147,59 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise ProcessFailed("no VmRSS")
+
+
+@dataclass
+class Terminal:
+    """A process on a pseudo-terminal of its own (its controlling terminal, so Ctrl-C and
+    prompts behave as they do for a person), and what it draws, read up to a marker."""
+
+    popen: subprocess.Popen[bytes]
+    fd: int  # our end of the terminal
+    unread: bytes = b""  # read past the last marker: the next one may be in it
+
+    @classmethod
+    def start(cls, argv: list[str], env: dict[str, str] | None = None) -> Terminal:
+        import fcntl
+        import pty
+        import termios
+
+        ours, theirs = pty.openpty()
+        popen = subprocess.Popen(
+            argv,
+            stdin=theirs,
+            stdout=theirs,
+            stderr=theirs,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # a session whose controlling terminal is the pty
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )
+        os.close(theirs)
+        return cls(popen, ours)
+
+    def until(self, marker: bytes, timeout: float = START_TIMEOUT) -> bytes:
+        """What the terminal shows up to and including `marker`."""
+        import select
+        import time
+
+        seen, self.unread = self.unread, b""
+        deadline = time.monotonic() + timeout
+        while marker not in seen:
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"no {marker!r} on the terminal; saw {seen!r}")
+            try:
+                seen += os.read(self.fd, 4096)
+            except OSError:  # the process's end closed
+                raise AssertionError(f"terminal closed before {marker!r}; saw {seen!r}") from None
+        end = seen.index(marker) + len(marker)
+        self.unread = seen[end:]
+        return seen[:end]
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.fd, keys)
+
+    def close(self) -> None:
+        self.popen.kill()
+        self.popen.wait()
+        os.close(self.fd)

@@ -4,20 +4,15 @@ streams named and written to stdout, --version, and the QR code."""
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
-import select
 import subprocess
 import sys
-import termios
-import time
 from pathlib import Path
 
 import pytest
 
 from retreatkit.cli import qr
-from retreatkit.testing import Process, RelayProcess, bob_argv
+from retreatkit.testing import Process, RelayProcess, Terminal, bob_argv
 from retreatkit.transfer.codes import parse
 
 pytestmark = pytest.mark.e2e
@@ -100,75 +95,32 @@ def test_name_needs_the_stream() -> None:
 # -- a real terminal --------------------------------------------------------------------------
 
 
-def on_terminal(
-    argv: list[str], env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[bytes], int]:
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        argv,
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env={**os.environ, **(env or {})},
-        start_new_session=True,
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-    )
-    os.close(slave)
-    return proc, master
-
-
-_unread: dict[int, bytes] = {}
-
-
-def screen_until(fd: int, marker: bytes) -> bytes:
-    """What the terminal shows up to and including the marker; what came after it in the
-    same read is kept for the next call, so a marker never hides in an earlier read."""
-    seen = _unread.pop(fd, b"")
-    deadline = time.monotonic() + TIMEOUT
-    while marker not in seen:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise AssertionError(f"no {marker!r} on the terminal; saw {seen!r}")
-        try:
-            seen += os.read(fd, 4096)
-        except OSError:
-            raise AssertionError(f"terminal closed before {marker!r}; saw {seen!r}") from None
-    end = seen.index(marker) + len(marker)
-    _unread[fd] = seen[end:]
-    return seen[:end]
-
-
 def test_completion_and_did_you_mean_at_the_prompt(relay: RelayProcess, tmp_path: Path) -> None:
     sender = send(relay, "--text", "typed by hand")
-    receiver, term = on_terminal(bob_argv("recv", "--relay", relay.address))
+    receiver = Terminal.start(bob_argv("recv", "--relay", relay.address))
     try:
-        screen_until(term, b"Enter passphrase")
-        os.write(term, b"3131-aban\t")  # Tab completes the word and adds the dash
-        assert b"3131-abandon-" in screen_until(term, b"abandon-")
-        os.write(term, b"abilty\r")  # a typo in the last word
-        asked = screen_until(term, b"[Y/n] ")
+        receiver.until(b"Enter passphrase")
+        receiver.type(b"3131-aban\t")  # Tab completes the word and adds the dash
+        assert b"3131-abandon-" in receiver.until(b"abandon-")
+        receiver.type(b"abilty\r")  # a typo in the last word
+        asked = receiver.until(b"[Y/n] ")
         assert b"'3131-abandon-abilty' has a word bob never chooses:" in asked
         assert b"did you mean 3131-abandon-ability? [Y/n] " in asked
-        os.write(term, b"\r")
-        assert b"typed by hand" in screen_until(term, b"typed by hand")
-        assert receiver.wait(TIMEOUT) == 0
+        receiver.type(b"\r")
+        assert b"typed by hand" in receiver.until(b"typed by hand")
+        assert receiver.popen.wait(TIMEOUT) == 0
     finally:
-        receiver.kill()
-        receiver.wait()
-        _unread.pop(term, None)
-        os.close(term)
+        receiver.close()
     assert sender.finish(TIMEOUT)[0] == 0
 
 
 def test_the_passphrase_as_a_qr_code_on_a_terminal(relay: RelayProcess) -> None:
     for extra, shown in (((), True), (("--no-qr",), False)):
-        proc, term = on_terminal(
-            bob_argv("send", "--relay", relay.address, *extra, "--text", "x"),
-        )
+        sender = Terminal.start(bob_argv("send", "--relay", relay.address, *extra, "--text", "x"))
         try:
-            text = screen_until(term, b"bob recv --relay").decode()
+            text = sender.until(b"bob recv --relay").decode()
             passphrase = text.split("Passphrase: ")[1].split()[0]
-            drawn = screen_until(term, b"\r\n\r\n" if not shown else b"\x1b[0m\r\n\r\n").decode()
+            drawn = sender.until(b"\r\n\r\n" if not shown else b"\x1b[0m\r\n\r\n").decode()
             lines = [ln for ln in drawn.split("\r\n") if ln.startswith("\x1b[30;47m")]
             if shown:
                 import segno
@@ -179,10 +131,7 @@ def test_the_passphrase_as_a_qr_code_on_a_terminal(relay: RelayProcess) -> None:
             else:
                 assert lines == []
         finally:
-            proc.kill()
-            proc.wait()
-            _unread.pop(term, None)
-            os.close(term)
+            sender.close()
 
 
 def test_help_says_where_bob_connects_in_order() -> None:

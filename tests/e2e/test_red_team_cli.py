@@ -8,9 +8,7 @@ Waits are on a process's output or on the file system, each with a deadline; nev
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import pty
 import re
 import resource
 import select
@@ -18,7 +16,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from retreatkit.testing import Process, RelayProcess, bob_argv, start_relay
+from retreatkit.testing import Process, RelayProcess, Terminal, bob_argv, start_relay
 from retreatkit.transfer.codes import Code, parse
 from retreatkit.transfer.offer import Entry, Offer
 from retreatkit.transfer.pake import Side
@@ -443,47 +440,23 @@ def test_06_ctrl_c_at_the_accept_prompt_stops_at_once(
     src = tmp_path / "photo.jpg"
     src.write_bytes(b"jpeg")
     sender = send(relay, home, str(src))
-    master, slave = pty.openpty()
-    receiver = subprocess.Popen(
-        [*bob_argv("recv", "--relay", relay.address, "-o", str(out)), passphrase(sender)],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env={**os.environ, **home},
-        start_new_session=True,  # a session of its own, whose controlling terminal is the pty
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    receiver = Terminal.start(
+        [*bob_argv("recv", "--relay", relay.address, "-o", str(out)), passphrase(sender)], home
     )
-    os.close(slave)
     try:
-        screen = read_until(master, b"? [Y/n] ")
+        screen = receiver.until(b"? [Y/n] ")
         assert b"photo.jpg  4 bytes" in screen
-        os.write(master, b"\x03")  # what the key does: the terminal sends SIGINT
-        assert receiver.wait(TIMEOUT) == 1  # without Enter
-        assert read_until(master, b"interrupted\r\n") == b"^CERROR: interrupted\r\n"
+        receiver.type(b"\x03")  # what the key does: the terminal sends SIGINT
+        assert receiver.popen.wait(TIMEOUT) == 1  # without Enter
+        assert receiver.until(b"interrupted\r\n") == b"^CERROR: interrupted\r\n"
     finally:
-        receiver.kill()
-        receiver.wait()
-        os.close(master)
+        receiver.close()
     code, lines = finished(sender)
     assert (code, lines[-1]) == (
         1,
         "ERROR: the other side gave up: the receiver stopped the transfer",
     )
     assert list(out.iterdir()) == []
-
-
-def read_until(fd: int, marker: bytes) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + TIMEOUT
-    while marker not in seen:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise AssertionError(f"no {marker!r} on the terminal; saw {seen!r}")
-        try:
-            seen += os.read(fd, 4096)
-        except OSError:  # the other end closed
-            raise AssertionError(f"terminal closed before {marker!r}; saw {seen!r}") from None
-    return seen
 
 
 # -- 7. sender-side failures ------------------------------------------------------------------
