@@ -62,8 +62,8 @@ def build(
     kern = kernel.choose(which_kernel)
     say(f"Kernel: {kern.label}")
     interp = sysroot.interpreter()
-    loaded = payload.probe(interp, service, image.leave_out)
-    origins = payload.select(interp, loaded, image.whole)
+    loaded = payload.probe(interp, service, image.leave_out, image.whole)
+    origins = payload.select(interp, loaded)
     tree = base_tree(interp.version)
     tree.update(payload.python_tree(interp, origins))
     objects = [interp.binary, *payload.extension_files(origins)]

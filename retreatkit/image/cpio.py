@@ -1,4 +1,4 @@
-"""The initramfs: a gzip'd cpio "newc" archive written in Python, the same bytes every time.
+"""The initramfs: a zstd-compressed cpio "newc" archive written in Python, the same bytes each time.
 
 Format: Documentation/driver-api/early-userspace/buffer-format.rst in the kernel tree.
 Each entry is a 110-byte ASCII header (magic 070701, then thirteen 8-digit hex fields),
@@ -10,11 +10,12 @@ bytes (reproducible builds).
 
 from __future__ import annotations
 
-import gzip
 import io
 import stat
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+
+import zstandard
 
 MAGIC = b"070701"
 
@@ -80,6 +81,20 @@ def archive(tree: dict[str, Entry]) -> bytes:
     return out.getvalue()
 
 
+ZSTD_LEVEL = 19  # past 19 (--ultra) saves under 0.1% here and needs bigger windows
+
+
 def initramfs(tree: dict[str, Entry]) -> bytes:
-    """gzip, which the kernel unpacks fastest of the formats it reads (measured under TCG)."""
-    return gzip.compress(archive(tree), compresslevel=9, mtime=0)
+    """zstd: 13% smaller than gzip -9 for a guest's files, and no slower to boot (bench/images.py).
+
+    One frame with its size in the header and no checksum (the kernel checks none).
+    """
+    params = zstandard.ZstdCompressionParameters.from_level(
+        ZSTD_LEVEL, window_log=WINDOW_LOG, write_content_size=True, write_checksum=False
+    )
+    return zstandard.ZstdCompressor(compression_params=params).compress(archive(tree))
+
+
+# the kernel allocates the whole window while it unpacks, in the guest's memory: 2 MiB
+# costs 40 KB of image against 8 MiB, and leaves 6 MiB more to a 64 MB guest
+WINDOW_LOG = 21

@@ -123,6 +123,9 @@ def main() -> None:
     code = 1
     try:
         doc = boot()
+        from retreatkit.image import nossl
+
+        nossl.load()  # before the service's imports bring prometheus_client
         from retreatkit.image import guest
 
         code = guest.run(doc.service, doc.config, doc.token)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from retreatkit.image import nossl
+
 ADMIN_PORT = 8080  # the admin endpoint inside every guest
 STOP_COMMAND = "shutdown"  # a line on the guest's console: the host asks for a clean stop
 DATA_MOUNT = "/var/lib/retreatkit"  # where the guest mounts its data disk
@@ -30,9 +32,9 @@ class Spec:
         return next(port for proto, port in self.ports if proto == "tcp")
 
 
-# Every image ships ssl (and libcrypto, 4.7 MB): prometheus_client imports it whatever is
-# used. uvloop's speed matters little to a guest with one virtual CPU and costs 1.6 MB:
-# the guest runs the stdlib loop.
+# Images without TLS leave out ssl and OpenSSL (libcrypto alone is 4.7 MB); prometheus_client
+# gets a stand-in (image/nossl.py). uvloop's speed matters little to a guest with one
+# virtual CPU and costs 1.6 MB: the guest runs the stdlib loop.
 # frozenlist's C++ extension would bring libstdc++; its pure-Python twin serves. The
 # compressors and uuid's C part bring libraries nothing here uses (imports of them are
 # guarded where the standard library makes them).
@@ -53,14 +55,15 @@ COMMON_LEAVE_OUT = (
     "aiohttp._websocket.reader_c",
     "aiohttp._websocket.mask",
 )
+NO_TLS_LEAVE_OUT = COMMON_LEAVE_OUT + nossl.LEFT_OUT
 # the mirror reads apt's Packages.xz and .bz2 indexes: it keeps the compressors
 MIRROR_LEAVE_OUT = tuple(m for m in COMMON_LEAVE_OUT if m not in ("bz2", "_bz2", "lzma", "_lzma"))
 SPECS = {
-    "relay": Spec("relay", (("tcp", 9000),), leave_out=COMMON_LEAVE_OUT),
+    "relay": Spec("relay", (("tcp", 9000),), leave_out=NO_TLS_LEAVE_OUT),
     "mirror": Spec("mirror", (("tcp", 8000),), disk=True, tls=True, leave_out=MIRROR_LEAVE_OUT),
     # dnspython imports the class of each record type when it first meets one
     "nameserver": Spec(
-        "nameserver", (("udp", 53), ("tcp", 53)), leave_out=COMMON_LEAVE_OUT, whole=("dns",)
+        "nameserver", (("udp", 53), ("tcp", 53)), leave_out=NO_TLS_LEAVE_OUT, whole=("dns.rdtypes",)
     ),
 }
 
