@@ -27,6 +27,8 @@ class NoTLS:
 
 
 def _any_name(name: str) -> type[NoTLS]:
+    if name.startswith("__"):  # a module's own attributes (__path__, __file__) stay absent
+        raise AttributeError(name)
     return NoTLS
 
 
