@@ -317,7 +317,7 @@ def compare_versions(a: str, b: str) -> int:
 
 
 def proxied(origins: dict[str, str], url: str) -> tuple[str, str] | None:
-    """A proxy request's URL (`GET http://deb.debian.org/debian/pool/...`) as (origin
+    """A proxy request's URL (`GET http://deb.example.org/debian/pool/...`) as (origin
     name, path under it), if it falls under a configured origin; None otherwise: the
     mirror is not an open proxy. An origin the mirror reaches by https answers apt's
     plain http for the same host (on the default ports): the mirror's side is the

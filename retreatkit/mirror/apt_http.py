@@ -2,7 +2,7 @@
 
 `deb http://MIRROR:8000/debian bookworm main` asks `/debian/dists/...` and
 `/debian/pool/...`. With `Acquire::http::Proxy "http://MIRROR:8000";` apt asks
-`GET http://deb.debian.org/debian/...` instead (RFC 9112 3.2.2, absolute form): a
+`GET http://deb.example.org/debian/...` instead (RFC 9112 3.2.2, absolute form): a
 request under a configured origin is served the same way; any other is refused, so the
 mirror is no open proxy, and `CONNECT` (https through a proxy) is refused too.
 """

@@ -106,6 +106,8 @@ def npm_files(tmp_path: Path, root: Path, url: str, env: dict[str, str]) -> Path
     run(["npm", "install", "--package-lock-only", "--registry", url, "@rk/util"],
         cwd=app, env={**env, "npm_config_cache": str(tmp_path / "npm-lock-cache")})  # fmt: skip
     lock = app / "package-lock.json"
+    # an attendee's lockfile names npm's default registry, which `npm ci --registry`
+    # replaces (its replace-registry-host setting); nothing here connects to it
     lock.write_text(lock.read_text().replace(url.rstrip("/"), "https://registry.npmjs.org"))
     return lock
 

@@ -42,7 +42,7 @@ UV_LOCK = f"""version = 1
 [[package]]
 name = "Demo-Pkg"
 version = "1.0"
-source = {{ registry = "https://pypi.org/simple" }}
+source = {{ registry = "https://index.example.org/simple" }}
 sdist = {{ url = "https://x/demo-1.0.tar.gz", hash = "sha256:{A}", size = 10 }}
 wheels = [{{ url = "https://x/demo-1.0-py3-none-any.whl", hash = "sha256:{B}", size = 10 }}]
 
