@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import queue
 import re
+import select
 import subprocess
 import sys
+import termios
 import threading
+import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -160,10 +165,6 @@ class Terminal:
 
     @classmethod
     def start(cls, argv: list[str], env: dict[str, str] | None = None) -> Terminal:
-        import fcntl
-        import pty
-        import termios
-
         ours, theirs = pty.openpty()
         popen = subprocess.Popen(
             argv,
@@ -179,9 +180,6 @@ class Terminal:
 
     def until(self, marker: bytes, timeout: float = START_TIMEOUT) -> bytes:
         """What the terminal shows up to and including `marker`."""
-        import select
-        import time
-
         seen, self.unread = self.unread, b""
         deadline = time.monotonic() + timeout
         while marker not in seen:

@@ -71,7 +71,23 @@ def accepted_pair(offer: Offer, claim: Claim = NOTHING) -> tuple[Session, Sessio
 IO_TIMEOUT = 30.0
 
 
-class Peer:
+class RelayLines:
+    """A blocking connection to the relay, whose lines are read the way bob reads them."""
+
+    sock: socket.socket
+    buf: bytes
+
+    def line(self) -> bytes:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise EOFError(f"relay closed; had {self.buf!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line + b"\n"
+
+
+class Peer(RelayLines):
     """One side of a session through the relay, driven step by step by the test."""
 
     def __init__(
@@ -90,15 +106,6 @@ class Peer:
         self.sock.sendall(wire.Request(role, code.nameplate).encode())
         self.session = Session(side, code)
         self.buf = b""
-
-    def line(self) -> bytes:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise EOFError(f"relay closed; had {self.buf!r}")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line + b"\n"
 
     def event(self) -> Event:
         if self.buf:

@@ -24,17 +24,6 @@ TIMEOUT = 60.0
 MIB = 1 << 20
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> dict[str, str]:
-    folder = tmp_path / "home"
-    folder.mkdir()
-    return {
-        "HOME": str(folder),
-        "XDG_STATE_HOME": str(folder / "s"),
-        "XDG_DATA_HOME": str(folder / "d"),
-    }
-
-
 def bob(home: dict[str, str], *args: str, **env: str) -> Process:
     return Process.start(bob_argv(*args), env={**home, **env})
 

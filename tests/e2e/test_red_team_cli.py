@@ -40,18 +40,6 @@ ROOT = os.geteuid() == 0
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> dict[str, str]:
-    """Nothing a bob process writes lands in the real home folder."""
-    folder = tmp_path / "home"
-    folder.mkdir()
-    return {
-        "HOME": str(folder),
-        "XDG_STATE_HOME": str(folder / "state"),
-        "XDG_DATA_HOME": str(folder / "data"),
-    }
-
-
-@pytest.fixture
 def out(tmp_path: Path) -> Path:
     folder = tmp_path / "out"
     folder.mkdir()

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from retreatkit.testing import RelayProcess, open_fds, rss_bytes, start_relay
+from retreatkit.transfer.testing import RelayLines
 
 pytestmark = pytest.mark.e2e
 
@@ -107,7 +108,7 @@ def endings(current: dict[str, Any]) -> Counter[str]:
 # -- a blocking client ----------------------------------------------------------------------
 
 
-class Client:
+class Client(RelayLines):
     """One TCP connection to the relay, reading lines the way bob does."""
 
     def __init__(self, relay: RelayProcess) -> None:
@@ -116,15 +117,6 @@ class Client:
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise EOFError(f"relay closed; had {self.buf!r}")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line + b"\n"
 
     def read(self, n: int) -> bytes:
         while len(self.buf) < n:
