@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +77,8 @@ def load(path: Path | None) -> dict[str, Any]:
     merged = copy.deepcopy(DEFAULTS)
     if path is None:
         return merged
+    import tomllib  # only a file needs the parser; a VM guest's settings come as JSON
+
     try:
         doc = tomllib.loads(path.read_text("utf-8"))
     except OSError as exc:

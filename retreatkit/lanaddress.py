@@ -21,6 +21,18 @@ from pathlib import Path
 SIOCGIFADDR = 0x8915
 SIOCGIFFLAGS = 0x8913
 IFF_UP, IFF_LOOPBACK = 0x1, 0x8
+LOOPBACK_NAMES = ("localhost", "localhost.")
+
+
+def is_loopback(host: str) -> bool:
+    """A literal loopback address or `localhost`; any other name counts as beyond loopback."""
+    host = host.strip("[]")
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import re
 import signal
@@ -12,17 +13,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from retreatkit import startup
-from retreatkit.admin import app as admin
 from retreatkit.admin import token as admin_token
 from retreatkit.admin.logs import LogRing
 from retreatkit.admin.process import ProcessInfo
 from retreatkit.lanaddress import choose as lan_address
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from retreatkit.mdns import LanAdvert
 
 log = logging.getLogger("retreatkit")
@@ -30,6 +31,9 @@ Say = Callable[[str], None]
 # (admin URL, token, stop): runs until the organiser quits it, or until `stop` is set
 Dashboard = Callable[[str, str, asyncio.Event], Awaitable[None]]
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+# the admin endpoint's code, aiohttp's server among it: loaded once the services listen
+# (see serve), since no service needs it to answer
+ADMIN_CODE = "retreatkit.admin.app"
 
 
 def setup_logging(level: str = "INFO", to_file: Path | None = None) -> None:
@@ -110,6 +114,11 @@ async def serve(
         for service in services:
             await service.start(registry, say)
             started.append(service)
+        # in a thread, so the services answer meanwhile: on a VM guest's emulated CPU the
+        # import takes about a second, which would otherwise come before every first answer
+        await asyncio.to_thread(importlib.import_module, ADMIN_CODE)
+        from retreatkit.admin import app as admin
+
         sources = {s.name: s.status for s in services}
         routes = [route for s in services for route in admin_routes(s)]
         app = admin.make_app(

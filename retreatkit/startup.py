@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from retreatkit import config
-from retreatkit.admin.access import is_loopback
+from retreatkit.lanaddress import is_loopback
 
 # keys whose values must be positive (> 0) or at least zero, by section
 POSITIVE = {

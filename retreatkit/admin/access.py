@@ -10,26 +10,15 @@ on the organiser's machine cannot act (docs/admin-api.md).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from retreatkit.lanaddress import is_loopback
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_READS = ("GET", "HEAD")
 NEEDS_TOKEN_TO_READ = ("/logs",)
-LOOPBACK_NAMES = ("localhost", "localhost.")
-
-
-def is_loopback(host: str) -> bool:
-    """A literal loopback address or `localhost`; any other name counts as beyond loopback."""
-    host = host.strip("[]")
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _host_of(header: str) -> str:

@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from retreatkit.admin import access
-from retreatkit.admin.logs import RING_KEY, LogRing, close_streams, stream
+from retreatkit.admin.logs import LogRing
+from retreatkit.admin.logstream import RING_KEY, close_streams, stream
 from retreatkit.admin.process import ProcessInfo
 
 StatusSource = Callable[[], dict[str, Any]]

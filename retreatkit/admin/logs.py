@@ -1,4 +1,4 @@
-"""The process's recent log records in a bounded ring, and `GET /logs` streaming them (SSE).
+"""The process's recent log records in a bounded ring (`GET /logs` streams them: logstream).
 
 The ring keeps the last `capacity` records, numbered from 1; a reader asks for those
 after the last number it saw. A reader that falls more than the ring behind gets an
@@ -9,19 +9,14 @@ never holds memory in the process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
-
 CAPACITY = 10_000
 MAX_MESSAGE = 4096  # characters; a peer-chosen name in a message cannot grow a record
 BATCH = 500  # records per write: one write per wake-up, not one per record
-KEEPALIVE = 15.0  # seconds between comment lines, so idle readers see a live stream
 
 
 class LogRing(logging.Handler):
@@ -113,44 +108,3 @@ class LogRing(logging.Handler):
             pass
         finally:
             self._waiters.discard(key)
-
-
-RING_KEY = web.AppKey("log_ring", LogRing)
-
-
-async def close_streams(app: web.Application) -> None:
-    """on_shutdown: a stream waiting for records would hold the shutdown up."""
-    app[RING_KEY].close_streams()
-
-
-async def stream(request: web.Request) -> web.StreamResponse:
-    """`GET /logs?after=SEQ`: every record after SEQ (0: everything kept), then live."""
-    ring = request.app[RING_KEY]
-    try:
-        seq = int(request.query.get("after", "0"))
-    except ValueError:
-        raise web.HTTPBadRequest(text="after is a record number, such as after=0\n") from None
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
-    )
-    await response.prepare(request)
-    with contextlib.suppress(ConnectionResetError):  # the reader went away
-        await _follow(ring, seq, response)
-    return response
-
-
-async def _follow(ring: LogRing, seq: int, response: web.StreamResponse) -> None:
-    while not ring.closed:
-        dropped, records = ring.after(seq)
-        chunks = []
-        if dropped:
-            chunks.append(f"data: {json.dumps({'dropped': dropped})}\n\n")
-        for record in records:
-            chunks.append(f"data: {json.dumps(record)}\n\n")
-            seq = record["seq"]
-        if chunks:
-            await response.write("".join(chunks).encode())  # waits while the reader is slow
-            continue
-        await ring.wait(seq, KEEPALIVE)
-        if ring.next <= seq + 1 and not ring.closed:
-            await response.write(b": keepalive\n\n")

@@ -6,12 +6,15 @@ import logging
 import os
 import time
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 
 def _version() -> str:
+    # importlib.metadata is loaded when /status is first read, not while services start
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("retreatkit")
     except PackageNotFoundError:
@@ -42,7 +45,10 @@ class ProcessInfo:
         self.attendees = attendees or []  # filled in once the services are listening
         self.started_wall = datetime.now(UTC)
         self.started = time.monotonic()
-        self.version = _version()
+
+    @cached_property
+    def version(self) -> str:
+        return _version()
 
     def status(self) -> dict[str, Any]:
         level = logging.getLogger("retreatkit").getEffectiveLevel()

@@ -18,8 +18,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from retreatkit import config, hosting, loop, serve
 from retreatkit.image import spec as specs
 
@@ -108,6 +106,8 @@ def probe(name: str) -> None:
                 reading.append(asyncio.ensure_future(read_all(host, int(port))))
 
         async def read_all(host: str, port: int) -> None:
+            import aiohttp  # the guest itself loads it after its service answers
+
             # the services hand file work to asyncio's default executor (to_thread)
             await asyncio.to_thread(len, "")
             # through aiohttp's client, which the mirror and the nameserver use upstream

@@ -15,7 +15,6 @@ import os
 import socket
 import struct
 import sys
-import traceback
 from pathlib import Path
 
 from retreatkit.image import guestconfig
@@ -123,13 +122,15 @@ def main() -> None:
     code = 1
     try:
         doc = boot()
-        from retreatkit.image import nossl
+        from retreatkit.image import standins
 
-        nossl.load()  # before the service's imports bring prometheus_client
+        standins.load()  # before the service's imports bring prometheus_client
         from retreatkit.image import guest
 
         code = guest.run(doc.service, doc.config, doc.token)
     except BaseException as exc:
+        import traceback  # only a failing guest needs it
+
         traceback.print_exc()
         print(f"retreatkit: the guest failed: {exc}", file=sys.stderr, flush=True)
     finally:

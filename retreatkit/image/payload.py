@@ -40,8 +40,8 @@ class LeaveOut:  # a meta path finder; importlib.abc itself would import half th
             raise ModuleNotFoundError(f"{name} is left out of the image", name=name)
         return None
 sys.meta_path.insert(0, LeaveOut())
-import retreatkit.image.init, retreatkit.image.nossl
-retreatkit.image.nossl.load()
+import retreatkit.image.init, retreatkit.image.standins
+retreatkit.image.standins.load()
 import retreatkit.image.guest as guest
 for package in whole:  # every module in it, and so whatever those import
     top = __import__(package, fromlist=["_"]).__path__[0]

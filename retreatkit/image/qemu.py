@@ -132,8 +132,17 @@ def qemu_binary() -> str:
     return found
 
 
-def kernel_args(machine: str) -> str:
+# Under emulation the kernel spends about 0.4 s timing itself: the delay-loop calibration
+# (lpj= skips it; delays use the TSC once it is up, so the figure need not be exact) and
+# a check of the local APIC timer that fails on qemu's emulated one anyway, after which
+# the kernel ticks from the PIT (noapictimer goes there at once).
+TCG_ARGS = "lpj=1000000 noapictimer"
+
+
+def kernel_args(machine: str, accel: str = "tcg") -> str:
     base = "console=ttyS0 quiet panic=-1"
+    if accel == "tcg":
+        base = f"{base} {TCG_ARGS}"
     if machine == "microvm":
         # no ACPI: qemu names the virtio-mmio devices on the command line; a triple fault
         # is microvm's reset (it has no keyboard controller), and the PIT times the TSC
@@ -181,7 +190,7 @@ def argv(
         "-kernel",
         str(kernel),
         "-append",
-        f"{kernel_args(machine)} {append}".strip(),
+        f"{kernel_args(machine, accel)} {append}".strip(),
     ]
     if initramfs is not None:
         args += ["-initrd", str(initramfs)]

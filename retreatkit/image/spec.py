@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from retreatkit.image import nossl
+from retreatkit.image import standins
 
 ADMIN_PORT = 8080  # the admin endpoint inside every guest
 STOP_COMMAND = "shutdown"  # a line on the guest's console: the host asks for a clean stop
@@ -33,7 +33,7 @@ class Spec:
 
 
 # Images without TLS leave out ssl and OpenSSL (libcrypto alone is 4.7 MB); prometheus_client
-# gets a stand-in (image/nossl.py). uvloop's speed matters little to a guest with one
+# gets a stand-in (image/standins.py). uvloop's speed matters little to a guest with one
 # virtual CPU and costs 1.6 MB: the guest runs the stdlib loop.
 # frozenlist's C++ extension would bring libstdc++; its pure-Python twin serves. The
 # compressors and uuid's C part bring libraries nothing here uses (imports of them are
@@ -55,7 +55,7 @@ COMMON_LEAVE_OUT = (
     "aiohttp._websocket.reader_c",
     "aiohttp._websocket.mask",
 )
-NO_TLS_LEAVE_OUT = COMMON_LEAVE_OUT + nossl.LEFT_OUT
+NO_TLS_LEAVE_OUT = COMMON_LEAVE_OUT + standins.LEFT_OUT
 # the mirror reads apt's Packages.xz and .bz2 indexes: it keeps the compressors
 MIRROR_LEAVE_OUT = tuple(m for m in COMMON_LEAVE_OUT if m not in ("bz2", "_bz2", "lzma", "_lzma"))
 SPECS = {

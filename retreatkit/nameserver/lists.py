@@ -8,8 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
 from retreatkit.mirror.lists import via_mirror
 from retreatkit.nameserver.blocklist import Blocklist
 from retreatkit.nameserver.errors import BadList
@@ -67,20 +65,27 @@ class Sources:
             if source.startswith(("http://", "https://")):
                 return await self._fetch(source)
             return await asyncio.to_thread(_parse_file, source)
-        except (OSError, aiohttp.ClientError, TimeoutError, UnicodeError) as exc:
+        except (OSError, TimeoutError, UnicodeError) as exc:
             raise BadList(_why(exc)) from None
 
     async def _fetch(self, source: str) -> Blocklist:
+        # aiohttp's client is loaded by the first list given by URL, not before the
+        # nameserver answers: files alone (a VM guest's lists) never need it
+        import aiohttp
+
         mirror = self.mirror()
         url = via_mirror(mirror, source) if mirror else source
         timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(url) as response,
-        ):
-            if response.status != 200:
-                raise BadList(f"HTTP {response.status}")
-            body = await response.content.read(MAX_LIST + 1)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(url) as response,
+            ):
+                if response.status != 200:
+                    raise BadList(f"HTTP {response.status}")
+                body = await response.content.read(MAX_LIST + 1)
+        except aiohttp.ClientError as exc:
+            raise BadList(_why(exc)) from None
         if len(body) > MAX_LIST:
             raise BadList("list larger than 256 MiB")
 

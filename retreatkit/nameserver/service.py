@@ -9,14 +9,13 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from retreatkit.nameserver import admin, status
+from retreatkit.nameserver import status
 from retreatkit.nameserver.gate import LAN, Gate
 from retreatkit.nameserver.lists import Sources
 from retreatkit.nameserver.local import Record
@@ -26,6 +25,9 @@ from retreatkit.nameserver.server import UDPServer
 from retreatkit.nameserver.tcp import IDLE, Connections, TCPServer
 from retreatkit.nameserver.transport import Pool
 from retreatkit.nameserver.upstream import Transport, Upstream, UpstreamSet
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("retreatkit.nameserver")
 Address = tuple[str, int]
@@ -182,6 +184,9 @@ class Nameserver:
         return status.render(self)
 
     def admin_routes(self) -> list[web.RouteDef]:
+        # aiohttp's server loads after the sockets answer (serve.ADMIN_CODE)
+        from retreatkit.nameserver import admin
+
         return admin.routes(self)
 
 

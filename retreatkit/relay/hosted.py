@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from retreatkit.relay.matching import Limits
@@ -12,6 +11,8 @@ from retreatkit.relay.server import Relay
 from retreatkit.serve import Say
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from retreatkit.mdns import LanAdvert
 
 
@@ -59,9 +60,13 @@ class RelayService:
         return self.relay.status() if self.relay else {"up": False}
 
     def admin_routes(self) -> list[web.AbstractRouteDef]:
+        from aiohttp import web  # loaded after the relay answers (serve.ADMIN_CODE)
+
         return [web.get("/relay/transfers", self._transfers)]
 
     async def _transfers(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         if self.relay is None:
             return web.json_response({"active": [], "recent": []})
         return web.json_response(self.relay.transfers())

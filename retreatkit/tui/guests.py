@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from retreatkit.admin.access import is_loopback
+from retreatkit.lanaddress import is_loopback
 from retreatkit.tui.fmt import number
 from retreatkit.tui.sources import endpoint_url
 

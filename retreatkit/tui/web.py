@@ -23,7 +23,8 @@ from aiohttp import web
 from textual_serve.server import Server
 
 from retreatkit.admin import token as admin_token
-from retreatkit.admin.access import Handler, is_loopback
+from retreatkit.admin.access import Handler
+from retreatkit.lanaddress import is_loopback
 from retreatkit.tui.run import DEFAULT, local_token
 from retreatkit.tui.sources import endpoint_url
 

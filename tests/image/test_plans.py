@@ -72,7 +72,11 @@ def test_qemu_command_line(tmp_path: Path) -> None:
                      disks=[(tmp_path / "config.disk", True)])  # fmt: skip
     assert "-no-reboot" in args and "-nodefaults" in args
     assert args[args.index("-M") + 1] == "microvm,pit=on,rtc=on,acpi=off"
-    assert args[args.index("-append") + 1] == "console=ttyS0 quiet panic=-1 acpi=off reboot=t"
+    assert args[args.index("-append") + 1] == (
+        "console=ttyS0 quiet panic=-1 lpj=1000000 noapictimer acpi=off reboot=t"
+    )
+    kvm = qemu.argv("microvm", tmp_path / "k", None, memory_mb=64, accel="kvm")
+    assert kvm[kvm.index("-append") + 1] == "console=ttyS0 quiet panic=-1 acpi=off reboot=t"
     assert "user,id=net0,hostfwd=tcp:0.0.0.0:9000-:9000" in args
     assert f"file={tmp_path / 'config.disk'},if=none,id=disk0,format=raw,readonly=on" in args
     assert "virtio-blk-device,drive=disk0" in args

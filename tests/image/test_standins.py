@@ -1,5 +1,6 @@
-"""An image without TLS: prometheus_client works with OpenSSL left out, and nothing else
-mistakes its stand-in `ssl` for TLS. In a fresh interpreter, as the guest starts."""
+"""prometheus_client in a guest: it renders metrics with its serving modules as stand-ins
+(and OpenSSL left out of an image without TLS), and nothing loaded later mistakes a
+stand-in for the real module. In a fresh interpreter, as the guest starts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import subprocess
 import sys
 
-from retreatkit.image import spec
+import pytest
+
+from retreatkit.image import spec, standins
 
 GUEST = """
 import json, sys
@@ -16,9 +19,12 @@ class LeaveOut:  # what the build leaves out is not there to import, as in the g
         if name in {left_out!r}:
             raise ModuleNotFoundError(name, name=name)
 sys.meta_path.insert(0, LeaveOut())
-from retreatkit.image import nossl
-nossl.load()
-import asyncio.sslproto, aiohttp.connector, hashlib, prometheus_client
+from retreatkit.image import standins
+standins.load()
+import prometheus_client
+from prometheus_client import exposition
+serving_loaded = sorted(m for m in {serving!r} if m in sys.modules)
+import asyncio.sslproto, aiohttp.connector, hashlib, http.server
 counter = prometheus_client.Counter("guest_things", "things", registry=None)
 registry = prometheus_client.CollectorRegistry()
 registry.register(counter)
@@ -35,6 +41,9 @@ print(json.dumps({{
     "asyncio's ssl": repr(asyncio.sslproto.ssl),
     "sha256": hashlib.sha256(b"x").hexdigest()[:8],
     "loaded": sorted(m for m in sys.modules if m in {left_out!r}),
+    "serving modules while prometheus_client loaded": serving_loaded,
+    "exposition's handler": [c.__module__ for c in exposition.MetricsHandler.__mro__],
+    "http.server later": http.server.BaseHTTPRequestHandler.__module__,
 }}))
 """
 
@@ -43,7 +52,7 @@ def test_prometheus_client_without_openssl() -> None:
     left_out = sorted(set(spec.spec("relay").leave_out) & {"ssl", "_ssl", "_hashlib"})
     assert left_out == ["_hashlib", "_ssl", "ssl"]  # the relay's image leaves OpenSSL out
     done = subprocess.run(
-        [sys.executable, "-c", GUEST.format(left_out=left_out)],
+        [sys.executable, "-I", "-c", GUEST.format(left_out=left_out, serving=standins.SERVING)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -56,6 +65,11 @@ def test_prometheus_client_without_openssl() -> None:
     assert seen["asyncio's ssl"] == "None"
     assert seen["sha256"] == "2d711642"
     assert seen["loaded"] == []
+    assert seen["serving modules while prometheus_client loaded"] == []
+    assert seen["exposition's handler"] == [
+        "prometheus_client.exposition", "http.server", "retreatkit.image.standins", "builtins"
+    ]  # fmt: skip
+    assert seen["http.server later"] == "http.server"  # the real one, for whoever wants it
 
 
 def test_an_image_with_tls_keeps_the_real_ssl() -> None:
@@ -64,7 +78,7 @@ def test_an_image_with_tls_keeps_the_real_ssl() -> None:
         [
             sys.executable,
             "-c",
-            "from retreatkit.image import nossl; nossl.load(); import ssl, prometheus_client;"
+            "from retreatkit.image import standins; standins.load(); import ssl, prometheus_client;"
             "from prometheus_client import exposition;"
             "print(exposition.ssl is ssl, ssl.OPENSSL_VERSION[:7])",
         ],
@@ -74,3 +88,17 @@ def test_an_image_with_tls_keeps_the_real_ssl() -> None:
         check=True,
     )
     assert done.stdout.split() == ["True", "OpenSSL"]
+
+
+def test_a_stand_in_gives_a_class_of_its_own_per_name() -> None:
+    module = standins.stand_in("socketserver")
+    mixin, again, other = module.ThreadingMixIn, module.ThreadingMixIn, module.TCPServer
+    assert mixin is again and mixin is not other
+
+    class Both(mixin, other):  # type: ignore[misc,valid-type]  # exposition's servers do this
+        pass
+
+    with pytest.raises(RuntimeError, match="neither serves nor pushes"):
+        Both()
+    with pytest.raises(AttributeError):
+        module.__path__  # noqa: B018  (not a package: importing beneath it fails plainly)

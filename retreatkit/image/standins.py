@@ -1,0 +1,72 @@
+"""prometheus_client in a guest: what its exposition module imports for serving and pushing
+metrics, which no guest does, is a stand-in while it loads.
+
+The exposition module imports, at its top, an HTTP server (http.server, socketserver,
+wsgiref), urllib's client for its push gateway and `ssl` for its TLS exporter. A guest
+only renders metrics (`generate_latest`) for its admin endpoint, which aiohttp serves.
+Loading those modules is a quarter of what a relay imports before it can answer, about
+0.3 s on an emulated CPU; `ssl` also brings OpenSSL (libcrypto and libssl, 2.2 MB) into
+images that speak no TLS (the relay's and the nameserver's).
+
+`load()` imports prometheus_client with stand-ins for those modules: each name read from
+one is a class of its own (exposition derives its servers from them), never usable. Then
+the stand-ins go away, so any module imported later (aiohttp, asyncio, urllib) finds the
+real module, or `ssl` absent where the image leaves it out, as each of them allows, and
+never mistakes a stand-in for the real thing.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+LEFT_OUT = ("ssl", "_ssl", "_hashlib")  # hashlib falls back to the interpreter's own hashes
+# what prometheus_client's exposition imports only to serve or push metrics
+SERVING = ("http.server", "socketserver", "urllib.request", "wsgiref.simple_server")
+
+
+class StandIn:
+    """The base of every name a stand-in module gives: a type, never usable."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("not in this guest: it neither serves nor pushes metrics itself")
+
+
+def stand_in(module: str) -> types.ModuleType:
+    """A module whose every name is a class of its own (a class may derive from two)."""
+    made: dict[str, type] = {}
+
+    def any_name(name: str) -> type:
+        if name.startswith("__"):  # a module's own attributes (__path__, __file__) stay absent
+            raise AttributeError(name)
+        return made.setdefault(name, type(name, (StandIn,), {"__module__": module}))
+
+    found = types.ModuleType(module, "a stand-in: this guest does not use it")
+    vars(found)["__getattr__"] = any_name  # PEP 562: every name resolves
+    return found
+
+
+def _missing(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return True
+    return False
+
+
+def load() -> None:
+    """Import prometheus_client with stand-ins for its serving modules (and for `ssl` where
+    the image leaves it out), then take the stand-ins away."""
+    if "prometheus_client" in sys.modules:
+        return
+    names = [m for m in SERVING if m not in sys.modules]
+    if _missing("ssl"):
+        names.append("ssl")
+    for name in names:
+        sys.modules[name] = stand_in(name)
+    try:
+        import prometheus_client  # noqa: F401
+    finally:
+        for name in names:
+            del sys.modules[name]
