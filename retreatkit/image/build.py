@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from retreatkit.image import spec as specs
 from retreatkit.image.elf import Elf
 
 CA_PACKAGE = "ca-certificates"
-CA_BUNDLE = "usr/lib/ssl/cert.pem"  # OpenSSL's default verify file in Debian's build
+CA_DIR = "usr/lib/ssl/certs"  # OpenSSL's default verify directory in Debian's build
 MANIFEST = "manifest.json"
 
 
@@ -41,10 +44,43 @@ def base_tree(version: str) -> dict[str, cpio.Entry]:
     }
 
 
-def ca_bundle() -> tuple[bytes, debs.Package]:
+def ca_directory() -> tuple[dict[str, bytes], debs.Package]:
+    """Debian's CA certificates as OpenSSL's hashed directory (see `hashed_folder`)."""
     package = debs.package(CA_PACKAGE)
     certs = sorted((package.tree / "usr" / "share" / "ca-certificates").rglob("*.crt"))
-    return b"".join(c.read_bytes() for c in certs), package
+    found = hashed_folder([c.read_bytes() for c in certs])
+    if not found:
+        raise debs.PackageError(f"no CA certificates in {package}")
+    return found, package
+
+
+def hashed_folder(certs: list[bytes]) -> dict[str, bytes]:
+    """PEM certificates as OpenSSL's hashed directory: file name `<subject hash>.N`.
+
+    From a directory OpenSSL reads an issuer's certificate when a handshake needs it; a
+    bundle file is parsed whole each time a TLS context loads the defaults, and aiohttp
+    makes two contexts when it is imported (0.6 s of a mirror's start on an emulated CPU).
+    The names come from `openssl rehash`: the hash is of OpenSSL's own canonical form of
+    the subject, which nothing else computes.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise debs.PackageError("openssl not found: apt-get install openssl")
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        for number, cert in enumerate(certs):
+            (folder / f"{number:04d}.crt").write_bytes(cert)
+        done = subprocess.run(
+            [openssl, "rehash", str(folder)], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise debs.PackageError(f"openssl rehash failed: {last}")
+        return {
+            link.name: link.resolve().read_bytes()
+            for link in sorted(folder.iterdir())
+            if link.is_symlink()
+        }
 
 
 # every guest: a network card, entropy, and disks (the configuration disk at least)
@@ -65,7 +101,7 @@ def build(
     loaded = payload.probe(interp, service, image.leave_out, image.whole)
     origins = payload.select(interp, loaded)
     tree = base_tree(interp.version)
-    tree.update(payload.python_tree(interp, origins))
+    tree.update(payload.python_tree(interp, origins, image.deflate))
     objects = [interp.binary, *payload.extension_files(origins)]
     libraries = sysroot.Libraries(interp.packages).resolve(objects)
     packages = {p.name: p for p in interp.packages}
@@ -76,8 +112,9 @@ def build(
     if loader and loader.lstrip("/") not in tree:
         tree[loader.lstrip("/")] = cpio.symlink(f"/{sysroot.GUEST_LIB}/{Path(loader).name}")
     if image.tls:
-        bundle, package = ca_bundle()
-        tree[CA_BUNDLE] = cpio.file(bundle)
+        hashed, package = ca_directory()
+        for name, cert in hashed.items():
+            tree[f"{CA_DIR}/{name}"] = cpio.file(cert)
         packages[package.name] = package
     modules: list[str] = []
     if kern.modules is not None:

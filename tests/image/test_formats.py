@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import stat
+import subprocess
+import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retreatkit.image import cpio, debs, guestconfig
+from retreatkit.image import cpio, debs, guestconfig, payload
 from retreatkit.image.elf import Elf, ElfError
 from retreatkit.image.sysroot import resolve_in
 
@@ -194,3 +197,20 @@ def test_console_bytes_are_shown_not_obeyed() -> None:
 
     assert printable(b"ok\r\n\x1b]0;owned\x07\x1b[2J\tdone\r\n") == b"ok\n?]0;owned??[2J\tdone\n"
     assert printable("naïve\n".encode()) == "naïve\n".encode()
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+def test_the_python_zip_imports_stored_or_deflated(tmp_path: Path, deflate: bool) -> None:
+    members = {"guestmod.py": b"ANSWER = 42\n" + b"# padding\n" * 200, "b/__init__.py": b""}
+    data = payload.zipped(members, deflate)
+    assert data == payload.zipped(dict(reversed(members.items())), deflate)  # same bytes
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        kinds = {i.compress_type for i in archive.infolist()}
+    assert kinds == {zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED}
+    (tmp_path / "python.zip").write_bytes(data)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+         "import guestmod, b; print(guestmod.ANSWER)", str(tmp_path / "python.zip")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "42"
