@@ -14,8 +14,10 @@ missing; `debian`: Debian's cloud kernel), one run:
            at --memory MB. The host RSS of qemu is read at that moment.
   floor    the least guest memory (MB, a multiple of 8) at which the image boots and gives
            that answer within 60 s, by bisection between 16 and --memory.
+  admin    seconds from the same start to the admin endpoint's first /healthz: the admin
+           code loads after the service answers (docs/images.md, Start-up)
   local    the same service as `retreatkit SERVICE` on loopback: seconds from its start to
-           the same first answer, and its RSS then.
+           the same first answer, its RSS then, and to its admin endpoint.
 
 Targets with our kernel: image <= 8 MB, first answer <= 3 s under emulation, boots in
 64 MB. The table is printed; --write puts it in bench/RESULTS.md under
@@ -47,6 +49,7 @@ from retreatkit.image import spec as specs
 SECTION = "## VM images (bench/images.py)"
 ANSWER_TIMEOUT = 60.0
 RECORD = ("bench.retreat.lan", "10.9.8.7")
+TOKEN = "bench"  # the guests' admin token
 
 
 def relay_answers(host: str, port: int) -> bool:
@@ -78,6 +81,18 @@ def mirror_answers(host: str, port: int) -> bool:
         return False
 
 
+def admin_answers(url: str, token: str = "") -> bool:
+    """The admin endpoint's /healthz: it loads after the service answers (docs/images.md).
+    A guest's endpoint faces beyond loopback, so it wants the token even to read."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        request = urllib.request.Request(f"{url}/healthz", headers=headers)
+        with urllib.request.urlopen(request, timeout=0.5) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
 ANSWERS: dict[str, Callable[[str, int], bool]] = {
     "relay": relay_answers,
     "nameserver": nameserver_answers,
@@ -97,13 +112,14 @@ def bench_config(folder: Path) -> dict[str, object]:
 class Boot:
     answer_seconds: float | None  # None: no answer within ANSWER_TIMEOUT
     qemu_rss_mb: float
+    admin_seconds: float | None = None
 
 
 def boot_once(image: Path, service: str, memory: int, cfg: dict[str, object]) -> Boot:
     """One boot to the first good answer; the guest is powered off right after."""
 
     async def go() -> Boot:
-        launch = run.Launch.prepare(image, cfg, "bench", [], memory)
+        launch = run.Launch.prepare(image, cfg, TOKEN, [], memory)
         port = launch.forwards[0].port
         accel = await asyncio.to_thread(qemu.accel, image / "kernel", launch.manifest["machine"])
         with tempfile.TemporaryDirectory() as scratch:
@@ -121,12 +137,20 @@ def boot_once(image: Path, service: str, memory: int, cfg: dict[str, object]) ->
                     time_until, answered_or_gone, ANSWER_TIMEOUT, start
                 )
                 rss = memory_mb(pid)[0] if guest.running else 0.0
+                admin = None
                 if not guest.running:
                     seconds = None
+                else:
+                    admin = await asyncio.to_thread(
+                        time_until,
+                        lambda: admin_answers(launch.admin_url, TOKEN),
+                        ANSWER_TIMEOUT,
+                        start,
+                    )
             finally:
                 guest.kill()
                 await guest.wait()
-        return Boot(seconds, rss)
+        return Boot(seconds, rss, admin)
 
     return asyncio.run(go())
 
@@ -145,20 +169,24 @@ def floor_mb(image: Path, service: str, top: int, cfg: dict[str, object]) -> int
     return high * 8
 
 
-def local_once(service: str, cfg_path: Path) -> tuple[float | None, float]:
-    """`retreatkit SERVICE` on loopback: seconds to its first answer, and its RSS then."""
+def local_once(service: str, cfg_path: Path) -> Boot:
+    """`retreatkit SERVICE` on loopback: seconds to its first answer, its RSS then, and
+    seconds to its admin endpoint's."""
     port = qemu.free_port("127.0.0.1", ("udp", "tcp") if service == "nameserver" else ("tcp",))
+    admin_port = qemu.free_port("127.0.0.1")
     argv = [sys.executable, "-m", "retreatkit.cli.main", "--config", str(cfg_path), service,
-            "--listen", f"127.0.0.1:{port}", "--admin", "127.0.0.1:0"]  # fmt: skip
+            "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin_port}"]  # fmt: skip
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         seconds = time_until(lambda: ANSWERS[service]("127.0.0.1", port), ANSWER_TIMEOUT, start)
         rss = memory_mb(proc.pid)[0]
+        admin_url = f"http://127.0.0.1:{admin_port}"
+        admin = time_until(lambda: admin_answers(admin_url), ANSWER_TIMEOUT, start)
     finally:
         proc.terminate()
         proc.wait(30)
-    return seconds, rss
+    return Boot(seconds, rss, admin)
 
 
 @dataclass
@@ -170,6 +198,7 @@ class Row:
     floor_mb: int | None
     rss_mb: float
     accel: str
+    admin_seconds: float | None = None
 
 
 def measure(args: argparse.Namespace) -> list[Row]:
@@ -189,26 +218,33 @@ def measure(args: argparse.Namespace) -> list[Row]:
         for kind in args.kernels:
             image = work / kind / service
             manifest = build.build(service, image, kind)
-            answers, rss = [], []
+            boots = []
             for _ in range(args.rounds):
                 wait_quiet(args.quiet_wait)
-                boot = boot_once(image, service, args.memory, cfg)
-                if boot.answer_seconds is not None:
-                    answers.append(boot.answer_seconds)
-                    rss.append(boot.qemu_rss_mb)
+                boots.append(boot_once(image, service, args.memory, cfg))
             floor = None if args.no_floor else floor_mb(image, service, args.memory, cfg)
             machine = manifest["machine"]
-            rows.append(Row(service, kind, manifest["size_bytes"],
-                            statistics.median(answers) if answers else None, floor,
-                            statistics.median(rss) if rss else 0.0,
-                            qemu.accel(image / "kernel", machine)))  # fmt: skip
+            answer, rss, admin = medians([b for b in boots if b.answer_seconds is not None])
+            rows.append(Row(service, kind, manifest["size_bytes"], answer, floor, rss,
+                            qemu.accel(image / "kernel", machine), admin))  # fmt: skip
             print(rows[-1], flush=True)
         local = [local_once(service, cfg_path) for _ in range(args.rounds)]
-        good = [s for s, _ in local if s is not None]
-        rows.append(Row(service, "local", None, statistics.median(good) if good else None,
-                        None, statistics.median(r for _, r in local), "-"))  # fmt: skip
+        answer, rss, admin = medians([b for b in local if b.answer_seconds is not None])
+        rows.append(Row(service, "local", None, answer, None, rss, "-", admin))
         print(rows[-1], flush=True)
     return rows
+
+
+def medians(boots: list[Boot]) -> tuple[float | None, float, float | None]:
+    """First answer, RSS and admin endpoint: medians over the boots that answered."""
+    if not boots:
+        return None, 0.0, None
+    admins = [b.admin_seconds for b in boots if b.admin_seconds is not None]
+    return (
+        statistics.median(b.answer_seconds or 0.0 for b in boots),
+        statistics.median(b.qemu_rss_mb for b in boots),
+        statistics.median(admins) if admins else None,
+    )
 
 
 def _cell(value: float | int | None, fmt: str) -> str:
@@ -222,15 +258,17 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         f"`uv run python bench/images.py --rounds {args.rounds} --memory {args.memory}` "
         f"on {cpu_model()}; medians. Image = kernel + initramfs; first answer from qemu's "
         "(or the process's) start; floor = least guest memory that boots to an answer; "
-        "RSS = qemu's (or the process's) resident memory at the first answer.",
+        "admin = its admin endpoint's first /healthz, from the same start (it loads after the "
+        "service answers); RSS = qemu's (or the process's) resident memory at the first answer.",
         "",
-        "| service | run as | accel | image MB | first answer s | floor MB | RSS MB |",
-        "|---|---|---|---|---|---|---|",
+        "| service | run as | accel | image MB | first answer s | admin s | floor MB | RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         size = None if r.size_bytes is None else r.size_bytes / 1e6
         lines.append(f"| {r.service} | {r.kind} | {r.accel} | {_cell(size, '.1f')} | "
-                     f"{_cell(r.answer_seconds, '.2f')} | {_cell(r.floor_mb, 'd')} | "
+                     f"{_cell(r.answer_seconds, '.2f')} | {_cell(r.admin_seconds, '.2f')} | "
+                     f"{_cell(r.floor_mb, 'd')} | "
                      f"{r.rss_mb:.0f} |")  # fmt: skip
     own = [r for r in rows if r.kind == "own"]
     if own:
