@@ -23,7 +23,13 @@ from typing import Any
 
 LEFT_OUT = ("ssl", "_ssl", "_hashlib")  # hashlib falls back to the interpreter's own hashes
 # what prometheus_client's exposition imports only to serve or push metrics
-SERVING = ("http.server", "socketserver", "urllib.request", "wsgiref.simple_server")
+SERVING = (
+    "http.server",
+    "socketserver",
+    "urllib.error",
+    "urllib.request",
+    "wsgiref.simple_server",
+)
 
 
 class StandIn:
@@ -69,4 +75,8 @@ def load() -> None:
         import prometheus_client  # noqa: F401
     finally:
         for name in names:
-            del sys.modules[name]
+            module = sys.modules.pop(name)
+            # the import also made it an attribute of its package (http.server of http)
+            parent, _, child = name.rpartition(".")
+            if parent and getattr(sys.modules.get(parent), child, None) is module:
+                delattr(sys.modules[parent], child)

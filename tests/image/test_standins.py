@@ -24,6 +24,9 @@ standins.load()
 import prometheus_client
 from prometheus_client import exposition
 serving_loaded = sorted(m for m in {serving!r} if m in sys.modules)
+import http, urllib, wsgiref
+left_behind = [p for p, c in ((http, "server"), (urllib, "error"), (urllib, "request"),
+                              (wsgiref, "simple_server")) if hasattr(p, c)]
 import asyncio.sslproto, aiohttp.connector, hashlib, http.server
 counter = prometheus_client.Counter("guest_things", "things", registry=None)
 registry = prometheus_client.CollectorRegistry()
@@ -42,6 +45,7 @@ print(json.dumps({{
     "sha256": hashlib.sha256(b"x").hexdigest()[:8],
     "loaded": sorted(m for m in sys.modules if m in {left_out!r}),
     "serving modules while prometheus_client loaded": serving_loaded,
+    "stand-ins left on their packages": [p.__name__ for p in left_behind],
     "exposition's handler": [c.__module__ for c in exposition.MetricsHandler.__mro__],
     "http.server later": http.server.BaseHTTPRequestHandler.__module__,
 }}))
@@ -66,6 +70,7 @@ def test_prometheus_client_without_openssl() -> None:
     assert seen["sha256"] == "2d711642"
     assert seen["loaded"] == []
     assert seen["serving modules while prometheus_client loaded"] == []
+    assert seen["stand-ins left on their packages"] == []
     assert seen["exposition's handler"] == [
         "prometheus_client.exposition", "http.server", "retreatkit.image.standins", "builtins"
     ]  # fmt: skip
