@@ -74,9 +74,5 @@ def load() -> None:
     try:
         import prometheus_client  # noqa: F401
     finally:
-        for name in names:
-            module = sys.modules.pop(name)
-            # the import also made it an attribute of its package (http.server of http)
-            parent, _, child = name.rpartition(".")
-            if parent and getattr(sys.modules.get(parent), child, None) is module:
-                delattr(sys.modules[parent], child)
+        for name in names:  # found in sys.modules, none became an attribute of its package
+            del sys.modules[name]
