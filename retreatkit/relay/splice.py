@@ -118,7 +118,7 @@ class Splice:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
         self._moved, self._ended, self._clock = moved, ended, clock
-        self._lock = threading.Lock()  # guards the four below, shared by both threads
+        self._lock = threading.Lock()  # the three below, and shutting and closing socks
         self._running = 2
         self._shut_down = False
         self._first = 0  # the side whose direction ended first

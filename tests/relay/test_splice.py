@@ -106,6 +106,15 @@ async def test_bytes_cross_both_ways_unchanged_and_counted(pair: Pair) -> None:
     assert pair.relay_ends_closed()
 
 
+async def test_counts_reach_the_loop_while_bytes_flow_unasked(pair: Pair) -> None:
+    await pair.loop.sock_sendall(pair.b, b"key exchange")
+    assert await asyncio.wait_for(pair.loop.sock_recv(pair.a, 100), WAIT) == b"key exchange"
+    async with asyncio.timeout(WAIT):  # nobody calls collect(): the thread's nudge does
+        while pair.moved[1] != len(b"key exchange"):
+            await asyncio.sleep(0.01)
+    assert pair.at == {NOW}
+
+
 @pytest.mark.parametrize("side", [0, 1])
 async def test_either_side_ending_ends_the_pair_after_its_last_bytes(pair: Pair, side: int) -> None:
     ending, other = (pair.a, pair.b) if side == 0 else (pair.b, pair.a)
