@@ -176,14 +176,15 @@ class RelayCore:
         assert isinstance(sender, Conn)
         return self._pair(sender, conn, request.nameplate)
 
-    def forwarded(self, conn: Conn, count: int) -> None:
-        """The shell passed `count` bytes from `conn` to its peer (the hot path)."""
+    def forwarded(self, conn: Conn, count: int, at: float | None = None) -> None:
+        """The shell passed `count` bytes from `conn` to its peer (the hot path), the last
+        of them at clock() time `at` when it reports them later, else now."""
         transfer = conn.transfer
         if transfer is None:
             return
         conn.sent += count
         transfer.bytes += count
-        transfer.last = self.clock()
+        transfer.last = self.clock() if at is None else max(transfer.last, at)
         self.bytes_relayed += count
         if not transfer.confirmed and conn.sender and conn.sent > HANDSHAKE_BYTES:
             transfer.confirmed = True

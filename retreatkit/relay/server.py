@@ -89,7 +89,15 @@ class Relay:
             self.perform(self.core.stop())
             await self._server.wait_closed()
 
+    def collect(self) -> None:
+        """Bring the spliced pairs' byte counts into the core."""
+        for conn in self.core.conns:
+            pair = cast(RelayConnection, conn.handle).pair
+            if pair is not None:
+                pair.collect()
+
     def status(self) -> dict[str, Any]:
+        self.collect()
         warnings = []
         if self.open_files and len(self.core.conns) >= FD_WARNING * self.open_files:
             warnings.append(
@@ -99,6 +107,7 @@ class Relay:
         return status.section(self.core, warnings)
 
     def transfers(self) -> dict[str, list[dict[str, Any]]]:
+        self.collect()
         return status.transfers(self.core)
 
     def perform(self, actions: list[Action]) -> None:
@@ -128,10 +137,10 @@ class Relay:
         fa, fb = os.dup(sa.fileno()), os.dup(sb.fileno())
         conns = (a.conn, b.conn)
 
-        def moved(side: int, n: int) -> None:
+        def moved(side: int, n: int, at: float) -> None:
             conn = conns[side]
             if conn is not None:
-                self.core.forwarded(conn, n)
+                self.core.forwarded(conn, n, at)
 
         def ended(side: int) -> None:
             conn = conns[side]
@@ -143,7 +152,7 @@ class Relay:
             assert handle.transport is not None
             handle.transport.abort()
         try:
-            pair = splice.Splice(fa, fb, moved, ended)
+            pair = splice.Splice(fa, fb, moved, ended, self.core.clock)
         except OSError as exc:  # out of pipes: this pair cannot go on
             log.warning("cannot splice a pair: %s", exc)
             for fd in (fa, fb):
@@ -236,6 +245,8 @@ class RelayConnection(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._timer = None
+        if self.pair is not None:
+            self.pair.collect()  # when bytes last moved decides whether the pair is idle
         if self.conn is not None:
             self.relay.perform(self.core.expire(self.conn))
 
@@ -244,7 +255,7 @@ class RelayConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if self.pair is not None:
-            self.pair.close()  # both sockets: the splice flushed what it had
+            self.pair.close()  # both sockets: its threads close them once out
             return
         if self.transport is None or self.spliced:
             return

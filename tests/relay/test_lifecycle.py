@@ -136,6 +136,23 @@ def test_idle_timeout_counts_from_the_last_byte_either_way() -> None:
     assert closed(actions) == [Ending.IDLE_TIMEOUT, Ending.IDLE_TIMEOUT]
 
 
+def test_bytes_reported_late_count_from_when_they_moved() -> None:
+    """The spliced path collects counts after the fact: the idle timer keeps to the time
+    the bytes moved, not the time they were counted, and an older time moves nothing back."""
+    r = Relay()
+    sender, receiver = r.pair()
+    r.turn(250)
+    r.core.forwarded(sender, 10, at=1100.0)  # counted at 1250
+    r.turn(50)
+    assert armed(r.core.expire(receiver)) == [1400.0]
+    r.core.forwarded(receiver, 5, at=1050.0)
+    assert armed(r.core.expire(receiver)) == [1400.0]
+    assert sender.transfer is not None
+    assert (sender.sent, receiver.sent, sender.transfer.bytes) == (10, 5, 15)
+    r.turn(100)
+    assert closed(r.core.expire(receiver)) == [Ending.IDLE_TIMEOUT, Ending.IDLE_TIMEOUT]
+
+
 def test_a_pair_that_keeps_talking_is_never_idle() -> None:
     r = Relay()
     sender, receiver = r.pair()
