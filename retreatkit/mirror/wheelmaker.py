@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.metadata
 import io
 import re
 import zipfile
@@ -59,6 +58,8 @@ def build(
 def own_wheel() -> tuple[str, bytes, bytes]:
     """The running kit as a wheel: (file name, wheel bytes, METADATA bytes)."""
     root = Path(retreatkit.__file__).parent
+    import importlib.metadata  # when the wheel is asked for, not while the mirror starts
+
     dist = importlib.metadata.distribution("retreatkit")
     metadata = (dist.read_text("METADATA") or "").encode()
     entry_points = (dist.read_text("entry_points.txt") or "").encode()

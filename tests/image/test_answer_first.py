@@ -25,7 +25,8 @@ cfg = config.load(None)
 cfg["admin"]["listen"] = "127.0.0.1:0"
 cfg[name]["listen"] = "127.0.0.1:0"
 cfg["nameserver"]["upstreams"] = ["127.0.0.1:9"]  # never asked: nothing is queried
-watched = ("aiohttp", "aiohttp.web", "retreatkit.admin.app", "http.server", "tomllib")
+watched = ("aiohttp", "aiohttp.web", "retreatkit.admin.app", "http.server", "tomllib",
+           "importlib.metadata")
 seen = {}
 def say(line):
     if " listening on " in line:

@@ -103,7 +103,37 @@ def test_a_stand_in_gives_a_class_of_its_own_per_name() -> None:
     class Both(mixin, other):  # type: ignore[misc,valid-type]  # exposition's servers do this
         pass
 
-    with pytest.raises(RuntimeError, match="neither serves nor pushes"):
+    with pytest.raises(RuntimeError, match="this guest does not use this module"):
         Both()
     with pytest.raises(AttributeError):
         module.__path__  # noqa: B018  (not a package: importing beneath it fails plainly)
+
+
+DNSPYTHON = """
+import json, sys
+from retreatkit.image import standins
+standins.load()
+import dns._features, dns.message, dns.name
+print(json.dumps({
+    "metadata loaded": "importlib.metadata" in sys.modules,
+    "idna": dns._features.have("idna"),
+    "dnssec": dns._features.have("dnssec"),
+    "name": dns.name.from_text("Retreat.LAN").to_text(),
+}))
+"""
+
+
+def test_dnspython_checks_its_features_without_package_metadata() -> None:
+    # a guest ships no package metadata: each feature check finds nothing, as it would
+    # with importlib.metadata there, but without loading it
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", DNSPYTHON],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    seen = json.loads(done.stdout)
+    assert seen == {
+        "metadata loaded": False, "idna": False, "dnssec": False, "name": "Retreat.LAN."
+    }  # fmt: skip
