@@ -126,10 +126,6 @@ async def serve(
             process=process,
         )  # fmt: skip
         runner, (ahost, aport) = await admin.start(app, *admin_at)
-        # what start-up made lives as long as the process: keep the cyclic GC from
-        # scanning it again and again (it was a tenth of a nameserver's CPU under load)
-        gc.freeze()
-        say(f"Admin on http://{ahost}:{aport}/status")
         if on_lan:
             from retreatkit.admin.advertise import announcement
 
@@ -138,10 +134,16 @@ async def serve(
             lan = lan or lan_address().address
             named = {"relay", "mirror", "nameserver"} <= set(names)
             process.attendees = startup.attendee_lines(bound, lan, named)
-            if process.attendees:
-                say("Attendees use:")
-                for line in process.attendees:
-                    say(f"  {line}")
+        # what start-up made lives as long as the process: keep the cyclic GC from
+        # scanning it again and again (it was a tenth of a nameserver's CPU under load)
+        gc.freeze()
+        # the last line of start-up: whoever waits for it finds nothing left half done
+        # (no import or address lookup with a file still open)
+        say(f"Admin on http://{ahost}:{aport}/status")
+        if process.attendees:
+            say("Attendees use:")
+            for line in process.attendees:
+                say(f"  {line}")
         if dashboard is not None:
             local = "127.0.0.1" if ahost in ("0.0.0.0", "::") else ahost
             url = f"http://{local}:{aport}".replace("http://::1", "http://[::1]")
