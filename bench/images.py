@@ -73,24 +73,24 @@ def nameserver_answers(host: str, port: int) -> bool:
     return any(r.to_text() == RECORD[1] for rrset in reply.answer for r in rrset)
 
 
-def mirror_answers(host: str, port: int) -> bool:
+def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
+    """GET `url` answers 200."""
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=0.5) as r:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=0.5) as r:
             return bool(r.status == 200)
     except OSError:
         return False
+
+
+def mirror_answers(host: str, port: int) -> bool:
+    return http_ok(f"http://{host}:{port}/")
 
 
 def admin_answers(url: str, token: str = "") -> bool:
     """The admin endpoint's /healthz: it loads after the service answers (docs/images.md).
     A guest's endpoint faces beyond loopback, so it wants the token even to read."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        request = urllib.request.Request(f"{url}/healthz", headers=headers)
-        with urllib.request.urlopen(request, timeout=0.5) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
+    return http_ok(f"{url}/healthz", {"Authorization": f"Bearer {token}"} if token else None)
 
 
 ANSWERS: dict[str, Callable[[str, int], bool]] = {

@@ -62,11 +62,9 @@ class RelayService:
     def admin_routes(self) -> list[web.AbstractRouteDef]:
         from aiohttp import web  # loaded after the relay answers (serve.ADMIN_CODE)
 
-        return [web.get("/relay/transfers", self._transfers)]
+        async def transfers(request: web.Request) -> web.Response:
+            if self.relay is None:
+                return web.json_response({"active": [], "recent": []})
+            return web.json_response(self.relay.transfers())
 
-    async def _transfers(self, request: web.Request) -> web.Response:
-        from aiohttp import web
-
-        if self.relay is None:
-            return web.json_response({"active": [], "recent": []})
-        return web.json_response(self.relay.transfers())
+        return [web.get("/relay/transfers", transfers)]

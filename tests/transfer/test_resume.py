@@ -31,6 +31,22 @@ from retreatkit.transfer.testing import connected_pair
 MIB = 1 << 20
 
 
+def offered(offer: Offer) -> tuple[Session, Session]:
+    """A sender and a receiver joined in memory, the offer made and read."""
+    sender, receiver = connected_pair()
+    receiver.receive_data(sender.send_offer(offer))
+    receiver.next_event()
+    return sender, receiver
+
+
+def claimed(offer: Offer, claim: Claim) -> tuple[Session, Session]:
+    """As `offered`, then accepted with a resume claim that the sender has read."""
+    sender, receiver = offered(offer)
+    sender.receive_data(receiver.answer(True, claim))
+    sender.next_event()
+    return sender, receiver
+
+
 @pytest.fixture
 def output(tmp_path: Path) -> Path:
     folder = tmp_path / "out"
@@ -179,27 +195,18 @@ def test_a_hostile_receiver_s_claims_are_refused_by_the_sender() -> None:
         (Claim(2, 1), "a file the offer does not have"),
         (Claim(7, 0), "a file the offer does not have"),
     ]:
-        sender, receiver = connected_pair()
-        receiver.receive_data(sender.send_offer(offer))
-        receiver.next_event()
+        sender, receiver = offered(offer)
         assert receiver._sealer is not None
         sender.receive_data(receiver._sealer.seal(Kind.ANSWER, b"yes" + claim.encode()))
         with pytest.raises(RemoteProtocolError, match=why):
             sender.next_event()
         with pytest.raises(LocalProtocolError):  # and the receiver's own session refuses it
-            fresh_s, fresh_r = connected_pair()
-            fresh_r.receive_data(fresh_s.send_offer(offer))
-            fresh_r.next_event()
-            fresh_r.answer(True, claim)
+            offered(offer)[1].answer(True, claim)
 
 
 def test_a_hostile_receiver_cannot_start_where_it_claimed_nothing() -> None:
     offer = Offer(entries=(Entry(("a",), size=10), Entry(("b",), size=5)))
-    sender, receiver = connected_pair()
-    receiver.receive_data(sender.send_offer(offer))
-    receiver.next_event()
-    sender.receive_data(receiver.answer(True, Claim(0, 4)))
-    sender.next_event()
+    sender, receiver = claimed(offer, Claim(0, 4))
     receiver.receive_data(sender.send_prefix([bytes(32)]))
     receiver.next_event()
     assert receiver._sealer is not None
@@ -211,11 +218,7 @@ def test_a_hostile_receiver_cannot_start_where_it_claimed_nothing() -> None:
 @pytest.mark.parametrize("count", [0, 2])
 def test_a_hostile_sender_s_hashes_must_cover_the_claim_exactly(count: int) -> None:
     offer = Offer(entries=(Entry(("a",), size=10),))
-    sender, receiver = connected_pair()
-    receiver.receive_data(sender.send_offer(offer))
-    receiver.next_event()
-    sender.receive_data(receiver.answer(True, Claim(0, 4)))
-    sender.next_event()
+    sender, receiver = claimed(offer, Claim(0, 4))
     assert sender._sealer is not None
     receiver.receive_data(sender._sealer.seal(Kind.PREFIX, bytes(32 * count)))
     with pytest.raises(RemoteProtocolError, match="hashes"):
@@ -224,11 +227,7 @@ def test_a_hostile_sender_s_hashes_must_cover_the_claim_exactly(count: int) -> N
 
 def test_a_hostile_sender_may_not_skip_the_resume_exchange() -> None:
     offer = Offer(entries=(Entry(("a",), size=10),))
-    sender, receiver = connected_pair()
-    receiver.receive_data(sender.send_offer(offer))
-    receiver.next_event()
-    sender.receive_data(receiver.answer(True, Claim(0, 4)))
-    sender.next_event()
+    sender, receiver = claimed(offer, Claim(0, 4))
     assert sender._sealer is not None
     receiver.receive_data(sender._sealer.seal(Kind.PATH, b"\x00"))
     with pytest.raises(RemoteProtocolError, match="before the resume exchange"):
@@ -254,17 +253,9 @@ def test_a_hostile_relay_cannot_replay_another_session_s_hashes() -> None:
     """A relay that kept an earlier session's PREFIX (or FROM) and plays it into this one:
     every session has its own keys, so the record does not open."""
     offer = Offer(entries=(Entry(("a",), size=10),))
-    old_sender, old_receiver = connected_pair()
-    old_receiver.receive_data(old_sender.send_offer(offer))
-    old_receiver.next_event()
-    old_sender.receive_data(old_receiver.answer(True, Claim(0, 4)))
-    old_sender.next_event()
+    old_sender, _ = claimed(offer, Claim(0, 4))
     recorded = old_sender.send_prefix([bytes(32)])
-    sender, receiver = connected_pair()
-    receiver.receive_data(sender.send_offer(offer))
-    receiver.next_event()
-    sender.receive_data(receiver.answer(True, Claim(0, 4)))
-    sender.next_event()
+    _, receiver = claimed(offer, Claim(0, 4))
     receiver.receive_data(recorded)
     with pytest.raises(RemoteProtocolError, match="failed authentication"):
         receiver.next_event()
