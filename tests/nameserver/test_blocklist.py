@@ -14,6 +14,7 @@ from retreatkit.nameserver.policy import Policy
         ("0.0.0.0 ads.example.com", ((BLOCK, "ads.example.com"),)),
         ("127.0.0.1  Tracker.Example.COM  # trailing", ((BLOCK, "tracker.example.com"),)),
         ("::1 localhost", None),
+        ("0.0.0.0 LOCALHOST", None),  # a hosts file's own names, in any case
         ("ads.example.com", ((BLOCK, "ads.example.com"),)),
         ("||ads.example.com^", ((BLOCK, "ads.example.com"),)),
         ("||ads.example.com^$important", ((BLOCK, "ads.example.com"),)),
@@ -88,15 +89,23 @@ def test_exceptions_and_subdomain_rules() -> None:
     assert merged.match("good.example.org") is None  # an exception holds across lists
 
 
-@given(
-    st.one_of(
-        st.text(max_size=60),
-        st.builds(lambda n: f"0.0.0.0 {n}", st.text(max_size=40)),
-        st.builds(
-            lambda n: f"0.0.0.0 {n}", st.from_regex(r"[A-Za-z0-9*._-]{1,30}\.?", fullmatch=True)
-        ),
-    )
+# a line as files and splitlines() give them: never a newline inside
+LINE_TEXT = st.text(st.characters(blacklist_characters="\n"), max_size=60)
+NAME_TEXT = st.text(st.characters(blacklist_characters="\n"), max_size=40)
+HOSTS_LINE = st.one_of(
+    LINE_TEXT,
+    st.builds(lambda n: f"0.0.0.0 {n}", NAME_TEXT),
+    st.builds(
+        lambda ip, n, end: f"{ip}\t{n}{end}",
+        st.sampled_from(["0.0.0.0", "127.0.0.1", "::", "::1", "0:0:0:0:0:0:0:0", "10.0.0.1"]),
+        st.from_regex(r"[A-Za-z0-9*._-]{1,30}\.?", fullmatch=True),
+        st.sampled_from(["", " ", "\r", "\r\n", " # note"]),
+    ),
+    st.sampled_from(["127.0.0.1 localhost", "0.0.0.0 LOCALHOST", "0.0.0.0 " + "a" * 64 + ".com"]),
 )
+
+
+@given(HOSTS_LINE)
 def test_the_inline_fast_path_agrees_with_parse_line(line: str) -> None:
     blocklist = sealed(line)
     found = parse_line(line)
@@ -105,3 +114,26 @@ def test_the_inline_fast_path_agrees_with_parse_line(line: str) -> None:
         assert blocklist.sources["list"] == len(found)
     else:
         assert len(blocklist) == 0 and blocklist.bad_lines == (found is False)
+
+
+@given(st.lists(HOSTS_LINE, max_size=30))
+def test_a_whole_list_counts_as_its_lines_one_by_one(lines: list[str]) -> None:
+    # the common lines are taken many at a time: the others, between them, must still
+    # be read one by one and counted, whatever their order
+    blocklist = sealed(*lines)
+    found = [parse_line(line) for line in lines]
+    rules = [rule for f in found if f for rule in f]
+    assert blocklist.sources["list"] == len(rules)
+    assert blocklist.bad_lines == sum(f is False for f in found)
+    assert all(blocklist.match(name) for kind, name in rules if kind == BLOCK)
+
+
+def test_lists_longer_than_a_block_lose_no_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("retreatkit.nameserver.blocklist.BLOCK_LINES", 3)
+    lines = [f"0.0.0.0 n{i}.example" for i in range(10)]
+    lines[4] = "0.0.0.0 trailing.example."  # another form, mid-block
+    lines[7] = "# a comment"
+    blocklist = sealed(*lines)
+    assert blocklist.sources["list"] == 9 and blocklist.bad_lines == 0
+    assert blocklist.match("trailing.example") == "trailing.example"
+    assert blocklist.match("n9.example") == "n9.example"
