@@ -12,6 +12,10 @@ Moves one random file of --size-mib MiB, on loopback, with real processes:
                `--no-listen` on both sides so the bytes go through the transit relay
   plain        a Python process writing the file to a TCP socket and another one
                writing what it reads to disk: the ceiling
+  plain-relay  the plain copy through our relay (its bob/1 handshake, then raw bytes)
+  floor        the plain copy through bench/splice_floor.c, a relay in C that only
+               splices, as ours does: its relay CPU is the least any relay pays per
+               byte here (compiled with cc into bench/.work/; left out without cc)
 
 Each run is timed from the launch of the second process (the first one is already
 waiting: bob's and wormhole's sender, the plain receiver) until both have exited, so
@@ -88,7 +92,9 @@ HOST = "127.0.0.1"
 MIB = 1 << 20
 CHUNK = 256 * 1024  # the plain copy's read and write size (bob reads 256 KiB too)
 START_TIMEOUT = 60.0
-TOOLS = ("bob", "bob-direct", "bob-nc", "wormhole", "plain")
+TOOLS = ("bob", "bob-direct", "bob-nc", "wormhole", "plain", "plain-relay", "floor")
+FLOOR_SOURCE = ROOT / "bench" / "splice_floor.c"
+FLOOR_BINARY = WORK / "splice_floor"
 SECTION = "## bob transfer (bench/transfer.py)"
 GIB = 1 << 30
 TARGET_TOTAL_CPU = 1 / 3  # of wormhole's CPU per GiB, sender + relay + receiver
@@ -303,6 +309,8 @@ class Bench:
     mailbox_url: str = ""
     transit: str = ""
     transit_relay: Child | None = None
+    floor_port: int = 0
+    floor: Child | None = None
     servers: list[Child] = field(default_factory=list)
     # a bob nameplate pairs once, then it is burned; shared by copies of this Bench
     serial: Iterator[int] = field(default_factory=lambda: itertools.count(101))
@@ -437,6 +445,10 @@ def run_tool(bench: Bench, tool: str, rnd: int) -> Run:
             return run_wormhole(bench, rnd)
         if tool == "plain":
             return run_plain(bench, rnd)
+        if tool == "floor":
+            return run_floor(bench, rnd)
+        if tool == "plain-relay":
+            return run_plain_relay(bench, rnd)
         return run_bob(bench, rnd, tool)
     except BenchError as exc:
         return Run(tool, rnd, False, error=str(exc))
@@ -462,6 +474,59 @@ def run_plain(bench: Bench, rnd: int) -> Run:
     return timed_pair(bench, "plain", rnd, receiver, sender, out, None, first_sends=False)
 
 
+def run_floor(bench: Bench, rnd: int) -> Run:
+    out = bench.tmp / f"recv-floor-{rnd}"
+    out.mkdir()
+    me = [sys.executable, str(Path(__file__).resolve())]
+    port = str(bench.floor_port)
+    # the floor relay takes the receiver first, then the sender
+    receiver = Child("floor recv", [*me, "--plain-recv-from", port, str(out / bench.source.name)])
+    try:
+        receiver.wait_for(r"^connected$")
+    except BenchError:
+        receiver.kill()
+        raise
+
+    def sender() -> Child:
+        return Child("floor send", [*me, "--plain-send", port, str(bench.source)])
+
+    return timed_pair(bench, "floor", rnd, receiver, sender, out, bench.floor, first_sends=False)
+
+
+def run_plain_relay(bench: Bench, rnd: int) -> Run:
+    out = bench.tmp / f"recv-plain-relay-{rnd}"
+    out.mkdir()
+    me = [sys.executable, str(Path(__file__).resolve())]
+    at, nameplate = bench.relay_address, str(bench.nameplate())
+    sender = Child("relay send", [*me, "--relay-send", at, nameplate, str(bench.source)])
+    try:
+        sender.wait_for(r"^held$")
+    except BenchError:
+        sender.kill()
+        raise
+
+    def receiver() -> Child:
+        path = str(out / bench.source.name)
+        return Child("relay recv", [*me, "--relay-recv", at, nameplate, path])
+
+    return timed_pair(
+        bench, "plain-relay", rnd, sender, receiver, out, bench.relay, first_sends=True
+    )
+
+
+def ensure_floor() -> bool:
+    """bench/splice_floor.c built into bench/.work/; False where there is no C compiler."""
+    fresh = FLOOR_BINARY.exists() and (FLOOR_BINARY.stat().st_mtime >= FLOOR_SOURCE.stat().st_mtime)
+    if fresh:
+        return True
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return False
+    WORK.mkdir(parents=True, exist_ok=True)
+    subprocess.run([cc, "-O2", "-o", str(FLOOR_BINARY), str(FLOOR_SOURCE)], check=True)
+    return True
+
+
 # -- the plain copy's two halves (run as child processes of this script) ----------------
 
 
@@ -471,6 +536,43 @@ def plain_recv(path: str) -> int:
         listener.listen(1)
         print(f"listening {listener.getsockname()[1]}", file=sys.stderr, flush=True)
         conn, _ = listener.accept()
+    return receive(conn, path)
+
+
+def plain_recv_from(port: str, path: str) -> int:
+    conn = socket.create_connection((HOST, int(port)))
+    print("connected", file=sys.stderr, flush=True)
+    return receive(conn, path)
+
+
+def relay_hello(at: str, line: str, wanted: str) -> socket.socket:
+    """Connected to our relay, its bob/1 handshake made, up to the reply word `wanted`."""
+    host, _, port = at.rpartition(":")
+    conn = socket.create_connection((host, int(port)))
+    conn.sendall(line.encode("ascii") + b"\n")
+    reader = conn.makefile("rb", buffering=0)
+    while True:
+        reply = reader.readline().decode("ascii", "replace").strip()
+        if not reply or reply.startswith("error"):
+            raise SystemExit(f"relay: {reply or 'closed'}")
+        if reply.split()[0] == wanted:
+            return conn
+
+
+def relay_send(at: str, nameplate: str, path: str) -> int:
+    conn = relay_hello(at, f"bob/1 send {nameplate}", "ok")
+    print("held", file=sys.stderr, flush=True)
+    reader = conn.makefile("rb", buffering=0)  # one byte at a time: nothing read ahead
+    if not reader.readline().startswith(b"paired "):
+        raise SystemExit("relay: not paired")
+    return send_file(conn, path)
+
+
+def relay_recv(at: str, nameplate: str, path: str) -> int:
+    return receive(relay_hello(at, f"bob/1 recv {nameplate}", "paired"), path)
+
+
+def receive(conn: socket.socket, path: str) -> int:
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -486,9 +588,13 @@ def plain_recv(path: str) -> int:
 
 
 def plain_send(port: str, path: str) -> int:
+    return send_file(socket.create_connection((HOST, int(port))), path)
+
+
+def send_file(conn: socket.socket, path: str) -> int:
     fd = os.open(path, os.O_RDONLY)
     try:
-        with socket.create_connection((HOST, int(port))) as conn:
+        with conn:
             while chunk := os.read(fd, CHUNK):
                 conn.sendall(chunk)
     finally:
@@ -521,7 +627,7 @@ def ensure_wormhole() -> None:
 
 
 def start_servers(bench: Bench, tools: Sequence[str]) -> None:
-    if any(tool.startswith("bob") for tool in tools):
+    if any(tool.startswith("bob") or tool == "plain-relay" for tool in tools):
         bob = [sys.executable, "-m", "retreatkit.cli.bob"]
         relay = Child(
             "bob relay",
@@ -553,6 +659,11 @@ def start_servers(bench: Bench, tools: Sequence[str]) -> None:
         bench.mailbox_url = f"ws://{HOST}:{mailbox_port}/v1"
         bench.transit = f"tcp:{HOST}:{transit_port}"
         bench.transit_relay = transit
+    if "floor" in tools:
+        floor = Child("splice floor", [str(FLOOR_BINARY)])
+        bench.servers.append(floor)
+        bench.floor_port = int(floor.wait_for(r"^listening (\d+)$")[1])
+        bench.floor = floor
 
 
 def make_source(folder: Path, size: int) -> tuple[Path, str]:
@@ -716,6 +827,17 @@ def verdicts(size: int, by: dict[str, Summary]) -> list[str]:
         f"end-to-end throughput: {speed:.2f}x wormhole's (target >= {TARGET_SPEED:g}x):"
         f" {verdict(speed >= TARGET_SPEED)}",
     ]
+    if "floor" in by:
+        floor = per_gib(size, by["floor"])["relay"]
+        goal = theirs["relay"] * TARGET_RELAY_CPU
+        same = ""
+        if "plain-relay" in by:
+            same = f", and ours {per_gib(size, by['plain-relay'])['relay']:.2f} s with them"
+        out.append(
+            f"relay floor: carrying the plain copy, a relay in C that only splices"
+            f" (bench/splice_floor.c) spent {floor:.2f} s per GiB{same}; the target for"
+            f" ours is {goal:.2f} s"
+        )
     if "bob-direct" in by:
         direct = by["bob-direct"].e2e.quiet_median
         out.append(
@@ -788,6 +910,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     p.add_argument("--plain-recv", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--plain-send", nargs=2, metavar=("PORT", "PATH"), help=argparse.SUPPRESS)
+    p.add_argument("--plain-recv-from", nargs=2, metavar=("PORT", "PATH"), help=argparse.SUPPRESS)
+    for flag in ("--relay-send", "--relay-recv"):
+        p.add_argument(flag, nargs=3, metavar=("ADDR", "NAMEPLATE", "PATH"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -797,6 +922,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return plain_recv(args.plain_recv)
     if args.plain_send:
         return plain_send(*args.plain_send)
+    if args.plain_recv_from:
+        return plain_recv_from(*args.plain_recv_from)
+    if args.relay_send:
+        return relay_send(*args.relay_send)
+    if args.relay_recv:
+        return relay_recv(*args.relay_recv)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = set(tools) - set(TOOLS)
     if unknown or not tools or args.rounds < 1 or args.size_mib < 1:
@@ -804,6 +935,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if "wormhole" in tools:
         ensure_wormhole()
+    if "floor" in tools and not ensure_floor():
+        print("no C compiler (cc): the floor is left out", flush=True)
+        tools.remove("floor")
     size = args.size_mib * MIB
     info = machine()
     print(
