@@ -25,6 +25,10 @@ _NULL_LINE = re.compile(
     re.MULTILINE | re.ASCII,
 )
 BLOCK_LINES = 8192  # lines per block: big enough that the per-block calls vanish
+# cosmetic adblock rules (element hiding, scriptlets, CSS): `domains##selector`, `#@#`,
+# `#?#`, `#$#`, `#%#` and their `@` exceptions; the domains before the mark have no space
+# (`0.0.0.0 ads.example ## note` is a hosts line with a comment)
+_COSMETIC = re.compile(r"[^\s#]*#@?[?$%]?#")
 
 Kind = Literal["block", "subdomains", "except"]
 BLOCK: Kind = "block"  # the name and every name under it
@@ -61,16 +65,20 @@ def normalize(name: str) -> str | None:
 def parse_line(line: str) -> Rules | Literal[False] | None:
     """One blocklist line in hosts, plain-domain or adblock form, as (kind, domain) rules.
 
-    None for a line with nothing to block (blank, comment, header), False for a line
-    that is malformed (counted, then skipped). A hosts line names as many domains as
-    it lists (`0.0.0.0 a.example b.example`); a UTF-8 byte order mark is not text.
+    None for a line with nothing for a DNS server: blank, comment, header, or an adblock
+    rule only a browser can apply (a cosmetic rule, a URL path, request-type options).
+    False for a line that is malformed (counted, then skipped). A hosts line names as
+    many domains as it lists (`0.0.0.0 a.example b.example`); a UTF-8 byte order mark
+    is not text.
     """
     text = line.strip().lstrip("\ufeff")
     if not text or text[0] in "#![":
         return None
     if "#" in text:
-        if "##" in text or "#@#" in text or "#?#" in text or "#$#" in text:
-            return False  # cosmetic adblock rules hide page elements: not a DNS rule
+        if _COSMETIC.match(text):
+            # cosmetic adblock rules hide page elements: well formed, for browsers only;
+            # EasyList-style lists are half made of them, and they are not junk
+            return None
         text = text.split("#", 1)[0].strip()  # a hosts file's trailing comment
         if not text:
             return None
@@ -102,19 +110,21 @@ def _host_name(name: str) -> str | None:
     return name if name and _domain_ok(name) else None
 
 
-def _adblock(text: str) -> Rules | Literal[False]:
+def _adblock(text: str) -> Rules | Literal[False] | None:
     # only whole-domain rules: `||ads.example^` with no path and no options other than
-    # $important; `||*.ads.example^` for the names under it; `@@||name^` exceptions
+    # $important; `||*.ads.example^` for the names under it; `@@||name^` exceptions.
+    # A URL rule (`|https://`, a path, `$third-party`, `$script`) is for a browser, which
+    # sees the page and the request: nothing a DNS server can apply, and not malformed
     kind: Kind = BLOCK
     if text.startswith("@@"):
         kind, text = EXCEPT, text[2:]
     if not text.startswith("||"):
-        return False
+        return None
     rule, _, options = text[2:].partition("$")
     if options and options not in ("important", "all"):
-        return False
+        return None
     if not rule.endswith("^") or "/" in rule:
-        return False
+        return None
     rule = rule[:-1]
     if rule.startswith("*."):
         if kind == EXCEPT:
@@ -151,6 +161,7 @@ class Blocklist:
     subdomains: array[float] = field(default_factory=lambda: array("d"))
     exceptions: array[float] = field(default_factory=lambda: array("d"))
     bad_lines: int = 0
+    head: str = ""  # the start of the first line with text: what `not_a_list` looks at
     sources: dict[str, int] = field(default_factory=dict)  # source -> rules
     source_bad: dict[str, int] = field(default_factory=dict)  # source -> bad lines
     _pending: list[float] = field(default_factory=list)
@@ -162,6 +173,9 @@ class Blocklist:
         count = bad = 0
         it = iter(lines)
         while batch := list(islice(it, BLOCK_LINES)):
+            if not self.head:
+                texts = (line.lstrip("\ufeff").strip() for line in batch)
+                self.head = next((text[:64] for text in texts if text), "")
             added, failed = self._add_block("\n".join(map(str.rstrip, batch)), len(batch))
             count, bad = count + added, bad + failed
         self.sources[source] = self.sources.get(source, 0) + count
@@ -261,6 +275,38 @@ class Blocklist:
         if self.exceptions and any(_has(self.exceptions, key(s)) for s in suffixes(name)):
             return None
         return listed
+
+
+# What reads as lines but is not a blocklist: a captive portal's login page in the list's
+# place (hotel Wi-Fi answers every web request with one until someone logs in), an error
+# page, binary junk. Taken as a list it would replace the last good copy with next to
+# nothing and unblock everything, silently; so it counts as a failed load instead. The rule:
+# - the first text starts with `<` (HTML, XHTML, XML), or a URL's server calls its body
+#   text/html: no line of a hosts, plain-domain or adblock list starts with `<`;
+# - it has lines that are not rules and no rule at all (a one-line "please log in");
+# - its lines that are not rules outnumber its rules more than MAX_BAD_RATIO to 1 (3 MB of
+#   random bytes: 22806 such lines for 104 "rules").
+# Lines with nothing for DNS count as neither: comments, and the cosmetic and URL rules
+# of EasyList-style lists (half of such a list) leave it judged by its domain rules.
+MAX_BAD_RATIO = 10
+WEB_PAGE_TYPES = ("text/html", "application/xhtml+xml")
+
+
+def not_a_list(part: Blocklist, source: str, content_type: str = "") -> str | None:
+    """Why `part`, read from `source`, is not a blocklist; None when it is one."""
+    rules, bad = part.sources.get(source, 0), part.source_bad.get(source, 0)
+    if content_type.split(";")[0].strip().lower() in WEB_PAGE_TYPES:
+        return f"not a blocklist: the server sent a web page ({content_type})"
+    if part.head.startswith("<"):
+        return "not a blocklist: it is a web page (a Wi-Fi login page in its place?)"
+    if bad and not rules:
+        return "not a blocklist: no line of it is a rule"
+    if bad > MAX_BAD_RATIO * rules:
+        return (
+            f"not a blocklist: more than {MAX_BAD_RATIO} lines that are not rules for each"
+            f" rule ({bad} to {rules})"
+        )
+    return None
 
 
 def _has(values: array[float], wanted: float) -> bool:

@@ -16,7 +16,8 @@ class BadReply(UpstreamFailed):
 
 
 class BadList(NameserverError):
-    """A blocklist source cannot be read or is too large: its last good copy stays."""
+    """A blocklist source cannot be read, is too large or is not a blocklist: its last good
+    copy stays."""
 
 
 class BadRecord(NameserverError, ValueError):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from retreatkit.mirror.lists import via_mirror
-from retreatkit.nameserver.blocklist import Blocklist
+from retreatkit.nameserver.blocklist import Blocklist, not_a_list
 from retreatkit.nameserver.errors import BadList
 
 log = logging.getLogger("retreatkit.nameserver")
@@ -28,6 +29,11 @@ class Source:
     last_error: str = ""
     good: Blocklist | None = None  # the last good copy: kept when a reload fails
 
+    @property
+    def fallback(self) -> str:
+        """What a failed load leaves in force, as the log and /status say it."""
+        return "keeping the last good copy" if self.good else "no list from it is in use"
+
 
 class Sources:
     def __init__(self, sources: list[str], mirror: Callable[[], str | None] = lambda: None) -> None:
@@ -45,9 +51,7 @@ class Sources:
                     part = await self._read(state.source)
                 except BadList as exc:
                     state.last_error = str(exc)
-                    log.warning(
-                        "blocklist %s failed (%s); keeping the last good copy", state.source, exc
-                    )
+                    log.warning("blocklist %s failed (%s); %s", state.source, exc, state.fallback)
                 else:
                     state.good = part
                     state.entries = part.sources.get(state.source, 0)
@@ -83,6 +87,7 @@ class Sources:
             ):
                 if response.status != 200:
                     raise BadList(f"HTTP {response.status}")
+                content_type = response.headers.get("Content-Type", "")
                 body = await response.content.read(MAX_LIST + 1)
         except aiohttp.ClientError as exc:
             raise BadList(_why(exc)) from None
@@ -93,19 +98,30 @@ class Sources:
             part = Blocklist()
             # utf-8-sig: a byte order mark is not part of the first line
             part.add_lines(source, body.decode("utf-8-sig", "replace").splitlines())
-            return part.seal()
+            return _judged(part.seal(), source, content_type)
 
         return await asyncio.to_thread(parse_body)
 
 
 def _parse_file(source: str) -> Blocklist:
     path = Path(source)
-    if path.stat().st_size > MAX_LIST:
+    found = path.stat()
+    if not stat.S_ISREG(found.st_mode):  # a folder, or a pipe that would block the read
+        folder = stat.S_ISDIR(found.st_mode)
+        raise BadList("a folder, not a file" if folder else "not a regular file")
+    if found.st_size > MAX_LIST:
         raise BadList("list larger than 256 MiB")
     part = Blocklist()
     with path.open(encoding="utf-8-sig", errors="replace") as lines:  # streamed
         part.add_lines(source, lines)
-    return part.seal()
+    return _judged(part.seal(), source)
+
+
+def _judged(part: Blocklist, source: str, content_type: str = "") -> Blocklist:
+    why = not_a_list(part, source, content_type)
+    if why is not None:
+        raise BadList(why)
+    return part
 
 
 def _why(exc: BaseException) -> str:

@@ -65,8 +65,9 @@ def render(ns: Nameserver) -> dict[str, Any]:
         warnings.append("every upstream is down: answering from cache (stale) or SERVFAIL")
     for source in ns.sources.sources.values():
         if source.last_error:
-            kept = "keeping the last good copy" if source.good else "nothing loaded from it"
-            warnings.append(f"blocklist {source.source} failed: {source.last_error}; {kept}")
+            warnings.append(
+                f"blocklist {source.source} failed: {source.last_error}; {source.fallback}"
+            )
     if resolver.paused_until:
         warnings.append(f"blocking is {blocking(ns)}")
     blocklist = resolver.policy.blocklist

@@ -144,7 +144,7 @@ def blocklist(tmp_path: Path) -> Path:
         "0.0.0.0 tracker.example.test\n"  # hosts format
         "||ads.example.test^\n"  # adblock format
         "example-ads.test\n"  # plain
-        "www.example.test##.banner\n"  # cosmetic, not a DNS rule: counted bad, skipped
+        "www.example.test##.banner\n"  # cosmetic, for browsers: nothing for DNS, skipped
         "this is not a line\n"
     )
     return path
@@ -216,7 +216,7 @@ def test_sinkhole(ns: NameserverProcess) -> None:
     assert "EDE: 15 (Blocked)" in out
     doc = status(ns)
     assert doc["blocklist_entries"] == 3
-    assert doc["blocklist_bad_lines"] == 2
+    assert doc["blocklist_bad_lines"] == 1
     assert short(ns.port, "www.example.test") == ["198.51.100.7"]
     assert doc["blocked"] == 5
 
@@ -451,6 +451,32 @@ def test_sighup_reloads_and_the_next_query_is_blocked(upstream: Dnsmasq, tmp_pat
         source = status(ns)["blocklists"][0]  # type: ignore[index]
         assert (source["entries"], source["bad_lines"], source["last_error"]) == (2, 0, None)
         assert source["loaded_at"].endswith("Z")
+    finally:
+        ns.stop()
+
+
+def test_a_login_page_in_place_of_the_list_is_no_list(upstream: Dnsmasq, tmp_path: Path) -> None:
+    lists = tmp_path / "block.txt"
+    lists.write_text(
+        "||ads.example.test^\n0.0.0.0 tracker.example.test\nexample-ads.test\n0.0.0.0 x.test\n"
+    )
+    ns = start_nameserver("--upstream", f"127.0.0.1:{upstream.port}", "--blocklist", str(lists))
+    try:
+        assert short(ns.port, "ads.example.test") == ["0.0.0.0"]
+        lists.write_text(  # what hotel Wi-Fi answers until someone logs in
+            "<!DOCTYPE html>\n<html><head><title>Guest Wi-Fi</title></head>\n"
+            '<body><form action="/login"><input name="room"></form></body>\n</html>\n'
+        )
+        os.kill(ns.process.pid, signal.SIGHUP)
+        why = "not a blocklist: it is a web page (a Wi-Fi login page in its place?)"
+        line = ns.process.wait_for(r"WARNING blocklist ").string
+        assert line.endswith(f"blocklist {lists} failed ({why}); keeping the last good copy")
+        ns.process.wait_for(r"blocklists loaded: 4 domains")
+        doc = status(ns)
+        source = doc["blocklists"][0]  # type: ignore[index]
+        assert (source["entries"], source["bad_lines"], source["last_error"]) == (4, 0, why)
+        assert doc["warnings"] == [f"blocklist {lists} failed: {why}; keeping the last good copy"]
+        assert short(ns.port, "tracker.example.test") == ["0.0.0.0"]  # still blocked
     finally:
         ns.stop()
 

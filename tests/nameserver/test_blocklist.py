@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retreatkit.nameserver.blocklist import BLOCK, EXCEPT, SUBDOMAINS, Blocklist, parse_line
+from retreatkit.nameserver.blocklist import (
+    BLOCK,
+    EXCEPT,
+    SUBDOMAINS,
+    Blocklist,
+    not_a_list,
+    parse_line,
+)
 from retreatkit.nameserver.policy import Policy
 
 
@@ -18,9 +27,17 @@ from retreatkit.nameserver.policy import Policy
         ("ads.example.com", ((BLOCK, "ads.example.com"),)),
         ("||ads.example.com^", ((BLOCK, "ads.example.com"),)),
         ("||ads.example.com^$important", ((BLOCK, "ads.example.com"),)),
-        ("||ads.example.com^$third-party", False),
-        ("||ads.example.com/path^", False),
-        ("example.com##.banner", False),
+        # rules only a browser can apply: nothing for DNS, and not junk either
+        ("||ads.example.com^$third-party", None),
+        ("||ads.example.com/path^", None),
+        ("|https://ads.example.com/banner", None),
+        ("@@||ads.example.com^$script", None),
+        ("example.com##.banner", None),
+        ("example.com,example.org#@#.banner", None),
+        ("example.com#?#div:has(> a)", None),
+        ("example.com#$#abort-on-property-read ads", None),
+        ("example.com#%#window.ads = 0", None),
+        ("0.0.0.0 ads.example.com ## a hosts comment", ((BLOCK, "ads.example.com"),)),
         ("# comment", None),
         ("! adblock comment", None),
         ("[Adblock Plus 2.0]", None),
@@ -87,6 +104,57 @@ def test_exceptions_and_subdomain_rules() -> None:
     assert blocklist.match("x.cdn.example") == "*.cdn.example"
     merged = Blocklist.merge([sealed("||example.org^"), sealed("@@||good.example.org^")])
     assert merged.match("good.example.org") is None  # an exception holds across lists
+
+
+EASYLIST_STYLE = [
+    "[Adblock Plus 2.0]",
+    "! Title: EasyList-style",
+    *(f"example{i}.com##.ad-banner" for i in range(40)),  # cosmetic: half such a list
+    *(f"/banner{i}/ads." for i in range(3)),  # URL patterns: junk to a DNS server
+    "||ads.example^$third-party",
+    "||ads.example.net^",
+    "||tracker.example.org^",
+]
+PORTAL = """\ufeff
+  <!DOCTYPE html>
+<html><head><title>Hotel Wi-Fi</title></head>
+<body><form action="/login">Room number <input name="room"></form></body>
+</html>
+"""
+
+
+@pytest.mark.parametrize(
+    ("lines", "content_type", "why"),
+    [
+        (EASYLIST_STYLE, "text/plain", None),
+        (["0.0.0.0 a.example", "this is not a line"], "", None),
+        ([], "", None),  # an empty list is a list: the organiser emptied it
+        (PORTAL.splitlines(), "text/plain",
+         "not a blocklist: it is a web page (a Wi-Fi login page in its place?)"),
+        (["<?xml version='1.0'?>", "<error>Access denied</error>"], "",
+         "not a blocklist: it is a web page (a Wi-Fi login page in its place?)"),
+        (["||ads.example.net^"], "text/html; charset=utf-8",
+         "not a blocklist: the server sent a web page (text/html; charset=utf-8)"),
+        (["Please log in to use the internet."], "",
+         "not a blocklist: no line of it is a rule"),
+        (["0.0.0.0 a.example", *(["junk line"] * 10)], "", None),  # 10 to 1: still a list
+        (["0.0.0.0 a.example", *(["junk line"] * 11)], "",
+         "not a blocklist: more than 10 lines that are not rules for each rule (11 to 1)"),
+    ],
+)  # fmt: skip
+def test_what_is_not_a_blocklist(lines: list[str], content_type: str, why: str | None) -> None:
+    part = Blocklist()
+    part.add_lines("list", lines)
+    assert not_a_list(part.seal(), "list", content_type) == why
+
+
+def test_random_bytes_are_not_a_blocklist() -> None:
+    junk = random.Random(7).randbytes(1 << 20).decode("utf-8", "replace")
+    part = Blocklist()
+    part.add_lines("list", junk.splitlines())
+    why = not_a_list(part.seal(), "list")
+    assert why is not None and why.startswith("not a blocklist: ")
+    assert part.source_bad["list"] > 10 * part.sources["list"]
 
 
 # a line as files and splitlines() give them: never a newline inside
