@@ -24,6 +24,17 @@ def apply_mirror_flags(section: dict[str, Any], flags: dict[str, Any]) -> None:
             section[key] = dict(flags[key]) if key == "apt" else flags[key]
 
 
+NAMESERVER_FLAGS = ("listen", "upstreams", "blocklists", "allow", "record_flags",
+                    "forward_flags", "block_mode", "rate_limit")  # fmt: skip
+
+
+def apply_nameserver_flags(section: dict[str, Any], flags: dict[str, Any]) -> None:
+    """`retreatkit nameserver`'s flags over [nameserver], before its values are checked."""
+    for key in NAMESERVER_FLAGS:
+        if flags.get(key) is not None:
+            section[key] = flags[key]
+
+
 def services(
     args: argparse.Namespace,
     cfg: dict[str, Any],
@@ -67,13 +78,7 @@ def services(
         if "nameserver_listen" in flags:
             section["listen"] = flags["nameserver_listen"]
         if args.command == "nameserver":
-            for key in ("listen", "upstreams", "blocklists", "allow", "record_flags",
-                        "forward_flags"):  # fmt: skip
-                if key in flags:
-                    section[key] = flags[key]
-            for key in ("block_mode", "rate_limit"):
-                if key in flags:
-                    section[key] = flags[key]
+            apply_nameserver_flags(section, flags)
         own: dict[str, str] = {}
         if lan_address is not None:
             own = {

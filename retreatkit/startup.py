@@ -56,11 +56,18 @@ def check_config(cfg: dict[str, Any], sections: list[str], flags: dict[str, str]
             for key in keys if section in [*sections, "dashboard"] else ():
                 value = cfg.get(section, {}).get(key)
                 if isinstance(value, int | float) and bad(value):
-                    problems.append(f"{where(section, key)} must be {words}, not {value}")
+                    key_is = where(section, key, flags.get(f"{section}.{key}"))
+                    problems.append(f"{key_is} must be {words}, not {value}")
     if "mirror" in sections and cfg["mirror"]["store"]:
         store = Path(cfg["mirror"]["store"])
         if store.exists() and not store.is_dir():
             problems.append(f"{where('mirror', 'store')}: {store} is a file; name a folder")
+    if "nameserver" in sections:
+        from retreatkit.nameserver.hosted import problems as nameserver_problems
+
+        for key, problem in nameserver_problems(cfg["nameserver"]):
+            key_is = where("nameserver", key, flags.get(f"nameserver.{key}"))
+            problems.append(f"{key_is}: {problem}")
     return problems
 
 

@@ -119,11 +119,20 @@ LISTEN_FLAGS = {"relay": "--relay-listen", "mirror": "--mirror-listen",
                 "nameserver": "--nameserver-listen", "admin": "--admin"}  # fmt: skip
 
 
+# `retreatkit nameserver`'s flags for other keys of [nameserver], named in its errors
+NAMESERVER_FLAGS = {"nameserver.upstreams": "--upstream", "nameserver.blocklists": "--blocklist",
+                    "nameserver.records": "--record", "nameserver.forward": "--forward",
+                    "nameserver.block_mode": "--block-mode",
+                    "nameserver.rate_limit": "--rate-limit"}  # fmt: skip
+
+
 def sections_and_flags(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
-    """The config sections this command runs, and the flag that sets each one's listen."""
+    """The config sections this command runs, and the flag that sets each one's listen
+    (key `SECTION`) or another key (`SECTION.KEY`)."""
     if args.command == "up":
         return ["relay", "mirror", "nameserver"], LISTEN_FLAGS
-    return [args.command], {args.command: "--listen", "admin": "--admin"}
+    flags = {args.command: "--listen", "admin": "--admin"}
+    return [args.command], flags | (NAMESERVER_FLAGS if args.command == "nameserver" else {})
 
 
 def apply_listen_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
@@ -135,6 +144,8 @@ def apply_listen_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
             cfg[section]["listen"] = flag
     if given.get("admin"):
         cfg["admin"]["listen"] = given["admin"]
+    if args.command == "nameserver":
+        hosting.apply_nameserver_flags(cfg["nameserver"], given)
 
 
 def say_address(chosen: lan.LanAddress) -> None:

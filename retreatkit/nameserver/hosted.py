@@ -10,6 +10,7 @@ from typing import Any
 from retreatkit import config
 from retreatkit.nameserver.blocklist import normalize
 from retreatkit.nameserver.gate import LAN
+from retreatkit.nameserver.lists import file_problem, is_url
 from retreatkit.nameserver.local import parse_record
 from retreatkit.nameserver.service import Settings as NameserverSettings
 
@@ -53,6 +54,18 @@ def nameserver_settings(
         reload_every=float(section["reload_every"]),
         mirror=mirror or (lambda: section["mirror"] or None),
     )
+
+
+def problems(section: dict[str, Any]) -> list[tuple[str, str]]:
+    """What in [nameserver] (flags applied) cannot work, as (key, one line), found before
+    anything listens. A list given by URL is not fetched: the event may have no uplink
+    yet, and a URL that fails later keeps its last good copy."""
+    found = []
+    for source in section["blocklists"]:
+        problem = None if is_url(source) else file_problem(source)
+        if problem is not None:
+            found.append(("blocklists", f"{source}: {problem}"))
+    return found
 
 
 def forward_rules(table: dict[str, Any], flags: list[str]) -> dict[str, list[tuple[str, int]]]:

@@ -66,7 +66,7 @@ class Sources:
 
     async def _read(self, source: str) -> Blocklist:
         try:
-            if source.startswith(("http://", "https://")):
+            if is_url(source):
                 return await self._fetch(source)
             return await asyncio.to_thread(_parse_file, source)
         except (OSError, TimeoutError, UnicodeError) as exc:
@@ -103,13 +103,32 @@ class Sources:
         return await asyncio.to_thread(parse_body)
 
 
+def is_url(source: str) -> bool:
+    """A list fetched over HTTP; any other source is a file."""
+    return source.startswith(("http://", "https://"))
+
+
+def file_problem(source: str) -> str | None:
+    """Why a list file cannot be read now, in a few words; None when it can."""
+    try:
+        path = Path(source)
+        found = path.stat()
+        if stat.S_ISDIR(found.st_mode):
+            return "a folder, not a file"
+        if not stat.S_ISREG(found.st_mode):  # a pipe or a device: reading could block
+            return "not a regular file"
+        path.open("rb").close()  # permissions say it, and so does opening
+    except OSError as exc:
+        return _why(exc)
+    return None
+
+
 def _parse_file(source: str) -> Blocklist:
+    problem = file_problem(source)
+    if problem is not None:
+        raise BadList(problem)
     path = Path(source)
-    found = path.stat()
-    if not stat.S_ISREG(found.st_mode):  # a folder, or a pipe that would block the read
-        folder = stat.S_ISDIR(found.st_mode)
-        raise BadList("a folder, not a file" if folder else "not a regular file")
-    if found.st_size > MAX_LIST:
+    if path.stat().st_size > MAX_LIST:
         raise BadList("list larger than 256 MiB")
     part = Blocklist()
     with path.open(encoding="utf-8-sig", errors="replace") as lines:  # streamed

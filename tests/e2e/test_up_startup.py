@@ -84,13 +84,17 @@ def test_bad_values_name_their_keys(tmp_path: Path) -> None:
     store = tmp_path / "store-file"
     store.write_text("not a folder")
     cfg = tmp_path / "retreat.toml"
-    cfg.write_text(f'[relay]\nlisten = "nonsense"\n[mirror]\nindex_ttl = -5\nstore = "{store}"\n')
+    cfg.write_text(
+        f'[relay]\nlisten = "nonsense"\n[mirror]\nindex_ttl = -5\nstore = "{store}"\n'
+        f'[nameserver]\nblocklists = ["{tmp_path / "gone.txt"}"]\n'
+    )
     got = run("--config", str(cfg), "up", "--no-tui", tmp=tmp_path)
     assert got.returncode == 2
     assert got.stderr.splitlines() == [
         "retreatkit: [relay] listen (or --relay-listen): expected HOST:PORT, got 'nonsense'",
         "retreatkit: [mirror] index_ttl must be 0 or more, not -5",
         f"retreatkit: [mirror] store: {store} is a file; name a folder",
+        f"retreatkit: [nameserver] blocklists: {tmp_path / 'gone.txt'}: No such file or directory",
     ]
 
 

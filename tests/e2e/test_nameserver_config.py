@@ -1,0 +1,45 @@
+"""`retreatkit nameserver` refusing what cannot work, as the organiser meets it: one line per
+problem naming its key (and flag), exit code 2, and nothing listening."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retreatkit.nameserver.testing import home_env
+
+pytestmark = pytest.mark.e2e
+
+
+def nameserver(
+    *args: str, tmp: Path, config: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "retreatkit.cli.main"]
+    if config is not None:
+        (tmp / "retreat.toml").write_text(config)
+        argv += ["--config", str(tmp / "retreat.toml")]
+    argv += ["nameserver", "--admin", "127.0.0.1:0", *args]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=30, env=home_env(tmp / "home")
+    )
+
+
+def test_list_files_must_be_there_at_start_and_urls_are_not_fetched(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.txt"
+    got = nameserver(
+        "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9",
+        "--blocklist", str(missing), "--blocklist", str(tmp_path), "--blocklist", "/dev/null",
+        "--blocklist", "http://192.0.2.1/hosts.txt",  # no uplink yet: fine until it loads
+        "--rate-limit", "-5", tmp=tmp_path,
+    )  # fmt: skip
+    assert got.returncode == 2
+    assert got.stderr.splitlines() == [
+        "retreatkit: [nameserver] rate_limit (or --rate-limit) must be 0 or more, not -5",
+        f"retreatkit: [nameserver] blocklists (or --blocklist): {missing}: No such file or"
+        " directory",
+        f"retreatkit: [nameserver] blocklists (or --blocklist): {tmp_path}: a folder, not a file",
+        "retreatkit: [nameserver] blocklists (or --blocklist): /dev/null: not a regular file",
+    ]
