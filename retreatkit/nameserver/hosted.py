@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from retreatkit import config
 from retreatkit.nameserver.blocklist import normalize
@@ -36,8 +37,8 @@ def nameserver_settings(
     records += [parse_record(r) for r in section.get("record_flags", [])]
     named = {r.name for r in records}
     records += [parse_record(f"{n}={a}") for n, a in own.items() if n not in named]
-    upstreams = [dns_server(u) for u in section["upstreams"]] or resolv_conf_upstreams()
-    forward = forward_rules(section["forward"], section.get("forward_flags", []))
+    upstreams = _keyed("upstreams", upstream_servers, section) or resolv_conf_upstreams()
+    forward = _keyed("forward", forward_servers, section)
     if section["block_mode"] not in ("null", "nxdomain"):
         raise ValueError("block mode is null or nxdomain")
     return NameserverSettings(
@@ -65,13 +66,41 @@ def problems(section: dict[str, Any]) -> list[tuple[str, str]]:
         problem = None if is_url(source) else file_problem(source)
         if problem is not None:
             found.append(("blocklists", f"{source}: {problem}"))
+    for upstream in section["upstreams"]:
+        try:
+            dns_server(upstream)
+        except ValueError as exc:
+            found.append(("upstreams", str(exc)))
+    try:
+        forward_servers(section)
+    except ValueError as exc:
+        found.append(("forward", str(exc)))
     return found
+
+
+T = TypeVar("T")
+
+
+def _keyed(key: str, read: Callable[[dict[str, Any]], T], section: dict[str, Any]) -> T:
+    """`read(section)`, its error naming the key (where `problems` did not run first)."""
+    try:
+        return read(section)
+    except ValueError as exc:
+        raise ValueError(f"[nameserver] {key}: {exc}") from None
+
+
+def upstream_servers(section: dict[str, Any]) -> list[tuple[str, int]]:
+    return [dns_server(u) for u in section["upstreams"]]
+
+
+def forward_servers(section: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
+    return forward_rules(section["forward"], section.get("forward_flags", []))
 
 
 def forward_rules(table: dict[str, Any], flags: list[str]) -> dict[str, list[tuple[str, int]]]:
     """[nameserver.forward] (domain = "server" or a list) and --forward DOMAIN=SERVER flags."""
     rules: dict[str, list[tuple[str, int]]] = {}
-    pairs = [(d, s) for d, v in table.items() for s in ([v] if isinstance(v, str) else v)]
+    pairs = [(d, s) for d, v in table.items() for s in (v if isinstance(v, list) else [v])]
     for flag in flags:
         domain, eq, server = flag.partition("=")
         if not eq:
@@ -80,14 +109,30 @@ def forward_rules(table: dict[str, Any], flags: list[str]) -> dict[str, list[tup
     for domain, server in pairs:
         name = normalize(domain)
         if name is None or not isinstance(server, str):
-            raise ValueError(f'forward: expected DOMAIN = "SERVER[:PORT]", got {domain!r}')
+            raise ValueError(f'expected DOMAIN = "SERVER[:PORT]", got {domain!r}')
         rules.setdefault(name, []).append(dns_server(server))
     return rules
 
 
 def dns_server(text: str) -> tuple[str, int]:
-    """`ADDRESS`, `HOST:PORT` or `[V6]:PORT`; a bare IPv6 address is port 53."""
+    """`ADDRESS`, `HOST:PORT` or `[V6]:PORT`; a bare IPv6 address is port 53.
+
+    A host name is looked up once, here, and its first address kept: each upstream
+    socket is connected to one fixed address, whose replies alone count (RFC 5452), and
+    a name looked up again for every new socket would block the event loop, maybe on
+    a query to ourselves. A name that does not resolve at start stops the start.
+    """
     try:
         return str(ipaddress.ip_address(text.strip("[]"))), 53
     except ValueError:
-        return config.host_port(text, 53)
+        host, port = config.host_port(text, 53)
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        why = exc.strerror if isinstance(exc, socket.gaierror) else "not a host name"
+        raise ValueError(f"cannot resolve {host!r} ({why}): give its address") from None
+    return str(found[0][4][0]), port

@@ -46,8 +46,12 @@ class Upstream:
         return self.failures >= FAILURES_TO_DOWN
 
     def state(self) -> str:
+        """`down` (skipped until its recheck), `failing` (its last query failed), `up`, or
+        `unknown` (not asked yet)."""
         if self.down:
             return "down"
+        if self.failures:
+            return "failing"
         return "up" if self.queries else "unknown"
 
     def answered(self, elapsed: float) -> None:

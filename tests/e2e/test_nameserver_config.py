@@ -3,6 +3,7 @@ problem naming its key (and flag), exit code 2, and nothing listening."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,16 @@ def test_list_files_must_be_there_at_start_and_urls_are_not_fetched(tmp_path: Pa
         f"retreatkit: [nameserver] blocklists (or --blocklist): {tmp_path}: a folder, not a file",
         "retreatkit: [nameserver] blocklists (or --blocklist): /dev/null: not a regular file",
     ]
+
+
+def test_an_upstream_name_that_does_not_resolve_stops_the_start(tmp_path: Path) -> None:
+    try:
+        socket.getaddrinfo("bogus.invalid", 53, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        why = exc.strerror  # what this machine's resolver says
+    got = nameserver("--listen", "127.0.0.1:0", "--upstream", "bogus.invalid", tmp=tmp_path)
+    assert got.returncode == 2
+    assert got.stderr == (
+        "retreatkit: [nameserver] upstreams (or --upstream): cannot resolve 'bogus.invalid'"
+        f" ({why}): give its address\n"
+    )

@@ -1,0 +1,55 @@
+"""[nameserver] and its flags read into settings: upstream names looked up once, at start,
+and every value that cannot work named by its key."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import socket
+from typing import Any
+
+import pytest
+
+from retreatkit import config
+from retreatkit.nameserver.hosted import dns_server, nameserver_settings, problems
+
+
+def section(**values: Any) -> dict[str, Any]:
+    out: dict[str, Any] = copy.deepcopy(config.DEFAULTS["nameserver"])
+    out.update(values)
+    return out
+
+
+def lookup_failure(host: str) -> str:
+    """What this machine's resolver says about `host`: the reason a refusal quotes."""
+    with pytest.raises(socket.gaierror) as failed:
+        socket.getaddrinfo(host, 53, type=socket.SOCK_DGRAM)
+    return str(failed.value.strerror)
+
+
+def test_an_upstream_name_becomes_its_address_once() -> None:
+    host, port = dns_server("localhost:5353")
+    assert ipaddress.ip_address(host).is_loopback and port == 5353
+    assert dns_server("192.0.2.1") == ("192.0.2.1", 53)
+    assert dns_server("2001:db8::1") == ("2001:db8::1", 53)
+    assert dns_server("[2001:db8::1]:5300") == ("2001:db8::1", 5300)
+    settings = nameserver_settings(section(upstreams=["localhost:5353"]), {})
+    (address,) = settings.upstreams
+    assert ipaddress.ip_address(address[0]).is_loopback  # what the sockets connect to
+
+
+def test_upstreams_and_forwards_that_cannot_work_are_named() -> None:
+    why = lookup_failure("bogus.invalid")
+    assert problems(
+        section(upstreams=["bogus.invalid", "127.0.0.1:99999"], forward={"venue.example": 5})
+    ) == [
+        ("upstreams", f"cannot resolve 'bogus.invalid' ({why}): give its address"),
+        ("upstreams", "expected HOST:PORT, got '127.0.0.1:99999'"),
+        ("forward", "expected DOMAIN = \"SERVER[:PORT]\", got 'venue.example'"),
+    ]
+    with pytest.raises(ValueError) as refused:
+        nameserver_settings(section(forward={"venue.example": "router.bogus.invalid"}), {})
+    assert str(refused.value) == (
+        f"[nameserver] forward: cannot resolve 'router.bogus.invalid' "
+        f"({lookup_failure('router.bogus.invalid')}): give its address"
+    )
