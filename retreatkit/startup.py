@@ -23,7 +23,6 @@ NOT_NEGATIVE = {
     "mirror": ("index_ttl", "max_size_bytes"),
     "nameserver": ("rate_limit", "stale_for"),
 }
-DEFAULT_PORTS = {"nameserver": 53}
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,10 @@ def check_config(cfg: dict[str, Any], sections: list[str], flags: dict[str, str]
     for section in [*sections, "admin"]:
         if "listen" in cfg.get(section, {}):
             try:
-                config.host_port(cfg[section]["listen"], DEFAULT_PORTS.get(section))
+                # every listen names its port, the nameserver's too: a bare host could
+                # mean 53 (what clients ask) or 5300 (the default, no root needed), and
+                # either guess, made silently, leaves someone asking the wrong port
+                config.host_port(cfg[section]["listen"])
             except ValueError as exc:
                 problems.append(f"{where(section, 'listen', flags.get(section))}: {exc}")
     for table, bad, words in (
@@ -82,7 +84,7 @@ def _negative(value: float) -> bool:
 def listeners(cfg: dict[str, Any], sections: list[str], flags: dict[str, str]) -> list[Listener]:
     out = []
     for section in [*sections, "admin"]:
-        host, port = config.host_port(cfg[section]["listen"], DEFAULT_PORTS.get(section))
+        host, port = config.host_port(cfg[section]["listen"])
         flag = flags.get(section, "")
         out.append(Listener(section, "tcp", host, port, flag))
         if section == "nameserver":
@@ -115,7 +117,7 @@ def port_problems(wanted: list[Listener]) -> list[str]:
             continue
         seen.add((listener.service, listener.proto))
         why = _try_bind(listener)
-        if why:
+        if why and why not in problems:  # a host that does not resolve: once, not per proto
             problems.append(why)
     return problems
 

@@ -42,7 +42,7 @@ def nameserver_settings(
     if section["block_mode"] not in ("null", "nxdomain"):
         raise ValueError("block mode is null or nxdomain")
     return NameserverSettings(
-        listen=config.host_port(section["listen"], 53),
+        listen=config.host_port(section["listen"]),  # HOST:PORT: see startup.check_config
         upstreams=upstreams,
         blocklists=list(section["blocklists"]),
         allow=list(section["allow"]),

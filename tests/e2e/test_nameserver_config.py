@@ -57,3 +57,18 @@ def test_an_upstream_name_that_does_not_resolve_stops_the_start(tmp_path: Path) 
         "retreatkit: [nameserver] upstreams (or --upstream): cannot resolve 'bogus.invalid'"
         f" ({why}): give its address\n"
     )
+
+
+def test_listen_names_its_port_and_an_unknown_host_is_said_once(tmp_path: Path) -> None:
+    # a bare host would bind 53 or 5300 by a guess: ask for the port instead
+    got = nameserver(tmp=tmp_path, config='[nameserver]\nlisten = "127.0.0.1"\n')
+    assert got.returncode == 2
+    assert got.stderr == (
+        "retreatkit: [nameserver] listen (or --listen): expected HOST:PORT, got '127.0.0.1'\n"
+    )
+    got = nameserver("--listen", "nohost.invalid:5300", "--upstream", "127.0.0.1:9", tmp=tmp_path)
+    assert got.returncode == 1
+    assert got.stderr == (
+        "retreatkit: cannot start: nameserver: cannot resolve 'nohost.invalid': change"
+        " [nameserver] listen (or --listen)\n"
+    )
