@@ -59,14 +59,14 @@ class UDPServer(asyncio.DatagramProtocol):
             query = wire.parse(data)
             if query is not None:  # REFUSED is no bigger than the query: nothing to amplify
                 stats.answered(now, ip, "", REFUSED, 5, key=query.key)
-                transport.sendto(_echo(data, query, rcode=5), addr)
+                transport.sendto(wire.echo(data, query, rcode=5), addr)
             return
         if gate.rate and gate.over_limit(ip, int(now)):
             query = wire.parse(data)
             if query is not None:
                 stats.answered(now, ip, "", RATE_LIMITED, 0, key=query.key)
                 do = bool(query.key[-1] & wire.KEY_DO)
-                transport.sendto(wire.truncated(_echo(data, query), query.edns, do), addr)
+                transport.sendto(wire.truncated(wire.echo(data, query), query.edns, do), addr)
             return
         # the hottest path: these very bytes (but the ID) were answered, and still stand
         tail = data[2:]
@@ -115,9 +115,3 @@ class UDPServer(asyncio.DatagramProtocol):
             log.exception("query from %s failed", ip)
         finally:
             self.slow -= 1
-
-
-def _echo(data: bytes, query: wire.Query, rcode: int = 0) -> bytes:
-    """A header + question answer skeleton for a query (QR and RA set)."""
-    flags = ((query.flags | wire.FLAG_QR | wire.FLAG_RA) & ~wire.FLAG_AA & ~0x000F) | rcode
-    return wire.HEADER.pack(query.id, flags, 1, 0, 0, 0) + data[12 : query.question_end]

@@ -8,6 +8,11 @@ per address as well as in all, and each connection has a deadline that only a wh
 message moves (RFC 7766 6.2.3): a client that trickles a byte now and then, never
 finishing a message, is closed when its deadline passes, however busy it keeps the
 socket. A connection with answers still being worked on is left to finish them.
+
+A client outside the LAN's networks gets REFUSED, as over UDP, not a reset it cannot
+tell from a dead server: one answer to its first query, nothing resolved, then the
+connection closes. Such connections have their own small cap, so outsiders can never
+take the LAN's.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import cast
 from retreatkit.nameserver import wire
 from retreatkit.nameserver.gate import Gate
 from retreatkit.nameserver.resolver import Resolver
+from retreatkit.nameserver.stats import REFUSED
 
 log = logging.getLogger("retreatkit.nameserver")
 
@@ -29,6 +35,7 @@ IDLE = 10.0  # seconds a connection may go without a whole message
 MAX_CONNECTIONS = 256
 PER_ADDRESS = 16
 MAX_PENDING = 32  # pipelined queries in progress on one connection; then reading pauses
+MAX_OUTSIDERS = 32  # connections from outside the LAN open at once, waiting for REFUSED
 _LENGTH = struct.Struct(">H")
 
 
@@ -77,6 +84,7 @@ class Connections:
         self.limit = limit
         self.per_address = per_address
         self.open: set[TCPServer] = set()
+        self.outsiders: set[TCPServer] = set()  # from outside the LAN: REFUSED, then closed
         self.by_address: Counter[str] = Counter()
         self.refused = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,23 +96,26 @@ class Connections:
         return self._loop
 
     def admit(self, conn: TCPServer) -> bool:
-        if len(self.open) >= self.limit or self.by_address[conn.ip] >= self.per_address:
+        pool, limit = (self.outsiders, MAX_OUTSIDERS) if conn.outsider else (self.open, self.limit)
+        if len(pool) >= limit or self.by_address[conn.ip] >= self.per_address:
             self.refused += 1
             return False
-        self.open.add(conn)
+        pool.add(conn)
         self.by_address[conn.ip] += 1
         return True
 
     def leave(self, conn: TCPServer) -> None:
-        if conn in self.open:
-            self.open.discard(conn)
+        pool = self.outsiders if conn.outsider else self.open
+        if conn in pool:
+            pool.discard(conn)
             self.by_address[conn.ip] -= 1
             if self.by_address[conn.ip] <= 0:
                 del self.by_address[conn.ip]
 
     def sweep(self, now: float) -> int:
         """Close what is past its deadline with nothing in progress; returns how many."""
-        late = [c for c in self.open if c.pending == 0 and c.framer.expired(now)]
+        late = [c for c in (*self.open, *self.outsiders)
+                if c.pending == 0 and c.framer.expired(now)]  # fmt: skip
         for conn in late:
             conn.close()
         return len(late)
@@ -122,6 +133,7 @@ class TCPServer(asyncio.Protocol):
         self.connections = connections
         self.transport: asyncio.Transport | None = None
         self.ip = "?"
+        self.outsider = False  # not in the LAN's networks: gets REFUSED
         self.pending = 0
         self.framer = Framer(connections.clock(), connections.idle)
         self.tasks: set[asyncio.Future[None]] = set()
@@ -129,7 +141,8 @@ class TCPServer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.ip = str((self.transport.get_extra_info("peername") or ("?",))[0])
-        if not self.gate.allowed(self.ip) or not self.connections.admit(self):
+        self.outsider = not self.gate.allowed(self.ip)
+        if not self.connections.admit(self):
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -141,6 +154,9 @@ class TCPServer(asyncio.Protocol):
         self.connections.leave(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.outsider:
+            self._refuse(data)
+            return
         if self not in self.connections.open:
             return
         for message in self.framer.feed(data, self.connections.clock()):
@@ -150,6 +166,21 @@ class TCPServer(asyncio.Protocol):
             task = self.connections.loop().create_task(self._answer(message))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+
+    def _refuse(self, data: bytes) -> None:
+        """REFUSED to an outsider's first query (no bigger than it), then close."""
+        if self not in self.connections.outsiders:
+            return
+        now = self.connections.clock()
+        messages = self.framer.feed(data, now)
+        if not messages:
+            return
+        query = wire.parse(messages[0])
+        if query is not None and self.transport is not None:
+            self.resolver.stats.answered(now, self.ip, "", REFUSED, 5, key=query.key)
+            out = wire.echo(messages[0], query, rcode=5)
+            self.transport.write(_LENGTH.pack(len(out)) + out)
+        self.close()
 
     async def _answer(self, message: bytes) -> None:
         resolver = self.resolver

@@ -3,7 +3,9 @@ a test writes (scripted replies, or a zone over UDP and TCP). In-process tools: 
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import os
 import shutil
 import socket
 import struct
@@ -11,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +138,53 @@ def start_nameserver(
         shutil.rmtree(home, ignore_errors=True)
         raise
     return NameserverProcess(proc, port, admin, home)
+
+
+@dataclass(frozen=True)
+class TwoHosts:
+    """A server and a client host in network namespaces of their own, on one link; each
+    has an address in the LAN (10.53.0.0/24) and one outside it (TEST-NET-2)."""
+
+    server: str
+    client: str
+    server_lan: str = "10.53.0.1"
+    client_lan: str = "10.53.0.2"
+    client_outside: str = "198.51.100.2"
+
+    def on(self, host: str, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", host, *argv]
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def two_hosts(prefix: str = "rkns") -> Iterator[TwoHosts]:
+    """Made for one test and removed after it, whatever happens (needs root, iproute2)."""
+    tag = f"{prefix}-{os.getpid()}"
+    hosts = TwoHosts(f"{tag}-s", f"{tag}-c")
+    link = f"{prefix}{os.getpid() % 10**8}"  # interface names: 15 characters at most
+    try:
+        for name in (hosts.server, hosts.client):
+            _ip("netns", "add", name)
+            _ip("-n", name, "link", "set", "lo", "up")
+        _ip("-n", hosts.server, "link", "add", link + "s", "type", "veth", "peer", "name",
+            link + "c", "netns", hosts.client)  # fmt: skip
+        for name, device, address in (
+            (hosts.server, link + "s", hosts.server_lan),
+            (hosts.client, link + "c", hosts.client_lan),
+            (hosts.client, link + "c", hosts.client_outside),
+        ):
+            _ip("-n", name, "addr", "add", f"{address}/24", "dev", device)
+            _ip("-n", name, "link", "set", device, "up")
+        # the outside network is routed to the server, which has no address in it: its
+        # answers leave from the address the client asked
+        _ip("-n", hosts.server, "route", "add", "198.51.100.0/24", "dev", link + "s")
+        yield hosts
+    finally:
+        for name in (hosts.server, hosts.client):  # the link goes with its namespaces
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
 Script = Callable[[dns.message.Message, socket.socket, tuple[str, int]], None]

@@ -270,3 +270,10 @@ def truncated(answer: bytes, edns: bool, do: bool) -> bytes:
         pos = skip_name(answer, pos) + 4
     header = HEADER.pack(qid, flags | FLAG_TC, qd, 0, 0, 1 if edns else 0)
     return header + answer[12:pos] + (opt(do) if edns else b"")
+
+
+def echo(data: bytes, query: Query, rcode: int = 0) -> bytes:
+    """A header + question answer skeleton for a query (QR and RA set): REFUSED, or the
+    start of a truncated answer. No bigger than the query: nothing to amplify."""
+    flags = ((query.flags | FLAG_QR | FLAG_RA) & ~FLAG_AA & ~0x000F) | rcode
+    return HEADER.pack(query.id, flags, 1, 0, 0, 0) + data[12 : query.question_end]

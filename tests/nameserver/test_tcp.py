@@ -1,4 +1,5 @@
-"""TCP fairness with a manual clock: framing, deadlines only whole messages move, caps."""
+"""TCP fairness with a manual clock: framing, deadlines only whole messages move, caps,
+REFUSED outside the LAN."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import asyncio
 import struct
 
 import dns.message
+import dns.rcode
 
 from retreatkit.nameserver.fakes import ManualClock, Zone, make_query, resolver
 from retreatkit.nameserver.gate import LAN, Gate
-from retreatkit.nameserver.tcp import Connections, Framer, TCPServer
+from retreatkit.nameserver.stats import REFUSED
+from retreatkit.nameserver.tcp import MAX_OUTSIDERS, Connections, Framer, TCPServer
 
 ZONE = Zone("$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nwww A 198.51.100.7\n")
 UP = ("192.0.2.53", 53)
@@ -101,3 +104,35 @@ async def test_servers_never_share_connection_counts() -> None:
         stream = Stream("10.0.0.1")
         server.connection_made(stream)  # type: ignore[arg-type]
         assert not stream.aborted  # the first connection of each server
+
+
+async def test_outside_the_lan_one_refused_then_closed_and_never_the_lans_room() -> None:
+    r, transport, _ = resolver({UP: ZONE.answer})
+    clock = ManualClock(0.0)
+    conns = Connections(clock, idle=10.0, limit=2, per_address=16)
+    gate = Gate(["10.0.0.0/8"], 0)
+
+    def connect(ip: str) -> tuple[TCPServer, Stream]:
+        server, stream = TCPServer(r, gate, conns), Stream(ip)
+        server.connection_made(stream)  # type: ignore[arg-type]
+        return server, stream
+
+    outsider, stream = connect("203.0.113.9")
+    assert not stream.aborted and not conns.open  # held apart from the LAN's connections
+    two = framed("www.test") + framed("www.test")
+    outsider.data_received(two[:3])
+    assert stream.written == b"" and not stream.closed  # no whole query yet
+    outsider.data_received(two[3:])  # two pipelined: one answer, then the door closes
+    (length,) = struct.unpack_from(">H", stream.written)
+    answer = dns.message.from_wire(stream.written[2 : 2 + length])
+    assert len(stream.written) == 2 + length and stream.closed
+    assert answer.rcode() == dns.rcode.REFUSED
+    assert answer.question == make_query("www.test").question
+    assert transport.asked() == 0 and r.stats.counts[REFUSED] == 1
+    assert not conns.outsiders and not conns.by_address
+    for _ in range(MAX_OUTSIDERS):
+        connect(f"203.0.113.{len(conns.outsiders) % 200 + 1}")
+    assert connect("198.51.100.1")[1].aborted  # outsiders full: reset, as before
+    assert not connect("10.0.0.1")[1].aborted  # the LAN's room is untouched
+    clock.advance(10)
+    assert conns.sweep(clock()) == MAX_OUTSIDERS + 1  # silent outsiders go at the deadline
