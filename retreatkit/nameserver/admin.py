@@ -13,8 +13,8 @@ from aiohttp import web
 
 from retreatkit.nameserver import status
 from retreatkit.nameserver.blocklist import normalize
-from retreatkit.nameserver.errors import BadRecord
-from retreatkit.nameserver.local import Record, parse_record
+from retreatkit.nameserver.errors import BadRecord, CnameLoop
+from retreatkit.nameserver.local import LocalNames, Record, parse_record
 
 if TYPE_CHECKING:
     from retreatkit.nameserver.service import Nameserver
@@ -59,8 +59,13 @@ def routes(ns: Nameserver) -> list[web.RouteDef]:
             record = parse_record(f"{name}={value}")
         except BadRecord as exc:
             raise _bad(str(exc)) from None
-        kept = [r for r in ns.resolver.policy.local.all() if not _replaced(r, record)]
-        ns.set_records([*kept, record])
+        local = ns.resolver.policy.local
+        records = [*(r for r in local.all() if not _replaced(r, record)), record]
+        try:
+            LocalNames(records, local.zones).check_loops()
+        except CnameLoop as exc:
+            raise _bad(f"{exc}: {record.name} not set") from None
+        ns.set_records(records)
         return web.json_response(_record(record))
 
     async def delete_record(request: web.Request) -> web.Response:

@@ -22,3 +22,8 @@ class BadList(NameserverError):
 
 class BadRecord(NameserverError, ValueError):
     """A local record the organiser gave is not NAME=ADDRESS or NAME=cname:TARGET."""
+
+
+class CnameLoop(BadRecord):
+    """Local CNAMEs lead back to a name already in the chain (RFC 1034 3.6.2: a loop is
+    an error, never followed)."""

@@ -12,7 +12,7 @@ from retreatkit import config
 from retreatkit.nameserver.blocklist import normalize
 from retreatkit.nameserver.gate import LAN
 from retreatkit.nameserver.lists import file_problem, is_url
-from retreatkit.nameserver.local import parse_record
+from retreatkit.nameserver.local import LocalNames, Record, parse_record
 from retreatkit.nameserver.service import Settings as NameserverSettings
 
 
@@ -33,14 +33,11 @@ def nameserver_settings(
 ) -> NameserverSettings:
     """Settings from [nameserver]; `own` names the services of this process (name -> address);
     `mirror` says where this process's own mirror is, if it hosts one."""
-    records = [parse_record(f"{name}={value}") for name, value in section["records"].items()]
-    records += [parse_record(r) for r in section.get("record_flags", [])]
+    records = _keyed("records", local_records, section)
     named = {r.name for r in records}
     records += [parse_record(f"{n}={a}") for n, a in own.items() if n not in named]
     upstreams = _keyed("upstreams", upstream_servers, section) or resolv_conf_upstreams()
     forward = _keyed("forward", forward_servers, section)
-    if section["block_mode"] not in ("null", "nxdomain"):
-        raise ValueError("block mode is null or nxdomain")
     return NameserverSettings(
         listen=config.host_port(section["listen"]),  # HOST:PORT: see startup.check_config
         upstreams=upstreams,
@@ -48,7 +45,7 @@ def nameserver_settings(
         allow=list(section["allow"]),
         records=records,
         forward=forward,
-        block_mode=section["block_mode"],
+        block_mode=_keyed("block_mode", block_mode, section),
         networks=list(section["networks"]) or list(LAN),
         rate_limit=int(section["rate_limit"]),
         stale_for=float(section["stale_for"]),
@@ -71,10 +68,22 @@ def problems(section: dict[str, Any]) -> list[tuple[str, str]]:
             dns_server(upstream)
         except ValueError as exc:
             found.append(("upstreams", str(exc)))
+    records = []
+    for text in record_texts(section):
+        try:
+            records.append(parse_record(text))
+        except ValueError as exc:
+            found.append(("records", str(exc)))
     try:
-        forward_servers(section)
+        LocalNames(records).check_loops()
     except ValueError as exc:
-        found.append(("forward", str(exc)))
+        found.append(("records", str(exc)))
+    read: Callable[[dict[str, Any]], object]
+    for key, read in (("forward", forward_servers), ("block_mode", block_mode)):
+        try:
+            read(section)
+        except ValueError as exc:
+            found.append((key, str(exc)))
     return found
 
 
@@ -87,6 +96,25 @@ def _keyed(key: str, read: Callable[[dict[str, Any]], T], section: dict[str, Any
         return read(section)
     except ValueError as exc:
         raise ValueError(f"[nameserver] {key}: {exc}") from None
+
+
+def record_texts(section: dict[str, Any]) -> list[str]:
+    """[nameserver] records (a table) and --record flags, each as NAME=VALUE."""
+    table = [f"{name}={value}" for name, value in section["records"].items()]
+    return table + list(section.get("record_flags", []))
+
+
+def local_records(section: dict[str, Any]) -> list[Record]:
+    records = [parse_record(text) for text in record_texts(section)]
+    LocalNames(records).check_loops()  # a loop is refused at start, never answered
+    return records
+
+
+def block_mode(section: dict[str, Any]) -> str:
+    mode = section["block_mode"]
+    if mode not in ("null", "nxdomain"):
+        raise ValueError(f"expected null or nxdomain, got {mode!r}")
+    return str(mode)
 
 
 def upstream_servers(section: dict[str, Any]) -> list[tuple[str, int]]:

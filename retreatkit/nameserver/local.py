@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from retreatkit.nameserver.blocklist import normalize, suffixes
-from retreatkit.nameserver.errors import BadRecord
+from retreatkit.nameserver.errors import BadRecord, CnameLoop
 
 # zones whose unknown names we answer ourselves (RFC 6761, RFC 8375, the event's own)
 LOCAL_ZONES = ("retreat.lan", "home.arpa", "internal", "localhost")
@@ -150,7 +150,8 @@ class LocalNames:
 
     def chase(self, name: str, rtype: str) -> tuple[list[Record], str | None]:
         """The records answering (name, rtype) with CNAMEs followed through local names;
-        and the last target when the chain leaves local data (for the resolver to ask)."""
+        and the last target when the chain leaves local data (for the resolver to ask).
+        CnameLoop when the chain comes back to a name it passed."""
         out: list[Record] = []
         seen = {name}
         current = name
@@ -163,9 +164,17 @@ class LocalNames:
                 out.append(cnames[0])
                 current = cnames[0].value
                 if current in seen:
-                    return out, None  # a loop in local data: answer what we have
+                    path = " -> ".join([name, *(r.value for r in out)])
+                    raise CnameLoop(f"CNAME loop: {path}")
                 seen.add(current)
                 continue
             out += [r for r in found.records if r.rtype == rtype]
             return out, None
         return out, None
+
+    def check_loops(self) -> None:
+        """CnameLoop if any local CNAME, a wildcard's too, leads into a loop: records are
+        checked before they are taken, so a loop is refused, never answered."""
+        for owner, records in self.records.items():
+            if any(r.rtype == "CNAME" for r in records):
+                self.chase(owner, "A")

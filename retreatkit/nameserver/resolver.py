@@ -28,7 +28,7 @@ import dns.rdatatype
 
 from retreatkit.nameserver import answers, fill, wire
 from retreatkit.nameserver.cache import Cache, Entry
-from retreatkit.nameserver.errors import BadReply, UpstreamFailed
+from retreatkit.nameserver.errors import BadReply, CnameLoop, UpstreamFailed
 from retreatkit.nameserver.flight import Flights
 from retreatkit.nameserver.policy import BLOCKED, FORWARD, LOCAL, NXDOMAIN, PTR, Policy, Route
 from retreatkit.nameserver.stats import BLOCKED as BLOCKED_ANSWER
@@ -227,7 +227,11 @@ class Resolver:
         kind = LOCAL_ANSWER
         if route.kind == LOCAL:
             assert route.found is not None
-            chain, outside = self.policy.local.chase(name, _type_text(qtype))
+            try:
+                chain, outside = self.policy.local.chase(name, _type_text(qtype))
+            except CnameLoop:  # refused when records are set; never followed if one slips in
+                self.stats.answered(now, client, name, SERVFAIL, 2, key=query.key)
+                return _bare(query, data, 2)
             response = answers.local(message, chain, route.zone)
             if outside is not None:
                 # a local CNAME to a name outside: ask for it as any client would

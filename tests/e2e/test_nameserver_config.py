@@ -72,3 +72,21 @@ def test_listen_names_its_port_and_an_unknown_host_is_said_once(tmp_path: Path) 
         "retreatkit: cannot start: nameserver: cannot resolve 'nohost.invalid': change"
         " [nameserver] listen (or --listen)\n"
     )
+
+
+def test_config_errors_say_their_section_and_key(tmp_path: Path) -> None:
+    got = nameserver(
+        "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9", tmp=tmp_path,
+        config='[nameserver]\nblock_mode = "sinkhole"\n[nameserver.records]\n'
+        '"printer.retreat.lan" = "10"\n"loopa.retreat.lan" = "cname:loopb.retreat.lan"\n'
+        '"loopb.retreat.lan" = "cname:loopa.retreat.lan"\n',
+    )  # fmt: skip
+    assert got.returncode == 2
+    assert got.stderr.splitlines() == [
+        "retreatkit: [nameserver] records (or --record): expected an IP address in"
+        " 'printer.retreat.lan=10'",
+        "retreatkit: [nameserver] records (or --record): CNAME loop: loopa.retreat.lan ->"
+        " loopb.retreat.lan -> loopa.retreat.lan",
+        "retreatkit: [nameserver] block_mode (or --block-mode): expected null or nxdomain,"
+        " got 'sinkhole'",
+    ]

@@ -103,6 +103,20 @@ async def test_records_put_and_delete(admin: Admin) -> None:
     assert (status, text) == (404, "no local record named www.example.test\n")
 
 
+async def test_a_record_that_would_make_a_cname_loop_is_refused(admin: Admin) -> None:
+    await admin.request("PUT", "/nameserver/records/loopa.retreat.lan",
+                        {"value": "cname:loopb.retreat.lan"})  # fmt: skip
+    status, text = await admin.request("PUT", "/nameserver/records/loopb.retreat.lan",
+                                       {"value": "cname:loopa.retreat.lan"})  # fmt: skip
+    assert (status, text) == (
+        400,
+        "CNAME loop: loopa.retreat.lan -> loopb.retreat.lan -> loopa.retreat.lan:"
+        " loopb.retreat.lan not set\n",
+    )
+    assert [r.name for r in admin.ns.resolver.policy.local.all()] == ["loopa.retreat.lan"]
+    assert await admin.addresses("loopa.retreat.lan") == ["loopb.retreat.lan."]  # no loop
+
+
 async def test_flush(admin: Admin) -> None:
     await admin.addresses("www.example.test")
     status, body = await admin.request("POST", "/nameserver/cache/flush",

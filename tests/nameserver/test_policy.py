@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from retreatkit.nameserver.blocklist import Blocklist
-from retreatkit.nameserver.errors import BadRecord
+from retreatkit.nameserver.errors import BadRecord, CnameLoop
 from retreatkit.nameserver.local import LocalNames, Record, parse_record
 from retreatkit.nameserver.policy import BLOCKED, FORWARD, LOCAL, NXDOMAIN, PTR, Policy
 
@@ -70,11 +70,38 @@ def test_local_names_follow_the_authoritative_rules() -> None:
     assert [(r.name, r.rtype) for r in chain] == [("docs.retreat.lan", "CNAME"),
                                                   ("laptop.retreat.lan", "A")]  # fmt: skip
     assert outside is None
-    assert names.chase("loop1.retreat.lan", "A")[1] is None  # a loop ends, never spins
+    with pytest.raises(CnameLoop) as loop:  # a loop is an error (RFC 1034 3.6.2), never spun
+        names.chase("loop1.retreat.lan", "A")
+    assert (
+        str(loop.value) == "CNAME loop: loop1.retreat.lan -> loop2.retreat.lan -> loop1.retreat.lan"
+    )
+    assert names.chase("loop1.retreat.lan", "CNAME")[0][0].value == "loop2.retreat.lan"
     chain, outside = names.chase("out.retreat.lan", "A")
     assert len(chain) == 1 and outside == "www.example.org"
     assert names.reverse["1.0.0.127.in-addr.arpa"] == "localhost"
     assert names.reverse["7.0.0.10.in-addr.arpa"] == "laptop.retreat.lan"
+
+
+@pytest.mark.parametrize(
+    ("records", "loop"),
+    [
+        (["a.retreat.lan=cname:b.retreat.lan", "b.retreat.lan=cname:a.retreat.lan"],
+         "a.retreat.lan -> b.retreat.lan -> a.retreat.lan"),
+        (["self.retreat.lan=cname:self.retreat.lan"], "self.retreat.lan -> self.retreat.lan"),
+        # through wildcards: every name under one leads under the other, and back
+        (["*.a.retreat.lan=cname:x.b.retreat.lan", "*.b.retreat.lan=cname:y.a.retreat.lan"],
+         "*.a.retreat.lan -> x.b.retreat.lan -> y.a.retreat.lan -> x.b.retreat.lan"),
+        (["a.retreat.lan=cname:b.retreat.lan", "b.retreat.lan=cname:c.example.org"], None),
+    ],
+)  # fmt: skip
+def test_cname_loops_are_found_before_they_are_answered(records: list[str], loop: str) -> None:
+    names = LocalNames([parse_record(r) for r in records])
+    if loop is None:
+        names.check_loops()
+        return
+    with pytest.raises(CnameLoop) as found:
+        names.check_loops()
+    assert str(found.value) == f"CNAME loop: {loop}"
 
 
 def test_route_order() -> None:

@@ -178,6 +178,15 @@ async def test_local_wildcard_chain_and_apex() -> None:
     assert upstream.asked() == 0
 
 
+async def test_a_local_cname_loop_is_servfail_never_followed() -> None:
+    # records are checked for loops when set; should one slip in, it is not answered
+    loop = ["a.retreat.lan=cname:b.retreat.lan", "b.retreat.lan=cname:a.retreat.lan"]
+    r, upstream, _ = resolver({UP: ZONE.answer}, records=[parse_record(x) for x in loop])
+    answer = await UDPClient(r).ask("a.retreat.lan")
+    assert answer.rcode() == dns.rcode.SERVFAIL and not answer.answer
+    assert upstream.asked() == 0
+
+
 async def test_failover_to_a_healthy_upstream() -> None:
     r, upstream, _ = resolver({UP: lambda q: SILENT, SECOND: ZONE.answer})
     lan = UDPClient(r)

@@ -53,3 +53,30 @@ def test_upstreams_and_forwards_that_cannot_work_are_named() -> None:
         f"[nameserver] forward: cannot resolve 'router.bogus.invalid' "
         f"({lookup_failure('router.bogus.invalid')}): give its address"
     )
+
+
+def test_records_and_block_mode_that_cannot_work_are_named() -> None:
+    loop = {"loopa.retreat.lan": "cname:loopb.retreat.lan",
+            "loopb.retreat.lan": "cname:loopa.retreat.lan"}  # fmt: skip
+    assert problems(
+        section(
+            block_mode="sinkhole",
+            records={"printer.retreat.lan": "10", **loop},
+            record_flags=["wiki.retreat.lan=10.0.0.9", "nowhere"],
+        )
+    ) == [
+        ("records", "expected an IP address in 'printer.retreat.lan=10'"),
+        ("records", "expected NAME=ADDRESS, got 'nowhere'"),
+        ("records", "CNAME loop: loopa.retreat.lan -> loopb.retreat.lan -> loopa.retreat.lan"),
+        ("block_mode", "expected null or nxdomain, got 'sinkhole'"),
+    ]
+    for bad, message in (
+        (section(block_mode="sinkhole"),
+         "[nameserver] block_mode: expected null or nxdomain, got 'sinkhole'"),
+        (section(records=loop),
+         "[nameserver] records: CNAME loop: loopa.retreat.lan -> loopb.retreat.lan ->"
+         " loopa.retreat.lan"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError) as refused:  # a guest's settings: no check before
+            nameserver_settings(bad, {})
+        assert str(refused.value) == message
