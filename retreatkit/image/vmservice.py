@@ -215,6 +215,25 @@ class VmService:
         admin = supervisor.item(definition.name)["admin"]
         say(f"Guest {definition.name} starting; admin on {admin}/status")
 
+    def attendee_addresses(self) -> dict[str, tuple[str, int]]:
+        """Where attendees reach each service this process runs as a guest (`up`'s guests
+        are named after their services): the host side of its service port's forward,
+        with the port fixed when the guest was defined."""
+        from retreatkit.image import spec as specs
+
+        found: dict[str, tuple[str, int]] = {}
+        for definition in self.autostart:
+            image = specs.SPECS.get(definition.name)
+            entry = self.supervisor.guests.get(definition.name) if self.supervisor else None
+            if image is None:
+                continue
+            wanted = image.ports[0]
+            for forward in (entry.definition if entry else definition).forwards:
+                f = qemu.Forward.parse(forward)
+                if (f.proto, f.guest_port) == wanted:
+                    found[definition.name] = (f.host, f.port)
+        return found
+
     def _idle(self) -> None:
         log.info("no guest left running; the supervisor stops")
         os.kill(os.getpid(), signal.SIGTERM)

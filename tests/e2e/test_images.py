@@ -412,6 +412,15 @@ def test_up_runs_a_service_as_an_image(tmp_path: Path, env: dict[str, str]) -> N
             ("relay", "relay", "running")
         ]
         assert "relay" in get_json(f"{guest_admin}/status", env)  # the guest serves its own status
+        # attendees are told of the guest's relay, at its forward (on the console and on
+        # the dashboard's overview)
+        [port] = [f.split(":")[2] for f in guests[0]["forwards"] if f.endswith(":9000")]  # type: ignore[index]
+        line = f"  bob relay: 127.0.0.1:{port} (loopback only: attendees cannot reach it)"
+        if line not in up.seen:
+            up.wait_for(f"^{re.escape(line)}$", 10)
+        assert up.seen[up.seen.index(line) - 1] == "Attendees use:"
+        attendees = status["process"]["attendees"]  # type: ignore[index]
+        assert attendees[0] == line.strip()  # type: ignore[index]
     finally:
         code = up.stop()
     assert code == 0, up.seen

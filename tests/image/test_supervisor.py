@@ -1,0 +1,102 @@
+"""The supervisor's parts that need no guest, in process: what `up` tells attendees about
+its guests. Real guests boot in tests/e2e/test_images.py."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from retreatkit import config, serve
+from retreatkit.image import vmservice
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for var, sub in (("HOME", ""), ("XDG_STATE_HOME", "state"), ("XDG_DATA_HOME", "data")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    return tmp_path
+
+
+def test_up_guests_are_reached_where_their_listen_says() -> None:
+    cfg = config.load(None)
+    cfg["images"]["run"] = ["relay", "nameserver"]
+    cfg["nameserver"]["listen"] = "192.0.2.10:53"
+    guests = vmservice.guests_for_up(cfg, None, "192.0.2.10")
+    assert guests.attendee_addresses() == {
+        "relay": ("0.0.0.0", 9000),
+        "nameserver": ("192.0.2.10", 53),
+    }
+
+
+class Guests:
+    """A supervisor as serve() sees one, its guests running `services` (no qemu here)."""
+
+    name = "vm"
+
+    def __init__(self, addresses: dict[str, tuple[str, int]]) -> None:
+        self.addresses = addresses
+
+    async def start(self, registry: CollectorRegistry, say: serve.Say) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {"up": True}
+
+    def attendee_addresses(self) -> dict[str, tuple[str, int]]:
+        return self.addresses
+
+
+ALL = {"relay": ("0.0.0.0", 9000), "mirror": ("0.0.0.0", 8000), "nameserver": ("0.0.0.0", 53)}
+
+
+@pytest.mark.parametrize(
+    ("addresses", "expected"),
+    [
+        (ALL, [
+            "bob relay: relay.retreat.lan:9000 (192.0.2.10:9000)",
+            "package mirror: http://mirror.retreat.lan:8000/ (its page shows the pip, uv, opam,"
+            " npm and apt lines)",
+            "DNS server: 192.0.2.10 port 53 (hand it out by DHCP)",
+        ]),
+        ({"relay": ("127.0.0.1", 41235)}, [
+            "bob relay: 127.0.0.1:41235 (loopback only: attendees cannot reach it)",
+        ]),
+    ],
+)  # fmt: skip
+async def test_attendees_are_told_of_services_run_as_guests(
+    home: Path, addresses: dict[str, tuple[str, int]], expected: list[str]
+) -> None:
+    said: list[str] = []
+    overview: list[str] = []
+
+    async def dashboard(url: str, token: str, stop: object) -> None:
+        def read() -> None:  # what the dashboard's overview shows
+            request = urllib.request.Request(
+                f"{url}/status", headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                overview.extend(json.load(answer)["process"]["attendees"])
+
+        await asyncio.to_thread(read)
+
+    try:
+        code = await serve.serve(
+            [Guests(addresses)], ("127.0.0.1", 0), said.append, dashboard, lan="192.0.2.10"
+        )
+    finally:
+        gc.unfreeze()
+    assert code == 0
+    start = said.index("Attendees use:")
+    assert said[start + 1 : start + 1 + len(expected)] == [f"  {line}" for line in expected]
+    assert said[start + 1 + len(expected)] == "Stopping..."
+    assert overview == expected
