@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from retreatkit import config, loop, serve
+from retreatkit.cli.image import guest_memory
 from retreatkit.image import vmservice
 from retreatkit.image.paths import private_dir
 
@@ -32,6 +33,8 @@ class VmError(RuntimeError):
 def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     command = args.vm_command
     try:
+        if command == "start" and args.image is not None:
+            args.memory = guest_memory(args, cfg)  # before a supervisor is started or asked
         if command == "serve":
             return _serve(args)
         if command == "console":
@@ -127,7 +130,7 @@ async def _client(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         definition = {
             "image": str(args.image.resolve()),
             "forwards": args.forward,
-            "memory_mb": args.memory or int(cfg["images"]["memory"]),
+            "memory_mb": args.memory,
             "disk": str(args.disk.resolve()) if args.disk else None,
             "restart": args.restart,
             "config": str(args.sub_config.resolve()) if args.sub_config else None,

@@ -21,6 +21,7 @@ from typing import Any
 from retreatkit import config
 from retreatkit.admin.token import load_or_create
 from retreatkit.image import build, qemu, run
+from retreatkit.image import spec as specs
 from retreatkit.image.paths import private_dir
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -45,14 +46,30 @@ class Definition:
 
     @classmethod
     def parse(cls, doc: dict[str, Any]) -> Definition:
+        """A definition from JSON a client sent (anything at all) or a saved guest.json."""
         try:
             defn = cls(**doc)
         except TypeError as exc:
             raise GuestError(f"bad guest definition: {exc}") from None
-        if not NAME.match(defn.name):
+        if not isinstance(defn.name, str) or not NAME.match(defn.name):
             raise GuestError(
                 "a guest name is 1-32 of a-z, 0-9 and -, starting with a letter or digit"
             )
+        kinds = (
+            ("image", defn.image, str), ("disk", defn.disk, str | None),
+            ("config", defn.config, str | None), ("restart", defn.restart, bool),
+            ("forwards", defn.forwards, list), ("records", defn.records, dict),
+        )  # fmt: skip
+        for key, value, kind in kinds:
+            if not isinstance(value, kind):
+                raise GuestError(f"bad guest definition: {key} cannot be {value!r:.60}")
+        problem = specs.memory_problem(defn.memory_mb, "memory_mb")
+        if problem is not None:
+            raise GuestError(problem)
+        if not all(isinstance(t, str) for t in defn.forwards):
+            raise GuestError("bad guest definition: forwards are tcp|udp:HOST:PORT:GUESTPORT")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in defn.records.items()):
+            raise GuestError("bad guest definition: records are names and addresses")
         for text in defn.forwards:
             qemu.Forward.parse(text)
         return defn

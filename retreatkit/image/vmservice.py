@@ -139,6 +139,9 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -
     from retreatkit.mirror.hosted import default_store
 
     images = cfg["images"]
+    problem = specs.memory_problem(images["memory"], "[images] memory =")
+    if problem is not None:
+        raise config.ConfigError(problem)
     folder = Path(images["dir"]) if images["dir"] else cache_dir() / "images"
     own = {"relay.retreat.lan": address, "mirror.retreat.lan": address}
     definitions = []

@@ -92,6 +92,26 @@ def test_guest_names_are_safe_for_paths() -> None:
         Definition.parse({**good, "colour": "blue"})
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"memory_mb": 1}, "memory_mb 1: a guest needs at least 48 MB (no image boots in less)"),
+        ({"memory_mb": "lots"}, "memory_mb 'lots': guest memory is a whole number of MB"),
+        ({"memory_mb": True}, "memory_mb True: guest memory is a whole number of MB"),
+        ({"forwards": "tcp::0:9000"}, "bad guest definition: forwards cannot be 'tcp::0:9000'"),
+        ({"forwards": [9000]}, "bad guest definition: forwards are tcp|udp:HOST:PORT:GUESTPORT"),
+        ({"image": ["x" * 100]}, f"bad guest definition: image cannot be ['{'x' * 58}"),
+        ({"records": {"a": 1}}, "bad guest definition: records are names and addresses"),
+    ],
+)
+def test_the_supervisor_refuses_what_cannot_boot(change: dict[str, object], message: str) -> None:
+    good = {"name": "r9", "image": "/x", "forwards": [], "memory_mb": 48}
+    assert Definition.parse(good).memory_mb == 48
+    with pytest.raises(GuestError) as refused:
+        Definition.parse({**good, **change})
+    assert str(refused.value) == message
+
+
 def test_kconfig_dropping_a_line_is_an_error(tmp_path: Path) -> None:
     config = tmp_path / ".config"
     config.write_text("CONFIG_64BIT=y\n# CONFIG_EXT4_FS is not set\n")
@@ -120,6 +140,10 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
          "retreatkit: no guest named 'ghost'; `retreatkit vm list` names them\n"),
         (["vm", "console", "ghost"], 1,
          "retreatkit: no console log for 'ghost' (has it ever started?)\n"),
+        (["vm", "start", "r9", "/nonexistent", "--memory", "1"], 2,
+         "retreatkit: --memory 1: a guest needs at least 48 MB (no image boots in less)\n"),
+        (["image", "run", "/nonexistent", "--memory", "47"], 2,
+         "retreatkit: --memory 47: a guest needs at least 48 MB (no image boots in less)\n"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line(
@@ -136,6 +160,20 @@ def test_up_names_only_services_with_images(home: Path, capsys: pytest.CaptureFi
     assert capsys.readouterr().err == (
         "retreatkit: no image for 'dashboard'; one of relay, mirror, nameserver\n"
     )
+
+
+def test_too_little_guest_memory_in_retreat_toml(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = home / "retreat.toml"
+    config.write_text('[images]\nrun = ["relay"]\nmemory = 1\n')
+    for argv in (["up"], ["vm", "start", "r9", "/nonexistent"]):
+        assert cli.main(["--config", str(config), *argv]) == 2
+        assert capsys.readouterr().err == (
+            "retreatkit: [images] memory = 1: a guest needs at least 48 MB"
+            " (no image boots in less)\n"
+        )
+    assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
 
 
 def test_vm_list_without_a_supervisor(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
