@@ -153,11 +153,12 @@ def _mb(n: int) -> str:
 
 
 def table(guests: list[dict[str, Any]]) -> str:
-    rows = [("NAME", "SERVICE", "STATE", "UPTIME", "RESTARTS", "MEMORY", "CPU", "ADMIN")]
+    rows = [("NAME", "SERVICE", "STATE", "UPTIME", "RESTARTS", "MEMORY", "CPU", "ADMIN",
+             "LAST EXIT")]  # fmt: skip
     for g in guests:
         rows.append((g["name"], g["service"], g["state"], f"{g['uptime_seconds']:.0f} s",
                      str(g["restarts"]), _mb(g["memory_bytes"]), f"{g['cpu_seconds']:.1f} s",
-                     g["admin"] or "-"))  # fmt: skip
+                     g["admin"] or "-", g["last_exit"] or "-"))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)  # fmt: skip

@@ -23,6 +23,7 @@ STOP_SECONDS = 30.0  # a clean stop under emulation takes well under this
 STOP_COMMAND = specs.STOP_COMMAND.encode() + b"\n"
 READY = b"Admin on http://"  # the guest's last start-up line
 CHUNK = 4096
+REASON_MAX = 160  # characters of a guest's last console line kept as why qemu ended
 DEFAULT_DISK_SIZE = "4G"
 PR_SET_PDEATHSIG = 1
 
@@ -132,6 +133,39 @@ def printable(data: bytes) -> bytes:
     return data.translate(_SHOWN, b"\r")
 
 
+class LastLine:
+    """The last line a guest's console showed that is not blank: when qemu gives up, its
+    own error (stderr shares the console's pipe). Bounded whatever the guest prints."""
+
+    def __init__(self) -> None:
+        self._last = b""
+        self._partial = b""
+
+    def feed(self, data: bytes) -> None:
+        *lines, partial = (self._partial + data).split(b"\n")
+        self._partial = partial[-REASON_MAX * 4 :]
+        for line in reversed(lines):
+            if line.strip():
+                self._last = line[-REASON_MAX * 4 :]
+                break
+
+    @property
+    def text(self) -> str:
+        line = self._partial if self._partial.strip() else self._last
+        text = line.decode(errors="replace").strip()
+        return text if len(text) <= REASON_MAX else "..." + text[3 - REASON_MAX :]
+
+
+def describe_exit(code: int, last_line: str) -> str:
+    """How qemu ended, in a few words: killed by a signal, or its exit code, with its last
+    line when it failed (why it could not run the guest)."""
+    if code < 0:
+        return f"killed by signal {-code}"
+    if code != 0 and last_line:
+        return f"qemu exit code {code}: {last_line}"
+    return f"qemu exit code {code}"
+
+
 class ConsoleLog:
     """The guest's console, appended to a file that moves aside at CONSOLE_MAX."""
 
@@ -172,6 +206,7 @@ class Guest:
         self.started = 0.0  # time.monotonic() of the qemu start
         self.ready = asyncio.Event()
         self.stopping = False
+        self.last_line = LastLine()
         self._pump: asyncio.Task[None] | None = None
 
     async def start(self, accel: str) -> None:
@@ -213,6 +248,7 @@ class Guest:
         while data := await self.process.stdout.read(CHUNK):
             chunk = printable(data)
             self.console.write(chunk)
+            self.last_line.feed(chunk)
             if self.echo is not None:
                 self.echo(chunk)
             if not self.ready.is_set():

@@ -178,4 +178,6 @@ def test_too_little_guest_memory_in_retreat_toml(
 
 def test_vm_list_without_a_supervisor(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["vm", "list"]) == 0
-    assert capsys.readouterr().out == "NAME  SERVICE  STATE  UPTIME  RESTARTS  MEMORY  CPU  ADMIN\n"
+    assert capsys.readouterr().out == (
+        "NAME  SERVICE  STATE  UPTIME  RESTARTS  MEMORY  CPU  ADMIN  LAST EXIT\n"
+    )

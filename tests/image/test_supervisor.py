@@ -1,5 +1,5 @@
 """The supervisor's parts that need no guest, in process: what `up` tells attendees about
-its guests. Real guests boot in tests/e2e/test_images.py."""
+its guests, how a guest's end is told. Real guests boot in tests/e2e/test_images.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from retreatkit import config, serve
-from retreatkit.image import vmservice
+from retreatkit.cli import vm
+from retreatkit.image import run, vmservice
 
 
 @pytest.fixture
@@ -100,3 +101,34 @@ async def test_attendees_are_told_of_services_run_as_guests(
     assert said[start + 1 : start + 1 + len(expected)] == [f"  {line}" for line in expected]
     assert said[start + 1 + len(expected)] == "Stopping..."
     assert overview == expected
+
+
+def test_how_a_guest_ended_is_told_in_one_bounded_line() -> None:
+    last = run.LastLine()
+    for chunk in (b"Booting\n", b"qemu: initrd is too large, cannot ", b"support.\n", b"\n  \n"):
+        last.feed(chunk)
+    assert last.text == "qemu: initrd is too large, cannot support."
+    assert run.describe_exit(1, last.text) == (
+        "qemu exit code 1: qemu: initrd is too large, cannot support."
+    )
+    assert run.describe_exit(-9, last.text) == "killed by signal 9"
+    assert run.describe_exit(0, last.text) == "qemu exit code 0"  # the guest powered off
+    assert run.describe_exit(1, "") == "qemu exit code 1"
+    flood = run.LastLine()  # a guest that never ends a line
+    for _ in range(100):
+        flood.feed(b"x" * 4096)
+    flood.feed(b" the end")
+    assert flood.text == "..." + "x" * 149 + " the end"
+
+
+def test_vm_list_says_how_each_guest_last_ended() -> None:
+    guest = {
+        "name": "r9", "service": "relay", "state": "failed", "uptime_seconds": 0.0,
+        "restarts": 0, "memory_bytes": 0, "cpu_seconds": 0.0, "admin": "http://127.0.0.1:41235",
+        "last_exit": "qemu exit code 1: qemu: initrd is too large, cannot support.",
+    }  # fmt: skip
+    assert vm.table([guest]).splitlines() == [
+        "NAME  SERVICE  STATE   UPTIME  RESTARTS  MEMORY  CPU    ADMIN                   LAST EXIT",
+        "r9    relay    failed  0 s     0         0.0 MB  0.0 s  http://127.0.0.1:41235  "
+        "qemu exit code 1: qemu: initrd is too large, cannot support.",
+    ]
