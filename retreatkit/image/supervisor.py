@@ -25,8 +25,9 @@ from retreatkit.image import spec as specs
 from retreatkit.image.paths import private_dir
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-QUICK_EXIT = 10.0  # a guest that dies sooner than this waits before its next start
-MAX_BACKOFF = 60.0
+QUICK_EXIT = 10.0  # a guest that dies sooner than this after its start waits before the next
+QUICK_TRIES = 5  # quick exits in a row, then it is not started again
+FIRST_WAIT = 1.0  # seconds before the start after the first quick exit; doubled each time
 
 
 class GuestError(ValueError):
@@ -76,6 +77,33 @@ class Definition:
 
 
 @dataclass
+class Restarts:
+    """When a guest that exited on its own starts again: at once after a run of
+    QUICK_EXIT s or more; after 1, 2, 4 and 8 s when it dies sooner; and after QUICK_TRIES
+    quick exits in a row never, so a guest that cannot start (its port taken, its image
+    broken) neither spins the host nor cycles forever. Pure: the caller says how long
+    each start lived."""
+
+    first_wait: float = FIRST_WAIT
+    quick: float = QUICK_EXIT
+    tries: int = QUICK_TRIES
+    in_a_row: int = 0  # quick exits since the last start that lived
+
+    def after_exit(self, lived: float) -> float | None:
+        """Seconds to wait before the next start, or None: give up."""
+        if lived >= self.quick:
+            self.in_a_row = 0
+            return 0.0
+        self.in_a_row += 1
+        if self.in_a_row >= self.tries:
+            return None
+        return self.first_wait * (1 << (self.in_a_row - 1))
+
+    def given_up(self) -> str:
+        return f"{self.in_a_row} exits in a row within {self.quick:.0f} s of the start"
+
+
+@dataclass
 class Supervised:
     definition: Definition
     state: str = "stopped"  # running, stopped, restarting, failed
@@ -84,6 +112,7 @@ class Supervised:
     service: str = "?"
     admin: str | None = None
     last_exit: str | None = None
+    given_up: str | None = None  # why it is not restarted although it should be
     keeper: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -107,10 +136,12 @@ class Supervisor:
         root: Path,
         say: Callable[[str], None],
         on_idle: Callable[[], None] | None = None,
+        restarts: Callable[[], Restarts] = Restarts,
     ) -> None:
         self.root = root
         self.say = say
         self.on_idle = on_idle  # called when the last running guest has ended
+        self.restarts = restarts  # a fresh policy for each start asked for
         self.guests: dict[str, Supervised] = {}
         for saved in sorted(root.glob("*/guest.json")) if root.exists() else []:
             with contextlib.suppress(OSError, ValueError, GuestError):
@@ -167,7 +198,7 @@ class Supervisor:
             return entry
         qemu.qemu_binary()  # errors here reach the caller
         launch = self._launch(entry.definition)
-        entry.state = "running"
+        entry.state, entry.given_up = "running", None
         entry.keeper = asyncio.ensure_future(self._keep(entry, launch))
         return entry
 
@@ -181,7 +212,7 @@ class Supervisor:
         name = entry.definition.name
         folder = self.folder(name)
         console = run.ConsoleLog(folder / "console.log")
-        backoff = 1.0
+        policy = self.restarts()
         while True:
             kernel = launch.image / "kernel"
             guest = entry.guest = run.Guest(launch, folder / "run", console)
@@ -203,13 +234,17 @@ class Supervisor:
                 entry.state = "failed"
                 self.say(f"Guest {name} stopped by itself ({entry.last_exit})")
                 return
+            wait = policy.after_exit(time.monotonic() - began)
+            if wait is None:
+                entry.state, entry.given_up = "failed", policy.given_up()
+                self.say(f"Guest {name} exited ({entry.last_exit}); {entry.given_up}:"
+                         " not restarted")  # fmt: skip
+                return
             entry.restarts += 1
             entry.state = "restarting"
             self.say(f"Guest {name} exited ({entry.last_exit}); restart {entry.restarts}")
-            lived = time.monotonic() - began
-            backoff = 1.0 if lived > QUICK_EXIT else min(backoff * 2, MAX_BACKOFF)
-            if lived < QUICK_EXIT:
-                await asyncio.sleep(backoff)  # a guest dying at boot must not spin the host
+            if wait:
+                await asyncio.sleep(wait)  # a guest dying at boot must not spin the host
             try:
                 launch = self._launch(entry.definition)  # retreat.toml may have changed
             except (ValueError, OSError) as exc:
@@ -243,6 +278,15 @@ class Supervisor:
         """Tell `on_idle` if nothing runs (after a guest that could not start)."""
         if self.on_idle is not None and not self.active:
             self.on_idle()
+
+    def warnings(self) -> list[str]:
+        """A line for each guest that should run and does not (for /status)."""
+        out = []
+        for name, entry in sorted(self.guests.items()):
+            if entry.state == "failed":
+                why = f" ({entry.given_up}: not restarted)" if entry.given_up else ""
+                out.append(f"guest {name} failed: {entry.last_exit}{why}")
+        return out
 
     @property
     def active(self) -> int:

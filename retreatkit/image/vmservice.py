@@ -259,11 +259,7 @@ class VmService:
             "guests": len(self.supervisor.guests),
             "guests_running": self.supervisor.active,
             "restarts": sum(g.restarts for g in guests),
-            "warnings": [
-                f"guest {g.definition.name} failed: {g.last_exit}"
-                for g in guests
-                if g.state == "failed"
-            ],
+            "warnings": self.supervisor.warnings(),
         }
 
     def admin_routes(self) -> list[web.RouteDef]:

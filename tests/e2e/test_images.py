@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from retreatkit.image.paths import cache_dir
+from retreatkit.image.supervisor import Definition, Restarts, Supervisor
 from retreatkit.image.testing import (
     BOOT_TIMEOUT,
     GuestProcess,
@@ -386,6 +388,41 @@ def test_vm_supervisor_restarts_a_killed_guest(
     assert code == 0, lines
     console = Path(env["XDG_STATE_HOME"]) / "retreatkit" / "vm" / "one" / "console.log"
     assert console.read_text().count("Relay listening on 0.0.0.0:9000") == 2
+
+
+async def test_a_guest_that_cannot_start_is_given_up_with_qemus_reason(
+    image: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its port taken by another program, qemu fails at each start: the supervisor says
+    why (qemu's own line) and stops trying. No guest boots: qemu gives up first."""
+    relay = image("relay")
+    for var, value in isolated_env(tmp_path / "home").items():
+        monkeypatch.setenv(var, value)
+    said: list[str] = []
+    supervisor = Supervisor(tmp_path / "vm", said.append, restarts=lambda: Restarts(0.0))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        forward = f"tcp:127.0.0.1:{port}:9000"
+        supervisor.define(Definition("r9", str(relay), [forward], memory_mb=64, restart=True))
+        keeper = (await supervisor.start("r9")).keeper
+        assert keeper is not None
+        await asyncio.wait_for(keeper, BOOT_TIMEOUT)
+    item = supervisor.item("r9")
+    assert (item["state"], item["restarts"]) == ("failed", 4)
+    reason = item["last_exit"]
+    rule = f"Could not set up host forwarding rule 'tcp:127.0.0.1:{port}-:9000'"
+    assert reason.startswith("qemu exit code 1: ")
+    assert reason.endswith(rule)  # qemu's own line, its start cut to the bound
+    assert len(reason) <= len("qemu exit code 1: ") + 160
+    assert said == [
+        *(f"Guest r9 exited ({reason}); restart {n}" for n in range(1, 5)),
+        f"Guest r9 exited ({reason}); 5 exits in a row within 10 s of the start: not restarted",
+    ]
+    assert supervisor.warnings() == [
+        f"guest r9 failed: {reason} (5 exits in a row within 10 s of the start: not restarted)"
+    ]
 
 
 def test_up_runs_a_service_as_an_image(tmp_path: Path, env: dict[str, str]) -> None:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from retreatkit import config, serve
 from retreatkit.cli import vm
 from retreatkit.image import run, vmservice
+from retreatkit.image.supervisor import Restarts
 
 
 @pytest.fixture
@@ -132,3 +133,13 @@ def test_vm_list_says_how_each_guest_last_ended() -> None:
         "r9    relay    failed  0 s     0         0.0 MB  0.0 s  http://127.0.0.1:41235  "
         "qemu exit code 1: qemu: initrd is too large, cannot support.",
     ]
+
+
+def test_a_guest_dying_at_each_start_is_given_up_after_five() -> None:
+    policy = Restarts()
+    assert [policy.after_exit(0.4) for _ in range(4)] == [1.0, 2.0, 4.0, 8.0]
+    assert policy.after_exit(3.0) is None  # 15 s of waiting and five starts, then no more
+    assert policy.given_up() == "5 exits in a row within 10 s of the start"
+    lived = Restarts()  # a guest that served a while starts again at once, and afresh
+    assert [lived.after_exit(s) for s in (1, 1, 600, 1, 1, 1, 1)] == [1, 2, 0, 1, 2, 4, 8]
+    assert lived.after_exit(9.9) is None
