@@ -18,9 +18,10 @@ from typing import Any
 import aiohttp
 
 from retreatkit import config, loop, serve
-from retreatkit.cli.image import guest_memory
+from retreatkit.cli.image import UsageError, guest_memory
 from retreatkit.image import vmservice
 from retreatkit.image.paths import private_dir
+from retreatkit.image.supervisor import GuestError, Supervisor, check_name
 
 READY_SECONDS = 30.0  # for a supervisor started in the background to open its socket
 FOLLOW_SECONDS = 0.5
@@ -33,8 +34,11 @@ class VmError(RuntimeError):
 def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     command = args.vm_command
     try:
+        # what can be checked here is, before a supervisor is started or asked
+        if getattr(args, "name", None) is not None:
+            _check_name(args.name)
         if command == "start" and args.image is not None:
-            args.memory = guest_memory(args, cfg)  # before a supervisor is started or asked
+            args.memory = guest_memory(args, cfg)
         if command == "serve":
             return _serve(args)
         if command == "console":
@@ -45,6 +49,13 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _check_name(name: str) -> None:
+    try:
+        check_name(name)
+    except GuestError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _say(line: str) -> None:
@@ -96,8 +107,6 @@ async def _request(method: str, path: str, body: dict[str, Any] | None = None) -
 
 def _saved() -> list[dict[str, Any]]:
     """Guests as their definitions on disk say, when no supervisor runs."""
-    from retreatkit.image.supervisor import Supervisor
-
     folder = vmservice.vm_dir()
     return Supervisor(folder, _say).items() if folder.exists() else []
 

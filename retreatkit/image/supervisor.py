@@ -24,7 +24,8 @@ from retreatkit.image import build, qemu, run
 from retreatkit.image import spec as specs
 from retreatkit.image.paths import private_dir
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")  # whole: a name is a folder and a URL part
+NAME_RULE = "a guest name is 1-32 of a-z, 0-9 and -, starting with a letter or digit"
 QUICK_EXIT = 10.0  # a guest that dies sooner than this after its start waits before the next
 QUICK_TRIES = 5  # quick exits in a row, then it is not started again
 FIRST_WAIT = 1.0  # seconds before the start after the first quick exit; doubled each time
@@ -32,6 +33,13 @@ FIRST_WAIT = 1.0  # seconds before the start after the first quick exit; doubled
 
 class GuestError(ValueError):
     """A guest name or definition the caller got wrong: the message says what to send."""
+
+
+def check_name(name: object) -> str:
+    """`name` if it is a guest name; else GuestError, the name shown escaped and cut."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise GuestError(f"bad guest name {name!r:.40}: {NAME_RULE}")
+    return name
 
 
 @dataclass
@@ -52,10 +60,7 @@ class Definition:
             defn = cls(**doc)
         except TypeError as exc:
             raise GuestError(f"bad guest definition: {exc}") from None
-        if not isinstance(defn.name, str) or not NAME.match(defn.name):
-            raise GuestError(
-                "a guest name is 1-32 of a-z, 0-9 and -, starting with a letter or digit"
-            )
+        check_name(defn.name)
         kinds = (
             ("image", defn.image, str), ("disk", defn.disk, str | None),
             ("config", defn.config, str | None), ("restart", defn.restart, bool),

@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from retreatkit import config
 from retreatkit.image import build, qemu
 from retreatkit.image.paths import cache_dir, private_dir, state_dir
-from retreatkit.image.supervisor import Definition, GuestError, Supervisor
+from retreatkit.image.supervisor import Definition, GuestError, Supervisor, check_name
 
 log = logging.getLogger("retreatkit.vm")
 MAX_DEFINITION = 16 * 1024
@@ -53,8 +53,14 @@ class Handlers:
         self.supervisor = supervisor
 
     def _name(self, request: web.Request) -> str:
-        name = request.match_info["name"]
+        name = request.match_info["name"]  # decoded: "..%2F" arrives as "../"
+        try:
+            check_name(name)
+        except GuestError as exc:
+            self.supervisor.settle()  # a supervisor started for this request ends
+            raise _error(web.HTTPBadRequest, str(exc)) from None
         if name not in self.supervisor.guests:
+            self.supervisor.settle()
             raise _error(
                 web.HTTPNotFound, f"no guest named {name!r}; `retreatkit vm list` names them"
             )
@@ -84,6 +90,7 @@ class Handlers:
         raw = await request.content.read(MAX_DEFINITION + 1)
         name = request.match_info["name"]
         try:
+            check_name(name)
             if len(raw) > MAX_DEFINITION:
                 raise GuestError("a guest definition is at most 16 KiB")
             doc = json.loads(raw)

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from retreatkit import config, serve
 from retreatkit.cli import vm
 from retreatkit.image import run, vmservice
-from retreatkit.image.supervisor import Restarts
+from retreatkit.image.supervisor import Restarts, Supervisor
+from retreatkit.image.vmservice import Handlers
 
 
 @pytest.fixture
@@ -143,3 +145,24 @@ def test_a_guest_dying_at_each_start_is_given_up_after_five() -> None:
     lived = Restarts()  # a guest that served a while starts again at once, and afresh
     assert [lived.after_exit(s) for s in (1, 1, 600, 1, 1, 1, 1)] == [1, 2, 0, 1, 2, 4, 8]
     assert lived.after_exit(9.9) is None
+
+
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [("..%2F..%2Fetc", "'../../etc'"), ("bad%2Fname", "'bad/name'"), ("r1%0A", "'r1\\n'"),
+     ("R1", "'R1'"), ("x" * 200, "'" + "x" * 39)],
+)  # fmt: skip
+async def test_the_supervisor_refuses_a_bad_name_whatever_a_client_sends(
+    home: Path, sent: str, shown: str
+) -> None:
+    supervisor = Supervisor(home / "vm", print)
+    definition = {"image": str(home), "forwards": []}
+    async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
+        for method, path in (("PUT", ""), ("GET", ""), ("POST", "/start"), ("POST", "/stop")):
+            answer = await client.request(method, f"/vm/guests/{sent}{path}", json=definition)
+            assert (answer.status, await answer.text()) == (
+                400,
+                f"bad guest name {shown}: a guest name is 1-32 of a-z, 0-9 and -, starting with"
+                " a letter or digit\n",
+            )
+    assert not list(home.rglob("guest.json")) and supervisor.guests == {}
