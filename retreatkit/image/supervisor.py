@@ -35,6 +35,16 @@ class GuestError(ValueError):
     """A guest name or definition the caller got wrong: the message says what to send."""
 
 
+class GuestRunning(GuestError):
+    """Starting or redefining a guest that runs: one answer to both."""
+
+    def __init__(self, entry: Supervised) -> None:
+        name = entry.definition.name
+        super().__init__(
+            f"guest {name} is {entry.state}: stop it first (retreatkit vm stop {name})"
+        )
+
+
 def check_name(name: object) -> str:
     """`name` if it is a guest name; else GuestError, the name shown escaped and cut."""
     if not isinstance(name, str) or not NAME.fullmatch(name):
@@ -120,6 +130,11 @@ class Supervised:
     given_up: str | None = None  # why it is not restarted although it should be
     keeper: asyncio.Task[None] | None = field(default=None, repr=False)
 
+    @property
+    def running(self) -> bool:
+        """Running or about to run again: what a start or a new definition must not touch."""
+        return self.state in ("running", "restarting")
+
 
 def proc_stats(pid: int) -> tuple[int, float]:
     """(resident bytes, CPU seconds) of a live process, from /proc."""
@@ -175,8 +190,8 @@ class Supervisor:
     def define(self, definition: Definition) -> Supervised:
         """Add or replace a definition (ports 0 become fixed ones now); saved to disk."""
         entry = self.guests.get(definition.name)
-        if entry is not None and entry.state in ("running", "restarting"):
-            raise GuestError(f"guest {definition.name} is running: stop it first")
+        if entry is not None and entry.running:
+            raise GuestRunning(entry)
         definition.image = str(Path(definition.image).resolve())
         manifest = build.load_manifest(Path(definition.image))
         given = [qemu.Forward.parse(f) for f in definition.forwards]
@@ -199,8 +214,8 @@ class Supervisor:
 
     async def start(self, name: str) -> Supervised:
         entry = self.get(name)
-        if entry.state in ("running", "restarting"):
-            return entry
+        if entry.running:
+            raise GuestRunning(entry)
         qemu.qemu_binary()  # errors here reach the caller
         launch = self._launch(entry.definition)
         entry.state, entry.given_up = "running", None
@@ -295,7 +310,7 @@ class Supervisor:
 
     @property
     def active(self) -> int:
-        return sum(1 for e in self.guests.values() if e.state in ("running", "restarting"))
+        return sum(1 for e in self.guests.values() if e.running)
 
     def item(self, name: str) -> dict[str, Any]:
         """One guest as docs/admin-api.md lists it."""

@@ -28,7 +28,13 @@ from prometheus_client.registry import Collector
 from retreatkit import config
 from retreatkit.image import build, qemu
 from retreatkit.image.paths import cache_dir, private_dir, state_dir
-from retreatkit.image.supervisor import Definition, GuestError, Supervisor, check_name
+from retreatkit.image.supervisor import (
+    Definition,
+    GuestError,
+    GuestRunning,
+    Supervisor,
+    check_name,
+)
 
 log = logging.getLogger("retreatkit.vm")
 MAX_DEFINITION = 16 * 1024
@@ -76,6 +82,8 @@ class Handlers:
         name = self._name(request)
         try:
             await self.supervisor.start(name)
+        except GuestRunning as exc:
+            raise _error(web.HTTPConflict, str(exc)) from None
         except (ValueError, OSError, RuntimeError) as exc:
             self.supervisor.settle()
             raise _error(web.HTTPBadRequest, f"cannot start {name}: {exc}") from None
@@ -97,6 +105,8 @@ class Handlers:
             if not isinstance(doc, dict):
                 raise GuestError("a guest definition is a JSON object")
             self.supervisor.define(Definition.parse({**doc, "name": name}))
+        except GuestRunning as exc:
+            raise _error(web.HTTPConflict, str(exc)) from None
         except ValueError as exc:
             self.supervisor.settle()
             raise _error(web.HTTPBadRequest, str(exc)) from None

@@ -339,6 +339,15 @@ def test_vm_supervisor_restarts_a_killed_guest(
         assert up == {"one", "two"}
         token = (Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token").read_text().strip()
         before = {g["name"]: g for g in admin_call(f"{admin}/vm/guests", token)["guests"]}  # type: ignore[union-attr]
+        for again in (("two",), ("two", str(relay))):  # with or without an image: one answer
+            done = subprocess.run(
+                retreatkit_argv("vm", "start", *again), capture_output=True, text=True,
+                timeout=60, env={**os.environ, **env}, check=False,
+            )  # fmt: skip
+            assert (done.returncode, done.stderr) == (
+                1,
+                "retreatkit: guest two is running: stop it first (retreatkit vm stop two)\n",
+            )
 
         os.kill(before["one"]["pid"], signal.SIGKILL)  # qemu dies, as in a crash
         supervisor.wait_for(r"^Guest one exited \(killed by signal 9\); restart 1$", BOOT_TIMEOUT)

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from retreatkit import config, serve
 from retreatkit.cli import vm
 from retreatkit.image import run, vmservice
-from retreatkit.image.supervisor import Restarts, Supervisor
+from retreatkit.image.supervisor import Definition, Restarts, Supervised, Supervisor
 from retreatkit.image.vmservice import Handlers
 
 
@@ -166,3 +166,18 @@ async def test_the_supervisor_refuses_a_bad_name_whatever_a_client_sends(
                 " a letter or digit\n",
             )
     assert not list(home.rglob("guest.json")) and supervisor.guests == {}
+
+
+async def test_starting_or_redefining_a_running_guest_is_one_answer(home: Path) -> None:
+    supervisor = Supervisor(home / "vm", print)
+    for state in ("running", "restarting"):  # as a guest under qemu is (none runs here)
+        supervisor.guests["r1"] = Supervised(Definition("r1", "/x", []), state=state)
+        async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
+            start = await client.post("/vm/guests/r1/start")
+            define = await client.put("/vm/guests/r1", json={"image": "/y", "forwards": []})
+            for answer in (start, define):
+                assert (answer.status, await answer.text()) == (
+                    409,
+                    f"guest r1 is {state}: stop it first (retreatkit vm stop r1)\n",
+                )
+    assert supervisor.guests["r1"].definition.image == "/x"
