@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import datetime
 import os
 import shutil
 import signal
@@ -166,12 +167,32 @@ def describe_exit(code: int, last_line: str) -> str:
     return f"qemu exit code {code}"
 
 
+def boot_line(when: datetime.datetime) -> bytes:
+    """The host's line in a console log where a boot starts: one log holds many boots."""
+    return f"--- boot at {when.isoformat(timespec='seconds')} ---".encode()
+
+
 class ConsoleLog:
     """The guest's console, appended to a file that moves aside at CONSOLE_MAX."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+
+    def mark(self, line: bytes) -> None:
+        """A line of the host's own, on a line of its own: the last boot may have ended
+        mid-line (a killed qemu)."""
+        self.write((b"" if self._ends_a_line() else b"\n") + line + b"\n")
+
+    def _ends_a_line(self) -> bool:
+        try:
+            with self.path.open("rb") as log:
+                if log.seek(0, os.SEEK_END) == 0:
+                    return True
+                log.seek(-1, os.SEEK_END)
+                return log.read(1) == b"\n"
+        except FileNotFoundError:
+            return True
 
     def write(self, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -229,6 +250,7 @@ class Guest:
             disks=disks,
         )
         self.started = time.monotonic()
+        self.console.mark(boot_line(datetime.datetime.now().astimezone()))
         # its own session: a Ctrl-C at the terminal reaches us, and we stop it cleanly
         self.process = await asyncio.create_subprocess_exec(
             *args,

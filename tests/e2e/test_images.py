@@ -397,6 +397,9 @@ def test_vm_supervisor_restarts_a_killed_guest(
     assert code == 0, lines
     console = Path(env["XDG_STATE_HOME"]) / "retreatkit" / "vm" / "one" / "console.log"
     assert console.read_text().count("Relay listening on 0.0.0.0:9000") == 2
+    boot = re.compile(r"--- boot at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d ---")
+    boots = [n for n, line in enumerate(console.read_text().splitlines()) if boot.fullmatch(line)]
+    assert len(boots) == 2 and boots[0] == 0  # each boot starts with the host's line
 
 
 async def test_a_guest_that_cannot_start_is_given_up_with_qemus_reason(

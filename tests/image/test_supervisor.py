@@ -1,9 +1,11 @@
 """The supervisor's parts that need no guest, in process: what `up` tells attendees about
-its guests, how a guest's end is told. Real guests boot in tests/e2e/test_images.py."""
+its guests, how a guest's end is told, when it is given up, names and answers a client
+gets, each boot in the console log. Real guests boot in tests/e2e/test_images.py."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
 import json
 import urllib.request
@@ -181,3 +183,19 @@ async def test_starting_or_redefining_a_running_guest_is_one_answer(home: Path) 
                     f"guest r1 is {state}: stop it first (retreatkit vm stop r1)\n",
                 )
     assert supervisor.guests["r1"].definition.image == "/x"
+
+
+def test_each_boot_is_marked_on_a_line_of_its_own_in_the_console_log(tmp_path: Path) -> None:
+    when = datetime.datetime(
+        2026, 7, 1, 9, 30, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
+    )
+    log = run.ConsoleLog(tmp_path / "r1" / "console.log")
+    log.mark(run.boot_line(when))
+    log.write(b"Relay listening on 0.0.0.0:9000\nAdmin on http")  # then qemu is killed
+    log.mark(run.boot_line(when + datetime.timedelta(seconds=70)))
+    assert log.path.read_text().splitlines() == [
+        "--- boot at 2026-07-01T09:30:05+02:00 ---",
+        "Relay listening on 0.0.0.0:9000",
+        "Admin on http",
+        "--- boot at 2026-07-01T09:31:15+02:00 ---",
+    ]
