@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from retreatkit import config
 from retreatkit.image import build, qemu
+from retreatkit.image import spec as specs
 from retreatkit.image.paths import cache_dir, private_dir, state_dir
 from retreatkit.image.supervisor import (
     Definition,
@@ -152,7 +153,6 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -
     """The guests `retreatkit up` runs for `[images] run`: each on its service's configured
     address (forwarded to the guest), restarted when it exits, rebuilt at each start;
     `address` is what the LAN names relay.retreat.lan and mirror.retreat.lan after."""
-    from retreatkit.image import spec as specs
     from retreatkit.mirror.hosted import default_store
 
     images = cfg["images"]
@@ -239,15 +239,13 @@ class VmService:
         """Where attendees reach each service this process runs as a guest (`up`'s guests
         are named after their services): the host side of its service port's forward,
         with the port fixed when the guest was defined."""
-        from retreatkit.image import spec as specs
-
         found: dict[str, tuple[str, int]] = {}
         for definition in self.autostart:
             image = specs.SPECS.get(definition.name)
-            entry = self.supervisor.guests.get(definition.name) if self.supervisor else None
             if image is None:
                 continue
             wanted = image.ports[0]
+            entry = self.supervisor.guests.get(definition.name) if self.supervisor else None
             for forward in (entry.definition if entry else definition).forwards:
                 f = qemu.Forward.parse(forward)
                 if (f.proto, f.guest_port) == wanted:
