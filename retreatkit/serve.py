@@ -67,6 +67,13 @@ def admin_routes(service: Service) -> list[web.AbstractRouteDef]:
     return routes
 
 
+def served_elsewhere(service: Service) -> dict[str, tuple[str, int]]:
+    """Services a service runs outside this process (a supervisor's VM guests), each with
+    the host address attendees reach it at: an optional `attendee_addresses()` method."""
+    own = getattr(service, "attendee_addresses", None)
+    return dict(own()) if own is not None else {}
+
+
 LISTENING = re.compile(
     r"^(Relay|Mirror|Nameserver) listening on (?:http://)?\[?([^\s/\]]+)\]?:(\d+)"
 )
@@ -132,7 +139,10 @@ async def serve(
             advert = announcement(names)
             advert.start(admin_at[0], aport)
             lan = lan or lan_address().address
-            named = {"relay", "mirror", "nameserver"} <= set(names)
+            for service in services:  # a guest's service is one attendees use all the same
+                for name, at in served_elsewhere(service).items():
+                    bound.setdefault(name, at)
+            named = {"relay", "mirror", "nameserver"} <= set(names) | set(bound)
             process.attendees = startup.attendee_lines(bound, lan, named)
         # what start-up made lives as long as the process: keep the cyclic GC from
         # scanning it again and again (it was a tenth of a nameserver's CPU under load)

@@ -24,6 +24,21 @@ if TYPE_CHECKING:
 COMMANDS = ("image", "vm")
 
 
+class UsageError(Exception):
+    """An argument or setting that cannot work, refused before anything starts (exit 2)."""
+
+
+def guest_memory(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    """`--memory`, else `[images] memory`: MB of guest memory, refused when no image boots."""
+    given, memory = ("--memory", args.memory)
+    if memory is None:
+        given, memory = ("[images] memory =", cfg["images"]["memory"])
+    problem = spec.memory_problem(memory, given)
+    if problem is not None:
+        raise UsageError(problem)
+    return int(memory)
+
+
 def add_parsers(sub: Any) -> None:
     image = sub.add_parser("image", help="build and boot single-service VM images")
     isub = image.add_subparsers(dest="image_command", required=True, metavar="{kernel,build,run}")
@@ -116,6 +131,9 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         if args.image_command == "build":
             return _build(args, cfg)
         return _run(args, cfg)
+    except UsageError as exc:
+        print(f"retreatkit: {exc}", file=sys.stderr)
+        return 2
     except errors as exc:
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"retreatkit: {message}", file=sys.stderr)
@@ -149,8 +167,8 @@ def _build(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
 def _run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     from retreatkit.image import paths, qemu, run
 
+    memory = guest_memory(args, cfg)
     forwards = [qemu.Forward.parse(f) for f in args.forward]
-    memory = args.memory or int(cfg["images"]["memory"])
     disk = args.disk.resolve() if args.disk else None
     launch = run.Launch.prepare(args.image, cfg, load_or_create(), forwards, memory, disk)
     console = args.console or paths.state_dir() / "console" / f"{launch.service}.log"

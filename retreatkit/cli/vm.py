@@ -18,8 +18,10 @@ from typing import Any
 import aiohttp
 
 from retreatkit import config, loop, serve
+from retreatkit.cli.image import UsageError, guest_memory
 from retreatkit.image import vmservice
 from retreatkit.image.paths import private_dir
+from retreatkit.image.supervisor import GuestError, Supervisor, check_name
 
 READY_SECONDS = 30.0  # for a supervisor started in the background to open its socket
 FOLLOW_SECONDS = 0.5
@@ -32,6 +34,11 @@ class VmError(RuntimeError):
 def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     command = args.vm_command
     try:
+        # what can be checked here is, before a supervisor is started or asked
+        if getattr(args, "name", None) is not None:
+            _check_name(args.name)
+        if command == "start" and args.image is not None:
+            args.memory = guest_memory(args, cfg)
         if command == "serve":
             return _serve(args)
         if command == "console":
@@ -42,6 +49,13 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _check_name(name: str) -> None:
+    try:
+        check_name(name)
+    except GuestError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _say(line: str) -> None:
@@ -93,8 +107,6 @@ async def _request(method: str, path: str, body: dict[str, Any] | None = None) -
 
 def _saved() -> list[dict[str, Any]]:
     """Guests as their definitions on disk say, when no supervisor runs."""
-    from retreatkit.image.supervisor import Supervisor
-
     folder = vmservice.vm_dir()
     return Supervisor(folder, _say).items() if folder.exists() else []
 
@@ -127,7 +139,7 @@ async def _client(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         definition = {
             "image": str(args.image.resolve()),
             "forwards": args.forward,
-            "memory_mb": args.memory or int(cfg["images"]["memory"]),
+            "memory_mb": args.memory,
             "disk": str(args.disk.resolve()) if args.disk else None,
             "restart": args.restart,
             "config": str(args.sub_config.resolve()) if args.sub_config else None,
@@ -150,11 +162,12 @@ def _mb(n: int) -> str:
 
 
 def table(guests: list[dict[str, Any]]) -> str:
-    rows = [("NAME", "SERVICE", "STATE", "UPTIME", "RESTARTS", "MEMORY", "CPU", "ADMIN")]
+    rows = [("NAME", "SERVICE", "STATE", "UPTIME", "RESTARTS", "MEMORY", "CPU", "ADMIN",
+             "LAST EXIT")]  # fmt: skip
     for g in guests:
         rows.append((g["name"], g["service"], g["state"], f"{g['uptime_seconds']:.0f} s",
                      str(g["restarts"]), _mb(g["memory_bytes"]), f"{g['cpu_seconds']:.1f} s",
-                     g["admin"] or "-"))  # fmt: skip
+                     g["admin"] or "-", g["last_exit"] or "-"))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)  # fmt: skip

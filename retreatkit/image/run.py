@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import datetime
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ STOP_SECONDS = 30.0  # a clean stop under emulation takes well under this
 STOP_COMMAND = specs.STOP_COMMAND.encode() + b"\n"
 READY = b"Admin on http://"  # the guest's last start-up line
 CHUNK = 4096
+REASON_MAX = 160  # characters of a guest's last console line kept as why qemu ended
 DEFAULT_DISK_SIZE = "4G"
 PR_SET_PDEATHSIG = 1
 
@@ -132,12 +134,65 @@ def printable(data: bytes) -> bytes:
     return data.translate(_SHOWN, b"\r")
 
 
+class LastLine:
+    """The last line a guest's console showed that is not blank: when qemu gives up, its
+    own error (stderr shares the console's pipe). Bounded whatever the guest prints."""
+
+    def __init__(self) -> None:
+        self._last = b""
+        self._partial = b""
+
+    def feed(self, data: bytes) -> None:
+        *lines, partial = (self._partial + data).split(b"\n")
+        self._partial = partial[-REASON_MAX * 4 :]
+        for line in reversed(lines):
+            if line.strip():
+                self._last = line[-REASON_MAX * 4 :]
+                break
+
+    @property
+    def text(self) -> str:
+        line = self._partial if self._partial.strip() else self._last
+        text = line.decode(errors="replace").strip()
+        return text if len(text) <= REASON_MAX else "..." + text[3 - REASON_MAX :]
+
+
+def describe_exit(code: int, last_line: str) -> str:
+    """How qemu ended, in a few words: killed by a signal, or its exit code, with its last
+    line when it failed (why it could not run the guest)."""
+    if code < 0:
+        return f"killed by signal {-code}"
+    if code != 0 and last_line:
+        return f"qemu exit code {code}: {last_line}"
+    return f"qemu exit code {code}"
+
+
+def boot_line(when: datetime.datetime) -> bytes:
+    """The host's line in a console log where a boot starts: one log holds many boots."""
+    return f"--- boot at {when.isoformat(timespec='seconds')} ---".encode()
+
+
 class ConsoleLog:
     """The guest's console, appended to a file that moves aside at CONSOLE_MAX."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+
+    def mark(self, line: bytes) -> None:
+        """A line of the host's own, on a line of its own: the last boot may have ended
+        mid-line (a killed qemu)."""
+        self.write((b"" if self._ends_a_line() else b"\n") + line + b"\n")
+
+    def _ends_a_line(self) -> bool:
+        try:
+            with self.path.open("rb") as log:
+                if log.seek(0, os.SEEK_END) == 0:
+                    return True
+                log.seek(-1, os.SEEK_END)
+                return log.read(1) == b"\n"
+        except FileNotFoundError:
+            return True
 
     def write(self, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -172,6 +227,7 @@ class Guest:
         self.started = 0.0  # time.monotonic() of the qemu start
         self.ready = asyncio.Event()
         self.stopping = False
+        self.last_line = LastLine()
         self._pump: asyncio.Task[None] | None = None
 
     async def start(self, accel: str) -> None:
@@ -194,6 +250,7 @@ class Guest:
             disks=disks,
         )
         self.started = time.monotonic()
+        self.console.mark(boot_line(datetime.datetime.now().astimezone()))
         # its own session: a Ctrl-C at the terminal reaches us, and we stop it cleanly
         self.process = await asyncio.create_subprocess_exec(
             *args,
@@ -213,6 +270,7 @@ class Guest:
         while data := await self.process.stdout.read(CHUNK):
             chunk = printable(data)
             self.console.write(chunk)
+            self.last_line.feed(chunk)
             if self.echo is not None:
                 self.echo(chunk)
             if not self.ready.is_set():

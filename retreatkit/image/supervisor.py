@@ -21,15 +21,35 @@ from typing import Any
 from retreatkit import config
 from retreatkit.admin.token import load_or_create
 from retreatkit.image import build, qemu, run
+from retreatkit.image import spec as specs
 from retreatkit.image.paths import private_dir
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-QUICK_EXIT = 10.0  # a guest that dies sooner than this waits before its next start
-MAX_BACKOFF = 60.0
+NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")  # whole: a name is a folder and a URL part
+NAME_RULE = "a guest name is 1-32 of a-z, 0-9 and -, starting with a letter or digit"
+QUICK_EXIT = 10.0  # a guest that dies sooner than this after its start waits before the next
+QUICK_TRIES = 5  # quick exits in a row, then it is not started again
+FIRST_WAIT = 1.0  # seconds before the start after the first quick exit; doubled each time
 
 
 class GuestError(ValueError):
     """A guest name or definition the caller got wrong: the message says what to send."""
+
+
+class GuestRunning(GuestError):
+    """Starting or redefining a guest that runs: one answer to both."""
+
+    def __init__(self, entry: Supervised) -> None:
+        name = entry.definition.name
+        super().__init__(
+            f"guest {name} is {entry.state}: stop it first (retreatkit vm stop {name})"
+        )
+
+
+def check_name(name: object) -> str:
+    """`name` if it is a guest name; else GuestError, the name shown escaped and cut."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise GuestError(f"bad guest name {name!r:.40}: {NAME_RULE}")
+    return name
 
 
 @dataclass
@@ -45,17 +65,57 @@ class Definition:
 
     @classmethod
     def parse(cls, doc: dict[str, Any]) -> Definition:
+        """A definition from JSON a client sent (anything at all) or a saved guest.json."""
         try:
             defn = cls(**doc)
         except TypeError as exc:
             raise GuestError(f"bad guest definition: {exc}") from None
-        if not NAME.match(defn.name):
-            raise GuestError(
-                "a guest name is 1-32 of a-z, 0-9 and -, starting with a letter or digit"
-            )
+        check_name(defn.name)
+        kinds = (
+            ("image", defn.image, str), ("disk", defn.disk, str | None),
+            ("config", defn.config, str | None), ("restart", defn.restart, bool),
+            ("forwards", defn.forwards, list), ("records", defn.records, dict),
+        )  # fmt: skip
+        for key, value, kind in kinds:
+            if not isinstance(value, kind):
+                raise GuestError(f"bad guest definition: {key} cannot be {value!r:.60}")
+        problem = specs.memory_problem(defn.memory_mb, "memory_mb")
+        if problem is not None:
+            raise GuestError(problem)
+        if not all(isinstance(t, str) for t in defn.forwards):
+            raise GuestError("bad guest definition: forwards are tcp|udp:HOST:PORT:GUESTPORT")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in defn.records.items()):
+            raise GuestError("bad guest definition: records are names and addresses")
         for text in defn.forwards:
             qemu.Forward.parse(text)
         return defn
+
+
+@dataclass
+class Restarts:
+    """When a guest that exited on its own starts again: at once after a run of
+    QUICK_EXIT s or more; after 1, 2, 4 and 8 s when it dies sooner; and after QUICK_TRIES
+    quick exits in a row never, so a guest that cannot start (its port taken, its image
+    broken) neither spins the host nor cycles forever. Pure: the caller says how long
+    each start lived."""
+
+    first_wait: float = FIRST_WAIT
+    quick: float = QUICK_EXIT
+    tries: int = QUICK_TRIES
+    in_a_row: int = 0  # quick exits since the last start that lived
+
+    def after_exit(self, lived: float) -> float | None:
+        """Seconds to wait before the next start, or None: give up."""
+        if lived >= self.quick:
+            self.in_a_row = 0
+            return 0.0
+        self.in_a_row += 1
+        if self.in_a_row >= self.tries:
+            return None
+        return self.first_wait * (1 << (self.in_a_row - 1))
+
+    def given_up(self) -> str:
+        return f"{self.in_a_row} exits in a row within {self.quick:.0f} s of the start"
 
 
 @dataclass
@@ -67,7 +127,13 @@ class Supervised:
     service: str = "?"
     admin: str | None = None
     last_exit: str | None = None
+    given_up: str | None = None  # why it is not restarted although it should be
     keeper: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def running(self) -> bool:
+        """Running or about to run again: what a start or a new definition must not touch."""
+        return self.state in ("running", "restarting")
 
 
 def proc_stats(pid: int) -> tuple[int, float]:
@@ -90,10 +156,12 @@ class Supervisor:
         root: Path,
         say: Callable[[str], None],
         on_idle: Callable[[], None] | None = None,
+        restarts: Callable[[], Restarts] = Restarts,
     ) -> None:
         self.root = root
         self.say = say
         self.on_idle = on_idle  # called when the last running guest has ended
+        self.restarts = restarts  # a fresh policy for each start asked for
         self.guests: dict[str, Supervised] = {}
         for saved in sorted(root.glob("*/guest.json")) if root.exists() else []:
             with contextlib.suppress(OSError, ValueError, GuestError):
@@ -122,8 +190,8 @@ class Supervisor:
     def define(self, definition: Definition) -> Supervised:
         """Add or replace a definition (ports 0 become fixed ones now); saved to disk."""
         entry = self.guests.get(definition.name)
-        if entry is not None and entry.state in ("running", "restarting"):
-            raise GuestError(f"guest {definition.name} is running: stop it first")
+        if entry is not None and entry.running:
+            raise GuestRunning(entry)
         definition.image = str(Path(definition.image).resolve())
         manifest = build.load_manifest(Path(definition.image))
         given = [qemu.Forward.parse(f) for f in definition.forwards]
@@ -146,11 +214,11 @@ class Supervisor:
 
     async def start(self, name: str) -> Supervised:
         entry = self.get(name)
-        if entry.state in ("running", "restarting"):
-            return entry
+        if entry.running:
+            raise GuestRunning(entry)
         qemu.qemu_binary()  # errors here reach the caller
         launch = self._launch(entry.definition)
-        entry.state = "running"
+        entry.state, entry.given_up = "running", None
         entry.keeper = asyncio.ensure_future(self._keep(entry, launch))
         return entry
 
@@ -164,7 +232,7 @@ class Supervisor:
         name = entry.definition.name
         folder = self.folder(name)
         console = run.ConsoleLog(folder / "console.log")
-        backoff = 1.0
+        policy = self.restarts()
         while True:
             kernel = launch.image / "kernel"
             guest = entry.guest = run.Guest(launch, folder / "run", console)
@@ -176,7 +244,7 @@ class Supervisor:
                 ready = asyncio.ensure_future(self._announce(name, guest, entry.admin))
                 code = await guest.wait()
                 ready.cancel()
-                entry.last_exit = f"qemu exit code {code}"
+                entry.last_exit = run.describe_exit(code, guest.last_line.text)
             except (OSError, RuntimeError) as exc:
                 entry.last_exit = f"could not start: {exc}"
             if guest.stopping:
@@ -186,13 +254,17 @@ class Supervisor:
                 entry.state = "failed"
                 self.say(f"Guest {name} stopped by itself ({entry.last_exit})")
                 return
+            wait = policy.after_exit(time.monotonic() - began)
+            if wait is None:
+                entry.state, entry.given_up = "failed", policy.given_up()
+                self.say(f"Guest {name} exited ({entry.last_exit}); {entry.given_up}:"
+                         " not restarted")  # fmt: skip
+                return
             entry.restarts += 1
             entry.state = "restarting"
             self.say(f"Guest {name} exited ({entry.last_exit}); restart {entry.restarts}")
-            lived = time.monotonic() - began
-            backoff = 1.0 if lived > QUICK_EXIT else min(backoff * 2, MAX_BACKOFF)
-            if lived < QUICK_EXIT:
-                await asyncio.sleep(backoff)  # a guest dying at boot must not spin the host
+            if wait:
+                await asyncio.sleep(wait)  # a guest dying at boot must not spin the host
             try:
                 launch = self._launch(entry.definition)  # retreat.toml may have changed
             except (ValueError, OSError) as exc:
@@ -227,9 +299,18 @@ class Supervisor:
         if self.on_idle is not None and not self.active:
             self.on_idle()
 
+    def warnings(self) -> list[str]:
+        """A line for each guest that should run and does not (for /status)."""
+        out = []
+        for name, entry in sorted(self.guests.items()):
+            if entry.state == "failed":
+                why = f" ({entry.given_up}: not restarted)" if entry.given_up else ""
+                out.append(f"guest {name} failed: {entry.last_exit}{why}")
+        return out
+
     @property
     def active(self) -> int:
-        return sum(1 for e in self.guests.values() if e.state in ("running", "restarting"))
+        return sum(1 for e in self.guests.values() if e.running)
 
     def item(self, name: str) -> dict[str, Any]:
         """One guest as docs/admin-api.md lists it."""

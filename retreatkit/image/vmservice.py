@@ -27,8 +27,15 @@ from prometheus_client.registry import Collector
 
 from retreatkit import config
 from retreatkit.image import build, qemu
+from retreatkit.image import spec as specs
 from retreatkit.image.paths import cache_dir, private_dir, state_dir
-from retreatkit.image.supervisor import Definition, GuestError, Supervisor
+from retreatkit.image.supervisor import (
+    Definition,
+    GuestError,
+    GuestRunning,
+    Supervisor,
+    check_name,
+)
 
 log = logging.getLogger("retreatkit.vm")
 MAX_DEFINITION = 16 * 1024
@@ -53,8 +60,14 @@ class Handlers:
         self.supervisor = supervisor
 
     def _name(self, request: web.Request) -> str:
-        name = request.match_info["name"]
+        name = request.match_info["name"]  # decoded: "..%2F" arrives as "../"
+        try:
+            check_name(name)
+        except GuestError as exc:
+            self.supervisor.settle()  # a supervisor started for this request ends
+            raise _error(web.HTTPBadRequest, str(exc)) from None
         if name not in self.supervisor.guests:
+            self.supervisor.settle()
             raise _error(
                 web.HTTPNotFound, f"no guest named {name!r}; `retreatkit vm list` names them"
             )
@@ -70,6 +83,8 @@ class Handlers:
         name = self._name(request)
         try:
             await self.supervisor.start(name)
+        except GuestRunning as exc:
+            raise _error(web.HTTPConflict, str(exc)) from None
         except (ValueError, OSError, RuntimeError) as exc:
             self.supervisor.settle()
             raise _error(web.HTTPBadRequest, f"cannot start {name}: {exc}") from None
@@ -84,12 +99,15 @@ class Handlers:
         raw = await request.content.read(MAX_DEFINITION + 1)
         name = request.match_info["name"]
         try:
+            check_name(name)
             if len(raw) > MAX_DEFINITION:
                 raise GuestError("a guest definition is at most 16 KiB")
             doc = json.loads(raw)
             if not isinstance(doc, dict):
                 raise GuestError("a guest definition is a JSON object")
             self.supervisor.define(Definition.parse({**doc, "name": name}))
+        except GuestRunning as exc:
+            raise _error(web.HTTPConflict, str(exc)) from None
         except ValueError as exc:
             self.supervisor.settle()
             raise _error(web.HTTPBadRequest, str(exc)) from None
@@ -135,10 +153,12 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -
     """The guests `retreatkit up` runs for `[images] run`: each on its service's configured
     address (forwarded to the guest), restarted when it exits, rebuilt at each start;
     `address` is what the LAN names relay.retreat.lan and mirror.retreat.lan after."""
-    from retreatkit.image import spec as specs
     from retreatkit.mirror.hosted import default_store
 
     images = cfg["images"]
+    problem = specs.memory_problem(images["memory"], "[images] memory =")
+    if problem is not None:
+        raise config.ConfigError(problem)
     folder = Path(images["dir"]) if images["dir"] else cache_dir() / "images"
     own = {"relay.retreat.lan": address, "mirror.retreat.lan": address}
     definitions = []
@@ -215,6 +235,23 @@ class VmService:
         admin = supervisor.item(definition.name)["admin"]
         say(f"Guest {definition.name} starting; admin on {admin}/status")
 
+    def attendee_addresses(self) -> dict[str, tuple[str, int]]:
+        """Where attendees reach each service this process runs as a guest (`up`'s guests
+        are named after their services): the host side of its service port's forward,
+        with the port fixed when the guest was defined."""
+        found: dict[str, tuple[str, int]] = {}
+        for definition in self.autostart:
+            image = specs.SPECS.get(definition.name)
+            if image is None:
+                continue
+            wanted = image.ports[0]
+            entry = self.supervisor.guests.get(definition.name) if self.supervisor else None
+            for forward in (entry.definition if entry else definition).forwards:
+                f = qemu.Forward.parse(forward)
+                if (f.proto, f.guest_port) == wanted:
+                    found[definition.name] = (f.host, f.port)
+        return found
+
     def _idle(self) -> None:
         log.info("no guest left running; the supervisor stops")
         os.kill(os.getpid(), signal.SIGTERM)
@@ -237,11 +274,7 @@ class VmService:
             "guests": len(self.supervisor.guests),
             "guests_running": self.supervisor.active,
             "restarts": sum(g.restarts for g in guests),
-            "warnings": [
-                f"guest {g.definition.name} failed: {g.last_exit}"
-                for g in guests
-                if g.state == "failed"
-            ],
+            "warnings": self.supervisor.warnings(),
         }
 
     def admin_routes(self) -> list[web.RouteDef]:

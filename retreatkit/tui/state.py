@@ -180,9 +180,10 @@ class DashboardState:
 
 
 def guest_alarm(g: Guest) -> list[str]:
-    """A guest that is not running, in one line. A failed one is in its supervisor's own
-    warnings already, with its last exit."""
-    if g.state in ("running", "failed"):
+    """A guest that should run and does not, in one line. A stopped one was stopped on
+    purpose (or never started: a supervisor lists every guest ever defined), and a failed
+    one is in its supervisor's own warnings already, with its last exit."""
+    if g.state in ("running", "failed", "stopped"):
         return []
     line = f"guest {g.name} is {g.state}: its {g.service} is down"
     if g.state == "restarting" and g.restarts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from retreatkit.image.paths import cache_dir
+from retreatkit.image.supervisor import Definition, Restarts, Supervisor
 from retreatkit.image.testing import (
     BOOT_TIMEOUT,
     GuestProcess,
@@ -337,9 +339,18 @@ def test_vm_supervisor_restarts_a_killed_guest(
         assert up == {"one", "two"}
         token = (Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token").read_text().strip()
         before = {g["name"]: g for g in admin_call(f"{admin}/vm/guests", token)["guests"]}  # type: ignore[union-attr]
+        for again in (("two",), ("two", str(relay))):  # with or without an image: one answer
+            done = subprocess.run(
+                retreatkit_argv("vm", "start", *again), capture_output=True, text=True,
+                timeout=60, env={**os.environ, **env}, check=False,
+            )  # fmt: skip
+            assert (done.returncode, done.stderr) == (
+                1,
+                "retreatkit: guest two is running: stop it first (retreatkit vm stop two)\n",
+            )
 
         os.kill(before["one"]["pid"], signal.SIGKILL)  # qemu dies, as in a crash
-        supervisor.wait_for(r"^Guest one exited \(qemu exit code -9\); restart 1$", BOOT_TIMEOUT)
+        supervisor.wait_for(r"^Guest one exited \(killed by signal 9\); restart 1$", BOOT_TIMEOUT)
         supervisor.wait_for(r"^Guest one up; admin on ", BOOT_TIMEOUT)
         after = {g["name"]: g for g in admin_call(f"{admin}/vm/guests", token)["guests"]}  # type: ignore[union-attr]
         assert after["one"]["state"] == "running"
@@ -357,12 +368,15 @@ def test_vm_supervisor_restarts_a_killed_guest(
             capture_output=True, text=True, timeout=60, env={**os.environ, **env}, check=False,
         )  # fmt: skip
         assert "restarts: 1" in stats.stdout.splitlines()
-        assert "last exit: qemu exit code -9" in stats.stdout.splitlines()
+        assert "last exit: killed by signal 9" in stats.stdout.splitlines()
         listed = subprocess.run(retreatkit_argv("vm", "list"), capture_output=True, text=True,
                                 timeout=60, env={**os.environ, **env}, check=False)  # fmt: skip
         assert listed.stdout.split("\n")[0].split() == [
-            "NAME", "SERVICE", "STATE", "UPTIME", "RESTARTS", "MEMORY", "CPU", "ADMIN"
+            "NAME", "SERVICE", "STATE", "UPTIME", "RESTARTS", "MEMORY", "CPU", "ADMIN", "LAST",
+            "EXIT"
         ]  # fmt: skip
+        one = next(line for line in listed.stdout.splitlines() if line.startswith("one "))
+        assert one.endswith(" killed by signal 9")
 
         console = subprocess.run(
             retreatkit_argv("vm", "console", "one", "-n", "2"),
@@ -383,6 +397,44 @@ def test_vm_supervisor_restarts_a_killed_guest(
     assert code == 0, lines
     console = Path(env["XDG_STATE_HOME"]) / "retreatkit" / "vm" / "one" / "console.log"
     assert console.read_text().count("Relay listening on 0.0.0.0:9000") == 2
+    boot = re.compile(r"--- boot at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d ---")
+    boots = [n for n, line in enumerate(console.read_text().splitlines()) if boot.fullmatch(line)]
+    assert len(boots) == 2 and boots[0] == 0  # each boot starts with the host's line
+
+
+async def test_a_guest_that_cannot_start_is_given_up_with_qemus_reason(
+    image: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its port taken by another program, qemu fails at each start: the supervisor says
+    why (qemu's own line) and stops trying. No guest boots: qemu gives up first."""
+    relay = image("relay")
+    for var, value in isolated_env(tmp_path / "home").items():
+        monkeypatch.setenv(var, value)
+    said: list[str] = []
+    supervisor = Supervisor(tmp_path / "vm", said.append, restarts=lambda: Restarts(0.0))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        forward = f"tcp:127.0.0.1:{port}:9000"
+        supervisor.define(Definition("r9", str(relay), [forward], memory_mb=64, restart=True))
+        keeper = (await supervisor.start("r9")).keeper
+        assert keeper is not None
+        await asyncio.wait_for(keeper, BOOT_TIMEOUT)
+    item = supervisor.item("r9")
+    assert (item["state"], item["restarts"]) == ("failed", 4)
+    reason = item["last_exit"]
+    rule = f"Could not set up host forwarding rule 'tcp:127.0.0.1:{port}-:9000'"
+    assert reason.startswith("qemu exit code 1: ")
+    assert reason.endswith(rule)  # qemu's own line, its start cut to the bound
+    assert len(reason) <= len("qemu exit code 1: ") + 160
+    assert said == [
+        *(f"Guest r9 exited ({reason}); restart {n}" for n in range(1, 5)),
+        f"Guest r9 exited ({reason}); 5 exits in a row within 10 s of the start: not restarted",
+    ]
+    assert supervisor.warnings() == [
+        f"guest r9 failed: {reason} (5 exits in a row within 10 s of the start: not restarted)"
+    ]
 
 
 def test_up_runs_a_service_as_an_image(tmp_path: Path, env: dict[str, str]) -> None:
@@ -412,6 +464,15 @@ def test_up_runs_a_service_as_an_image(tmp_path: Path, env: dict[str, str]) -> N
             ("relay", "relay", "running")
         ]
         assert "relay" in get_json(f"{guest_admin}/status", env)  # the guest serves its own status
+        # attendees are told of the guest's relay, at its forward (on the console and on
+        # the dashboard's overview)
+        [port] = [f.split(":")[2] for f in guests[0]["forwards"] if f.endswith(":9000")]  # type: ignore[index]
+        line = f"  bob relay: 127.0.0.1:{port} (loopback only: attendees cannot reach it)"
+        if line not in up.seen:
+            up.wait_for(f"^{re.escape(line)}$", 10)
+        assert up.seen[up.seen.index(line) - 1] == "Attendees use:"
+        attendees = status["process"]["attendees"]  # type: ignore[index]
+        assert attendees[0] == line.strip()  # type: ignore[index]
     finally:
         code = up.stop()
     assert code == 0, up.seen

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,11 +91,31 @@ def test_qemu_command_line(tmp_path: Path) -> None:
 def test_guest_names_are_safe_for_paths() -> None:
     good = {"name": "relay-1", "image": "/x", "forwards": ["tcp:127.0.0.1:0:9000"]}
     assert Definition.parse(good).name == "relay-1"
-    for name in ("../x", "", "A", "x" * 33, "-x"):
+    for name in ("../x", "", "A", "x" * 33, "-x", "x\n", 7):
         with pytest.raises(GuestError, match="a guest name is 1-32 of a-z"):
             Definition.parse({**good, "name": name})
     with pytest.raises(GuestError, match="bad guest definition"):
         Definition.parse({**good, "colour": "blue"})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"memory_mb": 1}, "memory_mb 1: a guest needs at least 48 MB (no image boots in less)"),
+        ({"memory_mb": "lots"}, "memory_mb 'lots': guest memory is a whole number of MB"),
+        ({"memory_mb": True}, "memory_mb True: guest memory is a whole number of MB"),
+        ({"forwards": "tcp::0:9000"}, "bad guest definition: forwards cannot be 'tcp::0:9000'"),
+        ({"forwards": [9000]}, "bad guest definition: forwards are tcp|udp:HOST:PORT:GUESTPORT"),
+        ({"image": ["x" * 100]}, f"bad guest definition: image cannot be ['{'x' * 58}"),
+        ({"records": {"a": 1}}, "bad guest definition: records are names and addresses"),
+    ],
+)
+def test_the_supervisor_refuses_what_cannot_boot(change: dict[str, object], message: str) -> None:
+    good = {"name": "r9", "image": "/x", "forwards": [], "memory_mb": 48}
+    assert Definition.parse(good).memory_mb == 48
+    with pytest.raises(GuestError) as refused:
+        Definition.parse({**good, **change})
+    assert str(refused.value) == message
 
 
 def test_kconfig_dropping_a_line_is_an_error(tmp_path: Path) -> None:
@@ -120,6 +146,10 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
          "retreatkit: no guest named 'ghost'; `retreatkit vm list` names them\n"),
         (["vm", "console", "ghost"], 1,
          "retreatkit: no console log for 'ghost' (has it ever started?)\n"),
+        (["vm", "start", "r9", "/nonexistent", "--memory", "1"], 2,
+         "retreatkit: --memory 1: a guest needs at least 48 MB (no image boots in less)\n"),
+        (["image", "run", "/nonexistent", "--memory", "47"], 2,
+         "retreatkit: --memory 47: a guest needs at least 48 MB (no image boots in less)\n"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line(
@@ -138,6 +168,69 @@ def test_up_names_only_services_with_images(home: Path, capsys: pytest.CaptureFi
     )
 
 
+def test_too_little_guest_memory_in_retreat_toml(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = home / "retreat.toml"
+    config.write_text('[images]\nrun = ["relay"]\nmemory = 1\n')
+    for argv in (["up"], ["vm", "start", "r9", "/nonexistent"]):
+        assert cli.main(["--config", str(config), *argv]) == 2
+        assert capsys.readouterr().err == (
+            "retreatkit: [images] memory = 1: a guest needs at least 48 MB"
+            " (no image boots in less)\n"
+        )
+    assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
+
+
+RULE = "a guest name is 1-32 of a-z, 0-9 and -, starting with a letter or digit"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["vm", "start", "bad/name", "/nonexistent"],
+         f"retreatkit: bad guest name 'bad/name': {RULE}\n"),
+        (["vm", "start", "../../etc"], f"retreatkit: bad guest name '../../etc': {RULE}\n"),
+        (["vm", "stop", "R1"], f"retreatkit: bad guest name 'R1': {RULE}\n"),
+        (["vm", "stats", "r1\n"], f"retreatkit: bad guest name 'r1\\n': {RULE}\n"),
+        (["vm", "console", "../../etc/passwd"],
+         f"retreatkit: bad guest name '../../etc/passwd': {RULE}\n"),
+    ],
+)  # fmt: skip
+def test_a_bad_guest_name_is_refused_before_anything(
+    home: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert cli.main(argv) == 2
+    assert capsys.readouterr() == ("", message)
+    assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
+
+
+def test_a_supervisor_started_for_a_refused_request_ends(home: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "retreatkit.cli.main", "vm", "start", "ghost"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (
+        1,
+        "retreatkit: no guest named 'ghost'; `retreatkit vm list` names them\n",
+    )
+    control = home / "state" / "retreatkit" / "vm" / "control.sock"
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(control))
+        except OSError:
+            return  # gone already
+        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid = struct.unpack("3i", creds)[0]
+    ended = os.pidfd_open(pid)
+    try:
+        assert select.select([ended], [], [], 60)[0] == [ended]  # it ended, nothing left
+    finally:
+        os.close(ended)
+
+
 def test_vm_list_without_a_supervisor(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["vm", "list"]) == 0
-    assert capsys.readouterr().out == "NAME  SERVICE  STATE  UPTIME  RESTARTS  MEMORY  CPU  ADMIN\n"
+    assert capsys.readouterr().out == (
+        "NAME  SERVICE  STATE  UPTIME  RESTARTS  MEMORY  CPU  ADMIN  LAST EXIT\n"
+    )

@@ -1,0 +1,201 @@
+"""The supervisor's parts that need no guest, in process: what `up` tells attendees about
+its guests, how a guest's end is told, when it is given up, names and answers a client
+gets, each boot in the console log. Real guests boot in tests/e2e/test_images.py."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gc
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from retreatkit import config, serve
+from retreatkit.cli import vm
+from retreatkit.image import run, vmservice
+from retreatkit.image.supervisor import Definition, Restarts, Supervised, Supervisor
+from retreatkit.image.vmservice import Handlers
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for var, sub in (("HOME", ""), ("XDG_STATE_HOME", "state"), ("XDG_DATA_HOME", "data")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    return tmp_path
+
+
+def test_up_guests_are_reached_where_their_listen_says() -> None:
+    cfg = config.load(None)
+    cfg["images"]["run"] = ["relay", "nameserver"]
+    cfg["nameserver"]["listen"] = "192.0.2.10:53"
+    guests = vmservice.guests_for_up(cfg, None, "192.0.2.10")
+    assert guests.attendee_addresses() == {
+        "relay": ("0.0.0.0", 9000),
+        "nameserver": ("192.0.2.10", 53),
+    }
+
+
+class Guests:
+    """A supervisor as serve() sees one, its guests running `services` (no qemu here)."""
+
+    name = "vm"
+
+    def __init__(self, addresses: dict[str, tuple[str, int]]) -> None:
+        self.addresses = addresses
+
+    async def start(self, registry: CollectorRegistry, say: serve.Say) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {"up": True}
+
+    def attendee_addresses(self) -> dict[str, tuple[str, int]]:
+        return self.addresses
+
+
+ALL = {"relay": ("0.0.0.0", 9000), "mirror": ("0.0.0.0", 8000), "nameserver": ("0.0.0.0", 53)}
+
+
+@pytest.mark.parametrize(
+    ("addresses", "expected"),
+    [
+        (ALL, [
+            "bob relay: relay.retreat.lan:9000 (192.0.2.10:9000)",
+            "package mirror: http://mirror.retreat.lan:8000/ (its page shows the pip, uv, opam,"
+            " npm and apt lines)",
+            "DNS server: 192.0.2.10 port 53 (hand it out by DHCP)",
+        ]),
+        ({"relay": ("127.0.0.1", 41235)}, [
+            "bob relay: 127.0.0.1:41235 (loopback only: attendees cannot reach it)",
+        ]),
+    ],
+)  # fmt: skip
+async def test_attendees_are_told_of_services_run_as_guests(
+    home: Path, addresses: dict[str, tuple[str, int]], expected: list[str]
+) -> None:
+    said: list[str] = []
+    overview: list[str] = []
+
+    async def dashboard(url: str, token: str, stop: object) -> None:
+        def read() -> None:  # what the dashboard's overview shows
+            request = urllib.request.Request(
+                f"{url}/status", headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                overview.extend(json.load(answer)["process"]["attendees"])
+
+        await asyncio.to_thread(read)
+
+    try:
+        code = await serve.serve(
+            [Guests(addresses)], ("127.0.0.1", 0), said.append, dashboard, lan="192.0.2.10"
+        )
+    finally:
+        gc.unfreeze()
+    assert code == 0
+    start = said.index("Attendees use:")
+    assert said[start + 1 : start + 1 + len(expected)] == [f"  {line}" for line in expected]
+    assert said[start + 1 + len(expected)] == "Stopping..."
+    assert overview == expected
+
+
+def test_how_a_guest_ended_is_told_in_one_bounded_line() -> None:
+    last = run.LastLine()
+    for chunk in (b"Booting\n", b"qemu: initrd is too large, cannot ", b"support.\n", b"\n  \n"):
+        last.feed(chunk)
+    assert last.text == "qemu: initrd is too large, cannot support."
+    assert run.describe_exit(1, last.text) == (
+        "qemu exit code 1: qemu: initrd is too large, cannot support."
+    )
+    assert run.describe_exit(-9, last.text) == "killed by signal 9"
+    assert run.describe_exit(0, last.text) == "qemu exit code 0"  # the guest powered off
+    assert run.describe_exit(1, "") == "qemu exit code 1"
+    flood = run.LastLine()  # a guest that never ends a line
+    for _ in range(100):
+        flood.feed(b"x" * 4096)
+    flood.feed(b" the end")
+    assert flood.text == "..." + "x" * 149 + " the end"
+
+
+def test_vm_list_says_how_each_guest_last_ended() -> None:
+    guest = {
+        "name": "r9", "service": "relay", "state": "failed", "uptime_seconds": 0.0,
+        "restarts": 0, "memory_bytes": 0, "cpu_seconds": 0.0, "admin": "http://127.0.0.1:41235",
+        "last_exit": "qemu exit code 1: qemu: initrd is too large, cannot support.",
+    }  # fmt: skip
+    assert vm.table([guest]).splitlines() == [
+        "NAME  SERVICE  STATE   UPTIME  RESTARTS  MEMORY  CPU    ADMIN                   LAST EXIT",
+        "r9    relay    failed  0 s     0         0.0 MB  0.0 s  http://127.0.0.1:41235  "
+        "qemu exit code 1: qemu: initrd is too large, cannot support.",
+    ]
+
+
+def test_a_guest_dying_at_each_start_is_given_up_after_five() -> None:
+    policy = Restarts()
+    assert [policy.after_exit(0.4) for _ in range(4)] == [1.0, 2.0, 4.0, 8.0]
+    assert policy.after_exit(3.0) is None  # 15 s of waiting and five starts, then no more
+    assert policy.given_up() == "5 exits in a row within 10 s of the start"
+    lived = Restarts()  # a guest that served a while starts again at once, and afresh
+    assert [lived.after_exit(s) for s in (1, 1, 600, 1, 1, 1, 1)] == [1, 2, 0, 1, 2, 4, 8]
+    assert lived.after_exit(9.9) is None
+
+
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [("..%2F..%2Fetc", "'../../etc'"), ("bad%2Fname", "'bad/name'"), ("r1%0A", "'r1\\n'"),
+     ("R1", "'R1'"), ("x" * 200, "'" + "x" * 39)],
+)  # fmt: skip
+async def test_the_supervisor_refuses_a_bad_name_whatever_a_client_sends(
+    home: Path, sent: str, shown: str
+) -> None:
+    supervisor = Supervisor(home / "vm", print)
+    definition = {"image": str(home), "forwards": []}
+    async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
+        for method, path in (("PUT", ""), ("GET", ""), ("POST", "/start"), ("POST", "/stop")):
+            answer = await client.request(method, f"/vm/guests/{sent}{path}", json=definition)
+            assert (answer.status, await answer.text()) == (
+                400,
+                f"bad guest name {shown}: a guest name is 1-32 of a-z, 0-9 and -, starting with"
+                " a letter or digit\n",
+            )
+    assert not list(home.rglob("guest.json")) and supervisor.guests == {}
+
+
+async def test_starting_or_redefining_a_running_guest_is_one_answer(home: Path) -> None:
+    supervisor = Supervisor(home / "vm", print)
+    for state in ("running", "restarting"):  # as a guest under qemu is (none runs here)
+        supervisor.guests["r1"] = Supervised(Definition("r1", "/x", []), state=state)
+        async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
+            start = await client.post("/vm/guests/r1/start")
+            define = await client.put("/vm/guests/r1", json={"image": "/y", "forwards": []})
+            for answer in (start, define):
+                assert (answer.status, await answer.text()) == (
+                    409,
+                    f"guest r1 is {state}: stop it first (retreatkit vm stop r1)\n",
+                )
+    assert supervisor.guests["r1"].definition.image == "/x"
+
+
+def test_each_boot_is_marked_on_a_line_of_its_own_in_the_console_log(tmp_path: Path) -> None:
+    when = datetime.datetime(
+        2026, 7, 1, 9, 30, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
+    )
+    log = run.ConsoleLog(tmp_path / "r1" / "console.log")
+    log.mark(run.boot_line(when))
+    log.write(b"Relay listening on 0.0.0.0:9000\nAdmin on http")  # then qemu is killed
+    log.mark(run.boot_line(when + datetime.timedelta(seconds=70)))
+    assert log.path.read_text().splitlines() == [
+        "--- boot at 2026-07-01T09:30:05+02:00 ---",
+        "Relay listening on 0.0.0.0:9000",
+        "Admin on http",
+        "--- boot at 2026-07-01T09:31:15+02:00 ---",
+    ]
