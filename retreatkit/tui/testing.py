@@ -116,14 +116,15 @@ def canned(name: str = HOSTILE) -> dict[str, Any]:
             "top_blocked": [["ads.example", 20]],
             "top_clients": [["10.0.0.7", 99]],
             "upstreams": [{"address": "192.0.2.53:53", "state": "up", "latency_ms": 12.5}],
-            "blocklists": {
-                "/srv/ads.txt": {
+            "blocklists": [
+                {
+                    "source": "/srv/ads.txt",
                     "entries": 1200,
                     "bad_lines": 3,
                     "loaded_at": "2026-01-01T10:00:02+00:00",
                     "last_error": None,
                 }
-            },
+            ],
         },
     }
 

@@ -259,19 +259,17 @@ def dns_upstream_rows(e: EndpointState) -> list[Row]:
 
 
 def blocklist_rows(e: EndpointState) -> list[Row]:
-    lists = e.section("nameserver").get("blocklists")
-    if not isinstance(lists, dict):
-        return []
+    """Each source (`[{"source": ..., "entries": ...}, ...]`, docs/admin-api.md): what it
+    gave, the lines it could not read, when it was last read, and what failed last."""
     return [
         (
-            str(source),
+            _text(b.get("source")),
             count(b.get("entries")),
             count(b.get("bad_lines")),
-            clock(b.get("loaded_at")),
+            clock(b.get("loaded_at")) if b.get("loaded_at") else "never",
             _text(b.get("last_error") or ""),
         )
-        for source, b in lists.items()
-        if isinstance(b, dict)
+        for b in _items(e.section("nameserver"), "blocklists")
     ]
 
 
