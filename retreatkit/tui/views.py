@@ -285,18 +285,6 @@ def query_row(q: dict[str, Any]) -> Row:
     )
 
 
-def answer_line(answer: Any) -> str:
-    """An action's answer in one line: `key value` pairs, or the text."""
-    if answer is None:
-        return "done"
-    if isinstance(answer, dict):
-        return " · ".join(
-            f"{k} {answer_line(v) if isinstance(v, dict) else _text(v)}"
-            for k, v in list(answer.items())[:8]
-        )
-    return _text(answer).splitlines()[0] if _text(answer).strip() else "done"
-
-
 def guest_rows(state: DashboardState) -> list[tuple[tuple[str, str], Row]]:
     """Every supervisor's guests: ((supervisor, name), the row). Memory and CPU time are
     qemu's, as the supervisor reads them; RAM is what the guest was given."""

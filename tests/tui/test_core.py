@@ -1,9 +1,13 @@
-"""The dashboard's pure parts: escaping, figures, trends and the leak alarm, the log ring."""
+"""The dashboard's pure parts: escaping, figures, trends and the leak alarm, the log ring,
+actions' answers in words."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from retreatkit.tui import answers
 from retreatkit.tui.escape import visible
 from retreatkit.tui.fmt import NOT_REPORTED, duration, number, size, spark
 from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer, LogFilter
@@ -101,3 +105,28 @@ def test_log_events_are_parsed_in_one_go_and_junk_is_skipped() -> None:
     assert [r["seq"] for r in _events(junk)] == [1, 2]
     # a record split over two data: lines (SSE allows it) is one record
     assert _events([b'data: {"seq": 3,\ndata:  "message": "c"}']) == [{"seq": 3, "message": "c"}]
+
+
+@pytest.mark.parametrize(
+    ("line", "answer", "shown"),
+    [
+        (answers.reloaded, {"blocklists": []}, "blocklists reloaded: none configured"),
+        (answers.reloaded, {"blocklists": [{"source": "https://lists.example/ads/", "entries": 1,
+                                            "bad_lines": 0}]},
+         "blocklists reloaded: 1 entry from ads"),
+        (answers.reloaded, {"blocklists": [{"source": "/srv/a.txt", "entries": 9,
+                                            "last_error": "HTTP 503\nmore"}]},
+         "blocklists reloaded: a.txt failed (HTTP 503), its last 9 entries kept"),
+        (answers.reloaded, ["not", "the", "contract"], "blocklists reloaded"),
+        (answers.reloaded, "<html>", "blocklists reloaded"),
+        (answers.blocking, {"blocking": None}, "blocking changed"),
+        (lambda a: answers.added("x.lan", a), {"name": "x.lan"}, "added x.lan"),
+        (lambda a: answers.flushed("x.org", a), {"dropped": "2"}, "flushed x.org"),
+        (lambda a: answers.flushed("x.org", a), {"dropped": 2},
+         "flushed x.org: 2 cache entries dropped"),
+    ],
+)  # fmt: skip
+def test_an_answer_is_plain_words_whatever_its_shape(
+    line: Callable[[object], str], answer: object, shown: str
+) -> None:
+    assert line(answer) == shown

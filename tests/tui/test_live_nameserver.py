@@ -4,13 +4,17 @@ screen cannot drift from what the nameserver sends."""
 
 from __future__ import annotations
 
+import logging
+
+from textual.widgets import Input
+
 from retreatkit.tui.app import Dashboard
-from retreatkit.tui.testing import make_dashboard, settle
-from retreatkit.tui.widgets import Table
+from retreatkit.tui.testing import actions_done, make_dashboard, settle
+from retreatkit.tui.widgets import Lines, Table
 
 from .conftest import LiveNameserver
 
-SIZE = (150, 60)
+SIZE = (100, 40)
 
 
 def rows(app: Dashboard, table_id: str) -> list[list[str]]:
@@ -28,3 +32,47 @@ async def test_blocklists_list_each_source(live_nameserver: LiveNameserver) -> N
             [f"{lists}/blocks.txt", "4", "1", "08:00:00", ""],
             [f"{lists}/gone.txt", "0", "0", "never", "No such file or directory"],
         ]
+
+
+async def test_every_action_answers_in_plain_words(live_nameserver: LiveNameserver) -> None:
+    """What each action's real answer reads as, after the organiser's keys."""
+    await live_nameserver.ask("www.example.test")  # cached: a flush has something to drop
+    app = make_dashboard(live_nameserver.url)
+    level = logging.getLogger("retreatkit").level
+
+    async def act(*steps: str) -> str:
+        """Each step a key, or a line ("...\n") typed into the question asked."""
+        for step in steps:
+            if step.endswith("\n"):
+                app.screen.query_one(Input).value = step[:-1]  # typing it is slow, not different
+                step = "enter"
+            await pilot.press(step)
+            await pilot.pause()
+        await actions_done(pilot)
+        return str(app.screen.query_one("#result", Lines).render())
+
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        assert await act("r") == (
+            "blocklists reloaded: 4 entries from blocks.txt (1 bad line skipped);"
+            " gone.txt failed (No such file or directory)"
+        )
+        assert await act("p", "15\n", "y") == "blocking paused until 08:15:00"
+        assert await act("p", "0\n") == "blocking on"
+        assert await act("a", "wiki.retreat.lan 10.0.0.9\n") == "added wiki.retreat.lan: A 10.0.0.9"
+        flush = ("f", "www.example.test\n", "y")
+        assert await act(*flush) == "flushed www.example.test: 1 cache entry dropped"
+        assert await act(*flush) == "www.example.test was not in the cache"
+        remove = ("d", "wiki.retreat.lan\n", "y")
+        assert await act(*remove) == "removed wiki.retreat.lan"
+        assert await act(*remove) == (
+            f"{live_nameserver.url[7:]}: DELETE /nameserver/records/wiki.retreat.lan answered"
+            " HTTP 404: no local record named wiki.retreat.lan"
+        )
+        await pilot.press("5")
+        await settle(pilot)
+        try:
+            assert await act("L", "debug\n") == "retreatkit now logs at DEBUG and above"
+        finally:
+            logging.getLogger("retreatkit").setLevel(level)

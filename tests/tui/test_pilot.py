@@ -149,7 +149,7 @@ async def test_reload_acts_at_once_with_the_token(fake: FakeAdmin) -> None:
         posts = [s for s in fake.seen if s[0] == "POST"]
         assert posts == [("POST", "/nameserver/blocklists/reload", f"Bearer {TOKEN}", "")]
         result = str(app.screen.query_one("#result", Lines).render())
-        assert result == "blocklists reloaded: done /nameserver/blocklists/reload"
+        assert result == "blocklists reloaded"
 
 
 async def test_destructive_actions_ask_first(fake: FakeAdmin) -> None:

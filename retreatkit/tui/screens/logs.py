@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Input
 
+from retreatkit.tui import answers
 from retreatkit.tui.logbuffer import LEVELS, LogFilter
 from retreatkit.tui.logview import LogView
 from retreatkit.tui.screens.base import Panel
@@ -112,7 +113,7 @@ class LogsScreen(Panel):
             {"level": text.lower(), "logger": logger},
         )
         failed = [problem for _, _, problem in results if problem]
-        where = ", ".join(name for name, _, problem in results if not problem)
-        done = f"{logger} now logs at {text.upper()} and above" if where else ""
-        done += f" on {where}" if done and len(results) > 1 else ""
-        self.say(*failed, *([done] if done else []))
+        done = [(name, answer) for name, answer, problem in results if not problem]
+        line = answers.log_level(logger, text, done[0][1]) if done else ""
+        line += f" on {', '.join(name for name, _ in done)}" if line and len(results) > 1 else ""
+        self.say(*failed, *([line] if line else []))

@@ -5,6 +5,7 @@ and the organiser's actions, which go to every one of them (DHCP hands them all 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -13,7 +14,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label
 
-from retreatkit.tui import views
+from retreatkit.tui import answers, views
 from retreatkit.tui.screens.service import Section, ServicePanel
 from retreatkit.tui.state import EndpointState
 from retreatkit.tui.widgets import AskScreen, ConfirmScreen, Lines, Table
@@ -137,7 +138,7 @@ class NameserverScreen(ServicePanel):
 
     def action_reload_lists(self) -> None:
         self.run_worker(
-            self._act("POST", "/nameserver/blocklists/reload", None, "blocklists reloaded"),
+            self._act("POST", "/nameserver/blocklists/reload", None, answers.reloaded),
             group="action",
         )
 
@@ -160,14 +161,13 @@ class NameserverScreen(ServicePanel):
         answer: bool = await self.app.push_screen_wait(ConfirmScreen(question))
         return answer
 
-    async def _act(self, method: str, path: str, body: Any, done: str) -> None:
+    async def _act(self, method: str, path: str, body: Any, line: Callable[[Any], str]) -> None:
+        """The action at every nameserver; `line` words each answer."""
         results = await self.dash.act_all("nameserver", method, path, body)
         if not results:
             self.say("no endpoint hosts a nameserver")
             return
-        lines = [
-            problem or f"{done}: {views.answer_line(answer)}" for _, answer, problem in results
-        ]
+        lines = [problem or line(answer) for _, answer, problem in results]
         if len(results) > 1:  # which is which
             lines = [f"{name}: {line}" for (name, _, _), line in zip(results, lines, strict=True)]
         self.say(*lines)
@@ -185,7 +185,9 @@ class NameserverScreen(ServicePanel):
             f"Pause blocking for {minutes} min? Ads and trackers resolve for everyone meanwhile."
         ):
             return
-        await self._act("POST", "/nameserver/blocking/pause", {"minutes": minutes}, "blocking")
+        await self._act(
+            "POST", "/nameserver/blocking/pause", {"minutes": minutes}, answers.blocking
+        )
 
     async def _add(self) -> None:
         text = await self._ask(
@@ -199,7 +201,10 @@ class NameserverScreen(ServicePanel):
             return
         name, value = parts
         await self._act(
-            "PUT", f"/nameserver/records/{quote(name, safe='')}", {"value": value}, f"added {name}"
+            "PUT",
+            f"/nameserver/records/{quote(name, safe='')}",
+            {"value": value},
+            lambda answer: answers.added(name, answer),
         )
 
     async def _remove(self) -> None:
@@ -207,7 +212,10 @@ class NameserverScreen(ServicePanel):
         if name is None or not await self._sure(f"Remove the local name {name}?"):
             return
         await self._act(
-            "DELETE", f"/nameserver/records/{quote(name, safe='')}", None, f"removed {name}"
+            "DELETE",
+            f"/nameserver/records/{quote(name, safe='')}",
+            None,
+            lambda answer: answers.removed(name, answer),
         )
 
     async def _flush(self) -> None:
@@ -216,4 +224,9 @@ class NameserverScreen(ServicePanel):
             f"Flush {name} from the cache? Without the uplink it cannot be answered again."
         ):
             return
-        await self._act("POST", "/nameserver/cache/flush", {"name": name}, f"flushed {name}")
+        await self._act(
+            "POST",
+            "/nameserver/cache/flush",
+            {"name": name},
+            lambda answer: answers.flushed(name, answer),
+        )
