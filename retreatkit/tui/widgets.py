@@ -106,22 +106,29 @@ class ConfirmScreen(ModalScreen[bool]):
 
 
 class AskScreen(ModalScreen[str | None]):
-    """One line of input: Enter gives it, Escape gives None."""
+    """One line of input: Enter gives it (on an empty field, the default shown in it),
+    Escape gives None; so does Enter on an empty field with no default."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, question: str, placeholder: str = "") -> None:
+    def __init__(self, question: str, default: str | None = None, example: str = "") -> None:
         super().__init__()
         self.question = question
-        self.placeholder = placeholder
+        self.default = default
+        self.example = example  # what an answer looks like, never taken for one
 
     def compose(self) -> ComposeResult:
+        if self.default is not None:
+            shown, hint = self.default, f"Enter: {self.default} · Escape: cancel"
+        else:
+            shown, hint = f"e.g. {self.example}" if self.example else "", "Escape: cancel"
         with Vertical(id="dialog"):
             yield Label(Content(visible(self.question)), id="question")
-            yield Input(placeholder=self.placeholder, id="answer")
+            yield Input(placeholder=shown, id="answer")
+            yield Label(Content(hint), id="hint")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
+        self.dismiss(event.value.strip() or self.default)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -10,7 +10,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from retreatkit.tui.widgets import Lines
+from retreatkit.tui.widgets import AskScreen, ConfirmScreen, Lines
 
 if TYPE_CHECKING:
     from retreatkit.tui.app import Dashboard
@@ -78,3 +78,19 @@ class Panel(Screen[None]):
     def say(self, *lines: str) -> None:
         """The screen's result: what an action did or why it failed, a line each place."""
         self.query_one("#result", Lines).show(lines)
+
+    async def ask(
+        self, question: str, doing: str, default: str | None = None, example: str = ""
+    ) -> str | None:
+        """The organiser's answer, or None when they cancelled `doing` (and it says so)."""
+        answer = await self.app.push_screen_wait(AskScreen(question, default, example))
+        if answer is None:
+            self.say(f"{doing} cancelled")
+        return answer
+
+    async def sure(self, question: str, doing: str) -> bool:
+        """Whether the organiser goes ahead with `doing` (it says so when they do not)."""
+        yes: bool = await self.app.push_screen_wait(ConfirmScreen(question))
+        if not yes:
+            self.say(f"{doing} cancelled")
+        return yes

@@ -13,7 +13,7 @@ from textual.widgets import Label
 
 from retreatkit.tui import guests, views
 from retreatkit.tui.screens.base import Panel
-from retreatkit.tui.widgets import ConfirmScreen, Lines, Table
+from retreatkit.tui.widgets import Lines, Table
 
 COLUMNS = (
     "Guest", "Service", "State", "Uptime", "Restarts", "Memory", "CPU", "RAM", "Admin",
@@ -68,12 +68,10 @@ class GuestsScreen(Panel):
             return
         supervisor, name = key
         if verb == "stop":
-            sure: bool = await self.app.push_screen_wait(
-                ConfirmScreen(
-                    f"Stop the guest {name}? What it serves is down until it is started again."
-                )
-            )
-            if not sure:
+            if not await self.sure(
+                f"Stop the guest {name}? What it serves is down until it is started again.",
+                f"stopping the guest {name}",
+            ):
                 return
             self.say(f"stopping {name} (a clean stop can take half a minute)")
         answer, problem = await self.dash.act(

@@ -94,12 +94,12 @@ class LogsScreen(Panel):
         self.run_worker(self._set_level(), group="action")
 
     async def _set_level(self) -> None:
-        from retreatkit.tui.widgets import AskScreen
-
         service = self.dash.logs.filter.service
         logger = "retreatkit" if service in (None, "process") else f"retreatkit.{service}"
-        text = await self.app.push_screen_wait(
-            AskScreen(f"Log level for {logger}: debug, info, warning or error", "debug")
+        text = await self.ask(
+            f"Log level for {logger}: debug, info, warning or error",
+            "setting the log level",
+            "debug",
         )
         if text is None:
             return

@@ -17,7 +17,7 @@ from textual.widgets import Input, Label
 from retreatkit.tui import answers, views
 from retreatkit.tui.screens.service import Section, ServicePanel
 from retreatkit.tui.state import EndpointState
-from retreatkit.tui.widgets import AskScreen, ConfirmScreen, Lines, Table
+from retreatkit.tui.widgets import Lines, Table
 
 if TYPE_CHECKING:
     from retreatkit.tui.app import Dashboard
@@ -154,13 +154,6 @@ class NameserverScreen(ServicePanel):
     def action_flush(self) -> None:
         self.run_worker(self._flush(), group="action")
 
-    async def _ask(self, question: str, placeholder: str = "") -> str | None:
-        return await self.app.push_screen_wait(AskScreen(question, placeholder))
-
-    async def _sure(self, question: str) -> bool:
-        answer: bool = await self.app.push_screen_wait(ConfirmScreen(question))
-        return answer
-
     async def _act(self, method: str, path: str, body: Any, line: Callable[[Any], str]) -> None:
         """The action at every nameserver; `line` words each answer."""
         results = await self.dash.act_all("nameserver", method, path, body)
@@ -174,15 +167,17 @@ class NameserverScreen(ServicePanel):
         self.reload()
 
     async def _pause(self) -> None:
-        text = await self._ask("Pause blocking for how many minutes? (0 resumes)", "15")
+        doing = "pausing blocking"
+        text = await self.ask("Pause blocking for how many minutes? (0 resumes)", doing, "15")
         if text is None:
             return
         if not text.isdigit() or int(text) > 24 * 60:
             self.say(f"not a number of minutes from 0 to 1440: {text}")
             return
         minutes = int(text)
-        if minutes and not await self._sure(
-            f"Pause blocking for {minutes} min? Ads and trackers resolve for everyone meanwhile."
+        if minutes and not await self.sure(
+            f"Pause blocking for {minutes} min? Ads and trackers resolve for everyone meanwhile.",
+            doing,
         ):
             return
         await self._act(
@@ -190,8 +185,10 @@ class NameserverScreen(ServicePanel):
         )
 
     async def _add(self) -> None:
-        text = await self._ask(
-            "Add a local name: NAME ADDRESS (or NAME cname:TARGET)", "printer.retreat.lan 10.0.0.9"
+        text = await self.ask(
+            "Add a local name: NAME ADDRESS (or NAME cname:TARGET)",
+            "adding a local name",
+            example="printer.retreat.lan 10.0.0.9",
         )
         if text is None:
             return
@@ -208,8 +205,9 @@ class NameserverScreen(ServicePanel):
         )
 
     async def _remove(self) -> None:
-        name = await self._ask("Remove which local name?", "printer.retreat.lan")
-        if name is None or not await self._sure(f"Remove the local name {name}?"):
+        doing = "removing a local name"
+        name = await self.ask("Remove which local name?", doing, example="printer.retreat.lan")
+        if name is None or not await self.sure(f"Remove the local name {name}?", doing):
             return
         await self._act(
             "DELETE",
@@ -219,9 +217,11 @@ class NameserverScreen(ServicePanel):
         )
 
     async def _flush(self) -> None:
-        name = await self._ask("Flush which name from the cache?", "example.org")
-        if name is None or not await self._sure(
-            f"Flush {name} from the cache? Without the uplink it cannot be answered again."
+        doing = "flushing a name"
+        name = await self.ask("Flush which name from the cache?", doing, example="example.org")
+        if name is None or not await self.sure(
+            f"Flush {name} from the cache? Without the uplink it cannot be answered again.",
+            doing,
         ):
             return
         await self._act(
