@@ -106,21 +106,24 @@ class Dashboard(App[int]):
             await client.close()
 
     async def _poll(self, name: str) -> None:
-        client = self.clients[name]
         while True:
-            try:
-                self.state.record(name, self.clock(), status=await client.status())
-            except SourceError as exc:
-                self.state.record(name, self.clock(), error=str(exc))
-            e = self.state.endpoints[name]
-            if e.error is None and "vm" in e.services():
-                await self._read_guests(name)
-            self._seen.add(name)
-            if self._seen >= set(self.clients):
-                self.polled.set()
-            if isinstance(self.screen, Panel):
-                self.screen.reload()
+            await self.poll(name)
             await asyncio.sleep(self.interval)  # the polling period, not a synchronisation
+
+    async def poll(self, name: str) -> None:
+        """Read one endpoint's status (and a supervisor's guests) once, and redraw."""
+        try:
+            self.state.record(name, self.clock(), status=await self.clients[name].status())
+        except SourceError as exc:
+            self.state.record(name, self.clock(), error=str(exc))
+        e = self.state.endpoints[name]
+        if e.error is None and "vm" in e.services():
+            await self._read_guests(name)
+        self._seen.add(name)
+        if self._seen >= set(self.clients):
+            self.polled.set()
+        if isinstance(self.screen, Panel):
+            self.screen.reload()
 
     async def _read_guests(self, name: str) -> None:
         """A supervisor's guests; each guest's admin endpoint is watched from now on."""

@@ -50,20 +50,31 @@ class Table(DataTable[Text]):
     def __init__(self, *columns: str, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self._columns = columns
+        self._keys: list[str] = []
 
     def on_mount(self) -> None:
         for column in self._columns:
             self.add_column(column, key=column)
 
-    def set_rows(self, rows: Sequence[Sequence[str]], empty: str = "none yet") -> None:
+    def set_rows(
+        self,
+        rows: Sequence[Sequence[str]],
+        empty: str = "none yet",
+        keys: Sequence[str] | None = None,
+    ) -> None:
+        """Replace the rows. With `keys` (one a row), the cursor stays on the row with the
+        same key wherever it moved, so an action never lands on another row's item."""
         row = self.cursor_row
+        if keys is not None and 0 <= row < len(self._keys):
+            row = keys.index(self._keys[row]) if self._keys[row] in keys else row
+        self._keys = list(keys or [])
         self.clear()
         if not rows:
             self.add_row(plain(empty, "dim"), *[plain("")] * (len(self._columns) - 1))
         for values in rows:
             self.add_row(*[plain(v, _style(v)) for v in values])
-        if rows and 0 <= row < len(rows):
-            self.move_cursor(row=row, animate=False)
+        if rows:
+            self.move_cursor(row=min(max(row, 0), len(rows) - 1), animate=False)
 
 
 def _style(value: str) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from textual.widgets import Label
 
 from retreatkit.tui.app import Dashboard
 from retreatkit.tui.guests import Guest, parse, watch_url
@@ -248,3 +249,34 @@ def test_a_real_supervisors_list_is_read(tmp_path: Path) -> None:
     admin = supervisor.item("relay")["admin"]
     assert found == Guest("relay", "relay", "stopped", 0.0, 0, 0.0, 0.0, 128.0, None, admin)
     assert watch_url("http://127.0.0.1:8080", admin) == (admin, "")
+
+
+async def test_the_guest_acted_on_is_the_one_under_the_cursor(supervisor: FakeAdmin) -> None:
+    """The table has the keys when the screen opens; the cursor stays on its guest when
+    the list changes; a stopped guest is not stopped again."""
+    supervisor.guests = [*(supervisor.guests or []), guest("mirror", "mirror", None)]
+    app = make_dashboard(supervisor.url)
+
+    def result() -> str:
+        return str(app.screen.query_one("#result", Lines).render())
+
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("6")
+        await settle(pilot)
+        table = app.screen.query_one("#guests", Table)
+        assert app.focused is table
+        await pilot.press("down", "down", "x")
+        await pilot.pause()
+        question = str(app.screen.query_one("#question", Label).render())
+        assert question.startswith("Stop the guest mirror? ")
+        await pilot.press("n")
+        await actions_done(pilot)
+        assert result() == "stopping the guest mirror cancelled"
+        supervisor.guests.insert(0, guest("cache", "mirror", None))  # listed before it now
+        await app.poll(supervisor.url[7:])
+        await settle(pilot)
+        assert rows(app, "#guests")[table.cursor_row][0] == "mirror"
+        await pilot.press("up", "x")  # the nameserver guest: stopped already
+        await actions_done(pilot)
+        assert result() == "guest nameserver is already stopped"
+        assert not [s for s in supervisor.seen if s[0] == "POST"]

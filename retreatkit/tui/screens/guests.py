@@ -49,11 +49,23 @@ class GuestsScreen(Panel):
         self.query_one("#summary", Lines).show(summary)
         found = views.guest_rows(state)
         self.keys = [key for key, _ in found]
-        self.query_one("#guests", Table).set_rows([row for _, row in found], "no guests")
+        self.query_one("#guests", Table).set_rows(
+            [row for _, row in found], "no guests", ["\0".join(key) for key in self.keys]
+        )
+
+    def on_screen_resume(self) -> None:
+        super().on_screen_resume()
+        self.query_one("#guests", Table).focus()  # the arrows move its cursor at once
 
     def selected(self) -> tuple[str, str] | None:
+        """The guest on the row under the cursor."""
         row = self.query_one("#guests", Table).cursor_row
         return self.keys[row] if 0 <= row < len(self.keys) else None
+
+    def known(self, supervisor: str, name: str) -> guests.Guest | None:
+        """The guest as its supervisor last listed it."""
+        found = self.dash.state.endpoints[supervisor].guests or []
+        return next((g for g in found if g.name == name), None)
 
     def action_start(self) -> None:
         self.run_worker(self._act("start"), group="action")
@@ -67,6 +79,11 @@ class GuestsScreen(Panel):
             self.say("no guest selected")
             return
         supervisor, name = key
+        before = self.known(supervisor, name)
+        already = {"stop": "stopped", "start": "running"}[verb]
+        if before is not None and before.state == already:
+            self.say(f"guest {name} is already {already}")  # nothing to ask, nothing to send
+            return
         if verb == "stop":
             if not await self.sure(
                 f"Stop the guest {name}? What it serves is down until it is started again.",
