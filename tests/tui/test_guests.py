@@ -280,3 +280,30 @@ async def test_the_guest_acted_on_is_the_one_under_the_cursor(supervisor: FakeAd
         await actions_done(pilot)
         assert result() == "guest nameserver is already stopped"
         assert not [s for s in supervisor.seen if s[0] == "POST"]
+
+
+def test_a_guest_started_again_shows_nothing_of_its_last_run() -> None:
+    """qemu killed: the supervisor lists the guest restarting, then running again, before
+    the guest's own endpoint is read again; its service says that, never its last "up"."""
+    state = DashboardState(["up:1"])
+    state.add("guest relay", "http://127.0.0.1:2", ("up:1", "relay"))
+    e = state.endpoints["guest relay"]
+
+    def listed(**change: object) -> None:
+        item = {**guest("relay", "relay", None), **change}
+        state.record_guests("up:1", parse({"guests": [item]}))
+
+    listed()
+    state.record("guest relay", 0, status=hosting("relay"))
+    assert e.state_of("relay") == "up"
+    listed(state="restarting", restarts=3)
+    assert e.state_of("relay") == "restarting"
+    listed(uptime_seconds=1.5, restarts=3)
+    assert e.state_of("relay") == "starting"
+    state.record("guest relay", 1, status=hosting("relay"))  # it answers: up again
+    listed(uptime_seconds=2.5, restarts=3)
+    assert e.state_of("relay") == "up"
+    listed(uptime_seconds=0.5, restarts=3)  # stopped and started between two reads
+    assert e.state_of("relay") == "starting" and state.alarms(2) == []
+    listed(uptime_seconds=90.0, restarts=3)  # and never answered since
+    assert e.state_of("relay") == "unreachable"
