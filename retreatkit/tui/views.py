@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from retreatkit.tui import guests
@@ -310,6 +311,12 @@ def guest_rows(state: DashboardState) -> list[tuple[tuple[str, str], Row]]:
         )
         rows.append(((supervisor, g.name), row))
     return rows
+
+
+def guest_detail(columns: Sequence[str], row: Row) -> str:
+    """A guest's row as one line: `relay: service relay · state running · ...`."""
+    named = [f"{c.lower()} {v}" for c, v in zip(columns[1:], row[1:], strict=True) if v]
+    return f"{row[0]}: " + " · ".join(named)
 
 
 def supervisor_lines(state: DashboardState) -> list[str]:

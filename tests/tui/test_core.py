@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from retreatkit.tui import answers
+from retreatkit.tui import answers, columns
 from retreatkit.tui.escape import visible
 from retreatkit.tui.fmt import NOT_REPORTED, duration, number, size, spark
 from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer, LogFilter
@@ -130,3 +130,19 @@ def test_an_answer_is_plain_words_whatever_its_shape(
     line: Callable[[object], str], answer: object, shown: str
 ) -> None:
     assert line(answer) == shown
+
+
+def test_columns_fit_by_cutting_the_widest_first() -> None:
+    header = ["Time", "Client", "Name", "Type", "Answer", "ms"]
+    rows = [["10:59:58", "10.0.0.7", "x" * 60, "AAAA", "forwarded", "1500.6"]]
+    natural = columns.natural_widths(header, rows)
+    least = columns.least_widths(header, natural)
+    assert natural == [8, 8, 60, 4, 9, 6] and least == [8, 8, 8, 4, 8, 6]
+    assert columns.fit(natural, least, 200) == natural  # room for all: nothing cut
+    assert columns.fit(natural, least, 64) == [8, 8, 29, 4, 9, 6]  # only the name gives way
+    assert columns.fit(natural, least, 20) == least  # even the least overflows: no lower
+    trend = [10, 24]  # a trend is given up first, down to its heading
+    least = columns.least_widths(["Service", "Trend"], trend, {1})
+    assert columns.fit(trend, least, 20, {1}) == [10, 10]
+    assert columns.cut_start("/srv/lists/blocks.txt", 12) == "…/blocks.txt"
+    assert columns.cut_start("ads.txt", 12) == "ads.txt"

@@ -25,6 +25,7 @@ from retreatkit.tui.testing import (
     guest,
     hosting,
     make_dashboard,
+    screen_text,
     serve,
     settle,
 )
@@ -307,3 +308,25 @@ def test_a_guest_started_again_shows_nothing_of_its_last_run() -> None:
     assert e.state_of("relay") == "starting" and state.alarms(2) == []
     listed(uptime_seconds=90.0, restarts=3)  # and never answered since
     assert e.state_of("relay") == "unreachable"
+
+
+async def test_80x24_leaves_columns_out_but_the_line_under_has_them(
+    supervisor: FakeAdmin, relay_guest: FakeAdmin
+) -> None:
+    app = make_dashboard(supervisor.url)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("6")
+        await settle(pilot)
+        table = app.screen.query_one("#guests", Table)
+        assert table.shown == [
+            "Guest", "Service", "State", "Uptime", "Restarts", "Memory", "Admin", "Last exit"
+        ]  # fmt: skip
+        text = screen_text(app)
+        assert "Guests (s starts the one under the cursor, x stops it)" in text
+        detail = (
+            f"relay: service relay · state running · uptime 1h 00m · restarts 2 · memory"
+            f" 140.0 MiB · cpu 93.2 s · ram 128 MB · admin {relay_guest.url[7:]} (up) · last"
+            f" exit qemu exit code 1 · supervisor {supervisor.url[7:]}"
+        )
+        assert str(app.screen.query_one("#detail", Lines).render()) == detail
+        assert " ".join(text.split()).count(detail) == 1  # every row of it on the screen

@@ -5,11 +5,13 @@ screen cannot drift from what the nameserver sends."""
 from __future__ import annotations
 
 import logging
+import re
 
 from textual.widgets import Input
 
+from retreatkit.tui import views
 from retreatkit.tui.app import Dashboard
-from retreatkit.tui.testing import actions_done, make_dashboard, settle
+from retreatkit.tui.testing import actions_done, make_dashboard, screen_text, settle
 from retreatkit.tui.widgets import Lines, Table
 
 from .conftest import LiveNameserver
@@ -28,9 +30,17 @@ async def test_blocklists_list_each_source(live_nameserver: LiveNameserver) -> N
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("4")
         await settle(pilot)
-        assert rows(app, "#lists") == [
-            [f"{lists}/blocks.txt", "4", "1", "08:00:00", ""],
-            [f"{lists}/gone.txt", "0", "0", "never", "No such file or directory"],
+        [endpoint] = app.state.endpoints.values()
+        assert views.blocklist_rows(endpoint) == [
+            (f"{lists}/blocks.txt", "4", "1", "08:00:00", ""),
+            (f"{lists}/gone.txt", "0", "0", "never", "No such file or directory"),
+        ]
+        shown = rows(app, "#lists")  # a long path keeps its end: the file's name
+        assert shown[0][0].startswith("…") and shown[0][0].endswith("/lists/blocks.txt")
+        assert shown[1][0].endswith("/lists/gone.txt")
+        assert [row[1:] for row in shown] == [
+            ["4", "1", "08:00:00", ""],
+            ["0", "0", "never", "No such file or directory"],
         ]
 
 
@@ -76,3 +86,31 @@ async def test_every_action_answers_in_plain_words(live_nameserver: LiveNameserv
             assert await act("L", "debug\n") == "retreatkit now logs at DEBUG and above"
         finally:
             logging.getLogger("retreatkit").setLevel(level)
+
+
+async def test_80x24_shows_every_column_and_the_newest_query(
+    live_nameserver: LiveNameserver,
+) -> None:
+    """The smallest terminal: each table's every column, the footer's keys and the
+    alarm count show; scrolled down to the query log, a new query shows as it comes."""
+    name = "a-rather-long-name-that-a-laptop-asked-for.www.example.test"
+    await live_nameserver.ask(name)
+    app = make_dashboard(live_nameserver.url)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        await pilot.press("end")  # down to the query log
+        await pilot.pause()
+        text = screen_text(app)
+        assert re.search(r"^ Time +Client +Name +Type +Answer +ms +$", text, re.M)
+        assert re.search(
+            r"^ 08:00:00 +127\.0\.0\.1 +a-rather-long-name-.*… +A +forwarded +\d", text, re.M
+        )
+        assert re.search(r"Name +Queries +Name +Queries +Name +Queries", text)  # top lists
+        assert re.search(r"^ Source +Entries +Bad lines +Loaded +Last error +$", text, re.M)
+        assert "r Reloadp Pausea Add named Removef Flush/ Filter123456Screensq Quit" in text
+        assert re.search(r"^ +retreatkit · Nameserver · 1 alarm · 127\.0\.0\.1:\d+$", text, re.M)
+        await live_nameserver.ask("ads.example.test")
+        await settle(pilot)
+        newest = screen_text(app).split(" Time ", 1)[1].splitlines()[1]
+        assert re.match(r" 08:00:00 +127\.0\.0\.1 +ads\.example\.test +A +blocked +\d", newest)

@@ -15,21 +15,13 @@ from retreatkit.tui.testing import (
     FakeAdmin,
     actions_done,
     make_dashboard,
+    screen_text,
     serve,
     settle,
 )
 from retreatkit.tui.widgets import Lines, Table
 
 SIZE = (150, 60)
-
-
-def screen_text(app: Dashboard) -> str:
-    """What the terminal would show, as text (the SVG export, tags dropped)."""
-    import html
-    import re
-
-    svg = app.export_screenshot()
-    return html.unescape(re.sub(r"<[^>]+>", "", svg)).replace("\xa0", " ")
 
 
 def table_text(app: Dashboard, table_id: str) -> list[list[str]]:

@@ -6,6 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer
@@ -14,6 +15,14 @@ from retreatkit.tui.widgets import AskScreen, ConfirmScreen, Lines
 
 if TYPE_CHECKING:
     from retreatkit.tui.app import Dashboard
+
+# the screens' keys: named in full on the overview; elsewhere one item, "123456 Screens"
+# (each key's name its tooltip), so that a screen's own keys fit an 80-column footer
+SCREENS = (
+    ("1", "overview", "Overview"), ("2", "relay", "Relay"), ("3", "mirror", "Mirror"),
+    ("4", "nameserver", "DNS"), ("5", "logs", "Logs"), ("6", "guests", "Guests"),
+)  # fmt: skip
+SCREEN_KEYS = Binding.Group("Screens", compact=True)
 
 
 class Panel(Screen[None]):
@@ -40,7 +49,7 @@ class Panel(Screen[None]):
         with VerticalScroll(id="body"):
             yield from self.body()
         yield Lines(id="result")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)  # ctrl+p still opens it
 
     def body(self) -> ComposeResult:
         yield from ()

@@ -1,6 +1,7 @@
 """Guests: the VM guests each supervising endpoint runs (`retreatkit up` with `[images]
 run`, or `retreatkit vm serve`): state, uptime, restarts, qemu's memory and CPU time, how
-each last ended; start the selected one, or stop it (asked first)."""
+each last ended; start the one under the cursor, or stop it (asked first). Under it, that
+guest in full: a narrow terminal cuts the table's columns, or leaves some out."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from urllib.parse import quote
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import Label
+from textual.widgets import DataTable, Label
 
 from retreatkit.tui import guests, views
 from retreatkit.tui.screens.base import Panel
@@ -19,6 +20,8 @@ COLUMNS = (
     "Guest", "Service", "State", "Uptime", "Restarts", "Memory", "CPU", "RAM", "Admin",
     "Last exit", "Supervisor",
 )  # fmt: skip
+# what a narrow terminal leaves out of the table first (the line under it has them)
+DROP = ("Supervisor", "RAM", "CPU", "Memory", "Restarts", "Uptime")
 # a clean stop lets the service close and the guest sync its disk; the supervisor powers
 # it off if that takes 30 s, so its answer can take that long
 STOP_TIMEOUT = 40.0
@@ -27,18 +30,20 @@ STOP_TIMEOUT = 40.0
 class GuestsScreen(Panel):
     TITLE = "Guests"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("s", "start", "Start guest"),
-        Binding("x", "stop", "Stop guest"),
+        Binding("s", "start", "Start", tooltip="Start the guest under the cursor"),
+        Binding("x", "stop", "Stop", tooltip="Stop the guest under the cursor (asked first)"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.keys: list[tuple[str, str]] = []  # (supervisor, guest) of each row shown
+        self.rows: list[views.Row] = []
 
     def body(self) -> ComposeResult:
         yield Lines(id="summary")
-        yield Label("Guests (s starts the selected one, x stops it)", classes="heading")
-        yield Table(*COLUMNS, id="guests")
+        yield Label("Guests (s starts the one under the cursor, x stops it)", classes="heading")
+        yield Table(*COLUMNS, id="guests", drop=DROP)
+        yield Lines(id="detail")
 
     def draw(self) -> None:
         state = self.dash.state
@@ -49,9 +54,20 @@ class GuestsScreen(Panel):
         self.query_one("#summary", Lines).show(summary)
         found = views.guest_rows(state)
         self.keys = [key for key, _ in found]
+        self.rows = [row for _, row in found]
         self.query_one("#guests", Table).set_rows(
-            [row for _, row in found], "no guests", ["\0".join(key) for key in self.keys]
+            self.rows, "no guests", ["\0".join(key) for key in self.keys]
         )
+        self.show_detail()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_detail()
+
+    def show_detail(self) -> None:
+        """The guest under the cursor, every column of it."""
+        row = self.query_one("#guests", Table).cursor_row
+        found = self.rows[row] if 0 <= row < len(self.rows) else None
+        self.query_one("#detail", Lines).show([views.guest_detail(COLUMNS, found)] if found else [])
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()

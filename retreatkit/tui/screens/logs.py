@@ -23,8 +23,8 @@ class LogsScreen(Panel):
     TITLE = "Logs"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s", "next_service", "Service"),
-        Binding("v", "next_level", "Level shown"),
-        Binding("L", "set_level", "Set log level"),
+        Binding("v", "next_level", "Level", tooltip="The lowest level shown"),
+        Binding("L", "set_level", "Set level", tooltip="Set a service's log level"),
         Binding("slash", "filter", "Filter"),
         Binding("escape", "unfocus", "Leave filter", show=False),
         Binding("e", "follow", "Newest"),

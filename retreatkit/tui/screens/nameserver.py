@@ -44,13 +44,16 @@ class NameserverSection(Section):
                 with Vertical():
                     yield Label(title, classes="heading")
                     yield Table("Name", "Queries", id=f"top_{key}")
-        with Horizontal(classes="pair"):
+        with Horizontal(classes="pair stack"):
             with Vertical():
                 yield Label("Upstreams", classes="heading")
                 yield Table("Address", "State", "Latency", id="upstreams")
             with Vertical():
                 yield Label("Blocklists", classes="heading")
-                yield Table("Source", "Entries", "Bad lines", "Loaded", "Error", id="lists")
+                yield Table(
+                    "Source", "Entries", "Bad lines", "Loaded", "Last error",
+                    id="lists", cut_start=("Source",),
+                )  # fmt: skip
         yield Label("Query log (/ to filter)", classes="heading")
         yield Table("Time", "Client", "Name", "Type", "Answer", "ms", id="queries")
 
@@ -97,11 +100,11 @@ class NameserverScreen(ServicePanel):
     SERVICE = "nameserver"
     SECTION: ClassVar[type[Section]] = NameserverSection
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("r", "reload_lists", "Reload lists"),
-        Binding("p", "pause", "Pause blocking"),
-        Binding("a", "add_name", "Add name"),
-        Binding("d", "remove_name", "Remove name"),
-        Binding("f", "flush", "Flush name"),
+        Binding("r", "reload_lists", "Reload", tooltip="Reload the blocklists"),
+        Binding("p", "pause", "Pause", tooltip="Pause blocking for some minutes"),
+        Binding("a", "add_name", "Add name", tooltip="Add a local name"),
+        Binding("d", "remove_name", "Remove", tooltip="Remove a local name"),
+        Binding("f", "flush", "Flush", tooltip="Flush a name from the cache"),
         Binding("slash", "filter", "Filter"),
         Binding("escape", "unfocus", "Leave filter", show=False),
     ]
