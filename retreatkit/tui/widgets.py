@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import ClassVar
 
-from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -28,24 +27,23 @@ class Lines(Static):
     """A few lines of figures; each line escaped, never markup."""
 
     _shown: tuple[str, ...] | None = None
-    _fits = False  # each line shown fits the width: one row each
 
     def show(self, lines: Iterable[str]) -> None:
         shown = tuple(visible(line) for line in lines)
         if shown == self._shown:
             return
-        # as many lines as before, each one row now as before: its size stays, so it is
-        # redrawn alone, not the whole screen laid out again (the Logs screen's counts
-        # change ten times a second)
-        width = self.content_size.width
-        fits = all(cell_len(line) <= width for line in shown)
-        same = self._fits and fits and len(shown) == len(self._shown or ())
-        self._shown, self._fits = shown, fits
-        self.update(Content("\n".join(shown)), layout=not same)
+        self._shown = shown
+        content = Content("\n".join(shown))
+        # as many rows as before, wrapped at this width: its size stays, so it is redrawn
+        # alone, not the whole screen laid out again (the Logs screen's counts change ten
+        # times a second)
+        width, height = self.content_size
+        same = width > 0 and content.get_height(self.styles.get_rules(), width) == height
+        self.update(content, layout=not same)
         if not same:
             # a layout asked for while the app holds a batch update (a screen being
             # mounted, the footer recomposed) can be lost, leaving this widget its old
-            # height and its new lines cut off until a resize: ask again once drawn
+            # height and its new rows cut off until a resize: ask again once drawn
             self.call_after_refresh(self.refresh, layout=True)
 
 
