@@ -20,7 +20,7 @@ from textual.binding import Binding, BindingType
 from retreatkit.tui import guests
 from retreatkit.tui.fmt import get
 from retreatkit.tui.logbuffer import LogBuffer
-from retreatkit.tui.screens.base import Panel
+from retreatkit.tui.screens.base import SCREEN_KEYS, SCREENS, Panel
 from retreatkit.tui.screens.guests import GuestsScreen
 from retreatkit.tui.screens.logs import LogsScreen
 from retreatkit.tui.screens.mirror import MirrorScreen
@@ -46,13 +46,11 @@ class Dashboard(App[int]):
         "guests": GuestsScreen,
     }
     DEFAULT_MODE = "overview"
+    # a screen under 120 columns stacks what sits side by side on a wide one (textual
+    # declares this a ClassVar already; mypy refuses the annotation again)
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]  # noqa: RUF012
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("1", "show('overview')", "Overview"),
-        Binding("2", "show('relay')", "Relay"),
-        Binding("3", "show('mirror')", "Mirror"),
-        Binding("4", "show('nameserver')", "DNS"),
-        Binding("5", "show('logs')", "Logs"),
-        Binding("6", "show('guests')", "Guests"),
+        *(Binding(key, f"show('{mode}')", name, group=SCREEN_KEYS) for key, mode, name in SCREENS),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
     ]
@@ -106,21 +104,24 @@ class Dashboard(App[int]):
             await client.close()
 
     async def _poll(self, name: str) -> None:
-        client = self.clients[name]
         while True:
-            try:
-                self.state.record(name, self.clock(), status=await client.status())
-            except SourceError as exc:
-                self.state.record(name, self.clock(), error=str(exc))
-            e = self.state.endpoints[name]
-            if e.error is None and "vm" in e.services():
-                await self._read_guests(name)
-            self._seen.add(name)
-            if self._seen >= set(self.clients):
-                self.polled.set()
-            if isinstance(self.screen, Panel):
-                self.screen.reload()
+            await self.poll(name)
             await asyncio.sleep(self.interval)  # the polling period, not a synchronisation
+
+    async def poll(self, name: str) -> None:
+        """Read one endpoint's status (and a supervisor's guests) once, and redraw."""
+        try:
+            self.state.record(name, self.clock(), status=await self.clients[name].status())
+        except SourceError as exc:
+            self.state.record(name, self.clock(), error=str(exc))
+        e = self.state.endpoints[name]
+        if e.error is None and "vm" in e.services():
+            await self._read_guests(name)
+        self._seen.add(name)
+        if self._seen >= set(self.clients):
+            self.polled.set()
+        if isinstance(self.screen, Panel):
+            self.screen.reload()
 
     async def _read_guests(self, name: str) -> None:
         """A supervisor's guests; each guest's admin endpoint is watched from now on."""
@@ -177,11 +178,10 @@ class Dashboard(App[int]):
             await asyncio.sleep(self.retry_logs)
 
     def title_line(self, screen: str) -> str:
+        """The screen, the alarms, the endpoints: what a narrow terminal cuts comes last."""
         alarms = len(self.state.alarms(self.clock()))
-        names = ", ".join(self.clients)
-        return f"retreatkit · {screen} · {names} · " + (
-            f"{alarms} alarms" if alarms else "no alarms"
-        )
+        said = {0: "no alarms", 1: "1 alarm"}.get(alarms, f"{alarms} alarms")
+        return f"retreatkit · {screen} · {said} · {', '.join(self.clients)}"
 
     async def action_show(self, mode: str) -> None:
         await self.switch_mode(mode)

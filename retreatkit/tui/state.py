@@ -110,7 +110,13 @@ class DashboardState:
         by_name = {g.name: g for g in guests}
         for e in self.endpoints.values():
             if e.guest_of is not None and e.guest_of[0] == endpoint:
-                e.guest = by_name.get(e.guest_of[1])
+                guest = by_name.get(e.guest_of[1])
+                if guest is not None and new_run(e.guest, guest):
+                    # the status read from the guest came from a process that is gone:
+                    # what it said (up, its figures) is over until the guest answers again
+                    # (a booting guest's forwarded port can hold a read for seconds)
+                    e.status = None
+                e.guest = guest
 
     def guests(self) -> list[tuple[str, Guest]]:
         """Every guest every supervisor lists: (the supervisor, the guest)."""
@@ -190,3 +196,15 @@ def guest_alarm(g: Guest) -> list[str]:
         line += f" (restart {g.restarts}"
         line += f"; last exit: {g.last_exit})" if g.last_exit else ")"
     return [line]
+
+
+def new_run(before: Guest | None, now: Guest) -> bool:
+    """Whether the guest's qemu is not the one it was (or there is none): it is not
+    running, it restarted, or it runs for less time than it did."""
+    if not now.running:
+        return True
+    if before is None:
+        return False
+    if not before.running or before.restarts != now.restarts:
+        return True
+    return (now.uptime_seconds or 0.0) < (before.uptime_seconds or 0.0)

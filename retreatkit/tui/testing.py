@@ -4,7 +4,9 @@ in a thread) serving canned JSON, garbage, or nothing at all (it hangs)."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,14 +118,15 @@ def canned(name: str = HOSTILE) -> dict[str, Any]:
             "top_blocked": [["ads.example", 20]],
             "top_clients": [["10.0.0.7", 99]],
             "upstreams": [{"address": "192.0.2.53:53", "state": "up", "latency_ms": 12.5}],
-            "blocklists": {
-                "/srv/ads.txt": {
+            "blocklists": [
+                {
+                    "source": "/srv/ads.txt",
                     "entries": 1200,
                     "bad_lines": 3,
                     "loaded_at": "2026-01-01T10:00:02+00:00",
                     "last_error": None,
                 }
-            },
+            ],
         },
     }
 
@@ -346,6 +349,13 @@ def make_dashboard(*urls: str, follow_logs: bool = False, label: str | None = No
     `label` names the endpoint on screen in place of its port-0 address."""
     endpoints = [Endpoint(url, TOKEN, label) for url in urls]
     return Dashboard(endpoints, interval=3600, clock=Clock(), follow_logs=follow_logs)
+
+
+def screen_text(app: Dashboard) -> str:
+    """What the terminal would show, a line a row (the SVG export, tags dropped; the
+    blanks between widgets side by side are dropped too)."""
+    svg = app.export_screenshot()
+    return html.unescape(re.sub(r"<[^>]+>", "", svg)).replace("\xa0", " ")
 
 
 async def settle(pilot: Pilot[int]) -> None:

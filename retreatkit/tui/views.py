@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from retreatkit.tui import guests
@@ -259,19 +260,17 @@ def dns_upstream_rows(e: EndpointState) -> list[Row]:
 
 
 def blocklist_rows(e: EndpointState) -> list[Row]:
-    lists = e.section("nameserver").get("blocklists")
-    if not isinstance(lists, dict):
-        return []
+    """Each source (`[{"source": ..., "entries": ...}, ...]`, docs/admin-api.md): what it
+    gave, the lines it could not read, when it was last read, and what failed last."""
     return [
         (
-            str(source),
+            _text(b.get("source")),
             count(b.get("entries")),
             count(b.get("bad_lines")),
-            clock(b.get("loaded_at")),
+            clock(b.get("loaded_at")) if b.get("loaded_at") else "never",
             _text(b.get("last_error") or ""),
         )
-        for source, b in lists.items()
-        if isinstance(b, dict)
+        for b in _items(e.section("nameserver"), "blocklists")
     ]
 
 
@@ -285,18 +284,6 @@ def query_row(q: dict[str, Any]) -> Row:
         _text(q.get("answer")),
         NOT_REPORTED if ms is None else f"{ms:.1f}",
     )
-
-
-def answer_line(answer: Any) -> str:
-    """An action's answer in one line: `key value` pairs, or the text."""
-    if answer is None:
-        return "done"
-    if isinstance(answer, dict):
-        return " · ".join(
-            f"{k} {answer_line(v) if isinstance(v, dict) else _text(v)}"
-            for k, v in list(answer.items())[:8]
-        )
-    return _text(answer).splitlines()[0] if _text(answer).strip() else "done"
 
 
 def guest_rows(state: DashboardState) -> list[tuple[tuple[str, str], Row]]:
@@ -324,6 +311,12 @@ def guest_rows(state: DashboardState) -> list[tuple[tuple[str, str], Row]]:
         )
         rows.append(((supervisor, g.name), row))
     return rows
+
+
+def guest_detail(columns: Sequence[str], row: Row) -> str:
+    """A guest's row as one line: `relay: service relay · state running · ...`."""
+    named = [f"{c.lower()} {v}" for c, v in zip(columns[1:], row[1:], strict=True) if v]
+    return f"{row[0]}: " + " · ".join(named)
 
 
 def supervisor_lines(state: DashboardState) -> list[str]:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import ClassVar
 
-from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
+from textual.geometry import Size
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, Static
 
+from retreatkit.tui import columns
 from retreatkit.tui.escape import visible
 
 
@@ -31,39 +32,116 @@ class Lines(Static):
         shown = tuple(visible(line) for line in lines)
         if shown == self._shown:
             return
-        # as many lines as before, none wider than the widget: its size stays, so it is
-        # redrawn alone, not the whole screen laid out again (the Logs screen's counts
-        # change ten times a second)
-        width = self.content_size.width
-        same = (
-            self._shown is not None
-            and len(shown) == len(self._shown)
-            and all(cell_len(line) <= width for line in shown)
-        )
         self._shown = shown
-        self.update(Content("\n".join(shown)), layout=not same)
+        content = Content("\n".join(shown))
+        # as many rows as before, wrapped at this width: its size stays, so it is redrawn
+        # alone, not the whole screen laid out again (the Logs screen's counts change ten
+        # times a second)
+        width, height = self.content_size
+        same = width > 0 and content.get_height(self.styles.get_rules(), width) == height
+        self.update(content, layout=not same)
+        if not same:
+            # a layout asked for while the app holds a batch update (a screen being
+            # mounted, the footer recomposed) can be lost, leaving this widget its old
+            # height and its new rows cut off until a resize: ask again once drawn
+            self.call_after_refresh(self.refresh, layout=True)
 
 
 class Table(DataTable[Text]):
-    """A table whose rows are replaced on each refresh, keeping the cursor where it was."""
+    """A table whose rows are replaced on each refresh, keeping the cursor where it was,
+    and whose columns fit its width (columns.fit), so none is pushed off the screen:
+    those in `cut_first` (a trend) give way first, then the widest are cut with an
+    ellipsis (at their start for those in `cut_start`); those in `drop`, in that order,
+    are left out only while even the others cut as far as they go do not fit."""
 
-    def __init__(self, *columns: str, id: str | None = None) -> None:
+    def __init__(
+        self,
+        *names: str,
+        id: str | None = None,
+        cut_start: Collection[str] = (),
+        cut_first: Collection[str] = (),
+        drop: Sequence[str] = (),
+    ) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
-        self._columns = columns
+        self.names = names
+        self._cut_start = frozenset(cut_start)
+        self._cut_first = frozenset(cut_first)
+        self._drop = tuple(drop)
+        self._keys: list[str] = []
+        self._rows: list[tuple[Text, ...]] = []
+        self._fitted = -1  # the width the columns were fitted to
+        self.shown: list[str] = list(names)  # the columns shown, after `drop`
 
     def on_mount(self) -> None:
-        for column in self._columns:
-            self.add_column(column, key=column)
+        self._fill(0)
 
-    def set_rows(self, rows: Sequence[Sequence[str]], empty: str = "none yet") -> None:
+    def set_rows(
+        self,
+        rows: Sequence[Sequence[str]],
+        empty: str = "none yet",
+        keys: Sequence[str] | None = None,
+    ) -> None:
+        """Replace the rows. With `keys` (one a row), the cursor stays on the row with the
+        same key wherever it moved, so an action never lands on another row's item."""
         row = self.cursor_row
-        self.clear()
+        if keys is not None and 0 <= row < len(self._keys):
+            row = keys.index(self._keys[row]) if self._keys[row] in keys else row
+        self._keys = list(keys or [])
+        self._rows = [tuple(plain(v, _style(v)) for v in values) for values in rows]
         if not rows:
-            self.add_row(plain(empty, "dim"), *[plain("")] * (len(self._columns) - 1))
-        for values in rows:
-            self.add_row(*[plain(v, _style(v)) for v in values])
-        if rows and 0 <= row < len(rows):
-            self.move_cursor(row=row, animate=False)
+            self._rows = [(plain(empty, "dim"), *[plain("")] * (len(self.names) - 1))]
+        self._fill(row)
+
+    def on_resize(self) -> None:
+        if self.size.width != self._fitted:
+            self._fill(self.cursor_row)
+
+    def watch_virtual_size(self, old: Size, new: Size) -> None:
+        if old.height != new.height:  # rows came or went: its height changes with them
+            self.call_after_refresh(self.refresh, layout=True)  # as Lines.show does
+
+    def _room(self, count: int) -> int:
+        """Cells `count` columns' text has: the width less each column's padding and,
+        when the rows overflow the table's height, its scrollbar."""
+        room = self.size.width - 2 * self.cell_padding * count
+        limit = self.styles.max_height
+        if limit is not None and limit.is_cells and len(self._rows) + 1 > limit.value:
+            room -= self.scrollbar_size_vertical
+        return room
+
+    def _widths(self, shown: list[int]) -> tuple[list[int], bool]:
+        """The widths of the columns `shown`, and whether they fit."""
+        header = [self.names[i] for i in shown]
+        natural = columns.natural_widths(header, [[r[i].plain for i in shown] for r in self._rows])
+        first = {k for k, i in enumerate(shown) if self.names[i] in self._cut_first}
+        least = columns.least_widths(header, natural, first)
+        room = self._room(len(shown))
+        return columns.fit(natural, least, room, first), sum(least) <= room
+
+    def _fill(self, cursor: int) -> None:
+        self._fitted = self.size.width
+        shown = list(range(len(self.names)))
+        widths, fits = self._widths(shown)
+        for name in self._drop:
+            if fits or self._fitted <= 0:
+                break
+            shown.remove(self.names.index(name))
+            widths, fits = self._widths(shown)
+        self.shown = [self.names[i] for i in shown]
+        self.clear(columns=True)
+        for name, width in zip(self.shown, widths, strict=True):
+            self.add_column(name, width=width, key=name)
+        for cells in self._rows:
+            self.add_row(
+                *[self._cut(cells[i], w, self.names[i]) for i, w in zip(shown, widths, strict=True)]
+            )
+        if self._rows:
+            self.move_cursor(row=min(max(cursor, 0), len(self._rows) - 1), animate=False)
+
+    def _cut(self, cell: Text, width: int, column: str) -> Text:
+        if column in self._cut_start and cell.cell_len > width:
+            return Text(columns.cut_start(cell.plain, width), style=cell.style, no_wrap=True)
+        return cell  # rich cuts its end with an ellipsis (`plain`)
 
 
 def _style(value: str) -> str:
@@ -106,22 +184,29 @@ class ConfirmScreen(ModalScreen[bool]):
 
 
 class AskScreen(ModalScreen[str | None]):
-    """One line of input: Enter gives it, Escape gives None."""
+    """One line of input: Enter gives it (on an empty field, the default shown in it),
+    Escape gives None; so does Enter on an empty field with no default."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, question: str, placeholder: str = "") -> None:
+    def __init__(self, question: str, default: str | None = None, example: str = "") -> None:
         super().__init__()
         self.question = question
-        self.placeholder = placeholder
+        self.default = default
+        self.example = example  # what an answer looks like, never taken for one
 
     def compose(self) -> ComposeResult:
+        if self.default is not None:
+            shown, hint = self.default, f"Enter: {self.default} · Escape: cancel"
+        else:
+            shown, hint = f"e.g. {self.example}" if self.example else "", "Escape: cancel"
         with Vertical(id="dialog"):
             yield Label(Content(visible(self.question)), id="question")
-            yield Input(placeholder=self.placeholder, id="answer")
+            yield Input(placeholder=shown, id="answer")
+            yield Label(Content(hint), id="hint")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
+        self.dismiss(event.value.strip() or self.default)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

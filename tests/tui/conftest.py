@@ -1,15 +1,73 @@
-"""Fixtures for the dashboard: a fake admin endpoint per test."""
+"""Fixtures for the dashboard: a fake admin endpoint per test, and a real nameserver."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import dns.asyncquery
+import dns.message
 import pytest
+from prometheus_client import CollectorRegistry
 
-from retreatkit.tui.testing import FakeAdmin, serve
+from retreatkit.admin.app import make_app, start
+from retreatkit.nameserver.fakes import FakeTransport, ManualClock, Zone
+from retreatkit.nameserver.service import Nameserver, Settings
+from retreatkit.tui.testing import TOKEN, FakeAdmin, serve
+
+ZONE = Zone("$TTL 300\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nwww.example A 198.51.100.7\n")
+UPSTREAM = ("192.0.2.53", 53)
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeAdmin]:
     with serve(FakeAdmin()) as admin:
         yield admin
+
+
+@dataclass
+class LiveNameserver:
+    """The nameserver itself on loopback (UDP and TCP) and its part of a real admin
+    endpoint: the /status and the action answers the dashboard meets in `retreatkit up`.
+    Its upstream is in memory (no internet here); its clock stands still at
+    2027-01-15T08:00:00Z."""
+
+    ns: Nameserver
+    url: str
+    port: int
+    lists: Path
+
+    async def ask(self, name: str) -> None:
+        await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", 2.0, self.port)
+
+
+@pytest.fixture
+async def live_nameserver(tmp_path: Path) -> AsyncIterator[LiveNameserver]:
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "blocks.txt").write_text(
+        "ads.example.test\ntracker.example.test\n0.0.0.0 x.example.test\n||y.example.test^\n"
+        "this is not a rule ###\n"
+    )
+    clock = ManualClock()
+    settings = Settings(
+        listen=("127.0.0.1", 0),
+        upstreams=[UPSTREAM],
+        blocklists=[str(lists / "blocks.txt"), str(lists / "gone.txt")],
+    )
+    wall = lambda: 1_799_999_000.0 + clock()  # noqa: E731
+    upstream = FakeTransport({UPSTREAM: ZONE.answer})
+    ns = Nameserver(settings, clock=clock, wall=wall, transport=upstream)
+    lines: list[str] = []
+    await ns.start(CollectorRegistry(), lines.append)
+    await ns.reload()
+    [port] = [int(m[1]) for x in lines if (m := re.search(r"listening on [\d.]+:(\d+)", x))]
+    app = make_app(CollectorRegistry(), {"nameserver": ns.status}, ns.admin_routes(), token=TOKEN)
+    runner, (host, admin_port) = await start(app, "127.0.0.1", 0)
+    try:
+        yield LiveNameserver(ns, f"http://{host}:{admin_port}", port, lists)
+    finally:
+        await runner.cleanup()
+        await ns.stop()

@@ -1,9 +1,13 @@
-"""The dashboard's pure parts: escaping, figures, trends and the leak alarm, the log ring."""
+"""The dashboard's pure parts: escaping, figures, trends and the leak alarm, the log ring,
+actions' answers in words."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from retreatkit.tui import answers, columns
 from retreatkit.tui.escape import visible
 from retreatkit.tui.fmt import NOT_REPORTED, duration, number, size, spark
 from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer, LogFilter
@@ -101,3 +105,44 @@ def test_log_events_are_parsed_in_one_go_and_junk_is_skipped() -> None:
     assert [r["seq"] for r in _events(junk)] == [1, 2]
     # a record split over two data: lines (SSE allows it) is one record
     assert _events([b'data: {"seq": 3,\ndata:  "message": "c"}']) == [{"seq": 3, "message": "c"}]
+
+
+@pytest.mark.parametrize(
+    ("line", "answer", "shown"),
+    [
+        (answers.reloaded, {"blocklists": []}, "blocklists reloaded: none configured"),
+        (answers.reloaded, {"blocklists": [{"source": "https://lists.example/ads/", "entries": 1,
+                                            "bad_lines": 0}]},
+         "blocklists reloaded: 1 entry from ads"),
+        (answers.reloaded, {"blocklists": [{"source": "/srv/a.txt", "entries": 9,
+                                            "last_error": "HTTP 503\nmore"}]},
+         "blocklists reloaded: a.txt failed (HTTP 503), its last 9 entries kept"),
+        (answers.reloaded, ["not", "the", "contract"], "blocklists reloaded"),
+        (answers.reloaded, "<html>", "blocklists reloaded"),
+        (answers.blocking, {"blocking": None}, "blocking changed"),
+        (lambda a: answers.added("x.lan", a), {"name": "x.lan"}, "added x.lan"),
+        (lambda a: answers.flushed("x.org", a), {"dropped": "2"}, "flushed x.org"),
+        (lambda a: answers.flushed("x.org", a), {"dropped": 2},
+         "flushed x.org: 2 cache entries dropped"),
+    ],
+)  # fmt: skip
+def test_an_answer_is_plain_words_whatever_its_shape(
+    line: Callable[[object], str], answer: object, shown: str
+) -> None:
+    assert line(answer) == shown
+
+
+def test_columns_fit_by_cutting_the_widest_first() -> None:
+    header = ["Time", "Client", "Name", "Type", "Answer", "ms"]
+    rows = [["10:59:58", "10.0.0.7", "x" * 60, "AAAA", "forwarded", "1500.6"]]
+    natural = columns.natural_widths(header, rows)
+    least = columns.least_widths(header, natural)
+    assert natural == [8, 8, 60, 4, 9, 6] and least == [8, 8, 8, 4, 8, 6]
+    assert columns.fit(natural, least, 200) == natural  # room for all: nothing cut
+    assert columns.fit(natural, least, 64) == [8, 8, 29, 4, 9, 6]  # only the name gives way
+    assert columns.fit(natural, least, 20) == least  # even the least overflows: no lower
+    trend = [10, 24]  # a trend is given up first, down to its heading
+    least = columns.least_widths(["Service", "Trend"], trend, {1})
+    assert columns.fit(trend, least, 20, {1}) == [10, 10]
+    assert columns.cut_start("/srv/lists/blocks.txt", 12) == "…/blocks.txt"
+    assert columns.cut_start("ads.txt", 12) == "ads.txt"

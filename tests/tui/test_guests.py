@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from textual.widgets import Label
 
 from retreatkit.tui.app import Dashboard
 from retreatkit.tui.guests import Guest, parse, watch_url
@@ -24,6 +25,7 @@ from retreatkit.tui.testing import (
     guest,
     hosting,
     make_dashboard,
+    screen_text,
     serve,
     settle,
 )
@@ -252,3 +254,83 @@ def test_a_real_supervisors_list_is_read(tmp_path: Path) -> None:
     admin = supervisor.item("relay")["admin"]
     assert found == Guest("relay", "relay", "stopped", 0.0, 0, 0.0, 0.0, 128.0, None, admin)
     assert watch_url("http://127.0.0.1:8080", admin) == (admin, "")
+
+
+async def test_the_guest_acted_on_is_the_one_under_the_cursor(supervisor: FakeAdmin) -> None:
+    """The table has the keys when the screen opens; the cursor stays on its guest when
+    the list changes; a stopped guest is not stopped again."""
+    supervisor.guests = [*(supervisor.guests or []), guest("mirror", "mirror", None)]
+    app = make_dashboard(supervisor.url)
+
+    def result() -> str:
+        return str(app.screen.query_one("#result", Lines).render())
+
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("6")
+        await settle(pilot)
+        table = app.screen.query_one("#guests", Table)
+        assert app.focused is table
+        await pilot.press("down", "down", "x")
+        await pilot.pause()
+        question = str(app.screen.query_one("#question", Label).render())
+        assert question.startswith("Stop the guest mirror? ")
+        await pilot.press("n")
+        await actions_done(pilot)
+        assert result() == "stopping the guest mirror cancelled"
+        supervisor.guests.insert(0, guest("cache", "mirror", None))  # listed before it now
+        await app.poll(supervisor.url[7:])
+        await settle(pilot)
+        assert rows(app, "#guests")[table.cursor_row][0] == "mirror"
+        await pilot.press("up", "x")  # the nameserver guest: stopped already
+        await actions_done(pilot)
+        assert result() == "guest nameserver is already stopped"
+        assert not [s for s in supervisor.seen if s[0] == "POST"]
+
+
+def test_a_guest_started_again_shows_nothing_of_its_last_run() -> None:
+    """qemu killed: the supervisor lists the guest restarting, then running again, before
+    the guest's own endpoint is read again; its service says that, never its last "up"."""
+    state = DashboardState(["up:1"])
+    state.add("guest relay", "http://127.0.0.1:2", ("up:1", "relay"))
+    e = state.endpoints["guest relay"]
+
+    def listed(**change: object) -> None:
+        item = {**guest("relay", "relay", None), **change}
+        state.record_guests("up:1", parse({"guests": [item]}))
+
+    listed()
+    state.record("guest relay", 0, status=hosting("relay"))
+    assert e.state_of("relay") == "up"
+    listed(state="restarting", restarts=3)
+    assert e.state_of("relay") == "restarting"
+    listed(uptime_seconds=1.5, restarts=3)
+    assert e.state_of("relay") == "starting"
+    state.record("guest relay", 1, status=hosting("relay"))  # it answers: up again
+    listed(uptime_seconds=2.5, restarts=3)
+    assert e.state_of("relay") == "up"
+    listed(uptime_seconds=0.5, restarts=3)  # stopped and started between two reads
+    assert e.state_of("relay") == "starting" and state.alarms(2) == []
+    listed(uptime_seconds=90.0, restarts=3)  # and never answered since
+    assert e.state_of("relay") == "unreachable"
+
+
+async def test_80x24_leaves_columns_out_but_the_line_under_has_them(
+    supervisor: FakeAdmin, relay_guest: FakeAdmin
+) -> None:
+    app = make_dashboard(supervisor.url)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("6")
+        await settle(pilot)
+        table = app.screen.query_one("#guests", Table)
+        assert table.shown == [
+            "Guest", "Service", "State", "Uptime", "Restarts", "Memory", "Admin", "Last exit"
+        ]  # fmt: skip
+        text = screen_text(app)
+        assert "Guests (s starts the one under the cursor, x stops it)" in text
+        detail = (
+            f"relay: service relay · state running · uptime 1h 00m · restarts 2 · memory"
+            f" 140.0 MiB · cpu 93.2 s · ram 128 MB · admin {relay_guest.url[7:]} (up) · last"
+            f" exit qemu exit code 1 · supervisor {supervisor.url[7:]}"
+        )
+        assert str(app.screen.query_one("#detail", Lines).render()) == detail
+        assert " ".join(text.split()).count(detail) == 1  # every row of it on the screen

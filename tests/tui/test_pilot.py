@@ -4,7 +4,7 @@ down, an endpoint that answers garbage or hangs, actions and their questions."""
 from __future__ import annotations
 
 import pytest
-from textual.widgets import Input
+from textual.widgets import Input, Label
 
 from retreatkit.tui.app import Dashboard
 from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer
@@ -15,21 +15,13 @@ from retreatkit.tui.testing import (
     FakeAdmin,
     actions_done,
     make_dashboard,
+    screen_text,
     serve,
     settle,
 )
 from retreatkit.tui.widgets import Lines, Table
 
 SIZE = (150, 60)
-
-
-def screen_text(app: Dashboard) -> str:
-    """What the terminal would show, as text (the SVG export, tags dropped)."""
-    import html
-    import re
-
-    svg = app.export_screenshot()
-    return html.unescape(re.sub(r"<[^>]+>", "", svg)).replace("\xa0", " ")
 
 
 def table_text(app: Dashboard, table_id: str) -> list[list[str]]:
@@ -149,7 +141,7 @@ async def test_reload_acts_at_once_with_the_token(fake: FakeAdmin) -> None:
         posts = [s for s in fake.seen if s[0] == "POST"]
         assert posts == [("POST", "/nameserver/blocklists/reload", f"Bearer {TOKEN}", "")]
         result = str(app.screen.query_one("#result", Lines).render())
-        assert result == "blocklists reloaded: done /nameserver/blocklists/reload"
+        assert result == "blocklists reloaded"
 
 
 async def test_destructive_actions_ask_first(fake: FakeAdmin) -> None:
@@ -265,3 +257,42 @@ async def test_log_view_scrolled_back_stays_on_its_lines() -> None:
         assert "lines " in view.position()
         await pilot.press("end")
         assert view.following and app.logs.shown[view.first()][SEQ] == 321 - height
+
+
+async def test_a_question_takes_its_default_and_a_cancel_says_so(fake: FakeAdmin) -> None:
+    app = make_dashboard(fake.url)
+
+    def result() -> str:
+        return str(app.screen.query_one("#result", Lines).render())
+
+    def sent() -> list[tuple[str, str, str | None, str]]:
+        return [s for s in fake.seen if s[0] != "GET"]
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        await pilot.press("p")
+        await pilot.pause()
+        assert app.screen.query_one(Input).placeholder == "15"
+        assert str(app.screen.query_one("#hint", Label).render()) == "Enter: 15 · Escape: cancel"
+        await pilot.press("enter")  # the empty field: the 15 it shows
+        await pilot.pause()
+        assert str(app.screen.query_one("#question", Label).render()).startswith(
+            "Pause blocking for 15 min?"
+        )
+        await pilot.press("n")
+        await actions_done(pilot)
+        assert result() == "pausing blocking cancelled"
+        await pilot.press("a")
+        await pilot.pause()
+        await pilot.press("escape")
+        await actions_done(pilot)
+        assert result() == "adding a local name cancelled"
+        await pilot.press("d")  # an example is shown, never taken for an answer
+        await pilot.pause()
+        assert app.screen.query_one(Input).placeholder == "e.g. printer.retreat.lan"
+        assert str(app.screen.query_one("#hint", Label).render()) == "Escape: cancel"
+        await pilot.press("enter")
+        await actions_done(pilot)
+        assert result() == "removing a local name cancelled"
+        assert sent() == []

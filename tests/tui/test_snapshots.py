@@ -48,3 +48,30 @@ def test_screen(snap_compare: Any, fake: FakeAdmin, key: str) -> None:
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+NARROW = (80, 24)  # the smallest terminal the dashboard is made for
+
+
+def test_dns_at_80x24(snap_compare: Any, fake: FakeAdmin) -> None:
+    """Scrolled to the query log: every column shows, long names cut with an ellipsis."""
+    app = make_dashboard(fake.url, label="10.0.0.2:8080")
+
+    async def run_before(pilot: Pilot[int]) -> None:
+        await pilot.press("4")
+        await settle(pilot)
+        await pilot.press("end")
+
+    assert snap_compare(app, terminal_size=NARROW, run_before=run_before)
+
+
+def test_a_question_at_80x24(snap_compare: Any, fake: FakeAdmin) -> None:
+    """A confirmation whose question is wider than the dialog: wrapped, not cut."""
+    app = make_dashboard(fake.url, label="10.0.0.2:8080")
+
+    async def run_before(pilot: Pilot[int]) -> None:
+        await pilot.press("4")
+        await settle(pilot)
+        await pilot.press("f", *"example.org", "enter")
+
+    assert snap_compare(app, terminal_size=NARROW, run_before=run_before)

@@ -6,14 +6,23 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from retreatkit.tui.widgets import Lines
+from retreatkit.tui.widgets import AskScreen, ConfirmScreen, Lines
 
 if TYPE_CHECKING:
     from retreatkit.tui.app import Dashboard
+
+# the screens' keys: named in full on the overview; elsewhere one item, "123456 Screens"
+# (each key's name its tooltip), so that a screen's own keys fit an 80-column footer
+SCREENS = (
+    ("1", "overview", "Overview"), ("2", "relay", "Relay"), ("3", "mirror", "Mirror"),
+    ("4", "nameserver", "DNS"), ("5", "logs", "Logs"), ("6", "guests", "Guests"),
+)  # fmt: skip
+SCREEN_KEYS = Binding.Group("Screens", compact=True)
 
 
 class Panel(Screen[None]):
@@ -40,7 +49,7 @@ class Panel(Screen[None]):
         with VerticalScroll(id="body"):
             yield from self.body()
         yield Lines(id="result")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)  # ctrl+p still opens it
 
     def body(self) -> ComposeResult:
         yield from ()
@@ -78,3 +87,19 @@ class Panel(Screen[None]):
     def say(self, *lines: str) -> None:
         """The screen's result: what an action did or why it failed, a line each place."""
         self.query_one("#result", Lines).show(lines)
+
+    async def ask(
+        self, question: str, doing: str, default: str | None = None, example: str = ""
+    ) -> str | None:
+        """The organiser's answer, or None when they cancelled `doing` (and it says so)."""
+        answer = await self.app.push_screen_wait(AskScreen(question, default, example))
+        if answer is None:
+            self.say(f"{doing} cancelled")
+        return answer
+
+    async def sure(self, question: str, doing: str) -> bool:
+        """Whether the organiser goes ahead with `doing` (it says so when they do not)."""
+        yes: bool = await self.app.push_screen_wait(ConfirmScreen(question))
+        if not yes:
+            self.say(f"{doing} cancelled")
+        return yes

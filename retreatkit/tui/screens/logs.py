@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Input
 
+from retreatkit.tui import answers
 from retreatkit.tui.logbuffer import LEVELS, LogFilter
 from retreatkit.tui.logview import LogView
 from retreatkit.tui.screens.base import Panel
@@ -22,8 +23,8 @@ class LogsScreen(Panel):
     TITLE = "Logs"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s", "next_service", "Service"),
-        Binding("v", "next_level", "Level shown"),
-        Binding("L", "set_level", "Set log level"),
+        Binding("v", "next_level", "Level", tooltip="The lowest level shown"),
+        Binding("L", "set_level", "Set level", tooltip="Set a service's log level"),
         Binding("slash", "filter", "Filter"),
         Binding("escape", "unfocus", "Leave filter", show=False),
         Binding("e", "follow", "Newest"),
@@ -93,12 +94,12 @@ class LogsScreen(Panel):
         self.run_worker(self._set_level(), group="action")
 
     async def _set_level(self) -> None:
-        from retreatkit.tui.widgets import AskScreen
-
         service = self.dash.logs.filter.service
         logger = "retreatkit" if service in (None, "process") else f"retreatkit.{service}"
-        text = await self.app.push_screen_wait(
-            AskScreen(f"Log level for {logger}: debug, info, warning or error", "debug")
+        text = await self.ask(
+            f"Log level for {logger}: debug, info, warning or error",
+            "setting the log level",
+            "debug",
         )
         if text is None:
             return
@@ -112,7 +113,7 @@ class LogsScreen(Panel):
             {"level": text.lower(), "logger": logger},
         )
         failed = [problem for _, _, problem in results if problem]
-        where = ", ".join(name for name, _, problem in results if not problem)
-        done = f"{logger} now logs at {text.upper()} and above" if where else ""
-        done += f" on {where}" if done and len(results) > 1 else ""
-        self.say(*failed, *([done] if done else []))
+        done = [(name, answer) for name, answer, problem in results if not problem]
+        line = answers.log_level(logger, text, done[0][1]) if done else ""
+        line += f" on {', '.join(name for name, _ in done)}" if line and len(results) > 1 else ""
+        self.say(*failed, *([line] if line else []))

@@ -5,6 +5,7 @@ and the organiser's actions, which go to every one of them (DHCP hands them all 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -13,10 +14,10 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label
 
-from retreatkit.tui import views
+from retreatkit.tui import answers, views
 from retreatkit.tui.screens.service import Section, ServicePanel
 from retreatkit.tui.state import EndpointState
-from retreatkit.tui.widgets import AskScreen, ConfirmScreen, Lines, Table
+from retreatkit.tui.widgets import Lines, Table
 
 if TYPE_CHECKING:
     from retreatkit.tui.app import Dashboard
@@ -43,13 +44,16 @@ class NameserverSection(Section):
                 with Vertical():
                     yield Label(title, classes="heading")
                     yield Table("Name", "Queries", id=f"top_{key}")
-        with Horizontal(classes="pair"):
+        with Horizontal(classes="pair stack"):
             with Vertical():
                 yield Label("Upstreams", classes="heading")
                 yield Table("Address", "State", "Latency", id="upstreams")
             with Vertical():
                 yield Label("Blocklists", classes="heading")
-                yield Table("Source", "Entries", "Bad lines", "Loaded", "Error", id="lists")
+                yield Table(
+                    "Source", "Entries", "Bad lines", "Loaded", "Last error",
+                    id="lists", cut_start=("Source",),
+                )  # fmt: skip
         yield Label("Query log (/ to filter)", classes="heading")
         yield Table("Time", "Client", "Name", "Type", "Answer", "ms", id="queries")
 
@@ -96,11 +100,11 @@ class NameserverScreen(ServicePanel):
     SERVICE = "nameserver"
     SECTION: ClassVar[type[Section]] = NameserverSection
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("r", "reload_lists", "Reload lists"),
-        Binding("p", "pause", "Pause blocking"),
-        Binding("a", "add_name", "Add name"),
-        Binding("d", "remove_name", "Remove name"),
-        Binding("f", "flush", "Flush name"),
+        Binding("r", "reload_lists", "Reload", tooltip="Reload the blocklists"),
+        Binding("p", "pause", "Pause", tooltip="Pause blocking for some minutes"),
+        Binding("a", "add_name", "Add name", tooltip="Add a local name"),
+        Binding("d", "remove_name", "Remove", tooltip="Remove a local name"),
+        Binding("f", "flush", "Flush", tooltip="Flush a name from the cache"),
         Binding("slash", "filter", "Filter"),
         Binding("escape", "unfocus", "Leave filter", show=False),
     ]
@@ -137,7 +141,7 @@ class NameserverScreen(ServicePanel):
 
     def action_reload_lists(self) -> None:
         self.run_worker(
-            self._act("POST", "/nameserver/blocklists/reload", None, "blocklists reloaded"),
+            self._act("POST", "/nameserver/blocklists/reload", None, answers.reloaded),
             group="action",
         )
 
@@ -153,43 +157,41 @@ class NameserverScreen(ServicePanel):
     def action_flush(self) -> None:
         self.run_worker(self._flush(), group="action")
 
-    async def _ask(self, question: str, placeholder: str = "") -> str | None:
-        return await self.app.push_screen_wait(AskScreen(question, placeholder))
-
-    async def _sure(self, question: str) -> bool:
-        answer: bool = await self.app.push_screen_wait(ConfirmScreen(question))
-        return answer
-
-    async def _act(self, method: str, path: str, body: Any, done: str) -> None:
+    async def _act(self, method: str, path: str, body: Any, line: Callable[[Any], str]) -> None:
+        """The action at every nameserver; `line` words each answer."""
         results = await self.dash.act_all("nameserver", method, path, body)
         if not results:
             self.say("no endpoint hosts a nameserver")
             return
-        lines = [
-            problem or f"{done}: {views.answer_line(answer)}" for _, answer, problem in results
-        ]
+        lines = [problem or line(answer) for _, answer, problem in results]
         if len(results) > 1:  # which is which
             lines = [f"{name}: {line}" for (name, _, _), line in zip(results, lines, strict=True)]
         self.say(*lines)
         self.reload()
 
     async def _pause(self) -> None:
-        text = await self._ask("Pause blocking for how many minutes? (0 resumes)", "15")
+        doing = "pausing blocking"
+        text = await self.ask("Pause blocking for how many minutes? (0 resumes)", doing, "15")
         if text is None:
             return
         if not text.isdigit() or int(text) > 24 * 60:
             self.say(f"not a number of minutes from 0 to 1440: {text}")
             return
         minutes = int(text)
-        if minutes and not await self._sure(
-            f"Pause blocking for {minutes} min? Ads and trackers resolve for everyone meanwhile."
+        if minutes and not await self.sure(
+            f"Pause blocking for {minutes} min? Ads and trackers resolve for everyone meanwhile.",
+            doing,
         ):
             return
-        await self._act("POST", "/nameserver/blocking/pause", {"minutes": minutes}, "blocking")
+        await self._act(
+            "POST", "/nameserver/blocking/pause", {"minutes": minutes}, answers.blocking
+        )
 
     async def _add(self) -> None:
-        text = await self._ask(
-            "Add a local name: NAME ADDRESS (or NAME cname:TARGET)", "printer.retreat.lan 10.0.0.9"
+        text = await self.ask(
+            "Add a local name: NAME ADDRESS (or NAME cname:TARGET)",
+            "adding a local name",
+            example="printer.retreat.lan 10.0.0.9",
         )
         if text is None:
             return
@@ -199,21 +201,35 @@ class NameserverScreen(ServicePanel):
             return
         name, value = parts
         await self._act(
-            "PUT", f"/nameserver/records/{quote(name, safe='')}", {"value": value}, f"added {name}"
+            "PUT",
+            f"/nameserver/records/{quote(name, safe='')}",
+            {"value": value},
+            lambda answer: answers.added(name, answer),
         )
 
     async def _remove(self) -> None:
-        name = await self._ask("Remove which local name?", "printer.retreat.lan")
-        if name is None or not await self._sure(f"Remove the local name {name}?"):
+        doing = "removing a local name"
+        name = await self.ask("Remove which local name?", doing, example="printer.retreat.lan")
+        if name is None or not await self.sure(f"Remove the local name {name}?", doing):
             return
         await self._act(
-            "DELETE", f"/nameserver/records/{quote(name, safe='')}", None, f"removed {name}"
+            "DELETE",
+            f"/nameserver/records/{quote(name, safe='')}",
+            None,
+            lambda answer: answers.removed(name, answer),
         )
 
     async def _flush(self) -> None:
-        name = await self._ask("Flush which name from the cache?", "example.org")
-        if name is None or not await self._sure(
-            f"Flush {name} from the cache? Without the uplink it cannot be answered again."
+        doing = "flushing a name"
+        name = await self.ask("Flush which name from the cache?", doing, example="example.org")
+        if name is None or not await self.sure(
+            f"Flush {name} from the cache? Without the uplink it cannot be answered again.",
+            doing,
         ):
             return
-        await self._act("POST", "/nameserver/cache/flush", {"name": name}, f"flushed {name}")
+        await self._act(
+            "POST",
+            "/nameserver/cache/flush",
+            {"name": name},
+            lambda answer: answers.flushed(name, answer),
+        )

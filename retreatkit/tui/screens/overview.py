@@ -4,16 +4,24 @@ attendees use."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.widgets import Label
 
 from retreatkit.tui import views
-from retreatkit.tui.screens.base import Panel
+from retreatkit.tui.screens.base import SCREENS, Panel
 from retreatkit.tui.widgets import Lines, Table
+
+TRENDS = ("Trend",)  # the throughput's per poll, or the memory's
 
 
 class Overview(Panel):
     TITLE = "Overview"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(key, f"app.show('{mode}')", name) for key, mode, name in SCREENS
+    ]
 
     def body(self) -> ComposeResult:
         yield Label("Services", classes="heading")
@@ -24,8 +32,10 @@ class Overview(Panel):
             "Uptime",
             "Connections",
             "Throughput",
-            "Trend (per poll)",
+            "Trend",
             id="services",
+            cut_first=TRENDS,
+            cut_start=TRENDS,  # the newest end of a trend stays
         )
         yield Label("Alarms", classes="heading")
         yield Lines(id="alarms")
@@ -37,11 +47,13 @@ class Overview(Panel):
             "PID",
             "Uptime",
             "Memory",
-            "Memory trend",
-            "Open files",
+            "Trend",
+            "Files",
             "Log level",
             "Version",
             id="processes",
+            cut_first=TRENDS,
+            cut_start=TRENDS,
         )
         yield Label("Attendees use", classes="heading")
         yield Lines(id="attendees")

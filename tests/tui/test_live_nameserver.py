@@ -1,0 +1,116 @@
+"""The DNS screen over a real nameserver (its core, its sockets and its admin routes, in
+process): the /status and the action answers exactly as the server writes them, so the
+screen cannot drift from what the nameserver sends."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from textual.widgets import Input
+
+from retreatkit.tui import views
+from retreatkit.tui.app import Dashboard
+from retreatkit.tui.testing import actions_done, make_dashboard, screen_text, settle
+from retreatkit.tui.widgets import Lines, Table
+
+from .conftest import LiveNameserver
+
+SIZE = (100, 40)
+
+
+def rows(app: Dashboard, table_id: str) -> list[list[str]]:
+    table = app.screen.query_one(table_id, Table)
+    return [[cell.plain for cell in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+async def test_blocklists_list_each_source(live_nameserver: LiveNameserver) -> None:
+    lists = live_nameserver.lists
+    app = make_dashboard(live_nameserver.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        [endpoint] = app.state.endpoints.values()
+        assert views.blocklist_rows(endpoint) == [
+            (f"{lists}/blocks.txt", "4", "1", "08:00:00", ""),
+            (f"{lists}/gone.txt", "0", "0", "never", "No such file or directory"),
+        ]
+        shown = rows(app, "#lists")  # a long path keeps its end: the file's name
+        assert shown[0][0].startswith("…") and shown[0][0].endswith("/lists/blocks.txt")
+        assert shown[1][0].endswith("/lists/gone.txt")
+        assert [row[1:] for row in shown] == [
+            ["4", "1", "08:00:00", ""],
+            ["0", "0", "never", "No such file or directory"],
+        ]
+
+
+async def test_every_action_answers_in_plain_words(live_nameserver: LiveNameserver) -> None:
+    """What each action's real answer reads as, after the organiser's keys."""
+    await live_nameserver.ask("www.example.test")  # cached: a flush has something to drop
+    app = make_dashboard(live_nameserver.url)
+    level = logging.getLogger("retreatkit").level
+
+    async def act(*steps: str) -> str:
+        """Each step a key, or a line ("...\n") typed into the question asked."""
+        for step in steps:
+            if step.endswith("\n"):
+                app.screen.query_one(Input).value = step[:-1]  # typing it is slow, not different
+                step = "enter"
+            await pilot.press(step)
+            await pilot.pause()
+        await actions_done(pilot)
+        return str(app.screen.query_one("#result", Lines).render())
+
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        assert await act("r") == (
+            "blocklists reloaded: 4 entries from blocks.txt (1 bad line skipped);"
+            " gone.txt failed (No such file or directory)"
+        )
+        assert await act("p", "15\n", "y") == "blocking paused until 08:15:00"
+        assert await act("p", "0\n") == "blocking on"
+        assert await act("a", "wiki.retreat.lan 10.0.0.9\n") == "added wiki.retreat.lan: A 10.0.0.9"
+        flush = ("f", "www.example.test\n", "y")
+        assert await act(*flush) == "flushed www.example.test: 1 cache entry dropped"
+        assert await act(*flush) == "www.example.test was not in the cache"
+        remove = ("d", "wiki.retreat.lan\n", "y")
+        assert await act(*remove) == "removed wiki.retreat.lan"
+        assert await act(*remove) == (
+            f"{live_nameserver.url[7:]}: DELETE /nameserver/records/wiki.retreat.lan answered"
+            " HTTP 404: no local record named wiki.retreat.lan"
+        )
+        await pilot.press("5")
+        await settle(pilot)
+        try:
+            assert await act("L", "debug\n") == "retreatkit now logs at DEBUG and above"
+        finally:
+            logging.getLogger("retreatkit").setLevel(level)
+
+
+async def test_80x24_shows_every_column_and_the_newest_query(
+    live_nameserver: LiveNameserver,
+) -> None:
+    """The smallest terminal: each table's every column, the footer's keys and the
+    alarm count show; scrolled down to the query log, a new query shows as it comes."""
+    name = "a-rather-long-name-that-a-laptop-asked-for.www.example.test"
+    await live_nameserver.ask(name)
+    app = make_dashboard(live_nameserver.url)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        await pilot.press("end")  # down to the query log
+        await pilot.pause()
+        text = screen_text(app)
+        assert re.search(r"^ Time +Client +Name +Type +Answer +ms +$", text, re.M)
+        assert re.search(
+            r"^ 08:00:00 +127\.0\.0\.1 +a-rather-long-name-.*… +A +forwarded +\d", text, re.M
+        )
+        assert re.search(r"Name +Queries +Name +Queries +Name +Queries", text)  # top lists
+        assert re.search(r"^ Source +Entries +Bad lines +Loaded +Last error +$", text, re.M)
+        assert "r Reloadp Pausea Add named Removef Flush/ Filter123456Screensq Quit" in text
+        assert re.search(r"^ +retreatkit · Nameserver · 1 alarm · 127\.0\.0\.1:\d+$", text, re.M)
+        await live_nameserver.ask("ads.example.test")
+        await settle(pilot)
+        newest = screen_text(app).split(" Time ", 1)[1].splitlines()[1]
+        assert re.match(r" 08:00:00 +127\.0\.0\.1 +ads\.example\.test +A +blocked +\d", newest)
