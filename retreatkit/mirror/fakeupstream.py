@@ -12,6 +12,8 @@ read at each request:
   silent        read the request, never answer (a dead uplink that still accepts)
   nolength      the whole body with no Content-Length, then close
   fail          500
+  loop          302 to the same path, for ever (a redirect loop)
+  bighead       200 with a 200 KB header line
 A folder answers with its `index.json` (PEP 691, an npm packument) to a client that
 accepts JSON or when it has no `index.html`, else its `index.html`. `GET /_stats` gives
 {path: GETs, "HEAD path": HEADs}. It is a raw asyncio server because a real server
@@ -110,6 +112,11 @@ class Upstream:
             return
         if mode == "fail":
             return await _send(writer, 500, b"upstream broke\n", "text/plain")
+        if mode in ("loop", "bighead"):
+            extra = f"Location: {path}" if mode == "loop" else "X-Pad: " + "a" * 200_000
+            status = 302 if mode == "loop" else 200
+            writer.write(_head(status, kind, 0, extra=extra))
+            return await writer.drain()
         if mode == "truncate":
             writer.write(_head(200, kind, None, etag) + half)
             await writer.drain()
@@ -146,13 +153,19 @@ class Upstream:
         await _send(writer, 200, body, kind, etag=etag)
 
 
-def _head(status: int, kind: str, length: int | None, etag: str | None = None) -> bytes:
-    reason = {200: "OK", 304: "Not Modified", 404: "Not Found", 500: "Internal Server Error"}
+def _head(
+    status: int, kind: str, length: int | None, etag: str | None = None, extra: str = ""
+) -> bytes:
+    reason = {
+        200: "OK", 302: "Found", 304: "Not Modified", 404: "Not Found", 500: "Internal Server Error"
+    }  # fmt: skip
     lines = [f"HTTP/1.1 {status} {reason.get(status, 'X')}", f"Content-Type: {kind}"]
     if length is not None:
         lines.append(f"Content-Length: {length}")
     if etag:
         lines.append(f"ETag: {etag}")
+    if extra:
+        lines.append(extra)
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 

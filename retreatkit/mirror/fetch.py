@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from retreatkit.mirror import faults
 from retreatkit.mirror.blobs import IntegrityError
 from retreatkit.mirror.errors import (
     BadUpstreamData,
@@ -94,9 +95,10 @@ class Fetcher:
     # -- one bounded request --------------------------------------------------------------
 
     async def _open(
-        self, url: str, headers: Mapping[str, str], method: str = "GET"
+        self, url: str, headers: Mapping[str, str], what: str, method: str = "GET"
     ) -> aiohttp.ClientResponse:
-        """The upstream's answer, headers read; the caller reads the body and releases it."""
+        """The upstream's answer, headers read; the caller reads the body and releases it.
+        `what` names the request in errors (a file's name, an index's URL)."""
         where = origin(url)
         host = urlsplit(url).netloc
         verdict = self.health.ask(where, self.clock())
@@ -128,9 +130,17 @@ class Fetcher:
             self._unreachable(where, verdict, why)
             raise UpstreamError(f"upstream {host}: {why}") from None
         except (aiohttp.ClientError, OSError) as exc:
-            why = _why(exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc)
-            self._unreachable(where, verdict, why)
-            raise UpstreamError(f"upstream {host}: {why}") from None
+            fault = faults.of(exc)
+            if fault is faults.Fault.UNREACHABLE:
+                why = _why(exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc)
+                self._unreachable(where, verdict, why)
+                raise UpstreamError(f"upstream {host}: {why}") from None
+            # it answered, badly, or hung up: this request fails, the upstream is not down
+            if fault is faults.Fault.ANSWERED:
+                self.health.answered(where)
+            else:
+                self.health.abandoned(where, verdict)
+            raise UpstreamError(faults.words(exc, what)) from None
         except BaseException:
             self.health.abandoned(where, verdict)
             raise
@@ -148,7 +158,7 @@ class Fetcher:
         try:
             try:
                 async with asyncio.timeout(self.limits.index_timeout):
-                    response = await self._open(url, headers)
+                    response = await self._open(url, headers, url)
                     async with response:
                         ok = response.status == 200
                         body = await _read_bounded(response, limit) if ok else b""
@@ -164,7 +174,7 @@ class Fetcher:
                 bound = self.limits.index_timeout
                 raise UpstreamTimeout(f"upstream took over {bound:g} s sending {url}") from None
             except aiohttp.ClientError as exc:
-                raise UpstreamError(f"upstream failed sending {url}: {_why(exc)}") from None
+                raise UpstreamError(faults.words(exc, url)) from None
         except UpstreamError as exc:
             self.count(exc)
             raise
@@ -172,7 +182,7 @@ class Fetcher:
     async def size_of(self, url: str) -> int | None:
         """What a file's Content-Length is upstream, by a HEAD: no body crosses the uplink."""
         try:
-            response = await self._open(url, {"Accept-Encoding": "identity"}, method="HEAD")
+            response = await self._open(url, {"Accept-Encoding": "identity"}, url, "HEAD")
         except UpstreamError:
             return None
         async with response:
@@ -261,7 +271,7 @@ class Fetcher:
         known = fill.source.size
         if known is not None and not store.space.room_for(known, store.free_bytes()):
             raise StoreFull(f"the mirror's disk has no room for {fill.file}")
-        response = await self._open(fill.source.url, {})
+        response = await self._open(fill.source.url, {}, fill.file)
         try:
             async with response:
                 if response.status != 200:
@@ -291,10 +301,8 @@ class Fetcher:
                     fill.notify()
         except TimeoutError:
             raise UpstreamTimeout(f"upstream went silent sending {fill.file}") from None
-        except aiohttp.ClientPayloadError:
-            raise UpstreamError(f"upstream cut {fill.file} short") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream failed sending {fill.file}: {_why(exc)}") from None
+            raise UpstreamError(faults.words(exc, fill.file)) from None
         if fill.length is not None and fill.written != fill.length:
             raise BadUpstreamData(f"upstream cut {fill.file} short")
         # a body cut short without a Content-Length is caught here, by its hash

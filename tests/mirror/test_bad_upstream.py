@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from retreatkit.mirror.fetch import Limits
+from retreatkit.mirror.status import section
 from tests.mirror.conftest import Env
 
 QUICK = {"limits": Limits(connect_timeout=1.0, headers_timeout=1.0, read_timeout=0.3)}
@@ -76,3 +77,34 @@ async def test_hostile_paths_touch_nothing(env: Env, path: str) -> None:
     assert r.status in (400, 404), (r.status, await r.text())
     assert "Set-Cookie" not in r.headers
     assert sum(env.upstream.counts.values()) == 0  # not an open proxy: upstream never asked
+
+
+@pytest.mark.parametrize(
+    ("mode", "words"),
+    [
+        ("loop", "upstream redirected too many times for {}"),
+        ("bighead", "upstream sent a header over 8 KB for {}"),
+    ],
+    ids=["loop", "bighead"],
+)
+@pytest.mark.parametrize("on", ["file", "page"])
+async def test_one_bad_answer_fails_that_request_only(
+    env: Env, mode: str, words: str, on: str
+) -> None:
+    """The upstream answered, so it is up: the next package is asked as usual, and no
+    byte of its answer reaches the client's text or /status."""
+    if on == "file":
+        what = env.wheels["demo-pkg"][0]
+        url = await env.file_url("demo-pkg")
+        env.upstream.rules[f"/files/{what}"] = mode
+    else:
+        what, url = f"{env.upstream.url}simple/demo-pkg/", "/pypi/simple/demo-pkg/"
+        env.upstream.rules["/simple/demo-pkg/"] = mode
+    r = await env.client.get(url)
+    assert (r.status, await r.text()) == (502, words.format(what) + "\n")
+    report = section(env.mirror, True, 0)
+    assert (report["upstreams"]["pypi"]["state"], report["warnings"]) == ("up", [])
+    assert report["upstreams"]["pypi"]["last_error"] is None
+    assert report["upstream_errors"] == 1
+    _, data, _ = env.wheels["demo-dep"]  # never fetched: asked upstream, not refused
+    assert await fetch(env, await env.file_url("demo-dep")) == (200, data)
