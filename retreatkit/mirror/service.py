@@ -32,7 +32,7 @@ from retreatkit.mirror.errors import (
     UpstreamError,
 )
 from retreatkit.mirror.fetch import Fetcher, Limits
-from retreatkit.mirror.fill import Fill, FillState
+from retreatkit.mirror.fill import Fill
 from retreatkit.mirror.health import Health, origin
 from retreatkit.mirror.memory import SMALL, HotCache, Page, Renders
 from retreatkit.mirror.once import Once
@@ -363,8 +363,7 @@ class Mirror:
 
     async def fetched(self, fill: Fill) -> Blob:
         """Wait for a fill to end; the file it stored, or its error."""
-        while fill.current() is FillState.RUNNING:
-            await fill.changed()
+        await fill.ended()
         if fill.error is not None:
             raise fill.error
         blob = await self.blob(fill.name)

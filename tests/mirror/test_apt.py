@@ -90,8 +90,9 @@ async def test_a_deb_that_does_not_match_its_index_is_never_kept(archive: Archiv
     await archive.get(f"/debian/dists/stable/{PACKAGES}")
     path = "/debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"
     archive.upstream.rules[path] = "corrupt"
-    status, _, _ = await archive.get(path)
-    assert status == -1 and archive.mirror.stats.verify_failures == 1
+    status, body, _ = await archive.get(path)
+    assert status == 502 and archive.mirror.stats.verify_failures == 1
+    assert body.startswith(b"upstream sent bad bytes for hello-rk_1.0_all.deb: sha256 mismatch")
     assert await archive.mirror.blob(apt.pool_key("debian", path[8:])) is None
 
 

@@ -108,3 +108,31 @@ async def test_one_bad_answer_fails_that_request_only(
     assert report["upstream_errors"] == 1
     _, data, _ = env.wheels["demo-dep"]  # never fetched: asked upstream, not refused
     assert await fetch(env, await env.file_url("demo-dep")) == (200, data)
+
+
+SMALL_FAILURES = {  # mode -> the status and line every reader of a small file gets
+    "corrupt": (502, "upstream sent bad bytes for {f}: sha256 mismatch: expected {a}, got {b}"),
+    "truncate-cl": (502, "upstream cut {f} short"),
+    "reset": (502, "upstream cut {f} short"),
+    "stall": (504, "upstream went silent sending {f}"),
+    "fail": (502, "upstream answered 500 for {f}"),
+}
+
+
+@pytest.mark.parametrize("env", [QUICK], indirect=True)
+@pytest.mark.parametrize("mode", sorted(SMALL_FAILURES))
+async def test_a_small_file_that_fails_is_said_never_cut(env: Env, mode: str) -> None:
+    """Not `200, Content-Length: 967` and then a cut: pip would report the hash of
+    nothing, npm an ECONNRESET."""
+    filename, data, _ = env.wheels["demo-pkg"]
+    url = await env.file_url("demo-pkg")
+    env.upstream.rules[f"/files/{filename}"] = mode
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        answers = await asyncio.gather(*(env.client.get(url) for _ in range(3)))
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0xFF
+        sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
+        status, words = SMALL_FAILURES[mode]
+        text = words.format(f=filename, a=sha(data), b=sha(flipped)) + "\n"
+        assert [(r.status, await r.text()) for r in answers] == [(status, text)] * 3
+    assert env.fetched(filename) == 1
