@@ -20,7 +20,7 @@ POSITIVE = {
     "dashboard": ("leak_window",),
 }
 NOT_NEGATIVE = {
-    "mirror": ("index_ttl", "max_size_bytes"),
+    "mirror": ("index_ttl", "max_size_bytes", "min_download_rate"),
     "nameserver": ("rate_limit", "stale_for"),
 }
 DEFAULT_PORTS = {"nameserver": 53}

@@ -13,6 +13,8 @@ read at each request:
   nolength      the whole body with no Content-Length, then close
   fail          500
   loop          302 to the same path, for ever (a redirect loop)
+  trickle       the full Content-Length, then a byte a second (or one per item put on
+                `Upstream.drips`, each told on `Upstream.dripped`)
   bighead       200 with a 200 KB header line
 A folder answers with its `index.json` (PEP 691, an npm packument) to a client that
 accepts JSON or when it has no `index.html`, else its `index.html`. `GET /_stats` gives
@@ -50,6 +52,8 @@ class Upstream:
         self.url = ""
         self.closing = asyncio.Event()  # ends the silences when the test is over
         self.asked = asyncio.Event()  # set by every request (a test clears it)
+        self.drips: asyncio.Queue[None] | None = None  # a trickle's pace, when a test sets it
+        self.dripped: asyncio.Queue[int] = asyncio.Queue()  # bytes a trickle has sent
 
     def behaviour(self, path: str) -> str:
         if path in self.rules:
@@ -134,6 +138,16 @@ class Upstream:
             if flipped:
                 flipped[len(flipped) // 2] ^= 0xFF
             return await _send(writer, 200, bytes(flipped), kind, etag=etag)
+        if mode == "trickle":
+            writer.write(_head(200, kind, len(body), etag))
+            for sent in range(len(body)):
+                if not await self._drip():
+                    return
+                writer.write(body[sent : sent + 1])
+                await writer.drain()
+                if self.drips is not None:
+                    self.dripped.put_nowait(sent + 1)
+            return
         if mode == "stall":
             writer.write(_head(200, kind, len(body), etag) + half)
             await writer.drain()
@@ -151,6 +165,18 @@ class Upstream:
             writer.write(_head(200, kind, len(body), etag))
             return await writer.drain()
         await _send(writer, 200, body, kind, etag=etag)
+
+    async def _drip(self) -> bool:
+        """Wait for a trickle's next byte: the test's word, else a second. False once the
+        test is over."""
+        turn = asyncio.ensure_future(
+            self.drips.get() if self.drips is not None else asyncio.sleep(1.0)
+        )
+        over = asyncio.ensure_future(self.closing.wait())
+        done, _ = await asyncio.wait({turn, over}, return_when=asyncio.FIRST_COMPLETED)
+        turn.cancel()
+        over.cancel()
+        return over not in done
 
 
 def _head(

@@ -1,4 +1,5 @@
-"""Whose fault an upstream's failure is, and the words for it that a person reads.
+"""Whose fault an upstream's failure is, the words for it that a person reads, and how
+slow is too slow.
 
 An upstream that cannot be reached (no name, no connection, no answer in time) is down
 for everyone (health.py). One that answered, however badly (a redirect loop, a header
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import os
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -57,3 +59,26 @@ def words(exc: BaseException, what: str) -> str:
     if isinstance(exc, OSError) and exc.errno:
         return f"upstream connection failed for {what}: {os.strerror(exc.errno).lower()}"
     return f"upstream failed sending {what} ({type(exc).__name__})"
+
+
+@dataclass
+class Floor:
+    """The slowest a download may go: `rate` bytes a second over each `window` seconds.
+    A trickle inside `read_timeout` (a byte every 29 s) would otherwise hold a download
+    slot, and every client following it, for as long as the upstream likes. The first
+    window is the grace a slow start gets."""
+
+    rate: float
+    window: float
+    since: float
+    got: int = 0
+
+    def keeps_up(self, size: int, now: float) -> bool:
+        self.got += size
+        elapsed = now - self.since
+        if not self.rate or elapsed < self.window:
+            return True
+        if self.got < self.rate * elapsed:
+            return False
+        self.since, self.got = now, 0
+        return True

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -33,12 +33,13 @@ from retreatkit.mirror.errors import (
 from retreatkit.mirror.fill import CHUNK, Fill, FillState
 from retreatkit.mirror.health import Health, Verdict, origin
 from retreatkit.mirror.records import Source
-from retreatkit.mirror.stats import Stats
+from retreatkit.mirror.stats import Stats, human
 from retreatkit.mirror.store import Store
 
 log = logging.getLogger("retreatkit.mirror")
 
 RECENT = 100  # finished fetches kept for the organiser's list
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Limits:
     index_timeout: float = 60.0  # a whole index page, from the first byte of DNS to the last
     max_size: int = 8 * 1024**3
     downloads: int = 32  # upstream downloads at once; more wait their turn
+    min_rate: float = 1024.0  # bytes a second a download must bring, over each window; 0: any
+    rate_window: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +87,14 @@ class Fetcher:
         self.inflight: dict[str, Fill] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
         # clients choose how many different files they ask for: the uplink is not theirs
         self._slots = asyncio.Semaphore(limits.downloads)
 
     async def close(self) -> None:
+        """End every download now: their clients are cut at once (a short answer never
+        completes), their partial files go; a download asked for after this fails."""
+        self.closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -199,6 +206,10 @@ class Fetcher:
             running.readers += 1
             return running
         fill = Fill(source, time.time(), readers=1)
+        if self.closed:
+            fill.fail(LocalError("the mirror is shutting down"))
+            fill.headers.set()
+            return fill
         self.inflight[source.name] = fill
         task = asyncio.create_task(self._run(fill, publish))
         self._tasks.add(task)
@@ -290,15 +301,21 @@ class Fetcher:
                 fill.content_type = response.headers.get("Content-Type", fill.content_type)
                 fill.writer = store.writer(tuple(fill.source.hashes))
                 fill.headers.set()
+                floor = faults.Floor(limits.min_rate, limits.rate_window, self.clock())
                 async for chunk in response.content.iter_chunked(CHUNK):
                     # hashing and writing 256 KiB held the loop ~0.2 ms a chunk; a thread
                     # costs ~20% more CPU and holds it not at all (bench/mirror_io.py)
-                    await asyncio.to_thread(fill.writer.write, chunk)
+                    await _whole(asyncio.to_thread(fill.writer.write, chunk))
                     fill.written += len(chunk)
                     self.stats.upstream_bytes += len(chunk)
                     if fill.written > limits.max_size:
                         raise UpstreamError(f"{fill.file} is larger than the mirror's limit")
                     fill.notify()
+                    if not floor.keeps_up(len(chunk), self.clock()):
+                        rate, window = human(int(floor.rate)), floor.window
+                        raise UpstreamTimeout(
+                            f"upstream sent {fill.file} at under {rate}/s for {window:g} s"
+                        )
         except TimeoutError:
             raise UpstreamTimeout(f"upstream went silent sending {fill.file}") from None
         except aiohttp.ClientError as exc:
@@ -310,7 +327,7 @@ class Fetcher:
             fill.digest = fill.writer.check(fill.source.hashes)
         except IntegrityError as exc:
             raise IntegrityError(f"upstream sent bad bytes for {fill.file}: {exc}") from None
-        await asyncio.to_thread(fill.writer.publish, fill.digest)
+        await _whole(asyncio.to_thread(fill.writer.publish, fill.digest))
         store.published(fill.digest, fill.written)
 
     # -- the organiser's list -----------------------------------------------------------------
@@ -318,6 +335,19 @@ class Fetcher:
     def fetches(self) -> dict[str, list[dict[str, Any]]]:
         running = sorted(self.inflight.values(), key=lambda f: f.started, reverse=True)
         return {"in_progress": [f.record(None) for f in running], "recent": list(self.recent)}
+
+
+async def _whole(work: Awaitable[T]) -> T:
+    """A thread's write or publish, awaited; cancelled meanwhile (the mirror stopping), it
+    still ends before the cancel goes on, so discarding the partial file never races it."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # the cancel is the news; its own error would only be a warning
+        raise
 
 
 def _why(exc: BaseException | None) -> str:

@@ -164,13 +164,18 @@ class Mirror:
         if self._check is not None:
             await asyncio.shield(self._check)
 
-    async def close(self) -> None:
+    async def stop_work(self) -> None:
+        """Cancel what waits on upstreams (downloads, revalidations) and the background
+        work: their clients are answered or cut at once, partial files dropped."""
+        await self.fetcher.close()
         if self._check is not None:
             self._check.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.fetcher.close()
+
+    async def close(self) -> None:
+        await self.stop_work()
         await asyncio.to_thread(self.store.close)
 
     # -- indexes --------------------------------------------------------------------

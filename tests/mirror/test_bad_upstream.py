@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 from pathlib import Path
 
 import aiohttp
@@ -136,3 +137,27 @@ async def test_a_small_file_that_fails_is_said_never_cut(env: Env, mode: str) ->
         text = words.format(f=filename, a=sha(data), b=sha(flipped)) + "\n"
         assert [(r.status, await r.text()) for r in answers] == [(status, text)] * 3
     assert env.fetched(filename) == 1
+
+
+async def test_a_trickle_is_cut_at_the_rate_floor(env: Env) -> None:
+    """A byte at a time, each well inside read_timeout, would hold a download slot and its
+    clients for as long as the upstream likes: it is cut once a minute brought less than
+    1 kB a second. The clock is the test's: each look at it is 20 s on."""
+    ticks = itertools.count(1000.0, 20.0)
+    env.mirror.fetcher.clock = lambda: next(ticks)
+    filename, _, _ = env.wheels["demo-pkg"]
+    url = await env.file_url("demo-pkg")
+    env.upstream.rules[f"/files/{filename}"] = "trickle"
+    env.upstream.drips = drips = asyncio.Queue()
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        answer = asyncio.create_task(env.client.get(url))
+        while not answer.done():  # a byte, then wait until it is sent (or the answer came)
+            drips.put_nowait(None)
+            sent = asyncio.ensure_future(env.upstream.dripped.get())
+            await asyncio.wait({answer, sent}, return_when=asyncio.FIRST_COMPLETED)
+            sent.cancel()
+        r = answer.result()
+        text = f"upstream sent {filename} at under 1.0 kB/s for 60 s\n"
+        assert (r.status, await r.text()) == (504, text)
+    assert env.mirror.fetcher.fetches()["recent"][0]["ended"] == "upstream error"
+    assert section(env.mirror, True, 0)["upstreams"]["pypi"]["state"] == "up"

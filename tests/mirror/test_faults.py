@@ -51,3 +51,13 @@ def test_whose_fault_and_the_words(exc: Exception, fault: Fault, words: str | No
     assert faults.of(exc) is fault
     if words is not None:
         assert faults.words(exc, "f.whl") == words
+
+
+def test_the_rate_floor() -> None:
+    floor = faults.Floor(rate=1024, window=60, since=0)
+    assert floor.keeps_up(10 << 20, 1.0)  # a fast start
+    assert floor.keeps_up(1, 59.0)  # then nothing, but inside the first window
+    assert floor.keeps_up(1, 61.0)  # a window done: 10 MB in 61 s; the next one starts
+    assert floor.keeps_up(1000, 100.0)
+    assert not floor.keeps_up(1000, 121.0)  # 2,000 bytes in 60 s: under 1 kB/s
+    assert faults.Floor(rate=0, window=60, since=0).keeps_up(0, 1e9)  # 0: no floor
