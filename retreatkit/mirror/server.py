@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from retreatkit.httpserver import Runner
 from retreatkit.mirror.app import make_app
 from retreatkit.mirror.service import Mirror
 from retreatkit.mirror.stats import Stats
@@ -139,10 +140,9 @@ async def listen(
     limits = mirror.settings.server
     files = raise_open_files()
     gate = Gate(limits.per_address, max(64, files - RESERVED_FILES), mirror.stats)
-    runner = web.AppRunner(
-        make_app(mirror), access_log=None, keepalive_timeout=limits.idle_timeout,
-        shutdown_timeout=grace,
-    )  # fmt: skip
+    runner = Runner(
+        make_app(mirror), log, keepalive_timeout=limits.idle_timeout, shutdown_timeout=grace
+    )
     await runner.setup()
     try:
         await GuardedSite(runner, host, port, gate).start()
