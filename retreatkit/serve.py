@@ -133,7 +133,8 @@ async def serve(
             advert.start(admin_at[0], aport)
             lan = lan or lan_address().address
             named = {"relay", "mirror", "nameserver"} <= set(names)
-            process.attendees = startup.attendee_lines(bound, lan, named)
+            public = {s.name: getattr(s, "public_url", "") for s in services}
+            process.attendees = startup.attendee_lines(bound, lan, named, public)
         # what start-up made lives as long as the process: keep the cyclic GC from
         # scanning it again and again (it was a tenth of a nameserver's CPU under load)
         gc.freeze()

@@ -124,6 +124,11 @@ class MirrorService:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def public_url(self) -> str:
+        """Where the organiser says attendees reach the mirror; empty: not set."""
+        return self.settings.public_url
+
     def status(self) -> dict[str, Any]:
         if self.mirror is None or self._gate is None:
             return {}

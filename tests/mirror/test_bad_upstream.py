@@ -80,6 +80,12 @@ async def test_hostile_paths_touch_nothing(env: Env, path: str) -> None:
     assert sum(env.upstream.counts.values()) == 0  # not an open proxy: upstream never asked
 
 
+@pytest.mark.parametrize("path", ["/blobs/", "/index.sqlite", "/tmp/", "/blobs"])
+async def test_what_no_route_serves_is_the_usual_404(env: Env, path: str) -> None:
+    r = await env.client.get(path)
+    assert (r.status, await r.text()) == (404, "nothing here: see / for what this mirror serves\n")
+
+
 @pytest.mark.parametrize(
     ("mode", "words"),
     [
