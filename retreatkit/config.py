@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "headers_timeout": 10.0,  # request sent -> the upstream's answer
         "read_timeout": 30.0,  # the longest silence mid-download
         "index_timeout": 60.0,  # a whole index page, in total
+        "min_download_rate": 1024,  # bytes/s a download must bring over each minute; 0: any
         "lists": [],  # other URLs to keep for the LAN, served at /lists/<key> (blocklists)
         "public_url": "",  # what the page on / tells attendees; empty: the name they used
         "keep_free_bytes": 536870912,  # disk space the store leaves free

@@ -143,7 +143,8 @@ async def serve(
                 for name, at in served_elsewhere(service).items():
                     bound.setdefault(name, at)
             named = {"relay", "mirror", "nameserver"} <= set(names) | set(bound)
-            process.attendees = startup.attendee_lines(bound, lan, named)
+            public = {s.name: getattr(s, "public_url", "") for s in services}
+            process.attendees = startup.attendee_lines(bound, lan, named, public)
         # what start-up made lives as long as the process: keep the cyclic GC from
         # scanning it again and again (it was a tenth of a nameserver's CPU under load)
         gc.freeze()

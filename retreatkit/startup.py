@@ -20,7 +20,7 @@ POSITIVE = {
     "dashboard": ("leak_window",),
 }
 NOT_NEGATIVE = {
-    "mirror": ("index_ttl", "max_size_bytes"),
+    "mirror": ("index_ttl", "max_size_bytes", "min_download_rate"),
     "nameserver": ("rate_limit", "stale_for"),
 }
 
@@ -164,9 +164,15 @@ def reach(host: str, lan_address: str) -> tuple[str, str]:
     return host, ""
 
 
-def attendee_lines(bound: dict[str, tuple[str, int]], lan_address: str, named: bool) -> list[str]:
+def attendee_lines(
+    bound: dict[str, tuple[str, int]],
+    lan_address: str,
+    named: bool,
+    public: dict[str, str] | None = None,
+) -> list[str]:
     """What the organiser tells attendees, one line per service this process hosts; `named`
-    when the nameserver here gives relay.retreat.lan and mirror.retreat.lan."""
+    when the nameserver here gives relay.retreat.lan and mirror.retreat.lan; `public`, the
+    URL the organiser set for a service (the mirror's `public_url`), which its page uses."""
     lines = []
     if "relay" in bound:
         host, port = bound["relay"]
@@ -181,9 +187,11 @@ def attendee_lines(bound: dict[str, tuple[str, int]], lan_address: str, named: b
         host, port = bound["mirror"]
         address, note = reach(host, lan_address)
         name = "mirror.retreat.lan" if named and not note else address
+        url = f"http://{name}:{port}"
+        if (public or {}).get("mirror"):  # the organiser's word (a reverse proxy, a name)
+            url, note = (public or {})["mirror"].rstrip("/"), ""
         lines.append(
-            f"package mirror: http://{name}:{port}/ (its page shows the pip, uv, opam, npm "
-            f"and apt lines){note}"
+            f"package mirror: {url}/ (its page shows the pip, uv, opam, npm and apt lines){note}"
         )
     if "nameserver" in bound:
         host, port = bound["nameserver"]

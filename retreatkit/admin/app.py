@@ -15,6 +15,7 @@ from retreatkit.admin import access
 from retreatkit.admin.logs import LogRing
 from retreatkit.admin.logstream import RING_KEY, close_streams, stream
 from retreatkit.admin.process import ProcessInfo
+from retreatkit.httpserver import Runner
 
 StatusSource = Callable[[], dict[str, Any]]
 
@@ -101,7 +102,7 @@ async def start(
     app: web.Application, host: str, port: int
 ) -> tuple[web.AppRunner, tuple[str, int]]:
     """Serve the admin endpoint; returns the runner (to clean up) and the bound address."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = Runner(app, logging.getLogger("retreatkit.admin"))
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

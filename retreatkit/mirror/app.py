@@ -34,8 +34,13 @@ def make_app(mirror: Mirror) -> web.Application:
     app.router.add_routes(opam_http.routes())
     app.router.add_routes(npm_http.routes())
     app.router.add_get("/lists/{key}", cached_list)
-    apt_http.install(app)  # last: its `/NAME/...` would match any path
+    apt_http.install(app)  # last but one: its `/NAME/...` would match any path
+    app.router.add_get("/{path:.*}", nothing)  # what no route matches: the store's own files
     return app
+
+
+async def nothing(request: web.Request) -> web.Response:
+    raise NotFound(apt_http.NOTHING)
 
 
 # -- the page for attendees ---------------------------------------------------------------
@@ -55,7 +60,6 @@ async def home(request: web.Request) -> web.Response:
 
 def _summary(mirror: Mirror) -> page.Summary:
     """What the store holds, for the page (a scan of the catalog: run off the loop)."""
-    pages = mirror.store.catalog("pypi/simple/")
     files = [
         (key.rsplit("/", 1)[-1], size)
         for key, _, size in mirror.store.catalog("pypi/")
@@ -77,7 +81,7 @@ def _summary(mirror: Mirror) -> page.Summary:
                 continue
             suites.append((parts[1], parts[3], " ".join(release.components) or "main"))
     return page.Summary(
-        projects=len(pages),
+        projects=len(pypi_http.projects(mirror.store)),  # the organiser's own count too
         files=len(files),
         size_bytes=sum(size for _, size in files),
         platforms=platforms,

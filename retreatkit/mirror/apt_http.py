@@ -22,6 +22,7 @@ from retreatkit.mirror.respond import Handler, mirror_of
 
 SUITES_KEY = web.AppKey("apt_suites", Suites)
 CONNECT_REFUSED = "this mirror is not an https proxy: apt's https sources go direct\n"
+NOTHING = "nothing here: see / for what this mirror serves"
 
 
 def install(app: web.Application) -> None:
@@ -53,7 +54,7 @@ async def proxy(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def serve(request: web.Request, origin: str, path: str) -> web.StreamResponse:
     mirror = mirror_of(request)
     if origin not in mirror.settings.apt:
-        raise NotFound("nothing here: see / for what this mirror serves")
+        raise NotFound(NOTHING)
     asked = apt.classify(path)
     if asked is None:
         raise NotFound("not a path in an apt archive")

@@ -21,6 +21,7 @@ from retreatkit.mirror import apt
 from retreatkit.mirror.errors import LocalError, NotFound, UpstreamError
 from retreatkit.mirror.fetch import Reply
 from retreatkit.mirror.health import origin as origin_of
+from retreatkit.mirror.once import Once
 from retreatkit.mirror.records import Object, Source
 from retreatkit.mirror.service import Mirror
 from retreatkit.mirror.stats import iso
@@ -42,7 +43,7 @@ class Suites:
     def __init__(self, mirror: Mirror) -> None:
         self.mirror = mirror
         self._sets: dict[tuple[str, str], ReleaseSet] = {}
-        self._running: dict[tuple[str, str], asyncio.Future[ReleaseSet]] = {}
+        self._running: Once[tuple[str, str], ReleaseSet] = Once(mirror.spawn)
         self._parsed: set[str] = set()  # Packages digests whose .deb files are recorded
         self._catching_up: dict[str, asyncio.Task[None]] = {}
         self._packages: dict[str, str] = {}  # store key of a Packages file -> its origin
@@ -65,31 +66,17 @@ class Suites:
         if cur is not None and time.time() - cur.fetched < ttl:
             self.mirror.stats.hits += 1
             return cur, False
-        running = self._running.get(key)
-        if running is not None:
-            if cur is not None and self.mirror.health.is_down(origin_of(self.base(origin))):
-                return cur, True  # nobody waits on the probe
-            return await asyncio.shield(running), False
-        future: asyncio.Future[ReleaseSet] = asyncio.get_running_loop().create_future()
-        self._running[key] = future
-        try:
-            found = await self._revalidate(origin, suite, cur)
-            future.set_result(found)
-        except UpstreamError as exc:
-            future.set_exception(exc)
-            future.exception()
-            if cur is None:
-                raise
-            self.mirror.stats.stale_served += 1
-            self.mirror.stats.hits += 1
-            return cur, True
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()
-            raise
-        finally:
-            del self._running[key]
-        return found, False
+        running = self._running.start(key, lambda: self._revalidate(origin, suite, cur))
+        if cur is None or not self.mirror.health.is_down(origin_of(self.base(origin))):
+            try:
+                return await asyncio.shield(running), False
+            except UpstreamError:
+                if cur is None:
+                    raise
+        # stale, at once while the upstream is down: the probe goes on without us
+        self.mirror.stats.stale_served += 1
+        self.mirror.stats.hits += 1
+        return cur, True
 
     async def _from_store(self, origin: str, suite: str) -> ReleaseSet | None:
         store = self.mirror.store

@@ -1,8 +1,9 @@
 """Mirror errors, named for whose fault they are; each message is one line a user can act on.
 
-`status` is what the mirror answers a client with. pip retries 500 and 503 on its own
-(urllib3's status list), so a failure that retrying cannot fix answers 502, 504 or 507:
-the client fails at once instead of spinning through its retries.
+`status` is what the mirror answers a client with. pip retries 500, 502 and 503 on its
+own (its urllib3 status list, five times over about 8 s; 502 for CDNs' passing faults):
+a 502 of the mirror's (bad bytes, a cut, an upstream down) is asked again, each time a
+new try upstream, while 504 and 507 fail the client at once.
 """
 
 from __future__ import annotations

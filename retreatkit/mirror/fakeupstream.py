@@ -12,6 +12,10 @@ read at each request:
   silent        read the request, never answer (a dead uplink that still accepts)
   nolength      the whole body with no Content-Length, then close
   fail          500
+  loop          302 to the same path, for ever (a redirect loop)
+  trickle       the full Content-Length, then a byte a second (or one per item put on
+                `Upstream.drips`, each told on `Upstream.dripped`)
+  bighead       200 with a 200 KB header line
 A folder answers with its `index.json` (PEP 691, an npm packument) to a client that
 accepts JSON or when it has no `index.html`, else its `index.html`. `GET /_stats` gives
 {path: GETs, "HEAD path": HEADs}. It is a raw asyncio server because a real server
@@ -48,6 +52,8 @@ class Upstream:
         self.url = ""
         self.closing = asyncio.Event()  # ends the silences when the test is over
         self.asked = asyncio.Event()  # set by every request (a test clears it)
+        self.drips: asyncio.Queue[None] | None = None  # a trickle's pace, when a test sets it
+        self.dripped: asyncio.Queue[int] = asyncio.Queue()  # bytes a trickle has sent
 
     def behaviour(self, path: str) -> str:
         if path in self.rules:
@@ -110,6 +116,11 @@ class Upstream:
             return
         if mode == "fail":
             return await _send(writer, 500, b"upstream broke\n", "text/plain")
+        if mode in ("loop", "bighead"):
+            extra = f"Location: {path}" if mode == "loop" else "X-Pad: " + "a" * 200_000
+            status = 302 if mode == "loop" else 200
+            writer.write(_head(status, kind, 0, extra=extra))
+            return await writer.drain()
         if mode == "truncate":
             writer.write(_head(200, kind, None, etag) + half)
             await writer.drain()
@@ -127,6 +138,16 @@ class Upstream:
             if flipped:
                 flipped[len(flipped) // 2] ^= 0xFF
             return await _send(writer, 200, bytes(flipped), kind, etag=etag)
+        if mode == "trickle":
+            writer.write(_head(200, kind, len(body), etag))
+            for sent in range(len(body)):
+                if not await self._drip():
+                    return
+                writer.write(body[sent : sent + 1])
+                await writer.drain()
+                if self.drips is not None:
+                    self.dripped.put_nowait(sent + 1)
+            return
         if mode == "stall":
             writer.write(_head(200, kind, len(body), etag) + half)
             await writer.drain()
@@ -145,14 +166,32 @@ class Upstream:
             return await writer.drain()
         await _send(writer, 200, body, kind, etag=etag)
 
+    async def _drip(self) -> bool:
+        """Wait for a trickle's next byte: the test's word, else a second. False once the
+        test is over."""
+        turn = asyncio.ensure_future(
+            self.drips.get() if self.drips is not None else asyncio.sleep(1.0)
+        )
+        over = asyncio.ensure_future(self.closing.wait())
+        done, _ = await asyncio.wait({turn, over}, return_when=asyncio.FIRST_COMPLETED)
+        turn.cancel()
+        over.cancel()
+        return over not in done
 
-def _head(status: int, kind: str, length: int | None, etag: str | None = None) -> bytes:
-    reason = {200: "OK", 304: "Not Modified", 404: "Not Found", 500: "Internal Server Error"}
+
+def _head(
+    status: int, kind: str, length: int | None, etag: str | None = None, extra: str = ""
+) -> bytes:
+    reason = {
+        200: "OK", 302: "Found", 304: "Not Modified", 404: "Not Found", 500: "Internal Server Error"
+    }  # fmt: skip
     lines = [f"HTTP/1.1 {status} {reason.get(status, 'X')}", f"Content-Type: {kind}"]
     if length is not None:
         lines.append(f"Content-Length: {length}")
     if etag:
         lines.append(f"ETag: {etag}")
+    if extra:
+        lines.append(extra)
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 

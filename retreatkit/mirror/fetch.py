@@ -14,11 +14,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from retreatkit.mirror import faults
 from retreatkit.mirror.blobs import IntegrityError
 from retreatkit.mirror.errors import (
     BadUpstreamData,
@@ -32,12 +33,13 @@ from retreatkit.mirror.errors import (
 from retreatkit.mirror.fill import CHUNK, Fill, FillState
 from retreatkit.mirror.health import Health, Verdict, origin
 from retreatkit.mirror.records import Source
-from retreatkit.mirror.stats import Stats
+from retreatkit.mirror.stats import Stats, human
 from retreatkit.mirror.store import Store
 
 log = logging.getLogger("retreatkit.mirror")
 
 RECENT = 100  # finished fetches kept for the organiser's list
+T = TypeVar("T")
 
 
 @dataclass
@@ -48,6 +50,8 @@ class Limits:
     index_timeout: float = 60.0  # a whole index page, from the first byte of DNS to the last
     max_size: int = 8 * 1024**3
     downloads: int = 32  # upstream downloads at once; more wait their turn
+    min_rate: float = 1024.0  # bytes a second a download must bring, over each window; 0: any
+    rate_window: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +87,14 @@ class Fetcher:
         self.inflight: dict[str, Fill] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
         # clients choose how many different files they ask for: the uplink is not theirs
         self._slots = asyncio.Semaphore(limits.downloads)
 
     async def close(self) -> None:
+        """End every download now: their clients are cut at once (a short answer never
+        completes), their partial files go; a download asked for after this fails."""
+        self.closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -94,9 +102,10 @@ class Fetcher:
     # -- one bounded request --------------------------------------------------------------
 
     async def _open(
-        self, url: str, headers: Mapping[str, str], method: str = "GET"
+        self, url: str, headers: Mapping[str, str], what: str, method: str = "GET"
     ) -> aiohttp.ClientResponse:
-        """The upstream's answer, headers read; the caller reads the body and releases it."""
+        """The upstream's answer, headers read; the caller reads the body and releases it.
+        `what` names the request in errors (a file's name, an index's URL)."""
         where = origin(url)
         host = urlsplit(url).netloc
         verdict = self.health.ask(where, self.clock())
@@ -128,9 +137,17 @@ class Fetcher:
             self._unreachable(where, verdict, why)
             raise UpstreamError(f"upstream {host}: {why}") from None
         except (aiohttp.ClientError, OSError) as exc:
-            why = _why(exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc)
-            self._unreachable(where, verdict, why)
-            raise UpstreamError(f"upstream {host}: {why}") from None
+            fault = faults.of(exc)
+            if fault is faults.Fault.UNREACHABLE:
+                why = _why(exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc)
+                self._unreachable(where, verdict, why)
+                raise UpstreamError(f"upstream {host}: {why}") from None
+            # it answered, badly, or hung up: this request fails, the upstream is not down
+            if fault is faults.Fault.ANSWERED:
+                self.health.answered(where)
+            else:
+                self.health.abandoned(where, verdict)
+            raise UpstreamError(faults.words(exc, what)) from None
         except BaseException:
             self.health.abandoned(where, verdict)
             raise
@@ -148,7 +165,7 @@ class Fetcher:
         try:
             try:
                 async with asyncio.timeout(self.limits.index_timeout):
-                    response = await self._open(url, headers)
+                    response = await self._open(url, headers, url)
                     async with response:
                         ok = response.status == 200
                         body = await _read_bounded(response, limit) if ok else b""
@@ -164,7 +181,7 @@ class Fetcher:
                 bound = self.limits.index_timeout
                 raise UpstreamTimeout(f"upstream took over {bound:g} s sending {url}") from None
             except aiohttp.ClientError as exc:
-                raise UpstreamError(f"upstream failed sending {url}: {_why(exc)}") from None
+                raise UpstreamError(faults.words(exc, url)) from None
         except UpstreamError as exc:
             self.count(exc)
             raise
@@ -172,7 +189,7 @@ class Fetcher:
     async def size_of(self, url: str) -> int | None:
         """What a file's Content-Length is upstream, by a HEAD: no body crosses the uplink."""
         try:
-            response = await self._open(url, {"Accept-Encoding": "identity"}, method="HEAD")
+            response = await self._open(url, {"Accept-Encoding": "identity"}, url, "HEAD")
         except UpstreamError:
             return None
         async with response:
@@ -189,6 +206,10 @@ class Fetcher:
             running.readers += 1
             return running
         fill = Fill(source, time.time(), readers=1)
+        if self.closed:
+            fill.fail(LocalError("the mirror is shutting down"))
+            fill.headers.set()
+            return fill
         self.inflight[source.name] = fill
         task = asyncio.create_task(self._run(fill, publish))
         self._tasks.add(task)
@@ -261,7 +282,7 @@ class Fetcher:
         known = fill.source.size
         if known is not None and not store.space.room_for(known, store.free_bytes()):
             raise StoreFull(f"the mirror's disk has no room for {fill.file}")
-        response = await self._open(fill.source.url, {})
+        response = await self._open(fill.source.url, {}, fill.file)
         try:
             async with response:
                 if response.status != 200:
@@ -280,21 +301,25 @@ class Fetcher:
                 fill.content_type = response.headers.get("Content-Type", fill.content_type)
                 fill.writer = store.writer(tuple(fill.source.hashes))
                 fill.headers.set()
+                floor = faults.Floor(limits.min_rate, limits.rate_window, self.clock())
                 async for chunk in response.content.iter_chunked(CHUNK):
                     # hashing and writing 256 KiB held the loop ~0.2 ms a chunk; a thread
                     # costs ~20% more CPU and holds it not at all (bench/mirror_io.py)
-                    await asyncio.to_thread(fill.writer.write, chunk)
+                    await _whole(asyncio.to_thread(fill.writer.write, chunk))
                     fill.written += len(chunk)
                     self.stats.upstream_bytes += len(chunk)
                     if fill.written > limits.max_size:
                         raise UpstreamError(f"{fill.file} is larger than the mirror's limit")
                     fill.notify()
+                    if not floor.keeps_up(len(chunk), self.clock()):
+                        rate, window = human(int(floor.rate)), floor.window
+                        raise UpstreamTimeout(
+                            f"upstream sent {fill.file} at under {rate}/s for {window:g} s"
+                        )
         except TimeoutError:
             raise UpstreamTimeout(f"upstream went silent sending {fill.file}") from None
-        except aiohttp.ClientPayloadError:
-            raise UpstreamError(f"upstream cut {fill.file} short") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream failed sending {fill.file}: {_why(exc)}") from None
+            raise UpstreamError(faults.words(exc, fill.file)) from None
         if fill.length is not None and fill.written != fill.length:
             raise BadUpstreamData(f"upstream cut {fill.file} short")
         # a body cut short without a Content-Length is caught here, by its hash
@@ -302,7 +327,7 @@ class Fetcher:
             fill.digest = fill.writer.check(fill.source.hashes)
         except IntegrityError as exc:
             raise IntegrityError(f"upstream sent bad bytes for {fill.file}: {exc}") from None
-        await asyncio.to_thread(fill.writer.publish, fill.digest)
+        await _whole(asyncio.to_thread(fill.writer.publish, fill.digest))
         store.published(fill.digest, fill.written)
 
     # -- the organiser's list -----------------------------------------------------------------
@@ -310,6 +335,19 @@ class Fetcher:
     def fetches(self) -> dict[str, list[dict[str, Any]]]:
         running = sorted(self.inflight.values(), key=lambda f: f.started, reverse=True)
         return {"in_progress": [f.record(None) for f in running], "recent": list(self.recent)}
+
+
+async def _whole(work: Awaitable[T]) -> T:
+    """A thread's write or publish, awaited; cancelled meanwhile (the mirror stopping), it
+    still ends before the cancel goes on, so discarding the partial file never races it."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # the cancel is the news; its own error would only be a warning
+        raise
 
 
 def _why(exc: BaseException | None) -> str:

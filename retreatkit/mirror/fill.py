@@ -75,6 +75,11 @@ class Fill:
     async def changed(self) -> None:
         await self._changed.wait()
 
+    async def ended(self) -> None:
+        """Wait until it is done or failed."""
+        while self.current() is FillState.RUNNING:
+            await self.changed()
+
     def record(self, ended: str | None) -> dict[str, Any]:
         """The organiser's view of it (docs/admin-api.md, "mirror fetch")."""
         item: dict[str, Any] = {

@@ -37,6 +37,7 @@ def default_store() -> Path:
 
 class MirrorService:
     name = "mirror"
+    grace = mirror_server.SHUTDOWN_GRACE  # at stop, for requests other than downloads
 
     def __init__(self, listen: tuple[str, int], settings: Settings, announce: bool = True) -> None:
         self.listen = listen
@@ -66,6 +67,7 @@ class MirrorService:
                 headers_timeout=float(section["headers_timeout"]),
                 read_timeout=float(section["read_timeout"]),
                 index_timeout=float(section["index_timeout"]),
+                min_rate=float(section["min_download_rate"]),
             ),
             server=ServerLimits(
                 per_address=int(section["per_address"]),
@@ -84,7 +86,9 @@ class MirrorService:
         self._session = mirror_resolver.session()
         try:
             self.mirror = Mirror(self.settings, self._session)
-            self._runner, self._gate = await mirror_server.listen(self.mirror, *self.listen)
+            self._runner, self._gate = await mirror_server.listen(
+                self.mirror, *self.listen, self.grace
+            )
         except BaseException:
             await self.stop()
             raise
@@ -106,14 +110,24 @@ class MirrorService:
         self.own_wheel = self.mirror.spawn(mirror_local.publish_own(self.mirror, say))
 
     async def stop(self) -> None:
+        """Prompt whatever upstream or client is slow: what waits on an upstream is
+        cancelled first (downloads, whose clients are cut at once and whose partial files
+        go; revalidations), then the other requests get `grace` seconds to finish."""
         if self.advert is not None:
             await self.advert.stop()
+        if self.mirror is not None:
+            await self.mirror.stop_work()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.mirror is not None:
             await self.mirror.close()
         if self._session is not None:
             await self._session.close()
+
+    @property
+    def public_url(self) -> str:
+        """Where the organiser says attendees reach the mirror; empty: not set."""
+        return self.settings.public_url
 
     def status(self) -> dict[str, Any]:
         if self.mirror is None or self._gate is None:

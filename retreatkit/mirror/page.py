@@ -19,7 +19,7 @@ _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:\d{1,5})?$")
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    projects: int  # PyPI projects whose page the mirror holds
+    projects: int  # PyPI projects whose page the mirror holds, the organiser's own too
     files: int  # PyPI files held
     size_bytes: int
     platforms: list[str]

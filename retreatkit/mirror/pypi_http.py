@@ -17,6 +17,7 @@ from retreatkit.mirror.memory import Page
 from retreatkit.mirror.records import Object, Processed
 from retreatkit.mirror.respond import mirror_of
 from retreatkit.mirror.service import IndexAnswer, Mirror
+from retreatkit.mirror.store import Store
 
 
 def routes() -> list[web.RouteDef]:
@@ -33,9 +34,14 @@ async def to_root(request: web.Request) -> web.Response:
     raise web.HTTPMovedPermanently("/pypi/simple/")
 
 
+def projects(store: Store) -> list[str]:
+    """Every project the mirror has a page for: mirrored, or the organiser's own."""
+    return sorted({*store.names(pypi.page_key("")), *local.projects(store)})
+
+
 async def root(request: web.Request) -> web.Response:
     mirror = mirror_of(request)
-    names = sorted({*mirror.store.names(pypi.page_key("")), *local.projects(mirror.store)})
+    names = projects(mirror.store)
     as_json = pypi.wants_json(request.headers.get("Accept", ""))
     return web.Response(
         body=pypi.render_root(names, as_json),

@@ -17,7 +17,7 @@ from aiohttp import web
 from retreatkit.mirror import ranges
 from retreatkit.mirror.errors import MirrorError, NotFound
 from retreatkit.mirror.fill import Fill, follow
-from retreatkit.mirror.memory import Page
+from retreatkit.mirror.memory import SMALL, Page
 from retreatkit.mirror.records import Blob, Source
 from retreatkit.mirror.service import Mirror
 
@@ -128,10 +128,16 @@ async def cold(request: web.Request, mirror: Mirror, source: Source) -> web.Stre
 async def stream(
     request: web.Request, mirror: Mirror, fill: Fill, etag: str | None
 ) -> web.StreamResponse:
-    """Bytes as they arrive from upstream; a failed fill cuts the connection, so no short
-    200 exists, and no reader is left waiting."""
+    """Bytes as they arrive from upstream. A failure known before the answer starts is
+    said in a plain status line; one that comes later cuts the connection, so no short
+    200 exists, and no reader is left waiting. A small file is answered once whole and
+    checked: its failure is always said, never a cut that clients misreport (pip's
+    hash of nothing, npm's ECONNRESET)."""
     await fill.headers.wait()
-    if fill.error is not None and fill.written == 0:
+    size = fill.expected_size
+    if size is not None and size <= SMALL:
+        await fill.ended()
+    if fill.error is not None:
         raise fill.error
     response = web.StreamResponse(headers=_file_headers(etag, fill.content_type, hit=False))
     if fill.length is not None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from retreatkit.httpserver import Runner
 from retreatkit.mirror.app import make_app
 from retreatkit.mirror.service import Mirror
 from retreatkit.mirror.stats import Stats
@@ -27,6 +28,9 @@ from retreatkit.mirror.stats import Stats
 log = logging.getLogger("retreatkit.mirror")
 
 RESERVED_FILES = 256  # descriptors kept for the store, the upstreams and the admin endpoint
+# at stop, what requests in flight get to finish before they are cut (aiohttp's default,
+# 60 s, behind one slow client, outlasts systemd's 90 s stop timeout with the rest)
+SHUTDOWN_GRACE = 3.0
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 39\r\n"
     b"Retry-After: 2\r\nConnection: close\r\n\r\ntoo many connections from your address\n"
@@ -128,12 +132,17 @@ class GuardedSite(web.TCPSite):
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
-async def listen(mirror: Mirror, host: str, port: int) -> tuple[web.AppRunner, Gate]:
-    """Serve the mirror on HOST:PORT behind its gate; the runner (to clean up) and the gate."""
+async def listen(
+    mirror: Mirror, host: str, port: int, grace: float = SHUTDOWN_GRACE
+) -> tuple[web.AppRunner, Gate]:
+    """Serve the mirror on HOST:PORT behind its gate; the runner (to clean up) and the gate.
+    `grace`: what requests in flight get at clean-up before they are cut."""
     limits = mirror.settings.server
     files = raise_open_files()
     gate = Gate(limits.per_address, max(64, files - RESERVED_FILES), mirror.stats)
-    runner = web.AppRunner(make_app(mirror), access_log=None, keepalive_timeout=limits.idle_timeout)
+    runner = Runner(
+        make_app(mirror), log, keepalive_timeout=limits.idle_timeout, shutdown_timeout=grace
+    )
     await runner.setup()
     try:
         await GuardedSite(runner, host, port, gate).start()

@@ -2,8 +2,9 @@
 
 Ecosystems (pypi, opam, ...) bring the format; this module decides where an answer comes
 from. An index is served from the store while fresh, then revalidated (once, however
-many ask); when the upstream fails it is served stale at once, and while the upstream
-is down the ecosystem's pages list only what the store holds. A file is served only
+many ask, as a task of its own); when the upstream fails it is served stale, and while
+the upstream is down it is served stale at once, the probe going on without the request,
+and the ecosystem's pages list only what the store holds. A file is served only
 once verified; a missing one is fetched once and streamed to everyone who asks.
 """
 
@@ -31,9 +32,10 @@ from retreatkit.mirror.errors import (
     UpstreamError,
 )
 from retreatkit.mirror.fetch import Fetcher, Limits
-from retreatkit.mirror.fill import Fill, FillState
+from retreatkit.mirror.fill import Fill
 from retreatkit.mirror.health import Health, origin
 from retreatkit.mirror.memory import SMALL, HotCache, Page, Renders
+from retreatkit.mirror.once import Once
 from retreatkit.mirror.records import Blob, Object, Processed, Source
 from retreatkit.mirror.stats import Stats
 from retreatkit.mirror.store import Store
@@ -105,7 +107,7 @@ class Mirror:
         self.warners: list[Callable[[], list[str]]] = []  # ecosystems' lines for /status
         self._pace = pace
         self._pages: dict[str, tuple[Object, bytes]] = {}  # pages the disk could not take
-        self._revalidating: dict[str, asyncio.Future[IndexAnswer]] = {}
+        self._refreshing: Once[str, IndexAnswer] = Once(self.spawn)
         self._check: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._evicting: asyncio.Task[None] | None = None
@@ -162,13 +164,18 @@ class Mirror:
         if self._check is not None:
             await asyncio.shield(self._check)
 
-    async def close(self) -> None:
+    async def stop_work(self) -> None:
+        """Cancel what waits on upstreams (downloads, revalidations) and the background
+        work: their clients are answered or cut at once, partial files dropped."""
+        await self.fetcher.close()
         if self._check is not None:
             self._check.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.fetcher.close()
+
+    async def close(self) -> None:
+        await self.stop_work()
         await asyncio.to_thread(self.store.close)
 
     # -- indexes --------------------------------------------------------------------
@@ -200,23 +207,15 @@ class Mirror:
         cached = self._cached_page(key)
         if cached is not None and time.time() - cached.fetched < self.settings.index_ttl:
             return await self._answer(cached, "cache")
-        running = self._revalidating.get(key)
-        if running is not None:
-            if cached is not None and self.health.is_down(origin(url)):
-                return await self._answer(cached, "stale")  # nobody waits on the probe
-            return await asyncio.shield(running)
-        future: asyncio.Future[IndexAnswer] = asyncio.get_running_loop().create_future()
-        self._revalidating[key] = future
-        try:
-            answer = await self._revalidate(key, url, ask, process, cached)
-            future.set_result(answer)
-            return answer
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here, so no "never retrieved" warning
-            raise
-        finally:
-            del self._revalidating[key]
+        task = self._refreshing.start(key, lambda: self._revalidate(key, url, ask, process, cached))
+        if cached is not None and self.health.is_down(origin(url)):
+            # the probe, if this request started one, goes on without it
+            return await self._answer(cached, "stale")
+        return await asyncio.shield(task)
+
+    async def refreshed(self) -> None:
+        """Wait for the index revalidations under way to end (those nobody waits on)."""
+        await self._refreshing.settled()
 
     def _cached_page(self, key: str) -> Object | None:
         unsaved = self._pages.get(key)
@@ -369,8 +368,7 @@ class Mirror:
 
     async def fetched(self, fill: Fill) -> Blob:
         """Wait for a fill to end; the file it stored, or its error."""
-        while fill.current() is FillState.RUNNING:
-            await fill.changed()
+        await fill.ended()
         if fill.error is not None:
             raise fill.error
         blob = await self.blob(fill.name)

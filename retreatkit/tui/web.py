@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import os
 import shlex
 import signal
@@ -24,6 +25,7 @@ from textual_serve.server import Server
 
 from retreatkit.admin import token as admin_token
 from retreatkit.admin.access import Handler
+from retreatkit.httpserver import Runner
 from retreatkit.lanaddress import is_loopback
 from retreatkit.tui.run import DEFAULT, local_token
 from retreatkit.tui.sources import endpoint_url
@@ -126,7 +128,7 @@ async def _serve(server: DashboardServer, sock: socket.socket, address: str) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(await server._make_app(), handle_signals=False, access_log=None)
+    runner = Runner(await server._make_app(), logging.getLogger("retreatkit.tui"))
     await runner.setup()
     await web.SockSite(runner, sock).start()
     print(f"Dashboard on {address}", file=sys.stderr, flush=True)

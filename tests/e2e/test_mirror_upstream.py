@@ -1,5 +1,6 @@
 """A real mirror process against upstreams that fail the way uplinks do: a resolver that
-never answers (item 2), and a store that rotted while the mirror was down (item 9)."""
+never answers (item 2), a store that rotted while the mirror was down (item 9), a wheel
+whose bytes fail their hash, met by real pip."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import re
 import resource
 import secrets
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -164,3 +167,30 @@ def test_a_store_that_rotted_while_the_mirror_was_down(tmp_path: Path) -> None:
             mirror.stop()
     finally:
         upstream.stop()
+
+
+def test_pip_is_told_a_corrupt_wheel_is_bad_not_empty(tmp_path: Path) -> None:
+    """Real pip: a wheel whose bytes fail the index's hash is a 502 that says so, not a 200
+    cut short (pip then reported the sha256 of nothing, e3b0c442...)."""
+    root = tmp_path / "upstream"
+    wheel = make_wheel("one", "1.0")
+    write_pypi(root, {"one": [wheel]})
+    (root / ".behaviours.json").write_text(json.dumps({f"/files/{wheel[0]}": "corrupt"}))
+    upstream = start_upstream(root)
+    try:
+        mirror, _ = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/")
+        try:
+            home = tmp_path / "home"
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+            got = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
+                 "--retries", "0", "--index-url", f"{mirror.url}pypi/simple/",
+                 "-d", str(tmp_path / "got"), "one"],
+                capture_output=True, text=True, timeout=120, env={**env, "HOME": str(home)},
+            )  # fmt: skip
+        finally:
+            mirror.stop()
+    finally:
+        upstream.stop()
+    assert got.returncode != 0  # pip retries a 502 on its own: `--retries 0` spares the wait
+    assert "502" in got.stderr and "e3b0c442" not in got.stdout + got.stderr

@@ -117,6 +117,7 @@ def test_up_says_what_attendees_use_and_when_it_stops(tmp_path: Path) -> None:
     cfg = tmp_path / "retreat.toml"
     cfg.write_text(
         f'[mirror]\nstore = "{tmp_path / "store"}"\npypi = "http://127.0.0.1:1/s/"\n'
+        'public_url = "http://mirror.retreat.test:28000"\n'
         'opam = "http://127.0.0.1:1/o"\n[nameserver]\nupstreams = ["127.0.0.1:9"]\n'
     )
     argv[3:3] = ["--config", str(cfg)]
@@ -129,7 +130,7 @@ def test_up_says_what_attendees_use_and_when_it_stops(tmp_path: Path) -> None:
             r"^  bob relay: 127\.0\.0\.1:(\d+) \(loopback only: attendees cannot reach it\)$"
         )
         assert int(relay[1]) > 0
-        proc.wait_for(r"^  package mirror: http://127\.0\.0\.1:\d+/ ")
+        proc.wait_for(r"^  package mirror: http://mirror\.retreat\.test:28000/ \(its page")
         proc.wait_for(r"^  DNS server: 127\.0\.0\.1 port \d+ ")
     finally:
         assert proc.stop() == 0

@@ -90,8 +90,9 @@ async def test_a_deb_that_does_not_match_its_index_is_never_kept(archive: Archiv
     await archive.get(f"/debian/dists/stable/{PACKAGES}")
     path = "/debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"
     archive.upstream.rules[path] = "corrupt"
-    status, _, _ = await archive.get(path)
-    assert status == -1 and archive.mirror.stats.verify_failures == 1
+    status, body, _ = await archive.get(path)
+    assert status == 502 and archive.mirror.stats.verify_failures == 1
+    assert body.startswith(b"upstream sent bad bytes for hello-rk_1.0_all.deb: sha256 mismatch")
     assert await archive.mirror.blob(apt.pool_key("debian", path[8:])) is None
 
 
@@ -118,6 +119,25 @@ async def test_a_new_release_is_served_only_once_its_indexes_are_held(archive: A
     assert held is not None
     path = "/debian/pool/main/h/hello-rk/hello-rk_1.1_all.deb"
     assert (await archive.get(path))[:2] == (200, newer)
+
+
+async def test_apt_never_waits_on_the_probe(archive: Archive) -> None:
+    now = [1000.0]
+    archive.mirror.fetcher.clock = lambda: now[0]
+    release = "/debian/dists/stable/Release"
+    _, old, _ = await archive.get(release)
+    for name in ("InRelease", "Release", "Release.gpg"):
+        archive.upstream.rules[f"/debian/dists/stable/{name}"] = "silent"
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        assert (await archive.get(release))[:2] == (200, old)  # waits the bound once: down
+        archive.mirror.settings.limits.headers_timeout = 3600.0  # the probe never ends
+        now[0] += 2.0
+        archive.upstream.asked.clear()
+        for _ in range(2):  # the first starts the probe; neither waits on it
+            status, body, headers = await archive.get(release)
+            assert (status, body, headers["Warning"]) == (200, old, '110 - "Response is Stale"')
+        await archive.upstream.asked.wait()
+        assert archive.upstream.counts["/debian/dists/stable/InRelease"] == 3
 
 
 async def test_proxy_requests_for_configured_origins_only(archive: Archive) -> None:

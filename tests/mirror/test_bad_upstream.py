@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from retreatkit.mirror.fetch import Limits
+from retreatkit.mirror.status import section
 from tests.mirror.conftest import Env
 
 QUICK = {"limits": Limits(connect_timeout=1.0, headers_timeout=1.0, read_timeout=0.3)}
@@ -76,3 +78,92 @@ async def test_hostile_paths_touch_nothing(env: Env, path: str) -> None:
     assert r.status in (400, 404), (r.status, await r.text())
     assert "Set-Cookie" not in r.headers
     assert sum(env.upstream.counts.values()) == 0  # not an open proxy: upstream never asked
+
+
+@pytest.mark.parametrize("path", ["/blobs/", "/index.sqlite", "/tmp/", "/blobs"])
+async def test_what_no_route_serves_is_the_usual_404(env: Env, path: str) -> None:
+    r = await env.client.get(path)
+    assert (r.status, await r.text()) == (404, "nothing here: see / for what this mirror serves\n")
+
+
+@pytest.mark.parametrize(
+    ("mode", "words"),
+    [
+        ("loop", "upstream redirected too many times for {}"),
+        ("bighead", "upstream sent a header over 8 KB for {}"),
+    ],
+    ids=["loop", "bighead"],
+)
+@pytest.mark.parametrize("on", ["file", "page"])
+async def test_one_bad_answer_fails_that_request_only(
+    env: Env, mode: str, words: str, on: str
+) -> None:
+    """The upstream answered, so it is up: the next package is asked as usual, and no
+    byte of its answer reaches the client's text or /status."""
+    if on == "file":
+        what = env.wheels["demo-pkg"][0]
+        url = await env.file_url("demo-pkg")
+        env.upstream.rules[f"/files/{what}"] = mode
+    else:
+        what, url = f"{env.upstream.url}simple/demo-pkg/", "/pypi/simple/demo-pkg/"
+        env.upstream.rules["/simple/demo-pkg/"] = mode
+    r = await env.client.get(url)
+    assert (r.status, await r.text()) == (502, words.format(what) + "\n")
+    report = section(env.mirror, True, 0)
+    assert (report["upstreams"]["pypi"]["state"], report["warnings"]) == ("up", [])
+    assert report["upstreams"]["pypi"]["last_error"] is None
+    assert report["upstream_errors"] == 1
+    _, data, _ = env.wheels["demo-dep"]  # never fetched: asked upstream, not refused
+    assert await fetch(env, await env.file_url("demo-dep")) == (200, data)
+
+
+SMALL_FAILURES = {  # mode -> the status and line every reader of a small file gets
+    "corrupt": (502, "upstream sent bad bytes for {f}: sha256 mismatch: expected {a}, got {b}"),
+    "truncate-cl": (502, "upstream cut {f} short"),
+    "reset": (502, "upstream cut {f} short"),
+    "stall": (504, "upstream went silent sending {f}"),
+    "fail": (502, "upstream answered 500 for {f}"),
+}
+
+
+@pytest.mark.parametrize("env", [QUICK], indirect=True)
+@pytest.mark.parametrize("mode", sorted(SMALL_FAILURES))
+async def test_a_small_file_that_fails_is_said_never_cut(env: Env, mode: str) -> None:
+    """Not `200, Content-Length: 967` and then a cut: pip would report the hash of
+    nothing, npm an ECONNRESET."""
+    filename, data, _ = env.wheels["demo-pkg"]
+    url = await env.file_url("demo-pkg")
+    env.upstream.rules[f"/files/{filename}"] = mode
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        answers = await asyncio.gather(*(env.client.get(url) for _ in range(3)))
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0xFF
+        sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
+        status, words = SMALL_FAILURES[mode]
+        text = words.format(f=filename, a=sha(data), b=sha(flipped)) + "\n"
+        assert [(r.status, await r.text()) for r in answers] == [(status, text)] * 3
+    assert env.fetched(filename) == 1
+
+
+async def test_a_trickle_is_cut_at_the_rate_floor(env: Env) -> None:
+    """A byte at a time, each well inside read_timeout, would hold a download slot and its
+    clients for as long as the upstream likes: it is cut once a minute brought less than
+    1 kB a second. The clock is the test's: each look at it is 20 s on."""
+    ticks = itertools.count(1000.0, 20.0)
+    env.mirror.fetcher.clock = lambda: next(ticks)
+    filename, _, _ = env.wheels["demo-pkg"]
+    url = await env.file_url("demo-pkg")
+    env.upstream.rules[f"/files/{filename}"] = "trickle"
+    env.upstream.drips = drips = asyncio.Queue()
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        answer = asyncio.create_task(env.client.get(url))
+        while not answer.done():  # a byte, then wait until it is sent (or the answer came)
+            drips.put_nowait(None)
+            sent = asyncio.ensure_future(env.upstream.dripped.get())
+            await asyncio.wait({answer, sent}, return_when=asyncio.FIRST_COMPLETED)
+            sent.cancel()
+        r = answer.result()
+        text = f"upstream sent {filename} at under 1.0 kB/s for 60 s\n"
+        assert (r.status, await r.text()) == (504, text)
+    assert env.mirror.fetcher.fetches()["recent"][0]["ended"] == "upstream error"
+    assert section(env.mirror, True, 0)["upstreams"]["pypi"]["state"] == "up"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
-from retreatkit.mirror import page, wheels
+from retreatkit.mirror import local, page, wheels
+from retreatkit.mirror.testing import make_wheel
 from tests.mirror.conftest import Env
 
 SUMMARY = page.Summary(
@@ -135,3 +137,12 @@ async def test_the_page_says_what_is_cached(env: Env) -> None:
     assert f"Holding 1 Python file ({size}) of 1 project; wheels for any platform" in text
     assert f"So far it saved {size} of downloads" in text
     assert "--trusted-host mirror.retreat.lan PACKAGE" in text
+
+
+async def test_the_organisers_own_wheel_counts_as_a_project(env: Env, tmp_path: Path) -> None:
+    course = make_wheel("course-tools", "1.0")
+    (tmp_path / course[0]).write_bytes(course[1])
+    await env.mirror.store.run(lambda: local.add(env.mirror.store, tmp_path / course[0]))
+    text = await (await env.client.get("/", headers={"Host": "mirror.retreat.lan:8000"})).text()
+    size = page.human(len(course[1]))
+    assert f"Holding 1 Python file ({size}) of 1 project; wheels for any platform" in text

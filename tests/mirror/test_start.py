@@ -29,9 +29,16 @@ async def test_serving_starts_before_the_check_and_rot_is_never_served(tmp_path:
         rotten = hashlib.sha256(wheels["big-pkg"][1]).hexdigest()
         (tmp_path / "store" / "blobs" / "sha256" / rotten[:2] / rotten).write_bytes(b"bit rot")
 
-        go = threading.Event()
-        async with mirror_client(config, pace=lambda: go.wait(30)) as (client, mirror):
-            assert mirror.store.check.state in ("pending", "running")  # held by the test
+        listed, go = threading.Event(), threading.Event()
+
+        def pace() -> None:  # called before each blob, once the check has listed them all
+            listed.set()
+            go.wait(30)
+
+        async with mirror_client(config, pace=pace) as (client, mirror):
+            # every blob is listed before any is served: the check has them all to do
+            assert await asyncio.to_thread(listed.wait, 30)
+            assert mirror.store.check.state == "running"  # held by the test
             r = await client.get(urls["big-pkg"])
             assert await r.read() == wheels["big-pkg"][1]  # verified, found rotten, fetched
             assert upstream.counts["/files/" + wheels["big-pkg"][0]] == 2

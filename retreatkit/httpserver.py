@@ -1,0 +1,116 @@
+"""aiohttp's server for every HTTP endpoint of the kit: malformed requests answered in one
+fixed line, and noted in the log rarely.
+
+aiohttp answers a request it cannot parse (a 9000-byte URL, a 100 KB header, a bad chunk,
+a control character in a header) with a 400 whose body quotes the client's bytes, and
+logs each one at ERROR with a full traceback: any attendee could flood the organiser's
+log and the dashboard's Logs screen, a traceback per request. Here the client gets 400,
+414 or 431 and one line of ours; the log gets one line at most every minute, saying how
+many more were refused meanwhile. aiohttp has no hook for this (aio-libs/aiohttp#3287):
+the runner swaps in a server whose connections answer these themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+
+MAX_LINE = 8190  # the request line, in bytes (aiohttp's default)
+MAX_FIELD = 8192  # a header line: not MAX_LINE, so a refusal tells which one was too long
+MAX_HEADERS = 128  # aiohttp's default
+NOTE_EVERY = 60.0  # seconds between two log lines about malformed requests
+
+
+def refusal(exc: BaseException | None) -> tuple[int, str]:
+    """The status and the line for a request aiohttp could not parse; none of its bytes."""
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if str(limit) == str(MAX_LINE):  # the request line: its URL (RFC 9110 15.5.15)
+            return 414, "URL too long: the limit is 8 KB"
+        return 431, "request header too long: the limit is 8 KB a line"  # RFC 6585 5
+    if isinstance(exc, BadHttpMessage) and exc.message.startswith("Too many headers"):
+        return 431, f"too many request headers: the limit is {MAX_HEADERS}"
+    return 400, "malformed HTTP request"
+
+
+class Refusals:
+    """Malformed requests refused; noted in the log at most once every `every` seconds."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        every: float = NOTE_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log, self.every, self.clock = log, every, clock
+        self.count = 0
+        self._unsaid = 0
+        self._next = -math.inf
+
+    def note(self, address: str, status: int, why: str) -> None:
+        self.count += 1
+        now = self.clock()
+        if now < self._next:
+            self._unsaid += 1
+            return
+        more = f"; {self._unsaid} more since the last such line" if self._unsaid else ""
+        self.log.warning(
+            "refused a malformed request from %s: %s (%d)%s", address, why, status, more
+        )
+        self._unsaid, self._next = 0, now + self.every
+
+
+class QuietHandler(web.RequestHandler):
+    """A connection whose malformed requests get one line of ours and a rare log line."""
+
+    def __init__(self, manager: web.Server, *, refusals: Refusals, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.refusals = refusals
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != 400 or not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)  # ours: a traceback
+        code, line = refusal(exc)
+        self.refusals.note(request.remote or "an unknown address", code, line)
+        response = web.Response(status=code, text=line + "\n")
+        response.force_close()
+        return response
+
+
+class QuietServer(web.Server):
+    refusals: Refusals
+
+    def __call__(self) -> web.RequestHandler:
+        return QuietHandler(self, refusals=self.refusals, loop=self._loop, **self._kwargs)
+
+
+class Runner(web.AppRunner):
+    """An AppRunner (no access log) whose connections answer malformed requests quietly,
+    noting them on `log`."""
+
+    def __init__(self, app: web.Application, log: logging.Logger, **kwargs: Any) -> None:
+        kwargs.setdefault("access_log", None)
+        super().__init__(
+            app, max_line_size=MAX_LINE, max_field_size=MAX_FIELD, max_headers=MAX_HEADERS,
+            **kwargs,
+        )  # fmt: skip
+        self.refusals = Refusals(log)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = QuietServer  # the same server, making QuietHandlers
+        quiet = cast(QuietServer, server)
+        quiet.refusals = self.refusals
+        return quiet
