@@ -16,20 +16,14 @@ from typing import Any, TypeVar
 
 from retreatkit.relay import wire
 from retreatkit.transfer.channel import Channel, ConnectionClosed, Frame
+from retreatkit.transfer.errors import PeerAborted as PeerAborted  # found here too
+from retreatkit.transfer.errors import PeerGone as PeerGone
 from retreatkit.transfer.errors import RemoteProtocolError, TransferError
 from retreatkit.transfer.machine import Aborted, Event, Session
 from retreatkit.transfer.offer import escape
 
 CONNECT_TIMEOUT = 10.0
 _T = TypeVar("_T")
-
-
-class PeerGone(TransferError):
-    """The connection ended, or went quiet, before the transfer did."""
-
-
-class PeerAborted(PeerGone):
-    """The peer said why it gives up (an ABORT): a stop on purpose, nothing to resume."""
 
 
 class RelayError(TransferError):

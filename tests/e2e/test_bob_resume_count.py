@@ -1,5 +1,6 @@
 """Resume and several receivers, with real processes through a real relay that counts the
 bytes it forwards: a receiver killed halfway through 256 MiB, then the same two commands
+again; a relay killed, and a receiver paused until the sender gave up, then the same
 again; `--count 3` with three receivers; a wrong passphrase that closes the offer."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from retreatkit.testing import Process, RelayProcess, bob_argv
+from retreatkit.testing import Process, RelayProcess, bob_argv, start_relay
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 60.0
@@ -88,6 +89,84 @@ def test_a_receiver_killed_halfway_resumes_and_less_than_half_crosses_again(
     assert first >= held and second < 128 * MIB  # fewer than half the bytes crossed again
     assert (out / "image.bin").read_bytes() == src.read_bytes()
     assert sorted(p.name for p in out.iterdir()) == ["image.bin"]  # no part, no record left
+
+
+KEPT = "The partial files are kept: run the same bob recv again to resume."
+CUT = (  # where the connection ended, as the receiver saw it: never the sender's fault
+    "ERROR: the connection ended in the middle of a record",
+    "ERROR: the other side closed the connection",
+    "ERROR: the connection broke: Connection reset by peer",
+)
+
+
+def midway(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path, *sending: str
+) -> tuple[Path, Path, Process, Process]:
+    """A 64 MiB send through the relay, and its receiver once 8 MiB are in its part."""
+    src = tmp_path / "big.bin"
+    with src.open("wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(MIB))
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    path = ("--relay", relay.address, "--no-direct")
+    sender = bob(home, "send", *path, *sending, str(src), BOB_PASSPHRASE="5152-alpha-abandon")
+    sender.wait_for(r"^Passphrase: ")
+    receiver = bob(home, "recv", *path, "--yes", "-o", str(out), "5152-alpha-abandon")
+    deadline = time.monotonic() + TIMEOUT
+    while part_size(out) < 8 * MIB:  # watched in bytes, not in time
+        assert receiver.popen.poll() is None and time.monotonic() < deadline, receiver.seen
+        select.select([], [], [], 0.005)
+    return src, out, sender, receiver
+
+
+def resumes(relay: RelayProcess, home: dict[str, str], src: Path, out: Path) -> None:
+    """The same send and receive again: the receiver resumes from its part."""
+    held = part_size(out)
+    assert held >= 8 * MIB and len(list(out.glob(".bob-*.resume"))) == 1
+    path = ("--relay", relay.address, "--no-direct")
+    sender = bob(home, "send", *path, str(src), BOB_PASSPHRASE="5152-alpha-abandon")
+    sender.wait_for(r"^Passphrase: ")
+    again = bob(home, "recv", *path, "--yes", "-o", str(out), "5152-alpha-abandon")
+    assert [finish(again)[0], finish(sender)[0]] == [0, 0], again.seen
+    shown = f"{held / 1e6:.1f} MB"
+    assert f"Resuming big.bin from {shown} ({shown} already here)" in again.seen
+    assert (out / "big.bin").read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["big.bin"]
+
+
+def test_a_relay_killed_mid_transfer_leaves_the_part_and_the_transfer_resumes(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    dying = start_relay()
+    try:
+        src, out, sender, receiver = midway(dying, home, tmp_path)
+        dying.process.popen.kill()
+        status, said = finish(receiver)
+        assert status == 1 and said[-2] == KEPT and said[-1] in CUT, said
+        assert finish(sender)[0] == 1
+    finally:
+        dying.stop()
+    resumes(relay, home, src, out)
+
+
+def test_a_receiver_paused_until_the_sender_gave_up_resumes(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    # a closed laptop lid, or Ctrl-Z: the sender gives up; the receiver, back, resumes
+    src, out, sender, receiver = midway(relay, home, tmp_path, "--timeout", "1")
+    receiver.popen.send_signal(signal.SIGSTOP)
+    try:
+        status, said = finish(sender)
+        assert (status, said[-1]) == (
+            1,
+            "ERROR: the other side stopped reading: nothing went out for 1 s",
+        )
+    finally:
+        receiver.popen.send_signal(signal.SIGCONT)
+    status, said = finish(receiver)
+    assert status == 1 and said[-2] == KEPT and said[-1] in CUT[:2], said
+    resumes(relay, home, src, out)
 
 
 def test_count_3_three_receivers_each_with_its_own_key_exchange(

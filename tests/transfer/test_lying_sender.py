@@ -1,5 +1,6 @@
-"""A sender that lies, tampers, drops, replays or stops short: the receiver must say so in
-one line (a RemoteProtocolError) and keep no file it could not verify."""
+"""A sender that lies, tampers, drops or replays: the receiver must say so in one line (a
+RemoteProtocolError) and keep no file it could not verify. A stream that stops short is
+a connection that ended (PeerGone), whatever cut it: what arrived was verified."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from hypothesis import strategies as st
 
 from retreatkit.transfer import records
 from retreatkit.transfer.codes import Code
-from retreatkit.transfer.errors import PakeFailed, RemoteProtocolError, TransferError, UnsafeOffer
+from retreatkit.transfer.errors import (
+    PakeFailed,
+    PeerGone,
+    RemoteProtocolError,
+    TransferError,
+    UnsafeOffer,
+)
 from retreatkit.transfer.machine import (
     Aborted,
     Ended,
@@ -117,8 +124,14 @@ def receive(liar: Liar, output: Path, wire: bytes, eof: bool = True) -> list[str
         writer.close()
 
 
-def refused(liar: Liar, output: Path, wire: bytes, match: str | None = None) -> RemoteProtocolError:
-    with pytest.raises(RemoteProtocolError, match=match) as info:
+def refused(
+    liar: Liar,
+    output: Path,
+    wire: bytes,
+    match: str | None = None,
+    error: type[TransferError] = RemoteProtocolError,
+) -> TransferError:
+    with pytest.raises(error, match=match) as info:
         receive(liar, output, wire)
     message = str(info.value)
     assert message and "\n" not in message and message.isprintable(), message
@@ -297,8 +310,23 @@ def test_flipped_bit(output: Path, where: str, index: int) -> None:
         "tag": (len(record) - 1) * 8 + 7,
     }[where]
     recs[index] = _flip(record, bit)
-    refused(liar, output, b"".join(recs))
+    refused(liar, output, b"".join(recs), error=_caught_as(recs, index))
     _check_saved(output, index)
+
+
+def _caught_as(recs: list[bytes], index: int) -> type[TransferError]:
+    """A flip that makes record `index` claim more bytes than the stream holds is, at the
+    end of the stream, a record cut off (PeerGone, as for a relay that crashed): nothing
+    of it was used. Any other flip fails a check (RemoteProtocolError)."""
+    parser = records.FrameParser()
+    parser.feed(b"".join(recs))
+    whole = 0
+    try:
+        while parser.next() is not None:
+            whole += 1
+    except RemoteProtocolError:
+        return RemoteProtocolError
+    return PeerGone if whole <= index else RemoteProtocolError
 
 
 @settings(
@@ -313,7 +341,7 @@ def test_any_flipped_bit_is_caught(tmp_path: Path, data: st.DataObject) -> None:
     index = data.draw(st.integers(0, len(recs) - 1), label="record")
     bit = data.draw(st.integers(0, len(recs[index]) * 8 - 1), label="bit")
     recs[index] = _flip(recs[index], bit)
-    refused(liar, output, b"".join(recs))
+    refused(liar, output, b"".join(recs), error=_caught_as(recs, index))
     _check_saved(output, index)
 
 
@@ -375,7 +403,7 @@ def test_truncated_stream(output: Path, cut: str, index: int) -> None:
         wire += recs[index][:2]
     elif cut == "body":
         wire += recs[index][:-1]
-    err = refused(liar, output, wire)
+    err = refused(liar, output, wire, error=PeerGone)  # a cut connection, not tampering
     if cut == "record":
         assert "ended early" in str(err)
     else:
@@ -386,7 +414,7 @@ def test_truncated_stream(output: Path, cut: str, index: int) -> None:
 def test_stream_cut_before_end(output: Path) -> None:
     liar = Liar()
     wire = b"".join(liar.honest()[:-1])
-    refused(liar, output, wire, match="ended early, during transfer")
+    refused(liar, output, wire, match="ended early, during transfer", error=PeerGone)
     assert saved_files(output) == {"a.bin": A, "b.txt": B}  # all verified; no END though
 
 
@@ -749,5 +777,5 @@ def test_eof_during_the_handshake() -> None:
     session = Session(Side.RECEIVER, CODE)
     session.start()
     session.receive_data(b"")
-    with pytest.raises(RemoteProtocolError, match="ended early, during pake"):
+    with pytest.raises(PeerGone, match="ended early, during pake"):
         session.next_event()
