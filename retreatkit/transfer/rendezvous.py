@@ -92,13 +92,20 @@ class RelayRendezvous:
             except BaseException:
                 await link.close()
                 raise
+            if self._closed:  # closed while this one connected: it must not hold the nameplate
+                await link.close()
+                return
             self._wait_on(link)
 
     async def next(self) -> tuple[Link, str]:
-        """The next receiver to join: its connection and its address as the relay saw it."""
+        """The next receiver to join: its connection and its address as the relay saw it.
+        Closed if the offer closes meanwhile (a failed key exchange of another receiver
+        calls close() while this waits)."""
         if self._closed or not self._waiting:
             raise Closed
         done, _ = await asyncio.wait(set(self._waiting), return_when=asyncio.FIRST_COMPLETED)
+        if self._closed:  # close() took the waiters, and cancelled them
+            raise Closed
         waiter = next(iter(done))
         link = self._waiting.pop(waiter)
         try:

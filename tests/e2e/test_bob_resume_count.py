@@ -1,7 +1,8 @@
 """Resume and several receivers, with real processes through a real relay that counts the
 bytes it forwards: a receiver killed halfway through 256 MiB, then the same two commands
 again; a relay killed, and a receiver paused until the sender gave up, then the same
-again; `--count 3` with three receivers; a wrong passphrase that closes the offer."""
+again; `--count 3` with three receivers; a wrong passphrase that closes the offer, last
+or first."""
 
 from __future__ import annotations
 
@@ -33,6 +34,15 @@ def transfers(relay: RelayProcess) -> list[dict[str, Any]]:
     with urllib.request.urlopen(f"{relay.admin}/relay/transfers", timeout=10) as response:
         doc: dict[str, list[dict[str, Any]]] = json.load(response)
     return doc["recent"]
+
+
+def recv_once(
+    relay: RelayProcess, home: dict[str, str], out: Path, code: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(out)), code],
+        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
+    )  # fmt: skip
 
 
 def finish(proc: Process) -> tuple[int, list[str]]:
@@ -198,28 +208,24 @@ def test_count_3_three_receivers_each_with_its_own_key_exchange(
     assert relay.status()["relay"]["transfers_completed"] == 3
 
 
-def test_a_wrong_passphrase_from_a_fourth_closes_the_offer(
-    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+@pytest.mark.parametrize(("served", "count"), [(3, 4), (0, 3)])
+def test_a_wrong_passphrase_closes_the_offer(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path, served: int, count: int
 ) -> None:
+    # (0, 3): the failed key exchange closes the offer while the sender waits on the
+    # relay for the next receivers; that wait ends too, and no connection stays
     src = tmp_path / "notes.txt"
     src.write_text("for the three of you\n")
-    sender = bob(home, "send", "--relay", relay.address, "--count", "4", str(src))
+    sender = bob(home, "send", "--relay", relay.address, "--count", str(count), str(src))
     passphrase = sender.wait_for(r"^Passphrase: (\S+)$")[1]
     nameplate = passphrase.split("-")[0]
-    for i in range(3):
+    for i in range(served):
         out = tmp_path / f"out{i}"
         out.mkdir()
-        got = subprocess.run(
-            [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(out)), passphrase],
-            capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
-        )  # fmt: skip
+        got = recv_once(relay, home, out, passphrase)
         assert got.returncode == 0, got.stderr
         assert (out / "notes.txt").read_text() == "for the three of you\n"
-    wrong = subprocess.run(
-        [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(tmp_path)),
-         f"{nameplate}-wrong-guess"],
-        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
-    )  # fmt: skip
+    wrong = recv_once(relay, home, tmp_path, f"{nameplate}-wrong-guess")
     assert wrong.returncode == 1
     assert wrong.stderr.splitlines()[-1] == (
         "ERROR: wrong passphrase: the other side used a different one."
@@ -227,14 +233,13 @@ def test_a_wrong_passphrase_from_a_fourth_closes_the_offer(
     )
     status, said = finish(sender)
     assert status == 1
-    assert said[-1] == (
-        "ERROR: wrong passphrase from a receiver: the offer is closed after 3 of 4."
-        " The passphrase is used up: start a new bob send"
-    )
+    assert said[-2:] == [
+        f"Receiver {served + 1} of {count}: ERROR: wrong passphrase: the other side used a"
+        " different one",
+        f"ERROR: wrong passphrase from a receiver: the offer is closed after {served} of {count}."
+        " The passphrase is used up: start a new bob send",
+    ]
     # the right passphrase no longer finds anyone: one guess, and the offer is gone
-    late = subprocess.run(
-        [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(tmp_path)), passphrase],
-        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
-    )  # fmt: skip
+    late = recv_once(relay, home, tmp_path, passphrase)
     assert late.returncode == 1
     assert late.stderr == f"ERROR: the relay says: no sender is waiting on nameplate {nameplate}\n"
