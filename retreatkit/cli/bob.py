@@ -289,6 +289,26 @@ def _fail(reporter: ui.Reporter, exc: Exception, advice: str) -> int:
     return 1
 
 
+def _unreached(exc: TransferError, target: find.Target | None, code: codes.Code) -> TransferError:
+    """What a receiver that reached nobody is told: the LAN had no sender waiting on its
+    nameplate (or the one it found has gone), which says more than a default relay name
+    that leads nowhere."""
+    if not isinstance(exc, aio.Unreachable) or target is None:
+        return exc
+    if target.how == "peer":
+        return aio.RelayError(
+            f"the sender of nameplate {code.nameplate} on this network is not waiting any"
+            f" more ({exc.why}): ask for a new bob send"
+        )
+    if target.how == "default":
+        return aio.RelayError(
+            f"no sender is waiting on nameplate {code.nameplate} on this network, and no relay"
+            f" answers at {exc.relay} ({exc.why}): check the passphrase, or give --relay"
+            " HOST:PORT"
+        )
+    return exc
+
+
 async def _passphrase(args: argparse.Namespace, lines: prompt.Lines) -> codes.Code | None:
     text = args.code or os.environ.get("BOB_PASSPHRASE")
     if not text:
@@ -368,7 +388,9 @@ async def recv(args: argparse.Namespace) -> int:
         connector = aio.via_relay(target.relay, timeout, direct=target.direct, reach=reach)
         offer = await aio.receive(connector, code, output, reporter, confirm, options, writer)
     except TransferError as exc:
-        return _fail(reporter, exc, "ask the sender to start a new bob send")
+        return _fail(
+            reporter, _unreached(exc, target, code), "ask the sender to start a new bob send"
+        )
     finally:
         reporter.stop()
     if offer.text is None and not args.stdout:

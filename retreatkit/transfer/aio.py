@@ -24,6 +24,7 @@ from retreatkit.transfer.link import (
     PeerGone,
     Relay,
     RelayError,
+    Unreachable,
     Worker,
     connect,
 )
@@ -36,7 +37,7 @@ from retreatkit.transfer.rendezvous import Closed, Rendezvous
 from retreatkit.transfer.sending import Options, handshake, send_session
 
 __all__ = ["Options", "PeerAborted", "PeerGone", "Relay", "RelayError", "Rendezvous", "Worker"]
-__all__ += ["CONNECT_TIMEOUT", "receive", "send", "tell_peer"]
+__all__ += ["CONNECT_TIMEOUT", "Unreachable", "receive", "send", "tell_peer"]
 PEER_TIMEOUT = 120.0  # longest silence from a paired peer outside of a prompt (--timeout)
 
 

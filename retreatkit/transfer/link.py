@@ -30,6 +30,17 @@ class RelayError(TransferError):
     """The relay refused, could not be reached, or said something that is not bob/1."""
 
 
+class Unreachable(RelayError):
+    """No connection to the relay (or to a sender that is its own) could be made."""
+
+    def __init__(self, relay: Relay, why: str) -> None:
+        super().__init__(
+            f"cannot reach the relay at {relay}: {why} (give --relay HOST:PORT or set BOB_RELAY)"
+        )
+        self.relay = relay
+        self.why = why
+
+
 @dataclass(frozen=True, slots=True)
 class Relay:
     host: str
@@ -265,8 +276,6 @@ async def connect(
         channel = await open_channel(relay.host, relay.port, connect_timeout)
     except (OSError, TimeoutError) as exc:
         why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise RelayError(
-            f"cannot reach the relay at {relay}: {why} (give --relay HOST:PORT or set BOB_RELAY)"
-        ) from None
+        raise Unreachable(relay, why) from None
     channel.write(request.encode())
     return Link.over(channel, timeout)
