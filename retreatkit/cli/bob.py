@@ -16,8 +16,9 @@ from retreatkit.cli.reporters import RecvReporter, SendReporter
 from retreatkit.transfer import aio, codes, find, source
 from retreatkit.transfer.errors import PakeFailed, Refused, TransferError, UnsafeOffer
 from retreatkit.transfer.offer import MAX_TEXT, Offer, check_component, escape
-from retreatkit.transfer.receive import StdoutWriter, Writer
+from retreatkit.transfer.receive import Writer
 from retreatkit.transfer.rendezvous import FirstReachable, OwnRendezvous, RelayRendezvous
+from retreatkit.transfer.tostdout import StdoutWriter
 
 DESCRIPTION = """\
 Send files, folders and text to another computer, end-to-end encrypted.

@@ -19,7 +19,7 @@ import stat
 from collections.abc import Container, Iterator
 from pathlib import Path
 
-from retreatkit.transfer import partial, resume
+from retreatkit.transfer import made, partial, resume
 from retreatkit.transfer.errors import TransferError
 from retreatkit.transfer.offer import Entry, Offer, display_path, escape
 
@@ -72,7 +72,7 @@ def free_name(root_fd: int, name: str, taken: Container[str] = ()) -> str:
 
 
 class Writer:
-    """Writes one offer's folders and files; `abort()` leaves no partial file behind,
+    """Writes one offer's folders and files; `abort()` removes what this run made,
     unless asked to keep it for a later resume."""
 
     def __init__(
@@ -92,7 +92,9 @@ class Writer:
         self._offset: int | None = None  # where the current file's part resumes
         self._fd: int | None = None
         self._part: str | None = None
+        self._part_ours = False  # this run started the part (not one it resumed)
         self._parent: int | None = None
+        self._made = made.Made()  # what this run made, to remove on a stop on purpose
         self.record = partial.Record(self._root, partial.offer_key(offer))
         if resume_from and offer.files:
             self.record = partial.Record.open(self._root, offer)
@@ -224,6 +226,7 @@ class Writer:
                 parent = self._open_parent(path)
                 try:
                     os.mkdir(path[-1], 0o777, dir_fd=parent)
+                    self._made.add(path, os.lstat(path[-1], dir_fd=parent), folder=True)
                 except FileExistsError:
                     if not (self.resuming and path[0] in self.record.folders):
                         raise self._error(
@@ -269,6 +272,7 @@ class Writer:
             self.abort()
             raise self._error("cannot save", path, exc) from None
         os.unlink(self._part, dir_fd=self._parent)
+        self._made.add(path, os.lstat(path[-1], dir_fd=self._parent))
         os.close(self._parent)
         self._part = self._parent = None
         self._index += 1
@@ -277,26 +281,37 @@ class Writer:
         return shown
 
     def complete(self) -> None:
-        """Everything arrived: nothing is left to resume."""
+        """Everything arrived: nothing is left to resume, nor to remove on a stop."""
         self.record.remove()
+        self._made.forget()
 
     def abort(self, keep: bool = False) -> None:
-        """Remove the partial file, if any; finished files stay, they arrived whole. With
-        `keep`, a part of a file of known size stays for a later run to resume."""
+        """A receive that stops. With `keep` (the connection broke or went quiet: nobody
+        chose it) everything stays, with the part of a file of known size, to resume.
+
+        Without it (Ctrl-C, an ABORT, a refusal, a sender that lied) the folder is left as
+        this run found it, so no half folder stays beside the next try's `fold (1)`: the
+        files it named, the folders it made (if empty) and the part it started go, each
+        checked by device and inode, so nothing there before or put there meanwhile is
+        touched. What an earlier, interrupted run of the offer left stays, with its
+        record: a stop while resuming keeps what it resumed from."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         current = self._files[self._index] if self._index < len(self._files) else None
         known = current is not None and current.size is not None
-        keep = keep and self.record.fd is not None
-        if self._part is not None and self._parent is not None and not (keep and known):
+        resumable = keep and known and self.record.fd is not None
+        ours = self._part_ours or not self.resuming
+        if self._part is not None and self._parent is not None and ours and not resumable:
             with contextlib.suppress(OSError):
                 os.unlink(self._part, dir_fd=self._parent)
         if self._parent is not None:
             os.close(self._parent)
         self._part = self._parent = None
         if not keep:
-            self.record.remove()
+            self._made.undo(self._open_parent)
+            if not self.resuming:
+                self.record.remove()
 
     def close(self) -> None:
         self.abort(keep=True)
@@ -315,6 +330,7 @@ class Writer:
         self._parent = self._open_parent(path)
         self._part = partial.part_name(self.record.tag, self._index)
         offset, self._offset = self._offset, None
+        self._part_ours = offset is None
         try:
             self._fd = partial.open_part(self._parent, self._part, offset)
         except OSError as exc:
@@ -347,49 +363,3 @@ class Writer:
             thing = "a folder" if "folder" in what else "a file"
             public = f"the receiver could not save {thing}: {reason}"
         return WriteError(f"{what} {display_path(path)}: {reason}", public)
-
-
-class StdoutWriter(Writer):
-    """`bob recv --stdout`: the one file of an offer goes to stdout, nothing to disk
-    (no resume, no space check: the reader's pace bounds it)."""
-
-    def __init__(self, offer: Offer, fd: int = 1) -> None:
-        self.offer = offer
-        self._files = offer.files
-        self._fd_out = fd
-        self._index = 0
-        self.claim = resume.NOTHING
-        self.resuming = False
-        self.record = partial.Record(-1, "")
-        self.top_names = {top: top for top in offer.top_level}
-        self.written = []
-
-    def check_space(self) -> int | None:
-        return None
-
-    def make_folders(self) -> None:
-        pass
-
-    def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self._fd_out, view) :]
-            except OSError as exc:
-                raise WriteError(
-                    f"cannot write to stdout: {exc.strerror or exc}",
-                    "the receiver's output closed",
-                ) from None
-
-    def finish_file(self) -> str:
-        self._index += 1
-        return "stdout"
-
-    def complete(self) -> None:
-        pass
-
-    def abort(self, keep: bool = False) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

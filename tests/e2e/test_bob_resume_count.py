@@ -20,6 +20,10 @@ from typing import Any
 import pytest
 
 from retreatkit.testing import Process, RelayProcess, bob_argv, start_relay
+from retreatkit.transfer.codes import Code
+from retreatkit.transfer.machine import Aborted
+from retreatkit.transfer.offer import Entry, Offer
+from retreatkit.transfer.testing import Peer
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 60.0
@@ -177,6 +181,47 @@ def test_a_receiver_paused_until_the_sender_gave_up_resumes(
     status, said = finish(receiver)
     assert status == 1 and said[-2] == KEPT and said[-1] in CUT[:2], said
     resumes(relay, home, src, out)
+
+
+def test_ctrl_c_mid_folder_leaves_the_output_folder_as_it_was(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    # nothing of the half folder stays, so the same send and receive again get 'fold/',
+    # not 'fold (1)/' beside it
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("here before\n")
+    offer = Offer(
+        entries=(
+            Entry(("fold",), is_dir=True),
+            Entry(("fold", "a.sh"), size=2, executable=True),
+            Entry(("fold", "sub"), is_dir=True),
+            Entry(("fold", "sub", "b.bin"), size=MIB),
+        )
+    )
+    code = Code("5153", ("alpha", "abandon"))
+    peer = Peer((relay.host, relay.port), code)
+    assert peer.line() == b"ok 5153\n"
+    receiver = bob(home, "recv", "--relay", relay.address, "--yes", "-o", str(out), str(code))
+    try:
+        assert peer.line().startswith(b"paired ")
+        peer.handshake()
+        assert peer.offer(offer)
+        sent = peer.session
+        peer.sock.sendall(sent.send_data(b"#!") + sent.end_file() + sent.send_data(b"half"))
+        deadline = time.monotonic() + TIMEOUT
+        while part_size(out / "fold" / "sub") < 4:  # a.sh saved, b.bin under way
+            assert receiver.popen.poll() is None and time.monotonic() < deadline, receiver.seen
+            select.select([], [], [], 0.005)
+        receiver.popen.send_signal(signal.SIGINT)
+        status, said = finish(receiver)
+        told = peer.event()
+    finally:
+        peer.close()
+        receiver.stop()
+    assert (status, said[-1]) == (1, "ERROR: interrupted")
+    assert told == Aborted("the receiver stopped the transfer")
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
 
 
 def test_count_3_three_receivers_each_with_its_own_key_exchange(
