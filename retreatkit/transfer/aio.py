@@ -29,7 +29,7 @@ from retreatkit.transfer.link import (
     connect,
 )
 from retreatkit.transfer.machine import Session
-from retreatkit.transfer.offer import Offer
+from retreatkit.transfer.offer import Offer, show_name
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.receive import Writer
 from retreatkit.transfer.receiving import Sink, accepted, offered, receive_data
@@ -249,6 +249,10 @@ async def receive(
         await data_link.flush(session.done())
         if writer is not None:
             writer.complete()
+            for offered_name, name in writer.renamed:
+                reporter.say(
+                    f"'{show_name(offered_name)}' appeared meanwhile: saved as '{show_name(name)}'"
+                )
         await data_link.until_closed(session)
         return offer
     except (TransferError, asyncio.CancelledError) as exc:

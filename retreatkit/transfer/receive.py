@@ -104,6 +104,7 @@ class Writer:
             self._fresh_names()
         self.claim = self._claim() if self.resuming else resume.NOTHING
         self.written: list[str] = []
+        self.renamed: list[tuple[str, str]] = []  # top names taken after the question
 
     def _fresh_names(self) -> None:
         self.top_names = {}
@@ -222,23 +223,43 @@ class Writer:
         record a later run resumes from."""
         for entry in self.offer.entries:
             if entry.is_dir:
-                path = self.final_path(entry)
-                parent = self._open_parent(path)
-                try:
-                    os.mkdir(path[-1], 0o777, dir_fd=parent)
-                    self._made.add(path, os.lstat(path[-1], dir_fd=parent), folder=True)
-                except FileExistsError:
-                    if not (self.resuming and path[0] in self.record.folders):
-                        raise self._error(
-                            "cannot create folder", path, FileExistsError(errno.EEXIST, "")
-                        ) from None
-                except OSError as exc:
-                    raise self._error("cannot create folder", path, exc) from None
-                finally:
-                    os.close(parent)
+                self._make_folder(entry)
         if self._files:
-            tops = [self.top_names[e.path[0]] for e in self.offer.entries if e.is_dir]
-            self.record.save(self.top_names, [t for t in tops if "/" not in t])
+            self._save_record()
+
+    def _make_folder(self, entry: Entry) -> None:
+        while True:
+            path = self.final_path(entry)
+            parent = self._open_parent(path)
+            try:
+                os.mkdir(path[-1], 0o777, dir_fd=parent)
+                self._made.add(path, os.lstat(path[-1], dir_fd=parent), folder=True)
+                return
+            except FileExistsError:
+                if self.resuming and path[0] in self.record.folders:
+                    return
+                if len(path) > 1:  # inside a folder we made: someone else's name there
+                    raise self._error(
+                        "cannot create folder", path, FileExistsError(errno.EEXIST, "")
+                    ) from None
+                self._rename_top(entry.path[0])
+            except OSError as exc:
+                raise self._error("cannot create folder", path, exc) from None
+            finally:
+                os.close(parent)
+
+    def _save_record(self) -> None:
+        """Where the top-level names went, and which of them are folders."""
+        entries = self.offer.entries
+        folders = [self.top_names[e.path[0]] for e in entries if e.is_dir and len(e.path) == 1]
+        self.record.save(self.top_names, folders)
+
+    def _rename_top(self, top: str) -> None:
+        """A top-level name free at the question was taken since (another receive into
+        this folder, a user): the next free one, as if it had been taken then."""
+        taken = set(self.top_names.values()) | set(self.offer.top_level)
+        self.top_names[top] = name = free_name(self._root, top, taken)
+        self.renamed.append((top, name))
 
     # -- data -------------------------------------------------------------------------
 
@@ -266,8 +287,7 @@ class Writer:
             os.fchmod(self._fd, mode)  # never setuid, setgid or sticky
             os.close(self._fd)
             self._fd = None
-            # link() fails with EEXIST where rename() would silently replace
-            os.link(self._part, path[-1], src_dir_fd=self._parent, dst_dir_fd=self._parent)
+            path = self._link(entry)
         except OSError as exc:
             self.abort()
             raise self._error("cannot save", path, exc) from None
@@ -279,6 +299,22 @@ class Writer:
         shown = display_path(path)
         self.written.append(shown)
         return shown
+
+    def _link(self, entry: Entry) -> tuple[str, ...]:
+        """The part under its final name. link() fails with EEXIST where rename() would
+        silently replace; a top-level name taken since the question moves on."""
+        assert self._part is not None and self._parent is not None
+        while True:
+            path = self.final_path(entry)
+            try:
+                os.link(self._part, path[-1], src_dir_fd=self._parent, dst_dir_fd=self._parent)
+                return path
+            except FileExistsError:
+                if len(path) > 1:
+                    raise
+                self._rename_top(entry.path[0])
+                if self.record.fd is not None:  # a resume finds it under its new name
+                    self._save_record()
 
     def complete(self) -> None:
         """Everything arrived: nothing is left to resume, nor to remove on a stop."""

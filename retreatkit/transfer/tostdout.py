@@ -23,6 +23,7 @@ class StdoutWriter(Writer):
         self.record = partial.Record(-1, "")
         self.top_names = {top: top for top in offer.top_level}
         self.written = []
+        self.renamed = []
 
     def check_space(self) -> int | None:
         return None

@@ -21,8 +21,9 @@ import pytest
 
 from retreatkit.testing import Process, RelayProcess, bob_argv, start_relay
 from retreatkit.transfer.codes import Code
-from retreatkit.transfer.machine import Aborted
+from retreatkit.transfer.machine import Aborted, Done
 from retreatkit.transfer.offer import Entry, Offer
+from retreatkit.transfer.records import RECORD_SIZE
 from retreatkit.transfer.testing import Peer
 
 pytestmark = pytest.mark.e2e
@@ -222,6 +223,51 @@ def test_ctrl_c_mid_folder_leaves_the_output_folder_as_it_was(
     assert (status, said[-1]) == (1, "ERROR: interrupted")
     assert told == Aborted("the receiver stopped the transfer")
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_two_receives_into_one_folder_at_once_each_keep_their_file(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    # both are asked while big.bin is free; the one that finishes second finds it taken
+    out = tmp_path / "out"
+    out.mkdir()
+    data = os.urandom(MIB)
+    offer = Offer(entries=(Entry(("big.bin",), size=len(data)),))
+    peers, receivers = [], []
+    try:
+        for nameplate in ("5161", "5162"):
+            code = Code(nameplate, ("alpha", "abandon"))
+            peers.append(peer := Peer((relay.host, relay.port), code))
+            assert peer.line() == f"ok {nameplate}\n".encode()
+            receivers.append(
+                bob(home, "recv", "--relay", relay.address, "--yes", "-o", str(out), str(code))
+            )
+            assert peer.line().startswith(b"paired ")
+            peer.handshake()
+        for peer in peers:
+            assert peer.offer(offer)  # answered: both receivers chose big.bin
+        said = []
+        for peer, receiver in zip(peers, receivers, strict=True):
+            session = peer.session
+            for at in range(0, len(data), RECORD_SIZE):
+                peer.sock.sendall(session.send_data(data[at : at + RECORD_SIZE]))
+            peer.sock.sendall(session.end_file() + session.end())
+            assert peer.event() == Done()
+            peer.close()
+            status, lines = finish(receiver)
+            assert status == 0, lines
+            said.append(lines[-2:])
+    finally:
+        for peer in peers:
+            peer.close()
+        for receiver in receivers:
+            receiver.stop()
+    assert said[0][-1] == f"Received file written to: {out}/big.bin"
+    assert said[1] == [
+        "'big.bin' appeared meanwhile: saved as 'big (1).bin'",
+        f"Received file written to: {out}/big (1).bin",
+    ]
+    assert (out / "big.bin").read_bytes() == (out / "big (1).bin").read_bytes() == data
 
 
 def test_count_3_three_receivers_each_with_its_own_key_exchange(

@@ -23,6 +23,7 @@ from retreatkit.transfer.machine import Ended, FileData, FileEnd, Offered, PathC
 from retreatkit.transfer.offer import Entry, Offer, check_component
 from retreatkit.transfer.receive import WriteError, Writer
 from retreatkit.transfer.records import RECORD_SIZE, Kind
+from retreatkit.transfer.resume import Claim
 from retreatkit.transfer.testing import connected_pair
 
 CODE = Code("7", ("purple", "sofa"))
@@ -590,6 +591,56 @@ def test_part_file_is_private_while_written(output: Path) -> None:
     assert stat.S_IMODE((output / part).stat().st_mode) == 0o600
     writer.close()
     assert not parts(output)
+
+
+# -- names taken after the question ---------------------------------------------------
+
+
+def test_a_top_name_taken_after_the_question_moves_on_to_the_next_free_one(
+    output: Path,
+) -> None:
+    # another receive into this folder (or a user) took the name meanwhile
+    offer = Offer(entries=(Entry(("big.bin",), size=3), Entry(("big (1).bin",), size=1)))
+    writer = Writer(output, offer)
+    writer.make_folders()
+    (output / "big.bin").write_bytes(b"theirs")
+    writer.write(b"new")
+    assert writer.finish_file() == "big (2).bin"  # 'big (1).bin' is the offer's own next
+    writer.write(b"x")
+    assert writer.finish_file() == "big (1).bin"
+    writer.complete()
+    writer.close()
+    assert writer.renamed == [("big.bin", "big (2).bin")]
+    assert (output / "big.bin").read_bytes() == b"theirs"
+    assert (output / "big (2).bin").read_bytes() == b"new"
+
+
+def test_a_top_folder_taken_after_the_question_moves_on_too(output: Path) -> None:
+    writer = Writer(output, FOLD)
+    (output / "fold").mkdir()
+    writer.make_folders()
+    writer.write(b"#!")
+    assert writer.finish_file() == "fold (1)/a.sh"
+    assert writer.renamed == [("fold", "fold (1)")]
+    writer.abort()
+    writer.close()
+    assert sorted(tree(output)) == ["fold"]
+
+
+def test_a_resume_finds_a_file_under_the_name_it_moved_to(output: Path) -> None:
+    offer = Offer(entries=(Entry(("a.bin",), size=2), Entry(("b.bin",), size=4)))
+    writer = Writer(output, offer)
+    writer.make_folders()
+    (output / "a.bin").write_bytes(b"theirs")
+    writer.write(b"aa")
+    writer.finish_file()
+    writer.write(b"bb")
+    writer.abort(keep=True)  # the connection broke
+    writer.close()
+    again = Writer(output, offer)
+    assert again.top_names == {"a.bin": "a (1).bin", "b.bin": "b.bin"}
+    assert again.claim == Claim(1, 2)
+    again.close()
 
 
 # -- failed and aborted files ------------------------------------------------------------
