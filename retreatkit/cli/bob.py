@@ -331,13 +331,25 @@ async def _passphrase(args: argparse.Namespace, lines: prompt.Lines) -> codes.Co
     return code
 
 
+def _check_output(given: str, output: Path) -> None:
+    """A folder we can write into, found out before the key exchange: after it, the
+    passphrase would be used up for nothing."""
+    if not output.is_dir():
+        raise Usage(f"--output {escape(given)}: not a folder")
+    effective = os.access in os.supports_effective_ids
+    if not os.access(output, os.W_OK | os.X_OK, effective_ids=effective):
+        read_only = os.statvfs(output).f_flag & os.ST_RDONLY
+        why = "Read-only file system" if read_only else "Permission denied"
+        raise Usage(f"--output {escape(given)}: cannot write there ({why})")
+
+
 async def recv(args: argparse.Namespace) -> int:
     target = _given(args.relay)
     output = Path(args.output)
-    if not args.stdout and not output.is_dir():
-        raise Usage(f"--output {args.output}: not a folder")
     if args.stdout and args.output != ".":
         raise Usage("give --stdout or --output, not both")
+    if not args.stdout:
+        _check_output(args.output, output)
     stdin = prompt.Lines()
     code = await _passphrase(args, stdin)
     if code is None:
