@@ -55,6 +55,19 @@ def test_four_letter_prefixes_are_the_words(relay: RelayProcess, tmp_path: Path)
     assert got.stdout == b"hi\n"
 
 
+def test_a_nameplate_with_leading_zeros_is_the_same_nameplate(relay: RelayProcess) -> None:
+    sender = Process.start(
+        bob_argv("send", "--relay", relay.address, "--text", "hi"),
+        env={"BOB_PASSPHRASE": "0555-abandon-ability"},
+    )
+    assert sender.wait_for(r"^Passphrase: .*$")[0] == (
+        "Passphrase: yours, on nameplate 555 (its words are not shown)"
+    )
+    got = recv(relay, "00555-aban-abil")
+    assert (sender.finish(TIMEOUT)[0], got.returncode) == (0, 0), got.stderr
+    assert got.stdout == b"hi\n"
+
+
 def test_a_named_stream_in_and_one_file_out_on_stdout(relay: RelayProcess, tmp_path: Path) -> None:
     data = os.urandom(3 << 20)
     src = tmp_path / "data"
