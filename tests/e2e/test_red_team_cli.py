@@ -363,7 +363,7 @@ def test_04_recv_with_no_passphrase_and_nothing_on_stdin(home: dict[str, str]) -
     got = recv("127.0.0.1:1", home)
     assert got.returncode == 1
     assert got.stderr == (
-        b"Enter passphrase: ERROR: no passphrase: give it as an argument, in BOB_PASSPHRASE,"
+        b"Enter passphrase: \nERROR: no passphrase: give it as an argument, in BOB_PASSPHRASE,"
         b" or on stdin\n"
     )
 
