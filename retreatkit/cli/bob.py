@@ -311,7 +311,8 @@ def _unreached(exc: TransferError, target: find.Target | None, code: codes.Code)
 
 
 async def _passphrase(args: argparse.Namespace, lines: prompt.Lines) -> codes.Code | None:
-    text = args.code or os.environ.get("BOB_PASSPHRASE")
+    env = os.environ.get("BOB_PASSPHRASE") if not args.code else None
+    text = args.code or env
     if not text:
         text = await prompt.ask_passphrase(lines)
         if text is None:
@@ -327,6 +328,16 @@ async def _passphrase(args: argparse.Namespace, lines: prompt.Lines) -> codes.Co
             f"'{code}' has a word bob never chooses: did you mean {better}? [Y/n] "
         )
         return better if (answer or "").strip().lower() in ("", "y", "yes") else code
+    # Nobody to ask. One word off by one typo from one of bob's is a typo far more often
+    # than a passphrase of one's own: stop before it is used up. Several such words
+    # look chosen; and BOB_PASSPHRASE is how a script says "as typed".
+    typos = sum(a != b for a, b in zip(code.secret_words, better.secret_words, strict=True))
+    if typos == 1 and not env:
+        raise Usage(
+            f"'{code}' has a word bob never chooses: did you mean {better}? Nothing was"
+            " sent: run again with the passphrase you mean (from BOB_PASSPHRASE it is"
+            " taken as typed)"
+        )
     _say(f"Note: '{code}' has a word bob never chooses (did you mean {better}?); using it as typed")
     return code
 

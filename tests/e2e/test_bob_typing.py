@@ -68,6 +68,28 @@ def test_a_nameplate_with_leading_zeros_is_the_same_nameplate(relay: RelayProces
     assert got.stdout == b"hi\n"
 
 
+def test_a_typo_with_nobody_to_ask_stops_before_the_key_exchange(relay: RelayProcess) -> None:
+    sender = send(relay, "--text", "still on offer")
+    got = recv(relay, "3131-abandon-abilty")  # stdin is no terminal: nobody to ask
+    assert (got.returncode, got.stderr.decode()) == (
+        2,
+        "bob: '3131-abandon-abilty' has a word bob never chooses: did you mean"
+        " 3131-abandon-ability? Nothing was sent: run again with the passphrase you mean"
+        " (from BOB_PASSPHRASE it is taken as typed)\n",
+    )
+    got = recv(relay, CODE)  # the offer was not used up
+    assert (sender.finish(TIMEOUT)[0], got.returncode, got.stdout) == (0, 0, b"still on offer\n")
+    as_typed = subprocess.run(
+        bob_argv("recv", "--relay", "127.0.0.1:1"),
+        capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, "BOB_PASSPHRASE": "3131-abandon-abilty"},
+    )  # fmt: skip
+    assert as_typed.stderr.splitlines()[0] == (
+        "Note: '3131-abandon-abilty' has a word bob never chooses (did you mean"
+        " 3131-abandon-ability?); using it as typed"
+    )
+
+
 def test_a_named_stream_in_and_one_file_out_on_stdout(relay: RelayProcess, tmp_path: Path) -> None:
     data = os.urandom(3 << 20)
     src = tmp_path / "data"
