@@ -5,9 +5,10 @@ O_NOFOLLOW, so neither a sender-chosen name nor a symlink swapped in mid-transfe
 can lead outside the output folder. Data goes to a private `.part` file and is
 linked to its final name once the whole file arrived; link() refuses to replace an
 existing name, so nothing is ever overwritten. A top-level name that already
-exists gets a free one instead: `photo.jpg` arrives as `photo (1).jpg`, unless an
-earlier, interrupted receive of the same offer put it there (partial.py): then the
-receive resumes into the same names.
+exists, or is taken while the file arrives, gets a free one instead: `photo.jpg`
+arrives as `photo (1).jpg`, unless an earlier, interrupted receive of the same offer
+put it there (partial.py): then the receive resumes into the same names. A stop on
+purpose removes what this receive made, and only that (made.py).
 """
 
 from __future__ import annotations

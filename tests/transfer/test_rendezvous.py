@@ -1,7 +1,8 @@
 """The sender as its own rendezvous, in process on loopback (the announcer is a stand-in:
 multicast from the test host would leave the machine; the real one runs between
 network namespaces in tests/e2e/test_bob_lan.py). Neighbours that connect and say
-anything but the right request are turned away without burning the nameplate."""
+anything but the right request are turned away without burning the nameplate; an offer
+that closes ends the sender's wait for more receivers."""
 
 from __future__ import annotations
 
