@@ -323,15 +323,11 @@ class Writer:
         self._made.forget()
 
     def abort(self, keep: bool = False) -> None:
-        """A receive that stops. With `keep` (the connection broke or went quiet: nobody
-        chose it) everything stays, with the part of a file of known size, to resume.
-
-        Without it (Ctrl-C, an ABORT, a refusal, a sender that lied) the folder is left as
-        this run found it, so no half folder stays beside the next try's `fold (1)`: the
-        files it named, the folders it made (if empty) and the part it started go, each
-        checked by device and inode, so nothing there before or put there meanwhile is
-        touched. What an earlier, interrupted run of the offer left stays, with its
-        record: a stop while resuming keeps what it resumed from."""
+        """With `keep` (the connection broke or went quiet: nobody chose it) everything
+        stays, with the part of a file of known size, to resume. Without it (Ctrl-C, an
+        ABORT, a refusal, a sender that lied) the folder is left as this run found it, so
+        no half folder stays beside the next try's `fold (1)`: what it made goes (made.py);
+        what an earlier, interrupted run of the offer left stays, with its record."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
