@@ -11,11 +11,13 @@ import re
 import select
 import subprocess
 import sys
+import tempfile
 import termios
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -201,3 +203,24 @@ class Terminal:
         self.popen.kill()
         self.popen.wait()
         os.close(self.fd)
+
+
+@contextmanager
+def scratch_disk(size: str, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of `size`, mounted read-only if asked, as root (gone with everything on it
+    at umount); else a folder (read-only by its mode, which root would ignore)."""
+    with tempfile.TemporaryDirectory(prefix="rkbob-") as folder:
+        if os.geteuid() != 0:
+            path = Path(folder)
+            path.chmod(0o500 if read_only else 0o700)
+            try:
+                yield path
+            finally:
+                path.chmod(0o700)
+            return
+        options = f"size={size}" + (",ro" if read_only else "")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", folder], check=True)
+        try:
+            yield Path(folder)
+        finally:  # lazily: a process that failed may still hold a file open
+            subprocess.run(["umount", "--lazy", folder], check=True)

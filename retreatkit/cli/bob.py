@@ -16,8 +16,9 @@ from retreatkit.cli.reporters import RecvReporter, SendReporter
 from retreatkit.transfer import aio, codes, find, source
 from retreatkit.transfer.errors import PakeFailed, Refused, TransferError, UnsafeOffer
 from retreatkit.transfer.offer import MAX_TEXT, Offer, check_component, escape
-from retreatkit.transfer.receive import StdoutWriter, Writer
+from retreatkit.transfer.receive import Writer
 from retreatkit.transfer.rendezvous import FirstReachable, OwnRendezvous, RelayRendezvous
+from retreatkit.transfer.tostdout import StdoutWriter
 
 DESCRIPTION = """\
 Send files, folders and text to another computer, end-to-end encrypted.
@@ -289,8 +290,29 @@ def _fail(reporter: ui.Reporter, exc: Exception, advice: str) -> int:
     return 1
 
 
+def _unreached(exc: TransferError, target: find.Target | None, code: codes.Code) -> TransferError:
+    """What a receiver that reached nobody is told: the LAN had no sender waiting on its
+    nameplate (or the one it found has gone), which says more than a default relay name
+    that leads nowhere."""
+    if not isinstance(exc, aio.Unreachable) or target is None:
+        return exc
+    if target.how == "peer":
+        return aio.RelayError(
+            f"the sender of nameplate {code.nameplate} on this network is not waiting any"
+            f" more ({exc.why}): ask for a new bob send"
+        )
+    if target.how == "default":
+        return aio.RelayError(
+            f"no sender is waiting on nameplate {code.nameplate} on this network, and no relay"
+            f" answers at {exc.relay} ({exc.why}): check the passphrase, or give --relay"
+            " HOST:PORT"
+        )
+    return exc
+
+
 async def _passphrase(args: argparse.Namespace, lines: prompt.Lines) -> codes.Code | None:
-    text = args.code or os.environ.get("BOB_PASSPHRASE")
+    env = os.environ.get("BOB_PASSPHRASE") if not args.code else None
+    text = args.code or env
     if not text:
         text = await prompt.ask_passphrase(lines)
         if text is None:
@@ -306,17 +328,39 @@ async def _passphrase(args: argparse.Namespace, lines: prompt.Lines) -> codes.Co
             f"'{code}' has a word bob never chooses: did you mean {better}? [Y/n] "
         )
         return better if (answer or "").strip().lower() in ("", "y", "yes") else code
+    # Nobody to ask. One word off by one typo from one of bob's is a typo far more often
+    # than a passphrase of one's own: stop before it is used up. Several such words
+    # look chosen; and BOB_PASSPHRASE is how a script says "as typed".
+    typos = sum(a != b for a, b in zip(code.secret_words, better.secret_words, strict=True))
+    if typos == 1 and not env:
+        raise Usage(
+            f"'{code}' has a word bob never chooses: did you mean {better}? Nothing was"
+            " sent: run again with the passphrase you mean (from BOB_PASSPHRASE it is"
+            " taken as typed)"
+        )
     _say(f"Note: '{code}' has a word bob never chooses (did you mean {better}?); using it as typed")
     return code
+
+
+def _check_output(given: str, output: Path) -> None:
+    """A folder we can write into, found out before the key exchange: after it, the
+    passphrase would be used up for nothing."""
+    if not output.is_dir():
+        raise Usage(f"--output {escape(given)}: not a folder")
+    effective = os.access in os.supports_effective_ids
+    if not os.access(output, os.W_OK | os.X_OK, effective_ids=effective):
+        read_only = os.statvfs(output).f_flag & os.ST_RDONLY
+        why = "Read-only file system" if read_only else "Permission denied"
+        raise Usage(f"--output {escape(given)}: cannot write there ({why})")
 
 
 async def recv(args: argparse.Namespace) -> int:
     target = _given(args.relay)
     output = Path(args.output)
-    if not args.stdout and not output.is_dir():
-        raise Usage(f"--output {args.output}: not a folder")
     if args.stdout and args.output != ".":
         raise Usage("give --stdout or --output, not both")
+    if not args.stdout:
+        _check_output(args.output, output)
     stdin = prompt.Lines()
     code = await _passphrase(args, stdin)
     if code is None:
@@ -368,7 +412,9 @@ async def recv(args: argparse.Namespace) -> int:
         connector = aio.via_relay(target.relay, timeout, direct=target.direct, reach=reach)
         offer = await aio.receive(connector, code, output, reporter, confirm, options, writer)
     except TransferError as exc:
-        return _fail(reporter, exc, "ask the sender to start a new bob send")
+        return _fail(
+            reporter, _unreached(exc, target, code), "ask the sender to start a new bob send"
+        )
     finally:
         reporter.stop()
     if offer.text is None and not args.stdout:

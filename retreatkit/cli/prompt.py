@@ -32,6 +32,10 @@ class Lines:
             chunk = await self._worker.run(lambda: os.read(0, 4096))
             self._eof = not chunk
             self._buf += chunk
+        if b"\n" not in self._buf or not os.isatty(0):
+            # a terminal's echo of Enter ends the prompt's line; a pipe, or input that
+            # ended, echoes nothing: end it here, so what follows has a line of its own
+            print(file=sys.stderr, flush=True)
         if not self._buf:
             return None
         line, _, self._buf = self._buf.partition(b"\n")
@@ -65,7 +69,8 @@ async def ask_passphrase(lines: Lines) -> str | None:
     def read() -> str | None:
         try:
             return input("Enter passphrase (Tab completes words): ")
-        except EOFError:
+        except EOFError:  # Ctrl-D: nothing ended the prompt's line
+            print(file=sys.stderr, flush=True)
             return None
 
     try:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 MAX_LINE = 128
 PREFIX = "bob/1"
+# A nameplate in its one written form: 1-6 digits, no leading zero, so `07` and `7`
+# never name two nameplates (a client writes what the user typed this way first).
+NAMEPLATE = r"0|[1-9][0-9]{0,5}"
 _REQUEST = re.compile(r"^bob/1 (send|recv)(?: ([0-9]{1,6}))?(?: ([0-9a-f]{32}))?$")
 
 
@@ -48,6 +51,8 @@ def parse_request(line: bytes) -> Request:
     if match is None:
         raise WireError("not a bob/1 request")
     role = Role(match[1])
+    if match[2] is not None and re.fullmatch(NAMEPLATE, match[2]) is None:
+        raise WireError(f"nameplate {match[2]} has a leading zero")
     if role is Role.RECV and match[2] is None:
         raise WireError("recv needs a nameplate")
     if role is Role.RECV and match[3] is not None:

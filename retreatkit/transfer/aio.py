@@ -24,11 +24,12 @@ from retreatkit.transfer.link import (
     PeerGone,
     Relay,
     RelayError,
+    Unreachable,
     Worker,
     connect,
 )
 from retreatkit.transfer.machine import Session
-from retreatkit.transfer.offer import Offer
+from retreatkit.transfer.offer import Offer, show_name
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.receive import Writer
 from retreatkit.transfer.receiving import Sink, accepted, offered, receive_data
@@ -36,7 +37,7 @@ from retreatkit.transfer.rendezvous import Closed, Rendezvous
 from retreatkit.transfer.sending import Options, handshake, send_session
 
 __all__ = ["Options", "PeerAborted", "PeerGone", "Relay", "RelayError", "Rendezvous", "Worker"]
-__all__ += ["CONNECT_TIMEOUT", "receive", "send", "tell_peer"]
+__all__ += ["CONNECT_TIMEOUT", "Unreachable", "receive", "send", "tell_peer"]
 PEER_TIMEOUT = 120.0  # longest silence from a paired peer outside of a prompt (--timeout)
 
 
@@ -248,6 +249,10 @@ async def receive(
         await data_link.flush(session.done())
         if writer is not None:
             writer.complete()
+            for offered_name, name in writer.renamed:
+                reporter.say(
+                    f"'{show_name(offered_name)}' appeared meanwhile: saved as '{show_name(name)}'"
+                )
         await data_link.until_closed(session)
         return offer
     except (TransferError, asyncio.CancelledError) as exc:

@@ -185,8 +185,8 @@ class Channel(asyncio.BufferedProtocol):
         while not self._frames:
             if self._eof:
                 self._raise_error()
-                if self.buffered:
-                    raise RemoteProtocolError("the connection ended in the middle of a record")
+                if self.buffered:  # a connection cut off, not a record that lies
+                    raise ConnectionClosed("the connection ended in the middle of a record")
                 return []
             await self._wait()
         out = list(self._frames)

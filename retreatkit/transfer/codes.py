@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from retreatkit.relay.wire import NAMEPLATE
+
 # A nameplate is public (the relay sees it); only the words are secret.
 _CODE_RE = re.compile(r"^(?P<nameplate>[0-9]{1,6})(?P<words>(-[a-z]{1,16}){2,6})$")
-NAMEPLATE_RE = re.compile(r"^[0-9]{1,6}$")
+NAMEPLATE_RE = re.compile(rf"^(?:{NAMEPLATE})$")  # as written on the wire
+_TYPED_NAMEPLATE_RE = re.compile(r"^[0-9]{1,6}$")
 WORD_BITS = 11  # log2(2048): a word drawn from the shipped list
 MIN_BITS = 2 * WORD_BITS  # what a generated passphrase has; a chosen one needs as much
 
@@ -47,7 +50,9 @@ def parse(text: str) -> Code:
     match = _CODE_RE.match(cleaned)
     if match is None:
         raise CodeError("a passphrase looks like 7-purple-sofa: a number, then two or more words")
-    return Code(match["nameplate"], tuple(match["words"].strip("-").split("-")))
+    # `07` is `7` (and goes into the PAKE as `7`), on both sides
+    nameplate = str(int(match["nameplate"]))
+    return Code(nameplate, tuple(match["words"].strip("-").split("-")))
 
 
 def entropy_bits(code: Code) -> float:
@@ -131,7 +136,7 @@ def complete(text: str) -> list[str]:
     """Completions of what is typed at the passphrase prompt: the last word's, from the
     list, each followed by a dash until two words are there."""
     head, _, fragment = text.rpartition("-")
-    if not head or not NAMEPLATE_RE.match(head.split("-")[0]):
+    if not head or not _TYPED_NAMEPLATE_RE.match(head.split("-")[0]):
         return []
     typed_words = len(head.split("-")) - 1
     suffix = "-" if typed_words < 1 else ""

@@ -27,5 +27,16 @@ class UnsafeOffer(RemoteProtocolError):
     """The offer names a path or size we will not accept."""
 
 
+class PeerGone(TransferError):
+    """The connection ended, broke or went quiet before the transfer did: nobody broke the
+    protocol. Every record that arrived whole was authenticated, so what it carried stands
+    (a receiver keeps its partial file to resume); the bytes of a record cut off are
+    simply dropped."""
+
+
+class PeerAborted(PeerGone):
+    """The peer said why it gives up (an ABORT): a stop on purpose, nothing to resume."""
+
+
 class OverLimit(TransferError):
     """The peer sent more than this side takes: a stream past the room it has."""

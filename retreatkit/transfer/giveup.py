@@ -38,7 +38,14 @@ def tell_peer(exc: BaseException, side: Side) -> str:
 
 
 async def give_up(link: Link, session: Session, exc: BaseException) -> None:
-    """Send an ABORT saying why, if the session is far enough along to carry one."""
+    """Send an ABORT saying why, if the session is far enough along to carry one.
+
+    A sender whose receiver went quiet or away sends none: nothing reads it in time, and a
+    receiver that comes back (a laptop lid opened, Ctrl-Z undone) and read it then would
+    take it for a stop on purpose and drop the partial file it should resume from. The
+    connection's end tells it what happened."""
+    if session.side is Side.SENDER and type(exc) is PeerGone:
+        return
     with contextlib.suppress(TransferError, TimeoutError):
         async with asyncio.timeout(min(link.timeout, 5.0)):
             await link.flush(session.abort(tell_peer(exc, session.side)))

@@ -11,6 +11,7 @@ from retreatkit.transfer.cursor import Cursor
 from retreatkit.transfer.errors import (
     LocalProtocolError,
     PakeFailed,
+    PeerGone,
     RemoteProtocolError,
     UnsafeOffer,
 )
@@ -106,12 +107,15 @@ class Inbound:
                 return event
 
     def _check_eof(self) -> None:
-        """The peer closed the connection: fine only once the session is over."""
+        """The peer closed the connection: fine only once the session is over. Before
+        that it is a connection that ended, not a broken protocol: every record before
+        the end was authenticated, and a record cut off is only dropped (a relay that
+        crashed, a peer that gave up on us), so what arrived stands for a resume."""
         if self._parser.buffered:
-            raise RemoteProtocolError("the connection ended in the middle of a record")
+            raise PeerGone("the connection ended in the middle of a record")
         if self.state is State.CLOSED or (self.side is Side.RECEIVER and self.state is State.ENDED):
             return
-        raise RemoteProtocolError(f"the connection ended early, during {self.state.value}")
+        raise PeerGone(f"the connection ended early, during {self.state.value}")
 
     def _set_offer(self, offer: Offer) -> None:
         self.offer = offer

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 from retreatkit.relay import wire
 from retreatkit.transfer.channel import Channel, ConnectionClosed, Frame
+from retreatkit.transfer.errors import PeerAborted as PeerAborted  # found here too
+from retreatkit.transfer.errors import PeerGone as PeerGone
 from retreatkit.transfer.errors import RemoteProtocolError, TransferError
 from retreatkit.transfer.machine import Aborted, Event, Session
 from retreatkit.transfer.offer import escape
@@ -24,16 +26,19 @@ CONNECT_TIMEOUT = 10.0
 _T = TypeVar("_T")
 
 
-class PeerGone(TransferError):
-    """The connection ended, or went quiet, before the transfer did."""
-
-
-class PeerAborted(PeerGone):
-    """The peer said why it gives up (an ABORT): a stop on purpose, nothing to resume."""
-
-
 class RelayError(TransferError):
     """The relay refused, could not be reached, or said something that is not bob/1."""
+
+
+class Unreachable(RelayError):
+    """No connection to the relay (or to a sender that is its own) could be made."""
+
+    def __init__(self, relay: Relay, why: str) -> None:
+        super().__init__(
+            f"cannot reach the relay at {relay}: {why} (give --relay HOST:PORT or set BOB_RELAY)"
+        )
+        self.relay = relay
+        self.why = why
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,8 +276,6 @@ async def connect(
         channel = await open_channel(relay.host, relay.port, connect_timeout)
     except (OSError, TimeoutError) as exc:
         why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise RelayError(
-            f"cannot reach the relay at {relay}: {why} (give --relay HOST:PORT or set BOB_RELAY)"
-        ) from None
+        raise Unreachable(relay, why) from None
     channel.write(request.encode())
     return Link.over(channel, timeout)

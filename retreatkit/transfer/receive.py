@@ -5,9 +5,10 @@ O_NOFOLLOW, so neither a sender-chosen name nor a symlink swapped in mid-transfe
 can lead outside the output folder. Data goes to a private `.part` file and is
 linked to its final name once the whole file arrived; link() refuses to replace an
 existing name, so nothing is ever overwritten. A top-level name that already
-exists gets a free one instead: `photo.jpg` arrives as `photo (1).jpg`, unless an
-earlier, interrupted receive of the same offer put it there (partial.py): then the
-receive resumes into the same names.
+exists, or is taken while the file arrives, gets a free one instead: `photo.jpg`
+arrives as `photo (1).jpg`, unless an earlier, interrupted receive of the same offer
+put it there (partial.py): then the receive resumes into the same names. A stop on
+purpose removes what this receive made, and only that (made.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import stat
 from collections.abc import Container, Iterator
 from pathlib import Path
 
-from retreatkit.transfer import partial, resume
+from retreatkit.transfer import made, partial, resume
 from retreatkit.transfer.errors import TransferError
 from retreatkit.transfer.offer import Entry, Offer, display_path, escape
 
@@ -72,7 +73,7 @@ def free_name(root_fd: int, name: str, taken: Container[str] = ()) -> str:
 
 
 class Writer:
-    """Writes one offer's folders and files; `abort()` leaves no partial file behind,
+    """Writes one offer's folders and files; `abort()` removes what this run made,
     unless asked to keep it for a later resume."""
 
     def __init__(
@@ -92,7 +93,9 @@ class Writer:
         self._offset: int | None = None  # where the current file's part resumes
         self._fd: int | None = None
         self._part: str | None = None
+        self._part_ours = False  # this run started the part (not one it resumed)
         self._parent: int | None = None
+        self._made = made.Made()  # what this run made, to remove on a stop on purpose
         self.record = partial.Record(self._root, partial.offer_key(offer))
         if resume_from and offer.files:
             self.record = partial.Record.open(self._root, offer)
@@ -102,6 +105,7 @@ class Writer:
             self._fresh_names()
         self.claim = self._claim() if self.resuming else resume.NOTHING
         self.written: list[str] = []
+        self.renamed: list[tuple[str, str]] = []  # top names taken after the question
 
     def _fresh_names(self) -> None:
         self.top_names = {}
@@ -220,22 +224,43 @@ class Writer:
         record a later run resumes from."""
         for entry in self.offer.entries:
             if entry.is_dir:
-                path = self.final_path(entry)
-                parent = self._open_parent(path)
-                try:
-                    os.mkdir(path[-1], 0o777, dir_fd=parent)
-                except FileExistsError:
-                    if not (self.resuming and path[0] in self.record.folders):
-                        raise self._error(
-                            "cannot create folder", path, FileExistsError(errno.EEXIST, "")
-                        ) from None
-                except OSError as exc:
-                    raise self._error("cannot create folder", path, exc) from None
-                finally:
-                    os.close(parent)
+                self._make_folder(entry)
         if self._files:
-            tops = [self.top_names[e.path[0]] for e in self.offer.entries if e.is_dir]
-            self.record.save(self.top_names, [t for t in tops if "/" not in t])
+            self._save_record()
+
+    def _make_folder(self, entry: Entry) -> None:
+        while True:
+            path = self.final_path(entry)
+            parent = self._open_parent(path)
+            try:
+                os.mkdir(path[-1], 0o777, dir_fd=parent)
+                self._made.add(path, os.lstat(path[-1], dir_fd=parent), folder=True)
+                return
+            except FileExistsError:
+                if self.resuming and path[0] in self.record.folders:
+                    return
+                if len(path) > 1:  # inside a folder we made: someone else's name there
+                    raise self._error(
+                        "cannot create folder", path, FileExistsError(errno.EEXIST, "")
+                    ) from None
+                self._rename_top(entry.path[0])
+            except OSError as exc:
+                raise self._error("cannot create folder", path, exc) from None
+            finally:
+                os.close(parent)
+
+    def _save_record(self) -> None:
+        """Where the top-level names went, and which of them are folders."""
+        entries = self.offer.entries
+        folders = [self.top_names[e.path[0]] for e in entries if e.is_dir and len(e.path) == 1]
+        self.record.save(self.top_names, folders)
+
+    def _rename_top(self, top: str) -> None:
+        """A top-level name free at the question was taken since (another receive into
+        this folder, a user): the next free one, as if it had been taken then."""
+        taken = set(self.top_names.values()) | set(self.offer.top_level)
+        self.top_names[top] = name = free_name(self._root, top, taken)
+        self.renamed.append((top, name))
 
     # -- data -------------------------------------------------------------------------
 
@@ -263,12 +288,12 @@ class Writer:
             os.fchmod(self._fd, mode)  # never setuid, setgid or sticky
             os.close(self._fd)
             self._fd = None
-            # link() fails with EEXIST where rename() would silently replace
-            os.link(self._part, path[-1], src_dir_fd=self._parent, dst_dir_fd=self._parent)
+            path = self._link(entry)
         except OSError as exc:
             self.abort()
             raise self._error("cannot save", path, exc) from None
         os.unlink(self._part, dir_fd=self._parent)
+        self._made.add(path, os.lstat(path[-1], dir_fd=self._parent))
         os.close(self._parent)
         self._part = self._parent = None
         self._index += 1
@@ -276,27 +301,50 @@ class Writer:
         self.written.append(shown)
         return shown
 
+    def _link(self, entry: Entry) -> tuple[str, ...]:
+        """The part under its final name. link() fails with EEXIST where rename() would
+        silently replace; a top-level name taken since the question moves on."""
+        assert self._part is not None and self._parent is not None
+        while True:
+            path = self.final_path(entry)
+            try:
+                os.link(self._part, path[-1], src_dir_fd=self._parent, dst_dir_fd=self._parent)
+                return path
+            except FileExistsError:
+                if len(path) > 1:
+                    raise
+                self._rename_top(entry.path[0])
+                if self.record.fd is not None:  # a resume finds it under its new name
+                    self._save_record()
+
     def complete(self) -> None:
-        """Everything arrived: nothing is left to resume."""
+        """Everything arrived: nothing is left to resume, nor to remove on a stop."""
         self.record.remove()
+        self._made.forget()
 
     def abort(self, keep: bool = False) -> None:
-        """Remove the partial file, if any; finished files stay, they arrived whole. With
-        `keep`, a part of a file of known size stays for a later run to resume."""
+        """With `keep` (the connection broke or went quiet: nobody chose it) everything
+        stays, with the part of a file of known size, to resume. Without it (Ctrl-C, an
+        ABORT, a refusal, a sender that lied) the folder is left as this run found it, so
+        no half folder stays beside the next try's `fold (1)`: what it made goes (made.py);
+        what an earlier, interrupted run of the offer left stays, with its record."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         current = self._files[self._index] if self._index < len(self._files) else None
         known = current is not None and current.size is not None
-        keep = keep and self.record.fd is not None
-        if self._part is not None and self._parent is not None and not (keep and known):
+        resumable = keep and known and self.record.fd is not None
+        ours = self._part_ours or not self.resuming
+        if self._part is not None and self._parent is not None and ours and not resumable:
             with contextlib.suppress(OSError):
                 os.unlink(self._part, dir_fd=self._parent)
         if self._parent is not None:
             os.close(self._parent)
         self._part = self._parent = None
         if not keep:
-            self.record.remove()
+            self._made.undo(self._open_parent)
+            if not self.resuming:
+                self.record.remove()
 
     def close(self) -> None:
         self.abort(keep=True)
@@ -315,6 +363,7 @@ class Writer:
         self._parent = self._open_parent(path)
         self._part = partial.part_name(self.record.tag, self._index)
         offset, self._offset = self._offset, None
+        self._part_ours = offset is None
         try:
             self._fd = partial.open_part(self._parent, self._part, offset)
         except OSError as exc:
@@ -347,49 +396,3 @@ class Writer:
             thing = "a folder" if "folder" in what else "a file"
             public = f"the receiver could not save {thing}: {reason}"
         return WriteError(f"{what} {display_path(path)}: {reason}", public)
-
-
-class StdoutWriter(Writer):
-    """`bob recv --stdout`: the one file of an offer goes to stdout, nothing to disk
-    (no resume, no space check: the reader's pace bounds it)."""
-
-    def __init__(self, offer: Offer, fd: int = 1) -> None:
-        self.offer = offer
-        self._files = offer.files
-        self._fd_out = fd
-        self._index = 0
-        self.claim = resume.NOTHING
-        self.resuming = False
-        self.record = partial.Record(-1, "")
-        self.top_names = {top: top for top in offer.top_level}
-        self.written = []
-
-    def check_space(self) -> int | None:
-        return None
-
-    def make_folders(self) -> None:
-        pass
-
-    def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self._fd_out, view) :]
-            except OSError as exc:
-                raise WriteError(
-                    f"cannot write to stdout: {exc.strerror or exc}",
-                    "the receiver's output closed",
-                ) from None
-
-    def finish_file(self) -> str:
-        self._index += 1
-        return "stdout"
-
-    def complete(self) -> None:
-        pass
-
-    def abort(self, keep: bool = False) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

@@ -224,12 +224,17 @@ class Pump:
                 writer.write(out[:used])
 
     def _ended_early(self) -> BaseException:
-        try:
-            self.link.channel._raise_error()
-        except BaseException as exc:
-            return PeerGone(f"the connection broke: {getattr(exc, 'strerror', None) or exc}")
+        """The connection ended before END. Every record handed over was authenticated and
+        written: the part stays for a resume (PeerGone), and the bytes of a record cut off
+        (a relay that crashed, a sender that gave up on us) are dropped. Only a frame that
+        broke the protocol (its header, channel.py) is the sender's fault."""
+        error = self.link.channel.error
+        if isinstance(error, TransferError):
+            return error
+        if error is not None:
+            return PeerGone(f"the connection broke: {getattr(error, 'strerror', None) or error}")
         if self.link.channel.buffered:
-            return RemoteProtocolError("the connection ended in the middle of a record")
+            return PeerGone("the connection ended in the middle of a record")
         return PeerGone("the other side closed the connection")
 
     def _finish(self, exc: BaseException | None) -> None:

@@ -15,7 +15,15 @@ from retreatkit.transfer import codes
 from retreatkit.transfer.channel import Channel
 from retreatkit.transfer.direct import own_addresses
 from retreatkit.transfer.errors import TransferError
-from retreatkit.transfer.link import CONNECT_TIMEOUT, Link, Relay, RelayError, connect, discard
+from retreatkit.transfer.link import (
+    CONNECT_TIMEOUT,
+    Link,
+    Relay,
+    RelayError,
+    Unreachable,
+    connect,
+    discard,
+)
 
 if TYPE_CHECKING:
     from retreatkit import mdns
@@ -92,13 +100,20 @@ class RelayRendezvous:
             except BaseException:
                 await link.close()
                 raise
+            if self._closed:  # closed while this one connected: it must not hold the nameplate
+                await link.close()
+                return
             self._wait_on(link)
 
     async def next(self) -> tuple[Link, str]:
-        """The next receiver to join: its connection and its address as the relay saw it."""
+        """The next receiver to join: its connection and its address as the relay saw it.
+        Closed if the offer closes meanwhile (a failed key exchange of another receiver
+        calls close() while this waits)."""
         if self._closed or not self._waiting:
             raise Closed
         done, _ = await asyncio.wait(set(self._waiting), return_when=asyncio.FIRST_COMPLETED)
+        if self._closed:  # close() took the waiters, and cancelled them
+            raise Closed
         waiter = next(iter(done))
         link = self._waiting.pop(waiter)
         try:
@@ -141,7 +156,8 @@ class OwnRendezvous:
         self.nameplate: str | None = None
         self._server: asyncio.Server | None = None
         self._advert: mdns.Advertisement | None = None
-        self._joined: asyncio.Queue[tuple[Link, str]] = asyncio.Queue()
+        # receivers heard and paired; None once the offer closed (it wakes next())
+        self._joined: asyncio.Queue[tuple[Link, str] | None] = asyncio.Queue()
         self._pending: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -207,14 +223,26 @@ class OwnRendezvous:
         channel.close()
 
     async def next(self) -> tuple[Link, str]:
+        """The next receiver to join; Closed once the offer closes, also while this waits
+        (a failed key exchange of another receiver closes it)."""
         if self._closed:
             raise Closed
-        link, peer = await self._joined.get()
+        joined = await self._joined.get()
+        if joined is None:
+            raise Closed
         self.wanted -= 1
-        return link, peer
+        return joined
 
     async def close(self) -> None:
         self._closed = True
+        left = []
+        while not self._joined.empty():  # joined, never handed out: they go too
+            joined = self._joined.get_nowait()
+            if joined is not None:
+                left.append(joined[0])
+        self._joined.put_nowait(None)
+        for link in left:
+            await link.close()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -238,9 +266,8 @@ class FirstReachable:
     async def open(self, nameplate: str | None) -> str:
         try:
             return await self.current.open(nameplate)
-        except RelayError as exc:
-            if "cannot reach the relay" not in str(exc):
-                raise
+        except Unreachable:
+            pass
         self.current = self._then
         plate = await self._then.open(nameplate)
         self._said(

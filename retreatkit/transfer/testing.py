@@ -1,7 +1,8 @@
 """Test tools for bob: two Sessions joined in memory; hostile peers and relays on sockets.
 
 A `Peer` speaks bob/1 through a real relay with blocking sockets and a real Session, and
-then says whatever the test makes it say. A `FakeRelay` is a relay that lies.
+then says whatever the test makes it say. A `FakeRelay` is a relay that lies. `Handed`
+gives the asyncio sender connections the test made; `Heard` keeps what a user would see.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from retreatkit.relay import wire
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.errors import RemoteProtocolError
+from retreatkit.transfer.link import Link
 from retreatkit.transfer.machine import (
     Answered,
     Confirmed,
@@ -26,6 +28,7 @@ from retreatkit.transfer.machine import (
 from retreatkit.transfer.offer import Offer
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.records import Kind
+from retreatkit.transfer.rendezvous import Closed
 from retreatkit.transfer.resume import NOTHING, Claim
 
 CODE = Code("7", ("purple", "sofa"))
@@ -204,3 +207,45 @@ def sender_over(conn: socket.socket, code: Code) -> Session:
             if not data:
                 raise EOFError
             session.receive_data(data)
+
+
+class Handed:
+    """A sender's rendezvous that hands over the given connections, already paired, all
+    at once if asked (as a hostile relay could)."""
+
+    def __init__(self, links: list[Link], nameplate: str = CODE.nameplate) -> None:
+        self.links = links
+        self.nameplate = nameplate
+        self.closed = False
+
+    async def open(self, nameplate: str | None) -> str:
+        return self.nameplate
+
+    async def next(self) -> tuple[Link, str]:
+        if self.closed or not self.links:
+            raise Closed
+        return self.links.pop(0), "10.0.0.9:1"
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class Heard:
+    """A reporter (aio.Reporter) that keeps the lines a user would see, and resumes."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+        self.resumes: list[Claim] = []
+
+    def code(self, code: Code) -> None: ...
+    def paired(self, peer: str) -> None: ...
+    def path(self, which: str) -> None: ...
+    def progress(self, done: int, total: int | None) -> None: ...
+    def saved(self, name: str) -> None: ...
+    def text(self, text: str) -> None: ...
+
+    def say(self, line: str) -> None:
+        self.said.append(line)
+
+    def resumed(self, offer: Offer, claim: Claim, start: Claim) -> None:
+        self.resumes.append(start)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from retreatkit.testing import Process, RelayProcess, bob_argv
+from retreatkit.testing import Process, RelayProcess, bob_argv, scratch_disk
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 120
@@ -165,11 +165,13 @@ def test_passphrase_prompt_and_yes_prompt(relay: RelayProcess, tmp_path: Path, o
     assert (code, got.returncode) == (0, 0), (lines, got.stderr)
     assert (out / "photo.jpg").read_bytes() == b"mine"
     assert (out / "photo (1).jpg").read_bytes() == b"jpeg"
-    err = got.stderr.splitlines()
-    assert err[0].startswith("Enter passphrase: Offer from 127.0.0.1:")
-    assert err[1] == "  photo (1).jpg  (renamed: 'photo.jpg' exists)  4 bytes"
-    assert err[2:] == [
-        f"Accept into {out}? [Y/n] Path: direct",
+    err = got.stderr.splitlines()  # each prompt's line ended: a pipe echoes nothing
+    assert err[0] == "Enter passphrase: "
+    assert err[1].startswith("Offer from 127.0.0.1:")
+    assert err[2] == "  photo (1).jpg  (renamed: 'photo.jpg' exists)  4 bytes"
+    assert err[3:] == [
+        f"Accept into {out}? [Y/n] ",
+        "Path: direct",
         f"Received file written to: {out}/photo (1).jpg",
     ]
 
@@ -182,7 +184,8 @@ def test_declined_fails_both_sides(relay: RelayProcess, tmp_path: Path, out: Pat
     code, lines = sender.finish(TIMEOUT)
     assert (code, got.returncode) == (1, 1)
     assert lines[-1] == "ERROR: the receiver declined the transfer"
-    assert got.stderr.splitlines()[-1] == f"Accept into {out}? [Y/n] ERROR: transfer declined"
+    said = got.stderr.splitlines()[-2:]
+    assert said == [f"Accept into {out}? [Y/n] ", "ERROR: transfer declined"]
     assert list(out.iterdir()) == []
 
 
@@ -243,6 +246,26 @@ def test_relay_unreachable(tmp_path: Path) -> None:
 def test_usage_errors_exit_2(args: list[str], message: str) -> None:
     got = subprocess.run(bob_argv(*args), capture_output=True, text=True, timeout=TIMEOUT)
     assert (got.returncode, got.stderr) == (2, message)
+
+
+def test_an_output_folder_it_cannot_write_is_found_before_the_key_exchange(
+    relay: RelayProcess, tmp_path: Path, out: Path
+) -> None:
+    (tmp_path / "f").write_text("still on offer\n")
+    sender = start_send(relay, str(tmp_path / "f"), passphrase="18-alpha-beta")
+    why = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    with scratch_disk("1m", read_only=True) as readonly:
+        got = recv(relay, "--yes", "-o", str(readonly), "18-alpha-beta")
+    said = f"bob: --output {readonly}: cannot write there ({why})\n"
+    assert (got.returncode, got.stderr) == (2, said)
+    missing = recv(relay, "--yes", "-o", str(tmp_path / "nope"), "18-alpha-beta")
+    said = f"bob: --output {tmp_path / 'nope'}: not a folder\n"
+    assert (missing.returncode, missing.stderr) == (2, said)
+    # nothing reached the sender: the same passphrase still works
+    again = recv(relay, "--yes", "-o", str(out), "18-alpha-beta")
+    assert again.returncode == 0, again.stderr
+    assert sender.finish(TIMEOUT)[0] == 0
+    assert (out / "f").read_text() == "still on offer\n"
 
 
 def test_missing_path_exits_1(tmp_path: Path) -> None:

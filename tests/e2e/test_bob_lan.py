@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -80,7 +81,7 @@ class Lan:
 
 @pytest.fixture
 def lan(tmp_path: Path) -> Iterator[Lan]:
-    prefix = f"rkbl{secrets.token_hex(3)}"
+    prefix = f"rkbf-{secrets.token_hex(3)}"
     switch = f"{prefix}-sw"
     names = {"a": f"{prefix}-a", "b": f"{prefix}-b", "r": f"{prefix}-r"}
     address = {"a": "10.78.0.1", "b": "10.78.0.2", "r": "10.78.0.3"}
@@ -186,14 +187,53 @@ def test_no_relay_the_sender_is_its_own_rendezvous(lan: Lan, payload: Path, tmp_
         assert "Path: direct" in got and "Path: direct" in said
         assert (out / "image.bin").read_bytes() == payload.read_bytes()
         # a second receiver finds nothing: the sender stopped announcing when it was joined
-        again = lan.bob("b", "recv", "--yes", "-o", str(out), passphrase)
-        code, late = finish(again)
-        assert code == 1
-        assert late[-1].startswith("ERROR: cannot reach the relay at relay.retreat.lan:9000")
+        assert nobody_waits(lan, out, passphrase)
     finally:
         for proc in (sender, receiver):
             if proc is not None:
                 proc.stop()
+
+
+def nobody_waits(lan: Lan, out: Path, passphrase: str) -> bool:
+    """A receiver that finds no sender for its nameplate on a LAN without a relay says so."""
+    code, said = finish(lan.bob("b", "recv", "--yes", "-o", str(out), passphrase))
+    nameplate = passphrase.split("-")[0]
+    return (
+        code == 1
+        and re.fullmatch(
+            f"ERROR: no sender is waiting on nameplate {nameplate} on this network, and no relay"
+            r" answers at relay\.retreat\.lan:9000 \([^()]+\): check the passphrase, or give"
+            r" --relay HOST:PORT",
+            said[-1],
+        )
+        is not None
+    )
+
+
+def test_no_relay_a_wrong_passphrase_closes_an_offer_to_3(lan: Lan, tmp_path: Path) -> None:
+    src = tmp_path / "notes.txt"
+    src.write_text("for the three of you\n")
+    sender = lan.bob("a", "send", "--no-qr", "--count", "3", str(src))
+    try:
+        nameplate = sender.wait_for(r"\(nameplate (\d+) advertised\)$")[1]
+        passphrase = sender.wait_for(r"^Passphrase: (\S+)$")[1]
+        wrong = lan.bob("b", "recv", "--yes", "-o", str(tmp_path), f"{nameplate}-wrong-guess")
+        code, got = finish(wrong)
+        assert (code, got[-1]) == (
+            1,
+            "ERROR: wrong passphrase: the other side used a different one."
+            " The passphrase is used up: ask the sender to start a new bob send",
+        )
+        status, said = finish(sender)  # it waited for more receivers: that wait ends too
+        assert status == 1
+        assert said[-2:] == [
+            "Receiver 1 of 3: ERROR: wrong passphrase: the other side used a different one",
+            "ERROR: wrong passphrase from a receiver: the offer is closed after 0 of 3."
+            " The passphrase is used up: start a new bob send",
+        ]
+        assert nobody_waits(lan, tmp_path, passphrase)
+    finally:
+        sender.stop()
 
 
 def test_a_neighbour_on_the_lan_cannot_stop_a_direct_transfer(

@@ -1,6 +1,8 @@
 """Resume and several receivers, with real processes through a real relay that counts the
 bytes it forwards: a receiver killed halfway through 256 MiB, then the same two commands
-again; `--count 3` with three receivers; a wrong passphrase that closes the offer."""
+again; a relay killed, and a receiver paused until the sender gave up, then the same
+again; `--count 3` with three receivers; a wrong passphrase that closes the offer, last
+or first."""
 
 from __future__ import annotations
 
@@ -17,7 +19,12 @@ from typing import Any
 
 import pytest
 
-from retreatkit.testing import Process, RelayProcess, bob_argv
+from retreatkit.testing import Process, RelayProcess, bob_argv, start_relay
+from retreatkit.transfer.codes import Code
+from retreatkit.transfer.machine import Aborted, Done
+from retreatkit.transfer.offer import Entry, Offer
+from retreatkit.transfer.records import RECORD_SIZE
+from retreatkit.transfer.testing import Peer
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 60.0
@@ -32,6 +39,15 @@ def transfers(relay: RelayProcess) -> list[dict[str, Any]]:
     with urllib.request.urlopen(f"{relay.admin}/relay/transfers", timeout=10) as response:
         doc: dict[str, list[dict[str, Any]]] = json.load(response)
     return doc["recent"]
+
+
+def recv_once(
+    relay: RelayProcess, home: dict[str, str], out: Path, code: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(out)), code],
+        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
+    )  # fmt: skip
 
 
 def finish(proc: Process) -> tuple[int, list[str]]:
@@ -90,6 +106,170 @@ def test_a_receiver_killed_halfway_resumes_and_less_than_half_crosses_again(
     assert sorted(p.name for p in out.iterdir()) == ["image.bin"]  # no part, no record left
 
 
+KEPT = "The partial files are kept: run the same bob recv again to resume."
+CUT = (  # where the connection ended, as the receiver saw it: never the sender's fault
+    "ERROR: the connection ended in the middle of a record",
+    "ERROR: the other side closed the connection",
+    "ERROR: the connection broke: Connection reset by peer",
+)
+
+
+def midway(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path, *sending: str
+) -> tuple[Path, Path, Process, Process]:
+    """A 64 MiB send through the relay, and its receiver once 8 MiB are in its part."""
+    src = tmp_path / "big.bin"
+    with src.open("wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(MIB))
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    path = ("--relay", relay.address, "--no-direct")
+    sender = bob(home, "send", *path, *sending, str(src), BOB_PASSPHRASE="5152-alpha-abandon")
+    sender.wait_for(r"^Passphrase: ")
+    receiver = bob(home, "recv", *path, "--yes", "-o", str(out), "5152-alpha-abandon")
+    deadline = time.monotonic() + TIMEOUT
+    while part_size(out) < 8 * MIB:  # watched in bytes, not in time
+        assert receiver.popen.poll() is None and time.monotonic() < deadline, receiver.seen
+        select.select([], [], [], 0.005)
+    return src, out, sender, receiver
+
+
+def resumes(relay: RelayProcess, home: dict[str, str], src: Path, out: Path) -> None:
+    """The same send and receive again: the receiver resumes from its part."""
+    held = part_size(out)
+    assert held >= 8 * MIB and len(list(out.glob(".bob-*.resume"))) == 1
+    path = ("--relay", relay.address, "--no-direct")
+    sender = bob(home, "send", *path, str(src), BOB_PASSPHRASE="5152-alpha-abandon")
+    sender.wait_for(r"^Passphrase: ")
+    again = bob(home, "recv", *path, "--yes", "-o", str(out), "5152-alpha-abandon")
+    assert [finish(again)[0], finish(sender)[0]] == [0, 0], again.seen
+    shown = f"{held / 1e6:.1f} MB"
+    assert f"Resuming big.bin from {shown} ({shown} already here)" in again.seen
+    assert (out / "big.bin").read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["big.bin"]
+
+
+def test_a_relay_killed_mid_transfer_leaves_the_part_and_the_transfer_resumes(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    dying = start_relay()
+    try:
+        src, out, sender, receiver = midway(dying, home, tmp_path)
+        dying.process.popen.kill()
+        status, said = finish(receiver)
+        assert status == 1 and said[-2] == KEPT and said[-1] in CUT, said
+        assert finish(sender)[0] == 1
+    finally:
+        dying.stop()
+    resumes(relay, home, src, out)
+
+
+def test_a_receiver_paused_until_the_sender_gave_up_resumes(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    # a closed laptop lid, or Ctrl-Z: the sender gives up; the receiver, back, resumes
+    src, out, sender, receiver = midway(relay, home, tmp_path, "--timeout", "1")
+    receiver.popen.send_signal(signal.SIGSTOP)
+    try:
+        status, said = finish(sender)
+        assert (status, said[-1]) == (
+            1,
+            "ERROR: the other side stopped reading: nothing went out for 1 s",
+        )
+    finally:
+        receiver.popen.send_signal(signal.SIGCONT)
+    status, said = finish(receiver)
+    assert status == 1 and said[-2] == KEPT and said[-1] in CUT[:2], said
+    resumes(relay, home, src, out)
+
+
+def test_ctrl_c_mid_folder_leaves_the_output_folder_as_it_was(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    # nothing of the half folder stays, so the same send and receive again get 'fold/',
+    # not 'fold (1)/' beside it
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("here before\n")
+    offer = Offer(
+        entries=(
+            Entry(("fold",), is_dir=True),
+            Entry(("fold", "a.sh"), size=2, executable=True),
+            Entry(("fold", "sub"), is_dir=True),
+            Entry(("fold", "sub", "b.bin"), size=MIB),
+        )
+    )
+    code = Code("5153", ("alpha", "abandon"))
+    peer = Peer((relay.host, relay.port), code)
+    assert peer.line() == b"ok 5153\n"
+    receiver = bob(home, "recv", "--relay", relay.address, "--yes", "-o", str(out), str(code))
+    try:
+        assert peer.line().startswith(b"paired ")
+        peer.handshake()
+        assert peer.offer(offer)
+        sent = peer.session
+        peer.sock.sendall(sent.send_data(b"#!") + sent.end_file() + sent.send_data(b"half"))
+        deadline = time.monotonic() + TIMEOUT
+        while part_size(out / "fold" / "sub") < 4:  # a.sh saved, b.bin under way
+            assert receiver.popen.poll() is None and time.monotonic() < deadline, receiver.seen
+            select.select([], [], [], 0.005)
+        receiver.popen.send_signal(signal.SIGINT)
+        status, said = finish(receiver)
+        told = peer.event()
+    finally:
+        peer.close()
+        receiver.stop()
+    assert (status, said[-1]) == (1, "ERROR: interrupted")
+    assert told == Aborted("the receiver stopped the transfer")
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_two_receives_into_one_folder_at_once_each_keep_their_file(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    # both are asked while big.bin is free; the one that finishes second finds it taken
+    out = tmp_path / "out"
+    out.mkdir()
+    data = os.urandom(MIB)
+    offer = Offer(entries=(Entry(("big.bin",), size=len(data)),))
+    peers, receivers = [], []
+    try:
+        for nameplate in ("5161", "5162"):
+            code = Code(nameplate, ("alpha", "abandon"))
+            peers.append(peer := Peer((relay.host, relay.port), code))
+            assert peer.line() == f"ok {nameplate}\n".encode()
+            receivers.append(
+                bob(home, "recv", "--relay", relay.address, "--yes", "-o", str(out), str(code))
+            )
+            assert peer.line().startswith(b"paired ")
+            peer.handshake()
+        for peer in peers:
+            assert peer.offer(offer)  # answered: both receivers chose big.bin
+        said = []
+        for peer, receiver in zip(peers, receivers, strict=True):
+            session = peer.session
+            for at in range(0, len(data), RECORD_SIZE):
+                peer.sock.sendall(session.send_data(data[at : at + RECORD_SIZE]))
+            peer.sock.sendall(session.end_file() + session.end())
+            assert peer.event() == Done()
+            peer.close()
+            status, lines = finish(receiver)
+            assert status == 0, lines
+            said.append(lines[-2:])
+    finally:
+        for peer in peers:
+            peer.close()
+        for receiver in receivers:
+            receiver.stop()
+    assert said[0][-1] == f"Received file written to: {out}/big.bin"
+    assert said[1] == [
+        "'big.bin' appeared meanwhile: saved as 'big (1).bin'",
+        f"Received file written to: {out}/big (1).bin",
+    ]
+    assert (out / "big.bin").read_bytes() == (out / "big (1).bin").read_bytes() == data
+
+
 def test_count_3_three_receivers_each_with_its_own_key_exchange(
     relay: RelayProcess, home: dict[str, str], tmp_path: Path
 ) -> None:
@@ -119,28 +299,24 @@ def test_count_3_three_receivers_each_with_its_own_key_exchange(
     assert relay.status()["relay"]["transfers_completed"] == 3
 
 
-def test_a_wrong_passphrase_from_a_fourth_closes_the_offer(
-    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+@pytest.mark.parametrize(("served", "count"), [(3, 4), (0, 3)])
+def test_a_wrong_passphrase_closes_the_offer(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path, served: int, count: int
 ) -> None:
+    # (0, 3): the failed key exchange closes the offer while the sender waits on the
+    # relay for the next receivers; that wait ends too, and no connection stays
     src = tmp_path / "notes.txt"
     src.write_text("for the three of you\n")
-    sender = bob(home, "send", "--relay", relay.address, "--count", "4", str(src))
+    sender = bob(home, "send", "--relay", relay.address, "--count", str(count), str(src))
     passphrase = sender.wait_for(r"^Passphrase: (\S+)$")[1]
     nameplate = passphrase.split("-")[0]
-    for i in range(3):
+    for i in range(served):
         out = tmp_path / f"out{i}"
         out.mkdir()
-        got = subprocess.run(
-            [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(out)), passphrase],
-            capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
-        )  # fmt: skip
+        got = recv_once(relay, home, out, passphrase)
         assert got.returncode == 0, got.stderr
         assert (out / "notes.txt").read_text() == "for the three of you\n"
-    wrong = subprocess.run(
-        [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(tmp_path)),
-         f"{nameplate}-wrong-guess"],
-        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
-    )  # fmt: skip
+    wrong = recv_once(relay, home, tmp_path, f"{nameplate}-wrong-guess")
     assert wrong.returncode == 1
     assert wrong.stderr.splitlines()[-1] == (
         "ERROR: wrong passphrase: the other side used a different one."
@@ -148,14 +324,13 @@ def test_a_wrong_passphrase_from_a_fourth_closes_the_offer(
     )
     status, said = finish(sender)
     assert status == 1
-    assert said[-1] == (
-        "ERROR: wrong passphrase from a receiver: the offer is closed after 3 of 4."
-        " The passphrase is used up: start a new bob send"
-    )
+    assert said[-2:] == [
+        f"Receiver {served + 1} of {count}: ERROR: wrong passphrase: the other side used a"
+        " different one",
+        f"ERROR: wrong passphrase from a receiver: the offer is closed after {served} of {count}."
+        " The passphrase is used up: start a new bob send",
+    ]
     # the right passphrase no longer finds anyone: one guess, and the offer is gone
-    late = subprocess.run(
-        [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(tmp_path)), passphrase],
-        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
-    )  # fmt: skip
+    late = recv_once(relay, home, tmp_path, passphrase)
     assert late.returncode == 1
     assert late.stderr == f"ERROR: the relay says: no sender is waiting on nameplate {nameplate}\n"

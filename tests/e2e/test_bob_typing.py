@@ -55,6 +55,41 @@ def test_four_letter_prefixes_are_the_words(relay: RelayProcess, tmp_path: Path)
     assert got.stdout == b"hi\n"
 
 
+def test_a_nameplate_with_leading_zeros_is_the_same_nameplate(relay: RelayProcess) -> None:
+    sender = Process.start(
+        bob_argv("send", "--relay", relay.address, "--text", "hi"),
+        env={"BOB_PASSPHRASE": "0555-abandon-ability"},
+    )
+    assert sender.wait_for(r"^Passphrase: .*$")[0] == (
+        "Passphrase: yours, on nameplate 555 (its words are not shown)"
+    )
+    got = recv(relay, "00555-aban-abil")
+    assert (sender.finish(TIMEOUT)[0], got.returncode) == (0, 0), got.stderr
+    assert got.stdout == b"hi\n"
+
+
+def test_a_typo_with_nobody_to_ask_stops_before_the_key_exchange(relay: RelayProcess) -> None:
+    sender = send(relay, "--text", "still on offer")
+    got = recv(relay, "3131-abandon-abilty")  # stdin is no terminal: nobody to ask
+    assert (got.returncode, got.stderr.decode()) == (
+        2,
+        "bob: '3131-abandon-abilty' has a word bob never chooses: did you mean"
+        " 3131-abandon-ability? Nothing was sent: run again with the passphrase you mean"
+        " (from BOB_PASSPHRASE it is taken as typed)\n",
+    )
+    got = recv(relay, CODE)  # the offer was not used up
+    assert (sender.finish(TIMEOUT)[0], got.returncode, got.stdout) == (0, 0, b"still on offer\n")
+    as_typed = subprocess.run(
+        bob_argv("recv", "--relay", "127.0.0.1:1"),
+        capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, "BOB_PASSPHRASE": "3131-abandon-abilty"},
+    )  # fmt: skip
+    assert as_typed.stderr.splitlines()[0] == (
+        "Note: '3131-abandon-abilty' has a word bob never chooses (did you mean"
+        " 3131-abandon-ability?); using it as typed"
+    )
+
+
 def test_a_named_stream_in_and_one_file_out_on_stdout(relay: RelayProcess, tmp_path: Path) -> None:
     data = os.urandom(3 << 20)
     src = tmp_path / "data"

@@ -15,7 +15,6 @@ import select
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from retreatkit.testing import Process, RelayProcess, Terminal, bob_argv, start_relay
+from retreatkit.testing import (
+    Process,
+    RelayProcess,
+    Terminal,
+    bob_argv,
+    scratch_disk,
+    start_relay,
+)
 from retreatkit.transfer.codes import Code, parse
 from retreatkit.transfer.offer import Entry, Offer
 from retreatkit.transfer.pake import Side
@@ -139,20 +145,6 @@ def feeding(proc: Process, chunk: int = 1 << 20) -> Iterator[None]:
         yield
     finally:
         stop.set()
-
-
-@contextlib.contextmanager
-def scratch_disk(size: str) -> Iterator[Path]:
-    """A tmpfs of `size` as root (gone with everything on it at umount), else a folder."""
-    with tempfile.TemporaryDirectory(prefix="rkbob-") as folder:
-        if not ROOT:
-            yield Path(folder)
-            return
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder], check=True)
-        try:
-            yield Path(folder)
-        finally:  # lazily: a process that failed may still hold a file open
-            subprocess.run(["umount", "--lazy", folder], check=True)
 
 
 # -- 1. hidden files land unseen --------------------------------------------------------------
@@ -371,7 +363,7 @@ def test_04_recv_with_no_passphrase_and_nothing_on_stdin(home: dict[str, str]) -
     got = recv("127.0.0.1:1", home)
     assert got.returncode == 1
     assert got.stderr == (
-        b"Enter passphrase: ERROR: no passphrase: give it as an argument, in BOB_PASSPHRASE,"
+        b"Enter passphrase: \nERROR: no passphrase: give it as an argument, in BOB_PASSPHRASE,"
         b" or on stdin\n"
     )
 

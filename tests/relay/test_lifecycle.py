@@ -173,6 +173,9 @@ def test_a_pair_that_keeps_talking_is_never_idle() -> None:
         (b"bob/2 send\n", "error not a bob/1 request\n", Ending.BAD_REQUEST),
         (b"\xff\n", "error not a bob/1 request\n", Ending.BAD_REQUEST),
         (b"bob/1 recv\n", "error recv needs a nameplate\n", Ending.BAD_REQUEST),
+        # one nameplate, one spelling: `07` would never meet `7`
+        (b"bob/1 send 0555\n", "error nameplate 0555 has a leading zero\n", Ending.BAD_REQUEST),
+        (b"bob/1 recv 07\n", "error nameplate 07 has a leading zero\n", Ending.BAD_REQUEST),
         (b"bob/1 send\nhello", "error send nothing until paired\n", Ending.BAD_REQUEST),
         (b"bob/1 recv 77\n", "error no sender is waiting on nameplate 77\n", Ending.NO_SENDER),
     ],

@@ -63,6 +63,8 @@ def test_per_ip_limit() -> None:
         (b"bob/1 send\n", "send", None),
         (b"bob/1 send 12\n", "send", "12"),
         (b"bob/1 recv 3", "recv", "3"),
+        (b"bob/1 recv 0", "recv", "0"),
+        (b"bob/1 send 100000", "send", "100000"),
     ],
 )
 def test_parse_request(line: bytes, role: str, plate: str | None) -> None:
@@ -73,7 +75,10 @@ def test_parse_request(line: bytes, role: str, plate: str | None) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    [b"bob/1 recv\n", b"bob/2 send\n", b"bob/1 send abc\n", b"\xff\n", b"bob/1 send 1234567\n"],
+    [
+        *(b"bob/1 recv\n", b"bob/2 send\n", b"bob/1 send abc\n", b"\xff\n"),
+        *(b"bob/1 send 1234567\n", b"bob/1 send 0555\n", b"bob/1 recv 00\n"),
+    ],
 )
 def test_parse_request_rejects(line: bytes) -> None:
     with pytest.raises(wire.WireError):

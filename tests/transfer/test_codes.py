@@ -29,6 +29,9 @@ def test_generate_draws_words_from_the_list() -> None:
         ("  7-Purple-SOFA \n", ("7", ("purple", "sofa"))),
         ("7 purple sofa", ("7", ("purple", "sofa"))),
         ("123456-a-b-c", ("123456", ("a", "b", "c"))),
+        # a nameplate has one spelling, on both sides and in the PAKE: 07 is 7
+        ("07-purple-sofa", ("7", ("purple", "sofa"))),
+        ("000000-purple-sofa", ("0", ("purple", "sofa"))),
     ],
 )
 def test_parse_forgives_spaces_and_case(text: str, expected: tuple[str, tuple[str, ...]]) -> None:

@@ -1,5 +1,7 @@
-"""A sender that lies, tampers, drops, replays or stops short: the receiver must say so in
-one line (a RemoteProtocolError) and keep no file it could not verify."""
+"""A sender that lies, tampers, drops or replays: the receiver must say so in one line (a
+RemoteProtocolError) and leave the folder as it found it, without even the files that
+arrived whole before the lie. A stream that stops short is a connection that ended
+(PeerGone), whatever cut it: what arrived was verified, and stays for a resume."""
 
 from __future__ import annotations
 
@@ -15,7 +17,13 @@ from hypothesis import strategies as st
 
 from retreatkit.transfer import records
 from retreatkit.transfer.codes import Code
-from retreatkit.transfer.errors import PakeFailed, RemoteProtocolError, TransferError, UnsafeOffer
+from retreatkit.transfer.errors import (
+    PakeFailed,
+    PeerGone,
+    RemoteProtocolError,
+    TransferError,
+    UnsafeOffer,
+)
 from retreatkit.transfer.machine import (
     Aborted,
     Ended,
@@ -102,8 +110,8 @@ def drive(receiver: Session, writer: Writer, wire: bytes, eof: bool = True) -> l
                 writer.complete()
             else:
                 raise RemoteProtocolError(f"unexpected {type(event).__name__} from the sender")
-    except TransferError:
-        writer.abort()
+    except TransferError as exc:
+        writer.abort(keep=type(exc) is PeerGone)  # as aio.receive does
         raise
 
 
@@ -117,12 +125,19 @@ def receive(liar: Liar, output: Path, wire: bytes, eof: bool = True) -> list[str
         writer.close()
 
 
-def refused(liar: Liar, output: Path, wire: bytes, match: str | None = None) -> RemoteProtocolError:
-    with pytest.raises(RemoteProtocolError, match=match) as info:
+def refused(
+    liar: Liar,
+    output: Path,
+    wire: bytes,
+    match: str | None = None,
+    error: type[TransferError] = RemoteProtocolError,
+) -> TransferError:
+    with pytest.raises(error, match=match) as info:
         receive(liar, output, wire)
     message = str(info.value)
     assert message and "\n" not in message and message.isprintable(), message
-    assert not [n for n in os.listdir(output) if n.endswith(".part")]
+    if error is not PeerGone:
+        assert not [n for n in os.listdir(output) if n.startswith(".bob-")]
     return info.value
 
 
@@ -136,7 +151,9 @@ def kinds(wire: bytes) -> list[int]:
 
 
 def saved_files(output: Path) -> dict[str, bytes]:
-    return {name: (output / name).read_bytes() for name in os.listdir(output)}
+    """The files received (not a part or a resume record)."""
+    names = [name for name in os.listdir(output) if not name.startswith(".bob-")]
+    return {name: (output / name).read_bytes() for name in names}
 
 
 @pytest.fixture
@@ -204,7 +221,7 @@ def test_more_bytes_in_the_second_file(output: Path) -> None:
     liar = Liar()
     wire = b"".join(liar.file(A)) + liar.data(B + B)
     refused(liar, output, wire, match=r"more data than it announced for b\.txt")
-    assert saved_files(output) == {"a.bin": A}  # verified before the lie: kept
+    assert saved_files(output) == {}  # verified before the lie, and gone with it
 
 
 def test_fewer_bytes_then_file_end(output: Path) -> None:
@@ -218,7 +235,7 @@ def test_data_beyond_the_last_file(output: Path) -> None:
     liar = Liar()
     wire = b"".join(liar.file(A) + liar.file(B)) + liar.data(b"x")
     refused(liar, output, wire, match="beyond the last offered file")
-    assert saved_files(output) == {"a.bin": A, "b.txt": B}
+    assert saved_files(output) == {}
 
 
 def test_file_end_beyond_the_last_file(output: Path) -> None:
@@ -231,7 +248,17 @@ def test_end_before_all_files(output: Path) -> None:
     liar = Liar()
     wire = b"".join(liar.file(A)) + liar.end()
     refused(liar, output, wire, match="ended before sending every file")
-    assert saved_files(output) == {"a.bin": A}
+    assert saved_files(output) == {}
+
+
+def test_end_before_all_files_leaves_no_folder_either(output: Path) -> None:
+    # a finished file and a chain of folders 64 levels deep with the file still owed in it,
+    # then END
+    chain = tuple(Entry(("d",) * depth, is_dir=True) for depth in range(1, 64))
+    liar = Liar((Entry(("a.bin",), size=len(A)), *chain, Entry(("d",) * 63 + ("x",), size=1)))
+    wire = b"".join(liar.file(A)) + liar.end()
+    refused(liar, output, wire, match="ended before sending every file")
+    assert os.listdir(output) == []
 
 
 def test_end_in_the_middle_of_a_file(output: Path) -> None:
@@ -273,9 +300,15 @@ def _flip(wire: bytes, bit: int) -> bytes:
 FILE_ENDS = (3, 5)  # where the FILE_END records stand in Liar.honest()
 
 
-def _check_saved(output: Path, intact: int) -> None:
-    """The first `intact` honest records arrived as sent, the next one did not: exactly
-    the files they completed are saved, with their content; nothing of the rest."""
+def _check_saved(
+    output: Path, intact: int, error: type[TransferError] = RemoteProtocolError
+) -> None:
+    """The first `intact` honest records arrived as sent, the next one did not. After a
+    lie nothing is left; after a cut (PeerGone) exactly the files they completed are
+    saved, with their content, and nothing of the rest but the part to resume."""
+    if error is not PeerGone:
+        assert os.listdir(output) == []
+        return
     expected = [("a.bin", A), ("b.txt", B)]
     done = sum(1 for end in FILE_ENDS if end < intact)
     assert saved_files(output) == dict(expected[:done])
@@ -297,8 +330,24 @@ def test_flipped_bit(output: Path, where: str, index: int) -> None:
         "tag": (len(record) - 1) * 8 + 7,
     }[where]
     recs[index] = _flip(record, bit)
-    refused(liar, output, b"".join(recs))
-    _check_saved(output, index)
+    error = _caught_as(recs, index)
+    refused(liar, output, b"".join(recs), error=error)
+    _check_saved(output, index, error)
+
+
+def _caught_as(recs: list[bytes], index: int) -> type[TransferError]:
+    """A flip that makes record `index` claim more bytes than the stream holds is, at the
+    end of the stream, a record cut off (PeerGone, as for a relay that crashed): nothing
+    of it was used. Any other flip fails a check (RemoteProtocolError)."""
+    parser = records.FrameParser()
+    parser.feed(b"".join(recs))
+    whole = 0
+    try:
+        while parser.next() is not None:
+            whole += 1
+    except RemoteProtocolError:
+        return RemoteProtocolError
+    return PeerGone if whole <= index else RemoteProtocolError
 
 
 @settings(
@@ -313,8 +362,9 @@ def test_any_flipped_bit_is_caught(tmp_path: Path, data: st.DataObject) -> None:
     index = data.draw(st.integers(0, len(recs) - 1), label="record")
     bit = data.draw(st.integers(0, len(recs[index]) * 8 - 1), label="bit")
     recs[index] = _flip(recs[index], bit)
-    refused(liar, output, b"".join(recs))
-    _check_saved(output, index)
+    error = _caught_as(recs, index)
+    refused(liar, output, b"".join(recs), error=error)
+    _check_saved(output, index, error)
 
 
 @pytest.mark.parametrize("index", [0, 1, 2, 3, 4, 5])
@@ -375,18 +425,18 @@ def test_truncated_stream(output: Path, cut: str, index: int) -> None:
         wire += recs[index][:2]
     elif cut == "body":
         wire += recs[index][:-1]
-    err = refused(liar, output, wire)
+    err = refused(liar, output, wire, error=PeerGone)  # a cut connection, not tampering
     if cut == "record":
         assert "ended early" in str(err)
     else:
         assert "middle of a record" in str(err)
-    _check_saved(output, index)
+    _check_saved(output, index, PeerGone)
 
 
 def test_stream_cut_before_end(output: Path) -> None:
     liar = Liar()
     wire = b"".join(liar.honest()[:-1])
-    refused(liar, output, wire, match="ended early, during transfer")
+    refused(liar, output, wire, match="ended early, during transfer", error=PeerGone)
     assert saved_files(output) == {"a.bin": A, "b.txt": B}  # all verified; no END though
 
 
@@ -429,14 +479,27 @@ def test_record_after_end_arriving_late(output: Path) -> None:
         liar.receiver.done()
 
 
-def test_record_after_done(output: Path) -> None:
+def test_record_after_end_before_done(output: Path) -> None:
     liar = Liar()
     assert liar.sender._sealer is not None
     wire = b"".join(liar.honest())
     liar.sender._sealer.closed = False
     wire += liar.data(b"more")
     refused(liar, output, wire, match="after its final record")
-    assert saved_files(output) == {"a.bin": A, "b.txt": B}
+    assert os.listdir(output) == []  # a lie before DONE: nothing of it stays
+
+
+def test_record_after_done(output: Path) -> None:
+    liar = Liar()
+    assert liar.sender._sealer is not None and liar.receiver.offer is not None
+    writer = Writer(output, liar.receiver.offer)
+    writer.make_folders()
+    assert drive(liar.receiver, writer, b"".join(liar.honest()), eof=False) == ["a.bin", "b.txt"]
+    liar.sender._sealer.closed = False
+    with pytest.raises(RemoteProtocolError, match="after the session closed"):
+        drive(liar.receiver, writer, liar.data(b"more"))
+    writer.close()
+    assert saved_files(output) == {"a.bin": A, "b.txt": B}  # DONE was said: they are kept
 
 
 @pytest.mark.parametrize(
@@ -749,5 +812,5 @@ def test_eof_during_the_handshake() -> None:
     session = Session(Side.RECEIVER, CODE)
     session.start()
     session.receive_data(b"")
-    with pytest.raises(RemoteProtocolError, match="ended early, during pake"):
+    with pytest.raises(PeerGone, match="ended early, during pake"):
         session.next_event()

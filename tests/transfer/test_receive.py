@@ -23,6 +23,7 @@ from retreatkit.transfer.machine import Ended, FileData, FileEnd, Offered, PathC
 from retreatkit.transfer.offer import Entry, Offer, check_component
 from retreatkit.transfer.receive import WriteError, Writer
 from retreatkit.transfer.records import RECORD_SIZE, Kind
+from retreatkit.transfer.resume import Claim
 from retreatkit.transfer.testing import connected_pair
 
 CODE = Code("7", ("purple", "sofa"))
@@ -592,7 +593,113 @@ def test_part_file_is_private_while_written(output: Path) -> None:
     assert not parts(output)
 
 
+# -- names taken after the question ---------------------------------------------------
+
+
+def test_a_top_name_taken_after_the_question_moves_on_to_the_next_free_one(
+    output: Path,
+) -> None:
+    # another receive into this folder (or a user) took the name meanwhile
+    offer = Offer(entries=(Entry(("big.bin",), size=3), Entry(("big (1).bin",), size=1)))
+    writer = Writer(output, offer)
+    writer.make_folders()
+    (output / "big.bin").write_bytes(b"theirs")
+    writer.write(b"new")
+    assert writer.finish_file() == "big (2).bin"  # 'big (1).bin' is the offer's own next
+    writer.write(b"x")
+    assert writer.finish_file() == "big (1).bin"
+    writer.complete()
+    writer.close()
+    assert writer.renamed == [("big.bin", "big (2).bin")]
+    assert (output / "big.bin").read_bytes() == b"theirs"
+    assert (output / "big (2).bin").read_bytes() == b"new"
+
+
+def test_a_top_folder_taken_after_the_question_moves_on_too(output: Path) -> None:
+    writer = Writer(output, FOLD)
+    (output / "fold").mkdir()
+    writer.make_folders()
+    writer.write(b"#!")
+    assert writer.finish_file() == "fold (1)/a.sh"
+    assert writer.renamed == [("fold", "fold (1)")]
+    writer.abort()
+    writer.close()
+    assert sorted(tree(output)) == ["fold"]
+
+
+def test_a_resume_finds_a_file_under_the_name_it_moved_to(output: Path) -> None:
+    offer = Offer(entries=(Entry(("a.bin",), size=2), Entry(("b.bin",), size=4)))
+    writer = Writer(output, offer)
+    writer.make_folders()
+    (output / "a.bin").write_bytes(b"theirs")
+    writer.write(b"aa")
+    writer.finish_file()
+    writer.write(b"bb")
+    writer.abort(keep=True)  # the connection broke
+    writer.close()
+    again = Writer(output, offer)
+    assert again.top_names == {"a.bin": "a (1).bin", "b.bin": "b.bin"}
+    assert again.claim == Claim(1, 2)
+    again.close()
+
+
 # -- failed and aborted files ------------------------------------------------------------
+
+
+FOLD = Offer(
+    entries=(
+        Entry(("fold",), is_dir=True),
+        Entry(("fold", "a.sh"), size=2, executable=True),
+        Entry(("fold", "sub"), is_dir=True),
+        Entry(("fold", "sub", "b.bin"), size=10),
+    )
+)
+
+
+def half_folder(output: Path) -> Writer:
+    """A receive of FOLD stopped in the middle of b.bin: a.sh whole, b.bin in its part."""
+    writer = Writer(output, FOLD)
+    writer.make_folders()
+    writer.write(b"#!")
+    writer.finish_file()
+    writer.write(b"half")
+    return writer
+
+
+def test_a_stop_on_purpose_leaves_the_folder_as_this_run_found_it(output: Path) -> None:
+    # Ctrl-C, an ABORT or a lie mid-folder: a half folder left behind would make the next
+    # try land in 'fold (1)' beside it (README: a stop leaves nothing)
+    (output / "fold").mkdir()
+    (output / "fold" / "mine.txt").write_text("was here")
+    before = tree(output)
+    writer = half_folder(output)
+    assert (output / "fold (1)" / "a.sh").exists() and parts(output)
+    writer.abort()
+    writer.close()
+    assert tree(output) == before  # the user's 'fold' untouched; nothing of ours, no record
+
+
+def test_a_stop_removes_only_what_is_still_its_own(output: Path) -> None:
+    writer = half_folder(output)
+    top = output / "fold"
+    (top / "sub" / "note.txt").write_text("put here meanwhile")
+    (top / "new").write_text("replaced meanwhile")
+    (top / "new").replace(top / "a.sh")  # as an editor saves: the name is no longer ours
+    writer.abort()
+    writer.close()
+    assert set(tree(output)) == {"fold", "fold/a.sh", "fold/sub", "fold/sub/note.txt"}
+    assert (top / "a.sh").read_text() == "replaced meanwhile"
+
+
+def test_a_stop_never_follows_a_symlink_to_what_it_made(output: Path, outside: Path) -> None:
+    writer = half_folder(output)
+    (output / "fold").rename(outside / "moved")  # what we made, moved out of the folder
+    (output / "fold").symlink_to(outside / "moved")  # and reachable only through a link
+    writer.abort()
+    writer.close()
+    assert (outside / "moved" / "a.sh").read_bytes() == b"#!"
+    assert (outside / "moved" / "sub").is_dir()
+    assert (output / "fold").is_symlink()
 
 
 def test_aborted_file_leaves_nothing(output: Path) -> None:
@@ -605,7 +712,7 @@ def test_aborted_file_leaves_nothing(output: Path) -> None:
     writer.abort()
     writer.abort()  # idempotent
     writer.close()
-    assert sorted(os.listdir(output)) == ["a"]  # the verified file stays, nothing else
+    assert os.listdir(output) == []  # not even the file that arrived whole: this run's
 
 
 def test_a_malformed_file_end_leaves_no_file(output: Path) -> None:
@@ -619,7 +726,7 @@ def test_a_malformed_file_end_leaves_no_file(output: Path) -> None:
     with pytest.raises(RemoteProtocolError, match="FILE_END is not empty"):
         drive(raw.receiver, writer, wire)
     writer.close()
-    assert sorted(os.listdir(output)) == ["ok"]
+    assert os.listdir(output) == []  # "ok" too: it came from the same lying sender
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")

@@ -63,10 +63,10 @@ def sources_of(tmp_path: Path, files: dict[str, bytes]) -> source.Sources:
 
 
 def run(
-    sources: source.Sources, output: Path, stop_after: int | None = None
+    sources: source.Sources, output: Path, stop_after: int | None = None, ctrl_c: bool = False
 ) -> tuple[Writer, Session]:
     """One transfer in process, as aio does it; `stop_after` bytes, and the receiver dies
-    (its part and record stay, as a kill leaves them)."""
+    (its part and record stay, as a kill leaves them) or, `ctrl_c`, stops on purpose."""
     sender, receiver = connected_pair()
     receiver.receive_data(sender.send_offer(sources.offer))
     event = receiver.next_event()
@@ -97,6 +97,8 @@ def run(
                 writer.write(got.data)
                 sent += len(got.data)
                 if stop_after is not None and sent >= stop_after:
+                    if ctrl_c:
+                        writer.abort()
                     writer.close()  # killed: nothing cleaned up
                     return writer, receiver
             elif isinstance(got, FileEnd):
@@ -119,6 +121,28 @@ def test_an_interrupted_file_resumes_where_it_stopped(tmp_path: Path, output: Pa
     assert receiver.bytes_done == len(data)
     assert (output / "vm.img").read_bytes() == data
     assert sorted(p.name for p in output.iterdir()) == ["vm.img"]
+
+
+def test_a_stop_on_purpose_while_resuming_keeps_what_it_resumed_from(
+    tmp_path: Path, output: Path
+) -> None:
+    files = {"a.bin": os.urandom(2 * MIB), "b.bin": os.urandom(3 * MIB)}
+    sources = sources_of(tmp_path, files)
+    run(sources, output, stop_after=3 * MIB)  # killed: a.bin whole, b.bin in part
+    held = sorted(p.name for p in output.iterdir())
+    writer, _ = run(sources, output, stop_after=MIB // 2, ctrl_c=True)  # resumed, Ctrl-C
+    assert writer.claim.index == 1
+    assert sorted(p.name for p in output.iterdir()) == held  # a.bin, the part, the record
+    writer, _ = run(sources, output)
+    assert writer.claim.index == 1 and writer.claim.length >= MIB  # and it resumes still
+    for name, data in files.items():
+        assert (output / name).read_bytes() == data
+
+
+def test_a_stop_on_purpose_leaves_nothing_of_a_fresh_run(tmp_path: Path, output: Path) -> None:
+    sources = sources_of(tmp_path, {"a.bin": os.urandom(2 * MIB), "b.bin": os.urandom(MIB)})
+    run(sources, output, stop_after=2 * MIB + 1, ctrl_c=True)
+    assert list(output.iterdir()) == []
 
 
 def test_a_part_that_does_not_match_is_received_again(tmp_path: Path, output: Path) -> None:

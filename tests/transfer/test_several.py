@@ -17,40 +17,10 @@ from retreatkit.transfer.link import Link
 from retreatkit.transfer.machine import Session
 from retreatkit.transfer.offer import Offer
 from retreatkit.transfer.pake import Side
-from retreatkit.transfer.rendezvous import Closed
+from retreatkit.transfer.testing import Handed, Heard
 
 RIGHT = Code("51", ("abandon", "ability"))
 WRONG = Code("51", ("abandon", "able"))
-
-
-class Handed:
-    """A rendezvous that hands over every receiver at once, as a hostile relay could."""
-
-    def __init__(self, links: list[Link]) -> None:
-        self.links = links
-        self.closed = False
-
-    async def open(self, nameplate: str | None) -> str:
-        return "51"
-
-    async def next(self) -> tuple[Link, str]:
-        if self.closed or not self.links:
-            raise Closed
-        return self.links.pop(0), "10.0.0.9:1"
-
-    async def close(self) -> None:
-        self.closed = True
-
-
-class Quiet:
-    def code(self, code: Code) -> None: ...
-    def paired(self, peer: str) -> None: ...
-    def path(self, which: str) -> None: ...
-    def progress(self, done: int, total: int | None) -> None: ...
-    def saved(self, name: str) -> None: ...
-    def text(self, text: str) -> None: ...
-    def say(self, line: str) -> None: ...
-    def resumed(self, *args: object) -> None: ...
 
 
 async def guesser(sock: socket.socket) -> bytes:
@@ -75,7 +45,7 @@ async def test_many_guessers_at_once_get_one_guess_between_them() -> None:
     guesses = [asyncio.ensure_future(guesser(s)) for s in theirs]
     sources = source.Sources(Offer(text="for three"), [])
     with pytest.raises(PakeFailed, match="the offer is closed after 0 of 3"):
-        await aio.send(Handed(links), sources, RIGHT, Quiet(), aio.Options(direct=False), 3)
+        await aio.send(Handed(links, "51"), sources, RIGHT, Heard(), aio.Options(direct=False), 3)
     heard = await asyncio.wait_for(asyncio.gather(*guesses), 10)
     for s in theirs:
         s.close()

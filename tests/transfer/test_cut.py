@@ -1,0 +1,166 @@
+"""A connection cut in the middle of a record, in process: both ends are the real asyncio
+sender and receiver, with a real Writer on disk, and between them a relay the test
+controls, which reads the clear frame headers and stops exactly where it is told.
+
+A relay that crashed (or a sender that gave up on a paused receiver) cuts a record off:
+every record before the cut was authenticated, so the part and the resume record stay
+and the next receive resumes. A record that lies still removes them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from retreatkit.relay import wire
+from retreatkit.transfer import aio, resume, source
+from retreatkit.transfer.channel import Channel
+from retreatkit.transfer.codes import Code
+from retreatkit.transfer.errors import PeerGone, RemoteProtocolError
+from retreatkit.transfer.link import Link
+from retreatkit.transfer.offer import Offer
+from retreatkit.transfer.records import HEADER, HEADER_SIZE, RECORD_SIZE, Kind
+from retreatkit.transfer.testing import Handed, Heard
+
+CODE = Code("7", ("purple", "sofa"))
+KEPT = "The partial files are kept: run the same bob recv again to resume."
+
+
+class Relay:
+    """Pairs one receiver with one sender and forwards; from the sender's `stop_at`-th
+    DATA record on, it does what `how` says: `cut` sends half of that record and closes
+    both connections (as a relay killed mid-transfer), `flip` flips a bit of its body,
+    `bloat` makes its header claim more than a record may hold."""
+
+    def __init__(self, stop_at: int | None = None, how: str = "cut") -> None:
+        self.stop_at = stop_at
+        self.how = how
+        self.data_records = 0  # DATA records forwarded whole and untouched
+
+    async def run(self, receiver: socket.socket, sender: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await loop.sock_recv(receiver, 1)
+        assert wire.parse_request(line).role is wire.Role.RECV
+        await loop.sock_sendall(receiver, wire.reply("paired", "10.0.0.8:1"))
+        back = asyncio.ensure_future(self._copy(receiver, sender))
+        try:
+            await self._frames(sender, receiver)
+        finally:
+            back.cancel()
+            receiver.close()
+            sender.close()
+
+    async def _copy(self, src: socket.socket, dst: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while chunk := await loop.sock_recv(src, 65536):
+            await loop.sock_sendall(dst, chunk)
+
+    async def _frames(self, src: socket.socket, dst: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        buf = bytearray()
+        while chunk := await loop.sock_recv(src, 1 << 20):
+            buf += chunk
+            while len(buf) >= HEADER_SIZE:
+                (word,) = HEADER.unpack_from(buf)
+                end = HEADER_SIZE + (word & 0xFFFFFF)
+                if len(buf) < end:
+                    break
+                frame, buf = bytes(buf[:end]), buf[end:]
+                if word >> 24 == Kind.DATA and self.data_records == self.stop_at:
+                    await loop.sock_sendall(dst, self._spoil(frame))
+                    if self.how == "cut":
+                        return
+                    continue
+                self.data_records += word >> 24 == Kind.DATA
+                await loop.sock_sendall(dst, frame)
+
+    def _spoil(self, frame: bytes) -> bytes:
+        if self.how == "cut":
+            return frame[: len(frame) // 2]
+        if self.how == "flip":
+            return frame[:100] + bytes([frame[100] ^ 4]) + frame[101:]
+        return HEADER.pack((Kind.DATA << 24) | 0xFFFFFF) + frame[HEADER_SIZE:]
+
+
+async def transfer(sources: source.Sources, output: Path, relay: Relay) -> tuple[Heard, object]:
+    """One `bob send` and one `bob recv` through `relay`; what the receiver heard, and
+    what its receive returned or raised."""
+    loop = asyncio.get_running_loop()
+    r_ours, r_relay = socket.socketpair()
+    s_ours, s_relay = socket.socketpair()
+    for sock in (r_relay, s_relay):
+        sock.setblocking(False)
+    _, s_channel = await loop.create_connection(Channel, sock=s_ours)
+
+    async def connector(request: wire.Request) -> Link:
+        _, channel = await loop.create_connection(Channel, sock=r_ours)
+        channel.write(request.encode())
+        return Link.over(channel, 10.0)
+
+    async def confirm(*_: object) -> bool:
+        return True
+
+    heard = Heard()
+    options = aio.Options(compress=False, direct=False, timeout=10.0)
+    async with asyncio.timeout(60):
+        sending = aio.send(Handed([Link.over(s_channel, 10.0)]), sources, CODE, Heard(), options)
+        receiving = aio.receive(connector, CODE, output, heard, confirm, options)
+        _, got, _ = await asyncio.gather(
+            sending, receiving, relay.run(r_relay, s_relay), return_exceptions=True
+        )
+    return heard, got
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> source.Sources:
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 * (1 << 20) + 123))
+    return source.collect([str(src)])
+
+
+@pytest.fixture
+def output(tmp_path: Path) -> Path:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
+async def test_a_relay_that_dies_mid_record_leaves_the_part_and_the_next_receive_resumes(
+    sources: source.Sources, output: Path
+) -> None:
+    dying = Relay(stop_at=20)
+    heard, got = await transfer(sources, output, dying)
+    assert isinstance(got, PeerGone)
+    assert str(got) == "the connection ended in the middle of a record"
+    assert heard.said == [KEPT]
+    (part,) = output.glob(".bob-*.part")
+    assert part.stat().st_size == 20 * RECORD_SIZE  # every record before the cut, no more
+    assert len(list(output.glob(".bob-*.resume"))) == 1
+
+    heard, got = await transfer(sources, output, Relay())
+    assert isinstance(got, Offer), got
+    assert heard.resumes == [resume.Claim(0, 20 * RECORD_SIZE)]
+    assert (output / "big.bin").read_bytes() == Path(str(sources.paths[0])).read_bytes()
+    assert sorted(p.name for p in output.iterdir()) == ["big.bin"]
+
+
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [
+        ("flip", "a record failed authentication: the data was altered, reordered or lost"),
+        ("bloat", "the peer sent a 16777215-byte record (limit 66560)"),
+    ],
+)
+async def test_a_record_that_lies_leaves_nothing_to_resume(
+    sources: source.Sources, output: Path, how: str, why: str
+) -> None:
+    heard, got = await transfer(sources, output, Relay(stop_at=20, how=how))
+    assert isinstance(got, RemoteProtocolError) and not isinstance(got, PeerGone)
+    assert str(got) == why
+    assert KEPT not in heard.said
+    assert list(output.iterdir()) == []
