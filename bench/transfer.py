@@ -876,7 +876,20 @@ def render(size: int, rounds: int, info: dict[str, str], summaries: list[Summary
             f" | **{per['total']:.2f}** |"
         )
     lines += ["", *(f"- {line}" for line in verdicts(size, {s.tool: s for s in summaries}))]
+    lines += ["", RELAY_NOTE]
     return "\n".join(lines) + "\n"
+
+
+RELAY_NOTE = (
+    "The relay moves a pair's bytes with one thread per direction blocking in splice(2) t"
+    "hrough a 1 MiB pipe: its user time is about 0.02 s/GiB, the rest is the kernel's TCP"
+    " work on loopback, part of it the receiving side's, which runs in the relay's contex"
+    "t. `floor` and `plain-relay` carry the same plain copy through a relay in C that onl"
+    "y splices (bench/splice_floor.c) and through ours: the first is what a relay cannot "
+    "go below here, the second shows ours against it. The relay's CPU with bob's peers (t"
+    "he `bob` row) against the same with the plain copy's (`plain-relay`) shows what the "
+    "peers' traffic costs the relay."
+)
 
 
 def triple(s: Stat) -> str:
