@@ -10,6 +10,7 @@ from typing import Protocol
 
 from retreatkit.relay import wire
 from retreatkit.transfer import codes, resume, source
+from retreatkit.transfer.direct import Racer
 from retreatkit.transfer.errors import (
     PakeFailed,
     Refused,
@@ -219,6 +220,7 @@ async def receive(
     data_link = link
     session = Session(Side.RECEIVER, code)
     writer: Writer | None = None
+    racer: Racer | None = None
     try:
         paired = await link.line(CONNECT_TIMEOUT, "paired")
         reporter.paired(paired.text)
@@ -267,6 +269,8 @@ async def receive(
             await give_up(data_link, session, exc)
         raise
     finally:
+        if racer is not None:  # a refusal never reaches accepted(), which closes it too:
+            await racer.close()  # its dials, dropped pending, were destroyed pending
         if writer is not None:
             writer.close()
         await link.close()

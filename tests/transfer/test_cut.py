@@ -19,7 +19,7 @@ from retreatkit.relay import wire
 from retreatkit.transfer import aio, resume, source
 from retreatkit.transfer.channel import Channel
 from retreatkit.transfer.codes import Code
-from retreatkit.transfer.errors import PeerGone, RemoteProtocolError
+from retreatkit.transfer.errors import PeerGone, Refused, RemoteProtocolError
 from retreatkit.transfer.link import Link
 from retreatkit.transfer.offer import Offer
 from retreatkit.transfer.records import HEADER, HEADER_SIZE, RECORD_SIZE, Kind
@@ -87,7 +87,9 @@ class Relay:
         return HEADER.pack((Kind.DATA << 24) | 0xFFFFFF) + frame[HEADER_SIZE:]
 
 
-async def transfer(sources: source.Sources, output: Path, relay: Relay) -> tuple[Heard, object]:
+async def transfer(
+    sources: source.Sources, output: Path, relay: Relay, accept: bool = True
+) -> tuple[Heard, object]:
     """One `bob send` and one `bob recv` through `relay`; what the receiver heard, and
     what its receive returned or raised."""
     loop = asyncio.get_running_loop()
@@ -103,7 +105,7 @@ async def transfer(sources: source.Sources, output: Path, relay: Relay) -> tuple
         return Link.over(channel, 10.0)
 
     async def confirm(*_: object) -> bool:
-        return True
+        return accept
 
     heard = Heard()
     options = aio.Options(compress=False, direct=False, timeout=10.0)
@@ -163,4 +165,33 @@ async def test_a_record_that_lies_leaves_nothing_to_resume(
     assert isinstance(got, RemoteProtocolError) and not isinstance(got, PeerGone)
     assert str(got) == why
     assert KEPT not in heard.said
+    assert list(output.iterdir()) == []
+
+
+class Racer:
+    """Stands for the receiver's direct-connection racer: its dials and listener were
+    left pending when an offer was refused, and destroyed pending at the next collection
+    ("Task was destroyed but it is pending!" on the receiver's stderr)."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def close(self, keep: object = None) -> None:
+        self.closed += 1
+
+
+async def test_a_refused_offer_closes_the_receivers_racer(
+    sources: source.Sources, output: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    racer = Racer()
+    real = aio.offered
+
+    async def offered(*args: object) -> tuple[Offer, Racer]:
+        offer, _ = await real(*args)  # type: ignore[arg-type]
+        return offer, racer
+
+    monkeypatch.setattr(aio, "offered", offered)
+    _, got = await transfer(sources, output, Relay(), accept=False)
+    assert isinstance(got, Refused) and str(got) == "transfer declined"
+    assert racer.closed >= 1
     assert list(output.iterdir()) == []
