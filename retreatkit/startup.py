@@ -173,6 +173,7 @@ def attendee_lines(
     """What the organiser tells attendees, one line per service this process hosts; `named`
     when the nameserver here gives relay.retreat.lan and mirror.retreat.lan; `public`, the
     URL the organiser set for a service (the mirror's `public_url`), which its page uses."""
+    public = public or {}
     lines = []
     if "relay" in bound:
         host, port = bound["relay"]
@@ -188,8 +189,8 @@ def attendee_lines(
         address, note = reach(host, lan_address)
         name = "mirror.retreat.lan" if named and not note else address
         url = f"http://{name}:{port}"
-        if (public or {}).get("mirror"):  # the organiser's word (a reverse proxy, a name)
-            url, note = (public or {})["mirror"].rstrip("/"), ""
+        if public.get("mirror"):  # the organiser's word (a reverse proxy, a name)
+            url, note = public["mirror"].rstrip("/"), ""
         lines.append(
             f"package mirror: {url}/ (its page shows the pip, uv, opam, npm and apt lines){note}"
         )
