@@ -87,6 +87,18 @@ def _guest_url(url: str) -> str:
 
 GUEST_KEEP_FREE = 16 * 1024 * 1024  # what a store disk of the mirror's own keeps free
 
+# Through qemu's user networking every client arrives from 10.0.2.2, so a guest's bound
+# "per client" is one bound for the whole LAN. Those bounds are raised to LAN-wide ones:
+# the relay's 64 connections (32 transfers) and its 8 failed joins (then one per 15 s),
+# left as they are, would let one guesser or a few typing attendees refuse everyone.
+GUEST_RELAY = {
+    "per_ip": 256,  # connections: 128 transfers at once
+    "waiting_per_ip": 128,  # senders waiting
+    "failed_joins": 64,  # failed joins by the whole LAN at once ...
+    "failed_join_wait": 1.0,  # ... then one a second; guessing also widens nameplates
+}
+GUEST_MIRROR_CONNECTIONS = 1 << 16
+
 
 def render(service: str, cfg: dict[str, Any], token: str, disk: bool) -> GuestConfig:
     """The guest's configuration from this host's retreat.toml: listen on the guest's own
@@ -97,6 +109,12 @@ def render(service: str, cfg: dict[str, Any], token: str, disk: bool) -> GuestCo
     out["admin"]["listen"] = f"0.0.0.0:{specs.ADMIN_PORT}"
     section["listen"] = f"0.0.0.0:{image.ports[0][1]}"
     files: dict[str, bytes] = {}
+    if service == "relay":
+        for key in ("per_ip", "waiting_per_ip", "failed_joins"):
+            section[key] = max(int(section[key]), GUEST_RELAY[key])
+        section["failed_join_wait"] = min(
+            float(section["failed_join_wait"]), GUEST_RELAY["failed_join_wait"]
+        )
     if service == "mirror":
         from retreatkit.mirror import upstreams
 
@@ -109,6 +127,9 @@ def render(service: str, cfg: dict[str, Any], token: str, disk: bool) -> GuestCo
         section["lists"] = [_guest_url(u) for u in section["lists"]]
         if disk:  # the disk is the store's alone: no other program needs its free space
             section["keep_free_bytes"] = min(int(section["keep_free_bytes"]), GUEST_KEEP_FREE)
+        # one address for the whole LAN (above): its cap is the mirror's total one, which
+        # its open-file limit sets (uv alone opens up to 50 connections at once)
+        section["per_address"] = GUEST_MIRROR_CONNECTIONS
     if service == "nameserver":
         # without upstreams of its own the guest asks qemu's resolver, which asks the host's
         ups = [config.host_port(u, 53) for u in section["upstreams"]]

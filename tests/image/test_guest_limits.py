@@ -1,0 +1,82 @@
+"""A guest sees every client at 10.0.2.2 (qemu's user networking), so its bounds "per
+client" are bounds for the whole LAN. The configuration a guest is given must let a LAN's
+worth of attendees through, built the way the guest builds its services from it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from retreatkit import config
+from retreatkit.image import guestconfig
+from retreatkit.image import spec as specs
+from retreatkit.mirror.hosted import MirrorService
+from retreatkit.mirror.server import Gate
+from retreatkit.mirror.stats import Stats
+from retreatkit.relay.hosted import relay_limits
+from retreatkit.relay.matching import Matcher, NoSender, Refusal
+
+LAN = specs.HOST_FROM_GUEST  # every attendee, as a guest sees them
+
+
+def guest_section(service: str, **mine: object) -> dict[str, object]:
+    cfg = copy.deepcopy(config.DEFAULTS)
+    cfg[service].update(mine)
+    section: dict[str, object] = guestconfig.render(service, cfg, "t", disk=False).config[service]
+    return section
+
+
+def test_a_relay_guest_carries_a_lans_transfers_and_typos() -> None:
+    clock = [0.0]
+    matcher = Matcher(relay_limits(guest_section("relay")), clock=lambda: clock[0])
+    for _ in range(200):  # 100 transfers at once: each a sender and a receiver connection
+        matcher.admit(LAN)
+    for n in range(60):  # senders waiting for their receivers
+        matcher.claim(object(), LAN, str(1000 + n))
+    for n in range(30):  # attendees mistyping nameplates, at once
+        with pytest.raises(NoSender):
+            matcher.join(str(n + 1), LAN)
+    assert matcher.join("1000", LAN) is not None  # the next attendee still gets through
+
+
+def test_a_relay_guest_still_bounds_guessing_and_connections() -> None:
+    clock = [0.0]
+    matcher = Matcher(relay_limits(guest_section("relay")), clock=lambda: clock[0])
+    refused = 0
+    for n in range(100):  # a guesser: 64 at once, then one a second
+        try:
+            matcher.join(str(n + 1), LAN)
+        except NoSender:
+            pass
+        except Refusal as exc:
+            assert str(exc) == f"too many failed joins from {LAN}; try again in 1 s"
+            refused += 1
+    assert refused == 100 - 64
+    clock[0] += 5.0
+    for n in range(5):
+        with pytest.raises(NoSender):
+            matcher.join(str(n + 1), LAN)
+    with pytest.raises(Refusal):
+        matcher.join("1", LAN)
+    for _ in range(256):
+        matcher.admit(LAN)
+    with pytest.raises(Refusal, match=f"^too many connections from {LAN}$"):
+        matcher.admit(LAN)
+
+
+def test_an_organisers_larger_relay_bounds_are_kept_in_a_guest() -> None:
+    section = guest_section("relay", per_ip=1000, failed_joins=500, failed_join_wait=0.5)
+    assert (section["per_ip"], section["failed_joins"], section["failed_join_wait"]) == (
+        1000,
+        500,
+        0.5,
+    )
+
+
+def test_a_mirror_guest_lets_a_lans_installers_connect_at_once() -> None:
+    section = guest_section("mirror")
+    section["store"] = "/nonexistent"  # never opened: only the settings are built
+    settings = MirrorService.from_config(section, announce=False).settings
+    gate = Gate(settings.server.per_address, 4000, Stats())
+    assert all(gate.admit(LAN) for _ in range(10 * 50))  # ten attendees' uv at once
