@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -180,6 +181,27 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -
     return VmService(definitions, build_kernel=images["kernel"])
 
 
+def exposure_warning(definition: Definition) -> str | None:
+    """The nameserver run locally refuses clients outside the LAN; its guest sees every
+    client at 10.0.2.2 (qemu's user networking) and cannot, so the forward's host address
+    is what keeps the world out. Say so when it is a wildcard or a public address."""
+    if definition.name != "nameserver":
+        return None
+    for forward in definition.forwards:
+        f = qemu.Forward.parse(forward)
+        try:
+            host = ipaddress.ip_address(f.host)
+        except ValueError:
+            continue  # a name: what it resolves to is the organiser's to know
+        if host.is_unspecified or host.is_global:
+            return (
+                f"Guest nameserver: forwarded from {f.host}:{f.port}, it answers "
+                "anyone who reaches this host (a guest cannot tell the LAN from the internet); "
+                "set [nameserver] listen to a LAN address of this host"
+            )
+    return None
+
+
 class VmService:
     """Supervises guests in this process; `autostart` names guests to start with it, and
     `until_idle` ends the process once no guest is left running (`retreatkit vm serve`)."""
@@ -231,6 +253,8 @@ class VmService:
             manifest = await asyncio.to_thread(build.build, out.name, out, self.build_kernel)
             say(f"Image {out} built ({manifest['size_bytes'] / 1e6:.1f} MB)")
         supervisor.define(definition)
+        if (warning := exposure_warning(definition)) is not None:
+            say(warning)
         await supervisor.start(definition.name)
         admin = supervisor.item(definition.name)["admin"]
         say(f"Guest {definition.name} starting; admin on {admin}/status")

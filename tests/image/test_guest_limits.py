@@ -11,6 +11,7 @@ import pytest
 from retreatkit import config
 from retreatkit.image import guestconfig
 from retreatkit.image import spec as specs
+from retreatkit.image.vmservice import exposure_warning, guests_for_up
 from retreatkit.mirror.hosted import MirrorService
 from retreatkit.mirror.server import Gate
 from retreatkit.mirror.stats import Stats
@@ -80,3 +81,22 @@ def test_a_mirror_guest_lets_a_lans_installers_connect_at_once() -> None:
     settings = MirrorService.from_config(section, announce=False).settings
     gate = Gate(settings.server.per_address, 4000, Stats())
     assert all(gate.admit(LAN) for _ in range(10 * 50))  # ten attendees' uv at once
+
+
+@pytest.mark.parametrize(
+    ("listen", "warned"),
+    [("0.0.0.0:5300", True), ("8.8.4.4:53", True),
+     ("192.168.1.10:53", False), ("127.0.0.1:5300", False), ("lan-box:53", False)],
+)  # fmt: skip
+def test_up_warns_when_a_nameserver_guest_answers_the_world(listen: str, warned: bool) -> None:
+    cfg = copy.deepcopy(config.DEFAULTS)
+    cfg["images"]["run"] = ["nameserver"]
+    cfg["nameserver"]["listen"] = listen
+    guest = guests_for_up(cfg, None, "192.168.1.10").autostart[0]
+    host, port = config.host_port(listen)
+    expected = (
+        f"Guest nameserver: forwarded from {host}:{port}, it answers anyone who reaches this "
+        "host (a guest cannot tell the LAN from the internet); set [nameserver] listen to a "
+        "LAN address of this host"
+    )
+    assert exposure_warning(guest) == (expected if warned else None)
