@@ -29,6 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 PIPE_SIZE = 1 << 20  # fewer, larger splices; a smaller pipe is fine where this is refused
+# A direction whose reader stops holds a pipe's worth the kernel does not count as the
+# sockets' (TCP's memory bound does not reach it): 256 stalled connections would pin
+# 128 MiB, past a 48 MB guest's memory. The pipe is at most a thousandth of the memory.
+MIN_PIPE = 64 * 1024  # Linux's default pipe
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 _MOVE = getattr(os, "SPLICE_F_MOVE", 1)
@@ -38,6 +42,20 @@ NUDGE_EVERY = 1.0  # seconds: while bytes flow, their counts reach the loop this
 # net.core.wmem_max allows it, since a smaller fixed one would switch autotuning off for
 # less: 8 MiB of room, against autotuning's 4 MiB cap, measured ~8% less relay CPU.
 SEND_BUFFER = 4 << 20
+
+
+def pipe_size(memory: int) -> int:
+    """The pipe for a machine with `memory` bytes: a power of two in [64 KiB, 1 MiB]."""
+    fits = max(MIN_PIPE, min(PIPE_SIZE, memory // 1024))
+    return 1 << (fits.bit_length() - 1)
+
+
+@functools.cache
+def _pipe_size() -> int:
+    try:
+        return pipe_size(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError):
+        return MIN_PIPE
 
 
 @functools.cache
@@ -57,7 +75,7 @@ class _Direction:
         self.r, self.w = os.pipe2(os.O_CLOEXEC)
         try:
             with contextlib.suppress(OSError):  # over /proc/sys/fs/pipe-user-pages-soft
-                fcntl.fcntl(self.w, _F_SETPIPE_SZ, PIPE_SIZE)
+                fcntl.fcntl(self.w, _F_SETPIPE_SZ, _pipe_size())
             self.room = fcntl.fcntl(self.w, _F_GETPIPE_SZ)
         except OSError:
             self.close()

@@ -192,3 +192,12 @@ async def test_with_no_thread_to_be_had_the_pair_ends_at_once(
     finally:
         p.a.close()
         p.b.close()
+
+
+@pytest.mark.parametrize(
+    ("memory_mb", "pipe_kib"),
+    [(48, 64), (64, 64), (200, 128), (1024, 1024), (24 * 1024, 1024)],
+)
+def test_a_stalled_directions_pipe_fits_the_machines_memory(memory_mb: int, pipe_kib: int) -> None:
+    # 256 stalled connections in a 48 MiB guest pin 256 pipes: 16 MiB, not 256
+    assert splice.pipe_size(memory_mb << 20) == pipe_kib * 1024
