@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "dir": "",  # where `up` builds them; empty: the cache folder
         "kernel": "auto",  # own (retreatkit image kernel), debian (cloud), auto: own if built
         "memory": 128,  # MB of guest memory
+        "network": "auto",  # passt (clients keep their addresses), user (qemu's); auto: passt
         "disk": "",  # the mirror guest's store disk; empty: mirror.disk in the data folder
         "disk_size": "4G",  # when that disk is made
     },

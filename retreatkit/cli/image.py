@@ -107,9 +107,10 @@ def add_vm_parser(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
-    from retreatkit.image import debs, guestconfig, kernel, kmod, qemu, run
+    from retreatkit.image import debs, guestconfig, kernel, kmod, network, qemu, run
 
     errors = (
+        network.NetworkError,
         debs.PackageError,
         kernel.KernelError,
         kmod.ModuleError,
@@ -181,7 +182,7 @@ def _echo(line: bytes) -> None:
 
 
 async def _boot(launch: run.Launch, console: Path) -> int:
-    from retreatkit.image import qemu, run
+    from retreatkit.image import network, qemu, run
 
     loop = asyncio.get_running_loop()
     asked = asyncio.Event()
@@ -214,6 +215,7 @@ async def _boot(launch: run.Launch, console: Path) -> int:
             )
             for f in launch.forwards:
                 _say(f"Forward {f.proto} {f.host}:{f.port} -> guest port {f.guest_port}")
+            _say(network.describe(launch.network))
             ended = asyncio.ensure_future(guest.wait())
             ready = asyncio.ensure_future(guest.ready.wait())
             stop = asyncio.ensure_future(asked.wait())

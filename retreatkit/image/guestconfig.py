@@ -87,7 +87,7 @@ def _guest_url(url: str) -> str:
 
 GUEST_KEEP_FREE = 16 * 1024 * 1024  # what a store disk of the mirror's own keeps free
 
-# Through qemu's user networking every client arrives from 10.0.2.2, so a guest's bound
+# Through qemu's user networking (not passt) every client arrives from 10.0.2.2, so a bound
 # "per client" is one bound for the whole LAN. Those bounds are raised to LAN-wide ones:
 # the relay's 64 connections (32 transfers) and its 8 failed joins (then one per 15 s),
 # left as they are, would let one guesser or a few typing attendees refuse everyone.
@@ -100,16 +100,20 @@ GUEST_RELAY = {
 GUEST_MIRROR_CONNECTIONS = 1 << 16
 
 
-def render(service: str, cfg: dict[str, Any], token: str, disk: bool) -> GuestConfig:
+def render(
+    service: str, cfg: dict[str, Any], token: str, disk: bool, keeps_clients: bool = False
+) -> GuestConfig:
     """The guest's configuration from this host's retreat.toml: listen on the guest's own
-    ports, reach the host's loopback at 10.0.2.2, carry local blocklists as files."""
+    ports, reach the host's loopback at 10.0.2.2, carry local blocklists as files.
+    `keeps_clients`: the guest sees each client's own address (passt), so its bounds per
+    client stay as configured."""
     image = specs.spec(service)
     out = copy.deepcopy(config.DEFAULTS)
     section = copy.deepcopy(cfg[service])
     out["admin"]["listen"] = f"0.0.0.0:{specs.ADMIN_PORT}"
     section["listen"] = f"0.0.0.0:{image.ports[0][1]}"
     files: dict[str, bytes] = {}
-    if service == "relay":
+    if service == "relay" and not keeps_clients:
         for key in ("per_ip", "waiting_per_ip", "failed_joins"):
             section[key] = max(int(section[key]), GUEST_RELAY[key])
         section["failed_join_wait"] = min(
@@ -127,9 +131,10 @@ def render(service: str, cfg: dict[str, Any], token: str, disk: bool) -> GuestCo
         section["lists"] = [_guest_url(u) for u in section["lists"]]
         if disk:  # the disk is the store's alone: no other program needs its free space
             section["keep_free_bytes"] = min(int(section["keep_free_bytes"]), GUEST_KEEP_FREE)
-        # one address for the whole LAN (above): its cap is the mirror's total one, which
-        # its open-file limit sets (uv alone opens up to 50 connections at once)
-        section["per_address"] = GUEST_MIRROR_CONNECTIONS
+        if not keeps_clients:
+            # one address for the whole LAN (above): its cap is the mirror's total one,
+            # which its open-file limit sets (uv alone opens up to 50 connections at once)
+            section["per_address"] = GUEST_MIRROR_CONNECTIONS
     if service == "nameserver":
         # without upstreams of its own the guest asks qemu's resolver, which asks the host's
         ups = [config.host_port(u, 53) for u in section["upstreams"]]
@@ -149,9 +154,10 @@ def render(service: str, cfg: dict[str, Any], token: str, disk: bool) -> GuestCo
                 raise GuestConfigError(f"cannot read blocklist {source}: {exc.strerror}") from None
             lists.append(f"{specs.FILES_DIR}/{name}")
         section["blocklists"] = lists
-        # through qemu's user networking every client arrives from 10.0.2.2: a limit per
-        # client would be one limit for the whole LAN
-        section["rate_limit"] = 0
+        if not keeps_clients:
+            # through qemu's user networking every client arrives from 10.0.2.2: a limit
+            # per client would be one limit for the whole LAN
+            section["rate_limit"] = 0
     if sum(len(b) for b in files.values()) > MAX_FILES:
         raise GuestConfigError("blocklists larger than 64 MiB cannot be carried to a guest")
     out[service] = section

@@ -9,6 +9,7 @@ route(4)). Whatever happens, the guest ends by a reboot, which qemu (run with
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -84,6 +85,11 @@ def network() -> None:
             RTF_UP | RTF_GATEWAY,
         )
         fcntl.ioctl(s, SIOCADDRT, route.ljust(120, b"\0"))
+        # passt learns the guest's hardware address from the guest's first frame, and
+        # until then cannot bring it a client's: a datagram to the discard port (RFC 863)
+        # has the kernel ask for the gateway's address at once. qemu's own network drops it
+        with contextlib.suppress(OSError):
+            s.sendto(b"", (specs.HOST_FROM_GUEST, 9))
     Path("/etc").mkdir(exist_ok=True)
     Path("/etc/resolv.conf").write_text(f"nameserver {specs.DNS_FROM_GUEST}\n")
     Path("/etc/hosts").write_text("127.0.0.1 localhost\n")

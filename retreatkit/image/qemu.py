@@ -55,7 +55,7 @@ def modaliases(machine: str, devices: list[VirtioDevice]) -> list[str]:
 
 @dataclass(frozen=True)
 class Forward:
-    """A host address forwarded to a guest port (qemu user networking's hostfwd)."""
+    """A host address forwarded to a guest port (by passt, or qemu's user networking)."""
 
     proto: str  # "tcp" or "udp"
     host: str
@@ -161,8 +161,11 @@ def argv(
     disks: Sequence[tuple[Path, bool]] = (),
     console_log: Path | None = None,
     append: str = "",
+    passt: Path | None = None,
 ) -> list[str]:
-    """The command line: no defaults, no reboot (a guest reset ends qemu), serial on stdio."""
+    """The command line: no defaults, no reboot (a guest reset ends qemu), serial on stdio;
+    the network through passt's socket when given, else qemu's user networking, which
+    makes the forwards itself."""
     microvm = machine == "microvm"
     suffix = "device" if microvm else "pci"
     chardev = "stdio,id=con,signal=off"
@@ -194,9 +197,13 @@ def argv(
     ]
     if initramfs is not None:
         args += ["-initrd", str(initramfs)]
-    fwd = "".join(f",hostfwd={f.proto}:{f.host}:{f.port}-:{f.guest_port}" for f in forwards)
+    if passt is not None:  # passt makes the forwards
+        netdev = f"stream,id=net0,server=off,addr.type=unix,addr.path={passt}"
+    else:
+        fwd = "".join(f",hostfwd={f.proto}:{f.host}:{f.port}-:{f.guest_port}" for f in forwards)
+        netdev = f"user,id=net0{fwd}"
     rom = "" if microvm else ",romfile="
-    args += ["-netdev", f"user,id=net0{fwd}", "-device", f"virtio-net-{suffix},netdev=net0{rom}"]
+    args += ["-netdev", netdev, "-device", f"virtio-net-{suffix},netdev=net0{rom}"]
     args += [
         "-object",
         "rng-random,id=rng0,filename=/dev/urandom",

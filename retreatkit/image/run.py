@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retreatkit.image import build, guestconfig, qemu
+from retreatkit.image import build, guestconfig, network, qemu
 from retreatkit.image import spec as specs
 
 CONSOLE_MAX = 1024 * 1024  # then the log moves to console.log.1: bounded on disk
@@ -44,6 +44,7 @@ class Launch:
     disk: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
     disk_size: str = DEFAULT_DISK_SIZE  # when the disk is made
+    network: str = "user"  # "passt" or "user": see network.py
 
     @classmethod
     def prepare(
@@ -60,10 +61,13 @@ class Launch:
         service = manifest["service"]
         if disk is not None and not manifest["disk"]:
             raise RunError(f"the {service} image keeps no data: it takes no --disk")
-        config = guestconfig.render(service, cfg, token, disk is not None)
+        chosen = network.choose(str(cfg["images"]["network"]))
+        config = guestconfig.render(
+            service, cfg, token, disk is not None, network.keeps_clients(chosen)
+        )
         forwards = complete_forwards(manifest, forwards)
         size = str(cfg["images"]["disk_size"])
-        return cls(image, forwards, memory_mb, config, disk, manifest, size)
+        return cls(image, forwards, memory_mb, config, disk, manifest, size, chosen)
 
     @property
     def service(self) -> str:
@@ -229,6 +233,7 @@ class Guest:
         self.stopping = False
         self.last_line = LastLine()
         self._pump: asyncio.Task[None] | None = None
+        self.passt: network.Passt | None = None
 
     async def start(self, accel: str) -> None:
         launch = self.launch
@@ -240,6 +245,10 @@ class Guest:
             if not launch.disk.exists():
                 make_disk(launch.disk, launch.disk_size)
             disks.append((launch.disk, False))
+        sock = None
+        if launch.network == "passt":
+            self.passt = network.Passt(self.run_dir, launch.forwards)
+            sock = await self.passt.start(_die_with_parent)
         args = qemu.argv(
             launch.manifest["machine"],
             launch.image / "kernel",
@@ -248,18 +257,24 @@ class Guest:
             accel=accel,
             forwards=launch.forwards,
             disks=disks,
+            passt=sock,
         )
         self.started = time.monotonic()
         self.console.mark(boot_line(datetime.datetime.now().astimezone()))
         # its own session: a Ctrl-C at the terminal reaches us, and we stop it cleanly
-        self.process = await asyncio.create_subprocess_exec(
-            *args,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        except BaseException:
+            if self.passt is not None:
+                await self.passt.close()
+            raise
         self._pump = asyncio.ensure_future(self._read_console())
 
     async def _read_console(self) -> None:
@@ -292,6 +307,8 @@ class Guest:
         code = await self.process.wait()
         if self._pump is not None:
             await self._pump  # the console up to qemu's last word
+        if self.passt is not None:
+            await self.passt.close()
         return code
 
     async def stop(self, timeout: float = STOP_SECONDS) -> None:
@@ -314,3 +331,5 @@ class Guest:
             assert self.process is not None
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+        if self.passt is not None:
+            self.passt.kill()

@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from retreatkit import config
-from retreatkit.image import build, qemu
+from retreatkit.image import build, network, qemu
 from retreatkit.image import spec as specs
 from retreatkit.image.paths import cache_dir, private_dir, state_dir
 from retreatkit.image.supervisor import (
@@ -160,6 +160,10 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -
     problem = specs.memory_problem(images["memory"], "[images] memory =")
     if problem is not None:
         raise config.ConfigError(problem)
+    try:
+        chosen = network.choose(str(images["network"]))
+    except network.NetworkError as exc:
+        raise config.ConfigError(str(exc)) from None
     folder = Path(images["dir"]) if images["dir"] else cache_dir() / "images"
     own = {"relay.retreat.lan": address, "mirror.retreat.lan": address}
     definitions = []
@@ -178,14 +182,14 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -
                 records=own if service == "nameserver" else {},
             )
         )  # fmt: skip
-    return VmService(definitions, build_kernel=images["kernel"])
+    return VmService(definitions, build_kernel=images["kernel"], network=chosen)
 
 
-def exposure_warning(definition: Definition) -> str | None:
-    """The nameserver run locally refuses clients outside the LAN; its guest sees every
-    client at 10.0.2.2 (qemu's user networking) and cannot, so the forward's host address
-    is what keeps the world out. Say so when it is a wildcard or a public address."""
-    if definition.name != "nameserver":
+def exposure_warning(definition: Definition, chosen: str) -> str | None:
+    """The nameserver refuses clients outside the LAN; a guest behind qemu's user
+    networking sees every client at 10.0.2.2 and cannot, so the forward's host address is
+    what keeps the world out. Say so when it is a wildcard or a public address."""
+    if definition.name != "nameserver" or network.keeps_clients(chosen):
         return None
     for forward in definition.forwards:
         f = qemu.Forward.parse(forward)
@@ -197,7 +201,7 @@ def exposure_warning(definition: Definition) -> str | None:
             return (
                 f"Guest nameserver: forwarded from {f.host}:{f.port}, it answers "
                 "anyone who reaches this host (a guest cannot tell the LAN from the internet); "
-                "set [nameserver] listen to a LAN address of this host"
+                "set [nameserver] listen to a LAN address of this host, or install passt"
             )
     return None
 
@@ -213,8 +217,10 @@ class VmService:
         autostart: list[Definition] | None = None,
         until_idle: bool = False,
         build_kernel: str | None = None,
+        network: str = "user",
     ) -> None:
         self.autostart = list(autostart or [])
+        self.network = network  # the autostart guests', for what start() says
         self.until_idle = until_idle
         self.build_kernel = build_kernel  # when set, build each autostart image first
         self.supervisor: Supervisor | None = None
@@ -239,6 +245,8 @@ class VmService:
             await web.UnixSite(self._runner, str(path)).start()
             path.chmod(0o600)
             say(f"Supervisor control socket {path}")
+        if self.autostart:
+            say(network.describe(self.network))
         for definition in self.autostart:
             try:
                 await self._autostart(definition, say)
@@ -253,7 +261,7 @@ class VmService:
             manifest = await asyncio.to_thread(build.build, out.name, out, self.build_kernel)
             say(f"Image {out} built ({manifest['size_bytes'] / 1e6:.1f} MB)")
         supervisor.define(definition)
-        if (warning := exposure_warning(definition)) is not None:
+        if (warning := exposure_warning(definition, self.network)) is not None:
             say(warning)
         await supervisor.start(definition.name)
         admin = supervisor.item(definition.name)["admin"]

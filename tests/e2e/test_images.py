@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -82,9 +83,17 @@ def get_json(url: str, env: dict[str, str]) -> dict[str, object]:
     return doc
 
 
-def qemu_of(guest: GuestProcess) -> int:
+def child_named(guest: GuestProcess, program: bytes) -> int:
+    """One of `image run`'s children (qemu, and passt where it carries the network)."""
     children = Path(f"/proc/{guest.process.pid}/task/{guest.process.pid}/children").read_text()
-    return int(children.split()[0])
+    for pid in map(int, children.split()):
+        if program in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]:
+            return pid
+    raise AssertionError(f"no {program!r} among {children}")
+
+
+def qemu_of(guest: GuestProcess) -> int:
+    return child_named(guest, b"qemu-system")
 
 
 def test_relay_image_carries_a_bob_transfer(
@@ -93,7 +102,11 @@ def test_relay_image_carries_a_bob_transfer(
     tmp_path: Path,
 ) -> None:
     relay = image("relay")
-    guest = start_guest(relay, "--forward", "tcp:0.0.0.0:0:9000", "--memory", "64", env=env)
+    config = tmp_path / "retreat.toml"
+    config.write_text('[images]\nnetwork = "user"\n')  # passt carries the other images
+    guest = start_guest(
+        relay, "--forward", "tcp:0.0.0.0:0:9000", "--memory", "64", env=env, config=config
+    )
     try:
         # bob on this host, through the forward, by the host's name rather than loopback
         address = f"{socket.gethostname()}:{guest.port(9000)}"
@@ -133,6 +146,7 @@ def test_relay_image_carries_a_bob_transfer(
         code, lines = guest.interrupt()
     assert code == 0, lines
     assert "Stopping the guest cleanly (Ctrl-C again powers it off)" in lines
+    assert NETWORK_USER in lines
     assert "Guest stopped" in lines
     assert "retreatkit: guest stopping (exit code 0)" in lines
     console = Path(env["XDG_STATE_HOME"]) / "retreatkit" / "console" / "relay.log"
@@ -200,6 +214,88 @@ def test_nameserver_image_answers_dig(
         if guest is not None:
             guest.stop()
         upstream.stop()
+
+
+NETWORK_USER = (
+    "Network: qemu's user networking; every client arrives from 10.0.2.2"
+    " (install passt to keep their addresses)"
+)
+NETWORK_PASST = "Network: passt; the guest sees each client's own address"
+
+
+@contextlib.contextmanager
+def attendee_link() -> Iterator[tuple[str, str]]:
+    """A namespace joined to this host by a veth pair: the host at 10.213.0.1 (its LAN
+    side) and a machine with two addresses, 10.213.0.2 in the LAN and 198.51.100.2 out
+    of it (TEST-NET-2: where an attendee's packets never come from). Yields the
+    namespace's name and the host's address."""
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        pytest.skip("network namespaces need root and iproute2")
+    name, link = f"rkvmn-{os.getpid()}", f"rkvmn{os.getpid() % 10**8}"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    try:
+        ip("netns", "add", name)
+        ip("link", "add", link + "h", "type", "veth", "peer", "name", link + "n")
+        ip("link", "set", link + "n", "netns", name)
+        ip("addr", "add", "10.213.0.1/24", "dev", link + "h")
+        ip("link", "set", link + "h", "up")
+        ip("route", "add", "198.51.100.2/32", "dev", link + "h")
+        for address in ("10.213.0.2/24", "198.51.100.2/24"):
+            ip("-n", name, "addr", "add", address, "dev", link + "n")
+        ip("-n", name, "link", "set", link + "n", "up")
+        ip("-n", name, "route", "add", "default", "dev", link + "n")
+        yield name, "10.213.0.1"
+    finally:
+        subprocess.run(["ip", "link", "del", link + "h"], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+@pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig is not installed (.ci/run does)")
+def test_a_nameserver_guest_behind_passt_refuses_the_world_and_answers_the_lan(
+    image: Callable[[str], Path], env: dict[str, str], tmp_path: Path
+) -> None:
+    # qemu's user networking showed every client to the guest as 10.0.2.2: it answered
+    # the world, and a limit per client was one for the whole LAN
+    nameserver = image("nameserver")
+    config = tmp_path / "retreat.toml"
+    config.write_text(
+        '[images]\nnetwork = "passt"\n'
+        '[nameserver]\nrecords = { "laptop.retreat.lan" = "10.0.0.7" }\n'
+    )
+    with attendee_link() as (attendee, host):
+        guest = start_guest(
+            nameserver,
+            "--forward", f"udp:{host}:5353:53",
+            "--forward", f"tcp:{host}:5353:53",
+            "--memory", "64",
+            env=env, config=config,
+        )  # fmt: skip
+        try:
+
+            def ask(source: str, *args: str) -> str:
+                done = subprocess.run(
+                    ["ip", "netns", "exec", attendee, "dig", f"@{host}", "-p", "5353", "-b",
+                     source, "+time=5", "+tries=2", *args, "laptop.retreat.lan"],
+                    capture_output=True, text=True, timeout=60, check=False,
+                )  # fmt: skip
+                found = re.search(r"status: (\w+)", done.stdout)
+                answer = re.findall(r"^laptop\.retreat\.lan\.\s.*\sA\s+(\S+)$", done.stdout, re.M)
+                return f"{found[1] if found else done.stdout or done.stderr} {answer}"
+
+            assert ask("10.213.0.2") == "NOERROR ['10.0.0.7']"
+            assert ask("10.213.0.2", "+tcp") == "NOERROR ['10.0.0.7']"
+            assert ask("198.51.100.2") == "REFUSED []"
+            assert ask("198.51.100.2", "+tcp") == "REFUSED []"
+            passt = child_named(guest, b"passt")
+        finally:
+            code, lines = guest.interrupt()
+    assert code == 0, lines
+    assert NETWORK_PASST in lines
+    assert not Path(f"/proc/{passt}").exists()  # passt ends with its guest
 
 
 def pip_install(index: str, target: Path) -> subprocess.CompletedProcess[str]:
@@ -402,12 +498,17 @@ def test_vm_supervisor_restarts_a_killed_guest(
     assert len(boots) == 2 and boots[0] == 0  # each boot starts with the host's line
 
 
-async def test_a_guest_that_cannot_start_is_given_up_with_qemus_reason(
-    image: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("network", ["user", "passt"])
+async def test_a_guest_that_cannot_start_is_given_up_with_its_reason(
+    image: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, network: str
 ) -> None:
-    """Its port taken by another program, qemu fails at each start: the supervisor says
-    why (qemu's own line) and stops trying. No guest boots: qemu gives up first."""
+    """Its port taken by another program, the guest's network fails at each start: the
+    supervisor says why (qemu's or passt's own line) and stops trying. No guest boots."""
+    if network == "passt" and shutil.which("passt") is None:
+        pytest.skip("passt is not installed (.ci/run does)")
     relay = image("relay")
+    config = tmp_path / "retreat.toml"
+    config.write_text(f'[images]\nnetwork = "{network}"\n')
     for var, value in isolated_env(tmp_path / "home").items():
         monkeypatch.setenv(var, value)
     said: list[str] = []
@@ -417,17 +518,25 @@ async def test_a_guest_that_cannot_start_is_given_up_with_qemus_reason(
         taken.listen()
         port = taken.getsockname()[1]
         forward = f"tcp:127.0.0.1:{port}:9000"
-        supervisor.define(Definition("r9", str(relay), [forward], memory_mb=64, restart=True))
+        supervisor.define(
+            Definition("r9", str(relay), [forward], memory_mb=64, restart=True, config=str(config))
+        )
         keeper = (await supervisor.start("r9")).keeper
         assert keeper is not None
         await asyncio.wait_for(keeper, BOOT_TIMEOUT)
     item = supervisor.item("r9")
     assert (item["state"], item["restarts"]) == ("failed", 4)
     reason = item["last_exit"]
-    rule = f"Could not set up host forwarding rule 'tcp:127.0.0.1:{port}-:9000'"
-    assert reason.startswith("qemu exit code 1: ")
-    assert reason.endswith(rule)  # qemu's own line, its start cut to the bound
-    assert len(reason) <= len("qemu exit code 1: ") + 160
+    if network == "user":
+        rule = f"Could not set up host forwarding rule 'tcp:127.0.0.1:{port}-:9000'"
+        assert reason.startswith("qemu exit code 1: ")
+        assert reason.endswith(rule)  # qemu's own line, its start cut to the bound
+        assert len(reason) <= len("qemu exit code 1: ") + 160
+    else:
+        assert reason == (
+            "could not start: passt ended at its start: "
+            f"Failed to bind any port for '-t 127.0.0.1/{port}:9000', exiting"
+        )
     assert said == [
         *(f"Guest r9 exited ({reason}); restart {n}" for n in range(1, 5)),
         f"Guest r9 exited ({reason}); 5 exits in a row within 10 s of the start: not restarted",

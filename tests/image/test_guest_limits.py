@@ -21,10 +21,11 @@ from retreatkit.relay.matching import Matcher, NoSender, Refusal
 LAN = specs.HOST_FROM_GUEST  # every attendee, as a guest sees them
 
 
-def guest_section(service: str, **mine: object) -> dict[str, object]:
+def guest_section(service: str, keeps_clients: bool = False, **mine: object) -> dict[str, object]:
     cfg = copy.deepcopy(config.DEFAULTS)
     cfg[service].update(mine)
-    section: dict[str, object] = guestconfig.render(service, cfg, "t", disk=False).config[service]
+    doc = guestconfig.render(service, cfg, "t", disk=False, keeps_clients=keeps_clients)
+    section: dict[str, object] = doc.config[service]
     return section
 
 
@@ -97,6 +98,19 @@ def test_up_warns_when_a_nameserver_guest_answers_the_world(listen: str, warned:
     expected = (
         f"Guest nameserver: forwarded from {host}:{port}, it answers anyone who reaches this "
         "host (a guest cannot tell the LAN from the internet); set [nameserver] listen to a "
-        "LAN address of this host"
+        "LAN address of this host, or install passt"
     )
-    assert exposure_warning(guest) == (expected if warned else None)
+    assert exposure_warning(guest, "user") == (expected if warned else None)
+    assert exposure_warning(guest, "passt") is None  # passt keeps the world's addresses
+
+
+def test_behind_passt_a_guest_keeps_its_bounds_per_client() -> None:
+    # passt shows the guest each client's own address: the bounds are per attendee again
+    defaults = config.DEFAULTS
+    relay = guest_section("relay", keeps_clients=True)
+    assert {k: relay[k] for k in guestconfig.GUEST_RELAY} == {
+        k: defaults["relay"][k] for k in guestconfig.GUEST_RELAY
+    }
+    assert guest_section("mirror", keeps_clients=True)["per_address"] == 256
+    assert guest_section("nameserver", keeps_clients=True)["rate_limit"] == 1000
+    assert guest_section("nameserver")["rate_limit"] == 0

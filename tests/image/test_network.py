@@ -1,0 +1,85 @@
+"""How a guest reaches the LAN: which network is chosen, what passt is asked, and how a
+passt that cannot start is reported (a real passt, no qemu: it fails before a guest)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from retreatkit.image import network
+from retreatkit.image.qemu import Forward
+
+
+def test_auto_takes_passt_where_it_is_installed_and_user_otherwise() -> None:
+    assert network.choose("auto", found="/usr/bin/passt") == "passt"
+    assert network.choose("auto", found="") == "user"
+    assert network.choose("user", found="/usr/bin/passt") == "user"
+    assert network.choose("passt", found="/usr/bin/passt") == "passt"
+
+
+def test_a_network_that_cannot_be_had_is_refused_in_one_line() -> None:
+    with pytest.raises(network.NetworkError) as missing:
+        network.choose("passt", found="")
+    assert str(missing.value) == (
+        '[images] network = "passt" but passt is not installed (apt-get install passt)'
+    )
+    with pytest.raises(network.NetworkError) as unknown:
+        network.choose("bridge")
+    assert str(unknown.value) == "[images] network must be one of auto, passt, user, not 'bridge'"
+
+
+def test_passt_lays_out_the_guests_network_as_qemu_does_and_makes_the_forwards() -> None:
+    forwards = [
+        Forward("udp", "0.0.0.0", 5300, 53),
+        Forward("tcp", "192.168.1.10", 5300, 53),
+        Forward("tcp", "127.0.0.1", 41000, 8080),
+    ]
+    argv = network.passt_argv(Path("/tmp/x/passt.sock"), forwards, "nobody")
+    assert argv[1:] == [
+        "--foreground", "--one-off", "--ipv4-only", "--socket", "/tmp/x/passt.sock",
+        "--address", "10.0.2.15", "--netmask", "24", "--gateway", "10.0.2.2",
+        "--dns-forward", "10.0.2.3", "--no-dhcp", "--runas", "nobody",
+        "--udp-ports", "5300:53",
+        "--tcp-ports", "192.168.1.10/5300:53",
+        "--tcp-ports", "127.0.0.1/41000:8080",
+    ]  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")
+async def test_a_port_already_taken_stops_passt_with_its_own_words(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        passt = network.Passt(tmp_path, [Forward("tcp", "127.0.0.1", port, 9000)])
+        with pytest.raises(network.NetworkError) as failed:
+            await passt.start()
+    assert str(failed.value) == (
+        f"passt ended at its start: Failed to bind any port for '-t 127.0.0.1/{port}:9000', exiting"
+    )
+    assert passt.folder is None  # its socket's folder went with it
+    assert (tmp_path / "passt.log").exists()
+
+
+@pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")
+async def test_passt_ends_when_its_guest_leaves(tmp_path: Path) -> None:
+    passt = network.Passt(tmp_path, [])
+    sock = await passt.start()
+    folder = sock.parent
+    assert passt.process is not None
+    if os.geteuid() == 0:  # passt gave up root for nobody, whose folder this is
+        status = Path(f"/proc/{passt.process.pid}/status").read_text()
+        uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+        assert int(uid) == folder.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    with socket.socket(socket.AF_UNIX) as guest:  # qemu's side, as qemu connects
+        guest.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(guest, str(sock))
+    assert await asyncio.wait_for(passt.process.wait(), 10) == 0  # --one-off
+    await passt.close()
+    assert not folder.exists()
