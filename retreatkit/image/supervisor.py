@@ -202,6 +202,12 @@ class Supervisor:
         )
         return self._add(definition)
 
+    def change(self, name: str, changes: dict[str, Any]) -> Supervised:
+        """A known guest's definition with `changes` (the options `vm start NAME` was given
+        without an image), checked and saved as `define` does; the rest stays as it was."""
+        merged = {**asdict(self.get(name).definition), **changes, "name": name}
+        return self.define(Definition.parse(merged))
+
     def _launch(self, definition: Definition) -> run.Launch:
         cfg = config.load(Path(definition.config) if definition.config else None)
         named = cfg["nameserver"]["records"]

@@ -3,7 +3,8 @@
 On the process's admin endpoint (docs/admin-api.md): `GET /vm/guests` and
 `POST /vm/guests/NAME/start|stop`. On the control socket, a UNIX socket only this user
 can open (`<state>/vm/control.sock`), the same routes plus `PUT /vm/guests/NAME` (define
-a guest) and `GET /vm/guests/NAME`.
+a guest), `PATCH /vm/guests/NAME` (change some keys of a known guest's definition) and
+`GET /vm/guests/NAME`.
 """
 
 from __future__ import annotations
@@ -96,16 +97,22 @@ class Handlers:
         return web.json_response(self.supervisor.item(name))
 
     async def define_guest(self, request: web.Request) -> web.Response:
-        raw = await request.content.read(MAX_DEFINITION + 1)
         name = request.match_info["name"]
         try:
             check_name(name)
-            if len(raw) > MAX_DEFINITION:
-                raise GuestError("a guest definition is at most 16 KiB")
-            doc = json.loads(raw)
-            if not isinstance(doc, dict):
-                raise GuestError("a guest definition is a JSON object")
+            doc = await _definition(request)
             self.supervisor.define(Definition.parse({**doc, "name": name}))
+        except GuestRunning as exc:
+            raise _error(web.HTTPConflict, str(exc)) from None
+        except ValueError as exc:
+            self.supervisor.settle()
+            raise _error(web.HTTPBadRequest, str(exc)) from None
+        return web.json_response(self.supervisor.item(name))
+
+    async def change_guest(self, request: web.Request) -> web.Response:
+        name = self._name(request)
+        try:
+            self.supervisor.change(name, await _definition(request))
         except GuestRunning as exc:
             raise _error(web.HTTPConflict, str(exc)) from None
         except ValueError as exc:
@@ -125,7 +132,19 @@ class Handlers:
         app.router.add_routes(self.admin_routes())
         app.router.add_get("/vm/guests/{name}", self.get_guest)
         app.router.add_put("/vm/guests/{name}", self.define_guest)
+        app.router.add_patch("/vm/guests/{name}", self.change_guest)
         return app
+
+
+async def _definition(request: web.Request) -> dict[str, Any]:
+    """A definition's JSON object from a client, bounded before it is parsed."""
+    raw = await request.content.read(MAX_DEFINITION + 1)
+    if len(raw) > MAX_DEFINITION:
+        raise GuestError("a guest definition is at most 16 KiB")
+    doc = json.loads(raw)
+    if not isinstance(doc, dict):
+        raise GuestError("a guest definition is a JSON object")
+    return doc
 
 
 def socket_in_use(path: Path) -> bool:
