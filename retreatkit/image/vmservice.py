@@ -97,22 +97,21 @@ class Handlers:
         return web.json_response(self.supervisor.item(name))
 
     async def define_guest(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+        """PUT defines a guest, new or stopped; PATCH changes some keys of a known one's."""
+        patch = request.method == "PATCH"
+        name = self._name(request) if patch else request.match_info["name"]
+        raw = await request.content.read(MAX_DEFINITION + 1)
         try:
             check_name(name)
-            doc = await _definition(request)
-            self.supervisor.define(Definition.parse({**doc, "name": name}))
-        except GuestRunning as exc:
-            raise _error(web.HTTPConflict, str(exc)) from None
-        except ValueError as exc:
-            self.supervisor.settle()
-            raise _error(web.HTTPBadRequest, str(exc)) from None
-        return web.json_response(self.supervisor.item(name))
-
-    async def change_guest(self, request: web.Request) -> web.Response:
-        name = self._name(request)
-        try:
-            self.supervisor.change(name, await _definition(request))
+            if len(raw) > MAX_DEFINITION:
+                raise GuestError("a guest definition is at most 16 KiB")
+            doc = json.loads(raw)
+            if not isinstance(doc, dict):
+                raise GuestError("a guest definition is a JSON object")
+            if patch:
+                self.supervisor.change(name, doc)
+            else:
+                self.supervisor.define(Definition.parse({**doc, "name": name}))
         except GuestRunning as exc:
             raise _error(web.HTTPConflict, str(exc)) from None
         except ValueError as exc:
@@ -132,19 +131,8 @@ class Handlers:
         app.router.add_routes(self.admin_routes())
         app.router.add_get("/vm/guests/{name}", self.get_guest)
         app.router.add_put("/vm/guests/{name}", self.define_guest)
-        app.router.add_patch("/vm/guests/{name}", self.change_guest)
+        app.router.add_patch("/vm/guests/{name}", self.define_guest)
         return app
-
-
-async def _definition(request: web.Request) -> dict[str, Any]:
-    """A definition's JSON object from a client, bounded before it is parsed."""
-    raw = await request.content.read(MAX_DEFINITION + 1)
-    if len(raw) > MAX_DEFINITION:
-        raise GuestError("a guest definition is at most 16 KiB")
-    doc = json.loads(raw)
-    if not isinstance(doc, dict):
-        raise GuestError("a guest definition is a JSON object")
-    return doc
 
 
 def socket_in_use(path: Path) -> bool:
