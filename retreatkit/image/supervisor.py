@@ -223,8 +223,17 @@ class Supervisor:
         if entry.running:
             raise GuestRunning(entry)
         qemu.qemu_binary()  # errors here reach the caller
-        launch = self._launch(entry.definition)
-        entry.state, entry.given_up = "running", None
+        before = entry.state, entry.given_up
+        entry.state, entry.given_up = "running", None  # a second start meanwhile is refused
+        try:
+            # in a thread: rendering reads blocklists and looks names up (guestconfig)
+            launch = await asyncio.to_thread(self._launch, entry.definition)
+        except BaseException:
+            entry.state, entry.given_up = before
+            raise
+        if entry.state != "running":  # stopped meanwhile: it stays stopped
+            self.settle()
+            return entry
         entry.keeper = asyncio.ensure_future(self._keep(entry, launch))
         return entry
 
@@ -272,7 +281,8 @@ class Supervisor:
             if wait:
                 await asyncio.sleep(wait)  # a guest dying at boot must not spin the host
             try:
-                launch = self._launch(entry.definition)  # retreat.toml may have changed
+                # retreat.toml may have changed
+                launch = await asyncio.to_thread(self._launch, entry.definition)
             except (ValueError, OSError) as exc:
                 entry.state, entry.last_exit = "failed", f"could not start: {exc}"
                 return

@@ -169,17 +169,27 @@ def dns_server(text: str) -> tuple[str, int]:
     a name looked up again for every new socket would block the event loop, maybe on
     a query to ourselves. A name that does not resolve at start stops the start.
     """
+    host, port = server_text(text)
+    return address_of(host, port), port
+
+
+def server_text(text: str) -> tuple[str, int]:
+    """A DNS server as written, (host, port), nothing looked up."""
     try:
         return str(ipaddress.ip_address(text.strip("[]"))), 53
     except ValueError:
-        host, port = config.host_port(text, 53)
+        return config.host_port(text, 53)
+
+
+def address_of(host: str, port: int, family: int = socket.AF_UNSPEC) -> str:
+    """`host` if it is an address, else the first address its name resolves to."""
     try:
-        return str(ipaddress.ip_address(host)), port
+        return str(ipaddress.ip_address(host))
     except ValueError:
         pass
     try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        found = socket.getaddrinfo(host, port, family, type=socket.SOCK_DGRAM)
     except (socket.gaierror, UnicodeError) as exc:
         why = exc.strerror if isinstance(exc, socket.gaierror) else "not a host name"
         raise ValueError(f"cannot resolve {host!r} ({why}): give its address") from None
-    return str(found[0][4][0]), port
+    return str(found[0][4][0])
