@@ -40,10 +40,11 @@ def services(
     cfg: dict[str, Any],
     lan_address: LanAddress | None = None,
     on_lan: bool = True,
+    readings: dict[str, Any] | None = None,
 ) -> list[Service]:
     """The services this command runs; `lan_address` is what `up` names its own after;
     `on_lan`: the relay and the mirror announce themselves by zeroconf (a VM guest's do
-    not: qemu's user network is not the LAN)."""
+    not: qemu's user network is not the LAN); `readings`: what startup.check_config read."""
     flags = {k: v for k, v in vars(args).items() if v is not None}
     out: list[Service] = []
     images = set(cfg["images"]["run"]) if args.command == "up" else set()
@@ -85,7 +86,8 @@ def services(
                 "relay.retreat.lan": lan_address.address,
                 "mirror.retreat.lan": lan_address.address,
             }
-        out.append(Nameserver(nameserver_settings(section, own, mirror_url)))
+        reading = (readings or {}).get("nameserver")
+        out.append(Nameserver(nameserver_settings(section, own, mirror_url, reading)))
     if images:  # [images] run: these services boot as VM images under a supervisor
         from retreatkit.image.vmservice import guests_for_up
 

@@ -38,8 +38,15 @@ def where(section: str, key: str, flag: str | None = None) -> str:
     return f"[{section}] {key}" + (f" (or {flag})" if flag else "")
 
 
-def check_config(cfg: dict[str, Any], sections: list[str], flags: dict[str, str]) -> list[str]:
-    """Every value that cannot work, each as one line naming its key (and flag)."""
+def check_config(
+    cfg: dict[str, Any],
+    sections: list[str],
+    flags: dict[str, str],
+    readings: dict[str, Any] | None = None,
+) -> list[str]:
+    """Every value that cannot work, each as one line naming its key (and flag). What a
+    check had to read (the nameserver's records, its upstreams' addresses) is left in
+    `readings`, by section, for the services to take instead of reading it again."""
     problems = []
     for section in [*sections, "admin"]:
         if "listen" in cfg.get(section, {}):
@@ -65,9 +72,12 @@ def check_config(cfg: dict[str, Any], sections: list[str], flags: dict[str, str]
         if store.exists() and not store.is_dir():
             problems.append(f"{where('mirror', 'store')}: {store} is a file; name a folder")
     if "nameserver" in sections:
-        from retreatkit.nameserver.hosted import problems as nameserver_problems
+        from retreatkit.nameserver import hosted
 
-        for key, problem in nameserver_problems(cfg["nameserver"]):
+        reading = hosted.read(cfg["nameserver"])
+        if readings is not None:
+            readings["nameserver"] = reading
+        for key, problem in hosted.problems(cfg["nameserver"], reading):
             key_is = where("nameserver", key, flags.get(f"nameserver.{key}"))
             problems.append(f"{key_is}: {problem}")
     return problems

@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config.load(args.config)
         apply_listen_flags(args, cfg)
-        problems = startup.check_config(cfg, sections, flags)
+        readings: dict[str, Any] = {}  # what the check read, the services take
+        problems = startup.check_config(cfg, sections, flags, readings)
         if problems:
             for problem in problems:
                 print(f"retreatkit: {problem}", file=sys.stderr)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         address = None
         if args.command == "up":
             address = lan.choose(args.address or cfg["nameserver"]["address"])
-        chosen = hosting.services(args, cfg, address)
+        chosen = hosting.services(args, cfg, address, readings=readings)
     except ValueError as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 2

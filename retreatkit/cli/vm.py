@@ -37,8 +37,8 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         # what can be checked here is, before a supervisor is started or asked
         if getattr(args, "name", None) is not None:
             _check_name(args.name)
-        if command == "start" and args.image is not None:
-            args.memory = guest_memory(args, cfg)
+        if command == "start" and (args.image is not None or args.memory is not None):
+            args.memory = guest_memory(args, cfg)  # without IMAGE, only what was given
         if command == "serve":
             return _serve(args)
         if command == "console":
@@ -136,20 +136,28 @@ async def _client(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     if not running:
         await asyncio.to_thread(_spawn_supervisor)
     if args.image is not None:
-        definition = {
-            "image": str(args.image.resolve()),
-            "forwards": args.forward,
-            "memory_mb": args.memory,
-            "disk": str(args.disk.resolve()) if args.disk else None,
-            "restart": args.restart,
-            "config": str(args.sub_config.resolve()) if args.sub_config else None,
-        }
+        definition = {"image": str(args.image.resolve()), **_options(args)}
         await _request("PUT", f"/vm/guests/{args.name}", definition)
+    else:  # a known guest: the options given change its definition, the others keep theirs
+        changes = {k: v for k, v in _options(args).items() if v not in (None, False, [])}
+        if changes:
+            await _request("PATCH", f"/vm/guests/{args.name}", changes)
     item = await _request("POST", f"/vm/guests/{args.name}/start")
     _say(f"Guest {item['name']} ({item['service']}) starting; admin on {item['admin']}/status")
     for forward in item["forwards"]:
         _say(f"Forward {_forward(forward)}")
     return 0
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """`vm start`'s options as definition keys (None, False or [] where not given)."""
+    return {
+        "forwards": args.forward,
+        "memory_mb": args.memory,
+        "disk": str(args.disk.resolve()) if args.disk else None,
+        "restart": args.restart,
+        "config": str(args.sub_config.resolve()) if args.sub_config else None,
+    }
 
 
 def _forward(text: str) -> str:

@@ -8,9 +8,11 @@ order the document lists them, zero-padded to a whole 512-byte sector.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -77,6 +79,32 @@ def _guest_host(host: str) -> str:
     )
 
 
+def _guest_server(text: str) -> str:
+    """A DNS server as the guest reaches it. A name is looked up here, as the nameserver
+    would look it up on this host: a name only this host knows (its /etc/hosts) works
+    in the guest too, one on this host's loopback becomes 10.0.2.2, and the guest's
+    start neither waits on a query through qemu's resolver nor fails when that path
+    does. IPv4 only: qemu's user network gives the guest no IPv6. A name that does not
+    resolve here now is left as it is, for the guest to look up at its start."""
+    from retreatkit.nameserver.hosted import address_of, server_text
+
+    host, port = server_text(text)
+    with contextlib.suppress(ValueError):
+        host = address_of(host, port, socket.AF_INET)
+    host = _guest_host(host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _guest_servers(rule: object) -> object:
+    """A forward rule's server or servers as the guest reaches them; what is neither a
+    server nor a list of them is the guest's own check to refuse."""
+    if isinstance(rule, str):
+        return _guest_server(rule)
+    if isinstance(rule, list):
+        return [_guest_server(s) if isinstance(s, str) else s for s in rule]
+    return rule
+
+
 def _guest_url(url: str) -> str:
     parts = urlsplit(url)
     if not parts.hostname:
@@ -137,10 +165,9 @@ def render(
             section["per_address"] = GUEST_MIRROR_CONNECTIONS
     if service == "nameserver":
         # without upstreams of its own the guest asks qemu's resolver, which asks the host's
-        ups = [config.host_port(u, 53) for u in section["upstreams"]]
-        section["upstreams"] = [f"{_guest_host(h)}:{p}" for h, p in ups] or [
-            f"{specs.DNS_FROM_GUEST}:53"
-        ]
+        ups = [_guest_server(u) for u in section["upstreams"]]
+        section["upstreams"] = ups or [f"{specs.DNS_FROM_GUEST}:53"]
+        section["forward"] = {z: _guest_servers(v) for z, v in section["forward"].items()}
         section["mirror"] = _guest_url(section["mirror"]) if section["mirror"] else ""
         lists = []
         for number, source in enumerate(section["blocklists"]):

@@ -202,6 +202,12 @@ class Supervisor:
         )
         return self._add(definition)
 
+    def change(self, name: str, changes: dict[str, Any]) -> Supervised:
+        """A known guest's definition with `changes` (the options `vm start NAME` was given
+        without an image), checked and saved as `define` does; the rest stays as it was."""
+        merged = {**asdict(self.get(name).definition), **changes, "name": name}
+        return self.define(Definition.parse(merged))
+
     def _launch(self, definition: Definition) -> run.Launch:
         cfg = config.load(Path(definition.config) if definition.config else None)
         named = cfg["nameserver"]["records"]
@@ -217,8 +223,17 @@ class Supervisor:
         if entry.running:
             raise GuestRunning(entry)
         qemu.qemu_binary()  # errors here reach the caller
-        launch = self._launch(entry.definition)
-        entry.state, entry.given_up = "running", None
+        before = entry.state, entry.given_up
+        entry.state, entry.given_up = "running", None  # a second start meanwhile is refused
+        try:
+            # in a thread: rendering reads blocklists and looks names up (guestconfig)
+            launch = await asyncio.to_thread(self._launch, entry.definition)
+        except BaseException:
+            entry.state, entry.given_up = before
+            raise
+        if entry.state != "running":  # stopped meanwhile: it stays stopped
+            self.settle()
+            return entry
         entry.keeper = asyncio.ensure_future(self._keep(entry, launch))
         return entry
 
@@ -266,7 +281,8 @@ class Supervisor:
             if wait:
                 await asyncio.sleep(wait)  # a guest dying at boot must not spin the host
             try:
-                launch = self._launch(entry.definition)  # retreat.toml may have changed
+                # retreat.toml may have changed
+                launch = await asyncio.to_thread(self._launch, entry.definition)
             except (ValueError, OSError) as exc:
                 entry.state, entry.last_exit = "failed", f"could not start: {exc}"
                 return

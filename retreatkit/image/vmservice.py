@@ -3,7 +3,8 @@
 On the process's admin endpoint (docs/admin-api.md): `GET /vm/guests` and
 `POST /vm/guests/NAME/start|stop`. On the control socket, a UNIX socket only this user
 can open (`<state>/vm/control.sock`), the same routes plus `PUT /vm/guests/NAME` (define
-a guest) and `GET /vm/guests/NAME`.
+a guest), `PATCH /vm/guests/NAME` (change some keys of a known guest's definition) and
+`GET /vm/guests/NAME`.
 """
 
 from __future__ import annotations
@@ -97,8 +98,10 @@ class Handlers:
         return web.json_response(self.supervisor.item(name))
 
     async def define_guest(self, request: web.Request) -> web.Response:
+        """PUT defines a guest, new or stopped; PATCH changes some keys of a known one's."""
+        patch = request.method == "PATCH"
+        name = self._name(request) if patch else request.match_info["name"]
         raw = await request.content.read(MAX_DEFINITION + 1)
-        name = request.match_info["name"]
         try:
             check_name(name)
             if len(raw) > MAX_DEFINITION:
@@ -106,7 +109,10 @@ class Handlers:
             doc = json.loads(raw)
             if not isinstance(doc, dict):
                 raise GuestError("a guest definition is a JSON object")
-            self.supervisor.define(Definition.parse({**doc, "name": name}))
+            if patch:
+                self.supervisor.change(name, doc)
+            else:
+                self.supervisor.define(Definition.parse({**doc, "name": name}))
         except GuestRunning as exc:
             raise _error(web.HTTPConflict, str(exc)) from None
         except ValueError as exc:
@@ -126,6 +132,7 @@ class Handlers:
         app.router.add_routes(self.admin_routes())
         app.router.add_get("/vm/guests/{name}", self.get_guest)
         app.router.add_put("/vm/guests/{name}", self.define_guest)
+        app.router.add_patch("/vm/guests/{name}", self.define_guest)
         return app
 
 

@@ -1,9 +1,16 @@
 """Mirror errors, named for whose fault they are; each message is one line a user can act on.
 
-`status` is what the mirror answers a client with. pip retries 500, 502 and 503 on its
-own (its urllib3 status list, five times over about 8 s; 502 for CDNs' passing faults):
-a 502 of the mirror's (bad bytes, a cut, an upstream down) is asked again, each time a
-new try upstream, while 504 and 507 fail the client at once.
+`status` is what the mirror answers a client with, and the message is its reason phrase
+as well as its body: pip, uv, npm and apt-get print the phrase and none of them the body.
+A client retries on its own what it takes for a passing fault: pip 500, 502 and 503
+(urllib3's status list, five tries over about 8 s, then a traceback of its own), uv and
+apt-get every 5xx (three tries, 4-12 s), npm every 5xx (three tries, about 70 s). So 502
+is kept for what a retry can mend, because the retry is a new try upstream: bad bytes, a
+cut, an upstream that answered an error. An upstream known down (`UpstreamDown`) is not
+asked again until the mirror's own probe finds it back (once.py, health.py), so a retry
+asks the mirror the same question: that is a 504, which pip fails at once with the
+mirror's line (in about a second, not nine), and which the others treat as they do a 502
+or 503. A 503 would be worse: pip retries it, and sleeps as long as a Retry-After says.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamDown(UpstreamError):
     """The upstream failed recently, so the mirror does not ask it again yet."""
+
+    status = 504
 
 
 class BadUpstreamData(UpstreamError):

@@ -29,6 +29,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"  # a file is named by its hash
 STALE_WARNING = '110 - "Response is Stale"'
 OFFLINE = "cached-only"  # the Mirror-Offline header: pages list only what the store holds
 SENDFILE_CHUNK = 1 << 20
+REASON_MAX = 240  # characters of an error's line in its status line
 
 
 def _file_headers(etag: str | None, content_type: str, hit: bool) -> dict[str, str]:
@@ -64,7 +65,15 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         else:
             stats.errors += 1
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return web.Response(status=exc.status, text=text + "\n")
+        return web.Response(status=exc.status, reason=reason(text), text=text + "\n")
+
+
+def reason(text: str) -> str:
+    """`text` as a reason phrase (RFC 9112 4): what pip, uv, npm and apt-get show of an
+    error, none of them the body. Printable ASCII only, so a name an index chose cannot
+    reach a terminal as an escape sequence, and bounded."""
+    shown = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return shown if len(shown) <= REASON_MAX else shown[: REASON_MAX - 3] + "..."
 
 
 async def file(request: web.Request, name: str) -> web.StreamResponse:

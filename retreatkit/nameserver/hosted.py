@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,26 +27,85 @@ def resolv_conf_upstreams(path: Path = Path("/etc/resolv.conf")) -> list[tuple[s
             if len(parts) >= 2 and parts[0] == "nameserver"]  # fmt: skip
 
 
+Address = tuple[str, int]
+T = TypeVar("T")
+SETTINGS_KEYS = ("records", "upstreams", "forward", "block_mode")  # what the settings read
+
+
+@dataclass
+class Reading:
+    """[nameserver]'s records, upstreams, forwards and block mode, read once at start (a
+    name looked up is a query, maybe a slow one): the start-up check reads them and the
+    settings take its reading. With what cannot work, as (key, one line)."""
+
+    records: list[Record]
+    upstreams: list[Address]
+    forward: dict[str, list[Address]]
+    block_mode: str
+    problems: list[tuple[str, str]]
+
+    def refuse(self) -> None:
+        """ValueError naming the first key that cannot work, as the settings read them."""
+        for key in SETTINGS_KEYS:
+            for where, line in self.problems:
+                if where == key:
+                    raise ValueError(f"[nameserver] {key}: {line}")
+
+
+def read(section: dict[str, Any]) -> Reading:
+    """Everything in [nameserver] (flags applied) that the settings need, and its problems."""
+    found: list[tuple[str, str]] = []
+
+    def each(key: str, texts: list[str], parse: Callable[[str], T]) -> list[T]:
+        out = []
+        for text in texts:
+            try:
+                out.append(parse(text))
+            except ValueError as exc:
+                found.append((key, str(exc)))
+        return out
+
+    upstreams = each("upstreams", section["upstreams"], dns_server)
+    records = each("records", record_texts(section), parse_record)
+    try:
+        LocalNames(records).check_loops()  # a loop is refused at start, never answered
+    except ValueError as exc:
+        found.append(("records", str(exc)))
+    forward: dict[str, list[Address]] = {}
+    mode = "null"
+    try:
+        forward = forward_rules(section["forward"], section.get("forward_flags", []))
+    except ValueError as exc:
+        found.append(("forward", str(exc)))
+    try:
+        mode = block_mode(section)
+    except ValueError as exc:
+        found.append(("block_mode", str(exc)))
+    return Reading(records, upstreams, forward, mode, found)
+
+
 def nameserver_settings(
     section: dict[str, Any],
     own: dict[str, str],
     mirror: Callable[[], str | None] | None = None,
+    reading: Reading | None = None,
 ) -> NameserverSettings:
     """Settings from [nameserver]; `own` names the services of this process (name -> address);
-    `mirror` says where this process's own mirror is, if it hosts one."""
-    records = _keyed("records", local_records, section)
-    named = {r.name for r in records}
-    records += [parse_record(f"{n}={a}") for n, a in own.items() if n not in named]
-    upstreams = _keyed("upstreams", upstream_servers, section) or resolv_conf_upstreams()
-    forward = _keyed("forward", forward_servers, section)
+    `mirror` says where this process's own mirror is, if it hosts one; `reading` is the
+    start-up check's, when one ran (a VM guest's start has none)."""
+    if reading is None:
+        reading = read(section)
+    reading.refuse()
+    named = {r.name for r in reading.records}
+    records = reading.records + [parse_record(f"{n}={a}") for n, a in own.items() if n not in named]
     return NameserverSettings(
         listen=config.host_port(section["listen"]),  # HOST:PORT: see startup.check_config
-        upstreams=upstreams,
+        upstreams=reading.upstreams or resolv_conf_upstreams(),
         blocklists=list(section["blocklists"]),
         allow=list(section["allow"]),
         records=records,
-        forward=forward,
-        block_mode=_keyed("block_mode", block_mode, section),
+        forward=reading.forward,
+        block_mode=reading.block_mode,
         networks=list(section["networks"]) or list(LAN),
         rate_limit=int(section["rate_limit"]),
         stale_for=float(section["stale_for"]),
@@ -54,48 +114,21 @@ def nameserver_settings(
     )
 
 
-def problems(section: dict[str, Any]) -> list[tuple[str, str]]:
-    """What in [nameserver] (flags applied) cannot work, as (key, one line), found before
-    anything listens. A list given by URL is not fetched: the event may have no uplink
-    yet, and a URL that fails later keeps its last good copy."""
+def list_problems(section: dict[str, Any]) -> list[tuple[str, str]]:
+    """Blocklist files that cannot be read now. A list given by URL is not fetched: the
+    event may have no uplink yet, and a URL that fails later keeps its last good copy."""
     found = []
     for source in section["blocklists"]:
         problem = None if is_url(source) else file_problem(source)
         if problem is not None:
             found.append(("blocklists", f"{source}: {problem}"))
-    for upstream in section["upstreams"]:
-        try:
-            dns_server(upstream)
-        except ValueError as exc:
-            found.append(("upstreams", str(exc)))
-    records = []
-    for text in record_texts(section):
-        try:
-            records.append(parse_record(text))
-        except ValueError as exc:
-            found.append(("records", str(exc)))
-    try:
-        LocalNames(records).check_loops()
-    except ValueError as exc:
-        found.append(("records", str(exc)))
-    read: Callable[[dict[str, Any]], object]
-    for key, read in (("forward", forward_servers), ("block_mode", block_mode)):
-        try:
-            read(section)
-        except ValueError as exc:
-            found.append((key, str(exc)))
     return found
 
 
-T = TypeVar("T")
-
-
-def _keyed(key: str, read: Callable[[dict[str, Any]], T], section: dict[str, Any]) -> T:
-    """`read(section)`, its error naming the key (where `problems` did not run first)."""
-    try:
-        return read(section)
-    except ValueError as exc:
-        raise ValueError(f"[nameserver] {key}: {exc}") from None
+def problems(section: dict[str, Any], reading: Reading | None = None) -> list[tuple[str, str]]:
+    """What in [nameserver] (flags applied) cannot work, as (key, one line), found before
+    anything listens; `reading`, if given, is `read(section)` done already."""
+    return [*list_problems(section), *(reading or read(section)).problems]
 
 
 def record_texts(section: dict[str, Any]) -> list[str]:
@@ -104,25 +137,11 @@ def record_texts(section: dict[str, Any]) -> list[str]:
     return table + list(section.get("record_flags", []))
 
 
-def local_records(section: dict[str, Any]) -> list[Record]:
-    records = [parse_record(text) for text in record_texts(section)]
-    LocalNames(records).check_loops()  # a loop is refused at start, never answered
-    return records
-
-
 def block_mode(section: dict[str, Any]) -> str:
     mode = section["block_mode"]
     if mode not in ("null", "nxdomain"):
         raise ValueError(f"expected null or nxdomain, got {mode!r}")
     return str(mode)
-
-
-def upstream_servers(section: dict[str, Any]) -> list[tuple[str, int]]:
-    return [dns_server(u) for u in section["upstreams"]]
-
-
-def forward_servers(section: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
-    return forward_rules(section["forward"], section.get("forward_flags", []))
 
 
 def forward_rules(table: dict[str, Any], flags: list[str]) -> dict[str, list[tuple[str, int]]]:
@@ -150,17 +169,27 @@ def dns_server(text: str) -> tuple[str, int]:
     a name looked up again for every new socket would block the event loop, maybe on
     a query to ourselves. A name that does not resolve at start stops the start.
     """
+    host, port = server_text(text)
+    return address_of(host, port), port
+
+
+def server_text(text: str) -> tuple[str, int]:
+    """A DNS server as written, (host, port), nothing looked up."""
     try:
         return str(ipaddress.ip_address(text.strip("[]"))), 53
     except ValueError:
-        host, port = config.host_port(text, 53)
+        return config.host_port(text, 53)
+
+
+def address_of(host: str, port: int, family: int = socket.AF_UNSPEC) -> str:
+    """`host` if it is an address, else the first address its name resolves to."""
     try:
-        return str(ipaddress.ip_address(host)), port
+        return str(ipaddress.ip_address(host))
     except ValueError:
         pass
     try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        found = socket.getaddrinfo(host, port, family, type=socket.SOCK_DGRAM)
     except (socket.gaierror, UnicodeError) as exc:
         why = exc.strerror if isinstance(exc, socket.gaierror) else "not a host name"
         raise ValueError(f"cannot resolve {host!r} ({why}): give its address") from None
-    return str(found[0][4][0]), port
+    return str(found[0][4][0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,27 +112,47 @@ def is_url(source: str) -> bool:
 def file_problem(source: str) -> str | None:
     """Why a list file cannot be read now, in a few words; None when it can."""
     try:
-        path = Path(source)
-        found = path.stat()
-        if stat.S_ISDIR(found.st_mode):
-            return "a folder, not a file"
-        if not stat.S_ISREG(found.st_mode):  # a pipe or a device: reading could block
-            return "not a regular file"
-        path.open("rb").close()  # permissions say it, and so does opening
-    except OSError as exc:
-        return _why(exc)
+        os.close(_open(source)[0])
+    except BadList as exc:
+        return str(exc)
+    return None
+
+
+def _open(source: str) -> tuple[int, int]:
+    """(a descriptor, the size) of a list file, opened once and judged by what is open,
+    so nothing can change between the check and the read. Without blocking: a FIFO would
+    wait for a writer, and a terminal must not become ours."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:
+        # what it is says more than why it would not open (a socket cannot be opened)
+        try:
+            kind = _not_a_file(Path(source).stat().st_mode)
+        except (OSError, ValueError):
+            kind = None
+        raise BadList(kind or _why(exc)) from None
+    found = os.fstat(fd)
+    kind = _not_a_file(found.st_mode)
+    if kind is not None:
+        os.close(fd)
+        raise BadList(kind)
+    return fd, found.st_size
+
+
+def _not_a_file(mode: int) -> str | None:
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file"
+    if not stat.S_ISREG(mode):  # a pipe or a device: reading could block
+        return "not a regular file"
     return None
 
 
 def _parse_file(source: str) -> Blocklist:
-    problem = file_problem(source)
-    if problem is not None:
-        raise BadList(problem)
-    path = Path(source)
-    if path.stat().st_size > MAX_LIST:
-        raise BadList("list larger than 256 MiB")
-    part = Blocklist()
-    with path.open(encoding="utf-8-sig", errors="replace") as lines:  # streamed
+    fd, size = _open(source)
+    with open(fd, encoding="utf-8-sig", errors="replace") as lines:  # streamed
+        if size > MAX_LIST:
+            raise BadList("list larger than 256 MiB")
+        part = Blocklist()
         part.add_lines(source, lines)
     return _judged(part.seal(), source)
 

@@ -14,15 +14,15 @@ import pytest
 from retreatkit.mirror.testing import Netns, netns
 
 
-def attendee(tag: str) -> Callable[[], Iterator[Netns]]:
+def attendee(tag: str, prefix: str = "rkmir2") -> Callable[[], Iterator[Netns]]:
     """A fixture: a network namespace that reaches this machine at a non-loopback address
-    (`rkmir2-...`, so it never collides with another suite's), removed after the test."""
+    (`PREFIX-...`, so it never collides with another suite's), removed after the test."""
 
     @pytest.fixture
     def lan() -> Iterator[Netns]:
         if os.geteuid() != 0 or shutil.which("ip") is None:
             pytest.skip("an attendee's network namespace needs root and iproute2 (.ci/run)")
-        with netns(tag, prefix="rkmir2") as ns:
+        with netns(tag, prefix=prefix) as ns:
             yield ns
 
     return lan

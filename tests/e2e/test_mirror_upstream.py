@@ -1,6 +1,6 @@
 """A real mirror process against upstreams that fail the way uplinks do: a resolver that
 never answers (item 2), a store that rotted while the mirror was down (item 9), a wheel
-whose bytes fail their hash, met by real pip."""
+whose bytes fail their hash and an upstream known down, met by real pip."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from retreatkit.mirror.testing import (
+    Netns,
     Server,
     make_wheel,
     said,
@@ -29,9 +30,11 @@ from retreatkit.mirror.testing import (
     start_upstream,
     write_pypi,
 )
+from tests.e2e.mirror_attendee import attendee
 
 pytestmark = pytest.mark.e2e
 JSON = "application/vnd.pypi.simple.v1+json"
+lan = attendee("u", prefix="rksf")
 
 
 def request(
@@ -125,7 +128,7 @@ def test_an_upstream_whose_name_never_resolves(
             status, headers, _ = request(mirror.url, "/pypi/simple/one/", {"Accept": JSON})
             assert status == 200 and headers["Warning"] == '110 - "Response is Stale"'
         status, _, body = request(mirror.url, "/pypi/simple/two/")  # never cached
-        assert status == 502
+        assert status == 504
         assert re.fullmatch(
             rf"upstream pypi.rkmir.test:{port} is down \(no connection within 1 s\);"
             r" next try in \d+ s\n",
@@ -194,3 +197,42 @@ def test_pip_is_told_a_corrupt_wheel_is_bad_not_empty(tmp_path: Path) -> None:
         upstream.stop()
     assert got.returncode != 0  # pip retries a 502 on its own: `--retries 0` spares the wait
     assert "502" in got.stderr and "e3b0c442" not in got.stdout + got.stderr
+
+
+def test_pip_fails_at_once_in_the_mirrors_words_while_the_upstream_is_down(
+    tmp_path: Path, lan: Netns
+) -> None:
+    """A file never fetched, named by a URL an attendee already has (a lockfile, or a
+    page in pip's own cache), the upstream gone: the mirror will not ask it again before
+    its own probe, so pip is told so once, in the mirror's words. A 502 was asked five
+    more times (about 9 s) and ended in a traceback of pip's. (The mirror's pages list
+    only held files while it is down; a page never cached fails pip at once too, but
+    pip shows no server's words for a page.)"""
+    root = tmp_path / "upstream"
+    write_pypi(root, {"one": [make_wheel("one", "1.0")], "two": [make_wheel("two", "1.0")]})
+    upstream = start_upstream(root)
+    host = urlsplit(upstream.url).netloc
+    mirror, admin = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
+                                 listen=f"{lan.host}:0")  # fmt: skip
+    try:
+        assert mirror.url.startswith(f"http://{lan.host}:")  # not loopback: as on the LAN
+        url = mirror.url.rstrip("/") + file_path(mirror, "one")  # listed, not fetched
+        upstream.stop()
+        status, _, _ = request(mirror.url, "/pypi/simple/two/")  # refused: now known down
+        assert (status, status_of(admin)["upstreams"]["pypi"]["state"]) == (502, "down")
+        before = status_of(admin)["errors"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+        got = subprocess.run(
+            lan.argv([sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
+                      "--no-deps", "--no-cache-dir", "-d", str(tmp_path / "got"), url]),
+            capture_output=True, text=True, timeout=120, env={**env, "HOME": str(tmp_path)},
+        )  # fmt: skip
+        asked = status_of(admin)["errors"] - before
+    finally:
+        mirror.stop()
+        upstream.stop()
+    line = rf"upstream {host} is down \([^)]*\); next try in \d+ s"
+    assert got.returncode == 1, got.stdout
+    assert re.search(rf"HTTP error 504 Server Error: {line} for url: {url}", got.stderr), got.stderr
+    assert "Traceback" not in got.stderr
+    assert asked <= 2  # once, or the probe's refusal (a 502) and then once: not six times

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import ipaddress
+import socket
 import stat
 import subprocess
 import sys
@@ -190,6 +192,33 @@ def test_render_reaches_the_hosts_loopback_and_carries_lists(tmp_path: Path) -> 
     cfg["nameserver"]["blocklists"] = [str(tmp_path / "missing.txt")]
     with pytest.raises(guestconfig.GuestConfigError, match=r"cannot read blocklist .*missing\.txt"):
         guestconfig.render("nameserver", cfg, "t", False)
+
+
+def test_render_looks_the_nameservers_upstream_names_up_on_the_host() -> None:
+    """As the nameserver on the host would: names only the host knows work in the guest,
+    one on the host's loopback is 10.0.2.2, and no boot waits on a query through qemu's
+    resolver. A name that does not resolve here now is left for the guest to look up."""
+    from retreatkit import config
+
+    here = socket.gethostname()
+    try:
+        found = socket.getaddrinfo(here, 53, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+    except socket.gaierror:
+        pytest.skip(f"this machine's host name {here!r} does not resolve")
+    seen = "10.0.2.2" if ipaddress.ip_address(found).is_loopback else found
+    cfg = config.load(None)
+    cfg["nameserver"].update(
+        upstreams=[f"{here}:5353", "bogus.invalid", "[2001:db8::1]:5300", "192.0.2.1"],
+        forward={"corp.example": "localhost:5354", "lab.example": [here, "127.0.0.1"]},
+    )
+    section = guestconfig.render("nameserver", cfg, "t", False).config["nameserver"]
+    assert section["upstreams"] == [
+        f"{seen}:5353", "bogus.invalid:53", "[2001:db8::1]:5300", "192.0.2.1:53"
+    ]  # fmt: skip
+    assert section["forward"] == {
+        "corp.example": "10.0.2.2:5354",
+        "lab.example": [f"{seen}:53", "10.0.2.2:53"],
+    }
 
 
 def test_console_bytes_are_shown_not_obeyed() -> None:

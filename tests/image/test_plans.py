@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
@@ -148,6 +149,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
          "retreatkit: no console log for 'ghost' (has it ever started?)\n"),
         (["vm", "start", "r9", "/nonexistent", "--memory", "1"], 2,
          "retreatkit: --memory 1: a guest needs at least 48 MB (no image boots in less)\n"),
+        (["vm", "start", "r9", "--memory", "1"], 2,  # a known guest: checked all the same
+         "retreatkit: --memory 1: a guest needs at least 48 MB (no image boots in less)\n"),
         (["image", "run", "/nonexistent", "--memory", "47"], 2,
          "retreatkit: --memory 47: a guest needs at least 48 MB (no image boots in less)\n"),
     ],
@@ -234,3 +237,32 @@ def test_vm_list_without_a_supervisor(home: Path, capsys: pytest.CaptureFixture[
     assert capsys.readouterr().out == (
         "NAME  SERVICE  STATE  UPTIME  RESTARTS  MEMORY  CPU  ADMIN  LAST EXIT\n"
     )
+
+
+def test_vm_start_without_an_image_takes_the_options_given(home: Path) -> None:
+    """`vm start NAME --memory MB` on a known guest changes its memory and keeps the rest;
+    the guest cannot boot here (its retreat.toml is broken), so no qemu runs."""
+    image = home / "images" / "relay"
+    image.mkdir(parents=True)
+    manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
+    (image / "manifest.json").write_text(json.dumps(manifest))
+    broken = home / "broken.toml"
+    broken.write_text("[relay\n")
+    saved = home / "state" / "retreatkit" / "vm" / "r1" / "guest.json"
+    saved.parent.mkdir(parents=True)
+    forwards = ["tcp:127.0.0.1:41000:9000", "tcp:127.0.0.1:41001:8080"]
+    defined = {"name": "r1", "image": str(image), "forwards": forwards, "memory_mb": 128,
+               "disk": None, "restart": True, "config": str(broken), "records": {}}  # fmt: skip
+    saved.write_text(json.dumps(defined))
+
+    def retreatkit(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "retreatkit.cli.main", *argv],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    done = retreatkit("vm", "start", "r1", "--memory", "256")
+    assert done.returncode == 1 and done.stderr.startswith("retreatkit: cannot start r1: ")
+    assert json.loads(saved.read_text()) == {**defined, "memory_mb": 256}
+    shown = retreatkit("vm", "stats", "r1").stdout.splitlines()
+    assert "memory: 0.0 MB (qemu resident; the guest has 256 MB)" in shown

@@ -160,7 +160,8 @@ async def test_the_supervisor_refuses_a_bad_name_whatever_a_client_sends(
     supervisor = Supervisor(home / "vm", print)
     definition = {"image": str(home), "forwards": []}
     async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
-        for method, path in (("PUT", ""), ("GET", ""), ("POST", "/start"), ("POST", "/stop")):
+        for method, path in (("PUT", ""), ("PATCH", ""), ("GET", ""), ("POST", "/start"),
+                             ("POST", "/stop")):  # fmt: skip
             answer = await client.request(method, f"/vm/guests/{sent}{path}", json=definition)
             assert (answer.status, await answer.text()) == (
                 400,
@@ -177,12 +178,14 @@ async def test_starting_or_redefining_a_running_guest_is_one_answer(home: Path) 
         async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
             start = await client.post("/vm/guests/r1/start")
             define = await client.put("/vm/guests/r1", json={"image": "/y", "forwards": []})
-            for answer in (start, define):
+            change = await client.patch("/vm/guests/r1", json={"memory_mb": 256})
+            for answer in (start, define, change):
                 assert (answer.status, await answer.text()) == (
                     409,
                     f"guest r1 is {state}: stop it first (retreatkit vm stop r1)\n",
                 )
     assert supervisor.guests["r1"].definition.image == "/x"
+    assert supervisor.guests["r1"].definition.memory_mb == 128
 
 
 def test_each_boot_is_marked_on_a_line_of_its_own_in_the_console_log(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from retreatkit.mirror.fetch import Limits
+from retreatkit.mirror.respond import reason
 from retreatkit.mirror.status import section
 from tests.mirror.conftest import Env
 
@@ -141,7 +142,9 @@ async def test_a_small_file_that_fails_is_said_never_cut(env: Env, mode: str) ->
         sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
         status, words = SMALL_FAILURES[mode]
         text = words.format(f=filename, a=sha(data), b=sha(flipped)) + "\n"
-        assert [(r.status, await r.text()) for r in answers] == [(status, text)] * 3
+        # the line is the reason phrase too: what pip, uv, npm and apt-get print
+        got = [(r.status, r.reason, await r.text()) for r in answers]
+        assert got == [(status, text.rstrip("\n"), text)] * 3
     assert env.fetched(filename) == 1
 
 
@@ -167,3 +170,8 @@ async def test_a_trickle_is_cut_at_the_rate_floor(env: Env) -> None:
         assert (r.status, await r.text()) == (504, text)
     assert env.mirror.fetcher.fetches()["recent"][0]["ended"] == "upstream error"
     assert section(env.mirror, True, 0)["upstreams"]["pypi"]["state"] == "up"
+
+
+def test_a_reason_phrase_shows_nothing_a_terminal_obeys() -> None:
+    assert reason("upstream cut a\x1b[2J\tb\u00e9 short") == "upstream cut a?[2J?b? short"
+    assert reason("x" * 1000) == "x" * 237 + "..."

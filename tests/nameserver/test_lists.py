@@ -3,13 +3,17 @@ last good copy stays in force, with what the log and /status say about it."""
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from retreatkit.mirror import fakeupstream
 from retreatkit.nameserver.fakes import FakeTransport, ManualClock, UDPClient, Zone
+from retreatkit.nameserver.lists import file_problem
 from retreatkit.nameserver.service import Nameserver, Settings
 
 ZONE = Zone("$TTL 300\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nads.example A 198.51.100.66\n")
@@ -105,3 +109,35 @@ async def test_a_list_gone_at_reload_says_what_stays_in_force(
     ns = nameserver(str(tmp_path / "folder"))
     await ns.reload()
     assert ns.status()["blocklists"][0]["last_error"] == "a folder, not a file"
+
+
+async def test_a_list_file_is_opened_once_per_load_and_judged_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One open, and the checks (a folder, a pipe, the size) on what it opened: a stat by
+    name and a second open were both work and a window for the file to change."""
+    lists = tmp_path / "block.txt"
+    lists.write_text("ads.example.test\n")
+    seen: list[str] = []
+
+    def counting(name: str, real: Any) -> Any:
+        def counted(path: object, *args: Any, **kw: Any) -> Any:
+            if str(path) == str(lists):
+                seen.append(name)
+            return real(path, *args, **kw)
+
+        return counted
+
+    for module, name in ((os, "open"), (os, "stat"), (io, "open")):
+        monkeypatch.setattr(module, name, counting(name, getattr(module, name)))
+    ns = nameserver(str(lists))
+    await ns.reload()
+    await ns.reload()
+    assert seen == ["open", "open"]  # os.open, once for each load
+    assert ns.status()["blocklist_entries"] == 1
+    monkeypatch.undo()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opened all the same (without blocking), then refused
+    for source, why in ((fifo, "not a regular file"), (tmp_path, "a folder, not a file"),
+                        (tmp_path / "gone.txt", "No such file or directory")):  # fmt: skip
+        assert file_problem(str(source)) == why

@@ -3,15 +3,21 @@ and every value that cannot work named by its key."""
 
 from __future__ import annotations
 
+import collections
 import copy
 import ipaddress
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from retreatkit import config
+from retreatkit import config, loop, serve
+from retreatkit.cli import main as cli
+from retreatkit.nameserver import hosted
 from retreatkit.nameserver.hosted import dns_server, nameserver_settings, problems
+from retreatkit.nameserver.local import Record
+from retreatkit.nameserver.service import Nameserver, Settings
 
 
 def section(**values: Any) -> dict[str, Any]:
@@ -80,3 +86,48 @@ def test_records_and_block_mode_that_cannot_work_are_named() -> None:
         with pytest.raises(ValueError) as refused:  # a guest's settings: no check before
             nameserver_settings(bad, {})
         assert str(refused.value) == message
+
+
+def test_start_up_looks_each_name_up_and_parses_each_record_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`retreatkit nameserver` as main runs it, up to serving: the start-up check and the
+    settings share one reading of [nameserver]."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    looked_up: collections.Counter[str] = collections.Counter()
+    real_lookup = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        if str(host).endswith(".retreat.test"):  # names only this test knows
+            looked_up[host] += 1
+            return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("192.0.2.53", port))]
+        return real_lookup(host, port, *args, **kw)
+
+    parsed: collections.Counter[str] = collections.Counter()
+    real_parse = hosted.parse_record
+
+    def parse_record(text: str) -> Record:
+        parsed[text] += 1
+        return real_parse(text)
+
+    built: list[Settings] = []
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(hosted, "parse_record", parse_record)
+    monkeypatch.setattr(Nameserver, "__init__", lambda self, settings: built.append(settings))
+    monkeypatch.setattr(loop, "run", lambda start: 0)  # the services are built; none serves
+    monkeypatch.setattr(serve, "setup_logging", lambda *args, **kw: None)
+    toml = tmp_path / "retreat.toml"
+    toml.write_text(
+        '[nameserver]\nupstreams = ["dns1.retreat.test", "dns2.retreat.test:5300"]\n'
+        '[nameserver.records]\n"wiki.retreat.lan" = "10.0.0.9"\n'
+        '[nameserver.forward]\n"corp.example" = "router.retreat.test"\n'
+    )
+    argv = ["--config", str(toml), "nameserver", "--listen", "127.0.0.1:0", "--admin",
+            "127.0.0.1:0", "--record", "pad.retreat.lan=10.0.0.8"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert looked_up == {"dns1.retreat.test": 1, "dns2.retreat.test": 1, "router.retreat.test": 1}
+    assert parsed == {"wiki.retreat.lan=10.0.0.9": 1, "pad.retreat.lan=10.0.0.8": 1}
+    (settings,) = built
+    assert settings.upstreams == [("192.0.2.53", 53), ("192.0.2.53", 5300)]
+    assert settings.forward == {"corp.example": [("192.0.2.53", 53)]}
+    assert [r.name for r in settings.records] == ["wiki.retreat.lan", "pad.retreat.lan"]
