@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from retreatkit.nameserver import status
+from retreatkit.nameserver import status, wildcard
 from retreatkit.nameserver.gate import LAN, Gate
 from retreatkit.nameserver.lists import Sources
 from retreatkit.nameserver.local import Record
@@ -114,8 +114,9 @@ class Nameserver:
         already use elsewhere: then pick again, a few times."""
         loop = asyncio.get_running_loop()
         for attempt in range(20):
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: UDPServer(self.resolver, self.gate), local_addr=(host, port)
+            # on a wildcard address, replies leave from the address each query reached
+            transport, _ = await wildcard.endpoint(
+                lambda: UDPServer(self.resolver, self.gate), host, port
             )
             bound: tuple[str, int] = transport.get_extra_info("sockname")[:2]
             try:
