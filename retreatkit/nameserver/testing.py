@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +110,20 @@ class NameserverProcess:
     def token(self) -> str:
         """The admin token the process made on its first start, in its own state folder."""
         return (self.home / "state" / "retreatkit" / "admin-token").read_text().strip()
+
+    def request(self, method: str, path: str, body: object = None) -> object:
+        """One request to its admin endpoint, with the token, as the dashboard makes it;
+        the JSON answer (None for none)."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(  # noqa: S310 - http to our own admin endpoint
+            f"{self.admin}{path}",
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310 - the same
+            raw = r.read()
+        return json.loads(raw) if raw else None
 
 
 def home_env(home: Path) -> dict[str, str]:

@@ -15,6 +15,8 @@ that sets our source address and `source` the client's address as the socket gav
 (with flow and scope for IPv6). The protocol passes it back to `sendto` unchanged.
 
 A socket bound to one address keeps asyncio's transport: its replies have one source.
+TCP needs none of this (a connection's replies leave from where it was accepted); only
+`::` gets a listener of its own here, to take IPv4 as its UDP socket does.
 """
 
 from __future__ import annotations
@@ -76,6 +78,27 @@ async def endpoint(
         return await loop.create_datagram_endpoint(factory, local_addr=(host, port))
     protocol = factory()
     return Transport(loop, open_socket(host, port), protocol), protocol
+
+
+async def stream_server(
+    factory: Callable[[], asyncio.Protocol], host: str, port: int
+) -> asyncio.Server:
+    """asyncio's create_server, but on `::` IPv4 too, as the UDP socket there takes it:
+    asyncio makes a `::` listener IPv6 only, so an IPv4 client sent on to TCP by a
+    truncated answer found nothing listening."""
+    loop = asyncio.get_running_loop()
+    if not (applies(host) and ipaddress.ip_address(host).version == 6):
+        return await loop.create_server(factory, host, port, reuse_address=True)
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return await loop.create_server(factory, sock=sock)
 
 
 def reply_data(level: int, kind: int, data: bytes) -> Ancillary:
