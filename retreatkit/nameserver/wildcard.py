@@ -53,12 +53,13 @@ def applies(host: str) -> bool:
 
 def open_socket(host: str, port: int) -> socket.socket:
     """A UDP socket bound to the wildcard `host`, telling each datagram's destination.
-    `::` takes IPv4 as well (v4-mapped), as asyncio's own endpoint on `::` does."""
+    `::` takes IPv4 as well (v4-mapped), whatever the system's default (bindv6only)."""
     v6 = ipaddress.ip_address(host).version == 6
     sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         if v6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
