@@ -1,6 +1,6 @@
 """The nameserver against dnsmasq on loopback: cache hits, 30% blocked, a 1M-entry list.
 
-    uv run python bench/nameserver.py [--rounds 3] [--seconds 10] [--no-profile]
+    uv run python bench/nameserver.py [--rounds 3] [--seconds 10] [--no-profile] [--wildcard]
 
 One run, real processes, 127.0.0.1 only:
 
@@ -208,15 +208,22 @@ class Server:
 
 
 def start_dnsmasq(
-    upstream: int, blocked: Path, log: Path, extra: Sequence[str] = (), name: str = "dnsmasq"
+    upstream: int,
+    blocked: Path,
+    log: Path,
+    extra: Sequence[str] = (),
+    name: str = "dnsmasq",
+    wildcard: bool = False,
 ) -> Server:
-    """dnsmasq as a caching forwarder to `upstream`, with `blocked` as extra hosts."""
+    """dnsmasq as a caching forwarder to `upstream`, with `blocked` as extra hosts;
+    `wildcard`: on the wildcard address, as dnsmasq is by default (IP_PKTINFO replies)."""
     binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
     for _ in range(5):  # a port free for UDP may be taken for TCP: try another
         port = free_udp_port()
         argv = [
             binary, "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--port={port}",
-            "--listen-address=127.0.0.1", "--bind-interfaces", f"--server=127.0.0.1#{upstream}",
+            "--listen-address=127.0.0.1", *(() if wildcard else ("--bind-interfaces",)),
+            f"--server=127.0.0.1#{upstream}",
             "--cache-size=10000", f"--addn-hosts={blocked}", "--local-ttl=2", "--pid-file=",
             f"--log-facility={log}", f"--user={getpass.getuser()}", *extra,
         ]  # fmt: skip
@@ -230,12 +237,15 @@ def start_dnsmasq(
     raise BenchError(f"dnsmasq did not start: {log.read_text()[-500:]}")
 
 
-def start_ours(upstream: int, blocked: Path, extra: Sequence[str] = ()) -> Server:
+def start_ours(
+    upstream: int, blocked: Path, extra: Sequence[str] = (), wildcard: bool = False
+) -> Server:
+    """Ours on 127.0.0.1, or with `wildcard` on 0.0.0.0 (the default `listen`)."""
     from retreatkit.nameserver.testing import start_nameserver
 
     ns = start_nameserver(
         "--upstream", f"{HOST}:{upstream}", "--rate-limit", "0", "--blocklist", str(blocked),
-        *extra,
+        *extra, listen="0.0.0.0:0" if wildcard else f"{HOST}:0",
     )  # fmt: skip
     return Server("ours", ns.process.popen, ns.port, admin=ns.admin, stopper=ns.stop)
 
@@ -876,7 +886,13 @@ def render(o: Outcome) -> str:
         " cheapest miss (the target is against this one). **mixed5**: each of"
         f" {st['mixed_lines']:,} queries once, at full speed: {BLOCKED_SHARE:.0%} blocked,"
         f" {UNCACHED_SHARE:.0%} names never seen before, the rest cached names. Every"
-        " measured attempt of these two has a query file of its own.",
+        " measured attempt of these two has a query file of its own."
+        + (
+            " Both servers listen on the wildcard address (`--wildcard`; ours on 0.0.0.0,"
+            " dnsmasq without --bind-interfaces): each reply's source comes from IP_PKTINFO."
+            if st.get("wildcard")
+            else ""
+        ),
         "",
         f"Medians of {len(hits['ours'])} rounds (servers alternating); every round's numbers"
         " are under Details. The user + sys split is that of the median round.",
@@ -1103,6 +1119,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-dnsmasq-list", action="store_true", help="skip dnsmasq's list load")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy run")
     p.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
+    p.add_argument(
+        "--wildcard",
+        action="store_true",
+        help="both servers on the wildcard address, as deployed (their defaults): each"
+        " reply's source from IP_PKTINFO; dnsperf still asks 127.0.0.1",
+    )
     return p.parse_args(argv)
 
 
@@ -1166,12 +1188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stoppers.append(ttl0.stop)
         dm = start_dnsmasq(
             upstream.port, files.blocked_hosts, DATA / "dnsmasq.log",
-            [f"--server=/{TTL0_ZONE}/{HOST}#{ttl0.port}"],
+            [f"--server=/{TTL0_ZONE}/{HOST}#{ttl0.port}"], wildcard=args.wildcard,
         )  # fmt: skip
         stoppers.append(dm.stop)
         us = start_ours(
-            upstream.port, files.blocked_hosts, ["--forward", f"{TTL0_ZONE}={HOST}:{ttl0.port}"]
-        )
+            upstream.port, files.blocked_hosts, ["--forward", f"{TTL0_ZONE}={HOST}:{ttl0.port}"],
+            wildcard=args.wildcard,
+        )  # fmt: skip
         stoppers.append(us.stop)
         ours_pids = [upstream.process.pid, ttl0.process.pid, dm.pid, us.pid]
         for server in (dm, us):
@@ -1276,6 +1299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "names": args.names,
             "blocked": args.blocked,
             "list_entries": args.list_entries,
+            "wildcard": args.wildcard,
         },
         perf=perf,
         loads=loads,

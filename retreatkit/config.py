@@ -54,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "rate_limit": 1000,  # queries per second per client; 0 turns it off
         "stale_for": 86400.0,
         "reload_every": 86400.0,
+        "upstream_recheck": 30.0,  # seconds a down upstream is passed by, then probed
         "mirror": "",  # fetch URL blocklists through this mirror; `up` uses its own
     },
     "dashboard": {

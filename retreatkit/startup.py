@@ -16,7 +16,7 @@ from retreatkit.lanaddress import is_loopback
 POSITIVE = {
     "relay": ("per_ip", "waiting", "handshake_timeout", "wait_timeout", "idle_timeout"),
     "mirror": ("connect_timeout", "read_timeout"),
-    "nameserver": ("reload_every",),
+    "nameserver": ("reload_every", "upstream_recheck"),
     "dashboard": ("leak_window",),
 }
 NOT_NEGATIVE = {

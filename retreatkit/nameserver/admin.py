@@ -7,6 +7,7 @@ Every action that changes the policy applies to the very next query, cached or n
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from retreatkit.nameserver.local import LocalNames, Record, parse_record
 if TYPE_CHECKING:
     from retreatkit.nameserver.service import Nameserver
 
+log = logging.getLogger("retreatkit.nameserver")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_PAUSE_MINUTES = 24 * 60
@@ -34,7 +36,12 @@ def routes(ns: Nameserver) -> list[web.RouteDef]:
         return web.json_response({"next": next_seq, "queries": items})
 
     async def reload(request: web.Request) -> web.Response:
-        await ns.reload()
+        before = len(ns.resolver.policy.blocklist)
+        if not ns.sources.sources:
+            _did(request, "blocklists reloaded: none configured")
+        else:
+            after = await ns.reload(quiet=True)
+            _did(request, f"blocklists reloaded: {after} domains (was {before})")
         return web.json_response({"blocklists": status.blocklists(ns)})
 
     async def pause(request: web.Request) -> web.Response:
@@ -46,7 +53,14 @@ def routes(ns: Nameserver) -> list[web.RouteDef]:
             or not (0 <= minutes <= MAX_PAUSE_MINUTES)
         ):
             raise _bad(f'expected {{"minutes": N}} with N from 0 to {MAX_PAUSE_MINUTES}')
+        before = status.blocking(ns)
         ns.resolver.pause(float(minutes) * 60)
+        if minutes:
+            until = status.at(ns, ns.resolver.paused_until)
+            was = f" (was {before})" if before != "on" else ""
+            _did(request, f"blocking paused for {minutes:g} min, until {until}{was}")
+        else:
+            _did(request, "blocking resumed" + (" (it was not paused)" if before == "on" else ""))
         return web.json_response({"blocking": status.blocking(ns)})
 
     async def put_record(request: web.Request) -> web.Response:
@@ -60,12 +74,15 @@ def routes(ns: Nameserver) -> list[web.RouteDef]:
         except BadRecord as exc:
             raise _bad(str(exc)) from None
         local = ns.resolver.policy.local
+        replaced = [r for r in local.all() if _replaced(r, record)]
         records = [*(r for r in local.all() if not _replaced(r, record)), record]
         try:
             LocalNames(records, local.zones).check_loops()
         except CnameLoop as exc:
             raise _bad(f"{exc}: {record.name} not set") from None
         ns.set_records(records)
+        was = f"was {_values(replaced)}" if replaced else "new"
+        _did(request, f"local name {record.name} set: {_values([record])} ({was})")
         return web.json_response(_record(record))
 
     async def delete_record(request: web.Request) -> web.Response:
@@ -75,6 +92,7 @@ def routes(ns: Nameserver) -> list[web.RouteDef]:
         if len(kept) == len(current):
             raise web.HTTPNotFound(text=f"no local record named {name}\n")
         ns.set_records(kept)
+        _did(request, f"local name {name} removed (was {_values(current, name)})")
         return web.Response(status=204)
 
     async def flush(request: web.Request) -> web.Response:
@@ -83,7 +101,9 @@ def routes(ns: Nameserver) -> list[web.RouteDef]:
         name = normalize(raw) if isinstance(raw, str) else None
         if name is None:
             raise _bad('expected {"name": "example.org"}')
-        return web.json_response({"name": name, "dropped": ns.resolver.flush(name)})
+        dropped = ns.resolver.flush(name)
+        _did(request, f"cache flushed for {name}: {dropped} answer{'s' * (dropped != 1)} dropped")
+        return web.json_response({"name": name, "dropped": dropped})
 
     return [
         web.get("/nameserver/queries", queries),
@@ -93,6 +113,17 @@ def routes(ns: Nameserver) -> list[web.RouteDef]:
         web.delete("/nameserver/records/{name}", delete_record),
         web.post("/nameserver/cache/flush", flush),
     ]
+
+
+def _did(request: web.Request, what: str) -> None:
+    """One line in the organiser's log per action that changes DNS state: who, and what
+    changed (a refused request changes nothing and says nothing)."""
+    log.info("admin (%s): %s", request.remote, what)
+
+
+def _values(records: list[Record], name: str | None = None) -> str:
+    """`A 10.0.0.9, AAAA fd00::9`: the data of `records` (of those named `name`, if given)."""
+    return ", ".join(f"{r.rtype} {r.value}" for r in records if name in (None, r.name))
 
 
 def _replaced(old: Record, new: Record) -> bool:

@@ -110,6 +110,7 @@ def nameserver_settings(
         rate_limit=int(section["rate_limit"]),
         stale_for=float(section["stale_for"]),
         reload_every=float(section["reload_every"]),
+        upstream_recheck=float(section["upstream_recheck"]),
         mirror=mirror or (lambda: section["mirror"] or None),
     )
 

@@ -15,16 +15,17 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from retreatkit.nameserver import status
+from retreatkit.nameserver import status, wildcard
 from retreatkit.nameserver.gate import LAN, Gate
 from retreatkit.nameserver.lists import Sources
 from retreatkit.nameserver.local import Record
 from retreatkit.nameserver.policy import Policy
 from retreatkit.nameserver.resolver import Resolver
 from retreatkit.nameserver.server import UDPServer
+from retreatkit.nameserver.statelog import StateLog
 from retreatkit.nameserver.tcp import IDLE, Connections, TCPServer
 from retreatkit.nameserver.transport import Pool
-from retreatkit.nameserver.upstream import Transport, Upstream, UpstreamSet
+from retreatkit.nameserver.upstream import RETRY_AFTER, Transport, Upstream, UpstreamSet
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -46,6 +47,7 @@ class Settings:
     rate_limit: int = 1000
     stale_for: float = 86400.0
     reload_every: float = 86400.0
+    upstream_recheck: float = RETRY_AFTER
     tcp_idle: float = IDLE
     # where URL lists come from when a mirror is configured: it fetches each once for
     # the LAN and keeps serving it when the uplink is gone
@@ -68,11 +70,17 @@ class Nameserver:
         self.pool = Pool(clock=clock)
         upstream_transport = transport if transport is not None else self.pool
 
-        def servers(addresses: list[Address]) -> UpstreamSet:
-            return UpstreamSet([Upstream(h, p) for h, p in addresses], upstream_transport, clock)
+        # each change of an upstream's state is a line in the log, flapping bounded
+        self.upstream_states = StateLog(log.log)
+
+        def servers(addresses: list[Address], zone: str = "") -> UpstreamSet:
+            return UpstreamSet(
+                [Upstream(h, p) for h, p in addresses], upstream_transport, clock,
+                recheck=settings.upstream_recheck, zone=zone, note=self.upstream_states.note,
+            )  # fmt: skip
 
         groups = {"": servers(settings.upstreams)}
-        groups.update({zone: servers(addrs) for zone, addrs in settings.forward.items()})
+        groups.update({zone: servers(addrs, zone) for zone, addrs in settings.forward.items()})
         forward = {zone: tuple(addrs) for zone, addrs in settings.forward.items()}
         self.resolver = Resolver(
             Policy.build(settings.records, settings.allow, forward=forward),
@@ -112,17 +120,16 @@ class Nameserver:
     async def _bind(self, host: str, port: int) -> tuple[str, int]:
         """UDP and TCP on one port. With port 0 the kernel picks a UDP port that TCP may
         already use elsewhere: then pick again, a few times."""
-        loop = asyncio.get_running_loop()
         for attempt in range(20):
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: UDPServer(self.resolver, self.gate), local_addr=(host, port)
+            # on a wildcard address, replies leave from the address each query reached
+            transport, _ = await wildcard.endpoint(
+                lambda: UDPServer(self.resolver, self.gate), host, port
             )
             bound: tuple[str, int] = transport.get_extra_info("sockname")[:2]
             try:
-                self._tcp = await loop.create_server(
-                    lambda: TCPServer(self.resolver, self.gate, self.connections),
-                    host, bound[1], reuse_address=True,
-                )  # fmt: skip
+                self._tcp = await wildcard.stream_server(
+                    lambda: TCPServer(self.resolver, self.gate, self.connections), host, bound[1]
+                )
             except OSError:
                 transport.close()
                 if port != 0 or attempt == 19:
@@ -168,14 +175,18 @@ class Nameserver:
             now = self.clock()
             if now >= self.resolver.next_tick:
                 self.resolver.tick(now)
+            self.upstream_states.tick(now)
 
-    async def reload(self) -> None:
-        """Read every list and swap the result in: the next query is answered under it."""
+    async def reload(self, quiet: bool = False) -> int:
+        """Read every list and swap the result in: the next query is answered under it.
+        The domains blocked now; `quiet`: the caller logs what happened."""
         if not self.sources.sources:
-            return
+            return len(self.resolver.policy.blocklist)
         blocklist = await self.sources.load(self.wall)
         self.resolver.set_policy(self.resolver.policy.with_blocklist(blocklist))
-        log.info("blocklists loaded: %d domains", len(blocklist))
+        if not quiet:
+            log.info("blocklists loaded: %d domains", len(blocklist))
+        return len(blocklist)
 
     def set_records(self, records: list[Record]) -> None:
         self.resolver.set_policy(self.resolver.policy.with_records(records))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +111,20 @@ class NameserverProcess:
         """The admin token the process made on its first start, in its own state folder."""
         return (self.home / "state" / "retreatkit" / "admin-token").read_text().strip()
 
+    def request(self, method: str, path: str, body: object = None) -> object:
+        """One request to its admin endpoint, with the token, as the dashboard makes it;
+        the JSON answer (None for none)."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(  # noqa: S310 - http to our own admin endpoint
+            f"{self.admin}{path}",
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310 - the same
+            raw = r.read()
+        return json.loads(raw) if raw else None
+
 
 def home_env(home: Path) -> dict[str, str]:
     """Everything a process would keep in the user's folders goes under `home`."""
@@ -143,13 +160,15 @@ def start_nameserver(
 @dataclass(frozen=True)
 class TwoHosts:
     """A server and a client host in network namespaces of their own, on one link; each
-    has an address in the LAN (10.53.0.0/24) and one outside it (TEST-NET-2)."""
+    has an address in the LAN (10.53.0.0/24) and one outside it (TEST-NET-2), and the
+    client one in an IPv6 ULA (fd00:53::/64)."""
 
     server: str
     client: str
     server_lan: str = "10.53.0.1"
     client_lan: str = "10.53.0.2"
     client_outside: str = "198.51.100.2"
+    client_lan6: str = "fd00:53::2"
 
     def on(self, host: str, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", host, *argv]
@@ -160,8 +179,10 @@ def _ip(*args: str) -> None:
 
 
 @contextlib.contextmanager
-def two_hosts(prefix: str = "rkns") -> Iterator[TwoHosts]:
-    """Made for one test and removed after it, whatever happens (needs root, iproute2)."""
+def two_hosts(prefix: str = "rkns", server_more: tuple[str, ...] = ()) -> Iterator[TwoHosts]:
+    """Made for one test and removed after it, whatever happens (needs root, iproute2).
+    `server_more`: more addresses of the server on the link (`ADDRESS/PREFIX`, IPv4 or
+    IPv6), each network routed there from the client."""
     tag = f"{prefix}-{os.getpid()}"
     hosts = TwoHosts(f"{tag}-s", f"{tag}-c")
     link = f"{prefix}{os.getpid() % 10**8}"  # interface names: 15 characters at most
@@ -172,12 +193,22 @@ def two_hosts(prefix: str = "rkns") -> Iterator[TwoHosts]:
         _ip("-n", hosts.server, "link", "add", link + "s", "type", "veth", "peer", "name",
             link + "c", "netns", hosts.client)  # fmt: skip
         for name, device, address in (
-            (hosts.server, link + "s", hosts.server_lan),
-            (hosts.client, link + "c", hosts.client_lan),
-            (hosts.client, link + "c", hosts.client_outside),
+            (hosts.server, link + "s", f"{hosts.server_lan}/24"),
+            (hosts.client, link + "c", f"{hosts.client_lan}/24"),
+            (hosts.client, link + "c", f"{hosts.client_outside}/24"),
+            (hosts.client, link + "c", f"{hosts.client_lan6}/64"),
+            *((hosts.server, link + "s", more) for more in server_more),
         ):
-            _ip("-n", name, "addr", "add", f"{address}/24", "dev", device)
+            # nodad: an IPv6 address is usable at once, not after duplicate detection
+            _ip("-n", name, "addr", "add", address, "dev", device, *(["nodad"] * (":" in address)))
             _ip("-n", name, "link", "set", device, "up")
+        for more in server_more:
+            network = ipaddress.ip_interface(more).network
+            if not any(
+                ipaddress.ip_address(a) in network
+                for a in (hosts.client_lan, hosts.client_outside, hosts.client_lan6)
+            ):
+                _ip("-n", hosts.client, "route", "add", str(network), "dev", link + "c")
         # the outside network is routed to the server, which has no address in it: its
         # answers leave from the address the client asked
         _ip("-n", hosts.server, "route", "add", "198.51.100.0/24", "dev", link + "s")

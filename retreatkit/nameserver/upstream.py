@@ -1,11 +1,11 @@
 """Upstreams: which to ask, in what order, and what their answers say about their health.
 
 The clock is the caller's. An upstream that fails three times in a row is down for
-RETRY_AFTER seconds (RFC 8767's failure recheck timer); then one query at a time
-probes it while the others pass it by. When every upstream is down and none is due a
-probe, asking fails at once: stale answers and SERVFAIL come without waiting on
-servers known to be silent. SERVFAIL and REFUSED from an upstream count as failures
-(and fail over), never as answers.
+RETRY_AFTER seconds (RFC 8767's failure recheck timer; the set's `recheck`); then one
+query at a time probes it while the others pass it by. When every upstream is down and
+none is due a probe, asking fails at once: stale answers and SERVFAIL come without
+waiting on servers known to be silent. SERVFAIL and REFUSED from an upstream count as
+failures (and fail over), never as answers.
 """
 
 from __future__ import annotations
@@ -61,13 +61,13 @@ class Upstream:
         ms = elapsed * 1000
         self.latency_ms = ms if self.latency_ms == 0 else 0.8 * self.latency_ms + 0.2 * ms
 
-    def failed(self, now: float, why: str) -> None:
+    def failed(self, now: float, why: str, recheck: float = RETRY_AFTER) -> None:
         self.queries += 1
         self.errors += 1
         self.failures += 1
         self.last_error = why
         if self.down:
-            self.down_until = now + RETRY_AFTER
+            self.down_until = now + recheck
 
 
 class Transport(Protocol):
@@ -109,6 +109,10 @@ class UpstreamSet:
     clock: Callable[[], float]
     timeout: float = ATTEMPT_TIMEOUT
     random_id: Callable[[], int] = field(default_factory=RandomIds)
+    recheck: float = RETRY_AFTER  # seconds a down upstream is passed by, then probed
+    zone: str = ""  # the domain forwarded to these servers; "" for the default upstreams
+    # told of each answer and failure, after the upstream's state took it (statelog)
+    note: Callable[[Upstream, str, float], None] | None = None
 
     def plan(self, now: float) -> list[Upstream]:
         """Who to ask, in order: every upstream that is up, and any down one whose
@@ -154,21 +158,28 @@ class UpstreamSet:
             except (UpstreamFailed, TimeoutError, OSError, replies.Unusual) as exc:
                 why = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else
                                    type(exc).__name__)  # fmt: skip
-                upstream.failed(self.clock(), why)
-                last = f"{upstream.address}: {why}"
+                last = self._failed(upstream, why)
                 continue
             finally:
                 if probe:
                     upstream.probing = False
             rcode = reply.rcode if reply is not None else wire.HEADER.unpack_from(raw)[1] & 0xF
             if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
-                why = "SERVFAIL" if rcode == RCODE_SERVFAIL else "REFUSED"
-                upstream.failed(self.clock(), why)
-                last = f"{upstream.address}: {why}"
+                last = self._failed(upstream, "SERVFAIL" if rcode == RCODE_SERVFAIL else "REFUSED")
                 continue
-            upstream.answered(self.clock() - started)
+            now = self.clock()
+            upstream.answered(now - started)
+            if self.note is not None:
+                self.note(upstream, self.zone, now)
             return Answer(raw, reply, upstream)
         raise UpstreamFailed(last)
+
+    def _failed(self, upstream: Upstream, why: str) -> str:
+        now = self.clock()
+        upstream.failed(now, why, self.recheck)
+        if self.note is not None:
+            self.note(upstream, self.zone, now)
+        return f"{upstream.address}: {why}"
 
     def _query(
         self, upstream: Upstream, key: bytes, question: bytes, tcp: bool

@@ -107,16 +107,7 @@ def flags(out: str) -> set[str]:
 
 def admin(ns: NameserverProcess, method: str, path: str, body: object = None) -> object:
     """Every admin request of these tests goes through here (one place for credentials)."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        f"{ns.admin}{path}",
-        data=data,
-        method=method,
-        headers={"Authorization": f"Bearer {ns.token}"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as r:
-        raw = r.read()
-    return json.loads(raw) if raw else None
+    return ns.request(method, path, body)
 
 
 def status(ns: NameserverProcess) -> dict[str, object]:

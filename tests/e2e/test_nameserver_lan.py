@@ -4,6 +4,7 @@ alike, as dig shows it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -58,3 +59,65 @@ def test_outside_the_lan_gets_refused_over_tcp_as_over_udp(lan: tuple[TwoHosts, 
         out = dig(hosts, hosts.client_outside, transport, "wiki.retreat.lan")
         assert "status: REFUSED" in out, out  # not a reset: the client knows it was us
         assert "ANSWER: 0" in out and "10.53.0.9" not in out
+
+
+# the server's addresses: two in the LAN's network, one in another network, two IPv6
+MORE = ("10.53.0.3/24", "10.54.0.1/24", "fd00:53::1/64", "fd00:53::3/64")
+
+
+@pytest.fixture(scope="module")
+def multihomed() -> Iterator[tuple[TwoHosts, dict[str, int]]]:
+    """A server host with several addresses and two nameservers on it, one on 0.0.0.0 and
+    one on :: (IPv4 too, v4-mapped); the port of each by its listen address."""
+    ports = {"0.0.0.0": 5300, "::": 5301}
+    with contextlib.ExitStack() as stack:
+        try:
+            hosts = stack.enter_context(two_hosts(server_more=MORE))
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"cannot make network namespaces here: {exc.stderr.decode().strip()}")
+        home = Path(tempfile.mkdtemp(prefix="rkns-home-"))
+        stack.callback(shutil.rmtree, home, ignore_errors=True)
+        servers = []
+        for host, port in ports.items():
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            argv = [sys.executable, "-m", "retreatkit.cli.main", "nameserver", "--listen", where,
+                    "--admin", "127.0.0.1:0", "--upstream", "127.0.0.1:9",
+                    "--record", "wiki.retreat.lan=10.53.0.9"]  # fmt: skip
+            server = Process.start(hosts.on(hosts.server, argv), env=home_env(home / str(port)))
+            stack.callback(server.stop)
+            servers.append(server)
+        for server in servers:
+            server.wait_for(r"^Admin on ")
+        yield hosts, ports
+
+
+def ask(hosts: TwoHosts, server: str, port: int, *args: str) -> str:
+    """What dig on the client prints for wiki.retreat.lan, +short; its whole output (the
+    error) when it printed no answer."""
+    argv = ["dig", f"@{server}", "-p", str(port), "+time=2", "+tries=1", "+short", *args,
+            "wiki.retreat.lan"]  # fmt: skip
+    done = subprocess.run(hosts.on(hosts.client, argv), capture_output=True, text=True, timeout=30)
+    return done.stdout.strip()
+
+
+def test_a_server_on_0_0_0_0_answers_each_address_from_that_address(
+    multihomed: tuple[TwoHosts, dict[str, int]],
+) -> None:
+    # before, the kernel sent each answer from 10.53.0.1 (its choice for the client's
+    # network), and dig dropped it: "reply from unexpected source"
+    hosts, ports = multihomed
+    for server in ("10.53.0.1", "10.53.0.3", "10.54.0.1"):
+        out = ask(hosts, server, ports["0.0.0.0"], "+notcp")
+        assert out == "10.53.0.9", f"{server}: {out}"
+    assert ask(hosts, "10.54.0.1", ports["0.0.0.0"], "+tcp") == "10.53.0.9"
+
+
+def test_a_server_on_ipv6_wildcard_answers_each_address_from_that_address(
+    multihomed: tuple[TwoHosts, dict[str, int]],
+) -> None:
+    hosts, ports = multihomed
+    for server in ("fd00:53::1", "fd00:53::3", "10.53.0.3"):  # the last one v4-mapped
+        out = ask(hosts, server, ports["::"], "+notcp")
+        assert out == "10.53.0.9", f"{server}: {out}"
+    for server in ("fd00:53::3", "10.53.0.3"):  # TCP on :: takes IPv4 too, as UDP does
+        assert ask(hosts, server, ports["::"], "+tcp") == "10.53.0.9", server

@@ -193,3 +193,43 @@ async def test_status_section_has_the_contract_fields(admin: Admin) -> None:
                                  "latency_ms": 0.0, "queries": 1, "errors": 0,
                                  "last_error": None}]  # fmt: skip
     assert doc["top_clients"] == [["10.0.0.5", 1]]
+
+
+async def test_each_action_that_changes_dns_state_is_one_line_in_the_log(
+    admin: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="retreatkit.nameserver")
+    assert await admin.addresses("www.example.test") == ["198.51.100.7"]  # cached now
+    admin.lists.write_text("||ads.example.test^\n||tracker.example.test^\n")
+    actions: list[tuple[str, str, object]] = [
+        ("POST", "/nameserver/blocklists/reload", None),
+        ("POST", "/nameserver/blocking/pause", {"minutes": 10}),
+        ("POST", "/nameserver/blocking/pause", {"minutes": 2.5}),
+        ("POST", "/nameserver/blocking/pause", {"minutes": 0}),
+        ("POST", "/nameserver/blocking/pause", {"minutes": 0}),
+        ("PUT", "/nameserver/records/wiki.retreat.lan", {"value": "10.0.0.9"}),
+        ("PUT", "/nameserver/records/wiki.retreat.lan", {"value": "cname:www.retreat.lan"}),
+        ("PUT", "/nameserver/records/wiki.retreat.lan", {"value": "nonsense:"}),  # 400
+        ("DELETE", "/nameserver/records/wiki.retreat.lan", None),
+        ("DELETE", "/nameserver/records/wiki.retreat.lan", None),  # 404
+        ("POST", "/nameserver/cache/flush", {"name": "www.example.test"}),
+    ]
+    for method, path, body in actions:
+        await admin.request(method, path, body)
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("retreatkit.nameserver", "INFO", line)
+        for line in (
+            "upstream 192.0.2.53:53 is up",  # its first answer
+            "admin (127.0.0.1): blocklists reloaded: 2 domains (was 1)",
+            "admin (127.0.0.1): blocking paused for 10 min, until 2027-01-15T08:10:00Z",
+            "admin (127.0.0.1): blocking paused for 2.5 min, until 2027-01-15T08:02:30Z "
+            "(was paused until 2027-01-15T08:10:00Z)",
+            "admin (127.0.0.1): blocking resumed",
+            "admin (127.0.0.1): blocking resumed (it was not paused)",
+            "admin (127.0.0.1): local name wiki.retreat.lan set: A 10.0.0.9 (new)",
+            "admin (127.0.0.1): local name wiki.retreat.lan set: CNAME www.retreat.lan "
+            "(was A 10.0.0.9)",
+            "admin (127.0.0.1): local name wiki.retreat.lan removed (was CNAME www.retreat.lan)",
+            "admin (127.0.0.1): cache flushed for www.example.test: 1 answer dropped",
+        )
+    ]
