@@ -204,15 +204,17 @@ def test_02_a_hundred_thousand_entries_through_the_relay(
             fd = os.open(many / f"{i:05}", flags, 0o644)
             os.write(fd, b"%d\n" % i)
             os.close(fd)
-        sender = send(relay, home, str(many))
+        # through the relay as named: on one host the direct path usually wins the race,
+        # but not always under load, and the path is not what this test is about
+        sender = send(relay, home, "--no-direct", str(many))
         assert sender.seen[0] == "Sending 99999 files (588.9 kB) in folder 'many'"
-        got = recv(relay, home, "--yes", "-o", str(out), passphrase(sender))
+        got = recv(relay, home, "--no-direct", "--yes", "-o", str(out), passphrase(sender))
         code, _ = finished(sender)
         assert (code, got.returncode) == (0, 0), err(got)
         assert err(got) == [
             f"Offer from {err(got)[0].split()[2]} 99999 files (588.9 kB)",
             "  many/  99999 files (588.9 kB)",
-            "Path: direct",
+            "Path: relay",
             f"Received 99999 files into: {out}",
         ]
         received = sorted(os.listdir(out / "many"))
@@ -569,7 +571,7 @@ def test_10_a_chosen_passphrase_stays_out_of_ps_and_off_the_screen(
     chosen = "12-our-own-words"
     sender = send(relay, home, str(tmp_path / "f"), BOB_PASSPHRASE=chosen)
     argv = Path(f"/proc/{sender.pid}/cmdline").read_bytes()
-    assert b"own-words" not in argv and b"our" not in argv
+    assert b"our-own" not in argv and b"own-words" not in argv  # "our" alone is in paths
     got = recv(relay, home, "--yes", "-o", str(out), chosen)
     code, lines = finished(sender)
     assert (code, got.returncode) == (0, 0)
