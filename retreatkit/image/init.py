@@ -125,7 +125,7 @@ def main() -> None:
         from retreatkit.image import standins
 
         # before the service's imports bring prometheus_client (and aiohttp)
-        standins.load(specs.spec(doc.service).aiohttp_first)
+        standins.load(specs.spec(doc.service).first)
         from retreatkit.image import guest
 
         code = guest.run(doc.service, doc.config, doc.token)

@@ -44,7 +44,7 @@ class LeaveOut:  # a meta path finder; importlib.abc itself would import half th
 sys.meta_path.insert(0, LeaveOut())
 import retreatkit.image.zipimports, retreatkit.image.init, retreatkit.image.standins
 import retreatkit.image.spec
-retreatkit.image.standins.load(retreatkit.image.spec.spec(service).aiohttp_first)
+retreatkit.image.standins.load(retreatkit.image.spec.spec(service).first)
 import retreatkit.image.guest as guest
 for package in whole:  # every module in it, and so whatever those import
     top = __import__(package, fromlist=["_"]).__path__[0]

@@ -45,7 +45,7 @@ class Spec:
     tls: bool = False  # talks to HTTPS upstreams: ships ssl and CA certificates
     leave_out: tuple[str, ...] = ()  # modules the guest never imports, even if allowed to
     whole: tuple[str, ...] = ()  # packages shipped whole: they import parts of themselves late
-    aiohttp_first: bool = False  # imports aiohttp before it answers (stand-ins: standins.py)
+    first: tuple[str, ...] = ()  # imported before it answers, beside stand-ins (standins.py)
     deflate: bool = False  # the Python zip deflated: 3 MB less guest RAM, 0.44 MB more image
 
     @property
@@ -87,12 +87,16 @@ SPECS = {
         disk=True,
         tls=True,
         leave_out=MIRROR_LEAVE_OUT,
-        aiohttp_first=True,
+        first=("aiohttp",),
         deflate=True,  # its OpenSSL and SQLite leave 2 MB of 64 free with a stored zip
     ),
     # dnspython imports the class of each record type when it first meets one
     "nameserver": Spec(
-        "nameserver", (("udp", 53), ("tcp", 53)), leave_out=NO_TLS_LEAVE_OUT, whole=("dns.rdtypes",)
+        "nameserver",
+        (("udp", 53), ("tcp", 53)),
+        leave_out=NO_TLS_LEAVE_OUT,
+        whole=("dns.rdtypes",),
+        first=("dns._features",),
     ),
 }
 

@@ -14,7 +14,7 @@ the stand-ins go away, so any module imported later (aiohttp, asyncio, urllib) f
 real module, or `ssl` absent where the image leaves it out, as each of them allows, and
 never mistakes a stand-in for the real thing.
 
-dnspython (the nameserver's image) checks its optional features (IDNA 2008, DNSSEC, DoH)
+dnspython (in the nameserver's image) checks its optional features (IDNA 2008, DNSSEC, DoH)
 at import by reading installed versions with importlib.metadata. A guest ships no package
 metadata, so every check finds nothing either way; with a stand-in importlib.metadata the
 checks cost nothing instead of 0.2 s under emulation, and the build's probe, which runs
@@ -31,7 +31,6 @@ mirror's guest holds 0.7 MB less and loads ten modules fewer before it answers.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 import types
 from typing import Any
@@ -49,6 +48,9 @@ SERVING = (
 # what aiohttp imports only for sessions that trust the environment, cookie jars saved to
 # a file and multipart bodies it sends (above)
 AIOHTTP_UNUSED = ("urllib.request", "netrc", "pickle", "uuid")
+# what a module a guest's service imports before it answers (its spec's `first`) is
+# imported beside
+BESIDE = {"dns._features": ("importlib.metadata",), "aiohttp": AIOHTTP_UNUSED}
 
 
 class StandIn:
@@ -80,17 +82,15 @@ def _missing(module: str) -> bool:
     return False
 
 
-def load(aiohttp: bool = False) -> None:
+def load(first: tuple[str, ...] = ()) -> None:
     """Import prometheus_client with stand-ins for its serving modules (and for `ssl` where
-    the image leaves it out), dnspython's feature checks where the image has it, and with
-    `aiohttp` (the service imports it before it answers) aiohttp, then take the stand-ins
+    the image leaves it out), then each of `first` (what the service imports before it
+    answers: dnspython's feature checks, aiohttp) beside its own, then take the stand-ins
     away."""
     left_out = ["ssl"] if _missing("ssl") else []
     _import_beside("prometheus_client", [*SERVING, *left_out])
-    if importlib.util.find_spec("dns") is not None:
-        _import_beside("dns._features", ["importlib.metadata"])
-    if aiohttp:
-        _import_beside("aiohttp", [*AIOHTTP_UNUSED, *left_out])
+    for module in first:
+        _import_beside(module, [*BESIDE[module], *left_out])
 
 
 def _import_beside(module: str, stand_ins: list[str]) -> None:

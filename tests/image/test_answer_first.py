@@ -18,11 +18,11 @@ import pytest
 
 GUEST = """
 import json, os, signal, sys
-from retreatkit.image import standins
-standins.load()  # as the guest's init does, before anything brings prometheus_client
+from retreatkit.image import spec, standins
+name = sys.argv[1]
+standins.load(spec.spec(name).first)  # as the guest's init does, before the service's imports
 from retreatkit import config, loop, serve
 from retreatkit.image import guest
-name = sys.argv[1]
 cfg = config.load(None)
 cfg["admin"]["listen"] = "127.0.0.1:0"
 cfg[name]["listen"] = "127.0.0.1:0"

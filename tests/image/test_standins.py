@@ -111,8 +111,8 @@ def test_a_stand_in_gives_a_class_of_its_own_per_name() -> None:
 
 DNSPYTHON = """
 import json, sys
-from retreatkit.image import standins
-standins.load()
+from retreatkit.image import spec, standins
+standins.load(spec.spec("nameserver").first)
 import dns._features, dns.message, dns.name
 print(json.dumps({
     "metadata loaded": "importlib.metadata" in sys.modules,
@@ -142,7 +142,7 @@ def test_dnspython_checks_its_features_without_package_metadata() -> None:
 AIOHTTP = """
 import asyncio, json, sys
 from retreatkit.image import standins
-standins.load(aiohttp=True)  # as the mirror's guest starts
+standins.load(("aiohttp",))  # as the mirror's guest starts
 stood_in = sorted(m for m in standins.AIOHTTP_UNUSED if m in sys.modules)
 import aiohttp, aiohttp.helpers
 from aiohttp import web
@@ -193,4 +193,4 @@ def test_aiohttp_serves_and_fetches_beside_its_stand_ins() -> None:
         "environment's proxies": "a stand-in: this guest does not use this module",
         "urllib.request later": "urllib.request",  # the real one, for whoever wants it
     }
-    assert spec.spec("mirror").aiohttp_first  # the image that loads it this way
+    assert spec.spec("mirror").first == ("aiohttp",)  # the image that loads it this way
