@@ -251,7 +251,7 @@ def test_mirror_image_fetches_over_https_and_its_store_survives_a_reboot(
         '[images]\ndisk_size = "256M"\n'
     )
     disk = tmp_path / "store.disk"
-    args = ("--disk", str(disk), "--memory", "96")
+    args = ("--disk", str(disk), "--memory", "64")  # the target: it serves pip in 64 MB
     try:
         guest = start_guest(mirror, *args, env=env, config=config)
         try:
