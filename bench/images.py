@@ -12,6 +12,8 @@ missing; `debian`: Debian's cloud kernel), one run:
            answers `bob/1 send` with `ok NAMEPLATE`, the nameserver gives a local name's
            address over UDP, the mirror answers GET / with 200. Median of --rounds boots
            at --memory MB. The host RSS of qemu is read at that moment.
+  cpu      CPU seconds qemu used from its start to that answer: under TCG the steadier
+           figure, as wall time moves with whatever else the host runs.
   floor    the least guest memory (MB, a multiple of 8) at which the image boots and gives
            that answer within 60 s, by bisection between 16 and --memory.
   admin    seconds from the same start to the admin endpoint's first /healthz: the admin
@@ -40,7 +42,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchlib import WORK, cpu_model, memory_mb, time_until, verdict, wait_quiet, write_section
+from benchlib import (
+    WORK,
+    cpu_model,
+    memory_mb,
+    proc_cpu,
+    time_until,
+    verdict,
+    wait_quiet,
+    write_section,
+)
 
 from retreatkit import config
 from retreatkit.image import build, kernel, qemu, run
@@ -113,6 +124,12 @@ class Boot:
     answer_seconds: float | None  # None: no answer within ANSWER_TIMEOUT
     qemu_rss_mb: float
     admin_seconds: float | None = None
+    cpu_seconds: float | None = None  # CPU the process used until its first answer
+
+
+def cpu_seconds(pid: int) -> float:
+    user, system = proc_cpu(pid)
+    return user + system
 
 
 def boot_once(image: Path, service: str, memory: int, cfg: dict[str, object]) -> Boot:
@@ -136,6 +153,7 @@ def boot_once(image: Path, service: str, memory: int, cfg: dict[str, object]) ->
                 seconds = await asyncio.to_thread(
                     time_until, answered_or_gone, ANSWER_TIMEOUT, start
                 )
+                cpu = cpu_seconds(pid) if guest.running else None
                 rss = memory_mb(pid)[0] if guest.running else 0.0
                 admin = None
                 if not guest.running:
@@ -150,7 +168,7 @@ def boot_once(image: Path, service: str, memory: int, cfg: dict[str, object]) ->
             finally:
                 guest.kill()
                 await guest.wait()
-        return Boot(seconds, rss, admin)
+        return Boot(seconds, rss, admin, cpu)
 
     return asyncio.run(go())
 
@@ -180,13 +198,14 @@ def local_once(service: str, cfg_path: Path) -> Boot:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         seconds = time_until(lambda: ANSWERS[service]("127.0.0.1", port), ANSWER_TIMEOUT, start)
+        cpu = cpu_seconds(proc.pid)
         rss = memory_mb(proc.pid)[0]
         admin_url = f"http://127.0.0.1:{admin_port}"
         admin = time_until(lambda: admin_answers(admin_url), ANSWER_TIMEOUT, start)
     finally:
         proc.terminate()
         proc.wait(30)
-    return Boot(seconds, rss, admin)
+    return Boot(seconds, rss, admin, cpu)
 
 
 @dataclass
@@ -199,6 +218,7 @@ class Row:
     rss_mb: float
     accel: str
     admin_seconds: float | None = None
+    cpu_seconds: float | None = None
 
 
 def measure(args: argparse.Namespace) -> list[Row]:
@@ -224,26 +244,28 @@ def measure(args: argparse.Namespace) -> list[Row]:
                 boots.append(boot_once(image, service, args.memory, cfg))
             floor = None if args.no_floor else floor_mb(image, service, args.memory, cfg)
             machine = manifest["machine"]
-            answer, rss, admin = medians([b for b in boots if b.answer_seconds is not None])
+            answer, rss, admin, cpu = medians([b for b in boots if b.answer_seconds is not None])
             rows.append(Row(service, kind, manifest["size_bytes"], answer, floor, rss,
-                            qemu.accel(image / "kernel", machine), admin))  # fmt: skip
+                            qemu.accel(image / "kernel", machine), admin, cpu))  # fmt: skip
             print(rows[-1], flush=True)
         local = [local_once(service, cfg_path) for _ in range(args.rounds)]
-        answer, rss, admin = medians([b for b in local if b.answer_seconds is not None])
-        rows.append(Row(service, "local", None, answer, None, rss, "-", admin))
+        answer, rss, admin, cpu = medians([b for b in local if b.answer_seconds is not None])
+        rows.append(Row(service, "local", None, answer, None, rss, "-", admin, cpu))
         print(rows[-1], flush=True)
     return rows
 
 
-def medians(boots: list[Boot]) -> tuple[float | None, float, float | None]:
-    """First answer, RSS and admin endpoint: medians over the boots that answered."""
+def medians(boots: list[Boot]) -> tuple[float | None, float, float | None, float | None]:
+    """First answer, RSS, admin endpoint and CPU: medians over the boots that answered."""
     if not boots:
-        return None, 0.0, None
+        return None, 0.0, None, None
     admins = [b.admin_seconds for b in boots if b.admin_seconds is not None]
+    cpus = [b.cpu_seconds for b in boots if b.cpu_seconds is not None]
     return (
         statistics.median(b.answer_seconds or 0.0 for b in boots),
         statistics.median(b.qemu_rss_mb for b in boots),
         statistics.median(admins) if admins else None,
+        statistics.median(cpus) if cpus else None,
     )
 
 
@@ -259,16 +281,19 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         f"on {cpu_model()}; medians. Image = kernel + initramfs; first answer from qemu's "
         "(or the process's) start; floor = least guest memory that boots to an answer; "
         "admin = its admin endpoint's first /healthz, from the same start (it loads after the "
-        "service answers); RSS = qemu's (or the process's) resident memory at the first answer.",
+        "service answers); CPU = the CPU seconds qemu (or the process) used until the first "
+        "answer, steadier than wall time under emulation; RSS = qemu's (or the process's) "
+        "resident memory at the first answer.",
         "",
-        "| service | run as | accel | image MB | first answer s | admin s | floor MB | RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| service | run as | accel | image MB | first answer s | CPU s | admin s | floor MB "
+        "| RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         size = None if r.size_bytes is None else r.size_bytes / 1e6
         lines.append(f"| {r.service} | {r.kind} | {r.accel} | {_cell(size, '.1f')} | "
-                     f"{_cell(r.answer_seconds, '.2f')} | {_cell(r.admin_seconds, '.2f')} | "
-                     f"{_cell(r.floor_mb, 'd')} | "
+                     f"{_cell(r.answer_seconds, '.2f')} | {_cell(r.cpu_seconds, '.2f')} | "
+                     f"{_cell(r.admin_seconds, '.2f')} | {_cell(r.floor_mb, 'd')} | "
                      f"{r.rss_mb:.0f} |")  # fmt: skip
     own = [r for r in rows if r.kind == "own"]
     if own:

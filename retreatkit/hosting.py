@@ -43,8 +43,10 @@ def services(
     readings: dict[str, Any] | None = None,
 ) -> list[Service]:
     """The services this command runs; `lan_address` is what `up` names its own after;
-    `on_lan`: the relay and the mirror announce themselves by zeroconf (a VM guest's do
-    not: qemu's user network is not the LAN); `readings`: what startup.check_config read."""
+    `on_lan`: the relay and the mirror announce themselves by zeroconf and the mirror offers
+    the kit's own wheel (a VM guest's do not: its network is not the LAN's multicast, and
+    its kit is compiled modules, nothing to make a wheel of); `readings`: what
+    startup.check_config read."""
     flags = {k: v for k, v in vars(args).items() if v is not None}
     out: list[Service] = []
     images = set(cfg["images"]["run"]) if args.command == "up" else set()
@@ -68,7 +70,7 @@ def services(
         else:  # the nameserver's URL lists come through this mirror: one fetch for the LAN
             urls = [u for u in cfg["nameserver"]["blocklists"] if "://" in u]
             section["lists"] = list(dict.fromkeys([*section["lists"], *urls]))
-        mirror = MirrorService.from_config(section, on_lan)
+        mirror = MirrorService.from_config(section, announce=on_lan, own_wheel=on_lan)
         mirror_url = lambda: mirror.url  # noqa: E731
         out.append(mirror)
     if args.command in ("up", "nameserver") and "nameserver" not in images:

@@ -31,7 +31,13 @@ def _sha256(data: bytes) -> str:
 
 def base_tree(version: str) -> dict[str, cpio.Entry]:
     """What every guest has before its programs: /init, device nodes, mount points."""
-    init = f"#!/usr/bin/python{version} -IS\nfrom retreatkit.image.init import main\nmain()\n"
+    init = (
+        f"#!/usr/bin/python{version} -IS\n"
+        "from retreatkit.image import zipimports\n"
+        "zipimports.install()\n"
+        "from retreatkit.image.init import main\n"
+        "main()\n"
+    )
     return {
         "init": cpio.file(init.encode(), executable=True),
         # CPython seeds its hashes before anything mounts devtmpfs

@@ -130,7 +130,8 @@ def main() -> None:
         doc = boot()
         from retreatkit.image import standins
 
-        standins.load()  # before the service's imports bring prometheus_client
+        # before the service's imports bring prometheus_client (and aiohttp)
+        standins.load(specs.spec(doc.service).first)
         from retreatkit.image import guest
 
         code = guest.run(doc.service, doc.config, doc.token)

@@ -39,9 +39,18 @@ class MirrorService:
     name = "mirror"
     grace = mirror_server.SHUTDOWN_GRACE  # at stop, for requests other than downloads
 
-    def __init__(self, listen: tuple[str, int], settings: Settings, announce: bool = True) -> None:
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        settings: Settings,
+        announce: bool = True,
+        own_wheel: bool = True,
+    ) -> None:
         self.listen = listen
         self.settings = settings
+        # the running kit as a wheel for attendees; a VM guest's kit is compiled modules
+        # without sources or package metadata: nothing to make one from
+        self.offers_own_wheel = own_wheel
         self.advert: LanAdvert | None = None
         if announce:  # zeroconf is imported only where it is used
             from retreatkit.mdns import MIRROR, LanAdvert
@@ -55,7 +64,9 @@ class MirrorService:
         self.own_wheel: asyncio.Task[None] | None = None  # publishing the kit for attendees
 
     @classmethod
-    def from_config(cls, section: dict[str, Any], announce: bool = True) -> MirrorService:
+    def from_config(
+        cls, section: dict[str, Any], announce: bool = True, own_wheel: bool = True
+    ) -> MirrorService:
         settings = Settings(
             store=Path(section["store"]) if section["store"] else default_store(),
             pypi=section["pypi"] or upstreams.default_pypi(),
@@ -80,7 +91,7 @@ class MirrorService:
             max_size=int(section["max_size_bytes"]),
             allow_upstream=list(section["allow_upstream"]),
         )
-        return cls(config.host_port(section["listen"]), settings, announce)
+        return cls(config.host_port(section["listen"]), settings, announce, own_wheel)
 
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
         self._session = mirror_resolver.session()
@@ -107,7 +118,8 @@ class MirrorService:
         self.mirror.start(done=say)  # the store check runs while the mirror serves
         if self.advert is not None:
             self.advert.start(host, port)
-        self.own_wheel = self.mirror.spawn(mirror_local.publish_own(self.mirror, say))
+        if self.offers_own_wheel:
+            self.own_wheel = self.mirror.spawn(mirror_local.publish_own(self.mirror, say))
 
     async def stop(self) -> None:
         """Prompt whatever upstream or client is slow: what waits on an upstream is

@@ -16,10 +16,13 @@ import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from retreatkit.image import tlstesting
 from retreatkit.image.paths import cache_dir
+from retreatkit.image.spec import HOST_FROM_GUEST
 from retreatkit.image.supervisor import Definition, Restarts, Supervisor
 from retreatkit.image.testing import (
     BOOT_TIMEOUT,
@@ -322,21 +325,29 @@ def pip_install(index: str, target: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_mirror_image_store_survives_a_reboot(
+def test_mirror_image_fetches_over_https_and_its_store_survives_a_reboot(
     image: Callable[[str], Path],
     env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    mirror = image("mirror")
+    # the upstream speaks HTTPS with a certificate from a CA of the test's own, which the
+    # guest trusts the way it trusts Debian's: in its CA folder, found by subject hash
+    ca = tlstesting.make_ca("Retreat Test CA")
+    mirror = tlstesting.trusting(image("mirror"), ca[0], tmp_path / "image" / "mirror")
     root = tmp_path / "upstream"
     write_pypi(root, {"demo-pkg": [make_wheel("demo-pkg", "1.0", pad=300_000)]})
     upstream = start_upstream(root)
+    # the guest reaches the host's loopback at 10.0.2.2: the address it checks the name of
+    chain = tlstesting.server_chain(ca, ("127.0.0.1", HOST_FROM_GUEST), tmp_path / "chain.pem")
+    plain = urlsplit(upstream.url)
+    front = tlstesting.TlsFront(chain, (plain.hostname or "", plain.port or 0)).start()
     config = tmp_path / "retreat.toml"
     config.write_text(
-        f'[mirror]\npypi = "{upstream.url}simple/"\nindex_ttl = 0.0\n[images]\ndisk_size = "256M"\n'
+        f'[mirror]\npypi = "https://127.0.0.1:{front.port}/simple/"\nindex_ttl = 0.0\n'
+        '[images]\ndisk_size = "256M"\n'
     )
     disk = tmp_path / "store.disk"
-    args = ("--disk", str(disk), "--memory", "96")
+    args = ("--disk", str(disk), "--memory", "64")  # the target: it serves pip in 64 MB
     try:
         guest = start_guest(mirror, *args, env=env, config=config)
         try:
@@ -358,6 +369,7 @@ def test_mirror_image_store_survives_a_reboot(
         )
         assert fsck.returncode == 0, fsck.stdout + fsck.stderr  # consistent, no journal replay
     finally:
+        front.stop()
         upstream.stop()  # the uplink is gone for the second boot
 
     guest = start_guest(mirror, *args, env=env, config=config)

@@ -8,19 +8,21 @@ says it listens, and when the admin endpoint says it is up.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 GUEST = """
 import json, os, signal, sys
-from retreatkit.image import standins
-standins.load()  # as the guest's init does, before anything brings prometheus_client
+from retreatkit.image import spec, standins
+name = sys.argv[1]
+standins.load(spec.spec(name).first)  # as the guest's init does, before the service's imports
 from retreatkit import config, loop, serve
 from retreatkit.image import guest
-name = sys.argv[1]
 cfg = config.load(None)
 cfg["admin"]["listen"] = "127.0.0.1:0"
 cfg[name]["listen"] = "127.0.0.1:0"
@@ -51,3 +53,16 @@ def test_the_service_listens_before_the_admin_code_loads(service: str) -> None:
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["listening"] == []
     assert seen["admin"] == ["aiohttp", "aiohttp.web", "retreatkit.admin.app"]
+
+
+def test_a_guests_mirror_offers_no_wheel_of_the_kit(tmp_path: Path) -> None:
+    # a guest's kit is compiled modules without sources or package metadata: the wheel
+    # it would make is nothing, so it does not try (a process facing the LAN does)
+    from retreatkit import config, hosting
+    from retreatkit.image import guest
+
+    cfg = config.load(None)
+    cfg["mirror"]["store"] = str(tmp_path / "store")
+    [in_guest] = guest.services("mirror", cfg)
+    [on_lan] = hosting.services(argparse.Namespace(command="mirror"), cfg)
+    assert (in_guest.offers_own_wheel, on_lan.offers_own_wheel) == (False, True)  # type: ignore[attr-defined]

@@ -7,7 +7,6 @@ test CA in it by its subject hash among certificates that have nothing to do wit
 
 from __future__ import annotations
 
-import datetime
 import shutil
 import socket
 import ssl
@@ -15,12 +14,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from retreatkit.image import build
+from retreatkit.image import build, tlstesting
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="openssl is not installed (.ci/run installs it)"
@@ -28,52 +24,12 @@ pytestmark = pytest.mark.skipif(
 HOST = "mirror.retreat.test"
 
 
-def _cert(
-    subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, ec.EllipticCurvePrivateKey]
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer[0])]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-    if subject == issuer[0]:
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-    else:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]), False)
-    return builder.sign(issuer[1], hashes.SHA256())
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _ca(name: str) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return _pem(_cert(name, key, (name, key))), key
-
-
 def _handshake(
     tmp_path: Path, ca: tuple[bytes, ec.EllipticCurvePrivateKey], trusted: dict[str, bytes]
 ) -> str:
     """Serve a certificate `ca` signed; connect trusting only the folder `trusted`."""
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.load_pem_x509_certificate(ca[0]).subject.rfc4514_string()[3:]
-    leaf = _cert(HOST, leaf_key, (ca_name, ca[1]))
-    (tmp_path / "leaf.pem").write_bytes(
-        _pem(leaf)
-        + leaf_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(tmp_path / "leaf.pem")
+    server_ctx.load_cert_chain(tlstesting.server_chain(ca, (), tmp_path / "leaf.pem", (HOST,)))
     folder = tmp_path / "certs"
     folder.mkdir()
     for name, data in trusted.items():
@@ -102,15 +58,15 @@ def _serve(ctx: ssl.SSLContext, sock: socket.socket) -> None:
 
 
 def test_openssl_finds_the_issuer_by_its_subject_hash(tmp_path: Path) -> None:
-    ca = _ca("Retreat Test CA")
-    others = [_ca(f"Unrelated CA {n}")[0] for n in range(3)]
+    ca = tlstesting.make_ca("Retreat Test CA")
+    others = [tlstesting.make_ca(f"Unrelated CA {n}")[0] for n in range(3)]
     folder = build.hashed_folder([*others, ca[0]])
     assert len(folder) == 4 and all(n.endswith(".0") and len(n) == 10 for n in folder)
     assert _handshake(tmp_path, ca, folder) == "ping"
 
 
 def test_the_name_is_what_openssl_looks_up(tmp_path: Path) -> None:
-    ca = _ca("Retreat Test CA")
+    ca = tlstesting.make_ca("Retreat Test CA")
     # the same certificate under a name that is not its subject hash is never read
     assert _handshake(tmp_path, ca, {"retreat-test-ca.0": ca[0]}) == (
         "unable to get local issuer certificate"

@@ -111,8 +111,8 @@ def test_a_stand_in_gives_a_class_of_its_own_per_name() -> None:
 
 DNSPYTHON = """
 import json, sys
-from retreatkit.image import standins
-standins.load()
+from retreatkit.image import spec, standins
+standins.load(spec.spec("nameserver").first)
 import dns._features, dns.message, dns.name
 print(json.dumps({
     "metadata loaded": "importlib.metadata" in sys.modules,
@@ -137,3 +137,60 @@ def test_dnspython_checks_its_features_without_package_metadata() -> None:
     assert seen == {
         "metadata loaded": False, "idna": False, "dnssec": False, "name": "Retreat.LAN."
     }  # fmt: skip
+
+
+AIOHTTP = """
+import asyncio, json, sys
+from retreatkit.image import standins
+standins.load(("aiohttp",))  # as the mirror's guest starts
+stood_in = sorted(m for m in standins.AIOHTTP_UNUSED if m in sys.modules)
+import aiohttp, aiohttp.helpers
+from aiohttp import web
+
+async def fetch() -> str:
+    app = web.Application()
+    app.router.add_get("/", lambda request: web.Response(text="served"))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:  # a session as the mirror makes one: trusting nothing in the environment
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            async with session.get(f"http://127.0.0.1:{port}/") as response:
+                return await response.text()
+    finally:
+        await runner.cleanup()
+
+try:
+    aiohttp.helpers.getproxies()
+    proxies = "read"
+except RuntimeError as exc:
+    proxies = str(exc)
+import urllib.request
+print(json.dumps({
+    "loaded while aiohttp loaded": stood_in,
+    "fetched": asyncio.run(fetch()),
+    "environment's proxies": proxies,
+    "urllib.request later": urllib.request.urlopen.__module__,
+}))
+"""
+
+
+def test_aiohttp_serves_and_fetches_beside_its_stand_ins() -> None:
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", AIOHTTP],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""},  # never read
+    )
+    seen = json.loads(done.stdout)
+    assert seen == {
+        "loaded while aiohttp loaded": [],
+        "fetched": "served",
+        "environment's proxies": "a stand-in: this guest does not use this module",
+        "urllib.request later": "urllib.request",  # the real one, for whoever wants it
+    }
+    assert spec.spec("mirror").first == ("aiohttp",)  # the image that loads it this way
