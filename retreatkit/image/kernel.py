@@ -31,29 +31,6 @@ REPRODUCIBLE = {
     "KBUILD_BUILD_VERSION": "1",
 }
 
-# The initramfs's decompressor (zstd, and the cpio reader it feeds) compiled for speed, the
-# rest of the kernel for size (the config's -Os). Under emulation a mirror image's 22 MB
-# took 0.36 G guest instructions to unpack with -Os, 0.29 G so (16 KB more kernel); the
-# whole kernel at -O2 gave 0.27 G for 0.3 MB more. Per-object flags (Kbuild's
-# CFLAGS_<object>, named from its Makefile's folder) come after the config's.
-FAST_OBJECTS = (  # (the folder of the Makefile naming it, the object)
-    *(
-        ("lib/zstd", o)
-        for o in (
-            "decompress/zstd_decompress_block.o",
-            "decompress/zstd_decompress.o",
-            "decompress/huf_decompress.o",
-            "decompress/zstd_ddict.o",
-            "common/fse_decompress.o",
-            "common/entropy_common.o",
-            "common/zstd_common.o",
-        )
-    ),
-    ("lib", "decompress_unzstd.o"),
-    ("init", "initramfs.o"),
-)
-MAKE_FLAGS = tuple(f"CFLAGS_{o}=-O2" for _, o in FAST_OBJECTS)
-
 
 class KernelError(RuntimeError):
     """No usable kernel, or ours failed to build: the message says what to do."""
@@ -69,9 +46,7 @@ class Kernel:
 
 
 def config_key() -> str:
-    """The config and the flags it is built with: a change to either builds anew."""
-    recipe = CONFIG.read_bytes() + "\n".join(MAKE_FLAGS).encode()
-    return hashlib.sha256(recipe).hexdigest()[:12]
+    return hashlib.sha256(CONFIG.read_bytes()).hexdigest()[:12]
 
 
 def own() -> Kernel | None:
@@ -154,21 +129,6 @@ def _verify(config: Path) -> None:
         raise KernelError(f"Kconfig dropped {', '.join(lost)}: their dependencies are missing")
 
 
-def _verify_fast(tree: Path) -> None:
-    """Each object meant for speed was compiled with -O2 (Kbuild keeps each object's
-    command line beside it, in .<name>.cmd): a renamed object would quietly get -Os."""
-    for folder, obj in FAST_OBJECTS:
-        path = tree / folder / obj
-        cmd = path.with_name(f".{path.name}.cmd")
-        try:
-            line = cmd.read_text("utf-8", "replace").split("\n", 1)[0]
-        except OSError:
-            raise KernelError(f"{folder}/{obj} was not built: its name changed?") from None
-        levels = re.findall(r"\s(-O[0-9sz]?)\s", line)
-        if not levels or levels[-1] != "-O2":  # the last one given is gcc's
-            raise KernelError(f"{folder}/{obj} was not compiled with -O2")
-
-
 def build(say: Callable[[str], None], jobs: int | None = None, force: bool = False) -> Kernel:
     """Build our kernel from Debian's source package with the committed config; cache it.
     One build at a time per cache: a second caller waits for the first and takes its
@@ -207,11 +167,7 @@ def _build_locked(say: Callable[[str], None], jobs: int | None, force: bool) -> 
     jobs = jobs or os.cpu_count() or 1
     say(f"Building the kernel ({jobs} jobs; log in {log})")
     with log.open("wb") as out:
-        targets = (
-            ["allnoconfig", f"KCONFIG_ALLCONFIG={CONFIG}"],
-            [f"-j{jobs}", "bzImage", *MAKE_FLAGS],
-        )
-        for target in targets:
+        for target in (["allnoconfig", f"KCONFIG_ALLCONFIG={CONFIG}"], [f"-j{jobs}", "bzImage"]):
             done = subprocess.run(
                 ["make", "-C", str(tree), *target],
                 stdout=out,
@@ -224,7 +180,6 @@ def _build_locked(say: Callable[[str], None], jobs: int | None, force: bool) -> 
                 raise KernelError(f"the kernel build failed: {' | '.join(tail)}")
             if target[0] == "allnoconfig":
                 _verify(tree / ".config")
-        _verify_fast(tree)
     final = cache_dir() / "kernel" / f"{config_key()}-{version}"
     final.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(tree / ".config", final / "config")
