@@ -72,16 +72,39 @@ def relay_answers(host: str, port: int) -> bool:
         return False
 
 
-def nameserver_answers(host: str, port: int) -> bool:
-    import dns.exception
-    import dns.message
-    import dns.query
+class NameserverAsker:
+    """Asks the nameserver for a local name over one UDP socket, again at every call, and
+    takes an answer to any question it asked. A guest not listening yet drops a query
+    without a word: waiting for each answer long (or asking from a new socket each time)
+    would add up to that wait to the first answer's time."""
 
-    try:
-        reply = dns.query.udp(dns.message.make_query(RECORD[0], "A"), host, port=port, timeout=0.3)
-    except (OSError, dns.exception.DNSException):
-        return False
-    return any(r.to_text() == RECORD[1] for rrset in reply.answer for r in rrset)
+    def __init__(self, host: str, port: int) -> None:
+        import dns.message
+
+        self.at = (host, port)
+        self.query = dns.message.make_query(RECORD[0], "A")
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(0.02)
+
+    def __call__(self) -> bool:
+        import dns.exception
+        import dns.message
+
+        try:
+            self.sock.sendto(self.query.to_wire(), self.at)
+            while True:
+                data = self.sock.recv(4096)
+                try:
+                    reply = dns.message.from_wire(data)
+                except dns.exception.DNSException:
+                    continue
+                if reply.id == self.query.id:
+                    return any(r.to_text() == RECORD[1] for rr in reply.answer for r in rr)
+        except OSError:  # no answer within the wait (socket.timeout), or none possible
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
@@ -104,10 +127,16 @@ def admin_answers(url: str, token: str = "") -> bool:
     return http_ok(f"{url}/healthz", {"Authorization": f"Bearer {token}"} if token else None)
 
 
-ANSWERS: dict[str, Callable[[str, int], bool]] = {
-    "relay": relay_answers,
-    "nameserver": nameserver_answers,
-    "mirror": mirror_answers,
+def done_asking(answers: Callable[[], bool]) -> None:
+    if isinstance(answers, NameserverAsker):
+        answers.close()
+
+
+# service -> (host, port) -> a check, true once the service gives a good answer
+ANSWERS: dict[str, Callable[[str, int], Callable[[], bool]]] = {
+    "relay": lambda host, port: lambda: relay_answers(host, port),
+    "nameserver": NameserverAsker,
+    "mirror": lambda host, port: lambda: mirror_answers(host, port),
 }
 
 
@@ -145,9 +174,10 @@ def boot_once(image: Path, service: str, memory: int, cfg: dict[str, object]) ->
             await guest.start(accel)
             pid = guest.pid
             assert pid is not None
+            answers = ANSWERS[service]("127.0.0.1", port)
 
             def answered_or_gone() -> bool:  # a guest out of memory panics, and qemu exits
-                return not Path(f"/proc/{pid}").exists() or ANSWERS[service]("127.0.0.1", port)
+                return not Path(f"/proc/{pid}").exists() or answers()
 
             try:
                 seconds = await asyncio.to_thread(
@@ -168,6 +198,7 @@ def boot_once(image: Path, service: str, memory: int, cfg: dict[str, object]) ->
             finally:
                 guest.kill()
                 await guest.wait()
+                done_asking(answers)
         return Boot(seconds, rss, admin, cpu)
 
     return asyncio.run(go())
@@ -197,7 +228,9 @@ def local_once(service: str, cfg_path: Path) -> Boot:
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        seconds = time_until(lambda: ANSWERS[service]("127.0.0.1", port), ANSWER_TIMEOUT, start)
+        answers = ANSWERS[service]("127.0.0.1", port)
+        seconds = time_until(answers, ANSWER_TIMEOUT, start)
+        done_asking(answers)
         cpu = cpu_seconds(proc.pid)
         rss = memory_mb(proc.pid)[0]
         admin_url = f"http://127.0.0.1:{admin_port}"
