@@ -56,9 +56,22 @@ def words(exc: BaseException, what: str) -> str:
         return f"upstream cut {what} short"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return f"upstream closed the connection without answering for {what}"
+    if (tls := tls_words(exc)) is not None:
+        return f"upstream connection failed for {what}: {tls}"
     if isinstance(exc, OSError) and exc.errno:
         return f"upstream connection failed for {what}: {os.strerror(exc.errno).lower()}"
     return f"upstream failed sending {what} ({type(exc).__name__})"
+
+
+def tls_words(exc: BaseException | None) -> str | None:
+    """A TLS failure in plain words. Its errno is OpenSSL's error class (1 for a refused
+    certificate), which os.strerror would read as "operation not permitted"."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        reason = getattr(exc.certificate_error, "verify_message", "") or "not trusted"
+        return f"its TLS certificate is refused ({reason})"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "the TLS handshake failed"
+    return None
 
 
 @dataclass

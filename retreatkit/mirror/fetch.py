@@ -352,6 +352,8 @@ async def _whole(work: Awaitable[T]) -> T:
 
 def _why(exc: BaseException | None) -> str:
     """One short line: the system's words for an OSError, else the exception's first line."""
+    if (tls := faults.tls_words(exc)) is not None:
+        return tls
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno).lower()
     text = str(exc) or type(exc).__name__

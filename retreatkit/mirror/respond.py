@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import aiofiles
+from aiofiles.threadpool.binary import AsyncBufferedReader
 from aiohttp import web
 
 from retreatkit.mirror import ranges
@@ -198,7 +199,8 @@ class FileSlice(web.StreamResponse):
     async def _copy(self, start: int, length: int) -> int:
         """The same bytes through Python, the file read on aiofiles' threads."""
         sent = 0
-        async with aiofiles.open(self.path, "rb") as f:
+        f = await _open_shielded(self.path)
+        try:
             await f.seek(start)
             while sent < length:
                 chunk = await f.read(min(SENDFILE_CHUNK, length - sent))
@@ -206,7 +208,32 @@ class FileSlice(web.StreamResponse):
                     break
                 await self.write(chunk)
                 sent += len(chunk)
+        finally:
+            # a client that leaves cancels this task, maybe again while the file closes:
+            # the close goes on regardless, as does an open cancelled half way
+            await asyncio.shield(asyncio.ensure_future(f.close()))
         return sent
+
+
+async def _open_shielded(path: Path) -> AsyncBufferedReader:
+    """aiofiles' open runs on a thread that a cancellation does not stop: the file it
+    opens after the caller has gone is closed, not left to the garbage collector."""
+    opening: asyncio.Future[AsyncBufferedReader] = asyncio.ensure_future(aiofiles.open(path, "rb"))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+
+
+_CLOSING: set[asyncio.Future[None]] = set()  # closes nobody awaits, kept from the collector
+
+
+def _close_opened(opening: asyncio.Future[AsyncBufferedReader]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        closing = asyncio.ensure_future(opening.result().close())
+        _CLOSING.add(closing)
+        closing.add_done_callback(_CLOSING.discard)
 
 
 def page(

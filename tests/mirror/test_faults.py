@@ -3,13 +3,17 @@ upstream's bytes (the real upstreams behind them: tests/mirror/test_bad_upstream
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import ssl
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from yarl import URL
 
+from retreatkit.image.tlstesting import make_ca, server_chain
 from retreatkit.mirror import faults
 from retreatkit.mirror.faults import Fault
 
@@ -61,3 +65,25 @@ def test_the_rate_floor() -> None:
     assert floor.keeps_up(1000, 100.0)
     assert not floor.keeps_up(1000, 121.0)  # 2,000 bytes in 60 s: under 1 kB/s
     assert faults.Floor(rate=0, window=60, since=0).keeps_up(0, 1e9)  # 0: no floor
+
+
+async def test_an_untrusted_certificate_is_said_in_plain_words(tmp_path: Path) -> None:
+    # a refused certificate's errno is OpenSSL's error class, 1, which the mirror read as
+    # "operation not permitted"
+    ca = make_ca("not-trusted test CA")
+    chain = server_chain(ca, ("127.0.0.1",), tmp_path / "chain.pem")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(chain)
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientConnectorCertificateError) as refused:
+                await session.get(f"https://127.0.0.1:{port}/simple/demo/")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert faults.words(refused.value, "demo") == (
+        "upstream connection failed for demo: its TLS certificate is refused"
+        " (unable to get local issuer certificate)"
+    )
