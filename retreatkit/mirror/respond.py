@@ -10,9 +10,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
-import aiofiles
-from aiofiles.threadpool.binary import AsyncBufferedReader
+import aiofiles.threadpool
 from aiohttp import web
 
 from retreatkit.mirror import ranges
@@ -192,48 +192,24 @@ class FileSlice(web.StreamResponse):
             try:
                 sent = await loop.sendfile(transport, f, start, length)
             except NotImplementedError:  # no socket to send from (TLS, a test transport)
-                sent = await self._copy(start, length)
+                sent = await self._copy(f, start, length)
             await self.write_eof()
             return sent
 
-    async def _copy(self, start: int, length: int) -> int:
-        """The same bytes through Python, the file read on aiofiles' threads."""
+    async def _copy(self, f: BinaryIO, start: int, length: int) -> int:
+        """The same bytes through Python, read on aiofiles' threads from the file send()
+        opened, and closes whatever cancels this: a second open, cancelled half way, left
+        its file to the garbage collector."""
         sent = 0
-        f = await _open_shielded(self.path)
-        try:
-            await f.seek(start)
-            while sent < length:
-                chunk = await f.read(min(SENDFILE_CHUNK, length - sent))
-                if not chunk:
-                    break
-                await self.write(chunk)
-                sent += len(chunk)
-        finally:
-            # a client that leaves cancels this task, maybe again while the file closes:
-            # the close goes on regardless, as does an open cancelled half way
-            await asyncio.shield(asyncio.ensure_future(f.close()))
+        reader = aiofiles.threadpool.wrap(f)
+        await reader.seek(start)
+        while sent < length:
+            chunk = await reader.read(min(SENDFILE_CHUNK, length - sent))
+            if not chunk:
+                break
+            await self.write(chunk)
+            sent += len(chunk)
         return sent
-
-
-async def _open_shielded(path: Path) -> AsyncBufferedReader:
-    """aiofiles' open runs on a thread that a cancellation does not stop: the file it
-    opens after the caller has gone is closed, not left to the garbage collector."""
-    opening: asyncio.Future[AsyncBufferedReader] = asyncio.ensure_future(aiofiles.open(path, "rb"))
-    try:
-        return await asyncio.shield(opening)
-    except asyncio.CancelledError:
-        opening.add_done_callback(_close_opened)
-        raise
-
-
-_CLOSING: set[asyncio.Future[None]] = set()  # closes nobody awaits, kept from the collector
-
-
-def _close_opened(opening: asyncio.Future[AsyncBufferedReader]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        closing = asyncio.ensure_future(opening.result().close())
-        _CLOSING.add(closing)
-        closing.add_done_callback(_CLOSING.discard)
 
 
 def page(
