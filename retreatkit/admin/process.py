@@ -10,15 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-
-def _version() -> str:
-    # importlib.metadata is loaded when /status is first read, not while services start
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("retreatkit")
-    except PackageNotFoundError:
-        return "unknown"
+from retreatkit.version import number as version_number
 
 
 def rss_bytes() -> int | None:
@@ -48,7 +40,7 @@ class ProcessInfo:
 
     @cached_property
     def version(self) -> str:
-        return _version()
+        return version_number()
 
     def status(self) -> dict[str, Any]:
         level = logging.getLogger("retreatkit").getEffectiveLevel()

@@ -9,8 +9,9 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from retreatkit import config, loop
+from retreatkit import config, loop, version
 from retreatkit.cli import prompt, ui
 from retreatkit.cli.reporters import RecvReporter, SendReporter
 from retreatkit.transfer import aio, codes, find, source
@@ -57,25 +58,12 @@ class Usage(Exception):
     """Bad arguments: exit 2."""
 
 
-def version() -> str:
-    from importlib import metadata  # only when asked: a slow import
-
-    try:
-        number = metadata.version("retreatkit")
-    except metadata.PackageNotFoundError:
-        number = "unknown"
-    return f"bob {number} (protocol bob/1)"
-
-
-class _Version(argparse.Action):
-    """--version, worked out only when given."""
-
-    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
-        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
-
-    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
-        print(version())
-        parser.exit()
+# --version on bob and on each command
+VERSION: dict[str, Any] = {
+    "action": version.Shown,
+    "program": "bob",
+    "suffix": " (protocol bob/1)",
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    top.add_argument("--version", action=_Version)
+    top.add_argument("--version", **VERSION)
     sub = top.add_subparsers(dest="command", required=True, metavar="{send,recv,relay}")
     relay_help = (
         "relay HOST:PORT (default: $BOB_RELAY, else one on the LAN, else relay.retreat.lan)"
@@ -94,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
     direct_help = "never connect directly: everything goes through the relay"
 
     send = sub.add_parser("send", help="send files, folders, stdin or text")
-    send.add_argument("--version", action=_Version)
+    send.add_argument("--version", **VERSION)
     send.add_argument("--relay", metavar="HOST:PORT", help=relay_help)
     send.add_argument(
         "--passphrase", metavar="CODE", help="refused: set BOB_PASSPHRASE=CODE (ps shows argv)"
@@ -111,7 +99,7 @@ def parser() -> argparse.ArgumentParser:
     send.add_argument("paths", nargs="*", metavar="PATH", help="files or folders; - for stdin")
 
     recv = sub.add_parser("recv", help="receive with a passphrase")
-    recv.add_argument("--version", action=_Version)
+    recv.add_argument("--version", **VERSION)
     recv.add_argument("--relay", metavar="HOST:PORT", help=relay_help)
     recv.add_argument("--timeout", metavar="SECONDS", type=_seconds, help=timeout_help)
     recv.add_argument("--no-direct", action="store_true", help=direct_help)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retreatkit import config, hosting, loop, serve, startup
+from retreatkit import config, hosting, loop, serve, startup, version
 from retreatkit import lanaddress as lan
 from retreatkit.admin import token as admin_token
 from retreatkit.cli import image as image_cli
@@ -23,7 +23,7 @@ also run on its own."""
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="retreatkit", description=DESCRIPTION)
-    top.add_argument("--version", action="version", version=f"retreatkit {_version()}")
+    top.add_argument("--version", action=version.Shown)
     top.add_argument("--config", metavar="FILE", type=Path, help="retreat.toml (default: none)")
     commands = "{up,relay,mirror,nameserver,tui,image,vm}"
     sub = top.add_subparsers(dest="command", required=True, metavar=commands)
@@ -104,15 +104,6 @@ def parser() -> argparse.ArgumentParser:
     tui.add_argument("--listen", metavar="HOST:PORT", help="with --web (default 127.0.0.1:8081)")
     image_cli.add_parsers(sub)
     return top  # fmt: skip
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("retreatkit")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 LISTEN_FLAGS = {"relay": "--relay-listen", "mirror": "--mirror-listen",

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import retreatkit
+from retreatkit import version
 from retreatkit.image import cpio
 from retreatkit.image.debs import PackageError
 from retreatkit.image.paths import cache_dir
@@ -198,6 +199,17 @@ def zipped(members: dict[str, bytes], deflate: bool = False) -> bytes:
     return out.getvalue()
 
 
+def kit_metadata(libdir: str) -> dict[str, cpio.Entry]:
+    """The kit's distribution metadata, its name and version only: the guest then reports
+    the version the host would (its /status, the dashboard's Processes). A file beside the
+    zip, not in it: importlib.metadata reads a zip's names as cp437, a codec guests lack."""
+    number = version.number()
+    if number == "unknown":
+        return {}
+    text = f"Metadata-Version: 2.1\nName: {version.NAME}\nVersion: {number}\n"
+    return {f"{libdir}/{version.NAME}-{number}.dist-info/METADATA": cpio.file(text.encode())}
+
+
 def python_tree(
     interp: Interpreter, origins: list[Origin], deflate: bool = False
 ) -> dict[str, cpio.Entry]:
@@ -226,6 +238,7 @@ def python_tree(
             tree[path] = entry
         else:
             members[rel] = entry.data
+    tree.update(kit_metadata(libdir))
     tree[f"usr/lib/python{interp.version.replace('.', '')}.zip"] = cpio.file(
         zipped(members, deflate)
     )

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from retreatkit import version
 from retreatkit.image import tlstesting
 from retreatkit.image.paths import cache_dir
 from retreatkit.image.spec import HOST_FROM_GUEST
@@ -134,7 +135,9 @@ def test_relay_image_carries_a_bob_transfer(
         assert got.returncode == 0, got.stderr
         assert code == 0, lines
         assert (out / "notes.bin").read_bytes() == src.read_bytes()
-        relay_status = get_json(f"{guest.admin}/status", env)["relay"]
+        status = get_json(f"{guest.admin}/status", env)
+        assert status["process"]["version"] == version.number() != "unknown"
+        relay_status = status["relay"]
         assert isinstance(relay_status, dict)
         assert relay_status["bytes_relayed"] > 3_000_000  # the file went through the guest
 
