@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from retreatkit.image import spec as specs
+from retreatkit.image import strays
 from retreatkit.image.qemu import Forward
 
 CHOICES = ("auto", "passt", "user")
@@ -97,7 +98,7 @@ def socket_dir() -> tuple[Path, str | None]:
     """A new folder for passt's socket (under the temporary folder: a socket's path is
     at most 107 bytes), and the user passt should run as. Started as root, passt gives up
     root for `nobody` before it makes its socket, so the folder is then nobody's."""
-    folder = Path(tempfile.mkdtemp(prefix="retreatkit-passt-"))
+    folder = Path(tempfile.mkdtemp(prefix=strays.PREFIX))
     if os.geteuid() != 0:
         return folder, None
     try:
@@ -124,6 +125,7 @@ class Passt:
     async def start(self, preexec: Callable[[], None] | None = None) -> Path:
         """passt's socket, once qemu may connect to it. NetworkError, in passt's own last
         words, when it ends first (a port already taken) or does not start."""
+        strays.sweep()  # a passt left by a killed supervisor may hold these ports
         self.folder, runas = socket_dir()
         sock = self.folder / "passt.sock"
         self.process = await asyncio.create_subprocess_exec(
@@ -134,6 +136,7 @@ class Passt:
             start_new_session=True,
             preexec_fn=preexec,
         )
+        strays.mark(self.folder, self.process.pid)
         try:
             async with asyncio.timeout(START_SECONDS):
                 await self._ready()

@@ -7,13 +7,16 @@ import asyncio
 import os
 import pwd
 import shutil
+import signal
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
-from retreatkit.image import network
+from retreatkit.image import network, strays
 from retreatkit.image.qemu import Forward
+from retreatkit.testing import Process
 
 
 def test_auto_takes_passt_where_it_is_installed_and_user_otherwise() -> None:
@@ -83,3 +86,61 @@ async def test_passt_ends_when_its_guest_leaves(tmp_path: Path) -> None:
     assert await asyncio.wait_for(passt.process.wait(), 10) == 0  # --one-off
     await passt.close()
     assert not folder.exists()
+
+
+# a supervisor that starts passt and is then killed before any qemu connects to it
+STARTS_PASST = """
+import asyncio, sys
+from pathlib import Path
+from retreatkit.image import network
+from retreatkit.image.qemu import Forward
+
+async def main():
+    passt = network.Passt(Path(sys.argv[1]), [Forward("tcp", "127.0.0.1", int(sys.argv[2]), 9000)])
+    await passt.start()
+    print(passt.process.pid, passt.folder, file=sys.stderr, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")
+async def test_a_passt_left_by_a_killed_supervisor_gives_its_ports_to_the_next_start(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    killed = Process.start([sys.executable, "-c", STARTS_PASST, str(tmp_path), str(port)])
+    try:
+        pid, folder = killed.wait_for(r"^(\d+) (\S+)$").groups()
+    finally:
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.finish()
+    assert strays.started_at(int(pid)) is not None  # left behind, holding the port
+    with socket.socket() as taken, pytest.raises(OSError):
+        taken.bind(("127.0.0.1", port))
+    again = network.Passt(tmp_path, [Forward("tcp", "127.0.0.1", port, 9000)])
+    await again.start()  # the same forward: it fails on a taken port (test above)
+    try:
+        assert strays.started_at(int(pid)) is None
+        assert not Path(folder).exists()
+    finally:
+        again.kill()
+        await again.close()
+
+
+def test_a_sweep_leaves_the_passt_of_a_living_owner_and_folders_it_cannot_read(
+    tmp_path: Path,
+) -> None:
+    mine = tmp_path / f"{strays.PREFIX}mine"
+    mine.mkdir()
+    strays.mark(mine, os.getpid())  # owner: this process; "passt": this process too
+    unmarked = tmp_path / f"{strays.PREFIX}starting"
+    unmarked.mkdir()
+    gone = tmp_path / f"{strays.PREFIX}gone"
+    gone.mkdir()
+    (gone / strays.MARK).write_text('{"owner": [1, 0], "passt": [1, 0]}')  # pid 1, not then
+    assert strays.sweep(tmp_path) == []  # nothing killed: pid 1's start time differs
+    assert mine.exists() and unmarked.exists() and not gone.exists()
