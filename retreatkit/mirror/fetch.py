@@ -260,7 +260,10 @@ class Fetcher:
         log.warning("fetch of %s failed: %s", fill.name, exc)
         self.count(exc)
         if isinstance(exc, StoreFull):
-            self.store.space.did_not_fit(fill.expected_size or self._outgrew(fill))
+            if fill.writer is not None:  # a write found the disk full
+                self.store.space.outgrew(self._outgrew(fill))
+            elif fill.expected_size is not None:  # refused before a byte: too big for the room
+                self.store.space.did_not_fit(fill.expected_size)
             return "disk full"
         if isinstance(exc, BadUpstreamData):
             return "verify failed"
@@ -269,7 +272,7 @@ class Fetcher:
         return "upstream error" if isinstance(exc, UpstreamError) else "mirror error"
 
     def _outgrew(self, fill: Fill) -> int:
-        """A file of unknown size that filled the disk needs more than the room it had:
+        """A file that filled the disk needs more than the room it had:
         what it took, what was left, and a margin for the filesystem's own blocks."""
         taken = 0
         if fill.writer is not None:

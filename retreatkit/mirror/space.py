@@ -2,8 +2,14 @@
 
 Free space is read by the caller (statvfs) and passed in. Downloads under way reserve
 what their Content-Length promised, so ten clients asking for ten big files at once do
-not all pass the same check. A file that did not fit is remembered: the disk stays
-"full" until there is room for it, however much smaller files still fit.
+not all pass the same check.
+
+Two refusals are remembered, apart:
+- a file of known size that did not fit is only too big: smaller files, and files whose
+  size nobody gave, are still taken; the organiser is told until there is room for it;
+- a write that found the disk full (a file of unknown size, a page, the catalog) makes
+  the disk full: files of unknown size are refused until there is more room than that
+  write had, since the next one could only find out the hard way, cutting its clients.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from dataclasses import dataclass
 class Space:
     keep_free: int  # bytes the mirror never takes: the machine needs its disk too
     reserved: int = 0
-    needed: int | None = None  # the smallest file that did not fit, until it would
+    too_big: int | None = None  # the smallest file of known size that did not fit
+    outgrown: int | None = None  # the room a write found the disk full without
 
     def room_for(self, size: int, free: int) -> bool:
         return free - self.reserved - self.keep_free >= size
@@ -27,9 +34,21 @@ class Space:
         self.reserved = max(0, self.reserved - size)
 
     def did_not_fit(self, size: int) -> None:
-        self.needed = size if self.needed is None else min(self.needed, size)
+        """A file of known `size` was refused (or cut) for want of room."""
+        self.too_big = size if self.too_big is None else min(self.too_big, size)
+
+    def outgrew(self, needed: int) -> None:
+        """A write found the disk full; it would have needed `needed` bytes of room."""
+        self.outgrown = needed if self.outgrown is None else min(self.outgrown, needed)
+
+    def refused(self, free: int) -> int | None:
+        """The smallest known size still refused, once `free` bytes are free."""
+        if self.too_big is not None and self.room_for(self.too_big, free):
+            self.too_big = None  # someone made room
+        return self.too_big
 
     def full(self, free: int) -> bool:
-        if self.needed is not None and self.room_for(self.needed, free):
-            self.needed = None  # someone made room
-        return free <= self.keep_free or self.needed is not None
+        """Whether files of unknown size are refused: too little room to try one."""
+        if self.outgrown is not None and self.room_for(self.outgrown, free):
+            self.outgrown = None
+        return free <= self.keep_free or self.outgrown is not None

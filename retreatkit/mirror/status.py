@@ -50,11 +50,17 @@ def section(mirror: Mirror, up: bool, connections_open: int) -> dict[str, Any]:
     }
     free = store.free_bytes()
     full = store.space.full(free)
+    too_big = store.space.refused(free)
     warnings = []
     if full:
         warnings.append(
             f"disk full: {human(free)} free on the store's disk; new files are not kept,"
             " cached ones are still served"
+        )
+    elif too_big is not None:
+        warnings.append(
+            f"no room for a file of {human(too_big)}: {human(free)} free on the store's"
+            " disk; smaller files are still kept"
         )
     for u in known.values():
         if u.state.value == "down":
@@ -83,6 +89,7 @@ def section(mirror: Mirror, up: bool, connections_open: int) -> dict[str, Any]:
             "files": check.files,
             "max_size_bytes": settings.max_size,
             "disk_full": full,
+            "too_big_bytes": too_big,
             "check": {"state": check.state, "checked": check.checked, "dropped": check.dropped},
         },
     }

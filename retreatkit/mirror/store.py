@@ -196,7 +196,7 @@ class Store:
     def outgrown(self) -> None:
         """A write found the disk full: it stays full until there is more room than now,
         with a margin for the filesystem's own blocks."""
-        self.space.did_not_fit(self.free_bytes() + (1 << 20))
+        self.space.outgrew(self.free_bytes() + (1 << 20))
 
     def verify(self, digest: str) -> bool:
         """Re-hash one blob (blocking); a blob that fails is removed. True if it is good."""

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -82,9 +83,23 @@ async def test_a_file_that_cannot_fit_is_refused_before_a_byte_is_sent(env: Env)
     assert answers == [(507, refusal)] * 3
     assert (await fetch(env, small)) == (200, env.wheels["small"][1])  # held: still served
     report = section(env.mirror, True, 0)
-    assert report["store"]["disk_full"] is True
-    assert report["warnings"][0].startswith("disk full: ")
+    assert report["store"]["disk_full"] is False  # only too full for that one
+    assert report["store"]["too_big_bytes"] == len(env.wheels["huge"][1])
+    assert re.fullmatch(
+        r"no room for a file of 6\.3 MB: \d\.\d MB free on the store's disk;"
+        r" smaller files are still kept",
+        report["warnings"][0],
+    )
     assert env.mirror.fetcher.fetches()["recent"][0]["ended"] == "disk full"
+
+
+async def test_a_file_too_big_leaves_room_for_small_files_of_unknown_size(env: Env) -> None:
+    url = await env.file_url("huge")
+    assert (await fetch(env, url))[0] == 507
+    tiny = make_wheel("tiny", "1.0", pad=1_000)
+    write_pypi(env.root, {"tiny": [tiny]})
+    env.upstream.rules[f"/files/{tiny[0]}"] = "nolength"
+    assert (await fetch(env, await env.file_url("tiny"))) == (200, tiny[1])
 
 
 async def test_every_reader_of_a_fill_the_disk_cuts_gets_a_clean_end(env: Env) -> None:
