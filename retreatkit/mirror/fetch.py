@@ -128,6 +128,10 @@ class Fetcher:
             why = f"no connection within {limits.connect_timeout:g} s"
             self._unreachable(where, verdict, why)
             raise UpstreamTimeout(f"upstream {host}: {why}") from None
+        except aiohttp.ServerTimeoutError:  # sock_read: silent once connected
+            why = f"no answer within {limits.read_timeout:g} s"
+            self._unreachable(where, verdict, why)
+            raise UpstreamTimeout(f"upstream {host}: {why}") from None
         except TimeoutError:
             why = f"no answer within {bound:g} s"
             self._unreachable(where, verdict, why)

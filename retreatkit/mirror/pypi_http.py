@@ -12,7 +12,7 @@ from aiohttp import web
 
 from retreatkit.mirror import local, pypi, respond
 from retreatkit.mirror.blobs import valid_hex
-from retreatkit.mirror.errors import NotFound, UpstreamError
+from retreatkit.mirror.errors import MirrorError, NotFound, UpstreamError
 from retreatkit.mirror.memory import Page
 from retreatkit.mirror.records import Object, Processed
 from retreatkit.mirror.respond import mirror_of
@@ -164,4 +164,42 @@ async def file(request: web.Request) -> web.StreamResponse:
     sha, filename = request.match_info["sha256"], request.match_info["filename"]
     if not valid_hex("sha256", sha) or not pypi.valid_filename(filename):
         raise NotFound("no such file")
-    return await respond.file(request, pypi.source_name(sha, filename))
+    name = pypi.source_name(sha, filename)
+    if filename.endswith(".whl.metadata"):
+        unkept = await _metadata_from_wheel(mirror_of(request), name)
+        if unkept is not None:
+            return web.Response(body=unkept, content_type="application/octet-stream")
+    return await respond.file(request, name)
+
+
+async def _metadata_from_wheel(mirror: Mirror, name: str) -> bytes | None:
+    """A wheel's core metadata (PEP 658) the store lacks, taken from the wheel it holds:
+    the file is that wheel's METADATA byte for byte, so it is checked against the hash
+    the index gave and stored as if fetched. pip asks for it before the wheel, and a wheel
+    held without it (fetched by uv, or by a client that reads no metadata) would
+    otherwise fail pip's install while the upstream is out of reach, and cost a request
+    upstream while it is not. Returns the file only when it could not be stored."""
+    if await mirror.blob(name) is not None:
+        return None
+    wheel = await mirror.blob(name.removesuffix(".metadata"))
+    source = mirror.store.source(name)
+    if wheel is None or source is None or "sha256" not in source.hashes:
+        return None
+    filename = name.rsplit("/", 1)[-1].removesuffix(".metadata")
+    try:
+        data: bytes | None = await mirror.offload(local.core_metadata, wheel.path, filename)
+    except local.BadFile:
+        return None
+    if data is None or hashlib.sha256(data).hexdigest() != source.hashes["sha256"]:
+        return None  # not what the index promised: the upstream's copy is fetched instead
+    store = mirror.store
+
+    def keep() -> None:
+        digest = store.put_bytes(data, {"sha256": source.hashes["sha256"]})
+        store.put(Object(name, digest, len(data), "application/octet-stream", time.time()))
+
+    try:
+        await store.run(keep)
+    except MirrorError:  # a full disk: served all the same, and made again next time
+        return data
+    return None

@@ -11,6 +11,7 @@ import os
 import re
 import resource
 import secrets
+import shlex
 import socket
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from retreatkit.mirror.testing import (
     start_upstream,
     write_pypi,
 )
-from tests.e2e.mirror_attendee import attendee
+from tests.e2e.mirror_attendee import attendee, page_block
 
 pytestmark = pytest.mark.e2e
 JSON = "application/vnd.pypi.simple.v1+json"
@@ -236,3 +237,33 @@ def test_pip_fails_at_once_in_the_mirrors_words_while_the_upstream_is_down(
     assert re.search(rf"HTTP error 504 Server Error: {line} for url: {url}", got.stderr), got.stderr
     assert "Traceback" not in got.stderr
     assert asked <= 2  # once, or the probe's refusal (a 502) and then once: not six times
+
+
+def test_pip_installs_offline_a_wheel_held_without_its_metadata(tmp_path: Path, lan: Netns) -> None:
+    """A wheel fetched by a client that reads no metadata file (uv, curl), then the
+    uplink gone while the page is fresh: the page still offers PEP 658 metadata, and pip
+    asks for it first. The mirror makes it from the wheel; it failed pip with a 502."""
+    root = tmp_path / "upstream"
+    write_pypi(root, {"one": [make_wheel("one", "1.0")]})
+    upstream = start_upstream(root)
+    mirror, admin = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
+                                 listen=f"{lan.host}:0")  # fmt: skip
+    try:
+        status, _, _ = request(mirror.url, file_path(mirror, "one"))  # the wheel alone
+        assert status == 200
+        upstream.stop()
+        pip_line = page_block(mirror.url, "pip")[0].replace("PACKAGE", "one")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+        got = subprocess.run(
+            lan.argv([sys.executable, "-m", "pip", "--disable-pip-version-check",
+                      *shlex.split(pip_line)[1:], "--no-cache-dir",
+                      "--target", str(tmp_path / "got")]),
+            capture_output=True, text=True, timeout=120, env={**env, "HOME": str(tmp_path)},
+        )  # fmt: skip
+        upstream_errors = status_of(admin)["upstream_errors"]
+    finally:
+        mirror.stop()
+        upstream.stop()
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "got" / "one").is_dir()
+    assert upstream_errors == 0  # the metadata file was never asked of the gone upstream

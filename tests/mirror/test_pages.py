@@ -99,3 +99,29 @@ async def test_a_project_the_upstream_does_not_have(env: Env) -> None:
     assert r.status == 404
     assert await r.text() == f"the upstream has no {env.upstream.url}simple/no-such-thing/\n"
     assert env.mirror.stats.not_found == 1
+
+
+@pytest.mark.parametrize("env", [{"as_json": True}], indirect=True)
+async def test_a_held_wheels_metadata_is_made_from_it_not_fetched(env: Env) -> None:
+    filename, data, metadata = env.wheels["big-pkg"]
+    url = await env.file_url("big-pkg")
+    assert await (await env.client.get(url)).read() == data  # the wheel alone, as uv takes it
+    env.upstream.rules[f"/files/{filename}.metadata"] = "fail"  # the uplink is gone
+    for _ in range(2):  # made once, then held
+        meta = await env.client.get(url + ".metadata")
+        assert meta.status == 200 and await meta.read() == metadata
+    assert env.fetched(filename + ".metadata") == 0
+
+
+@pytest.mark.parametrize("env", [{"as_json": True}], indirect=True)
+async def test_metadata_that_differs_from_the_index_is_fetched_instead(env: Env) -> None:
+    filename = env.wheels["big-pkg"][0]
+    doc = env.root / "simple" / "big-pkg" / "index.json"
+    page = json.loads(doc.read_text())
+    page["files"][0]["core-metadata"] = {"sha256": "0" * 64}  # not the wheel's METADATA
+    doc.write_text(json.dumps(page))
+    url = await env.file_url("big-pkg")
+    await (await env.client.get(url)).read()
+    meta = await env.client.get(url + ".metadata")
+    assert meta.status == 502  # the upstream's copy, which fails its check too
+    assert env.fetched(filename + ".metadata") == 1

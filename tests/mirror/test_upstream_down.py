@@ -105,3 +105,19 @@ async def test_nobody_waits_on_the_probe_not_even_the_request_that_starts_it(env
         env.upstream.closing.set()  # the silence ends: the probe gives no verdict
         await env.mirror.refreshed()
         assert env.mirror.stats.stale_served == 4
+
+
+SILENT_READ = {"index_ttl": 0.0, "limits": Limits(headers_timeout=5.0, read_timeout=0.3)}
+
+
+@pytest.mark.parametrize("env", [SILENT_READ], indirect=True)
+async def test_an_upstream_silent_once_connected_is_said_so_with_the_bound_that_ended_it(
+    env: Env,
+) -> None:
+    await env.page("demo-pkg")
+    env.upstream.rules["/simple/demo-pkg/"] = "silent"
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        status, _, _ = await get(env, "demo-pkg")
+    assert status == 200  # the held page, stale
+    pypi = section(env.mirror, True, 0)["upstreams"]["pypi"]
+    assert (pypi["state"], pypi["last_error"]) == ("down", "no answer within 0.3 s")
