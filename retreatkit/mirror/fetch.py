@@ -54,6 +54,17 @@ class Limits:
     rate_window: float = 60.0
 
 
+def _cut_unseen(response: aiohttp.ClientResponse, body: bytes) -> bool:
+    """Whether an HTML page may have been cut without anyone seeing it: a body ended by
+    the connection's close, with no length and no chunks to check it by (RFC 9112 6.3),
+    that does not end as HTML does. A page with either is whole once read."""
+    framed = response.content_length is not None or response.headers.get(
+        "Transfer-Encoding", ""
+    ).lower().endswith("chunked")
+    html = "html" in response.headers.get("Content-Type", "").lower()
+    return not framed and html and b"</html>" not in body[-4096:].lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """An upstream's answer to an index request, read whole."""
@@ -174,6 +185,8 @@ class Fetcher:
                         ok = response.status == 200
                         body = await _read_bounded(response, limit) if ok else b""
                         h = response.headers
+                        if ok and _cut_unseen(response, body):
+                            raise BadUpstreamData(f"{url}: page is truncated (no </html>)")
                         return Reply(
                             response.status,
                             body,

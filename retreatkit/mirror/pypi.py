@@ -165,7 +165,6 @@ class _Anchors(HTMLParser):
         self.anchors: list[tuple[dict[str, str | None], str]] = []
         self._current: dict[str, str | None] | None = None
         self._text: list[str] = []
-        self.closed_html = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "a":
@@ -179,8 +178,6 @@ class _Anchors(HTMLParser):
         if tag == "a" and self._current is not None:
             self.anchors.append((self._current, "".join(self._text).strip()))
             self._current = None
-        if tag == "html":
-            self.closed_html = True
 
 
 def _hashes(pairs: Iterable[tuple[Any, Any]]) -> dict[str, str]:
@@ -203,9 +200,6 @@ def parse_html(body: bytes, page_url: str) -> list[File]:
         parser.close()
     except (UnicodeDecodeError, AssertionError) as exc:
         raise PageError(f"unreadable project page ({exc})") from None
-    if not parser.closed_html:
-        # a page cut short without Content-Length still parses: demand its end tag
-        raise PageError("project page is truncated (no </html>)")
     files = []
     for attrs, text in parser.anchors:
         href = attrs.get("href")

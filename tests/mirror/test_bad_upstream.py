@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 from pathlib import Path
 
 import aiohttp
@@ -14,7 +15,7 @@ import pytest
 from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.respond import reason
 from retreatkit.mirror.status import section
-from tests.mirror.conftest import Env
+from tests.mirror.conftest import JSON, Env
 
 QUICK = {"limits": Limits(connect_timeout=1.0, headers_timeout=1.0, read_timeout=0.3)}
 
@@ -175,3 +176,26 @@ async def test_a_trickle_is_cut_at_the_rate_floor(env: Env) -> None:
 def test_a_reason_phrase_shows_nothing_a_terminal_obeys() -> None:
     assert reason("upstream cut a\x1b[2J\tb\u00e9 short") == "upstream cut a?[2J?b? short"
     assert reason("x" * 1000) == "x" * 237 + "..."
+
+
+async def test_a_page_with_a_length_needs_no_end_tag(env: Env) -> None:
+    """PEP 503 asks for HTML5, where </body></html> may be left out."""
+    page = env.root / "simple" / "demo-dep" / "index.html"
+    page.write_text(page.read_text().replace("</body></html>", ""))
+    r = await env.client.get("/pypi/simple/demo-dep/", headers={"Accept": JSON})
+    assert r.status == 200, await r.text()
+    assert [f["filename"] for f in json.loads(await r.read())["files"]] == [
+        env.wheels["demo-dep"][0]
+    ]
+
+
+@pytest.mark.parametrize("mode", ["truncate", "nolength"])
+async def test_a_page_ended_by_a_close_must_show_its_end(env: Env, mode: str) -> None:
+    """No length and no chunks: only the end tag tells a whole page from a cut one."""
+    env.upstream.rules["/simple/demo-dep/"] = mode
+    r = await env.client.get("/pypi/simple/demo-dep/", headers={"Accept": JSON})
+    if mode == "nolength":
+        assert r.status == 200
+    else:
+        page = f"{env.upstream.url}simple/demo-dep/"
+        assert (r.status, await r.text()) == (502, f"{page}: page is truncated (no </html>)\n")
