@@ -128,6 +128,11 @@ class AdminClient:
             raise SourceError(f"{name}: needs the admin token (--token or RETREATKIT_TOKEN)")
         if not 200 <= code < 300:
             first = text.strip().splitlines()[0][:200] if text.strip() else ""
+            if 400 <= code < 500 and first and not first.startswith(f"{code}:"):
+                # refused, in the endpoint's own words ("no local record named x"): the
+                # request's method, path and code add nothing the organiser can act on.
+                # aiohttp's own "404: Not Found" (a route this version lacks) keeps them.
+                raise SourceError(f"{name}: {first}")
             raise SourceError(
                 f"{name}: {method} {path} answered HTTP {code}" + (f": {first}" if first else "")
             )
