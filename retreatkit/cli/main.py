@@ -95,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         help="an admin endpoint, repeatable (default: 127.0.0.1:8080 and any on the LAN)",
     )
+    # `retreatkit up` runs its dashboard so: quitting it stops the services, so q asks
+    tui.add_argument("--quit-stops", action="store_true", help=argparse.SUPPRESS)
     tui.add_argument(
         "--token",
         help="a remote endpoint's admin token (better: $RETREATKIT_TOKEN, "
@@ -231,7 +233,7 @@ def tui(args: argparse.Namespace) -> int:
         return serve_web(listen, args.connect, args.token, args.config)
     from retreatkit.tui.run import run
 
-    return run(args.connect, args.token, window)
+    return run(args.connect, args.token, window, args.quit_stops)
 
 
 class _Lines:

@@ -29,6 +29,7 @@ from retreatkit.tui.screens.overview import Overview
 from retreatkit.tui.screens.relay import RelayScreen
 from retreatkit.tui.sources import AdminClient, Endpoint, SourceError
 from retreatkit.tui.state import DashboardState
+from retreatkit.tui.widgets import ConfirmScreen
 
 RETRY_LOGS = 3.0  # seconds before following a broken log stream again
 MAX_GUESTS = 64  # guest endpoints watched at most: a supervisor's list cannot grow this
@@ -52,7 +53,7 @@ class Dashboard(App[int]):
     BINDINGS: ClassVar[list[BindingType]] = [
         *(Binding(key, f"show('{mode}')", name, group=SCREEN_KEYS) for key, mode, name in SCREENS),
         Binding("q", "quit", "Quit"),
-        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+        Binding("ctrl+c", "stop", "Quit", show=False, priority=True),
     ]
 
     def __init__(
@@ -65,6 +66,7 @@ class Dashboard(App[int]):
         follow_logs: bool = True,
         freeze_gc: bool = False,
         stop_on_sigterm: bool = False,
+        quit_stops: bool = False,
     ) -> None:
         super().__init__()
         self.clients = {e.name: AdminClient(e) for e in endpoints}
@@ -78,6 +80,7 @@ class Dashboard(App[int]):
         self.follow_logs = follow_logs
         self.freeze_gc = freeze_gc
         self.stop_on_sigterm = stop_on_sigterm
+        self.quit_stops = quit_stops  # `retreatkit up`: quitting stops what the LAN uses
         self.retry_logs = RETRY_LOGS
         self.polled = asyncio.Event()  # every endpoint answered or failed at least once
         self._seen: set[str] = set()
@@ -187,7 +190,24 @@ class Dashboard(App[int]):
         await self.switch_mode(mode)
 
     async def action_quit(self) -> None:
+        """Under `retreatkit up`, q stops every service: asked first, so a stray key never
+        takes DNS and the mirror from the whole LAN. Ctrl+C goes at once."""
+        if not self.quit_stops:
+            self.exit(0)
+        elif not isinstance(self.screen, ConfirmScreen):
+            self.push_screen(ConfirmScreen(self.quit_question()), self._quit_if)
+
+    def action_stop(self) -> None:
         self.exit(0)
+
+    def quit_question(self) -> str:
+        named = sorted({s for e in self.state.endpoints.values() for s in e.services()})
+        what = ", ".join(named) if named else "the services"
+        return f"Quit and stop {what} for everyone on the LAN?"
+
+    def _quit_if(self, yes: bool | None) -> None:
+        if yes:
+            self.exit(0)
 
     async def fetch(self, endpoint: str, path: str) -> tuple[Any, str | None]:
         """A list from one endpoint: (the JSON, None) or (None, a line)."""

@@ -50,7 +50,7 @@ async def reachable(found: list[Endpoint]) -> list[str]:
     return [p for p in await asyncio.gather(*map(probe, found)) if p]
 
 
-def run(connect: list[str], token: str | None, leak_window: float) -> int:
+def run(connect: list[str], token: str | None, leak_window: float, quit_stops: bool = False) -> int:
     """`retreatkit tui`: 0 when the organiser quits, 1 when nothing can be reached."""
     try:
         found = asyncio.run(endpoints(connect, admin_token.given(token), find=True))
@@ -61,7 +61,9 @@ def run(connect: list[str], token: str | None, leak_window: float) -> int:
     if len(problems) == len(found):
         print(f"retreatkit: no admin endpoint reachable: {'; '.join(problems)}", file=sys.stderr)
         return 1
-    dashboard = Dashboard(found, leak_window=leak_window, freeze_gc=True, stop_on_sigterm=True)
+    dashboard = Dashboard(
+        found, leak_window=leak_window, freeze_gc=True, stop_on_sigterm=True, quit_stops=quit_stops
+    )
     result = dashboard.run()
     return result or 0
 
@@ -74,7 +76,7 @@ async def in_child(url: str, token: str, config: Path | None, stop: asyncio.Even
     argv = [sys.executable, "-m", "retreatkit.cli.main"]
     if config is not None:
         argv += ["--config", str(config)]
-    argv += ["tui", "--connect", url]
+    argv += ["tui", "--connect", url, "--quit-stops"]
     env = {**os.environ, "RETREATKIT_TOKEN": token}  # never on argv, where ps shows it
     child = await asyncio.create_subprocess_exec(*argv, env=env)
     stopping = asyncio.ensure_future(stop.wait())

@@ -218,6 +218,8 @@ def test_q_stops_everything_and_leaves_the_terminal_sane(pane: Pane) -> None:
     pane.keys("1")
     pane.wait(r"Overview")
     pane.keys("q")
+    pane.wait(r"Quit and stop mirror, nameserver, relay for everyone on the LAN\?")
+    pane.keys("y")
     text = pane.wait(r"^EXIT=\d+")
     assert "EXIT=0" in text
     assert re.search(r"^Stopped: relay, mirror, nameserver$", text, re.M)

@@ -19,7 +19,7 @@ from retreatkit.tui.testing import (
     serve,
     settle,
 )
-from retreatkit.tui.widgets import Lines, Table
+from retreatkit.tui.widgets import ConfirmScreen, Lines, Table
 
 SIZE = (150, 60)
 
@@ -231,6 +231,31 @@ async def test_quit_keys(fake: FakeAdmin) -> None:
             await pilot.press(key)
             await pilot.pause()
         assert app.return_value == 0
+
+
+async def test_under_up_q_asks_before_it_stops_the_lans_services(fake: FakeAdmin) -> None:
+    app = make_dashboard(fake.url)
+    app.quit_stops = True
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        question = "Quit and stop mirror, nameserver, relay for everyone on the LAN?"
+        assert question in screen_text(app)
+        await pilot.press("enter")  # No has the focus: a stray Enter keeps them running
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen) and app.is_running
+        await pilot.press("q", "y")
+        await pilot.pause()
+    assert app.return_value == 0
+    app = make_dashboard(fake.url)
+    app.quit_stops = True
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+c")  # deliberate: no question
+        await pilot.pause()
+    assert app.return_value == 0
 
 
 async def test_log_view_scrolled_back_stays_on_its_lines() -> None:
