@@ -9,6 +9,7 @@ than the first; its slope is reported per minute. Pure: times are passed in.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -23,11 +24,13 @@ class Leak:
     last: float
     seconds: float
 
-    def line(self) -> str:
-        return (
-            f"{self.figure} only grew for {self.seconds / 60:.0f} min: "
-            f"{self.first:,.0f} -> {self.last:,.0f} ({self.slope_per_minute:+,.2f}/min)"
-        )
+    def line(self, unit: Callable[[float], str] | None = None) -> str:
+        """With `unit` (bytes as MiB, say), the values and the slope are worded by it."""
+        if unit is None:
+            values = f"{self.first:,.0f} -> {self.last:,.0f} ({self.slope_per_minute:+,.2f}/min)"
+        else:
+            values = f"{unit(self.first)} -> {unit(self.last)} (+{unit(self.slope_per_minute)}/min)"
+        return f"{self.figure} only grew for {self.seconds / 60:.0f} min: {values}"
 
 
 class Series:
@@ -59,8 +62,9 @@ class Series:
             out.append((v1 - v0) / (t1 - t0) if t1 > t0 and v1 >= v0 else 0.0)
         return out
 
-    def leak(self, figure: str, window: float, now: float) -> Leak | None:
-        """A Leak when the figure only grew over the last `window` seconds."""
+    def leak(self, figure: str, window: float, now: float, least: float = 0.0) -> Leak | None:
+        """A Leak when the figure only grew over the last `window` seconds, by more than
+        `least`: a process's memory creeps by a few pages without leaking anything."""
         if not self.samples or now - self.samples[0][0] < window:
             return None  # not watched long enough to say
         recent = [(t, v) for t, v in self.samples if t >= now - window]
@@ -69,6 +73,6 @@ class Series:
         if any(b < a for (_, a), (_, b) in pairwise(recent)):
             return None
         (t0, first), (t1, last) = recent[0], recent[-1]
-        if last <= first or t1 <= t0:
+        if last - first <= least or t1 <= t0:
             return None
         return Leak(figure, (last - first) / (t1 - t0) * 60, first, last, t1 - t0)

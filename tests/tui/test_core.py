@@ -146,3 +146,16 @@ def test_columns_fit_by_cutting_the_widest_first() -> None:
     assert columns.fit(trend, least, 20, {1}) == [10, 10]
     assert columns.cut_start("/srv/lists/blocks.txt", 12) == "…/blocks.txt"
     assert columns.cut_start("ads.txt", 12) == "ads.txt"
+
+
+def test_memory_that_creeps_by_a_few_pages_is_no_leak_and_a_real_one_is_in_mib() -> None:
+    state = DashboardState(["a:1"], leak_window=600)
+    for t in range(0, 661, 60):  # 8 KiB over 11 minutes, never a dip: seen on an idle `up`
+        state.record("a:1", t, status={"process": {"memory_bytes": 69_505_024 + t * 12}})
+    assert state.alarms(660) == []
+    state = DashboardState(["a:1"], leak_window=600)
+    for t in range(0, 601, 60):  # 1 MiB a minute
+        state.record("a:1", t, status={"process": {"memory_bytes": (64 + t // 60) << 20}})
+    assert state.alarms(600) == [
+        "leak? process memory only grew for 10 min: 64.0 MiB -> 74.0 MiB (+1.0 MiB/min) on a:1"
+    ]
