@@ -49,7 +49,7 @@ def render(ns: Nameserver) -> dict[str, Any]:
             "address": u.address,
             "zone": zone or None,  # None: the default upstreams; else the forwarded domain
             "state": u.state(),
-            "latency_ms": round(u.latency_ms, 2),
+            "latency_ms": None if u.latency_ms is None else round(u.latency_ms, 2),
             "queries": u.queries,
             "errors": u.errors,
             "last_error": u.last_error or None,

@@ -34,7 +34,7 @@ class Upstream:
     probing: bool = False  # a probe is out: nobody else asks until it ends
     queries: int = 0
     errors: int = 0
-    latency_ms: float = 0.0  # moving average
+    latency_ms: float | None = None  # moving average; None until it has answered
     last_error: str = ""
 
     @property
@@ -59,7 +59,7 @@ class Upstream:
         self.failures = 0
         self.down_until = 0.0
         ms = elapsed * 1000
-        self.latency_ms = ms if self.latency_ms == 0 else 0.8 * self.latency_ms + 0.2 * ms
+        self.latency_ms = ms if self.latency_ms is None else 0.8 * self.latency_ms + 0.2 * ms
 
     def failed(self, now: float, why: str, recheck: float = RETRY_AFTER) -> None:
         self.queries += 1

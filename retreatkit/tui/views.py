@@ -195,7 +195,7 @@ def upstream_rows(e: EndpointState) -> list[Row]:
                         _text(u.get("url")),
                         _text(u.get("state")),
                         clock(u.get("down_since_at")) if u.get("down_since_at") else "",
-                        "" if retry is None else duration(retry),
+                        "" if retry is None else duration(retry) if retry > 0 else "next request",
                         _text(u.get("last_error") or ""),
                     )
                 )

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from retreatkit.tui import answers, columns
+from retreatkit.tui import answers, columns, views
 from retreatkit.tui.escape import visible
 from retreatkit.tui.fmt import NOT_REPORTED, duration, number, size, spark
 from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer, LogFilter
@@ -159,3 +159,15 @@ def test_memory_that_creeps_by_a_few_pages_is_no_leak_and_a_real_one_is_in_mib()
     assert state.alarms(600) == [
         "leak? process memory only grew for 10 min: 64.0 MiB -> 74.0 MiB (+1.0 MiB/min) on a:1"
     ]
+
+
+def test_an_upstream_due_for_a_try_and_one_never_answered_say_so() -> None:
+    state = DashboardState(["a:1"])
+    mirror_up = {"url": "http://up.test/", "state": "down", "retry_in_seconds": 0.0}
+    dns_up = {"address": "192.0.2.53:53", "state": "down", "latency_ms": None}
+    status = {"mirror": {"upstreams": {"pypi": mirror_up}}, "nameserver": {"upstreams": [dns_up]}}
+    state.record("a:1", 0, status=status)
+    e = state.endpoints["a:1"]
+    # the mirror tries a down upstream again with the first request after its backoff
+    assert views.upstream_rows(e)[0][4] == "next request"
+    assert views.dns_upstream_rows(e) == [("192.0.2.53:53", "down", NOT_REPORTED)]
