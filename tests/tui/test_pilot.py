@@ -3,6 +3,8 @@ down, an endpoint that answers garbage or hangs, actions and their questions."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from textual.widgets import Input, Label
 
@@ -321,3 +323,13 @@ async def test_a_question_takes_its_default_and_a_cancel_says_so(fake: FakeAdmin
         await actions_done(pilot)
         assert result() == "removing a local name cancelled"
         assert sent() == []
+
+
+async def test_the_newest_query_shows_on_an_80x24_terminal(fake: FakeAdmin) -> None:
+    app = make_dashboard(fake.url)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        newest = table_text(app, "#queries")[0]
+        assert newest[1:3] == ["10.0.0.8", "example.org"]
+        assert re.search(r"10\.0\.0\.8\s+example\.org\s+AAAA\s+cached", screen_text(app))

@@ -35,6 +35,9 @@ class NameserverSection(Section):
 
     def body(self) -> ComposeResult:
         yield Lines(id="summary")
+        # the live part first: below the tables, an 80x24 terminal never showed it
+        yield Label("Query log, newest first (/ to filter)", classes="heading")
+        yield Table("Time", "Client", "Name", "Type", "Answer", "ms", id="queries")
         with Horizontal(classes="pair"):
             for key, title in (
                 ("domains", "Top domains"),
@@ -54,8 +57,6 @@ class NameserverSection(Section):
                     "Source", "Entries", "Bad lines", "Loaded", "Last error",
                     id="lists", cut_start=("Source",),
                 )  # fmt: skip
-        yield Label("Query log (/ to filter)", classes="heading")
-        yield Table("Time", "Client", "Name", "Type", "Answer", "ms", id="queries")
 
     async def load(self, dash: Dashboard) -> None:
         cursor = "" if self.after is None else f"after={self.after}&"
