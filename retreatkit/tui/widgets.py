@@ -70,6 +70,7 @@ class Table(DataTable[Text]):
         self._keys: list[str] = []
         self._rows: list[tuple[Text, ...]] = []
         self._fitted = -1  # the width the columns were fitted to
+        self._given: tuple[object, ...] = ()  # what set_rows was last given
         self.shown: list[str] = list(names)  # the columns shown, after `drop`
 
     def on_mount(self) -> None:
@@ -83,6 +84,10 @@ class Table(DataTable[Text]):
     ) -> None:
         """Replace the rows. With `keys` (one a row), the cursor stays on the row with the
         same key wherever it moved, so an action never lands on another row's item."""
+        given = (tuple(map(tuple, rows)), empty, tuple(keys or ()))
+        if given == self._given and self._fitted == self.size.width:
+            return  # the same rows: refilling them each poll kept an idle dashboard busy
+        self._given = given
         row = self.cursor_row
         if keys is not None and 0 <= row < len(self._keys):
             row = keys.index(self._keys[row]) if self._keys[row] in keys else row
