@@ -52,7 +52,7 @@ async def test_each_relay_mirror_and_nameserver_is_shown(
         assert text(first.query_one(".endpoint", Lines)) == f"Relay on {fake.url[7:]}"
         assert text(other.query_one(".endpoint", Lines)) == f"Relay on {second.url[7:]}"
         assert rows(first, "#active")[0][0] == "7"
-        assert rows(other, "#active") == [["none yet", "", "", "", "", ""]]
+        assert rows(other, "#active") == [["none now", "", "", "", "", ""]]
         assert rows(other, "#recent")[0][0] == "99"
         for key, title in (("3", "Mirror"), ("4", "Nameserver")):
             await pilot.press(key)

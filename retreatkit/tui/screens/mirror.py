@@ -18,7 +18,7 @@ from retreatkit.tui.widgets import Lines, Table
 if TYPE_CHECKING:
     from retreatkit.tui.app import Dashboard
 
-FETCH = ("Ecosystem", "Package", "File", "Bytes", "Size", "Started", "Ended")
+FETCH = ("Ecosystem", "Package", "File", "Bytes", "Size", "Started", "State")
 UPSTREAM = ("Upstream", "URL", "State", "Down since", "Retry in", "Last error")
 
 
@@ -56,7 +56,7 @@ class MirrorSection(Section):
         self.query_one("#upstreams", Table).set_rows(views.upstream_rows(e))
         self.query_one("#top", Table).set_rows(views.top_rows(section.get("top_packages")))
         self.query_one("#in_progress", Table).set_rows(
-            views.fetch_rows(self.fetches, "in_progress")
+            views.fetch_rows(self.fetches, "in_progress"), "none now"
         )
         self.query_one("#recent", Table).set_rows(views.fetch_rows(self.fetches, "recent"))
 

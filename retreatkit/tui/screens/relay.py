@@ -17,7 +17,7 @@ from retreatkit.tui.widgets import Lines, Table
 if TYPE_CHECKING:
     from retreatkit.tui.app import Dashboard
 
-COLUMNS = ("Nameplate", "Bytes", "Rate", "Duration", "Started", "Ended")
+COLUMNS = ("Nameplate", "Bytes", "Rate", "Duration", "Started", "State")
 
 
 class RelaySection(Section):
@@ -41,7 +41,10 @@ class RelaySection(Section):
         if self.problem:
             summary.append(f"transfers not reported: {self.problem}")
         self.query_one("#summary", Lines).show(summary)
-        self.query_one("#active", Table).set_rows(views.transfer_rows(self.transfers, "active"))
+        # "none yet" read wrong once transfers had come and gone
+        self.query_one("#active", Table).set_rows(
+            views.transfer_rows(self.transfers, "active"), "none now"
+        )
         self.query_one("#recent", Table).set_rows(views.transfer_rows(self.transfers, "recent"))
 
 
