@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,3 +93,12 @@ def clock(at: Any) -> str:
     if not isinstance(at, str) or "T" not in at:
         return NOT_REPORTED
     return at.split("T", 1)[1][:8]
+
+
+_STAMP = re.compile(r"\b\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d)(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)?")
+
+
+def clocks(line: str) -> str:
+    """A line whose ISO 8601 times (a service's words: "down since 2026-12-02T07:13:24Z")
+    read HH:MM:SS, as the tables beside it do."""
+    return _STAMP.sub(r"\1", line)

@@ -9,6 +9,7 @@ from retreatkit.tui import guests
 from retreatkit.tui.fmt import (
     NOT_REPORTED,
     clock,
+    clocks,
     count,
     duration,
     get,
@@ -238,7 +239,7 @@ def nameserver_summary(e: EndpointState) -> list[str]:
         f"queries {per_second(line.rate() if line else None)} · total {count(queries)} · blocked "
         f"{share} · stale answers {count(s.get('stale_served'))} · cache hits "
         f"{count(s.get('cache_hits'))} · SERVFAIL {count(s.get('servfail'))}",
-        f"blocking {_text(blocking)}",
+        f"blocking {clocks(_text(blocking))}",
     ]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from retreatkit.tui import answers, columns, views
 from retreatkit.tui.escape import visible
-from retreatkit.tui.fmt import NOT_REPORTED, duration, number, size, spark
+from retreatkit.tui.fmt import NOT_REPORTED, clocks, duration, number, size, spark
 from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer, LogFilter
 from retreatkit.tui.state import DashboardState
 from retreatkit.tui.trend import Series
@@ -171,3 +171,10 @@ def test_an_upstream_due_for_a_try_and_one_never_answered_say_so() -> None:
     # the mirror tries a down upstream again with the first request after its backoff
     assert views.upstream_rows(e)[0][4] == "next request"
     assert views.dns_upstream_rows(e) == [("192.0.2.53:53", "down", NOT_REPORTED)]
+
+
+def test_a_services_times_read_as_the_tables_do() -> None:
+    line = "upstream down: http://up.test since 2026-12-02T07:13:24Z (refused); serving"
+    assert clocks(line) == "upstream down: http://up.test since 07:13:24 (refused); serving"
+    assert clocks("paused until 2026-12-02T07:15:42.123+00:00") == "paused until 07:15:42"
+    assert clocks("version 2026-12-02") == "version 2026-12-02"  # a date alone is kept

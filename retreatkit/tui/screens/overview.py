@@ -11,6 +11,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Label
 
 from retreatkit.tui import views
+from retreatkit.tui.fmt import clocks
 from retreatkit.tui.screens.base import SCREENS, Panel
 from retreatkit.tui.widgets import Lines, Table
 
@@ -64,7 +65,7 @@ class Overview(Panel):
         alarms = state.alarms(self.dash.clock())
         alarm_lines = self.query_one("#alarms", Lines)
         alarm_lines.set_class(bool(alarms), "alarm")
-        alarm_lines.show([f"! {a}" for a in alarms] or ["none"])
+        alarm_lines.show([f"! {clocks(a)}" for a in alarms] or ["none"])
         guests = views.guest_lines(state)
         for part in ("#guests_heading", "#guests"):
             self.query_one(part).display = bool(guests)
