@@ -63,6 +63,12 @@ def routes(ns: Nameserver) -> list[web.RouteDef]:
             _did(request, "blocking resumed" + (" (it was not paused)" if before == "on" else ""))
         return web.json_response({"blocking": status.blocking(ns)})
 
+    async def records(request: web.Request) -> web.Response:
+        limit = _int(request.query.get("limit", str(MAX_LIMIT)), "limit", 1)
+        every = sorted(ns.resolver.policy.local.all(), key=lambda r: (r.name, r.rtype, r.value))
+        shown = [_record(r) for r in every[: min(limit, MAX_LIMIT)]]
+        return web.json_response({"total": len(every), "records": shown})
+
     async def put_record(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         body = await _json(request, '{"value": "10.0.0.9"} or {"value": "cname:TARGET"}')
@@ -109,6 +115,7 @@ def routes(ns: Nameserver) -> list[web.RouteDef]:
         web.get("/nameserver/queries", queries),
         web.post("/nameserver/blocklists/reload", reload),
         web.post("/nameserver/blocking/pause", pause),
+        web.get("/nameserver/records", records),
         web.put("/nameserver/records/{name}", put_record),
         web.delete("/nameserver/records/{name}", delete_record),
         web.post("/nameserver/cache/flush", flush),

@@ -182,6 +182,13 @@ def lists(name: str = HOSTILE) -> dict[str, Any]:
             "recent": [{**transfer, "nameplate": "3", "ended": "completed"}],
         },
         "/mirror/fetches": {"in_progress": [fetch], "recent": [{**fetch, "ended": "stored"}]},
+        "/nameserver/records": {
+            "total": 3,
+            "records": [
+                {"name": "printer.retreat.lan", "type": "A", "value": "10.0.0.9"},
+                {"name": "wiki.retreat.lan", "type": "CNAME", "value": "www.retreat.lan"},
+            ],
+        },
         "/nameserver/queries": {
             "next": 2,
             "queries": [

@@ -260,6 +260,18 @@ def dns_upstream_rows(e: EndpointState) -> list[Row]:
     return rows
 
 
+def record_rows(doc: Any) -> list[Row]:
+    """The local names, and a last row saying how many more there are."""
+    rows: list[Row] = [
+        (_text(r.get("name")), _text(r.get("type")), _text(r.get("value")))
+        for r in _items(doc, "records")
+    ]
+    total = number(doc.get("total")) if isinstance(doc, dict) else None
+    if total is not None and total > len(rows):
+        rows.append((f"... {int(total) - len(rows):,} more", "", ""))
+    return rows
+
+
 def blocklist_rows(e: EndpointState) -> list[Row]:
     """Each source (`[{"source": ..., "entries": ...}, ...]`, docs/admin-api.md): what it
     gave, the lines it could not read, when it was last read, and what failed last."""

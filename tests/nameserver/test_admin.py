@@ -103,6 +103,21 @@ async def test_records_put_and_delete(admin: Admin) -> None:
     assert (status, text) == (404, "no local record named www.example.test\n")
 
 
+async def test_the_local_names_are_listed_by_name_and_bounded(admin: Admin) -> None:
+    before = (await admin.request("GET", "/nameserver/records"))[1]
+    for name, value in (("b.retreat.lan", "10.0.0.2"), ("a.retreat.lan", "cname:b.retreat.lan")):
+        await admin.request("PUT", f"/nameserver/records/{name}", {"value": value})
+    status, body = await admin.request("GET", "/nameserver/records")
+    assert status == 200 and body["total"] == before["total"] + 2
+    mine = [r for r in body["records"] if r["name"].endswith(".retreat.lan")]
+    assert mine[:2] == [
+        {"name": "a.retreat.lan", "type": "CNAME", "value": "b.retreat.lan"},
+        {"name": "b.retreat.lan", "type": "A", "value": "10.0.0.2"},
+    ]
+    status, body = await admin.request("GET", "/nameserver/records?limit=1")
+    assert status == 200 and len(body["records"]) == 1 and body["total"] == before["total"] + 2
+
+
 async def test_a_record_that_would_make_a_cname_loop_is_refused(admin: Admin) -> None:
     await admin.request("PUT", "/nameserver/records/loopa.retreat.lan",
                         {"value": "cname:loopb.retreat.lan"})  # fmt: skip

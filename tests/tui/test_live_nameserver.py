@@ -71,6 +71,8 @@ async def test_every_action_answers_in_plain_words(live_nameserver: LiveNameserv
         assert await act("p", "15\n", "y") == "blocking paused until 08:15:00"
         assert await act("p", "0\n") == "blocking on"
         assert await act("a", "wiki.retreat.lan 10.0.0.9\n") == "added wiki.retreat.lan: A 10.0.0.9"
+        await settle(pilot)
+        assert ["wiki.retreat.lan", "A", "10.0.0.9"] in rows(app, "#local")  # listed: d can see it
         flush = ("f", "www.example.test\n", "y")
         assert await act(*flush) == "flushed www.example.test: 1 cache entry dropped"
         assert await act(*flush) == "www.example.test was not in the cache"

@@ -333,3 +333,15 @@ async def test_the_newest_query_shows_on_an_80x24_terminal(fake: FakeAdmin) -> N
         newest = table_text(app, "#queries")[0]
         assert newest[1:3] == ["10.0.0.8", "example.org"]
         assert re.search(r"10\.0\.0\.8\s+example\.org\s+AAAA\s+cached", screen_text(app))
+
+
+async def test_the_dns_screen_lists_the_local_names(fake: FakeAdmin) -> None:
+    app = make_dashboard(fake.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        assert table_text(app, "#local") == [
+            ["printer.retreat.lan", "A", "10.0.0.9"],
+            ["wiki.retreat.lan", "CNAME", "www.retreat.lan"],
+            ["... 1 more", "", ""],  # the endpoint listed 2 of its 3
+        ]

@@ -1,6 +1,7 @@
 """Nameserver: queries per second, blocked share, stale answers, top lists, upstream health,
-blocklists and a live query log with a filter, for each endpoint hosting a nameserver;
-and the organiser's actions, which go to every one of them (DHCP hands them all out)."""
+blocklists, the local names and a live query log with a filter, for each endpoint
+hosting a nameserver; and the organiser's actions, which go to every one of them (DHCP
+hands them all out)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 QUERY_LOG = 500  # queries kept on screen, for each endpoint
 PAGE = 200
+LOCAL_NAMES = 500  # listed at most, for each endpoint
 
 
 class NameserverSection(Section):
@@ -32,6 +34,8 @@ class NameserverSection(Section):
         self.queries: deque[dict[str, Any]] = deque(maxlen=QUERY_LOG)
         self.after: int | None = None  # None: ask for the newest
         self.problem: str | None = None
+        self.records: Any = None  # GET /nameserver/records
+        self.records_problem: str | None = None
 
     def body(self) -> ComposeResult:
         yield Lines(id="summary")
@@ -57,8 +61,13 @@ class NameserverSection(Section):
                     "Source", "Entries", "Bad lines", "Loaded", "Last error",
                     id="lists", cut_start=("Source",),
                 )  # fmt: skip
+        yield Label("Local names (a adds, d removes)", classes="heading")
+        yield Table("Name", "Type", "Value", id="local")
 
     async def load(self, dash: Dashboard) -> None:
+        self.records, self.records_problem = await dash.fetch(
+            self.endpoint, f"/nameserver/records?limit={LOCAL_NAMES}"
+        )
         cursor = "" if self.after is None else f"after={self.after}&"
         doc, self.problem = await dash.fetch(
             self.endpoint, f"/nameserver/queries?{cursor}limit={PAGE}"
@@ -79,6 +88,8 @@ class NameserverSection(Section):
         summary = views.nameserver_summary(e)
         if self.problem:
             summary.append(f"query log not reported: {self.problem}")
+        if self.records_problem:
+            summary.append(f"local names not reported: {self.records_problem}")
         self.query_one("#summary", Lines).show(summary)
         section = e.section("nameserver")
         for key in ("domains", "blocked", "clients"):
@@ -86,6 +97,7 @@ class NameserverSection(Section):
             self.query_one(f"#top_{key}", Table).set_rows(rows)
         self.query_one("#upstreams", Table).set_rows(views.dns_upstream_rows(e))
         self.query_one("#lists", Table).set_rows(views.blocklist_rows(e))
+        self.query_one("#local", Table).set_rows(views.record_rows(self.records), "none")
 
     def draw_queries(self, needle: str) -> None:
         rows = [views.query_row(q) for q in reversed(self.queries)]  # newest first
