@@ -92,6 +92,11 @@ def canned(name: str = HOSTILE) -> dict[str, Any]:
                     "state": "up",
                     "last_error": None,
                 },
+                "apt/debian-security": {
+                    "url": "http://192.0.2.4/debian-security",
+                    "state": "up",
+                    "last_error": None,
+                },
             },
             "store": {
                 "size_bytes": 1231028224,

@@ -345,3 +345,13 @@ async def test_the_dns_screen_lists_the_local_names(fake: FakeAdmin) -> None:
             ["wiki.retreat.lan", "CNAME", "www.retreat.lan"],
             ["... 1 more", "", ""],  # the endpoint listed 2 of its 3
         ]
+
+
+async def test_two_apt_archives_of_one_host_stay_apart_at_80_columns(fake: FakeAdmin) -> None:
+    app = make_dashboard(fake.url)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("3")
+        await settle(pilot)
+        text = screen_text(app)
+        assert re.search(r"apt/debian\S*\s+\S*/debian\s", text), text
+        assert re.search(r"apt/debian\S*\s+\S*-security\s", text), text

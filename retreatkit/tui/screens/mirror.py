@@ -32,7 +32,8 @@ class MirrorSection(Section):
         yield Lines(id="summary")
         yield Lines(id="warnings")
         yield Label("Upstreams", classes="heading")
-        yield Table(*UPSTREAM, id="upstreams")
+        # a URL cut at its end hid what told two apt archives of one host apart
+        yield Table(*UPSTREAM, id="upstreams", cut_start=("URL",))
         yield Label("Downloads in progress", classes="heading")
         yield Table(*FETCH, id="in_progress")
         yield Label("Recent fetches", classes="heading")
