@@ -103,6 +103,7 @@ async def test_mirror_upstreams_limit_eviction_and_warnings(fake: FakeAdmin) -> 
             ["opam", "http://192.0.2.2/opam", "up", "", "", ""],
             ["npm", "http://192.0.2.3/npm/", "unknown", "", "", ""],
             ["apt/debian", "http://192.0.2.4/debian", "up", "", "", ""],
+            ["apt/debian-security", "http://192.0.2.4/debian-security", "up", "", "", ""],
         ]
         check = {"state": "running", "checked": 9, "dropped": 1}
         fake.status["mirror"]["store"] = {"max_size_bytes": 0, "check": check}
