@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
@@ -29,6 +30,7 @@ STYLES = {
 }
 PLAIN = Style()
 WHEEL = 3  # lines a mouse-wheel step moves
+MORE = "…"  # the last cell of a line that goes on past the right edge
 
 
 class LogView(Widget, can_focus=True):
@@ -42,7 +44,7 @@ class LogView(Widget, can_focus=True):
         Binding("pagedown", "page(1)", "Page down", show=False),
         Binding("home", "oldest", "Oldest", show=False),
         Binding("end", "newest", "Newest", show=False),
-        Binding("left", "sideways(-8)", "Left", show=False),
+        Binding("left", "sideways(-8)", "Sideways", key_display="←→"),
         Binding("right", "sideways(8)", "Right", show=False),
     ]
 
@@ -133,7 +135,13 @@ class LogView(Widget, can_focus=True):
         line = shown[index]
         style = STYLES.get(line[LEVEL], PLAIN)
         x = self.x
+        # a line that goes on past the right edge ends in an ellipsis: cut silently, "is
+        # down: connection re" read as the whole message (left and right scroll to it)
         if line[ASCII]:  # one cell a character: slice and pad, nothing to measure
             text = line[TEXT][x : x + width]
+            if len(line[TEXT]) > x + width and width > 0:
+                text = text[:-1] + MORE
             return Strip([Segment(text, style), Segment(" " * (width - len(text)))], width)
-        return Strip([Segment(line[TEXT], style)]).crop_extend(x, x + width, None)
+        more = cell_len(line[TEXT]) > x + width and width > 0
+        cut = Strip([Segment(line[TEXT], style)]).crop_extend(x, x + width - more, None)
+        return Strip([*cut, Segment(MORE, style)], width) if more else cut

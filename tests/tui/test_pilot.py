@@ -355,3 +355,20 @@ async def test_two_apt_archives_of_one_host_stay_apart_at_80_columns(fake: FakeA
         text = screen_text(app)
         assert re.search(r"apt/debian\S*\s+\S*/debian\s", text), text
         assert re.search(r"apt/debian\S*\s+\S*-security\s", text), text
+
+
+@pytest.mark.parametrize("word", ["refused", "réfusé"])  # one cell a character, and not
+async def test_a_log_line_cut_at_the_right_edge_says_so(word: str) -> None:
+    app = make_dashboard("http://127.0.0.1:9")
+    app.logs = LogBuffer(capacity=10)
+    message = f"upstream http://192.0.2.1/simple/ is down: connection {word} " + "x" * 80
+    app.logs.extend([{"seq": 1, "service": "mirror", "level": "WARNING", "message": message}])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("5")
+        await settle(pilot)
+        view = app.screen.query_one(LogView)
+        row = view.render_line(0).text
+        assert row.endswith("…") and len(row) == view.content_size.width
+        view.focus()
+        await pilot.press(*["right"] * 30)  # to the end of the line
+        assert view.render_line(0).text.rstrip().endswith("x")
