@@ -15,7 +15,8 @@ missing; `debian`: Debian's cloud kernel), one run:
   cpu      CPU seconds qemu used from its start to that answer: under TCG the steadier
            figure, as wall time moves with whatever else the host runs.
   floor    the least guest memory (MB, a multiple of 8) at which the image boots and gives
-           that answer within 60 s, by bisection between 16 and --memory.
+           that answer within 60 s, five boots out of five, by bisection between 16 and
+           --memory (near its floor a guest may answer once and panic the next time).
   admin    seconds from the same start to the admin endpoint's first /healthz: the admin
            code loads after the service answers (docs/images.md, Start-up)
   local    the same service as `retreatkit SERVICE` on loopback: seconds from its start to
@@ -204,17 +205,29 @@ def boot_once(image: Path, service: str, memory: int, cfg: dict[str, object]) ->
     return asyncio.run(go())
 
 
+FLOOR_BOOTS = 5  # a size is the floor only if every one of these boots answers
+
+
+def boots(image: Path, service: str, memory_mb: int, cfg: dict[str, object]) -> bool:
+    """Whether `memory_mb` boots the image to an answer FLOOR_BOOTS times out of as many:
+    near its floor a guest may boot once and panic ("deadlocked on memory") the next."""
+    return all(
+        boot_once(image, service, memory_mb, cfg).answer_seconds is not None
+        for _ in range(FLOOR_BOOTS)
+    )
+
+
 def floor_mb(image: Path, service: str, top: int, cfg: dict[str, object]) -> int | None:
-    """The least multiple of 8 MB that boots to an answer (bisection, 16 .. top)."""
+    """The least multiple of 8 MB that boots to an answer, every time (bisection, 16 .. top)."""
     low, high = 2, top // 8  # in units of 8 MB; high is known to boot (checked first)
-    if boot_once(image, service, high * 8, cfg).answer_seconds is None:
+    if not boots(image, service, high * 8, cfg):
         return None
     while high - low > 1:
         middle = (low + high) // 2
-        if boot_once(image, service, middle * 8, cfg).answer_seconds is None:
-            low = middle
-        else:
+        if boots(image, service, middle * 8, cfg):
             high = middle
+        else:
+            low = middle
     return high * 8
 
 
@@ -312,7 +325,8 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         "",
         f"`uv run python bench/images.py --rounds {args.rounds} --memory {args.memory}` "
         f"on {cpu_model()}; medians. Image = kernel + initramfs; first answer from qemu's "
-        "(or the process's) start; floor = least guest memory that boots to an answer; "
+        "(or the process's) start; floor = least guest memory that boots to an answer "
+        "five times in five; "
         "admin = its admin endpoint's first /healthz, from the same start (it loads after the "
         "service answers); CPU = the CPU seconds qemu (or the process) used until the first "
         "answer, steadier than wall time under emulation; RSS = qemu's (or the process's) "

@@ -18,7 +18,10 @@ HOST_FROM_GUEST = "10.0.2.2"
 DNS_FROM_GUEST = "10.0.2.3"
 
 # The least guest memory an image boots in: the relay and the nameserver answer in 48 MB,
-# the mirror in 64 (bench/images.py). Below it none does, each failing its own way: at
+# the mirror in 72 (bench/images.py, five boots in five). In 64 the mirror's files (22 MB,
+# held in memory: the initramfs is its root) and its interpreter's 22 MB leave the kernel
+# short now and then: about one boot in four panics, "System is deadlocked on memory".
+# Below the floor none boots, each failing its own way: at
 # 40 MB the kernel deadlocks on memory and panics, at 32 the initramfs does not unpack
 # and the guest hangs, lower the kernel resets without a word, and at 1 MB qemu refuses
 # the initramfs. So less is refused before anything starts.
