@@ -208,26 +208,32 @@ def boot_once(image: Path, service: str, memory: int, cfg: dict[str, object]) ->
 FLOOR_BOOTS = 5  # a size is the floor only if every one of these boots answers
 
 
-def boots(image: Path, service: str, memory_mb: int, cfg: dict[str, object]) -> bool:
-    """Whether `memory_mb` boots the image to an answer FLOOR_BOOTS times out of as many:
-    near its floor a guest may boot once and panic ("deadlocked on memory") the next."""
+def boots(image: Path, service: str, memory_mb: int, cfg: dict[str, object], times: int) -> bool:
+    """Whether `memory_mb` boots the image to an answer `times` times out of as many."""
     return all(
-        boot_once(image, service, memory_mb, cfg).answer_seconds is not None
-        for _ in range(FLOOR_BOOTS)
+        boot_once(image, service, memory_mb, cfg).answer_seconds is not None for _ in range(times)
     )
 
 
 def floor_mb(image: Path, service: str, top: int, cfg: dict[str, object]) -> int | None:
-    """The least multiple of 8 MB that boots to an answer, every time (bisection, 16 .. top)."""
+    """The least multiple of 8 MB that boots to an answer FLOOR_BOOTS times in as many:
+    near its floor a guest may answer once and panic ("deadlocked on memory") the next.
+    Bisection between 16 and `top` with one boot a size, then the size found booted the
+    rest of the times, and the next one up whenever a boot fails."""
     low, high = 2, top // 8  # in units of 8 MB; high is known to boot (checked first)
-    if not boots(image, service, high * 8, cfg):
+    if not boots(image, service, high * 8, cfg, 1):
         return None
     while high - low > 1:
         middle = (low + high) // 2
-        if boots(image, service, middle * 8, cfg):
+        if boots(image, service, middle * 8, cfg, 1):
             high = middle
         else:
             low = middle
+    more = FLOOR_BOOTS - 1  # the bisection booted this size once already
+    while not boots(image, service, high * 8, cfg, more):
+        high, more = high + 1, FLOOR_BOOTS
+        if high * 8 > top:
+            return None
     return high * 8
 
 
