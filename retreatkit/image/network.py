@@ -121,11 +121,13 @@ class Passt:
         self.log = run_dir / "passt.log"
         self.logged = 0
         self._drain: asyncio.Future[None] | None = None
+        self.marked: Path | None = None  # strays' note of this passt
 
     async def start(self, preexec: Callable[[], None] | None = None) -> Path:
         """passt's socket, once qemu may connect to it. NetworkError, in passt's own last
         words, when it ends first (a port already taken) or does not start."""
-        strays.sweep()  # a passt left by a killed supervisor may hold these ports
+        # a passt left by a killed supervisor may hold these ports
+        await asyncio.to_thread(strays.sweep)
         self.folder, runas = socket_dir()
         sock = self.folder / "passt.sock"
         self.process = await asyncio.create_subprocess_exec(
@@ -136,13 +138,16 @@ class Passt:
             start_new_session=True,
             preexec_fn=preexec,
         )
-        strays.mark(self.folder, self.process.pid)
         try:
+            self.marked = strays.mark(sock, self.process.pid)
             async with asyncio.timeout(START_SECONDS):
                 await self._ready()
         except TimeoutError:
             await self.close()
             raise NetworkError(f"passt made no socket in {START_SECONDS:g} s") from None
+        except OSError as exc:  # its mark: a full or unwritable state folder
+            await self.close()
+            raise NetworkError(f"cannot note passt in {strays.marks_dir()}: {exc}") from None
         except BaseException:
             await self.close()
             raise
@@ -191,3 +196,6 @@ class Passt:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
+        if self.marked is not None:
+            strays.unmark(self.marked)
+            self.marked = None

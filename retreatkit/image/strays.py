@@ -4,8 +4,9 @@ passt ends with its qemu (--one-off), but only once qemu has connected. Started 
 it becomes `nobody`, which clears the parent-death signal, so a supervisor killed in the
 moment between the two leaves a passt that waits for ever and keeps the guest's
 forwarded ports: the next start of that guest then fails on "Failed to bind any port".
-Each passt's socket folder names who started it and which passt it is; a later start
-ends the passt of any owner that is gone.
+Each passt started is noted in this user's private state folder (never in the socket's
+folder under /tmp, which anyone can make and `nobody` can write): who started it, which
+passt it is, and its socket. A later start ends the passt of any owner that is gone.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import os
 import select
 import shutil
 import signal
-import tempfile
 from pathlib import Path
 
-PREFIX = "retreatkit-passt-"
-MARK = "owner.json"
+from retreatkit.image.paths import private_dir, state_dir
+
+PREFIX = "retreatkit-passt-"  # of the socket's folder, under the temporary folder
 GONE_SECONDS = 2.0
+MARK_MAX = 4096
+
+
+def marks_dir() -> Path:
+    return state_dir() / "vm" / "passt"
 
 
 def started_at(pid: int) -> int | None:
@@ -37,11 +43,22 @@ def started_at(pid: int) -> int | None:
         return None
 
 
-def mark(folder: Path, passt_pid: int) -> None:
-    """Note in passt's socket folder which process started it and which passt it is."""
-    owner, passt = os.getpid(), passt_pid
-    doc = {"owner": [owner, started_at(owner)], "passt": [passt, started_at(passt)]}
-    (folder / MARK).write_text(json.dumps(doc))
+def mark(socket: Path, passt_pid: int, marks: Path | None = None) -> Path:
+    """Note which process started passt `passt_pid`, listening on `socket`."""
+    owner = os.getpid()
+    doc = {
+        "owner": [owner, started_at(owner)],
+        "passt": [passt_pid, started_at(passt_pid)],
+        "socket": str(socket),
+    }
+    path = private_dir(marks or marks_dir()) / f"{passt_pid}.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def unmark(path: Path) -> None:
+    """The passt noted at `path` ended with its guest, as it should."""
+    path.unlink(missing_ok=True)
 
 
 def living(noted: object) -> tuple[int, int] | None:
@@ -54,23 +71,37 @@ def living(noted: object) -> tuple[int, int] | None:
     return None
 
 
-def sweep(tmp: Path | None = None) -> list[int]:
-    """End the passt of every socket folder whose owner is gone, remove the folder, and
-    return those passts' pids. A folder not marked yet (its owner starting passt now) is
-    left alone."""
-    ended = []
-    for folder in Path(tmp or tempfile.gettempdir()).glob(f"{PREFIX}*"):
+def sweep(marks: Path | None = None) -> list[int]:
+    """End the passt of every mark whose owner is gone, and return those passts' pids.
+    Blocking (it waits for each to end): run it off the event loop."""
+    ended: list[int] = []
+    folder = marks or marks_dir()
+    if not folder.is_dir():
+        return ended
+    for path in folder.glob("*.json"):
         try:
-            doc = json.loads((folder / MARK).read_text())
+            doc = json.loads(path.read_bytes()[:MARK_MAX])
         except (OSError, ValueError):
             continue
         if not isinstance(doc, dict) or living(doc.get("owner")):
             continue
-        passt = living(doc.get("passt"))
-        if passt is not None and end(*passt):
+        passt, socket = living(doc.get("passt")), str(doc.get("socket", ""))
+        if passt is not None and is_passt(passt[0], socket) and end(*passt):
             ended.append(passt[0])
-        shutil.rmtree(folder, ignore_errors=True)
+        path.unlink(missing_ok=True)
+        if Path(socket).parent.name.startswith(PREFIX):
+            shutil.rmtree(Path(socket).parent, ignore_errors=True)
     return ended
+
+
+def is_passt(pid: int, socket: str) -> bool:
+    """Whether process `pid` is a passt serving `socket`: a pid alone could be anything
+    by now."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return "passt" in Path(os.fsdecode(argv[0])).name and os.fsencode(socket) in argv
 
 
 def end(pid: int, start: int) -> bool:
@@ -90,3 +121,4 @@ def end(pid: int, start: int) -> bool:
         return False
     finally:
         os.close(fd)
+

@@ -4,6 +4,7 @@ passt that cannot start is reported (a real passt, no qemu: it fails before a gu
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pwd
 import shutil
@@ -107,8 +108,9 @@ asyncio.run(main())
 
 @pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")
 async def test_a_passt_left_by_a_killed_supervisor_gives_its_ports_to_the_next_start(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the marks: this test's
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -126,21 +128,21 @@ async def test_a_passt_left_by_a_killed_supervisor_gives_its_ports_to_the_next_s
     try:
         assert strays.started_at(int(pid)) is None
         assert not Path(folder).exists()
+        assert [p.name for p in strays.marks_dir().iterdir()] == [f"{again.process.pid}.json"]
     finally:
         again.kill()
         await again.close()
+    assert list(strays.marks_dir().iterdir()) == []  # ended as it should: its mark goes
 
 
-def test_a_sweep_leaves_the_passt_of_a_living_owner_and_folders_it_cannot_read(
-    tmp_path: Path,
-) -> None:
-    mine = tmp_path / f"{strays.PREFIX}mine"
-    mine.mkdir()
-    strays.mark(mine, os.getpid())  # owner: this process; "passt": this process too
-    unmarked = tmp_path / f"{strays.PREFIX}starting"
-    unmarked.mkdir()
-    gone = tmp_path / f"{strays.PREFIX}gone"
-    gone.mkdir()
-    (gone / strays.MARK).write_text('{"owner": [1, 0], "passt": [1, 0]}')  # pid 1, not then
-    assert strays.sweep(tmp_path) == []  # nothing killed: pid 1's start time differs
-    assert mine.exists() and unmarked.exists() and not gone.exists()
+def test_a_sweep_ends_only_a_passt_whose_owner_is_gone(tmp_path: Path) -> None:
+    """A mark names a process by pid and start time, and it must be a passt serving the
+    socket the mark names: this test's own process, noted as a passt, is left alone."""
+    me = [os.getpid(), strays.started_at(os.getpid())]
+    mine = strays.mark(Path("/tmp/retreatkit-passt-mine/passt.sock"), os.getpid(), tmp_path)
+    gone = tmp_path / "2.json"  # an owner no pid can be; a "passt" that is not one
+    gone.write_text(json.dumps({"owner": [1 << 23, 1], "passt": me, "socket": "/tmp/x.sock"}))
+    junk = tmp_path / "3.json"
+    junk.write_text("not json")
+    assert strays.sweep(tmp_path) == []  # nothing killed: this process is no passt
+    assert mine.exists() and junk.exists() and not gone.exists()
