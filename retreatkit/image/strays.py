@@ -121,4 +121,3 @@ def end(pid: int, start: int) -> bool:
         return False
     finally:
         os.close(fd)
-

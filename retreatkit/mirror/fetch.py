@@ -194,6 +194,9 @@ class Fetcher:
                             h.get("ETag"),
                             h.get("Last-Modified"),
                         )
+            except aiohttp.ServerTimeoutError:  # silent mid-page, for read_timeout
+                quiet = f"{self.limits.read_timeout:g} s"
+                raise UpstreamTimeout(f"upstream went silent for {quiet} sending {url}") from None
             except TimeoutError:
                 bound = self.limits.index_timeout
                 raise UpstreamTimeout(f"upstream took over {bound:g} s sending {url}") from None

@@ -58,9 +58,12 @@ def section(mirror: Mirror, up: bool, connections_open: int) -> dict[str, Any]:
             " cached ones are still served"
         )
     elif too_big is not None:
+        space = store.space
+        room = max(0, free - space.keep_free - space.reserved)
+        kept = f" ({human(space.keep_free)} kept free)" if space.keep_free else ""
         warnings.append(
-            f"no room for a file of {human(too_big)}: {human(free)} free on the store's"
-            " disk; smaller files are still kept"
+            f"no room for a file of {human(too_big)}: {human(room)} left to the store on its"
+            f" disk{kept}; smaller files are still kept"
         )
     for u in known.values():
         if u.state.value == "down":

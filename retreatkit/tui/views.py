@@ -196,7 +196,8 @@ def upstream_rows(e: EndpointState) -> list[Row]:
                         _text(u.get("url")),
                         _text(u.get("state")),
                         clock(u.get("down_since_at")) if u.get("down_since_at") else "",
-                        "" if retry is None else duration(retry) if retry > 0 else "next request",
+                        # due (the first request after its backoff tries it): not "0s"
+                        "" if retry is None else duration(retry) if retry >= 1 else "next request",
                         _text(u.get("last_error") or ""),
                     )
                 )

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from retreatkit.mirror import fakeupstream
+from retreatkit.mirror.space import Space
 from retreatkit.mirror.status import section
 from retreatkit.mirror.testing import make_wheel, mirror_client, settings, write_pypi
 from tests.mirror.conftest import JSON, Env
@@ -86,7 +87,7 @@ async def test_a_file_that_cannot_fit_is_refused_before_a_byte_is_sent(env: Env)
     assert report["store"]["disk_full"] is False  # only too full for that one
     assert report["store"]["too_big_bytes"] == len(env.wheels["huge"][1])
     assert re.fullmatch(
-        r"no room for a file of 6\.3 MB: \d\.\d MB free on the store's disk;"
+        r"no room for a file of 6\.3 MB: \d\.\d MB left to the store on its disk;"
         r" smaller files are still kept",
         report["warnings"][0],
     )
@@ -132,3 +133,10 @@ async def test_a_full_catalog_still_serves_pages_and_held_files(env: Env) -> Non
         assert r.status == 200, await r.text()
     assert (await fetch(env, small)) == (200, env.wheels["small"][1])
     assert section(env.mirror, True, 0)["store"]["disk_full"] is True
+
+
+def test_the_room_named_is_the_stores_not_the_disks() -> None:
+    space = Space(keep_free=512 << 20)
+    space.did_not_fit(300 << 20)
+    assert space.refused(free=700 << 20) == 300 << 20  # 188 MB left: still too big
+    assert space.refused(free=900 << 20) is None  # room made: no longer said

@@ -97,7 +97,8 @@ class NameserverSection(Section):
             self.query_one(f"#top_{key}", Table).set_rows(rows)
         self.query_one("#upstreams", Table).set_rows(views.dns_upstream_rows(e))
         self.query_one("#lists", Table).set_rows(views.blocklist_rows(e))
-        self.query_one("#local", Table).set_rows(views.record_rows(self.records), "none")
+        empty = "not reported" if self.records_problem else "none"
+        self.query_one("#local", Table).set_rows(views.record_rows(self.records), empty)
 
     def draw_queries(self, needle: str) -> None:
         rows = [views.query_row(q) for q in reversed(self.queries)]  # newest first
