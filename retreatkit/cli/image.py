@@ -33,10 +33,23 @@ def guest_memory(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     given, memory = ("--memory", args.memory)
     if memory is None:
         given, memory = ("[images] memory =", cfg["images"]["memory"])
-    problem = spec.memory_problem(memory, given)
+    problem = spec.memory_problem(memory, given, _service_of(getattr(args, "image", None)))
     if problem is not None:
         raise UsageError(problem)
     return int(memory)
+
+
+def _service_of(image: str | Path | None) -> str | None:
+    """The service an image folder holds, when it can be read (else later steps say why)."""
+    from retreatkit.image import build
+
+    if image is None:
+        return None
+    try:
+        service = build.load_manifest(Path(image)).get("service")
+    except ValueError:
+        return None
+    return service if isinstance(service, str) else None
 
 
 def add_parsers(sub: Any) -> None:

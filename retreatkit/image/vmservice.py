@@ -164,9 +164,10 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -
     from retreatkit.mirror.hosted import default_store
 
     images = cfg["images"]
-    problem = specs.memory_problem(images["memory"], "[images] memory =")
-    if problem is not None:
-        raise config.ConfigError(problem)
+    for service in images["run"] or [None]:
+        problem = specs.memory_problem(images["memory"], "[images] memory =", service)
+        if problem is not None:
+            raise config.ConfigError(problem)
     try:
         chosen = network.choose(str(images["network"]))
     except network.NetworkError as exc:

@@ -266,3 +266,18 @@ def test_vm_start_without_an_image_takes_the_options_given(home: Path) -> None:
     assert json.loads(saved.read_text()) == {**defined, "memory_mb": 256}
     shown = retreatkit("vm", "stats", "r1").stdout.splitlines()
     assert "memory: 0.0 MB (qemu resident; the guest has 256 MB)" in shown
+
+
+def test_the_mirrors_image_is_refused_below_its_own_floor(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    said = "the mirror image needs at least 72 MB (in less it runs out of memory at its start"
+    config = home / "retreat.toml"
+    config.write_text('[images]\nrun = ["mirror"]\nmemory = 64\n')
+    assert cli.main(["--config", str(config), "up"]) == 2
+    assert capsys.readouterr().err == f"retreatkit: [images] memory = 64: {said} now and then)\n"
+    image = home / "mirror-image"
+    image.mkdir()
+    (image / "manifest.json").write_text(json.dumps({"service": "mirror"}))
+    assert cli.main(["image", "run", str(image), "--memory", "64"]) == 2
+    assert capsys.readouterr().err == f"retreatkit: --memory 64: {said} now and then)\n"
