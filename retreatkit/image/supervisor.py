@@ -194,6 +194,14 @@ class Supervisor:
             raise GuestRunning(entry)
         definition.image = str(Path(definition.image).resolve())
         manifest = build.load_manifest(Path(definition.image))
+        # the image's own floor (the mirror's is above the least of all), checked here
+        # and not in parse: a guest saved with less still loads, and says why at start
+        service = manifest.get("service")
+        problem = specs.memory_problem(
+            definition.memory_mb, "memory_mb", service if isinstance(service, str) else None
+        )
+        if problem is not None:
+            raise GuestError(problem)
         given = [qemu.Forward.parse(f) for f in definition.forwards]
         # every port fixed now: a restarted guest is where its clients left it
         definition.forwards = [str(f) for f in run.complete_forwards(manifest, given)]

@@ -202,3 +202,21 @@ def test_each_boot_is_marked_on_a_line_of_its_own_in_the_console_log(tmp_path: P
         "Admin on http",
         "--- boot at 2026-07-01T09:31:15+02:00 ---",
     ]
+
+
+async def test_a_known_mirror_guest_is_refused_less_than_its_floor(home: Path) -> None:
+    image = home / "mirror-image"
+    image.mkdir()
+    manifest = {"service": "mirror", "ports": [["tcp", 8000]], "admin_port": 8080}
+    (image / "manifest.json").write_text(json.dumps(manifest))
+    supervisor = Supervisor(home / "vm", print)
+    supervisor.define(Definition("m1", str(image), [], memory_mb=128))
+    async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
+        # what `vm start m1 --memory 64` sends
+        change = await client.patch("/vm/guests/m1", json={"memory_mb": 64})
+        assert (change.status, await change.text()) == (
+            400,
+            "memory_mb 64: the mirror image needs at least 72 MB (in less it runs out of"
+            " memory at its start now and then)\n",
+        )
+    assert supervisor.guests["m1"].definition.memory_mb == 128
