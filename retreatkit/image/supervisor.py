@@ -195,7 +195,7 @@ class Supervisor:
         definition.image = str(Path(definition.image).resolve())
         manifest = build.load_manifest(Path(definition.image))
         # the image's own floor (the mirror's is above the least of all), checked here
-        # and not in parse: a guest saved with less still loads, and says why at start
+        # and not in parse, so a guest saved with less before still loads as it was
         service = manifest.get("service")
         problem = specs.memory_problem(
             definition.memory_mb, "memory_mb", service if isinstance(service, str) else None
