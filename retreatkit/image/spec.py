@@ -18,10 +18,10 @@ HOST_FROM_GUEST = "10.0.2.2"
 DNS_FROM_GUEST = "10.0.2.3"
 
 # The least guest memory an image boots in: the relay and the nameserver answer in 48 MB,
-# the mirror in 72 (bench/images.py, five boots in five). In 64 the mirror's files (22 MB,
-# held in memory: the initramfs is its root) and its interpreter's 22 MB leave the kernel
-# short now and then: about one boot in four panics, "System is deadlocked on memory".
-# Below the floor none boots, each failing its own way: at
+# the mirror in 72. In 64 the mirror's files (22 MB, held in memory: the initramfs is
+# its root) and its interpreter's 22 MB leave the kernel short now and then: 4 boots in
+# 28 panicked ("System is deadlocked on memory"), though bench/images.py once saw ten in
+# ten answer; in 72, none in 9 and each CI run. Below 48 none boots, each its own way: at
 # 40 MB the kernel deadlocks on memory and panics, at 32 the initramfs does not unpack
 # and the guest hangs, lower the kernel resets without a word, and at 1 MB qemu refuses
 # the initramfs. So less is refused before anything starts.

@@ -350,8 +350,8 @@ def test_mirror_image_fetches_over_https_and_its_store_survives_a_reboot(
         '[images]\ndisk_size = "256M"\n'
     )
     disk = tmp_path / "store.disk"
-    # its floor, every time (bench/images.py): in 64 MB, the target, about one
-    # boot in four panics out of memory at its start (spec.LEAST_MEMORY_MB's comment)
+    # its floor (spec.LEAST_BY_SERVICE): in 64 MB, the target, 4 boots in 28
+    # panicked out of memory at their start (spec.py's comment)
     args = ("--disk", str(disk), "--memory", "72")
     try:
         guest = start_guest(mirror, *args, env=env, config=config)
