@@ -75,10 +75,7 @@ def sweep(marks: Path | None = None) -> list[int]:
     """End the passt of every mark whose owner is gone, and return those passts' pids.
     Blocking (it waits for each to end): run it off the event loop."""
     ended: list[int] = []
-    folder = marks or marks_dir()
-    if not folder.is_dir():
-        return ended
-    for path in folder.glob("*.json"):
+    for path in (marks or marks_dir()).glob("*.json"):  # none when the folder is not there
         try:
             doc = json.loads(path.read_bytes()[:MARK_MAX])
         except (OSError, ValueError):

@@ -135,16 +135,13 @@ class Fetcher:
         try:
             async with asyncio.timeout(bound):
                 response = await self.session.request(method, url, headers=headers, timeout=timeout)
-        except aiohttp.ConnectionTimeoutError:  # the name, or the TCP handshake
-            why = f"no connection within {limits.connect_timeout:g} s"
-            self._unreachable(where, verdict, why)
-            raise UpstreamTimeout(f"upstream {host}: {why}") from None
-        except aiohttp.ServerTimeoutError:  # sock_read: silent once connected
-            why = f"no answer within {limits.read_timeout:g} s"
-            self._unreachable(where, verdict, why)
-            raise UpstreamTimeout(f"upstream {host}: {why}") from None
-        except TimeoutError:
-            why = f"no answer within {bound:g} s"
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):  # the name, or the handshake
+                why = f"no connection within {limits.connect_timeout:g} s"
+            elif isinstance(exc, aiohttp.ServerTimeoutError):  # sock_read: silent once connected
+                why = f"no answer within {limits.read_timeout:g} s"
+            else:
+                why = f"no answer within {bound:g} s"
             self._unreachable(where, verdict, why)
             raise UpstreamTimeout(f"upstream {host}: {why}") from None
         except aiohttp.ClientConnectorDNSError as exc:

@@ -166,13 +166,13 @@ async def file(request: web.Request) -> web.StreamResponse:
         raise NotFound("no such file")
     name = pypi.source_name(sha, filename)
     if filename.endswith(".whl.metadata"):
-        unkept = await _metadata_from_wheel(mirror_of(request), name)
+        unkept = await _metadata_from_wheel(mirror_of(request), name, filename)
         if unkept is not None:
             return web.Response(body=unkept, content_type="application/octet-stream")
     return await respond.file(request, name)
 
 
-async def _metadata_from_wheel(mirror: Mirror, name: str) -> bytes | None:
+async def _metadata_from_wheel(mirror: Mirror, name: str, filename: str) -> bytes | None:
     """A wheel's core metadata (PEP 658) the store lacks, taken from the wheel it holds:
     the file is that wheel's METADATA byte for byte, so it is checked against the hash
     the index gave and stored as if fetched. pip asks for it before the wheel, and a wheel
@@ -185,9 +185,9 @@ async def _metadata_from_wheel(mirror: Mirror, name: str) -> bytes | None:
     source = mirror.store.source(name)
     if wheel is None or source is None or "sha256" not in source.hashes:
         return None
-    filename = name.rsplit("/", 1)[-1].removesuffix(".metadata")
+    wheel_file = filename.removesuffix(".metadata")
     try:
-        data: bytes | None = await mirror.offload(local.core_metadata, wheel.path, filename)
+        data: bytes | None = await mirror.offload(local.core_metadata, wheel.path, wheel_file)
     except local.BadFile:
         return None
     if data is None or hashlib.sha256(data).hexdigest() != source.hashes["sha256"]:

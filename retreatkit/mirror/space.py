@@ -34,7 +34,7 @@ class Space:
         self.reserved = max(0, self.reserved - size)
 
     def did_not_fit(self, size: int) -> None:
-        """A file of known `size` was refused (or cut) for want of room."""
+        """A file of known `size` was refused, before a byte, for want of room."""
         self.too_big = size if self.too_big is None else min(self.too_big, size)
 
     def outgrew(self, needed: int) -> None:

@@ -5,6 +5,7 @@ hands them all out)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -65,12 +66,10 @@ class NameserverSection(Section):
         yield Table("Name", "Type", "Value", id="local")
 
     async def load(self, dash: Dashboard) -> None:
-        self.records, self.records_problem = await dash.fetch(
-            self.endpoint, f"/nameserver/records?limit={LOCAL_NAMES}"
-        )
         cursor = "" if self.after is None else f"after={self.after}&"
-        doc, self.problem = await dash.fetch(
-            self.endpoint, f"/nameserver/queries?{cursor}limit={PAGE}"
+        (doc, self.problem), (self.records, self.records_problem) = await asyncio.gather(
+            dash.fetch(self.endpoint, f"/nameserver/queries?{cursor}limit={PAGE}"),
+            dash.fetch(self.endpoint, f"/nameserver/records?limit={LOCAL_NAMES}"),
         )
         if not isinstance(doc, dict) or not isinstance(doc.get("queries"), list):
             return
