@@ -212,11 +212,11 @@ async def test_a_known_mirror_guest_is_refused_less_than_its_floor(home: Path) -
     supervisor = Supervisor(home / "vm", print)
     supervisor.define(Definition("m1", str(image), [], memory_mb=128))
     async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
-        # what `vm start m1 --memory 64` sends
-        change = await client.patch("/vm/guests/m1", json={"memory_mb": 64})
+        # what `vm start m1 --memory 56` sends
+        change = await client.patch("/vm/guests/m1", json={"memory_mb": 56})
         assert (change.status, await change.text()) == (
             400,
-            "memory_mb 64: the mirror image needs at least 72 MB (in less it runs out of"
+            "memory_mb 56: the mirror image needs at least 64 MB (in less it runs out of"
             " memory at its start now and then)\n",
         )
     assert supervisor.guests["m1"].definition.memory_mb == 128
