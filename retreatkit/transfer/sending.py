@@ -145,9 +145,12 @@ async def _send_data(
             # a source that waits (a quiet stdin) must not hide a receiver that left
             either: set[asyncio.Future[object]] = {pending, watcher}  # type: ignore[arg-type]
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if watcher.done() and not pending.done():
-                watcher.result()  # raises PeerGone if the receiver gave up or went away
-                break  # DONE: END went out with the last batch
+            if watcher.done():
+                # raises PeerGone if the receiver gave up or went away, before the batch
+                # can: sealing past the receiver's ABORT fails on the closed session
+                watcher.result()
+                if not pending.done():
+                    break  # DONE: END went out with the last batch
             more = pending.result()
             frames = producer.take()
             if more:
