@@ -45,7 +45,7 @@ def memory_problem(memory_mb: object, given_as: str, service: str | None = None)
     if memory_mb < least:
         return (
             f"{given_as} {memory_mb}: the {service} image needs at least {least} MB"
-            " (in less it runs out of memory at its start now and then)"
+            " (in less it runs out of memory as it starts)"
         )
     return None
 

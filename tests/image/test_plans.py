@@ -271,13 +271,13 @@ def test_vm_start_without_an_image_takes_the_options_given(home: Path) -> None:
 def test_the_mirrors_image_is_refused_below_its_own_floor(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    said = "the mirror image needs at least 64 MB (in less it runs out of memory at its start"
+    said = "the mirror image needs at least 64 MB (in less it runs out of memory as it starts)"
     config = home / "retreat.toml"
     config.write_text('[images]\nrun = ["mirror"]\nmemory = 56\n')
     assert cli.main(["--config", str(config), "up"]) == 2
-    assert capsys.readouterr().err == f"retreatkit: [images] memory = 56: {said} now and then)\n"
+    assert capsys.readouterr().err == f"retreatkit: [images] memory = 56: {said}\n"
     image = home / "mirror-image"
     image.mkdir()
     (image / "manifest.json").write_text(json.dumps({"service": "mirror"}))
     assert cli.main(["image", "run", str(image), "--memory", "56"]) == 2
-    assert capsys.readouterr().err == f"retreatkit: --memory 56: {said} now and then)\n"
+    assert capsys.readouterr().err == f"retreatkit: --memory 56: {said}\n"

@@ -217,6 +217,6 @@ async def test_a_known_mirror_guest_is_refused_less_than_its_floor(home: Path) -
         assert (change.status, await change.text()) == (
             400,
             "memory_mb 56: the mirror image needs at least 64 MB (in less it runs out of"
-            " memory at its start now and then)\n",
+            " memory as it starts)\n",
         )
     assert supervisor.guests["m1"].definition.memory_mb == 128
