@@ -313,9 +313,12 @@ async def _passphrase(args: argparse.Namespace, lines: prompt.Lines) -> codes.Co
     # a typo burns the passphrase: ask before the key exchange, not after
     if sys.stdin.isatty():
         answer = await lines.ask(
-            f"'{code}' has a word bob never chooses: did you mean {better}? [Y/n] "
+            f"'{code}' has a word bob never chooses: did you mean {better}?"
+            " [Y/n, n keeps it as typed] "
         )
-        return better if (answer or "").strip().lower() in ("", "y", "yes") else code
+        if answer is None:  # Ctrl-D: neither, and nothing is used up
+            raise Usage("no answer: nothing was sent")
+        return better if answer.strip().lower() in ("", "y", "yes") else code
     # Nobody to ask. One word off by one typo from one of bob's is a typo far more often
     # than a passphrase of one's own: stop before it is used up. Several such words
     # look chosen; and BOB_PASSPHRASE is how a script says "as typed".

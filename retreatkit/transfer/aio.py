@@ -264,7 +264,10 @@ async def receive(
         if writer is not None:
             writer.abort(keep=keep)
             if keep and writer.record.fd is not None:
-                reporter.say("The partial files are kept: run the same bob recv again to resume.")
+                reporter.say(
+                    "The partial files are kept: to resume, ask the sender to run the same"
+                    " bob send again, and receive it into the same folder."
+                )
         if not isinstance(exc, Refused):
             await give_up(data_link, session, exc)
         raise

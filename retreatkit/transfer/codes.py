@@ -49,10 +49,27 @@ def parse(text: str) -> Code:
     cleaned = text.strip().lower().replace(" ", "-").removeprefix("bob:")  # a QR code's text
     match = _CODE_RE.match(cleaned)
     if match is None:
-        raise CodeError("a passphrase looks like 7-purple-sofa: a number, then two or more words")
+        raise CodeError(_unlike(cleaned))
     # `07` is `7` (and goes into the PAKE as `7`), on both sides
     nameplate = str(int(match["nameplate"]))
     return Code(nameplate, tuple(match["words"].strip("-").split("-")))
+
+
+_LOOSE_RE = re.compile(r"^(?P<nameplate>[0-9]+)(?P<words>(-[a-z]+)+)$")
+
+
+def _unlike(cleaned: str) -> str:
+    """Why `cleaned` is no passphrase: the shape, or (when it has the shape) the limit."""
+    loose = _LOOSE_RE.match(cleaned)
+    if loose is not None:
+        words = loose["words"].strip("-").split("-")
+        if len(loose["nameplate"]) > 6:
+            return "the number in a passphrase has at most 6 digits"
+        if len(words) > 6:
+            return "a passphrase has at most 6 words"
+        if any(len(w) > 16 for w in words):
+            return "a passphrase's words have at most 16 letters"
+    return "a passphrase looks like 7-purple-sofa: a number, then two or more words"
 
 
 def entropy_bits(code: Code) -> float:

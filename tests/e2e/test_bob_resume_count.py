@@ -106,7 +106,10 @@ def test_a_receiver_killed_halfway_resumes_and_less_than_half_crosses_again(
     assert sorted(p.name for p in out.iterdir()) == ["image.bin"]  # no part, no record left
 
 
-KEPT = "The partial files are kept: run the same bob recv again to resume."
+KEPT = (
+    "The partial files are kept: to resume, ask the sender to run the same bob send again,"
+    " and receive it into the same folder."
+)
 CUT = (  # where the connection ended, as the receiver saw it: never the sender's fault
     "ERROR: the connection ended in the middle of a record",
     "ERROR: the other side closed the connection",

@@ -138,11 +138,33 @@ def test_completion_and_did_you_mean_at_the_prompt(relay: RelayProcess, tmp_path
         receiver.type(b"3131-aban\t")  # Tab completes the word and adds the dash
         assert b"3131-abandon-" in receiver.until(b"abandon-")
         receiver.type(b"abilty\r")  # a typo in the last word
-        asked = receiver.until(b"[Y/n] ")
+        asked = receiver.until(b"as typed] ")
         assert b"'3131-abandon-abilty' has a word bob never chooses:" in asked
-        assert b"did you mean 3131-abandon-ability? [Y/n] " in asked
+        assert b"did you mean 3131-abandon-ability? [Y/n, n keeps it as typed] " in asked
         receiver.type(b"\r")
         assert b"typed by hand" in receiver.until(b"typed by hand")
+        assert receiver.popen.wait(TIMEOUT) == 0
+    finally:
+        receiver.close()
+    assert sender.finish(TIMEOUT)[0] == 0
+
+
+def test_no_answer_to_did_you_mean_sends_nothing(relay: RelayProcess) -> None:
+    """Ctrl-D at "did you mean" is neither answer: bob stops before the key exchange, so
+    the sender's passphrase is not used up."""
+    sender = send(relay, "--text", "still waiting")
+    receiver = Terminal.start(bob_argv("recv", "--relay", relay.address, "3131-abandon-abilty"))
+    try:
+        receiver.until(b"as typed] ")
+        receiver.type(b"\x04")
+        assert b"bob: no answer: nothing was sent" in receiver.until(b"nothing was sent")
+        assert receiver.popen.wait(TIMEOUT) == 2
+    finally:
+        receiver.close()
+    # the offer is still open: the right passphrase takes it
+    receiver = Terminal.start(bob_argv("recv", "--relay", relay.address, "3131-abandon-ability"))
+    try:
+        assert b"still waiting" in receiver.until(b"still waiting")
         assert receiver.popen.wait(TIMEOUT) == 0
     finally:
         receiver.close()

@@ -39,12 +39,24 @@ def test_parse_forgives_spaces_and_case(text: str, expected: tuple[str, tuple[st
     assert (code.nameplate, code.secret_words) == expected
 
 
-@pytest.mark.parametrize(
-    "text", ["", "7", "7-purple", "purple-sofa-7", "1234567-a-b", "7-a1-b", "7--a-b"]
-)
+@pytest.mark.parametrize("text", ["", "7", "7-purple", "purple-sofa-7", "7-a1-b", "7--a-b"])
 def test_parse_rejects(text: str) -> None:
     with pytest.raises(codes.CodeError, match="a passphrase looks like 7-purple-sofa"):
         codes.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("1234567-correct-horse", "the number in a passphrase has at most 6 digits"),
+        ("7-a-b-c-d-e-f-g", "a passphrase has at most 6 words"),
+        ("7-purple-abcdefghijklmnopq", "a passphrase's words have at most 16 letters"),
+    ],
+)
+def test_parse_says_which_limit_a_passphrase_is_over(text: str, said: str) -> None:
+    with pytest.raises(codes.CodeError) as caught:
+        codes.parse(text)
+    assert str(caught.value) == said
 
 
 @given(st.text(max_size=80))

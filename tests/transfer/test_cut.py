@@ -26,7 +26,10 @@ from retreatkit.transfer.records import HEADER, HEADER_SIZE, RECORD_SIZE, Kind
 from retreatkit.transfer.testing import Handed, Heard
 
 CODE = Code("7", ("purple", "sofa"))
-KEPT = "The partial files are kept: run the same bob recv again to resume."
+KEPT = (
+    "The partial files are kept: to resume, ask the sender to run the same bob send again,"
+    " and receive it into the same folder."
+)
 
 
 class Relay:
