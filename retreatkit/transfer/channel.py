@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +26,21 @@ HIGH = 16 * 1024 * 1024  # bytes received and not yet released: stop reading
 LOW = 4 * 1024 * 1024
 MAX_RAW = 256 * 1024  # bytes held before frames begin: reading pauses past this
 _WORD = struct.Struct(">I")
+# A peer that vanished (a laptop shut, its Wi-Fi gone) sends nothing, not even a reset.
+# Where no relay's idle timeout ends the wait (a sender that is its own rendezvous, while
+# its receiver decides), a side would wait on it for ever. The kernel asks an idle peer
+# after IDLE seconds, every INTERVAL, and ends the connection after PROBES unanswered; a
+# peer that is there answers the probes itself, however long its user takes to decide.
+# Keepalive only asks when nothing is in flight: what was sent and never acknowledged
+# (the peer left just after it) is the user timeout's, GIVE_UP seconds. That one holds
+# only until the data flows (`allow_stalls`): it would also end a transfer whose receiver
+# is there but stopped reading (`bob recv --stdout | less`), and a transfer's own
+# timeout (PEER_TIMEOUT) finds a peer that vanished mid-transfer.
+KEEPALIVE_IDLE = 10
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_PROBES = 3
+GIVE_UP = 25
+_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", None)
 
 
 class ConnectionClosed(TransferError):
@@ -46,6 +63,23 @@ class Frame:
     head: bytes
     body: memoryview
     segment: _Segment | None = field(repr=False)
+
+
+def watch_liveness(sock: socket.socket | None) -> None:
+    """TCP keepalive and a user timeout on `sock`, where the system has them."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), KEEPALIVE_IDLE),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES),
+        (socket.IPPROTO_TCP, _USER_TIMEOUT, GIVE_UP * 1000),
+    ]
+    for level, option, value in options:
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(level, option, value)
 
 
 class Channel(asyncio.BufferedProtocol):
@@ -78,6 +112,7 @@ class Channel(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        watch_liveness(transport.get_extra_info("socket"))
         self._closed = asyncio.get_running_loop().create_future()
         if self._made is not None:
             self._made(self)
@@ -226,6 +261,13 @@ class Channel(asyncio.BufferedProtocol):
         return self._error
 
     # -- writing -----------------------------------------------------------------------
+
+    def allow_stalls(self) -> None:
+        """The data flows from here on: a reader that stops for a while ends nothing."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None and _USER_TIMEOUT is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _USER_TIMEOUT, 0)
 
     def is_closing(self) -> bool:
         return self.transport is None or self.transport.is_closing()

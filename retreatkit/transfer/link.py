@@ -121,6 +121,11 @@ class Link:
         assert isinstance(self.reader, Channel)
         return self.reader
 
+    def allow_stalls(self) -> None:
+        """See Channel.allow_stalls (a test's stand-in reader has nothing to allow)."""
+        if isinstance(self.reader, Channel):
+            self.reader.allow_stalls()
+
     def addresses(self) -> tuple[str | None, str | None]:
         """(our address, the peer's address) on this connection."""
         transport = getattr(self.writer, "transport", None)
@@ -135,7 +140,9 @@ class Link:
         try:
             async with asyncio.timeout(timeout):
                 raw = await self.reader.readline()
-        except TimeoutError:
+        except TimeoutError as exc:
+            if exc.errno is not None:  # ETIMEDOUT: the kernel gave up asking the relay
+                raise RelayError(f"lost the relay: {exc.strerror}") from None
             raise RelayError("the relay did not answer in time") from None
         except ValueError:
             raise RelayError("the relay sent an overlong line") from None
@@ -181,7 +188,9 @@ class Link:
             # asyncio.timeout, not wait_for: no task per read on the hot path
             async with asyncio.timeout(timeout):
                 got = await self.channel.frames()
-        except TimeoutError:
+        except TimeoutError as exc:
+            if exc.errno is not None:  # ETIMEDOUT: the kernel gave up asking the peer
+                raise broke(exc) from None
             raise PeerGone(f"the other side went quiet: nothing for {timeout:g} s") from None
         except (OSError, ConnectionClosed) as exc:
             raise broke(exc) from None

@@ -259,6 +259,7 @@ class Pump:
 
 
 async def receive_data(link: Link, session: Session, writer: Writer | None, sink: Sink) -> Pump:
+    link.allow_stalls()
     pump = Pump(link, session, writer, sink)
     await pump.run()
     return pump

@@ -5,6 +5,7 @@ advertised on the LAN by its public nameplate alone."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
@@ -141,9 +142,15 @@ class OwnRendezvous:
     anything derived from the words; a receiver on the LAN finds it, sends `bob/1 recv N`
     and is answered `paired` as a relay would. A nameplate another sender advertises is
     not taken (mDNS probing). Neighbours that connect and say anything else are turned
-    away without burning the nameplate; at most MAX_PENDING wait to be heard at once."""
+    away without burning the nameplate. At most MAX_PENDING connections wait to be heard
+    at once, at most MAX_PER_ADDRESS of them from one address; a newcomer past either
+    bound pushes out the oldest of its own address, else the oldest of the address that
+    holds the most. So connections that say nothing keep no receiver out: its own
+    connection is heard within a round trip of its arrival, and only a neighbour with as
+    many addresses as the bound could push it out first."""
 
     MAX_PENDING = 16
+    MAX_PER_ADDRESS = 4
     HANDSHAKE = 10.0
 
     def __init__(
@@ -158,7 +165,8 @@ class OwnRendezvous:
         self._advert: mdns.Advertisement | None = None
         # receivers heard and paired; None once the offer closed (it wakes next())
         self._joined: asyncio.Queue[tuple[Link, str] | None] = asyncio.Queue()
-        self._pending: set[asyncio.Task[None]] = set()
+        # connections waiting to be heard, oldest first, with the address each came from
+        self._pending: dict[asyncio.Task[None], tuple[str, Channel]] = {}
         self._closed = False
 
     async def open(self, nameplate: str | None) -> str:
@@ -191,13 +199,32 @@ class OwnRendezvous:
         raise RelayError("no free nameplate on this network; try again")
 
     def _accepted(self, channel: Channel) -> None:
-        if self._closed or len(self._pending) >= self.MAX_PENDING:
-            assert channel.transport is not None
+        assert channel.transport is not None
+        if self._closed:
             channel.transport.abort()
             return
+        address = str((channel.transport.get_extra_info("peername") or ("?",))[0])
+        mine = [task for task, (there, _) in self._pending.items() if there == address]
+        if len(mine) >= self.MAX_PER_ADDRESS:
+            self._push_out(mine[0])
+        elif len(self._pending) >= self.MAX_PENDING:
+            self._push_out(self._oldest_of_the_most())
         task = asyncio.ensure_future(self._hear(channel))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._pending[task] = (address, channel)
+        task.add_done_callback(lambda done: self._pending.pop(done, None))
+
+    def _oldest_of_the_most(self) -> asyncio.Task[None]:
+        counts = collections.Counter(there for there, _ in self._pending.values())
+        most = max(counts.values())
+        return next(task for task, (there, _) in self._pending.items() if counts[there] == most)
+
+    def _push_out(self, task: asyncio.Task[None]) -> None:
+        _, channel = self._pending.pop(task)  # room now, before its task has even run
+        if task.done():  # heard: its channel is a receiver's link now, or closed
+            return
+        task.cancel()
+        assert channel.transport is not None
+        channel.transport.abort()
 
     async def _hear(self, channel: Channel) -> None:
         reply = wire.reply("error", "not a bob/1 request")
@@ -213,6 +240,8 @@ class OwnRendezvous:
                 here = channel.transport.get_extra_info("sockname")
                 peer = channel.transport.get_extra_info("peername")
                 channel.write(wire.reply("paired", f"{here[0]}:{here[1]}"))
+                task = asyncio.current_task()
+                self._pending.pop(task, None)  # type: ignore[arg-type]  # a link now: never pushed out
                 self._joined.put_nowait(
                     (Link.over(channel, self.timeout, direct=True), f"{peer[0]}:{peer[1]}")
                 )
@@ -247,7 +276,7 @@ class OwnRendezvous:
             self._server.close()
             self._server = None
         for task in list(self._pending):
-            task.cancel()
+            self._push_out(task)
         if self._advert is not None:
             advert, self._advert = self._advert, None
             await advert.close()

@@ -107,7 +107,9 @@ async def _answer(
     link: Link, session: Session, racer: direct.Racer | None, options: Options
 ) -> Answered:
     while True:
-        event = await link.event(session, None)  # a person decides; the relay's idle bound holds
+        # a person decides: a relay's idle bound holds, and TCP keepalive (channel.py)
+        # finds a receiver that vanished
+        event = await link.event(session, None)
         if isinstance(event, Hinted):
             race_to(racer, link, event, options)
         elif isinstance(event, Answered):
@@ -132,6 +134,7 @@ async def _send_data(
     options: Options,
     progress: Progress,
 ) -> None:
+    data.allow_stalls()
     total = sources.offer.total_size
     producer = source.Producer(session, sources, options.compress, session.start_at)
     # read and seal the next batch in a thread while this one goes out

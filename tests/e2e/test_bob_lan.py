@@ -194,6 +194,34 @@ def test_no_relay_the_sender_is_its_own_rendezvous(lan: Lan, payload: Path, tmp_
                 proc.stop()
 
 
+def test_no_relay_a_receiver_that_vanishes_at_the_question_ends_the_wait(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """No relay's idle timeout ends the sender's wait for the answer here: the receiver's
+    laptop leaves the network while its user reads the offer, and the sender's kernel,
+    asking after the quiet peer (channel.py's keepalive), ends the wait within seconds."""
+    sender = lan.bob("a", "send", "--no-qr", str(payload), BOB_PASSPHRASE="4323-alpha-abandon")
+    receiver = None
+    try:
+        sender.wait_for(r"\(nameplate 4323 advertised\)$")
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = lan.bob("b", "recv", "-o", str(out), "4323-alpha-abandon", stdin=subprocess.PIPE)
+        receiver.wait_for(r"^  image.bin  8.4 MB$")
+        ip("-n", lan.hosts["b"], "link", "set", "eth0", "down")
+        status, said = finish(sender)
+        assert (status, said[-1]) == (
+            1,
+            "ERROR: the connection broke: Connection timed out",
+        )
+    finally:
+        if receiver is not None and receiver.popen.stdin is not None:
+            receiver.popen.stdin.close()
+        for proc in (sender, receiver):
+            if proc is not None:
+                proc.stop()
+
+
 def nobody_waits(lan: Lan, out: Path, passphrase: str) -> bool:
     """A receiver that finds no sender for its nameplate on a LAN without a relay says so."""
     code, said = finish(lan.bob("b", "recv", "--yes", "-o", str(out), passphrase))

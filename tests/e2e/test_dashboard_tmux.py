@@ -154,6 +154,10 @@ def gone(pid: int, within: float) -> bool:
 def pane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pane]:
     p = open_pane(tmp_path_factory.mktemp("dash"))
     try:
+        # every service up before any test talks to one (each test may run alone)
+        p.wait(r"^\s+nameserver\s+127\.0\.0\.1:\d+\s+up")
+        p.wait(r"^\s+relay\s+127\.0\.0\.1:\d+\s+up")
+        p.wait(r"^\s+mirror\s+127\.0\.0\.1:\d+\s+up")
         yield p
     finally:
         close_pane(p)

@@ -7,6 +7,8 @@ that closes ends the sender's wait for more receivers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 
 import pytest
 
@@ -68,31 +70,70 @@ async def test_neighbours_are_turned_away_and_the_receiver_gets_through() -> Non
         await rendezvous.close()
 
 
-async def test_a_flood_of_silent_neighbours_is_bounded() -> None:
-    rendezvous = OwnRendezvous(1, 5.0, announce=Announced(), host=HERE)  # type: ignore[arg-type]
-    writers = []
+Silent = list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+
+
+async def silent(port: int, source: str, count: int, made: Silent) -> None:
+    """`count` connections from `source` (an address of 127/8) that never say a word."""
+    for _ in range(count):
+        made.append(await asyncio.open_connection(HERE, port, local_addr=(source, 0)))
+
+
+async def paired(rendezvous: OwnRendezvous, port: int, source: str, plate: str) -> None:
+    """A receiver from `source` asks for `plate` and is paired (every connection made
+    before it has been accepted by then: the listener takes them in order)."""
+    reader, writer = await asyncio.open_connection(HERE, port, local_addr=(source, 0))
     try:
-        await rendezvous.open(None)
+        writer.write(f"bob/1 recv {plate}\n".encode())
+        link, peer = await asyncio.wait_for(rendezvous.next(), 5)
+        assert peer.startswith(f"{source}:")
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"paired ")
+        await link.close()
+    finally:
+        writer.close()
+
+
+async def test_a_flood_of_silent_neighbours_is_bounded() -> None:
+    """From one address, the newest few silent connections wait and the older ones are
+    pushed out; the receiver from that very address gets through."""
+    rendezvous = OwnRendezvous(2, 5.0, announce=Announced(), host=HERE)  # type: ignore[arg-type]
+    made: Silent = []
+    try:
+        plate = await rendezvous.open(None)
         assert rendezvous._server is not None
         port = rendezvous._server.sockets[0].getsockname()[1]
-        for _ in range(40):
-            reader, writer = await asyncio.open_connection(HERE, port)
-            writers.append((reader, writer))
-        async with asyncio.timeout(5):
-            while len(rendezvous._pending) < OwnRendezvous.MAX_PENDING:
-                await asyncio.sleep(0.01)
-        turned = 0
-        for reader, _ in writers:
-            try:
-                turned += await asyncio.wait_for(reader.read(1), 0.05) == b""
-            except ConnectionResetError:
-                turned += 1
-            except TimeoutError:
-                pass
-        assert len(rendezvous._pending) == OwnRendezvous.MAX_PENDING
-        assert turned == 40 - OwnRendezvous.MAX_PENDING
+        await silent(port, "127.0.0.1", 40, made)
+        await paired(rendezvous, port, "127.0.0.1", plate)
+        kept = OwnRendezvous.MAX_PER_ADDRESS - 1  # the receiver pushed out one more
+        assert len(rendezvous._pending) == kept
+        for reader, _ in made[:-kept]:
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(reader.read(1), 5) == b""
+        # many addresses: never more than the bound wait at once
+        for n in range(2, 9):
+            await silent(port, f"127.0.0.{n}", OwnRendezvous.MAX_PER_ADDRESS, made)
+        await paired(rendezvous, port, "127.0.0.1", plate)
+        assert len(rendezvous._pending) == OwnRendezvous.MAX_PENDING - 1
     finally:
-        for _, writer in writers:
+        for _, writer in made:
+            writer.close()
+        await rendezvous.close()
+
+
+async def test_silent_neighbours_keep_no_receiver_out() -> None:
+    """Neighbours on five addresses keep every place to wait full of connections that say
+    nothing: a receiver arriving from another address is heard and paired all the same."""
+    rendezvous = OwnRendezvous(1, 5.0, announce=Announced(), host=HERE)  # type: ignore[arg-type]
+    made: Silent = []
+    try:
+        plate = await rendezvous.open(None)
+        assert rendezvous._server is not None
+        port = rendezvous._server.sockets[0].getsockname()[1]
+        for n in range(2, 7):
+            await silent(port, f"127.0.0.{n}", 10, made)
+        await paired(rendezvous, port, "127.0.0.9", plate)
+    finally:
+        for _, writer in made:
             writer.close()
         await rendezvous.close()
 
@@ -131,3 +172,33 @@ def test_a_receiver_that_reaches_nobody_is_told_what_it_looked_for() -> None:
     )
     given = find.Target(Relay("10.0.0.5", 9000), "given")  # the user's own word stands
     assert bob._unreached(gone, given, code) is gone
+
+
+async def test_every_bob_connection_has_the_kernel_ask_a_quiet_peer() -> None:
+    """Keepalive and a user timeout on both ends of a bob connection (25 s to give up on
+    a peer that vanished) until the data flows: test_bob_lan.py shows them ending a real
+    wait."""
+    from retreatkit.transfer.channel import Channel
+
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[Channel] = loop.create_future()
+    server = await loop.create_server(lambda: Channel(accepted.set_result), "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        _, dialled = await loop.create_connection(Channel, "127.0.0.1", port)
+        for channel in (dialled, await accepted):
+            assert channel.transport is not None
+            sock = channel.transport.get_extra_info("socket")
+            got = (
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+            )
+            assert got == (1, 10, 5, 3, 25000)
+            channel.allow_stalls()  # the data flows: a stalled reader ends nothing
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
+            channel.close()
+    finally:
+        server.close()
