@@ -323,10 +323,16 @@ class Mirror:
             return None  # it rotted: dropped, and fetched again like any missing file
         path = store.blob_path(obj.digest)
         if obj.size > SMALL:
+            # a stat, not a hash: a file changed since it was checked is re-hashed first
+            try:
+                changed = not store.intact(obj.digest, path.stat())
+            except FileNotFoundError:
+                return None
+            if changed and not await self.offload(store.recheck, obj.digest):
+                return None
             return Blob(obj, path)
-        try:
-            body = await self.offload(path.read_bytes)
-        except FileNotFoundError:
+        body = await self.offload(store.read_checked, obj.digest)
+        if body is None:
             return None
         found = Blob(obj, path, body)
         self.hot.put(name, found)
