@@ -29,6 +29,7 @@ from retreatkit.mirror.errors import (
     UpstreamDown,
     UpstreamError,
     UpstreamTimeout,
+    UpstreamUnreachable,
 )
 from retreatkit.mirror.fill import CHUNK, Fill, FillState
 from retreatkit.mirror.health import Health, Verdict, origin
@@ -147,13 +148,13 @@ class Fetcher:
         except aiohttp.ClientConnectorDNSError as exc:
             why = f"its name does not resolve ({_why(exc.os_error)})"
             self._unreachable(where, verdict, why)
-            raise UpstreamError(f"upstream {host}: {why}") from None
+            raise UpstreamUnreachable(f"upstream {host}: {why}") from None
         except (aiohttp.ClientError, OSError) as exc:
             fault = faults.of(exc)
             if fault is faults.Fault.UNREACHABLE:
                 why = _why(exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc)
                 self._unreachable(where, verdict, why)
-                raise UpstreamError(f"upstream {host}: {why}") from None
+                raise UpstreamUnreachable(f"upstream {host}: {why}") from None
             # it answered, badly, or hung up: this request fails, the upstream is not down
             if fault is faults.Fault.ANSWERED:
                 self.health.answered(where)
