@@ -123,9 +123,7 @@ class Fetcher:
         verdict = self.health.ask(where, self.clock())
         if verdict is Verdict.WAIT:
             self.stats.upstream_skipped += 1
-            why = self.health.get(where).last_error or "unreachable"
-            wait = self.health.retry_in(where, self.clock())
-            raise UpstreamDown(f"upstream {host} is down ({why}); next try in {wait:.0f} s")
+            raise self.down(url)
         limits = self.limits
         # `connect` covers name resolution too; sock_connect would not, and a resolver
         # that never answers then holds every request for the resolver's own timeouts
@@ -166,6 +164,18 @@ class Fetcher:
             raise
         self.health.answered(where)
         return response
+
+    def down(self, url: str) -> UpstreamDown:
+        """The answer to a request for `url` while its upstream is known down: at once,
+        saying when the mirror asks it again (a request that comes then is the probe)."""
+        where, host = origin(url), urlsplit(url).netloc
+        upstream = self.health.get(where)
+        why = upstream.last_error or "unreachable"
+        wait = self.health.retry_in(where, self.clock())
+        when = f"next try in {wait:.0f} s"
+        if upstream.probing or wait <= 0:  # this request, or one before it, is the probe
+            when = "trying it again now"
+        return UpstreamDown(f"upstream {host} is down ({why}); {when}")
 
     def _unreachable(self, where: str, verdict: Verdict, why: str) -> None:
         was_down = self.health.is_down(where)

@@ -12,9 +12,11 @@ import re
 import resource
 import secrets
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -322,3 +324,37 @@ def test_pip_installs_offline_a_wheel_held_without_its_metadata(tmp_path: Path, 
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "got" / "one").is_dir()
     assert upstream_errors == 0  # the metadata file was never asked of the gone upstream
+
+
+def test_uv_retrying_a_page_never_cached_waits_on_a_silent_upstream_once(
+    tmp_path: Path,
+) -> None:
+    """Real uv, which retries a 5xx on its own: the upstream accepts and never answers,
+    nothing is cached. The first try waits out the mirror's bound; every retry is answered
+    at once in the mirror's words, the probe it may start going on without it. Each retry
+    used to wait the whole bound again (42 s for uv, 1m40s for npm)."""
+    root = tmp_path / "upstream"
+    write_pypi(root, {"two": [make_wheel("two", "1.0")]})
+    (root / ".behaviours.json").write_text(json.dumps({"/simple/two/": "silent"}))
+    upstream = start_upstream(root)
+    host = urlsplit(upstream.url).netloc
+    mirror, _ = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
+                             extra="connect_timeout = 1.0\nheaders_timeout = 1.0")  # fmt: skip
+    try:
+        uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+        got = subprocess.run(
+            [uv, "pip", "install", "--no-cache", "--python", sys.executable, "--dry-run",
+             "--index-url", f"{mirror.url}pypi/simple/", "two"],
+            capture_output=True, text=True, timeout=120, env={**env, "HOME": str(tmp_path)},
+        )  # fmt: skip
+        with urllib.request.urlopen(f"{upstream.url}_stats", timeout=30) as r:
+            asked = json.load(r).get("/simple/two/", 0)
+    finally:
+        mirror.stop()
+        upstream.stop()
+    assert got.returncode != 0
+    bound = r"no answer within 2 s"
+    words = rf"upstream {re.escape(host)} (is down \({bound}\); |: {bound})"
+    assert re.search(words, got.stderr), got.stderr
+    assert asked <= 2, asked  # the first try, and perhaps the probe: never once a retry
