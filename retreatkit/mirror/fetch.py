@@ -310,9 +310,9 @@ class Fetcher:
 
     async def _download(self, fill: Fill) -> None:
         limits, store = self.limits, self.store
-        known = fill.source.size
-        if known is not None and not store.space.room_for(known, store.free_bytes()):
-            raise StoreFull(f"the mirror's disk has no room for {fill.file}")
+        known, free = fill.source.size, store.free_bytes()
+        if known is not None and not store.space.room_for(known, free):
+            raise StoreFull(store.space.no_room(fill.file, known, free))
         response = await self._open(fill.source.url, {}, fill.file)
         try:
             async with response:
@@ -322,13 +322,14 @@ class Fetcher:
                 size = fill.expected_size
                 if size is not None and size > limits.max_size:
                     raise UpstreamError(f"{fill.file} is larger than the mirror's limit")
+                free = store.free_bytes()
                 if size is not None:
-                    if not store.space.room_for(size, store.free_bytes()):
-                        raise StoreFull(f"the mirror's disk has no room for {fill.file}")
+                    if not store.space.room_for(size, free):
+                        raise StoreFull(store.space.no_room(fill.file, size, free))
                     fill.reserved = size
                     store.space.reserve(size)
-                elif store.disk_full():  # a size nobody knows would only find out the hard way
-                    raise StoreFull(f"the mirror's disk is full; {fill.file} has no known size")
+                elif store.space.full(free):  # a size nobody knows would only find out the hard way
+                    raise StoreFull(store.space.unknown_size(fill.file, free))
                 fill.content_type = response.headers.get("Content-Type", fill.content_type)
                 fill.writer = store.writer(tuple(fill.source.hashes))
                 fill.headers.set()

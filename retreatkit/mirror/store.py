@@ -204,9 +204,6 @@ class Store:
             return 0
         return st.f_bavail * st.f_frsize
 
-    def disk_full(self) -> bool:
-        return self.space.full(self.free_bytes())
-
     def outgrown(self) -> None:
         """A write found the disk full: it stays full until there is more room than now,
         with a margin for the filesystem's own blocks."""
