@@ -330,9 +330,10 @@ def test_uv_retrying_a_page_never_cached_waits_on_a_silent_upstream_once(
     tmp_path: Path,
 ) -> None:
     """Real uv, which retries a 5xx on its own: the upstream accepts and never answers,
-    nothing is cached. The first try waits out the mirror's bound; every retry is answered
-    at once in the mirror's words, the probe it may start going on without it. Each retry
-    used to wait the whole bound again (42 s for uv, 1m40s for npm)."""
+    nothing is cached. uv prints the mirror's words, and the upstream is asked by the first
+    try and at most one probe. (Whether a retry that becomes the probe waits is pinned in
+    process, tests/mirror/test_upstream_down.py: here uv's retries may all land inside
+    the first backoff.)"""
     root = tmp_path / "upstream"
     write_pypi(root, {"two": [make_wheel("two", "1.0")]})
     (root / ".behaviours.json").write_text(json.dumps({"/simple/two/": "silent"}))
