@@ -66,14 +66,19 @@ class Suites:
         if cur is not None and time.time() - cur.fetched < ttl:
             self.mirror.stats.hits += 1
             return cur, False
+        url = self.base(origin)
+        down = self.mirror.health.is_down(origin_of(url))
         running = self._running.start(key, lambda: self._revalidate(origin, suite, cur))
-        if cur is None or not self.mirror.health.is_down(origin_of(self.base(origin))):
-            try:
-                return await asyncio.shield(running), False
-            except UpstreamError:
-                if cur is None:
-                    raise
-        # stale, at once while the upstream is down: the probe goes on without us
+        try:
+            fresh = await self.mirror.waited(running, url, held=cur is not None, down=down)
+        except UpstreamError:
+            if cur is None:
+                raise
+            fresh = None
+        if fresh is not None:
+            return fresh, False
+        assert cur is not None  # waited() gives None only to a request holding a set
+        # stale: at once while the upstream is down, the probe going on without us
         self.mirror.stats.stale_served += 1
         self.mirror.stats.hits += 1
         return cur, True

@@ -6,9 +6,11 @@ A client retries on its own what it takes for a passing fault: pip 500, 502 and 
 (urllib3's status list, five tries over about 8 s, then a traceback of its own), uv and
 apt-get every 5xx (three tries, 4-12 s), npm every 5xx (three tries, about 70 s). So 502
 is kept for what a retry can mend, because the retry is a new try upstream: bad bytes, a
-cut, an upstream that answered an error. An upstream known down (`UpstreamDown`) is not
-asked again until the mirror's own probe finds it back (once.py, health.py), so a retry
-asks the mirror the same question: that is a 504, which pip fails at once with the
+cut, an upstream that answered an error. An upstream that cannot be reached
+(`UpstreamUnreachable`: no name, a refused connection, no answer in time) is remembered
+down, and one known down (`UpstreamDown`) is not asked again until the mirror's own
+probe finds it back (once.py, health.py), so a retry asks the mirror the same question:
+both are a 504, which pip fails at once with the
 mirror's line (in about a second, not nine), and which the others treat as they do a 502
 or 503. A 503 would be worse: pip retries it, and sleeps as long as a Retry-After says.
 """
@@ -34,10 +36,15 @@ class UpstreamError(MirrorError):
     status = 502
 
 
-class UpstreamTimeout(UpstreamError):
-    """The upstream (or its name) did not answer within the mirror's bound."""
+class UpstreamUnreachable(UpstreamError):
+    """The upstream cannot be reached (no name, no connection, no answer in time): it is
+    remembered down, so a client's retry would ask the mirror, not the upstream."""
 
     status = 504
+
+
+class UpstreamTimeout(UpstreamUnreachable):
+    """The upstream (or its name) did not answer within the mirror's bound."""
 
 
 class UpstreamDown(UpstreamError):

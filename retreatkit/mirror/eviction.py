@@ -50,7 +50,7 @@ def forget(store: Store, digest: str) -> tuple[list[str], int]:
     if on_disk:
         store.check.files = max(0, store.check.files - 1)
         store.check.size_bytes = max(0, store.check.size_bytes - on_disk)
-    store.verified.discard(digest)
+    store.verified.pop(digest, None)
     store.used = max(0, store.used - size)
     return keys, size
 

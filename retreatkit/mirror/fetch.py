@@ -29,6 +29,7 @@ from retreatkit.mirror.errors import (
     UpstreamDown,
     UpstreamError,
     UpstreamTimeout,
+    UpstreamUnreachable,
 )
 from retreatkit.mirror.fill import CHUNK, Fill, FillState
 from retreatkit.mirror.health import Health, Verdict, origin
@@ -122,9 +123,7 @@ class Fetcher:
         verdict = self.health.ask(where, self.clock())
         if verdict is Verdict.WAIT:
             self.stats.upstream_skipped += 1
-            why = self.health.get(where).last_error or "unreachable"
-            wait = self.health.retry_in(where, self.clock())
-            raise UpstreamDown(f"upstream {host} is down ({why}); next try in {wait:.0f} s")
+            raise self.down(url)
         limits = self.limits
         # `connect` covers name resolution too; sock_connect would not, and a resolver
         # that never answers then holds every request for the resolver's own timeouts
@@ -147,13 +146,13 @@ class Fetcher:
         except aiohttp.ClientConnectorDNSError as exc:
             why = f"its name does not resolve ({_why(exc.os_error)})"
             self._unreachable(where, verdict, why)
-            raise UpstreamError(f"upstream {host}: {why}") from None
+            raise UpstreamUnreachable(f"upstream {host}: {why}") from None
         except (aiohttp.ClientError, OSError) as exc:
             fault = faults.of(exc)
             if fault is faults.Fault.UNREACHABLE:
                 why = _why(exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc)
                 self._unreachable(where, verdict, why)
-                raise UpstreamError(f"upstream {host}: {why}") from None
+                raise UpstreamUnreachable(f"upstream {host}: {why}") from None
             # it answered, badly, or hung up: this request fails, the upstream is not down
             if fault is faults.Fault.ANSWERED:
                 self.health.answered(where)
@@ -165,6 +164,18 @@ class Fetcher:
             raise
         self.health.answered(where)
         return response
+
+    def down(self, url: str) -> UpstreamDown:
+        """The answer to a request for `url` while its upstream is known down: at once,
+        saying when the mirror asks it again (a request that comes then is the probe)."""
+        where, host = origin(url), urlsplit(url).netloc
+        upstream = self.health.get(where)
+        why = upstream.last_error or "unreachable"
+        wait = self.health.retry_in(where, self.clock())
+        when = f"next try in {wait:.0f} s"
+        if upstream.probing or wait <= 0:  # this request, or one before it, is the probe
+            when = "trying it again now"
+        return UpstreamDown(f"upstream {host} is down ({why}); {when}")
 
     def _unreachable(self, where: str, verdict: Verdict, why: str) -> None:
         was_down = self.health.is_down(where)
@@ -299,9 +310,9 @@ class Fetcher:
 
     async def _download(self, fill: Fill) -> None:
         limits, store = self.limits, self.store
-        known = fill.source.size
-        if known is not None and not store.space.room_for(known, store.free_bytes()):
-            raise StoreFull(f"the mirror's disk has no room for {fill.file}")
+        known, free = fill.source.size, store.free_bytes()
+        if known is not None and not store.space.room_for(known, free):
+            raise StoreFull(store.space.no_room(fill.file, known, free))
         response = await self._open(fill.source.url, {}, fill.file)
         try:
             async with response:
@@ -311,13 +322,14 @@ class Fetcher:
                 size = fill.expected_size
                 if size is not None and size > limits.max_size:
                     raise UpstreamError(f"{fill.file} is larger than the mirror's limit")
+                free = store.free_bytes()
                 if size is not None:
-                    if not store.space.room_for(size, store.free_bytes()):
-                        raise StoreFull(f"the mirror's disk has no room for {fill.file}")
+                    if not store.space.room_for(size, free):
+                        raise StoreFull(store.space.no_room(fill.file, size, free))
                     fill.reserved = size
                     store.space.reserve(size)
-                elif store.disk_full():  # a size nobody knows would only find out the hard way
-                    raise StoreFull(f"the mirror's disk is full; {fill.file} has no known size")
+                elif store.space.full(free):  # a size nobody knows would only find out the hard way
+                    raise StoreFull(store.space.unknown_size(fill.file, free))
                 fill.content_type = response.headers.get("Content-Type", fill.content_type)
                 fill.writer = store.writer(tuple(fill.source.hashes))
                 fill.headers.set()

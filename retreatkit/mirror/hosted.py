@@ -18,6 +18,7 @@ from retreatkit.mirror import local as mirror_local
 from retreatkit.mirror import local_http as mirror_local_http
 from retreatkit.mirror import resolver as mirror_resolver
 from retreatkit.mirror import server as mirror_server
+from retreatkit.mirror import space as mirror_space
 from retreatkit.mirror import status as mirror_status
 from retreatkit.mirror import upstreams
 from retreatkit.mirror.fetch import Limits as FetchLimits
@@ -115,6 +116,10 @@ class MirrorService:
             say(f"Mirror {ecosystem} upstream: {upstream or 'none (pass --' + ecosystem + ' URL)'}")
         apt = ", ".join(f"{n}={u}" for n, u in self.settings.apt.items())
         say(f"Mirror apt origins: {apt or 'none (pass --apt NAME=URL)'}")
+        store = self.mirror.store
+        warning = mirror_space.start_warning(store.free_bytes(), store.space.keep_free)
+        if warning is not None:
+            say(warning)
         self.mirror.start(done=say)  # the store check runs while the mirror serves
         if self.advert is not None:
             self.advert.start(host, port)

@@ -2,10 +2,10 @@
 
 Ecosystems (pypi, opam, ...) bring the format; this module decides where an answer comes
 from. An index is served from the store while fresh, then revalidated (once, however
-many ask, as a task of its own); when the upstream fails it is served stale, and while
-the upstream is down it is served stale at once, the probe going on without the request,
-and the ecosystem's pages list only what the store holds. A file is served only
-once verified; a missing one is fetched once and streamed to everyone who asks.
+many ask, as a task of its own); when the upstream fails, or is slow to, it is served
+stale, and while the upstream is down it is served stale at once, the probe going on
+without the request, and the ecosystem's pages list only what the store holds. A file
+is served only once verified; a missing one is fetched once and streamed to everyone who asks.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -44,6 +44,7 @@ log = logging.getLogger("retreatkit.mirror")
 Offload = Callable[..., Awaitable[Any]]
 Process = Callable[[bytes, str], Processed]
 MAX_ORIGINS = 64  # upstream hosts remembered per ecosystem
+T = TypeVar("T")
 MAX_UNSAVED = 64  # index pages kept in memory only, while the disk cannot take them
 
 
@@ -61,6 +62,7 @@ class Settings:
     npm: str | None = None  # an npm registry
     apt: dict[str, str] = field(default_factory=dict)  # origin name -> archive URL
     index_ttl: float = 600.0  # how long an index is served before asking upstream again
+    stale_after: float = 3.0  # how long a request holding a stale index waits to revalidate
     hot_bytes: int = 128 * 1024 * 1024  # small files kept in memory
     page_bytes: int = 64 * 1024 * 1024  # index pages kept in memory, as clients get them
     lists: list[str] = field(default_factory=list)  # other URLs to cache (blocklists)
@@ -207,11 +209,30 @@ class Mirror:
         cached = self._cached_page(key)
         if cached is not None and time.time() - cached.fetched < self.settings.index_ttl:
             return await self._answer(cached, "cache")
+        down = self.health.is_down(origin(url))
         task = self._refreshing.start(key, lambda: self._revalidate(key, url, ask, process, cached))
-        if cached is not None and self.health.is_down(origin(url)):
-            # the probe, if this request started one, goes on without it
+        answer = await self.waited(task, url, held=cached is not None, down=down)
+        if answer is None:
+            assert cached is not None  # waited() gives None only to a request that holds one
             return await self._answer(cached, "stale")
-        return await asyncio.shield(task)
+        return answer
+
+    async def waited(self, task: asyncio.Task[T], url: str, *, held: bool, down: bool) -> T | None:
+        """What a request gets of a revalidation `task` (which goes on without it, as the
+        mirror's own): None means serve the copy held, stale. While the upstream is known
+        down nobody waits: stale at once, or with nothing held a 504 at once (the probe,
+        if this request started one, goes on in the background). A request that holds a
+        copy waits `stale_after` at most, so a slow or newly silent upstream costs it a
+        moment, not the fetcher's whole bound (pip's own timeout is about as long); with
+        nothing to serve it waits for the fetcher's bounds."""
+        if down:
+            if held:
+                return None
+            raise self.fetcher.down(url)
+        if not held:
+            return await asyncio.shield(task)
+        done, _ = await asyncio.wait({task}, timeout=self.settings.stale_after)
+        return task.result() if done else None
 
     async def refreshed(self) -> None:
         """Wait for the index revalidations under way to end (those nobody waits on)."""
@@ -323,10 +344,16 @@ class Mirror:
             return None  # it rotted: dropped, and fetched again like any missing file
         path = store.blob_path(obj.digest)
         if obj.size > SMALL:
+            # a stat, not a hash: a file changed since it was checked is re-hashed first
+            try:
+                changed = not store.intact(obj.digest, path.stat())
+            except FileNotFoundError:
+                return None
+            if changed and not await self.offload(store.recheck, obj.digest):
+                return None
             return Blob(obj, path)
-        try:
-            body = await self.offload(path.read_bytes)
-        except FileNotFoundError:
+        body = await self.offload(store.read_checked, obj.digest)
+        if body is None:
             return None
         found = Blob(obj, path, body)
         self.hot.put(name, found)
@@ -351,8 +378,14 @@ class Mirror:
         return size
 
     def fetch(self, source: Source) -> Fill:
-        """Start or join the download of a file an index named."""
-        return self.fetcher.fill(source, self._publish)
+        """Start or join the download of a file an index named. While its upstream is
+        known down the download (the probe, perhaps) goes on without the request, which
+        gets a 504 at once: nobody waits on a down upstream."""
+        down = self.health.is_down(origin(source.url))
+        fill = self.fetcher.fill(source, self._publish)
+        if down and not fill.headers.is_set():
+            raise self.fetcher.down(source.url)
+        return fill
 
     async def _publish(self, fill: Fill) -> None:
         assert fill.digest is not None  # set by a fill that passed its checks

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from retreatkit.mirror.stats import human
+
+MARGIN = 1 << 20  # the filesystem's own blocks: less than this free is a full disk
+
 
 @dataclass
 class Space:
@@ -52,3 +56,41 @@ class Space:
         if self.outgrown is not None and self.room_for(self.outgrown, free):
             self.outgrown = None
         return free <= self.keep_free or self.outgrown is not None
+
+    # -- the words: every refusal names the setting that made it, if one did ---------------
+
+    def kept(self) -> str:
+        """What the mirror leaves free, as the organiser set it, for the end of a line."""
+        return f"it keeps {human(self.keep_free)} free (keep_free_bytes)" if self.keep_free else ""
+
+    def no_room(self, name: str, size: int, free: int) -> str:
+        """A file of known size refused before a byte."""
+        kept = f", and {self.kept()}" if self.keep_free else ""
+        return f"the mirror's disk has no room for {name} ({human(size)}): {human(free)} free{kept}"
+
+    def fullness(self, free: int) -> str:
+        """Why files of unknown size are refused, once full() says so: 'full' only when
+        it is (a file of unknown size that filled it is deleted, which frees its room)."""
+        state = "full" if free < MARGIN else "nearly full"
+        if free <= self.keep_free:
+            keep = human(self.keep_free)
+            return f"{state}: {human(free)} free, below the {keep} it keeps free (keep_free_bytes)"
+        return f"{state}: {human(free)} free, and a file of unknown size filled it"
+
+    def unknown_size(self, name: str, free: int) -> str:
+        """A file whose size nobody gave, refused: it could only find out by filling it."""
+        return f"the mirror's disk is {self.fullness(free)}; {name} has no known size"
+
+
+def start_warning(free: int, keep_free: int) -> str | None:
+    """A line at start when the store's disk leaves little or no room beyond what the
+    mirror keeps free: every file would be refused, each saying so, and nobody is told why
+    until a client is."""
+    if not keep_free or free >= 2 * keep_free:
+        return None
+    said = f"Mirror store: its disk has {human(free)} free and the mirror keeps {human(keep_free)}"
+    said += " free (keep_free_bytes)"
+    if free <= keep_free:
+        return f"{said}, so it keeps no new file; lower keep_free_bytes or use a larger disk"
+    room = human(free - keep_free)
+    return f"{said}, so only {room} of new files fit; lower keep_free_bytes or use a larger disk"

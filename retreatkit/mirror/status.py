@@ -52,15 +52,15 @@ def section(mirror: Mirror, up: bool, connections_open: int) -> dict[str, Any]:
     full = store.space.full(free)
     too_big = store.space.refused(free)
     warnings = []
+    space = store.space
     if full:
+        which = "new files" if free <= space.keep_free else "files of unknown size"
         warnings.append(
-            f"disk full: {human(free)} free on the store's disk; new files are not kept,"
-            " cached ones are still served"
+            f"disk {space.fullness(free)}; {which} are not kept, cached ones are still served"
         )
     elif too_big is not None:
-        space = store.space
         room = max(0, free - space.keep_free - space.reserved)
-        kept = f" ({human(space.keep_free)} kept free)" if space.keep_free else ""
+        kept = f" ({space.kept()})" if space.keep_free else ""
         warnings.append(
             f"no room for a file of {human(too_big)}: {human(room)} left to the store on its"
             f" disk{kept}; smaller files are still kept"

@@ -8,6 +8,9 @@ runs on the one store thread (`run`), each thread over its own connection: SQLit
 lets the loop read while the store thread writes. A blob is served only once it is
 verified: written and checked by this process, or re-hashed since it started (in the
 background, or on first serve if a client asks before the background check got to it).
+Each verified blob's stamp (inode, size, mtime) is kept: a hit compares it with a stat
+of the file it serves, so a blob changed on disk while the mirror runs is re-hashed
+before it is served again, and dropped if it rotted, without hashing every hit.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -37,6 +41,7 @@ __all__ = ["Check", "Store", "valid_hex"]
 log = logging.getLogger("retreatkit.mirror")
 T = TypeVar("T")
 _SQLITE_FULL = 13
+Stamp = tuple[int, int, int]  # inode, size, mtime_ns of a blob when it was last verified
 _SCHEMA = """
 create table if not exists objects (
     key text primary key,       -- what a client asks for, e.g. 'pypi/simple/numpy'
@@ -63,6 +68,12 @@ create table if not exists blobs (
 create index if not exists blobs_evict on blobs(pinned, kind, last_access);
 """
 _SOURCE_COLUMNS = {"ecosystem": "text", "package": "text", "size": "integer", "aliases": "text"}
+
+
+def stamp(st: os.stat_result) -> Stamp:
+    """What a change to a blob's file alters: an edit its mtime (and perhaps size), a
+    replacement its inode."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class StoreInUse(LocalError):
@@ -96,7 +107,7 @@ class Store:
             leftover.unlink()
         self.space = Space(keep_free)
         self.check = Check()
-        self.verified: set[str] = set()
+        self.verified: dict[str, Stamp] = {}  # digest -> its file's stamp when checked
         self.accessed: dict[str, float] = {}  # digest -> last hit, until the next flush
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
@@ -179,9 +190,12 @@ class Store:
     def published(self, digest: str, size: int) -> None:
         """A blob this process wrote and checked: verified, and counted once."""
         if digest not in self.verified:
-            self.verified.add(digest)
             self.check.files += 1
             self.check.size_bytes += size
+        try:  # stamped again each time: a second publish renamed a new file into place
+            self.verified[digest] = stamp(self.blob_path(digest).stat())
+        except OSError:
+            self.verified.pop(digest, None)
 
     def free_bytes(self) -> int:
         try:
@@ -189,9 +203,6 @@ class Store:
         except OSError:
             return 0
         return st.f_bavail * st.f_frsize
-
-    def disk_full(self) -> bool:
-        return self.space.full(self.free_bytes())
 
     def outgrown(self) -> None:
         """A write found the disk full: it stays full until there is more room than now,
@@ -202,22 +213,55 @@ class Store:
         """Re-hash one blob (blocking); a blob that fails is removed. True if it is good."""
         if digest in self.verified:
             return True
+        return self._rehash(digest, "")
+
+    def intact(self, digest: str, st: os.stat_result) -> bool:
+        """Whether a verified blob's file is as it was when checked (a stat, no hashing)."""
+        return self.verified.get(digest) == stamp(st)
+
+    def recheck(self, digest: str) -> bool:
+        """Re-hash a blob whose file changed since it was checked (blocking): restamped if
+        good, dropped if not. True if it is good."""
+        return self._rehash(digest, " (changed on disk while the mirror ran)")
+
+    def read_checked(self, digest: str) -> bytes | None:
+        """A small blob's bytes, re-hashed only if its file changed since it was checked
+        (blocking); None if it is gone or rotted (then dropped)."""
         path = self.blob_path(digest)
         try:
+            with path.open("rb") as f:
+                st = os.fstat(f.fileno())
+                body = f.read()
+        except FileNotFoundError:
+            return None
+        if self.intact(digest, st):
+            return body
+        if hashlib.sha256(body).hexdigest() == digest:
+            self.verified[digest] = stamp(st)
+            return body
+        self.drop(path, " (changed on disk while the mirror ran)")
+        return None
+
+    def _rehash(self, digest: str, why: str) -> bool:
+        path = self.blob_path(digest)
+        try:
+            before = path.stat()  # a change while hashing then fails the next hit's stat
             good = hash_file(path) == digest
         except FileNotFoundError:
+            self.verified.pop(digest, None)
             return False
         except OSError as exc:
             log.warning("cannot read blob %s: %s", digest, exc.strerror)
             return False
         if good:
-            self.verified.add(digest)
+            self.verified[digest] = stamp(before)
             return True
-        self.drop(path)
+        self.drop(path, why)
         return False
 
-    def drop(self, path: Path) -> None:
-        log.warning("dropping corrupt blob %s", path.name)
+    def drop(self, path: Path, why: str = "") -> None:
+        log.warning("dropping corrupt blob %s%s", path.name, why)
+        self.verified.pop(path.name, None)
         size = 0
         with contextlib.suppress(OSError):
             size = path.stat().st_size

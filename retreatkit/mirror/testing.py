@@ -191,12 +191,13 @@ def start_mirror(
     npm: str | None = None,
     apt: dict[str, str] | None = None,
     flags: tuple[str, ...] = (),
+    keep_free: int = 0,
 ) -> tuple[Server, str]:
     """A real `retreatkit mirror` process; returns it (url = the mirror) and its admin URL.
     `extra` adds lines to its [mirror] section; `wrap` puts a command in front of it."""
     config = store.parent / f"{store.name}.toml"
     config.write_text(
-        f"[mirror]\nindex_ttl = {ttl}\nread_timeout = 2.0\nkeep_free_bytes = 0\n{extra}\n"
+        f"[mirror]\nindex_ttl = {ttl}\nread_timeout = 2.0\nkeep_free_bytes = {keep_free}\n{extra}\n"
         '[admin]\nlisten = "127.0.0.1:0"\n'
     )
     argv = [
@@ -236,7 +237,8 @@ def settings(store: Path, pypi: str | None = None, **changes: Any) -> Settings:
     """Settings for a test: no disk reserve, short timeouts (a test upstream answers at once
     or never)."""
     limits = changes.pop("limits", Limits(connect_timeout=2.0, headers_timeout=2.0))
-    return Settings(store=store, pypi=pypi, opam=None, keep_free=0, limits=limits, **changes)
+    changes.setdefault("keep_free", 0)
+    return Settings(store=store, pypi=pypi, opam=None, limits=limits, **changes)
 
 
 @contextlib.asynccontextmanager

@@ -12,9 +12,11 @@ import re
 import resource
 import secrets
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,60 @@ def test_a_store_that_rotted_while_the_mirror_was_down(tmp_path: Path) -> None:
         upstream.stop()
 
 
+def flip_a_byte(path: Path) -> None:
+    """One byte changed in place while the mirror runs. The kernel's file clock ticks
+    coarsely: a write in the tick of the store's own keeps its mtime, so it is moved on,
+    as any later write's is."""
+    before = path.stat()
+    with path.open("r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    after = path.stat()
+    if after.st_mtime_ns == before.st_mtime_ns:
+        os.utime(path, ns=(after.st_atime_ns, after.st_mtime_ns + 1_000_000))
+
+
+def test_a_blob_that_rots_while_the_mirror_runs_is_never_served(tmp_path: Path) -> None:
+    """Real pip: a wheel changed on disk after the mirror served it is noticed on the next
+    hit, dropped with one line in the log and fetched again; with the upstream gone, the
+    next such hit is the offline answer, never the rotten bytes."""
+    root = tmp_path / "upstream"
+    one, two = make_wheel("one", "1.0", pad=1_500_000), make_wheel("two", "1.0")  # by sendfile
+    write_pypi(root, {"one": [one], "two": [two]})
+    upstream = start_upstream(root)
+    host = urlsplit(upstream.url).netloc
+    store = tmp_path / "store"
+    mirror, _ = start_mirror(store, pypi=f"{upstream.url}simple/")
+    try:
+        paths = {name: file_path(mirror, name) for name in ("one", "two")}
+        for name, wheel in (("one", one), ("two", two)):
+            assert request(mirror.url, paths[name])[2] == wheel[1]
+        digests = [hashlib.sha256(w[1]).hexdigest() for w in (one, two)]
+        blobs = [store / "blobs" / "sha256" / d[:2] / d for d in digests]
+        flip_a_byte(blobs[0])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+        got = subprocess.run(
+            [sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
+             "--no-deps", "--no-cache-dir", "--index-url", f"{mirror.url}pypi/simple/",
+             "-d", str(tmp_path / "got"), "one"],
+            capture_output=True, text=True, timeout=120, env={**env, "HOME": str(tmp_path)},
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        assert (tmp_path / "got" / one[0]).read_bytes() == one[1]
+        said(mirror, rf" WARNING dropping corrupt blob {digests[0]} \(changed on disk while the")
+
+        upstream.stop()
+        flip_a_byte(blobs[1])
+        status, _, body = request(mirror.url, paths["two"])
+        assert (status, body) == (504, f"upstream {host}: connection refused\n".encode())
+        said(mirror, rf" WARNING dropping corrupt blob {digests[1]} \(changed on disk")
+    finally:
+        mirror.stop()
+        upstream.stop()
+
+
 def test_pip_is_told_a_corrupt_wheel_is_bad_not_empty(tmp_path: Path) -> None:
     """Real pip: a wheel whose bytes fail the index's hash is a 502 that says so, not a 200
     cut short (pip then reported the sha256 of nothing, e3b0c442...)."""
@@ -219,8 +275,9 @@ def test_pip_fails_at_once_in_the_mirrors_words_while_the_upstream_is_down(
         assert mirror.url.startswith(f"http://{lan.host}:")  # not loopback: as on the LAN
         url = mirror.url.rstrip("/") + file_path(mirror, "one")  # listed, not fetched
         upstream.stop()
-        status, _, _ = request(mirror.url, "/pypi/simple/two/")  # refused: now known down
-        assert (status, status_of(admin)["upstreams"]["pypi"]["state"]) == (502, "down")
+        status, _, body = request(mirror.url, "/pypi/simple/two/")  # refused: now known down
+        assert (status, status_of(admin)["upstreams"]["pypi"]["state"]) == (504, "down")
+        assert body == f"upstream {host}: connection refused\n".encode()
         before = status_of(admin)["errors"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
         got = subprocess.run(
@@ -236,7 +293,7 @@ def test_pip_fails_at_once_in_the_mirrors_words_while_the_upstream_is_down(
     assert got.returncode == 1, got.stdout
     assert re.search(rf"HTTP error 504 Server Error: {line} for url: {url}", got.stderr), got.stderr
     assert "Traceback" not in got.stderr
-    assert asked <= 2  # once, or the probe's refusal (a 502) and then once: not six times
+    assert asked <= 2  # once, or the probe's refusal and then once: not six times
 
 
 def test_pip_installs_offline_a_wheel_held_without_its_metadata(tmp_path: Path, lan: Netns) -> None:
@@ -267,3 +324,38 @@ def test_pip_installs_offline_a_wheel_held_without_its_metadata(tmp_path: Path, 
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "got" / "one").is_dir()
     assert upstream_errors == 0  # the metadata file was never asked of the gone upstream
+
+
+def test_uv_retrying_a_page_never_cached_waits_on_a_silent_upstream_once(
+    tmp_path: Path,
+) -> None:
+    """Real uv, which retries a 5xx on its own: the upstream accepts and never answers,
+    nothing is cached. uv prints the mirror's words, and the upstream is asked by the first
+    try and at most one probe. (Whether a retry that becomes the probe waits is pinned in
+    process, tests/mirror/test_upstream_down.py: here uv's retries may all land inside
+    the first backoff.)"""
+    root = tmp_path / "upstream"
+    write_pypi(root, {"two": [make_wheel("two", "1.0")]})
+    (root / ".behaviours.json").write_text(json.dumps({"/simple/two/": "silent"}))
+    upstream = start_upstream(root)
+    host = urlsplit(upstream.url).netloc
+    mirror, _ = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
+                             extra="connect_timeout = 1.0\nheaders_timeout = 1.0")  # fmt: skip
+    try:
+        uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+        got = subprocess.run(
+            [uv, "pip", "install", "--no-cache", "--python", sys.executable, "--dry-run",
+             "--index-url", f"{mirror.url}pypi/simple/", "two"],
+            capture_output=True, text=True, timeout=120, env={**env, "HOME": str(tmp_path)},
+        )  # fmt: skip
+        with urllib.request.urlopen(f"{upstream.url}_stats", timeout=30) as r:
+            asked = json.load(r).get("/simple/two/", 0)
+    finally:
+        mirror.stop()
+        upstream.stop()
+    assert got.returncode != 0
+    bound = r"no answer within 2 s"
+    words = rf"upstream {re.escape(host)} (is down \({bound}\); |: {bound})"
+    assert re.search(words, got.stderr), got.stderr
+    assert asked <= 2, asked  # the first try, and perhaps the probe: never once a retry

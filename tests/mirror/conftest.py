@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ def wheel_set() -> dict[str, Wheel]:
 async def env(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     """Options by marker-free parametrisation: `request.param` may set `as_json` and
     Settings fields."""
-    options: dict[str, Any] = dict(getattr(request, "param", {}))
+    # a copy: a test that changes its mirror's limits must not change the next test's
+    options: dict[str, Any] = copy.deepcopy(dict(getattr(request, "param", {})))
     wheels = wheel_set()
     root = tmp_path / "upstream"
     as_json = options.pop("as_json", False)

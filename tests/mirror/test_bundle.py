@@ -72,7 +72,7 @@ async def test_export_import_a_damaged_blob_is_named_and_the_rest_served(tmp_pat
         r = await client.get("/pypi/simple/demo-dep/", headers={"Accept": JSON})
         assert r.status == 200  # the page came through whole
         r = await client.get(urls["demo-dep"])
-        assert r.status == 502  # not held, and its upstream cannot be reached
+        assert r.status == 504  # not held, and its upstream cannot be reached
         assert mirror.store.source(key) is not None  # but known: fetched once it can be
 
 

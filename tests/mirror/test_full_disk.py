@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from retreatkit.mirror import fakeupstream
-from retreatkit.mirror.space import Space
+from retreatkit.mirror.space import Space, start_warning
 from retreatkit.mirror.status import section
 from retreatkit.mirror.testing import make_wheel, mirror_client, settings, write_pypi
 from tests.mirror.conftest import JSON, Env
@@ -80,8 +80,10 @@ async def test_a_file_that_cannot_fit_is_refused_before_a_byte_is_sent(env: Env)
     url = await env.file_url("huge")
     async with asyncio.timeout(30):
         answers = await asyncio.gather(*(fetch(env, url) for _ in range(3)))
-    refusal = b"the mirror's disk has no room for huge-1.0-py3-none-any.whl\n"
-    assert answers == [(507, refusal)] * 3
+    refusal = rb"the mirror's disk has no room for huge-1.0-py3-none-any.whl \(6\.3 MB\): "
+    refusal += rb"\d\.\d MB free\n"  # nothing kept free: said no more
+    assert [a[0] for a in answers] == [507] * 3 and len({a[1] for a in answers}) == 1
+    assert re.fullmatch(refusal, answers[0][1]), answers[0][1]
     assert (await fetch(env, small)) == (200, env.wheels["small"][1])  # held: still served
     report = section(env.mirror, True, 0)
     assert report["store"]["disk_full"] is False  # only too full for that one
@@ -113,9 +115,17 @@ async def test_every_reader_of_a_fill_the_disk_cuts_gets_a_clean_end(env: Env) -
     assert section(env.mirror, True, 0)["store"]["disk_full"] is True
     async with asyncio.timeout(30):  # now it is known not to fit: refused at once
         status, body = await fetch(env, url)
-    assert (status, body) == (
-        507,
-        b"the mirror's disk is full; grows-1.0-py3-none-any.whl has no known size\n",
+    # not "full": the file that filled it is gone, and so is the room it took
+    said = (
+        rb"the mirror's disk is nearly full: \d\.\d MB free, and a file of unknown size"
+        rb" filled it; grows-1.0-py3-none-any.whl has no known size\n"
+    )
+    assert status == 507 and re.fullmatch(said, body), body
+    warning = section(env.mirror, True, 0)["warnings"][0]
+    assert re.fullmatch(
+        r"disk nearly full: \d\.\d MB free, and a file of unknown size filled it; files of"
+        r" unknown size are not kept, cached ones are still served",
+        warning,
     )
 
 
@@ -140,3 +150,58 @@ def test_the_room_named_is_the_stores_not_the_disks() -> None:
     space.did_not_fit(300 << 20)
     assert space.refused(free=700 << 20) == 300 << 20  # 188 MB left: still too big
     assert space.refused(free=900 << 20) is None  # room made: no longer said
+
+
+def test_every_refusal_names_the_room_the_mirror_keeps_free() -> None:
+    space = Space(keep_free=512 * 10**6)
+    assert space.no_room("x.whl", 6_300_000, 20_300_000) == (
+        "the mirror's disk has no room for x.whl (6.3 MB): 20.3 MB free,"
+        " and it keeps 512 MB free (keep_free_bytes)"
+    )
+    assert space.full(free=17_000_000)
+    assert space.unknown_size("y.whl", 17_000_000) == (
+        "the mirror's disk is nearly full: 17.0 MB free, below the 512 MB it keeps free"
+        " (keep_free_bytes); y.whl has no known size"
+    )
+    assert Space(keep_free=0).fullness(1_000) == (
+        "full: 1.0 kB free, and a file of unknown size filled it"
+    )
+
+
+def test_a_disk_at_or_near_keep_free_bytes_is_said_at_start() -> None:
+    keep = 512 * 10**6
+    assert start_warning(20_300_000, keep) == (
+        "Mirror store: its disk has 20.3 MB free and the mirror keeps 512 MB free"
+        " (keep_free_bytes), so it keeps no new file; lower keep_free_bytes or use a"
+        " larger disk"
+    )
+    assert start_warning(700 * 10**6, keep) == (
+        "Mirror store: its disk has 700 MB free and the mirror keeps 512 MB free"
+        " (keep_free_bytes), so only 188 MB of new files fit; lower keep_free_bytes or use"
+        " a larger disk"
+    )
+    assert start_warning(2 * keep, keep) is None
+    assert start_warning(0, 0) is None  # nothing kept free: nothing to explain
+
+
+async def test_a_store_whose_disk_is_all_kept_free_says_so(tmp_path: Path) -> None:
+    """No small disk needed: more kept free than any disk has (1 PB)."""
+    wheel = make_wheel("one", "1.0")
+    write_pypi(tmp_path / "upstream", {"one": [wheel]})
+    async with fakeupstream.serving(tmp_path / "upstream") as upstream:
+        config = settings(tmp_path / "store", f"{upstream.url}simple/", keep_free=10**15)
+        async with mirror_client(config) as (client, mirror):
+            r = await client.get("/pypi/simple/one/", headers={"Accept": JSON})
+            url = (await r.json(content_type=None))["files"][0]["url"]
+            r = await client.get(url)
+            line = (
+                rf"the mirror's disk has no room for {re.escape(wheel[0])} \(\d+ B\): \S+ \S+"
+                r" free, and it keeps 1000 TB free \(keep_free_bytes\)"
+            )
+            assert r.status == 507 and re.fullmatch(line, r.reason or ""), r.reason
+            warning = section(mirror, True, 0)["warnings"][0]
+            assert re.fullmatch(
+                r"disk nearly full: \S+ \S+ free, below the 1000 TB it keeps free"
+                r" \(keep_free_bytes\); new files are not kept, cached ones are still served",
+                warning,
+            ), warning

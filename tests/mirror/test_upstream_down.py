@@ -121,3 +121,75 @@ async def test_an_upstream_silent_once_connected_is_said_so_with_the_bound_that_
     assert status == 200  # the held page, stale
     pypi = section(env.mirror, True, 0)["upstreams"]["pypi"]
     assert (pypi["state"], pypi["last_error"]) == ("down", "no answer within 0.3 s")
+
+
+@pytest.mark.parametrize("env", [QUICK], indirect=True)
+async def test_nothing_cached_no_retry_waits_on_a_silent_upstream_again(env: Env) -> None:
+    """A client's retries (apt-get's, uv's, npm's) after the first bound: each answered
+    at once, the probe they start going on without them, the backoff doubling."""
+    now = [1000.0]
+    env.mirror.fetcher.clock = lambda: now[0]
+    env.upstream.rules["/simple/demo-pkg/"] = "silent"
+    host = env.upstream.url.split("//")[1].rstrip("/")
+    down = f"upstream {host} is down (no answer within 0.6 s)"
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        status, _, _ = await get(env, "demo-pkg")  # the one wait: the fetcher's bound
+        assert status == 504
+        env.mirror.settings.limits.headers_timeout = 3600.0  # a probe now ends when we say
+        r = await env.client.get("/pypi/simple/demo-pkg/", headers={"Accept": JSON})
+        line = f"{down}; next try in 2 s"
+        assert (r.status, r.reason, await r.text()) == (504, line, line + "\n")
+
+        now[0] += 2.0  # the backoff is over: this retry starts the probe, and does not wait
+        env.upstream.asked.clear()
+        line = f"{down}; trying it again now"
+        for _ in range(3):
+            r = await env.client.get("/pypi/simple/demo-pkg/", headers={"Accept": JSON})
+            assert (r.status, r.reason) == (504, line)
+        await env.upstream.asked.wait()  # the probe is at the upstream, unanswered
+        assert env.upstream.counts["/simple/demo-pkg/"] == 2
+        env.upstream.closing.set()  # the silence ends: the probe gives no verdict
+        await env.mirror.refreshed()
+
+
+@pytest.mark.parametrize("env", [QUICK], indirect=True)
+async def test_a_file_never_fetched_is_a_504_at_once_while_its_probe_goes_on(env: Env) -> None:
+    now = [1000.0]
+    env.mirror.fetcher.clock = lambda: now[0]
+    url = await env.file_url("demo-dep")  # listed, not fetched
+    filename = env.wheels["demo-dep"][0]
+    env.upstream.rules[f"/files/{filename}"] = "silent"
+    host = env.upstream.url.split("//")[1].rstrip("/")
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        r = await env.client.get(url)
+        assert r.status == 504  # the first one waited for the bound
+        env.mirror.settings.limits.headers_timeout = 3600.0
+        now[0] += 2.0
+        env.upstream.asked.clear()
+        r = await env.client.get(url)  # the probe's request
+        line = f"upstream {host} is down (no answer within 0.6 s); trying it again now"
+        assert (r.status, r.reason) == (504, line)
+        await env.upstream.asked.wait()
+        env.upstream.rules.clear()
+        env.upstream.closing.set()
+
+
+SLOW = {"index_ttl": 0.0, "stale_after": 0.0, "limits": Limits(headers_timeout=3600.0)}
+
+
+@pytest.mark.parametrize("env", [SLOW], indirect=True)
+async def test_a_stale_page_is_served_without_waiting_out_a_slow_revalidation(env: Env) -> None:
+    """The first request after index_ttl, the upstream silent but not yet known down: it
+    waits `stale_after`, not the fetcher's bound, and the revalidation goes on."""
+    await env.page("demo-pkg")
+    env.upstream.rules["/simple/demo-pkg/"] = "silent"
+    env.upstream.asked.clear()
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        status, headers, _ = await get(env, "demo-pkg")
+        assert status == 200 and headers["Warning"] == '110 - "Response is Stale"'
+        assert headers["Mirror-Offline"] == "cached-only"  # as every stale page
+        await env.upstream.asked.wait()  # the revalidation is at the upstream, unanswered
+        env.upstream.rules.clear()
+        env.upstream.closing.set()
+        await env.mirror.refreshed()
+    assert env.mirror.stats.stale_served == 1
