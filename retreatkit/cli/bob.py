@@ -28,10 +28,12 @@ The relay in between never sees the words (README: what the relay learns).
 
 Where bob connects, in this order: --relay HOST:PORT; else $BOB_RELAY; else a
 relay that announces itself on the LAN (zeroconf, _retreat-relay._tcp), or for
-the receiver the sender itself when it announces the passphrase's number; else
-relay.retreat.lan:9000. A sender that reaches no relay at all waits for the
-receiver on the LAN itself. Once both sides proved the passphrase, they try a
-direct connection on the LAN and keep the relay if it fails (--no-direct: never).
+the receiver the sender itself when it announces the passphrase's number (the
+LAN's relay first, then every sender announcing it at once: only one that
+proves the passphrase counts); else relay.retreat.lan:9000. A sender that
+reaches no relay at all waits for the receiver on the LAN itself. Once both
+sides proved the passphrase, they try a direct connection on the LAN and keep
+the relay if it fails (--no-direct: never).
 
 Not dinosaure/bob: this bob speaks bob/1, a different protocol from the
 OCaml tool of the same name, and the two cannot talk to each other."""
@@ -247,7 +249,7 @@ async def send(args: argparse.Namespace) -> int:
         options = aio.Options(not args.no_compress, not args.no_direct, timeout)
         rendezvous: aio.Rendezvous
         if target is None:
-            target = await find.on_lan(None)
+            target = next(iter(await find.on_lan(None)), None)
             if target is not None:
                 _say(f"Using the relay at {target.relay} (found on the LAN)")
         if target is None:
@@ -276,6 +278,19 @@ def _fail(reporter: ui.Reporter, exc: Exception, advice: str) -> int:
         line += f". The passphrase is used up: {advice}"
     _say(line)
     return 1
+
+
+def _place(target: find.Target, timeout: float) -> aio.Place:
+    """Where a receiver may meet its sender, as the user is told of it."""
+    reach = find.REACH if target.how == "default" else aio.CONNECT_TIMEOUT
+    connector = aio.via_relay(target.relay, timeout, direct=target.direct, reach=reach)
+    if not target.direct:
+        return aio.Place(connector, f"the relay at {target.relay}")
+
+    def met() -> None:
+        _say(f"Found the sender on the LAN at {target.relay}")
+
+    return aio.Place(connector, f"the sender announced at {target.relay}", met)
 
 
 def _unreached(exc: TransferError, target: find.Target | None, code: codes.Code) -> TransferError:
@@ -390,18 +405,13 @@ async def recv(args: argparse.Namespace) -> int:
 
     try:
         timeout = args.timeout or aio.PEER_TIMEOUT
-        if target is None:
-            target = await find.on_lan(code.nameplate)
-            if target is not None and target.direct:
-                _say(f"Found the sender on the LAN at {target.relay}")
-            elif target is not None:
-                _say(f"Using the relay at {target.relay} (found on the LAN)")
-        if target is None:
-            target = await find.default()
+        stages = [[target]] if target is not None else await find.meeting_places(code.nameplate)
+        if stages[0][0].how == "lan":
+            _say(f"Using the relay at {stages[0][0].relay} (found on the LAN)")
+        target = stages[-1][0]  # what a receiver that met nobody is told about
         options = aio.Options(direct=not args.no_direct, timeout=timeout)
-        reach = find.REACH if target.how == "default" else aio.CONNECT_TIMEOUT
-        connector = aio.via_relay(target.relay, timeout, direct=target.direct, reach=reach)
-        offer = await aio.receive(connector, code, output, reporter, confirm, options, writer)
+        places = [[_place(t, timeout) for t in stage] for stage in stages]
+        offer = await aio.receive(places, code, output, reporter, confirm, options, writer)
     except TransferError as exc:
         return _fail(
             reporter, _unreached(exc, target, code), "ask the sender to start a new bob send"

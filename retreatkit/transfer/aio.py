@@ -4,7 +4,7 @@ what goes wrong said once, to the user and to the peer."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +30,7 @@ from retreatkit.transfer.link import (
     connect,
 )
 from retreatkit.transfer.machine import Session
+from retreatkit.transfer.meet import Connector, Place, meet
 from retreatkit.transfer.offer import Offer, show_name
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.receive import Writer
@@ -38,7 +39,7 @@ from retreatkit.transfer.rendezvous import Closed, Rendezvous
 from retreatkit.transfer.sending import Options, handshake, send_session
 
 __all__ = ["Options", "PeerAborted", "PeerGone", "Relay", "RelayError", "Rendezvous", "Worker"]
-__all__ += ["CONNECT_TIMEOUT", "Unreachable", "receive", "send", "tell_peer"]
+__all__ += ["CONNECT_TIMEOUT", "Connector", "Place", "Unreachable", "receive", "send", "tell_peer"]
 PEER_TIMEOUT = 120.0  # longest silence from a paired peer outside of a prompt (--timeout)
 
 
@@ -190,9 +191,6 @@ def _quiet(*_: object) -> None:
 # -- the receiver -------------------------------------------------------------------------
 
 
-Connector = Callable[[wire.Request], Awaitable[Link]]
-
-
 def via_relay(
     relay: Relay, timeout: float, direct: bool = False, reach: float = CONNECT_TIMEOUT
 ) -> Connector:
@@ -207,7 +205,7 @@ def via_relay(
 
 
 async def receive(
-    connector: Connector,
+    places: Connector | Sequence[Sequence[Place]],
     code: codes.Code,
     output: Path,
     reporter: Reporter,
@@ -215,22 +213,23 @@ async def receive(
     options: Options | None = None,
     make_writer: Callable[[Path, Offer], Writer] = Writer,
 ) -> Offer:
+    """Receive from the sender met at `places` (a connector: one place; else stages of
+    places, meet.meet)."""
     options = options or Options()
-    link = await connector(wire.Request(wire.Role.RECV, code.nameplate))
-    data_link = link
-    session = Session(Side.RECEIVER, code)
+    stages = [[Place(places)]] if callable(places) else places
+    met = await meet(stages, code, reporter.say)
+    link = data_link = met.link
+    session = met.session
     writer: Writer | None = None
     racer: Racer | None = None
     try:
-        paired = await link.line(CONNECT_TIMEOUT, "paired")
-        reporter.paired(paired.text)
-        await handshake(link, session)
+        reporter.paired(met.paired.text)
         offer, racer = await offered(link, session, options)
         if offer.text is None:
             writer = make_writer(output, offer)
             session.stream_limit = writer.check_space()
         try:
-            ok = await confirm(offer, writer, paired.text)
+            ok = await confirm(offer, writer, met.paired.text)
         except Refused:
             await link.flush(session.answer(False))
             raise

@@ -1,7 +1,13 @@
 """Where bob connects, tried in order: `--relay`, then `$BOB_RELAY`, then a relay (or, for
 a receiver, the very sender) found on the LAN by zeroconf within DISCOVERY seconds, then
 `relay.retreat.lan:9000`, the name the event's nameserver gives the relay. A sender that
-reaches no relay at all is its own rendezvous (rendezvous.OwnRendezvous)."""
+reaches no relay at all is its own rendezvous (rendezvous.OwnRendezvous).
+
+Anyone on the LAN can announce anything, so a receiver never takes one announcement's
+word: it meets its sender in stages (`meeting_places`), the relay announced on the LAN
+first (a sender that found it waits there), then the senders announcing its nameplate,
+at most MAX_PEERS of them, tried together (aio.meet), so a neighbour announcing every
+nameplate at a port that never answers holds nobody up."""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from retreatkit.transfer.link import Relay, Worker
 DISCOVERY = 1.5  # seconds to listen for relays on the LAN
 RESOLVE = 2.0  # seconds for the default name to resolve
 REACH = 2.0  # seconds to connect to it: a name that leads nowhere must not hold bob up
+MAX_PEERS = 3  # senders announcing one nameplate that a receiver tries at once
 DEFAULT = Relay("relay.retreat.lan", 9000)
 
 
@@ -42,27 +49,45 @@ def given(text: str | None) -> Target | None:
     return None
 
 
-async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> Target | None:
-    """A relay advertised on the LAN; for a receiver (`nameplate`), the sender that
-    advertises that nameplate comes first. None if nothing answers in time."""
+async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Target]:
+    """What the LAN announces: for a sender (no `nameplate`) the first relay that
+    answers; for a receiver, the first relay and up to MAX_PEERS senders of its nameplate
+    (at distinct addresses), relay first. Empty if nothing answers in time."""
     from retreatkit import mdns  # zeroconf only where it is used
 
     def ours(found: list[mdns.Found]) -> bool:
-        if nameplate is None:
-            return bool(found)  # a sender takes the first relay that answers
-        return any(f.properties.get("nameplate") == nameplate for f in found)
+        relay = any(f.properties.get("kind", "relay") == "relay" for f in found)
+        if nameplate is None:  # a sender takes the first relay that answers, never a sender
+            return relay
+        return relay or any(f.properties.get("nameplate") == nameplate for f in found)
 
     # a receiver gives other answers a moment after the first (its sender may be among them)
     settle = 0.3 if nameplate is not None else None
     found = await mdns.browse(mdns.RELAY, seconds, ours, settle)
-    peers = [f for f in found if f.properties.get("kind") == "sender"]
     relays = [f for f in found if f.properties.get("kind", "relay") == "relay"]
-    for peer in peers:
-        if nameplate is not None and peer.properties.get("nameplate") == nameplate:
-            return Target(Relay(peer.addresses[0], peer.port), "peer")
-    if relays:
-        return Target(Relay(relays[0].addresses[0], relays[0].port), "lan")
-    return None
+    targets = [Target(Relay(f.addresses[0], f.port), "lan") for f in relays[:1]]
+    seen: set[str] = set()
+    for f in found:
+        if nameplate is None or len(seen) == MAX_PEERS:
+            break
+        said = (f.properties.get("kind"), f.properties.get("nameplate"))
+        if said == ("sender", nameplate) and f.addresses[0] not in seen:
+            seen.add(f.addresses[0])
+            targets.append(Target(Relay(f.addresses[0], f.port), "peer"))
+    return targets
+
+
+async def meeting_places(nameplate: str, seconds: float = DISCOVERY) -> list[list[Target]]:
+    """A receiver's stages (module docstring): the LAN's relay, then the senders the LAN
+    announces for `nameplate`, tried together; with no relay on the LAN, the default one
+    last."""
+    found = await on_lan(nameplate, seconds)
+    relays = [t for t in found if t.how == "lan"]
+    peers = [t for t in found if t.how == "peer"]
+    stages = [stage for stage in (relays, peers) if stage]
+    if not relays:
+        stages.append([await default()])
+    return stages
 
 
 async def default() -> Target:

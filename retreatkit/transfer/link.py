@@ -136,22 +136,24 @@ class Link:
         return (local[0] if local else None), (peer[0] if peer else None)
 
     async def line(self, timeout: float | None, expect: str) -> wire.Reply:
-        """The relay's next line, which must be `expect` (or an error)."""
+        """The relay's next line (or a sender's that is its own rendezvous), which must be
+        `expect` (or an error)."""
+        who = "the sender" if self.direct else "the relay"
         try:
             async with asyncio.timeout(timeout):
                 raw = await self.reader.readline()
         except TimeoutError as exc:
             if exc.errno is not None:  # ETIMEDOUT: the kernel gave up asking the relay
-                raise RelayError(f"lost the relay: {exc.strerror}") from None
-            raise RelayError("the relay did not answer in time") from None
+                raise RelayError(f"lost {who}: {exc.strerror}") from None
+            raise RelayError(f"{who} did not answer in time") from None
         except ValueError:
-            raise RelayError("the relay sent an overlong line") from None
+            raise RelayError(f"{who} sent an overlong line") from None
         except OSError as exc:
-            raise RelayError(f"lost the relay: {exc.strerror or exc}") from None
+            raise RelayError(f"lost {who}: {exc.strerror or exc}") from None
         if not raw.endswith(b"\n"):
-            raise RelayError("the relay closed the connection")
+            raise RelayError(f"{who} closed the connection")
         if len(raw) > wire.MAX_LINE:
-            raise RelayError("the relay sent an overlong line")
+            raise RelayError(f"{who} sent an overlong line")
         try:
             reply = wire.parse_reply(raw)
         except wire.WireError as exc:
@@ -159,9 +161,9 @@ class Link:
         # the relay is not trusted with the terminal any more than the peer is
         text = escape(reply.text)
         if reply.word == "error":
-            raise RelayError(f"the relay says: {text}")
+            raise RelayError(f"{who} says: {text}")
         if reply.word != expect:
-            raise RelayError(f"the relay answered {reply.word!r} where bob/1 says {expect!r}")
+            raise RelayError(f"{who} answered {reply.word!r} where bob/1 says {expect!r}")
         return wire.Reply(reply.word, text)
 
     async def event(self, session: Session, timeout: float | None) -> Event:

@@ -222,6 +222,74 @@ def test_no_relay_a_receiver_that_vanishes_at_the_question_ends_the_wait(
                 proc.stop()
 
 
+# A neighbour that announces a sender for a nameplate at a port that takes connections
+# and never says a word (argv: its address, the nameplates). Its own host name: the
+# namespaces share this machine's, and mDNS would mix its address with the sender's.
+IMPOSTOR = """
+import asyncio, socket, sys
+from retreatkit import mdns
+mdns.host_label = lambda: "impostor"
+
+async def main():
+    silent = socket.create_server(("0.0.0.0", 0))
+    port = silent.getsockname()[1]
+    adverts = [
+        await mdns.advertise(mdns.RELAY, f"not bob {n}", [sys.argv[1]], port,
+                             {"kind": "sender", "nameplate": n}, probe=False)
+        for n in sys.argv[2:]
+    ]
+    print("announced", flush=True, file=sys.stderr)
+    held = []
+    loop = asyncio.get_running_loop()
+    silent.setblocking(False)
+    while True:
+        conn, _ = await loop.sock_accept(silent)
+        held.append(conn)  # never answered, never closed
+
+asyncio.run(main())
+"""
+
+
+def test_announcing_a_sender_that_never_answers_diverts_no_receiver(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """Anyone can announce a sender for any nameplate. With a relay on the LAN the
+    receiver meets its sender there first; with none, it tries every sender announced
+    for its nameplate at once, and the one that proves the passphrase wins."""
+    impostor = lan.run("r", "-c", IMPOSTOR, lan.address["r"], "4325", "4326")
+    relay = sender = receiver = None
+    try:
+        impostor.wait_for(r"^announced$")
+        out = tmp_path / "out"
+        out.mkdir()
+        # no relay: the real sender announces 4325 too, and wins the race
+        sender = lan.bob("a", "send", "--no-qr", str(payload), BOB_PASSPHRASE="4325-alpha-abandon")
+        sender.wait_for(r"\(nameplate 4325 advertised\)$")
+        receiver = lan.bob("b", "recv", "--yes", "-o", str(out), "4325-alpha-abandon")
+        code, got = finish(receiver)
+        assert code == 0, got
+        assert got[0].startswith(f"Found the sender on the LAN at {lan.address['a']}:")
+        assert finish(sender)[0] == 0
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+        # a relay on the LAN: the sender waits there, and that is where the receiver goes
+        relay = lan.bob("r", "relay", "--listen", "0.0.0.0:9000", "--admin", "127.0.0.1:0")
+        relay.wait_for(r"bob relay announced on the LAN")
+        sender = lan.bob("a", "send", str(payload), BOB_PASSPHRASE="4326-alpha-abandon")
+        sender.wait_for(r"^Passphrase: ")
+        again = tmp_path / "again"
+        again.mkdir()
+        receiver = lan.bob("b", "recv", "--yes", "-o", str(again), "4326-alpha-abandon")
+        code, got = finish(receiver)
+        assert code == 0, got
+        assert got[0] == "Using the relay at 10.78.0.3:9000 (found on the LAN)"
+        assert finish(sender)[0] == 0
+        assert (again / "image.bin").read_bytes() == payload.read_bytes()
+    finally:
+        for proc in (impostor, sender, receiver, relay):
+            if proc is not None:
+                proc.stop()
+
+
 def nobody_waits(lan: Lan, out: Path, passphrase: str) -> bool:
     """A receiver that finds no sender for its nameplate on a LAN without a relay says so."""
     code, said = finish(lan.bob("b", "recv", "--yes", "-o", str(out), passphrase))

@@ -197,7 +197,8 @@ def test_help_says_where_bob_connects_in_order() -> None:
     assert (
         "Where bob connects, in this order: --relay HOST:PORT; else $BOB_RELAY; else a relay"
         " that announces itself on the LAN (zeroconf, _retreat-relay._tcp), or for the"
-        " receiver the sender itself when it announces the passphrase's number; else"
-        " relay.retreat.lan:9000. A sender that reaches no relay at all waits for the"
-        " receiver on the LAN itself."
+        " receiver the sender itself when it announces the passphrase's number (the"
+        " LAN's relay first, then every sender announcing it at once: only one that"
+        " proves the passphrase counts); else relay.retreat.lan:9000. A sender that"
+        " reaches no relay at all waits for the receiver on the LAN itself."
     ) in text

@@ -1,0 +1,108 @@
+"""Where a receiver meets its sender: one place (a relay it was given), or stages of
+places tried in turn, the places of one stage together (find.meeting_places). A place is
+met when the sender there proves the passphrase (key confirmation), so an announcement
+that leads to a port that never answers, or to someone who does not know the words,
+costs only itself while another place of its stage is tried; it gets no more than the
+one guess at the words that any sender gets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from retreatkit.relay import wire
+from retreatkit.transfer import codes
+from retreatkit.transfer.errors import PakeFailed, TransferError
+from retreatkit.transfer.link import CONNECT_TIMEOUT, Link
+from retreatkit.transfer.machine import Session
+from retreatkit.transfer.pake import Side
+from retreatkit.transfer.sending import handshake
+
+Connector = Callable[[wire.Request], Awaitable[Link]]
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    connector: Connector
+    label: str = "the relay"  # what the user is told: "the relay at 10.0.0.3:9000"
+    met: Callable[[], None] = lambda: None  # said when the sender is met here
+
+
+@dataclass(slots=True)
+class Met:
+    place: Place
+    link: Link
+    session: Session
+    paired: wire.Reply
+
+
+async def meet(
+    stages: Sequence[Sequence[Place]], code: codes.Code, say: Callable[[str], None]
+) -> Met:
+    """The first place whose sender confirms the keys. A stage whose places all fail
+    gives way to the next, said in one line, unless one of them was a wrong passphrase
+    (that ends it: the words are used up); the last stage's first error is raised."""
+    for n, stage in enumerate(stages):
+        try:
+            return await _race(stage, code)
+        except _AllFailed as failed:
+            errors = failed.errors
+        wrong = next((e for e in errors if isinstance(e, PakeFailed)), None)
+        if wrong is not None or n == len(stages) - 1:
+            raise wrong or errors[0]
+        where = stage[0].label if len(stage) == 1 else f"the {len(stage)} senders announced"
+        say(f"Not met at {where} ({errors[0]}); trying {_what(stages[n + 1])}")
+    raise AssertionError("no stage to meet at")
+
+
+def _what(stage: Sequence[Place]) -> str:
+    if len(stage) == 1:
+        return stage[0].label
+    return f"the {len(stage)} senders announced on the LAN"
+
+
+class _AllFailed(Exception):
+    def __init__(self, errors: list[TransferError]) -> None:
+        super().__init__("every place failed")
+        self.errors = errors
+
+
+async def _race(stage: Sequence[Place], code: codes.Code) -> Met:
+    tasks = [asyncio.ensure_future(_at(place, code)) for place in stage]
+    errors: dict[int, TransferError] = {}
+    won: Met | None = None
+    try:
+        pending = set(tasks)
+        while pending and won is None:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=tasks.index):
+                exc = task.exception()
+                if exc is None:
+                    won = won or task.result()
+                elif isinstance(exc, TransferError):
+                    errors[tasks.index(task)] = exc
+                else:
+                    raise exc
+    finally:
+        for task in tasks:
+            task.cancel()  # each closes its own link when cancelled
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, Met) and result is not won:  # a second winner
+                await result.link.close()
+    if won is None:
+        raise _AllFailed([errors[i] for i in sorted(errors)])
+    won.place.met()
+    return won
+
+
+async def _at(place: Place, code: codes.Code) -> Met:
+    link = await place.connector(wire.Request(wire.Role.RECV, code.nameplate))
+    try:
+        paired = await link.line(CONNECT_TIMEOUT, "paired")
+        session = Session(Side.RECEIVER, code)
+        await handshake(link, session)
+    except BaseException:
+        await link.close()
+        raise
+    return Met(place, link, session, paired)
