@@ -257,9 +257,11 @@ async def receive(
         await data_link.until_closed(session)
         return offer
     except (TransferError, asyncio.CancelledError) as exc:
-        # a connection that broke or went quiet leaves the part for a resume; a stop on
-        # purpose (Ctrl-C, an ABORT, a tampered record) leaves nothing
-        keep = type(exc) is PeerGone and writer is not None
+        # a connection that broke or went quiet, or our user's Ctrl-C, leaves the part for
+        # a resume (a 4 GB file at 90% must not start over); the sender's stop (an
+        # ABORT), a tampered record or a refusal leave nothing
+        stopped_here = isinstance(exc, asyncio.CancelledError)
+        keep = (type(exc) is PeerGone or stopped_here) and writer is not None
         if writer is not None:
             writer.abort(keep=keep)
             if keep and writer.record.fd is not None:

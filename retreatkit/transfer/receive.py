@@ -323,9 +323,10 @@ class Writer:
         self._made.forget()
 
     def abort(self, keep: bool = False) -> None:
-        """With `keep` (the connection broke or went quiet: nobody chose it) everything
-        stays, with the part of a file of known size, to resume. Without it (Ctrl-C, an
-        ABORT, a refusal, a sender that lied) the folder is left as this run found it, so
+        """With `keep` (the connection broke or went quiet, or our user stopped it with
+        Ctrl-C) everything stays, with the part of a file of known size, to resume.
+        Without it (an ABORT, a refusal, a sender that lied) the folder is left as this
+        run found it, so
         no half folder stays beside the next try's `fold (1)`: what it made goes (made.py);
         what an earlier, interrupted run of the offer left stays, with its record."""
         if self._fd is not None:

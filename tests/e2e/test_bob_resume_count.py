@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -171,6 +172,21 @@ def test_a_relay_killed_mid_transfer_leaves_the_part_and_the_transfer_resumes(
     resumes(relay, home, src, out)
 
 
+def test_ctrl_c_on_a_receive_then_the_same_send_and_receive_resume(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    # the user stops a long receive by hand; what arrived stays and the rest travels later
+    src, out, sender, receiver = midway(relay, home, tmp_path)
+    receiver.popen.send_signal(signal.SIGINT)
+    try:
+        status, said = finish(receiver)
+        assert (status, said[-2:]) == (1, [KEPT, "ERROR: interrupted"]), said
+        assert finish(sender)[0] == 1
+    finally:
+        sender.stop()
+    resumes(relay, home, src, out)
+
+
 def test_a_receiver_paused_until_the_sender_gave_up_resumes(
     relay: RelayProcess, home: dict[str, str], tmp_path: Path
 ) -> None:
@@ -194,11 +210,11 @@ def test_a_receiver_paused_until_the_sender_gave_up_resumes(
     resumes(relay, home, src, out)
 
 
-def test_ctrl_c_mid_folder_leaves_the_output_folder_as_it_was(
+def test_ctrl_c_mid_folder_keeps_what_arrived_to_resume(
     relay: RelayProcess, home: dict[str, str], tmp_path: Path
 ) -> None:
-    # nothing of the half folder stays, so the same send and receive again get 'fold/',
-    # not 'fold (1)/' beside it
+    # the half folder stays with its record, so the same send and receive again resume
+    # into 'fold/' (not 'fold (1)/' beside it); the sender is told the receiver stopped
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("here before\n")
@@ -230,9 +246,13 @@ def test_ctrl_c_mid_folder_leaves_the_output_folder_as_it_was(
     finally:
         peer.close()
         receiver.stop()
-    assert (status, said[-1]) == (1, "ERROR: interrupted")
+    assert (status, said[-2:]) == (1, [KEPT, "ERROR: interrupted"])
     assert told == Aborted("the receiver stopped the transfer")
-    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names[1:] == ["fold", "mine.txt"] and re.fullmatch(r"\.bob-[0-9a-f]+\.resume", names[0])
+    assert (out / "fold" / "a.sh").read_bytes() == b"#!"
+    [part] = (out / "fold" / "sub").iterdir()
+    assert re.fullmatch(r"\.bob-[0-9a-f]+-\d+\.part", part.name) and part.read_bytes() == b"half"
 
 
 def test_two_receives_into_one_folder_at_once_each_keep_their_file(
