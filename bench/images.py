@@ -14,9 +14,11 @@ missing; `debian`: Debian's cloud kernel), one run:
            at --memory MB. The host RSS of qemu is read at that moment.
   cpu      CPU seconds qemu used from its start to that answer: under TCG the steadier
            figure, as wall time moves with whatever else the host runs.
-  floor    the least guest memory (MB, a multiple of 8) at which the image boots and gives
-           that answer within 60 s, ten boots out of ten, by bisection between 16 and
-           --memory (near its floor a guest may answer once and panic the next time).
+  floor    the least guest memory (MB, a multiple of 8) at which the image boots, gives
+           that answer and then its admin endpoint's within 60 s, ten boots out of ten, by
+           bisection between 16 and --memory (near its floor a guest may answer once and
+           panic the next time; in 48 MB the relay answers, then panics as its admin
+           endpoint loads).
   admin    seconds from the same start to the admin endpoint's first /healthz: the admin
            code loads after the service answers (docs/images.md, Start-up)
   local    the same service as `retreatkit SERVICE` on loopback: seconds from its start to
@@ -211,14 +213,17 @@ FLOOR_BOOTS = 10  # a size is the floor only if every one of these boots answers
 
 
 def boots(image: Path, service: str, memory_mb: int, cfg: dict[str, object], times: int) -> bool:
-    """Whether `memory_mb` boots the image to an answer `times` times out of as many."""
-    return all(
-        boot_once(image, service, memory_mb, cfg).answer_seconds is not None for _ in range(times)
-    )
+    """Whether `memory_mb` runs the image in full (the service answers, then its admin
+    endpoint) `times` times out of as many."""
+    return all(up(boot_once(image, service, memory_mb, cfg)) for _ in range(times))
+
+
+def up(boot: Boot) -> bool:
+    return boot.answer_seconds is not None and boot.admin_seconds is not None
 
 
 def floor_mb(image: Path, service: str, top: int, cfg: dict[str, object]) -> int | None:
-    """The least multiple of 8 MB that boots to an answer FLOOR_BOOTS times in as many:
+    """The least multiple of 8 MB the image runs in (`up`) FLOOR_BOOTS times in as many:
     near its floor a guest may answer once and panic ("deadlocked on memory") the next.
     Bisection between 16 and `top` with one boot a size, then the size found booted the
     rest of the times, and the next one up whenever a boot fails."""
@@ -334,7 +339,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         f"`uv run python bench/images.py --rounds {args.rounds} --memory {args.memory}` "
         f"on {cpu_model()}; medians. Image = kernel + initramfs; first answer from qemu's "
         "(or the process's) start; floor = least guest memory that boots to an answer "
-        "ten times in ten; "
+        "and then its admin endpoint's, ten times in ten; "
         "admin = its admin endpoint's first /healthz, from the same start (it loads after the "
         "service answers); CPU = the CPU seconds qemu (or the process) used until the first "
         "answer, steadier than wall time under emulation; RSS = qemu's (or the process's) "

@@ -249,5 +249,9 @@ async def _boot(launch: run.Launch, console: Path) -> int:
     if guest.stopping:
         _say("Guest stopped")
         return 0
-    _say(f"The guest stopped by itself; its console log is {console}")
+    if guest.last_line.panic:
+        why = run.describe_exit(0, "", guest.last_line.panic)
+        _say(f"The guest stopped by itself: {why}; its console log is {console}")
+    else:
+        _say(f"The guest stopped by itself; its console log is {console}")
     return 1

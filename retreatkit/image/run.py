@@ -145,10 +145,15 @@ class LastLine:
     def __init__(self) -> None:
         self._last = b""
         self._partial = b""
+        self.panic = ""  # the kernel's reason, if it panicked (qemu then exits 0)
 
     def feed(self, data: bytes) -> None:
         *lines, partial = (self._partial + data).split(b"\n")
         self._partial = partial[-REASON_MAX * 4 :]
+        for line in lines:
+            _, found, why = line.partition(PANIC)
+            if found and not self.panic:
+                self.panic = why.decode(errors="replace").strip()[:REASON_MAX]
         for line in reversed(lines):
             if line.strip():
                 self._last = line[-REASON_MAX * 4 :]
@@ -161,11 +166,18 @@ class LastLine:
         return text if len(text) <= REASON_MAX else "..." + text[3 - REASON_MAX :]
 
 
-def describe_exit(code: int, last_line: str) -> str:
-    """How qemu ended, in a few words: killed by a signal, or its exit code, with its last
-    line when it failed (why it could not run the guest)."""
+PANIC = b"Kernel panic - not syncing: "
+
+
+def describe_exit(code: int, last_line: str, panic: str = "") -> str:
+    """How qemu ended, in a few words: killed by a signal, the guest's kernel panicked
+    (out of memory, most often), or its exit code, with its last line when it failed (why
+    it could not run the guest)."""
     if code < 0:
         return f"killed by signal {-code}"
+    if panic:
+        hint = "; give it more memory" if "memory" in panic.lower() else ""
+        return f"the guest's kernel panicked: {panic}{hint}"
     if code != 0 and last_line:
         return f"qemu exit code {code}: {last_line}"
     return f"qemu exit code {code}"

@@ -267,7 +267,9 @@ class Supervisor:
                 ready = asyncio.ensure_future(self._announce(name, guest, entry.admin))
                 code = await guest.wait()
                 ready.cancel()
-                entry.last_exit = run.describe_exit(code, guest.last_line.text)
+                entry.last_exit = run.describe_exit(
+                    code, guest.last_line.text, guest.last_line.panic
+                )
             except (OSError, RuntimeError) as exc:
                 entry.last_exit = f"could not start: {exc}"
             if guest.stopping:

@@ -102,7 +102,7 @@ def test_guest_names_are_safe_for_paths() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"memory_mb": 1}, "memory_mb 1: a guest needs at least 48 MB (no image boots in less)"),
+        ({"memory_mb": 1}, "memory_mb 1: a guest needs at least 56 MB (no image runs in less)"),
         ({"memory_mb": "lots"}, "memory_mb 'lots': guest memory is a whole number of MB"),
         ({"memory_mb": True}, "memory_mb True: guest memory is a whole number of MB"),
         ({"forwards": "tcp::0:9000"}, "bad guest definition: forwards cannot be 'tcp::0:9000'"),
@@ -112,8 +112,8 @@ def test_guest_names_are_safe_for_paths() -> None:
     ],
 )
 def test_the_supervisor_refuses_what_cannot_boot(change: dict[str, object], message: str) -> None:
-    good = {"name": "r9", "image": "/x", "forwards": [], "memory_mb": 48}
-    assert Definition.parse(good).memory_mb == 48
+    good = {"name": "r9", "image": "/x", "forwards": [], "memory_mb": 56}
+    assert Definition.parse(good).memory_mb == 56
     with pytest.raises(GuestError) as refused:
         Definition.parse({**good, **change})
     assert str(refused.value) == message
@@ -148,11 +148,11 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (["vm", "console", "ghost"], 1,
          "retreatkit: no console log for 'ghost' (has it ever started?)\n"),
         (["vm", "start", "r9", "/nonexistent", "--memory", "1"], 2,
-         "retreatkit: --memory 1: a guest needs at least 48 MB (no image boots in less)\n"),
+         "retreatkit: --memory 1: a guest needs at least 56 MB (no image runs in less)\n"),
         (["vm", "start", "r9", "--memory", "1"], 2,  # a known guest: checked all the same
-         "retreatkit: --memory 1: a guest needs at least 48 MB (no image boots in less)\n"),
-        (["image", "run", "/nonexistent", "--memory", "47"], 2,
-         "retreatkit: --memory 47: a guest needs at least 48 MB (no image boots in less)\n"),
+         "retreatkit: --memory 1: a guest needs at least 56 MB (no image runs in less)\n"),
+        (["image", "run", "/nonexistent", "--memory", "55"], 2,
+         "retreatkit: --memory 55: a guest needs at least 56 MB (no image runs in less)\n"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line(
@@ -179,8 +179,8 @@ def test_too_little_guest_memory_in_retreat_toml(
     for argv in (["up"], ["vm", "start", "r9", "/nonexistent"]):
         assert cli.main(["--config", str(config), *argv]) == 2
         assert capsys.readouterr().err == (
-            "retreatkit: [images] memory = 1: a guest needs at least 48 MB"
-            " (no image boots in less)\n"
+            "retreatkit: [images] memory = 1: a guest needs at least 56 MB"
+            " (no image runs in less)\n"
         )
     assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
 

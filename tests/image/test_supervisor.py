@@ -108,6 +108,23 @@ async def test_attendees_are_told_of_services_run_as_guests(
     assert overview == expected
 
 
+def test_a_guest_whose_kernel_panicked_is_told_so() -> None:
+    """Out of memory, a guest's kernel panics and qemu (-no-reboot) exits 0: the exit
+    says why, from the console, not "qemu exit code 0"."""
+    last = run.LastLine()
+    for chunk in (
+        b"Relay listening on 0.0.0.0:9000\r\n",
+        b"Kernel panic - not syncing: System is dead",
+        b"locked on memory\r\nKernel Offset: disabled\n",
+    ):
+        last.feed(run.printable(chunk))
+    assert last.panic == "System is deadlocked on memory"
+    assert run.describe_exit(0, last.text, last.panic) == (
+        "the guest's kernel panicked: System is deadlocked on memory; give it more memory"
+    )
+    assert run.describe_exit(-9, last.text, last.panic) == "killed by signal 9"
+
+
 def test_how_a_guest_ended_is_told_in_one_bounded_line() -> None:
     last = run.LastLine()
     for chunk in (b"Booting\n", b"qemu: initrd is too large, cannot ", b"support.\n", b"\n  \n"):
