@@ -51,6 +51,11 @@ def setup_logging(level: str = "INFO", to_file: Path | None = None) -> None:
     logging.getLogger("retreatkit").setLevel(level)
 
 
+class StartError(Exception):
+    """A service cannot start, for a reason its user can act on: one line, no traceback
+    (the mirror's store held by another process, say)."""
+
+
 class Service(Protocol):
     name: str
 

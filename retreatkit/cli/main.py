@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lan_at = address.address if address is not None else None
         return loop.run(lambda: serve.serve(chosen, admin_at, _say, dashboard, lan=lan_at))
-    except admin_token.TokenError as exc:
+    except (admin_token.TokenError, serve.StartError) as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

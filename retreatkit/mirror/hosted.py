@@ -25,7 +25,8 @@ from retreatkit.mirror.fetch import Limits as FetchLimits
 from retreatkit.mirror.server import Gate
 from retreatkit.mirror.service import Mirror, ServerLimits, Settings
 from retreatkit.mirror.status import MirrorCollector
-from retreatkit.serve import Say
+from retreatkit.mirror.store import StoreInUse
+from retreatkit.serve import Say, StartError
 
 if TYPE_CHECKING:
     from retreatkit.mdns import LanAdvert
@@ -101,6 +102,9 @@ class MirrorService:
             self._runner, self._gate = await mirror_server.listen(
                 self.mirror, *self.listen, self.grace
             )
+        except StoreInUse as exc:
+            await self.stop()
+            raise StartError(f"the mirror: {exc}") from None
         except BaseException:
             await self.stop()
             raise

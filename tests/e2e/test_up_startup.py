@@ -145,3 +145,31 @@ def test_tui_against_nothing_is_one_line(tmp_path: Path) -> None:
     assert got.stderr == (
         "retreatkit: no admin endpoint reachable: 127.0.0.1:9: cannot connect (connection refused)\n"  # noqa: E501
     )
+
+
+def test_a_store_another_process_holds_is_one_line(tmp_path: Path) -> None:
+    """A second `retreatkit up` (or `mirror`) on the first's store: what it started stops,
+    and the organiser reads why in one line, no traceback."""
+    store = tmp_path / "store"
+    first = Process.start(
+        [sys.executable, "-m", "retreatkit.cli.main", "mirror", "--listen", "127.0.0.1:0",
+         "--admin", "127.0.0.1:0", "--store", str(store)],
+        env={"XDG_STATE_HOME": str(tmp_path / "state1"), "HOME": str(tmp_path)},
+    )  # fmt: skip
+    try:
+        first.wait_for(r"^Admin on ")
+        cfg = tmp_path / "retreat.toml"
+        cfg.write_text(f'[mirror]\nstore = "{store}"\n')
+        got = run(
+            "--config", str(cfg), "up", "--no-tui", "--relay-listen", "127.0.0.1:0",
+            "--admin", "127.0.0.1:0", "--mirror-listen", "127.0.0.1:0",
+            "--nameserver-listen", "127.0.0.1:0", tmp=tmp_path,
+        )  # fmt: skip
+    finally:
+        first.stop()
+    assert got.returncode == 1
+    assert "Traceback" not in got.stderr
+    assert got.stderr.splitlines()[-1] == (
+        f"retreatkit: the mirror: the store {store} is in use by another retreatkit process;"
+        " stop it first (or send files to the running mirror)"
+    )
