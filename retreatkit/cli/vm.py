@@ -146,7 +146,27 @@ async def _client(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     _say(f"Guest {item['name']} ({item['service']}) starting; admin on {item['admin']}/status")
     for forward in item["forwards"]:
         _say(f"Forward {_forward(forward)}")
-    return 0
+    return await _until_up(args.name)
+
+
+START_WAIT = 180.0  # seconds: a guest boots in a few under emulation, slower on a busy host
+
+
+async def _until_up(name: str) -> int:
+    """Wait for the guest to be up (its admin endpoint answers) or to fail: a start that
+    failed (a port taken, a guest out of memory) must not read as a success."""
+    deadline = time.monotonic() + START_WAIT
+    while True:
+        item = await _request("GET", f"/vm/guests/{name}")
+        if item.get("up"):
+            _say(f"Guest {name} up; admin on {item['admin']}/status")
+            return 0
+        if item["state"] in ("failed", "stopped"):
+            raise VmError(f"guest {name} did not start: {item['last_exit'] or item['state']}")
+        if time.monotonic() > deadline:
+            _say(f"Guest {name} is still starting: `retreatkit vm list` shows how it goes")
+            return 0
+        await asyncio.sleep(0.25)
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

@@ -351,6 +351,7 @@ class Supervisor:
             "service": entry.service,
             "image": entry.definition.image,
             "state": entry.state,
+            "up": live and guest is not None and guest.ready.is_set(),  # its admin answered
             "pid": pid,
             "uptime_seconds": round(uptime, 1),
             "restarts": entry.restarts,

@@ -448,6 +448,8 @@ def test_vm_supervisor_restarts_a_killed_guest(
             )  # fmt: skip
             assert done.returncode == 0, done.stderr
             assert done.stderr.startswith(f"Guest {name} (relay) starting; admin on http://")
+            # it returns once the guest is up, not as it starts
+            assert re.search(rf"^Guest {name} up; admin on http://\S+/status$", done.stderr, re.M)
         up = {supervisor.wait_for(r"^Guest (one|two) up; admin on ", BOOT_TIMEOUT)[1] for _ in "12"}
         assert up == {"one", "two"}
         token = (Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token").read_text().strip()
@@ -461,6 +463,19 @@ def test_vm_supervisor_restarts_a_killed_guest(
                 1,
                 "retreatkit: guest two is running: stop it first (retreatkit vm stop two)\n",
             )
+
+        with socket.socket() as taken:  # a guest whose port is taken fails, and says so
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            done = subprocess.run(
+                retreatkit_argv("vm", "start", "three", str(relay), "--memory", "64",
+                                "--forward", f"tcp:127.0.0.1:{port}:9000"),
+                capture_output=True, text=True, timeout=BOOT_TIMEOUT,
+                env={**os.environ, **env}, check=False,
+            )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.splitlines()[-1].startswith("retreatkit: guest three did not start: ")
 
         os.kill(before["one"]["pid"], signal.SIGKILL)  # qemu dies, as in a crash
         supervisor.wait_for(r"^Guest one exited \(killed by signal 9\); restart 1$", BOOT_TIMEOUT)
