@@ -149,7 +149,9 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 2
     except errors as exc:
-        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        message = str(exc)
+        if isinstance(exc, OSError) and exc.strerror:  # which file, when the system says
+            message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
         print(f"retreatkit: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -169,6 +171,7 @@ def _build(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     from retreatkit.image import build
 
     out = args.output / args.service
+    out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be is said before the build
     manifest = build.build(args.service, out, args.kernel or cfg["images"]["kernel"], _say)
     k, i = manifest["kernel"], manifest["initramfs"]
     _say(

@@ -281,3 +281,12 @@ def test_the_mirrors_image_is_refused_below_its_own_floor(
     (image / "manifest.json").write_text(json.dumps({"service": "mirror"}))
     assert cli.main(["image", "run", str(image), "--memory", "56"]) == 2
     assert capsys.readouterr().err == f"retreatkit: --memory 56: {said}\n"
+
+
+def test_an_output_folder_that_cannot_be_is_said_before_the_build(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_folder = tmp_path / "f.txt"
+    not_a_folder.write_text("")
+    assert cli.main(["image", "build", "relay", "-o", str(not_a_folder)]) == 1
+    assert capsys.readouterr().err == f"retreatkit: {not_a_folder}/relay: Not a directory\n"
