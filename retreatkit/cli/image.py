@@ -92,7 +92,7 @@ def add_parsers(sub: Any) -> None:
 def add_vm_parser(sub: Any) -> None:
     vm = sub.add_parser("vm", help="run named guests under a supervisor (start, stop, stats)")
     vsub = vm.add_subparsers(
-        dest="vm_command", required=True, metavar="{list,start,stop,console,stats,serve}"
+        dest="vm_command", required=True, metavar="{list,start,stop,remove,console,stats,serve}"
     )
     vsub.add_parser("list", help="every guest: state, uptime, restarts, memory, CPU")
     start = vsub.add_parser("start", help="define (with IMAGE) and start a guest")
@@ -107,6 +107,8 @@ def add_vm_parser(sub: Any) -> None:
     start.add_argument("--config", metavar="FILE", type=Path, dest="sub_config")
     stop = vsub.add_parser("stop", help="stop a guest cleanly")
     stop.add_argument("name", metavar="NAME")
+    remove = vsub.add_parser("remove", help="forget a stopped guest (its console log too)")
+    remove.add_argument("name", metavar="NAME")
     console = vsub.add_parser("console", help="a guest's console log")
     console.add_argument("name", metavar="NAME")
     console.add_argument("-n", "--lines", type=int, default=50, metavar="N")

@@ -127,6 +127,17 @@ async def _client(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
                 raise VmError(f"no guest named {args.name!r}; `retreatkit vm list` names them")
         print(stats(item))
         return 0
+    if command == "remove":
+        if running:
+            await _request("DELETE", f"/vm/guests/{args.name}")
+        else:
+            folder = vmservice.vm_dir()
+            supervisor = Supervisor(folder, _say) if folder.exists() else None
+            if supervisor is None or args.name not in supervisor.guests:
+                raise VmError(f"no guest named {args.name!r}; `retreatkit vm list` names them")
+            supervisor.remove(args.name)
+        _say(f"Guest {args.name} removed")
+        return 0
     if command == "stop":
         if not running:
             raise VmError(f"{args.name} is not running (no supervisor is)")

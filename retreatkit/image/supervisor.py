@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -209,6 +210,14 @@ class Supervisor:
             json.dumps(asdict(definition), indent=1, sort_keys=True) + "\n"
         )
         return self._add(definition)
+
+    def remove(self, name: str) -> None:
+        """Forget a stopped guest: its definition and its folder (console log and all)."""
+        entry = self.get(name)
+        if entry.running:
+            raise GuestRunning(entry)
+        del self.guests[name]
+        shutil.rmtree(self.root / name, ignore_errors=True)
 
     def change(self, name: str, changes: dict[str, Any]) -> Supervised:
         """A known guest's definition with `changes` (the options `vm start NAME` was given

@@ -97,6 +97,15 @@ class Handlers:
         await self.supervisor.stop(name)
         return web.json_response(self.supervisor.item(name))
 
+    async def remove_guest(self, request: web.Request) -> web.Response:
+        name = self._name(request)
+        try:
+            self.supervisor.remove(name)
+        except GuestRunning as exc:
+            raise _error(web.HTTPConflict, str(exc)) from None
+        self.supervisor.settle()
+        return web.json_response({"removed": name})
+
     async def define_guest(self, request: web.Request) -> web.Response:
         """PUT defines a guest, new or stopped; PATCH changes some keys of a known one's."""
         patch = request.method == "PATCH"
@@ -133,6 +142,7 @@ class Handlers:
         app.router.add_get("/vm/guests/{name}", self.get_guest)
         app.router.add_put("/vm/guests/{name}", self.define_guest)
         app.router.add_patch("/vm/guests/{name}", self.define_guest)
+        app.router.add_delete("/vm/guests/{name}", self.remove_guest)
         return app
 
 

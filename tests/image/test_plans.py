@@ -290,3 +290,20 @@ def test_an_output_folder_that_cannot_be_is_said_before_the_build(
     not_a_folder.write_text("")
     assert cli.main(["image", "build", "relay", "-o", str(not_a_folder)]) == 1
     assert capsys.readouterr().err == f"retreatkit: {not_a_folder}/relay: Not a directory\n"
+
+
+def test_vm_remove_with_no_supervisor(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = home / "relay-image"
+    image.mkdir()
+    manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
+    (image / "manifest.json").write_text(json.dumps(manifest))
+    from retreatkit.image.supervisor import Supervisor
+
+    Supervisor(home / "state" / "retreatkit" / "vm", print).define(Definition("r1", str(image), []))
+    assert cli.main(["vm", "remove", "r9"]) == 1
+    assert capsys.readouterr().err == (
+        "retreatkit: no guest named 'r9'; `retreatkit vm list` names them\n"
+    )
+    assert cli.main(["vm", "remove", "r1"]) == 0
+    assert capsys.readouterr().err == "Guest r1 removed\n"
+    assert not (home / "state" / "retreatkit" / "vm" / "r1").exists()

@@ -237,3 +237,28 @@ async def test_a_known_mirror_guest_is_refused_less_than_its_floor(home: Path) -
             " memory as it starts)\n",
         )
     assert supervisor.guests["m1"].definition.memory_mb == 128
+
+
+async def test_a_stopped_guest_is_removed_and_a_running_one_is_not(home: Path) -> None:
+    image = home / "relay-image"
+    image.mkdir()
+    manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
+    (image / "manifest.json").write_text(json.dumps(manifest))
+    supervisor = Supervisor(home / "vm", print)
+    for name in ("r1", "r2"):
+        supervisor.define(Definition(name, str(image), []))
+    supervisor.guests["r2"].state = "running"  # as a guest under qemu is (none runs here)
+    async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
+        gone = await client.delete("/vm/guests/r1")
+        kept = await client.delete("/vm/guests/r2")
+        unknown = await client.delete("/vm/guests/r9")
+        assert (gone.status, await gone.json()) == (200, {"removed": "r1"})
+        assert (kept.status, await kept.text()) == (
+            409,
+            "guest r2 is running: stop it first (retreatkit vm stop r2)\n",
+        )
+        assert unknown.status == 404
+    assert sorted(supervisor.guests) == ["r2"]
+    assert not (home / "vm" / "r1").exists() and (home / "vm" / "r2" / "guest.json").exists()
+    # a supervisor started later finds only what is left
+    assert sorted(Supervisor(home / "vm", print).guests) == ["r2"]
