@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 
 MAX_LINE = 8190  # the request line, in bytes (aiohttp's default)
@@ -96,12 +97,29 @@ class QuietServer(web.Server):
         return QuietHandler(self, refusals=self.refusals, loop=self._loop, **self._kwargs)
 
 
+class DebugAccess(AbstractAccessLogger):
+    """Each request as one DEBUG line on the service's logger: nothing at the usual level
+    (a mirror answers thousands a second), every request once the organiser asks for
+    debug (`PUT /loglevel`, the dashboard's `L`), from the next connection on."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.debug(
+            "%s %s %s %d %d B %.1f ms", request.remote, request.method,
+            request.raw_path[:200], response.status, response.body_length, time * 1000,
+        )  # fmt: skip
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.DEBUG)
+
+
 class Runner(web.AppRunner):
-    """An AppRunner (no access log) whose connections answer malformed requests quietly,
-    noting them on `log`."""
+    """An AppRunner (requests logged at DEBUG only) whose connections answer malformed
+    requests quietly, noting them on `log`."""
 
     def __init__(self, app: web.Application, log: logging.Logger, **kwargs: Any) -> None:
-        kwargs.setdefault("access_log", None)
+        kwargs.setdefault("access_log", log)
+        kwargs.setdefault("access_log_class", DebugAccess)
         super().__init__(
             app, max_line_size=MAX_LINE, max_field_size=MAX_FIELD, max_headers=MAX_HEADERS,
             **kwargs,

@@ -120,3 +120,18 @@ async def test_a_handlers_own_failure_still_shows_its_traceback(
         assert any(r.exc_info is not None for r in caplog.records)
     finally:
         await runner.cleanup()
+
+
+async def test_requests_are_logged_only_once_debug_is_asked_for(
+    endpoint: Runner, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the organiser sees after `PUT /loglevel` debug: each request, one line."""
+    port = endpoint.addresses[0][1]
+    logger = endpoint.refusals.log
+    caplog.set_level(logging.INFO, logger=logger.name)
+    await exchange(port, GOOD % b"/healthz")
+    assert not [r for r in caplog.records if "/healthz" in r.getMessage()]
+    caplog.set_level(logging.DEBUG, logger=logger.name)
+    await exchange(port, GOOD % b"/healthz?x=1")
+    [line] = [r.getMessage() for r in caplog.records if "/healthz" in r.getMessage()]
+    assert line.startswith("127.0.0.1 GET /healthz?x=1 ")

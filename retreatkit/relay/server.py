@@ -120,7 +120,8 @@ class Relay:
             elif isinstance(action, Close):
                 handle.close()
                 self.metrics.closed(action.conn)
-                log.debug("closed %s: %s", action.conn.address, action.conn.ending)
+                ending = action.conn.ending
+                log.debug("closed %s: %s", action.conn.address, ending and ending.value)
         self.metrics.gauges(self.core)
 
     def hand_over(self, a: RelayConnection, b: RelayConnection) -> None:
