@@ -114,6 +114,10 @@ class AdminClient:
             raise SourceError(f"{name}: no answer within {timeout:g} s") from None
         except aiohttp.ClientConnectorError as exc:
             raise SourceError(f"{name}: cannot connect ({_why(exc)})") from None
+        except aiohttp.ClientResponseError:  # bytes that are no HTTP answer (a relay's port)
+            raise SourceError(
+                f"{name}: the answer is not HTTP: is {self.endpoint.url} an admin endpoint?"
+            ) from None
         except aiohttp.ClientError as exc:
             raise SourceError(f"{name}: the connection broke ({type(exc).__name__})") from None
         if len(raw) > MAX_BODY:

@@ -147,6 +147,32 @@ def test_tui_against_nothing_is_one_line(tmp_path: Path) -> None:
     )
 
 
+def test_tui_against_a_port_that_speaks_no_http_is_one_line(tmp_path: Path) -> None:
+    """A relay's port given for the admin endpoint: it answers, but not in HTTP."""
+    import threading
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(4096)
+                    conn.sendall(b"error not a bob/1 request\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        got = run("tui", "--connect", f"http://127.0.0.1:{port}", tmp=tmp_path)
+    assert got.returncode == 1
+    assert got.stderr == (
+        f"retreatkit: no admin endpoint reachable: 127.0.0.1:{port}: the answer is not HTTP:"
+        f" is http://127.0.0.1:{port} an admin endpoint?\n"
+    )
+
+
 def test_a_store_another_process_holds_is_one_line(tmp_path: Path) -> None:
     """A second `retreatkit up` (or `mirror`) on the first's store: what it started stops,
     and the organiser reads why in one line, no traceback."""
