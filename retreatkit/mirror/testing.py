@@ -38,6 +38,34 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def flip_a_byte(path: Path) -> None:
+    """One byte changed in place, as a faulty disk or a stray write would. The kernel's
+    file clock ticks coarsely, so a write in the tick of the store's own leaves the same
+    mtime: it is moved on, as any later write's is."""
+    before = path.stat()
+    with path.open("r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    after = path.stat()
+    if after.st_mtime_ns == before.st_mtime_ns:
+        os.utime(path, ns=(after.st_atime_ns, after.st_mtime_ns + 1_000_000))
+
+
+def pip_download(
+    index: str, package: str, dest: Path, home: Path
+) -> subprocess.CompletedProcess[str]:
+    """Real pip fetching `package` alone from the simple index at `index`, with none of the
+    caller's PIP_* settings and its own HOME (no cache, no config)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
+         "--no-deps", "--no-cache-dir", "--index-url", index, "-d", str(dest), package],
+        capture_output=True, text=True, timeout=120, env={**env, "HOME": str(home)},
+    )  # fmt: skip
+
+
 def make_wheel(
     name: str, version: str, requires: tuple[str, ...] = (), pad: int = 0
 ) -> tuple[str, bytes, bytes]:

@@ -3,15 +3,19 @@ at start, and in every refusal real pip prints, with the setting that makes it."
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from retreatkit.mirror.testing import make_wheel, said, start_mirror, start_upstream, write_pypi
+from retreatkit.mirror.testing import (
+    make_wheel,
+    pip_download,
+    said,
+    start_mirror,
+    start_upstream,
+    write_pypi,
+)
 
 pytestmark = pytest.mark.e2e
 PB = 10**15  # more kept free than any disk the tests run on has
@@ -30,13 +34,7 @@ def test_a_disk_smaller_than_keep_free_bytes_is_said_at_start_and_by_pip(tmp_pat
             r" \(keep_free_bytes\), so it keeps no new file; lower keep_free_bytes or use a"
             r" larger disk$",
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-        got = subprocess.run(
-            [sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
-             "--no-deps", "--no-cache-dir", "--index-url", f"{mirror.url}pypi/simple/",
-             "-d", str(tmp_path / "got"), "one"],
-            capture_output=True, text=True, timeout=120, env={**env, "HOME": str(tmp_path)},
-        )  # fmt: skip
+        got = pip_download(f"{mirror.url}pypi/simple/", "one", tmp_path / "got", tmp_path)
     finally:
         mirror.stop()
         upstream.stop()

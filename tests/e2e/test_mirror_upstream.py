@@ -27,7 +27,9 @@ import pytest
 from retreatkit.mirror.testing import (
     Netns,
     Server,
+    flip_a_byte,
     make_wheel,
+    pip_download,
     said,
     start_mirror,
     start_upstream,
@@ -175,21 +177,6 @@ def test_a_store_that_rotted_while_the_mirror_was_down(tmp_path: Path) -> None:
         upstream.stop()
 
 
-def flip_a_byte(path: Path) -> None:
-    """One byte changed in place while the mirror runs. The kernel's file clock ticks
-    coarsely: a write in the tick of the store's own keeps its mtime, so it is moved on,
-    as any later write's is."""
-    before = path.stat()
-    with path.open("r+b") as f:
-        f.seek(100)
-        byte = f.read(1)
-        f.seek(100)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    after = path.stat()
-    if after.st_mtime_ns == before.st_mtime_ns:
-        os.utime(path, ns=(after.st_atime_ns, after.st_mtime_ns + 1_000_000))
-
-
 def test_a_blob_that_rots_while_the_mirror_runs_is_never_served(tmp_path: Path) -> None:
     """Real pip: a wheel changed on disk after the mirror served it is noticed on the next
     hit, dropped with one line in the log and fetched again; with the upstream gone, the
@@ -208,13 +195,7 @@ def test_a_blob_that_rots_while_the_mirror_runs_is_never_served(tmp_path: Path) 
         digests = [hashlib.sha256(w[1]).hexdigest() for w in (one, two)]
         blobs = [store / "blobs" / "sha256" / d[:2] / d for d in digests]
         flip_a_byte(blobs[0])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-        got = subprocess.run(
-            [sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
-             "--no-deps", "--no-cache-dir", "--index-url", f"{mirror.url}pypi/simple/",
-             "-d", str(tmp_path / "got"), "one"],
-            capture_output=True, text=True, timeout=120, env={**env, "HOME": str(tmp_path)},
-        )  # fmt: skip
+        got = pip_download(f"{mirror.url}pypi/simple/", "one", tmp_path / "got", tmp_path)
         assert got.returncode == 0, got.stderr
         assert (tmp_path / "got" / one[0]).read_bytes() == one[1]
         said(mirror, rf" WARNING dropping corrupt blob {digests[0]} \(changed on disk while the")

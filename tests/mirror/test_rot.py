@@ -11,24 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from retreatkit.mirror.testing import flip_a_byte
 from tests.mirror.conftest import Env, Wheel
 
 NO_HOT = {"hot_bytes": 0}  # every hit reads the disk, as one evicted from memory does
-
-
-def flip_a_byte(path: Path) -> None:
-    """One byte changed in place, as a faulty disk or a stray write would. The kernel's
-    file clock ticks coarsely, so a write in the tick of the store's own leaves the same
-    mtime: the test moves it on, as any later write's is."""
-    before = path.stat()
-    with path.open("r+b") as f:
-        f.seek(100)
-        byte = f.read(1)
-        f.seek(100)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    after = path.stat()
-    if after.st_mtime_ns == before.st_mtime_ns:
-        os.utime(path, ns=(after.st_atime_ns, after.st_mtime_ns + 1_000_000))
 
 
 def blob_of(env: Env, wheel: Wheel) -> Path:
