@@ -182,6 +182,9 @@ async def test_stopping_a_guest_asks_first(supervisor: FakeAdmin) -> None:
         await actions_done(pilot)
         assert ("POST", "/vm/guests/relay/start", f"Bearer {TOKEN}", "") in supervisor.seen
         assert rows(app, "#guests")[0][2] == "running"
+        assert str(app.screen.query_one("#result", Lines).render()) == (
+            "guest relay starting: its row says when it is up, or how it ended"
+        )
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,10 @@ class GuestsScreen(Panel):
         except ValueError:
             self.say(f"{name}: {verb} sent; the answer was not a guest")
         else:
-            self.say(f"guest {name} {guest.state}")
+            if verb == "start" and guest.state == "running":  # booting: it may fail yet
+                self.say(f"guest {name} starting: its row says when it is up, or how it ended")
+            else:
+                self.say(f"guest {name} {guest.state}")
             self.dash.state.record_guests(supervisor, self._replaced(supervisor, guest))
         self.reload()
 
