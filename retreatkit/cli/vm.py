@@ -140,7 +140,10 @@ async def _client(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         return 0
     if command == "stop":
         if not running:
-            raise VmError(f"{args.name} is not running (no supervisor is)")
+            if args.name in {g["name"] for g in _saved()}:  # stopped: as asked, exit 0
+                _say(f"Guest {args.name} is not running (no supervisor is)")
+                return 0
+            raise VmError(f"no guest named {args.name!r}; `retreatkit vm list` names them")
         await _request("POST", f"/vm/guests/{args.name}/stop")
         _say(f"Guest {args.name} stopped")
         return 0

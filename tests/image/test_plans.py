@@ -142,7 +142,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
          "retreatkit: /nonexistent is not an image (no readable manifest.json)\n"),
         (["image", "run", "/nonexistent", "--forward", "tcp:9000"], 1,
          "retreatkit: expected tcp|udp:HOST:PORT:GUESTPORT, got 'tcp:9000'\n"),
-        (["vm", "stop", "ghost"], 1, "retreatkit: ghost is not running (no supervisor is)\n"),
+        (["vm", "stop", "ghost"], 1,
+         "retreatkit: no guest named 'ghost'; `retreatkit vm list` names them\n"),
         (["vm", "stats", "ghost"], 1,
          "retreatkit: no guest named 'ghost'; `retreatkit vm list` names them\n"),
         (["vm", "console", "ghost"], 1,
@@ -304,6 +305,8 @@ def test_vm_remove_with_no_supervisor(home: Path, capsys: pytest.CaptureFixture[
     assert capsys.readouterr().err == (
         "retreatkit: no guest named 'r9'; `retreatkit vm list` names them\n"
     )
+    assert cli.main(["vm", "stop", "r1"]) == 0  # stopped already, as asked
+    assert capsys.readouterr().err == "Guest r1 is not running (no supervisor is)\n"
     assert cli.main(["vm", "remove", "r1"]) == 0
     assert capsys.readouterr().err == "Guest r1 removed\n"
     assert not (home / "state" / "retreatkit" / "vm" / "r1").exists()
