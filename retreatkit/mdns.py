@@ -89,10 +89,9 @@ async def browse(
     service: str,
     seconds: float,
     stop: Callable[[list[Found]], bool] = lambda _: False,
-    settle: float | None = None,
 ) -> list[Found]:
-    """What answers for `service` within `seconds`: sooner once `stop(found)` holds, or
-    `settle` seconds after the first answer. Nothing where multicast cannot be used."""
+    """What answers for `service` within `seconds`, or sooner once `stop(found)` holds.
+    Nothing where multicast cannot be used."""
     found: list[Found] = []
     names: asyncio.Queue[str] = asyncio.Queue()
 
@@ -108,9 +107,8 @@ async def browse(
         log.debug("no multicast here: %s", exc)
         return []
     browser = AsyncServiceBrowser(zc.zeroconf, [service], handlers=[changed])
-    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(seconds) as deadline:
+        async with asyncio.timeout(seconds):
             while not stop(found):
                 name = await names.get()
                 info = AsyncServiceInfo(service, name)
@@ -123,9 +121,6 @@ async def browse(
                 addresses = tuple(info.parsed_addresses(IPVersion.V4Only))
                 if addresses:
                     found.append(Found(name, addresses, info.port, properties))
-                    if settle is not None and len(found) == 1:
-                        when = deadline.when() or loop.time() + seconds
-                        deadline.reschedule(min(when, loop.time() + settle))
     except TimeoutError:
         pass
     finally:

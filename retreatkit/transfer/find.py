@@ -55,15 +55,13 @@ async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Targ
     (at distinct addresses), relay first. Empty if nothing answers in time."""
     from retreatkit import mdns  # zeroconf only where it is used
 
-    def ours(found: list[mdns.Found]) -> bool:
-        relay = any(f.properties.get("kind", "relay") == "relay" for f in found)
-        if nameplate is None:  # a sender takes the first relay that answers, never a sender
-            return relay
-        return relay or any(f.properties.get("nameplate") == nameplate for f in found)
+    def relay(found: list[mdns.Found]) -> bool:
+        return any(f.properties.get("kind", "relay") == "relay" for f in found)
 
-    # a receiver gives other answers a moment after the first (its sender may be among them)
-    settle = 0.3 if nameplate is not None else None
-    found = await mdns.browse(mdns.RELAY, seconds, ours, settle)
+    # Only a relay ends the browse early (a sender takes the first, never a sender's
+    # announcement). A receiver with none hears the whole window: anyone can announce its
+    # nameplate, and the first to answer may be a false one, the real sender later.
+    found = await mdns.browse(mdns.RELAY, seconds, relay)
     relays = [f for f in found if f.properties.get("kind", "relay") == "relay"]
     targets = [Target(Relay(f.addresses[0], f.port), "lan") for f in relays[:1]]
     seen: set[str] = set()

@@ -210,10 +210,11 @@ def test_no_relay_a_receiver_that_vanishes_at_the_question_ends_the_wait(
         receiver.wait_for(r"^  image.bin  8.4 MB$")
         ip("-n", lan.hosts["b"], "link", "set", "eth0", "down")
         status, said = finish(sender)
-        assert (status, said[-1]) == (
-            1,
+        # the kernel gave up asking (or, its neighbour gone, could not reach the address)
+        assert status == 1 and said[-1] in (
             "ERROR: the connection broke: Connection timed out",
-        )
+            "ERROR: the connection broke: No route to host",
+        ), said
     finally:
         if receiver is not None and receiver.popen.stdin is not None:
             receiver.popen.stdin.close()
