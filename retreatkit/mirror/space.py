@@ -60,8 +60,9 @@ class Space:
     # -- the words: every refusal names the setting that made it, if one did ---------------
 
     def kept(self) -> str:
-        """What the mirror leaves free, as the organiser set it, for the end of a line."""
-        return f"it keeps {human(self.keep_free)} free (keep_free_bytes)" if self.keep_free else ""
+        """What the mirror leaves free, as the organiser set it, for the end of a line (its
+        callers say nothing of it when nothing is kept)."""
+        return f"it keeps {human(self.keep_free)} free (keep_free_bytes)"
 
     def no_room(self, name: str, size: int, free: int) -> str:
         """A file of known size refused before a byte."""

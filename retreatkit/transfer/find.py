@@ -15,8 +15,12 @@ import asyncio
 import os
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from retreatkit.transfer.link import Relay, Worker
+
+if TYPE_CHECKING:
+    from retreatkit import mdns
 
 DISCOVERY = 1.5  # seconds to listen for relays on the LAN
 RESOLVE = 2.0  # seconds for the default name to resolve
@@ -56,13 +60,13 @@ async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Targ
     from retreatkit import mdns  # zeroconf only where it is used
 
     def relay(found: list[mdns.Found]) -> bool:
-        return any(f.properties.get("kind", "relay") == "relay" for f in found)
+        return any(map(_is_relay, found))
 
     # Only a relay ends the browse early (a sender takes the first, never a sender's
     # announcement). A receiver with none hears the whole window: anyone can announce its
     # nameplate, and the first to answer may be a false one, the real sender later.
     found = await mdns.browse(mdns.RELAY, seconds, relay)
-    relays = [f for f in found if f.properties.get("kind", "relay") == "relay"]
+    relays = [f for f in found if _is_relay(f)]
     targets = [Target(Relay(f.addresses[0], f.port), "lan") for f in relays[:1]]
     seen: set[str] = set()
     for f in found:
@@ -73,6 +77,10 @@ async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Targ
             seen.add(f.addresses[0])
             targets.append(Target(Relay(f.addresses[0], f.port), "peer"))
     return targets
+
+
+def _is_relay(found: mdns.Found) -> bool:
+    return found.properties.get("kind", "relay") == "relay"
 
 
 async def meeting_places(nameplate: str, seconds: float = DISCOVERY) -> list[list[Target]]:

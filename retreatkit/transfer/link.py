@@ -95,6 +95,12 @@ def discard(future: asyncio.Future[_T]) -> None:
     future.cancel()
 
 
+def _our_timeout(exc: BaseException) -> bool:
+    """asyncio.timeout's bound ran out; not the kernel giving up on the peer (ETIMEDOUT,
+    a TimeoutError too, with an errno: keepalive found it gone)."""
+    return isinstance(exc, TimeoutError) and exc.errno is None
+
+
 def broke(exc: BaseException) -> PeerGone:
     if isinstance(exc, ConnectionClosed):
         return PeerGone(str(exc))
@@ -142,13 +148,11 @@ class Link:
         try:
             async with asyncio.timeout(timeout):
                 raw = await self.reader.readline()
-        except TimeoutError as exc:
-            if exc.errno is not None:  # ETIMEDOUT: the kernel gave up asking the relay
-                raise RelayError(f"lost {who}: {exc.strerror}") from None
-            raise RelayError(f"{who} did not answer in time") from None
         except ValueError:
             raise RelayError(f"{who} sent an overlong line") from None
         except OSError as exc:
+            if _our_timeout(exc):
+                raise RelayError(f"{who} did not answer in time") from None
             raise RelayError(f"lost {who}: {exc.strerror or exc}") from None
         if not raw.endswith(b"\n"):
             raise RelayError(f"{who} closed the connection")
@@ -190,11 +194,9 @@ class Link:
             # asyncio.timeout, not wait_for: no task per read on the hot path
             async with asyncio.timeout(timeout):
                 got = await self.channel.frames()
-        except TimeoutError as exc:
-            if exc.errno is not None:  # ETIMEDOUT: the kernel gave up asking the peer
-                raise broke(exc) from None
-            raise PeerGone(f"the other side went quiet: nothing for {timeout:g} s") from None
         except (OSError, ConnectionClosed) as exc:
+            if _our_timeout(exc):
+                raise PeerGone(f"the other side went quiet: nothing for {timeout:g} s") from None
             raise broke(exc) from None
         if not got:
             raise PeerGone("the other side closed the connection")

@@ -326,9 +326,9 @@ class Writer:
         """With `keep` (the connection broke or went quiet, or our user stopped it with
         Ctrl-C) everything stays, with the part of a file of known size, to resume.
         Without it (an ABORT, a refusal, a sender that lied) the folder is left as this
-        run found it, so
-        no half folder stays beside the next try's `fold (1)`: what it made goes (made.py);
-        what an earlier, interrupted run of the offer left stays, with its record."""
+        run found it, so no half folder stays beside the next try's `fold (1)`: what it
+        made goes (made.py); what an earlier, interrupted run of the offer left stays,
+        with its record."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
