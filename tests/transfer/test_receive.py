@@ -273,7 +273,12 @@ def content(path: list[str], size: int) -> bytes:
 def test_nothing_is_ever_written_outside_the_output_folder(
     tmp_path: Path, outside: Path, entries: list[list[Any]], clash: int
 ) -> None:
-    output = Path(tempfile.mkdtemp(dir=tmp_path, prefix="out-"))
+    # the output two folders down: an escape of up to three levels lands in the watched
+    # tree (tmp_path, not the session's folder of every test's files, which takes minutes
+    # to walk a hundred times late in a run)
+    deep = tmp_path / "up" / "up"
+    deep.mkdir(parents=True, exist_ok=True)
+    output = Path(tempfile.mkdtemp(dir=deep, prefix="out-"))
     # plant a clash under the first offered top-level name: a file, or a symlink out to a
     # folder or a file; only under a safe name (`output / "/etc/passwd"` is /etc/passwd!)
     top = entries[0][0][0] if entries[0][0] else ""
@@ -286,7 +291,7 @@ def test_nothing_is_ever_written_outside_the_output_folder(
             planted.symlink_to(outside)
         else:
             planted.symlink_to(outside / "target.txt")
-    before_all = tree(tmp_path.parent, content=False)
+    before_all = tree(tmp_path, content=False)
     before_out = tree(output)
 
     raw = RawSender()
@@ -294,7 +299,7 @@ def test_nothing_is_ever_written_outside_the_output_folder(
         offer = offered(raw.receiver, raw.offer({"v": 1, "entries": entries}))
     except UnsafeOffer:
         event("offer refused")
-        assert tree(tmp_path.parent, content=False) == before_all
+        assert tree(tmp_path, content=False) == before_all
         return
     event("offer accepted")
     try:
@@ -314,8 +319,8 @@ def test_nothing_is_ever_written_outside_the_output_folder(
     finally:
         writer.close()
 
-    after_all = tree(tmp_path.parent, content=False)
-    out_rel = str(output.relative_to(tmp_path.parent))
+    after_all = tree(tmp_path, content=False)
+    out_rel = str(output.relative_to(tmp_path))
     changed = {
         k for k in after_all.keys() | before_all.keys() if after_all.get(k) != before_all.get(k)
     }
