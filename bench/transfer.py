@@ -73,8 +73,10 @@ from benchlib import (
     cpu_model,
     free_port,
     git_commit,
+    site_packages,
     verdict,
     wait_quiet,
+    with_bytecode,
     write_section,
 )
 from benchlib import proc_cpu as proc_user_system
@@ -951,6 +953,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "floor" in tools and not ensure_floor():
         print("no C compiler (cc): the floor is left out", flush=True)
         tools.remove("floor")
+    venvs = [Path(sys.prefix), *([WORMHOLE_VENV] if "wormhole" in tools else [])]
+    with_bytecode(ROOT / "retreatkit", *(p for venv in venvs for p in site_packages(venv)))
     size = args.size_mib * MIB
     info = machine()
     print(
