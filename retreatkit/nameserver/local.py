@@ -35,19 +35,25 @@ def parse_record(text: str) -> Record:
     name = name.strip()
     wildcard = name.startswith("*.")
     domain = normalize(name[2:] if wildcard else name)
-    if not eq or domain is None or "*" in (name[2:] if wildcard else name):
+    # each message names the part that is wrong, not `text` whole: the admin endpoint (and
+    # the dashboard's Names screen) joins a name and a value the user gave apart
+    if not eq:
         raise BadRecord(f"expected NAME=ADDRESS, got {text!r}")
+    if domain is None or "*" in (name[2:] if wildcard else name):
+        raise BadRecord(f"not a name: {name!r} (expected NAME=ADDRESS)")
     owner = "*." + domain if wildcard else domain
     value = value.strip()
     if value.lower().startswith("cname:"):
         target = normalize(value[6:])
         if target is None or value[6:].strip().startswith("*"):
-            raise BadRecord(f"bad CNAME target in {text!r}")
+            raise BadRecord(f"bad CNAME target {value[6:].strip()!r} for {owner}")
         return Record(owner, "CNAME", target)
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
-        raise BadRecord(f"expected an IP address in {text!r}") from None
+        raise BadRecord(
+            f"expected an IP address or cname:TARGET for {owner}, got {value!r}"
+        ) from None
     return Record(owner, "A" if address.version == 4 else "AAAA", str(address))
 
 

@@ -83,8 +83,8 @@ def test_config_errors_say_their_section_and_key(tmp_path: Path) -> None:
     )  # fmt: skip
     assert got.returncode == 2
     assert got.stderr.splitlines() == [
-        "retreatkit: [nameserver] records (or --record): expected an IP address in"
-        " 'printer.retreat.lan=10'",
+        "retreatkit: [nameserver] records (or --record): expected an IP address or cname:TARGET"
+        " for printer.retreat.lan, got '10'",
         "retreatkit: [nameserver] records (or --record): CNAME loop: loopa.retreat.lan ->"
         " loopb.retreat.lan -> loopa.retreat.lan",
         "retreatkit: [nameserver] block_mode (or --block-mode): expected null or nxdomain,"

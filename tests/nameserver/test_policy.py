@@ -36,11 +36,11 @@ def test_parse_record(text: str, record: Record) -> None:
     ("text", "message"),
     [
         ("nope", "expected NAME=ADDRESS, got 'nope'"),
-        ("x=notanip", "expected an IP address in 'x=notanip'"),
-        ("=1.2.3.4", "expected NAME=ADDRESS, got '=1.2.3.4'"),
-        ("a..b=1.2.3.4", "expected NAME=ADDRESS, got 'a..b=1.2.3.4'"),
-        ("a.*.b=1.2.3.4", "expected NAME=ADDRESS, got 'a.*.b=1.2.3.4'"),
-        ("a.b=cname:*.c", "bad CNAME target in 'a.b=cname:*.c'"),
+        ("x=notanip", "expected an IP address or cname:TARGET for x, got 'notanip'"),
+        ("=1.2.3.4", "not a name: '' (expected NAME=ADDRESS)"),
+        ("a..b=1.2.3.4", "not a name: 'a..b' (expected NAME=ADDRESS)"),
+        ("a.*.b=1.2.3.4", "not a name: 'a.*.b' (expected NAME=ADDRESS)"),
+        ("a.b=cname:*.c", "bad CNAME target '*.c' for a.b"),
     ],
 )
 def test_parse_record_rejects(text: str, message: str) -> None:

@@ -71,7 +71,7 @@ def test_records_and_block_mode_that_cannot_work_are_named() -> None:
             record_flags=["wiki.retreat.lan=10.0.0.9", "nowhere"],
         )
     ) == [
-        ("records", "expected an IP address in 'printer.retreat.lan=10'"),
+        ("records", "expected an IP address or cname:TARGET for printer.retreat.lan, got '10'"),
         ("records", "expected NAME=ADDRESS, got 'nowhere'"),
         ("records", "CNAME loop: loopa.retreat.lan -> loopb.retreat.lan -> loopa.retreat.lan"),
         ("block_mode", "expected null or nxdomain, got 'sinkhole'"),
