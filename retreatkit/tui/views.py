@@ -295,9 +295,18 @@ def query_row(q: dict[str, Any]) -> Row:
         _text(q.get("client")),
         _text(q.get("name")),
         _text(q.get("type")),
-        _text(q.get("answer")),
+        answer_of(q),
         NOT_REPORTED if ms is None else f"{ms:.1f}",
     )
+
+
+def answer_of(q: dict[str, Any]) -> str:
+    """How a query was answered, with its response code unless that is NOERROR or says
+    the same: a name the upstream says does not exist reads `forwarded NXDOMAIN`."""
+    answer, rcode = _text(q.get("answer")), q.get("rcode")
+    if not isinstance(rcode, str) or rcode in ("", "NOERROR") or rcode.lower() == answer:
+        return answer
+    return f"{answer} {_text(rcode)}"
 
 
 def guest_rows(state: DashboardState) -> list[tuple[tuple[str, str], Row]]:

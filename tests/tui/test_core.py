@@ -178,3 +178,21 @@ def test_a_services_times_read_as_the_tables_do() -> None:
     assert clocks(line) == "upstream down: http://up.test since 07:13:24 (refused); serving"
     assert clocks("paused until 2026-12-02T07:15:42.123+00:00") == "paused until 07:15:42"
     assert clocks("version 2026-12-02") == "version 2026-12-02"  # a date alone is kept
+
+
+@pytest.mark.parametrize(
+    ("answer", "rcode", "shown"),
+    [
+        ("forwarded", "NXDOMAIN", "forwarded NXDOMAIN"),
+        ("cached", "NXDOMAIN", "cached NXDOMAIN"),
+        ("forwarded", "NOERROR", "forwarded"),
+        ("servfail", "SERVFAIL", "servfail"),
+        ("stale", "SERVFAIL", "stale SERVFAIL"),
+        ("blocked", None, "blocked"),  # an older nameserver's line: no rcode
+    ],
+)
+def test_a_querys_answer_says_its_response_code_unless_plain(
+    answer: str, rcode: str | None, shown: str
+) -> None:
+    row = views.query_row({"answer": answer, "rcode": rcode, "name": "x.example"})
+    assert row[4] == shown
