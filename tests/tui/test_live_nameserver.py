@@ -105,7 +105,9 @@ async def test_80x24_shows_every_column_and_the_newest_query(
         text = screen_text(app)
         assert re.search(r"^ Time +Client +Name +Type +Answer +ms +$", text, re.M)
         assert re.search(
-            r"^ 08:00:00 +127\.0\.0\.1 +a-rather-long-name-.*… +A +forwarded +\d", text, re.M
+            r"^ 08:00:00 +127\.0\.0\.1 +a-rather-long-name-.*… +A +forwarded NXDOMAIN +\d",
+            text,
+            re.M,
         )
         assert re.search(r"Name +Queries +Name +Queries +Name +Queries", text)  # top lists
         assert re.search(r"^ Source +Entries +Bad lines +Loaded +Last error +$", text, re.M)
