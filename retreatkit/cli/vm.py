@@ -203,12 +203,20 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _running(g: dict[str, Any]) -> bool:
+    """A qemu process is there: uptime and memory mean something (a stopped guest's would
+    read 0 s and 0.0 MB, as if it ran with nothing)."""
+    return bool(g.get("pid"))
+
+
 def table(guests: list[dict[str, Any]]) -> str:
     rows = [("NAME", "SERVICE", "STATE", "UPTIME", "RESTARTS", "MEMORY", "CPU", "ADMIN",
              "LAST EXIT")]  # fmt: skip
     for g in guests:
-        rows.append((g["name"], g["service"], g["state"], f"{g['uptime_seconds']:.0f} s",
-                     str(g["restarts"]), _mb(g["memory_bytes"]), f"{g['cpu_seconds']:.1f} s",
+        up = _running(g)
+        rows.append((g["name"], g["service"], g["state"],
+                     f"{g['uptime_seconds']:.0f} s" if up else "-", str(g["restarts"]),
+                     _mb(g["memory_bytes"]) if up else "-", f"{g['cpu_seconds']:.1f} s",
                      g["admin"] or "-", g["last_exit"] or "-"))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
@@ -216,14 +224,20 @@ def table(guests: list[dict[str, Any]]) -> str:
 
 
 def stats(g: dict[str, Any]) -> str:
+    up = _running(g)
     lines = [
         ("name", g["name"]),
         ("service", g["service"]),
         ("state", g["state"]),
         ("pid", str(g["pid"] or "-")),
-        ("uptime", f"{g['uptime_seconds']:.1f} s"),
+        ("uptime", f"{g['uptime_seconds']:.1f} s" if up else "- (not running)"),
         ("restarts", str(g["restarts"])),
-        ("memory", f"{_mb(g['memory_bytes'])} (qemu resident; the guest has {g['memory_mb']} MB)"),
+        (
+            "memory",
+            f"{_mb(g['memory_bytes'])} (qemu resident; the guest has {g['memory_mb']} MB)"
+            if up
+            else f"- (not running; the guest is given {g['memory_mb']} MB)",
+        ),
         ("cpu", f"{g['cpu_seconds']:.2f} s"),
         ("forwards", ", ".join(_forward(f) for f in g["forwards"])),
         ("admin", f"{g['admin']}/status" if g["admin"] else "-"),

@@ -266,7 +266,8 @@ def test_vm_start_without_an_image_takes_the_options_given(home: Path) -> None:
     assert done.returncode == 1 and done.stderr.startswith("retreatkit: cannot start r1: ")
     assert json.loads(saved.read_text()) == {**defined, "memory_mb": 256}
     shown = retreatkit("vm", "stats", "r1").stdout.splitlines()
-    assert "memory: 0.0 MB (qemu resident; the guest has 256 MB)" in shown
+    assert "memory: - (not running; the guest is given 256 MB)" in shown
+    assert "uptime: - (not running)" in shown
 
 
 def test_the_mirrors_image_is_refused_below_its_own_floor(

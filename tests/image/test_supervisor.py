@@ -147,11 +147,11 @@ def test_vm_list_says_how_each_guest_last_ended() -> None:
     guest = {
         "name": "r9", "service": "relay", "state": "failed", "uptime_seconds": 0.0,
         "restarts": 0, "memory_bytes": 0, "cpu_seconds": 0.0, "admin": "http://127.0.0.1:41235",
-        "last_exit": "qemu exit code 1: qemu: initrd is too large, cannot support.",
+        "pid": None, "last_exit": "qemu exit code 1: qemu: initrd is too large, cannot support.",
     }  # fmt: skip
     assert vm.table([guest]).splitlines() == [
         "NAME  SERVICE  STATE   UPTIME  RESTARTS  MEMORY  CPU    ADMIN                   LAST EXIT",
-        "r9    relay    failed  0 s     0         0.0 MB  0.0 s  http://127.0.0.1:41235  "
+        "r9    relay    failed  -       0         -       0.0 s  http://127.0.0.1:41235  "
         "qemu exit code 1: qemu: initrd is too large, cannot support.",
     ]
 
