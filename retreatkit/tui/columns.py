@@ -61,9 +61,26 @@ def least_widths(
 
 
 def cut_start(text: str, width: int) -> str:
-    """`text` in `width` cells, its start cut off (`…/lists/blocks.txt`)."""
+    """`text` in `width` cells, its start cut off (`…/lists/blocks.txt`). A URL keeps its
+    host where it can, its scheme going first and then the start of its path
+    (`deb.example/…security`): two archives of one host are told apart by their
+    path's end, two upstreams by their host."""
     if cell_len(text) <= width:
         return text
+    scheme, sep, rest = text.partition("://")
+    if sep and "/" not in scheme:
+        if cell_len(rest) <= width:
+            return rest
+        host, slash, path = rest.partition("/")
+        room = width - cell_len(host) - 2  # the slash after the host and the ellipsis
+        if slash and room >= 4:
+            return f"{host}/{_tail(path, room + 1)}"
+        text = rest
+    return _tail(text, width)
+
+
+def _tail(text: str, width: int) -> str:
+    """An ellipsis and the end of `text` that fits `width` cells (text longer than that)."""
     kept = ""
     for ch in reversed(text):
         if cell_len(ch + kept) > width - 1:

@@ -146,6 +146,14 @@ def test_columns_fit_by_cutting_the_widest_first() -> None:
     assert columns.fit(trend, least, 20, {1}) == [10, 10]
     assert columns.cut_start("/srv/lists/blocks.txt", 12) == "…/blocks.txt"
     assert columns.cut_start("ads.txt", 12) == "ads.txt"
+    # a URL keeps its host: the scheme goes first, then the start of the path
+    url = "http://deb.example.org/debian-security"
+    assert columns.cut_start(url, 40) == url
+    assert columns.cut_start(url, 35) == "deb.example.org/debian-security"
+    assert columns.cut_start(url, 28) == "deb.example.org/…an-security"
+    assert columns.cut_start(url, 21) == "deb.example.org/…rity"
+    assert columns.cut_start(url, 20) == "…org/debian-security"  # no room for 4 of the path
+    assert columns.cut_start("http://host.example", 12) == "host.example"
 
 
 def test_memory_that_creeps_by_a_few_pages_is_no_leak_and_a_real_one_is_in_mib() -> None:
