@@ -71,9 +71,11 @@ def overview_rows(state: DashboardState) -> list[Row]:
 def process_rows(state: DashboardState) -> list[Row]:
     rows: list[Row] = []
     for e in state.endpoints.values():
-        found = get(e.status, "process")
+        # an endpoint that stopped answering: its last PID and uptime are a process that
+        # may be gone (or another's by now), so none are shown
+        found = get(e.status, "process") if e.error is None else None
         p = found if isinstance(found, dict) else {}
-        memory = e.series.get("process memory")
+        memory = e.series.get("process memory") if e.error is None else None
         rows.append(
             (
                 e.name,

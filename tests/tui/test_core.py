@@ -204,3 +204,14 @@ def test_a_querys_answer_says_its_response_code_unless_plain(
 ) -> None:
     row = views.query_row({"answer": answer, "rcode": rcode, "name": "x.example"})
     assert row[4] == shown
+
+
+def test_an_endpoint_that_stopped_answering_shows_no_old_pid() -> None:
+    state = DashboardState(["a:1"])
+    process = {"pid": 4242, "uptime_seconds": 60, "memory_bytes": 50_000_000, "version": "1"}
+    state.record("a:1", 0, status={"process": process, "relay": {"up": True}})
+    assert views.process_rows(state)[0][:2] == ("a:1", "4242")
+    state.record("a:1", 5, error="a:1: cannot connect (connection refused)")
+    assert views.process_rows(state)[0] == ("a:1", *(NOT_REPORTED,) * 3, "", *(NOT_REPORTED,) * 3)
+    state.record("a:1", 9, status={"process": {**process, "pid": 5151}, "relay": {"up": True}})
+    assert views.process_rows(state)[0][:2] == ("a:1", "5151")
