@@ -51,8 +51,7 @@ async def meet(
         wrong = next((e for e in errors if isinstance(e, PakeFailed)), None)
         if wrong is not None or n == len(stages) - 1:
             raise wrong or errors[0]
-        where = stage[0].label if len(stage) == 1 else f"the {len(stage)} senders announced"
-        say(f"Not met at {where} ({errors[0]}); trying {_what(stages[n + 1])}")
+        say(f"Not met at {_what(stage)} ({errors[0]}); trying {_what(stages[n + 1])}")
     raise AssertionError("no stage to meet at")
 
 
