@@ -28,7 +28,7 @@ async def test_each_stage_given_up_is_said_in_the_same_words_as_it_was_announced
         [failing(TransferError("silent")), failing(TransferError("gone"))],
         [failing(TransferError("last"))],
     ]
-    with pytest.raises(TransferError, match="^last$"):
+    with pytest.raises(TransferError, match=r"^last$"):
         await meet(stages, CODE, said.append)
     assert said == [
         "Not met at place refused (refused); trying the 2 senders announced on the LAN",
