@@ -36,11 +36,30 @@ LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 ADMIN_CODE = "retreatkit.admin.app"
 
 
+# `extra=` for a record that is also a line for the organiser (a guest restarted): on
+# stderr it reads as the line alone, as `say` prints one; /logs and a log file date it
+SAID = {"said": True}
+
+
+class ConsoleFormatter(logging.Formatter):
+    """LOG_FORMAT, except for a record logged with `extra=SAID`: its message alone."""
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "said", False):
+            return record.getMessage()
+        return super().format(record)
+
+
 def setup_logging(level: str = "INFO", to_file: Path | None = None) -> None:
     """Logs go to stderr, or to `to_file` while the dashboard holds the terminal (a line on
     stderr would tear its screen); the admin endpoint keeps the last ones for /logs too."""
     if to_file is None:
-        logging.basicConfig(stream=sys.stderr, format=LOG_FORMAT, level="WARNING")
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(ConsoleFormatter())
+        logging.basicConfig(handlers=[console], level="WARNING")
     else:
         from logging.handlers import RotatingFileHandler
 

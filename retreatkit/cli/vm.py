@@ -108,7 +108,7 @@ async def _request(method: str, path: str, body: dict[str, Any] | None = None) -
 def _saved() -> list[dict[str, Any]]:
     """Guests as their definitions on disk say, when no supervisor runs."""
     folder = vmservice.vm_dir()
-    return Supervisor(folder, _say).items() if folder.exists() else []
+    return Supervisor(folder).items() if folder.exists() else []
 
 
 async def _client(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
@@ -132,7 +132,7 @@ async def _client(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
             await _request("DELETE", f"/vm/guests/{args.name}")
         else:
             folder = vmservice.vm_dir()
-            supervisor = Supervisor(folder, _say) if folder.exists() else None
+            supervisor = Supervisor(folder) if folder.exists() else None
             if supervisor is None or args.name not in supervisor.guests:
                 raise VmError(f"no guest named {args.name!r}; `retreatkit vm list` names them")
             supervisor.remove(args.name)

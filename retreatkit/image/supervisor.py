@@ -3,6 +3,12 @@
 A guest's definition (image, forwards, memory, disk, restart policy, configuration file)
 lives in `<state>/vm/<name>/guest.json` beside its console log, so a definition outlives
 the process that supervised it.
+
+What befalls a guest is logged on `retreatkit.vm`: a start, its admin answering and a stop
+asked for at INFO; an exit nobody asked for (a kernel panic among them), a restart and
+giving up at WARNING. Each record is also a line for the organiser (`serve.SAID`): stderr
+and `<state>/vm/supervisor.log` show it bare, the admin endpoint's `/logs` and so the
+dashboard's Logs screen show it under the `vm` service.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +31,9 @@ from retreatkit.admin.token import load_or_create
 from retreatkit.image import build, qemu, run
 from retreatkit.image import spec as specs
 from retreatkit.image.paths import private_dir
+from retreatkit.serve import SAID
+
+log = logging.getLogger("retreatkit.vm")
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")  # whole: a name is a folder and a URL part
 NAME_RULE = "a guest name is 1-32 of a-z, 0-9 and -, starting with a letter or digit"
@@ -155,12 +165,10 @@ class Supervisor:
     def __init__(
         self,
         root: Path,
-        say: Callable[[str], None],
         on_idle: Callable[[], None] | None = None,
         restarts: Callable[[], Restarts] = Restarts,
     ) -> None:
         self.root = root
-        self.say = say
         self.on_idle = on_idle  # called when the last running guest has ended
         self.restarts = restarts  # a fresh policy for each start asked for
         self.guests: dict[str, Supervised] = {}
@@ -252,6 +260,7 @@ class Supervisor:
             self.settle()
             return entry
         entry.keeper = asyncio.ensure_future(self._keep(entry, launch))
+        _tell(logging.INFO, f"Guest {name} starting; admin on {entry.admin}/status")
         return entry
 
     async def _keep(self, entry: Supervised, launch: run.Launch) -> None:
@@ -286,17 +295,20 @@ class Supervisor:
                 return
             if not entry.definition.restart:
                 entry.state = "failed"
-                self.say(f"Guest {name} stopped by itself ({entry.last_exit})")
+                _tell(logging.WARNING, f"Guest {name} stopped by itself ({entry.last_exit})")
                 return
             wait = policy.after_exit(time.monotonic() - began)
             if wait is None:
                 entry.state, entry.given_up = "failed", policy.given_up()
-                self.say(f"Guest {name} exited ({entry.last_exit}); {entry.given_up}:"
-                         " not restarted")  # fmt: skip
+                _tell(logging.WARNING, f"Guest {name} exited ({entry.last_exit});"
+                      f" {entry.given_up}: not restarted")  # fmt: skip
                 return
             entry.restarts += 1
             entry.state = "restarting"
-            self.say(f"Guest {name} exited ({entry.last_exit}); restart {entry.restarts}")
+            _tell(
+                logging.WARNING,
+                f"Guest {name} exited ({entry.last_exit}); restart {entry.restarts}",
+            )
             if wait:
                 await asyncio.sleep(wait)  # a guest dying at boot must not spin the host
             try:
@@ -304,15 +316,17 @@ class Supervisor:
                 launch = await asyncio.to_thread(self._launch, entry.definition)
             except (ValueError, OSError) as exc:
                 entry.state, entry.last_exit = "failed", f"could not start: {exc}"
+                _tell(logging.WARNING, f"Guest {name} not restarted ({entry.last_exit})")
                 return
 
     async def _announce(self, name: str, guest: run.Guest, admin: str | None) -> None:
         await guest.ready.wait()
-        self.say(f"Guest {name} up; admin on {admin}/status")
+        _tell(logging.INFO, f"Guest {name} up; admin on {admin}/status")
 
     async def stop(self, name: str) -> Supervised:
         entry = self.get(name)
         keeper, guest = entry.keeper, entry.guest
+        asked = entry.running
         if guest is not None:
             guest.stopping = True
             await guest.stop()
@@ -321,6 +335,8 @@ class Supervisor:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
+        if asked:
+            _tell(logging.INFO, f"Guest {name} stopped")
         return entry
 
     async def close(self) -> None:
@@ -376,3 +392,7 @@ class Supervisor:
 
     def items(self) -> list[dict[str, Any]]:
         return [self.item(n) for n in sorted(self.guests)]
+
+
+def _tell(level: int, line: str) -> None:
+    log.log(level, line, extra=SAID)

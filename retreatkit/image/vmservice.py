@@ -250,7 +250,7 @@ class VmService:
         self._started = time.monotonic()
         folder = private_dir(vm_dir())
         on_idle = self._idle if self.until_idle else None
-        supervisor = self.supervisor = Supervisor(folder, say, on_idle)
+        supervisor = self.supervisor = Supervisor(folder, on_idle)
         self._handlers = Handlers(supervisor)
         registry.register(_Collector(supervisor))
         path = control_path()
@@ -281,9 +281,7 @@ class VmService:
         supervisor.define(definition)
         if (warning := exposure_warning(definition, self.network)) is not None:
             say(warning)
-        await supervisor.start(definition.name)
-        admin = supervisor.item(definition.name)["admin"]
-        say(f"Guest {definition.name} starting; admin on {admin}/status")
+        await supervisor.start(definition.name)  # which says so
 
     def attendee_addresses(self) -> dict[str, tuple[str, int]]:
         """Where attendees reach each service this process runs as a guest (`up`'s guests

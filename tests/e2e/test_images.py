@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ from retreatkit.image.testing import (
 from retreatkit.mirror.testing import make_wheel, start_upstream, write_pypi
 from retreatkit.nameserver.testing import Dnsmasq
 from retreatkit.testing import Process, bob_argv
+from retreatkit.tui.sources import AdminClient, Endpoint
 
 pytestmark = [
     pytest.mark.e2e,
@@ -433,6 +435,23 @@ def admin_call(url: str, token: str, method: str = "GET") -> dict[str, object]:
     return doc
 
 
+def logged(admin: str, token: str, until: str) -> list[tuple[str, str, str]]:
+    """(service, level, message) of each record `/logs` sends, read as the dashboard's Logs
+    screen reads them, up to the record that says `until`."""
+
+    async def read() -> list[tuple[str, str, str]]:
+        out: list[tuple[str, str, str]] = []
+        async with AdminClient(Endpoint(admin, token)) as client:
+            async for batch in client.logs():
+                out += [(r["service"], r["level"], r["message"]) for r in batch if "seq" in r]
+                said = [message for *_, message in out]
+                if until in said:
+                    return out[: said.index(until) + 1]
+        return out
+
+    return asyncio.run(asyncio.wait_for(read(), BOOT_TIMEOUT))
+
+
 def test_vm_supervisor_restarts_a_killed_guest(
     image: Callable[[str], Path], env: dict[str, str]
 ) -> None:
@@ -480,6 +499,11 @@ def test_vm_supervisor_restarts_a_killed_guest(
         os.kill(before["one"]["pid"], signal.SIGKILL)  # qemu dies, as in a crash
         supervisor.wait_for(r"^Guest one exited \(killed by signal 9\); restart 1$", BOOT_TIMEOUT)
         supervisor.wait_for(r"^Guest one up; admin on ", BOOT_TIMEOUT)
+        # the dashboard's Logs screen shows the restart too, as the vm service's warning
+        restarted = "Guest one exited (killed by signal 9); restart 1"
+        records = logged(admin, token, restarted)
+        assert records[-1] == ("vm", "WARNING", restarted)
+        assert ("vm", "INFO", f"Guest one up; admin on {before['one']['admin']}/status") in records
         after = {g["name"]: g for g in admin_call(f"{admin}/vm/guests", token)["guests"]}  # type: ignore[union-attr]
         assert after["one"]["state"] == "running"
         assert after["one"]["restarts"] == 1
@@ -532,7 +556,11 @@ def test_vm_supervisor_restarts_a_killed_guest(
 
 @pytest.mark.parametrize("network", ["user", "passt"])
 async def test_a_guest_that_cannot_start_is_given_up_with_its_reason(
-    image: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, network: str
+    image: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    network: str,
 ) -> None:
     """Its port taken by another program, the guest's network fails at each start: the
     supervisor says why (qemu's or passt's own line) and stops trying. No guest boots."""
@@ -543,8 +571,8 @@ async def test_a_guest_that_cannot_start_is_given_up_with_its_reason(
     config.write_text(f'[images]\nnetwork = "{network}"\n')
     for var, value in isolated_env(tmp_path / "home").items():
         monkeypatch.setenv(var, value)
-    said: list[str] = []
-    supervisor = Supervisor(tmp_path / "vm", said.append, restarts=lambda: Restarts(0.0))
+    caplog.set_level(logging.INFO, "retreatkit.vm")
+    supervisor = Supervisor(tmp_path / "vm", restarts=lambda: Restarts(0.0))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -569,7 +597,9 @@ async def test_a_guest_that_cannot_start_is_given_up_with_its_reason(
             "could not start: passt ended at its start: "
             f"Failed to bind any port for '-t 127.0.0.1/{port}:9000', exiting"
         )
+    said = [r.getMessage() for r in caplog.records if r.name == "retreatkit.vm"]
     assert said == [
+        f"Guest r9 starting; admin on {item['admin']}/status",
         *(f"Guest r9 exited ({reason}); restart {n}" for n in range(1, 5)),
         f"Guest r9 exited ({reason}); 5 exits in a row within 10 s of the start: not restarted",
     ]

@@ -301,7 +301,7 @@ def test_vm_remove_with_no_supervisor(home: Path, capsys: pytest.CaptureFixture[
     (image / "manifest.json").write_text(json.dumps(manifest))
     from retreatkit.image.supervisor import Supervisor
 
-    Supervisor(home / "state" / "retreatkit" / "vm", print).define(Definition("r1", str(image), []))
+    Supervisor(home / "state" / "retreatkit" / "vm").define(Definition("r1", str(image), []))
     assert cli.main(["vm", "remove", "r9"]) == 1
     assert capsys.readouterr().err == (
         "retreatkit: no guest named 'r9'; `retreatkit vm list` names them\n"

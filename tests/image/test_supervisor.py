@@ -8,7 +8,10 @@ import asyncio
 import datetime
 import gc
 import json
+import logging
+import os
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from retreatkit import config, serve
+from retreatkit.admin.logs import LogRing
 from retreatkit.cli import vm
 from retreatkit.image import run, vmservice
 from retreatkit.image.supervisor import Definition, Restarts, Supervised, Supervisor
@@ -174,7 +178,7 @@ def test_a_guest_dying_at_each_start_is_given_up_after_five() -> None:
 async def test_the_supervisor_refuses_a_bad_name_whatever_a_client_sends(
     home: Path, sent: str, shown: str
 ) -> None:
-    supervisor = Supervisor(home / "vm", print)
+    supervisor = Supervisor(home / "vm")
     definition = {"image": str(home), "forwards": []}
     async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
         for method, path in (("PUT", ""), ("PATCH", ""), ("GET", ""), ("POST", "/start"),
@@ -189,7 +193,7 @@ async def test_the_supervisor_refuses_a_bad_name_whatever_a_client_sends(
 
 
 async def test_starting_or_redefining_a_running_guest_is_one_answer(home: Path) -> None:
-    supervisor = Supervisor(home / "vm", print)
+    supervisor = Supervisor(home / "vm")
     for state in ("running", "restarting"):  # as a guest under qemu is (none runs here)
         supervisor.guests["r1"] = Supervised(Definition("r1", "/x", []), state=state)
         async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
@@ -226,7 +230,7 @@ async def test_a_known_mirror_guest_is_refused_less_than_its_floor(home: Path) -
     image.mkdir()
     manifest = {"service": "mirror", "ports": [["tcp", 8000]], "admin_port": 8080}
     (image / "manifest.json").write_text(json.dumps(manifest))
-    supervisor = Supervisor(home / "vm", print)
+    supervisor = Supervisor(home / "vm")
     supervisor.define(Definition("m1", str(image), [], memory_mb=128))
     async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
         # what `vm start m1 --memory 56` sends
@@ -244,7 +248,7 @@ async def test_a_stopped_guest_is_removed_and_a_running_one_is_not(home: Path) -
     image.mkdir()
     manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
     (image / "manifest.json").write_text(json.dumps(manifest))
-    supervisor = Supervisor(home / "vm", print)
+    supervisor = Supervisor(home / "vm")
     for name in ("r1", "r2"):
         supervisor.define(Definition(name, str(image), []))
     supervisor.guests["r2"].state = "running"  # as a guest under qemu is (none runs here)
@@ -261,4 +265,118 @@ async def test_a_stopped_guest_is_removed_and_a_running_one_is_not(home: Path) -
     assert sorted(supervisor.guests) == ["r2"]
     assert not (home / "vm" / "r1").exists() and (home / "vm" / "r2" / "guest.json").exists()
     # a supervisor started later finds only what is left
-    assert sorted(Supervisor(home / "vm", print).guests) == ["r2"]
+    assert sorted(Supervisor(home / "vm").guests) == ["r2"]
+
+
+# qemu as the supervisor sees it: the guest's console on stdout, then its end. With
+# `<itself>.panics` beside it the kernel panics at boot; else it serves until told to stop.
+FAKE_QEMU = """#!/bin/sh
+if [ -e "$0.panics" ]; then
+  printf 'Kernel panic - not syncing: System is deadlocked on memory\\n'
+  exit 0
+fi
+printf 'Relay listening on 0.0.0.0:9000\\nAdmin on http://0.0.0.0:8080/status\\n'
+read line
+"""
+PANIC = "the guest's kernel panicked: System is deadlocked on memory; give it more memory"
+
+
+@pytest.fixture
+def qemu(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fake qemu-system-x86_64 first on PATH (no guest boots in these tests)."""
+    folder = home / "bin"
+    folder.mkdir()
+    fake = folder / "qemu-system-x86_64"
+    fake.write_text(FAKE_QEMU)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return fake
+
+
+@pytest.fixture
+def ring(caplog: pytest.LogCaptureFixture) -> Iterator[LogRing]:
+    """The admin endpoint's log ring, as `serve` gives a process with the vm service."""
+    caplog.set_level(logging.INFO, "retreatkit")
+    ring = LogRing(services=("vm",))
+    logging.getLogger("retreatkit").addHandler(ring)
+    yield ring
+    logging.getLogger("retreatkit").removeHandler(ring)
+
+
+def relay_guest(home: Path, restart: bool) -> Definition:
+    image = home / "relay-image"
+    image.mkdir()
+    manifest = {"service": "relay", "machine": "microvm", "ports": [["tcp", 9000]],
+                "admin_port": 8080, "disk": False}  # fmt: skip
+    (image / "manifest.json").write_text(json.dumps(manifest))
+    (image / "kernel").write_bytes(b"")
+    (image / "initramfs").write_bytes(b"")
+    toml = home / "retreat.toml"
+    toml.write_text('[images]\nnetwork = "user"\n')
+    return Definition("r1", str(image), [], memory_mb=64, restart=restart, config=str(toml))
+
+
+def told(ring: LogRing) -> list[tuple[str, str, str]]:
+    """(service, level, message) of each record /logs sends, as the dashboard shows them."""
+    return [(r["service"], r["level"], r["message"]) for r in ring.after(0)[1]]
+
+
+async def until_told(ring: LogRing, line: str) -> None:
+    async with asyncio.timeout(60):
+        while line not in [message for _, _, message in told(ring)]:
+            await ring.wait(ring.next - 1, 60)
+
+
+async def test_a_guest_panicking_at_each_start_reaches_the_dashboards_logs(
+    home: Path, qemu: Path, ring: LogRing
+) -> None:
+    qemu.with_name(qemu.name + ".panics").touch()
+    supervisor = Supervisor(home / "vm", restarts=lambda: Restarts(0.0))
+    supervisor.define(relay_guest(home, restart=True))
+    keeper = (await supervisor.start("r1")).keeper
+    assert keeper is not None
+    await asyncio.wait_for(keeper, 60)
+    admin = supervisor.item("r1")["admin"]
+    assert told(ring) == [
+        ("vm", "INFO", f"Guest r1 starting; admin on {admin}/status"),
+        *(("vm", "WARNING", f"Guest r1 exited ({PANIC}); restart {n}") for n in range(1, 5)),
+        ("vm", "WARNING", f"Guest r1 exited ({PANIC}); 5 exits in a row within 10 s of the"
+                          " start: not restarted"),
+    ]  # fmt: skip
+
+
+async def test_a_guest_started_stopped_and_ended_by_itself_reaches_the_dashboards_logs(
+    home: Path, qemu: Path, ring: LogRing
+) -> None:
+    supervisor = Supervisor(home / "vm")
+    supervisor.define(relay_guest(home, restart=False))
+    admin = supervisor.item("r1")["admin"]
+    await supervisor.start("r1")
+    await until_told(ring, f"Guest r1 up; admin on {admin}/status")
+    await supervisor.stop("r1")
+    await supervisor.stop("r1")  # stopped already: nothing more to tell
+    qemu.with_name(qemu.name + ".panics").touch()
+    keeper = (await supervisor.start("r1")).keeper
+    assert keeper is not None
+    await asyncio.wait_for(keeper, 60)
+    assert told(ring) == [
+        ("vm", "INFO", f"Guest r1 starting; admin on {admin}/status"),
+        ("vm", "INFO", f"Guest r1 up; admin on {admin}/status"),
+        ("vm", "INFO", "Guest r1 stopped"),
+        ("vm", "INFO", f"Guest r1 starting; admin on {admin}/status"),
+        ("vm", "WARNING", f"Guest r1 stopped by itself ({PANIC})"),
+    ]
+
+
+def test_a_guests_line_reads_on_stderr_as_it_is_said(home: Path) -> None:
+    """On stderr (and so in supervisor.log) a guest's line is the line alone, as before it
+    was a log record; other records keep their time, logger and level."""
+    console = serve.ConsoleFormatter()
+    said = logging.LogRecord("retreatkit.vm", logging.WARNING, __file__, 1,
+                             "Guest r1 exited (killed by signal 9); restart 1", None, None,
+                             )  # fmt: skip
+    said.__dict__.update(serve.SAID)
+    assert console.format(said) == "Guest r1 exited (killed by signal 9); restart 1"
+    other = logging.LogRecord("retreatkit.vm", logging.INFO, __file__, 1, "no guest left", None,
+                              None)  # fmt: skip
+    assert console.format(other).endswith(" retreatkit.vm INFO no guest left")

@@ -251,7 +251,7 @@ def test_a_real_supervisors_list_is_read(tmp_path: Path) -> None:
     image.mkdir()
     manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
     (image / "manifest.json").write_text(json.dumps(manifest))
-    supervisor = Supervisor(tmp_path / "vm", say=lambda _line: None)
+    supervisor = Supervisor(tmp_path / "vm")
     supervisor.define(Definition(name="relay", image=str(image), forwards=[]))
     [found] = parse({"guests": supervisor.items()})
     admin = supervisor.item("relay")["admin"]
