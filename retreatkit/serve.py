@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from retreatkit import startup
+from retreatkit.admin import noted
 from retreatkit.admin import token as admin_token
 from retreatkit.admin.logs import LogRing
 from retreatkit.admin.process import ProcessInfo
@@ -141,6 +142,7 @@ async def serve(
     started: list[Service] = []
     runner: web.AppRunner | None = None
     advert: LanAdvert | None = None
+    note: Path | None = None
     try:
         for service in services:
             await service.start(registry, say)
@@ -172,21 +174,24 @@ async def serve(
         # what start-up made lives as long as the process: keep the cyclic GC from
         # scanning it again and again (it was a tenth of a nameserver's CPU under load)
         gc.freeze()
+        local = "127.0.0.1" if ahost in ("0.0.0.0", "::") else ahost
+        url = f"http://{local}:{aport}".replace("http://::1", "http://[::1]")
+        if on_lan:  # a guest's own folder is not the organiser's
+            note = noted.note(url)  # a `retreatkit tui` finds it (admin/noted.py)
         # the last line of start-up: whoever waits for it finds nothing left half done
-        # (no import or address lookup with a file still open)
+        # (no import or address lookup with a file still open, the note written)
         say(f"Admin on http://{ahost}:{aport}/status")
         if process.attendees:
             say("Attendees use:")
             for line in process.attendees:
                 say(f"  {line}")
         if dashboard is not None:
-            local = "127.0.0.1" if ahost in ("0.0.0.0", "::") else ahost
-            url = f"http://{local}:{aport}".replace("http://::1", "http://[::1]")
             await dashboard(url, token, stop)
         else:
             await stop.wait()
         say("Stopping...")
     finally:
+        noted.forget(note)
         if advert is not None:
             await advert.stop()
         for service in reversed(started):

@@ -93,7 +93,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="URL",
         action="append",
         default=[],
-        help="an admin endpoint, repeatable (default: 127.0.0.1:8080 and any on the LAN)",
+        help="an admin endpoint, repeatable (default: every one running on this machine,"
+        " else 127.0.0.1:8080; and any on the LAN)",
     )
     # `retreatkit up` runs its dashboard so: quitting it stops the services, so q asks
     tui.add_argument("--quit-stops", action="store_true", help=argparse.SUPPRESS)

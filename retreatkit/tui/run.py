@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from retreatkit.admin import noted
 from retreatkit.admin import token as admin_token
 from retreatkit.tui.app import Dashboard
 from retreatkit.tui.sources import AdminClient, Endpoint, SourceError, endpoint_url
@@ -27,7 +28,9 @@ def local_token() -> str | None:
 
 
 async def endpoints(connect: list[str], token: str | None, find: bool) -> list[Endpoint]:
-    urls = [endpoint_url(u) for u in connect] or [DEFAULT]
+    """Those named; else every one running on this machine (admin/noted.py), else the
+    default; and, when `find`, those announced on the LAN."""
+    urls = [endpoint_url(u) for u in connect] or noted.noted() or [DEFAULT]
     if find and not connect:
         from retreatkit.tui.discover import discover
 

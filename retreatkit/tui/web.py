@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from textual_serve.server import Server
 
+from retreatkit.admin import noted
 from retreatkit.admin import token as admin_token
 from retreatkit.admin.access import Handler
 from retreatkit.httpserver import Runner
@@ -82,7 +83,7 @@ def serve_web(
 ) -> int:
     """Serve until SIGINT or SIGTERM; 1 with one line when it cannot."""
     try:
-        urls = [endpoint_url(u) for u in connect] or [DEFAULT]
+        urls = [endpoint_url(u) for u in connect] or noted.noted() or [DEFAULT]
     except ValueError as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 2
