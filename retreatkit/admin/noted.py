@@ -70,4 +70,8 @@ def _running(pid: int) -> bool:
         return False
     except PermissionError:  # another user's process has this number now
         return False
-    return True
+    try:  # a killed process not yet reaped by its parent answers to kill(0) too
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True  # no /proc here: kill(0) is all there is
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"

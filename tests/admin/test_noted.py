@@ -4,6 +4,7 @@ and a real relay on a port nobody chose, found."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,17 @@ async def test_a_relay_on_a_port_nobody_chose_is_found_without_connect(
         assert relay.stop() == 0
     assert noted.noted() == []
     assert [e.url for e in await run.endpoints([], None, find=False)] == [run.DEFAULT]
+
+
+def test_a_killed_process_not_yet_reaped_is_not_running(state: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        state.mkdir(parents=True)
+        (state / str(child.pid)).write_text("http://127.0.0.1:4\n")
+        assert noted.noted() == ["http://127.0.0.1:4"]
+        child.kill()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped: a zombie
+        assert noted.noted() == []
+    finally:
+        child.kill()
+        child.wait()
