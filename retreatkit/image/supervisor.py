@@ -34,6 +34,8 @@ from retreatkit.image.paths import private_dir
 from retreatkit.serve import SAID
 
 log = logging.getLogger("retreatkit.vm")
+LAST_EXIT = "last-exit"  # beside guest.json: how the guest last ended
+MAX_EXIT_NOTE = 1024  # bytes read back of it (describe_exit keeps it one short line)
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")  # whole: a name is a folder and a URL part
 NAME_RULE = "a guest name is 1-32 of a-z, 0-9 and -, starting with a letter or digit"
@@ -174,7 +176,8 @@ class Supervisor:
         self.guests: dict[str, Supervised] = {}
         for saved in sorted(root.glob("*/guest.json")) if root.exists() else []:
             with contextlib.suppress(OSError, ValueError, GuestError):
-                self._add(Definition.parse(json.loads(saved.read_text())))
+                entry = self._add(Definition.parse(json.loads(saved.read_text())))
+                entry.last_exit = _read_exit(saved.with_name(LAST_EXIT))
 
     def _add(self, definition: Definition) -> Supervised:
         entry = self.guests.get(definition.name)
@@ -285,11 +288,11 @@ class Supervisor:
                 ready = asyncio.ensure_future(self._announce(name, guest, entry.admin))
                 code = await guest.wait()
                 ready.cancel()
-                entry.last_exit = run.describe_exit(
+                self._ended(entry, run.describe_exit(
                     code, guest.last_line.text, guest.last_line.panic
-                )
+                ))  # fmt: skip
             except (OSError, RuntimeError) as exc:
-                entry.last_exit = f"could not start: {exc}"
+                self._ended(entry, f"could not start: {exc}")
             if guest.stopping:
                 entry.state = "stopped"
                 return
@@ -315,9 +318,17 @@ class Supervisor:
                 # retreat.toml may have changed
                 launch = await asyncio.to_thread(self._launch, entry.definition)
             except (ValueError, OSError) as exc:
-                entry.state, entry.last_exit = "failed", f"could not start: {exc}"
+                entry.state = "failed"
+                self._ended(entry, f"could not start: {exc}")
                 _tell(logging.WARNING, f"Guest {name} not restarted ({entry.last_exit})")
                 return
+
+    def _ended(self, entry: Supervised, how: str) -> None:
+        """How the guest ended, kept beside its definition: `vm list` says it after the
+        supervisor that saw it is gone."""
+        entry.last_exit = how
+        with contextlib.suppress(OSError):
+            (self.folder(entry.definition.name) / LAST_EXIT).write_text(how + "\n")
 
     async def _announce(self, name: str, guest: run.Guest, admin: str | None) -> None:
         await guest.ready.wait()
@@ -392,6 +403,14 @@ class Supervisor:
 
     def items(self) -> list[dict[str, Any]]:
         return [self.item(n) for n in sorted(self.guests)]
+
+
+def _read_exit(path: Path) -> str | None:
+    try:
+        with path.open("rb") as f:
+            return f.read(MAX_EXIT_NOTE).decode("utf-8", "replace").strip() or None
+    except OSError:
+        return None
 
 
 def _tell(level: int, line: str) -> None:

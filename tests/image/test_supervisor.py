@@ -343,6 +343,8 @@ async def test_a_guest_panicking_at_each_start_reaches_the_dashboards_logs(
         ("vm", "WARNING", f"Guest r1 exited ({PANIC}); 5 exits in a row within 10 s of the"
                           " start: not restarted"),
     ]  # fmt: skip
+    # how it ended outlives the supervisor that saw it (`vm list` with none running)
+    assert Supervisor(home / "vm").item("r1")["last_exit"] == PANIC
 
 
 async def test_a_guest_started_stopped_and_ended_by_itself_reaches_the_dashboards_logs(
