@@ -105,7 +105,7 @@ def build(
     say(f"Kernel: {kern.label}")
     interp = sysroot.interpreter()
     loaded = payload.probe(interp, service, image.leave_out, image.whole)
-    origins = payload.select(interp, loaded)
+    origins = payload.made_lazy(payload.select(interp, loaded), image.lazy)
     tree = base_tree(interp.version)
     tree.update(payload.python_tree(interp, origins, image.deflate))
     objects = [interp.binary, *payload.extension_files(origins)]

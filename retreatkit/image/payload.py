@@ -29,6 +29,7 @@ import retreatkit
 from retreatkit import version
 from retreatkit.image import cpio
 from retreatkit.image.debs import PackageError
+from retreatkit.image.lazyinit import NotLazy, lazy_init
 from retreatkit.image.paths import cache_dir
 from retreatkit.image.sysroot import Interpreter
 
@@ -128,6 +129,27 @@ def select(interp: Interpreter, loaded: dict[str, str]) -> list[Origin]:
             raise PackageError(f"the probe loaded {path}, which is in no known tree")
         chosen[guest] = Origin(path, guest)
     return [chosen[k] for k in sorted(chosen)]
+
+
+def made_lazy(origins: list[Origin], packages: tuple[str, ...]) -> list[Origin]:
+    """`origins` with the `__init__` of each of `packages` replaced by one that imports
+    each of its names when first read (image/lazyinit.py), written to the cache."""
+    out = []
+    for o in origins:
+        package = o.source.parent.name
+        if o.source.name == "__init__.py" and package in packages:
+            try:
+                text = lazy_init(package, o.source.read_text("utf-8"))
+            except (NotLazy, SyntaxError, ValueError) as exc:
+                raise PackageError(f"cannot make {package} load lazily: {exc}") from None
+            folder = cache_dir() / "lazy"
+            folder.mkdir(parents=True, exist_ok=True)
+            made = folder / f"{hashlib.sha256(text.encode()).hexdigest()}.py"
+            if not made.exists():
+                made.write_text(text, "utf-8")
+            o = Origin(made, o.guest)
+        out.append(o)
+    return out
 
 
 def compile_all(interp: Interpreter, origins: list[Origin]) -> dict[str, cpio.Entry]:

@@ -62,6 +62,8 @@ class Spec:
     whole: tuple[str, ...] = ()  # packages shipped whole: they import parts of themselves late
     first: tuple[str, ...] = ()  # imported before it answers, beside stand-ins (standins.py)
     deflate: bool = False  # the Python zip deflated: 3 MB less guest RAM, 0.44 MB more image
+    # packages whose __init__ imports each name when first read (image/lazyinit.py)
+    lazy: tuple[str, ...] = ()
 
     @property
     def tcp_port(self) -> int:
@@ -102,7 +104,10 @@ SPECS = {
         disk=True,
         tls=True,
         leave_out=MIRROR_LEAVE_OUT,
-        first=("aiohttp",),
+        # its server imported before it answers; aiohttp's client (sessions, connectors)
+        # only once the mirror makes its upstream session, after its first answers
+        first=("aiohttp.web",),
+        lazy=("aiohttp",),
         deflate=True,  # its OpenSSL and SQLite leave 2 MB of 64 free with a stored zip
     ),
     # dnspython imports the class of each record type when it first meets one

@@ -34,6 +34,7 @@ from retreatkit.mirror.errors import (
 from retreatkit.mirror.fill import CHUNK, Fill, FillState
 from retreatkit.mirror.health import Health, Verdict, origin
 from retreatkit.mirror.records import Source
+from retreatkit.mirror.resolver import Sessions
 from retreatkit.mirror.stats import Stats, human
 from retreatkit.mirror.store import Store
 
@@ -84,14 +85,15 @@ class Fetcher:
     def __init__(
         self,
         store: Store,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | Sessions,
         limits: Limits,
         stats: Stats,
         health: Health,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
-        self.session = session
+        # a session given made (tests) or made when first wanted (resolver.Sessions)
+        self.sessions = session if isinstance(session, Sessions) else Sessions(session)
         self.limits = limits
         self.stats = stats
         self.health = health
@@ -133,7 +135,8 @@ class Fetcher:
         bound = limits.connect_timeout + limits.headers_timeout
         try:
             async with asyncio.timeout(bound):
-                response = await self.session.request(method, url, headers=headers, timeout=timeout)
+                session = await self.sessions.get()
+                response = await session.request(method, url, headers=headers, timeout=timeout)
         except TimeoutError as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):  # the name, or the handshake
                 why = f"no connection within {limits.connect_timeout:g} s"

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -30,6 +29,8 @@ from retreatkit.serve import Say, StartError
 
 if TYPE_CHECKING:
     from retreatkit.mdns import LanAdvert
+
+WARM_AFTER = 2.0  # seconds after it listens: its first answers and the admin endpoint first
 
 
 def default_store() -> Path:
@@ -59,7 +60,8 @@ class MirrorService:
 
             self.advert = LanAdvert(MIRROR, "retreatkit mirror", {"path": "/"})
         self.mirror: Mirror | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._session: mirror_resolver.Sessions | None = None
+        self._warming: asyncio.TimerHandle | None = None
         self._runner: web.AppRunner | None = None
         self._gate: Gate | None = None
         self.url: str | None = None  # where this process reaches the mirror, once started
@@ -96,7 +98,7 @@ class MirrorService:
         return cls(config.host_port(section["listen"]), settings, announce, own_wheel)
 
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
-        self._session = mirror_resolver.session()
+        self._session = mirror_resolver.Sessions()
         try:
             self.mirror = Mirror(self.settings, self._session)
             self._runner, self._gate = await mirror_server.listen(
@@ -109,6 +111,9 @@ class MirrorService:
             await self.stop()
             raise
         registry.register(MirrorCollector(self.status))
+        # the upstream session, made ahead of the first request that needs it, but after the
+        # first answers: in a guest, making it imports aiohttp's client (mirror/resolver.py)
+        self._warming = asyncio.get_running_loop().call_later(WARM_AFTER, self._session.warm)
         host, port = self._runner.addresses[0][:2]
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = f"http://{local}:{port}"
@@ -142,6 +147,8 @@ class MirrorService:
             await self._runner.cleanup()
         if self.mirror is not None:
             await self.mirror.close()
+        if self._warming is not None:
+            self._warming.cancel()
         if self._session is not None:
             await self._session.close()
 

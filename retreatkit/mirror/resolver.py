@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import socket
 import threading
 from typing import Any
@@ -89,3 +90,38 @@ def session() -> aiohttp.ClientSession:
     talks to the upstreams it was given, only), bytes as the upstream sent them."""
     connector = aiohttp.TCPConnector(resolver=DaemonResolver())
     return aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
+
+
+class Sessions:
+    """The mirror's one upstream session, made when first wanted, or ahead of that by
+    `warm()`. Making it imports aiohttp's client, which a guest loads only now (its aiohttp
+    imports names when first read: image/lazyinit.py): about a second on an emulated CPU
+    that must not come before the mirror's first answer. Where aiohttp was imported whole
+    (on a host) the import is already done."""
+
+    def __init__(self, made: aiohttp.ClientSession | None = None) -> None:
+        self._made = made
+        self._making: asyncio.Future[aiohttp.ClientSession] | None = None
+
+    def warm(self) -> None:
+        """Start making it, in the background."""
+        if self._made is None and self._making is None:
+            self._making = asyncio.ensure_future(self._make())
+
+    async def get(self) -> aiohttp.ClientSession:
+        if self._made is None:
+            self.warm()
+            assert self._making is not None
+            self._made = await asyncio.shield(self._making)  # one caller giving up: not it
+        return self._made
+
+    async def _make(self) -> aiohttp.ClientSession:
+        await asyncio.to_thread(importlib.import_module, "aiohttp.client")
+        return session()
+
+    async def close(self) -> None:
+        if self._made is None and self._making is not None:
+            with contextlib.suppress(Exception):
+                self._made = await self._making
+        if self._made is not None:
+            await self._made.close()

@@ -37,6 +37,7 @@ from retreatkit.mirror.health import Health, origin
 from retreatkit.mirror.memory import SMALL, HotCache, Page, Renders
 from retreatkit.mirror.once import Once
 from retreatkit.mirror.records import Blob, Object, Processed, Source
+from retreatkit.mirror.resolver import Sessions
 from retreatkit.mirror.stats import Stats
 from retreatkit.mirror.store import Store
 
@@ -89,7 +90,7 @@ class Mirror:
     def __init__(
         self,
         settings: Settings,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | Sessions,
         *,
         offload: Offload = asyncio.to_thread,
         pace: Callable[[], None] = lambda: None,

@@ -142,7 +142,7 @@ def test_dnspython_checks_its_features_without_package_metadata() -> None:
 AIOHTTP = """
 import asyncio, json, sys
 from retreatkit.image import standins
-standins.load(("aiohttp",))  # as the mirror's guest starts
+standins.load(("aiohttp.web",))  # as the mirror's guest starts
 stood_in = sorted(m for m in standins.AIOHTTP_UNUSED if m in sys.modules)
 import aiohttp, aiohttp.helpers
 from aiohttp import web
@@ -193,4 +193,4 @@ def test_aiohttp_serves_and_fetches_beside_its_stand_ins() -> None:
         "environment's proxies": "a stand-in: this guest does not use this module",
         "urllib.request later": "urllib.request",  # the real one, for whoever wants it
     }
-    assert spec.spec("mirror").first == ("aiohttp",)  # the image that loads it this way
+    assert spec.spec("mirror").first == ("aiohttp.web",)  # the image that loads it this way
