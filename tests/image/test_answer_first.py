@@ -100,13 +100,6 @@ def test_a_guests_mirror_listens_before_aiohttps_client_loads(tmp_path: Path) ->
     """Its upstream session (and with it aiohttp's client, about a second on an emulated
     CPU) is made after it listens (mirror/resolver.Sessions), where its aiohttp imports
     names when first read (image/lazyinit.py)."""
-    import shutil
-
-    import aiohttp
-
-    from retreatkit.image import spec
-    from retreatkit.image.lazyinit import lazy_init
-
     assert spec.spec("mirror").lazy == ("aiohttp",)
     real = Path(aiohttp.__file__).parent
     shutil.copytree(
