@@ -74,4 +74,5 @@ def _running(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return True  # no /proc here: kill(0) is all there is
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+    state = stat.rfind(b")") + 2  # "PID (NAME) S ...": NAME may hold anything
+    return stat[state : state + 1] != b"Z"

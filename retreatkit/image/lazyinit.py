@@ -93,9 +93,6 @@ def _skipped(node: ast.stmt) -> bool:
         return True
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         return True
-    if isinstance(node, ast.If) and ast.unparse(node.test) in (
-        "TYPE_CHECKING",
-        "typing.TYPE_CHECKING",
-    ):
+    if isinstance(node, ast.If) and ast.unparse(node.test) in TYPE_CHECKING:
         return True
     return isinstance(node, ast.FunctionDef) and node.name in ("__getattr__", "__dir__")

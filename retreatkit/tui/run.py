@@ -27,10 +27,15 @@ def local_token() -> str | None:
         return None
 
 
+def chosen(connect: list[str]) -> list[str]:
+    """The endpoints named; else every one running on this machine (admin/noted.py), else
+    the default. ValueError for a URL that is none."""
+    return [endpoint_url(u) for u in connect] or noted.noted() or [DEFAULT]
+
+
 async def endpoints(connect: list[str], token: str | None, find: bool) -> list[Endpoint]:
-    """Those named; else every one running on this machine (admin/noted.py), else the
-    default; and, when `find`, those announced on the LAN."""
-    urls = [endpoint_url(u) for u in connect] or noted.noted() or [DEFAULT]
+    """`chosen(connect)`; and, when `find`, those announced on the LAN."""
+    urls = chosen(connect)
     if find and not connect:
         from retreatkit.tui.discover import discover
 

@@ -23,13 +23,11 @@ from typing import Any
 from aiohttp import web
 from textual_serve.server import Server
 
-from retreatkit.admin import noted
 from retreatkit.admin import token as admin_token
 from retreatkit.admin.access import Handler
 from retreatkit.httpserver import Runner
 from retreatkit.lanaddress import is_loopback
-from retreatkit.tui.run import DEFAULT, local_token
-from retreatkit.tui.sources import endpoint_url
+from retreatkit.tui.run import chosen, local_token
 
 COOKIE = "retreatkit_dashboard"
 
@@ -83,7 +81,7 @@ def serve_web(
 ) -> int:
     """Serve until SIGINT or SIGTERM; 1 with one line when it cannot."""
     try:
-        urls = [endpoint_url(u) for u in connect] or noted.noted() or [DEFAULT]
+        urls = chosen(connect)
     except ValueError as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 2
