@@ -258,7 +258,7 @@ class Fetcher:
             await publish(fill)
             fill.state = FillState.DONE
             log.info(
-                "fetched %s (%d bytes, %.2fs)", fill.name, fill.written, time.monotonic() - started
+                "fetched %s (%d bytes, %.2fs)", fill.label, fill.written, time.monotonic() - started
             )
         except asyncio.CancelledError:
             fill.fail(LocalError("the mirror is shutting down"))
@@ -268,7 +268,7 @@ class Fetcher:
             fill.fail(exc)
             ended = self._failed(fill, exc)
         except Exception as exc:  # a bug must not leave readers waiting forever
-            log.exception("fetch of %s failed", fill.name)
+            log.exception("fetch of %s failed", fill.label)
             fill.fail(LocalError(f"the mirror failed fetching {fill.name}: {_why(exc)}"))
             ended = "mirror error"
         finally:
@@ -288,7 +288,7 @@ class Fetcher:
             self.stats.upstream_errors += 1
 
     def _failed(self, fill: Fill, exc: MirrorError) -> str:
-        log.warning("fetch of %s failed: %s", fill.name, exc)
+        log.warning("fetch of %s failed: %s", fill.label, exc)
         self.count(exc)
         if isinstance(exc, StoreFull):
             if fill.writer is not None:  # a write found the disk full

@@ -59,6 +59,13 @@ class Fill:
         return unquote(PurePosixPath(urlsplit(self.source.url).path).name)
 
     @property
+    def label(self) -> str:
+        """How the log names it: the store's name, and the file's own when that name
+        hides it (opam's archives are stored by checksum)."""
+        name, file = self.name, self.file
+        return name if name.endswith(file) else f"{file} as {name}"
+
+    @property
     def expected_size(self) -> int | None:
         return self.length if self.length is not None else self.source.size
 
