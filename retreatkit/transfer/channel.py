@@ -107,6 +107,7 @@ class Channel(asyncio.BufferedProtocol):
         self._write_paused = False
         self._closed: asyncio.Future[None] | None = None
         self.received = 0  # bytes, for tests and the relay-less counts
+        self.framed = 0  # whole frames found: what the receiver's silence watch counts
 
     # -- asyncio callbacks --------------------------------------------------------------
 
@@ -343,6 +344,7 @@ class Channel(asyncio.BufferedProtocol):
             found += 1
             pos = stop
         self._start = pos
+        self.framed += found
         if self._unreleased > HIGH and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()

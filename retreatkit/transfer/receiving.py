@@ -131,12 +131,14 @@ class Pump:
         self._shown = 0
         self._job: asyncio.Future[None] | None = None
         self._stopping = False
+        self._framed = 0  # channel.framed when a whole record last came
+        self._heard = time.monotonic()  # then, or when our worker last held reading up
 
     async def run(self) -> None:
         channel = self.link.channel
         self._queued.extend(self.link._pending)  # frames read past PATH, if any
         self.link._pending.clear()
-        channel.on_frames = self._kick
+        channel.on_frames = self._arrived
         timer = asyncio.ensure_future(self._watch_silence())
         try:
             self._kick()
@@ -155,6 +157,12 @@ class Pump:
         if job is not None and not job.done():
             await asyncio.wait({job}, timeout=10)
 
+    def _arrived(self) -> None:
+        framed = self.link.channel.framed
+        if framed != self._framed:
+            self._framed, self._heard = framed, time.monotonic()
+        self._kick()
+
     def _kick(self) -> None:
         if self._done.done() or self._busy:
             return
@@ -171,6 +179,7 @@ class Pump:
 
     def _processed(self, batch: _Batch, future: asyncio.Future[None]) -> None:
         self._busy = False
+        self._heard = time.monotonic()  # the worker held reading up until now, not the peer
         self.link.channel.release(batch.frames)
         for name in batch.saved:
             self.sink.saved(name)
@@ -246,14 +255,15 @@ class Pump:
             self._done.set_exception(exc)
 
     async def _watch_silence(self) -> None:
+        """PeerGone once no whole record came for `timeout` while our worker held nothing
+        up. Records, not bytes, as before the data phase (Link.frames): a relay that
+        trickles a byte a second would hold the receiver for ever (a record is 64 KiB)."""
         timeout = self.link.timeout
-        channel = self.link.channel
-        seen, since = channel.received, time.monotonic()
         while True:
-            await asyncio.sleep(max(0.05, timeout - (time.monotonic() - since)))
-            if channel.received != seen or self._busy:
-                seen, since = channel.received, time.monotonic()
-            elif time.monotonic() - since >= timeout:
+            left = self._heard + timeout - time.monotonic()
+            if left > 0 or self._busy:
+                await asyncio.sleep(left if left > 0 else timeout)
+            else:
                 self._finish(PeerGone(f"the other side went quiet: nothing for {timeout:g} s"))
                 return
 

@@ -361,6 +361,39 @@ def test_04_a_silent_peer_times_out(relay: RelayProcess, home: dict[str, str], o
         sender.stop()
 
 
+def test_04_a_trickled_record_times_out(
+    relay: RelayProcess, home: dict[str, str], out: Path
+) -> None:
+    # a hostile relay, or sender, that keeps the bytes coming one at a time mid-file
+    code = Code("33", ("alpha", "abandon"))
+    peer = Peer((relay.host, relay.port), code)
+    assert peer.line() == b"ok 33\n"
+    receiver = bob(
+        home, "recv", "--relay", relay.address, "--timeout", "1", "--yes", "-o", str(out), str(code)
+    )
+    try:
+        assert peer.line().startswith(b"paired ")
+        peer.handshake()
+        assert peer.offer(Offer(entries=(Entry(("f",), size=2 << 16),)))
+        peer.seal(Kind.DATA, bytes(1 << 16))
+        trickle = iter(peer.session.sealer().seal(Kind.DATA, bytes(1 << 16)))
+
+        def gave_up() -> bool:  # a byte a poll: the record outlasts the deadline ten times
+            if receiver.popen.poll() is not None:
+                return True
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it just left
+                peer.sock.sendall(bytes([next(trickle)]))
+            return False
+
+        until(gave_up, "the receiver gives up on a trickled record")
+        status, lines = finished(receiver)
+    finally:
+        peer.close()
+        receiver.stop()
+    assert (status, lines[-1]) == (1, "ERROR: the other side went quiet: nothing for 1 s")
+    assert [path.stat().st_size for path in parts(out)] == [1 << 16]  # kept, to resume
+
+
 def test_04_recv_with_no_passphrase_and_nothing_on_stdin(home: dict[str, str]) -> None:
     got = recv("127.0.0.1:1", home)
     assert got.returncode == 1
