@@ -57,9 +57,7 @@ def free_name(root_fd: int, name: str, taken: Container[str] = ()) -> str:
     """
     stem, dot, ext = name.rpartition(".") if "." in name.strip(".") else (name, "", "")
     for n in range(_MAX_RENAMES):
-        candidate = name if n == 0 else f"{stem} ({n}){dot}{ext}"
-        if len(candidate.encode()) > 255:
-            break
+        candidate = name if n == 0 else _numbered(stem, f"{dot}{ext}", n)
         if n and candidate in taken:
             continue
         try:
@@ -70,6 +68,18 @@ def free_name(root_fd: int, name: str, taken: Container[str] = ()) -> str:
         f"no free name for {escape(name)} in the output folder",
         "the receiver has no free name for a file",
     )
+
+
+def _numbered(stem: str, ext: str, n: int) -> str:
+    """`stem (n)ext` in at most 255 bytes (NAME_MAX): a long name gives up the end of
+    its stem, whole characters only, so a clash on a name of 255 bytes still finds a
+    free one; an extension too long to keep is cut with the stem."""
+    mark = f" ({n})"
+    room = 255 - len(f"{mark}{ext}".encode())
+    kept = stem.encode()[: max(room, 0)].decode("utf-8", "ignore")
+    if not kept:
+        kept, ext = f"{stem}{ext}".encode()[: 255 - len(mark)].decode("utf-8", "ignore"), ""
+    return f"{kept}{mark}{ext}"
 
 
 class Writer:

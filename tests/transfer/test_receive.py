@@ -302,18 +302,14 @@ def test_nothing_is_ever_written_outside_the_output_folder(
         assert tree(tmp_path, content=False) == before_all
         return
     event("offer accepted")
-    try:
-        writer = Writer(output, offer)
-    except WriteError as exc:
-        assert "no free name" in str(exc)  # a 255-byte name that clashes
-        return
+    writer = Writer(output, offer)  # a clash gets a free name, even on a 255-byte one
     wire = raw.accept()
     wire += b"".join(raw.file(content(list(e.path), e.size or 0)) for e in offer.files)
     try:
         writer.make_folders()
         drive(raw.receiver, writer, wire + raw.seal(Kind.END, b""))
     except WriteError as exc:
-        # only a name no free variant fits is allowed to fail
+        # only running out of free variants of a name is allowed to fail
         assert "no free name" in str(exc)
         return
     finally:
@@ -420,11 +416,35 @@ def test_offered_folders_that_look_like_renames(output: Path) -> None:
 
 
 def test_no_free_name_is_an_error_not_an_overwrite(output: Path) -> None:
-    name = "x" * 252 + ".ab"  # 255 bytes: no room for " (1)"
-    (output / name).write_bytes(b"original")
+    names = ["a.txt", *(f"a ({n}).txt" for n in range(1, 1000))]  # every name bob tries
+    for name in names:
+        (output / name).write_bytes(b"original")
     with pytest.raises(WriteError, match="no free name"):
-        Writer(output, Offer(entries=(Entry((name,), size=1),)))
+        Writer(output, Offer(entries=(Entry(("a.txt",), size=1),)))
+    assert sorted(os.listdir(output)) == sorted(names)
+    assert {(output / name).read_bytes() for name in names} == {b"original"}
+
+
+@pytest.mark.parametrize(
+    ("name", "renamed"),
+    [
+        ("x" * 252 + ".ab", "x" * 248 + " (1).ab"),
+        # a two-byte character is dropped whole, never cut in half
+        ("\u00e9" * 125 + "x.txt", "\u00e9" * 123 + " (1).txt"),
+        # an extension with no room for a stem is cut with it
+        ("a." + "b" * 253, "a." + "b" * 249 + " (1)"),
+    ],
+    ids=["ascii", "two-byte", "long-extension"],
+)
+def test_a_name_of_255_bytes_that_exists_is_renamed_within_255(
+    output: Path, name: str, renamed: str
+) -> None:
+    assert len(name.encode()) == 255 and len(renamed.encode()) <= 255
+    (output / name).write_bytes(b"original")
+    writer = transfer(output, Offer(entries=(Entry((name,), size=3),)), [b"new"])
     assert (output / name).read_bytes() == b"original"
+    assert (output / renamed).read_bytes() == b"new"
+    assert writer.written == [renamed]
 
 
 @pytest.mark.parametrize("planted", ["file", "symlink", "folder"])
