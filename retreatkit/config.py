@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,30 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+KINDS = {
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list",
+    dict: "a table",
+}
+
+
+SCALARS = (int, float, str)
+
+
+def _toml(value: Any) -> str:
+    """A value as the file writes it (`"2G"`, `true`, `64`), or what it is (`a list`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return repr(value)
+    return "a table" if isinstance(value, dict) else "a list"
+
+
 class ConfigError(ValueError):
     """retreat.toml is unreadable or names an unknown key."""
 
@@ -94,11 +119,16 @@ def load(path: Path | None) -> dict[str, Any]:
         for key, value in values.items():
             if key not in merged[section]:
                 raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
-            if type(value) is not type(merged[section][key]) and not (
-                isinstance(value, int) and isinstance(merged[section][key], float)
+            default = merged[section][key]
+            if type(value) is not type(default) and not (
+                type(value) is int and type(default) is float  # not a bool: `true` is no 1.0
             ):
+                like = (
+                    f", like {_toml(default)}" if default != "" and type(default) in SCALARS else ""
+                )
                 raise ConfigError(
-                    f"{path}: [{section}] {key} should be like {merged[section][key]!r}"
+                    f"{path}: [{section}] {key} should be {KINDS[type(default)]}{like}; "
+                    f"got {_toml(value)}"
                 )
             merged[section][key] = value
     return merged

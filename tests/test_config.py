@@ -28,7 +28,27 @@ def test_file_overrides(tmp_path: Path) -> None:
     [
         ("[nope]\n", "unknown section [nope]"),
         ("[relay]\nbogus = 1\n", "unknown key 'bogus' in [relay]"),
-        ("[relay]\nper_ip = 'many'\n", "[relay] per_ip should be like 64"),
+        (
+            "[relay]\nper_ip = 'many'\n",
+            '[relay] per_ip should be a whole number, like 64; got "many"',
+        ),
+        (
+            "[mirror]\nmax_size_bytes = '2G'\n",
+            '[mirror] max_size_bytes should be a whole number, like 0; got "2G"',
+        ),
+        (
+            "[mirror]\nindex_ttl = true\n",
+            "[mirror] index_ttl should be a number, like 600.0; got true",
+        ),
+        (
+            "[nameserver]\nupstreams = '10.0.0.1'\n",
+            '[nameserver] upstreams should be a list; got "10.0.0.1"',
+        ),
+        (
+            "[admin]\nlisten = 8080\n",
+            '[admin] listen should be a string, like "127.0.0.1:8080"; got 8080',
+        ),
+        ("[mirror]\nstore = ['/srv']\n", "[mirror] store should be a string; got a list"),
         ("[relay\n", "is not valid TOML"),
     ],
 )

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import datetime
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -167,6 +168,8 @@ class LastLine:
 
 
 PANIC = b"Kernel panic - not syncing: "
+# qemu catches SIGTERM, SIGINT and SIGHUP, says so and exits 0, as a guest powering off does
+CAUGHT = re.compile(r"qemu[\w.-]*: terminating on signal (\d+)")
 
 
 def describe_exit(code: int, last_line: str, panic: str = "") -> str:
@@ -175,6 +178,9 @@ def describe_exit(code: int, last_line: str, panic: str = "") -> str:
     it could not run the guest)."""
     if code < 0:
         return f"killed by signal {-code}"
+    caught = CAUGHT.match(last_line) if code == 0 else None
+    if caught:
+        return f"killed by signal {caught[1]}"
     if panic:
         hint = "; give it more memory" if "memory" in panic.lower() else ""
         return f"the guest's kernel panicked: {panic}{hint}"

@@ -8,12 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from retreatkit.tui.fmt import clock, count, number
-
-
-def plural(n: Any, one: str, many: str) -> str:
-    """`1 entry`, `4 entries`, `— entries` (not reported)."""
-    return f"{count(n)} {one if number(n) == 1 else many}"
+from retreatkit.tui.fmt import clock, number, plural
 
 
 def file_name(source: Any) -> str:

@@ -32,6 +32,11 @@ def count(value: Any) -> str:
     return NOT_REPORTED if n is None else f"{int(n):,}"
 
 
+def plural(n: Any, one: str, many: str) -> str:
+    """`1 entry`, `4 entries`, `— entries` (not reported)."""
+    return f"{count(n)} {one if number(n) == 1 else many}"
+
+
 def size(value: Any) -> str:
     """Bytes in IEC units: 512 B, 1.5 KiB, 20.0 MiB."""
     n = number(value)

@@ -16,6 +16,7 @@ from retreatkit.tui.fmt import (
     number,
     per_second,
     percent,
+    plural,
     rate,
     size,
     spark,
@@ -351,9 +352,9 @@ def supervisor_lines(state: DashboardState) -> list[str]:
             continue
         vm = e.section("vm")
         out.append(
-            f"{e.name} supervises {count(vm.get('guests'))} guests, "
-            f"{count(vm.get('guests_running'))} running, {count(vm.get('restarts'))} restarts"
-            " since it started"
+            f"{e.name} supervises {plural(vm.get('guests'), 'guest', 'guests')}, "
+            f"{count(vm.get('guests_running'))} running, "
+            f"{plural(vm.get('restarts'), 'restart', 'restarts')} since it started"
         )
         if e.guests_error:
             out.append(f"guests not reported: {e.guests_error}")
@@ -366,7 +367,7 @@ def guest_lines(state: DashboardState) -> list[str]:
     for supervisor, g in state.guests():
         line = f"{g.name} ({g.service}) {g.state}"
         line += f" for {duration(g.uptime_seconds)}" if g.running else ""
-        line += f" · {count(g.restarts)} restarts"
+        line += f" · {plural(g.restarts, 'restart', 'restarts')}"
         line += f" · last exit: {g.last_exit}" if g.last_exit and not g.running else ""
         out.append(line + (f" · on {supervisor}" if len(state.endpoints) > 1 else ""))
     return out

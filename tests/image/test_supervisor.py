@@ -129,6 +129,23 @@ def test_a_guest_whose_kernel_panicked_is_told_so() -> None:
     assert run.describe_exit(-9, last.text, last.panic) == "killed by signal 9"
 
 
+def test_a_qemu_killed_with_sigterm_is_told_so() -> None:
+    """`kill QEMU_PID` from outside: qemu catches SIGTERM, says so and exits 0, as a guest
+    that powered off does; the exit is the signal's, not "qemu exit code 0"."""
+    last = run.LastLine()
+    for chunk in (
+        b"Relay listening on 0.0.0.0:9000\r\nAdmin on http://0.0.0.0:8080/status\r\n",
+        b"qemu-system-x86_64: terminating on signal 15 from pid 24492 (bash)\n",
+    ):
+        last.feed(run.printable(chunk))
+    assert run.describe_exit(0, last.text) == "killed by signal 15"
+    # qemu's error exit keeps its own words; a guest's line that only mentions it is no kill
+    assert run.describe_exit(1, last.text) == (
+        "qemu exit code 1: qemu-system-x86_64: terminating on signal 15 from pid 24492 (bash)"
+    )
+    assert run.describe_exit(0, "relay: terminating on signal 15") == "qemu exit code 0"
+
+
 def test_how_a_guest_ended_is_told_in_one_bounded_line() -> None:
     last = run.LastLine()
     for chunk in (b"Booting\n", b"qemu: initrd is too large, cannot ", b"support.\n", b"\n  \n"):

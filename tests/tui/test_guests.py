@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Label
 
+from retreatkit.tui import views
 from retreatkit.tui.app import Dashboard
 from retreatkit.tui.guests import Guest, parse, watch_url
 from retreatkit.tui.logbuffer import TEXT
@@ -92,6 +93,26 @@ def test_the_token_goes_only_where_the_organiser_sends_it() -> None:
     )
     assert watch_url(here, None)[1] == "admin not reported"
     assert watch_url(here, "gopher://x")[1] == "admin URL not understood"
+
+
+def test_one_guest_and_one_restart_are_said_in_the_singular() -> None:
+    """`retreatkit vm start` and one qemu killed: "1 guest", "1 restart", not "1 guests"."""
+    state = DashboardState(["up:1"])
+    vm = {"up": True, "guests": 1, "guests_running": 1, "restarts": 1, "warnings": []}
+    status = {**hosting(), "vm": vm}
+    status["process"]["services"] = ["vm"]
+    state.record("up:1", 0, status=status)
+    state.record_guests(
+        "up:1", parse({"guests": [{**guest("relay1", "relay", None), "restarts": 1}]})
+    )
+    assert views.supervisor_lines(state) == [
+        "up:1 supervises 1 guest, 1 running, 1 restart since it started"
+    ]
+    assert views.guest_lines(state) == ["relay1 (relay) running for 1h 00m · 1 restart"]
+    vm.update(guests=2, restarts=0)
+    assert views.supervisor_lines(state) == [
+        "up:1 supervises 2 guests, 1 running, 0 restarts since it started"
+    ]
 
 
 def test_a_guest_that_restarts_is_down_and_says_why() -> None:
