@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from retreatkit.mirror import faults
+from retreatkit.mirror.badfiles import BadFiles
 from retreatkit.mirror.blobs import IntegrityError
 from retreatkit.mirror.errors import (
     BadUpstreamData,
@@ -102,6 +103,7 @@ class Fetcher:
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.bad = BadFiles()  # files whose bytes failed their hash: not asked again at once
         # clients choose how many different files they ask for: the uplink is not theirs
         self._slots = asyncio.Semaphore(limits.downloads)
 
@@ -241,6 +243,11 @@ class Fetcher:
             fill.fail(LocalError("the mirror is shutting down"))
             fill.headers.set()
             return fill
+        bad = self.bad.answer(source.name, self.clock())
+        if bad is not None:  # a client's retry of bytes that failed their hash just now
+            fill.fail(IntegrityError(bad))
+            fill.headers.set()
+            return fill
         self.inflight[source.name] = fill
         task = asyncio.create_task(self._run(fill, publish))
         self._tasks.add(task)
@@ -296,6 +303,8 @@ class Fetcher:
             elif fill.expected_size is not None:  # refused before a byte: too big for the room
                 self.store.space.did_not_fit(fill.expected_size)
             return "disk full"
+        if isinstance(exc, IntegrityError):
+            self.bad.remember(fill.source.keys, str(exc), self.clock())
         if isinstance(exc, BadUpstreamData):
             return "verify failed"
         if isinstance(exc, UpstreamDown):

@@ -1,4 +1,8 @@
-"""opam's routes: the repository (`repo`, `index.tar.gz`) and its archive cache."""
+"""opam's routes: the repository (`repo`, `index.tar.gz`) and its archive cache.
+
+opam reads the index once and then asks only for archives, by checksum: an archive
+request is what counts a package in /status.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,33 @@ from retreatkit.mirror.errors import NotFound, UpstreamError
 from retreatkit.mirror.memory import Page
 from retreatkit.mirror.records import Processed
 from retreatkit.mirror.respond import mirror_of
+from retreatkit.mirror.service import Mirror
+
+MAX_KNOWN = 50_000  # archive names whose package is kept in memory
+
+
+class Packages:
+    """Which package an archive's name (`opam/sha256/<hex>`) belongs to, learned from
+    the index's sources the first time each is asked: one SQLite lookup a name, then a
+    dict, so a hit served from memory stays off SQLite. Only names an index gave are
+    kept, at most MAX_KNOWN; beyond, a name is looked up each time."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, str] = {}
+
+    def of(self, mirror: Mirror, name: str) -> str | None:
+        package = self._known.get(name)
+        if package is not None:
+            return package
+        source = mirror.store.source(name)
+        if source is None or not source.package:
+            return None  # a name a client made up: not counted, not kept
+        if len(self._known) < MAX_KNOWN:
+            self._known[name] = source.package
+        return source.package
+
+
+PACKAGES = web.AppKey("opam_packages", Packages)
 
 
 def routes() -> list[web.RouteDef]:
@@ -46,4 +77,9 @@ async def archive(request: web.Request) -> web.StreamResponse:
     algo, prefix, digest = (request.match_info[k] for k in ("algo", "prefix", "digest"))
     if not valid_hex(algo, digest) or prefix != digest[:2]:
         raise NotFound("no such archive")
-    return await respond.file(request, opam.cache_name(algo, digest))
+    name = opam.cache_name(algo, digest)
+    mirror = mirror_of(request)
+    package = request.app[PACKAGES].of(mirror, name)
+    if package is not None:
+        mirror.stats.asked(f"opam/{package}")
+    return await respond.file(request, name)

@@ -284,6 +284,17 @@ async def mirror_client(
             await mirror.close()
 
 
+class Clock:
+    """A monotonic clock a test moves by hand: `mirror.fetcher.clock = Clock()`, then
+    `clock.now += 300` (what the mirror remembers for a while: bad files, down upstreams)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 # -- network namespaces: an attendee's machine, off loopback ---------------------------------
 
 

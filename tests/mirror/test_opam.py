@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from retreatkit.mirror import fakeupstream
-from retreatkit.mirror.testing import make_source_tarball, mirror_client, settings, write_opam
+from retreatkit.mirror.testing import (
+    Clock,
+    make_source_tarball,
+    mirror_client,
+    settings,
+    write_opam,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("opam") is None, reason="opam is not installed (.ci/run installs it)"
@@ -49,3 +55,87 @@ async def test_the_log_names_an_opam_archive_by_its_file(
         f"fetch of tamper-1.0.tar.gz as opam/md5/{h} failed: "
         "upstream sent bad bytes for tamper-1.0.tar.gz: sha256 mismatch: "
     ), lines[1]
+
+
+def _cache_url(algo: str, data: bytes) -> str:
+    h = hashlib.new(algo, data).hexdigest()
+    return f"/opam/cache/{algo}/{h[:2]}/{h}"
+
+
+async def test_a_tampered_archive_crosses_the_uplink_once_for_opams_retries(
+    tmp_path: Path,
+) -> None:
+    """opam's curl retries a 502 three times (--retry 3: after 1, 2 and 4 s); the
+    mirror answers those retries from memory, saying when it will ask again."""
+    root = tmp_path / "upstream"
+    root.mkdir()
+    data = make_source_tarball("tamper", "1.0")
+    path = "/opam/archives/tamper-1.0.tar.gz"
+    async with fakeupstream.serving(root) as upstream:
+        write_opam(root / "opam", f"{upstream.url}opam/", {"tamper.1.0": data})
+        upstream.rules[path] = "corrupt"
+        config = dataclasses.replace(settings(tmp_path / "store"), opam=f"{upstream.url}opam")
+        async with mirror_client(config) as (client, mirror):
+            clock = mirror.fetcher.clock = Clock()
+            assert (await client.get("/opam/index.tar.gz")).status == 200
+            flipped = bytearray(data)
+            flipped[len(data) // 2] ^= 0xFF
+            line = (
+                "upstream sent bad bytes for tamper-1.0.tar.gz: sha256 mismatch: expected"
+                f" {hashlib.sha256(data).hexdigest()}, got {hashlib.sha256(flipped).hexdigest()}"
+            )
+            got = []
+            for wait in (0, 1, 2, 4):
+                clock.now += wait
+                r = await client.get(_cache_url("md5", data))
+                got.append((r.status, r.reason, await r.text()))
+            assert got == [
+                (502, line, line + "\n"),
+                *(
+                    (502, f"{line}; next try in {s} s", f"{line}; next try in {s} s\n")
+                    for s in (299, 297, 293)
+                ),
+            ]
+            assert upstream.counts[path] == 1
+            # the same archive asked by its other checksum is the same bad file
+            r = await client.get(_cache_url("sha256", data))
+            assert (r.status, await r.text()) == (502, f"{line}; next try in 293 s\n")
+            assert upstream.counts[path] == 1
+            upstream.rules.clear()  # mended upstream: asked again once the time is up
+            clock.now += 293
+            r = await client.get(_cache_url("sha256", data))
+            assert (r.status, await r.read()) == (200, data)
+            assert upstream.counts[path] == 2
+
+
+async def test_opam_archives_count_for_their_package_even_from_memory(tmp_path: Path) -> None:
+    root = tmp_path / "upstream"
+    root.mkdir()
+    archives = {
+        "hello.1.0": make_source_tarball("hello", "1.0"),
+        "hello.1.1": make_source_tarball("hello", "1.1"),
+        "other.2.0": make_source_tarball("other", "2.0"),
+    }
+    async with fakeupstream.serving(root) as upstream:
+        write_opam(root / "opam", f"{upstream.url}opam/", archives)
+        config = dataclasses.replace(settings(tmp_path / "store"), opam=f"{upstream.url}opam")
+        async with mirror_client(config) as (client, mirror):
+            assert (await client.get("/opam/index.tar.gz")).status == 200
+            asks = [("md5", "hello.1.0"), ("sha256", "hello.1.0"), ("md5", "hello.1.1")]
+            for algo, full in [*asks, ("md5", "other.2.0"), *asks]:  # fetched, then held
+                r = await client.get(_cache_url(algo, archives[full]))
+                assert (r.status, await r.read()) == (200, archives[full])
+            assert len(mirror.hot) == 3  # small archives: answered from memory from now on
+
+            def no_sqlite() -> None:
+                raise AssertionError("SQLite asked on the hit path")
+
+            mirror.store.db = no_sqlite  # type: ignore[method-assign,assignment]
+            for algo, full in asks:
+                r = await client.get(_cache_url(algo, archives[full]))
+                assert (r.status, r.headers["X-Cache"]) == (200, "HIT")
+            assert mirror.stats.top_packages() == [["opam/hello", 9], ["opam/other", 1]]
+            del mirror.store.db  # the class's again
+            r = await client.get(_cache_url("md5", b"made up"))  # a name no index gave
+            assert r.status == 404
+            assert mirror.stats.top_packages() == [["opam/hello", 9], ["opam/other", 1]]
