@@ -5,8 +5,9 @@ as well as its body: pip, uv, npm and apt-get print the phrase and none of them 
 A client retries on its own what it takes for a passing fault: pip 500, 502 and 503
 (urllib3's status list, five tries over about 8 s, then a traceback of its own), uv and
 apt-get every 5xx (three tries, 4-12 s), npm every 5xx (three tries, about 70 s). So 502
-is kept for what a retry can mend, because the retry is a new try upstream: bad bytes, a
-cut, an upstream that answered an error. An upstream that cannot be reached
+is kept for what a retry can mend, because the retry is a new try upstream: a cut, an
+upstream that answered an error, bad bytes (those only after a while: until then a
+retry is answered from the mirror's memory, badfiles.py). An upstream that cannot be reached
 (`UpstreamUnreachable`: no name, a refused connection, no answer in time) is remembered
 down, and one known down (`UpstreamDown`) is not asked again until the mirror's own
 probe finds it back (once.py, health.py), so a retry asks the mirror the same question:

@@ -22,7 +22,7 @@ from retreatkit.mirror.fakeupstream import Upstream
 from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.service import Mirror
 from retreatkit.mirror.status import section
-from retreatkit.mirror.testing import mirror_client, settings
+from retreatkit.mirror.testing import Clock, mirror_client, settings
 from retreatkit.mirror.testrepos import arch, make_deb, write_apt
 
 pytestmark = pytest.mark.skipif(
@@ -89,11 +89,16 @@ async def test_a_deb_that_does_not_match_its_index_is_never_kept(archive: Archiv
     await archive.get("/debian/dists/stable/Release")
     await archive.get(f"/debian/dists/stable/{PACKAGES}")
     path = "/debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"
+    archive.mirror.fetcher.clock = Clock()
     archive.upstream.rules[path] = "corrupt"
     status, body, _ = await archive.get(path)
     assert status == 502 and archive.mirror.stats.verify_failures == 1
     assert body.startswith(b"upstream sent bad bytes for hello-rk_1.0_all.deb: sha256 mismatch")
     assert await archive.mirror.blob(apt.pool_key("debian", path[8:])) is None
+    for _ in range(3):  # apt-get's retries: answered from memory, the upstream not asked
+        again = await archive.get(path)
+        assert again[:2] == (502, body.rstrip(b"\n") + b"; next try in 300 s\n")
+    assert archive.upstream.counts[path] == 1
 
 
 async def test_a_new_release_is_served_only_once_its_indexes_are_held(archive: Archive) -> None:

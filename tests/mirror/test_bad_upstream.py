@@ -15,6 +15,7 @@ import pytest
 from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.respond import reason
 from retreatkit.mirror.status import section
+from retreatkit.mirror.testing import Clock
 from tests.mirror.conftest import JSON, Env
 
 QUICK = {"limits": Limits(connect_timeout=1.0, headers_timeout=1.0, read_timeout=0.3)}
@@ -39,6 +40,7 @@ async def test_bad_upstream_bytes_are_never_published(env: Env, mode: str) -> No
     filename, data, _ = env.wheels["big-pkg"]
     url = await env.file_url("big-pkg")
     store = env.mirror.settings.store
+    clock = env.mirror.fetcher.clock = Clock()
     before = blobs(store)
     env.upstream.rules[f"/files/{filename}"] = mode
     async with asyncio.timeout(30):  # every reader learns the end: a hang fails here
@@ -53,6 +55,11 @@ async def test_bad_upstream_bytes_are_never_published(env: Env, mode: str) -> No
     assert recent["ended"] == ("verify failed" if verify else "upstream error")
     assert env.mirror.stats.verify_failures == verify
     env.upstream.rules.clear()  # once upstream behaves: fetched again, verified, whole
+    if verify:  # bad bytes are remembered a while: a client's retry is answered at once
+        status, body = await fetch(env, url)
+        assert (status, body.endswith(b"; next try in 300 s\n")) == (502, True)
+        assert env.fetched(filename) == 1
+        clock.now += 300
     assert await fetch(env, url) == (200, data)
     assert hashlib.sha256(data).hexdigest() in blobs(store)
 
@@ -133,6 +140,7 @@ SMALL_FAILURES = {  # mode -> the status and line every reader of a small file g
 async def test_a_small_file_that_fails_is_said_never_cut(env: Env, mode: str) -> None:
     """Not `200, Content-Length: 967` and then a cut: pip would report the hash of
     nothing, npm an ECONNRESET."""
+    env.mirror.fetcher.clock = Clock()
     filename, data, _ = env.wheels["demo-pkg"]
     url = await env.file_url("demo-pkg")
     env.upstream.rules[f"/files/{filename}"] = mode
@@ -147,6 +155,14 @@ async def test_a_small_file_that_fails_is_said_never_cut(env: Env, mode: str) ->
         got = [(r.status, r.reason, await r.text()) for r in answers]
         assert got == [(status, text.rstrip("\n"), text)] * 3
     assert env.fetched(filename) == 1
+    r = await env.client.get(url)  # pip's retry, a moment later
+    if mode == "corrupt":  # the same bytes again would only cross the uplink again
+        again = text.rstrip("\n") + "; next try in 300 s"
+        assert (r.status, r.reason, await r.text()) == (502, again, again + "\n")
+        assert env.fetched(filename) == 1
+    else:  # a cut, a silence or an error may mend: asked again
+        assert r.status == status
+        assert env.fetched(filename) == 2
 
 
 async def test_a_trickle_is_cut_at_the_rate_floor(env: Env) -> None:

@@ -18,7 +18,7 @@ from retreatkit.mirror import fakeupstream, npm
 from retreatkit.mirror.fakeupstream import Upstream
 from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.service import Mirror
-from retreatkit.mirror.testing import mirror_client, settings
+from retreatkit.mirror.testing import Clock, mirror_client, settings
 from retreatkit.mirror.testrepos import integrity, make_npm_tarball, write_npm
 
 HOST = {"Host": "mirror.retreat.lan:8000"}
@@ -96,15 +96,22 @@ async def test_scoped_names(reg: Npm, path: str) -> None:
 async def test_tarballs_are_verified_before_they_are_kept(reg: Npm) -> None:
     await reg.packument("/npm/leftpad-rk")
     path = "/npm/leftpad-rk/-/leftpad-rk-1.0.0.tgz"
+    clock = reg.mirror.fetcher.clock = Clock()
     reg.upstream.rules["/leftpad-rk/-/leftpad-rk-1.0.0.tgz"] = "corrupt"
     r = await reg.client.get(path)  # small: checked before the answer, said, not cut
     assert r.status == 502
-    assert (await r.text()).startswith(
+    line = (await r.text()).rstrip("\n")
+    assert line.startswith(
         "upstream sent bad bytes for leftpad-rk-1.0.0.tgz: sha512 mismatch: expected "
     )
     assert reg.mirror.stats.verify_failures == 1
     assert await reg.mirror.blob(npm.tarball_key("leftpad-rk", "leftpad-rk-1.0.0.tgz")) is None
     reg.upstream.rules.clear()
+    clock.now += 70  # npm's retries: the same answer, and the upstream is not asked
+    r = await reg.client.get(path)
+    assert (r.status, await r.text()) == (502, f"{line}; next try in 230 s\n")
+    assert reg.upstream.counts["/leftpad-rk/-/leftpad-rk-1.0.0.tgz"] == 1
+    clock.now += 230
     r = await reg.client.get(path)
     assert (r.status, await r.read()) == (200, reg.tarballs["leftpad-rk@1.0.0"])
     r = await reg.client.get(path)  # held now: named by its sha256 like every file
