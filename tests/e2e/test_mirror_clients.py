@@ -214,3 +214,41 @@ def test_opam_fetches_archives_through_the_cache(tmp_path: Path) -> None:
             mirror.stop()
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(
+    shutil.which("opam") is None, reason="opam is not installed (.ci/run installs it)"
+)
+def test_opams_retries_of_a_tampered_archive_never_reach_the_upstream(tmp_path: Path) -> None:
+    root = tmp_path / "upstream"
+    root.mkdir()
+    server = start_upstream(root)
+    archive = "/opam/archives/tamper-1.0.tar.gz"
+    try:
+        data = make_source_tarball("tamper", "1.0")
+        write_opam(root / "opam", f"{server.url}opam/", {"tamper.1.0": data})
+        (root / ".behaviours.json").write_text(json.dumps({archive: "corrupt"}))
+        mirror, admin = start_mirror(tmp_path / "store", opam=f"{server.url}opam")
+        try:
+            env = clean_env(tmp_path / "home", OPAMROOT=str(tmp_path / "root"), OPAMYES="1")
+            steps = [
+                ["opam", "init", "--bare", "--no-setup", "--disable-sandboxing",
+                 "default", f"{mirror.url}opam"],
+                ["opam", "switch", "create", "demo", "--empty"],
+                ["opam", "source", "tamper.1.0", "--dir", str(tmp_path / "src")],
+            ]  # fmt: skip
+            for step in steps:
+                done = subprocess.run(
+                    step, capture_output=True, text=True, timeout=TIMEOUT, env=env
+                )
+            assert done.returncode != 0 and "Bad checksum" in done.stderr, done.stderr
+            # opam's curl asked the mirror again (--retry 3), then opam the src URL itself:
+            # one GET for the mirror, one for opam's own fallback, none for the retries
+            assert get_json(f"{server.url}_stats").get(archive) == 2
+            status = mirror_status(admin)
+            asked = dict((name, n) for name, n in status["top_packages"])  # type: ignore[attr-defined]
+            assert asked["opam/tamper"] >= 2 and status["upstream_fetches"] == 1
+        finally:
+            mirror.stop()
+    finally:
+        server.stop()
