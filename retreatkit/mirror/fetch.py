@@ -366,7 +366,11 @@ class Fetcher:
             raise UpstreamError(faults.words(exc, fill.file)) from None
         if fill.length is not None and fill.written != fill.length:
             raise BadUpstreamData(f"upstream cut {fill.file} short")
-        # a body cut short without a Content-Length is caught here, by its hash
+        if fill.source.size is not None and fill.written < fill.source.size:
+            # no Content-Length, fewer bytes than the index said: a cut, which may mend,
+            # not bad bytes to remember (BadFiles)
+            raise BadUpstreamData(f"upstream cut {fill.file} short")
+        # a body cut short with no Content-Length nor a size in the index: by its hash
         try:
             fill.digest = fill.writer.check(fill.source.hashes)
         except IntegrityError as exc:

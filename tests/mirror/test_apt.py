@@ -101,6 +101,21 @@ async def test_a_deb_that_does_not_match_its_index_is_never_kept(archive: Archiv
     assert archive.upstream.counts[path] == 1
 
 
+async def test_a_deb_cut_short_with_no_length_is_a_cut_not_bad_bytes(archive: Archive) -> None:
+    """The index says the size: fewer bytes and a close is a cut, which may mend, so the
+    next request asks upstream again instead of being told to wait (BadFiles)."""
+    await archive.get("/debian/dists/stable/Release")
+    await archive.get(f"/debian/dists/stable/{PACKAGES}")
+    path = "/debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"
+    archive.mirror.fetcher.clock = Clock()
+    archive.upstream.rules[path] = "truncate"
+    status, body, _ = await archive.get(path)
+    assert (status, body) == (502, b"upstream cut hello-rk_1.0_all.deb short\n")
+    del archive.upstream.rules[path]
+    assert (await archive.get(path))[0] == 200
+    assert archive.upstream.counts[path] == 2
+
+
 async def test_a_new_release_is_served_only_once_its_indexes_are_held(archive: Archive) -> None:
     _, old, _ = await archive.get("/debian/dists/stable/Release")
     await archive.get(f"/debian/dists/stable/{PACKAGES}")
