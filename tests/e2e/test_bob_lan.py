@@ -31,6 +31,7 @@ TIMEOUT = 60
 NETNS = Path("/etc/netns")
 # runs side by side on one machine keep their namespaces apart by prefix
 PREFIX = os.environ.get("RETREATKIT_TEST_NETNS", "rkbf")
+NO_NAME = "Temporary failure in name resolution"  # relay.retreat.lan, with no resolver
 
 
 def ip(*args: str) -> None:
@@ -272,6 +273,47 @@ def test_no_relay_the_sender_is_its_own_rendezvous(lan: Lan, payload: Path, tmp_
         assert (out / "image.bin").read_bytes() == payload.read_bytes()
         # a second receiver finds nothing: the sender stopped announcing when it was joined
         assert nobody_waits(lan, out, passphrase)
+    finally:
+        for proc in (sender, receiver):
+            if proc is not None:
+                proc.stop()
+
+
+def test_no_relay_and_no_direct_stops_each_side_and_says_why(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """With no relay, the sender as its own rendezvous is a direct connection: --no-direct
+    refuses it on either side, in one line, instead of saying `Path: direct`."""
+    lonely = lan.bob("a", "send", "--no-direct", "--no-qr", str(payload))
+    status, said = finish(lonely)
+    assert status == 1
+    assert said[-1] == (
+        f"ERROR: --no-direct needs a relay, and none answers at relay.retreat.lan:9000"
+        f" ({NO_NAME}): give --relay HOST:PORT, or leave out --no-direct to let the receiver"
+        " connect to this computer"
+    )
+    assert not any("Passphrase" in line for line in said)
+    sender = lan.bob("b", "send", "--no-qr", str(payload))
+    receiver = None
+    try:
+        passphrase = sender.wait_for(r"^Passphrase: (\S+)$")[1]
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = lan.bob("a", "recv", "--no-direct", "--yes", "-o", str(out), passphrase)
+        code, got = finish(receiver)
+        assert code == 1
+        assert got == [
+            f"ERROR: --no-direct needs a relay, and none answers at relay.retreat.lan:9000"
+            f" ({NO_NAME}): give --relay HOST:PORT, or leave out --no-direct to connect to a"
+            " sender on the LAN"
+        ]
+        assert list(out.iterdir()) == []
+        # the sender was never reached, so its passphrase still holds: a receiver gets it
+        again = lan.bob("a", "recv", "--yes", "-o", str(out), passphrase)
+        code, got = finish(again)
+        assert code == 0, got
+        assert "Path: direct" in got
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
     finally:
         for proc in (sender, receiver):
             if proc is not None:
