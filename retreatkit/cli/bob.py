@@ -33,7 +33,8 @@ LAN's relay first, then every sender announcing it at once: only one that
 proves the passphrase counts); else relay.retreat.lan:9000. A sender that
 reaches no relay at all waits for the receiver on the LAN itself. Once both
 sides proved the passphrase, they try a direct connection on the LAN and keep
-the relay if it fails (--no-direct: never).
+the relay if it fails (--no-direct: never; it needs a relay, and with none to
+reach bob stops rather than connect to the other computer).
 
 Not dinosaure/bob: this bob speaks bob/1, a different protocol from the
 OCaml tool of the same name, and the two cannot talk to each other."""
@@ -81,7 +82,10 @@ def parser() -> argparse.ArgumentParser:
         "relay HOST:PORT (default: $BOB_RELAY, else one on the LAN, else relay.retreat.lan)"
     )
     timeout_help = f"give up on a silent peer after this long (default {aio.PEER_TIMEOUT:g})"
-    direct_help = "never connect directly: everything goes through the relay"
+    direct_help = (
+        "never connect to the other computer: everything goes through a relay"
+        " (with none to reach, bob stops)"
+    )
 
     send = sub.add_parser("send", help="send files, folders, stdin or text")
     send.add_argument("--version", **VERSION)
@@ -252,7 +256,11 @@ async def send(args: argparse.Namespace) -> int:
             target = next(iter(await find.on_lan(None)), None)
             if target is not None:
                 _say(f"Using the relay at {target.relay} (found on the LAN)")
-        if target is None:
+        if target is None and args.no_direct:
+            # our own rendezvous would be a direct connection: --no-direct needs a relay
+            target = await find.default()
+            rendezvous = RelayRendezvous(target.relay, args.count, timeout, find.REACH)
+        elif target is None:
             target = await find.default()
             rendezvous = FirstReachable(
                 RelayRendezvous(target.relay, args.count, timeout, find.REACH),
@@ -263,6 +271,8 @@ async def send(args: argparse.Namespace) -> int:
             rendezvous = RelayRendezvous(target.relay, args.count, timeout)
         await aio.send(rendezvous, sources, code, reporter, options, args.count)
     except TransferError as exc:
+        if args.no_direct:
+            exc = _needs_relay(exc, target, "to let the receiver connect to this computer")
         return _fail(reporter, exc, "start a new bob send")
     finally:
         reporter.stop()
@@ -293,10 +303,25 @@ def _place(target: find.Target, timeout: float) -> aio.Place:
     return aio.Place(connector, f"the sender announced at {target.relay}", met)
 
 
-def _unreached(exc: TransferError, target: find.Target | None, code: codes.Code) -> TransferError:
+def _needs_relay(exc: TransferError, target: find.Target | None, otherwise: str) -> TransferError:
+    """--no-direct found no relay: the one bob looked for by name is not there, and the
+    way bob meets a peer without one (a sender as its own rendezvous) is direct."""
+    if not isinstance(exc, aio.Unreachable) or target is None or target.how != "default":
+        return exc
+    return aio.RelayError(
+        f"--no-direct needs a relay, and none answers at {exc.relay} ({exc.why}): give"
+        f" --relay HOST:PORT, or leave out --no-direct {otherwise}"
+    )
+
+
+def _unreached(
+    exc: TransferError, target: find.Target | None, code: codes.Code, no_direct: bool = False
+) -> TransferError:
     """What a receiver that reached nobody is told: the LAN had no sender waiting on its
     nameplate (or the one it found has gone), which says more than a default relay name
-    that leads nowhere."""
+    that leads nowhere; with --no-direct, that it looked for a relay alone."""
+    if no_direct:
+        return _needs_relay(exc, target, "to connect to a sender on the LAN")
     if not isinstance(exc, aio.Unreachable) or target is None:
         return exc
     if target.how == "peer":
@@ -405,7 +430,11 @@ async def recv(args: argparse.Namespace) -> int:
 
     try:
         timeout = args.timeout or aio.PEER_TIMEOUT
-        stages = [[target]] if target is not None else await find.meeting_places(code.nameplate)
+        stages = (
+            [[target]]
+            if target is not None
+            else await find.meeting_places(code.nameplate, senders=not args.no_direct)
+        )
         if stages[0][0].how == "lan":
             _say(f"Using the relay at {stages[0][0].relay} (found on the LAN)")
         target = stages[-1][0]  # what a receiver that met nobody is told about
@@ -414,7 +443,9 @@ async def recv(args: argparse.Namespace) -> int:
         offer = await aio.receive(places, code, output, reporter, confirm, options, writer)
     except TransferError as exc:
         return _fail(
-            reporter, _unreached(exc, target, code), "ask the sender to start a new bob send"
+            reporter,
+            _unreached(exc, target, code, args.no_direct),
+            "ask the sender to start a new bob send",
         )
     finally:
         reporter.stop()

@@ -119,11 +119,16 @@ class Racer:
     # -- connecting -----------------------------------------------------------------------
 
     def connect(
-        self, theirs: tuple[hints.Hint, ...], peer_seen: str | None, relay_local: str | None
+        self,
+        theirs: tuple[hints.Hint, ...],
+        peer_seen: hints.Address | None,
+        relay_local: str | None,
     ) -> list[hints.Hint]:
-        """Try the peer's hints that are viable from here; returns those tried."""
+        """Try the peer's hints that are viable from here (`peer_seen`: the peer's address
+        in the relay's `paired` line; `relay_local`: our end of the relay connection);
+        returns those tried."""
         self._peer_hints_at = time.monotonic()
-        tried = hints.viable(theirs, networks(), _address(peer_seen), _address(relay_local))
+        tried = hints.viable(theirs, networks(), peer_seen, _address(relay_local))
         for hint in tried:
             self._spawn(self._dial(hint))
         self._changed.set()

@@ -83,11 +83,13 @@ def _is_relay(found: mdns.Found) -> bool:
     return found.properties.get("kind", "relay") == "relay"
 
 
-async def meeting_places(nameplate: str, seconds: float = DISCOVERY) -> list[list[Target]]:
+async def meeting_places(
+    nameplate: str, seconds: float = DISCOVERY, senders: bool = True
+) -> list[list[Target]]:
     """A receiver's stages (module docstring): the LAN's relay, then the senders the LAN
     announces for `nameplate`, tried together; with no relay on the LAN, the default one
-    last."""
-    found = await on_lan(nameplate, seconds)
+    last. Without `senders` (--no-direct: a sender is a direct connection), relays only."""
+    found = await on_lan(nameplate if senders else None, seconds)
     relays = [t for t in found if t.how == "lan"]
     peers = [t for t in found if t.how == "peer"]
     stages = [stage for stage in (relays, peers) if stage]

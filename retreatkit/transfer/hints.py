@@ -72,6 +72,25 @@ def decode(body: bytes) -> tuple[Hint, ...]:
     return tuple(hints)
 
 
+def paired_address(text: str) -> Address | None:
+    """The peer's address in a relay's `paired HOST:PORT` line: where the relay saw the
+    peer come from (`viable` trusts it for that address alone). An IPv4 peer seen by a
+    dual-stack relay (`::ffff:a.b.c.d`) is that IPv4 address; a host that is not an IP
+    literal, or no port, is no address at all."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit():
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def viable(
     hints: Iterable[Hint],
     networks: Sequence[Network],
@@ -82,12 +101,20 @@ def viable(
     beyond these bounds, so a peer cannot make us connect across the LAN or the
     internet. Kept: an address on a network one of our interfaces is on (link-local
     only if we hold one there), or the very address the relay saw the peer connect
-    from; loopback only when the relay is on this machine and saw the peer here too
-    (both sides on one computer). Never multicast, broadcast, unspecified or reserved."""
+    from (`peer_seen`, from its `paired` line); loopback only when the relay is on this
+    machine (`relay_local`, our end of the relay connection, is loopback) and saw the
+    peer here too (both sides on one computer). Never multicast, broadcast, unspecified,
+    reserved or IPv4-mapped (a mapped hint would reach IPv4 past these checks).
+
+    A relay that lies in `paired` names one address, and only a peer that holds the
+    passphrase can hint it (hints travel encrypted): a lying relay alone adds nothing, and
+    it cannot open our loopback, which needs our own end of the connection on it."""
     out: list[Hint] = []
     for hint in hints:
         a = hint.address
         if a.is_multicast or a.is_unspecified or a.is_reserved or _broadcast(a, networks):
+            continue
+        if a.version == 6 and a.ipv4_mapped is not None:
             continue
         if a.is_loopback:
             ok = bool(

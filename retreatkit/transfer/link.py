@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from retreatkit.relay import wire
+from retreatkit.transfer import hints
 from retreatkit.transfer.channel import Channel, ConnectionClosed, Frame
 from retreatkit.transfer.errors import PeerAborted as PeerAborted  # found here too
 from retreatkit.transfer.errors import PeerGone as PeerGone
@@ -116,6 +117,8 @@ class Link:
         self.writer = writer
         self.timeout = timeout
         self.direct = direct  # a connection straight to the peer, not through a relay
+        # the peer's address as the relay's `paired` line named it (hints.viable)
+        self.peer_seen: hints.Address | None = None
         self._pending: collections.deque[Frame] = collections.deque()
 
     @classmethod
@@ -133,7 +136,8 @@ class Link:
             self.reader.allow_stalls()
 
     def addresses(self) -> tuple[str | None, str | None]:
-        """(our address, the peer's address) on this connection."""
+        """(our address, the other end's address) on this connection: through a relay,
+        the relay's, not the peer's (that is `peer_seen`)."""
         transport = getattr(self.writer, "transport", None)
         if transport is None:
             return None, None
@@ -168,6 +172,8 @@ class Link:
             raise RelayError(f"{who} says: {text}")
         if reply.word != expect:
             raise RelayError(f"{who} answered {reply.word!r} where bob/1 says {expect!r}")
+        if reply.word == "paired":
+            self.peer_seen = hints.paired_address(reply.text)
         return wire.Reply(reply.word, text)
 
     async def event(self, session: Session, timeout: float | None) -> Event:

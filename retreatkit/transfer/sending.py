@@ -54,10 +54,11 @@ async def start_racing(link: Link, session: Session, options: Options) -> direct
 
 
 def race_to(racer: direct.Racer | None, link: Link, event: Hinted, options: Options) -> None:
-    """The peer's hints came: try the viable ones (if we race at all)."""
+    """The peer's hints came: try the viable ones (if we race at all). The peer's own
+    address is the one the relay's `paired` line named, never the relay's."""
     if racer is not None and options.direct:
-        local, peer = link.addresses()
-        racer.connect(event.hints, peer, local)
+        local, _relay = link.addresses()
+        racer.connect(event.hints, link.peer_seen, local)
 
 
 async def send_session(

@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from retreatkit.relay import wire
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.errors import RemoteProtocolError
+from retreatkit.transfer.hints import Hint
 from retreatkit.transfer.link import Link
 from retreatkit.transfer.machine import (
     Answered,
@@ -191,15 +192,16 @@ def fake_relay(serve: Callable[[socket.socket, bytes], None]) -> Iterator[FakeRe
         relay.close()
 
 
-def sender_over(conn: socket.socket, code: Code) -> Session:
-    """Play an honest sender over a raw connection (for a fake relay that is also the peer)."""
+def sender_over(conn: socket.socket, code: Code, hinted: Sequence[Hint] = ()) -> Session:
+    """Play a sender over a raw connection (for a fake relay that is also the peer), up to
+    the receiver's HINTS; it hints `hinted` (an honest one that listens nowhere: none)."""
     session = Session(Side.SENDER, code)
     conn.sendall(session.start())
     while True:
         event = session.next_event()
         conn.sendall(session.data_to_send())
         if isinstance(event, Confirmed):
-            conn.sendall(session.send_hints([]))
+            conn.sendall(session.send_hints(list(hinted)))
         if isinstance(event, Hinted):
             return session
         if event is None:

@@ -29,6 +29,9 @@ pytestmark = [
 ]
 TIMEOUT = 60
 NETNS = Path("/etc/netns")
+# runs side by side on one machine keep their namespaces apart by prefix
+PREFIX = os.environ.get("RETREATKIT_TEST_NETNS", "rkbf")
+NO_NAME = "Temporary failure in name resolution"  # relay.retreat.lan, with no resolver
 
 
 def ip(*args: str) -> None:
@@ -79,25 +82,30 @@ class Lan:
         return doc
 
 
+def namespace(name: str, made: list[str]) -> None:
+    """A new namespace with loopback up and no resolver: relay.retreat.lan fails at once,
+    as on a LAN without the event's nameserver (ip netns exec mounts this over
+    /etc/resolv.conf)."""
+    try:
+        ip("netns", "add", name)
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"cannot make a network namespace here: {exc.stderr.strip()!r}")
+    made.append(name)
+    ip("-n", name, "link", "set", "lo", "up")
+    (NETNS / name).mkdir(parents=True, exist_ok=True)
+    (NETNS / name / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+
+
 @pytest.fixture
 def lan(tmp_path: Path) -> Iterator[Lan]:
-    prefix = f"rkbf-{secrets.token_hex(3)}"
+    prefix = f"{PREFIX}-{secrets.token_hex(3)}"
     switch = f"{prefix}-sw"
     names = {"a": f"{prefix}-a", "b": f"{prefix}-b", "r": f"{prefix}-r"}
     address = {"a": "10.78.0.1", "b": "10.78.0.2", "r": "10.78.0.3"}
     made: list[str] = []
     try:
         for ns in (switch, *names.values()):
-            try:
-                ip("netns", "add", ns)
-            except subprocess.CalledProcessError as exc:
-                pytest.skip(f"cannot make a network namespace here: {exc.stderr.strip()!r}")
-            made.append(ns)
-            ip("-n", ns, "link", "set", "lo", "up")
-            # no resolver on this LAN: relay.retreat.lan fails at once, as on a LAN without
-            # the event's nameserver (ip netns exec mounts this over /etc/resolv.conf)
-            (NETNS / ns).mkdir(parents=True, exist_ok=True)
-            (NETNS / ns / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+            namespace(ns, made)
         ip("-n", switch, "link", "add", "br0", "type", "bridge")
         ip("-n", switch, "link", "set", "br0", "up")
         for host, ns in names.items():
@@ -114,6 +122,43 @@ def lan(tmp_path: Path) -> Iterator[Lan]:
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
             shutil.rmtree(NETNS / ns, ignore_errors=True)
+
+
+@pytest.fixture
+def routed(tmp_path: Path) -> Iterator[Lan]:
+    """Two subnets, a on 10.79.1.0/24 and b on 10.79.2.0/24, each routed through r, which
+    holds 10.79.1.1 and 10.79.2.1 and forwards between them (no NAT: the relay on r sees
+    each peer's own address). Forwarding starts off (`forward`)."""
+    prefix = f"{PREFIX}-{secrets.token_hex(3)}"
+    names = {"a": f"{prefix}-a", "b": f"{prefix}-b", "r": f"{prefix}-r"}
+    address = {"a": "10.79.1.2", "b": "10.79.2.2", "ra": "10.79.1.1", "rb": "10.79.2.1"}
+    made: list[str] = []
+    try:
+        for ns in names.values():
+            namespace(ns, made)
+        forward(names["r"], on=False)
+        for host, net in (("a", "1"), ("b", "2")):
+            ip("link", "add", "eth0", "netns", names[host], "type", "veth", "peer", "name",
+               f"to{host}", "netns", names["r"])  # fmt: skip
+            ip("-n", names[host], "addr", "add", f"10.79.{net}.2/24", "dev", "eth0")
+            ip("-n", names[host], "link", "set", "eth0", "up")
+            ip("-n", names[host], "route", "add", "default", "via", f"10.79.{net}.1")
+            ip("-n", names["r"], "addr", "add", f"10.79.{net}.1/24", "dev", f"to{host}")
+            ip("-n", names["r"], "link", "set", f"to{host}", "up")
+        home = tmp_path / "home"
+        home.mkdir()
+        yield Lan(prefix, names, address, home)
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+            shutil.rmtree(NETNS / ns, ignore_errors=True)
+
+
+def forward(ns: str, on: bool) -> None:
+    subprocess.run(
+        ["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.ip_forward={int(on)}"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
 
 
 def finish(proc: Process) -> tuple[int, list[str]]:
@@ -162,6 +207,46 @@ def test_a_relay_found_on_the_lan_and_a_direct_connection(
                 proc.stop()
 
 
+@pytest.mark.parametrize(("routing", "path"), [(True, "direct"), (False, "relay")])
+def test_peers_on_two_subnets_meet_directly_at_the_address_the_relay_saw(
+    routed: Lan, payload: Path, tmp_path: Path, routing: bool, path: str
+) -> None:
+    """Neither peer is on the other's network: the one direct hint each may try is the
+    peer's address as the relay's `paired` line names it. Where the router forwards, the
+    data goes direct; where it does not, the relay carries it."""
+    forward(routed.hosts["r"], on=routing)
+    relay = routed.bob("r", "relay", "--listen", "0.0.0.0:9000", "--admin", "127.0.0.1:0")
+    sender = receiver = None
+    try:
+        admin = relay.wait_for(r"^Admin on (http://\S+)/status$")[1]
+        sender = routed.bob(
+            "a", "send", "--relay", "10.79.1.1:9000", str(payload),
+            BOB_PASSPHRASE="4321-alpha-abandon",
+        )  # fmt: skip
+        sender.wait_for(r"^Passphrase: ")
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = routed.bob(
+            "b", "recv", "--relay", "10.79.2.1:9000", "--yes", "-o", str(out),
+            "4321-alpha-abandon",
+        )  # fmt: skip
+        code, got = finish(receiver)
+        assert code == 0, got
+        status, said = finish(sender)
+        assert status == 0, said
+        assert got[0].startswith("Offer from 10.79.1.2:")  # where the relay saw the sender
+        assert f"Path: {path}" in got and f"Path: {path}" in said
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+        doc = routed.status("r", admin)["relay"]
+        assert isinstance(doc, dict)
+        assert doc["transfers_completed"] == 1
+        assert (doc["bytes_relayed"] < 64 * 1024) == routing
+    finally:
+        for proc in (sender, receiver, relay):
+            if proc is not None:
+                proc.stop()
+
+
 def test_no_relay_the_sender_is_its_own_rendezvous(lan: Lan, payload: Path, tmp_path: Path) -> None:
     sender = lan.bob("a", "send", "--no-qr", str(payload))
     receiver = None
@@ -188,6 +273,47 @@ def test_no_relay_the_sender_is_its_own_rendezvous(lan: Lan, payload: Path, tmp_
         assert (out / "image.bin").read_bytes() == payload.read_bytes()
         # a second receiver finds nothing: the sender stopped announcing when it was joined
         assert nobody_waits(lan, out, passphrase)
+    finally:
+        for proc in (sender, receiver):
+            if proc is not None:
+                proc.stop()
+
+
+def test_no_relay_and_no_direct_stops_each_side_and_says_why(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """With no relay, the sender as its own rendezvous is a direct connection: --no-direct
+    refuses it on either side, in one line, instead of saying `Path: direct`."""
+    lonely = lan.bob("a", "send", "--no-direct", "--no-qr", str(payload))
+    status, said = finish(lonely)
+    assert status == 1
+    assert said[-1] == (
+        f"ERROR: --no-direct needs a relay, and none answers at relay.retreat.lan:9000"
+        f" ({NO_NAME}): give --relay HOST:PORT, or leave out --no-direct to let the receiver"
+        " connect to this computer"
+    )
+    assert not any("Passphrase" in line for line in said)
+    sender = lan.bob("b", "send", "--no-qr", str(payload))
+    receiver = None
+    try:
+        passphrase = sender.wait_for(r"^Passphrase: (\S+)$")[1]
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = lan.bob("a", "recv", "--no-direct", "--yes", "-o", str(out), passphrase)
+        code, got = finish(receiver)
+        assert code == 1
+        assert got == [
+            f"ERROR: --no-direct needs a relay, and none answers at relay.retreat.lan:9000"
+            f" ({NO_NAME}): give --relay HOST:PORT, or leave out --no-direct to connect to a"
+            " sender on the LAN"
+        ]
+        assert list(out.iterdir()) == []
+        # the sender was never reached, so its passphrase still holds: a receiver gets it
+        again = lan.bob("a", "recv", "--yes", "-o", str(out), passphrase)
+        code, got = finish(again)
+        assert code == 0, got
+        assert "Path: direct" in got
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
     finally:
         for proc in (sender, receiver):
             if proc is not None:

@@ -5,12 +5,14 @@ hostile peer or a LAN neighbour sends to the listener."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 
 from retreatkit.transfer import direct, hints
 from retreatkit.transfer.pake import Side, derive
 
 HERE = "127.0.0.1"
+SEEN = ipaddress.ip_address(HERE)  # where the relay's `paired` line says the peer is
 
 
 async def pair(
@@ -24,8 +26,8 @@ async def pair(
 async def exchange(sender: direct.Racer, receiver: direct.Racer) -> list[hints.Hint]:
     theirs = await receiver.listen(HERE)
     ours = await sender.listen(HERE)
-    sender.connect(tuple(theirs), HERE, HERE)
-    receiver.connect(tuple(ours), HERE, HERE)
+    sender.connect(tuple(theirs), SEEN, HERE)
+    receiver.connect(tuple(ours), SEEN, HERE)
     return ours
 
 
@@ -80,8 +82,8 @@ async def test_a_neighbour_flooding_the_listener_holds_at_most_eight_sockets() -
                 closed += 1
         assert sender._unproven == direct.MAX_UNPROVEN and closed == 20 - direct.MAX_UNPROVEN
         theirs = await receiver.listen(HERE)
-        sender.connect(tuple(theirs), HERE, HERE)  # our own connect still gets through
-        receiver.connect(tuple(ours), HERE, HERE)
+        sender.connect(tuple(theirs), SEEN, HERE)  # our own connect still gets through
+        receiver.connect(tuple(ours), SEEN, HERE)
         chosen = await sender.first()
         assert chosen is not None
         assert await receiver.take(chosen[0]) is not None

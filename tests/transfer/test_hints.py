@@ -92,6 +92,45 @@ def test_a_hostile_relay_cannot_open_our_loopback() -> None:
     assert hints.viable([hint("127.0.0.1")], LAN, loop, loop) == [hint("127.0.0.1")]
 
 
+@pytest.mark.parametrize(
+    ("line", "seen"),
+    [
+        ("10.1.0.2:40000", "10.1.0.2"),
+        ("::ffff:10.1.0.2:40000", "10.1.0.2"),  # a dual-stack relay saw an IPv4 peer
+        ("[2001:db8::5]:40000", "2001:db8::5"),
+        ("2001:db8::5:40000", "2001:db8::5"),  # the relay's own spelling: no brackets
+        ("relay.retreat.lan:40000", None),  # never a name to resolve
+        ("10.1.0.2", None),
+        ("10.1.0.2:port", None),
+        ("", None),
+    ],
+)
+def test_the_address_in_a_paired_line(line: str, seen: str | None) -> None:
+    got = hints.paired_address(line)
+    assert got == (ipaddress.ip_address(seen) if seen else None)
+
+
+def test_an_ipv4_mapped_hint_is_never_tried() -> None:
+    """::ffff:127.0.0.1 dials 127.0.0.1 on a dual-stack socket: it would reach loopback
+    (or any IPv4 address) past the checks that an IPv4 hint gets."""
+    seen = ipaddress.ip_address("10.78.0.9")
+    theirs = [hint("::ffff:127.0.0.1"), hint("::ffff:10.78.0.9"), hint("::ffff:8.8.8.8")]
+    assert hints.viable(theirs, LAN, seen, ipaddress.ip_address("127.0.0.1")) == []
+
+
+def test_a_forged_paired_address_adds_one_address_and_never_loopback() -> None:
+    """A relay that lies in `paired` makes that one address viable, and only if the peer,
+    who holds the passphrase, hints it too; loopback stays shut to a relay elsewhere
+    whatever it names, and to a relay here unless it names loopback."""
+    forged = hints.paired_address("8.8.4.4:1")
+    theirs = [hint("8.8.4.4"), hint("8.8.8.8"), hint("127.0.0.1")]
+    here, far = ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("10.78.0.1")
+    assert hints.viable(theirs, LAN, forged, far) == [hint("8.8.4.4")]
+    assert hints.viable(theirs, LAN, forged, here) == [hint("8.8.4.4")]
+    looped = hints.paired_address("127.0.0.1:1")
+    assert hints.viable(theirs, LAN, looped, far) == []
+
+
 def test_the_proof_needs_the_session_key_and_cannot_be_reflected() -> None:
     keys_s, keys_r = derive(b"k" * 32, Side.SENDER), derive(b"k" * 32, Side.RECEIVER)
     s_nonce, r_nonce = b"s" * 16, b"r" * 16

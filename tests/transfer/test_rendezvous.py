@@ -174,6 +174,35 @@ def test_a_receiver_that_reaches_nobody_is_told_what_it_looked_for() -> None:
     assert bob._unreached(gone, given, code) is gone
 
 
+def test_no_direct_with_no_relay_is_told_it_needs_one() -> None:
+    """--no-direct never meets its peer without a relay (that would be direct): reaching
+    no relay by the default name, each side says so and what to do."""
+    code = Code("42", ("purple", "sofa"))
+    nothing = Unreachable(find.DEFAULT, "Temporary failure in name resolution")
+    default = find.Target(find.DEFAULT, "default")
+    assert str(bob._unreached(nothing, default, code, no_direct=True)) == (
+        "--no-direct needs a relay, and none answers at relay.retreat.lan:9000 (Temporary"
+        " failure in name resolution): give --relay HOST:PORT, or leave out --no-direct to"
+        " connect to a sender on the LAN"
+    )
+    given = find.Target(Relay("10.0.0.5", 9000), "given")  # the user's own word stands
+    gone = Unreachable(given.relay, "Connection refused")
+    assert bob._unreached(gone, given, code, no_direct=True) is gone
+
+
+@pytest.mark.parametrize("command", ["send", "recv"])
+def test_no_direct_says_it_needs_a_relay_in_the_help(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        bob.main([command, "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert (
+        "--no-direct never connect to the other computer: everything goes through a relay"
+        " (with none to reach, bob stops)"
+    ) in shown
+
+
 async def test_every_bob_connection_has_the_kernel_ask_a_quiet_peer() -> None:
     """Keepalive and a user timeout on both ends of a bob connection (25 s to give up on
     a peer that vanished) until the data flows: test_bob_lan.py shows them ending a real
