@@ -99,6 +99,13 @@ def served_elsewhere(service: Service) -> dict[str, tuple[str, int]]:
     return dict(own()) if own is not None else {}
 
 
+def stopped_name(service: Service) -> str:
+    """How `Stopped:` names a service: an optional `stopped_as()` method says more (the
+    guests a supervisor stopped with it, which serve their services outside this process)."""
+    own = getattr(service, "stopped_as", None)
+    return str(own()) if own is not None else service.name
+
+
 LISTENING = re.compile(
     r"^(Relay|Mirror|Nameserver) listening on (?:http://)?\[?([^\s/\]]+)\]?:(\d+)"
 )
@@ -203,7 +210,7 @@ async def serve(
             await runner.cleanup()
         logging.getLogger("retreatkit").removeHandler(ring)
         if started:
-            say(f"Stopped: {', '.join(s.name for s in started)}")
+            say(f"Stopped: {', '.join(stopped_name(s) for s in started)}")
     return 0
 
 

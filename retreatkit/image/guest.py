@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import codecs
 import json
+import logging
 import os
 import signal
 import sys
@@ -76,7 +77,13 @@ async def _watch_console(task: asyncio.Future[int]) -> None:
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    """A line for the organiser, as a local process says one: on the console (stderr, the
+    line alone) and a record on `/logs`, so the dashboard's Logs screen has the guest's
+    start-up lines too. Handled whatever the level: the host waits for `Admin on` on the
+    console, and a quieter level set at run time must not hide the stop it asked for."""
+    said = logging.getLogger("retreatkit")
+    said.handle(said.makeRecord(said.name, logging.INFO, __file__, 0, line, (), None,
+                                extra=serve.SAID))  # fmt: skip
 
 
 def probe(name: str) -> None:

@@ -1,8 +1,9 @@
 """Several named guests, as Albatross keeps unikernels: start, stop, restart on exit, stats.
 
 A guest's definition (image, forwards, memory, disk, restart policy, configuration file)
-lives in `<state>/vm/<name>/guest.json` beside its console log, so a definition outlives
-the process that supervised it.
+lives in `<state>/vm/<name>/guest.json` beside its console log, how it last ended and its
+restarts since a start was last asked for, so all of it outlives the process that
+supervised it.
 
 What befalls a guest is logged on `retreatkit.vm`: a start, its admin answering and a stop
 asked for at INFO; an exit nobody asked for (a kernel panic among them), a restart and
@@ -35,6 +36,7 @@ from retreatkit.serve import SAID
 
 log = logging.getLogger("retreatkit.vm")
 LAST_EXIT = "last-exit"  # beside guest.json: how the guest last ended
+RESTARTS = "restarts"  # beside guest.json: restarts since a start was last asked for
 MAX_EXIT_NOTE = 1024  # bytes read back of it (describe_exit keeps it one short line)
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")  # whole: a name is a folder and a URL part
@@ -174,10 +176,12 @@ class Supervisor:
         self.on_idle = on_idle  # called when the last running guest has ended
         self.restarts = restarts  # a fresh policy for each start asked for
         self.guests: dict[str, Supervised] = {}
+        self.restarted = 0  # restarts this supervisor made (a counter: never goes down)
         for saved in sorted(root.glob("*/guest.json")) if root.exists() else []:
             with contextlib.suppress(OSError, ValueError, GuestError):
                 entry = self._add(Definition.parse(json.loads(saved.read_text())))
                 entry.last_exit = _read_exit(saved.with_name(LAST_EXIT))
+                entry.restarts = _read_count(saved.with_name(RESTARTS))
 
     def _add(self, definition: Definition) -> Supervised:
         entry = self.guests.get(definition.name)
@@ -262,6 +266,8 @@ class Supervisor:
         if entry.state != "running":  # stopped meanwhile: it stays stopped
             self.settle()
             return entry
+        # a start asked for counts restarts afresh, as its restart policy starts afresh
+        self._count_restarts(entry, 0)
         entry.keeper = asyncio.ensure_future(self._keep(entry, launch))
         _tell(logging.INFO, f"Guest {name} starting; admin on {entry.admin}/status")
         return entry
@@ -306,7 +312,8 @@ class Supervisor:
                 _tell(logging.WARNING, f"Guest {name} exited ({entry.last_exit});"
                       f" {entry.given_up}: not restarted")  # fmt: skip
                 return
-            entry.restarts += 1
+            self._count_restarts(entry, entry.restarts + 1)
+            self.restarted += 1
             entry.state = "restarting"
             _tell(
                 logging.WARNING,
@@ -329,6 +336,12 @@ class Supervisor:
         entry.last_exit = how
         with contextlib.suppress(OSError):
             (self.folder(entry.definition.name) / LAST_EXIT).write_text(how + "\n")
+
+    def _count_restarts(self, entry: Supervised, count: int) -> None:
+        """The guest's restarts, kept beside its definition as how it ended is."""
+        entry.restarts = count
+        with contextlib.suppress(OSError):
+            (self.folder(entry.definition.name) / RESTARTS).write_text(f"{count}\n")
 
     async def _announce(self, name: str, guest: run.Guest, admin: str | None) -> None:
         await guest.ready.wait()
@@ -411,6 +424,15 @@ def _read_exit(path: Path) -> str | None:
             return f.read(MAX_EXIT_NOTE).decode("utf-8", "replace").strip() or None
     except OSError:
         return None
+
+
+def _read_count(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            text = f.read(32).decode("ascii").strip()
+    except (OSError, UnicodeError):
+        return 0
+    return int(text) if text.isdigit() else 0
 
 
 def _tell(level: int, line: str) -> None:

@@ -160,10 +160,9 @@ class _Collector(Collector):
         self.supervisor = supervisor
 
     def collect(self) -> Any:
-        guests = self.supervisor.guests.values()
         yield GaugeMetricFamily("vm_guests_running", "guests running", value=self.supervisor.active)
         yield CounterMetricFamily(
-            "vm_guest_restarts", "guest restarts", value=sum(g.restarts for g in guests)
+            "vm_guest_restarts", "guest restarts", value=self.supervisor.restarted
         )
 
 
@@ -245,6 +244,7 @@ class VmService:
         self._handlers: Handlers | None = None
         self._runner: web.AppRunner | None = None
         self._started = 0.0
+        self._stopped: list[str] = []  # the guests that ran when it was told to stop
 
     async def start(self, registry: CollectorRegistry, say: Callable[[str], None]) -> None:
         self._started = time.monotonic()
@@ -306,22 +306,30 @@ class VmService:
 
     async def stop(self) -> None:
         if self.supervisor is not None:
+            self._stopped = sorted(n for n, e in self.supervisor.guests.items() if e.running)
             await self.supervisor.close()
         if self._runner is not None:
             await self._runner.cleanup()
             with contextlib.suppress(OSError):
                 control_path().unlink()
 
+    def stopped_as(self) -> str:
+        """`vm (guest relay)`: what stopped with the supervisor, named for `Stopped:`."""
+        if not self._stopped:
+            return self.name
+        noun = "guest" if len(self._stopped) == 1 else "guests"
+        return f"{self.name} ({noun} {', '.join(self._stopped)})"
+
     def status(self) -> dict[str, Any]:
         if self.supervisor is None:
             return {"up": False}
-        guests = self.supervisor.guests.values()
         return {
             "up": True,
             "uptime_seconds": round(time.monotonic() - self._started, 1),
             "guests": len(self.supervisor.guests),
             "guests_running": self.supervisor.active,
-            "restarts": sum(g.restarts for g in guests),
+            "restarts": self.supervisor.restarted,
+            "ends_when_idle": self.until_idle,  # a background one: gone with its last guest
             "warnings": self.supervisor.warnings(),
         }
 

@@ -36,6 +36,7 @@ class Guest:
     memory_mb: float | None  # the guest's own memory
     last_exit: str | None
     admin: str | None  # its admin endpoint's URL, as the supervisor wrote it
+    up: bool = False  # running, and its admin endpoint answered its supervisor
 
     @property
     def running(self) -> bool:
@@ -73,6 +74,7 @@ def parse(doc: Any) -> list[Guest]:
                 memory_mb=number(item.get("memory_mb")),
                 last_exit=_text(item.get("last_exit")),
                 admin=_text(item.get("admin")),
+                up=item.get("up") is True,
             )
         )
     return found

@@ -48,6 +48,9 @@ class EndpointState:
     # as the supervisor last listed it
     guest_of: tuple[str, str] | None = None
     guest: Guest | None = None
+    # a supervisor that ends with its last guest (the one `retreatkit vm start` leaves in
+    # the background), unreachable once none of its guests ran: it ended, as it should
+    ended: bool = False
 
     def services(self) -> list[str]:
         if self.status is None:
@@ -79,12 +82,17 @@ class EndpointState:
     def state_of(self, service: str) -> str:
         """How the overview names a service's state: up, DOWN, unreachable, or for a
         guest's service the guest's own state (stopped, restarting, failed, starting)."""
+        if self.ended:
+            return "ended"
         if self.guest is not None and (self.guest_down() or self.error or not self.status):
             if self.guest_down():
                 return self.guest.state
             if self.guest.booting():
                 return "starting"
         return {True: "up", False: "DOWN", None: "unreachable"}[self.is_up(service)]
+
+    def ends_when_idle(self) -> bool:
+        return self.section("vm").get("ends_when_idle") is True
 
     def line(self, key: str) -> Series:
         if key not in self.series:
@@ -144,8 +152,14 @@ class DashboardState:
         state = self.endpoints[endpoint]
         if error is not None:
             state.error = error
+            # its last list had nothing running: the supervisor went away with its last
+            # guest, as a background one does (`retreatkit vm start` starts one again)
+            state.ended = state.ends_when_idle() and not any(
+                g.state in ("running", "restarting") for g in state.guests or []
+            )
             return
         state.error = None
+        state.ended = False
         state.status = status
         for label, path in WATCHED:
             value = number(get(status, *path))
@@ -167,7 +181,7 @@ class DashboardState:
         for e in self.endpoints.values():
             if e.guest is not None and (e.guest_down() or (e.error and e.guest.booting())):
                 pass  # its supervisor's list says why (below), not "cannot connect"
-            elif e.error is not None:
+            elif e.error is not None and not e.ended:
                 out.append(e.error)
             if e.guests_error is not None:
                 out.append(e.guests_error)

@@ -351,6 +351,12 @@ def supervisor_lines(state: DashboardState) -> list[str]:
         if "vm" not in e.services():
             continue
         vm = e.section("vm")
+        if e.ended:
+            out.append(
+                f"{e.name} ended with its last guest, as the supervisor `retreatkit vm start` "
+                "leaves in the background does: `retreatkit vm start NAME` starts a guest again"
+            )
+            continue
         out.append(
             f"{e.name} supervises {plural(vm.get('guests'), 'guest', 'guests')}, "
             f"{count(vm.get('guests_running'))} running, "

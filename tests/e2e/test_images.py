@@ -142,9 +142,14 @@ def test_relay_image_carries_a_bob_transfer(
         relay_status = status["relay"]
         assert isinstance(relay_status, dict)
         assert relay_status["bytes_relayed"] > 3_000_000  # the file went through the guest
+        token = (Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token").read_text().strip()
+        # its start-up lines are records on /logs too, as a local process's are: the
+        # dashboard's Logs screen has them before the guest logs anything else
+        started = logged(guest.admin, token, "Admin on http://0.0.0.0:8080/status")
+        assert started[-1] == ("process", "INFO", "Admin on http://0.0.0.0:8080/status")
+        assert ("process", "INFO", "Relay listening on 0.0.0.0:9000") in started
 
         # the admin token reaches the guest on its configuration disk, never on argv
-        token = (Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token").read_text().strip()
         argv = Path(f"/proc/{qemu_of(guest)}/cmdline").read_bytes().split(b"\0")
         assert token.encode() not in b" ".join(argv)
         disk = next(a for a in argv if a.startswith(b"file=") and b"config.disk" in a)
@@ -645,8 +650,10 @@ def test_up_runs_a_service_as_an_image(tmp_path: Path, env: dict[str, str]) -> N
         attendees = status["process"]["attendees"]  # type: ignore[index]
         assert attendees[0] == line.strip()  # type: ignore[index]
     finally:
-        code = up.stop()
-    assert code == 0, up.seen
+        up.popen.send_signal(signal.SIGTERM)
+        code, lines = up.finish(BOOT_TIMEOUT)
+    assert code == 0, lines
+    assert lines[-1] == "Stopped: mirror, nameserver, vm (guest relay)"  # the guest named too
 
 
 def test_debians_kernel_boots_with_the_modules_it_needs(

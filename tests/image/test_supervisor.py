@@ -5,11 +5,15 @@ gets, each boot in the console log. Real guests boot in tests/e2e/test_images.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import gc
 import json
 import logging
 import os
+import select
+import signal
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +24,19 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from retreatkit import config, serve
+from retreatkit.admin import noted
+from retreatkit.admin import token as admin_token
 from retreatkit.admin.logs import LogRing
 from retreatkit.cli import vm
 from retreatkit.image import run, vmservice
 from retreatkit.image.supervisor import Definition, Restarts, Supervised, Supervisor
+from retreatkit.image.testing import retreatkit_argv
 from retreatkit.image.vmservice import Handlers
+from retreatkit.testing import Process
+from retreatkit.tui.app import Dashboard
+from retreatkit.tui.sources import Endpoint
+from retreatkit.tui.testing import Clock, actions_done, settle
+from retreatkit.tui.widgets import Lines, Table
 
 
 @pytest.fixture
@@ -399,3 +411,154 @@ def test_a_guests_line_reads_on_stderr_as_it_is_said(home: Path) -> None:
     other = logging.LogRecord("retreatkit.vm", logging.INFO, __file__, 1, "no guest left", None,
                               None)  # fmt: skip
     assert console.format(other).endswith(" retreatkit.vm INFO no guest left")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`retreatkit ARGS` in this test's home, with the fake qemu first on PATH."""
+    return subprocess.run(retreatkit_argv(*args), capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+
+
+async def test_a_guests_restarts_outlive_its_supervisor_until_it_is_started_again(
+    home: Path, qemu: Path, ring: LogRing
+) -> None:
+    """`up` restarts a guest whose qemu was killed, then quits: `vm list` still counts the
+    restart; a start asked for counts from 0 again."""
+    supervisor = Supervisor(vmservice.vm_dir(), restarts=lambda: Restarts(0.0))
+    supervisor.define(relay_guest(home, restart=True))
+    admin = supervisor.item("r1")["admin"]
+    await supervisor.start("r1")
+    await until_told(ring, f"Guest r1 up; admin on {admin}/status")
+    os.kill(supervisor.item("r1")["pid"], signal.SIGKILL)  # `kill -9` of its qemu
+    await until_told(ring, "Guest r1 exited (killed by signal 9); restart 1")
+    await until_told(ring, f"Guest r1 up; admin on {admin}/status")
+    assert supervisor.item("r1")["restarts"] == 1
+    await supervisor.close()  # `up` quits
+
+    listed = run_cli("vm", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1].split()[:5] == ["r1", "relay", "stopped", "-", "1"]
+    again = Supervisor(vmservice.vm_dir())
+    await again.start("r1")
+    assert again.item("r1")["restarts"] == 0
+    await again.stop("r1")
+    assert Supervisor(vmservice.vm_dir()).item("r1")["restarts"] == 0
+
+
+def test_a_supervisor_names_the_guests_it_stopped(home: Path, qemu: Path) -> None:
+    image = Path(relay_guest(home, restart=False).image)
+    supervisor = Process.start(retreatkit_argv("vm", "serve"))
+    try:
+        supervisor.wait_for(r"^Admin on ")
+        for name in ("r2", "r1"):
+            started = run_cli(
+                "vm",
+                "start",
+                name,
+                str(image),
+                "--memory",
+                "64",
+                "--config",
+                str(home / "retreat.toml"),
+            )
+            assert started.returncode == 0, started.stderr
+    finally:
+        supervisor.popen.send_signal(signal.SIGINT)
+        code, lines = supervisor.finish()
+    assert code == 0, lines
+    assert lines[-1] == "Stopped: vm (guests r1, r2)"
+
+
+def ended(pid: int) -> None:
+    """Return once process `pid` (not a child of ours) has ended."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        readable, _, _ = select.select([fd], [], [], 60)
+        assert readable, f"process {pid} still runs"
+    finally:
+        os.close(fd)
+
+
+async def test_the_dashboard_stops_the_last_guest_of_a_background_supervisor(
+    home: Path, qemu: Path
+) -> None:
+    """`vm start` leaves a supervisor in the background that ends with its last guest:
+    the dashboard says a guest it started is up once it is, and when it stops the last
+    guest it shows the supervisor ended, its guests stopped, no alarm, and how to start one
+    again."""
+    image = Path(relay_guest(home, restart=False).image)
+    for name in ("r1", "r2"):
+        started = run_cli(
+            "vm",
+            "start",
+            name,
+            str(image),
+            "--memory",
+            "64",
+            "--config",
+            str(home / "retreat.toml"),
+        )
+        assert started.returncode == 0, started.stderr
+    [url] = noted.noted()
+    [pid] = [int(p.name) for p in noted.folder().iterdir() if p.name.isdigit()]
+    app = Dashboard([Endpoint(url, admin_token.read())], interval=3600, clock=Clock(),
+                    follow_logs=False)  # fmt: skip
+    [endpoint] = app.clients
+
+    def result() -> str:
+        return str(app.screen.query_one("#result", Lines).render())
+
+    def states() -> list[tuple[str, str]]:
+        table = app.screen.query_one("#guests", Table)
+        return [(str(table.get_row_at(i)[0]), str(table.get_row_at(i)[2]))
+                for i in range(table.row_count)]  # fmt: skip
+
+    try:
+        async with app.run_test(size=(150, 60)) as pilot:
+            await pilot.press("6")
+            await settle(pilot)
+            assert states() == [("r1", "running"), ("r2", "running")]
+            await pilot.press("down", "x")
+            await pilot.pause()
+            await pilot.press("y")
+            await actions_done(pilot)
+            assert result() == "guest r2 stopped"
+            await pilot.press("s")
+            await actions_done(pilot)
+            assert result() == "guest r2 starting: its row says when it is up, or how it ended"
+            async with asyncio.timeout(60):
+                while result() != "guest r2 up":  # said once its supervisor lists it up
+                    await app.poll(endpoint)
+                    await settle(pilot)
+            for row in ("down", "up"):  # r2, then r1: the last guest
+                await pilot.press(row, "x")
+                await pilot.pause()
+                await pilot.press("y")
+                await actions_done(pilot)
+            assert result() == "guest r1 stopped"
+            await asyncio.to_thread(ended, pid)  # it had nothing left to run
+            await app.poll(endpoint)
+            await settle(pilot)
+            assert str(app.screen.query_one("#summary", Lines).render()) == (
+                f"{endpoint} ended with its last guest, as the supervisor `retreatkit vm start`"
+                " leaves in the background does: `retreatkit vm start NAME` starts a guest again"
+            )
+            assert states() == [("r1", "stopped"), ("r2", "stopped")]
+            assert "· no alarms ·" in str(app.screen.query_one("#title", Lines).render())
+            await pilot.press("s")
+            await actions_done(pilot)
+            assert result() == (
+                "guest r1's supervisor ended with its last guest: start it with "
+                "`retreatkit vm start r1`"
+            )
+            await pilot.press("1")
+            await settle(pilot)
+            assert "ended" in [
+                str(c) for c in app.screen.query_one("#services", Table).get_row_at(0)
+            ]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)

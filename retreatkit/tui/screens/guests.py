@@ -38,6 +38,7 @@ class GuestsScreen(Panel):
         super().__init__()
         self.keys: list[tuple[str, str]] = []  # (supervisor, guest) of each row shown
         self.rows: list[views.Row] = []
+        self.starting: tuple[str, str] | None = None  # a guest started here, not yet up
 
     def body(self) -> ComposeResult:
         yield Lines(id="summary")
@@ -59,6 +60,24 @@ class GuestsScreen(Panel):
             self.rows, "no guests", ["\0".join(key) for key in self.keys]
         )
         self.show_detail()
+        self.tell_started()
+
+    def tell_started(self) -> None:
+        """Once the guest started here is up, or has ended, the result line says so in
+        place of `starting` (its row says it too)."""
+        if self.starting is None:
+            return
+        guest = self.known(*self.starting)
+        if guest is None:  # removed meanwhile
+            pass
+        elif guest.up:
+            self.say(f"guest {guest.name} up")
+        elif guest.state != "running":
+            ended = f": {guest.last_exit}" if guest.last_exit else ""
+            self.say(f"guest {guest.name} {guest.state}{ended}")
+        else:
+            return
+        self.starting = None
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self.show_detail()
@@ -95,10 +114,15 @@ class GuestsScreen(Panel):
             self.say("no guest selected")
             return
         supervisor, name = key
+        self.starting = None
         before = self.known(supervisor, name)
         already = {"stop": "stopped", "start": "running"}[verb]
         if before is not None and before.state == already:
             self.say(f"guest {name} is already {already}")  # nothing to ask, nothing to send
+            return
+        if verb == "start" and self.dash.state.endpoints[supervisor].ended:
+            self.say(f"guest {name}'s supervisor ended with its last guest: start it with "
+                     f"`retreatkit vm start {name}`")  # fmt: skip
             return
         if verb == "stop":
             if not await self.sure(
@@ -123,6 +147,7 @@ class GuestsScreen(Panel):
         else:
             if verb == "start" and guest.state == "running":  # booting: it may fail yet
                 self.say(f"guest {name} starting: its row says when it is up, or how it ended")
+                self.starting = key
             else:
                 self.say(f"guest {name} {guest.state}")
             self.dash.state.record_guests(supervisor, self._replaced(supervisor, guest))
