@@ -142,8 +142,12 @@ async def _serve_many(
     async def one(number: int, link: Link, peer: str) -> None:
         nonlocal served
         reporter.say(f"Receiver {number} of {count} ({peer}): connected")
+
+        def path(which: str) -> None:
+            reporter.say(f"Receiver {number} of {count}: Path: {which}")
+
         try:
-            await _serve(link, code, sources, _quiet, _quiet, options, lock, gate)
+            await _serve(link, code, sources, _quiet, path, options, lock, gate)
         except Closed:
             return
         except PakeFailed as exc:
