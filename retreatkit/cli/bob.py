@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bob: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ERROR: interrupted", file=sys.stderr)
+        _say("ERROR: interrupted")
         return 1
     except Exception as exc:  # one line, never a traceback, whatever a peer or relay sent
         print(f"ERROR: {type(exc).__name__}: {escape(str(exc))} (a bug in bob)", file=sys.stderr)
@@ -194,6 +194,7 @@ def run_relay(args: argparse.Namespace) -> int:
 
 
 def _say(line: str) -> None:
+    prompt.end_line()  # a line said while a prompt waits starts on a line of its own
     print(line, file=sys.stderr, flush=True)
 
 

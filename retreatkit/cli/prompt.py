@@ -15,6 +15,20 @@ from retreatkit.transfer.link import Worker
 _saved: list[Any] = []  # the terminal's settings while readline holds it
 
 
+class _Line:
+    """Whether a prompt waits, its line not yet ended by the user's Enter."""
+
+    open = False
+
+
+def end_line() -> None:
+    """End the line of a prompt still waiting (Ctrl-C, an error while asking), so what
+    bob says next starts a line of its own instead of following what was typed."""
+    if _Line.open:
+        _Line.open = False
+        print(file=sys.stderr, flush=True)
+
+
 class Lines:
     """Lines from stdin (fd 0), read in a daemon thread: the loop goes on meanwhile, and
     Ctrl-C at a prompt stops bob at once instead of when Enter is pressed."""
@@ -27,6 +41,7 @@ class Lines:
     async def ask(self, prompt: str) -> str | None:
         """The next line after showing `prompt` on stderr; None at end of input."""
         print(prompt, end="", file=sys.stderr, flush=True)
+        _Line.open = True
         while b"\n" not in self._buf and not self._eof:
             self._worker = self._worker or Worker()
             chunk = await self._worker.run(lambda: os.read(0, 4096))
@@ -36,6 +51,7 @@ class Lines:
             # a terminal's echo of Enter ends the prompt's line; a pipe, or input that
             # ended, echoes nothing: end it here, so what follows has a line of its own
             print(file=sys.stderr, flush=True)
+        _Line.open = False
         if not self._buf:
             return None
         line, _, self._buf = self._buf.partition(b"\n")
@@ -73,10 +89,13 @@ async def ask_passphrase(lines: Lines) -> str | None:
             print(file=sys.stderr, flush=True)
             return None
 
+    _Line.open = True
     try:
-        return await Worker().run(read)
+        text = await Worker().run(read)
     finally:
         readline.set_completer(None)
+    _Line.open = False  # Enter's echo or read()'s own newline ended it
+    return text
 
 
 def restore_terminal() -> None:

@@ -41,6 +41,22 @@ from retreatkit.transfer.sending import Options, handshake, send_session
 __all__ = ["Options", "PeerAborted", "PeerGone", "Relay", "RelayError", "Rendezvous", "Worker"]
 __all__ += ["CONNECT_TIMEOUT", "Connector", "Place", "Unreachable", "receive", "send", "tell_peer"]
 PEER_TIMEOUT = 120.0  # longest silence from a paired peer outside of a prompt (--timeout)
+KEPT = (
+    "The partial files are kept: to resume, ask the sender to run the same bob send again,"
+    " and receive it into the same folder."
+)
+# Every FILE_END came, so each file is what the key's holder sent (PROTOCOL.md 5); only
+# END did not, so no DONE went back and the sender counts the transfer as failed. The
+# record stays: the same send again ends it on both sides with no data moving (a stream
+# of unknown size is never claimed, so it would travel again: no advice then).
+ALL_NAMED = (
+    "Every file arrived whole and checked, and has its name; only the sender's final"
+    " record did not, so the sender was not told"
+)
+ALL_NAMED_AGAIN = (
+    ". To end it on both sides, ask the sender to run the same bob send again, and"
+    " receive it into the same folder: no data travels again."
+)
 
 
 class Reporter(Protocol):
@@ -142,8 +158,12 @@ async def _serve_many(
     async def one(number: int, link: Link, peer: str) -> None:
         nonlocal served
         reporter.say(f"Receiver {number} of {count} ({peer}): connected")
+
+        def path(which: str) -> None:
+            reporter.say(f"Receiver {number} of {count}: Path: {which}")
+
         try:
-            await _serve(link, code, sources, _quiet, _quiet, options, lock, gate)
+            await _serve(link, code, sources, _quiet, path, options, lock, gate)
         except Closed:
             return
         except PakeFailed as exc:
@@ -265,10 +285,12 @@ async def receive(
         if writer is not None:
             writer.abort(keep=keep)
             if keep and writer.record.fd is not None:
-                reporter.say(
-                    "The partial files are kept: to resume, ask the sender to run the same"
-                    " bob send again, and receive it into the same folder."
-                )
+                if not writer.all_named:
+                    reporter.say(KEPT)
+                elif writer.offer.total_size is None:
+                    reporter.say(ALL_NAMED + ".")
+                else:
+                    reporter.say(ALL_NAMED + ALL_NAMED_AGAIN)
         if not isinstance(exc, Refused):
             await give_up(data_link, session, exc)
         raise

@@ -327,6 +327,12 @@ class Writer:
                 if self.record.fd is not None:  # a resume finds it under its new name
                     self._save_record()
 
+    @property
+    def all_named(self) -> bool:
+        """Every offered file arrived whole (each record authenticated, its size checked)
+        and has its name: only what follows the last FILE_END may be missing."""
+        return self._index >= len(self._files)
+
     def complete(self) -> None:
         """Everything arrived: nothing is left to resume, nor to remove on a stop."""
         self.record.remove()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import stat
 import sys
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 from retreatkit.transfer.errors import TransferError, UnsafeOffer
 from retreatkit.transfer.machine import Session
 from retreatkit.transfer.offer import (
+    MAX_ENTRIES,
     Entry,
     Offer,
     check_component,
@@ -34,6 +36,10 @@ class SourceError(TransferError):
     """A path the user asked to send cannot be sent."""
 
 
+class _TooMany(Exception):
+    """The paths hold more entries than an offer may list: the walk stops there."""
+
+
 @dataclass
 class Sources:
     offer: Offer
@@ -48,34 +54,56 @@ def collect(args: list[str], stdin_name: str = STDIN_NAME) -> Sources:
     paths: list[str | None] = []
     skipped: list[str] = []
     tops: set[str] = set()
-    for arg in args:
-        if arg == STDIN:
-            _add_top(tops, stdin_name)
-            entries.append(Entry((stdin_name,), size=None))
-            paths.append(None)
-            continue
-        path = Path(arg)
-        try:
-            st = path.stat()  # a symlink named here is followed, as cp and wormhole do
-        except OSError as exc:
-            raise SourceError(f"cannot send {escape(arg)}: {exc.strerror}") from None
-        name = path.resolve().name if path.name in ("", ".", "..") else path.name
-        _check_local(name, arg)
-        _add_top(tops, name)
-        if stat.S_ISDIR(st.st_mode):
-            entries.append(Entry((name,), is_dir=True, size=0))
-            _walk(path, (name,), entries, paths, skipped)
-        elif stat.S_ISREG(st.st_mode):
-            _check_readable(path, arg)
-            entries.append(_file_entry((name,), st))
-            paths.append(str(path.resolve()))  # opened with O_NOFOLLOW: the link's target
-        else:
-            raise SourceError(f"cannot send {escape(arg)}: not a file or folder")
+    try:
+        for arg in args:
+            if arg == STDIN:
+                _add_top(tops, stdin_name)
+                entries.append(Entry((stdin_name,), size=None))
+                paths.append(None)
+                continue
+            path = Path(arg)
+            try:
+                st = path.stat()  # a symlink named here is followed, as cp and wormhole do
+            except OSError as exc:
+                raise SourceError(f"cannot send {escape(arg)}: {exc.strerror}") from None
+            name = path.resolve().name if path.name in ("", ".", "..") else path.name
+            _check_local(name, arg)
+            _add_top(tops, name)
+            if stat.S_ISDIR(st.st_mode):
+                entries.append(Entry((name,), is_dir=True, size=0))
+                _walk(path, (name,), entries, paths, skipped)
+            elif stat.S_ISREG(st.st_mode):
+                _check_readable(path, arg)
+                entries.append(_file_entry((name,), st))
+                paths.append(str(path.resolve()))  # opened with O_NOFOLLOW: the link's target
+            else:
+                raise SourceError(f"cannot send {escape(arg)}: not a file or folder")
+        if len(entries) > MAX_ENTRIES:
+            raise _TooMany
+    except _TooMany:
+        raise SourceError(too_many(args)) from None
     try:
         offer = Offer(entries=tuple(entries))
     except UnsafeOffer as exc:
         raise SourceError(f"cannot send: {exc}") from None
     return Sources(offer, paths, skipped)
+
+
+def too_many(args: list[str]) -> str:
+    """What to do with more than an offer may list: one stream, which tar makes."""
+    shown = "PATH..."
+    name = "files"
+    if all(arg != STDIN and escape(arg) == arg for arg in args):
+        shown = " ".join(shlex.quote(arg) for arg in args)
+        if len(args) == 1:
+            path = Path(args[0])
+            top = path.resolve().name if path.name in ("", ".", "..") else path.name
+            name = top if escape(top) == top else name
+    return (
+        f"cannot send: over {MAX_ENTRIES} files and folders, more than one offer may list;"
+        f" send them as one stream instead: tar c {shown} | bob send --name"
+        f" {shlex.quote(name + '.tar')} -"
+    )
 
 
 def _add_top(tops: set[str], name: str) -> None:
@@ -140,6 +168,8 @@ def _walk(
         except UnsafeOffer as exc:
             skipped.append(f"{shown} (the receiver would refuse it: {exc})")
             continue
+        if len(entries) >= MAX_ENTRIES:
+            raise _TooMany  # before a walk of millions: the offer would be refused anyway
         if is_dir:
             entries.append(entry)
             _walk(child.path, rel, entries, paths, skipped)

@@ -279,6 +279,27 @@ def test_missing_path_exits_1(tmp_path: Path) -> None:
     assert got.stderr == f"ERROR: cannot send {tmp_path / 'nope'}: No such file or directory\n"
 
 
+def test_over_the_entry_limit_says_to_send_one_stream(tmp_path: Path) -> None:
+    def send_photos() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            bob_argv("send", "--relay", "127.0.0.1:1", "photos"),
+            capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path,
+        )  # fmt: skip
+
+    (tmp_path / "photos").mkdir()
+    for i in range(99_999):  # with the folder: 100 000 entries, the most an offer lists
+        os.close(os.open(tmp_path / "photos" / f"{i}.jpg", os.O_CREAT | os.O_WRONLY, 0o644))
+    got = send_photos()
+    assert got.stderr.splitlines()[-1].startswith("ERROR: cannot reach the relay at 127.0.0.1:1")
+    (tmp_path / "photos" / "one more.jpg").touch()
+    got = send_photos()
+    assert (got.returncode, got.stderr) == (
+        1,
+        "ERROR: cannot send: over 100000 files and folders, more than one offer may list;"
+        " send them as one stream instead: tar c photos | bob send --name photos.tar -\n",
+    )
+
+
 def test_help_mentions_the_other_bob() -> None:
     got = subprocess.run(bob_argv("--help"), capture_output=True, text=True, timeout=TIMEOUT)
     assert got.returncode == 0

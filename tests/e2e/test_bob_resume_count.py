@@ -315,15 +315,22 @@ def test_count_3_three_receivers_each_with_its_own_key_exchange(
         receivers.append(
             bob(home, "recv", "--relay", relay.address, "--yes", "-o", str(out), passphrase)
         )
+    paths = []
     for receiver in receivers:
         code, lines = finish(receiver)
         assert code == 0, lines
+        paths += [line.removeprefix("Path: ") for line in lines if line.startswith("Path: ")]
     status, said = finish(sender)
     assert status == 0, said
     assert said[-1] == "Sent to 3 receivers."
     assert sorted(line for line in said if line.endswith(": done")) == [
         f"Receiver {n} of 3: done" for n in (1, 2, 3)
     ]
+    # each receiver's path, named on the sender's side too (direct or relay: a race)
+    told = sorted(line for line in said if ": Path: " in line)
+    assert [line.split(": Path: ")[0] for line in told] == [f"Receiver {n} of 3" for n in (1, 2, 3)]
+    assert sorted(line.split(": Path: ")[1] for line in told) == sorted(paths)
+    assert len(paths) == 3 and set(paths) <= {"direct", "relay"}
     for out in outs:
         assert (out / "slides.pdf").read_bytes() == src.read_bytes()
     assert relay.status()["relay"]["transfers_completed"] == 3

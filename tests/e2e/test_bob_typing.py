@@ -5,6 +5,7 @@ streams named and written to stdout, --version, and the QR code."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +170,54 @@ def test_no_answer_to_did_you_mean_sends_nothing(relay: RelayProcess) -> None:
     finally:
         receiver.close()
     assert sender.finish(TIMEOUT)[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("code", "asked", "typed"),
+    [
+        ((), b"(Tab completes words): ", b"12-ab"),  # readline's prompt
+        (("3131-abandon-abilty",), b"as typed] ", b"n"),  # a plain line on a terminal
+    ],
+)
+def test_ctrl_c_at_a_prompt_says_so_on_a_line_of_its_own(
+    code: tuple[str, ...], asked: bytes, typed: bytes
+) -> None:
+    """What was typed stays on the prompt's line; the error starts the next one."""
+    receiver = Terminal.start(bob_argv("recv", "--relay", "127.0.0.1:1", *code))
+    try:
+        receiver.until(asked)
+        receiver.type(typed)
+        receiver.until(typed)
+        receiver.type(b"\x03")
+        shown = receiver.until(b"ERROR: interrupted\r\n")
+        # a terminal may echo Ctrl-C as ^C, after what was typed
+        assert shown.removeprefix(b"^C") == b"\r\nERROR: interrupted\r\n"
+        assert receiver.popen.wait(TIMEOUT) == 1
+    finally:
+        receiver.close()
+
+
+def test_ctrl_c_at_a_prompt_on_a_pipe_ends_the_prompt_s_line() -> None:
+    proc = subprocess.Popen(
+        bob_argv("recv", "--relay", "127.0.0.1:1"),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        shown = b""
+        while not shown.endswith(b"Enter passphrase: "):
+            chunk = proc.stderr.read1(4096)
+            assert chunk, shown
+            shown += chunk
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr.read() == b"\nERROR: interrupted\n"
+        assert proc.wait(TIMEOUT) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stderr.close()
+        proc.stdout.close()  # type: ignore[union-attr]
 
 
 def test_the_passphrase_as_a_qr_code_on_a_terminal(relay: RelayProcess) -> None:

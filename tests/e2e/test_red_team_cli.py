@@ -463,7 +463,8 @@ def test_06_ctrl_c_at_the_accept_prompt_stops_at_once(
         assert b"photo.jpg  4 bytes" in screen
         receiver.type(b"\x03")  # what the key does: the terminal sends SIGINT
         assert receiver.popen.wait(TIMEOUT) == 1  # without Enter
-        assert receiver.until(b"interrupted\r\n") == b"^CERROR: interrupted\r\n"
+        # the error starts a line of its own, not the prompt's
+        assert receiver.until(b"interrupted\r\n") == b"^C\r\nERROR: interrupted\r\n"
     finally:
         receiver.close()
     code, lines = finished(sender)

@@ -36,7 +36,8 @@ class Relay:
     """Pairs one receiver with one sender and forwards; from the sender's `stop_at`-th
     DATA record on, it does what `how` says: `cut` sends half of that record and closes
     both connections (as a relay killed mid-transfer), `flip` flips a bit of its body,
-    `bloat` makes its header claim more than a record may hold."""
+    `bloat` makes its header claim more than a record may hold; `end` forwards
+    everything but the sender's END and closes both connections there."""
 
     def __init__(self, stop_at: int | None = None, how: str = "cut") -> None:
         self.stop_at = stop_at
@@ -74,6 +75,8 @@ class Relay:
                 if len(buf) < end:
                     break
                 frame, buf = bytes(buf[:end]), buf[end:]
+                if word >> 24 == Kind.END and self.how == "end":
+                    return
                 if word >> 24 == Kind.DATA and self.data_records == self.stop_at:
                     await loop.sock_sendall(dst, self._spoil(frame))
                     if self.how == "cut":
@@ -152,6 +155,42 @@ async def test_a_relay_that_dies_mid_record_leaves_the_part_and_the_next_receive
     assert heard.resumes == [resume.Claim(0, 20 * RECORD_SIZE)]
     assert (output / "big.bin").read_bytes() == Path(str(sources.paths[0])).read_bytes()
     assert sorted(p.name for p in output.iterdir()) == ["big.bin"]
+
+
+async def test_a_relay_that_cuts_only_the_end_says_every_file_arrived(
+    sources: source.Sources, output: Path, tmp_path: Path
+) -> None:
+    """Every FILE_END came, so every file is whole and authenticated: nothing is partial,
+    and the receiver says so; without END it sent no DONE, so it still fails, as the
+    sender does, and keeps the record for a rerun that moves no data."""
+    heard, got = await transfer(sources, output, Relay(how="end"))
+    assert isinstance(got, PeerGone), got
+    assert heard.said == [
+        "Every file arrived whole and checked, and has its name; only the sender's final"
+        " record did not, so the sender was not told. To end it on both sides, ask the"
+        " sender to run the same bob send again, and receive it into the same folder: no"
+        " data travels again."
+    ]
+    assert (output / "big.bin").read_bytes() == Path(str(sources.paths[0])).read_bytes()
+    assert len(list(output.glob(".bob-*.resume"))) == 1
+
+    heard, got = await transfer(sources, output, Relay(stop_at=0))  # no DATA may come
+    assert isinstance(got, Offer), got
+    assert heard.resumes == [resume.Claim(1, 0)]
+    assert sorted(p.name for p in output.iterdir()) == ["big.bin"]
+
+    stream = tmp_path / "stream"
+    stream.write_bytes(b"from stdin")
+    (output / "big.bin").unlink()
+    with stream.open("rb") as stdin, pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.stdin", type("In", (), {"buffer": stdin})())
+        heard, got = await transfer(source.collect(["-"]), output, Relay(how="end"))
+    assert isinstance(got, PeerGone), got
+    assert heard.said == [  # a stream is never claimed: the same send would send it again
+        "Every file arrived whole and checked, and has its name; only the sender's final"
+        " record did not, so the sender was not told."
+    ]
+    assert (output / "stdin").read_bytes() == b"from stdin"
 
 
 @pytest.mark.parametrize(

@@ -183,6 +183,22 @@ def test_07_names_the_receiver_refuses_are_found_before_the_passphrase(tmp_path:
         source.collect([str(tree / "a:b.txt")])
 
 
+@pytest.mark.parametrize(
+    ("args", "advice"),
+    [
+        (["my photos"], "tar c 'my photos' | bob send --name 'my photos.tar' -"),
+        (["a", "b"], "tar c a b | bob send --name files.tar -"),
+        (["a", "-"], "tar c PATH... | bob send --name files.tar -"),
+        (["esc\x1b[2J"], "tar c PATH... | bob send --name files.tar -"),
+    ],
+)
+def test_07_over_the_entry_limit_the_advice_is_one_stream(args: list[str], advice: str) -> None:
+    assert source.too_many(args) == (
+        "cannot send: over 100000 files and folders, more than one offer may list; send them"
+        f" as one stream instead: {advice}"
+    )
+
+
 # -- 8. names with controls and bidi overrides are written as they are ------------------------
 
 
