@@ -49,7 +49,9 @@ def middleware(token: str, bound_host: str) -> Middleware:
             raise _refuse(web.HTTPForbidden, "no cross-origin requests")
         header = request.headers.get("Authorization")
         if header is not None:
-            if not hmac.compare_digest(header.encode(), expected):
+            # aiohttp keeps bytes that are not UTF-8 as lone surrogates: encode them back,
+            # so a stray byte is a wrong token, not a 500 and a traceback in the log
+            if not hmac.compare_digest(header.encode(errors="surrogateescape"), expected):
                 raise _refuse(web.HTTPUnauthorized, "wrong admin token")
             return await handler(request)
         if public:
