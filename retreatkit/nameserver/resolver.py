@@ -264,10 +264,12 @@ class Resolver:
         target: str,
         qtype: int,
     ) -> str | None:
-        """Add the answer for `target` to `response`; the rule blocking `name` when the
-        chain from there on reaches a listed name (CNAME cloaking, as for forwarded names)."""
+        """Add the answer for `target` to `response` as a client asking for it would get it
+        (its forward rule, the cache, serve-stale; SERVFAIL when nothing answers); the rule
+        blocking `name` when the chain reaches a listed name (CNAME cloaking)."""
+        route = self.policy.route(target, qtype)
         listed = self._cloaked(name, (target,))
-        if listed is not None or self.policy.route(target, qtype).kind != FORWARD:
+        if listed is not None or route.kind != FORWARD:
             return listed
         labels = b"".join(bytes((len(p),)) + p.encode("ascii") for p in target.split("."))
         key = labels + b"\0" + query.key[-5:]
@@ -275,17 +277,33 @@ class Resolver:
         target_query = wire.parse(asked)
         if target_query is None:
             return None
-        try:
-            fetched = await self.flights.join(
+        now = self.clock()
+        entry = self.cache.get(target_query.key)
+        if entry is not None and entry.own:
+            entry = None  # our answer under an older policy: the name is forwarded now
+        if entry is not None and now < entry.expires:
+            raw, targets = entry.template.render(target_query, asked, entry.age(now)), entry.targets
+        else:
+            stale_ok = entry is not None and now < entry.stale_until
+            flight = self.flights.join(
                 wire.upstream_key(target_query.key),
-                lambda: self._fetch(target_query, asked, Route(FORWARD), target),
+                lambda: self._fetch(target_query, asked, route, target),
             )
-        except (UpstreamFailed, BadReply):
-            return None
-        listed = self._cloaked(name, fill.targets(fetched.answer))
+            try:
+                wait = self.stale_wait if stale_ok else None
+                fetched = await asyncio.wait_for(asyncio.shield(flight), wait)
+            except (UpstreamFailed, BadReply, TimeoutError):
+                if entry is None or not stale_ok:
+                    response.answer.clear()
+                    response.set_rcode(dns.rcode.SERVFAIL)
+                    return None
+                raw, targets = entry.template.render(target_query, asked, wire.STALE), entry.targets
+            else:
+                raw, targets = fetched.answer.raw, fill.targets(fetched.answer)
+        listed = self._cloaked(name, targets)
         if listed is not None:
             return listed
-        upstream = dns.message.from_wire(fetched.answer.raw, ignore_trailing=True)
+        upstream = dns.message.from_wire(raw, ignore_trailing=True)
         response.answer += list(upstream.answer)
         response.set_rcode(dns.rcode.Rcode.make(upstream.rcode() & 0xF))
         return None

@@ -224,6 +224,44 @@ async def test_a_local_cname_to_a_listed_name_is_blocked() -> None:
     assert r.stats.cname_blocked == 2
 
 
+async def test_a_local_cname_to_a_name_outside_is_answered_as_that_name_would_be() -> None:
+    # the cache, serve-stale and SERVFAIL, as for a client asking for the target itself
+    gone: list[bool] = []
+
+    def uplink(query: dns.message.Message) -> dns.message.Message | str:
+        return SILENT if gone else ZONE.answer(query)
+
+    records = [
+        parse_record("out.retreat.lan=cname:short.example.test"),
+        parse_record("never.retreat.lan=cname:www.example.test"),
+    ]
+    r, upstream, clock = resolver({UP: uplink}, records=records)
+    lan = UDPClient(r)
+    for _ in range(3):
+        answer = await lan.ask("out.retreat.lan")
+        assert addresses(answer) == ["198.51.100.5", "short.example.test."]
+    assert upstream.asked() == 1
+    gone.append(True)
+    clock.advance(6)  # expired, and the upstream is silent: the stale answer
+    stale = await lan.ask("out.retreat.lan")
+    assert addresses(stale) == ["198.51.100.5", "short.example.test."]
+    assert stale.answer[1].ttl == 30  # RFC 8767
+    failed = await lan.ask("never.retreat.lan")
+    assert failed.rcode() == dns.rcode.SERVFAIL and not failed.answer
+
+
+async def test_a_local_cname_into_a_forwarded_zone_asks_that_zones_servers() -> None:
+    venue = ("192.168.1.1", 53)
+    router = Zone("$TTL 60\n@ SOA ns hostmaster 1 3600 600 86400 60\nnas A 192.168.1.20\n",
+                  origin="venue.example.")  # fmt: skip
+    records = [parse_record("nas.retreat.lan=cname:nas.venue.example")]
+    r, upstream, _ = resolver({UP: lambda q: SILENT, venue: router.answer}, records=records,
+                              forward={"venue.example": (venue,)})  # fmt: skip
+    answer = await UDPClient(r).ask("nas.retreat.lan")
+    assert addresses(answer) == ["192.168.1.20", "nas.venue.example."]  # private: forwarded
+    assert upstream.asked(UP) == 0
+
+
 async def test_a_local_cname_loop_is_servfail_never_followed() -> None:
     # records are checked for loops when set; should one slip in, it is not answered
     loop = ["a.retreat.lan=cname:b.retreat.lan", "b.retreat.lan=cname:a.retreat.lan"]
