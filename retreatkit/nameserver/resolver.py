@@ -235,7 +235,12 @@ class Resolver:
             response = answers.local(message, chain, route.zone)
             if outside is not None:
                 # a local CNAME to a name outside: ask for it as any client would
-                await self._follow(response, query, outside, qtype)
+                listed = await self._follow(response, query, name, outside, qtype)
+                if listed is not None:
+                    self.stats.cname_blocked += 1
+                    return await self._own(
+                        query, data, client, now, Route(BLOCKED, listed), name, qtype
+                    )
                 self.stats.answered(
                     now, client, name, LOCAL_ANSWER, response.rcode(), key=query.key
                 )
@@ -255,27 +260,53 @@ class Resolver:
         self,
         response: dns.message.Message,
         query: wire.Query,
+        name: str,
         target: str,
         qtype: int,
-    ) -> None:
-        if self.policy.route(target, qtype).kind != FORWARD:
-            return
+    ) -> str | None:
+        """Add the answer for `target` to `response` as a client asking for it would get it
+        (its forward rule, the cache, serve-stale; SERVFAIL when nothing answers); the rule
+        blocking `name` when the chain reaches a listed name (CNAME cloaking)."""
+        route = self.policy.route(target, qtype)
+        listed = self._cloaked(name, (target,))
+        if listed is not None or route.kind != FORWARD:
+            return listed
         labels = b"".join(bytes((len(p),)) + p.encode("ascii") for p in target.split("."))
         key = labels + b"\0" + query.key[-5:]
         asked = wire.upstream_query(0, key)  # as if a client asked for the target
         target_query = wire.parse(asked)
         if target_query is None:
-            return
-        try:
-            fetched = await self.flights.join(
+            return None
+        now = self.clock()
+        entry = self.cache.get(target_query.key)
+        if entry is not None and entry.own:
+            entry = None  # our answer under an older policy: the name is forwarded now
+        if entry is not None and now < entry.expires:
+            raw, targets = entry.template.render(target_query, asked, entry.age(now)), entry.targets
+        else:
+            stale_ok = entry is not None and now < entry.stale_until
+            flight = self.flights.join(
                 wire.upstream_key(target_query.key),
-                lambda: self._fetch(target_query, asked, Route(FORWARD), target),
+                lambda: self._fetch(target_query, asked, route, target),
             )
-        except (UpstreamFailed, BadReply):
-            return
-        upstream = dns.message.from_wire(fetched.answer.raw, ignore_trailing=True)
+            try:
+                wait = self.stale_wait if stale_ok else None
+                fetched = await asyncio.wait_for(asyncio.shield(flight), wait)
+            except (UpstreamFailed, BadReply, TimeoutError):
+                if entry is None or not stale_ok:
+                    response.answer.clear()
+                    response.set_rcode(dns.rcode.SERVFAIL)
+                    return None
+                raw, targets = entry.template.render(target_query, asked, wire.STALE), entry.targets
+            else:
+                raw, targets = fetched.answer.raw, fill.targets(fetched.answer)
+        listed = self._cloaked(name, targets)
+        if listed is not None:
+            return listed
+        upstream = dns.message.from_wire(raw, ignore_trailing=True)
         response.answer += list(upstream.answer)
         response.set_rcode(dns.rcode.Rcode.make(upstream.rcode() & 0xF))
+        return None
 
     async def _forward(
         self,
@@ -302,7 +333,8 @@ class Resolver:
         except (UpstreamFailed, BadReply, TimeoutError):
             later = self.clock()
             if stale_ok and entry is not None:
-                self.stats.answered(later, client, name, STALE, entry.rcode, key=key)
+                self.stats.answered(later, client, name, STALE, entry.rcode, key=key,
+                                    ms=(later - now) * 1000)  # fmt: skip
                 return entry.template.render(query, data, wire.STALE)
             self.stats.answered(later, client, name, SERVFAIL, 2, key=key,
                                 ms=(later - now) * 1000)  # fmt: skip

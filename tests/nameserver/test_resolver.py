@@ -10,7 +10,15 @@ import dns.rcode
 import dns.rdatatype
 
 from retreatkit.nameserver.blocklist import Blocklist
-from retreatkit.nameserver.fakes import SILENT, Hold, UDPClient, Zone, make_query, resolver
+from retreatkit.nameserver.fakes import (
+    SILENT,
+    Hold,
+    ManualClock,
+    UDPClient,
+    Zone,
+    make_query,
+    resolver,
+)
 from retreatkit.nameserver.local import parse_record
 
 UP = ("192.0.2.53", 53)
@@ -128,6 +136,26 @@ async def test_stale_answer_then_the_late_refresh_is_kept() -> None:
     assert upstream.asked() == 2
 
 
+async def test_the_query_log_says_how_long_a_stale_answer_took() -> None:
+    clock = ManualClock()
+    gone: list[bool] = []
+
+    def uplink(query: dns.message.Message) -> dns.message.Message | str:
+        if not gone:
+            return ZONE.answer(query)
+        clock.advance(1.5)  # the attempt's timeout passes unanswered
+        return SILENT
+
+    r, _, _ = resolver({UP: uplink}, clock=clock)
+    lan = UDPClient(r)
+    await lan.ask("short.example.test")
+    gone.append(True)
+    clock.advance(6)  # expired: the refresh is asked for and goes unanswered
+    assert (await lan.ask("short.example.test")).answer[0].ttl == 30
+    _, items = r.stats.since(1, 10, str)
+    assert [(q["answer"], q["ms"]) for q in items] == [("stale", 1500.0)]
+
+
 async def test_silent_upstream_fails_fast_once_known_down() -> None:
     r, upstream, clock = resolver({UP: lambda q: SILENT})
     lan = UDPClient(r)
@@ -176,6 +204,62 @@ async def test_local_wildcard_chain_and_apex() -> None:
     ptr = await lan.ask("1.0.0.127.in-addr.arpa", "PTR")
     assert addresses(ptr) == ["localhost."]
     assert upstream.asked() == 0
+
+
+async def test_a_local_cname_to_a_listed_name_is_blocked() -> None:
+    # a chain that reaches a listed name blocks the name asked for, local chains too
+    records = [
+        parse_record("ads.retreat.lan=cname:tracker.ads.example.test"),
+        parse_record("alias.retreat.lan=cname:cloaked.example.test"),
+        parse_record("out.retreat.lan=cname:www.example.test"),
+    ]
+    r, _, _ = resolver({UP: ZONE.answer}, records=records)
+    r.set_policy(r.policy.with_blocklist(blocklist("ads.example.test")))
+    lan = UDPClient(r)
+    listed = await lan.ask("ads.retreat.lan")
+    assert addresses(listed) == ["0.0.0.0"]
+    assert [o.code for o in listed.options] == [15]  # RFC 8914: Blocked
+    assert addresses(await lan.ask("alias.retreat.lan")) == ["0.0.0.0"]
+    assert addresses(await lan.ask("out.retreat.lan")) == ["198.51.100.7", "www.example.test."]
+    assert r.stats.cname_blocked == 2
+
+
+async def test_a_local_cname_to_a_name_outside_is_answered_as_that_name_would_be() -> None:
+    # the cache, serve-stale and SERVFAIL, as for a client asking for the target itself
+    gone: list[bool] = []
+
+    def uplink(query: dns.message.Message) -> dns.message.Message | str:
+        return SILENT if gone else ZONE.answer(query)
+
+    records = [
+        parse_record("out.retreat.lan=cname:short.example.test"),
+        parse_record("never.retreat.lan=cname:www.example.test"),
+    ]
+    r, upstream, clock = resolver({UP: uplink}, records=records)
+    lan = UDPClient(r)
+    for _ in range(3):
+        answer = await lan.ask("out.retreat.lan")
+        assert addresses(answer) == ["198.51.100.5", "short.example.test."]
+    assert upstream.asked() == 1
+    gone.append(True)
+    clock.advance(6)  # expired, and the upstream is silent: the stale answer
+    stale = await lan.ask("out.retreat.lan")
+    assert addresses(stale) == ["198.51.100.5", "short.example.test."]
+    assert stale.answer[1].ttl == 30  # RFC 8767
+    failed = await lan.ask("never.retreat.lan")
+    assert failed.rcode() == dns.rcode.SERVFAIL and not failed.answer
+
+
+async def test_a_local_cname_into_a_forwarded_zone_asks_that_zones_servers() -> None:
+    venue = ("192.168.1.1", 53)
+    router = Zone("$TTL 60\n@ SOA ns hostmaster 1 3600 600 86400 60\nnas A 192.168.1.20\n",
+                  origin="venue.example.")  # fmt: skip
+    records = [parse_record("nas.retreat.lan=cname:nas.venue.example")]
+    r, upstream, _ = resolver({UP: lambda q: SILENT, venue: router.answer}, records=records,
+                              forward={"venue.example": (venue,)})  # fmt: skip
+    answer = await UDPClient(r).ask("nas.retreat.lan")
+    assert addresses(answer) == ["192.168.1.20", "nas.venue.example."]  # private: forwarded
+    assert upstream.asked(UP) == 0
 
 
 async def test_a_local_cname_loop_is_servfail_never_followed() -> None:
