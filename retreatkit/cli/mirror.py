@@ -37,14 +37,28 @@ def origin(text: str) -> tuple[str, str]:
     return name.strip(), url.strip()
 
 
-def add_upstream_flags(parser: argparse.ArgumentParser) -> None:
+# a verb's copy of a flag `mirror` has too: given after the verb it wins, and its default
+# never puts None over the value given before the verb (`mirror --store DIR seed ...`)
+KEPT = argparse.SUPPRESS
+
+
+def add_upstream_flags(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     """The store and upstreams: the same flags to serve a store and to warm one."""
-    parser.add_argument("--store", metavar="DIR", help="default: the user's data folder")
-    parser.add_argument("--pypi", metavar="URL", help="PyPI simple index (default: pip's own)")
-    parser.add_argument("--opam", metavar="URL", help="opam repository (default: opam's own)")
-    parser.add_argument("--npm", metavar="URL", help="npm registry (default: npm's own)")
+    parser.add_argument(
+        "--store", metavar="DIR", default=default, help="default: the user's data folder"
+    )
+    parser.add_argument(
+        "--pypi", metavar="URL", default=default, help="PyPI simple index (default: pip's own)"
+    )
+    parser.add_argument(
+        "--opam", metavar="URL", default=default, help="opam repository (default: opam's own)"
+    )
+    parser.add_argument(
+        "--npm", metavar="URL", default=default, help="npm registry (default: npm's own)"
+    )
     parser.add_argument(
         "--apt",
+        default=default,
         metavar="NAME=URL",
         type=origin,
         action="append",
@@ -55,6 +69,7 @@ def add_upstream_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         type=size,
         dest="max_size_bytes",
+        default=default,
         help="keep the store under SIZE (50G, 800MB): least recently used files go first",
     )
 
@@ -65,7 +80,7 @@ def add_arguments(mirror: argparse.ArgumentParser) -> None:
     seed = actions.add_parser(
         "seed", help="warm the mirror before the event from lock files and package lists"
     )
-    add_upstream_flags(seed)
+    add_upstream_flags(seed, KEPT)
     seed.add_argument("--mirror", metavar="URL", help="warm this serving mirror instead of a store")
     seed.add_argument(
         "--platform", action="append", metavar="GLOB",
@@ -88,13 +103,19 @@ def add_arguments(mirror: argparse.ArgumentParser) -> None:
                       help="requirements.txt, pylock.toml, uv.lock, package-lock.json, an opam "
                       "switch export, or opam:LIST, apt:LIST (one name a line)")  # fmt: skip
     export = actions.add_parser("export", help="copy a store into a self-verifying bundle")
-    export.add_argument("--store", metavar="DIR", help="default: the user's data folder")
+    export.add_argument(
+        "--store", metavar="DIR", default=KEPT, help="default: the user's data folder"
+    )
     export.add_argument("dest", metavar="DEST", help="a new or empty folder (a USB stick)")
     take = actions.add_parser("import", help="take a bundle into a store, every file re-hashed")
-    take.add_argument("--store", metavar="DIR", help="default: the user's data folder")
+    take.add_argument(
+        "--store", metavar="DIR", default=KEPT, help="default: the user's data folder"
+    )
     take.add_argument("src", metavar="SRC", help="a folder made by `retreatkit mirror export`")
     add = actions.add_parser("add", help="publish your own wheels and sdists in the local index")
-    add.add_argument("--store", metavar="DIR", help="write to this store (no mirror serving it)")
+    add.add_argument(
+        "--store", metavar="DIR", default=KEPT, help="write to this store (no mirror serving it)"
+    )
     add.add_argument("--admin", metavar="URL", help="the running mirror's admin endpoint")
     add.add_argument("files", nargs="+", metavar="FILE")
 

@@ -208,10 +208,22 @@ class Mirror:
         self, key: str, url: str, ask: tuple[str, int], process: Process
     ) -> IndexAnswer:
         cached = self._cached_page(key)
+        where = origin(url)
+        down = self.health.is_down(where)
+
+        def revalidate() -> asyncio.Task[IndexAnswer]:
+            return self._refreshing.start(
+                key, lambda: self._revalidate(key, url, ask, process, cached)
+            )
+
         if cached is not None and time.time() - cached.fetched < self.settings.index_ttl:
+            # a fresh page asks nothing upstream, yet while it is down lists only what is
+            # held: it lets the probe through, or the uplink's return goes unseen (and
+            # unfetched packages uninstallable) until a page expires
+            if down and self.health.retry_in(where, self.fetcher.clock()) <= 0:
+                revalidate()
             return await self._answer(cached, "cache")
-        down = self.health.is_down(origin(url))
-        task = self._refreshing.start(key, lambda: self._revalidate(key, url, ask, process, cached))
+        task = revalidate()
         answer = await self.waited(task, url, held=cached is not None, down=down)
         if answer is None:
             assert cached is not None  # waited() gives None only to a request that holds one

@@ -42,3 +42,16 @@ def test_the_organisers_commands_parse() -> None:
     for command in commands:
         args = parser().parse_args(shlex.split(command)[1:])
         assert args.command == "mirror", command
+
+
+@pytest.mark.parametrize("verb", ["seed", "export DEST", "import SRC", "add FILE"])
+def test_the_store_and_upstreams_given_before_a_verb_are_kept(verb: str) -> None:
+    """`retreatkit mirror --store DIR seed ...` reads as `mirror --help` shows it: the verb's
+    own copies of the flags must not put their defaults over the values given before it
+    (which sent a seed to the user's data folder and the public registries)."""
+    before = "--store /srv/mirror --pypi http://up.example/simple/ --apt debian=http://up.example/d"
+    args = parser().parse_args(["mirror", *before.split(), *verb.split()])
+    assert (args.store, args.pypi) == ("/srv/mirror", "http://up.example/simple/")
+    assert args.apt == [("debian", "http://up.example/d")]
+    after = parser().parse_args(["mirror", "--store", "/a", *verb.split(), "--store", "/b"])
+    assert after.store == "/b"

@@ -193,3 +193,30 @@ async def test_a_stale_page_is_served_without_waiting_out_a_slow_revalidation(en
         env.upstream.closing.set()
         await env.mirror.refreshed()
     assert env.mirror.stats.stale_served == 1
+
+
+@pytest.mark.parametrize(
+    "env", [{"limits": Limits(connect_timeout=0.3, headers_timeout=0.3)}], indirect=True
+)
+async def test_a_fresh_page_probes_an_upstream_that_is_down(env: Env) -> None:
+    """A page within its index_ttl asks nothing upstream; while the upstream is down it
+    lists only what is held, so it must let the probe through, or once the uplink is back
+    pip and uv find no version of a package nobody fetched until the page expires."""
+    now = [1000.0]
+    env.mirror.fetcher.clock = lambda: now[0]
+    await env.page("demo-pkg")  # fresh for index_ttl (600 s)
+    env.upstream.rules["/simple/demo-dep/"] = "silent"
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        status, _, _ = await get(env, "demo-dep")
+        assert status == 504  # no answer in time: the upstream is down
+        status, headers, _ = await get(env, "demo-pkg")
+        assert status == 200 and headers["Mirror-Offline"] == "cached-only"
+
+        env.upstream.rules.clear()  # the uplink is back
+        now[0] += 2.0
+        status, headers, _ = await get(env, "demo-pkg")  # the probe's request
+        assert status == 200 and headers["Mirror-Offline"] == "cached-only"
+        await env.mirror.refreshed()
+        assert section(env.mirror, True, 0)["upstreams"]["pypi"]["state"] == "up"
+        status, headers, _ = await get(env, "demo-pkg")
+        assert status == 200 and "Mirror-Offline" not in headers
