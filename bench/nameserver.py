@@ -100,6 +100,7 @@ TARGET_QPS_RATIO = 1.0
 TARGET_CPU_RATIO = 1.5
 TARGET_LOAD_S = 2.0
 TARGET_LOAD_MB = 150.0
+RELOADS = 3  # SIGHUP reloads of the big list after its first load
 NOISY = 0.10  # CPU-s/s that other programs may take before a measurement is taken again
 TRIES = 3
 BLOCKED_SHARE = 0.30
@@ -511,6 +512,8 @@ class LoadRun:
     rss_growth_mb: float = 0.0
     peak_growth_mb: float = 0.0
     cpu_s: float = 0.0  # the whole process's CPU until loaded (start-up included)
+    reloads_rss_growth_mb: float = 0.0  # VmRSS growth after RELOADS reloads (SIGHUP)
+    reloads_peak_growth_mb: float = 0.0  # VmHWM growth once they are done
 
 
 @dataclass
@@ -576,6 +579,17 @@ def load_in_service(upstream: int, files: Files) -> LoadRun:
         run.entries = int(status["blocklist_entries"])
         run.rss_mb, run.hwm_mb = memory_mb(proc.popen.pid)
         run.cpu_s = sum(proc_cpu(proc.popen.pid))
+        for _ in range(RELOADS):  # each swaps a new copy in while the old one answers
+            before = [s["loaded_at"] for s in status["blocklists"]]
+            proc.popen.send_signal(signal.SIGHUP)
+            while [s["loaded_at"] for s in status["blocklists"]] == before:
+                if time.monotonic() > deadline + 120:
+                    raise BenchError("a reload did not finish")
+                time.sleep(0.05)
+                status = http_json(admin + "/status")["nameserver"]
+        rss, hwm = memory_mb(proc.popen.pid)
+        run.reloads_rss_growth_mb = rss - run.base_rss_mb
+        run.reloads_peak_growth_mb = hwm - run.base_hwm_mb
     finally:
         proc.stop()
     run.to_listening_s = t_listen - t0
@@ -926,6 +940,9 @@ def render(o: Outcome) -> str:
         f"| RSS growth, peak (VmHWM) against the same process without a list"
         f" | {peak:.0f} MB | < {TARGET_LOAD_MB:g} MB | {verdict(peak < TARGET_LOAD_MB)} |",
         f"| RSS growth, once loaded (VmRSS) | {med(o.loads, 'rss_growth_mb'):.0f} MB | | |",
+        f"| RSS growth after {RELOADS} reloads (SIGHUP): VmRSS / peak (VmHWM)"
+        f" | {med(o.loads, 'reloads_rss_growth_mb'):.0f} /"
+        f" {med(o.loads, 'reloads_peak_growth_mb'):.0f} MB | | |",
         f"| in-process Blocklist().add_lines() + seal() | {med(o.inproc, 'total_s'):.2f} s"
         f" ({med(o.inproc, 'add_s'):.2f} + {med(o.inproc, 'seal_s'):.2f}) | < {TARGET_LOAD_S:g} s"
         f" | {verdict(med(o.inproc, 'total_s') < TARGET_LOAD_S)} |",
@@ -1117,6 +1134,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="before each measurement, wait up to this many s for an idle machine (20)",
     )
     p.add_argument("--no-dnsmasq-list", action="store_true", help="skip dnsmasq's list load")
+    p.add_argument(
+        "--lists-only",
+        action="store_true",
+        help="only our process loading the big list and reloading it; printed, not written",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy run")
     p.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     p.add_argument(
@@ -1146,6 +1168,28 @@ def warm(server: Server, files: Files) -> None:
             raise BenchError(f"{server.name} answers {name} with {got}")
 
 
+def lists_only(args: argparse.Namespace) -> int:
+    """--lists-only: the list-loading rows of the table, for our process alone."""
+    from retreatkit.nameserver.testing import Dnsmasq
+
+    files = make_files(args.names, args.blocked, args.list_entries)
+    upstream = Dnsmasq.start(files.upstream_hosts, ttl=UPSTREAM_TTL)
+    try:
+        for rnd in range(args.rounds):
+            wait_quiet(args.quiet_wait)
+            r = load_in_service(upstream.port, files)
+            print(
+                f"round {rnd + 1}: {r.entries:,} entries, {r.to_loaded_s:.2f} s from start;"
+                f" RSS growth: peak +{r.peak_growth_mb:.1f} MB, loaded +{r.rss_growth_mb:.1f} MB;"
+                f" after {RELOADS} reloads +{r.reloads_rss_growth_mb:.1f} MB, peak"
+                f" +{r.reloads_peak_growth_mb:.1f} MB",
+                flush=True,
+            )
+    finally:
+        upstream.stop()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     if raw[:1] == ["--load-child"] and len(raw) == 2:
@@ -1166,6 +1210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" Python {info['python']}, {info['dnsmasq']}, dnsperf {info['dnsperf']}",
         flush=True,
     )
+    if args.lists_only:
+        return lists_only(args)
     py_spy = None if args.no_profile else ensure_py_spy()
     started = time.monotonic()
     print("writing the hosts files, query files and the big list ...", flush=True)

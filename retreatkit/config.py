@@ -134,6 +134,11 @@ def load(path: Path | None) -> dict[str, Any]:
     return merged
 
 
+def host_port_text(host: str, port: int) -> str:
+    """`HOST:PORT` as `host_port` reads it back: an IPv6 address in brackets (`[::]:5300`)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
     """`HOST:PORT`, `[V6]:PORT` or (with a default port) `HOST`."""
     host, sep, port = text.rpartition(":")

@@ -92,7 +92,7 @@ def _guest_server(text: str) -> str:
     with contextlib.suppress(ValueError):
         host = address_of(host, port, socket.AF_INET)
     host = _guest_host(host)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return config.host_port_text(host, port)
 
 
 def _guest_servers(rule: object) -> object:

@@ -116,10 +116,11 @@ class MirrorService:
         self._warming = asyncio.get_running_loop().call_later(WARM_AFTER, self._session.warm)
         host, port = self._runner.addresses[0][:2]
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        self.url = f"http://{local}:{port}"
+        self.url = f"http://{config.host_port_text(local, port)}"
         lan = lan_address().address if host in ("0.0.0.0", "::") else host
-        self.mirror.lan_url = f"http://{lan}:{port}"
-        say(f"Mirror listening on http://{host}:{port}/ (store {self.settings.store})")
+        self.mirror.lan_url = f"http://{config.host_port_text(lan, port)}"
+        listening = config.host_port_text(host, port)
+        say(f"Mirror listening on http://{listening}/ (store {self.settings.store})")
         for ecosystem in ("pypi", "opam", "npm"):
             upstream = getattr(self.settings, ecosystem)
             say(f"Mirror {ecosystem} upstream: {upstream or 'none (pass --' + ecosystem + ' URL)'}")

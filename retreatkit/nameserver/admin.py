@@ -15,7 +15,7 @@ from aiohttp import web
 from retreatkit.nameserver import status
 from retreatkit.nameserver.blocklist import normalize
 from retreatkit.nameserver.errors import BadRecord, CnameLoop
-from retreatkit.nameserver.local import LocalNames, Record, parse_record
+from retreatkit.nameserver.local import API_FORM, LocalNames, Record, make_record
 
 if TYPE_CHECKING:
     from retreatkit.nameserver.service import Nameserver
@@ -76,7 +76,7 @@ def routes(ns: Nameserver) -> list[web.RouteDef]:
         if not isinstance(value, str):
             raise _bad('expected {"value": "10.0.0.9"} or {"value": "cname:TARGET"}')
         try:
-            record = parse_record(f"{name}={value}")
+            record = make_record(name, value, API_FORM)
         except BadRecord as exc:
             raise _bad(str(exc)) from None
         local = ns.resolver.policy.local

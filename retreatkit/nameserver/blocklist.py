@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Literal
@@ -147,6 +147,51 @@ def key(name: str) -> float:
     return float(hash(name))
 
 
+RANGES = 16  # key ranges sorted one at a time: the sort's float objects are 1/16 of a list
+_SPAN = 2.0**64 / RANGES  # keys are 64-bit hashes, evenly spread (SipHash)
+_BOUNDS = tuple(-(2.0**63) + _SPAN * i for i in range(1, RANGES))
+
+
+class _Pending:
+    """Keys added and not yet sorted, kept as raw doubles in RANGES arrays by value.
+
+    Sorting a million doubles at once makes a million float objects (32 MB with the
+    list), and the arenas they lie in stay with the process after they are freed (a
+    reload in the background left RSS 20 MB higher each time). Sorted a range at a
+    time, the floats of one range (2 MB) are made, freed and their arenas reused by the
+    next; the ranges, in order, are the whole list sorted.
+    """
+
+    __slots__ = ("ranges",)
+
+    def __init__(self) -> None:
+        self.ranges = [array("d") for _ in range(RANGES)]
+
+    def append(self, value: float) -> None:
+        self.ranges[bisect_left(_BOUNDS, value)].append(value)
+
+    def add_sorted(self, values: Sequence[float]) -> None:
+        """Add keys already in order: each range's share is one slice."""
+        start = 0
+        for bucket, bound in zip(self.ranges, _BOUNDS, strict=False):
+            end = bisect_left(values, bound, start)
+            bucket.extend(values[start:end])
+            start = end
+        self.ranges[-1].extend(values[start:])
+
+    def in_order(self) -> array[float]:
+        """Every key, in order (duplicates may stay: bisect finds one all the same); the
+        ranges are emptied on the way, each before the next is sorted."""
+        out = array("d")
+        for at in range(RANGES):
+            ordered = sorted(self.ranges[at])
+            self.ranges[at] = array("d")
+            out.extend(ordered)
+            _fill_float_free_list()
+            del ordered
+        return out
+
+
 @dataclass
 class Blocklist:
     """Domains blocked with their subdomains, domains whose subdomains are blocked, and
@@ -164,12 +209,11 @@ class Blocklist:
     head: str = ""  # the start of the first line with text: what `not_a_list` looks at
     sources: dict[str, int] = field(default_factory=dict)  # source -> rules
     source_bad: dict[str, int] = field(default_factory=dict)  # source -> bad lines
-    # added, not yet sorted: raw doubles, so no float object lives per entry until seal()
-    # sorts them all at once (a million made and freed together go back to the system;
-    # made one block at a time, beside the blocks' strings, 30 MB of them stayed)
-    _pending: array[float] = field(default_factory=lambda: array("d"))
-    _pending_sub: array[float] = field(default_factory=lambda: array("d"))
-    _pending_exc: array[float] = field(default_factory=lambda: array("d"))
+    # added, not yet sorted: raw doubles in ranges of key, so no float object lives per
+    # entry until seal() sorts them, one range at a time (see `_Pending`)
+    _pending: _Pending = field(default_factory=lambda: _Pending())
+    _pending_sub: _Pending = field(default_factory=lambda: _Pending())
+    _pending_exc: _Pending = field(default_factory=lambda: _Pending())
 
     def add_lines(self, source: str, lines: Iterable[str]) -> None:
         """Add a list's lines, with or without their line endings."""
@@ -202,7 +246,7 @@ class Blocklist:
                 bad, names = len(names) - len(kept), kept
             if not _HOSTS_NOISE.isdisjoint(names):  # `127.0.0.1 localhost`: no rule
                 names = [n for n in names if n not in _HOSTS_NOISE]
-            self._pending.extend(map(float, map(hash, names)))
+            self._pending.add_sorted(sorted(map(float, map(hash, names))))
             count = len(names)
         if matched < lines:  # some lines are of another form
             for line in "".join(parts[::2]).split("\n"):
@@ -231,21 +275,19 @@ class Blocklist:
             ("hashes", self._pending), ("subdomains", self._pending_sub),
             ("exceptions", self._pending_exc),
         ):  # fmt: skip
-            pending.extend(getattr(self, name))
-            ordered = sorted(pending)  # duplicates may stay: bisect finds one all the same
-            setattr(self, name, array("d", ordered))
-            _fill_float_free_list()
-            del ordered
-        self._pending, self._pending_sub, self._pending_exc = array("d"), array("d"), array("d")
+            pending.add_sorted(getattr(self, name))
+            setattr(self, name, array("d"))  # not kept beside the new one
+            setattr(self, name, pending.in_order())
+        self._pending, self._pending_sub, self._pending_exc = _Pending(), _Pending(), _Pending()
         return self
 
     @classmethod
     def merge(cls, parts: Iterable[Blocklist]) -> Blocklist:
         merged = cls()
         for part in parts:
-            merged._pending.extend(part.hashes)
-            merged._pending_sub.extend(part.subdomains)
-            merged._pending_exc.extend(part.exceptions)
+            merged._pending.add_sorted(part.hashes)
+            merged._pending_sub.add_sorted(part.subdomains)
+            merged._pending_exc.add_sorted(part.exceptions)
             merged.bad_lines += part.bad_lines
             merged.sources.update(part.sources)
             merged.source_bad.update(part.source_bad)

@@ -32,15 +32,25 @@ def parse_record(text: str) -> Record:
     """`NAME=ADDRESS` (A or AAAA by the address) or `NAME=cname:TARGET`; NAME may be
     `*.zone` (every name under zone)."""
     name, eq, value = text.partition("=")
+    if not eq:
+        raise BadRecord(f"expected NAME=ADDRESS, got {text!r}")
+    return make_record(name, value)
+
+
+# what the admin endpoint takes: the name in the path, the value in the body
+API_FORM = "PUT /nameserver/records/NAME, NAME like wiki.retreat.lan or *.retreat.lan"
+
+
+def make_record(name: str, value: str, form: str = "NAME=ADDRESS") -> Record:
+    """A record from its name and value given apart; `form` is what a bad name is told
+    to look like, in the words of where it came from (a flag, the admin endpoint)."""
     name = name.strip()
     wildcard = name.startswith("*.")
     domain = normalize(name[2:] if wildcard else name)
-    # each message names the part that is wrong, not `text` whole: the admin endpoint (and
-    # the dashboard's Names screen) joins a name and a value the user gave apart
-    if not eq:
-        raise BadRecord(f"expected NAME=ADDRESS, got {text!r}")
+    # each message names the part that is wrong, not the whole: the admin endpoint (and
+    # the dashboard's Names screen) takes a name and a value the user gave apart
     if domain is None or "*" in (name[2:] if wildcard else name):
-        raise BadRecord(f"not a name: {name!r} (expected NAME=ADDRESS)")
+        raise BadRecord(f"not a name: {name!r} (expected {form})")
     owner = "*." + domain if wildcard else domain
     value = value.strip()
     if value.lower().startswith("cname:"):

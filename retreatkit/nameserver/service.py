@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from retreatkit.config import host_port_text
 from retreatkit.nameserver import status, wildcard
 from retreatkit.nameserver.gate import LAN, Gate
 from retreatkit.nameserver.lists import Sources
@@ -103,7 +104,7 @@ class Nameserver:
         bound = await self._bind(host, port)
         self.started = self.clock()
         registry.register(_Collector(self))
-        say(f"Nameserver listening on {bound[0]}:{bound[1]} (UDP and TCP)")
+        say(f"Nameserver listening on {host_port_text(*bound)} (UDP and TCP)")
         upstreams = ", ".join(u.address for u in self.resolver.upstreams[""].servers) or "none"
         say(f"Nameserver upstreams: {upstreams}")
         for zone, group in self.resolver.upstreams.items():
@@ -184,6 +185,7 @@ class Nameserver:
             return len(self.resolver.policy.blocklist)
         blocklist = await self.sources.load(self.wall)
         self.resolver.set_policy(self.resolver.policy.with_blocklist(blocklist))
+        give_back_memory()  # the old list is gone now
         if not quiet:
             log.info("blocklists loaded: %d domains", len(blocklist))
         return len(blocklist)
@@ -199,6 +201,20 @@ class Nameserver:
         from retreatkit.nameserver import admin
 
         return admin.routes(self)
+
+
+def give_back_memory() -> None:
+    """Hand the pages a list load freed back to the system (glibc's malloc_trim).
+
+    A load frees tens of MB in blocks of every size; glibc keeps the freed middle of its
+    heaps, and raises its threshold for mapping big blocks apart each time one is freed,
+    so without this each reload left RSS higher (6 MB over the list after the first
+    load, 23 MB after three reloads of a million-entry list). Elsewhere (musl) a no-op.
+    """
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 class _Collector(Collector):

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from retreatkit.config import host_port_text
 from retreatkit.nameserver import reply as replies
 from retreatkit.nameserver import wire
 from retreatkit.nameserver.errors import BadReply, UpstreamFailed
@@ -39,7 +40,7 @@ class Upstream:
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port_text(self.host, self.port)
 
     @property
     def down(self) -> bool:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
+from retreatkit.config import host_port_text
 from retreatkit.relay.matching import Limits
 from retreatkit.relay.server import Relay
 from retreatkit.serve import Say
@@ -46,7 +47,7 @@ class RelayService:
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
         self.relay = Relay(self.limits, registry)
         host, port = await self.relay.start(*self.listen)
-        say(f"Relay listening on {host}:{port}")
+        say(f"Relay listening on {host_port_text(host, port)}")
         if self.advert is not None:
             self.advert.start(host, port)
 

@@ -153,6 +153,14 @@ async def test_flush(admin: Admin) -> None:
          "expected an IP address or cname:TARGET for x.retreat.lan, got 'nowhere'\n"),
         ("PUT", "/nameserver/records/x.retreat.lan", {},
          'expected {"value": "10.0.0.9"} or {"value": "cname:TARGET"}\n'),
+        # the name is in the path: the endpoint's own form, not the flag's NAME=ADDRESS
+        ("PUT", "/nameserver/records/bad..name", {"value": "10.0.0.9"},
+         "not a name: 'bad..name' (expected PUT /nameserver/records/NAME, NAME like"
+         " wiki.retreat.lan or *.retreat.lan)\n"),
+        # a `=` is part of the name, not where a value starts
+        ("PUT", "/nameserver/records/a=b.retreat.lan", {"value": "10.0.0.9"},
+         "not a name: 'a=b.retreat.lan' (expected PUT /nameserver/records/NAME, NAME like"
+         " wiki.retreat.lan or *.retreat.lan)\n"),
         ("POST", "/nameserver/cache/flush", {"name": "not a name"},
          'expected {"name": "example.org"}\n'),
         ("GET", "/nameserver/queries?after=x", None, "after must be a whole number\n"),

@@ -11,6 +11,7 @@ from retreatkit.nameserver.blocklist import (
     EXCEPT,
     SUBDOMAINS,
     Blocklist,
+    key,
     not_a_list,
     parse_line,
 )
@@ -205,3 +206,16 @@ def test_lists_longer_than_a_block_lose_no_line(monkeypatch: pytest.MonkeyPatch)
     assert blocklist.sources["list"] == 9 and blocklist.bad_lines == 0
     assert blocklist.match("trailing.example") == "trailing.example"
     assert blocklist.match("n9.example") == "n9.example"
+
+
+def test_keys_are_sorted_across_ranges_and_merges() -> None:
+    # names whose keys fall in every range of _Pending, in and out of the fast path
+    names = [f"n{i}.example" for i in range(5000)]
+    part = Blocklist()
+    part.add_lines("a", [f"0.0.0.0 {n}" for n in names[:2500]] + names[2500:4000])
+    part.seal()
+    other = Blocklist()
+    other.add_lines("b", [f"||{n}^" for n in names[4000:]])
+    merged = Blocklist.merge([part.seal(), other.seal()])
+    assert list(merged.hashes) == sorted(key(n) for n in names)
+    assert all(merged.match(n) == n for n in names) and merged.match("x.example") is None
