@@ -211,9 +211,9 @@ def give_back_memory() -> None:
     so without this each reload left RSS higher (6 MB over the list after the first
     load, 23 MB after three reloads of a million-entry list). Elsewhere (musl) a no-op.
     """
-    import ctypes
+    with contextlib.suppress(ImportError, OSError, AttributeError):  # an image may lack ctypes
+        import ctypes
 
-    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
 
 
