@@ -119,9 +119,7 @@ def lan(tmp_path: Path) -> Iterator[Lan]:
         home.mkdir()
         yield Lan(prefix, names, address, home)
     finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
-            shutil.rmtree(NETNS / ns, ignore_errors=True)
+        remove_namespaces(made)
 
 
 @pytest.fixture
@@ -149,9 +147,13 @@ def routed(tmp_path: Path) -> Iterator[Lan]:
         home.mkdir()
         yield Lan(prefix, names, address, home)
     finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
-            shutil.rmtree(NETNS / ns, ignore_errors=True)
+        remove_namespaces(made)
+
+
+def remove_namespaces(made: list[str]) -> None:
+    for ns in made:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        shutil.rmtree(NETNS / ns, ignore_errors=True)
 
 
 def forward(ns: str, on: bool) -> None:

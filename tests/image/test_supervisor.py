@@ -445,23 +445,20 @@ async def test_a_guests_restarts_outlive_its_supervisor_until_it_is_started_agai
     assert Supervisor(vmservice.vm_dir()).item("r1")["restarts"] == 0
 
 
+def start_guests(home: Path, image: Path, names: tuple[str, ...]) -> None:
+    """`retreatkit vm start NAME IMAGE` for each name, 64 MB each."""
+    for name in names:
+        config = str(home / "retreat.toml")
+        started = run_cli("vm", "start", name, str(image), "--memory", "64", "--config", config)
+        assert started.returncode == 0, started.stderr
+
+
 def test_a_supervisor_names_the_guests_it_stopped(home: Path, qemu: Path) -> None:
     image = Path(relay_guest(home, restart=False).image)
     supervisor = Process.start(retreatkit_argv("vm", "serve"))
     try:
         supervisor.wait_for(r"^Admin on ")
-        for name in ("r2", "r1"):
-            started = run_cli(
-                "vm",
-                "start",
-                name,
-                str(image),
-                "--memory",
-                "64",
-                "--config",
-                str(home / "retreat.toml"),
-            )
-            assert started.returncode == 0, started.stderr
+        start_guests(home, image, ("r2", "r1"))
     finally:
         supervisor.popen.send_signal(signal.SIGINT)
         code, lines = supervisor.finish()
@@ -490,18 +487,7 @@ async def test_the_dashboard_stops_the_last_guest_of_a_background_supervisor(
     guest it shows the supervisor ended, its guests stopped, no alarm, and how to start one
     again."""
     image = Path(relay_guest(home, restart=False).image)
-    for name in ("r1", "r2"):
-        started = run_cli(
-            "vm",
-            "start",
-            name,
-            str(image),
-            "--memory",
-            "64",
-            "--config",
-            str(home / "retreat.toml"),
-        )
-        assert started.returncode == 0, started.stderr
+    start_guests(home, image, ("r1", "r2"))
     [url] = noted.noted()
     [pid] = [int(p.name) for p in noted.folder().iterdir() if p.name.isdigit()]
     app = Dashboard([Endpoint(url, admin_token.read())], interval=3600, clock=Clock(),
