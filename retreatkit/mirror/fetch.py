@@ -80,6 +80,11 @@ class Reply:
 
 
 Publish = Callable[[Fill], Awaitable[None]]
+Room = Callable[[int, str], Awaitable[None]]  # evict so a file of this size fits (--max-size)
+
+
+async def _no_room_made(size: int, name: str) -> None:
+    return None
 
 
 class Fetcher:
@@ -91,8 +96,10 @@ class Fetcher:
         stats: Stats,
         health: Health,
         clock: Callable[[], float] = time.monotonic,
+        make_room: Room = _no_room_made,
     ) -> None:
         self.store = store
+        self.make_room = make_room
         # a session given made (tests) or made when first wanted (resolver.Sessions)
         self.sessions = session if isinstance(session, Sessions) else Sessions(session)
         self.limits = limits
@@ -322,7 +329,10 @@ class Fetcher:
 
     async def _download(self, fill: Fill) -> None:
         limits, store = self.limits, self.store
-        known, free = fill.source.size, store.free_bytes()
+        known = fill.source.size
+        if known is not None:
+            await self.make_room(known, fill.file)
+        free = store.free_bytes()
         if known is not None and not store.space.room_for(known, free):
             raise StoreFull(store.space.no_room(fill.file, known, free))
         response = await self._open(fill.source.url, {}, fill.file)
@@ -334,6 +344,8 @@ class Fetcher:
                 size = fill.expected_size
                 if size is not None and size > limits.max_size:
                     raise UpstreamError(f"{fill.file} is larger than the mirror's limit")
+                if size is not None and size != known:
+                    await self.make_room(size, fill.file)
                 free = store.free_bytes()
                 if size is not None:
                     if not store.space.room_for(size, free):
