@@ -167,14 +167,14 @@ class Fetcher:
                 raise UpstreamUnreachable(f"upstream {host}: {why}") from None
             # it answered, badly, or hung up: this request fails, the upstream is not down
             if fault is faults.Fault.ANSWERED:
-                self.health.answered(where)
+                self._answered(where)
             else:
                 self.health.abandoned(where, verdict)
             raise UpstreamError(faults.words(exc, what)) from None
         except BaseException:
             self.health.abandoned(where, verdict)
             raise
-        self.health.answered(where)
+        self._answered(where)
         return response
 
     def down(self, url: str) -> UpstreamDown:
@@ -188,6 +188,13 @@ class Fetcher:
         if upstream.probing or wait <= 0:  # this request, or one before it, is the probe
             when = "trying it again now"
         return UpstreamDown(f"upstream {host} is down ({why}); {when}")
+
+    def _answered(self, where: str) -> None:
+        """It answered: up, and said so if it was down (the line that ends "is down")."""
+        since = self.health.get(where).down_since if self.health.is_down(where) else None
+        self.health.answered(where)
+        if since is not None:
+            log.info("upstream %s is back up (down for %.0f s)", where, self.clock() - since)
 
     def _unreachable(self, where: str, verdict: Verdict, why: str) -> None:
         was_down = self.health.is_down(where)
