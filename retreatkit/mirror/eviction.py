@@ -7,6 +7,10 @@ fill), cold archives first, then indexes, each least recently used first; the
 organiser's own files (pinned) never. A removed blob's names go, the sources that say
 where upstream keeps it stay: it is fetched again if anyone asks.
 
+A download of known size makes its room first (`make_room`): under the limit, and on the
+disk, whose free space it would otherwise be refused for while the store holds files it
+may drop. Without a limit nothing is evicted: a full disk refuses, as the organiser chose.
+
 Hits are noted in memory (`Store.accessed`) and written in one batch every
 `FLUSH_EVERY` seconds, so a cache hit never waits on SQLite.
 """
@@ -84,5 +88,46 @@ def evict(store: Store, limit: int) -> Evicted:
             keys, size = forget(store, digest)
             done.blobs += 1
             done.bytes += size
+            done.keys += keys
+    return done
+
+
+def short(store: Store, limit: int, size: int) -> bool:
+    """Whether a new file of `size` bytes needs room made: over the limit, or not on the
+    disk. A file larger than the limit never gets any: the store would be emptied for it."""
+    if not limit or size > limit:
+        return False
+    space = store.space
+    over = store.used + space.reserved + size > limit
+    return over or not space.room_for(size, store.free_bytes())
+
+
+def make_room(store: Store, limit: int, size: int) -> Evicted:
+    """Evict so a new file of `size` bytes fits (blocking: the store thread): the store
+    down to 90% of its limit with the file counted, and until the disk has room for it."""
+    done = Evicted()
+    if not short(store, limit, size):
+        return done
+    store.flush_access()
+    target, space = int(limit * TARGET), store.space
+    # a disk that all the store's droppable files would not free enough of (other files
+    # on it, keep_free_bytes): the cache is not emptied in vain, the file is refused
+    droppable = store.db().execute("select coalesce(sum(size), 0) from blobs where pinned = 0")
+    disk = space.room_for(size, store.free_bytes() + int(droppable.fetchone()[0]))
+
+    def enough() -> bool:
+        under = store.used + space.reserved + size <= target
+        return under and (not disk or space.room_for(size, store.free_bytes()))
+
+    while not enough():
+        batch = coldest(store, BATCH)
+        if not batch:
+            break
+        for digest, _ in batch:
+            if enough():
+                break
+            keys, freed = forget(store, digest)
+            done.blobs += 1
+            done.bytes += freed
             done.keys += keys
     return done

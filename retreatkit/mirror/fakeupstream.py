@@ -16,6 +16,7 @@ read at each request:
   trickle       the full Content-Length, then a byte a second (or one per item put on
                 `Upstream.drips`, each told on `Upstream.dripped`)
   bighead       200 with a 200 KB header line
+  wait          the whole answer, once the test sets `Upstream.release`
 A folder answers with its `index.json` (PEP 691, an npm packument) to a client that
 accepts JSON or when it has no `index.html`, else its `index.html`. `GET /_stats` gives
 {path: GETs, "HEAD path": HEADs}. It is a raw asyncio server because a real server
@@ -53,6 +54,7 @@ class Upstream:
         self.closing = asyncio.Event()  # ends the silences when the test is over
         self.asked = asyncio.Event()  # set by every request (a test clears it)
         self.drips: asyncio.Queue[None] | None = None  # a trickle's pace, when a test sets it
+        self.release = asyncio.Event()  # what a "wait" answers after: the test's word
         self.dripped: asyncio.Queue[int] = asyncio.Queue()  # bytes a trickle has sent
 
     def behaviour(self, path: str) -> str:
@@ -114,6 +116,9 @@ class Upstream:
         if mode == "silent":
             await self.closing.wait()  # the client's timeout is what ends this
             return
+        if mode == "wait":  # the whole answer, once the test says so
+            await self.release.wait()
+            return await _send(writer, 200, body, kind, etag=etag)
         if mode == "fail":
             return await _send(writer, 500, b"upstream broke\n", "text/plain")
         if mode in ("loop", "bighead"):

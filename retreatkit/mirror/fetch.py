@@ -80,6 +80,11 @@ class Reply:
 
 
 Publish = Callable[[Fill], Awaitable[None]]
+Room = Callable[[int, str], Awaitable[None]]  # evict so a file of this size fits (--max-size)
+
+
+async def _no_room_made(size: int, name: str) -> None:
+    return None
 
 
 class Fetcher:
@@ -91,8 +96,10 @@ class Fetcher:
         stats: Stats,
         health: Health,
         clock: Callable[[], float] = time.monotonic,
+        make_room: Room = _no_room_made,
     ) -> None:
         self.store = store
+        self.make_room = make_room
         # a session given made (tests) or made when first wanted (resolver.Sessions)
         self.sessions = session if isinstance(session, Sessions) else Sessions(session)
         self.limits = limits
@@ -160,14 +167,14 @@ class Fetcher:
                 raise UpstreamUnreachable(f"upstream {host}: {why}") from None
             # it answered, badly, or hung up: this request fails, the upstream is not down
             if fault is faults.Fault.ANSWERED:
-                self.health.answered(where)
+                self._answered(where)
             else:
                 self.health.abandoned(where, verdict)
             raise UpstreamError(faults.words(exc, what)) from None
         except BaseException:
             self.health.abandoned(where, verdict)
             raise
-        self.health.answered(where)
+        self._answered(where)
         return response
 
     def down(self, url: str) -> UpstreamDown:
@@ -181,6 +188,13 @@ class Fetcher:
         if upstream.probing or wait <= 0:  # this request, or one before it, is the probe
             when = "trying it again now"
         return UpstreamDown(f"upstream {host} is down ({why}); {when}")
+
+    def _answered(self, where: str) -> None:
+        """It answered: up, and said so if it was down (the line that ends "is down")."""
+        since = self.health.get(where).down_since if self.health.is_down(where) else None
+        self.health.answered(where)
+        if since is not None:
+            log.info("upstream %s is back up (down for %.0f s)", where, self.clock() - since)
 
     def _unreachable(self, where: str, verdict: Verdict, why: str) -> None:
         was_down = self.health.is_down(where)
@@ -322,7 +336,10 @@ class Fetcher:
 
     async def _download(self, fill: Fill) -> None:
         limits, store = self.limits, self.store
-        known, free = fill.source.size, store.free_bytes()
+        known = fill.source.size
+        if known is not None:
+            await self.make_room(known, fill.file)
+        free = store.free_bytes()
         if known is not None and not store.space.room_for(known, free):
             raise StoreFull(store.space.no_room(fill.file, known, free))
         response = await self._open(fill.source.url, {}, fill.file)
@@ -334,6 +351,8 @@ class Fetcher:
                 size = fill.expected_size
                 if size is not None and size > limits.max_size:
                     raise UpstreamError(f"{fill.file} is larger than the mirror's limit")
+                if size is not None and size != known:
+                    await self.make_room(size, fill.file)
                 free = store.free_bytes()
                 if size is not None:
                     if not store.space.room_for(size, free):

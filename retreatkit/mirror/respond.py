@@ -67,6 +67,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             stats.errors += 1
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return web.Response(status=exc.status, reason=reason(text), text=text + "\n")
+    except ConnectionError:
+        # the client left (pip's timeout, curl -m, a closed laptop): nothing to answer, and
+        # not the mirror's fault, so no traceback; aiohttp drops what is returned here
+        log.debug("client %s left before %s was sent", request.remote, request.path)
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=499, reason="Client Closed Request")
 
 
 def reason(text: str) -> str:
@@ -185,8 +192,8 @@ class FileSlice(web.StreamResponse):
                 await self.write_eof()
                 return 0
             transport = request.transport
-            if transport is None:
-                return 0
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client left")  # loop.sendfile: RuntimeError
             loop = asyncio.get_running_loop()
             start, length = self.plan.start, self.plan.length
             try:

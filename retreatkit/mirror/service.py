@@ -99,7 +99,9 @@ class Mirror:
         self.store = Store(settings.store, settings.keep_free)
         self.stats = Stats()
         self.health = Health()
-        self.fetcher = Fetcher(self.store, session, settings.limits, self.stats, self.health)
+        self.fetcher = Fetcher(
+            self.store, session, settings.limits, self.stats, self.health, make_room=self.make_room
+        )
         self.hot = HotCache(settings.hot_bytes)
         self.renders = Renders(settings.page_bytes)
         self.started = time.time()
@@ -155,12 +157,32 @@ class Mirror:
         except LocalError as exc:
             log.warning("cannot evict: %s", exc)
             return
+        if self._evicted(done):
+            log.info("evicted %d files (%d bytes) to stay under %d", done.blobs, done.bytes, limit)
+
+    async def make_room(self, size: int, name: str) -> None:
+        """Before a download of known size: evict what it needs, under --max-size and on
+        the disk, so it is not refused for room the store's coldest files hold."""
+        limit = self.settings.max_size
+        if not eviction.short(self.store, limit, size):
+            return
+        try:
+            done = await self.store.run(lambda: eviction.make_room(self.store, limit, size))
+        except LocalError as exc:
+            log.warning("cannot evict: %s", exc)
+            return
+        if self._evicted(done):
+            log.info(
+                "evicted %d files (%d bytes) to make room for %s (%d bytes)",
+                done.blobs, done.bytes, name, size,
+            )  # fmt: skip
+
+    def _evicted(self, done: eviction.Evicted) -> int:
         for key in done.keys:
             self.hot.drop(key)
         self.stats.evicted += done.blobs
         self.stats.evicted_bytes += done.bytes
-        if done.blobs:
-            log.info("evicted %d files (%d bytes) to stay under %d", done.blobs, done.bytes, limit)
+        return done.blobs
 
     async def checked(self) -> None:
         """Wait for the background store check to end."""

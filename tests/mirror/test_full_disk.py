@@ -205,3 +205,36 @@ async def test_a_store_whose_disk_is_all_kept_free_says_so(tmp_path: Path) -> No
                 r" \(keep_free_bytes\); new files are not kept, cached ones are still served",
                 warning,
             ), warning
+
+
+async def test_max_size_evicts_the_coldest_file_to_make_room_on_the_disk(
+    tmp_path: Path, small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The walk's case, shrunk: a store limit below the disk, one big file held and another
+    asked for that the disk has no room for beside it. The held one goes first; the
+    new one is fetched, never refused (it was: 507, the free space checked before any
+    eviction, which ran only once a file was in)."""
+    wheels = {p: make_wheel(p, "1.0", pad=2_200_000) for p in ("big-c", "big-d")}
+    root = tmp_path / "upstream"
+    write_pypi(root, {name: [w] for name, w in wheels.items()})
+    async with fakeupstream.serving(root) as upstream:
+        config = settings(small_disk / "store", f"{upstream.url}simple/", max_size=3_000_000)
+        async with mirror_client(config) as (client, mirror):
+            env = Env(upstream, client, mirror, wheels, root)
+            assert (await fetch(env, await env.file_url("big-c"))) == (200, wheels["big-c"][1])
+            room = mirror.store.space.room_for(len(wheels["big-d"][1]), mirror.store.free_bytes())
+            assert not room  # the disk alone would refuse big-d
+            with caplog.at_level("INFO", "retreatkit.mirror"):
+                status, body = await fetch(env, await env.file_url("big-d"))
+            assert (status, body) == (200, wheels["big-d"][1])
+            assert mirror.stats.evicted >= 1 and mirror.store.used <= 3_000_000
+            assert mirror._evicting is None  # made room before, not trimmed after
+            said = [r.getMessage() for r in caplog.records if "make room" in r.getMessage()]
+            assert re.fullmatch(
+                r"evicted \d files \(\d+ bytes\) to make room for big_d-1\.0-py3-none-any\.whl"
+                r" \(\d+ bytes\)",
+                said[0],
+            ), said
+            # big-c went and comes back on request, evicting big-d in turn
+            assert (await fetch(env, await env.file_url("big-c"))) == (200, wheels["big-c"][1])
+            assert env.fetched(wheels["big-c"][0]) == 2

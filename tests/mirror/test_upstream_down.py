@@ -27,7 +27,10 @@ def asked(env: Env) -> int:
 
 
 @pytest.mark.parametrize("env", [QUICK], indirect=True)
-async def test_a_silent_upstream_is_remembered_down(env: Env) -> None:
+async def test_a_silent_upstream_is_remembered_down(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", "retreatkit.mirror")
     now = [1000.0]
     env.mirror.fetcher.clock = lambda: now[0]
     for project in ("demo-pkg", "demo-dep", "big-pkg"):
@@ -67,6 +70,12 @@ async def test_a_silent_upstream_is_remembered_down(env: Env) -> None:
         assert status == 200 and headers["Mirror-Offline"] == "cached-only"
         await env.mirror.refreshed()
         assert section(env.mirror, True, 0)["upstreams"]["pypi"]["state"] == "up"
+        said = [r.getMessage() for r in caplog.records if r.name == "retreatkit.mirror"]
+        said = [line for line in said if line.startswith(f"upstream http://{host}")]
+        assert said == [  # the pair an organiser reads: when it went, and when it came back
+            f"upstream http://{host} is down: no answer within 0.6 s",
+            f"upstream http://{host} is back up (down for 62 s)",
+        ]
         status, headers, _ = await get(env, "demo-dep")
         assert status == 200 and "Warning" not in headers and "Mirror-Offline" not in headers
 
