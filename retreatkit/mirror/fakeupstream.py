@@ -116,8 +116,13 @@ class Upstream:
         if mode == "silent":
             await self.closing.wait()  # the client's timeout is what ends this
             return
-        if mode == "wait":  # the whole answer, once the test says so
-            await self.release.wait()
+        if mode == "wait":  # the whole answer, once the test says so (or the test is over)
+            waits = {asyncio.ensure_future(e.wait()) for e in (self.release, self.closing)}
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in pending:
+                w.cancel()
+            if not self.release.is_set():
+                return
             return await _send(writer, 200, body, kind, etag=etag)
         if mode == "fail":
             return await _send(writer, 500, b"upstream broke\n", "text/plain")
