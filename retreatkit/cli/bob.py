@@ -122,6 +122,7 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--listen", metavar="HOST:PORT", default="0.0.0.0:9000")
     relay.add_argument("--admin", metavar="HOST:PORT", default="127.0.0.1:8080")
     relay.add_argument("--config", metavar="FILE", type=Path, help="retreat.toml")
+    relay.add_argument("--pairs", metavar="N", type=config.pairs, help=config.PAIRS_HELP)
     return top
 
 
@@ -188,6 +189,8 @@ def run_relay(args: argparse.Namespace) -> int:
         admin_at = config.host_port(args.admin)
     except ValueError as exc:
         raise Usage(str(exc)) from None
+    if args.pairs:
+        cfg["relay"]["pairs"] = args.pairs
     serve.setup_logging()
     relay = RelayService(listen, relay_limits(cfg["relay"]))
     return loop.run(lambda: serve.serve([relay], admin_at, _say))

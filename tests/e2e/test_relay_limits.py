@@ -468,7 +468,7 @@ def test_waiting_limit_says_the_relay_is_full(
         for command in (b"bob/1 send\n", b"bob/1 send 778\n"):
             extra = clients(relay)
             extra.send(command)
-            assert extra.line() == b"error the relay is full; try again later\n"
+            assert extra.line() == b"busy the relay is full; try again later\n"
             assert extra.rest() == b""
         full = poll(relay, lambda s: s["connections_open"] == 2, "the extras closed")
         assert full["waiting_senders"] == 2
