@@ -18,7 +18,7 @@ from retreatkit.transfer import aio, codes, find, source
 from retreatkit.transfer.errors import PakeFailed, Refused, TransferError, UnsafeOffer
 from retreatkit.transfer.offer import MAX_TEXT, Offer, check_component, escape
 from retreatkit.transfer.receive import Writer
-from retreatkit.transfer.rendezvous import FirstReachable, OwnRendezvous, RelayRendezvous
+from retreatkit.transfer.rendezvous import AnyRelay, FirstReachable, OwnRendezvous, RelayRendezvous
 from retreatkit.transfer.tostdout import StdoutWriter
 
 DESCRIPTION = """\
@@ -256,11 +256,22 @@ async def send(args: argparse.Namespace) -> int:
         timeout = args.timeout or aio.PEER_TIMEOUT
         options = aio.Options(not args.no_compress, not args.no_direct, timeout)
         rendezvous: aio.Rendezvous
+        lan: list[aio.Relay] = []
         if target is None:
-            target = next(iter(await find.on_lan(None)), None)
-            if target is not None:
-                _say(f"Using the relay at {target.relay} (found on the LAN)")
-        if target is None and args.no_direct:
+            lan = [t.relay for t in await find.on_lan(None)]
+            target = find.Target(lan[0], "lan") if lan else None
+            _say_relays(lan)
+        if lan:
+            # several: each one holds the nameplate; none that answers: our own
+            relays = (
+                AnyRelay(lan, args.count, timeout, find.REACH, find.ANSWER)
+                if len(lan) > 1
+                else RelayRendezvous(lan[0], args.count, timeout, find.REACH, find.ANSWER)
+            )
+            rendezvous = relays
+            if not args.no_direct:
+                rendezvous = FirstReachable(relays, OwnRendezvous(args.count, timeout), _say)
+        elif target is None and args.no_direct:
             # our own rendezvous would be a direct connection: --no-direct needs a relay
             target = await find.default()
             rendezvous = RelayRendezvous(target.relay, args.count, timeout, find.REACH)
@@ -282,6 +293,13 @@ async def send(args: argparse.Namespace) -> int:
         reporter.stop()
     _say("Transfer complete." if args.count == 1 else f"Sent to {args.count} receivers.")
     return 0
+
+
+def _say_relays(lan: list[aio.Relay]) -> None:
+    if len(lan) == 1:
+        _say(f"Using the relay at {lan[0]} (found on the LAN)")
+    elif lan:
+        _say(f"Using the {len(lan)} relays found on the LAN: {', '.join(map(str, lan))}")
 
 
 def _fail(reporter: ui.Reporter, exc: Exception, advice: str) -> int:
@@ -439,8 +457,7 @@ async def recv(args: argparse.Namespace) -> int:
             if target is not None
             else await find.meeting_places(code.nameplate, senders=not args.no_direct)
         )
-        if stages[0][0].how == "lan":
-            _say(f"Using the relay at {stages[0][0].relay} (found on the LAN)")
+        _say_relays([t.relay for t in stages[0] if t.how == "lan"])
         target = stages[-1][0]  # what a receiver that met nobody is told about
         options = aio.Options(direct=not args.no_direct, timeout=timeout)
         places = [[_place(t, timeout) for t in stage] for stage in stages]
