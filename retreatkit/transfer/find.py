@@ -88,14 +88,13 @@ async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Targ
 
 
 def relays(found: list[mdns.Found]) -> list[Relay]:
-    """The relays announced, one per address (the first heard), at most MAX_RELAYS (the
-    first heard: an address announcing dozens, or dozens of addresses, make bob dial no
-    more), in the order of their addresses, so both sides list them alike."""
-    chosen: dict[str, Relay] = {}
+    """The relays announced, at most MAX_RELAYS, the first heard (dozens announced make
+    bob dial no more), in the order of their addresses, so both sides list them alike."""
+    chosen: dict[Relay, None] = {}
     for f in found:
-        if _is_relay(f) and f.addresses[0] not in chosen and len(chosen) < MAX_RELAYS:
-            chosen[f.addresses[0]] = Relay(f.addresses[0], f.port)
-    return sorted(chosen.values(), key=lambda r: (_sort_key(r.host), r.port))
+        if _is_relay(f) and len(chosen) < MAX_RELAYS:
+            chosen[Relay(f.addresses[0], f.port)] = None
+    return sorted(chosen, key=lambda r: (_sort_key(r.host), r.port))
 
 
 def _sort_key(host: str) -> tuple[int, int]:
