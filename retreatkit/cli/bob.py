@@ -26,12 +26,14 @@ Send files, folders and text to another computer, end-to-end encrypted.
 The sender gets a passphrase such as 7-purple-sofa; the receiver types it.
 The relay in between never sees the words (README: what the relay learns).
 
-Where bob connects, in this order: --relay HOST:PORT; else $BOB_RELAY; else a
-relay that announces itself on the LAN (zeroconf, _retreat-relay._tcp), or for
-the receiver the sender itself when it announces the passphrase's number (the
-LAN's relay first, then every sender announcing it at once: only one that
-proves the passphrase counts); else relay.retreat.lan:9000. A sender that
-reaches no relay at all waits for the receiver on the LAN itself. Once both
+Where bob connects, in this order: --relay HOST:PORT; else $BOB_RELAY; else the
+relays that announce themselves on the LAN (zeroconf, _retreat-relay._tcp), or
+for the receiver the sender itself when it announces the passphrase's number (the
+LAN's relays first, then every sender announcing it at once: only one that
+proves the passphrase counts); else relay.retreat.lan:9000. With several relays
+announced, bob tries the first 4 it hears all at once: the sender waits at each
+that answers, the receiver tries each. A sender that no relay takes (none
+answers, or each is full or busy) waits for the receiver on the LAN itself. Once both
 sides proved the passphrase, they try a direct connection on the LAN and keep
 the relay if it fails (--no-direct: never; it needs a relay, and with none to
 reach bob stops rather than connect to the other computer).
