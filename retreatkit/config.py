@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
         "idle_timeout": 300.0,
         "failed_joins": 8,  # joins an address may fail at once (a guess at a nameplate) ...
         "failed_join_wait": 15.0,  # ... then one more every this many seconds
+        "pairs": 256,  # transfers the relay forwards at once, in all
     },
     "bob": {"relay": "relay.retreat.lan:9000"},
     "mirror": {
@@ -150,3 +152,16 @@ def host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
+
+
+PAIRS_HELP = (
+    "transfers the relay forwards at once; past it, new ones are told busy and meet"
+    f" on the LAN instead (default {DEFAULTS['relay']['pairs']}, [relay] pairs)"
+)
+
+
+def pairs(text: str) -> int:
+    """The relay's --pairs."""
+    if not text.isdigit() or not 1 <= int(text) <= 100_000:
+        raise argparse.ArgumentTypeError(f"not a number of transfers (1 to 100000): {text!r}")
+    return int(text)

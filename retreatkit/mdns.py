@@ -89,9 +89,12 @@ async def browse(
     service: str,
     seconds: float,
     stop: Callable[[list[Found]], bool] = lambda _: False,
+    soon: Callable[[list[Found]], bool] = lambda _: False,
+    grace: float = 0.0,
 ) -> list[Found]:
-    """What answers for `service` within `seconds`, or sooner once `stop(found)` holds.
-    Nothing where multicast cannot be used."""
+    """What answers for `service` within `seconds`, or sooner once `stop(found)` holds,
+    or `grace` seconds after `soon(found)` first held. Nothing where multicast cannot be
+    used."""
     found: list[Found] = []
     names: asyncio.Queue[str] = asyncio.Queue()
 
@@ -108,8 +111,14 @@ async def browse(
         return []
     browser = AsyncServiceBrowser(zc.zeroconf, [service], handlers=[changed])
     try:
-        async with asyncio.timeout(seconds):
+        async with asyncio.timeout(seconds) as bound:
+            hurried = False
             while not stop(found):
+                if not hurried and soon(found):
+                    hurried = True
+                    loop = asyncio.get_running_loop()
+                    when = bound.when()
+                    bound.reschedule(min(loop.time() + grace, when or loop.time() + grace))
                 name = await names.get()
                 info = AsyncServiceInfo(service, name)
                 if not await info.async_request(zc.zeroconf, 500) or not info.port:

@@ -18,7 +18,7 @@ from retreatkit.transfer import aio, codes, find, source
 from retreatkit.transfer.errors import PakeFailed, Refused, TransferError, UnsafeOffer
 from retreatkit.transfer.offer import MAX_TEXT, Offer, check_component, escape
 from retreatkit.transfer.receive import Writer
-from retreatkit.transfer.rendezvous import FirstReachable, OwnRendezvous, RelayRendezvous
+from retreatkit.transfer.rendezvous import AnyRelay, FirstReachable, OwnRendezvous, RelayRendezvous
 from retreatkit.transfer.tostdout import StdoutWriter
 
 DESCRIPTION = """\
@@ -26,12 +26,14 @@ Send files, folders and text to another computer, end-to-end encrypted.
 The sender gets a passphrase such as 7-purple-sofa; the receiver types it.
 The relay in between never sees the words (README: what the relay learns).
 
-Where bob connects, in this order: --relay HOST:PORT; else $BOB_RELAY; else a
-relay that announces itself on the LAN (zeroconf, _retreat-relay._tcp), or for
-the receiver the sender itself when it announces the passphrase's number (the
-LAN's relay first, then every sender announcing it at once: only one that
-proves the passphrase counts); else relay.retreat.lan:9000. A sender that
-reaches no relay at all waits for the receiver on the LAN itself. Once both
+Where bob connects, in this order: --relay HOST:PORT; else $BOB_RELAY; else the
+relays that announce themselves on the LAN (zeroconf, _retreat-relay._tcp), or
+for the receiver the sender itself when it announces the passphrase's number (the
+LAN's relays first, then every sender announcing it at once: only one that
+proves the passphrase counts); else relay.retreat.lan:9000. With several relays
+announced, bob tries the first 4 it hears all at once: the sender waits at each
+that answers, the receiver tries each. A sender that no relay takes (none
+answers, or each is full or busy) waits for the receiver on the LAN itself. Once both
 sides proved the passphrase, they try a direct connection on the LAN and keep
 the relay if it fails (--no-direct: never; it needs a relay, and with none to
 reach bob stops rather than connect to the other computer).
@@ -122,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("--listen", metavar="HOST:PORT", default="0.0.0.0:9000")
     relay.add_argument("--admin", metavar="HOST:PORT", default="127.0.0.1:8080")
     relay.add_argument("--config", metavar="FILE", type=Path, help="retreat.toml")
+    relay.add_argument("--pairs", metavar="N", type=config.pairs, help=config.PAIRS_HELP)
     return top
 
 
@@ -188,6 +191,8 @@ def run_relay(args: argparse.Namespace) -> int:
         admin_at = config.host_port(args.admin)
     except ValueError as exc:
         raise Usage(str(exc)) from None
+    if args.pairs:
+        cfg["relay"]["pairs"] = args.pairs
     serve.setup_logging()
     relay = RelayService(listen, relay_limits(cfg["relay"]))
     return loop.run(lambda: serve.serve([relay], admin_at, _say))
@@ -253,11 +258,22 @@ async def send(args: argparse.Namespace) -> int:
         timeout = args.timeout or aio.PEER_TIMEOUT
         options = aio.Options(not args.no_compress, not args.no_direct, timeout)
         rendezvous: aio.Rendezvous
+        lan: list[aio.Relay] = []
         if target is None:
-            target = next(iter(await find.on_lan(None)), None)
-            if target is not None:
-                _say(f"Using the relay at {target.relay} (found on the LAN)")
-        if target is None and args.no_direct:
+            lan = [t.relay for t in await find.on_lan(None)]
+            target = find.Target(lan[0], "lan") if lan else None
+            _say_relays(lan)
+        if lan:
+            # several: each one holds the nameplate; none that answers: our own
+            relays = (
+                AnyRelay(lan, args.count, timeout, find.REACH, find.ANSWER)
+                if len(lan) > 1
+                else RelayRendezvous(lan[0], args.count, timeout, find.REACH, find.ANSWER)
+            )
+            rendezvous = relays
+            if not args.no_direct:
+                rendezvous = FirstReachable(relays, OwnRendezvous(args.count, timeout), _say)
+        elif target is None and args.no_direct:
             # our own rendezvous would be a direct connection: --no-direct needs a relay
             target = await find.default()
             rendezvous = RelayRendezvous(target.relay, args.count, timeout, find.REACH)
@@ -279,6 +295,13 @@ async def send(args: argparse.Namespace) -> int:
         reporter.stop()
     _say("Transfer complete." if args.count == 1 else f"Sent to {args.count} receivers.")
     return 0
+
+
+def _say_relays(lan: list[aio.Relay]) -> None:
+    if len(lan) == 1:
+        _say(f"Using the relay at {lan[0]} (found on the LAN)")
+    elif lan:
+        _say(f"Using the {len(lan)} relays found on the LAN: {', '.join(map(str, lan))}")
 
 
 def _fail(reporter: ui.Reporter, exc: Exception, advice: str) -> int:
@@ -436,8 +459,7 @@ async def recv(args: argparse.Namespace) -> int:
             if target is not None
             else await find.meeting_places(code.nameplate, senders=not args.no_direct)
         )
-        if stages[0][0].how == "lan":
-            _say(f"Using the relay at {stages[0][0].relay} (found on the LAN)")
+        _say_relays([t.relay for t in stages[0] if t.how == "lan"])
         target = stages[-1][0]  # what a receiver that met nobody is told about
         options = aio.Options(direct=not args.no_direct, timeout=timeout)
         places = [[_place(t, timeout) for t in stage] for stage in stages]

@@ -49,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
     relay = sub.add_parser("relay", help="run bob's relay")
     relay.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:9000")
     relay.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
+    relay.add_argument("--pairs", metavar="N", type=config.pairs, help=config.PAIRS_HELP)
     mirror = sub.add_parser("mirror", help="run the caching package mirror")
     mirror.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:8000")
     mirror.add_argument("--admin", metavar="HOST:PORT", help=admin_help)
@@ -138,6 +139,8 @@ def apply_listen_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
             cfg[section]["listen"] = flag
     if given.get("admin"):
         cfg["admin"]["listen"] = given["admin"]
+    if given.get("pairs"):
+        cfg["relay"]["pairs"] = given["pairs"]
     if args.command == "nameserver":
         hosting.apply_nameserver_flags(cfg["nameserver"], given)
 

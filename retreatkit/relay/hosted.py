@@ -27,6 +27,7 @@ def relay_limits(section: dict[str, Any]) -> Limits:
         idle_timeout=float(section["idle_timeout"]),
         failed_joins=int(section["failed_joins"]),
         failed_join_wait=float(section["failed_join_wait"]),
+        pairs=int(section["pairs"]),
     )
 
 

@@ -17,7 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from retreatkit.relay import wire
-from retreatkit.relay.matching import Limits, Matcher, NoSender, Refusal
+from retreatkit.relay.matching import (
+    ATTACK_WINDOW,
+    BESIEGED,
+    Busy,
+    Limits,
+    Matcher,
+    NoSender,
+    Refusal,
+)
 
 # A bob/1 sender's first two frames, PAKE (4 + 33 bytes) and CONFIRM (4 + 32): it sends
 # a byte more only after checking the receiver's confirmation (PROTOCOL.md 4), so a pair
@@ -25,6 +33,10 @@ from retreatkit.relay.matching import Limits, Matcher, NoSender, Refusal
 HANDSHAKE_BYTES = 73
 RECENT = 100  # ended transfers kept for the admin list
 LISTED = 100  # active transfers listed at most
+# The relay is blind to PAKE results, but a pair that ends before the sender sent more
+# than its key exchange failed it (or someone gave up within a round trip): this many
+# from one joining address in ATTACK_WINDOW, and again at twice as many, are logged.
+SPOILED = 3
 
 
 class Phase(enum.Enum):
@@ -44,6 +56,7 @@ class Ending(enum.Enum):
     SENDER_LEFT = "sender left"  # a sender that closed while it waited
     NO_SENDER = "no sender"  # a receiver that named a nameplate nobody holds
     REFUSED = "refused"  # turned away by a limit, or a nameplate in use
+    BUSY = "busy"  # turned away for want of room: the waiting or the pairs limit
     BAD_REQUEST = "bad request"  # not a bob/1 request line, or bytes before pairing
     HANDSHAKE_TIMEOUT = "handshake timeout"  # no request line within handshake_timeout
     LEFT_EARLY = "left early"  # closed before sending a whole request line
@@ -102,7 +115,15 @@ class Arm:
     at: float | None
 
 
-Action = Write | Close | Arm
+@dataclass(frozen=True, slots=True)
+class Warn:
+    """Log this for the organiser, at WARNING (about `conn`'s address)."""
+
+    conn: Conn
+    text: str
+
+
+Action = Write | Close | Arm | Warn
 
 
 class RelayCore:
@@ -127,6 +148,8 @@ class RelayCore:
         self.handshakes_refused = 0
         self.handshakes_failed = 0
         self.transfers_completed = 0
+        # (when, joining address) of pairings that ended in their key exchange
+        self.spoiled: deque[tuple[float, str]] = deque(maxlen=BESIEGED)
         self.started = clock()
 
     # -- what the shell reports -------------------------------------------------------
@@ -164,6 +187,11 @@ class RelayCore:
             request = wire.parse_request(line)
         except wire.WireError as exc:
             return self._refuse(conn, str(exc), Ending.BAD_REQUEST)
+        if len(self.active) >= self.limits.pairs:
+            # before the join: a receiver turned away costs no token and burns no
+            # nameplate; a sender turned away meets its receiver on the LAN instead
+            busy = f"the relay carries as many transfers as it may ({self.limits.pairs})"
+            return self._busy(conn, f"{busy}; try again later")
         try:
             if request.role is wire.Role.SEND:
                 return self._wait(conn, request.nameplate, request.key)
@@ -171,6 +199,8 @@ class RelayCore:
             sender = self.matcher.join(request.nameplate, conn.ip)
         except NoSender as exc:
             return self._refuse(conn, str(exc), Ending.NO_SENDER)
+        except Busy as exc:
+            return self._busy(conn, str(exc))
         except Refusal as exc:
             return self._refuse(conn, str(exc), Ending.REFUSED)
         assert isinstance(sender, Conn)
@@ -252,6 +282,7 @@ class RelayCore:
         ]
 
     def _unpair(self, conn: Conn, ending: Ending) -> list[Action]:
+        warned: list[Action] = []
         transfer, peer = conn.transfer, conn.peer
         assert transfer is not None and peer is not None
         if not transfer.confirmed and ending is not Ending.RELAY_STOPPED:
@@ -262,13 +293,42 @@ class RelayCore:
             self.handshakes_failed += 1
             if ending is Ending.COMPLETED:
                 ending = Ending.KEY_EXCHANGE_FAILED
+                warned = self._spoiled(receiver)
         elif ending is Ending.COMPLETED:
             self.transfers_completed += 1
         transfer.ended = ending
         transfer.duration = self.clock() - transfer.started
         self.active.pop(transfer, None)
         self.recent.appendleft(transfer)
-        return self._close(conn, ending) + self._close(peer, ending)
+        return warned + self._close(conn, ending) + self._close(peer, ending)
+
+    def _spoiled(self, receiver: Conn) -> list[Action]:
+        """One more pairing ended in its key exchange, joined from `receiver.ip`: said at
+        SPOILED such pairings from that address in the window, then at 2x, 4x..."""
+        now = self.clock()
+        self.spoiled.append((now, receiver.ip))
+        while self.spoiled and self.spoiled[0][0] < now - ATTACK_WINDOW:
+            self.spoiled.popleft()
+        count = sum(ip == receiver.ip for _, ip in self.spoiled)
+        times, rest = divmod(count, SPOILED)
+        if rest or not times or times & (times - 1):
+            return []
+        return [
+            Warn(
+                receiver,
+                f"{receiver.ip} joined {count} waiting offers in {ATTACK_WINDOW / 60:g} minutes"
+                " whose key exchange then failed, and each ended that offer: a wrong"
+                " passphrase, or someone there guessing nameplates",
+            )
+        ]
+
+    def paired_by_ip(self) -> Counter[str]:
+        """Paired connections per address."""
+        return Counter(c.ip for c in self.conns if c.phase is Phase.PAIRED)
+
+    def _busy(self, conn: Conn, reason: str) -> list[Action]:
+        self.handshakes_refused += 1
+        return [Write(conn, wire.reply("busy", reason)), *self._close(conn, Ending.BUSY)]
 
     def _refuse(self, conn: Conn, reason: str, ending: Ending) -> list[Action]:
         if ending is not Ending.WAIT_TIMEOUT:

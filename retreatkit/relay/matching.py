@@ -25,6 +25,11 @@ class NoSender(Refusal):
     """A receiver named a nameplate that no sender holds."""
 
 
+class Busy(Refusal):
+    """No room for anyone (the waiting limit, the pairs limit): a `busy` line, which a
+    sender takes as no relay at all, and meets its receiver on the LAN instead."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     per_ip: int = 64  # open connections from one address
@@ -35,6 +40,9 @@ class Limits:
     idle_timeout: float = 300.0
     failed_joins: int = 8  # joins an address may fail in a burst ...
     failed_join_wait: float = 15.0  # ... then one more each this many seconds
+    # pairs forwarding at once, in all: each holds two sockets, two pipes and (spliced)
+    # two threads, so this bounds the threads and files a crowd of addresses can make
+    pairs: int = 256
 
 
 @dataclass(slots=True)
@@ -170,6 +178,10 @@ class Matcher:
         counts = Counter(ip for _, ip in self._failures)
         return counts.most_common(1)[0] if counts else None
 
+    def waiting_by_ip(self) -> Counter[str]:
+        """Waiting sender connections per address."""
+        return Counter(self._waiting_by_ip)
+
     def leave(self, who: object, nameplate: str | None) -> None:
         held = self._waiting.get(nameplate) if nameplate is not None else None
         if held is None:
@@ -186,7 +198,7 @@ class Matcher:
 
     def _check_room(self, ip: str) -> None:
         if self._count >= self.limits.waiting:
-            raise Refusal("the relay is full; try again later")
+            raise Busy("the relay is full; try again later")
         if self._waiting_by_ip[ip] >= self.limits.waiting_per_ip:
             raise Refusal(f"too many senders waiting from {ip}")
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
 from retreatkit.relay import splice, status
-from retreatkit.relay.lifecycle import Action, Arm, Close, Conn, Phase, RelayCore, Write
+from retreatkit.relay.lifecycle import Action, Arm, Close, Conn, Phase, RelayCore, Warn, Write
 from retreatkit.relay.matching import Limits
 
 log = logging.getLogger("retreatkit.relay")
@@ -113,7 +113,9 @@ class Relay:
     def perform(self, actions: list[Action]) -> None:
         for action in actions:
             handle = cast(RelayConnection, action.conn.handle)
-            if isinstance(action, Write):
+            if isinstance(action, Warn):
+                log.warning("%s", action.text)
+            elif isinstance(action, Write):
                 handle.write(action.data)
             elif isinstance(action, Arm):
                 handle.arm(action.at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections import Counter
 from typing import Any
 
 from retreatkit.relay.lifecycle import LISTED, Ending, RelayCore, Transfer
@@ -20,6 +21,7 @@ def section(core: RelayCore, warnings: list[str] | None = None) -> dict[str, Any
         "warnings": [*own_warnings(core), *(warnings or [])],
         "waiting_senders": core.matcher.waiting,
         "transfers_active": len(core.active),
+        "pairs_limit": core.limits.pairs,
         "transfers_completed": core.transfers_completed,
         "bytes_relayed": core.bytes_relayed,
         "handshakes_refused": core.handshakes_refused,
@@ -34,7 +36,15 @@ def own_warnings(core: RelayCore) -> list[str]:
     if waiting >= FULL * limit:
         out.append(
             f"{waiting} senders are waiting and the limit is {limit}:"
-            " new senders are turned away when it is reached (raise [relay] waiting)"
+            " new senders are turned away when it is reached (raise [relay] waiting);"
+            f" most from {_most(core.matcher.waiting_by_ip())}"
+        )
+    pairs, most = len(core.active), core.limits.pairs
+    if pairs >= FULL * most:
+        out.append(
+            f"{pairs} transfers are paired and the limit is {most}: new ones are turned"
+            " away when it is reached (raise [relay] pairs);"
+            f" most connections from {_most(core.paired_by_ip())}"
         )
     failures = core.matcher.recent_failures()
     guesser = core.matcher.top_guesser()
@@ -45,6 +55,12 @@ def own_warnings(core: RelayCore) -> list[str]:
             " someone may be guessing nameplates; new nameplates are longer for now"
         )
     return out
+
+
+def _most(counts: Counter[str], n: int = 3) -> str:
+    """The `n` addresses holding the most, most first (then by address: stable)."""
+    top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]
+    return ", ".join(f"{address} ({count})" for address, count in top)
 
 
 def transfers(core: RelayCore) -> dict[str, list[dict[str, Any]]]:

@@ -4,7 +4,9 @@ Client to relay, one line:   `bob/1 send [NAMEPLATE] [KEY]` or `bob/1 recv NAMEP
                              (KEY, 32 hex digits: a sender's several waiting connections)
 Relay to client, lines:      `ok NAMEPLATE` (a sender's nameplate is held),
                              `paired HOST:PORT` (the peer's address; bytes flow from here on),
-                             `error TEXT` (then the relay closes).
+                             `error TEXT` (then the relay closes),
+                             `busy TEXT` (no room: then the relay closes; a sender meets
+                             its receivers without this relay).
 """
 
 from __future__ import annotations
@@ -76,6 +78,6 @@ class Reply:
 def parse_reply(line: bytes) -> Reply:
     text = line.decode("ascii", "replace").rstrip("\r\n")
     word, _, rest = text.partition(" ")
-    if word not in ("ok", "paired", "error"):
+    if word not in ("ok", "paired", "error", "busy"):
         raise WireError("the relay answered something that is not bob/1")
     return Reply(word, rest)

@@ -1,17 +1,21 @@
-"""Where bob connects, tried in order: `--relay`, then `$BOB_RELAY`, then a relay (or, for
-a receiver, the very sender) found on the LAN by zeroconf within DISCOVERY seconds, then
+"""Where bob connects, tried in order: `--relay`, then `$BOB_RELAY`, then the relays (or,
+for a receiver, the very sender) found on the LAN by zeroconf within DISCOVERY seconds,
+at most MAX_RELAYS of them, all at once (rendezvous.AnyRelay), then
 `relay.retreat.lan:9000`, the name the event's nameserver gives the relay. A sender that
-reaches no relay at all is its own rendezvous (rendezvous.OwnRendezvous).
+no relay takes (none reached, none answers, none has room) is its own rendezvous
+(rendezvous.OwnRendezvous).
 
 Anyone on the LAN can announce anything, so a receiver never takes one announcement's
-word: it meets its sender in stages (`meeting_places`), the relay announced on the LAN
-first (a sender that found it waits there), then the senders announcing its nameplate,
-at most MAX_PEERS of them, tried together (aio.meet), so a neighbour announcing every
-nameplate at a port that never answers holds nobody up."""
+word: it meets its sender in stages (`meeting_places`), the relays announced on the LAN
+first, tried together (a sender that found them waits at each), then the senders
+announcing its nameplate, at most MAX_PEERS of them, tried together (aio.meet), so a
+neighbour announcing every nameplate, or a relay, at a port that never answers holds
+nobody up."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass
@@ -25,7 +29,10 @@ if TYPE_CHECKING:
 DISCOVERY = 1.5  # seconds to listen for relays on the LAN
 RESOLVE = 2.0  # seconds for the default name to resolve
 REACH = 2.0  # seconds to connect to it: a name that leads nowhere must not hold bob up
+ANSWER = 5.0  # seconds for a relay found on the LAN to hold a sender's nameplate
 MAX_PEERS = 3  # senders announcing one nameplate that a receiver tries at once
+MAX_RELAYS = 4  # relays announced on the LAN that bob tries at once
+GRACE = 0.3  # seconds to hear more relays (and senders) after the first relay
 DEFAULT = Relay("relay.retreat.lan", 9000)
 
 
@@ -54,20 +61,21 @@ def given(text: str | None) -> Target | None:
 
 
 async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Target]:
-    """What the LAN announces: for a sender (no `nameplate`) the first relay that
-    answers; for a receiver, the first relay and up to MAX_PEERS senders of its nameplate
-    (at distinct addresses), relay first. Empty if nothing answers in time."""
+    """What the LAN announces: the relays (`relays`), then for a receiver up to MAX_PEERS
+    senders of its `nameplate` (at distinct addresses). Empty if nothing answers in time."""
     from retreatkit import mdns  # zeroconf only where it is used
 
-    def relay(found: list[mdns.Found]) -> bool:
-        return any(map(_is_relay, found))
-
-    # Only a relay ends the browse early (a sender takes the first, never a sender's
-    # announcement). A receiver with none hears the whole window: anyone can announce its
-    # nameplate, and the first to answer may be a false one, the real sender later.
-    found = await mdns.browse(mdns.RELAY, seconds, relay)
-    relays = [f for f in found if _is_relay(f)]
-    targets = [Target(Relay(f.addresses[0], f.port), "lan") for f in relays[:1]]
+    # The browse ends GRACE after the first relay (the others announced answer the same
+    # query), at once with MAX_RELAYS; a receiver that hears no relay listens the whole
+    # window: anyone can announce its nameplate, and the first to answer may be false.
+    found = await mdns.browse(
+        mdns.RELAY,
+        seconds,
+        stop=lambda found: len(relays(found)) >= MAX_RELAYS,
+        soon=lambda found: bool(relays(found)),
+        grace=GRACE,
+    )
+    targets = [Target(relay, "lan") for relay in relays(found)]
     seen: set[str] = set()
     for f in found:
         if nameplate is None or len(seen) == MAX_PEERS:
@@ -79,6 +87,24 @@ async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Targ
     return targets
 
 
+def relays(found: list[mdns.Found]) -> list[Relay]:
+    """The relays announced, at most MAX_RELAYS, the first heard (dozens announced make
+    bob dial no more), in the order of their addresses, so both sides list them alike."""
+    chosen: dict[Relay, None] = {}
+    for f in found:
+        if _is_relay(f) and len(chosen) < MAX_RELAYS:
+            chosen[Relay(f.addresses[0], f.port)] = None
+    return sorted(chosen, key=lambda r: (_sort_key(r.host), r.port))
+
+
+def _sort_key(host: str) -> tuple[int, int]:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return (9, 0)
+    return (address.version, int(address))
+
+
 def _is_relay(found: mdns.Found) -> bool:
     return found.properties.get("kind", "relay") == "relay"
 
@@ -86,7 +112,7 @@ def _is_relay(found: mdns.Found) -> bool:
 async def meeting_places(
     nameplate: str, seconds: float = DISCOVERY, senders: bool = True
 ) -> list[list[Target]]:
-    """A receiver's stages (module docstring): the LAN's relay, then the senders the LAN
+    """A receiver's stages (module docstring): the LAN's relays, then the senders the LAN
     announces for `nameplate`, tried together; with no relay on the LAN, the default one
     last. Without `senders` (--no-direct: a sender is a direct connection), relays only."""
     found = await on_lan(nameplate if senders else None, seconds)

@@ -42,6 +42,14 @@ class Unreachable(RelayError):
         self.why = why
 
 
+class RelayBusy(RelayError):
+    """The relay has no room (`busy`): a sender meets its receivers without it."""
+
+
+class NoAnswer(RelayError):
+    """The relay took the connection and said nothing in time."""
+
+
 @dataclass(frozen=True, slots=True)
 class Relay:
     host: str
@@ -156,7 +164,7 @@ class Link:
             raise RelayError(f"{who} sent an overlong line") from None
         except OSError as exc:
             if _our_timeout(exc):
-                raise RelayError(f"{who} did not answer in time") from None
+                raise NoAnswer(f"{who} did not answer in time") from None
             raise RelayError(f"lost {who}: {exc.strerror or exc}") from None
         if not raw.endswith(b"\n"):
             raise RelayError(f"{who} closed the connection")
@@ -170,6 +178,8 @@ class Link:
         text = escape(reply.text)
         if reply.word == "error":
             raise RelayError(f"{who} says: {text}")
+        if reply.word == "busy":
+            raise RelayBusy(f"{who} says: {text}")
         if reply.word != expect:
             raise RelayError(f"{who} answered {reply.word!r} where bob/1 says {expect!r}")
         if reply.word == "paired":

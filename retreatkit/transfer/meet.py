@@ -58,6 +58,8 @@ async def meet(
 def _what(stage: Sequence[Place]) -> str:
     if len(stage) == 1:
         return stage[0].label
+    if all(place.label.startswith("the relay at") for place in stage):
+        return f"the {len(stage)} relays announced on the LAN"
     return f"the {len(stage)} senders announced on the LAN"
 
 

@@ -8,7 +8,7 @@ import asyncio
 import collections
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from retreatkit.relay import wire
@@ -19,7 +19,9 @@ from retreatkit.transfer.errors import TransferError
 from retreatkit.transfer.link import (
     CONNECT_TIMEOUT,
     Link,
+    NoAnswer,
     Relay,
+    RelayBusy,
     RelayError,
     Unreachable,
     connect,
@@ -58,10 +60,16 @@ class RelayRendezvous:
     it at once, tied together by a random key only this sender knows (PROTOCOL.md 2)."""
 
     def __init__(
-        self, relay: Relay, count: int, timeout: float, connect_timeout: float = CONNECT_TIMEOUT
+        self,
+        relay: Relay,
+        count: int,
+        timeout: float,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        answer: float = CONNECT_TIMEOUT,
     ) -> None:
         self.relay = relay
         self.connect_timeout = connect_timeout
+        self.answer = answer  # for its `ok`
         self.wanted = count  # receivers still to come
         self.timeout = timeout
         self.key = secrets.token_hex(16) if count > 1 else None
@@ -72,7 +80,7 @@ class RelayRendezvous:
     async def open(self, nameplate: str | None) -> str:
         link = await self._connect(nameplate)
         try:
-            ok = await link.line(CONNECT_TIMEOUT, "ok")
+            ok = await link.line(self.answer, "ok")
         except BaseException:
             await link.close()
             raise
@@ -85,9 +93,8 @@ class RelayRendezvous:
         return ok.text
 
     async def _connect(self, nameplate: str | None) -> Link:
-        return await connect(
-            self.relay, wire.Request(wire.Role.SEND, nameplate, self.key), self.timeout
-        )
+        request = wire.Request(wire.Role.SEND, nameplate, self.key)
+        return await connect(self.relay, request, self.timeout, self.connect_timeout)
 
     def _wait_on(self, link: Link) -> None:
         waiter = asyncio.ensure_future(link.line(None, "paired"))  # as long as it takes
@@ -282,11 +289,111 @@ class OwnRendezvous:
             await advert.close()
 
 
-class FirstReachable:
-    """The relay, if it can be reached; else (it was only a default name) our own."""
+# A relay that cannot be reached, says nothing, or has no room is as good as none: the
+# sender meets its receivers on the LAN instead (a receiver tries the relay, then the LAN).
+NO_RELAY = (Unreachable, NoAnswer, RelayBusy)
+
+
+class AnyRelay:
+    """Several relays announced on the LAN, and anyone can announce one: none is trusted
+    over another. The sender holds its nameplate at every one that answers `ok` (the
+    first to answer chooses it; the others are asked for that one), receivers try them all
+    at once (find.meeting_places), and the first receiver to join anywhere is served. So
+    a relay that never answers, or answers and forwards nothing, costs only itself."""
 
     def __init__(
-        self, first: RelayRendezvous, then: OwnRendezvous, said: Callable[[str], None]
+        self,
+        relays: Sequence[Relay],
+        count: int,
+        timeout: float,
+        reach: float = CONNECT_TIMEOUT,
+        answer: float = CONNECT_TIMEOUT,
+    ) -> None:
+        self.count, self.timeout, self.reach, self.answer = count, timeout, reach, answer
+        self.members = [self._member(r) for r in relays]
+        self.held: list[RelayRendezvous] = []
+        self._nexts: dict[asyncio.Task[tuple[Link, str]], RelayRendezvous] = {}
+        self._closed = False
+
+    async def open(self, nameplate: str | None) -> str:
+        tasks = [asyncio.ensure_future(m.open(nameplate)) for m in self.members]
+        errors: list[BaseException] = []
+        plate: str | None = None
+        moved: list[Relay] = []  # gave another nameplate: asked again for ours
+        try:
+            pending = set(tasks)
+            while pending:  # each bounded by `reach`
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=tasks.index):
+                    member = self.members[tasks.index(task)]
+                    exc = task.exception()
+                    if exc is not None:
+                        errors.append(exc)
+                    elif plate is None or task.result() == plate:
+                        plate = plate or task.result()
+                        self.held.append(member)
+                    else:
+                        await member.close()
+                        moved.append(member.relay)
+        finally:
+            for task in tasks:
+                discard(task)
+        if plate is None:
+            refused = [e for e in errors if not isinstance(e, NO_RELAY)]
+            raise (refused or errors)[0]
+        again = [
+            RelayRendezvous(r, self.count, self.timeout, self.reach, self.reach) for r in moved
+        ]
+        self.members += again
+        opened = await asyncio.gather(*(m.open(plate) for m in again), return_exceptions=True)
+        self.held += [m for m, done in zip(again, opened, strict=True) if done == plate]
+        return plate
+
+    def _member(self, relay: Relay) -> RelayRendezvous:
+        return RelayRendezvous(relay, self.count, self.timeout, self.reach, self.answer)
+
+    async def next(self) -> tuple[Link, str]:
+        while True:
+            if self._closed or not self.held:
+                raise Closed
+            for member in self.held:
+                if member not in self._nexts.values():
+                    self._nexts[asyncio.ensure_future(member.next())] = member
+            done, _ = await asyncio.wait(set(self._nexts), return_when=asyncio.FIRST_COMPLETED)
+            task = min(done, key=lambda t: self.held.index(self._nexts[t]))
+            member = self._nexts.pop(task)
+            exc = task.exception()
+            if exc is None:
+                for other in self.held:
+                    if other is not member:
+                        other.wanted -= 1  # served: none of them waits for this one
+                return task.result()
+            self.held.remove(member)  # that relay went away; the others still hold
+            await member.close()
+            if not self.held:
+                raise exc
+
+    async def close(self) -> None:
+        self._closed = True
+        nexts, self._nexts = self._nexts, {}
+        for task in nexts:
+            task.cancel()
+        for task in nexts:
+            with contextlib.suppress(BaseException):
+                result = await task
+                await result[0].close()  # joined while we stopped: it goes too
+        for member in self.members:
+            await member.close()
+
+
+class FirstReachable:
+    """The relay, if it is reached and has room; else our own."""
+
+    def __init__(
+        self,
+        first: RelayRendezvous | AnyRelay,
+        then: OwnRendezvous,
+        said: Callable[[str], None],
     ) -> None:
         self.current: Rendezvous = first
         self._then = then
@@ -295,13 +402,14 @@ class FirstReachable:
     async def open(self, nameplate: str | None) -> str:
         try:
             return await self.current.open(nameplate)
-        except Unreachable:
-            pass
+        except NO_RELAY as exc:
+            why = None if isinstance(exc, Unreachable) else str(exc)
+        await self.current.close()
         self.current = self._then
         plate = await self._then.open(nameplate)
         self._said(
-            "No relay on this network: the receiver finds this computer on the LAN"
-            f" (nameplate {plate} advertised)"
+            ("No relay on this network" if why is None else f"No relay took the offer ({why})")
+            + f": the receiver finds this computer on the LAN (nameplate {plate} advertised)"
         )
         return plate
 

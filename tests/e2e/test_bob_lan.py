@@ -360,7 +360,7 @@ from retreatkit import mdns
 mdns.host_label = lambda: "impostor"
 
 async def main():
-    silent = socket.create_server(("0.0.0.0", 0))
+    silent = socket.create_server((sys.argv[1], 0))
     port = silent.getsockname()[1]
     adverts = [
         await mdns.advertise(mdns.RELAY, f"not bob {n}", [sys.argv[1]], port,
@@ -415,6 +415,102 @@ def test_announcing_a_sender_that_never_answers_diverts_no_receiver(
         assert (again / "image.bin").read_bytes() == payload.read_bytes()
     finally:
         for proc in (impostor, sender, receiver, relay):
+            if proc is not None:
+                proc.stop()
+
+
+# A relay announced on the LAN at a port that takes connections and never answers
+# (argv: its address, its instance name).
+SILENT_RELAY = """
+import asyncio, socket, sys
+from retreatkit import mdns
+mdns.host_label = lambda: "impostor"
+
+async def main():
+    silent = socket.create_server((sys.argv[1], 0))
+    advert = await mdns.advertise(mdns.RELAY, sys.argv[2], [sys.argv[1]],
+                                  silent.getsockname()[1], {"kind": "relay"}, probe=False)
+    print("announced", flush=True, file=sys.stderr)
+    held = []
+    loop = asyncio.get_running_loop()
+    silent.setblocking(False)
+    while True:
+        conn, _ = await loop.sock_accept(silent)
+        held.append(conn)
+
+asyncio.run(main())
+"""
+
+# A sender that holds a relay's one waiting place (argv: the relay's address).
+FILLER = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 9000), timeout=10)
+s.sendall(b"bob/1 send\\n")
+print(s.recv(128).decode().strip(), flush=True, file=sys.stderr)
+sys.stdin.read()
+"""
+
+
+def test_a_silent_relay_and_a_full_one_leave_the_sender_its_own_rendezvous(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """Two relays announced: one a neighbour's port that never answers, the real one full.
+    bob tries both; neither takes the offer, so the sender waits on the LAN itself, and
+    the receiver, having tried both relays at once, finds it there. With room at the real
+    relay again, both meet there."""
+    cfg = tmp_path / "retreat.toml"
+    cfg.write_text("[relay]\nwaiting = 1\n")
+    relay = lan.bob("r", "relay", "--listen", "0.0.0.0:9000", "--admin", "127.0.0.1:0",
+                    "--config", str(cfg))  # fmt: skip
+    # the neighbour's own address on r's interface: two mDNS responders on one host
+    # answer well, a responder beside the browsing bob may take its unicast answers
+    ip("-n", lan.hosts["r"], "addr", "add", "10.78.0.4/24", "dev", "eth0")
+    impostor = lan.run("r", "-c", SILENT_RELAY, "10.78.0.4", "bob relay 2")
+    sender = receiver = filler = None
+    try:
+        relay.wait_for(r"bob relay announced on the LAN")
+        impostor.wait_for(r"^announced$")
+        filler = lan.run("b", "-c", FILLER, lan.address["r"], stdin=subprocess.PIPE)
+        assert filler.wait_for(r"^ok \d+$")
+        # (the namespaces share one host name, so a relay's address may resolve as
+        # another host's of the same name: only the count and the ports are sure)
+        both = "Using the 2 relays found on the LAN: "
+        sender = lan.bob("a", "send", "--no-qr", str(payload), BOB_PASSPHRASE="4327-alpha-abandon")
+        sender.wait_for(r"^Passphrase: ")
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = lan.bob("b", "recv", "--yes", "-o", str(out), "4327-alpha-abandon")
+        code, got = finish(receiver)
+        assert code == 0, got
+        status, said = finish(sender)
+        assert status == 0, said
+        assert said[1].startswith(both) and ":9000" in said[1], said
+        assert said[2] == (
+            "No relay took the offer (the relay says: the relay is full; try again later):"
+            " the receiver finds this computer on the LAN (nameplate 4327 advertised)"
+        )
+        assert got[0].startswith(both) and ":9000" in got[0], got
+        assert any(line.startswith("Found the sender on the LAN at 10.78.0.1:") for line in got)
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+
+        assert filler.popen.stdin is not None
+        filler.popen.stdin.close()  # room at the real relay: both sides meet there
+        finish(filler)
+        sender = lan.bob("a", "send", "--no-qr", str(payload), BOB_PASSPHRASE="4328-alpha-abandon")
+        sender.wait_for(r"^Passphrase: ")
+        again = tmp_path / "again"
+        again.mkdir()
+        receiver = lan.bob("b", "recv", "--yes", "-o", str(again), "4328-alpha-abandon")
+        code, got = finish(receiver)
+        assert code == 0, got
+        status, said = finish(sender)
+        assert status == 0, said
+        assert not any("No relay" in line or "Found the sender" in line for line in said + got)
+        assert (again / "image.bin").read_bytes() == payload.read_bytes()
+    finally:
+        if filler is not None and filler.popen.stdin is not None:
+            filler.popen.stdin.close()
+        for proc in (sender, receiver, filler, impostor, relay):
             if proc is not None:
                 proc.stop()
 

@@ -743,3 +743,22 @@ def test_13_the_sender_hears_what_failed_not_where(
         err(got)[-1],
     )
     assert lines[-1] == "ERROR: the other side gave up: the receiver has not enough free space"
+
+
+def test_03_the_relay_logs_an_address_whose_joins_end_offers(
+    relay: RelayProcess, home: dict[str, str]
+) -> None:
+    """The per-address throttle stops one machine, not one with many addresses: the relay
+    cannot see a PAKE fail, but names the address whose joins end offers in their key
+    exchange, so the organiser can find it."""
+    for i in range(3):
+        sender = send(relay, home, "--no-qr", "--text", f"message {i}")
+        nameplate = passphrase(sender).split("-")[0]
+        got = recv(relay, home, f"{nameplate}-wrong-guess")
+        assert got.returncode == 1 and err(got)[-1].startswith("ERROR: wrong passphrase"), err(got)
+        assert finished(sender)[0] == 1
+    line = relay.process.wait_for(r"WARNING.*127\.0\.0\.1 joined 3 waiting offers")
+    assert line.string.endswith(
+        "127.0.0.1 joined 3 waiting offers in 10 minutes whose key exchange then failed,"
+        " and each ended that offer: a wrong passphrase, or someone there guessing nameplates"
+    ), line.string

@@ -36,7 +36,8 @@ OK = re.compile(rb"^ok ([0-9]{1,6})\n$")
 PAIRED = re.compile(rb"^paired 127\.0\.0\.1:([0-9]+)\n$")
 ENDINGS = (
     "completed", "key exchange failed", "idle timeout", "wait timeout", "sender left",
-    "no sender", "refused", "bad request", "handshake timeout", "left early", "relay stopped",
+    "no sender", "refused", "busy", "bad request", "handshake timeout", "left early",
+    "relay stopped",
 )  # fmt: skip
 
 
@@ -468,11 +469,11 @@ def test_waiting_limit_says_the_relay_is_full(
         for command in (b"bob/1 send\n", b"bob/1 send 778\n"):
             extra = clients(relay)
             extra.send(command)
-            assert extra.line() == b"error the relay is full; try again later\n"
+            assert extra.line() == b"busy the relay is full; try again later\n"
             assert extra.rest() == b""
         full = poll(relay, lambda s: s["connections_open"] == 2, "the extras closed")
         assert full["waiting_senders"] == 2
-        assert endings(full) == {"refused": 2}
+        assert endings(full) == {"busy": 2}
 
         # a receiver is not a waiter: it still pairs when the relay is full, and frees a place
         receiver = clients(relay)
@@ -574,3 +575,64 @@ def test_pair_forwards_bytes_both_ways_unchanged_and_counts_them(
         assert done["bytes_relayed"] == len(up) + len(down)
         assert done["transfers_completed"] == 1
         assert endings(done) == {"completed": 2}
+
+
+def test_pairs_past_the_limit_are_told_busy_and_the_organiser_is_told_who(
+    tmp_path: Path, clients: Callable[[RelayProcess], Client]
+) -> None:
+    """Each pair costs the relay two sockets and two splice threads: past `pairs`, a new
+    sender or receiver is told `busy` (bob's sender then meets its receiver on the LAN),
+    and /status names the addresses holding the most."""
+
+    def client(relay: RelayProcess, source: str) -> Client:
+        made = clients(relay)
+        made.sock.close()
+        made.sock = socket.create_connection(
+            (relay.host, relay.port), timeout=IO_TIMEOUT, source_address=(source, 0)
+        )
+        return made
+
+    with relay_with(tmp_path, pairs=2, waiting=4) as relay:
+        for receiver_address in ("127.0.0.2", "127.0.0.3"):
+            sender = client(relay, "127.0.0.1")
+            sender.send(b"bob/1 send\n")
+            ok = OK.match(sender.line())
+            assert ok is not None
+            receiver = client(relay, receiver_address)
+            receiver.send(b"bob/1 recv " + ok[1] + b"\n")
+            assert receiver.line().startswith(b"paired ")
+        for line in (b"bob/1 send\n", b"bob/1 recv 5\n"):
+            late = client(relay, "127.0.0.4")
+            late.send(line)
+            assert (
+                late.line() == b"busy the relay carries as many transfers as it may (2);"
+                b" try again later\n"
+            )
+            assert late.rest() == b""
+        done = poll(relay, lambda s: s["ended"]["busy"] == 2, "two told busy")
+        assert done["pairs_limit"] == 2
+        assert done["warnings"] == [
+            "2 transfers are paired and the limit is 2: new ones are turned away when it is"
+            " reached (raise [relay] pairs); most connections from 127.0.0.1 (2),"
+            " 127.0.0.2 (1), 127.0.0.3 (1)"
+        ]
+
+
+def test_a_full_relay_names_the_addresses_holding_the_most_waiting(
+    tmp_path: Path, clients: Callable[[RelayProcess], Client]
+) -> None:
+    with relay_with(tmp_path, waiting=10, waiting_per_ip=10) as relay:
+        for source, n in (("127.0.0.5", 2), ("127.0.0.6", 5), ("127.0.0.7", 1), ("127.0.0.8", 1)):
+            for _ in range(n):
+                sender = clients(relay)
+                sender.sock.close()
+                sender.sock = socket.create_connection(
+                    (relay.host, relay.port), timeout=IO_TIMEOUT, source_address=(source, 0)
+                )
+                sender.send(b"bob/1 send\n")
+                assert OK.match(sender.line())
+        assert status(relay)["warnings"] == [
+            "9 senders are waiting and the limit is 10: new senders are turned away when it is"
+            " reached (raise [relay] waiting); most from 127.0.0.6 (5), 127.0.0.5 (2),"
+            " 127.0.0.7 (1)"
+        ]

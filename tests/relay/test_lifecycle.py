@@ -17,6 +17,7 @@ from retreatkit.relay.lifecycle import (
     Ending,
     Phase,
     RelayCore,
+    Warn,
     Write,
 )
 from retreatkit.relay.matching import Limits
@@ -259,8 +260,8 @@ def test_waiting_senders_per_address_and_in_all() -> None:
     assert written(actions) == ["error too many senders waiting from 10.0.0.1\n"]
     r.line("bob/1 send", "10.0.0.2")
     _, actions = r.line("bob/1 send 55", "10.0.0.3")
-    assert written(actions) == ["error the relay is full; try again later\n"]
-    assert closed(actions) == [Ending.REFUSED]
+    assert written(actions) == ["busy the relay is full; try again later\n"]
+    assert closed(actions) == [Ending.BUSY]
 
 
 def test_stop_closes_everything() -> None:
@@ -291,6 +292,7 @@ def test_status_section_fields() -> None:
         "warnings": [],
         "waiting_senders": 0,
         "transfers_active": 1,
+        "pairs_limit": 256,
         "transfers_completed": 0,
         "bytes_relayed": 1000,
         "handshakes_refused": 1,
@@ -330,9 +332,60 @@ def test_transfer_lists_are_bounded() -> None:
 
 def test_full_relay_warns_the_organiser() -> None:
     r = Relay(replace(LIMITS, per_ip=10, waiting=10, waiting_per_ip=10))
-    for _ in range(9):
-        r.line("bob/1 send")
+    for ip, n in (("10.0.0.1", 1), ("10.0.0.2", 4), ("10.0.0.3", 2), ("10.0.0.4", 2)):
+        for _ in range(n):
+            r.line("bob/1 send", ip)
     assert status.section(r.core)["warnings"] == [
         "9 senders are waiting and the limit is 10: new senders are turned away when it is"
-        " reached (raise [relay] waiting)"
+        " reached (raise [relay] waiting); most from 10.0.0.2 (4), 10.0.0.3 (2), 10.0.0.4 (2)"
     ]
+
+
+def test_pairs_past_the_limit_are_told_busy_and_the_organiser_warned() -> None:
+    """Each pair holds two sockets and two splice threads: past `pairs`, a sender is told
+    `busy` (it meets its receiver on the LAN instead) and so is a receiver, before its
+    join costs it a token or burns the nameplate."""
+    r = Relay(replace(LIMITS, per_ip=10, waiting=10, waiting_per_ip=10, pairs=2))
+    waiting, actions = r.line("bob/1 send", "10.0.0.5")
+    nameplate = written(actions)[0].split()[1]
+    r.pair("10.0.0.1", "10.0.0.2")
+    assert status.section(r.core)["warnings"] == []
+    r.pair("10.0.0.1", "10.0.0.3")
+    busy = "busy the relay carries as many transfers as it may (2); try again later\n"
+    for line in ("bob/1 send", f"bob/1 recv {nameplate}"):
+        _, actions = r.line(line, "10.0.0.4")
+        assert written(actions) == [busy]
+        assert closed(actions) == [Ending.BUSY]
+    assert waiting.phase is Phase.WAITING  # its nameplate was not touched
+    assert status.section(r.core)["warnings"] == [
+        "2 transfers are paired and the limit is 2: new ones are turned away when it is"
+        " reached (raise [relay] pairs); most connections from 10.0.0.1 (2), 10.0.0.2 (1),"
+        " 10.0.0.3 (1)"
+    ]
+    assert status.section(r.core)["ended"]["busy"] == 2
+
+
+def test_an_address_whose_joins_end_offers_in_their_key_exchange_is_logged() -> None:
+    """The relay cannot see a PAKE fail, but a pair that ends before the sender went past
+    its key exchange failed it: one such join is a typo, three from one address in ten
+    minutes are logged with the address (and again at 6, 12...), however many addresses
+    the guesser spreads them over."""
+    r = Relay(replace(LIMITS, per_ip=20, waiting=20, waiting_per_ip=20, failed_joins=20))
+    said: list[str] = []
+    for n in range(1, 7):
+        sender, receiver = r.pair("10.0.0.1", "10.0.0.9")
+        r.core.forwarded(sender, HANDSHAKE_BYTES)  # PAKE and CONFIRM, and no more
+        actions = r.core.lost(sender)  # the sender closed: the receiver's key was wrong
+        assert closed(actions) == [Ending.KEY_EXCHANGE_FAILED] * 2
+        said += [a.text for a in actions if isinstance(a, Warn)]
+        if n == 3:
+            assert said == [
+                "10.0.0.9 joined 3 waiting offers in 10 minutes whose key exchange then"
+                " failed, and each ended that offer: a wrong passphrase, or someone there"
+                " guessing nameplates"
+            ]
+    assert len(said) == 2 and said[1].startswith("10.0.0.9 joined 6 waiting offers")
+    # a completed transfer from another address says nothing
+    sender, receiver = r.pair("10.0.0.1", "10.0.0.8")
+    r.core.forwarded(sender, HANDSHAKE_BYTES + 1)
+    assert not [a for a in r.core.lost(receiver) if isinstance(a, Warn)]

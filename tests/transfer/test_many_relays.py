@@ -1,0 +1,175 @@
+"""Several relays announced on the LAN, some false, and relays with no room: a real relay
+process on loopback beside stand-ins that never answer or answer and then do nothing.
+The sender holds its nameplate at every relay that answers, the receiver tries them all
+at once, and a sender no relay takes is its own rendezvous."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from retreatkit import mdns
+from retreatkit.relay import wire
+from retreatkit.testing import RelayProcess, start_relay
+from retreatkit.transfer import codes, find
+from retreatkit.transfer.aio import via_relay
+from retreatkit.transfer.link import Relay
+from retreatkit.transfer.machine import Session
+from retreatkit.transfer.meet import Place, meet
+from retreatkit.transfer.pake import Side
+from retreatkit.transfer.rendezvous import (
+    AnyRelay,
+    FirstReachable,
+    OwnRendezvous,
+    RelayRendezvous,
+)
+from retreatkit.transfer.sending import handshake
+
+HERE = "127.0.0.1"
+REACH = 2.0
+
+
+def announced(address: str, port: int, kind: str = "relay") -> mdns.Found:
+    return mdns.Found(f"x.{mdns.RELAY}", (address,), port, {"kind": kind})
+
+
+def test_at_most_four_relays_in_the_order_of_their_addresses() -> None:
+    """An attacker's dozens of announcements make bob dial no more than four; two sides
+    that heard the same relays list them alike, whatever order they heard them in."""
+    heard = [
+        announced("10.0.0.9", 9001),
+        announced("10.0.0.9", 9001),  # the same again: once
+        announced("10.0.0.10", 9000),
+        announced("10.0.0.2", 9000, kind="sender"),  # a sender is no relay
+        announced("10.0.0.3", 9000),
+        *(announced(f"10.0.1.{n}", 9000) for n in range(1, 40)),
+    ]
+    assert find.relays(heard) == [
+        Relay("10.0.0.3", 9000),
+        Relay("10.0.0.9", 9001),
+        Relay("10.0.0.10", 9000),
+        Relay("10.0.1.1", 9000),
+    ]
+    assert find.relays(heard[:3]) == find.relays([heard[2], heard[0]])
+
+
+@contextlib.asynccontextmanager
+async def fake_relay(answers: bool) -> AsyncIterator[Relay]:
+    """A relay that never says a word, or one that says `ok 77` to a sender and `paired`
+    to a receiver, then nothing: neither ever closes a connection."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        line = await reader.readline()
+        if answers:
+            role = wire.parse_request(line).role
+            writer.write(b"ok 77\n" if role is wire.Role.SEND else b"paired 10.9.9.9:1\n")
+
+    server = await asyncio.start_server(serve, HERE, 0)
+    try:
+        yield Relay(HERE, server.sockets[0].getsockname()[1])
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+async def test_the_real_relay_wins_over_false_ones_that_are_silent_or_do_nothing(
+    relay: RelayProcess,
+) -> None:
+    real = Relay(relay.host, relay.port)
+    async with fake_relay(False) as silent, fake_relay(True) as liar:
+        relays = [silent, liar, real]
+        sender = AnyRelay(relays, 1, 30.0, REACH, REACH)
+        try:
+            plate = await sender.open(None)
+            # held at the real relay too, whichever answered first
+            assert [m.relay for m in sender.held] == [liar, real] or plate != "77"
+            assert real in [m.relay for m in sender.held]
+            code = codes.generate(plate)
+
+            async def serve() -> None:
+                link, _ = await sender.next()
+                await handshake(link, Session(Side.SENDER, code))
+                await link.close()
+
+            places = [Place(via_relay(r, 30.0), f"the relay at {r}") for r in relays]
+            said: list[str] = []
+            met, _ = await asyncio.wait_for(
+                asyncio.gather(meet([places], code, said.append), serve()), 30
+            )
+            assert met.place is places[2]
+            await met.link.close()
+        finally:
+            await sender.close()
+
+
+@pytest.fixture
+def tight_relay(tmp_path: Path) -> Iterator[RelayProcess]:
+    config = tmp_path / "retreat.toml"
+    config.write_text("[relay]\nwaiting = 1\npairs = 1\n")
+    proc = start_relay(config)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+class Announced:
+    async def __call__(self, nameplate: str, addresses: list[str], port: int) -> Announced:
+        return self
+
+    async def close(self) -> None:
+        pass
+
+
+def hold(relay: RelayProcess, line: bytes) -> socket.socket:
+    sock = socket.create_connection((relay.host, relay.port), timeout=10)
+    sock.sendall(line)
+    return sock
+
+
+def answer(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        data += sock.recv(128)
+    return data
+
+
+@pytest.mark.parametrize("filled", ["waiting", "pairs"])
+async def test_a_relay_with_no_room_is_no_relay_for_the_sender(
+    tight_relay: RelayProcess, filled: str
+) -> None:
+    """A relay full of waiting senders, or carrying as many pairs as it may, answers
+    `busy`: the sender becomes its own rendezvous, as with no relay at all."""
+    with contextlib.ExitStack() as stack:
+        first = hold(tight_relay, b"bob/1 send\n")
+        stack.callback(first.close)
+        plate = answer(first).split()[1]
+        if filled == "pairs":
+            second = hold(tight_relay, b"bob/1 recv " + plate + b"\n")
+            stack.callback(second.close)
+            assert answer(second).startswith(b"paired ")
+        said: list[str] = []
+        own = OwnRendezvous(1, 5.0, announce=Announced(), host=HERE)  # type: ignore[arg-type]
+        real = Relay(tight_relay.host, tight_relay.port)
+        rendezvous = FirstReachable(RelayRendezvous(real, 1, 5.0, REACH, REACH), own, said.append)
+        try:
+            mine = await rendezvous.open(None)
+        finally:
+            await rendezvous.close()
+        why = (
+            "the relay is full; try again later"
+            if filled == "waiting"
+            else "the relay carries as many transfers as it may (1); try again later"
+        )
+        assert said == [
+            f"No relay took the offer (the relay says: {why}): the receiver finds this"
+            f" computer on the LAN (nameplate {mine} advertised)"
+        ]
