@@ -101,7 +101,9 @@ def add_arguments(mirror: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     seed.add_argument("files", nargs="*", metavar="[KIND:]FILE",
                       help="requirements.txt, pylock.toml, uv.lock, package-lock.json, an opam "
-                      "switch export, or opam:LIST, apt:LIST (one name a line)")  # fmt: skip
+                      "switch export, or opam:LIST, apt:LIST (one name a line); exactly what "
+                      "they list (a requirements.txt from pip freeze or uv pip compile lists "
+                      "the dependencies too), Debian packages with their Depends")  # fmt: skip
     export = actions.add_parser("export", help="copy a store into a self-verifying bundle")
     export.add_argument(
         "--store", metavar="DIR", default=KEPT, help="default: the user's data folder"

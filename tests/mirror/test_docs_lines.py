@@ -55,3 +55,14 @@ def test_the_store_and_upstreams_given_before_a_verb_are_kept(verb: str) -> None
     assert args.apt == [("debian", "http://up.example/d")]
     after = parser().parse_args(["mirror", "--store", "/a", *verb.split(), "--store", "/b"])
     assert after.store == "/b"
+
+
+def test_seed_says_it_fetches_exactly_what_is_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    """No resolver of its own: a bare `demo-pkg==1.0` seeds that package alone, so the
+    organiser is told, in --help and the README, to give it what lists every dependency."""
+    with pytest.raises(SystemExit):
+        parser().parse_args(["mirror", "seed", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "exactly what they list (a requirements.txt from pip freeze or uv pip compile" in shown
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "It fetches exactly what the files list, with no resolver of its own" in readme
