@@ -244,10 +244,12 @@ def test_help_says_where_bob_connects_in_order() -> None:
     got = subprocess.run(bob_argv("--help"), capture_output=True, text=True, timeout=TIMEOUT)
     text = " ".join(got.stdout.split())
     assert (
-        "Where bob connects, in this order: --relay HOST:PORT; else $BOB_RELAY; else a relay"
-        " that announces itself on the LAN (zeroconf, _retreat-relay._tcp), or for the"
-        " receiver the sender itself when it announces the passphrase's number (the"
-        " LAN's relay first, then every sender announcing it at once: only one that"
-        " proves the passphrase counts); else relay.retreat.lan:9000. A sender that"
-        " reaches no relay at all waits for the receiver on the LAN itself."
+        "Where bob connects, in this order: --relay HOST:PORT; else $BOB_RELAY; else the"
+        " relays that announce themselves on the LAN (zeroconf, _retreat-relay._tcp), or"
+        " for the receiver the sender itself when it announces the passphrase's number (the"
+        " LAN's relays first, then every sender announcing it at once: only one that"
+        " proves the passphrase counts); else relay.retreat.lan:9000. With several relays"
+        " announced, bob tries the first 4 it hears all at once: the sender waits at each"
+        " that answers, the receiver tries each. A sender that no relay takes (none"
+        " answers, or each is full or busy) waits for the receiver on the LAN itself."
     ) in text
