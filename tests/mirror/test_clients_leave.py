@@ -55,7 +55,7 @@ async def test_a_client_that_leaves_while_its_file_is_fetched_is_one_debug_line(
     env.upstream.rules[f"/files/{name}"] = "wait"
     env.upstream.asked.clear()
     # the mirror's own server: aiohttp's test server cancels a handler whose client left,
-    # which the mirror's does not, so only the real one meets what the walk met
+    # which the mirror's does not, so only the real one meets what pip's resume met
     runner, _ = await listen(env.mirror, "127.0.0.1", 0)
     try:
         await left(env, runner.addresses[0][1], url, name, watch)

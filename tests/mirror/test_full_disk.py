@@ -210,7 +210,7 @@ async def test_a_store_whose_disk_is_all_kept_free_says_so(tmp_path: Path) -> No
 async def test_max_size_evicts_the_coldest_file_to_make_room_on_the_disk(
     tmp_path: Path, small_disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The walk's case, shrunk: a store limit below the disk, one big file held and another
+    """An event's case, shrunk: a store limit below the disk, one big file held and another
     asked for that the disk has no room for beside it. The held one goes first; the
     new one is fetched, never refused (it was: 507, the free space checked before any
     eviction, which ran only once a file was in)."""
