@@ -116,9 +116,10 @@ async def browse(
             while not stop(found):
                 if not hurried and soon(found):
                     hurried = True
-                    loop = asyncio.get_running_loop()
+                    sooner = asyncio.get_running_loop().time() + grace
                     when = bound.when()
-                    bound.reschedule(min(loop.time() + grace, when or loop.time() + grace))
+                    if when is None or sooner < when:
+                        bound.reschedule(sooner)
                 name = await names.get()
                 info = AsyncServiceInfo(service, name)
                 if not await info.async_request(zc.zeroconf, 500) or not info.port:

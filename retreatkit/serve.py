@@ -20,6 +20,7 @@ from retreatkit.admin import noted
 from retreatkit.admin import token as admin_token
 from retreatkit.admin.logs import LogRing
 from retreatkit.admin.process import ProcessInfo
+from retreatkit.config import host_port_text
 from retreatkit.lanaddress import choose as lan_address
 
 if TYPE_CHECKING:
@@ -182,7 +183,7 @@ async def serve(
         # scanning it again and again (it was a tenth of a nameserver's CPU under load)
         gc.freeze()
         local = "127.0.0.1" if ahost in ("0.0.0.0", "::") else ahost
-        url = f"http://{local}:{aport}".replace("http://::1", "http://[::1]")
+        url = f"http://{host_port_text(local, aport)}"
         if on_lan:  # a guest's own folder is not the organiser's
             note = noted.note(url)  # a `retreatkit tui` finds it (admin/noted.py)
         # the last line of start-up: whoever waits for it finds nothing left half done

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from retreatkit.mirror.store import Store
@@ -73,17 +74,23 @@ def coldest(store: Store, limit: int) -> list[tuple[str, int]]:
 
 def evict(store: Store, limit: int) -> Evicted:
     """Bring the store under its limit (blocking: the store thread)."""
-    done = Evicted()
     if not limit or store.used <= limit:
-        return done
+        return Evicted()
     store.flush_access()
     target = int(limit * TARGET)
-    while store.used > target:
+    return _evict_until(store, lambda: store.used <= target)
+
+
+def _evict_until(store: Store, enough: Callable[[], bool]) -> Evicted:
+    """Forget the coldest blobs, one at a time, until `enough()` holds or only pinned
+    blobs are left (the organiser's files are never dropped)."""
+    done = Evicted()
+    while not enough():
         batch = coldest(store, BATCH)
         if not batch:
-            break  # only pinned blobs left: the organiser's files are never dropped
+            break
         for digest, _ in batch:
-            if store.used <= target:
+            if enough():
                 break
             keys, size = forget(store, digest)
             done.blobs += 1
@@ -105,9 +112,8 @@ def short(store: Store, limit: int, size: int) -> bool:
 def make_room(store: Store, limit: int, size: int) -> Evicted:
     """Evict so a new file of `size` bytes fits (blocking: the store thread): the store
     down to 90% of its limit with the file counted, and until the disk has room for it."""
-    done = Evicted()
     if not short(store, limit, size):
-        return done
+        return Evicted()
     store.flush_access()
     target, space = int(limit * TARGET), store.space
     # a disk that all the store's droppable files would not free enough of (other files
@@ -119,15 +125,4 @@ def make_room(store: Store, limit: int, size: int) -> Evicted:
         under = store.used + space.reserved + size <= target
         return under and (not disk or space.room_for(size, store.free_bytes()))
 
-    while not enough():
-        batch = coldest(store, BATCH)
-        if not batch:
-            break
-        for digest, _ in batch:
-            if enough():
-                break
-            keys, freed = forget(store, digest)
-            done.blobs += 1
-            done.bytes += freed
-            done.keys += keys
-    return done
+    return _evict_until(store, enough)

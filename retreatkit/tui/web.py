@@ -25,6 +25,7 @@ from textual_serve.server import Server
 
 from retreatkit.admin import token as admin_token
 from retreatkit.admin.access import Handler
+from retreatkit.config import host_port_text
 from retreatkit.httpserver import Runner
 from retreatkit.lanaddress import is_loopback
 from retreatkit.tui.run import chosen, local_token
@@ -110,7 +111,7 @@ def serve_web(
         from retreatkit.lanaddress import choose
 
         shown = choose().address
-    public = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
+    public = f"http://{host_port_text(shown, port)}"
     argv = [sys.executable, "-m", "retreatkit.cli.main"]
     if config is not None:
         argv += ["--config", str(config)]

@@ -169,6 +169,28 @@ def finish(proc: Process) -> tuple[int, list[str]]:
     return code, lines
 
 
+def transfer(
+    lan: Lan, payload: Path, folder: Path, passphrase: str, *send: str
+) -> tuple[list[str], list[str]]:
+    """`bob send [SEND...] PAYLOAD` on a, then `bob recv --yes -o FOLDER` on b, each to a
+    good end: (the sender's lines, the receiver's)."""
+    folder.mkdir()
+    sender = lan.bob("a", "send", *send, str(payload), BOB_PASSPHRASE=passphrase)
+    receiver = None
+    try:
+        sender.wait_for(r"^Passphrase: ")
+        receiver = lan.bob("b", "recv", "--yes", "-o", str(folder), passphrase)
+        code, got = finish(receiver)
+        assert code == 0, got
+        status, said = finish(sender)
+        assert status == 0, said
+    finally:
+        for proc in (sender, receiver):
+            if proc is not None:
+                proc.stop()
+    return said, got
+
+
 @pytest.fixture
 def payload(tmp_path: Path) -> Path:
     src = tmp_path / "image.bin"
@@ -184,15 +206,8 @@ def test_a_relay_found_on_the_lan_and_a_direct_connection(
     try:
         admin = relay.wait_for(r"^Admin on (http://\S+)/status$")[1]
         relay.wait_for(r"bob relay announced on the LAN")
-        sender = lan.bob("a", "send", str(payload), BOB_PASSPHRASE="4321-alpha-abandon")
-        sender.wait_for(r"^Passphrase: ")
         out = tmp_path / "out"
-        out.mkdir()
-        receiver = lan.bob("b", "recv", "--yes", "-o", str(out), "4321-alpha-abandon")
-        code, got = finish(receiver)
-        assert code == 0, got
-        status, said = finish(sender)
-        assert status == 0, said
+        said, got = transfer(lan, payload, out, "4321-alpha-abandon")
         assert said[1] == "Using the relay at 10.78.0.3:9000 (found on the LAN)"
         assert "Path: direct" in said
         assert got[0] == "Using the relay at 10.78.0.3:9000 (found on the LAN)"
@@ -403,15 +418,9 @@ def test_announcing_a_sender_that_never_answers_diverts_no_receiver(
         # a relay on the LAN: the sender waits there, and that is where the receiver goes
         relay = lan.bob("r", "relay", "--listen", "0.0.0.0:9000", "--admin", "127.0.0.1:0")
         relay.wait_for(r"bob relay announced on the LAN")
-        sender = lan.bob("a", "send", str(payload), BOB_PASSPHRASE="4326-alpha-abandon")
-        sender.wait_for(r"^Passphrase: ")
         again = tmp_path / "again"
-        again.mkdir()
-        receiver = lan.bob("b", "recv", "--yes", "-o", str(again), "4326-alpha-abandon")
-        code, got = finish(receiver)
-        assert code == 0, got
+        _, got = transfer(lan, payload, again, "4326-alpha-abandon")
         assert got[0] == "Using the relay at 10.78.0.3:9000 (found on the LAN)"
-        assert finish(sender)[0] == 0
         assert (again / "image.bin").read_bytes() == payload.read_bytes()
     finally:
         for proc in (impostor, sender, receiver, relay):
@@ -475,15 +484,8 @@ def test_a_silent_relay_and_a_full_one_leave_the_sender_its_own_rendezvous(
         # (the namespaces share one host name, so a relay's address may resolve as
         # another host's of the same name: only the count and the ports are sure)
         both = "Using the 2 relays found on the LAN: "
-        sender = lan.bob("a", "send", "--no-qr", str(payload), BOB_PASSPHRASE="4327-alpha-abandon")
-        sender.wait_for(r"^Passphrase: ")
         out = tmp_path / "out"
-        out.mkdir()
-        receiver = lan.bob("b", "recv", "--yes", "-o", str(out), "4327-alpha-abandon")
-        code, got = finish(receiver)
-        assert code == 0, got
-        status, said = finish(sender)
-        assert status == 0, said
+        said, got = transfer(lan, payload, out, "4327-alpha-abandon", "--no-qr")
         assert said[1].startswith(both) and ":9000" in said[1], said
         assert said[2] == (
             "No relay took the offer (the relay says: the relay is full; try again later):"
@@ -496,15 +498,8 @@ def test_a_silent_relay_and_a_full_one_leave_the_sender_its_own_rendezvous(
         assert filler.popen.stdin is not None
         filler.popen.stdin.close()  # room at the real relay: both sides meet there
         finish(filler)
-        sender = lan.bob("a", "send", "--no-qr", str(payload), BOB_PASSPHRASE="4328-alpha-abandon")
-        sender.wait_for(r"^Passphrase: ")
         again = tmp_path / "again"
-        again.mkdir()
-        receiver = lan.bob("b", "recv", "--yes", "-o", str(again), "4328-alpha-abandon")
-        code, got = finish(receiver)
-        assert code == 0, got
-        status, said = finish(sender)
-        assert status == 0, said
+        said, got = transfer(lan, payload, again, "4328-alpha-abandon", "--no-qr")
         assert not any("No relay" in line or "Found the sender" in line for line in said + got)
         assert (again / "image.bin").read_bytes() == payload.read_bytes()
     finally:
