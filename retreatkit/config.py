@@ -49,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
         "upstreams": [],  # empty: the nameservers in /etc/resolv.conf
         "blocklists": [],
         "allow": [],
-        "records": {},  # name = "address" or "cname:target"; "*.zone" for a wildcard
+        "records": {},  # name = "address", "cname:target" or a list; "*.zone" for a wildcard
         "forward": {},  # domain = "server[:port]" or a list of them (conditional forwarding)
         "address": "",  # what relay/mirror.retreat.lan answer; empty: the LAN interface's
         "block_mode": "null",

@@ -188,7 +188,7 @@ async def serve(
             note = noted.note(url)  # a `retreatkit tui` finds it (admin/noted.py)
         # the last line of start-up: whoever waits for it finds nothing left half done
         # (no import or address lookup with a file still open, the note written)
-        say(f"Admin on http://{ahost}:{aport}/status")
+        say(f"Admin on http://{host_port_text(ahost, aport)}/status")
         if process.attendees:
             say("Attendees use:")
             for line in process.attendees:

@@ -19,4 +19,7 @@ def test_the_guides_retreat_toml_loads(tmp_path: Path) -> None:
     cfg = config.load(path)
     settings = nameserver_settings(cfg["nameserver"], {})
     assert settings.listen == ("0.0.0.0", 53)
-    assert {r.name for r in settings.records} == {"wiki.retreat.lan", "printer.retreat.lan"}
+    assert sorted((r.name, r.rtype) for r in settings.records) == [
+        ("pad.retreat.lan", "A"), ("pad.retreat.lan", "AAAA"),
+        ("printer.retreat.lan", "A"), ("wiki.retreat.lan", "A"),
+    ]  # fmt: skip

@@ -109,8 +109,8 @@ def probe(name: str) -> None:
 
         def say(line: str) -> None:
             if line.startswith("Admin on http://"):
-                host, port = line.split("/")[2].rsplit(":", 1)
-                reading.append(asyncio.ensure_future(read_all(host, int(port))))
+                host, port = config.host_port(line.split("/")[2])
+                reading.append(asyncio.ensure_future(read_all(host, port)))
 
         async def read_all(host: str, port: int) -> None:
             import aiohttp  # the guest itself loads it after its service answers

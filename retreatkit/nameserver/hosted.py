@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 
 from retreatkit import config
 from retreatkit.nameserver.blocklist import normalize
+from retreatkit.nameserver.errors import BadRecord
 from retreatkit.nameserver.gate import LAN
 from retreatkit.nameserver.lists import file_problem, is_url
-from retreatkit.nameserver.local import LocalNames, Record, parse_record
+from retreatkit.nameserver.local import LocalNames, Record, make_record, parse_record
 from retreatkit.nameserver.service import Settings as NameserverSettings
 
 
@@ -28,8 +29,10 @@ def resolv_conf_upstreams(path: Path = Path("/etc/resolv.conf")) -> list[tuple[s
 
 
 Address = tuple[str, int]
+S = TypeVar("S")
 T = TypeVar("T")
 SETTINGS_KEYS = ("records", "upstreams", "forward", "block_mode")  # what the settings read
+TABLE_FORM = '"NAME" = "ADDRESS" in [nameserver.records]'
 
 
 @dataclass
@@ -56,17 +59,18 @@ def read(section: dict[str, Any]) -> Reading:
     """Everything in [nameserver] (flags applied) that the settings need, and its problems."""
     found: list[tuple[str, str]] = []
 
-    def each(key: str, texts: list[str], parse: Callable[[str], T]) -> list[T]:
+    def each(key: str, items: list[S], parse: Callable[[S], T]) -> list[T]:
         out = []
-        for text in texts:
+        for item in items:
             try:
-                out.append(parse(text))
+                out.append(parse(item))
             except ValueError as exc:
                 found.append((key, str(exc)))
         return out
 
     upstreams = each("upstreams", section["upstreams"], dns_server)
-    records = each("records", record_texts(section), parse_record)
+    records = each("records", table_records(section["records"]), table_record)
+    records += each("records", record_texts(section), parse_record)
     try:
         LocalNames(records).check_loops()  # a loop is refused at start, never answered
     except ValueError as exc:
@@ -133,9 +137,24 @@ def problems(section: dict[str, Any], reading: Reading | None = None) -> list[tu
 
 
 def record_texts(section: dict[str, Any]) -> list[str]:
-    """[nameserver] records (a table) and --record flags, each as NAME=VALUE."""
-    table = [f"{name}={value}" for name, value in section["records"].items()]
-    return table + list(section.get("record_flags", []))
+    """The --record flags, each as NAME=VALUE."""
+    return list(section.get("record_flags", []))
+
+
+def table_records(table: dict[str, Any]) -> list[tuple[str, Any]]:
+    """[nameserver.records] as (name, value) pairs, kept apart: a name is never split at
+    an `=` of its own. A list gives one name several values (an A and an AAAA)."""
+    return [
+        (name, one) for name, value in table.items()
+        for one in (value if isinstance(value, list) else [value])
+    ]  # fmt: skip
+
+
+def table_record(pair: tuple[str, Any]) -> Record:
+    name, value = pair
+    if not isinstance(value, str):
+        raise BadRecord(f"expected an IP address or cname:TARGET for {name}, got {value!r}")
+    return make_record(name, value, TABLE_FORM)
 
 
 def block_mode(section: dict[str, Any]) -> str:

@@ -37,3 +37,12 @@ def test_the_mirror_prints_an_ipv6_listen_address_in_brackets(tmp_path: Path) ->
         ), line
     finally:
         server.stop()
+
+
+def test_an_ipv6_admin_address_is_printed_in_brackets() -> None:
+    proc = Process.start(bob_argv("relay", "--listen", "127.0.0.1:0", "--admin", "[::1]:0"))
+    try:
+        line = proc.wait_for(r"^Admin on .*$")[0]
+        assert re.fullmatch(r"Admin on http://\[::1\]:[1-9]\d*/status", line), line
+    finally:
+        proc.stop()

@@ -67,11 +67,21 @@ def test_records_and_block_mode_that_cannot_work_are_named() -> None:
     assert problems(
         section(
             block_mode="sinkhole",
-            records={"printer.retreat.lan": "10", **loop},
+            records={
+                "printer.retreat.lan": "10",
+                "a=b.retreat.lan": "10.0.0.1",
+                "pad.retreat.lan": 10,
+                **loop,
+            },
             record_flags=["wiki.retreat.lan=10.0.0.9", "nowhere"],
         )
     ) == [
         ("records", "expected an IP address or cname:TARGET for printer.retreat.lan, got '10'"),
+        (
+            "records",
+            'not a name: \'a=b.retreat.lan\' (expected "NAME" = "ADDRESS" in [nameserver.records])',
+        ),
+        ("records", "expected an IP address or cname:TARGET for pad.retreat.lan, got 10"),
         ("records", "expected NAME=ADDRESS, got 'nowhere'"),
         ("records", "CNAME loop: loopa.retreat.lan -> loopb.retreat.lan -> loopa.retreat.lan"),
         ("block_mode", "expected null or nxdomain, got 'sinkhole'"),
@@ -104,15 +114,20 @@ def test_start_up_looks_each_name_up_and_parses_each_record_once(
         return real_lookup(host, port, *args, **kw)
 
     parsed: collections.Counter[str] = collections.Counter()
-    real_parse = hosted.parse_record
+    real_parse, real_table = hosted.parse_record, hosted.table_record
 
     def parse_record(text: str) -> Record:
         parsed[text] += 1
         return real_parse(text)
 
+    def table_record(pair: tuple[str, Any]) -> Record:
+        parsed["=".join(pair)] += 1
+        return real_table(pair)
+
     built: list[Settings] = []
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(hosted, "parse_record", parse_record)
+    monkeypatch.setattr(hosted, "table_record", table_record)
     monkeypatch.setattr(Nameserver, "__init__", lambda self, settings: built.append(settings))
     monkeypatch.setattr(loop, "run", lambda start: 0)  # the services are built; none serves
     monkeypatch.setattr(serve, "setup_logging", lambda *args, **kw: None)
@@ -131,3 +146,13 @@ def test_start_up_looks_each_name_up_and_parses_each_record_once(
     assert settings.upstreams == [("192.0.2.53", 53), ("192.0.2.53", 5300)]
     assert settings.forward == {"corp.example": [("192.0.2.53", 53)]}
     assert [r.name for r in settings.records] == ["wiki.retreat.lan", "pad.retreat.lan"]
+
+
+def test_a_records_table_gives_a_name_several_values() -> None:
+    """A TOML table holds a key once: a list is how one name gets an A and an AAAA."""
+    reading = hosted.read(section(records={"wiki.retreat.lan": ["10.0.0.9", "fd00::9"]}))
+    assert reading.problems == []
+    assert [(r.name, r.rtype, r.value) for r in reading.records] == [
+        ("wiki.retreat.lan", "A", "10.0.0.9"),
+        ("wiki.retreat.lan", "AAAA", "fd00::9"),
+    ]
