@@ -17,6 +17,8 @@ read at each request:
                 `Upstream.drips`, each told on `Upstream.dripped`)
   bighead       200 with a 200 KB header line
   wait          the whole answer, once the test sets `Upstream.release`
+  gzip          gzipped on the way (`Content-Encoding: gzip`) to a client that accepts
+                it, as a web server's compression of text types does
 A folder answers with its `index.json` (PEP 691, an npm packument) to a client that
 accepts JSON or when it has no `index.html`, else its `index.html`. `GET /_stats` gives
 {path: GETs, "HEAD path": HEADs}. It is a raw asyncio server because a real server
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gzip
 import json
 import mimetypes
 import socket
@@ -171,6 +174,10 @@ class Upstream:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
             return
+        if mode == "gzip" and "gzip" in headers.get("accept-encoding", ""):
+            packed = gzip.compress(body, mtime=0)
+            writer.write(_head(200, kind, len(packed), etag, "Content-Encoding: gzip") + packed)
+            return await writer.drain()
         if method == "HEAD":  # the length the GET would have, no body
             writer.write(_head(200, kind, len(body), etag))
             return await writer.drain()

@@ -223,18 +223,20 @@ def write_apt(
 @dataclass
 class AptClient:
     """apt-get with every folder of its own under `state`: the host's lists, cache,
-    status, sources and configuration parts are never read or written."""
+    status, sources and configuration parts are never read or written. `apt-get install`
+    unpacks into `state/root` (dpkg's `--root`, its own database there)."""
 
     state: Path
 
     def __post_init__(self) -> None:
         for folder in ("lists/partial", "archives/partial", "parts", "sources.d", "prefs",
-                       "trusted.d", "download"):  # fmt: skip
+                       "trusted.d", "download", "root/var/lib/dpkg/info",
+                       "root/var/lib/dpkg/updates"):  # fmt: skip
             (self.state / folder).mkdir(parents=True, exist_ok=True)
-        (self.state / "status").touch()
-        s = self.state
+        s, dpkg = self.state, self.state / "root" / "var" / "lib" / "dpkg"
+        (dpkg / "status").touch()
         settings = {
-            "Dir::State::Lists": s / "lists", "Dir::State::status": s / "status",
+            "Dir::State::Lists": s / "lists", "Dir::State::status": dpkg / "status",
             "Dir::Cache::archives": s / "archives", "Dir::Cache::pkgcache": "",
             "Dir::Cache::srcpkgcache": "", "Dir::Etc::SourceList": s / "sources.list",
             "Dir::Etc::SourceParts": s / "sources.d", "Dir::Etc::Parts": s / "parts",
@@ -245,6 +247,9 @@ class AptClient:
             "APT::Architectures": arch(), "Acquire::http::Timeout": "20",
         }  # fmt: skip
         text = "".join(f'{key} "{value}";\n' for key, value in settings.items())
+        dpkg_options = [f"--root={s / 'root'}", f"--admindir={dpkg}", f"--log={s / 'dpkg.log'}",
+                        "--force-script-chrootless", "--force-not-root"]  # fmt: skip
+        text += "DPkg::Options {" + "".join(f' "{o}";' for o in dpkg_options) + " };\n"
         (self.state / "apt.conf").write_text(text)
 
     def env(self) -> dict[str, str]:

@@ -1,0 +1,101 @@
+"""apt-get install through a real mirror process, as attendees type it: the README's
+sources line, packages with dependencies unpacked by dpkg (into a folder of the test's),
+the archive's key trusted as a system's keyring is. Then the same with the uplink gone,
+and what apt says when the upstream misbehaves.
+
+Each attendee is a network namespace that reaches the mirror at a non-loopback address;
+apt-get has every folder of its own (AptClient), so the host's apt is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from retreatkit.mirror.testing import Netns, Server, start_mirror, start_upstream
+from retreatkit.mirror.testrepos import AptClient, Signer, arch, make_deb, write_apt
+from tests.e2e.mirror_attendee import attendee
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not all(shutil.which(t) for t in ("apt-get", "dpkg-scanpackages", "gpg")),
+        reason="apt-get, dpkg-dev and gpg are needed (.ci/run installs them)",
+    ),
+]
+
+lan = attendee("i", prefix="apw")
+SUITE = "bookworm"
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> Iterator[Signer]:
+    made = Signer.make(tmp_path / "gnupg")
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def debs(build: Path) -> dict[str, bytes]:
+    """hello-rk, which needs a library and a data package (over 1 MiB: streamed)."""
+    return {
+        "libhello-rk_1.0_all.deb": make_deb(build, "libhello-rk", "1.0", pad=20_000),
+        "hello-data-rk_1.0_all.deb": make_deb(build, "hello-data-rk", "1.0", pad=1_500_000),
+        "hello-rk_1.0_all.deb": make_deb(
+            build, "hello-rk", "1.0", depends="libhello-rk (>= 1.0), hello-data-rk"
+        ),
+    }
+
+
+def attendee_apt(folder: Path, mirror: Server, signer: Signer) -> AptClient:
+    """An attendee's apt with the README's line; the archive's key is trusted the way a
+    system trusts its distribution's (no `signed-by` in the line)."""
+    apt = AptClient(folder)
+    shutil.copy(signer.keyring, apt.state / "trusted.d" / "archive.gpg")
+    apt.sources(f"deb {mirror.url}debian {SUITE} main")
+    return apt
+
+
+def installed(apt: AptClient) -> set[str]:
+    return {p.name for p in (apt.state / "root" / "usr" / "share" / "doc").iterdir()}
+
+
+def test_attendees_install_with_dependencies_then_with_the_uplink_gone(
+    tmp_path: Path, lan: Netns, signer: Signer
+) -> None:
+    """The upstream's web server compresses what a client accepts compressed (Apache's
+    mod_deflate, a CDN): the mirror must still keep the bytes the Release's hashes name."""
+    made = debs(tmp_path / "build")
+    root = tmp_path / "upstream"
+    write_apt(root / "debian", SUITE, made, signer)
+    dists = root / "debian" / "dists" / SUITE
+    served = [dists / n for n in ("InRelease", "Release", "Release.gpg")]
+    served += [*(dists / "main" / f"binary-{arch()}" / "by-hash").rglob("*")]
+    served += [*(root / "debian" / "pool").rglob("*.deb")]
+    rules = {"/" + str(p.relative_to(root)): "gzip" for p in served if p.is_file()}
+    (root / ".behaviours.json").write_text(json.dumps(rules))
+    upstream = start_upstream(root)
+    mirror, _admin = start_mirror(
+        tmp_path / "store", apt={"debian": upstream.url + "debian"}, ttl=0,
+        listen=f"{lan.host}:0",
+    )  # fmt: skip
+    try:
+        for round_ in ("online", "offline"):
+            apt = attendee_apt(tmp_path / f"apt-{round_}", mirror, signer)
+            for command in (["update"], ["install", "-y", "hello-rk"]):
+                done = apt.run(*command, argv=lan.argv([]))
+                assert done.returncode == 0, (round_, done.stdout, done.stderr)
+                assert "W:" not in done.stderr and "E:" not in done.stderr, done.stderr
+            assert "Setting up hello-rk (1.0) ..." in done.stdout
+            assert installed(apt) == {"hello-rk", "libhello-rk", "hello-data-rk"}
+            data = apt.state / "root/usr/share/doc/hello-data-rk/README"
+            assert data.read_text() == "hello-data-rk 1.0\n"
+            upstream.stop()
+    finally:
+        mirror.stop()
+        upstream.stop()
