@@ -135,9 +135,12 @@ async def cold(request: web.Request, mirror: Mirror, source: Source) -> web.Stre
         return response
     mirror.stats.misses += 1
     fill = mirror.fetch(source)
-    if "Range" in request.headers:
+    if_range = request.headers.get("If-Range")
+    if "Range" in request.headers and (if_range is None or if_range.strip() == etag):
         # a part of a file is served from the verified whole: the fill stores it once,
-        # and a client that asks for ranges (uv reading a wheel's metadata) gets them
+        # and a client that asks for ranges (uv reading a wheel's metadata) gets them.
+        # Not so a range whose If-Range fails (apt resuming with a date: RFC 9110
+        # 13.1.5): its answer is the whole file, which flows as it arrives
         return await blob(request, mirror, await mirror.fetched(fill))
     return await stream(request, mirror, fill, etag)
 

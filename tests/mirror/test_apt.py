@@ -116,6 +116,28 @@ async def test_a_deb_cut_short_with_no_length_is_a_cut_not_bad_bytes(archive: Ar
     assert archive.upstream.counts[path] == 2
 
 
+async def test_a_resumed_download_of_a_file_on_its_way_flows_as_it_arrives(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """apt resumes a file it holds in `partial/` with `Range` and `If-Range: DATE`. No
+    date validates a file here (none has a Last-Modified), so the answer is the whole
+    file (RFC 9110 13.1.5): it flows as the upstream sends it, never held back until the
+    download ends, a silence longer than apt's timeout for a big file on a slow uplink."""
+    big = make_deb(tmp_path / "build", "big-rk", "1.0", pad=3_000_000)  # over 1 MiB: streamed
+    archive.publish({**archive.debs, "big-rk_1.0_all.deb": big})
+    await archive.get("/debian/dists/stable/Release")
+    await archive.get(f"/debian/dists/stable/{PACKAGES}")
+    path = "/debian/pool/main/b/big-rk/big-rk_1.0_all.deb"
+    archive.upstream.rules[path] = "stall"  # half the file, then nothing while the test runs
+    archive.mirror.settings.limits.read_timeout = 3600.0
+    resume = {"Range": "bytes=1000000-", "If-Range": "Sat, 01 Jun 2024 08:00:00 GMT"}
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        async with archive.client.get(path, headers=resume) as r:
+            assert (r.status, r.content_length) == (200, len(big))
+            assert "Content-Range" not in r.headers
+            assert await r.content.readexactly(1_000_000) == big[:1_000_000]
+
+
 async def test_a_new_release_is_served_only_once_its_indexes_are_held(archive: Archive) -> None:
     _, old, _ = await archive.get("/debian/dists/stable/Release")
     await archive.get(f"/debian/dists/stable/{PACKAGES}")
