@@ -348,6 +348,12 @@ class Fetcher:
                 if response.status != 200:
                     raise UpstreamError(f"upstream answered {response.status} for {fill.file}")
                 fill.length = response.content_length
+                if known is not None and fill.length is not None and fill.length != known:
+                    # not the file its index names (an upstream mid-sync): said before
+                    # its bytes cross the uplink, and not remembered, as it may mend
+                    raise BadUpstreamData(
+                        f"upstream has {fill.file} at {fill.length} bytes; its index says {known}"
+                    )
                 size = fill.expected_size
                 if size is not None and size > limits.max_size:
                     raise UpstreamError(f"{fill.file} is larger than the mirror's limit")

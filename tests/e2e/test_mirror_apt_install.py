@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +97,46 @@ def test_attendees_install_with_dependencies_then_with_the_uplink_gone(
             data = apt.state / "root/usr/share/doc/hello-data-rk/README"
             assert data.read_text() == "hello-data-rk 1.0\n"
             upstream.stop()
+    finally:
+        mirror.stop()
+        upstream.stop()
+
+
+def test_a_deb_of_another_size_than_its_index_says_is_refused_before_its_bytes_cross(
+    tmp_path: Path, lan: Netns, signer: Signer
+) -> None:
+    """An upstream mid-sync: a .deb in the pool is not the one its Packages lists. Its
+    Content-Length says so before a byte of it crosses the uplink, and apt is told in
+    the mirror's words (it said `File has unexpected size ... Mirror sync in progress?`
+    once the mirror had fetched and passed on the wrong file)."""
+    made = debs(tmp_path / "build")
+    root = tmp_path / "upstream"
+    write_apt(root / "debian", SUITE, made, signer)
+    pool = root / "debian" / "pool" / "main" / "h" / "hello-data-rk" / "hello-data-rk_1.0_all.deb"
+    pool.write_bytes(pool.read_bytes() + b"mid-sync")
+    upstream = start_upstream(root)
+    mirror, admin = start_mirror(
+        tmp_path / "store", apt={"debian": upstream.url + "debian"}, listen=f"{lan.host}:0"
+    )
+    try:
+        apt = attendee_apt(tmp_path / "apt", mirror, signer)
+        assert apt.run("update", argv=lan.argv([])).returncode == 0
+        done = apt.run("install", "-y", "hello-rk", argv=lan.argv([]))
+        assert done.returncode == 100
+        size = len(made["hello-data-rk_1.0_all.deb"])
+        said = (
+            f"E: Failed to fetch {mirror.url}debian/pool/main/h/hello-data-rk/"
+            f"hello-data-rk_1.0_all.deb  502  upstream has hello-data-rk_1.0_all.deb at"
+            f" {size + 8} bytes; its index says {size}"
+        )
+        assert said in done.stderr, done.stderr
+        with urllib.request.urlopen(f"{admin}/status", timeout=30) as r:
+            status = json.load(r)["mirror"]
+        assert status["verify_failures"] == 1
+        # the index and the other two files crossed, not a byte of the wrong one
+        index = root / "debian" / "dists" / SUITE / "main" / f"binary-{arch()}" / "Packages.xz"
+        crossed = index.stat().st_size + sum(len(d) for d in made.values()) - size
+        assert status["upstream_bytes"] == crossed
     finally:
         mirror.stop()
         upstream.stop()
