@@ -103,4 +103,6 @@ async def _release(
         page = Page(body, f'"{obj.digest}"', "text/plain")
         mirror.renders.put(("raw", obj.digest), page)
     max_age = math.ceil(mirror.settings.index_ttl - (time.time() - found.fetched))
-    return respond.page(request, page, stale=stale, offline=False, max_age=max_age)
+    return respond.page(
+        request, page, stale=stale, offline=False, max_age=max_age, modified=obj.last_modified
+    )

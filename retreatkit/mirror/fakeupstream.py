@@ -19,10 +19,11 @@ read at each request:
   wait          the whole answer, once the test sets `Upstream.release`
   gzip          gzipped on the way (`Content-Encoding: gzip`) to a client that accepts
                 it, as a web server's compression of text types does
-A folder answers with its `index.json` (PEP 691, an npm packument) to a client that
-accepts JSON or when it has no `index.html`, else its `index.html`. `GET /_stats` gives
-{path: GETs, "HEAD path": HEADs}. It is a raw asyncio server because a real server
-would not let a test send a body cut short without Content-Length.
+A file answers with its modification time as `Last-Modified`. A folder answers with its
+`index.json` (PEP 691, an npm packument) to a client that accepts JSON or when it has no
+`index.html`, else its `index.html`. `GET /_stats` gives {path: GETs, "HEAD path": HEADs}.
+It is a raw asyncio server because a real server would not let a test send a body cut
+short without Content-Length.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import sys
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
+from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -181,7 +183,8 @@ class Upstream:
         if method == "HEAD":  # the length the GET would have, no body
             writer.write(_head(200, kind, len(body), etag))
             return await writer.drain()
-        await _send(writer, 200, body, kind, etag=etag)
+        modified = f"Last-Modified: {formatdate(file.stat().st_mtime, usegmt=True)}"
+        await _send(writer, 200, body, kind, etag=etag, extra=modified)
 
     async def _drip(self) -> bool:
         """Wait for a trickle's next byte: the test's word, else a second. False once the
@@ -214,9 +217,14 @@ def _head(
 
 
 async def _send(
-    writer: asyncio.StreamWriter, status: int, body: bytes, kind: str, etag: str | None = None
+    writer: asyncio.StreamWriter,
+    status: int,
+    body: bytes,
+    kind: str,
+    etag: str | None = None,
+    extra: str = "",
 ) -> None:
-    writer.write(_head(status, kind, len(body), etag) + body)
+    writer.write(_head(status, kind, len(body), etag, extra) + body)
     await writer.drain()
 
 

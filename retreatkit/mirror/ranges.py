@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -33,6 +34,18 @@ def matches(if_none_match: str, etag: str) -> bool:
         if tag == "*" or tag.removeprefix("W/") == etag:
             return True
     return False
+
+
+def not_modified_since(since: str | None, modified: str | None) -> bool:
+    """RFC 9110 13.1.3: a page last modified at `modified` (an HTTP date) or before
+    `since`. Either missing or not a date: modified, so the page is sent."""
+    if since is None or modified is None:
+        return False
+    try:
+        asked, last = parsedate_to_datetime(since), parsedate_to_datetime(modified)
+        return last <= asked
+    except (TypeError, ValueError):  # not a date, or one with and one without a zone
+        return False
 
 
 def plan(method: str, headers: Mapping[str, str], etag: str, size: int) -> Plan:

@@ -223,11 +223,19 @@ class FileSlice(web.StreamResponse):
 
 
 def page(
-    request: web.Request, page: Page, *, stale: bool, offline: bool, max_age: int
+    request: web.Request,
+    page: Page,
+    *,
+    stale: bool,
+    offline: bool,
+    max_age: int,
+    modified: str | None = None,
 ) -> web.Response:
     """An index page: its own ETag, `Vary: Accept` (one URL, HTML or JSON by what the client
     accepts, so a shared cache must not mix them), and a lifetime no longer than the
-    mirror's own. Stale and offline pages say so."""
+    mirror's own. Stale and offline pages say so. A page served as the upstream sent it
+    carries the upstream's `Last-Modified` (`modified`), and answers `If-Modified-Since`
+    as the upstream would: apt asks for a Release with the date alone."""
     headers = {
         "ETag": page.etag,
         "Vary": "Accept",
@@ -237,7 +245,13 @@ def page(
         headers["Warning"] = STALE_WARNING
     if offline:
         headers["Mirror-Offline"] = OFFLINE
+    if modified is not None:
+        headers["Last-Modified"] = modified
     inm = request.headers.get("If-None-Match")
     if inm is not None and ranges.matches(inm, page.etag):
+        return web.Response(status=304, headers=headers)
+    if inm is None and ranges.not_modified_since(
+        request.headers.get("If-Modified-Since"), modified
+    ):
         return web.Response(status=304, headers=headers)
     return web.Response(body=page.body, headers={**headers, "Content-Type": page.content_type})

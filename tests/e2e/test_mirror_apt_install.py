@@ -10,6 +10,7 @@ apt-get has every folder of its own (AptClient), so the host's apt is never touc
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import urllib.request
 from collections.abc import Iterator
@@ -137,6 +138,43 @@ def test_a_deb_of_another_size_than_its_index_says_is_refused_before_its_bytes_c
         index = root / "debian" / "dists" / SUITE / "main" / f"binary-{arch()}" / "Packages.xz"
         crossed = index.stat().st_size + sum(len(d) for d in made.values()) - size
         assert status["upstream_bytes"] == crossed
+    finally:
+        mirror.stop()
+        upstream.stop()
+
+
+def test_an_unchanged_release_is_a_hit_for_apt_and_a_new_one_is_not(
+    tmp_path: Path, lan: Netns, signer: Signer
+) -> None:
+    """apt asks for InRelease again with `If-Modified-Since`: the date it was given. The
+    mirror gives the upstream's own Last-Modified, so an unchanged Release is `Hit:`
+    (no body), and one the upstream published since is fetched whole."""
+    made = debs(tmp_path / "build")
+    root = tmp_path / "upstream"
+    write_apt(root / "debian", SUITE, made, signer)
+    upstream = start_upstream(root)
+    mirror, _admin = start_mirror(
+        tmp_path / "store", apt={"debian": upstream.url + "debian"}, ttl=0,
+        listen=f"{lan.host}:0",
+    )  # fmt: skip
+    where = f"{mirror.url}debian {SUITE}"
+    try:
+        apt = attendee_apt(tmp_path / "apt", mirror, signer)
+        first = apt.run("update", argv=lan.argv([]))
+        assert f"Get:1 {where} InRelease [" in first.stdout, first.stdout
+        again = apt.run("update", argv=lan.argv([]))
+        assert again.stdout.splitlines()[0] == f"Hit:1 {where} InRelease", again.stdout
+        newer = make_deb(tmp_path / "build", "hello-rk", "1.1")
+        write_apt(root / "debian", SUITE, {**made, "hello-rk_1.1_all.deb": newer}, signer)
+        dists = root / "debian" / "dists" / SUITE
+        for name in ("InRelease", "Release", "Release.gpg"):  # a push an hour later
+            published = (dists / name).stat().st_mtime + 3600
+            os.utime(dists / name, (published, published))
+        pushed = apt.run("update", argv=lan.argv([]))
+        assert f"Get:1 {where} InRelease [" in pushed.stdout, pushed.stdout
+        assert f"Get:2 {where}/main {arch()} Packages [" in pushed.stdout, pushed.stdout
+        done = apt.run("install", "-y", "hello-rk", argv=lan.argv([]))
+        assert "Setting up hello-rk (1.1) ..." in done.stdout, (done.stdout, done.stderr)
     finally:
         mirror.stop()
         upstream.stop()

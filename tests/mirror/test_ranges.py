@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retreatkit.mirror.ranges import Plan, etag_of, plan
+from retreatkit.mirror.ranges import Plan, etag_of, not_modified_since, plan
 
 TAG = etag_of("ab" * 32)
 
@@ -43,3 +43,22 @@ def test_any_range_header_gives_bytes_inside_the_file(size: int, spec: str) -> N
     p = plan("GET", {"Range": spec}, TAG, size)
     assert p.status in (200, 206, 416)
     assert p.start >= 0 and p.start + p.length <= size
+
+
+LAST = "Sat, 01 Jun 2024 08:00:00 GMT"
+
+
+@pytest.mark.parametrize(
+    ("since", "modified", "unchanged"),
+    [
+        (LAST, LAST, True),
+        ("Sat, 01 Jun 2024 09:00:00 GMT", LAST, True),
+        ("Sat, 01 Jun 2024 07:59:59 GMT", LAST, False),
+        (None, LAST, False),
+        (LAST, None, False),
+        ("yesterday", LAST, False),
+        ("Sat, 01 Jun 2024 08:00:00", LAST, False),  # no zone: not comparable
+    ],
+)
+def test_not_modified_since(since: str | None, modified: str | None, unchanged: bool) -> None:
+    assert not_modified_since(since, modified) is unchanged
