@@ -30,7 +30,9 @@ IMMUTABLE = "public, max-age=31536000, immutable"  # a file is named by its hash
 STALE_WARNING = '110 - "Response is Stale"'
 OFFLINE = "cached-only"  # the Mirror-Offline header: pages list only what the store holds
 SENDFILE_CHUNK = 1 << 20
-REASON_MAX = 240  # characters of an error's line in its status line
+# characters of an error's line in its status line: room for a file name of a Debian
+# length, two sha512s and when the mirror asks again (apt-get shows the reason alone)
+REASON_MAX = 512
 
 
 def _file_headers(etag: str | None, content_type: str, hit: bool) -> dict[str, str]:

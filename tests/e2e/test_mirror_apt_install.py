@@ -9,8 +9,10 @@ apt-get has every folder of its own (AptClient), so the host's apt is never touc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import urllib.request
 from collections.abc import Iterator
@@ -175,6 +177,43 @@ def test_an_unchanged_release_is_a_hit_for_apt_and_a_new_one_is_not(
         assert f"Get:2 {where}/main {arch()} Packages [" in pushed.stdout, pushed.stdout
         done = apt.run("install", "-y", "hello-rk", argv=lan.argv([]))
         assert "Setting up hello-rk (1.1) ..." in done.stdout, (done.stdout, done.stderr)
+    finally:
+        mirror.stop()
+        upstream.stop()
+
+
+def test_apt_shows_the_whole_line_of_a_deb_with_bad_bytes_and_when_the_mirror_asks_again(
+    tmp_path: Path, lan: Netns, signer: Signer
+) -> None:
+    """apt-get prints an error's reason phrase, not its body: with a file name of a
+    Debian length and both hashes, the line must still end with the mirror's retry."""
+    filename = "libretreatkit-hello-common_1.0.0-1_all.deb"
+    made = {filename: make_deb(tmp_path / "build", "libretreatkit-hello-common", "1.0.0-1")}
+    root = tmp_path / "upstream"
+    write_apt(root / "debian", SUITE, made, signer)
+    pool = root / "debian" / "pool" / "main" / "l" / "libretreatkit-hello-common" / filename
+    data = bytearray(pool.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the right length, one byte flipped
+    pool.write_bytes(bytes(data))
+    upstream = start_upstream(root)
+    mirror, _admin = start_mirror(
+        tmp_path / "store", apt={"debian": upstream.url + "debian"}, listen=f"{lan.host}:0"
+    )
+    try:
+        apt = attendee_apt(tmp_path / "apt", mirror, signer)
+        assert apt.run("update", argv=lan.argv([])).returncode == 0
+        want = hashlib.sha256(made[filename]).hexdigest()
+        got = hashlib.sha256(data).hexdigest()
+        said = (
+            f"E: Failed to fetch {mirror.url}debian/pool/main/l/libretreatkit-hello-common/"
+            f"{filename}  502  upstream sent bad bytes for {filename}: sha256 mismatch:"
+            f" expected {want}, got {got}"
+        )
+        first = apt.run("install", "-y", "libretreatkit-hello-common", argv=lan.argv([]))
+        assert f"{said} [IP: {lan.host} " in first.stderr, first.stderr
+        again = apt.run("install", "-y", "libretreatkit-hello-common", argv=lan.argv([]))
+        retry = rf"{re.escape(said)}; next try in \d+ s \[IP: "
+        assert re.search(retry, again.stderr), again.stderr
     finally:
         mirror.stop()
         upstream.stop()
