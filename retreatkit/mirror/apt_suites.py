@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from retreatkit.mirror import apt
-from retreatkit.mirror.errors import LocalError, NotFound, UpstreamError
+from retreatkit.mirror.errors import LocalError, NotFound, UpstreamDown, UpstreamError
 from retreatkit.mirror.fetch import Reply
 from retreatkit.mirror.health import origin as origin_of
 from retreatkit.mirror.once import Once
@@ -47,6 +47,7 @@ class Suites:
         self._parsed: set[str] = set()  # Packages digests whose .deb files are recorded
         self._catching_up: dict[str, asyncio.Task[None]] = {}
         self._packages: dict[str, str] = {}  # store key of a Packages file -> its origin
+        self._held_back: dict[tuple[str, str], str] = {}  # a newer Release not served: why
         mirror.warners.append(self.warnings)
 
     def base(self, origin: str) -> str:
@@ -141,11 +142,18 @@ class Suites:
         if cur is not None and digest in {o.digest for o in cur.objects.values()}:
             return await self._confirm(origin, suite, cur)
         try:
-            release = await self.mirror.offload(apt.parse_release, main.body)
-        except apt.AptError as exc:
-            self.mirror.fetcher.count(exc)
+            try:
+                release = await self.mirror.offload(apt.parse_release, main.body)
+            except apt.AptError as exc:
+                self.mirror.fetcher.count(exc)
+                raise
+            await self._complete(origin, suite, release, cur)
+        except UpstreamError as exc:
+            # the last set goes on being served: the organiser is told, as nothing else
+            # shows that the suite stopped moving (a down upstream is said as such)
+            if cur is not None and not isinstance(exc, UpstreamDown):
+                self._held_back[(origin, suite)] = str(exc.__cause__ or exc)
             raise
-        await self._complete(origin, suite, release, cur)
         return await self._save(origin, suite, release, replies)
 
     async def _confirm(self, origin: str, suite: str, cur: ReleaseSet) -> ReleaseSet:
@@ -161,6 +169,7 @@ class Suites:
             await store.run(touch)
         found = ReleaseSet(cur.release, cur.objects, now)
         self._keep((origin, suite), found)
+        self._held_back.pop((origin, suite), None)  # the upstream's is the one served
         return found
 
     async def _complete(
@@ -194,7 +203,7 @@ class Suites:
         for source, result in zip(wanted, results, strict=True):
             if isinstance(result, BaseException):
                 why = result if isinstance(result, UpstreamError) else UpstreamError(str(result))
-                raise type(why)(f"kept the last release of {origin}/{suite}: {why}")
+                raise type(why)(f"kept the last release of {origin}/{suite}: {why}") from why
             log.info("apt %s/%s: %s fetched for the new release", origin, suite, source.name)
         for path, f in new.files.items():
             if apt.is_packages(path):
@@ -227,6 +236,7 @@ class Suites:
         objs = await store.run(save)
         found = ReleaseSet(release, objs, now)
         self._keep((origin, suite), found)
+        self._held_back.pop((origin, suite), None)
         self.mirror.evict_if_over()
         return found
 
@@ -314,4 +324,9 @@ class Suites:
                     f"apt {origin}/{suite}: its Release {verb} at {iso(until)}; offline,"
                     " apt then needs [check-valid-until=no] in its sources line"
                 )
+        for (origin, suite), why in sorted(self._held_back.items()):
+            out.append(
+                f"apt {origin}/{suite}: still serving its last complete Release; the"
+                f" upstream's newer one is held back: {why}"
+            )
         return out

@@ -163,6 +163,32 @@ async def test_a_new_release_is_served_only_once_its_indexes_are_held(archive: A
     assert (await archive.get(path))[:2] == (200, newer)
 
 
+async def test_status_says_when_a_new_release_is_held_back(archive: Archive) -> None:
+    """A new Release whose index does not match it (a CDN node with a bad copy) is never
+    served: attendees keep the last complete set, and the organiser is told why, since
+    nothing else would show that the suite stopped moving."""
+    archive.mirror.fetcher.clock = Clock()
+    _, old, _ = await archive.get("/debian/dists/stable/Release")
+    await archive.get(f"/debian/dists/stable/{PACKAGES}")
+    newer = make_deb(archive.root.parent / "build", "hello-rk", "1.1")
+    archive.publish({**archive.debs, "hello-rk_1.1_all.deb": newer})
+    new_packages = (archive.root / "debian" / "dists" / "stable" / PACKAGES).read_bytes()
+    digest = hashlib.sha256(new_packages).hexdigest()
+    by_hash = f"/debian/dists/stable/main/binary-{arch()}/by-hash/SHA256/{digest}"
+    archive.upstream.rules[by_hash] = "corrupt"
+    assert (await archive.get("/debian/dists/stable/Release"))[:2] == (200, old)
+    [warning] = section(archive.mirror, True, 0)["warnings"]
+    assert warning.startswith(
+        "apt debian/stable: still serving its last complete Release; the upstream's newer"
+        f" one is held back: upstream sent bad bytes for {digest}: sha256 mismatch: expected"
+    )
+    archive.upstream.rules.clear()
+    archive.mirror.fetcher.clock.now += 300  # the bad copy is asked for again
+    status, body, _ = await archive.get("/debian/dists/stable/Release")
+    assert status == 200 and body != old
+    assert section(archive.mirror, True, 0)["warnings"] == []
+
+
 async def test_apt_never_waits_on_the_probe(archive: Archive) -> None:
     now = [1000.0]
     archive.mirror.fetcher.clock = lambda: now[0]
