@@ -77,7 +77,7 @@ async def serve(request: web.Request, origin: str, path: str) -> web.StreamRespo
     if asked.kind == "index":
         if ".diff/" in asked.path:  # pdiffs: apt then takes the whole index, shared by all
             raise NotFound("this mirror serves whole indexes, not diffs")
-        found, _ = await suites.current(origin, asked.suite)
+        found = await suites.served(origin, asked.suite)
         f = found.release.files.get(asked.path)
         if f is None:
             raise NotFound(f"{asked.path} is not in the Release of {origin}/{asked.suite}")

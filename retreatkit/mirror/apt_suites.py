@@ -84,6 +84,13 @@ class Suites:
         self.mirror.stats.hits += 1
         return cur, True
 
+    async def served(self, origin: str, suite: str) -> ReleaseSet:
+        """The set served now, not revalidated: what an index asked for by its name is
+        read from. apt asks for it just after the Release, and a new set fetched in
+        between would give it an index of another Release (a hash mismatch)."""
+        cur = self._sets.get((origin, suite)) or await self._from_store(origin, suite)
+        return cur if cur is not None else (await self.current(origin, suite))[0]
+
     async def _from_store(self, origin: str, suite: str) -> ReleaseSet | None:
         store = self.mirror.store
         objs = {}

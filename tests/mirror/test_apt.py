@@ -163,6 +163,26 @@ async def test_a_new_release_is_served_only_once_its_indexes_are_held(archive: A
     assert (await archive.get(path))[:2] == (200, newer)
 
 
+async def test_an_index_by_its_name_comes_from_the_release_just_served(archive: Archive) -> None:
+    """An archive without by-hash: apt asks for InRelease, then for `Packages.xz` by its
+    name. The upstream may publish in between; the index must still be the one the
+    Release apt holds names, not one of a Release fetched for the index's request."""
+    dists = archive.root / "debian" / "dists" / "stable"
+    write_apt(archive.root / "debian", "stable", archive.debs, signer=None, by_hash=False)
+    await archive.get("/debian/dists/stable/Release")
+    _, packages, _ = await archive.get(f"/debian/dists/stable/{PACKAGES}")  # an attendee's
+    _, release, _ = await archive.get("/debian/dists/stable/Release")  # the next one's
+    newer = make_deb(archive.root.parent, "hello-rk", "1.1")
+    debs = {**archive.debs, "hello-rk_1.1_all.deb": newer}
+    write_apt(archive.root / "debian", "stable", debs, signer=None, by_hash=False)
+    assert (await archive.get(f"/debian/dists/stable/{PACKAGES}"))[:2] == (200, packages)
+    assert f"{hashlib.sha256(packages).hexdigest()} " in release.decode()
+    _, release, _ = await archive.get("/debian/dists/stable/Release")  # the next update
+    packages = (dists / PACKAGES).read_bytes()
+    assert f"{hashlib.sha256(packages).hexdigest()} " in release.decode()
+    assert (await archive.get(f"/debian/dists/stable/{PACKAGES}"))[:2] == (200, packages)
+
+
 async def test_status_says_when_a_new_release_is_held_back(archive: Archive) -> None:
     """A new Release whose index does not match it (a CDN node with a bad copy) is never
     served: attendees keep the last complete set, and the organiser is told why, since
