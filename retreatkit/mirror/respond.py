@@ -7,6 +7,7 @@ bytes are counted as they are sent, not as files are found.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ SENDFILE_CHUNK = 1 << 20
 # characters of an error's line in its status line: room for a file name of a Debian
 # length, two sha512s and when the mirror asks again (apt-get shows the reason alone)
 REASON_MAX = 512
+HOLD_SMALL = 5.0  # seconds a small file waits to go out whole: well inside pip's 15 s timeout
 
 
 def _file_headers(etag: str | None, content_type: str, hit: bool) -> dict[str, str]:
@@ -154,11 +156,14 @@ async def stream(
     said in a plain status line; one that comes later cuts the connection, so no short
     200 exists, and no reader is left waiting. A small file is answered once whole and
     checked: its failure is always said, never a cut that clients misreport (pip's
-    hash of nothing, npm's ECONNRESET)."""
+    hash of nothing, npm's ECONNRESET). Unless the uplink is too slow for that: after
+    HOLD_SMALL it streams too, or pip, hearing nothing, times out and asks again."""
     await fill.headers.wait()
     size = fill.expected_size
     if size is not None and size <= SMALL:
-        await fill.ended()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HOLD_SMALL):
+                await fill.ended()
     if fill.error is not None:
         raise fill.error
     response = web.StreamResponse(headers=_file_headers(etag, fill.content_type, hit=False))

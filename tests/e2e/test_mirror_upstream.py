@@ -238,6 +238,42 @@ def test_pip_is_told_a_corrupt_wheel_is_bad_not_empty(tmp_path: Path) -> None:
     assert "502" in got.stderr and "e3b0c442" not in got.stdout + got.stderr
 
 
+def test_pip_gets_a_small_wheel_from_a_slow_uplink_before_its_timeout(tmp_path: Path) -> None:
+    """A small file goes out once whole and checked, but not at any price: from an uplink
+    too slow to bring it within pip's read timeout (15 s) pip heard nothing, gave up and
+    asked again. It streams after a few seconds instead; here pip's own line for a
+    download begun comes before pip gives up (the upstream sends a byte a second)."""
+    root = tmp_path / "upstream"
+    wheel = make_wheel("one", "1.0")
+    write_pypi(root, {"one": [wheel]})
+    (root / ".behaviours.json").write_text(json.dumps({f"/files/{wheel[0]}": "trickle"}))
+    upstream = start_upstream(root)
+    try:
+        mirror, _ = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/")
+        try:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+            begun = f"Downloading {wheel[0]} ("  # not its .metadata, which came first
+            with subprocess.Popen(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
+                 "--retries", "0", "--progress-bar", "off",
+                 "--index-url", f"{mirror.url}pypi/simple/", "-d", str(tmp_path / "got"), "one"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env={**env, "HOME": str(tmp_path / "home")},
+            ) as pip:  # fmt: skip
+                assert pip.stdout is not None
+                lines = []
+                for line in pip.stdout:  # ends when pip does: it gave up
+                    lines.append(line)
+                    if line.strip().startswith(begun):
+                        break
+                pip.kill()
+            assert lines and lines[-1].strip().startswith(begun), lines
+        finally:
+            mirror.stop()
+    finally:
+        upstream.stop()
+
+
 def test_pip_fails_at_once_in_the_mirrors_words_while_the_upstream_is_down(
     tmp_path: Path, lan: Netns
 ) -> None:
