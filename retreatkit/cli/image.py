@@ -255,8 +255,9 @@ async def _boot(launch: run.Launch, console: Path) -> int:
         _say("Guest stopped")
         return 0
     code = guest.process.returncode if guest.process is not None else None
-    if guest.last_line.panic or code:  # a panic, or qemu's own error (memory it cannot get)
-        why = run.describe_exit(code or 0, guest.last_line.text, guest.last_line.panic)
+    last = guest.last_line
+    if last.panic or last.failed or code:  # or qemu's own error (memory it cannot get)
+        why = run.describe_exit(code or 0, last.text, last.panic, last.failed)
         _say(f"The guest stopped by itself: {why}; its console log is {console}")
     else:
         _say(f"The guest stopped by itself; its console log is {console}")

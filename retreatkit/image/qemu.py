@@ -211,7 +211,9 @@ def argv(
         f"virtio-rng-{suffix},rng=rng0",
     ]
     for number, (path, readonly) in enumerate(disks):
-        ro = ",readonly=on" if readonly else ""
+        # a write the host cannot make (its disk full) is the guest's I/O error, which the
+        # guest reports and lives through: qemu's default pauses the guest without a word
+        ro = ",readonly=on" if readonly else ",werror=report,rerror=report"
         args += [
             "-drive",
             f"file={path},if=none,id=disk{number},format=raw{ro}",

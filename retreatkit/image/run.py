@@ -60,8 +60,11 @@ class Launch:
         """Check the image and render its configuration for this boot."""
         manifest = build.load_manifest(image)
         service = manifest["service"]
+        check_whole(image, manifest)
         if disk is not None and not manifest["disk"]:
             raise RunError(f"the {service} image keeps no data: it takes no --disk")
+        if disk is not None and disk.exists():
+            check_disk(disk)
         chosen = network.choose(str(cfg["images"]["network"]))
         config = guestconfig.render(
             service, cfg, token, disk is not None, network.keeps_clients(chosen)
@@ -87,6 +90,44 @@ def complete_forwards(manifest: dict[str, Any], forwards: list[qemu.Forward]) ->
     given = {(f.proto, f.guest_port) for f in forwards}
     extra = [qemu.Forward(p, "127.0.0.1", 0, g) for p, g in wanted if (p, g) not in given]
     return qemu.bind_forwards([*forwards, *extra])
+
+
+def check_whole(image: Path, manifest: dict[str, Any]) -> None:
+    """The kernel and initramfs are as large as the manifest says: a build or a copy cut
+    short boots into a kernel panic that names neither."""
+    for name in ("kernel", "initramfs"):
+        try:
+            size = (image / name).stat().st_size
+        except OSError as exc:
+            raise RunError(f"{image} is not a whole image: its {name}: {exc.strerror}") from None
+        expected = manifest.get(name, {}).get("size_bytes")
+        if size != expected:
+            raise RunError(
+                f"{image} is not a whole image: its {name} is {size} bytes where"
+                f" {build.MANIFEST} says {expected}; build it again"
+                f" (retreatkit image build {manifest['service']})"
+            )
+
+
+EXT4_MAGIC_AT = 1024 + 0x38  # s_magic in the superblock, which starts at byte 1024
+EXT4_MAGIC = b"\x53\xef"
+
+
+def check_disk(disk: Path) -> None:
+    """A data disk the guest can mount and write: ext4 (ext2 and ext3 share the magic)
+    and writable here, said before qemu starts rather than as a guest that fails at its
+    mount or a line of qemu's."""
+    try:
+        with disk.open("r+b") as f:
+            f.seek(EXT4_MAGIC_AT)
+            magic = f.read(2)
+    except OSError as exc:
+        raise RunError(f"the disk {disk} cannot be written: {exc.strerror}") from None
+    if magic != EXT4_MAGIC:
+        raise RunError(
+            f"the disk {disk} holds no ext4 file system: name a file that does not exist"
+            " yet, and one is made there"
+        )
 
 
 def admin_url(forwards: list[qemu.Forward]) -> str:
@@ -147,6 +188,7 @@ class LastLine:
         self._last = b""
         self._partial = b""
         self.panic = ""  # the kernel's reason, if it panicked (qemu then exits 0)
+        self.failed = ""  # the guest's, if its /init or service failed (it resets: exit 0)
 
     def feed(self, data: bytes) -> None:
         *lines, partial = (self._partial + data).split(b"\n")
@@ -155,6 +197,8 @@ class LastLine:
             _, found, why = line.partition(PANIC)
             if found and not self.panic:
                 self.panic = why.decode(errors="replace").strip()[:REASON_MAX]
+            if line.startswith(FAILED) and not self.failed:
+                self.failed = line[len(FAILED) :].decode(errors="replace").strip()[:REASON_MAX]
         for line in reversed(lines):
             if line.strip():
                 self._last = line[-REASON_MAX * 4 :]
@@ -168,14 +212,15 @@ class LastLine:
 
 
 PANIC = b"Kernel panic - not syncing: "
+FAILED = b"retreatkit: the guest failed: "  # init.main's last word before the reset
 # qemu catches SIGTERM, SIGINT and SIGHUP, says so and exits 0, as a guest powering off does
 CAUGHT = re.compile(r"qemu[\w.-]*: terminating on signal (\d+)")
 
 
-def describe_exit(code: int, last_line: str, panic: str = "") -> str:
+def describe_exit(code: int, last_line: str, panic: str = "", failed: str = "") -> str:
     """How qemu ended, in a few words: killed by a signal, the guest's kernel panicked
-    (out of memory, most often), or its exit code, with its last line when it failed (why
-    it could not run the guest)."""
+    (out of memory, most often), the guest failed (its service could not run), or qemu's
+    exit code, with its last line when it failed (why it could not run the guest)."""
     if code < 0:
         return f"killed by signal {-code}"
     caught = CAUGHT.match(last_line) if code == 0 else None
@@ -184,6 +229,8 @@ def describe_exit(code: int, last_line: str, panic: str = "") -> str:
     if panic:
         hint = "; give it more memory" if "memory" in panic.lower() else ""
         return f"the guest's kernel panicked: {panic}{hint}"
+    if failed and code == 0:
+        return f"the guest failed: {failed}"
     if code != 0 and last_line:
         return f"qemu exit code {code}: {last_line}"
     return f"qemu exit code {code}"

@@ -294,9 +294,8 @@ class Supervisor:
                 ready = asyncio.ensure_future(self._announce(name, guest, entry.admin))
                 code = await guest.wait()
                 ready.cancel()
-                self._ended(entry, run.describe_exit(
-                    code, guest.last_line.text, guest.last_line.panic
-                ))  # fmt: skip
+                last = guest.last_line
+                self._ended(entry, run.describe_exit(code, last.text, last.panic, last.failed))
             except (OSError, RuntimeError) as exc:
                 self._ended(entry, f"could not start: {exc}")
             if guest.stopping:
@@ -324,7 +323,7 @@ class Supervisor:
             try:
                 # retreat.toml may have changed
                 launch = await asyncio.to_thread(self._launch, entry.definition)
-            except (ValueError, OSError) as exc:
+            except (ValueError, OSError, RuntimeError) as exc:
                 entry.state = "failed"
                 self._ended(entry, f"could not start: {exc}")
                 _tell(logging.WARNING, f"Guest {name} not restarted ({entry.last_exit})")

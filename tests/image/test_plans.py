@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -9,6 +10,7 @@ import socket
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,18 @@ def test_qemu_command_line(tmp_path: Path) -> None:
     assert "user,id=net0,hostfwd=tcp:0.0.0.0:9000-:9000" in args
     assert f"file={tmp_path / 'config.disk'},if=none,id=disk0,format=raw,readonly=on" in args
     assert "virtio-blk-device,drive=disk0" in args
+
+
+def test_a_host_disk_that_fills_up_is_an_error_in_the_guest_not_a_pause(tmp_path: Path) -> None:
+    """qemu's default pauses a guest whose disk write finds the host's disk full: the
+    mirror then stops answering, its qemu still runs, and nobody is told. Reported to the
+    guest, its write fails, the mirror says so and serves on."""
+    if not qemu.shutil.which(qemu.QEMU):
+        pytest.skip("qemu is not installed (.ci/run installs it)")
+    data = tmp_path / "mirror.disk"
+    args = qemu.argv("microvm", tmp_path / "k", tmp_path / "i", memory_mb=64, accel="tcg",
+                     disks=[(tmp_path / "config.disk", True), (data, False)])  # fmt: skip
+    assert f"file={data},if=none,id=disk1,format=raw,werror=report,rerror=report" in args
 
 
 def test_guest_names_are_safe_for_paths() -> None:
@@ -311,3 +325,84 @@ def test_vm_remove_with_no_supervisor(home: Path, capsys: pytest.CaptureFixture[
     assert cli.main(["vm", "remove", "r1"]) == 0
     assert capsys.readouterr().err == "Guest r1 removed\n"
     assert not (home / "state" / "retreatkit" / "vm" / "r1").exists()
+
+
+def whole_image(folder: Path, service: str) -> Path:
+    """An image folder whose files are as large as its manifest says (nothing boots it)."""
+    folder.mkdir()
+    sizes = {"kernel": 3, "initramfs": 5}
+    for name, size in sizes.items():
+        (folder / name).write_bytes(b"x" * size)
+    manifest = {"service": service, "machine": "microvm", "ports": [["tcp", 8000]],
+                "admin_port": 8080, "disk": service == "mirror",
+                **{name: {"size_bytes": size} for name, size in sizes.items()}}  # fmt: skip
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_an_image_cut_short_is_refused_before_it_boots(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A build or a copy interrupted: booted, its kernel panics ("VFS: Unable to mount root
+    fs") and names neither; it is said before qemu starts."""
+    image = whole_image(home / "relay", "relay")
+    (image / "initramfs").write_bytes(b"x")
+    assert cli.main(["image", "run", str(image)]) == 1
+    assert capsys.readouterr().err == (
+        f"retreatkit: {image} is not a whole image: its initramfs is 1 bytes where"
+        " manifest.json says 5; build it again (retreatkit image build relay)\n"
+    )
+    (image / "kernel").unlink()
+    assert cli.main(["image", "run", str(image)]) == 1
+    assert capsys.readouterr().err == (
+        f"retreatkit: {image} is not a whole image: its kernel: No such file or directory\n"
+    )
+
+
+def test_a_data_disk_the_guest_cannot_use_is_refused_before_it_boots(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that holds no ext4 file system (the wrong file named): the guest would fail
+    at its mount, told as "qemu exit code 0"; and one that cannot be written. The disk is
+    left as it was."""
+    image = whole_image(home / "mirror", "mirror")
+    junk = home / "junk.disk"
+    junk.write_bytes(bytes(range(256)) * 64)
+    assert cli.main(["image", "run", str(image), "--disk", str(junk)]) == 1
+    assert capsys.readouterr().err == (
+        f"retreatkit: the disk {junk} holds no ext4 file system: name a file that does not"
+        " exist yet, and one is made there\n"
+    )
+    assert junk.read_bytes() == bytes(range(256)) * 64
+    folder = home / "a-folder"
+    folder.mkdir()
+    assert cli.main(["image", "run", str(image), "--disk", str(folder)]) == 1
+    assert capsys.readouterr().err == (
+        f"retreatkit: the disk {folder} cannot be written: Is a directory\n"
+    )
+    with read_only_ext4(home) as disk:
+        assert cli.main(["image", "run", str(image), "--disk", str(disk)]) == 1
+        why = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+        assert capsys.readouterr().err == f"retreatkit: the disk {disk} cannot be written: {why}\n"
+
+
+@contextlib.contextmanager
+def read_only_ext4(folder: Path) -> Iterator[Path]:
+    """A file with ext4's magic that cannot be written: on a read-only tmpfs as root (who
+    writes whatever a file's mode says), else by its mode."""
+    superblock = bytes(1080) + b"\x53\xef" + bytes(966)
+    if os.geteuid() != 0:
+        disk = folder / "ro.disk"
+        disk.write_bytes(superblock)
+        disk.chmod(0o444)
+        yield disk
+        return
+    mount = folder / "ro"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        (mount / "ro.disk").write_bytes(superblock)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        yield mount / "ro.disk"
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)

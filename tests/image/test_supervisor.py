@@ -158,6 +158,25 @@ def test_a_qemu_killed_with_sigterm_is_told_so() -> None:
     assert run.describe_exit(0, "relay: terminating on signal 15") == "qemu exit code 0"
 
 
+def test_a_guest_whose_service_failed_is_told_so() -> None:
+    """A guest whose /init or service fails says why on its console and resets, and qemu
+    (-no-reboot) exits 0: the exit is the guest's reason, not "qemu exit code 0"."""
+    last = run.LastLine()
+    for chunk in (
+        b"EXT4-fs (vdb): VFS: Can't find ext4 filesystem\r\n",
+        b"OSError: [Errno 22] /var/lib/retreatkit: Invalid argument\r\n",
+        b"retreatkit: the guest failed: [Errno 22] /var/lib/retreatkit: Inv",
+        b"alid argument\r\nretreatkit: guest stopping (exit code 1)\r\n",
+        b"reboot: Restarting system\r\n",
+    ):
+        last.feed(run.printable(chunk))
+    assert last.failed == "[Errno 22] /var/lib/retreatkit: Invalid argument"
+    assert run.describe_exit(0, last.text, last.panic, last.failed) == (
+        "the guest failed: [Errno 22] /var/lib/retreatkit: Invalid argument"
+    )
+    assert run.describe_exit(-9, last.text, last.panic, last.failed) == "killed by signal 9"
+
+
 def test_how_a_guest_ended_is_told_in_one_bounded_line() -> None:
     last = run.LastLine()
     for chunk in (b"Booting\n", b"qemu: initrd is too large, cannot ", b"support.\n", b"\n  \n"):
@@ -336,7 +355,8 @@ def relay_guest(home: Path, restart: bool) -> Definition:
     image = home / "relay-image"
     image.mkdir()
     manifest = {"service": "relay", "machine": "microvm", "ports": [["tcp", 9000]],
-                "admin_port": 8080, "disk": False}  # fmt: skip
+                "admin_port": 8080, "disk": False, "kernel": {"size_bytes": 0},
+                "initramfs": {"size_bytes": 0}}  # fmt: skip
     (image / "manifest.json").write_text(json.dumps(manifest))
     (image / "kernel").write_bytes(b"")
     (image / "initramfs").write_bytes(b"")
@@ -397,6 +417,31 @@ async def test_a_guest_started_stopped_and_ended_by_itself_reaches_the_dashboard
         ("vm", "INFO", f"Guest r1 starting; admin on {admin}/status"),
         ("vm", "WARNING", f"Guest r1 stopped by itself ({PANIC})"),
     ]
+
+
+async def test_a_guest_whose_image_is_cut_short_is_not_restarted_and_says_why(
+    home: Path, qemu: Path, ring: LogRing
+) -> None:
+    """Its image rebuilt or copied over while it ran and cut short (the copy interrupted):
+    at the restart the supervisor says so, and the guest is failed, not left restarting."""
+    supervisor = Supervisor(home / "vm", restarts=lambda: Restarts(0.0))
+    definition = relay_guest(home, restart=True)
+    supervisor.define(definition)
+    admin = supervisor.item("r1")["admin"]
+    keeper = (await supervisor.start("r1")).keeper
+    assert keeper is not None
+    await until_told(ring, f"Guest r1 up; admin on {admin}/status")
+    (Path(definition.image) / "initramfs").write_bytes(b"\x28\xb5")
+    os.kill(supervisor.item("r1")["pid"], signal.SIGKILL)
+    await asyncio.wait_for(keeper, 60)
+    why = (
+        f"could not start: {definition.image} is not a whole image: its initramfs is 2 bytes"
+        " where manifest.json says 0; build it again (retreatkit image build relay)"
+    )
+    assert told(ring)[-1] == ("vm", "WARNING", f"Guest r1 not restarted ({why})")
+    assert (supervisor.item("r1")["state"], supervisor.item("r1")["last_exit"]) == ("failed", why)
+    await supervisor.stop("r1")
+    assert supervisor.item("r1")["state"] == "stopped"
 
 
 def test_a_guests_line_reads_on_stderr_as_it_is_said(home: Path) -> None:
