@@ -21,7 +21,8 @@ read at each request:
                 it, as a web server's compression of text types does
 A file answers with its modification time as `Last-Modified`. A folder answers with its
 `index.json` (PEP 691, an npm packument) to a client that accepts JSON or when it has no
-`index.html`, else its `index.html`. `GET /_stats` gives {path: GETs, "HEAD path": HEADs}.
+`index.html`, else its `index.html`. `GET /_stats` gives {path: GETs, "HEAD path": HEADs,
+"gzip path": answers sent gzipped}.
 It is a raw asyncio server because a real server would not let a test send a body cut
 short without Content-Length.
 """
@@ -177,6 +178,7 @@ class Upstream:
             writer.transport.abort()
             return
         if mode == "gzip" and "gzip" in headers.get("accept-encoding", ""):
+            self.counts["gzip " + path] += 1
             packed = gzip.compress(body, mtime=0)
             writer.write(_head(200, kind, len(packed), etag, "Content-Encoding: gzip") + packed)
             return await writer.drain()

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import time
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -207,10 +208,16 @@ class Fetcher:
         try:
             try:
                 async with asyncio.timeout(self.limits.index_timeout):
-                    response = await self._open(url, headers, url)
+                    # a page is read whole and kept decoded: it may cross compressed (a
+                    # file may not: its hash names the bytes as published)
+                    asked = {"Accept-Encoding": "gzip", **headers}
+                    response = await self._open(url, asked, url)
                     async with response:
                         ok = response.status == 200
                         body = await _read_bounded(response, limit) if ok else b""
+                        if ok:
+                            coding = response.headers.get("Content-Encoding", "")
+                            body = _decoded(coding, body, limit, url)
                         h = response.headers
                         if ok and _cut_unseen(response, body):
                             raise BadUpstreamData(f"{url}: page is truncated (no </html>)")
@@ -431,6 +438,26 @@ def _why(exc: BaseException | None) -> str:
         return os.strerror(exc.errno).lower()
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+def _decoded(coding: str, body: bytes, limit: int, url: str) -> bytes:
+    """An index page's bytes as published, from the content coding it crossed in; as
+    bounded as the page itself (a small gzip can hold gigabytes of zeros)."""
+    coding = coding.strip().lower()
+    if coding in ("", "identity"):
+        return body
+    if coding != "gzip":
+        raise BadUpstreamData(f"{url}: upstream sent the page as {coding!r}, not asked for")
+    unpack = zlib.decompressobj(wbits=31)  # gzip's header and trailer, checked
+    try:
+        out = unpack.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadUpstreamData(f"{url}: upstream sent a broken gzip page ({exc})") from None
+    if len(out) > limit:
+        raise BadUpstreamData("upstream index is larger than the mirror's limit")
+    if not unpack.eof:
+        raise BadUpstreamData("upstream cut the index short")
+    return out
 
 
 async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:

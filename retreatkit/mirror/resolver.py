@@ -88,9 +88,10 @@ class DaemonResolver(AbstractResolver):
 def session() -> aiohttp.ClientSession:
     """The mirror's client session: its own resolver, no environment proxies (the mirror
     talks to the upstreams it was given, only), bytes as the upstream sent them. It asks
-    for no content coding: an index's hashes name the file as published, and a server
-    that compresses what a client accepts compressed (Apache's mod_deflate, a CDN) would
-    otherwise send bytes that match nothing."""
+    for no content coding by default: an index's hashes name a file as published, and a
+    server that compresses what a client accepts compressed (Apache's mod_deflate, a CDN)
+    would otherwise send bytes that match nothing. Index pages ask for gzip and are
+    decoded whole (Fetcher.get_index): on a metered uplink they are most of the bytes."""
     connector = aiohttp.TCPConnector(resolver=DaemonResolver())
     return aiohttp.ClientSession(
         connector=connector, auto_decompress=False, trust_env=False,

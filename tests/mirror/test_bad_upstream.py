@@ -4,6 +4,7 @@ learns how it ended; hostile paths touch nothing (in process)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import itertools
 import json
@@ -12,7 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from retreatkit.mirror.fetch import Limits
+from retreatkit.mirror.errors import BadUpstreamData
+from retreatkit.mirror.fetch import Limits, _decoded
 from retreatkit.mirror.respond import reason
 from retreatkit.mirror.status import section
 from retreatkit.mirror.testing import Clock
@@ -215,3 +217,43 @@ async def test_a_page_ended_by_a_close_must_show_its_end(env: Env, mode: str) ->
     else:
         page = f"{env.upstream.url}simple/demo-dep/"
         assert (r.status, await r.text()) == (502, f"{page}: page is truncated (no </html>)\n")
+
+
+async def test_a_page_crosses_gzipped_and_a_file_as_published(env: Env) -> None:
+    """An upstream that compresses what a client accepts compressed (mod_deflate, a CDN):
+    index pages come gzipped and are kept decoded; a file is asked for as published, as
+    its hash names those bytes."""
+    filename, data, _ = env.wheels["demo-dep"]
+    env.upstream.rules["/simple/demo-dep/"] = "gzip"
+    env.upstream.rules[f"/files/{filename}"] = "gzip"
+    assert [f["filename"] for f in (await env.page("demo-dep"))["files"]] == [filename]
+    assert await fetch(env, await env.file_url("demo-dep")) == (200, data)
+    assert env.upstream.counts["gzip /simple/demo-dep/"] == 1
+    assert env.upstream.counts[f"gzip /files/{filename}"] == 0
+    assert env.upstream.counts[f"/files/{filename}"] == 1
+
+
+def test_a_gzipped_page_is_bounded_and_checked() -> None:
+    """A page's coding is undone within the page's own limit: a small gzip can hold
+    gigabytes of zeros."""
+    url = "https://upstream.test/simple/x/"
+    page = b"<html>" + b"a" * 1000 + b"</html>"
+    packed = gzip.compress(page)
+    assert _decoded("gzip", packed, 2000, url) == page
+    assert _decoded("", page, 2000, url) == page
+    failures = {
+        (
+            "gzip",
+            gzip.compress(b"\0" * 10_000_000),
+        ): "upstream index is larger than the mirror's limit",
+        ("gzip", packed[: len(packed) // 2]): "upstream cut the index short",
+        ("br", packed): f"{url}: upstream sent the page as 'br', not asked for",
+    }
+    for (coding, body), words in failures.items():
+        with pytest.raises(BadUpstreamData) as failed:
+            _decoded(coding, body, 2000, url)
+        assert str(failed.value) == words
+    with pytest.raises(
+        BadUpstreamData, match=r"^https://upstream.test/simple/x/: upstream sent a broken gzip page"
+    ):
+        _decoded("gzip", b"\x1f\x8b" + b"\xff" * 40, 2000, url)
