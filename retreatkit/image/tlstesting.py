@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import ipaddress
+import json
 import shutil
 import ssl
 import threading
@@ -91,12 +93,19 @@ def server_chain(
 def trusting(image: Path, ca_pem: bytes, out: Path) -> Path:
     """A copy of the image folder `image` whose guest also trusts `ca_pem`."""
     out.mkdir(parents=True)
-    for name in ("kernel", build.MANIFEST):
-        shutil.copyfile(image / name, out / name)
+    shutil.copyfile(image / "kernel", out / "kernel")
     extra = {f"{build.CA_DIR}/{n}": cpio.file(d) for n, d in build.hashed_folder([ca_pem]).items()}
     initramfs = (image / "initramfs").read_bytes()
     padding = b"\0" * (-len(initramfs) % 4)  # each archive starts 4-byte aligned
-    (out / "initramfs").write_bytes(initramfs + padding + cpio.archive(extra))
+    initramfs += padding + cpio.archive(extra)
+    (out / "initramfs").write_bytes(initramfs)
+    # the manifest names the initramfs it describes: `image run` refuses one cut short
+    manifest = json.loads((image / build.MANIFEST).read_text())
+    grown = len(initramfs) - manifest["initramfs"]["size_bytes"]
+    manifest["initramfs"] = {"sha256": hashlib.sha256(initramfs).hexdigest(),
+                             "size_bytes": len(initramfs)}  # fmt: skip
+    manifest["size_bytes"] += grown
+    (out / build.MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return out
 
 

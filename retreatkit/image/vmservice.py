@@ -41,6 +41,7 @@ from retreatkit.image.supervisor import (
 
 log = logging.getLogger("retreatkit.vm")
 MAX_DEFINITION = 16 * 1024
+IDLE_LINGER = 3.0  # seconds a background supervisor outlives its last guest (dashboards: 1 s)
 
 
 def vm_dir() -> Path:
@@ -301,6 +302,13 @@ class VmService:
         return found
 
     def _idle(self) -> None:
+        # a few dashboard polls more: a dashboard then reads how the last guest ended and
+        # that nothing runs, so the silence after reads "ended", not "cannot connect"
+        asyncio.get_running_loop().call_later(IDLE_LINGER, self._end_if_idle)
+
+    def _end_if_idle(self) -> None:
+        if self.supervisor is not None and self.supervisor.active:
+            return  # a guest was started meanwhile
         log.info("no guest left running; the supervisor stops")
         os.kill(os.getpid(), signal.SIGTERM)
 

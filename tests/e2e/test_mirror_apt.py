@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,15 +31,6 @@ pytestmark = [
 
 
 lan = attendee("a")
-
-
-@pytest.fixture
-def signer(tmp_path: Path) -> Iterator[Signer]:
-    made = Signer.make(tmp_path / "gnupg")
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def fetched(upstream_url: str) -> dict[str, int]:

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,15 +33,6 @@ pytestmark = [
 
 lan = attendee("i", prefix="apw")
 SUITE = "bookworm"
-
-
-@pytest.fixture
-def signer(tmp_path: Path) -> Iterator[Signer]:
-    made = Signer.make(tmp_path / "gnupg")
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def debs(build: Path) -> dict[str, bytes]:

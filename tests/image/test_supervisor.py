@@ -593,3 +593,49 @@ async def test_the_dashboard_stops_the_last_guest_of_a_background_supervisor(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
+
+
+async def test_a_background_supervisor_whose_last_guest_died_reads_as_ended(
+    home: Path, qemu: Path
+) -> None:
+    """The last guest of a `vm start` supervisor dies on its own (its qemu killed): the
+    supervisor says so to the dashboard's next poll before it goes, so the dashboard
+    shows how the guest ended and that the supervisor ended, not "cannot connect"."""
+    image = Path(relay_guest(home, restart=False).image)
+    start_guests(home, image, ("r1",))
+    [url] = noted.noted()
+    [pid] = [int(p.name) for p in noted.folder().iterdir() if p.name.isdigit()]
+    app = Dashboard([Endpoint(url, admin_token.read())], interval=3600, clock=Clock(),
+                    follow_logs=False)  # fmt: skip
+    [endpoint] = app.clients
+    try:
+        async with app.run_test(size=(150, 60)) as pilot:
+            await app.poll(endpoint)
+            [guest] = app.state.endpoints[endpoint].guests or []
+            assert (guest.name, guest.state) == ("r1", "running")
+            [fake] = fake_qemus(qemu)
+            os.kill(fake, signal.SIGKILL)
+            async with asyncio.timeout(60):
+                while (app.state.endpoints[endpoint].guests or [guest])[0].state == "running":
+                    await app.poll(endpoint)  # the supervisor still answers
+            await asyncio.to_thread(ended, pid)
+            await app.poll(endpoint)
+            await pilot.press("6")
+            await settle(pilot)
+            assert app.state.endpoints[endpoint].ended
+            assert str(app.screen.query_one("#summary", Lines).render()).startswith(
+                f"{endpoint} ended with its last guest"
+            )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def fake_qemus(fake: Path) -> list[int]:
+    """The processes running the fake qemu at `fake`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and str(fake).encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+    return found
