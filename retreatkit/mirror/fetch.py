@@ -215,6 +215,7 @@ class Fetcher:
                     async with response:
                         ok = response.status == 200
                         body = await _read_bounded(response, limit) if ok else b""
+                        self.stats.upstream_index_bytes += len(body)
                         if ok:
                             coding = response.headers.get("Content-Encoding", "")
                             body = _decoded(coding, body, limit, url)

@@ -18,6 +18,7 @@ COUNTERS: dict[str, str] = {
     "bytes_from_upstream": "File bytes sent to clients while they were being fetched",
     "upstream_fetches": "File downloads started upstream",
     "upstream_bytes": "Bytes fetched from upstream",
+    "upstream_index_bytes": "Index page bytes fetched from upstream, as they crossed",
     "upstream_skipped": "Requests answered without asking an upstream that is down",
     "coalesced": "Requests that joined a download already under way",
     "verify_failures": "Upstream bytes rejected by a hash or format check",
@@ -42,6 +43,7 @@ class Stats:
     bytes_from_upstream: int = 0
     upstream_fetches: int = 0
     upstream_bytes: int = 0
+    upstream_index_bytes: int = 0
     upstream_skipped: int = 0
     coalesced: int = 0
     verify_failures: int = 0

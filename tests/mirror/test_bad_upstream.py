@@ -229,6 +229,8 @@ async def test_a_page_crosses_gzipped_and_a_file_as_published(env: Env) -> None:
     assert [f["filename"] for f in (await env.page("demo-dep"))["files"]] == [filename]
     assert await fetch(env, await env.file_url("demo-dep")) == (200, data)
     assert env.upstream.counts["gzip /simple/demo-dep/"] == 1
+    pages = [p.stat().st_size for p in (env.root / "simple" / "demo-dep").iterdir()]
+    assert 0 < env.mirror.stats.upstream_index_bytes < min(pages)  # counted as it crossed
     assert env.upstream.counts[f"gzip /files/{filename}"] == 0
     assert env.upstream.counts[f"/files/{filename}"] == 1
 
