@@ -165,7 +165,8 @@ def index_source(origin: str, base: str, suite: str, release: Release, f: IndexF
     algo, digest = f.strongest
     name = index_key(origin, algo, digest)
     also = tuple(n for n in names if n != name)
-    return Source(name, url, dict(f.hashes), "apt", f"{origin}/{suite}", f.size, also)
+    shown = f"{suite}/{f.path}"  # by-hash names it by its digest: say which index it is
+    return Source(name, url, dict(f.hashes), "apt", f"{origin}/{suite}", f.size, also, shown)
 
 
 # -- deb822 ---------------------------------------------------------------------------------

@@ -55,7 +55,9 @@ class Fill:
 
     @property
     def file(self) -> str:
-        """The file's own name, as the upstream's URL has it."""
+        """The file's own name, as the upstream's URL has it, or as its index names it."""
+        if self.source.shown is not None:
+            return self.source.shown
         return unquote(PurePosixPath(urlsplit(self.source.url).path).name)
 
     @property

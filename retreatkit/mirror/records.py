@@ -45,6 +45,7 @@ class Source:
     package: str  # the project or package it belongs to, for the organiser's lists
     size: int | None = None  # as the index promised, if it did
     aliases: tuple[str, ...] = ()  # other keys the same bytes answer (opam: one per hash)
+    shown: str | None = None  # its name in messages, where its URL's is a hash (apt by-hash)
 
     @property
     def keys(self) -> tuple[str, ...]:

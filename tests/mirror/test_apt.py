@@ -152,6 +152,10 @@ async def test_a_new_release_is_served_only_once_its_indexes_are_held(archive: A
     status, body, headers = await archive.get("/debian/dists/stable/Release")
     assert (status, body) == (200, old)  # the old set, whole, said stale
     assert headers["Warning"] == '110 - "Response is Stale"'
+    assert section(archive.mirror, True, 0)["warnings"] == [  # the index by its name
+        "apt debian/stable: still serving its last complete Release; the upstream's newer"
+        f" one is held back: upstream answered 500 for stable/{PACKAGES}"
+    ]
     archive.upstream.rules.clear()
     status, body, headers = await archive.get("/debian/dists/stable/Release")
     assert body != old and "Warning" not in headers
@@ -200,7 +204,8 @@ async def test_status_says_when_a_new_release_is_held_back(archive: Archive) -> 
     [warning] = section(archive.mirror, True, 0)["warnings"]
     assert warning.startswith(
         "apt debian/stable: still serving its last complete Release; the upstream's newer"
-        f" one is held back: upstream sent bad bytes for {digest}: sha256 mismatch: expected"
+        f" one is held back: upstream sent bad bytes for stable/{PACKAGES}: sha256 mismatch:"
+        f" expected {digest}"
     )
     archive.upstream.rules.clear()
     archive.mirror.fetcher.clock.now += 300  # the bad copy is asked for again
