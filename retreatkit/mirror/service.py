@@ -113,6 +113,7 @@ class Mirror:
         self._pace = pace
         self._pages: dict[str, tuple[Object, bytes]] = {}  # pages the disk could not take
         self._refreshing: Once[str, IndexAnswer] = Once(self.spawn)
+        self._sizing: Once[str, int | None] = Once(self.spawn)  # one HEAD for many asking
         self._check: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._evicting: asyncio.Task[None] | None = None
@@ -405,6 +406,10 @@ class Mirror:
         a client that reads a file by ranges (uv) needs its length before any range."""
         if source.size is not None:
             return source.size
+        # clients asking at once share one HEAD, which goes on if one of them leaves
+        return await asyncio.shield(self._sizing.start(source.name, lambda: self._head(source)))
+
+    async def _head(self, source: Source) -> int | None:
         size = await self.fetcher.size_of(source.url)
         if size is not None:
             known = replace(source, size=size)

@@ -59,6 +59,16 @@ async def test_head_and_a_matching_etag_never_fetch_a_cold_file(env: Env) -> Non
     assert env.mirror.stats.bytes_from_cache + env.mirror.stats.bytes_from_upstream == 0
 
 
+async def test_clients_asking_a_size_at_once_share_one_head_upstream(env: Env) -> None:
+    """Two attendees' uv read the same cold wheel by ranges at once: one HEAD upstream
+    learns its length for both."""
+    filename, data, _ = env.wheels["demo-dep"]
+    url = await env.file_url("demo-dep")
+    heads = await asyncio.gather(*(env.client.head(url) for _ in range(5)))
+    assert [h.headers["Content-Length"] for h in heads] == [str(len(data))] * 5
+    assert env.upstream.counts[f"HEAD /files/{filename}"] == 1
+
+
 @pytest.mark.parametrize("env", [{"as_json": True}], indirect=True)
 async def test_a_cold_head_gives_the_size_the_index_promised(env: Env) -> None:
     filename, data, _ = env.wheels["big-pkg"]
