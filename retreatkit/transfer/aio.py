@@ -185,6 +185,10 @@ async def _serve_many(
                 link, peer = await rendezvous.next()
             except Closed:
                 break
+            except TransferError as exc:  # the relay went away: those served go on
+                failures.append(exc)
+                reporter.say(f"Receiver {number} of {count}: ERROR: {exc}")
+                break
             group.create_task(one(number, link, peer))
     if gate.closed:
         raise PakeFailed(

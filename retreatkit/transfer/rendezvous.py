@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from retreatkit import mdns
 
 MAX_WAITING = 8
+ROOM_RETRY = 2.0  # seconds between asking a relay at its pairs limit for a place again
 Announce = Callable[[str, list[str], int], Awaitable["mdns.Advertisement"]]
 
 
@@ -116,9 +117,16 @@ class RelayRendezvous:
     async def next(self) -> tuple[Link, str]:
         """The next receiver to join: its connection and its address as the relay saw it.
         Closed if the offer closes meanwhile (a failed key exchange of another receiver
-        calls close() while this waits)."""
-        if self._closed or not self._waiting:
-            raise Closed
+        calls close() while this waits). A relay that had no room for the next receiver's
+        place (at its pairs limit) is asked again every ROOM_RETRY seconds: a transfer
+        there ends, and a place frees."""
+        while not self._waiting:
+            if self._closed or self.wanted <= 0:
+                raise Closed
+            try:
+                await self._top_up()
+            except RelayBusy:
+                await asyncio.sleep(ROOM_RETRY)  # a poll of the relay, not a synchronisation
         done, _ = await asyncio.wait(set(self._waiting), return_when=asyncio.FIRST_COMPLETED)
         if self._closed:  # close() took the waiters, and cancelled them
             raise Closed
@@ -130,7 +138,10 @@ class RelayRendezvous:
             await link.close()
             raise
         self.wanted -= 1
-        await self._top_up()
+        with contextlib.suppress(RelayError):
+            # the next receiver's place: this one is served whatever the relay says now,
+            # and the next call asks again
+            await self._top_up()
         return link, paired.text
 
     async def close(self) -> None:

@@ -371,3 +371,32 @@ def test_a_wrong_passphrase_closes_the_offer(
     late = recv_once(relay, home, tmp_path, passphrase)
     assert late.returncode == 1
     assert late.stderr == f"ERROR: the relay says: no sender is waiting on nameplate {nameplate}\n"
+
+
+def test_count_9_at_a_relay_with_room_for_one_pair(home: dict[str, str], tmp_path: Path) -> None:
+    """`--count 9` holds 8 places at the relay and tops them up as receivers come. At a
+    relay at its pairs limit (`pairs = 1`), the top-up after the first pairing is refused
+    (`busy`): the receiver just paired is served all the same (the refusal ended the
+    offer, that receiver with it), and the next one too."""
+    toml = tmp_path / "retreat.toml"
+    toml.write_text("[relay]\npairs = 1\n")
+    relay = start_relay(toml)
+    sender = None
+    try:
+        src = tmp_path / "slides.pdf"
+        src.write_bytes(os.urandom(MIB))
+        sender = bob(home, "send", "--relay", relay.address, "--no-direct", "--count", "9",
+                     str(src))  # fmt: skip
+        passphrase = sender.wait_for(r"^Passphrase: (\S+)$")[1]
+        for i in range(2):
+            out = tmp_path / f"out{i}"
+            out.mkdir()
+            got = recv_once(relay, home, out, passphrase)
+            assert got.returncode == 0, got.stderr
+            assert (out / "slides.pdf").read_bytes() == src.read_bytes()
+            sender.wait_for(rf"^Receiver {i + 1} of 9: done$")
+        assert not [line for line in sender.seen if "ERROR" in line]
+    finally:
+        if sender is not None:
+            sender.stop()
+        relay.stop()
