@@ -16,7 +16,7 @@ import pytest
 from retreatkit import mdns
 from retreatkit.relay import wire
 from retreatkit.testing import RelayProcess, start_relay
-from retreatkit.transfer import codes, find
+from retreatkit.transfer import codes, find, rendezvous
 from retreatkit.transfer.aio import via_relay
 from retreatkit.transfer.link import Relay
 from retreatkit.transfer.machine import Session
@@ -173,3 +173,49 @@ async def test_a_relay_with_no_room_is_no_relay_for_the_sender(
             f"No relay took the offer (the relay says: {why}): the receiver finds this"
             f" computer on the LAN (nameplate {mine} advertised)"
         ]
+
+
+async def test_a_place_the_full_relay_refused_is_asked_for_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--count 10` holds 8 places and tops them up after each pairing. A relay at its
+    pairs limit refuses every top-up (`busy`): each paired receiver is served all the
+    same, and with no place left the next one is asked for again until there is room."""
+    monkeypatch.setattr(rendezvous, "ROOM_RETRY", 0.01)
+    places: list[asyncio.StreamWriter] = []
+    busy_left = 9  # the 8 top-ups after the pairings, then one more refusal
+    asked = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal busy_left, asked
+        await reader.readline()
+        asked += 1
+        if asked > 8 and busy_left:
+            busy_left -= 1
+            writer.write(b"busy the relay carries as many transfers as it may (1)\n")
+            writer.close()
+            return
+        writer.write(b"ok 77\n")
+        places.append(writer)
+
+    server = await asyncio.start_server(serve, HERE, 0)
+    relay = Relay(HERE, server.sockets[0].getsockname()[1])
+    held = RelayRendezvous(relay, 10, 5.0, REACH, REACH)
+    try:
+        assert await held.open(None) == "77"
+        for n in range(9):  # the 9th only once a refused place was asked for again
+            coming = asyncio.ensure_future(held.next())
+            async with asyncio.timeout(10):
+                while len(places) <= n:  # the place the relay will pair, once it holds it
+                    await asyncio.sleep(0.01)  # a poll of the fake relay, not a synchronisation
+            places[n].write(f"paired 10.9.9.{n}:1\n".encode())
+            link, peer = await asyncio.wait_for(coming, 10)
+            assert peer == f"10.9.9.{n}:1"
+            await link.close()
+        # 8 places, 9 refusals, the 9th's place, and the 10th's once the relay had room
+        assert (asked, busy_left) == (8 + 9 + 2, 0)
+    finally:
+        await held.close()
+        for writer in places:
+            writer.close()
+        server.close()
