@@ -246,6 +246,7 @@ class VmService:
         self._runner: web.AppRunner | None = None
         self._started = 0.0
         self._stopped: list[str] = []  # the guests that ran when it was told to stop
+        self._ending: asyncio.TimerHandle | None = None  # the end once idle, not yet come
 
     async def start(self, registry: CollectorRegistry, say: Callable[[str], None]) -> None:
         self._started = time.monotonic()
@@ -304,15 +305,19 @@ class VmService:
     def _idle(self) -> None:
         # a few dashboard polls more: a dashboard then reads how the last guest ended and
         # that nothing runs, so the silence after reads "ended", not "cannot connect"
-        asyncio.get_running_loop().call_later(IDLE_LINGER, self._end_if_idle)
+        if self._ending is None:
+            self._ending = asyncio.get_running_loop().call_later(IDLE_LINGER, self._end_if_idle)
 
     def _end_if_idle(self) -> None:
+        self._ending = None
         if self.supervisor is not None and self.supervisor.active:
             return  # a guest was started meanwhile
         log.info("no guest left running; the supervisor stops")
         os.kill(os.getpid(), signal.SIGTERM)
 
     async def stop(self) -> None:
+        if self._ending is not None:  # stopping already: no second SIGTERM
+            self._ending.cancel()
         if self.supervisor is not None:
             self._stopped = sorted(n for n, e in self.supervisor.guests.items() if e.running)
             await self.supervisor.close()

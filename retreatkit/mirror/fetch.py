@@ -441,6 +441,10 @@ def _why(exc: BaseException | None) -> str:
     return text.splitlines()[0][:200]
 
 
+INDEX_TOO_LARGE = "upstream index is larger than the mirror's limit"
+INDEX_CUT = "upstream cut the index short"
+
+
 def _decoded(coding: str, body: bytes, limit: int, url: str) -> bytes:
     """An index page's bytes as published, from the content coding it crossed in; as
     bounded as the page itself (a small gzip can hold gigabytes of zeros)."""
@@ -455,21 +459,21 @@ def _decoded(coding: str, body: bytes, limit: int, url: str) -> bytes:
     except zlib.error as exc:
         raise BadUpstreamData(f"{url}: upstream sent a broken gzip page ({exc})") from None
     if len(out) > limit:
-        raise BadUpstreamData("upstream index is larger than the mirror's limit")
+        raise BadUpstreamData(INDEX_TOO_LARGE)
     if not unpack.eof:
-        raise BadUpstreamData("upstream cut the index short")
+        raise BadUpstreamData(INDEX_CUT)
     return out
 
 
 async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     if response.content_length is not None and response.content_length > limit:
-        raise BadUpstreamData("upstream index is larger than the mirror's limit")
+        raise BadUpstreamData(INDEX_TOO_LARGE)
     chunks, size = [], 0
     async for chunk in response.content.iter_chunked(CHUNK):
         size += len(chunk)
         if size > limit:
-            raise BadUpstreamData("upstream index is larger than the mirror's limit")
+            raise BadUpstreamData(INDEX_TOO_LARGE)
         chunks.append(chunk)
     if response.content_length is not None and size != response.content_length:
-        raise BadUpstreamData("upstream cut the index short")
+        raise BadUpstreamData(INDEX_CUT)
     return b"".join(chunks)

@@ -70,7 +70,7 @@ def read(section: dict[str, Any]) -> Reading:
 
     upstreams = each("upstreams", section["upstreams"], dns_server)
     records = each("records", table_records(section["records"]), table_record)
-    records += each("records", record_texts(section), parse_record)
+    records += each("records", list(section.get("record_flags", [])), parse_record)
     try:
         LocalNames(records).check_loops()  # a loop is refused at start, never answered
     except ValueError as exc:
@@ -134,11 +134,6 @@ def problems(section: dict[str, Any], reading: Reading | None = None) -> list[tu
     """What in [nameserver] (flags applied) cannot work, as (key, one line), found before
     anything listens; `reading`, if given, is `read(section)` done already."""
     return [*list_problems(section), *(reading or read(section)).problems]
-
-
-def record_texts(section: dict[str, Any]) -> list[str]:
-    """The --record flags, each as NAME=VALUE."""
-    return list(section.get("record_flags", []))
 
 
 def table_records(table: dict[str, Any]) -> list[tuple[str, Any]]:

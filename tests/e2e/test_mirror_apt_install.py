@@ -9,13 +9,16 @@ apt-get has every folder of its own (AptClient), so the host's apt is never touc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +36,26 @@ pytestmark = [
 
 lan = attendee("i", prefix="apw")
 SUITE = "bookworm"
+
+
+@contextlib.contextmanager
+def mirrored(
+    tmp_path: Path, root: Path, lan: Netns, **options: Any
+) -> Iterator[tuple[Server, Server, str]]:
+    """The upstream serving `root`, and a mirror of its `debian` archive on the
+    attendees' LAN address: (upstream, mirror, admin URL)."""
+    upstream = start_upstream(root)
+    try:
+        mirror, admin = start_mirror(
+            tmp_path / "store", apt={"debian": upstream.url + "debian"},
+            listen=f"{lan.host}:0", **options,
+        )  # fmt: skip
+        try:
+            yield upstream, mirror, admin
+        finally:
+            mirror.stop()
+    finally:
+        upstream.stop()
 
 
 def debs(build: Path) -> dict[str, bytes]:
@@ -73,12 +96,7 @@ def test_attendees_install_with_dependencies_then_with_the_uplink_gone(
     served += [*(root / "debian" / "pool").rglob("*.deb")]
     rules = {"/" + str(p.relative_to(root)): "gzip" for p in served if p.is_file()}
     (root / ".behaviours.json").write_text(json.dumps(rules))
-    upstream = start_upstream(root)
-    mirror, _admin = start_mirror(
-        tmp_path / "store", apt={"debian": upstream.url + "debian"}, ttl=0,
-        listen=f"{lan.host}:0",
-    )  # fmt: skip
-    try:
+    with mirrored(tmp_path, root, lan, ttl=0) as (upstream, mirror, _admin):
         for round_ in ("online", "offline"):
             apt = attendee_apt(tmp_path / f"apt-{round_}", mirror, signer)
             for command in (["update"], ["install", "-y", "hello-rk"]):
@@ -90,9 +108,6 @@ def test_attendees_install_with_dependencies_then_with_the_uplink_gone(
             data = apt.state / "root/usr/share/doc/hello-data-rk/README"
             assert data.read_text() == "hello-data-rk 1.0\n"
             upstream.stop()
-    finally:
-        mirror.stop()
-        upstream.stop()
 
 
 def test_a_deb_of_another_size_than_its_index_says_is_refused_before_its_bytes_cross(
@@ -107,11 +122,7 @@ def test_a_deb_of_another_size_than_its_index_says_is_refused_before_its_bytes_c
     write_apt(root / "debian", SUITE, made, signer)
     pool = root / "debian" / "pool" / "main" / "h" / "hello-data-rk" / "hello-data-rk_1.0_all.deb"
     pool.write_bytes(pool.read_bytes() + b"mid-sync")
-    upstream = start_upstream(root)
-    mirror, admin = start_mirror(
-        tmp_path / "store", apt={"debian": upstream.url + "debian"}, listen=f"{lan.host}:0"
-    )
-    try:
+    with mirrored(tmp_path, root, lan) as (_upstream, mirror, admin):
         apt = attendee_apt(tmp_path / "apt", mirror, signer)
         assert apt.run("update", argv=lan.argv([])).returncode == 0
         done = apt.run("install", "-y", "hello-rk", argv=lan.argv([]))
@@ -130,9 +141,6 @@ def test_a_deb_of_another_size_than_its_index_says_is_refused_before_its_bytes_c
         index = root / "debian" / "dists" / SUITE / "main" / f"binary-{arch()}" / "Packages.xz"
         crossed = index.stat().st_size + sum(len(d) for d in made.values()) - size
         assert status["upstream_bytes"] == crossed
-    finally:
-        mirror.stop()
-        upstream.stop()
 
 
 def test_an_unchanged_release_is_a_hit_for_apt_and_a_new_one_is_not(
@@ -144,13 +152,8 @@ def test_an_unchanged_release_is_a_hit_for_apt_and_a_new_one_is_not(
     made = debs(tmp_path / "build")
     root = tmp_path / "upstream"
     write_apt(root / "debian", SUITE, made, signer)
-    upstream = start_upstream(root)
-    mirror, _admin = start_mirror(
-        tmp_path / "store", apt={"debian": upstream.url + "debian"}, ttl=0,
-        listen=f"{lan.host}:0",
-    )  # fmt: skip
-    where = f"{mirror.url}debian {SUITE}"
-    try:
+    with mirrored(tmp_path, root, lan, ttl=0) as (_upstream, mirror, _admin):
+        where = f"{mirror.url}debian {SUITE}"
         apt = attendee_apt(tmp_path / "apt", mirror, signer)
         first = apt.run("update", argv=lan.argv([]))
         assert f"Get:1 {where} InRelease [" in first.stdout, first.stdout
@@ -167,9 +170,6 @@ def test_an_unchanged_release_is_a_hit_for_apt_and_a_new_one_is_not(
         assert f"Get:2 {where}/main {arch()} Packages [" in pushed.stdout, pushed.stdout
         done = apt.run("install", "-y", "hello-rk", argv=lan.argv([]))
         assert "Setting up hello-rk (1.1) ..." in done.stdout, (done.stdout, done.stderr)
-    finally:
-        mirror.stop()
-        upstream.stop()
 
 
 def test_apt_shows_the_whole_line_of_a_deb_with_bad_bytes_and_when_the_mirror_asks_again(
@@ -185,11 +185,7 @@ def test_apt_shows_the_whole_line_of_a_deb_with_bad_bytes_and_when_the_mirror_as
     data = bytearray(pool.read_bytes())
     data[len(data) // 2] ^= 0xFF  # the right length, one byte flipped
     pool.write_bytes(bytes(data))
-    upstream = start_upstream(root)
-    mirror, _admin = start_mirror(
-        tmp_path / "store", apt={"debian": upstream.url + "debian"}, listen=f"{lan.host}:0"
-    )
-    try:
+    with mirrored(tmp_path, root, lan) as (_upstream, mirror, _admin):
         apt = attendee_apt(tmp_path / "apt", mirror, signer)
         assert apt.run("update", argv=lan.argv([])).returncode == 0
         want = hashlib.sha256(made[filename]).hexdigest()
@@ -204,6 +200,3 @@ def test_apt_shows_the_whole_line_of_a_deb_with_bad_bytes_and_when_the_mirror_as
         again = apt.run("install", "-y", "libretreatkit-hello-common", argv=lan.argv([]))
         retry = rf"{re.escape(said)}; next try in \d+ s \[IP: "
         assert re.search(retry, again.stderr), again.stderr
-    finally:
-        mirror.stop()
-        upstream.stop()
