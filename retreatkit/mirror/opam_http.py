@@ -6,6 +6,7 @@ request is what counts a package in /status.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 
@@ -68,9 +69,19 @@ async def index(request: web.Request) -> web.Response:
         raise UpstreamError("no opam upstream configured (--opam URL)")
     url = mirror.settings.opam.rstrip("/") + "/index.tar.gz"
     answer = await mirror.index("opam/index.tar.gz", url, "*/*", _process, opam.MAX_INDEX)
-    page = Page(answer.body, f'"{answer.obj.digest}"', "application/gzip")
+    base = respond.client_base(mirror, request.headers.get("Host"))
+    variant = ("opam", answer.obj.digest, base)
+    page = mirror.renders.get(variant)
+    if page is None:
+        page = await mirror.offload(_for_client, answer.body, base)
+        mirror.renders.put(variant, page)
     max_age = math.ceil(mirror.settings.index_ttl - (time.time() - answer.obj.fetched))
     return respond.page(request, page, stale=answer.stale, offline=False, max_age=max_age)
+
+
+def _for_client(body: bytes, base: str) -> Page:
+    out = opam.for_client(body, base)
+    return Page(out, f'"{hashlib.sha256(out).hexdigest()}"', "application/gzip")
 
 
 async def archive(request: web.Request) -> web.StreamResponse:
