@@ -4,7 +4,7 @@ The index the mirror serves names the mirror as every archive's `src`, with no
 `mirrors`: opam tries the `archive-mirrors` cache first and, when that fails, the
 package's own URLs, which offline hang in opam's curl (it sets no time limit) on an
 uplink that drops packets. With the mirror as the only URL, an archive the mirror cannot
-give fails at once, in the mirror's words. The kept index names the mirror by a
+give fails as soon as opam's curl has asked the mirror again. The kept index names the mirror by a
 placeholder (`BASE`); `for_client` puts in the name each client used.
 """
 

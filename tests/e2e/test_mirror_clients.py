@@ -285,12 +285,16 @@ def test_opam_fails_at_once_for_an_archive_the_mirror_cannot_get(tmp_path: Path)
                  "default", f"{mirror.url}opam"],
                 ["opam", "switch", "create", "demo", "--empty"],
                 ["opam", "source", "held.1.0", "--dir", str(tmp_path / "held")],
+                ["opam", "show", "lost.1.0", "--field=url.src:"],  # as the README says
             ]  # fmt: skip
             for step in steps:
                 done = subprocess.run(
                     step, capture_output=True, text=True, timeout=TIMEOUT, env=env
                 )
                 assert done.returncode == 0, (step, done.stdout, done.stderr)
+            digest = hashlib.sha256(packages["lost.1.0"]).hexdigest()
+            cache = f"{mirror.url}opam/cache/sha256/{digest[:2]}/{digest}"
+            assert done.stdout == f'"{cache}"\n'
             (root / ".behaviours.json").write_text(json.dumps({lost: "silent"}))
             try:
                 done = subprocess.run(
@@ -304,8 +308,6 @@ def test_opam_fails_at_once_for_an_archive_the_mirror_cannot_get(tmp_path: Path)
         stats = get_json(f"{server.url}_stats")
     finally:
         server.stop()
-    digest = hashlib.sha256(packages["lost.1.0"]).hexdigest()
-    cache = f"{mirror.url}opam/cache/sha256/{digest[:2]}/{digest}"
     assert done.returncode != 0
     assert f"Download failed: {cache} (curl: code 504" in done.stderr, done.stderr
     assert stats.get(lost, 0) >= 1 and f"opam {lost}" not in stats  # the mirror's tries only
