@@ -70,11 +70,7 @@ async def index(request: web.Request) -> web.Response:
     url = mirror.settings.opam.rstrip("/") + "/index.tar.gz"
     answer = await mirror.index("opam/index.tar.gz", url, "*/*", _process, opam.MAX_INDEX)
     base = respond.client_base(mirror, request.headers.get("Host"))
-    variant = ("opam", answer.obj.digest, base)
-    page = mirror.renders.get(variant)
-    if page is None:
-        page = await mirror.offload(_for_client, answer.body, base)
-        mirror.renders.put(variant, page)
+    page = await mirror.render(("opam", answer.obj.digest, base), _for_client, answer.body, base)
     max_age = math.ceil(mirror.settings.index_ttl - (time.time() - answer.obj.fetched))
     return respond.page(request, page, stale=answer.stale, offline=False, max_age=max_age)
 

@@ -114,6 +114,7 @@ class Mirror:
         self._pages: dict[str, tuple[Object, bytes]] = {}  # pages the disk could not take
         self._refreshing: Once[str, IndexAnswer] = Once(self.spawn)
         self._sizing: Once[str, int | None] = Once(self.spawn)  # one HEAD for many asking
+        self._rendering: Once[tuple[str, ...], Page] = Once(self.spawn)
         self._check: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._evicting: asyncio.Task[None] | None = None
@@ -136,6 +137,20 @@ class Mirror:
         self._check = asyncio.create_task(check())
         self.spawn(flush())
         self.evict_if_over()
+
+    async def render(self, key: tuple[str, ...], make: Callable[..., Page], *args: Any) -> Page:
+        """A page as clients get it, from `renders`, else made off the loop by `make(*args)`
+        once for everyone asking meanwhile (a whole opam index takes seconds to make)."""
+        page = self.renders.get(key)
+        if page is not None:
+            return page
+
+        async def work() -> Page:
+            made: Page = await self.offload(make, *args)
+            self.renders.put(key, made)
+            return made
+
+        return await asyncio.shield(self._rendering.start(key, work))
 
     def spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         """Background work the mirror owns: cancelled when it closes."""

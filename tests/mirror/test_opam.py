@@ -3,6 +3,7 @@ their own file name, so the organiser can tell which package came or failed."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import io
@@ -10,7 +11,9 @@ import logging
 import re
 import shutil
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -202,3 +205,31 @@ def test_the_served_index_names_the_mirror_as_every_archives_only_url() -> None:
     assert served["repo"] == opam.REPO_FILE.decode()
     other = _served(opam.for_client(kept, "http://10.0.0.5:8000"))
     assert "http://10.0.0.5:8000/opam/cache/sha256/" in other["packages/a/a.1.0/opam"]
+
+
+async def test_each_clients_index_is_made_once_for_everyone_asking_at_once(
+    tmp_path: Path,
+) -> None:
+    """The index names the mirror as each client named it, so it is made per name, which
+    takes seconds for opam-repository: a room of `opam update`s at once makes it once."""
+    root = tmp_path / "upstream"
+    root.mkdir()
+    made: list[str] = []
+
+    async def counting(fn: Callable[..., Any], *args: Any) -> Any:
+        if fn.__name__ == "_for_client":
+            made.append(args[1])
+        return await asyncio.to_thread(fn, *args)
+
+    async with fakeupstream.serving(root) as upstream:
+        write_opam(root / "opam", f"{upstream.url}opam/", {"hello.1.0": b"x"})
+        config = dataclasses.replace(settings(tmp_path / "store"), opam=f"{upstream.url}opam")
+        async with mirror_client(config, offload=counting) as (client, _):
+            hosts = ["mirror.retreat.lan:8000"] * 8 + ["10.0.0.5:8000"] * 4
+            answers = await asyncio.gather(
+                *(client.get("/opam/index.tar.gz", headers={"Host": h}) for h in hosts)
+            )
+            bodies = [await r.read() for r in answers]
+    assert sorted(made) == ["http://10.0.0.5:8000", "http://mirror.retreat.lan:8000"]
+    for host, body in zip(hosts, bodies, strict=True):
+        assert f"http://{host}/opam/cache/sha256/" in _served(body)["packages/hello/hello.1.0/opam"]
