@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from retreatkit.mirror import fakeupstream, opam
+from retreatkit.mirror import fakeupstream, opam, opam_http
 from retreatkit.mirror.testing import (
     Clock,
     make_source_tarball,
@@ -211,7 +211,8 @@ async def test_each_clients_index_is_made_once_for_everyone_asking_at_once(
     tmp_path: Path,
 ) -> None:
     """The index names the mirror as each client named it, so it is made per name, which
-    takes seconds for opam-repository: a room of `opam update`s at once makes it once."""
+    takes seconds for opam-repository: a room of `opam update`s at once makes it once,
+    and Host headers made up one after another make it a bounded number of times."""
     root = tmp_path / "upstream"
     root.mkdir()
     made: list[str] = []
@@ -233,3 +234,15 @@ async def test_each_clients_index_is_made_once_for_everyone_asking_at_once(
     assert sorted(made) == ["http://10.0.0.5:8000", "http://mirror.retreat.lan:8000"]
     for host, body in zip(hosts, bodies, strict=True):
         assert f"http://{host}/opam/cache/sha256/" in _served(body)["packages/hello/hello.1.0/opam"]
+    # names made up one after another each cost a whole index up to a bound, then nothing
+    made.clear()
+    async with fakeupstream.serving(root) as upstream:
+        write_opam(root / "opam", f"{upstream.url}opam/", {"hello.1.0": b"x"})
+        config = dataclasses.replace(settings(tmp_path / "other"), opam=f"{upstream.url}opam")
+        async with mirror_client(config, offload=counting) as (client, mirror):
+            for n in range(opam_http.MAX_NAMES + 5):
+                r = await client.get("/opam/index.tar.gz", headers={"Host": f"x{n}.example"})
+                assert r.status == 200
+            beyond = _served(await r.read())["packages/hello/hello.1.0/opam"]
+    assert len(made) == opam_http.MAX_NAMES + 1  # the last five share the mirror's own name
+    assert f'src: "{mirror.lan_url}/opam/cache/sha256/' in beyond
