@@ -181,8 +181,8 @@ def for_client(index: bytes, base: str) -> bytes:
     Only opam files change, and only in their `src` URLs."""
     name = base.rstrip("/").encode()
     out = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(gzip.decompress(index)), mode="r:") as tar,
+    with (  # read as a stream: the kept index was checked, and its tar is never whole here
+        tarfile.open(fileobj=io.BytesIO(index), mode="r|gz") as tar,
         tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as new,
     ):
         for member in tar:
