@@ -328,7 +328,10 @@ class Mirror:
             except BadUpstreamData as exc:
                 self.fetcher.count(exc)
                 raise
-        except UpstreamError as exc:
+        except (UpstreamError, NotFound) as exc:
+            # a page held is served stale whatever the upstream says, a 404 too: with the
+            # uplink cut, what answers may be the venue's proxy or portal, whose 404 for
+            # everything would otherwise take every page (and opam's index) from clients
             if cached is None:
                 raise
             if not isinstance(exc, UpstreamDown):
