@@ -1,8 +1,8 @@
 """The uplink cut, and something else answering in its place: the venue's proxy or
-portal, which answers 404 to everything. Real pip, uv and opam on an attendee's machine
-still install what the mirror holds: the pages it holds are served stale, not taken from
-clients by that 404 (pip said `No matching distribution found` for a package it held,
-and opam could not update its repository at all)."""
+portal, which answers 404 to everything, or its login page. Real pip, uv and opam on an
+attendee's machine still install what the mirror holds: the pages it holds are served
+stale, not taken from clients by that answer (pip said `No matching distribution found`
+for a package it held, and after a 404 opam could not update its repository at all)."""
 
 from __future__ import annotations
 
@@ -40,9 +40,17 @@ UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
 lan = attendee("p", prefix="pwpt")
 
 
-def portal(root: Path, port: int) -> Server:
-    """A server on the upstream's port that has nothing: 404 to every request."""
+LOGIN = "<html><head><title>Wi-Fi</title></head><body><form>Log in</form></body></html>\n"
+
+
+def portal(root: Path, port: int, login: bool) -> Server:
+    """A server on the upstream's port that has nothing: 404 to every request, or its
+    login page (200) for the pages the mirror asks."""
     root.mkdir()
+    if login:
+        for page in ("simple/held/index.html", "opam/index.tar.gz"):
+            (root / page).parent.mkdir(parents=True, exist_ok=True)
+            (root / page).write_text(LOGIN)
     argv = [sys.executable, "-m", "retreatkit.mirror.fakeupstream", str(root), "--port", str(port)]
     proc = Process.start(argv)
     try:
@@ -57,8 +65,9 @@ def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=180, **kw)
 
 
-def test_what_the_mirror_holds_installs_while_a_portal_answers_404(
-    tmp_path: Path, lan: Netns
+@pytest.mark.parametrize("login", [False, True], ids=["404", "login-page"])
+def test_what_the_mirror_holds_installs_while_a_portal_answers(
+    tmp_path: Path, lan: Netns, login: bool
 ) -> None:
     root = tmp_path / "upstream"
     write_pypi(root, {"held": [make_wheel("held", "1.0")]}, as_json=True)
@@ -90,7 +99,7 @@ def test_what_the_mirror_holds_installs_while_a_portal_answers_404(
         upstream.stop()
         port = urlsplit(u).port
         assert port is not None
-        stand_in = portal(tmp_path / "portal", port)
+        stand_in = portal(tmp_path / "portal", port, login)
         for step in (
             [*pip, str(tmp_path / "pip")],
             [*uv, str(tmp_path / "uv")],
