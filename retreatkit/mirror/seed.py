@@ -168,7 +168,8 @@ class Seeder:
         so pip and uv can build them with no uplink."""
         for _ in range(BUILD_ROUNDS):
             wants: dict[str, Want] = {}
-            for item, data in self._kept.items():
+            by_file = sorted(self._kept.items(), key=lambda kept: kept[0].path.rsplit("/")[-1])
+            for item, data in by_file:  # in the order of their names: notes in a known order
                 file = item.path.rsplit("/", 1)[-1]
                 if item.path.endswith(".metadata"):
                     found = buildreqs.of_metadata(data)
