@@ -108,13 +108,19 @@ async def file(request: web.Request, name: str) -> web.StreamResponse:
     return await cold(request, mirror, mirror.source(name))
 
 
-async def blob(request: web.Request, mirror: Mirror, found: Blob) -> web.StreamResponse:
-    """A verified file from the store: from memory if small, else by sendfile."""
+async def blob(
+    request: web.Request, mirror: Mirror, found: Blob, *, hit: bool = True
+) -> web.StreamResponse:
+    """A verified file from the store: from memory if small, else by sendfile. `hit`
+    False: the file was not held when the request came (made for it just now)."""
     obj, stats = found.obj, mirror.stats
     etag = ranges.etag_of(obj.digest)
-    headers = _file_headers(etag, obj.content_type, hit=True)
+    headers = _file_headers(etag, obj.content_type, hit=hit)
     plan = ranges.plan(request.method, request.headers, etag, obj.size)
-    stats.hits += 1
+    if hit:
+        stats.hits += 1
+    else:
+        stats.misses += 1
     if plan.status in (304, 416):
         return _bodiless(plan, headers)
     if plan.content_range is not None:

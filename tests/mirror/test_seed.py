@@ -234,8 +234,8 @@ async def test_seeding_an_sdist_fetches_what_builds_it(tmp_path: Path) -> None:
                 seeded = await Seeder(session, base, on_total=totals.append).run(wants)
     assert seeded.failed == []
     assert seeded.notes == [
-        "demo-backend>=1: took 2.0 to build needs_build-1.0.tar.gz",
         "setuptools>=40.8.0: took 80.0 to build legacy-1.0.tar.gz",
+        "demo-backend>=1: took 2.0 to build needs_build-1.0.tar.gz",
         "helper: took 1.0 needed by demo_backend-2.0-py3-none-any.whl",
     ]
     fetched = {path.removeprefix("/files/") for path in upstream.counts}
@@ -243,3 +243,16 @@ async def test_seeding_an_sdist_fetches_what_builds_it(tmp_path: Path) -> None:
             "helper-1.0-py3-none-any.whl"} <= fetched  # fmt: skip
     assert not any(name.startswith(("docs_only", "demo_backend-1.0")) for name in fetched)
     assert totals == [4, 8, 10]  # the bar grows by each round, never starts again
+
+
+async def test_a_metadata_file_made_from_a_wheel_held_counts_as_fetched(env: Env) -> None:
+    """The seed asks for a wheel and its metadata file at once; the mirror makes the file
+    from the wheel when it holds that already. It was not there before: counted as
+    fetched (said as `already there`, the end-to-end seed's count of 12 fetched failed
+    whenever the wheel won the race)."""
+    r = await env.client.get(await env.file_url("demo-dep"))  # the wheel alone, as uv takes it
+    assert r.status == 200
+    base = str(env.client.make_url("")).rstrip("/")
+    async with aiohttp.ClientSession() as session:
+        seeded = await Seeder(session, base).run([Want("pypi", "demo-dep", "2.0")])
+    assert (seeded.fetched, seeded.already, seeded.failed) == (1, 1, [])
