@@ -3,9 +3,9 @@
 The index the mirror serves names the mirror as every archive's `src`, with no
 `mirrors`: opam tries the `archive-mirrors` cache first and, when that fails, the
 package's own URLs, which offline hang in opam's curl (it sets no time limit) on an
-uplink that drops packets. With the mirror as the only URL, an archive the mirror cannot
-give fails as soon as opam's curl has asked the mirror again. The kept index names the mirror by a
-placeholder (`BASE`); `for_client` puts in the name each client used.
+uplink that drops packets. With the mirror as the only URL, an archive the mirror
+cannot give fails as soon as opam's curl has asked the mirror again. The kept index
+names the mirror by a placeholder (`BASE`); `for_client` puts in each client's name.
 """
 
 from __future__ import annotations
@@ -230,10 +230,11 @@ def read_index(data: bytes) -> tuple[bytes, list[Archive]]:
                     and member.size <= MAX_OPAM_FILE
                 ):
                     package = member.name.rstrip("/").split("/")[-2]
-                    text, declared = _at_mirror(content.decode("utf-8", "replace"), package)
+                    text = content.decode("utf-8", "replace")
+                    rewritten, declared = _at_mirror(text, package)
                     found.extend(declared)
-                    if declared:
-                        content = text.encode()
+                    if rewritten != text:  # else the bytes as they came, invalid UTF-8 too
+                        content = rewritten.encode()
                         member.size = len(content)
                 new.addfile(member, io.BytesIO(content) if member.isfile() else None)
             if not saw_repo:
