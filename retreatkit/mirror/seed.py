@@ -200,7 +200,7 @@ class Seeder:
                         size += len(chunk)
                         if item.keep and size <= MAX_KEPT:
                             kept.append(chunk)
-                    if item.keep:
+                    if item.keep and size <= MAX_KEPT:
                         self._kept[item] = b"".join(kept)
                     if r.headers.get("X-Cache") == "HIT":
                         self.summary.already += 1
