@@ -103,7 +103,8 @@ def add_arguments(mirror: argparse.ArgumentParser) -> None:
                       help="requirements.txt, pylock.toml, uv.lock, package-lock.json, an opam "
                       "switch export, or opam:LIST, apt:LIST (one name a line); exactly what "
                       "they list (a requirements.txt from pip freeze or uv pip compile lists "
-                      "the dependencies too), Debian packages with their Depends")  # fmt: skip
+                      "the dependencies too), and what builds their sdists; Debian packages "
+                      "with their Depends")  # fmt: skip
     export = actions.add_parser("export", help="copy a store into a self-verifying bundle")
     export.add_argument(
         "--store", metavar="DIR", default=KEPT, help="default: the user's data folder"

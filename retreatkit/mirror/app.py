@@ -33,6 +33,7 @@ def make_app(mirror: Mirror) -> web.Application:
     app.router.add_routes(pypi_http.routes())
     app.router.add_routes(opam_http.routes())
     app[opam_http.PACKAGES] = opam_http.Packages()
+    app[opam_http.NAMES] = opam_http.Names()
     app.router.add_routes(npm_http.routes())
     app.router.add_get("/lists/{key}", cached_list)
     apt_http.install(app)  # last but one: its `/NAME/...` would match any path

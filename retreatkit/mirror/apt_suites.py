@@ -72,7 +72,7 @@ class Suites:
         running = self._running.start(key, lambda: self._revalidate(origin, suite, cur))
         try:
             fresh = await self.mirror.waited(running, url, held=cur is not None, down=down)
-        except UpstreamError:
+        except (UpstreamError, NotFound):  # a 404 too: a portal's, perhaps (Mirror._revalidate)
             if cur is None:
                 raise
             fresh = None

@@ -22,7 +22,7 @@ read at each request:
 A file answers with its modification time as `Last-Modified`. A folder answers with its
 `index.json` (PEP 691, an npm packument) to a client that accepts JSON or when it has no
 `index.html`, else its `index.html`. `GET /_stats` gives {path: GETs, "HEAD path": HEADs,
-"gzip path": answers sent gzipped}.
+"gzip path": answers sent gzipped, "opam path": requests opam itself sent}.
 It is a raw asyncio server because a real server would not let a test send a body cut
 short without Content-Length.
 """
@@ -85,6 +85,8 @@ class Upstream:
         }
         path = unquote(urlsplit(target).path)
         self.counts[path if method != "HEAD" else f"HEAD {path}"] += 1
+        if headers.get("user-agent", "").startswith("opam/"):  # opam's own, not the mirror's
+            self.counts[f"opam {path}"] += 1
         self.asked.set()
         try:
             await self._respond(writer, method, path, headers)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import time
 from functools import partial
 
@@ -23,7 +22,6 @@ from retreatkit.mirror.records import Processed
 from retreatkit.mirror.respond import mirror_of
 from retreatkit.mirror.service import IndexAnswer, Mirror
 
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:\d{1,5})?$")
 SCOPE = "{scope:@[^/]+}"
 
 
@@ -52,14 +50,6 @@ def _name(request: web.Request) -> str:
     if not npm.valid_name(name):
         raise NotFound("not an npm package name")
     return name
-
-
-def base_url(mirror: Mirror, host: str | None) -> str:
-    """Where this client reaches the mirror: the name it used (a loopback name included:
-    the tarball URLs are for this client only), else the organiser's setting."""
-    if host and _HOST.match(host):
-        return f"http://{host}"
-    return (mirror.settings.public_url or mirror.lan_url).rstrip("/")
 
 
 def _upstream(mirror: Mirror) -> str:
@@ -98,7 +88,7 @@ async def packument(request: web.Request) -> web.Response:
     answer = await read(mirror, name, abbreviated)
     url = npm.upstream_url(_upstream(mirror), name)
     offline = answer.stale or mirror.ecosystem_down("npm", url)
-    base = base_url(mirror, request.headers.get("Host"))
+    base = respond.client_base(mirror, request.headers.get("Host"))
     obj = answer.obj
     variant = (obj.digest, base, "offline" if offline else "", str(mirror.generation[name]))
     page = mirror.renders.get(variant)

@@ -1,4 +1,12 @@
-"""opam repositories: read index.tar.gz, find every archive and its checksums (no I/O)."""
+"""opam repositories: read index.tar.gz, find every archive and its checksums (no I/O).
+
+The index the mirror serves names the mirror as every archive's `src`, with no
+`mirrors`: opam tries the `archive-mirrors` cache first and, when that fails, the
+package's own URLs, which offline hang in opam's curl (it sets no time limit) on an
+uplink that drops packets. With the mirror as the only URL, an archive the mirror
+cannot give fails as soon as opam's curl has asked the mirror again. The kept index
+names the mirror by a placeholder (`BASE`); `for_client` puts in each client's name.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,10 @@ from retreatkit.mirror.records import Processed, Source
 REPO_FILE = b'opam-version: "2.0"\narchive-mirrors: "cache"\n'
 MAX_INDEX = 512 * 1024 * 1024
 MAX_OPAM_FILE = 1024 * 1024
+BASE = "http://retreatkit-mirror.invalid"  # the kept index's name for the mirror
+_BASE_BYTES = BASE.encode()
+_PREFERRED = ("sha256", "sha512", "md5")  # the cache path a rewritten `src` names
+_FETCHED = ("http://", "https://")  # the URLs the mirror fetches archives from
 _TOKEN = re.compile(
     r'"""(?P<tstr>.*?)"""|"(?P<str>(?:[^"\\]|\\.)*)"|(?P<comment>#[^\n]*|\(\*.*?\*\))'
     r"|(?P<punct>[{}\[\]():])|(?P<word>[^\s{}\[\]():\"]+)|(?P<space>\s+)",
@@ -34,40 +46,66 @@ class Archive:
     package: str = ""  # `name.version`, from where the opam file sits
 
 
+@dataclass(frozen=True, slots=True)
+class _Token:
+    kind: str
+    value: str
+    start: int  # where it sits in the opam file: the rewrite replaces by position
+    end: int
+
+
 def _tokens(text: str) -> list[tuple[str, str]]:
+    return [(t.kind, t.value) for t in _spans(text)]
+
+
+def _spans(text: str) -> list[_Token]:
     out = []
     for match in _TOKEN.finditer(text):
         kind = match.lastgroup
         if kind in ("space", "comment") or kind is None:
             continue
-        value = match[kind]
-        out.append(("str" if kind == "tstr" else kind, value))
+        out.append(_Token("str" if kind == "tstr" else kind, match[kind], *match.span()))
     return out
 
 
-def _section_fields(tokens: list[tuple[str, str]], start: int) -> tuple[dict[str, list[str]], int]:
-    """Fields of a `{ ... }` section starting after its `{`: name -> its string values."""
-    fields: dict[str, list[str]] = {}
+@dataclass(slots=True)
+class _Section:
+    fields: dict[str, list[str]]  # name -> its string values
+    spans: dict[str, tuple[int, int]]  # name -> where the field sits, name to last value
+    src: tuple[int, int] | None = None  # where the first `src` string sits
+
+
+def _section(tokens: list[_Token], start: int) -> tuple[_Section, int]:
+    """The fields of a `{ ... }` section starting after its `{`, and where it ends."""
+    found = _Section({}, {})
     depth, i, current = 1, start, None
-    while i < len(tokens) and depth:
-        kind, value = tokens[i]
-        if kind == "punct" and value == "{":
+    while i < len(tokens):
+        t = tokens[i]
+        if t.kind == "punct" and t.value == "{":
             depth += 1
-        elif kind == "punct" and value == "}":
+        elif t.kind == "punct" and t.value == "}":
             depth -= 1
+            if not depth:
+                return found, i + 1
         elif (
             depth == 1
-            and kind == "word"
+            and t.kind == "word"
             and i + 1 < len(tokens)
-            and tokens[i + 1] == ("punct", ":")
+            and (tokens[i + 1].kind, tokens[i + 1].value) == ("punct", ":")
         ):
-            current = value
-            fields.setdefault(current, [])
-            i += 1
-        elif depth == 1 and kind == "str" and current is not None:
-            fields[current].append(value)
+            current = t.value
+            found.fields.setdefault(current, [])
+            found.spans[current] = (t.start, tokens[i + 1].end)
+            i += 2
+            continue
+        if current is not None:  # part of the current field's value
+            found.spans[current] = (found.spans[current][0], t.end)
+            if depth == 1 and t.kind == "str":
+                found.fields[current].append(t.value)
+                if current == "src" and found.src is None:
+                    found.src = (t.start, t.end)
         i += 1
-    return fields, i
+    return found, i
 
 
 def _archive(fields: dict[str, list[str]], package: str) -> Archive | None:
@@ -86,25 +124,75 @@ def _archive(fields: dict[str, list[str]], package: str) -> Archive | None:
     return Archive(urls[0], tuple(fields.get("mirrors", [])), checksums, package)
 
 
-def archives(opam_text: str, package: str = "") -> list[Archive]:
-    """The archives an opam file declares: its `url` section and every `extra-source`."""
-    tokens = _tokens(opam_text)
+def _sections(opam_text: str, package: str) -> list[tuple[Archive, _Section]]:
+    tokens = _spans(opam_text)
     found = []
     i = 0
     while i < len(tokens):
-        kind, value = tokens[i]
-        if kind == "word" and value in ("url", "extra-source"):
+        t = tokens[i]
+        if t.kind == "word" and t.value in ("url", "extra-source"):
             j = i + 1
-            if value == "extra-source" and j < len(tokens) and tokens[j][0] == "str":
+            if t.value == "extra-source" and j < len(tokens) and tokens[j].kind == "str":
                 j += 1
-            if j < len(tokens) and tokens[j] == ("punct", "{"):
-                fields, i = _section_fields(tokens, j + 1)
-                archive = _archive(fields, package)
+            if j < len(tokens) and (tokens[j].kind, tokens[j].value) == ("punct", "{"):
+                section, i = _section(tokens, j + 1)
+                archive = _archive(section.fields, package)
                 if archive is not None:
-                    found.append(archive)
+                    found.append((archive, section))
                 continue
         i += 1
     return found
+
+
+def archives(opam_text: str, package: str = "") -> list[Archive]:
+    """The archives an opam file declares: its `url` section and every `extra-source`."""
+    return [archive for archive, _ in _sections(opam_text, package)]
+
+
+def cache_path(checksums: dict[str, str]) -> str | None:
+    """Where the mirror's cache serves an archive of these checksums."""
+    algo = next((a for a in _PREFERRED if a in checksums), None)
+    if algo is None:
+        return None
+    digest = checksums[algo]
+    return f"/opam/cache/{algo}/{digest[:2]}/{digest}"
+
+
+def _at_mirror(opam_text: str, package: str) -> tuple[str, list[Archive]]:
+    """The opam file with every archive it declares fetched from the mirror alone (`src`
+    at `BASE`'s cache, `mirrors` gone), and those archives as upstream declared them.
+    A section with no checksum (a git URL, say) stays as it is: the mirror cannot hold it."""
+    found = _sections(opam_text, package)
+    edits: list[tuple[int, int, str]] = []
+    for archive, section in found:
+        path = cache_path(archive.checksums)
+        if path is None or section.src is None or not archive.url.startswith(_FETCHED):
+            continue
+        edits.append((*section.src, f'"{BASE}{path}"'))
+        if "mirrors" in section.spans:
+            edits.append((*section.spans["mirrors"], ""))
+    for start, end, new in sorted(edits, reverse=True):
+        opam_text = opam_text[:start] + new + opam_text[end:]
+    return opam_text, [archive for archive, _ in found]
+
+
+def for_client(index: bytes, base: str) -> bytes:
+    """The kept index as one client gets it: the mirror named as that client names it.
+    Only opam files change, and only in their `src` URLs."""
+    name = base.rstrip("/").encode()
+    out = io.BytesIO()
+    with (  # read as a stream: the kept index was checked, and its tar is never whole here
+        tarfile.open(fileobj=io.BytesIO(index), mode="r|gz") as tar,
+        tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as new,
+    ):
+        for member in tar:
+            handle = tar.extractfile(member) if member.isfile() else None
+            content = handle.read() if handle is not None else b""
+            if member.name.endswith("/opam") and _BASE_BYTES in content:
+                content = content.replace(_BASE_BYTES, name)
+                member.size = len(content)
+            new.addfile(member, io.BytesIO(content) if member.isfile() else None)
+    return out.getvalue()
 
 
 def read_index(data: bytes) -> tuple[bytes, list[Archive]]:
@@ -142,7 +230,12 @@ def read_index(data: bytes) -> tuple[bytes, list[Archive]]:
                     and member.size <= MAX_OPAM_FILE
                 ):
                     package = member.name.rstrip("/").split("/")[-2]
-                    found.extend(archives(content.decode("utf-8", "replace"), package))
+                    text = content.decode("utf-8", "replace")
+                    rewritten, declared = _at_mirror(text, package)
+                    found.extend(declared)
+                    if rewritten != text:  # else the bytes as they came, invalid UTF-8 too
+                        content = rewritten.encode()
+                        member.size = len(content)
                 new.addfile(member, io.BytesIO(content) if member.isfile() else None)
             if not saw_repo:
                 info = tarfile.TarInfo("repo")

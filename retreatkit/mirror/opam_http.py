@@ -6,6 +6,7 @@ request is what counts a package in /status.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 
@@ -44,6 +45,28 @@ class Packages:
 
 
 PACKAGES = web.AppKey("opam_packages", Packages)
+MAX_NAMES = 16  # names of the mirror the index is made for: each costs a whole index
+
+
+class Names:
+    """The names of the mirror clients used for the index, each made into an index of its
+    own (seconds of work for opam-repository): the first MAX_NAMES only, so Host headers
+    made up one after another cost nothing. A name beyond them gets the organiser's
+    (`public_url`, else the LAN address); opam reaches the archive cache by the name it
+    used all the same, and only its fallback to `src` would go to that one."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def base(self, mirror: Mirror, host: str | None) -> str:
+        base = respond.client_base(mirror, host)
+        if base not in self._seen and len(self._seen) >= MAX_NAMES:
+            return respond.client_base(mirror, None)
+        self._seen.add(base)
+        return base
+
+
+NAMES = web.AppKey("opam_names", Names)
 
 
 def routes() -> list[web.RouteDef]:
@@ -68,9 +91,15 @@ async def index(request: web.Request) -> web.Response:
         raise UpstreamError("no opam upstream configured (--opam URL)")
     url = mirror.settings.opam.rstrip("/") + "/index.tar.gz"
     answer = await mirror.index("opam/index.tar.gz", url, "*/*", _process, opam.MAX_INDEX)
-    page = Page(answer.body, f'"{answer.obj.digest}"', "application/gzip")
+    base = request.app[NAMES].base(mirror, request.headers.get("Host"))
+    page = await mirror.render(("opam", answer.obj.digest, base), _for_client, answer.body, base)
     max_age = math.ceil(mirror.settings.index_ttl - (time.time() - answer.obj.fetched))
     return respond.page(request, page, stale=answer.stale, offline=False, max_age=max_age)
+
+
+def _for_client(body: bytes, base: str) -> Page:
+    out = opam.for_client(body, base)
+    return Page(out, f'"{hashlib.sha256(out).hexdigest()}"', "application/gzip")
 
 
 async def archive(request: web.Request) -> web.StreamResponse:

@@ -133,8 +133,11 @@ def _holding(s: Summary) -> str:
 
 
 _INTROS = {
-    "pip": "One install, then every install from this machine on:",
-    "uv": "One install, then <code>uv add</code>, <code>uv sync</code> and <code>uv run</code>:",
+    "pip": "One install, then every install from this machine on (a requirements file's own"
+    " <code>--index-url</code> line wins over both: remove it):",
+    "uv": "One install, then <code>uv add</code>, <code>uv sync</code> and <code>uv run</code>"
+    " (a <code>uv.lock</code> made against another index: <code>uv sync</code>, not"
+    " <code>--frozen</code>, moves it here, keeping its versions):",
     "opam": "An opam already set up, or a new one:",
     "npm": "One install, then every install from this machine on:",
     "apt": "As the proxy for the archives it keeps ({origins}; https sources go direct), or"

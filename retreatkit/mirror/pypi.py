@@ -282,9 +282,23 @@ def rewrite(name: str, files: Iterable[File]) -> tuple[Project, list[Source]]:
     return Project(name, tuple(out)), sources
 
 
+def _names(body: bytes, project: str) -> bool:
+    """Does the page name the project, spelled any way PEP 503 allows?"""
+    spelled = "[-_.]+".join(re.escape(part) for part in project.split("-"))
+    return re.search(spelled.encode(), body, re.IGNORECASE) is not None
+
+
 def process(name: str, body: bytes, content_type: str, page_url: str) -> Processed:
-    """An upstream page as the mirror keeps it (CPU-heavy for big projects: run off the loop)."""
-    project, sources = rewrite(name, parse(body, content_type, page_url))
+    """An upstream page as the mirror keeps it (CPU-heavy for big projects: run off the loop).
+
+    An HTML page with no file that does not even name the project is not its page: with
+    the uplink cut, a venue's login portal answers every URL with its own. Taken as the
+    project's, it would replace the page held with an empty one; refused, the page held
+    is served stale."""
+    files = parse(body, content_type, page_url)
+    if not files and not _names(body, name):
+        raise PageError(f"upstream sent a page that is not {name}'s (a login portal's?)")
+    project, sources = rewrite(name, files)
     return Processed(render_json(project), JSON_TYPE, tuple(sources))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import time
 from functools import partial
@@ -12,12 +13,20 @@ from aiohttp import web
 
 from retreatkit.mirror import local, pypi, respond
 from retreatkit.mirror.blobs import valid_hex
-from retreatkit.mirror.errors import MirrorError, NotFound, UpstreamError
+from retreatkit.mirror.errors import (
+    MirrorError,
+    NotFound,
+    UpstreamDown,
+    UpstreamError,
+    UpstreamUnreachable,
+)
 from retreatkit.mirror.memory import Page
 from retreatkit.mirror.records import Object, Processed
 from retreatkit.mirror.respond import mirror_of
 from retreatkit.mirror.service import IndexAnswer, Mirror
 from retreatkit.mirror.store import Store
+
+log = logging.getLogger("retreatkit.mirror")
 
 
 def routes() -> list[web.RouteDef]:
@@ -166,10 +175,50 @@ async def file(request: web.Request) -> web.StreamResponse:
         raise NotFound("no such file")
     name = pypi.source_name(sha, filename)
     if filename.endswith(".whl.metadata"):
-        unkept = await _metadata_from_wheel(mirror_of(request), name, filename)
-        if unkept is not None:
-            return web.Response(body=unkept, content_type="application/octet-stream")
+        return await _metadata(request, mirror_of(request), name, filename)
     return await respond.file(request, name)
+
+
+async def _metadata(
+    request: web.Request, mirror: Mirror, name: str, filename: str
+) -> web.StreamResponse:
+    """A wheel's core metadata file (PEP 658): held, made from the wheel held, or fetched.
+    An upstream that lists the file but cannot give it (a 404, bytes that fail the
+    index's hash) while the wheel is fine would fail pip and uv, which take no wheel whose
+    metadata file failed them: the mirror fetches the wheel (the client's next request)
+    and makes the file from it, checked against the index's hash all the same."""
+    made = await _made(request, mirror, name, filename)
+    if made is not None:
+        return made
+    try:
+        return await respond.file(request, name)
+    except UpstreamError as exc:
+        wheel = mirror.store.source(name.removesuffix(".metadata"))
+        if isinstance(exc, UpstreamUnreachable | UpstreamDown) or wheel is None:
+            raise
+        log.warning("%s: %s; making it from the wheel", filename, exc)
+        try:
+            await mirror.fetched(mirror.fetch(wheel))
+        except MirrorError:
+            raise exc from None
+        made = await _made(request, mirror, name, filename)
+        if made is None:  # the wheel's own metadata is not what the index promised either
+            raise exc from None
+        return made
+
+
+async def _made(
+    request: web.Request, mirror: Mirror, name: str, filename: str
+) -> web.StreamResponse | None:
+    """The metadata file made from the wheel held, if the store lacked it and could make
+    it: a miss (it crossed no uplink, but was not held), as the seed counts it."""
+    made = await _metadata_from_wheel(mirror, name, filename)
+    if made is None:
+        return None
+    found = await mirror.blob(name)
+    if found is None:  # made, but the disk could not keep it
+        return web.Response(body=made, content_type="application/octet-stream")
+    return await respond.blob(request, mirror, found, hit=False)
 
 
 async def _metadata_from_wheel(mirror: Mirror, name: str, filename: str) -> bytes | None:
@@ -178,7 +227,8 @@ async def _metadata_from_wheel(mirror: Mirror, name: str, filename: str) -> byte
     the index gave and stored as if fetched. pip asks for it before the wheel, and a wheel
     held without it (fetched by uv, or by a client that reads no metadata) would
     otherwise fail pip's install while the upstream is out of reach, and cost a request
-    upstream while it is not. Returns the file only when it could not be stored."""
+    upstream while it is not. Returns the file when it made it (kept, or not when the
+    disk is full), None when it did not."""
     if await mirror.blob(name) is not None:
         return None
     wheel = await mirror.blob(name.removesuffix(".metadata"))
@@ -198,8 +248,6 @@ async def _metadata_from_wheel(mirror: Mirror, name: str, filename: str) -> byte
         digest = store.put_bytes(data, {"sha256": source.hashes["sha256"]})
         store.put(Object(name, digest, len(data), "application/octet-stream", time.time()))
 
-    try:
+    with contextlib.suppress(MirrorError):  # a full disk: served, and made again next time
         await store.run(keep)
-    except MirrorError:  # a full disk: served all the same, and made again next time
-        return data
-    return None
+    return data

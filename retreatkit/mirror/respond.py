@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +35,7 @@ SENDFILE_CHUNK = 1 << 20
 # characters of an error's line in its status line: room for a file name of a Debian
 # length, two sha512s and when the mirror asks again (apt-get shows the reason alone)
 REASON_MAX = 512
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:\d{1,5})?$")
 HOLD_SMALL = 5.0  # seconds a small file waits to go out whole: well inside pip's 15 s timeout
 
 
@@ -56,6 +58,15 @@ def _bodiless(plan: ranges.Plan, headers: Mapping[str, str]) -> web.Response:
 
 def mirror_of(request: web.Request) -> Mirror:
     return request.app[MIRROR_KEY]
+
+
+def client_base(mirror: Mirror, host: str | None) -> str:
+    """Where this client reaches the mirror, for URLs in a page made for it: the name it
+    used (a loopback name included: the page is for this client only), else the
+    organiser's setting."""
+    if host and _HOST.match(host):
+        return f"http://{host}"
+    return (mirror.settings.public_url or mirror.lan_url).rstrip("/")
 
 
 @web.middleware
@@ -97,13 +108,19 @@ async def file(request: web.Request, name: str) -> web.StreamResponse:
     return await cold(request, mirror, mirror.source(name))
 
 
-async def blob(request: web.Request, mirror: Mirror, found: Blob) -> web.StreamResponse:
-    """A verified file from the store: from memory if small, else by sendfile."""
+async def blob(
+    request: web.Request, mirror: Mirror, found: Blob, *, hit: bool = True
+) -> web.StreamResponse:
+    """A verified file from the store: from memory if small, else by sendfile. `hit`
+    False: the file was not held when the request came (made for it just now)."""
     obj, stats = found.obj, mirror.stats
     etag = ranges.etag_of(obj.digest)
-    headers = _file_headers(etag, obj.content_type, hit=True)
+    headers = _file_headers(etag, obj.content_type, hit=hit)
     plan = ranges.plan(request.method, request.headers, etag, obj.size)
-    stats.hits += 1
+    if hit:
+        stats.hits += 1
+    else:
+        stats.misses += 1
     if plan.status in (304, 416):
         return _bodiless(plan, headers)
     if plan.content_range is not None:

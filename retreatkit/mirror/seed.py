@@ -24,10 +24,12 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from retreatkit.mirror import apt, npm, opam, pypi
+from retreatkit.mirror import apt, buildreqs, npm, opam, pypi
 from retreatkit.mirror.seedfiles import Want
 
 CONCURRENCY = 6  # files at once: the uplink, not the LAN, is the limit
+BUILD_ROUNDS = 4  # build requirements, their dependencies, theirs...: deep enough for backends
+MAX_KEPT = 64 * 1024 * 1024  # an sdist read for its build requirements; a bigger one is not
 CHUNK = 1 << 20
 
 
@@ -84,6 +86,7 @@ class AptScope:
 class Item:
     label: str  # what it is, for a failure line
     path: str  # on the mirror
+    keep: bool = False  # its bytes are read after: an sdist, a build requirement's metadata
 
 
 @dataclass
@@ -112,6 +115,8 @@ class Seeder:
         self.on_total = on_total
         self.on_item = on_item
         self.summary = Summary()
+        self._kept: dict[Item, bytes] = {}  # what `keep` items brought
+        self._total = 0
 
     def fail(self, what: str, why: str) -> None:
         self.summary.failed.append((what, why))
@@ -146,11 +151,41 @@ class Seeder:
         items += await self._npm(by.get("npm", []))
         items += await self._opam(by.get("opam", []))
         items += await self._apt(by.get("apt", []))
+        await self._fetch_all(items)
+        await self._build_requirements({pypi.normalize(w.name) for w in by.get("pypi", [])})
+        return self.summary
+
+    async def _fetch_all(self, items: list[Item]) -> None:
         unique = list({item.path: item for item in items}.values())
-        self.on_total(len(unique))
+        self._total += len(unique)  # a later round adds to the bar, never restarts it
+        self.on_total(self._total)
         slots = asyncio.Semaphore(CONCURRENCY)
         await asyncio.gather(*(self._fetch(item, slots) for item in unique))
-        return self.summary
+
+    async def _build_requirements(self, wanted: set[str]) -> None:
+        """What builds the sdists fetched, which no lock file lists: their build
+        requirements, then those requirements' own dependencies, each the newest match,
+        so pip and uv can build them with no uplink."""
+        for _ in range(BUILD_ROUNDS):
+            wants: dict[str, Want] = {}
+            by_file = sorted(self._kept.items(), key=lambda kept: kept[0].path.rsplit("/")[-1])
+            for item, data in by_file:  # in the order of their names: notes in a known order
+                file = item.path.rsplit("/", 1)[-1]
+                if item.path.endswith(".metadata"):
+                    found = buildreqs.of_metadata(data)
+                    why = f"needed by {file.removesuffix('.metadata')}"
+                else:
+                    found = await asyncio.to_thread(buildreqs.of_sdist, data, file)
+                    why = f"to build {file}"
+                for req in found:
+                    name = pypi.normalize(req.name)
+                    if name not in wanted and name not in wants:
+                        wants[name] = Want("pypi", name, spec=str(req.specifier), origin=why)
+            self._kept.clear()
+            if not wants:
+                return
+            wanted |= set(wants)
+            await self._fetch_all(await self._pypi(list(wants.values()), build=True))
 
     async def _fetch(self, item: Item, slots: asyncio.Semaphore) -> None:
         async with slots:
@@ -160,9 +195,13 @@ class Seeder:
                         text = (await r.text(errors="replace")).strip().splitlines()
                         self.fail(item.label, text[0] if text else f"HTTP {r.status}")
                         return
-                    size = 0
+                    size, kept = 0, []
                     async for chunk in r.content.iter_chunked(CHUNK):
                         size += len(chunk)
+                        if item.keep and size <= MAX_KEPT:
+                            kept.append(chunk)
+                    if item.keep and size <= MAX_KEPT:
+                        self._kept[item] = b"".join(kept)
                     if r.headers.get("X-Cache") == "HIT":
                         self.summary.already += 1
                     else:
@@ -176,7 +215,9 @@ class Seeder:
 
     # -- Python -------------------------------------------------------------------------------
 
-    async def _pypi(self, wants: list[Want]) -> list[Item]:
+    async def _pypi(self, wants: list[Want], build: bool = False) -> list[Item]:
+        """The files to fetch for these wants; `build`: wants that build an sdist, whose
+        metadata is read for their own dependencies."""
         items = []
         for name in dict.fromkeys(w.name for w in wants):
             try:
@@ -188,15 +229,21 @@ class Seeder:
                         self.fail(w.label, str(exc) or "unreadable index page")
                 continue
             for w in (w for w in wants if w.name == name):
-                chosen = self._pick(w, files)
+                chosen = self._pick(w, files, say=not build)
                 for f in chosen:
-                    url, label = str(f["url"]), f"{w.label} ({f['filename']})"
-                    items.append(Item(label, url))
+                    file = str(f["filename"])
+                    url, label = str(f["url"]), f"{w.label} ({file})"
+                    items.append(Item(label, url, keep=not file.endswith(".whl")))
                     if f.get("core-metadata"):  # what pip and uv read first: offline too
-                        items.append(Item(label + " metadata", url + ".metadata"))
+                        items.append(Item(label + " metadata", url + ".metadata", keep=build))
+                if build and chosen:
+                    version = pypi.version_of(w.name, str(chosen[0]["filename"]))
+                    self.summary.notes.append(f"{w.name}{w.spec}: took {version} {w.origin}")
         return items
 
-    def _pick(self, w: Want, files: list[dict[str, object]]) -> list[dict[str, object]]:
+    def _pick(
+        self, w: Want, files: list[dict[str, object]], say: bool = True
+    ) -> list[dict[str, object]]:
         def sha(f: dict[str, object]) -> str:
             hashes = f.get("hashes")
             return str(hashes.get("sha256", "")) if isinstance(hashes, dict) else ""
@@ -236,9 +283,10 @@ class Seeder:
             self.fail(w.label, "no version in the index matches")
             return []
         newest = max(matching)
-        self.summary.notes.append(
-            f"{w.name}{w.spec}: not pinned, took {newest} (its dependencies are not resolved)"
-        )
+        if say:
+            self.summary.notes.append(
+                f"{w.name}{w.spec}: not pinned, took {newest} (its dependencies are not resolved)"
+            )
         return versions[newest]
 
     # -- npm, opam ------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ class Mirror:
         self._pages: dict[str, tuple[Object, bytes]] = {}  # pages the disk could not take
         self._refreshing: Once[str, IndexAnswer] = Once(self.spawn)
         self._sizing: Once[str, int | None] = Once(self.spawn)  # one HEAD for many asking
+        self._rendering: Once[tuple[str, ...], Page] = Once(self.spawn)
         self._check: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._evicting: asyncio.Task[None] | None = None
@@ -136,6 +137,20 @@ class Mirror:
         self._check = asyncio.create_task(check())
         self.spawn(flush())
         self.evict_if_over()
+
+    async def render(self, key: tuple[str, ...], make: Callable[..., Page], *args: Any) -> Page:
+        """A page as clients get it, from `renders`, else made off the loop by `make(*args)`
+        once for everyone asking meanwhile (a whole opam index takes seconds to make)."""
+        page = self.renders.get(key)
+        if page is not None:
+            return page
+
+        async def work() -> Page:
+            made: Page = await self.offload(make, *args)
+            self.renders.put(key, made)
+            return made
+
+        return await asyncio.shield(self._rendering.start(key, work))
 
     def spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         """Background work the mirror owns: cancelled when it closes."""
@@ -313,7 +328,10 @@ class Mirror:
             except BadUpstreamData as exc:
                 self.fetcher.count(exc)
                 raise
-        except UpstreamError as exc:
+        except (UpstreamError, NotFound) as exc:
+            # a page held is served stale whatever the upstream says, a 404 too: with the
+            # uplink cut, what answers may be the venue's proxy or portal, whose 404 for
+            # everything would otherwise take every page (and opam's index) from clients
             if cached is None:
                 raise
             if not isinstance(exc, UpstreamDown):

@@ -98,6 +98,75 @@ def make_wheel(
     return f"{module}-{version}-py3-none-any.whl", buf.getvalue(), metadata
 
 
+BACKEND = """\
+\"\"\"A PEP 517 build backend for tests: a wheel of the sdist's one package.\"\"\"
+import base64, email, hashlib, os, zipfile
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    with open("PKG-INFO") as f:
+        text = f.read()
+    info = email.message_from_string(text)
+    module = info["Name"].replace("-", "_")
+    dist = module + "-" + info["Version"] + ".dist-info"
+    wheel = b"Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+    with open(module + "/__init__.py", "rb") as f:
+        files = {module + "/__init__.py": f.read(), dist + "/METADATA": text.encode(),
+                 dist + "/WHEEL": wheel}
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(path + ",sha256=" + digest + "," + str(len(data)))
+    files[dist + "/RECORD"] = ("\\n".join(record + [dist + "/RECORD,,"]) + "\\n").encode()
+    name = module + "-" + info["Version"] + "-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+    return name
+"""
+
+
+def make_backend(name: str = "demo-backend", version: str = "1.0",
+                 requires: tuple[str, ...] = ()) -> tuple[str, bytes, bytes]:  # fmt: skip
+    """A wheel of a PEP 517 build backend (module `demo_backend`) that builds the sdists
+    `make_sdist` makes: (filename, wheel bytes, METADATA bytes)."""
+    metadata = "\n".join(
+        ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+        + [f"Requires-Dist: {r}" for r in requires]
+    ).encode() + b"\n"  # fmt: skip
+    filename, data = wheelmaker.build(
+        name, version, [("demo_backend.py", BACKEND.encode())], {"METADATA": metadata}
+    )
+    return filename, data, metadata
+
+
+def make_sdist(
+    name: str, version: str, build_requires: tuple[str, ...] | None = ("demo-backend",)
+) -> tuple[str, bytes, bytes]:
+    """An sdist built by `build_requires` through `make_backend`'s backend, or with no
+    pyproject.toml at all (None: setuptools' legacy build, as pip and uv take it):
+    (filename, bytes, PKG-INFO)."""
+    module = name.replace("-", "_")
+    pkg_info = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+    files = {"PKG-INFO": pkg_info, f"{module}/__init__.py": f"VERSION = {version!r}\n".encode()}
+    if build_requires is not None:
+        listed = ", ".join(json.dumps(r) for r in build_requires)
+        files["pyproject.toml"] = (
+            f'[build-system]\nrequires = [{listed}]\nbuild-backend = "demo_backend"\n'
+        ).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path, data in files.items():
+            info = tarfile.TarInfo(f"{module}-{version}/{path}")
+            info.size, info.mtime = len(data), 1577836800
+            tar.addfile(info, io.BytesIO(data))
+    return f"{module}-{version}.tar.gz", buf.getvalue(), pkg_info
+
+
 def write_pypi(
     root: Path, wheels: dict[str, list[tuple[str, bytes, bytes]]], as_json: bool = False
 ) -> None:

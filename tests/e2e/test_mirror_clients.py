@@ -8,6 +8,7 @@ test's installs apart (`--target`, no cache) are added.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -241,10 +242,15 @@ def test_opams_retries_of_a_tampered_archive_never_reach_the_upstream(tmp_path: 
                 done = subprocess.run(
                     step, capture_output=True, text=True, timeout=TIMEOUT, env=env
                 )
-            assert done.returncode != 0 and "Bad checksum" in done.stderr, done.stderr
-            # opam's curl asked the mirror again (--retry 3), then opam the src URL itself:
-            # one GET for the mirror, one for opam's own fallback, none for the retries
-            assert get_json(f"{server.url}_stats").get(archive) == 2
+            digest = hashlib.sha256(data).hexdigest()
+            cache = f"{mirror.url}opam/cache/sha256/{digest[:2]}/{digest}"
+            assert done.returncode != 0, done.stderr
+            assert f"Download failed: {cache} (curl: code 502" in done.stderr, done.stderr
+            # opam's curl asked the mirror again (--retry 3), then the package's `src`,
+            # which names the mirror too: one GET for the mirror, none for the retries,
+            # none from opam itself (its fallback to the src URL crossed the uplink)
+            stats = get_json(f"{server.url}_stats")
+            assert stats.get(archive) == 1 and f"opam {archive}" not in stats
             status = mirror_status(admin)
             asked = dict((name, n) for name, n in status["top_packages"])  # type: ignore[attr-defined]
             assert asked["opam/tamper"] >= 2 and status["upstream_fetches"] == 1
@@ -252,3 +258,56 @@ def test_opams_retries_of_a_tampered_archive_never_reach_the_upstream(tmp_path: 
             mirror.stop()
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(
+    shutil.which("opam") is None, reason="opam is not installed (.ci/run installs it)"
+)
+def test_opam_fails_at_once_for_an_archive_the_mirror_cannot_get(tmp_path: Path) -> None:
+    """The uplink silent (it takes connections, answers nothing), one package held, one
+    not: opam gets the first from the mirror and fails the second at once. opam tries
+    the repository's archive cache, then the package's own URLs; the mirror's index names
+    the mirror as every archive's `src`, so opam's fallback never reaches for the uplink,
+    where its curl (no time limit) hung for as long as the uplink stayed silent."""
+    root = tmp_path / "upstream"
+    root.mkdir()
+    server = start_upstream(root)
+    lost = "/opam/archives/lost-1.0.tar.gz"
+    try:
+        packages = {f"{n}.1.0": make_source_tarball(n, "1.0") for n in ("held", "lost")}
+        write_opam(root / "opam", f"{server.url}opam/", packages)
+        extra = "connect_timeout = 1.0\nheaders_timeout = 1.0"
+        mirror, _ = start_mirror(tmp_path / "store", opam=f"{server.url}opam", extra=extra)
+        try:
+            env = clean_env(tmp_path / "home", OPAMROOT=str(tmp_path / "root"), OPAMYES="1")
+            steps = [
+                ["opam", "init", "--bare", "--no-setup", "--disable-sandboxing",
+                 "default", f"{mirror.url}opam"],
+                ["opam", "switch", "create", "demo", "--empty"],
+                ["opam", "source", "held.1.0", "--dir", str(tmp_path / "held")],
+                ["opam", "show", "lost.1.0", "--field=url.src:"],  # as the README says
+            ]  # fmt: skip
+            for step in steps:
+                done = subprocess.run(
+                    step, capture_output=True, text=True, timeout=TIMEOUT, env=env
+                )
+                assert done.returncode == 0, (step, done.stdout, done.stderr)
+            digest = hashlib.sha256(packages["lost.1.0"]).hexdigest()
+            cache = f"{mirror.url}opam/cache/sha256/{digest[:2]}/{digest}"
+            assert done.stdout == f'"{cache}"\n'
+            (root / ".behaviours.json").write_text(json.dumps({lost: "silent"}))
+            try:
+                done = subprocess.run(
+                    ["opam", "source", "lost.1.0", "--dir", str(tmp_path / "lost")],
+                    capture_output=True, text=True, timeout=TIMEOUT, env=env,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired as exc:
+                raise AssertionError(f"opam hung on the silent uplink: {exc.stderr!r}") from None
+        finally:
+            mirror.stop()
+        stats = get_json(f"{server.url}_stats")
+    finally:
+        server.stop()
+    assert done.returncode != 0
+    assert f"Download failed: {cache} (curl: code 504" in done.stderr, done.stderr
+    assert stats.get(lost, 0) >= 1 and f"opam {lost}" not in stats  # the mirror's tries only

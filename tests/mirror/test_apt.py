@@ -365,3 +365,15 @@ async def test_status_warns_of_a_release_that_expires(archive: Archive) -> None:
         "apt debian/stable-security: its Release expired at 2024-06-08T08:00:00Z; offline,"
         " apt then needs [check-valid-until=no] in its sources line"
     ]
+
+
+async def test_a_404_for_a_held_release_serves_the_last_one(archive: Archive) -> None:
+    """The uplink cut and the venue's proxy or portal answering 404 to everything: the
+    suite the mirror holds is served stale, not taken from apt by that 404."""
+    release = "/debian/dists/stable/Release"
+    _, old, _ = await archive.get(release)
+    _, packages, _ = await archive.get(f"/debian/dists/stable/{PACKAGES}")
+    shutil.rmtree(archive.root / "debian")  # 404 for every file of the archive
+    status, body, headers = await archive.get(release)
+    assert (status, body, headers["Warning"]) == (200, old, '110 - "Response is Stale"')
+    assert (await archive.get(f"/debian/dists/stable/{PACKAGES}"))[:2] == (200, packages)

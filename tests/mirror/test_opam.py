@@ -3,16 +3,21 @@ their own file name, so the organiser can tell which package came or failed."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
+import io
 import logging
 import re
 import shutil
+import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from retreatkit.mirror import fakeupstream
+from retreatkit.mirror import fakeupstream, opam, opam_http
 from retreatkit.mirror.testing import (
     Clock,
     make_source_tarball,
@@ -139,3 +144,105 @@ async def test_opam_archives_count_for_their_package_even_from_memory(tmp_path: 
             r = await client.get(_cache_url("md5", b"made up"))  # a name no index gave
             assert r.status == 404
             assert mirror.stats.top_packages() == [["opam/hello", 9], ["opam/other", 1]]
+
+
+def _index(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _served(index: bytes) -> dict[str, str]:
+    with tarfile.open(fileobj=io.BytesIO(index), mode="r:gz") as tar:
+        return {
+            m.name: handle.read().decode()
+            for m in tar
+            if (handle := tar.extractfile(m)) is not None
+        }
+
+
+def test_the_served_index_names_the_mirror_as_every_archives_only_url() -> None:
+    """opam falls back from the archive cache to an archive's own URLs, which hang with
+    no uplink: each client's index names the mirror, under the name that client used, as
+    the `src` of every archive it can hold, with no `mirrors`; the rest stays as it was."""
+    sha = hashlib.sha256(b"a").hexdigest()
+    md5 = hashlib.md5(b"b").hexdigest()
+    opam_file = (
+        'opam-version: "2.0"\n'
+        '# src: "a comment"\n'
+        f'url {{\n  src: "https://example.org/a-1.0.tbz"\n  checksum: "sha256={sha}"\n'
+        '  mirrors: [ "https://one.example/a.tbz" "https://two.example/a.tbz" ]\n}\n'
+        f'extra-source "fix.patch" {{\n  src: "https://example.org/fix.patch"\n'
+        f'  checksum: [ "md5={md5}" ]\n  mirrors: "https://three.example/fix.patch"\n}}\n'
+    )
+    pinned = 'opam-version: "2.0"\nurl { src: "git+https://example.org/b.git#v1" }\n'
+    processed = opam.process(
+        _index({"packages/a/a.1.0/opam": opam_file, "packages/b/b.1/opam": pinned})
+    )
+    kept, sources = processed.body, processed.sources
+    assert {s.name for s in sources} == {f"opam/sha256/{sha}", f"opam/md5/{md5}"}
+    assert {s.url for s in sources} == {
+        "https://example.org/a-1.0.tbz",
+        "https://example.org/fix.patch",
+    }  # the mirror fetches from where upstream said
+    served = _served(opam.for_client(kept, "http://mirror.retreat.lan:8000"))
+    assert served["packages/a/a.1.0/opam"] == (
+        'opam-version: "2.0"\n'
+        '# src: "a comment"\n'
+        "url {\n"
+        f'  src: "http://mirror.retreat.lan:8000/opam/cache/sha256/{sha[:2]}/{sha}"\n'
+        f'  checksum: "sha256={sha}"\n  \n}}\n'
+        'extra-source "fix.patch" {\n'
+        f'  src: "http://mirror.retreat.lan:8000/opam/cache/md5/{md5[:2]}/{md5}"\n'
+        f'  checksum: [ "md5={md5}" ]\n  \n}}\n'
+    )
+    assert served["packages/b/b.1/opam"] == pinned  # no checksum: nothing the mirror holds
+    assert served["repo"] == opam.REPO_FILE.decode()
+    other = _served(opam.for_client(kept, "http://10.0.0.5:8000"))
+    assert "http://10.0.0.5:8000/opam/cache/sha256/" in other["packages/a/a.1.0/opam"]
+
+
+async def test_each_clients_index_is_made_once_for_everyone_asking_at_once(
+    tmp_path: Path,
+) -> None:
+    """The index names the mirror as each client named it, so it is made per name, which
+    takes seconds for opam-repository: a room of `opam update`s at once makes it once,
+    and Host headers made up one after another make it a bounded number of times."""
+    root = tmp_path / "upstream"
+    root.mkdir()
+    made: list[str] = []
+
+    async def counting(fn: Callable[..., Any], *args: Any) -> Any:
+        if fn.__name__ == "_for_client":
+            made.append(args[1])
+        return await asyncio.to_thread(fn, *args)
+
+    async with fakeupstream.serving(root) as upstream:
+        write_opam(root / "opam", f"{upstream.url}opam/", {"hello.1.0": b"x"})
+        config = dataclasses.replace(settings(tmp_path / "store"), opam=f"{upstream.url}opam")
+        async with mirror_client(config, offload=counting) as (client, _):
+            hosts = ["mirror.retreat.lan:8000"] * 8 + ["10.0.0.5:8000"] * 4
+            answers = await asyncio.gather(
+                *(client.get("/opam/index.tar.gz", headers={"Host": h}) for h in hosts)
+            )
+            bodies = [await r.read() for r in answers]
+    assert sorted(made) == ["http://10.0.0.5:8000", "http://mirror.retreat.lan:8000"]
+    for host, body in zip(hosts, bodies, strict=True):
+        assert f"http://{host}/opam/cache/sha256/" in _served(body)["packages/hello/hello.1.0/opam"]
+    # names made up one after another each cost a whole index up to a bound, then nothing
+    made.clear()
+    async with fakeupstream.serving(root) as upstream:
+        write_opam(root / "opam", f"{upstream.url}opam/", {"hello.1.0": b"x"})
+        config = dataclasses.replace(settings(tmp_path / "other"), opam=f"{upstream.url}opam")
+        async with mirror_client(config, offload=counting) as (client, mirror):
+            for n in range(opam_http.MAX_NAMES + 5):
+                r = await client.get("/opam/index.tar.gz", headers={"Host": f"x{n}.example"})
+                assert r.status == 200
+            beyond = _served(await r.read())["packages/hello/hello.1.0/opam"]
+    assert len(made) == opam_http.MAX_NAMES + 1  # the last five share the mirror's own name
+    assert f'src: "{mirror.lan_url}/opam/cache/sha256/' in beyond

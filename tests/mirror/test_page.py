@@ -38,13 +38,16 @@ Debian packages. So far it saved 2.3 GB of downloads over the internet link.</p>
 uv and npm install the newest version it has, and apt gets the last complete set of
 indexes; a package nobody fetched before cannot be installed until the link is back.</p>
 <h2>pip</h2>
-<p>One install, then every install from this machine on:</p>
+<p>One install, then every install from this machine on (a requirements file's own \
+<code>--index-url</code> line wins over both: remove it):</p>
 <pre>pip install --index-url http://mirror.retreat.lan:8000/pypi/simple/ --trusted-host \
 mirror.retreat.lan PACKAGE
 pip config set global.index-url http://mirror.retreat.lan:8000/pypi/simple/
 pip config set global.trusted-host mirror.retreat.lan</pre>
 <h2>uv</h2>
-<p>One install, then <code>uv add</code>, <code>uv sync</code> and <code>uv run</code>:</p>
+<p>One install, then <code>uv add</code>, <code>uv sync</code> and <code>uv run</code> (a \
+<code>uv.lock</code> made against another index: <code>uv sync</code>, not <code>--frozen</code>, \
+moves it here, keeping its versions):</p>
 <pre>uv pip install --index-url http://mirror.retreat.lan:8000/pypi/simple/ PACKAGE
 export UV_DEFAULT_INDEX=http://mirror.retreat.lan:8000/pypi/simple/</pre>
 <h2>opam</h2>

@@ -126,3 +126,15 @@ def test_versions_are_unique_in_order() -> None:
         File(f"demo-{v}-py3-none-any.whl", "/x", {"sha256": A}) for v in ("1.0", "2.0", "1.0")
     )
     assert Project("demo", files).versions == ["1.0", "2.0"]
+
+
+def test_a_login_portals_page_is_not_a_project_page() -> None:
+    """With the uplink cut, a venue's portal answers every URL with its login page: taken
+    as the project's page, it would list no files and replace the page the mirror holds."""
+    login = b"<html><head><title>Wi-Fi</title></head><body><form>Log in</form></body></html>"
+    with pytest.raises(pypi.PageError) as exc:
+        pypi.process("demo-pkg", login, "text/html", "http://up.example/simple/demo-pkg/")
+    assert str(exc.value) == "upstream sent a page that is not demo-pkg's (a login portal's?)"
+    empty = b"<html><body><h1>Links for Demo_Pkg</h1></body></html>"  # a project with no files
+    kept = pypi.process("demo-pkg", empty, "text/html", "http://up.example/simple/demo-pkg/")
+    assert kept.sources == ()

@@ -10,9 +10,17 @@ import aiohttp
 import pytest
 
 from retreatkit.cli.main import main
-from retreatkit.mirror import seedfiles
+from retreatkit.mirror import fakeupstream, seedfiles
 from retreatkit.mirror.seed import Filters, Seeder
 from retreatkit.mirror.seedfiles import SeedFileError, Want
+from retreatkit.mirror.testing import (
+    make_backend,
+    make_sdist,
+    make_wheel,
+    mirror_client,
+    settings,
+    write_pypi,
+)
 from tests.mirror.conftest import Env
 
 A, B = "a" * 64, "b" * 64
@@ -194,3 +202,57 @@ def test_what_seed_says_when_it_cannot(
 ) -> None:
     assert main(["mirror", "seed", *argv]) == code
     assert capsys.readouterr().err == f"retreatkit: {said}\n"
+
+
+async def test_seeding_an_sdist_fetches_what_builds_it(tmp_path: Path) -> None:
+    """A lock names an sdist, never what builds it: pip and uv install its build
+    requirements first, from the mirror, so a store seeded from the lock alone could not
+    build it offline. The seed reads each sdist's build requirements (setuptools for one
+    with no pyproject.toml), then their dependencies, extras left out."""
+    root = tmp_path / "upstream"
+    write_pypi(
+        root,
+        {
+            "needs-build": [make_sdist("needs-build", "1.0", ("demo-backend>=1",))],
+            "legacy": [make_sdist("legacy", "1.0", None)],
+            "demo-backend": [
+                make_backend("demo-backend", "1.0"),
+                make_backend("demo-backend", "2.0", ("helper", "docs-only; extra == 'docs'")),
+            ],
+            "helper": [make_wheel("helper", "1.0")],
+            "docs-only": [make_wheel("docs-only", "1.0")],
+            "setuptools": [make_wheel("setuptools", "80.0")],
+        },
+    )
+    async with fakeupstream.serving(root) as upstream:
+        config = settings(tmp_path / "store", f"{upstream.url}simple/")
+        async with mirror_client(config) as (client, _):
+            base = str(client.make_url("")).rstrip("/")
+            wants = [Want("pypi", "needs-build", "1.0"), Want("pypi", "legacy", "1.0")]
+            totals: list[int] = []
+            async with aiohttp.ClientSession() as session:
+                seeded = await Seeder(session, base, on_total=totals.append).run(wants)
+    assert seeded.failed == []
+    assert seeded.notes == [
+        "setuptools>=40.8.0: took 80.0 to build legacy-1.0.tar.gz",
+        "demo-backend>=1: took 2.0 to build needs_build-1.0.tar.gz",
+        "helper: took 1.0 needed by demo_backend-2.0-py3-none-any.whl",
+    ]
+    fetched = {path.removeprefix("/files/") for path in upstream.counts}
+    assert {"demo_backend-2.0-py3-none-any.whl", "setuptools-80.0-py3-none-any.whl",
+            "helper-1.0-py3-none-any.whl"} <= fetched  # fmt: skip
+    assert not any(name.startswith(("docs_only", "demo_backend-1.0")) for name in fetched)
+    assert totals == [4, 8, 10]  # the bar grows by each round, never starts again
+
+
+async def test_a_metadata_file_made_from_a_wheel_held_counts_as_fetched(env: Env) -> None:
+    """The seed asks for a wheel and its metadata file at once; the mirror makes the file
+    from the wheel when it holds that already. It was not there before: counted as
+    fetched (said as `already there`, the end-to-end seed's count of 12 fetched failed
+    whenever the wheel won the race)."""
+    r = await env.client.get(await env.file_url("demo-dep"))  # the wheel alone, as uv takes it
+    assert r.status == 200
+    base = str(env.client.make_url("")).rstrip("/")
+    async with aiohttp.ClientSession() as session:
+        seeded = await Seeder(session, base).run([Want("pypi", "demo-dep", "2.0")])
+    assert (seeded.fetched, seeded.already, seeded.failed) == (1, 1, [])
