@@ -1,5 +1,12 @@
 """Upstreams: which to ask, in what order, and what their answers say about their health.
 
+A slow uplink is not a dead one: an upstream that has not answered after ATTEMPT_TIMEOUT
+is passed on to the next one, but its query stays open, and whichever answers first
+within PATIENCE seconds answers (stubs wait 5 s before they ask again). Only a query
+with no answer by then counts as a failure. Without this, an uplink whose round trip
+took longer than one attempt answered nothing at all: every reply came after we had
+given up, was counted as spoofed, and the upstream was marked down.
+
 The clock is the caller's. An upstream that fails three times in a row is down for
 RETRY_AFTER seconds (RFC 8767's failure recheck timer; the set's `recheck`); then one
 query at a time probes it while the others pass it by. When every upstream is down and
@@ -11,7 +18,7 @@ failures (and fail over), never as answers.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,7 +27,8 @@ from retreatkit.nameserver import reply as replies
 from retreatkit.nameserver import wire
 from retreatkit.nameserver.errors import BadReply, UpstreamFailed
 
-ATTEMPT_TIMEOUT = 1.5
+ATTEMPT_TIMEOUT = 1.5  # then the next upstream is asked too
+PATIENCE = 4.0  # how long a query waits for any of them; under a stub's 5 s
 RETRY_AFTER = 30.0  # RFC 8767: recheck a failing upstream after ~30 s
 FAILURES_TO_DOWN = 3
 RCODE_SERVFAIL, RCODE_REFUSED = 2, 5
@@ -72,11 +80,16 @@ class Upstream:
 
 
 class Transport(Protocol):
-    """Sends one query and returns the reply that matches its ID, source and question."""
+    """Sends one query and returns the reply that matches its ID, source and question;
+    and runs attempts staggered by `delay` (race.staggered's contract)."""
 
     async def query(
         self, upstream: Upstream, data: bytes, question: bytes, tcp: bool, timeout: float
     ) -> bytes: ...
+
+    async def race(
+        self, attempts: Sequence[Callable[[], Awaitable[Answer | None]]], delay: float
+    ) -> tuple[Answer | None, list[int]]: ...
 
 
 @dataclass(slots=True)
@@ -108,7 +121,8 @@ class UpstreamSet:
     servers: list[Upstream]
     transport: Transport
     clock: Callable[[], float]
-    timeout: float = ATTEMPT_TIMEOUT
+    timeout: float = ATTEMPT_TIMEOUT  # then the next upstream is asked as well
+    patience: float = PATIENCE  # the longest a question waits for any upstream
     random_id: Callable[[], int] = field(default_factory=RandomIds)
     recheck: float = RETRY_AFTER  # seconds a down upstream is passed by, then probed
     zone: str = ""  # the domain forwarded to these servers; "" for the default upstreams
@@ -139,41 +153,80 @@ class UpstreamSet:
             wait = self.next_check(self.clock())
             raise UpstreamFailed(f"every upstream is down; the next check is in {wait:.0f} s")
         question = key[:-1]
-        last = ""
-        for upstream in plan:
-            probe = upstream.down
+        deadline = self.clock() + self.patience
+        if len(plan) == 1:  # the common case: nothing to stagger
+            result = await self._settle(plan[0], self._attempt(plan[0], key, question, deadline))
+            if isinstance(result, Answer):
+                return result
+            raise UpstreamFailed(result)
+        why: list[str] = []
+
+        def attempt(upstream: Upstream) -> Callable[[], Awaitable[Answer | None]]:
+            async def run() -> Answer | None:
+                result = await self._settle(
+                    upstream, self._attempt(upstream, key, question, deadline)
+                )
+                if isinstance(result, Answer):
+                    return result
+                why.append(result)
+                return None
+
+            return run
+
+        answer, overtaken = await self.transport.race([attempt(u) for u in plan], self.timeout)
+        for index in overtaken:
+            # silent for a whole attempt while another answered: a failure, as a silent
+            # upstream always was (down after three, then passed by)
+            self._failed(plan[index], "no answer in time")
+        if answer is None:
+            raise UpstreamFailed(why[-1] if why else "no answer in time")
+        return answer
+
+    async def _attempt(
+        self, upstream: Upstream, key: bytes, question: bytes, deadline: float
+    ) -> tuple[bytes, replies.Reply | None]:
+        """One upstream's reply: over UDP, waited for until `deadline` (our clock), and
+        over TCP when that one is truncated."""
+        wait = max(0.0, deadline - self.clock())
+        raw = await self._query(upstream, key, question, False, wait)
+        try:
+            reply: replies.Reply | None = replies.digest(raw, question)
+        except replies.Unusual:
+            reply = None  # well formed, in a layout left to dnspython
+        if reply is not None and reply.truncated:
+            raw = await self._query(upstream, key, question, True, self.timeout * 2)
+            reply = replies.digest(raw, question)
+            if reply.truncated:
+                raise BadReply("truncated over TCP")
+        return raw, reply
+
+    async def _settle(
+        self,
+        upstream: Upstream,
+        attempt: Awaitable[tuple[bytes, replies.Reply | None]],
+    ) -> Answer | str:
+        """An attempt's outcome, told to the upstream's health: the Answer, or why not."""
+        probe = upstream.down
+        if probe:
+            upstream.probing = True
+        started = self.clock()
+        try:
+            raw, reply = await attempt
+        except (UpstreamFailed, TimeoutError, OSError, replies.Unusual) as exc:
+            why = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else
+                               type(exc).__name__)  # fmt: skip
+            return self._failed(upstream, why)
+        finally:
             if probe:
-                upstream.probing = True
-            started = self.clock()
-            try:
-                raw = await self._query(upstream, key, question, tcp=False)
-                try:
-                    reply: replies.Reply | None = replies.digest(raw, question)
-                except replies.Unusual:
-                    reply = None  # well formed, in a layout left to dnspython
-                if reply is not None and reply.truncated:
-                    raw = await self._query(upstream, key, question, tcp=True)
-                    reply = replies.digest(raw, question)
-                    if reply.truncated:
-                        raise BadReply("truncated over TCP")
-            except (UpstreamFailed, TimeoutError, OSError, replies.Unusual) as exc:
-                why = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else
-                                   type(exc).__name__)  # fmt: skip
-                last = self._failed(upstream, why)
-                continue
-            finally:
-                if probe:
-                    upstream.probing = False
-            rcode = reply.rcode if reply is not None else wire.HEADER.unpack_from(raw)[1] & 0xF
-            if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
-                last = self._failed(upstream, "SERVFAIL" if rcode == RCODE_SERVFAIL else "REFUSED")
-                continue
-            now = self.clock()
-            upstream.answered(now - started)
-            if self.note is not None:
-                self.note(upstream, self.zone, now)
-            return Answer(raw, reply, upstream)
-        raise UpstreamFailed(last)
+                upstream.probing = False
+        rcode = reply.rcode if reply is not None else wire.HEADER.unpack_from(raw)[1] & 0xF
+        if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
+            return self._failed(upstream, "SERVFAIL" if rcode == RCODE_SERVFAIL else "REFUSED")
+        now = self.clock()
+        upstream.answered(now - started)
+        if self.note is not None:
+            self.note(upstream, self.zone, now)
+        return Answer(raw, reply, upstream)
 
     def _failed(self, upstream: Upstream, why: str) -> str:
         now = self.clock()
@@ -183,7 +236,7 @@ class UpstreamSet:
         return f"{upstream.address}: {why}"
 
     def _query(
-        self, upstream: Upstream, key: bytes, question: bytes, tcp: bool
+        self, upstream: Upstream, key: bytes, question: bytes, tcp: bool, timeout: float
     ) -> Awaitable[bytes]:
         data = wire.upstream_query(self.random_id(), key)
-        return self.transport.query(upstream, data, question, tcp, self.timeout * (1 + tcp))
+        return self.transport.query(upstream, data, question, tcp, timeout)

@@ -12,6 +12,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -330,7 +331,8 @@ def test_stale_and_servfail_at_once_when_the_upstream_goes_silent() -> None:
         assert short(ns.port, "ttl0.example.test") == ["198.51.100.10"]
         upstream.silent = True  # reads everything, answers nothing, sends no ICMP
         with ThreadPoolExecutor(3) as pool:  # three failures mark it down
-            outs = list(pool.map(lambda i: dig(ns.port, f"n{i}.example.test"), range(3)))
+            # each waits out the upstream's patience (4 s), as a stub's 5 s allows
+            outs = list(pool.map(lambda i: dig(ns.port, "+time=5", f"n{i}.example.test"), range(3)))
         assert all("status: SERVFAIL" in out for out in outs)
         asked = upstream.asked()
         # known down: a stale answer (RFC 8767 TTL 30) and SERVFAIL without asking it, so
@@ -345,6 +347,32 @@ def test_stale_and_servfail_at_once_when_the_upstream_goes_silent() -> None:
     finally:
         ns.stop()
         upstream.stop()
+
+
+def test_a_slow_uplink_still_answers_and_is_no_attack() -> None:
+    """An uplink whose round trip outlasts one attempt (1.5 s): its answer is still taken
+    when it comes, the upstream stays up, and nothing counts as spoofed."""
+    timers: list[threading.Timer] = []
+
+    def script(query: dns.message.Message, sock: socket.socket, addr: tuple[str, int]) -> None:
+        late = threading.Timer(2.0, sock.sendto, (reply(query, "198.51.100.42").to_wire(), addr))
+        timers.append(late)  # the satellite's latency, not a wait for anything
+        late.start()
+
+    fake = ScriptedUpstream(script)
+    ns = start_nameserver("--upstream", f"127.0.0.1:{fake.port}")
+    try:
+        for name in ("one.example.test", "two.example.test", "three.example.test"):
+            assert short(ns.port, name) == ["198.51.100.42"]
+        doc = status(ns)
+        assert doc["upstreams"][0]["state"] == "up"  # type: ignore[index]
+        assert (doc["spoofed_replies_ignored"], doc["servfail"], doc["warnings"]) == (0, 0, [])
+        assert len(fake.queries) == 3  # one query each, answered late
+    finally:
+        ns.stop()
+        for timer in timers:
+            timer.cancel()
+        fake.stop()
 
 
 def test_spoofed_replies_are_ignored() -> None:
