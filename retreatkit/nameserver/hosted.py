@@ -31,7 +31,8 @@ def resolv_conf_upstreams(path: Path = Path("/etc/resolv.conf")) -> list[tuple[s
 Address = tuple[str, int]
 S = TypeVar("S")
 T = TypeVar("T")
-SETTINGS_KEYS = ("records", "upstreams", "forward", "block_mode")  # what the settings read
+# what the settings read
+SETTINGS_KEYS = ("records", "upstreams", "forward", "block_mode", "networks", "allow")
 TABLE_FORM = '"NAME" = "ADDRESS" in [nameserver.records]'
 
 
@@ -85,7 +86,32 @@ def read(section: dict[str, Any]) -> Reading:
         mode = block_mode(section)
     except ValueError as exc:
         found.append(("block_mode", str(exc)))
+    each("networks", list(section["networks"]), network)
+    each("allow", list(section["allow"]), allowed_domain)
     return Reading(records, upstreams, forward, mode, found)
+
+
+def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A network that may ask (`10.0.0.0/8`, `fd00::/8`); an address is one host."""
+    try:
+        return ipaddress.ip_network(text.strip())
+    except ValueError:
+        pass
+    try:
+        meant = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(
+            f"not a network: {text!r} (expected ADDRESS/PREFIX, like 10.0.0.0/8)"
+        ) from None
+    raise ValueError(f"{text!r} has host bits set: the network is {str(meant)!r}")
+
+
+def allowed_domain(text: str) -> str:
+    """A domain the blocklists never block, with every name under it."""
+    name = normalize(text)
+    if name is None:
+        raise ValueError(f"not a domain: {text!r} (expected a name like cdn.example)")
+    return name
 
 
 def nameserver_settings(
@@ -193,7 +219,10 @@ def server_text(text: str) -> tuple[str, int]:
     try:
         return str(ipaddress.ip_address(text.strip("[]"))), 53
     except ValueError:
-        return config.host_port(text, 53)
+        host, port = config.host_port(text, 53)
+    if port == 0:  # a port to listen on may be the kernel's pick; a server's is not
+        raise ValueError(f"port 0 is no server's port, in {text!r} (53 is DNS)")
+    return host, port
 
 
 def address_of(host: str, port: int, family: int = socket.AF_UNSPEC) -> str:

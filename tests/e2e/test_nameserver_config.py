@@ -90,3 +90,49 @@ def test_config_errors_say_their_section_and_key(tmp_path: Path) -> None:
         "retreatkit: [nameserver] block_mode (or --block-mode): expected null or nxdomain,"
         " got 'sinkhole'",
     ]
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("allow = [5]", "{config}: [nameserver] allow should be a list of strings; got 5 in it"),
+        (
+            'upstreams = ["192.0.2.1", 53]',
+            "{config}: [nameserver] upstreams should be a list of strings; got 53 in it",
+        ),
+        (
+            'blocklists = [["a.txt"]]',
+            "{config}: [nameserver] blocklists should be a list of strings; got a list in it",
+        ),
+        (
+            'networks = ["10.0.0.0/33"]',
+            "[nameserver] networks: not a network: '10.0.0.0/33' (expected ADDRESS/PREFIX,"
+            " like 10.0.0.0/8)",
+        ),
+        (
+            'networks = ["10.53.1.1/24"]',
+            "[nameserver] networks: '10.53.1.1/24' has host bits set: the network is"
+            " '10.53.1.0/24'",
+        ),
+        (
+            'allow = ["cdn example"]',
+            "[nameserver] allow (or --allow): not a domain: 'cdn example' (expected a name"
+            " like cdn.example)",
+        ),
+        (
+            'upstreams = ["192.0.2.1:0"]',
+            "[nameserver] upstreams (or --upstream): port 0 is no server's port, in"
+            " '192.0.2.1:0' (53 is DNS)",
+        ),
+    ],
+)
+def test_a_value_that_cannot_work_is_one_line_naming_its_key(
+    tmp_path: Path, line: str, error: str
+) -> None:
+    """Items of the wrong type in a list, networks, allowed domains and an upstream's port:
+    before, a traceback, a message naming no key, or nothing at all (ignored, or a server
+    that could never be asked)."""
+    got = nameserver("--listen", "127.0.0.1:0", tmp=tmp_path, config=f"[nameserver]\n{line}\n")
+    assert (got.returncode, got.stdout) == (2, "")
+    config = tmp_path / "retreat.toml"
+    assert got.stderr == f"retreatkit: {error.format(config=config)}\n"
