@@ -1,4 +1,5 @@
-"""Who may ask, and how fast: the LAN's networks, a per-client rate, refusals logged once."""
+"""Who may ask, and how fast: the LAN's networks, a per-client rate; refusals and floods
+logged once, so the organiser learns which address it is without a line per query."""
 
 from __future__ import annotations
 
@@ -12,6 +13,26 @@ LAN = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.
        "100.64.0.0/10", "::1/128", "fc00::/7", "fe80::/10")  # fmt: skip
 MAX_KNOWN = 65536  # addresses whose verdict is remembered
 MAX_LOGGED = 4096  # networks whose first refusal was logged
+LOG_AGAIN = 600  # seconds before the same address's flood is a line in the log again
+
+
+class Once:
+    """Says whether an address's flood is news: once per LOG_AGAIN seconds per address,
+    for at most MAX_LOGGED addresses at a time (a spoofed flood from many is bounded too)."""
+
+    def __init__(self) -> None:
+        self.logged: dict[str, float] = {}
+
+    def news(self, ip: str, now: float) -> bool:
+        last = self.logged.get(ip)
+        if last is not None and now - last < LOG_AGAIN:
+            return False
+        if last is None and len(self.logged) >= MAX_LOGGED:
+            self.logged = {a: t for a, t in self.logged.items() if now - t < LOG_AGAIN}
+            if len(self.logged) >= MAX_LOGGED:
+                return False
+        self.logged[ip] = now
+        return True
 
 
 class Gate:
@@ -25,6 +46,7 @@ class Gate:
         self.rate = rate
         self.known: dict[str, bool] = {}  # read inline by the servers: a dict lookup per query
         self.logged: set[str] = set()
+        self.floods = Once()
         self._window = 0
         self._counts: Counter[str] = Counter()
 
@@ -63,5 +85,14 @@ class Gate:
         if window != self._window:
             self._window = window
             self._counts.clear()
-        self._counts[ip] += 1
-        return self._counts[ip] > self.rate
+        counts = self._counts
+        counts[ip] += 1
+        if counts[ip] <= self.rate:
+            return False
+        if counts[ip] == self.rate + 1 and self.floods.news(ip, window):
+            log.warning(
+                "%s asks more than %d queries a second: its UDP answers come truncated (it"
+                " asks again over TCP); the limit is rate_limit in [nameserver] of retreat.toml",
+                ip, self.rate,
+            )  # fmt: skip
+        return True

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import cast
 
 from retreatkit.nameserver import wire
-from retreatkit.nameserver.gate import Gate
+from retreatkit.nameserver.gate import Gate, Once
 from retreatkit.nameserver.resolver import Resolver
 from retreatkit.nameserver.stats import REFUSED
 
@@ -87,6 +87,7 @@ class Connections:
         self.outsiders: set[TCPServer] = set()  # from outside the LAN: REFUSED, then closed
         self.by_address: Counter[str] = Counter()
         self.refused = 0
+        self.floods = Once()  # addresses told of in the log, for holding too many
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -99,10 +100,29 @@ class Connections:
         pool, limit = (self.outsiders, MAX_OUTSIDERS) if conn.outsider else (self.open, self.limit)
         if len(pool) >= limit or self.by_address[conn.ip] >= self.per_address:
             self.refused += 1
+            self._say_full(conn, limit)
             return False
         pool.add(conn)
         self.by_address[conn.ip] += 1
         return True
+
+    def _say_full(self, conn: TCPServer, limit: int) -> None:
+        """One line per address that fills its share (or per cap filled), not per refusal."""
+        one = self.by_address[conn.ip] >= self.per_address
+        key = conn.ip if one else ("outside" if conn.outsider else "")
+        if not self.floods.news(key, self.clock()):
+            return
+        if one:
+            log.warning(
+                "%s holds %d TCP connections, the most one address may: its next ones are"
+                " closed at once", conn.ip, self.per_address,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "%d TCP connections%s are open, the most at once: new ones are closed at"
+                " once (%s was the first turned away)",
+                limit, " from outside the LAN" if conn.outsider else "", conn.ip,
+            )  # fmt: skip
 
     def leave(self, conn: TCPServer) -> None:
         pool = self.outsiders if conn.outsider else self.open

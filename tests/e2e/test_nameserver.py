@@ -434,8 +434,17 @@ def test_rate_limit_slips_to_tcp(upstream: Dnsmasq) -> None:
                 assert answer.edns == 0  # a TC answer keeps its OPT
         assert truncated > 0  # over the limit: TC, so a NAT's clients retry over TCP
         assert short(ns.port, "+tcp", "www.example.test") == ["198.51.100.7"]
+        ns.process.popen.terminate()
+        _, seen = ns.process.finish()  # every line it wrote, to its exit
     finally:
         ns.stop()
+    # the organiser learns who floods, in one line, however long the flood goes on
+    lines = [line for line in seen if "queries a second" in line]
+    assert len(lines) == 1
+    assert lines[0].endswith(
+        "WARNING 127.0.0.1 asks more than 3 queries a second: its UDP answers come truncated"
+        " (it asks again over TCP); the limit is rate_limit in [nameserver] of retreat.toml"
+    )
 
 
 def test_one_host_cannot_take_every_tcp_connection(upstream: Dnsmasq) -> None:
@@ -444,17 +453,26 @@ def test_one_host_cannot_take_every_tcp_connection(upstream: Dnsmasq) -> None:
     try:
         for _ in range(16):  # the per-address cap
             held.append(socket.create_connection(("127.0.0.1", ns.port), timeout=5))
-        extra = socket.create_connection(("127.0.0.1", ns.port), timeout=5)
-        with extra, contextlib.suppress(ConnectionResetError):  # reset or closed, at once
-            extra.sendall(dns_query("www.example.test"))
-            assert extra.recv(10) == b""
+        for _ in range(3):
+            extra = socket.create_connection(("127.0.0.1", ns.port), timeout=5)
+            with extra, contextlib.suppress(ConnectionResetError):  # reset or closed, at once
+                extra.sendall(dns_query("www.example.test"))
+                assert extra.recv(10) == b""
         # another address of the LAN is still served, over TCP too
         out = dig(ns.port, "-b", "127.0.0.2", "+tcp", "+short", "www.example.test")
         assert out.split() == ["198.51.100.7"]
+        ns.process.popen.terminate()
+        _, seen = ns.process.finish()
     finally:
         for conn in held:
             conn.close()
         ns.stop()
+    lines = [line for line in seen if "TCP connections" in line]
+    assert len(lines) == 1  # one line for the address, not one per connection turned away
+    assert lines[0].endswith(
+        "WARNING 127.0.0.1 holds 16 TCP connections, the most one address may: its next ones"
+        " are closed at once"
+    )
 
 
 def test_sighup_reloads_and_the_next_query_is_blocked(upstream: Dnsmasq, tmp_path: Path) -> None:

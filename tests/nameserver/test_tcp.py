@@ -4,13 +4,15 @@ REFUSED outside the LAN."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 
 import dns.message
 import dns.rcode
+import pytest
 
 from retreatkit.nameserver.fakes import ManualClock, Zone, make_query, resolver
-from retreatkit.nameserver.gate import LAN, Gate
+from retreatkit.nameserver.gate import LAN, LOG_AGAIN, Gate
 from retreatkit.nameserver.stats import REFUSED
 from retreatkit.nameserver.tcp import MAX_OUTSIDERS, Connections, Framer, TCPServer
 
@@ -136,3 +138,32 @@ async def test_outside_the_lan_one_refused_then_closed_and_never_the_lans_room()
     assert not connect("10.0.0.1")[1].aborted  # the LAN's room is untouched
     clock.advance(10)
     assert conns.sweep(clock()) == MAX_OUTSIDERS + 1  # silent outsiders go at the deadline
+
+
+async def test_a_full_server_is_one_line_per_address_and_one_for_the_cap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    r, _, _ = resolver({UP: ZONE.answer})
+    clock = ManualClock(0.0)
+    conns = Connections(clock, limit=3, per_address=2)
+    gate = Gate(list(LAN), 0)
+
+    def connect(ip: str) -> Stream:
+        stream = Stream(ip)
+        TCPServer(r, gate, conns).connection_made(stream)  # type: ignore[arg-type]
+        return stream
+
+    with caplog.at_level(logging.WARNING, logger="retreatkit.nameserver"):
+        for ip in ("10.0.0.1",) * 5 + ("10.0.0.2",) * 4:
+            connect(ip)
+        clock.advance(LOG_AGAIN)
+        assert connect("10.0.0.1").aborted  # still full, a while later: said again
+    assert conns.refused == 7
+    assert [r.getMessage() for r in caplog.records] == [
+        "10.0.0.1 holds 2 TCP connections, the most one address may: its next ones are"
+        " closed at once",
+        "3 TCP connections are open, the most at once: new ones are closed at once"
+        " (10.0.0.2 was the first turned away)",
+        "10.0.0.1 holds 2 TCP connections, the most one address may: its next ones are"
+        " closed at once",
+    ]
