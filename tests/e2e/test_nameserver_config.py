@@ -3,6 +3,7 @@ problem naming its key (and flag), exit code 2, and nothing listening."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -136,3 +137,23 @@ def test_a_value_that_cannot_work_is_one_line_naming_its_key(
     assert (got.returncode, got.stdout) == (2, "")
     config = tmp_path / "retreat.toml"
     assert got.stderr == f"retreatkit: {error.format(config=config)}\n"
+
+
+def test_a_port_another_dns_server_holds_is_one_line(tmp_path: Path) -> None:
+    """Another DNS server (systemd-resolved, dnsmasq) holds the port for UDP and TCP."""
+    with contextlib.ExitStack() as held:
+        for _ in range(20):  # a port free for UDP may be taken for TCP: try another
+            udp = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            tcp = held.enter_context(socket.socket())
+            with contextlib.suppress(OSError):
+                tcp.bind(("127.0.0.1", port))
+                tcp.listen()
+                break
+        got = nameserver("--listen", f"127.0.0.1:{port}", "--upstream", "127.0.0.1:9", tmp=tmp_path)
+    assert (got.returncode, got.stdout) == (1, "")
+    assert got.stderr == (
+        f"retreatkit: cannot start: nameserver: UDP and TCP 127.0.0.1:{port} are in use by"
+        " another program: change [nameserver] listen (or --listen)\n"
+    )
