@@ -314,6 +314,38 @@ def test_local_zones(zns: NameserverProcess) -> None:
     assert short(zns.port, "x.wild.example.test") == ["198.51.100.11"]
 
 
+@pytest.mark.parametrize(
+    ("name", "zone"),
+    [
+        ("b._dns-sd._udp.0.1.16.172.in-addr.arpa", "16.172.in-addr.arpa."),  # macOS browsing
+        ("lb._dns-sd._udp.0.0.254.169.in-addr.arpa", "254.169.in-addr.arpa."),
+        ("1.16.172.in-addr.arpa", "16.172.in-addr.arpa."),
+        ("999.1.0.10.in-addr.arpa", "10.in-addr.arpa."),  # no such address: still 10/8
+        ("x.d.f.ip6.arpa", "d.f.ip6.arpa."),  # under fd00::/8, the ULAs
+    ],
+)
+def test_private_reverse_names_stay_on_the_lan(
+    zns: NameserverProcess, zones: tuple[ZoneUpstream, ZoneUpstream], name: str, zone: str
+) -> None:
+    """RFC 6303: whatever the shape of a reverse name under a private network, it is
+    answered here (NXDOMAIN with that zone's SOA), never asked upstream."""
+    main, _ = zones
+    asked = main.asked()
+    out = dig(zns.port, name, "PTR")
+    assert "status: NXDOMAIN" in out
+    assert out.split(";; AUTHORITY SECTION:")[1].split()[0] == zone
+    assert main.asked() == asked
+
+
+def test_a_public_reverse_name_is_asked_upstream(
+    zns: NameserverProcess, zones: tuple[ZoneUpstream, ZoneUpstream]
+) -> None:
+    main, _ = zones
+    asked = main.asked()
+    dig(zns.port, "5.4.110.in-addr.arpa", "PTR")  # 110.4.5.0/24: public, though it ends "10"
+    assert main.asked() == asked + 1
+
+
 def test_conditional_forwarding(zns: NameserverProcess) -> None:
     assert short(zns.port, "printer.venue.example") == ["192.168.1.5"]  # private is fine here
 
