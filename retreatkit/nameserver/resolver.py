@@ -199,6 +199,9 @@ class Resolver:
         entry: Entry | None = self.cache.get(key)
         if entry is not None and entry.own:
             entry = None  # our answer under an older policy: the name is forwarded now
+        if entry is None or now >= entry.expires:
+            # another kind of client (with or without EDNS, DO...) may have a newer answer
+            entry = fill.sibling(self.cache, query, data, entry) or entry
         if entry is not None and entry.generation != self.generation:
             # the lists changed since it was cached: its CNAME chain may be listed now
             listed = self._cloaked(name, entry.targets)

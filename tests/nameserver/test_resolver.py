@@ -286,3 +286,39 @@ async def test_badvers() -> None:
     lan = UDPClient(r)
     answer = await lan.ask("www.example.test", use_edns=1)
     assert answer.rcode() == dns.rcode.BADVERS and answer.edns == 0
+
+
+SIGNED = Zone(
+    ZONE.zone.to_text()
+    + f"www.example RRSIG A 8 3 300 20300101000000 20200101000000 4711 test. {'c' * 88}\n",
+    secure=True,
+)
+
+
+def rdtypes(answer: dns.message.Message) -> list[str]:
+    return [dns.rdatatype.to_text(rrset.rdtype) for rrset in answer.answer]
+
+
+async def test_an_answer_cached_for_one_kind_of_client_serves_the_others() -> None:
+    """A glibc stub asks without EDNS, macOS and dig with it, a validator with DO: one
+    upstream answer serves them all, fresh and, with the uplink gone, stale."""
+    r, upstream, clock = resolver({UP: SIGNED.answer})
+    lan = UDPClient(r)
+    signed = await lan.ask("www.example.test", want_dnssec=True)
+    assert rdtypes(signed) == ["A", "RRSIG"] and signed.flags & dns.flags.AD
+    glibc = await lan.ask("www.example.test", use_edns=False)
+    # no OPT, no AD, no signatures for a client that did not ask for them (RFC 4035 3.2.1)
+    assert (glibc.edns, glibc.flags & dns.flags.AD, rdtypes(glibc)) == (-1, 0, ["A"])
+    assert addresses(glibc) == ["198.51.100.7"] and glibc.answer[0].ttl == 300
+    dig = await lan.ask("www.example.test", flags=dns.flags.RD | dns.flags.AD)
+    assert dig.flags & dns.flags.AD and rdtypes(dig) == ["A"]  # from the DO answer: AD kept
+    assert upstream.asked() == 1
+    # never the other way: an answer without signatures is no answer for a validator
+    await lan.ask("short.example.test", use_edns=False)
+    assert rdtypes(await lan.ask("short.example.test", want_dnssec=True)) == ["A"]
+    assert upstream.asked() == 3
+    upstream.scripts[UP] = lambda q: SILENT  # the uplink is gone, and the answer old
+    clock.advance(400)
+    stale = await lan.ask("www.example.test", use_edns=False, flags=dns.flags.RD | dns.flags.CD)
+    assert addresses(stale) == ["198.51.100.7"] and stale.answer[0].ttl == 30
+    assert stale.flags & dns.flags.CD and rdtypes(stale) == ["A"]
