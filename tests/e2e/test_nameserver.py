@@ -507,6 +507,32 @@ def test_one_host_cannot_take_every_tcp_connection(upstream: Dnsmasq) -> None:
     )
 
 
+def test_a_client_that_never_reads_its_answers_cannot_fill_our_memory(
+    upstream: Dnsmasq, tmp_path: Path
+) -> None:
+    """Queries pipelined over TCP whose answers the client never reads: we stop reading
+    them (before, every answer was buffered: one laptop took the server past 2 GB)."""
+    config = tmp_path / "retreat.toml"
+    many = ", ".join(f'"10.0.{i // 250}.{i % 250 + 1}"' for i in range(100))
+    config.write_text(f'[nameserver.records]\n"many.retreat.lan" = [{many}]\n')
+    ns = start_nameserver("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    queries = dns_query("many.retreat.lan") * 50_000  # 1.7 KB answers to 1.8 MB of queries
+    sent = 0
+    try:
+        with socket.socket() as hog:
+            hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing, anyway
+            hog.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            hog.connect(("127.0.0.1", ns.port))
+            hog.settimeout(3)
+            with contextlib.suppress(TimeoutError):
+                while sent < len(queries):
+                    sent += hog.send(queries[sent : sent + 65536])
+            assert sent < len(queries)  # it stopped taking queries
+            assert len(short(ns.port, "+tcp", "many.retreat.lan")) == 100  # others: fine
+    finally:
+        ns.stop()
+
+
 def test_sighup_reloads_and_the_next_query_is_blocked(upstream: Dnsmasq, tmp_path: Path) -> None:
     lists = tmp_path / "block.txt"
     lists.write_text("||ads.example.test^\n")

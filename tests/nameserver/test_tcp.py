@@ -13,8 +13,9 @@ import pytest
 
 from retreatkit.nameserver.fakes import ManualClock, Zone, make_query, resolver
 from retreatkit.nameserver.gate import LAN, LOG_AGAIN, Gate
+from retreatkit.nameserver.local import parse_record
 from retreatkit.nameserver.stats import REFUSED
-from retreatkit.nameserver.tcp import MAX_OUTSIDERS, Connections, Framer, TCPServer
+from retreatkit.nameserver.tcp import MAX_OUTSIDERS, MAX_PENDING, Connections, Framer, TCPServer
 
 ZONE = Zone("$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nwww A 198.51.100.7\n")
 UP = ("192.0.2.53", 53)
@@ -44,11 +45,13 @@ class Stream:
     def is_closing(self) -> bool:
         return self.closed or self.aborted
 
+    paused = False  # reading
+
     def pause_reading(self) -> None:
-        pass
+        self.paused = True
 
     def resume_reading(self) -> None:
-        pass
+        self.paused = False
 
 
 def framed(name: str) -> bytes:
@@ -167,3 +170,25 @@ async def test_a_full_server_is_one_line_per_address_and_one_for_the_cap(
         "10.0.0.1 holds 2 TCP connections, the most one address may: its next ones are"
         " closed at once",
     ]
+
+
+async def test_queries_wait_while_their_answers_wait_on_the_client() -> None:
+    """However many queries one read brings, MAX_PENDING are worked on; while the client
+    reads no answers (asyncio's pause_writing), no more are taken, and reading stays off."""
+    r, _, _ = resolver({UP: ZONE.answer}, records=[parse_record("wiki.retreat.lan=10.0.0.9")])
+    server, stream = (
+        TCPServer(r, Gate(list(LAN), 0), Connections(ManualClock(0.0))),
+        Stream("10.0.0.1"),
+    )
+    server.connection_made(stream)  # type: ignore[arg-type]
+    server.data_received(framed("wiki.retreat.lan") * 100)
+    assert server.pending == MAX_PENDING and stream.paused
+    server.pause_writing()
+    await asyncio.gather(*server.tasks)
+    answered = stream.written.count(b"\x04wiki")
+    assert (answered, server.pending, stream.paused) == (MAX_PENDING, 0, True)
+    server.resume_writing()  # the client reads again: the next queries are taken
+    assert server.pending == MAX_PENDING
+    while server.pending:
+        await asyncio.gather(*server.tasks)
+    assert stream.written.count(b"\x04wiki") == 100 and not stream.paused
