@@ -31,7 +31,7 @@ ATTEMPT_TIMEOUT = 1.5  # then the next upstream is asked too
 PATIENCE = 4.0  # how long a query waits for any of them; under a stub's 5 s
 RETRY_AFTER = 30.0  # RFC 8767: recheck a failing upstream after ~30 s
 FAILURES_TO_DOWN = 3
-RCODE_SERVFAIL, RCODE_REFUSED = 2, 5
+RCODE_FORMERR, RCODE_SERVFAIL, RCODE_NOTIMP, RCODE_REFUSED = 1, 2, 4, 5
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Upstream:
     errors: int = 0
     latency_ms: float | None = None  # moving average; None until it has answered
     last_error: str = ""
+    edns: bool = True  # False once it refused a query with EDNS and answered one without
 
     @property
     def address(self) -> str:
@@ -187,18 +188,30 @@ class UpstreamSet:
     ) -> tuple[bytes, replies.Reply | None]:
         """One upstream's reply: over UDP, waited for until `deadline` (our clock), and
         over TCP when that one is truncated."""
-        wait = max(0.0, deadline - self.clock())
-        raw = await self._query(upstream, key, question, False, wait)
-        try:
-            reply: replies.Reply | None = replies.digest(raw, question)
-        except replies.Unusual:
-            reply = None  # well formed, in a layout left to dnspython
+        edns = upstream.edns
+        raw, reply = await self._udp(upstream, key, question, deadline, edns)
+        if edns and _rcode(raw, reply) in (RCODE_FORMERR, RCODE_NOTIMP):
+            # RFC 6891 7: a server that does not speak EDNS (an old venue router) refuses
+            # the OPT record; asked again without it, it answers, and is asked so from now
+            raw, reply = await self._udp(upstream, key, question, deadline, False)
+            if _rcode(raw, reply) not in (RCODE_FORMERR, RCODE_NOTIMP):
+                upstream.edns = False
         if reply is not None and reply.truncated:
-            raw = await self._query(upstream, key, question, True, self.timeout * 2)
+            raw = await self._query(upstream, key, question, True, self.timeout * 2, upstream.edns)
             reply = replies.digest(raw, question)
             if reply.truncated:
                 raise BadReply("truncated over TCP")
         return raw, reply
+
+    async def _udp(
+        self, upstream: Upstream, key: bytes, question: bytes, deadline: float, edns: bool
+    ) -> tuple[bytes, replies.Reply | None]:
+        wait = max(0.0, deadline - self.clock())
+        raw = await self._query(upstream, key, question, False, wait, edns)
+        try:
+            return raw, replies.digest(raw, question)
+        except replies.Unusual:
+            return raw, None  # well formed, in a layout left to dnspython
 
     async def _settle(
         self,
@@ -219,7 +232,7 @@ class UpstreamSet:
         finally:
             if probe:
                 upstream.probing = False
-        rcode = reply.rcode if reply is not None else wire.HEADER.unpack_from(raw)[1] & 0xF
+        rcode = _rcode(raw, reply)
         if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
             return self._failed(upstream, "SERVFAIL" if rcode == RCODE_SERVFAIL else "REFUSED")
         now = self.clock()
@@ -236,7 +249,17 @@ class UpstreamSet:
         return f"{upstream.address}: {why}"
 
     def _query(
-        self, upstream: Upstream, key: bytes, question: bytes, tcp: bool, timeout: float
+        self,
+        upstream: Upstream,
+        key: bytes,
+        question: bytes,
+        tcp: bool,
+        timeout: float,
+        edns: bool = True,
     ) -> Awaitable[bytes]:
-        data = wire.upstream_query(self.random_id(), key)
+        data = wire.upstream_query(self.random_id(), key, edns)
         return self.transport.query(upstream, data, question, tcp, timeout)
+
+
+def _rcode(raw: bytes, reply: replies.Reply | None) -> int:
+    return reply.rcode if reply is not None else wire.HEADER.unpack_from(raw)[1] & 0xF

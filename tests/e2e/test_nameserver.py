@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dns.message
+import dns.rcode
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -404,6 +405,32 @@ def test_a_slow_uplink_still_answers_and_is_no_attack() -> None:
         ns.stop()
         for timer in timers:
             timer.cancel()
+        fake.stop()
+
+
+def test_an_upstream_that_does_not_speak_edns_is_asked_without_it() -> None:
+    """An old venue router answers a query with an OPT record FORMERR (RFC 6891 7): asked
+    again without it, it answers, and is asked so from then on. Before, every client got
+    FORMERR for every name."""
+
+    def script(query: dns.message.Message, sock: socket.socket, addr: tuple[str, int]) -> None:
+        if query.edns >= 0:
+            refused = dns.message.make_response(query)
+            refused.use_edns(False)
+            refused.set_rcode(dns.rcode.FORMERR)
+            sock.sendto(refused.to_wire(), addr)
+        else:
+            sock.sendto(reply(query, "198.51.100.44").to_wire(), addr)
+
+    fake = ScriptedUpstream(script)
+    ns = start_nameserver("--upstream", f"127.0.0.1:{fake.port}")
+    try:
+        assert short(ns.port, "one.example.test") == ["198.51.100.44"]
+        assert short(ns.port, "+noedns", "two.example.test") == ["198.51.100.44"]
+        assert [q.edns for q in fake.queries] == [0, -1, -1]
+        assert status(ns)["upstreams"][0]["state"] == "up"  # type: ignore[index]
+    finally:
+        ns.stop()
         fake.stop()
 
 
