@@ -12,6 +12,7 @@ checked again before it is served, so a change applies to the very next query.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import struct
 import time
@@ -28,13 +29,16 @@ import dns.rdatatype
 
 from retreatkit.nameserver import answers, fill, wire
 from retreatkit.nameserver.cache import Cache, Entry
-from retreatkit.nameserver.errors import BadReply, CnameLoop, UpstreamFailed
+from retreatkit.nameserver.errors import BadReply, CnameLoop, TooManyWaiting, UpstreamFailed
 from retreatkit.nameserver.flight import Flights
+from retreatkit.nameserver.gate import Once
 from retreatkit.nameserver.policy import BLOCKED, FORWARD, LOCAL, NXDOMAIN, PTR, Policy, Route
 from retreatkit.nameserver.stats import BLOCKED as BLOCKED_ANSWER
 from retreatkit.nameserver.stats import FORMERR, FORWARDED, REFUSED, SERVFAIL, STALE, Stats
 from retreatkit.nameserver.stats import LOCAL as LOCAL_ANSWER
 from retreatkit.nameserver.upstream import Answer, UpstreamSet
+
+log = logging.getLogger("retreatkit.nameserver")
 
 STALE_WAIT = 1.8  # RFC 8767: how long a client waits for a refresh before getting stale data
 EXPIRE_EVERY = 60.0  # seconds between sweeps of answers past their stale window
@@ -76,6 +80,7 @@ class Resolver:
         self.next_tick = 0.0
         self._next_expire = 0.0
         self.flights: Flights[Fetched] = Flights()
+        self.busy = Once()  # the flights' cap, said in the log once in a while
 
     # -- policy changes ------------------------------------------------------------------
 
@@ -333,8 +338,13 @@ class Resolver:
                 fetched = await self.flights.run(
                     ukey, lambda: self._fetch(query, data, route, name)
                 )
-        except (UpstreamFailed, BadReply, TimeoutError):
+        except (UpstreamFailed, BadReply, TimeoutError) as exc:
             later = self.clock()
+            if isinstance(exc, TooManyWaiting) and self.busy.news("", later):
+                log.warning(
+                    "%s (a slow uplink, or a flood of names): new questions get a stale"
+                    " answer or SERVFAIL until some are answered", exc,
+                )  # fmt: skip
             if stale_ok and entry is not None:
                 self.stats.answered(later, client, name, STALE, entry.rcode, key=key,
                                     ms=(later - now) * 1000)  # fmt: skip

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import pytest
 
+from retreatkit.nameserver import server
 from retreatkit.nameserver.blocklist import Blocklist
 from retreatkit.nameserver.fakes import (
     SILENT,
@@ -19,6 +22,7 @@ from retreatkit.nameserver.fakes import (
     make_query,
     resolver,
 )
+from retreatkit.nameserver.flight import Flights
 from retreatkit.nameserver.local import parse_record
 
 UP = ("192.0.2.53", 53)
@@ -322,3 +326,46 @@ async def test_an_answer_cached_for_one_kind_of_client_serves_the_others() -> No
     stale = await lan.ask("www.example.test", use_edns=False, flags=dns.flags.RD | dns.flags.CD)
     assert addresses(stale) == ["198.51.100.7"] and stale.answer[0].ttl == 30
     assert stale.flags & dns.flags.CD and rdtypes(stale) == ["A"]
+
+
+async def test_questions_past_the_flights_cap_are_one_line_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A slow uplink or a flood of names fills the questions in flight: the SERVFAILs that
+    follow are explained, once, not left to guess at."""
+    hold = Hold(ZONE.answer(make_query("www.example.test")))
+    r, _, _ = resolver({UP: lambda q: hold})
+    r.flights = Flights(limit=1)
+    lan = UDPClient(r)
+    lan.send(make_query("www.example.test"))  # waits on the upstream
+    with caplog.at_level(logging.WARNING, logger="retreatkit.nameserver"):
+        for name in ("a.example.test", "b.example.test"):
+            lan.send(make_query(name))
+            await asyncio.sleep(0)
+        hold.released.set()
+        await lan.settle()
+    rcodes = [dns.message.from_wire(out).rcode() for out, _ in lan.transport.sent]
+    assert sorted(rcodes) == [dns.rcode.NOERROR, dns.rcode.SERVFAIL, dns.rcode.SERVFAIL]
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 questions already wait on the upstreams (a slow uplink, or a flood of names): new"
+        " questions get a stale answer or SERVFAIL until some are answered"
+    ]
+
+
+async def test_queries_past_the_servers_cap_are_dropped_with_one_line(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "MAX_SLOW", 1)
+    hold = Hold(ZONE.answer(make_query("www.example.test")))
+    r, _, _ = resolver({UP: lambda q: hold})
+    lan = UDPClient(r)
+    with caplog.at_level(logging.WARNING, logger="retreatkit.nameserver"):
+        for name in ("www.example.test", "a.example.test", "b.example.test"):
+            lan.send(make_query(name))
+        hold.released.set()
+        await lan.settle()
+    assert len(lan.transport.sent) == 1  # the two past the cap: dropped, the client asks again
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 queries are in progress: new ones are dropped until some are answered (a slow"
+        " uplink, or a flood)"
+    ]
