@@ -206,7 +206,7 @@ class UDPClient:
         from retreatkit.nameserver.gate import LAN, Gate
         from retreatkit.nameserver.server import UDPServer
 
-        self.server = UDPServer(resolver, Gate(networks or list(LAN), rate))
+        self.server = UDPServer(resolver, Gate(networks or list(LAN), rate, resolver.clock))
         self.transport = Datagrams()
         self.server.connection_made(self.transport)  # type: ignore[arg-type]
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
+import time
 from collections import Counter
+from collections.abc import Callable
 
 log = logging.getLogger("retreatkit.nameserver")
 
@@ -13,6 +16,7 @@ LAN = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.
        "100.64.0.0/10", "::1/128", "fc00::/7", "fe80::/10")  # fmt: skip
 MAX_KNOWN = 65536  # addresses whose verdict is remembered
 MAX_LOGGED = 4096  # networks whose first refusal was logged
+REFUSALS_LOGGED = 16  # networks whose first refusal is a line, per LOG_AGAIN seconds
 LOG_AGAIN = 600  # seconds before the same address's flood is a line in the log again
 
 
@@ -41,9 +45,14 @@ class Gate:
     over TCP, which cannot be spoofed), so a NAT full of people is slowed, not cut off
     (the RRL "slip")."""
 
-    def __init__(self, networks: list[str], rate: int) -> None:
+    def __init__(
+        self, networks: list[str], rate: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.networks = [ipaddress.ip_network(n) for n in networks]
         self.rate = rate
+        self.clock = clock
+        self._budget = REFUSALS_LOGGED  # network lines left in this stretch of time
+        self._budget_since = -math.inf
         self.known: dict[str, bool] = {}  # read inline by the servers: a dict lookup per query
         self.logged: set[str] = set()
         self.floods = Once()
@@ -74,12 +83,26 @@ class Gate:
         network = str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
         if network in self.logged or len(self.logged) >= MAX_LOGGED:
             return
+        # a scan, or a flood from spoofed sources, comes from thousands of networks: a
+        # few lines say what is happening, thousands would bury the rest of the log
+        now = self.clock()
+        if now - self._budget_since >= LOG_AGAIN:
+            self._budget, self._budget_since = REFUSALS_LOGGED, now
+        if self._budget <= 0:
+            return
+        self._budget -= 1
         self.logged.add(network)
         log.warning(
             "refusing queries from %s (%s): not in the LAN's networks; to answer it, add"
             ' "%s" to networks in [nameserver] of retreat.toml',
             network, address, network,
         )  # fmt: skip
+        if not self._budget:
+            log.warning(
+                "refusing queries from more networks outside the LAN (a scan, or spoofed"
+                " sources?): the next ones are not logged for 10 minutes; /status counts"
+                " every refusal (refused)"
+            )
 
     def over_limit(self, ip: str, window: int) -> bool:
         if window != self._window:
