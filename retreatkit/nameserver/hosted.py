@@ -29,6 +29,49 @@ def resolv_conf_upstreams(path: Path = Path("/etc/resolv.conf")) -> list[tuple[s
 
 
 Address = tuple[str, int]
+ITSELF = (  # after an upstream's address
+    " is this nameserver itself: every question would come back to it (a loop); name"
+    " the venue's resolvers"
+)
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def is_itself(host: str, port: int, listen: str) -> bool:
+    """Whether the upstream `host:port` is the address we listen on: the organiser's own
+    machine, given the kit as its resolver (DHCP hands it out to everyone), lists it."""
+    try:
+        ours, our_port = config.host_port(listen)
+    except ValueError:
+        return False  # said apart, as a problem of listen
+    if port != our_port:
+        return False
+    if host == ours:
+        return True
+    if ours not in WILDCARDS:
+        return False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, 0))  # only an address of this machine binds
+        except OSError:
+            return False
+    return True
+
+
+def system_upstreams(listen: str, path: Path = Path("/etc/resolv.conf")) -> list[Address]:
+    """The system resolver's upstreams, but this nameserver itself; ValueError when it
+    names only that."""
+    named = resolv_conf_upstreams(path)
+    others = [(h, p) for h, p in named if not is_itself(h, p, listen)]
+    if named and not others:
+        itself = ", ".join(config.host_port_text(h, p) for h, p in named)
+        raise ValueError(
+            f"[nameserver] upstreams (or --upstream): none given, and {path} names only"
+            f" {itself},{ITSELF.removeprefix(' is')}"
+        )
+    return others
+
+
 S = TypeVar("S")
 T = TypeVar("T")
 # what the settings read
@@ -70,6 +113,9 @@ def read(section: dict[str, Any]) -> Reading:
         return out
 
     upstreams = each("upstreams", section["upstreams"], dns_server)
+    for host, port in upstreams:
+        if is_itself(host, port, section["listen"]):
+            found.append(("upstreams", f"{config.host_port_text(host, port)}{ITSELF}"))
     records = each("records", table_records(section["records"]), table_record)
     records += each("records", list(section.get("record_flags", [])), parse_record)
     try:
@@ -130,7 +176,7 @@ def nameserver_settings(
     records = reading.records + [parse_record(f"{n}={a}") for n, a in own.items() if n not in named]
     return NameserverSettings(
         listen=config.host_port(section["listen"]),  # HOST:PORT: see startup.check_config
-        upstreams=reading.upstreams or resolv_conf_upstreams(),
+        upstreams=reading.upstreams or system_upstreams(section["listen"]),
         blocklists=list(section["blocklists"]),
         allow=list(section["allow"]),
         records=records,

@@ -157,3 +157,19 @@ def test_a_port_another_dns_server_holds_is_one_line(tmp_path: Path) -> None:
         f"retreatkit: cannot start: nameserver: UDP and TCP 127.0.0.1:{port} are in use by"
         " another program: change [nameserver] listen (or --listen)\n"
     )
+
+
+def test_an_upstream_that_is_this_nameserver_itself_is_refused(tmp_path: Path) -> None:
+    """A loop: every question would come back to us, and end in SERVFAIL after a wait."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for listen, upstream in ((f"127.0.0.1:{port}", f"127.0.0.1:{port}"),
+                             (f"0.0.0.0:{port}", f"127.0.0.2:{port}")):  # fmt: skip
+        got = nameserver("--listen", listen, "--upstream", upstream, tmp=tmp_path)
+        assert (got.returncode, got.stdout) == (2, "")
+        assert got.stderr == (
+            f"retreatkit: [nameserver] upstreams (or --upstream): {upstream} is this nameserver"
+            " itself: every question would come back to it (a loop); name the venue's"
+            " resolvers\n"
+        )

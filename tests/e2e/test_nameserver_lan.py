@@ -186,3 +186,27 @@ def test_a_laptops_resolver_keeps_its_names_when_the_uplink_drops(
     uplink.terminate()  # the uplink is gone
     uplink.wait(10)
     assert getent(hosts, "www.example.test") == (0, "198.51.100.7")
+
+
+def test_a_resolv_conf_naming_only_this_nameserver_is_no_upstream(tmp_path: Path) -> None:
+    """The organiser's machine took the LAN's DNS server from DHCP: itself. With no
+    upstreams given, /etc/resolv.conf would make every question a loop."""
+    with two_hosts("rkgl") as hosts:
+        conf = Path("/etc/netns") / hosts.server
+        conf.mkdir(parents=True)
+        try:
+            (conf / "resolv.conf").write_text(f"nameserver {hosts.server_lan}\n")
+            argv = [sys.executable, "-m", "retreatkit.cli.main", "nameserver",
+                    "--listen", f"{hosts.server_lan}:53", "--admin", "127.0.0.1:0"]  # fmt: skip
+            done = subprocess.run(
+                hosts.on(hosts.server, argv), capture_output=True, text=True, timeout=30,
+                env={**os.environ, **home_env(tmp_path)},
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(conf, ignore_errors=True)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "retreatkit: [nameserver] upstreams (or --upstream): none given, and /etc/resolv.conf"
+        f" names only {hosts.server_lan}:53, this nameserver itself: every question would come"
+        " back to it (a loop); name the venue's resolvers\n"
+    )
