@@ -113,9 +113,6 @@ def read(section: dict[str, Any]) -> Reading:
         return out
 
     upstreams = each("upstreams", section["upstreams"], dns_server)
-    for host, port in upstreams:
-        if is_itself(host, port, section["listen"]):
-            found.append(("upstreams", f"{config.host_port_text(host, port)}{ITSELF}"))
     records = each("records", table_records(section["records"]), table_record)
     records += each("records", list(section.get("record_flags", [])), parse_record)
     try:
@@ -205,7 +202,13 @@ def list_problems(section: dict[str, Any]) -> list[tuple[str, str]]:
 def problems(section: dict[str, Any], reading: Reading | None = None) -> list[tuple[str, str]]:
     """What in [nameserver] (flags applied) cannot work, as (key, one line), found before
     anything listens; `reading`, if given, is `read(section)` done already."""
-    return [*list_problems(section), *(reading or read(section)).problems]
+    reading = reading or read(section)
+    itself = [
+        ("upstreams", f"{config.host_port_text(host, port)}{ITSELF}")
+        for host, port in reading.upstreams
+        if is_itself(host, port, section["listen"])
+    ]
+    return [*list_problems(section), *reading.problems, *itself]
 
 
 def table_records(table: dict[str, Any]) -> list[tuple[str, Any]]:
