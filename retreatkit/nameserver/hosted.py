@@ -203,9 +203,11 @@ def problems(section: dict[str, Any], reading: Reading | None = None) -> list[tu
     """What in [nameserver] (flags applied) cannot work, as (key, one line), found before
     anything listens; `reading`, if given, is `read(section)` done already."""
     reading = reading or read(section)
+    servers = [("upstreams", u) for u in reading.upstreams]
+    servers += [("forward", u) for zone in reading.forward.values() for u in zone]
     itself = [
-        ("upstreams", f"{config.host_port_text(host, port)}{ITSELF}")
-        for host, port in reading.upstreams
+        (key, f"{config.host_port_text(host, port)}{ITSELF}")
+        for key, (host, port) in servers
         if is_itself(host, port, section["listen"])
     ]
     return [*list_problems(section), *reading.problems, *itself]

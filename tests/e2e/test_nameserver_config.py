@@ -173,3 +173,11 @@ def test_an_upstream_that_is_this_nameserver_itself_is_refused(tmp_path: Path) -
             " itself: every question would come back to it (a loop); name the venue's"
             " resolvers\n"
         )
+    got = nameserver(
+        "--listen", f"127.0.0.1:{port}", "--upstream", "127.0.0.1:9",
+        "--forward", f"venue.example=127.0.0.1:{port}", tmp=tmp_path,
+    )  # fmt: skip
+    assert got.stderr == (
+        f"retreatkit: [nameserver] forward (or --forward): 127.0.0.1:{port} is this nameserver"
+        " itself: every question would come back to it (a loop); name the venue's resolvers\n"
+    )
