@@ -43,6 +43,7 @@ log = logging.getLogger("retreatkit.nameserver")
 STALE_WAIT = 1.8  # RFC 8767: how long a client waits for a refresh before getting stale data
 EXPIRE_EVERY = 60.0  # seconds between sweeps of answers past their stale window
 TYPE_ANY = 255
+META_TYPES = frozenset((249, 250, 251, 252, 253, 254))  # TKEY TSIG IXFR AXFR MAILB MAILA
 CLASS_IN = b"\x00\x01"
 
 
@@ -191,6 +192,11 @@ class Resolver:
         key = query.key
         name, qtype = wire.key_name(key), wire.key_type(key)
         if key[-3:-1] != CLASS_IN:
+            self.stats.answered(now, client, name, REFUSED, 5, key=key)
+            return _bare(query, data, 5)
+        if qtype in META_TYPES:
+            # RFC 6895 3.1: meta-types are no questions to forward (zone transfers, TSIG);
+            # an upstream refuses them, and that is no failure of its
             self.stats.answered(now, client, name, REFUSED, 5, key=key)
             return _bare(query, data, 5)
         if qtype == TYPE_ANY:

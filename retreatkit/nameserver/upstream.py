@@ -12,7 +12,10 @@ RETRY_AFTER seconds (RFC 8767's failure recheck timer; the set's `recheck`); the
 query at a time probes it while the others pass it by. When every upstream is down and
 none is due a probe, asking fails at once: stale answers and SERVFAIL come without
 waiting on servers known to be silent. SERVFAIL and REFUSED from an upstream count as
-failures (and fail over), never as answers.
+failures (and fail over), never as answers; but they take no upstream down: an upstream
+that answers is there, and validating resolvers answer SERVFAIL for one broken name
+(dnssec-failed.org), so an attendee asking three of them, or three zone transfers an
+upstream refuses, took the LAN's DNS down for everyone. It shows as `failing`.
 """
 
 from __future__ import annotations
@@ -71,11 +74,19 @@ class Upstream:
         ms = elapsed * 1000
         self.latency_ms = ms if self.latency_ms is None else 0.8 * self.latency_ms + 0.2 * ms
 
-    def failed(self, now: float, why: str, recheck: float = RETRY_AFTER) -> None:
+    def failed(
+        self, now: float, why: str, recheck: float = RETRY_AFTER, answered: bool = False
+    ) -> None:
+        """A failed query; `answered`: the upstream said so itself (SERVFAIL, REFUSED),
+        so it is there: failing, never down."""
         self.queries += 1
         self.errors += 1
-        self.failures += 1
         self.last_error = why
+        if answered:
+            self.failures = min(self.failures + 1, FAILURES_TO_DOWN - 1)
+            self.down_until = 0.0
+            return
+        self.failures += 1
         if self.down:
             self.down_until = now + recheck
 
@@ -234,16 +245,17 @@ class UpstreamSet:
                 upstream.probing = False
         rcode = _rcode(raw, reply)
         if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
-            return self._failed(upstream, "SERVFAIL" if rcode == RCODE_SERVFAIL else "REFUSED")
+            why = "SERVFAIL" if rcode == RCODE_SERVFAIL else "REFUSED"
+            return self._failed(upstream, why, answered=True)
         now = self.clock()
         upstream.answered(now - started)
         if self.note is not None:
             self.note(upstream, self.zone, now)
         return Answer(raw, reply, upstream)
 
-    def _failed(self, upstream: Upstream, why: str) -> str:
+    def _failed(self, upstream: Upstream, why: str, answered: bool = False) -> str:
         now = self.clock()
-        upstream.failed(now, why, self.recheck)
+        upstream.failed(now, why, self.recheck, answered)
         if self.note is not None:
             self.note(upstream, self.zone, now)
         return f"{upstream.address}: {why}"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -429,6 +430,36 @@ def test_an_upstream_that_does_not_speak_edns_is_asked_without_it() -> None:
         assert short(ns.port, "+noedns", "two.example.test") == ["198.51.100.44"]
         assert [q.edns for q in fake.queries] == [0, -1, -1]
         assert status(ns)["upstreams"][0]["state"] == "up"  # type: ignore[index]
+    finally:
+        ns.stop()
+        fake.stop()
+
+
+def test_names_an_upstream_fails_take_it_down_for_nobody() -> None:
+    """A validating upstream answers SERVFAIL for a name whose DNSSEC is broken, and
+    refuses zone transfers: an attendee asking three such questions took the upstream
+    down for 30 s, and every other name with it."""
+
+    def script(query: dns.message.Message, sock: socket.socket, addr: tuple[str, int]) -> None:
+        answer = reply(query, "198.51.100.45")
+        if query.question[0].name.to_text().startswith("bogus"):
+            answer = dns.message.make_response(query)
+            answer.set_rcode(dns.rcode.SERVFAIL)
+        sock.sendto(answer.to_wire(), addr)
+
+    fake = ScriptedUpstream(script)
+    ns = start_nameserver("--upstream", f"127.0.0.1:{fake.port}")
+    try:
+        for i in range(3):
+            assert "status: SERVFAIL" in dig(ns.port, f"bogus{i}.example.test")
+        assert short(ns.port, "www.example.test") == ["198.51.100.45"]
+        for _ in range(3):
+            axfr = dig(ns.port, "example.test", "AXFR", "+notcp")  # REFUSED, not forwarded
+            assert axfr.endswith("; Transfer failed.\n")
+        assert short(ns.port, "www2.example.test") == ["198.51.100.45"]
+        assert all(q.question[0].rdtype == dns.rdatatype.A for q in fake.queries)
+        upstream = status(ns)["upstreams"][0]  # type: ignore[index]
+        assert (upstream["state"], upstream["errors"]) == ("up", 3)
     finally:
         ns.stop()
         fake.stop()

@@ -124,3 +124,13 @@ async def test_the_first_upstream_still_answers_after_the_next_is_asked() -> Non
     answer = await asking
     assert answer.upstream.address == "192.0.2.1:53"
     assert [u.state() for u in group.servers] == ["up", "failing"]
+
+
+async def test_an_upstream_that_answers_servfail_is_failing_never_down() -> None:
+    group, transport, _ = upstreams(servfail)
+    (up,) = group.servers
+    for _ in range(5):  # one broken name after another: the upstream still answers
+        with pytest.raises(UpstreamFailed, match=r"192\.0\.2\.1:53: SERVFAIL"):
+            await group.ask(key())
+    assert (up.state(), up.errors, group.plan(0.0)) == ("failing", 5, [up])
+    assert transport.asked() == 5  # every question is still asked
