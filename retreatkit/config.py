@@ -132,6 +132,14 @@ def load(path: Path | None) -> dict[str, Any]:
                     f"{path}: [{section}] {key} should be {KINDS[type(default)]}{like}; "
                     f"got {_toml(value)}"
                 )
+            if isinstance(default, list):
+                # every list of the defaults is a list of strings (names, URLs, networks)
+                for item in value:
+                    if not isinstance(item, str):
+                        raise ConfigError(
+                            f"{path}: [{section}] {key} should be a list of strings; "
+                            f"got {_toml(item)} in it"
+                        )
             merged[section][key] = value
     return merged
 

@@ -52,7 +52,9 @@ def choose(configured: str = "", routes: Path = Path("/proc/net/route")) -> LanA
         try:
             return LanAddress(str(ipaddress.ip_address(configured)), "as configured")
         except ValueError:
-            raise ValueError(f"address: expected an IP address, got {configured!r}") from None
+            raise ValueError(
+                f"[nameserver] address (or --address): expected an IP address, got {configured!r}"
+            ) from None
     interface = default_interface(routes)
     if interface is not None:
         found = interface_address(interface)

@@ -122,14 +122,29 @@ def port_problems(wanted: list[Listener]) -> list[str]:
                     f"change {where(a.service, 'listen', a.flag)}"
                 )
     seen: set[tuple[str, str]] = set()
+    in_use: dict[str, int] = {}  # service -> where its "in use" line is in problems
     for listener in wanted:
         if listener.port == 0 or (listener.service, listener.proto) in seen:
             continue
         seen.add((listener.service, listener.proto))
         why = _try_bind(listener)
-        if why and why not in problems:  # a host that does not resolve: once, not per proto
-            problems.append(why)
+        if why is None or why in problems:  # a host that does not resolve: once, not per proto
+            continue
+        key = where(listener.service, "listen", listener.flag)
+        if why.endswith(_IN_USE + key):
+            if listener.service in in_use:
+                # UDP and TCP both held (another DNS server on the port): one line
+                problems[in_use[listener.service]] = (
+                    f"{listener.service}: UDP and TCP {listener.host}:{listener.port} are in"
+                    f" use by another program: change {key}"
+                )
+                continue
+            in_use[listener.service] = len(problems)
+        problems.append(why)
     return problems
+
+
+_IN_USE = " is in use by another program: change "
 
 
 def _try_bind(lst: Listener) -> str | None:
@@ -148,10 +163,7 @@ def _try_bind(lst: Listener) -> str | None:
             sock.bind(sockaddr)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                return (
-                    f"{lst.service}: {lst.proto.upper()} {address} is in use by another "
-                    f"program: change {key}"
-                )
+                return f"{lst.service}: {lst.proto.upper()} {address}{_IN_USE}{key}"
             if exc.errno == errno.EACCES:
                 return (
                     f"{lst.service}: port {lst.port} needs root or CAP_NET_BIND_SERVICE "

@@ -116,6 +116,7 @@ LISTEN_FLAGS = {"relay": "--relay-listen", "mirror": "--mirror-listen",
 
 # `retreatkit nameserver`'s flags for other keys of [nameserver], named in its errors
 NAMESERVER_FLAGS = {"nameserver.upstreams": "--upstream", "nameserver.blocklists": "--blocklist",
+                    "nameserver.allow": "--allow",
                     "nameserver.records": "--record", "nameserver.forward": "--forward",
                     "nameserver.block_mode": "--block-mode",
                     "nameserver.rate_limit": "--rate-limit"}  # fmt: skip

@@ -169,6 +169,18 @@ def from_upstream(
     return response, dropped
 
 
+DNSSEC_TYPES = (dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.NSEC3)
+
+
+def without_dnssec(response: dns.message.Message) -> dns.message.Message:
+    """For a client that did not ask with DO (RFC 4035 3.2.1): no signatures or denial
+    records, but for a question about those very types."""
+    asked = response.question[0].rdtype if response.question else None
+    for section in (response.answer, response.authority, response.additional):
+        section[:] = [r for r in section if r.rdtype not in DNSSEC_TYPES or r.rdtype == asked]
+    return response
+
+
 def _private_rrset(rrset: dns.rrset.RRset) -> bool:
     if rrset.rdtype not in (dns.rdatatype.A, dns.rdatatype.AAAA):
         return False

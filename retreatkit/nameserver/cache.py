@@ -55,13 +55,23 @@ class Entry:
         return min(self.stored_at + self.age(now) + 1, self.expires)
 
 
-class Cache:
-    """Bounded: the oldest entry goes first when full (dicts keep insertion order)."""
+MAX_BYTES = 128 * 1024 * 1024
 
-    def __init__(self, max_entries: int = 200_000, stale_for: float = 86400.0) -> None:
+
+class Cache:
+    """Bounded in entries and in bytes: the oldest entry goes first when full (dicts keep
+    insertion order). Bytes too, for answers are up to 64 KiB each: a client asking for
+    names of a zone it runs, each with a big answer, would otherwise have us keep 200,000
+    of them (gigabytes)."""
+
+    def __init__(
+        self, max_entries: int = 200_000, stale_for: float = 86400.0, max_bytes: int = MAX_BYTES
+    ) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.stale_for = stale_for
         self.entries: dict[bytes, Entry] = {}
+        self.bytes = 0  # the answers' wire bytes and keys
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -95,27 +105,39 @@ class Cache:
 
     def _store(self, key: bytes, entry: Entry) -> None:
         entries = self.entries
-        entries.pop(key, None)
-        while len(entries) >= self.max_entries:
-            del entries[next(iter(entries))]
+        self._drop(key)
+        size = _size(entry)
+        while entries and (len(entries) >= self.max_entries or self.bytes + size > self.max_bytes):
+            self._drop(next(iter(entries)))
         entries[key] = entry
+        self.bytes += size
+
+    def _drop(self, key: bytes) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= _size(entry)
 
     def flush(self, name: str) -> int:
         """Drop every answer for `name` (any type, any flags); returns how many went."""
         prefix = b"".join(bytes((len(p),)) + p.encode("ascii") for p in name.split(".")) + b"\0"
         dead = [k for k in self.entries if k.startswith(prefix)]
         for key in dead:
-            del self.entries[key]
+            self._drop(key)
         return len(dead)
 
     def clear(self) -> int:
         count = len(self.entries)
         self.entries.clear()
+        self.bytes = 0
         return count
 
     def expire(self, now: float) -> int:
         """Drop what is past even its stale window; returns how many went."""
         dead = [k for k, e in self.entries.items() if e.stale_until < now]
         for key in dead:
-            del self.entries[key]
+            self._drop(key)
         return len(dead)
+
+
+def _size(entry: Entry) -> int:
+    return len(entry.template.wire) + len(entry.key)

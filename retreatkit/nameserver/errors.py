@@ -11,6 +11,11 @@ class UpstreamFailed(NameserverError):
     """No upstream gave a usable answer: down, silent, refusing, or every one marked down."""
 
 
+class TooManyWaiting(UpstreamFailed):
+    """So many different questions already wait on the upstreams that no more are asked
+    (a slow uplink, or a flood of names): ours, not the upstreams' fault."""
+
+
 class BadReply(UpstreamFailed):
     """An upstream's reply is malformed or answers another question: never used."""
 

@@ -4,7 +4,7 @@ transport to script upstreams with, and a resolver built on them (no sockets).""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import dns.flags
@@ -19,8 +19,9 @@ import dns.zone
 
 from retreatkit.nameserver.local import Record
 from retreatkit.nameserver.policy import Policy
+from retreatkit.nameserver.race import staggered
 from retreatkit.nameserver.resolver import Resolver
-from retreatkit.nameserver.upstream import Upstream, UpstreamSet
+from retreatkit.nameserver.upstream import Answer, Upstream, UpstreamSet
 
 MAX_CHAIN = 8
 
@@ -133,6 +134,11 @@ class FakeTransport:
     sent: list[tuple[tuple[str, int], dns.message.Message]] = field(default_factory=list)
     spoofs: int = 0
 
+    async def race(
+        self, attempts: Sequence[Callable[[], Awaitable[Answer | None]]], delay: float
+    ) -> tuple[Answer | None, list[int]]:
+        return await staggered(attempts, delay)
+
     def asked(self, address: tuple[str, int] | None = None) -> int:
         return sum(1 for where, _ in self.sent if address is None or where == address)
 
@@ -200,7 +206,7 @@ class UDPClient:
         from retreatkit.nameserver.gate import LAN, Gate
         from retreatkit.nameserver.server import UDPServer
 
-        self.server = UDPServer(resolver, Gate(networks or list(LAN), rate))
+        self.server = UDPServer(resolver, Gate(networks or list(LAN), rate, resolver.clock))
         self.transport = Datagrams()
         self.server.connection_made(self.transport)  # type: ignore[arg-type]
 

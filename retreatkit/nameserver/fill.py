@@ -76,6 +76,56 @@ def forwarded(
     return entry, dropped
 
 
+def sibling(cache: Cache, query: Query, data: bytes, than: Entry | None = None) -> Entry | None:
+    """The client's answer made from one cached for another client of the same question,
+    cached under its own key; None if there is none it may have, or none fresher than
+    `than` (the client's own answer, expired).
+
+    Clients differ in EDNS, DO, CD and AD (a glibc stub asks without EDNS, dig and macOS
+    with it): each is its own cache key, but the upstream's data is the same. Without
+    this, a name cached for one kind of client was asked upstream again for the other,
+    and with the uplink down it was SERVFAIL for them, fresh or stale in the cache.
+    Taken: the same DO and CD first; an answer made with DO, its DNSSEC records left out
+    (RFC 4035 3.2.1); one made without CD for a client that set CD. Never one made with
+    CD for a client without it (the upstream did not validate it), nor one without DO
+    for a client with it (no signatures to validate), nor, for a client asking with AD,
+    one made for a client that did not (its AD bit, the upstream's word, was dropped).
+    """
+    bits = query.key[-1]
+    base = query.key[:-1]
+    wanted = bits & (wire.KEY_DO | wire.KEY_CD)
+    best = than
+    for other in (wanted, wanted & ~wire.KEY_CD, wanted | wire.KEY_DO, wire.KEY_DO):
+        if other & wire.KEY_CD and not bits & wire.KEY_CD:
+            continue
+        for extra in (0, wire.KEY_EDNS, wire.KEY_AD, wire.KEY_EDNS | wire.KEY_AD):
+            told = (other | extra) & (wire.KEY_DO | wire.KEY_AD)
+            if bits & (wire.KEY_DO | wire.KEY_AD) and not told:
+                continue  # the upstream's AD bit was not kept for that client (RFC 6840)
+            found = cache.get(base + bytes((other | extra,)))
+            if (
+                found is not None
+                and not found.own
+                and (best is None or found.expires > best.expires)
+            ):
+                best = found
+        if best is not than:
+            break
+    if best is None or best is than:
+        return None
+    # as it was stored (age 0), then rebuilt for this client: its OPT, CD, AD, DNSSEC
+    raw = best.template.render(query, data, 0)
+    try:
+        response, _ = answers.from_upstream(dns.message.from_wire(data), _parse(raw), True)
+    except (BadReply, dns.exception.DNSException):
+        return None
+    if not bits & wire.KEY_DO:
+        answers.without_dnssec(response)
+    ttl = round(best.expires - best.stored_at)
+    template = wire.template_of(encode(response))
+    return cache.put(query.key, template, ttl, best.stored_at, best.generation, best.targets)
+
+
 def cache_ttl(response: dns.message.Message) -> int:
     if response.answer:
         return min(MAX_TTL, *(rrset.ttl for rrset in response.answer))

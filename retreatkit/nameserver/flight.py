@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
-from retreatkit.nameserver.errors import UpstreamFailed
+from retreatkit.nameserver.errors import TooManyWaiting, UpstreamFailed
 
 T = TypeVar("T")
 MAX_IN_FLIGHT = 1024
@@ -46,7 +46,7 @@ class Flights(Generic[T]):
             return running
         if len(self.running) >= self.limit:
             self.refused += 1
-            raise UpstreamFailed(f"{self.limit} questions already wait on the upstreams")
+            raise TooManyWaiting(f"{self.limit} questions already wait on the upstreams")
         task = self._running_loop().create_task(start())
         self.started += 1
         self.running[key] = task
@@ -62,7 +62,7 @@ class Flights(Generic[T]):
             return await running
         if len(self.running) >= self.limit:
             self.refused += 1
-            raise UpstreamFailed(f"{self.limit} questions already wait on the upstreams")
+            raise TooManyWaiting(f"{self.limit} questions already wait on the upstreams")
         future: asyncio.Future[T] = self._running_loop().create_future()
         future.add_done_callback(_retrieve)
         self.started += 1

@@ -1,10 +1,14 @@
-"""Who may ask, and how fast: the LAN's networks, a per-client rate, refusals logged once."""
+"""Who may ask, and how fast: the LAN's networks, a per-client rate; refusals and floods
+logged once, so the organiser learns which address it is without a line per query."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import math
+import time
 from collections import Counter
+from collections.abc import Callable
 
 log = logging.getLogger("retreatkit.nameserver")
 
@@ -12,6 +16,27 @@ LAN = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.
        "100.64.0.0/10", "::1/128", "fc00::/7", "fe80::/10")  # fmt: skip
 MAX_KNOWN = 65536  # addresses whose verdict is remembered
 MAX_LOGGED = 4096  # networks whose first refusal was logged
+REFUSALS_LOGGED = 16  # networks whose first refusal is a line, per LOG_AGAIN seconds
+LOG_AGAIN = 600  # seconds before the same address's flood is a line in the log again
+
+
+class Once:
+    """Says whether an address's flood is news: once per LOG_AGAIN seconds per address,
+    for at most MAX_LOGGED addresses at a time (a spoofed flood from many is bounded too)."""
+
+    def __init__(self) -> None:
+        self.logged: dict[str, float] = {}
+
+    def news(self, ip: str, now: float) -> bool:
+        last = self.logged.get(ip)
+        if last is not None and now - last < LOG_AGAIN:
+            return False
+        if last is None and len(self.logged) >= MAX_LOGGED:
+            self.logged = {a: t for a, t in self.logged.items() if now - t < LOG_AGAIN}
+            if len(self.logged) >= MAX_LOGGED:
+                return False
+        self.logged[ip] = now
+        return True
 
 
 class Gate:
@@ -20,11 +45,17 @@ class Gate:
     over TCP, which cannot be spoofed), so a NAT full of people is slowed, not cut off
     (the RRL "slip")."""
 
-    def __init__(self, networks: list[str], rate: int) -> None:
+    def __init__(
+        self, networks: list[str], rate: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.networks = [ipaddress.ip_network(n) for n in networks]
         self.rate = rate
+        self.clock = clock
+        self._budget = REFUSALS_LOGGED  # network lines left in this stretch of time
+        self._budget_since = -math.inf
         self.known: dict[str, bool] = {}  # read inline by the servers: a dict lookup per query
         self.logged: set[str] = set()
+        self.floods = Once()
         self._window = 0
         self._counts: Counter[str] = Counter()
 
@@ -52,16 +83,39 @@ class Gate:
         network = str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
         if network in self.logged or len(self.logged) >= MAX_LOGGED:
             return
+        # a scan, or a flood from spoofed sources, comes from thousands of networks: a
+        # few lines say what is happening, thousands would bury the rest of the log
+        now = self.clock()
+        if now - self._budget_since >= LOG_AGAIN:
+            self._budget, self._budget_since = REFUSALS_LOGGED, now
+        if self._budget <= 0:
+            return
+        self._budget -= 1
         self.logged.add(network)
         log.warning(
             "refusing queries from %s (%s): not in the LAN's networks; to answer it, add"
             ' "%s" to networks in [nameserver] of retreat.toml',
             network, address, network,
         )  # fmt: skip
+        if not self._budget:
+            log.warning(
+                "refusing queries from more networks outside the LAN (a scan, or spoofed"
+                " sources?): the next ones are not logged for 10 minutes; /status counts"
+                " every refusal (refused)"
+            )
 
     def over_limit(self, ip: str, window: int) -> bool:
         if window != self._window:
             self._window = window
             self._counts.clear()
-        self._counts[ip] += 1
-        return self._counts[ip] > self.rate
+        counts = self._counts
+        counts[ip] += 1
+        if counts[ip] <= self.rate:
+            return False
+        if counts[ip] == self.rate + 1 and self.floods.news(ip, window):
+            log.warning(
+                "%s asks more than %d queries a second: its UDP answers come truncated (it"
+                " asks again over TCP); the limit is rate_limit in [nameserver] of retreat.toml",
+                ip, self.rate,
+            )  # fmt: skip
+        return True

@@ -29,9 +29,53 @@ def resolv_conf_upstreams(path: Path = Path("/etc/resolv.conf")) -> list[tuple[s
 
 
 Address = tuple[str, int]
+ITSELF = (  # after an upstream's address
+    " is this nameserver itself: every question would come back to it (a loop); name"
+    " the venue's resolvers"
+)
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def is_itself(host: str, port: int, listen: str) -> bool:
+    """Whether the upstream `host:port` is the address we listen on: the organiser's own
+    machine, given the kit as its resolver (DHCP hands it out to everyone), lists it."""
+    try:
+        ours, our_port = config.host_port(listen)
+    except ValueError:
+        return False  # said apart, as a problem of listen
+    if port != our_port:
+        return False
+    if host == ours:
+        return True
+    if ours not in WILDCARDS:
+        return False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, 0))  # only an address of this machine binds
+        except OSError:
+            return False
+    return True
+
+
+def system_upstreams(listen: str, path: Path = Path("/etc/resolv.conf")) -> list[Address]:
+    """The system resolver's upstreams, but this nameserver itself; ValueError when it
+    names only that."""
+    named = resolv_conf_upstreams(path)
+    others = [(h, p) for h, p in named if not is_itself(h, p, listen)]
+    if named and not others:
+        itself = ", ".join(config.host_port_text(h, p) for h, p in named)
+        raise ValueError(
+            f"[nameserver] upstreams (or --upstream): none given, and {path} names only"
+            f" {itself},{ITSELF.removeprefix(' is')}"
+        )
+    return others
+
+
 S = TypeVar("S")
 T = TypeVar("T")
-SETTINGS_KEYS = ("records", "upstreams", "forward", "block_mode")  # what the settings read
+# what the settings read
+SETTINGS_KEYS = ("records", "upstreams", "forward", "block_mode", "networks", "allow")
 TABLE_FORM = '"NAME" = "ADDRESS" in [nameserver.records]'
 
 
@@ -85,7 +129,32 @@ def read(section: dict[str, Any]) -> Reading:
         mode = block_mode(section)
     except ValueError as exc:
         found.append(("block_mode", str(exc)))
+    each("networks", list(section["networks"]), network)
+    each("allow", list(section["allow"]), allowed_domain)
     return Reading(records, upstreams, forward, mode, found)
+
+
+def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A network that may ask (`10.0.0.0/8`, `fd00::/8`); an address is one host."""
+    try:
+        return ipaddress.ip_network(text.strip())
+    except ValueError:
+        pass
+    try:
+        meant = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(
+            f"not a network: {text!r} (expected ADDRESS/PREFIX, like 10.0.0.0/8)"
+        ) from None
+    raise ValueError(f"{text!r} has host bits set: the network is {str(meant)!r}")
+
+
+def allowed_domain(text: str) -> str:
+    """A domain the blocklists never block, with every name under it."""
+    name = normalize(text)
+    if name is None:
+        raise ValueError(f"not a domain: {text!r} (expected a name like cdn.example)")
+    return name
 
 
 def nameserver_settings(
@@ -104,7 +173,7 @@ def nameserver_settings(
     records = reading.records + [parse_record(f"{n}={a}") for n, a in own.items() if n not in named]
     return NameserverSettings(
         listen=config.host_port(section["listen"]),  # HOST:PORT: see startup.check_config
-        upstreams=reading.upstreams or resolv_conf_upstreams(),
+        upstreams=reading.upstreams or system_upstreams(section["listen"]),
         blocklists=list(section["blocklists"]),
         allow=list(section["allow"]),
         records=records,
@@ -133,7 +202,15 @@ def list_problems(section: dict[str, Any]) -> list[tuple[str, str]]:
 def problems(section: dict[str, Any], reading: Reading | None = None) -> list[tuple[str, str]]:
     """What in [nameserver] (flags applied) cannot work, as (key, one line), found before
     anything listens; `reading`, if given, is `read(section)` done already."""
-    return [*list_problems(section), *(reading or read(section)).problems]
+    reading = reading or read(section)
+    servers = [("upstreams", u) for u in reading.upstreams]
+    servers += [("forward", u) for zone in reading.forward.values() for u in zone]
+    itself = [
+        (key, f"{config.host_port_text(host, port)}{ITSELF}")
+        for key, (host, port) in servers
+        if is_itself(host, port, section["listen"])
+    ]
+    return [*list_problems(section), *reading.problems, *itself]
 
 
 def table_records(table: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -193,7 +270,10 @@ def server_text(text: str) -> tuple[str, int]:
     try:
         return str(ipaddress.ip_address(text.strip("[]"))), 53
     except ValueError:
-        return config.host_port(text, 53)
+        host, port = config.host_port(text, 53)
+    if port == 0:  # a port to listen on may be the kernel's pick; a server's is not
+        raise ValueError(f"port 0 is no server's port, in {text!r} (53 is DNS)")
+    return host, port
 
 
 def address_of(host: str, port: int, family: int = socket.AF_UNSPEC) -> str:

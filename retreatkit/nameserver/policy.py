@@ -127,22 +127,44 @@ def is_private(address: str) -> bool:
 
 
 def reverse_is_private(name: str) -> bool:
-    """A PTR question about a private address: it has no business going upstream."""
-    try:
-        if name.endswith(".in-addr.arpa"):
-            octets = name.removesuffix(".in-addr.arpa").split(".")
-            if len(octets) != 4:
-                return any(name.endswith(z) for z in ("10.in-addr.arpa", "168.192.in-addr.arpa"))
-            return is_private(".".join(reversed(octets)))
-        if name.endswith(".ip6.arpa"):
-            nibbles = name.removesuffix(".ip6.arpa").split(".")
-            if len(nibbles) != 32:
+    """A reverse name inside a private network's reverse zone (RFC 6303): it has no
+    business going upstream. The address's labels are read from the zone down, as far as
+    they go: a partial name (`16.172.in-addr.arpa`), a name under an address (DNS-SD's
+    `b._dns-sd._udp.0.1.168.192.in-addr.arpa`) or one that cannot exist (`999.1.0.10`)
+    is private when the network its labels name is."""
+    for suffix, bits, base, parse in (
+        (".in-addr.arpa", 8, 4, _octet),
+        (".ip6.arpa", 4, 32, _nibble),
+    ):
+        if name.endswith(suffix):
+            labels = name.removesuffix(suffix).split(".")[::-1][:base]
+            value, known = 0, 0
+            for label in labels:
+                part = parse(label)
+                if part is None:
+                    break
+                value, known = (value << bits) | part, known + 1
+            if not known:
                 return False
-            full = "".join(reversed(nibbles))
-            return is_private(":".join(full[i : i + 4] for i in range(0, 32, 4)))
-    except ValueError:
-        return False
+            prefix = known * bits
+            total = base * bits
+            network = ipaddress.ip_network((value << (total - prefix), prefix))
+            return any(
+                network.network_address in net and network.prefixlen >= net.prefixlen
+                for net in _PRIVATE_NETS
+            )
     return False
+
+
+def _octet(label: str) -> int | None:
+    # as the reverse tree writes them: no leading zeros, at most 255
+    return (
+        int(label) if label.isdigit() and str(int(label)) == label and int(label) <= 255 else None
+    )
+
+
+def _nibble(label: str) -> int | None:
+    return int(label, 16) if len(label) == 1 and label in "0123456789abcdef" else None
 
 
 def _reverse_apex(name: str) -> str:

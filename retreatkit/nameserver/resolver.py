@@ -12,6 +12,7 @@ checked again before it is served, so a change applies to the very next query.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import struct
 import time
@@ -28,17 +29,21 @@ import dns.rdatatype
 
 from retreatkit.nameserver import answers, fill, wire
 from retreatkit.nameserver.cache import Cache, Entry
-from retreatkit.nameserver.errors import BadReply, CnameLoop, UpstreamFailed
+from retreatkit.nameserver.errors import BadReply, CnameLoop, TooManyWaiting, UpstreamFailed
 from retreatkit.nameserver.flight import Flights
+from retreatkit.nameserver.gate import Once
 from retreatkit.nameserver.policy import BLOCKED, FORWARD, LOCAL, NXDOMAIN, PTR, Policy, Route
 from retreatkit.nameserver.stats import BLOCKED as BLOCKED_ANSWER
 from retreatkit.nameserver.stats import FORMERR, FORWARDED, REFUSED, SERVFAIL, STALE, Stats
 from retreatkit.nameserver.stats import LOCAL as LOCAL_ANSWER
 from retreatkit.nameserver.upstream import Answer, UpstreamSet
 
+log = logging.getLogger("retreatkit.nameserver")
+
 STALE_WAIT = 1.8  # RFC 8767: how long a client waits for a refresh before getting stale data
 EXPIRE_EVERY = 60.0  # seconds between sweeps of answers past their stale window
 TYPE_ANY = 255
+META_TYPES = frozenset((249, 250, 251, 252, 253, 254))  # TKEY TSIG IXFR AXFR MAILB MAILA
 CLASS_IN = b"\x00\x01"
 
 
@@ -76,6 +81,7 @@ class Resolver:
         self.next_tick = 0.0
         self._next_expire = 0.0
         self.flights: Flights[Fetched] = Flights()
+        self.busy = Once()  # the flights' cap, said in the log once in a while
 
     # -- policy changes ------------------------------------------------------------------
 
@@ -188,6 +194,11 @@ class Resolver:
         if key[-3:-1] != CLASS_IN:
             self.stats.answered(now, client, name, REFUSED, 5, key=key)
             return _bare(query, data, 5)
+        if qtype in META_TYPES:
+            # RFC 6895 3.1: meta-types are no questions to forward (zone transfers, TSIG);
+            # an upstream refuses them, and that is no failure of its
+            self.stats.answered(now, client, name, REFUSED, 5, key=key)
+            return _bare(query, data, 5)
         if qtype == TYPE_ANY:
             response = answers.minimal_any(dns.message.from_wire(data))
             own = fill.own(self.cache, query, response, LOCAL_ANSWER, now, self.generation)
@@ -199,6 +210,9 @@ class Resolver:
         entry: Entry | None = self.cache.get(key)
         if entry is not None and entry.own:
             entry = None  # our answer under an older policy: the name is forwarded now
+        if entry is None or now >= entry.expires:
+            # another kind of client (with or without EDNS, DO...) may have a newer answer
+            entry = fill.sibling(self.cache, query, data, entry) or entry
         if entry is not None and entry.generation != self.generation:
             # the lists changed since it was cached: its CNAME chain may be listed now
             listed = self._cloaked(name, entry.targets)
@@ -330,8 +344,13 @@ class Resolver:
                 fetched = await self.flights.run(
                     ukey, lambda: self._fetch(query, data, route, name)
                 )
-        except (UpstreamFailed, BadReply, TimeoutError):
+        except (UpstreamFailed, BadReply, TimeoutError) as exc:
             later = self.clock()
+            if isinstance(exc, TooManyWaiting) and self.busy.news("", later):
+                log.warning(
+                    "%s (a slow uplink, or a flood of names): new questions get a stale"
+                    " answer or SERVFAIL until some are answered", exc,
+                )  # fmt: skip
             if stale_ok and entry is not None:
                 self.stats.answered(later, client, name, STALE, entry.rcode, key=key,
                                     ms=(later - now) * 1000)  # fmt: skip

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from retreatkit.nameserver import wire
 from retreatkit.nameserver.cache import Entry
-from retreatkit.nameserver.gate import Gate
+from retreatkit.nameserver.gate import Gate, Once
 from retreatkit.nameserver.resolver import Resolver
 from retreatkit.nameserver.stats import RATE_LIMITED, REFUSED
 
@@ -36,6 +36,7 @@ class UDPServer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.slow = 0
+        self.busy = Once()  # dropping queries, said in the log once in a while
         self.tasks: set[asyncio.Future[None]] = set()  # the loop keeps only weak references
         # answers by the exact query bytes after the ID, good while their TTLs stand and
         # under the policy they were made under
@@ -92,6 +93,11 @@ class UDPServer(asyncio.DatagramProtocol):
                 self._remember(tail, out, entry, now)
                 return
         if self.slow >= MAX_SLOW:
+            if self.busy.news("", now):
+                log.warning(
+                    "%d queries are in progress: new ones are dropped until some are"
+                    " answered (a slow uplink, or a flood)", MAX_SLOW,
+                )  # fmt: skip
             return
         self.slow += 1
         assert self.loop is not None

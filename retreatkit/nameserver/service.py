@@ -90,7 +90,7 @@ class Nameserver:
             clock=clock,
         )
         self.resolver.cache.stale_for = settings.stale_for
-        self.gate = Gate(settings.networks, settings.rate_limit)
+        self.gate = Gate(settings.networks, settings.rate_limit, clock)
         self.connections = Connections(clock, settings.tcp_idle)
         self.sources = Sources(settings.blocklists, settings.mirror)
         self.started: float | None = None

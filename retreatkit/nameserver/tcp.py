@@ -3,6 +3,12 @@
 Wire format: each message is preceded by its length, two bytes, big-endian (RFC 1035
 4.2.2). Answers are never cut to a UDP size: up to 65535 bytes.
 
+A client that sends queries and never reads the answers must not fill our memory with
+them (asyncio buffers whatever is written): while the answers wait on the client, we
+read no more of its queries, and at most MAX_PENDING are worked on at once, however
+many one read brought. Its connection then carries no whole message, and is closed
+at its deadline like any other.
+
 One LAN host must not be able to shut TCP off for everyone: connections are capped
 per address as well as in all, and each connection has a deadline that only a whole
 message moves (RFC 7766 6.2.3): a client that trickles a byte now and then, never
@@ -25,7 +31,7 @@ from collections.abc import Callable
 from typing import cast
 
 from retreatkit.nameserver import wire
-from retreatkit.nameserver.gate import Gate
+from retreatkit.nameserver.gate import Gate, Once
 from retreatkit.nameserver.resolver import Resolver
 from retreatkit.nameserver.stats import REFUSED
 
@@ -47,11 +53,13 @@ class Framer:
         self.deadline = now + idle
         self._buf = bytearray()
 
-    def feed(self, data: bytes, now: float) -> list[bytes]:
+    def feed(self, data: bytes, now: float, limit: int | None = None) -> list[bytes]:
+        """The whole messages so far, at most `limit` (the rest wait here for the next
+        call: `feed(b"", now, n)` takes them)."""
         self._buf += data
-        out = []
+        out: list[bytes] = []
         buf = self._buf
-        while len(buf) >= 2:
+        while len(buf) >= 2 and (limit is None or len(out) < limit):
             (length,) = _LENGTH.unpack_from(buf)
             if len(buf) < 2 + length:
                 break
@@ -87,6 +95,7 @@ class Connections:
         self.outsiders: set[TCPServer] = set()  # from outside the LAN: REFUSED, then closed
         self.by_address: Counter[str] = Counter()
         self.refused = 0
+        self.floods = Once()  # addresses told of in the log, for holding too many
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -99,10 +108,29 @@ class Connections:
         pool, limit = (self.outsiders, MAX_OUTSIDERS) if conn.outsider else (self.open, self.limit)
         if len(pool) >= limit or self.by_address[conn.ip] >= self.per_address:
             self.refused += 1
+            self._say_full(conn, limit)
             return False
         pool.add(conn)
         self.by_address[conn.ip] += 1
         return True
+
+    def _say_full(self, conn: TCPServer, limit: int) -> None:
+        """One line per address that fills its share (or per cap filled), not per refusal."""
+        one = self.by_address[conn.ip] >= self.per_address
+        key = conn.ip if one else ("outside" if conn.outsider else "")
+        if not self.floods.news(key, self.clock()):
+            return
+        if one:
+            log.warning(
+                "%s holds %d TCP connections, the most one address may: its next ones are"
+                " closed at once", conn.ip, self.per_address,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "%d TCP connections%s are open, the most at once: new ones are closed at"
+                " once (%s was the first turned away)",
+                limit, " from outside the LAN" if conn.outsider else "", conn.ip,
+            )  # fmt: skip
 
     def leave(self, conn: TCPServer) -> None:
         pool = self.outsiders if conn.outsider else self.open
@@ -135,6 +163,7 @@ class TCPServer(asyncio.Protocol):
         self.ip = "?"
         self.outsider = False  # not in the LAN's networks: gets REFUSED
         self.pending = 0
+        self.blocked = False  # the client does not read its answers: we read no queries
         self.framer = Framer(connections.clock(), connections.idle)
         self.tasks: set[asyncio.Future[None]] = set()
 
@@ -159,13 +188,32 @@ class TCPServer(asyncio.Protocol):
             return
         if self not in self.connections.open:
             return
-        for message in self.framer.feed(data, self.connections.clock()):
+        self._take(data)
+
+    def _take(self, data: bytes = b"") -> None:
+        """Start on the queries read so far, while fewer than MAX_PENDING are in progress
+        and the client reads its answers; the rest wait in the framer, reading paused."""
+        room = 0 if self.blocked else MAX_PENDING - self.pending
+        for message in self.framer.feed(data, self.connections.clock(), max(room, 0)):
             self.pending += 1
-            if self.pending >= MAX_PENDING and self.transport is not None:
-                self.transport.pause_reading()
             task = self.connections.loop().create_task(self._answer(message))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+        if self.transport is not None and not self.transport.is_closing():
+            if self.blocked or self.pending >= MAX_PENDING:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        # asyncio: the answers written wait past the high-water mark (64 KiB)
+        self.blocked = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.blocked = False
+        self._take()
 
     def _refuse(self, data: bytes) -> None:
         """REFUSED to an outsider's first query (no bigger than it), then close."""
@@ -203,5 +251,5 @@ class TCPServer(asyncio.Protocol):
             log.exception("TCP query from %s failed", self.ip)
         finally:
             self.pending -= 1
-            if self.transport is not None and self.pending < MAX_PENDING:
-                self.transport.resume_reading()
+            if self in self.connections.open:
+                self._take()

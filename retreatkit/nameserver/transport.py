@@ -7,7 +7,10 @@ ICMP, as for a closed port); its port is the kernel's random pick; it carries at
 most USES queries and lives at most LIFETIME seconds, then a fresh socket takes
 over. Each query has an ID from a CSPRNG (the caller's), and a reply counts only
 with that ID on that socket and our question repeated. Anything else is counted
-as spoofed and ignored, and the real reply is still awaited.
+as spoofed and ignored, and the real reply is still awaited; but the reply to a
+query we stopped waiting for (its time was up, or another upstream answered first)
+is only late: it is dropped without counting, or a slow uplink would look like an
+attack in /status.
 
 A socket per query (an asyncio endpoint each) cost more CPU than the rest of a
 cache miss together; a pool of plain sockets read with loop.add_reader does not.
@@ -19,10 +22,11 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from retreatkit.nameserver.errors import BadReply, UpstreamFailed
-from retreatkit.nameserver.upstream import Upstream
+from retreatkit.nameserver.race import staggered
+from retreatkit.nameserver.upstream import Answer, Upstream
 
 USES = 16  # queries per socket, then a new random port
 LIFETIME = 10.0  # seconds a socket takes new queries
@@ -31,7 +35,7 @@ _ID = struct.Struct(">H")
 
 
 class _Socket:
-    __slots__ = ("fd", "opened", "pending", "retired", "sock", "uses")
+    __slots__ = ("fd", "late", "opened", "pending", "retired", "sock", "uses")
 
     def __init__(self, sock: socket.socket, opened: float) -> None:
         self.sock = sock
@@ -40,6 +44,7 @@ class _Socket:
         self.uses = 0
         self.retired = False
         self.pending: dict[int, tuple[asyncio.Future[bytes], bytes]] = {}
+        self.late: dict[int, bytes] = {}  # queries given up on: ID -> question (<= USES)
 
 
 class Pool:
@@ -82,8 +87,16 @@ class Pool:
         finally:
             timer.cancel()
             s.pending.pop(qid, None)
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                s.late[qid] = question
             if s.retired and not s.pending:
                 self._close(loop, s)
+
+    async def race(
+        self, attempts: Sequence[Callable[[], Awaitable[Answer | None]]], delay: float
+    ) -> tuple[Answer | None, list[int]]:
+        """Upstreams asked one after another, the slow ones still heard."""
+        return await staggered(attempts, delay)
 
     def _socket(
         self, loop: asyncio.AbstractEventLoop, address: tuple[str, int], qid: int
@@ -124,8 +137,13 @@ class Pool:
                 if not future.done():
                     future.set_exception(failure)
             return
-        waiting = s.pending.get(_ID.unpack_from(data)[0]) if len(data) >= 12 else None
+        qid = _ID.unpack_from(data)[0] if len(data) >= 12 else -1
+        waiting = s.pending.get(qid)
         if waiting is None or waiting[0].done() or not data[2] & 0x80:
+            late = s.late.get(qid)
+            if late is not None and data[12 : 12 + len(late)].lower() == late:
+                del s.late[qid]  # the reply we stopped waiting for: late, not forged
+                return
             self.spoofs += 1
             return
         future, question = waiting

@@ -1,17 +1,27 @@
 """Upstreams: which to ask, in what order, and what their answers say about their health.
 
+A slow uplink is not a dead one: an upstream that has not answered after ATTEMPT_TIMEOUT
+is passed on to the next one, but its query stays open, and whichever answers first
+within PATIENCE seconds answers (stubs wait 5 s before they ask again). Only a query
+with no answer by then counts as a failure. Without this, an uplink whose round trip
+took longer than one attempt answered nothing at all: every reply came after we had
+given up, was counted as spoofed, and the upstream was marked down.
+
 The clock is the caller's. An upstream that fails three times in a row is down for
 RETRY_AFTER seconds (RFC 8767's failure recheck timer; the set's `recheck`); then one
 query at a time probes it while the others pass it by. When every upstream is down and
 none is due a probe, asking fails at once: stale answers and SERVFAIL come without
 waiting on servers known to be silent. SERVFAIL and REFUSED from an upstream count as
-failures (and fail over), never as answers.
+failures (and fail over), never as answers; but they take no upstream down: an upstream
+that answers is there, and validating resolvers answer SERVFAIL for one broken name
+(dnssec-failed.org), so an attendee asking three of them, or three zone transfers an
+upstream refuses, took the LAN's DNS down for everyone. It shows as `failing`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,10 +30,11 @@ from retreatkit.nameserver import reply as replies
 from retreatkit.nameserver import wire
 from retreatkit.nameserver.errors import BadReply, UpstreamFailed
 
-ATTEMPT_TIMEOUT = 1.5
+ATTEMPT_TIMEOUT = 1.5  # then the next upstream is asked too
+PATIENCE = 4.0  # how long a query waits for any of them; under a stub's 5 s
 RETRY_AFTER = 30.0  # RFC 8767: recheck a failing upstream after ~30 s
 FAILURES_TO_DOWN = 3
-RCODE_SERVFAIL, RCODE_REFUSED = 2, 5
+RCODE_FORMERR, RCODE_SERVFAIL, RCODE_NOTIMP, RCODE_REFUSED = 1, 2, 4, 5
 
 
 @dataclass
@@ -37,6 +48,7 @@ class Upstream:
     errors: int = 0
     latency_ms: float | None = None  # moving average; None until it has answered
     last_error: str = ""
+    edns: bool = True  # False once it refused a query with EDNS and answered one without
 
     @property
     def address(self) -> str:
@@ -62,21 +74,34 @@ class Upstream:
         ms = elapsed * 1000
         self.latency_ms = ms if self.latency_ms is None else 0.8 * self.latency_ms + 0.2 * ms
 
-    def failed(self, now: float, why: str, recheck: float = RETRY_AFTER) -> None:
+    def failed(
+        self, now: float, why: str, recheck: float = RETRY_AFTER, answered: bool = False
+    ) -> None:
+        """A failed query; `answered`: the upstream said so itself (SERVFAIL, REFUSED),
+        so it is there: failing, never down."""
         self.queries += 1
         self.errors += 1
-        self.failures += 1
         self.last_error = why
+        if answered:
+            self.failures = min(self.failures + 1, FAILURES_TO_DOWN - 1)
+            self.down_until = 0.0
+            return
+        self.failures += 1
         if self.down:
             self.down_until = now + recheck
 
 
 class Transport(Protocol):
-    """Sends one query and returns the reply that matches its ID, source and question."""
+    """Sends one query and returns the reply that matches its ID, source and question;
+    and runs attempts staggered by `delay` (race.staggered's contract)."""
 
     async def query(
         self, upstream: Upstream, data: bytes, question: bytes, tcp: bool, timeout: float
     ) -> bytes: ...
+
+    async def race(
+        self, attempts: Sequence[Callable[[], Awaitable[Answer | None]]], delay: float
+    ) -> tuple[Answer | None, list[int]]: ...
 
 
 @dataclass(slots=True)
@@ -108,7 +133,8 @@ class UpstreamSet:
     servers: list[Upstream]
     transport: Transport
     clock: Callable[[], float]
-    timeout: float = ATTEMPT_TIMEOUT
+    timeout: float = ATTEMPT_TIMEOUT  # then the next upstream is asked as well
+    patience: float = PATIENCE  # the longest a question waits for any upstream
     random_id: Callable[[], int] = field(default_factory=RandomIds)
     recheck: float = RETRY_AFTER  # seconds a down upstream is passed by, then probed
     zone: str = ""  # the domain forwarded to these servers; "" for the default upstreams
@@ -139,51 +165,113 @@ class UpstreamSet:
             wait = self.next_check(self.clock())
             raise UpstreamFailed(f"every upstream is down; the next check is in {wait:.0f} s")
         question = key[:-1]
-        last = ""
-        for upstream in plan:
-            probe = upstream.down
-            if probe:
-                upstream.probing = True
-            started = self.clock()
-            try:
-                raw = await self._query(upstream, key, question, tcp=False)
-                try:
-                    reply: replies.Reply | None = replies.digest(raw, question)
-                except replies.Unusual:
-                    reply = None  # well formed, in a layout left to dnspython
-                if reply is not None and reply.truncated:
-                    raw = await self._query(upstream, key, question, tcp=True)
-                    reply = replies.digest(raw, question)
-                    if reply.truncated:
-                        raise BadReply("truncated over TCP")
-            except (UpstreamFailed, TimeoutError, OSError, replies.Unusual) as exc:
-                why = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else
-                                   type(exc).__name__)  # fmt: skip
-                last = self._failed(upstream, why)
-                continue
-            finally:
-                if probe:
-                    upstream.probing = False
-            rcode = reply.rcode if reply is not None else wire.HEADER.unpack_from(raw)[1] & 0xF
-            if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
-                last = self._failed(upstream, "SERVFAIL" if rcode == RCODE_SERVFAIL else "REFUSED")
-                continue
-            now = self.clock()
-            upstream.answered(now - started)
-            if self.note is not None:
-                self.note(upstream, self.zone, now)
-            return Answer(raw, reply, upstream)
-        raise UpstreamFailed(last)
+        deadline = self.clock() + self.patience
+        if len(plan) == 1:  # the common case: nothing to stagger
+            result = await self._settle(plan[0], self._attempt(plan[0], key, question, deadline))
+            if isinstance(result, Answer):
+                return result
+            raise UpstreamFailed(result)
+        why: list[str] = []
 
-    def _failed(self, upstream: Upstream, why: str) -> str:
+        def attempt(upstream: Upstream) -> Callable[[], Awaitable[Answer | None]]:
+            async def run() -> Answer | None:
+                result = await self._settle(
+                    upstream, self._attempt(upstream, key, question, deadline)
+                )
+                if isinstance(result, Answer):
+                    return result
+                why.append(result)
+                return None
+
+            return run
+
+        answer, overtaken = await self.transport.race([attempt(u) for u in plan], self.timeout)
+        for index in overtaken:
+            # silent for a whole attempt while another answered: a failure, as a silent
+            # upstream always was (down after three, then passed by)
+            self._failed(plan[index], "no answer in time")
+        if answer is None:
+            raise UpstreamFailed(why[-1] if why else "no answer in time")
+        return answer
+
+    async def _attempt(
+        self, upstream: Upstream, key: bytes, question: bytes, deadline: float
+    ) -> tuple[bytes, replies.Reply | None]:
+        """One upstream's reply: over UDP, waited for until `deadline` (our clock), and
+        over TCP when that one is truncated."""
+        edns = upstream.edns
+        raw, reply = await self._udp(upstream, key, question, deadline, edns)
+        if edns and _rcode(raw, reply) in (RCODE_FORMERR, RCODE_NOTIMP):
+            # RFC 6891 7: a server that does not speak EDNS (an old venue router) refuses
+            # the OPT record; asked again without it, it answers, and is asked so from now
+            raw, reply = await self._udp(upstream, key, question, deadline, False)
+            if _rcode(raw, reply) not in (RCODE_FORMERR, RCODE_NOTIMP):
+                upstream.edns = False
+        if reply is not None and reply.truncated:
+            raw = await self._query(upstream, key, question, True, self.timeout * 2, upstream.edns)
+            reply = replies.digest(raw, question)
+            if reply.truncated:
+                raise BadReply("truncated over TCP")
+        return raw, reply
+
+    async def _udp(
+        self, upstream: Upstream, key: bytes, question: bytes, deadline: float, edns: bool
+    ) -> tuple[bytes, replies.Reply | None]:
+        wait = max(0.0, deadline - self.clock())
+        raw = await self._query(upstream, key, question, False, wait, edns)
+        try:
+            return raw, replies.digest(raw, question)
+        except replies.Unusual:
+            return raw, None  # well formed, in a layout left to dnspython
+
+    async def _settle(
+        self,
+        upstream: Upstream,
+        attempt: Awaitable[tuple[bytes, replies.Reply | None]],
+    ) -> Answer | str:
+        """An attempt's outcome, told to the upstream's health: the Answer, or why not."""
+        probe = upstream.down
+        if probe:
+            upstream.probing = True
+        started = self.clock()
+        try:
+            raw, reply = await attempt
+        except (UpstreamFailed, TimeoutError, OSError, replies.Unusual) as exc:
+            why = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else
+                               type(exc).__name__)  # fmt: skip
+            return self._failed(upstream, why)
+        finally:
+            if probe:
+                upstream.probing = False
+        rcode = _rcode(raw, reply)
+        if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
+            why = "SERVFAIL" if rcode == RCODE_SERVFAIL else "REFUSED"
+            return self._failed(upstream, why, answered=True)
         now = self.clock()
-        upstream.failed(now, why, self.recheck)
+        upstream.answered(now - started)
+        if self.note is not None:
+            self.note(upstream, self.zone, now)
+        return Answer(raw, reply, upstream)
+
+    def _failed(self, upstream: Upstream, why: str, answered: bool = False) -> str:
+        now = self.clock()
+        upstream.failed(now, why, self.recheck, answered)
         if self.note is not None:
             self.note(upstream, self.zone, now)
         return f"{upstream.address}: {why}"
 
     def _query(
-        self, upstream: Upstream, key: bytes, question: bytes, tcp: bool
+        self,
+        upstream: Upstream,
+        key: bytes,
+        question: bytes,
+        tcp: bool,
+        timeout: float,
+        edns: bool = True,
     ) -> Awaitable[bytes]:
-        data = wire.upstream_query(self.random_id(), key)
-        return self.transport.query(upstream, data, question, tcp, self.timeout * (1 + tcp))
+        data = wire.upstream_query(self.random_id(), key, edns)
+        return self.transport.query(upstream, data, question, tcp, timeout)
+
+
+def _rcode(raw: bytes, reply: replies.Reply | None) -> int:
+    return reply.rcode if reply is not None else wire.HEADER.unpack_from(raw)[1] & 0xF

@@ -111,11 +111,14 @@ def opt(do: bool, ext_rcode: int = 0, options: bytes = b"") -> bytes:
     )
 
 
-def upstream_query(qid: int, key: bytes) -> bytes:
+def upstream_query(qid: int, key: bytes, edns: bool = True) -> bytes:
     """The query we send upstream for a cache key: RD, AD (RFC 6840 5.7: tell us what the
-    upstream validated), CD and DO as the client asked, our OPT."""
+    upstream validated), CD and DO as the client asked, our OPT (none for an upstream
+    that does not speak EDNS: no DO either, then)."""
     bits = key[-1]
     flags = FLAG_RD | FLAG_AD | (FLAG_CD if bits & KEY_CD else 0)
+    if not edns:
+        return HEADER.pack(qid, flags, 1, 0, 0, 0) + key[:-1]
     return HEADER.pack(qid, flags, 1, 0, 0, 1) + key[:-1] + opt(bool(bits & KEY_DO))
 
 

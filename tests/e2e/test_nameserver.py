@@ -12,12 +12,15 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dns.message
+import dns.rcode
+import dns.rdatatype
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -313,6 +316,38 @@ def test_local_zones(zns: NameserverProcess) -> None:
     assert short(zns.port, "x.wild.example.test") == ["198.51.100.11"]
 
 
+@pytest.mark.parametrize(
+    ("name", "zone"),
+    [
+        ("b._dns-sd._udp.0.1.16.172.in-addr.arpa", "16.172.in-addr.arpa."),  # macOS browsing
+        ("lb._dns-sd._udp.0.0.254.169.in-addr.arpa", "254.169.in-addr.arpa."),
+        ("1.16.172.in-addr.arpa", "16.172.in-addr.arpa."),
+        ("999.1.0.10.in-addr.arpa", "10.in-addr.arpa."),  # no such address: still 10/8
+        ("x.d.f.ip6.arpa", "d.f.ip6.arpa."),  # under fd00::/8, the ULAs
+    ],
+)
+def test_private_reverse_names_stay_on_the_lan(
+    zns: NameserverProcess, zones: tuple[ZoneUpstream, ZoneUpstream], name: str, zone: str
+) -> None:
+    """RFC 6303: whatever the shape of a reverse name under a private network, it is
+    answered here (NXDOMAIN with that zone's SOA), never asked upstream."""
+    main, _ = zones
+    asked = main.asked()
+    out = dig(zns.port, name, "PTR")
+    assert "status: NXDOMAIN" in out
+    assert out.split(";; AUTHORITY SECTION:")[1].split()[0] == zone
+    assert main.asked() == asked
+
+
+def test_a_public_reverse_name_is_asked_upstream(
+    zns: NameserverProcess, zones: tuple[ZoneUpstream, ZoneUpstream]
+) -> None:
+    main, _ = zones
+    asked = main.asked()
+    dig(zns.port, "5.4.110.in-addr.arpa", "PTR")  # 110.4.5.0/24: public, though it ends "10"
+    assert main.asked() == asked + 1
+
+
 def test_conditional_forwarding(zns: NameserverProcess) -> None:
     assert short(zns.port, "printer.venue.example") == ["192.168.1.5"]  # private is fine here
 
@@ -330,7 +365,8 @@ def test_stale_and_servfail_at_once_when_the_upstream_goes_silent() -> None:
         assert short(ns.port, "ttl0.example.test") == ["198.51.100.10"]
         upstream.silent = True  # reads everything, answers nothing, sends no ICMP
         with ThreadPoolExecutor(3) as pool:  # three failures mark it down
-            outs = list(pool.map(lambda i: dig(ns.port, f"n{i}.example.test"), range(3)))
+            # each waits out the upstream's patience (4 s), as a stub's 5 s allows
+            outs = list(pool.map(lambda i: dig(ns.port, "+time=5", f"n{i}.example.test"), range(3)))
         assert all("status: SERVFAIL" in out for out in outs)
         asked = upstream.asked()
         # known down: a stale answer (RFC 8767 TTL 30) and SERVFAIL without asking it, so
@@ -345,6 +381,88 @@ def test_stale_and_servfail_at_once_when_the_upstream_goes_silent() -> None:
     finally:
         ns.stop()
         upstream.stop()
+
+
+def test_a_slow_uplink_still_answers_and_is_no_attack() -> None:
+    """An uplink whose round trip outlasts one attempt (1.5 s): its answer is still taken
+    when it comes, the upstream stays up, and nothing counts as spoofed."""
+    timers: list[threading.Timer] = []
+
+    def script(query: dns.message.Message, sock: socket.socket, addr: tuple[str, int]) -> None:
+        late = threading.Timer(2.0, sock.sendto, (reply(query, "198.51.100.42").to_wire(), addr))
+        timers.append(late)  # the satellite's latency, not a wait for anything
+        late.start()
+
+    fake = ScriptedUpstream(script)
+    ns = start_nameserver("--upstream", f"127.0.0.1:{fake.port}")
+    try:
+        for name in ("one.example.test", "two.example.test", "three.example.test"):
+            assert short(ns.port, name) == ["198.51.100.42"]
+        doc = status(ns)
+        assert doc["upstreams"][0]["state"] == "up"  # type: ignore[index]
+        assert (doc["spoofed_replies_ignored"], doc["servfail"], doc["warnings"]) == (0, 0, [])
+        assert len(fake.queries) == 3  # one query each, answered late
+    finally:
+        ns.stop()
+        for timer in timers:
+            timer.cancel()
+        fake.stop()
+
+
+def test_an_upstream_that_does_not_speak_edns_is_asked_without_it() -> None:
+    """An old venue router answers a query with an OPT record FORMERR (RFC 6891 7): asked
+    again without it, it answers, and is asked so from then on. Before, every client got
+    FORMERR for every name."""
+
+    def script(query: dns.message.Message, sock: socket.socket, addr: tuple[str, int]) -> None:
+        if query.edns >= 0:
+            refused = dns.message.make_response(query)
+            refused.use_edns(False)
+            refused.set_rcode(dns.rcode.FORMERR)
+            sock.sendto(refused.to_wire(), addr)
+        else:
+            sock.sendto(reply(query, "198.51.100.44").to_wire(), addr)
+
+    fake = ScriptedUpstream(script)
+    ns = start_nameserver("--upstream", f"127.0.0.1:{fake.port}")
+    try:
+        assert short(ns.port, "one.example.test") == ["198.51.100.44"]
+        assert short(ns.port, "+noedns", "two.example.test") == ["198.51.100.44"]
+        assert [q.edns for q in fake.queries] == [0, -1, -1]
+        assert status(ns)["upstreams"][0]["state"] == "up"  # type: ignore[index]
+    finally:
+        ns.stop()
+        fake.stop()
+
+
+def test_names_an_upstream_fails_take_it_down_for_nobody() -> None:
+    """A validating upstream answers SERVFAIL for a name whose DNSSEC is broken, and
+    refuses zone transfers: an attendee asking three such questions took the upstream
+    down for 30 s, and every other name with it."""
+
+    def script(query: dns.message.Message, sock: socket.socket, addr: tuple[str, int]) -> None:
+        answer = reply(query, "198.51.100.45")
+        if query.question[0].name.to_text().startswith("bogus"):
+            answer = dns.message.make_response(query)
+            answer.set_rcode(dns.rcode.SERVFAIL)
+        sock.sendto(answer.to_wire(), addr)
+
+    fake = ScriptedUpstream(script)
+    ns = start_nameserver("--upstream", f"127.0.0.1:{fake.port}")
+    try:
+        for i in range(3):
+            assert "status: SERVFAIL" in dig(ns.port, f"bogus{i}.example.test")
+        assert short(ns.port, "www.example.test") == ["198.51.100.45"]
+        for _ in range(3):
+            axfr = dig(ns.port, "example.test", "AXFR", "+notcp")  # REFUSED, not forwarded
+            assert axfr.endswith("; Transfer failed.\n")
+        assert short(ns.port, "www2.example.test") == ["198.51.100.45"]
+        assert all(q.question[0].rdtype == dns.rdatatype.A for q in fake.queries)
+        upstream = status(ns)["upstreams"][0]  # type: ignore[index]
+        assert (upstream["state"], upstream["errors"]) == ("up", 3)
+    finally:
+        ns.stop()
+        fake.stop()
 
 
 def test_spoofed_replies_are_ignored() -> None:
@@ -406,8 +524,17 @@ def test_rate_limit_slips_to_tcp(upstream: Dnsmasq) -> None:
                 assert answer.edns == 0  # a TC answer keeps its OPT
         assert truncated > 0  # over the limit: TC, so a NAT's clients retry over TCP
         assert short(ns.port, "+tcp", "www.example.test") == ["198.51.100.7"]
+        ns.process.popen.terminate()
+        _, seen = ns.process.finish()  # every line it wrote, to its exit
     finally:
         ns.stop()
+    # the organiser learns who floods, in one line, however long the flood goes on
+    lines = [line for line in seen if "queries a second" in line]
+    assert len(lines) == 1
+    assert lines[0].endswith(
+        "WARNING 127.0.0.1 asks more than 3 queries a second: its UDP answers come truncated"
+        " (it asks again over TCP); the limit is rate_limit in [nameserver] of retreat.toml"
+    )
 
 
 def test_one_host_cannot_take_every_tcp_connection(upstream: Dnsmasq) -> None:
@@ -416,16 +543,51 @@ def test_one_host_cannot_take_every_tcp_connection(upstream: Dnsmasq) -> None:
     try:
         for _ in range(16):  # the per-address cap
             held.append(socket.create_connection(("127.0.0.1", ns.port), timeout=5))
-        extra = socket.create_connection(("127.0.0.1", ns.port), timeout=5)
-        with extra, contextlib.suppress(ConnectionResetError):  # reset or closed, at once
-            extra.sendall(dns_query("www.example.test"))
-            assert extra.recv(10) == b""
+        for _ in range(3):
+            extra = socket.create_connection(("127.0.0.1", ns.port), timeout=5)
+            with extra, contextlib.suppress(ConnectionResetError):  # reset or closed, at once
+                extra.sendall(dns_query("www.example.test"))
+                assert extra.recv(10) == b""
         # another address of the LAN is still served, over TCP too
         out = dig(ns.port, "-b", "127.0.0.2", "+tcp", "+short", "www.example.test")
         assert out.split() == ["198.51.100.7"]
+        ns.process.popen.terminate()
+        _, seen = ns.process.finish()
     finally:
         for conn in held:
             conn.close()
+        ns.stop()
+    lines = [line for line in seen if "TCP connections" in line]
+    assert len(lines) == 1  # one line for the address, not one per connection turned away
+    assert lines[0].endswith(
+        "WARNING 127.0.0.1 holds 16 TCP connections, the most one address may: its next ones"
+        " are closed at once"
+    )
+
+
+def test_a_client_that_never_reads_its_answers_cannot_fill_our_memory(
+    upstream: Dnsmasq, tmp_path: Path
+) -> None:
+    """Queries pipelined over TCP whose answers the client never reads: we stop reading
+    them (before, every answer was buffered: one laptop took the server past 2 GB)."""
+    config = tmp_path / "retreat.toml"
+    many = ", ".join(f'"10.0.{i // 250}.{i % 250 + 1}"' for i in range(100))
+    config.write_text(f'[nameserver.records]\n"many.retreat.lan" = [{many}]\n')
+    ns = start_nameserver("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    queries = dns_query("many.retreat.lan") * 50_000  # 1.7 KB answers to 1.8 MB of queries
+    sent = 0
+    try:
+        with socket.socket() as hog:
+            hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing, anyway
+            hog.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            hog.connect(("127.0.0.1", ns.port))
+            hog.settimeout(3)
+            with contextlib.suppress(TimeoutError):
+                while sent < len(queries):
+                    sent += hog.send(queries[sent : sent + 65536])
+            assert sent < len(queries)  # it stopped taking queries
+            assert len(short(ns.port, "+tcp", "many.retreat.lan")) == 100  # others: fine
+    finally:
         ns.stop()
 
 

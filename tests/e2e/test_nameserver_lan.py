@@ -121,3 +121,92 @@ def test_a_server_on_ipv6_wildcard_answers_each_address_from_that_address(
         assert out == "10.53.0.9", f"{server}: {out}"
     for server in ("fd00:53::3", "10.53.0.3"):  # TCP on :: takes IPv4 too, as UDP does
         assert ask(hosts, server, ports["::"], "+tcp") == "10.53.0.9", server
+
+
+@pytest.fixture
+def attendee(tmp_path: Path) -> Iterator[tuple[TwoHosts, Process, subprocess.Popen[bytes]]]:
+    """A laptop whose resolv.conf names our nameserver (port 53, the LAN search domain),
+    which forwards to an uplink resolver (dnsmasq) on the server host."""
+    if shutil.which("dnsmasq") is None and not Path("/usr/sbin/dnsmasq").exists():
+        pytest.skip("dnsmasq is not installed (.ci/run does)")
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_text("198.51.100.7 www.example.test\n")
+    home = tmp_path / "home"
+    with two_hosts("rkga") as hosts:
+        conf = Path("/etc/netns") / hosts.client
+        conf.mkdir(parents=True)
+        try:
+            (conf / "resolv.conf").write_text(
+                f"nameserver {hosts.server_lan}\nsearch retreat.lan\noptions timeout:5 attempts:1\n"
+            )
+            uplink = subprocess.Popen(
+                hosts.on(hosts.server, [
+                    shutil.which("dnsmasq") or "/usr/sbin/dnsmasq", "--keep-in-foreground",
+                    "--no-resolv", "--no-hosts", "--port=5353", "--listen-address=127.0.0.1",
+                    "--bind-interfaces", f"--addn-hosts={hosts_file}", "--local-ttl=300",
+                    "--pid-file=", "--user=root",
+                ]),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            argv = [sys.executable, "-m", "retreatkit.cli.main", "nameserver",
+                    "--listen", f"{hosts.server_lan}:53", "--admin", "127.0.0.1:0",
+                    "--upstream", "127.0.0.1:5353",
+                    "--record", "wiki.retreat.lan=10.53.0.9"]  # fmt: skip
+            server = Process.start(hosts.on(hosts.server, argv), env=home_env(home))
+            try:
+                server.wait_for(r"^Admin on ")
+                yield hosts, server, uplink
+            finally:
+                server.stop()
+                uplink.terminate()
+                uplink.wait(10)
+        finally:
+            shutil.rmtree(conf, ignore_errors=True)
+
+
+def getent(hosts: TwoHosts, name: str) -> tuple[int, str]:
+    done = subprocess.run(
+        hosts.on(hosts.client, ["getent", "ahostsv4", name]),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    return done.returncode, " ".join(sorted({line.split()[0] for line in done.stdout.splitlines()}))
+
+
+def test_a_laptops_resolver_keeps_its_names_when_the_uplink_drops(
+    attendee: tuple[TwoHosts, Process, subprocess.Popen[bytes]],
+) -> None:
+    """glibc asks without EDNS, dig with it: a name dig brought into the cache answers
+    glibc too, after the uplink is gone. Before, each kind of client had its own entry,
+    and glibc's question went to the dead uplink: not found."""
+    hosts, _, uplink = attendee
+    assert getent(hosts, "wiki") == (0, "10.53.0.9")  # the LAN's search domain
+    dig = ["dig", "+short", "+time=3", "+tries=1", "www.example.test"]  # through resolv.conf
+    done = subprocess.run(hosts.on(hosts.client, dig), capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ["198.51.100.7"]
+    uplink.terminate()  # the uplink is gone
+    uplink.wait(10)
+    assert getent(hosts, "www.example.test") == (0, "198.51.100.7")
+
+
+def test_a_resolv_conf_naming_only_this_nameserver_is_no_upstream(tmp_path: Path) -> None:
+    """The organiser's machine took the LAN's DNS server from DHCP: itself. With no
+    upstreams given, /etc/resolv.conf would make every question a loop."""
+    with two_hosts("rkgl") as hosts:
+        conf = Path("/etc/netns") / hosts.server
+        conf.mkdir(parents=True)
+        try:
+            (conf / "resolv.conf").write_text(f"nameserver {hosts.server_lan}\n")
+            argv = [sys.executable, "-m", "retreatkit.cli.main", "nameserver",
+                    "--listen", f"{hosts.server_lan}:53", "--admin", "127.0.0.1:0"]  # fmt: skip
+            done = subprocess.run(
+                hosts.on(hosts.server, argv), capture_output=True, text=True, timeout=30,
+                env={**os.environ, **home_env(tmp_path)},
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(conf, ignore_errors=True)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "retreatkit: [nameserver] upstreams (or --upstream): none given, and /etc/resolv.conf"
+        f" names only {hosts.server_lan}:53, this nameserver itself: every question would come"
+        " back to it (a loop); name the venue's resolvers\n"
+    )

@@ -107,3 +107,19 @@ def test_the_oldest_goes_first_when_full() -> None:
         cache.put(key, entry.template, 60, 0.0, 0)
     assert list(cache.entries) == [b"b", b"c"]
     assert cache.expire(1000.0) == 0 and cache.expire(100000.0) == 2
+
+
+def test_big_answers_are_bounded_in_bytes_not_only_in_number() -> None:
+    """A client asking names of a zone it runs, each answer 64 KiB: the oldest go when the
+    answers reach max_bytes, however few they are."""
+    _, entry, _, _ = store("www.test")
+    big = wire.Template(bytearray(65535), (), 12)  # a whole TCP answer's worth
+    size = 65535 + 1  # and its one-byte key
+    cache = Cache(max_bytes=3 * size + 1000)
+    for key in (b"a", b"b", b"c", b"d"):
+        cache.put(key, big, 60, 0.0, 0)
+    assert list(cache.entries) == [b"b", b"c", b"d"] and cache.bytes == 3 * size
+    cache.put(b"e", entry.template, 60, 0.0, 0)  # a small one fits beside them: nothing goes
+    assert len(cache) == 4
+    cache.flush("www.test")
+    assert cache.expire(100000.0) == 4 and cache.bytes == 0

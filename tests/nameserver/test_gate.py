@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from retreatkit.nameserver.fakes import UDPClient, Zone, resolver
-from retreatkit.nameserver.gate import Gate
+from retreatkit.nameserver.gate import LOG_AGAIN, REFUSALS_LOGGED, Gate
 
 ZONE = Zone("$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nwww A 198.51.100.7\n")
 UP = ("192.0.2.53", 53)
@@ -42,3 +42,44 @@ async def test_over_the_rate_a_client_gets_truncated_answers() -> None:
     assert [bool(a.flags & 0x0200) for a in answers] == [False, False, True, True]
     assert answers[-1].edns == 0  # TC keeps the OPT
     assert r.stats.counts[7] == 2
+
+
+async def test_a_flood_is_a_line_per_address_then_again_only_after_a_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    r, _, clock = resolver({UP: ZONE.answer})
+    lan = UDPClient(r, rate=2)
+    with caplog.at_level(logging.WARNING, logger="retreatkit.nameserver"):
+        for _ in range(3):  # three seconds of flood: one line
+            for _ in range(4):
+                await lan.ask("www.test")
+            clock.advance(1)
+        await lan.ask("www.test", client="10.0.0.6")  # under the limit: nothing to say
+        clock.advance(LOG_AGAIN)
+        for _ in range(3):
+            await lan.ask("www.test")
+    line = (
+        "10.0.0.5 asks more than 2 queries a second: its UDP answers come truncated (it asks"
+        " again over TCP); the limit is rate_limit in [nameserver] of retreat.toml"
+    )
+    assert [r.getMessage() for r in caplog.records] == [line, line]
+
+
+async def test_refusals_from_a_scan_are_a_few_lines_not_thousands(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    r, _, clock = resolver({UP: ZONE.answer})
+    lan = UDPClient(r, networks=["10.0.0.0/8"])
+    with caplog.at_level(logging.WARNING, logger="retreatkit.nameserver"):
+        for i in range(200):  # spoofed sources, or the internet's scanners
+            await lan.ask("www.test", client=f"203.0.{i}.5")
+        clock.advance(LOG_AGAIN)
+        await lan.ask("www.test", client="198.51.100.9")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == REFUSALS_LOGGED + 2
+    assert lines[REFUSALS_LOGGED] == (
+        "refusing queries from more networks outside the LAN (a scan, or spoofed sources?):"
+        " the next ones are not logged for 10 minutes; /status counts every refusal (refused)"
+    )
+    assert lines[-1].startswith("refusing queries from 198.51.100.0/24 (198.51.100.9)")
+    assert r.stats.counts[6] == 201  # every one refused, and counted

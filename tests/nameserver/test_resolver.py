@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import pytest
 
+from retreatkit.nameserver import server
 from retreatkit.nameserver.blocklist import Blocklist
 from retreatkit.nameserver.fakes import (
     SILENT,
@@ -19,6 +22,7 @@ from retreatkit.nameserver.fakes import (
     make_query,
     resolver,
 )
+from retreatkit.nameserver.flight import Flights
 from retreatkit.nameserver.local import parse_record
 
 UP = ("192.0.2.53", 53)
@@ -286,3 +290,82 @@ async def test_badvers() -> None:
     lan = UDPClient(r)
     answer = await lan.ask("www.example.test", use_edns=1)
     assert answer.rcode() == dns.rcode.BADVERS and answer.edns == 0
+
+
+SIGNED = Zone(
+    ZONE.zone.to_text()
+    + f"www.example RRSIG A 8 3 300 20300101000000 20200101000000 4711 test. {'c' * 88}\n",
+    secure=True,
+)
+
+
+def rdtypes(answer: dns.message.Message) -> list[str]:
+    return [dns.rdatatype.to_text(rrset.rdtype) for rrset in answer.answer]
+
+
+async def test_an_answer_cached_for_one_kind_of_client_serves_the_others() -> None:
+    """A glibc stub asks without EDNS, macOS and dig with it, a validator with DO: one
+    upstream answer serves them all, fresh and, with the uplink gone, stale."""
+    r, upstream, clock = resolver({UP: SIGNED.answer})
+    lan = UDPClient(r)
+    signed = await lan.ask("www.example.test", want_dnssec=True)
+    assert rdtypes(signed) == ["A", "RRSIG"] and signed.flags & dns.flags.AD
+    glibc = await lan.ask("www.example.test", use_edns=False)
+    # no OPT, no AD, no signatures for a client that did not ask for them (RFC 4035 3.2.1)
+    assert (glibc.edns, glibc.flags & dns.flags.AD, rdtypes(glibc)) == (-1, 0, ["A"])
+    assert addresses(glibc) == ["198.51.100.7"] and glibc.answer[0].ttl == 300
+    dig = await lan.ask("www.example.test", flags=dns.flags.RD | dns.flags.AD)
+    assert dig.flags & dns.flags.AD and rdtypes(dig) == ["A"]  # from the DO answer: AD kept
+    assert upstream.asked() == 1
+    # never the other way: an answer without signatures is no answer for a validator
+    await lan.ask("short.example.test", use_edns=False)
+    assert rdtypes(await lan.ask("short.example.test", want_dnssec=True)) == ["A"]
+    assert upstream.asked() == 3
+    upstream.scripts[UP] = lambda q: SILENT  # the uplink is gone, and the answer old
+    clock.advance(400)
+    stale = await lan.ask("www.example.test", use_edns=False, flags=dns.flags.RD | dns.flags.CD)
+    assert addresses(stale) == ["198.51.100.7"] and stale.answer[0].ttl == 30
+    assert stale.flags & dns.flags.CD and rdtypes(stale) == ["A"]
+
+
+async def test_questions_past_the_flights_cap_are_one_line_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A slow uplink or a flood of names fills the questions in flight: the SERVFAILs that
+    follow are explained, once, not left to guess at."""
+    hold = Hold(ZONE.answer(make_query("www.example.test")))
+    r, _, _ = resolver({UP: lambda q: hold})
+    r.flights = Flights(limit=1)
+    lan = UDPClient(r)
+    lan.send(make_query("www.example.test"))  # waits on the upstream
+    with caplog.at_level(logging.WARNING, logger="retreatkit.nameserver"):
+        for name in ("a.example.test", "b.example.test"):
+            lan.send(make_query(name))
+            await asyncio.sleep(0)
+        hold.released.set()
+        await lan.settle()
+    rcodes = [dns.message.from_wire(out).rcode() for out, _ in lan.transport.sent]
+    assert sorted(rcodes) == [dns.rcode.NOERROR, dns.rcode.SERVFAIL, dns.rcode.SERVFAIL]
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 questions already wait on the upstreams (a slow uplink, or a flood of names): new"
+        " questions get a stale answer or SERVFAIL until some are answered"
+    ]
+
+
+async def test_queries_past_the_servers_cap_are_dropped_with_one_line(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "MAX_SLOW", 1)
+    hold = Hold(ZONE.answer(make_query("www.example.test")))
+    r, _, _ = resolver({UP: lambda q: hold})
+    lan = UDPClient(r)
+    with caplog.at_level(logging.WARNING, logger="retreatkit.nameserver"):
+        for name in ("www.example.test", "a.example.test", "b.example.test"):
+            lan.send(make_query(name))
+        hold.released.set()
+        await lan.settle()
+    assert len(lan.transport.sent) == 1  # the two past the cap: dropped, the client asks again
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 queries are in progress: new ones are dropped until some are answered (a slow"
+        " uplink, or a flood)"
+    ]

@@ -4,15 +4,18 @@ REFUSED outside the LAN."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 
 import dns.message
 import dns.rcode
+import pytest
 
 from retreatkit.nameserver.fakes import ManualClock, Zone, make_query, resolver
-from retreatkit.nameserver.gate import LAN, Gate
+from retreatkit.nameserver.gate import LAN, LOG_AGAIN, Gate
+from retreatkit.nameserver.local import parse_record
 from retreatkit.nameserver.stats import REFUSED
-from retreatkit.nameserver.tcp import MAX_OUTSIDERS, Connections, Framer, TCPServer
+from retreatkit.nameserver.tcp import MAX_OUTSIDERS, MAX_PENDING, Connections, Framer, TCPServer
 
 ZONE = Zone("$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nwww A 198.51.100.7\n")
 UP = ("192.0.2.53", 53)
@@ -42,11 +45,13 @@ class Stream:
     def is_closing(self) -> bool:
         return self.closed or self.aborted
 
+    paused = False  # reading
+
     def pause_reading(self) -> None:
-        pass
+        self.paused = True
 
     def resume_reading(self) -> None:
-        pass
+        self.paused = False
 
 
 def framed(name: str) -> bytes:
@@ -136,3 +141,54 @@ async def test_outside_the_lan_one_refused_then_closed_and_never_the_lans_room()
     assert not connect("10.0.0.1")[1].aborted  # the LAN's room is untouched
     clock.advance(10)
     assert conns.sweep(clock()) == MAX_OUTSIDERS + 1  # silent outsiders go at the deadline
+
+
+async def test_a_full_server_is_one_line_per_address_and_one_for_the_cap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    r, _, _ = resolver({UP: ZONE.answer})
+    clock = ManualClock(0.0)
+    conns = Connections(clock, limit=3, per_address=2)
+    gate = Gate(list(LAN), 0)
+
+    def connect(ip: str) -> Stream:
+        stream = Stream(ip)
+        TCPServer(r, gate, conns).connection_made(stream)  # type: ignore[arg-type]
+        return stream
+
+    with caplog.at_level(logging.WARNING, logger="retreatkit.nameserver"):
+        for ip in ("10.0.0.1",) * 5 + ("10.0.0.2",) * 4:
+            connect(ip)
+        clock.advance(LOG_AGAIN)
+        assert connect("10.0.0.1").aborted  # still full, a while later: said again
+    assert conns.refused == 7
+    assert [r.getMessage() for r in caplog.records] == [
+        "10.0.0.1 holds 2 TCP connections, the most one address may: its next ones are"
+        " closed at once",
+        "3 TCP connections are open, the most at once: new ones are closed at once"
+        " (10.0.0.2 was the first turned away)",
+        "10.0.0.1 holds 2 TCP connections, the most one address may: its next ones are"
+        " closed at once",
+    ]
+
+
+async def test_queries_wait_while_their_answers_wait_on_the_client() -> None:
+    """However many queries one read brings, MAX_PENDING are worked on; while the client
+    reads no answers (asyncio's pause_writing), no more are taken, and reading stays off."""
+    r, _, _ = resolver({UP: ZONE.answer}, records=[parse_record("wiki.retreat.lan=10.0.0.9")])
+    server, stream = (
+        TCPServer(r, Gate(list(LAN), 0), Connections(ManualClock(0.0))),
+        Stream("10.0.0.1"),
+    )
+    server.connection_made(stream)  # type: ignore[arg-type]
+    server.data_received(framed("wiki.retreat.lan") * 100)
+    assert server.pending == MAX_PENDING and stream.paused
+    server.pause_writing()
+    await asyncio.gather(*server.tasks)
+    answered = stream.written.count(b"\x04wiki")
+    assert (answered, server.pending, stream.paused) == (MAX_PENDING, 0, True)
+    server.resume_writing()  # the client reads again: the next queries are taken
+    assert server.pending == MAX_PENDING
+    while server.pending:
+        await asyncio.gather(*server.tasks)
+    assert stream.written.count(b"\x04wiki") == 100 and not stream.paused

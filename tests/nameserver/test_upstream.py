@@ -94,3 +94,43 @@ def test_no_upstream_configured() -> None:
     group = UpstreamSet([], FakeTransport({}), ManualClock())
     with pytest.raises(UpstreamFailed, match="no upstream configured"):
         asyncio.run(group.ask(key()))
+
+
+async def test_a_slow_upstream_is_joined_by_the_next_and_loses_to_it() -> None:
+    slow = Hold(ZONE.answer(make_query("www.test")))
+    group, transport, _ = upstreams(lambda q: slow, ZONE.answer)
+    group.timeout = 0.01  # one attempt's time, then the next upstream is asked as well
+    answer = await asyncio.wait_for(group.ask(key()), 10)
+    assert answer.upstream.address == "192.0.2.2:53"
+    first, second = group.servers
+    # silent for a whole attempt and overtaken: a failure, as a silent upstream always was
+    assert (first.state(), first.last_error, second.state()) == (
+        "failing",
+        "no answer in time",
+        "up",
+    )
+    assert transport.asked(A) == 1 and transport.asked(B) == 1
+
+
+async def test_the_first_upstream_still_answers_after_the_next_is_asked() -> None:
+    slow = Hold(ZONE.answer(make_query("www.test")))
+    group, transport, _ = upstreams(lambda q: slow, lambda q: SILENT)
+    group.timeout = 0.01
+    asking = asyncio.ensure_future(group.ask(key()))
+    async with asyncio.timeout(10):
+        while not transport.asked(B):
+            await asyncio.sleep(0.01)
+    slow.released.set()  # its answer comes after the second upstream has failed
+    answer = await asking
+    assert answer.upstream.address == "192.0.2.1:53"
+    assert [u.state() for u in group.servers] == ["up", "failing"]
+
+
+async def test_an_upstream_that_answers_servfail_is_failing_never_down() -> None:
+    group, transport, _ = upstreams(servfail)
+    (up,) = group.servers
+    for _ in range(5):  # one broken name after another: the upstream still answers
+        with pytest.raises(UpstreamFailed, match=r"192\.0\.2\.1:53: SERVFAIL"):
+            await group.ask(key())
+    assert (up.state(), up.errors, group.plan(0.0)) == ("failing", 5, [up])
+    assert transport.asked() == 5  # every question is still asked
