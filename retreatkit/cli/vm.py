@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from retreatkit import config, loop, serve
+from retreatkit import config, loop, serve, version
 from retreatkit.cli.image import UsageError, guest_memory
 from retreatkit.image import vmservice
 from retreatkit.image.paths import private_dir
@@ -81,8 +81,7 @@ def _spawn_supervisor() -> None:
     """A supervisor in the background, detached from this terminal; we wait for its word."""
     log = private_dir(vmservice.vm_dir()) / "supervisor.log"
     read, write = os.pipe()
-    argv = [sys.executable, "-m", "retreatkit.cli.main", "vm", "serve", "--until-idle",
-            "--ready-fd", str(write)]  # fmt: skip
+    argv = version.command("vm", "serve", "--until-idle", "--ready-fd", str(write))
     with log.open("ab") as out:
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                          pass_fds=(write,), start_new_session=True)  # fmt: skip
