@@ -147,10 +147,8 @@ async def _one_child(argv: list[str], env: dict[str, str], stop: asyncio.Event) 
 def end_with_parent() -> None:
     """`retreatkit up`'s dashboard: closed (SIGTERM, so the terminal is restored) when the
     process that runs the services dies, killed or crashed, rather than left on the
-    terminal fighting the shell for its keys (prctl(2), Linux)."""
-    parent = os.getppid()
+    terminal fighting the shell for its keys (prctl(2), Linux). One that died before this
+    leaves nothing to reach: the dashboard then stops with its line before it draws."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before the prctl
-        os.kill(os.getpid(), signal.SIGTERM)
