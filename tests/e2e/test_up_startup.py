@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from retreatkit.mirror.store import Store
-from retreatkit.testing import Process, scratch_disk
+from retreatkit.testing import Process, Terminal, scratch_disk
 
 pytestmark = pytest.mark.e2e
 
@@ -256,3 +256,28 @@ def fill(disk: Path) -> None:
     with contextlib.suppress(OSError), (disk / "filler").open("wb", buffering=0) as out:
         while True:
             out.write(b"\0" * 65536)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only disk needs a mount (root)")
+def test_up_in_a_terminal_with_a_read_only_state_folder_is_one_line(tmp_path: Path) -> None:
+    """In a terminal `up` logs to a file in the state folder while its dashboard holds the
+    screen: a folder it cannot write is said in one line before anything starts."""
+    with scratch_disk("1m", read_only=True) as state:
+        term = Terminal.start(
+            [sys.executable, "-m", "retreatkit.cli.main", "up", "--relay-listen", "127.0.0.1:0",
+             "--admin", "127.0.0.1:0", "--mirror-listen", "127.0.0.1:0",
+             "--nameserver-listen", "127.0.0.1:0"],
+            env={"XDG_STATE_HOME": str(state), "XDG_DATA_HOME": str(tmp_path / "data"),
+                 "HOME": str(tmp_path), "TERM": "xterm-256color"},
+        )  # fmt: skip
+        try:
+            shown = term.until(b"Read-only file system\r\n").decode()
+            code = term.popen.wait(60)
+        finally:
+            term.close()
+    assert code == 1
+    assert "Traceback" not in shown
+    assert shown.splitlines()[-1] == (
+        f"retreatkit: cannot write the dashboard's log {state}/retreatkit/retreatkit.log:"
+        " Read-only file system"
+    )
