@@ -3,7 +3,6 @@ addresses attendees use, a plain stop; `retreatkit tui` against nothing."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import socket
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from retreatkit.mirror.store import Store
-from retreatkit.testing import Process, Terminal, scratch_disk
+from retreatkit.testing import Process, Terminal, fill, scratch_disk
 
 pytestmark = pytest.mark.e2e
 
@@ -249,13 +248,6 @@ def test_a_store_on_a_full_disk_is_one_line(tmp_path: Path, made_before: bool) -
         r" another folder",
         last,
     ), last
-
-
-def fill(disk: Path) -> None:
-    """Write to `disk` until it has no room left."""
-    with contextlib.suppress(OSError), (disk / "filler").open("wb", buffering=0) as out:
-        while True:
-            out.write(b"\0" * 65536)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a read-only disk needs a mount (root)")
