@@ -96,7 +96,7 @@ def log_file(path: Path) -> logging.Handler:
                 log.warning("cannot write the log file %s (%s); the Logs screen still has"
                             " every line", self.baseFilename, why)  # fmt: skip
 
-    handler = LogFile(path, maxBytes=10 << 20, backupCount=3)
+    handler = LogFile(path, maxBytes=10_000_000, backupCount=3)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     return handler
 
