@@ -153,6 +153,31 @@ def gone(pid: int, within: float) -> bool:
     return True
 
 
+def up_started(p: Pane) -> int:
+    """The `retreatkit up` process, once its dashboard shows every service up."""
+    p.wait(r"^\s+nameserver\s+127\.0\.0\.1:\d+\s+up")
+    up = p.up_pid()
+    assert up is not None
+    return up
+
+
+def dashboard_of(up: int) -> int:
+    """The dashboard process `retreatkit up` runs (its one child)."""
+    (child,) = (int(c) for c in Path(f"/proc/{up}/task/{up}/children").read_text().split())
+    return child
+
+
+def blocked_answer(p: Pane) -> str:
+    """What the nameserver answers for the name its blocklist holds."""
+    out = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(p.dns), "+short", "+tries=1", "ads.example.test"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return out.stdout.strip()
+
+
 @pytest.fixture(scope="module")
 def pane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pane]:
     p = open_pane(tmp_path_factory.mktemp("dash"))
@@ -174,13 +199,7 @@ def test_overview_shows_three_services_up(pane: Pane) -> None:
 
 
 def test_a_dig_shows_in_the_query_log(pane: Pane) -> None:
-    out = subprocess.run(
-        ["dig", "@127.0.0.1", "-p", str(pane.dns), "+short", "+tries=1", "ads.example.test"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.stdout.strip() == "0.0.0.0"
+    assert blocked_answer(pane) == "0.0.0.0"
     pane.keys("4")
     pane.wait(r"127\.0\.0\.1\s+ads\.example\.test\s+A\s+blocked")
 
@@ -246,20 +265,11 @@ def test_a_lost_terminal_never_stalls_the_lan_and_stops_cleanly(
     its terminal gone (a dropped SSH session), everything stops and says so."""
     p = open_pane(tmp_path_factory.mktemp("hangup"))
     try:
-        p.wait(r"^\s+nameserver\s+127\.0\.0\.1:\d+\s+up")
-        up = p.up_pid()
-        assert up is not None
-        children = Path(f"/proc/{up}/task/{up}/children").read_text().split()
-        (dashboard,) = (int(c) for c in children)
+        up = up_started(p)
+        dashboard = dashboard_of(up)
         os.kill(dashboard, signal.SIGSTOP)  # a dashboard that hangs
         try:
-            out = subprocess.run(
-                ["dig", "@127.0.0.1", "-p", str(p.dns), "+short", "+tries=1", "ads.example.test"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            assert out.stdout.strip() == "0.0.0.0"  # the LAN's DNS still answers
+            assert blocked_answer(p) == "0.0.0.0"  # the LAN's DNS still answers
         finally:
             os.kill(dashboard, signal.SIGCONT)
         subprocess.run(["tmux", "-L", p.server, "kill-server"], capture_output=True, timeout=10)
@@ -270,12 +280,6 @@ def test_a_lost_terminal_never_stalls_the_lan_and_stops_cleanly(
         close_pane(p)
 
 
-def dashboard_of(up: int) -> int:
-    """The dashboard process `retreatkit up` runs (its one child)."""
-    (child,) = (int(c) for c in Path(f"/proc/{up}/task/{up}/children").read_text().split())
-    return child
-
-
 def test_a_killed_dashboard_starts_again_and_the_lan_keeps_its_services(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -283,19 +287,11 @@ def test_a_killed_dashboard_starts_again_and_the_lan_keeps_its_services(
     go on serving, the dashboard comes back and says what happened; q still stops all."""
     p = open_pane(tmp_path_factory.mktemp("killed"))
     try:
-        p.wait(r"^\s+nameserver\s+127\.0\.0\.1:\d+\s+up")
-        up = p.up_pid()
-        assert up is not None
+        up = up_started(p)
         first = dashboard_of(up)
         os.kill(first, signal.SIGKILL)
         assert gone(first, DEADLINE)
-        out = subprocess.run(
-            ["dig", "@127.0.0.1", "-p", str(p.dns), "+short", "+tries=1", "ads.example.test"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert out.stdout.strip() == "0.0.0.0"  # the LAN's DNS still answers
+        assert blocked_answer(p) == "0.0.0.0"  # the LAN's DNS still answers
         assert p.up_pid() == up
         p.keys("5")
         p.wait(r"WARNING\s+the dashboard ended \(killed by signal 9\)")  # cut by the width
@@ -334,9 +330,7 @@ def test_a_killed_up_takes_its_dashboard_and_the_terminal_is_the_shells_again(
     (other / "main.py").write_text(IMPOSTOR)
     p = open_pane(tmp, cwd=tmp / "checkout")
     try:
-        p.wait(r"^\s+nameserver\s+127\.0\.0\.1:\d+\s+up")
-        up = p.up_pid()
-        assert up is not None
+        up = up_started(p)
         dashboard = dashboard_of(up)
         os.kill(up, signal.SIGKILL)
         assert gone(dashboard, DEADLINE)
