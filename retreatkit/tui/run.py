@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import termios
 from pathlib import Path
 
 from retreatkit import version
@@ -114,9 +115,21 @@ async def in_child(url: str, token: str, config: Path | None, stop: asyncio.Even
 
 def crashed(code: int) -> bool:
     """Whether a dashboard that ended with `code` crashed (an error, a signal such as
-    SIGKILL or SIGSEGV), rather than ended by the organiser's quit (0) or its terminal's
-    hangup (SIGHUP: nobody would see it again)."""
-    return code != 0 and code != -signal.SIGHUP
+    SIGKILL or SIGSEGV, a stray SIGHUP meant for `up`'s blocklists), rather than ended by
+    the organiser's quit (0) or its terminal's hangup (nobody would see it again)."""
+    if code == -signal.SIGHUP:
+        return terminal_alive()
+    return code != 0
+
+
+def terminal_alive() -> bool:
+    """Whether our terminal is still there: a hung-up one (a dropped SSH session, a tmux
+    server killed) answers EIO to every ioctl."""
+    try:
+        termios.tcgetattr(sys.stdin.fileno())
+    except (OSError, termios.error, ValueError):
+        return False
+    return True
 
 
 def how(code: int) -> str:

@@ -280,25 +280,28 @@ def test_a_lost_terminal_never_stalls_the_lan_and_stops_cleanly(
         close_pane(p)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
 def test_a_killed_dashboard_starts_again_and_the_lan_keeps_its_services(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, sig: signal.Signals
 ) -> None:
     """A dashboard that crashes or is killed is not the organiser quitting: the services
-    go on serving, the dashboard comes back and says what happened; q still stops all."""
+    go on serving, the dashboard comes back and says what happened; q still stops all.
+    A SIGHUP meant for `up`'s blocklists (`kill -HUP $(pgrep -f retreatkit)`) that hits
+    the dashboard too is such a kill while its terminal is still there."""
     p = open_pane(tmp_path_factory.mktemp("killed"))
     try:
         up = up_started(p)
         first = dashboard_of(up)
-        os.kill(first, signal.SIGKILL)
+        os.kill(first, sig)
         assert gone(first, DEADLINE)
         assert blocked_answer(p) == "0.0.0.0"  # the LAN's DNS still answers
         assert p.up_pid() == up
         p.keys("5")
-        p.wait(r"WARNING\s+the dashboard ended \(killed by signal 9\)")  # cut by the width
+        p.wait(rf"WARNING\s+the dashboard ended \(killed by signal {sig.value}\)")  # cut
         log = (p.state / "retreatkit" / "retreatkit.log").read_text()
         assert (
-            "WARNING the dashboard ended (killed by signal 9); it starts again, the services"
-            " never stopped\n" in log
+            f"WARNING the dashboard ended (killed by signal {sig.value}); it starts again, the"
+            " services never stopped\n" in log
         )
         assert dashboard_of(up) != first
         p.keys("q")
