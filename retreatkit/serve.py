@@ -63,13 +63,42 @@ def setup_logging(level: str = "INFO", to_file: Path | None = None) -> None:
         console.setFormatter(ConsoleFormatter())
         logging.basicConfig(handlers=[console], level="WARNING")
     else:
-        from logging.handlers import RotatingFileHandler
-
         to_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        handler = RotatingFileHandler(to_file, maxBytes=10 << 20, backupCount=3)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler = log_file(to_file)
         logging.basicConfig(handlers=[handler], level="WARNING")
     logging.getLogger("retreatkit").setLevel(level)
+
+
+def log_file(path: Path) -> logging.Handler:
+    """The log file while the dashboard holds the terminal (rotated at 10 MB, 3 kept)."""
+    from logging.handlers import RotatingFileHandler  # only with the dashboard
+
+    class LogFile(RotatingFileHandler):
+        """A record it cannot write (its disk full) is never reported on stderr, which is
+        the dashboard's screen (Python prints `--- Logging error ---` and a traceback per
+        record): the failure is logged once, for the Logs screen, until a write works."""
+
+        failing = False
+        wrote = False
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.wrote = True
+            super().emit(record)  # a failure goes to handleError
+            if self.wrote:
+                self.failing = False
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            self.wrote = False
+            if not self.failing:
+                self.failing = True
+                exc = sys.exc_info()[1]
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                log.warning("cannot write the log file %s (%s); the Logs screen still has"
+                            " every line", self.baseFilename, why)  # fmt: skip
+
+    handler = LogFile(path, maxBytes=10_000_000, backupCount=3)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    return handler
 
 
 class StartError(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -224,3 +225,10 @@ def scratch_disk(size: str, read_only: bool = False) -> Iterator[Path]:
             yield Path(folder)
         finally:  # lazily: a process that failed may still hold a file open
             subprocess.run(["umount", "--lazy", folder], check=True)
+
+
+def fill(disk: Path) -> None:
+    """Write to `disk` until it has no room left (a scratch_disk: gone at umount)."""
+    with contextlib.suppress(OSError), (disk / "filler").open("wb", buffering=0) as out:
+        while True:
+            out.write(b"\0" * 65536)

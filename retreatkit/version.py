@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 NAME = "retreatkit"
+
+
+def command(*args: str) -> list[str]:
+    """This retreatkit as the command line of a process of its own (`up`'s dashboard, a
+    supervisor in the background). `-P` keeps the current folder off the new process's
+    import path: there a folder named retreatkit (another checkout, another version)
+    would stand in for the code that is running."""
+    return [sys.executable, "-P", "-m", "retreatkit.cli.main", *args]
 
 
 def number() -> str:

@@ -190,8 +190,11 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     forwards = [qemu.Forward.parse(f) for f in args.forward]
     disk = args.disk.resolve() if args.disk else None
     launch = run.Launch.prepare(args.image, cfg, load_or_create(), forwards, memory, disk)
-    console = args.console or paths.state_dir() / "console" / f"{launch.service}.log"
-    return asyncio.run(_boot(launch, console))
+    console = run.own_console(args.console, paths.state_dir() / "console", launch.service)
+    try:
+        return asyncio.run(_boot(launch, console))
+    finally:
+        console.release()
 
 
 def _echo(line: bytes) -> None:
@@ -199,7 +202,7 @@ def _echo(line: bytes) -> None:
     sys.stderr.flush()
 
 
-async def _boot(launch: run.Launch, console: Path) -> int:
+async def _boot(launch: run.Launch, log: run.ConsoleLog) -> int:
     from retreatkit.image import network, qemu, run
 
     loop = asyncio.get_running_loop()
@@ -222,8 +225,9 @@ async def _boot(launch: run.Launch, console: Path) -> int:
     if asked.is_set():
         return 130  # Ctrl-C before anything booted
     accel = probe.result()
+    console = log.path
     with tempfile.TemporaryDirectory(prefix="retreatkit-guest-") as run_dir:
-        guest = run.Guest(launch, Path(run_dir), run.ConsoleLog(console), echo=_echo)
+        guest = run.Guest(launch, Path(run_dir), log, echo=_echo)
         try:
             await guest.start(accel)
             m = launch.manifest

@@ -205,7 +205,14 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 _lines.screen_taken = False
 
-        serve.setup_logging(to_file=admin_token.state_dir() / "retreatkit.log")
+        log_file = admin_token.state_dir() / "retreatkit.log"
+        try:
+            serve.setup_logging(to_file=log_file)
+        except OSError as exc:  # a read-only or full disk: before anything starts
+            why = exc.strerror or str(exc)
+            print(f"retreatkit: cannot write the dashboard's log {log_file}: {why}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
         _lines.to_log = True
     else:
         serve.setup_logging()

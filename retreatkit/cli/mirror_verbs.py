@@ -22,10 +22,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from retreatkit import units
 from retreatkit.admin import token as admin_token
 from retreatkit.mirror import bundle, local
 from retreatkit.mirror.hosted import default_store
-from retreatkit.mirror.stats import human
 from retreatkit.mirror.store import Store
 
 
@@ -55,7 +55,7 @@ def export(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     with progress_bar(f"exporting {blobs} files", size) as bar:
         report = bundle.export(root, dest, lambda n: bar.advance(bar.task_ids[0], n))
     print(
-        f"Exported {report.blobs} files ({human(report.bytes)}) to {dest};"
+        f"Exported {report.blobs} files ({units.size(report.bytes)}) to {dest};"
         f" {report.already} already there."
     )
     return _damage(report.damaged)
@@ -71,7 +71,7 @@ def take(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     finally:
         store.close()
     print(
-        f"Imported {report.blobs} files ({human(report.bytes)}) into {root};"
+        f"Imported {report.blobs} files ({units.size(report.bytes)}) into {root};"
         f" {report.already} already there."
     )
     if report.damaged:

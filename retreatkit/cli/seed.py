@@ -12,11 +12,10 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from retreatkit import hosting, loop
+from retreatkit import hosting, loop, units
 from retreatkit.mirror import seedfiles, upstreams
 from retreatkit.mirror.hosted import MirrorService
 from retreatkit.mirror.seed import AptScope, Filters, Seeder, SeedError, Summary
-from retreatkit.mirror.stats import human
 
 SERVING_FLAGS = ("store", "pypi", "opam", "npm", "apt", "max_size_bytes")
 
@@ -106,7 +105,7 @@ async def seed(
 def report(s: Summary, notes: list[str]) -> int:
     total = s.fetched + s.already + len(s.failed)
     print(
-        f"Seeded {total} files: {s.fetched} fetched ({human(s.fetched_bytes)}),"
+        f"Seeded {total} files: {s.fetched} fetched ({units.size(s.fetched_bytes)}),"
         f" {s.already} already there, {len(s.failed)} failed."
     )
     for what, why in sorted(s.failed):

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from retreatkit import config, loop, serve
+from retreatkit import config, loop, serve, units, version
 from retreatkit.cli.image import UsageError, guest_memory
 from retreatkit.image import vmservice
 from retreatkit.image.paths import private_dir
@@ -81,8 +81,7 @@ def _spawn_supervisor() -> None:
     """A supervisor in the background, detached from this terminal; we wait for its word."""
     log = private_dir(vmservice.vm_dir()) / "supervisor.log"
     read, write = os.pipe()
-    argv = [sys.executable, "-m", "retreatkit.cli.main", "vm", "serve", "--until-idle",
-            "--ready-fd", str(write)]  # fmt: skip
+    argv = version.command("vm", "serve", "--until-idle", "--ready-fd", str(write))
     with log.open("ab") as out:
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                          pass_fds=(write,), start_new_session=True)  # fmt: skip
@@ -199,10 +198,6 @@ def _forward(text: str) -> str:
     return f"{proto} {host}:{port} -> guest port {guest}"
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
 def _running(g: dict[str, Any]) -> bool:
     """A qemu process is there: uptime and memory mean something (a stopped guest's would
     read 0 s and 0.0 MB, as if it ran with nothing)."""
@@ -216,7 +211,7 @@ def table(guests: list[dict[str, Any]]) -> str:
         up = _running(g)
         rows.append((g["name"], g["service"], g["state"],
                      f"{g['uptime_seconds']:.0f} s" if up else "-", str(g["restarts"]),
-                     _mb(g["memory_bytes"]) if up else "-", f"{g['cpu_seconds']:.1f} s",
+                     units.size(g["memory_bytes"]) if up else "-", f"{g['cpu_seconds']:.1f} s",
                      g["admin"] or "-", g["last_exit"] or "-"))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
@@ -234,7 +229,7 @@ def stats(g: dict[str, Any]) -> str:
         ("restarts", str(g["restarts"])),
         (
             "memory",
-            f"{_mb(g['memory_bytes'])} (qemu resident; the guest has {g['memory_mb']} MB)"
+            f"{units.size(g['memory_bytes'])} (qemu resident; the guest has {g['memory_mb']} MB)"
             if up
             else f"- (not running; the guest is given {g['memory_mb']} MB)",
         ),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import datetime
+import fcntl
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from retreatkit.image import build, guestconfig, network, qemu
 from retreatkit.image import spec as specs
 
 CONSOLE_MAX = 1024 * 1024  # then the log moves to console.log.1: bounded on disk
+CONSOLES_PER_SERVICE = 100  # `image run`s of one service at once, each with its own log
 STOP_SECONDS = 30.0  # a clean stop under emulation takes well under this
 STOP_COMMAND = specs.STOP_COMMAND.encode() + b"\n"
 READY = b"Admin on http://"  # the guest's last start-up line
@@ -247,6 +249,26 @@ class ConsoleLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._held = -1
+
+    def hold(self) -> bool:
+        """Take the log for this guest alone (a lock beside it, released when the process
+        ends however it ends): False when another guest's run holds it, whose lines would
+        otherwise interleave with this one's."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._held = fd
+        return True
+
+    def release(self) -> None:
+        if self._held >= 0:
+            os.close(self._held)
+            self._held = -1
 
     def mark(self, line: bytes) -> None:
         """A line of the host's own, on a line of its own: the last boot may have ended
@@ -269,6 +291,27 @@ class ConsoleLog:
                 self.path.replace(self.path.with_name(self.path.name + ".1"))
         with self.path.open("ab") as out:
             out.write(data)
+
+
+def own_console(given: Path | None, folder: Path, service: str) -> ConsoleLog:
+    """The console log of one `retreatkit image run`, held for it alone: `given` (--console)
+    or it is refused; by default `SERVICE.log` in `folder`, else, while another run of the
+    same service holds that, the first of `SERVICE-2.log`, `SERVICE-3.log`, ... free."""
+    if given is not None:
+        log = ConsoleLog(given)
+        if not log.hold():
+            raise RunError(
+                f"the console log {given} is in use by another guest; pass another --console FILE"
+            )
+        return log
+    for n in range(1, CONSOLES_PER_SERVICE + 1):
+        log = ConsoleLog(folder / (f"{service}.log" if n == 1 else f"{service}-{n}.log"))
+        if log.hold():
+            return log
+    raise RunError(
+        f"{CONSOLES_PER_SERVICE} guests of the {service} image run already, each with its"
+        f" console log in {folder}; pass --console FILE"
+    )
 
 
 def _die_with_parent() -> None:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from retreatkit import units
 from retreatkit.mirror import faults
 from retreatkit.mirror.badfiles import BadFiles
 from retreatkit.mirror.blobs import IntegrityError
@@ -37,7 +38,7 @@ from retreatkit.mirror.fill import CHUNK, Fill, FillState
 from retreatkit.mirror.health import Health, Verdict, origin
 from retreatkit.mirror.records import Source
 from retreatkit.mirror.resolver import Sessions
-from retreatkit.mirror.stats import Stats, human
+from retreatkit.mirror.stats import Stats
 from retreatkit.mirror.store import Store
 
 log = logging.getLogger("retreatkit.mirror")
@@ -389,7 +390,7 @@ class Fetcher:
                         raise UpstreamError(f"{fill.file} is larger than the mirror's limit")
                     fill.notify()
                     if not floor.keeps_up(len(chunk), self.clock()):
-                        rate, window = human(int(floor.rate)), floor.window
+                        rate, window = units.size(int(floor.rate)), floor.window
                         raise UpstreamTimeout(
                             f"upstream sent {fill.file} at under {rate}/s for {window:g} s"
                         )

@@ -24,7 +24,7 @@ from retreatkit.mirror.fetch import Limits as FetchLimits
 from retreatkit.mirror.server import Gate
 from retreatkit.mirror.service import Mirror, ServerLimits, Settings
 from retreatkit.mirror.status import MirrorCollector
-from retreatkit.mirror.store import StoreInUse
+from retreatkit.mirror.store import StoreInUse, StoreUnusable
 from retreatkit.serve import Say, StartError
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class MirrorService:
             self._runner, self._gate = await mirror_server.listen(
                 self.mirror, *self.listen, self.grace
             )
-        except StoreInUse as exc:
+        except (StoreInUse, StoreUnusable) as exc:
             await self.stop()
             raise StartError(f"the mirror: {exc}") from None
         except BaseException:

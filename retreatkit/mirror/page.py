@@ -12,7 +12,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from retreatkit.mirror.stats import human
+from retreatkit import units
 
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:\d{1,5})?$")
 
@@ -115,7 +115,7 @@ def _holding(s: Summary) -> str:
     if not s.files and not s.opam_archives and not s.npm_tarballs and not s.debs:
         return "Nothing is cached yet: the first install of each package fetches it for everyone."
     parts = [
-        f"Holding {_count(s.files, 'Python file')} ({human(s.size_bytes)})"
+        f"Holding {_count(s.files, 'Python file')} ({units.size(s.size_bytes)})"
         f" of {_count(s.projects, 'project')}"
     ]
     if s.platforms:
@@ -164,7 +164,7 @@ def render(base: str, s: Summary) -> str:
 <html><head><meta charset="utf-8"><title>Package mirror</title></head><body>
 <h1>Package mirror</h1>
 <p>Packages are fetched from the internet once, for everyone, and kept here.
-{_holding(s)} So far it saved {human(s.bytes_saved)} of downloads over the internet link.</p>
+{_holding(s)} So far it saved {units.size(s.bytes_saved)} of downloads over the internet link.</p>
 {now}<p>When the internet link is down, the mirror lists only the files it holds, so pip,
 uv and npm install the newest version it has, and apt gets the last complete set of
 indexes; a package nobody fetched before cannot be installed until the link is back.</p>

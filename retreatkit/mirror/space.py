@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from retreatkit.mirror.stats import human
+from retreatkit.units import size as human
 
 MARGIN = 1 << 20  # the filesystem's own blocks: less than this free is a full disk
 

@@ -76,16 +76,6 @@ class Stats:
         return [[name, count] for name, count in self.packages.most_common(TOP)]
 
 
-def human(size: int) -> str:
-    """Bytes as people read them: 0 B, 950 B, 1.2 MB, 3.4 GB (powers of 1000, like df -H)."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 999.5 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" or value >= 99.5 else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
 def iso(when: float) -> str:
     """A wall-clock time as the admin API gives it: ISO 8601, UTC, to the second."""
     return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -14,9 +14,10 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from retreatkit import units
 from retreatkit.mirror.health import Upstream, origin
 from retreatkit.mirror.service import Mirror
-from retreatkit.mirror.stats import COUNTERS, human, iso
+from retreatkit.mirror.stats import COUNTERS, iso
 
 # gauges: /status key (a dotted path into the section) -> what it measures
 GAUGES: dict[str, str] = {
@@ -62,8 +63,8 @@ def section(mirror: Mirror, up: bool, connections_open: int) -> dict[str, Any]:
         room = max(0, free - space.keep_free - space.reserved)
         kept = f" ({space.kept()})" if space.keep_free else ""
         warnings.append(
-            f"no room for a file of {human(too_big)}: {human(room)} left to the store on its"
-            f" disk{kept}; smaller files are still kept"
+            f"no room for a file of {units.size(too_big)}: {units.size(room)} left to the"
+            f" store on its disk{kept}; smaller files are still kept"
         )
     for u in known.values():
         if u.state.value == "down":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -80,6 +81,35 @@ class StoreInUse(LocalError):
     """Another process holds this store."""
 
 
+class StoreUnusable(LocalError):
+    """The store's folder cannot be made or written: a read-only or full disk, a path
+    that is no folder."""
+
+
+def unusable(root: Path, exc: OSError | sqlite3.Error) -> StoreUnusable:
+    if isinstance(exc, OSError):
+        why, full = exc.strerror or str(exc), exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    else:  # a full disk can read as SQLite's "disk I/O error" (making its WAL files)
+        why, full = str(exc), exc.sqlite_errorname == "SQLITE_FULL" or _free(root) == 0
+    if full:
+        return StoreUnusable(
+            f"cannot use the store {root}: its disk is full ({why}); free space there or"
+            " name another folder"
+        )
+    return StoreUnusable(f"cannot use the store {root}: {why}; name another folder")
+
+
+def _free(path: Path) -> int | None:
+    """Bytes free to us on the disk holding `path` (or its nearest existing folder)."""
+    for folder in (path, *path.parents):
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            continue
+        return st.f_bavail * st.f_frsize
+    return None
+
+
 def lock(root: Path) -> int:
     """Take the store's lock file (released when the descriptor closes, a crash included)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -100,11 +130,6 @@ class Store:
         self.root = root
         self.blobs = root / "blobs" / "sha256"
         self.tmp = root / "tmp"
-        self._lock = lock(root)
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        for leftover in self.tmp.iterdir():  # a crash mid-download leaves these
-            leftover.unlink()
         self.space = Space(keep_free)
         self.check = Check()
         self.verified: dict[str, Stamp] = {}  # digest -> its file's stamp when checked
@@ -114,6 +139,21 @@ class Store:
         self._conns_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mirror-store")
         self.halt = threading.Event()  # ends a check under way: the process is stopping
+        try:
+            self._lock = lock(root)
+        except OSError as exc:
+            raise unusable(root, exc) from None
+        try:
+            self._open()
+        except (OSError, sqlite3.Error) as exc:  # read-only, full: one line, not a traceback
+            self.close()
+            raise unusable(root, exc) from None
+
+    def _open(self) -> None:
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp.iterdir():  # a crash mid-download leaves these
+            leftover.unlink()
         db = self.db()
         db.executescript(_SCHEMA)
         have = {row[1] for row in db.execute("pragma table_info(sources)")}

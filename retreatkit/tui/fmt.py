@@ -7,6 +7,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from retreatkit import units
+
 NOT_REPORTED = "—"
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -38,15 +40,10 @@ def plural(n: Any, one: str, many: str) -> str:
 
 
 def size(value: Any) -> str:
-    """Bytes in IEC units: 512 B, 1.5 KiB, 20.0 MiB."""
+    """Bytes in the kit's one unit (units.size: 512 B, 1.5 kB, 20.0 MB), as /status's
+    warnings, the mirror's errors and the command lines word them."""
     n = number(value)
-    if n is None:
-        return NOT_REPORTED
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return NOT_REPORTED  # pragma: no cover
+    return NOT_REPORTED if n is None else units.size(n)
 
 
 def rate(value: Any) -> str:

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import logging
 import os
+import signal
 import sys
+import termios
 from pathlib import Path
 
+from retreatkit import version
 from retreatkit.admin import noted
 from retreatkit.admin import token as admin_token
 from retreatkit.tui.app import Dashboard
@@ -17,6 +22,9 @@ from retreatkit.tui.sources import AdminClient, Endpoint, SourceError, endpoint_
 DEFAULT = "http://127.0.0.1:8080"
 PROBE_TIMEOUT = 3.0
 CHILD_GRACE = 5.0  # seconds the dashboard has to restore the terminal when told to stop
+CHILD_RESTARTS = 5  # a dashboard that keeps crashing is left off after so many starts
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+log = logging.getLogger("retreatkit")
 
 
 def local_token() -> str | None:
@@ -60,6 +68,8 @@ async def reachable(found: list[Endpoint]) -> list[str]:
 
 def run(connect: list[str], token: str | None, leak_window: float, quit_stops: bool = False) -> int:
     """`retreatkit tui`: 0 when the organiser quits, 1 when nothing can be reached."""
+    if quit_stops:  # `retreatkit up`'s own: it ends with the services' process
+        end_with_parent()
     try:
         found = asyncio.run(endpoints(connect, admin_token.given(token), find=True))
         problems = asyncio.run(reachable(found))
@@ -80,12 +90,54 @@ async def in_child(url: str, token: str, config: Path | None, stop: asyncio.Even
     """The dashboard of `retreatkit up`: `retreatkit tui` over its admin endpoint, in a
     process of its own on the terminal. A terminal that goes away (a dropped SSH session)
     or a dashboard that hangs can then never stall the services the LAN depends on. Ends
-    when the organiser quits it, or closes it when `stop` is set (SIGTERM)."""
-    argv = [sys.executable, "-m", "retreatkit.cli.main"]
+    when the organiser quits it or its terminal goes, or closes it when `stop` is set
+    (SIGTERM). A dashboard that crashed or was killed is started again: the services
+    never stop for it."""
+    argv = version.command()
     if config is not None:
         argv += ["--config", str(config)]
     argv += ["tui", "--connect", url, "--quit-stops"]
     env = {**os.environ, "RETREATKIT_TOKEN": token}  # never on argv, where ps shows it
+    restarts = 0
+    while True:
+        code = await _one_child(argv, env, stop)
+        if code is None or not crashed(code):
+            return
+        restarts += 1
+        if restarts > CHILD_RESTARTS:
+            log.warning("the dashboard ended (%s) %d times; the services run on", how(code),
+                        restarts)  # fmt: skip
+            await stop.wait()
+            return
+        log.warning("the dashboard ended (%s); it starts again, the services never stopped",
+                    how(code))  # fmt: skip
+
+
+def crashed(code: int) -> bool:
+    """Whether a dashboard that ended with `code` crashed (an error, a signal such as
+    SIGKILL or SIGSEGV, a stray SIGHUP meant for `up`'s blocklists), rather than ended by
+    the organiser's quit (0) or its terminal's hangup (nobody would see it again)."""
+    if code == -signal.SIGHUP:
+        return terminal_alive()
+    return code != 0
+
+
+def terminal_alive() -> bool:
+    """Whether our terminal is still there: a hung-up one (a dropped SSH session, a tmux
+    server killed) answers EIO to every ioctl."""
+    try:
+        termios.tcgetattr(sys.stdin.fileno())
+    except (OSError, termios.error, ValueError):
+        return False
+    return True
+
+
+def how(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+
+async def _one_child(argv: list[str], env: dict[str, str], stop: asyncio.Event) -> int | None:
+    """Run the dashboard until it ends (its exit code) or `stop` is set (None)."""
     child = await asyncio.create_subprocess_exec(*argv, env=env)
     stopping = asyncio.ensure_future(stop.wait())
     exited = asyncio.ensure_future(child.wait())
@@ -102,3 +154,14 @@ async def in_child(url: str, token: str, config: Path | None, stop: asyncio.Even
                 with contextlib.suppress(ProcessLookupError):
                     child.kill()
                 await exited
+    return None if stop.is_set() else child.returncode
+
+
+def end_with_parent() -> None:
+    """`retreatkit up`'s dashboard: closed (SIGTERM, so the terminal is restored) when the
+    process that runs the services dies, killed or crashed, rather than left on the
+    terminal fighting the shell for its keys (prctl(2), Linux). One that died before this
+    leaves nothing to reach: the dashboard then stops with its line before it draws."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -25,7 +25,7 @@ class Leak:
     seconds: float
 
     def line(self, unit: Callable[[float], str] | None = None) -> str:
-        """With `unit` (bytes as MiB, say), the values and the slope are worded by it."""
+        """With `unit` (bytes in units.size, say), the values and the slope are worded by it."""
         if unit is None:
             values = f"{self.first:,.0f} -> {self.last:,.0f} ({self.slope_per_minute:+,.2f}/min)"
         else:

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from textual_serve.server import Server
 
+from retreatkit import version
 from retreatkit.admin import token as admin_token
 from retreatkit.admin.access import Handler
 from retreatkit.config import host_port_text
@@ -112,7 +113,7 @@ def serve_web(
 
         shown = choose().address
     public = f"http://{host_port_text(shown, port)}"
-    argv = [sys.executable, "-m", "retreatkit.cli.main"]
+    argv = version.command()
     if config is not None:
         argv += ["--config", str(config)]
     argv += ["tui", *(a for u in urls for a in ("--connect", u))]

@@ -83,8 +83,8 @@ class Pane:
         return int(pid)
 
 
-def open_pane(tmp: Path) -> Pane:
-    """`retreatkit up` with its dashboard in a tmux terminal of its own."""
+def open_pane(tmp: Path, cwd: Path | None = None) -> Pane:
+    """`retreatkit up` with its dashboard in a tmux terminal of its own, run in `cwd`."""
     blocklist = tmp / "blocks.txt"
     blocklist.write_text("ads.example.test\n")
     admin, relay, mirror, dns = free_port(), free_port(), free_port(), free_port()
@@ -102,7 +102,8 @@ def open_pane(tmp: Path) -> Pane:
         "HOME": str(tmp),
         "TERM": "xterm-256color",
     }
-    up = shlex.join([sys.executable, "-m", "retreatkit.cli.main", "--config", str(cfg), "up"])
+    # -P: as the `retreatkit` script, it imports the kit installed, never one in its folder
+    up = shlex.join([sys.executable, "-P", "-m", "retreatkit.cli.main", "--config", str(cfg), "up"])
     # after the dashboard: the exit code, then whether the terminal is back to normal
     shell = f"{up}; echo EXIT=$?; stty -a | head -1; sleep 600"
     p = Pane(
@@ -116,6 +117,8 @@ def open_pane(tmp: Path) -> Pane:
     p.tmux(
         "new-session",
         "-d",
+        "-c",
+        str(cwd or Path.cwd()),
         "-s",
         "dash",
         "-x",
@@ -150,6 +153,31 @@ def gone(pid: int, within: float) -> bool:
     return True
 
 
+def up_started(p: Pane) -> int:
+    """The `retreatkit up` process, once its dashboard shows every service up."""
+    p.wait(r"^\s+nameserver\s+127\.0\.0\.1:\d+\s+up")
+    up = p.up_pid()
+    assert up is not None
+    return up
+
+
+def dashboard_of(up: int) -> int:
+    """The dashboard process `retreatkit up` runs (its one child)."""
+    (child,) = (int(c) for c in Path(f"/proc/{up}/task/{up}/children").read_text().split())
+    return child
+
+
+def blocked_answer(p: Pane) -> str:
+    """What the nameserver answers for the name its blocklist holds."""
+    out = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(p.dns), "+short", "+tries=1", "ads.example.test"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return out.stdout.strip()
+
+
 @pytest.fixture(scope="module")
 def pane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pane]:
     p = open_pane(tmp_path_factory.mktemp("dash"))
@@ -171,13 +199,7 @@ def test_overview_shows_three_services_up(pane: Pane) -> None:
 
 
 def test_a_dig_shows_in_the_query_log(pane: Pane) -> None:
-    out = subprocess.run(
-        ["dig", "@127.0.0.1", "-p", str(pane.dns), "+short", "+tries=1", "ads.example.test"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.stdout.strip() == "0.0.0.0"
+    assert blocked_answer(pane) == "0.0.0.0"
     pane.keys("4")
     pane.wait(r"127\.0\.0\.1\s+ads\.example\.test\s+A\s+blocked")
 
@@ -243,20 +265,11 @@ def test_a_lost_terminal_never_stalls_the_lan_and_stops_cleanly(
     its terminal gone (a dropped SSH session), everything stops and says so."""
     p = open_pane(tmp_path_factory.mktemp("hangup"))
     try:
-        p.wait(r"^\s+nameserver\s+127\.0\.0\.1:\d+\s+up")
-        up = p.up_pid()
-        assert up is not None
-        children = Path(f"/proc/{up}/task/{up}/children").read_text().split()
-        (dashboard,) = (int(c) for c in children)
+        up = up_started(p)
+        dashboard = dashboard_of(up)
         os.kill(dashboard, signal.SIGSTOP)  # a dashboard that hangs
         try:
-            out = subprocess.run(
-                ["dig", "@127.0.0.1", "-p", str(p.dns), "+short", "+tries=1", "ads.example.test"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            assert out.stdout.strip() == "0.0.0.0"  # the LAN's DNS still answers
+            assert blocked_answer(p) == "0.0.0.0"  # the LAN's DNS still answers
         finally:
             os.kill(dashboard, signal.SIGCONT)
         subprocess.run(["tmux", "-L", p.server, "kill-server"], capture_output=True, timeout=10)
@@ -265,3 +278,74 @@ def test_a_lost_terminal_never_stalls_the_lan_and_stops_cleanly(
         assert "Stopped: relay, mirror, nameserver" in log
     finally:
         close_pane(p)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
+def test_a_killed_dashboard_starts_again_and_the_lan_keeps_its_services(
+    tmp_path_factory: pytest.TempPathFactory, sig: signal.Signals
+) -> None:
+    """A dashboard that crashes or is killed is not the organiser quitting: the services
+    go on serving, the dashboard comes back and says what happened; q still stops all.
+    A SIGHUP meant for `up`'s blocklists (`kill -HUP $(pgrep -f retreatkit)`) that hits
+    the dashboard too is such a kill while its terminal is still there."""
+    p = open_pane(tmp_path_factory.mktemp("killed"))
+    try:
+        up = up_started(p)
+        first = dashboard_of(up)
+        os.kill(first, sig)
+        assert gone(first, DEADLINE)
+        assert blocked_answer(p) == "0.0.0.0"  # the LAN's DNS still answers
+        assert p.up_pid() == up
+        p.keys("5")
+        p.wait(rf"WARNING\s+the dashboard ended \(killed by signal {sig.value}\)")  # cut
+        log = (p.state / "retreatkit" / "retreatkit.log").read_text()
+        assert (
+            f"WARNING the dashboard ended (killed by signal {sig.value}); it starts again, the"
+            " services never stopped\n" in log
+        )
+        assert dashboard_of(up) != first
+        p.keys("q")
+        p.wait(r"Quit and stop mirror, nameserver, relay for everyone on the LAN\?")
+        p.keys("y")
+        text = p.wait(r"^EXIT=\d+")
+        assert "EXIT=0" in text and gone(up, DEADLINE)
+    finally:
+        close_pane(p)
+
+
+IMPOSTOR = """import pathlib
+pathlib.Path(__file__).with_name("ran").write_text("the code in the current folder ran")
+raise SystemExit(3)
+"""
+
+
+def test_a_killed_up_takes_its_dashboard_and_the_terminal_is_the_shells_again(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`up` killed (the OOM killer, kill -9): its dashboard ends with it, rather than stay
+    on the terminal fighting the shell for keys. Started in a folder that holds another
+    retreatkit (a checkout), the dashboard is still the running kit's own code."""
+    tmp = tmp_path_factory.mktemp("orphan")
+    other = tmp / "checkout" / "retreatkit" / "cli"
+    other.mkdir(parents=True)
+    (other.parent / "__init__.py").write_text("")
+    (other / "__init__.py").write_text("")
+    (other / "main.py").write_text(IMPOSTOR)
+    p = open_pane(tmp, cwd=tmp / "checkout")
+    try:
+        up = up_started(p)
+        dashboard = dashboard_of(up)
+        os.kill(up, signal.SIGKILL)
+        assert gone(dashboard, DEADLINE)
+        deadline = time.monotonic() + DEADLINE
+        while (flags := terminal_modes(p)) != ["0", "0"] and time.monotonic() < deadline:
+            time.sleep(0.2)  # polling a terminal: tmux has no "changed" event
+        assert flags == ["0", "0"]  # main screen, no mouse reporting
+        assert not (other / "ran").exists()
+    finally:
+        close_pane(p)
+
+
+def terminal_modes(p: Pane) -> list[str]:
+    """Whether the terminal shows the alternate screen, and reports the mouse."""
+    return p.tmux("display", "-p", "-t", "dash", "#{alternate_on} #{mouse_any_flag}").split()

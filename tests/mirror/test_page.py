@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from retreatkit import units
 from retreatkit.mirror import local, page, wheels
 from retreatkit.mirror.testing import make_wheel
 from tests.mirror.conftest import Env
@@ -136,7 +137,7 @@ async def test_the_page_says_what_is_cached(env: Env) -> None:
     await (await env.client.get(await env.file_url("demo-dep"))).read()
     await (await env.client.get(await env.file_url("demo-dep"))).read()
     text = await (await env.client.get("/", headers={"Host": "mirror.retreat.lan:8000"})).text()
-    size = page.human(len(data))
+    size = units.size(len(data))
     assert f"Holding 1 Python file ({size}) of 1 project; wheels for any platform" in text
     assert f"So far it saved {size} of downloads" in text
     assert "--trusted-host mirror.retreat.lan PACKAGE" in text
@@ -147,5 +148,5 @@ async def test_the_organisers_own_wheel_counts_as_a_project(env: Env, tmp_path: 
     (tmp_path / course[0]).write_bytes(course[1])
     await env.mirror.store.run(lambda: local.add(env.mirror.store, tmp_path / course[0]))
     text = await (await env.client.get("/", headers={"Host": "mirror.retreat.lan:8000"})).text()
-    size = page.human(len(course[1]))
+    size = units.size(len(course[1]))
     assert f"Holding 1 Python file ({size}) of 1 project; wheels for any platform" in text

@@ -7,6 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
+from retreatkit import units
+from retreatkit.cli import ui as bob_ui
+from retreatkit.cli import vm as vm_cli
+from retreatkit.mirror.space import Space
 from retreatkit.tui import answers, columns, views
 from retreatkit.tui.escape import visible
 from retreatkit.tui.fmt import NOT_REPORTED, clocks, duration, number, size, spark
@@ -38,7 +42,7 @@ def test_visible_is_bounded() -> None:
 def test_figures() -> None:
     assert [size(0), size(1536), size(None), size("12"), size(True)] == [
         "0 B",
-        "1.5 KiB",
+        "1.5 kB",
         NOT_REPORTED,
         NOT_REPORTED,
         NOT_REPORTED,
@@ -156,7 +160,7 @@ def test_columns_fit_by_cutting_the_widest_first() -> None:
     assert columns.cut_start("http://host.example", 12) == "host.example"
 
 
-def test_memory_that_creeps_by_a_few_pages_is_no_leak_and_a_real_one_is_in_mib() -> None:
+def test_memory_that_creeps_by_a_few_pages_is_no_leak_and_a_real_one_is_in_mb() -> None:
     state = DashboardState(["a:1"], leak_window=600)
     for t in range(0, 661, 60):  # 8 KiB over 11 minutes, never a dip: seen on an idle `up`
         state.record("a:1", t, status={"process": {"memory_bytes": 69_505_024 + t * 12}})
@@ -165,7 +169,7 @@ def test_memory_that_creeps_by_a_few_pages_is_no_leak_and_a_real_one_is_in_mib()
     for t in range(0, 601, 60):  # 1 MiB a minute
         state.record("a:1", t, status={"process": {"memory_bytes": (64 + t // 60) << 20}})
     assert state.alarms(600) == [
-        "leak? process memory only grew for 10 min: 64.0 MiB -> 74.0 MiB (+1.0 MiB/min) on a:1"
+        "leak? process memory only grew for 10 min: 67.1 MB -> 77.6 MB (+1.0 MB/min) on a:1"
     ]
 
 
@@ -215,3 +219,25 @@ def test_an_endpoint_that_stopped_answering_shows_no_old_pid() -> None:
     assert views.process_rows(state)[0] == ("a:1", *(NOT_REPORTED,) * 3, "", *(NOT_REPORTED,) * 3)
     state.record("a:1", 9, status={"process": {**process, "pid": 5151}, "relay": {"up": True}})
     assert views.process_rows(state)[0][:2] == ("a:1", "5151")
+
+
+def test_a_size_reads_alike_on_the_dashboard_in_status_and_on_the_command_line() -> None:
+    """One unit everywhere (powers of 1000, as df -H): the dashboard's figure beside a
+    /status warning, bob's lines or `vm list` is the same figure, never MiB against MB."""
+    free, keep = 20_300_000, 537_000_000
+    warning = Space(keep).fullness(free)  # the mirror's own words, in /status's warnings
+    assert warning == (
+        "nearly full: 20.3 MB free, below the 537 MB it keeps free (keep_free_bytes)"
+    )
+    assert [size(free), size(keep)] == ["20.3 MB", "537 MB"]  # the dashboard
+    assert bob_ui.size(free) == "20.3 MB"  # bob send and recv
+    guest = {"name": "r1", "service": "relay", "state": "running", "uptime_seconds": 5,
+             "restarts": 0, "memory_bytes": 146_800_640, "cpu_seconds": 1.0, "admin": "",
+             "last_exit": "", "pid": 7}  # fmt: skip
+    listed = vm_cli.table([guest])
+    assert "147 MB" in listed and size(146_800_640) == "147 MB"  # `vm list`, the Guests screen
+    for n in (0, 999, 1000, 1536, 99_499, 99_500, 10**9, 3 * 2**40):
+        assert size(n) == units.size(n)
+    assert [size(999), size(1536), size(99_500), size(999_500), size(3 * 2**40)] == [
+        "999 B", "1.5 kB", "100 kB", "1.0 MB", "3.3 TB"
+    ]  # fmt: skip

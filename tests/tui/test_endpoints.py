@@ -86,8 +86,8 @@ async def test_mirror_upstreams_limit_eviction_and_warnings(fake: FakeAdmin) -> 
         [section] = shown(app)
         summary = text(section.query_one("#summary", Lines)).splitlines()
         assert summary[2] == (
-            "store 1.1 GiB of 4.0 GiB allowed (28.7%) in 80 files · evicted 12 files (300.0 MiB)"
-            " · free disk 50.0 GiB"
+            "store 1.2 GB of 4.3 GB allowed (28.7%) in 80 files · evicted 12 files (315 MB)"
+            " · free disk 53.7 GB"
         )
         assert summary[3] == (
             "stale index pages 4 · cached-only pages 2 · verify failures 1 · upstream errors 3"

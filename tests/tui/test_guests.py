@@ -164,7 +164,7 @@ async def test_guests_listed_and_watched_with_the_token(
         await pilot.press("6")
         await settle(pilot)
         assert rows(app, "#guests") == [
-            ["relay", "relay", "running", "1h 00m", "2", "140.0 MiB", "93.2 s", "128 MB",
+            ["relay", "relay", "running", "1h 00m", "2", "147 MB", "93.2 s", "128 MB",
              f"{relay_guest.url[7:]} (up)", "qemu exit code 1", supervisor.url[7:]],
             ["nameserver", "nameserver", "stopped", "", "2", "", "93.2 s", "128 MB",
              "127.0.0.1:9 (stopped)", "qemu exit code 1", supervisor.url[7:]],
@@ -353,7 +353,7 @@ async def test_80x24_leaves_columns_out_but_the_line_under_has_them(
         assert "Guests (s starts the one under the cursor, x stops it)" in text
         detail = (
             f"relay: service relay · state running · uptime 1h 00m · restarts 2 · memory"
-            f" 140.0 MiB · cpu 93.2 s · ram 128 MB · admin {relay_guest.url[7:]} (up) · last"
+            f" 147 MB · cpu 93.2 s · ram 128 MB · admin {relay_guest.url[7:]} (up) · last"
             f" exit qemu exit code 1 · supervisor {supervisor.url[7:]}"
         )
         assert str(app.screen.query_one("#detail", Lines).render()) == detail

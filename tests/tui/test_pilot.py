@@ -43,7 +43,7 @@ async def test_overview_shows_each_service_and_alarms(fake: FakeAdmin) -> None:
         assert f"nameserver on {fake.url[7:]} is down" in alarms
         assert "mirror: upstream pypi down: [@click=app.quit]x[/] [bold]boom" in alarms
         processes = table_text(app, "#processes")
-        assert processes[0][1:4] == ["4242", "1h 02m", "50.0 MiB"]
+        assert processes[0][1:4] == ["4242", "1h 02m", "52.4 MB"]
 
 
 async def test_hostile_names_are_shown_literally_and_never_run(fake: FakeAdmin) -> None:
@@ -75,7 +75,7 @@ async def test_relay_screen_lists_transfers(fake: FakeAdmin) -> None:
         await pilot.press("2")
         await settle(pilot)
         assert table_text(app, "#active") == [
-            ["7", "1.0 MiB", "256.0 KiB/s", "4s", "10:59:00", "active"]
+            ["7", "1.0 MB", "262 kB/s", "4s", "10:59:00", "active"]
         ]
         assert table_text(app, "#recent")[0][5] == "completed"
         summary = str(app.screen.query_one("#summary", Lines).render())

@@ -1,0 +1,94 @@
+"""`retreatkit image run` twice for one image at once: each run has a console log of its
+own (a fake qemu first on PATH: no guest boots here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from retreatkit.image.testing import retreatkit_argv
+from retreatkit.testing import Process
+
+# qemu as `image run` sees it: the guest's console on stdout, then it waits to be stopped
+FAKE_QEMU = """#!/bin/sh
+printf 'guest pid %s says hello\\n' "$$"
+read line
+"""
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "qemu-system-x86_64"
+    fake.write_text(FAKE_QEMU)
+    fake.chmod(0o755)
+    return {
+        "HOME": str(tmp_path),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    """A relay image as `image run` checks it (the fake qemu never reads its files)."""
+    image = tmp_path / "relay-image"
+    image.mkdir()
+    manifest = {"service": "relay", "machine": "microvm", "ports": [["tcp", 9000]],
+                "admin_port": 8080, "disk": False, "kernel": {"size_bytes": 0, "label": "test"},
+                "initramfs": {"size_bytes": 0}, "size_bytes": 0}  # fmt: skip
+    (image / "manifest.json").write_text(json.dumps(manifest))
+    (image / "kernel").write_bytes(b"")
+    (image / "initramfs").write_bytes(b"")
+    (tmp_path / "retreat.toml").write_text('[images]\nnetwork = "user"\n')
+    return image
+
+
+def image_run(tmp: Path, image: Path, *more: str) -> list[str]:
+    cfg = str(tmp / "retreat.toml")
+    return retreatkit_argv("--config", cfg, "image", "run", str(image), "--forward",
+                           "tcp:127.0.0.1:0:9000", *more)  # fmt: skip
+
+
+def test_two_runs_of_one_image_each_keep_their_own_console_log(
+    tmp_path: Path, image: Path, env: dict[str, str]
+) -> None:
+    consoles = tmp_path / "state" / "retreatkit" / "console"
+    first = Process.start(image_run(tmp_path, image), env=env)
+    second: Process | None = None
+    try:
+        said = first.wait_for(r"^Booting relay .*; console log (.*)$")
+        assert said[1] == str(consoles / "relay.log")
+        second = Process.start(image_run(tmp_path, image), env=env)
+        said = second.wait_for(r"^Booting relay .*; console log (.*)$")
+        assert said[1] == str(consoles / "relay-2.log")
+        first.wait_for(r"says hello")
+        second.wait_for(r"says hello")
+        refused = subprocess.run(
+            image_run(tmp_path, image, "--console", str(consoles / "relay.log")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+        )
+        assert (refused.returncode, refused.stderr) == (
+            1,
+            f"retreatkit: the console log {consoles / 'relay.log'} is in use by another guest;"
+            " pass another --console FILE\n",
+        )
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    logs = [(consoles / name).read_text() for name in ("relay.log", "relay-2.log")]
+    for log in logs:  # one boot each, one guest's lines each
+        assert log.count("--- boot at ") == 1
+        assert log.count("says hello") == 1
+    assert logs[0] != logs[1]
