@@ -187,7 +187,8 @@ class Nameserver:
         self.resolver.set_policy(self.resolver.policy.with_blocklist(blocklist))
         give_back_memory()  # the old list is gone now
         if not quiet:
-            log.info("blocklists loaded: %d domains", len(blocklist))
+            count = len(blocklist)
+            log.info("blocklists loaded: %d %s", count, "domain" if count == 1 else "domains")
         return len(blocklist)
 
     def set_records(self, records: list[Record]) -> None:

@@ -211,7 +211,7 @@ def test_nameserver_image_answers_dig(
             env=env,
             config=config,
         )
-        loaded = "blocklists loaded: 1 domains"  # beside the sockets: before or after "up"
+        loaded = "blocklists loaded: 1 domain"  # beside the sockets: before or after "up"
         if not any(loaded in line for line in guest.process.seen):
             guest.process.wait_for(loaded, BOOT_TIMEOUT)
         port = guest.port(53, "udp")

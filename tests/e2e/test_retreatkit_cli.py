@@ -83,7 +83,7 @@ def test_up_fetches_blocklists_through_its_mirror(tmp_path: Path) -> None:
     try:
         mirror = proc.wait_for(r"^Mirror listening on (http://\S+) ")[1]
         ns = proc.wait_for(r"^Nameserver listening on 127\.0\.0\.1:(\d+) ")[1]
-        proc.wait_for(r"blocklists loaded: 1 domains")
+        proc.wait_for(r"blocklists loaded: 1 domain$")
         query = dns.message.make_query("ads.example.test", "A")
         answer = dns.query.udp(query, "127.0.0.1", port=int(ns), timeout=10)
         assert answer.answer[0][0].address == "0.0.0.0"
