@@ -28,7 +28,7 @@ from tests.e2e.mirror_attendee import attendee, page_block
 
 pytestmark = pytest.mark.e2e
 UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-lan = attendee("b", prefix="pwbd")
+lan = attendee("b", prefix="rkbld")
 
 
 def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,7 @@ from tests.e2e.mirror_attendee import attendee, page_block
 
 pytestmark = pytest.mark.e2e
 UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-lan = attendee("l", prefix="pwlk")
+lan = attendee("l", prefix="rklock")
 
 
 def env_for(home: Path, **extra: str) -> dict[str, str]:

@@ -29,7 +29,7 @@ from tests.e2e.mirror_attendee import attendee, page_block
 
 pytestmark = pytest.mark.e2e
 UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-lan = attendee("m", prefix="pwmd")
+lan = attendee("m", prefix="rkmeta")
 
 
 def test_a_wheel_whose_upstream_metadata_file_fails_installs(tmp_path: Path, lan: Netns) -> None:

@@ -37,7 +37,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("opam") is None, reason="opam is not installed (.ci/run)"),
 ]
 UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-lan = attendee("p", prefix="pwpt")
+lan = attendee("p", prefix="rkport")
 
 
 LOGIN = "<html><head><title>Wi-Fi</title></head><body><form>Log in</form></body></html>\n"
