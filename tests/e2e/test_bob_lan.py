@@ -428,6 +428,54 @@ def test_announcing_a_sender_that_never_answers_diverts_no_receiver(
                 proc.stop()
 
 
+# A neighbour that announces a sender for a nameplate and answers every connection with
+# a line that is not bob/1 (argv: its address, the nameplate).
+BABBLER = """
+import asyncio, socket, sys
+from retreatkit import mdns
+mdns.host_label = lambda: "babbler"
+
+async def main():
+    server = socket.create_server((sys.argv[1], 0))
+    await mdns.advertise(mdns.RELAY, "not bob", [sys.argv[1]], server.getsockname()[1],
+                         {"kind": "sender", "nameplate": sys.argv[2]}, probe=False)
+    print("announced", flush=True, file=sys.stderr)
+    loop = asyncio.get_running_loop()
+    server.setblocking(False)
+    while True:
+        conn, _ = await loop.sock_accept(server)
+        await loop.sock_sendall(conn, b"\\x1b[2J hello\\n")
+        conn.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_false_sender_that_babbles_is_named_as_the_sender(lan: Lan, tmp_path: Path) -> None:
+    """What a sender announced on the LAN answers is its own: the receiver says the sender
+    answered something that is not bob/1, not the relay, and writes nothing."""
+    babbler = lan.run("r", "-c", BABBLER, lan.address["r"], "4327")
+    try:
+        babbler.wait_for(r"^announced$")
+        out = tmp_path / "out"
+        out.mkdir()
+        code, got = finish(lan.bob("b", "recv", "--yes", "-o", str(out), "4327-alpha-abandon"))
+        assert code == 1
+        assert re.fullmatch(
+            r"Not met at the sender announced at 10\.78\.0\.3:\d+ \(the sender answered"
+            r" something that is not bob/1\); trying the relay at relay\.retreat\.lan:9000",
+            got[0],
+        ), got
+        assert got[1:] == [
+            f"ERROR: no sender is waiting on nameplate 4327 on this network, and no relay"
+            f" answers at relay.retreat.lan:9000 ({NO_NAME}): check the passphrase, or give"
+            " --relay HOST:PORT"
+        ]
+        assert list(out.iterdir()) == []
+    finally:
+        babbler.stop()
+
+
 # A relay announced on the LAN at a port that takes connections and never answers
 # (argv: its address, its instance name).
 SILENT_RELAY = """
