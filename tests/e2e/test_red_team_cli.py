@@ -762,3 +762,31 @@ def test_03_the_relay_logs_an_address_whose_joins_end_offers(
         "127.0.0.1 joined 3 waiting offers in 10 minutes whose key exchange then failed,"
         " and each ended that offer: a wrong passphrase, or someone there guessing nameplates"
     ), line.string
+
+
+def test_14_a_guess_that_takes_the_confirmation_and_leaves_uses_up_the_passphrase(
+    relay: RelayProcess, home: dict[str, str]
+) -> None:
+    """A receiver that guesses, takes the sender's CONFIRM (enough to check its guess
+    offline) and leaves without its own: the sender says the passphrase is used up, as it
+    does for a wrong one, so nobody starts the same passphrase again for a second guess."""
+    sender = send(relay, home, "--text", "hello", BOB_PASSPHRASE="4328-alpha-abandon-zoo")
+    guess = Peer((relay.host, relay.port), Code("4328", ("ability", "able")), Side.RECEIVER)
+    try:
+        assert guess.line().startswith(b"paired ")
+        guess.sock.sendall(guess.session.start())
+        held = guess.buf
+        while len(held) < 73:  # the sender's PAKE and CONFIRM frames
+            chunk = guess.sock.recv(4096)
+            assert chunk, held
+            held += chunk
+        guess.close()
+        code, lines = finished(sender)
+    finally:
+        guess.close()
+        sender.stop()
+    assert (code, lines[-1]) == (
+        1,
+        "ERROR: a receiver's key exchange did not finish: the other side closed the"
+        " connection. The passphrase is used up: start a new bob send",
+    )
