@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from retreatkit.relay import wire
 from retreatkit.transfer import codes
 from retreatkit.transfer.errors import PakeFailed, TransferError
-from retreatkit.transfer.link import CONNECT_TIMEOUT, Link
+from retreatkit.transfer.link import CONNECT_TIMEOUT, Link, NoAnswer, Unreachable
 from retreatkit.transfer.machine import Session
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.sending import handshake
@@ -50,9 +50,16 @@ async def meet(
             errors = failed.errors
         wrong = next((e for e in errors if isinstance(e, PakeFailed)), None)
         if wrong is not None or n == len(stages) - 1:
-            raise wrong or errors[0]
-        say(f"Not met at {_what(stage)} ({errors[0]}); trying {_what(stages[n + 1])}")
+            raise wrong or _telling(errors)
+        say(f"Not met at {_what(stage)} ({_telling(errors)}); trying {_what(stages[n + 1])}")
     raise AssertionError("no stage to meet at")
+
+
+def _telling(errors: Sequence[TransferError]) -> TransferError:
+    """The error to show for a stage: the first from a place that answered (`no sender
+    is waiting on nameplate N` says to check the passphrase), over one that stayed silent
+    or out of reach (anyone can announce a relay at a port that never answers)."""
+    return next((e for e in errors if not isinstance(e, NoAnswer | Unreachable)), errors[0])
 
 
 def _what(stage: Sequence[Place]) -> str:

@@ -558,6 +558,27 @@ def test_a_silent_relay_and_a_full_one_leave_the_sender_its_own_rendezvous(
                 proc.stop()
 
 
+def test_a_silent_relay_does_not_hide_what_the_real_one_says(lan: Lan, tmp_path: Path) -> None:
+    """Two relays announced, the first by address a neighbour's port that never answers:
+    a receiver whose nameplate no sender holds is told what the real relay said (check the
+    passphrase), not that a relay stayed silent."""
+    relay = lan.bob("r", "relay", "--listen", "0.0.0.0:9000", "--admin", "127.0.0.1:0")
+    impostor = lan.run("a", "-c", SILENT_RELAY, lan.address["a"], "bob relay 2")
+    try:
+        relay.wait_for(r"bob relay announced on the LAN")
+        impostor.wait_for(r"^announced$")
+        out = tmp_path / "out"
+        out.mkdir()
+        code, got = finish(lan.bob("b", "recv", "--yes", "-o", str(out), "4329-alpha-abandon"))
+        assert code == 1
+        assert got[0].startswith("Using the 2 relays found on the LAN: "), got
+        assert got[1:] == ["ERROR: the relay says: no sender is waiting on nameplate 4329"]
+        assert list(out.iterdir()) == []
+    finally:
+        for proc in (impostor, relay):
+            proc.stop()
+
+
 def nobody_waits(lan: Lan, out: Path, passphrase: str) -> bool:
     """A receiver that finds no sender for its nameplate on a LAN without a relay says so."""
     code, said = finish(lan.bob("b", "recv", "--yes", "-o", str(out), passphrase))
