@@ -579,6 +579,58 @@ def test_a_silent_relay_does_not_hide_what_the_real_one_says(lan: Lan, tmp_path:
             proc.stop()
 
 
+# `bob relay ARGS...` under a host name of its own (argv[1]): two relays on one machine
+# would announce the same mDNS name, and the second would give way.
+NAMED_RELAY = """
+import sys
+from retreatkit import mdns
+from retreatkit.cli.bob import main
+label = sys.argv.pop(1)
+mdns.host_label = lambda: label
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_relays_on_the_lan_take_no_honest_receiver_for_a_guesser(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """The sender waits at both relays; a receiver that meets it at the first need not join
+    it at the second too, where the pair would end before a key exchange: that relay would
+    count a failed join against the receiver's address, log it as guessing nameplates, and
+    throttle it after 8."""
+    ip("-n", lan.hosts["r"], "addr", "add", "10.78.0.4/24", "dev", "eth0")
+    serve = ("relay", "--admin", "127.0.0.1:0", "--listen")
+    relays = [
+        lan.run("r", "-c", NAMED_RELAY, label, *serve, f"{address}:9000")
+        for label, address in (("one", lan.address["r"]), ("two", "10.78.0.4"))
+    ]
+    try:
+        admins = []
+        for relay in relays:  # the two lines come in either order
+            relay.wait_for(r"^Admin on |bob relay announced on the LAN")
+            relay.wait_for(r"^Admin on |bob relay announced on the LAN")
+            (admin,) = {
+                m[1] for line in relay.seen if (m := re.match(r"^Admin on (\S+)/status$", line))
+            }
+            admins.append(admin)
+        for n in range(3):
+            said, got = transfer(lan, payload, tmp_path / f"out{n}", f"43{n}0-alpha-abandon")
+            assert said[1].startswith("Using the 2 relays found on the LAN: "), said
+            assert got[0].startswith("Using the 2 relays found on the LAN: "), got
+        ended = [lan.status("r", admin)["relay"] for admin in admins]
+        assert all(isinstance(doc, dict) for doc in ended)
+        failed = [doc["ended"]["key exchange failed"] for doc in ended]  # type: ignore[index]
+        assert failed == [0, 0], ended
+        assert [doc["warnings"] for doc in ended] == [[], []]  # type: ignore[index]
+        for relay in relays:
+            relay.popen.terminate()
+            _, logged = finish(relay)
+            assert not any("WARNING" in line for line in logged), logged
+    finally:
+        for relay in relays:
+            relay.stop()
+
+
 def nobody_waits(lan: Lan, out: Path, passphrase: str) -> bool:
     """A receiver that finds no sender for its nameplate on a LAN without a relay says so."""
     code, said = finish(lan.bob("b", "recv", "--yes", "-o", str(out), passphrase))
