@@ -8,6 +8,7 @@ Waits are on a process's output or on the file system, each with a deadline; nev
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import resource
@@ -550,7 +551,7 @@ def test_07_names_the_receiver_would_refuse_are_said_and_left_out(
         1,
         [
             f"ERROR: cannot send {tree}/a:b.txt: the receiver would refuse it"
-            " (unsafe name a:b.txt: looks like a drive letter)"
+            " (unsafe name 'a:b.txt': looks like a drive letter)"
         ],
     )
 
@@ -577,8 +578,40 @@ def test_08_an_offer_naming_control_characters_is_refused(
         receiver.stop()
     assert (status, lines) == (
         1,
-        ["ERROR: unsafe name \\x1b[2J\\u202e.txt: contains a control character or line break"],
+        [
+            "ERROR: the sender's offer is refused: unsafe name '\\x1b[2J\\u202e.txt': contains a"
+            " control character or line break"
+        ],
     )
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        (["..", "x"], "unsafe name '..': empty, '.' or '..'"),
+        (["../x"], "unsafe name '../x': contains a separator or NUL"),
+        (["/etc/x"], "unsafe name '/etc/x': contains a separator or NUL"),
+        ([""], "unsafe name '': empty, '.' or '..'"),
+    ],
+)
+def test_08_an_offer_naming_a_path_out_of_the_folder_is_refused_as_the_sender_s(
+    relay: RelayProcess, home: dict[str, str], out: Path, path: list[str], shown: str
+) -> None:
+    code = Code("4243", ("alpha", "abandon"))
+    peer = Peer((relay.host, relay.port), code)
+    assert peer.line() == b"ok 4243\n"
+    receiver = bob(home, "recv", "--relay", relay.address, "--yes", "-o", str(out), str(code))
+    try:
+        assert peer.line().startswith(b"paired ")
+        peer.handshake()
+        evil = json.dumps({"v": 1, "entries": [[path, "f", 1]]}).encode()
+        peer.seal(Kind.OFFER, len(evil).to_bytes(4, "big") + evil)
+        status, lines = finished(receiver)
+    finally:
+        peer.close()
+        receiver.stop()
+    assert (status, lines) == (1, [f"ERROR: the sender's offer is refused: {shown}"])
     assert list(out.iterdir()) == []
 
 
