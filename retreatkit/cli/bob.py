@@ -229,6 +229,11 @@ def _sources(args: argparse.Namespace) -> source.Sources:
             check_component(args.name)
         except UnsafeOffer as exc:
             raise Usage(f"--name: {exc}") from None
+    if args.count > 1 and source.STDIN in args.paths:  # a second receiver would get nothing
+        raise Usage(
+            "--count: stdin (-) can be read only once, so it goes to one receiver; save it to"
+            " a file to send it to several"
+        )
     if args.text is not None:
         if ui.text_size(args.text) > MAX_TEXT:
             raise Usage("the text is over 1 MiB; send it as a file")

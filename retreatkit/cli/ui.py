@@ -132,6 +132,8 @@ def resume_lines(offer: Offer, claim: Claim, start: Claim) -> list[str]:
     if start.index >= len(files):
         return ["Every file arrived in an earlier transfer"]
     name = display_path(files[start.index].path)
+    if start.length == 0 and claim.length > 0:  # its first block differs: none of it is kept
+        return [f"The partial {name} does not match what is offered: receiving all of it again"]
     if start.length < claim.length:
         return [f"The partial {name} did not match past {size(start.length)}: receiving the rest"]
     before = sum(e.size or 0 for e in files[: start.index]) + start.length

@@ -8,9 +8,9 @@ no relay takes (none reached, none answers, none has room) is its own rendezvous
 Anyone on the LAN can announce anything, so a receiver never takes one announcement's
 word: it meets its sender in stages (`meeting_places`), the relays announced on the LAN
 first, tried together (a sender that found them waits at each), then the senders
-announcing its nameplate, at most MAX_PEERS of them, tried together (aio.meet), so a
-neighbour announcing every nameplate, or a relay, at a port that never answers holds
-nobody up."""
+announcing its nameplate, at most MAX_PEERS of them, tried together (meet.meet: each a
+moment after the one before), so a neighbour announcing every nameplate, or a relay, at
+a port that never answers holds nobody up."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ DISCOVERY = 1.5  # seconds to listen for relays on the LAN
 RESOLVE = 2.0  # seconds for the default name to resolve
 REACH = 2.0  # seconds to connect to it: a name that leads nowhere must not hold bob up
 ANSWER = 5.0  # seconds for a relay found on the LAN to hold a sender's nameplate
-MAX_PEERS = 3  # senders announcing one nameplate that a receiver tries at once
-MAX_RELAYS = 4  # relays announced on the LAN that bob tries at once
+MAX_PEERS = 3  # senders announcing one nameplate that a receiver tries together
+MAX_RELAYS = 4  # relays announced on the LAN that bob tries together
 GRACE = 0.3  # seconds to hear more relays (and senders) after the first relay
 DEFAULT = Relay("relay.retreat.lan", 9000)
 

@@ -257,14 +257,18 @@ class Inbound:
         return Confirmed(self._keys.verifier)
 
     def _offer_chunk(self, plain: bytes) -> Event | None:
-        if not self._offer_buf:
-            self._offer_len = offer_length(plain)
-        self._offer_buf += plain
-        if len(self._offer_buf) > self._offer_len:
-            raise UnsafeOffer("the offer is longer than it announced")
-        if len(self._offer_buf) < self._offer_len:
-            return None
-        offer = Offer.decode(bytes(self._offer_buf[4:]))
+        # said as the sender's doing: on the receiver's screen, and in the ABORT it sends
+        try:
+            if not self._offer_buf:
+                self._offer_len = offer_length(plain)
+            self._offer_buf += plain
+            if len(self._offer_buf) > self._offer_len:
+                raise UnsafeOffer("the offer is longer than it announced")
+            if len(self._offer_buf) < self._offer_len:
+                return None
+            offer = Offer.decode(bytes(self._offer_buf[4:]))
+        except UnsafeOffer as exc:
+            raise UnsafeOffer(f"the sender's offer is refused: {exc}") from None
         self._offer_buf = bytearray()
         self._move(Move.GOT_OFFER)
         self._set_offer(offer)

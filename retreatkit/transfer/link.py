@@ -172,8 +172,8 @@ class Link:
             raise RelayError(f"{who} sent an overlong line")
         try:
             reply = wire.parse_reply(raw)
-        except wire.WireError as exc:
-            raise RelayError(str(exc)) from None
+        except wire.WireError:  # its text names the relay, which this may not be
+            raise RelayError(f"{who} answered something that is not bob/1") from None
         # the relay is not trusted with the terminal any more than the peer is
         text = escape(reply.text)
         if reply.word == "error":

@@ -1,5 +1,6 @@
 """Where a receiver meets its sender: one place (a relay it was given), or stages of
-places tried in turn, the places of one stage together (find.meeting_places). A place is
+places tried in turn, the places of one stage together, each a moment after the one
+before (find.meeting_places). A place is
 met when the sender there proves the passphrase (key confirmation), so an announcement
 that leads to a port that never answers, or to someone who does not know the words,
 costs only itself while another place of its stage is tried; it gets no more than the
@@ -14,12 +15,15 @@ from dataclasses import dataclass
 from retreatkit.relay import wire
 from retreatkit.transfer import codes
 from retreatkit.transfer.errors import PakeFailed, TransferError
-from retreatkit.transfer.link import CONNECT_TIMEOUT, Link
+from retreatkit.transfer.link import CONNECT_TIMEOUT, Link, NoAnswer, Unreachable
 from retreatkit.transfer.machine import Session
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.sending import handshake
 
 Connector = Callable[[wire.Request], Awaitable[Link]]
+# seconds a place of a stage has to meet the sender before the next is tried beside it:
+# through a relay on a LAN, a key exchange takes a few round trips
+STAGGER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +54,16 @@ async def meet(
             errors = failed.errors
         wrong = next((e for e in errors if isinstance(e, PakeFailed)), None)
         if wrong is not None or n == len(stages) - 1:
-            raise wrong or errors[0]
-        say(f"Not met at {_what(stage)} ({errors[0]}); trying {_what(stages[n + 1])}")
+            raise wrong or _telling(errors)
+        say(f"Not met at {_what(stage)} ({_telling(errors)}); trying {_what(stages[n + 1])}")
     raise AssertionError("no stage to meet at")
+
+
+def _telling(errors: Sequence[TransferError]) -> TransferError:
+    """The error to show for a stage: the first from a place that answered (`no sender
+    is waiting on nameplate N` says to check the passphrase), over one that stayed silent
+    or out of reach (anyone can announce a relay at a port that never answers)."""
+    return next((e for e in errors if not isinstance(e, NoAnswer | Unreachable)), errors[0])
 
 
 def _what(stage: Sequence[Place]) -> str:
@@ -70,13 +81,28 @@ class _AllFailed(Exception):
 
 
 async def _race(stage: Sequence[Place], code: codes.Code) -> Met:
-    tasks = [asyncio.ensure_future(_at(place, code)) for place in stage]
+    """The places of a stage, each started STAGGER seconds after the one before, or as
+    soon as a place fails. A sender that found several relays waits at each: a receiver
+    that met it at the first leaves the others alone, where its join would pair with the
+    sender's waiting connection there and end before a key exchange, which that relay
+    counts against the receiver's address as a failed guess."""
+    tasks: list[asyncio.Task[Met]] = []
     errors: dict[int, TransferError] = {}
     won: Met | None = None
     try:
-        pending = set(tasks)
-        while pending and won is None:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        pending: set[asyncio.Task[Met]] = set()
+        start = True
+        while won is None:
+            if start and len(tasks) < len(stage):
+                tasks.append(task := asyncio.create_task(_at(stage[len(tasks)], code)))
+                pending.add(task)
+            if not pending:
+                break
+            more = len(tasks) < len(stage)
+            done, pending = await asyncio.wait(
+                pending, timeout=STAGGER if more else None, return_when=asyncio.FIRST_COMPLETED
+            )
+            start = True  # a place failed, or the last one started has had its time
             for task in sorted(done, key=tasks.index):
                 exc = task.exception()
                 if exc is None:

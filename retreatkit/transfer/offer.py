@@ -161,7 +161,7 @@ def check_component(name: str) -> None:
         shown = show_name(name)
         if len(shown) > 60:
             shown = shown[:40] + "..."
-        raise UnsafeOffer(f"unsafe name {shown}: {why}")
+        raise UnsafeOffer(f"unsafe name '{shown}': {why}")  # quoted: '' is a name too
 
 
 def name_problem(name: str) -> str | None:

@@ -428,6 +428,54 @@ def test_announcing_a_sender_that_never_answers_diverts_no_receiver(
                 proc.stop()
 
 
+# A neighbour that announces a sender for a nameplate and answers every connection with
+# a line that is not bob/1 (argv: its address, the nameplate).
+BABBLER = """
+import asyncio, socket, sys
+from retreatkit import mdns
+mdns.host_label = lambda: "babbler"
+
+async def main():
+    server = socket.create_server((sys.argv[1], 0))
+    await mdns.advertise(mdns.RELAY, "not bob", [sys.argv[1]], server.getsockname()[1],
+                         {"kind": "sender", "nameplate": sys.argv[2]}, probe=False)
+    print("announced", flush=True, file=sys.stderr)
+    loop = asyncio.get_running_loop()
+    server.setblocking(False)
+    while True:
+        conn, _ = await loop.sock_accept(server)
+        await loop.sock_sendall(conn, b"\\x1b[2J hello\\n")
+        conn.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_false_sender_that_babbles_is_named_as_the_sender(lan: Lan, tmp_path: Path) -> None:
+    """What a sender announced on the LAN answers is its own: the receiver says the sender
+    answered something that is not bob/1, not the relay, and writes nothing."""
+    babbler = lan.run("r", "-c", BABBLER, lan.address["r"], "4327")
+    try:
+        babbler.wait_for(r"^announced$")
+        out = tmp_path / "out"
+        out.mkdir()
+        code, got = finish(lan.bob("b", "recv", "--yes", "-o", str(out), "4327-alpha-abandon"))
+        assert code == 1
+        assert re.fullmatch(
+            r"Not met at the sender announced at 10\.78\.0\.3:\d+ \(the sender answered"
+            r" something that is not bob/1\); trying the relay at relay\.retreat\.lan:9000",
+            got[0],
+        ), got
+        assert got[1:] == [
+            f"ERROR: no sender is waiting on nameplate 4327 on this network, and no relay"
+            f" answers at relay.retreat.lan:9000 ({NO_NAME}): check the passphrase, or give"
+            " --relay HOST:PORT"
+        ]
+        assert list(out.iterdir()) == []
+    finally:
+        babbler.stop()
+
+
 # A relay announced on the LAN at a port that takes connections and never answers
 # (argv: its address, its instance name).
 SILENT_RELAY = """
@@ -508,6 +556,79 @@ def test_a_silent_relay_and_a_full_one_leave_the_sender_its_own_rendezvous(
         for proc in (sender, receiver, filler, impostor, relay):
             if proc is not None:
                 proc.stop()
+
+
+def test_a_silent_relay_does_not_hide_what_the_real_one_says(lan: Lan, tmp_path: Path) -> None:
+    """Two relays announced, the first by address a neighbour's port that never answers:
+    a receiver whose nameplate no sender holds is told what the real relay said (check the
+    passphrase), not that a relay stayed silent."""
+    relay = lan.bob("r", "relay", "--listen", "0.0.0.0:9000", "--admin", "127.0.0.1:0")
+    impostor = lan.run("a", "-c", SILENT_RELAY, lan.address["a"], "bob relay 2")
+    try:
+        relay.wait_for(r"bob relay announced on the LAN")
+        impostor.wait_for(r"^announced$")
+        out = tmp_path / "out"
+        out.mkdir()
+        code, got = finish(lan.bob("b", "recv", "--yes", "-o", str(out), "4329-alpha-abandon"))
+        assert code == 1
+        assert got[0].startswith("Using the 2 relays found on the LAN: "), got
+        assert got[1:] == ["ERROR: the relay says: no sender is waiting on nameplate 4329"]
+        assert list(out.iterdir()) == []
+    finally:
+        for proc in (impostor, relay):
+            proc.stop()
+
+
+# `bob relay ARGS...` under a host name of its own (argv[1]): two relays on one machine
+# would announce the same mDNS name, and the second would give way.
+NAMED_RELAY = """
+import sys
+from retreatkit import mdns
+from retreatkit.cli.bob import main
+label = sys.argv.pop(1)
+mdns.host_label = lambda: label
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_relays_on_the_lan_take_no_honest_receiver_for_a_guesser(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """The sender waits at both relays; a receiver that meets it at the first need not join
+    it at the second too, where the pair would end before a key exchange: that relay would
+    count a failed join against the receiver's address, log it as guessing nameplates, and
+    throttle it after 8."""
+    ip("-n", lan.hosts["r"], "addr", "add", "10.78.0.4/24", "dev", "eth0")
+    serve = ("relay", "--admin", "127.0.0.1:0", "--listen")
+    relays = [
+        lan.run("r", "-c", NAMED_RELAY, label, *serve, f"{address}:9000")
+        for label, address in (("one", lan.address["r"]), ("two", "10.78.0.4"))
+    ]
+    try:
+        admins = []
+        for relay in relays:  # the two lines come in either order
+            relay.wait_for(r"^Admin on |bob relay announced on the LAN")
+            relay.wait_for(r"^Admin on |bob relay announced on the LAN")
+            (admin,) = {
+                m[1] for line in relay.seen if (m := re.match(r"^Admin on (\S+)/status$", line))
+            }
+            admins.append(admin)
+        for n in range(3):
+            said, got = transfer(lan, payload, tmp_path / f"out{n}", f"43{n}0-alpha-abandon")
+            assert said[1].startswith("Using the 2 relays found on the LAN: "), said
+            assert got[0].startswith("Using the 2 relays found on the LAN: "), got
+        ended = [lan.status("r", admin)["relay"] for admin in admins]
+        assert all(isinstance(doc, dict) for doc in ended)
+        failed = [doc["ended"]["key exchange failed"] for doc in ended]  # type: ignore[index]
+        assert failed == [0, 0], ended
+        assert [doc["warnings"] for doc in ended] == [[], []]  # type: ignore[index]
+        for relay in relays:
+            relay.popen.terminate()
+            _, logged = finish(relay)
+            assert not any("WARNING" in line for line in logged), logged
+    finally:
+        for relay in relays:
+            relay.stop()
 
 
 def nobody_waits(lan: Lan, out: Path, passphrase: str) -> bool:

@@ -187,6 +187,32 @@ def test_ctrl_c_on_a_receive_then_the_same_send_and_receive_resume(
     resumes(relay, home, src, out)
 
 
+def test_a_part_that_does_not_match_is_received_again_and_said_so(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    """A receiver killed, its part then changed in its first block: the same two commands
+    again receive the file whole, and say so in one line (nothing of the part was kept)."""
+    src, out, sender, receiver = midway(relay, home, tmp_path)
+    receiver.popen.send_signal(signal.SIGKILL)
+    try:
+        assert finish(receiver)[0] == -signal.SIGKILL
+        assert finish(sender)[0] == 1
+    finally:
+        sender.stop()
+    (part,) = out.glob(".bob-*.part")
+    with part.open("r+b") as f:
+        f.write(b"not what the sender has")
+    path = ("--relay", relay.address, "--no-direct")
+    sender = bob(home, "send", *path, str(src), BOB_PASSPHRASE="5152-alpha-abandon")
+    sender.wait_for(r"^Passphrase: ")
+    again = bob(home, "recv", *path, "--yes", "-o", str(out), "5152-alpha-abandon")
+    assert [finish(again)[0], finish(sender)[0]] == [0, 0], again.seen
+    said = "The partial big.bin does not match what is offered: receiving all of it again"
+    assert said in again.seen and not any("Resuming" in line for line in again.seen)
+    assert (out / "big.bin").read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["big.bin"]
+
+
 def test_a_receiver_paused_until_the_sender_gave_up_resumes(
     relay: RelayProcess, home: dict[str, str], tmp_path: Path
 ) -> None:

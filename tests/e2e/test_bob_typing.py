@@ -128,6 +128,29 @@ def test_name_needs_the_stream() -> None:
     )
 
 
+def test_count_refuses_the_stream_it_could_read_only_once(relay: RelayProcess) -> None:
+    """stdin is read once: a second receiver of `--count 2 -` got an empty file, and both
+    sides said it was done. bob says so before any passphrase, and reads nothing."""
+    sender = Process.start(
+        bob_argv("send", "--relay", relay.address, "--count", "2", "-"), stdin=subprocess.PIPE
+    )
+    try:
+        sender.wait_for(r"^bob: |^Passphrase: ")
+        assert sender.seen[-1].startswith("bob: "), sender.seen  # not on to a passphrase
+        code, lines = sender.finish(TIMEOUT)
+    finally:
+        assert sender.popen.stdin is not None
+        sender.popen.stdin.close()
+        sender.stop()
+    assert (code, lines) == (
+        2,
+        [
+            "bob: --count: stdin (-) can be read only once, so it goes to one receiver; save it"
+            " to a file to send it to several"
+        ],
+    )
+
+
 # -- a real terminal --------------------------------------------------------------------------
 
 

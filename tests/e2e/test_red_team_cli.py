@@ -8,6 +8,7 @@ Waits are on a process's output or on the file system, each with a deadline; nev
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import resource
@@ -550,7 +551,7 @@ def test_07_names_the_receiver_would_refuse_are_said_and_left_out(
         1,
         [
             f"ERROR: cannot send {tree}/a:b.txt: the receiver would refuse it"
-            " (unsafe name a:b.txt: looks like a drive letter)"
+            " (unsafe name 'a:b.txt': looks like a drive letter)"
         ],
     )
 
@@ -577,8 +578,40 @@ def test_08_an_offer_naming_control_characters_is_refused(
         receiver.stop()
     assert (status, lines) == (
         1,
-        ["ERROR: unsafe name \\x1b[2J\\u202e.txt: contains a control character or line break"],
+        [
+            "ERROR: the sender's offer is refused: unsafe name '\\x1b[2J\\u202e.txt': contains a"
+            " control character or line break"
+        ],
     )
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        (["..", "x"], "unsafe name '..': empty, '.' or '..'"),
+        (["../x"], "unsafe name '../x': contains a separator or NUL"),
+        (["/etc/x"], "unsafe name '/etc/x': contains a separator or NUL"),
+        ([""], "unsafe name '': empty, '.' or '..'"),
+    ],
+)
+def test_08_an_offer_naming_a_path_out_of_the_folder_is_refused_as_the_sender_s(
+    relay: RelayProcess, home: dict[str, str], out: Path, path: list[str], shown: str
+) -> None:
+    code = Code("4243", ("alpha", "abandon"))
+    peer = Peer((relay.host, relay.port), code)
+    assert peer.line() == b"ok 4243\n"
+    receiver = bob(home, "recv", "--relay", relay.address, "--yes", "-o", str(out), str(code))
+    try:
+        assert peer.line().startswith(b"paired ")
+        peer.handshake()
+        evil = json.dumps({"v": 1, "entries": [[path, "f", 1]]}).encode()
+        peer.seal(Kind.OFFER, len(evil).to_bytes(4, "big") + evil)
+        status, lines = finished(receiver)
+    finally:
+        peer.close()
+        receiver.stop()
+    assert (status, lines) == (1, [f"ERROR: the sender's offer is refused: {shown}"])
     assert list(out.iterdir()) == []
 
 
@@ -762,3 +795,31 @@ def test_03_the_relay_logs_an_address_whose_joins_end_offers(
         "127.0.0.1 joined 3 waiting offers in 10 minutes whose key exchange then failed,"
         " and each ended that offer: a wrong passphrase, or someone there guessing nameplates"
     ), line.string
+
+
+def test_14_a_guess_that_takes_the_confirmation_and_leaves_uses_up_the_passphrase(
+    relay: RelayProcess, home: dict[str, str]
+) -> None:
+    """A receiver that guesses, takes the sender's CONFIRM (enough to check its guess
+    offline) and leaves without its own: the sender says the passphrase is used up, as it
+    does for a wrong one, so nobody starts the same passphrase again for a second guess."""
+    sender = send(relay, home, "--text", "hello", BOB_PASSPHRASE="4328-alpha-abandon-zoo")
+    guess = Peer((relay.host, relay.port), Code("4328", ("ability", "able")), Side.RECEIVER)
+    try:
+        assert guess.line().startswith(b"paired ")
+        guess.sock.sendall(guess.session.start())
+        held = guess.buf
+        while len(held) < 73:  # the sender's PAKE and CONFIRM frames
+            chunk = guess.sock.recv(4096)
+            assert chunk, held
+            held += chunk
+        guess.close()
+        code, lines = finished(sender)
+    finally:
+        guess.close()
+        sender.stop()
+    assert (code, lines[-1]) == (
+        1,
+        "ERROR: a receiver's key exchange did not finish: the other side closed the"
+        " connection. The passphrase is used up: start a new bob send",
+    )
