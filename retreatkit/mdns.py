@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,7 +72,9 @@ async def advertise(
         addresses=[ipaddress.ip_address(a).packed for a in addresses],
         port=port,
         properties=properties,
-        server=f"{host_label()}.local.",
+        # a name of this announcement's own: laptops at an event often share a host name
+        # (`ubuntu`), and a browser joins every address announced under one name
+        server=f"{host_label()}-{secrets.token_hex(4)}.local.",
     )
     zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
     try:
