@@ -267,8 +267,10 @@ class Server:
         return self.process.stop()
 
 
-def start_upstream(root: Path) -> Server:
-    proc = Process.start([sys.executable, "-m", "retreatkit.mirror.fakeupstream", str(root)])
+def start_upstream(root: Path, port: int | None = None) -> Server:
+    """The test's upstream serving `root`, on `port` (one a stopped upstream had) or any."""
+    argv = [sys.executable, "-m", "retreatkit.mirror.fakeupstream", str(root)]
+    proc = Process.start(argv if port is None else [*argv, "--port", str(port)])
     try:
         url = proc.wait_for(r"^Upstream listening on (\S+)$")[1]
     except BaseException:

@@ -6,12 +6,17 @@ import html
 import os
 import re
 import shutil
+import sys
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from retreatkit.mirror.testing import Netns, netns
+
+# the uv beside this Python when none is on PATH (uv run puts its own there)
+UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
 
 
 def attendee(tag: str, prefix: str = "rkmir2") -> Callable[[], Iterator[Netns]]:

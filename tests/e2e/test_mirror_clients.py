@@ -33,10 +33,10 @@ from retreatkit.mirror.testing import (
     write_opam,
     write_pypi,
 )
+from tests.e2e.mirror_attendee import UV
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 180
-UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
 
 
 def get_json(url: str) -> dict[str, object]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -21,10 +20,9 @@ from retreatkit.mirror.testing import (
     start_upstream,
     write_pypi,
 )
-from tests.e2e.mirror_attendee import attendee, page_block
+from tests.e2e.mirror_attendee import UV, attendee, page_block
 
 pytestmark = pytest.mark.e2e
-UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
 lan = attendee("l", prefix="rklock")
 
 

@@ -29,14 +29,12 @@ from retreatkit.mirror.testing import (
     write_opam,
     write_pypi,
 )
-from retreatkit.testing import Process
-from tests.e2e.mirror_attendee import attendee, page_block
+from tests.e2e.mirror_attendee import UV, attendee, page_block
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(shutil.which("opam") is None, reason="opam is not installed (.ci/run)"),
 ]
-UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
 lan = attendee("p", prefix="rkport")
 
 
@@ -51,14 +49,7 @@ def portal(root: Path, port: int, login: bool) -> Server:
         for page in ("simple/held/index.html", "opam/index.tar.gz"):
             (root / page).parent.mkdir(parents=True, exist_ok=True)
             (root / page).write_text(LOGIN)
-    argv = [sys.executable, "-m", "retreatkit.mirror.fakeupstream", str(root), "--port", str(port)]
-    proc = Process.start(argv)
-    try:
-        url = proc.wait_for(r"^Upstream listening on (\S+)$")[1]
-    except BaseException:
-        proc.stop()
-        raise
-    return Server(proc, url)
+    return start_upstream(root, port)
 
 
 def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:

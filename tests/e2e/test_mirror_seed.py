@@ -31,7 +31,7 @@ from retreatkit.mirror.testing import (
     write_pypi,
 )
 from retreatkit.mirror.testrepos import AptClient, Signer, make_deb, npm_pack, write_apt, write_npm
-from tests.e2e.mirror_attendee import attendee
+from tests.e2e.mirror_attendee import UV, attendee
 from tests.e2e.test_mirror_npm import npm_env, package
 
 pytestmark = [
@@ -41,7 +41,6 @@ pytestmark = [
         reason="npm, opam, apt-get, dpkg-dev and gpg are needed (.ci/run installs them)",
     ),
 ]
-UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
 TIMEOUT = 180
 
 
