@@ -2,7 +2,8 @@
 
 The parts it joins are each tested alone: policy.route decides who answers, fill
 writes the cache, flight merges identical questions, upstream picks and judges the
-servers, stats counts. The clock is injected and is the only time read here.
+servers, loops finds upstreams that send our questions back, stats counts. The clock is
+injected and is the only time read here.
 
 Every policy change (lists reloaded, blocking paused or resumed, a record set, the
 cache flushed) bumps the generation; an answer cached under an older generation is
@@ -32,11 +33,12 @@ from retreatkit.nameserver.cache import Cache, Entry
 from retreatkit.nameserver.errors import BadReply, CnameLoop, TooManyWaiting, UpstreamFailed
 from retreatkit.nameserver.flight import Flights
 from retreatkit.nameserver.gate import Once
+from retreatkit.nameserver.loops import RCODE_NXDOMAIN, Loops, Probe, is_probe
 from retreatkit.nameserver.policy import BLOCKED, FORWARD, LOCAL, NXDOMAIN, PTR, Policy, Route
 from retreatkit.nameserver.stats import BLOCKED as BLOCKED_ANSWER
 from retreatkit.nameserver.stats import FORMERR, FORWARDED, REFUSED, SERVFAIL, STALE, Stats
 from retreatkit.nameserver.stats import LOCAL as LOCAL_ANSWER
-from retreatkit.nameserver.upstream import Answer, UpstreamSet
+from retreatkit.nameserver.upstream import RETRY_AFTER, Answer, UpstreamSet
 
 log = logging.getLogger("retreatkit.nameserver")
 
@@ -68,6 +70,7 @@ class Resolver:
         block_mode: str = "null",
         clock: Callable[[], float] = time.monotonic,
         stale_wait: float = STALE_WAIT,
+        loops: Loops | None = None,
     ) -> None:
         self.policy = policy
         self.upstreams = dict(upstreams)  # forward zone ("" = the default) -> its servers
@@ -82,6 +85,11 @@ class Resolver:
         self._next_expire = 0.0
         self.flights: Flights[Fetched] = Flights()
         self.busy = Once()  # the flights' cap, said in the log once in a while
+        if loops is None:
+            servers = [(zone, u) for zone, group in self.upstreams.items() for u in group.servers]
+            recheck = min((group.recheck for group in self.upstreams.values()), default=RETRY_AFTER)
+            loops = Loops(servers, recheck)
+        self.loops = loops
 
     # -- policy changes ------------------------------------------------------------------
 
@@ -199,6 +207,8 @@ class Resolver:
             # an upstream refuses them, and that is no failure of its
             self.stats.answered(now, client, name, REFUSED, 5, key=key)
             return _bare(query, data, 5)
+        if is_probe(key):
+            return self._came_back(query, data, client, now, name)
         if qtype == TYPE_ANY:
             response = answers.minimal_any(dns.message.from_wire(data))
             own = fill.own(self.cache, query, response, LOCAL_ANSWER, now, self.generation)
@@ -226,6 +236,32 @@ class Resolver:
             self.stats.hit(now, client, entry)
             return entry.template.render(query, data, int(now - entry.stored_at))
         return await self._forward(query, data, client, now, route, name, entry)
+
+    def _came_back(
+        self, query: wire.Query, data: bytes, client: str, now: float, name: str
+    ) -> bytes:
+        """A question under the loop probes' name (loops.py): never forwarded, where it
+        would go round again, but answered NXDOMAIN here, as RFC 6761 6.2 has a resolver
+        answer `.test` names; and if it is a probe of ours, the upstream it went to loops.
+        Never cached: each one that reaches us is seen."""
+        probe = self.loops.came_back(query.key)
+        if probe is not None:
+            group = self.upstreams[probe.zone]
+            if group.note is not None:
+                group.note(probe.upstream, probe.zone, now)
+        self.stats.answered(now, client, name, LOCAL_ANSWER, RCODE_NXDOMAIN, key=query.key)
+        return _bare(query, data, RCODE_NXDOMAIN)
+
+    async def check_loop(self, probe: Probe) -> None:
+        """Ask a loop probe's upstream (loops.Loops.due made it) and take its reply."""
+        group = self.upstreams[probe.zone]
+        rcode = None
+        try:
+            rcode = await group.probe(probe.upstream, probe.key)
+        finally:  # whatever happened, the next probe is not held up by this one
+            now = self.clock()
+            if self.loops.answered(probe, rcode, now - probe.sent_at) and group.note:
+                group.note(probe.upstream, probe.zone, now)
 
     async def _own(
         self,

@@ -110,6 +110,7 @@ class Nameserver:
         for zone, group in self.resolver.upstreams.items():
             if zone:
                 say(f"Nameserver forwards {zone} to {', '.join(u.address for u in group.servers)}")
+        self._check_loops()  # before a client's question goes round one
         # serve at once; lists arrive when they are read (no DNS outage while loading)
         self._spawn(self._reload_forever())
         self._spawn(self.connections.sweep_forever())
@@ -177,6 +178,13 @@ class Nameserver:
             if now >= self.resolver.next_tick:
                 self.resolver.tick(now)
             self.upstream_states.tick(now)
+            self._check_loops()
+
+    def _check_loops(self) -> None:
+        """Send the loop probes that are due (loops.py): at start, and when an upstream
+        starts failing or loops."""
+        for probe in self.resolver.loops.due(self.clock()):
+            self._spawn(self.resolver.check_loop(probe))
 
     async def reload(self, quiet: bool = False) -> int:
         """Read every list and swap the result in: the next query is answered under it.

@@ -1,9 +1,9 @@
 """Upstream state changes as lines for the organiser's log, a flapping upstream bounded.
 
-Each change of an upstream's state as /status shows it (unknown, up, failing, down) is
-one line. A lossy upstream can flip between up and failing on every other query, so
-each upstream spends from a budget (a token bucket): BURST lines at once, then one
-every REFILL seconds. A change past the budget is held, not written; the once-a-second
+Each change of an upstream's state as /status shows it (unknown, up, failing, down,
+looping) is one line. A lossy upstream can flip between up and failing on every other
+query, so each upstream spends from a budget (a token bucket): BURST lines at once, then
+one every REFILL seconds. A change past the budget is held, not written; the once-a-second
 tick writes the state the upstream is in once the budget allows, saying how many
 changes it held. So one upstream writes at most BURST + 60 / REFILL lines a minute
 whatever it does, and the log's last word on it is its current state within REFILL
@@ -83,9 +83,9 @@ class StateLog:
         if state == "down":
             wait = max(0.0, u.down_until - now)
             line += f": {u.last_error}, {u.failures} failures in a row; next check in {wait:.0f} s"
-        elif state == "failing":
+        elif state in ("failing", "looping"):
             line += f": {u.last_error}"
         if told.held:
             line += f"; {told.held} changes in between not logged"
         told.written, told.held = state, 0
-        self.say(logging.WARNING if state == "down" else logging.INFO, line)
+        self.say(logging.WARNING if state in ("down", "looping") else logging.INFO, line)

@@ -61,8 +61,18 @@ def render(ns: Nameserver) -> dict[str, Any]:
     default = resolver.upstreams[""].servers
     if not default:
         warnings.append("no upstream configured: only local names and cached answers work")
-    elif all(u.down for u in default):
-        warnings.append("every upstream is down: answering from cache (stale) or SERVFAIL")
+    elif all(u.down or u.looping for u in default):
+        looping = sum(u.looping for u in default)
+        down = "looping" if looping == len(default) else "down or looping" if looping else "down"
+        warnings.append(f"every upstream is {down}: answering from cache (stale) or SERVFAIL")
+    for zone, group in resolver.upstreams.items():
+        for u in group.servers:
+            if u.looping:
+                where = f"upstream {u.address}" + (f" for {zone}" if zone else "")
+                warnings.append(
+                    f"{where} sends our questions back to this nameserver (a loop): point"
+                    " its resolver elsewhere, or name the venue's resolvers"
+                )
     for source in ns.sources.sources.values():
         if source.last_error:
             warnings.append(

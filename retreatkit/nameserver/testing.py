@@ -23,9 +23,12 @@ from pathlib import Path
 import dns.exception
 import dns.flags
 import dns.message
+import dns.name
+import dns.rcode
 import dns.rrset
 
 from retreatkit.nameserver.fakes import Zone
+from retreatkit.nameserver.loops import SUFFIX
 from retreatkit.testing import Process
 
 
@@ -219,11 +222,16 @@ def two_hosts(prefix: str = "rkns", server_more: tuple[str, ...] = ()) -> Iterat
 
 
 Script = Callable[[dns.message.Message, socket.socket, tuple[str, int]], None]
+PROBES = dns.name.from_text(SUFFIX)
 
 
 @dataclass
 class ScriptedUpstream:
-    """A UDP upstream in a thread whose replies a test writes: spoofs, delays, counts."""
+    """A UDP upstream in a thread whose replies a test writes: spoofs, delays, counts.
+
+    The nameserver's loop probe (loops.py) is answered NXDOMAIN, as a resolver answers
+    `.test` names, and is neither scripted nor kept in `queries`: the test's questions are.
+    """
 
     script: Script
     sock: socket.socket = field(init=False)
@@ -248,6 +256,11 @@ class ScriptedUpstream:
             except (TimeoutError, OSError):
                 continue
             query = dns.message.from_wire(data)
+            if query.question and query.question[0].name.is_subdomain(PROBES):
+                answer = dns.message.make_response(query)
+                answer.set_rcode(dns.rcode.NXDOMAIN)
+                self.sock.sendto(answer.to_wire(), addr)
+                continue
             self.queries.append(query)
             self.script(query, self.sock, addr)
 

@@ -16,6 +16,8 @@ failures (and fail over), never as answers; but they take no upstream down: an u
 that answers is there, and validating resolvers answer SERVFAIL for one broken name
 (dnssec-failed.org), so an attendee asking three of them, or three zone transfers an
 upstream refuses, took the LAN's DNS down for everyone. It shows as `failing`.
+An upstream that sends our questions back to us (loops.py found it) is `looping`: asked
+nothing until a loop probe says that ended.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Upstream:
     latency_ms: float | None = None  # moving average; None until it has answered
     last_error: str = ""
     edns: bool = True  # False once it refused a query with EDNS and answered one without
+    looping: bool = False  # it forwards our questions back to us (loops.py): never asked
 
     @property
     def address(self) -> str:
@@ -59,8 +62,11 @@ class Upstream:
         return self.failures >= FAILURES_TO_DOWN
 
     def state(self) -> str:
-        """`down` (skipped until its recheck), `failing` (its last query failed), `up`, or
-        `unknown` (not asked yet)."""
+        """`looping` (skipped until a loop probe finds the loop gone), `down` (skipped
+        until its recheck), `failing` (its last query failed), `up`, or `unknown` (not
+        asked yet)."""
+        if self.looping:
+            return "looping"
         if self.down:
             return "down"
         if self.failures:
@@ -143,17 +149,20 @@ class UpstreamSet:
 
     def plan(self, now: float) -> list[Upstream]:
         """Who to ask, in order: every upstream that is up, and any down one whose
-        recheck is due and not already being probed."""
+        recheck is due and not already being probed; never one that is looping."""
         servers = self.servers
         for u in servers:
-            if u.failures >= FAILURES_TO_DOWN:
+            if u.failures >= FAILURES_TO_DOWN or u.looping:
                 break
         else:
             return servers  # all up: the common case, asked on every cache miss
-        return [u for u in servers if not u.down or (not u.probing and now >= u.down_until)]
+        return [
+            u for u in servers
+            if not u.looping and (not u.down or (not u.probing and now >= u.down_until))
+        ]  # fmt: skip
 
     def next_check(self, now: float) -> float:
-        waits = [u.down_until - now for u in self.servers if u.down]
+        waits = [u.down_until - now for u in self.servers if u.down and not u.looping]
         return max(0.0, min(waits)) if waits else 0.0
 
     async def ask(self, key: bytes) -> Answer:
@@ -162,8 +171,13 @@ class UpstreamSet:
         if not self.servers:
             raise UpstreamFailed("no upstream configured")
         if not plan:
+            if all(u.looping for u in self.servers):
+                raise UpstreamFailed("every upstream sends our questions back to us (a loop)")
             wait = self.next_check(self.clock())
-            raise UpstreamFailed(f"every upstream is down; the next check is in {wait:.0f} s")
+            looping = " or looping" if any(u.looping for u in self.servers) else ""
+            raise UpstreamFailed(
+                f"every upstream is down{looping}; the next check is in {wait:.0f} s"
+            )
         question = key[:-1]
         deadline = self.clock() + self.patience
         if len(plan) == 1:  # the common case: nothing to stagger
@@ -252,6 +266,15 @@ class UpstreamSet:
         if self.note is not None:
             self.note(upstream, self.zone, now)
         return Answer(raw, reply, upstream)
+
+    async def probe(self, upstream: Upstream, key: bytes) -> int | None:
+        """The rcode `upstream` answers the question in cache key `key` with, or None for
+        no answer: a loop probe (loops.py), which counts for nothing in its health."""
+        try:
+            raw = await self._query(upstream, key, key[:-1], False, self.patience, upstream.edns)
+        except (UpstreamFailed, TimeoutError, OSError):
+            return None
+        return int(wire.HEADER.unpack_from(raw)[1] & 0xF)
 
     def _failed(self, upstream: Upstream, why: str, answered: bool = False) -> str:
         now = self.clock()

@@ -150,7 +150,7 @@ class Table(DataTable[Text]):
 
 
 def _style(value: str) -> str:
-    if value in ("DOWN", "down", "unreachable", "failed", "verify failed", "disk full"):
+    if value in ("DOWN", "down", "looping", "unreachable", "failed", "verify failed", "disk full"):
         return "bold red"
     if value in ("stopped", "restarting"):  # a guest: what it serves is down
         return "bold red"

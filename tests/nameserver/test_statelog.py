@@ -12,6 +12,7 @@ import pytest
 from retreatkit.nameserver import wire
 from retreatkit.nameserver.errors import UpstreamFailed
 from retreatkit.nameserver.fakes import SILENT, FakeTransport, Hold, ManualClock, Zone, make_query
+from retreatkit.nameserver.loops import Loops
 from retreatkit.nameserver.statelog import BURST, REFILL, StateLog
 from retreatkit.nameserver.upstream import Upstream, UpstreamSet
 
@@ -109,3 +110,26 @@ async def test_a_flapping_upstream_is_held_to_its_budget() -> None:
     clock.advance(3600)
     states.tick(clock())  # nothing held: nothing more to say
     assert len(lines) == 6
+
+
+async def test_a_loop_and_its_end_are_a_line_each() -> None:
+    group, transport, clock, states, lines = made()
+    (up,) = group.servers
+    loops = Loops([("", up)], entropy=lambda n: bytes(n))
+    (probe,) = loops.due(clock())
+    loops.came_back(probe.key)  # the question came back to us: a loop
+    states.note(up, "", clock())
+    for _ in range(5):  # its questions in flight time out meanwhile: no line
+        up.failed(clock(), "no answer in time")
+        states.note(up, "", clock())
+    loops.answered(probe, 3, 0.01)
+    clock.advance(30)
+    (probe,) = loops.due(clock())
+    assert loops.answered(probe, 3, 0.01)  # answered, and it never came back
+    states.note(up, "", clock())
+    assert lines == [
+        (WARNING, "upstream 192.0.2.1:53 is looping: our question to it came back to us (it "
+                  "forwards to this nameserver); not asked until that ends, checked every 30 s"),
+        (INFO, "upstream 192.0.2.1:53 is up (was looping)"),
+    ]  # fmt: skip
+    assert transport.asked() == 0

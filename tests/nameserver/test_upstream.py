@@ -134,3 +134,20 @@ async def test_an_upstream_that_answers_servfail_is_failing_never_down() -> None
             await group.ask(key())
     assert (up.state(), up.errors, group.plan(0.0)) == ("failing", 5, [up])
     assert transport.asked() == 5  # every question is still asked
+
+
+async def test_a_looping_upstream_is_never_asked() -> None:
+    group, transport, clock = upstreams(lambda q: SILENT, ZONE.answer)
+    loop, other = group.servers
+    loop.looping = True  # loops.py found our question coming back through it
+    assert group.plan(clock()) == [other]
+    assert (await group.ask(key())).upstream is other
+    for _ in range(3):
+        transport.scripts[B] = lambda q: SILENT
+        with pytest.raises(UpstreamFailed, match=r"192\.0\.2\.2:53: no answer in time"):
+            await group.ask(key())
+    with pytest.raises(
+        UpstreamFailed, match=r"^every upstream is down or looping; the next check is in 30 s$"
+    ):
+        await group.ask(key())
+    assert transport.asked(A) == 0
