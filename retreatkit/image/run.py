@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retreatkit.image import build, guestconfig, network, qemu
+from retreatkit.image import build, cpio, guestconfig, network, qemu
 from retreatkit.image import spec as specs
 
 CONSOLE_MAX = 1024 * 1024  # then the log moves to console.log.1: bounded on disk
@@ -314,6 +314,23 @@ def own_console(given: Path | None, folder: Path, service: str) -> ConsoleLog:
     )
 
 
+def unpack_initramfs(launch: Launch, into: Path) -> None:
+    """The image's initramfs, unpacked on the host for qemu (cpio.unpack says why)."""
+    try:
+        cpio.unpack(launch.image / "initramfs", into, launch.memory_mb << 20)
+    except cpio.UnpackError as exc:
+        into.unlink(missing_ok=True)
+        raise RunError(
+            f"{launch.image} is not a whole image: its initramfs {exc}; build it again"
+            f" (retreatkit image build {launch.manifest['service']})"
+        ) from None
+    except OSError as exc:
+        into.unlink(missing_ok=True)
+        raise RunError(
+            f"could not unpack the initramfs into {into.parent}: {exc.strerror or exc}"
+        ) from None
+
+
 def _die_with_parent() -> None:
     """In the child before exec: if we die unexpectedly, the kernel kills qemu too, rather
     than leave a guest holding its ports with nobody to stop it (prctl(2))."""
@@ -357,10 +374,12 @@ class Guest:
         if launch.network == "passt":
             self.passt = network.Passt(self.run_dir, launch.forwards)
             sock = await self.passt.start(_die_with_parent)
+        initramfs = self.run_dir / "initramfs.cpio"
+        await asyncio.to_thread(unpack_initramfs, launch, initramfs)
         args = qemu.argv(
             launch.manifest["machine"],
             launch.image / "kernel",
-            launch.image / "initramfs",
+            initramfs,
             memory_mb=launch.memory_mb,
             accel=accel,
             forwards=launch.forwards,

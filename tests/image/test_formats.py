@@ -79,6 +79,30 @@ def test_same_tree_same_bytes_whatever_the_order() -> None:
     assert back["lib64/ld.so"] == cpio.symlink("/lib/ld.so")
 
 
+def test_unpack_gives_qemu_the_archive_itself_and_refuses_what_is_not_one(
+    tmp_path: Path,
+) -> None:
+    tree = {"init": cpio.file(b"#!x\n", True), "usr/lib/big": cpio.file(bytes(3 << 20))}
+    packed = tmp_path / "initramfs"
+    packed.write_bytes(cpio.initramfs(tree))
+    out = tmp_path / "initramfs.cpio"
+    assert cpio.unpack(packed, out, 8 << 20) == len(cpio.archive(tree))
+    assert out.read_bytes() == cpio.archive(tree)
+    with pytest.raises(cpio.UnpackError, match=r"^unpacks to more than the guest's memory$"):
+        cpio.unpack(packed, out, 2 << 20)  # a bomb stops at the bound, not at a full disk
+    assert out.stat().st_size <= 3 << 20
+    packed.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(range(40)))
+    with pytest.raises(cpio.UnpackError, match=r"^does not unpack \(.+\)$"):
+        cpio.unpack(packed, out, 8 << 20)
+    whole = cpio.initramfs(tree)
+    packed.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(cpio.UnpackError, match=r"^does not unpack \(it ends after \d+ of"):
+        cpio.unpack(packed, out, 8 << 20)
+    packed.write_bytes(b"")
+    with pytest.raises(cpio.UnpackError, match=r"^does not unpack \(.+\)$"):
+        cpio.unpack(packed, out, 8 << 20)
+
+
 def test_elf_reads_a_real_library() -> None:
     libc = next(
         Path(p)

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from retreatkit.image import cpio
 from retreatkit.image.testing import retreatkit_argv
 from retreatkit.testing import Process
+
+INITRAMFS = cpio.initramfs({})  # the least initramfs that unpacks (image run unpacks it)
 
 # qemu as `image run` sees it: the guest's console on stdout, then it waits to be stopped
 FAKE_QEMU = """#!/bin/sh
@@ -43,10 +46,11 @@ def image(tmp_path: Path) -> Path:
     image.mkdir()
     manifest = {"service": "relay", "machine": "microvm", "ports": [["tcp", 9000]],
                 "admin_port": 8080, "disk": False, "kernel": {"size_bytes": 0, "label": "test"},
-                "initramfs": {"size_bytes": 0}, "size_bytes": 0}  # fmt: skip
+                "initramfs": {"size_bytes": len(INITRAMFS)},
+                "size_bytes": len(INITRAMFS)}  # fmt: skip
     (image / "manifest.json").write_text(json.dumps(manifest))
     (image / "kernel").write_bytes(b"")
-    (image / "initramfs").write_bytes(b"")
+    (image / "initramfs").write_bytes(INITRAMFS)
     (tmp_path / "retreat.toml").write_text('[images]\nnetwork = "user"\n')
     return image
 
@@ -92,3 +96,39 @@ def test_two_runs_of_one_image_each_keep_their_own_console_log(
         assert log.count("--- boot at ") == 1
         assert log.count("says hello") == 1
     assert logs[0] != logs[1]
+
+
+# qemu that says which archive it was handed for the guest's root: its first bytes
+INITRD_QEMU = """#!/bin/sh
+while [ "$#" -gt 0 ]; do
+    if [ "$1" = "-initrd" ]; then printf 'initrd starts %s\\n' "$(head -c 6 "$2")"; fi
+    shift
+done
+read line
+"""
+
+
+def test_qemu_is_handed_the_archive_unpacked_and_a_damaged_one_is_one_line(
+    tmp_path: Path, image: Path, env: dict[str, str]
+) -> None:
+    fake = tmp_path / "bin" / "qemu-system-x86_64"
+    fake.write_text(INITRD_QEMU)
+    run = Process.start(image_run(tmp_path, image), env=env)
+    try:
+        run.wait_for(r"^initrd starts 070701$")  # the newc archive, not zstd's frame
+    finally:
+        run.stop()
+    (image / "initramfs").write_bytes(bytes(len(INITRAMFS)))  # the size the manifest says
+    damaged = subprocess.run(
+        image_run(tmp_path, image),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert damaged.returncode == 1
+    assert damaged.stderr.startswith(
+        f"retreatkit: {image} is not a whole image: its initramfs does not unpack ("
+    )
+    assert damaged.stderr.endswith("); build it again (retreatkit image build relay)\n")
+    assert damaged.stderr.count("\n") == 1
