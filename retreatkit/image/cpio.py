@@ -111,28 +111,47 @@ FRAME_HEADER_MAX = 18  # zstd's frame header at its longest (RFC 8878 3.1.1.1)
 
 
 def unpack(compressed: Path, into: Path, limit: int) -> int:
-    """The archive inside `compressed` (as `initramfs` made it) written to `into`: its size.
+    """The archive inside `compressed` (as `initramfs` made it) written to `into`, and any
+    archives after it as they are (the kernel reads a series of them): the bytes written.
 
     What qemu hands the guest: under emulation the guest's kernel spent 1.1 s unzstd-ing the
     mirror's 22 MB before /init ran, where the host takes tens of milliseconds and the
     kernel then only copies the archive (0.3 s). More than `limit` bytes would not fit the
-    guest's memory: it is refused before it can fill the host's disk.
+    guest's memory: refused before they are written, so no frame fills the host's disk.
     """
-    total = 0
     with compressed.open("rb") as source, into.open("wb") as out:
         try:
-            expected = zstandard.get_frame_parameters(source.read(FRAME_HEADER_MAX)).content_size
-            source.seek(0)
-            with zstandard.ZstdDecompressor().stream_reader(source) as reader:
-                while chunk := reader.read(UNPACK_CHUNK):
-                    total += len(chunk)
-                    if total > limit:
-                        raise UnpackError("unpacks to more than the guest's memory")
-                    out.write(chunk)
+            size = zstandard.get_frame_parameters(source.read(FRAME_HEADER_MAX)).content_size
         except zstandard.ZstdError as exc:
             raise UnpackError(f"does not unpack ({exc})") from None
-    if total == 0:
-        raise UnpackError("unpacks to nothing")
-    if total != expected:  # zstd's reader ends quietly where a cut-short frame does
-        raise UnpackError(f"does not unpack (it ends after {total} of {expected} bytes)")
+        if size <= 0:  # initramfs() always writes it
+            raise UnpackError("does not unpack (its frame gives no size)")
+        if size > limit:
+            raise UnpackError("unpacks to more than the guest's memory")
+        source.seek(0)
+        unzstd = zstandard.ZstdDecompressor().decompressobj()
+        total = read = 0
+        try:
+            while not unzstd.eof and (chunk := source.read(UNPACK_CHUNK)):
+                read += len(chunk)
+                data = unzstd.decompress(chunk)
+                total += len(data)
+                if total > size:  # more than its frame said (libzstd checks too)
+                    raise UnpackError(f"does not unpack (more than the {size} bytes it says)")
+                out.write(data)
+        except zstandard.ZstdError as exc:
+            raise UnpackError(f"does not unpack ({exc})") from None
+        if not unzstd.eof or total != size:  # a frame cut short
+            raise UnpackError(f"does not unpack (it ends after {total} of {size} bytes)")
+        rest = unzstd.unused_data
+        # the kernel takes an archive only at an offset that is a multiple of 4 (a series
+        # pads with zeros between archives, which it skips): where the frame ended, mod 4
+        frame_end = read - len(rest)
+        rest = bytes((frame_end - total) % 4) + rest if rest else rest
+        while rest:
+            total += len(rest)
+            if total > limit:
+                raise UnpackError("unpacks to more than the guest's memory")
+            out.write(rest)
+            rest = source.read(UNPACK_CHUNK)
     return total
