@@ -7,7 +7,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
+from pathlib import Path
 
 from retreatkit.relay.wire import NAMEPLATE
 
@@ -26,7 +26,9 @@ class CodeError(ValueError):
 @cache
 def words() -> tuple[str, ...]:
     """The shipped word list (the BIP-39 English list: 2048 words, unique in 4 letters)."""
-    text = resources.files(__package__).joinpath("words.txt").read_text("ascii")
+    # beside this module, as pip installs it: importlib.resources, for zip archives bob is
+    # never run from, cost every bob run about 8 ms of imports (tempfile, shutil, zipfile)
+    text = Path(__file__).with_name("words.txt").read_text("ascii")
     return tuple(w for w in text.split() if w)
 
 

@@ -18,8 +18,6 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-import ifaddr
-
 from retreatkit.transfer import hints
 from retreatkit.transfer.channel import Channel
 from retreatkit.transfer.errors import RemoteProtocolError, TransferError
@@ -34,6 +32,8 @@ MAX_UNPROVEN = 8
 
 def networks() -> list[hints.Network]:
     """The networks this machine's interfaces are on (what `hints.viable` calls on-link)."""
+    import ifaddr  # only where direct connections are tried: its import runs `ldconfig -p`
+
     out: list[hints.Network] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
@@ -47,6 +47,8 @@ def own_addresses(first: str | None) -> list[hints.Address]:
     """Addresses to offer: the one that reached the relay first, then every other one an
     interface holds, never loopback (unless the relay is on loopback: one computer) and
     never an IPv6 link-local one (the peer would need our interface's scope)."""
+    import ifaddr  # only where direct connections are tried: its import runs `ldconfig -p`
+
     found: list[hints.Address] = []
     via = _address(first)
     if via is not None:

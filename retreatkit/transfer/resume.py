@@ -18,8 +18,6 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import blake3
-
 from retreatkit.transfer.errors import LocalProtocolError, RemoteProtocolError
 from retreatkit.transfer.offer import Entry
 
@@ -98,10 +96,13 @@ class Hasher:
     """Block hashes of a byte stream fed in pieces of any size."""
 
     def __init__(self, total: int) -> None:
+        import blake3  # only a resume hashes: a transfer that starts afresh never loads it
+
+        self._blake3 = blake3.blake3
         self.total = total
         self.block = block_size(total)
         self.hashes: list[bytes] = []
-        self._current = blake3.blake3()
+        self._current = self._blake3()
         self._filled = 0
         self._seen = 0
 
@@ -127,7 +128,7 @@ class Hasher:
 
     def _close(self) -> None:
         self.hashes.append(self._current.digest())
-        self._current = blake3.blake3()
+        self._current = self._blake3()
         self._filled = 0
 
 
