@@ -13,6 +13,7 @@ from pathlib import Path
 
 SHT_DYNAMIC = 6
 PT_INTERP = 3
+PT_NOTE = 4
 DT_NEEDED = 1
 DT_SONAME = 14
 
@@ -68,6 +69,23 @@ class Elf:
             if kind == PT_INTERP:
                 return self.data[offset : offset + filesz].rstrip(b"\0").decode()
         return None
+
+    def notes(self) -> list[tuple[str, int, bytes]]:
+        """(owner, type, description) of each note in the PT_NOTE segments."""
+        found: list[tuple[str, int, bytes]] = []
+        for kind, _flags, offset, _vaddr, _paddr, filesz in self.segments:
+            if kind != PT_NOTE:
+                continue
+            at, end = offset, offset + filesz
+            while at + 12 <= end:
+                namesz, descsz, note_type = struct.unpack_from("<III", self.data, at)
+                name_at = at + 12
+                desc_at = name_at + (namesz + 3) // 4 * 4
+                name = self.data[name_at : name_at + namesz].rstrip(b"\0")
+                found.append((name.decode("ascii", "replace"), note_type,
+                              self.data[desc_at : desc_at + descsz]))  # fmt: skip
+                at = desc_at + (descsz + 3) // 4 * 4
+        return found
 
     def _dynamic(self, tag: int) -> list[str]:
         found: list[str] = []

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retreatkit.image import build, cpio, guestconfig, network, qemu
+from retreatkit.image import build, bzimage, cpio, guestconfig, network, qemu
 from retreatkit.image import spec as specs
 
 CONSOLE_MAX = 1024 * 1024  # then the log moves to console.log.1: bounded on disk
@@ -314,21 +314,24 @@ def own_console(given: Path | None, folder: Path, service: str) -> ConsoleLog:
     )
 
 
-def unpack_initramfs(launch: Launch, into: Path) -> None:
-    """The image's initramfs, unpacked on the host for qemu (cpio.unpack says why)."""
+def boot_files(launch: Launch, run_dir: Path) -> tuple[Path, Path]:
+    """The kernel and initramfs qemu boots, unpacked on the host into `run_dir` where it
+    can: emulated, the guest unpacked them slowly (bzimage.py, cpio.unpack say how much)."""
+    kernel, initramfs = run_dir / "vmlinux", run_dir / "initramfs.cpio"
     try:
-        cpio.unpack(launch.image / "initramfs", into, launch.memory_mb << 20)
+        if not bzimage.direct_kernel(launch.image / "kernel", kernel):
+            kernel = launch.image / "kernel"  # Debian's: it unpacks itself
+        cpio.unpack(launch.image / "initramfs", initramfs, launch.memory_mb << 20)
     except cpio.UnpackError as exc:
-        into.unlink(missing_ok=True)
+        initramfs.unlink(missing_ok=True)
         raise RunError(
             f"{launch.image} is not a whole image: its initramfs {exc}; build it again"
             f" (retreatkit image build {launch.manifest['service']})"
         ) from None
     except OSError as exc:
-        into.unlink(missing_ok=True)
-        raise RunError(
-            f"could not unpack the initramfs into {into.parent}: {exc.strerror or exc}"
-        ) from None
+        why = exc.strerror or exc
+        raise RunError(f"could not unpack the image into {run_dir}: {why}") from None
+    return kernel, initramfs
 
 
 def _die_with_parent() -> None:
@@ -374,11 +377,10 @@ class Guest:
         if launch.network == "passt":
             self.passt = network.Passt(self.run_dir, launch.forwards)
             sock = await self.passt.start(_die_with_parent)
-        initramfs = self.run_dir / "initramfs.cpio"
-        await asyncio.to_thread(unpack_initramfs, launch, initramfs)
+        kernel, initramfs = await asyncio.to_thread(boot_files, launch, self.run_dir)
         args = qemu.argv(
             launch.manifest["machine"],
-            launch.image / "kernel",
+            kernel,
             initramfs,
             memory_mb=launch.memory_mb,
             accel=accel,
