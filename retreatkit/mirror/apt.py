@@ -29,6 +29,8 @@ from retreatkit.mirror.errors import BadUpstreamData
 from retreatkit.mirror.records import Source
 
 RELEASE_FILES = ("InRelease", "Release", "Release.gpg")
+SIGNED = b"-----BEGIN PGP SIGNED MESSAGE-----"
+SIGNATURE = b"-----BEGIN PGP SIGNATURE-----"  # armored; a binary one starts with a tag >= 0x80
 MAX_RELEASE = 16 * 1024 * 1024  # Debian's main InRelease is 150 kB
 MAX_PACKAGES = 512 * 1024 * 1024  # decompressed; bookworm's main/amd64 is 50 MB
 # Release fields -> the store's names for the hashes, strongest last
@@ -204,11 +206,15 @@ def unsign(body: bytes) -> str:
 
 
 def parse_release(body: bytes) -> Release:
-    """A Release or InRelease: its fields and every index file it lists."""
+    """A Release or InRelease: its fields and every index file it lists. A Release names
+    its suite (Suite or Codename, the format says at least one): a page with a `name:
+    value` line (a portal's CSS) is no Release."""
     found = list(paragraphs(unsign(body)))
     if not found:
         raise AptError("empty Release file")
     fields = found[0]
+    if not fields.get("Suite") and not fields.get("Codename"):
+        raise AptError("not a Release: it names no Suite or Codename")
     sizes: dict[str, int] = {}
     hashes: dict[str, dict[str, str]] = {}
     for field_name, algo in FIELDS.items():
@@ -227,6 +233,18 @@ def parse_release(body: bytes) -> Release:
         if set(found_hashes) & {"sha256", "sha512"}
     }
     return Release(fields, listed)
+
+
+def looks_like(name: str, body: bytes) -> bool:
+    """Whether `body` can be the release file `name`: an InRelease is a clearsigned
+    message, a Release.gpg a signature (armored, or binary: a packet tag >= 0x80). A
+    login portal answers every path with its page; kept, it would be every client's
+    next InRelease (apt: `Clearsigned file isn't valid, got 'NOSPLIT'`)."""
+    if name == "InRelease":
+        return body.startswith(SIGNED)
+    if name == "Release.gpg":
+        return body.startswith(SIGNATURE) or body[:1] >= b"\x80"
+    return True
 
 
 def parse_date(text: str) -> float | None:

@@ -144,6 +144,14 @@ class Suites:
         main = replies.get("InRelease") or replies.get("Release")
         if main is None:
             raise NotFound(f"the upstream has no {url}InRelease or Release")
+        for name, reply in replies.items():
+            if not apt.looks_like(name, reply.body):
+                fake = apt.AptError(
+                    f"upstream sent a page that is not {origin}/{suite}'s {name}"
+                    " (a login portal's?)"
+                )
+                fetcher.count(fake)
+                raise fake
         stats.misses += 1
         digest = hashlib.sha256(main.body).hexdigest()
         if cur is not None and digest in {o.digest for o in cur.objects.values()}:

@@ -1,7 +1,9 @@
-"""What the mirror's end-to-end tests share: an attendee's machine and the page's lines."""
+"""What the mirror's end-to-end tests share: an attendee's machine, the page's lines, and an
+apt archive mirrored for attendees."""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import re
@@ -10,10 +12,12 @@ import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from retreatkit.mirror.testing import Netns, netns
+from retreatkit.mirror.testing import Netns, Server, netns, start_mirror, start_upstream
+from retreatkit.mirror.testrepos import AptClient, Signer
 
 # the uv beside this Python when none is on PATH (uv run puts its own there)
 UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
@@ -40,3 +44,35 @@ def page_block(mirror_url: str, client: str) -> list[str]:
     block = re.search(rf"<h2>{client}</h2>\n<p>.*?</p>\n<pre>(.*?)</pre>", text, re.S)
     assert block is not None, text
     return html.unescape(block[1]).splitlines()
+
+
+@contextlib.contextmanager
+def mirrored(
+    tmp_path: Path, root: Path, lan: Netns, **options: Any
+) -> Iterator[tuple[Server, Server, str]]:
+    """The upstream serving `root`, and a mirror of its `debian` archive on the
+    attendees' LAN address: (upstream, mirror, admin URL)."""
+    upstream = start_upstream(root)
+    try:
+        mirror, admin = start_mirror(
+            tmp_path / "store", apt={"debian": upstream.url + "debian"},
+            listen=f"{lan.host}:0", **options,
+        )  # fmt: skip
+        try:
+            yield upstream, mirror, admin
+        finally:
+            mirror.stop()
+    finally:
+        upstream.stop()
+
+
+def attendee_apt(
+    folder: Path, mirror: Server, signer: Signer, suite: str = "bookworm", src: bool = False
+) -> AptClient:
+    """An attendee's apt with the README's line (and its `deb-src` twin if `src`); the
+    archive's key is trusted the way a system trusts its distribution's (no `signed-by`)."""
+    apt = AptClient(folder)
+    shutil.copy(signer.keyring, apt.state / "trusted.d" / "archive.gpg")
+    line = f"deb {mirror.url}debian {suite} main"
+    apt.sources(line + (f"\n{line.replace('deb ', 'deb-src ', 1)}" if src else ""))
+    return apt

@@ -377,3 +377,12 @@ async def test_a_404_for_a_held_release_serves_the_last_one(archive: Archive) ->
     status, body, headers = await archive.get(release)
     assert (status, body, headers["Warning"]) == (200, old, '110 - "Response is Stale"')
     assert (await archive.get(f"/debian/dists/stable/{PACKAGES}"))[:2] == (200, packages)
+
+
+def test_a_page_with_a_field_like_line_is_no_release() -> None:
+    """A portal's page whose CSS reads as a field: a Release names its suite."""
+    page = b"<html>\n<style>\nbody { margin: 0; }\n</style>\n</html>\n"
+    with pytest.raises(apt.AptError, match="names no Suite or Codename"):
+        apt.parse_release(page)
+    assert not apt.looks_like("InRelease", page) and not apt.looks_like("Release.gpg", page)
+    assert apt.looks_like("InRelease", RELEASE)

@@ -1,0 +1,74 @@
+"""apt-get and npm through a real mirror process as attendees meet it at an event whose
+uplink misbehaves: a login portal in the upstream's place, and more.
+
+Each attendee is a network namespace that reaches the mirror at a non-loopback address;
+apt-get has every folder of its own (AptClient), so the host's apt is never touched.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from retreatkit.mirror import apt
+from retreatkit.mirror.testing import Netns, start_upstream
+from retreatkit.mirror.testrepos import Signer, make_deb, write_apt
+from tests.e2e.mirror_attendee import attendee, attendee_apt, mirrored
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not all(shutil.which(t) for t in ("apt-get", "dpkg-scanpackages", "gpg")),
+        reason="apt-get, dpkg-dev and gpg are needed (.ci/run installs them)",
+    ),
+]
+
+lan = attendee("e", prefix="rkan")
+# a portal's login page: its CSS has a `name: value` line, as a Release's fields are
+LOGIN = (
+    "<!DOCTYPE html>\n<html><head><title>Wi-Fi</title>\n<style>\nbody { margin: 0; }\n"
+    "</style></head>\n<body><form>Log in</form></body></html>\n"
+)
+
+
+def test_a_login_portal_in_the_uplinks_place_leaves_apt_the_release_it_had(
+    tmp_path: Path, lan: Netns, signer: Signer
+) -> None:
+    """The uplink cut, the venue's portal answering with its login page: attendees still
+    update and install what the mirror holds. The page was kept as the suite's InRelease,
+    and every apt-get update then failed (`Clearsigned file isn't valid, got 'NOSPLIT'`),
+    the uplink's return too. A suite never fetched says why it cannot be had."""
+    made = {"hello-rk_1.0_all.deb": make_deb(tmp_path / "build", "hello-rk", "1.0")}
+    root = tmp_path / "upstream"
+    write_apt(root / "debian", "bookworm", made, signer)
+    with mirrored(tmp_path, root, lan, ttl=0) as (upstream, mirror, _admin):
+        first = attendee_apt(tmp_path / "apt-first", mirror, signer)
+        for command in (["update"], ["install", "-y", "hello-rk"]):
+            assert first.run(*command, argv=lan.argv([])).returncode == 0
+        upstream.stop()
+        portal = tmp_path / "portal"
+        for suite in ("bookworm", "trixie"):
+            for name in apt.RELEASE_FILES:
+                page = portal / "debian" / "dists" / suite / name
+                page.parent.mkdir(parents=True, exist_ok=True)
+                page.write_text(LOGIN)
+        stand_in = start_upstream(portal, urlsplit(upstream.url).port)
+        try:
+            later = attendee_apt(tmp_path / "apt-later", mirror, signer)
+            for command in (["update"], ["install", "-y", "hello-rk"]):
+                done = later.run(*command, argv=lan.argv([]))
+                assert done.returncode == 0, (done.stdout, done.stderr)
+                assert "E:" not in done.stderr and "W:" not in done.stderr, done.stderr
+            assert "Setting up hello-rk (1.0) ..." in done.stdout
+            never = attendee_apt(tmp_path / "apt-never", mirror, signer, suite="trixie")
+            done = never.run("update", argv=lan.argv([]))
+            said = (
+                f"Err:1 {mirror.url}debian trixie InRelease\n  502  upstream sent a page that"
+                " is not debian/trixie's InRelease (a login portal's?)"
+            )
+            assert said in done.stdout, done.stdout
+        finally:
+            stand_in.stop()
