@@ -120,6 +120,17 @@ class Suites:
                 self._packages[apt.index_key(key[0], *f.strongest)] = key[0]
 
     async def _revalidate(self, origin: str, suite: str, cur: ReleaseSet | None) -> ReleaseSet:
+        try:
+            return await self._ask(origin, suite, cur)
+        except (UpstreamError, NotFound) as exc:
+            # whoever asked gets the set held, stale: said once, here, as a page's is
+            # (service.py); a down upstream is said as such
+            if cur is not None and not isinstance(exc, UpstreamDown):
+                why = exc.__cause__ or exc
+                log.warning("apt %s/%s: serving its last Release stale: %s", origin, suite, why)
+            raise
+
+    async def _ask(self, origin: str, suite: str, cur: ReleaseSet | None) -> ReleaseSet:
         fetcher, stats = self.mirror.fetcher, self.mirror.stats
         url = f"{self.base(origin)}/dists/{suite}/"
         headers = {}

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from retreatkit.mirror import apt
-from retreatkit.mirror.testing import Netns, start_upstream
+from retreatkit.mirror.testing import Netns, said, start_upstream
 from retreatkit.mirror.testrepos import Signer, make_deb, write_apt
 from tests.e2e.mirror_attendee import attendee, attendee_apt, mirrored
 
@@ -38,7 +38,8 @@ def test_a_login_portal_in_the_uplinks_place_leaves_apt_the_release_it_had(
     tmp_path: Path, lan: Netns, signer: Signer
 ) -> None:
     """The uplink cut, the venue's portal answering with its login page: attendees still
-    update and install what the mirror holds. The page was kept as the suite's InRelease,
+    update and install what the mirror holds, and the organiser's log says why the
+    Release is stale (it said nothing). The page was kept as the suite's InRelease,
     and every apt-get update then failed (`Clearsigned file isn't valid, got 'NOSPLIT'`),
     the uplink's return too. A suite never fetched says why it cannot be had."""
     made = {"hello-rk_1.0_all.deb": make_deb(tmp_path / "build", "hello-rk", "1.0")}
@@ -63,12 +64,17 @@ def test_a_login_portal_in_the_uplinks_place_leaves_apt_the_release_it_had(
                 assert done.returncode == 0, (done.stdout, done.stderr)
                 assert "E:" not in done.stderr and "W:" not in done.stderr, done.stderr
             assert "Setting up hello-rk (1.0) ..." in done.stdout
+            said(
+                mirror,
+                "apt debian/bookworm: serving its last Release stale: upstream sent a"
+                " page that is not debian/bookworm's InRelease \\(a login portal's\\?\\)$",
+            )
             never = attendee_apt(tmp_path / "apt-never", mirror, signer, suite="trixie")
             done = never.run("update", argv=lan.argv([]))
-            said = (
+            err = (
                 f"Err:1 {mirror.url}debian trixie InRelease\n  502  upstream sent a page that"
                 " is not debian/trixie's InRelease (a login portal's?)"
             )
-            assert said in done.stdout, done.stdout
+            assert err in done.stdout, done.stdout
         finally:
             stand_in.stop()
