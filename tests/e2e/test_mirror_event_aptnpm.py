@@ -7,6 +7,7 @@ apt-get has every folder of its own (AptClient), so the host's apt is never touc
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,8 +16,8 @@ import pytest
 
 from retreatkit.mirror import apt
 from retreatkit.mirror.testing import Netns, said, start_upstream
-from retreatkit.mirror.testrepos import Signer, make_deb, write_apt
-from tests.e2e.mirror_attendee import attendee, attendee_apt, mirrored
+from retreatkit.mirror.testrepos import Signer, arch, make_deb, write_apt
+from tests.e2e.mirror_attendee import attendee, attendee_apt, mirrored, page_block
 
 pytestmark = [
     pytest.mark.e2e,
@@ -78,3 +79,38 @@ def test_a_login_portal_in_the_uplinks_place_leaves_apt_the_release_it_had(
             assert err in done.stdout, done.stdout
         finally:
             stand_in.stop()
+
+
+def test_the_pages_proxy_line_leaves_other_sources_to_apt_with_what_to_do(
+    tmp_path: Path, lan: Netns, signer: Signer
+) -> None:
+    """An attendee's machine has sources the mirror does not keep besides the one it does.
+    With the page's proxy line apt sent its https sources through the mirror too (CONNECT:
+    `Invalid response from proxy: HTTP/1.1 405 Method Not Allowed ...`); they go direct.
+    An http source of another host is refused, and apt shows why and what to do (it
+    showed `403  Forbidden`: apt prints the status line, not the body)."""
+    made = {"hello-rk_1.0_all.deb": make_deb(tmp_path / "build", "hello-rk", "1.0")}
+    root = tmp_path / "upstream"
+    write_apt(root / "debian", "bookworm", made, signer)
+    with mirrored(tmp_path, root, lan) as (upstream, mirror, _admin):
+        line = page_block(mirror.url, "apt")[0]
+        client = attendee_apt(tmp_path / "apt", mirror, signer)
+        conf = re.fullmatch(r"echo '(.*)' \| sudo tee /etc/apt/apt.conf.d/(\S+)", line)
+        assert conf is not None, line
+        (client.state / "parts" / conf[2]).write_text(conf[1] + "\n")
+        client.sources(
+            f"deb {upstream.url}debian bookworm main\n"
+            "deb https://192.0.2.1/debian bookworm main\n"  # TEST-NET-1: unreachable here
+            "deb http://192.0.2.2/debian bookworm main"
+        )
+        done = client.run("update", argv=lan.argv([]))
+        out = done.stdout
+        assert f" {upstream.url}debian bookworm/main {arch()} Packages [" in out, out
+        https = re.findall(r"https://192\.0\.2\.1/.*\n.*\n", out)
+        assert https and not any("proxy" in lines for lines in https), out
+        assert "Cannot initiate the connection to 192.0.2.1:443" in out, out
+        refused = (
+            "http://192.0.2.2/debian bookworm InRelease\n  403  not an open proxy: this mirror"
+            ' serves only its apt origins (debian); set Acquire::http::Proxy::192.0.2.2 "DIRECT"'
+        )
+        assert refused in out, out

@@ -256,13 +256,17 @@ async def test_proxy_requests_for_configured_origins_only(archive: Archive) -> N
         b"GET http://example.invalid/debian/dists/stable/Release HTTP/1.1\r\n"
         b"Host: example.invalid\r\nConnection: close\r\n\r\n"
     )
-    assert other.startswith(b"HTTP/1.1 403 ")
-    assert other.endswith(b"not an open proxy: this mirror serves only its apt origins (debian)\n")
+    said = b"not an open proxy: this mirror serves only its apt origins (debian);"
+    said += b' set Acquire::http::Proxy::example.invalid "DIRECT"'
+    assert other.startswith(b"HTTP/1.1 403 " + said + b"\r\n")
+    assert other.endswith(said + b"\n")
     tunnel = await raw(
         b"CONNECT example.invalid:443 HTTP/1.1\r\nHost: example.invalid:443\r\n"
         b"Connection: close\r\n\r\n"
     )
-    assert tunnel.startswith(b"HTTP/1.1 405 ")
+    assert tunnel.startswith(
+        b'HTTP/1.1 405 this mirror is not an https proxy: set Acquire::https::Proxy "DIRECT"\r\n'
+    )
     counted = archive.upstream.counts
     assert set(counted) == {"/debian/dists/stable/InRelease", "/debian/dists/stable/Release",
                             "/debian/dists/stable/Release.gpg"}  # fmt: skip
