@@ -26,6 +26,7 @@ from retreatkit.mirror.badfiles import BadFiles
 from retreatkit.mirror.blobs import IntegrityError
 from retreatkit.mirror.errors import (
     BadUpstreamData,
+    LargerThanStore,
     LocalError,
     MirrorError,
     StoreFull,
@@ -99,9 +100,11 @@ class Fetcher:
         health: Health,
         clock: Callable[[], float] = time.monotonic,
         make_room: Room = _no_room_made,
+        store_limit: int = 0,
     ) -> None:
         self.store = store
         self.make_room = make_room
+        self.store_limit = store_limit  # bytes the whole store may hold (max_size_bytes); 0: any
         # a session given made (tests) or made when first wanted (resolver.Sessions)
         self.sessions = session if isinstance(session, Sessions) else Sessions(session)
         self.limits = limits
@@ -320,6 +323,8 @@ class Fetcher:
     def _failed(self, fill: Fill, exc: MirrorError) -> str:
         log.warning("fetch of %s failed: %s", fill.label, exc)
         self.count(exc)
+        if isinstance(exc, LargerThanStore):
+            return "too large"
         if isinstance(exc, StoreFull):
             if fill.writer is not None:  # a write found the disk full
                 self.store.space.outgrew(self._outgrew(fill))
@@ -347,6 +352,7 @@ class Fetcher:
         limits, store = self.limits, self.store
         known = fill.source.size
         if known is not None:
+            self._bound(fill.file, known)
             await self.make_room(known, fill.file)
         free = store.free_bytes()
         if known is not None and not store.space.room_for(known, free):
@@ -364,8 +370,8 @@ class Fetcher:
                         f"upstream has {fill.file} at {fill.length} bytes; its index says {known}"
                     )
                 size = fill.expected_size
-                if size is not None and size > limits.max_size:
-                    raise UpstreamError(f"{fill.file} is larger than the mirror's limit")
+                if size is not None:
+                    self._bound(fill.file, size)
                 if size is not None and size != known:
                     await self.make_room(size, fill.file)
                 free = store.free_bytes()
@@ -386,8 +392,7 @@ class Fetcher:
                     await _whole(asyncio.to_thread(fill.writer.write, chunk))
                     fill.written += len(chunk)
                     self.stats.upstream_bytes += len(chunk)
-                    if fill.written > limits.max_size:
-                        raise UpstreamError(f"{fill.file} is larger than the mirror's limit")
+                    self._bound(fill.file, fill.written)
                     fill.notify()
                     if not floor.keeps_up(len(chunk), self.clock()):
                         rate, window = units.size(int(floor.rate)), floor.window
@@ -411,6 +416,18 @@ class Fetcher:
             raise IntegrityError(f"upstream sent bad bytes for {fill.file}: {exc}") from None
         await _whole(asyncio.to_thread(fill.writer.publish, fill.digest))
         store.published(fill.digest, fill.written)
+
+    def _bound(self, file: str, size: int) -> None:
+        """Refuse a file larger than one download may be, or than the whole store may hold:
+        kept, that one would evict every other file, then itself, and cross the uplink
+        again for the next client."""
+        if size > self.limits.max_size:
+            raise UpstreamError(f"{file} is larger than the mirror's limit")
+        if self.store_limit and size > self.store_limit:
+            raise LargerThanStore(
+                f"{file} ({units.size(size)}) is larger than all the mirror keeps:"
+                f" {units.size(self.store_limit)} (max_size_bytes)"
+            )
 
     # -- the organiser's list -----------------------------------------------------------------
 

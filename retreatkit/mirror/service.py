@@ -100,8 +100,9 @@ class Mirror:
         self.stats = Stats()
         self.health = Health()
         self.fetcher = Fetcher(
-            self.store, session, settings.limits, self.stats, self.health, make_room=self.make_room
-        )
+            self.store, session, settings.limits, self.stats, self.health,
+            make_room=self.make_room, store_limit=settings.max_size,
+        )  # fmt: skip
         self.hot = HotCache(settings.hot_bytes)
         self.renders = Renders(settings.page_bytes)
         self.started = time.time()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import os
 import re
 import shutil
@@ -44,6 +45,13 @@ def page_block(mirror_url: str, client: str) -> list[str]:
     block = re.search(rf"<h2>{client}</h2>\n<p>.*?</p>\n<pre>(.*?)</pre>", text, re.S)
     assert block is not None, text
     return html.unescape(block[1]).splitlines()
+
+
+def fetched(upstream_url: str) -> dict[str, int]:
+    """What a test's upstream was asked for: {path: GETs} (fakeupstream's `_stats`)."""
+    with urllib.request.urlopen(f"{upstream_url}_stats", timeout=30) as r:
+        counts: dict[str, int] = json.load(r)
+    return counts
 
 
 @contextlib.contextmanager

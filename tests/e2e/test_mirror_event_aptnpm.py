@@ -17,7 +17,7 @@ import pytest
 from retreatkit.mirror import apt
 from retreatkit.mirror.testing import Netns, said, start_upstream
 from retreatkit.mirror.testrepos import Signer, arch, make_deb, write_apt
-from tests.e2e.mirror_attendee import attendee, attendee_apt, mirrored, page_block
+from tests.e2e.mirror_attendee import attendee, attendee_apt, fetched, mirrored, page_block
 
 pytestmark = [
     pytest.mark.e2e,
@@ -28,6 +28,8 @@ pytestmark = [
 ]
 
 lan = attendee("e", prefix="rkan")
+
+
 # a portal's login page: its CSS has a `name: value` line, as a Release's fields are
 LOGIN = (
     "<!DOCTYPE html>\n<html><head><title>Wi-Fi</title>\n<style>\nbody { margin: 0; }\n"
@@ -114,3 +116,39 @@ def test_the_pages_proxy_line_leaves_other_sources_to_apt_with_what_to_do(
             ' serves only its apt origins (debian); set Acquire::http::Proxy::192.0.2.2 "DIRECT"'
         )
         assert refused in out, out
+
+
+def test_a_deb_larger_than_the_whole_store_is_refused_before_it_crosses(
+    tmp_path: Path, lan: Netns, signer: Signer
+) -> None:
+    """A store kept under 1 MB (max_size_bytes) and a .deb of 1.5 MB: the mirror fetched
+    it, then evicted every other file to make room, then the file itself, and fetched it
+    again for the next attendee. It is refused before it crosses, in words apt shows,
+    and what the store held stays held."""
+    made = {
+        "small-rk_1.0_all.deb": make_deb(tmp_path / "build", "small-rk", "1.0", pad=20_000),
+        "big-rk_1.0_all.deb": make_deb(tmp_path / "build", "big-rk", "1.0", pad=1_500_000),
+    }
+    root = tmp_path / "upstream"
+    write_apt(root / "debian", "bookworm", made, signer)
+    with mirrored(tmp_path, root, lan, extra="max_size_bytes = 1000000") as (
+        upstream, mirror, _admin,
+    ):  # fmt: skip
+        first = attendee_apt(tmp_path / "apt-first", mirror, signer)
+        for command in (["update"], ["install", "-y", "small-rk"]):
+            assert first.run(*command, argv=lan.argv([])).returncode == 0
+        done = first.run("install", "-y", "big-rk", argv=lan.argv([]))
+        assert done.returncode == 100
+        said = (
+            f"E: Failed to fetch {mirror.url}debian/pool/main/b/big-rk/big-rk_1.0_all.deb  507"
+            "  big-rk_1.0_all.deb (1.5 MB) is larger than all the mirror keeps: 1.0 MB"
+            " (max_size_bytes) [IP: "
+        )
+        assert said in done.stderr, done.stderr
+        asked = fetched(upstream.url)
+        assert "/debian/pool/main/b/big-rk/big-rk_1.0_all.deb" not in asked
+        upstream.stop()
+        later = attendee_apt(tmp_path / "apt-later", mirror, signer)
+        for command in (["update"], ["install", "-y", "small-rk"]):
+            done = later.run(*command, argv=lan.argv([]))
+            assert done.returncode == 0, (done.stdout, done.stderr)
