@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 import zlib
 from collections import deque
@@ -453,6 +454,10 @@ def _why(exc: BaseException | None) -> str:
     """One short line: the system's words for an OSError, else the exception's first line."""
     if (tls := faults.tls_words(exc)) is not None:
         return tls
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        # the resolver's own words: its codes are not errnos (strerror(-3) is "Unknown
+        # error -3" where the resolver says "Temporary failure in name resolution")
+        return exc.strerror.lower()
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno).lower()
     text = str(exc) or type(exc).__name__

@@ -7,16 +7,18 @@ apt-get has every folder of its own (AptClient), so the host's apt is never touc
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from retreatkit.mirror import apt
-from retreatkit.mirror.testing import Netns, said, start_upstream
-from retreatkit.mirror.testrepos import Signer, arch, make_deb, write_apt
+from retreatkit.mirror.testing import Netns, said, start_mirror, start_upstream
+from retreatkit.mirror.testrepos import AptClient, Signer, arch, make_deb, write_apt
 from tests.e2e.mirror_attendee import attendee, attendee_apt, fetched, mirrored, page_block
 
 pytestmark = [
@@ -152,3 +154,42 @@ def test_a_deb_larger_than_the_whole_store_is_refused_before_it_crosses(
         for command in (["update"], ["install", "-y", "small-rk"]):
             done = later.run(*command, argv=lan.argv([]))
             assert done.returncode == 0, (done.stdout, done.stderr)
+
+
+@contextlib.contextmanager
+def names(lan: Netns, hosts: dict[str, str]) -> Iterator[None]:
+    """The namespace's own /etc/hosts (these names) and a resolv.conf whose nameserver
+    never answers (nothing listens there): `ip netns exec` mounts both over the system's."""
+    folder = Path("/etc/netns") / lan.name
+    folder.mkdir(parents=True)
+    try:
+        listed = "".join(f"{address} {name}\n" for name, address in hosts.items())
+        (folder / "hosts").write_text(f"127.0.0.1 localhost\n{listed}")
+        (folder / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_with_the_uplink_and_its_nameserver_gone_apt_reads_why_in_words(
+    tmp_path: Path, lan: Netns
+) -> None:
+    """The venue's uplink gone with its DNS: the mirror (in the attendees' namespace, whose
+    nameserver answers nothing) cannot look up its upstream. apt read `its name does not
+    resolve (unknown error -3)`: the resolver's code taken for an errno."""
+    with names(lan, {"mirror.retreat.lan": lan.address}):
+        mirror, _admin = start_mirror(
+            tmp_path / "store", apt={"debian": "http://deb.debian.org/debian"},
+            listen=f"{lan.address}:0", wrap=lan.argv,
+        )  # fmt: skip
+        try:
+            port = urlsplit(mirror.url).port
+            client = AptClient(tmp_path / "apt")
+            client.sources(f"deb http://mirror.retreat.lan:{port}/debian bookworm main")
+            done = client.run("update", argv=lan.argv([]))
+            why = "its name does not resolve (temporary failure in name resolution)"
+            said_to_apt = f"  504  upstream deb.debian.org: {why} [IP: {lan.address} {port}]"
+            assert said_to_apt in done.stdout, done.stdout
+            said(mirror, f"upstream http://deb.debian.org:80 is down: {re.escape(why)}$")
+        finally:
+            mirror.stop()
