@@ -8,6 +8,8 @@ apt-get has every folder of its own (AptClient), so the host's apt is never touc
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -193,3 +195,33 @@ def test_with_the_uplink_and_its_nameserver_gone_apt_reads_why_in_words(
             said(mirror, f"upstream http://deb.debian.org:80 is down: {re.escape(why)}$")
         finally:
             mirror.stop()
+
+
+def test_an_index_that_does_not_match_its_release_is_named_to_apt(
+    tmp_path: Path, lan: Netns, signer: Signer
+) -> None:
+    """A lying upstream: the Packages.xz its Release names by hash has other bytes. apt is
+    told which index failed (it read `upstream sent bad bytes for 3a7bd3e2...`, the by-hash
+    name), takes the next form the Release lists, and installs."""
+    made = {"hello-rk_1.0_all.deb": make_deb(tmp_path / "build", "hello-rk", "1.0")}
+    root = tmp_path / "upstream"
+    write_apt(root / "debian", "bookworm", made, signer)
+    index = f"main/binary-{arch()}/Packages.xz"
+    data = (root / "debian" / "dists" / "bookworm" / index).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    by_hash = f"/debian/dists/bookworm/main/binary-{arch()}/by-hash/SHA256/{digest}"
+    (root / ".behaviours.json").write_text(json.dumps({by_hash: "corrupt"}))
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # what "corrupt" sends
+    with mirrored(tmp_path, root, lan) as (_upstream, mirror, _admin):
+        client = attendee_apt(tmp_path / "apt", mirror, signer)
+        done = client.run("update", argv=lan.argv([]))
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        said_to_apt = (
+            f"  502  upstream sent bad bytes for bookworm/{index}: sha256 mismatch: expected"
+            f" {digest}, got {hashlib.sha256(flipped).hexdigest()} [IP: "
+        )
+        assert said_to_apt in done.stdout, done.stdout
+        said(mirror, rf"fetch of bookworm/{index} as apt/debian/by-hash/sha256/{digest} failed")
+        done = client.run("install", "-y", "hello-rk", argv=lan.argv([]))
+        assert "Setting up hello-rk (1.0) ..." in done.stdout, (done.stdout, done.stderr)
