@@ -39,7 +39,8 @@ BY_HASH = {v: k for k, v in FIELDS.items()}  # store name -> by-hash folder name
 RESERVED = {"pypi", "opam", "npm", "lists", "-"}  # paths the mirror uses for itself
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.+~%-][A-Za-z0-9_.+~%@:=-]{0,254}$")
-_PACKAGES = re.compile(r"(^|/)Packages(\.(xz|gz|bz2))?$")
+_LISTING = re.compile(r"(^|/)(Packages|Sources)(\.(xz|gz|bz2))?$")
+_SOURCES = re.compile(r"(^|/)Sources(\.(xz|gz|bz2))?$")
 _TRANSLATION = re.compile(r"(^|/)Translation-[A-Za-z_@.]+(\.(xz|gz|bz2))?$")
 _TEXT = re.compile(r"\D*")
 _DIGITS = re.compile(r"\d*")
@@ -110,8 +111,9 @@ def pool_key(origin: str, path: str) -> str:
     return f"apt/{origin}/{path}"
 
 
-def is_packages(path: str) -> bool:
-    return _PACKAGES.search(path) is not None
+def is_listing(path: str) -> bool:
+    """A Packages or Sources index: what names the files under `pool/`."""
+    return _LISTING.search(path) is not None
 
 
 def is_translation(path: str) -> bool:
@@ -274,7 +276,33 @@ def decompress(path: str, data: bytes, limit: int = MAX_PACKAGES) -> bytes:
     return out
 
 
-def pool_sources(origin: str, base: str, suite: str, text: str) -> list[Source]:
+def listed(origin: str, base: str, path: str, text: str) -> list[Source]:
+    """Every pool file the index at `path` (a Packages or Sources file's text) lists."""
+    if _SOURCES.search(path):
+        return source_files(origin, base, text)
+    return pool_sources(origin, base, text)
+
+
+def source_files(origin: str, base: str, text: str) -> list[Source]:
+    """Every file of every source package a Sources file lists (`.dsc`, `.orig.tar.xz`,
+    ...: what `apt-get source` fetches), with the sha256 and size it promises."""
+    sources = []
+    for p in paragraphs(text):
+        folder, package = p.get("Directory", ""), p.get("Package", "")
+        for line in p.get("Checksums-Sha256", "").splitlines():
+            parts = line.split()
+            if len(parts) != 3 or not parts[1].isdigit() or "/" in parts[2]:
+                continue
+            digest, path = parts[0].lower(), f"{folder}/{parts[2]}"
+            if not valid_path(path) or not valid_hex("sha256", digest):
+                continue
+            url = f"{base.rstrip('/')}/{path}"
+            key = pool_key(origin, path)
+            sources.append(Source(key, url, {"sha256": digest}, "apt", package, int(parts[1])))
+    return sources
+
+
+def pool_sources(origin: str, base: str, text: str) -> list[Source]:
     """Every `.deb` a Packages file lists, with the hashes and size it promises."""
     sources = []
     for p in paragraphs(text):

@@ -81,10 +81,11 @@ async def serve(request: web.Request, origin: str, path: str) -> web.StreamRespo
         if held is not None:  # the hot path: one lookup
             return await respond.blob(request, mirror, held)
         if mirror.store.source(key) is None:
-            await suites.catch_up(origin)  # a Packages file just fetched, not yet read
+            await suites.catch_up(origin)  # an index just fetched, not yet read
             if mirror.store.source(key) is None:
                 raise NotFound(
-                    f"{asked.path} is in no Packages index this mirror holds (apt update first)"
+                    f"{asked.path} is in no Packages or Sources index this mirror holds"
+                    " (apt update first)"
                 )
         return await respond.file(request, key)
     if asked.kind == "index":

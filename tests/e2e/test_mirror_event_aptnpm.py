@@ -20,7 +20,7 @@ import pytest
 
 from retreatkit.mirror import apt
 from retreatkit.mirror.testing import Netns, said, start_mirror, start_upstream
-from retreatkit.mirror.testrepos import AptClient, Signer, arch, make_deb, write_apt
+from retreatkit.mirror.testrepos import AptClient, Signer, arch, make_deb, make_dsc, write_apt
 from tests.e2e.mirror_attendee import attendee, attendee_apt, fetched, mirrored, page_block
 
 pytestmark = [
@@ -225,3 +225,30 @@ def test_an_index_that_does_not_match_its_release_is_named_to_apt(
         said(mirror, rf"fetch of bookworm/{index} as apt/debian/by-hash/sha256/{digest} failed")
         done = client.run("install", "-y", "hello-rk", argv=lan.argv([]))
         assert "Setting up hello-rk (1.0) ..." in done.stdout, (done.stdout, done.stderr)
+
+
+def test_apt_get_source_through_the_mirror_online_then_offline(
+    tmp_path: Path, lan: Netns, signer: Signer
+) -> None:
+    """`apt-get source` with the README's line and its `deb-src` twin: the .dsc and its
+    tarball come from the mirror, across the uplink once. The mirror served the Sources
+    index and refused every file it names, right after the update: `404
+    pool/main/h/hello-rk/hello-rk_1.0.dsc is in no Packages index this mirror holds
+    (apt update first)`."""
+    made = {"hello-rk_1.0_all.deb": make_deb(tmp_path / "build", "hello-rk", "1.0")}
+    source = make_dsc("hello-rk", "1.0")
+    root = tmp_path / "upstream"
+    write_apt(root / "debian", "bookworm", made, signer, sources=source)
+    with mirrored(tmp_path, root, lan) as (upstream, mirror, _admin):
+        for round_ in ("online", "offline"):
+            client = attendee_apt(tmp_path / f"apt-{round_}", mirror, signer, src=True)
+            for command in (["update"], ["source", "--download-only", "hello-rk"]):
+                done = client.run(*command, argv=lan.argv([]))
+                assert done.returncode == 0, (round_, done.stdout, done.stderr)
+                assert "E:" not in done.stderr and "W:" not in done.stderr, done.stderr
+            for name, data in source.items():
+                assert (client.state / "download" / name).read_bytes() == data, name
+            if round_ == "online":
+                asked = fetched(upstream.url)
+                assert asked["/debian/pool/main/h/hello-rk/hello-rk_1.0.dsc"] == 1
+                upstream.stop()

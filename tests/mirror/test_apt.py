@@ -390,3 +390,24 @@ def test_a_page_with_a_field_like_line_is_no_release() -> None:
         apt.parse_release(page)
     assert not apt.looks_like("InRelease", page) and not apt.looks_like("Release.gpg", page)
     assert apt.looks_like("InRelease", RELEASE)
+
+
+def test_a_sources_index_names_each_file_under_its_directory() -> None:
+    """What `apt-get source` fetches; a Directory or file name that leaves the pool is
+    never a file to fetch."""
+    text = (
+        "Package: hello\nDirectory: pool/main/h/hello\nChecksums-Sha256:\n"
+        f" {'a' * 64} 10 hello_1.0.dsc\n {'b' * 64} 20 hello_1.0.tar.xz\n\n"
+        "Package: evil\nDirectory: ../../etc\nChecksums-Sha256:\n"
+        f" {'c' * 64} 30 passwd\n\n"
+        "Package: evil2\nDirectory: pool/main/e/evil2\nChecksums-Sha256:\n"
+        f" {'d' * 64} 40 ../../x.dsc\n"
+    )
+    found = apt.listed("debian", "http://d.test/debian", "main/source/Sources.xz", text)
+    assert [(s.name, s.url, s.size) for s in found] == [
+        ("apt/debian/pool/main/h/hello/hello_1.0.dsc",
+         "http://d.test/debian/pool/main/h/hello/hello_1.0.dsc", 10),
+        ("apt/debian/pool/main/h/hello/hello_1.0.tar.xz",
+         "http://d.test/debian/pool/main/h/hello/hello_1.0.tar.xz", 20),
+    ]  # fmt: skip
+    assert found[0].hashes == {"sha256": "a" * 64}
