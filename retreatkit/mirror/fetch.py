@@ -54,7 +54,7 @@ class Limits:
     connect_timeout: float = 5.0  # name resolution and TCP connect, in total
     headers_timeout: float = 10.0  # from the request sent to the answer's headers
     read_timeout: float = 30.0  # the longest silence mid-body
-    index_timeout: float = 60.0  # a whole index page, from the first byte of DNS to the last
+    index_timeout: float = 60.0  # how long a client waits for a page not held (it goes on)
     max_size: int = 8 * 1024**3
     downloads: int = 32  # upstream downloads at once; more wait their turn
     min_rate: float = 1024.0  # bytes a second a download must bring, over each window; 0: any
@@ -209,42 +209,60 @@ class Fetcher:
             log.warning("upstream %s is down: %s", where, why)
 
     async def get_index(self, url: str, headers: Mapping[str, str], limit: int) -> Reply:
-        """An index page, read whole within `index_timeout`."""
+        """An index page, read whole, bounded as a file is: by silence (`read_timeout`)
+        and by the rate a download must keep, not by a total time. A page that takes
+        long over a slow uplink still lands for whoever asks next (a client waits
+        `index_timeout` for it: Mirror.waited); cut at a total, it crossed again for
+        every retry and nobody got it."""
         try:
             try:
-                async with asyncio.timeout(self.limits.index_timeout):
-                    # a page is read whole and kept decoded: it may cross compressed (a
-                    # file may not: its hash names the bytes as published)
-                    asked = {"Accept-Encoding": "gzip", **headers}
-                    response = await self._open(url, asked, url)
-                    async with response:
-                        ok = response.status == 200
-                        body = await _read_bounded(response, limit) if ok else b""
-                        self.stats.upstream_index_bytes += len(body)
-                        if ok:
-                            coding = response.headers.get("Content-Encoding", "")
-                            body = _decoded(coding, body, limit, url)
-                        h = response.headers
-                        if ok and _cut_unseen(response, body):
-                            raise BadUpstreamData(f"{url}: page is truncated (no </html>)")
-                        return Reply(
-                            response.status,
-                            body,
-                            h.get("Content-Type", ""),
-                            h.get("ETag"),
-                            h.get("Last-Modified"),
-                        )
+                # a page is read whole and kept decoded: it may cross compressed (a
+                # file may not: its hash names the bytes as published)
+                asked = {"Accept-Encoding": "gzip", **headers}
+                response = await self._open(url, asked, url)
+                async with response:
+                    ok = response.status == 200
+                    body = await self._read_page(response, limit, url) if ok else b""
+                    self.stats.upstream_index_bytes += len(body)
+                    if ok:
+                        coding = response.headers.get("Content-Encoding", "")
+                        body = _decoded(coding, body, limit, url)
+                    h = response.headers
+                    if ok and _cut_unseen(response, body):
+                        raise BadUpstreamData(f"{url}: page is truncated (no </html>)")
+                    return Reply(
+                        response.status,
+                        body,
+                        h.get("Content-Type", ""),
+                        h.get("ETag"),
+                        h.get("Last-Modified"),
+                    )
             except aiohttp.ServerTimeoutError:  # silent mid-page, for read_timeout
                 quiet = f"{self.limits.read_timeout:g} s"
                 raise UpstreamTimeout(f"upstream went silent for {quiet} sending {url}") from None
-            except TimeoutError:
-                bound = self.limits.index_timeout
-                raise UpstreamTimeout(f"upstream took over {bound:g} s sending {url}") from None
             except aiohttp.ClientError as exc:
                 raise UpstreamError(faults.words(exc, url)) from None
         except UpstreamError as exc:
             self.count(exc)
             raise
+
+    async def _read_page(self, response: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
+        """A page's body, at most `limit` bytes, cut if it comes slower than a file may."""
+        if response.content_length is not None and response.content_length > limit:
+            raise BadUpstreamData(INDEX_TOO_LARGE)
+        floor = faults.Floor(self.limits.min_rate, self.limits.rate_window, self.clock())
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise BadUpstreamData(INDEX_TOO_LARGE)
+            chunks.append(chunk)
+            if not floor.keeps_up(len(chunk), self.clock()):
+                rate, window = units.size(int(floor.rate)), floor.window
+                raise UpstreamTimeout(f"upstream sent {url} at under {rate}/s for {window:g} s")
+        if response.content_length is not None and size != response.content_length:
+            raise BadUpstreamData(INDEX_CUT)
+        return b"".join(chunks)
 
     async def size_of(self, url: str) -> int | None:
         """What a file's Content-Length is upstream, by a HEAD: no body crosses the uplink."""
@@ -486,17 +504,3 @@ def _decoded(coding: str, body: bytes, limit: int, url: str) -> bytes:
     if not unpack.eof:
         raise BadUpstreamData(INDEX_CUT)
     return out
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    if response.content_length is not None and response.content_length > limit:
-        raise BadUpstreamData(INDEX_TOO_LARGE)
-    chunks, size = [], 0
-    async for chunk in response.content.iter_chunked(CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise BadUpstreamData(INDEX_TOO_LARGE)
-        chunks.append(chunk)
-    if response.content_length is not None and size != response.content_length:
-        raise BadUpstreamData(INDEX_CUT)
-    return b"".join(chunks)

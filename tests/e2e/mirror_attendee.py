@@ -84,3 +84,16 @@ def attendee_apt(
     line = f"deb {mirror.url}debian {suite} main"
     apt.sources(line + (f"\n{line.replace('deb ', 'deb-src ', 1)}" if src else ""))
     return apt
+
+
+def npm_env(home: Path) -> dict[str, str]:
+    """No npm settings of this machine: an empty user and global configuration."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "npmrc").touch()
+    (home / "global-npmrc").touch()
+    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("npm_config_")}
+    return {
+        **env, "HOME": str(home), "npm_config_userconfig": str(home / "npmrc"),
+        "npm_config_globalconfig": str(home / "global-npmrc"),
+        "npm_config_update_notifier": "false", "npm_config_fund": "false",
+    }  # fmt: skip

@@ -1,8 +1,10 @@
 """apt-get and npm through a real mirror process as attendees meet it at an event whose
-uplink misbehaves: a login portal in the upstream's place, and more.
+uplink misbehaves: a login portal in the upstream's place, a lying or slow upstream, the
+uplink gone with its nameserver; `apt-get source`; a store smaller than a package.
 
 Each attendee is a network namespace that reaches the mirror at a non-loopback address;
-apt-get has every folder of its own (AptClient), so the host's apt is never touched.
+apt-get has every folder of its own (AptClient), npm an empty configuration and a cache
+of its own, so the host's apt and npm are never touched.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,16 +23,31 @@ import pytest
 
 from retreatkit.mirror import apt
 from retreatkit.mirror.testing import Netns, said, start_mirror, start_upstream
-from retreatkit.mirror.testrepos import AptClient, Signer, arch, make_deb, make_dsc, write_apt
-from tests.e2e.mirror_attendee import attendee, attendee_apt, fetched, mirrored, page_block
+from retreatkit.mirror.testrepos import (
+    AptClient,
+    Signer,
+    arch,
+    make_deb,
+    make_dsc,
+    make_npm_tarball,
+    write_apt,
+    write_npm,
+)
+from tests.e2e.mirror_attendee import (
+    attendee,
+    attendee_apt,
+    fetched,
+    mirrored,
+    npm_env,
+    page_block,
+)
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not all(shutil.which(t) for t in ("apt-get", "dpkg-scanpackages", "gpg")),
-        reason="apt-get, dpkg-dev and gpg are needed (.ci/run installs them)",
-    ),
-]
+pytestmark = pytest.mark.e2e
+APT = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("apt-get", "dpkg-scanpackages", "gpg")),
+    reason="apt-get, dpkg-dev and gpg are needed (.ci/run installs them)",
+)
+NPM = pytest.mark.skipif(shutil.which("npm") is None, reason="npm is needed (node and npm)")
 
 lan = attendee("e", prefix="rkan")
 
@@ -41,6 +59,7 @@ LOGIN = (
 )
 
 
+@APT
 def test_a_login_portal_in_the_uplinks_place_leaves_apt_the_release_it_had(
     tmp_path: Path, lan: Netns, signer: Signer
 ) -> None:
@@ -87,6 +106,7 @@ def test_a_login_portal_in_the_uplinks_place_leaves_apt_the_release_it_had(
             stand_in.stop()
 
 
+@APT
 def test_the_pages_proxy_line_leaves_other_sources_to_apt_with_what_to_do(
     tmp_path: Path, lan: Netns, signer: Signer
 ) -> None:
@@ -122,6 +142,7 @@ def test_the_pages_proxy_line_leaves_other_sources_to_apt_with_what_to_do(
         assert refused in out, out
 
 
+@APT
 def test_a_deb_larger_than_the_whole_store_is_refused_before_it_crosses(
     tmp_path: Path, lan: Netns, signer: Signer
 ) -> None:
@@ -173,6 +194,7 @@ def names(lan: Netns, hosts: dict[str, str]) -> Iterator[None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@APT
 def test_with_the_uplink_and_its_nameserver_gone_apt_reads_why_in_words(
     tmp_path: Path, lan: Netns
 ) -> None:
@@ -197,6 +219,7 @@ def test_with_the_uplink_and_its_nameserver_gone_apt_reads_why_in_words(
             mirror.stop()
 
 
+@APT
 def test_an_index_that_does_not_match_its_release_is_named_to_apt(
     tmp_path: Path, lan: Netns, signer: Signer
 ) -> None:
@@ -227,6 +250,7 @@ def test_an_index_that_does_not_match_its_release_is_named_to_apt(
         assert "Setting up hello-rk (1.0) ..." in done.stdout, (done.stdout, done.stderr)
 
 
+@APT
 def test_apt_get_source_through_the_mirror_online_then_offline(
     tmp_path: Path, lan: Netns, signer: Signer
 ) -> None:
@@ -252,3 +276,56 @@ def test_apt_get_source_through_the_mirror_online_then_offline(
                 asked = fetched(upstream.url)
                 assert asked["/debian/pool/main/h/hello-rk/hello-rk_1.0.dsc"] == 1
                 upstream.stop()
+
+
+@NPM
+def test_a_packument_slower_than_a_client_waits_lands_for_its_retry(
+    tmp_path: Path, lan: Netns
+) -> None:
+    """A packument of 2,000 versions (1.3 MB) over a slow uplink (320 KiB/s), and a mirror
+    whose clients wait 1 s for a page (index_timeout): npm's first try is told so, its
+    retries get the packument, which crossed once. Cut at index_timeout, it crossed
+    again for every retry and never landed: `504 upstream took over 1 s sending URL`
+    however long npm tried."""
+    root = tmp_path / "upstream"
+    upstream = start_upstream(root)
+    try:
+        doc = write_npm(root, upstream.url, [make_npm_tarball("many-rk", "1.0.0")])["many-rk"]
+        latest = doc["versions"]["1.0.0"]
+        for i in range(2000):
+            version = f"0.{i // 100}.{i % 100}"
+            doc["versions"][version] = {**latest, "version": version, "description": "x" * 300}
+        (root / "many-rk" / "index.json").write_text(json.dumps(doc))
+        (root / ".behaviours.json").write_text(json.dumps({"/many-rk": "slow"}))
+        mirror, _admin = start_mirror(
+            tmp_path / "store", npm=upstream.url, listen=f"{lan.host}:0",
+            extra="index_timeout = 1.0",
+        )  # fmt: skip
+        try:
+            (tmp_path / "app").mkdir()
+            (tmp_path / "app" / "package.json").write_text('{"name": "app", "version": "1.0.0"}')
+            env = {**npm_env(tmp_path / "home"), "npm_config_cache": str(tmp_path / "cache")}
+            install = ["npm", "install", "--registry", f"{mirror.url}npm/", "many-rk"]
+
+            def npm(*options: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    lan.argv([*install, *options]), cwd=tmp_path / "app", env=env,
+                    capture_output=True, text=True, timeout=120,
+                )  # fmt: skip
+
+            first = npm("--fetch-retries=0")
+            then = npm("--fetch-retries=20", "--fetch-retry-mintimeout=500",
+                       "--fetch-retry-maxtimeout=1000")  # fmt: skip
+            said_to_npm = (
+                f"npm error 504 upstream took over 1 s sending {upstream.url}many-rk; the"
+                f" mirror goes on fetching it for the next try - GET {mirror.url}npm/many-rk"
+            )
+            assert said_to_npm in first.stderr, first.stderr
+            assert then.returncode == 0, (then.stdout, then.stderr)
+            installed = tmp_path / "app" / "node_modules" / "many-rk" / "package.json"
+            assert json.loads(installed.read_text())["version"] == "1.0.0"
+            assert fetched(upstream.url)["/many-rk"] == 1
+        finally:
+            mirror.stop()
+    finally:
+        upstream.stop()
