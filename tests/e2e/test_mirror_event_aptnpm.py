@@ -329,3 +329,52 @@ def test_a_packument_slower_than_a_client_waits_lands_for_its_retry(
             mirror.stop()
     finally:
         upstream.stop()
+
+
+@NPM
+def test_npm_behind_a_login_portal_installs_what_is_held_and_says_why_not_the_rest(
+    tmp_path: Path, lan: Netns
+) -> None:
+    """The uplink cut, the venue's portal answering with its login page: a scoped package
+    the mirror holds installs, and one it never fetched is refused in words that say
+    what answered (npm read `502 unreadable packument (JSONDecodeError)`)."""
+    root = tmp_path / "upstream"
+    upstream = start_upstream(root)
+    try:
+        write_npm(root, upstream.url, [make_npm_tarball("@rk/util", "2.0.0")])
+        mirror, _admin = start_mirror(tmp_path / "store", npm=upstream.url, listen=f"{lan.host}:0")
+        try:
+            env = npm_env(tmp_path / "home")
+
+            def npm(project: str, package: str) -> subprocess.CompletedProcess[str]:
+                (tmp_path / project).mkdir()
+                (tmp_path / project / "package.json").write_text('{"name": "app"}')
+                argv = ["npm", "install", "--registry", f"{mirror.url}npm/", package,
+                        "--fetch-retries=0", f"--cache={tmp_path / project / 'cache'}"]  # fmt: skip
+                return subprocess.run(
+                    lan.argv(argv), cwd=tmp_path / project, env=env, capture_output=True,
+                    text=True, timeout=120,
+                )  # fmt: skip
+
+            assert npm("online", "@rk/util").returncode == 0
+            upstream.stop()
+            portal = tmp_path / "portal"
+            for name in ("@rk/util", "@rk/other"):
+                (portal / name).mkdir(parents=True)
+                (portal / name / "index.html").write_text(LOGIN)
+            stand_in = start_upstream(portal, urlsplit(upstream.url).port)
+            try:
+                held = npm("held", "@rk/util")
+                assert held.returncode == 0, held.stderr
+                other = npm("other", "@rk/other")
+                said_to_npm = (
+                    "npm error 502 upstream sent a page that is not @rk/other's packument"
+                    f" (a login portal's?) - GET {mirror.url}npm/@rk%2fother"
+                )
+                assert said_to_npm in other.stderr, other.stderr
+            finally:
+                stand_in.stop()
+        finally:
+            mirror.stop()
+    finally:
+        upstream.stop()
