@@ -39,7 +39,7 @@ BY_HASH = {v: k for k, v in FIELDS.items()}  # store name -> by-hash folder name
 RESERVED = {"pypi", "opam", "npm", "lists", "-"}  # paths the mirror uses for itself
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.+~%-][A-Za-z0-9_.+~%@:=-]{0,254}$")
-_LISTING = re.compile(r"(^|/)(Packages|Sources)(\.(xz|gz|bz2))?$")
+_PACKAGES = re.compile(r"(^|/)Packages(\.(xz|gz|bz2))?$")
 _SOURCES = re.compile(r"(^|/)Sources(\.(xz|gz|bz2))?$")
 _TRANSLATION = re.compile(r"(^|/)Translation-[A-Za-z_@.]+(\.(xz|gz|bz2))?$")
 _TEXT = re.compile(r"\D*")
@@ -113,7 +113,7 @@ def pool_key(origin: str, path: str) -> str:
 
 def is_listing(path: str) -> bool:
     """A Packages or Sources index: what names the files under `pool/`."""
-    return _LISTING.search(path) is not None
+    return _PACKAGES.search(path) is not None or _SOURCES.search(path) is not None
 
 
 def is_translation(path: str) -> bool:

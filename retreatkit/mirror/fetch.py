@@ -250,16 +250,14 @@ class Fetcher:
         """A page's body, at most `limit` bytes, cut if it comes slower than a file may."""
         if response.content_length is not None and response.content_length > limit:
             raise BadUpstreamData(INDEX_TOO_LARGE)
-        floor = faults.Floor(self.limits.min_rate, self.limits.rate_window, self.clock())
+        floor = self._floor()
         chunks, size = [], 0
         async for chunk in response.content.iter_chunked(CHUNK):
             size += len(chunk)
             if size > limit:
                 raise BadUpstreamData(INDEX_TOO_LARGE)
             chunks.append(chunk)
-            if not floor.keeps_up(len(chunk), self.clock()):
-                rate, window = units.size(int(floor.rate)), floor.window
-                raise UpstreamTimeout(f"upstream sent {url} at under {rate}/s for {window:g} s")
+            self._keep_up(floor, len(chunk), url)
         if response.content_length is not None and size != response.content_length:
             raise BadUpstreamData(INDEX_CUT)
         return b"".join(chunks)
@@ -368,7 +366,7 @@ class Fetcher:
         return taken + self.store.free_bytes() + (1 << 20)
 
     async def _download(self, fill: Fill) -> None:
-        limits, store = self.limits, self.store
+        store = self.store
         known = fill.source.size
         if known is not None:
             self._bound(fill.file, known)
@@ -404,7 +402,7 @@ class Fetcher:
                 fill.content_type = response.headers.get("Content-Type", fill.content_type)
                 fill.writer = store.writer(tuple(fill.source.hashes))
                 fill.headers.set()
-                floor = faults.Floor(limits.min_rate, limits.rate_window, self.clock())
+                floor = self._floor()
                 async for chunk in response.content.iter_chunked(CHUNK):
                     # hashing and writing 256 KiB held the loop ~0.2 ms a chunk; a thread
                     # costs ~20% more CPU and holds it not at all (bench/mirror_io.py)
@@ -413,11 +411,7 @@ class Fetcher:
                     self.stats.upstream_bytes += len(chunk)
                     self._bound(fill.file, fill.written)
                     fill.notify()
-                    if not floor.keeps_up(len(chunk), self.clock()):
-                        rate, window = units.size(int(floor.rate)), floor.window
-                        raise UpstreamTimeout(
-                            f"upstream sent {fill.file} at under {rate}/s for {window:g} s"
-                        )
+                    self._keep_up(floor, len(chunk), fill.file)
         except TimeoutError:
             raise UpstreamTimeout(f"upstream went silent sending {fill.file}") from None
         except aiohttp.ClientError as exc:
@@ -435,6 +429,15 @@ class Fetcher:
             raise IntegrityError(f"upstream sent bad bytes for {fill.file}: {exc}") from None
         await _whole(asyncio.to_thread(fill.writer.publish, fill.digest))
         store.published(fill.digest, fill.written)
+
+    def _floor(self) -> faults.Floor:
+        return faults.Floor(self.limits.min_rate, self.limits.rate_window, self.clock())
+
+    def _keep_up(self, floor: faults.Floor, size: int, what: str) -> None:
+        """Another `size` bytes of `what` came: cut it if it comes slower than the floor."""
+        if not floor.keeps_up(size, self.clock()):
+            rate, window = units.size(int(floor.rate)), floor.window
+            raise UpstreamTimeout(f"upstream sent {what} at under {rate}/s for {window:g} s")
 
     def _bound(self, file: str, size: int) -> None:
         """Refuse a file larger than one download may be, or than the whole store may hold:
