@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "connect_timeout": 5.0,  # an upstream's name and TCP connect, in total
         "headers_timeout": 10.0,  # request sent -> the upstream's answer
         "read_timeout": 30.0,  # the longest silence mid-download
-        "index_timeout": 60.0,  # a whole index page, in total
+        "index_timeout": 60.0,  # a client's wait for a page not held (its fetch goes on)
         "min_download_rate": 1024,  # bytes/s a download must bring over each minute; 0: any
         "lists": [],  # other URLs to keep for the LAN, served at /lists/<key> (blocklists)
         "public_url": "",  # what the page on / tells attendees; empty: the name they used

@@ -29,6 +29,8 @@ from retreatkit.mirror.errors import BadUpstreamData
 from retreatkit.mirror.records import Source
 
 RELEASE_FILES = ("InRelease", "Release", "Release.gpg")
+SIGNED = b"-----BEGIN PGP SIGNED MESSAGE-----"
+SIGNATURE = b"-----BEGIN PGP SIGNATURE-----"  # armored; a binary one starts with a tag >= 0x80
 MAX_RELEASE = 16 * 1024 * 1024  # Debian's main InRelease is 150 kB
 MAX_PACKAGES = 512 * 1024 * 1024  # decompressed; bookworm's main/amd64 is 50 MB
 # Release fields -> the store's names for the hashes, strongest last
@@ -38,6 +40,7 @@ RESERVED = {"pypi", "opam", "npm", "lists", "-"}  # paths the mirror uses for it
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.+~%-][A-Za-z0-9_.+~%@:=-]{0,254}$")
 _PACKAGES = re.compile(r"(^|/)Packages(\.(xz|gz|bz2))?$")
+_SOURCES = re.compile(r"(^|/)Sources(\.(xz|gz|bz2))?$")
 _TRANSLATION = re.compile(r"(^|/)Translation-[A-Za-z_@.]+(\.(xz|gz|bz2))?$")
 _TEXT = re.compile(r"\D*")
 _DIGITS = re.compile(r"\d*")
@@ -108,8 +111,9 @@ def pool_key(origin: str, path: str) -> str:
     return f"apt/{origin}/{path}"
 
 
-def is_packages(path: str) -> bool:
-    return _PACKAGES.search(path) is not None
+def is_listing(path: str) -> bool:
+    """A Packages or Sources index: what names the files under `pool/`."""
+    return _PACKAGES.search(path) is not None or _SOURCES.search(path) is not None
 
 
 def is_translation(path: str) -> bool:
@@ -204,11 +208,15 @@ def unsign(body: bytes) -> str:
 
 
 def parse_release(body: bytes) -> Release:
-    """A Release or InRelease: its fields and every index file it lists."""
+    """A Release or InRelease: its fields and every index file it lists. A Release names
+    its suite (Suite or Codename, the format says at least one): a page with a `name:
+    value` line (a portal's CSS) is no Release."""
     found = list(paragraphs(unsign(body)))
     if not found:
         raise AptError("empty Release file")
     fields = found[0]
+    if not fields.get("Suite") and not fields.get("Codename"):
+        raise AptError("not a Release: it names no Suite or Codename")
     sizes: dict[str, int] = {}
     hashes: dict[str, dict[str, str]] = {}
     for field_name, algo in FIELDS.items():
@@ -227,6 +235,18 @@ def parse_release(body: bytes) -> Release:
         if set(found_hashes) & {"sha256", "sha512"}
     }
     return Release(fields, listed)
+
+
+def looks_like(name: str, body: bytes) -> bool:
+    """Whether `body` can be the release file `name`: an InRelease is a clearsigned
+    message, a Release.gpg a signature (armored, or binary: a packet tag >= 0x80). A
+    login portal answers every path with its page; kept, it would be every client's
+    next InRelease (apt: `Clearsigned file isn't valid, got 'NOSPLIT'`)."""
+    if name == "InRelease":
+        return body.startswith(SIGNED)
+    if name == "Release.gpg":
+        return body.startswith(SIGNATURE) or body[:1] >= b"\x80"
+    return True
 
 
 def parse_date(text: str) -> float | None:
@@ -256,7 +276,33 @@ def decompress(path: str, data: bytes, limit: int = MAX_PACKAGES) -> bytes:
     return out
 
 
-def pool_sources(origin: str, base: str, suite: str, text: str) -> list[Source]:
+def listed(origin: str, base: str, path: str, text: str) -> list[Source]:
+    """Every pool file the index at `path` (a Packages or Sources file's text) lists."""
+    if _SOURCES.search(path):
+        return source_files(origin, base, text)
+    return pool_sources(origin, base, text)
+
+
+def source_files(origin: str, base: str, text: str) -> list[Source]:
+    """Every file of every source package a Sources file lists (`.dsc`, `.orig.tar.xz`,
+    ...: what `apt-get source` fetches), with the sha256 and size it promises."""
+    sources = []
+    for p in paragraphs(text):
+        folder, package = p.get("Directory", ""), p.get("Package", "")
+        for line in p.get("Checksums-Sha256", "").splitlines():
+            parts = line.split()
+            if len(parts) != 3 or not parts[1].isdigit() or "/" in parts[2]:
+                continue
+            digest, path = parts[0].lower(), f"{folder}/{parts[2]}"
+            if not valid_path(path) or not valid_hex("sha256", digest):
+                continue
+            url = f"{base.rstrip('/')}/{path}"
+            key = pool_key(origin, path)
+            sources.append(Source(key, url, {"sha256": digest}, "apt", package, int(parts[1])))
+    return sources
+
+
+def pool_sources(origin: str, base: str, text: str) -> list[Source]:
     """Every `.deb` a Packages file lists, with the hashes and size it promises."""
     sources = []
     for p in paragraphs(text):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -21,7 +22,9 @@ from retreatkit.mirror.memory import Page
 from retreatkit.mirror.respond import Handler, mirror_of
 
 SUITES_KEY = web.AppKey("apt_suites", Suites)
-CONNECT_REFUSED = "this mirror is not an https proxy: apt's https sources go direct\n"
+# apt shows a refusal's status line, not its body: the words go in both. apt sends its
+# https sources through Acquire::http::Proxy too (CONNECT) unless told to go direct
+CONNECT_REFUSED = 'this mirror is not an https proxy: set Acquire::https::Proxy "DIRECT"'
 NOTHING = "nothing here: see / for what this mirror serves"
 
 
@@ -39,16 +42,26 @@ async def by_path(request: web.Request) -> web.StreamResponse:
 @web.middleware
 async def proxy(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method == "CONNECT":
-        return web.Response(status=405, text=CONNECT_REFUSED, headers={"Allow": "GET, HEAD"})
+        return _refused(405, CONNECT_REFUSED, {"Allow": "GET, HEAD"})
     if not request.raw_path.startswith(("http://", "https://")):
         return await handler(request)
     origins = mirror_of(request).settings.apt
     found = apt.proxied(origins, request.raw_path)
     if found is None:
         names = ", ".join(sorted(origins)) or "none"
-        text = f"not an open proxy: this mirror serves only its apt origins ({names})\n"
-        return web.Response(status=403, text=text)
+        host = urlsplit(request.raw_path).hostname or "HOST"
+        text = (
+            f"not an open proxy: this mirror serves only its apt origins ({names});"
+            f' set Acquire::http::Proxy::{host} "DIRECT"'
+        )
+        return _refused(403, text)
     return await serve(request, *found)
+
+
+def _refused(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, reason=respond.reason(text), text=text + "\n", headers=headers
+    )
 
 
 async def serve(request: web.Request, origin: str, path: str) -> web.StreamResponse:
@@ -68,10 +81,11 @@ async def serve(request: web.Request, origin: str, path: str) -> web.StreamRespo
         if held is not None:  # the hot path: one lookup
             return await respond.blob(request, mirror, held)
         if mirror.store.source(key) is None:
-            await suites.catch_up(origin)  # a Packages file just fetched, not yet read
+            await suites.catch_up(origin)  # an index just fetched, not yet read
             if mirror.store.source(key) is None:
                 raise NotFound(
-                    f"{asked.path} is in no Packages index this mirror holds (apt update first)"
+                    f"{asked.path} is in no Packages or Sources index this mirror holds"
+                    " (apt update first)"
                 )
         return await respond.file(request, key)
     if asked.kind == "index":

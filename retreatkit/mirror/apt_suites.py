@@ -5,7 +5,7 @@ new set is served only once every index file of the old one that the store holds
 clients asked for) is fetched and verified under the new hashes, and its Packages files
 read: a client that gets the new InRelease then finds every index it names, online or
 not. Until then, and whenever the upstream fails, the old set is served whole.
-Packages files are read off the loop into the `.deb` files they promise.
+Packages and Sources files are read off the loop into the pool files they promise.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from retreatkit.mirror.stats import iso
 
 log = logging.getLogger("retreatkit.mirror")
 MAX_SUITES = 256  # sets kept parsed in memory
-MAX_PACKAGES_FILES = 65536  # Packages files known by key, to read them once fetched
+MAX_PACKAGES_FILES = 65536  # Packages and Sources files known by key, to read once fetched
 EXPIRY_WARNING = 2 * 86400.0  # warn this long before a Release's Valid-Until
 
 
@@ -44,9 +44,9 @@ class Suites:
         self.mirror = mirror
         self._sets: dict[tuple[str, str], ReleaseSet] = {}
         self._running: Once[tuple[str, str], ReleaseSet] = Once(mirror.spawn)
-        self._parsed: set[str] = set()  # Packages digests whose .deb files are recorded
+        self._parsed: set[str] = set()  # Packages and Sources digests whose files are recorded
         self._catching_up: dict[str, asyncio.Task[None]] = {}
-        self._packages: dict[str, str] = {}  # store key of a Packages file -> its origin
+        self._packages: dict[str, str] = {}  # store key of a Packages or Sources -> its origin
         self._held_back: dict[tuple[str, str], str] = {}  # a newer Release not served: why
         mirror.warners.append(self.warnings)
 
@@ -116,10 +116,21 @@ class Suites:
         while len(self._sets) > MAX_SUITES:
             del self._sets[next(iter(self._sets))]
         for path, f in found.release.files.items():
-            if apt.is_packages(path) and len(self._packages) < MAX_PACKAGES_FILES:
+            if apt.is_listing(path) and len(self._packages) < MAX_PACKAGES_FILES:
                 self._packages[apt.index_key(key[0], *f.strongest)] = key[0]
 
     async def _revalidate(self, origin: str, suite: str, cur: ReleaseSet | None) -> ReleaseSet:
+        try:
+            return await self._ask(origin, suite, cur)
+        except (UpstreamError, NotFound) as exc:
+            # whoever asked gets the set held, stale: said once, here, as a page's is
+            # (service.py); a down upstream is said as such
+            if cur is not None and not isinstance(exc, UpstreamDown):
+                why = exc.__cause__ or exc
+                log.warning("apt %s/%s: serving its last Release stale: %s", origin, suite, why)
+            raise
+
+    async def _ask(self, origin: str, suite: str, cur: ReleaseSet | None) -> ReleaseSet:
         fetcher, stats = self.mirror.fetcher, self.mirror.stats
         url = f"{self.base(origin)}/dists/{suite}/"
         headers = {}
@@ -144,6 +155,14 @@ class Suites:
         main = replies.get("InRelease") or replies.get("Release")
         if main is None:
             raise NotFound(f"the upstream has no {url}InRelease or Release")
+        for name, reply in replies.items():
+            if not apt.looks_like(name, reply.body):
+                fake = apt.AptError(
+                    f"upstream sent a page that is not {origin}/{suite}'s {name}"
+                    " (a login portal's?)"
+                )
+                fetcher.count(fake)
+                raise fake
         stats.misses += 1
         digest = hashlib.sha256(main.body).hexdigest()
         if cur is not None and digest in {o.digest for o in cur.objects.values()}:
@@ -213,7 +232,7 @@ class Suites:
                 raise type(why)(f"kept the last release of {origin}/{suite}: {why}") from why
             log.info("apt %s/%s: %s fetched for the new release", origin, suite, source.name)
         for path, f in new.files.items():
-            if apt.is_packages(path):
+            if apt.is_listing(path):
                 await self._read_packages(origin, suite, f)
 
     async def _save(
@@ -247,7 +266,7 @@ class Suites:
         self.mirror.evict_if_over()
         return found
 
-    # -- Packages: the .deb files they promise ----------------------------------------------
+    # -- Packages and Sources: the pool files they promise --------------------------------
 
     async def _read_packages(self, origin: str, suite: str, f: apt.IndexFile) -> None:
         store = self.mirror.store
@@ -258,7 +277,7 @@ class Suites:
 
         def read() -> int:
             text = apt.decompress(f.path, store.read(obj.digest)).decode("utf-8", "replace")
-            sources = apt.pool_sources(origin, base, suite, text)
+            sources = apt.listed(origin, base, f.path, text)
             store.add_sources(sources)
             return len(sources)
 
@@ -268,11 +287,13 @@ class Suites:
             log.warning("cannot read %s of %s/%s: %s", f.path, origin, suite, exc)
             return
         self._parsed.add(obj.digest)
-        log.info("apt %s/%s: %s lists %d packages", origin, suite, f.path, count)
+        files = f"{count} file" + ("" if count == 1 else "s")
+        log.info("apt %s/%s: %s lists %s", origin, suite, f.path, files)
 
     async def catch_up(self, origin: str) -> None:
-        """Read every Packages file of this origin's current sets the store holds and this
-        process has not read yet; joins a reading under way, then looks again."""
+        """Read every Packages and Sources file of this origin's current sets the store
+        holds and this process has not read yet; joins a reading under way, then looks
+        again."""
         while True:
             running = self._catching_up.get(origin)
             if running is not None:
@@ -305,7 +326,7 @@ class Suites:
         for suite in sorted(suites):
             cur = self._sets.get((origin, suite)) or await self._from_store(origin, suite)
             for path, f in cur.release.files.items() if cur is not None else ():
-                if not apt.is_packages(path):
+                if not apt.is_listing(path):
                     continue
                 obj = store.get(apt.index_key(origin, *f.strongest))
                 if obj is not None and obj.digest not in self._parsed:

@@ -66,3 +66,8 @@ class StoreFull(LocalError):
     """The mirror's disk has no room for what it was asked to keep."""
 
     status = 507
+
+
+class LargerThanStore(StoreFull):
+    """A file larger than all the store may hold (max_size_bytes): no eviction makes room,
+    and kept it would evict every other file, then itself."""

@@ -15,6 +15,8 @@ read at each request:
   loop          302 to the same path, for ever (a redirect loop)
   trickle       the full Content-Length, then a byte a second (or one per item put on
                 `Upstream.drips`, each told on `Upstream.dripped`)
+  slow          the full Content-Length, then 32 KiB every 0.1 s (an uplink that keeps
+                coming, slowly: 320 KiB/s)
   bighead       200 with a 200 KB header line
   wait          the whole answer, once the test sets `Upstream.release`
   gzip          gzipped on the way (`Content-Encoding: gzip`) to a client that accepts
@@ -46,6 +48,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 MAX_HEAD = 16 * 1024
+SLOW_PIECE, SLOW_PACE = 32 * 1024, 0.1  # "slow": bytes at a time, seconds between
 
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
@@ -166,6 +169,14 @@ class Upstream:
                 if self.drips is not None:
                     self.dripped.put_nowait(sent + 1)
             return
+        if mode == "slow":
+            writer.write(_head(200, kind, len(body), etag))
+            for start in range(0, len(body), SLOW_PIECE):
+                writer.write(body[start : start + SLOW_PIECE])
+                await writer.drain()
+                if start + SLOW_PIECE < len(body) and not await self._drip(SLOW_PACE):
+                    return
+            return
         if mode == "stall":
             writer.write(_head(200, kind, len(body), etag) + half)
             await writer.drain()
@@ -190,11 +201,11 @@ class Upstream:
         modified = f"Last-Modified: {formatdate(file.stat().st_mtime, usegmt=True)}"
         await _send(writer, 200, body, kind, etag=etag, extra=modified)
 
-    async def _drip(self) -> bool:
-        """Wait for a trickle's next byte: the test's word, else a second. False once the
-        test is over."""
+    async def _drip(self, pace: float = 1.0) -> bool:
+        """Wait for a trickle's next byte: the test's word, else `pace` seconds. False once
+        the test is over."""
         turn = asyncio.ensure_future(
-            self.drips.get() if self.drips is not None else asyncio.sleep(1.0)
+            self.drips.get() if self.drips is not None else asyncio.sleep(pace)
         )
         over = asyncio.ensure_future(self.closing.wait())
         done, _ = await asyncio.wait({turn, over}, return_when=asyncio.FIRST_COMPLETED)

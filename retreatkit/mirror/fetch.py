@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 import zlib
 from collections import deque
@@ -26,6 +27,7 @@ from retreatkit.mirror.badfiles import BadFiles
 from retreatkit.mirror.blobs import IntegrityError
 from retreatkit.mirror.errors import (
     BadUpstreamData,
+    LargerThanStore,
     LocalError,
     MirrorError,
     StoreFull,
@@ -52,7 +54,7 @@ class Limits:
     connect_timeout: float = 5.0  # name resolution and TCP connect, in total
     headers_timeout: float = 10.0  # from the request sent to the answer's headers
     read_timeout: float = 30.0  # the longest silence mid-body
-    index_timeout: float = 60.0  # a whole index page, from the first byte of DNS to the last
+    index_timeout: float = 60.0  # how long a client waits for a page not held (it goes on)
     max_size: int = 8 * 1024**3
     downloads: int = 32  # upstream downloads at once; more wait their turn
     min_rate: float = 1024.0  # bytes a second a download must bring, over each window; 0: any
@@ -99,9 +101,11 @@ class Fetcher:
         health: Health,
         clock: Callable[[], float] = time.monotonic,
         make_room: Room = _no_room_made,
+        store_limit: int = 0,
     ) -> None:
         self.store = store
         self.make_room = make_room
+        self.store_limit = store_limit  # bytes the whole store may hold (max_size_bytes); 0: any
         # a session given made (tests) or made when first wanted (resolver.Sessions)
         self.sessions = session if isinstance(session, Sessions) else Sessions(session)
         self.limits = limits
@@ -205,42 +209,58 @@ class Fetcher:
             log.warning("upstream %s is down: %s", where, why)
 
     async def get_index(self, url: str, headers: Mapping[str, str], limit: int) -> Reply:
-        """An index page, read whole within `index_timeout`."""
+        """An index page, read whole, bounded as a file is: by silence (`read_timeout`)
+        and by the rate a download must keep, not by a total time. A page that takes
+        long over a slow uplink still lands for whoever asks next (a client waits
+        `index_timeout` for it: Mirror.waited); cut at a total, it crossed again for
+        every retry and nobody got it."""
         try:
             try:
-                async with asyncio.timeout(self.limits.index_timeout):
-                    # a page is read whole and kept decoded: it may cross compressed (a
-                    # file may not: its hash names the bytes as published)
-                    asked = {"Accept-Encoding": "gzip", **headers}
-                    response = await self._open(url, asked, url)
-                    async with response:
-                        ok = response.status == 200
-                        body = await _read_bounded(response, limit) if ok else b""
-                        self.stats.upstream_index_bytes += len(body)
-                        if ok:
-                            coding = response.headers.get("Content-Encoding", "")
-                            body = _decoded(coding, body, limit, url)
-                        h = response.headers
-                        if ok and _cut_unseen(response, body):
-                            raise BadUpstreamData(f"{url}: page is truncated (no </html>)")
-                        return Reply(
-                            response.status,
-                            body,
-                            h.get("Content-Type", ""),
-                            h.get("ETag"),
-                            h.get("Last-Modified"),
-                        )
+                # a page is read whole and kept decoded: it may cross compressed (a
+                # file may not: its hash names the bytes as published)
+                asked = {"Accept-Encoding": "gzip", **headers}
+                response = await self._open(url, asked, url)
+                async with response:
+                    ok = response.status == 200
+                    body = await self._read_page(response, limit, url) if ok else b""
+                    self.stats.upstream_index_bytes += len(body)
+                    if ok:
+                        coding = response.headers.get("Content-Encoding", "")
+                        body = _decoded(coding, body, limit, url)
+                    h = response.headers
+                    if ok and _cut_unseen(response, body):
+                        raise BadUpstreamData(f"{url}: page is truncated (no </html>)")
+                    return Reply(
+                        response.status,
+                        body,
+                        h.get("Content-Type", ""),
+                        h.get("ETag"),
+                        h.get("Last-Modified"),
+                    )
             except aiohttp.ServerTimeoutError:  # silent mid-page, for read_timeout
                 quiet = f"{self.limits.read_timeout:g} s"
                 raise UpstreamTimeout(f"upstream went silent for {quiet} sending {url}") from None
-            except TimeoutError:
-                bound = self.limits.index_timeout
-                raise UpstreamTimeout(f"upstream took over {bound:g} s sending {url}") from None
             except aiohttp.ClientError as exc:
                 raise UpstreamError(faults.words(exc, url)) from None
         except UpstreamError as exc:
             self.count(exc)
             raise
+
+    async def _read_page(self, response: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
+        """A page's body, at most `limit` bytes, cut if it comes slower than a file may."""
+        if response.content_length is not None and response.content_length > limit:
+            raise BadUpstreamData(INDEX_TOO_LARGE)
+        floor = self._floor()
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise BadUpstreamData(INDEX_TOO_LARGE)
+            chunks.append(chunk)
+            self._keep_up(floor, len(chunk), url)
+        if response.content_length is not None and size != response.content_length:
+            raise BadUpstreamData(INDEX_CUT)
+        return b"".join(chunks)
 
     async def size_of(self, url: str) -> int | None:
         """What a file's Content-Length is upstream, by a HEAD: no body crosses the uplink."""
@@ -320,6 +340,8 @@ class Fetcher:
     def _failed(self, fill: Fill, exc: MirrorError) -> str:
         log.warning("fetch of %s failed: %s", fill.label, exc)
         self.count(exc)
+        if isinstance(exc, LargerThanStore):
+            return "too large"
         if isinstance(exc, StoreFull):
             if fill.writer is not None:  # a write found the disk full
                 self.store.space.outgrew(self._outgrew(fill))
@@ -344,9 +366,10 @@ class Fetcher:
         return taken + self.store.free_bytes() + (1 << 20)
 
     async def _download(self, fill: Fill) -> None:
-        limits, store = self.limits, self.store
+        store = self.store
         known = fill.source.size
         if known is not None:
+            self._bound(fill.file, known)
             await self.make_room(known, fill.file)
         free = store.free_bytes()
         if known is not None and not store.space.room_for(known, free):
@@ -364,8 +387,8 @@ class Fetcher:
                         f"upstream has {fill.file} at {fill.length} bytes; its index says {known}"
                     )
                 size = fill.expected_size
-                if size is not None and size > limits.max_size:
-                    raise UpstreamError(f"{fill.file} is larger than the mirror's limit")
+                if size is not None:
+                    self._bound(fill.file, size)
                 if size is not None and size != known:
                     await self.make_room(size, fill.file)
                 free = store.free_bytes()
@@ -379,21 +402,16 @@ class Fetcher:
                 fill.content_type = response.headers.get("Content-Type", fill.content_type)
                 fill.writer = store.writer(tuple(fill.source.hashes))
                 fill.headers.set()
-                floor = faults.Floor(limits.min_rate, limits.rate_window, self.clock())
+                floor = self._floor()
                 async for chunk in response.content.iter_chunked(CHUNK):
                     # hashing and writing 256 KiB held the loop ~0.2 ms a chunk; a thread
                     # costs ~20% more CPU and holds it not at all (bench/mirror_io.py)
                     await _whole(asyncio.to_thread(fill.writer.write, chunk))
                     fill.written += len(chunk)
                     self.stats.upstream_bytes += len(chunk)
-                    if fill.written > limits.max_size:
-                        raise UpstreamError(f"{fill.file} is larger than the mirror's limit")
+                    self._bound(fill.file, fill.written)
                     fill.notify()
-                    if not floor.keeps_up(len(chunk), self.clock()):
-                        rate, window = units.size(int(floor.rate)), floor.window
-                        raise UpstreamTimeout(
-                            f"upstream sent {fill.file} at under {rate}/s for {window:g} s"
-                        )
+                    self._keep_up(floor, len(chunk), fill.file)
         except TimeoutError:
             raise UpstreamTimeout(f"upstream went silent sending {fill.file}") from None
         except aiohttp.ClientError as exc:
@@ -411,6 +429,27 @@ class Fetcher:
             raise IntegrityError(f"upstream sent bad bytes for {fill.file}: {exc}") from None
         await _whole(asyncio.to_thread(fill.writer.publish, fill.digest))
         store.published(fill.digest, fill.written)
+
+    def _floor(self) -> faults.Floor:
+        return faults.Floor(self.limits.min_rate, self.limits.rate_window, self.clock())
+
+    def _keep_up(self, floor: faults.Floor, size: int, what: str) -> None:
+        """Another `size` bytes of `what` came: cut it if it comes slower than the floor."""
+        if not floor.keeps_up(size, self.clock()):
+            rate, window = units.size(int(floor.rate)), floor.window
+            raise UpstreamTimeout(f"upstream sent {what} at under {rate}/s for {window:g} s")
+
+    def _bound(self, file: str, size: int) -> None:
+        """Refuse a file larger than one download may be, or than the whole store may hold:
+        kept, that one would evict every other file, then itself, and cross the uplink
+        again for the next client."""
+        if size > self.limits.max_size:
+            raise UpstreamError(f"{file} is larger than the mirror's limit")
+        if self.store_limit and size > self.store_limit:
+            raise LargerThanStore(
+                f"{file} ({units.size(size)}) is larger than all the mirror keeps:"
+                f" {units.size(self.store_limit)} (max_size_bytes)"
+            )
 
     # -- the organiser's list -----------------------------------------------------------------
 
@@ -436,6 +475,10 @@ def _why(exc: BaseException | None) -> str:
     """One short line: the system's words for an OSError, else the exception's first line."""
     if (tls := faults.tls_words(exc)) is not None:
         return tls
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        # the resolver's own words: its codes are not errnos (strerror(-3) is "Unknown
+        # error -3" where the resolver says "Temporary failure in name resolution")
+        return exc.strerror.lower()
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno).lower()
     text = str(exc) or type(exc).__name__
@@ -464,17 +507,3 @@ def _decoded(coding: str, body: bytes, limit: int, url: str) -> bytes:
     if not unpack.eof:
         raise BadUpstreamData(INDEX_CUT)
     return out
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    if response.content_length is not None and response.content_length > limit:
-        raise BadUpstreamData(INDEX_TOO_LARGE)
-    chunks, size = [], 0
-    async for chunk in response.content.iter_chunked(CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise BadUpstreamData(INDEX_TOO_LARGE)
-        chunks.append(chunk)
-    if response.content_length is not None and size != response.content_length:
-        raise BadUpstreamData(INDEX_CUT)
-    return b"".join(chunks)

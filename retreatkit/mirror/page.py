@@ -67,7 +67,8 @@ def host_of(base: str) -> str:
 def apt_lines(base: str, suites: tuple[tuple[str, str, str], ...]) -> list[str]:
     """apt through the mirror: as the proxy for the archives it keeps (any suite), or a
     sources line per suite it holds, in place of the machine's own."""
-    proxy = f'Acquire::http::Proxy "{base}";'
+    # apt sends https sources through the http proxy too unless told not to
+    proxy = f'Acquire::http::Proxy "{base}"; Acquire::https::Proxy "DIRECT";'
     out = [f"echo '{proxy}' | sudo tee /etc/apt/apt.conf.d/01retreat-mirror"]
     for origin, suite, components in suites:
         line = f"deb {base}/{origin} {suite} {components}"

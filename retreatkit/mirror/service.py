@@ -30,6 +30,7 @@ from retreatkit.mirror.errors import (
     NotFound,
     UpstreamDown,
     UpstreamError,
+    UpstreamTimeout,
 )
 from retreatkit.mirror.fetch import Fetcher, Limits
 from retreatkit.mirror.fill import Fill
@@ -100,8 +101,9 @@ class Mirror:
         self.stats = Stats()
         self.health = Health()
         self.fetcher = Fetcher(
-            self.store, session, settings.limits, self.stats, self.health, make_room=self.make_room
-        )
+            self.store, session, settings.limits, self.stats, self.health,
+            make_room=self.make_room, store_limit=settings.max_size,
+        )  # fmt: skip
         self.hot = HotCache(settings.hot_bytes)
         self.renders = Renders(settings.page_bytes)
         self.started = time.time()
@@ -275,15 +277,22 @@ class Mirror:
         if this request started one, goes on in the background). A request that holds a
         copy waits `stale_after` at most, so a slow or newly silent upstream costs it a
         moment, not the fetcher's whole bound (pip's own timeout is about as long); with
-        nothing to serve it waits for the fetcher's bounds."""
+        nothing to serve it waits `index_timeout` at most, and a page still coming then
+        lands for the client's retry."""
         if down:
             if held:
                 return None
             raise self.fetcher.down(url)
-        if not held:
-            return await asyncio.shield(task)
-        done, _ = await asyncio.wait({task}, timeout=self.settings.stale_after)
-        return task.result() if done else None
+        bound = self.settings.stale_after if held else self.settings.limits.index_timeout
+        done, _ = await asyncio.wait({task}, timeout=bound)
+        if done:
+            return task.result()
+        if held:
+            return None
+        raise UpstreamTimeout(
+            f"upstream took over {bound:g} s sending {url}; the mirror goes on fetching it"
+            " for the next try"
+        )
 
     async def refreshed(self) -> None:
         """Wait for the index revalidations under way to end (those nobody waits on)."""

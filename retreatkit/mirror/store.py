@@ -68,7 +68,9 @@ create table if not exists blobs (
 );
 create index if not exists blobs_evict on blobs(pinned, kind, last_access);
 """
-_SOURCE_COLUMNS = {"ecosystem": "text", "package": "text", "size": "integer", "aliases": "text"}
+_SOURCE_COLUMNS = {
+    "ecosystem": "text", "package": "text", "size": "integer", "aliases": "text", "shown": "text",
+}  # fmt: skip
 
 
 def stamp(st: os.stat_result) -> Stamp:
@@ -331,16 +333,19 @@ class Store:
         row = (
             self.db()
             .execute(
-                "select url, hashes, ecosystem, package, size, aliases from sources where name = ?",
+                "select url, hashes, ecosystem, package, size, aliases, shown from sources"
+                " where name = ?",
                 (name,),
             )
             .fetchone()
         )
         if row is None:
             return None
-        url, hashes, ecosystem, package, size, aliases = row
+        url, hashes, ecosystem, package, size, aliases, shown = row
         also = tuple(json.loads(aliases)) if aliases else ()
-        return Source(name, url, json.loads(hashes), ecosystem or "", package or "", size, also)
+        return Source(
+            name, url, json.loads(hashes), ecosystem or "", package or "", size, also, shown
+        )
 
     def names(self, prefix: str) -> list[str]:
         """Keys under a prefix, without it, in order."""
@@ -423,11 +428,12 @@ class Store:
 
     def add_sources(self, sources: Iterable[Source]) -> None:
         self._write(
-            "insert or replace into sources (name, url, hashes, ecosystem, package, size, aliases)"
-            " values (?, ?, ?, ?, ?, ?, ?)",
+            "insert or replace into sources"
+            " (name, url, hashes, ecosystem, package, size, aliases, shown)"
+            " values (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (s.name, s.url, json.dumps(dict(s.hashes), sort_keys=True), s.ecosystem,
-                 s.package, s.size, json.dumps(s.aliases) if s.aliases else None)
+                 s.package, s.size, json.dumps(s.aliases) if s.aliases else None, s.shown)
                 for s in sources
             ],
         )  # fmt: skip

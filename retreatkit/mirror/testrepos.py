@@ -168,39 +168,74 @@ class Signer:
         subprocess.run(["gpgconf", "--kill", "gpg-agent"], capture_output=True, env=env)
 
 
+def make_dsc(name: str, version: str) -> dict[str, bytes]:
+    """A native source package as `dpkg-source -b` leaves it: its `.dsc` and tarball."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        for path, text in (
+            ("README", f"{name} {version}\n"),
+            ("debian/source/format", "3.0 (native)\n"),
+        ):
+            data = text.encode()
+            info = tarfile.TarInfo(f"{name}-{version}/{path}")
+            info.size, info.mtime, info.mode = len(data), 499162500, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    tarball, packed = f"{name}_{version}.tar.xz", buf.getvalue()
+    sums = {
+        algo: f" {hashlib.new(algo, packed).hexdigest()} {len(packed)} {tarball}"
+        for algo in ("sha1", "sha256", "md5")
+    }
+    dsc = [
+        "Format: 3.0 (native)", f"Source: {name}", f"Binary: {name}", "Architecture: all",
+        f"Version: {version}", "Maintainer: retreatkit tests <nobody@example.invalid>",
+        "Standards-Version: 4.6.2", "Package-List:", f" {name} deb misc optional arch=all",
+        "Checksums-Sha1:", sums["sha1"], "Checksums-Sha256:", sums["sha256"],
+        "Files:", sums["md5"],
+    ]  # fmt: skip
+    return {f"{name}_{version}.dsc": ("\n".join(dsc) + "\n").encode(), tarball: packed}
+
+
 def write_apt(
-    root: Path, suite: str, debs: dict[str, bytes], signer: Signer | None, by_hash: bool = True
+    root: Path,
+    suite: str,
+    debs: dict[str, bytes],
+    signer: Signer | None,
+    by_hash: bool = True,
+    sources: dict[str, bytes] | None = None,
 ) -> None:
     """An archive at `root` (`pool/`, `dists/SUITE/`) holding `debs` (file name -> bytes),
-    indexed by `dpkg-scanpackages`, with a Release (by-hash copies if `by_hash`), signed
-    when a signer is given."""
-    for filename, data in debs.items():
+    indexed by `dpkg-scanpackages`, and the source packages' files in `sources`
+    (`make_dsc`), indexed by `dpkg-scansources`, with a Release (by-hash copies if
+    `by_hash`), signed when a signer is given."""
+    for filename, data in {**debs, **(sources or {})}.items():
         name = filename.split("_")[0]
         folder = root / "pool" / "main" / name[0] / name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / filename).write_bytes(data)
     dists = root / "dists" / suite
-    binary = dists / "main" / f"binary-{arch()}"
-    binary.mkdir(parents=True, exist_ok=True)
-    scanned = subprocess.run(
-        ["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"],
-        cwd=root, check=True, capture_output=True, timeout=60,
-    ).stdout  # fmt: skip
-    variants = {
-        "Packages": scanned,
-        "Packages.gz": gzip.compress(scanned, mtime=0),
-        "Packages.xz": lzma.compress(scanned),
-    }
+    indexes = {f"main/binary-{arch()}/Packages": ["dpkg-scanpackages", "--multiversion"]}
+    if sources:
+        indexes["main/source/Sources"] = ["dpkg-scansources"]
     listed = []
-    for name, data in variants.items():
-        (binary / name).write_bytes(data)
-        path = f"main/binary-{arch()}/{name}"
-        listed.append((path, data))
-        if by_hash:
-            for folder_name, algo in (("SHA256", "sha256"), ("MD5Sum", "md5")):
-                hashed = binary / "by-hash" / folder_name
-                hashed.mkdir(parents=True, exist_ok=True)
-                (hashed / hashlib.new(algo, data).hexdigest()).write_bytes(data)
+    for index, scan in indexes.items():
+        scanned = subprocess.run(
+            [*scan, "pool", "/dev/null"], cwd=root, check=True, capture_output=True, timeout=60,
+        ).stdout  # fmt: skip
+        variants = {
+            index: scanned,
+            index + ".gz": gzip.compress(scanned, mtime=0),
+            index + ".xz": lzma.compress(scanned),
+        }
+        folder = (dists / index).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, data in variants.items():
+            (dists / path).write_bytes(data)
+            listed.append((path, data))
+            if by_hash:
+                for folder_name, algo in (("SHA256", "sha256"), ("MD5Sum", "md5")):
+                    hashed = folder / "by-hash" / folder_name
+                    hashed.mkdir(parents=True, exist_ok=True)
+                    (hashed / hashlib.new(algo, data).hexdigest()).write_bytes(data)
     lines = [
         "Origin: retreatkit-tests", f"Suite: {suite}", f"Codename: {suite}",
         "Date: Sat, 01 Jun 2024 08:00:00 UTC", f"Architectures: {arch()}",

@@ -10,16 +10,14 @@ itself: every byte comes through the mirror.
 
 from __future__ import annotations
 
-import json
 import shutil
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from retreatkit.mirror.testing import Netns, start_mirror, start_upstream
 from retreatkit.mirror.testrepos import AptClient, Signer, make_deb, write_apt
-from tests.e2e.mirror_attendee import attendee
+from tests.e2e.mirror_attendee import attendee, fetched
 
 pytestmark = [
     pytest.mark.e2e,
@@ -31,12 +29,6 @@ pytestmark = [
 
 
 lan = attendee("a")
-
-
-def fetched(upstream_url: str) -> dict[str, int]:
-    with urllib.request.urlopen(f"{upstream_url}_stats", timeout=30) as r:
-        counts: dict[str, int] = json.load(r)
-    return counts
 
 
 def test_apt_get_updates_and_downloads_through_the_mirror_online_then_offline(

@@ -9,22 +9,19 @@ apt-get has every folder of its own (AptClient), so the host's apt is never touc
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from retreatkit.mirror.testing import Netns, Server, start_mirror, start_upstream
+from retreatkit.mirror.testing import Netns
 from retreatkit.mirror.testrepos import AptClient, Signer, arch, make_deb, write_apt
-from tests.e2e.mirror_attendee import attendee
+from tests.e2e.mirror_attendee import attendee, attendee_apt, mirrored
 
 pytestmark = [
     pytest.mark.e2e,
@@ -38,26 +35,6 @@ lan = attendee("i", prefix="apw")
 SUITE = "bookworm"
 
 
-@contextlib.contextmanager
-def mirrored(
-    tmp_path: Path, root: Path, lan: Netns, **options: Any
-) -> Iterator[tuple[Server, Server, str]]:
-    """The upstream serving `root`, and a mirror of its `debian` archive on the
-    attendees' LAN address: (upstream, mirror, admin URL)."""
-    upstream = start_upstream(root)
-    try:
-        mirror, admin = start_mirror(
-            tmp_path / "store", apt={"debian": upstream.url + "debian"},
-            listen=f"{lan.host}:0", **options,
-        )  # fmt: skip
-        try:
-            yield upstream, mirror, admin
-        finally:
-            mirror.stop()
-    finally:
-        upstream.stop()
-
-
 def debs(build: Path) -> dict[str, bytes]:
     """hello-rk, which needs a library and a data package (over 1 MiB: streamed)."""
     return {
@@ -67,15 +44,6 @@ def debs(build: Path) -> dict[str, bytes]:
             build, "hello-rk", "1.0", depends="libhello-rk (>= 1.0), hello-data-rk"
         ),
     }
-
-
-def attendee_apt(folder: Path, mirror: Server, signer: Signer) -> AptClient:
-    """An attendee's apt with the README's line; the archive's key is trusted the way a
-    system trusts its distribution's (no `signed-by` in the line)."""
-    apt = AptClient(folder)
-    shutil.copy(signer.keyring, apt.state / "trusted.d" / "archive.gpg")
-    apt.sources(f"deb {mirror.url}debian {SUITE} main")
-    return apt
 
 
 def installed(apt: AptClient) -> set[str]:

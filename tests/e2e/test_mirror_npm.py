@@ -10,7 +10,6 @@ page on `/` prints; only the test's own cache is added.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 
 from retreatkit.mirror.testing import Netns, start_mirror, start_upstream
 from retreatkit.mirror.testrepos import npm_pack, write_npm
-from tests.e2e.mirror_attendee import attendee, page_block
+from tests.e2e.mirror_attendee import attendee, npm_env, page_block
 
 pytestmark = [
     pytest.mark.e2e,
@@ -30,19 +29,6 @@ pytestmark = [
 
 
 lan = attendee("n")
-
-
-def npm_env(home: Path) -> dict[str, str]:
-    """No npm settings of this machine: an empty user and global configuration."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "npmrc").touch()
-    (home / "global-npmrc").touch()
-    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("npm_config_")}
-    return {
-        **env, "HOME": str(home), "npm_config_userconfig": str(home / "npmrc"),
-        "npm_config_globalconfig": str(home / "global-npmrc"),
-        "npm_config_update_notifier": "false", "npm_config_fund": "false",
-    }  # fmt: skip
 
 
 def package(folder: Path, name: str, version: str, deps: dict[str, str] | None = None) -> Path:

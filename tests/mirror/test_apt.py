@@ -256,13 +256,17 @@ async def test_proxy_requests_for_configured_origins_only(archive: Archive) -> N
         b"GET http://example.invalid/debian/dists/stable/Release HTTP/1.1\r\n"
         b"Host: example.invalid\r\nConnection: close\r\n\r\n"
     )
-    assert other.startswith(b"HTTP/1.1 403 ")
-    assert other.endswith(b"not an open proxy: this mirror serves only its apt origins (debian)\n")
+    said = b"not an open proxy: this mirror serves only its apt origins (debian);"
+    said += b' set Acquire::http::Proxy::example.invalid "DIRECT"'
+    assert other.startswith(b"HTTP/1.1 403 " + said + b"\r\n")
+    assert other.endswith(said + b"\n")
     tunnel = await raw(
         b"CONNECT example.invalid:443 HTTP/1.1\r\nHost: example.invalid:443\r\n"
         b"Connection: close\r\n\r\n"
     )
-    assert tunnel.startswith(b"HTTP/1.1 405 ")
+    assert tunnel.startswith(
+        b'HTTP/1.1 405 this mirror is not an https proxy: set Acquire::https::Proxy "DIRECT"\r\n'
+    )
     counted = archive.upstream.counts
     assert set(counted) == {"/debian/dists/stable/InRelease", "/debian/dists/stable/Release",
                             "/debian/dists/stable/Release.gpg"}  # fmt: skip
@@ -377,3 +381,33 @@ async def test_a_404_for_a_held_release_serves_the_last_one(archive: Archive) ->
     status, body, headers = await archive.get(release)
     assert (status, body, headers["Warning"]) == (200, old, '110 - "Response is Stale"')
     assert (await archive.get(f"/debian/dists/stable/{PACKAGES}"))[:2] == (200, packages)
+
+
+def test_a_page_with_a_field_like_line_is_no_release() -> None:
+    """A portal's page whose CSS reads as a field: a Release names its suite."""
+    page = b"<html>\n<style>\nbody { margin: 0; }\n</style>\n</html>\n"
+    with pytest.raises(apt.AptError, match="names no Suite or Codename"):
+        apt.parse_release(page)
+    assert not apt.looks_like("InRelease", page) and not apt.looks_like("Release.gpg", page)
+    assert apt.looks_like("InRelease", RELEASE)
+
+
+def test_a_sources_index_names_each_file_under_its_directory() -> None:
+    """What `apt-get source` fetches; a Directory or file name that leaves the pool is
+    never a file to fetch."""
+    text = (
+        "Package: hello\nDirectory: pool/main/h/hello\nChecksums-Sha256:\n"
+        f" {'a' * 64} 10 hello_1.0.dsc\n {'b' * 64} 20 hello_1.0.tar.xz\n\n"
+        "Package: evil\nDirectory: ../../etc\nChecksums-Sha256:\n"
+        f" {'c' * 64} 30 passwd\n\n"
+        "Package: evil2\nDirectory: pool/main/e/evil2\nChecksums-Sha256:\n"
+        f" {'d' * 64} 40 ../../x.dsc\n"
+    )
+    found = apt.listed("debian", "http://d.test/debian", "main/source/Sources.xz", text)
+    assert [(s.name, s.url, s.size) for s in found] == [
+        ("apt/debian/pool/main/h/hello/hello_1.0.dsc",
+         "http://d.test/debian/pool/main/h/hello/hello_1.0.dsc", 10),
+        ("apt/debian/pool/main/h/hello/hello_1.0.tar.xz",
+         "http://d.test/debian/pool/main/h/hello/hello_1.0.tar.xz", 20),
+    ]  # fmt: skip
+    assert found[0].hashes == {"sha256": "a" * 64}

@@ -62,8 +62,8 @@ npm config set registry http://mirror.retreat.lan:8000/npm/</pre>
 <h2>apt</h2>
 <p>As the proxy for the archives it keeps (debian, debian-security; https sources go direct), \
 or in place of your sources line; remove the file after the event:</p>
-<pre>echo 'Acquire::http::Proxy "http://mirror.retreat.lan:8000";' | sudo tee \
-/etc/apt/apt.conf.d/01retreat-mirror
+<pre>echo 'Acquire::http::Proxy "http://mirror.retreat.lan:8000"; Acquire::https::Proxy \
+"DIRECT";' | sudo tee /etc/apt/apt.conf.d/01retreat-mirror
 echo 'deb http://mirror.retreat.lan:8000/debian bookworm main contrib' | sudo tee \
 /etc/apt/sources.list.d/retreat-debian.list</pre>
 <h2>bob</h2>
