@@ -144,9 +144,10 @@ def unpack(compressed: Path, into: Path, limit: int) -> int:
         if not unzstd.eof or total != size:  # a frame cut short
             raise UnpackError(f"does not unpack (it ends after {total} of {size} bytes)")
         rest = unzstd.unused_data
+        frame_end = read - len(rest)
+        rest = rest or source.read(UNPACK_CHUNK)  # the frame may end where a read did
         # the kernel takes an archive only at an offset that is a multiple of 4 (a series
         # pads with zeros between archives, which it skips): where the frame ended, mod 4
-        frame_end = read - len(rest)
         rest = bytes((frame_end - total) % 4) + rest if rest else rest
         while rest:
             total += len(rest)

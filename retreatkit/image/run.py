@@ -323,12 +323,15 @@ def boot_files(launch: Launch, run_dir: Path) -> tuple[Path, Path]:
             kernel = launch.image / "kernel"  # Debian's: it unpacks itself
         cpio.unpack(launch.image / "initramfs", initramfs, launch.memory_mb << 20)
     except cpio.UnpackError as exc:
-        initramfs.unlink(missing_ok=True)
+        for path in (run_dir / "vmlinux", initramfs):
+            path.unlink(missing_ok=True)
         raise RunError(
             f"{launch.image} is not a whole image: its initramfs {exc}; build it again"
             f" (retreatkit image build {launch.manifest['service']})"
         ) from None
     except OSError as exc:
+        for path in (run_dir / "vmlinux", initramfs):
+            path.unlink(missing_ok=True)
         why = exc.strerror or exc
         raise RunError(f"could not unpack the image into {run_dir}: {why}") from None
     return kernel, initramfs
@@ -362,6 +365,7 @@ class Guest:
         self.last_line = LastLine()
         self._pump: asyncio.Task[None] | None = None
         self.passt: network.Passt | None = None
+        self._unpacked: list[Path] = []
 
     async def start(self, accel: str) -> None:
         launch = self.launch
@@ -373,11 +377,17 @@ class Guest:
             if not launch.disk.exists():
                 make_disk(launch.disk, launch.disk_size)
             disks.append((launch.disk, False))
+        # before passt starts: a failure here leaves nothing running
+        kernel, initramfs = await asyncio.to_thread(boot_files, launch, self.run_dir)
+        self._unpacked = [p for p in (kernel, initramfs) if p.parent == self.run_dir]
         sock = None
         if launch.network == "passt":
             self.passt = network.Passt(self.run_dir, launch.forwards)
-            sock = await self.passt.start(_die_with_parent)
-        kernel, initramfs = await asyncio.to_thread(boot_files, launch, self.run_dir)
+            try:
+                sock = await self.passt.start(_die_with_parent)
+            except BaseException:
+                self._remove_unpacked()
+                raise
         args = qemu.argv(
             launch.manifest["machine"],
             kernel,
@@ -401,10 +411,17 @@ class Guest:
                 preexec_fn=_die_with_parent,
             )
         except BaseException:
+            self._remove_unpacked()
             if self.passt is not None:
                 await self.passt.close()
             raise
         self._pump = asyncio.ensure_future(self._read_console())
+
+    def _remove_unpacked(self) -> None:
+        """The kernel and initramfs unpacked for this boot: qemu read them as it started."""
+        for path in self._unpacked:
+            path.unlink(missing_ok=True)
+        self._unpacked = []
 
     async def _read_console(self) -> None:
         """Copy the console to its log (and the terminal), in bounded chunks: what a guest
@@ -434,6 +451,7 @@ class Guest:
     async def wait(self) -> int:
         assert self.process is not None
         code = await self.process.wait()
+        self._remove_unpacked()
         if self._pump is not None:
             await self._pump  # the console up to qemu's last word
         if self.passt is not None:

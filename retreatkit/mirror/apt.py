@@ -209,14 +209,13 @@ def unsign(body: bytes) -> str:
 
 def parse_release(body: bytes) -> Release:
     """A Release or InRelease: its fields and every index file it lists. A Release names
-    its suite (Suite or Codename, the format says at least one): a page with a `name:
-    value` line (a portal's CSS) is no Release."""
+    its suite (Suite or Codename) or lists index files (`apt-ftparchive release` writes
+    neither name unless told to, and apt takes it): a page with a `name: value` line (a
+    portal's CSS) does neither, and is no Release."""
     found = list(paragraphs(unsign(body)))
     if not found:
         raise AptError("empty Release file")
     fields = found[0]
-    if not fields.get("Suite") and not fields.get("Codename"):
-        raise AptError("not a Release: it names no Suite or Codename")
     sizes: dict[str, int] = {}
     hashes: dict[str, dict[str, str]] = {}
     for field_name, algo in FIELDS.items():
@@ -234,6 +233,8 @@ def parse_release(body: bytes) -> Release:
         for path, found_hashes in hashes.items()
         if set(found_hashes) & {"sha256", "sha512"}
     }
+    if not fields.get("Suite") and not fields.get("Codename") and not listed:
+        raise AptError("not a Release: it names no Suite or Codename and lists no index")
     return Release(fields, listed)
 
 

@@ -49,6 +49,12 @@ RECENT = 100  # finished fetches kept for the organiser's list
 T = TypeVar("T")
 
 
+# a page fetch goes on after its client stopped waiting (index_timeout), for the next one,
+# but not for ever: an upstream trickling at the least rate a download must keep would hold
+# the page's one fetch, and its memory, for hours
+PAGE_PATIENCE = 10
+
+
 @dataclass
 class Limits:
     connect_timeout: float = 5.0  # name resolution and TCP connect, in total
@@ -210,41 +216,45 @@ class Fetcher:
 
     async def get_index(self, url: str, headers: Mapping[str, str], limit: int) -> Reply:
         """An index page, read whole, bounded as a file is: by silence (`read_timeout`)
-        and by the rate a download must keep, not by a total time. A page that takes
-        long over a slow uplink still lands for whoever asks next (a client waits
-        `index_timeout` for it: Mirror.waited); cut at a total, it crossed again for
-        every retry and nobody got it."""
+        and by the rate a download must keep, and in all by PAGE_PATIENCE times what a
+        client waits. A page that takes long over a slow uplink still lands for whoever
+        asks next (a client waits `index_timeout` for it: Mirror.waited); cut at that,
+        it crossed again for every retry and nobody got it."""
+        bound = self.limits.index_timeout * PAGE_PATIENCE
         try:
             try:
-                # a page is read whole and kept decoded: it may cross compressed (a
-                # file may not: its hash names the bytes as published)
-                asked = {"Accept-Encoding": "gzip", **headers}
-                response = await self._open(url, asked, url)
-                async with response:
-                    ok = response.status == 200
-                    body = await self._read_page(response, limit, url) if ok else b""
-                    self.stats.upstream_index_bytes += len(body)
-                    if ok:
-                        coding = response.headers.get("Content-Encoding", "")
-                        body = _decoded(coding, body, limit, url)
-                    h = response.headers
-                    if ok and _cut_unseen(response, body):
-                        raise BadUpstreamData(f"{url}: page is truncated (no </html>)")
-                    return Reply(
-                        response.status,
-                        body,
-                        h.get("Content-Type", ""),
-                        h.get("ETag"),
-                        h.get("Last-Modified"),
-                    )
+                async with asyncio.timeout(bound):  # a trickle that keeps the rate ends too
+                    return await self._get_index(url, headers, limit)
             except aiohttp.ServerTimeoutError:  # silent mid-page, for read_timeout
                 quiet = f"{self.limits.read_timeout:g} s"
                 raise UpstreamTimeout(f"upstream went silent for {quiet} sending {url}") from None
+            except TimeoutError:
+                raise UpstreamTimeout(f"upstream took over {bound:g} s sending {url}") from None
             except aiohttp.ClientError as exc:
                 raise UpstreamError(faults.words(exc, url)) from None
         except UpstreamError as exc:
             self.count(exc)
             raise
+
+    async def _get_index(self, url: str, headers: Mapping[str, str], limit: int) -> Reply:
+        # a page is read whole and kept decoded: it may cross compressed (a file may
+        # not: its hash names the bytes as published)
+        asked = {"Accept-Encoding": "gzip", **headers}
+        response = await self._open(url, asked, url)
+        async with response:
+            ok = response.status == 200
+            body = await self._read_page(response, limit, url) if ok else b""
+            self.stats.upstream_index_bytes += len(body)
+            if ok:
+                coding = response.headers.get("Content-Encoding", "")
+                body = _decoded(coding, body, limit, url)
+            h = response.headers
+            if ok and _cut_unseen(response, body):
+                raise BadUpstreamData(f"{url}: page is truncated (no </html>)")
+            return Reply(
+                response.status, body, h.get("Content-Type", ""), h.get("ETag"),
+                h.get("Last-Modified"),
+            )  # fmt: skip
 
     async def _read_page(self, response: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
         """A page's body, at most `limit` bytes, cut if it comes slower than a file may."""

@@ -112,14 +112,13 @@ def process(name: str, body: bytes, abbreviated: bool) -> Processed:
     Versions whose tarball has no hash the store can check, or a name that is not a plain
     file, are left out: the mirror serves nothing it cannot verify. CPU-heavy for big
     packuments: run off the loop."""
-    try:
-        doc = _load(body)
-    except PackumentError:
-        # JSON that is cut is caught before (its length); a page that is not JSON at all
-        # is what a venue's login portal answers for every path
+    if body.lstrip()[:1] != b"{":
+        # JSON that is cut is caught before (its length); a page that is not a JSON object
+        # at all is what a venue's login portal answers for every path
         raise PackumentError(
             f"upstream sent a page that is not {name}'s packument (a login portal's?)"
-        ) from None
+        )
+    doc = _load(body)
     if doc.get("name") != name:
         raise PackumentError(f"upstream sent a packument for {doc.get('name')!r}, not {name!r}")
     versions = doc.get("versions")

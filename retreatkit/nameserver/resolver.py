@@ -86,7 +86,12 @@ class Resolver:
         self.flights: Flights[Fetched] = Flights()
         self.busy = Once()  # the flights' cap, said in the log once in a while
         if loops is None:
-            servers = [(zone, u) for zone, group in self.upstreams.items() for u in group.servers]
+            # the default upstreams only: a forward rule's server answers its own zone and
+            # may well send the rest of the world to us (a router's dnsmasq for `lan`,
+            # whose upstream is this nameserver): a probe outside the zone would come
+            # back and take a zone that loops nowhere off the air
+            servers = [(zone, u) for zone, group in self.upstreams.items() for u in group.servers
+                       if not zone]  # fmt: skip
             recheck = min((group.recheck for group in self.upstreams.values()), default=RETRY_AFTER)
             loops = Loops(servers, recheck)
         self.loops = loops

@@ -80,7 +80,7 @@ def test_same_tree_same_bytes_whatever_the_order() -> None:
 
 
 def test_unpack_gives_qemu_the_archive_itself_and_refuses_what_is_not_one(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tree = {"init": cpio.file(b"#!x\n", True), "usr/lib/big": cpio.file(bytes(3 << 20))}
     tree_archive = cpio.archive(tree)
@@ -105,6 +105,10 @@ def test_unpack_gives_qemu_the_archive_itself_and_refuses_what_is_not_one(
     assert (len(tree_archive) + zeros) % 4 == 0
     with pytest.raises(cpio.UnpackError, match=r"^unpacks to more than the guest's memory$"):
         cpio.unpack(packed, out, written - 1)
+    with monkeypatch.context() as m:  # the frame ends where a read ends: the rest still goes
+        m.setattr(cpio, "UNPACK_CHUNK", len(frame))
+        assert cpio.unpack(packed, out, 8 << 20) == written
+    assert out.read_bytes().endswith(extra)
     packed.write_bytes(b"not zstd at all")
     with pytest.raises(cpio.UnpackError, match=r"^does not unpack \(.+\)$"):
         cpio.unpack(packed, out, 8 << 20)

@@ -406,7 +406,10 @@ async def test_a_guest_started_stopped_and_ended_by_itself_reaches_the_dashboard
     admin = supervisor.item("r1")["admin"]
     await supervisor.start("r1")
     await until_told(ring, f"Guest r1 up; admin on {admin}/status")
+    unpacked = supervisor.folder("r1") / "run" / "initramfs.cpio"  # what qemu was handed
+    assert unpacked.exists()
     await supervisor.stop("r1")
+    assert not unpacked.exists()  # a stopped guest leaves no copy of its image behind
     await supervisor.stop("r1")  # stopped already: nothing more to tell
     qemu.with_name(qemu.name + ".panics").touch()
     keeper = (await supervisor.start("r1")).keeper

@@ -386,10 +386,19 @@ async def test_a_404_for_a_held_release_serves_the_last_one(archive: Archive) ->
 def test_a_page_with_a_field_like_line_is_no_release() -> None:
     """A portal's page whose CSS reads as a field: a Release names its suite."""
     page = b"<html>\n<style>\nbody { margin: 0; }\n</style>\n</html>\n"
-    with pytest.raises(apt.AptError, match="names no Suite or Codename"):
+    with pytest.raises(apt.AptError, match="names no Suite or Codename and lists no index"):
         apt.parse_release(page)
     assert not apt.looks_like("InRelease", page) and not apt.looks_like("Release.gpg", page)
     assert apt.looks_like("InRelease", RELEASE)
+
+
+def test_a_release_that_names_no_suite_but_lists_indexes_is_one() -> None:
+    """`apt-ftparchive release` writes no Suite or Codename unless told to; apt takes it."""
+    listing = "\n".join(f" {'0' * 64} 10 main/binary-amd64/{n}" for n in ("Packages", "Release"))
+    release = apt.parse_release(
+        f"Date: Thu, 03 Dec 2026 10:00:00 UTC\nSHA256:\n{listing}\n".encode()
+    )
+    assert sorted(release.files) == ["main/binary-amd64/Packages", "main/binary-amd64/Release"]
 
 
 def test_a_sources_index_names_each_file_under_its_directory() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from retreatkit.mirror.errors import BadUpstreamData
+from retreatkit.mirror.errors import BadUpstreamData, UpstreamTimeout
 from retreatkit.mirror.fetch import Limits, _decoded
 from retreatkit.mirror.respond import reason
 from retreatkit.mirror.status import section
@@ -259,3 +259,22 @@ def test_a_gzipped_page_is_bounded_and_checked() -> None:
         BadUpstreamData, match=r"^https://upstream.test/simple/x/: upstream sent a broken gzip page"
     ):
         _decoded("gzip", b"\x1f\x8b" + b"\xff" * 40, 2000, url)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"limits": Limits(index_timeout=0.05, read_timeout=5.0, min_rate=0.0)}],
+    indirect=True,
+)
+async def test_a_page_that_trickles_on_is_cut_at_ten_times_what_a_client_waits(
+    env: Env,
+) -> None:
+    """A page goes on crossing after its client stopped waiting (index_timeout), for the
+    next one; a byte a second inside the silence bound, with no least rate, held that one
+    fetch and its memory for as long as the upstream liked."""
+    env.upstream.rules["/simple/demo-pkg/"] = "trickle"
+    url = f"{env.upstream.url}simple/demo-pkg/"
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        with pytest.raises(UpstreamTimeout) as cut:
+            await env.mirror.fetcher.get_index(url, {}, 1 << 20)
+    assert str(cut.value) == f"upstream took over 0.5 s sending {url}"

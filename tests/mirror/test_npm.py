@@ -196,3 +196,14 @@ def test_versions_without_a_checkable_hash_are_left_out() -> None:
 )  # fmt: skip
 def test_semver_order(versions: list[str], newest: str) -> None:
     assert max(versions, key=npm.version_order) == newest
+
+
+def test_a_portal_page_and_a_broken_packument_are_told_apart() -> None:
+    """A page that is no JSON object is said to be one (a portal's?); JSON too deep to
+    read, or of the wrong shape, is an unreadable packument, not a portal's page."""
+    with pytest.raises(npm.PackumentError, match=r"is not demo's packument \(a login portal"):
+        npm.process("demo", b"\n<html><body>Sign in to the venue wifi</body></html>", False)
+    with pytest.raises(npm.PackumentError, match=r"^unreadable packument \(RecursionError\)$"):
+        npm.process("demo", b'{"a":' * 100_000, False)
+    with pytest.raises(npm.PackumentError, match=r"^unreadable packument \(JSONDecodeError\)$"):
+        npm.process("demo", b'{"name": "demo", ', False)

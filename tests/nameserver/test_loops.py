@@ -213,3 +213,19 @@ def test_status_warns_of_a_looping_upstream() -> None:
         " its resolver elsewhere, or name the venue's resolvers",
     ]
     assert status["upstreams"][0]["state"] == "looping"
+
+
+def test_a_forward_rules_server_is_not_probed() -> None:
+    """`forward lan -> the router`: the router's dnsmasq answers `lan` itself and sends
+    the rest of the world to us. A probe outside its zone comes back, and it would be
+    marked looping for a zone that loops nowhere."""
+    clock = ManualClock()
+    transport = FakeTransport({LAPTOP: ZONE.answer, VENUE: ZONE.answer})
+    upstreams = {
+        "": UpstreamSet([Upstream(*LAPTOP)], transport, clock),
+        "lan": UpstreamSet([Upstream(*VENUE)], transport, clock),
+    }
+    r = Resolver(Policy.build([]), upstreams, clock=clock)
+    assert [(p.zone, p.upstream.address) for p in r.loops.due(clock())] == [
+        ("", upstreams[""].servers[0].address)
+    ]
