@@ -70,8 +70,9 @@ class Suites:
         url = self.base(origin)
         down = self.mirror.health.is_down(origin_of(url))
         running = self._running.start(key, lambda: self._revalidate(origin, suite, cur))
+        release = f"{url}/dists/{suite}/InRelease"  # what a wait's words name: not the origin
         try:
-            fresh = await self.mirror.waited(running, url, held=cur is not None, down=down)
+            fresh = await self.mirror.waited(running, release, held=cur is not None, down=down)
         except (UpstreamError, NotFound):  # a 404 too: a portal's, perhaps (Mirror._revalidate)
             if cur is None:
                 raise

@@ -420,3 +420,17 @@ def test_a_sources_index_names_each_file_under_its_directory() -> None:
          "http://d.test/debian/pool/main/h/hello/hello_1.0.tar.xz", 20),
     ]  # fmt: skip
     assert found[0].hashes == {"sha256": "a" * 64}
+
+
+async def test_a_suite_slower_than_apt_waits_is_named_by_its_release(archive: Archive) -> None:
+    """apt reads the words of a 504: they name the file that was slow, not the origin."""
+    archive.mirror.settings.limits.index_timeout = 0.1
+    for name in ("InRelease", "Release", "Release.gpg"):
+        archive.upstream.rules[f"/debian/dists/stable/{name}"] = "silent"
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        status, body, _ = await archive.get("/debian/dists/stable/InRelease")
+    assert (status, body.decode()) == (
+        504,
+        f"upstream took over 0.1 s sending {archive.upstream.url}debian/dists/stable/InRelease;"
+        " the mirror goes on fetching it for the next try\n",
+    )
