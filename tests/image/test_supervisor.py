@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import urllib.request
@@ -644,3 +645,38 @@ def fake_qemus(fake: Path) -> list[int]:
             if proc.name.isdigit() and str(fake).encode() in (proc / "cmdline").read_bytes():
                 found.append(int(proc.name))
     return found
+
+
+def children_named(prefix: str) -> list[int]:
+    """Our own child processes whose command name starts with `prefix`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended while we looked
+            continue
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+        if name.startswith(prefix) and int(rest.split()[1]) == os.getpid():
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")
+async def test_an_image_that_does_not_unpack_starts_no_passt(
+    home: Path, qemu: Path, ring: LogRing
+) -> None:
+    """passt holds the guest's forwarded ports: one started for an image that then failed
+    to unpack was left running, and every restart found its ports taken."""
+    supervisor = Supervisor(home / "vm", restarts=lambda: Restarts(0.0))
+    definition = relay_guest(home, restart=False)
+    (home / "retreat.toml").write_text('[images]\nnetwork = "passt"\n')
+    (Path(definition.image) / "initramfs").write_bytes(bytes(len(INITRAMFS)))  # its size
+    supervisor.define(definition)
+    keeper = (await supervisor.start("r1")).keeper
+    assert keeper is not None
+    await asyncio.wait_for(keeper, 60)
+    assert supervisor.item("r1")["last_exit"].startswith(
+        f"could not start: {definition.image} is not a whole image: its initramfs does not unpack ("
+    )
+    assert children_named("passt") == []
+    await supervisor.stop("r1")
