@@ -31,6 +31,7 @@ from retreatkit.mirror import resolver, wheelmaker
 from retreatkit.mirror.app import make_app
 from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.service import Mirror, Settings
+from retreatkit.mirror.testrepos import source_tarball
 from retreatkit.testing import Process
 
 
@@ -214,18 +215,8 @@ def write_pypi(
 
 
 def make_source_tarball(name: str, version: str) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path, text in (
-            ("README", f"{name} {version}\n"),
-            ("dune-project", "(lang dune 2.0)\n"),
-        ):
-            data = text.encode()
-            info = tarfile.TarInfo(f"{name}-{version}/{path}")
-            info.size = len(data)
-            info.mtime = 1577836800
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    files = {"README": f"{name} {version}\n", "dune-project": "(lang dune 2.0)\n"}
+    return source_tarball(f"{name}-{version}", files, "w:gz", 1577836800)
 
 
 def write_opam(root: Path, base_url: str, packages: dict[str, bytes]) -> None:

@@ -21,7 +21,7 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from retreatkit.mirror.upstreams import dpkg_arch
 
@@ -168,19 +168,25 @@ class Signer:
         subprocess.run(["gpgconf", "--kill", "gpg-agent"], capture_output=True, env=env)
 
 
+def source_tarball(
+    top: str, files: dict[str, str], mode: Literal["w:gz", "w:xz"], mtime: int
+) -> bytes:
+    """A source tarball: each of `files` (path -> text) under `top/`, the same bytes each time."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for path, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{top}/{path}")
+            info.size, info.mtime, info.mode = len(data), mtime, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def make_dsc(name: str, version: str) -> dict[str, bytes]:
     """A native source package as `dpkg-source -b` leaves it: its `.dsc` and tarball."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
-        for path, text in (
-            ("README", f"{name} {version}\n"),
-            ("debian/source/format", "3.0 (native)\n"),
-        ):
-            data = text.encode()
-            info = tarfile.TarInfo(f"{name}-{version}/{path}")
-            info.size, info.mtime, info.mode = len(data), 499162500, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    tarball, packed = f"{name}_{version}.tar.xz", buf.getvalue()
+    files = {"README": f"{name} {version}\n", "debian/source/format": "3.0 (native)\n"}
+    packed = source_tarball(f"{name}-{version}", files, "w:xz", 499162500)
+    tarball = f"{name}_{version}.tar.xz"
     sums = {
         algo: f" {hashlib.new(algo, packed).hexdigest()} {len(packed)} {tarball}"
         for algo in ("sha1", "sha256", "md5")
