@@ -317,24 +317,22 @@ def own_console(given: Path | None, folder: Path, service: str) -> ConsoleLog:
 def boot_files(launch: Launch, run_dir: Path) -> tuple[Path, Path]:
     """The kernel and initramfs qemu boots, unpacked on the host into `run_dir` where it
     can: emulated, the guest unpacked them slowly (bzimage.py, cpio.unpack say how much)."""
-    kernel, initramfs = run_dir / "vmlinux", run_dir / "initramfs.cpio"
+    vmlinux, initramfs = run_dir / "vmlinux", run_dir / "initramfs.cpio"
     try:
-        if not bzimage.direct_kernel(launch.image / "kernel", kernel):
-            kernel = launch.image / "kernel"  # Debian's: it unpacks itself
+        direct = bzimage.direct_kernel(launch.image / "kernel", vmlinux)
         cpio.unpack(launch.image / "initramfs", initramfs, launch.memory_mb << 20)
-    except cpio.UnpackError as exc:
-        for path in (run_dir / "vmlinux", initramfs):
+    except (cpio.UnpackError, OSError) as exc:
+        for path in (vmlinux, initramfs):
             path.unlink(missing_ok=True)
-        raise RunError(
-            f"{launch.image} is not a whole image: its initramfs {exc}; build it again"
-            f" (retreatkit image build {launch.manifest['service']})"
-        ) from None
-    except OSError as exc:
-        for path in (run_dir / "vmlinux", initramfs):
-            path.unlink(missing_ok=True)
+        if isinstance(exc, cpio.UnpackError):
+            raise RunError(
+                f"{launch.image} is not a whole image: its initramfs {exc}; build it again"
+                f" (retreatkit image build {launch.manifest['service']})"
+            ) from None
         why = exc.strerror or exc
         raise RunError(f"could not unpack the image into {run_dir}: {why}") from None
-    return kernel, initramfs
+    # Debian's kernel (or ours without PVH) boots as the bzImage: it unpacks itself
+    return (vmlinux if direct else launch.image / "kernel"), initramfs
 
 
 def _die_with_parent() -> None:

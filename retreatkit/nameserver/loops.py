@@ -85,7 +85,7 @@ class Loops:
         recheck: float = RETRY_AFTER,
         entropy: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        self.servers = list(servers)  # (zone, upstream): every upstream of every group
+        self.servers = list(servers)  # (zone, upstream): those the resolver has probed
         self.recheck = recheck
         self.entropy = entropy
         self._latest: dict[int, Probe] = {}  # by id() of the upstream: its last probe
