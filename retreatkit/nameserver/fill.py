@@ -10,6 +10,7 @@ the smallest in the answer, or for a negative answer min(SOA TTL, SOA MINIMUM)
 from __future__ import annotations
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.rdatatype
 
@@ -124,6 +125,44 @@ def sibling(cache: Cache, query: Query, data: bytes, than: Entry | None = None) 
     ttl = round(best.expires - best.stored_at)
     template = wire.template_of(encode(response))
     return cache.put(query.key, template, ttl, best.stored_at, best.generation, best.targets)
+
+
+def unsigned_stale(cache: Cache, query: Query, data: bytes, now: float) -> bytes | None:
+    """For a client asking with DO when nothing else answers (the upstream failed, and
+    nothing it may have is fresh or stale): an answer cached for a client without DO,
+    within its stale window, rendered stale for this one without AD. None if there is none.
+
+    sibling() never serves these to a DO client (no signatures to validate), and while
+    the upstream answers that stands. With it gone, the choice is SERVFAIL or the same
+    stale data every other client gets: a stub that only reads DO answers (dig +dnssec,
+    systemd-resolved in allow-downgrade mode) takes it, a strict validator refuses it as
+    it refused the SERVFAIL. Never cached for this client: once the upstream is back, it
+    gets its signed answer.
+    """
+    bits = query.key[-1]
+    if not bits & wire.KEY_DO:
+        return None
+    base = query.key[:-1]
+    best: Entry | None = None
+    for cd in (bits & wire.KEY_CD, 0):  # never one made with CD for a client without it
+        for extra in (0, wire.KEY_EDNS, wire.KEY_AD, wire.KEY_EDNS | wire.KEY_AD):
+            found = cache.get(base + bytes((cd | extra,)))
+            if (
+                found is not None
+                and not found.own
+                and now < found.stale_until
+                and (best is None or found.expires > best.expires)
+            ):
+                best = found
+    if best is None:
+        return None
+    raw = best.template.render(query, data, 0)
+    try:
+        response, _ = answers.from_upstream(dns.message.from_wire(data), _parse(raw), True)
+    except (BadReply, dns.exception.DNSException):
+        return None
+    response.flags &= ~dns.flags.AD  # nothing here was validated for this client
+    return wire.template_of(encode(response)).render(query, data, wire.STALE)
 
 
 def cache_ttl(response: dns.message.Message) -> int:

@@ -396,6 +396,11 @@ class Resolver:
                 self.stats.answered(later, client, name, STALE, entry.rcode, key=key,
                                     ms=(later - now) * 1000)  # fmt: skip
                 return entry.template.render(query, data, wire.STALE)
+            unsigned = fill.unsigned_stale(self.cache, query, data, later)
+            if unsigned is not None:
+                self.stats.answered(later, client, name, STALE, unsigned[3] & 0xF, key=key,
+                                    ms=(later - now) * 1000)  # fmt: skip
+                return unsigned
             self.stats.answered(later, client, name, SERVFAIL, 2, key=key,
                                 ms=(later - now) * 1000)  # fmt: skip
             return _bare(query, data, 2)

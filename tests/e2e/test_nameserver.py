@@ -373,6 +373,11 @@ def test_stale_and_servfail_at_once_when_the_upstream_goes_silent() -> None:
         # without waiting on it
         out = dig(ns.port, "ttl0.example.test")
         assert "\t30\tIN\tA\t198.51.100.10" in out
+        # a client asking with DO (a validating stub) gets the same, not SERVFAIL: unsigned
+        # and without AD, as nothing was validated for it
+        signed = dig(ns.port, "+dnssec", "ttl0.example.test")
+        assert "\t30\tIN\tA\t198.51.100.10" in signed and "; EDNS: version: 0, flags: do;" in signed
+        assert ";; flags: qr rd ra;" in signed
         assert "status: SERVFAIL" in dig(ns.port, "never.example.test")
         assert upstream.asked() == asked
         doc = status(ns)

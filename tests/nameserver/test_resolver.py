@@ -328,6 +328,32 @@ async def test_an_answer_cached_for_one_kind_of_client_serves_the_others() -> No
     assert stale.flags & dns.flags.CD and rdtypes(stale) == ["A"]
 
 
+async def test_with_the_upstream_gone_a_do_client_gets_what_the_others_get() -> None:
+    """A name cached only for clients without DO (glibc stubs): while the upstream answers,
+    a client asking with DO gets its own signed answer; with the upstream gone, the others'
+    answer stale, without AD, rather than SERVFAIL; and once it is back, signatures again."""
+    gone: list[bool] = []
+    r, upstream, clock = resolver({UP: lambda q: SILENT if gone else SIGNED.answer(q)})
+    lan = UDPClient(r)
+    await lan.ask("www.example.test", use_edns=False)
+    gone.append(True)
+    clock.advance(400)  # past its TTL, inside the stale window
+    stale = await lan.ask("www.example.test", want_dnssec=True)
+    assert stale.rcode() == dns.rcode.NOERROR and addresses(stale) == ["198.51.100.7"]
+    assert stale.answer[0].ttl == 30 and rdtypes(stale) == ["A"]  # RFC 8767
+    assert stale.ednsflags & dns.flags.DO and not stale.flags & dns.flags.AD
+    _, items = r.stats.since(1, 10, str)
+    assert items[-1]["answer"] == "stale"
+    # nothing held for any client: SERVFAIL, as before
+    assert (await lan.ask("cdn.example.test", want_dnssec=True)).rcode() == dns.rcode.SERVFAIL
+    gone.clear()
+    clock.advance(30)  # the upstream's recheck is due
+    asked = upstream.asked()
+    back = await lan.ask("www.example.test", want_dnssec=True)
+    assert rdtypes(back) == ["A", "RRSIG"] and back.flags & dns.flags.AD  # never cached
+    assert upstream.asked() == asked + 1
+
+
 async def test_questions_past_the_flights_cap_are_one_line_in_the_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
