@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from retreatkit.lognews import News
+
 log = logging.getLogger("retreatkit.nameserver")
 
 LAN = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
@@ -18,25 +20,6 @@ MAX_KNOWN = 65536  # addresses whose verdict is remembered
 MAX_LOGGED = 4096  # networks whose first refusal was logged
 REFUSALS_LOGGED = 16  # networks whose first refusal is a line, per LOG_AGAIN seconds
 LOG_AGAIN = 600  # seconds before the same address's flood is a line in the log again
-
-
-class Once:
-    """Says whether an address's flood is news: once per LOG_AGAIN seconds per address,
-    for at most MAX_LOGGED addresses at a time (a spoofed flood from many is bounded too)."""
-
-    def __init__(self) -> None:
-        self.logged: dict[str, float] = {}
-
-    def news(self, ip: str, now: float) -> bool:
-        last = self.logged.get(ip)
-        if last is not None and now - last < LOG_AGAIN:
-            return False
-        if last is None and len(self.logged) >= MAX_LOGGED:
-            self.logged = {a: t for a, t in self.logged.items() if now - t < LOG_AGAIN}
-            if len(self.logged) >= MAX_LOGGED:
-                return False
-        self.logged[ip] = now
-        return True
 
 
 class Gate:
@@ -55,7 +38,7 @@ class Gate:
         self._budget_since = -math.inf
         self.known: dict[str, bool] = {}  # read inline by the servers: a dict lookup per query
         self.logged: set[str] = set()
-        self.floods = Once()
+        self.floods = News(LOG_AGAIN, MAX_LOGGED)
         self._window = 0
         self._counts: Counter[str] = Counter()
 

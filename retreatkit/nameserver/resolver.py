@@ -28,11 +28,12 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
+from retreatkit.lognews import News
 from retreatkit.nameserver import answers, fill, wire
 from retreatkit.nameserver.cache import Cache, Entry
 from retreatkit.nameserver.errors import BadReply, CnameLoop, TooManyWaiting, UpstreamFailed
 from retreatkit.nameserver.flight import Flights
-from retreatkit.nameserver.gate import Once
+from retreatkit.nameserver.gate import LOG_AGAIN, MAX_LOGGED
 from retreatkit.nameserver.loops import RCODE_NXDOMAIN, Loops, Probe, is_probe
 from retreatkit.nameserver.policy import BLOCKED, FORWARD, LOCAL, NXDOMAIN, PTR, Policy, Route
 from retreatkit.nameserver.stats import BLOCKED as BLOCKED_ANSWER
@@ -84,7 +85,7 @@ class Resolver:
         self.next_tick = 0.0
         self._next_expire = 0.0
         self.flights: Flights[Fetched] = Flights()
-        self.busy = Once()  # the flights' cap, said in the log once in a while
+        self.busy = News(LOG_AGAIN, MAX_LOGGED)  # the flights' cap, said in the log once in a while
         if loops is None:
             # the default upstreams only: a forward rule's server answers its own zone and
             # may well send the rest of the world to us (a router's dnsmasq for `lan`,

@@ -6,9 +6,10 @@ import asyncio
 import logging
 from typing import Any, cast
 
+from retreatkit.lognews import News
 from retreatkit.nameserver import wire
 from retreatkit.nameserver.cache import Entry
-from retreatkit.nameserver.gate import Gate, Once
+from retreatkit.nameserver.gate import LOG_AGAIN, MAX_LOGGED, Gate
 from retreatkit.nameserver.resolver import Resolver
 from retreatkit.nameserver.stats import RATE_LIMITED, REFUSED
 
@@ -36,7 +37,7 @@ class UDPServer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.slow = 0
-        self.busy = Once()  # dropping queries, said in the log once in a while
+        self.busy = News(LOG_AGAIN, MAX_LOGGED)  # dropping queries, said in the log once in a while
         self.tasks: set[asyncio.Future[None]] = set()  # the loop keeps only weak references
         # answers by the exact query bytes after the ID, good while their TTLs stand and
         # under the policy they were made under

@@ -30,8 +30,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import cast
 
+from retreatkit.lognews import News
 from retreatkit.nameserver import wire
-from retreatkit.nameserver.gate import Gate, Once
+from retreatkit.nameserver.gate import LOG_AGAIN, MAX_LOGGED, Gate
 from retreatkit.nameserver.resolver import Resolver
 from retreatkit.nameserver.stats import REFUSED
 
@@ -95,7 +96,8 @@ class Connections:
         self.outsiders: set[TCPServer] = set()  # from outside the LAN: REFUSED, then closed
         self.by_address: Counter[str] = Counter()
         self.refused = 0
-        self.floods = Once()  # addresses told of in the log, for holding too many
+        # addresses told of in the log, for holding too many
+        self.floods = News(LOG_AGAIN, MAX_LOGGED)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def loop(self) -> asyncio.AbstractEventLoop:

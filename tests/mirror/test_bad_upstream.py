@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import hashlib
 import itertools
+import logging
 import json
 from pathlib import Path
 
@@ -278,3 +279,22 @@ async def test_a_page_that_trickles_on_is_cut_at_ten_times_what_a_client_waits(
         with pytest.raises(UpstreamTimeout) as cut:
             await env.mirror.fetcher.get_index(url, {}, 1 << 20)
     assert str(cut.value) == f"upstream took over 0.5 s sending {url}"
+
+
+async def test_a_page_that_fails_with_nothing_held_is_one_line_in_the_log(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attendee's pip says why; the organiser's log says it too, once however many
+    retry it, and nothing for a project the upstream does not have."""
+    env.upstream.rules["/simple/demo-pkg/"] = "fail"
+    with caplog.at_level(logging.INFO, logger="retreatkit.mirror"):
+        for _ in range(3):  # pip's retries, or three attendees
+            r = await env.client.get("/pypi/simple/demo-pkg/")
+            assert r.status == 502
+        r = await env.client.get("/pypi/simple/no-such-project/")
+        assert r.status == 404
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [
+        f"cannot serve pypi/simple/demo-pkg: the upstream answered 500 for"
+        f" {env.upstream.url}simple/demo-pkg/"
+    ]
