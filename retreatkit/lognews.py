@@ -1,7 +1,7 @@
 """Whether a thing is news for the log: a line the first time, then not again for a while,
 however often it happens. What a peer or a client controls (its address, a name it asks
-for) is remembered for a bounded number of things, so a flood of new ones costs the log
-nothing and the memory a fixed amount (no I/O)."""
+for) is remembered for a bounded number of things at a time, so a flood of new ones costs
+the log at most that many lines a while, and the memory a fixed amount (no I/O)."""
 
 from __future__ import annotations
 

@@ -23,6 +23,9 @@ class MirrorError(Exception):
     """Base: the message is one line a user can read."""
 
     status = 500
+    # the page that failed with nothing held to serve, when the organiser's log should
+    # hear of it if no fallback serves the client anyway (respond.errors)
+    page: str | None = None
 
 
 class NotFound(MirrorError):

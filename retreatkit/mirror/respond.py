@@ -81,6 +81,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         else:
             stats.errors += 1
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        mirror = mirror_of(request)
+        if exc.page is not None and mirror.failing.news(exc.page, mirror.fetcher.clock()):
+            # the client's line, in the organiser's log too: once a while per page,
+            # however many retry it
+            log.warning("cannot serve %s: %s", exc.page, text)
         return web.Response(status=exc.status, reason=reason(text), text=text + "\n")
     except ConnectionError:
         # the client left (pip's timeout, curl -m, a closed laptop): nothing to answer, and

@@ -118,7 +118,8 @@ class Mirror:
         self._refreshing: Once[str, IndexAnswer] = Once(self.spawn)
         self._sizing: Once[str, int | None] = Once(self.spawn)  # one HEAD for many asking
         self._rendering: Once[tuple[str, ...], Page] = Once(self.spawn)
-        self._failing = lognews.News()  # pages that failed with nothing held, as logged
+        # pages that failed with nothing held, as logged: a few hundred lines a while at most
+        self.failing = lognews.News(most=256)
         self._check: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._evicting: asyncio.Task[None] | None = None
@@ -344,13 +345,12 @@ class Mirror:
             # uplink cut, what answers may be the venue's proxy or portal, whose 404 for
             # everything would otherwise take every page (and opam's index) from clients
             if cached is None:
-                # the client's error says why; the organiser's log says it once a while per
-                # page (however many retry it): a 404 is an answer, and a down upstream was
-                # said when it went down
-                if not isinstance(exc, NotFound | UpstreamDown) and self._failing.news(
-                    key, self.fetcher.clock()
+                # for the log, if it reaches a client: a 404 is an answer, and an upstream
+                # down was said when it went down
+                if not isinstance(exc, NotFound | UpstreamDown) and not self.health.is_down(
+                    origin(url)
                 ):
-                    log.warning("cannot serve %s: %s", key, exc)
+                    exc.page = key
                 raise
             if not isinstance(exc, UpstreamDown):
                 log.warning("serving %s stale: %s", key, exc)

@@ -127,17 +127,24 @@ def sibling(cache: Cache, query: Query, data: bytes, than: Entry | None = None) 
     return cache.put(query.key, template, ttl, best.stored_at, best.generation, best.targets)
 
 
-def unsigned_stale(cache: Cache, query: Query, data: bytes, now: float) -> bytes | None:
+def unsigned_stale(
+    cache: Cache, query: Query, data: bytes, now: float
+) -> tuple[bytes, Entry] | None:
     """For a client asking with DO when nothing else answers (the upstream failed, and
     nothing it may have is fresh or stale): an answer cached for a client without DO,
-    within its stale window, rendered stale for this one without AD. None if there is none.
+    within its stale window, rendered stale for this one without AD, and the entry it
+    came from (the caller checks its CNAME targets against lists changed since). None if
+    there is none.
 
     sibling() never serves these to a DO client (no signatures to validate), and while
     the upstream answers that stands. With it gone, the choice is SERVFAIL or the same
-    stale data every other client gets: a stub that only reads DO answers (dig +dnssec,
-    systemd-resolved in allow-downgrade mode) takes it, a strict validator refuses it as
-    it refused the SERVFAIL. Never cached for this client: once the upstream is back, it
-    gets its signed answer.
+    stale data every other client gets: a stub that reads DO answers without validating
+    (dig +dnssec) takes it, and so does systemd-resolved in allow-downgrade mode, which
+    then takes the nameserver for one without DNSSEC for a while. A strict validator
+    refuses it; systemd-resolved with DNSSEC=yes then fails every name through this
+    nameserver until it tries DNSSEC again, where the SERVFAIL failed this name alone.
+    Never cached for this client: once the upstream is back, the nameserver answers it
+    signed again.
     """
     bits = query.key[-1]
     if not bits & wire.KEY_DO:
@@ -162,7 +169,7 @@ def unsigned_stale(cache: Cache, query: Query, data: bytes, now: float) -> bytes
     except (BadReply, dns.exception.DNSException):
         return None
     response.flags &= ~dns.flags.AD  # nothing here was validated for this client
-    return wire.template_of(encode(response)).render(query, data, wire.STALE)
+    return wire.template_of(encode(response)).render(query, data, wire.STALE), best
 
 
 def cache_ttl(response: dns.message.Message) -> int:

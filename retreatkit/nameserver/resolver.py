@@ -397,10 +397,8 @@ class Resolver:
                 self.stats.answered(later, client, name, STALE, entry.rcode, key=key,
                                     ms=(later - now) * 1000)  # fmt: skip
                 return entry.template.render(query, data, wire.STALE)
-            unsigned = fill.unsigned_stale(self.cache, query, data, later)
+            unsigned = await self._unsigned_stale(query, data, client, (now, later), name)
             if unsigned is not None:
-                self.stats.answered(later, client, name, STALE, unsigned[3] & 0xF, key=key,
-                                    ms=(later - now) * 1000)  # fmt: skip
                 return unsigned
             self.stats.answered(later, client, name, SERVFAIL, 2, key=key,
                                 ms=(later - now) * 1000)  # fmt: skip
@@ -420,6 +418,29 @@ class Resolver:
                 return _bare(query, data, 2)
         self.stats.answered(later, client, name, FORWARDED, entry.rcode, key=key, ms=fetched.ms)
         return entry.template.render(query, data, int(later - entry.stored_at))
+
+    async def _unsigned_stale(
+        self, query: wire.Query, data: bytes, client: str, when: tuple[float, float], name: str
+    ) -> bytes | None:
+        """A DO client's last resort, the upstream failed (fill.unsigned_stale): another
+        client's stale answer, or the block for it if the lists changed since and its
+        CNAME chain is listed now."""
+        asked, now = when
+        found = fill.unsigned_stale(self.cache, query, data, now)
+        if found is None:
+            return None
+        out, held = found
+        if held.generation != self.generation:
+            listed = self._cloaked(name, held.targets)
+            if listed is not None:
+                self.stats.cname_blocked += 1
+                route = Route(BLOCKED, listed)
+                return await self._own(
+                    query, data, client, now, route, name, wire.key_type(query.key)
+                )
+        self.stats.answered(now, client, name, STALE, out[3] & 0xF, key=query.key,
+                            ms=(now - asked) * 1000)  # fmt: skip
+        return out
 
     async def _fetch(self, query: wire.Query, data: bytes, route: Route, name: str) -> Fetched:
         """Ask upstream; check the answer once for everyone waiting on it, and cache it as

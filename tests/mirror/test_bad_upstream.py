@@ -7,8 +7,8 @@ import asyncio
 import gzip
 import hashlib
 import itertools
-import logging
 import json
+import logging
 from pathlib import Path
 
 import aiohttp

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -67,6 +68,27 @@ async def test_a_course_package_is_never_outbid_by_the_upstream(
             assert await r.read() == COURSE[2]
             root = await (await client.get("/pypi/simple/")).text()
             assert 'href="demo-pkg/"' in root
+
+
+async def test_a_course_package_is_served_when_the_upstream_beside_it_fails(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upstream's page fails, nothing of it held: the course's files are served
+    alone, and the log has no "cannot serve" for a page the client got."""
+    upstream_root = tmp_path / "upstream"
+    write_pypi(upstream_root, {"demo-pkg": [make_wheel("demo-pkg", "99.0")]})
+    async with fakeupstream.serving(upstream_root) as upstream:
+        upstream.rules["/simple/demo-pkg/"] = "fail"
+        config = settings(
+            tmp_path / "store", f"{upstream.url}simple/", allow_upstream=["demo-pkg"]
+        )
+        async with mirror_client(config) as (client, mirror):
+            await mirror.store.run(lambda: publish(tmp_path, mirror.store))
+            with caplog.at_level(logging.INFO, logger="retreatkit.mirror"):
+                doc = await page(client, "demo-pkg")
+            assert [f["filename"] for f in doc["files"]] == [COURSE[0]]
+            assert upstream.counts["/simple/demo-pkg/"] == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_what_the_local_index_refuses(tmp_path: Path) -> None:

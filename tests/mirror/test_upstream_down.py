@@ -5,6 +5,7 @@ The resolver that never answers is tested end to end (tests/e2e/test_mirror_upst
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 
 import pytest
@@ -81,7 +82,10 @@ async def test_a_silent_upstream_is_remembered_down(
 
 
 @pytest.mark.parametrize("env", [QUICK], indirect=True)
-async def test_a_page_never_cached_fails_fast_while_the_upstream_is_down(env: Env) -> None:
+async def test_a_page_never_cached_fails_fast_while_the_upstream_is_down(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", "retreatkit.mirror")
     env.mirror.fetcher.clock = lambda: 1000.0
     env.upstream.rules["/simple/demo-pkg/"] = "silent"
     async with asyncio.timeout(30):
@@ -93,6 +97,9 @@ async def test_a_page_never_cached_fails_fast_while_the_upstream_is_down(env: En
         line = f"upstream {host} is down (no answer within 0.6 s); next try in 2 s"
         assert (r.status, r.reason, await r.text()) == (504, line, line + "\n")
         assert env.upstream.counts["/simple/demo-dep/"] == 0
+    # the organiser's log: that it went down, once; not each page that then failed
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [f"upstream http://{host} is down: no answer within 0.6 s"]
 
 
 @pytest.mark.parametrize("env", [QUICK], indirect=True)

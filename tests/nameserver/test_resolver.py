@@ -11,7 +11,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from retreatkit.nameserver import server
+from retreatkit.nameserver import server, wire
 from retreatkit.nameserver.blocklist import Blocklist
 from retreatkit.nameserver.fakes import (
     SILENT,
@@ -344,14 +344,28 @@ async def test_with_the_upstream_gone_a_do_client_gets_what_the_others_get() -> 
     assert stale.ednsflags & dns.flags.DO and not stale.flags & dns.flags.AD
     _, items = r.stats.since(1, 10, str)
     assert items[-1]["answer"] == "stale"
+    asked_with_do = wire.parse(make_query("www.example.test", want_dnssec=True).to_wire())
+    assert asked_with_do is not None and r.cache.get(asked_with_do.key) is None  # not kept
     # nothing held for any client: SERVFAIL, as before
-    assert (await lan.ask("cdn.example.test", want_dnssec=True)).rcode() == dns.rcode.SERVFAIL
+    assert (await lan.ask("edge.example.test", want_dnssec=True)).rcode() == dns.rcode.SERVFAIL
     gone.clear()
     clock.advance(30)  # the upstream's recheck is due
     asked = upstream.asked()
     back = await lan.ask("www.example.test", want_dnssec=True)
-    assert rdtypes(back) == ["A", "RRSIG"] and back.flags & dns.flags.AD  # never cached
+    assert rdtypes(back) == ["A", "RRSIG"] and back.flags & dns.flags.AD
     assert upstream.asked() == asked + 1
+
+
+async def test_a_do_clients_last_resort_is_blocked_if_its_chain_is_listed_now() -> None:
+    gone: list[bool] = []
+    r, _, clock = resolver({UP: lambda q: SILENT if gone else ZONE.answer(q)})
+    lan = UDPClient(r)
+    assert addresses(await lan.ask("cdn.example.test", use_edns=False))[0] == "198.51.100.8"
+    gone.append(True)
+    r.set_policy(r.policy.with_blocklist(blocklist("edge.example.test")))
+    clock.advance(4000)  # past the CNAME's hour, inside the stale window
+    assert addresses(await lan.ask("cdn.example.test", want_dnssec=True)) == ["0.0.0.0"]
+    assert r.stats.cname_blocked == 1
 
 
 async def test_questions_past_the_flights_cap_are_one_line_in_the_log(
