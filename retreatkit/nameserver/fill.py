@@ -114,11 +114,8 @@ def sibling(cache: Cache, query: Query, data: bytes, than: Entry | None = None) 
             break
     if best is None or best is than:
         return None
-    # as it was stored (age 0), then rebuilt for this client: its OPT, CD, AD, DNSSEC
-    raw = best.template.render(query, data, 0)
-    try:
-        response, _ = answers.from_upstream(dns.message.from_wire(data), _parse(raw), True)
-    except (BadReply, dns.exception.DNSException):
+    response = _rebuilt(best, query, data)
+    if response is None:
         return None
     if not bits & wire.KEY_DO:
         answers.without_dnssec(response)
@@ -163,13 +160,22 @@ def unsigned_stale(
                 best = found
     if best is None:
         return None
-    raw = best.template.render(query, data, 0)
+    response = _rebuilt(best, query, data)
+    if response is None:
+        return None
+    response.flags &= ~dns.flags.AD  # nothing here was validated for this client
+    return wire.template_of(encode(response)).render(query, data, wire.STALE), best
+
+
+def _rebuilt(entry: Entry, query: Query, data: bytes) -> dns.message.Message | None:
+    """Another client's cached answer as it was stored (age 0), rebuilt for this client:
+    its OPT, CD, AD; None if it does not parse."""
+    raw = entry.template.render(query, data, 0)
     try:
         response, _ = answers.from_upstream(dns.message.from_wire(data), _parse(raw), True)
     except (BadReply, dns.exception.DNSException):
         return None
-    response.flags &= ~dns.flags.AD  # nothing here was validated for this client
-    return wire.template_of(encode(response)).render(query, data, wire.STALE), best
+    return response
 
 
 def cache_ttl(response: dns.message.Message) -> int:

@@ -79,9 +79,7 @@ async def test_a_course_package_is_served_when_the_upstream_beside_it_fails(
     write_pypi(upstream_root, {"demo-pkg": [make_wheel("demo-pkg", "99.0")]})
     async with fakeupstream.serving(upstream_root) as upstream:
         upstream.rules["/simple/demo-pkg/"] = "fail"
-        config = settings(
-            tmp_path / "store", f"{upstream.url}simple/", allow_upstream=["demo-pkg"]
-        )
+        config = settings(tmp_path / "store", f"{upstream.url}simple/", allow_upstream=["demo-pkg"])
         async with mirror_client(config) as (client, mirror):
             await mirror.store.run(lambda: publish(tmp_path, mirror.store))
             with caplog.at_level(logging.INFO, logger="retreatkit.mirror"):
