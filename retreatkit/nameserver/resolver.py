@@ -349,11 +349,17 @@ class Resolver:
                 wait = self.stale_wait if stale_ok else None
                 fetched = await asyncio.wait_for(asyncio.shield(flight), wait)
             except (UpstreamFailed, BadReply, TimeoutError):
-                if entry is None or not stale_ok:
-                    response.answer.clear()
-                    response.set_rcode(dns.rcode.SERVFAIL)
-                    return None
-                raw, targets = entry.template.render(target_query, asked, wire.STALE), entry.targets
+                if entry is not None and stale_ok:
+                    raw = entry.template.render(target_query, asked, wire.STALE)
+                    targets = entry.targets
+                else:
+                    # a DO client's last resort, as for the target asked itself (_forward)
+                    unsigned = fill.unsigned_stale(self.cache, target_query, asked, now)
+                    if unsigned is None:
+                        response.answer.clear()
+                        response.set_rcode(dns.rcode.SERVFAIL)
+                        return None
+                    raw, targets = unsigned[0], unsigned[1].targets
             else:
                 raw, targets = fetched.answer.raw, fill.targets(fetched.answer)
         listed = self._cloaked(name, targets)

@@ -252,6 +252,10 @@ async def test_a_local_cname_to_a_name_outside_is_answered_as_that_name_would_be
     assert stale.answer[1].ttl == 30  # RFC 8767
     failed = await lan.ask("never.retreat.lan")
     assert failed.rcode() == dns.rcode.SERVFAIL and not failed.answer
+    # a client asking with DO: the others' answer, stale, as for the target itself
+    signed = await lan.ask("out.retreat.lan", want_dnssec=True)
+    assert addresses(signed) == ["198.51.100.5", "short.example.test."]
+    assert signed.answer[1].ttl == 30 and not signed.flags & dns.flags.AD
 
 
 async def test_a_local_cname_into_a_forwarded_zone_asks_that_zones_servers() -> None:
