@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import queue
 import socket
 import threading
@@ -281,13 +282,40 @@ class Link:
                 await self.writer.wait_closed()
 
 
+MAX_ADDRESSES = 4  # of a relay's name, tried in turn within the one timeout
+
+
 async def open_channel(host: str, port: int, timeout: float) -> Channel:
-    """A TCP connection with Nagle off (records go out as they are sealed)."""
+    """A TCP connection with Nagle off (records go out as they are sealed). A name is
+    resolved here, in a daemon thread: uvloop's own lookup, for a name handed to
+    create_connection, outlived a timeout and printed its late error as a traceback after
+    bob's one line ("Future exception was never retrieved ... gaierror")."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        _, channel = await loop.create_connection(Channel, host, port)
-    _no_delay(channel)
-    return channel
+        failed: OSError | None = None
+        for address in await _addresses(host, port):
+            try:
+                _, channel = await loop.create_connection(Channel, address, port)
+            except OSError as exc:
+                failed = exc
+                continue
+            _no_delay(channel)
+            return channel
+        assert failed is not None
+        raise failed
+
+
+async def _addresses(host: str, port: int) -> list[str]:
+    """`host`'s addresses, at most MAX_ADDRESSES, in the resolver's order; a literal as is."""
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        pass
+    else:
+        return [host]
+    infos = await Worker().run(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    return found[:MAX_ADDRESSES] or [host]
 
 
 def _no_delay(channel: Channel) -> None:

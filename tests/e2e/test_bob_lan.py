@@ -337,6 +337,35 @@ def test_no_relay_and_no_direct_stops_each_side_and_says_why(
                 proc.stop()
 
 
+SILENT_RESOLVER = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], 53))
+print("listening", file=sys.stderr, flush=True)
+while True:
+    sock.recv(4096)  # read every question, answer none
+"""
+
+
+def test_a_resolver_that_never_answers_is_one_line_and_no_traceback(lan: Lan) -> None:
+    """A venue's resolver that swallows questions: the lookup of relay.retreat.lan outlives
+    bob's wait for it, and its late failure must not print after bob's one line."""
+    silent = lan.run("r", "-c", SILENT_RESOLVER, lan.address["r"])
+    try:
+        silent.wait_for(r"^listening$")
+        (NETNS / lan.hosts["b"] / "resolv.conf").write_text(
+            f"nameserver {lan.address['r']}\noptions timeout:3 attempts:1\n"
+        )
+        code, said = finish(lan.bob("b", "recv", "--yes", "12-abandon-ability"))
+    finally:
+        silent.stop()
+    assert code == 1
+    assert said == [
+        "ERROR: no sender is waiting on nameplate 12 on this network, and no relay answers at"
+        " relay.retreat.lan:9000 (timed out): check the passphrase, or give --relay HOST:PORT"
+    ]
+
+
 def test_no_relay_a_receiver_that_vanishes_at_the_question_ends_the_wait(
     lan: Lan, payload: Path, tmp_path: Path
 ) -> None:
