@@ -62,10 +62,14 @@ class Fill:
 
     @property
     def label(self) -> str:
-        """How the log names it: the store's name, and the file's own when that name
-        hides it (opam's archives are stored by checksum)."""
+        """How the log names it: the file's own name first (a log panel as narrow as the
+        dashboard's cuts a line's end, and PyPI's store names start with a 64-digit
+        hash), then where the store keeps it: its ecosystem, or the whole name when that
+        hides the file (opam's archives are stored by checksum)."""
         name, file = self.name, self.file
-        return name if name.endswith(file) else f"{file} as {name}"
+        if name.endswith("/" + file):
+            return f"{file} from {name.split('/', 1)[0]}"
+        return f"{file} as {name}"
 
     @property
     def expected_size(self) -> int | None:
