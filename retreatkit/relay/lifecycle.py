@@ -33,6 +33,7 @@ from retreatkit.relay.matching import (
 HANDSHAKE_BYTES = 73
 RECENT = 100  # ended transfers kept for the admin list
 LISTED = 100  # active transfers listed at most
+STOPPING = "it is stopping (its organiser stopped it)"  # to each connection not yet paired
 # The relay is blind to PAKE results, but a pair that ends before the sender sent more
 # than its key exchange failed it (or someone gave up within a round trip): this many
 # from one joining address in ATTACK_WINDOW, and again at twice as many, are logged.
@@ -249,11 +250,15 @@ class RelayCore:
         return self._refuse(conn, "handshake timed out", Ending.HANDSHAKE_TIMEOUT)
 
     def stop(self) -> list[Action]:
+        """Every connection closed; one not yet paired is told why first (a sender waiting
+        for its receiver said only that the relay closed the connection). A pair's bytes
+        are the peers' own, so a pair is only cut."""
         actions: list[Action] = []
         for conn in list(self.conns):
             if conn.phase is Phase.PAIRED:
                 actions += self._unpair(conn, Ending.RELAY_STOPPED)
-            else:
+            elif conn.phase is not Phase.CLOSED:  # (a pair's other half, closed with it)
+                actions.append(Write(conn, wire.reply("error", STOPPING)))
                 actions += self._close(conn, Ending.RELAY_STOPPED)
         return actions
 

@@ -7,7 +7,7 @@ import subprocess
 import urllib.request
 from typing import Any
 
-from retreatkit.testing import Process, RelayProcess, bob_argv
+from retreatkit.testing import Process, RelayProcess, bob_argv, start_relay
 
 
 def get(relay: RelayProcess, path: str) -> Any:
@@ -47,3 +47,18 @@ def test_a_transfer_shows_in_the_list_without_its_words(relay: RelayProcess) -> 
     assert status["ended"]["completed"] == 2
     for doc in (listed, status):
         assert "alpha" not in json.dumps(doc) and "abandon" not in json.dumps(doc)
+
+
+def test_a_sender_waiting_when_the_relay_stops_is_told_so() -> None:
+    """The organiser quits `retreatkit up` while a sender waits: the sender's one line says
+    the relay stopped, not only that the connection closed."""
+    relay = start_relay()
+    sender = Process.start(bob_argv("send", "--relay", relay.address, "--no-qr", "--text", "hi"))
+    try:
+        sender.wait_for(r"^Passphrase: ")
+        assert relay.stop() == 0
+        code, said = sender.finish(60)
+    finally:
+        sender.stop()
+    assert code == 1
+    assert said[-1] == "ERROR: the relay says: it is stopping (its organiser stopped it)"

@@ -271,6 +271,8 @@ def test_stop_closes_everything() -> None:
     r.pair("10.0.0.4", "10.0.0.5")
     actions = r.core.stop()
     assert closed(actions) == [Ending.RELAY_STOPPED] * 4
+    # the two not yet paired are told why; the pair's stream is the peers' own: only cut
+    assert written(actions) == ["error it is stopping (its organiser stopped it)\n"] * 2
     assert r.core.conns == set() and r.core.matcher.open_connections == 0
     assert r.core.handshakes_failed == 0
 
