@@ -20,8 +20,10 @@ from pathlib import Path
 
 SIOCGIFADDR = 0x8915
 SIOCGIFFLAGS = 0x8913
-IFF_UP, IFF_LOOPBACK = 0x1, 0x8
+IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
+MAX_OTHERS = 4  # other networks named at start
 LOOPBACK_NAMES = ("localhost", "localhost.")
+CONFIGURED = "as configured"  # LanAddress.how of --address, [nameserver] address
 
 
 def is_loopback(host: str) -> bool:
@@ -50,7 +52,7 @@ def choose(configured: str = "", routes: Path = Path("/proc/net/route")) -> LanA
     interface address, else another interface's, else loopback (the caller warns)."""
     if configured:
         try:
-            return LanAddress(str(ipaddress.ip_address(configured)), "as configured")
+            return LanAddress(str(ipaddress.ip_address(configured)), CONFIGURED)
         except ValueError:
             raise ValueError(
                 f"[nameserver] address (or --address): expected an IP address, got {configured!r}"
@@ -69,6 +71,24 @@ def choose(configured: str = "", routes: Path = Path("/proc/net/route")) -> LanA
             if found is not None:
                 return LanAddress(found, f"interface {name} (no default route)")
     return LanAddress("127.0.0.1", "no LAN interface found")
+
+
+def other_networks(chosen: LanAddress) -> list[tuple[str, str]]:
+    """(interface, address) of the other interfaces up, with a link, and an IPv4 address:
+    an organiser whose laptop has its uplink on the default route (the venue's Wi-Fi) and
+    the attendees' switch on another port was told the uplink's address without a word
+    that another was there. At most MAX_OTHERS."""
+    others: list[tuple[str, str]] = []
+    for _index, name in socket.if_nameindex():
+        flags = _flags(name)
+        if not flags & IFF_UP or not flags & IFF_RUNNING or flags & IFF_LOOPBACK:
+            continue
+        found = interface_address(name)
+        if found is not None and found != chosen.address:
+            others.append((name, found))
+        if len(others) == MAX_OTHERS:
+            break
+    return others
 
 
 def default_interface(routes: Path = Path("/proc/net/route")) -> str | None:

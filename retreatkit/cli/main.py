@@ -148,6 +148,14 @@ def apply_listen_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
 
 def say_address(chosen: lan.LanAddress) -> None:
     _say(f"relay.retreat.lan and mirror.retreat.lan answer {chosen.address} ({chosen.how})")
+    others = [] if chosen.how == lan.CONFIGURED else lan.other_networks(chosen)
+    if others and not chosen.loopback:
+        named = ", ".join(f"{name} {address}" for name, address in others)
+        _say(
+            f"This computer is on other networks too ({named}): if the attendees are on"
+            " one of those, pass --address ADDRESS or set address in [nameserver] of"
+            " retreat.toml."
+        )
     if chosen.loopback:
         _say(
             f"WARNING: {chosen.address} is a loopback address: every attendee asking for"

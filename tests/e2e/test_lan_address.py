@@ -95,3 +95,39 @@ def test_only_loopback_is_said_loudly(netns: str) -> None:
         " or mirror.retreat.lan would reach their own computer. Pass --address ADDRESS or set"
         " address in [nameserver] of retreat.toml.",
     ]
+
+
+def test_another_network_is_named_beside_the_default_routes(netns: str) -> None:
+    """The organiser's laptop: the venue's Wi-Fi (the uplink, the default route) and the
+    attendees' switch on another port. The services are named after the uplink's address,
+    and the start says the other network is there and how to choose it."""
+    for link, address, peer in (("eth0", "192.0.2.2", "rkns-up"), ("eth1", "10.77.0.1", "rkns-sw")):
+        ip("-n", netns, "link", "add", link, "type", "veth", "peer", "name", peer)
+        ip("-n", netns, "addr", "add", f"{address}/24", "dev", link)
+        ip("-n", netns, "link", "set", link, "up")
+        ip("-n", netns, "link", "set", peer, "up")  # its far end up: the link has a carrier
+    ip("-n", netns, "link", "add", "eth2", "type", "veth", "peer", "name", "rkns-off")
+    ip("-n", netns, "addr", "add", "10.88.0.1/24", "dev", "eth2")
+    ip("-n", netns, "link", "set", "eth2", "up")  # no carrier: its far end is down
+    ip("-n", netns, "route", "add", "default", "via", "192.0.2.1", "dev", "eth0")
+    code = (
+        "from retreatkit.cli.main import say_address;"
+        "from retreatkit.lanaddress import choose;"
+        "say_address(choose())"
+    )
+    done = subprocess.run(
+        in_ns(netns, sys.executable, "-c", code), capture_output=True, text=True, timeout=60
+    )
+    assert done.stderr.splitlines() == [
+        "relay.retreat.lan and mirror.retreat.lan answer 192.0.2.2 (the default route's"
+        " interface, eth0)",
+        "This computer is on other networks too (eth1 10.77.0.1): if the attendees are on one"
+        " of those, pass --address ADDRESS or set address in [nameserver] of retreat.toml.",
+    ]
+    configured = code.replace("choose()", "choose('10.77.0.1')")
+    done = subprocess.run(
+        in_ns(netns, sys.executable, "-c", configured), capture_output=True, text=True, timeout=60
+    )
+    assert done.stderr.splitlines() == [
+        "relay.retreat.lan and mirror.retreat.lan answer 10.77.0.1 (as configured)"
+    ]
