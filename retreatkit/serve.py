@@ -208,6 +208,7 @@ async def serve(
             named = {"relay", "mirror", "nameserver"} <= set(names) | set(bound)
             public = {s.name: getattr(s, "public_url", "") for s in services}
             process.attendees = startup.attendee_lines(bound, lan, named, public)
+            process.addresses = startup.attendee_addresses(bound, lan, public)
         # what start-up made lives as long as the process: keep the cyclic GC from
         # scanning it again and again (it was a tenth of a nameserver's CPU under load)
         gc.freeze()

@@ -186,6 +186,19 @@ def reach(host: str, lan_address: str) -> tuple[str, str]:
     return host, ""
 
 
+def attendee_addresses(
+    bound: dict[str, tuple[str, int]], lan_address: str, public: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Where attendees reach each service this process hosts, `HOST:PORT` as `reach`
+    gives it (the mirror's `public_url` when the organiser set one): what the dashboard
+    shows beside each service, where the admin endpoint's address is no service's."""
+    public = public or {}
+    return {
+        name: public.get(name) or config.host_port_text(reach(host, lan_address)[0], port)
+        for name, (host, port) in bound.items()
+    }
+
+
 def attendee_lines(
     bound: dict[str, tuple[str, int]],
     lan_address: str,
@@ -219,5 +232,15 @@ def attendee_lines(
     if "nameserver" in bound:
         host, port = bound["nameserver"]
         address, note = reach(host, lan_address)
-        lines.append(f"DNS server: {address} port {port} (hand it out by DHCP){note}")
+        # on loopback DHCP has nothing to hand out: the note says so
+        advice = "" if is_loopback(host) else f" ({dhcp_advice(host, port)})"
+        lines.append(f"DNS server: {address} port {port}{advice}{note}")
     return lines
+
+
+def dhcp_advice(host: str, port: int) -> str:
+    """What makes the nameserver one DHCP can hand out: DHCP names a server, never a
+    port (option 6, RFC 2132), so clients ask it on 53."""
+    if port == 53:
+        return "hand it out by DHCP"
+    return f"DHCP needs port 53: listen on {config.host_port_text(host, 53)}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from retreatkit import startup
 
 BOUND = {"relay": ("0.0.0.0", 9000), "mirror": ("0.0.0.0", 28000)}
@@ -35,3 +37,35 @@ def test_a_public_url_is_the_organisers_word_even_on_loopback() -> None:
         public={"mirror": "http://mirror.retreat.lan"},
     )  # fmt: skip
     assert lines == [f"package mirror: http://mirror.retreat.lan/ {PAGE}"]
+
+
+@pytest.mark.parametrize(
+    ("bound", "line"),
+    [
+        (("0.0.0.0", 53), "DNS server: 10.0.0.2 port 53 (hand it out by DHCP)"),
+        # DHCP names a server, never a port: clients ask 53, so 5300 cannot be handed out
+        (("0.0.0.0", 5300), "DNS server: 10.0.0.2 port 5300 (DHCP needs port 53: listen on"
+                            " 0.0.0.0:53)"),
+        (("10.0.0.2", 5300), "DNS server: 10.0.0.2 port 5300 (DHCP needs port 53: listen on"
+                             " 10.0.0.2:53)"),
+        (("::", 5300), "DNS server: 10.0.0.2 port 5300 (DHCP needs port 53: listen on [::]:53)"),
+        (("127.0.0.1", 5300), "DNS server: 127.0.0.1 port 5300 (loopback only: attendees"
+                              " cannot reach it)"),
+    ],
+)  # fmt: skip
+def test_the_dns_line_says_what_dhcp_can_hand_out(bound: tuple[str, int], line: str) -> None:
+    assert startup.attendee_lines({"nameserver": bound}, "10.0.0.2", named=True) == [line]
+
+
+def test_each_service_is_reached_at_its_own_address_not_the_admin_endpoints() -> None:
+    bound = {**BOUND, "nameserver": ("0.0.0.0", 5300), "relay": ("127.0.0.1", 9000)}
+    assert startup.attendee_addresses(bound, "10.231.0.1") == {
+        "relay": "127.0.0.1:9000",
+        "mirror": "10.231.0.1:28000",
+        "nameserver": "10.231.0.1:5300",
+    }
+    public = {"relay": "", "mirror": "http://mirror.retreat.lan/"}
+    assert startup.attendee_addresses(BOUND, "fd00::2", public) == {
+        "relay": "[fd00::2]:9000",
+        "mirror": "http://mirror.retreat.lan/",
+    }

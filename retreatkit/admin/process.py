@@ -35,6 +35,7 @@ class ProcessInfo:
     def __init__(self, services: list[str], attendees: list[str] | None = None) -> None:
         self.services = services
         self.attendees = attendees or []  # filled in once the services are listening
+        self.addresses: dict[str, str] = {}  # service -> where attendees reach it, as well
         self.started_wall = datetime.now(UTC)
         self.started = time.monotonic()
 
@@ -54,4 +55,5 @@ class ProcessInfo:
             "version": self.version,
             "log_level": logging.getLevelName(level),
             "attendees": list(self.attendees),
+            "addresses": dict(self.addresses),
         }

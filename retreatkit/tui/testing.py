@@ -39,6 +39,11 @@ def canned(name: str = HOSTILE) -> dict[str, Any]:
                 "bob relay: relay.retreat.lan:9000 (10.0.0.2:9000)",
                 "DNS server: 10.0.0.2 port 53 (hand it out by DHCP)",
             ],
+            "addresses": {
+                "relay": "10.0.0.2:9000",
+                "mirror": "10.0.0.2:8000",
+                "nameserver": "10.0.0.2:53",
+            },
         },
         "relay": {
             "up": True,
@@ -75,6 +80,8 @@ def canned(name: str = HOSTILE) -> dict[str, Any]:
             "bytes_from_cache": 1073741824,
             "bytes_from_upstream": 157286400,
             "bytes_saved": 916455424,
+            "upstream_bytes": 314572800,
+            "upstream_index_bytes": 2411724,
             "downloads_in_progress": 1,
             "top_packages": [[name, 9], ["numpy", 7]],
             "upstreams": {
@@ -136,10 +143,14 @@ def canned(name: str = HOSTILE) -> dict[str, Any]:
     }
 
 
-def hosting(*services: str, name: str = HOSTILE) -> dict[str, Any]:
-    """A /status like `canned`, of a process hosting only `services` (a guest hosts one)."""
+def hosting(
+    *services: str, name: str = HOSTILE, addresses: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A /status like `canned`, of a process hosting only `services` (a guest hosts one);
+    `addresses` where attendees reach them, none by default (a guest faces no LAN: its
+    supervisor says where its service is reached)."""
     full = canned(name)
-    process = {**full["process"], "services": list(services)}
+    process = {**full["process"], "services": list(services), "addresses": addresses or {}}
     return {"process": process, **{s: full[s] for s in services}}
 
 

@@ -21,7 +21,7 @@ from retreatkit.tui.fmt import (
     size,
     spark,
 )
-from retreatkit.tui.state import DashboardState, EndpointState
+from retreatkit.tui.state import SERVICES, DashboardState, EndpointState
 
 Row = tuple[str, ...]
 
@@ -38,12 +38,13 @@ def _text(value: Any) -> str:
 
 
 def overview_rows(state: DashboardState) -> list[Row]:
+    """A row a service: its address is where attendees reach it; an endpoint that
+    reported none is named by its admin endpoint, said so."""
     rows: list[Row] = []
     for e in state.endpoints.values():
         if not e.services():
-            rows.append(
-                ("—", e.name, "unreachable" if e.error else "waiting", *(NOT_REPORTED,) * 3, "")
-            )
+            waiting = "unreachable" if e.error else "waiting"
+            rows.append(("—", f"admin {e.name}", waiting, *(NOT_REPORTED,) * 3, ""))
         for service in e.services():
             section = e.section(service)
             shown = e.state_of(service)
@@ -58,7 +59,7 @@ def overview_rows(state: DashboardState) -> list[Row]:
             rows.append(
                 (
                     service,
-                    e.name,
+                    address_of(state, e, service),
                     shown,
                     duration(section.get("uptime_seconds")),
                     count(section.get("connections_open")),
@@ -67,6 +68,19 @@ def overview_rows(state: DashboardState) -> list[Row]:
                 )
             )
     return rows
+
+
+def address_of(state: DashboardState, e: EndpointState, service: str) -> str:
+    """Where attendees reach `service` of `e`, as its process says; a guest's as its
+    supervisor says (the host's side of qemu's forward, not the guest's own listen)."""
+    if service not in SERVICES:
+        return ""  # a supervisor's `vm`: attendees reach its guests, not it
+    supervisor = state.endpoints.get(e.guest_of[0]) if e.guest_of else None
+    for source in (e, supervisor):
+        found = get(source.status, "process", "addresses", service) if source else None
+        if isinstance(found, str):
+            return found
+    return NOT_REPORTED
 
 
 def process_rows(state: DashboardState) -> list[Row]:
@@ -140,8 +154,12 @@ def mirror_summary(e: EndpointState) -> list[str]:
     return [
         f"hit ratio {percent(s.get('hit_ratio'))} · hits {count(s.get('hits'))} · misses "
         f"{count(s.get('misses'))} · downloads in progress {count(s.get('downloads_in_progress'))}",
-        f"served from cache {size(s.get('bytes_from_cache'))} · fetched upstream "
-        f"{size(s.get('bytes_from_upstream'))} · saved {size(s.get('bytes_saved'))}",
+        # bytes_from_upstream is what clients got of a file while it was fetched, not
+        # what crossed the uplink: upstream_bytes (files) and upstream_index_bytes (pages)
+        f"sent to clients from the store {size(s.get('bytes_from_cache'))} · as it was"
+        f" fetched {size(s.get('bytes_from_upstream'))}",
+        f"over the uplink: files {size(s.get('upstream_bytes'))} · index pages"
+        f" {size(s.get('upstream_index_bytes'))} · saved {size(s.get('bytes_saved'))}",
         store_line(store, s),
         f"stale index pages {count(s.get('stale_served'))} · cached-only pages "
         f"{count(s.get('offline_pages'))} · verify failures {count(s.get('verify_failures'))}"
@@ -289,6 +307,13 @@ def blocklist_rows(e: EndpointState) -> list[Row]:
         )
         for b in _items(e.section("nameserver"), "blocklists")
     ]
+
+
+def no_blocklists(e: EndpointState) -> str:
+    """What the Blocklists table says with no rows: each configured list is listed from the
+    start (loaded `never` until it is read), so an empty list is none configured."""
+    lists = e.section("nameserver").get("blocklists")
+    return "none configured" if isinstance(lists, list) else "not reported"
 
 
 def query_row(q: dict[str, Any]) -> Row:

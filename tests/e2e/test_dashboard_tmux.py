@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from retreatkit.mirror.testing import make_wheel, pip_download, start_upstream, write_pypi
 from retreatkit.testing import Process, bob_argv
+from retreatkit.tui.fmt import size
 
 pytestmark = [
     pytest.mark.e2e,
@@ -44,6 +46,7 @@ class Pane:
     state: Path
     admin: str
     relay: int
+    mirror: int
     dns: int
     blocklist: Path
 
@@ -83,8 +86,9 @@ class Pane:
         return int(pid)
 
 
-def open_pane(tmp: Path, cwd: Path | None = None) -> Pane:
-    """`retreatkit up` with its dashboard in a tmux terminal of its own, run in `cwd`."""
+def open_pane(tmp: Path, cwd: Path | None = None, pypi: str = "http://127.0.0.1:1/simple/") -> Pane:
+    """`retreatkit up` with its dashboard in a tmux terminal of its own, run in `cwd`;
+    its mirror's PyPI upstream is `pypi` (by default one that is down)."""
     blocklist = tmp / "blocks.txt"
     blocklist.write_text("ads.example.test\n")
     admin, relay, mirror, dns = free_port(), free_port(), free_port(), free_port()
@@ -92,7 +96,7 @@ def open_pane(tmp: Path, cwd: Path | None = None) -> Pane:
     cfg.write_text(
         f'[relay]\nlisten = "127.0.0.1:{relay}"\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
         f'[mirror]\nlisten = "127.0.0.1:{mirror}"\nstore = "{tmp / "store"}"\n'
-        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
+        f'pypi = "{pypi}"\nopam = "http://127.0.0.1:1/opam"\n'
         f'[nameserver]\nlisten = "127.0.0.1:{dns}"\nupstreams = ["127.0.0.1:9"]\n'
         f'blocklists = ["{blocklist}"]\n'
     )
@@ -111,6 +115,7 @@ def open_pane(tmp: Path, cwd: Path | None = None) -> Pane:
         tmp / "state",
         f"http://127.0.0.1:{admin}",
         relay,
+        mirror,
         dns,
         blocklist,
     )
@@ -179,8 +184,20 @@ def blocked_answer(p: Pane) -> str:
 
 
 @pytest.fixture(scope="module")
-def pane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pane]:
-    p = open_pane(tmp_path_factory.mktemp("dash"))
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PyPI upstream holding one wheel: its simple index's URL."""
+    root = tmp_path_factory.mktemp("upstream")
+    write_pypi(root, {"demo-dep": [make_wheel("demo-dep", "2.0", pad=200_000)]})
+    server = start_upstream(root)
+    try:
+        yield f"{server.url}simple/"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def pane(tmp_path_factory: pytest.TempPathFactory, upstream: str) -> Iterator[Pane]:
+    p = open_pane(tmp_path_factory.mktemp("dash"), pypi=upstream)
     try:
         # every service up before any test talks to one (each test may run alone)
         p.wait(r"^\s+nameserver\s+127\.0\.0\.1:\d+\s+up")
@@ -193,9 +210,36 @@ def pane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pane]:
 
 def test_overview_shows_three_services_up(pane: Pane) -> None:
     text = pane.wait(r"^\s+nameserver\s+127\.0\.0\.1:\d+\s+up")
-    for service in ("relay", "mirror"):
-        assert re.search(rf"^\s+{service}\s+127\.0\.0\.1:\d+\s+up\s", text, re.M)
-    assert "Attendees use" in text and f"DNS server: 127.0.0.1 port {pane.dns}" in text
+    # each at its own address, not the admin endpoint's
+    for service, port in (("relay", pane.relay), ("mirror", pane.mirror), ("nameserver", pane.dns)):
+        assert re.search(rf"^\s+{service}\s+127\.0\.0\.1:{port}\s+up\s", text, re.M)
+    assert "Attendees use" in text
+    assert (
+        f"DNS server: 127.0.0.1 port {pane.dns} (loopback only: attendees cannot reach it)" in text
+    )
+
+
+def test_the_mirror_screen_says_what_crossed_the_uplink(pane: Pane, tmp_path: Path) -> None:
+    index = f"http://127.0.0.1:{pane.mirror}/pypi/simple/"
+    for attempt in ("fetched", "from the store"):
+        got = pip_download(index, "demo-dep", tmp_path / attempt, tmp_path)
+        assert got.returncode == 0, got.stderr
+    with urllib.request.urlopen(f"{pane.admin}/status", timeout=5) as r:
+        s = json.load(r)["mirror"]
+    assert s["upstream_bytes"] > 200_000  # the wheel, once
+    pane.keys("3")
+    pane.wait(
+        re.escape(
+            f"sent to clients from the store {size(s['bytes_from_cache'])} · as it was fetched"
+            f" {size(s['bytes_from_upstream'])}"
+        )
+    )
+    pane.wait(
+        re.escape(
+            f"over the uplink: files {size(s['upstream_bytes'])} · index pages"
+            f" {size(s['upstream_index_bytes'])} · saved {size(s['bytes_saved'])}"
+        )
+    )
 
 
 def test_a_dig_shows_in_the_query_log(pane: Pane) -> None:

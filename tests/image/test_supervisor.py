@@ -85,24 +85,29 @@ ALL = {"relay": ("0.0.0.0", 9000), "mirror": ("0.0.0.0", 8000), "nameserver": ("
 
 
 @pytest.mark.parametrize(
-    ("addresses", "expected"),
+    ("addresses", "expected", "reached"),
     [
         (ALL, [
             "bob relay: relay.retreat.lan:9000 (192.0.2.10:9000)",
             "package mirror: http://mirror.retreat.lan:8000/ (its page shows the pip, uv, opam,"
             " npm and apt lines)",
             "DNS server: 192.0.2.10 port 53 (hand it out by DHCP)",
-        ]),
+        ], {"relay": "192.0.2.10:9000", "mirror": "192.0.2.10:8000",
+            "nameserver": "192.0.2.10:53"}),
         ({"relay": ("127.0.0.1", 41235)}, [
             "bob relay: 127.0.0.1:41235 (loopback only: attendees cannot reach it)",
-        ]),
+        ], {"relay": "127.0.0.1:41235"}),
     ],
 )  # fmt: skip
 async def test_attendees_are_told_of_services_run_as_guests(
-    home: Path, addresses: dict[str, tuple[str, int]], expected: list[str]
+    home: Path,
+    addresses: dict[str, tuple[str, int]],
+    expected: list[str],
+    reached: dict[str, str],
 ) -> None:
     said: list[str] = []
     overview: list[str] = []
+    shown: dict[str, str] = {}  # beside each service on the overview
 
     async def dashboard(url: str, token: str, stop: object) -> None:
         def read() -> None:  # what the dashboard's overview shows
@@ -110,7 +115,9 @@ async def test_attendees_are_told_of_services_run_as_guests(
                 f"{url}/status", headers={"Authorization": f"Bearer {token}"}
             )
             with urllib.request.urlopen(request, timeout=10) as answer:
-                overview.extend(json.load(answer)["process"]["attendees"])
+                process = json.load(answer)["process"]
+                overview.extend(process["attendees"])
+                shown.update(process["addresses"])
 
         await asyncio.to_thread(read)
 
@@ -125,6 +132,7 @@ async def test_attendees_are_told_of_services_run_as_guests(
     assert said[start + 1 : start + 1 + len(expected)] == [f"  {line}" for line in expected]
     assert said[start + 1 + len(expected)] == "Stopping..."
     assert overview == expected
+    assert shown == reached
 
 
 def test_a_guest_whose_kernel_panicked_is_told_so() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,12 +52,21 @@ async def live_nameserver(tmp_path: Path) -> AsyncIterator[LiveNameserver]:
         "ads.example.test\ntracker.example.test\n0.0.0.0 x.example.test\n||y.example.test^\n"
         "this is not a rule ###\n"
     )
+    async with live(lists, [str(lists / "blocks.txt"), str(lists / "gone.txt")]) as ns:
+        yield ns
+
+
+@pytest.fixture
+async def listless_nameserver(tmp_path: Path) -> AsyncIterator[LiveNameserver]:
+    """The same with no blocklist configured."""
+    async with live(tmp_path, []) as ns:
+        yield ns
+
+
+@asynccontextmanager
+async def live(lists: Path, blocklists: list[str]) -> AsyncIterator[LiveNameserver]:
     clock = ManualClock()
-    settings = Settings(
-        listen=("127.0.0.1", 0),
-        upstreams=[UPSTREAM],
-        blocklists=[str(lists / "blocks.txt"), str(lists / "gone.txt")],
-    )
+    settings = Settings(listen=("127.0.0.1", 0), upstreams=[UPSTREAM], blocklists=blocklists)
     wall = lambda: 1_799_999_000.0 + clock()  # noqa: E731
     upstream = FakeTransport({UPSTREAM: ZONE.answer})
     ns = Nameserver(settings, clock=clock, wall=wall, transport=upstream)

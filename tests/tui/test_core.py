@@ -185,6 +185,20 @@ def test_an_upstream_due_for_a_try_and_one_never_answered_say_so() -> None:
     assert views.dns_upstream_rows(e) == [("192.0.2.53:53", "down", NOT_REPORTED)]
 
 
+def test_a_blocklist_table_without_rows_says_why() -> None:
+    """A configured list is a row from the start, read `never` until it loads; no row is
+    none configured; no `blocklists` at all is not reported."""
+    state = DashboardState(["a:1"])
+    e = state.endpoints["a:1"]
+    unread = {"source": "/srv/ads.txt", "entries": 0, "bad_lines": 0, "loaded_at": None}
+    state.record("a:1", 0, status={"nameserver": {"blocklists": [unread]}})
+    assert views.blocklist_rows(e) == [("/srv/ads.txt", "0", "0", "never", "")]
+    state.record("a:1", 1, status={"nameserver": {"blocklists": []}})
+    assert (views.blocklist_rows(e), views.no_blocklists(e)) == ([], "none configured")
+    state.record("a:1", 2, status={"nameserver": {}})
+    assert views.no_blocklists(e) == "not reported"
+
+
 def test_a_services_times_read_as_the_tables_do() -> None:
     line = "upstream down: http://up.test since 2026-12-02T07:13:24Z (refused); serving"
     assert clocks(line) == "upstream down: http://up.test since 07:13:24 (refused); serving"

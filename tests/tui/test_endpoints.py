@@ -85,11 +85,14 @@ async def test_mirror_upstreams_limit_eviction_and_warnings(fake: FakeAdmin) -> 
         await settle(pilot)
         [section] = shown(app)
         summary = text(section.query_one("#summary", Lines)).splitlines()
-        assert summary[2] == (
+        # what clients got, apart from what crossed the uplink (/status upstream_bytes)
+        assert summary[1] == "sent to clients from the store 1.1 GB · as it was fetched 157 MB"
+        assert summary[2] == "over the uplink: files 315 MB · index pages 2.4 MB · saved 916 MB"
+        assert summary[3] == (
             "store 1.2 GB of 4.3 GB allowed (28.7%) in 80 files · evicted 12 files (315 MB)"
             " · free disk 53.7 GB"
         )
-        assert summary[3] == (
+        assert summary[4] == (
             "stale index pages 4 · cached-only pages 2 · verify failures 1 · upstream errors 3"
             " · connections refused 0"
         )
@@ -110,5 +113,5 @@ async def test_mirror_upstreams_limit_eviction_and_warnings(fake: FakeAdmin) -> 
         app.state.record(fake.url[7:], 0, status=fake.status)  # the next poll is an hour away
         await settle(pilot)
         summary = text(section.query_one("#summary", Lines)).splitlines()
-        assert summary[2].startswith("store — (no limit but the disk) in — files")
-        assert summary[4] == "store check after start: running, 9 checked, 1 damaged files dropped"
+        assert summary[3].startswith("store — (no limit but the disk) in — files")
+        assert summary[5] == "store check after start: running, 9 checked, 1 damaged files dropped"

@@ -44,6 +44,9 @@ def alarms(app: Dashboard) -> list[str]:
     return str(app.screen.query_one("#alarms", Lines).render()).splitlines()
 
 
+ADDRESSES = {"mirror": "10.0.0.2:8000", "relay": "10.0.0.2:9000", "nameserver": "10.0.0.2:53"}
+
+
 @pytest.fixture
 def relay_guest() -> Iterator[FakeAdmin]:
     """A guest's own admin endpoint: a relay, and a log line."""
@@ -59,8 +62,8 @@ def relay_guest() -> Iterator[FakeAdmin]:
 @pytest.fixture
 def supervisor(relay_guest: FakeAdmin) -> Iterator[FakeAdmin]:
     """`retreatkit up` with the relay and the nameserver as guests, the mirror in-process;
-    the nameserver guest is stopped."""
-    fake = FakeAdmin(status=hosting("mirror"))
+    the nameserver guest is stopped. It says where attendees reach each, its guests' too."""
+    fake = FakeAdmin(status=hosting("mirror", addresses=ADDRESSES))
     fake.guests = [
         guest("relay", "relay", relay_guest.url),
         guest("nameserver", "nameserver", "http://127.0.0.1:9", state="stopped"),
@@ -144,11 +147,13 @@ async def test_guests_listed_and_watched_with_the_token(
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         services = rows(app, "#services")
+        # where attendees reach each, a guest's as its supervisor says (not the guest's
+        # own listen, behind qemu's forward); the supervisor's vm has no address
         assert [r[:3] for r in services] == [
-            ["mirror", supervisor.url[7:], "up"],
-            ["vm", supervisor.url[7:], "up"],
-            ["relay", "guest relay", "up"],
-            ["nameserver", "guest nameserver", "stopped"],
+            ["mirror", "10.0.0.2:8000", "up"],
+            ["vm", "", "up"],
+            ["relay", "10.0.0.2:9000", "up"],
+            ["nameserver", "10.0.0.2:53", "stopped"],
         ]
         assert not [a for a in alarms(app) if "nameserver" in a]  # stopped: no alarm
         assert not [a for a in alarms(app) if "cannot connect" in a]
@@ -195,7 +200,7 @@ async def test_stopping_a_guest_asks_first(supervisor: FakeAdmin) -> None:
         assert rows(app, "#guests")[0][2] == "stopped"
         await pilot.press("1")
         await settle(pilot)
-        assert rows(app, "#services")[2][:3] == ["relay", "guest relay", "stopped"]
+        assert rows(app, "#services")[2][:3] == ["relay", "10.0.0.2:9000", "stopped"]
         assert not [a for a in alarms(app) if "relay" in a]  # stopped on purpose
         await pilot.press("6")
         await settle(pilot)
@@ -223,7 +228,7 @@ async def test_a_guest_answering_garbage_or_refusing_the_token(mode: str, line: 
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot)
             assert f"! {line}" in alarms(app)
-            assert rows(app, "#services")[-1][:3] == ["relay", "guest relay", "unreachable"]
+            assert rows(app, "#services")[-1][:3] == ["relay", "—", "unreachable"]
             await pilot.press("6")
             await settle(pilot)
             assert rows(app, "#guests")[0][8] == f"{bad.url[7:]} (unreachable)"

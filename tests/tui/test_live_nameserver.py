@@ -44,6 +44,22 @@ async def test_blocklists_list_each_source(live_nameserver: LiveNameserver) -> N
         ]
 
 
+async def test_no_blocklist_configured_says_so_before_and_after_a_reload(
+    listless_nameserver: LiveNameserver,
+) -> None:
+    app = make_dashboard(listless_nameserver.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        assert rows(app, "#lists") == [["none configured", "", "", "", ""]]
+        await pilot.press("r")
+        await actions_done(pilot)
+        assert str(app.screen.query_one("#result", Lines).render()) == (
+            "blocklists reloaded: none configured"
+        )
+        assert rows(app, "#lists") == [["none configured", "", "", "", ""]]
+
+
 async def test_every_action_answers_in_plain_words(live_nameserver: LiveNameserver) -> None:
     """What each action's real answer reads as, after the organiser's keys."""
     await live_nameserver.ask("www.example.test")  # cached: a flush has something to drop

@@ -37,13 +37,15 @@ async def test_overview_shows_each_service_and_alarms(fake: FakeAdmin) -> None:
         await settle(pilot)
         rows = table_text(app, "#services")
         assert [r[0] for r in rows] == ["relay", "mirror", "nameserver"]
+        # where attendees reach each, not the admin endpoint (the Processes table has it)
+        assert [r[1] for r in rows] == ["10.0.0.2:9000", "10.0.0.2:8000", "10.0.0.2:53"]
         assert [r[2] for r in rows] == ["up", "up", "DOWN"]
         assert rows[0][3] == "1h 02m" and rows[0][4] == "4"
         alarms = str(app.screen.query_one("#alarms", Lines).render())
         assert f"nameserver on {fake.url[7:]} is down" in alarms
         assert "mirror: upstream pypi down: [@click=app.quit]x[/] [bold]boom" in alarms
         processes = table_text(app, "#processes")
-        assert processes[0][1:4] == ["4242", "1h 02m", "52.4 MB"]
+        assert processes[0][:4] == [fake.url[7:], "4242", "1h 02m", "52.4 MB"]
 
 
 async def test_hostile_names_are_shown_literally_and_never_run(fake: FakeAdmin) -> None:
@@ -101,7 +103,7 @@ async def test_fields_not_there_yet_show_a_dash(fake: FakeAdmin) -> None:
         for key in ("3", "4", "5", "1"):
             await pilot.press(key)
             await settle(pilot)
-        assert table_text(app, "#services")[0][:3] == ["relay", fake.url[7:], "up"]
+        assert table_text(app, "#services")[0][:3] == ["relay", "—", "up"]  # no address said
 
 
 @pytest.mark.parametrize(
@@ -121,8 +123,8 @@ async def test_a_bad_endpoint_is_one_line(fake: FakeAdmin, mode: str, line: str)
             alarms = str(app.screen.query_one("#alarms", Lines).render())
             assert f"! {bad.url[7:]}: {line}" in alarms.splitlines()
             rows = table_text(app, "#services")
-            assert ["—", bad.url[7:], "unreachable"] == rows[-1][:3]
-            assert rows[0][:3] == ["relay", fake.url[7:], "up"]  # the good one still shows
+            assert ["—", f"admin {bad.url[7:]}", "unreachable"] == rows[-1][:3]
+            assert rows[0][:3] == ["relay", "10.0.0.2:9000", "up"]  # the good one still shows
 
 
 async def test_a_service_down_endpoint(fake: FakeAdmin) -> None:

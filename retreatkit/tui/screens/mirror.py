@@ -1,7 +1,7 @@
-"""Mirror: hit ratio, bytes from cache against bytes fetched, the store against its limit
-and what eviction removed, its disk, what needs the organiser (warnings), each upstream
-(PyPI, opam, npm, every apt archive), top packages, downloads in progress and recent
-fetches; for each endpoint hosting a mirror."""
+"""Mirror: hit ratio, bytes sent to clients against bytes over the uplink, the store
+against its limit and what eviction removed, its disk, what needs the organiser
+(warnings), each upstream (PyPI, opam, npm, every apt archive), top packages, downloads
+in progress and recent fetches; for each endpoint hosting a mirror."""
 
 from __future__ import annotations
 

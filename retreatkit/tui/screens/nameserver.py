@@ -95,7 +95,7 @@ class NameserverSection(Section):
             rows = views.top_rows(section.get(f"top_{key}"))
             self.query_one(f"#top_{key}", Table).set_rows(rows)
         self.query_one("#upstreams", Table).set_rows(views.dns_upstream_rows(e))
-        self.query_one("#lists", Table).set_rows(views.blocklist_rows(e))
+        self.query_one("#lists", Table).set_rows(views.blocklist_rows(e), views.no_blocklists(e))
         empty = "not reported" if self.records_problem else "none"
         self.query_one("#local", Table).set_rows(views.record_rows(self.records), empty)
 

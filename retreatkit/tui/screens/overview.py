@@ -1,6 +1,6 @@
-"""Overview: every service up or down, uptime, connections, throughput and its trend,
-alarms (leaks among them), VM guests, each process's memory and files, and what
-attendees use."""
+"""Overview: every service up or down and where attendees reach it, uptime, connections,
+throughput and its trend, alarms (leaks among them), VM guests, each process's memory
+and files, and what attendees use."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Overview(Panel):
         yield Label("Services", classes="heading")
         yield Table(
             "Service",
-            "Endpoint",
+            "Address",
             "State",
             "Uptime",
             "Connections",
