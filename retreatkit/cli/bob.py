@@ -19,7 +19,13 @@ from retreatkit.transfer import aio, codes, find, source
 from retreatkit.transfer.errors import PakeFailed, Refused, TransferError, UnsafeOffer
 from retreatkit.transfer.offer import MAX_TEXT, Offer, check_component, escape
 from retreatkit.transfer.receive import Writer
-from retreatkit.transfer.rendezvous import AnyRelay, FirstReachable, OwnRendezvous, RelayRendezvous
+from retreatkit.transfer.rendezvous import (
+    AnyRelay,
+    FirstReachable,
+    OwnRendezvous,
+    RelayRendezvous,
+    Said,
+)
 from retreatkit.transfer.tostdout import StdoutWriter
 
 DESCRIPTION = """\
@@ -33,7 +39,9 @@ for the receiver the sender itself when it announces the passphrase's number (th
 LAN's relays first, then every sender announcing it at once: only one that
 proves the passphrase counts); else relay.retreat.lan:9000. With several relays
 announced, bob tries the first 4 it hears all at once: the sender waits at each
-that answers, the receiver tries each. A sender that no relay takes (none
+that answers, the receiver tries each. Each at up to 4 of the addresses it
+announces, those on this computer's networks first, each a moment after the one
+before: bob names the one that answered. A sender that no relay takes (none
 answers, or each is full or busy) waits for the receiver on the LAN itself. Once both
 sides proved the passphrase, they try a direct connection on the LAN and keep
 the relay if it fails (--no-direct: never; it needs a relay, and with none to
@@ -271,13 +279,13 @@ async def send(args: argparse.Namespace) -> int:
         if target is None:
             lan = [t.relay for t in await find.on_lan(None)]
             target = find.Target(lan[0], "lan") if lan else None
-            _say_relays(lan)
         if lan:
             # several: each one holds the nameplate; none that answers: our own
-            relays = (
+            relays = Said(
                 AnyRelay(lan, args.count, timeout, find.REACH, find.ANSWER)
                 if len(lan) > 1
-                else RelayRendezvous(lan[0], args.count, timeout, find.REACH, find.ANSWER)
+                else RelayRendezvous(lan[0], args.count, timeout, find.REACH, find.ANSWER),
+                _say_relays,
             )
             rendezvous = relays
             if not args.no_direct:
@@ -307,6 +315,9 @@ async def send(args: argparse.Namespace) -> int:
 
 
 def _say_relays(lan: list[aio.Relay]) -> None:
+    """The relays found on the LAN that took the offer (or met the sender), at the
+    addresses that answered, in the order of those (not of their answers)."""
+    lan = sorted(lan, key=find.in_order)
     if len(lan) == 1:
         _say(f"Using the relay at {lan[0]} (found on the LAN)")
     elif lan:
@@ -324,16 +335,22 @@ def _fail(reporter: ui.Reporter, exc: Exception, advice: str) -> int:
 
 
 def _place(target: find.Target, timeout: float) -> aio.Place:
-    """Where a receiver may meet its sender, as the user is told of it."""
+    """Where a receiver may meet its sender, as the user is told of it: one found on the
+    LAN is named where it answered, once the sender is met there."""
     reach = find.REACH if target.how == "default" else aio.CONNECT_TIMEOUT
     connector = aio.via_relay(target.relay, timeout, direct=target.direct, reach=reach)
-    if not target.direct:
-        return aio.Place(connector, f"the relay at {target.relay}")
+    if target.direct:
 
-    def met() -> None:
-        _say(f"Found the sender on the LAN at {target.relay}")
+        def found(link: aio.Link) -> None:
+            _say(f"Found the sender on the LAN at {link.relay or target.relay}")
 
-    return aio.Place(connector, f"the sender announced at {target.relay}", met)
+        return aio.Place(connector, f"the sender announced at {target.relay}", found)
+
+    def used(link: aio.Link) -> None:
+        if target.how == "lan":
+            _say_relays([link.relay or target.relay])
+
+    return aio.Place(connector, f"the relay at {target.relay}", used)
 
 
 def _needs_relay(exc: TransferError, target: find.Target | None, otherwise: str) -> TransferError:
@@ -468,7 +485,6 @@ async def recv(args: argparse.Namespace) -> int:
             if target is not None
             else await find.meeting_places(code.nameplate, senders=not args.no_direct)
         )
-        _say_relays([t.relay for t in stages[0] if t.how == "lan"])
         target = stages[-1][0]  # what a receiver that met nobody is told about
         options = aio.Options(direct=not args.no_direct, timeout=timeout)
         places = [[_place(t, timeout) for t in stage] for stage in stages]

@@ -40,6 +40,7 @@ from retreatkit.transfer.sending import Options, handshake, send_session
 
 __all__ = ["Options", "PeerAborted", "PeerGone", "Relay", "RelayError", "Rendezvous", "Worker"]
 __all__ += ["CONNECT_TIMEOUT", "Connector", "Place", "Unreachable", "receive", "send", "tell_peer"]
+__all__ += ["Link"]
 PEER_TIMEOUT = 120.0  # longest silence from a paired peer outside of a prompt (--timeout)
 KEPT = (
     "The partial files are kept: to resume, ask the sender to run the same bob send again,"

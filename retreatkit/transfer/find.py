@@ -5,6 +5,12 @@ at most MAX_RELAYS of them, all at once (rendezvous.AnyRelay), then
 no relay takes (none reached, none answers, none has room) is its own rendezvous
 (rendezvous.OwnRendezvous).
 
+An announcement lists every address of its host, its uplink's too, in an order that
+varies from one announcement to the next (zeroconf's own): bob tries at most
+link.MAX_ADDRESSES of them, those on a network of this machine's own first
+(`nearest`), each a moment after the one before (link.open_channel), and names the one
+that answered.
+
 Anyone on the LAN can announce anything, so a receiver never takes one announcement's
 word: it meets its sender in stages (`meeting_places`), the relays announced on the LAN
 first, tried together (a sender that found them waits at each), then the senders
@@ -18,13 +24,15 @@ import asyncio
 import ipaddress
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from retreatkit.transfer.link import Relay, Worker
+from retreatkit.transfer.link import MAX_ADDRESSES, Relay, Worker
 
 if TYPE_CHECKING:
     from retreatkit import mdns
+    from retreatkit.transfer.hints import Network
 
 DISCOVERY = 1.5  # seconds to listen for relays on the LAN
 RESOLVE = 2.0  # seconds for the default name to resolve
@@ -64,7 +72,9 @@ async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Targ
     """What the LAN announces: the relays (`relays`), then for a receiver up to MAX_PEERS
     senders of its `nameplate` (at distinct addresses). Empty if nothing answers in time."""
     from retreatkit import mdns  # zeroconf only where it is used
+    from retreatkit.transfer.direct import networks  # ifaddr: zeroconf has loaded it
 
+    ours = networks()
     # The browse ends GRACE after the first relay (the others announced answer the same
     # query), at once with MAX_RELAYS; a receiver that hears no relay listens the whole
     # window: anyone can announce its nameplate, and the first to answer may be false.
@@ -75,26 +85,60 @@ async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Targ
         soon=lambda found: bool(relays(found)),
         grace=GRACE,
     )
-    targets = [Target(relay, "lan") for relay in relays(found)]
+    targets = [Target(relay, "lan") for relay in relays(found, ours)]
     seen: set[str] = set()
     for f in found:
         if nameplate is None or len(seen) == MAX_PEERS:
             break
-        said = (f.properties.get("kind"), f.properties.get("nameplate"))
-        if said == ("sender", nameplate) and f.addresses[0] not in seen:
-            seen.add(f.addresses[0])
-            targets.append(Target(Relay(f.addresses[0], f.port), "peer"))
+        if (f.properties.get("kind"), f.properties.get("nameplate")) != ("sender", nameplate):
+            continue
+        peer = announced(f, ours)
+        if peer.host not in seen:
+            seen.add(peer.host)
+            targets.append(Target(peer, "peer"))
     return targets
 
 
-def relays(found: list[mdns.Found]) -> list[Relay]:
+def relays(found: list[mdns.Found], ours: Sequence[Network] = ()) -> list[Relay]:
     """The relays announced, at most MAX_RELAYS, the first heard (dozens announced make
-    bob dial no more), in the order of their addresses, so both sides list them alike."""
-    chosen: dict[Relay, None] = {}
+    bob dial no more), each at its addresses (`announced`), in the order of the first, so
+    both sides of one network list them alike."""
+    chosen: dict[tuple[str, int], Relay] = {}
     for f in found:
         if _is_relay(f) and len(chosen) < MAX_RELAYS:
-            chosen[Relay(f.addresses[0], f.port)] = None
-    return sorted(chosen, key=lambda r: (_sort_key(r.host), r.port))
+            relay = announced(f, ours)
+            chosen.setdefault((relay.host, relay.port), relay)
+    return sorted(chosen.values(), key=in_order)
+
+
+def announced(found: mdns.Found, ours: Sequence[Network] = ()) -> Relay:
+    """Where an announcement says to connect: its `nearest` addresses, the first as the
+    relay's host, the others tried beside it (link.open_channel)."""
+    first, *others = nearest(found.addresses, ours)
+    return Relay(first, found.port, tuple(others))
+
+
+def nearest(addresses: Sequence[str], ours: Sequence[Network]) -> list[str]:
+    """At most MAX_ADDRESSES of an announcement's `addresses` (it may list any number),
+    those on one of `ours` (the networks of this machine's interfaces) first: one
+    elsewhere (the announcer's uplink) may be out of this machine's reach, or lead
+    elsewhere first. Each group in the order of the addresses, not the order heard,
+    which varies from one announcement to the next, so both sides list them alike."""
+
+    def elsewhere(host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return True
+        return not any(address in network for network in ours)
+
+    ordered = sorted(set(addresses), key=lambda host: (elsewhere(host), _sort_key(host), host))
+    return ordered[:MAX_ADDRESSES]
+
+
+def in_order(relay: Relay) -> tuple[tuple[int, int], int]:
+    """Relays in the order of their addresses (then ports)."""
+    return (_sort_key(relay.host), relay.port)
 
 
 def _sort_key(host: str) -> tuple[int, int]:

@@ -36,8 +36,10 @@ class Unreachable(RelayError):
     """No connection to the relay (or to a sender that is its own) could be made."""
 
     def __init__(self, relay: Relay, why: str) -> None:
+        nor = f" nor at {', '.join(relay.also)}" if relay.also else ""
         super().__init__(
-            f"cannot reach the relay at {relay}: {why} (give --relay HOST:PORT or set BOB_RELAY)"
+            f"cannot reach the relay at {relay}{nor}: {why} (give --relay HOST:PORT or set"
+            " BOB_RELAY)"
         )
         self.relay = relay
         self.why = why
@@ -55,6 +57,9 @@ class NoAnswer(RelayError):
 class Relay:
     host: str
     port: int
+    # more addresses of the same relay, tried beside `host` (open_channel): an announcement
+    # on the LAN lists every address of the relay's host, some perhaps out of our reach
+    also: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -128,6 +133,7 @@ class Link:
         self.direct = direct  # a connection straight to the peer, not through a relay
         # the peer's address as the relay's `paired` line named it (hints.viable)
         self.peer_seen: hints.Address | None = None
+        self.relay: Relay | None = None  # where `connect` reached it (`reached`)
         self._pending: collections.deque[Frame] = collections.deque()
 
     @classmethod
@@ -282,27 +288,69 @@ class Link:
                 await self.writer.wait_closed()
 
 
-MAX_ADDRESSES = 4  # of a relay's name, tried in turn within the one timeout
+MAX_ADDRESSES = 4  # of one relay (its name's, or its announcement's), tried within one timeout
+# seconds an address has to connect before the next one is tried beside it (RFC 8305's
+# connection attempt delay): on a LAN a connect takes a millisecond, unless it never will
+STAGGER = 0.25
 
 
-async def open_channel(host: str, port: int, timeout: float) -> Channel:
-    """A TCP connection with Nagle off (records go out as they are sealed). A name is
-    resolved here, in a daemon thread: uvloop's own lookup, for a name handed to
-    create_connection, outlived a timeout and printed its late error as a traceback after
-    bob's one line ("Future exception was never retrieved ... gaierror")."""
-    loop = asyncio.get_running_loop()
+async def open_channel(host: str, port: int, timeout: float, also: Sequence[str] = ()) -> Channel:
+    """A TCP connection with Nagle off (records go out as they are sealed), to the first to
+    answer of `host`'s addresses then `also`'s, at most MAX_ADDRESSES, each tried STAGGER
+    seconds after the one before or as soon as it failed: an address that never answers
+    (a host announces its uplink's too) holds nobody up. A name is resolved here, in a
+    daemon thread: uvloop's own lookup, for a name handed to create_connection, outlived a
+    timeout and printed its late error as a traceback after bob's one line ("Future
+    exception was never retrieved ... gaierror")."""
     async with asyncio.timeout(timeout):
-        failed: OSError | None = None
-        for address in await _addresses(host, port):
-            try:
-                _, channel = await loop.create_connection(Channel, address, port)
-            except OSError as exc:
-                failed = exc
-                continue
-            _no_delay(channel)
-            return channel
-        assert failed is not None
-        raise failed
+        addresses = [*await _addresses(host, port), *also]
+        channel = await _first_to_answer(list(dict.fromkeys(addresses))[:MAX_ADDRESSES], port)
+    _no_delay(channel)
+    return channel
+
+
+async def _first_to_answer(addresses: list[str], port: int) -> Channel:
+    """The first of `addresses` to connect, each started STAGGER seconds after the one
+    before or at once when the last failed; the others cancelled, or closed if they
+    connected too. With none connected, the first address's error."""
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[tuple[asyncio.Transport, Channel]]] = []
+    failed: dict[int, OSError] = {}
+    won: Channel | None = None
+    try:
+        while won is None:
+            if len(tasks) < len(addresses):
+                address = addresses[len(tasks)]
+                tasks.append(asyncio.ensure_future(loop.create_connection(Channel, address, port)))
+            pending = [task for task in tasks if not task.done()]
+            if not pending:
+                raise failed[min(failed)]
+            more = len(tasks) < len(addresses)
+            done, _ = await asyncio.wait(
+                pending, timeout=STAGGER if more else None, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in sorted(done, key=tasks.index):
+                exc = task.exception()
+                if exc is None:
+                    won = won or task.result()[1]
+                elif isinstance(exc, OSError):
+                    failed[tasks.index(task)] = exc
+                else:
+                    raise exc
+        return won
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()  # its socket is closed as it ends
+                task.add_done_callback(_retrieved)
+            elif not task.cancelled() and task.exception() is None and task.result()[1] is not won:
+                task.result()[0].close()  # a second to answer
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """An error in a connect we no longer wait for was seen elsewhere, or needs no one."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _addresses(host: str, port: int) -> list[str]:
@@ -330,9 +378,20 @@ async def connect(
     relay: Relay, request: wire.Request, timeout: float, connect_timeout: float = CONNECT_TIMEOUT
 ) -> Link:
     try:
-        channel = await open_channel(relay.host, relay.port, connect_timeout)
+        channel = await open_channel(relay.host, relay.port, connect_timeout, relay.also)
     except (OSError, TimeoutError) as exc:
         why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise Unreachable(relay, why) from None
     channel.write(request.encode())
-    return Link.over(channel, timeout)
+    link = Link.over(channel, timeout)
+    link.relay = reached(relay, channel)
+    return link
+
+
+def reached(relay: Relay, channel: Channel) -> Relay:
+    """`relay` at the one of its addresses that answered on `channel`; a relay given by
+    name keeps the name the user knows it by."""
+    if not relay.also or channel.transport is None:
+        return relay
+    peer = channel.transport.get_extra_info("peername")
+    return Relay(str(peer[0]), relay.port) if peer else relay

@@ -30,7 +30,8 @@ STAGGER = 1.0
 class Place:
     connector: Connector
     label: str = "the relay"  # what the user is told: "the relay at 10.0.0.3:9000"
-    met: Callable[[], None] = lambda: None  # said when the sender is met here
+    # said when the sender is met here, on that link (link.relay: where it was reached)
+    met: Callable[[Link], None] = lambda link: None
 
 
 @dataclass(slots=True)
@@ -119,7 +120,7 @@ async def _race(stage: Sequence[Place], code: codes.Code) -> Met:
                 await result.link.close()
     if won is None:
         raise _AllFailed([errors[i] for i in sorted(errors)])
-    won.place.met()
+    won.place.met(won.link)
     return won
 
 

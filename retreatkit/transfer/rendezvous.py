@@ -95,7 +95,10 @@ class RelayRendezvous:
 
     async def _connect(self, nameplate: str | None) -> Link:
         request = wire.Request(wire.Role.SEND, nameplate, self.key)
-        return await connect(self.relay, request, self.timeout, self.connect_timeout)
+        link = await connect(self.relay, request, self.timeout, self.connect_timeout)
+        # of the addresses announced, the one that answered: the others are not tried again
+        self.relay = link.relay or self.relay
+        return link
 
     def _wait_on(self, link: Link) -> None:
         waiter = asyncio.ensure_future(link.line(None, "paired"))  # as long as it takes
@@ -397,12 +400,36 @@ class AnyRelay:
             await member.close()
 
 
+class Said:
+    """Relays found on the LAN, said (`say`) once they hold the nameplate, at the addresses
+    that answered: a line said before could name an address out of reach, or a relay that
+    then took nothing (FirstReachable says so instead)."""
+
+    def __init__(
+        self, relays: RelayRendezvous | AnyRelay, say: Callable[[list[Relay]], None]
+    ) -> None:
+        self.relays = relays
+        self._say = say
+
+    async def open(self, nameplate: str | None) -> str:
+        plate = await self.relays.open(nameplate)
+        held = self.relays.held if isinstance(self.relays, AnyRelay) else [self.relays]
+        self._say([member.relay for member in held])
+        return plate
+
+    async def next(self) -> tuple[Link, str]:
+        return await self.relays.next()
+
+    async def close(self) -> None:
+        await self.relays.close()
+
+
 class FirstReachable:
     """The relay, if it is reached and has room; else our own."""
 
     def __init__(
         self,
-        first: RelayRendezvous | AnyRelay,
+        first: Rendezvous,
         then: OwnRendezvous,
         said: Callable[[str], None],
     ) -> None:

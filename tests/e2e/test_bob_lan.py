@@ -170,16 +170,16 @@ def finish(proc: Process) -> tuple[int, list[str]]:
 
 
 def transfer(
-    lan: Lan, payload: Path, folder: Path, passphrase: str, *send: str
+    lan: Lan, payload: Path, folder: Path, passphrase: str, *send: str, recv: tuple[str, ...] = ()
 ) -> tuple[list[str], list[str]]:
-    """`bob send [SEND...] PAYLOAD` on a, then `bob recv --yes -o FOLDER` on b, each to a
-    good end: (the sender's lines, the receiver's)."""
+    """`bob send [SEND...] PAYLOAD` on a, then `bob recv [RECV...] --yes -o FOLDER` on b,
+    each to a good end: (the sender's lines, the receiver's)."""
     folder.mkdir()
     sender = lan.bob("a", "send", *send, str(payload), BOB_PASSPHRASE=passphrase)
     receiver = None
     try:
         sender.wait_for(r"^Passphrase: ")
-        receiver = lan.bob("b", "recv", "--yes", "-o", str(folder), passphrase)
+        receiver = lan.bob("b", "recv", *recv, "--yes", "-o", str(folder), passphrase)
         code, got = finish(receiver)
         assert code == 0, got
         status, said = finish(sender)
@@ -395,6 +395,88 @@ def test_no_relay_a_receiver_that_vanishes_at_the_question_ends_the_wait(
                 proc.stop()
 
 
+# `bob relay ARGS...` on a host whose interfaces hold other addresses beside its own on
+# the LAN (argv[1], comma-separated), as an organiser's laptop holds its uplink's: the
+# relay announces them all.
+UPLINK_TOO = """
+import ipaddress, sys
+from retreatkit.cli.bob import main
+from retreatkit.transfer import direct
+held = [ipaddress.ip_address(a) for a in sys.argv.pop(1).split(",")]
+direct.own_addresses = lambda first: held
+sys.exit(main(sys.argv[1:]))
+"""
+
+# Browses for relays until one is found; prints its addresses in the order heard.
+BROWSE_ADDRESSES = """
+import asyncio, sys
+from retreatkit import mdns
+found = asyncio.run(mdns.browse(mdns.RELAY, 20, stop=bool))
+print(",".join(found[0].addresses), file=sys.stderr)
+"""
+
+
+def relay_heard_at(lan: Lan, first: str, then: str) -> tuple[Process, str]:
+    """`bob relay` on r, announced at `first` and `then`, heard on the LAN in that order (a
+    browser's order is the announcement's, which varies from one to the next: it is
+    announced again until `first` comes first); and its admin URL."""
+    for _ in range(12):
+        relay = lan.run(
+            "r", "-c", UPLINK_TOO, f"{first},{then}",
+            "relay", "--listen", "0.0.0.0:9000", "--admin", "127.0.0.1:0",
+        )  # fmt: skip
+        try:
+            admin = relay.wait_for(r"^Admin on (http://\S+)/status$")[1]
+            relay.wait_for(r"bob relay announced on the LAN")
+            code, heard = finish(lan.run("b", "-c", BROWSE_ADDRESSES))
+            assert code == 0, heard
+        except BaseException:
+            relay.stop()
+            raise
+        if heard == [f"{first},{then}"]:
+            return relay, admin
+        assert heard == [f"{then},{first}"], heard
+        relay.stop()
+    pytest.fail(f"{first} was never heard first")
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        ("192.0.2.2", "10.78.0.3"),  # an uplink's: no route there
+        ("10.78.0.9", "10.78.0.200"),  # on the LAN's own subnet, and nobody holds it
+    ],
+    ids=["off-the-lan", "nobody-there"],
+)
+def test_a_relay_heard_first_at_an_address_out_of_reach_is_used_at_the_next(
+    lan: Lan, payload: Path, tmp_path: Path, first: str, then: str
+) -> None:
+    """The relay's announcement lists first an address neither peer can reach, then one it
+    holds on the LAN. Each side, told no relay, tries the announcement's addresses (those
+    on its own networks first, each a moment after the one before) and names the one that
+    answered; --no-direct on both, so a direct connection cannot hide where they met."""
+    if then != lan.address["r"]:
+        ip("-n", lan.hosts["r"], "addr", "add", f"{then}/24", "dev", "eth0")
+    relay, admin = relay_heard_at(lan, first, then)
+    try:
+        out = tmp_path / "out"
+        said, got = transfer(
+            lan, payload, out, "4331-alpha-abandon", "--no-direct", "--no-qr",
+            recv=("--no-direct",),
+        )  # fmt: skip
+        assert said[1] == f"Using the relay at {then}:9000 (found on the LAN)", said
+        assert said[2] == "Passphrase: yours, on nameplate 4331 (its words are not shown)"
+        assert got[0] == f"Using the relay at {then}:9000 (found on the LAN)", got
+        assert got[1].startswith("Offer from 10.78.0.1:")
+        assert "Path: relay" in said and "Path: relay" in got
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+        doc = lan.status("r", admin)["relay"]
+        assert isinstance(doc, dict)
+        assert doc["transfers_completed"] == 1 and doc["bytes_relayed"] > payload.stat().st_size
+    finally:
+        relay.stop()
+
+
 # A neighbour that announces a sender for a nameplate at a port that takes connections
 # and never says a word (argv: its address, the nameplates). Its own host name: the
 # namespaces share this machine's, and mDNS would mix its address with the sender's.
@@ -541,9 +623,9 @@ def test_a_silent_relay_and_a_full_one_leave_the_sender_its_own_rendezvous(
     lan: Lan, payload: Path, tmp_path: Path
 ) -> None:
     """Two relays announced: one a neighbour's port that never answers, the real one full.
-    bob tries both; neither takes the offer, so the sender waits on the LAN itself, and
-    the receiver, having tried both relays at once, finds it there. With room at the real
-    relay again, both meet there."""
+    bob tries both; neither takes the offer, so the sender waits on the LAN itself (and
+    says it uses no relay, not one it found), and the receiver, having tried both relays
+    at once, finds it there. With room at the real relay again, both meet there."""
     cfg = tmp_path / "retreat.toml"
     cfg.write_text("[relay]\nwaiting = 1\n")
     relay = lan.bob("r", "relay", "--listen", "0.0.0.0:9000", "--admin", "127.0.0.1:0",
@@ -558,19 +640,15 @@ def test_a_silent_relay_and_a_full_one_leave_the_sender_its_own_rendezvous(
         impostor.wait_for(r"^announced$")
         filler = lan.run("b", "-c", FILLER, lan.address["r"], stdin=subprocess.PIPE)
         assert filler.wait_for(r"^ok \d+$")
-        # (the real relay listens on all of r's addresses, the neighbour's too: either
-        # may be the one announced first)
-        both = "Using the 2 relays found on the LAN: "
-        real = ":9000"
         out = tmp_path / "out"
         said, got = transfer(lan, payload, out, "4327-alpha-abandon", "--no-qr")
-        assert said[1].startswith(both) and real in said[1], said
-        assert said[2] == (
+        assert said[1] == (
             "No relay took the offer (the relay says: the relay is full; try again later):"
             " the receiver finds this computer on the LAN (nameplate 4327 advertised)"
-        )
-        assert got[0].startswith(both) and real in got[0], got
-        assert any(line.startswith("Found the sender on the LAN at 10.78.0.1:") for line in got)
+        ), said
+        assert not any(line.startswith("Using the") for line in said + got)
+        assert got[0].startswith("Not met at the 2 relays announced on the LAN ("), got
+        assert got[1].startswith("Found the sender on the LAN at 10.78.0.1:"), got
         assert (out / "image.bin").read_bytes() == payload.read_bytes()
 
         assert filler.popen.stdin is not None
@@ -650,8 +728,8 @@ def test_a_silent_relay_does_not_hide_what_the_real_one_says(lan: Lan, tmp_path:
         out.mkdir()
         code, got = finish(lan.bob("b", "recv", "--yes", "-o", str(out), "4329-alpha-abandon"))
         assert code == 1
-        assert got[0].startswith("Using the 2 relays found on the LAN: "), got
-        assert got[1:] == ["ERROR: the relay says: no sender is waiting on nameplate 4329"]
+        # (and no relay is said to be used: the receiver met no sender at either)
+        assert got == ["ERROR: the relay says: no sender is waiting on nameplate 4329"]
         assert list(out.iterdir()) == []
     finally:
         for proc in (impostor, relay):
@@ -694,8 +772,11 @@ def test_two_relays_on_the_lan_take_no_honest_receiver_for_a_guesser(
             admins.append(admin)
         for n in range(3):
             said, got = transfer(lan, payload, tmp_path / f"out{n}", f"43{n}0-alpha-abandon")
-            assert said[1].startswith("Using the 2 relays found on the LAN: "), said
-            assert got[0].startswith("Using the 2 relays found on the LAN: "), got
+            assert said[1] == "Using the 2 relays found on the LAN: 10.78.0.3:9000, 10.78.0.4:9000"
+            # the one where the receiver met the sender
+            assert re.fullmatch(
+                r"Using the relay at 10\.78\.0\.[34]:9000 \(found on the LAN\)", got[0]
+            ), got
         ended = [lan.status("r", admin)["relay"] for admin in admins]
         assert all(isinstance(doc, dict) for doc in ended)
         failed = [doc["ended"]["key exchange failed"] for doc in ended]  # type: ignore[index]

@@ -1,0 +1,143 @@
+"""A relay announced on the LAN at several addresses (its host's uplink's too, in an order
+that varies): which bob tries, at most how many, and that one that never answers holds
+nobody up. Real sockets on loopback, where an address that never answers is a listener
+whose queue is full (the kernel drops the next SYN, as a host that is not there would)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from retreatkit import mdns
+from retreatkit.relay import wire
+from retreatkit.testing import RelayProcess
+from retreatkit.transfer import find
+from retreatkit.transfer.link import MAX_ADDRESSES, Relay, Unreachable, connect
+from retreatkit.transfer.rendezvous import RelayRendezvous, Said
+
+LAN = [ipaddress.ip_network("10.77.0.0/24"), ipaddress.ip_network("127.0.0.0/8")]
+REQUEST = wire.Request(wire.Role.RECV, "12")
+
+
+def announced(*addresses: str, port: int = 9000, kind: str = "relay") -> mdns.Found:
+    return mdns.Found(f"x.{mdns.RELAY}", addresses, port, {"kind": kind})
+
+
+def test_addresses_on_our_own_networks_come_first() -> None:
+    """The organiser's laptop announces its uplink's address beside its LAN one: the one
+    on this machine's network is tried first, whatever order the LAN heard them in."""
+    assert find.nearest(["192.0.2.2", "10.77.0.1"], LAN) == ["10.77.0.1", "192.0.2.2"]
+    assert find.nearest(["10.77.0.1", "192.0.2.2"], LAN) == ["10.77.0.1", "192.0.2.2"]
+    # each group in the order of the addresses: two sides that heard them apart agree
+    heard = ["172.17.0.1", "10.77.0.9", "192.0.2.2", "10.77.0.10", "10.77.0.9"]
+    assert find.nearest(heard, LAN) == ["10.77.0.9", "10.77.0.10", "172.17.0.1", "192.0.2.2"]
+    assert find.nearest(heard[::-1], LAN) == find.nearest(heard, LAN)
+    assert find.nearest(heard, []) == ["10.77.0.9", "10.77.0.10", "172.17.0.1", "192.0.2.2"]
+
+
+def test_an_announcement_of_many_addresses_makes_bob_dial_a_few() -> None:
+    """Anyone on the LAN can announce anything: however many addresses an announcement
+    lists, bob tries at most MAX_ADDRESSES of it, of at most MAX_RELAYS relays."""
+    many = [f"10.77.0.{n}" for n in range(1, 200)] + [f"192.0.2.{n}" for n in range(1, 50)]
+    assert find.nearest(many, LAN) == ["10.77.0.1", "10.77.0.2", "10.77.0.3", "10.77.0.4"]
+    heard = [announced(*many[n:], port=9000 + n) for n in range(40)]
+    chosen = find.relays(heard, LAN)
+    assert len(chosen) == find.MAX_RELAYS
+    assert all(len((r.host, *r.also)) == MAX_ADDRESSES for r in chosen)
+
+
+def test_a_relay_is_one_relay_at_each_of_its_addresses() -> None:
+    """Each announcement is one relay, named by its nearest address, the others tried
+    beside it; heard twice, in two orders, it is still one; a sender is no relay."""
+    one = announced("192.0.2.2", "10.77.0.1")
+    again = announced("10.77.0.1", "192.0.2.2")
+    other = announced("10.77.0.7", port=9001)
+    sender = announced("10.77.0.2", kind="sender")
+    assert find.relays([one, again, other, sender], LAN) == [
+        Relay("10.77.0.1", 9000, ("192.0.2.2",)),
+        Relay("10.77.0.7", 9001),
+    ]
+    assert find.announced(again, LAN) == find.announced(one, LAN)
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    """A port free on both 127.0.0.2 and 127.0.0.3."""
+    with socket.create_server(("127.0.0.3", 0)) as probe:
+        free: int = probe.getsockname()[1]
+    yield free
+
+
+@contextlib.contextmanager
+def never_answers(host: str, port: int) -> Iterator[None]:
+    """host:port takes no connection and refuses none: a listener whose one place in its
+    queue is taken, so the kernel drops every SYN that comes next."""
+    with socket.socket() as stuck, socket.socket() as first:
+        stuck.bind((host, port))
+        stuck.listen(0)
+        first.connect((host, port))  # queued, never accepted
+        yield
+
+
+async def test_an_address_that_never_answers_holds_nobody_up(port: int) -> None:
+    """The nearest address leads nowhere: the next is tried beside it a moment later, and
+    the connection says where it reached the relay. (One after the other, the first
+    would hold bob up for the whole wait given here.)"""
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got.put_nowait(await reader.readline())
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.3", port)
+    try:
+        with never_answers("127.0.0.2", port):
+            relay = Relay("127.0.0.2", port, ("127.0.0.3",))
+            link = await connect(relay, REQUEST, 60.0, connect_timeout=60.0)
+            try:
+                assert link.relay == Relay("127.0.0.3", port)
+                assert await got.get() == b"bob/1 recv 12\n"
+            finally:
+                await link.close()
+    finally:
+        server.close()
+
+
+async def test_a_relay_reached_at_none_of_its_addresses_names_them_all(port: int) -> None:
+    relay = Relay("127.0.0.2", port, ("127.0.0.3",))
+    with pytest.raises(Unreachable) as caught:
+        await connect(relay, REQUEST, 60.0, connect_timeout=60.0)
+    # (the reason is the nearest address's, in the words of the event loop running)
+    said = str(caught.value).replace(caught.value.why, "WHY")
+    assert said == (
+        f"cannot reach the relay at 127.0.0.2:{port} nor at 127.0.0.3: WHY"
+        " (give --relay HOST:PORT or set BOB_RELAY)"
+    )
+    assert caught.value.why in ("Connection refused", f"Connect call failed ('127.0.0.2', {port})")
+
+
+async def test_a_sender_holds_its_nameplate_where_the_relay_answered(
+    relay: RelayProcess,
+) -> None:
+    """A sender for two receivers keeps two connections waiting on its nameplate: both at
+    the address that answered, and that is the address the sender names."""
+    said: list[list[Relay]] = []
+    real = Relay(relay.host, relay.port)
+    with never_answers("127.0.0.2", relay.port):
+        sender = Said(
+            RelayRendezvous(Relay("127.0.0.2", relay.port, (relay.host,)), 2, 30.0, 60.0),
+            said.append,
+        )
+        try:
+            await sender.open(None)
+            assert said == [[real]]
+            assert sender.relays.relay == real
+            assert len(sender.relays._waiting) == 2
+            assert {link.relay for link in sender.relays._waiting.values()} == {real}
+        finally:
+            await sender.close()
