@@ -80,16 +80,21 @@ def test_up_names_its_services_after_the_default_routes_interface(
     assert not any("WARNING" in line for line in proc.seen)
 
 
-def test_only_loopback_is_said_loudly(netns: str) -> None:
+def said_at_start(netns: str, configured: str = "") -> list[str]:
+    """What a start in `netns` says of the address it names its services after."""
     code = (
         "from retreatkit.cli.main import say_address;"
         "from retreatkit.lanaddress import choose;"
-        "say_address(choose())"
+        f"say_address(choose({configured!r}))"
     )
     done = subprocess.run(
         in_ns(netns, sys.executable, "-c", code), capture_output=True, text=True, timeout=60
     )
-    assert done.stderr.splitlines() == [
+    return done.stderr.splitlines()
+
+
+def test_only_loopback_is_said_loudly(netns: str) -> None:
+    assert said_at_start(netns) == [
         "relay.retreat.lan and mirror.retreat.lan answer 127.0.0.1 (no LAN interface found)",
         "WARNING: 127.0.0.1 is a loopback address: every attendee asking for relay.retreat.lan"
         " or mirror.retreat.lan would reach their own computer. Pass --address ADDRESS or set"
@@ -110,24 +115,12 @@ def test_another_network_is_named_beside_the_default_routes(netns: str) -> None:
     ip("-n", netns, "addr", "add", "10.88.0.1/24", "dev", "eth2")
     ip("-n", netns, "link", "set", "eth2", "up")  # no carrier: its far end is down
     ip("-n", netns, "route", "add", "default", "via", "192.0.2.1", "dev", "eth0")
-    code = (
-        "from retreatkit.cli.main import say_address;"
-        "from retreatkit.lanaddress import choose;"
-        "say_address(choose())"
-    )
-    done = subprocess.run(
-        in_ns(netns, sys.executable, "-c", code), capture_output=True, text=True, timeout=60
-    )
-    assert done.stderr.splitlines() == [
+    assert said_at_start(netns) == [
         "relay.retreat.lan and mirror.retreat.lan answer 192.0.2.2 (the default route's"
         " interface, eth0)",
         "This computer is on other networks too (eth1 10.77.0.1): if the attendees are on one"
         " of those, pass --address ADDRESS or set address in [nameserver] of retreat.toml.",
     ]
-    configured = code.replace("choose()", "choose('10.77.0.1')")
-    done = subprocess.run(
-        in_ns(netns, sys.executable, "-c", configured), capture_output=True, text=True, timeout=60
-    )
-    assert done.stderr.splitlines() == [
+    assert said_at_start(netns, "10.77.0.1") == [
         "relay.retreat.lan and mirror.retreat.lan answer 10.77.0.1 (as configured)"
     ]
