@@ -23,6 +23,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 log = logging.getLogger("retreatkit.mdns")
 RELAY = "_retreat-relay._tcp.local."
 MIRROR = "_retreat-mirror._tcp.local."
+MAX_ADDRESSES = 16  # of one announcement, kept by a browse
 
 
 class NameTaken(Exception):
@@ -131,7 +132,9 @@ async def browse(
                     k.decode("ascii", "replace"): (v or b"").decode("ascii", "replace")
                     for k, v in info.properties.items()
                 }
-                addresses = tuple(info.parsed_addresses(IPVersion.V4Only))
+                # anyone may announce hundreds: bob tries a few (transfer.find), and sorts
+                # no more than these each time it counts what it heard
+                addresses = tuple(info.parsed_addresses(IPVersion.V4Only))[:MAX_ADDRESSES]
                 if addresses:
                     found.append(Found(name, addresses, info.port, properties))
     except TimeoutError:

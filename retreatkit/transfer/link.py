@@ -80,27 +80,41 @@ class Worker:
             self._jobs.get()()
 
     def run(self, call: Callable[[], _T]) -> asyncio.Future[_T]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[_T] = loop.create_future()
-
-        def settle(result: _T | None, exc: BaseException | None) -> None:
-            if future.done():
-                return
-            if exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)  # type: ignore[arg-type]
-
-        def job() -> None:
-            try:
-                result, exc = call(), None
-            except BaseException as caught:  # handed to the loop, raised where it is awaited
-                result, exc = None, caught
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-                loop.call_soon_threadsafe(settle, result, exc)
-
+        future, job = _job(call)
         self._jobs.put(job)
         return future
+
+
+def in_thread(call: Callable[[], _T]) -> asyncio.Future[_T]:
+    """`call` in a daemon thread of its own, which ends with it (one call, not a Worker)."""
+    future, job = _job(call)
+    threading.Thread(target=job, daemon=True).start()
+    return future
+
+
+def _job(call: Callable[[], _T]) -> tuple[asyncio.Future[_T], Callable[[], None]]:
+    """A future of the running loop, and the job that settles it with `call`'s outcome
+    from another thread (once: a future cancelled meanwhile is left as it is)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, exc: BaseException | None) -> None:
+        if future.done():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def job() -> None:
+        try:
+            result, exc = call(), None
+        except BaseException as caught:  # handed to the loop, raised where it is awaited
+            result, exc = None, caught
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    return future, job
 
 
 def discard(future: asyncio.Future[_T]) -> None:
@@ -336,6 +350,8 @@ async def _first_to_answer(addresses: list[str], port: int) -> Channel:
                 elif isinstance(exc, OSError):
                     failed[tasks.index(task)] = exc
                 else:
+                    if won is not None and won.transport is not None:
+                        won.transport.close()  # not handed to anyone
                     raise exc
         return won
     finally:
@@ -361,7 +377,9 @@ async def _addresses(host: str, port: int) -> list[str]:
         pass
     else:
         return [host]
-    infos = await Worker().run(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    # a thread of its own that ends with the lookup: a Worker's never ends, and a sender
+    # retrying a full relay by name would have left one behind every two seconds
+    infos = await in_thread(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
     found = list(dict.fromkeys(str(info[4][0]) for info in infos))
     return found[:MAX_ADDRESSES] or [host]
 

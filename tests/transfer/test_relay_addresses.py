@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +18,7 @@ from retreatkit import mdns
 from retreatkit.relay import wire
 from retreatkit.testing import RelayProcess
 from retreatkit.transfer import find
-from retreatkit.transfer.link import MAX_ADDRESSES, Relay, Unreachable, connect
+from retreatkit.transfer.link import MAX_ADDRESSES, Relay, Unreachable, _addresses, connect
 from retreatkit.transfer.rendezvous import RelayRendezvous, Said
 
 LAN = [ipaddress.ip_network("10.77.0.0/24"), ipaddress.ip_network("127.0.0.0/8")]
@@ -141,3 +142,14 @@ async def test_a_sender_holds_its_nameplate_where_the_relay_answered(
             assert {link.relay for link in sender.relays._waiting.values()} == {real}
         finally:
             await sender.close()
+
+
+async def test_a_relay_by_name_leaves_no_thread_behind_each_try() -> None:
+    """A sender retries a full relay every two seconds: each lookup of its name ran in a
+    thread that never ended, one more each try."""
+    before = set(threading.enumerate())
+    for _ in range(5):
+        assert "127.0.0.1" in await _addresses("localhost", 9000)
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=10)  # a lookup's thread ends with it
+    assert set(threading.enumerate()) - before == set()
