@@ -193,12 +193,10 @@ def attendee_addresses(
     gives it (the mirror's `public_url` when the organiser set one): what the dashboard
     shows beside each service, where the admin endpoint's address is no service's."""
     public = public or {}
-    shown: dict[str, str] = {}
-    for name, (host, port) in bound.items():
-        loopback = " (loopback only)" if is_loopback(host) else ""
-        reached = config.host_port_text(reach(host, lan_address)[0], port) + loopback
-        shown[name] = public.get(name) or reached
-    return shown
+    return {
+        name: public.get(name) or config.host_port_text(reach(host, lan_address)[0], port)
+        for name, (host, port) in bound.items()
+    }
 
 
 def attendee_lines(

@@ -60,7 +60,7 @@ def test_the_dns_line_says_what_dhcp_can_hand_out(bound: tuple[str, int], line: 
 def test_each_service_is_reached_at_its_own_address_not_the_admin_endpoints() -> None:
     bound = {**BOUND, "nameserver": ("0.0.0.0", 5300), "relay": ("127.0.0.1", 9000)}
     assert startup.attendee_addresses(bound, "10.231.0.1") == {
-        "relay": "127.0.0.1:9000 (loopback only)",  # the Address column's word for it
+        "relay": "127.0.0.1:9000",  # "loopback only" is said under Attendees use
         "mirror": "10.231.0.1:28000",
         "nameserver": "10.231.0.1:5300",
     }
