@@ -65,6 +65,23 @@ class Frame:
     segment: _Segment | None = field(repr=False)
 
 
+def socket_of(transport: asyncio.BaseTransport | None) -> socket.socket | None:
+    """A transport's socket, or None once it is closing or its file descriptor is gone:
+    uvloop's stand-in for the socket makes a real one from the descriptor at each call,
+    and with none (-1) raises ValueError (`negative file descriptor`), which printed a
+    traceback in the middle of bob's output when a connect that lost the race for a
+    direct connection was closed as it completed."""
+    if transport is None or transport.is_closing():
+        return None
+    try:
+        sock: socket.socket | None = transport.get_extra_info("socket")
+        if sock is not None and sock.fileno() < 0:
+            return None
+    except (ValueError, OSError):
+        return None
+    return sock
+
+
 def watch_liveness(sock: socket.socket | None) -> None:
     """TCP keepalive and a user timeout on `sock`, where the system has them."""
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
@@ -78,7 +95,7 @@ def watch_liveness(sock: socket.socket | None) -> None:
     ]
     for level, option, value in options:
         if option is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):  # ValueError: socket_of's
                 sock.setsockopt(level, option, value)
 
 
@@ -113,7 +130,7 @@ class Channel(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        watch_liveness(transport.get_extra_info("socket"))
+        watch_liveness(socket_of(transport))
         self._closed = asyncio.get_running_loop().create_future()
         if self._made is not None:
             self._made(self)
@@ -265,9 +282,9 @@ class Channel(asyncio.BufferedProtocol):
 
     def allow_stalls(self) -> None:
         """The data flows from here on: a reader that stops for a while ends nothing."""
-        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        sock = socket_of(self.transport)
         if sock is not None and _USER_TIMEOUT is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 sock.setsockopt(socket.IPPROTO_TCP, _USER_TIMEOUT, 0)
 
     def is_closing(self) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from retreatkit.relay import wire
 from retreatkit.transfer import hints
-from retreatkit.transfer.channel import Channel, ConnectionClosed, Frame
+from retreatkit.transfer.channel import Channel, ConnectionClosed, Frame, socket_of
 from retreatkit.transfer.errors import PeerAborted as PeerAborted  # found here too
 from retreatkit.transfer.errors import PeerGone as PeerGone
 from retreatkit.transfer.errors import RemoteProtocolError, TransferError
@@ -386,9 +386,9 @@ async def _addresses(host: str, port: int) -> list[str]:
 
 def _no_delay(channel: Channel) -> None:
     assert channel.transport is not None
-    sock = channel.transport.get_extra_info("socket")
+    sock = socket_of(channel.transport)
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 

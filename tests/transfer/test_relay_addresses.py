@@ -18,6 +18,7 @@ from retreatkit import mdns
 from retreatkit.relay import wire
 from retreatkit.testing import RelayProcess
 from retreatkit.transfer import find
+from retreatkit.transfer.channel import socket_of, watch_liveness
 from retreatkit.transfer.link import MAX_ADDRESSES, Relay, Unreachable, _addresses, connect
 from retreatkit.transfer.rendezvous import RelayRendezvous, Said
 
@@ -153,3 +154,22 @@ async def test_a_relay_by_name_leaves_no_thread_behind_each_try() -> None:
     for thread in set(threading.enumerate()) - before:
         thread.join(timeout=10)  # a lookup's thread ends with it
     assert set(threading.enumerate()) - before == set()
+
+
+def test_a_socket_whose_descriptor_is_gone_raises_nothing() -> None:
+    """A connect that loses the race for a direct connection is closed as it completes:
+    uvloop's stand-in for its socket then has no descriptor, and each call on it raised
+    `ValueError: negative file descriptor`, a traceback in the middle of bob's output."""
+    from uvloop.loop import PseudoSocket
+
+    gone = PseudoSocket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, -1)
+    watch_liveness(gone)  # keepalive on a socket that is gone: nothing to do, nothing said
+
+    class Closing(asyncio.BaseTransport):
+        def is_closing(self) -> bool:
+            return False
+
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return gone if name == "socket" else default
+
+    assert socket_of(Closing()) is None
