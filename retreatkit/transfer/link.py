@@ -317,8 +317,13 @@ async def open_channel(host: str, port: int, timeout: float, also: Sequence[str]
     timeout and printed its late error as a traceback after bob's one line ("Future
     exception was never retrieved ... gaierror")."""
     async with asyncio.timeout(timeout):
-        addresses = [*await _addresses(host, port), *also]
-        channel = await _first_to_answer(list(dict.fromkeys(addresses))[:MAX_ADDRESSES], port)
+        addresses = list(dict.fromkeys([*await _addresses(host, port), *also]))
+        if len(addresses) == 1:  # a direct hint, a relay's literal address: no race to run
+            _, channel = await asyncio.get_running_loop().create_connection(
+                Channel, addresses[0], port
+            )
+        else:
+            channel = await _first_to_answer(addresses[:MAX_ADDRESSES], port)
     _no_delay(channel)
     return channel
 
@@ -364,9 +369,12 @@ async def _first_to_answer(addresses: list[str], port: int) -> Channel:
 
 
 def _retrieved(task: asyncio.Task[Any]) -> None:
-    """An error in a connect we no longer wait for was seen elsewhere, or needs no one."""
-    if not task.cancelled():
-        task.exception()
+    """A connect we no longer wait for: its error was seen elsewhere, or needs no one; if
+    it connected after all (it completed before its cancel arrived), it is closed."""
+    if task.cancelled():
+        return
+    if task.exception() is None:
+        task.result()[0].close()
 
 
 async def _addresses(host: str, port: int) -> list[str]:
