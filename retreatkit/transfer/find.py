@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from retreatkit.transfer.link import MAX_ADDRESSES, Relay, Worker
+from retreatkit.transfer.link import MAX_ADDRESSES, Relay, in_thread
 
 if TYPE_CHECKING:
     from retreatkit import mdns
@@ -173,7 +173,7 @@ async def default() -> Target:
     resolver must not hold bob up, nor its exit)."""
     try:
         async with asyncio.timeout(RESOLVE):
-            infos = await Worker().run(
+            infos = await in_thread(
                 lambda: socket.getaddrinfo(DEFAULT.host, DEFAULT.port, type=socket.SOCK_STREAM)
             )
     except (OSError, TimeoutError):
