@@ -108,18 +108,26 @@ def lan(tmp_path: Path) -> Iterator[Lan]:
             namespace(ns, made)
         ip("-n", switch, "link", "add", "br0", "type", "bridge")
         ip("-n", switch, "link", "set", "br0", "up")
-        for host, ns in names.items():
-            ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", f"p{host}",
-               "netns", switch)  # fmt: skip
-            ip("-n", switch, "link", "set", f"p{host}", "master", "br0", "up")
-            ip("-n", ns, "addr", "add", f"{address[host]}/24", "dev", "eth0")
-            ip("-n", ns, "link", "set", "eth0", "up", "multicast", "on")
-            ip("-n", ns, "route", "add", "default", "dev", "eth0")
         home = tmp_path / "home"
         home.mkdir()
-        yield Lan(prefix, names, address, home)
+        made_lan = Lan(prefix, names, address, home)
+        for host in names:
+            plug(made_lan, host)
+        yield made_lan
     finally:
         remove_namespaces(made)
+
+
+def plug(lan: Lan, host: str) -> None:
+    """`host`'s eth0 into the switch, then its address and a default route, as a DHCP
+    client sets them once the link is up."""
+    ns, switch = lan.hosts[host], f"{lan.prefix}-sw"
+    ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", f"p{host}",
+       "netns", switch)  # fmt: skip
+    ip("-n", switch, "link", "set", f"p{host}", "master", "br0", "up")
+    ip("-n", ns, "link", "set", "eth0", "up", "multicast", "on")
+    ip("-n", ns, "addr", "add", f"{lan.address[host]}/24", "dev", "eth0")
+    ip("-n", ns, "route", "add", "default", "dev", "eth0")
 
 
 @pytest.fixture
@@ -414,6 +422,44 @@ from retreatkit import mdns
 found = asyncio.run(mdns.browse(mdns.RELAY, 20, stop=bool))
 print(",".join(found[0].addresses), file=sys.stderr)
 """
+
+
+def test_a_relay_started_before_its_computer_joins_the_lan_follows_its_addresses(
+    lan: Lan, tmp_path: Path
+) -> None:
+    """The organiser starts the relay, then plugs into the switch (or the Wi-Fi joins a
+    moment later), and later takes a new lease: the relay is announced at each address in
+    turn, without a restart, and bob on the LAN, told no relay, finds it there."""
+    ip("-n", lan.hosts["r"], "link", "del", "eth0")  # unplugged: loopback only
+    relay = lan.bob("r", "relay", "--listen", "0.0.0.0:9000", "--admin", "127.0.0.1:0")
+    small = tmp_path / "notes.txt"
+    small.write_text("the schedule\n")
+
+    def found() -> str:
+        sender = lan.bob("b", "send", "--no-qr", str(small))
+        try:
+            return sender.wait_for(r"^Using the relay at |^No relay").string
+        finally:
+            sender.stop()
+
+    try:
+        relay.wait_for(r"^Admin on ")
+        plug(lan, "r")
+        relay.wait_for(r"bob relay announced on the LAN as ")
+        assert found() == "Using the relay at 10.78.0.3:9000 (found on the LAN)"
+        # a new lease: the old address goes, another comes
+        ip("-n", lan.hosts["r"], "addr", "del", "10.78.0.3/24", "dev", "eth0")
+        ip("-n", lan.hosts["r"], "addr", "add", "10.78.0.5/24", "dev", "eth0")
+        ip("-n", lan.hosts["r"], "route", "replace", "default", "dev", "eth0")
+        relay.wait_for(r"bob relay announced on the LAN again: 10\.78\.0\.5$")
+        assert found() == "Using the relay at 10.78.0.5:9000 (found on the LAN)"
+        ip("-n", lan.hosts["r"], "link", "del", "eth0")  # unplugged again
+        relay.wait_for(r"bob relay no longer announced on the LAN: no address but loopback$")
+        relay.popen.terminate()
+        code, logged = finish(relay)
+        assert code == 0 and not any("WARNING" in line for line in logged), logged
+    finally:
+        relay.stop()
 
 
 def relay_heard_at(lan: Lan, first: str, then: str) -> tuple[Process, str]:
