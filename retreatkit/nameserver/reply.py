@@ -87,7 +87,7 @@ def digest(data: bytes, question: bytes) -> Reply:
         raise BadReply("not a reply to one question")
     question_end = 12 + len(question)
     # the upstream repeats our question (we sent it lowercase): anything else is not ours
-    if data[12:question_end].lower() != question:
+    if not wire.repeats(data, question):
         raise BadReply("reply to another question")
     reply = Reply()
     reply.flags = flags
