@@ -11,6 +11,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from retreatkit.nameserver import resolver as resolver_module
 from retreatkit.nameserver import server, wire
 from retreatkit.nameserver.blocklist import Blocklist
 from retreatkit.nameserver.fakes import (
@@ -393,6 +394,36 @@ async def test_questions_past_the_flights_cap_are_one_line_in_the_log(
     assert [r.getMessage() for r in caplog.records] == [
         "1 questions already wait on the upstreams (a slow uplink, or a flood of names): new"
         " questions get a stale answer or SERVFAIL until some are answered"
+    ]
+
+
+async def test_one_address_cannot_take_every_question_in_flight(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An attendee asking random names faster than a slow uplink answers held every
+    question in flight and every slow-path slot: the rest of the LAN got SERVFAIL, or
+    nothing, for any name not cached. Its share is bounded; the others keep theirs."""
+    held = asyncio.Event()
+    r, _, _ = resolver({UP: lambda q: Hold(ZONE.answer(q), held)})
+    lan = UDPClient(r)
+    with caplog.at_level(logging.WARNING, logger="retreatkit.nameserver"):
+        for i in range(server.MAX_SLOW):
+            lan.send(make_query(f"n{i}.flood.test"), client="10.0.0.66")
+            await asyncio.sleep(0)
+        lan.send(make_query("www.example.test"))  # another attendee, a name not cached
+        await asyncio.sleep(0)
+        held.set()
+        await lan.settle()
+    mine = [dns.message.from_wire(out) for out, (ip, _) in lan.transport.sent
+            if ip == "10.0.0.5"]  # fmt: skip
+    assert [m.rcode() for m in mine] == [dns.rcode.NOERROR] and addresses(mine[0])
+    flooder = [dns.message.from_wire(out).rcode() for out, (ip, _) in lan.transport.sent
+               if ip == "10.0.0.66"]  # fmt: skip
+    assert flooder.count(dns.rcode.SERVFAIL) == server.MAX_SLOW - resolver_module.PER_CLIENT
+    assert [r.getMessage() for r in caplog.records] == [
+        "10.0.0.66 has 256 questions waiting on the upstreams, the most one address may"
+        " (a slow uplink, or a flood of names): its new questions get a stale answer or"
+        " SERVFAIL until some are answered"
     ]
 
 
