@@ -142,7 +142,9 @@ def digest(data: bytes, question: bytes) -> Reply:
     reply.ttls = tuple(ttls)
     reply.targets = tuple(targets)
     if an:
-        reply.ttl = answer_ttl
+        # a CNAME chain that ends in NXDOMAIN or NODATA (the SOA says so): its end lasts
+        # no longer than the negative TTL, however long the CNAMEs may (RFC 2308 5)
+        reply.ttl = answer_ttl if negative_ttl < 0 else min(answer_ttl, negative_ttl)
     elif negative_ttl >= 0:
         reply.ttl = min(negative_ttl, MAX_TTL)
     else:

@@ -11,8 +11,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from retreatkit.nameserver import fill, server, wire
 from retreatkit.nameserver import resolver as resolver_module
-from retreatkit.nameserver import server, wire
 from retreatkit.nameserver.blocklist import Blocklist
 from retreatkit.nameserver.fakes import (
     SILENT,
@@ -40,6 +40,7 @@ edge.example 60 A 198.51.100.8
 cloaked.example CNAME tracker.ads.example
 tracker.ads.example A 198.51.100.66
 sneaky.example A 10.9.9.9
+gone.example 3600 CNAME missing.example
 *.wild.example A 198.51.100.9
 """,
 )
@@ -209,6 +210,26 @@ async def test_local_wildcard_chain_and_apex() -> None:
     ptr = await lan.ask("1.0.0.127.in-addr.arpa", "PTR")
     assert addresses(ptr) == ["localhost."]
     assert upstream.asked() == 0
+
+
+async def test_a_cname_to_a_name_that_does_not_exist_is_kept_as_long_as_its_soa_says() -> None:
+    # RFC 2308 5: the NXDOMAIN at the end of the chain lasts min(SOA TTL, MINIMUM), 60 s
+    # here, however long the CNAME before it may be kept (an hour): that hour hid the
+    # name for an hour once it was made
+    r, upstream, clock = resolver({UP: ZONE.answer})
+    lan = UDPClient(r)
+    gone = await lan.ask("gone.example.test")
+    assert gone.rcode() == dns.rcode.NXDOMAIN and gone.answer[0].ttl == 3600
+    clock.advance(59)
+    await lan.ask("gone.example.test")
+    assert upstream.asked() == 1
+    clock.advance(2)
+    await lan.ask("gone.example.test")
+    assert upstream.asked() == 2
+    # the same for a reply in a layout dnspython reads, and for a CNAME then NODATA
+    assert fill.cache_ttl(gone) == 60
+    nodata = ZONE.answer(make_query("cdn.example.test", "TXT"))
+    assert nodata.answer and fill.cache_ttl(nodata) == 60
 
 
 async def test_a_local_cname_to_a_listed_name_is_blocked() -> None:
