@@ -16,6 +16,11 @@ class TooManyWaiting(UpstreamFailed):
     (a slow uplink, or a flood of names): ours, not the upstreams' fault."""
 
 
+class TooManyFromOne(TooManyWaiting):
+    """One address already has as many questions in progress as one address may: its
+    new ones are not asked, so a flood of names from it leaves the LAN its share."""
+
+
 class BadReply(UpstreamFailed):
     """An upstream's reply is malformed or answers another question: never used."""
 

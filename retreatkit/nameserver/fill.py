@@ -179,12 +179,17 @@ def _rebuilt(entry: Entry, query: Query, data: bytes) -> dns.message.Message | N
 
 
 def cache_ttl(response: dns.message.Message) -> int:
-    if response.answer:
-        return min(MAX_TTL, *(rrset.ttl for rrset in response.answer))
+    """How long an answer is fresh: its shortest RRset; a negative answer (the SOA in
+    authority, after a CNAME chain too) no longer than min(SOA TTL, MINIMUM) (RFC 2308 5)."""
+    negative = None
     for rrset in response.authority:
         if rrset.rdtype == dns.rdatatype.SOA:
-            return int(min(MAX_TTL, rrset.ttl, *(rdata.minimum for rdata in rrset)))
-    return replies.NEGATIVE_NO_SOA_TTL
+            negative = int(min(MAX_TTL, rrset.ttl, *(rdata.minimum for rdata in rrset)))
+            break
+    if response.answer:
+        ttl = min(MAX_TTL, *(rrset.ttl for rrset in response.answer))
+        return ttl if negative is None else min(ttl, negative)
+    return replies.NEGATIVE_NO_SOA_TTL if negative is None else negative
 
 
 def _parse(raw: bytes) -> dns.message.Message:

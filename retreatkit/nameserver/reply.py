@@ -87,7 +87,7 @@ def digest(data: bytes, question: bytes) -> Reply:
         raise BadReply("not a reply to one question")
     question_end = 12 + len(question)
     # the upstream repeats our question (we sent it lowercase): anything else is not ours
-    if data[12:question_end].lower() != question:
+    if not wire.repeats(data, question):
         raise BadReply("reply to another question")
     reply = Reply()
     reply.flags = flags
@@ -142,7 +142,9 @@ def digest(data: bytes, question: bytes) -> Reply:
     reply.ttls = tuple(ttls)
     reply.targets = tuple(targets)
     if an:
-        reply.ttl = answer_ttl
+        # a CNAME chain that ends in NXDOMAIN or NODATA (the SOA says so): its end lasts
+        # no longer than the negative TTL, however long the CNAMEs may (RFC 2308 5)
+        reply.ttl = answer_ttl if negative_ttl < 0 else min(answer_ttl, negative_ttl)
     elif negative_ttl >= 0:
         reply.ttl = min(negative_ttl, MAX_TTL)
     else:

@@ -31,7 +31,13 @@ import dns.rdatatype
 from retreatkit.lognews import News
 from retreatkit.nameserver import answers, fill, wire
 from retreatkit.nameserver.cache import Cache, Entry
-from retreatkit.nameserver.errors import BadReply, CnameLoop, TooManyWaiting, UpstreamFailed
+from retreatkit.nameserver.errors import (
+    BadReply,
+    CnameLoop,
+    TooManyFromOne,
+    TooManyWaiting,
+    UpstreamFailed,
+)
 from retreatkit.nameserver.flight import Flights
 from retreatkit.nameserver.gate import LOG_AGAIN, MAX_LOGGED
 from retreatkit.nameserver.loops import RCODE_NXDOMAIN, Loops, Probe, is_probe
@@ -48,6 +54,11 @@ EXPIRE_EVERY = 60.0  # seconds between sweeps of answers past their stale window
 TYPE_ANY = 255
 META_TYPES = frozenset((249, 250, 251, 252, 253, 254))  # TKEY TSIG IXFR AXFR MAILB MAILA
 CLASS_IN = b"\x00\x01"
+# questions one address may have in progress at once: a quarter of the flights, an
+# eighth of the UDP server's slots. Without it, one attendee asking random names faster
+# than a slow uplink answers held them all, and the LAN got SERVFAIL for every name.
+# Off with the rate limit (rate_limit = 0): where every client arrives from one address
+PER_CLIENT = 256
 
 
 @dataclass(slots=True)
@@ -72,6 +83,7 @@ class Resolver:
         clock: Callable[[], float] = time.monotonic,
         stale_wait: float = STALE_WAIT,
         loops: Loops | None = None,
+        per_client: int = PER_CLIENT,
     ) -> None:
         self.policy = policy
         self.upstreams = dict(upstreams)  # forward zone ("" = the default) -> its servers
@@ -86,6 +98,8 @@ class Resolver:
         self._next_expire = 0.0
         self.flights: Flights[Fetched] = Flights()
         self.busy = News(LOG_AGAIN, MAX_LOGGED)  # the flights' cap, said in the log once in a while
+        self.per_client = per_client  # 0: no bound per address
+        self.asking: dict[str, int] = {}  # questions in progress by address
         if loops is None:
             # the default upstreams only: a forward rule's server answers its own zone and
             # may well send the rest of the world to us (a router's dnsmasq for `lan`,
@@ -160,7 +174,16 @@ class Resolver:
             if parsed is None or isinstance(parsed, bytes):
                 return parsed
             query, data = parsed
-        out = await self._plain(query, data, client, now)
+        asking = self.asking
+        asking[client] = asking.get(client, 0) + 1
+        try:
+            out = await self._plain(query, data, client, now)
+        finally:
+            left = asking[client] - 1
+            if left:
+                asking[client] = left
+            else:
+                del asking[client]
         if max_size is not None and len(out) > max_size:
             return wire.truncated(out, query.edns, bool(query.key[-1] & wire.KEY_DO))
         return out
@@ -384,6 +407,11 @@ class Resolver:
         stale_ok = entry is not None and now < entry.stale_until
         ukey = wire.upstream_key(key)
         try:
+            if self.per_client and self.asking.get(client, 0) > self.per_client:
+                raise TooManyFromOne(
+                    f"{client} has {self.per_client} questions waiting on the upstreams, the most"
+                    " one address may"
+                )
             if stale_ok:
                 # the refresh goes on after a stale answer, and caches what it gets
                 flight = self.flights.join(ukey, lambda: self._fetch(query, data, route, name))
@@ -394,7 +422,13 @@ class Resolver:
                 )
         except (UpstreamFailed, BadReply, TimeoutError) as exc:
             later = self.clock()
-            if isinstance(exc, TooManyWaiting) and self.busy.news("", later):
+            if isinstance(exc, TooManyFromOne):
+                if self.busy.news(client, later):
+                    log.warning(
+                        "%s (a slow uplink, or a flood of names): its new questions get a"
+                        " stale answer or SERVFAIL until some are answered", exc,
+                    )  # fmt: skip
+            elif isinstance(exc, TooManyWaiting) and self.busy.news("", later):
                 log.warning(
                     "%s (a slow uplink, or a flood of names): new questions get a stale"
                     " answer or SERVFAIL until some are answered", exc,

@@ -21,7 +21,7 @@ from retreatkit.nameserver.gate import LAN, Gate
 from retreatkit.nameserver.lists import Sources
 from retreatkit.nameserver.local import Record
 from retreatkit.nameserver.policy import Policy
-from retreatkit.nameserver.resolver import Resolver
+from retreatkit.nameserver.resolver import PER_CLIENT, Resolver
 from retreatkit.nameserver.server import UDPServer
 from retreatkit.nameserver.statelog import StateLog
 from retreatkit.nameserver.tcp import IDLE, Connections, TCPServer
@@ -88,6 +88,7 @@ class Nameserver:
             groups,
             block_mode=settings.block_mode,
             clock=clock,
+            per_client=PER_CLIENT if settings.rate_limit else 0,
         )
         self.resolver.cache.stale_for = settings.stale_for
         self.gate = Gate(settings.networks, settings.rate_limit, clock)

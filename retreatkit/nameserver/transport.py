@@ -24,6 +24,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from retreatkit.nameserver import wire
 from retreatkit.nameserver.errors import BadReply, UpstreamFailed
 from retreatkit.nameserver.race import staggered
 from retreatkit.nameserver.upstream import Answer, Upstream
@@ -141,13 +142,13 @@ class Pool:
         waiting = s.pending.get(qid)
         if waiting is None or waiting[0].done() or not data[2] & 0x80:
             late = s.late.get(qid)
-            if late is not None and data[12 : 12 + len(late)].lower() == late:
+            if late is not None and wire.repeats(data, late):
                 del s.late[qid]  # the reply we stopped waiting for: late, not forged
                 return
             self.spoofs += 1
             return
         future, question = waiting
-        if data[12 : 12 + len(question)].lower() != question:
+        if not wire.repeats(data, question):
             self.spoofs += 1
             return
         future.set_result(data)
@@ -182,7 +183,7 @@ class Pool:
                 raise BadReply("the TCP reply stopped short") from None
             finally:
                 writer.close()
-        if reply[:2] != data[:2] or reply[12 : 12 + len(question)].lower() != question:
+        if reply[:2] != data[:2] or not wire.repeats(reply, question):
             raise BadReply("mismatched TCP reply")
         return reply
 

@@ -250,6 +250,18 @@ def read_name(wire: bytes, pos: int) -> str:
         pos += 1 + length
 
 
+def repeats(data: bytes, question: bytes) -> bool:
+    """Whether a reply repeats `question` (a cache key's: the wire name lowercased, type,
+    class) after its header: the name in any case (0x20), the type and class byte for
+    byte. Lowercasing them too turned type 65 (HTTPS, 0x0041: an "A" in ASCII) into 97,
+    and every reply to a browser's HTTPS question was taken for a spoof."""
+    end = 12 + len(question)
+    return (
+        data[end - 4 : end] == question[-4:]
+        and data[12 : end - 4].translate(_LOWER) == question[:-4]
+    )
+
+
 def key_name(key: bytes) -> str:
     """The query name inside a cache key (the key starts with the name in wire form)."""
     labels, pos = [], 0

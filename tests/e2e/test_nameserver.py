@@ -49,6 +49,7 @@ HOSTS = """\
 """
 KEY = "AwEAAb" + "b" * 678  # an RSA-4096-sized DNSKEY: three and their RRSIG pass 1232 bytes
 SIG = "c" * 684
+HINTS = ",".join(f"2001:db8::{i:x}" for i in range(1, 91))  # an HTTPS record over 1232 bytes
 ZONE = f"""
 $TTL 300
 @ SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60
@@ -58,6 +59,8 @@ $TTL 300
 @ DNSKEY 256 3 8 {KEY[:-4]}eeee
 @ RRSIG DNSKEY 8 2 300 20300101000000 20200101000000 4711 example.test. {SIG}
 www A 198.51.100.7
+www HTTPS 1 . alpn=h2
+hints HTTPS 1 . alpn=h2 ipv6hint={HINTS}
 www RRSIG A 8 3 300 20300101000000 20200101000000 4711 example.test. {SIG[:88]}
 big TXT {" ".join(chr(34) + chr(97 + i) * 250 + chr(34) for i in range(6))}
 cdn 3600 CNAME edge
@@ -283,6 +286,18 @@ def test_big_answers_over_udp_and_tcp(zns: NameserverProcess) -> None:
     keys = kdig(zns.port, "+dnssec", "example.test", "DNSKEY")
     assert keys.count("\tDNSKEY\t") == 3 and "\tRRSIG\tDNSKEY " in keys
     assert "TCP" in keys
+
+
+def test_https_records_are_answered(zns: NameserverProcess) -> None:
+    # type 65 is 0x0041, an "A" in ASCII: replies to it were once lowercased to type 97
+    # when matched to our question, and every browser's HTTPS question was SERVFAIL
+    spoofed = status(zns)["spoofed_replies_ignored"]
+    assert short(zns.port, "www.example.test", "HTTPS") == ["1", ".", 'alpn="h2"']
+    assert short(zns.port, "+tcp", "WWW.example.test", "TYPE65") == ["1", ".", 'alpn="h2"']
+    # over 1232 bytes: fetched from the upstream over TCP, whole to a client over TCP
+    out = dig(zns.port, "+tcp", "hints.example.test", "HTTPS")
+    assert "status: NOERROR" in out and "2001:db8::5a" in out
+    assert status(zns)["spoofed_replies_ignored"] == spoofed
 
 
 def test_dnssec_bits_as_the_upstream_gave_them(zns: NameserverProcess) -> None:

@@ -11,7 +11,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from retreatkit.nameserver import server, wire
+from retreatkit.nameserver import fill, server, wire
+from retreatkit.nameserver import resolver as resolver_module
 from retreatkit.nameserver.blocklist import Blocklist
 from retreatkit.nameserver.fakes import (
     SILENT,
@@ -39,6 +40,7 @@ edge.example 60 A 198.51.100.8
 cloaked.example CNAME tracker.ads.example
 tracker.ads.example A 198.51.100.66
 sneaky.example A 10.9.9.9
+gone.example 3600 CNAME missing.example
 *.wild.example A 198.51.100.9
 """,
 )
@@ -208,6 +210,26 @@ async def test_local_wildcard_chain_and_apex() -> None:
     ptr = await lan.ask("1.0.0.127.in-addr.arpa", "PTR")
     assert addresses(ptr) == ["localhost."]
     assert upstream.asked() == 0
+
+
+async def test_a_cname_to_a_name_that_does_not_exist_is_kept_as_long_as_its_soa_says() -> None:
+    # RFC 2308 5: the NXDOMAIN at the end of the chain lasts min(SOA TTL, MINIMUM), 60 s
+    # here, however long the CNAME before it may be kept (an hour): that hour hid the
+    # name for an hour once it was made
+    r, upstream, clock = resolver({UP: ZONE.answer})
+    lan = UDPClient(r)
+    gone = await lan.ask("gone.example.test")
+    assert gone.rcode() == dns.rcode.NXDOMAIN and gone.answer[0].ttl == 3600
+    clock.advance(59)
+    await lan.ask("gone.example.test")
+    assert upstream.asked() == 1
+    clock.advance(2)
+    await lan.ask("gone.example.test")
+    assert upstream.asked() == 2
+    # the same for a reply in a layout dnspython reads, and for a CNAME then NODATA
+    assert fill.cache_ttl(gone) == 60
+    nodata = ZONE.answer(make_query("cdn.example.test", "TXT"))
+    assert nodata.answer and fill.cache_ttl(nodata) == 60
 
 
 async def test_a_local_cname_to_a_listed_name_is_blocked() -> None:
@@ -393,6 +415,36 @@ async def test_questions_past_the_flights_cap_are_one_line_in_the_log(
     assert [r.getMessage() for r in caplog.records] == [
         "1 questions already wait on the upstreams (a slow uplink, or a flood of names): new"
         " questions get a stale answer or SERVFAIL until some are answered"
+    ]
+
+
+async def test_one_address_cannot_take_every_question_in_flight(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An attendee asking random names faster than a slow uplink answers held every
+    question in flight and every slow-path slot: the rest of the LAN got SERVFAIL, or
+    nothing, for any name not cached. Its share is bounded; the others keep theirs."""
+    held = asyncio.Event()
+    r, _, _ = resolver({UP: lambda q: Hold(ZONE.answer(q), held)})
+    lan = UDPClient(r)
+    with caplog.at_level(logging.WARNING, logger="retreatkit.nameserver"):
+        for i in range(server.MAX_SLOW):
+            lan.send(make_query(f"n{i}.flood.test"), client="10.0.0.66")
+            await asyncio.sleep(0)
+        lan.send(make_query("www.example.test"))  # another attendee, a name not cached
+        await asyncio.sleep(0)
+        held.set()
+        await lan.settle()
+    mine = [dns.message.from_wire(out) for out, (ip, _) in lan.transport.sent
+            if ip == "10.0.0.5"]  # fmt: skip
+    assert [m.rcode() for m in mine] == [dns.rcode.NOERROR] and addresses(mine[0])
+    flooder = [dns.message.from_wire(out).rcode() for out, (ip, _) in lan.transport.sent
+               if ip == "10.0.0.66"]  # fmt: skip
+    assert flooder.count(dns.rcode.SERVFAIL) == server.MAX_SLOW - resolver_module.PER_CLIENT
+    assert [r.getMessage() for r in caplog.records] == [
+        "10.0.0.66 has 256 questions waiting on the upstreams, the most one address may"
+        " (a slow uplink, or a flood of names): its new questions get a stale answer or"
+        " SERVFAIL until some are answered"
     ]
 
 

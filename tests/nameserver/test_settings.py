@@ -156,3 +156,12 @@ def test_a_records_table_gives_a_name_several_values() -> None:
         ("wiki.retreat.lan", "A", "10.0.0.9"),
         ("wiki.retreat.lan", "AAAA", "fd00::9"),
     ]
+
+
+def test_no_rate_limit_is_no_bound_per_address_on_questions_either() -> None:
+    """Behind qemu's user networking (rate_limit 0) every client is one address: 256
+    questions in progress would be the whole LAN's."""
+    settings = nameserver_settings(section(upstreams=["192.0.2.1"]), {})
+    assert Nameserver(settings).resolver.per_client == 256
+    settings = nameserver_settings(section(upstreams=["192.0.2.1"], rate_limit=0), {})
+    assert Nameserver(settings).resolver.per_client == 0

@@ -35,6 +35,19 @@ def test_key_ignores_case_and_id_but_not_type_or_edns() -> None:
     assert plain.udp_size == 512
 
 
+def test_a_reply_repeats_the_question_in_any_case_but_its_type_exactly() -> None:
+    for rdtype in ("A", "HTTPS", "TYPE90"):  # 65 and 90: "A" and "Z" in ASCII
+        asked = wire.parse(query(rdtype=rdtype))
+        assert asked is not None
+        question = wire.upstream_key(asked.key)[:-1]
+        assert wire.repeats(query("WwW.example.TEST", rdtype), question)
+        assert not wire.repeats(query("www.example.tesT", "TXT"), question)
+        assert not wire.repeats(query("www.example.tes", rdtype), question)
+    https = wire.parse(query(rdtype="HTTPS"))
+    assert https is not None  # type 97 is not type 65, in any case
+    assert not wire.repeats(query(rdtype="TYPE97"), https.key[:-1])
+
+
 def test_not_plain_queries_go_to_the_slow_path() -> None:
     response = dns.message.make_response(dns.message.from_wire(query()))
     assert wire.parse(response.to_wire()) is None
