@@ -6,6 +6,10 @@ the interface the default route uses is the one that faces the LAN; with no defa
 route (no uplink at all), the first other interface that is up. Linux only: the routes
 come from /proc/net/route and the addresses from the SIOCGIFADDR ioctl, so no packet
 is sent anywhere.
+
+Also the networks this machine is on (`networks`), and which of the addresses a LAN
+announcement lists to try first from here (`nearest`): bob's relays, the dashboard's
+admin endpoints.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import fcntl
 import ipaddress
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,7 @@ IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
 MAX_OTHERS = 4  # other networks named at start
 LOOPBACK_NAMES = ("localhost", "localhost.")
 CONFIGURED = "as configured"  # LanAddress.how of --address, [nameserver] address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def is_loopback(host: str) -> bool:
@@ -89,6 +95,47 @@ def other_networks(chosen: LanAddress) -> list[tuple[str, str]]:
         if len(others) == MAX_OTHERS:
             break
     return others
+
+
+def networks() -> list[Network]:
+    """The networks this machine's interfaces are on, loopback's too."""
+    import ifaddr  # only where it is used: its import runs `ldconfig -p`
+
+    out: list[Network] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            address = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            with contextlib.suppress(ValueError):
+                out.append(ipaddress.ip_network(f"{address}/{ip.network_prefix}", strict=False))
+    return out
+
+
+def nearest(addresses: Sequence[str], ours: Sequence[Network], limit: int) -> list[str]:
+    """At most `limit` of the `addresses` a LAN announcement lists (it may list any
+    number: a host announces every address it holds, its uplink's and Docker's too),
+    those on one of `ours` (`networks()`) first: one elsewhere may be out of this
+    machine's reach, or lead elsewhere first. Each group in the order of the addresses,
+    not the order heard, which varies from one announcement to the next, so two machines
+    list them alike."""
+
+    def elsewhere(host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return True
+        return not any(address in network for network in ours)
+
+    ordered = sorted(set(addresses), key=lambda host: (elsewhere(host), address_order(host), host))
+    return ordered[:limit]
+
+
+def address_order(host: str) -> tuple[int, int]:
+    """A key that sorts IP addresses in their order, IPv4 first, names after them."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return (9, 0)
+    return (address.version, int(address))
 
 
 def default_interface(routes: Path = Path("/proc/net/route")) -> str | None:

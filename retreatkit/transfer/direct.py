@@ -18,6 +18,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from retreatkit.lanaddress import networks
 from retreatkit.transfer import hints
 from retreatkit.transfer.channel import Channel
 from retreatkit.transfer.errors import RemoteProtocolError, TransferError
@@ -28,19 +29,6 @@ CONNECT_TIMEOUT = 1.0
 PROOF_TIMEOUT = 2.0
 WINDOW = 1.5
 MAX_UNPROVEN = 8
-
-
-def networks() -> list[hints.Network]:
-    """The networks this machine's interfaces are on (what `hints.viable` calls on-link)."""
-    import ifaddr  # only where direct connections are tried: its import runs `ldconfig -p`
-
-    out: list[hints.Network] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            address = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
-            with contextlib.suppress(ValueError):
-                out.append(ipaddress.ip_network(f"{address}/{ip.network_prefix}", strict=False))
-    return out
 
 
 def own_addresses(first: str | None) -> list[hints.Address]:

@@ -8,8 +8,8 @@ no relay takes (none reached, none answers, none has room) is its own rendezvous
 An announcement lists every address of its host, its uplink's too, in an order that
 varies from one announcement to the next (zeroconf's own): bob tries at most
 link.MAX_ADDRESSES of them, those on a network of this machine's own first
-(`nearest`), each a moment after the one before (link.open_channel), and names the one
-that answered.
+(lanaddress.nearest), each a moment after the one before (link.open_channel), and names
+the one that answered.
 
 Anyone on the LAN can announce anything, so a receiver never takes one announcement's
 word: it meets its sender in stages (`meeting_places`), the relays announced on the LAN
@@ -21,18 +21,17 @@ a port that never answers holds nobody up."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from retreatkit.lanaddress import Network, address_order, nearest
 from retreatkit.transfer.link import MAX_ADDRESSES, Relay, in_thread
 
 if TYPE_CHECKING:
     from retreatkit import mdns
-    from retreatkit.transfer.hints import Network
 
 DISCOVERY = 1.5  # seconds to listen for relays on the LAN
 RESOLVE = 2.0  # seconds for the default name to resolve
@@ -72,7 +71,7 @@ async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Targ
     """What the LAN announces: the relays (`relays`), then for a receiver up to MAX_PEERS
     senders of its `nameplate` (at distinct addresses). Empty if nothing answers in time."""
     from retreatkit import mdns  # zeroconf only where it is used
-    from retreatkit.transfer.direct import networks  # ifaddr: zeroconf has loaded it
+    from retreatkit.lanaddress import networks  # ifaddr: zeroconf has loaded it
 
     ours = networks()
     # The browse ends GRACE after the first relay (the others announced answer the same
@@ -114,39 +113,13 @@ def relays(found: list[mdns.Found], ours: Sequence[Network] = ()) -> list[Relay]
 def announced(found: mdns.Found, ours: Sequence[Network] = ()) -> Relay:
     """Where an announcement says to connect: its `nearest` addresses, the first as the
     relay's host, the others tried beside it (link.open_channel)."""
-    first, *others = nearest(found.addresses, ours)
+    first, *others = nearest(found.addresses, ours, MAX_ADDRESSES)
     return Relay(first, found.port, tuple(others))
-
-
-def nearest(addresses: Sequence[str], ours: Sequence[Network]) -> list[str]:
-    """At most MAX_ADDRESSES of an announcement's `addresses` (it may list any number),
-    those on one of `ours` (the networks of this machine's interfaces) first: one
-    elsewhere (the announcer's uplink) may be out of this machine's reach, or lead
-    elsewhere first. Each group in the order of the addresses, not the order heard,
-    which varies from one announcement to the next, so both sides list them alike."""
-
-    def elsewhere(host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return True
-        return not any(address in network for network in ours)
-
-    ordered = sorted(set(addresses), key=lambda host: (elsewhere(host), _sort_key(host), host))
-    return ordered[:MAX_ADDRESSES]
 
 
 def in_order(relay: Relay) -> tuple[tuple[int, int], int]:
     """Relays in the order of their addresses (then ports)."""
-    return (_sort_key(relay.host), relay.port)
-
-
-def _sort_key(host: str) -> tuple[int, int]:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return (9, 0)
-    return (address.version, int(address))
+    return (address_order(relay.host), relay.port)
 
 
 def _is_relay(found: mdns.Found) -> bool:

@@ -42,12 +42,13 @@ def chosen(connect: list[str]) -> list[str]:
 
 
 async def endpoints(connect: list[str], token: str | None, find: bool) -> list[Endpoint]:
-    """`chosen(connect)`; and, when `find`, those announced on the LAN."""
+    """`chosen(connect)`; and, when `find`, those announced on the LAN, each at the address
+    that answered within PROBE_TIMEOUT (discover.py)."""
     urls = chosen(connect)
     if find and not connect:
         from retreatkit.tui.discover import discover
 
-        urls += [u for u in await discover() if u not in urls]
+        urls += [u for u in await discover(answer=PROBE_TIMEOUT) if u not in urls]
     token = token or local_token()
     return [Endpoint(u, token) for u in urls]
 

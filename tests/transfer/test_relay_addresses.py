@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from retreatkit import mdns
+from retreatkit.lanaddress import nearest
 from retreatkit.relay import wire
 from retreatkit.testing import RelayProcess
 from retreatkit.transfer import find
@@ -33,20 +34,21 @@ def announced(*addresses: str, port: int = 9000, kind: str = "relay") -> mdns.Fo
 def test_addresses_on_our_own_networks_come_first() -> None:
     """The organiser's laptop announces its uplink's address beside its LAN one: the one
     on this machine's network is tried first, whatever order the LAN heard them in."""
-    assert find.nearest(["192.0.2.2", "10.77.0.1"], LAN) == ["10.77.0.1", "192.0.2.2"]
-    assert find.nearest(["10.77.0.1", "192.0.2.2"], LAN) == ["10.77.0.1", "192.0.2.2"]
+    assert nearest(["192.0.2.2", "10.77.0.1"], LAN, MAX_ADDRESSES) == ["10.77.0.1", "192.0.2.2"]
+    assert nearest(["10.77.0.1", "192.0.2.2"], LAN, MAX_ADDRESSES) == ["10.77.0.1", "192.0.2.2"]
     # each group in the order of the addresses: two sides that heard them apart agree
     heard = ["172.17.0.1", "10.77.0.9", "192.0.2.2", "10.77.0.10", "10.77.0.9"]
-    assert find.nearest(heard, LAN) == ["10.77.0.9", "10.77.0.10", "172.17.0.1", "192.0.2.2"]
-    assert find.nearest(heard[::-1], LAN) == find.nearest(heard, LAN)
-    assert find.nearest(heard, []) == ["10.77.0.9", "10.77.0.10", "172.17.0.1", "192.0.2.2"]
+    want = ["10.77.0.9", "10.77.0.10", "172.17.0.1", "192.0.2.2"]
+    assert nearest(heard, LAN, MAX_ADDRESSES) == want
+    assert nearest(heard[::-1], LAN, MAX_ADDRESSES) == want
+    assert nearest(heard, [], MAX_ADDRESSES) == want
 
 
 def test_an_announcement_of_many_addresses_makes_bob_dial_a_few() -> None:
     """Anyone on the LAN can announce anything: however many addresses an announcement
     lists, bob tries at most MAX_ADDRESSES of it, of at most MAX_RELAYS relays."""
     many = [f"10.77.0.{n}" for n in range(1, 200)] + [f"192.0.2.{n}" for n in range(1, 50)]
-    assert find.nearest(many, LAN) == ["10.77.0.1", "10.77.0.2", "10.77.0.3", "10.77.0.4"]
+    assert nearest(many, LAN, MAX_ADDRESSES) == ["10.77.0.1", "10.77.0.2", "10.77.0.3", "10.77.0.4"]
     heard = [announced(*many[n:], port=9000 + n) for n in range(40)]
     chosen = find.relays(heard, LAN)
     assert len(chosen) == find.MAX_RELAYS
