@@ -70,10 +70,36 @@ class BlobWriter:
             raise disk_error(exc, "creating a file") from None
         self.path = Path(name)
         self._fd: int | None = fd
+        self._algos = tuple(self.hashes)
+        self.extent = 0  # bytes on disk, from this writing or one rewound
+        # the first chunk, written over bytes an earlier writing left, that differs from
+        # them: a reader that had sent bytes past it sent part of another file
+        self.changed_at: int | None = None
+
+    def rewind(self) -> None:
+        """Write from byte 0 again (a download started over), hashing afresh. The bytes
+        on disk stay until written over, each compared with what replaces it, so readers
+        that had sent them learn whether they still hold the file (`changed_at`)."""
+        if self._fd is None:
+            raise LocalError("rewind of a blob already closed")
+        self.extent = max(self.extent, self.size)
+        self.hashes = {a: hashlib.new(a) for a in self._algos}
+        self.size = 0
+        try:
+            os.lseek(self._fd, 0, os.SEEK_SET)
+        except OSError as exc:
+            raise disk_error(exc, "writing a download") from None
 
     def write(self, data: bytes) -> None:
         if self._fd is None:
             raise LocalError("write to a blob already closed")
+        if self.size < self.extent and self.changed_at is None:
+            try:
+                before = os.pread(self._fd, min(len(data), self.extent - self.size), self.size)
+            except OSError as exc:
+                raise disk_error(exc, "reading a download back") from None
+            if before != data[: len(before)]:
+                self.changed_at = self.size
         for h in self.hashes.values():
             h.update(data)
         view = memoryview(data)
@@ -100,6 +126,8 @@ class BlobWriter:
             raise LocalError("publish of a blob already closed")
         target = blob_path(self.root, digest)
         try:
+            if self.extent > self.size:  # rewound, and shorter this time
+                os.ftruncate(self._fd, self.size)
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None

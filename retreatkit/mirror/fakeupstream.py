@@ -21,6 +21,17 @@ read at each request:
   wait          the whole answer, once the test sets `Upstream.release`
   gzip          gzipped on the way (`Content-Encoding: gzip`) to a client that accepts
                 it, as a web server's compression of text types does
+  cut-once      the first GET: the full Content-Length, half the body, then close; later
+                ones get what they ask: `Range: bytes=N-` a 206 from N, unless their
+                If-Range is not the file's ETag (then a 200, the whole file)
+  cut-whole     as cut-once, but later GETs get the whole file, Range or not
+  cut-badrange  as cut-once, but a later GET's 206 starts a byte before the one asked
+  cut-changed   as cut-once, but the file changed after the first GET: one byte of its
+                first quarter other, and another ETag
+  cut-mended    as cut-once, but the first GET got that other file (its own ETag)
+  cut-each      every GET gets half of what it asks (honouring Range), then a close
+The cut-* modes count `range PATH VALUE`, `if-range PATH VALUE` and the body bytes
+they sent (`sent PATH`); a continuation waits for `Upstream.gate` when a test sets one.
 A file answers with its modification time as `Last-Modified`. A folder answers with its
 `index.json` (PEP 691, an npm packument) to a client that accepts JSON or when it has no
 `index.html`, else its `index.html`. `GET /_stats` gives {path: GETs, "HEAD path": HEADs,
@@ -37,6 +48,7 @@ import contextlib
 import gzip
 import json
 import mimetypes
+import re
 import socket
 import struct
 import sys
@@ -65,6 +77,7 @@ class Upstream:
         self.drips: asyncio.Queue[None] | None = None  # a trickle's pace, when a test sets it
         self.release = asyncio.Event()  # what a "wait" answers after: the test's word
         self.dripped: asyncio.Queue[int] = asyncio.Queue()  # bytes a trickle has sent
+        self.gate: asyncio.Event | None = None  # what a cut-* continuation waits for
 
     def behaviour(self, path: str) -> str:
         if path in self.rules:
@@ -123,15 +136,14 @@ class Upstream:
         mode = self.behaviour(path)
         if mode == "ok" and headers.get("if-none-match") == etag:
             return await _send(writer, 304, b"", kind, etag=etag)
+        if mode.startswith("cut-") and method == "GET":
+            return await self._cut(writer, path, headers, mode, body, kind, etag)
         half = body[: len(body) // 2]
         if mode == "silent":
             await self.closing.wait()  # the client's timeout is what ends this
             return
         if mode == "wait":  # the whole answer, once the test says so (or the test is over)
-            waits = {asyncio.ensure_future(e.wait()) for e in (self.release, self.closing)}
-            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for w in pending:
-                w.cancel()
+            await _either(self.release, self.closing)
             if not self.release.is_set():
                 return
             return await _send(writer, 200, body, kind, etag=etag)
@@ -201,6 +213,43 @@ class Upstream:
         modified = f"Last-Modified: {formatdate(file.stat().st_mtime, usegmt=True)}"
         await _send(writer, 200, body, kind, etag=etag, extra=modified)
 
+    async def _cut(
+        self, writer: asyncio.StreamWriter, path: str, headers: dict[str, str], mode: str,
+        body: bytes, kind: str, etag: str,
+    ) -> None:  # fmt: skip
+        """The cut-* modes (the module's docstring): the first GET of `path` breaks off."""
+        first = self.counts[path] == 1
+        other = bytearray(body)
+        if other:
+            other[len(other) // 4] ^= 0xFF
+        if (mode == "cut-mended" and first) or (mode == "cut-changed" and not first):
+            body, etag = bytes(other), f'"{zlib.crc32(other):08x}"'
+        asked, if_range = headers.get("range"), headers.get("if-range")
+        for name, value in (("range", asked), ("if-range", if_range)):
+            if value is not None:
+                self.counts[f"{name} {path} {value}"] += 1
+        if not first and self.gate is not None:
+            await _either(self.gate, self.closing)
+            if not self.gate.is_set():
+                return
+        start = 0
+        wanted = re.fullmatch(r"bytes=(\d+)-", asked or "")
+        if wanted and mode != "cut-whole" and if_range in (None, etag):
+            start = min(int(wanted[1]), len(body))
+        if start and mode == "cut-badrange":
+            start -= 1
+        part = body[start:]
+        if start:
+            where = f"Content-Range: bytes {start}-{len(body) - 1}/{len(body)}"
+            head = _head(206, kind, len(part), etag, where)
+        else:
+            head = _head(200, kind, len(body), etag)
+        if first or mode == "cut-each":
+            part = part[: len(part) // 2]
+        writer.write(head + part)
+        self.counts[f"sent {path}"] += len(part)
+        await writer.drain()
+
     async def _drip(self, pace: float = 1.0) -> bool:
         """Wait for a trickle's next byte: the test's word, else `pace` seconds. False once
         the test is over."""
@@ -214,11 +263,20 @@ class Upstream:
         return over not in done
 
 
+async def _either(*events: asyncio.Event) -> None:
+    """Wait until one of `events` is set."""
+    waits = {asyncio.ensure_future(e.wait()) for e in events}
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in pending:
+        w.cancel()
+
+
 def _head(
     status: int, kind: str, length: int | None, etag: str | None = None, extra: str = ""
 ) -> bytes:
     reason = {
-        200: "OK", 302: "Found", 304: "Not Modified", 404: "Not Found", 500: "Internal Server Error"
+        200: "OK", 206: "Partial Content", 302: "Found", 304: "Not Modified", 404: "Not Found",
+        500: "Internal Server Error",
     }  # fmt: skip
     lines = [f"HTTP/1.1 {status} {reason.get(status, 'X')}", f"Content-Type: {kind}"]
     if length is not None:

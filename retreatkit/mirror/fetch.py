@@ -1,13 +1,15 @@
 """Upstream requests, each bounded in time and never sent to an upstream known to be down.
 
 Index pages are read whole; a missing file is downloaded once however many ask, and
-streamed to all of them as it arrives (fill.py).
+streamed to all of them as it arrives (fill.py); a download that breaks mid-body is
+continued where it broke (continuation.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -22,7 +24,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from retreatkit import units
-from retreatkit.mirror import faults
+from retreatkit.mirror import continuation, faults
 from retreatkit.mirror.badfiles import BadFiles
 from retreatkit.mirror.blobs import IntegrityError
 from retreatkit.mirror.errors import (
@@ -87,6 +89,15 @@ class Reply:
     content_type: str
     etag: str | None
     last_modified: str | None
+
+
+class Broke(Exception):
+    """A download's body broke off (silence, a reset, a close before its length): its
+    rest may be asked for. `error` is what its readers learn if it is not."""
+
+    def __init__(self, error: MirrorError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 Publish = Callable[[Fill], Awaitable[None]]
@@ -386,59 +397,117 @@ class Fetcher:
             raise StoreFull(store.space.no_room(fill.file, known, free))
         response = await self._open(fill.source.url, {}, fill.file)
         try:
-            async with response:
-                if response.status != 200:
-                    raise UpstreamError(f"upstream answered {response.status} for {fill.file}")
-                fill.length = response.content_length
-                if known is not None and fill.length is not None and fill.length != known:
-                    # not the file its index names (an upstream mid-sync): said before
-                    # its bytes cross the uplink, and not remembered, as it may mend
-                    raise BadUpstreamData(
-                        f"upstream has {fill.file} at {fill.length} bytes; its index says {known}"
-                    )
-                size = fill.expected_size
-                if size is not None:
-                    self._bound(fill.file, size)
-                if size is not None and size != known:
-                    await self.make_room(size, fill.file)
-                free = store.free_bytes()
-                if size is not None:
-                    if not store.space.room_for(size, free):
-                        raise StoreFull(store.space.no_room(fill.file, size, free))
-                    fill.reserved = size
-                    store.space.reserve(size)
-                elif store.space.full(free):  # a size nobody knows would only find out the hard way
-                    raise StoreFull(store.space.unknown_size(fill.file, free))
-                fill.content_type = response.headers.get("Content-Type", fill.content_type)
-                fill.writer = store.writer(tuple(fill.source.hashes))
-                fill.headers.set()
-                floor = self._floor()
-                async for chunk in response.content.iter_chunked(CHUNK):
-                    # hashing and writing 256 KiB held the loop ~0.2 ms a chunk; a thread
-                    # costs ~20% more CPU and holds it not at all (bench/mirror_io.py)
-                    await _whole(asyncio.to_thread(fill.writer.write, chunk))
-                    fill.written += len(chunk)
-                    self.stats.upstream_bytes += len(chunk)
-                    self._bound(fill.file, fill.written)
-                    fill.notify()
-                    self._keep_up(floor, len(chunk), fill.file)
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream went silent sending {fill.file}") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(faults.words(exc, fill.file)) from None
-        if fill.length is not None and fill.written != fill.length:
-            raise BadUpstreamData(f"upstream cut {fill.file} short")
-        if fill.source.size is not None and fill.written < fill.source.size:
-            # no Content-Length, fewer bytes than the index said: a cut, which may mend,
-            # not bad bytes to remember (BadFiles)
-            raise BadUpstreamData(f"upstream cut {fill.file} short")
+            first = await self._begin(fill, response)
+        except BaseException:
+            response.release()
+            raise
+        floor = self._floor()  # one for the whole download, however many answers it takes
+        progress = continuation.Progress()
+        while True:
+            try:
+                async with response:
+                    await self._receive(fill, response, floor)
+                _ended(fill)
+                break
+            except Broke as broke:
+                if not progress.another(fill.written):
+                    raise broke.error from None
+                log.info(
+                    "continuing %s at %s after: %s",
+                    fill.label, units.size(fill.written), broke.error,
+                )  # fmt: skip
+            response = await self._continue(fill, first)
         # a body cut short with no Content-Length nor a size in the index: by its hash
+        assert fill.writer is not None
         try:
             fill.digest = fill.writer.check(fill.source.hashes)
         except IntegrityError as exc:
             raise IntegrityError(f"upstream sent bad bytes for {fill.file}: {exc}") from None
         await _whole(asyncio.to_thread(fill.writer.publish, fill.digest))
         store.published(fill.digest, fill.written)
+
+    async def _begin(self, fill: Fill, response: aiohttp.ClientResponse) -> continuation.First:
+        """The first answer's headers: refused, or room made and the file begun."""
+        store, known = self.store, fill.source.size
+        if response.status != 200:
+            raise UpstreamError(f"upstream answered {response.status} for {fill.file}")
+        fill.length = response.content_length
+        if known is not None and fill.length is not None and fill.length != known:
+            # not the file its index names (an upstream mid-sync): said before
+            # its bytes cross the uplink, and not remembered, as it may mend
+            raise BadUpstreamData(
+                f"upstream has {fill.file} at {fill.length} bytes; its index says {known}"
+            )
+        size = fill.expected_size
+        if size is not None:
+            self._bound(fill.file, size)
+        if size is not None and size != known:
+            await self.make_room(size, fill.file)
+        free = store.free_bytes()
+        if size is not None:
+            if not store.space.room_for(size, free):
+                raise StoreFull(store.space.no_room(fill.file, size, free))
+            fill.reserved = size
+            store.space.reserve(size)
+        elif store.space.full(free):  # a size nobody knows would only find out the hard way
+            raise StoreFull(store.space.unknown_size(fill.file, free))
+        fill.content_type = response.headers.get("Content-Type", fill.content_type)
+        fill.writer = store.writer(tuple(fill.source.hashes))
+        fill.headers.set()
+        h = response.headers
+        return continuation.First(size, h.get("ETag"), h.get("Last-Modified"), h.get("Date"))
+
+    async def _receive(
+        self, fill: Fill, response: aiohttp.ClientResponse, floor: faults.Floor
+    ) -> None:
+        """An answer's body onto the file. A break the rest may be asked for (a silence,
+        a reset, a close) is a `Broke`; the mirror's own limits are not."""
+        assert fill.writer is not None
+        try:
+            async for chunk in response.content.iter_chunked(CHUNK):
+                # hashing and writing 256 KiB held the loop ~0.2 ms a chunk; a thread
+                # costs ~20% more CPU and holds it not at all (bench/mirror_io.py)
+                await _whole(asyncio.to_thread(fill.writer.write, chunk))
+                fill.written += len(chunk)
+                self.stats.upstream_bytes += len(chunk)
+                self._bound(fill.file, fill.written)
+                fill.notify()
+                self._keep_up(floor, len(chunk), fill.file)
+        except TimeoutError:
+            raise Broke(UpstreamTimeout(f"upstream went silent sending {fill.file}")) from None
+        except aiohttp.ClientError as exc:
+            raise Broke(UpstreamError(faults.words(exc, fill.file))) from None
+
+    async def _continue(self, fill: Fill, first: continuation.First) -> aiohttp.ClientResponse:
+        """The upstream's answer to a request for the rest of a file that broke after
+        `fill.written` bytes, taken: a 206 from there follows them, a 200 is written over
+        them from byte 0. Readers following the file go on either way (fill.follow)."""
+        assert fill.writer is not None
+        at = fill.written
+        first = dataclasses.replace(first, length=fill.expected_size)  # a 206 may have told it
+        response = await self._open(fill.source.url, continuation.ask(at, first), fill.file)
+        try:
+            h = response.headers
+            take = continuation.judge(
+                response.status, h.get("Content-Range"), response.content_length, at,
+                first, fill.file,
+            )  # fmt: skip
+        except BaseException:
+            response.release()
+            raise
+        if take is continuation.Take.REST:
+            if fill.length is None:  # its total, now known, ends the file
+                fill.length = continuation.total_of(h.get("Content-Range"))
+            return response
+        log.info("upstream sent %s whole again: starting it over", fill.label)
+        try:
+            fill.writer.rewind()
+        except BaseException:
+            response.release()
+            raise
+        fill.written, fill.rewinds = 0, fill.rewinds + 1
+        fill.notify()
+        return response
 
     def _floor(self) -> faults.Floor:
         return faults.Floor(self.limits.min_rate, self.limits.rate_window, self.clock())
@@ -466,6 +535,16 @@ class Fetcher:
     def fetches(self) -> dict[str, list[dict[str, Any]]]:
         running = sorted(self.inflight.values(), key=lambda f: f.started, reverse=True)
         return {"in_progress": [f.record(None) for f in running], "recent": list(self.recent)}
+
+
+def _ended(fill: Fill) -> None:
+    """A body that ended: a `Broke` if it is shorter than its length, or its index's
+    size (with no Content-Length: a cut, which may mend, not bad bytes to remember)."""
+    length = fill.length if fill.length is not None else fill.source.size
+    if length is not None and fill.written < length:
+        raise Broke(BadUpstreamData(f"upstream cut {fill.file} short"))
+    if fill.length is not None and fill.written > fill.length:  # a part that ran on
+        raise BadUpstreamData(f"upstream sent {fill.file} longer than it said")
 
 
 async def _whole(work: Awaitable[T]) -> T:

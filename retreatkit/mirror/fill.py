@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from retreatkit.mirror.blobs import BlobWriter
-from retreatkit.mirror.errors import LocalError, MirrorError
+from retreatkit.mirror.errors import BadUpstreamData, LocalError, MirrorError
 from retreatkit.mirror.records import Source
 from retreatkit.mirror.stats import iso
 from retreatkit.mirror.store import Store
@@ -45,6 +45,7 @@ class Fill:
     content_type: str = "application/octet-stream"
     state: FillState = FillState.RUNNING
     digest: str | None = None
+    rewinds: int = 0  # times the upstream sent it whole again, written over from byte 0
     error: MirrorError | None = None
     headers: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -70,6 +71,12 @@ class Fill:
         if name.endswith("/" + file):
             return f"{file} from {name.split('/', 1)[0]}"
         return f"{file} as {name}"
+
+    @property
+    def rewritten_from(self) -> int | None:
+        """Where the bytes on disk stopped being those readers may have sent: a download
+        the upstream started over (a continuation answered whole) with other bytes."""
+        return self.writer.changed_at if self.writer is not None else None
 
     @property
     def expected_size(self) -> int | None:
@@ -118,6 +125,7 @@ async def follow(fill: Fill, store: Store) -> AsyncIterator[bytes]:
         raise fill.error
     fd = _open_fill(fill, store)
     offset = 0
+    since = fill.rewinds  # the writing its bytes come from
     try:
         while True:
             state = fill.current()  # a call, not an attribute: it changes across awaits
@@ -126,6 +134,13 @@ async def follow(fill: Fill, store: Store) -> AsyncIterator[bytes]:
             # the last byte waits for the hash check: until then no reader holds a
             # complete body, so a file that fails verification is never a whole 200
             limit = fill.written if state is FillState.DONE else fill.written - 1
+            if offset == 0:  # nothing sent yet: whatever comes is the writing under way
+                since = fill.rewinds
+            changed = fill.rewritten_from
+            if (since < fill.rewinds and changed is not None and offset > changed) or (
+                state is FillState.DONE and offset > limit
+            ):  # it sent bytes of another file than the one now coming: never spliced
+                raise BadUpstreamData(f"upstream changed {fill.file} while sending it")
             if offset < limit:
                 chunk = os.pread(fd, min(CHUNK, limit - offset), offset)
                 if not chunk:

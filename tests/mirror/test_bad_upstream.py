@@ -22,6 +22,9 @@ from retreatkit.mirror.testing import Clock
 from tests.mirror.conftest import JSON, Env
 
 QUICK = {"limits": Limits(connect_timeout=1.0, headers_timeout=1.0, read_timeout=0.3)}
+# breaks mid-body after a Content-Length: continued once, and no more, as these upstreams
+# send the whole file again and break at the same byte (continuation.Progress)
+CUTS = ("truncate-cl", "stall", "reset")
 
 
 def blobs(store: Path) -> set[str]:
@@ -52,7 +55,7 @@ async def test_bad_upstream_bytes_are_never_published(env: Env, mode: str) -> No
         assert status in (-1, 502, 504), (status, len(body))
     assert blobs(store) == before
     assert not list((store / "tmp").iterdir())
-    assert env.fetched(filename) == 1  # three readers, one download
+    assert env.fetched(filename) == (2 if mode in CUTS else 1)  # three readers, one download
     recent = env.mirror.fetcher.fetches()["recent"][0]
     verify = mode in ("corrupt", "truncate")  # a cut with no length shows in the hash
     assert recent["ended"] == ("verify failed" if verify else "upstream error")
@@ -157,7 +160,8 @@ async def test_a_small_file_that_fails_is_said_never_cut(env: Env, mode: str) ->
         # the line is the reason phrase too: what pip, uv, npm and apt-get print
         got = [(r.status, r.reason, await r.text()) for r in answers]
         assert got == [(status, text.rstrip("\n"), text)] * 3
-    assert env.fetched(filename) == 1
+    asks = 2 if mode in CUTS else 1  # one download, continued once if it broke
+    assert env.fetched(filename) == asks
     r = await env.client.get(url)  # pip's retry, a moment later
     if mode == "corrupt":  # the same bytes again would only cross the uplink again
         again = text.rstrip("\n") + "; next try in 300 s"
@@ -165,7 +169,7 @@ async def test_a_small_file_that_fails_is_said_never_cut(env: Env, mode: str) ->
         assert env.fetched(filename) == 1
     else:  # a cut, a silence or an error may mend: asked again
         assert r.status == status
-        assert env.fetched(filename) == 2
+        assert env.fetched(filename) == 2 * asks
 
 
 async def test_a_trickle_is_cut_at_the_rate_floor(env: Env) -> None:
