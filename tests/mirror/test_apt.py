@@ -290,6 +290,18 @@ async def test_what_no_index_names_is_never_fetched(archive: Archive, path: str)
     assert pool == []
 
 
+async def test_a_suite_with_escapes_never_leaves_its_archive(archive: Archive) -> None:
+    """A suite named `%2e%2e%2f...` reached the upstream as `../`: a request made the
+    mirror fetch and serve the release files, and the indexes they list, of another
+    archive on the same host, one that is not an origin of the mirror. A path under
+    `dists/` has no `%` in apt (only pool file names carry escapes, `%3a`)."""
+    shutil.copytree(archive.root / "debian", archive.root / "other")
+    suite = "%2e%2e%2f%2e%2e%2fother%2fdists%2fstable".replace("%", "%25")
+    status, body, _ = await archive.get(f"/debian/dists/{suite}/Release")
+    assert (status, body) == (404, b"not a path in an apt archive\n")
+    assert archive.upstream.counts == {}
+
+
 RELEASE = b"""-----BEGIN PGP SIGNED MESSAGE-----
 Hash: SHA512
 
