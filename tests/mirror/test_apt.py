@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import shutil
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -300,6 +301,24 @@ async def test_a_suite_with_escapes_never_leaves_its_archive(archive: Archive) -
     status, body, _ = await archive.get(f"/debian/dists/{suite}/Release")
     assert (status, body) == (404, b"not a path in an apt archive\n")
     assert archive.upstream.counts == {}
+
+
+async def test_the_page_gives_no_line_a_release_can_break_out_of(archive: Archive) -> None:
+    """The attendee page gives a `deb` line for each suite held, in single quotes, with
+    the components its Release names. A Release with a quote among them (an upstream's,
+    or a forgery over a plain-http uplink: the mirror checks no signature, apt does) made
+    a line that ran a command of its own in every shell it was pasted into."""
+    release = archive.root / "debian" / "dists" / "stable" / "Release"
+    hostile = "Components: main contrib x';touch${IFS}owned;'"
+    release.write_text(release.read_text().replace("Components: main", hostile))
+    assert (await archive.get("/debian/dists/stable/Release"))[0] == 200
+    r = await archive.client.get("/", headers={"Host": "mirror.retreat.lan:8000"})
+    text = html.unescape(await r.text()).replace("</pre>", "")
+    lines = [line for line in text.splitlines() if "deb " in line]
+    assert lines == [
+        "echo 'deb http://mirror.retreat.lan:8000/debian stable main contrib'"
+        " | sudo tee /etc/apt/sources.list.d/retreat-debian.list"
+    ]
 
 
 RELEASE = b"""-----BEGIN PGP SIGNED MESSAGE-----
