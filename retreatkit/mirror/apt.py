@@ -138,7 +138,9 @@ def classify(path: str) -> Asked | None:
     parts = path.split("/")
     if parts[0] != "dists":
         return Asked("pool", path=path)
-    if len(parts) < 3:
+    if len(parts) < 3 or "%" in path:
+        # a suite is part of an upstream URL, where `%2e%2e` is `..`: it would reach out
+        # of the archive; only pool file names carry escapes (`%3a`), never a suite
         return None
     suite, rest = parts[1], "/".join(parts[2:])
     if rest in RELEASE_FILES:

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 from retreatkit.mirror.blobs import valid_hex
 from retreatkit.mirror.errors import BadUpstreamData
-from retreatkit.mirror.records import Processed, Source
+from retreatkit.mirror.records import Processed, Source, fetchable
 
 ABBREVIATED = "application/vnd.npm.install-v1+json"
 FULL = "application/json"
@@ -109,8 +109,9 @@ def _dump(doc: Mapping[str, Any]) -> bytes:
 
 def process(name: str, body: bytes, abbreviated: bool) -> Processed:
     """An upstream packument as the mirror keeps it, and where upstream keeps each tarball.
-    Versions whose tarball has no hash the store can check, or a name that is not a plain
-    file, are left out: the mirror serves nothing it cannot verify. CPU-heavy for big
+    Versions whose tarball has no hash the store can check, a name that is not a plain
+    file or a URL the mirror cannot fetch, are left out: the mirror serves nothing it
+    cannot verify. CPU-heavy for big
     packuments: run off the loop."""
     if body.lstrip()[:1] != b"{":
         # JSON that is cut is caught before (its length); a page that is not a JSON object
@@ -129,11 +130,11 @@ def process(name: str, body: bytes, abbreviated: bool) -> Processed:
     for version, meta in versions.items():
         dist = meta.get("dist") if isinstance(meta, dict) else None
         url = dist.get("tarball") if isinstance(dist, dict) else None
-        if not isinstance(dist, dict) or not isinstance(url, str):
+        if not isinstance(dist, dict) or not isinstance(url, str) or not fetchable(url):
             continue
         file = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
         found = hashes(dist.get("integrity"), dist.get("shasum"))
-        if not found or not valid_file(file) or urlsplit(url).scheme not in ("http", "https"):
+        if not found or not valid_file(file):
             continue
         sources.append(Source(tarball_key(name, file), url, found, "npm", name))
         dist["tarball"] = MARKER + tarball_path(name, file)

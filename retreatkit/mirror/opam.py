@@ -10,23 +10,23 @@ names the mirror by a placeholder (`BASE`); `for_client` puts in each client's n
 
 from __future__ import annotations
 
-import gzip
 import io
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass
 
 from retreatkit.mirror.blobs import valid_hex
 from retreatkit.mirror.errors import BadUpstreamData
-from retreatkit.mirror.records import Processed, Source
+from retreatkit.mirror.records import Processed, Source, fetchable
 
 REPO_FILE = b'opam-version: "2.0"\narchive-mirrors: "cache"\n'
 MAX_INDEX = 512 * 1024 * 1024
+MAX_TAR = 1024 * 1024 * 1024  # the index once inflated: a few MB of gzip hold GBs of zeros
 MAX_OPAM_FILE = 1024 * 1024
 BASE = "http://retreatkit-mirror.invalid"  # the kept index's name for the mirror
 _BASE_BYTES = BASE.encode()
 _PREFERRED = ("sha256", "sha512", "md5")  # the cache path a rewritten `src` names
-_FETCHED = ("http://", "https://")  # the URLs the mirror fetches archives from
 _TOKEN = re.compile(
     r'"""(?P<tstr>.*?)"""|"(?P<str>(?:[^"\\]|\\.)*)"|(?P<comment>#[^\n]*|\(\*.*?\*\))'
     r"|(?P<punct>[{}\[\]():])|(?P<word>[^\s{}\[\]():\"]+)|(?P<space>\s+)",
@@ -166,7 +166,7 @@ def _at_mirror(opam_text: str, package: str) -> tuple[str, list[Archive]]:
     edits: list[tuple[int, int, str]] = []
     for archive, section in found:
         path = cache_path(archive.checksums)
-        if path is None or section.src is None or not archive.url.startswith(_FETCHED):
+        if path is None or section.src is None or not fetchable(archive.url):
             continue
         edits.append((*section.src, f'"{BASE}{path}"'))
         if "mirrors" in section.spans:
@@ -208,7 +208,7 @@ def read_index(data: bytes) -> tuple[bytes, list[Archive]]:
     out = io.BytesIO()
     try:
         # decompress whole first: gzip's CRC and length trailer catch a body cut short
-        raw = gzip.decompress(data)
+        raw = _gunzip(data)
         with (
             tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar,
             tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as new,
@@ -241,9 +241,25 @@ def read_index(data: bytes) -> tuple[bytes, list[Archive]]:
                 info = tarfile.TarInfo("repo")
                 info.size = len(REPO_FILE)
                 new.addfile(info, io.BytesIO(REPO_FILE))
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
         raise BadIndex(f"index.tar.gz is corrupt or truncated ({exc})") from None
     return out.getvalue(), found
+
+
+def _gunzip(data: bytes) -> bytes:
+    """The tar inside index.tar.gz, each gzip member checked by its CRC and length, and at
+    most MAX_TAR bytes: a tar of zeros is an empty index, which would replace the one held."""
+    parts, size, rest = [], 0, data
+    while rest:
+        unpack = zlib.decompressobj(wbits=31)
+        parts.append(unpack.decompress(rest, MAX_TAR + 1 - size))
+        size += len(parts[-1])
+        if size > MAX_TAR:
+            raise BadIndex("index.tar.gz is too large once decompressed")
+        if not unpack.eof:
+            raise EOFError("the gzip stream ends early")
+        rest = unpack.unused_data.lstrip(b"\0")  # gzip's own padding between members
+    return b"".join(parts)
 
 
 def _mirror_repo(content: bytes) -> bytes:
@@ -264,7 +280,7 @@ def process(data: bytes) -> Processed:
     ask for an archive by any hash its opam file gives, and all name the same bytes."""
     index, found = read_index(data)
     sources = []
-    for a in found:
+    for a in (a for a in found if fetchable(a.url)):  # a git URL, say: opam fetches it
         names = [cache_name(algo, digest) for algo, digest in a.checksums.items()]
         for name in names:
             also = tuple(n for n in names if n != name)

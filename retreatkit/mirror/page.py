@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from retreatkit import units
 
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:\d{1,5})?$")
+# a suite or component as a line gives it, in single quotes: a Release names them
+_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+~-]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,13 @@ def apt_lines(base: str, suites: tuple[tuple[str, str, str], ...]) -> list[str]:
     proxy = f'Acquire::http::Proxy "{base}"; Acquire::https::Proxy "DIRECT";'
     out = [f"echo '{proxy}' | sudo tee /etc/apt/apt.conf.d/01retreat-mirror"]
     for origin, suite, components in suites:
-        line = f"deb {base}/{origin} {suite} {components}"
+        # an attendee pastes these into a root shell: a quote from a Release (forged over
+        # a plain-http uplink, say: apt checks its signature, the mirror cannot) must not
+        # end the line's own
+        plain = " ".join(c for c in components.split() if _WORD.match(c)) or "main"
+        if not _WORD.match(suite):
+            continue
+        line = f"deb {base}/{origin} {suite} {plain}"
         out.append(f"echo '{line}' | sudo tee /etc/apt/sources.list.d/retreat-{origin}.list")
     return out
 

@@ -20,7 +20,7 @@ from urllib.parse import urldefrag, urljoin
 
 from retreatkit.mirror.blobs import valid_hex
 from retreatkit.mirror.errors import BadUpstreamData
-from retreatkit.mirror.records import Processed, Source
+from retreatkit.mirror.records import Processed, Source, fetchable
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPE = "application/vnd.pypi.simple.v1+html"
@@ -205,7 +205,10 @@ def parse_html(body: bytes, page_url: str) -> list[File]:
         href = attrs.get("href")
         if not href:
             continue
-        url, fragment = urldefrag(urljoin(page_url, href))
+        try:
+            url, fragment = urldefrag(urljoin(page_url, href))
+        except ValueError:  # no URL at all (`http://[x`): left out, as `rewrite` would
+            continue
         algo, _, digest = fragment.partition("=")
         yanked: bool | str = False
         if "data-yanked" in attrs:
@@ -230,11 +233,15 @@ def parse_json(body: bytes, page_url: str) -> list[File]:
         raw = doc["files"]
         if not isinstance(raw, list):
             raise TypeError("files is not a list")
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise PageError(f"unreadable project page ({type(exc).__name__})") from None
     files = []
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            continue
+        try:
+            url = urljoin(page_url, item["url"])
+        except ValueError:
             continue
         hashes = item.get("hashes")
         meta = item.get("core-metadata", item.get("dist-info-metadata"))
@@ -243,7 +250,7 @@ def parse_json(body: bytes, page_url: str) -> list[File]:
         files.append(
             File(
                 filename=str(item.get("filename") or item["url"].rsplit("/", 1)[-1]),
-                url=urljoin(page_url, item["url"]),
+                url=url,
                 hashes=_hashes(hashes.items()) if isinstance(hashes, dict) else {},
                 requires_python=requires if isinstance(requires, str) and requires else None,
                 yanked=yanked if isinstance(yanked, bool | str) else bool(yanked),
@@ -265,13 +272,14 @@ def rewrite(name: str, files: Iterable[File]) -> tuple[Project, list[Source]]:
     """The project as the mirror serves it, and where upstream keeps each file.
 
     Files without a sha256 are left out: the mirror stores nothing it cannot verify.
-    Metadata is offered only where upstream gave its sha256, for the same reason.
+    Metadata is offered only where upstream gave its sha256, for the same reason. So are
+    files at a URL the mirror cannot fetch.
     """
     out: list[File] = []
     sources: list[Source] = []
     for f in files:
         sha = f.hashes.get("sha256")
-        if not sha or not valid_filename(f.filename):
+        if not sha or not valid_filename(f.filename) or not fetchable(f.url):
             continue
         key = source_name(sha, f.filename)
         sources.append(Source(key, f.url, dict(f.hashes), "pypi", name, f.size))

@@ -6,12 +6,25 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 # store keys of indexes: what names the files, as opposed to the files themselves
 _INDEX = re.compile(
     r"^(pypi/simple/|opam/index\.tar\.gz$|lists/|npm/packument/|npm/abbreviated/"
     r"|apt/[^/]+/(dists/|by-hash/))"
 )
+
+
+def fetchable(url: str) -> bool:
+    """Whether an index's URL for a file is one the mirror can fetch: http or https, a
+    host, a port that is one. An index chooses its URLs; one that does not parse would
+    fail the whole page it sits in, not just its own file."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port out of range or not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def kind_of(key: str) -> str:

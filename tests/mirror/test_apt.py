@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import shutil
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -289,6 +290,36 @@ async def test_what_no_index_names_is_never_fetched(archive: Archive, path: str)
     assert status == 404
     pool = [p for p in archive.upstream.counts if "/pool/" in p or "by-hash" in p or ".." in p]
     assert pool == []
+
+
+async def test_a_suite_with_escapes_never_leaves_its_archive(archive: Archive) -> None:
+    """A suite named `%2e%2e%2f...` reached the upstream as `../`: a request made the
+    mirror fetch and serve the release files, and the indexes they list, of another
+    archive on the same host, one that is not an origin of the mirror. A path under
+    `dists/` has no `%` in apt (only pool file names carry escapes, `%3a`)."""
+    shutil.copytree(archive.root / "debian", archive.root / "other")
+    suite = "%2e%2e%2f%2e%2e%2fother%2fdists%2fstable".replace("%", "%25")
+    status, body, _ = await archive.get(f"/debian/dists/{suite}/Release")
+    assert (status, body) == (404, b"not a path in an apt archive\n")
+    assert archive.upstream.counts == {}
+
+
+async def test_the_page_gives_no_line_a_release_can_break_out_of(archive: Archive) -> None:
+    """The attendee page gives a `deb` line for each suite held, in single quotes, with
+    the components its Release names. A Release with a quote among them (an upstream's,
+    or a forgery over a plain-http uplink: the mirror checks no signature, apt does) made
+    a line that ran a command of its own in every shell it was pasted into."""
+    release = archive.root / "debian" / "dists" / "stable" / "Release"
+    hostile = "Components: main contrib x';touch${IFS}owned;'"
+    release.write_text(release.read_text().replace("Components: main", hostile))
+    assert (await archive.get("/debian/dists/stable/Release"))[0] == 200
+    r = await archive.client.get("/", headers={"Host": "mirror.retreat.lan:8000"})
+    text = html.unescape(await r.text()).replace("</pre>", "")
+    lines = [line for line in text.splitlines() if "deb " in line]
+    assert lines == [
+        "echo 'deb http://mirror.retreat.lan:8000/debian stable main contrib'"
+        " | sudo tee /etc/apt/sources.list.d/retreat-debian.list"
+    ]
 
 
 RELEASE = b"""-----BEGIN PGP SIGNED MESSAGE-----

@@ -302,3 +302,30 @@ async def test_a_page_that_fails_with_nothing_held_is_one_line_in_the_log(
         f"cannot serve pypi/simple/demo-pkg: the upstream answered 500 for"
         f" {env.upstream.url}simple/demo-pkg/"
     ]
+
+
+async def test_a_link_the_mirror_cannot_fetch_leaves_the_rest_of_the_page(env: Env) -> None:
+    """A link that is no URL the mirror can fetch (a broken IPv6 literal, a port out of
+    range, a local path) is left out, as one with no hash is; it took the whole page, a
+    500 with a traceback in the log."""
+    filename, data, _ = env.wheels["demo-dep"]
+    sha = hashlib.sha256(data).hexdigest()
+    bad = ["http://[up.test/x.tar.gz", "http://up.test:99999/x.tar.gz", "file:///etc/passwd"]
+    links = "".join(
+        f'<a href="{url}#sha256={sha}">demo_dep-9.{i}.tar.gz</a>' for i, url in enumerate(bad)
+    )
+    page = env.root / "simple" / "demo-dep" / "index.html"
+    page.write_text(page.read_text().replace("</body>", links + "</body>"))
+    assert [f["filename"] for f in (await env.page("demo-dep"))["files"]] == [filename]
+
+
+@pytest.mark.parametrize("env", [{"index_ttl": 0.0, "as_json": True}], indirect=True)
+async def test_a_page_too_deep_to_read_leaves_the_one_held(env: Env) -> None:
+    """JSON nested deeper than Python reads is a page the mirror cannot read: the page
+    held is served stale, as for any bad page, not a 500."""
+    filename, data, _ = env.wheels["demo-dep"]
+    assert await fetch(env, await env.file_url("demo-dep")) == (200, data)
+    (env.root / "simple" / "demo-dep" / "index.json").write_text('{"files": ' + "[" * 100_000)
+    r = await env.client.get("/pypi/simple/demo-dep/", headers={"Accept": JSON})
+    assert (r.status, r.headers.get("Warning")) == (200, '110 - "Response is Stale"')
+    assert [f["filename"] for f in json.loads(await r.read())["files"]] == [filename]

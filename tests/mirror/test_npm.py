@@ -141,6 +141,21 @@ async def test_offline_packuments_list_what_is_held(reg: Npm) -> None:
     assert list(short["versions"]) == ["1.0.0"]
 
 
+async def test_a_tarball_url_the_mirror_cannot_fetch_leaves_the_other_versions(
+    reg: Npm,
+) -> None:
+    """A version whose tarball is at no URL the mirror can fetch (a broken IPv6 literal,
+    a port out of range) is left out, as one with no hash is; it took the whole
+    packument, a 500 with a traceback in the log."""
+    upstream = reg.root / "leftpad-rk" / "index.json"
+    doc = json.loads(upstream.read_text())
+    dist = doc["versions"]["1.0.0"]["dist"]
+    for version, url in (("8.0.0", "http://[r.test/x.tgz"), ("9.0.0", "http://r.test:99999/x")):
+        doc["versions"][version] = {"dist": {**dist, "tarball": f"{url}/leftpad-rk-{version}.tgz"}}
+    upstream.write_text(json.dumps(doc))
+    assert list((await reg.packument("/npm/leftpad-rk"))["versions"]) == ["1.0.0", "1.1.0"]
+
+
 @pytest.mark.parametrize(
     "path",
     ["/npm/..%2f..%2fetc", "/npm/.hidden", "/npm/a%00b", "/npm/x/-/..%2fx.tgz", "/npm/x/-/x.exe"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import hashlib
 import io
 import logging
@@ -113,6 +114,33 @@ async def test_a_tampered_archive_crosses_the_uplink_once_for_opams_retries(
             assert upstream.counts[path] == 2
 
 
+async def test_a_broken_or_bomb_index_leaves_the_one_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index.tar.gz whose deflate stream is broken was a 500 in place of the index held;
+    one that inflates without bound (a few MB of gzip hold gigabytes of zeros, which tar
+    reads as an empty archive) filled the mirror's memory, then replaced the index held
+    with an empty one. Both are refused, and the index held is served stale."""
+    root = tmp_path / "upstream"
+    root.mkdir()
+    data = make_source_tarball("hello", "1.0")
+    monkeypatch.setattr(opam, "MAX_TAR", 1 << 20, raising=False)
+    bomb = gzip.compress(bytes(2 << 20))
+    broken = bomb[:10] + bytes([bomb[10] | 0x06]) + bomb[11:]  # a reserved block type
+    async with fakeupstream.serving(root) as upstream:
+        write_opam(root / "opam", f"{upstream.url}opam/", {"hello.1.0": data})
+        config = dataclasses.replace(
+            settings(tmp_path / "store", index_ttl=0.0), opam=f"{upstream.url}opam"
+        )
+        async with mirror_client(config) as (client, _):
+            assert (await client.get("/opam/index.tar.gz")).status == 200
+            for bad in (broken, bomb):
+                (root / "opam" / "index.tar.gz").write_bytes(bad)
+                r = await client.get("/opam/index.tar.gz")
+                assert (r.status, r.headers.get("Warning")) == (200, '110 - "Response is Stale"')
+                assert "packages/hello/hello.1.0/opam" in _served(await r.read())
+
+
 async def test_opam_archives_count_for_their_package_even_from_memory(tmp_path: Path) -> None:
     root = tmp_path / "upstream"
     root.mkdir()
@@ -181,9 +209,15 @@ def test_the_served_index_names_the_mirror_as_every_archives_only_url() -> None:
         f'  checksum: [ "md5={md5}" ]\n  mirrors: "https://three.example/fix.patch"\n}}\n'
     )
     pinned = 'opam-version: "2.0"\nurl { src: "git+https://example.org/b.git#v1" }\n'
-    processed = opam.process(
-        _index({"packages/a/a.1.0/opam": opam_file, "packages/b/b.1/opam": pinned})
+    # a URL that does not parse was a source too, which took the whole index (a 500)
+    odd = (
+        'opam-version: "2.0"\n'
+        f'url {{ src: "https://c.example:99999/c.tbz" checksum: "md5={md5}" }}\n'
     )
+    processed = opam.process(
+        _index({"packages/a/a.1.0/opam": opam_file, "packages/b/b.1/opam": pinned,
+                "packages/c/c.1/opam": odd})
+    )  # fmt: skip
     kept, sources = processed.body, processed.sources
     assert {s.name for s in sources} == {f"opam/sha256/{sha}", f"opam/md5/{md5}"}
     assert {s.url for s in sources} == {
@@ -202,6 +236,7 @@ def test_the_served_index_names_the_mirror_as_every_archives_only_url() -> None:
         f'  checksum: [ "md5={md5}" ]\n  \n}}\n'
     )
     assert served["packages/b/b.1/opam"] == pinned  # no checksum: nothing the mirror holds
+    assert served["packages/c/c.1/opam"] == odd  # nowhere the mirror can fetch it from
     assert served["repo"] == opam.REPO_FILE.decode()
     other = _served(opam.for_client(kept, "http://10.0.0.5:8000"))
     assert "http://10.0.0.5:8000/opam/cache/sha256/" in other["packages/a/a.1.0/opam"]
