@@ -72,16 +72,18 @@ class BlobWriter:
         self._fd: int | None = fd
         self._algos = tuple(self.hashes)
         self.extent = 0  # bytes on disk, from this writing or one rewound
-        # the first chunk, written over bytes an earlier writing left, that differs from
-        # them: a reader that had sent bytes past it sent part of another file
-        self.changed_at: int | None = None
+        # by writing (0, then one more at each rewind): where its first chunk that differs
+        # from the bytes it was written over starts. A reader that had sent bytes past it
+        # sent part of another file
+        self.changes: list[int | None] = [None]
 
     def rewind(self) -> None:
         """Write from byte 0 again (a download started over), hashing afresh. The bytes
         on disk stay until written over, each compared with what replaces it, so readers
-        that had sent them learn whether they still hold the file (`changed_at`)."""
+        that had sent them learn whether they still hold the file (`changed_since`)."""
         if self._fd is None:
             raise LocalError("rewind of a blob already closed")
+        self.changes.append(None)
         self.extent = max(self.extent, self.size)
         self.hashes = {a: hashlib.new(a) for a in self._algos}
         self.size = 0
@@ -90,16 +92,23 @@ class BlobWriter:
         except OSError as exc:
             raise disk_error(exc, "writing a download") from None
 
+    def changed_since(self, writing: int) -> int | None:
+        """Where the bytes on disk first stopped being those of `writing` (0 the first,
+        one more at each rewind), as far as the writings since have come; None if nowhere.
+        Each later writing is compared with the bytes it was written over, which the one
+        before left, so a change any of them made is seen, not only the first one's."""
+        return min((at for at in self.changes[writing + 1 :] if at is not None), default=None)
+
     def write(self, data: bytes) -> None:
         if self._fd is None:
             raise LocalError("write to a blob already closed")
-        if self.size < self.extent and self.changed_at is None:
+        if self.size < self.extent and self.changes[-1] is None:
             try:
                 before = os.pread(self._fd, min(len(data), self.extent - self.size), self.size)
             except OSError as exc:
                 raise disk_error(exc, "reading a download back") from None
             if before != data[: len(before)]:
-                self.changed_at = self.size
+                self.changes[-1] = self.size
         for h in self.hashes.values():
             h.update(data)
         view = memoryview(data)

@@ -1,10 +1,11 @@
 """Continuing a download that broke mid-body: what to ask for the rest, and which answer
 may be taken (RFC 9110 13.1.5 If-Range, 14 ranges), pure.
 
-The rest is asked with `Range: bytes=N-`, and `If-Range` with the first answer's strong
-validator, so a file changed upstream comes back whole (200) rather than as a part of
-another file. A 206 is taken only if it starts at exactly N and its total is the length
-the first answer gave; a 200 starts the file over from byte 0. Whatever is taken, the
+The rest is asked with `Range: bytes=N-`, and `If-Range` with the strong validator of
+the answer it continues (the first, or the last that sent the file whole), so a file
+changed upstream comes back whole (200) rather than as a part of another file. A 206 is
+taken only if it starts at exactly N and its total is the length the first answer gave;
+a 200 starts the file over from byte 0. Whatever is taken, the
 file is still checked against its index's hash before it is kept: this only saves the
 uplink the bytes it already carried.
 """
@@ -33,7 +34,8 @@ class Take(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class First:
-    """What the first answer said of the file (its headers)."""
+    """What the first answer said of the file (its headers); after a 200 to a request for
+    the rest, that answer's validators with the first's length."""
 
     length: int | None  # Content-Length, or the index's size
     etag: str | None = None

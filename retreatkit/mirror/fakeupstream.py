@@ -29,6 +29,11 @@ read at each request:
   cut-changed   as cut-once, but the file changed after the first GET: one byte of its
                 first quarter other, and another ETag
   cut-mended    as cut-once, but the first GET got that other file (its own ETag)
+  cut-mended-twice  as cut-mended, and the second GET (the file whole) is cut too, 4 kB
+                before its end
+  cut-longer    as cut-whole, but later GETs get another file, 4 kB longer (one byte of
+                its last quarter other), with no Content-Length: its end is the close,
+                once the test sets `Upstream.release`
   cut-each      every GET gets half of what it asks (honouring Range), then a close
 The cut-* modes count `range PATH VALUE`, `if-range PATH VALUE` and the body bytes
 they sent (`sent PATH`); a continuation waits for `Upstream.gate` when a test sets one.
@@ -218,12 +223,18 @@ class Upstream:
         body: bytes, kind: str, etag: str,
     ) -> None:  # fmt: skip
         """The cut-* modes (the module's docstring): the first GET of `path` breaks off."""
-        first = self.counts[path] == 1
+        nth = self.counts[path]
+        first = nth == 1
         other = bytearray(body)
         if other:
             other[len(other) // 4] ^= 0xFF
-        if (mode == "cut-mended" and first) or (mode == "cut-changed" and not first):
+        mended = mode in ("cut-mended", "cut-mended-twice")
+        if (mended and first) or (mode == "cut-changed" and not first):
             body, etag = bytes(other), f'"{zlib.crc32(other):08x}"'
+        if mode == "cut-longer" and not first:
+            longer = bytearray(body) + bytes(4096)
+            longer[len(body) * 3 // 4] ^= 0xFF
+            body, etag = bytes(longer), f'"{zlib.crc32(longer):08x}"'
         asked, if_range = headers.get("range"), headers.get("if-range")
         for name, value in (("range", asked), ("if-range", if_range)):
             if value is not None:
@@ -234,7 +245,7 @@ class Upstream:
                 return
         start = 0
         wanted = re.fullmatch(r"bytes=(\d+)-", asked or "")
-        if wanted and mode != "cut-whole" and if_range in (None, etag):
+        if wanted and mode not in ("cut-whole", "cut-longer") and if_range in (None, etag):
             start = min(int(wanted[1]), len(body))
         if start and mode == "cut-badrange":
             start -= 1
@@ -243,12 +254,16 @@ class Upstream:
             where = f"Content-Range: bytes {start}-{len(body) - 1}/{len(body)}"
             head = _head(206, kind, len(part), etag, where)
         else:
-            head = _head(200, kind, len(body), etag)
+            head = _head(200, kind, None if mode == "cut-longer" and not first else len(body), etag)
         if first or mode == "cut-each":
             part = part[: len(part) // 2]
+        elif mode == "cut-mended-twice" and nth == 2:
+            part = part[:-4096]
         writer.write(head + part)
         self.counts[f"sent {path}"] += len(part)
         await writer.drain()
+        if mode == "cut-longer" and not first:
+            await _either(self.release, self.closing)
 
     async def _drip(self, pace: float = 1.0) -> bool:
         """Wait for a trickle's next byte: the test's word, else `pace` seconds. False once

@@ -416,7 +416,7 @@ class Fetcher:
                     "continuing %s at %s after: %s",
                     fill.label, units.size(fill.written), broke.error,
                 )  # fmt: skip
-            response = await self._continue(fill, first)
+            response, first = await self._continue(fill, first)
         # a body cut short with no Content-Length nor a size in the index: by its hash
         assert fill.writer is not None
         try:
@@ -465,6 +465,11 @@ class Fetcher:
         assert fill.writer is not None
         try:
             async for chunk in response.content.iter_chunked(CHUNK):
+                if fill.length is not None and fill.written + len(chunk) > fill.length:
+                    # an answer with no length of its own (the file sent whole again, a
+                    # part) that runs past the one its clients were told: they would
+                    # hold that many of its bytes, a whole answer, before the hash check
+                    raise BadUpstreamData(f"upstream sent {fill.file} longer than it said")
                 # hashing and writing 256 KiB held the loop ~0.2 ms a chunk; a thread
                 # costs ~20% more CPU and holds it not at all (bench/mirror_io.py)
                 await _whole(asyncio.to_thread(fill.writer.write, chunk))
@@ -478,10 +483,15 @@ class Fetcher:
         except aiohttp.ClientError as exc:
             raise Broke(UpstreamError(faults.words(exc, fill.file))) from None
 
-    async def _continue(self, fill: Fill, first: continuation.First) -> aiohttp.ClientResponse:
+    async def _continue(
+        self, fill: Fill, first: continuation.First
+    ) -> tuple[aiohttp.ClientResponse, continuation.First]:
         """The upstream's answer to a request for the rest of a file that broke after
         `fill.written` bytes, taken: a 206 from there follows them, a 200 is written over
-        them from byte 0. Readers following the file go on either way (fill.follow)."""
+        them from byte 0. Readers following the file go on either way (fill.follow). With
+        it, what the next request for the rest names as the file asked for: after a 200,
+        that answer's validators, else If-Range would name a version the upstream no
+        longer sends, and every later break would start the file over again."""
         assert fill.writer is not None
         at = fill.written
         first = dataclasses.replace(first, length=fill.expected_size)  # a 206 may have told it
@@ -498,7 +508,7 @@ class Fetcher:
         if take is continuation.Take.REST:
             if fill.length is None:  # its total, now known, ends the file
                 fill.length = continuation.total_of(h.get("Content-Range"))
-            return response
+            return response, first
         log.info("upstream sent %s whole again: starting it over", fill.label)
         try:
             fill.writer.rewind()
@@ -507,7 +517,10 @@ class Fetcher:
             raise
         fill.written, fill.rewinds = 0, fill.rewinds + 1
         fill.notify()
-        return response
+        again = continuation.First(
+            first.length, h.get("ETag"), h.get("Last-Modified"), h.get("Date")
+        )
+        return response, again
 
     def _floor(self) -> faults.Floor:
         return faults.Floor(self.limits.min_rate, self.limits.rate_window, self.clock())
@@ -539,12 +552,11 @@ class Fetcher:
 
 def _ended(fill: Fill) -> None:
     """A body that ended: a `Broke` if it is shorter than its length, or its index's
-    size (with no Content-Length: a cut, which may mend, not bad bytes to remember)."""
+    size (with no Content-Length: a cut, which may mend, not bad bytes to remember).
+    One longer than its length never got this far (`_receive`)."""
     length = fill.length if fill.length is not None else fill.source.size
     if length is not None and fill.written < length:
         raise Broke(BadUpstreamData(f"upstream cut {fill.file} short"))
-    if fill.length is not None and fill.written > fill.length:  # a part that ran on
-        raise BadUpstreamData(f"upstream sent {fill.file} longer than it said")
 
 
 async def _whole(work: Awaitable[T]) -> T:

@@ -72,11 +72,11 @@ class Fill:
             return f"{file} from {name.split('/', 1)[0]}"
         return f"{file} as {name}"
 
-    @property
-    def rewritten_from(self) -> int | None:
-        """Where the bytes on disk stopped being those readers may have sent: a download
-        the upstream started over (a continuation answered whole) with other bytes."""
-        return self.writer.changed_at if self.writer is not None else None
+    def rewritten_since(self, writing: int) -> int | None:
+        """Where the bytes on disk stopped being those a reader of `writing` (`rewinds`
+        when it began) may have sent: a download the upstream started over (a
+        continuation answered whole) with other bytes, once or more."""
+        return self.writer.changed_since(writing) if self.writer is not None else None
 
     @property
     def expected_size(self) -> int | None:
@@ -136,8 +136,8 @@ async def follow(fill: Fill, store: Store) -> AsyncIterator[bytes]:
             limit = fill.written if state is FillState.DONE else fill.written - 1
             if offset == 0:  # nothing sent yet: whatever comes is the writing under way
                 since = fill.rewinds
-            changed = fill.rewritten_from
-            if (since < fill.rewinds and changed is not None and offset > changed) or (
+            changed = fill.rewritten_since(since)
+            if (changed is not None and offset > changed) or (
                 state is FillState.DONE and offset > limit
             ):  # it sent bytes of another file than the one now coming: never spliced
                 raise BadUpstreamData(f"upstream changed {fill.file} while sending it")

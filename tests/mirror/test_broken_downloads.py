@@ -4,6 +4,7 @@ upstream that answers ranges as a server would, or not (in process)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -136,6 +137,28 @@ async def test_a_file_changed_upstream_is_refused_by_its_hash_never_spliced(env:
     assert not list((store / "tmp").iterdir())
 
 
+@pytest.mark.parametrize("env", [QUICK], indirect=True)
+async def test_a_file_sent_again_longer_than_its_clients_were_told_is_refused(env: Env) -> None:
+    """The upstream ignores the range and sends another file, longer, with no length: a
+    client told the first length is cut before it holds that many bytes (a whole answer,
+    of neither file), and nothing is kept."""
+    filename, data, _ = env.wheels["big-pkg"]
+    store = env.mirror.settings.store
+    env.upstream.rules[f"/files/{filename}"] = "cut-longer"
+    url = await env.file_url("big-pkg")
+    before = blobs(store)
+    status, got = await follow_across(env, url, filename)  # the upstream has not closed
+    env.upstream.release.set()
+    assert status == -1 and len(got) < len(data)
+    recent = env.mirror.fetcher.fetches()["recent"][0]
+    assert (recent["ended"], recent["error"]) == (
+        "verify failed",
+        f"upstream sent {filename} longer than it said",
+    )
+    assert blobs(store) == before
+    assert not list((store / "tmp").iterdir())
+
+
 async def test_a_follower_of_another_version_is_cut_and_the_file_kept_whole(env: Env) -> None:
     """The first answer was another version (a stale CDN node), the continuation the file
     the index names, sent whole: a client that had the other version's bytes is cut, never
@@ -158,6 +181,27 @@ async def test_a_follower_of_another_version_is_cut_and_the_file_kept_whole(env:
     assert (r.status, await r.read()) == (200, data)
     assert env.fetched(filename) == 2
     assert hashlib.sha256(data).hexdigest() in blobs(env.mirror.settings.store)
+
+
+async def test_a_file_that_came_whole_again_is_continued_as_that_version(env: Env) -> None:
+    """The first answer was another version, the continuation the file the index names,
+    whole, and that one broke too, further on: its rest is asked for with the ETag of the
+    answer it continues, so it comes as a part, not as the whole file a third time."""
+    filename, data, _ = env.wheels["big-pkg"]
+    path = f"/files/{filename}"
+    env.upstream.rules[path] = "cut-mended-twice"
+    url = await env.file_url("big-pkg")
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        r = await env.client.get(url)
+        with contextlib.suppress(aiohttp.ClientPayloadError):  # it had the other's bytes
+            await r.read()
+        for fill in list(env.mirror.fetcher.inflight.values()):
+            await fill.ended()
+    assert env.fetched(filename) == 3 and len(ranges(env, path)) == 2
+    assert env.upstream.counts[f'if-range {path} "{zlib.crc32(data):08x}"'] == 1
+    assert env.upstream.counts[f"sent {path}"] < 2 * len(data)  # not 2.5 times
+    r = await env.client.get(url)
+    assert (r.status, r.headers["X-Cache"], await r.read()) == (200, "HIT", data)
 
 
 @pytest.mark.parametrize("env", [QUICK], indirect=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -19,6 +20,9 @@ from retreatkit.mirror.continuation import (
     total_of,
 )
 from retreatkit.mirror.errors import BadUpstreamData, UpstreamError
+from retreatkit.mirror.fill import Fill, FillState, follow
+from retreatkit.mirror.records import Source
+from retreatkit.mirror.store import Store
 
 F = "torch-2.5.0-cp312-cp312-manylinux1_x86_64.whl"
 MODIFIED = "Tue, 01 Oct 2024 10:00:00 GMT"
@@ -114,9 +118,10 @@ def test_a_rewound_writer_says_where_its_bytes_changed_and_keeps_only_the_new(
     writer.write(data[4096:6000])
     writer.rewind()
     writer.write(data[:4096])  # the same bytes again: readers that sent them hold the file
-    assert writer.changed_at is None
+    assert writer.changed_since(0) is None
     writer.write(bytes(other[4096:]))
-    assert writer.changed_at == 4096  # the chunk that differs
+    assert writer.changed_since(0) == 4096  # the chunk that differs
+    assert writer.changed_since(1) is None
     assert writer.check({"sha256": hashlib.sha256(other).hexdigest()})
     assert writer.publish(hashlib.sha256(other).hexdigest()).read_bytes() == other
 
@@ -127,3 +132,35 @@ def test_a_rewound_writer_says_where_its_bytes_changed_and_keeps_only_the_new(
     digest = hashlib.sha256(data[:100]).hexdigest()
     assert shorter.check({"sha256": digest}) == digest
     assert shorter.publish(digest).read_bytes() == data[:100]
+
+
+async def test_a_reader_is_cut_where_any_writing_after_its_own_differs(tmp_path: Path) -> None:
+    """Started over twice, the file came in three versions: a reader that had the second's
+    bytes is cut where the third differs from them, wherever the second differed from the
+    first, never handed the two spliced."""
+    (tmp_path / "tmp").mkdir()
+    first = bytes(range(256)) * 40
+    second = bytearray(first)
+    second[9000] ^= 0xFF  # late
+    third = bytearray(second)
+    third[100] ^= 0xFF  # early
+    fill = Fill(Source("pypi/f.whl", "http://up/f.whl", {}, "pypi", "f"), 0.0)
+    writer = fill.writer = BlobWriter(tmp_path / "blobs", tmp_path / "tmp")
+    fill.headers.set()
+    writer.write(first)
+    writer.rewind()
+    fill.rewinds = 1
+    writer.write(bytes(second[:5000]))
+    fill.written = 5000
+    reader = follow(fill, cast(Store, None))  # the file is not published: no store asked
+    try:
+        assert await anext(reader) == second[:4999]
+        writer.write(bytes(second[5000:]))  # differs from the first past the reader
+        writer.rewind()
+        writer.write(bytes(third))  # differs from the second before it
+        fill.written, fill.rewinds, fill.state = len(third), 2, FillState.DONE
+        with pytest.raises(BadUpstreamData, match=r"^upstream changed f\.whl while sending it$"):
+            await anext(reader)
+    finally:
+        await reader.aclose()
+        writer.discard()
