@@ -465,11 +465,15 @@ class Fetcher:
         assert fill.writer is not None
         try:
             async for chunk in response.content.iter_chunked(CHUNK):
-                if fill.length is not None and fill.written + len(chunk) > fill.length:
+                size = fill.expected_size
+                if size is not None and fill.written + len(chunk) > size:
                     # an answer with no length of its own (the file sent whole again, a
                     # part) that runs past the one its clients were told: they would
-                    # hold that many of its bytes, a whole answer, before the hash check
-                    raise BadUpstreamData(f"upstream sent {fill.file} longer than it said")
+                    # hold that many of its bytes, a whole answer, before the hash check;
+                    # with no length at all, past its index's size: nothing else stops
+                    # it short of max_size, on a reservation of that size
+                    said = "it said" if fill.length is not None else "its index says"
+                    raise BadUpstreamData(f"upstream sent {fill.file} longer than {said}")
                 # hashing and writing 256 KiB held the loop ~0.2 ms a chunk; a thread
                 # costs ~20% more CPU and holds it not at all (bench/mirror_io.py)
                 await _whole(asyncio.to_thread(fill.writer.write, chunk))

@@ -228,3 +228,24 @@ async def test_an_upstream_that_cuts_every_answer_is_given_up_on(env: Env) -> No
     )
     assert blobs(store) == before
     assert not list((store / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("env", [{"as_json": True}], indirect=True)
+async def test_a_body_with_no_length_stops_at_its_index_size(env: Env) -> None:
+    """No Content-Length, and more bytes than the index's size (PEP 700): refused at the
+    first byte past it, not downloaded on to max_size or a full disk and then refused by
+    its hash; nothing is kept."""
+    filename, data, _ = env.wheels["big-pkg"]
+    (env.root / "files" / filename).write_bytes(data + bytes(4 * len(data)))
+    env.upstream.rules[f"/files/{filename}"] = "nolength"
+    store = env.mirror.settings.store
+    url = await env.file_url("big-pkg")
+    before = blobs(store)
+    r = await env.client.get(url)
+    with contextlib.suppress(aiohttp.ClientPayloadError):  # cut: never a whole answer
+        assert len(await r.read()) < len(data)
+    recent = env.mirror.fetcher.fetches()["recent"][0]
+    assert recent["error"] == f"upstream sent {filename} longer than its index says"
+    assert env.mirror.stats.upstream_bytes <= len(data)
+    assert blobs(store) == before
+    assert not list((store / "tmp").iterdir())
