@@ -160,7 +160,9 @@ def say_address(chosen: lan.LanAddress) -> None:
         _say(
             f"WARNING: {chosen.address} is a loopback address: every attendee asking for"
             " relay.retreat.lan or mirror.retreat.lan would reach their own computer."
-            " Pass --address ADDRESS or set address in [nameserver] of retreat.toml."
+            " Start it again once this computer is on the LAN (its services are announced"
+            " there as it joins, but these names are set now), or pass --address ADDRESS"
+            " or set address in [nameserver] of retreat.toml."
         )
 
 

@@ -97,8 +97,10 @@ def test_only_loopback_is_said_loudly(netns: str) -> None:
     assert said_at_start(netns) == [
         "relay.retreat.lan and mirror.retreat.lan answer 127.0.0.1 (no LAN interface found)",
         "WARNING: 127.0.0.1 is a loopback address: every attendee asking for relay.retreat.lan"
-        " or mirror.retreat.lan would reach their own computer. Pass --address ADDRESS or set"
-        " address in [nameserver] of retreat.toml.",
+        " or mirror.retreat.lan would reach their own computer. Start it again once this"
+        " computer is on the LAN (its services are announced there as it joins, but these"
+        " names are set now), or pass --address ADDRESS or set address in [nameserver] of"
+        " retreat.toml.",
     ]
 
 
