@@ -42,8 +42,12 @@ def load_or_create(path: Path | None = None) -> str:
         return read(path)
     except OSError as exc:
         raise TokenError(f"cannot write the admin token {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+    except OSError as exc:  # a full disk: an empty token left would stop every later start
+        path.unlink(missing_ok=True)
+        raise TokenError(f"cannot write the admin token {path}: {exc.strerror}") from None
     return token
 
 

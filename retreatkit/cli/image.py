@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retreatkit.admin.token import load_or_create
+from retreatkit.admin.token import TokenError, load_or_create
 from retreatkit.image import spec
 
 if TYPE_CHECKING:
@@ -132,6 +132,7 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         qemu.QemuError,
         run.RunError,
         guestconfig.GuestConfigError,
+        TokenError,
         ValueError,
         OSError,
     )
@@ -255,6 +256,8 @@ async def _boot(launch: run.Launch, log: run.ConsoleLog) -> int:
             guest.kill()
             if guest.process is not None:
                 await guest.wait()
+    if log.lost:  # the guest ran on, its lines shown here and not kept
+        _say(f"Its console log {console} lost {log.lost} bytes of its lines ({log.why})")
     if guest.stopping:
         _say("Guest stopped")
         return 0

@@ -147,7 +147,8 @@ class Passt:
             raise NetworkError(f"passt made no socket in {START_SECONDS:g} s") from None
         except OSError as exc:  # its mark: a full or unwritable state folder
             await self.close()
-            raise NetworkError(f"cannot note passt in {strays.marks_dir()}: {exc}") from None
+            why = exc.strerror or exc
+            raise NetworkError(f"cannot note passt in {strays.marks_dir()}: {why}") from None
         except BaseException:
             await self.close()
             raise

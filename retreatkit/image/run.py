@@ -250,6 +250,9 @@ class ConsoleLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._held = -1
+        self.lost = 0  # bytes of the console the log could not take (its disk full)
+        self.why = ""  # the system's word for the last of those
+        self._unsaid = 0  # of those, lost since the log last said so
 
     def hold(self) -> bool:
         """Take the log for this guest alone (a lock beside it, released when the process
@@ -284,6 +287,21 @@ class ConsoleLog:
                 return log.read(1) == b"\n"
         except FileNotFoundError:
             return True
+
+    def keep(self, data: bytes) -> None:
+        """The guest's console as it comes. A log that cannot take it (a full disk) loses
+        it, counted, rather than stop the reading: a console nobody reads stalls qemu's
+        serial port, and with it the guest at its next line. The log says what it lost
+        once it takes lines again."""
+        try:
+            if self._unsaid:
+                self.write(f"\n--- {self._unsaid} bytes of console lost: {self.why} ---\n".encode())
+                self._unsaid = 0
+            self.write(data)
+        except OSError as exc:
+            self.lost += len(data)
+            self._unsaid += len(data)
+            self.why = exc.strerror or str(exc)
 
     def write(self, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -397,9 +415,9 @@ class Guest:
             passt=sock,
         )
         self.started = time.monotonic()
-        self.console.mark(boot_line(datetime.datetime.now().astimezone()))
-        # its own session: a Ctrl-C at the terminal reaches us, and we stop it cleanly
         try:
+            self._mark_boot()
+            # its own session: a Ctrl-C at the terminal reaches us, and we stop it cleanly
             self.process = await asyncio.create_subprocess_exec(
                 *args,
                 stdin=subprocess.PIPE,
@@ -415,6 +433,15 @@ class Guest:
             raise
         self._pump = asyncio.ensure_future(self._read_console())
 
+    def _mark_boot(self) -> None:
+        """The boot's first line in the console log: a log that cannot take it (its disk
+        full) is said before qemu starts, not as a guest without a log."""
+        try:
+            self.console.mark(boot_line(datetime.datetime.now().astimezone()))
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise RunError(f"cannot write the console log {self.console.path}: {why}") from None
+
     def _remove_unpacked(self) -> None:
         """The kernel and initramfs unpacked for this boot: qemu read them as it started."""
         for path in self._unpacked:
@@ -428,7 +455,7 @@ class Guest:
         tail = b"\n"
         while data := await self.process.stdout.read(CHUNK):
             chunk = printable(data)
-            self.console.write(chunk)
+            self.console.keep(chunk)
             self.last_line.feed(chunk)
             if self.echo is not None:
                 self.echo(chunk)

@@ -52,7 +52,11 @@ def mark(socket: Path, passt_pid: int, marks: Path | None = None) -> Path:
         "socket": str(socket),
     }
     path = private_dir(marks or marks_dir()) / f"{passt_pid}.json"
-    path.write_text(json.dumps(doc))
+    try:
+        path.write_text(json.dumps(doc))
+    except OSError:  # a full disk: no empty mark left that no sweep would ever take away
+        path.unlink(missing_ok=True)
+        raise
     return path
 
 

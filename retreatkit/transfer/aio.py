@@ -33,7 +33,7 @@ from retreatkit.transfer.machine import Session
 from retreatkit.transfer.meet import Connector, Place, meet
 from retreatkit.transfer.offer import Offer, show_name
 from retreatkit.transfer.pake import Side
-from retreatkit.transfer.receive import Writer
+from retreatkit.transfer.receive import WriteError, Writer
 from retreatkit.transfer.receiving import Sink, accepted, offered, receive_data
 from retreatkit.transfer.rendezvous import Closed, Rendezvous
 from retreatkit.transfer.sending import Options, handshake, send_session
@@ -45,6 +45,10 @@ PEER_TIMEOUT = 120.0  # longest silence from a paired peer outside of a prompt (
 KEPT = (
     "The partial files are kept: to resume, ask the sender to run the same bob send again,"
     " and receive it into the same folder."
+)
+KEPT_FULL = (
+    "What arrived is kept: free space on that disk, then ask the sender to run the same"
+    " bob send again, and receive it into the same folder to resume."
 )
 # Every FILE_END came, so each file is what the key's holder sent (PROTOCOL.md 5); only
 # END did not, so no DONE went back and the sender counts the transfer as failed. The
@@ -286,12 +290,16 @@ async def receive(
         # a resume (a 4 GB file at 90% must not start over); the sender's stop (an
         # ABORT), a tampered record or a refusal leave nothing
         stopped_here = isinstance(exc, asyncio.CancelledError)
-        keep = (type(exc) is PeerGone or stopped_here) and writer is not None
+        # a full disk, too: what arrived is as good as before, and the rest needs room
+        # (unless not even the record of where it went could be written)
+        full = isinstance(exc, WriteError) and exc.full
+        full = full and writer is not None and writer.record.fd is not None
+        keep = (type(exc) is PeerGone or stopped_here or full) and writer is not None
         if writer is not None:
             writer.abort(keep=keep)
             if keep and writer.record.fd is not None:
                 if not writer.all_named:
-                    reporter.say(KEPT)
+                    reporter.say(KEPT_FULL if full else KEPT)
                 elif writer.offer.total_size is None:
                     reporter.say(ALL_NAMED + ".")
                 else:

@@ -18,6 +18,8 @@ from retreatkit.transfer.machine import Session
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.receive import WriteError
 
+LINGER = 2.0  # seconds for the peer to read our ABORT and close (it does so at once)
+
 
 def tell_peer(exc: BaseException, side: Side) -> str:
     """Why we give up, as the peer may hear it: what failed, never where on our disk."""
@@ -48,4 +50,8 @@ async def give_up(link: Link, session: Session, exc: BaseException) -> None:
         return
     with contextlib.suppress(TransferError, TimeoutError):
         async with asyncio.timeout(min(link.timeout, 5.0)):
-            await link.flush(session.abort(tell_peer(exc, session.side)))
+            aborted = session.abort(tell_peer(exc, session.side))
+            await link.flush(aborted)
+        if aborted:
+            async with asyncio.timeout(min(link.timeout, LINGER)):
+                await link.linger()

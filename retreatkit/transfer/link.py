@@ -295,6 +295,23 @@ class Link:
         finally:
             waiting.cancel()
 
+    async def linger(self) -> None:
+        """After our last record (an ABORT): nothing more from us, and what the peer still
+        sends is read and dropped until it closes. A close with its bytes unread resets
+        the connection (RFC 2525 2.17), and a relay ends both directions of the pair at
+        the first reset (relay/splice.py), sometimes before that record crossed it: the
+        peer would hear only "closed" where we told it why. The caller bounds the wait."""
+        if not isinstance(self.reader, Channel) or self.reader.transport is None:
+            return
+        with contextlib.suppress(OSError, RuntimeError):
+            self.reader.transport.write_eof()
+        while True:
+            try:
+                got = await self.frames(None)
+            except PeerGone:
+                return
+            self.channel.release(got)
+
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(OSError, RuntimeError, TimeoutError):

@@ -118,10 +118,14 @@ class Record:
             with contextlib.suppress(OSError):
                 st = os.lstat(name, dir_fd=self.root)
                 identity[name] = [st.st_dev, st.st_ino]
-        self.tops = dict(tops)
         doc = {"v": 1, "tops": list(tops.items()), "folders": list(identity.items())}
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, json.dumps(doc).encode(), 0)
+        data = json.dumps(doc).encode()
+        # over the old record, then cut to length: a full disk leaves the old one whole
+        # rather than empty (OSError, which the caller says)
+        if os.pwrite(self.fd, data, 0) != len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.ftruncate(self.fd, len(data))
+        self.tops = dict(tops)
 
     def remove(self) -> None:
         if self.fd is not None:

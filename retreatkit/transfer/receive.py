@@ -20,6 +20,7 @@ import stat
 from collections.abc import Container, Iterator
 from pathlib import Path
 
+from retreatkit import units
 from retreatkit.transfer import made, partial, resume
 from retreatkit.transfer.errors import TransferError
 from retreatkit.transfer.offer import Entry, Offer, display_path, escape
@@ -29,18 +30,27 @@ _MAX_RENAMES = 1000
 # An offer may not take the last of the disk: 5% of it stays free, at most this much.
 RESERVE = 64 * 1024 * 1024
 RESERVE_SHARE = 0.05
+FULL = (errno.ENOSPC, errno.EDQUOT)
+FULL_PUBLIC = "the receiver's disk is full"
 
 
 class WriteError(TransferError):
     """We could not write what was offered (disk full, name taken, no permission).
 
     The message names paths and sizes for our user; `public` is what the sender may be
-    told: what failed, never where, nor how much room is left.
+    told: what failed, never where, nor how much room is left. `full`: the disk filled
+    up, which says nothing against what arrived (it stays, to resume once there is room).
     """
 
-    def __init__(self, message: str, public: str = "the receiver could not save the files"):
+    def __init__(
+        self,
+        message: str,
+        public: str = "the receiver could not save the files",
+        full: bool = False,
+    ):
         super().__init__(message)
         self.public = public
+        self.full = full
 
 
 def current_umask() -> int:
@@ -91,6 +101,7 @@ class Writer:
     ) -> None:
         self.offer = offer
         self._umask = current_umask() if umask is None else umask
+        self._output = escape(str(output.absolute()))
         try:
             self._root = os.open(output, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
@@ -215,14 +226,30 @@ class Writer:
         reserve = min(RESERVE, int(st.f_blocks * st.f_frsize * RESERVE_SHARE))
         return max(0, st.f_bavail * st.f_frsize - reserve)
 
+    def needed(self) -> int:
+        """What the files still to come take on this disk: each in whole blocks, so that
+        thousands of small files cannot fill it halfway through a folder (a file of 100
+        bytes takes 4 KiB of ext4 or tmpfs)."""
+        block = os.statvfs(self._root).f_frsize or 1
+        claim = self.claim
+        need = 0
+        for index, entry in enumerate(self._files[claim.index :], claim.index):
+            if entry.size is not None:
+                held = claim.length if index == claim.index else 0
+                need += -(-entry.size // block) * block - held // block * block
+        return need
+
     def check_space(self) -> int | None:
         """Refuse an offer whose sizes do not fit; returns the most a stream of unknown
         length may bring (None if there is no such stream)."""
         room = self.room()
-        known = sum(e.size for e in self._files if e.size is not None) - self.held_bytes()
+        known = self.needed()
         if known > room:
+            offered = sum(e.size for e in self._files if e.size is not None) - self.held_bytes()
+            blocks = f" ({units.size(known)} on that disk)" if known > offered * 1.01 else ""
             raise WriteError(
-                f"not enough space: {known} bytes offered, {room} free in the output folder",
+                f"not enough space in {self._output}: {units.size(offered)} offered{blocks},"
+                f" {units.size(room)} free",
                 "the receiver has not enough free space",
             )
         if self.offer.total_size is None:
@@ -263,7 +290,12 @@ class Writer:
         """Where the top-level names went, and which of them are folders."""
         entries = self.offer.entries
         folders = [self.top_names[e.path[0]] for e in entries if e.is_dir and len(e.path) == 1]
-        self.record.save(self.top_names, folders)
+        try:
+            self.record.save(self.top_names, folders)
+        except OSError as exc:
+            if not self.resuming:  # a record it could not write would lead a resume nowhere
+                self.record.remove()
+            raise self._error("cannot write", (self.record.name,), exc) from None
 
     def _rename_top(self, top: str) -> None:
         """A top-level name free at the question was taken since (another receive into
@@ -300,7 +332,8 @@ class Writer:
             self._fd = None
             path = self._link(entry)
         except OSError as exc:
-            self.abort()
+            if exc.errno not in FULL:  # a full disk: the caller keeps what arrived
+                self.abort()
             raise self._error("cannot save", path, exc) from None
         os.unlink(self._part, dir_fd=self._parent)
         self._made.add(path, os.lstat(path[-1], dir_fd=self._parent))
@@ -386,7 +419,8 @@ class Writer:
         except OSError as exc:
             if offset is None:
                 self._part = None  # not ours to remove
-            self.abort()
+            if exc.errno not in FULL:  # a full disk: the caller keeps what arrived
+                self.abort()
             raise self._error("cannot create", path, exc) from None
 
     def _open_parent(self, path: tuple[str, ...]) -> int:
@@ -407,9 +441,10 @@ class Writer:
             reason = "a symlink or file stands in the way"
         if exc.errno == errno.EEXIST:
             reason = "it already exists"
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            public = "the receiver's disk is full"
-        else:
-            thing = "a folder" if "folder" in what else "a file"
-            public = f"the receiver could not save {thing}: {reason}"
-        return WriteError(f"{what} {display_path(path)}: {reason}", public)
+        shown = f"{what} {display_path(path)}"
+        if exc.errno in FULL:
+            return WriteError(
+                f"{shown}: the disk of {self._output} is full ({reason})", FULL_PUBLIC, full=True
+            )
+        thing = "a folder" if "folder" in what else "a file"
+        return WriteError(f"{shown}: {reason}", f"the receiver could not save {thing}: {reason}")

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from retreatkit.admin import token as admin_token
 from retreatkit.admin.app import make_app
 from retreatkit.admin.logs import LogRing
+from retreatkit.testing import fill, scratch_disk
 from retreatkit.tui.web import COOKIE
 from retreatkit.tui.web import access as web_access
 
@@ -129,6 +130,21 @@ def test_token_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     os.chmod(path, 0o644)
     with pytest.raises(admin_token.TokenError, match=f"open to others: chmod 600 {path}"):
         admin_token.read()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a tmpfs mount (root)")
+def test_a_token_a_full_disk_cannot_take_is_one_error_and_no_empty_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An empty token left behind stopped every later start ("is empty: delete it")."""
+    with scratch_disk("1m") as disk:
+        fill(disk)
+        monkeypatch.setenv("XDG_STATE_HOME", str(disk))
+        path = admin_token.token_path()
+        with pytest.raises(admin_token.TokenError) as failed:
+            admin_token.load_or_create()
+        assert str(failed.value) == f"cannot write the admin token {path}: No space left on device"
+        assert not path.exists()
 
 
 async def raw_get(port: int, header: bytes) -> bytes:

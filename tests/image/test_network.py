@@ -17,7 +17,7 @@ import pytest
 
 from retreatkit.image import network, strays
 from retreatkit.image.qemu import Forward
-from retreatkit.testing import Process
+from retreatkit.testing import Process, fill, scratch_disk
 
 
 def test_auto_takes_passt_where_it_is_installed_and_user_otherwise() -> None:
@@ -133,6 +133,26 @@ async def test_a_passt_left_by_a_killed_supervisor_gives_its_ports_to_the_next_s
         again.kill()
         await again.close()
     assert list(strays.marks_dir().iterdir()) == []  # ended as it should: its mark goes
+
+
+@pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")
+@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a tmpfs mount (root)")
+async def test_a_passt_a_full_disk_cannot_note_is_one_line_and_leaves_no_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty mark no sweep could read stayed for ever, and the line said '[Errno 28]'."""
+    with scratch_disk("1m") as disk:
+        monkeypatch.setenv("XDG_STATE_HOME", str(disk))
+        strays.marks_dir().mkdir(parents=True)
+        fill(disk)
+        passt = network.Passt(tmp_path, [])
+        with pytest.raises(network.NetworkError) as failed:
+            await passt.start()
+        assert str(failed.value) == (
+            f"cannot note passt in {strays.marks_dir()}: No space left on device"
+        )
+        assert list(strays.marks_dir().iterdir()) == []
+        assert passt.process is not None and passt.process.returncode is not None  # ended
 
 
 def test_a_sweep_ends_only_a_passt_whose_owner_is_gone(tmp_path: Path) -> None:

@@ -177,6 +177,19 @@ def test_errors_are_one_line(
     assert capsys.readouterr().err == message
 
 
+def test_an_admin_token_open_to_others_is_one_line(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = home / "state" / "retreatkit" / "admin-token"
+    token.parent.mkdir(parents=True)
+    token.write_text("s3cret\n")
+    token.chmod(0o644)
+    assert cli.main(["image", "run", "/nonexistent"]) == 1
+    assert capsys.readouterr().err == (
+        f"retreatkit: the admin token {token} is open to others: chmod 600 {token}\n"
+    )
+
+
 def test_up_names_only_services_with_images(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = home / "retreat.toml"
     config.write_text('[images]\nrun = ["dashboard"]\n')

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from retreatkit.image import cpio
+from retreatkit.image import cpio, run
 from retreatkit.image.testing import retreatkit_argv
-from retreatkit.testing import Process
+from retreatkit.testing import Process, scratch_disk
 
 INITRAMFS = cpio.initramfs({})  # the least initramfs that unpacks (image run unpacks it)
 
@@ -132,3 +133,89 @@ def test_qemu_is_handed_the_archive_unpacked_and_a_damaged_one_is_one_line(
     )
     assert damaged.stderr.endswith("); build it again (retreatkit image build relay)\n")
     assert damaged.stderr.count("\n") == 1
+
+
+# qemu whose guest says more as it stops than a page of the log's disk takes
+LAST_WORDS_QEMU = """#!/bin/sh
+printf 'guest pid %s says hello\\n' "$$"
+read line
+i=0
+while [ "$i" -lt 200 ]; do echo "the guest stopping, line $i of its last words"; i=$((i+1)); done
+"""
+ROOT = os.geteuid() == 0
+
+
+def full_but_for(log: Path) -> None:
+    """`log` ends a page of its disk exactly, and someone else's file takes the rest."""
+    with log.open("ab") as out:
+        out.write(b"#" * (-log.stat().st_size % os.statvfs(log.parent).f_frsize))
+    st = os.statvfs(log.parent)
+    (log.parent / "filler").write_bytes(bytes(st.f_bavail * st.f_frsize))
+
+
+@pytest.mark.skipif(not ROOT, reason="a full disk needs a tmpfs mount (root)")
+def test_a_console_log_whose_disk_fills_loses_lines_not_the_guest(
+    tmp_path: Path, image: Path, env: dict[str, str]
+) -> None:
+    """A console that nobody reads stalls the guest at its next line; the log's full disk
+    ended the reading, and the run ended in a traceback."""
+    (tmp_path / "bin" / "qemu-system-x86_64").write_text(LAST_WORDS_QEMU)
+    with scratch_disk("1m") as disk:
+        log = disk / "relay.log"
+        booted = Process.start(image_run(tmp_path, image, "--console", str(log)), env=env)
+        try:
+            booted.wait_for(r"says hello")
+            full_but_for(log)
+            booted.popen.send_signal(signal.SIGINT)
+            code, lines = booted.finish(60)
+        finally:
+            booted.stop()
+    assert not any("Traceback" in line for line in lines), lines
+    assert "the guest stopping, line 199 of its last words" in lines  # all of it read
+    lost = sum(len(f"the guest stopping, line {i} of its last words\n") for i in range(200))
+    assert (code, lines[-2:]) == (
+        0,
+        [
+            f"Its console log {log} lost {lost} bytes of its lines (No space left on device)",
+            "Guest stopped",
+        ],
+    )
+
+
+@pytest.mark.skipif(not ROOT, reason="a full disk needs a tmpfs mount (root)")
+def test_a_console_log_with_no_room_is_one_line_before_qemu_starts(
+    tmp_path: Path, image: Path, env: dict[str, str]
+) -> None:
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    with scratch_disk("1m") as disk:
+        log = disk / "relay.log"
+        log.write_bytes(b"an earlier boot\n")
+        full_but_for(log)
+        done = subprocess.run(
+            image_run(tmp_path, image, "--console", str(log)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env, "TMPDIR": str(temporary)},
+        )
+    assert (done.returncode, done.stderr) == (
+        1,
+        f"retreatkit: cannot write the console log {log}: No space left on device\n",
+    )
+    assert list(temporary.iterdir()) == []  # nothing unpacked left behind
+
+
+@pytest.mark.skipif(not ROOT, reason="a full disk needs a tmpfs mount (root)")
+def test_a_console_log_says_what_it_lost_once_it_has_room_again() -> None:
+    with scratch_disk("1m") as disk:
+        log = run.ConsoleLog(disk / "relay.log")
+        log.keep(b"booted\n")
+        full_but_for(log.path)
+        log.keep(b"x" * 5000)
+        (disk / "filler").unlink()
+        log.keep(b"later\n")
+        kept = log.path.read_bytes()
+    assert kept.endswith(b"\n--- 5000 bytes of console lost: No space left on device ---\nlater\n")
+    assert kept.startswith(b"booted\n#") and b"x" not in kept
+    assert (log.lost, log.why) == (5000, "No space left on device")
