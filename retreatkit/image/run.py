@@ -292,23 +292,39 @@ class ConsoleLog:
         """The guest's console as it comes. A log that cannot take it (a full disk) loses
         it, counted, rather than stop the reading: a console nobody reads stalls qemu's
         serial port, and with it the guest at its next line. The log says what it lost
-        once it takes lines again."""
+        once it takes lines again, in one write with them."""
+        said = b""
+        if self._unsaid:
+            said = f"\n--- {self._unsaid} bytes of console lost: {self.why} ---\n".encode()
         try:
-            if self._unsaid:
-                self.write(f"\n--- {self._unsaid} bytes of console lost: {self.why} ---\n".encode())
-                self._unsaid = 0
-            self.write(data)
+            self.write(said + data)
         except OSError as exc:
             self.lost += len(data)
             self._unsaid += len(data)
             self.why = exc.strerror or str(exc)
+        else:
+            self._unsaid = 0
 
     def write(self, data: bytes) -> None:
+        """`data` appended whole, or not at all (OSError): a full disk takes the bytes up to
+        the end of its last page and refuses the rest, which kept a piece of a line that
+        the count of lost bytes took for lost, and a piece of the note that says so."""
         with contextlib.suppress(FileNotFoundError):
             if self.path.stat().st_size + len(data) > CONSOLE_MAX:
                 self.path.replace(self.path.with_name(self.path.name + ".1"))
-        with self.path.open("ab") as out:
-            out.write(data)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            end = os.fstat(fd).st_size  # one writer: the log is held (hold)
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
 
 
 def own_console(given: Path | None, folder: Path, service: str) -> ConsoleLog:

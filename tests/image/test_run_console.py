@@ -219,3 +219,24 @@ def test_a_console_log_says_what_it_lost_once_it_has_room_again() -> None:
     assert kept.endswith(b"\n--- 5000 bytes of console lost: No space left on device ---\nlater\n")
     assert kept.startswith(b"booted\n#") and b"x" not in kept
     assert (log.lost, log.why) == (5000, "No space left on device")
+
+
+@pytest.mark.skipif(not ROOT, reason="a full disk needs a tmpfs mount (root)")
+def test_a_console_log_loses_whole_chunks_and_counts_exactly_what_it_lacks() -> None:
+    """A log that does not end a page of its disk: the disk took the chunk up to the end
+    of that page and refused the rest, so the log kept a piece of the chunk while its count
+    said all of it was lost (and a piece of the note, when the note was what did not fit)."""
+    with scratch_disk("1m") as disk:
+        log = run.ConsoleLog(disk / "relay.log")
+        log.keep(b"booted\n")
+        st = os.statvfs(disk)
+        (disk / "filler").write_bytes(bytes(st.f_bavail * st.f_frsize))
+        log.keep(b"x" * 5000)
+        log.keep(b"y" * 5000)
+        assert log.path.read_bytes() == b"booted\n"
+        (disk / "filler").unlink()
+        log.keep(b"later\n")
+        kept = log.path.read_bytes()
+    note = b"\n--- 10000 bytes of console lost: No space left on device ---\n"
+    assert kept == b"booted\n" + note + b"later\n"
+    assert (log.lost, log.why) == (10000, "No space left on device")
