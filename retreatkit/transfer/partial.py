@@ -119,12 +119,7 @@ class Record:
                 st = os.lstat(name, dir_fd=self.root)
                 identity[name] = [st.st_dev, st.st_ino]
         doc = {"v": 1, "tops": list(tops.items()), "folders": list(identity.items())}
-        data = json.dumps(doc).encode()
-        # over the old record, then cut to length: a full disk leaves the old one whole
-        # rather than empty (OSError, which the caller says)
-        if os.pwrite(self.fd, data, 0) != len(data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        os.ftruncate(self.fd, len(data))
+        _overwrite(self.fd, json.dumps(doc).encode())
         self.tops = dict(tops)
 
     def remove(self) -> None:
@@ -137,6 +132,30 @@ class Record:
         if self.fd is not None:
             os.close(self.fd)  # the lock goes with it
             self.fd = None
+
+
+def _overwrite(fd: int, data: bytes) -> None:
+    """`data` as the whole file, which is one JSON document at every step: it grows first,
+    by spaces after the old record (JSON allows them), so a full disk (OSError, which the
+    caller says) leaves the old one whole; then the new one goes over it, padded with
+    spaces, and the spaces are cut off (a process killed first leaves them, harmless).
+    Written straight over, a longer record the disk took up to the end of a page was a
+    piece of JSON, and a shorter one killed before the cut ran on into the old one's end:
+    no resume could read either."""
+    old = os.fstat(fd).st_size
+    if len(data) > old:
+        _pwrite(fd, b" " * (len(data) - old), old)
+    _pwrite(fd, data.ljust(old), 0)
+    os.ftruncate(fd, len(data))
+
+
+def _pwrite(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if not written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view, offset = view[written:], offset + written
 
 
 def part_name(tag: str, index: int) -> str:

@@ -5,11 +5,13 @@ sender, a hostile receiver and a neighbour who plants files cannot turn it again
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from retreatkit.transfer import resume, source
+from retreatkit.testing import scratch_disk
+from retreatkit.transfer import partial, resume, source
 from retreatkit.transfer.errors import LocalProtocolError, RemoteProtocolError
 from retreatkit.transfer.machine import (
     Answered,
@@ -283,3 +285,66 @@ def test_a_hostile_relay_cannot_replay_another_session_s_hashes() -> None:
     receiver.receive_data(recorded)
     with pytest.raises(RemoteProtocolError, match="failed authentication"):
         receiver.next_event()
+
+
+# -- the record, written over -------------------------------------------------------------
+
+TOPS = Offer(entries=tuple(Entry((f"{i:02}.bin",), size=1) for i in range(40)))
+
+
+def tops(moved: str = "") -> dict[str, str]:
+    """Where TOPS' names went: as offered, or each moved to a longer name."""
+    return {name: f"{name[:2]}{moved}.bin" for name in TOPS.top_level}
+
+
+@pytest.fixture
+def root(output: Path) -> Iterator[int]:
+    fd = os.open(output, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+def read_back(root: int) -> dict[str, str]:
+    record = partial.Record.open(root, TOPS)
+    record.close()
+    return record.tops
+
+
+def test_a_shorter_record_cut_short_of_its_cut_is_still_read(
+    root: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between writing a shorter record over the old one and cutting the file to
+    it: the old one's end followed the new one, and no resume could read either."""
+    record = partial.Record(root, partial.offer_key(TOPS))
+    record.save(tops(" moved far away from here"), [])
+
+    def killed(fd: int, length: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "ftruncate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        record.save(tops(), [])
+    monkeypatch.undo()
+    record.close()
+    assert read_back(root) == tops()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a tmpfs mount (root)")
+def test_a_longer_record_a_full_disk_cannot_take_leaves_the_old_one_whole() -> None:
+    """The disk took the new record up to the end of its page: a piece of JSON, which the
+    next receive ignored, starting over under fresh names beside what it was told is kept
+    to resume from."""
+    with scratch_disk("1m") as disk:
+        fd = os.open(disk, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            record = partial.Record(fd, partial.offer_key(TOPS))
+            record.save(tops(), [])
+            st = os.statvfs(disk)
+            (disk / "filler").write_bytes(bytes(st.f_bavail * st.f_frsize))
+            with pytest.raises(OSError, match="No space left on device"):
+                record.save(tops(" moved" * 20), [])  # 5 kB: past its page
+            assert record.tops == tops()
+            record.close()
+            assert read_back(fd) == tops()
+        finally:
+            os.close(fd)
