@@ -328,8 +328,8 @@ class Writer:
         mode = (0o777 if entry.executable else 0o666) & ~self._umask & 0o777
         try:
             os.fchmod(self._fd, mode)  # never setuid, setgid or sticky
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            os.close(fd)  # the number is free even when this fails (NFS says a quota here)
             path = self._link(entry)
         except OSError as exc:
             if exc.errno not in FULL:  # a full disk: the caller keeps what arrived
@@ -379,8 +379,9 @@ class Writer:
         made goes (made.py); what an earlier, interrupted run of the offer left stays,
         with its record."""
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):  # what it held is checked at a resume
+                os.close(fd)
         current = self._files[self._index] if self._index < len(self._files) else None
         known = current is not None and current.size is not None
         resumable = keep and known and self.record.fd is not None

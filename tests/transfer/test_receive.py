@@ -3,6 +3,7 @@ output folder, nothing is overwritten, no symlink is followed, no partial file s
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -768,6 +769,57 @@ def test_write_error_leaves_no_part(output: Path) -> None:
         (output / "d").chmod(0o700)
         writer.close()
     assert os.listdir(output / "d") == []
+
+
+def quota_at_close(monkeypatch: pytest.MonkeyPatch, fd: int) -> None:
+    """Closing `fd` frees it, then says the quota is exceeded, as NFS does once: the
+    writes went to the cache, and the server refused them as the file was closed."""
+    close = os.close
+
+    def closing(number: int) -> None:
+        close(number)
+        if number == fd:
+            monkeypatch.setattr(os, "close", close)
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    monkeypatch.setattr(os, "close", closing)
+
+
+def test_a_quota_said_as_a_file_closes_keeps_it_and_closes_nothing_twice(
+    output: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The part's number was closed again by the stop that keeps it: EBADF, said as
+    'OSError ... (a bug in bob)' in place of the full disk, or another file's number."""
+    offer = Offer(entries=(Entry(("a.bin",), size=4),))
+    writer = Writer(output, offer)
+    writer.make_folders()
+    writer.write(b"four")
+    assert writer._fd is not None
+    quota_at_close(monkeypatch, writer._fd)
+    with pytest.raises(WriteError) as raised:
+        writer.finish_file()
+    assert (
+        str(raised.value)
+        == f"cannot save a.bin: the disk of {output} is full (Disk quota exceeded)"
+    )
+    assert raised.value.full and raised.value.public == "the receiver's disk is full"
+    writer.abort(keep=True)  # aio.receive: a full disk keeps what arrived
+    writer.close()
+    assert parts(output) == [".bob-" + writer.record.key[:16] + "-0.part"]
+
+
+def test_a_quota_said_at_a_stop_still_keeps_the_part(
+    output: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offer = Offer(entries=(Entry(("a.bin",), size=8),))
+    writer = Writer(output, offer)
+    writer.make_folders()
+    writer.write(b"four")
+    assert writer._fd is not None
+    quota_at_close(monkeypatch, writer._fd)
+    writer.abort(keep=True)
+    writer.close()
+    assert len(parts(output)) == 1
 
 
 def test_data_beyond_the_last_file_is_refused(output: Path) -> None:
