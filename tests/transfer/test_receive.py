@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -848,6 +849,11 @@ def test_unknown_output_folder(tmp_path: Path) -> None:
 
 def test_check_space(output: Path) -> None:
     huge = Offer(entries=(Entry(("a",), size=1 << 50),))
-    with pytest.raises(WriteError, match="not enough space"):
+    with pytest.raises(WriteError) as refused:
         Writer(output, huge).check_space()
+    assert re.fullmatch(
+        rf"not enough space in {re.escape(str(output))}: 1126 TB offered, [\d.]+ [kMGT]?B free",
+        str(refused.value),
+    )
+    assert refused.value.public == "the receiver has not enough free space"
     Writer(output, Offer(entries=(Entry(("a",), size=None),))).check_space()
