@@ -177,6 +177,7 @@ class RelayConnection(asyncio.Protocol):
         self.conn: Conn | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.spliced = False  # the pair's bytes go through splice, not this transport
+        self.ended_writing = False  # its client ended its writing, passed on to the peer
         self.pair: splice.Splice | None = None
 
     # -- asyncio callbacks ----------------------------------------------------------
@@ -202,7 +203,21 @@ class RelayConnection(asyncio.Protocol):
             self.relay.hand_over(cast(RelayConnection, conn.peer.handle), self)
 
     def eof_received(self) -> bool | None:
-        return None  # close our side too; the peer gets closed in connection_lost
+        """A paired side that ends its writing has it passed on, and still hears its peer
+        until the peer ends too (as the splice does); otherwise close our side too, and
+        the peer gets closed in connection_lost."""
+        conn = self.conn
+        peer = conn.peer if conn is not None and conn.phase is Phase.PAIRED else None
+        if peer is None:
+            return None
+        other = cast(RelayConnection, peer.handle)
+        if other.ended_writing or other.transport is None or other.transport.is_closing():
+            return None  # both have ended: close, cleanly (nothing is left unread)
+        if not other.transport.can_write_eof():
+            return None
+        self.ended_writing = True
+        other.transport.write_eof()  # after what is buffered for it
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.spliced:

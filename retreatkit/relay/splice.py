@@ -10,9 +10,15 @@ and the callbacks were a fifth of the relay's CPU): the threads count what they 
 when, and the loop collects the counts when it needs them (/status, its timers, the end)
 and about once a second while bytes flow.
 
-The first direction to end (end of file, a reset, or close()) shuts both sockets down,
-which wakes the other thread out of its splice; the last thread out closes the sockets,
-so no descriptor is closed while a thread may still use its number.
+A direction whose source ends cleanly (end of file, all of it passed on) passes the end
+on: its destination is shut for writing, so the peer reads every byte, then end of file,
+and the other direction goes on (a side that has said all it has may still be told
+something, as bob's ABORT is: a relay that closed both sockets there reset the one still
+sending, which discards what the kernel still held for it). A direction that breaks (a
+reset, a peer gone) or close() shuts both sockets down, which wakes the other thread out
+of its splice. The last thread out closes the sockets, so no descriptor is closed while a
+thread may still use its number; by then both sources are at their end, or broken, so
+the close resets nobody who is owed bytes.
 """
 
 from __future__ import annotations
@@ -84,10 +90,11 @@ class _Direction:
         self.last = 0.0  # clock() when bytes last moved, written by the thread only
         self.counted = 0  # how much of `sent` the loop has collected: the loop's only
 
-    def pump(self, clock: Callable[[], float], nudge: Callable[[float], None]) -> None:
-        """Move bytes until the source ends or either socket fails or is shut down."""
+    def pump(self, clock: Callable[[], float], nudge: Callable[[float], None]) -> bool:
+        """Move bytes until the source ends or either socket fails or is shut down: True
+        when the source ended and all it sent was passed on."""
         src, dst, r, w, room = self.src, self.dst, self.r, self.w, self.room
-        with contextlib.suppress(OSError):  # a reset, or close() shutting the sockets
+        try:
             while n := os.splice(src, w, room, flags=_MOVE):
                 # counted as taken from the source, as the transports count what they
                 # receive: what a side said reaches the core even if its peer then resets
@@ -97,6 +104,9 @@ class _Direction:
                 while n:  # the pipe was empty: all of it goes before the next read
                     n -= os.splice(r, dst, n, flags=_MOVE)
                     self.last = clock()  # a slow reader taking bytes keeps the pair alive
+        except OSError:  # a reset, or a peer gone
+            return False
+        return True
 
     def close(self) -> None:
         for fd in (self.r, self.w):
@@ -139,6 +149,7 @@ class Splice:
         self._lock = threading.Lock()  # the three below, and shutting and closing socks
         self._running = 2
         self._shut_down = False
+        self._half_closed = False  # one direction ended cleanly; the other still runs
         self._first = 0  # the side whose direction ended first
         self._done = False  # ended() was called, or close() was: no more calls to ended()
         self._next_nudge = 0.0
@@ -172,23 +183,31 @@ class Splice:
     # -- in the threads -----------------------------------------------------------------
 
     def _run(self, direction: _Direction) -> None:
+        ended = False
         try:
-            direction.pump(self._clock, self._nudge)
+            ended = direction.pump(self._clock, self._nudge)
         finally:
             direction.close()
-            self._left(direction)
+            self._left(direction, ended)
 
     def _nudge(self, now: float) -> None:
         if now >= self._next_nudge:
             self._next_nudge = now + NUDGE_EVERY
             self._post(self.collect)
 
-    def _left(self, direction: _Direction) -> None:
+    def _left(self, direction: _Direction, ended: bool = False) -> None:
+        """`ended`: its source ended and everything it sent was passed on."""
         with self._lock:
             self._running -= 1
-            if not self._shut_down:
-                self._first = direction.side
-                self._shut()
+            if not self._shut_down:  # else the other thread is woken already
+                if not self._half_closed:
+                    self._first = direction.side
+                if ended and self._running:  # pass the end on; the other direction goes on
+                    self._half_closed = True
+                    with contextlib.suppress(OSError):  # a reset meanwhile: its thread sees it
+                        self.socks[1 - direction.side].shutdown(socket.SHUT_WR)
+                else:
+                    self._shut()
             last = self._running == 0
             if last:
                 for sock in self.socks:

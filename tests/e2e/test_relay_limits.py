@@ -567,10 +567,10 @@ def test_pair_forwards_bytes_both_ways_unchanged_and_counts_them(
         assert got_down == down
 
         receiver.close()
-        for client in (sender,):
-            client.sock.setblocking(True)
-            client.sock.settimeout(IO_TIMEOUT)
-            assert client.rest() == b""
+        sender.sock.setblocking(True)
+        sender.sock.settimeout(IO_TIMEOUT)
+        assert sender.rest() == b""  # the receiver's end, passed on
+        sender.close()  # as bob does on it: the pair ends once both have
         done = quiet(relay)
         assert done["bytes_relayed"] == len(up) + len(down)
         assert done["transfers_completed"] == 1

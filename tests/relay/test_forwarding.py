@@ -1,6 +1,7 @@
 """The relay's shell in process, on loopback, both ways it forwards a pair: through the
 kernel (splice) and, where that is not available, through its transports. Both must move
-bytes both ways unchanged, count them in /status, and end the pair when one side leaves."""
+bytes both ways unchanged, count them in /status, pass on a side's end of writing while
+the other still talks, and end the pair when one side leaves."""
 
 from __future__ import annotations
 
@@ -68,4 +69,27 @@ async def test_a_pair_moves_bytes_both_ways_and_counts_them(relay: tuple[Relay, 
     done = await settled(r, lambda s: s["connections_open"] == 0)
     assert done["bytes_relayed"] == len(up) + len(down)
     assert done["transfers_completed"] == 1
+    assert done["ended"]["completed"] == 2
+
+
+async def test_a_side_that_ends_its_writing_still_hears_its_peer(relay: tuple[Relay, int]) -> None:
+    r, port = relay
+    sr, sw = await asyncio.open_connection("127.0.0.1", port)
+    sw.write(b"bob/1 send\n")
+    ok = (await sr.readline()).split()
+    rr, rw = await asyncio.open_connection("127.0.0.1", port)
+    rw.write(b"bob/1 recv " + ok[1] + b"\n")
+    assert (await rr.readline()).startswith(b"paired ")
+    assert (await sr.readline()).startswith(b"paired ")
+
+    last = os.urandom(1 << 20)
+    sw.write(last)
+    sw.write_eof()  # the sender has said all it has (bob's ABORT is such a last word)
+    assert await asyncio.wait_for(rr.read(), WAIT) == last  # all of it, then the end
+    rw.write(b"the receiver's last word")
+    rw.close()
+    assert await asyncio.wait_for(sr.read(), WAIT) == b"the receiver's last word"
+    sw.close()
+    done = await settled(r, lambda s: s["connections_open"] == 0)
+    assert done["bytes_relayed"] == len(last) + len(b"the receiver's last word")
     assert done["ended"]["completed"] == 2

@@ -1,7 +1,8 @@
 """The relay's kernel forwarding (a thread per direction splicing through a pipe) on real
 TCP connections over loopback, in process: bytes both ways unchanged and counted, a reader
-that stops holding the writer back, either end, a reset, the relay's own close, and no
-thread to be had; after each, no descriptor is left open."""
+that stops holding the writer back, either side ending its writing (passed on, the other
+still heard, nothing lost), a reset, the relay's own close, and no thread to be had; after
+each, no descriptor is left open."""
 
 from __future__ import annotations
 
@@ -99,8 +100,9 @@ async def test_bytes_cross_both_ways_unchanged_and_counted(pair: Pair) -> None:
     await pair.loop.sock_sendall(pair.b, b"back")
     assert await asyncio.wait_for(pair.loop.sock_recv(pair.a, 10), WAIT) == b"back"
     pair.a.shutdown(socket.SHUT_WR)
-    assert await asyncio.wait_for(pair.over, WAIT) == 0
     assert await reader == data
+    pair.b.shutdown(socket.SHUT_WR)
+    assert await asyncio.wait_for(pair.over, WAIT) == 0  # a's writing ended first
     assert pair.moved == [len(data), 4]  # final once the end is reported
     assert pair.at == {NOW}
     assert pair.relay_ends_closed()
@@ -116,14 +118,37 @@ async def test_counts_reach_the_loop_while_bytes_flow_unasked(pair: Pair) -> Non
 
 
 @pytest.mark.parametrize("side", [0, 1])
-async def test_either_side_ending_ends_the_pair_after_its_last_bytes(pair: Pair, side: int) -> None:
+async def test_a_side_that_ends_its_writing_is_passed_on_and_still_hears_the_other(
+    pair: Pair, side: int
+) -> None:
     ending, other = (pair.a, pair.b) if side == 0 else (pair.b, pair.a)
     await pair.loop.sock_sendall(ending, b"last words")
     ending.shutdown(socket.SHUT_WR)
-    assert await pair.recv_all(other) == b"last words"
-    assert await pair.recv_all(ending) == b""  # the relay ended its side too
-    assert await asyncio.wait_for(pair.over, WAIT) == side
+    assert await pair.recv_all(other) == b"last words"  # then the end of the stream
+    await pair.loop.sock_sendall(other, b"reply")
+    other.shutdown(socket.SHUT_WR)
+    assert await pair.recv_all(ending) == b"reply"
+    assert await asyncio.wait_for(pair.over, WAIT) == side  # the side that ended first
     assert pair.moved[side] == len(b"last words")
+    assert pair.moved[1 - side] == len(b"reply")
+    assert pair.relay_ends_closed()
+
+
+async def test_the_side_still_sending_gets_every_byte_of_the_side_that_ended(pair: Pair) -> None:
+    # b sends more than a reads for now, so the relay holds b's bytes unread when a ends:
+    # closing b's socket then would reset b, and the kernel would drop what it still held
+    # of a's last megabyte for b (bob's ABORT, sent as a side gives up, is such a tail)
+    theirs, last = os.urandom(16 << 20), os.urandom(1 << 20)
+    sending = asyncio.ensure_future(pair.loop.sock_sendall(pair.b, theirs))
+    await asyncio.wait_for(pair.loop.sock_sendall(pair.a, last), WAIT)
+    pair.a.shutdown(socket.SHUT_WR)
+    assert await pair.recv_all(pair.b) == last
+    reader = asyncio.ensure_future(pair.recv_all(pair.a))
+    await asyncio.wait_for(sending, WAIT)
+    pair.b.shutdown(socket.SHUT_WR)
+    assert await reader == theirs
+    assert await asyncio.wait_for(pair.over, WAIT) == 0
+    assert pair.moved == [len(last), len(theirs)]
     assert pair.relay_ends_closed()
 
 
@@ -142,6 +167,7 @@ async def test_a_reader_that_stops_holds_the_writer_back_and_loses_nothing(pair:
     await asyncio.wait_for(pair.loop.sock_sendall(pair.a, view[sent:]), 60)
     pair.a.shutdown(socket.SHUT_WR)
     assert await asyncio.wait_for(reader, 60) == data
+    pair.b.shutdown(socket.SHUT_WR)
     assert await asyncio.wait_for(pair.over, WAIT) == 0
     assert pair.moved == [len(data), 0]
 
