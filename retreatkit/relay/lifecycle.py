@@ -57,7 +57,8 @@ class Ending(enum.Enum):
     SENDER_LEFT = "sender left"  # a sender that closed while it waited
     NO_SENDER = "no sender"  # a receiver that named a nameplate nobody holds
     REFUSED = "refused"  # turned away by a limit, or a nameplate in use
-    BUSY = "busy"  # turned away for want of room: the waiting or the pairs limit
+    BUSY = "busy"  # turned away for want of room (the waiting or the pairs limit), or a
+    # pair the relay could not carry as it formed (out of open files)
     BAD_REQUEST = "bad request"  # not a bob/1 request line, or bytes before pairing
     HANDSHAKE_TIMEOUT = "handshake timeout"  # no request line within handshake_timeout
     LEFT_EARLY = "left early"  # closed before sending a whole request line
@@ -232,6 +233,13 @@ class RelayCore:
         ending = Ending.SENDER_LEFT if phase is Phase.WAITING else Ending.LEFT_EARLY
         return self._close(conn, ending)
 
+    def no_room(self, conn: Conn) -> list[Action]:
+        """The shell could not carry the pair `conn` just joined (out of open files): both
+        closed. Nobody guessed anything: no failed join, and the join's token back."""
+        if conn.phase is not Phase.PAIRED:
+            return []
+        return self._unpair(conn, Ending.BUSY)
+
     def expire(self, conn: Conn) -> list[Action]:
         """A timer the shell armed fired (perhaps a little early: then it is re-armed)."""
         if conn.phase is Phase.CLOSED or conn.deadline is None:
@@ -290,7 +298,9 @@ class RelayCore:
         warned: list[Action] = []
         transfer, peer = conn.transfer, conn.peer
         assert transfer is not None and peer is not None
-        if not transfer.confirmed and ending is not Ending.RELAY_STOPPED:
+        if ending is Ending.BUSY:  # the relay's want, not the peers' doing
+            self.matcher.confirmed(peer.ip if conn.sender else conn.ip)
+        elif not transfer.confirmed and ending is not Ending.RELAY_STOPPED:
             # a join whose key exchange failed was a guess (or a typo): it counts
             # towards widening the nameplates, and its token stays spent
             receiver = peer if conn.sender else conn

@@ -137,7 +137,19 @@ class Relay:
         sa, sb = ta.get_extra_info("socket"), tb.get_extra_info("socket")
         if sa is None or sb is None:
             return
-        fa, fb = os.dup(sa.fileno()), os.dup(sb.fileno())
+        made: list[int] = []
+        try:
+            for sock in (sa, sb):
+                made.append(os.dup(sock.fileno()))
+        except OSError as exc:  # out of open files: the transports still carry the pair
+            for fd in made:
+                os.close(fd)
+            log.warning(
+                "a pair goes on without splice (copied through the relay), out of open files: %s",
+                exc,
+            )
+            return
+        fa, fb = made
         conns = (a.conn, b.conn)
 
         def moved(side: int, n: int, at: float) -> None:
@@ -156,13 +168,12 @@ class Relay:
             handle.transport.abort()
         try:
             pair = splice.Splice(fa, fb, moved, ended, self.core.clock)
-        except OSError as exc:  # out of pipes: this pair cannot go on
-            log.warning("cannot splice a pair: %s", exc)
+        except OSError as exc:  # out of open files or pipes, the transports gone: it ends
             for fd in (fa, fb):
                 os.close(fd)
-            for conn in conns:
-                if conn is not None:
-                    self.perform(self.core.lost(conn))
+            log.warning("a pair closed as it formed, out of open files or pipes: %s", exc)
+            if a.conn is not None:
+                self.perform(self.core.no_room(a.conn))
             return
         a.pair = b.pair = pair
 

@@ -242,6 +242,19 @@ def test_pair_that_ends_in_the_key_exchange_failed() -> None:
 # -- limits -----------------------------------------------------------------------------------
 
 
+def test_a_pair_the_relay_cannot_carry_is_busy_and_nobody_s_guess() -> None:
+    r = Relay()
+    sender, receiver = r.pair()
+    actions = r.core.no_room(sender)
+    assert written(actions) == []  # paired already: no line into the peers' stream
+    assert closed(actions) == [Ending.BUSY, Ending.BUSY]
+    assert (r.core.transfers_completed, r.core.handshakes_failed) == (0, 0)
+    assert r.core.matcher._buckets["10.0.0.2"].tokens == 2  # the join's token came back
+    assert r.core.matcher.recent_failures() == 0
+    assert r.core.recent[0].ended is Ending.BUSY and not r.core.active
+    assert r.core.no_room(receiver) == [] and r.core.lost(sender) == []
+
+
 def test_per_ip_connections() -> None:
     r = Relay()
     for _ in range(4):
