@@ -16,10 +16,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from retreatkit.lognews import News
 from retreatkit.relay import wire
 from retreatkit.relay.matching import (
     ATTACK_WINDOW,
     BESIEGED,
+    FULL,
     Busy,
     Limits,
     Matcher,
@@ -38,6 +40,7 @@ STOPPING = "it is stopping (its organiser stopped it)"  # to each connection not
 # than its key exchange failed it (or someone gave up within a round trip): this many
 # from one joining address in ATTACK_WINDOW, and again at twice as many, are logged.
 SPOILED = 3
+FULL_LOGGED_AGAIN = 60.0  # seconds: connections turned away at the unpaired bound, logged
 
 
 class Phase(enum.Enum):
@@ -45,6 +48,9 @@ class Phase(enum.Enum):
     WAITING = "waiting"  # a sender holding its nameplate
     PAIRED = "paired"  # forwarding to and from a peer
     CLOSED = "closed"
+
+
+UNPAIRED = (Phase.HANDSHAKE, Phase.WAITING)
 
 
 class Ending(enum.Enum):
@@ -137,8 +143,13 @@ class RelayCore:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         randbelow: Callable[[int], int] = secrets.randbelow,
+        unpaired: int | None = None,
     ) -> None:
+        """`unpaired`: connections not yet paired, at most, in all (None: no bound); the
+        shell sets it from its open-file limit (`matching.most_unpaired`)."""
         self.limits = limits
+        self.unpaired_limit = unpaired
+        self.full = News(FULL_LOGGED_AGAIN, most=1)
         self.clock = clock
         self.wall = wall
         self.matcher = Matcher(limits, randbelow, clock)
@@ -157,6 +168,7 @@ class RelayCore:
     # -- what the shell reports -------------------------------------------------------
 
     def connect(self, ip: str, address: str, handle: object) -> tuple[Conn, list[Action]]:
+        unpaired = self.unpaired
         conn = Conn(ip, address, handle)
         self.conns.add(conn)
         try:
@@ -164,7 +176,16 @@ class RelayCore:
         except Refusal as exc:
             return conn, self._refuse(conn, str(exc), Ending.REFUSED)
         conn.admitted = True
+        if self.unpaired_limit is not None and unpaired >= self.unpaired_limit:
+            # each connection holds an open file: past this, those a pair or the admin
+            # endpoint needs (a few addresses' 64 each took them all)
+            return conn, self._full(conn, unpaired)
         return conn, [self._arm(conn, self.clock() + self.limits.handshake_timeout)]
+
+    @property
+    def unpaired(self) -> int:
+        """Connections open and not paired: before their request line, or waiting."""
+        return len(self.conns) - 2 * len(self.active)
 
     def received(self, conn: Conn, data: bytes) -> list[Action]:
         """Bytes from a connection that is not paired (paired ones go to `forwarded`)."""
@@ -340,6 +361,22 @@ class RelayCore:
     def paired_by_ip(self) -> Counter[str]:
         """Paired connections per address."""
         return Counter(c.ip for c in self.conns if c.phase is Phase.PAIRED)
+
+    def _full(self, conn: Conn, unpaired: int) -> list[Action]:
+        warned: list[Action] = []
+        if self.full.news("", self.clock()):
+            holding = Counter(c.ip for c in self.conns if c.phase in UNPAIRED and c is not conn)
+            top = sorted(holding.items(), key=lambda item: (-item[1], item[0]))[:3]
+            most = ", ".join(f"{address} ({count})" for address, count in top)
+            warned.append(
+                Warn(
+                    conn,
+                    f"{unpaired} connections are not yet paired, the most the open-file limit"
+                    " leaves room for: new ones are told busy (raise the limit, ulimit -n);"
+                    f" most from {most}",
+                )
+            )
+        return warned + self._busy(conn, FULL)
 
     def _busy(self, conn: Conn, reason: str) -> list[Action]:
         self.handshakes_refused += 1

@@ -14,7 +14,7 @@ from prometheus_client import Counter as PromCounter
 
 from retreatkit.relay import splice, status
 from retreatkit.relay.lifecycle import Action, Arm, Close, Conn, Phase, RelayCore, Warn, Write
-from retreatkit.relay.matching import Limits
+from retreatkit.relay.matching import Limits, most_unpaired
 
 log = logging.getLogger("retreatkit.relay")
 FD_WARNING = 0.8  # of the open-file limit
@@ -77,10 +77,15 @@ class Relay:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self.open_files = raise_open_file_limit()
+        if self.open_files != resource.RLIM_INFINITY:
+            self.core.unpaired_limit = most_unpaired(self.open_files, self.limits.pairs)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: RelayConnection(self), host, port)
         address: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
-        log.debug("relay listening on %s:%d (open-file limit %d)", *address, self.open_files)
+        log.debug(
+            "relay listening on %s:%d (open-file limit %d: %s connections not yet paired)",
+            *address, self.open_files, self.core.unpaired_limit,
+        )  # fmt: skip
         return address
 
     async def stop(self) -> None:

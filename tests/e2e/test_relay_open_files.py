@@ -11,6 +11,7 @@ import json
 import resource
 import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from retreatkit.relay.matching import Limits, most_unpaired
 from retreatkit.testing import RelayProcess, open_fds, start_relay
 
 pytestmark = pytest.mark.e2e
@@ -184,5 +186,52 @@ def test_a_pair_with_no_files_for_its_pipes_is_closed_and_counted_busy(tmp_path:
     assert [line.split(" ", 2)[2] for line in warned] == [
         "retreatkit.relay WARNING a pair closed as it formed, out of open files or pipes:"
         " [Errno 24] Too many open files"
+    ]
+    assert not [line for line in lines if "Traceback" in line]
+
+
+LOW = 200  # an open-file limit, soft and hard, that the relay cannot raise
+
+
+def test_idle_connections_from_a_few_addresses_cannot_take_every_file(tmp_path: Path) -> None:
+    """Four addresses, each under its 64, could hold every file of a relay limited to 200:
+    new clients and the admin endpoint were reset, nothing logged. Connections not yet
+    paired are bounded in all: past the bound they are told `busy`, said in the log."""
+    bound = most_unpaired(LOW, Limits().pairs)
+    config = tmp_path / "retreat.toml"
+    config.write_text("[relay]\nhandshake_timeout = 120.0\n")
+    relay = start_relay(config, wrapper=("prlimit", f"--nofile={LOW}:{LOW}", "--"))
+    try:
+        with ExitStack() as stack:
+            held = []
+            for i in range(LOW + 20):
+                sock = stack.enter_context(socket.socket())
+                sock.settimeout(IO_TIMEOUT)
+                sock.bind((f"127.0.2.{10 + i // 60}", 0))
+                sock.connect((relay.host, relay.port))
+                held.append(sock)
+            for sock in held[bound:]:
+                assert sock.recv(100) == b"busy the relay is full; try again later\n"
+                assert sock.recv(100) == b""
+            until(lambda: status(relay)["connections_open"] == bound, f"{bound} open")
+            late = Client(relay, stack)
+            late.sock.sendall(b"bob/1 send\n")
+            assert late.line() == b"busy the relay is full; try again later\n"
+            with urllib.request.urlopen(f"{relay.admin}/healthz", timeout=IO_TIMEOUT) as answer:
+                assert answer.read() == b"ok\n"
+            for sock in held:
+                sock.close()
+            until(lambda: status(relay)["connections_open"] == 0, "the idle ones gone")
+            fresh = Client(relay, stack)
+            fresh.sock.sendall(b"bob/1 send\n")
+            assert fresh.line().startswith(b"ok ")
+            assert status(relay)["ended"]["busy"] == LOW + 20 - bound + 1
+    finally:
+        lines = log_lines(relay)
+    warned = [line for line in lines if " WARNING " in line]
+    assert [line.split(" ", 2)[2] for line in warned] == [
+        f"retreatkit.relay WARNING {bound} connections are not yet paired, the most the"
+        " open-file limit leaves room for: new ones are told busy (raise the limit,"
+        f" ulimit -n); most from 127.0.2.10 ({bound})"
     ]
     assert not [line for line in lines if "Traceback" in line]

@@ -45,11 +45,15 @@ class Clock:
 class Relay:
     """A core with a turnable clock, and what it asked each connection to do."""
 
-    def __init__(self, limits: Limits = LIMITS) -> None:
+    def __init__(self, limits: Limits = LIMITS, unpaired: int | None = None) -> None:
         self.clock = Clock()
         plates = itertools.count(0)
         self.core = RelayCore(
-            limits, clock=self.clock, wall=lambda: 1.7e9, randbelow=lambda n: next(plates) % n
+            limits,
+            clock=self.clock,
+            wall=lambda: 1.7e9,
+            randbelow=lambda n: next(plates) % n,
+            unpaired=unpaired,
         )
         self.ports = itertools.count(40000)
 
@@ -263,6 +267,38 @@ def test_per_ip_connections() -> None:
     assert written(actions) == ["error too many connections from 10.0.0.9\n"]
     assert closed(actions) == [Ending.REFUSED]
     r.connect("10.0.0.8")  # another address is not concerned
+
+
+def test_connections_not_yet_paired_are_bounded_in_all_and_logged_once_a_minute() -> None:
+    r = Relay(unpaired=3)
+    sender, _ = r.line("bob/1 send", "10.0.0.1")  # waiting
+    r.connect("10.0.0.2")  # before its request line
+    receiver, _ = r.connect("10.0.0.3")
+    turned, actions = r.connect("10.0.0.2")
+    assert written(actions) == ["busy the relay is full; try again later\n"]
+    assert closed(actions) == [Ending.BUSY]
+    assert [a.text for a in actions if isinstance(a, Warn)] == [
+        "3 connections are not yet paired, the most the open-file limit leaves room for:"
+        " new ones are told busy (raise the limit, ulimit -n); most from 10.0.0.1 (1),"
+        " 10.0.0.2 (1), 10.0.0.3 (1)"
+    ]
+    assert r.core.matcher.open_connections == 3 and turned not in r.core.conns
+    _, actions = r.connect("10.0.0.4")
+    assert closed(actions) == [Ending.BUSY] and not [a for a in actions if isinstance(a, Warn)]
+    # a pair is no longer waiting: its two connections make room for two more
+    r.core.received(receiver, f"bob/1 recv {sender.nameplate}\n".encode())
+    assert r.core.unpaired == 1
+    for ip in ("10.0.0.5", "10.0.0.6"):
+        assert closed(r.connect(ip)[1]) == []
+    r.turn(59.9)
+    assert not [a for a in r.connect("10.0.0.7")[1] if isinstance(a, Warn)]
+    r.turn(0.1)
+    assert [a.text for a in r.connect("10.0.0.7")[1] if isinstance(a, Warn)] == [
+        "3 connections are not yet paired, the most the open-file limit leaves room for:"
+        " new ones are told busy (raise the limit, ulimit -n); most from 10.0.0.2 (1),"
+        " 10.0.0.5 (1), 10.0.0.6 (1)"
+    ]
+    assert r.core.ended[Ending.BUSY] == 4
 
 
 def test_waiting_senders_per_address_and_in_all() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from retreatkit.relay import wire
-from retreatkit.relay.matching import Limits, Matcher, NoSender, Refusal
+from retreatkit.relay.matching import Limits, Matcher, NoSender, Refusal, most_unpaired
 
 IP = "10.0.0.1"
 
@@ -117,3 +117,12 @@ def test_an_unkeyed_nameplate_still_pairs_once() -> None:
     m.join(plate, "10.0.0.2")
     with pytest.raises(NoSender):
         m.join(plate, "10.0.0.2")
+
+
+def test_connections_not_yet_paired_leave_the_pairs_and_the_relay_their_files() -> None:
+    assert most_unpaired(524_288, 256) == 524_288 - 64 - 256 * 6
+    assert most_unpaired(4096, 256) == 4096 - 64 - 256 * 6
+    # the pairs limit asks for more than there is: a quarter beyond the relay's own
+    assert most_unpaired(1024, 256) == (1024 - 64) // 4
+    assert most_unpaired(200, 256) == 34
+    assert most_unpaired(64, 256) == most_unpaired(10, 256) == 1
