@@ -207,7 +207,7 @@ class RelayCore:
             return self._refuse(conn, "send nothing until paired", Ending.BAD_REQUEST)
         conn.buf = b""
         try:
-            request = wire.parse_request(line)
+            request = wire.parse_request(line + newline)
         except wire.WireError as exc:
             return self._refuse(conn, str(exc), Ending.BAD_REQUEST)
         if len(self.active) >= self.limits.pairs:

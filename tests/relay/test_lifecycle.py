@@ -175,6 +175,11 @@ def test_a_pair_that_keeps_talking_is_never_idle() -> None:
     ("sent", "answer", "ending"),
     [
         (b"bob/1 send " + b"7" * 200, "error handshake line too long\n", Ending.BAD_REQUEST),
+        # the newline in time, carriage returns before it: 129 bytes as received
+        (b"bob/1 send 5" + b"\r" * 116 + b"\n", "error handshake line too long\n",
+         Ending.BAD_REQUEST),
+        (b"bob/1 send 5" + b"\r" * 200 + b"\n", "error handshake line too long\n",
+         Ending.BAD_REQUEST),
         (b"bob/2 send\n", "error not a bob/1 request\n", Ending.BAD_REQUEST),
         (b"\xff\n", "error not a bob/1 request\n", Ending.BAD_REQUEST),
         (b"bob/1 recv\n", "error recv needs a nameplate\n", Ending.BAD_REQUEST),
@@ -184,7 +189,7 @@ def test_a_pair_that_keeps_talking_is_never_idle() -> None:
         (b"bob/1 send\nhello", "error send nothing until paired\n", Ending.BAD_REQUEST),
         (b"bob/1 recv 77\n", "error no sender is waiting on nameplate 77\n", Ending.NO_SENDER),
     ],
-)
+)  # fmt: skip
 def test_bad_requests_get_one_error_line(sent: bytes, answer: str, ending: Ending) -> None:
     r = Relay()
     conn, _ = r.connect()
@@ -192,6 +197,18 @@ def test_bad_requests_get_one_error_line(sent: bytes, answer: str, ending: Endin
     assert written(actions) == [answer]
     assert closed(actions) == [ending]
     assert r.core.handshakes_refused == 1
+
+
+def test_a_request_line_is_128_bytes_at_most_as_received_in_pieces() -> None:
+    r = Relay()
+    conn, _ = r.connect()
+    assert r.core.received(conn, b"bob/1 send 5" + b"\r" * 115) == []  # 127: may go on
+    assert written(r.core.received(conn, b"\n")) == ["ok 5\n"]  # 128 with its newline
+    conn, _ = r.connect()
+    assert r.core.received(conn, b"b" * 127) == []
+    actions = r.core.received(conn, b"c" * 999 + b"\n")
+    assert written(actions) == ["error handshake line too long\n"]
+    assert closed(actions) == [Ending.BAD_REQUEST]
 
 
 def test_a_waiting_sender_that_talks_is_closed() -> None:

@@ -78,6 +78,7 @@ def test_parse_request(line: bytes, role: str, plate: str | None) -> None:
     [
         *(b"bob/1 recv\n", b"bob/2 send\n", b"bob/1 send abc\n", b"\xff\n"),
         *(b"bob/1 send 1234567\n", b"bob/1 send 0555\n", b"bob/1 recv 00\n"),
+        b"bob/1 send 5" + b"\r" * 116 + b"\n",  # 129 bytes as received
     ],
 )
 def test_parse_request_rejects(line: bytes) -> None:
