@@ -132,11 +132,12 @@ def bob_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "retreatkit.cli.bob", *args]
 
 
-def start_relay(config: Path | None = None) -> RelayProcess:
+def start_relay(config: Path | None = None, wrapper: Sequence[str] = ()) -> RelayProcess:
+    """`wrapper`: a command the relay runs under (`prlimit --nofile=200:200 --`)."""
     args = ["relay", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
     if config is not None:
         args += ["--config", str(config)]
-    proc = Process.start(bob_argv(*args))
+    proc = Process.start([*wrapper, *bob_argv(*args)])
     try:
         listening = proc.wait_for(r"^Relay listening on (\S+):(\d+)$")
         admin = proc.wait_for(r"^Admin on (http://\S+)/status$")

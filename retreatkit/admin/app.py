@@ -15,7 +15,7 @@ from retreatkit.admin import access
 from retreatkit.admin.logs import LogRing
 from retreatkit.admin.logstream import RING_KEY, close_streams, stream
 from retreatkit.admin.process import ProcessInfo
-from retreatkit.httpserver import Runner
+from retreatkit.httpserver import Runner, body_text
 
 StatusSource = Callable[[], dict[str, Any]]
 
@@ -78,7 +78,7 @@ async def get_loglevel(request: web.Request) -> web.Response:
 
 async def loglevel(request: web.Request) -> web.Response:
     """Body: `debug`, or JSON {"level": "debug", "logger": "retreatkit.relay"}."""
-    raw = (await request.text()).strip()
+    raw = (await body_text(request)).strip()
     logger_name = "retreatkit"
     level = raw
     if raw.startswith("{"):
@@ -86,7 +86,8 @@ async def loglevel(request: web.Request) -> web.Response:
             doc = json.loads(raw)
             level = str(doc["level"])
             logger_name = str(doc.get("logger", logger_name))
-        except (ValueError, KeyError, TypeError):
+        # RecursionError: JSON nested deeper than Python recurses, as 4 KB can be
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise web.HTTPBadRequest(text='expected {"level": "...", "logger": "..."}\n') from None
     level = level.upper()
     if level not in LEVELS:

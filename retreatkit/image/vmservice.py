@@ -116,7 +116,10 @@ class Handlers:
             check_name(name)
             if len(raw) > MAX_DEFINITION:
                 raise GuestError("a guest definition is at most 16 KiB")
-            doc = json.loads(raw)
+            try:
+                doc = json.loads(raw)
+            except RecursionError:  # arrays nested deeper than Python's recursion limit
+                raise GuestError("a guest definition is a JSON object") from None
             if not isinstance(doc, dict):
                 raise GuestError("a guest definition is a JSON object")
             if patch:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from retreatkit.httpserver import body_text
 from retreatkit.nameserver import status
 from retreatkit.nameserver.blocklist import normalize
 from retreatkit.nameserver.errors import BadRecord, CnameLoop
@@ -157,8 +158,8 @@ def _int(text: str, what: str, lowest: int) -> int:
 
 async def _json(request: web.Request, expected: str) -> Any:
     try:
-        return json.loads(await request.text() or "null")
-    except ValueError:
+        return json.loads(await body_text(request) or "null")
+    except (ValueError, RecursionError):  # nested deeper than Python recurses, as 4 KB can be
         raise _bad(f"expected JSON: {expected}") from None
 
 

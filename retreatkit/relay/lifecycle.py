@@ -16,10 +16,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from retreatkit.lognews import News
 from retreatkit.relay import wire
 from retreatkit.relay.matching import (
     ATTACK_WINDOW,
     BESIEGED,
+    FULL,
     Busy,
     Limits,
     Matcher,
@@ -38,6 +40,7 @@ STOPPING = "it is stopping (its organiser stopped it)"  # to each connection not
 # than its key exchange failed it (or someone gave up within a round trip): this many
 # from one joining address in ATTACK_WINDOW, and again at twice as many, are logged.
 SPOILED = 3
+FULL_LOGGED_AGAIN = 60.0  # seconds: connections turned away at the unpaired bound, logged
 
 
 class Phase(enum.Enum):
@@ -45,6 +48,9 @@ class Phase(enum.Enum):
     WAITING = "waiting"  # a sender holding its nameplate
     PAIRED = "paired"  # forwarding to and from a peer
     CLOSED = "closed"
+
+
+UNPAIRED = (Phase.HANDSHAKE, Phase.WAITING)
 
 
 class Ending(enum.Enum):
@@ -57,7 +63,8 @@ class Ending(enum.Enum):
     SENDER_LEFT = "sender left"  # a sender that closed while it waited
     NO_SENDER = "no sender"  # a receiver that named a nameplate nobody holds
     REFUSED = "refused"  # turned away by a limit, or a nameplate in use
-    BUSY = "busy"  # turned away for want of room: the waiting or the pairs limit
+    BUSY = "busy"  # turned away for want of room (the waiting or the pairs limit), or a
+    # pair the relay could not carry as it formed (out of open files)
     BAD_REQUEST = "bad request"  # not a bob/1 request line, or bytes before pairing
     HANDSHAKE_TIMEOUT = "handshake timeout"  # no request line within handshake_timeout
     LEFT_EARLY = "left early"  # closed before sending a whole request line
@@ -136,8 +143,13 @@ class RelayCore:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         randbelow: Callable[[int], int] = secrets.randbelow,
+        unpaired: int | None = None,
     ) -> None:
+        """`unpaired`: connections not yet paired, at most, in all (None: no bound); the
+        shell sets it from its open-file limit (`matching.most_unpaired`)."""
         self.limits = limits
+        self.unpaired_limit = unpaired
+        self.full = News(FULL_LOGGED_AGAIN, most=1)
         self.clock = clock
         self.wall = wall
         self.matcher = Matcher(limits, randbelow, clock)
@@ -156,6 +168,7 @@ class RelayCore:
     # -- what the shell reports -------------------------------------------------------
 
     def connect(self, ip: str, address: str, handle: object) -> tuple[Conn, list[Action]]:
+        unpaired = self.unpaired
         conn = Conn(ip, address, handle)
         self.conns.add(conn)
         try:
@@ -163,7 +176,16 @@ class RelayCore:
         except Refusal as exc:
             return conn, self._refuse(conn, str(exc), Ending.REFUSED)
         conn.admitted = True
+        if self.unpaired_limit is not None and unpaired >= self.unpaired_limit:
+            # each connection holds an open file: past this, those a pair or the admin
+            # endpoint needs (a few addresses' 64 each took them all)
+            return conn, self._full(conn, unpaired)
         return conn, [self._arm(conn, self.clock() + self.limits.handshake_timeout)]
+
+    @property
+    def unpaired(self) -> int:
+        """Connections open and not paired: before their request line, or waiting."""
+        return len(self.conns) - 2 * len(self.active)
 
     def received(self, conn: Conn, data: bytes) -> list[Action]:
         """Bytes from a connection that is not paired (paired ones go to `forwarded`)."""
@@ -185,7 +207,7 @@ class RelayCore:
             return self._refuse(conn, "send nothing until paired", Ending.BAD_REQUEST)
         conn.buf = b""
         try:
-            request = wire.parse_request(line)
+            request = wire.parse_request(line + newline)
         except wire.WireError as exc:
             return self._refuse(conn, str(exc), Ending.BAD_REQUEST)
         if len(self.active) >= self.limits.pairs:
@@ -231,6 +253,13 @@ class RelayCore:
             return self._unpair(conn, Ending.COMPLETED)
         ending = Ending.SENDER_LEFT if phase is Phase.WAITING else Ending.LEFT_EARLY
         return self._close(conn, ending)
+
+    def no_room(self, conn: Conn) -> list[Action]:
+        """The shell could not carry the pair `conn` just joined (out of open files): both
+        closed. Nobody guessed anything: no failed join, and the join's token back."""
+        if conn.phase is not Phase.PAIRED:
+            return []
+        return self._unpair(conn, Ending.BUSY)
 
     def expire(self, conn: Conn) -> list[Action]:
         """A timer the shell armed fired (perhaps a little early: then it is re-armed)."""
@@ -290,7 +319,9 @@ class RelayCore:
         warned: list[Action] = []
         transfer, peer = conn.transfer, conn.peer
         assert transfer is not None and peer is not None
-        if not transfer.confirmed and ending is not Ending.RELAY_STOPPED:
+        if ending is Ending.BUSY:  # the relay's want, not the peers' doing
+            self.matcher.confirmed(peer.ip if conn.sender else conn.ip)
+        elif not transfer.confirmed and ending is not Ending.RELAY_STOPPED:
             # a join whose key exchange failed was a guess (or a typo): it counts
             # towards widening the nameplates, and its token stays spent
             receiver = peer if conn.sender else conn
@@ -330,6 +361,22 @@ class RelayCore:
     def paired_by_ip(self) -> Counter[str]:
         """Paired connections per address."""
         return Counter(c.ip for c in self.conns if c.phase is Phase.PAIRED)
+
+    def _full(self, conn: Conn, unpaired: int) -> list[Action]:
+        warned: list[Action] = []
+        if self.full.news("", self.clock()):
+            holding = Counter(c.ip for c in self.conns if c.phase in UNPAIRED and c is not conn)
+            top = sorted(holding.items(), key=lambda item: (-item[1], item[0]))[:3]
+            most = ", ".join(f"{address} ({count})" for address, count in top)
+            warned.append(
+                Warn(
+                    conn,
+                    f"{unpaired} connections are not yet paired, the most the open-file limit"
+                    " leaves room for: new ones are told busy (raise the limit, ulimit -n);"
+                    f" most from {most}",
+                )
+            )
+        return warned + self._busy(conn, FULL)
 
     def _busy(self, conn: Conn, reason: str) -> list[Action]:
         self.handshakes_refused += 1

@@ -15,6 +15,11 @@ ATTACK_WINDOW = 600.0
 ATTACKED = 20
 BESIEGED = 500
 _MAX_BUCKETS = 65_536  # addresses whose failed joins are remembered
+# The open files a relay keeps for its own use: stdio, the loop, its listening sockets, its
+# log, the admin endpoint with the dashboards' requests and log streams, mDNS (~15 idle).
+RESERVED_FILES = 64
+PAIR_FILES = 6  # a spliced pair's: its two sockets and two pipes (two ends each)
+FULL = "the relay is full; try again later"  # `busy`, to one past a limit on room
 
 
 class Refusal(Exception):
@@ -43,6 +48,16 @@ class Limits:
     # pairs forwarding at once, in all: each holds two sockets, two pipes and (spliced)
     # two threads, so this bounds the threads and files a crowd of addresses can make
     pairs: int = 256
+
+
+def most_unpaired(open_files: int, pairs: int) -> int:
+    """The connections not yet paired (before their request line, or waiting) a relay may
+    hold with `open_files` descriptors: what is left once its own and `pairs` spliced
+    pairs' are set aside, so a crowd of idle connections cannot take the files a pair
+    or the admin endpoint needs. At least a quarter of what is beyond its own: where the
+    pairs limit asks for more files than there are, pairs are bounded by them anyway."""
+    room = max(0, open_files - RESERVED_FILES)
+    return max(1, room // 4, room - pairs * PAIR_FILES)
 
 
 @dataclass(slots=True)
@@ -198,7 +213,7 @@ class Matcher:
 
     def _check_room(self, ip: str) -> None:
         if self._count >= self.limits.waiting:
-            raise Busy("the relay is full; try again later")
+            raise Busy(FULL)
         if self._waiting_by_ip[ip] >= self.limits.waiting_per_ip:
             raise Refusal(f"too many senders waiting from {ip}")
 

@@ -14,7 +14,7 @@ from prometheus_client import Counter as PromCounter
 
 from retreatkit.relay import splice, status
 from retreatkit.relay.lifecycle import Action, Arm, Close, Conn, Phase, RelayCore, Warn, Write
-from retreatkit.relay.matching import Limits
+from retreatkit.relay.matching import Limits, most_unpaired
 
 log = logging.getLogger("retreatkit.relay")
 FD_WARNING = 0.8  # of the open-file limit
@@ -77,10 +77,15 @@ class Relay:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self.open_files = raise_open_file_limit()
+        if self.open_files != resource.RLIM_INFINITY:
+            self.core.unpaired_limit = most_unpaired(self.open_files, self.limits.pairs)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: RelayConnection(self), host, port)
         address: tuple[str, int] = self._server.sockets[0].getsockname()[:2]
-        log.debug("relay listening on %s:%d (open-file limit %d)", *address, self.open_files)
+        log.debug(
+            "relay listening on %s:%d (open-file limit %d: %s connections not yet paired)",
+            *address, self.open_files, self.core.unpaired_limit,
+        )  # fmt: skip
         return address
 
     async def stop(self) -> None:
@@ -137,7 +142,19 @@ class Relay:
         sa, sb = ta.get_extra_info("socket"), tb.get_extra_info("socket")
         if sa is None or sb is None:
             return
-        fa, fb = os.dup(sa.fileno()), os.dup(sb.fileno())
+        made: list[int] = []
+        try:
+            for sock in (sa, sb):
+                made.append(os.dup(sock.fileno()))
+        except OSError as exc:  # out of open files: the transports still carry the pair
+            for fd in made:
+                os.close(fd)
+            log.warning(
+                "a pair goes on without splice (copied through the relay), out of open files: %s",
+                exc,
+            )
+            return
+        fa, fb = made
         conns = (a.conn, b.conn)
 
         def moved(side: int, n: int, at: float) -> None:
@@ -156,13 +173,12 @@ class Relay:
             handle.transport.abort()
         try:
             pair = splice.Splice(fa, fb, moved, ended, self.core.clock)
-        except OSError as exc:  # out of pipes: this pair cannot go on
-            log.warning("cannot splice a pair: %s", exc)
+        except OSError as exc:  # out of open files or pipes, the transports gone: it ends
             for fd in (fa, fb):
                 os.close(fd)
-            for conn in conns:
-                if conn is not None:
-                    self.perform(self.core.lost(conn))
+            log.warning("a pair closed as it formed, out of open files or pipes: %s", exc)
+            if a.conn is not None:
+                self.perform(self.core.no_room(a.conn))
             return
         a.pair = b.pair = pair
 

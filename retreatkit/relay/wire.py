@@ -45,6 +45,10 @@ class Request:
 
 
 def parse_request(line: bytes) -> Request:
+    """A request line as received, its newline included: MAX_LINE bytes at most, whatever
+    it ends with (200 carriage returns before the newline are bytes received too)."""
+    if len(line) > MAX_LINE:
+        raise WireError("handshake line too long")
     try:
         text = line.decode("ascii").rstrip("\r\n")
     except UnicodeDecodeError:

@@ -58,3 +58,32 @@ async def test_loglevel_rejects(
     r = await client.put("/loglevel", data=body)
     assert r.status == 400
     assert await r.text() == message
+
+
+DEEP = b'{"level": ' + b"[" * 2000 + b"]" * 2000 + b"}"  # deeper than Python recurses
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "message"),
+    [
+        (None, b"\xff\xfedebug", "the body is not UTF-8 text\n"),
+        ("text/plain; charset=nosuch", b"debug", "unknown charset in Content-Type: send UTF-8\n"),
+        ("text/plain; charset=rot13", b"debug", "unknown charset in Content-Type: send UTF-8\n"),
+        ("text/plain; charset=us-ascii", "débug".encode(), "the body is not ascii text\n"),
+        (None, DEEP, 'expected {"level": "...", "logger": "..."}\n'),
+    ],
+    ids=["not-utf-8", "unknown-charset", "not-a-text-codec", "not-ascii", "nested-2000-deep"],
+)
+async def test_loglevel_refuses_a_body_it_cannot_read_in_one_line(
+    client: TestClient[object, object],
+    caplog: pytest.LogCaptureFixture,
+    content_type: str | None,
+    body: bytes,
+    message: str,
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    with caplog.at_level(logging.DEBUG):
+        r = await client.put("/loglevel", data=body, headers=headers)
+        assert (r.status, await r.text()) == (400, message)
+    assert [record.getMessage() for record in caplog.records if record.exc_info] == []
+    assert logging.getLogger("retreatkit").level == logging.NOTSET

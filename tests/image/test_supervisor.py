@@ -251,6 +251,17 @@ async def test_the_supervisor_refuses_a_bad_name_whatever_a_client_sends(
     assert not list(home.rglob("guest.json")) and supervisor.guests == {}
 
 
+async def test_a_definition_nested_past_the_recursion_limit_is_one_line(home: Path) -> None:
+    supervisor = Supervisor(home / "vm")
+    async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
+        answer = await client.put("/vm/guests/r1", data=b"[" * 4000 + b"]" * 4000)
+        assert (answer.status, await answer.text()) == (
+            400,
+            "a guest definition is a JSON object\n",
+        )
+    assert supervisor.guests == {}
+
+
 async def test_starting_or_redefining_a_running_guest_is_one_answer(home: Path) -> None:
     supervisor = Supervisor(home / "vm")
     for state in ("running", "restarting"):  # as a guest under qemu is (none runs here)

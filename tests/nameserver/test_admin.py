@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,33 @@ async def test_bad_requests_say_what_to_send(
     admin: Admin, method: str, path: str, body: object, message: str
 ) -> None:
     assert await admin.request(method, path, body) == (400, message)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "message"),
+    [
+        (None, b'{"minutes": 5\xff}', "the body is not UTF-8 text\n"),
+        ("application/json; charset=nosuch", b'{"minutes": 5}',
+         "unknown charset in Content-Type: send UTF-8\n"),
+        (None, b"[" * 2000 + b"]" * 2000, 'expected JSON: {"minutes": N} (0 resumes)\n'),
+    ],
+    ids=["not-utf-8", "unknown-charset", "nested-2000-deep"],
+)  # fmt: skip
+async def test_a_body_that_is_not_text_or_too_deep_is_one_line(
+    admin: Admin,
+    caplog: pytest.LogCaptureFixture,
+    content_type: str | None,
+    body: bytes,
+    message: str,
+) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    with caplog.at_level(logging.DEBUG):
+        r = await admin.client.post("/nameserver/blocking/pause", data=body, headers=headers)
+        assert (r.status, await r.text()) == (400, message)
+    assert [record.getMessage() for record in caplog.records if record.exc_info] == []
+    assert admin.ns.resolver.paused_until == 0
 
 
 async def test_queries_list_every_path_oldest_first(admin: Admin) -> None:

@@ -45,11 +45,15 @@ class Clock:
 class Relay:
     """A core with a turnable clock, and what it asked each connection to do."""
 
-    def __init__(self, limits: Limits = LIMITS) -> None:
+    def __init__(self, limits: Limits = LIMITS, unpaired: int | None = None) -> None:
         self.clock = Clock()
         plates = itertools.count(0)
         self.core = RelayCore(
-            limits, clock=self.clock, wall=lambda: 1.7e9, randbelow=lambda n: next(plates) % n
+            limits,
+            clock=self.clock,
+            wall=lambda: 1.7e9,
+            randbelow=lambda n: next(plates) % n,
+            unpaired=unpaired,
         )
         self.ports = itertools.count(40000)
 
@@ -171,6 +175,11 @@ def test_a_pair_that_keeps_talking_is_never_idle() -> None:
     ("sent", "answer", "ending"),
     [
         (b"bob/1 send " + b"7" * 200, "error handshake line too long\n", Ending.BAD_REQUEST),
+        # the newline in time, carriage returns before it: 129 bytes as received
+        (b"bob/1 send 5" + b"\r" * 116 + b"\n", "error handshake line too long\n",
+         Ending.BAD_REQUEST),
+        (b"bob/1 send 5" + b"\r" * 200 + b"\n", "error handshake line too long\n",
+         Ending.BAD_REQUEST),
         (b"bob/2 send\n", "error not a bob/1 request\n", Ending.BAD_REQUEST),
         (b"\xff\n", "error not a bob/1 request\n", Ending.BAD_REQUEST),
         (b"bob/1 recv\n", "error recv needs a nameplate\n", Ending.BAD_REQUEST),
@@ -180,7 +189,7 @@ def test_a_pair_that_keeps_talking_is_never_idle() -> None:
         (b"bob/1 send\nhello", "error send nothing until paired\n", Ending.BAD_REQUEST),
         (b"bob/1 recv 77\n", "error no sender is waiting on nameplate 77\n", Ending.NO_SENDER),
     ],
-)
+)  # fmt: skip
 def test_bad_requests_get_one_error_line(sent: bytes, answer: str, ending: Ending) -> None:
     r = Relay()
     conn, _ = r.connect()
@@ -188,6 +197,18 @@ def test_bad_requests_get_one_error_line(sent: bytes, answer: str, ending: Endin
     assert written(actions) == [answer]
     assert closed(actions) == [ending]
     assert r.core.handshakes_refused == 1
+
+
+def test_a_request_line_is_128_bytes_at_most_as_received_in_pieces() -> None:
+    r = Relay()
+    conn, _ = r.connect()
+    assert r.core.received(conn, b"bob/1 send 5" + b"\r" * 115) == []  # 127: may go on
+    assert written(r.core.received(conn, b"\n")) == ["ok 5\n"]  # 128 with its newline
+    conn, _ = r.connect()
+    assert r.core.received(conn, b"b" * 127) == []
+    actions = r.core.received(conn, b"c" * 999 + b"\n")
+    assert written(actions) == ["error handshake line too long\n"]
+    assert closed(actions) == [Ending.BAD_REQUEST]
 
 
 def test_a_waiting_sender_that_talks_is_closed() -> None:
@@ -242,6 +263,19 @@ def test_pair_that_ends_in_the_key_exchange_failed() -> None:
 # -- limits -----------------------------------------------------------------------------------
 
 
+def test_a_pair_the_relay_cannot_carry_is_busy_and_nobody_s_guess() -> None:
+    r = Relay()
+    sender, receiver = r.pair()
+    actions = r.core.no_room(sender)
+    assert written(actions) == []  # paired already: no line into the peers' stream
+    assert closed(actions) == [Ending.BUSY, Ending.BUSY]
+    assert (r.core.transfers_completed, r.core.handshakes_failed) == (0, 0)
+    assert r.core.matcher._buckets["10.0.0.2"].tokens == 2  # the join's token came back
+    assert r.core.matcher.recent_failures() == 0
+    assert r.core.recent[0].ended is Ending.BUSY and not r.core.active
+    assert r.core.no_room(receiver) == [] and r.core.lost(sender) == []
+
+
 def test_per_ip_connections() -> None:
     r = Relay()
     for _ in range(4):
@@ -250,6 +284,38 @@ def test_per_ip_connections() -> None:
     assert written(actions) == ["error too many connections from 10.0.0.9\n"]
     assert closed(actions) == [Ending.REFUSED]
     r.connect("10.0.0.8")  # another address is not concerned
+
+
+def test_connections_not_yet_paired_are_bounded_in_all_and_logged_once_a_minute() -> None:
+    r = Relay(unpaired=3)
+    sender, _ = r.line("bob/1 send", "10.0.0.1")  # waiting
+    r.connect("10.0.0.2")  # before its request line
+    receiver, _ = r.connect("10.0.0.3")
+    turned, actions = r.connect("10.0.0.2")
+    assert written(actions) == ["busy the relay is full; try again later\n"]
+    assert closed(actions) == [Ending.BUSY]
+    assert [a.text for a in actions if isinstance(a, Warn)] == [
+        "3 connections are not yet paired, the most the open-file limit leaves room for:"
+        " new ones are told busy (raise the limit, ulimit -n); most from 10.0.0.1 (1),"
+        " 10.0.0.2 (1), 10.0.0.3 (1)"
+    ]
+    assert r.core.matcher.open_connections == 3 and turned not in r.core.conns
+    _, actions = r.connect("10.0.0.4")
+    assert closed(actions) == [Ending.BUSY] and not [a for a in actions if isinstance(a, Warn)]
+    # a pair is no longer waiting: its two connections make room for two more
+    r.core.received(receiver, f"bob/1 recv {sender.nameplate}\n".encode())
+    assert r.core.unpaired == 1
+    for ip in ("10.0.0.5", "10.0.0.6"):
+        assert closed(r.connect(ip)[1]) == []
+    r.turn(59.9)
+    assert not [a for a in r.connect("10.0.0.7")[1] if isinstance(a, Warn)]
+    r.turn(0.1)
+    assert [a.text for a in r.connect("10.0.0.7")[1] if isinstance(a, Warn)] == [
+        "3 connections are not yet paired, the most the open-file limit leaves room for:"
+        " new ones are told busy (raise the limit, ulimit -n); most from 10.0.0.2 (1),"
+        " 10.0.0.5 (1), 10.0.0.6 (1)"
+    ]
+    assert r.core.ended[Ending.BUSY] == 4
 
 
 def test_waiting_senders_per_address_and_in_all() -> None:

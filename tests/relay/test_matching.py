@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from retreatkit.relay import wire
-from retreatkit.relay.matching import Limits, Matcher, NoSender, Refusal
+from retreatkit.relay.matching import Limits, Matcher, NoSender, Refusal, most_unpaired
 
 IP = "10.0.0.1"
 
@@ -78,6 +78,7 @@ def test_parse_request(line: bytes, role: str, plate: str | None) -> None:
     [
         *(b"bob/1 recv\n", b"bob/2 send\n", b"bob/1 send abc\n", b"\xff\n"),
         *(b"bob/1 send 1234567\n", b"bob/1 send 0555\n", b"bob/1 recv 00\n"),
+        b"bob/1 send 5" + b"\r" * 116 + b"\n",  # 129 bytes as received
     ],
 )
 def test_parse_request_rejects(line: bytes) -> None:
@@ -117,3 +118,12 @@ def test_an_unkeyed_nameplate_still_pairs_once() -> None:
     m.join(plate, "10.0.0.2")
     with pytest.raises(NoSender):
         m.join(plate, "10.0.0.2")
+
+
+def test_connections_not_yet_paired_leave_the_pairs_and_the_relay_their_files() -> None:
+    assert most_unpaired(524_288, 256) == 524_288 - 64 - 256 * 6
+    assert most_unpaired(4096, 256) == 4096 - 64 - 256 * 6
+    # the pairs limit asks for more than there is: a quarter beyond the relay's own
+    assert most_unpaired(1024, 256) == (1024 - 64) // 4
+    assert most_unpaired(200, 256) == 34
+    assert most_unpaired(64, 256) == most_unpaired(10, 256) == 1
