@@ -1,0 +1,161 @@
+"""bob beside a neighbour whose multicast DNS answers are crafted, not zeroconf's: names
+with nothing behind them, addresses no announcement should lead to, and many false
+senders, each heard before the real one (the neighbour answers at once, and again and
+again, where a real responder waits 20-120 ms). Real processes in network namespaces
+(test_bob_lan.py's)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from retreatkit.testing import Process
+from tests.e2e import test_bob_lan
+from tests.e2e.test_bob_lan import Lan, finish
+
+pytestmark = test_bob_lan.pytestmark
+lan = test_bob_lan.lan  # the fixtures
+payload = test_bob_lan.payload
+
+# Answers every question about `_retreat-relay._tcp.local.`, or about one of its names,
+# at once, and sends every answer again each 20 ms (argv[1]: JSON, a list of services,
+# each {"name", "port", "txt", "addresses", "resolves"}). A service that does not
+# resolve is its PTR record alone: no SRV, TXT or address records, ever.
+NEIGHBOUR_MDNS = """
+import json, socket, struct, sys, threading, time
+SERVICE = "_retreat-relay._tcp.local."
+services = json.loads(sys.argv[1])
+
+def name(text):
+    labels = [label.encode() for label in text.rstrip(".").split(".")]
+    return b"".join(bytes([len(label)]) + label for label in labels) + b"\\0"
+
+def rr(owner, kind, data, flush=True):
+    head = struct.pack(">HHIH", kind, 1 | (0x8000 if flush else 0), 120, len(data))
+    return name(owner) + head + data
+
+def records(s, ptr=True):
+    full, host = f"{s['name']}.{SERVICE}", f"{s['name'].replace(' ', '-')}.local."
+    out = [rr(SERVICE, 12, name(full), flush=False)] if ptr else []
+    if s.get("resolves", True):
+        pairs = [f"{k}={v}".encode() for k, v in s["txt"].items()]
+        txt = b"".join(bytes([len(pair)]) + pair for pair in pairs)
+        out += [rr(full, 33, struct.pack(">HHH", 0, 0, s["port"]) + name(host)), rr(full, 16, txt)]
+        out += [rr(host, 1, socket.inet_aton(a)) for a in s["addresses"]]
+    return out, full.lower(), host.lower()
+
+def send(answers):
+    while answers:
+        batch, size = [], 0
+        while answers and size + len(answers[0]) < 1400:
+            size += len(answers[0]); batch.append(answers.pop(0))
+        batch = batch or [answers.pop(0)]
+        head = struct.pack(">HHHHHH", 0, 0x8400, 0, len(batch), 0, 0)
+        sock.sendto(head + b"".join(batch), ("224.0.0.251", 5353))
+
+def questions(data):
+    if struct.unpack(">H", data[2:4])[0] & 0x8000:
+        return []
+    pos, out = 12, []
+    for _ in range(struct.unpack(">H", data[4:6])[0]):
+        labels, end = [], None
+        while data[pos]:
+            if data[pos] & 0xC0 == 0xC0:
+                end = end or pos + 2
+                pos = struct.unpack(">H", data[pos:pos + 2])[0] & 0x3FFF
+                continue
+            labels.append(data[pos + 1:pos + 1 + data[pos]].decode()); pos += 1 + data[pos]
+        pos = (end or pos + 1) + 4
+        out.append(".".join(labels).lower() + ".")
+    return out
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+sock.bind(("", 5353))
+group = socket.inet_aton("224.0.0.251") + socket.inet_aton("0.0.0.0")
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+
+def again():
+    while True:
+        send([r for s in services for r in records(s)[0]])
+        time.sleep(0.02)  # the neighbour's pace, not a synchronisation
+
+threading.Thread(target=again, daemon=True).start()
+print("announcing", file=sys.stderr, flush=True)
+while True:
+    data = sock.recv(9000)
+    try:
+        asked = questions(data)
+    except (IndexError, UnicodeDecodeError, struct.error):
+        continue
+    answers = []
+    for s in services:
+        mine, full, host = records(s)
+        if SERVICE.lower() in asked:
+            answers += mine
+        elif full in asked or host in asked:
+            answers += records(s, ptr=False)[0]
+    send(answers)
+"""
+
+
+# Asks for one name (argv[1]) until it resolves: the name is heard on this host.
+RESOLVE = """
+import asyncio, sys
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+from retreatkit import mdns
+
+async def main():
+    zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
+    info = AsyncServiceInfo(mdns.RELAY, f"{sys.argv[1]}.{mdns.RELAY}")
+    found = await info.async_request(zc.zeroconf, 20000)
+    print("resolved" if found else "not heard", file=sys.stderr)
+    await zc.async_close()
+
+asyncio.run(main())
+"""
+
+
+def heard(lan: Lan, host: str, name: str) -> bool:
+    return finish(lan.run(host, "-c", RESOLVE, name)) == (0, ["resolved"])
+
+
+def neighbour(lan: Lan, services: list[dict[str, Any]]) -> Process:
+    """NEIGHBOUR_MDNS on r, announcing `services`, once it listens."""
+    proc = lan.run("r", "-c", NEIGHBOUR_MDNS, json.dumps(services))
+    try:
+        proc.wait_for(r"^announcing$")
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+def test_names_that_never_resolve_hide_no_sender(lan: Lan, payload: Path, tmp_path: Path) -> None:
+    """A neighbour announces eight names with nothing behind them, each heard before the
+    real sender: the receiver asks for them side by side, each for half a second, and
+    finds the sender, whose records came with its name. (One after the other, they
+    took the receiver's whole wait: `no sender is waiting on nameplate 4341`.)"""
+    silent = [{"name": f"nothing {n}", "port": 1, "resolves": False} for n in range(8)]
+    noise = neighbour(lan, silent)
+    sender = receiver = None
+    try:
+        sender = lan.bob("a", "send", "--no-qr", str(payload), BOB_PASSPHRASE="4341-alpha-abandon")
+        sender.wait_for(r"\(nameplate 4341 advertised\)$")
+        assert heard(lan, "b", "bob sender 4341")
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = lan.bob("b", "recv", "--yes", "-o", str(out), "4341-alpha-abandon")
+        code, got = finish(receiver)
+        assert code == 0, got
+        assert got[0].startswith(f"Found the sender on the LAN at {lan.address['a']}:"), got
+        assert finish(sender)[0] == 0
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+    finally:
+        for proc in (sender, receiver, noise):
+            if proc is not None:
+                proc.stop()
