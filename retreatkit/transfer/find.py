@@ -9,7 +9,8 @@ An announcement lists every address of its host, its uplink's too, in an order t
 varies from one announcement to the next (zeroconf's own): bob tries at most
 link.MAX_ADDRESSES of them, those on a network of this machine's own first
 (lanaddress.nearest), each a moment after the one before (link.open_channel), and names
-the one that answered.
+the one that answered; never one that leads to this machine's own ports, or nowhere
+(`usable`).
 
 Anyone on the LAN can announce anything, so a receiver never takes one announcement's
 word: it meets its sender in stages (`meeting_places`), the relays announced on the LAN
@@ -21,6 +22,7 @@ a port that never answers holds nobody up."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import socket
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from retreatkit.lanaddress import Network, address_order, nearest
+from retreatkit.transfer import hints
 from retreatkit.transfer.link import MAX_ADDRESSES, Relay, in_thread
 
 if TYPE_CHECKING:
@@ -92,7 +95,7 @@ async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Targ
         if (f.properties.get("kind"), f.properties.get("nameplate")) != ("sender", nameplate):
             continue
         peer = announced(f, ours)
-        if peer.host not in seen:
+        if peer is not None and peer.host not in seen:
             seen.add(peer.host)
             targets.append(Target(peer, "peer"))
     return targets
@@ -106,15 +109,40 @@ def relays(found: list[mdns.Found], ours: Sequence[Network] = ()) -> list[Relay]
     for f in found:
         if _is_relay(f) and len(chosen) < MAX_RELAYS:
             relay = announced(f, ours)
-            chosen.setdefault((relay.host, relay.port), relay)
+            if relay is not None:
+                chosen.setdefault((relay.host, relay.port), relay)
     return sorted(chosen.values(), key=in_order)
 
 
-def announced(found: mdns.Found, ours: Sequence[Network] = ()) -> Relay:
+def announced(found: mdns.Found, ours: Sequence[Network] = ()) -> Relay | None:
     """Where an announcement says to connect: its `nearest` addresses, the first as the
-    relay's host, the others tried beside it (link.open_channel)."""
-    first, *others = nearest(found.addresses, ours, MAX_ADDRESSES)
+    relay's host, the others tried beside it (link.open_channel); None if it names none
+    bob may be led to (`usable`)."""
+    addresses = usable(found.addresses, ours)
+    if not addresses:
+        return None
+    first, *others = nearest(addresses, ours, MAX_ADDRESSES)
     return Relay(first, found.port, tuple(others))
+
+
+def usable(addresses: Sequence[str], ours: Sequence[Network]) -> list[str]:
+    """The addresses of an announcement that pass the test a peer's direct hints pass
+    (hints.ordinary): anyone can announce anything, and loopback, 0.0.0.0, a multicast or
+    a broadcast address would lead bob to this machine's own ports, or nowhere. Loopback
+    only on a machine on no network but loopback, where nobody else can announce. Unlike
+    a peer's hint, an address off this machine's networks is kept, tried after those on
+    them (`nearest`): an announcement is heard only on the link, from a neighbour who can
+    reach that address itself."""
+    alone = bool(ours) and all(network.is_loopback for network in ours)
+    out = []
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if hints.ordinary(address, ours, loopback=alone):
+            out.append(text)
+    return out
 
 
 def in_order(relay: Relay) -> tuple[tuple[int, int], int]:

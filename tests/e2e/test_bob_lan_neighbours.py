@@ -7,12 +7,13 @@ again, where a real responder waits 20-120 ms). Real processes in network namesp
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from retreatkit.testing import Process
 from tests.e2e import test_bob_lan
-from tests.e2e.test_bob_lan import Lan, finish
+from tests.e2e.test_bob_lan import NO_NAME, Lan, finish, ip
 
 pytestmark = test_bob_lan.pytestmark
 lan = test_bob_lan.lan  # the fixtures
@@ -159,3 +160,106 @@ def test_names_that_never_resolve_hide_no_sender(lan: Lan, payload: Path, tmp_pa
         for proc in (sender, receiver, noise):
             if proc is not None:
                 proc.stop()
+
+
+# Takes connections on every address of its host at a port (argv[1]), and says the first
+# line each brings, then closes it.
+LISTENER = """
+import socket, sys
+server = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+print("listening", file=sys.stderr, flush=True)
+while True:
+    conn, _ = server.accept()
+    conn.settimeout(5)
+    try:
+        line = conn.recv(200).decode("ascii", "replace").strip()
+    except OSError:
+        line = ""
+    print(f"said {line!r}", file=sys.stderr, flush=True)
+    conn.close()
+"""
+MARK = (
+    "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1]))).sendall(b'mark')"
+)
+
+
+def test_announcements_of_loopback_and_nowhere_lead_nobody_to_its_own_ports(
+    lan: Lan, tmp_path: Path
+) -> None:
+    """A neighbour announces relays at 127.0.0.1, at 0.0.0.0 and at multicast and
+    broadcast addresses, and a sender at 127.0.0.2, at a port where the receiver's own
+    machine listens: neither a sender nor a receiver goes there (they sent `bob/1 send`
+    and `bob/1 recv 4342` to their own machine); each does as on a LAN with nothing
+    announced."""
+    port = 7777
+    lies = [
+        {"name": "bob relay lo", "addresses": ["127.0.0.1"]},
+        {"name": "bob relay any", "addresses": ["0.0.0.0"]},
+        {"name": "bob relay all", "addresses": ["224.0.0.251", "255.255.255.255", "10.78.0.255"]},
+        {"name": "bob sender 4342", "addresses": ["127.0.0.2"], "nameplate": "4342"},
+    ]
+    services = [
+        {
+            "name": lie["name"],
+            "port": port,
+            "addresses": lie["addresses"],
+            "txt": {"kind": "sender", "nameplate": lie["nameplate"]}
+            if "nameplate" in lie
+            else {"kind": "relay"},
+        }
+        for lie in lies
+    ]
+    own = lan.run("b", "-c", LISTENER, str(port))
+    noise = sender = None
+    try:
+        own.wait_for(r"^listening$")
+        noise = neighbour(lan, services)
+        small = tmp_path / "notes.txt"
+        small.write_text("the schedule\n")
+        sender = lan.bob("b", "send", "--no-qr", str(small))
+        assert re.fullmatch(
+            r"No relay on this network: the receiver finds this computer on the LAN"
+            r" \(nameplate \d+ advertised\)",
+            sender.wait_for(r"^Using |^No relay").string,
+        )
+        sender.stop()
+        out = tmp_path / "out"
+        out.mkdir()
+        code, got = finish(lan.bob("b", "recv", "--yes", "-o", str(out), "4342-alpha-abandon"))
+        assert (code, got) == (
+            1,
+            [
+                "ERROR: no sender is waiting on nameplate 4342 on this network, and no relay"
+                f" answers at relay.retreat.lan:9000 ({NO_NAME}): check the passphrase, or"
+                " give --relay HOST:PORT"
+            ],
+        )
+        assert finish(lan.run("b", "-c", MARK, str(port)))[0] == 0
+        own.wait_for(r"^said 'mark'$")
+        assert own.seen == ["listening", "said 'mark'"]  # the first to come
+    finally:
+        for proc in (sender, noise, own):
+            if proc is not None:
+                proc.stop()
+
+
+def test_two_bob_on_a_computer_with_no_network_meet_at_loopback(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """Someone trying bob out on one laptop, offline: the sender announces itself at
+    loopback, and the receiver, on no network but loopback, where nobody else could have
+    announced anything, finds it there."""
+    ip("-n", lan.hosts["a"], "link", "del", "eth0")
+    sender = lan.bob("a", "send", "--no-qr", str(payload), BOB_PASSPHRASE="4343-alpha-abandon")
+    try:
+        sender.wait_for(r"\(nameplate 4343 advertised\)$")
+        out = tmp_path / "out"
+        out.mkdir()
+        code, got = finish(lan.bob("a", "recv", "--yes", "-o", str(out), "4343-alpha-abandon"))
+        assert code == 0, got
+        assert got[0].startswith("Found the sender on the LAN at 127.0.0.1:"), got
+        assert "Path: direct" in got
+        assert finish(sender)[0] == 0
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+    finally:
+        sender.stop()

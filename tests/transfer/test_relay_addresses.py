@@ -69,6 +69,31 @@ def test_a_relay_is_one_relay_at_each_of_its_addresses() -> None:
     assert find.announced(again, LAN) == find.announced(one, LAN)
 
 
+def test_an_announcement_never_leads_to_this_machine_or_nowhere() -> None:
+    """Anyone can announce anything: loopback (this machine's own services), 0.0.0.0 (the
+    same, to Linux), multicast, broadcast and reserved addresses are never dialled, as a
+    peer's direct hints are not; an announcement of nothing else is no relay, nor a
+    sender."""
+    heard = [
+        announced("127.0.0.1"),
+        announced("0.0.0.0", port=9001),
+        announced("224.0.0.251", "255.255.255.255", "10.77.0.255", "240.0.0.1", port=9002),
+        announced("127.0.0.2", "10.77.0.5", "nonsense", port=9003),
+    ]
+    assert find.relays(heard, LAN) == [Relay("10.77.0.5", 9003)]
+    assert find.announced(announced("127.0.0.2", kind="sender"), LAN) is None
+    assert find.announced(announced("0.0.0.0", kind="sender"), []) is None
+
+
+def test_on_a_machine_with_no_network_but_loopback_its_own_announcement_is_used() -> None:
+    """Nobody else can announce there: two bob processes on one computer with no network
+    meet at loopback, where the sender announced itself."""
+    alone = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+    sender = announced("127.0.0.1", port=40000, kind="sender")
+    assert find.announced(sender, alone) == Relay("127.0.0.1", 40000)
+    assert find.relays([announced("0.0.0.0"), announced("224.0.0.1")], alone) == []
+
+
 @pytest.fixture
 def port() -> Iterator[int]:
     """A port free on both 127.0.0.2 and 127.0.0.3."""
