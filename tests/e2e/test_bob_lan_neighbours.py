@@ -20,9 +20,9 @@ lan = test_bob_lan.lan  # the fixtures
 payload = test_bob_lan.payload
 
 # Answers every question about `_retreat-relay._tcp.local.`, or about one of its names,
-# at once, and sends every answer again each 20 ms (argv[1]: JSON, a list of services,
-# each {"name", "port", "txt", "addresses", "resolves"}). A service that does not
-# resolve is its PTR record alone: no SRV, TXT or address records, ever.
+# at once, and sends every answer again each argv[2] seconds (argv[1]: JSON, a list of
+# services, each {"name", "port", "txt", "addresses", "resolves"}). A service that does
+# not resolve is its PTR record alone: no SRV, TXT or address records, ever.
 NEIGHBOUR_MDNS = """
 import json, socket, struct, sys, threading, time
 SERVICE = "_retreat-relay._tcp.local."
@@ -79,12 +79,13 @@ group = socket.inet_aton("224.0.0.251") + socket.inet_aton("0.0.0.0")
 sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
 
-def again():
+def again(every):
     while True:
         send([r for s in services for r in records(s)[0]])
-        time.sleep(0.02)  # the neighbour's pace, not a synchronisation
+        time.sleep(every)  # the neighbour's pace, not a synchronisation
 
-threading.Thread(target=again, daemon=True).start()
+if float(sys.argv[2]):
+    threading.Thread(target=again, args=(float(sys.argv[2]),), daemon=True).start()
 print("announcing", file=sys.stderr, flush=True)
 while True:
     data = sock.recv(9000)
@@ -125,9 +126,10 @@ def heard(lan: Lan, host: str, name: str) -> bool:
     return finish(lan.run(host, "-c", RESOLVE, name)) == (0, ["resolved"])
 
 
-def neighbour(lan: Lan, services: list[dict[str, Any]]) -> Process:
-    """NEIGHBOUR_MDNS on r, announcing `services`, once it listens."""
-    proc = lan.run("r", "-c", NEIGHBOUR_MDNS, json.dumps(services))
+def neighbour(lan: Lan, services: list[dict[str, Any]], every: float = 0.02) -> Process:
+    """NEIGHBOUR_MDNS on r, announcing `services` (again each `every` seconds, if not 0),
+    once it listens."""
+    proc = lan.run("r", "-c", NEIGHBOUR_MDNS, json.dumps(services), str(every))
     try:
         proc.wait_for(r"^announcing$")
     except BaseException:
@@ -263,3 +265,43 @@ def test_two_bob_on_a_computer_with_no_network_meet_at_loopback(
         assert (out / "image.bin").read_bytes() == payload.read_bytes()
     finally:
         sender.stop()
+
+
+def test_a_neighbour_holding_every_short_nameplate_costs_a_sender_a_longer_one(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """A neighbour answers for `bob sender 1` to `bob sender 99`: a sender with no relay,
+    which stopped with `no free nameplate on this network; try again`, finds three of
+    them taken and draws from 1-9999; its receiver gets the file."""
+    squat = [
+        {
+            "name": f"bob sender {n}",
+            "port": 7000,
+            "addresses": [lan.address["r"]],
+            "txt": {"kind": "sender", "nameplate": str(n)},
+        }
+        for n in range(1, 100)
+    ]
+    noise = neighbour(lan, squat, every=0)
+    sender = receiver = None
+    try:
+        sender = lan.bob("a", "send", "--no-qr", str(payload))
+        plate = sender.wait_for(
+            r"^No relay on this network: the receiver finds this computer on the LAN"
+            r" \(nameplate (\d+) advertised\)$"
+        )[1]
+        assert 100 <= int(plate) < 10_000, plate
+        passphrase = sender.wait_for(r"^Passphrase: (\S+)$")[1]
+        assert passphrase.startswith(f"{plate}-")
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = lan.bob("b", "recv", "--yes", "-o", str(out), passphrase)
+        code, got = finish(receiver)
+        assert code == 0, got
+        assert got[0].startswith(f"Found the sender on the LAN at {lan.address['a']}:"), got
+        assert finish(sender)[0] == 0
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+    finally:
+        for proc in (sender, receiver, noise):
+            if proc is not None:
+                proc.stop()
