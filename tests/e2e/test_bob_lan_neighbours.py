@@ -305,3 +305,57 @@ def test_a_neighbour_holding_every_short_nameplate_costs_a_sender_a_longer_one(
         for proc in (sender, receiver, noise):
             if proc is not None:
                 proc.stop()
+
+
+# Takes connections at an address and port (argv) and never says a word.
+SILENT = """
+import socket, sys
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("listening", file=sys.stderr, flush=True)
+held = []
+while True:
+    held.append(server.accept())
+"""
+
+
+def test_false_senders_heard_first_keep_no_receiver_from_the_real_one(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """Four false senders announced for the nameplate, heard before the real one: one at
+    a port that takes the connection and never answers, one at an address nobody holds,
+    one at the real sender's own address but a port nobody listens on, one at a port
+    that refuses. The receiver tried the first three heard (one per address) and gave
+    up; it tries each in turn, the next as soon as one fails or a second after it
+    started, and meets the real sender."""
+    r = lan.address["r"]
+    fakes = [(r, 7000), ("10.78.0.9", 7000), (lan.address["a"], 1), (r, 1)]
+    services = [
+        {
+            "name": f"not bob {n}",
+            "port": port,
+            "addresses": [address],
+            "txt": {"kind": "sender", "nameplate": "4344"},
+        }
+        for n, (address, port) in enumerate(fakes)
+    ]
+    silent = lan.run("r", "-c", SILENT, r, "7000")
+    noise = sender = receiver = None
+    try:
+        silent.wait_for(r"^listening$")
+        noise = neighbour(lan, services)
+        sender = lan.bob("a", "send", "--no-qr", str(payload), BOB_PASSPHRASE="4344-alpha-abandon")
+        sender.wait_for(r"\(nameplate 4344 advertised\)$")
+        assert heard(lan, "b", "bob sender 4344")
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = lan.bob("b", "recv", "--yes", "-o", str(out), "4344-alpha-abandon")
+        code, got = finish(receiver)
+        assert code == 0, got
+        assert got[0].startswith(f"Found the sender on the LAN at {lan.address['a']}:"), got
+        assert not got[0].endswith(":1"), got
+        assert finish(sender)[0] == 0
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+    finally:
+        for proc in (sender, receiver, noise, silent):
+            if proc is not None:
+                proc.stop()
