@@ -26,6 +26,8 @@ log = logging.getLogger("retreatkit.mdns")
 RELAY = "_retreat-relay._tcp.local."
 MIRROR = "_retreat-mirror._tcp.local."
 MAX_ADDRESSES = 16  # of one announcement, kept by a browse
+RESOLVING = 8  # names a browse asks for at once, those whose records did not come with them
+RESOLVE_MS = 500  # how long a browse asks for one such name
 
 
 class NameTaken(Exception):
@@ -103,15 +105,46 @@ async def browse(
 ) -> list[Found]:
     """What answers for `service` within `seconds`, or sooner once `stop(found)` holds,
     or `grace` seconds after `soon(found)` first held. Nothing where multicast cannot be
-    used."""
+    used.
+
+    Anyone may announce names that never resolve (a PTR record with nothing behind it):
+    a name whose records came with it is taken at once, the others are asked for
+    RESOLVING at a time, each for at most RESOLVE_MS, so one that never resolves holds
+    one of those places, never the browse."""
     found: list[Found] = []
     names: asyncio.Queue[str] = asyncio.Queue()
+    news = asyncio.Event()  # found grew
+
+    def keep(info: AsyncServiceInfo) -> None:
+        if not info.port:
+            return
+        properties = {
+            k.decode("ascii", "replace"): (v or b"").decode("ascii", "replace")
+            for k, v in info.properties.items()
+        }
+        # anyone may announce hundreds: bob tries a few (transfer.find), and sorts
+        # no more than these each time it counts what it heard
+        addresses = tuple(info.parsed_addresses(IPVersion.V4Only))[:MAX_ADDRESSES]
+        if addresses:
+            found.append(Found(info.name, addresses, info.port, properties))
+            news.set()
 
     def changed(
         zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
-        if state_change is ServiceStateChange.Added:
+        if state_change is not ServiceStateChange.Added:
+            return
+        info = AsyncServiceInfo(service, name)
+        if info.load_from_cache(zeroconf):  # its records came with it (RFC 6763 12.1)
+            keep(info)
+        else:
             names.put_nowait(name)
+
+    async def resolving() -> None:
+        while True:
+            info = AsyncServiceInfo(service, await names.get())
+            if await info.async_request(zc.zeroconf, RESOLVE_MS):
+                keep(info)
 
     try:
         zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
@@ -119,6 +152,7 @@ async def browse(
         log.debug("no multicast here: %s", exc)
         return []
     browser = AsyncServiceBrowser(zc.zeroconf, [service], handlers=[changed])
+    askers = [asyncio.ensure_future(resolving()) for _ in range(RESOLVING)]
     try:
         async with asyncio.timeout(seconds) as bound:
             hurried = False
@@ -129,22 +163,14 @@ async def browse(
                     when = bound.when()
                     if when is None or sooner < when:
                         bound.reschedule(sooner)
-                name = await names.get()
-                info = AsyncServiceInfo(service, name)
-                if not await info.async_request(zc.zeroconf, 500) or not info.port:
-                    continue
-                properties = {
-                    k.decode("ascii", "replace"): (v or b"").decode("ascii", "replace")
-                    for k, v in info.properties.items()
-                }
-                # anyone may announce hundreds: bob tries a few (transfer.find), and sorts
-                # no more than these each time it counts what it heard
-                addresses = tuple(info.parsed_addresses(IPVersion.V4Only))[:MAX_ADDRESSES]
-                if addresses:
-                    found.append(Found(name, addresses, info.port, properties))
+                news.clear()
+                await news.wait()
     except TimeoutError:
         pass
     finally:
+        for asker in askers:
+            asker.cancel()
+        await asyncio.gather(*askers, return_exceptions=True)
         await browser.async_cancel()
         await zc.async_close()
     return found

@@ -9,18 +9,22 @@ An announcement lists every address of its host, its uplink's too, in an order t
 varies from one announcement to the next (zeroconf's own): bob tries at most
 link.MAX_ADDRESSES of them, those on a network of this machine's own first
 (lanaddress.nearest), each a moment after the one before (link.open_channel), and names
-the one that answered.
+the one that answered; never one that leads to this machine's own ports, or nowhere
+(`usable`).
 
 Anyone on the LAN can announce anything, so a receiver never takes one announcement's
 word: it meets its sender in stages (`meeting_places`), the relays announced on the LAN
 first, tried together (a sender that found them waits at each), then the senders
 announcing its nameplate, at most MAX_PEERS of them, tried together (meet.meet: each a
-moment after the one before), so a neighbour announcing every nameplate, or a relay, at
-a port that never answers holds nobody up."""
+moment after the one before, or as soon as one fails), so a neighbour announcing a
+sender, or a relay, at a port that never answers costs a receiver a moment, one that
+refuses or answers anything but bob/1 nothing; only MAX_PEERS false senders heard
+before the real one keep a receiver from it."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import socket
 from collections.abc import Sequence
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from retreatkit.lanaddress import Network, address_order, nearest
+from retreatkit.transfer import hints
 from retreatkit.transfer.link import MAX_ADDRESSES, Relay, in_thread
 
 if TYPE_CHECKING:
@@ -37,7 +42,12 @@ DISCOVERY = 1.5  # seconds to listen for relays on the LAN
 RESOLVE = 2.0  # seconds for the default name to resolve
 REACH = 2.0  # seconds to connect to it: a name that leads nowhere must not hold bob up
 ANSWER = 5.0  # seconds for a relay found on the LAN to hold a sender's nameplate
-MAX_PEERS = 3  # senders announcing one nameplate that a receiver tries together
+# Senders announced for one nameplate that a receiver tries, each a second after the one
+# before (meet.STAGGER) or as soon as one fails. Anyone can announce one, and only its
+# key exchange tells the real one: a false one costs a receiver a second at most, one
+# that plays the key exchange gets one guess at the words, and this many heard before
+# the real sender keep the receiver from it.
+MAX_PEERS = 8
 MAX_RELAYS = 4  # relays announced on the LAN that bob tries together
 GRACE = 0.3  # seconds to hear more relays (and senders) after the first relay
 DEFAULT = Relay("relay.retreat.lan", 9000)
@@ -68,8 +78,8 @@ def given(text: str | None) -> Target | None:
 
 
 async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Target]:
-    """What the LAN announces: the relays (`relays`), then for a receiver up to MAX_PEERS
-    senders of its `nameplate` (at distinct addresses). Empty if nothing answers in time."""
+    """What the LAN announces: the relays (`relays`), then for a receiver the senders of
+    its `nameplate` (`senders`). Empty if nothing answers in time."""
     from retreatkit import mdns  # zeroconf only where it is used
     from retreatkit.lanaddress import networks  # ifaddr: zeroconf has loaded it
 
@@ -85,17 +95,26 @@ async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Targ
         grace=GRACE,
     )
     targets = [Target(relay, "lan") for relay in relays(found, ours)]
-    seen: set[str] = set()
+    if nameplate is not None:
+        targets += [Target(peer, "peer") for peer in senders(found, nameplate, ours)]
+    return targets
+
+
+def senders(found: list[mdns.Found], nameplate: str, ours: Sequence[Network] = ()) -> list[Relay]:
+    """The senders announced for `nameplate`, at most MAX_PEERS, in the order heard, each
+    at its addresses (`announced`), once for each place (address and port): one false
+    announcement at the real sender's address must not stand in for it, nor three that
+    came first for the rest (the receiver tries them one after another, meet.meet)."""
+    chosen: dict[tuple[str, int], Relay] = {}
     for f in found:
-        if nameplate is None or len(seen) == MAX_PEERS:
+        if len(chosen) == MAX_PEERS:
             break
         if (f.properties.get("kind"), f.properties.get("nameplate")) != ("sender", nameplate):
             continue
         peer = announced(f, ours)
-        if peer.host not in seen:
-            seen.add(peer.host)
-            targets.append(Target(peer, "peer"))
-    return targets
+        if peer is not None:
+            chosen.setdefault((peer.host, peer.port), peer)
+    return list(chosen.values())
 
 
 def relays(found: list[mdns.Found], ours: Sequence[Network] = ()) -> list[Relay]:
@@ -106,15 +125,40 @@ def relays(found: list[mdns.Found], ours: Sequence[Network] = ()) -> list[Relay]
     for f in found:
         if _is_relay(f) and len(chosen) < MAX_RELAYS:
             relay = announced(f, ours)
-            chosen.setdefault((relay.host, relay.port), relay)
+            if relay is not None:
+                chosen.setdefault((relay.host, relay.port), relay)
     return sorted(chosen.values(), key=in_order)
 
 
-def announced(found: mdns.Found, ours: Sequence[Network] = ()) -> Relay:
+def announced(found: mdns.Found, ours: Sequence[Network] = ()) -> Relay | None:
     """Where an announcement says to connect: its `nearest` addresses, the first as the
-    relay's host, the others tried beside it (link.open_channel)."""
-    first, *others = nearest(found.addresses, ours, MAX_ADDRESSES)
+    relay's host, the others tried beside it (link.open_channel); None if it names none
+    bob may be led to (`usable`)."""
+    addresses = usable(found.addresses, ours)
+    if not addresses:
+        return None
+    first, *others = nearest(addresses, ours, MAX_ADDRESSES)
     return Relay(first, found.port, tuple(others))
+
+
+def usable(addresses: Sequence[str], ours: Sequence[Network]) -> list[str]:
+    """The addresses of an announcement that pass the test a peer's direct hints pass
+    (hints.ordinary): anyone can announce anything, and loopback, 0.0.0.0, a multicast or
+    a broadcast address would lead bob to this machine's own ports, or nowhere. Loopback
+    only on a machine on no network but loopback, where nobody else can announce. Unlike
+    a peer's hint, an address off this machine's networks is kept, tried after those on
+    them (`nearest`): an announcement is heard only on the link, from a neighbour who can
+    reach that address itself."""
+    alone = bool(ours) and all(network.is_loopback for network in ours)
+    out = []
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if hints.ordinary(address, ours, loopback=alone):
+            out.append(text)
+    return out
 
 
 def in_order(relay: Relay) -> tuple[tuple[int, int], int]:

@@ -109,26 +109,37 @@ def viable(
     A relay that lies in `paired` names one address, and only a peer that holds the
     passphrase can hint it (hints travel encrypted): a lying relay alone adds nothing, and
     it cannot open our loopback, which needs our own end of the connection on it."""
+    # both sides on one computer: loopback is where the relay saw the peer
+    here = bool(peer_seen and peer_seen.is_loopback and relay_local and relay_local.is_loopback)
     out: list[Hint] = []
     for hint in hints:
         a = hint.address
-        if a.is_multicast or a.is_unspecified or a.is_reserved or _broadcast(a, networks):
+        if not ordinary(a, networks, loopback=here):
             continue
-        if a.version == 6 and a.ipv4_mapped is not None:
-            continue
-        if a.is_loopback:
-            ok = bool(
-                peer_seen and peer_seen.is_loopback and relay_local and relay_local.is_loopback
-            )
-        elif a.version == 6 and a.is_link_local:
-            ok = False  # an fe80:: address needs a scope the peer cannot name for us
-        else:
-            ok = a == peer_seen or any(a in net for net in networks if not net.is_loopback)
+        ok = (
+            a.is_loopback
+            or a == peer_seen
+            or any(a in net for net in networks if not net.is_loopback)
+        )
         if ok and hint not in out:
             out.append(hint)
         if len(out) == MAX_HINTS:
             break
     return out
+
+
+def ordinary(address: Address, networks: Sequence[Network], loopback: bool = False) -> bool:
+    """Whether another machine's word (a peer's hint, a LAN announcement) may lead us to
+    `address` at all: never multicast, broadcast, unspecified, reserved or IPv4-mapped (a
+    mapped address would reach IPv4 past these checks), never IPv6 link-local (it needs
+    a scope nobody else can name for us), and loopback, this very machine's services,
+    only with `loopback`, where the caller knows the word came from this machine."""
+    a = address
+    if a.is_multicast or a.is_unspecified or a.is_reserved or _broadcast(a, networks):
+        return False
+    if a.version == 6 and (a.ipv4_mapped is not None or a.is_link_local):
+        return False
+    return loopback or not a.is_loopback
 
 
 def _broadcast(address: Address, networks: Sequence[Network]) -> bool:

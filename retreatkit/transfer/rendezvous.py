@@ -8,7 +8,7 @@ import asyncio
 import collections
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from retreatkit.relay import wire
@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from retreatkit import mdns
 
 MAX_WAITING = 8
+# The nameplates a sender that is its own rendezvous draws, as (tries, below): from 1-99
+# first, short to say and to type; those found taken on the LAN (mDNS probing) widen the
+# draw, as a relay widens its own (relay.matching), so a crowded LAN, or a neighbour
+# announcing every short one, costs a longer nameplate, not the offer.
+SPANS = ((3, 100), (3, 10_000), (10, 1_000_000))
 ROOM_RETRY = 2.0  # seconds between asking a relay at its pairs limit for a place again
 Announce = Callable[[str, list[str], int], Awaitable["mdns.Advertisement"]]
 
@@ -44,6 +49,13 @@ async def _announce(nameplate: str, addresses: list[str], port: int) -> mdns.Adv
         mdns.RELAY, f"bob sender {nameplate}", addresses, port,
         {"kind": "sender", "nameplate": nameplate},
     )  # fmt: skip  # connections a sender keeps waiting on its nameplate at once
+
+
+def draws() -> Iterator[int]:
+    """Below what each nameplate is drawn, in turn (SPANS)."""
+    for tries, below in SPANS:
+        for _ in range(tries):
+            yield below
 
 
 class Closed(Exception):
@@ -162,8 +174,9 @@ class OwnRendezvous:
     on every interface and advertises `_retreat-relay._tcp` with its public nameplate, never
     anything derived from the words; a receiver on the LAN finds it, sends `bob/1 recv N`
     and is answered `paired` as a relay would. A nameplate another sender advertises is
-    not taken (mDNS probing). Neighbours that connect and say anything else are turned
-    away without burning the nameplate. At most MAX_PENDING connections wait to be heard
+    not taken (mDNS probing): another is drawn, from a wider span after a few (SPANS).
+    Neighbours that connect and say anything else are turned away without burning the
+    nameplate. At most MAX_PENDING connections wait to be heard
     at once, at most MAX_PER_ADDRESS of them from one address; a newcomer past either
     bound pushes out the oldest of its own address, else the oldest of the address that
     holds the most. So connections that say nothing keep no receiver out: its own
@@ -175,12 +188,18 @@ class OwnRendezvous:
     HANDSHAKE = 10.0
 
     def __init__(
-        self, count: int, timeout: float, announce: Announce | None = None, host: str = "0.0.0.0"
+        self,
+        count: int,
+        timeout: float,
+        announce: Announce | None = None,
+        host: str = "0.0.0.0",
+        randbelow: Callable[[int], int] = secrets.randbelow,
     ) -> None:
         self.wanted = count
         self.timeout = timeout
         self._announce = announce
         self._host = host
+        self._randbelow = randbelow
         self.nameplate: str | None = None
         self._server: asyncio.Server | None = None
         self._advert: mdns.Advertisement | None = None
@@ -198,8 +217,8 @@ class OwnRendezvous:
         self._server = await loop.create_server(lambda: Channel(self._accepted), self._host, 0)
         port = self._server.sockets[0].getsockname()[1]
         addresses = [str(a) for a in own_addresses(None) if a.version == 4] or ["127.0.0.1"]
-        for _ in range(16):
-            plate = nameplate or str(1 + secrets.randbelow(99))
+        for below in draws():
+            plate = nameplate or str(1 + self._randbelow(below - 1))
             try:
                 self._advert = await announce(plate, addresses, port)
             except mdns.NameTaken:

@@ -69,6 +69,64 @@ def test_a_relay_is_one_relay_at_each_of_its_addresses() -> None:
     assert find.announced(again, LAN) == find.announced(one, LAN)
 
 
+def test_an_announcement_never_leads_to_this_machine_or_nowhere() -> None:
+    """Anyone can announce anything: loopback (this machine's own services), 0.0.0.0 (the
+    same, to Linux), multicast, broadcast and reserved addresses are never dialled, as a
+    peer's direct hints are not; an announcement of nothing else is no relay, nor a
+    sender."""
+    heard = [
+        announced("127.0.0.1"),
+        announced("0.0.0.0", port=9001),
+        announced("224.0.0.251", "255.255.255.255", "10.77.0.255", "240.0.0.1", port=9002),
+        announced("127.0.0.2", "10.77.0.5", "nonsense", port=9003),
+    ]
+    assert find.relays(heard, LAN) == [Relay("10.77.0.5", 9003)]
+    assert find.announced(announced("127.0.0.2", kind="sender"), LAN) is None
+    assert find.announced(announced("0.0.0.0", kind="sender"), []) is None
+
+
+def test_on_a_machine_with_no_network_but_loopback_its_own_announcement_is_used() -> None:
+    """Nobody else can announce there: two bob processes on one computer with no network
+    meet at loopback, where the sender announced itself."""
+    alone = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+    sender = announced("127.0.0.1", port=40000, kind="sender")
+    assert find.announced(sender, alone) == Relay("127.0.0.1", 40000)
+    assert find.relays([announced("0.0.0.0"), announced("224.0.0.1")], alone) == []
+
+
+def test_a_receiver_tries_the_senders_announced_for_its_nameplate_once_each() -> None:
+    """Up to MAX_PEERS, in the order heard, once for each address and port: false
+    announcements heard first (three of them kept the real sender out), or one at the real
+    sender's own address (it stood in for the sender), leave the real one in."""
+
+    def sender(address: str, port: int, nameplate: str = "42") -> mdns.Found:
+        return mdns.Found(
+            f"x.{mdns.RELAY}", (address,), port, {"kind": "sender", "nameplate": nameplate}
+        )
+
+    real = sender("10.77.0.2", 40000)
+    heard = [
+        sender("10.77.0.3", 7000),
+        sender("10.77.0.9", 7000),
+        sender("10.77.0.2", 1),  # the real sender's address, a port nobody listens on
+        sender("10.77.0.3", 7000),  # the same again: once
+        sender("10.77.0.4", 7000, nameplate="43"),  # another nameplate's
+        announced("10.77.0.5"),  # a relay
+        sender("127.0.0.1", 7000),  # never this machine's own
+        real,
+        *(sender(f"10.77.0.{n}", 7000) for n in range(10, 40)),
+    ]
+    chosen = find.senders(heard, "42", LAN)
+    assert chosen[:4] == [
+        Relay("10.77.0.3", 7000),
+        Relay("10.77.0.9", 7000),
+        Relay("10.77.0.2", 1),
+        Relay("10.77.0.2", 40000),
+    ]
+    assert len(chosen) == find.MAX_PEERS == 8
+    assert find.senders(heard, "43", LAN) == [Relay("10.77.0.4", 7000)]
+
+
 @pytest.fixture
 def port() -> Iterator[int]:
     """A port free on both 127.0.0.2 and 127.0.0.3."""

@@ -12,10 +12,11 @@ import socket
 
 import pytest
 
+from retreatkit import mdns
 from retreatkit.cli import bob
 from retreatkit.transfer import find
 from retreatkit.transfer.codes import Code
-from retreatkit.transfer.link import Relay, Unreachable
+from retreatkit.transfer.link import Relay, RelayError, Unreachable
 from retreatkit.transfer.rendezvous import Closed, OwnRendezvous
 
 HERE = "127.0.0.1"
@@ -154,6 +155,48 @@ async def test_closing_the_offer_ends_a_wait_for_the_next_receiver() -> None:
             await asyncio.wait_for(waiting, 5)
     finally:
         await rendezvous.close()
+
+
+class Squatted(Announced):
+    """A LAN where a neighbour holds every nameplate below `below` (mDNS probing finds
+    each taken)."""
+
+    def __init__(self, below: int) -> None:
+        super().__init__()
+        self.below = below
+
+    async def __call__(self, nameplate: str, addresses: list[str], port: int) -> Announced:
+        await super().__call__(nameplate, addresses, port)
+        if int(nameplate) < self.below:
+            raise mdns.NameTaken(f"bob sender {nameplate}")
+        return self
+
+
+async def test_a_lan_whose_short_nameplates_are_all_taken_gives_a_longer_one() -> None:
+    """A neighbour announcing `bob sender 1` to `bob sender 99` stopped every sender that
+    is its own rendezvous (`no free nameplate on this network`): three taken, it draws
+    from 1-9999, and then from 1-999999; on a LAN where every one is taken it says so."""
+    drawn: list[int] = []
+
+    def randbelow(below: int) -> int:
+        drawn.append(below)
+        return below - 1  # the highest: 99, then 9999
+
+    squatted = Squatted(100)
+    rendezvous = OwnRendezvous(1, 5.0, squatted, HERE, randbelow)  # type: ignore[arg-type]
+    try:
+        assert await rendezvous.open(None) == "9999"
+    finally:
+        await rendezvous.close()
+    assert [plate for plate, _, _ in squatted.calls] == ["99", "99", "99", "9999"]
+    assert drawn == [99, 99, 99, 9999]
+
+    drawn.clear()
+    full = OwnRendezvous(1, 5.0, Squatted(10**6), HERE, randbelow)  # type: ignore[arg-type]
+    with pytest.raises(RelayError) as caught:
+        await full.open(None)
+    assert str(caught.value) == "no free nameplate on this network; try again"
+    assert drawn == [99] * 3 + [9999] * 3 + [999_999] * 10
 
 
 def test_a_receiver_that_reaches_nobody_is_told_what_it_looked_for() -> None:
