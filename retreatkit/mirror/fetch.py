@@ -355,7 +355,7 @@ class Fetcher:
         finally:
             if fill.writer is not None and fill.state is not FillState.DONE:
                 fill.writer.discard()
-            space.release(fill.reserved)
+            space.release(fill.reserved, fill.landed)
             del self.inflight[fill.name]
             fill.headers.set()
             fill.notify()
@@ -488,6 +488,7 @@ class Fetcher:
                 # costs ~20% more CPU and holds it not at all (bench/mirror_io.py)
                 await _whole(asyncio.to_thread(fill.writer.write, chunk))
                 fill.written += len(chunk)
+                self._landed(fill)
                 self.stats.upstream_bytes += len(chunk)
                 self._bound(fill.file, fill.written)
                 fill.notify()
@@ -535,6 +536,14 @@ class Fetcher:
             first.length, h.get("ETag"), h.get("Last-Modified"), h.get("Date")
         )
         return response, again
+
+    def _landed(self, fill: Fill) -> None:
+        """What of its reservation a download has on the disk now: out of the free space
+        read, so no longer held apart (Space.held). Bytes a rewind writes over took no more."""
+        landed = min(fill.written, fill.reserved)
+        if landed > fill.landed:
+            self.store.space.took(landed - fill.landed)
+            fill.landed = landed
 
     def _floor(self) -> faults.Floor:
         return faults.Floor(self.limits.min_rate, self.limits.rate_window, self.clock())
