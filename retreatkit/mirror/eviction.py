@@ -105,6 +105,8 @@ def short(store: Store, limit: int, size: int) -> bool:
     if not limit or size > limit:
         return False
     space = store.space
+    # against the limit, downloads under way count whole (`used` has none of their bytes
+    # until published); on the disk, only what they have still to write (Space.held)
     over = store.used + space.reserved + size > limit
     return over or not space.room_for(size, store.free_bytes())
 

@@ -19,6 +19,8 @@ read at each request:
                 coming, slowly: 320 KiB/s)
   bighead       200 with a 200 KB header line
   wait          the whole answer, once the test sets `Upstream.release`
+  hold          the full Content-Length and 3/4 of the body, said on stderr (`holding
+                PATH`), then the rest once the test sets `Upstream.release`
   gzip          gzipped on the way (`Content-Encoding: gzip`) to a client that accepts
                 it, as a web server's compression of text types does
   cut-once      the first GET: the full Content-Length, half the body, then close; later
@@ -40,7 +42,8 @@ they sent (`sent PATH`); a continuation waits for `Upstream.gate` when a test se
 A file answers with its modification time as `Last-Modified`. A folder answers with its
 `index.json` (PEP 691, an npm packument) to a client that accepts JSON or when it has no
 `index.html`, else its `index.html`. `GET /_stats` gives {path: GETs, "HEAD path": HEADs,
-"gzip path": answers sent gzipped, "opam path": requests opam itself sent}.
+"gzip path": answers sent gzipped, "opam path": requests opam itself sent};
+`GET /_release` sets `Upstream.release` (for a test whose upstream is another process).
 It is a raw asyncio server because a real server would not let a test send a body cut
 short without Content-Length.
 """
@@ -122,6 +125,9 @@ class Upstream:
     ) -> None:
         if path == "/_stats":
             return await _send(writer, 200, json.dumps(self.counts).encode(), "application/json")
+        if path == "/_release":
+            self.release.set()
+            return await _send(writer, 200, b"released\n", "text/plain")
         file = (self.root / path.lstrip("/")).resolve()
         if file.is_dir():
             # JSON to a client that accepts it (PEP 691's type, npm's), or when that is all
@@ -152,6 +158,16 @@ class Upstream:
             if not self.release.is_set():
                 return
             return await _send(writer, 200, body, kind, etag=etag)
+        if mode == "hold" and method == "GET":  # the rest once the test says so
+            cut = len(body) * 3 // 4
+            writer.write(_head(200, kind, len(body), etag) + body[:cut])
+            await writer.drain()
+            print(f"holding {path}", file=sys.stderr, flush=True)
+            await _either(self.release, self.closing)
+            if self.release.is_set():
+                writer.write(body[cut:])
+                await writer.drain()
+            return
         if mode == "fail":
             return await _send(writer, 500, b"upstream broke\n", "text/plain")
         if mode in ("loop", "bighead"):

@@ -65,6 +65,7 @@ class Limits:
     index_timeout: float = 60.0  # how long a client waits for a page not held (it goes on)
     max_size: int = 8 * 1024**3
     downloads: int = 32  # upstream downloads at once; more wait their turn
+    pages: int = 64  # upstream index pages at once; more wait their turn, in a page's bound
     min_rate: float = 1024.0  # bytes a second a download must bring, over each window; 0: any
     rate_window: float = 60.0
 
@@ -136,6 +137,8 @@ class Fetcher:
         self.bad = BadFiles()  # files whose bytes failed their hash: not asked again at once
         # clients choose how many different files they ask for: the uplink is not theirs
         self._slots = asyncio.Semaphore(limits.downloads)
+        # pages apart: slow ones never hold a download back, nor downloads a page
+        self._pages = asyncio.Semaphore(limits.pages)
 
     async def close(self) -> None:
         """End every download now: their clients are cut at once (a short answer never
@@ -160,7 +163,10 @@ class Fetcher:
             raise self.down(url)
         limits = self.limits
         # `connect` covers name resolution too; sock_connect would not, and a resolver
-        # that never answers then holds every request for the resolver's own timeouts
+        # that never answers then holds every request for the resolver's own timeouts.
+        # It would cover a wait for a free pooled connection too, which says nothing of
+        # the upstream: the session's pool has no limit (resolver.session), the waits
+        # for a turn are the fetcher's own (`downloads`, `pages`), before this
         timeout = aiohttp.ClientTimeout(
             connect=limits.connect_timeout, sock_read=limits.read_timeout
         )
@@ -230,12 +236,15 @@ class Fetcher:
         and by the rate a download must keep, and in all by PAGE_PATIENCE times what a
         client waits. A page that takes long over a slow uplink still lands for whoever
         asks next (a client waits `index_timeout` for it: Mirror.waited); cut at that,
-        it crossed again for every retry and nobody got it."""
+        it crossed again for every retry and nobody got it. A page that waits its turn
+        (`pages` at once) waits inside that bound, and its client no longer than it would
+        for a slow page."""
         bound = self.limits.index_timeout * PAGE_PATIENCE
         try:
             try:
                 async with asyncio.timeout(bound):  # a trickle that keeps the rate ends too
-                    return await self._get_index(url, headers, limit)
+                    async with self._pages:
+                        return await self._get_index(url, headers, limit)
             except aiohttp.ServerTimeoutError:  # silent mid-page, for read_timeout
                 quiet = f"{self.limits.read_timeout:g} s"
                 raise UpstreamTimeout(f"upstream went silent for {quiet} sending {url}") from None
@@ -284,7 +293,8 @@ class Fetcher:
         return b"".join(chunks)
 
     async def size_of(self, url: str) -> int | None:
-        """What a file's Content-Length is upstream, by a HEAD: no body crosses the uplink."""
+        """What a file's Content-Length is upstream, by a HEAD: no body crosses the uplink.
+        It waits for no turn: one at a time for a file, and over within `_open`'s bound."""
         try:
             response = await self._open(url, {"Accept-Encoding": "identity"}, url, "HEAD")
         except UpstreamError:
@@ -345,7 +355,7 @@ class Fetcher:
         finally:
             if fill.writer is not None and fill.state is not FillState.DONE:
                 fill.writer.discard()
-            space.release(fill.reserved)
+            space.release(fill.reserved, fill.landed)
             del self.inflight[fill.name]
             fill.headers.set()
             fill.notify()
@@ -478,6 +488,7 @@ class Fetcher:
                 # costs ~20% more CPU and holds it not at all (bench/mirror_io.py)
                 await _whole(asyncio.to_thread(fill.writer.write, chunk))
                 fill.written += len(chunk)
+                self._landed(fill)
                 self.stats.upstream_bytes += len(chunk)
                 self._bound(fill.file, fill.written)
                 fill.notify()
@@ -525,6 +536,14 @@ class Fetcher:
             first.length, h.get("ETag"), h.get("Last-Modified"), h.get("Date")
         )
         return response, again
+
+    def _landed(self, fill: Fill) -> None:
+        """What of its reservation a download has on the disk now: out of the free space
+        read, so no longer held apart (Space.held). Bytes a rewind writes over took no more."""
+        landed = min(fill.written, fill.reserved)
+        if landed > fill.landed:
+            self.store.space.took(landed - fill.landed)
+            fill.landed = landed
 
     def _floor(self) -> faults.Floor:
         return faults.Floor(self.limits.min_rate, self.limits.rate_window, self.clock())

@@ -42,6 +42,7 @@ class Fill:
     written: int = 0
     length: int | None = None  # the upstream's Content-Length
     reserved: int = 0  # disk space held for it
+    landed: int = 0  # of that, bytes on the disk: its furthest write (a rewind writes over)
     content_type: str = "application/octet-stream"
     state: FillState = FillState.RUNNING
     digest: str | None = None

@@ -91,8 +91,13 @@ def session() -> aiohttp.ClientSession:
     for no content coding by default: an index's hashes name a file as published, and a
     server that compresses what a client accepts compressed (Apache's mod_deflate, a CDN)
     would otherwise send bytes that match nothing. Index pages ask for gzip and are
-    decoded whole (Fetcher.get_index): on a metered uplink they are most of the bytes."""
-    connector = aiohttp.TCPConnector(resolver=DaemonResolver())
+    decoded whole (Fetcher.get_index): on a metered uplink they are most of the bytes.
+
+    Its pool has no limit of its own: the fetcher bounds what it asks at once (downloads,
+    pages), and waits its turn in its own queues. aiohttp's limit (100 connections) was a
+    second queue inside the connect timeout: with 100 pages coming slowly, the next
+    request waited there, timed out, and the upstream was marked down unasked."""
+    connector = aiohttp.TCPConnector(resolver=DaemonResolver(), limit=0)
     return aiohttp.ClientSession(
         connector=connector, auto_decompress=False, trust_env=False,
         headers={"Accept-Encoding": "identity"},

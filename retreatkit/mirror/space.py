@@ -2,7 +2,9 @@
 
 Free space is read by the caller (statvfs) and passed in. Downloads under way reserve
 what their Content-Length promised, so ten clients asking for ten big files at once do
-not all pass the same check.
+not all pass the same check. What of a reservation is written already is out of the free
+space read: only the rest is held (counted twice, a file 3/4 down kept a 6 MB one off a
+disk with room for both).
 
 Two refusals are remembered, apart:
 - a file of known size that did not fit is only too big: smaller files, and files whose
@@ -24,18 +26,31 @@ MARGIN = 1 << 20  # the filesystem's own blocks: less than this free is a full d
 @dataclass
 class Space:
     keep_free: int  # bytes the mirror never takes: the machine needs its disk too
-    reserved: int = 0
+    reserved: int = 0  # the sizes of the downloads under way, whole (what the store will hold)
+    landed: int = 0  # what of them is on the disk already, so out of its free space
     too_big: int | None = None  # the smallest file of known size that did not fit
     outgrown: int | None = None  # the room a write found the disk full without
 
+    @property
+    def held(self) -> int:
+        """Room promised to downloads under way that their bytes have not taken yet."""
+        return max(0, self.reserved - self.landed)
+
     def room_for(self, size: int, free: int) -> bool:
-        return free - self.reserved - self.keep_free >= size
+        return free - self.held - self.keep_free >= size
 
     def reserve(self, size: int) -> None:
         self.reserved += size
 
-    def release(self, size: int) -> None:
+    def took(self, size: int) -> None:
+        """`size` more bytes of a reservation are on the disk."""
+        self.landed += size
+
+    def release(self, size: int, took: int = 0) -> None:
+        """A reservation of `size` ended, `took` bytes of it on the disk (a file kept, or
+        deleted: either way the free space read next says so)."""
         self.reserved = max(0, self.reserved - size)
+        self.landed = max(0, self.landed - took)
 
     def did_not_fit(self, size: int) -> None:
         """A file of known `size` was refused, before a byte, for want of room."""

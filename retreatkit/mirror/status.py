@@ -60,7 +60,7 @@ def section(mirror: Mirror, up: bool, connections_open: int) -> dict[str, Any]:
             f"disk {space.fullness(free)}; {which} are not kept, cached ones are still served"
         )
     elif too_big is not None:
-        room = max(0, free - space.keep_free - space.reserved)
+        room = max(0, free - space.keep_free - space.held)
         kept = f" ({space.kept()})" if space.keep_free else ""
         warnings.append(
             f"no room for a file of {units.size(too_big)}: {units.size(room)} left to the"

@@ -282,12 +282,14 @@ def start_mirror(
     apt: dict[str, str] | None = None,
     flags: tuple[str, ...] = (),
     keep_free: int = 0,
+    read_timeout: float = 2.0,
 ) -> tuple[Server, str]:
     """A real `retreatkit mirror` process; returns it (url = the mirror) and its admin URL.
     `extra` adds lines to its [mirror] section; `wrap` puts a command in front of it."""
     config = store.parent / f"{store.name}.toml"
     config.write_text(
-        f"[mirror]\nindex_ttl = {ttl}\nread_timeout = 2.0\nkeep_free_bytes = {keep_free}\n{extra}\n"
+        f"[mirror]\nindex_ttl = {ttl}\nread_timeout = {read_timeout}\n"
+        f"keep_free_bytes = {keep_free}\n{extra}\n"
         '[admin]\nlisten = "127.0.0.1:0"\n'
     )
     argv = [

@@ -152,6 +152,24 @@ def test_the_room_named_is_the_stores_not_the_disks() -> None:
     assert space.refused(free=900 << 20) is None  # room made: no longer said
 
 
+def test_a_download_under_way_holds_only_the_room_it_has_still_to_write() -> None:
+    """The free space read counts what a download has written: only its rest is held
+    apart (its whole size was, beside that: a 6 MB file refused with room for it)."""
+    mb = 10**6
+    space = Space(keep_free=2 * mb)
+    space.reserve(24 * mb)
+    assert space.held == 24 * mb and not space.room_for(6 * mb, 31 * mb)
+    space.took(18 * mb)  # 3/4 written: the disk's free space is 18 MB lower for it
+    assert space.held == 6 * mb
+    assert space.room_for(6 * mb, 14 * mb) and not space.room_for(6 * mb, 14 * mb - 1)
+    space.reserve(10 * mb)  # another download, nothing of it written yet
+    assert space.held == 16 * mb and space.reserved == 34 * mb  # the limit counts them whole
+    space.release(24 * mb, 18 * mb)  # the first one ended (kept, or deleted)
+    assert (space.held, space.reserved, space.landed) == (10 * mb, 10 * mb, 0)
+    space.release(10 * mb)
+    assert (space.held, space.reserved, space.landed) == (0, 0, 0)
+
+
 def test_every_refusal_names_the_room_the_mirror_keeps_free() -> None:
     space = Space(keep_free=512 * 10**6)
     assert space.no_room("x.whl", 6_300_000, 20_300_000) == (
