@@ -7,12 +7,24 @@ import http.client
 import json
 import random
 import signal
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-from retreatkit.mirror.testing import Server, start_mirror, start_upstream, write_pypi
+from retreatkit.mirror import wheelmaker
+from retreatkit.mirror.testing import (
+    Server,
+    said,
+    start_mirror,
+    start_upstream,
+    write_pypi,
+)
 
 pytestmark = pytest.mark.e2e
 JSON = "application/vnd.pypi.simple.v1+json"
@@ -76,6 +88,58 @@ def test_a_range_of_any_length_or_script_is_answered_as_rfc_9110_says(tmp_path: 
             # digits of another script are no range at all: the header is ignored
             status, headers, body = ask(mirror, path, {"Range": "bytes=١٢-".encode()})
             assert (status, "Content-Range" in headers, body) == (200, False, data)
+    finally:
+        lines = log_of(mirror)
+        upstream.stop()
+    assert not [line for line in lines if "Traceback" in line], lines
+
+
+def test_clients_asking_ranges_of_a_file_evicted_as_it_lands_get_their_bytes(
+    tmp_path: Path,
+) -> None:
+    """The store over its --max-size evicts a file as soon as it is stored (here: always,
+    the organiser's own files leaving no room for it); every client that waited for it
+    with a range gets its bytes all the same, not "the mirror could not keep" it."""
+    root, store = tmp_path / "upstream", tmp_path / "store"
+    big, small = noise("big", "1.0", 1_500_000), noise("small", "1.0", 200_000)
+    write_pypi(root, {"big": [big], "small": [small]}, as_json=True)
+    filler = random.Random("course").randbytes(4_000_000)
+    metadata = b"Metadata-Version: 2.1\nName: course\nVersion: 1.0\n"
+    name, data = wheelmaker.build(
+        "course", "1.0", [("course/data.bin", filler)], {"METADATA": metadata},
+        compression=zipfile.ZIP_STORED,
+    )  # fmt: skip
+    (tmp_path / name).write_bytes(data)
+    added = subprocess.run(
+        [sys.executable, "-m", "retreatkit.cli.main", "mirror", "add", "--store", str(store),
+         str(tmp_path / name)],
+        capture_output=True, text=True, timeout=60, env={"HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    upstream = start_upstream(root)
+    mirror, admin = start_mirror(
+        store, pypi=f"{upstream.url}simple/", extra="max_size_bytes = 5000000"
+    )
+    try:
+        said(mirror, r"^Mirror local index: ")  # the kit's own wheel, pinned too
+        paths = {**file_paths(mirror, "big"), **file_paths(mirror, "small")}
+        wanted = [(paths[f], d, f"bytes={n * 1000}-{n * 1000 + 999}") for f, d, _ in (big, small)
+                  for n in range(12)]  # fmt: skip
+
+        def one(job: tuple[str, bytes, str]) -> tuple[int, bytes, bytes]:
+            path, whole, spec = job
+            status, _, body = ask(mirror, path, {"Range": spec})
+            start, end = (int(n) for n in spec.removeprefix("bytes=").split("-"))
+            return status, body, whole[start : end + 1]
+
+        for _ in range(3):  # each round fetches both again: the last round's copies went
+            with ThreadPoolExecutor(len(wanted)) as pool:
+                for status, body, expected in pool.map(one, wanted):
+                    assert (status, body) == (206, expected), body[:200]
+        with urllib.request.urlopen(f"{admin}/status", timeout=30) as r:
+            assert (
+                json.load(r)["mirror"]["evicted"] >= 6
+            )  # every file fetched was evicted as it landed
     finally:
         lines = log_of(mirror)
         upstream.stop()
