@@ -18,6 +18,7 @@ from typing import BinaryIO
 import aiofiles.threadpool
 from aiohttp import web
 
+from retreatkit import units
 from retreatkit.mirror import ranges
 from retreatkit.mirror.errors import MirrorError, NotFound
 from retreatkit.mirror.fill import Fill, follow, open_fill
@@ -38,6 +39,8 @@ SENDFILE_CHUNK = 1 << 20
 REASON_MAX = 512
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:\d{1,5})?$")
 HOLD_SMALL = 5.0  # seconds a small file waits to go out whole: well inside pip's 15 s timeout
+PAGE_PIECE = 64 * 1024  # bytes of a page handed to a connection at a time
+RETRY_AFTER = 5  # seconds, for a page refused while too many bytes of pages are on their way
 
 
 def _file_headers(etag: str | None, content_type: str, hit: bool) -> dict[str, str]:
@@ -294,7 +297,7 @@ class FileSlice(web.StreamResponse):
         return sent
 
 
-def page(
+async def page(
     request: web.Request,
     page: Page,
     *,
@@ -302,12 +305,17 @@ def page(
     offline: bool,
     max_age: int,
     modified: str | None = None,
-) -> web.Response:
+) -> web.StreamResponse:
     """An index page: its own ETag, `Vary: Accept` (one URL, HTML or JSON by what the client
     accepts, so a shared cache must not mix them), and a lifetime no longer than the
     mirror's own. Stale and offline pages say so. A page served as the upstream sent it
     carries the upstream's `Last-Modified` (`modified`), and answers `If-Modified-Since`
-    as the upstream would: apt asks for a Release with the date alone."""
+    as the upstream would: apt asks for a Release with the date alone.
+
+    The page goes out a piece at a time, as the client takes it: handed over whole, it
+    was copied for each connection (with its headers) and the copy held until the client
+    read it all. Past `max_pages_sending` bytes of pages on their way to clients (the same page to
+    any number of them counts once), another page is refused with a 503 and Retry-After."""
     headers = {
         "ETag": page.etag,
         "Vary": "Accept",
@@ -326,4 +334,27 @@ def page(
         request.headers.get("If-Modified-Since"), modified
     ):
         return web.Response(status=304, headers=headers)
-    return web.Response(body=page.body, headers={**headers, "Content-Type": page.content_type})
+    mirror = mirror_of(request)
+    sending, body = mirror.sending, page.body
+    if not sending.take(body):
+        mirror.stats.pages_refused += 1
+        text = (
+            f"the mirror is sending {units.size(sending.bytes)} of index pages to clients"
+            f" still reading them (max_pages_sending_bytes); try again in {RETRY_AFTER} s"
+        )
+        return web.Response(
+            status=503, reason=reason(text), text=text + "\n",
+            headers={"Retry-After": str(RETRY_AFTER)},
+        )  # fmt: skip
+    try:
+        response = web.StreamResponse(headers={**headers, "Content-Type": page.content_type})
+        response.content_length = len(body)
+        await response.prepare(request)
+        if request.method != "HEAD":
+            view = memoryview(body)
+            for at in range(0, len(view), PAGE_PIECE):
+                await response.write(view[at : at + PAGE_PIECE])  # waits for the client
+        await response.write_eof()
+        return response
+    finally:
+        sending.done(body)

@@ -6,17 +6,23 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import re
+import select
 import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
 
+from retreatkit import units
 from retreatkit.mirror import wheelmaker
 from retreatkit.mirror.testing import (
     Server,
@@ -141,6 +147,105 @@ def test_clients_asking_ranges_of_a_file_evicted_as_it_lands_get_their_bytes(
                 json.load(r)["mirror"]["evicted"] >= 6
             )  # every file fetched was evicted as it landed
     finally:
+        lines = log_of(mirror)
+        upstream.stop()
+    assert not [line for line in lines if "Traceback" in line], lines
+
+
+def unread(server: Server, path: str, headers: str = "") -> tuple[socket.socket, str]:
+    """A client that asks for `path`, reads the answer's head, and no more: (its socket,
+    the status line). The head comes once the mirror has begun the answer."""
+    parts = urlsplit(server.url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.settimeout(60)
+    sock.connect((parts.hostname, parts.port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: mirror\r\n{headers}\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        got = sock.recv(1)
+        assert got, head
+        head += got
+    return sock, head.split(b"\r\n", 1)[0].decode()
+
+
+def rss(server: Server) -> int:
+    """The process's resident memory, in bytes."""
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    found = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.M)
+    assert found is not None, status
+    return int(found[1]) * 1024
+
+
+def until(done: Callable[[], bool], what: str) -> None:
+    """Poll a condition with a deadline (a wait for an event, not a sleep for a time)."""
+    deadline = time.monotonic() + 60
+    while not done():
+        assert time.monotonic() < deadline, f"never: {what}"
+        select.select([], [], [], 0.01)  # the poll's pace, not a wait for the event
+
+
+def test_index_pages_to_clients_that_do_not_read_are_held_once_and_bounded(
+    tmp_path: Path,
+) -> None:
+    """Clients that ask for a page and read none of it (a stalled laptop, or someone
+    trying) hold it until they read or leave: the same page to any number of them is
+    one page's bytes, and past max_pages_sending_bytes another page is refused."""
+    root = tmp_path / "upstream"
+    names = ("many-a", "many-b", "many-c")  # pages of one size, over what a socket buffers
+    write_pypi(root, {n: [noise(n, f"1.{i}", 10) for i in range(16_000)] for n in names}, True)
+    upstream = start_upstream(root)
+    bound = 15_000_000
+    mirror, admin = start_mirror(
+        tmp_path / "store", pypi=f"{upstream.url}simple/",
+        extra=f"max_pages_sending_bytes = {bound}",
+    )  # fmt: skip
+    accept = f"Accept: {JSON}\r\n"
+
+    def status() -> dict[str, int]:
+        with urllib.request.urlopen(f"{admin}/status", timeout=30) as r:
+            doc: dict[str, int] = json.load(r)["mirror"]
+        return doc
+
+    clients: list[socket.socket] = []
+    try:
+        pages = {n: ask(mirror, f"/pypi/simple/{n}/", {"Accept": JSON})[2] for n in names}
+        size = len(pages["many-a"])
+        assert {len(page) for page in pages.values()} == {size}
+        assert 2 * size <= bound < 3 * size and size > 5_000_000, size  # 4 MB: the kernel's
+
+        before = rss(mirror)
+        for _ in range(50):
+            sock, line = unread(mirror, "/pypi/simple/many-a/", accept)
+            clients.append(sock)
+            assert line == "HTTP/1.1 200 OK"
+        assert status()["pages_sending_bytes"] == size  # fifty clients, one page
+        assert rss(mirror) - before < 5 * size  # not a copy each: that was 50 pages' bytes
+        sock, line = unread(mirror, "/pypi/simple/many-b/", accept)
+        clients.append(sock)
+        assert line == "HTTP/1.1 200 OK"
+        assert status()["pages_sending_bytes"] == 2 * size
+
+        code, headers, body = ask(mirror, "/pypi/simple/many-c/", {"Accept": JSON})
+        text = body.decode()
+        assert (code, headers["Retry-After"]) == (503, "5"), text
+        assert text == (
+            f"the mirror is sending {units.size(2 * size)} of index pages to clients still"
+            " reading them (max_pages_sending_bytes); try again in 5 s\n"
+        )
+        sock, line = unread(mirror, "/pypi/simple/many-a/", accept)  # on its way already
+        clients.append(sock)
+        assert line == "HTTP/1.1 200 OK"
+        assert (status()["pages_sending_bytes"], status()["pages_refused"]) == (2 * size, 1)
+
+        for sock in clients:
+            sock.close()
+        clients.clear()
+        until(lambda: status()["pages_sending_bytes"] == 0, "the pages of clients gone go")
+        assert ask(mirror, "/pypi/simple/many-c/", {"Accept": JSON})[2] == pages["many-c"]
+    finally:
+        for sock in clients:
+            sock.close()
         lines = log_of(mirror)
         upstream.stop()
     assert not [line for line in lines if "Traceback" in line], lines
