@@ -67,6 +67,17 @@ def file_paths(server: Server, project: str) -> dict[str, str]:
     }
 
 
+def servers(root: Path, store: Path, extra: str = "") -> tuple[Server, Server, str]:
+    """The upstream serving `root` and a mirror of it: (upstream, mirror, admin URL)."""
+    upstream = start_upstream(root)
+    try:
+        mirror, admin = start_mirror(store, pypi=f"{upstream.url}simple/", extra=extra)
+    except BaseException:
+        upstream.stop()
+        raise
+    return upstream, mirror, admin
+
+
 def log_of(server: Server) -> list[str]:
     """Everything the process said, once it has stopped."""
     server.process.popen.send_signal(signal.SIGTERM)
@@ -78,8 +89,7 @@ def test_a_range_of_any_length_or_script_is_answered_as_rfc_9110_says(tmp_path: 
     root = tmp_path / "upstream"
     big, small = noise("big", "1.0", 2_000_000), noise("small", "1.0", 10_000)  # sendfile, memory
     write_pypi(root, {"big": [big], "small": [small]}, as_json=True)
-    upstream = start_upstream(root)
-    mirror, _ = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/")
+    upstream, mirror, _ = servers(root, tmp_path / "store")
     try:
         for project, (filename, data, _) in (("big", big), ("small", small)):
             path = file_paths(mirror, project)[filename]
@@ -122,10 +132,7 @@ def test_clients_asking_ranges_of_a_file_evicted_as_it_lands_get_their_bytes(
         capture_output=True, text=True, timeout=60, env={"HOME": str(tmp_path / "home")},
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
-    upstream = start_upstream(root)
-    mirror, admin = start_mirror(
-        store, pypi=f"{upstream.url}simple/", extra="max_size_bytes = 5000000"
-    )
+    upstream, mirror, admin = servers(root, store, "max_size_bytes = 5000000")
     try:
         said(mirror, r"^Mirror local index: ")  # the kit's own wheel, pinned too
         paths = {**file_paths(mirror, "big"), **file_paths(mirror, "small")}
@@ -194,12 +201,10 @@ def test_index_pages_to_clients_that_do_not_read_are_held_once_and_bounded(
     root = tmp_path / "upstream"
     names = ("many-a", "many-b", "many-c")  # pages of one size, over what a socket buffers
     write_pypi(root, {n: [noise(n, f"1.{i}", 10) for i in range(16_000)] for n in names}, True)
-    upstream = start_upstream(root)
     bound = 15_000_000
-    mirror, admin = start_mirror(
-        tmp_path / "store", pypi=f"{upstream.url}simple/",
-        extra=f"max_pages_sending_bytes = {bound}",
-    )  # fmt: skip
+    upstream, mirror, admin = servers(
+        root, tmp_path / "store", f"max_pages_sending_bytes = {bound}"
+    )
     accept = f"Accept: {JSON}\r\n"
 
     def status() -> dict[str, int]:
