@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "npm": "",  # empty: the registry npm on this machine uses
         "apt": {},  # origin name = archive URL; empty: the origins of this machine's apt
         "max_size_bytes": 0,  # the store's size limit (least recently used go); 0: the disk
+        "max_pages_sending_bytes": 268435456,  # index pages on their way to clients, each once
         "allow_upstream": [],  # local (course) projects that may also list upstream files
         "index_ttl": 600.0,
         "connect_timeout": 5.0,  # an upstream's name and TCP connect, in total

@@ -106,7 +106,7 @@ def _keep(body: bytes, content_type: str) -> Processed:
     return Processed(body, content_type or "text/plain")
 
 
-async def cached_list(request: web.Request) -> web.Response:
+async def cached_list(request: web.Request) -> web.StreamResponse:
     mirror = mirror_of(request)
     key = request.match_info["key"]
     urls = {list_key(url): url for url in mirror.settings.lists}
@@ -115,4 +115,4 @@ async def cached_list(request: web.Request) -> web.Response:
     answer = await mirror.index(f"lists/{key}", urls[key], "*/*", _keep, MAX_LIST)
     kind = answer.obj.content_type.split(";")[0]
     body = Page(answer.body, f'"{answer.obj.digest}"', kind)
-    return respond.page(request, body, stale=answer.stale, offline=False, max_age=0)
+    return await respond.page(request, body, stale=answer.stale, offline=False, max_age=0)

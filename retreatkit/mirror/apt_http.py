@@ -105,7 +105,7 @@ async def serve(request: web.Request, origin: str, path: str) -> web.StreamRespo
 
 async def _release(
     request: web.Request, suites: Suites, origin: str, asked: apt.Asked
-) -> web.Response:
+) -> web.StreamResponse:
     mirror = mirror_of(request)
     found, stale = await suites.current(origin, asked.suite)
     obj = found.objects.get(asked.path)
@@ -117,6 +117,6 @@ async def _release(
         page = Page(body, f'"{obj.digest}"', "text/plain")
         mirror.renders.put(("raw", obj.digest), page)
     max_age = math.ceil(mirror.settings.index_ttl - (time.time() - found.fetched))
-    return respond.page(
+    return await respond.page(
         request, page, stale=stale, offline=False, max_age=max_age, modified=obj.last_modified
     )

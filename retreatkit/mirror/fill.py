@@ -124,7 +124,7 @@ async def follow(fill: Fill, store: Store) -> AsyncIterator[bytes]:
     await fill.headers.wait()
     if fill.error is not None:
         raise fill.error
-    fd = _open_fill(fill, store)
+    fd = open_fill(fill, store)
     offset = 0
     since = fill.rewinds  # the writing its bytes come from
     try:
@@ -156,7 +156,9 @@ async def follow(fill: Fill, store: Store) -> AsyncIterator[bytes]:
         os.close(fd)
 
 
-def _open_fill(fill: Fill, store: Store) -> int:
+def open_fill(fill: Fill, store: Store) -> int:
+    """The file a fill writes, opened for reading: its bytes stay readable through the
+    rename that publishes it and an eviction that removes it after."""
     # the temp file may have been published (renamed) or dropped since: try both
     published = store.blob_path(fill.digest) if fill.digest else None
     for path in (fill.writer.path if fill.writer else None, published):

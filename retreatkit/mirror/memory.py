@@ -1,11 +1,15 @@
-"""What the mirror keeps in memory: small files and index pages, least recently used out first.
+"""What the mirror keeps in memory: small files and index pages, least recently used out first,
+and the pages on their way to clients, bounded.
 
 Keys name content by its hash (files) or carry the digest of what they were made from
-(pages), so an entry never goes stale: nothing to invalidate, only to evict.
+(pages), so an entry never goes stale: nothing to invalidate, only to evict. A page is
+held once however many clients it goes to: a request finds any page another one still
+holds, kept or not, and the bytes of pages being sent are counted, each page once.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -17,7 +21,7 @@ SMALL = 1024 * 1024  # files up to this size are answered from memory, larger by
 K = TypeVar("K")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Page:
     """An index page as a client gets it."""
 
@@ -79,11 +83,61 @@ class HotCache(LRU[str]):
 
 
 class Renders(LRU[tuple[str, ...]]):
-    """Pages as clients get them, by what they were made from (a digest, a variant...)."""
+    """Pages as clients get them, by what they were made from (a digest, a variant...):
+    the most recently used up to the limit, and beyond it any page a request still holds
+    (one being sent to a client that reads slowly, one larger than the limit), so the
+    same page is never made, read or held twice."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self._held: weakref.WeakValueDictionary[tuple[str, ...], Page] = (
+            weakref.WeakValueDictionary()
+        )
 
     def get(self, key: tuple[str, ...]) -> Page | None:
         item = self._get(key)
-        return item if isinstance(item, Page) else None
+        return item if isinstance(item, Page) else self._held.get(key)
 
     def put(self, key: tuple[str, ...], page: Page) -> None:
         self._put(key, page, len(page.body))
+        self._held[key] = page
+
+
+class Sending:
+    """Index pages on their way to clients, each page's bytes counted once however many
+    clients it goes to, and bounded: a client that reads slowly, or not at all, holds its
+    page until it has read it or left, and npm's pages reach 128 MB. One page alone always
+    goes, whatever its size; another that would take the total past `limit` waits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes = 0  # of the pages being sent, each once
+        self._pages: dict[int, tuple[bytes, int]] = {}  # id -> the body (kept alive), clients
+
+    def take(self, body: bytes) -> bool:
+        """Count one more client of `body`: False, and nothing counted, if it is a page not
+        on its way yet that would take the total past the limit."""
+        key = id(body)
+        held = self._pages.get(key)
+        if held is not None:
+            self._pages[key] = (body, held[1] + 1)
+            return True
+        if self._pages and self.bytes + len(body) > self.limit:
+            return False
+        self._pages[key] = (body, 1)
+        self.bytes += len(body)
+        return True
+
+    def done(self, body: bytes) -> None:
+        """One client of `body` (counted by take) has it, or has gone."""
+        key = id(body)
+        _, clients = self._pages[key]
+        if clients > 1:
+            self._pages[key] = (body, clients - 1)
+            return
+        del self._pages[key]
+        self.bytes -= len(body)
+
+    def __len__(self) -> int:
+        """Pages being sent, each once."""
+        return len(self._pages)

@@ -80,7 +80,7 @@ def _process(name: str, abbreviated: bool, body: bytes, content_type: str) -> Pr
     return npm.process(name, body, abbreviated)
 
 
-async def packument(request: web.Request) -> web.Response:
+async def packument(request: web.Request) -> web.StreamResponse:
     mirror = mirror_of(request)
     name = _name(request)
     abbreviated = npm.wants_abbreviated(request.headers.get("Accept", ""))
@@ -91,14 +91,11 @@ async def packument(request: web.Request) -> web.Response:
     base = respond.client_base(mirror, request.headers.get("Host"))
     obj = answer.obj
     variant = (obj.digest, base, "offline" if offline else "", str(mirror.generation[name]))
-    page = mirror.renders.get(variant)
-    if page is None:
-        page = await mirror.offload(_make, mirror, answer.body, obj.content_type, base, offline)
-        mirror.renders.put(variant, page)
+    page = await mirror.render(variant, _make, mirror, answer.body, obj.content_type, base, offline)
     if offline:
         mirror.stats.offline_pages += 1
     max_age = math.ceil(mirror.settings.index_ttl - (time.time() - obj.fetched))
-    return respond.page(request, page, stale=answer.stale, offline=offline, max_age=max_age)
+    return await respond.page(request, page, stale=answer.stale, offline=offline, max_age=max_age)
 
 
 def _make(mirror: Mirror, body: bytes, kind: str, base: str, offline: bool) -> Page:

@@ -85,7 +85,7 @@ def _process(body: bytes, content_type: str) -> Processed:
     return opam.process(body)
 
 
-async def index(request: web.Request) -> web.Response:
+async def index(request: web.Request) -> web.StreamResponse:
     mirror = mirror_of(request)
     if mirror.settings.opam is None:
         raise UpstreamError("no opam upstream configured (--opam URL)")
@@ -94,7 +94,7 @@ async def index(request: web.Request) -> web.Response:
     base = request.app[NAMES].base(mirror, request.headers.get("Host"))
     page = await mirror.render(("opam", answer.obj.digest, base), _for_client, answer.body, base)
     max_age = math.ceil(mirror.settings.index_ttl - (time.time() - answer.obj.fetched))
-    return respond.page(request, page, stale=answer.stale, offline=False, max_age=max_age)
+    return await respond.page(request, page, stale=answer.stale, offline=False, max_age=max_age)
 
 
 def _for_client(body: bytes, base: str) -> Page:

@@ -69,7 +69,7 @@ async def to_project(request: web.Request) -> web.Response:
     raise web.HTTPMovedPermanently(f"/pypi/simple/{pypi.normalize(name)}/")
 
 
-async def project(request: web.Request) -> web.Response:
+async def project(request: web.Request) -> web.StreamResponse:
     mirror = mirror_of(request)
     asked = request.match_info["project"]
     if not pypi.valid_project(asked):
@@ -96,10 +96,12 @@ async def project(request: web.Request) -> web.Response:
         mirror.stats.offline_pages += 1
     age = time.time() - answer.obj.fetched
     max_age = math.ceil(mirror.settings.index_ttl - age)
-    return respond.page(request, page, stale=answer.stale, offline=offline, max_age=max_age)
+    return await respond.page(request, page, stale=answer.stale, offline=offline, max_age=max_age)
 
 
-async def _local(request: web.Request, mirror: Mirror, name: str, record: Object) -> web.Response:
+async def _local(
+    request: web.Request, mirror: Mirror, name: str, record: Object
+) -> web.StreamResponse:
     """A project with local files: those alone, or (if the organiser allowed it) with the
     upstream's beside them; upstream files never replace a local one of the same name."""
     upstream: IndexAnswer | None = None
@@ -114,12 +116,9 @@ async def _local(request: web.Request, mirror: Mirror, name: str, record: Object
     offline = upstream is not None and upstream.stale
     merged = upstream.obj.digest if upstream is not None else ""
     key = (record.digest, merged, "json" if as_json else "html", str(offline))
-    page = mirror.renders.get(key)
-    if page is None:
-        body = upstream.body if upstream is not None else None
-        page = await mirror.offload(_make_local, mirror, name, body, as_json, offline)
-        mirror.renders.put(key, page)
-    return respond.page(request, page, stale=offline, offline=offline, max_age=60)
+    body = upstream.body if upstream is not None else None
+    page = await mirror.render(key, _make_local, mirror, name, body, as_json, offline)
+    return await respond.page(request, page, stale=offline, offline=offline, max_age=60)
 
 
 def _make_local(
@@ -155,11 +154,7 @@ async def _render(mirror: Mirror, answer: IndexAnswer, as_json: bool, offline: b
     name = obj.key.removeprefix(pypi.page_key(""))
     variant = ("json" if as_json else "html") + ("-offline" if offline else "")
     key = (obj.digest, variant, str(mirror.generation[name]))
-    page = mirror.renders.get(key)
-    if page is None:
-        page = await mirror.offload(_make, mirror, answer.body, as_json, offline)
-        mirror.renders.put(key, page)
-    return page
+    return await mirror.render(key, _make, mirror, answer.body, as_json, offline)
 
 
 def _make(mirror: Mirror, body: bytes, as_json: bool, offline: bool) -> Page:

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# DIGIT is ASCII (RFC 5234): `\d` would take any script's digits, which no client sends
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,19 +61,33 @@ def plan(method: str, headers: Mapping[str, str], etag: str, size: int) -> Plan:
     if_range = headers.get("If-Range")
     if if_range is not None and if_range.strip() != etag:  # a strong match only (13.1.5)
         return full
-    match = _RANGE.fullmatch(spec.strip())
+    match = _RANGE.fullmatch(spec.strip(" \t"))
     if match is None or (not match[1] and not match[2]):
         return full  # several ranges, other units or nonsense: ignore the header (14.2)
-    if match[1]:
-        start = int(match[1])
-        end = min(int(match[2]), size - 1) if match[2] else size - 1
-        if match[2] and int(match[2]) < start:
+    first, last = match[1], match[2]
+    if first:
+        if last and _order(last) < _order(first):
             return full  # an invalid range is ignored, not refused (14.1.1)
+        start = _number(first, size)
+        end = min(_number(last, size), size - 1) if last else size - 1
     else:
-        suffix = int(match[2])
+        suffix = _number(last, size)
         if suffix == 0:
             return Plan(416, content_range=f"bytes */{size}")
         start, end = max(0, size - suffix), size - 1
     if start >= size:
         return Plan(416, content_range=f"bytes */{size}")
     return Plan(206, start, end - start + 1, f"bytes {start}-{end}/{size}")
+
+
+def _order(digits: str) -> tuple[int, str]:
+    """A number's place among others, from its digits: any length, no conversion."""
+    digits = digits.lstrip("0")
+    return len(digits), digits
+
+
+def _number(digits: str, most: int) -> int:
+    """A number of any length, taken no larger than `most` (a file's size): int() refuses
+    over 4300 digits, and so long a number is past the end of any file anyway."""
+    digits = digits.lstrip("0") or "0"
+    return most if len(digits) > len(str(most)) else min(int(digits), most)

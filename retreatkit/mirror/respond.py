@@ -9,19 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import BinaryIO
 
 import aiofiles.threadpool
 from aiohttp import web
 
+from retreatkit import units
 from retreatkit.mirror import ranges
 from retreatkit.mirror.errors import MirrorError, NotFound
-from retreatkit.mirror.fill import Fill, follow
+from retreatkit.mirror.fill import Fill, follow, open_fill
 from retreatkit.mirror.memory import SMALL, Page
-from retreatkit.mirror.records import Blob, Source
+from retreatkit.mirror.records import Blob, Object, Source
 from retreatkit.mirror.service import Mirror
 
 log = logging.getLogger("retreatkit.mirror")
@@ -37,6 +39,8 @@ SENDFILE_CHUNK = 1 << 20
 REASON_MAX = 512
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:\d{1,5})?$")
 HOLD_SMALL = 5.0  # seconds a small file waits to go out whole: well inside pip's 15 s timeout
+PAGE_PIECE = 64 * 1024  # bytes of a page handed to a connection at a time
+RETRY_AFTER = 5  # seconds, for a page refused while too many bytes of pages are on their way
 
 
 def _file_headers(etag: str | None, content_type: str, hit: bool) -> dict[str, str]:
@@ -118,7 +122,23 @@ async def blob(
 ) -> web.StreamResponse:
     """A verified file from the store: from memory if small, else by sendfile. `hit`
     False: the file was not held when the request came (made for it just now)."""
-    obj, stats = found.obj, mirror.stats
+    if found.body is not None:
+        return await _send(request, mirror, found.obj, hit, found.body)
+    try:
+        f = found.path.open("rb")
+    except FileNotFoundError:
+        # evicted since it was looked up (the store over its --max-size): not held any
+        # more, so fetched again like any file it lacks
+        return await cold(request, mirror, mirror.source(found.obj.key))
+    with f:  # open, it stays readable whatever evicts it meanwhile
+        return await _send(request, mirror, found.obj, hit, f)
+
+
+async def _send(
+    request: web.Request, mirror: Mirror, obj: Object, hit: bool, content: bytes | BinaryIO
+) -> web.StreamResponse:
+    """A verified file's answer, from its bytes in memory or its open file."""
+    stats = mirror.stats
     etag = ranges.etag_of(obj.digest)
     headers = _file_headers(etag, obj.content_type, hit=hit)
     plan = ranges.plan(request.method, request.headers, etag, obj.size)
@@ -130,14 +150,14 @@ async def blob(
         return _bodiless(plan, headers)
     if plan.content_range is not None:
         headers["Content-Range"] = plan.content_range
-    if found.body is not None:
-        body = found.body
+    if isinstance(content, bytes):
+        body = content
         if plan.status == 206:
             body = body[plan.start : plan.start + plan.length]
         if request.method != "HEAD":
             stats.bytes_from_cache += len(body)
         return web.Response(status=plan.status, body=body, headers=headers)
-    response = FileSlice(found.path, plan, headers)
+    response = FileSlice(content, plan, headers)
     stats.bytes_from_cache += await response.send(request)
     return response
 
@@ -167,8 +187,34 @@ async def cold(request: web.Request, mirror: Mirror, source: Source) -> web.Stre
         # and a client that asks for ranges (uv reading a wheel's metadata) gets them.
         # Not so a range whose If-Range fails (apt resuming with a date: RFC 9110
         # 13.1.5): its answer is the whole file, which flows as it arrives
-        return await blob(request, mirror, await mirror.fetched(fill))
+        return await ranged(request, mirror, fill)
     return await stream(request, mirror, fill, etag)
+
+
+async def ranged(request: web.Request, mirror: Mirror, fill: Fill) -> web.StreamResponse:
+    """A request with a range, answered from the verified whole once the fill ends, from
+    the file it writes, opened while it does: the store over its --max-size may evict the
+    file as soon as it is stored (another download making room), and this client still
+    gets the bytes it waited for."""
+    await fill.headers.wait()
+    if fill.error is not None:
+        raise fill.error
+    try:
+        fd = open_fill(fill, mirror.store)
+    except MirrorError:
+        # stored and evicted before this request could open it (it came as the fill
+        # ended): once that fill is over, the file is held, or fetched again
+        await fill.ended()
+        if fill.error is not None:
+            raise fill.error from None
+        return await file(request, fill.name)
+    with os.fdopen(fd, "rb") as f:
+        await fill.ended()
+        if fill.error is not None:
+            raise fill.error
+        assert fill.digest is not None  # set by a fill that passed its checks
+        obj = Object(fill.name, fill.digest, fill.written, fill.content_type, time.time())
+        return await _send(request, mirror, obj, False, f)
 
 
 async def stream(
@@ -209,36 +255,36 @@ async def stream(
 
 
 class FileSlice(web.StreamResponse):
-    """Part or all of a file on disk, sent by the kernel (sendfile)."""
+    """Part or all of an open file, sent by the kernel (sendfile)."""
 
-    def __init__(self, path: Path, plan: ranges.Plan, headers: Mapping[str, str]) -> None:
+    def __init__(self, file: BinaryIO, plan: ranges.Plan, headers: Mapping[str, str]) -> None:
         super().__init__(status=plan.status, headers=headers)
-        self.path, self.plan = path, plan
+        self.file, self.plan = file, plan
         self.content_length = plan.length
 
     async def send(self, request: web.Request) -> int:
         """Prepare and send; returns the body bytes that left."""
-        with self.path.open("rb") as f:
-            await self.prepare(request)
-            if request.method == "HEAD" or not self.plan.length:
-                await self.write_eof()
-                return 0
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("the client left")  # loop.sendfile: RuntimeError
-            loop = asyncio.get_running_loop()
-            start, length = self.plan.start, self.plan.length
-            try:
-                sent = await loop.sendfile(transport, f, start, length)
-            except NotImplementedError:  # no socket to send from (TLS, a test transport)
-                sent = await self._copy(f, start, length)
+        f = self.file
+        await self.prepare(request)
+        if request.method == "HEAD" or not self.plan.length:
             await self.write_eof()
-            return sent
+            return 0
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client left")  # loop.sendfile: RuntimeError
+        loop = asyncio.get_running_loop()
+        start, length = self.plan.start, self.plan.length
+        try:
+            sent = await loop.sendfile(transport, f, start, length)
+        except NotImplementedError:  # no socket to send from (TLS, a test transport)
+            sent = await self._copy(f, start, length)
+        await self.write_eof()
+        return sent
 
     async def _copy(self, f: BinaryIO, start: int, length: int) -> int:
-        """The same bytes through Python, read on aiofiles' threads from the file send()
-        opened, and closes whatever cancels this: a second open, cancelled half way, left
-        its file to the garbage collector."""
+        """The same bytes through Python, read on aiofiles' threads from the file already
+        open, which its opener closes whatever cancels this: a second open, cancelled
+        half way, left its file to the garbage collector."""
         sent = 0
         reader = aiofiles.threadpool.wrap(f)
         await reader.seek(start)
@@ -251,7 +297,7 @@ class FileSlice(web.StreamResponse):
         return sent
 
 
-def page(
+async def page(
     request: web.Request,
     page: Page,
     *,
@@ -259,12 +305,17 @@ def page(
     offline: bool,
     max_age: int,
     modified: str | None = None,
-) -> web.Response:
+) -> web.StreamResponse:
     """An index page: its own ETag, `Vary: Accept` (one URL, HTML or JSON by what the client
     accepts, so a shared cache must not mix them), and a lifetime no longer than the
     mirror's own. Stale and offline pages say so. A page served as the upstream sent it
     carries the upstream's `Last-Modified` (`modified`), and answers `If-Modified-Since`
-    as the upstream would: apt asks for a Release with the date alone."""
+    as the upstream would: apt asks for a Release with the date alone.
+
+    The page goes out a piece at a time, as the client takes it: handed over whole, it
+    was copied for each connection (with its headers) and the copy held until the client
+    read it all. Past `max_pages_sending` bytes of pages on their way to clients (the same page to
+    any number of them counts once), another page is refused with a 503 and Retry-After."""
     headers = {
         "ETag": page.etag,
         "Vary": "Accept",
@@ -283,4 +334,27 @@ def page(
         request.headers.get("If-Modified-Since"), modified
     ):
         return web.Response(status=304, headers=headers)
-    return web.Response(body=page.body, headers={**headers, "Content-Type": page.content_type})
+    mirror = mirror_of(request)
+    sending, body = mirror.sending, page.body
+    if not sending.take(body):
+        mirror.stats.pages_refused += 1
+        text = (
+            f"the mirror is sending {units.size(sending.bytes)} of index pages to clients"
+            f" still reading them (max_pages_sending_bytes); try again in {RETRY_AFTER} s"
+        )
+        return web.Response(
+            status=503, reason=reason(text), text=text + "\n",
+            headers={"Retry-After": str(RETRY_AFTER)},
+        )  # fmt: skip
+    try:
+        response = web.StreamResponse(headers={**headers, "Content-Type": page.content_type})
+        response.content_length = len(body)
+        await response.prepare(request)
+        if request.method != "HEAD":
+            view = memoryview(body)
+            for at in range(0, len(view), PAGE_PIECE):
+                await response.write(view[at : at + PAGE_PIECE])  # waits for the client
+        await response.write_eof()
+        return response
+    finally:
+        sending.done(body)

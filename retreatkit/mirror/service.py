@@ -36,7 +36,7 @@ from retreatkit.mirror.errors import (
 from retreatkit.mirror.fetch import Fetcher, Limits
 from retreatkit.mirror.fill import Fill
 from retreatkit.mirror.health import Health, origin
-from retreatkit.mirror.memory import SMALL, HotCache, Page, Renders
+from retreatkit.mirror.memory import SMALL, HotCache, Page, Renders, Sending
 from retreatkit.mirror.once import Once
 from retreatkit.mirror.records import Blob, Object, Processed, Source
 from retreatkit.mirror.resolver import Sessions
@@ -68,6 +68,7 @@ class Settings:
     stale_after: float = 3.0  # how long a request holding a stale index waits to revalidate
     hot_bytes: int = 128 * 1024 * 1024  # small files kept in memory
     page_bytes: int = 64 * 1024 * 1024  # index pages kept in memory, as clients get them
+    max_pages_sending: int = 256 * 1024 * 1024  # bytes of index pages on their way, each once
     lists: list[str] = field(default_factory=list)  # other URLs to cache (blocklists)
     limits: Limits = field(default_factory=Limits)
     server: ServerLimits = field(default_factory=ServerLimits)
@@ -80,8 +81,12 @@ class Settings:
 @dataclass(frozen=True, slots=True)
 class IndexAnswer:
     obj: Object
-    body: bytes
+    page: Page  # as the mirror keeps it: one for every request that holds it
     origin: str  # "cache", "revalidated", "upstream" or "stale"
+
+    @property
+    def body(self) -> bytes:
+        return self.page.body
 
     @property
     def stale(self) -> bool:
@@ -107,6 +112,7 @@ class Mirror:
         )  # fmt: skip
         self.hot = HotCache(settings.hot_bytes)
         self.renders = Renders(settings.page_bytes)
+        self.sending = Sending(settings.max_pages_sending)
         self.started = time.time()
         self.lan_url = "http://localhost"  # where the LAN reaches it; the service sets it
         self.offload = offload  # CPU or disk work that must not stall the loop
@@ -114,7 +120,7 @@ class Mirror:
         self.origins: dict[str, set[str]] = {}  # ecosystem -> upstream hosts its files use
         self.warners: list[Callable[[], list[str]]] = []  # ecosystems' lines for /status
         self._pace = pace
-        self._pages: dict[str, tuple[Object, bytes]] = {}  # pages the disk could not take
+        self._pages: dict[str, tuple[Object, Page]] = {}  # pages the disk could not take
         self._refreshing: Once[str, IndexAnswer] = Once(self.spawn)
         self._sizing: Once[str, int | None] = Once(self.spawn)  # one HEAD for many asking
         self._rendering: Once[tuple[str, ...], Page] = Once(self.spawn)
@@ -310,12 +316,11 @@ class Mirror:
         unsaved = self._pages.get(obj.key)
         if unsaved is not None and unsaved[0].digest == obj.digest:
             return IndexAnswer(obj, unsaved[1], how)
-        raw = self.renders.get(("raw", obj.digest))
-        if raw is None:
-            body = await self.offload(self.store.read, obj.digest)
-            raw = Page(body, f'"{obj.digest}"', obj.content_type)
-            self.renders.put(("raw", obj.digest), raw)
-        return IndexAnswer(obj, raw.body, how)
+        raw = await self.render(("raw", obj.digest), self._read_page, obj)
+        return IndexAnswer(obj, raw, how)
+
+    def _read_page(self, obj: Object) -> Page:
+        return Page(self.store.read(obj.digest), f'"{obj.digest}"', obj.content_type)
 
     async def _revalidate(
         self, key: str, url: str, ask: tuple[str, int], process: Process, cached: Object | None
@@ -360,12 +365,12 @@ class Mirror:
             if len(seen) >= MAX_ORIGINS:
                 break
             seen.add(origin(source.url))
-        obj = await self._save(key, processed, reply.etag, reply.last_modified)
-        return IndexAnswer(obj, processed.body, "upstream")
+        obj, page = await self._save(key, processed, reply.etag, reply.last_modified)
+        return IndexAnswer(obj, page, "upstream")
 
     async def _save(
         self, key: str, page: Processed, etag: str | None, modified: str | None
-    ) -> Object:
+    ) -> tuple[Object, Page]:
         store = self.store
         try:
             obj = await store.run(
@@ -379,14 +384,16 @@ class Mirror:
             obj = Object(
                 key, digest, len(page.body), page.content_type, time.time(), etag, modified
             )
-            self._pages[key] = (obj, page.body)
+            kept = Page(page.body, f'"{digest}"', page.content_type)
+            self._pages[key] = (obj, kept)
             while len(self._pages) > MAX_UNSAVED:  # the oldest go: refetched if asked again
                 del self._pages[next(iter(self._pages))]
-            return obj
+            return obj, kept
         self._pages.pop(key, None)
         self.evict_if_over()
-        self.renders.put(("raw", obj.digest), Page(page.body, f'"{obj.digest}"', obj.content_type))
-        return obj
+        kept = Page(page.body, f'"{obj.digest}"', obj.content_type)
+        self.renders.put(("raw", obj.digest), kept)
+        return obj, kept
 
     async def _touch(self, cached: Object) -> None:
         unsaved = self._pages.get(cached.key)

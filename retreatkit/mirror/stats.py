@@ -26,6 +26,7 @@ COUNTERS: dict[str, str] = {
     "connections_refused": "Connections turned away by the per-address or total cap",
     "evicted": "Files removed to keep the store under its size limit",
     "evicted_bytes": "Bytes removed to keep the store under its size limit",
+    "pages_refused": "Index page requests refused: max_pages_sending_bytes of pages on their way",
 }
 TOP = 10  # packages listed in /status
 _MAX_PACKAGES = 10_000  # names counted; a client choosing names cannot grow this further
@@ -51,6 +52,7 @@ class Stats:
     connections_refused: int = 0
     evicted: int = 0
     evicted_bytes: int = 0
+    pages_refused: int = 0
     packages: Counter[str] = field(default_factory=Counter)
 
     def asked(self, package: str) -> None:

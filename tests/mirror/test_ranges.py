@@ -38,6 +38,38 @@ def test_plan(headers: dict[str, str], expected: Plan) -> None:
     assert plan("GET", headers, TAG, 100) == expected
 
 
+HUGE = "9" * 5000  # past Python's int() limit of 4300 digits
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (f"bytes={HUGE}-", Plan(416, content_range="bytes */100")),  # starts past the end
+        (f"bytes={HUGE}-{HUGE}", Plan(416, content_range="bytes */100")),
+        (f"bytes=0-{HUGE}", Plan(206, 0, 100, "bytes 0-99/100")),  # the rest of the file
+        (f"bytes=90-{'0' * 5000}95", Plan(206, 90, 6, "bytes 90-95/100")),
+        (f"bytes=-{HUGE}", Plan(206, 0, 100, "bytes 0-99/100")),  # a suffix longer than it
+        (f"bytes={HUGE}-{'9' * 4999}", Plan(200, 0, 100)),  # its end before its start
+        (f"bytes=-{'0' * 5000}", Plan(416, content_range="bytes */100")),
+        ("bytes=\u0661\u0662-", Plan(200, 0, 100)),  # Arabic-Indic digits are no DIGIT
+        ("bytes=1-\uff19", Plan(200, 0, 100)),  # nor fullwidth ones
+        ("bytes=\u00a01-2", Plan(200, 0, 100)),
+    ],
+    ids=lambda v: v[:24] if isinstance(v, str) else "",
+)
+def test_a_range_of_any_length_or_script_is_planned_as_rfc_9110_says(
+    spec: str, expected: Plan
+) -> None:
+    assert plan("GET", {"Range": spec}, TAG, 100) == expected
+
+
+@given(st.integers(0, 10_000), st.from_regex(r"bytes=[0-9]{0,6000}-[0-9]{0,6000}", fullmatch=True))
+def test_a_range_of_any_length_gives_bytes_inside_the_file(size: int, spec: str) -> None:
+    p = plan("GET", {"Range": spec}, TAG, size)
+    assert p.status in (200, 206, 416)
+    assert p.start >= 0 and p.start + p.length <= size
+
+
 @given(st.integers(0, 10_000), st.text(max_size=40))
 def test_any_range_header_gives_bytes_inside_the_file(size: int, spec: str) -> None:
     p = plan("GET", {"Range": spec}, TAG, size)
