@@ -120,25 +120,23 @@ async def _serve(
     lock: asyncio.Lock,
     gate: Gate | None = None,
 ) -> None:
-    """One receiver. A key exchange that stops after our confirmation went out counts as
-    a failed guess, however it stopped: whoever holds our CONFIRM can check a guess
-    offline, then go quiet instead of answering. With a `gate` (several receivers), the
-    gate closes before the lock is let go, so no other key exchange starts after it."""
+    """One receiver. A connection that sends no well-formed key exchange message made no
+    guess (NoKeyExchange); one whose exchange stopped after our confirmation went out
+    counts as a failed guess, however it stopped (handshake). With a `gate` (several
+    receivers), the gate closes before the lock is let go, so no other key exchange
+    starts after it."""
     session = Session(Side.SENDER, code)
+
+    def turn() -> None:
+        if gate is not None and gate.closed:
+            raise Closed
+
+    def guessed() -> None:
+        if gate is not None:
+            gate.closed = True
+
     try:
-        async with lock:  # one key exchange at a time: one guess per failed PAKE
-            if gate is not None and gate.closed:
-                raise Closed
-            try:
-                await handshake(link, session)
-            except (TransferError, asyncio.CancelledError) as exc:
-                if gate is not None and (isinstance(exc, PakeFailed) or session.revealed):
-                    gate.closed = True
-                if isinstance(exc, PakeFailed) or not session.revealed:
-                    raise
-                if gate is None and isinstance(exc, asyncio.CancelledError):
-                    raise  # our own Ctrl-C: said as such
-                raise PakeFailed(f"a receiver's key exchange did not finish: {exc}") from None
+        await handshake(link, session, lock, turn, guessed)
         await send_session(link, session, sources, options, progress, path)
     except (TransferError, asyncio.CancelledError) as exc:
         await give_up(link, session, exc)
