@@ -41,6 +41,15 @@ class Options:
     timeout: float = 120.0
 
 
+# seconds the peer's key exchange message has to come once paired. Each side sends its
+# own first and at once: one key exchange at a time (the lock) holds back the checking
+# of it, never the sending, so a sender with --count N sends it to a later receiver
+# while it still checks an earlier one's, and it comes a trip across the relay after
+# `paired`. A false relay, or a neighbour joining, that sends nothing holds nobody
+# longer than this (nor longer than --timeout); a relay's own handshake bound is 10 s.
+PAKE_WAIT = 10.0
+
+
 async def handshake(
     link: Link,
     session: Session,
@@ -49,7 +58,7 @@ async def handshake(
     guessed: Callable[[], None] = lambda: None,
 ) -> Confirmed:
     """Both key exchange messages, then both confirmations (PROTOCOL.md 4). Ours goes at
-    once, and the peer's is waited for outside the lock. Until it came well formed
+    once; the peer's must come within PAKE_WAIT seconds. Until it came well formed
     nothing was guessed, and a failure is NoKeyExchange: the words still hold. It is
     checked under `lock`, one key exchange at a time (`turn` is called once it is ours,
     and may refuse it), and from then on our confirmation is out: whatever stops the
@@ -60,7 +69,7 @@ async def handshake(
         await link.flush(session.start())
     except PeerGone as exc:
         raise NoKeyExchange(f"{exc} before its key exchange") from None
-    await link.arrived(link.timeout)
+    await link.arrived(min(PAKE_WAIT, link.timeout))
     async with lock:
         turn()
         try:

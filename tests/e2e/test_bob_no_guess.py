@@ -1,8 +1,8 @@
 """What is a guess at the passphrase, with real bob processes: only a well-formed key
 exchange message whose confirmation then fails. A false relay on the LAN that pairs and
-then sends junk or a malformed message, or closes, made no guess: the receiver goes on
-to its next way to the sender. Relays that do play the key exchange get one guess
-between them, however many there are."""
+then sends junk, a malformed message, nothing, or closes, made no guess: the receiver
+goes on to its next way to the sender (after 10 s at most). Relays that do play the key
+exchange get one guess between them, however many there are."""
 
 from __future__ import annotations
 
@@ -159,15 +159,16 @@ print("confirms", max(said), flush=True, file=sys.stderr)
         ("side", "the other side sent a malformed key exchange message"),
         ("point", "the other side sent a malformed key exchange message"),
         ("close", "the other side closed the connection before its key exchange"),
+        ("silent", "the other side sent no key exchange message in 10 s"),
     ],
 )
 def test_a_false_relay_whose_pair_makes_no_key_exchange_is_passed_by(
     lan: Lan, tmp_path: Path, mode: str, what: str
 ) -> None:
     """The receiver tries the relay announced on the LAN first. What it is paired with
-    there sends no well-formed key exchange message: no guess was made, so the receiver
-    says what that relay did and goes on to the sender, which waits on the LAN itself,
-    and the file arrives."""
+    there sends no well-formed key exchange message (or none within 10 s, however long
+    --timeout is): no guess was made, so the receiver says what that relay did and goes
+    on to the sender, which waits on the LAN itself, and the file arrives."""
     src = tmp_path / "notes.txt"
     src.write_text("for you\n")
     out = tmp_path / "out"
@@ -178,7 +179,9 @@ def test_a_false_relay_whose_pair_makes_no_key_exchange_is_passed_by(
         hostile.wait_for(r"^announced$")
         sender = lan.bob("a", "send", "--no-qr", str(src), BOB_PASSPHRASE="4411-alpha-abandon")
         sender.wait_for(r"\(nameplate 4411 advertised\)$")
-        receiver = lan.bob("b", "recv", "--yes", "-o", str(out), "4411-alpha-abandon")
+        receiver = lan.bob(
+            "b", "recv", "--timeout", "600", "--yes", "-o", str(out), "4411-alpha-abandon"
+        )
         code, got = finish(receiver)
         assert code == 0, got
         port = re.fullmatch(r"Found the sender on the LAN at 10\.78\.0\.1:(\d+)", got[1])
