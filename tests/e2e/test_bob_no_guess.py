@@ -1,8 +1,10 @@
 """What is a guess at the passphrase, with real bob processes: only a well-formed key
 exchange message whose confirmation then fails. A false relay on the LAN that pairs and
 then sends junk, a malformed message, nothing, or closes, made no guess: the receiver
-goes on to its next way to the sender (after 10 s at most). Relays that do play the key
-exchange get one guess between them, however many there are."""
+goes on to its next way to the sender (after 10 s at most). A neighbour that joins a
+sender with `--count N` and does the same is no receiver: its place goes to the next.
+Relays that do play the key exchange get one guess between them, however many there
+are."""
 
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ import os
 import re
 import secrets
 import shutil
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from retreatkit.testing import Process
+from retreatkit.testing import Process, RelayProcess, bob_argv
 from tests.e2e.test_bob_lan import PREFIX, Lan, ip, namespace, plug, remove_namespaces
 
 pytestmark = pytest.mark.e2e
@@ -225,3 +229,121 @@ def test_relays_that_play_the_key_exchange_get_one_guess_between_them(
         assert list(out.iterdir()) == []
     finally:
         hostile.stop()
+
+
+def bare_join(relay: RelayProcess, nameplate: str, silent: bool = False) -> socket.socket:
+    """Join the sender on `nameplate` as a receiver would, and make no key exchange:
+    end our side at once (reading what comes until the sender closes), or, `silent`,
+    say nothing and hold the connection."""
+    sock = socket.create_connection((relay.host, relay.port), timeout=TIMEOUT)
+    sock.sendall(f"bob/1 recv {nameplate}\n".encode())
+    assert sock.recv(1) == b"p"  # `paired`, read no further
+    if not silent:
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+    return sock
+
+
+def test_count_joiners_that_make_no_key_exchange_are_no_receivers(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    """`--count 2` at a relay: three connections join and end without a key exchange,
+    a fourth joins and says nothing. None is a receiver, each is said, and its place goes
+    to the next to join: the silent one holds none of the key exchanges up (the first
+    receiver gets the file while it waits), and gives its place up after 10 s."""
+    src = tmp_path / "slides.pdf"
+    src.write_bytes(os.urandom(1 << 20))
+    sender = Process.start(
+        bob_argv("send", "--relay", relay.address, "--count", "2", str(src)), env=home
+    )
+    silent = None
+    try:
+        passphrase = sender.wait_for(r"^Passphrase: (\S+)$")[1]
+        nameplate = passphrase.split("-")[0]
+        for _ in range(3):
+            with bare_join(relay, nameplate) as sock:
+                port = sock.getsockname()[1]
+            sender.wait_for(
+                rf"^Not counted as a receiver: 127\.0\.0\.1:{port} \(the other side closed the"
+                rf" connection before its key exchange; {NO_GUESS}\)$"
+            )
+        silent = bare_join(relay, nameplate, silent=True)
+        for n in range(2):
+            out = tmp_path / f"out{n}"
+            out.mkdir()
+            got = subprocess.run(
+                [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(out)), passphrase],
+                capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
+            )  # fmt: skip
+            assert got.returncode == 0, got.stderr
+            assert (out / "slides.pdf").read_bytes() == src.read_bytes()
+            sender.wait_for(rf"^Receiver {n + 1} of 2: done$")
+            if n == 0:  # both places were taken: the silent one's comes free
+                port = silent.getsockname()[1]
+                sender.wait_for(
+                    rf"^Not counted as a receiver: 127\.0\.0\.1:{port} \(the other side sent no"
+                    rf" key exchange message in 10 s; {NO_GUESS}\)$"
+                )
+        status, said = finish(sender)
+        assert status == 0, said
+        assert said[-1] == "Sent to 2 receivers."
+        assert not [line for line in said if "ERROR" in line]
+    finally:
+        if silent is not None:
+            silent.close()
+        sender.stop()
+
+
+# Find `bob sender N` on the LAN as any neighbour can, join it (argv: N, K) K times and
+# end each at once, reading what comes until the sender closes; each join's own port.
+JOINS = """
+import asyncio, socket, sys
+from retreatkit import mdns
+nameplate, times = sys.argv[1], int(sys.argv[2])
+found = asyncio.run(mdns.browse(mdns.RELAY, 10, stop=lambda f: any(
+    x.properties.get("nameplate") == nameplate for x in f)))
+sender = next(f for f in found if f.properties.get("nameplate") == nameplate)
+for _ in range(times):
+    sock = socket.create_connection((sender.addresses[0], sender.port), timeout=30)
+    sock.sendall(f"bob/1 recv {nameplate}\\n".encode())
+    assert sock.recv(1) == b"p"
+    sock.shutdown(socket.SHUT_WR)
+    while sock.recv(4096):
+        pass
+    print("joined from", sock.getsockname()[1], flush=True, file=sys.stderr)
+"""
+
+
+@LAN
+def test_count_on_the_lan_neighbours_joining_without_a_key_exchange_are_no_receivers(
+    lan: Lan, tmp_path: Path
+) -> None:
+    """`--count 2` with no relay: the sender waits on the LAN itself. A neighbour finds
+    its announcement and joins three times without a key exchange; both receivers still
+    get the file."""
+    src = tmp_path / "notes.txt"
+    src.write_text("for the two of you\n")
+    sender = lan.bob("a", "send", "--no-qr", "--count", "2", str(src))
+    try:
+        nameplate = sender.wait_for(r"\(nameplate (\d+) advertised\)$")[1]
+        passphrase = sender.wait_for(r"^Passphrase: (\S+)$")[1]
+        code, joins = finish(lan.run("r", "-c", JOINS, nameplate, "3"))
+        assert code == 0, joins
+        for line in joins:
+            port = line.removeprefix("joined from ")
+            sender.wait_for(
+                rf"^Not counted as a receiver: 10\.78\.0\.3:{port} \(the other side closed the"
+                rf" connection before its key exchange; {NO_GUESS}\)$"
+            )
+        for n in range(2):
+            out = tmp_path / f"out{n}"
+            out.mkdir()
+            code, got = finish(lan.bob("b", "recv", "--yes", "-o", str(out), passphrase))
+            assert code == 0, got
+            assert (out / "notes.txt").read_text() == "for the two of you\n"
+        status, said = finish(sender)
+        assert status == 0, said
+        assert said[-1] == "Sent to 2 receivers."
+    finally:
+        sender.stop()
