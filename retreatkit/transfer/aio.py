@@ -12,6 +12,7 @@ from retreatkit.relay import wire
 from retreatkit.transfer import codes, resume, source
 from retreatkit.transfer.direct import Racer
 from retreatkit.transfer.errors import (
+    NoKeyExchange,
     PakeFailed,
     Refused,
     RemoteProtocolError,
@@ -35,7 +36,15 @@ from retreatkit.transfer.offer import Offer, show_name
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.receive import WriteError, Writer
 from retreatkit.transfer.receiving import Sink, accepted, offered, receive_data
-from retreatkit.transfer.rendezvous import Closed, Rendezvous
+from retreatkit.transfer.rendezvous import (
+    AnyRelay,
+    Closed,
+    FirstReachable,
+    OwnRendezvous,
+    RelayRendezvous,
+    Rendezvous,
+    Said,
+)
 from retreatkit.transfer.sending import Options, handshake, send_session
 
 __all__ = ["Options", "PeerAborted", "PeerGone", "Relay", "RelayError", "Rendezvous", "Worker"]
@@ -119,26 +128,28 @@ async def _serve(
     options: Options,
     lock: asyncio.Lock,
     gate: Gate | None = None,
+    counted: Callable[[], None] = lambda: None,
 ) -> None:
-    """One receiver. A key exchange that stops after our confirmation went out counts as
-    a failed guess, however it stopped: whoever holds our CONFIRM can check a guess
-    offline, then go quiet instead of answering. With a `gate` (several receivers), the
-    gate closes before the lock is let go, so no other key exchange starts after it."""
+    """One receiver: `counted` once its key exchange is done (or failed as a guess). A
+    connection that sends no well-formed key exchange message made no guess and is no
+    receiver (NoKeyExchange); one whose exchange stopped after our confirmation went out
+    counts as a failed guess, however it stopped (handshake). With a `gate` (several
+    receivers), the gate closes before the lock is let go, so no other key exchange
+    starts after it."""
     session = Session(Side.SENDER, code)
+
+    def turn() -> None:
+        if gate is not None and gate.closed:
+            raise Closed
+
+    def guessed() -> None:
+        if gate is not None:
+            gate.closed = True
+        counted()
+
     try:
-        async with lock:  # one key exchange at a time: one guess per failed PAKE
-            if gate is not None and gate.closed:
-                raise Closed
-            try:
-                await handshake(link, session)
-            except (TransferError, asyncio.CancelledError) as exc:
-                if gate is not None and (isinstance(exc, PakeFailed) or session.revealed):
-                    gate.closed = True
-                if isinstance(exc, PakeFailed) or not session.revealed:
-                    raise
-                if gate is None and isinstance(exc, asyncio.CancelledError):
-                    raise  # our own Ctrl-C: said as such
-                raise PakeFailed(f"a receiver's key exchange did not finish: {exc}") from None
+        await handshake(link, session, lock, turn, guessed)
+        counted()
         await send_session(link, session, sources, options, progress, path)
     except (TransferError, asyncio.CancelledError) as exc:
         await give_up(link, session, exc)
@@ -156,23 +167,44 @@ async def _serve_many(
     count: int,
     lock: asyncio.Lock,
 ) -> None:
+    """Up to `count` receivers, each numbered once its key exchange is done. Connections
+    that join and send no key exchange message are no receivers: each is said, and its
+    place goes to whoever joins next. At most `count` joined connections are served at
+    once, whether they proved themselves yet or not."""
     failures: list[BaseException] = []
     gate = Gate()
-    served = 0
+    served = numbered = joined = 0  # joined: connections taking a place, numbered or not
+    moved = asyncio.Event()  # a place came free, or the offer closed
+    unproven: set[asyncio.Task[None]] = set()  # joined, key exchange not yet done
 
-    async def one(number: int, link: Link, peer: str) -> None:
-        nonlocal served
-        reporter.say(f"Receiver {number} of {count} ({peer}): connected")
+    async def one(link: Link, peer: str) -> None:
+        nonlocal served, numbered, joined
+        number = 0
+
+        def counted() -> None:
+            nonlocal number, numbered
+            numbered += 1
+            number = numbered
+            reporter.say(f"Receiver {number} of {count} ({peer}): connected")
+            unproven.discard(asyncio.current_task())
+            moved.set()
 
         def path(which: str) -> None:
             reporter.say(f"Receiver {number} of {count}: Path: {which}")
 
         try:
-            await _serve(link, code, sources, _quiet, path, options, lock, gate)
+            await _serve(link, code, sources, _quiet, path, options, lock, gate, counted)
         except Closed:
+            return
+        except NoKeyExchange as exc:
+            joined -= 1  # its place is free again, at the rendezvous too
+            _one_more(rendezvous)
+            reporter.say(f"Not counted as a receiver: {peer} ({exc})")
             return
         except PakeFailed as exc:
             gate.closed = True
+            for task in unproven:  # those still to send a key exchange message: no more
+                task.cancel()
             failures.append(exc)
             reporter.say(f"Receiver {number} of {count}: ERROR: {exc}")
             await rendezvous.close()
@@ -181,20 +213,30 @@ async def _serve_many(
             failures.append(exc)
             reporter.say(f"Receiver {number} of {count}: ERROR: {exc}")
             return
+        finally:
+            unproven.discard(asyncio.current_task())
+            moved.set()
         served += 1
         reporter.say(f"Receiver {number} of {count}: done")
 
     async with asyncio.TaskGroup() as group:
-        for number in range(1, count + 1):
+        while not gate.closed and numbered < count:
+            if joined >= count:  # every place taken: wait for one to come free
+                moved.clear()
+                await moved.wait()
+                continue
             try:
                 link, peer = await rendezvous.next()
             except Closed:
                 break
             except TransferError as exc:  # the relay went away: those served go on
                 failures.append(exc)
-                reporter.say(f"Receiver {number} of {count}: ERROR: {exc}")
+                reporter.say(f"Receiver {numbered + 1} of {count}: ERROR: {exc}")
                 break
-            group.create_task(one(number, link, peer))
+            joined += 1
+            unproven.add(group.create_task(one(link, peer)))
+        if numbered >= count:
+            await rendezvous.close()  # every place is a receiver's: nobody else may join
     if gate.closed:
         raise PakeFailed(
             f"wrong passphrase from a receiver: the offer is closed after {served} of {count}"
@@ -205,6 +247,21 @@ async def _serve_many(
             if len(failures) == 1 and not served
             else TransferError(f"{served} of {count} receivers got it")
         )
+
+
+def _one_more(rendezvous: Rendezvous) -> None:
+    """A connection that joined and was no receiver: the rendezvous takes one more
+    receiver in its place, as if it had never joined (each of its parts counts the
+    receivers still to come, and a relay's stops holding places when that reaches 0)."""
+    if isinstance(rendezvous, FirstReachable):
+        _one_more(rendezvous.current)
+    elif isinstance(rendezvous, Said):
+        _one_more(rendezvous.relays)
+    elif isinstance(rendezvous, AnyRelay):
+        for member in rendezvous.members:
+            member.wanted += 1
+    elif isinstance(rendezvous, RelayRendezvous | OwnRendezvous):
+        rendezvous.wanted += 1
 
 
 class Gate:

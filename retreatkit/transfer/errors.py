@@ -16,7 +16,18 @@ class RemoteProtocolError(TransferError):
 
 
 class PakeFailed(RemoteProtocolError):
-    """The key exchange or its confirmation failed: usually a wrong passphrase."""
+    """A guess at the passphrase failed: the peer's key exchange message was well formed
+    and our confirmation went out, and the peer's did not check out (or never came, since
+    with ours in hand the peer can check its guess offline). Usually a wrong passphrase."""
+
+
+class NoKeyExchange(RemoteProtocolError):
+    """The other end never sent a well-formed key exchange message: not bob/1, malformed,
+    silent, or gone before it. Our confirmation never went out, so no guess at the
+    passphrase was made: the words still hold."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}; no guess at the passphrase was made")
 
 
 class Refused(TransferError):

@@ -10,6 +10,7 @@ from retreatkit.transfer import hints, records, resume
 from retreatkit.transfer.cursor import Cursor
 from retreatkit.transfer.errors import (
     LocalProtocolError,
+    NoKeyExchange,
     PakeFailed,
     PeerGone,
     RemoteProtocolError,
@@ -242,7 +243,7 @@ class Inbound:
     def _handshake(self, kind: int, body: bytes) -> Event | None:
         if self.state is State.PAKE:
             if kind != Kind.PAKE:
-                raise PakeFailed("key exchange failed: the peer is not speaking bob/1")
+                raise NoKeyExchange("the other side is not speaking bob/1")
             self._keys = self._pake.finish(body)
             self._sealer = records.Sealer(self._keys.send)
             self._opener = records.Opener(self._keys.receive)

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 from retreatkit.relay import wire
 from retreatkit.transfer import hints
 from retreatkit.transfer.channel import Channel, ConnectionClosed, Frame, socket_of
+from retreatkit.transfer.errors import NoKeyExchange, RemoteProtocolError, TransferError
 from retreatkit.transfer.errors import PeerAborted as PeerAborted  # found here too
 from retreatkit.transfer.errors import PeerGone as PeerGone
-from retreatkit.transfer.errors import RemoteProtocolError, TransferError
 from retreatkit.transfer.machine import Aborted, Event, Session
 from retreatkit.transfer.offer import escape
 
@@ -224,6 +224,26 @@ class Link:
                         raise PeerAborted(f"the other side gave up: {event.reason}")
                     return event
             self._pending.extend(await self.frames(timeout))
+
+    async def arrived(self, timeout: float) -> None:
+        """Wait until the peer's first whole frame (its key exchange message) is here, not
+        yet made into an event (`event` takes it). NoKeyExchange if none comes within
+        `timeout` or the connection ends first: the peer made no guess."""
+        self.channel.start_frames()
+        if self._pending:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                got = await self.channel.frames()
+        except (OSError, ConnectionClosed) as exc:
+            if _our_timeout(exc):
+                raise NoKeyExchange(
+                    f"the other side sent no key exchange message in {timeout:g} s"
+                ) from None
+            raise NoKeyExchange(f"{broke(exc)} before its key exchange") from None
+        if not got:
+            raise NoKeyExchange("the other side closed the connection before its key exchange")
+        self._pending.extend(got)
 
     async def frames(self, timeout: float | None) -> list[Frame]:
         """Whole frames as they come; PeerGone at the end of the stream or past `timeout`."""

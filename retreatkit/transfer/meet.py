@@ -2,9 +2,11 @@
 places tried in turn, the places of one stage together, each a moment after the one
 before (find.meeting_places). A place is
 met when the sender there proves the passphrase (key confirmation), so an announcement
-that leads to a port that never answers, or to someone who does not know the words,
-costs only itself while another place of its stage is tried; it gets no more than the
-one guess at the words that any sender gets."""
+that leads to a port that never answers, or to something that sends no well-formed key
+exchange message (junk, nothing, or a close), costs only itself while the next place
+is tried. One guess at the words in all: the peers' messages are checked one at a time
+(a lock across every place), and the first that is well formed but then fails key
+confirmation, or stops after ours went out, ends the search at every place."""
 
 from __future__ import annotations
 
@@ -46,16 +48,16 @@ async def meet(
     stages: Sequence[Sequence[Place]], code: codes.Code, say: Callable[[str], None]
 ) -> Met:
     """The first place whose sender confirms the keys. A stage whose places all fail
-    gives way to the next, said in one line, unless one of them was a wrong passphrase
-    (that ends it: the words are used up); the last stage's first error is raised."""
+    gives way to the next, said in one line; the last stage's first error is raised. A
+    failed guess (PakeFailed) anywhere ends it at once: the words are used up."""
+    search = _Search()
     for n, stage in enumerate(stages):
         try:
-            return await _race(stage, code)
+            return await _race(stage, code, search)
         except _AllFailed as failed:
             errors = failed.errors
-        wrong = next((e for e in errors if isinstance(e, PakeFailed)), None)
-        if wrong is not None or n == len(stages) - 1:
-            raise wrong or _telling(errors)
+        if n == len(stages) - 1:
+            raise _telling(errors)
         say(f"Not met at {_what(stage)} ({_telling(errors)}); trying {_what(stages[n + 1])}")
     raise AssertionError("no stage to meet at")
 
@@ -75,18 +77,36 @@ def _what(stage: Sequence[Place]) -> str:
     return f"the {len(stage)} senders announced on the LAN"
 
 
+class _Search:
+    """What the places of a search share: one peer's key exchange message checked at a
+    time (`lock`), and whether the search is over (met, or a failed guess), so that a
+    place whose turn comes after that checks nothing."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.over = False
+
+    def turn(self) -> None:
+        if self.over:
+            raise TransferError("the search ended elsewhere")
+
+    def end(self) -> None:
+        self.over = True
+
+
 class _AllFailed(Exception):
     def __init__(self, errors: list[TransferError]) -> None:
         super().__init__("every place failed")
         self.errors = errors
 
 
-async def _race(stage: Sequence[Place], code: codes.Code) -> Met:
+async def _race(stage: Sequence[Place], code: codes.Code, search: _Search) -> Met:
     """The places of a stage, each started STAGGER seconds after the one before, or as
-    soon as a place fails. A sender that found several relays waits at each: a receiver
-    that met it at the first leaves the others alone, where its join would pair with the
-    sender's waiting connection there and end before a key exchange, which that relay
-    counts against the receiver's address as a failed guess."""
+    soon as a place fails; a failed guess at one (PakeFailed) ends them all. A sender that
+    found several relays waits at each: a receiver that met it at the first leaves the
+    others alone, where its join would pair with the sender's waiting connection there and
+    end before a key exchange, which that relay counts against the receiver's address as
+    a failed guess."""
     tasks: list[asyncio.Task[Met]] = []
     errors: dict[int, TransferError] = {}
     won: Met | None = None
@@ -95,7 +115,7 @@ async def _race(stage: Sequence[Place], code: codes.Code) -> Met:
         start = True
         while won is None:
             if start and len(tasks) < len(stage):
-                tasks.append(task := asyncio.create_task(_at(stage[len(tasks)], code)))
+                tasks.append(task := asyncio.create_task(_at(stage[len(tasks)], code, search)))
                 pending.add(task)
             if not pending:
                 break
@@ -108,6 +128,8 @@ async def _race(stage: Sequence[Place], code: codes.Code) -> Met:
                 exc = task.exception()
                 if exc is None:
                     won = won or task.result()
+                elif isinstance(exc, PakeFailed):
+                    raise exc  # the words are used up: no other place gets a guess
                 elif isinstance(exc, TransferError):
                     errors[tasks.index(task)] = exc
                 else:
@@ -124,12 +146,13 @@ async def _race(stage: Sequence[Place], code: codes.Code) -> Met:
     return won
 
 
-async def _at(place: Place, code: codes.Code) -> Met:
+async def _at(place: Place, code: codes.Code, search: _Search) -> Met:
     link = await place.connector(wire.Request(wire.Role.RECV, code.nameplate))
     try:
         paired = await link.line(CONNECT_TIMEOUT, "paired")
         session = Session(Side.RECEIVER, code)
-        await handshake(link, session)
+        await handshake(link, session, search.lock, search.turn, search.end)
+        search.end()  # met: as the lock is let go, before any other place's turn
     except BaseException:
         await link.close()
         raise

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from spake2 import SPAKE2_A, SPAKE2_B
 
-from retreatkit.transfer.errors import PakeFailed
+from retreatkit.transfer.errors import NoKeyExchange, PakeFailed
 
 # Fixed identities: python-spake2 defaults them to empty, and A/B must differ so a
 # message cannot be reflected back at its author.
@@ -78,18 +78,21 @@ class Pake:
         return self._message
 
     def finish(self, peer_message: bytes) -> SessionKeys:
+        """Our keys from the peer's message. One that is not well formed is no guess at
+        the passphrase (NoKeyExchange): no keys, so no confirmation of ours goes out."""
         # python-spake2 accepts trailing bytes and checks the side byte with an
         # assert that `python -O` removes: check both here.
+        malformed = "the other side sent a malformed key exchange message"
         if (
             len(peer_message) != MESSAGE_SIZE
             or peer_message[:1] != self.side.other.tag
             or not _plausible_point(peer_message[1:])
         ):
-            raise PakeFailed("key exchange failed: the peer sent a malformed message")
+            raise NoKeyExchange(malformed)
         try:
             key: bytes = self._spake.finish(peer_message)
         except Exception as exc:  # it raises a zoo of types on hostile points
-            raise PakeFailed("key exchange failed: the peer sent a malformed message") from exc
+            raise NoKeyExchange(malformed) from exc
         return derive(key, self.side)
 
 

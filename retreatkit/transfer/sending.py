@@ -9,7 +9,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from retreatkit.transfer import direct, hints, source
-from retreatkit.transfer.errors import Refused, RemoteProtocolError, TransferError
+from retreatkit.transfer.errors import (
+    NoKeyExchange,
+    PakeFailed,
+    Refused,
+    RemoteProtocolError,
+    TransferError,
+)
 from retreatkit.transfer.giveup import give_up
 from retreatkit.transfer.link import Link, PeerGone, Worker, discard
 from retreatkit.transfer.machine import (
@@ -22,6 +28,7 @@ from retreatkit.transfer.machine import (
     Session,
     Started,
 )
+from retreatkit.transfer.pake import Side
 from retreatkit.transfer.resume import NOTHING
 
 Progress = Callable[[int, int | None], None]
@@ -34,9 +41,47 @@ class Options:
     timeout: float = 120.0
 
 
-async def handshake(link: Link, session: Session) -> Confirmed:
-    await link.flush(session.start())
-    event = await link.event(session, link.timeout)
+# seconds the peer's key exchange message has to come once paired. Each side sends its
+# own first and at once: one key exchange at a time (the lock) holds back the checking
+# of it, never the sending, so a sender with --count N sends it to a later receiver
+# while it still checks an earlier one's, and it comes a trip across the relay after
+# `paired`. A false relay, or a neighbour joining, that sends nothing holds nobody
+# longer than this (nor longer than --timeout); a relay's own handshake bound is 10 s.
+PAKE_WAIT = 10.0
+
+
+async def handshake(
+    link: Link,
+    session: Session,
+    lock: asyncio.Lock,
+    turn: Callable[[], None] = lambda: None,
+    guessed: Callable[[], None] = lambda: None,
+) -> Confirmed:
+    """Both key exchange messages, then both confirmations (PROTOCOL.md 4). Ours goes at
+    once; the peer's must come within PAKE_WAIT seconds. Until it came well formed
+    nothing was guessed, and a failure is NoKeyExchange: the words still hold. It is
+    checked under `lock`, one key exchange at a time (`turn` is called once it is ours,
+    and may refuse it), and from then on our confirmation is out: whatever stops the
+    exchange before the peer's checks out is a failed guess (PakeFailed; `guessed` is
+    called before the lock is let go), since whoever holds our confirmation can check a
+    guess offline and then go quiet."""
+    try:
+        await link.flush(session.start())
+    except PeerGone as exc:
+        raise NoKeyExchange(f"{exc} before its key exchange") from None
+    await link.arrived(min(PAKE_WAIT, link.timeout))
+    async with lock:
+        turn()
+        try:
+            event = await link.event(session, link.timeout)
+        except (TransferError, asyncio.CancelledError) as exc:
+            if not session.revealed:
+                raise
+            guessed()
+            if isinstance(exc, PakeFailed | asyncio.CancelledError):
+                raise
+            who = "a receiver" if session.side is Side.SENDER else "the sender"
+            raise PakeFailed(f"{who}'s key exchange did not finish: {exc}") from None
     if not isinstance(event, Confirmed):
         raise RemoteProtocolError("the peer skipped key confirmation")
     return event

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from retreatkit.transfer import records
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.errors import (
+    NoKeyExchange,
     PakeFailed,
     PeerGone,
     RemoteProtocolError,
@@ -705,7 +706,7 @@ _ED = [
 def test_identity_and_small_order_points_fail(side: Side, point: bytes) -> None:
     pake = Pake(side, CODE.pake_password())
     pake.start()
-    with pytest.raises(PakeFailed, match="malformed"):
+    with pytest.raises(NoKeyExchange, match="malformed"):
         pake.finish(side.other.tag + point)
 
 
@@ -725,15 +726,18 @@ def test_identity_and_small_order_points_fail(side: Side, point: bytes) -> None:
 def test_malformed_pake_message(message: bytes) -> None:
     pake = Pake(Side.SENDER, CODE.pake_password())
     pake.start()
-    with pytest.raises(PakeFailed, match="malformed"):
+    with pytest.raises(NoKeyExchange, match="malformed") as info:
         pake.finish(message)
+    assert str(info.value) == (
+        "the other side sent a malformed key exchange message; no guess at the passphrase was made"
+    )
 
 
 def test_reflected_pake_message() -> None:
     for side in Side:
         pake = Pake(side, CODE.pake_password())
         own = pake.start()
-        with pytest.raises(PakeFailed):
+        with pytest.raises(NoKeyExchange):
             pake.finish(own)
 
 
@@ -748,7 +752,7 @@ def test_random_pake_message_never_raises_anything_else(
 ) -> None:
     pake = Pake(side, CODE.pake_password())
     pake.start()
-    with contextlib.suppress(PakeFailed):
+    with contextlib.suppress(NoKeyExchange):
         pake.finish(tag + body)  # a point that decodes is a legal (wrong-password) message
 
 
@@ -759,16 +763,23 @@ def test_random_pake_message_never_raises_anything_else(
     junk=st.none() | st.binary(max_size=40),
     confirm=st.binary(min_size=32, max_size=32),
 )
-def test_session_with_a_random_peer_fails_with_pake_failed(
+def test_session_with_a_random_peer_fails_as_a_guess_only_once_our_confirm_is_out(
     side: Side, point: bytes, junk: bytes | None, confirm: bytes
 ) -> None:
+    """A message that is no well-formed PAKE message is no guess (NoKeyExchange, and no
+    CONFIRM of ours to check one against); one that is ends in a failed guess."""
     session = Session(side, CODE)
     session.start()
     message = side.other.tag + point if junk is None else junk
     session.receive_data(records.frame(Kind.PAKE, message))
-    session.receive_data(records.frame(Kind.CONFIRM, confirm))
-    with pytest.raises(PakeFailed):
+    try:
         assert session.next_event() is None  # a point that decodes: keys, then our CONFIRM
+    except NoKeyExchange:
+        assert not session.revealed and session.data_to_send() == b""
+        return
+    assert session.revealed and session.data_to_send()[:1] == bytes([Kind.CONFIRM])
+    session.receive_data(records.frame(Kind.CONFIRM, confirm))
+    with pytest.raises(PakeFailed, match="wrong passphrase"):
         session.next_event()  # which no random peer can match
 
 
@@ -784,8 +795,9 @@ def test_peer_not_speaking_bob(first: bytes) -> None:
     session = Session(Side.RECEIVER, CODE)
     session.start()
     session.receive_data(first)
-    with pytest.raises(PakeFailed, match="not speaking bob/1"):
+    with pytest.raises(NoKeyExchange, match="not speaking bob/1"):
         session.next_event()
+    assert not session.revealed and session.data_to_send() == b""
 
 
 @pytest.mark.parametrize(

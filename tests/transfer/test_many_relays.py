@@ -96,7 +96,7 @@ async def test_the_real_relay_wins_over_false_ones_that_are_silent_or_do_nothing
 
             async def serve() -> None:
                 link, _ = await sender.next()
-                await handshake(link, Session(Side.SENDER, code))
+                await handshake(link, Session(Side.SENDER, code), asyncio.Lock())
                 await link.close()
 
             places = [Place(via_relay(r, 30.0), f"the relay at {r}") for r in relays]

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from retreatkit.transfer import aio, source
+from retreatkit.transfer import aio, records, source
 from retreatkit.transfer.channel import Channel
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.errors import PakeFailed
@@ -17,6 +17,7 @@ from retreatkit.transfer.link import Link
 from retreatkit.transfer.machine import Session
 from retreatkit.transfer.offer import Offer
 from retreatkit.transfer.pake import Side
+from retreatkit.transfer.records import Kind
 from retreatkit.transfer.testing import Handed, Heard
 
 RIGHT = Code("51", ("abandon", "ability"))
@@ -49,6 +50,8 @@ async def test_many_guessers_at_once_get_one_guess_between_them() -> None:
     heard = await asyncio.wait_for(asyncio.gather(*guesses), 10)
     for s in theirs:
         s.close()
-    # the first guesser got the sender's PAKE and CONFIRM (its one guess); the others
-    # got nothing at all: no key exchange ran for them
-    assert [len(h) > 0 for h in heard] == [True, False, False]
+    # each got the sender's PAKE message at once (which checks no guess), and only the
+    # first its CONFIRM (its one guess): no other key exchange went on after it failed
+    pake, confirm = records.frame(Kind.PAKE, bytes(33)), records.frame(Kind.CONFIRM, bytes(32))
+    assert [len(h) for h in heard] == [len(pake) + len(confirm), len(pake), len(pake)]
+    assert [h[len(pake) : len(pake) + 1] for h in heard] == [bytes([Kind.CONFIRM]), b"", b""]
