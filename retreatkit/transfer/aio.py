@@ -37,13 +37,8 @@ from retreatkit.transfer.pake import Side
 from retreatkit.transfer.receive import WriteError, Writer
 from retreatkit.transfer.receiving import Sink, accepted, offered, receive_data
 from retreatkit.transfer.rendezvous import (
-    AnyRelay,
     Closed,
-    FirstReachable,
-    OwnRendezvous,
-    RelayRendezvous,
     Rendezvous,
-    Said,
 )
 from retreatkit.transfer.sending import Options, handshake, send_session
 
@@ -198,7 +193,7 @@ async def _serve_many(
             return
         except NoKeyExchange as exc:
             joined -= 1  # its place is free again, at the rendezvous too
-            _one_more(rendezvous)
+            rendezvous.one_more()
             reporter.say(f"Not counted as a receiver: {peer} ({exc})")
             return
         except PakeFailed as exc:
@@ -247,21 +242,6 @@ async def _serve_many(
             if len(failures) == 1 and not served
             else TransferError(f"{served} of {count} receivers got it")
         )
-
-
-def _one_more(rendezvous: Rendezvous) -> None:
-    """A connection that joined and was no receiver: the rendezvous takes one more
-    receiver in its place, as if it had never joined (each of its parts counts the
-    receivers still to come, and a relay's stops holding places when that reaches 0)."""
-    if isinstance(rendezvous, FirstReachable):
-        _one_more(rendezvous.current)
-    elif isinstance(rendezvous, Said):
-        _one_more(rendezvous.relays)
-    elif isinstance(rendezvous, AnyRelay):
-        for member in rendezvous.members:
-            member.wanted += 1
-    elif isinstance(rendezvous, RelayRendezvous | OwnRendezvous):
-        rendezvous.wanted += 1
 
 
 class Gate:

@@ -65,6 +65,11 @@ class Closed(Exception):
 class Rendezvous(Protocol):
     async def open(self, nameplate: str | None) -> str: ...
     async def next(self) -> tuple[Link, str]: ...
+    def one_more(self) -> None:
+        """A connection handed out by next() was no receiver (it made no key exchange):
+        take one more in its place, as if it had never joined (each part counts the
+        receivers still to come, and a relay's stops holding places when that reaches 0)."""
+
     async def close(self) -> None: ...
 
 
@@ -158,6 +163,9 @@ class RelayRendezvous:
             # and the next call asks again
             await self._top_up()
         return link, paired.text
+
+    def one_more(self) -> None:
+        self.wanted += 1
 
     async def close(self) -> None:
         """No more receivers: the waiting connections go, the nameplate is free again."""
@@ -302,6 +310,9 @@ class OwnRendezvous:
         self.wanted -= 1
         return joined
 
+    def one_more(self) -> None:
+        self.wanted += 1
+
     async def close(self) -> None:
         self._closed = True
         left = []
@@ -406,6 +417,10 @@ class AnyRelay:
             if not self.held:
                 raise exc
 
+    def one_more(self) -> None:
+        for member in self.members:
+            member.one_more()
+
     async def close(self) -> None:
         self._closed = True
         nexts, self._nexts = self._nexts, {}
@@ -438,6 +453,9 @@ class Said:
 
     async def next(self) -> tuple[Link, str]:
         return await self.relays.next()
+
+    def one_more(self) -> None:
+        self.relays.one_more()
 
     async def close(self) -> None:
         await self.relays.close()
@@ -472,6 +490,9 @@ class FirstReachable:
 
     async def next(self) -> tuple[Link, str]:
         return await self.current.next()
+
+    def one_more(self) -> None:
+        self.current.one_more()
 
     async def close(self) -> None:
         await self.current.close()

@@ -228,6 +228,9 @@ class Handed:
             raise Closed
         return self.links.pop(0), "10.0.0.9:1"
 
+    def one_more(self) -> None:
+        """It hands over what it was given, no more."""
+
     async def close(self) -> None:
         self.closed = True
 
