@@ -42,15 +42,19 @@ def chosen(connect: list[str]) -> list[str]:
 
 
 async def endpoints(connect: list[str], token: str | None, find: bool) -> list[Endpoint]:
-    """`chosen(connect)`; and, when `find`, those announced on the LAN, each at the address
-    that answered within PROBE_TIMEOUT (discover.py)."""
+    """`chosen(connect)`, with the token; and, when `find`, those announced on the LAN,
+    each at the address that answered within PROBE_TIMEOUT (discover.py), without it: a
+    neighbour can announce an endpoint of its own, and would be sent the token that opens
+    the organiser's (its DNS names, its blocklists). The organiser names one to send it."""
     urls = chosen(connect)
-    if find and not connect:
-        from retreatkit.tui.discover import discover
-
-        urls += [u for u in await discover(answer=PROBE_TIMEOUT) if u not in urls]
     token = token or local_token()
-    return [Endpoint(u, token) for u in urls]
+    named = [Endpoint(u, token) for u in urls]
+    if not (find and not connect):
+        return named
+    from retreatkit.tui.discover import discover
+
+    found = [u for u in await discover(answer=PROBE_TIMEOUT) if u not in urls]
+    return named + [Endpoint(u, None, found=True) for u in found]
 
 
 async def reachable(found: list[Endpoint]) -> list[str]:

@@ -30,6 +30,8 @@ class Endpoint:
     url: str  # http://host:port
     token: str | None = None
     label: str | None = None  # how screens name it; host:port when not given
+    # found by its announcement on the LAN, which anyone can make: never sent the token
+    found: bool = False
 
     @property
     def name(self) -> str:
@@ -128,6 +130,11 @@ class AdminClient:
                 raise SourceError(
                     f"{name}: the admin token was refused (pass --token or set "
                     "RETREATKIT_TOKEN to this endpoint's token)"
+                )
+            if self.endpoint.found:
+                raise SourceError(
+                    f"{name}: found on the LAN, where anyone can announce an endpoint, so not"
+                    f" sent the admin token; to watch it, name it: --connect {self.endpoint.url}"
                 )
             raise SourceError(f"{name}: needs the admin token (--token or RETREATKIT_TOKEN)")
         if not 200 <= code < 300:

@@ -186,3 +186,29 @@ def test_an_endpoint_at_no_address_that_answers_is_named_at_its_nearest(lan: Lan
         ], relay.seen
     finally:
         assert relay.stop() == 0
+
+
+def test_an_endpoint_found_on_the_lan_is_never_sent_the_token(lan: Lan) -> None:
+    """Anyone can announce an admin endpoint: one found by its announcement is read without
+    the token, even the very one the token opens (a neighbour's would keep it, and with it
+    open the organiser's DNS names and blocklists); the organiser names it to send it."""
+    relay = lan.run(lan.a, "-m", "retreatkit.cli.main", "relay",
+                    "--listen", "10.77.0.1:9000", "--admin", "10.77.0.1:8080")  # fmt: skip
+    try:
+        relay.wait_for(r"^Admin on http://10\.77\.0\.1:8080/status$")
+        relay.wait_for(r"retreatkit announced on the LAN")
+        token = (lan.state / lan.a / "retreatkit" / "admin-token").read_text().strip()
+        tui = Process.start(
+            ["ip", "netns", "exec", lan.b, sys.executable, "-m", "retreatkit.cli.main", "tui"],
+            env={"XDG_STATE_HOME": str(lan.state / lan.b), "RETREATKIT_TOKEN": token},
+        )
+        code, said = finish(tui)
+        assert code == 1, said
+        assert said == [
+            "retreatkit: no admin endpoint reachable: 127.0.0.1:8080: cannot connect"
+            " (connection refused); 10.77.0.1:8080: found on the LAN, where anyone can"
+            " announce an endpoint, so not sent the admin token; to watch it, name it:"
+            " --connect http://10.77.0.1:8080"
+        ], relay.seen
+    finally:
+        assert relay.stop() == 0
