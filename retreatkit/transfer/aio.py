@@ -12,7 +12,6 @@ from retreatkit.relay import wire
 from retreatkit.transfer import codes, resume, source
 from retreatkit.transfer.direct import Racer
 from retreatkit.transfer.errors import (
-    NoKeyExchange,
     PakeFailed,
     Refused,
     RemoteProtocolError,
@@ -191,11 +190,6 @@ async def _serve_many(
             await _serve(link, code, sources, _quiet, path, options, lock, gate, counted)
         except Closed:
             return
-        except NoKeyExchange as exc:
-            joined -= 1  # its place is free again, at the rendezvous too
-            rendezvous.one_more()
-            reporter.say(f"Not counted as a receiver: {peer} ({exc})")
-            return
         except PakeFailed as exc:
             gate.closed = True
             for task in unproven:  # those still to send a key exchange message: no more
@@ -205,6 +199,13 @@ async def _serve_many(
             await rendezvous.close()
             return
         except TransferError as exc:
+            if not number:  # no key exchange made (NoKeyExchange, or anything else before
+                # one): no receiver, and its place is free again, at the rendezvous too;
+                # kept, it would hold a place for ever and the sender would wait on it
+                joined -= 1
+                rendezvous.one_more()
+                reporter.say(f"Not counted as a receiver: {peer} ({exc})")
+                return
             failures.append(exc)
             reporter.say(f"Receiver {number} of {count}: ERROR: {exc}")
             return

@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import socket
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -292,6 +293,46 @@ def test_count_joiners_that_make_no_key_exchange_are_no_receivers(
     finally:
         if silent is not None:
             silent.close()
+        sender.stop()
+
+
+def test_count_joiners_whose_first_frame_is_too_long_are_no_receivers(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path
+) -> None:
+    """`--count 2` at a relay: two joiners each send a frame header claiming 16 MiB where a
+    key exchange message should come. Neither is a receiver: each is said and gives its
+    place up, and the two real receivers after them get the file (the sender had kept
+    both places for ever, waiting on them)."""
+    src = tmp_path / "notes.txt"
+    src.write_bytes(os.urandom(1000))
+    sender = Process.start(
+        bob_argv("send", "--relay", relay.address, "--count", "2", str(src)), env=home
+    )
+    try:
+        passphrase = sender.wait_for(r"^Passphrase: (\S+)$")[1]
+        nameplate = passphrase.split("-")[0]
+        for _ in range(2):
+            with bare_join(relay, nameplate, silent=True) as sock:
+                port = sock.getsockname()[1]
+                sock.sendall(struct.pack(">I", (1 << 24) | 0xFFFFFF))
+                sender.wait_for(
+                    rf"^Not counted as a receiver: 127\.0\.0\.1:{port} \(the peer sent a"
+                    rf" 16777215-byte record \(limit \d+\); {NO_GUESS}\)$"
+                )
+        for n in range(2):
+            out = tmp_path / f"out{n}"
+            out.mkdir()
+            got = subprocess.run(
+                [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(out)), passphrase],
+                capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
+            )  # fmt: skip
+            assert got.returncode == 0, got.stderr
+            assert (out / "notes.txt").read_bytes() == src.read_bytes()
+        status, said = finish(sender)
+        assert status == 0, said
+        assert said[-1] == "Sent to 2 receivers."
+        assert not [line for line in said if "ERROR" in line]
+    finally:
         sender.stop()
 
 
