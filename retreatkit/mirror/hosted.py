@@ -94,6 +94,7 @@ class MirrorService:
             apt=apt_format.checked_origins(section["apt"]) or upstreams.default_apt(),
             max_size=int(section["max_size_bytes"]),
             max_pages_sending=int(section["max_pages_sending_bytes"]),
+            page_stall=float(section["page_stall_timeout"]),
             allow_upstream=list(section["allow_upstream"]),
         )
         return cls(config.host_port(section["listen"]), settings, announce, own_wheel)

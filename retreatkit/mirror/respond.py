@@ -315,7 +315,9 @@ async def page(
     The page goes out a piece at a time, as the client takes it: handed over whole, it
     was copied for each connection (with its headers) and the copy held until the client
     read it all. Past `max_pages_sending` bytes of pages on their way to clients (the same page to
-    any number of them counts once), another page is refused with a 503 and Retry-After."""
+    any number of them counts once), another page is refused with a 503 and Retry-After;
+    a client that takes none of a piece for `page_stall` seconds is cut, so two that stop
+    reading two of npm's largest pages cannot keep every other page refused."""
     headers = {
         "ETag": page.etag,
         "Vary": "Accept",
@@ -353,7 +355,14 @@ async def page(
         if request.method != "HEAD":
             view = memoryview(body)
             for at in range(0, len(view), PAGE_PIECE):
-                await response.write(view[at : at + PAGE_PIECE])  # waits for the client
+                try:
+                    async with asyncio.timeout(mirror.settings.page_stall):
+                        await response.write(view[at : at + PAGE_PIECE])  # waits for the client
+                except TimeoutError:
+                    mirror.stats.pages_stalled += 1
+                    if request.transport is not None:
+                        request.transport.abort()  # a broken transfer, never a short 200
+                    return response
         await response.write_eof()
         return response
     finally:

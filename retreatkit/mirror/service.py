@@ -69,6 +69,9 @@ class Settings:
     hot_bytes: int = 128 * 1024 * 1024  # small files kept in memory
     page_bytes: int = 64 * 1024 * 1024  # index pages kept in memory, as clients get them
     max_pages_sending: int = 256 * 1024 * 1024  # bytes of index pages on their way, each once
+    # seconds a client may take none of an index page before it is cut: one that stops
+    # reading holds the page's bytes against max_pages_sending (npm's reach 128 MB)
+    page_stall: float = 60.0
     lists: list[str] = field(default_factory=list)  # other URLs to cache (blocklists)
     limits: Limits = field(default_factory=Limits)
     server: ServerLimits = field(default_factory=ServerLimits)

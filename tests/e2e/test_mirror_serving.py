@@ -3,6 +3,7 @@ ranges no file has, a store evicting what it just fetched, pages nobody reads.""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import random
@@ -251,6 +252,39 @@ def test_index_pages_to_clients_that_do_not_read_are_held_once_and_bounded(
     finally:
         for sock in clients:
             sock.close()
+        lines = log_of(mirror)
+        upstream.stop()
+    assert not [line for line in lines if "Traceback" in line], lines
+
+
+def test_a_client_that_takes_none_of_a_page_is_cut_and_its_page_let_go(tmp_path: Path) -> None:
+    """A client that stops reading a page holds its bytes against max_pages_sending_bytes:
+    two doing so on two of npm's largest pages would keep every other page refused for as
+    long as they liked. One that takes none of it for page_stall_timeout seconds is cut
+    (a broken transfer, never a short 200), and its page let go."""
+    root = tmp_path / "upstream"
+    write_pypi(root, {"stalled": [noise("stalled", f"1.{i}", 10) for i in range(16_000)]}, True)
+    upstream, mirror, admin = servers(root, tmp_path / "store", "page_stall_timeout = 1.0")
+
+    def status() -> dict[str, int]:
+        with urllib.request.urlopen(f"{admin}/status", timeout=30) as r:
+            doc: dict[str, int] = json.load(r)["mirror"]
+        return doc
+
+    try:
+        page = ask(mirror, "/pypi/simple/stalled/", {"Accept": JSON})[2]
+        sock, line = unread(mirror, "/pypi/simple/stalled/", f"Accept: {JSON}\r\n")
+        with sock:
+            assert line == "HTTP/1.1 200 OK"
+            until(lambda: status()["pages_stalled"] == 1, "the client that reads nothing is cut")
+            assert status()["pages_sending_bytes"] == 0
+            got = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(1 << 20):
+                    got += len(chunk)
+            assert got < len(page)  # what it had of the page, then the cut
+        assert ask(mirror, "/pypi/simple/stalled/", {"Accept": JSON})[2] == page
+    finally:
         lines = log_of(mirror)
         upstream.stop()
     assert not [line for line in lines if "Traceback" in line], lines
