@@ -118,11 +118,25 @@ class Policy:
         return Route(FORWARD, "", rebind_ok=self.allowed(name)) if self.allow else DEFAULT
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address in the last 32 bits
+
+
 def is_private(address: str) -> bool:
+    """A private address, or an IPv6 address that carries a private IPv4 one: mapped
+    (`::ffff:192.168.1.1`, which a dual-stack socket connects to over IPv4), NAT64's
+    well-known prefix, 6to4 (2002::/16) and the deprecated IPv4-compatible form (::/96).
+    No public name has a reason to point at those (RFC 6052 3.1 and RFC 3056 forbid
+    private addresses in them), and a translator or tunnel may take them to the LAN."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        packed = ip.packed
+        if ip.ipv4_mapped is not None or ip in _NAT64 or packed[:12] == bytes(12):
+            ip = ipaddress.IPv4Address(packed[12:])
+        elif ip.sixtofour is not None:
+            ip = ip.sixtofour
     return any(ip in net for net in _PRIVATE_NETS if net.version == ip.version)
 
 

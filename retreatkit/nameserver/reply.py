@@ -20,6 +20,9 @@ NEGATIVE_NO_SOA_TTL = 10  # RFC 2308 5: no SOA, so no negative TTL to go by: kee
 TYPE_A, TYPE_CNAME, TYPE_SOA, TYPE_AAAA = 1, 5, 6, 28
 _RR = struct.Struct(">HHIH")
 _TTL = struct.Struct(">I")
+_COMPAT = bytes(12)  # the first 96 bits of an IPv6 address that carries an IPv4 one
+_MAPPED = bytes(10) + b"\xff\xff"
+_NAT64 = b"\x00\x64\xff\x9b" + bytes(8)
 
 
 def private_v4(a: bytes) -> bool:
@@ -38,11 +41,13 @@ def private_v4(a: bytes) -> bool:
 
 
 def private_v6(address: bytes) -> bool:
-    """::, ::1, fc00::/7, fe80::/10, and IPv4-mapped private addresses."""
-    if address[:15] == bytes(15) and address[15] in (0, 1):
-        return True  # :: and ::1
-    if address[:12] == bytes(10) + b"\xff\xff":
-        return private_v4(address[12:])  # an IPv4-mapped address
+    """::, ::1, fc00::/7, fe80::/10, and a private IPv4 address carried in IPv6: mapped,
+    NAT64 (64:ff9b::/96), 6to4 (2002::/16), IPv4-compatible (policy.is_private says why)."""
+    head = address[:12]
+    if head in (_COMPAT, _MAPPED, _NAT64):
+        return private_v4(address[12:])  # :: and ::1 are in 0.0.0.0/8
+    if address[:2] == b"\x20\x02":
+        return private_v4(address[2:6])  # 6to4
     return address[0] & 0xFE == 0xFC or (address[0] == 0xFE and address[1] & 0xC0 == 0x80)
 
 

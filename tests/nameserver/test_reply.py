@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from retreatkit.nameserver import reply as replies
 from retreatkit.nameserver import wire
 from retreatkit.nameserver.errors import BadReply
+from retreatkit.nameserver.policy import is_private
 
 PRIVATE = [ipaddress.ip_network(n) for n in ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10",
            "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16")]  # fmt: skip
@@ -30,10 +31,18 @@ def test_private_v4_matches_the_networks(address: bytes) -> None:
     ("address", "private"),
     [("::1", True), ("::", True), ("fd00::1", True), ("fe80::1", True), ("febf::1", True),
      ("fec0::1", False), ("2001:db8::1", False), ("::ffff:10.0.0.1", True),
-     ("::ffff:8.8.8.8", False)],
+     ("::ffff:8.8.8.8", False), ("::ffff:192.168.1.1", True), ("64:ff9b::c0a8:101", True),
+     ("64:ff9b::808:808", False), ("2002:c0a8:101::1", True), ("2002:808:808::1", False),
+     ("::c0a8:101", True), ("::808:808", False)],
 )  # fmt: skip
 def test_private_v6(address: str, private: bool) -> None:
     assert replies.private_v6(ipaddress.IPv6Address(address).packed) == private
+    assert is_private(address) == private  # what an answer rebuilt with dnspython drops
+
+
+@given(st.binary(min_size=16, max_size=16))
+def test_the_byte_path_and_the_rebuild_drop_the_same_addresses(address: bytes) -> None:
+    assert replies.private_v6(address) == is_private(str(ipaddress.IPv6Address(address)))
 
 
 def question(name: str = "www.example.test") -> tuple[dns.message.Message, bytes]:
