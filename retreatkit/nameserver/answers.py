@@ -163,10 +163,15 @@ def from_upstream(
         rrset.ttl = 0 if rrset.ttl & 0x80000000 else min(rrset.ttl, MAX_TTL)
     dropped = False
     if not rebind_ok:
-        kept = [rrset for rrset in response.answer if not _private_rrset(rrset)]
+        kept = public_only(response.answer)
         dropped = len(kept) != len(response.answer)
         response.answer = kept
     return response, dropped
+
+
+def public_only(rrsets: list[dns.rrset.RRset]) -> list[dns.rrset.RRset]:
+    """The RRsets but those with a private address (DNS rebinding)."""
+    return [rrset for rrset in rrsets if not _private_rrset(rrset)]
 
 
 DNSSEC_TYPES = (dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.NSEC3)

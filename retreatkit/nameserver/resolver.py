@@ -389,7 +389,10 @@ class Resolver:
         if listed is not None:
             return listed
         upstream = dns.message.from_wire(raw, ignore_trailing=True)
-        response.answer += list(upstream.answer)
+        # what the cache keeps of it: a fresh reply has not been through rebinding checks
+        # (the entry _fetch stored was, and counted what it dropped)
+        found = list(upstream.answer) if route.rebind_ok else answers.public_only(upstream.answer)
+        response.answer += found
         response.set_rcode(dns.rcode.Rcode.make(upstream.rcode() & 0xF))
         return None
 

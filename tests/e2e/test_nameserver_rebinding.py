@@ -1,5 +1,5 @@
 """DNS rebinding protection as a real nameserver process applies it, asked by dig, in
-front of a zone served by the test: private IPv4 addresses carried in IPv6 addresses."""
+front of a zone served by the test."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ nat64 AAAA 64:ff9b::c0a8:101
 sixtofour AAAA 2002:c0a8:101::1
 compat AAAA ::c0a8:101
 public AAAA ::ffff:198.51.100.7
+priv A 192.168.1.1
 """
 
 
@@ -47,7 +48,9 @@ def dropped(ns: NameserverProcess) -> object:
 @pytest.fixture(scope="module")
 def ns() -> Iterator[NameserverProcess]:
     upstream = ZoneUpstream(Zone(ZONE, "example.test."))
-    server = start_nameserver("--upstream", upstream.address)
+    server = start_nameserver(
+        "--upstream", upstream.address, "--record", "out.retreat.lan=cname:priv.example.test"
+    )
     yield server
     server.stop()
     upstream.stop()
@@ -59,3 +62,10 @@ def test_private_ipv4_in_ipv6_is_dropped(ns: NameserverProcess) -> None:
     assert dropped(ns) == 5
     assert short(ns.port, "mapped.example.test", "AAAA") == []  # and from the cache
     assert short(ns.port, "public.example.test", "AAAA") == ["::ffff:198.51.100.7"]
+
+
+def test_a_local_cname_to_a_public_name_never_gives_its_private_address(
+    ns: NameserverProcess,
+) -> None:
+    for _ in range(2):  # fresh from the upstream, then from the cache
+        assert short(ns.port, "out.retreat.lan") == ["priv.example.test."]

@@ -280,6 +280,16 @@ async def test_a_local_cname_to_a_name_outside_is_answered_as_that_name_would_be
     assert signed.answer[1].ttl == 30 and not signed.flags & dns.flags.AD
 
 
+async def test_a_local_cname_to_a_public_name_with_a_private_address_drops_it_at_once() -> None:
+    # DNS rebinding: the first answer, fresh from the upstream, as every later one (cached)
+    records = [parse_record("out.retreat.lan=cname:sneaky.example.test")]
+    r, upstream, _ = resolver({UP: ZONE.answer}, records=records)
+    lan = UDPClient(r)
+    for _ in range(2):
+        assert addresses(await lan.ask("out.retreat.lan")) == ["sneaky.example.test."]
+    assert upstream.asked() == 1 and r.stats.rebinding_dropped == 1
+
+
 async def test_a_local_cname_into_a_forwarded_zone_asks_that_zones_servers() -> None:
     venue = ("192.168.1.1", 53)
     router = Zone("$TTL 60\n@ SOA ns hostmaster 1 3600 600 86400 60\nnas A 192.168.1.20\n",
