@@ -89,6 +89,15 @@ def ptr(query: dns.message.Message, target: str) -> dns.message.Message:
     return response
 
 
+def nodata(query: dns.message.Message, apex: str) -> dns.message.Message:
+    """NOERROR, no answer, the SOA of the zone's apex (RFC 2308 2.2): the name is ours
+    and exists, with no data of the asked type."""
+    response = response_for(query)
+    response.flags |= dns.flags.AA
+    response.authority.append(soa(apex))
+    return response
+
+
 def nxdomain(query: dns.message.Message, apex: str) -> dns.message.Message:
     """NXDOMAIN with the SOA of the zone's apex (RFC 2308 3), so stubs cache the refusal."""
     response = response_for(query)

@@ -26,7 +26,8 @@ _PRIVATE_NETS = [
     )
 ]  # fmt: skip
 
-LOCAL, PTR, NXDOMAIN, BLOCKED, FORWARD = "local", "ptr", "nxdomain", "blocked", "forward"
+LOCAL, PTR, NODATA, NXDOMAIN = "local", "ptr", "nodata", "nxdomain"
+BLOCKED, FORWARD = "blocked", "forward"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,9 @@ class Policy:
         if found is not None:
             return Route(NXDOMAIN, found.apex)
         if reverse_is_private(name):
-            return Route(NXDOMAIN, _reverse_apex(name))
+            # a local address's reverse name exists (its PTR): other types are NODATA
+            kind = NODATA if name in self.local.reverse else NXDOMAIN
+            return Route(kind, _reverse_apex(name))
         return Route(FORWARD, "", rebind_ok=self.allowed(name)) if self.allow else DEFAULT
 
 

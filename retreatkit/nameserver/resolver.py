@@ -41,7 +41,16 @@ from retreatkit.nameserver.errors import (
 from retreatkit.nameserver.flight import Flights
 from retreatkit.nameserver.gate import LOG_AGAIN, MAX_LOGGED
 from retreatkit.nameserver.loops import RCODE_NXDOMAIN, Loops, Probe, is_probe
-from retreatkit.nameserver.policy import BLOCKED, FORWARD, LOCAL, NXDOMAIN, PTR, Policy, Route
+from retreatkit.nameserver.policy import (
+    BLOCKED,
+    FORWARD,
+    LOCAL,
+    NODATA,
+    NXDOMAIN,
+    PTR,
+    Policy,
+    Route,
+)
 from retreatkit.nameserver.stats import BLOCKED as BLOCKED_ANSWER
 from retreatkit.nameserver.stats import FORMERR, FORWARDED, REFUSED, SERVFAIL, STALE, Stats
 from retreatkit.nameserver.stats import LOCAL as LOCAL_ANSWER
@@ -326,6 +335,8 @@ class Resolver:
                 return fill.encode(response)
         elif route.kind == PTR:
             response = answers.ptr(message, route.zone)
+        elif route.kind == NODATA:
+            response = answers.nodata(message, route.zone)
         elif route.kind == NXDOMAIN:
             response = answers.nxdomain(message, route.zone)
         else:

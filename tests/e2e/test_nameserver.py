@@ -247,6 +247,11 @@ def test_local_names_and_ptr(ns: NameserverProcess) -> None:
     assert short(ns.port, "laptop.retreat.lan") == ["10.0.0.7"]
     assert short(ns.port, "printer.retreat.lan", "AAAA") == ["fd00::9"]
     assert short(ns.port, "-x", "10.0.0.7") == ["laptop.retreat.lan."]
+    for rdtype in ("TXT", "A"):  # the name exists (its PTR): NODATA, not NXDOMAIN
+        out = dig(ns.port, "7.0.0.10.in-addr.arpa", rdtype)
+        assert "status: NOERROR" in out and "ANSWER: 0," in out
+        assert out.split(";; AUTHORITY SECTION:")[1].split()[:4] == ["10.in-addr.arpa.", "60",
+                                                                     "IN", "SOA"]  # fmt: skip
     assert short(ns.port, "docs.retreat.lan") == ["laptop.retreat.lan.", "10.0.0.7"]
     assert "status: NXDOMAIN" in dig(ns.port, "unknown.retreat.lan")
     assert "status: NXDOMAIN" in dig(ns.port, "-x", "192.168.77.1")  # private reverse stays home

@@ -7,7 +7,7 @@ import pytest
 from retreatkit.nameserver.blocklist import Blocklist
 from retreatkit.nameserver.errors import BadRecord, CnameLoop
 from retreatkit.nameserver.local import LocalNames, Record, parse_record
-from retreatkit.nameserver.policy import BLOCKED, FORWARD, LOCAL, NXDOMAIN, PTR, Policy
+from retreatkit.nameserver.policy import BLOCKED, FORWARD, LOCAL, NODATA, NXDOMAIN, PTR, Policy
 
 A, AAAA, PTR_TYPE = 1, 28, 12
 
@@ -113,6 +113,8 @@ def test_route_order() -> None:
     )  # fmt: skip
     assert p.route("laptop.retreat.lan", A).kind == LOCAL  # local data wins over every list
     assert p.route("7.0.0.10.in-addr.arpa", PTR_TYPE).kind == PTR
+    nodata = p.route("7.0.0.10.in-addr.arpa", A)  # the name exists: its PTR
+    assert (nodata.kind, nodata.zone) == (NODATA, "10.in-addr.arpa")
     assert p.route("use-application-dns.net", A).kind == NXDOMAIN  # the canary, not a block
     assert p.route("x.ads.example", A).kind == BLOCKED
     route = p.route("printer.venue.example", A)

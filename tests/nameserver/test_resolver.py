@@ -209,6 +209,10 @@ async def test_local_wildcard_chain_and_apex() -> None:
     assert missing.authority[0].name.to_text() == "retreat.lan."
     ptr = await lan.ask("1.0.0.127.in-addr.arpa", "PTR")
     assert addresses(ptr) == ["localhost."]
+    nodata = await lan.ask("7.0.0.10.in-addr.arpa", "TXT")  # its PTR is there: NODATA
+    assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer
+    assert nodata.authority[0].name.to_text() == "10.in-addr.arpa."
+    assert nodata.flags & dns.flags.AA
     assert upstream.asked() == 0
 
 
