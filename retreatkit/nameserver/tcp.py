@@ -44,6 +44,19 @@ PER_ADDRESS = 16
 MAX_PENDING = 32  # pipelined queries in progress on one connection; then reading pauses
 MAX_OUTSIDERS = 32  # connections from outside the LAN open at once, waiting for REFUSED
 _LENGTH = struct.Struct(">H")
+MAX_MESSAGE = 65535  # what two bytes of length can say
+
+
+def too_big(out: bytes, query: wire.Query | None) -> bytes:
+    """SERVFAIL for an answer over 65535 bytes, which no length prefix can carry (a
+    65535-byte upstream reply without OPT, given our OPT): header, question, and our OPT
+    if the client sent one."""
+    edns = query is not None and query.edns
+    do = query is not None and bool(query.key[-1] & wire.KEY_DO)
+    head = wire.truncated(out, edns, do)
+    (flags,) = _LENGTH.unpack_from(head, 2)
+    flags = (flags & ~(wire.FLAG_TC | wire.FLAG_AA | 0x000F)) | 2
+    return head[:2] + _LENGTH.pack(flags) + head[4:]
 
 
 class Framer:
@@ -247,6 +260,8 @@ class TCPServer(asyncio.Protocol):
                 out = await resolver.resolve(message, self.ip, None, query)
             transport = self.transport
             if out is not None and transport is not None and not transport.is_closing():
+                if len(out) > MAX_MESSAGE:
+                    out = too_big(out, query or wire.parse(message))
                 transport.write(_LENGTH.pack(len(out)) + out)
                 self.framer.answered(self.connections.clock())
         except Exception:
