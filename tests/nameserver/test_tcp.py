@@ -1,4 +1,4 @@
-"""TCP fairness with a manual clock: framing, deadlines only whole messages move, caps,
+"""TCP fairness with a manual clock: framing, deadlines only answered queries move, caps,
 REFUSED outside the LAN."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from retreatkit.nameserver.fakes import ManualClock, UDPClient, Zone, make_query, resolver
 from retreatkit.nameserver.gate import LAN, LOG_AGAIN, Gate
 from retreatkit.nameserver.local import parse_record
-from retreatkit.nameserver.stats import REFUSED
+from retreatkit.nameserver.stats import FORMERR, REFUSED
 from retreatkit.nameserver.tcp import MAX_OUTSIDERS, MAX_PENDING, Connections, Framer, TCPServer
 
 ZONE = Zone("$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nwww A 198.51.100.7\n")
@@ -61,11 +61,13 @@ def framed(name: str) -> bytes:
     return struct.pack(">H", len(wire)) + wire
 
 
-def test_framer_pipelining_and_a_deadline_only_whole_messages_move() -> None:
+def test_framer_pipelining_and_a_deadline_only_answered_queries_move() -> None:
     framer = Framer(now=0.0, idle=10.0)
     two = framed("a.test") + framed("b.test")
     assert len(framer.feed(two[:5], 1.0)) == 0
     assert len(framer.feed(two[5:], 2.0)) == 2  # pipelined: both at once
+    assert framer.deadline == 10.0  # a message is no answered query yet
+    framer.answered(2.0)
     assert framer.deadline == 12.0
     trickle = framed("c.test")
     for i, byte in enumerate(trickle[:-1]):  # a byte every 8 s: never a whole message
@@ -242,3 +244,27 @@ async def test_an_answer_over_65535_bytes_is_servfail_not_a_traceback(
         truncated = await lan.ask("huge.test", "TXT", payload=4096)  # fits TCP without OPT
         assert truncated.flags & dns.flags.TC
     assert [record.getMessage() for record in caplog.records if record.exc_info] == []
+
+
+async def test_empty_messages_are_malformed_and_buy_no_time() -> None:
+    """Two-byte messages of length 0 (or other bytes that are no query) are counted as
+    malformed, answer nothing and never move the deadline: the connection is closed like
+    an idle one, so one host cannot hold its connections open with them."""
+    r, _, _ = resolver({UP: ZONE.answer})
+    clock = ManualClock(0.0)
+    conns = Connections(clock, idle=10.0)
+    server, stream = TCPServer(r, Gate(list(LAN), 0), conns), Stream("10.0.0.1")
+    server.connection_made(stream)  # type: ignore[arg-type]
+    server.data_received(framed("www.test"))
+    await asyncio.gather(*server.tasks)
+    answered = stream.written
+    assert answered and server.framer.deadline == 10.0
+    for _ in range(6):  # until 9 s: whole messages, each one no query
+        clock.advance(1.5)
+        server.data_received(b"\0\0" * 3 + b"\0\5hello")
+        await asyncio.gather(*server.tasks)
+        assert conns.sweep(clock()) == 0
+    assert stream.written == answered and r.stats.counts[FORMERR] == 24
+    clock.advance(1.0)
+    assert conns.sweep(clock()) == 1  # 10 s after its query was answered
+    assert stream.closed and not conns.open
