@@ -8,7 +8,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Literal
+from typing import Literal, TextIO
 
 # a whole domain in one match: labels of [a-z0-9_] runs joined by hyphens (so none
 # starts or ends with one), written to match without backtracking; label length is
@@ -25,6 +25,10 @@ _NULL_LINE = re.compile(
     re.MULTILINE | re.ASCII,
 )
 BLOCK_LINES = 8192  # lines per block: big enough that the per-block calls vanish
+# a line longer than this (its ending included), or a hosts line naming more names, is
+# a bad line: no list needs one, and one 32 MB line would be held, split and joined whole
+MAX_LINE = 4096
+MAX_NAMES = 256
 # cosmetic adblock rules (element hiding, scriptlets, CSS): `domains##selector`, `#@#`,
 # `#?#`, `#$#`, `#%#` and their `@` exceptions; the domains before the mark have no space
 # (`0.0.0.0 ads.example ## note` is a hosts line with a comment)
@@ -84,7 +88,9 @@ def parse_line(line: str) -> Rules | Literal[False] | None:
             return None
     if text[0] in "|@":
         return _adblock(text)
-    parts = text.split()
+    parts = text.split(maxsplit=MAX_NAMES + 1)
+    if len(parts) > MAX_NAMES + 1:
+        return False
     if len(parts) == 1:
         if parts[0].lower() in _HOSTS_NOISE:
             return None
@@ -134,6 +140,16 @@ def _adblock(text: str) -> Rules | Literal[False] | None:
         return False
     name = normalize(rule)
     return ((kind, name),) if name else False
+
+
+def bounded(stream: TextIO) -> Iterator[str]:
+    """A text file's lines, each read as at most MAX_LINE + 1 characters: a longer line
+    is its start (a bad line to `add_lines`), the rest skipped, never held whole."""
+    while line := stream.readline(MAX_LINE + 1):
+        if len(line) > MAX_LINE and line[-1] != "\n":
+            while (rest := stream.readline(MAX_LINE + 1)) and rest[-1] != "\n":
+                pass
+        yield line
 
 
 def key(name: str) -> float:
@@ -216,10 +232,17 @@ class Blocklist:
     _pending_exc: _Pending = field(default_factory=lambda: _Pending())
 
     def add_lines(self, source: str, lines: Iterable[str]) -> None:
-        """Add a list's lines, with or without their line endings."""
+        """Add a list's lines, with or without their line endings; one longer than
+        MAX_LINE is a bad line (`bounded` cuts a file's lines so, as it reads them)."""
         count = bad = 0
         it = iter(lines)
         while batch := list(islice(it, BLOCK_LINES)):
+            if max(map(len, batch)) > MAX_LINE:
+                kept = [line for line in batch if len(line) <= MAX_LINE]
+                bad += len(batch) - len(kept)
+                batch = kept
+                if not batch:
+                    continue
             if not self.head:
                 texts = (line.lstrip("\ufeff").strip() for line in batch)
                 self.head = next((text[:64] for text in texts if text), "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dns.exception
 import dns.flags
 import dns.message
+import dns.rcode
 import dns.rdatatype
 
 from retreatkit.nameserver import answers, wire
@@ -25,8 +26,27 @@ MAX_MESSAGE = 65535
 
 
 def encode(response: dns.message.Message) -> bytes:
-    """Wire form at full size: cutting to what a client takes is the caller's job (TC)."""
+    """Wire form at full size: cutting to what a client takes is the caller's job (TC).
+    An answer over 65535 bytes fits no DNS message, over UDP or TCP: it is SERVFAIL
+    (`response` is emptied for it), as when the upstream gives nothing to answer with."""
+    wire_form = fitted(response)
+    if wire_form is not None:
+        return wire_form
+    response.answer.clear()
+    response.authority.clear()
+    response.additional.clear()
+    response.flags &= ~dns.flags.AA
+    response.set_rcode(dns.rcode.SERVFAIL)
     return response.to_wire(max_size=MAX_MESSAGE)
+
+
+def fitted(response: dns.message.Message) -> bytes | None:
+    """Wire form at full size, or None when it is over 65535 bytes (a 65535-byte upstream
+    reply without OPT, given our OPT; a local CNAME to a name with a reply that big)."""
+    try:
+        return response.to_wire(max_size=MAX_MESSAGE)
+    except dns.exception.TooBig:
+        return None
 
 
 def own(
@@ -72,7 +92,10 @@ def forwarded(
     response, dropped = answers.from_upstream(
         dns.message.from_wire(data), _parse(answer.raw), rebind_ok
     )
-    template = wire.template_of(encode(response))
+    wire_form = fitted(response)
+    if wire_form is None:  # the resolver's SERVFAIL (or stale answer), nothing cached
+        raise BadReply(f"reply over {MAX_MESSAGE} bytes with this client's OPT")
+    template = wire.template_of(wire_form)
     entry = cache.put(query.key, template, cache_ttl(response), now, generation, targets(answer))
     return entry, dropped
 
@@ -120,7 +143,10 @@ def sibling(cache: Cache, query: Query, data: bytes, than: Entry | None = None) 
     if not bits & wire.KEY_DO:
         answers.without_dnssec(response)
     ttl = round(best.expires - best.stored_at)
-    template = wire.template_of(encode(response))
+    wire_form = fitted(response)
+    if wire_form is None:
+        return None  # too big with this client's OPT: it is asked upstream for itself
+    template = wire.template_of(wire_form)
     return cache.put(query.key, template, ttl, best.stored_at, best.generation, best.targets)
 
 
@@ -164,7 +190,10 @@ def unsigned_stale(
     if response is None:
         return None
     response.flags &= ~dns.flags.AD  # nothing here was validated for this client
-    return wire.template_of(encode(response)).render(query, data, wire.STALE), best
+    wire_form = fitted(response)
+    if wire_form is None:
+        return None
+    return wire.template_of(wire_form).render(query, data, wire.STALE), best
 
 
 def _rebuilt(entry: Entry, query: Query, data: bytes) -> dns.message.Message | None:

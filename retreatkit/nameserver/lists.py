@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retreatkit.mirror.lists import via_mirror
-from retreatkit.nameserver.blocklist import Blocklist, not_a_list
+from retreatkit.nameserver.blocklist import Blocklist, bounded, not_a_list
 from retreatkit.nameserver.errors import BadList
 
 log = logging.getLogger("retreatkit.nameserver")
@@ -153,7 +153,7 @@ def _parse_file(source: str) -> Blocklist:
         if size > MAX_LIST:
             raise BadList("list larger than 256 MiB")
         part = Blocklist()
-        part.add_lines(source, lines)
+        part.add_lines(source, bounded(lines))
     return _judged(part.seal(), source)
 
 

@@ -64,6 +64,11 @@ def make_record(name: str, value: str, form: str = "NAME=ADDRESS") -> Record:
         raise BadRecord(
             f"expected an IP address or cname:TARGET for {owner}, got {value!r}"
         ) from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        # `%eth0` names an interface of one machine: no other machine can reach it
+        raise BadRecord(
+            f"expected an IP address without %{address.scope_id} for {owner}, got {value!r}"
+        )
     return Record(owner, "A" if address.version == 4 else "AAAA", str(address))
 
 

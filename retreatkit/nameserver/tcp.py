@@ -10,10 +10,12 @@ many one read brought. Its connection then carries no whole message, and is clos
 at its deadline like any other.
 
 One LAN host must not be able to shut TCP off for everyone: connections are capped
-per address as well as in all, and each connection has a deadline that only a whole
-message moves (RFC 7766 6.2.3): a client that trickles a byte now and then, never
+per address as well as in all, and each connection has a deadline that only a query
+answered moves (RFC 7766 6.2.3): a client that trickles a byte now and then, never
 finishing a message, is closed when its deadline passes, however busy it keeps the
-socket. A connection with answers still being worked on is left to finish them.
+socket; so is one that sends empty messages (a length of 0) or anything else that is
+no query, each counted as malformed. A connection with answers still being worked on
+is left to finish them.
 
 A client outside the LAN's networks gets REFUSED, as over UDP, not a reset it cannot
 tell from a dead server: one answer to its first query, nothing resolved, then the
@@ -34,7 +36,7 @@ from retreatkit.lognews import News
 from retreatkit.nameserver import wire
 from retreatkit.nameserver.gate import LOG_AGAIN, MAX_LOGGED, Gate
 from retreatkit.nameserver.resolver import Resolver
-from retreatkit.nameserver.stats import REFUSED
+from retreatkit.nameserver.stats import FORMERR, REFUSED
 
 log = logging.getLogger("retreatkit.nameserver")
 
@@ -44,6 +46,19 @@ PER_ADDRESS = 16
 MAX_PENDING = 32  # pipelined queries in progress on one connection; then reading pauses
 MAX_OUTSIDERS = 32  # connections from outside the LAN open at once, waiting for REFUSED
 _LENGTH = struct.Struct(">H")
+MAX_MESSAGE = 65535  # what two bytes of length can say
+
+
+def too_big(out: bytes, query: wire.Query | None) -> bytes:
+    """SERVFAIL for an answer over 65535 bytes, which no length prefix can carry (a
+    65535-byte upstream reply without OPT, given our OPT): header, question, and our OPT
+    if the client sent one."""
+    edns = query is not None and query.edns
+    do = query is not None and bool(query.key[-1] & wire.KEY_DO)
+    head = wire.truncated(out, edns, do)
+    (flags,) = _LENGTH.unpack_from(head, 2)
+    flags = (flags & ~(wire.FLAG_TC | wire.FLAG_AA | 0x000F)) | 2
+    return head[:2] + _LENGTH.pack(flags) + head[4:]
 
 
 class Framer:
@@ -66,11 +81,11 @@ class Framer:
                 break
             out.append(bytes(buf[2 : 2 + length]))
             del buf[: 2 + length]
-        if out:
-            self.deadline = now + self.idle  # only a whole message buys more time
         return out
 
     def answered(self, now: float) -> None:
+        """A query was answered: only that buys more time (a message that is no query,
+        or an empty one, does not)."""
         self.deadline = max(self.deadline, now + self.idle)
 
     def expired(self, now: float) -> bool:
@@ -246,9 +261,14 @@ class TCPServer(asyncio.Protocol):
             else:
                 out = await resolver.resolve(message, self.ip, None, query)
             transport = self.transport
-            if out is not None and transport is not None and not transport.is_closing():
+            if out is None:  # no query at all (empty, a header cut short, a response)
+                resolver.stats.answered(now, self.ip, "", FORMERR, 1)
+            elif transport is not None and not transport.is_closing():
+                if len(out) > MAX_MESSAGE:
+                    out = too_big(out, query or wire.parse(message))
                 transport.write(_LENGTH.pack(len(out)) + out)
-                self.framer.answered(self.connections.clock())
+                if out[3] & 0x000F != 1:  # FORMERR answers no query: it buys no time
+                    self.framer.answered(self.connections.clock())
         except Exception:
             log.exception("TCP query from %s failed", self.ip)
         finally:

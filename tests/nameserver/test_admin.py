@@ -152,6 +152,9 @@ async def test_flush(admin: Admin) -> None:
          'expected {"minutes": N} with N from 0 to 1440\n'),
         ("PUT", "/nameserver/records/x.retreat.lan", {"value": "nowhere"},
          "expected an IP address or cname:TARGET for x.retreat.lan, got 'nowhere'\n"),
+        # the words --record uses: an address the constructor of local names cannot take
+        ("PUT", "/nameserver/records/v6scope.retreat.lan", {"value": "fe80::1%eth0"},
+         "expected an IP address without %eth0 for v6scope.retreat.lan, got 'fe80::1%eth0'\n"),
         ("PUT", "/nameserver/records/x.retreat.lan", {},
          'expected {"value": "10.0.0.9"} or {"value": "cname:TARGET"}\n'),
         # the name is in the path: the endpoint's own form, not the flag's NAME=ADDRESS

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from retreatkit.mirror import fakeupstream
+from retreatkit.nameserver.blocklist import MAX_LINE, MAX_NAMES, bounded
 from retreatkit.nameserver.fakes import FakeTransport, ManualClock, UDPClient, Zone
 from retreatkit.nameserver.lists import file_problem
 from retreatkit.nameserver.service import Nameserver, Settings
@@ -141,3 +142,24 @@ async def test_a_list_file_is_opened_once_per_load_and_judged_open(
     for source, why in ((fifo, "not a regular file"), (tmp_path, "a folder, not a file"),
                         (tmp_path / "gone.txt", "No such file or directory")):  # fmt: skip
         assert file_problem(str(source)) == why
+
+
+async def test_a_line_too_long_or_naming_too_many_names_is_one_bad_line(tmp_path: Path) -> None:
+    """A hosts line of 200,000 names (2.6 MB) is read in pieces of MAX_LINE and counted as
+    one bad line, never held, split and joined whole; so is a short line naming more than
+    MAX_NAMES names. The lines around them are taken."""
+    lists = tmp_path / "block.txt"
+    many = " ".join(f"h{i:07x}.ex.test" for i in range(200_000))
+    crowded = " ".join(f"c{i}.test" for i in range(MAX_NAMES + 1))
+    assert len(crowded) < MAX_LINE
+    lists.write_text(
+        f"0.0.0.0 ads.example.test\n0.0.0.0 {many}\n0.0.0.0 {crowded}\n||tracker.test^\n"
+    )
+    ns = nameserver(str(lists))
+    await ns.reload()
+    (source,) = ns.status()["blocklists"]
+    assert (source["entries"], source["bad_lines"]) == (2, 2)
+    assert await addresses(ns, "ads.example.test") == ["0.0.0.0"]
+    assert await addresses(ns, "h0000001.ex.test") == []
+    pieces = list(bounded(io.StringIO(f"a.test\n{many}\nb.test")))
+    assert pieces == ["a.test\n", f"{many}\n"[: MAX_LINE + 1], "b.test"]

@@ -73,7 +73,7 @@ def test_records_and_block_mode_that_cannot_work_are_named() -> None:
                 "pad.retreat.lan": 10,
                 **loop,
             },
-            record_flags=["wiki.retreat.lan=10.0.0.9", "nowhere"],
+            record_flags=["wiki.retreat.lan=10.0.0.9", "nowhere", "v6.retreat.lan=fe80::1%eth0"],
         )
     ) == [
         ("records", "expected an IP address or cname:TARGET for printer.retreat.lan, got '10'"),
@@ -83,6 +83,8 @@ def test_records_and_block_mode_that_cannot_work_are_named() -> None:
         ),
         ("records", "expected an IP address or cname:TARGET for pad.retreat.lan, got 10"),
         ("records", "expected NAME=ADDRESS, got 'nowhere'"),
+        # an interface's scope means nothing to the machine that asks
+        ("records", "expected an IP address without %eth0 for v6.retreat.lan, got 'fe80::1%eth0'"),
         ("records", "CNAME loop: loopa.retreat.lan -> loopb.retreat.lan -> loopa.retreat.lan"),
         ("block_mode", "expected null or nxdomain, got 'sinkhole'"),
     ]

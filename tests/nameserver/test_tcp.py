@@ -1,4 +1,4 @@
-"""TCP fairness with a manual clock: framing, deadlines only whole messages move, caps,
+"""TCP fairness with a manual clock: framing, deadlines only answered queries move, caps,
 REFUSED outside the LAN."""
 
 from __future__ import annotations
@@ -7,14 +7,16 @@ import asyncio
 import logging
 import struct
 
+import dns.flags
 import dns.message
 import dns.rcode
+import dns.rrset
 import pytest
 
-from retreatkit.nameserver.fakes import ManualClock, Zone, make_query, resolver
+from retreatkit.nameserver.fakes import ManualClock, UDPClient, Zone, make_query, resolver
 from retreatkit.nameserver.gate import LAN, LOG_AGAIN, Gate
 from retreatkit.nameserver.local import parse_record
-from retreatkit.nameserver.stats import REFUSED
+from retreatkit.nameserver.stats import FORMERR, REFUSED
 from retreatkit.nameserver.tcp import MAX_OUTSIDERS, MAX_PENDING, Connections, Framer, TCPServer
 
 ZONE = Zone("$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nwww A 198.51.100.7\n")
@@ -59,11 +61,13 @@ def framed(name: str) -> bytes:
     return struct.pack(">H", len(wire)) + wire
 
 
-def test_framer_pipelining_and_a_deadline_only_whole_messages_move() -> None:
+def test_framer_pipelining_and_a_deadline_only_answered_queries_move() -> None:
     framer = Framer(now=0.0, idle=10.0)
     two = framed("a.test") + framed("b.test")
     assert len(framer.feed(two[:5], 1.0)) == 0
     assert len(framer.feed(two[5:], 2.0)) == 2  # pipelined: both at once
+    assert framer.deadline == 10.0  # a message is no answered query yet
+    framer.answered(2.0)
     assert framer.deadline == 12.0
     trickle = framed("c.test")
     for i, byte in enumerate(trickle[:-1]):  # a byte every 8 s: never a whole message
@@ -192,3 +196,75 @@ async def test_queries_wait_while_their_answers_wait_on_the_client() -> None:
     while server.pending:
         await asyncio.gather(*server.tasks)
     assert stream.written.count(b"\x04wiki") == 100 and not stream.paused
+
+
+def huge(query: dns.message.Message) -> dns.message.Message:
+    """A reply of exactly 65535 bytes and no OPT: the most a length prefix can carry."""
+    reply = dns.message.make_response(query)
+    reply.use_edns(False)
+    name = query.question[0].name
+    fixed = len(reply.to_wire())
+    left = 65535 - fixed
+    sizes = []  # each record: a pointer, 10 bytes of type to length, a length byte, text
+    while left > 2 * 268:
+        sizes.append(255)
+        left -= 268
+    sizes += [(left - 26) // 2, left - 26 - (left - 26) // 2]
+    texts = [f"{i:05d}".ljust(k, "x") for i, k in enumerate(sizes)]
+    reply.answer.append(dns.rrset.from_text_list(name, 60, "IN", "TXT", [f'"{t}"' for t in texts]))
+    assert len(reply.to_wire(max_size=65535)) == 65535
+    return reply
+
+
+async def test_an_answer_over_65535_bytes_is_servfail_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 65535-byte upstream reply without OPT, asked with EDNS: our OPT would make it
+    65546 bytes, which no TCP length prefix carries; a local CNAME to it, over 65535
+    bytes over UDP and TCP alike. SERVFAIL, the client's OPT kept, nothing logged."""
+    r, _, _ = resolver({UP: huge}, records=[parse_record("big.retreat.lan=cname:huge.test")])
+    conns = Connections(ManualClock(0.0))
+    gate = Gate(list(LAN), 0)
+    lan = UDPClient(r)
+    with caplog.at_level(logging.DEBUG):
+        for name in ("huge.test", "big.retreat.lan"):
+            server, stream = TCPServer(r, gate, conns), Stream("10.0.0.1")
+            server.connection_made(stream)  # type: ignore[arg-type]
+            query = make_query(name, "TXT")
+            wire = query.to_wire()
+            server.data_received(struct.pack(">H", len(wire)) + wire)
+            await asyncio.gather(*server.tasks)
+            (length,) = struct.unpack_from(">H", stream.written)
+            assert len(stream.written) == 2 + length
+            answer = dns.message.from_wire(stream.written[2:])
+            assert (answer.id, answer.rcode(), answer.edns) == (query.id, dns.rcode.SERVFAIL, 0)
+            assert answer.question == query.question and not answer.answer
+        over_udp = await lan.ask("big.retreat.lan", "TXT", payload=4096)
+        assert (over_udp.rcode(), over_udp.answer) == (dns.rcode.SERVFAIL, [])
+        truncated = await lan.ask("huge.test", "TXT", payload=4096)  # fits TCP without OPT
+        assert truncated.flags & dns.flags.TC
+    assert [record.getMessage() for record in caplog.records if record.exc_info] == []
+
+
+async def test_empty_messages_are_malformed_and_buy_no_time() -> None:
+    """Two-byte messages of length 0 (or other bytes that are no query) are counted as
+    malformed, answer nothing and never move the deadline: the connection is closed like
+    an idle one, so one host cannot hold its connections open with them."""
+    r, _, _ = resolver({UP: ZONE.answer})
+    clock = ManualClock(0.0)
+    conns = Connections(clock, idle=10.0)
+    server, stream = TCPServer(r, Gate(list(LAN), 0), conns), Stream("10.0.0.1")
+    server.connection_made(stream)  # type: ignore[arg-type]
+    server.data_received(framed("www.test"))
+    await asyncio.gather(*server.tasks)
+    answered = stream.written
+    assert answered and server.framer.deadline == 10.0
+    for _ in range(6):  # until 9 s: whole messages, each one no query
+        clock.advance(1.5)
+        server.data_received(b"\0\0" * 3 + b"\0\5hello")
+        await asyncio.gather(*server.tasks)
+        assert conns.sweep(clock()) == 0
+    assert stream.written == answered and r.stats.counts[FORMERR] == 24
+    clock.advance(1.0)
+    assert conns.sweep(clock()) == 1  # 10 s after its query was answered
+    assert stream.closed and not conns.open
