@@ -90,6 +90,23 @@ class RelayLines:
         line, _, self.buf = self.buf.partition(b"\n")
         return line + b"\n"
 
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"relay closed after {len(self.buf)} of {n} bytes")
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def rest(self) -> bytes:
+        """Everything until the relay closes (EOF)."""
+        chunks = [self.buf]
+        self.buf = b""
+        while chunk := self.sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
 
 class Peer(RelayLines):
     """One side of a session through the relay, driven step by step by the test."""

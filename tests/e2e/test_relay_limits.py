@@ -119,23 +119,6 @@ class Client(RelayLines):
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def read(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"relay closed after {len(self.buf)} of {n} bytes")
-            self.buf += chunk
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
-
-    def rest(self) -> bytes:
-        """Everything until the relay closes (EOF)."""
-        chunks = [self.buf]
-        self.buf = b""
-        while chunk := self.sock.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     def abort(self) -> None:
         """Close with a TCP RST instead of a FIN."""
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

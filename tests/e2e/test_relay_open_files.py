@@ -22,6 +22,7 @@ import pytest
 
 from retreatkit.relay.matching import Limits, most_unpaired
 from retreatkit.testing import RelayProcess, open_fds, start_relay
+from retreatkit.transfer.testing import RelayLines
 
 pytestmark = pytest.mark.e2e
 
@@ -75,37 +76,14 @@ def files_left(pid: int, left: int) -> Iterator[None]:
         resource.prlimit(pid, resource.RLIMIT_NOFILE, before)
 
 
-class Client:
+class Client(RelayLines):
+    """One TCP connection to the relay."""
+
     def __init__(self, relay: RelayProcess, stack: ExitStack) -> None:
         self.sock = stack.enter_context(
             socket.create_connection((relay.host, relay.port), timeout=IO_TIMEOUT)
         )
         self.buf = b""
-
-    def line(self) -> bytes:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise EOFError(f"relay closed; had {self.buf!r}")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line + b"\n"
-
-    def read(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"relay closed after {len(self.buf)} of {n} bytes")
-            self.buf += chunk
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
-
-    def rest(self) -> bytes:
-        """Everything until the relay closes."""
-        data, self.buf = self.buf, b""
-        while chunk := self.sock.recv(65536):
-            data += chunk
-        return data
 
 
 @contextmanager
