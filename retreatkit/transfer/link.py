@@ -241,8 +241,6 @@ class Link:
                     f"the other side sent no key exchange message in {timeout:g} s"
                 ) from None
             raise NoKeyExchange(f"{broke(exc)} before its key exchange") from None
-        except NoKeyExchange:
-            raise
         except RemoteProtocolError as exc:  # a first frame no bob/1 peer sends (too long)
             raise NoKeyExchange(str(exc)) from None
         if not got:
