@@ -7,7 +7,6 @@ descriptors is left when the receiver comes. Waits are polls with a deadline, ne
 
 from __future__ import annotations
 
-import json
 import resource
 import socket
 import time
@@ -15,14 +14,13 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from retreatkit.relay.matching import Limits, most_unpaired
 from retreatkit.testing import RelayProcess, open_fds, start_relay
 from retreatkit.transfer.testing import RelayLines
+from tests.e2e.test_relay_limits import endings, status
 
 pytestmark = pytest.mark.e2e
 
@@ -30,30 +28,11 @@ DEADLINE = 20.0  # seconds to wait for the relay to notice something; only ever 
 IO_TIMEOUT = 10.0
 
 
-def status(relay: RelayProcess) -> dict[str, Any]:
-    """/status read to EOF: the admin server's socket is closed when this returns."""
-    admin = urlsplit(relay.admin)
-    assert admin.hostname is not None and admin.port is not None
-    with socket.create_connection((admin.hostname, admin.port), timeout=IO_TIMEOUT) as sock:
-        sock.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    relay_status: dict[str, Any] = json.loads(body)["relay"]
-    return relay_status
-
-
 def until(done: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + DEADLINE
     while not done():
         if time.monotonic() > deadline:
             raise AssertionError(f"never {what}")
-
-
-def endings(current: dict[str, Any]) -> dict[str, int]:
-    return {key: n for key, n in current["ended"].items() if n}
 
 
 def fd_numbers(pid: int) -> list[int]:
