@@ -11,19 +11,17 @@ sectors; the compressed data ends with its uncompressed size (4 bytes, little-en
 
 from __future__ import annotations
 
+import lzma
 import struct
 from pathlib import Path
-
-import zstandard
 
 from retreatkit.image.elf import Elf, ElfError
 
 HEADER_MAGIC_AT, HEADER_MAGIC = 0x202, b"HdrS"
 PAYLOAD_AT = 0x248  # payload_offset, payload_length (u32 each)
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+XZ_MAGIC = b"\xfd7zXZ\x00"
 XEN_ELFNOTE_PHYS32_ENTRY = 18  # the PVH entry point qemu starts the kernel at
 KERNEL_MAX = 64 << 20  # our kernel unpacks to 14 MB; a payload past this is not ours
-CHUNK = 1 << 20
 
 
 def payload(bzimage: bytes) -> bytes | None:
@@ -41,24 +39,20 @@ def payload(bzimage: bytes) -> bytes | None:
     return bzimage[start : start + length]
 
 
-def unzstd(data: bytes) -> bytes | None:
-    """A kernel payload compressed with zstd, uncompressed: None if it is not, or if it
-    does not unpack to the size it ends with."""
-    if not data.startswith(ZSTD_MAGIC) or len(data) < 8:
+def unxz(data: bytes) -> bytes | None:
+    """A kernel payload compressed with xz (CONFIG_KERNEL_XZ), uncompressed: None if it is
+    not, or if it does not unpack to the size it ends with."""
+    if not data.startswith(XZ_MAGIC) or len(data) < 8:
         return None
     (size,) = struct.unpack("<I", data[-4:])
     if size > KERNEL_MAX:
         return None
-    out = bytearray()
-    unpacker = zstandard.ZstdDecompressor().decompressobj()
+    unpacker = lzma.LZMADecompressor(lzma.FORMAT_XZ)
     try:
-        for at in range(0, len(data) - 4, CHUNK):
-            out += unpacker.decompress(data[at : min(at + CHUNK, len(data) - 4)])
-            if len(out) > size:
-                return None
-    except zstandard.ZstdError:
+        out = unpacker.decompress(data[:-4], size + 1)  # one byte more shows a lie
+    except lzma.LZMAError:
         return None
-    return bytes(out) if unpacker.eof and len(out) == size else None
+    return out if unpacker.eof and len(out) == size else None
 
 
 def starts_direct(kernel: bytes) -> bool:
@@ -76,7 +70,7 @@ def direct_kernel(bzimage: Path, into: Path) -> bool:
     """Write the kernel inside `bzimage` to `into` if qemu can start it directly; False
     (nothing written) if not: Debian's kernel (LZ4), or ours built without CONFIG_PVH."""
     packed = payload(bzimage.read_bytes())
-    kernel = unzstd(packed) if packed is not None else None
+    kernel = unxz(packed) if packed is not None else None
     if kernel is None or not starts_direct(kernel):
         return False
     into.write_bytes(kernel)

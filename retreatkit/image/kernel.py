@@ -22,7 +22,7 @@ from retreatkit.image.paths import cache_dir
 CONFIG = Path(__file__).with_name("kernel.config")
 SOURCE = "linux-source"  # Debian's metapackage; it depends on the versioned source
 CLOUD = "linux-image-cloud-amd64"
-TOOLS = ("make", "gcc", "flex", "bison", "bc", "tar", "xz", "zstd")
+TOOLS = ("make", "gcc", "flex", "bison", "bc", "tar", "xz")
 # fixed build identity, so the same source and config give the same kernel bytes
 REPRODUCIBLE = {
     "KBUILD_BUILD_TIMESTAMP": "1970-01-01",
@@ -88,7 +88,7 @@ def _check_tools() -> None:
     if missing:
         raise KernelError(
             f"building the kernel needs {', '.join(missing)} "
-            "(apt-get install build-essential flex bison bc libelf-dev zstd)"
+            "(apt-get install build-essential flex bison bc libelf-dev xz-utils)"
         )
 
 

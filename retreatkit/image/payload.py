@@ -205,7 +205,7 @@ def stripped(path: Path) -> bytes:
 def zipped(members: dict[str, bytes], deflate: bool = False) -> bytes:
     """A zip with fixed dates and order: the same members give the same bytes.
 
-    Stored, unless `deflate`: the initramfs's zstd compresses across members, and a stored
+    Stored, unless `deflate`: the initramfs's xz compresses across members, and a stored
     zip makes the image 10% smaller (0.44 MB of the mirror's) for 3 MB more of the
     guest's RAM, where the initramfs stays unpacked; zipimport reads stored members without
     inflating. Deflated is for an image whose memory is tighter than its size (the spec's

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retreatkit.image import build, bzimage, cpio, guestconfig, network, qemu
+from retreatkit.image import bootcache, build, bzimage, cpio, guestconfig, network, qemu
 from retreatkit.image import spec as specs
 
 CONSOLE_MAX = 1024 * 1024  # then the log moves to console.log.1: bounded on disk
@@ -348,25 +348,32 @@ def own_console(given: Path | None, folder: Path, service: str) -> ConsoleLog:
     )
 
 
-def boot_files(launch: Launch, run_dir: Path) -> tuple[Path, Path]:
-    """The kernel and initramfs qemu boots, unpacked on the host into `run_dir` where it
-    can: emulated, the guest unpacked them slowly (bzimage.py, cpio.unpack say how much)."""
-    vmlinux, initramfs = run_dir / "vmlinux", run_dir / "initramfs.cpio"
+def boot_files(launch: Launch) -> tuple[Path, Path]:
+    """The kernel and initramfs qemu boots, unpacked on the host where it can (kept in
+    bootcache): emulated, the guest unpacked them slowly (bzimage.py, cpio.unpack say how
+    much)."""
+    limit = launch.memory_mb << 20
+
+    def unpack(source: Path, into: Path) -> bool:
+        cpio.unpack(source, into, limit)
+        return True
+
     try:
-        direct = bzimage.direct_kernel(launch.image / "kernel", vmlinux)
-        cpio.unpack(launch.image / "initramfs", initramfs, launch.memory_mb << 20)
+        vmlinux = bootcache.unpacked(launch.image / "kernel", "vmlinux", bzimage.direct_kernel)
+        initramfs = bootcache.unpacked(launch.image / "initramfs", "cpio", unpack)
+        assert initramfs is not None  # `unpack` always unpacks
+        if initramfs.stat().st_size > limit:  # unpacked for a guest with more memory
+            raise cpio.UnpackError("unpacks to more than the guest's memory")
     except (cpio.UnpackError, OSError) as exc:
-        for path in (vmlinux, initramfs):
-            path.unlink(missing_ok=True)
         if isinstance(exc, cpio.UnpackError):
             raise RunError(
                 f"{launch.image} is not a whole image: its initramfs {exc}; build it again"
                 f" (retreatkit image build {launch.manifest['service']})"
             ) from None
         why = exc.strerror or exc
-        raise RunError(f"could not unpack the image into {run_dir}: {why}") from None
+        raise RunError(f"could not unpack the image into {bootcache.folder()}: {why}") from None
     # Debian's kernel (or ours without PVH) boots as the bzImage: it unpacks itself
-    return (vmlinux if direct else launch.image / "kernel"), initramfs
+    return (vmlinux or launch.image / "kernel"), initramfs
 
 
 def _die_with_parent() -> None:
@@ -397,7 +404,6 @@ class Guest:
         self.last_line = LastLine()
         self._pump: asyncio.Task[None] | None = None
         self.passt: network.Passt | None = None
-        self._unpacked: list[Path] = []
 
     async def start(self, accel: str) -> None:
         launch = self.launch
@@ -410,16 +416,11 @@ class Guest:
                 make_disk(launch.disk, launch.disk_size)
             disks.append((launch.disk, False))
         # before passt starts: a failure here leaves nothing running
-        kernel, initramfs = await asyncio.to_thread(boot_files, launch, self.run_dir)
-        self._unpacked = [p for p in (kernel, initramfs) if p.parent == self.run_dir]
+        kernel, initramfs = await asyncio.to_thread(boot_files, launch)
         sock = None
         if launch.network == "passt":
             self.passt = network.Passt(self.run_dir, launch.forwards)
-            try:
-                sock = await self.passt.start(_die_with_parent)
-            except BaseException:
-                self._remove_unpacked()
-                raise
+            sock = await self.passt.start(_die_with_parent)
         args = qemu.argv(
             launch.manifest["machine"],
             kernel,
@@ -443,7 +444,6 @@ class Guest:
                 preexec_fn=_die_with_parent,
             )
         except BaseException:
-            self._remove_unpacked()
             if self.passt is not None:
                 await self.passt.close()
             raise
@@ -457,12 +457,6 @@ class Guest:
         except OSError as exc:
             why = exc.strerror or exc
             raise RunError(f"cannot write the console log {self.console.path}: {why}") from None
-
-    def _remove_unpacked(self) -> None:
-        """The kernel and initramfs unpacked for this boot: qemu read them as it started."""
-        for path in self._unpacked:
-            path.unlink(missing_ok=True)
-        self._unpacked = []
 
     async def _read_console(self) -> None:
         """Copy the console to its log (and the terminal), in bounded chunks: what a guest
@@ -492,7 +486,6 @@ class Guest:
     async def wait(self) -> int:
         assert self.process is not None
         code = await self.process.wait()
-        self._remove_unpacked()
         if self._pump is not None:
             await self._pump  # the console up to qemu's last word
         if self.passt is not None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import lzma
 import struct
 from pathlib import Path
-
-import zstandard
 
 from retreatkit.image import bzimage
 from retreatkit.image.elf import Elf
@@ -42,8 +41,11 @@ def make_bzimage(payload: bytes, setup_sects: int = 3, version: int = 0x20F) -> 
 
 
 def packed(kernel: bytes) -> bytes:
-    """As the kernel's build compresses it: a zstd frame, then the size (4 bytes, LE)."""
-    return zstandard.ZstdCompressor().compress(kernel) + struct.pack("<I", len(kernel))
+    """As the kernel's build compresses it (scripts/xz_wrap.sh): an xz stream with the x86
+    filter and CRC32 checks, then the size (4 bytes, LE)."""
+    filters = [{"id": lzma.FILTER_X86}, {"id": lzma.FILTER_LZMA2}]
+    xz = lzma.compress(kernel, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=filters)
+    return xz + struct.pack("<I", len(kernel))
 
 
 def test_a_kernel_with_a_pvh_entry_is_taken_out_whole(tmp_path: Path) -> None:
@@ -61,6 +63,8 @@ def test_what_qemu_cannot_start_directly_stays_a_bzimage(tmp_path: Path) -> None
     cases = {
         "no PVH entry (built without CONFIG_PVH)": make_bzimage(packed(without_pvh)),
         "LZ4, as Debian's kernel": make_bzimage(b"\x02\x21\x4c\x18" + bytes(64)),
+        "zstd, as ours was": make_bzimage(b"\x28\xb5\x2f\xfd" + bytes(64)),
+        "a size past any kernel of ours": make_bzimage(whole[:-4] + struct.pack("<I", 1 << 30)),
         "cut short": make_bzimage(whole[: len(whole) // 2] + whole[-4:]),
         "a size that is not what it unpacks to": make_bzimage(whole[:-4] + b"\x01\0\0\0"),
         "boot protocol before 2.08": make_bzimage(whole, version=0x207),
