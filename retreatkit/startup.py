@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass
+from math import inf, isfinite
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,10 @@ def check_config(
                 value = cfg.get(section, {}).get(key)
                 if isinstance(value, int | float) and bad(value):
                     key_is = where(section, key, flags.get(f"{section}.{key}"))
-                    problems.append(f"{key_is} must be {words}, not {value}")
+                    # TOML has nan and inf: a timeout of nan passed every test and timed
+                    # out every handshake at once
+                    number = "" if isfinite(value) else "a finite number "
+                    problems.append(f"{key_is} must be {number}{words}, not {value}")
     if "mirror" in sections and cfg["mirror"]["store"]:
         store = Path(cfg["mirror"]["store"])
         if store.exists() and not store.is_dir():
@@ -84,11 +88,11 @@ def check_config(
 
 
 def _not_positive(value: float) -> bool:
-    return value <= 0
+    return not 0 < value < inf
 
 
 def _negative(value: float) -> bool:
-    return value < 0
+    return not 0 <= value < inf
 
 
 def listeners(cfg: dict[str, Any], sections: list[str], flags: dict[str, str]) -> list[Listener]:

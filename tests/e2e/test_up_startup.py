@@ -88,13 +88,16 @@ def test_bad_values_name_their_keys(tmp_path: Path) -> None:
     store.write_text("not a folder")
     cfg = tmp_path / "retreat.toml"
     cfg.write_text(
-        f'[relay]\nlisten = "nonsense"\n[mirror]\nindex_ttl = -5\nstore = "{store}"\n'
+        f'[relay]\nlisten = "nonsense"\nhandshake_timeout = nan\n'
+        f'[mirror]\nindex_ttl = -5\nread_timeout = inf\nstore = "{store}"\n'
         f'[nameserver]\nblocklists = ["{tmp_path / "gone.txt"}"]\n'
     )
     got = run("--config", str(cfg), "up", "--no-tui", tmp=tmp_path)
     assert got.returncode == 2
     assert got.stderr.splitlines() == [
         "retreatkit: [relay] listen (or --relay-listen): expected HOST:PORT, got 'nonsense'",
+        "retreatkit: [relay] handshake_timeout must be a finite number above 0, not nan",
+        "retreatkit: [mirror] read_timeout must be a finite number above 0, not inf",
         "retreatkit: [mirror] index_ttl must be 0 or more, not -5",
         f"retreatkit: [mirror] store: {store} is a file; name a folder",
         f"retreatkit: [nameserver] blocklists: {tmp_path / 'gone.txt'}: No such file or directory",
