@@ -69,3 +69,20 @@ def test_each_service_is_reached_at_its_own_address_not_the_admin_endpoints() ->
         "relay": "[fd00::2]:9000",
         "mirror": "http://mirror.retreat.lan/",
     }
+
+
+def test_ctrl_c_before_the_services_take_it_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while `up` still imports and checks (the first second or so) reaches no
+    handler of ours yet: one line and the shell's code for an interrupt, no traceback."""
+    from retreatkit import hosting
+    from retreatkit.cli import main
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hosting, "services", interrupted)
+    listen = ["--admin", "127.0.0.1:0", "--relay-listen", "127.0.0.1:0"]
+    assert main.main(["up", "--no-tui", "--address", "127.0.0.1", *listen]) == 130
+    assert capsys.readouterr().err == "retreatkit: interrupted\n"

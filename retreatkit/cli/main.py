@@ -167,6 +167,14 @@ def say_address(chosen: lan.LanAddress) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the services' own handling of Ctrl-C is in place
+        print("retreatkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     if args.command == "tui":
         return tui(args)
