@@ -26,12 +26,23 @@ def folder() -> Path:
     return cache_dir() / "boot"
 
 
+def _digest(source: Path) -> str:
+    return hashlib.sha256(source.read_bytes()).hexdigest()[:32]
+
+
+def forget(source: Path) -> None:
+    """Whatever `source` was unpacked to: the next boot unpacks it again."""
+    digest = _digest(source)
+    for path in folder().glob(f"{digest}.*"):
+        path.unlink(missing_ok=True)
+
+
 def unpacked(source: Path, kind: str, make: Callable[[Path, Path], bool]) -> Path | None:
     """`source` unpacked: from the cache, or made by `make(source, into)` and kept. None
     when `make` says there is nothing to unpack (it then writes nothing).
 
     `make` raises what it raises; what it left half-written is removed."""
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:32]
+    digest = _digest(source)
     base = private_dir(folder())
     target = base / f"{digest}.{kind}"
     if target.exists():

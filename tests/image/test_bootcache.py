@@ -39,6 +39,10 @@ def test_unpacked_once_per_content_and_afresh_when_it_changes(tmp_path: Path, ca
     assert second != first and second is not None and second.read_bytes() == b"ARCHIVE TWO"
     assert len(calls) == 2
     assert oct(cache.stat().st_mode & 0o777) == "0o700"
+    bootcache.forget(source)  # as the bench does, to time an image's first boot
+    assert not second.exists() and first.exists()
+    assert bootcache.unpacked(source, "cpio", copy(calls)) == second
+    assert len(calls) == 3
 
 
 def test_nothing_to_unpack_or_a_failure_leaves_nothing(tmp_path: Path, cache: Path) -> None:
