@@ -176,10 +176,18 @@ def make_disk(path: Path, size: str = DEFAULT_DISK_SIZE) -> None:
 # pair); other control bytes, a terminal's escape sequences among them, are shown as "?"
 _CONTROLS = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
 _SHOWN = bytes.maketrans(_CONTROLS, b"?" * len(_CONTROLS))
+# and the C1 controls (U+0080-U+009F) in UTF-8: some terminals take U+009B as CSI
+_C1 = re.compile(rb"\xc2[\x80-\x9f]")
 
 
 def printable(data: bytes) -> bytes:
-    return data.translate(_SHOWN, b"\r")
+    return _C1.sub(b"?", data.translate(_SHOWN, b"\r"))
+
+
+def split_c1(data: bytes) -> tuple[bytes, bytes]:
+    """`data` as what can go out now and what waits for the next read: a C1 control's
+    first byte at the end, which `printable` alone would pass and the next read complete."""
+    return (data[:-1], data[-1:]) if data.endswith(b"\xc2") else (data, b"")
 
 
 class LastLine:
@@ -402,6 +410,7 @@ class Guest:
         self.ready = asyncio.Event()
         self.stopping = False
         self.last_line = LastLine()
+        self._tail = b"\n"  # the console's last bytes, until READY is among them
         self._pump: asyncio.Task[None] | None = None
         self.passt: network.Passt | None = None
 
@@ -462,18 +471,23 @@ class Guest:
         """Copy the console to its log (and the terminal), in bounded chunks: what a guest
         prints is not trusted, neither its line lengths nor its escape sequences."""
         assert self.process is not None and self.process.stdout is not None
-        tail = b"\n"
+        held = b""
         while data := await self.process.stdout.read(CHUNK):
-            chunk = printable(data)
-            self.console.keep(chunk)
-            self.last_line.feed(chunk)
-            if self.echo is not None:
-                self.echo(chunk)
-            if not self.ready.is_set():
-                tail = (tail + chunk)[-CHUNK:]
-                at = tail.find(b"\n" + READY)
-                if at >= 0 and b"\n" in tail[at + 1 :]:  # the whole line is out
-                    self.ready.set()
+            out, held = split_c1(held + data)
+            self._show(printable(out))
+        if held:
+            self._show(printable(held))
+
+    def _show(self, chunk: bytes) -> None:
+        self.console.keep(chunk)
+        self.last_line.feed(chunk)
+        if self.echo is not None:
+            self.echo(chunk)
+        if not self.ready.is_set():
+            self._tail = (self._tail + chunk)[-CHUNK:]
+            at = self._tail.find(b"\n" + READY)
+            if at >= 0 and b"\n" in self._tail[at + 1 :]:  # the whole line is out
+                self.ready.set()
 
     @property
     def pid(self) -> int | None:

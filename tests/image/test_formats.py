@@ -271,10 +271,17 @@ def test_render_looks_the_nameservers_upstream_names_up_on_the_host() -> None:
 
 
 def test_console_bytes_are_shown_not_obeyed() -> None:
-    from retreatkit.image.run import printable
+    from retreatkit.image.run import printable, split_c1
 
     assert printable(b"ok\r\n\x1b]0;owned\x07\x1b[2J\tdone\r\n") == b"ok\n?]0;owned??[2J\tdone\n"
     assert printable("naïve\n".encode()) == "naïve\n".encode()
+    # C1 controls, which some terminals obey (U+009B is CSI), written as UTF-8
+    assert printable("\u009b2J\u0085x\u00a0€\n".encode()) == "?2J?x\u00a0€\n".encode()
+    # one split between two reads waits for the next: the pair never goes out whole
+    assert split_c1(b"ok \xc2") == (b"ok ", b"\xc2")
+    out, held = split_c1(b"ok \xc2")
+    assert printable(out) + printable(held + b"\x9b2J") == b"ok ?2J"
+    assert split_c1("é€".encode()) == ("é€".encode(), b"")
 
 
 @pytest.mark.parametrize("deflate", [False, True])
