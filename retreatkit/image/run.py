@@ -412,6 +412,7 @@ class Guest:
         self.last_line = LastLine()
         self._tail = b"\n"  # the console's last bytes, until READY is among them
         self._pump: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         self.passt: network.Passt | None = None
 
     async def start(self, accel: str) -> None:
@@ -457,6 +458,8 @@ class Guest:
                 await self.passt.close()
             raise
         self._pump = asyncio.ensure_future(self._read_console())
+        if self.passt is not None:
+            self._watch = asyncio.ensure_future(self._watch_network(self.passt))
 
     def _mark_boot(self) -> None:
         """The boot's first line in the console log: a log that cannot take it (its disk
@@ -504,11 +507,25 @@ class Guest:
             await self._pump  # the console up to qemu's last word
         if self.passt is not None:
             await self.passt.close()
+        if self._watch is not None and self._watch is not asyncio.current_task():
+            self._watch.cancel()
         return code
+
+    async def _watch_network(self, passt: network.Passt) -> None:
+        """passt ended under a running guest: nobody reaches it any more, though qemu runs
+        on. Shut it down, so whoever runs it sees it end (and restarts it if asked)."""
+        assert passt.process is not None
+        await passt.process.wait()
+        if self.running and not self.stopping:
+            self.last_line.failed = f"its network ended: passt exited (see {passt.log})"
+            await self._shut_down(STOP_SECONDS)
 
     async def stop(self, timeout: float = STOP_SECONDS) -> None:
         """Ask for a clean shutdown on the console; power it off if it does not come."""
         self.stopping = True
+        await self._shut_down(timeout)
+
+    async def _shut_down(self, timeout: float) -> None:
         if not self.running:
             return
         assert self.process is not None and self.process.stdin is not None

@@ -699,3 +699,31 @@ async def test_an_image_that_does_not_unpack_starts_no_passt(
     )
     assert children_named("passt") == []
     await supervisor.stop("r1")
+
+
+@pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")
+async def test_a_guest_whose_network_ends_is_shut_down_and_restarted(
+    home: Path, qemu: Path, ring: LogRing
+) -> None:
+    """passt gone under a running guest: nobody reached the guest any more, yet it was
+    listed running and up, and never restarted."""
+    supervisor = Supervisor(home / "vm", restarts=lambda: Restarts(0.0))
+    definition = relay_guest(home, restart=True)
+    (home / "retreat.toml").write_text('[images]\nnetwork = "passt"\n')
+    supervisor.define(definition)
+    admin = supervisor.item("r1")["admin"]
+    await supervisor.start("r1")
+    await until_told(ring, f"Guest r1 up; admin on {admin}/status")
+    [passt] = children_named("passt")
+    os.kill(passt, signal.SIGKILL)
+    log = supervisor.folder("r1") / "run" / "passt.log"
+    why = f"the guest failed: its network ended: passt exited (see {log})"
+    await until_told(ring, f"Guest r1 exited ({why}); restart 1")
+    up = ("vm", "INFO", f"Guest r1 up; admin on {admin}/status")
+    async with asyncio.timeout(60):  # up again, with a passt of its own
+        while told(ring).count(up) < 2:
+            await ring.wait(ring.next - 1, 60)
+    assert supervisor.item("r1")["state"] == "running"
+    assert [p for p in children_named("passt") if p != passt]
+    await supervisor.stop("r1")
+    assert children_named("passt") == []
