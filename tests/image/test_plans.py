@@ -19,6 +19,7 @@ from retreatkit.cli import main as cli
 from retreatkit.image import kernel, qemu
 from retreatkit.image.kmod import Index, Module, ModuleError
 from retreatkit.image.supervisor import Definition, GuestError
+from retreatkit.image.testing import manifest
 
 
 def module(name: str, depends: str = "", pre: str = "", aliases: str = "") -> Module:
@@ -272,8 +273,7 @@ def test_vm_start_without_an_image_takes_the_options_given(home: Path) -> None:
     the guest cannot boot here (its retreat.toml is broken), so no qemu runs."""
     image = home / "images" / "relay"
     image.mkdir(parents=True)
-    manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
-    (image / "manifest.json").write_text(json.dumps(manifest))
+    (image / "manifest.json").write_text(json.dumps(manifest("relay")))
     broken = home / "broken.toml"
     broken.write_text("[relay\n")
     saved = home / "state" / "retreatkit" / "vm" / "r1" / "guest.json"
@@ -307,7 +307,7 @@ def test_the_mirrors_image_is_refused_below_its_own_floor(
     assert capsys.readouterr().err == f"retreatkit: [images] memory = 56: {said}\n"
     image = home / "mirror-image"
     image.mkdir()
-    (image / "manifest.json").write_text(json.dumps({"service": "mirror"}))
+    (image / "manifest.json").write_text(json.dumps(manifest("mirror")))
     assert cli.main(["image", "run", str(image), "--memory", "56"]) == 2
     assert capsys.readouterr().err == f"retreatkit: --memory 56: {said}\n"
 
@@ -324,8 +324,7 @@ def test_an_output_folder_that_cannot_be_is_said_before_the_build(
 def test_vm_remove_with_no_supervisor(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = home / "relay-image"
     image.mkdir()
-    manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
-    (image / "manifest.json").write_text(json.dumps(manifest))
+    (image / "manifest.json").write_text(json.dumps(manifest("relay")))
     from retreatkit.image.supervisor import Supervisor
 
     Supervisor(home / "state" / "retreatkit" / "vm").define(Definition("r1", str(image), []))
@@ -346,10 +345,7 @@ def whole_image(folder: Path, service: str) -> Path:
     sizes = {"kernel": 3, "initramfs": 5}
     for name, size in sizes.items():
         (folder / name).write_bytes(b"x" * size)
-    manifest = {"service": service, "machine": "microvm", "ports": [["tcp", 8000]],
-                "admin_port": 8080, "disk": service == "mirror",
-                **{name: {"size_bytes": size} for name, size in sizes.items()}}  # fmt: skip
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_text(json.dumps(manifest(service, **sizes)))
     return folder
 
 
@@ -369,6 +365,51 @@ def test_an_image_cut_short_is_refused_before_it_boots(
     assert cli.main(["image", "run", str(image)]) == 1
     assert capsys.readouterr().err == (
         f"retreatkit: {image} is not a whole image: its kernel: No such file or directory\n"
+    )
+
+
+MISSING = object()  # the key left out
+BROKEN_MANIFESTS = [
+    ([], "manifest.json holds [], not an object", "SERVICE"),
+    ({"kernel": None}, "manifest.json's kernel is null, not an object", "relay"),
+    ({"service": MISSING}, "manifest.json has no service", "SERVICE"),
+    ({"service": "web"}, 'manifest.json\'s service is "web", not one of mirror, nameserver,'
+     " relay", "SERVICE"),
+    ({"machine": MISSING}, "manifest.json has no machine", "relay"),
+    ({"admin_port": MISSING}, "manifest.json has no admin_port", "relay"),
+    ({"admin_port": 70000}, "manifest.json's admin_port is 70000, not a port", "relay"),
+    ({"ports": [["tcp", "9000"]]}, 'manifest.json\'s ports is [["tcp", "9000"]], not a list'
+     " of [tcp|udp, PORT]", "relay"),
+    ({"initramfs": {}}, "manifest.json has no initramfs.size_bytes", "relay"),
+    ({"disk": "no"}, 'manifest.json\'s disk is "no", not true or false', "relay"),
+]  # fmt: skip
+
+
+def break_manifest(image: Path, change: list[object] | dict[str, object]) -> None:
+    """The image's manifest.json with `change`: a whole other document, or keys changed."""
+    doc: object = change
+    if isinstance(change, dict):
+        whole = json.loads((image / "manifest.json").read_text())
+        doc = {k: v for k, v in {**whole, **change}.items() if v is not MISSING}
+    (image / "manifest.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(("change", "problem", "service"), BROKEN_MANIFESTS)
+def test_a_manifest_that_is_not_whole_is_one_line(
+    home: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: list[object] | dict[str, object],
+    problem: str,
+    service: str,
+) -> None:
+    """A manifest edited by hand or cut short: each step of the run read it its own way,
+    and one key missing or of another kind ended in a traceback."""
+    image = whole_image(home / "relay", "relay")
+    break_manifest(image, change)
+    assert cli.main(["image", "run", str(image)]) == 1
+    assert capsys.readouterr().err == (
+        f"retreatkit: {image} is not a whole image: {problem}; build it again"
+        f" (retreatkit image build {service})\n"
     )
 
 

@@ -31,7 +31,7 @@ from retreatkit.admin.logs import LogRing
 from retreatkit.cli import vm
 from retreatkit.image import bootcache, cpio, run, vmservice
 from retreatkit.image.supervisor import Definition, Restarts, Supervised, Supervisor
-from retreatkit.image.testing import retreatkit_argv
+from retreatkit.image.testing import manifest, retreatkit_argv
 from retreatkit.image.vmservice import Handlers
 from retreatkit.testing import Process
 from retreatkit.tui.app import Dashboard
@@ -298,8 +298,7 @@ def test_each_boot_is_marked_on_a_line_of_its_own_in_the_console_log(tmp_path: P
 async def test_a_known_mirror_guest_is_refused_less_than_its_floor(home: Path) -> None:
     image = home / "mirror-image"
     image.mkdir()
-    manifest = {"service": "mirror", "ports": [["tcp", 8000]], "admin_port": 8080}
-    (image / "manifest.json").write_text(json.dumps(manifest))
+    (image / "manifest.json").write_text(json.dumps(manifest("mirror")))
     supervisor = Supervisor(home / "vm")
     supervisor.define(Definition("m1", str(image), [], memory_mb=128))
     async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
@@ -313,11 +312,38 @@ async def test_a_known_mirror_guest_is_refused_less_than_its_floor(home: Path) -
     assert supervisor.guests["m1"].definition.memory_mb == 128
 
 
+async def test_a_guest_whose_manifest_is_not_whole_is_one_answer(home: Path) -> None:
+    """Defined or started, a guest whose image's manifest lacks a key, or has one of
+    another kind, is told so in one line: it was a 500 and a traceback in the log."""
+    image = home / "relay-image"
+    image.mkdir()
+    (image / "manifest.json").write_text(json.dumps({**manifest("relay"), "kernel": None}))
+    supervisor = Supervisor(home / "vm")
+    async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
+        define = await client.put("/vm/guests/r1", json={"image": str(image), "forwards": []})
+        assert (define.status, await define.text()) == (
+            400,
+            f"{image} is not a whole image: manifest.json's kernel is null, not an object;"
+            " build it again (retreatkit image build relay)\n",
+        )
+        (image / "manifest.json").write_text(json.dumps(manifest("relay")))
+        define = await client.put("/vm/guests/r1", json={"image": str(image), "forwards": []})
+        assert define.status == 200
+        (image / "manifest.json").write_text("[]")  # rebuilt meanwhile, and cut short
+        start = await client.post("/vm/guests/r1/start")
+        assert (start.status, await start.text()) == (
+            400,
+            f"cannot start r1: {image} is not a whole image: manifest.json holds [], not an"
+            " object; build it again (retreatkit image build SERVICE)\n",
+        )
+        listed = await client.get("/vm/guests")
+        assert [g["state"] for g in (await listed.json())["guests"]] == ["stopped"]
+
+
 async def test_a_stopped_guest_is_removed_and_a_running_one_is_not(home: Path) -> None:
     image = home / "relay-image"
     image.mkdir()
-    manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
-    (image / "manifest.json").write_text(json.dumps(manifest))
+    (image / "manifest.json").write_text(json.dumps(manifest("relay")))
     supervisor = Supervisor(home / "vm")
     for name in ("r1", "r2"):
         supervisor.define(Definition(name, str(image), []))
@@ -376,10 +402,7 @@ def ring(caplog: pytest.LogCaptureFixture) -> Iterator[LogRing]:
 def relay_guest(home: Path, restart: bool) -> Definition:
     image = home / "relay-image"
     image.mkdir()
-    manifest = {"service": "relay", "machine": "microvm", "ports": [["tcp", 9000]],
-                "admin_port": 8080, "disk": False, "kernel": {"size_bytes": 0},
-                "initramfs": {"size_bytes": len(INITRAMFS)}}  # fmt: skip
-    (image / "manifest.json").write_text(json.dumps(manifest))
+    (image / "manifest.json").write_text(json.dumps(manifest("relay", 0, len(INITRAMFS))))
     (image / "kernel").write_bytes(b"")
     (image / "initramfs").write_bytes(INITRAMFS)
     toml = home / "retreat.toml"
