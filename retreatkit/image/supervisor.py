@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from retreatkit import config
-from retreatkit.admin.token import load_or_create
+from retreatkit.admin.token import TokenError, load_or_create
 from retreatkit.image import build, qemu, run
 from retreatkit.image import spec as specs
 from retreatkit.image.paths import private_dir
@@ -273,8 +273,18 @@ class Supervisor:
         return entry
 
     async def _keep(self, entry: Supervised, launch: run.Launch) -> None:
+        """Run the guest until it is done; whatever ends that, the guest is left stopped
+        or failed with its reason, never "running" with no qemu (its stop would wait on
+        this task's error, and a supervisor meant to end with its last guest never would)."""
         try:
             await self._run_until_done(entry, launch)
+        except Exception as exc:
+            if entry.guest is not None:
+                entry.guest.kill()
+            self._ended(entry, f"could not start: {_why(exc)}")
+            if entry.state != "stopped":  # a stop asked for meanwhile says so itself
+                entry.state = "failed"
+                _tell(logging.WARNING, f"Guest {entry.definition.name} failed ({entry.last_exit})")
         finally:
             self.settle()
 
@@ -296,8 +306,9 @@ class Supervisor:
                 ready.cancel()
                 last = guest.last_line
                 self._ended(entry, run.describe_exit(code, last.text, last.panic, last.failed))
-            except (OSError, RuntimeError) as exc:
-                self._ended(entry, f"could not start: {exc}")
+            except Exception as exc:  # any of them: the guest must not be left "running"
+                guest.kill()
+                self._ended(entry, f"could not start: {_why(exc)}")
             if guest.stopping:
                 entry.state = "stopped"
                 return
@@ -323,9 +334,9 @@ class Supervisor:
             try:
                 # retreat.toml may have changed
                 launch = await asyncio.to_thread(self._launch, entry.definition)
-            except (ValueError, OSError, RuntimeError) as exc:
+            except Exception as exc:  # a TokenError among them: left "restarting" for good
                 entry.state = "failed"
-                self._ended(entry, f"could not start: {exc}")
+                self._ended(entry, f"could not start: {_why(exc)}")
                 _tell(logging.WARNING, f"Guest {name} not restarted ({entry.last_exit})")
                 return
 
@@ -432,6 +443,14 @@ def _read_count(path: Path) -> int:
     except (OSError, UnicodeError):
         return 0
     return int(text) if text.isdigit() else 0
+
+
+def _why(exc: Exception) -> str:
+    """Why a start failed, in one line: the message of an error meant for the user (each
+    says what to do), else the error's kind with it."""
+    if isinstance(exc, (OSError, ValueError, RuntimeError, TokenError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _tell(level: int, line: str) -> None:

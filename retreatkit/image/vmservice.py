@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from retreatkit import config
+from retreatkit.admin.token import TokenError
 from retreatkit.image import build, network, qemu
 from retreatkit.image import spec as specs
 from retreatkit.image.paths import cache_dir, private_dir, state_dir
@@ -88,7 +89,7 @@ class Handlers:
             await self.supervisor.start(name)
         except GuestRunning as exc:
             raise _error(web.HTTPConflict, str(exc)) from None
-        except (ValueError, OSError, RuntimeError) as exc:
+        except (ValueError, OSError, RuntimeError, TokenError) as exc:
             self.supervisor.settle()
             raise _error(web.HTTPBadRequest, f"cannot start {name}: {exc}") from None
         return web.json_response(self.supervisor.item(name))

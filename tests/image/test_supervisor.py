@@ -30,6 +30,7 @@ from retreatkit.admin import token as admin_token
 from retreatkit.admin.logs import LogRing
 from retreatkit.cli import vm
 from retreatkit.image import bootcache, cpio, run, vmservice
+from retreatkit.image import qemu as qemu_module
 from retreatkit.image.supervisor import Definition, Restarts, Supervised, Supervisor
 from retreatkit.image.testing import manifest, retreatkit_argv
 from retreatkit.image.vmservice import Handlers
@@ -488,6 +489,67 @@ async def test_a_guest_whose_image_is_cut_short_is_not_restarted_and_says_why(
     )
     assert told(ring)[-1] == ("vm", "WARNING", f"Guest r1 not restarted ({why})")
     assert (supervisor.item("r1")["state"], supervisor.item("r1")["last_exit"]) == ("failed", why)
+    await supervisor.stop("r1")
+    assert supervisor.item("r1")["state"] == "stopped"
+
+
+async def test_a_guest_that_cannot_restart_for_its_token_is_failed_and_says_why(
+    home: Path, qemu: Path, ring: LogRing
+) -> None:
+    """The admin token made readable by others while the guest ran, then its qemu killed:
+    the restart could not render its configuration, and the guest was left "restarting"
+    with no qemu, its stop a 500 and a supervisor meant to end with it running on."""
+    idle: list[bool] = []
+    supervisor = Supervisor(home / "vm", lambda: idle.append(True), lambda: Restarts(0.0))
+    supervisor.define(relay_guest(home, restart=True))
+    admin = supervisor.item("r1")["admin"]
+    keeper = (await supervisor.start("r1")).keeper
+    assert keeper is not None
+    await until_told(ring, f"Guest r1 up; admin on {admin}/status")
+    token = admin_token.token_path()
+    token.chmod(0o644)
+    os.kill(supervisor.item("r1")["pid"], signal.SIGKILL)
+    await asyncio.wait_for(keeper, 60)
+    why = f"could not start: the admin token {token} is open to others: chmod 600 {token}"
+    assert told(ring)[-1] == ("vm", "WARNING", f"Guest r1 not restarted ({why})")
+    assert (supervisor.item("r1")["state"], supervisor.item("r1")["last_exit"]) == ("failed", why)
+    assert idle == [True]  # a supervisor `vm start` left in the background ends
+    async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
+        start = await client.post("/vm/guests/r1/start")  # the same, asked for
+        assert (start.status, await start.text()) == (400, f"cannot start r1: {why[17:]}\n")
+        stop = await client.post("/vm/guests/r1/stop")
+        assert (stop.status, (await stop.json())["state"]) == (200, "stopped")
+
+
+@pytest.mark.parametrize(
+    ("broken", "said"),
+    [((qemu_module, "accel"), "stopped by itself"),  # as it boots
+     ((run, "ConsoleLog"), "failed")],  # before: its console log is opened once for all boots
+)  # fmt: skip
+async def test_a_guest_whose_start_fails_unforeseen_is_failed_and_says_why(
+    home: Path,
+    qemu: Path,
+    ring: LogRing,
+    monkeypatch: pytest.MonkeyPatch,
+    broken: tuple[object, str],
+    said: str,
+) -> None:
+    """Whatever ends a guest's start, it ends failed with the reason told, not running."""
+
+    def fault(*args: object) -> None:
+        raise LookupError("no such thing")
+
+    monkeypatch.setattr(*broken, fault)
+    idle: list[bool] = []
+    supervisor = Supervisor(home / "vm", lambda: idle.append(True))
+    supervisor.define(relay_guest(home, restart=False))
+    keeper = (await supervisor.start("r1")).keeper
+    assert keeper is not None
+    await asyncio.wait_for(keeper, 60)
+    why = "could not start: LookupError: no such thing"
+    assert told(ring)[-1] == ("vm", "WARNING", f"Guest r1 {said} ({why})")
+    assert (supervisor.item("r1")["state"], supervisor.item("r1")["last_exit"]) == ("failed", why)
+    assert idle == [True]
     await supervisor.stop("r1")
     assert supervisor.item("r1")["state"] == "stopped"
 
