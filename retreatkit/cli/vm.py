@@ -68,7 +68,10 @@ def _serve(args: argparse.Namespace) -> int:
     serve.setup_logging()
 
     def say(line: str) -> None:
-        _say(line)
+        # a background one's stderr is supervisor.log: its disk full, it supervises all the
+        # same, and the client says why what it asks cannot be kept
+        with contextlib.suppress(OSError):
+            _say(line)
         if args.ready_fd is not None and line.startswith("Admin on "):
             with contextlib.suppress(OSError):
                 os.write(args.ready_fd, b"ready\n")

@@ -50,6 +50,11 @@ class GuestError(ValueError):
     """A guest name or definition the caller got wrong: the message says what to send."""
 
 
+class StateError(RuntimeError):
+    """The supervisor's state folder cannot keep what it was given (its disk full): the
+    message says where."""
+
+
 class GuestRunning(GuestError):
     """Starting or redefining a guest that runs: one answer to both."""
 
@@ -221,10 +226,28 @@ class Supervisor:
         given = [qemu.Forward.parse(f) for f in definition.forwards]
         # every port fixed now: a restarted guest is where its clients left it
         definition.forwards = [str(f) for f in run.complete_forwards(manifest, given)]
-        (self.folder(definition.name) / "guest.json").write_text(
-            json.dumps(asdict(definition), indent=1, sort_keys=True) + "\n"
-        )
+        self._save(definition)
         return self._add(definition)
+
+    def _save(self, definition: Definition) -> None:
+        """`guest.json` replaced whole or not at all: written in place, a full disk cut it
+        to nothing, and the next supervisor knew no such guest."""
+        saved = self.root / definition.name / "guest.json"
+        partial = saved.with_name("guest.json.partial")
+        new = not saved.parent.exists()
+        try:
+            self.folder(definition.name)
+            partial.write_text(json.dumps(asdict(definition), indent=1, sort_keys=True) + "\n")
+            partial.replace(saved)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+                if new:
+                    saved.parent.rmdir()
+            why = exc.strerror or exc
+            raise StateError(
+                f"cannot keep guest {definition.name}'s definition in {saved}: {why}"
+            ) from None
 
     def remove(self, name: str) -> None:
         """Forget a stopped guest: its definition and its folder (console log and all)."""

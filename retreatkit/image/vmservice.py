@@ -36,6 +36,7 @@ from retreatkit.image.supervisor import (
     Definition,
     GuestError,
     GuestRunning,
+    StateError,
     Supervisor,
     check_name,
 )
@@ -132,6 +133,9 @@ class Handlers:
         except ValueError as exc:
             self.supervisor.settle()
             raise _error(web.HTTPBadRequest, str(exc)) from None
+        except StateError as exc:  # the supervisor's disk, not the request: still a 500
+            self.supervisor.settle()
+            raise _error(web.HTTPInternalServerError, str(exc)) from None
         return web.json_response(self.supervisor.item(name))
 
     def admin_routes(self) -> list[web.RouteDef]:

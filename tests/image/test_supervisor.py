@@ -34,7 +34,7 @@ from retreatkit.image import qemu as qemu_module
 from retreatkit.image.supervisor import Definition, Restarts, Supervised, Supervisor
 from retreatkit.image.testing import manifest, retreatkit_argv
 from retreatkit.image.vmservice import Handlers
-from retreatkit.testing import Process
+from retreatkit.testing import Process, fill, scratch_disk
 from retreatkit.tui.app import Dashboard
 from retreatkit.tui.sources import Endpoint
 from retreatkit.tui.testing import Clock, actions_done, settle
@@ -339,6 +339,33 @@ async def test_a_guest_whose_manifest_is_not_whole_is_one_answer(home: Path) -> 
         )
         listed = await client.get("/vm/guests")
         assert [g["state"] for g in (await listed.json())["guests"]] == ["stopped"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a tmpfs mount (root)")
+async def test_a_definition_the_state_disk_has_no_room_for_is_one_answer(home: Path) -> None:
+    """`vm start NAME IMAGE` with the state folder's disk full: a 500 and a traceback in
+    supervisor.log, and a guest.json cut to nothing, which lost the guest it defined."""
+    image = home / "relay-image"
+    image.mkdir()
+    (image / "manifest.json").write_text(json.dumps(manifest("relay")))
+    with scratch_disk("1m") as disk:
+        supervisor = Supervisor(disk / "vm")
+        supervisor.define(Definition("r1", str(image), []))
+        fill(disk)
+        async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
+            for name in ("r2", "r1"):  # a new guest, and one defined again
+                body = {"image": str(image), "forwards": [], "memory_mb": 256}
+                answer = await client.put(f"/vm/guests/{name}", json=body)
+                saved = disk / "vm" / name / "guest.json"
+                assert (answer.status, await answer.text()) == (
+                    500,
+                    f"cannot keep guest {name}'s definition in {saved}: No space left on device\n",
+                )
+        assert supervisor.guests["r1"].definition.memory_mb == 128
+        assert sorted(supervisor.guests) == ["r1"]
+        kept = Supervisor(disk / "vm")  # the next supervisor finds it as it was
+        assert [(n, e.definition.memory_mb) for n, e in kept.guests.items()] == [("r1", 128)]
+        assert [p.name for p in (disk / "vm").rglob("*")] == ["r1", "guest.json"]
 
 
 async def test_a_stopped_guest_is_removed_and_a_running_one_is_not(home: Path) -> None:
@@ -763,6 +790,42 @@ def children_named(prefix: str) -> list[int]:
         if name.startswith(prefix) and int(rest.split()[1]) == os.getpid():
             found.append(int(stat.parent.name))
     return found
+
+
+def supervisors(state: Path) -> list[int]:
+    """The background supervisors (`vm serve --until-idle`) keeping their state in `state`."""
+    found = []
+    wanted = f"XDG_STATE_HOME={state}".encode()
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if (
+                proc.name.isdigit()
+                and b"--until-idle" in (proc / "cmdline").read_bytes()
+                and wanted in (proc / "environ").read_bytes().split(b"\0")
+            ):
+                found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a tmpfs mount (root)")
+def test_vm_start_with_the_state_disk_full_is_one_line(
+    home: Path, qemu: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor `vm start` leaves in the background could not write its log, and did
+    not start ("see supervisor.log", which was empty); one that could answered 500."""
+    image = Path(relay_guest(home, restart=False).image)
+    with scratch_disk("1m") as disk:
+        monkeypatch.setenv("XDG_STATE_HOME", str(disk))
+        admin_token.load_or_create()
+        fill(disk)
+        done = run_cli("vm", "start", "r1", str(image), "--memory", "64")
+        assert (done.returncode, done.stderr) == (
+            1,
+            f"retreatkit: cannot keep guest r1's definition in {disk}/retreatkit/vm/r1/"
+            "guest.json: No space left on device\n",
+        )
+        for pid in supervisors(disk):  # it ends, having no guest to run
+            ended(pid)
 
 
 @pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")
