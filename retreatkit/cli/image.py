@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 
 COMMANDS = ("image", "vm")
+MEMORY_HELP = "guest memory, from 56 MB to this host's (default: [images] memory)"
 
 
 class UsageError(Exception):
@@ -81,7 +82,7 @@ def add_parsers(sub: Any) -> None:
     r.add_argument(
         "--disk", metavar="FILE", type=Path, help="the mirror's store (ext4; made if missing)"
     )
-    r.add_argument("--memory", metavar="MB", type=int, help="default: [images] memory")
+    r.add_argument("--memory", metavar="MB", type=int, help=MEMORY_HELP)
     r.add_argument(
         "--console", metavar="FILE", type=Path, help="console log (default: state folder)"
     )
@@ -102,7 +103,7 @@ def add_vm_parser(sub: Any) -> None:
         "--forward", metavar="tcp|udp:HOST:PORT:GUESTPORT", action="append", default=[]
     )
     start.add_argument("--disk", metavar="FILE", type=Path, help="a data disk (made if missing)")
-    start.add_argument("--memory", metavar="MB", type=int, help="default: [images] memory")
+    start.add_argument("--memory", metavar="MB", type=int, help=MEMORY_HELP)
     start.add_argument("--restart", action="store_true", help="start it again when it exits")
     start.add_argument("--config", metavar="FILE", type=Path, dest="sub_config")
     stop = vsub.add_parser("stop", help="stop a guest cleanly")

@@ -99,7 +99,7 @@ class Definition:
         for key, value, kind in kinds:
             if not isinstance(value, kind):
                 raise GuestError(f"bad guest definition: {key} cannot be {value!r:.60}")
-        problem = specs.memory_problem(defn.memory_mb, "memory_mb")
+        problem = specs.memory_problem(defn.memory_mb, "memory_mb", bounded=False)  # see define
         if problem is not None:
             raise GuestError(problem)
         if not all(isinstance(t, str) for t in defn.forwards):
@@ -215,12 +215,9 @@ class Supervisor:
             raise GuestRunning(entry)
         definition.image = str(Path(definition.image).resolve())
         manifest = build.load_manifest(Path(definition.image))
-        # the image's own floor (the mirror's is above the least of all), checked here
-        # and not in parse, so a guest saved with less before still loads as it was
-        service = manifest.get("service")
-        problem = specs.memory_problem(
-            definition.memory_mb, "memory_mb", service if isinstance(service, str) else None
-        )
+        # the image's own floor (the mirror's is above the least of all) and this host's
+        # memory, checked here and not in parse, so a guest saved before still loads as it was
+        problem = specs.memory_problem(definition.memory_mb, "memory_mb", manifest["service"])
         if problem is not None:
             raise GuestError(problem)
         given = [qemu.Forward.parse(f) for f in definition.forwards]

@@ -18,7 +18,7 @@ import pytest
 from retreatkit.cli import main as cli
 from retreatkit.image import kernel, qemu
 from retreatkit.image.kmod import Index, Module, ModuleError
-from retreatkit.image.supervisor import Definition, GuestError
+from retreatkit.image.supervisor import Definition, GuestError, Supervisor
 from retreatkit.image.testing import manifest
 
 
@@ -214,6 +214,45 @@ def test_too_little_guest_memory_in_retreat_toml(
     assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
 
 
+def test_more_guest_memory_than_the_host_has_is_refused_before_it_starts(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """qemu took any --memory, then failed in three lines of its own, the last shown
+    alone ("and exabytes, respectively.")."""
+    most = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20  # in MB
+    image = whole_image(home / "relay", "relay")
+    for argv, given in (
+        (["image", "run", str(image), "--memory", "1000000000000000000000000"],
+         "--memory 100000000000000000000..."),
+        (["vm", "start", "r9", str(image), "--memory", str(most + 1)], f"--memory {most + 1}"),
+    ):  # fmt: skip
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err == (
+            f"retreatkit: {given}: more than this host's {most} MB of memory\n"
+        )
+    config = home / "retreat.toml"
+    config.write_text(f'[images]\nrun = ["relay"]\nmemory = {most + 1}\n')
+    assert cli.main(["--config", str(config), "up"]) == 2
+    assert capsys.readouterr().err == (
+        f"retreatkit: [images] memory = {most + 1}: more than this host's {most} MB of memory\n"
+    )
+    assert cli.main(["image", "run", str(image), "--memory", str(most)]) == 1  # as much is taken
+    assert capsys.readouterr().err.startswith(
+        f"retreatkit: {image} is not a whole image: its initramfs does not unpack"
+    )
+    assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
+    supervisor = Supervisor(home / "vm")
+    with pytest.raises(GuestError, match=rf"^memory_mb {most + 1}: more than this host's"):
+        supervisor.define(Definition("r1", str(image), [], memory_mb=most + 1))
+    # one saved on a larger host is listed all the same
+    saved = Definition("r2", str(image), [], memory_mb=256)
+    supervisor.define(saved)
+    guest_json = home / "vm" / "r2" / "guest.json"
+    guest_json.write_text(guest_json.read_text().replace("256", str(most + 1)))
+    assert Supervisor(home / "vm").guests["r2"].definition.memory_mb == most + 1
+
+
+RULE = "a guest name is 1-32 of a-z, 0-9 and -, starting with a letter or digit"
 RULE = "a guest name is 1-32 of a-z, 0-9 and -, starting with a letter or digit"
 
 
@@ -325,8 +364,6 @@ def test_vm_remove_with_no_supervisor(home: Path, capsys: pytest.CaptureFixture[
     image = home / "relay-image"
     image.mkdir()
     (image / "manifest.json").write_text(json.dumps(manifest("relay")))
-    from retreatkit.image.supervisor import Supervisor
-
     Supervisor(home / "state" / "retreatkit" / "vm").define(Definition("r1", str(image), []))
     assert cli.main(["vm", "remove", "r9"]) == 1
     assert capsys.readouterr().err == (
