@@ -195,8 +195,16 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -
     definitions = []
     for service in images["run"]:
         image = specs.spec(service)
-        host, port = config.host_port(cfg[service]["listen"], image.ports[0][1])
-        forwards = [str(qemu.Forward(proto, host, port, guest)) for proto, guest in image.ports]
+        listen = cfg[service]["listen"]
+        host, port = config.host_port(listen, image.ports[0][1])
+        try:  # the forward's host: qemu and passt take an IPv4 address, and no name
+            forwards = [str(qemu.Forward.parse(f"{proto}:{host}:{port}:{guest}"))
+                        for proto, guest in image.ports]  # fmt: skip
+        except ValueError:
+            raise config.ConfigError(
+                f"[{service}] listen = {listen!r}: a service run as an image listens on an"
+                " IPv4 address of this host (0.0.0.0: all of them), not a name"
+            ) from None
         disk = None
         if image.disk:  # beside where the in-process mirror keeps its store
             disk = images["disk"] or str(default_store().parent / f"{service}.disk")
@@ -219,10 +227,7 @@ def exposure_warning(definition: Definition, chosen: str) -> str | None:
         return None
     for forward in definition.forwards:
         f = qemu.Forward.parse(forward)
-        try:
-            host = ipaddress.ip_address(f.host)
-        except ValueError:
-            continue  # a name: what it resolves to is the organiser's to know
+        host = ipaddress.IPv4Address(f.host)  # parse takes no other
         if host.is_unspecified or host.is_global:
             return (
                 f"Guest nameserver: forwarded from {f.host}:{f.port}, it answers "

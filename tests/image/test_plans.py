@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import socket
 import struct
@@ -72,6 +73,44 @@ def test_forwards_parse_and_share_a_port_across_protocols() -> None:
                                 qemu.Forward.parse("tcp:127.0.0.1:0:8080")])  # fmt: skip
     assert bound[0].port == bound[1].port != 0
     assert bound[2].port not in (0, bound[0].port)
+
+
+HOST_RULE = "with HOST an IPv4 address (127.0.0.1, 0.0.0.0, one of this host's)"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["tcp:127.0.0.1,x=y:8000:9000",  # into qemu's -netdev user,...: options of its own
+     "tcp:localhost:8000:9000", "udp:relay.retreat.lan:53:53", "tcp:010.0.0.1:80:80",
+     "tcp:127.0.0.1 :80:80", "tcp:1.2.3.4:²:80"],
+)  # fmt: skip
+def test_a_forward_from_no_ipv4_address_is_refused_up_front(
+    home: Path, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    """qemu's hostfwd takes an IPv4 address, and passt resolves no name: a name failed
+    as qemu started, and a comma in HOST set options of the sender's choosing."""
+    image = whole_image(home / "relay", "relay")
+    said = f"expected tcp|udp:HOST:PORT:GUESTPORT {HOST_RULE}, got {bad!r}"
+    if bad.endswith("²:80"):
+        said = f"expected tcp|udp:HOST:PORT:GUESTPORT, got {bad!r}"
+    for argv in (["image", "run", str(image)], ["vm", "start", "r1", str(image)]):
+        assert cli.main([*argv, "--forward", bad]) == 1
+        assert capsys.readouterr().err == f"retreatkit: {said}\n"
+    assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
+    with pytest.raises(ValueError, match=re.escape(said)):  # a definition sent: a 400
+        Definition.parse({"name": "r1", "image": str(image), "forwards": [bad]})
+
+
+def test_a_service_run_as_an_image_listens_on_an_ipv4_address(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = home / "retreat.toml"
+    config.write_text('[images]\nrun = ["relay"]\n[relay]\nlisten = "localhost:9000"\n')
+    assert cli.main(["--config", str(config), "up"]) == 2
+    assert capsys.readouterr().err == (
+        "retreatkit: [relay] listen = 'localhost:9000': a service run as an image listens on"
+        " an IPv4 address of this host (0.0.0.0: all of them), not a name\n"
+    )
 
 
 def test_qemu_command_line(tmp_path: Path) -> None:
