@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
 import json
 import logging
@@ -18,7 +19,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,18 @@ class Handlers:
         return app
 
 
+@contextlib.contextmanager
+def _held(lock: Path) -> Iterator[None]:
+    """`lock` taken for this process alone, waiting while another holds it: only while it
+    makes its control socket, a moment."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # which releases it
+
+
 def socket_in_use(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
@@ -269,15 +282,24 @@ class VmService:
         self._handlers = Handlers(supervisor)
         registry.register(_Collector(supervisor))
         path = control_path()
-        if socket_in_use(path):
-            say(f"Another supervisor answers on {path}: `retreatkit vm` will not see these guests")
-        else:
-            path.unlink(missing_ok=True)
-            self._runner = web.AppRunner(self._handlers.control_app(), access_log=None)
-            await self._runner.setup()
-            await web.UnixSite(self._runner, str(path)).start()
-            path.chmod(0o600)
+        # under a lock: supervisors started at once (`vm start`s at once, each starting
+        # one) each found the socket free, and the later one took it from the earlier
+        with _held(path.with_name("control.lock")):
+            answered = socket_in_use(path)
+            if not answered:
+                path.unlink(missing_ok=True)  # a supervisor's that was killed
+                self._runner = web.AppRunner(self._handlers.control_app(), access_log=None)
+                await self._runner.setup()
+                await web.UnixSite(self._runner, str(path)).start()
+                path.chmod(0o600)
+        if not answered:
             say(f"Supervisor control socket {path}")
+        elif self.until_idle and not self.autostart:
+            # one started by `vm start`: its guest goes to the other, it has none to run
+            say(f"Another supervisor answers on {path}: this one, with no guest to run, ends")
+            supervisor.settle()
+        else:
+            say(f"Another supervisor answers on {path}: `retreatkit vm` will not see these guests")
         if self.autostart:
             say(network.describe(self.network))
         for definition in self.autostart:

@@ -828,6 +828,42 @@ def test_vm_start_with_the_state_disk_full_is_one_line(
             ended(pid)
 
 
+def test_vm_starts_at_once_share_one_supervisor_and_the_others_end(home: Path, qemu: Path) -> None:
+    """Three `vm start` at once with no supervisor running: each started one in the
+    background, and those that found another answering ran on for good, as did one whose
+    socket a later one had taken."""
+    image = Path(relay_guest(home, restart=False).image)
+    config = str(home / "retreat.toml")
+    names = ("r1", "r2", "r3")
+    argv = [retreatkit_argv("vm", "start", n, str(image), "--memory", "64", "--config", config)
+            for n in names]  # fmt: skip
+    starts = [subprocess.Popen(a, stderr=subprocess.PIPE, text=True) for a in argv]
+    said = [start.communicate(timeout=120)[1] for start in starts]
+    started = supervisors(home / "state")  # the one answering, and others not yet ended
+    log = (vmservice.vm_dir() / "supervisor.log").read_text().splitlines()
+    try:
+        for name, start, lines in zip(names, starts, said, strict=True):
+            assert start.returncode == 0, lines
+            assert lines.splitlines()[-1].startswith(f"Guest {name} up; admin on ")
+        listed = run_cli("vm", "list")
+        assert [line.split()[:3] for line in listed.stdout.splitlines()[1:]] == [
+            [name, "relay", "running"] for name in names
+        ]
+        spawned = sum(line.startswith("Supervisor control socket ") for line in log)
+        others = [line for line in log if line.startswith("Another supervisor answers ")]
+        assert spawned == 1, log  # one answers; the others (most times, two) end
+        assert others == [f"Another supervisor answers on {vmservice.control_path()}: this one,"
+                          " with no guest to run, ends"] * len(others)  # fmt: skip
+        for name in names:
+            assert run_cli("vm", "stop", name).returncode == 0
+        for pid in started:  # each ends: the one that ran the guests with its last one
+            ended(pid)
+        assert supervisors(home / "state") == []
+    finally:
+        for pid in supervisors(home / "state"):
+            os.kill(pid, signal.SIGTERM)
+
+
 @pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")
 async def test_an_image_that_does_not_unpack_starts_no_passt(
     home: Path, qemu: Path, ring: LogRing
