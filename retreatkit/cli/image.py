@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 
 COMMANDS = ("image", "vm")
+FORWARD_HELP = (
+    "repeatable; HOST is an IPv4 address (127.0.0.1, 0.0.0.0: all), not a name; ports not"
+    " named go to 127.0.0.1, any free port"
+)
+MEMORY_HELP = "guest memory, from 56 MB to this host's (default: [images] memory)"
 
 
 class UsageError(Exception):
@@ -76,12 +81,12 @@ def add_parsers(sub: Any) -> None:
         metavar="tcp|udp:HOST:PORT:GUESTPORT",
         action="append",
         default=[],
-        help="repeatable; ports not named go to 127.0.0.1, any free port",
+        help=FORWARD_HELP,
     )
     r.add_argument(
         "--disk", metavar="FILE", type=Path, help="the mirror's store (ext4; made if missing)"
     )
-    r.add_argument("--memory", metavar="MB", type=int, help="default: [images] memory")
+    r.add_argument("--memory", metavar="MB", type=int, help=MEMORY_HELP)
     r.add_argument(
         "--console", metavar="FILE", type=Path, help="console log (default: state folder)"
     )
@@ -99,10 +104,14 @@ def add_vm_parser(sub: Any) -> None:
     start.add_argument("name", metavar="NAME")
     start.add_argument("image", metavar="IMAGE", type=Path, nargs="?", help="an image folder")
     start.add_argument(
-        "--forward", metavar="tcp|udp:HOST:PORT:GUESTPORT", action="append", default=[]
+        "--forward",
+        metavar="tcp|udp:HOST:PORT:GUESTPORT",
+        action="append",
+        default=[],
+        help=FORWARD_HELP,
     )
     start.add_argument("--disk", metavar="FILE", type=Path, help="a data disk (made if missing)")
-    start.add_argument("--memory", metavar="MB", type=int, help="default: [images] memory")
+    start.add_argument("--memory", metavar="MB", type=int, help=MEMORY_HELP)
     start.add_argument("--restart", action="store_true", help="start it again when it exits")
     start.add_argument("--config", metavar="FILE", type=Path, dest="sub_config")
     stop = vsub.add_parser("stop", help="stop a guest cleanly")

@@ -19,7 +19,7 @@ import aiohttp
 
 from retreatkit import config, loop, serve, units, version
 from retreatkit.cli.image import UsageError, guest_memory
-from retreatkit.image import vmservice
+from retreatkit.image import qemu, vmservice
 from retreatkit.image.paths import private_dir
 from retreatkit.image.supervisor import GuestError, Supervisor, check_name
 
@@ -39,6 +39,8 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
             _check_name(args.name)
         if command == "start" and (args.image is not None or args.memory is not None):
             args.memory = guest_memory(args, cfg)  # without IMAGE, only what was given
+        for forward in getattr(args, "forward", []):
+            qemu.Forward.parse(forward)  # a ValueError: one line, exit code 1 (as image run)
         if command == "serve":
             return _serve(args)
         if command == "console":
@@ -68,7 +70,10 @@ def _serve(args: argparse.Namespace) -> int:
     serve.setup_logging()
 
     def say(line: str) -> None:
-        _say(line)
+        # a background one's stderr is supervisor.log: its disk full, it supervises all the
+        # same, and the client says why what it asks cannot be kept
+        with contextlib.suppress(OSError):
+            _say(line)
         if args.ready_fd is not None and line.startswith("Admin on "):
             with contextlib.suppress(OSError):
                 os.write(args.ready_fd, b"ready\n")

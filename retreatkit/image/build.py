@@ -170,9 +170,81 @@ def build(
     return manifest
 
 
+class ManifestError(ValueError):
+    """An image folder whose manifest cannot be booted from: the message says what to do."""
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _port(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 65535
+
+
+def _forwarded(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and value[0] in ("tcp", "udp")
+        and _port(value[1])
+    )
+
+
+# what `image run` and the supervisor read of a manifest: key, check, what it should be
+_BOOTED: tuple[tuple[str, Callable[[object], bool], str], ...] = (
+    ("service", lambda v: isinstance(v, str) and v in specs.SPECS,
+     f"one of {', '.join(sorted(specs.SPECS))}"),
+    ("machine", lambda v: v in ("microvm", "pc"), "microvm or pc"),
+    ("kernel", lambda v: isinstance(v, dict), "an object"),
+    ("kernel.size_bytes", _count, "a number of bytes"),
+    ("kernel.label", lambda v: isinstance(v, str), "a string"),
+    ("initramfs", lambda v: isinstance(v, dict), "an object"),
+    ("initramfs.size_bytes", _count, "a number of bytes"),
+    ("size_bytes", _count, "a number of bytes"),
+    ("ports", lambda v: isinstance(v, list) and all(map(_forwarded, v)),
+     "a list of [tcp|udp, PORT]"),
+    ("admin_port", _port, "a port"),
+    ("disk", lambda v: isinstance(v, bool), "true or false"),
+)  # fmt: skip
+
+
+def manifest_problem(doc: object) -> str | None:
+    """What keeps a manifest from being booted from, in a few words; None if nothing.
+    A manifest edited by hand or written by another version is read by many steps, each
+    of which would fail its own way (a KeyError, a None where a number was)."""
+    if not isinstance(doc, dict):
+        return f"{MANIFEST} holds {_shown(doc)}, not an object"
+    for key, fits, should in _BOOTED:
+        *outer, last = key.split(".")
+        holder = doc
+        for part in outer:  # an object: checked before its keys
+            holder = holder[part]
+        if last not in holder:
+            return f"{MANIFEST} has no {key}"
+        if not fits(holder[last]):
+            return f"{MANIFEST}'s {key} is {_shown(holder[last])}, not {should}"
+    return None
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def load_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of the image in `folder`; ManifestError (a ValueError) if there is none
+    or it is not one an image can be booted from."""
     try:
         doc: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        raise ValueError(f"{folder} is not an image (no readable {MANIFEST})") from None
+    except (OSError, ValueError, RecursionError):
+        raise ManifestError(f"{folder} is not an image (no readable {MANIFEST})") from None
+    problem = manifest_problem(doc)
+    if problem is not None:
+        service = doc.get("service") if isinstance(doc, dict) else None
+        named = service if isinstance(service, str) and service in specs.SPECS else "SERVICE"
+        raise ManifestError(
+            f"{folder} is not a whole image: {problem}; build it again"
+            f" (retreatkit image build {named})"
+        )
     return doc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import os
 import secrets
 import shutil
@@ -64,14 +65,27 @@ class Forward:
 
     @classmethod
     def parse(cls, text: str) -> Forward:
-        """`tcp|udp:HOST:PORT:GUESTPORT` (HOST may be empty: 127.0.0.1)."""
+        """`tcp|udp:HOST:PORT:GUESTPORT`, HOST an IPv4 address (empty: 127.0.0.1).
+
+        qemu's hostfwd takes an IPv4 address and no name (inet_aton), nor does passt
+        resolve one; and HOST goes into qemu's `-netdev user,...` as it is, where a comma
+        in it would add options of the sender's choosing.
+        """
         parts = text.split(":")
         if len(parts) != 4 or parts[0] not in ("tcp", "udp"):
-            raise ValueError(f"expected tcp|udp:HOST:PORT:GUESTPORT, got {text!r}")
+            raise ValueError(f"expected tcp|udp:HOST:PORT:GUESTPORT, got {text!r:.80}")
         proto, host, port, guest = parts
-        if not (port.isdigit() and guest.isdigit()) or int(port) > 65535 or int(guest) > 65535:
-            raise ValueError(f"expected tcp|udp:HOST:PORT:GUESTPORT, got {text!r}")
-        return cls(proto, host or "127.0.0.1", int(port), int(guest))
+        digits = (port + guest).isascii() and port.isdigit() and guest.isdigit()  # not "²"
+        if not digits or int(port) > 65535 or int(guest) > 65535:
+            raise ValueError(f"expected tcp|udp:HOST:PORT:GUESTPORT, got {text!r:.80}")
+        try:
+            address = ipaddress.IPv4Address(host or "127.0.0.1")
+        except ValueError:
+            raise ValueError(
+                f"expected tcp|udp:HOST:PORT:GUESTPORT with HOST an IPv4 address"
+                f" (127.0.0.1, 0.0.0.0, one of this host's), got {text!r:.80}"
+            ) from None
+        return cls(proto, str(address), int(port), int(guest))
 
     def __str__(self) -> str:
         return f"{self.proto}:{self.host}:{self.port}:{self.guest_port}"

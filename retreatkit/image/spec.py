@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from retreatkit.image import standins
@@ -33,9 +34,17 @@ LEAST_MEMORY_MB = 56
 LEAST_BY_SERVICE = {"mirror": 64}  # above the least of all: refused below it by name
 
 
-def memory_problem(memory_mb: object, given_as: str, service: str | None = None) -> str | None:
+def host_memory_mb() -> int:
+    """This host's physical memory, in MB."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+
+
+def memory_problem(
+    memory_mb: object, given_as: str, service: str | None = None, *, bounded: bool = True
+) -> str | None:
     """Why guest memory `memory_mb` (given as `given_as`) cannot boot, in one line; with
-    `service` (when the image is known), against that image's own floor."""
+    `service` (when the image is known), against that image's own floor; `bounded`, also
+    against this host's memory."""
     if isinstance(memory_mb, bool) or not isinstance(memory_mb, int):
         return f"{given_as} {memory_mb!r:.20}: guest memory is a whole number of MB"
     if memory_mb < LEAST_MEMORY_MB:
@@ -43,6 +52,12 @@ def memory_problem(memory_mb: object, given_as: str, service: str | None = None)
             f"{given_as} {memory_mb}: a guest needs at least {LEAST_MEMORY_MB} MB"
             " (no image runs in less)"
         )
+    # A guest's memory comes from the host's: more than the host has is a slip (bytes or
+    # KB given as MB), which qemu refused in three lines of its own, the last shown alone
+    if bounded and memory_mb > (most := host_memory_mb()):
+        shown = str(memory_mb)  # argparse, json and TOML refuse ints of over 4300 digits
+        shown = shown if len(shown) <= 24 else shown[:21] + "..."
+        return f"{given_as} {shown}: more than this host's {most} MB of memory"
     least = LEAST_BY_SERVICE.get(service or "", LEAST_MEMORY_MB)
     if memory_mb < least:
         return (

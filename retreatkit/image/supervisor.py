@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from retreatkit import config
-from retreatkit.admin.token import load_or_create
+from retreatkit.admin.token import TokenError, load_or_create
 from retreatkit.image import build, qemu, run
 from retreatkit.image import spec as specs
 from retreatkit.image.paths import private_dir
@@ -48,6 +48,11 @@ FIRST_WAIT = 1.0  # seconds before the start after the first quick exit; doubled
 
 class GuestError(ValueError):
     """A guest name or definition the caller got wrong: the message says what to send."""
+
+
+class StateError(RuntimeError):
+    """The supervisor's state folder cannot keep what it was given (its disk full): the
+    message says where."""
 
 
 class GuestRunning(GuestError):
@@ -94,7 +99,7 @@ class Definition:
         for key, value, kind in kinds:
             if not isinstance(value, kind):
                 raise GuestError(f"bad guest definition: {key} cannot be {value!r:.60}")
-        problem = specs.memory_problem(defn.memory_mb, "memory_mb")
+        problem = specs.memory_problem(defn.memory_mb, "memory_mb", bounded=False)  # see define
         if problem is not None:
             raise GuestError(problem)
         if not all(isinstance(t, str) for t in defn.forwards):
@@ -210,21 +215,36 @@ class Supervisor:
             raise GuestRunning(entry)
         definition.image = str(Path(definition.image).resolve())
         manifest = build.load_manifest(Path(definition.image))
-        # the image's own floor (the mirror's is above the least of all), checked here
-        # and not in parse, so a guest saved with less before still loads as it was
-        service = manifest.get("service")
-        problem = specs.memory_problem(
-            definition.memory_mb, "memory_mb", service if isinstance(service, str) else None
-        )
+        # the image's own floor (the mirror's is above the least of all) and this host's
+        # memory, checked here and not in parse, so a guest saved before still loads as it was
+        problem = specs.memory_problem(definition.memory_mb, "memory_mb", manifest["service"])
         if problem is not None:
             raise GuestError(problem)
         given = [qemu.Forward.parse(f) for f in definition.forwards]
         # every port fixed now: a restarted guest is where its clients left it
         definition.forwards = [str(f) for f in run.complete_forwards(manifest, given)]
-        (self.folder(definition.name) / "guest.json").write_text(
-            json.dumps(asdict(definition), indent=1, sort_keys=True) + "\n"
-        )
+        self._save(definition)
         return self._add(definition)
+
+    def _save(self, definition: Definition) -> None:
+        """`guest.json` replaced whole or not at all: written in place, a full disk cut it
+        to nothing, and the next supervisor knew no such guest."""
+        saved = self.root / definition.name / "guest.json"
+        partial = saved.with_name("guest.json.partial")
+        new = not saved.parent.exists()
+        try:
+            self.folder(definition.name)
+            partial.write_text(json.dumps(asdict(definition), indent=1, sort_keys=True) + "\n")
+            partial.replace(saved)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+                if new:
+                    saved.parent.rmdir()
+            why = exc.strerror or exc
+            raise StateError(
+                f"cannot keep guest {definition.name}'s definition in {saved}: {why}"
+            ) from None
 
     def remove(self, name: str) -> None:
         """Forget a stopped guest: its definition and its folder (console log and all)."""
@@ -273,8 +293,18 @@ class Supervisor:
         return entry
 
     async def _keep(self, entry: Supervised, launch: run.Launch) -> None:
+        """Run the guest until it is done; whatever ends that, the guest is left stopped
+        or failed with its reason, never "running" with no qemu (its stop would wait on
+        this task's error, and a supervisor meant to end with its last guest never would)."""
         try:
             await self._run_until_done(entry, launch)
+        except Exception as exc:
+            if entry.guest is not None:
+                entry.guest.kill()
+            self._ended(entry, f"could not start: {_why(exc)}")
+            if entry.state != "stopped":  # a stop asked for meanwhile says so itself
+                entry.state = "failed"
+                _tell(logging.WARNING, f"Guest {entry.definition.name} failed ({entry.last_exit})")
         finally:
             self.settle()
 
@@ -296,8 +326,9 @@ class Supervisor:
                 ready.cancel()
                 last = guest.last_line
                 self._ended(entry, run.describe_exit(code, last.text, last.panic, last.failed))
-            except (OSError, RuntimeError) as exc:
-                self._ended(entry, f"could not start: {exc}")
+            except Exception as exc:  # any of them: the guest must not be left "running"
+                guest.kill()
+                self._ended(entry, f"could not start: {_why(exc)}")
             if guest.stopping:
                 entry.state = "stopped"
                 return
@@ -323,9 +354,9 @@ class Supervisor:
             try:
                 # retreat.toml may have changed
                 launch = await asyncio.to_thread(self._launch, entry.definition)
-            except (ValueError, OSError, RuntimeError) as exc:
+            except Exception as exc:  # a TokenError among them: left "restarting" for good
                 entry.state = "failed"
-                self._ended(entry, f"could not start: {exc}")
+                self._ended(entry, f"could not start: {_why(exc)}")
                 _tell(logging.WARNING, f"Guest {name} not restarted ({entry.last_exit})")
                 return
 
@@ -432,6 +463,14 @@ def _read_count(path: Path) -> int:
     except (OSError, UnicodeError):
         return 0
     return int(text) if text.isdigit() else 0
+
+
+def _why(exc: Exception) -> str:
+    """Why a start failed, in one line: the message of an error meant for the user (each
+    says what to do), else the error's kind with it."""
+    if isinstance(exc, (OSError, ValueError, RuntimeError, TokenError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _tell(level: int, line: str) -> None:

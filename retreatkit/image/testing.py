@@ -8,7 +8,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from retreatkit.image import spec
 from retreatkit.image.paths import cache_dir
 from retreatkit.testing import Process
 
@@ -17,6 +19,22 @@ LINE = re.compile(
     r"^(?:Forward (tcp|udp) (\S+):(\d+) -> guest port (\d+)"
     r"|Guest (\S+) up; admin on (http://\S+)/status)$"
 )
+
+
+def manifest(service: str, kernel: int = 0, initramfs: int = 0) -> dict[str, Any]:
+    """What `image build SERVICE` writes in manifest.json and `image run` reads, for an
+    image folder whose kernel and initramfs are `kernel` and `initramfs` bytes."""
+    image = spec.spec(service)
+    return {
+        "service": service,
+        "machine": "microvm",
+        "kernel": {"kind": "own", "label": "test", "size_bytes": kernel},
+        "initramfs": {"size_bytes": initramfs},
+        "size_bytes": kernel + initramfs,
+        "ports": [[proto, port] for proto, port in image.ports],
+        "admin_port": spec.ADMIN_PORT,
+        "disk": image.disk,
+    }
 
 
 def retreatkit_argv(*args: str) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
 import json
 import logging
@@ -18,7 +19,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from retreatkit import config
+from retreatkit.admin.token import TokenError
 from retreatkit.image import build, network, qemu
 from retreatkit.image import spec as specs
 from retreatkit.image.paths import cache_dir, private_dir, state_dir
@@ -35,6 +37,7 @@ from retreatkit.image.supervisor import (
     Definition,
     GuestError,
     GuestRunning,
+    StateError,
     Supervisor,
     check_name,
 )
@@ -88,7 +91,7 @@ class Handlers:
             await self.supervisor.start(name)
         except GuestRunning as exc:
             raise _error(web.HTTPConflict, str(exc)) from None
-        except (ValueError, OSError, RuntimeError) as exc:
+        except (ValueError, OSError, RuntimeError, TokenError) as exc:
             self.supervisor.settle()
             raise _error(web.HTTPBadRequest, f"cannot start {name}: {exc}") from None
         return web.json_response(self.supervisor.item(name))
@@ -131,6 +134,9 @@ class Handlers:
         except ValueError as exc:
             self.supervisor.settle()
             raise _error(web.HTTPBadRequest, str(exc)) from None
+        except StateError as exc:  # the supervisor's disk, not the request: still a 500
+            self.supervisor.settle()
+            raise _error(web.HTTPInternalServerError, str(exc)) from None
         return web.json_response(self.supervisor.item(name))
 
     def admin_routes(self) -> list[web.RouteDef]:
@@ -148,6 +154,18 @@ class Handlers:
         app.router.add_patch("/vm/guests/{name}", self.define_guest)
         app.router.add_delete("/vm/guests/{name}", self.remove_guest)
         return app
+
+
+@contextlib.contextmanager
+def _held(lock: Path) -> Iterator[None]:
+    """`lock` taken for this process alone, waiting while another holds it: only while it
+    makes its control socket, a moment."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # which releases it
 
 
 def socket_in_use(path: Path) -> bool:
@@ -190,8 +208,16 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -
     definitions = []
     for service in images["run"]:
         image = specs.spec(service)
-        host, port = config.host_port(cfg[service]["listen"], image.ports[0][1])
-        forwards = [str(qemu.Forward(proto, host, port, guest)) for proto, guest in image.ports]
+        listen = cfg[service]["listen"]
+        host, port = config.host_port(listen, image.ports[0][1])
+        try:  # the forward's host: qemu and passt take an IPv4 address, and no name
+            forwards = [str(qemu.Forward.parse(f"{proto}:{host}:{port}:{guest}"))
+                        for proto, guest in image.ports]  # fmt: skip
+        except ValueError:
+            raise config.ConfigError(
+                f"[{service}] listen = {listen!r}: a service run as an image listens on an"
+                " IPv4 address of this host (0.0.0.0: all of them), not a name"
+            ) from None
         disk = None
         if image.disk:  # beside where the in-process mirror keeps its store
             disk = images["disk"] or str(default_store().parent / f"{service}.disk")
@@ -214,10 +240,7 @@ def exposure_warning(definition: Definition, chosen: str) -> str | None:
         return None
     for forward in definition.forwards:
         f = qemu.Forward.parse(forward)
-        try:
-            host = ipaddress.ip_address(f.host)
-        except ValueError:
-            continue  # a name: what it resolves to is the organiser's to know
+        host = ipaddress.IPv4Address(f.host)  # parse takes no other
         if host.is_unspecified or host.is_global:
             return (
                 f"Guest nameserver: forwarded from {f.host}:{f.port}, it answers "
@@ -259,15 +282,24 @@ class VmService:
         self._handlers = Handlers(supervisor)
         registry.register(_Collector(supervisor))
         path = control_path()
-        if socket_in_use(path):
-            say(f"Another supervisor answers on {path}: `retreatkit vm` will not see these guests")
-        else:
-            path.unlink(missing_ok=True)
-            self._runner = web.AppRunner(self._handlers.control_app(), access_log=None)
-            await self._runner.setup()
-            await web.UnixSite(self._runner, str(path)).start()
-            path.chmod(0o600)
+        # under a lock: supervisors started at once (`vm start`s at once, each starting
+        # one) each found the socket free, and the later one took it from the earlier
+        with _held(path.with_name("control.lock")):
+            answered = socket_in_use(path)
+            if not answered:
+                path.unlink(missing_ok=True)  # a supervisor's that was killed
+                self._runner = web.AppRunner(self._handlers.control_app(), access_log=None)
+                await self._runner.setup()
+                await web.UnixSite(self._runner, str(path)).start()
+                path.chmod(0o600)
+        if not answered:
             say(f"Supervisor control socket {path}")
+        elif self.until_idle and not self.autostart:
+            # one started by `vm start`: its guest goes to the other, it has none to run
+            say(f"Another supervisor answers on {path}: this one, with no guest to run, ends")
+            supervisor.settle()
+        else:
+            say(f"Another supervisor answers on {path}: `retreatkit vm` will not see these guests")
         if self.autostart:
             say(network.describe(self.network))
         for definition in self.autostart:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import socket
 import struct
@@ -18,7 +19,8 @@ import pytest
 from retreatkit.cli import main as cli
 from retreatkit.image import kernel, qemu
 from retreatkit.image.kmod import Index, Module, ModuleError
-from retreatkit.image.supervisor import Definition, GuestError
+from retreatkit.image.supervisor import Definition, GuestError, Supervisor
+from retreatkit.image.testing import manifest
 
 
 def module(name: str, depends: str = "", pre: str = "", aliases: str = "") -> Module:
@@ -71,6 +73,44 @@ def test_forwards_parse_and_share_a_port_across_protocols() -> None:
                                 qemu.Forward.parse("tcp:127.0.0.1:0:8080")])  # fmt: skip
     assert bound[0].port == bound[1].port != 0
     assert bound[2].port not in (0, bound[0].port)
+
+
+HOST_RULE = "with HOST an IPv4 address (127.0.0.1, 0.0.0.0, one of this host's)"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["tcp:127.0.0.1,x=y:8000:9000",  # into qemu's -netdev user,...: options of its own
+     "tcp:localhost:8000:9000", "udp:relay.retreat.lan:53:53", "tcp:010.0.0.1:80:80",
+     "tcp:127.0.0.1 :80:80", "tcp:1.2.3.4:²:80"],
+)  # fmt: skip
+def test_a_forward_from_no_ipv4_address_is_refused_up_front(
+    home: Path, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    """qemu's hostfwd takes an IPv4 address, and passt resolves no name: a name failed
+    as qemu started, and a comma in HOST set options of the sender's choosing."""
+    image = whole_image(home / "relay", "relay")
+    said = f"expected tcp|udp:HOST:PORT:GUESTPORT {HOST_RULE}, got {bad!r}"
+    if bad.endswith("²:80"):
+        said = f"expected tcp|udp:HOST:PORT:GUESTPORT, got {bad!r}"
+    for argv in (["image", "run", str(image)], ["vm", "start", "r1", str(image)]):
+        assert cli.main([*argv, "--forward", bad]) == 1
+        assert capsys.readouterr().err == f"retreatkit: {said}\n"
+    assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
+    with pytest.raises(ValueError, match=re.escape(said)):  # a definition sent: a 400
+        Definition.parse({"name": "r1", "image": str(image), "forwards": [bad]})
+
+
+def test_a_service_run_as_an_image_listens_on_an_ipv4_address(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = home / "retreat.toml"
+    config.write_text('[images]\nrun = ["relay"]\n[relay]\nlisten = "localhost:9000"\n')
+    assert cli.main(["--config", str(config), "up"]) == 2
+    assert capsys.readouterr().err == (
+        "retreatkit: [relay] listen = 'localhost:9000': a service run as an image listens on"
+        " an IPv4 address of this host (0.0.0.0: all of them), not a name\n"
+    )
 
 
 def test_qemu_command_line(tmp_path: Path) -> None:
@@ -213,6 +253,45 @@ def test_too_little_guest_memory_in_retreat_toml(
     assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
 
 
+def test_more_guest_memory_than_the_host_has_is_refused_before_it_starts(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """qemu took any --memory, then failed in three lines of its own, the last shown
+    alone ("and exabytes, respectively.")."""
+    most = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20  # in MB
+    image = whole_image(home / "relay", "relay")
+    for argv, given in (
+        (["image", "run", str(image), "--memory", "1000000000000000000000000"],
+         "--memory 100000000000000000000..."),
+        (["vm", "start", "r9", str(image), "--memory", str(most + 1)], f"--memory {most + 1}"),
+    ):  # fmt: skip
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err == (
+            f"retreatkit: {given}: more than this host's {most} MB of memory\n"
+        )
+    config = home / "retreat.toml"
+    config.write_text(f'[images]\nrun = ["relay"]\nmemory = {most + 1}\n')
+    assert cli.main(["--config", str(config), "up"]) == 2
+    assert capsys.readouterr().err == (
+        f"retreatkit: [images] memory = {most + 1}: more than this host's {most} MB of memory\n"
+    )
+    assert cli.main(["image", "run", str(image), "--memory", str(most)]) == 1  # as much is taken
+    assert capsys.readouterr().err.startswith(
+        f"retreatkit: {image} is not a whole image: its initramfs does not unpack"
+    )
+    assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
+    supervisor = Supervisor(home / "vm")
+    with pytest.raises(GuestError, match=rf"^memory_mb {most + 1}: more than this host's"):
+        supervisor.define(Definition("r1", str(image), [], memory_mb=most + 1))
+    # one saved on a larger host is listed all the same
+    saved = Definition("r2", str(image), [], memory_mb=256)
+    supervisor.define(saved)
+    guest_json = home / "vm" / "r2" / "guest.json"
+    guest_json.write_text(guest_json.read_text().replace("256", str(most + 1)))
+    assert Supervisor(home / "vm").guests["r2"].definition.memory_mb == most + 1
+
+
+RULE = "a guest name is 1-32 of a-z, 0-9 and -, starting with a letter or digit"
 RULE = "a guest name is 1-32 of a-z, 0-9 and -, starting with a letter or digit"
 
 
@@ -272,8 +351,7 @@ def test_vm_start_without_an_image_takes_the_options_given(home: Path) -> None:
     the guest cannot boot here (its retreat.toml is broken), so no qemu runs."""
     image = home / "images" / "relay"
     image.mkdir(parents=True)
-    manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
-    (image / "manifest.json").write_text(json.dumps(manifest))
+    (image / "manifest.json").write_text(json.dumps(manifest("relay")))
     broken = home / "broken.toml"
     broken.write_text("[relay\n")
     saved = home / "state" / "retreatkit" / "vm" / "r1" / "guest.json"
@@ -307,7 +385,7 @@ def test_the_mirrors_image_is_refused_below_its_own_floor(
     assert capsys.readouterr().err == f"retreatkit: [images] memory = 56: {said}\n"
     image = home / "mirror-image"
     image.mkdir()
-    (image / "manifest.json").write_text(json.dumps({"service": "mirror"}))
+    (image / "manifest.json").write_text(json.dumps(manifest("mirror")))
     assert cli.main(["image", "run", str(image), "--memory", "56"]) == 2
     assert capsys.readouterr().err == f"retreatkit: --memory 56: {said}\n"
 
@@ -324,10 +402,7 @@ def test_an_output_folder_that_cannot_be_is_said_before_the_build(
 def test_vm_remove_with_no_supervisor(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = home / "relay-image"
     image.mkdir()
-    manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
-    (image / "manifest.json").write_text(json.dumps(manifest))
-    from retreatkit.image.supervisor import Supervisor
-
+    (image / "manifest.json").write_text(json.dumps(manifest("relay")))
     Supervisor(home / "state" / "retreatkit" / "vm").define(Definition("r1", str(image), []))
     assert cli.main(["vm", "remove", "r9"]) == 1
     assert capsys.readouterr().err == (
@@ -346,10 +421,7 @@ def whole_image(folder: Path, service: str) -> Path:
     sizes = {"kernel": 3, "initramfs": 5}
     for name, size in sizes.items():
         (folder / name).write_bytes(b"x" * size)
-    manifest = {"service": service, "machine": "microvm", "ports": [["tcp", 8000]],
-                "admin_port": 8080, "disk": service == "mirror",
-                **{name: {"size_bytes": size} for name, size in sizes.items()}}  # fmt: skip
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_text(json.dumps(manifest(service, **sizes)))
     return folder
 
 
@@ -369,6 +441,51 @@ def test_an_image_cut_short_is_refused_before_it_boots(
     assert cli.main(["image", "run", str(image)]) == 1
     assert capsys.readouterr().err == (
         f"retreatkit: {image} is not a whole image: its kernel: No such file or directory\n"
+    )
+
+
+MISSING = object()  # the key left out
+BROKEN_MANIFESTS = [
+    ([], "manifest.json holds [], not an object", "SERVICE"),
+    ({"kernel": None}, "manifest.json's kernel is null, not an object", "relay"),
+    ({"service": MISSING}, "manifest.json has no service", "SERVICE"),
+    ({"service": "web"}, 'manifest.json\'s service is "web", not one of mirror, nameserver,'
+     " relay", "SERVICE"),
+    ({"machine": MISSING}, "manifest.json has no machine", "relay"),
+    ({"admin_port": MISSING}, "manifest.json has no admin_port", "relay"),
+    ({"admin_port": 70000}, "manifest.json's admin_port is 70000, not a port", "relay"),
+    ({"ports": [["tcp", "9000"]]}, 'manifest.json\'s ports is [["tcp", "9000"]], not a list'
+     " of [tcp|udp, PORT]", "relay"),
+    ({"initramfs": {}}, "manifest.json has no initramfs.size_bytes", "relay"),
+    ({"disk": "no"}, 'manifest.json\'s disk is "no", not true or false', "relay"),
+]  # fmt: skip
+
+
+def break_manifest(image: Path, change: list[object] | dict[str, object]) -> None:
+    """The image's manifest.json with `change`: a whole other document, or keys changed."""
+    doc: object = change
+    if isinstance(change, dict):
+        whole = json.loads((image / "manifest.json").read_text())
+        doc = {k: v for k, v in {**whole, **change}.items() if v is not MISSING}
+    (image / "manifest.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(("change", "problem", "service"), BROKEN_MANIFESTS)
+def test_a_manifest_that_is_not_whole_is_one_line(
+    home: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: list[object] | dict[str, object],
+    problem: str,
+    service: str,
+) -> None:
+    """A manifest edited by hand or cut short: each step of the run read it its own way,
+    and one key missing or of another kind ended in a traceback."""
+    image = whole_image(home / "relay", "relay")
+    break_manifest(image, change)
+    assert cli.main(["image", "run", str(image)]) == 1
+    assert capsys.readouterr().err == (
+        f"retreatkit: {image} is not a whole image: {problem}; build it again"
+        f" (retreatkit image build {service})\n"
     )
 
 

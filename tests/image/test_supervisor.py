@@ -30,10 +30,11 @@ from retreatkit.admin import token as admin_token
 from retreatkit.admin.logs import LogRing
 from retreatkit.cli import vm
 from retreatkit.image import bootcache, cpio, run, vmservice
+from retreatkit.image import qemu as qemu_module
 from retreatkit.image.supervisor import Definition, Restarts, Supervised, Supervisor
-from retreatkit.image.testing import retreatkit_argv
+from retreatkit.image.testing import manifest, retreatkit_argv
 from retreatkit.image.vmservice import Handlers
-from retreatkit.testing import Process
+from retreatkit.testing import Process, fill, scratch_disk
 from retreatkit.tui.app import Dashboard
 from retreatkit.tui.sources import Endpoint
 from retreatkit.tui.testing import Clock, actions_done, settle
@@ -298,8 +299,7 @@ def test_each_boot_is_marked_on_a_line_of_its_own_in_the_console_log(tmp_path: P
 async def test_a_known_mirror_guest_is_refused_less_than_its_floor(home: Path) -> None:
     image = home / "mirror-image"
     image.mkdir()
-    manifest = {"service": "mirror", "ports": [["tcp", 8000]], "admin_port": 8080}
-    (image / "manifest.json").write_text(json.dumps(manifest))
+    (image / "manifest.json").write_text(json.dumps(manifest("mirror")))
     supervisor = Supervisor(home / "vm")
     supervisor.define(Definition("m1", str(image), [], memory_mb=128))
     async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
@@ -313,11 +313,65 @@ async def test_a_known_mirror_guest_is_refused_less_than_its_floor(home: Path) -
     assert supervisor.guests["m1"].definition.memory_mb == 128
 
 
+async def test_a_guest_whose_manifest_is_not_whole_is_one_answer(home: Path) -> None:
+    """Defined or started, a guest whose image's manifest lacks a key, or has one of
+    another kind, is told so in one line: it was a 500 and a traceback in the log."""
+    image = home / "relay-image"
+    image.mkdir()
+    (image / "manifest.json").write_text(json.dumps({**manifest("relay"), "kernel": None}))
+    supervisor = Supervisor(home / "vm")
+    async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
+        define = await client.put("/vm/guests/r1", json={"image": str(image), "forwards": []})
+        assert (define.status, await define.text()) == (
+            400,
+            f"{image} is not a whole image: manifest.json's kernel is null, not an object;"
+            " build it again (retreatkit image build relay)\n",
+        )
+        (image / "manifest.json").write_text(json.dumps(manifest("relay")))
+        define = await client.put("/vm/guests/r1", json={"image": str(image), "forwards": []})
+        assert define.status == 200
+        (image / "manifest.json").write_text("[]")  # rebuilt meanwhile, and cut short
+        start = await client.post("/vm/guests/r1/start")
+        assert (start.status, await start.text()) == (
+            400,
+            f"cannot start r1: {image} is not a whole image: manifest.json holds [], not an"
+            " object; build it again (retreatkit image build SERVICE)\n",
+        )
+        listed = await client.get("/vm/guests")
+        assert [g["state"] for g in (await listed.json())["guests"]] == ["stopped"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a tmpfs mount (root)")
+async def test_a_definition_the_state_disk_has_no_room_for_is_one_answer(home: Path) -> None:
+    """`vm start NAME IMAGE` with the state folder's disk full: a 500 and a traceback in
+    supervisor.log, and a guest.json cut to nothing, which lost the guest it defined."""
+    image = home / "relay-image"
+    image.mkdir()
+    (image / "manifest.json").write_text(json.dumps(manifest("relay")))
+    with scratch_disk("1m") as disk:
+        supervisor = Supervisor(disk / "vm")
+        supervisor.define(Definition("r1", str(image), []))
+        fill(disk)
+        async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
+            for name in ("r2", "r1"):  # a new guest, and one defined again
+                body = {"image": str(image), "forwards": [], "memory_mb": 256}
+                answer = await client.put(f"/vm/guests/{name}", json=body)
+                saved = disk / "vm" / name / "guest.json"
+                assert (answer.status, await answer.text()) == (
+                    500,
+                    f"cannot keep guest {name}'s definition in {saved}: No space left on device\n",
+                )
+        assert supervisor.guests["r1"].definition.memory_mb == 128
+        assert sorted(supervisor.guests) == ["r1"]
+        kept = Supervisor(disk / "vm")  # the next supervisor finds it as it was
+        assert [(n, e.definition.memory_mb) for n, e in kept.guests.items()] == [("r1", 128)]
+        assert [p.name for p in (disk / "vm").rglob("*")] == ["r1", "guest.json"]
+
+
 async def test_a_stopped_guest_is_removed_and_a_running_one_is_not(home: Path) -> None:
     image = home / "relay-image"
     image.mkdir()
-    manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
-    (image / "manifest.json").write_text(json.dumps(manifest))
+    (image / "manifest.json").write_text(json.dumps(manifest("relay")))
     supervisor = Supervisor(home / "vm")
     for name in ("r1", "r2"):
         supervisor.define(Definition(name, str(image), []))
@@ -376,10 +430,7 @@ def ring(caplog: pytest.LogCaptureFixture) -> Iterator[LogRing]:
 def relay_guest(home: Path, restart: bool) -> Definition:
     image = home / "relay-image"
     image.mkdir()
-    manifest = {"service": "relay", "machine": "microvm", "ports": [["tcp", 9000]],
-                "admin_port": 8080, "disk": False, "kernel": {"size_bytes": 0},
-                "initramfs": {"size_bytes": len(INITRAMFS)}}  # fmt: skip
-    (image / "manifest.json").write_text(json.dumps(manifest))
+    (image / "manifest.json").write_text(json.dumps(manifest("relay", 0, len(INITRAMFS))))
     (image / "kernel").write_bytes(b"")
     (image / "initramfs").write_bytes(INITRAMFS)
     toml = home / "retreat.toml"
@@ -465,6 +516,67 @@ async def test_a_guest_whose_image_is_cut_short_is_not_restarted_and_says_why(
     )
     assert told(ring)[-1] == ("vm", "WARNING", f"Guest r1 not restarted ({why})")
     assert (supervisor.item("r1")["state"], supervisor.item("r1")["last_exit"]) == ("failed", why)
+    await supervisor.stop("r1")
+    assert supervisor.item("r1")["state"] == "stopped"
+
+
+async def test_a_guest_that_cannot_restart_for_its_token_is_failed_and_says_why(
+    home: Path, qemu: Path, ring: LogRing
+) -> None:
+    """The admin token made readable by others while the guest ran, then its qemu killed:
+    the restart could not render its configuration, and the guest was left "restarting"
+    with no qemu, its stop a 500 and a supervisor meant to end with it running on."""
+    idle: list[bool] = []
+    supervisor = Supervisor(home / "vm", lambda: idle.append(True), lambda: Restarts(0.0))
+    supervisor.define(relay_guest(home, restart=True))
+    admin = supervisor.item("r1")["admin"]
+    keeper = (await supervisor.start("r1")).keeper
+    assert keeper is not None
+    await until_told(ring, f"Guest r1 up; admin on {admin}/status")
+    token = admin_token.token_path()
+    token.chmod(0o644)
+    os.kill(supervisor.item("r1")["pid"], signal.SIGKILL)
+    await asyncio.wait_for(keeper, 60)
+    why = f"could not start: the admin token {token} is open to others: chmod 600 {token}"
+    assert told(ring)[-1] == ("vm", "WARNING", f"Guest r1 not restarted ({why})")
+    assert (supervisor.item("r1")["state"], supervisor.item("r1")["last_exit"]) == ("failed", why)
+    assert idle == [True]  # a supervisor `vm start` left in the background ends
+    async with TestClient(TestServer(Handlers(supervisor).control_app())) as client:
+        start = await client.post("/vm/guests/r1/start")  # the same, asked for
+        assert (start.status, await start.text()) == (400, f"cannot start r1: {why[17:]}\n")
+        stop = await client.post("/vm/guests/r1/stop")
+        assert (stop.status, (await stop.json())["state"]) == (200, "stopped")
+
+
+@pytest.mark.parametrize(
+    ("broken", "said"),
+    [((qemu_module, "accel"), "stopped by itself"),  # as it boots
+     ((run, "ConsoleLog"), "failed")],  # before: its console log is opened once for all boots
+)  # fmt: skip
+async def test_a_guest_whose_start_fails_unforeseen_is_failed_and_says_why(
+    home: Path,
+    qemu: Path,
+    ring: LogRing,
+    monkeypatch: pytest.MonkeyPatch,
+    broken: tuple[object, str],
+    said: str,
+) -> None:
+    """Whatever ends a guest's start, it ends failed with the reason told, not running."""
+
+    def fault(*args: object) -> None:
+        raise LookupError("no such thing")
+
+    monkeypatch.setattr(*broken, fault)
+    idle: list[bool] = []
+    supervisor = Supervisor(home / "vm", lambda: idle.append(True))
+    supervisor.define(relay_guest(home, restart=False))
+    keeper = (await supervisor.start("r1")).keeper
+    assert keeper is not None
+    await asyncio.wait_for(keeper, 60)
+    why = "could not start: LookupError: no such thing"
+    assert told(ring)[-1] == ("vm", "WARNING", f"Guest r1 {said} ({why})")
+    assert (supervisor.item("r1")["state"], supervisor.item("r1")["last_exit"]) == ("failed", why)
+    assert idle == [True]
     await supervisor.stop("r1")
     assert supervisor.item("r1")["state"] == "stopped"
 
@@ -678,6 +790,78 @@ def children_named(prefix: str) -> list[int]:
         if name.startswith(prefix) and int(rest.split()[1]) == os.getpid():
             found.append(int(stat.parent.name))
     return found
+
+
+def supervisors(state: Path) -> list[int]:
+    """The background supervisors (`vm serve --until-idle`) keeping their state in `state`."""
+    found = []
+    wanted = f"XDG_STATE_HOME={state}".encode()
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if (
+                proc.name.isdigit()
+                and b"--until-idle" in (proc / "cmdline").read_bytes()
+                and wanted in (proc / "environ").read_bytes().split(b"\0")
+            ):
+                found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a tmpfs mount (root)")
+def test_vm_start_with_the_state_disk_full_is_one_line(
+    home: Path, qemu: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor `vm start` leaves in the background could not write its log, and did
+    not start ("see supervisor.log", which was empty); one that could answered 500."""
+    image = Path(relay_guest(home, restart=False).image)
+    with scratch_disk("1m") as disk:
+        monkeypatch.setenv("XDG_STATE_HOME", str(disk))
+        admin_token.load_or_create()
+        fill(disk)
+        done = run_cli("vm", "start", "r1", str(image), "--memory", "64")
+        assert (done.returncode, done.stderr) == (
+            1,
+            f"retreatkit: cannot keep guest r1's definition in {disk}/retreatkit/vm/r1/"
+            "guest.json: No space left on device\n",
+        )
+        for pid in supervisors(disk):  # it ends, having no guest to run
+            ended(pid)
+
+
+def test_vm_starts_at_once_share_one_supervisor_and_the_others_end(home: Path, qemu: Path) -> None:
+    """Three `vm start` at once with no supervisor running: each started one in the
+    background, and those that found another answering ran on for good, as did one whose
+    socket a later one had taken."""
+    image = Path(relay_guest(home, restart=False).image)
+    config = str(home / "retreat.toml")
+    names = ("r1", "r2", "r3")
+    argv = [retreatkit_argv("vm", "start", n, str(image), "--memory", "64", "--config", config)
+            for n in names]  # fmt: skip
+    starts = [subprocess.Popen(a, stderr=subprocess.PIPE, text=True) for a in argv]
+    said = [start.communicate(timeout=120)[1] for start in starts]
+    started = supervisors(home / "state")  # the one answering, and others not yet ended
+    log = (vmservice.vm_dir() / "supervisor.log").read_text().splitlines()
+    try:
+        for name, start, lines in zip(names, starts, said, strict=True):
+            assert start.returncode == 0, lines
+            assert lines.splitlines()[-1].startswith(f"Guest {name} up; admin on ")
+        listed = run_cli("vm", "list")
+        assert [line.split()[:3] for line in listed.stdout.splitlines()[1:]] == [
+            [name, "relay", "running"] for name in names
+        ]
+        spawned = sum(line.startswith("Supervisor control socket ") for line in log)
+        others = [line for line in log if line.startswith("Another supervisor answers ")]
+        assert spawned == 1, log  # one answers; the others (most times, two) end
+        assert others == [f"Another supervisor answers on {vmservice.control_path()}: this one,"
+                          " with no guest to run, ends"] * len(others)  # fmt: skip
+        for name in names:
+            assert run_cli("vm", "stop", name).returncode == 0
+        for pid in started:  # each ends: the one that ran the guests with its last one
+            ended(pid)
+        assert supervisors(home / "state") == []
+    finally:
+        for pid in supervisors(home / "state"):
+            os.kill(pid, signal.SIGTERM)
 
 
 @pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")

@@ -272,11 +272,11 @@ async def test_a_restarted_guest_is_read_from_its_first_line_again() -> None:
 def test_a_real_supervisors_list_is_read(tmp_path: Path) -> None:
     """The supervisor's own items (a guest defined, not booted) as the dashboard reads them."""
     from retreatkit.image.supervisor import Definition, Supervisor
+    from retreatkit.image.testing import manifest
 
     image = tmp_path / "relay"
     image.mkdir()
-    manifest = {"service": "relay", "ports": [["tcp", 9000]], "admin_port": 8080}
-    (image / "manifest.json").write_text(json.dumps(manifest))
+    (image / "manifest.json").write_text(json.dumps(manifest("relay")))
     supervisor = Supervisor(tmp_path / "vm")
     supervisor.define(Definition(name="relay", image=str(image), forwards=[]))
     [found] = parse({"guests": supervisor.items()})
