@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from retreatkit import units
+
 TIMEOUT = 5.0
 MAX_BODY = 8 << 20  # a status or list larger than this is an endpoint misbehaving
 MAX_EVENT = 1 << 20
@@ -109,7 +111,7 @@ class AdminClient:
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as response:
-                raw = await response.content.read(MAX_BODY + 1)
+                raw = await _body(response, MAX_BODY)
                 kind = response.content_type
                 code = response.status
         except TimeoutError:
@@ -122,8 +124,11 @@ class AdminClient:
             ) from None
         except aiohttp.ClientError as exc:
             raise SourceError(f"{name}: the connection broke ({type(exc).__name__})") from None
-        if len(raw) > MAX_BODY:
-            raise SourceError(f"{name}: {path} answered more than {MAX_BODY >> 20} MiB")
+        if raw is None:
+            raise SourceError(
+                f"{name}: {path} answered more than {units.size(MAX_BODY)}, far more than an"
+                " admin endpoint sends"
+            )
         text = raw.decode("utf-8", "replace")
         if code == 401:
             if self.endpoint.token:
@@ -187,6 +192,21 @@ class AdminClient:
         except aiohttp.ClientError as exc:
             raise SourceError(f"{name}: the log stream broke ({type(exc).__name__})") from None
         raise SourceError(f"{name}: the log stream ended")
+
+
+async def _body(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, however many pieces it comes in (a slow link splits a status over
+    many TCP segments), or None past `limit` bytes, read no further."""
+    if response.content_length is not None and response.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    held = 0
+    async for chunk in response.content.iter_any():
+        held += len(chunk)
+        if held > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _why(exc: aiohttp.ClientConnectorError) -> str:
