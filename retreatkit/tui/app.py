@@ -112,11 +112,14 @@ class Dashboard(App[int]):
             await asyncio.sleep(self.interval)  # the polling period, not a synchronisation
 
     async def poll(self, name: str) -> None:
-        """Read one endpoint's status (and a supervisor's guests) once, and redraw."""
+        """Read one endpoint's status (and a supervisor's guests) once, and redraw. Whatever
+        fails is one line for that endpoint: its polling, and every other's, goes on."""
         try:
             self.state.record(name, self.clock(), status=await self.clients[name].status())
         except SourceError as exc:
             self.state.record(name, self.clock(), error=str(exc))
+        except Exception as exc:  # a peer's answer the dashboard failed on
+            self.state.record(name, self.clock(), error=failed(name, "status", exc))
         e = self.state.endpoints[name]
         if e.error is None and "vm" in e.services():
             await self._read_guests(name)
@@ -130,14 +133,17 @@ class Dashboard(App[int]):
         """A supervisor's guests; each guest's admin endpoint is watched from now on."""
         try:
             found = guests.parse(await self.clients[name].get_json("/vm/guests"))
+            for guest in found:
+                self._adopt(name, guest)
         except SourceError as exc:
             self.state.record_guests(name, None, str(exc))
             return
         except ValueError as exc:
             self.state.record_guests(name, None, f"{name}: {exc}")
             return
-        for guest in found:
-            self._adopt(name, guest)
+        except Exception as exc:  # a peer's answer the dashboard failed on
+            self.state.record_guests(name, None, failed(name, "list of guests", exc))
+            return
         self.state.record_guests(name, found)
 
     def _adopt(self, supervisor: str, guest: guests.Guest) -> None:
@@ -241,3 +247,10 @@ class Dashboard(App[int]):
             names = [e.name for e in self.state.hosting(service)]
         answers = await asyncio.gather(*(self.act(n, method, path, body) for n in names))
         return [(n, answer, problem) for n, (answer, problem) in zip(names, answers, strict=True)]
+
+
+def failed(name: str, what: str, exc: Exception) -> str:
+    """One line for an answer the dashboard itself failed on; the next poll asks again."""
+    said = str(exc).strip().splitlines()
+    why = f"{type(exc).__name__}: {said[0][:200]}" if said else type(exc).__name__
+    return f"{name}: the dashboard failed on its {what} ({why}); it asks again"

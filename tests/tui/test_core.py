@@ -13,10 +13,23 @@ from retreatkit.cli import vm as vm_cli
 from retreatkit.mirror.space import Space
 from retreatkit.tui import answers, columns, views
 from retreatkit.tui.escape import visible
-from retreatkit.tui.fmt import NOT_REPORTED, clocks, duration, number, size, spark
+from retreatkit.tui.fmt import (
+    NOT_REPORTED,
+    clocks,
+    count,
+    duration,
+    number,
+    percent,
+    plural,
+    rate,
+    size,
+    spark,
+)
 from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer, LogFilter
 from retreatkit.tui.state import DashboardState
 from retreatkit.tui.trend import Series
+
+NAN, INF = float("nan"), float("inf")
 
 
 @pytest.mark.parametrize(
@@ -51,6 +64,30 @@ def test_figures() -> None:
     assert number(float("inf")) is None
     assert spark([0, 1, 2, 4]) == "▁▂▄█"
     assert spark([100, 101, 102], from_zero=False) == "▁▄█"
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [10**400, -(10**400), 2**63 + 1, 1e308, NAN, INF, -INF],
+    ids=["10**400", "-10**400", "2**63+1", "1e308", "nan", "inf", "-inf"],
+)
+def test_a_figure_out_of_any_range_is_not_reported_and_never_raises(odd: float) -> None:
+    assert number(odd) is None
+    shown = [count(odd), size(odd), rate(odd), duration(odd), percent(odd)]
+    assert shown == [NOT_REPORTED] * 5
+    assert plural(odd, "guest", "guests") == "— guests"
+
+
+def test_negative_figures_are_shown_as_said_and_trends_take_any_float() -> None:
+    assert number(-(2**63)) == -(2.0**63)
+    assert [count(-3), size(-1536), percent(-0.5), duration(-5)] == [
+        "-3",
+        "-1.5 kB",
+        "-50.0%",
+        NOT_REPORTED,
+    ]
+    assert spark([-1.7e308, 0.0, 1.7e308], from_zero=False) == "▁▄█"
+    assert spark([NAN, INF, 1.0, 2.0]) == "▁▁▄█"
 
 
 def test_leak_needs_a_whole_window_of_growth() -> None:

@@ -1,15 +1,17 @@
 """Endpoints that answer in ways a contract does not promise: a status that comes in pieces
-over a slow link, one far too large. Each is one line for that endpoint; the others, and
-the polling, go on."""
+over a slow link, one far too large, numbers out of any range. Each is one line for that
+endpoint, or a dash for a figure; the others, and the polling, go on."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
 from retreatkit.tui.app import Dashboard
+from retreatkit.tui.screens.service import Section
 from retreatkit.tui.sources import MAX_BODY
 from retreatkit.tui.testing import FakeAdmin, canned, make_dashboard, serve, settle
 from retreatkit.tui.widgets import Lines, Table
@@ -20,6 +22,11 @@ WAIT = 30  # seconds: a fault that stops the dashboard fails its test rather tha
 
 def alarms(app: Dashboard) -> list[str]:
     return str(app.screen.query_one("#alarms", Lines).render()).splitlines()
+
+
+def table(app: Dashboard, table_id: str) -> list[list[str]]:
+    rows = app.screen.query_one(table_id, Table)
+    return [[c.plain for c in rows.get_row_at(i)] for i in range(rows.row_count)]
 
 
 def states(app: Dashboard) -> list[list[str]]:
@@ -52,3 +59,62 @@ async def test_a_status_past_the_limit_is_one_line(fake: FakeAdmin, pieces: int)
             ) in alarms(app)
             assert states(app)[-1] == ["—", f"admin {big.url[7:]}", "unreachable"]
             assert states(app)[0] == ["relay", "10.0.0.2:9000", "up"]
+
+
+async def test_numbers_out_of_range_show_a_dash_and_polling_goes_on(fake: FakeAdmin) -> None:
+    status = canned()
+    status["process"].update(memory_bytes=10**400, open_files=-(10**400), uptime_seconds=-5)
+    status["relay"].update(connections_open=float("nan"), bytes_relayed=float("inf"))
+    status["mirror"].update(hit_ratio=-0.5, bytes_from_cache=-1e308, bytes_from_upstream=1e308)
+    with serve(FakeAdmin(status=status)) as odd:
+        app = make_dashboard(fake.url, odd.url)
+        app.interval = 0.05  # polled again and again, as it is every second
+        async with app.run_test(size=SIZE) as pilot:
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            good, shown = table(app, "#processes")
+            assert good[:4] == [fake.url[7:], "4242", "1h 02m", "52.4 MB"]
+            assert shown[:6] == [odd.url[7:], "4242", "—", "—", "", "—"]
+            relay = table(app, "#services")[3]
+            assert relay[:5] == ["relay", "10.0.0.2:9000", "up", "1h 02m", "—"]
+            assert f"! nameserver on {odd.url[7:]} is down" in alarms(app)
+            await pilot.press("3")
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            odd_mirror = list(app.screen.query(Section))[1].query_one("#summary", Lines)
+            summary = str(odd_mirror.render()).splitlines()
+            assert summary[0].startswith("hit ratio -50.0% · hits 70")
+            assert summary[1] == "sent to clients from the store — · as it was fetched —"
+            odd.status = canned()  # it answers as it should again: the dashboard sees it
+            await pilot.press("1")
+            async with asyncio.timeout(WAIT):
+                while table(app, "#processes")[1][3] != "52.4 MB":
+                    await pilot.pause()
+
+
+async def test_a_status_the_dashboard_fails_on_is_one_line_and_polling_goes_on(
+    fake: FakeAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever else may fail on a peer's answer (a fault of the dashboard's own, put here
+    in the state's place) is that endpoint's one line, and the next poll tries again."""
+    app = make_dashboard(fake.url)
+    app.interval = 0.05
+    record, faulty = app.state.record, [True]
+
+    def fails(name: str, now: float, status: Any = None, error: str | None = None) -> None:
+        if status is not None and faulty:
+            raise RuntimeError("what nobody foresaw\nand a second line")
+        record(name, now, status, error)
+
+    monkeypatch.setattr(app.state, "record", fails)
+    async with app.run_test(size=SIZE) as pilot:
+        async with asyncio.timeout(WAIT):
+            await settle(pilot)
+        assert alarms(app) == [
+            f"! {fake.url[7:]}: the dashboard failed on its status (RuntimeError: what nobody"
+            " foresaw); it asks again"
+        ]
+        faulty.clear()
+        async with asyncio.timeout(WAIT):
+            while table(app, "#processes")[0][1] != "4242":
+                await pilot.pause()
