@@ -162,6 +162,8 @@ class AdminClient:
             return json.loads(text)
         except ValueError:
             raise SourceError(f"{name}: {path} answered something that is not JSON") from None
+        except RecursionError:  # [[[[... : the parser's depth is Python's recursion limit
+            raise SourceError(f"{name}: {path} answered JSON nested too deeply to read") from None
 
     async def logs(self, after: int = 0) -> AsyncIterator[list[dict[str, Any]]]:
         """Batches of log records from `GET /logs` (SSE), as they arrive."""
@@ -226,12 +228,12 @@ def _events(raw: list[bytes]) -> list[dict[str, Any]]:
         return []
     try:
         docs = json.loads(b"[" + b",".join(datas) + b"]")
-    except ValueError:  # one bad event: take the others one by one
+    except (ValueError, RecursionError):  # one bad event: take the others one by one
         docs = []
         for data in datas:
             try:
                 docs.append(json.loads(data))
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or [[[[... past any depth
                 continue
     return [doc for doc in docs if isinstance(doc, dict)]
 

@@ -144,6 +144,8 @@ def test_log_events_are_parsed_in_one_go_and_junk_is_skipped() -> None:
     assert [r["seq"] for r in _events(good)] == [1, 2]
     junk = [good[0], b"data: {not json", b": keepalive", b"data: [1]", good[1]]
     assert [r["seq"] for r in _events(junk)] == [1, 2]
+    deep = [good[0], b"data: " + b"[" * 100_000, good[1]]  # past the parser's depth
+    assert [r["seq"] for r in _events(deep)] == [1, 2]
     # a record split over two data: lines (SSE allows it) is one record
     assert _events([b'data: {"seq": 3,\ndata:  "message": "c"}']) == [{"seq": 3, "message": "c"}]
 

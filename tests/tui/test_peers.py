@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from retreatkit.tui.app import Dashboard
+from retreatkit.tui.logbuffer import TEXT
 from retreatkit.tui.screens.service import Section
 from retreatkit.tui.sources import MAX_BODY
 from retreatkit.tui.testing import FakeAdmin, canned, make_dashboard, serve, settle
@@ -118,3 +119,56 @@ async def test_a_status_the_dashboard_fails_on_is_one_line_and_polling_goes_on(
         async with asyncio.timeout(WAIT):
             while table(app, "#processes")[0][1] != "4242":
                 await pilot.pause()
+
+
+DEEP = b"[" * 100_000  # past any parser's depth: Python's recursion limit
+
+
+async def test_a_status_nested_too_deeply_is_one_line_and_polling_goes_on() -> None:
+    with serve(FakeAdmin(raw={"/status": DEEP})) as deep:
+        app = make_dashboard(deep.url)
+        app.interval = 0.05
+        async with app.run_test(size=SIZE) as pilot:
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            assert alarms(app) == [
+                f"! {deep.url[7:]}: /status answered JSON nested too deeply to read"
+            ]
+            assert states(app) == [["—", f"admin {deep.url[7:]}", "unreachable"]]
+            deep.raw.clear()  # it answers as it should again
+            async with asyncio.timeout(WAIT):
+                while [r[2] for r in states(app)] != ["up", "up", "DOWN"]:
+                    await pilot.pause()
+
+
+async def test_a_list_nested_too_deeply_is_one_line_on_its_screen() -> None:
+    with serve(FakeAdmin(raw={"/relay/transfers": DEEP})) as deep:
+        app = make_dashboard(deep.url)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("2")
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            summary = str(app.screen.query_one("#summary", Lines).render()).splitlines()
+            assert summary[-1] == (
+                f"transfers not reported: {deep.url[7:]}: /relay/transfers answered JSON"
+                " nested too deeply to read"
+            )
+            assert table(app, "#active") == [["none now", "", "", "", "", ""]]
+
+
+async def test_a_log_record_nested_too_deeply_is_skipped_and_the_others_shown() -> None:
+    good = {"seq": 1, "service": "relay", "level": "INFO", "message": "paired nameplate 7"}
+    later = {**good, "seq": 2, "message": "transfer done"}
+    with serve(FakeAdmin(logs=[good, DEEP, later])) as deep:
+        app = make_dashboard(deep.url, follow_logs=True)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("5")
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+                while app.logs.received < 2:  # the stream is read in the background
+                    await pilot.pause()
+            assert [line[TEXT] for line in app.logs.lines] == [
+                "— relay      INFO    paired nameplate 7",
+                "— relay      INFO    transfer done",
+            ]
+            assert app.log_problem is None
