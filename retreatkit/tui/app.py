@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any, ClassVar
 
 from textual.app import App
@@ -98,9 +99,11 @@ class Dashboard(App[int]):
             self._start(name)
 
     def _start(self, name: str) -> None:
-        self.run_worker(self._poll(name), group="poll", exit_on_error=False)
+        # coroutines made when the workers start, not now (see Panel.reload)
+        poll, follow = partial(self._poll, name), partial(self._follow, name)
+        self.run_worker(poll, group="poll", exit_on_error=False)  # type: ignore[arg-type]
         if self.follow_logs:
-            self.run_worker(self._follow(name), group="logs", exit_on_error=False)
+            self.run_worker(follow, group="logs", exit_on_error=False)  # type: ignore[arg-type]
 
     async def on_unmount(self) -> None:
         for client in self.clients.values():
