@@ -181,12 +181,15 @@ class Dashboard(App[int]):
                 if began != started:
                     after, started = 0, began
                 async for batch in client.logs(after):
-                    self.logs.extend(batch, name if len(self.clients) > 1 else "")
-                    seqs = [r["seq"] for r in batch if isinstance(r.get("seq"), int)]
+                    # past this batch first: one the dashboard fails on is not asked again
+                    seqs = [r["seq"] for r in batch if type(r.get("seq")) is int]
                     after = max(after, *seqs) if seqs else after
+                    self.logs.extend(batch, name if len(self.clients) > 1 else "")
                     self.log_problem = None
             except SourceError as exc:
                 self.log_problem = str(exc)
+            except Exception as exc:  # a peer's records the dashboard failed on
+                self.log_problem = failed(name, "log records", exc)
             await asyncio.sleep(self.retry_logs)
 
     def title_line(self, screen: str) -> str:

@@ -4,6 +4,7 @@ actions' answers in words."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from retreatkit.tui.fmt import (
     size,
     spark,
 )
-from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer, LogFilter
+from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer, LogFilter, to_line
 from retreatkit.tui.state import DashboardState
 from retreatkit.tui.trend import Series
 
@@ -135,6 +136,17 @@ def test_log_buffer_is_bounded_and_filters_as_lines_arrive() -> None:
     assert buffer.shown[0][TEXT].endswith("line 29\\x1b[31m")
     buffer.set_filter(LogFilter(level="ERROR"))
     assert not buffer.shown
+
+
+def test_a_log_field_of_any_shape_is_one_line_of_text() -> None:
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(100_000):  # deeper than JSON can be written from here
+        inner.append([])
+        inner = inner[0]
+    line = to_line({"seq": True, "level": "WARN", "service": ["a\nb"], "message": deep})
+    assert line[SEQ] == 0
+    assert line[TEXT] == '— ["a\\nb"]   WARN    ?'
 
 
 def test_log_events_are_parsed_in_one_go_and_junk_is_skipped() -> None:

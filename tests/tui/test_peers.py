@@ -1,6 +1,7 @@
 """Endpoints that answer in ways a contract does not promise: a status that comes in pieces
-over a slow link, one far too large, numbers out of any range. Each is one line for that
-endpoint, or a dash for a figure; the others, and the polling, go on."""
+over a slow link, one far too large, numbers out of any range, JSON nested past any depth,
+log records of the wrong shape. Each is one line for that endpoint, a dash for a figure, or
+a record shown as it came; the others, the polling and the log stream go on."""
 
 from __future__ import annotations
 
@@ -172,3 +173,53 @@ async def test_a_log_record_nested_too_deeply_is_skipped_and_the_others_shown() 
                 "— relay      INFO    transfer done",
             ]
             assert app.log_problem is None
+
+
+async def test_log_records_of_the_wrong_shape_are_shown_as_they_came() -> None:
+    records: list[dict[str, Any] | bytes] = [
+        {"seq": 1, "level": ["x"], "service": {"a": 1}, "message": ["hi"], "at": 5},
+        {"seq": 2, "level": {}, "service": None, "message": 7},
+        json.dumps({"seq": [3], "dropped": 10**400}).encode(),  # a count past any
+        {"seq": 4, "service": "relay", "level": "INFO", "message": "paired nameplate 7"},
+    ]
+    with serve(FakeAdmin(logs=records)) as odd:
+        app = make_dashboard(odd.url, follow_logs=True)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("5")
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+                while app.logs.received < 4:  # the stream is read in the background
+                    await pilot.pause()
+            assert [line[TEXT] for line in app.logs.lines] == [
+                '— {"a": 1}   ["X"]   ["hi"]',
+                "— null       {}      7",
+                "— ?          ?       ",
+                "— relay      INFO    paired nameplate 7",
+            ]
+            assert app.logs.dropped == 0 and app.log_problem is None
+
+
+async def test_log_records_the_dashboard_fails_on_are_one_line_and_it_follows_again(
+    fake: FakeAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever else may fail on a batch of records (a fault of the dashboard's own, put
+    here in the log ring's place) is one line on the Logs screen, and the stream is
+    followed again."""
+    fake.logs = [{"seq": 1, "service": "relay", "level": "INFO", "message": "paired"}]
+    app = make_dashboard(fake.url, follow_logs=True)
+    app.retry_logs = 0.05
+
+    def fails(records: list[dict[str, Any]], where: str = "") -> None:
+        raise RuntimeError("what nobody foresaw")
+
+    monkeypatch.setattr(app.logs, "extend", fails)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("5")
+        async with asyncio.timeout(WAIT):
+            await settle(pilot)
+            while [s[1] for s in fake.seen].count("/logs") < 2:
+                await pilot.pause()
+        assert app.log_problem == (
+            f"{fake.url[7:]}: the dashboard failed on its log records (RuntimeError: what"
+            " nobody foresaw); it asks again"
+        )
