@@ -28,7 +28,7 @@ from retreatkit.tui.screens.mirror import MirrorScreen
 from retreatkit.tui.screens.nameserver import NameserverScreen
 from retreatkit.tui.screens.overview import Overview
 from retreatkit.tui.screens.relay import RelayScreen
-from retreatkit.tui.sources import AdminClient, Endpoint, SourceError
+from retreatkit.tui.sources import FOUND, AdminClient, Endpoint, SourceError
 from retreatkit.tui.state import DashboardState
 from retreatkit.tui.widgets import ConfirmScreen
 
@@ -162,14 +162,16 @@ class Dashboard(App[int]):
                 return
         if sum(1 for e in self.state.endpoints.values() if e.guest_of) >= MAX_GUESTS:
             return
-        label = f"guest {guest.name}"
-        if label in self.clients:
-            label = f"guest {guest.name}@{supervisor}"
-        endpoint = replace(parent, url=url, label=label)  # the supervisor's token
-        self.clients[label] = AdminClient(endpoint)
-        self.state.add(label, url, (supervisor, guest.name))
+        # the supervisor's token, and found on the LAN as it was
+        endpoint = replace(parent, url=url, label=f"guest {guest.name}")
+        if endpoint.name in self.clients:
+            where = supervisor.removesuffix(f" {FOUND}")  # said once, at the end
+            endpoint = replace(endpoint, label=f"guest {guest.name}@{where}")
+        name = endpoint.name
+        self.clients[name] = AdminClient(endpoint)
+        self.state.add(name, url, (supervisor, guest.name))
         self.polled.clear()  # set again once this one has answered too
-        self._start(label)
+        self._start(name)
 
     async def _follow(self, name: str) -> None:
         client = self.clients[name]

@@ -20,6 +20,7 @@ from retreatkit import units
 TIMEOUT = 5.0
 MAX_BODY = 8 << 20  # a status or list larger than this is an endpoint misbehaving
 MAX_EVENT = 1 << 20
+FOUND = "(found on the LAN)"
 LOG_IDLE = 45.0  # the stream sends a keepalive every 15 s; silence past this is a dead peer
 
 
@@ -32,12 +33,24 @@ class Endpoint:
     url: str  # http://host:port
     token: str | None = None
     label: str | None = None  # how screens name it; host:port when not given
-    # found by its announcement on the LAN, which anyone can make: never sent the token
+    # found by its announcement on the LAN, which anyone can make (a neighbour's fake
+    # beside the organiser's): never sent the token, never sent an action, and named so
+    # wherever it is listed
     found: bool = False
 
     @property
     def name(self) -> str:
-        return self.label or urlsplit(self.url).netloc
+        name = self.label or urlsplit(self.url).netloc
+        return f"{name} {FOUND}" if self.found else name
+
+    def read_only(self) -> str | None:
+        """Why no action may go to this endpoint (one line), or None when they may."""
+        if not self.found:
+            return None
+        return (
+            f"{self.name}: nothing sent: anyone can announce an endpoint on the LAN, so one"
+            f" found there is only read; to act on it, name it: --connect {self.url}"
+        )
 
 
 def endpoint_url(text: str) -> str:
@@ -99,6 +112,8 @@ class AdminClient:
     ) -> Any:
         """JSON back (or the text, for an answer that is not JSON but 2xx)."""
         name = self.endpoint.name
+        if method not in ("GET", "HEAD") and (why := self.endpoint.read_only()):
+            raise SourceError(why)
         timeout = self.timeout if timeout is None else timeout
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -138,8 +153,8 @@ class AdminClient:
                 )
             if self.endpoint.found:
                 raise SourceError(
-                    f"{name}: found on the LAN, where anyone can announce an endpoint, so not"
-                    f" sent the admin token; to watch it, name it: --connect {self.endpoint.url}"
+                    f"{name}: not sent the admin token, as anyone can announce an endpoint on"
+                    f" the LAN; to watch it, name it: --connect {self.endpoint.url}"
                 )
             raise SourceError(f"{name}: needs the admin token (--token or RETREATKIT_TOKEN)")
         if not 200 <= code < 300:
