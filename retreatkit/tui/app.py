@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any, ClassVar
 
 from textual.app import App
@@ -27,7 +28,7 @@ from retreatkit.tui.screens.mirror import MirrorScreen
 from retreatkit.tui.screens.nameserver import NameserverScreen
 from retreatkit.tui.screens.overview import Overview
 from retreatkit.tui.screens.relay import RelayScreen
-from retreatkit.tui.sources import AdminClient, Endpoint, SourceError
+from retreatkit.tui.sources import FOUND, AdminClient, Endpoint, SourceError
 from retreatkit.tui.state import DashboardState
 from retreatkit.tui.widgets import ConfirmScreen
 
@@ -98,9 +99,11 @@ class Dashboard(App[int]):
             self._start(name)
 
     def _start(self, name: str) -> None:
-        self.run_worker(self._poll(name), group="poll", exit_on_error=False)
+        # coroutines made when the workers start, not now (see Panel.reload)
+        poll, follow = partial(self._poll, name), partial(self._follow, name)
+        self.run_worker(poll, group="poll", exit_on_error=False)  # type: ignore[arg-type]
         if self.follow_logs:
-            self.run_worker(self._follow(name), group="logs", exit_on_error=False)
+            self.run_worker(follow, group="logs", exit_on_error=False)  # type: ignore[arg-type]
 
     async def on_unmount(self) -> None:
         for client in self.clients.values():
@@ -112,11 +115,14 @@ class Dashboard(App[int]):
             await asyncio.sleep(self.interval)  # the polling period, not a synchronisation
 
     async def poll(self, name: str) -> None:
-        """Read one endpoint's status (and a supervisor's guests) once, and redraw."""
+        """Read one endpoint's status (and a supervisor's guests) once, and redraw. Whatever
+        fails is one line for that endpoint: its polling, and every other's, goes on."""
         try:
             self.state.record(name, self.clock(), status=await self.clients[name].status())
         except SourceError as exc:
             self.state.record(name, self.clock(), error=str(exc))
+        except Exception as exc:  # a peer's answer the dashboard failed on
+            self.state.record(name, self.clock(), error=failed(name, "status", exc))
         e = self.state.endpoints[name]
         if e.error is None and "vm" in e.services():
             await self._read_guests(name)
@@ -130,14 +136,17 @@ class Dashboard(App[int]):
         """A supervisor's guests; each guest's admin endpoint is watched from now on."""
         try:
             found = guests.parse(await self.clients[name].get_json("/vm/guests"))
+            for guest in found:
+                self._adopt(name, guest)
         except SourceError as exc:
             self.state.record_guests(name, None, str(exc))
             return
         except ValueError as exc:
             self.state.record_guests(name, None, f"{name}: {exc}")
             return
-        for guest in found:
-            self._adopt(name, guest)
+        except Exception as exc:  # a peer's answer the dashboard failed on
+            self.state.record_guests(name, None, failed(name, "list of guests", exc))
+            return
         self.state.record_guests(name, found)
 
     def _adopt(self, supervisor: str, guest: guests.Guest) -> None:
@@ -153,14 +162,16 @@ class Dashboard(App[int]):
                 return
         if sum(1 for e in self.state.endpoints.values() if e.guest_of) >= MAX_GUESTS:
             return
-        label = f"guest {guest.name}"
-        if label in self.clients:
-            label = f"guest {guest.name}@{supervisor}"
-        endpoint = replace(parent, url=url, label=label)  # the supervisor's token
-        self.clients[label] = AdminClient(endpoint)
-        self.state.add(label, url, (supervisor, guest.name))
+        # the supervisor's token, and found on the LAN as it was
+        endpoint = replace(parent, url=url, label=f"guest {guest.name}")
+        if endpoint.name in self.clients:
+            where = supervisor.removesuffix(f" {FOUND}")  # said once, at the end
+            endpoint = replace(endpoint, label=f"guest {guest.name}@{where}")
+        name = endpoint.name
+        self.clients[name] = AdminClient(endpoint)
+        self.state.add(name, url, (supervisor, guest.name))
         self.polled.clear()  # set again once this one has answered too
-        self._start(label)
+        self._start(name)
 
     async def _follow(self, name: str) -> None:
         client = self.clients[name]
@@ -172,12 +183,15 @@ class Dashboard(App[int]):
                 if began != started:
                     after, started = 0, began
                 async for batch in client.logs(after):
-                    self.logs.extend(batch, name if len(self.clients) > 1 else "")
-                    seqs = [r["seq"] for r in batch if isinstance(r.get("seq"), int)]
+                    # past this batch first: one the dashboard fails on is not asked again
+                    seqs = [r["seq"] for r in batch if type(r.get("seq")) is int]
                     after = max(after, *seqs) if seqs else after
+                    self.logs.extend(batch, name if len(self.clients) > 1 else "")
                     self.log_problem = None
             except SourceError as exc:
                 self.log_problem = str(exc)
+            except Exception as exc:  # a peer's records the dashboard failed on
+                self.log_problem = failed(name, "log records", exc)
             await asyncio.sleep(self.retry_logs)
 
     def title_line(self, screen: str) -> str:
@@ -241,3 +255,10 @@ class Dashboard(App[int]):
             names = [e.name for e in self.state.hosting(service)]
         answers = await asyncio.gather(*(self.act(n, method, path, body) for n in names))
         return [(n, answer, problem) for n, (answer, problem) in zip(names, answers, strict=True)]
+
+
+def failed(name: str, what: str, exc: Exception) -> str:
+    """One line for an answer the dashboard itself failed on; the next poll asks again."""
+    said = str(exc).strip().splitlines()
+    why = f"{type(exc).__name__}: {said[0][:200]}" if said else type(exc).__name__
+    return f"{name}: the dashboard failed on its {what} ({why}); it asks again"

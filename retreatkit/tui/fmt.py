@@ -22,11 +22,19 @@ def get(doc: Any, *path: str) -> Any:
     return doc
 
 
+# a figure past a 64-bit counter's reach is an endpoint misbehaving: not reported. Within
+# it, sums, spans and rates of figures stay floats, never inf or an OverflowError
+LARGEST = float(1 << 63)
+
+
 def number(value: Any) -> float | None:
-    """A finite number, or None (JSON may say true, "12" or 1e999)."""
+    """A finite number within LARGEST either way, or None: JSON may say true, "12", NaN,
+    1e999 or 10**400 (which float() and math.isfinite refuse with an OverflowError)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return float(value) if -LARGEST <= value <= LARGEST else None  # exact for any int
 
 
 def count(value: Any) -> str:
@@ -79,15 +87,16 @@ def per_second(value: float | None) -> str:
 def spark(values: Sequence[float], width: int = 20, from_zero: bool = True) -> str:
     """The last `width` values as bars, scaled from zero (or, for a level such as memory,
     from their minimum) to their maximum."""
-    tail = list(values)[-width:]
+    tail = [v if math.isfinite(v) else 0.0 for v in list(values)[-width:]]
     if not tail:
         return ""
-    low = 0.0 if from_zero else min(tail)
-    span = max(tail) - low
+    # halved: the span of two floats near their limit would be inf, and a bar of it NaN
+    low = 0.0 if from_zero else min(tail) / 2
+    span = max(tail) / 2 - low
     if span <= 0:
         return BARS[0] * len(tail)
     top = len(BARS) - 1
-    return "".join(BARS[max(0, min(top, int((v - low) / span * top)))] for v in tail)
+    return "".join(BARS[max(0, min(top, int((v / 2 - low) / span * top)))] for v in tail)
 
 
 def clock(at: Any) -> str:

@@ -7,17 +7,19 @@ characters.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from retreatkit.tui.escape import visible
+from retreatkit.tui.escape import LIMIT, visible
 from retreatkit.tui.fmt import clock
 
 CAPACITY = 20_000
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 NUMBERS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50, "WARN": 30}
+MOST_SKIPPED = 1 << 63
 
 
 # A line is a plain tuple of strings and numbers, not an object: the garbage collector
@@ -63,17 +65,22 @@ class LogFilter:
 
 
 def to_line(record: dict[str, Any], where: str = "") -> LogLine:
-    """A record from `/logs` as a line; every field may be anything a peer sent."""
+    """A record from `/logs` as a line; every field may be anything a peer sent (a list
+    for a level, an object for a message): a field that is not a string is shown as the
+    JSON it came as."""
     seq = record.get("seq")
     raw_level = record.get("level", "?")
     # the common case is a level name, with nothing to escape
-    level = raw_level if raw_level in NUMBERS else visible(raw_level, 10).upper()
-    service = visible(record.get("service", "?"), 20)
+    if isinstance(raw_level, str) and raw_level in NUMBERS:
+        level = raw_level
+    else:
+        level = field(raw_level, 10).upper()
+    service = field(record.get("service", "?"), 20)
     who = f"{service}@{where}" if where else service
-    message = visible(record.get("message", ""))
+    message = field(record.get("message", ""))
     text = f"{clock(record.get('at'))} {who:<10} {level:<7} {message}"
     return (
-        seq if isinstance(seq, int) else 0,
+        seq if type(seq) is int else 0,
         service,
         level,
         NUMBERS.get(level, 20),
@@ -81,6 +88,25 @@ def to_line(record: dict[str, Any], where: str = "") -> LogLine:
         text.casefold(),
         text.isascii(),
     )
+
+
+def field(value: Any, limit: int = LIMIT) -> str:
+    """A record's field as text: a string as it is, anything else as its JSON; escaped and
+    cut to `limit` (escape.visible)."""
+    if isinstance(value, str):
+        return visible(value, limit)
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (ValueError, RecursionError):  # nested deeper than this stack can write
+        text = "?"
+    return visible(text, limit)
+
+
+def skipped(record: dict[str, Any]) -> int | None:
+    """How many records the endpoint says it skipped, for a `{"dropped": N}` notice."""
+    n = record.get("dropped")
+    # a count a peer made up (10**4000, added up) could pass what int-to-text allows
+    return n if type(n) is int and 0 <= n <= MOST_SKIPPED else None
 
 
 class LogBuffer:
@@ -97,8 +123,8 @@ class LogBuffer:
     def extend(self, records: list[dict[str, Any]], where: str = "") -> None:
         new: list[LogLine] = []
         for record in records:
-            if "dropped" in record and isinstance(record["dropped"], int):
-                self.dropped += record["dropped"]
+            if (n := skipped(record)) is not None:
+                self.dropped += n
                 continue
             new.append(to_line(record, where))
         if new:

@@ -45,7 +45,8 @@ async def endpoints(connect: list[str], token: str | None, find: bool) -> list[E
     """`chosen(connect)`, with the token; and, when `find`, those announced on the LAN,
     each at the address that answered within PROBE_TIMEOUT (discover.py), without it: a
     neighbour can announce an endpoint of its own, and would be sent the token that opens
-    the organiser's (its DNS names, its blocklists). The organiser names one to send it."""
+    the organiser's (its DNS names, its blocklists). Each found is listed as found and only
+    read (sources.Endpoint.found). The organiser names one to send it the token."""
     urls = chosen(connect)
     token = token or local_token()
     named = [Endpoint(u, token) for u in urls]

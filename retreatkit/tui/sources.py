@@ -15,9 +15,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from retreatkit import units
+
 TIMEOUT = 5.0
 MAX_BODY = 8 << 20  # a status or list larger than this is an endpoint misbehaving
 MAX_EVENT = 1 << 20
+FOUND = "(found on the LAN)"
 LOG_IDLE = 45.0  # the stream sends a keepalive every 15 s; silence past this is a dead peer
 
 
@@ -30,12 +33,24 @@ class Endpoint:
     url: str  # http://host:port
     token: str | None = None
     label: str | None = None  # how screens name it; host:port when not given
-    # found by its announcement on the LAN, which anyone can make: never sent the token
+    # found by its announcement on the LAN, which anyone can make (a neighbour's fake
+    # beside the organiser's): never sent the token, never sent an action, and named so
+    # wherever it is listed
     found: bool = False
 
     @property
     def name(self) -> str:
-        return self.label or urlsplit(self.url).netloc
+        name = self.label or urlsplit(self.url).netloc
+        return f"{name} {FOUND}" if self.found else name
+
+    def read_only(self) -> str | None:
+        """Why no action may go to this endpoint (one line), or None when they may."""
+        if not self.found:
+            return None
+        return (
+            f"{self.name}: nothing sent: anyone can announce an endpoint on the LAN, so one"
+            f" found there is only read; to act on it, name it: --connect {self.url}"
+        )
 
 
 def endpoint_url(text: str) -> str:
@@ -97,6 +112,8 @@ class AdminClient:
     ) -> Any:
         """JSON back (or the text, for an answer that is not JSON but 2xx)."""
         name = self.endpoint.name
+        if method not in ("GET", "HEAD") and (why := self.endpoint.read_only()):
+            raise SourceError(why)
         timeout = self.timeout if timeout is None else timeout
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -109,7 +126,7 @@ class AdminClient:
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as response:
-                raw = await response.content.read(MAX_BODY + 1)
+                raw = await _body(response, MAX_BODY)
                 kind = response.content_type
                 code = response.status
         except TimeoutError:
@@ -122,8 +139,11 @@ class AdminClient:
             ) from None
         except aiohttp.ClientError as exc:
             raise SourceError(f"{name}: the connection broke ({type(exc).__name__})") from None
-        if len(raw) > MAX_BODY:
-            raise SourceError(f"{name}: {path} answered more than {MAX_BODY >> 20} MiB")
+        if raw is None:
+            raise SourceError(
+                f"{name}: {path} answered more than {units.size(MAX_BODY)}, far more than an"
+                " admin endpoint sends"
+            )
         text = raw.decode("utf-8", "replace")
         if code == 401:
             if self.endpoint.token:
@@ -133,8 +153,8 @@ class AdminClient:
                 )
             if self.endpoint.found:
                 raise SourceError(
-                    f"{name}: found on the LAN, where anyone can announce an endpoint, so not"
-                    f" sent the admin token; to watch it, name it: --connect {self.endpoint.url}"
+                    f"{name}: not sent the admin token, as anyone can announce an endpoint on"
+                    f" the LAN; to watch it, name it: --connect {self.endpoint.url}"
                 )
             raise SourceError(f"{name}: needs the admin token (--token or RETREATKIT_TOKEN)")
         if not 200 <= code < 300:
@@ -157,6 +177,8 @@ class AdminClient:
             return json.loads(text)
         except ValueError:
             raise SourceError(f"{name}: {path} answered something that is not JSON") from None
+        except RecursionError:  # [[[[... : the parser's depth is Python's recursion limit
+            raise SourceError(f"{name}: {path} answered JSON nested too deeply to read") from None
 
     async def logs(self, after: int = 0) -> AsyncIterator[list[dict[str, Any]]]:
         """Batches of log records from `GET /logs` (SSE), as they arrive."""
@@ -189,6 +211,21 @@ class AdminClient:
         raise SourceError(f"{name}: the log stream ended")
 
 
+async def _body(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, however many pieces it comes in (a slow link splits a status over
+    many TCP segments), or None past `limit` bytes, read no further."""
+    if response.content_length is not None and response.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    held = 0
+    async for chunk in response.content.iter_any():
+        held += len(chunk)
+        if held > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _why(exc: aiohttp.ClientConnectorError) -> str:
     """`connection refused`, `no route to host`: the OS's words, not aiohttp's repr."""
     error = exc.os_error
@@ -206,12 +243,12 @@ def _events(raw: list[bytes]) -> list[dict[str, Any]]:
         return []
     try:
         docs = json.loads(b"[" + b",".join(datas) + b"]")
-    except ValueError:  # one bad event: take the others one by one
+    except (ValueError, RecursionError):  # one bad event: take the others one by one
         docs = []
         for data in datas:
             try:
                 docs.append(json.loads(data))
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or [[[[... past any depth
                 continue
     return [doc for doc in docs if isinstance(doc, dict)]
 

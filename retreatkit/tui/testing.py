@@ -1,5 +1,6 @@
 """Test tools shipped with the dashboard: a fake admin endpoint (an aiohttp app on port 0,
-in a thread) serving canned JSON, garbage, or nothing at all (it hangs)."""
+in a thread) serving canned JSON, garbage, bytes of a test's choosing (over a slow link,
+too), or nothing at all (it hangs)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from retreatkit.tui.app import Dashboard
 from retreatkit.tui.screens.base import Panel
 from retreatkit.tui.sources import Endpoint
 
+PAUSE = 0.05  # seconds between the pieces of an answer over a slow link
 HOSTILE = "[@click=app.quit]x[/] [bold]boom \x1b]0;pwned\x07\x1b[2J\x9b31m\u202etxt.exe"
 
 
@@ -238,14 +240,18 @@ class FakeAdmin:
     """`mode`: "ok" (canned JSON), "garbage" (not JSON), "hang" (never answers),
     "unauthorized" (401 to everything: a token it does not take). With `guests`, it
     supervises them as `retreatkit up` does: `/vm/guests`, and start and stop, which only
-    change the state it lists (no VM boots)."""
+    change the state it lists (no VM boots). `raw` answers a path with bytes as they are
+    (as JSON), in `pieces` writes with a pause between each, as a slow link brings them;
+    a log record given as bytes is sent as they are."""
 
     mode: str = "ok"
     status: dict[str, Any] = field(default_factory=canned)
     lists: dict[str, Any] = field(default_factory=lists)
-    logs: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[dict[str, Any] | bytes] = field(default_factory=list)
     guests: list[dict[str, Any]] | None = None
     logs_end: bool = False  # end the log stream once `logs` are sent
+    raw: dict[str, bytes] = field(default_factory=dict)
+    pieces: int = 1
     seen: list[tuple[str, str, str | None, str]] = field(default_factory=list)
     url: str = ""
 
@@ -258,6 +264,8 @@ class FakeAdmin:
             return web.Response(text="<html>\x1b[31mnot json", content_type="application/json")
         if self.mode == "unauthorized":
             raise web.HTTPUnauthorized(text="needs the admin token\n")
+        if request.path in self.raw:
+            return await self._raw(request, self.raw[request.path])
         if request.path == "/status":
             return web.json_response(self._status())
         if request.path.startswith("/vm/guests") and self.guests is not None:
@@ -267,7 +275,9 @@ class FakeAdmin:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             for record in self.logs:
-                if record.get("seq", 0) > after:
+                if isinstance(record, bytes):
+                    await response.write(b"data: " + record + b"\n\n")
+                elif record.get("seq", 0) > after:
                     await response.write(f"data: {json.dumps(record)}\n\n".encode())
             if self.logs_end:
                 return response  # the process went away
@@ -285,6 +295,22 @@ class FakeAdmin:
         if request.path in self.lists:
             return web.json_response(self.lists[request.path])
         raise web.HTTPNotFound()
+
+    async def _raw(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        if self.pieces <= 1:
+            return web.Response(body=body, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        step = -(-len(body) // self.pieces)
+        try:
+            for at in range(0, len(body), step):
+                if at:
+                    await asyncio.sleep(PAUSE)  # the link is slow, not a synchronisation
+                await response.write(body[at : at + step])  # each drained before the next
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the dashboard read enough of it
+        return response
 
     def _status(self) -> dict[str, Any]:
         if self.guests is None:

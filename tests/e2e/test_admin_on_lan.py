@@ -182,7 +182,8 @@ def test_an_endpoint_at_no_address_that_answers_is_named_at_its_nearest(lan: Lan
         assert code == 1, said
         assert said == [
             "retreatkit: no admin endpoint reachable: 127.0.0.1:8080: cannot connect"
-            " (connection refused); 192.0.2.2:8080: cannot connect (network is unreachable)"
+            " (connection refused); 192.0.2.2:8080 (found on the LAN): cannot connect"
+            " (network is unreachable)"
         ], relay.seen
     finally:
         assert relay.stop() == 0
@@ -206,8 +207,8 @@ def test_an_endpoint_found_on_the_lan_is_never_sent_the_token(lan: Lan) -> None:
         assert code == 1, said
         assert said == [
             "retreatkit: no admin endpoint reachable: 127.0.0.1:8080: cannot connect"
-            " (connection refused); 10.77.0.1:8080: found on the LAN, where anyone can"
-            " announce an endpoint, so not sent the admin token; to watch it, name it:"
+            " (connection refused); 10.77.0.1:8080 (found on the LAN): not sent the admin"
+            " token, as anyone can announce an endpoint on the LAN; to watch it, name it:"
             " --connect http://10.77.0.1:8080"
         ], relay.seen
     finally:

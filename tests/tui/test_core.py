@@ -4,6 +4,7 @@ actions' answers in words."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -13,10 +14,23 @@ from retreatkit.cli import vm as vm_cli
 from retreatkit.mirror.space import Space
 from retreatkit.tui import answers, columns, views
 from retreatkit.tui.escape import visible
-from retreatkit.tui.fmt import NOT_REPORTED, clocks, duration, number, size, spark
-from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer, LogFilter
+from retreatkit.tui.fmt import (
+    NOT_REPORTED,
+    clocks,
+    count,
+    duration,
+    number,
+    percent,
+    plural,
+    rate,
+    size,
+    spark,
+)
+from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer, LogFilter, to_line
 from retreatkit.tui.state import DashboardState
 from retreatkit.tui.trend import Series
+
+NAN, INF = float("nan"), float("inf")
 
 
 @pytest.mark.parametrize(
@@ -51,6 +65,30 @@ def test_figures() -> None:
     assert number(float("inf")) is None
     assert spark([0, 1, 2, 4]) == "▁▂▄█"
     assert spark([100, 101, 102], from_zero=False) == "▁▄█"
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [10**400, -(10**400), 2**63 + 1, 1e308, NAN, INF, -INF],
+    ids=["10**400", "-10**400", "2**63+1", "1e308", "nan", "inf", "-inf"],
+)
+def test_a_figure_out_of_any_range_is_not_reported_and_never_raises(odd: float) -> None:
+    assert number(odd) is None
+    shown = [count(odd), size(odd), rate(odd), duration(odd), percent(odd)]
+    assert shown == [NOT_REPORTED] * 5
+    assert plural(odd, "guest", "guests") == "— guests"
+
+
+def test_negative_figures_are_shown_as_said_and_trends_take_any_float() -> None:
+    assert number(-(2**63)) == -(2.0**63)
+    assert [count(-3), size(-1536), percent(-0.5), duration(-5)] == [
+        "-3",
+        "-1.5 kB",
+        "-50.0%",
+        NOT_REPORTED,
+    ]
+    assert spark([-1.7e308, 0.0, 1.7e308], from_zero=False) == "▁▄█"
+    assert spark([NAN, INF, 1.0, 2.0]) == "▁▁▄█"
 
 
 def test_leak_needs_a_whole_window_of_growth() -> None:
@@ -100,6 +138,17 @@ def test_log_buffer_is_bounded_and_filters_as_lines_arrive() -> None:
     assert not buffer.shown
 
 
+def test_a_log_field_of_any_shape_is_one_line_of_text() -> None:
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(100_000):  # deeper than JSON can be written from here
+        inner.append([])
+        inner = inner[0]
+    line = to_line({"seq": True, "level": "WARN", "service": ["a\nb"], "message": deep})
+    assert line[SEQ] == 0
+    assert line[TEXT] == '— ["a\\nb"]   WARN    ?'
+
+
 def test_log_events_are_parsed_in_one_go_and_junk_is_skipped() -> None:
     from retreatkit.tui.sources import _events
 
@@ -107,6 +156,8 @@ def test_log_events_are_parsed_in_one_go_and_junk_is_skipped() -> None:
     assert [r["seq"] for r in _events(good)] == [1, 2]
     junk = [good[0], b"data: {not json", b": keepalive", b"data: [1]", good[1]]
     assert [r["seq"] for r in _events(junk)] == [1, 2]
+    deep = [good[0], b"data: " + b"[" * 100_000, good[1]]  # past the parser's depth
+    assert [r["seq"] for r in _events(deep)] == [1, 2]
     # a record split over two data: lines (SSE allows it) is one record
     assert _events([b'data: {"seq": 3,\ndata:  "message": "c"}']) == [{"seq": 3, "message": "c"}]
 

@@ -3,6 +3,7 @@ down, an endpoint that answers garbage or hangs, actions and their questions."""
 
 from __future__ import annotations
 
+import gc
 import re
 
 import pytest
@@ -374,3 +375,19 @@ async def test_a_log_line_cut_at_the_right_edge_says_so(word: str) -> None:
         view.focus()
         await pilot.press(*["right"] * 30)  # to the end of the line
         assert view.render_line(0).text.rstrip().endswith("x")
+
+
+async def test_a_redraw_cut_short_as_the_dashboard_quits_leaves_nothing_behind(
+    fake: FakeAdmin,
+) -> None:
+    """A poll that asks for a redraw as the dashboard quits: the redraw is cancelled
+    before it starts, and no coroutine is left never awaited (Python's warning on the
+    terminal after the dashboard has gone)."""
+    app = make_dashboard(fake.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.screen.reload()
+        app.workers.cancel_node(app.screen)
+        await pilot.pause()
+    del app, pilot
+    gc.collect()  # an unawaited coroutine's warning comes when it is collected

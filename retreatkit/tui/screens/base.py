@@ -63,7 +63,10 @@ class Panel(Screen[None]):
             self._again = True  # asked again while fetching: go once more, with the news
             return
         self._loading = True
-        self.run_worker(self._reload(), group="load", exit_on_error=False)
+        # the method, not a coroutine made now: a worker cancelled before it starts (the
+        # dashboard quitting as a poll redraws) would leave that coroutine never awaited.
+        # (textual's WorkType makes mypy take an async method's result for Never)
+        self.run_worker(self._reload, group="load", exit_on_error=False)  # type: ignore[arg-type]
 
     async def _reload(self) -> None:
         try:

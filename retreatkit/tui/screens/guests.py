@@ -115,6 +115,10 @@ class GuestsScreen(Panel):
             return
         supervisor, name = key
         self.starting = None
+        why = self.dash.clients[supervisor].endpoint.read_only()
+        if why:
+            self.say(why)  # nothing to ask: nothing would be sent
+            return
         before = self.known(supervisor, name)
         already = {"stop": "stopped", "start": "running"}[verb]
         if before is not None and before.state == already:

@@ -176,10 +176,13 @@ class NameserverScreen(ServicePanel):
         if not results:
             self.say("no endpoint hosts a nameserver")
             return
-        lines = [problem or line(answer) for _, answer, problem in results]
-        if len(results) > 1:  # which is which
-            lines = [f"{name}: {line}" for (name, _, _), line in zip(results, lines, strict=True)]
-        self.say(*lines)
+        several = len(results) > 1  # which is which (a problem's line names its endpoint)
+        self.say(
+            *(
+                problem or (f"{name}: {line(answer)}" if several else line(answer))
+                for name, answer, problem in results
+            )
+        )
         self.reload()
 
     async def _pause(self) -> None:
