@@ -56,7 +56,9 @@ async def home(request: web.Request) -> web.Response:
     if not cached or cached[0] != made_from:
         cached[:] = [made_from, await mirror.offload(_summary, mirror)]
     offline = any(u.state.value == "down" for u in mirror.health.all())
-    now = replace(cached[1], bytes_saved=mirror.stats.bytes_saved, offline=offline)
+    now = replace(
+        cached[1], bytes_saved=mirror.stats.bytes_saved, offline=offline, kit=mirror.kit_served
+    )
     return web.Response(text=page.render(base, now), content_type="text/html")
 
 

@@ -218,4 +218,5 @@ async def publish_own(mirror: Mirror, say: Callable[[str], None]) -> None:
     except (MirrorError, OSError) as exc:
         log.warning("cannot serve this retreatkit to attendees: %s", exc)
         return
+    mirror.kit_served = True
     say(f"Mirror local index: {line}")

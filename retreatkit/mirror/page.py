@@ -34,6 +34,7 @@ class Summary:
     debs: int = 0
     apt_origins: tuple[str, ...] = ()  # names of the apt archives the mirror keeps
     apt_suites: tuple[tuple[str, str, str], ...] = ()  # (origin, suite, components) held
+    kit: bool = False  # the kit's own wheel is in the local index: the page offers bob
 
 
 def loopback(host: str) -> bool:
@@ -85,9 +86,13 @@ def apt_lines(base: str, suites: tuple[tuple[str, str, str], ...]) -> list[str]:
 
 
 def lines(
-    base: str, apt_origins: tuple[str, ...] = (), apt_suites: tuple[tuple[str, str, str], ...] = ()
+    base: str,
+    apt_origins: tuple[str, ...] = (),
+    apt_suites: tuple[tuple[str, str, str], ...] = (),
+    kit: bool = True,
 ) -> dict[str, list[str]]:
-    """The commands, by client; tests run them as they are."""
+    """The commands, by client; tests run them as they are. bob's only with `kit`: a
+    mirror that does not serve the kit's wheel (a VM guest's) cannot install it."""
     index, host = f"{base}/pypi/simple/", host_of(base)
     found = {
         "pip": [
@@ -111,7 +116,9 @@ def lines(
         "bob": [
             f"UV_PYTHON_DOWNLOADS=never uv tool install --index-url {index} retreatkit",
             f"PIP_INDEX_URL={index} PIP_TRUSTED_HOST={host} pipx install retreatkit",
-        ],
+        ]
+        if kit
+        else [],
     }
     return {name: found_lines for name, found_lines in found.items() if found_lines}
 
@@ -156,7 +163,7 @@ _INTROS = {
 
 
 def render(base: str, s: Summary) -> str:
-    commands = lines(base, s.apt_origins, s.apt_suites)
+    commands = lines(base, s.apt_origins, s.apt_suites, s.kit)
     origins = html.escape(", ".join(s.apt_origins))
     blocks = "".join(
         f"<h2>{name}</h2>\n<p>{_INTROS[name].format(origins=origins)}</p>\n"

@@ -118,6 +118,7 @@ class Mirror:
         self.sending = Sending(settings.max_pages_sending)
         self.started = time.time()
         self.lan_url = "http://localhost"  # where the LAN reaches it; the service sets it
+        self.kit_served = False  # the kit's own wheel is in the local index (publish_own)
         self.offload = offload  # CPU or disk work that must not stall the loop
         self.generation: Counter[str] = Counter()  # per package: bumps as files land
         self.origins: dict[str, set[str]] = {}  # ecosystem -> upstream hosts its files use

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ SUMMARY = page.Summary(
     debs=3,
     apt_origins=("debian", "debian-security"),
     apt_suites=(("debian", "bookworm", "main contrib"),),
+    kit=True,
 )
 
 PAGE = """<!DOCTYPE html>
@@ -78,6 +80,14 @@ pipx install retreatkit</pre>
 
 def test_the_page_is_pinned() -> None:
     assert page.render("http://mirror.retreat.lan:8000", SUMMARY) == PAGE
+
+
+def test_a_mirror_without_the_kits_wheel_offers_no_bob() -> None:
+    """A VM guest's mirror never serves the kit (nothing to make a wheel of): its page
+    told attendees to `uv tool install retreatkit` from it, which found nothing."""
+    shown = page.render("http://mirror.retreat.lan:8000", replace(SUMMARY, kit=False))
+    assert "<h2>bob</h2>" not in shown and "retreatkit" not in shown
+    assert shown.replace("<h2>npm</h2>", "") != shown  # the rest is all there
 
 
 @pytest.mark.parametrize(
