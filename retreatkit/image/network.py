@@ -55,14 +55,22 @@ def choose(setting: str, found: str | None = None) -> str:
     return "user"
 
 
-def describe(network: str) -> str:
-    """The line `image run` and `up` print about the guest's network."""
+def describe(network: str, found: str | None = None) -> str:
+    """The line `image run` and `up` print about the guest's network; `found` as for
+    `choose`."""
     if network == "passt":
         return "Network: passt; the guest sees each client's own address"
     return (
         "Network: qemu's user networking; every client arrives from 10.0.2.2"
-        " (install passt to keep their addresses)"
+        f" ({to_keep_clients(found)} to keep their addresses)"
     )
+
+
+def to_keep_clients(found: str | None = None) -> str:
+    """What gives guests their clients' addresses: passt, or the setting that takes it
+    where it is installed and was not chosen."""
+    found = found if found is not None else (shutil.which("passt") or "")
+    return 'set [images] network = "auto"' if found else "install passt"
 
 
 def keeps_clients(network: str) -> bool:

@@ -245,7 +245,8 @@ def exposure_warning(definition: Definition, chosen: str) -> str | None:
             return (
                 f"Guest nameserver: forwarded from {f.host}:{f.port}, it answers "
                 "anyone who reaches this host (a guest cannot tell the LAN from the internet); "
-                "set [nameserver] listen to a LAN address of this host, or install passt"
+                "set [nameserver] listen to a LAN address of this host, or "
+                f"{network.to_keep_clients()}"
             )
     return None
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from retreatkit import version
-from retreatkit.image import tlstesting
+from retreatkit.image import network, tlstesting
 from retreatkit.image.paths import cache_dir
 from retreatkit.image.spec import HOST_FROM_GUEST
 from retreatkit.image.supervisor import Definition, Restarts, Supervisor
@@ -229,10 +229,7 @@ def test_nameserver_image_answers_dig(
         upstream.stop()
 
 
-NETWORK_USER = (
-    "Network: qemu's user networking; every client arrives from 10.0.2.2"
-    " (install passt to keep their addresses)"
-)
+NETWORK_USER = network.describe("user")  # pinned in tests/image/test_network.py
 NETWORK_PASST = "Network: passt; the guest sees each client's own address"
 
 

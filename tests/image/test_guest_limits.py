@@ -9,7 +9,7 @@ import copy
 import pytest
 
 from retreatkit import config
-from retreatkit.image import guestconfig
+from retreatkit.image import guestconfig, network
 from retreatkit.image import spec as specs
 from retreatkit.image.vmservice import exposure_warning, guests_for_up
 from retreatkit.mirror.hosted import MirrorService
@@ -89,7 +89,10 @@ def test_a_mirror_guest_lets_a_lans_installers_connect_at_once() -> None:
     [("0.0.0.0:5300", True), ("8.8.4.4:53", True),
      ("192.168.1.10:53", False), ("127.0.0.1:5300", False)],  # a name: refused (test_plans)
 )  # fmt: skip
-def test_up_warns_when_a_nameserver_guest_answers_the_world(listen: str, warned: bool) -> None:
+def test_up_warns_when_a_nameserver_guest_answers_the_world(
+    listen: str, warned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(network.shutil, "which", lambda _: None)  # passt not installed
     cfg = copy.deepcopy(config.DEFAULTS)
     cfg["images"]["run"] = ["nameserver"]
     cfg["nameserver"]["listen"] = listen

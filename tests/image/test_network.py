@@ -38,6 +38,20 @@ def test_a_network_that_cannot_be_had_is_refused_in_one_line() -> None:
     assert str(unknown.value) == "[images] network must be one of auto, passt, user, not 'bridge'"
 
 
+def test_user_networking_says_how_to_keep_clients_addresses() -> None:
+    assert network.describe("user", found="") == (
+        "Network: qemu's user networking; every client arrives from 10.0.2.2"
+        " (install passt to keep their addresses)"
+    )
+    # passt is there, and [images] network = "user" chose against it: installing it is
+    # not what is missing
+    assert network.describe("user", found="/usr/bin/passt") == (
+        "Network: qemu's user networking; every client arrives from 10.0.2.2"
+        ' (set [images] network = "auto" to keep their addresses)'
+    )
+    assert network.describe("passt") == "Network: passt; the guest sees each client's own address"
+
+
 def test_passt_lays_out_the_guests_network_as_qemu_does_and_makes_the_forwards() -> None:
     forwards = [
         Forward("udp", "0.0.0.0", 5300, 53),
