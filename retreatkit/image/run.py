@@ -65,14 +65,15 @@ class Launch:
         check_whole(image, manifest)
         if disk is not None and not manifest["disk"]:
             raise RunError(f"the {service} image keeps no data: it takes no --disk")
-        if disk is not None and disk.exists():
-            check_disk(disk)
+        size = str(cfg["images"]["disk_size"])
+        problem = disk_problem(disk, size) if disk is not None else None
+        if problem is not None:
+            raise RunError(problem)
         chosen = network.choose(str(cfg["images"]["network"]))
         config = guestconfig.render(
             service, cfg, token, disk is not None, network.keeps_clients(chosen)
         )
         forwards = complete_forwards(manifest, forwards)
-        size = str(cfg["images"]["disk_size"])
         return cls(image, forwards, memory_mb, config, disk, manifest, size, chosen)
 
     @property
@@ -136,6 +137,30 @@ def admin_url(forwards: list[qemu.Forward]) -> str:
     f = next(f for f in forwards if f.guest_port == specs.ADMIN_PORT and f.proto == "tcp")
     host = "127.0.0.1" if f.host in ("0.0.0.0", "") else f.host
     return f"http://{host}:{f.port}"
+
+
+DISK_SIZE = re.compile(r"[1-9][0-9]{0,15}[KMGT]")  # as mke2fs reads a size, with a unit
+DISK_LEAST = 64 << 20  # an ext4 with a journal, and room for a mirror's first packages
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def disk_problem(disk: Path, size: str) -> str | None:
+    """What keeps `disk` from being a guest's data disk (made at `size` if missing), in a
+    few words, before anything boots: mke2fs's own words came only as a guest started,
+    after the other guests had."""
+    if not DISK_SIZE.fullmatch(size) or int(size[:-1]) * _UNITS[size[-1]] < DISK_LEAST:
+        return f"disk_size = {size!r} is not a size from 64M up (a number and K, M, G or T)"
+    if disk.exists():
+        try:
+            check_disk(disk)
+        except RunError as exc:
+            return str(exc)
+        return None
+    if not disk.parent.is_dir():
+        return f"the disk {disk} cannot be made: {disk.parent} is not a folder"
+    if not os.access(disk.parent, os.W_OK):
+        return f"the disk {disk} cannot be made: {disk.parent} is not writable"
+    return None
 
 
 def make_disk(path: Path, size: str = DEFAULT_DISK_SIZE) -> None:

@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from retreatkit import config
 from retreatkit.admin.token import TokenError
-from retreatkit.image import build, network, qemu
+from retreatkit.image import build, network, qemu, run
 from retreatkit.image import spec as specs
 from retreatkit.image.paths import cache_dir, private_dir, state_dir
 from retreatkit.image.supervisor import (
@@ -220,7 +220,13 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -
             ) from None
         disk = None
         if image.disk:  # beside where the in-process mirror keeps its store
+            if not images["disk"]:
+                with contextlib.suppress(OSError):  # if it cannot be, the check says why
+                    default_store().parent.mkdir(parents=True, exist_ok=True)
             disk = images["disk"] or str(default_store().parent / f"{service}.disk")
+            problem = run.disk_problem(Path(disk), str(images["disk_size"]))
+            if problem is not None:  # said before any guest boots, not after the others
+                raise config.ConfigError(f"[images] {problem}")
         definitions.append(
             Definition(
                 name=service, image=str(folder / service), forwards=forwards,

@@ -5,6 +5,7 @@ worth of attendees through, built the way the guest builds its services from it.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +118,38 @@ def test_behind_passt_a_guest_keeps_its_bounds_per_client() -> None:
     assert guest_section("mirror", keeps_clients=True)["per_address"] == 256
     assert guest_section("nameserver", keeps_clients=True)["rate_limit"] == 1000
     assert guest_section("nameserver")["rate_limit"] == 0
+
+
+def test_up_refuses_a_mirror_disk_it_cannot_make_before_any_guest_boots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mke2fs's own words came only as the mirror's guest started, five times over,
+    after the relay's and the nameserver's guests had booted; `up` ran on regardless."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    cfg = copy.deepcopy(config.DEFAULTS)
+    cfg["images"]["run"] = ["relay", "mirror"]
+
+    def refused(disk: str, size: str) -> str:
+        cfg["images"].update(disk=disk, disk_size=size)
+        with pytest.raises(config.ConfigError) as got:
+            guests_for_up(cfg, None, "192.168.1.10")
+        return str(got.value)
+
+    gone = tmp_path / "nonexistent" / "m.disk"
+    assert refused(str(gone), "4G") == (
+        f"[images] the disk {gone} cannot be made: {gone.parent} is not a folder"
+    )
+    for size in ("lots", "4", "0G", "16M", "4g", "-1G"):
+        assert refused("", size) == (
+            f"[images] disk_size = {size!r} is not a size from 64M up (a number and K, M, G or T)"
+        )
+    not_ext4 = tmp_path / "notes.txt"
+    not_ext4.write_bytes(bytes(4096))
+    assert refused(str(not_ext4), "4G") == (
+        f"[images] the disk {not_ext4} holds no ext4 file system: name a file that does not"
+        " exist yet, and one is made there"
+    )
+    cfg["images"].update(disk="", disk_size="64M")  # the default place, made if missing
+    [mirror] = [d for d in guests_for_up(cfg, None, "192.168.1.10").autostart if d.disk]
+    assert mirror.disk == str(tmp_path / "data" / "retreatkit" / "mirror.disk")
+    assert (tmp_path / "data" / "retreatkit").is_dir()
