@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from retreatkit import config
+from retreatkit import config, startup
 from retreatkit.lanaddress import LanAddress, choose
 from retreatkit.serve import Service
 
@@ -84,10 +84,7 @@ def services(
             apply_nameserver_flags(section, flags)
         own: dict[str, str] = {}
         if lan_address is not None:
-            own = {
-                "relay.retreat.lan": lan_address.address,
-                "mirror.retreat.lan": lan_address.address,
-            }
+            own = startup.own_names(cfg, lan_address.address)
         reading = (readings or {}).get("nameserver")
         out.append(Nameserver(nameserver_settings(section, own, mirror_url, reading)))
     if images:  # [images] run: these services boot as VM images under a supervisor

@@ -179,6 +179,19 @@ def _try_bind(lst: Listener) -> str | None:
     return None
 
 
+def own_names(cfg: dict[str, Any], lan_address: str) -> dict[str, str]:
+    """The names `up` gives the relay and the mirror (for its nameserver's records), each at
+    the address it listens on when that is one address of this machine other than
+    loopback, else at `lan_address`: a relay bound to 10.201.0.1 alone was named after
+    another interface's address, where attendees found nothing listening."""
+    out = {}
+    for service in ("relay", "mirror"):
+        host, _ = config.host_port(cfg[service]["listen"])
+        wild = host in ("0.0.0.0", "::", "") or is_loopback(host)
+        out[f"{service}.retreat.lan"] = lan_address if wild else host
+    return out
+
+
 def reach(host: str, lan_address: str) -> tuple[str, str]:
     """(the address attendees use for a service bound to `host`, a note when they cannot)."""
     if is_loopback(host):

@@ -86,3 +86,24 @@ def test_ctrl_c_before_the_services_take_it_is_one_line(
     listen = ["--admin", "127.0.0.1:0", "--relay-listen", "127.0.0.1:0"]
     assert main.main(["up", "--no-tui", "--address", "127.0.0.1", *listen]) == 130
     assert capsys.readouterr().err == "retreatkit: interrupted\n"
+
+
+def test_the_relay_and_the_mirror_are_named_where_they_listen() -> None:
+    """Bound to 10.201.0.1 alone, the relay was named after another interface's address
+    (the one `up` chose for the LAN), where attendees found nothing listening."""
+    from retreatkit import config
+    from retreatkit.image import vmservice
+
+    cfg = config.load(None)
+    cfg["relay"]["listen"] = "10.201.0.1:19600"
+    cfg["mirror"]["listen"] = "0.0.0.0:28000"  # every address: the LAN's
+    assert startup.own_names(cfg, "192.0.2.2") == {
+        "relay.retreat.lan": "10.201.0.1",
+        "mirror.retreat.lan": "192.0.2.2",
+    }
+    cfg["mirror"]["listen"] = "127.0.0.1:28000"  # loopback names no address for the LAN
+    assert startup.own_names(cfg, "192.0.2.2")["mirror.retreat.lan"] == "192.0.2.2"
+    # the nameserver run as an image gives the same names
+    cfg["images"]["run"] = ["relay", "nameserver"]
+    [*_, nameserver] = vmservice.guests_for_up(cfg, None, "192.0.2.2").autostart
+    assert nameserver.records == startup.own_names(cfg, "192.0.2.2")

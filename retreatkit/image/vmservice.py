@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from retreatkit import config
+from retreatkit import config, startup
 from retreatkit.admin.token import TokenError
 from retreatkit.image import build, network, qemu, run
 from retreatkit.image import spec as specs
@@ -204,7 +204,7 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -
     except network.NetworkError as exc:
         raise config.ConfigError(str(exc)) from None
     folder = Path(images["dir"]) if images["dir"] else cache_dir() / "images"
-    own = {"relay.retreat.lan": address, "mirror.retreat.lan": address}
+    own = startup.own_names(cfg, address)
     definitions = []
     for service in images["run"]:
         image = specs.spec(service)
