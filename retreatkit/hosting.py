@@ -91,5 +91,5 @@ def services(
         from retreatkit.image.vmservice import guests_for_up
 
         address = (lan_address or choose(cfg["nameserver"]["address"])).address
-        out.append(guests_for_up(cfg, args.config, address))
+        out.append(guests_for_up(cfg, args.config, address, announce=on_lan))
     return out

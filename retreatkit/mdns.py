@@ -316,3 +316,18 @@ class LanAdvert:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         await self._withdraw(gone=False)
+
+
+# How the relay and the mirror are announced, run in this process or as a VM guest whose
+# forwarded port `up` announces for it (image/vmservice.py): bob looks for `kind`, a
+# browser for the mirror's `path`.
+SERVICES = {
+    "relay": (RELAY, "bob relay", {"kind": "relay"}),
+    "mirror": (MIRROR, "retreatkit mirror", {"path": "/"}),
+}
+
+
+def service_advert(name: str) -> LanAdvert:
+    """The announcement of `name`, a key of SERVICES, not yet started."""
+    service, label, properties = SERVICES[name]
+    return LanAdvert(service, label, dict(properties))

@@ -21,7 +21,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -41,6 +41,9 @@ from retreatkit.image.supervisor import (
     Supervisor,
     check_name,
 )
+
+if TYPE_CHECKING:
+    from retreatkit.mdns import LanAdvert
 
 log = logging.getLogger("retreatkit.vm")
 MAX_DEFINITION = 16 * 1024
@@ -188,10 +191,13 @@ class _Collector(Collector):
         )
 
 
-def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -> VmService:
+def guests_for_up(
+    cfg: dict[str, Any], config_path: Path | None, address: str, announce: bool = True
+) -> VmService:
     """The guests `retreatkit up` runs for `[images] run`: each on its service's configured
     address (forwarded to the guest), restarted when it exits, rebuilt at each start;
-    `address` is what the LAN names relay.retreat.lan and mirror.retreat.lan after."""
+    `address` is what the LAN names relay.retreat.lan and mirror.retreat.lan after;
+    `announce`: the relay's and the mirror's forwards are announced on the LAN."""
     from retreatkit.mirror.hosted import default_store
 
     images = cfg["images"]
@@ -235,7 +241,7 @@ def guests_for_up(cfg: dict[str, Any], config_path: Path | None, address: str) -
                 records=own if service == "nameserver" else {},
             )
         )  # fmt: skip
-    return VmService(definitions, build_kernel=images["kernel"], network=chosen)
+    return VmService(definitions, build_kernel=images["kernel"], network=chosen, announce=announce)
 
 
 def exposure_warning(definition: Definition, chosen: str) -> str | None:
@@ -259,7 +265,10 @@ def exposure_warning(definition: Definition, chosen: str) -> str | None:
 
 class VmService:
     """Supervises guests in this process; `autostart` names guests to start with it, and
-    `until_idle` ends the process once no guest is left running (`retreatkit vm serve`)."""
+    `until_idle` ends the process once no guest is left running (`retreatkit vm serve`).
+    With `announce`, the relay and the mirror among the autostart guests are announced on
+    the LAN by zeroconf at the host side of their forwards, as `up` announces those it runs
+    in-process: a guest cannot announce itself, its network is not the LAN."""
 
     name = "vm"
 
@@ -269,8 +278,11 @@ class VmService:
         until_idle: bool = False,
         build_kernel: str | None = None,
         network: str = "user",
+        announce: bool = False,
     ) -> None:
         self.autostart = list(autostart or [])
+        self.announce = announce
+        self._adverts: list[LanAdvert] = []
         self.network = network  # the autostart guests', for what start() says
         self.until_idle = until_idle
         self.build_kernel = build_kernel  # when set, build each autostart image first
@@ -314,6 +326,17 @@ class VmService:
                 await self._autostart(definition, say)
             except (RuntimeError, ValueError) as exc:  # serve() reports an OSError in one line
                 raise OSError(f"the {definition.name} guest: {exc}") from None
+        if self.announce:
+            self._announce_guests()
+
+    def _announce_guests(self) -> None:
+        from retreatkit.mdns import SERVICES, service_advert  # zeroconf only where used
+
+        for name, (host, port) in self.attendee_addresses().items():
+            if name in SERVICES:
+                advert = service_advert(name)
+                advert.start(host, port)  # as the in-process service's: never on loopback
+                self._adverts.append(advert)
 
     async def _autostart(self, definition: Definition, say: Callable[[str], None]) -> None:
         supervisor = self.supervisor
@@ -360,6 +383,9 @@ class VmService:
     async def stop(self) -> None:
         if self._ending is not None:  # stopping already: no second SIGTERM
             self._ending.cancel()
+        for advert in self._adverts:  # goodbyes on the LAN before the guests go
+            await advert.stop()
+        self._adverts.clear()
         if self.supervisor is not None:
             self._stopped = sorted(n for n, e in self.supervisor.guests.items() if e.running)
             await self.supervisor.close()

@@ -56,9 +56,9 @@ class MirrorService:
         self.offers_own_wheel = own_wheel
         self.advert: LanAdvert | None = None
         if announce:  # zeroconf is imported only where it is used
-            from retreatkit.mdns import MIRROR, LanAdvert
+            from retreatkit.mdns import service_advert
 
-            self.advert = LanAdvert(MIRROR, "retreatkit mirror", {"path": "/"})
+            self.advert = service_advert("mirror")
         self.mirror: Mirror | None = None
         self._session: mirror_resolver.Sessions | None = None
         self._warming: asyncio.TimerHandle | None = None

@@ -41,9 +41,9 @@ class RelayService:
         # bob finds the relay by zeroconf; a VM guest behind qemu's user network has no LAN
         self.advert: LanAdvert | None = None
         if announce:  # zeroconf is imported only where it is used
-            from retreatkit.mdns import RELAY, LanAdvert
+            from retreatkit.mdns import service_advert
 
-            self.advert = LanAdvert(RELAY, "bob relay", {"kind": "relay"})
+            self.advert = service_advert("relay")
 
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
         self.relay = Relay(self.limits, registry)

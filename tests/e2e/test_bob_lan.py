@@ -979,3 +979,77 @@ async def main():
             print(service, f.addresses[0], f.port, props, file=sys.stderr)
 asyncio.run(main())
 """
+
+
+def test_up_announces_the_relay_and_the_mirror_it_runs_as_images(lan: Lan, tmp_path: Path) -> None:
+    """A guest's network is not the LAN: `up` announces its relay and its mirror for it,
+    at the host's forwarded ports, where bob and a browser find them."""
+    fake = tmp_path / "bin" / "qemu-system-x86_64"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_QEMU)
+    fake.chmod(0o755)
+    cfg = tmp_path / "retreat.toml"
+    cfg.write_text(
+        '[relay]\nlisten = "0.0.0.0:19700"\n[admin]\nlisten = "127.0.0.1:0"\n'
+        '[mirror]\nlisten = "0.0.0.0:18000"\n'
+        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n'
+        f'[images]\nrun = ["relay", "mirror"]\nnetwork = "user"\ndir = "{tmp_path / "images"}"\n'
+        f'disk = "{tmp_path / "mirror.disk"}"\ndisk_size = "64M"\n'
+    )
+    path = f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
+    up = lan.run("r", "-c", FAKE_IMAGES, "--config", str(cfg), "up", "--no-tui", PATH=path)
+    try:
+        up.wait_for(r"^Admin on http://127\.0\.0\.1:\d+/status$")
+        in_process = [line for line in up.seen if line.startswith(("Relay ", "Mirror "))]
+        assert in_process == [], up.seen  # the guests serve them
+        for _ in range(2):  # in either order
+            up.wait_for(r"(bob relay|retreatkit mirror) announced on the LAN")
+        code, lines = finish(lan.run("b", "-c", BROWSE))
+        assert code == 0, lines
+        assert sorted(lines) == [
+            "_retreat-mirror._tcp.local. 10.78.0.3 18000 path=/",
+            "_retreat-relay._tcp.local. 10.78.0.3 19700 kind=relay",
+        ]
+        code, lines = finish(lan.run("b", "-c", FIND_RELAYS))  # as bob looks
+        assert (code, lines) == (0, ["lan 10.78.0.3:19700"]), lines
+        up.popen.terminate()
+        code, lines = finish(up)
+        assert code == 0, lines
+        assert lines[-1] == "Stopped: nameserver, vm (guests mirror, relay)", lines
+    finally:
+        up.stop()
+
+
+# qemu as the supervisor sees it: the guest's console says it is up, then it serves
+# (nothing: no guest boots) until told to stop
+FAKE_QEMU = """#!/bin/sh
+printf 'Admin on http://0.0.0.0:8080/status\\n'
+read line
+"""
+
+# `retreatkit` whose image builds write an image folder of no guest at all (qemu is the
+# fake above): `up` with `[images] run` builds each image at its start
+FAKE_IMAGES = """
+import json, sys
+from retreatkit.cli.main import main
+from retreatkit.image import build, cpio
+from retreatkit.image.testing import manifest
+initramfs = cpio.initramfs({})
+def fake_build(service, out, which_kernel="auto", say=lambda _: None):
+    out.mkdir(parents=True, exist_ok=True)
+    made = manifest(service, 0, len(initramfs))
+    (out / "manifest.json").write_text(json.dumps(made))
+    (out / "kernel").write_bytes(b"")
+    (out / "initramfs").write_bytes(initramfs)
+    return made
+build.build = fake_build
+sys.exit(main(sys.argv[1:]))
+"""
+
+# The relays bob finds on the LAN (transfer.find), each as `how host:port`
+FIND_RELAYS = """
+import asyncio, sys
+from retreatkit.transfer import find
+for t in asyncio.run(find.on_lan(None, 5.0)):
+    print(t.how, f"{t.relay.host}:{t.relay.port}", file=sys.stderr)
+"""
