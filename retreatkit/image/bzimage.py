@@ -15,6 +15,7 @@ import lzma
 import struct
 from pathlib import Path
 
+from retreatkit.image import cpio
 from retreatkit.image.elf import Elf, ElfError
 
 HEADER_MAGIC_AT, HEADER_MAGIC = 0x202, b"HdrS"
@@ -47,7 +48,7 @@ def unxz(data: bytes) -> bytes | None:
     (size,) = struct.unpack("<I", data[-4:])
     if size > KERNEL_MAX:
         return None
-    unpacker = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+    unpacker = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=cpio.XZ_MEMLIMIT)
     try:
         out = unpacker.decompress(data[:-4], size + 1)  # one byte more shows a lie
     except lzma.LZMAError:

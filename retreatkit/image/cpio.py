@@ -104,6 +104,9 @@ class UnpackError(ValueError):
 
 
 UNPACK_CHUNK = 1 << 20
+# what a decoder may allocate: ours need 2 MiB of dictionary (the kernel's build, 32 MiB);
+# a header asking for gigabytes is refused in one line, not a MemoryError
+XZ_MEMLIMIT = 128 << 20
 
 
 def unpack(compressed: Path, into: Path, limit: int) -> int:
@@ -125,7 +128,7 @@ def unpack(compressed: Path, into: Path, limit: int) -> int:
 
 
 def _unpack(source: io.BufferedReader, out: io.BufferedWriter, limit: int) -> int:
-    unxz = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+    unxz = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT)
     total = read = 0
     try:
         while not unxz.eof:

@@ -7,10 +7,12 @@ import ipaddress
 import lzma
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -126,6 +128,24 @@ def test_unpack_gives_qemu_the_archive_itself_and_refuses_what_is_not_one(
     packed.write_bytes(b"")
     with pytest.raises(cpio.UnpackError, match=r"^does not unpack \(.+\)$"):
         cpio.unpack(packed, out, 8 << 20)
+    # a header asking for a 3 GiB dictionary: refused, not a MemoryError where memory is
+    # short (the decoder allocates what the header says)
+    packed.write_bytes(huge_dictionary(cpio.archive(tree)))
+    with pytest.raises(cpio.UnpackError, match=r"^does not unpack \(Memory usage limit"):
+        cpio.unpack(packed, out, 8 << 20)
+
+
+def huge_dictionary(data: bytes) -> bytes:
+    """`data` in xz whose block header says its dictionary is 3 GiB (LZMA2 property 39)."""
+    filters = [{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}]
+    xz = bytearray(
+        lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=filters)
+    )
+    at = xz.index(b"\x21\x01", 12) + 2  # the LZMA2 filter's one property byte
+    xz[at] = 39
+    end = 12 + (xz[12] + 1) * 4  # the block header, then its own CRC32
+    xz[end - 4 : end] = struct.pack("<I", zlib.crc32(bytes(xz[12 : end - 4])))
+    return bytes(xz)
 
 
 def test_elf_reads_a_real_library() -> None:
