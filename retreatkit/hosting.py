@@ -84,12 +84,12 @@ def services(
             apply_nameserver_flags(section, flags)
         own: dict[str, str] = {}
         if lan_address is not None:
-            own = startup.own_names(cfg, lan_address.address)
+            own = startup.own_names(cfg, lan_address)
         reading = (readings or {}).get("nameserver")
         out.append(Nameserver(nameserver_settings(section, own, mirror_url, reading)))
     if images:  # [images] run: these services boot as VM images under a supervisor
         from retreatkit.image.vmservice import guests_for_up
 
-        address = (lan_address or choose(cfg["nameserver"]["address"])).address
-        out.append(guests_for_up(cfg, args.config, address, announce=on_lan))
+        lan = lan_address or choose(cfg["nameserver"]["address"])
+        out.append(guests_for_up(cfg, args.config, lan, announce=on_lan))
     return out

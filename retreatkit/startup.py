@@ -4,6 +4,7 @@ conflict at once, and the addresses attendees use."""
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from dataclasses import dataclass
 from math import inf, isfinite
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from retreatkit import config
-from retreatkit.lanaddress import is_loopback
+from retreatkit.lanaddress import CONFIGURED, LanAddress, is_loopback
 
 # keys whose values must be positive (> 0) or at least zero, by section
 POSITIVE = {
@@ -179,16 +180,21 @@ def _try_bind(lst: Listener) -> str | None:
     return None
 
 
-def own_names(cfg: dict[str, Any], lan_address: str) -> dict[str, str]:
-    """The names `up` gives the relay and the mirror (for its nameserver's records), each at
-    the address it listens on when that is one address of this machine other than
-    loopback, else at `lan_address`: a relay bound to 10.201.0.1 alone was named after
-    another interface's address, where attendees found nothing listening."""
+def own_names(cfg: dict[str, Any], lan: LanAddress) -> dict[str, str]:
+    """The names `up` gives the relay and the mirror (for its nameserver's records): at the
+    address the organiser configured, else each at the address it listens on when that is
+    one address of this machine other than loopback, else at the LAN address chosen. A
+    relay bound to 10.201.0.1 alone was named after another interface's address, where
+    attendees found nothing listening."""
     out = {}
     for service in ("relay", "mirror"):
         host, _ = config.host_port(cfg[service]["listen"])
-        wild = host in ("0.0.0.0", "::", "") or is_loopback(host)
-        out[f"{service}.retreat.lan"] = lan_address if wild else host
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:  # a name (or every address): the LAN's
+            host = ""
+        own = lan.how != CONFIGURED and host not in ("0.0.0.0", "::", "") and not is_loopback(host)
+        out[f"{service}.retreat.lan"] = host if own else lan.address
     return out
 
 

@@ -93,17 +93,25 @@ def test_the_relay_and_the_mirror_are_named_where_they_listen() -> None:
     (the one `up` chose for the LAN), where attendees found nothing listening."""
     from retreatkit import config
     from retreatkit.image import vmservice
+    from retreatkit.lanaddress import CONFIGURED, LanAddress
 
     cfg = config.load(None)
     cfg["relay"]["listen"] = "10.201.0.1:19600"
     cfg["mirror"]["listen"] = "0.0.0.0:28000"  # every address: the LAN's
-    assert startup.own_names(cfg, "192.0.2.2") == {
+    chosen = LanAddress("192.0.2.2", "the default route's interface")
+    assert startup.own_names(cfg, chosen) == {
         "relay.retreat.lan": "10.201.0.1",
         "mirror.retreat.lan": "192.0.2.2",
     }
     cfg["mirror"]["listen"] = "127.0.0.1:28000"  # loopback names no address for the LAN
-    assert startup.own_names(cfg, "192.0.2.2")["mirror.retreat.lan"] == "192.0.2.2"
+    assert startup.own_names(cfg, chosen)["mirror.retreat.lan"] == "192.0.2.2"
+    cfg["mirror"]["listen"] = "vm:28000"  # a name: what it names is not ours to say
+    assert startup.own_names(cfg, chosen)["mirror.retreat.lan"] == "192.0.2.2"
+    # the organiser said which address: every name is there, as `up` says
+    configured = LanAddress("10.201.0.9", CONFIGURED)
+    assert set(startup.own_names(cfg, configured).values()) == {"10.201.0.9"}
     # the nameserver run as an image gives the same names
+    cfg["mirror"]["listen"] = "0.0.0.0:28000"
     cfg["images"]["run"] = ["relay", "nameserver"]
-    [*_, nameserver] = vmservice.guests_for_up(cfg, None, "192.0.2.2").autostart
-    assert nameserver.records == startup.own_names(cfg, "192.0.2.2")
+    [*_, nameserver] = vmservice.guests_for_up(cfg, None, chosen).autostart
+    assert nameserver.records == startup.own_names(cfg, chosen)

@@ -41,6 +41,7 @@ from retreatkit.image.supervisor import (
     Supervisor,
     check_name,
 )
+from retreatkit.lanaddress import LanAddress
 
 if TYPE_CHECKING:
     from retreatkit.mdns import LanAdvert
@@ -192,7 +193,10 @@ class _Collector(Collector):
 
 
 def guests_for_up(
-    cfg: dict[str, Any], config_path: Path | None, address: str, announce: bool = True
+    cfg: dict[str, Any],
+    config_path: Path | None,
+    address: str | LanAddress,
+    announce: bool = True,
 ) -> VmService:
     """The guests `retreatkit up` runs for `[images] run`: each on its service's configured
     address (forwarded to the guest), restarted when it exits, rebuilt at each start;
@@ -210,7 +214,8 @@ def guests_for_up(
     except network.NetworkError as exc:
         raise config.ConfigError(str(exc)) from None
     folder = Path(images["dir"]) if images["dir"] else cache_dir() / "images"
-    own = startup.own_names(cfg, address)
+    lan = address if isinstance(address, LanAddress) else LanAddress(address, "chosen")
+    own = startup.own_names(cfg, lan)
     definitions = []
     for service in images["run"]:
         image = specs.spec(service)
