@@ -139,7 +139,7 @@ def admin_url(forwards: list[qemu.Forward]) -> str:
     return f"http://{host}:{f.port}"
 
 
-DISK_SIZE = re.compile(r"[1-9][0-9]{0,15}[KMGT]")  # as mke2fs reads a size, with a unit
+DISK_SIZE = re.compile(r"[1-9][0-9]{0,15}[KMGTkmgt]")  # as mke2fs reads a size, with a unit
 DISK_LEAST = 64 << 20  # an ext4 with a journal, and room for a mirror's first packages
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -148,14 +148,14 @@ def disk_problem(disk: Path, size: str) -> str | None:
     """What keeps `disk` from being a guest's data disk (made at `size` if missing), in a
     few words, before anything boots: mke2fs's own words came only as a guest started,
     after the other guests had."""
-    if not DISK_SIZE.fullmatch(size) or int(size[:-1]) * _UNITS[size[-1]] < DISK_LEAST:
-        return f"disk_size = {size!r} is not a size from 64M up (a number and K, M, G or T)"
-    if disk.exists():
+    if disk.exists():  # made already: its size is what it is
         try:
             check_disk(disk)
         except RunError as exc:
             return str(exc)
         return None
+    if not DISK_SIZE.fullmatch(size) or int(size[:-1]) * _UNITS[size[-1].upper()] < DISK_LEAST:
+        return f"disk_size = {size!r} is not a size from 64M up (a number and K, M, G or T)"
     if not disk.parent.is_dir():
         return f"the disk {disk} cannot be made: {disk.parent} is not a folder"
     if not os.access(disk.parent, os.W_OK):
@@ -203,6 +203,9 @@ _CONTROLS = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
 _SHOWN = bytes.maketrans(_CONTROLS, b"?" * len(_CONTROLS))
 # and the C1 controls (U+0080-U+009F) in UTF-8: some terminals take U+009B as CSI
 _C1 = re.compile(rb"\xc2[\x80-\x9f]")
+
+
+QEMU_AFTER_PASST = 2.0  # seconds: a qemu that ends by itself has ended by then
 
 
 def printable(data: bytes) -> bytes:
@@ -539,10 +542,15 @@ class Guest:
     async def _watch_network(self, passt: network.Passt) -> None:
         """passt ended under a running guest: nobody reaches it any more, though qemu runs
         on. Shut it down, so whoever runs it sees it end (and restarts it if asked)."""
-        assert passt.process is not None
+        assert passt.process is not None and self.process is not None
         await passt.process.wait()
-        if self.running and not self.stopping:
-            self.last_line.failed = f"its network ended: passt exited (see {passt.log})"
+        try:  # passt ends as qemu does (--one-off): qemu's own end is not passt's fault
+            await asyncio.wait_for(asyncio.shield(self.process.wait()), QEMU_AFTER_PASST)
+            return
+        except TimeoutError:
+            pass
+        if self.running and not self.stopping and not self.last_line.failed:
+            self.last_line.failed = "its network ended: passt exited"
             await self._shut_down(STOP_SECONDS)
 
     async def stop(self, timeout: float = STOP_SECONDS) -> None:

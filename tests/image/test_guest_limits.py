@@ -139,17 +139,17 @@ def test_up_refuses_a_mirror_disk_it_cannot_make_before_any_guest_boots(
     assert refused(str(gone), "4G") == (
         f"[images] the disk {gone} cannot be made: {gone.parent} is not a folder"
     )
-    for size in ("lots", "4", "0G", "16M", "4g", "-1G"):
+    for size in ("lots", "4", "0G", "16M", "-1G", "4 G"):
         assert refused("", size) == (
             f"[images] disk_size = {size!r} is not a size from 64M up (a number and K, M, G or T)"
         )
     not_ext4 = tmp_path / "notes.txt"
     not_ext4.write_bytes(bytes(4096))
-    assert refused(str(not_ext4), "4G") == (
+    assert refused(str(not_ext4), "lots") == (  # made already: its size is not asked
         f"[images] the disk {not_ext4} holds no ext4 file system: name a file that does not"
         " exist yet, and one is made there"
     )
-    cfg["images"].update(disk="", disk_size="64M")  # the default place, made if missing
+    cfg["images"].update(disk="", disk_size="64m")  # the default place, made if missing
     [mirror] = [d for d in guests_for_up(cfg, None, "192.168.1.10").autostart if d.disk]
     assert mirror.disk == str(tmp_path / "data" / "retreatkit" / "mirror.disk")
     assert (tmp_path / "data" / "retreatkit").is_dir()
