@@ -42,20 +42,26 @@ def unpacked(source: Path, kind: str, make: Callable[[Path, Path], bool]) -> Pat
     when `make` says there is nothing to unpack (it then writes nothing).
 
     `make` raises what it raises; what it left half-written is removed."""
-    digest = _digest(source)
+    data = source.read_bytes()  # hashed and unpacked alike: a rebuild meanwhile is not mixed in
+    digest = hashlib.sha256(data).hexdigest()[:32]
     base = private_dir(folder())
     target = base / f"{digest}.{kind}"
-    if target.exists():
+    try:
         os.utime(target)  # booted again: the last one `prune` removes
         return target
+    except FileNotFoundError:  # never unpacked, or pruned just now
+        pass
     # two guests of one image may start at once: each writes its own, the last rename wins
     partial = base / f".{digest}.{kind}.{os.getpid()}.{threading.get_ident()}"
+    copy = partial.with_name(partial.name + ".source")
     try:
-        if not make(source, partial):
+        copy.write_bytes(data)
+        if not make(copy, partial):
             return None
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
+        copy.unlink(missing_ok=True)
     prune(base, kind)
     return target
 
@@ -80,5 +86,13 @@ def prune(base: Path, kind: str, now: float | None = None) -> None:
         if not path.name.endswith(f".{kind}"):
             continue
         kept += 1
-        if kept > KEEP and now - mtime > RECENT:
+        if kept > KEEP and now - mtime > RECENT and _untouched(path, now):
             path.unlink(missing_ok=True)
+
+
+def _untouched(path: Path, now: float) -> bool:
+    """Not booted since it was listed (another start may just have taken it)."""
+    try:
+        return now - path.stat().st_mtime > RECENT
+    except FileNotFoundError:
+        return False

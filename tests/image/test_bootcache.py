@@ -80,3 +80,24 @@ def test_pruned_to_the_most_recently_booted_but_never_what_was_just_booted(cache
     left = sorted(p.name for p in cache.iterdir())
     # the two old ones are past KEEP and old: removed; the recent ones stay, even past KEEP
     assert left == ["0.vmlinux", *(f"{n:032x}.cpio" for n in range(2, bootcache.KEEP + 3))]
+
+
+def test_an_image_rebuilt_mid_start_is_not_filed_under_the_old_ones_hash(
+    tmp_path: Path, cache: Path
+) -> None:
+    """Hashed from one read and unpacked from another, a rebuild between the two filed
+    the new archive under the old one's hash, and a later rebuild of the old (builds
+    are reproducible) booted the new."""
+    source = tmp_path / "initramfs"
+    source.write_bytes(b"archive one")
+
+    def rebuilt_meanwhile(given: Path, into: Path) -> bool:
+        source.write_bytes(b"archive two")  # `image build` renames a new one in
+        into.write_bytes(given.read_bytes().upper())
+        return True
+
+    first = bootcache.unpacked(source, "cpio", rebuilt_meanwhile)
+    assert first is not None and first.read_bytes() == b"ARCHIVE ONE"
+    source.write_bytes(b"archive one")
+    assert bootcache.unpacked(source, "cpio", copy([])) == first
+    assert sorted(p.name for p in cache.iterdir()) == [first.name]  # no copy left behind

@@ -910,3 +910,21 @@ async def test_a_guest_whose_network_ends_is_shut_down_and_restarted(
     assert [p for p in children_named("passt") if p != passt]
     await supervisor.stop("r1")
     assert children_named("passt") == []
+
+
+@pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")
+async def test_a_guest_that_powers_itself_off_is_not_blamed_on_its_network(
+    home: Path, qemu: Path, ring: LogRing
+) -> None:
+    """passt ends as qemu does: its end seen first made a guest's own power-off read as
+    'its network ended' (4 boots in 5), over the reason the guest gave."""
+    qemu.with_name(qemu.name + ".panics").touch()  # the guest ends by itself, at once
+    supervisor = Supervisor(home / "vm", restarts=lambda: Restarts(0.0))
+    definition = relay_guest(home, restart=False)
+    (home / "retreat.toml").write_text('[images]\nnetwork = "passt"\n')
+    supervisor.define(definition)
+    for _ in range(3):
+        keeper = (await supervisor.start("r1")).keeper
+        assert keeper is not None
+        await asyncio.wait_for(keeper, 60)
+        assert supervisor.item("r1")["last_exit"] == PANIC
