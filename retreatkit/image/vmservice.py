@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("retreatkit.vm")
 MAX_DEFINITION = 16 * 1024
+FOLLOW_EVERY = 2.0  # seconds: how soon a guest stopped or started is (un)announced
 IDLE_LINGER = 3.0  # seconds a background supervisor outlives its last guest (dashboards: 1 s)
 
 
@@ -287,7 +288,8 @@ class VmService:
     ) -> None:
         self.autostart = list(autostart or [])
         self.announce = announce
-        self._adverts: list[LanAdvert] = []
+        self._adverts: dict[str, LanAdvert] = {}  # guest name -> its announcement
+        self._follow: asyncio.Task[None] | None = None
         self.network = network  # the autostart guests', for what start() says
         self.until_idle = until_idle
         self.build_kernel = build_kernel  # when set, build each autostart image first
@@ -332,16 +334,26 @@ class VmService:
             except (RuntimeError, ValueError) as exc:  # serve() reports an OSError in one line
                 raise OSError(f"the {definition.name} guest: {exc}") from None
         if self.announce:
-            self._announce_guests()
+            self._follow = asyncio.ensure_future(self._follow_guests())
 
-    def _announce_guests(self) -> None:
+    async def _follow_guests(self) -> None:
+        """The relay and the mirror guests announced while they run (or restart), and
+        withdrawn once stopped or given up: a relay guest stopped from the dashboard stayed
+        announced, and attendees' bob met a refused connection there."""
         from retreatkit.mdns import SERVICES, service_advert  # zeroconf only where used
 
-        for name, (host, port) in self.attendee_addresses().items():
-            if name in SERVICES:
-                advert = service_advert(name)
-                advert.start(host, port)  # as the in-process service's: never on loopback
-                self._adverts.append(advert)
+        while True:
+            for name, (host, port) in self.attendee_addresses().items():
+                entry = self.supervisor.guests.get(name) if self.supervisor else None
+                live = entry is not None and entry.state in ("running", "restarting")
+                advert = self._adverts.get(name)
+                if name in SERVICES and live and advert is None:
+                    self._adverts[name] = advert = service_advert(name)
+                    advert.start(host, port)  # as the in-process service's: never on loopback
+                elif advert is not None and not live:
+                    del self._adverts[name]
+                    await advert.stop()
+            await asyncio.sleep(FOLLOW_EVERY)
 
     async def _autostart(self, definition: Definition, say: Callable[[str], None]) -> None:
         supervisor = self.supervisor
@@ -388,7 +400,11 @@ class VmService:
     async def stop(self) -> None:
         if self._ending is not None:  # stopping already: no second SIGTERM
             self._ending.cancel()
-        for advert in self._adverts:  # goodbyes on the LAN before the guests go
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow
+        for advert in self._adverts.values():  # goodbyes on the LAN before the guests go
             await advert.stop()
         self._adverts.clear()
         if self.supervisor is not None:

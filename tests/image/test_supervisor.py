@@ -928,3 +928,51 @@ async def test_a_guest_that_powers_itself_off_is_not_blamed_on_its_network(
         assert keeper is not None
         await asyncio.wait_for(keeper, 60)
         assert supervisor.item("r1")["last_exit"] == PANIC
+
+
+class RecordedAdvert:
+    """What `up` announces for a guest, recorded (the LAN itself: tests/e2e/test_bob_lan.py)."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]], changed: asyncio.Event) -> None:
+        self.name, self.log, self.changed = name, log, changed
+
+    def start(self, host: str, port: int) -> None:
+        self.log.append(("announced", f"{self.name} {host}:{port}"))
+        self.changed.set()
+
+    async def stop(self) -> None:
+        self.log.append(("withdrawn", self.name))
+        self.changed.set()
+
+
+async def test_a_relay_guest_stopped_is_no_longer_announced_and_started_is_again(
+    home: Path, qemu: Path, ring: LogRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped from the dashboard, a relay guest stayed announced while `up` ran, and
+    attendees' bob met a refused connection at its address."""
+    from retreatkit import mdns
+
+    log: list[tuple[str, str]] = []
+    changed = asyncio.Event()
+    monkeypatch.setattr(mdns, "service_advert", lambda name: RecordedAdvert(name, log, changed))
+    definition = relay_guest(home, restart=False)
+    definition = Definition("relay", definition.image, ["tcp:0.0.0.0:19700:9000"],
+                            memory_mb=64, restart=False, config=definition.config)  # fmt: skip
+    service = vmservice.VmService([definition], network="user", announce=True)
+
+    async def next_change() -> list[tuple[str, str]]:
+        await asyncio.wait_for(changed.wait(), 30)
+        changed.clear()
+        return log
+
+    await service.start(CollectorRegistry(), lambda _: None)
+    try:
+        assert await next_change() == [("announced", "relay 0.0.0.0:19700")]
+        assert service.supervisor is not None
+        await service.supervisor.stop("relay")
+        assert (await next_change())[-1] == ("withdrawn", "relay")
+        await service.supervisor.start("relay")
+        assert (await next_change())[-1] == ("announced", "relay 0.0.0.0:19700")
+    finally:
+        await service.stop()
+    assert log[-1] == ("withdrawn", "relay")  # goodbyes when up stops
