@@ -189,13 +189,19 @@ def own_names(cfg: dict[str, Any], lan: LanAddress) -> dict[str, str]:
     out = {}
     for service in ("relay", "mirror"):
         host, _ = config.host_port(cfg[service]["listen"])
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:  # a name (or every address): the LAN's
-            host = ""
-        own = lan.how != CONFIGURED and host not in ("0.0.0.0", "::", "") and not is_loopback(host)
+        own = lan.how != CONFIGURED and _one_address(host)
         out[f"{service}.retreat.lan"] = host if own else lan.address
     return out
+
+
+def _one_address(host: str) -> bool:
+    """`host` is one IP address other than loopback: not every address, not a name (what
+    a name names is not ours to say)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not (address.is_unspecified or address.is_loopback)
 
 
 def reach(host: str, lan_address: str) -> tuple[str, str]:

@@ -26,13 +26,13 @@ def folder() -> Path:
     return cache_dir() / "boot"
 
 
-def _digest(source: Path) -> str:
-    return hashlib.sha256(source.read_bytes()).hexdigest()[:32]
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def forget(source: Path) -> None:
     """Whatever `source` was unpacked to: the next boot unpacks it again."""
-    digest = _digest(source)
+    digest = _digest(source.read_bytes())
     for path in folder().glob(f"{digest}.*"):
         path.unlink(missing_ok=True)
 
@@ -43,7 +43,7 @@ def unpacked(source: Path, kind: str, make: Callable[[Path, Path], bool]) -> Pat
 
     `make` raises what it raises; what it left half-written is removed."""
     data = source.read_bytes()  # hashed and unpacked alike: a rebuild meanwhile is not mixed in
-    digest = hashlib.sha256(data).hexdigest()[:32]
+    digest = _digest(data)
     base = private_dir(folder())
     target = base / f"{digest}.{kind}"
     try:

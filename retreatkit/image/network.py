@@ -45,8 +45,7 @@ def choose(setting: str, found: str | None = None) -> str:
         raise NetworkError(f"[images] network must be one of {', '.join(CHOICES)}, not {setting!r}")
     if setting == "user":
         return "user"
-    found = found if found is not None else (shutil.which("passt") or "")
-    if found:
+    if _passt(found):
         return "passt"
     if setting == "passt":
         raise NetworkError(
@@ -69,8 +68,12 @@ def describe(network: str, found: str | None = None) -> str:
 def to_keep_clients(found: str | None = None) -> str:
     """What gives guests their clients' addresses: passt, or the setting that takes it
     where it is installed and was not chosen."""
-    found = found if found is not None else (shutil.which("passt") or "")
-    return 'set [images] network = "auto"' if found else "install passt"
+    return 'set [images] network = "auto"' if _passt(found) else "install passt"
+
+
+def _passt(found: str | None) -> str:
+    """passt's path: `found` when given, else looked up ("" when not installed)."""
+    return found if found is not None else (shutil.which("passt") or "")
 
 
 def keeps_clients(network: str) -> bool:

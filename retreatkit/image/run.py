@@ -24,6 +24,7 @@ from retreatkit.image import spec as specs
 CONSOLE_MAX = 1024 * 1024  # then the log moves to console.log.1: bounded on disk
 CONSOLES_PER_SERVICE = 100  # `image run`s of one service at once, each with its own log
 STOP_SECONDS = 30.0  # a clean stop under emulation takes well under this
+QEMU_AFTER_PASST = 2.0  # seconds: a qemu that ends by itself has ended by then
 STOP_COMMAND = specs.STOP_COMMAND.encode() + b"\n"
 READY = b"Admin on http://"  # the guest's last start-up line
 CHUNK = 4096
@@ -203,9 +204,6 @@ _CONTROLS = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
 _SHOWN = bytes.maketrans(_CONTROLS, b"?" * len(_CONTROLS))
 # and the C1 controls (U+0080-U+009F) in UTF-8: some terminals take U+009B as CSI
 _C1 = re.compile(rb"\xc2[\x80-\x9f]")
-
-
-QEMU_AFTER_PASST = 2.0  # seconds: a qemu that ends by itself has ended by then
 
 
 def printable(data: bytes) -> bytes:

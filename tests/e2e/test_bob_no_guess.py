@@ -246,6 +246,18 @@ def bare_join(relay: RelayProcess, nameplate: str, silent: bool = False) -> sock
     return sock
 
 
+def receive(relay: RelayProcess, passphrase: str, out: Path, home: dict[str, str]) -> Path:
+    """`bob recv` through `relay` into the new folder `out`, which it returns; it must
+    succeed."""
+    out.mkdir()
+    got = subprocess.run(
+        [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(out)), passphrase],
+        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    return out
+
+
 def test_count_joiners_that_make_no_key_exchange_are_no_receivers(
     relay: RelayProcess, home: dict[str, str], tmp_path: Path
 ) -> None:
@@ -271,13 +283,7 @@ def test_count_joiners_that_make_no_key_exchange_are_no_receivers(
             )
         silent = bare_join(relay, nameplate, silent=True)
         for n in range(2):
-            out = tmp_path / f"out{n}"
-            out.mkdir()
-            got = subprocess.run(
-                [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(out)), passphrase],
-                capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
-            )  # fmt: skip
-            assert got.returncode == 0, got.stderr
+            out = receive(relay, passphrase, tmp_path / f"out{n}", home)
             assert (out / "slides.pdf").read_bytes() == src.read_bytes()
             sender.wait_for(rf"^Receiver {n + 1} of 2: done$")
             if n == 0:  # both places were taken: the silent one's comes free
@@ -320,13 +326,7 @@ def test_count_joiners_whose_first_frame_is_too_long_are_no_receivers(
                     rf" 16777215-byte record \(limit \d+\); {NO_GUESS}\)$"
                 )
         for n in range(2):
-            out = tmp_path / f"out{n}"
-            out.mkdir()
-            got = subprocess.run(
-                [*bob_argv("recv", "--relay", relay.address, "--yes", "-o", str(out)), passphrase],
-                capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **home},
-            )  # fmt: skip
-            assert got.returncode == 0, got.stderr
+            out = receive(relay, passphrase, tmp_path / f"out{n}", home)
             assert (out / "notes.txt").read_bytes() == src.read_bytes()
         status, said = finish(sender)
         assert status == 0, said

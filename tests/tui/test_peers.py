@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import pytest
+from textual.pilot import Pilot
 
 from retreatkit.tui.app import Dashboard
 from retreatkit.tui.logbuffer import TEXT
@@ -157,17 +158,22 @@ async def test_a_list_nested_too_deeply_is_one_line_on_its_screen() -> None:
             assert table(app, "#active") == [["none now", "", "", "", "", ""]]
 
 
+async def logs_received(app: Dashboard, pilot: Pilot[None], count: int) -> None:
+    """The Logs screen, once `count` records came (the stream is read in the background)."""
+    await pilot.press("5")
+    async with asyncio.timeout(WAIT):
+        await settle(pilot)
+        while app.logs.received < count:
+            await pilot.pause()
+
+
 async def test_a_log_record_nested_too_deeply_is_skipped_and_the_others_shown() -> None:
     good = {"seq": 1, "service": "relay", "level": "INFO", "message": "paired nameplate 7"}
     later = {**good, "seq": 2, "message": "transfer done"}
     with serve(FakeAdmin(logs=[good, DEEP, later])) as deep:
         app = make_dashboard(deep.url, follow_logs=True)
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press("5")
-            async with asyncio.timeout(WAIT):
-                await settle(pilot)
-                while app.logs.received < 2:  # the stream is read in the background
-                    await pilot.pause()
+            await logs_received(app, pilot, 2)
             assert [line[TEXT] for line in app.logs.lines] == [
                 "— relay      INFO    paired nameplate 7",
                 "— relay      INFO    transfer done",
@@ -185,11 +191,7 @@ async def test_log_records_of_the_wrong_shape_are_shown_as_they_came() -> None:
     with serve(FakeAdmin(logs=records)) as odd:
         app = make_dashboard(odd.url, follow_logs=True)
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press("5")
-            async with asyncio.timeout(WAIT):
-                await settle(pilot)
-                while app.logs.received < 4:  # the stream is read in the background
-                    await pilot.pause()
+            await logs_received(app, pilot, 4)
             assert [line[TEXT] for line in app.logs.lines] == [
                 '— {"a": 1}   ["X"]   ["hi"]',
                 "— null       {}      7",
