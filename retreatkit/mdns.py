@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -223,8 +223,10 @@ def held_addresses() -> list[str]:
 
 
 class _GoneInterface(logging.Filter):
-    """zeroconf's warning (with the exception under it) for a goodbye it could not send
-    through an interface or address that went away: nobody is left there to hear it."""
+    """zeroconf's warning (with the exception under it) for a packet it could not send
+    through an interface or address that went away: an answer or an announcement still
+    under way when the link went down, or a goodbye after. Nobody is left there to hear
+    it, and an announcement follows the machine's addresses on its own (`LanAdvert`)."""
 
     GONE = (errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENXIO)
 
@@ -233,15 +235,10 @@ class _GoneInterface(logging.Filter):
         return not (isinstance(exc, OSError) and exc.errno in self.GONE)
 
 
-@contextlib.contextmanager
-def _quiet_gone_interfaces() -> Iterator[None]:
-    said = logging.getLogger("zeroconf")
-    gone = _GoneInterface()
-    said.addFilter(gone)
-    try:
-        yield
-    finally:
-        said.removeFilter(gone)
+# for as long as zeroconf runs in this process, not only while it says goodbye: its
+# sends are scheduled on their own (announcements repeat after registering, answers are
+# delayed), so the link can go between any of them
+logging.getLogger("zeroconf").addFilter(_GoneInterface())
 
 
 class LanAdvert:
@@ -305,8 +302,7 @@ class LanAdvert:
     async def _withdraw(self, gone: bool) -> None:
         advert, self._advert = self._advert, None
         if advert is not None:
-            with _quiet_gone_interfaces():
-                await advert.close()
+            await advert.close()
             if gone:
                 log.info("%s no longer announced on the LAN: no address but loopback", self.label)
 

@@ -4,6 +4,7 @@ decision without I/O, then `LanAdvert` with its looks, clock and zeroconf stood 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 
 import pytest
@@ -193,3 +194,17 @@ async def test_a_listener_on_loopback_is_never_announced(fake: Fake) -> None:
     advert.start("127.0.0.1", 9000)
     await advert.stop()
     assert advert._task is None and fake.said == []
+
+
+@pytest.mark.parametrize("gone", [errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENODEV])
+def test_a_send_through_a_link_gone_is_no_warning_at_any_time_and_other_failures_are(
+    caplog: pytest.LogCaptureFixture, gone: int
+) -> None:
+    """An announcement is still repeated, or an answer still delayed, when the link goes:
+    zeroconf's send fails then, outside any goodbye. Nobody is left there to hear it."""
+    said = logging.getLogger("zeroconf")
+    with caplog.at_level(logging.WARNING, logger="zeroconf"):
+        said.warning("Error with socket 8: %s", "x", exc_info=OSError(gone, "gone"))
+        assert caplog.records == []
+        said.warning("Error with socket 8: %s", "x", exc_info=OSError(errno.EACCES, "no"))
+        assert [r.levelname for r in caplog.records] == ["WARNING"]

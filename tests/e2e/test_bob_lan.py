@@ -462,6 +462,24 @@ def test_a_relay_started_before_its_computer_joins_the_lan_follows_its_addresses
         relay.stop()
 
 
+def test_a_relay_unplugged_while_its_announcement_is_still_repeated_says_no_warning(
+    lan: Lan,
+) -> None:
+    """The cable comes out a moment after the relay is announced, while zeroconf still
+    repeats the announcement: those packets have nowhere to go, which is no fault of the
+    relay's, and the organiser's log says only that it is no longer announced."""
+    relay = lan.bob("r", "relay", "--listen", "0.0.0.0:9000", "--admin", "127.0.0.1:0")
+    try:
+        relay.wait_for(r"bob relay announced on the LAN as ")
+        ip("-n", lan.hosts["r"], "link", "del", "eth0")
+        relay.wait_for(r"bob relay no longer announced on the LAN: no address but loopback$")
+        relay.popen.terminate()
+        code, logged = finish(relay)
+        assert code == 0 and not any("WARNING" in line for line in logged), logged
+    finally:
+        relay.stop()
+
+
 def relay_heard_at(lan: Lan, first: str, then: str) -> tuple[Process, str]:
     """`bob relay` on r, announced at `first` and `then`, heard on the LAN in that order (a
     browser's order is the announcement's, which varies from one to the next: it is
