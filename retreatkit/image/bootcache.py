@@ -26,24 +26,35 @@ def folder() -> Path:
     return cache_dir() / "boot"
 
 
+class NotAsNamed(ValueError):
+    """What was to be unpacked is not what its image's manifest names."""
+
+
 def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:32]
+    return hashlib.sha256(data).hexdigest()
 
 
 def forget(source: Path) -> None:
     """Whatever `source` was unpacked to: the next boot unpacks it again."""
-    digest = _digest(source.read_bytes())
+    digest = _digest(source.read_bytes())[:32]
     for path in folder().glob(f"{digest}.*"):
         path.unlink(missing_ok=True)
 
 
-def unpacked(source: Path, kind: str, make: Callable[[Path, Path], bool]) -> Path | None:
+def unpacked(
+    source: Path, kind: str, make: Callable[[Path, Path], bool], sha256: str | None = None
+) -> Path | None:
     """`source` unpacked: from the cache, or made by `make(source, into)` and kept. None
-    when `make` says there is nothing to unpack (it then writes nothing).
+    when `make` says there is nothing to unpack (it then writes nothing). NotAsNamed if
+    `source`'s SHA-256 is not `sha256` (a manifest's): checked at every boot, since it
+    is computed anyway to find the unpacked file.
 
     `make` raises what it raises; what it left half-written is removed."""
     data = source.read_bytes()  # hashed and unpacked alike: a rebuild meanwhile is not mixed in
-    digest = _digest(data)
+    whole = _digest(data)
+    if sha256 is not None and whole != sha256:
+        raise NotAsNamed(f"its SHA-256 is {whole[:16]}..., not {sha256[:16]}...")
+    digest = whole[:32]
     base = private_dir(folder())
     target = base / f"{digest}.{kind}"
     try:

@@ -392,12 +392,28 @@ def boot_files(launch: Launch) -> tuple[Path, Path]:
         cpio.unpack(source, into, limit)
         return True
 
+    def named(part: str) -> str | None:  # as built (a manifest may predate the hashes)
+        value = launch.manifest[part].get("sha256")
+        return value if isinstance(value, str) else None
+
+    part = "kernel"  # the one being unpacked, for the error
     try:
-        vmlinux = bootcache.unpacked(launch.image / "kernel", "vmlinux", bzimage.direct_kernel)
-        initramfs = bootcache.unpacked(launch.image / "initramfs", "cpio", unpack)
+        vmlinux = bootcache.unpacked(
+            launch.image / "kernel", "vmlinux", bzimage.direct_kernel, named("kernel")
+        )
+        part = "initramfs"
+        initramfs = bootcache.unpacked(
+            launch.image / "initramfs", "cpio", unpack, named("initramfs")
+        )
         assert initramfs is not None  # `unpack` always unpacks
         if initramfs.stat().st_size > limit:  # unpacked for a guest with more memory
             raise cpio.UnpackError("unpacks to more than the guest's memory")
+    except bootcache.NotAsNamed as exc:
+        raise RunError(
+            f"{launch.image} is not the image it was built as: its {part} is not the one"
+            f" {build.MANIFEST} names ({exc}); build it again"
+            f" (retreatkit image build {launch.manifest['service']})"
+        ) from None
     except (cpio.UnpackError, OSError) as exc:
         if isinstance(exc, cpio.UnpackError):
             raise RunError(

@@ -3,6 +3,7 @@ own (a fake qemu first on PATH: no guest boots here)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -133,6 +134,44 @@ def test_qemu_is_handed_the_archive_unpacked_and_a_damaged_one_is_one_line(
     )
     assert damaged.stderr.endswith("); build it again (retreatkit image build relay)\n")
     assert damaged.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("part", ["kernel", "initramfs"])
+def test_a_part_changed_at_the_same_size_is_refused_by_its_manifests_hash(
+    tmp_path: Path, image: Path, env: dict[str, str], part: str
+) -> None:
+    """A copy damaged in place (a bad sector, a sync cut short) keeps its size: the
+    SHA-256 the build wrote says so before qemu boots a kernel that panics naming
+    neither."""
+    doc = json.loads((image / "manifest.json").read_text())
+    kernel = b"\x00" * 64
+    (image / "kernel").write_bytes(kernel)
+    doc["kernel"].update(size_bytes=len(kernel), sha256=hashlib.sha256(kernel).hexdigest())
+    doc["initramfs"]["sha256"] = hashlib.sha256(INITRAMFS).hexdigest()
+    (image / "manifest.json").write_text(json.dumps(doc))
+    good = Process.start(image_run(tmp_path, image), env=env)
+    try:
+        good.wait_for(r"says hello")  # as built, it boots
+    finally:
+        good.stop()
+    damaged = bytearray((image / part).read_bytes())
+    damaged[-1] ^= 0x01
+    (image / part).write_bytes(damaged)
+    refused = subprocess.run(
+        image_run(tmp_path, image),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    named = doc[part]["sha256"][:16]
+    got = hashlib.sha256(damaged).hexdigest()[:16]
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        f"retreatkit: {image} is not the image it was built as: its {part} is not the one"
+        f" manifest.json names (its SHA-256 is {got}..., not {named}...); build it again"
+        " (retreatkit image build relay)\n",
+    )
 
 
 # qemu whose guest says more as it stops than a page of the log's disk takes
