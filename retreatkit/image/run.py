@@ -292,18 +292,34 @@ class ConsoleLog:
         """Take the log for this guest alone (a lock beside it, released when the process
         ends however it ends): False when another guest's run holds it, whose lines would
         otherwise interleave with this one's."""
-        lock = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        lock = self._lock()
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            # the holder before may have removed the lock between our open and our flock
+            # (`release`): that lock is nobody's, so take the one at the path now
+            try:
+                same = os.path.samestat(os.fstat(fd), lock.stat())
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._held = fd
+                return True
             os.close(fd)
-            return False
-        self._held = fd
-        return True
+
+    def _lock(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
 
     def release(self) -> None:
+        """The lock removed while still held, so none is left beside the log; a run
+        killed outright leaves it, and the next takes it over."""
         if self._held >= 0:
+            with contextlib.suppress(OSError):
+                self._lock().unlink()
             os.close(self._held)
             self._held = -1
 

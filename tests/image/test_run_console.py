@@ -93,6 +93,8 @@ def test_two_runs_of_one_image_each_keep_their_own_console_log(
         first.stop()
         if second is not None:
             second.stop()
+    # their locks go with them: nothing is left beside the logs
+    assert sorted(p.name for p in consoles.iterdir()) == ["relay-2.log", "relay.log"]
     logs = [(consoles / name).read_text() for name in ("relay.log", "relay-2.log")]
     for log in logs:  # one boot each, one guest's lines each
         assert log.count("--- boot at ") == 1
@@ -134,6 +136,27 @@ def test_qemu_is_handed_the_archive_unpacked_and_a_damaged_one_is_one_line(
     )
     assert damaged.stderr.endswith("); build it again (retreatkit image build relay)\n")
     assert damaged.stderr.count("\n") == 1
+
+
+def test_a_console_named_by_the_organiser_is_all_that_is_left_beside_it(
+    tmp_path: Path, image: Path, env: dict[str, str]
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for _ in range(2):
+        run = Process.start(image_run(tmp_path, image, "--console", str(logs / "r.log")), env=env)
+        try:
+            run.wait_for(r"says hello")
+        finally:
+            run.stop()
+    assert [p.name for p in logs.iterdir()] == ["r.log"]
+    (logs / "r.log.lock").write_bytes(b"")  # left by a run killed outright: taken over
+    run = Process.start(image_run(tmp_path, image, "--console", str(logs / "r.log")), env=env)
+    try:
+        run.wait_for(r"says hello")
+    finally:
+        run.stop()
+    assert [p.name for p in logs.iterdir()] == ["r.log"]
 
 
 @pytest.mark.parametrize("part", ["kernel", "initramfs"])
