@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +44,21 @@ def test_a_full_disk_under_the_log_file_never_writes_on_the_dashboards_screen(
         f"cannot write the log file {disk / 'retreatkit.log'} (No space left on device); the"
         " Logs screen still has every line"
     ]
+
+
+def test_the_log_file_and_those_rotated_out_are_the_organisers_alone(tmp_path: Path) -> None:
+    """It names attendees' addresses. One an earlier version left readable is tightened."""
+    path = tmp_path / "retreatkit.log"
+    path.write_text("from before\n")
+    path.chmod(0o644)
+    handler = serve.log_file(path)
+    record = logging.LogRecord("retreatkit", logging.INFO, __file__, 1, "a line", None, None)
+    try:
+        handler.emit(record)
+        handler.doRollover()
+        handler.emit(record)
+    finally:
+        handler.close()
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"retreatkit.log": 0o600, "retreatkit.log.1": 0o600}
+    assert (tmp_path / "retreatkit.log.1").read_text().startswith("from before\n")
