@@ -60,6 +60,9 @@ def _check_name(name: str) -> None:
         raise UsageError(str(exc)) from None
 
 
+SUPERVISOR_LOG_MAX = 10_000_000  # bytes, past which a supervisor starts a new log
+
+
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -85,6 +88,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _spawn_supervisor() -> None:
     """A supervisor in the background, detached from this terminal; we wait for its word."""
     log = private_dir(vmservice.vm_dir()) / "supervisor.log"
+    with contextlib.suppress(OSError):  # bounded on disk: the last one's log moves aside
+        if log.stat().st_size > SUPERVISOR_LOG_MAX:
+            log.replace(log.with_name(log.name + ".1"))
     read, write = os.pipe()
     argv = version.command("vm", "serve", "--until-idle", "--ready-fd", str(write))
     with log.open("ab") as out:

@@ -31,6 +31,7 @@ from retreatkit.admin.logs import LogRing
 from retreatkit.cli import vm
 from retreatkit.image import bootcache, cpio, run, vmservice
 from retreatkit.image import qemu as qemu_module
+from retreatkit.image.paths import private_dir
 from retreatkit.image.supervisor import Definition, Restarts, Supervised, Supervisor
 from retreatkit.image.testing import manifest, retreatkit_argv
 from retreatkit.image.vmservice import Handlers
@@ -826,6 +827,24 @@ def test_vm_start_with_the_state_disk_full_is_one_line(
         )
         for pid in supervisors(disk):  # it ends, having no guest to run
             ended(pid)
+
+
+def test_a_supervisor_started_past_its_logs_limit_moves_the_old_one_aside(
+    home: Path, qemu: Path
+) -> None:
+    """Each supervisor `vm start` leaves in the background appends to one log; over an
+    event's weeks it only grew."""
+    image = Path(relay_guest(home, restart=False).image)
+    log = private_dir(vmservice.vm_dir()) / "supervisor.log"
+    log.write_bytes(b"an old line\n" * (vm.SUPERVISOR_LOG_MAX // 12 + 1))
+    old = log.read_bytes()
+    started = run_cli("vm", "start", "r1", str(image), "--memory", "64")
+    assert started.returncode == 0, started.stderr
+    assert run_cli("vm", "stop", "r1").returncode == 0
+    for pid in supervisors(home / "state"):
+        ended(pid)
+    assert log.with_name("supervisor.log.1").read_bytes() == old
+    assert log.read_text().startswith("Supervisor control socket ")
 
 
 def test_vm_starts_at_once_share_one_supervisor_and_the_others_end(home: Path, qemu: Path) -> None:
