@@ -70,7 +70,7 @@ def add_parsers(sub: Any) -> None:
     )
     b.add_argument(
         "--kernel",
-        choices=("auto", "own", "debian"),
+        choices=spec.KERNELS,
         help="own (`image kernel`), debian (cloud) or auto (default: [images] kernel)",
     )
     b.add_argument("--config", metavar="FILE", type=Path, dest="sub_config", help="retreat.toml")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from retreatkit.image import debs
 from retreatkit.image.paths import cache_dir
+from retreatkit.image.spec import KERNELS
 
 CONFIG = Path(__file__).with_name("kernel.config")
 SOURCE = "linux-source"  # Debian's metapackage; it depends on the versioned source
@@ -76,7 +77,7 @@ def choose(which: str = "auto") -> Kernel:
             return found
         if which == "own":
             raise KernelError("our kernel is not built yet: run `retreatkit image kernel`")
-    if which not in ("own", "auto", "debian"):
+    if which not in KERNELS:
         raise KernelError(f"unknown kernel {which!r}: own, debian or auto")
     return debian()
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from retreatkit.image import standins
 
+KERNELS = ("auto", "own", "debian")  # [images] kernel: ours when built, ours, Debian's cloud
 ADMIN_PORT = 8080  # the admin endpoint inside every guest
 STOP_COMMAND = "shutdown"  # a line on the guest's console: the host asks for a clean stop
 DATA_MOUNT = "/var/lib/retreatkit"  # where the guest mounts its data disk

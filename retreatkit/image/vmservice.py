@@ -210,6 +210,10 @@ def guests_for_up(
         problem = specs.memory_problem(images["memory"], "[images] memory =", service)
         if problem is not None:
             raise config.ConfigError(problem)
+    if images["kernel"] not in specs.KERNELS:  # said before any guest is built, not after
+        raise config.ConfigError(
+            f"[images] kernel must be one of {', '.join(specs.KERNELS)}, not {images['kernel']!r}"
+        )
     try:
         chosen = network.choose(str(images["network"]))
     except network.NetworkError as exc:

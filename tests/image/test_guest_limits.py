@@ -153,3 +153,12 @@ def test_up_refuses_a_mirror_disk_it_cannot_make_before_any_guest_boots(
     [mirror] = [d for d in guests_for_up(cfg, None, "192.168.1.10").autostart if d.disk]
     assert mirror.disk == str(tmp_path / "data" / "retreatkit" / "mirror.disk")
     assert (tmp_path / "data" / "retreatkit").is_dir()
+
+
+def test_up_refuses_a_kernel_it_does_not_know_before_any_guest_is_built() -> None:
+    """It was refused only once `up` had started, building the first image."""
+    cfg = copy.deepcopy(config.DEFAULTS)
+    cfg["images"].update(run=["relay"], kernel="foo")
+    with pytest.raises(config.ConfigError) as got:
+        guests_for_up(cfg, None, "192.168.1.10")
+    assert str(got.value) == "[images] kernel must be one of auto, own, debian, not 'foo'"
