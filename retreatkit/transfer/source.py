@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import select
 import shlex
 import stat
 import sys
@@ -216,11 +217,28 @@ def records(
                 for at in range(0, got, RECORD_SIZE):
                     piece = view[at : min(got, at + RECORD_SIZE)]
                     yield functools.partial(session.send_data_into, piece, compress=compress)
+                if remaining is None and got < want and _quiet(fd):
+                    yield FLUSH  # stdin paused (someone typing, `tail -f`): send what it gave
         finally:
             if path is not None:
                 os.close(fd)
         yield functools.partial(_copy, session.end_file)
     yield functools.partial(_copy, session.end)
+
+
+def _flush(out: memoryview) -> int:
+    return 0
+
+
+FLUSH: Seal = _flush  # seals nothing: what is sealed goes out now, not when a batch is full
+
+
+def _quiet(fd: int) -> bool:
+    """Nothing more to read from `fd` at once (a pipe whose writer paused)."""
+    try:
+        return not select.select([fd], [], [], 0)[0]
+    except (OSError, ValueError):  # not a descriptor select takes: never hold back
+        return True
 
 
 def _copy(seal: Callable[[], bytes], out: memoryview) -> int:
@@ -293,7 +311,7 @@ class Producer:
                 if self._stopped:
                     raise Stopped
                 self._used += seal(memoryview(self._batch)[self._used :])
-                if self._used >= limit:
+                if self._used >= limit or (seal is FLUSH and self._used):
                     return True
         return False
 

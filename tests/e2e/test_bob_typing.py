@@ -5,6 +5,7 @@ streams named and written to stdout, --version, and the QR code."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -102,6 +103,43 @@ def test_a_named_stream_in_and_one_file_out_on_stdout(relay: RelayProcess, tmp_p
     assert (sender.finish(TIMEOUT)[0], got.returncode) == (0, 0), got.stderr
     assert got.stdout == data  # and nothing else: every word bob says is on stderr
     assert got.stderr.decode().splitlines()[1] == "  backup.tar  unknown size"
+
+
+def out_line(proc: Process) -> bytes:
+    """The next line `proc` writes on stdout, read as it comes; b"" if none in TIMEOUT."""
+    assert proc.popen.stdout is not None
+    fd, got = proc.popen.stdout.fileno(), b""
+    while not got.endswith(b"\n"):
+        if not select.select([fd], [], [], TIMEOUT)[0]:
+            return b""
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        got += byte
+    return got
+
+
+def test_a_stream_that_pauses_is_sent_as_it_comes(relay: RelayProcess) -> None:
+    """`tail -f log | bob send -`, or someone typing: what stdin gave went out only once a
+    whole megabyte had come, so the receiver saw nothing, and gave up when it stayed quiet
+    longer than its timeout."""
+    sender = send(relay, "-", stdin=subprocess.PIPE)
+    receiver: Process | None = None
+    try:
+        assert sender.popen.stdin is not None
+        receiver = Process.start(bob_argv("recv", "--relay", relay.address, "--yes",
+                                          "--stdout", CODE))  # fmt: skip
+        sender.popen.stdin.write(b"the first line\n")
+        sender.popen.stdin.flush()
+        assert out_line(receiver) == b"the first line\n"  # the sender's stdin still open
+        sender.popen.stdin.write(b"the last line\n")
+        sender.popen.stdin.close()
+        assert out_line(receiver) == b"the last line\n"
+        assert (receiver.finish(TIMEOUT)[0], sender.finish(TIMEOUT)[0]) == (0, 0)
+    finally:
+        sender.stop()
+        if receiver is not None:
+            receiver.stop()
 
 
 def test_stdout_takes_one_file_only(relay: RelayProcess, tmp_path: Path) -> None:
