@@ -53,6 +53,7 @@ KEPT_FULL = (
     "What arrived is kept: free space on that disk, then ask the sender to run the same"
     " bob send again, and receive it into the same folder to resume."
 )
+STREAM_LOST = "Nothing was kept: a stream cannot be resumed. Ask the sender to send it again."
 # Every FILE_END came, so each file is what the key's holder sent (PROTOCOL.md 5); only
 # END did not, so no DONE went back and the sender counts the transfer as failed. The
 # record stays: the same send again ends it on both sides with no data moving (a stream
@@ -334,8 +335,11 @@ async def receive(
         full = full and writer is not None and writer.record.fd is not None
         keep = (type(exc) is PeerGone or stopped_here or full) and writer is not None
         if writer is not None:
-            writer.abort(keep=keep)
-            if keep and writer.record.fd is not None:
+            lost = keep and not writer.holds_anything and writer.record.fd is not None
+            writer.abort(keep=keep and not lost)
+            if lost:
+                reporter.say(STREAM_LOST)
+            elif keep and writer.record.fd is not None:
                 if not writer.all_named:
                     reporter.say(KEPT_FULL if full else KEPT)
                 elif writer.offer.total_size is None:

@@ -366,6 +366,15 @@ class Writer:
         and has its name: only what follows the last FILE_END may be missing."""
         return self._index >= len(self._files)
 
+    @property
+    def holds_anything(self) -> bool:
+        """What a stop keeps is worth keeping: a file that arrived whole, or the part of
+        one of known size. A stream's part is not (it is never resumed: stdin is read
+        once), so an offer cut in its first file, a stream, leaves nothing to resume."""
+        if self._index > 0:
+            return True
+        return bool(self._files) and self._files[0].size is not None
+
     def complete(self) -> None:
         """Everything arrived: nothing is left to resume, nor to remove on a stop."""
         self.record.remove()

@@ -193,6 +193,23 @@ async def test_a_relay_that_cuts_only_the_end_says_every_file_arrived(
     assert (output / "stdin").read_bytes() == b"from stdin"
 
 
+async def test_a_stream_cut_mid_record_says_nothing_was_kept_and_leaves_nothing(
+    output: Path, tmp_path: Path
+) -> None:
+    """A stream's part is never resumed (stdin is read once), and went: the receiver said
+    "The partial files are kept" and left the resume record behind, alone."""
+    stream = tmp_path / "stream"
+    stream.write_bytes(os.urandom(3 << 20))
+    with stream.open("rb") as stdin, pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.stdin", type("In", (), {"buffer": stdin})())
+        heard, got = await transfer(source.collect(["-"]), output, Relay(stop_at=20))
+    assert isinstance(got, PeerGone), got
+    assert heard.said == [
+        "Nothing was kept: a stream cannot be resumed. Ask the sender to send it again."
+    ]
+    assert list(output.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("how", "why"),
     [
