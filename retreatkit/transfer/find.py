@@ -148,7 +148,8 @@ def usable(addresses: Sequence[str], ours: Sequence[Network]) -> list[str]:
     only on a machine on no network but loopback, where nobody else can announce. Unlike
     a peer's hint, an address off this machine's networks is kept, tried after those on
     them (`nearest`): an announcement is heard only on the link, from a neighbour who can
-    reach that address itself."""
+    reach that address itself. This machine's own LAN address is kept: a relay run
+    beside bob is announced there, and anyone on the LAN reaches what listens there."""
     alone = bool(ours) and all(network.is_loopback for network in ours)
     out = []
     for text in addresses:
