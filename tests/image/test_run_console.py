@@ -57,6 +57,21 @@ def image(tmp_path: Path) -> Path:
     return image
 
 
+def boots(tmp: Path, image: Path, env: dict[str, str], *more: str) -> None:
+    """One `image run` whose (fake) guest says hello, then stopped."""
+    run = Process.start(image_run(tmp, image, *more), env=env)
+    try:
+        run.wait_for(r"says hello")
+    finally:
+        run.stop()
+
+
+def refused(tmp: Path, image: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """One `image run` expected to end before any guest boots."""
+    return subprocess.run(image_run(tmp, image), capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env})  # fmt: skip
+
+
 def image_run(tmp: Path, image: Path, *more: str) -> list[str]:
     cfg = str(tmp / "retreat.toml")
     return retreatkit_argv("--config", cfg, "image", "run", str(image), "--forward",
@@ -123,13 +138,7 @@ def test_qemu_is_handed_the_archive_unpacked_and_a_damaged_one_is_one_line(
     finally:
         run.stop()
     (image / "initramfs").write_bytes(bytes(len(INITRAMFS)))  # the size the manifest says
-    damaged = subprocess.run(
-        image_run(tmp_path, image),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **env},
-    )
+    damaged = refused(tmp_path, image, env)
     assert damaged.returncode == 1
     assert damaged.stderr.startswith(
         f"retreatkit: {image} is not a whole image: its initramfs does not unpack ("
@@ -144,18 +153,10 @@ def test_a_console_named_by_the_organiser_is_all_that_is_left_beside_it(
     logs = tmp_path / "logs"
     logs.mkdir()
     for _ in range(2):
-        run = Process.start(image_run(tmp_path, image, "--console", str(logs / "r.log")), env=env)
-        try:
-            run.wait_for(r"says hello")
-        finally:
-            run.stop()
+        boots(tmp_path, image, env, "--console", str(logs / "r.log"))
     assert [p.name for p in logs.iterdir()] == ["r.log"]
     (logs / "r.log.lock").write_bytes(b"")  # left by a run killed outright: taken over
-    run = Process.start(image_run(tmp_path, image, "--console", str(logs / "r.log")), env=env)
-    try:
-        run.wait_for(r"says hello")
-    finally:
-        run.stop()
+    boots(tmp_path, image, env, "--console", str(logs / "r.log"))
     assert [p.name for p in logs.iterdir()] == ["r.log"]
 
 
@@ -172,24 +173,14 @@ def test_a_part_changed_at_the_same_size_is_refused_by_its_manifests_hash(
     doc["kernel"].update(size_bytes=len(kernel), sha256=hashlib.sha256(kernel).hexdigest())
     doc["initramfs"]["sha256"] = hashlib.sha256(INITRAMFS).hexdigest()
     (image / "manifest.json").write_text(json.dumps(doc))
-    good = Process.start(image_run(tmp_path, image), env=env)
-    try:
-        good.wait_for(r"says hello")  # as built, it boots
-    finally:
-        good.stop()
+    boots(tmp_path, image, env)  # as built, it boots
     damaged = bytearray((image / part).read_bytes())
     damaged[-1] ^= 0x01
     (image / part).write_bytes(damaged)
-    refused = subprocess.run(
-        image_run(tmp_path, image),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **env},
-    )
+    said = refused(tmp_path, image, env)
     named = doc[part]["sha256"][:16]
     got = hashlib.sha256(damaged).hexdigest()[:16]
-    assert (refused.returncode, refused.stderr) == (
+    assert (said.returncode, said.stderr) == (
         1,
         f"retreatkit: {image} is not the image it was built as: its {part} is not the one"
         f" manifest.json names (its SHA-256 is {got}..., not {named}...); build it again"
