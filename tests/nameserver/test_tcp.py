@@ -128,14 +128,15 @@ async def test_outside_the_lan_one_refused_then_closed_and_never_the_lans_room()
 
     outsider, stream = connect("203.0.113.9")
     assert not stream.aborted and not conns.open  # held apart from the LAN's connections
-    two = framed("www.test") + framed("www.test")
+    asked = make_query("www.test", flags=dns.flags.RD | dns.flags.AD).to_wire()  # as dig asks
+    two = (struct.pack(">H", len(asked)) + asked) * 2
     outsider.data_received(two[:3])
     assert stream.written == b"" and not stream.closed  # no whole query yet
     outsider.data_received(two[3:])  # two pipelined: one answer, then the door closes
     (length,) = struct.unpack_from(">H", stream.written)
     answer = dns.message.from_wire(stream.written[2 : 2 + length])
     assert len(stream.written) == 2 + length and stream.closed
-    assert answer.rcode() == dns.rcode.REFUSED
+    assert answer.rcode() == dns.rcode.REFUSED and answer.flags & dns.flags.AD == 0
     assert answer.question == make_query("www.test").question
     assert transport.asked() == 0 and r.stats.counts[REFUSED] == 1
     assert not conns.outsiders and not conns.by_address
