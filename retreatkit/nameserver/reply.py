@@ -175,9 +175,13 @@ def template(reply: Reply, query: Query, data: bytes) -> Template:
     flags = answer_flags(reply.flags, bits)
     header = HEADER.pack(0, flags, 1, reply.an, reply.ns, reply.ar + edns)
     question = data[12 : query.question_end]
-    out = bytearray(header + question + reply.body)
-    if edns:
-        out += wire.opt(bool(bits & wire.KEY_DO))
+    # one allocation of the exact size: growing a bytearray leaves room to spare, and
+    # this one is kept in the cache for as long as the answer is
+    out = bytearray(
+        b"".join(
+            (header, question, reply.body, wire.opt(bool(bits & wire.KEY_DO)) if edns else b"")
+        )
+    )
     base = 12 + len(question)
     offsets = tuple(base + o for o in reply.ttl_offsets)
     for offset, ttl in zip(offsets, reply.ttls, strict=True):

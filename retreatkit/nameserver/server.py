@@ -1,4 +1,12 @@
-"""UDP around the resolver: the hottest path inline, everything else handed to a task."""
+"""UDP around the resolver: the hottest path inline, everything else handed to a task.
+
+The hottest path answers the very bytes of a query answered before from a table of
+exact answers, bounded by what its rows hold (EXACT_BYTES), counted as the cache counts
+its entries: each row is the query's bytes, a copy of the answer, its own objects
+(ROW_COST) and the cache entry it keeps alive, counted in full since the cache may have
+dropped it. Bounded in rows alone (65,536), with ~1 KB answers it held 80 MB beside the
+cache, uncounted.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +16,29 @@ from typing import Any, cast
 
 from retreatkit.lognews import News
 from retreatkit.nameserver import wire
-from retreatkit.nameserver.cache import Entry
+from retreatkit.nameserver.cache import Entry, cost
 from retreatkit.nameserver.gate import LOG_AGAIN, MAX_LOGGED, Gate
 from retreatkit.nameserver.resolver import Resolver
 from retreatkit.nameserver.stats import RATE_LIMITED, REFUSED
 
 log = logging.getLogger("retreatkit.nameserver")
 
-EXACT_MAX = 65536  # exact-bytes answers kept; past that the table starts over
+EXACT_BYTES = 8 * 1024 * 1024  # what the exact-bytes answers hold; past that, it starts over
+ROW_COST = 256  # bytes a row holds besides the query, the answer and the cache entry
 MAX_SLOW = 2048  # slow-path queries in progress at once; past that, new ones are dropped
 
 
 class _Exact:
-    __slots__ = ("answer", "entry", "generation", "until")
+    __slots__ = ("answer", "cost", "entry", "generation", "until")
 
-    def __init__(self, answer: bytes, until: float, generation: int, entry: Entry) -> None:
+    def __init__(
+        self, answer: bytes, until: float, generation: int, entry: Entry, cost: int
+    ) -> None:
         self.answer = answer  # everything after the ID
         self.until = until  # when its TTLs would change, or it expires
         self.generation = generation
         self.entry = entry
+        self.cost = cost  # the bytes it holds (the module docstring)
 
 
 class UDPServer(asyncio.DatagramProtocol):
@@ -42,6 +54,7 @@ class UDPServer(asyncio.DatagramProtocol):
         # answers by the exact query bytes after the ID, good while their TTLs stand and
         # under the policy they were made under
         self.exact: dict[bytes, _Exact] = {}
+        self.exact_bytes = 0  # what its rows hold
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -108,9 +121,15 @@ class UDPServer(asyncio.DatagramProtocol):
 
     def _remember(self, tail: bytes, out: bytes, entry: Entry, now: float) -> None:
         exact = self.exact
-        if len(exact) >= EXACT_MAX and tail not in exact:
+        size = len(tail) + len(out) + ROW_COST + cost(entry)
+        old = exact.pop(tail, None)
+        if old is not None:
+            self.exact_bytes -= old.cost
+        if self.exact_bytes + size > EXACT_BYTES:
             exact.clear()
-        exact[tail] = _Exact(out[2:], entry.fresh_until(now), self.resolver.generation, entry)
+            self.exact_bytes = 0
+        exact[tail] = _Exact(out[2:], entry.fresh_until(now), self.resolver.generation, entry, size)
+        self.exact_bytes += size
 
     async def _slow(self, data: bytes, addr: Any, ip: str, query: wire.Query | None) -> None:
         try:

@@ -4,10 +4,16 @@ Wire format: each message is preceded by its length, two bytes, big-endian (RFC 
 4.2.2). Answers are never cut to a UDP size: up to 65535 bytes.
 
 A client that sends queries and never reads the answers must not fill our memory with
-them (asyncio buffers whatever is written): while the answers wait on the client, we
-read no more of its queries, and at most MAX_PENDING are worked on at once, however
-many one read brought. Its connection then carries no whole message, and is closed
-at its deadline like any other.
+them (asyncio buffers whatever is written): at most MAX_PENDING queries are worked on
+at once, however many one read brought; once MAX_UNSENT bytes of answers wait on the
+client (asyncio's pause_writing), we read no more of its queries and write no more
+answers: an answer that finds them waiting is not kept, its query goes back in line
+and is answered once the client has read. So what one connection holds is MAX_UNSENT
+and one answer (up to 64 KiB), however many answers were being worked on: before,
+each of them was written, 2 MB a connection. A connection past its deadline is
+aborted, not closed: closing waits to send what the client never reads, and such
+sockets, no longer counted, kept their answers for good (16 connections every 12 s
+took 32 MB more each time).
 
 One LAN host must not be able to shut TCP off for everyone: connections are capped
 per address as well as in all, and each connection has a deadline that only a query
@@ -28,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import cast
 
@@ -44,6 +50,7 @@ IDLE = 10.0  # seconds a connection may go without a whole message
 MAX_CONNECTIONS = 256
 PER_ADDRESS = 16
 MAX_PENDING = 32  # pipelined queries in progress on one connection; then reading pauses
+MAX_UNSENT = 65536  # bytes of answers waiting on the client: then none are written
 MAX_OUTSIDERS = 32  # connections from outside the LAN open at once, waiting for REFUSED
 _LENGTH = struct.Struct(">H")
 MAX_MESSAGE = 65535  # what two bytes of length can say
@@ -158,11 +165,12 @@ class Connections:
                 del self.by_address[conn.ip]
 
     def sweep(self, now: float) -> int:
-        """Close what is past its deadline with nothing in progress; returns how many."""
+        """Abort what is past its deadline with nothing in progress (whatever answers it
+        left unread go with it); returns how many."""
         late = [c for c in (*self.open, *self.outsiders)
                 if c.pending == 0 and c.framer.expired(now)]  # fmt: skip
         for conn in late:
-            conn.close()
+            conn.abort()
         return len(late)
 
     async def sweep_forever(self, every: float = 1.0) -> None:
@@ -181,6 +189,7 @@ class TCPServer(asyncio.Protocol):
         self.outsider = False  # not in the LAN's networks: gets REFUSED
         self.pending = 0
         self.blocked = False  # the client does not read its answers: we read no queries
+        self.again: deque[bytes] = deque()  # queries whose answers found it blocked
         self.framer = Framer(connections.clock(), connections.idle)
         self.tasks: set[asyncio.Future[None]] = set()
 
@@ -188,6 +197,7 @@ class TCPServer(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.ip = str((self.transport.get_extra_info("peername") or ("?",))[0])
         self.outsider = not self.gate.allowed(self.ip)
+        self.transport.set_write_buffer_limits(high=MAX_UNSENT)
         if not self.connections.admit(self):
             self.transport.abort()
 
@@ -195,8 +205,15 @@ class TCPServer(asyncio.Protocol):
         self.connections.leave(self)
 
     def close(self) -> None:
+        """Close once what was written is sent (a REFUSED answer, no bigger than a query)."""
         if self.transport is not None:
             self.transport.close()
+        self.connections.leave(self)
+
+    def abort(self) -> None:
+        """Close now, dropping whatever answers the client has not read."""
+        if self.transport is not None:
+            self.transport.abort()
         self.connections.leave(self)
 
     def data_received(self, data: bytes) -> None:
@@ -209,21 +226,26 @@ class TCPServer(asyncio.Protocol):
 
     def _take(self, data: bytes = b"") -> None:
         """Start on the queries read so far, while fewer than MAX_PENDING are in progress
-        and the client reads its answers; the rest wait in the framer, reading paused."""
+        and the client reads its answers; the rest wait (those sent back first, then the
+        framer's), reading paused."""
         room = 0 if self.blocked else MAX_PENDING - self.pending
-        for message in self.framer.feed(data, self.connections.clock(), max(room, 0)):
+        messages: list[bytes] = []
+        while self.again and len(messages) < room:
+            messages.append(self.again.popleft())
+        messages += self.framer.feed(data, self.connections.clock(), max(room - len(messages), 0))
+        for message in messages:
             self.pending += 1
             task = self.connections.loop().create_task(self._answer(message))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         if self.transport is not None and not self.transport.is_closing():
-            if self.blocked or self.pending >= MAX_PENDING:
+            if self.blocked or self.again or self.pending >= MAX_PENDING:
                 self.transport.pause_reading()
             else:
                 self.transport.resume_reading()
 
     def pause_writing(self) -> None:
-        # asyncio: the answers written wait past the high-water mark (64 KiB)
+        # asyncio: the answers written wait past the high-water mark (MAX_UNSENT)
         self.blocked = True
         if self.transport is not None:
             self.transport.pause_reading()
@@ -250,6 +272,9 @@ class TCPServer(asyncio.Protocol):
     async def _answer(self, message: bytes) -> None:
         resolver = self.resolver
         try:
+            if self.blocked:  # taken before the client stopped reading: later, then
+                self._again(message)
+                return
             now = resolver.clock()
             if now >= resolver.next_tick:
                 resolver.tick(now)
@@ -263,6 +288,8 @@ class TCPServer(asyncio.Protocol):
             transport = self.transport
             if out is None:  # no query at all (empty, a header cut short, a response)
                 resolver.stats.answered(now, self.ip, "", FORMERR, 1)
+            elif self.blocked:  # its answer waited upstream while the client stopped reading
+                self._again(message)
             elif transport is not None and not transport.is_closing():
                 if len(out) > MAX_MESSAGE:
                     out = too_big(out, query or wire.parse(message))
@@ -275,3 +302,8 @@ class TCPServer(asyncio.Protocol):
             self.pending -= 1
             if self in self.connections.open:
                 self._take()
+
+    def _again(self, message: bytes) -> None:
+        """Back in line, to be answered once the client reads (nothing kept but the query)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.again.append(message)

@@ -281,11 +281,14 @@ class ZoneUpstream:
     """A real upstream on 127.0.0.1, UDP and TCP, answering from a Zone in threads.
 
     It truncates UDP answers to what the query allows (TC), as a real server does, and
-    with `silent` it reads every query and answers none (no ICMP either).
+    with `silent` it reads every query and answers none (no ICMP either); with
+    `silent_under` only questions for names under that domain (a zone whose own servers
+    are silent, while the upstream answers the rest).
     """
 
     zone: Zone
     silent: bool = False
+    silent_under: str = ""
     queries: list[tuple[str, dns.message.Message]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -322,6 +325,12 @@ class ZoneUpstream:
     def asked(self, transport: str | None = None) -> int:
         return sum(1 for how, _ in self.queries if transport is None or how == transport)
 
+    def _answers(self, query: dns.message.Message) -> bool:
+        if self.silent:
+            return False
+        under = self.silent_under
+        return not (under and query.question[0].name.is_subdomain(dns.name.from_text(under)))
+
     def _serve_udp(self) -> None:
         while not self._stop.is_set():
             try:
@@ -330,7 +339,7 @@ class ZoneUpstream:
                 continue
             query = dns.message.from_wire(data)
             self.queries.append(("udp", query))
-            if self.silent:
+            if not self._answers(query):
                 continue
             wire = self.zone.answer(query).to_wire(max_size=65535)
             limit = max(512, query.payload) if query.edns >= 0 else 512
@@ -354,7 +363,7 @@ class ZoneUpstream:
                 except (OSError, struct.error, dns.exception.DNSException):
                     continue
                 self.queries.append(("tcp", query))
-                if self.silent:
+                if not self._answers(query):
                     continue
                 wire = self.zone.answer(query).to_wire(max_size=65535)
                 conn.sendall(struct.pack(">H", len(wire)) + wire)

@@ -7,22 +7,38 @@ with no answer by then counts as a failure. Without this, an uplink whose round 
 took longer than one attempt answered nothing at all: every reply came after we had
 given up, was counted as spoofed, and the upstream was marked down.
 
-The clock is the caller's. An upstream that fails three times in a row is down for
-RETRY_AFTER seconds (RFC 8767's failure recheck timer; the set's `recheck`); then one
-query at a time probes it while the others pass it by. When every upstream is down and
-none is due a probe, asking fails at once: stale answers and SERVFAIL come without
-waiting on servers known to be silent. SERVFAIL and REFUSED from an upstream count as
-failures (and fail over), never as answers; but they take no upstream down: an upstream
-that answers is there, and validating resolvers answer SERVFAIL for one broken name
-(dnssec-failed.org), so an attendee asking three of them, or three zone transfers an
-upstream refuses, took the LAN's DNS down for everyone. It shows as `failing`.
+The clock is the caller's. An upstream is down when it answers nothing at all, not when
+some names go unanswered: a zone's own servers can be silent (a dead domain, a tracker
+firewalled away) while the upstream answers everything else, and three such questions
+asked at once took the LAN's DNS down for everyone, again every 30 s. So a query left
+unanswered counts against its upstream only if the upstream answered nothing at all
+since that query was sent. And when queries unanswered for ATTEMPT_TIMEOUT, with
+nothing heard from their upstream since, are enough, with the failures already counted,
+to take it down, it is asked a check question beside them (NS of the forwarded zone, or
+of the root: what any server it could be answers at once), one at a time. A reply to
+it, whatever its rcode, is the upstream answering; a silent upstream answers neither,
+and its failures count. Three in a row and it is down: passed by for RETRY_AFTER seconds
+(RFC 8767's failure recheck timer; the set's `recheck`); then one query at a time probes
+it while the others pass it by. An upstream that answers the check but none of the
+questions (its own uplink gone) stays up: its questions fail after PATIENCE, and cached
+names are served stale meanwhile.
+
+When every upstream is down and none is due a probe, asking fails at once: stale answers
+and SERVFAIL come without waiting on servers known to be silent. SERVFAIL and REFUSED
+from an upstream count as failures (and fail over), never as answers; but they take no
+upstream down: an upstream that answers is there, and validating resolvers answer
+SERVFAIL for one broken name (dnssec-failed.org), so an attendee asking three of them,
+or three zone transfers an upstream refuses, took the LAN's DNS down for everyone. It
+shows as `failing`.
 An upstream that sends our questions back to us (loops.py found it) is `looping`: asked
 nothing until a loop probe says that ended.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -52,6 +68,9 @@ class Upstream:
     last_error: str = ""
     edns: bool = True  # False once it refused a query with EDNS and answered one without
     looping: bool = False  # it forwards our questions back to us (loops.py): never asked
+    heard_at: float = -math.inf  # when it last replied to anything, on the set's clock
+    checking: bool = False  # a check question is out (one at a time)
+    overdue: int = 0  # its queries in progress, unanswered for an attempt's time
 
     @property
     def address(self) -> str:
@@ -73,6 +92,10 @@ class Upstream:
             return "failing"
         return "up" if self.queries else "unknown"
 
+    def heard(self, now: float) -> None:
+        """A reply came, whatever it said: the upstream is there."""
+        self.heard_at = max(self.heard_at, now)
+
     def answered(self, elapsed: float) -> None:
         self.queries += 1
         self.failures = 0
@@ -85,9 +108,7 @@ class Upstream:
     ) -> None:
         """A failed query; `answered`: the upstream said so itself (SERVFAIL, REFUSED),
         so it is there: failing, never down."""
-        self.queries += 1
-        self.errors += 1
-        self.last_error = why
+        self.missed(why)
         if answered:
             self.failures = min(self.failures + 1, FAILURES_TO_DOWN - 1)
             self.down_until = 0.0
@@ -95,6 +116,13 @@ class Upstream:
         self.failures += 1
         if self.down:
             self.down_until = now + recheck
+
+    def missed(self, why: str) -> None:
+        """A failed query that counts nothing against the upstream: it answered something
+        else since the query was sent."""
+        self.queries += 1
+        self.errors += 1
+        self.last_error = why
 
 
 class Transport(Protocol):
@@ -181,16 +209,19 @@ class UpstreamSet:
         question = key[:-1]
         deadline = self.clock() + self.patience
         if len(plan) == 1:  # the common case: nothing to stagger
-            result = await self._settle(plan[0], self._attempt(plan[0], key, question, deadline))
+            only = self._attempt(plan[0], key, question, deadline)
+            result = await self._settle(plan[0], only, deadline)
             if isinstance(result, Answer):
                 return result
             raise UpstreamFailed(result)
         why: list[str] = []
+        sent = [math.inf] * len(plan)  # when each attempt started
 
-        def attempt(upstream: Upstream) -> Callable[[], Awaitable[Answer | None]]:
+        def attempt(index: int, upstream: Upstream) -> Callable[[], Awaitable[Answer | None]]:
             async def run() -> Answer | None:
+                sent[index] = self.clock()
                 result = await self._settle(
-                    upstream, self._attempt(upstream, key, question, deadline)
+                    upstream, self._attempt(upstream, key, question, deadline), deadline
                 )
                 if isinstance(result, Answer):
                     return result
@@ -199,11 +230,19 @@ class UpstreamSet:
 
             return run
 
-        answer, overtaken = await self.transport.race([attempt(u) for u in plan], self.timeout)
+        answer, overtaken = await self.transport.race(
+            [attempt(i, u) for i, u in enumerate(plan)], self.timeout
+        )
         for index in overtaken:
             # silent for a whole attempt while another answered: a failure, as a silent
-            # upstream always was (down after three, then passed by)
-            self._failed(plan[index], "no answer in time")
+            # upstream always was (down after three, then passed by), unless it answered
+            # something since (its check question, cut short by the winner, may not have)
+            upstream = plan[index]
+            if upstream.heard_at > sent[index]:
+                upstream.missed("no answer in time")
+                self._noted(upstream)
+            else:
+                self._failed(upstream, "no answer in time")
         if answer is None:
             raise UpstreamFailed(why[-1] if why else "no answer in time")
         return answer
@@ -233,6 +272,7 @@ class UpstreamSet:
     ) -> tuple[bytes, replies.Reply | None]:
         wait = max(0.0, deadline - self.clock())
         raw = await self._query(upstream, key, question, False, wait, edns)
+        upstream.heard(self.clock())
         try:
             return raw, replies.digest(raw, question)
         except replies.Unusual:
@@ -242,30 +282,77 @@ class UpstreamSet:
         self,
         upstream: Upstream,
         attempt: Awaitable[tuple[bytes, replies.Reply | None]],
+        deadline: float,
     ) -> Answer | str:
-        """An attempt's outcome, told to the upstream's health: the Answer, or why not."""
+        """An attempt's outcome, told to the upstream's health: the Answer, or why not.
+        Unanswered for a whole ATTEMPT_TIMEOUT, nothing heard from the upstream since it
+        was sent, and enough of them so to take it down: the upstream is asked the check
+        question beside it (one at a time)."""
         probe = upstream.down
         if probe:
             upstream.probing = True
         started = self.clock()
-        try:
+        overdue = False
+
+        async def query() -> Answer:
             raw, reply = await attempt
+            return Answer(raw, reply, upstream)
+
+        async def check() -> None:
+            nonlocal overdue
+            overdue = True
+            upstream.overdue += 1
+            if (
+                upstream.checking
+                or upstream.heard_at > started  # it is there
+                or upstream.failures + upstream.overdue < FAILURES_TO_DOWN  # no harm yet
+            ):
+                return
+            upstream.checking = True
+            try:
+                key = _check_key(self.zone)
+                wait = max(0.0, deadline - self.clock())
+                await self._query(upstream, key, key[:-1], False, wait, upstream.edns)
+                upstream.heard(self.clock())  # any reply, whatever its rcode
+            except (UpstreamFailed, TimeoutError, OSError):
+                pass
+            finally:
+                upstream.checking = False
+
+        try:
+            answer, _ = await self.transport.race([query, check], self.timeout)
         except (UpstreamFailed, TimeoutError, OSError, replies.Unusual) as exc:
             why = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else
                                type(exc).__name__)  # fmt: skip
-            return self._failed(upstream, why)
+            return self._unanswered(upstream, why, started)
         finally:
+            if overdue:
+                upstream.overdue -= 1
             if probe:
                 upstream.probing = False
+        assert answer is not None  # query() answers or raises
+        raw, reply = answer.raw, answer.reply
+        now = self.clock()
+        upstream.heard(now)
         rcode = _rcode(raw, reply)
         if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
             why = "SERVFAIL" if rcode == RCODE_SERVFAIL else "REFUSED"
             return self._failed(upstream, why, answered=True)
-        now = self.clock()
         upstream.answered(now - started)
-        if self.note is not None:
-            self.note(upstream, self.zone, now)
-        return Answer(raw, reply, upstream)
+        self._noted(upstream)
+        return answer
+
+    def _unanswered(self, upstream: Upstream, why: str, sent: float) -> str:
+        """No usable answer to a query sent at `sent`: a failure of the upstream only if
+        it answered nothing at all since (the check question included)."""
+        if upstream.heard_at <= sent:
+            return self._failed(upstream, why)
+        upstream.missed(why)  # its zone's servers are silent, not it
+        if upstream.down:  # a probe: it is there, so it is asked again from now on
+            upstream.failures = FAILURES_TO_DOWN - 1
+            upstream.down_until = 0.0
+        self._noted(upstream)
+        return f"{upstream.address}: {why}"
 
     async def probe(self, upstream: Upstream, key: bytes) -> int | None:
         """The rcode `upstream` answers the question in cache key `key` with, or None for
@@ -277,11 +364,13 @@ class UpstreamSet:
         return int(wire.HEADER.unpack_from(raw)[1] & 0xF)
 
     def _failed(self, upstream: Upstream, why: str, answered: bool = False) -> str:
-        now = self.clock()
-        upstream.failed(now, why, self.recheck, answered)
-        if self.note is not None:
-            self.note(upstream, self.zone, now)
+        upstream.failed(self.clock(), why, self.recheck, answered)
+        self._noted(upstream)
         return f"{upstream.address}: {why}"
+
+    def _noted(self, upstream: Upstream) -> None:
+        if self.note is not None:
+            self.note(upstream, self.zone, self.clock())
 
     def _query(
         self,
@@ -294,6 +383,16 @@ class UpstreamSet:
     ) -> Awaitable[bytes]:
         data = wire.upstream_query(self.random_id(), key, edns)
         return self.transport.query(upstream, data, question, tcp, timeout)
+
+
+def _check_key(zone: str) -> bytes:
+    """The cache key of the check question: NS of the forwarded zone, or of the root."""
+    labels = [label.encode("ascii") for label in zone.split(".") if label]
+    name = b"".join(bytes((len(label),)) + label for label in labels) + b"\0"
+    return name + _NS_IN + b"\0"
+
+
+_NS_IN = struct.pack(">HH", 2, 1)
 
 
 def _rcode(raw: bytes, reply: replies.Reply | None) -> int:

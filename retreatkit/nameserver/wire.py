@@ -289,6 +289,7 @@ def truncated(answer: bytes, edns: bool, do: bool) -> bytes:
 
 def echo(data: bytes, query: Query, rcode: int = 0) -> bytes:
     """A header + question answer skeleton for a query (QR and RA set): REFUSED, or the
-    start of a truncated answer. No bigger than the query: nothing to amplify."""
-    flags = ((query.flags | FLAG_QR | FLAG_RA) & ~FLAG_AA & ~0x000F) | rcode
+    start of a truncated answer. No bigger than the query: nothing to amplify. Never AD:
+    it carries no data, so none was validated (RFC 4035 3.2.3; a client's AD asks for it)."""
+    flags = ((query.flags | FLAG_QR | FLAG_RA) & ~(FLAG_AA | FLAG_AD | 0x000F)) | rcode
     return HEADER.pack(query.id, flags, 1, 0, 0, 0) + data[12 : query.question_end]

@@ -5,8 +5,10 @@ answers, CNAME chains, wildcards, TTL 0)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -594,7 +596,9 @@ def test_a_client_that_never_reads_its_answers_cannot_fill_our_memory(
     upstream: Dnsmasq, tmp_path: Path
 ) -> None:
     """Queries pipelined over TCP whose answers the client never reads: we stop reading
-    them (before, every answer was buffered: one laptop took the server past 2 GB)."""
+    them (before, every answer was buffered: one laptop took the server past 2 GB); at
+    its deadline the connection is reset, its answers dropped (before, it was closed,
+    which waits for them to be sent: the socket and what it held stayed for good)."""
     config = tmp_path / "retreat.toml"
     many = ", ".join(f'"10.0.{i // 250}.{i % 250 + 1}"' for i in range(100))
     config.write_text(f'[nameserver.records]\n"many.retreat.lan" = [{many}]\n')
@@ -612,6 +616,10 @@ def test_a_client_that_never_reads_its_answers_cannot_fill_our_memory(
                     sent += hog.send(queries[sent : sent + 65536])
             assert sent < len(queries)  # it stopped taking queries
             assert len(short(ns.port, "+tcp", "many.retreat.lan")) == 100  # others: fine
+            ended = select.poll()
+            ended.register(hog, 0)  # only an error or a hang-up: a reset, within 30 s
+            assert ended.poll(30_000), "the connection was never reset"
+            assert hog.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
     finally:
         ns.stop()
 

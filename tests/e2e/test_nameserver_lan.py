@@ -59,6 +59,7 @@ def test_outside_the_lan_gets_refused_over_tcp_as_over_udp(lan: tuple[TwoHosts, 
         out = dig(hosts, hosts.client_outside, transport, "wiki.retreat.lan")
         assert "status: REFUSED" in out, out  # not a reset: the client knows it was us
         assert "ANSWER: 0" in out and "10.53.0.9" not in out
+        assert ";; flags: qr rd ra; QUERY: 1" in out, out  # dig asks with AD: never echoed
 
 
 # the server's addresses: two in the LAN's network, one in another network, two IPv6

@@ -80,6 +80,28 @@ def test_an_upstream_going_silent_and_coming_back_is_a_line_per_change(
     ]  # one line per change, not one per failed query
 
 
+def test_names_whose_servers_are_silent_leave_the_upstream_up() -> None:
+    """Three names in a zone whose own servers never answer, asked at once, while the
+    upstream answers everything else (a check question among them): up it stays, no
+    line (before: down, and every other name SERVFAIL for 30 s)."""
+    upstream = ZoneUpstream(ZONE, silent_under="dead.example.test")
+    ns = start_nameserver("--upstream", upstream.address)
+    where = f"upstream {upstream.address}"
+    try:
+        assert answer(ns.port, "a.example.test") == "198.51.100.7"
+        asking = [dig(ns.port, f"{n}.dead.example.test") for n in range(3)]
+        for client in asking:
+            client.communicate(timeout=30)  # SERVFAIL, from us
+        assert answer(ns.port, "b.example.test") == "198.51.100.7"
+        ns.process.popen.terminate()
+        _, seen = ns.process.finish()
+        assert [line for line in seen if f"{where} is" in line][-1].endswith(f"INFO {where} is up")
+        assert len([line for line in seen if f"{where} is" in line]) == 1  # no other state
+    finally:
+        ns.stop()
+        upstream.stop()
+
+
 def test_admin_actions_over_http_are_a_line_each(
     served: tuple[NameserverProcess, ZoneUpstream],
 ) -> None:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dns.flags
 import dns.message
 import dns.rcode
 import dns.rrset
+import pytest
 
-from retreatkit.nameserver import fill, wire
+from retreatkit.nameserver import fill, server, wire
 from retreatkit.nameserver import reply as replies
-from retreatkit.nameserver.cache import Cache
-from retreatkit.nameserver.fakes import Zone, make_query
+from retreatkit.nameserver.cache import ENTRY_COST, Cache, cost
+from retreatkit.nameserver.fakes import UDPClient, Zone, make_query, resolver
 from retreatkit.nameserver.upstream import Answer, Upstream
 
 ZONE = Zone(
@@ -114,7 +119,7 @@ def test_big_answers_are_bounded_in_bytes_not_only_in_number() -> None:
     answers reach max_bytes, however few they are."""
     _, entry, _, _ = store("www.test")
     big = wire.Template(bytearray(65535), (), 12)  # a whole TCP answer's worth
-    size = 65535 + 1  # and its one-byte key
+    size = 65535 + 1 + ENTRY_COST  # its one-byte key, and what the entry holds beside them
     cache = Cache(max_bytes=3 * size + 1000)
     for key in (b"a", b"b", b"c", b"d"):
         cache.put(key, big, 60, 0.0, 0)
@@ -123,3 +128,83 @@ def test_big_answers_are_bounded_in_bytes_not_only_in_number() -> None:
     assert len(cache) == 4
     cache.flush("www.test")
     assert cache.expire(100000.0) == 4 and cache.bytes == 0
+
+
+TXT = " ".join('"' + "y" * 240 + '"' for _ in range(4))
+FLOOD = Zone(
+    "$TTL 3600\n@ SOA ns.test. h.test. 1 3600 600 86400 60\n"
+    f"*.txt TXT {TXT}\n"  # 1 KB answers: a flood's
+    + "".join(f"*.many A 198.51.100.{i}\n" for i in range(1, 21))  # 20 records each
+    + "*.chain CNAME edge.test.\nedge A 198.51.100.1\n"  # a CNAME target to check again
+)
+
+
+@contextmanager
+def traced() -> Iterator[None]:
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    try:
+        yield
+    finally:
+        if started:
+            tracemalloc.stop()
+
+
+def held(drop: object) -> int:
+    """The bytes tracemalloc sees go when `drop()` lets go of what it holds."""
+    gc.collect()
+    before = tracemalloc.get_traced_memory()[0]
+    drop()  # type: ignore[operator]
+    gc.collect()
+    return before - tracemalloc.get_traced_memory()[0]
+
+
+def test_what_the_cache_counts_is_what_it_holds() -> None:
+    """A flood of unique names: the bytes the cache counts against its cap are, within
+    10% below and 30% above, what tracemalloc sees it hold. Counting the answers' bytes
+    alone, 1 KB answers took 1.6 times the count and 20 records 5 times: the cap was
+    passed three times over. The margin: the dict's table is resized as it fills (its
+    share per entry varies by ~50 bytes), and an entry's TTLs below 256 are shared ints."""
+    for suffix, rdtype in (("txt", "TXT"), ("many", "A"), ("chain", "A")):
+        data = make_query(f"n0000.{suffix}.test", rdtype).to_wire()
+        query = wire.parse(data)
+        assert query is not None
+        raw = FLOOD.answer(dns.message.from_wire(wire.upstream_query(7, query.key))).to_wire()
+        names = [b"\x05n%04d" % i for i in range(1000)]  # the same answer for each name
+        asked = [(data.replace(b"\x05n0000", n), raw.replace(b"\x05n0000", n)) for n in names]
+        cache = Cache()
+        with traced():
+            for data, raw in asked:
+                query = wire.parse(data)
+                assert query is not None
+                answer = Answer(raw, replies.digest(raw, query.key[:-1]), UP)
+                fill.forwarded(cache, query, data, answer, False, 100.0, 3)
+            counted = cache.bytes
+            holds = held(cache.clear)
+        assert 0.9 <= counted / holds <= 1.3, (suffix, counted, holds)
+
+
+async def test_the_exact_answers_are_bounded_by_what_they_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The UDP server's answers by exact query bytes: bounded in bytes, counted as the
+    cache counts (each row also keeps its cache entry alive); before, 65,536 rows of
+    any size, uncounted: 80 MB of 1 KB answers beside the cache's cap."""
+    monkeypatch.setattr(server, "EXACT_BYTES", 256 * 1024)
+    r, _, _ = resolver({("192.0.2.53", 53): FLOOD.answer})
+    lan = UDPClient(r)
+    most = 0
+    with traced():
+        for i in range(300):
+            for client in ("10.0.0.5", "10.0.0.6"):  # a miss, then a hit: a row
+                lan.send(make_query(f"n{i}.txt.test", "TXT"), client)
+                await lan.settle()
+            lan.transport.sent.clear()
+            most = max(most, lan.server.exact_bytes)
+        exact = lan.server.exact
+        assert exact
+        own = sum(row.cost - cost(row.entry) for row in exact.values())  # and the entry's
+        rows = held(exact.clear)
+    assert most <= 256 * 1024
+    assert 0.9 <= own / rows <= 1.3, (own, rows)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import dns.flags
+import dns.rcode
 import pytest
 
 from retreatkit.nameserver.fakes import UDPClient, Zone, resolver
@@ -42,6 +44,17 @@ async def test_over_the_rate_a_client_gets_truncated_answers() -> None:
     assert [bool(a.flags & 0x0200) for a in answers] == [False, False, True, True]
     assert answers[-1].edns == 0  # TC keeps the OPT
     assert r.stats.counts[7] == 2
+
+
+async def test_refused_and_rate_limited_answers_never_say_authenticated_data() -> None:
+    """dig sets AD in its queries: the answers that carry no data must not echo it."""
+    r, _, _ = resolver({UP: ZONE.answer})
+    lan = UDPClient(r, networks=["10.0.0.0/8"], rate=1)
+    ad = dns.flags.RD | dns.flags.AD
+    refused = await lan.ask("www.test", client="203.0.113.5", flags=ad)
+    assert refused.rcode() == dns.rcode.REFUSED and refused.flags & dns.flags.AD == 0
+    answers = [await lan.ask("www.test", flags=ad, want_dnssec=True) for _ in range(2)]
+    assert answers[1].flags & dns.flags.TC and answers[1].flags & dns.flags.AD == 0
 
 
 async def test_a_flood_is_a_line_per_address_then_again_only_after_a_while(

@@ -17,26 +17,51 @@ from retreatkit.nameserver.fakes import ManualClock, UDPClient, Zone, make_query
 from retreatkit.nameserver.gate import LAN, LOG_AGAIN, Gate
 from retreatkit.nameserver.local import parse_record
 from retreatkit.nameserver.stats import FORMERR, REFUSED
-from retreatkit.nameserver.tcp import MAX_OUTSIDERS, MAX_PENDING, Connections, Framer, TCPServer
+from retreatkit.nameserver.tcp import (
+    MAX_OUTSIDERS,
+    MAX_PENDING,
+    MAX_UNSENT,
+    Connections,
+    Framer,
+    TCPServer,
+)
 
 ZONE = Zone("$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nwww A 198.51.100.7\n")
 UP = ("192.0.2.53", 53)
 
 
 class Stream:
-    """A stream transport in memory."""
+    """A stream transport in memory, with asyncio's flow control: past the high-water
+    mark of bytes the client has not read, the protocol is told to pause writing."""
 
-    def __init__(self, ip: str) -> None:
+    def __init__(self, ip: str, protocol: TCPServer | None = None) -> None:
         self.ip = ip
+        self.protocol = protocol  # told of its writes' flow control when set
         self.written = b""
         self.closed = False
         self.aborted = False
+        self.high = 65536
+        self.unread = 0  # bytes written that the client has not read
+        self.most_unread = 0
 
     def get_extra_info(self, name: str) -> object:
         return (self.ip, 40000) if name == "peername" else None
 
+    def set_write_buffer_limits(self, high: int) -> None:
+        self.high = high
+
     def write(self, data: bytes) -> None:
         self.written += data
+        self.unread += len(data)
+        self.most_unread = max(self.most_unread, self.unread)
+        if self.protocol is not None and self.unread > self.high and not self.protocol.blocked:
+            self.protocol.pause_writing()
+
+    def read(self) -> None:
+        """The client reads what waits for it."""
+        self.unread = 0
+        if self.protocol is not None and self.protocol.blocked:
+            self.protocol.resume_writing()
 
     def close(self) -> None:
         self.closed = True
@@ -128,14 +153,15 @@ async def test_outside_the_lan_one_refused_then_closed_and_never_the_lans_room()
 
     outsider, stream = connect("203.0.113.9")
     assert not stream.aborted and not conns.open  # held apart from the LAN's connections
-    two = framed("www.test") + framed("www.test")
+    asked = make_query("www.test", flags=dns.flags.RD | dns.flags.AD).to_wire()  # as dig asks
+    two = (struct.pack(">H", len(asked)) + asked) * 2
     outsider.data_received(two[:3])
     assert stream.written == b"" and not stream.closed  # no whole query yet
     outsider.data_received(two[3:])  # two pipelined: one answer, then the door closes
     (length,) = struct.unpack_from(">H", stream.written)
     answer = dns.message.from_wire(stream.written[2 : 2 + length])
     assert len(stream.written) == 2 + length and stream.closed
-    assert answer.rcode() == dns.rcode.REFUSED
+    assert answer.rcode() == dns.rcode.REFUSED and answer.flags & dns.flags.AD == 0
     assert answer.question == make_query("www.test").question
     assert transport.asked() == 0 and r.stats.counts[REFUSED] == 1
     assert not conns.outsiders and not conns.by_address
@@ -178,7 +204,8 @@ async def test_a_full_server_is_one_line_per_address_and_one_for_the_cap(
 
 async def test_queries_wait_while_their_answers_wait_on_the_client() -> None:
     """However many queries one read brings, MAX_PENDING are worked on; while the client
-    reads no answers (asyncio's pause_writing), no more are taken, and reading stays off."""
+    reads no answers (asyncio's pause_writing), no more are taken, those taken are not
+    answered but wait again, and reading stays off."""
     r, _, _ = resolver({UP: ZONE.answer}, records=[parse_record("wiki.retreat.lan=10.0.0.9")])
     server, stream = (
         TCPServer(r, Gate(list(LAN), 0), Connections(ManualClock(0.0))),
@@ -190,7 +217,7 @@ async def test_queries_wait_while_their_answers_wait_on_the_client() -> None:
     server.pause_writing()
     await asyncio.gather(*server.tasks)
     answered = stream.written.count(b"\x04wiki")
-    assert (answered, server.pending, stream.paused) == (MAX_PENDING, 0, True)
+    assert (answered, server.pending, len(server.again), stream.paused) == (0, 0, MAX_PENDING, True)
     server.resume_writing()  # the client reads again: the next queries are taken
     assert server.pending == MAX_PENDING
     while server.pending:
@@ -267,4 +294,42 @@ async def test_empty_messages_are_malformed_and_buy_no_time() -> None:
     assert stream.written == answered and r.stats.counts[FORMERR] == 24
     clock.advance(1.0)
     assert conns.sweep(clock()) == 1  # 10 s after its query was answered
-    assert stream.closed and not conns.open
+    assert stream.aborted and not conns.open
+
+
+async def test_a_client_that_reads_no_answers_holds_one_answer_past_the_limit() -> None:
+    """Pipelined queries for 60 KB answers, never read: the answers being worked on when
+    the client's unread bytes pass MAX_UNSENT are not written, their queries wait; at its
+    deadline the connection is aborted, never closed (closing waits to send what nobody
+    reads). A client that reads gets every answer."""
+
+    def big(query: dns.message.Message) -> dns.message.Message:  # 60 KB
+        reply = dns.message.make_response(query)
+        texts = [f'"{i:05d}{"x" * 250}"' for i in range(224)]
+        reply.answer.append(
+            dns.rrset.from_text_list(query.question[0].name, 60, "IN", "TXT", texts)
+        )
+        return reply
+
+    r, _, _ = resolver({UP: big})
+    clock = ManualClock(0.0)
+    conns = Connections(clock, idle=10.0)
+    gate = Gate(list(LAN), 0)
+    query = make_query("big.test", "TXT").to_wire()
+    for reads in (False, True):
+        server = TCPServer(r, gate, conns)
+        stream = Stream("10.0.0.1", server)
+        server.connection_made(stream)  # type: ignore[arg-type]
+        server.data_received((struct.pack(">H", len(query)) + query) * 64)
+        while server.pending:
+            await asyncio.gather(*server.tasks)
+            if reads:
+                stream.read()  # then the queries that waited are taken
+        assert stream.most_unread <= MAX_UNSENT + 2 + 65535  # before: 32 answers, 2 MB
+        if reads:
+            assert stream.written.count(b"\x03big\x04test\x00") == 64 and not stream.aborted
+            continue
+        assert stream.paused and stream.written.count(b"\x03big\x04test\x00") < 3
+        clock.advance(10)
+        assert conns.sweep(clock()) == 1 and stream.aborted and not stream.closed
+        assert not conns.open

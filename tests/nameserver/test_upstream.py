@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import dns.message
+import dns.name
 import dns.rcode
+import dns.rdatatype
 import pytest
 
 from retreatkit.nameserver import wire
@@ -51,8 +53,10 @@ async def test_three_failures_mark_it_down_then_one_probe_when_due() -> None:
     hold = Hold(ZONE.answer(make_query("www.test")))
     transport.scripts[A] = lambda q: hold
     probe = asyncio.ensure_future(group.ask(key()))
-    await asyncio.sleep(0)
-    assert up.probing and transport.asked() == 4
+    async with asyncio.timeout(10):
+        while transport.asked() != 4:
+            await asyncio.sleep(0)
+    assert up.probing
     with pytest.raises(UpstreamFailed, match="every upstream is down"):
         await group.ask(key())  # one probe at a time: the others fail at once
     assert transport.asked() == 4
@@ -151,3 +155,89 @@ async def test_a_looping_upstream_is_never_asked() -> None:
     ):
         await group.ask(key())
     assert transport.asked(A) == 0
+
+
+def dead_zone(hold: Hold) -> object:
+    """An upstream that answers, but not for names under dead.test: their servers are
+    silent (each such query is held, then times out)."""
+
+    def script(query: dns.message.Message) -> dns.message.Message | Hold:
+        if query.question[0].name.is_subdomain(dns.name.from_text("dead.test")):
+            return hold
+        return ZONE.answer(query)
+
+    return script
+
+
+async def three_at_once(group: UpstreamSet, transport: FakeTransport, clock: ManualClock) -> None:
+    """Three names under dead.test asked at once: a whole attempt's time passes (a check
+    question goes out, and is answered or not), then their patience, unanswered."""
+    group.timeout = 0.01  # an attempt's time, in the loop's clock
+    asking = [asyncio.ensure_future(group.ask(key(f"{n}.dead.test"))) for n in range(3)]
+    async with asyncio.timeout(10):
+        while transport.asked() < 3:
+            await asyncio.sleep(0)
+    clock.advance(1.5)
+    for _ in range(500):  # until the check question is out (before: none, ever)
+        if transport.asked() == 4:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # its answer, if any, taken
+    clock.advance(2.5)
+    for script in transport.scripts.values():
+        hold = script(make_query("x.dead.test"))
+        assert isinstance(hold, Hold)
+        hold.released.set()
+    failed = await asyncio.gather(*asking, return_exceptions=True)
+    assert all(isinstance(f, UpstreamFailed) for f in failed)
+
+
+async def test_names_whose_servers_are_silent_never_take_a_working_upstream_down() -> None:
+    """Three names in a dead zone asked at once, nothing else asked meanwhile: before,
+    they timed out back to back, three failures in a row, and the upstream was down
+    (SERVFAIL for every uncached name of the LAN, 30 s). Unanswered for an attempt's
+    time, they had the upstream asked a check question (NS of the zone it serves, or of
+    the root), one for the three: it answered, so their timeouts count nothing."""
+    group, transport, clock = upstreams(dead_zone(Hold(SILENT)))
+    group.zone = "venue.example"
+    (up,) = group.servers
+    await three_at_once(group, transport, clock)
+    assert (up.state(), up.failures, up.last_error, group.plan(clock())) == (
+        "up",
+        0,
+        "no answer in time",
+        [up],
+    )
+    check = transport.sent[3][1].question[0]
+    assert (transport.asked(), check.name.to_text(), check.rdtype) == (
+        4,
+        "venue.example.",
+        dns.rdatatype.NS,
+    )
+    assert (await group.ask(key())).upstream is up
+
+
+async def test_no_answer_counts_nothing_if_the_upstream_answered_since() -> None:
+    """A dead zone's questions, sent before another question the upstream answered
+    (sooner than an attempt's time: no check question): it is there, nothing counted."""
+    hold = Hold(SILENT)
+    group, transport, clock = upstreams(dead_zone(hold))
+    (up,) = group.servers
+    asking = [asyncio.ensure_future(group.ask(key(f"{n}.dead.test"))) for n in range(5)]
+    await asyncio.sleep(0)
+    clock.advance(1)
+    await group.ask(key())  # answered, while the others wait
+    clock.advance(3)
+    hold.released.set()
+    await asyncio.gather(*asking, return_exceptions=True)
+    assert (up.state(), up.failures, up.errors, transport.asked()) == ("up", 0, 5, 6)
+
+
+async def test_an_upstream_silent_to_the_check_too_is_down() -> None:
+    hold = Hold(SILENT)
+    group, transport, clock = upstreams(lambda q: hold)
+    (up,) = group.servers
+    await three_at_once(group, transport, clock)
+    check = transport.sent[3][1].question[0]
+    assert (check.name.to_text(), check.rdtype) == (".", dns.rdatatype.NS)
+    assert (up.state(), up.failures, up.down_until) == ("down", 3, clock() + RETRY_AFTER)
