@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from retreatkit.config import host_port_text
 from retreatkit.nameserver import status, wildcard
+from retreatkit.nameserver.cache import max_bytes_for
 from retreatkit.nameserver.gate import LAN, Gate
 from retreatkit.nameserver.lists import Sources
 from retreatkit.nameserver.local import Record
@@ -91,6 +93,7 @@ class Nameserver:
             per_client=PER_CLIENT if settings.rate_limit else 0,
         )
         self.resolver.cache.stale_for = settings.stale_for
+        self.resolver.cache.max_bytes = max_bytes_for(physical_memory())
         self.gate = Gate(settings.networks, settings.rate_limit, clock)
         self.connections = Connections(clock, settings.tcp_idle)
         self.sources = Sources(settings.blocklists, settings.mirror)
@@ -211,6 +214,14 @@ class Nameserver:
         from retreatkit.nameserver import admin
 
         return admin.routes(self)
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (a VM guest's own), or None where it cannot say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
 
 
 def give_back_memory() -> None:

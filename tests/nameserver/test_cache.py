@@ -16,7 +16,7 @@ import pytest
 
 from retreatkit.nameserver import fill, server, wire
 from retreatkit.nameserver import reply as replies
-from retreatkit.nameserver.cache import ENTRY_COST, Cache, cost
+from retreatkit.nameserver.cache import ENTRY_COST, MAX_BYTES, Cache, cost, max_bytes_for
 from retreatkit.nameserver.fakes import UDPClient, Zone, make_query, resolver
 from retreatkit.nameserver.upstream import Answer, Upstream
 
@@ -208,3 +208,24 @@ async def test_the_exact_answers_are_bounded_by_what_they_hold(
         rows = held(exact.clear)
     assert most <= 256 * 1024
     assert 0.9 <= own / rows <= 1.3, (own, rows)
+
+
+def test_the_cache_takes_at_most_a_quarter_of_a_small_machine() -> None:
+    """A nameserver guest of 128 MB held a cache bounded at 128 MB: it would never fit."""
+    mb = 1024 * 1024
+    assert max_bytes_for(128 * mb) == 32 * mb
+    assert max_bytes_for(56 * mb) == 14 * mb
+    assert max_bytes_for(16 * 1024 * mb) == MAX_BYTES  # a laptop: the bound as before
+    assert max_bytes_for(None) == MAX_BYTES
+
+
+def test_a_nameserver_bounds_its_cache_by_the_machine_it_runs_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from retreatkit.nameserver import service
+    from retreatkit.nameserver.fakes import FakeTransport, ManualClock
+
+    monkeypatch.setattr(service, "physical_memory", lambda: 128 * 1024 * 1024)
+    settings = service.Settings(listen=("127.0.0.1", 0), upstreams=[("192.0.2.53", 53)])
+    ns = service.Nameserver(settings, clock=ManualClock(), transport=FakeTransport({}))
+    assert ns.resolver.cache.max_bytes == 32 * 1024 * 1024
