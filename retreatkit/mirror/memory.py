@@ -63,6 +63,10 @@ class LRU(Generic[K]):
         if item is not None:
             self.size -= item[0]
 
+    def clear(self) -> None:
+        self._items.clear()
+        self.size = 0
+
     def __len__(self) -> int:
         return len(self._items)
 

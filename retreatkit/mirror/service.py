@@ -5,7 +5,9 @@ from. An index is served from the store while fresh, then revalidated (once, how
 many ask, as a task of its own); when the upstream fails, or is slow to, it is served
 stale, and while the upstream is down it is served stale at once, the probe going on
 without the request, and the ecosystem's pages list only what the store holds. A file
-is served only once verified; a missing one is fetched once and streamed to everyone who asks.
+is served only once verified, and only while it is the file the index read last names (an
+upstream may rebuild a file under the same name); a missing one is fetched once and
+streamed to everyone who asks.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from retreatkit.mirror.fill import Fill
 from retreatkit.mirror.health import Health, origin
 from retreatkit.mirror.memory import SMALL, HotCache, Page, Renders, Sending
 from retreatkit.mirror.once import Once
-from retreatkit.mirror.records import Blob, Object, Processed, Source
+from retreatkit.mirror.records import Blob, Object, Processed, Source, agrees
 from retreatkit.mirror.resolver import Sessions
 from retreatkit.mirror.stats import Stats
 from retreatkit.mirror.store import Store
@@ -130,6 +132,8 @@ class Mirror:
         self._rendering: Once[tuple[str, ...], Page] = Once(self.spawn)
         # pages that failed with nothing held, as logged: a few hundred lines a while at most
         self.failing = lognews.News(most=256)
+        self._replaced = lognews.News(most=256)  # files held that a newer index contradicts
+        self._hot_sources = 0  # the store's sources_changed the files in `hot` were checked at
         self._check: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._evicting: asyncio.Task[None] | None = None
@@ -413,18 +417,26 @@ class Mirror:
     # -- files ----------------------------------------------------------------------
 
     async def blob(self, name: str) -> Blob | None:
-        """The verified file the store holds under `name`, if any."""
+        """The verified file the store holds under `name`, if any, and if it is the file
+        the index read last names: one an upstream rebuilt under the same name since is
+        not held, and is fetched again (its clients would refuse the old one)."""
+        store = self.store
+        checked_at = store.sources_changed
+        if checked_at != self._hot_sources:  # an index changed a promise: check again
+            self.hot.clear()
+            self._hot_sources = checked_at
         hot = self.hot.get(name)
         if hot is not None:  # the hot path: no disk, no SQLite
-            self.store.accessed[hot.obj.digest] = time.time()
+            store.accessed[hot.obj.digest] = time.time()
             return hot
-        store = self.store
         obj = store.get(name)
         if obj is None:
             return None
         store.accessed[obj.digest] = time.time()
         if obj.digest not in store.verified and not await self.offload(store.verify, obj.digest):
             return None  # it rotted: dropped, and fetched again like any missing file
+        if not await self._as_promised(obj):
+            return None
         path = store.blob_path(obj.digest)
         if obj.size > SMALL:
             # a stat, not a hash: a file changed since it was checked is re-hashed first
@@ -439,8 +451,33 @@ class Mirror:
         if body is None:
             return None
         found = Blob(obj, path, body)
-        self.hot.put(name, found)
+        if store.sources_changed == checked_at:  # else checked against a promise now old
+            self.hot.put(name, found)
         return found
+
+    async def _as_promised(self, obj: Object) -> bool:
+        """Whether a blob held is the file its index (the one read last) names: by its
+        sha256, else by the hashes it was checked against, else hashed for them now."""
+        store = self.store
+        source = store.source(obj.key)
+        if source is None:  # no index names it (the organiser's own files)
+            return True
+        verdict = agrees(source.hashes, {"sha256": obj.digest})
+        if verdict is None:
+            verdict = agrees(source.hashes, store.hashes_of(obj.digest))
+        if verdict is None:
+            found = await self.offload(store.hash_blob, obj.digest, tuple(source.hashes))
+            if found is None:
+                return False  # gone or rotted: fetched again like any missing file
+            with contextlib.suppress(LocalError):
+                await store.run(lambda: store.note_hashes(obj.digest, found))
+            verdict = agrees(source.hashes, found)
+        if not verdict and self._replaced.news(f"{obj.key} {obj.digest}", self.fetcher.clock()):
+            log.warning(
+                "%s changed upstream: the copy held is not the one its index now names;"
+                " fetching it again", source.file,
+            )  # fmt: skip
+        return bool(verdict)
 
     def source(self, name: str) -> Source:
         source = self.store.source(name)
@@ -471,7 +508,14 @@ class Mirror:
         down = self.health.is_down(origin(source.url))
         fill = self.fetcher.fill(source, self._publish)
         if down and not fill.headers.is_set():
-            raise self.fetcher.down(source.url)
+            error = self.fetcher.down(source.url)
+            if self.store.get(source.name) is not None:
+                # held, but not what its index now names (blob): said, not served
+                error = UpstreamDown(
+                    f"{source.file} changed upstream and the mirror holds only its old copy;"
+                    f" {error}"
+                )
+            raise error
         return fill
 
     async def _publish(self, fill: Fill) -> None:
@@ -481,7 +525,7 @@ class Mirror:
         objs = [Object(key, digest, fill.written, fill.content_type, now) for key in source.keys]
         self.generation[source.package] += 1
         try:
-            await self.store.run(lambda: self.store.put(*objs))
+            await self.store.run(lambda: self.store.put(*objs, hashes=source.hashes))
         except LocalError as exc:  # the bytes are good: its readers get them all the same
             log.warning("cannot index %s: %s", fill.name, exc)
         self.evict_if_over()

@@ -21,7 +21,7 @@ import pytest
 
 from retreatkit.mirror.testing import Netns
 from retreatkit.mirror.testrepos import AptClient, Signer, arch, make_deb, write_apt
-from tests.e2e.mirror_attendee import attendee, attendee_apt, mirrored
+from tests.e2e.mirror_attendee import attendee, attendee_apt, fetched, mirrored
 
 pytestmark = [
     pytest.mark.e2e,
@@ -168,3 +168,54 @@ def test_apt_shows_the_whole_line_of_a_deb_with_bad_bytes_and_when_the_mirror_as
         again = apt.run("install", "-y", "libretreatkit-hello-common", argv=lan.argv([]))
         retry = rf"{re.escape(said)}; next try in \d+ s \[IP: "
         assert re.search(retry, again.stderr), again.stderr
+
+
+def test_a_deb_rebuilt_upstream_under_its_name_is_fetched_again_and_offline_refused(
+    tmp_path: Path, lan: Netns, signer: Signer
+) -> None:
+    """An archive rebuilds a .deb under the same file name and indexes it again. The
+    copy held is not the file the new Packages names (apt: `File has unexpected size
+    ... Mirror sync in progress?`, for good, once the mirror served it): it is fetched
+    again, and with the uplink gone it is refused in words, never served."""
+    build = tmp_path / "build"
+    made = {"hello-rk_1.0_all.deb": make_deb(build / "1", "hello-rk", "1.0")}
+    root = tmp_path / "upstream"
+    dists = root / "debian" / "dists" / SUITE
+
+    def rebuild(pad: int) -> bytes:
+        """The same name, other bytes, a new Release pushed an hour after the last."""
+        made["hello-rk_1.0_all.deb"] = make_deb(build / str(pad), "hello-rk", "1.0", pad=pad)
+        published = (dists / "InRelease").stat().st_mtime + 3600
+        shutil.rmtree(dists)
+        write_apt(root / "debian", SUITE, made, signer)
+        for name in ("InRelease", "Release", "Release.gpg"):
+            os.utime(dists / name, (published, published))
+        return made["hello-rk_1.0_all.deb"]
+
+    write_apt(root / "debian", SUITE, made, signer)
+    pool = "/debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"
+    with mirrored(tmp_path, root, lan, ttl=0) as (upstream, mirror, _admin):
+        first = attendee_apt(tmp_path / "apt-1", mirror, signer)
+        for command in (["update"], ["download", "hello-rk"]):
+            assert first.run(*command, argv=lan.argv([])).returncode == 0
+        rebuilt = rebuild(pad=100)
+        second = attendee_apt(tmp_path / "apt-2", mirror, signer)
+        for command in (["update"], ["download", "hello-rk"]):
+            done = second.run(*command, argv=lan.argv([]))
+            assert done.returncode == 0, (done.stdout, done.stderr)
+            assert "W:" not in done.stderr and "E:" not in done.stderr, done.stderr
+        assert (second.state / "download" / "hello-rk_1.0_all.deb").read_bytes() == rebuilt
+        assert fetched(upstream.url)[pool] == 2
+        rebuild(pad=200)
+        third = attendee_apt(tmp_path / "apt-3", mirror, signer)
+        assert third.run("update", argv=lan.argv([])).returncode == 0
+        upstream.stop()
+        tries = [third.run("download", "hello-rk", argv=lan.argv([])) for _ in range(2)]
+        assert [t.returncode for t in tries] == [100, 100], [t.stderr for t in tries]
+        assert not (third.state / "download" / "hello-rk_1.0_all.deb").exists()
+        said = (
+            f"E: Failed to fetch {mirror.url}debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"
+            "  504  hello-rk_1.0_all.deb changed upstream and the mirror holds only its old"
+            f" copy; upstream {upstream.url.split('/')[2]} is down ("
+        )
+        assert said in tries[1].stderr, tries[1].stderr
