@@ -286,6 +286,8 @@ class Suites:
             count = await self.mirror.offload(read)
         except (apt.AptError, LocalError, OSError) as exc:
             log.warning("cannot read %s of %s/%s: %s", f.path, origin, suite, exc)
+            if isinstance(exc, apt.AptError):  # the same bytes never read better: said once
+                self._parsed.add(obj.digest)
             return
         self._parsed.add(obj.digest)
         files = f"{count} file" + ("" if count == 1 else "s")
@@ -294,15 +296,23 @@ class Suites:
     async def catch_up(self, origin: str) -> None:
         """Read every Packages and Sources file of this origin's current sets the store
         holds and this process has not read yet; joins a reading under way, then looks
-        again."""
+        again, each file once (one that fails to be read is not tried again at once)."""
+        tried: set[str] = set()
         while True:
             running = self._catching_up.get(origin)
-            if running is not None:
+            # one that ended but whose owner has not yet run on takes no waiting: awaited,
+            # a done task returns at once, and this loop would never let the owner run
+            if running is not None and not running.done():
                 await asyncio.shield(running)
                 continue
-            todo = await self._unread(origin)
+            todo = [
+                (o, suite, f)
+                for o, suite, f in await self._unread(origin)
+                if apt.index_key(o, *f.strongest) not in tried
+            ]
             if not todo:
                 return
+            tried.update(apt.index_key(o, *f.strongest) for o, _, f in todo)
             task = asyncio.ensure_future(self._read_all(todo))
             self._catching_up[origin] = task
             try:

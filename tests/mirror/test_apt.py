@@ -454,6 +454,32 @@ def test_a_sources_index_names_each_file_under_its_directory() -> None:
     assert found[0].hashes == {"sha256": "a" * 64}
 
 
+async def test_a_packages_file_that_cannot_be_read_is_tried_once(archive: Archive) -> None:
+    """A Packages.xz its Release lists, with the right hash, that does not decompress: a
+    request for a pool file no index names reads it once and answers 404. It was read
+    again and again for as long as the mirror ran, and a request that joined that
+    reading as it ended spun the event loop, the whole mirror stopped."""
+    dists = archive.root / "debian" / "dists" / "stable"
+    broken = b"not xz at all"
+    old = (dists / PACKAGES).read_bytes()
+    (dists / PACKAGES).write_bytes(broken)
+    by_hash = (dists / PACKAGES).parent / "by-hash" / "SHA256"
+    (by_hash / hashlib.sha256(broken).hexdigest()).write_bytes(broken)
+    release = (dists / "Release").read_text()
+    for algo in ("md5", "sha256"):
+        was = f" {hashlib.new(algo, old).hexdigest()} {len(old):>8} {PACKAGES}"
+        now = f" {hashlib.new(algo, broken).hexdigest()} {len(broken):>8} {PACKAGES}"
+        release = release.replace(was, now)
+    (dists / "Release").write_text(release)
+    assert (await archive.get("/debian/dists/stable/Release"))[0] == 200
+    assert (await archive.get(f"/debian/dists/stable/{PACKAGES}"))[:2] == (200, broken)
+    for _ in range(2):  # the first joins the reading the index's request started
+        status, body, _ = await archive.get("/debian/pool/main/n/no-rk/no-rk_1.0_all.deb")
+        assert status == 404, body
+    deb = "/debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"  # in no index it could read
+    assert (await archive.get(deb))[0] == 404
+
+
 async def test_a_suite_slower_than_apt_waits_is_named_by_its_release(archive: Archive) -> None:
     """apt reads the words of a 504: they name the file that was slow, not the origin."""
     archive.mirror.settings.limits.index_timeout = 0.1
