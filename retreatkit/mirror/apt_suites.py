@@ -110,6 +110,14 @@ class Suites:
             return None
         found = ReleaseSet(release, objs, main.fetched)
         self._keep((origin, suite), found)
+        # its index files' sources, said again: a Packages read by an older mirror could
+        # name a .deb after one of them, and so replace where and what it is fetched as
+        base = self.base(origin)
+        sources = [
+            apt.index_source(origin, base, suite, release, f) for f in release.files.values()
+        ]
+        with contextlib.suppress(LocalError):
+            await store.run(lambda: store.add_sources(sources))
         return found
 
     def _keep(self, key: tuple[str, str], found: ReleaseSet) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import html
 import shutil
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from retreatkit.mirror import apt, apt_http, fakeupstream
 from retreatkit.mirror.apt_suites import ReleaseSet
 from retreatkit.mirror.fakeupstream import Upstream
 from retreatkit.mirror.fetch import Limits
+from retreatkit.mirror.records import Object, Source
 from retreatkit.mirror.service import Mirror
 from retreatkit.mirror.status import section
 from retreatkit.mirror.testing import Clock, mirror_client, settings
@@ -478,6 +480,77 @@ async def test_a_packages_file_that_cannot_be_read_is_tried_once(archive: Archiv
         assert status == 404, body
     deb = "/debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"  # in no index it could read
     assert (await archive.get(deb))[0] == 404
+
+
+def test_no_pool_file_is_named_as_the_stores_indexes_are() -> None:
+    """The store keeps an origin's release files as `dists/...` and its index files as
+    `by-hash/ALGO/HEX` under the origin, and pool files by their path: a Packages or
+    Sources naming a file there would replace an index for every client."""
+    sha = "a" * 64
+    entries = ["pool/main/h/hello/hello_1.0_all.deb", f"by-hash/sha256/{sha}",
+               "dists/stable/InRelease", "pool/main/by-hash/x_1.0_all.deb"]  # fmt: skip
+    text = "".join(
+        f"Package: p{i}\nFilename: {path}\nSize: 10\nSHA256: {sha}\n\n"
+        for i, path in enumerate(entries)
+    )
+    found = apt.listed("debian", "http://d.test/debian", PACKAGES, text)
+    assert [s.name for s in found] == [
+        "apt/debian/pool/main/h/hello/hello_1.0_all.deb",
+        "apt/debian/pool/main/by-hash/x_1.0_all.deb",
+    ]
+    sources = "".join(
+        f"Package: s{i}\nDirectory: {folder}\nChecksums-Sha256:\n {sha} 10 {file}\n\n"
+        for i, (folder, file) in enumerate(
+            [("pool/main/s/s0", "s0_1.0.dsc"), ("by-hash/sha256", sha), ("dists/stable", "Release")]
+        )
+    )
+    found = apt.listed("debian", "http://d.test/debian", "main/source/Sources.xz", sources)
+    assert [s.name for s in found] == ["apt/debian/pool/main/s/s0/s0_1.0.dsc"]
+    assert apt.classify(f"by-hash/sha256/{sha}") is None
+    assert apt.classify("pool/main/by-hash/x_1.0_all.deb") == apt.Asked(
+        "pool", path="pool/main/by-hash/x_1.0_all.deb"
+    )
+
+
+async def test_an_index_a_packages_file_took_over_in_the_store_is_mended(
+    archive: Archive,
+) -> None:
+    """A store where an older mirror kept a .deb under an index's name, as a lying
+    Packages file made it: the index's source is said again when its Release is read
+    from the store, and the file held is not the one it names, so it is fetched again.
+    Meanwhile that index does not decompress: it is read once, not in a loop."""
+    await archive.get("/debian/dists/stable/Release")
+    path = f"/debian/dists/stable/{PACKAGES}"
+    status, packages, _ = await archive.get(path)
+    assert status == 200
+    store, deb = archive.mirror.store, archive.debs["hello-rk_1.0_all.deb"]
+    key = apt.index_key("debian", "sha256", hashlib.sha256(packages).hexdigest())
+    evil = apt.pool_sources(
+        "debian",
+        archive.upstream.url + "debian",
+        f"Package: evil\nFilename: {key.removeprefix('apt/debian/')}\nSize: {len(deb)}\n"
+        f"SHA256: {hashlib.sha256(deb).hexdigest()}\n",
+    )
+    assert evil == []  # refused now; as an older mirror read it:
+    digest = hashlib.sha256(deb).hexdigest()
+    took = Source(key, archive.upstream.url + "x.deb", {"sha256": digest}, "apt", "evil", len(deb))
+
+    def take_over() -> None:
+        store.put_bytes(deb)
+        store.add_sources([took])
+        store.put(Object(key, digest, len(deb), "application/octet-stream", time.time()))
+
+    await store.run(take_over)
+    archive.mirror.hot.clear()
+    assert (await archive.get(path))[1] == deb  # what that store served every client
+    # a Packages that cannot be read is tried once, not again and again by each
+    # request for a pool file no index names
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        status, _, _ = await archive.get("/debian/pool/main/n/no-rk/no-rk_1.0_all.deb")
+    assert status == 404
+    archive.client.app[apt_http.SUITES_KEY]._sets.clear()  # the mirror started again
+    assert (await archive.get("/debian/dists/stable/Release"))[0] == 200
+    assert (await archive.get(path))[:2] == (200, packages)
 
 
 async def test_a_suite_slower_than_apt_waits_is_named_by_its_release(archive: Archive) -> None:
