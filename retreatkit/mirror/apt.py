@@ -164,6 +164,13 @@ def classify(path: str) -> Asked | None:
     return Asked("index", suite, rest)
 
 
+def unpacked_size(release: Release, f: IndexFile) -> int:
+    """An index file's size once decompressed, as its Release says (it lists `Packages`
+    beside `Packages.xz`), or else its own."""
+    plain = release.files.get(re.sub(r"\.(xz|gz|bz2)$", "", f.path))
+    return max(f.size, plain.size if plain is not None else 0)
+
+
 def by_hash_url(base: str, suite: str, f: IndexFile) -> str:
     folder = f.path.rsplit("/", 1)[0] if "/" in f.path else ""
     algo, digest = f.strongest

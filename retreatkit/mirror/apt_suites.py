@@ -30,6 +30,7 @@ log = logging.getLogger("retreatkit.mirror")
 MAX_SUITES = 256  # sets kept parsed in memory
 MAX_PACKAGES_FILES = 65536  # Packages and Sources files known by key, to read once fetched
 EXPIRY_WARNING = 2 * 86400.0  # warn this long before a Release's Valid-Until
+Unread = tuple[str, str, apt.Release, apt.IndexFile]  # origin, suite: a Packages file not read
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +243,7 @@ class Suites:
             log.info("apt %s/%s: %s fetched for the new release", origin, suite, source.name)
         for path, f in new.files.items():
             if apt.is_listing(path):
-                await self._read_packages(origin, suite, f)
+                await self._read_packages(origin, suite, new, f)
 
     async def _save(
         self, origin: str, suite: str, release: apt.Release, replies: dict[str, Reply]
@@ -277,7 +278,9 @@ class Suites:
 
     # -- Packages and Sources: the pool files they promise --------------------------------
 
-    async def _read_packages(self, origin: str, suite: str, f: apt.IndexFile) -> None:
+    async def _read_packages(
+        self, origin: str, suite: str, release: apt.Release, f: apt.IndexFile
+    ) -> None:
         store = self.mirror.store
         obj = store.get(apt.index_key(origin, *f.strongest))
         if obj is None or obj.digest in self._parsed:
@@ -291,7 +294,11 @@ class Suites:
             return len(sources)
 
         try:
-            count = await self.mirror.offload(read)
+            # read whole and parsed, a Packages file takes several times its size: held
+            # of max_pages_reading like a page, at its size unpacked where the Release says
+            async with self.mirror.working.lease() as lease:
+                await lease.hold(apt.unpacked_size(release, f))
+                count = await self.mirror.offload(read)
         except (apt.AptError, LocalError, OSError) as exc:
             log.warning("cannot read %s of %s/%s: %s", f.path, origin, suite, exc)
             if isinstance(exc, apt.AptError):  # the same bytes never read better: said once
@@ -314,13 +321,13 @@ class Suites:
                 await asyncio.shield(running)
                 continue
             todo = [
-                (o, suite, f)
-                for o, suite, f in await self._unread(origin)
+                (o, suite, release, f)
+                for o, suite, release, f in await self._unread(origin)
                 if apt.index_key(o, *f.strongest) not in tried
             ]
             if not todo:
                 return
-            tried.update(apt.index_key(o, *f.strongest) for o, _, f in todo)
+            tried.update(apt.index_key(o, *f.strongest) for o, _, _, f in todo)
             task = asyncio.ensure_future(self._read_all(todo))
             self._catching_up[origin] = task
             try:
@@ -338,23 +345,25 @@ class Suites:
         if held is not None and held.digest not in self._parsed:
             self.mirror.spawn(self.catch_up(origin))
 
-    async def _unread(self, origin: str) -> list[tuple[str, str, apt.IndexFile]]:
+    async def _unread(self, origin: str) -> list[Unread]:
         store = self.mirror.store
         suites = {k.split("/")[3] for k, _, _ in store.catalog(f"apt/{origin}/dists/")}
         todo = []
         for suite in sorted(suites):
             cur = self._sets.get((origin, suite)) or await self._from_store(origin, suite)
-            for path, f in cur.release.files.items() if cur is not None else ():
+            if cur is None:
+                continue
+            for path, f in cur.release.files.items():
                 if not apt.is_listing(path):
                     continue
                 obj = store.get(apt.index_key(origin, *f.strongest))
                 if obj is not None and obj.digest not in self._parsed:
-                    todo.append((origin, suite, f))
+                    todo.append((origin, suite, cur.release, f))
         return todo
 
-    async def _read_all(self, todo: list[tuple[str, str, apt.IndexFile]]) -> None:
-        for origin, suite, f in todo:
-            await self._read_packages(origin, suite, f)
+    async def _read_all(self, todo: list[Unread]) -> None:
+        for origin, suite, release, f in todo:
+            await self._read_packages(origin, suite, release, f)
 
     # -- for the organiser ----------------------------------------------------------------
 

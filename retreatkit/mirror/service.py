@@ -38,7 +38,7 @@ from retreatkit.mirror.errors import (
 from retreatkit.mirror.fetch import Fetcher, Limits
 from retreatkit.mirror.fill import Fill
 from retreatkit.mirror.health import Health, origin
-from retreatkit.mirror.memory import SMALL, HotCache, Page, Renders, Sending
+from retreatkit.mirror.memory import SMALL, HotCache, Lease, Page, Renders, Sending, Working
 from retreatkit.mirror.once import Once
 from retreatkit.mirror.records import Blob, Object, Processed, Source, agrees
 from retreatkit.mirror.resolver import Sessions
@@ -74,6 +74,9 @@ class Settings:
     # seconds a client may take none of an index page before it is cut: one that stops
     # reading holds the page's bytes against max_pages_sending (npm's reach 128 MB)
     page_stall: float = 60.0
+    # bytes of index pages being read from upstream and processed at once (parsed, a page
+    # takes several times its size): more wait for room; one larger than this goes alone
+    max_pages_reading: int = 64 * 1024 * 1024
     lists: list[str] = field(default_factory=list)  # other URLs to cache (blocklists)
     limits: Limits = field(default_factory=Limits)
     server: ServerLimits = field(default_factory=ServerLimits)
@@ -111,9 +114,10 @@ class Mirror:
         self.store = Store(settings.store, settings.keep_free)
         self.stats = Stats()
         self.health = Health()
+        self.working = Working(settings.max_pages_reading, self._waited)
         self.fetcher = Fetcher(
             self.store, session, settings.limits, self.stats, self.health,
-            make_room=self.make_room, store_limit=settings.max_size,
+            make_room=self.make_room, store_limit=settings.max_size, working=self.working,
         )  # fmt: skip
         self.hot = HotCache(settings.hot_bytes)
         self.renders = Renders(settings.page_bytes)
@@ -157,19 +161,32 @@ class Mirror:
         self.spawn(flush())
         self.evict_if_over()
 
-    async def render(self, key: tuple[str, ...], make: Callable[..., Page], *args: Any) -> Page:
+    async def render(
+        self, key: tuple[str, ...], make: Callable[..., Page], *args: Any, cost: int = 0
+    ) -> Page:
         """A page as clients get it, from `renders`, else made off the loop by `make(*args)`
-        once for everyone asking meanwhile (a whole opam index takes seconds to make)."""
+        once for everyone asking meanwhile (a whole opam index takes seconds to make).
+        `cost`: the bytes of the page it is made from, held of `max_pages_reading` while
+        it is made. One made while a page is held (its revalidation's answer) costs
+        nothing: held twice, it could wait for room it holds itself."""
         page = self.renders.get(key)
         if page is not None:
             return page
 
         async def work() -> Page:
-            made: Page = await self.offload(make, *args)
+            if not cost:  # nothing to hold (a page read back as it is): nothing to wait for
+                made: Page = await self.offload(make, *args)
+            else:
+                async with self.working.lease() as lease:
+                    await lease.hold(cost)
+                    made = await self.offload(make, *args)
             self.renders.put(key, made)
             return made
 
         return await asyncio.shield(self._rendering.start(key, work))
+
+    def _waited(self) -> None:
+        self.stats.pages_waited += 1
 
     def spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         """Background work the mirror owns: cancelled when it closes."""
@@ -339,8 +356,23 @@ class Mirror:
             headers["If-None-Match"] = cached.etag
         if cached is not None and cached.last_modified:
             headers["If-Modified-Since"] = cached.last_modified
+        # the page's bytes are held of max_pages_reading from its first byte read until
+        # what is made of it is kept: parsed, a page takes several times its size
+        async with self.working.lease() as lease:
+            return await self._revalidated(key, url, headers, limit, process, cached, lease)
+
+    async def _revalidated(
+        self,
+        key: str,
+        url: str,
+        headers: dict[str, str],
+        limit: int,
+        process: Process,
+        cached: Object | None,
+        lease: Lease,
+    ) -> IndexAnswer:
         try:
-            reply = await self.fetcher.get_index(url, headers, limit)
+            reply = await self.fetcher.get_index(url, headers, limit, lease)
             if reply.status == 304 and cached is not None:
                 await self._touch(cached)
                 return await self._answer(cached, "revalidated")
@@ -368,12 +400,14 @@ class Mirror:
             if not isinstance(exc, UpstreamDown):
                 log.warning("serving %s stale: %s", key, exc)
             return await self._answer(cached, "stale")
+        etag, modified = reply.etag, reply.last_modified
+        del reply  # the page as it came: only what was made of it is kept
         for source in processed.sources:
             seen = self.origins.setdefault(source.ecosystem, set())
             if len(seen) >= MAX_ORIGINS:
                 break
             seen.add(origin(source.url))
-        obj, page = await self._save(key, processed, reply.etag, reply.last_modified)
+        obj, page = await self._save(key, processed, etag, modified)
         return IndexAnswer(obj, page, "upstream")
 
     async def _save(

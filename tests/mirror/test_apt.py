@@ -417,6 +417,19 @@ async def test_a_404_for_a_held_release_serves_the_last_one(archive: Archive) ->
     assert (await archive.get(f"/debian/dists/stable/{PACKAGES}"))[:2] == (200, packages)
 
 
+def test_a_packages_file_is_counted_at_its_size_unpacked() -> None:
+    """What reading it holds of max_pages_reading: the Release lists the plain file too."""
+    listing = "\n".join(
+        f" {'a' * 64} {size} main/binary-amd64/{name}"
+        for name, size in (("Packages", 50_000), ("Packages.xz", 9_000), ("Sources.gz", 700))
+    )
+    release = apt.parse_release(f"Suite: stable\nSHA256:\n{listing}\n".encode())
+    files = release.files
+    assert apt.unpacked_size(release, files["main/binary-amd64/Packages.xz"]) == 50_000
+    assert apt.unpacked_size(release, files["main/binary-amd64/Packages"]) == 50_000
+    assert apt.unpacked_size(release, files["main/binary-amd64/Sources.gz"]) == 700
+
+
 def test_a_page_with_a_field_like_line_is_no_release() -> None:
     """A portal's page whose CSS reads as a field: a Release names its suite."""
     page = b"<html>\n<style>\nbody { margin: 0; }\n</style>\n</html>\n"
