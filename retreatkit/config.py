@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "max_size_bytes": 0,  # the store's size limit (least recently used go); 0: the disk
         "max_pages_sending_bytes": 268435456,  # index pages on their way to clients, each once
         "page_stall_timeout": 60.0,  # a client that takes none of a page for this long is cut
+        "max_pages_reading_bytes": 67108864,  # index pages read and processed at once
         "allow_upstream": [],  # local (course) projects that may also list upstream files
         "index_ttl": 600.0,
         "connect_timeout": 5.0,  # an upstream's name and TCP connect, in total

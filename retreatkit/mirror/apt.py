@@ -9,6 +9,10 @@ changes. Each `Packages` file lists every package's `Filename` (under `pool/`), 
 `SHA256`. So the mirror keeps index files and `.deb` files by the hashes the indexes
 promise, and serves plain index paths from the Release it currently serves: apt never
 sees a Release from one fetch with indexes from another.
+
+The store names an origin's release files `dists/...` and its index files `by-hash/...`
+under the origin, and its pool files by their path: a pool file under either is refused,
+so no Packages can name its `.deb` after an index that every client of the origin gets.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ MAX_PACKAGES = 512 * 1024 * 1024  # decompressed; bookworm's main/amd64 is 50 MB
 FIELDS = {"MD5Sum": "md5", "SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512"}
 BY_HASH = {v: k for k, v in FIELDS.items()}  # store name -> by-hash folder name
 RESERVED = {"pypi", "opam", "npm", "lists", "-"}  # paths the mirror uses for itself
+NOT_POOL = ("dists", "by-hash")  # first segments of the store's names for indexes
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.+~%-][A-Za-z0-9_.+~%@:=-]{0,254}$")
 _PACKAGES = re.compile(r"(^|/)Packages(\.(xz|gz|bz2))?$")
@@ -99,6 +104,12 @@ def valid_path(path: str) -> bool:
     )
 
 
+def pool_path(path: str) -> bool:
+    """A path a pool file may have: none under `dists/` or `by-hash/`, where the store
+    keeps the origin's release and index files."""
+    return valid_path(path) and path.split("/", 1)[0] not in NOT_POOL
+
+
 def release_key(origin: str, suite: str, file: str) -> str:
     return f"apt/{origin}/dists/{suite}/{file}"
 
@@ -137,7 +148,7 @@ def classify(path: str) -> Asked | None:
         return None
     parts = path.split("/")
     if parts[0] != "dists":
-        return Asked("pool", path=path)
+        return Asked("pool", path=path) if pool_path(path) else None
     if len(parts) < 3 or "%" in path:
         # a suite is part of an upstream URL, where `%2e%2e` is `..`: it would reach out
         # of the archive; only pool file names carry escapes (`%3a`), never a suite
@@ -151,6 +162,13 @@ def classify(path: str) -> Asked | None:
             return None
         return Asked("by-hash", suite, rest, algo, parts[-1])
     return Asked("index", suite, rest)
+
+
+def unpacked_size(release: Release, f: IndexFile) -> int:
+    """An index file's size once decompressed, as its Release says (it lists `Packages`
+    beside `Packages.xz`), or else its own."""
+    plain = release.files.get(re.sub(r"\.(xz|gz|bz2)$", "", f.path))
+    return max(f.size, plain.size if plain is not None else 0)
 
 
 def by_hash_url(base: str, suite: str, f: IndexFile) -> str:
@@ -297,7 +315,7 @@ def source_files(origin: str, base: str, text: str) -> list[Source]:
             if len(parts) != 3 or not parts[1].isdigit() or "/" in parts[2]:
                 continue
             digest, path = parts[0].lower(), f"{folder}/{parts[2]}"
-            if not valid_path(path) or not valid_hex("sha256", digest):
+            if not pool_path(path) or not valid_hex("sha256", digest):
                 continue
             url = f"{base.rstrip('/')}/{path}"
             key = pool_key(origin, path)
@@ -310,7 +328,7 @@ def pool_sources(origin: str, base: str, text: str) -> list[Source]:
     sources = []
     for p in paragraphs(text):
         path, sha256, size = p.get("Filename", ""), p.get("SHA256", "").lower(), p.get("Size", "")
-        if not valid_path(path) or not valid_hex("sha256", sha256) or not size.isdigit():
+        if not pool_path(path) or not valid_hex("sha256", sha256) or not size.isdigit():
             continue
         hashes = {"sha256": sha256}
         sha512 = p.get("SHA512", "").lower()

@@ -30,6 +30,7 @@ log = logging.getLogger("retreatkit.mirror")
 MAX_SUITES = 256  # sets kept parsed in memory
 MAX_PACKAGES_FILES = 65536  # Packages and Sources files known by key, to read once fetched
 EXPIRY_WARNING = 2 * 86400.0  # warn this long before a Release's Valid-Until
+Unread = tuple[str, str, apt.Release, apt.IndexFile]  # origin, suite: a Packages file not read
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,14 @@ class Suites:
             return None
         found = ReleaseSet(release, objs, main.fetched)
         self._keep((origin, suite), found)
+        # its index files' sources, said again: a Packages read by an older mirror could
+        # name a .deb after one of them, and so replace where and what it is fetched as
+        base = self.base(origin)
+        sources = [
+            apt.index_source(origin, base, suite, release, f) for f in release.files.values()
+        ]
+        with contextlib.suppress(LocalError):
+            await store.run(lambda: store.add_sources(sources))
         return found
 
     def _keep(self, key: tuple[str, str], found: ReleaseSet) -> None:
@@ -234,7 +243,7 @@ class Suites:
             log.info("apt %s/%s: %s fetched for the new release", origin, suite, source.name)
         for path, f in new.files.items():
             if apt.is_listing(path):
-                await self._read_packages(origin, suite, f)
+                await self._read_packages(origin, suite, new, f)
 
     async def _save(
         self, origin: str, suite: str, release: apt.Release, replies: dict[str, Reply]
@@ -269,7 +278,9 @@ class Suites:
 
     # -- Packages and Sources: the pool files they promise --------------------------------
 
-    async def _read_packages(self, origin: str, suite: str, f: apt.IndexFile) -> None:
+    async def _read_packages(
+        self, origin: str, suite: str, release: apt.Release, f: apt.IndexFile
+    ) -> None:
         store = self.mirror.store
         obj = store.get(apt.index_key(origin, *f.strongest))
         if obj is None or obj.digest in self._parsed:
@@ -283,9 +294,15 @@ class Suites:
             return len(sources)
 
         try:
-            count = await self.mirror.offload(read)
+            # read whole and parsed, a Packages file takes several times its size: held
+            # of max_pages_reading like a page, at its size unpacked where the Release says
+            async with self.mirror.working.lease() as lease:
+                await lease.hold(apt.unpacked_size(release, f))
+                count = await self.mirror.offload(read)
         except (apt.AptError, LocalError, OSError) as exc:
             log.warning("cannot read %s of %s/%s: %s", f.path, origin, suite, exc)
+            if isinstance(exc, apt.AptError):  # the same bytes never read better: said once
+                self._parsed.add(obj.digest)
             return
         self._parsed.add(obj.digest)
         files = f"{count} file" + ("" if count == 1 else "s")
@@ -294,15 +311,23 @@ class Suites:
     async def catch_up(self, origin: str) -> None:
         """Read every Packages and Sources file of this origin's current sets the store
         holds and this process has not read yet; joins a reading under way, then looks
-        again."""
+        again, each file once (one that fails to be read is not tried again at once)."""
+        tried: set[str] = set()
         while True:
             running = self._catching_up.get(origin)
-            if running is not None:
+            # one that ended but whose owner has not yet run on takes no waiting: awaited,
+            # a done task returns at once, and this loop would never let the owner run
+            if running is not None and not running.done():
                 await asyncio.shield(running)
                 continue
-            todo = await self._unread(origin)
+            todo = [
+                (o, suite, release, f)
+                for o, suite, release, f in await self._unread(origin)
+                if apt.index_key(o, *f.strongest) not in tried
+            ]
             if not todo:
                 return
+            tried.update(apt.index_key(o, *f.strongest) for o, _, _, f in todo)
             task = asyncio.ensure_future(self._read_all(todo))
             self._catching_up[origin] = task
             try:
@@ -320,23 +345,25 @@ class Suites:
         if held is not None and held.digest not in self._parsed:
             self.mirror.spawn(self.catch_up(origin))
 
-    async def _unread(self, origin: str) -> list[tuple[str, str, apt.IndexFile]]:
+    async def _unread(self, origin: str) -> list[Unread]:
         store = self.mirror.store
         suites = {k.split("/")[3] for k, _, _ in store.catalog(f"apt/{origin}/dists/")}
         todo = []
         for suite in sorted(suites):
             cur = self._sets.get((origin, suite)) or await self._from_store(origin, suite)
-            for path, f in cur.release.files.items() if cur is not None else ():
+            if cur is None:
+                continue
+            for path, f in cur.release.files.items():
                 if not apt.is_listing(path):
                     continue
                 obj = store.get(apt.index_key(origin, *f.strongest))
                 if obj is not None and obj.digest not in self._parsed:
-                    todo.append((origin, suite, f))
+                    todo.append((origin, suite, cur.release, f))
         return todo
 
-    async def _read_all(self, todo: list[tuple[str, str, apt.IndexFile]]) -> None:
-        for origin, suite, f in todo:
-            await self._read_packages(origin, suite, f)
+    async def _read_all(self, todo: list[Unread]) -> None:
+        for origin, suite, release, f in todo:
+            await self._read_packages(origin, suite, release, f)
 
     # -- for the organiser ----------------------------------------------------------------
 

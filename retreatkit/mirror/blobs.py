@@ -50,11 +50,18 @@ def blob_path(root: Path, digest: str) -> Path:
 
 def hash_file(path: Path) -> str:
     """sha256 of a file, read in 1 MiB pieces (blocking: call it from a thread)."""
-    digest = hashlib.sha256()
+    return hash_file_as(path, ("sha256",))["sha256"]
+
+
+def hash_file_as(path: Path, algos: tuple[str, ...]) -> dict[str, str]:
+    """A file's hashes by each of `algos` the store can check, read once in 1 MiB pieces
+    (blocking: call it from a thread)."""
+    hashes = {a: hashlib.new(a) for a in algos if a in _HEX_LEN}
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+            for h in hashes.values():
+                h.update(chunk)
+    return {a: h.hexdigest() for a, h in hashes.items()}
 
 
 class BlobWriter:

@@ -44,6 +44,7 @@ def forget(store: Store, digest: str) -> tuple[list[str], int]:
         row = db.execute("select size from blobs where digest = ?", (digest,)).fetchone()
         db.execute("delete from objects where digest = ?", (digest,))
         db.execute("delete from blobs where digest = ?", (digest,))
+        db.execute("delete from blob_hashes where digest = ?", (digest,))
         return keys, int(row[0]) if row else 0
 
     keys, size = store.transaction(write)

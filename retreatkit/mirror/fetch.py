@@ -40,6 +40,7 @@ from retreatkit.mirror.errors import (
 )
 from retreatkit.mirror.fill import CHUNK, Fill, FillState
 from retreatkit.mirror.health import Health, Verdict, origin
+from retreatkit.mirror.memory import Lease, Working
 from retreatkit.mirror.records import Source
 from retreatkit.mirror.resolver import Sessions
 from retreatkit.mirror.stats import Stats
@@ -55,6 +56,7 @@ T = TypeVar("T")
 # but not for ever: an upstream trickling at the least rate a download must keep would hold
 # the page's one fetch, and its memory, for hours
 PAGE_PATIENCE = 10
+MAX_PAGES_READING = 64 * 1024 * 1024  # bytes of pages read and processed at once (Settings)
 
 
 @dataclass
@@ -120,6 +122,7 @@ class Fetcher:
         clock: Callable[[], float] = time.monotonic,
         make_room: Room = _no_room_made,
         store_limit: int = 0,
+        working: Working | None = None,
     ) -> None:
         self.store = store
         self.make_room = make_room
@@ -139,6 +142,8 @@ class Fetcher:
         self._slots = asyncio.Semaphore(limits.downloads)
         # pages apart: slow ones never hold a download back, nor downloads a page
         self._pages = asyncio.Semaphore(limits.pages)
+        # and the bytes of those read at once, with what is made of them (Mirror.working)
+        self.working = working if working is not None else Working(MAX_PAGES_READING)
 
     async def close(self) -> None:
         """End every download now: their clients are cut at once (a short answer never
@@ -231,20 +236,27 @@ class Fetcher:
         if not was_down:
             log.warning("upstream %s is down: %s", where, why)
 
-    async def get_index(self, url: str, headers: Mapping[str, str], limit: int) -> Reply:
+    async def get_index(
+        self, url: str, headers: Mapping[str, str], limit: int, lease: Lease | None = None
+    ) -> Reply:
         """An index page, read whole, bounded as a file is: by silence (`read_timeout`)
         and by the rate a download must keep, and in all by PAGE_PATIENCE times what a
         client waits. A page that takes long over a slow uplink still lands for whoever
         asks next (a client waits `index_timeout` for it: Mirror.waited); cut at that,
         it crossed again for every retry and nobody got it. A page that waits its turn
         (`pages` at once) waits inside that bound, and its client no longer than it would
-        for a slow page."""
+        for a slow page; so does one that waits for room in memory (`lease`, held as its
+        bytes come: given, it goes on holding them after, for what is made of them; else
+        they are counted until the page is read)."""
         bound = self.limits.index_timeout * PAGE_PATIENCE
         try:
             try:
                 async with asyncio.timeout(bound):  # a trickle that keeps the rate ends too
                     async with self._pages:
-                        return await self._get_index(url, headers, limit)
+                        if lease is not None:
+                            return await self._get_index(url, headers, limit, lease)
+                        async with self.working.lease() as own:
+                            return await self._get_index(url, headers, limit, own)
             except aiohttp.ServerTimeoutError:  # silent mid-page, for read_timeout
                 quiet = f"{self.limits.read_timeout:g} s"
                 raise UpstreamTimeout(f"upstream went silent for {quiet} sending {url}") from None
@@ -256,18 +268,17 @@ class Fetcher:
             self.count(exc)
             raise
 
-    async def _get_index(self, url: str, headers: Mapping[str, str], limit: int) -> Reply:
+    async def _get_index(
+        self, url: str, headers: Mapping[str, str], limit: int, lease: Lease
+    ) -> Reply:
         # a page is read whole and kept decoded: it may cross compressed (a file may
         # not: its hash names the bytes as published)
         asked = {"Accept-Encoding": "gzip", **headers}
+        await lease.hold(0)  # its turn, before it asks: pages wait in the order they came
         response = await self._open(url, asked, url)
         async with response:
             ok = response.status == 200
-            body = await self._read_page(response, limit, url) if ok else b""
-            self.stats.upstream_index_bytes += len(body)
-            if ok:
-                coding = response.headers.get("Content-Encoding", "")
-                body = _decoded(coding, body, limit, url)
+            body = await self._read_page(response, limit, url, lease) if ok else b""
             h = response.headers
             if ok and _cut_unseen(response, body):
                 raise BadUpstreamData(f"{url}: page is truncated (no </html>)")
@@ -276,21 +287,35 @@ class Fetcher:
                 h.get("Last-Modified"),
             )  # fmt: skip
 
-    async def _read_page(self, response: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
-        """A page's body, at most `limit` bytes, cut if it comes slower than a file may."""
-        if response.content_length is not None and response.content_length > limit:
+    async def _read_page(
+        self, response: aiohttp.ClientResponse, limit: int, url: str, lease: Lease
+    ) -> bytes:
+        """A page's body as published (its content coding undone as it arrives), at most
+        `limit` bytes, cut if it comes slower than a file may; `lease` holds as many
+        bytes as it has, and waits for more while there is no room (Working)."""
+        length = response.content_length
+        if length is not None and length > limit:
             raise BadUpstreamData(INDEX_TOO_LARGE)
+        decoder = _Decoder(response.headers.get("Content-Encoding", ""), limit, url)
+        await lease.hold(length or 0)
         floor = self._floor()
-        chunks, size = [], 0
+        pieces, crossed, size = [], 0, 0
         async for chunk in response.content.iter_chunked(CHUNK):
-            size += len(chunk)
-            if size > limit:
+            crossed += len(chunk)
+            self.stats.upstream_index_bytes += len(chunk)
+            if crossed > limit:
                 raise BadUpstreamData(INDEX_TOO_LARGE)
-            chunks.append(chunk)
+            piece = decoder.feed(chunk)
+            size += len(piece)
+            await lease.hold(size)
+            pieces.append(piece)
             self._keep_up(floor, len(chunk), url)
-        if response.content_length is not None and size != response.content_length:
+        if length is not None and crossed != length:
             raise BadUpstreamData(INDEX_CUT)
-        return b"".join(chunks)
+        decoder.end()
+        body = b"".join(pieces)
+        del pieces  # one copy of the page, not two, from here on
+        return body
 
     async def size_of(self, url: str) -> int | None:
         """What a file's Content-Length is upstream, by a HEAD: no body crosses the uplink.
@@ -613,21 +638,39 @@ INDEX_TOO_LARGE = "upstream index is larger than the mirror's limit"
 INDEX_CUT = "upstream cut the index short"
 
 
+class _Decoder:
+    """An index page's bytes as published, from the content coding it crosses in, undone
+    as it arrives (the page is never held twice, coded and not); as bounded as the page
+    itself (a small gzip can hold gigabytes of zeros)."""
+
+    def __init__(self, coding: str, limit: int, url: str) -> None:
+        coding = coding.strip().lower()
+        if coding not in ("", "identity", "gzip"):
+            raise BadUpstreamData(f"{url}: upstream sent the page as {coding!r}, not asked for")
+        # gzip's header and trailer, checked
+        self._unpack = zlib.decompressobj(wbits=31) if coding == "gzip" else None
+        self.limit, self.url, self.size = limit, url, 0
+
+    def feed(self, data: bytes) -> bytes:
+        if self._unpack is None:
+            return data
+        try:
+            out = self._unpack.decompress(data, self.limit + 1 - self.size)
+        except zlib.error as exc:
+            raise BadUpstreamData(f"{self.url}: upstream sent a broken gzip page ({exc})") from None
+        self.size += len(out)
+        if self.size > self.limit:
+            raise BadUpstreamData(INDEX_TOO_LARGE)
+        return out
+
+    def end(self) -> None:
+        if self._unpack is not None and not self._unpack.eof:
+            raise BadUpstreamData(INDEX_CUT)
+
+
 def _decoded(coding: str, body: bytes, limit: int, url: str) -> bytes:
-    """An index page's bytes as published, from the content coding it crossed in; as
-    bounded as the page itself (a small gzip can hold gigabytes of zeros)."""
-    coding = coding.strip().lower()
-    if coding in ("", "identity"):
-        return body
-    if coding != "gzip":
-        raise BadUpstreamData(f"{url}: upstream sent the page as {coding!r}, not asked for")
-    unpack = zlib.decompressobj(wbits=31)  # gzip's header and trailer, checked
-    try:
-        out = unpack.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise BadUpstreamData(f"{url}: upstream sent a broken gzip page ({exc})") from None
-    if len(out) > limit:
-        raise BadUpstreamData(INDEX_TOO_LARGE)
-    if not unpack.eof:
-        raise BadUpstreamData(INDEX_CUT)
+    """A whole page's bytes as published, from the content coding it crossed in."""
+    decoder = _Decoder(coding, limit, url)
+    out = decoder.feed(body)
+    decoder.end()
     return out

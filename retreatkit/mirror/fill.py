@@ -11,9 +11,7 @@ import enum
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from retreatkit.mirror.blobs import BlobWriter
 from retreatkit.mirror.errors import BadUpstreamData, LocalError, MirrorError
@@ -58,9 +56,7 @@ class Fill:
     @property
     def file(self) -> str:
         """The file's own name, as the upstream's URL has it, or as its index names it."""
-        if self.source.shown is not None:
-            return self.source.shown
-        return unquote(PurePosixPath(urlsplit(self.source.url).path).name)
+        return self.source.file
 
     @property
     def label(self) -> str:

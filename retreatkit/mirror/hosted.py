@@ -95,6 +95,7 @@ class MirrorService:
             max_size=int(section["max_size_bytes"]),
             max_pages_sending=int(section["max_pages_sending_bytes"]),
             page_stall=float(section["page_stall_timeout"]),
+            max_pages_reading=int(section["max_pages_reading_bytes"]),
             allow_upstream=list(section["allow_upstream"]),
         )
         return cls(config.host_port(section["listen"]), settings, announce, own_wheel)

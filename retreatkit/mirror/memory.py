@@ -1,5 +1,5 @@
 """What the mirror keeps in memory: small files and index pages, least recently used out first,
-and the pages on their way to clients, bounded.
+the pages on their way to clients, bounded, and the pages being read and processed, bounded.
 
 Keys name content by its hash (files) or carry the digest of what they were made from
 (pages), so an entry never goes stale: nothing to invalidate, only to evict. A page is
@@ -9,11 +9,15 @@ holds, kept or not, and the bytes of pages being sent are counted, each page onc
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Generic, TypeVar
 
+from retreatkit.mirror.budget import Budget
 from retreatkit.mirror.records import Blob
 
 SMALL = 1024 * 1024  # files up to this size are answered from memory, larger by sendfile
@@ -62,6 +66,10 @@ class LRU(Generic[K]):
         item = self._items.pop(key, None)
         if item is not None:
             self.size -= item[0]
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.size = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -141,3 +149,72 @@ class Sending:
     def __len__(self) -> int:
         """Pages being sent, each once."""
         return len(self._pages)
+
+
+class Working:
+    """Pages being read from upstream and processed (budget.py): each holds a `Lease` of
+    the budget for as long as its bytes are in memory for that, and waits for room."""
+
+    def __init__(self, limit: int, waited: Callable[[], None] = lambda: None) -> None:
+        self.budget = Budget(limit)
+        self.waited = waited  # a page waits for room
+        self._woken: dict[Hashable, asyncio.Future[None]] = {}
+
+    def lease(self) -> Lease:
+        return Lease(self)
+
+    def _wake(self, tokens: list[Hashable]) -> None:
+        for token in tokens:
+            future = self._woken.pop(token, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+
+class Lease:
+    """One page's share of the budget: `hold` waits until it has so many bytes; leaving
+    the `async with` (or `close`) gives them back."""
+
+    def __init__(self, working: Working) -> None:
+        self.working = working
+        self._asked = False
+
+    @property
+    def held(self) -> int:
+        return self.working.budget.holds(self)
+
+    async def hold(self, size: int) -> None:
+        """Hold at least `size` bytes, waiting for room if there is none (the first call,
+        even for none: its turn after the pages that asked before it)."""
+        working, budget = self.working, self.working.budget
+        if not self._asked:
+            self._asked = True
+            granted = budget.ask(self, size)
+        else:
+            more = size - budget.holds(self)
+            granted = more <= 0 or budget.grow(self, more)
+        if granted:
+            return
+        working.waited()
+        future = asyncio.get_running_loop().create_future()
+        working._woken[self] = future
+        try:
+            await future
+        except BaseException:  # cancelled while waiting: nothing of it stays counted
+            self.close()
+            raise
+
+    def close(self) -> None:
+        working = self.working
+        working._woken.pop(self, None)
+        working._wake(working.budget.release(self))
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -35,6 +35,7 @@ _NAME = re.compile(r"^(?:@[A-Za-z0-9_~.-][A-Za-z0-9_~.-]*/)?[A-Za-z0-9_~.-][A-Za
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,200}\.tgz$")
 _SEMVER = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
 _SRI = {"sha512", "sha256", "sha1"}  # what the store can check
+_BLANK = re.compile(rb"[ \t\r\n]*")  # JSON's whitespace
 
 
 class PackumentError(BadUpstreamData):
@@ -107,13 +108,19 @@ def _dump(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _starts_an_object(body: bytes) -> bool:
+    """Whether the first byte past any whitespace opens a JSON object (no copy of the page)."""
+    start = _BLANK.match(body)
+    return start is not None and body[start.end() : start.end() + 1] == b"{"
+
+
 def process(name: str, body: bytes, abbreviated: bool) -> Processed:
     """An upstream packument as the mirror keeps it, and where upstream keeps each tarball.
     Versions whose tarball has no hash the store can check, a name that is not a plain
     file or a URL the mirror cannot fetch, are left out: the mirror serves nothing it
     cannot verify. CPU-heavy for big
     packuments: run off the loop."""
-    if body.lstrip()[:1] != b"{":
+    if not _starts_an_object(body):
         # JSON that is cut is caught before (its length); a page that is not a JSON object
         # at all is what a venue's login portal answers for every path
         raise PackumentError(
@@ -146,11 +153,11 @@ def process(name: str, body: bytes, abbreviated: bool) -> Processed:
     return Processed(_dump(doc), ABBREVIATED if abbreviated else FULL, tuple(sources))
 
 
-def tarball_keys(body: bytes) -> dict[str, str]:
-    """version -> store key of its tarball, in a packument the mirror stored."""
+def tarball_keys(doc: Mapping[str, Any]) -> dict[str, str]:
+    """version -> store key of its tarball, in a packument the mirror stored (parsed)."""
     out = {}
     prefix = MARKER + "/npm/"
-    versions = _load(body).get("versions")
+    versions = doc.get("versions")
     for version, meta in versions.items() if isinstance(versions, dict) else ():
         url = meta.get("dist", {}).get("tarball", "")
         if isinstance(url, str) and url.startswith(prefix):
@@ -173,8 +180,8 @@ def only(body: bytes, held: Callable[[Iterable[str]], Mapping[str, int]]) -> byt
     """The offline packument: only versions whose tarball the store holds, and dist-tags
     moved to the newest of those, so npm picks a version it can install. A packument
     with none held is left whole: npm then says which tarball it could not get."""
-    doc = _load(body)
-    keys = tarball_keys(body)
+    doc = _load(body)  # once: parsed, a packument takes several times its size
+    keys = tarball_keys(doc)
     have = held(keys.values())
     kept = {v: meta for v, meta in doc["versions"].items() if keys.get(v) in have}
     if not kept:

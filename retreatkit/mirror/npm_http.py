@@ -91,7 +91,10 @@ async def packument(request: web.Request) -> web.StreamResponse:
     base = respond.client_base(mirror, request.headers.get("Host"))
     obj = answer.obj
     variant = (obj.digest, base, "offline" if offline else "", str(mirror.generation[name]))
-    page = await mirror.render(variant, _make, mirror, answer.body, obj.content_type, base, offline)
+    page = await mirror.render(
+        variant, _make, mirror, answer.body, obj.content_type, base, offline,
+        cost=len(answer.body),
+    )  # fmt: skip
     if offline:
         mirror.stats.offline_pages += 1
     max_age = math.ceil(mirror.settings.index_ttl - (time.time() - obj.fetched))

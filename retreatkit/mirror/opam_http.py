@@ -92,7 +92,9 @@ async def index(request: web.Request) -> web.StreamResponse:
     url = mirror.settings.opam.rstrip("/") + "/index.tar.gz"
     answer = await mirror.index("opam/index.tar.gz", url, "*/*", _process, opam.MAX_INDEX)
     base = request.app[NAMES].base(mirror, request.headers.get("Host"))
-    page = await mirror.render(("opam", answer.obj.digest, base), _for_client, answer.body, base)
+    page = await mirror.render(
+        ("opam", answer.obj.digest, base), _for_client, answer.body, base, cost=len(answer.body)
+    )
     max_age = math.ceil(mirror.settings.index_ttl - (time.time() - answer.obj.fetched))
     return await respond.page(request, page, stale=answer.stale, offline=False, max_age=max_age)
 

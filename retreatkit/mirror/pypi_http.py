@@ -117,7 +117,8 @@ async def _local(
     merged = upstream.obj.digest if upstream is not None else ""
     key = (record.digest, merged, "json" if as_json else "html", str(offline))
     body = upstream.body if upstream is not None else None
-    page = await mirror.render(key, _make_local, mirror, name, body, as_json, offline)
+    cost = len(body) if body is not None else 0
+    page = await mirror.render(key, _make_local, mirror, name, body, as_json, offline, cost=cost)
     return await respond.page(request, page, stale=offline, offline=offline, max_age=60)
 
 
@@ -154,7 +155,8 @@ async def _render(mirror: Mirror, answer: IndexAnswer, as_json: bool, offline: b
     name = obj.key.removeprefix(pypi.page_key(""))
     variant = ("json" if as_json else "html") + ("-offline" if offline else "")
     key = (obj.digest, variant, str(mirror.generation[name]))
-    return await mirror.render(key, _make, mirror, answer.body, as_json, offline)
+    cost = len(answer.body)
+    return await mirror.render(key, _make, mirror, answer.body, as_json, offline, cost=cost)
 
 
 def _make(mirror: Mirror, body: bytes, as_json: bool, offline: bool) -> Page:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 # store keys of indexes: what names the files, as opposed to the files themselves
 _INDEX = re.compile(
@@ -63,6 +63,25 @@ class Source:
     @property
     def keys(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
+
+    @property
+    def file(self) -> str:
+        """The file's own name, as the upstream's URL has it, or as its index names it."""
+        if self.shown is not None:
+            return self.shown
+        return unquote(PurePosixPath(urlsplit(self.url).path).name)
+
+
+def agrees(promised: Mapping[str, str], known: Mapping[str, str]) -> bool | None:
+    """Whether a file whose hashes are `known` (its sha256, and any others learnt) is the
+    one an index promises: False if a hash both name differs; True if none differs and
+    the promise names the sha256 (the name the store keeps the file by) or nothing the
+    file's known hashes lack; None if the file must be hashed for what the promise names."""
+    if any(known[algo] != want.lower() for algo, want in promised.items() if algo in known):
+        return False
+    if ("sha256" in promised and "sha256" in known) or all(a in known for a in promised):
+        return True
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,9 @@ from. An index is served from the store while fresh, then revalidated (once, how
 many ask, as a task of its own); when the upstream fails, or is slow to, it is served
 stale, and while the upstream is down it is served stale at once, the probe going on
 without the request, and the ecosystem's pages list only what the store holds. A file
-is served only once verified; a missing one is fetched once and streamed to everyone who asks.
+is served only once verified, and only while it is the file the index read last names (an
+upstream may rebuild a file under the same name); a missing one is fetched once and
+streamed to everyone who asks.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ from retreatkit.mirror.errors import (
 from retreatkit.mirror.fetch import Fetcher, Limits
 from retreatkit.mirror.fill import Fill
 from retreatkit.mirror.health import Health, origin
-from retreatkit.mirror.memory import SMALL, HotCache, Page, Renders, Sending
+from retreatkit.mirror.memory import SMALL, HotCache, Lease, Page, Renders, Sending, Working
 from retreatkit.mirror.once import Once
-from retreatkit.mirror.records import Blob, Object, Processed, Source
+from retreatkit.mirror.records import Blob, Object, Processed, Source, agrees
 from retreatkit.mirror.resolver import Sessions
 from retreatkit.mirror.stats import Stats
 from retreatkit.mirror.store import Store
@@ -72,6 +74,9 @@ class Settings:
     # seconds a client may take none of an index page before it is cut: one that stops
     # reading holds the page's bytes against max_pages_sending (npm's reach 128 MB)
     page_stall: float = 60.0
+    # bytes of index pages being read from upstream and processed at once (parsed, a page
+    # takes several times its size): more wait for room; one larger than this goes alone
+    max_pages_reading: int = 64 * 1024 * 1024
     lists: list[str] = field(default_factory=list)  # other URLs to cache (blocklists)
     limits: Limits = field(default_factory=Limits)
     server: ServerLimits = field(default_factory=ServerLimits)
@@ -109,9 +114,10 @@ class Mirror:
         self.store = Store(settings.store, settings.keep_free)
         self.stats = Stats()
         self.health = Health()
+        self.working = Working(settings.max_pages_reading, self._waited)
         self.fetcher = Fetcher(
             self.store, session, settings.limits, self.stats, self.health,
-            make_room=self.make_room, store_limit=settings.max_size,
+            make_room=self.make_room, store_limit=settings.max_size, working=self.working,
         )  # fmt: skip
         self.hot = HotCache(settings.hot_bytes)
         self.renders = Renders(settings.page_bytes)
@@ -130,6 +136,8 @@ class Mirror:
         self._rendering: Once[tuple[str, ...], Page] = Once(self.spawn)
         # pages that failed with nothing held, as logged: a few hundred lines a while at most
         self.failing = lognews.News(most=256)
+        self._replaced = lognews.News(most=256)  # files held that a newer index contradicts
+        self._hot_sources = 0  # the store's sources_changed the files in `hot` were checked at
         self._check: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._evicting: asyncio.Task[None] | None = None
@@ -153,19 +161,32 @@ class Mirror:
         self.spawn(flush())
         self.evict_if_over()
 
-    async def render(self, key: tuple[str, ...], make: Callable[..., Page], *args: Any) -> Page:
+    async def render(
+        self, key: tuple[str, ...], make: Callable[..., Page], *args: Any, cost: int = 0
+    ) -> Page:
         """A page as clients get it, from `renders`, else made off the loop by `make(*args)`
-        once for everyone asking meanwhile (a whole opam index takes seconds to make)."""
+        once for everyone asking meanwhile (a whole opam index takes seconds to make).
+        `cost`: the bytes of the page it is made from, held of `max_pages_reading` while
+        it is made. One made while a page is held (its revalidation's answer) costs
+        nothing: held twice, it could wait for room it holds itself."""
         page = self.renders.get(key)
         if page is not None:
             return page
 
         async def work() -> Page:
-            made: Page = await self.offload(make, *args)
+            if not cost:  # nothing to hold (a page read back as it is): nothing to wait for
+                made: Page = await self.offload(make, *args)
+            else:
+                async with self.working.lease() as lease:
+                    await lease.hold(cost)
+                    made = await self.offload(make, *args)
             self.renders.put(key, made)
             return made
 
         return await asyncio.shield(self._rendering.start(key, work))
+
+    def _waited(self) -> None:
+        self.stats.pages_waited += 1
 
     def spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         """Background work the mirror owns: cancelled when it closes."""
@@ -335,8 +356,23 @@ class Mirror:
             headers["If-None-Match"] = cached.etag
         if cached is not None and cached.last_modified:
             headers["If-Modified-Since"] = cached.last_modified
+        # the page's bytes are held of max_pages_reading from its first byte read until
+        # what is made of it is kept: parsed, a page takes several times its size
+        async with self.working.lease() as lease:
+            return await self._revalidated(key, url, headers, limit, process, cached, lease)
+
+    async def _revalidated(
+        self,
+        key: str,
+        url: str,
+        headers: dict[str, str],
+        limit: int,
+        process: Process,
+        cached: Object | None,
+        lease: Lease,
+    ) -> IndexAnswer:
         try:
-            reply = await self.fetcher.get_index(url, headers, limit)
+            reply = await self.fetcher.get_index(url, headers, limit, lease)
             if reply.status == 304 and cached is not None:
                 await self._touch(cached)
                 return await self._answer(cached, "revalidated")
@@ -364,12 +400,14 @@ class Mirror:
             if not isinstance(exc, UpstreamDown):
                 log.warning("serving %s stale: %s", key, exc)
             return await self._answer(cached, "stale")
+        etag, modified = reply.etag, reply.last_modified
+        del reply  # the page as it came: only what was made of it is kept
         for source in processed.sources:
             seen = self.origins.setdefault(source.ecosystem, set())
             if len(seen) >= MAX_ORIGINS:
                 break
             seen.add(origin(source.url))
-        obj, page = await self._save(key, processed, reply.etag, reply.last_modified)
+        obj, page = await self._save(key, processed, etag, modified)
         return IndexAnswer(obj, page, "upstream")
 
     async def _save(
@@ -413,18 +451,26 @@ class Mirror:
     # -- files ----------------------------------------------------------------------
 
     async def blob(self, name: str) -> Blob | None:
-        """The verified file the store holds under `name`, if any."""
+        """The verified file the store holds under `name`, if any, and if it is the file
+        the index read last names: one an upstream rebuilt under the same name since is
+        not held, and is fetched again (its clients would refuse the old one)."""
+        store = self.store
+        checked_at = store.sources_changed
+        if checked_at != self._hot_sources:  # an index changed a promise: check again
+            self.hot.clear()
+            self._hot_sources = checked_at
         hot = self.hot.get(name)
         if hot is not None:  # the hot path: no disk, no SQLite
-            self.store.accessed[hot.obj.digest] = time.time()
+            store.accessed[hot.obj.digest] = time.time()
             return hot
-        store = self.store
         obj = store.get(name)
         if obj is None:
             return None
         store.accessed[obj.digest] = time.time()
         if obj.digest not in store.verified and not await self.offload(store.verify, obj.digest):
             return None  # it rotted: dropped, and fetched again like any missing file
+        if not await self._as_promised(obj):
+            return None
         path = store.blob_path(obj.digest)
         if obj.size > SMALL:
             # a stat, not a hash: a file changed since it was checked is re-hashed first
@@ -439,8 +485,33 @@ class Mirror:
         if body is None:
             return None
         found = Blob(obj, path, body)
-        self.hot.put(name, found)
+        if store.sources_changed == checked_at:  # else checked against a promise now old
+            self.hot.put(name, found)
         return found
+
+    async def _as_promised(self, obj: Object) -> bool:
+        """Whether a blob held is the file its index (the one read last) names: by its
+        sha256, else by the hashes it was checked against, else hashed for them now."""
+        store = self.store
+        source = store.source(obj.key)
+        if source is None:  # no index names it (the organiser's own files)
+            return True
+        verdict = agrees(source.hashes, {"sha256": obj.digest})
+        if verdict is None:
+            verdict = agrees(source.hashes, store.hashes_of(obj.digest))
+        if verdict is None:
+            found = await self.offload(store.hash_blob, obj.digest, tuple(source.hashes))
+            if found is None:
+                return False  # gone or rotted: fetched again like any missing file
+            with contextlib.suppress(LocalError):
+                await store.run(lambda: store.note_hashes(obj.digest, found))
+            verdict = agrees(source.hashes, found)
+        if not verdict and self._replaced.news(f"{obj.key} {obj.digest}", self.fetcher.clock()):
+            log.warning(
+                "%s changed upstream: the copy held is not the one its index now names;"
+                " fetching it again", source.file,
+            )  # fmt: skip
+        return bool(verdict)
 
     def source(self, name: str) -> Source:
         source = self.store.source(name)
@@ -471,7 +542,14 @@ class Mirror:
         down = self.health.is_down(origin(source.url))
         fill = self.fetcher.fill(source, self._publish)
         if down and not fill.headers.is_set():
-            raise self.fetcher.down(source.url)
+            error = self.fetcher.down(source.url)
+            if self.store.get(source.name) is not None:
+                # held, but not what its index now names (blob): said, not served
+                error = UpstreamDown(
+                    f"{source.file} changed upstream and the mirror holds only its old copy;"
+                    f" {error}"
+                )
+            raise error
         return fill
 
     async def _publish(self, fill: Fill) -> None:
@@ -481,7 +559,7 @@ class Mirror:
         objs = [Object(key, digest, fill.written, fill.content_type, now) for key in source.keys]
         self.generation[source.package] += 1
         try:
-            await self.store.run(lambda: self.store.put(*objs))
+            await self.store.run(lambda: self.store.put(*objs, hashes=source.hashes))
         except LocalError as exc:  # the bytes are good: its readers get them all the same
             log.warning("cannot index %s: %s", fill.name, exc)
         self.evict_if_over()

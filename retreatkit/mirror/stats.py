@@ -28,6 +28,7 @@ COUNTERS: dict[str, str] = {
     "evicted_bytes": "Bytes removed to keep the store under its size limit",
     "pages_refused": "Index page requests refused: max_pages_sending_bytes of pages on their way",
     "pages_stalled": "Clients cut for taking none of an index page for page_stall_timeout",
+    "pages_waited": "Index pages that waited: max_pages_reading_bytes of pages being read",
 }
 TOP = 10  # packages listed in /status
 _MAX_PACKAGES = 10_000  # names counted; a client choosing names cannot grow this further
@@ -55,6 +56,7 @@ class Stats:
     evicted_bytes: int = 0
     pages_refused: int = 0
     pages_stalled: int = 0
+    pages_waited: int = 0
     packages: Counter[str] = field(default_factory=Counter)
 
     def asked(self, package: str) -> None:

@@ -24,6 +24,7 @@ GAUGES: dict[str, str] = {
     "downloads_in_progress": "Downloads under way",
     "connections_open": "Client connections open",
     "pages_sending_bytes": "Bytes of index pages on their way to clients, each page once",
+    "pages_reading_bytes": "Bytes of index pages being read from upstream and processed",
     "store.size_bytes": "Bytes of files in the store",
     "store.free_bytes": "Free bytes on the store's disk",
     "store.disk_full": "1 when the store's disk has no room for new files",
@@ -87,6 +88,7 @@ def section(mirror: Mirror, up: bool, connections_open: int) -> dict[str, Any]:
         "bytes_saved": stats.bytes_saved,
         "downloads_in_progress": len(mirror.fetcher.inflight),
         "pages_sending_bytes": mirror.sending.bytes,
+        "pages_reading_bytes": mirror.working.budget.used,
         "top_packages": stats.top_packages(),
         "upstreams": upstreams,
         "store": {

@@ -11,6 +11,11 @@ background, or on first serve if a client asks before the background check got t
 Each verified blob's stamp (inode, size, mtime) is kept: a hit compares it with a stat
 of the file it serves, so a blob changed on disk while the mirror runs is re-hashed
 before it is served again, and dropped if it rotted, without hashing every hit.
+
+A name that is not a hash (an apt pool file, an npm tarball) may come to be promised
+other bytes by a newer index: the hashes a blob was checked against are kept with it,
+so a hit can tell whether the blob held is still the file its index names
+(`sources_changed` counts the indexes that changed a promise, for what memory holds).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from retreatkit.mirror.blobs import BlobWriter, blob_path, hash_file, valid_hex
+from retreatkit.mirror.blobs import BlobWriter, blob_path, hash_file, hash_file_as, valid_hex
 from retreatkit.mirror.errors import LocalError, StoreFull
 from retreatkit.mirror.records import Object, Source, kind_of
 from retreatkit.mirror.space import Space
@@ -67,6 +72,10 @@ create table if not exists blobs (
     created real not null
 );
 create index if not exists blobs_evict on blobs(pinned, kind, last_access);
+create table if not exists blob_hashes (
+    digest text primary key,    -- a blob's sha256
+    hashes text not null        -- JSON {algo: hex}: its other hashes, as checked
+);
 """
 _SOURCE_COLUMNS = {
     "ecosystem": "text", "package": "text", "size": "integer", "aliases": "text", "shown": "text",
@@ -136,6 +145,9 @@ class Store:
         self.check = Check()
         self.verified: dict[str, Stamp] = {}  # digest -> its file's stamp when checked
         self.accessed: dict[str, float] = {}  # digest -> last hit, until the next flush
+        # bumped when an index promises a name other hashes than before: what was checked
+        # against the old promise (files kept in memory) is checked again
+        self.sources_changed = 0
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -329,6 +341,32 @@ class Store:
         obj = Object(*row)
         return obj if self.has_blob(obj.digest) else None
 
+    def hashes_of(self, digest: str) -> dict[str, str]:
+        """A blob's hashes as far as they are known: its sha256, and those it was checked
+        against or hashed for since."""
+        row = self.db().execute("select hashes from blob_hashes where digest = ?", (digest,))
+        found = row.fetchone()
+        return {**(json.loads(found[0]) if found else {}), "sha256": digest}
+
+    def hash_blob(self, digest: str, algos: tuple[str, ...]) -> dict[str, str] | None:
+        """A blob's hashes by `algos`, read from its file (blocking); None if it is gone, or
+        rotted (then dropped)."""
+        path = self.blob_path(digest)
+        try:
+            before = path.stat()
+            found = hash_file_as(path, ("sha256", *algos))
+        except FileNotFoundError:
+            self.verified.pop(digest, None)
+            return None
+        except OSError as exc:
+            log.warning("cannot read blob %s: %s", digest, exc.strerror)
+            return None
+        if found["sha256"] != digest:
+            self.drop(path)
+            return None
+        self.verified[digest] = stamp(before)
+        return found
+
     def source(self, name: str) -> Source | None:
         row = (
             self.db()
@@ -377,8 +415,15 @@ class Store:
 
     # -- the catalog: writes (the store thread) ---------------------------------------
 
-    def put(self, *objs: Object, kind: str | None = None, pinned: bool = False) -> None:
-        """Names for blobs on disk, and the blobs' accounting (new ones count as just used)."""
+    def put(
+        self,
+        *objs: Object,
+        kind: str | None = None,
+        pinned: bool = False,
+        hashes: Mapping[str, str] | None = None,
+    ) -> None:
+        """Names for blobs on disk, and the blobs' accounting (new ones count as just used);
+        `hashes`: what their blob (one) was checked against, kept with it."""
         now = time.time()
         blobs = {o.digest: (o.digest, o.size, kind or kind_of(o.key), int(pinned), now, now)
                  for o in objs}  # fmt: skip
@@ -397,6 +442,8 @@ class Store:
                     db.execute(
                         "update blobs set pinned = 1, kind = ? where digest = ?", (row[2], row[0])
                     )
+            for digest in blobs if hashes else ():
+                _note_hashes(db, digest, hashes or {})
             return added
 
         self.used += self.transaction(write)
@@ -412,9 +459,12 @@ class Store:
         )
 
     def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A write, whole or not at all. It takes the write lock as it begins (waiting
+        for another writer, as long as busy_timeout): one that read first and wrote
+        after another thread's commit would fail at once (`database is locked`)."""
         db = self.db()
         try:
-            db.execute("begin")
+            db.execute("begin immediate")
             result = fn(db)
             db.execute("commit")
         except sqlite3.Error as exc:
@@ -426,17 +476,31 @@ class Store:
     def touch(self, key: str, when: float) -> None:
         self._write("update objects set fetched = ? where key = ?", [(when, key)])
 
+    def note_hashes(self, digest: str, hashes: Mapping[str, str]) -> None:
+        """Hashes a blob was found to have (the store thread)."""
+        self.transaction(lambda db: _note_hashes(db, digest, hashes))
+
     def add_sources(self, sources: Iterable[Source]) -> None:
-        self._write(
-            "insert or replace into sources"
-            " (name, url, hashes, ecosystem, package, size, aliases, shown)"
-            " values (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (s.name, s.url, json.dumps(dict(s.hashes), sort_keys=True), s.ecosystem,
-                 s.package, s.size, json.dumps(s.aliases) if s.aliases else None, s.shown)
-                for s in sources
-            ],
-        )  # fmt: skip
+        """Where upstream keeps files and what they must hash to, as an index just read
+        says; one that promises a name other hashes than before bumps `sources_changed`."""
+        rows = [
+            (s.name, s.url, json.dumps(dict(s.hashes), sort_keys=True), s.ecosystem,
+             s.package, s.size, json.dumps(s.aliases) if s.aliases else None, s.shown)
+            for s in sources
+        ]  # fmt: skip
+
+        def write(db: sqlite3.Connection) -> bool:
+            changed = _promises_changed(db, {row[0]: row[2] for row in rows})
+            db.executemany(
+                "insert or replace into sources"
+                " (name, url, hashes, ecosystem, package, size, aliases, shown)"
+                " values (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            return changed
+
+        if self.transaction(write):
+            self.sources_changed += 1
 
     def save(
         self,
@@ -466,3 +530,32 @@ class Store:
             self.outgrown()
             return StoreFull("the mirror's disk is full (its catalog cannot grow)")
         return LocalError(f"the mirror's catalog failed: {exc}")
+
+
+def _note_hashes(db: sqlite3.Connection, digest: str, hashes: Mapping[str, str]) -> None:
+    """Add to the hashes known of a blob (its sha256 is its name: not kept twice)."""
+    row = db.execute("select hashes from blob_hashes where digest = ?", (digest,)).fetchone()
+    known: dict[str, str] = json.loads(row[0]) if row else {}
+    more = {a: h.lower() for a, h in hashes.items() if a != "sha256" and valid_hex(a, h.lower())}
+    if not more.items() - known.items():
+        return
+    known.update(more)
+    db.execute(
+        "insert or replace into blob_hashes values (?, ?)",
+        (digest, json.dumps(known, sort_keys=True)),
+    )
+
+
+def _promises_changed(db: sqlite3.Connection, promises: Mapping[str, str]) -> bool:
+    """Whether any of these names (name -> hashes as JSON) was promised other hashes."""
+    names = list(promises)
+    for i in range(0, len(names), 500):
+        part = names[i : i + 500]
+        marks = ",".join("?" * len(part))
+        for name, hashes in db.execute(
+            f"select name, hashes from sources where name in ({marks})",  # noqa: S608
+            part,
+        ):
+            if hashes != promises[name] and json.loads(hashes) != json.loads(promises[name]):
+                return True
+    return False

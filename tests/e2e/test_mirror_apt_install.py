@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ import pytest
 
 from retreatkit.mirror.testing import Netns
 from retreatkit.mirror.testrepos import AptClient, Signer, arch, make_deb, write_apt
-from tests.e2e.mirror_attendee import attendee, attendee_apt, mirrored
+from tests.e2e.mirror_attendee import attendee, attendee_apt, fetched, mirrored
 
 pytestmark = [
     pytest.mark.e2e,
@@ -168,3 +169,114 @@ def test_apt_shows_the_whole_line_of_a_deb_with_bad_bytes_and_when_the_mirror_as
         again = apt.run("install", "-y", "libretreatkit-hello-common", argv=lan.argv([]))
         retry = rf"{re.escape(said)}; next try in \d+ s \[IP: "
         assert re.search(retry, again.stderr), again.stderr
+
+
+def test_a_deb_rebuilt_upstream_under_its_name_is_fetched_again_and_offline_refused(
+    tmp_path: Path, lan: Netns, signer: Signer
+) -> None:
+    """An archive rebuilds a .deb under the same file name and indexes it again. The
+    copy held is not the file the new Packages names (apt: `File has unexpected size
+    ... Mirror sync in progress?`, for good, once the mirror served it): it is fetched
+    again, and with the uplink gone it is refused in words, never served."""
+    build = tmp_path / "build"
+    made = {"hello-rk_1.0_all.deb": make_deb(build / "1", "hello-rk", "1.0")}
+    root = tmp_path / "upstream"
+    dists = root / "debian" / "dists" / SUITE
+
+    def rebuild(pad: int) -> bytes:
+        """The same name, other bytes, a new Release pushed an hour after the last."""
+        made["hello-rk_1.0_all.deb"] = make_deb(build / str(pad), "hello-rk", "1.0", pad=pad)
+        published = (dists / "InRelease").stat().st_mtime + 3600
+        shutil.rmtree(dists)
+        write_apt(root / "debian", SUITE, made, signer)
+        for name in ("InRelease", "Release", "Release.gpg"):
+            os.utime(dists / name, (published, published))
+        return made["hello-rk_1.0_all.deb"]
+
+    write_apt(root / "debian", SUITE, made, signer)
+    pool = "/debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"
+    with mirrored(tmp_path, root, lan, ttl=0) as (upstream, mirror, _admin):
+        first = attendee_apt(tmp_path / "apt-1", mirror, signer)
+        for command in (["update"], ["download", "hello-rk"]):
+            assert first.run(*command, argv=lan.argv([])).returncode == 0
+        rebuilt = rebuild(pad=100)
+        second = attendee_apt(tmp_path / "apt-2", mirror, signer)
+        for command in (["update"], ["download", "hello-rk"]):
+            done = second.run(*command, argv=lan.argv([]))
+            assert done.returncode == 0, (done.stdout, done.stderr)
+            assert "W:" not in done.stderr and "E:" not in done.stderr, done.stderr
+        assert (second.state / "download" / "hello-rk_1.0_all.deb").read_bytes() == rebuilt
+        assert fetched(upstream.url)[pool] == 2
+        rebuild(pad=200)
+        third = attendee_apt(tmp_path / "apt-3", mirror, signer)
+        assert third.run("update", argv=lan.argv([])).returncode == 0
+        upstream.stop()
+        tries = [third.run("download", "hello-rk", argv=lan.argv([])) for _ in range(2)]
+        assert [t.returncode for t in tries] == [100, 100], [t.stderr for t in tries]
+        assert not (third.state / "download" / "hello-rk_1.0_all.deb").exists()
+        said = (
+            f"E: Failed to fetch {mirror.url}debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"
+            "  504  hello-rk_1.0_all.deb changed upstream and the mirror holds only its old"
+            f" copy; upstream {upstream.url.split('/')[2]} is down ("
+        )
+        assert said in tries[1].stderr, tries[1].stderr
+
+
+def test_a_packages_file_cannot_name_a_deb_after_another_index(
+    tmp_path: Path, lan: Netns, signer: Signer
+) -> None:
+    """A Packages file (a third-party archive's, or a forgery over a plain-http uplink:
+    the mirror checks no signature) names a .deb `by-hash/sha256/H`, H the hash of
+    another component's Packages.xz: the path the mirror keeps that index by. One
+    `apt-get download` of it replaced that index for every client of the origin, and
+    every later `apt-get update` with that component failed `File has unexpected size`."""
+    root, build = tmp_path / "upstream", tmp_path / "build"
+    archive, dists = root / "debian", root / "debian" / "dists" / SUITE
+    hello, evil = make_deb(build, "hello-rk", "1.0"), make_deb(build, "evil-rk", "6.6")
+    (archive / "pool/contrib/h/hello-rk").mkdir(parents=True)
+    (archive / "pool/contrib/h/hello-rk/hello-rk_1.0_all.deb").write_bytes(hello)
+
+    def stanza(package: str, filename: str, data: bytes) -> str:
+        return (
+            f"Package: {package}\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t.invalid>"
+            f"\nFilename: {filename}\nSize: {len(data)}\n"
+            f"SHA256: {hashlib.sha256(data).hexdigest()}\nDescription: t\n\n"
+        )
+
+    contrib = stanza("hello-rk", "pool/contrib/h/hello-rk/hello-rk_1.0_all.deb", hello).encode()
+    taken = hashlib.sha256(lzma.compress(contrib)).hexdigest()
+    main = stanza("evil-rk", f"by-hash/sha256/{taken}", evil).encode()
+    (archive / "by-hash/sha256").mkdir(parents=True)
+    (archive / f"by-hash/sha256/{taken}").write_bytes(evil)
+    indexes = {}
+    for component, text in (("main", main), ("contrib", contrib)):  # apt wants both forms
+        indexes[f"{component}/binary-{arch()}/Packages"] = text
+        indexes[f"{component}/binary-{arch()}/Packages.xz"] = lzma.compress(text)
+    for path, data in indexes.items():
+        hashed = (dists / path).parent / "by-hash" / "SHA256"
+        hashed.mkdir(parents=True, exist_ok=True)
+        (dists / path).write_bytes(data)
+        (hashed / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    release = [
+        "Origin: t", f"Suite: {SUITE}", f"Codename: {SUITE}", f"Architectures: {arch()}",
+        "Components: main contrib", "Date: Sat, 01 Jun 2024 08:00:00 UTC",
+        "Acquire-By-Hash: yes", "SHA256:",
+        *(f" {hashlib.sha256(d).hexdigest()} {len(d)} {p}" for p, d in indexes.items()),
+    ]  # fmt: skip
+    (dists / "Release").write_text("\n".join(release) + "\n")
+    signer.sign(dists / "Release")
+    with mirrored(tmp_path, root, lan) as (_upstream, mirror, _admin):
+        first = attendee_apt(tmp_path / "apt-1", mirror, signer)
+        done = first.run("update", argv=lan.argv([]))
+        assert done.returncode == 0 and "E:" not in done.stderr, (done.stdout, done.stderr)
+        done = first.run("download", "evil-rk", argv=lan.argv([]))
+        said = f"{mirror.url}debian/by-hash/sha256/{taken}  404  not a path in an apt archive"
+        assert said in done.stderr, done.stderr
+        second = AptClient(tmp_path / "apt-2")
+        shutil.copy(signer.keyring, second.state / "trusted.d" / "archive.gpg")
+        second.sources(f"deb {mirror.url}debian {SUITE} main contrib")
+        for command in (["update"], ["download", "hello-rk"]):
+            done = second.run(*command, argv=lan.argv([]))
+            assert done.returncode == 0, (done.stdout, done.stderr)
+            assert "W:" not in done.stderr and "E:" not in done.stderr, done.stderr
+        assert (second.state / "download" / "hello-rk_1.0_all.deb").read_bytes() == hello

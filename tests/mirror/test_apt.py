@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import html
 import shutil
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from retreatkit.mirror import apt, apt_http, fakeupstream
 from retreatkit.mirror.apt_suites import ReleaseSet
 from retreatkit.mirror.fakeupstream import Upstream
 from retreatkit.mirror.fetch import Limits
+from retreatkit.mirror.records import Object, Source
 from retreatkit.mirror.service import Mirror
 from retreatkit.mirror.status import section
 from retreatkit.mirror.testing import Clock, mirror_client, settings
@@ -415,6 +417,19 @@ async def test_a_404_for_a_held_release_serves_the_last_one(archive: Archive) ->
     assert (await archive.get(f"/debian/dists/stable/{PACKAGES}"))[:2] == (200, packages)
 
 
+def test_a_packages_file_is_counted_at_its_size_unpacked() -> None:
+    """What reading it holds of max_pages_reading: the Release lists the plain file too."""
+    listing = "\n".join(
+        f" {'a' * 64} {size} main/binary-amd64/{name}"
+        for name, size in (("Packages", 50_000), ("Packages.xz", 9_000), ("Sources.gz", 700))
+    )
+    release = apt.parse_release(f"Suite: stable\nSHA256:\n{listing}\n".encode())
+    files = release.files
+    assert apt.unpacked_size(release, files["main/binary-amd64/Packages.xz"]) == 50_000
+    assert apt.unpacked_size(release, files["main/binary-amd64/Packages"]) == 50_000
+    assert apt.unpacked_size(release, files["main/binary-amd64/Sources.gz"]) == 700
+
+
 def test_a_page_with_a_field_like_line_is_no_release() -> None:
     """A portal's page whose CSS reads as a field: a Release names its suite."""
     page = b"<html>\n<style>\nbody { margin: 0; }\n</style>\n</html>\n"
@@ -452,6 +467,103 @@ def test_a_sources_index_names_each_file_under_its_directory() -> None:
          "http://d.test/debian/pool/main/h/hello/hello_1.0.tar.xz", 20),
     ]  # fmt: skip
     assert found[0].hashes == {"sha256": "a" * 64}
+
+
+async def test_a_packages_file_that_cannot_be_read_is_tried_once(archive: Archive) -> None:
+    """A Packages.xz its Release lists, with the right hash, that does not decompress: a
+    request for a pool file no index names reads it once and answers 404. It was read
+    again and again for as long as the mirror ran, and a request that joined that
+    reading as it ended spun the event loop, the whole mirror stopped."""
+    dists = archive.root / "debian" / "dists" / "stable"
+    broken = b"not xz at all"
+    old = (dists / PACKAGES).read_bytes()
+    (dists / PACKAGES).write_bytes(broken)
+    by_hash = (dists / PACKAGES).parent / "by-hash" / "SHA256"
+    (by_hash / hashlib.sha256(broken).hexdigest()).write_bytes(broken)
+    release = (dists / "Release").read_text()
+    for algo in ("md5", "sha256"):
+        was = f" {hashlib.new(algo, old).hexdigest()} {len(old):>8} {PACKAGES}"
+        now = f" {hashlib.new(algo, broken).hexdigest()} {len(broken):>8} {PACKAGES}"
+        release = release.replace(was, now)
+    (dists / "Release").write_text(release)
+    assert (await archive.get("/debian/dists/stable/Release"))[0] == 200
+    assert (await archive.get(f"/debian/dists/stable/{PACKAGES}"))[:2] == (200, broken)
+    for _ in range(2):  # the first joins the reading the index's request started
+        status, body, _ = await archive.get("/debian/pool/main/n/no-rk/no-rk_1.0_all.deb")
+        assert status == 404, body
+    deb = "/debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"  # in no index it could read
+    assert (await archive.get(deb))[0] == 404
+
+
+def test_no_pool_file_is_named_as_the_stores_indexes_are() -> None:
+    """The store keeps an origin's release files as `dists/...` and its index files as
+    `by-hash/ALGO/HEX` under the origin, and pool files by their path: a Packages or
+    Sources naming a file there would replace an index for every client."""
+    sha = "a" * 64
+    entries = ["pool/main/h/hello/hello_1.0_all.deb", f"by-hash/sha256/{sha}",
+               "dists/stable/InRelease", "pool/main/by-hash/x_1.0_all.deb"]  # fmt: skip
+    text = "".join(
+        f"Package: p{i}\nFilename: {path}\nSize: 10\nSHA256: {sha}\n\n"
+        for i, path in enumerate(entries)
+    )
+    found = apt.listed("debian", "http://d.test/debian", PACKAGES, text)
+    assert [s.name for s in found] == [
+        "apt/debian/pool/main/h/hello/hello_1.0_all.deb",
+        "apt/debian/pool/main/by-hash/x_1.0_all.deb",
+    ]
+    sources = "".join(
+        f"Package: s{i}\nDirectory: {folder}\nChecksums-Sha256:\n {sha} 10 {file}\n\n"
+        for i, (folder, file) in enumerate(
+            [("pool/main/s/s0", "s0_1.0.dsc"), ("by-hash/sha256", sha), ("dists/stable", "Release")]
+        )
+    )
+    found = apt.listed("debian", "http://d.test/debian", "main/source/Sources.xz", sources)
+    assert [s.name for s in found] == ["apt/debian/pool/main/s/s0/s0_1.0.dsc"]
+    assert apt.classify(f"by-hash/sha256/{sha}") is None
+    assert apt.classify("pool/main/by-hash/x_1.0_all.deb") == apt.Asked(
+        "pool", path="pool/main/by-hash/x_1.0_all.deb"
+    )
+
+
+async def test_an_index_a_packages_file_took_over_in_the_store_is_mended(
+    archive: Archive,
+) -> None:
+    """A store where an older mirror kept a .deb under an index's name, as a lying
+    Packages file made it: the index's source is said again when its Release is read
+    from the store, and the file held is not the one it names, so it is fetched again.
+    Meanwhile that index does not decompress: it is read once, not in a loop."""
+    await archive.get("/debian/dists/stable/Release")
+    path = f"/debian/dists/stable/{PACKAGES}"
+    status, packages, _ = await archive.get(path)
+    assert status == 200
+    store, deb = archive.mirror.store, archive.debs["hello-rk_1.0_all.deb"]
+    key = apt.index_key("debian", "sha256", hashlib.sha256(packages).hexdigest())
+    evil = apt.pool_sources(
+        "debian",
+        archive.upstream.url + "debian",
+        f"Package: evil\nFilename: {key.removeprefix('apt/debian/')}\nSize: {len(deb)}\n"
+        f"SHA256: {hashlib.sha256(deb).hexdigest()}\n",
+    )
+    assert evil == []  # refused now; as an older mirror read it:
+    digest = hashlib.sha256(deb).hexdigest()
+    took = Source(key, archive.upstream.url + "x.deb", {"sha256": digest}, "apt", "evil", len(deb))
+
+    def take_over() -> None:
+        store.put_bytes(deb)
+        store.add_sources([took])
+        store.put(Object(key, digest, len(deb), "application/octet-stream", time.time()))
+
+    await store.run(take_over)
+    archive.mirror.hot.clear()
+    assert (await archive.get(path))[1] == deb  # what that store served every client
+    # a Packages that cannot be read is tried once, not again and again by each
+    # request for a pool file no index names
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        status, _, _ = await archive.get("/debian/pool/main/n/no-rk/no-rk_1.0_all.deb")
+    assert status == 404
+    archive.client.app[apt_http.SUITES_KEY]._sets.clear()  # the mirror started again
+    assert (await archive.get("/debian/dists/stable/Release"))[0] == 200
+    assert (await archive.get(path))[:2] == (200, packages)
 
 
 async def test_a_suite_slower_than_apt_waits_is_named_by_its_release(archive: Archive) -> None:

@@ -1,5 +1,7 @@
 """A huge index page is parsed and stored off the event loop (item 6): another client is
-answered while it is being processed. The order is made by events, not by sleeps."""
+answered while it is being processed; and pages being read and processed at once hold no
+more than `max_pages_reading` of memory between them. The order is made by events, not by
+sleeps."""
 
 from __future__ import annotations
 
@@ -9,18 +11,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from retreatkit.mirror import fakeupstream
 from retreatkit.mirror.testing import mirror_client, settings
 
 FILES = 10_000
 
 
-def huge_page(root: Path) -> None:
-    page = root / "simple" / "huge"
+def huge_page(root: Path, name: str = "huge") -> None:
+    page = root / "simple" / name
     page.mkdir(parents=True)
     links = "\n".join(
-        f'<a href="../../files/huge-1.{i}-py3-none-any.whl#sha256={i:064x}">'
-        f"huge-1.{i}-py3-none-any.whl</a>"
+        f'<a href="../../files/{name}-1.{i}-py3-none-any.whl#sha256={i:064x}">'
+        f"{name}-1.{i}-py3-none-any.whl</a>"
         for i in range(FILES)
     )
     (page / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{links}\n</body></html>\n")
@@ -56,3 +60,64 @@ async def test_other_clients_are_answered_while_a_huge_page_is_processed(tmp_pat
             r = await huge
             assert r.status == 200
             assert (await r.text()).count("<a href=") == FILES
+
+
+async def test_pages_past_the_reading_budget_wait_for_the_one_being_processed(
+    tmp_path: Path,
+) -> None:
+    """Parsed, a page takes several times its size (a packument of 88 MB took the mirror
+    to 700 MB): two pages that together pass `max_pages_reading` are not processed at
+    once; the second waits for the first to be done, then goes."""
+    for name in ("huge", "huger"):
+        huge_page(tmp_path / "upstream", name)
+    started, release = threading.Event(), threading.Event()
+    two, waited = asyncio.Event(), asyncio.Event()  # two pages processed at once; one waits
+    running, most = [0], [0]
+
+    async def counted(fn: Callable[..., Any], *args: Any) -> Any:
+        """The mirror's offload, counting pages being processed; the first waits for the
+        test, holding its share of the budget meanwhile."""
+        if getattr(fn, "func", fn).__name__ != "_process":
+            return await asyncio.to_thread(fn, *args)
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        if running[0] == 2:
+            two.set()
+        started.set()
+
+        def held() -> Any:
+            release.wait(30)
+            return fn(*args)
+
+        try:
+            return await asyncio.to_thread(held)
+        finally:
+            running[0] -= 1
+
+    async with fakeupstream.serving(tmp_path / "upstream") as upstream:
+        budget = len(await _page_of(upstream.url, "huge")) * 3 // 2  # one page, not two
+        config = settings(tmp_path / "store", f"{upstream.url}simple/", max_pages_reading=budget)
+        async with mirror_client(config, offload=counted) as (client, mirror):
+            mirror.working.waited = waited.set
+            pages = [
+                asyncio.create_task(client.get(f"/pypi/simple/{n}/")) for n in ("huge", "huger")
+            ]
+            async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+                await asyncio.to_thread(started.wait, 30)
+                await asyncio.wait(
+                    [asyncio.create_task(e.wait()) for e in (two, waited)],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            assert not two.is_set() and waited.is_set()
+            assert running[0] == 1 and mirror.working.budget.used <= budget
+            release.set()
+            for page in pages:
+                r = await page
+                assert r.status == 200 and (await r.text()).count("<a href=") == FILES
+            assert most[0] == 1
+            assert mirror.working.budget.used == 0
+
+
+async def _page_of(base: str, name: str) -> bytes:
+    async with aiohttp.ClientSession() as session, session.get(f"{base}simple/{name}/") as r:
+        return await r.read()

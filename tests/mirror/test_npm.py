@@ -127,6 +127,40 @@ async def test_a_lockfiles_tarball_is_fetched_without_its_packument_first(reg: N
     assert r.status == 404
 
 
+@pytest.mark.parametrize("kept_hashes", [True, False], ids=["hashes-kept", "older-store"])
+async def test_a_tarball_republished_under_its_name_is_fetched_again(
+    reg: Npm, kept_hashes: bool
+) -> None:
+    """A registry that lets a version be published again (a private one) names other
+    bytes with the same file name: the copy held (in memory too) is not served against
+    the new integrity (npm: EINTEGRITY), but fetched again. npm's promise is sha512 and
+    sha1, not the sha256 the store names blobs by: the hashes a blob was checked against
+    are kept with it, and a store that has none for a blob hashes it once."""
+    path, file = "/npm/leftpad-rk/-/leftpad-rk-1.0.0.tgz", "/leftpad-rk/-/leftpad-rk-1.0.0.tgz"
+    await reg.packument("/npm/leftpad-rk")
+    for _ in range(2):  # fetched, then from memory
+        r = await reg.client.get(path)
+        assert (r.status, await r.read()) == (200, reg.tarballs["leftpad-rk@1.0.0"])
+    store, key = reg.mirror.store, npm.tarball_key("leftpad-rk", "leftpad-rk-1.0.0.tgz")
+    held = store.get(key)
+    assert held is not None
+    if not kept_hashes:  # as a store written before they were kept
+        store.transaction(lambda db: db.execute("delete from blob_hashes"))
+        reg.mirror.hot.clear()
+        r = await reg.client.get(path)
+        assert (r.status, await r.read()) == (200, reg.tarballs["leftpad-rk@1.0.0"])
+    assert reg.upstream.counts[file] == 1
+    again = make_npm_tarball("leftpad-rk", "1.0.0", pad=1000)
+    write_npm(reg.root, reg.upstream.url, [again, reg.tarballs["leftpad-rk@1.1.0"]])
+    await reg.packument("/npm/leftpad-rk")  # revalidated: the new integrity
+    for _ in range(2):
+        r = await reg.client.get(path)
+        assert (r.status, await r.read()) == (200, again)
+    assert reg.upstream.counts[file] == 2
+    old = hashlib.sha512(reg.tarballs["leftpad-rk@1.0.0"]).hexdigest()
+    assert store.hashes_of(held.digest)["sha512"] == old  # kept, or learnt by hashing it
+
+
 async def test_offline_packuments_list_what_is_held(reg: Npm) -> None:
     await reg.packument("/npm/leftpad-rk")
     await (await reg.client.get("/npm/leftpad-rk/-/leftpad-rk-1.0.0.tgz")).read()
