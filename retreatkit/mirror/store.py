@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from retreatkit.mirror.blobs import BlobWriter, blob_path, hash_file, hash_file_as, valid_hex
+from retreatkit.mirror.blobs import BlobWriter, blob_path, hash_file_as, valid_hex
 from retreatkit.mirror.errors import LocalError, StoreFull
 from retreatkit.mirror.records import Object, Source, kind_of
 from retreatkit.mirror.space import Space
@@ -297,21 +297,7 @@ class Store:
         return None
 
     def _rehash(self, digest: str, why: str) -> bool:
-        path = self.blob_path(digest)
-        try:
-            before = path.stat()  # a change while hashing then fails the next hit's stat
-            good = hash_file(path) == digest
-        except FileNotFoundError:
-            self.verified.pop(digest, None)
-            return False
-        except OSError as exc:
-            log.warning("cannot read blob %s: %s", digest, exc.strerror)
-            return False
-        if good:
-            self.verified[digest] = stamp(before)
-            return True
-        self.drop(path, why)
-        return False
+        return self.hash_blob(digest, (), why) is not None
 
     def drop(self, path: Path, why: str = "") -> None:
         log.warning("dropping corrupt blob %s%s", path.name, why)
@@ -348,9 +334,11 @@ class Store:
         found = row.fetchone()
         return {**(json.loads(found[0]) if found else {}), "sha256": digest}
 
-    def hash_blob(self, digest: str, algos: tuple[str, ...]) -> dict[str, str] | None:
-        """A blob's hashes by `algos`, read from its file (blocking); None if it is gone, or
-        rotted (then dropped)."""
+    def hash_blob(
+        self, digest: str, algos: tuple[str, ...], why: str = ""
+    ) -> dict[str, str] | None:
+        """A blob's hashes by `algos`, read from its file (blocking); None if it is gone,
+        unreadable, or rotted (then dropped, the log saying `why`)."""
         path = self.blob_path(digest)
         try:
             before = path.stat()
@@ -362,7 +350,7 @@ class Store:
             log.warning("cannot read blob %s: %s", digest, exc.strerror)
             return None
         if found["sha256"] != digest:
-            self.drop(path)
+            self.drop(path, why)
             return None
         self.verified[digest] = stamp(before)
         return found
