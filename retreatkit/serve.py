@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib
 import logging
@@ -194,9 +195,9 @@ async def serve(
     advert: LanAdvert | None = None
     note: Path | None = None
     try:
-        for service in services:
-            await service.start(registry, say)
-            started.append(service)
+        if not await _start_unless_stopped(services, started, registry, say, stop):
+            say("Stopping...")
+            return 0
         # in a thread, so the services answer meanwhile: on a VM guest's emulated CPU the
         # import takes about a second, which would otherwise come before every first answer
         await asyncio.to_thread(importlib.import_module, ADMIN_CODE)
@@ -256,6 +257,41 @@ async def serve(
         if started:
             say(f"Stopped: {', '.join(stopped_name(s) for s in started)}")
     return 0
+
+
+async def _start_unless_stopped(
+    services: list[Service],
+    started: list[Service],
+    registry: CollectorRegistry,
+    say: Say,
+    stop: asyncio.Event,
+) -> bool:
+    """Start each service in turn, noting it in `started`; False if a stop came first.
+    Ctrl-C while `up` built its images waited for every guest to boot: the start under
+    way is now cancelled, and stops what it had begun."""
+
+    async def start_all() -> None:
+        for service in services:
+            await service.start(registry, say)
+            started.append(service)
+
+    starting = asyncio.ensure_future(start_all())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # serve() itself cancelled (a guest asked to stop by its host)
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        raise
+    finally:
+        stopping.cancel()
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return False
+    starting.result()  # its error, if it failed
+    return True
 
 
 def _stop_on_signals() -> asyncio.Event:

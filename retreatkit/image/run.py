@@ -26,6 +26,10 @@ CONSOLES_PER_SERVICE = 100  # `image run`s of one service at once, each with its
 STOP_SECONDS = 30.0  # a clean stop under emulation takes well under this
 QEMU_AFTER_PASST = 2.0  # seconds: a qemu that ends by itself has ended by then
 STOP_COMMAND = specs.STOP_COMMAND.encode() + b"\n"
+# a stop written before the guest's console is open (while its kernel boots) is lost, and
+# the guest was powered off 30 s later: said again each second until its echo is seen
+STOP_AGAIN = 1.0
+ECHOED = re.compile(re.escape(specs.STOP_COMMAND.encode()) + rb"\r?\n")  # the tty's echo
 READY = b"Admin on http://"  # the guest's last start-up line
 CHUNK = 4096
 REASON_MAX = 160  # characters of a guest's last console line kept as why qemu ended
@@ -469,6 +473,9 @@ class Guest:
         self.stopping = False
         self.last_line = LastLine()
         self._tail = b"\n"  # the console's last bytes, until READY is among them
+        self.heard = asyncio.Event()  # the guest's console echoed the stop: it will read it
+        self._asked = False  # a stop was written: the console is looked at for its echo
+        self._heard_tail = b""
         self._pump: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self.passt: network.Passt | None = None
@@ -544,6 +551,10 @@ class Guest:
         self.last_line.feed(chunk)
         if self.echo is not None:
             self.echo(chunk)
+        if self._asked and not self.heard.is_set():
+            self._heard_tail = (self._heard_tail + chunk)[-CHUNK:]
+            if ECHOED.search(self._heard_tail):
+                self.heard.set()
         if not self.ready.is_set():
             self._tail = (self._tail + chunk)[-CHUNK:]
             at = self._tail.find(b"\n" + READY)
@@ -592,14 +603,26 @@ class Guest:
         if not self.running:
             return
         assert self.process is not None and self.process.stdin is not None
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            self.process.stdin.write(STOP_COMMAND)
-            await self.process.stdin.drain()
+        self._asked = True
+        ended = asyncio.ensure_future(self.process.wait())
         try:
-            await asyncio.wait_for(self.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                while not ended.done():
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        self.process.stdin.write(STOP_COMMAND)
+                        await self.process.stdin.drain()
+                    heard = asyncio.ensure_future(self.heard.wait())
+                    await asyncio.wait((ended, heard), timeout=STOP_AGAIN,
+                                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                    heard.cancel()
+                    if self.heard.is_set():
+                        await ended
+                await self.wait()
         except TimeoutError:
             self.kill()
             await self.wait()
+        finally:
+            ended.cancel()
 
     def kill(self) -> None:
         if self.running:

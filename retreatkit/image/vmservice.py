@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from retreatkit import config, startup
 from retreatkit.admin.token import TokenError
-from retreatkit.image import build, network, qemu, run
+from retreatkit.image import network, qemu, run
 from retreatkit.image import spec as specs
 from retreatkit.image.paths import cache_dir, private_dir, state_dir
 from retreatkit.image.supervisor import (
@@ -254,6 +255,31 @@ def guests_for_up(
     return VmService(definitions, build_kernel=images["kernel"], network=chosen, announce=announce)
 
 
+async def build_apart(out: Path, kernel: str) -> int:
+    """Build the image `out` (its folder is named after its service) in a process of its
+    own, which a stop kills at once: a build in a thread ran on after Ctrl-C, and the
+    process could not end before it did. Returns the image's size in bytes."""
+    argv = [sys.executable, "-m", "retreatkit.cli.main", "image", "build", out.name,
+            "-o", str(out.parent), "--kernel", kernel]  # fmt: skip
+    child = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, err = await child.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        await child.wait()
+        raise
+    lines = err.decode(errors="replace").splitlines()
+    if child.returncode != 0:  # its own one-line reason comes last
+        raise RuntimeError(lines[-1] if lines else f"the build exited with {child.returncode}")
+    manifest = json.loads((out / "manifest.json").read_bytes())
+    size: int = manifest["size_bytes"]
+    return size
+
+
 def exposure_warning(definition: Definition, chosen: str) -> str | None:
     """The nameserver refuses clients outside the LAN; a guest behind qemu's user
     networking sees every client at 10.0.2.2 and cannot, so the forward's host address is
@@ -332,11 +358,15 @@ class VmService:
             say(f"Another supervisor answers on {path}: `retreatkit vm` will not see these guests")
         if self.autostart:
             say(network.describe(self.network))
-        for definition in self.autostart:
-            try:
-                await self._autostart(definition, say)
-            except (RuntimeError, ValueError) as exc:  # serve() reports an OSError in one line
-                raise OSError(f"the {definition.name} guest: {exc}") from None
+        try:
+            for definition in self.autostart:
+                try:
+                    await self._autostart(definition, say)
+                except (RuntimeError, ValueError) as exc:  # serve() says an OSError in one line
+                    raise OSError(f"the {definition.name} guest: {exc}") from None
+        except BaseException:  # cut short (Ctrl-C while images build): what it began stops
+            await self.stop()
+            raise
         if self.announce:
             self._follow = asyncio.ensure_future(self._follow_guests())
 
@@ -364,8 +394,8 @@ class VmService:
         assert supervisor is not None
         if self.build_kernel is not None:
             out = Path(definition.image)
-            manifest = await asyncio.to_thread(build.build, out.name, out, self.build_kernel)
-            say(f"Image {out} built ({manifest['size_bytes'] / 1e6:.1f} MB)")
+            size = await build_apart(out, self.build_kernel)
+            say(f"Image {out} built ({size / 1e6:.1f} MB)")
         supervisor.define(definition)
         if (warning := exposure_warning(definition, self.network)) is not None:
             say(warning)

@@ -653,6 +653,58 @@ def test_up_runs_a_service_as_an_image(tmp_path: Path, env: dict[str, str]) -> N
     assert lines[-1] == "Stopped: mirror, nameserver, vm (guest relay)"  # the guest named too
 
 
+def test_a_guest_stopped_while_its_kernel_boots_still_stops_cleanly(
+    image: Callable[[str], Path], env: dict[str, str]
+) -> None:
+    """Ctrl-C right after qemu starts: the stop written then met no open console and was
+    lost, and the guest was powered off 30 s later (a mirror's disk not unmounted)."""
+    relay = image("relay")
+    proc = Process.start(retreatkit_argv("image", "run", str(relay)), env=env)
+    try:
+        proc.wait_for(r"^Network: ", BOOT_TIMEOUT)  # said once qemu runs
+    finally:
+        proc.popen.send_signal(signal.SIGINT)
+        code, lines = proc.finish(BOOT_TIMEOUT)
+    assert code == 0, lines
+    assert "retreatkit: stopping at the host's request" in lines  # it heard, not a power-off
+    assert "retreatkit: guest stopping (exit code 0)" in lines
+    assert lines[-1] == "Guest stopped"
+
+
+def test_up_stops_at_once_when_asked_while_it_builds_its_images(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """Ctrl-C while `up` builds its images: it used to build and boot every guest first."""
+    config = tmp_path / "retreat.toml"
+    config.write_text(
+        '[admin]\nlisten = "127.0.0.1:0"\n'
+        '[relay]\nlisten = "127.0.0.1:0"\n[mirror]\nlisten = "127.0.0.1:0"\n'
+        '[nameserver]\nlisten = "127.0.0.1:0"\n'
+        f'[images]\nrun = ["relay", "nameserver", "mirror"]\ndir = "{tmp_path / "images"}"\n'
+    )
+    up = Process.start(retreatkit_argv("--config", str(config), "up"), env=env)
+    try:
+        up.wait_for(r"^Network: ", BOOT_TIMEOUT)  # said before the first image is built
+    finally:
+        up.popen.send_signal(signal.SIGINT)
+        code, lines = up.finish(BOOT_TIMEOUT)
+    assert code == 0, lines
+    assert lines[-1] == "Stopping..."
+    assert not any(line.startswith(("Image ", "Guest ")) for line in lines), lines
+    assert not (tmp_path / "images" / "relay" / "manifest.json").exists()
+    assert not processes_naming(str(tmp_path / "images"))  # the build was ended, not left
+
+
+def processes_naming(text: str) -> list[int]:
+    """The processes whose command line holds `text`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+    return found
+
+
 def test_debians_kernel_boots_with_the_modules_it_needs(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
