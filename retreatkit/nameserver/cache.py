@@ -70,13 +70,14 @@ ENTRY_COST = 512  # bytes an entry holds besides its answer and key (the module 
 RECORD_COST = 64  # and per record: its TTL and offset, int objects, and their tuple slots
 TARGET_COST = 64  # and per CNAME target, besides its characters: a str and its tuple slot
 
-MEMORY_SHARE = 4  # of this machine's memory, at most a quarter goes to the cache
+MEMORY_SHARE = 4  # of the memory we may use, at most a quarter goes to the cache
 
 
 def max_bytes_for(physical: int | None) -> int:
-    """The cache's bound on a machine with `physical` bytes of memory (None: unknown):
-    MAX_BYTES, or a quarter of the machine where that is less, as in a VM guest of
-    128 MB, which the full cache would not fit beside Python and the kernel."""
+    """The cache's bound where this process may use `physical` bytes of memory (None:
+    unknown; the machine's, or its cgroup's limit: memory.py): MAX_BYTES, or a quarter
+    of that where it is less, as in a VM guest of 128 MB, which the full cache would not
+    fit beside Python and the kernel."""
     if not physical or physical <= 0:
         return MAX_BYTES
     return min(MAX_BYTES, physical // MEMORY_SHARE)

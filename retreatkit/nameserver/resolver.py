@@ -52,7 +52,15 @@ from retreatkit.nameserver.policy import (
     Route,
 )
 from retreatkit.nameserver.stats import BLOCKED as BLOCKED_ANSWER
-from retreatkit.nameserver.stats import FORMERR, FORWARDED, REFUSED, SERVFAIL, STALE, Stats
+from retreatkit.nameserver.stats import (
+    FORMERR,
+    FORWARDED,
+    REFUSED,
+    SERVFAIL,
+    STALE,
+    UNCOUNTED,
+    Stats,
+)
 from retreatkit.nameserver.stats import LOCAL as LOCAL_ANSWER
 from retreatkit.nameserver.upstream import RETRY_AFTER, Answer, UpstreamSet
 
@@ -170,23 +178,27 @@ class Resolver:
         client: str,
         max_size: int | None,
         query: wire.Query | None = None,
+        counted: bool = False,
     ) -> bytes | None:
         """The answer to any query bytes, or None to stay silent (not a query at all).
-        `query` is wire.parse(data) when the caller has it already."""
+        `query` is wire.parse(data) when the caller has it already; `counted`: this very
+        question was answered and counted before (its answer never sent), so it is not
+        counted again."""
+        tally = UNCOUNTED if counted else self.stats
         now = self.clock()
         if now >= self.next_tick:
             self.tick(now)
         if query is None:
             query = wire.parse(data)
         if query is None:
-            parsed = self._unusual(data, client, now)
+            parsed = self._unusual(data, client, now, tally)
             if parsed is None or isinstance(parsed, bytes):
                 return parsed
             query, data = parsed
         asking = self.asking
         asking[client] = asking.get(client, 0) + 1
         try:
-            out = await self._plain(query, data, client, now)
+            out = await self._plain(query, data, client, now, tally)
         finally:
             left = asking[client] - 1
             if left:
@@ -198,7 +210,7 @@ class Resolver:
         return out
 
     def _unusual(
-        self, data: bytes, client: str, now: float
+        self, data: bytes, client: str, now: float, tally: Stats
     ) -> bytes | tuple[wire.Query, bytes] | None:
         """What wire.parse left: errors, or the query rewritten plainly for _plain."""
         try:
@@ -206,7 +218,7 @@ class Resolver:
         except dns.exception.DNSException:
             if len(data) < 12 or data[2] & 0x80:
                 return None
-            self.stats.answered(now, client, "", FORMERR, 1)
+            tally.answered(now, client, "", FORMERR, 1)
             # header only, our ID echoed, QR and FORMERR set: the client learns it was us
             return struct.pack(">HHHHHH", struct.unpack_from(">H", data)[0], 0x8001, 0, 0, 0, 0)
         if message.flags & dns.flags.QR:
@@ -231,30 +243,32 @@ class Resolver:
             if query is not None:
                 return query, plain.to_wire()
             response = answers.error(message, dns.rcode.FORMERR)
-        self.stats.answered(now, client, name, FORMERR, response.rcode())
+        tally.answered(now, client, name, FORMERR, response.rcode())
         return fill.encode(response)
 
-    async def _plain(self, query: wire.Query, data: bytes, client: str, now: float) -> bytes:
+    async def _plain(
+        self, query: wire.Query, data: bytes, client: str, now: float, tally: Stats
+    ) -> bytes:
         key = query.key
         name, qtype = wire.key_name(key), wire.key_type(key)
         if key[-3:-1] != CLASS_IN:
-            self.stats.answered(now, client, name, REFUSED, 5, key=key)
+            tally.answered(now, client, name, REFUSED, 5, key=key)
             return _bare(query, data, 5)
         if qtype in META_TYPES:
             # RFC 6895 3.1: meta-types are no questions to forward (zone transfers, TSIG);
             # an upstream refuses them, and that is no failure of its
-            self.stats.answered(now, client, name, REFUSED, 5, key=key)
+            tally.answered(now, client, name, REFUSED, 5, key=key)
             return _bare(query, data, 5)
         if is_probe(key):
-            return self._came_back(query, data, client, now, name)
+            return self._came_back(query, data, client, now, name, tally)
         if qtype == TYPE_ANY:
             response = answers.minimal_any(dns.message.from_wire(data))
             own = fill.own(self.cache, query, response, LOCAL_ANSWER, now, self.generation)
-            self.stats.answered(now, client, name, LOCAL_ANSWER, 0, key=key)
+            tally.answered(now, client, name, LOCAL_ANSWER, 0, key=key)
             return own.template.render(query, data, None)
         route = self.policy.route(name, qtype)
         if route.kind != FORWARD:
-            return await self._own(query, data, client, now, route, name, qtype)
+            return await self._own(query, data, client, now, route, name, qtype, tally)
         entry: Entry | None = self.cache.get(key)
         if entry is not None and entry.own:
             entry = None  # our answer under an older policy: the name is forwarded now
@@ -265,18 +279,18 @@ class Resolver:
             # the lists changed since it was cached: its CNAME chain may be listed now
             listed = self._cloaked(name, entry.targets)
             if listed is not None:
-                self.stats.cname_blocked += 1
+                tally.cname_blocked += 1
                 return await self._own(
-                    query, data, client, now, Route(BLOCKED, listed), name, qtype
+                    query, data, client, now, Route(BLOCKED, listed), name, qtype, tally
                 )
             entry.generation = self.generation
         if entry is not None and now < entry.expires:
-            self.stats.hit(now, client, entry)
+            tally.hit(now, client, entry)
             return entry.template.render(query, data, int(now - entry.stored_at))
-        return await self._forward(query, data, client, now, route, name, entry)
+        return await self._forward(query, data, client, now, route, name, entry, tally)
 
     def _came_back(
-        self, query: wire.Query, data: bytes, client: str, now: float, name: str
+        self, query: wire.Query, data: bytes, client: str, now: float, name: str, tally: Stats
     ) -> bytes:
         """A question under the loop probes' name (loops.py): never forwarded, where it
         would go round again, but answered NXDOMAIN here, as RFC 6761 6.2 has a resolver
@@ -287,7 +301,7 @@ class Resolver:
             group = self.upstreams[probe.zone]
             if group.note is not None:
                 group.note(probe.upstream, probe.zone, now)
-        self.stats.answered(now, client, name, LOCAL_ANSWER, RCODE_NXDOMAIN, key=query.key)
+        tally.answered(now, client, name, LOCAL_ANSWER, RCODE_NXDOMAIN, key=query.key)
         return _bare(query, data, RCODE_NXDOMAIN)
 
     async def check_loop(self, probe: Probe) -> None:
@@ -310,6 +324,7 @@ class Resolver:
         route: Route,
         name: str,
         qtype: int,
+        tally: Stats,
     ) -> bytes:
         message = dns.message.from_wire(data)
         kind = LOCAL_ANSWER
@@ -318,20 +333,18 @@ class Resolver:
             try:
                 chain, outside = self.policy.local.chase(name, _type_text(qtype))
             except CnameLoop:  # refused when records are set; never followed if one slips in
-                self.stats.answered(now, client, name, SERVFAIL, 2, key=query.key)
+                tally.answered(now, client, name, SERVFAIL, 2, key=query.key)
                 return _bare(query, data, 2)
             response = answers.local(message, chain, route.zone)
             if outside is not None:
                 # a local CNAME to a name outside: ask for it as any client would
                 listed = await self._follow(response, query, name, outside, qtype)
                 if listed is not None:
-                    self.stats.cname_blocked += 1
+                    tally.cname_blocked += 1
                     return await self._own(
-                        query, data, client, now, Route(BLOCKED, listed), name, qtype
+                        query, data, client, now, Route(BLOCKED, listed), name, qtype, tally
                     )
-                self.stats.answered(
-                    now, client, name, LOCAL_ANSWER, response.rcode(), key=query.key
-                )
+                tally.answered(now, client, name, LOCAL_ANSWER, response.rcode(), key=query.key)
                 return fill.encode(response)
         elif route.kind == PTR:
             response = answers.ptr(message, route.zone)
@@ -343,7 +356,7 @@ class Resolver:
             response = answers.blocked(message, self.block_mode, route.zone)
             kind = BLOCKED_ANSWER
         entry = fill.own(self.cache, query, response, kind, now, self.generation)
-        self.stats.answered(now, client, name, kind, entry.rcode, key=query.key)
+        tally.answered(now, client, name, kind, entry.rcode, key=query.key)
         return entry.template.render(query, data, None)
 
     async def _follow(
@@ -416,6 +429,7 @@ class Resolver:
         route: Route,
         name: str,
         entry: Entry | None,
+        tally: Stats,
     ) -> bytes:
         key = query.key
         stale_ok = entry is not None and now < entry.stale_until
@@ -448,33 +462,39 @@ class Resolver:
                     " answer or SERVFAIL until some are answered", exc,
                 )  # fmt: skip
             if stale_ok and entry is not None:
-                self.stats.answered(later, client, name, STALE, entry.rcode, key=key,
+                tally.answered(later, client, name, STALE, entry.rcode, key=key,
                                     ms=(later - now) * 1000)  # fmt: skip
                 return entry.template.render(query, data, wire.STALE)
-            unsigned = await self._unsigned_stale(query, data, client, (now, later), name)
+            unsigned = await self._unsigned_stale(query, data, client, (now, later), name, tally)
             if unsigned is not None:
                 return unsigned
-            self.stats.answered(later, client, name, SERVFAIL, 2, key=key,
+            tally.answered(later, client, name, SERVFAIL, 2, key=key,
                                 ms=(later - now) * 1000)  # fmt: skip
             return _bare(query, data, 2)
         later = self.clock()
         if fetched.cloaked is not None:
-            self.stats.cname_blocked += 1
+            tally.cname_blocked += 1
             return await self._own(query, data, client, later, Route(BLOCKED, fetched.cloaked),
-                                   name, wire.key_type(key))  # fmt: skip
+                                   name, wire.key_type(key), tally)  # fmt: skip
         entry = fetched.entry
         if entry is None or entry.key != key:
             # asked with other EDNS or AD bits than the first asker: its own answer
             try:
                 entry = self._store(query, data, fetched, route)
             except BadReply:
-                self.stats.answered(later, client, name, SERVFAIL, 2, key=key)
+                tally.answered(later, client, name, SERVFAIL, 2, key=key)
                 return _bare(query, data, 2)
-        self.stats.answered(later, client, name, FORWARDED, entry.rcode, key=key, ms=fetched.ms)
+        tally.answered(later, client, name, FORWARDED, entry.rcode, key=key, ms=fetched.ms)
         return entry.template.render(query, data, int(later - entry.stored_at))
 
     async def _unsigned_stale(
-        self, query: wire.Query, data: bytes, client: str, when: tuple[float, float], name: str
+        self,
+        query: wire.Query,
+        data: bytes,
+        client: str,
+        when: tuple[float, float],
+        name: str,
+        tally: Stats,
     ) -> bytes | None:
         """A DO client's last resort, the upstream failed (fill.unsigned_stale): another
         client's stale answer, or the block for it if the lists changed since and its
@@ -487,12 +507,12 @@ class Resolver:
         if held.generation != self.generation:
             listed = self._cloaked(name, held.targets)
             if listed is not None:
-                self.stats.cname_blocked += 1
+                tally.cname_blocked += 1
                 route = Route(BLOCKED, listed)
                 return await self._own(
-                    query, data, client, now, route, name, wire.key_type(query.key)
+                    query, data, client, now, route, name, wire.key_type(query.key), tally
                 )
-        self.stats.answered(now, client, name, STALE, out[3] & 0xF, key=query.key,
+        tally.answered(now, client, name, STALE, out[3] & 0xF, key=query.key,
                             ms=(now - asked) * 1000)  # fmt: skip
         return out
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from retreatkit.config import host_port_text
+from retreatkit.memory import physical_memory
 from retreatkit.nameserver import status, wildcard
 from retreatkit.nameserver.cache import max_bytes_for
 from retreatkit.nameserver.gate import LAN, Gate
@@ -214,14 +214,6 @@ class Nameserver:
         from retreatkit.nameserver import admin
 
         return admin.routes(self)
-
-
-def physical_memory() -> int | None:
-    """This machine's memory in bytes (a VM guest's own), or None where it cannot say."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return None
 
 
 def give_back_memory() -> None:

@@ -127,6 +127,38 @@ class Stats:
         return (items[-1]["seq"] if items else last), items
 
 
+class Uncounted(Stats):
+    """Counts no answer: for a question answered and counted once already, asked again
+    because its answer was never sent (a TCP client had stopped reading, tcp.py)."""
+
+    def hit(self, now: float, client: str, entry: Entry) -> None:
+        pass
+
+    def answered(
+        self,
+        now: float,
+        client: str,
+        name: str,
+        outcome: int,
+        rcode: int = 0,
+        qtype: int = 0,
+        ms: float = 0.0,
+        key: bytes | None = None,
+    ) -> None:
+        pass
+
+    @property
+    def cname_blocked(self) -> int:
+        return 0
+
+    @cname_blocked.setter
+    def cname_blocked(self, value: int) -> None:
+        pass  # the block was counted with the answer
+
+
+UNCOUNTED = Uncounted(keep=0, ring=0)
+
+
 def _item(seq: int, item: Item, at: Callable[[float], str]) -> dict[str, Any]:
     question: bytes | str
     if len(item) == 3:

@@ -8,7 +8,9 @@ them (asyncio buffers whatever is written): at most MAX_PENDING queries are work
 at once, however many one read brought; once MAX_UNSENT bytes of answers wait on the
 client (asyncio's pause_writing), we read no more of its queries and write no more
 answers: an answer that finds them waiting is not kept, its query goes back in line
-and is answered once the client has read. So what one connection holds is MAX_UNSENT
+and is answered once the client has read (counted once: in /status and the query log
+it is the answer worked out first, not again for each time it went back). So what one
+connection holds is MAX_UNSENT
 and one answer (up to 64 KiB), however many answers were being worked on: before,
 each of them was written, 2 MB a connection. A connection past its deadline is
 aborted, not closed: closing waits to send what the client never reads, and such
@@ -189,7 +191,8 @@ class TCPServer(asyncio.Protocol):
         self.outsider = False  # not in the LAN's networks: gets REFUSED
         self.pending = 0
         self.blocked = False  # the client does not read its answers: we read no queries
-        self.again: deque[bytes] = deque()  # queries whose answers found it blocked
+        # queries that found it blocked, and whether their answer was counted already
+        self.again: deque[tuple[bytes, bool]] = deque()
         self.framer = Framer(connections.clock(), connections.idle)
         self.tasks: set[asyncio.Future[None]] = set()
 
@@ -229,13 +232,14 @@ class TCPServer(asyncio.Protocol):
         and the client reads its answers; the rest wait (those sent back first, then the
         framer's), reading paused."""
         room = 0 if self.blocked else MAX_PENDING - self.pending
-        messages: list[bytes] = []
+        messages: list[tuple[bytes, bool]] = []
         while self.again and len(messages) < room:
             messages.append(self.again.popleft())
-        messages += self.framer.feed(data, self.connections.clock(), max(room - len(messages), 0))
-        for message in messages:
+        read = self.framer.feed(data, self.connections.clock(), max(room - len(messages), 0))
+        messages += [(message, False) for message in read]
+        for message, counted in messages:
             self.pending += 1
-            task = self.connections.loop().create_task(self._answer(message))
+            task = self.connections.loop().create_task(self._answer(message, counted))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         if self.transport is not None and not self.transport.is_closing():
@@ -269,11 +273,13 @@ class TCPServer(asyncio.Protocol):
             self.transport.write(_LENGTH.pack(len(out)) + out)
         self.close()
 
-    async def _answer(self, message: bytes) -> None:
+    async def _answer(self, message: bytes, counted: bool = False) -> None:
+        """Answer one query; `counted`: it was answered and counted before, its answer
+        never sent (the client had stopped reading): this one is not counted again."""
         resolver = self.resolver
         try:
             if self.blocked:  # taken before the client stopped reading: later, then
-                self._again(message)
+                self._again(message, counted)
                 return
             now = resolver.clock()
             if now >= resolver.next_tick:
@@ -282,14 +288,15 @@ class TCPServer(asyncio.Protocol):
             found = resolver.hit(query, message, now) if query is not None else None
             if found is not None:
                 out: bytes | None = found[0]
-                resolver.stats.hit(now, self.ip, found[1])
+                if not counted:
+                    resolver.stats.hit(now, self.ip, found[1])
             else:
-                out = await resolver.resolve(message, self.ip, None, query)
+                out = await resolver.resolve(message, self.ip, None, query, counted)
             transport = self.transport
             if out is None:  # no query at all (empty, a header cut short, a response)
                 resolver.stats.answered(now, self.ip, "", FORMERR, 1)
             elif self.blocked:  # its answer waited upstream while the client stopped reading
-                self._again(message)
+                self._again(message, True)  # resolve() counted it
             elif transport is not None and not transport.is_closing():
                 if len(out) > MAX_MESSAGE:
                     out = too_big(out, query or wire.parse(message))
@@ -303,7 +310,7 @@ class TCPServer(asyncio.Protocol):
             if self in self.connections.open:
                 self._take()
 
-    def _again(self, message: bytes) -> None:
+    def _again(self, message: bytes, counted: bool) -> None:
         """Back in line, to be answered once the client reads (nothing kept but the query)."""
         if self.transport is not None and not self.transport.is_closing():
-            self.again.append(message)
+            self.again.append((message, counted))

@@ -7,21 +7,21 @@ with no answer by then counts as a failure. Without this, an uplink whose round 
 took longer than one attempt answered nothing at all: every reply came after we had
 given up, was counted as spoofed, and the upstream was marked down.
 
-The clock is the caller's. An upstream is down when it answers nothing at all, not when
-some names go unanswered: a zone's own servers can be silent (a dead domain, a tracker
-firewalled away) while the upstream answers everything else, and three such questions
-asked at once took the LAN's DNS down for everyone, again every 30 s. So a query left
-unanswered counts against its upstream only if the upstream answered nothing at all
-since that query was sent. And when queries unanswered for ATTEMPT_TIMEOUT, with
-nothing heard from their upstream since, are enough, with the failures already counted,
-to take it down, it is asked a check question beside them (NS of the forwarded zone, or
-of the root: what any server it could be answers at once), one at a time. A reply to
-it, whatever its rcode, is the upstream answering; a silent upstream answers neither,
-and its failures count. Three in a row and it is down: passed by for RETRY_AFTER seconds
-(RFC 8767's failure recheck timer; the set's `recheck`); then one query at a time probes
-it while the others pass it by. An upstream that answers the check but none of the
-questions (its own uplink gone) stays up: its questions fail after PATIENCE, and cached
-names are served stale meanwhile.
+The clock is the caller's. An upstream is down when it answers none of our questions,
+not when some names go unanswered: a zone's own servers can be silent (a dead domain, a
+tracker firewalled away) while the upstream answers everything else, and three such
+questions asked at once took the LAN's DNS down for everyone, again every 30 s. When
+queries unanswered for ATTEMPT_TIMEOUT, with nothing heard from their upstream since,
+are enough, with the failures already counted, to take it down, it is asked a check
+question beside them (NS of the forwarded zone, or of the root: what any server it
+could be answers at once), one at a time. Whether an unanswered query then counts is
+silence.py's rule: nothing if the upstream replied to another question since; nothing
+if it replied to the check, while its unanswered questions are about fewer than three
+sites; else a failure, and unanswered questions about three sites with no reply to any
+question since take it down at once, check or no check (a resolver whose own uplink is
+gone answers NS . from its cache and drops the rest). Three failures in a row and it is
+down too: passed by for RETRY_AFTER seconds (RFC 8767's failure recheck timer; the
+set's `recheck`); then one query at a time probes it while the others pass it by.
 
 When every upstream is down and none is due a probe, asking fails at once: stale answers
 and SERVFAIL come without waiting on servers known to be silent. SERVFAIL and REFUSED
@@ -47,6 +47,7 @@ from retreatkit.config import host_port_text
 from retreatkit.nameserver import reply as replies
 from retreatkit.nameserver import wire
 from retreatkit.nameserver.errors import BadReply, UpstreamFailed
+from retreatkit.nameserver.silence import Silence, Verdict, site_of, zone_wire
 
 ATTEMPT_TIMEOUT = 1.5  # then the next upstream is asked too
 PATIENCE = 4.0  # how long a query waits for any of them; under a stub's 5 s
@@ -68,13 +69,18 @@ class Upstream:
     last_error: str = ""
     edns: bool = True  # False once it refused a query with EDNS and answered one without
     looping: bool = False  # it forwards our questions back to us (loops.py): never asked
-    heard_at: float = -math.inf  # when it last replied to anything, on the set's clock
+    silence: Silence = field(default_factory=Silence)  # what it left unanswered
     checking: bool = False  # a check question is out (one at a time)
     overdue: int = 0  # its queries in progress, unanswered for an attempt's time
 
     @property
     def address(self) -> str:
         return host_port_text(self.host, self.port)
+
+    @property
+    def heard_at(self) -> float:
+        """When it last replied to anything (the check question included), on the set's clock."""
+        return self.silence.heard_at
 
     @property
     def down(self) -> bool:
@@ -91,10 +97,6 @@ class Upstream:
         if self.failures:
             return "failing"
         return "up" if self.queries else "unknown"
-
-    def heard(self, now: float) -> None:
-        """A reply came, whatever it said: the upstream is there."""
-        self.heard_at = max(self.heard_at, now)
 
     def answered(self, elapsed: float) -> None:
         self.queries += 1
@@ -118,8 +120,7 @@ class Upstream:
             self.down_until = now + recheck
 
     def missed(self, why: str) -> None:
-        """A failed query that counts nothing against the upstream: it answered something
-        else since the query was sent."""
+        """A failed query that counts nothing against the upstream (silence.py spared it)."""
         self.queries += 1
         self.errors += 1
         self.last_error = why
@@ -208,9 +209,10 @@ class UpstreamSet:
             )
         question = key[:-1]
         deadline = self.clock() + self.patience
+        site = site_of(key, zone_wire(self.zone))
         if len(plan) == 1:  # the common case: nothing to stagger
             only = self._attempt(plan[0], key, question, deadline)
-            result = await self._settle(plan[0], only, deadline)
+            result = await self._settle(plan[0], only, deadline, site)
             if isinstance(result, Answer):
                 return result
             raise UpstreamFailed(result)
@@ -221,7 +223,7 @@ class UpstreamSet:
             async def run() -> Answer | None:
                 sent[index] = self.clock()
                 result = await self._settle(
-                    upstream, self._attempt(upstream, key, question, deadline), deadline
+                    upstream, self._attempt(upstream, key, question, deadline), deadline, site
                 )
                 if isinstance(result, Answer):
                     return result
@@ -235,14 +237,9 @@ class UpstreamSet:
         )
         for index in overtaken:
             # silent for a whole attempt while another answered: a failure, as a silent
-            # upstream always was (down after three, then passed by), unless it answered
-            # something since (its check question, cut short by the winner, may not have)
-            upstream = plan[index]
-            if upstream.heard_at > sent[index]:
-                upstream.missed("no answer in time")
-                self._noted(upstream)
-            else:
-                self._failed(upstream, "no answer in time")
+            # upstream always was (down after three, then passed by), unless silence.py
+            # spares it (its check question, cut short by the winner, may not have come)
+            self._unanswered(plan[index], "no answer in time", sent[index], site)
         if answer is None:
             raise UpstreamFailed(why[-1] if why else "no answer in time")
         return answer
@@ -272,7 +269,7 @@ class UpstreamSet:
     ) -> tuple[bytes, replies.Reply | None]:
         wait = max(0.0, deadline - self.clock())
         raw = await self._query(upstream, key, question, False, wait, edns)
-        upstream.heard(self.clock())
+        upstream.silence.replied(self.clock())
         try:
             return raw, replies.digest(raw, question)
         except replies.Unusual:
@@ -283,6 +280,7 @@ class UpstreamSet:
         upstream: Upstream,
         attempt: Awaitable[tuple[bytes, replies.Reply | None]],
         deadline: float,
+        site: bytes,
     ) -> Answer | str:
         """An attempt's outcome, told to the upstream's health: the Answer, or why not.
         Unanswered for a whole ATTEMPT_TIMEOUT, nothing heard from the upstream since it
@@ -313,7 +311,7 @@ class UpstreamSet:
                 key = _check_key(self.zone)
                 wait = max(0.0, deadline - self.clock())
                 await self._query(upstream, key, key[:-1], False, wait, upstream.edns)
-                upstream.heard(self.clock())  # any reply, whatever its rcode
+                upstream.silence.heard(self.clock())  # any reply, whatever its rcode
             except (UpstreamFailed, TimeoutError, OSError):
                 pass
             finally:
@@ -324,7 +322,7 @@ class UpstreamSet:
         except (UpstreamFailed, TimeoutError, OSError, replies.Unusual) as exc:
             why = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else
                                type(exc).__name__)  # fmt: skip
-            return self._unanswered(upstream, why, started)
+            return self._unanswered(upstream, why, started, site)
         finally:
             if overdue:
                 upstream.overdue -= 1
@@ -333,7 +331,7 @@ class UpstreamSet:
         assert answer is not None  # query() answers or raises
         raw, reply = answer.raw, answer.reply
         now = self.clock()
-        upstream.heard(now)
+        upstream.silence.replied(now)
         rcode = _rcode(raw, reply)
         if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
             why = "SERVFAIL" if rcode == RCODE_SERVFAIL else "REFUSED"
@@ -342,10 +340,13 @@ class UpstreamSet:
         self._noted(upstream)
         return answer
 
-    def _unanswered(self, upstream: Upstream, why: str, sent: float) -> str:
-        """No usable answer to a query sent at `sent`: a failure of the upstream only if
-        it answered nothing at all since (the check question included)."""
-        if upstream.heard_at <= sent:
+    def _unanswered(self, upstream: Upstream, why: str, sent: float, site: bytes) -> str:
+        """No usable answer to a query about `site` sent at `sent`: what it counts against
+        the upstream is silence.py's verdict."""
+        verdict = upstream.silence.unanswered(sent, site)
+        if verdict is not Verdict.SPARED:
+            if verdict is Verdict.DOWN:
+                upstream.failures = max(upstream.failures, FAILURES_TO_DOWN - 1)
             return self._failed(upstream, why)
         upstream.missed(why)  # its zone's servers are silent, not it
         if upstream.down:  # a probe: it is there, so it is asked again from now on
@@ -387,9 +388,7 @@ class UpstreamSet:
 
 def _check_key(zone: str) -> bytes:
     """The cache key of the check question: NS of the forwarded zone, or of the root."""
-    labels = [label.encode("ascii") for label in zone.split(".") if label]
-    name = b"".join(bytes((len(label),)) + label for label in labels) + b"\0"
-    return name + _NS_IN + b"\0"
+    return zone_wire(zone) + _NS_IN + b"\0"
 
 
 _NS_IN = struct.pack(">HH", 2, 1)
