@@ -203,7 +203,16 @@ def records(
             # a stream is read a record at a time: stdin may trickle, and what it gave
             # must go out without waiting for a whole megabyte
             size = RECORD_SIZE if remaining is None else READ_SIZE
+            grace: float | None = None  # records sealed and not flushed: see below
             while remaining is None or remaining > 0:
+                # before a read that would wait (stdin paused: someone typing, `tail -f`),
+                # what stdin gave goes out, however much it was. Asked after sealing, and
+                # after a full read with a moment's grace: the read emptied the pipe, and
+                # a writer that keeps up (`cat file |`) refills it at once, so this flushes
+                # no batch early. After a short read (a trickle) it is asked without one.
+                if grace is not None and _quiet(fd, grace):
+                    yield FLUSH
+                    grace = None
                 want = size if remaining is None else min(size, remaining)
                 got = os.readv(fd, [view[:want]])
                 if not got:
@@ -217,8 +226,8 @@ def records(
                 for at in range(0, got, RECORD_SIZE):
                     piece = view[at : min(got, at + RECORD_SIZE)]
                     yield functools.partial(session.send_data_into, piece, compress=compress)
-                if remaining is None and got < want and _quiet(fd):
-                    yield FLUSH  # stdin paused (someone typing, `tail -f`): send what it gave
+                if remaining is None:
+                    grace = REFILL if got == want else 0.0
         finally:
             if path is not None:
                 os.close(fd)
@@ -233,10 +242,15 @@ def _flush(out: memoryview) -> int:
 FLUSH: Seal = _flush  # seals nothing: what is sealed goes out now, not when a batch is full
 
 
-def _quiet(fd: int) -> bool:
-    """Nothing more to read from `fd` at once (a pipe whose writer paused)."""
+# seconds a writer that filled our read has to write again before what it gave goes out:
+# too short for a person to see, and ample for `cat file |` to refill the pipe we emptied
+REFILL = 0.005
+
+
+def _quiet(fd: int, wait: float = 0.0) -> bool:
+    """Nothing more to read from `fd` within `wait` seconds (a pipe whose writer paused)."""
     try:
-        return not select.select([fd], [], [], 0)[0]
+        return not select.select([fd], [], [], wait)[0]
     except (OSError, ValueError):  # not a descriptor select takes: never hold back
         return True
 

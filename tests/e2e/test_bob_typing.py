@@ -4,6 +4,7 @@ streams named and written to stdout, --version, and the QR code."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import signal
@@ -16,6 +17,7 @@ import pytest
 from retreatkit.cli import qr
 from retreatkit.testing import Process, RelayProcess, Terminal, bob_argv
 from retreatkit.transfer.codes import parse
+from retreatkit.transfer.records import RECORD_SIZE
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 60.0
@@ -140,6 +142,50 @@ def test_a_stream_that_pauses_is_sent_as_it_comes(relay: RelayProcess) -> None:
         sender.stop()
         if receiver is not None:
             receiver.stop()
+
+
+def out_bytes(proc: Process, count: int) -> bytes:
+    """The next `count` bytes `proc` writes on stdout, read as they come; fewer if none
+    come in TIMEOUT."""
+    assert proc.popen.stdout is not None
+    fd, got = proc.popen.stdout.fileno(), b""
+    while len(got) < count and select.select([fd], [], [], TIMEOUT)[0]:
+        chunk = os.read(fd, count - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_a_stream_that_pauses_after_whole_records_is_sent_as_it_comes(
+    relay: RelayProcess,
+) -> None:
+    """stdin paused just after whole records (a read that filled its buffer): what it gave
+    was held until more came or a megabyte had, so a receiver of a live sender saw
+    nothing. The pipe holds the three records before the sender reads any, so each of its
+    reads is a whole one."""
+    ours, theirs = os.pipe2(os.O_CLOEXEC)
+    with open(theirs, "wb", buffering=0) as writer:
+        try:
+            fcntl.fcntl(theirs, fcntl.F_SETPIPE_SZ, 4 * RECORD_SIZE)
+            first = os.urandom(3 * RECORD_SIZE)
+            writer.write(first)  # the pipe takes it all: nothing reads it yet
+            sender = send(relay, "-", stdin=ours)
+        finally:
+            os.close(ours)
+        receiver: Process | None = None
+        try:
+            receiver = Process.start(bob_argv("recv", "--relay", relay.address, "--yes",
+                                              "--stdout", CODE))  # fmt: skip
+            assert out_bytes(receiver, len(first)) == first  # the sender's stdin still open
+            writer.write(b"the end\n")
+            writer.close()
+            assert out_bytes(receiver, 8) == b"the end\n"
+            assert (receiver.finish(TIMEOUT)[0], sender.finish(TIMEOUT)[0]) == (0, 0)
+        finally:
+            sender.stop()
+            if receiver is not None:
+                receiver.stop()
 
 
 def test_stdout_takes_one_file_only(relay: RelayProcess, tmp_path: Path) -> None:
