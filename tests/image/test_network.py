@@ -103,9 +103,13 @@ async def test_passt_ends_when_its_guest_leaves(tmp_path: Path) -> None:
     assert not folder.exists()
 
 
-# a supervisor that starts passt and is then killed before any qemu connects to it
+# a supervisor that starts passt and is then killed before any qemu connects to it. passt
+# still writes its banner after the line the supervisor waits for, and a write to a pipe
+# nobody reads ends it (SIGPIPE, or its own exit on EPIPE); a supervisor killed in use has
+# long heard all of it. A forked holder keeps the pipe's reading end open, as that one's
+# quiet passt would not need: the passt left behind is then the one this test is about.
 STARTS_PASST = """
-import asyncio, sys
+import asyncio, os, signal, sys
 from pathlib import Path
 from retreatkit.image import network
 from retreatkit.image.qemu import Forward
@@ -113,7 +117,14 @@ from retreatkit.image.qemu import Forward
 async def main():
     passt = network.Passt(Path(sys.argv[1]), [Forward("tcp", "127.0.0.1", int(sys.argv[2]), 9000)])
     await passt.start()
-    print(passt.process.pid, passt.folder, file=sys.stderr, flush=True)
+    holder = os.fork()
+    if holder == 0:  # the test's pipes are not its to hold: the test waits on them
+        quiet = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(quiet, fd)
+        while True:
+            signal.pause()
+    print(passt.process.pid, passt.folder, holder, file=sys.stderr, flush=True)
     await asyncio.Event().wait()
 
 asyncio.run(main())
@@ -122,18 +133,21 @@ asyncio.run(main())
 
 @pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")
 async def test_a_passt_left_by_a_killed_supervisor_gives_its_ports_to_the_next_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the marks: this test's
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     killed = Process.start([sys.executable, "-c", STARTS_PASST, str(tmp_path), str(port)])
+    holder = 0
     try:
-        pid, folder = killed.wait_for(r"^(\d+) (\S+)$").groups()
+        pid, folder, held = killed.wait_for(r"^(\d+) (\S+) (\d+)$").groups()
+        holder = int(held)
     finally:
         os.kill(killed.pid, signal.SIGKILL)
         killed.finish()
+    request.addfinalizer(lambda: holder and os.kill(holder, signal.SIGKILL))
     assert strays.started_at(int(pid)) is not None  # left behind, holding the port
     with socket.socket() as taken, pytest.raises(OSError):
         taken.bind(("127.0.0.1", port))
