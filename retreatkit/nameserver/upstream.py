@@ -13,15 +13,12 @@ tracker firewalled away) while the upstream answers everything else, and three s
 questions asked at once took the LAN's DNS down for everyone, again every 30 s. When
 queries unanswered for ATTEMPT_TIMEOUT, with nothing heard from their upstream since,
 are enough, with the failures already counted, to take it down, it is asked a check
-question beside them (NS of the forwarded zone, or of the root: what any server it
-could be answers at once), one at a time. Whether an unanswered query then counts is
-silence.py's rule: nothing if the upstream replied to another question since; nothing
-if it replied to the check, while its unanswered questions are about fewer than three
-sites; else a failure, and unanswered questions about three sites with no reply to any
-question since take it down at once, check or no check (a resolver whose own uplink is
-gone answers NS . from its cache and drops the rest). Three failures in a row and it is
-down too: passed by for RETRY_AFTER seconds (RFC 8767's failure recheck timer; the
-set's `recheck`); then one query at a time probes it while the others pass it by.
+question beside them (silence.py: a random name under the forwarded zone or the root,
+which only an upstream that reaches beyond its cache answers), one at a time. An
+unanswered query counts nothing if the upstream replied to another question of ours
+since it was sent, or passed the check; else it is a failure. Three failures in a row
+and it is down: passed by for RETRY_AFTER seconds (RFC 8767's failure recheck timer;
+the set's `recheck`); then one query at a time probes it while the others pass it by.
 
 When every upstream is down and none is due a probe, asking fails at once: stale answers
 and SERVFAIL come without waiting on servers known to be silent. SERVFAIL and REFUSED
@@ -38,7 +35,6 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -47,7 +43,7 @@ from retreatkit.config import host_port_text
 from retreatkit.nameserver import reply as replies
 from retreatkit.nameserver import wire
 from retreatkit.nameserver.errors import BadReply, UpstreamFailed
-from retreatkit.nameserver.silence import Silence, Verdict, site_of, zone_wire
+from retreatkit.nameserver.silence import PASSING, Silence, check_key, random_label
 
 ATTEMPT_TIMEOUT = 1.5  # then the next upstream is asked too
 PATIENCE = 4.0  # how long a query waits for any of them; under a stub's 5 s
@@ -69,7 +65,7 @@ class Upstream:
     last_error: str = ""
     edns: bool = True  # False once it refused a query with EDNS and answered one without
     looping: bool = False  # it forwards our questions back to us (loops.py): never asked
-    silence: Silence = field(default_factory=Silence)  # what it left unanswered
+    silence: Silence = field(default_factory=Silence)  # when it last answered beyond its cache
     checking: bool = False  # a check question is out (one at a time)
     overdue: int = 0  # its queries in progress, unanswered for an attempt's time
 
@@ -79,7 +75,7 @@ class Upstream:
 
     @property
     def heard_at(self) -> float:
-        """When it last replied to anything (the check question included), on the set's clock."""
+        """When it last replied to a question of ours or passed a check, on the set's clock."""
         return self.silence.heard_at
 
     @property
@@ -173,6 +169,7 @@ class UpstreamSet:
     random_id: Callable[[], int] = field(default_factory=RandomIds)
     recheck: float = RETRY_AFTER  # seconds a down upstream is passed by, then probed
     zone: str = ""  # the domain forwarded to these servers; "" for the default upstreams
+    check_label: Callable[[], str] = random_label  # the check question's name, under `zone`
     # told of each answer and failure, after the upstream's state took it (statelog)
     note: Callable[[Upstream, str, float], None] | None = None
 
@@ -209,10 +206,9 @@ class UpstreamSet:
             )
         question = key[:-1]
         deadline = self.clock() + self.patience
-        site = site_of(key, zone_wire(self.zone))
         if len(plan) == 1:  # the common case: nothing to stagger
             only = self._attempt(plan[0], key, question, deadline)
-            result = await self._settle(plan[0], only, deadline, site)
+            result = await self._settle(plan[0], only, deadline)
             if isinstance(result, Answer):
                 return result
             raise UpstreamFailed(result)
@@ -223,7 +219,7 @@ class UpstreamSet:
             async def run() -> Answer | None:
                 sent[index] = self.clock()
                 result = await self._settle(
-                    upstream, self._attempt(upstream, key, question, deadline), deadline, site
+                    upstream, self._attempt(upstream, key, question, deadline), deadline
                 )
                 if isinstance(result, Answer):
                     return result
@@ -237,9 +233,9 @@ class UpstreamSet:
         )
         for index in overtaken:
             # silent for a whole attempt while another answered: a failure, as a silent
-            # upstream always was (down after three, then passed by), unless silence.py
-            # spares it (its check question, cut short by the winner, may not have come)
-            self._unanswered(plan[index], "no answer in time", sent[index], site)
+            # upstream always was (down after three, then passed by), unless it answered
+            # since (its check question, cut short by the winner, may not have come)
+            self._unanswered(plan[index], "no answer in time", sent[index])
         if answer is None:
             raise UpstreamFailed(why[-1] if why else "no answer in time")
         return answer
@@ -269,7 +265,7 @@ class UpstreamSet:
     ) -> tuple[bytes, replies.Reply | None]:
         wait = max(0.0, deadline - self.clock())
         raw = await self._query(upstream, key, question, False, wait, edns)
-        upstream.silence.replied(self.clock())
+        upstream.silence.heard(self.clock())
         try:
             return raw, replies.digest(raw, question)
         except replies.Unusual:
@@ -280,7 +276,6 @@ class UpstreamSet:
         upstream: Upstream,
         attempt: Awaitable[tuple[bytes, replies.Reply | None]],
         deadline: float,
-        site: bytes,
     ) -> Answer | str:
         """An attempt's outcome, told to the upstream's health: the Answer, or why not.
         Unanswered for a whole ATTEMPT_TIMEOUT, nothing heard from the upstream since it
@@ -308,10 +303,11 @@ class UpstreamSet:
                 return
             upstream.checking = True
             try:
-                key = _check_key(self.zone)
+                key = check_key(self.zone, self.check_label())
                 wait = max(0.0, deadline - self.clock())
-                await self._query(upstream, key, key[:-1], False, wait, upstream.edns)
-                upstream.silence.heard(self.clock())  # any reply, whatever its rcode
+                raw = await self._query(upstream, key, key[:-1], False, wait, upstream.edns)
+                if _rcode(raw, None) in PASSING:  # it reached the zone's servers
+                    upstream.silence.heard(self.clock())
             except (UpstreamFailed, TimeoutError, OSError):
                 pass
             finally:
@@ -322,7 +318,7 @@ class UpstreamSet:
         except (UpstreamFailed, TimeoutError, OSError, replies.Unusual) as exc:
             why = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else
                                type(exc).__name__)  # fmt: skip
-            return self._unanswered(upstream, why, started, site)
+            return self._unanswered(upstream, why, started)
         finally:
             if overdue:
                 upstream.overdue -= 1
@@ -331,7 +327,7 @@ class UpstreamSet:
         assert answer is not None  # query() answers or raises
         raw, reply = answer.raw, answer.reply
         now = self.clock()
-        upstream.silence.replied(now)
+        upstream.silence.heard(now)
         rcode = _rcode(raw, reply)
         if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
             why = "SERVFAIL" if rcode == RCODE_SERVFAIL else "REFUSED"
@@ -340,13 +336,10 @@ class UpstreamSet:
         self._noted(upstream)
         return answer
 
-    def _unanswered(self, upstream: Upstream, why: str, sent: float, site: bytes) -> str:
-        """No usable answer to a query about `site` sent at `sent`: what it counts against
-        the upstream is silence.py's verdict."""
-        verdict = upstream.silence.unanswered(sent, site)
-        if verdict is not Verdict.SPARED:
-            if verdict is Verdict.DOWN:
-                upstream.failures = max(upstream.failures, FAILURES_TO_DOWN - 1)
+    def _unanswered(self, upstream: Upstream, why: str, sent: float) -> str:
+        """No usable answer to a query sent at `sent`: a failure of the upstream unless it
+        has answered since (silence.py)."""
+        if not upstream.silence.spares(sent):
             return self._failed(upstream, why)
         upstream.missed(why)  # its zone's servers are silent, not it
         if upstream.down:  # a probe: it is there, so it is asked again from now on
@@ -384,14 +377,6 @@ class UpstreamSet:
     ) -> Awaitable[bytes]:
         data = wire.upstream_query(self.random_id(), key, edns)
         return self.transport.query(upstream, data, question, tcp, timeout)
-
-
-def _check_key(zone: str) -> bytes:
-    """The cache key of the check question: NS of the forwarded zone, or of the root."""
-    return zone_wire(zone) + _NS_IN + b"\0"
-
-
-_NS_IN = struct.pack(">HH", 2, 1)
 
 
 def _rcode(raw: bytes, reply: replies.Reply | None) -> int:

@@ -1,7 +1,9 @@
 """An upstream whose own uplink is gone, as a real process sees it: a resolver that still
-answers NS . from its cache and drops every other question. It is marked down after
-misses on three sites, so the next misses are answered at once (stale, SERVFAIL) or by
-the second upstream, never asked of it again until its recheck."""
+answers NS . from its cache and drops every other question, the check's random name
+too. It is marked down after three misses, so the next misses are answered at once
+(stale, SERVFAIL) or by the second upstream, never asked of it again until its recheck.
+And a working upstream asked only names whose zones are dead answers the check: it
+stays up for the LAN's other names."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dns.message
 import dns.name
+import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 
 from retreatkit.nameserver.testing import (
@@ -29,13 +33,18 @@ pytestmark = [
 ]
 
 
+def is_check(question: dns.rrset.RRset) -> bool:
+    """The check question: A of a random name right under the root."""
+    return len(question.name.labels) == 2 and question.rdtype == dns.rdatatype.A
+
+
 class UplinkGone:
     """A resolver answering every question (TTL 0) until `gone`; then only NS ., from its
     cache, every other question read and dropped."""
 
     def __init__(self) -> None:
         self.gone = False
-        self.checked = threading.Event()  # it answered NS . since it was gone
+        self.checked = threading.Event()  # it was asked the check, and dropped it
         self.upstream = ScriptedUpstream(self._script)
 
     def _script(
@@ -44,6 +53,7 @@ class UplinkGone:
         question = query.question[0]
         if question.name == dns.name.root and question.rdtype == dns.rdatatype.NS:
             sock.sendto(dns.message.make_response(query).to_wire(), addr)
+        elif self.gone and is_check(question):
             self.checked.set()
         elif not self.gone:
             sock.sendto(reply(query, "198.51.100.20", ttl=0).to_wire(), addr)
@@ -54,7 +64,7 @@ class UplinkGone:
 
     def questions(self) -> int:
         """Questions it was asked, the check questions left out."""
-        return sum(1 for q in self.upstream.queries if q.question[0].rdtype != dns.rdatatype.NS)
+        return sum(1 for q in self.upstream.queries if not is_check(q.question[0]))
 
 
 def dig(port: int, *args: str) -> str:
@@ -79,7 +89,7 @@ def test_as_the_only_upstream_it_is_down_and_misses_are_answered_at_once() -> No
             names = [f"www.site{n}.test" for n in range(3)]
             outs = list(pool.map(lambda name: dig(ns.port, name), names))
         assert all("status: SERVFAIL" in out for out in outs)
-        assert gone.checked.is_set()  # it answered the check: before, it stayed up for good
+        assert gone.checked.is_set()  # asked NS . instead, it answered: up for good
         assert [u["state"] for u in upstreams(ns)] == ["down"]
         asked = gone.questions()
         # known down: the cached name stale (RFC 8767 TTL 30), a new one SERVFAIL, neither
@@ -98,7 +108,7 @@ def test_beside_a_working_upstream_it_is_passed_by_after_misses_on_three_sites()
 
     def working(query: dns.message.Message, sock: socket.socket, addr: tuple[str, int]) -> None:
         if len(second.queries) == 3:  # the miss that has the first asked the check
-            gone.checked.wait(10)  # answered after it, as a farther resolver would be
+            gone.checked.wait(10)  # answered after it goes out, as a farther resolver is
         sock.sendto(reply(query, "198.51.100.21").to_wire(), addr)
 
     second = ScriptedUpstream(working)
@@ -116,3 +126,35 @@ def test_beside_a_working_upstream_it_is_passed_by_after_misses_on_three_sites()
         ns.stop()
         gone.upstream.stop()
         second.stop()
+
+
+def test_a_working_upstream_asked_only_dead_zones_stays_up_for_the_lan() -> None:
+    """One name in each of three dead zones asked at once, nothing else: their servers
+    are silent, so each gets SERVFAIL, but the upstream answers the check's name
+    (NXDOMAIN, as the root would) and stays up: the LAN's next name is answered (before:
+    down for 30 s, and every uncached name of the LAN got SERVFAIL)."""
+    dead = {dns.name.from_text(f"www.tracker{n}.example") for n in range(3)}
+
+    def working(query: dns.message.Message, sock: socket.socket, addr: tuple[str, int]) -> None:
+        question = query.question[0]
+        if question.name in dead:
+            return  # the zone's servers never answer it
+        if is_check(question):
+            answer = dns.message.make_response(query)
+            answer.set_rcode(dns.rcode.NXDOMAIN)
+            sock.sendto(answer.to_wire(), addr)
+        else:
+            sock.sendto(reply(query, "198.51.100.22").to_wire(), addr)
+
+    upstream = ScriptedUpstream(working)
+    ns = start_nameserver("--upstream", f"127.0.0.1:{upstream.port}")
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            outs = list(pool.map(lambda name: dig(ns.port, name.to_text()), dead))
+        assert all("status: SERVFAIL" in out for out in outs)
+        assert any(is_check(q.question[0]) for q in upstream.queries)  # it was checked
+        assert [u["state"] for u in upstreams(ns)] == ["up"]
+        assert dig(ns.port, "+short", "www.next.example").strip() == "198.51.100.22"
+    finally:
+        ns.stop()
+        upstream.stop()

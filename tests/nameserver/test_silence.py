@@ -1,5 +1,6 @@
-"""A silent zone told from a silent upstream: the rule on explicit times, then upstreams
-that answer only the check question (their own uplink gone), on a manual clock."""
+"""A silent zone told from a silent upstream: the rule on explicit times, the check
+question, then upstreams on a manual clock: ones whose own uplink is gone (they answer
+NS . from their cache and drop the rest) and working ones asked only dead zones."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import pytest
 from retreatkit.nameserver import wire
 from retreatkit.nameserver.errors import UpstreamFailed
 from retreatkit.nameserver.fakes import SILENT, FakeTransport, Hold, ManualClock, Zone, make_query
-from retreatkit.nameserver.silence import Silence, Verdict, site_of, zone_wire
+from retreatkit.nameserver.silence import Silence, check_key, random_label
 from retreatkit.nameserver.upstream import RETRY_AFTER, Upstream, UpstreamSet
 
 ZONE = Zone("$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\n*.test A 198.51.100.7\n")
 A, B = ("192.0.2.1", 53), ("192.0.2.2", 53)
+DEAD = ("www.tracker1.example", "cdn.tracker2.example", "px.tracker3.example")  # three sites
 
 
 def key(name: str) -> bytes:
@@ -27,64 +29,29 @@ def key(name: str) -> bytes:
     return query.key
 
 
-@pytest.mark.parametrize(
-    ("name", "zone", "site"),
-    [
-        ("www.Tracker.Example", "", "tracker.example"),
-        ("a.b.c.tracker.example", "", "tracker.example"),
-        ("example", "", "example"),
-        ("a.b.printer.venue.example", "Venue.Example", "b.printer.venue.example"),
-        ("printer.venue.example", "venue.example", "printer.venue.example"),
-        ("x.y.elsewhere.test", "venue.example", "elsewhere.test"),
-        ("xvenue.example", "venue.example", "xvenue.example"),
-    ],
-)
-def test_a_site_is_two_labels_below_the_zone(name: str, zone: str, site: str) -> None:
-    assert wire.key_name(site_of(key(name), zone_wire(zone)) + b"\0\1\0\1\0") == site
-
-
-def test_a_reply_to_another_question_since_spares_any_number_of_sites() -> None:
+def test_a_question_counts_nothing_once_the_upstream_answered_after_it() -> None:
     s = Silence()
-    s.replied(10.0)
-    assert [s.unanswered(5.0, site) for site in (b"a", b"b", b"c", b"d")] == [Verdict.SPARED] * 4
+    assert not s.spares(5.0)  # never heard
+    s.heard(10.0)
+    assert s.spares(5.0)
+    assert not s.spares(10.0)  # asked when it answered: not after
+    s.heard(7.0)  # an answer that arrived late says nothing newer
+    assert s.heard_at == 10.0
 
 
-def test_the_check_spares_one_silent_zone_however_often_it_is_asked() -> None:
-    s = Silence()
-    s.replied(1.0)
-    s.heard(20.0)  # the check question, answered
-    assert {s.unanswered(10.0, b"\4dead\4test\0") for _ in range(10)} == {Verdict.SPARED}
-
-
-def test_the_check_spares_two_sites_but_not_three() -> None:
-    """An upstream that answers NS . from its cache and drops everything else."""
-    s = Silence()
-    s.heard(20.0)
-    assert [s.unanswered(10.0, site) for site in (b"a", b"b", b"a", b"c")] == [
-        Verdict.SPARED,
-        Verdict.SPARED,
-        Verdict.SPARED,
-        Verdict.DOWN,
-    ]
-    assert s.unanswered(30.0, b"d") is Verdict.DOWN  # still nothing answered
-    s.replied(40.0)  # it answers questions again: the slate is clean
-    s.heard(60.0)
-    assert s.unanswered(50.0, b"e") is Verdict.SPARED
-
-
-def test_without_the_check_each_is_a_failure_and_three_sites_down() -> None:
-    s = Silence()
-    assert [s.unanswered(10.0, site) for site in (b"a", b"a", b"b", b"c")] == [
-        Verdict.FAILED,
-        Verdict.FAILED,
-        Verdict.FAILED,
-        Verdict.DOWN,
-    ]
+def test_the_check_is_a_fresh_name_under_the_zone_or_the_root() -> None:
+    assert wire.key_name(check_key("", "k7q2m4x9w3j5h6td")) == "k7q2m4x9w3j5h6td"
+    assert wire.key_name(check_key("Lab.Corp.", "abc")) == "abc.lab.corp"
+    assert check_key("", "abc").endswith(b"\0\0\1\0\1\0")  # A IN, no DO, no CD
+    labels = {random_label() for _ in range(100)}
+    assert len(labels) == 100
+    assert all(len(label) == 16 and label.isalnum() and label.islower() for label in labels)
 
 
 def uplink_gone(hold: Hold, clock: ManualClock) -> object:
     """A resolver whose own uplink is gone: NS . from its cache, every other question
-    held (then dropped), an attempt's time passing on the clock as each goes out."""
+    (the check's random name too) held, then dropped, an attempt's time passing on the
+    clock as each goes out."""
 
     def script(query: dns.message.Message) -> dns.message.Message | Hold:
         question = query.question[0]
@@ -96,27 +63,50 @@ def uplink_gone(hold: Hold, clock: ManualClock) -> object:
     return script
 
 
+def dead_zones(hold: Hold, clock: ManualClock, dead: tuple[str, ...] = DEAD) -> object:
+    """A working resolver whose answers for `dead` never come (their zones' servers are
+    silent): everything else answered, the check's random name with NXDOMAIN."""
+    names = {dns.name.from_text(name) for name in dead}
+
+    def script(query: dns.message.Message) -> dns.message.Message | Hold:
+        if query.question[0].name in names:
+            clock.advance(0.5)
+            return hold
+        return ZONE.answer(query)
+
+    return script
+
+
 async def until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(10):
         while not condition():
             await asyncio.sleep(0.005)
 
 
-async def test_a_sole_upstream_answering_only_the_check_is_down_after_three_sites() -> None:
-    """Three names on three sites asked at once: the check question goes out and is
-    answered, yet the upstream is down (before: up for good, every miss waited 4 s)."""
+async def asked_at_once(
+    group: UpstreamSet, transport: FakeTransport, hold: Hold, names: tuple[str, ...], out: int
+) -> list[object]:
+    """`names` asked at once, then let go unanswered once `out` questions (the checks
+    among them) went out."""
+    asking = [asyncio.ensure_future(group.ask(key(name))) for name in names]
+    await until(lambda: transport.asked() == out)
+    await asyncio.sleep(0)  # the checks' answers, if any, taken
+    hold.released.set()
+    return await asyncio.gather(*asking, return_exceptions=True)
+
+
+async def test_a_sole_upstream_whose_uplink_is_gone_is_down_after_three() -> None:
+    """Three names asked at once: the check goes out, a name no cache holds, and the
+    resolver drops it as it drops the rest, so the upstream is down (with NS . as the
+    check, it answered from its cache and stayed up for good: every miss waited 4 s)."""
     hold = Hold(SILENT)
     clock = ManualClock()
     transport = FakeTransport({A: uplink_gone(hold, clock)})  # type: ignore[dict-item]
     group = UpstreamSet([Upstream(*A)], transport, clock, timeout=0.01)
     (up,) = group.servers
-    asking = [asyncio.ensure_future(group.ask(key(f"www.site{n}.test"))) for n in range(3)]
-    await until(lambda: transport.asked() == 4)  # the three, and the check question
+    failed = await asked_at_once(group, transport, hold, DEAD, 4)
     check = transport.sent[3][1].question[0]
-    assert (check.name, check.rdtype) == (dns.name.root, dns.rdatatype.NS)
-    await until(lambda: up.heard_at == clock())  # answered
-    hold.released.set()
-    failed = await asyncio.gather(*asking, return_exceptions=True)
+    assert (len(check.name.labels), check.rdtype) == (2, dns.rdatatype.A)  # under the root
     assert all(isinstance(f, UpstreamFailed) for f in failed)
     assert (up.state(), up.down_until) == ("down", clock() + RETRY_AFTER)
     with pytest.raises(UpstreamFailed, match="every upstream is down; the next check is in 30 s"):
@@ -124,10 +114,10 @@ async def test_a_sole_upstream_answering_only_the_check_is_down_after_three_site
     assert transport.asked() == 4
 
 
-async def test_with_a_second_upstream_the_silent_one_is_passed_by_after_three_sites() -> None:
-    """Misses on three sites, each answered by the second upstream after the first had
-    an attempt's time (the third with the check answered first): the first is down, and
-    the next misses go straight to the second (before: 1.5 s each, for good)."""
+async def test_with_a_second_upstream_the_silent_one_is_passed_by_after_three() -> None:
+    """Misses each answered by the second upstream after the first had an attempt's time
+    (the third with the first's check out and dropped): the first is down, and the next
+    misses go straight to the second (before: 1.5 s each, for good)."""
     clock = ManualClock()
     transport = FakeTransport({A: uplink_gone(Hold(SILENT), clock)})  # type: ignore[dict-item]
     group = UpstreamSet([Upstream(*A), Upstream(*B)], transport, clock, timeout=0.01)
@@ -137,12 +127,53 @@ async def test_with_a_second_upstream_the_silent_one_is_passed_by_after_three_si
         transport.scripts[B] = lambda q, later=later: later  # type: ignore[misc]
         asking = asyncio.ensure_future(group.ask(key(f"www.site{n}.test")))
         await until(lambda n=n: transport.asked(B) == n + 1)  # type: ignore[misc]
-        if n == 2:  # this miss would take it down: the check goes out, and is answered
-            await until(lambda: first.heard_at == clock())
+        if n == 2:  # this miss would take it down: the check goes out
+            await until(lambda: transport.asked(A) == 4)
         later.released.set()
         assert (await asking).upstream is second
-    assert transport.asked(A) == 4  # three questions and one check
     assert (first.state(), second.state(), group.plan(clock())) == ("down", "up", [second])
     transport.scripts[B] = ZONE.answer
     assert (await group.ask(key("www.site3.test"))).upstream is second
-    assert transport.asked(A) == 4
+    assert transport.asked(A) == 4  # three questions and one check
+
+
+@pytest.mark.parametrize(
+    ("zone", "dead"),
+    [("", DEAD), ("lab.corp", ("h1.lab.corp", "h2.lab.corp", "h3.lab.corp"))],
+)
+async def test_a_working_upstream_asked_only_dead_zones_stays_up(
+    zone: str, dead: tuple[str, ...]
+) -> None:
+    """A quiet LAN asks one name in each of three dead zones at once (or three hosts of
+    a forwarded zone, whose server does not know them): the check's name is answered,
+    so the upstream is up and the LAN's next name is asked of it (before: down for 30 s,
+    SERVFAIL for every uncached name)."""
+    hold = Hold(SILENT)
+    clock = ManualClock()
+    transport = FakeTransport({A: dead_zones(hold, clock, dead)})  # type: ignore[dict-item]
+    group = UpstreamSet([Upstream(*A)], transport, clock, timeout=0.01, zone=zone)
+    group.check_label = lambda: "k7q2m4x9w3j5h6td"
+    (up,) = group.servers
+    failed = await asked_at_once(group, transport, hold, dead, 4)
+    assert all(isinstance(f, UpstreamFailed) for f in failed)
+    check = transport.sent[3][1].question[0]
+    assert check.name == dns.name.from_text(f"k7q2m4x9w3j5h6td.{zone}")
+    assert (up.state(), up.failures, up.last_error) == ("up", 0, "no answer in time")
+    assert (await group.ask(key("www.next.test"))).upstream is up
+
+
+async def test_a_second_upstream_asked_only_dead_zones_is_there_when_the_first_goes() -> None:
+    """Both asked the dead zones' names (the second after the first's attempt time):
+    both answer their checks and stay up, so when the first upstream's uplink goes the
+    second answers the LAN (before: the second was down, and the LAN got SERVFAIL)."""
+    hold = Hold(SILENT)
+    clock = ManualClock()
+    transport = FakeTransport(
+        {A: dead_zones(hold, clock), B: dead_zones(hold, clock)}  # type: ignore[dict-item]
+    )
+    group = UpstreamSet([Upstream(*A), Upstream(*B)], transport, clock, timeout=0.01)
+    first, second = group.servers
+    await asked_at_once(group, transport, hold, DEAD, 8)  # three each, and a check each
+    assert (first.state(), second.state()) == ("up", "up")
+    transport.scripts[A] = lambda q: SILENT  # the first's uplink is gone
+    assert (await group.ask(key("www.next.test"))).upstream is second
