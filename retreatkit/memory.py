@@ -58,10 +58,10 @@ def parse_limit(text: str | None) -> int | None:
     """A limit file's bytes, or None for no limit (`max`, absent, unreadable, nonsense)."""
     if text is None:
         return None
-    try:
-        value = int(text.strip())
-    except ValueError:
-        return None  # `max`, or nothing we can read as a size
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        return None  # `max`, or nothing a kernel writes (int() reads `1_000` and ` +1`)
+    value = int(digits)
     return value if value > 0 else None
 
 

@@ -106,7 +106,7 @@ def test_the_files_read_own_cgroup_first_then_parents_then_roots() -> None:
 @pytest.mark.parametrize(
     ("text", "limit"),
     [("max\n", None), ("", None), ("0\n", None), ("-1", None), ("12 MB", None), (None, None),
-     ("1048576\n", MB)],
+     ("1_048_576", None), ("+1048576", None), ("\u0661\u0662", None), ("1048576\n", MB)],
 )  # fmt: skip
 def test_a_limit_file_says_bytes_or_no_limit(text: str | None, limit: int | None) -> None:
     assert parse_limit(text) == limit
