@@ -33,21 +33,26 @@ def load_or_create(path: Path | None = None) -> str:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise TokenError(f"cannot make {path.parent} for the admin token: {exc.strerror}") from None
-    token = secrets.token_urlsafe(TOKEN_BYTES)
-    try:
-        # O_EXCL: two processes starting at once agree on one token; 0600 from birth,
-        # never a moment with a readable file
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
+    if path.exists():
         return read(path)
-    except OSError as exc:
-        raise TokenError(f"cannot write the admin token {path}: {exc.strerror}") from None
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    # written whole under a name of its own, then linked in place: link() fails if the
+    # name exists, so two processes starting at once agree on one token, and neither
+    # reads the other's file before its token is in it (O_EXCL on the name itself left
+    # an empty file for a moment, and a second start read it as "empty")
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
+        # 0600 from birth, never a moment with a readable file
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
-    except OSError as exc:  # a full disk: an empty token left would stop every later start
-        path.unlink(missing_ok=True)
+        os.link(draft, path)
+    except FileExistsError:
+        return read(path)
+    except OSError as exc:  # a full disk: nothing is left that would stop a later start
         raise TokenError(f"cannot write the admin token {path}: {exc.strerror}") from None
+    finally:
+        draft.unlink(missing_ok=True)
     return token
 
 

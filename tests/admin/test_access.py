@@ -132,6 +132,28 @@ def test_token_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         admin_token.read()
 
 
+def test_two_starts_at_once_agree_on_one_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second start that comes while the first writes the token (the two relays of a
+    LAN test, `up` beside `bob relay`) read an empty file and stopped: "the admin token
+    ... is empty". Here the second comes at the worst moment: as the first writes."""
+    path = tmp_path / "admin-token"
+    second: list[str] = []
+    fdopen = os.fdopen
+
+    def meanwhile(fd: int, *args: object, **kwargs: object) -> object:
+        if not second:  # the first writer's moment: the second start comes now
+            second.append("starting")
+            second[0] = admin_token.load_or_create(path)
+        return fdopen(fd, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(os, "fdopen", meanwhile)
+    first = admin_token.load_or_create(path)
+    assert first == second[0] == admin_token.read(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["admin-token"]  # no draft left
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a tmpfs mount (root)")
 def test_a_token_a_full_disk_cannot_take_is_one_error_and_no_empty_file(
     monkeypatch: pytest.MonkeyPatch,
