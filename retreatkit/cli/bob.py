@@ -195,6 +195,7 @@ async def _interruptible(command: Callable[[], Awaitable[int]]) -> int:
 
 def run_relay(args: argparse.Namespace) -> int:
     from retreatkit import serve  # aiohttp and the services: only the relay needs them
+    from retreatkit.admin.token import TokenError
     from retreatkit.relay.hosted import RelayService, relay_limits
 
     try:
@@ -207,7 +208,14 @@ def run_relay(args: argparse.Namespace) -> int:
         cfg["relay"]["pairs"] = args.pairs
     serve.setup_logging()
     relay = RelayService(listen, relay_limits(cfg["relay"]))
-    return loop.run(lambda: serve.serve([relay], admin_at, _say))
+    try:
+        return loop.run(lambda: serve.serve([relay], admin_at, _say))
+    except (TokenError, serve.StartError) as exc:  # the organiser's to mend: no bug
+        print(f"bob relay: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # its port taken, an address not this machine's
+        print(f"bob relay: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 def _say(line: str) -> None:

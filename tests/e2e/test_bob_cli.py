@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -312,3 +313,38 @@ def test_help_mentions_the_other_bob() -> None:
             timeout=TIMEOUT,
         )
         assert sub.returncode == 0 and f"usage: bob {command}" in sub.stdout
+
+
+def test_a_relay_whose_admin_token_others_can_read_says_so_in_one_line(tmp_path: Path) -> None:
+    """It said "ERROR: TokenError: ... (a bug in bob)": the fix is the organiser's chmod."""
+    token = tmp_path / "state" / "retreatkit" / "admin-token"
+    token.parent.mkdir(parents=True)
+    token.write_text("t0ken\n")
+    token.chmod(0o644)
+    relay = Process.start(
+        bob_argv("relay", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"),
+        env={"XDG_STATE_HOME": str(tmp_path / "state")},
+    )
+    code, lines = relay.finish(30)
+    assert (code, lines[-1]) == (
+        1,
+        f"bob relay: the admin token {token} is open to others: chmod 600 {token}",
+    )
+    assert not any("Traceback" in line or "a bug in bob" in line for line in lines), lines
+
+
+def test_a_relay_whose_port_is_taken_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        relay = Process.start(
+            bob_argv("relay", "--listen", f"127.0.0.1:{port}", "--admin", "127.0.0.1:0"),
+            env={"XDG_STATE_HOME": str(tmp_path / "state")},
+        )
+        code, lines = relay.finish(30)
+    assert (code, lines[-1]) == (
+        1,
+        "bob relay: cannot start: error while attempting to bind on address"
+        f" ('127.0.0.1', {port}): address already in use",
+    )
