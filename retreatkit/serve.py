@@ -256,6 +256,8 @@ async def serve(
         logging.getLogger("retreatkit").removeHandler(ring)
         if started:
             say(f"Stopped: {', '.join(stopped_name(s) for s in started)}")
+        elif stop.is_set():  # asked while the first was starting (building an image)
+            say("Stopped before any service had started")
     return 0
 
 
