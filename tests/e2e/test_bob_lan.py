@@ -1048,11 +1048,13 @@ read line
 """
 
 # `retreatkit` whose image builds write an image folder of no guest at all (qemu is the
-# fake above): `up` with `[images] run` builds each image at its start
+# fake above): `up` with `[images] run` builds each image at its start, in a process of
+# its own, which the fake build replaces too (a real one fetches packages, and this LAN
+# reaches no archive)
 FAKE_IMAGES = """
 import json, sys
 from retreatkit.cli.main import main
-from retreatkit.image import build, cpio
+from retreatkit.image import build, cpio, vmservice
 from retreatkit.image.testing import manifest
 initramfs = cpio.initramfs({})
 def fake_build(service, out, which_kernel="auto", say=lambda _: None):
@@ -1062,7 +1064,10 @@ def fake_build(service, out, which_kernel="auto", say=lambda _: None):
     (out / "kernel").write_bytes(b"")
     (out / "initramfs").write_bytes(initramfs)
     return made
+async def fake_apart(out, kernel):
+    return fake_build(out.name, out)["size_bytes"]
 build.build = fake_build
+vmservice.build_apart = fake_apart
 sys.exit(main(sys.argv[1:]))
 """
 
