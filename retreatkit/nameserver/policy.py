@@ -97,6 +97,11 @@ class Policy:
                 return suffix
         return None
 
+    def inside(self, name: str) -> bool:
+        """One of the LAN's own names: local data answers it, or a forward rule sends it
+        to the venue's servers."""
+        return self.local.find(name) is not None or self.forward_zone(name) is not None
+
     def route(self, name: str, rdtype: int) -> Route:
         found = self.local.find(name)
         if found is not None and found.exists:

@@ -26,6 +26,7 @@ sixtofour AAAA 2002:c0a8:101::1
 compat AAAA ::c0a8:101
 public AAAA ::ffff:198.51.100.7
 priv A 192.168.1.1
+alias CNAME wiki.retreat.lan.
 """
 
 
@@ -49,8 +50,9 @@ def dropped(ns: NameserverProcess) -> object:
 def ns() -> Iterator[NameserverProcess]:
     upstream = ZoneUpstream(Zone(ZONE, "example.test."))
     server = start_nameserver(
-        "--upstream", upstream.address, "--record", "out.retreat.lan=cname:priv.example.test"
-    )
+        "--upstream", upstream.address, "--record", "out.retreat.lan=cname:priv.example.test",
+        "--record", "wiki.retreat.lan=10.0.0.9",
+    )  # fmt: skip
     yield server
     server.stop()
     upstream.stop()
@@ -69,3 +71,11 @@ def test_a_local_cname_to_a_public_name_never_gives_its_private_address(
 ) -> None:
     for _ in range(2):  # fresh from the upstream, then from the cache
         assert short(ns.port, "out.retreat.lan") == ["priv.example.test."]
+
+
+def test_a_public_name_aliased_to_a_lan_name_is_blocked(ns: NameserverProcess) -> None:
+    """No address to drop in `alias CNAME wiki.retreat.lan`: a stub that follows CNAMEs
+    itself asked for wiki.retreat.lan next and gave the public name the LAN's address."""
+    for _ in range(2):  # fresh from the upstream, then from the cache
+        assert short(ns.port, "alias.example.test") == ["0.0.0.0"]
+    assert short(ns.port, "wiki.retreat.lan") == ["10.0.0.9"]  # asked for itself: answered
