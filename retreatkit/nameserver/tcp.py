@@ -132,6 +132,8 @@ class Connections:
 
     def admit(self, conn: TCPServer) -> bool:
         pool, limit = (self.outsiders, MAX_OUTSIDERS) if conn.outsider else (self.open, self.limit)
+        if len(pool) >= limit and not conn.outsider:
+            self._make_room(conn.ip)
         if len(pool) >= limit or self.by_address[conn.ip] >= self.per_address:
             self.refused += 1
             self._say_full(conn, limit)
@@ -139,6 +141,29 @@ class Connections:
         pool.add(conn)
         self.by_address[conn.ip] += 1
         return True
+
+    def _make_room(self, ip: str) -> None:
+        """A full server: the address holding the most connections gives up its idlest
+        one, if it holds more than `ip` would with this one. Sixteen addresses (one
+        laptop's IPv6 privacy addresses) holding their sixteen each kept every other host
+        off TCP, which answers over 1232 bytes need, for as long as they asked now and
+        then (RFC 7766 6.2.3: close idle connections under pressure)."""
+        counts = Counter(c.ip for c in self.open)  # the LAN's only; full is rare
+        held = max(counts.values())
+        if held <= counts[ip] + 1:
+            return  # as fair as it gets: the newcomer waits, as before
+        idle = [c for c in self.open if counts[c.ip] == held and c.pending == 0]
+        if not idle:
+            return  # all of theirs are being answered: none is dropped mid-answer
+        victim = min(idle, key=lambda c: (c.framer.deadline, c.ip))
+        most = victim.ip
+        if self.floods.news(f"fair {most}", self.clock()):
+            log.warning(
+                "%d TCP connections are open, the most at once, %d of them %s's: its idlest"
+                " ones are closed for other hosts (%s was the first)",
+                self.limit, held, most, ip,
+            )  # fmt: skip
+        victim.abort()
 
     def _say_full(self, conn: TCPServer, limit: int) -> None:
         """One line per address that fills its share (or per cap filled), not per refusal."""

@@ -202,6 +202,44 @@ async def test_a_full_server_is_one_line_per_address_and_one_for_the_cap(
     ]
 
 
+async def test_a_full_server_closes_the_idlest_of_the_biggest_holder_for_a_new_host(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two addresses (one laptop's, say) hold every connection there is, asking now and
+    then: a host that comes later was turned away for as long as they kept at it."""
+    r, _, _ = resolver({UP: ZONE.answer})
+    clock = ManualClock(0.0)
+    conns = Connections(clock, idle=10.0, limit=6, per_address=3)
+    gate = Gate(list(LAN), 0)
+
+    def connect(ip: str) -> tuple[TCPServer, Stream]:
+        server, stream = TCPServer(r, gate, conns), Stream(ip)
+        server.connection_made(stream)  # type: ignore[arg-type]
+        return server, stream
+
+    held = [connect("10.0.0.1") for _ in range(3)]
+    clock.advance(1)
+    held += [connect("10.0.0.2") for _ in range(3)]
+    clock.advance(4)
+    for server, _ in held[:2] + held[3:5]:  # all but one of each keep asking
+        server.data_received(framed("www.test"))
+        await asyncio.gather(*server.tasks)
+    with caplog.at_level(logging.WARNING, logger="retreatkit.nameserver"):
+        _, newcomer = connect("10.0.0.9")
+        assert not newcomer.aborted
+        assert [s.aborted for _, s in held] == [False, False, True, False, False, False]
+        _, third = connect("10.0.0.3")  # the other one holds the most now
+        assert not third.aborted
+        assert [s.aborted for _, s in held] == [False, False, True, False, False, True]
+        _, again = connect("10.0.0.1")  # holds 2 of 6 now: no fairer to let it in
+        assert again.aborted
+    assert sorted(conns.by_address.values()) == [1, 1, 2, 2]
+    assert [rec.getMessage() for rec in caplog.records][:1] == [
+        "6 TCP connections are open, the most at once, 3 of them 10.0.0.1's: its idlest"
+        " ones are closed for other hosts (10.0.0.9 was the first)"
+    ]
+
+
 async def test_queries_wait_while_their_answers_wait_on_the_client() -> None:
     """However many queries one read brings, MAX_PENDING are worked on; while the client
     reads no answers (asyncio's pause_writing), no more are taken, those taken are not
