@@ -135,7 +135,8 @@ class Offer:
 # The offer's layout, as encode() writes it (whitespace between tokens allowed): its head,
 # then its text, or its entries one by one, each with its path's names left undecoded.
 _WS = r"[ \t\n\r]*"
-_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+# possessive: a name of millions of escapes kept a backtracking record for each (2.3 GB)
+_STRING = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
 _HEAD = re.compile(
     rf'{_WS}\{{{_WS}"v"{_WS}:{_WS}(?P<v>-?[0-9]{{1,20}}|"[^"]{{0,20}}"|null|true|false)'
     rf'{_WS},{_WS}"(?P<key>entries|text)"{_WS}:{_WS}'
@@ -162,12 +163,17 @@ def _text(text: str, pos: int) -> str:
 
 
 def _entries(text: str, pos: int) -> tuple[Entry, ...]:
-    """The entries from the list's opening bracket at `pos` to the offer's end."""
+    """The entries from the list's opening bracket at `pos` to the offer's end.
+
+    Each entry's folder is looked up as it is read (Offer checks it again, and the rest):
+    an offer whose paths name folders it never listed is refused at its first such entry,
+    not once all of them are built, and a path holds its folder's own names, so an offer
+    has one string per entry, however deep its paths go."""
     if not text.startswith("[", pos):
         raise UnsafeOffer("the offer's entry list is malformed or too long")
     pos += 1
     entries: list[Entry] = []
-    names: dict[str, str] = {}  # one string per name, however many paths hold it
+    folders: dict[tuple[str, ...], tuple[str, ...]] = {}  # each folder's path, as kept
     close = _CLOSE.match(text, pos)  # an empty list: Offer says so
     while close is None:
         if len(entries) == MAX_ENTRIES:
@@ -175,14 +181,23 @@ def _entries(text: str, pos: int) -> tuple[Entry, ...]:
         entry = _ENTRY.match(text, pos)
         if entry is None:
             raise UnsafeOffer("an offer entry is malformed")
-        path = json.loads(f"[{entry['path']}]")  # strings only, as matched
-        size = entry["size"]
+        names = tuple(json.loads(f"[{entry['path']}]"))  # strings only, as matched
+        check_path(names)  # before a name is shown in an error
+        path = names[-1:]
+        if len(names) > 1:
+            parent = folders.get(names[:-1])
+            if parent is None:
+                raise UnsafeOffer(f"{display_path(names)} comes before its folder")
+            path = parent + path
+        kind, size = entry["kind"], entry["size"]
+        if kind == "d":
+            folders.setdefault(path, path)
         entries.append(
             Entry(
-                tuple(names.setdefault(name, name) for name in path),
-                is_dir=entry["kind"] == "d",
+                path,
+                is_dir=kind == "d",
                 size=None if size == "null" else int(size),
-                executable=entry["kind"] == "x",
+                executable=kind == "x",
             )
         )
         pos = entry.end()
@@ -216,8 +231,8 @@ def check_component(name: str) -> None:
     """
     why = name_problem(name)
     if why is not None:
-        shown = show_name(name)
-        if len(shown) > 60:
+        shown = show_name(name[:60])  # cut first: a peer's name may be megabytes long
+        if len(shown) > 60 or len(name) > 60:
             shown = shown[:40] + "..."
         raise UnsafeOffer(f"unsafe name '{shown}': {why}")  # quoted: '' is a name too
 
