@@ -8,16 +8,21 @@ another question of ours, or to the check question (upstream.py asks it when sil
 questions are about to take the upstream down).
 
 The check question is the A of a name no cache holds: a fresh random label under the
-forwarded zone, or under the root for the default upstreams. Only an upstream that still
-reaches the zone's servers (the root's) answers it, with NXDOMAIN as a rule, so only
-NOERROR and NXDOMAIN pass. The NS of the root, the check once, is answered from any
-resolver's cache: one whose own uplink was gone answered it and dropped every other
-question, and was never marked down (every cache miss waited on it for good). A rule on
-how many sites went unanswered marked a working upstream down instead when a quiet LAN
-asked three dead zones at once: only a question that needs the uplink tells the two
-apart. A resolver that synthesises NXDOMAIN from the root's cached NSEC records (RFC
-8198) answers the check without its uplink: it stays up, and its misses wait out their
-time as before the check existed.
+forwarded zone, or, for the default upstreams, under the top-level domain of the
+question left unanswered (`<random>.com.` for `www.tracker.com`). Only an upstream that
+still reaches that zone's servers answers it, with NXDOMAIN as a rule, so only NOERROR
+and NXDOMAIN pass. The NS of the root, the check once, is answered from any resolver's
+cache: one whose own uplink was gone answered it and dropped every other question, and
+was never marked down (every cache miss waited on it for good). A rule on how many sites
+went unanswered marked a working upstream down instead when a quiet LAN asked three dead
+zones at once: only a question that needs the uplink tells the two apart. Not a name
+right under the root: dnsmasq (`domain-needed`, OpenWrt's default) answers a name of
+one label NXDOMAIN itself, a resolver with a copy of the root zone (RFC 8806) answers
+any such name, and one that synthesises NXDOMAIN from cached NSEC records (RFC 8198)
+answers it from the root's; a top-level zone signed with NSEC3 opt-out (most are)
+leaves nothing to synthesise from. Under a top-level domain that is no real one, those
+answer the check without their uplink: the upstream stays up, and its misses wait out
+their time as before the check existed.
 """
 
 from __future__ import annotations
@@ -54,10 +59,23 @@ def random_label() -> str:
     return base64.b32encode(os.urandom(LABEL_BYTES)).decode("ascii").lower()
 
 
-def check_key(zone: str, label: str) -> bytes:
-    """The cache key of the check question: A of `label` under the forwarded zone, or
-    under the root ("")."""
-    return zone_wire(f"{label}.{zone}") + _A_IN + b"\0"
+def check_key(parent: bytes, label: str) -> bytes:
+    """The cache key of the check question: A of `label` under `parent` (wire form)."""
+    return zone_wire(label)[:-1] + parent + _A_IN + b"\0"
+
+
+def check_parent(key: bytes, zone: str) -> bytes:
+    """Where the check question goes for the question in cache key `key`: under the
+    forwarded zone, or under the top-level domain of the question's name (wire form)."""
+    if zone:
+        return zone_wire(zone)
+    pos, last = 0, -1
+    while pos < len(key) and key[pos]:
+        last = pos
+        pos += 1 + key[pos]
+    if last < 0 or pos >= len(key):  # the root itself, or no whole name
+        return b"\0"
+    return key[last:pos] + b"\0"
 
 
 def zone_wire(zone: str) -> bytes:

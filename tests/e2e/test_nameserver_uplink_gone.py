@@ -34,8 +34,9 @@ pytestmark = [
 
 
 def is_check(question: dns.rrset.RRset) -> bool:
-    """The check question: A of a random name right under the root."""
-    return len(question.name.labels) == 2 and question.rdtype == dns.rdatatype.A
+    """The check question: A of a random 16-character name under a top-level domain."""
+    labels = question.name.labels
+    return len(labels) == 3 and len(labels[0]) == 16 and question.rdtype == dns.rdatatype.A
 
 
 class UplinkGone:

@@ -9,13 +9,14 @@ from collections.abc import Callable
 
 import dns.message
 import dns.name
+import dns.rcode
 import dns.rdatatype
 import pytest
 
 from retreatkit.nameserver import wire
 from retreatkit.nameserver.errors import UpstreamFailed
 from retreatkit.nameserver.fakes import SILENT, FakeTransport, Hold, ManualClock, Zone, make_query
-from retreatkit.nameserver.silence import Silence, check_key, random_label
+from retreatkit.nameserver.silence import Silence, check_key, check_parent, random_label
 from retreatkit.nameserver.upstream import RETRY_AFTER, Upstream, UpstreamSet
 
 ZONE = Zone("$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\n*.test A 198.51.100.7\n")
@@ -39,10 +40,17 @@ def test_a_question_counts_nothing_once_the_upstream_answered_after_it() -> None
     assert s.heard_at == 10.0
 
 
-def test_the_check_is_a_fresh_name_under_the_zone_or_the_root() -> None:
-    assert wire.key_name(check_key("", "k7q2m4x9w3j5h6td")) == "k7q2m4x9w3j5h6td"
-    assert wire.key_name(check_key("Lab.Corp.", "abc")) == "abc.lab.corp"
-    assert check_key("", "abc").endswith(b"\0\0\1\0\1\0")  # A IN, no DO, no CD
+def test_the_check_is_a_fresh_name_under_the_zone_or_the_questions_top_level_domain() -> None:
+    """Not right under the root: dnsmasq with `domain-needed` (OpenWrt's default) answers
+    a name of one label NXDOMAIN itself, its uplink gone or not."""
+    assert check_parent(key("www.Tracker.COM"), "") == b"\3com\0"
+    assert check_parent(key("wpad"), "") == b"\4wpad\0"
+    assert check_parent(key("h1.lab.corp"), "Lab.Corp.") == b"\3lab\4corp\0"
+    assert check_parent(b"\0\0\2\0\1\0", "") == b"\0"  # NS of the root itself
+    assert check_parent(b"\7trunc", "") == b"\0"  # no whole name: never from a parse
+    assert wire.key_name(check_key(b"\3com\0", "k7q2m4x9w3j5h6td")) == "k7q2m4x9w3j5h6td.com"
+    assert wire.key_name(check_key(b"\3lab\4corp\0", "abc")) == "abc.lab.corp"
+    assert check_key(b"\0", "abc").endswith(b"\0\0\1\0\1\0")  # A IN, no DO, no CD
     labels = {random_label() for _ in range(100)}
     assert len(labels) == 100
     assert all(len(label) == 16 and label.isalnum() and label.islower() for label in labels)
@@ -106,7 +114,7 @@ async def test_a_sole_upstream_whose_uplink_is_gone_is_down_after_three() -> Non
     (up,) = group.servers
     failed = await asked_at_once(group, transport, hold, DEAD, 4)
     check = transport.sent[3][1].question[0]
-    assert (len(check.name.labels), check.rdtype) == (2, dns.rdatatype.A)  # under the root
+    assert (check.name.parent().to_text(), check.rdtype) == ("example.", dns.rdatatype.A)
     assert all(isinstance(f, UpstreamFailed) for f in failed)
     assert (up.state(), up.down_until) == ("down", clock() + RETRY_AFTER)
     with pytest.raises(UpstreamFailed, match="every upstream is down; the next check is in 30 s"):
@@ -137,6 +145,28 @@ async def test_with_a_second_upstream_the_silent_one_is_passed_by_after_three() 
     assert transport.asked(A) == 4  # three questions and one check
 
 
+async def test_a_router_that_answers_one_label_names_itself_is_down_when_its_uplink_goes() -> None:
+    """dnsmasq with `domain-needed` (OpenWrt's default) answers a name of one label
+    NXDOMAIN without asking anyone: a check right under the root passed, and a venue
+    router whose uplink was gone stayed up, every miss waiting 4 s."""
+    hold = Hold(SILENT)
+    clock = ManualClock()
+    gone = uplink_gone(hold, clock)
+
+    def domain_needed(query: dns.message.Message) -> dns.message.Message | Hold:
+        if len(query.question[0].name.labels) == 2:  # one label and the root
+            answer = dns.message.make_response(query)
+            answer.set_rcode(dns.rcode.NXDOMAIN)
+            return answer
+        return gone(query)  # type: ignore[operator, no-any-return]
+
+    transport = FakeTransport({A: domain_needed})  # type: ignore[dict-item]
+    group = UpstreamSet([Upstream(*A)], transport, clock, timeout=0.01)
+    (up,) = group.servers
+    await asked_at_once(group, transport, hold, DEAD, 4)
+    assert up.state() == "down"
+
+
 @pytest.mark.parametrize(
     ("zone", "dead"),
     [("", DEAD), ("lab.corp", ("h1.lab.corp", "h2.lab.corp", "h3.lab.corp"))],
@@ -157,7 +187,7 @@ async def test_a_working_upstream_asked_only_dead_zones_stays_up(
     failed = await asked_at_once(group, transport, hold, dead, 4)
     assert all(isinstance(f, UpstreamFailed) for f in failed)
     check = transport.sent[3][1].question[0]
-    assert check.name == dns.name.from_text(f"k7q2m4x9w3j5h6td.{zone}")
+    assert check.name == dns.name.from_text(f"k7q2m4x9w3j5h6td.{zone or 'example'}")
     assert (up.state(), up.failures, up.last_error) == ("up", 0, "no answer in time")
     assert (await group.ask(key("www.next.test"))).upstream is up
 
