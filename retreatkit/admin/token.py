@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -33,7 +34,11 @@ def load_or_create(path: Path | None = None) -> str:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise TokenError(f"cannot make {path.parent} for the admin token: {exc.strerror}") from None
-    if path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # a folder it may not search
+        raise TokenError(f"cannot read the admin token {path}: {exc.strerror}") from None
+    if found:
         return read(path)
     token = secrets.token_urlsafe(TOKEN_BYTES)
     # written whole under a name of its own, then linked in place: link() fails if the
@@ -42,11 +47,15 @@ def load_or_create(path: Path | None = None) -> str:
     # an empty file for a moment, and a second start read it as "empty")
     draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
-        # 0600 from birth, never a moment with a readable file
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        os.link(draft, path)
+        _create(draft, token)
+        try:
+            os.link(draft, path)
+        except OSError as exc:
+            if exc.errno not in NO_LINKS:
+                raise
+            # vfat, some FUSE and SMB mounts have no hard links: written under its name
+            # (a start at the very same moment on such a folder may find it empty)
+            _create(path, token)
     except FileExistsError:
         return read(path)
     except OSError as exc:  # a full disk: nothing is left that would stop a later start
@@ -54,6 +63,21 @@ def load_or_create(path: Path | None = None) -> str:
     finally:
         draft.unlink(missing_ok=True)
     return token
+
+
+NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV)
+
+
+def _create(path: Path, token: str) -> None:
+    """`token` written to a new file `path`, 0600 from birth (never a moment with a
+    readable file): FileExistsError if there is one."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+    except OSError:
+        path.unlink(missing_ok=True)  # no empty token left to stop every later start
+        raise
 
 
 def read(path: Path | None = None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -152,6 +153,22 @@ def test_two_starts_at_once_agree_on_one_token(
     first = admin_token.load_or_create(path)
     assert first == second[0] == admin_token.read(path)
     assert [p.name for p in tmp_path.iterdir()] == ["admin-token"]  # no draft left
+
+
+def test_a_folder_with_no_hard_links_still_gets_its_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vfat and some FUSE and SMB mounts refuse link(2): every start failed there."""
+
+    def no_links(*_: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "admin-token"
+    made = admin_token.load_or_create(path)
+    assert made == admin_token.load_or_create(path) == admin_token.read(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["admin-token"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a tmpfs mount (root)")
