@@ -97,10 +97,13 @@ class Policy:
                 return suffix
         return None
 
-    def inside(self, name: str) -> bool:
-        """One of the LAN's own names: local data answers it, or a forward rule sends it
-        to the venue's servers."""
-        return self.local.find(name) is not None or self.forward_zone(name) is not None
+    def lan_only(self, name: str) -> bool:
+        """A name only the LAN can answer: under a local zone (retreat.lan, home.arpa,
+        internal, localhost), an mDNS name (.local), or one of a single label, which a
+        stub may ask of LLMNR. Not a local record of a public name (a cache's override,
+        `*.steamcontent.com`), nor a forwarded zone (a public domain may be one): public
+        names point at those as they always did."""
+        return self.local.zone_of(name) is not None or "." not in name or name.endswith(".local")
 
     def route(self, name: str, rdtype: int) -> Route:
         found = self.local.find(name)

@@ -542,17 +542,21 @@ class Resolver:
     def _cloaked(self, name: str, targets: tuple[str, ...]) -> str | None:
         """The rule blocking a CNAME target of `name` (blocky, Pi-hole and AdGuard Home
         block the name too); an allowed name is never blocked this way. A public name
-        whose CNAME leads to one of the LAN's own names (a local record, localhost, a
-        forwarded zone) is blocked as `name` itself: DNS rebinding with no address to
-        drop, which a stub that follows CNAMEs itself (systemd-resolved) completed by
-        asking us for the LAN name next."""
+        whose CNAME leads to a name only the LAN answers (policy.lan_only) is blocked as
+        `name` itself: DNS rebinding with no address to drop, which a stub that follows
+        CNAMEs itself (systemd-resolved) completed by asking for the LAN's name next."""
         if not targets or self.policy.allowed(name):
             return None
         for target in targets:
             listed = self.policy.blocked(target)
             if listed is not None:
                 return listed
-        if not self.policy.inside(name) and any(map(self.policy.inside, targets)):
+        policy = self.policy
+        if (
+            not policy.lan_only(name)
+            and policy.forward_zone(name) is None  # the venue's names may point anywhere
+            and any(map(policy.lan_only, targets))
+        ):
             return name
         return None
 
