@@ -28,6 +28,7 @@ from retreatkit.mirror import continuation, faults
 from retreatkit.mirror.badfiles import BadFiles
 from retreatkit.mirror.blobs import IntegrityError
 from retreatkit.mirror.errors import (
+    BadFile,
     BadUpstreamData,
     LargerThanStore,
     LocalError,
@@ -344,7 +345,7 @@ class Fetcher:
             return fill
         bad = self.bad.answer(source.name, self.clock())
         if bad is not None:  # a client's retry of bytes that failed their hash just now
-            fill.fail(IntegrityError(bad))
+            fill.fail(BadFile(bad))
             fill.headers.set()
             return fill
         self.inflight[source.name] = fill
@@ -404,7 +405,7 @@ class Fetcher:
             elif fill.expected_size is not None:  # refused before a byte: too big for the room
                 self.store.space.did_not_fit(fill.expected_size)
             return "disk full"
-        if isinstance(exc, IntegrityError):
+        if isinstance(exc, BadFile):
             self.bad.remember(fill.source.keys, str(exc), self.clock())
         if isinstance(exc, BadUpstreamData):
             return "verify failed"
@@ -456,8 +457,8 @@ class Fetcher:
         assert fill.writer is not None
         try:
             fill.digest = fill.writer.check(fill.source.hashes)
-        except IntegrityError as exc:
-            raise IntegrityError(f"upstream sent bad bytes for {fill.file}: {exc}") from None
+        except IntegrityError as exc:  # remembered (_failed): a 504, as a retry gets the same
+            raise BadFile(f"upstream sent bad bytes for {fill.file}: {exc}") from None
         await _whole(asyncio.to_thread(fill.writer.publish, fill.digest))
         store.published(fill.digest, fill.written)
 

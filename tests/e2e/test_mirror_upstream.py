@@ -36,7 +36,7 @@ from retreatkit.mirror.testing import (
     start_upstream,
     write_pypi,
 )
-from tests.e2e.mirror_attendee import attendee, page_block
+from tests.e2e.mirror_attendee import attendee, fetched, page_block
 
 pytestmark = pytest.mark.e2e
 JSON = "application/vnd.pypi.simple.v1+json"
@@ -211,31 +211,53 @@ def test_a_blob_that_rots_while_the_mirror_runs_is_never_served(tmp_path: Path) 
         upstream.stop()
 
 
-def test_pip_is_told_a_corrupt_wheel_is_bad_not_empty(tmp_path: Path) -> None:
-    """Real pip: a wheel whose bytes fail the index's hash is a 502 that says so, not a 200
-    cut short (pip then reported the sha256 of nothing, e3b0c442...)."""
+def test_pip_is_told_a_corrupt_wheel_is_bad_not_empty(tmp_path: Path, lan: Netns) -> None:
+    """Real pip: a wheel whose bytes fail the index's hash is said in the mirror's words,
+    at once, not a 200 cut short (pip then reported the sha256 of nothing, e3b0c442...).
+    A 504: the mirror remembers the bad bytes, so pip's own retries of a 502 were each
+    answered from that memory, and after the fifth pip printed only "too many 502 error
+    responses", never the line."""
     root = tmp_path / "upstream"
     wheel = make_wheel("one", "1.0")
     write_pypi(root, {"one": [wheel]})
     (root / ".behaviours.json").write_text(json.dumps({f"/files/{wheel[0]}": "corrupt"}))
+    flipped = bytearray(wheel[1])
+    flipped[len(flipped) // 2] ^= 0xFF  # what "corrupt" sends
     upstream = start_upstream(root)
     try:
-        mirror, _ = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/")
+        mirror, admin = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
+                                     listen=f"{lan.host}:0")  # fmt: skip
         try:
-            home = tmp_path / "home"
+            url = mirror.url.rstrip("/") + file_path(mirror, "one")
             env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-            got = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
-                 "--retries", "0", "--index-url", f"{mirror.url}pypi/simple/",
-                 "-d", str(tmp_path / "got"), "one"],
-                capture_output=True, text=True, timeout=120, env={**env, "HOME": str(home)},
-            )  # fmt: skip
+            argv = lan.argv([
+                sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
+                "--no-deps", "--no-cache-dir", "--index-url", f"{mirror.url}pypi/simple/",
+                "--trusted-host", lan.host, "-d", str(tmp_path / "got"), "one",
+            ])  # fmt: skip
+            home = {**env, "HOME": str(tmp_path / "home")}
+            runs = [
+                subprocess.run(argv, capture_output=True, text=True, timeout=120, env=home)
+                for _ in range(2)
+            ]
+            errors = status_of(admin)["errors"]
         finally:
             mirror.stop()
+        asked = fetched(upstream.url)
     finally:
         upstream.stop()
-    assert got.returncode != 0  # pip retries a 502 on its own: `--retries 0` spares the wait
-    assert "502" in got.stderr and "e3b0c442" not in got.stdout + got.stderr
+    line = (
+        f"upstream sent bad bytes for {wheel[0]}: sha256 mismatch: expected"
+        f" {hashlib.sha256(wheel[1]).hexdigest()}, got {hashlib.sha256(flipped).hexdigest()}"
+    )
+    first, again = runs
+    assert first.returncode == 1 and "e3b0c442" not in first.stdout + first.stderr
+    assert f"\nERROR: 504 Server Error: {line} for url: {url}\n" in first.stderr, first.stderr
+    said_again = rf"\nERROR: 504 Server Error: {re.escape(line)}; next try in \d+ s for url: "
+    assert again.returncode == 1 and re.search(said_again, again.stderr), again.stderr
+    assert "Traceback" not in first.stderr + again.stderr
+    assert errors == 2  # each pip asked once: no retry of its own
+    assert asked[f"/files/{wheel[0]}"] == 1  # and the second was answered from memory
 
 
 def test_pip_gets_a_small_wheel_from_a_slow_uplink_before_its_timeout(tmp_path: Path) -> None:

@@ -123,5 +123,5 @@ async def test_metadata_that_differs_from_the_index_is_fetched_instead(env: Env)
     url = await env.file_url("big-pkg")
     await (await env.client.get(url)).read()
     meta = await env.client.get(url + ".metadata")
-    assert meta.status == 502  # the upstream's copy, which fails its check too
+    assert meta.status == 504  # the upstream's copy, which fails its check too (remembered)
     assert env.fetched(filename + ".metadata") == 1
