@@ -337,6 +337,49 @@ def test_pip_fails_at_once_in_the_mirrors_words_while_the_upstream_is_down(
     assert asked <= 2  # once, or the probe's refusal and then once: not six times
 
 
+def test_pip_is_told_the_upstream_is_down_for_a_page_held_with_no_file_held(
+    tmp_path: Path, lan: Netns
+) -> None:
+    """The uplink gone, a project whose page the mirror holds and none of its files (an
+    attendee looked, nobody installed): the offline page listed nothing, and pip said
+    `from versions: none`, as for a name that does not exist. It lists them all now, and
+    the one pip picks is answered with why it cannot be had. (A project with a file held
+    still gets only those: pip installs it offline.)"""
+    root = tmp_path / "upstream"
+    write_pypi(root, {name: [make_wheel(name, "1.0")] for name in ("one", "two", "three")})
+    upstream = start_upstream(root)
+    host = urlsplit(upstream.url).netloc
+    mirror, admin = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
+                                 listen=f"{lan.host}:0")  # fmt: skip
+    try:
+        assert request(mirror.url, file_path(mirror, "one"))[0] == 200  # held
+        two = mirror.url.rstrip("/") + file_path(mirror, "two")  # the page alone
+        upstream.stop()
+        assert request(mirror.url, "/pypi/simple/three/")[0] == 504  # now known down
+        assert status_of(admin)["upstreams"]["pypi"]["state"] == "down"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+
+        def pip(project: str) -> subprocess.CompletedProcess[str]:
+            argv = lan.argv([
+                sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
+                "--no-deps", "--no-cache-dir", "--index-url", f"{mirror.url}pypi/simple/",
+                "--trusted-host", lan.host, "-d", str(tmp_path / "got"), project,
+            ])  # fmt: skip
+            home = {**env, "HOME": str(tmp_path / "home")}
+            return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=home)
+
+        got_two, got_one = pip("two"), pip("one")
+    finally:
+        mirror.stop()
+        upstream.stop()
+    line = rf"upstream {host} is down \([^)]*\); (next try in \d+ s|trying it again now)"
+    assert got_two.returncode == 1, got_two.stdout
+    said = rf"\nERROR: 504 Server Error: {line} for url: {re.escape(two)}(\.metadata)?\n"
+    assert re.search(said, got_two.stderr), got_two.stderr
+    assert "from versions: none" not in got_two.stderr and "Traceback" not in got_two.stderr
+    assert got_one.returncode == 0, got_one.stderr  # the held one installs offline
+
+
 def test_pip_installs_offline_a_wheel_held_without_its_metadata(tmp_path: Path, lan: Netns) -> None:
     """A wheel fetched by a client that reads no metadata file (uv, curl), then the
     uplink gone while the page is fresh: the page still offers PEP 658 metadata, and pip
