@@ -451,3 +451,52 @@ def test_uv_retrying_a_page_never_cached_waits_on_a_silent_upstream_once(
     while start <= took:
         allowed, start, backoff = allowed + 1, start + 2.0 + backoff, backoff * 2
     assert 1 <= asked <= allowed, (asked, took)
+
+
+def test_an_upstream_redirects_nowhere_near_the_mirror(tmp_path: Path, lan: Netns) -> None:
+    """An upstream on another machine (here, across a network namespace) chooses where it
+    redirects. One that sent the mirror to its admin endpoint on 127.0.0.1 was followed;
+    one that sent it to the mirror itself held the page's fetch waiting on its own
+    request. Neither is followed now, nor one from http to https (nor the reverse); a
+    redirect within the upstream is."""
+    root = tmp_path / "upstream"
+    names = ("moved", "admin", "itself", "upgrade")
+    write_pypi(root, {name: [make_wheel(name, "1.0")] for name in names})
+    real = root / "real" / "moved"
+    real.mkdir(parents=True)
+    (real / "index.html").write_bytes((root / "simple" / "moved" / "index.html").read_bytes())
+    upstream = start_upstream(root, host=lan.address, wrap=lan.argv)
+    host = urlsplit(upstream.url).netloc
+    try:
+        assert upstream.url.startswith(f"http://{lan.address}:")  # not this machine's
+        mirror, admin = start_mirror(
+            tmp_path / "store", pypi=f"{upstream.url}simple/", listen=f"{lan.host}:0",
+            extra="index_timeout = 5.0",  # a mirror that asks itself waits no longer
+        )  # fmt: skip
+        try:
+            (root / ".behaviours.json").write_text(json.dumps({
+                "/simple/moved/": "redirect /real/moved/",
+                "/simple/admin/": f"redirect {admin}",
+                "/simple/itself/": f"redirect {mirror.url}pypi/simple/itself/",
+                "/simple/upgrade/": f"redirect https://{host}/simple/upgrade/",
+            }))  # fmt: skip
+            got = {name: request(mirror.url, f"/pypi/simple/{name}/") for name in names}
+            statuses = status_of(admin)
+        finally:
+            mirror.stop()
+        asked = fetched(upstream.url)
+    finally:
+        upstream.stop()
+    assert got["moved"][0] == 200 and b"moved-1.0-py3-none-any.whl" in got["moved"][2]
+    admin_host = urlsplit(admin).hostname
+    mirror_host = urlsplit(mirror.url).hostname
+    refused = {
+        "admin": f"to {admin_host}, on the mirror's own machine or link: not followed",
+        "itself": f"to {mirror_host}, on the mirror's own machine or link: not followed",
+        "upgrade": "from http to https: not followed",
+    }
+    for name, words in refused.items():
+        page = f"http://{host}/simple/{name}/"
+        assert got[name][:3:2] == (502, f"upstream redirected {page} {words}\n".encode())
+    assert statuses["upstreams"]["pypi"]["state"] == "up"  # it answered, if badly
+    assert asked["/simple/itself/"] == 1  # asked once, not again by the mirror itself
