@@ -2,12 +2,13 @@
 
 Bytes that fail their hash are the upstream's doing, not the line's: asked again at once
 it sends the same bytes (a tampered archive, an index naming the wrong checksum). Clients
-retry a 502 on their own (opam's curl three times, pip five, uv, apt-get and npm three),
-and each retry asked upstream would be one more copy over the uplink for nothing. So a
-file's failure is kept for `hold` seconds and answered with the same line and when the
-mirror asks again. An upstream chooses how many of its files fail: at most `most` are
-kept, the oldest forgotten first (forgetting one costs only one more download). Pure:
-the caller passes the time.
+retry a 5xx on their own (opam's curl three times, uv, apt-get and npm three; pip five
+times a 502, not a 504), and each retry asked upstream would be one more copy over the
+uplink for nothing. So a file's failure is kept for `hold` seconds and answered with the
+same line and when the mirror asks again, as a 504 (errors.BadFile): pip then shows that
+line at once instead of retrying. An upstream chooses how many of its files fail: at
+most `most` are kept, the oldest forgotten first (forgetting one costs only one more
+download). Pure: the caller passes the time.
 """
 
 from __future__ import annotations

@@ -6,14 +6,15 @@ A client retries on its own what it takes for a passing fault: pip 500, 502 and 
 (urllib3's status list, five tries over about 8 s, then a traceback of its own), uv and
 apt-get every 5xx (three tries, 4-12 s), npm every 5xx (three tries, about 70 s). So 502
 is kept for what a retry can mend, because the retry is a new try upstream: a cut, an
-upstream that answered an error, bad bytes (those only after a while: until then a
-retry is answered from the mirror's memory, badfiles.py). An upstream that cannot be reached
+upstream that answered an error. An upstream that cannot be reached
 (`UpstreamUnreachable`: no name, a refused connection, no answer in time) is remembered
 down, and one known down (`UpstreamDown`) is not asked again until the mirror's own
-probe finds it back (once.py, health.py), so a retry asks the mirror the same question:
-both are a 504, which pip fails at once with the
-mirror's line (in about a second, not nine), and which the others treat as they do a 502
-or 503. A 503 would be worse: pip retries it, and sleeps as long as a Retry-After says.
+probe finds it back (once.py, health.py), so a retry asks the mirror the same question;
+so does a file whose bytes failed their hash (`BadFile`), remembered a while and its
+retries answered from that memory (badfiles.py): all are a 504, which pip fails at once
+with the mirror's line (in about a second, not nine, and not "too many 502 error
+responses"), and which the others treat as they do a 502 or 503. A 503 would be worse:
+pip retries it, and sleeps as long as a Retry-After says.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ class UpstreamDown(UpstreamError):
 
 class BadUpstreamData(UpstreamError):
     """The upstream sent bytes that fail a check: a hash mismatch, a cut or a malformed page."""
+
+
+class BadFile(BadUpstreamData):
+    """A file whose bytes failed the hash its index names: remembered a while (badfiles.py),
+    so a client's retry is answered from the mirror's memory, not asked upstream again."""
+
+    status = 504
 
 
 class LocalError(MirrorError):

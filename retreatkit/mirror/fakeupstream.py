@@ -13,6 +13,7 @@ read at each request:
   nolength      the whole body with no Content-Length, then close
   fail          500
   loop          302 to the same path, for ever (a redirect loop)
+  redirect URL  302 to URL (relative to the path asked)
   trickle       the full Content-Length, then a byte a second (or one per item put on
                 `Upstream.drips`, each told on `Upstream.dripped`)
   slow          the full Content-Length, then 32 KiB every 0.1 s (an uplink that keeps
@@ -170,6 +171,9 @@ class Upstream:
             return
         if mode == "fail":
             return await _send(writer, 500, b"upstream broke\n", "text/plain")
+        if mode.startswith("redirect "):
+            writer.write(_head(302, kind, 0, extra=f"Location: {mode.removeprefix('redirect ')}"))
+            return await writer.drain()
         if mode in ("loop", "bighead"):
             extra = f"Location: {path}" if mode == "loop" else "X-Pad: " + "a" * 200_000
             status = 302 if mode == "loop" else 200

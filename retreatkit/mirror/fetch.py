@@ -24,10 +24,11 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from retreatkit import units
-from retreatkit.mirror import continuation, faults
+from retreatkit.mirror import continuation, faults, redirects
 from retreatkit.mirror.badfiles import BadFiles
 from retreatkit.mirror.blobs import IntegrityError
 from retreatkit.mirror.errors import (
+    BadFile,
     BadUpstreamData,
     LargerThanStore,
     LocalError,
@@ -42,7 +43,7 @@ from retreatkit.mirror.fill import CHUNK, Fill, FillState
 from retreatkit.mirror.health import Health, Verdict, origin
 from retreatkit.mirror.memory import Lease, Working
 from retreatkit.mirror.records import Source
-from retreatkit.mirror.resolver import Sessions
+from retreatkit.mirror.resolver import DaemonResolver, Sessions
 from retreatkit.mirror.stats import Stats
 from retreatkit.mirror.store import Store
 
@@ -144,6 +145,7 @@ class Fetcher:
         self._pages = asyncio.Semaphore(limits.pages)
         # and the bytes of those read at once, with what is made of them (Mirror.working)
         self.working = working if working is not None else Working(MAX_PAGES_READING)
+        self._names = DaemonResolver()  # where a redirect leads, before it is followed
 
     async def close(self) -> None:
         """End every download now: their clients are cut at once (a short answer never
@@ -179,7 +181,7 @@ class Fetcher:
         try:
             async with asyncio.timeout(bound):
                 session = await self.sessions.get()
-                response = await session.request(method, url, headers=headers, timeout=timeout)
+                response = await self._follow(session, method, url, headers, timeout, what)
         except TimeoutError as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):  # the name, or the handshake
                 why = f"no connection within {limits.connect_timeout:g} s"
@@ -205,11 +207,57 @@ class Fetcher:
             else:
                 self.health.abandoned(where, verdict)
             raise UpstreamError(faults.words(exc, what)) from None
+        except UpstreamError:  # a redirect not followed: it answered
+            self._answered(where)
+            raise
         except BaseException:
             self.health.abandoned(where, verdict)
             raise
         self._answered(where)
         return response
+
+    async def _follow(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        timeout: aiohttp.ClientTimeout,
+        what: str,
+    ) -> aiohttp.ClientResponse:
+        """The answer at the end of the upstream's redirects, those the mirror follows
+        (redirects.py): the same headers each time, the same method (only GET and HEAD
+        are asked, which a 303 keeps too)."""
+        here = None  # whether the upstream asked is on this machine or its link
+        at = url
+        for _ in range(redirects.MOST + 1):
+            response = await session.request(
+                method, at, headers=headers, timeout=timeout, allow_redirects=False
+            )
+            location = response.headers.get("Location")
+            if response.status not in redirects.STATUSES or location is None:
+                return response
+            response.release()
+            at = redirects.target(at, location, what)
+            if here is None:
+                here = await self._near(url)
+            if not here and await self._near(at):
+                raise redirects.refused(what, at)
+        raise redirects.too_many(what)
+
+    async def _near(self, url: str) -> bool:
+        """Whether a URL's host is this machine or its link (redirects.near), by every
+        address its name has. A name that does not resolve is for the connect to say."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if redirects.near(host):
+            return True
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            found = await self._names.resolve(host, port, socket.AF_UNSPEC)
+        except OSError:
+            return False
+        return any(redirects.near(r["host"]) for r in found)
 
     def down(self, url: str) -> UpstreamDown:
         """The answer to a request for `url` while its upstream is known down: at once,
@@ -344,7 +392,7 @@ class Fetcher:
             return fill
         bad = self.bad.answer(source.name, self.clock())
         if bad is not None:  # a client's retry of bytes that failed their hash just now
-            fill.fail(IntegrityError(bad))
+            fill.fail(BadFile(bad))
             fill.headers.set()
             return fill
         self.inflight[source.name] = fill
@@ -404,7 +452,7 @@ class Fetcher:
             elif fill.expected_size is not None:  # refused before a byte: too big for the room
                 self.store.space.did_not_fit(fill.expected_size)
             return "disk full"
-        if isinstance(exc, IntegrityError):
+        if isinstance(exc, BadFile):
             self.bad.remember(fill.source.keys, str(exc), self.clock())
         if isinstance(exc, BadUpstreamData):
             return "verify failed"
@@ -456,8 +504,8 @@ class Fetcher:
         assert fill.writer is not None
         try:
             fill.digest = fill.writer.check(fill.source.hashes)
-        except IntegrityError as exc:
-            raise IntegrityError(f"upstream sent bad bytes for {fill.file}: {exc}") from None
+        except IntegrityError as exc:  # remembered (_failed): a 504, as a retry gets the same
+            raise BadFile(f"upstream sent bad bytes for {fill.file}: {exc}") from None
         await _whole(asyncio.to_thread(fill.writer.publish, fill.digest))
         store.published(fill.digest, fill.written)
 

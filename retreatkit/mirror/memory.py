@@ -32,6 +32,7 @@ class Page:
     body: bytes
     etag: str
     content_type: str
+    held_only: bool = False  # it lists only the files the store holds (offline)
 
 
 class LRU(Generic[K]):

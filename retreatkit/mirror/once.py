@@ -13,6 +13,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Generic, TypeVar
 
+from retreatkit.mirror.errors import MirrorError
+
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
@@ -27,7 +29,7 @@ class Once(Generic[K, T]):
         """The task under way for `key`, or a new one running `work()`."""
         task = self._running.get(key)
         if task is None:
-            task = asyncio.ensure_future(work())
+            task = asyncio.ensure_future(_bare(work()))
             self._running[key] = task
             task.add_done_callback(lambda done: self._ended(key, done))
             self._adopt(task)
@@ -44,3 +46,16 @@ class Once(Generic[K, T]):
         running = list(self._running.values())
         if running:
             await asyncio.wait(running)
+
+
+async def _bare(work: Awaitable[T]) -> T:
+    """`work`, whose MirrorError ends it with no traceback nor chained error: only its line
+    is ever used, and the frames it passed through held what they had read (a page refused
+    as too large: all of it so far). The task keeps its error and every waiter's traceback
+    keeps the task, a cycle only the cyclic collector frees: a page asked again and again
+    swung the mirror by hundreds of MB."""
+    try:
+        return await work
+    except MirrorError as exc:
+        exc.__context__ = None
+        raise exc.with_traceback(None) from None

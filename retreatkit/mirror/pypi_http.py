@@ -92,11 +92,13 @@ async def project(request: web.Request) -> web.StreamResponse:
     offline = answer.stale or mirror.ecosystem_down("pypi", url)
     as_json = pypi.wants_json(request.headers.get("Accept", ""))
     page = await _render(mirror, answer, as_json, offline)
-    if offline:
+    if page.held_only:
         mirror.stats.offline_pages += 1
     age = time.time() - answer.obj.fetched
     max_age = math.ceil(mirror.settings.index_ttl - age)
-    return await respond.page(request, page, stale=answer.stale, offline=offline, max_age=max_age)
+    return await respond.page(
+        request, page, stale=answer.stale, offline=page.held_only, max_age=max_age
+    )
 
 
 async def _local(
@@ -136,12 +138,12 @@ def _make_local(
     return _page(project, as_json)
 
 
-def _page(project: pypi.Project, as_json: bool) -> Page:
+def _page(project: pypi.Project, as_json: bool, held_only: bool = False) -> Page:
     if as_json:
         out, kind = pypi.render_json(project), pypi.JSON_TYPE
     else:
         out, kind = pypi.render_html(project), "text/html"
-    return Page(out, f'"{hashlib.sha256(out).hexdigest()}"', kind)
+    return Page(out, f'"{hashlib.sha256(out).hexdigest()}"', kind, held_only)
 
 
 def _process(name: str, url: str, body: bytes, content_type: str) -> Processed:
@@ -160,10 +162,18 @@ async def _render(mirror: Mirror, answer: IndexAnswer, as_json: bool, offline: b
 
 
 def _make(mirror: Mirror, body: bytes, as_json: bool, offline: bool) -> Page:
+    """Offline, only the files held, so the client picks one it can install; but with
+    none of them held, every file: an empty page is what pip says of a name that does
+    not exist (`from versions: none`), and it shows nothing of a page's error. Listed,
+    the file the client picks is answered with why it cannot be had (the upstream is
+    down, fetch.Fetcher.down), which pip and uv print."""
     project = pypi.load(body)
     held = mirror.store.held(project.keys())
-    project = project.only(held) if offline else project.with_sizes(held)
-    return _page(project, as_json)
+    if offline:
+        only = project.only(held)
+        if only.files or not project.files:
+            return _page(only, as_json, held_only=True)
+    return _page(project.with_sizes(held), as_json)
 
 
 async def file(request: web.Request) -> web.StreamResponse:

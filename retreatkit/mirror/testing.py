@@ -258,10 +258,16 @@ class Server:
         return self.process.stop()
 
 
-def start_upstream(root: Path, port: int | None = None) -> Server:
-    """The test's upstream serving `root`, on `port` (one a stopped upstream had) or any."""
-    argv = [sys.executable, "-m", "retreatkit.mirror.fakeupstream", str(root)]
-    proc = Process.start(argv if port is None else [*argv, "--port", str(port)])
+def start_upstream(
+    root: Path,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    wrap: Callable[[list[str]], list[str]] = lambda argv: argv,
+) -> Server:
+    """The test's upstream serving `root`, on `port` (one a stopped upstream had) or any,
+    at `host`; `wrap` puts a command in front of it (a network namespace's)."""
+    argv = [sys.executable, "-m", "retreatkit.mirror.fakeupstream", str(root), "--host", host]
+    proc = Process.start(wrap(argv if port is None else [*argv, "--port", str(port)]))
     try:
         url = proc.wait_for(r"^Upstream listening on (\S+)$")[1]
     except BaseException:

@@ -161,7 +161,7 @@ def test_apt_shows_the_whole_line_of_a_deb_with_bad_bytes_and_when_the_mirror_as
         got = hashlib.sha256(data).hexdigest()
         said = (
             f"E: Failed to fetch {mirror.url}debian/pool/main/l/libretreatkit-hello-common/"
-            f"{filename}  502  upstream sent bad bytes for {filename}: sha256 mismatch:"
+            f"{filename}  504  upstream sent bad bytes for {filename}: sha256 mismatch:"
             f" expected {want}, got {got}"
         )
         first = apt.run("install", "-y", "libretreatkit-hello-common", argv=lan.argv([]))

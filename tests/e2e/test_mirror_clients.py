@@ -245,7 +245,7 @@ def test_opams_retries_of_a_tampered_archive_never_reach_the_upstream(tmp_path: 
             digest = hashlib.sha256(data).hexdigest()
             cache = f"{mirror.url}opam/cache/sha256/{digest[:2]}/{digest}"
             assert done.returncode != 0, done.stderr
-            assert f"Download failed: {cache} (curl: code 502" in done.stderr, done.stderr
+            assert f"Download failed: {cache} (curl: code 504" in done.stderr, done.stderr
             # opam's curl asked the mirror again (--retry 3), then the package's `src`,
             # which names the mirror too: one GET for the mirror, none for the retries,
             # none from opam itself (its fallback to the src URL crossed the uplink)

@@ -241,7 +241,7 @@ def test_an_index_that_does_not_match_its_release_is_named_to_apt(
         done = client.run("update", argv=lan.argv([]))
         assert done.returncode == 0, (done.stdout, done.stderr)
         said_to_apt = (
-            f"  502  upstream sent bad bytes for bookworm/{index}: sha256 mismatch: expected"
+            f"  504  upstream sent bad bytes for bookworm/{index}: sha256 mismatch: expected"
             f" {digest}, got {hashlib.sha256(flipped).hexdigest()} [IP: "
         )
         assert said_to_apt in done.stdout, done.stdout

@@ -1,8 +1,8 @@
 """Real pip and uv on an attendee's machine, against an upstream that lists a wheel's
 core metadata file (PEP 658) and cannot give it: one answers 404, one sends bytes that
 fail the index's hash. Both clients read that file before the wheel and install no
-wheel whose file fails them (a 502 after their retries); the mirror makes it from the
-wheel."""
+wheel whose file fails them (a 404, or a 504 for the bad bytes); the mirror makes it
+from the wheel."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ from retreatkit.mirror.testing import (
     start_upstream,
     write_pypi,
 )
-from tests.e2e.mirror_attendee import attendee, page_block
+from tests.e2e.mirror_attendee import attendee, fetched, page_block
 
 pytestmark = pytest.mark.e2e
 JSON = "application/vnd.pypi.simple.v1+json"
@@ -211,31 +211,53 @@ def test_a_blob_that_rots_while_the_mirror_runs_is_never_served(tmp_path: Path) 
         upstream.stop()
 
 
-def test_pip_is_told_a_corrupt_wheel_is_bad_not_empty(tmp_path: Path) -> None:
-    """Real pip: a wheel whose bytes fail the index's hash is a 502 that says so, not a 200
-    cut short (pip then reported the sha256 of nothing, e3b0c442...)."""
+def test_pip_is_told_a_corrupt_wheel_is_bad_not_empty(tmp_path: Path, lan: Netns) -> None:
+    """Real pip: a wheel whose bytes fail the index's hash is said in the mirror's words,
+    at once, not a 200 cut short (pip then reported the sha256 of nothing, e3b0c442...).
+    A 504: the mirror remembers the bad bytes, so pip's own retries of a 502 were each
+    answered from that memory, and after the fifth pip printed only "too many 502 error
+    responses", never the line."""
     root = tmp_path / "upstream"
     wheel = make_wheel("one", "1.0")
     write_pypi(root, {"one": [wheel]})
     (root / ".behaviours.json").write_text(json.dumps({f"/files/{wheel[0]}": "corrupt"}))
+    flipped = bytearray(wheel[1])
+    flipped[len(flipped) // 2] ^= 0xFF  # what "corrupt" sends
     upstream = start_upstream(root)
     try:
-        mirror, _ = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/")
+        mirror, admin = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
+                                     listen=f"{lan.host}:0")  # fmt: skip
         try:
-            home = tmp_path / "home"
+            url = mirror.url.rstrip("/") + file_path(mirror, "one")
             env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-            got = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
-                 "--retries", "0", "--index-url", f"{mirror.url}pypi/simple/",
-                 "-d", str(tmp_path / "got"), "one"],
-                capture_output=True, text=True, timeout=120, env={**env, "HOME": str(home)},
-            )  # fmt: skip
+            argv = lan.argv([
+                sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
+                "--no-deps", "--no-cache-dir", "--index-url", f"{mirror.url}pypi/simple/",
+                "--trusted-host", lan.host, "-d", str(tmp_path / "got"), "one",
+            ])  # fmt: skip
+            home = {**env, "HOME": str(tmp_path / "home")}
+            runs = [
+                subprocess.run(argv, capture_output=True, text=True, timeout=120, env=home)
+                for _ in range(2)
+            ]
+            errors = status_of(admin)["errors"]
         finally:
             mirror.stop()
+        asked = fetched(upstream.url)
     finally:
         upstream.stop()
-    assert got.returncode != 0  # pip retries a 502 on its own: `--retries 0` spares the wait
-    assert "502" in got.stderr and "e3b0c442" not in got.stdout + got.stderr
+    line = (
+        f"upstream sent bad bytes for {wheel[0]}: sha256 mismatch: expected"
+        f" {hashlib.sha256(wheel[1]).hexdigest()}, got {hashlib.sha256(flipped).hexdigest()}"
+    )
+    first, again = runs
+    assert first.returncode == 1 and "e3b0c442" not in first.stdout + first.stderr
+    assert f"\nERROR: 504 Server Error: {line} for url: {url}\n" in first.stderr, first.stderr
+    said_again = rf"\nERROR: 504 Server Error: {re.escape(line)}; next try in \d+ s for url: "
+    assert again.returncode == 1 and re.search(said_again, again.stderr), again.stderr
+    assert "Traceback" not in first.stderr + again.stderr
+    assert errors == 2  # each pip asked once: no retry of its own
+    assert asked[f"/files/{wheel[0]}"] == 1  # and the second was answered from memory
 
 
 def test_pip_gets_a_small_wheel_from_a_slow_uplink_before_its_timeout(tmp_path: Path) -> None:
@@ -315,6 +337,49 @@ def test_pip_fails_at_once_in_the_mirrors_words_while_the_upstream_is_down(
     assert asked <= 2  # once, or the probe's refusal and then once: not six times
 
 
+def test_pip_is_told_the_upstream_is_down_for_a_page_held_with_no_file_held(
+    tmp_path: Path, lan: Netns
+) -> None:
+    """The uplink gone, a project whose page the mirror holds and none of its files (an
+    attendee looked, nobody installed): the offline page listed nothing, and pip said
+    `from versions: none`, as for a name that does not exist. It lists them all now, and
+    the one pip picks is answered with why it cannot be had. (A project with a file held
+    still gets only those: pip installs it offline.)"""
+    root = tmp_path / "upstream"
+    write_pypi(root, {name: [make_wheel(name, "1.0")] for name in ("one", "two", "three")})
+    upstream = start_upstream(root)
+    host = urlsplit(upstream.url).netloc
+    mirror, admin = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
+                                 listen=f"{lan.host}:0")  # fmt: skip
+    try:
+        assert request(mirror.url, file_path(mirror, "one"))[0] == 200  # held
+        two = mirror.url.rstrip("/") + file_path(mirror, "two")  # the page alone
+        upstream.stop()
+        assert request(mirror.url, "/pypi/simple/three/")[0] == 504  # now known down
+        assert status_of(admin)["upstreams"]["pypi"]["state"] == "down"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+
+        def pip(project: str) -> subprocess.CompletedProcess[str]:
+            argv = lan.argv([
+                sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
+                "--no-deps", "--no-cache-dir", "--index-url", f"{mirror.url}pypi/simple/",
+                "--trusted-host", lan.host, "-d", str(tmp_path / "got"), project,
+            ])  # fmt: skip
+            home = {**env, "HOME": str(tmp_path / "home")}
+            return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=home)
+
+        got_two, got_one = pip("two"), pip("one")
+    finally:
+        mirror.stop()
+        upstream.stop()
+    line = rf"upstream {host} is down \([^)]*\); (next try in \d+ s|trying it again now)"
+    assert got_two.returncode == 1, got_two.stdout
+    said = rf"\nERROR: 504 Server Error: {line} for url: {re.escape(two)}(\.metadata)?\n"
+    assert re.search(said, got_two.stderr), got_two.stderr
+    assert "from versions: none" not in got_two.stderr and "Traceback" not in got_two.stderr
+    assert got_one.returncode == 0, got_one.stderr  # the held one installs offline
+
+
 def test_pip_installs_offline_a_wheel_held_without_its_metadata(tmp_path: Path, lan: Netns) -> None:
     """A wheel fetched by a client that reads no metadata file (uv, curl), then the
     uplink gone while the page is fresh: the page still offers PEP 658 metadata, and pip
@@ -386,3 +451,52 @@ def test_uv_retrying_a_page_never_cached_waits_on_a_silent_upstream_once(
     while start <= took:
         allowed, start, backoff = allowed + 1, start + 2.0 + backoff, backoff * 2
     assert 1 <= asked <= allowed, (asked, took)
+
+
+def test_an_upstream_redirects_nowhere_near_the_mirror(tmp_path: Path, lan: Netns) -> None:
+    """An upstream on another machine (here, across a network namespace) chooses where it
+    redirects. One that sent the mirror to its admin endpoint on 127.0.0.1 was followed;
+    one that sent it to the mirror itself held the page's fetch waiting on its own
+    request. Neither is followed now, nor one from http to https (nor the reverse); a
+    redirect within the upstream is."""
+    root = tmp_path / "upstream"
+    names = ("moved", "admin", "itself", "upgrade")
+    write_pypi(root, {name: [make_wheel(name, "1.0")] for name in names})
+    real = root / "real" / "moved"
+    real.mkdir(parents=True)
+    (real / "index.html").write_bytes((root / "simple" / "moved" / "index.html").read_bytes())
+    upstream = start_upstream(root, host=lan.address, wrap=lan.argv)
+    host = urlsplit(upstream.url).netloc
+    try:
+        assert upstream.url.startswith(f"http://{lan.address}:")  # not this machine's
+        mirror, admin = start_mirror(
+            tmp_path / "store", pypi=f"{upstream.url}simple/", listen=f"{lan.host}:0",
+            extra="index_timeout = 5.0",  # a mirror that asks itself waits no longer
+        )  # fmt: skip
+        try:
+            (root / ".behaviours.json").write_text(json.dumps({
+                "/simple/moved/": "redirect /real/moved/",
+                "/simple/admin/": f"redirect {admin}",
+                "/simple/itself/": f"redirect {mirror.url}pypi/simple/itself/",
+                "/simple/upgrade/": f"redirect https://{host}/simple/upgrade/",
+            }))  # fmt: skip
+            got = {name: request(mirror.url, f"/pypi/simple/{name}/") for name in names}
+            statuses = status_of(admin)
+        finally:
+            mirror.stop()
+        asked = fetched(upstream.url)
+    finally:
+        upstream.stop()
+    assert got["moved"][0] == 200 and b"moved-1.0-py3-none-any.whl" in got["moved"][2]
+    admin_host = urlsplit(admin).hostname
+    mirror_host = urlsplit(mirror.url).hostname
+    refused = {
+        "admin": f"to {admin_host}, on the mirror's own machine or link: not followed",
+        "itself": f"to {mirror_host}, on the mirror's own machine or link: not followed",
+        "upgrade": "from http to https: not followed",
+    }
+    for name, words in refused.items():
+        page = f"http://{host}/simple/{name}/"
+        assert got[name][:3:2] == (502, f"upstream redirected {page} {words}\n".encode())
+    assert statuses["upstreams"]["pypi"]["state"] == "up"  # it answered, if badly
+    assert asked["/simple/itself/"] == 1  # asked once, not again by the mirror itself

@@ -95,12 +95,12 @@ async def test_a_deb_that_does_not_match_its_index_is_never_kept(archive: Archiv
     archive.mirror.fetcher.clock = Clock()
     archive.upstream.rules[path] = "corrupt"
     status, body, _ = await archive.get(path)
-    assert status == 502 and archive.mirror.stats.verify_failures == 1
+    assert status == 504 and archive.mirror.stats.verify_failures == 1
     assert body.startswith(b"upstream sent bad bytes for hello-rk_1.0_all.deb: sha256 mismatch")
     assert await archive.mirror.blob(apt.pool_key("debian", path[8:])) is None
     for _ in range(3):  # apt-get's retries: answered from memory, the upstream not asked
         again = await archive.get(path)
-        assert again[:2] == (502, body.rstrip(b"\n") + b"; next try in 300 s\n")
+        assert again[:2] == (504, body.rstrip(b"\n") + b"; next try in 300 s\n")
     assert archive.upstream.counts[path] == 1
 
 

@@ -63,7 +63,7 @@ async def test_bad_upstream_bytes_are_never_published(env: Env, mode: str) -> No
     env.upstream.rules.clear()  # once upstream behaves: fetched again, verified, whole
     if verify:  # bad bytes are remembered a while: a client's retry is answered at once
         status, body = await fetch(env, url)
-        assert (status, body.endswith(b"; next try in 300 s\n")) == (502, True)
+        assert (status, body.endswith(b"; next try in 300 s\n")) == (504, True)
         assert env.fetched(filename) == 1
         clock.now += 300
     assert await fetch(env, url) == (200, data)
@@ -133,7 +133,7 @@ async def test_one_bad_answer_fails_that_request_only(
 
 
 SMALL_FAILURES = {  # mode -> the status and line every reader of a small file gets
-    "corrupt": (502, "upstream sent bad bytes for {f}: sha256 mismatch: expected {a}, got {b}"),
+    "corrupt": (504, "upstream sent bad bytes for {f}: sha256 mismatch: expected {a}, got {b}"),
     "truncate-cl": (502, "upstream cut {f} short"),
     "reset": (502, "upstream cut {f} short"),
     "stall": (504, "upstream went silent sending {f}"),
@@ -165,7 +165,7 @@ async def test_a_small_file_that_fails_is_said_never_cut(env: Env, mode: str) ->
     r = await env.client.get(url)  # pip's retry, a moment later
     if mode == "corrupt":  # the same bytes again would only cross the uplink again
         again = text.rstrip("\n") + "; next try in 300 s"
-        assert (r.status, r.reason, await r.text()) == (502, again, again + "\n")
+        assert (r.status, r.reason, await r.text()) == (504, again, again + "\n")
         assert env.fetched(filename) == 1
     else:  # a cut, a silence or an error may mend: asked again
         assert r.status == status

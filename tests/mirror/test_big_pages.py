@@ -6,14 +6,17 @@ sleeps."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
-from retreatkit.mirror import fakeupstream
+from retreatkit.mirror import fakeupstream, pypi
 from retreatkit.mirror.testing import mirror_client, settings
 
 FILES = 10_000
@@ -121,3 +124,41 @@ async def test_pages_past_the_reading_budget_wait_for_the_one_being_processed(
 async def _page_of(base: str, name: str) -> bytes:
     async with aiohttp.ClientSession() as session, session.get(f"{base}simple/{name}/") as r:
         return await r.read()
+
+
+@pytest.mark.parametrize("mode", ["nolength", "gzip"])
+async def test_a_page_refused_as_too_large_keeps_nothing_it_read(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page that crosses its limit mid-body (no Content-Length to refuse it by, or a
+    small gzip of a big page) is refused; what was read of it went on living in the
+    error's traceback, in a cycle through the task that read it, until the cyclic
+    collector ran: asked again and again, the mirror swung between 320 and 920 MB. With
+    the collector off, the refusal alone frees it."""
+    limit = 4 * 1024 * 1024
+    monkeypatch.setattr(pypi, "MAX_PAGE", limit)
+    huge_page(tmp_path / "upstream")  # a page within the limit, asked first
+    page = tmp_path / "upstream" / "simple" / "toobig"
+    page.mkdir()
+    padding = "".join(f"<!-- {i:08d} -->\n" for i in range(2 * limit // 16))
+    (page / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{padding}</body></html>\n")
+    async with fakeupstream.serving(tmp_path / "upstream") as upstream:
+        upstream.rules["/simple/toobig/"] = mode
+        config = settings(tmp_path / "store", f"{upstream.url}simple/")
+        async with mirror_client(config) as (client, mirror):
+            assert (await client.get("/pypi/simple/huge/")).status == 200  # all warmed up
+            gc.collect()
+            gc.disable()
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                for _ in range(3):
+                    r = await client.get("/pypi/simple/toobig/")
+                    refused = "upstream index is larger than the mirror's limit\n"
+                    assert (r.status, await r.text()) == (502, refused)
+                await mirror.refreshed()
+                kept = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+                gc.enable()
+    assert kept < limit // 4, kept

@@ -46,7 +46,7 @@ async def test_the_log_names_an_opam_archive_by_its_file(
             assert (await client.get("/opam/index.tar.gz")).status == 200
             md5 = {k: hashlib.md5(v).hexdigest() for k, v in archives.items()}
             with caplog.at_level(logging.INFO, logger="retreatkit.mirror"):
-                for full, status in (("hello.1.0", 200), ("tamper.1.0", 502)):
+                for full, status in (("hello.1.0", 200), ("tamper.1.0", 504)):
                     h = md5[full]
                     r = await client.get(f"/opam/cache/md5/{h[:2]}/{h}")
                     assert r.status == status, await r.text()
@@ -71,7 +71,7 @@ def _cache_url(algo: str, data: bytes) -> str:
 async def test_a_tampered_archive_crosses_the_uplink_once_for_opams_retries(
     tmp_path: Path,
 ) -> None:
-    """opam's curl retries a 502 three times (--retry 3: after 1, 2 and 4 s); the
+    """opam's curl retries a 5xx three times (--retry 3: after 1, 2 and 4 s); the
     mirror answers those retries from memory, saying when it will ask again."""
     root = tmp_path / "upstream"
     root.mkdir()
@@ -96,16 +96,16 @@ async def test_a_tampered_archive_crosses_the_uplink_once_for_opams_retries(
                 r = await client.get(_cache_url("md5", data))
                 got.append((r.status, r.reason, await r.text()))
             assert got == [
-                (502, line, line + "\n"),
+                (504, line, line + "\n"),
                 *(
-                    (502, f"{line}; next try in {s} s", f"{line}; next try in {s} s\n")
+                    (504, f"{line}; next try in {s} s", f"{line}; next try in {s} s\n")
                     for s in (299, 297, 293)
                 ),
             ]
             assert upstream.counts[path] == 1
             # the same archive asked by its other checksum is the same bad file
             r = await client.get(_cache_url("sha256", data))
-            assert (r.status, await r.text()) == (502, f"{line}; next try in 293 s\n")
+            assert (r.status, await r.text()) == (504, f"{line}; next try in 293 s\n")
             assert upstream.counts[path] == 1
             upstream.rules.clear()  # mended upstream: asked again once the time is up
             clock.now += 293

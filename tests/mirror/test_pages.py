@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from retreatkit.mirror.testing import Clock
 from tests.mirror.conftest import JSON, Env
 
 
@@ -79,6 +80,7 @@ async def test_offline_pages_list_only_what_is_held(env: Env) -> None:
 
 
 async def test_a_fresh_page_lists_only_what_is_held_once_its_files_host_is_down(env: Env) -> None:
+    env.mirror.fetcher.clock = Clock()
     doc = await env.page("demo-pkg")
     await (await env.client.get(doc["files"][0]["url"])).read()
     await env.page("demo-dep")
@@ -88,10 +90,17 @@ async def test_a_fresh_page_lists_only_what_is_held_once_its_files_host_is_down(
     dep = (await env.page("demo-dep"))["files"][0]["url"]
     r = await env.client.get(dep)
     assert r.status == 504  # the files' host gave no answer in time: it is down
-    r = await env.client.get("/pypi/simple/demo-dep/", headers={"Accept": JSON})
+    r = await env.client.get("/pypi/simple/demo-pkg/", headers={"Accept": JSON})
     assert r.headers["Mirror-Offline"] == "cached-only" and "Warning" not in r.headers
-    assert json.loads(await r.read())["files"] == []
-    assert len((await env.page("demo-pkg"))["files"]) == 1  # held: still listed
+    assert [f["url"] for f in json.loads(await r.read())["files"]] == [doc["files"][0]["url"]]
+    # none of demo-dep's files held: all listed, each answered with why it cannot be had
+    r = await env.client.get("/pypi/simple/demo-dep/", headers={"Accept": JSON})
+    assert "Mirror-Offline" not in r.headers
+    assert [f["url"] for f in json.loads(await r.read())["files"]] == [dep]
+    host = env.upstream.url.split("//")[1].rstrip("/")
+    r = await env.client.get(dep)
+    assert (r.status, r.reason) == (504, f"upstream {host} is down (no answer within 0.4 s);"
+                                         " next try in 2 s")  # fmt: skip
 
 
 async def test_a_project_the_upstream_does_not_have(env: Env) -> None:
@@ -123,5 +132,5 @@ async def test_metadata_that_differs_from_the_index_is_fetched_instead(env: Env)
     url = await env.file_url("big-pkg")
     await (await env.client.get(url)).read()
     meta = await env.client.get(url + ".metadata")
-    assert meta.status == 502  # the upstream's copy, which fails its check too
+    assert meta.status == 504  # the upstream's copy, which fails its check too (remembered)
     assert env.fetched(filename + ".metadata") == 1

@@ -5,6 +5,7 @@ The resolver that never answers is tested end to end (tests/e2e/test_mirror_upst
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 
@@ -27,6 +28,11 @@ def asked(env: Env) -> int:
     return sum(env.upstream.counts[p] for p in PAGES)
 
 
+async def hold(env: Env, project: str) -> None:
+    """A project's page and its file in the store: offline, its page lists what is held."""
+    await (await env.client.get(await env.file_url(project))).read()
+
+
 @pytest.mark.parametrize("env", [QUICK], indirect=True)
 async def test_a_silent_upstream_is_remembered_down(
     env: Env, caplog: pytest.LogCaptureFixture
@@ -35,7 +41,7 @@ async def test_a_silent_upstream_is_remembered_down(
     now = [1000.0]
     env.mirror.fetcher.clock = lambda: now[0]
     for project in ("demo-pkg", "demo-dep", "big-pkg"):
-        await env.page(project)
+        await hold(env, project)
     for path in PAGES:
         env.upstream.rules[path] = "silent"
     async with asyncio.timeout(30):  # a guard against a hang, not a measurement
@@ -82,6 +88,38 @@ async def test_a_silent_upstream_is_remembered_down(
 
 
 @pytest.mark.parametrize("env", [QUICK], indirect=True)
+async def test_a_page_with_none_of_its_files_held_offline_lists_them_all(env: Env) -> None:
+    """The upstream down, a page held whose files never were: listing only what is held
+    left it empty, and pip said `from versions: none`, as for a name that does not exist
+    (pip shows nothing of a page's error, 504 or not). Listed whole, the client picks a
+    file and is told, in the mirror's words, that the upstream is down; a page with a
+    file held still lists only those."""
+    env.mirror.fetcher.clock = lambda: 1000.0
+    held = await env.file_url("demo-pkg")
+    await (await env.client.get(held)).read()
+    online = await env.page("demo-dep")  # the page alone: its file never fetched
+    for path in PAGES:
+        env.upstream.rules[path] = "silent"
+    host = env.upstream.url.split("//")[1].rstrip("/")
+    async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+        status, headers, _ = await get(env, "demo-pkg")  # waits for the bound, once
+        assert status == 200 and headers["Mirror-Offline"] == "cached-only"
+        assert section(env.mirror, True, 0)["upstreams"]["pypi"]["state"] == "down"
+        status, headers, body = await get(env, "demo-dep")
+        assert status == 200 and headers["Warning"] == '110 - "Response is Stale"'
+        assert "Mirror-Offline" not in headers  # it lists what the store does not hold
+        assert json.loads(body)["files"] == online["files"]
+        html = await env.client.get("/pypi/simple/demo-dep/")
+        assert env.wheels["demo-dep"][0] in await html.text()
+        r = await env.client.get(online["files"][0]["url"])  # the client's choice
+        line = f"upstream {host} is down (no answer within 0.6 s); next try in 2 s"
+        assert (r.status, r.reason, await r.text()) == (504, line, line + "\n")
+        status, _, body = await get(env, "demo-pkg")
+        assert [f["url"] for f in json.loads(body)["files"]] == [held]
+    assert env.mirror.stats.offline_pages == 2  # the pages that list only what is held
+
+
+@pytest.mark.parametrize("env", [QUICK], indirect=True)
 async def test_a_page_never_cached_fails_fast_while_the_upstream_is_down(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -106,7 +144,7 @@ async def test_a_page_never_cached_fails_fast_while_the_upstream_is_down(
 async def test_nobody_waits_on_the_probe_not_even_the_request_that_starts_it(env: Env) -> None:
     now = [1000.0]
     env.mirror.fetcher.clock = lambda: now[0]
-    await env.page("demo-pkg")
+    await hold(env, "demo-pkg")
     env.upstream.rules["/simple/demo-pkg/"] = "silent"
     async with asyncio.timeout(30):  # a guard against a hang, not a measurement
         assert (await get(env, "demo-pkg"))[0] == 200  # the upstream is now known down
@@ -197,7 +235,7 @@ SLOW = {"index_ttl": 0.0, "stale_after": 0.0, "limits": Limits(headers_timeout=3
 async def test_a_stale_page_is_served_without_waiting_out_a_slow_revalidation(env: Env) -> None:
     """The first request after index_ttl, the upstream silent but not yet known down: it
     waits `stale_after`, not the fetcher's bound, and the revalidation goes on."""
-    await env.page("demo-pkg")
+    await hold(env, "demo-pkg")
     env.upstream.rules["/simple/demo-pkg/"] = "silent"
     env.upstream.asked.clear()
     async with asyncio.timeout(30):  # a guard against a hang, not a measurement
@@ -217,7 +255,7 @@ async def test_a_fresh_page_probes_an_upstream_that_is_down(env: Env) -> None:
     pip and uv find no version of a package nobody fetched until the page expires."""
     now = [1000.0]
     env.mirror.fetcher.clock = lambda: now[0]
-    await env.page("demo-pkg")  # fresh for index_ttl (600 s)
+    await hold(env, "demo-pkg")  # fresh for index_ttl (600 s)
     # quick bounds only now: a loaded machine may take longer than 0.3 s for the first
     env.mirror.fetcher.limits = Limits(connect_timeout=0.3, headers_timeout=0.3)
     env.upstream.rules["/simple/demo-dep/"] = "silent"
