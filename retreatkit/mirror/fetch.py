@@ -262,14 +262,18 @@ class Fetcher:
     def down(self, url: str) -> UpstreamDown:
         """The answer to a request for `url` while its upstream is known down: at once,
         saying when the mirror asks it again (a request that comes then is the probe)."""
-        where, host = origin(url), urlsplit(url).netloc
+        where = origin(url)
         upstream = self.health.get(where)
-        why = upstream.last_error or "unreachable"
         wait = self.health.retry_in(where, self.clock())
         when = f"next try in {wait:.0f} s"
         if upstream.probing or wait <= 0:  # this request, or one before it, is the probe
             when = "trying it again now"
-        return UpstreamDown(f"upstream {host} is down ({why}); {when}")
+        return UpstreamDown(f"{self.why_down(url)}; {when}")
+
+    def why_down(self, url: str) -> str:
+        """`upstream HOST is down (WHY)`, for `url` (or an origin) known down."""
+        why = self.health.get(origin(url)).last_error or "unreachable"
+        return f"upstream {urlsplit(url).netloc} is down ({why})"
 
     def _answered(self, where: str) -> None:
         """It answered: up, and said so if it was down (the line that ends "is down")."""

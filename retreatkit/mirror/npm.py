@@ -31,6 +31,7 @@ FULL = "application/json"
 ACCEPT_ABBREVIATED = f"{ABBREVIATED}; q=1.0, {FULL}; q=0.8, */*"
 MAX_PACKUMENT = 128 * 1024 * 1024  # npm's own is 21 MB; the biggest few are far larger
 MARKER = "@@retreatkit-mirror@@"
+MAX_NAMED = 5  # held versions an offline packument names in its message
 _NAME = re.compile(r"^(?:@[A-Za-z0-9_~.-][A-Za-z0-9_~.-]*/)?[A-Za-z0-9_~.-][A-Za-z0-9_~.-]*$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,200}\.tgz$")
 _SEMVER = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
@@ -176,16 +177,32 @@ def version_order(version: str) -> tuple[Any, ...]:
     return (int(match[1]), int(match[2]), int(match[3]), pre is None, parts)
 
 
-def only(body: bytes, held: Callable[[Iterable[str]], Mapping[str, int]]) -> bytes:
-    """The offline packument: only versions whose tarball the store holds, and dist-tags
-    moved to the newest of those, so npm picks a version it can install. A packument
-    with none held is left whole: npm then says which tarball it could not get."""
+def only(
+    body: bytes, held: Callable[[Iterable[str]], Mapping[str, int]], why: str
+) -> tuple[bytes, bool]:
+    """The offline packument, and whether it lists only what is held: only versions
+    whose tarball the store holds, dist-tags moved to the newest of those, so npm picks
+    a version it can install. Listed alone, they made npm say `No matching version
+    found` (ETARGET) for a range none of them meets, as for a version that does not
+    exist; so the others go to `policyRestrictions` (npm-pick-manifest's, from npm
+    Enterprise) with `why`: npm picks a version not restricted if one meets the range,
+    else fails at once with `403 Could not download NAME@RANGE due to policy
+    violations:` and the message. A packument with none held is left whole besides:
+    clients that know no restrictions (yarn, pnpm) pick a version and are told why by
+    its tarball's 504."""
     doc = _load(body)  # once: parsed, a packument takes several times its size
     keys = tarball_keys(doc)
     have = held(keys.values())
-    kept = {v: meta for v, meta in doc["versions"].items() if keys.get(v) in have}
+    versions, name = doc["versions"], doc.get("name")
+    kept = {v: meta for v, meta in versions.items() if keys.get(v) in have}
+    if len(kept) < len(versions):
+        doc["policyRestrictions"] = {
+            "message": f"{why}, and the mirror holds {_held(name, kept)}",
+            # npm reads only `version` of a restricted one: it is never installed
+            "versions": {v: {"name": name, "version": v} for v in versions if v not in kept},
+        }
     if not kept:
-        return body
+        return _dump(doc), False
     doc["versions"] = kept
     newest = max(kept, key=version_order)
     tags = doc.get("dist-tags")
@@ -196,7 +213,21 @@ def only(body: bytes, held: Callable[[Iterable[str]], Mapping[str, int]]) -> byt
     )
     moved.setdefault("latest", newest)
     doc["dist-tags"] = moved
-    return _dump(doc)
+    return _dump(doc), True
+
+
+def _held(name: object, kept: Mapping[str, Any]) -> str:
+    """`only NAME 2.0.0, 1.0.0`, newest first, a few at most; versions that are not
+    semver are counted, not named (npm prints them on a terminal)."""
+    if not kept:
+        return f"no version of {name}"
+    named = sorted(
+        (v for v in kept if len(v) <= 64 and _SEMVER.match(v)), key=version_order, reverse=True
+    )
+    if not named:
+        return f"only {len(kept)} version{'s' if len(kept) > 1 else ''} of {name}"
+    more = len(kept) - min(len(named), MAX_NAMED)
+    return f"only {name} {', '.join(named[:MAX_NAMED])}" + (f" and {more} more" if more else "")
 
 
 def render(body: bytes, base: str) -> bytes:

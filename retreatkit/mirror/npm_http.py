@@ -12,6 +12,7 @@ import hashlib
 import math
 import time
 from functools import partial
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -87,25 +88,41 @@ async def packument(request: web.Request) -> web.StreamResponse:
     mirror.stats.asked(f"npm/{name}")
     answer = await read(mirror, name, abbreviated)
     url = npm.upstream_url(_upstream(mirror), name)
-    offline = answer.stale or mirror.ecosystem_down("npm", url)
+    why = _offline(mirror, answer, name, url)
     base = respond.client_base(mirror, request.headers.get("Host"))
     obj = answer.obj
-    variant = (obj.digest, base, "offline" if offline else "", str(mirror.generation[name]))
+    variant = (obj.digest, base, why, str(mirror.generation[name]))
     page = await mirror.render(
-        variant, _make, mirror, answer.body, obj.content_type, base, offline,
-        cost=len(answer.body),
-    )  # fmt: skip
-    if offline:
+        variant, _make, mirror, answer.body, obj.content_type, base, why, cost=len(answer.body)
+    )
+    if page.held_only:
         mirror.stats.offline_pages += 1
-    max_age = math.ceil(mirror.settings.index_ttl - (time.time() - obj.fetched))
-    return await respond.page(request, page, stale=answer.stale, offline=offline, max_age=max_age)
+    # made offline, for now only: npm keeps a packument for its max-age, and would go on
+    # refusing what is not held (its restrictions) after the uplink is back
+    max_age = 0 if why else math.ceil(mirror.settings.index_ttl - (time.time() - obj.fetched))
+    return await respond.page(
+        request, page, stale=answer.stale, offline=page.held_only, max_age=max_age
+    )
 
 
-def _make(mirror: Mirror, body: bytes, kind: str, base: str, offline: bool) -> Page:
-    if offline:
-        body = npm.only(body, mirror.store.held)
+def _offline(mirror: Mirror, answer: IndexAnswer, name: str, url: str) -> str:
+    """Why the packument lists only what is held, in words npm prints; "" when online.
+    No time in it ("next try in"): the page made with it is kept for whoever asks."""
+    down = mirror.why_down("npm", url)
+    if down is not None:
+        return down
+    if answer.stale:
+        host = urlsplit(url).netloc
+        return f"upstream {host} did not send {name}'s packument just now"
+    return ""
+
+
+def _make(mirror: Mirror, body: bytes, kind: str, base: str, why: str) -> Page:
+    held_only = False
+    if why:
+        body, held_only = npm.only(body, mirror.store.held, why)
     out = npm.render(body, base)
-    return Page(out, f'"{hashlib.sha256(out).hexdigest()}"', kind)
+    return Page(out, f'"{hashlib.sha256(out).hexdigest()}"', kind, held_only)
 
 
 async def tarball(request: web.Request) -> web.StreamResponse:

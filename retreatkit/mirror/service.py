@@ -260,9 +260,17 @@ class Mirror:
     def ecosystem_down(self, ecosystem: str, index_url: str) -> bool:
         """Is an upstream this ecosystem needs unreachable? Then pages list only what the
         store holds, so clients pick versions they can install."""
+        return self.why_down(ecosystem, index_url) is not None
+
+    def why_down(self, ecosystem: str, index_url: str) -> str | None:
+        """`upstream HOST is down (WHY)` for the first upstream this ecosystem needs that
+        is unreachable, its index's first; None while none is known down."""
         if self.health.is_down(origin(index_url)):
-            return True
-        return any(self.health.is_down(o) for o in self.origins.get(ecosystem, ()))
+            return self.fetcher.why_down(index_url)
+        for where in self.origins.get(ecosystem, ()):
+            if self.health.is_down(where):
+                return self.fetcher.why_down(where)
+        return None
 
     async def index(
         self, key: str, url: str, accept: str, process: Process, limit: int

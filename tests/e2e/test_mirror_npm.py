@@ -13,13 +13,15 @@ import json
 import shlex
 import shutil
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from retreatkit.mirror.testing import Netns, start_mirror, start_upstream
-from retreatkit.mirror.testrepos import npm_pack, write_npm
+from retreatkit.mirror.testrepos import make_npm_tarball, npm_pack, write_npm
 from tests.e2e.mirror_attendee import attendee, npm_env, page_block
 
 pytestmark = [
@@ -89,3 +91,56 @@ def test_npm_installs_through_the_mirror_online_then_offline(tmp_path: Path, lan
     finally:
         mirror.stop()
         upstream.stop()
+
+
+def test_npm_is_told_the_upstream_is_down_for_a_version_the_mirror_does_not_hold(
+    tmp_path: Path, lan: Netns
+) -> None:
+    """The uplink gone, packuments held: npm installs a version held; asked for one no
+    held version meets (`one-rk@2` with 1.0.0 held), it said `No matching version found
+    for one-rk@2`, as for a version that does not exist, and for a package none of whose
+    tarballs is held it retried the tarball's 504 for over a minute. It is told at once
+    that the upstream is down, and what the mirror holds."""
+    root = tmp_path / "upstream"
+    upstream = start_upstream(root)
+    host = urlsplit(upstream.url).netloc
+    made = [("one-rk", "1.0.0"), ("one-rk", "2.0.0"), ("two-rk", "1.0.0")]
+    write_npm(root, upstream.url, [make_npm_tarball(name, v) for name, v in made])
+    mirror, _admin = start_mirror(tmp_path / "store", npm=upstream.url, listen=f"{lan.host}:0")
+    env = npm_env(tmp_path / "home")
+
+    def npm(project: str, *args: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / project).mkdir()
+        (tmp_path / project / "package.json").write_text('{"name": "app", "version": "1.0.0"}')
+        argv = ["npm", *args, "--registry", f"{mirror.url}npm/",
+                f"--cache={tmp_path / project / 'cache'}"]  # fmt: skip
+        return subprocess.run(
+            lan.argv(argv), cwd=tmp_path / project, env=env, capture_output=True, text=True,
+            timeout=180,
+        )  # fmt: skip
+
+    try:
+        assert npm("online", "install", "one-rk@1").returncode == 0  # 1.0.0 held
+        assert npm("looked", "view", "two-rk").returncode == 0  # its packument alone
+        upstream.stop()
+        with pytest.raises(urllib.error.HTTPError) as refused:  # now known down
+            urllib.request.urlopen(f"{mirror.url}npm/three-rk", timeout=30)
+        refused.value.close()
+        assert refused.value.code == 504
+        two, one = npm("two", "install", "one-rk@2"), npm("none", "install", "two-rk")
+        held = npm("held", "install", "one-rk")
+    finally:
+        mirror.stop()
+        upstream.stop()
+    down = f"npm error 403 upstream {host} is down (connection refused), and the mirror holds"
+    assert two.returncode == 1 and "ETARGET" not in two.stderr, two.stderr
+    assert (
+        "npm error 403 Could not download one-rk@2 due to policy violations:\n"
+        f"{down} only one-rk 1.0.0\n"
+    ) in two.stderr, two.stderr
+    assert one.returncode == 1 and "E504" not in one.stderr, one.stderr
+    assert (
+        "npm error 403 Could not download two-rk@* due to policy violations:\n"
+        f"{down} no version of two-rk\n"
+    ) in one.stderr, one.stderr
+    assert held.returncode == 0, held.stderr

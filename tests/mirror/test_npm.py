@@ -7,9 +7,10 @@ import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -162,17 +163,87 @@ async def test_a_tarball_republished_under_its_name_is_fetched_again(
 
 
 async def test_offline_packuments_list_what_is_held(reg: Npm) -> None:
+    """1.1.0 never fetched is not offered; npm is told why in `policyRestrictions`, which
+    it prints when only 1.1.0 would do (`npm install leftpad-rk@1.1`), where it said
+    `No matching version found`, as for a version that does not exist."""
+    reg.mirror.fetcher.clock = Clock()
     await reg.packument("/npm/leftpad-rk")
     await (await reg.client.get("/npm/leftpad-rk/-/leftpad-rk-1.0.0.tgz")).read()
     reg.upstream.rules["/leftpad-rk"] = "silent"
     r = await reg.client.get("/npm/leftpad-rk", headers={**HOST, "Accept": "application/json"})
     assert r.headers["Mirror-Offline"] == "cached-only"
     doc = json.loads(await r.read())
-    assert list(doc["versions"]) == ["1.0.0"]  # 1.1.0 was never fetched: not offered
+    assert list(doc["versions"]) == ["1.0.0"]
     assert doc["dist-tags"] == {"latest": "1.0.0"}
+    host = reg.upstream.url.split("//")[1].rstrip("/")
+    assert doc["policyRestrictions"] == {
+        "message": f"upstream {host} is down (no answer within 0.5 s), and the mirror holds"
+        " only leftpad-rk 1.0.0",
+        "versions": {"1.1.0": {"name": "leftpad-rk", "version": "1.1.0"}},
+    }
     # the short form was never fetched: the full one answers for it, offline
     short = await reg.packument("/npm/leftpad-rk", npm.ACCEPT_ABBREVIATED)
     assert list(short["versions"]) == ["1.0.0"]
+    assert short["policyRestrictions"] == doc["policyRestrictions"]
+    assert reg.mirror.stats.offline_pages == 2
+
+
+async def test_an_offline_packument_with_none_held_is_whole_and_says_why(reg: Npm) -> None:
+    """No tarball of it held: every version stays (a client that knows no restrictions
+    picks one and its tarball's 504 says why), and all are restricted, so npm says why
+    at once, not after a minute of retrying that 504."""
+    reg.mirror.fetcher.clock = Clock()
+    reg.mirror.settings = replace(reg.mirror.settings, index_ttl=600.0)
+    online = await reg.packument("/npm/leftpad-rk")
+    reg.upstream.rules["/@rk/util"] = "silent"
+    assert (await reg.client.get("/npm/@rk/util")).status == 504  # now known down
+    r = await reg.client.get("/npm/leftpad-rk", headers={**HOST, "Accept": "application/json"})
+    assert "Mirror-Offline" not in r.headers  # it lists what the store does not hold
+    # fresh, yet npm may keep it not a moment: back online, it would refuse what it restricts
+    assert r.headers["Cache-Control"] == "max-age=0" and "Warning" not in r.headers
+    doc = json.loads(await r.read())
+    restricted = doc.pop("policyRestrictions")
+    assert doc == online
+    host = reg.upstream.url.split("//")[1].rstrip("/")
+    assert restricted == {
+        "message": f"upstream {host} is down (no answer within 0.5 s), and the mirror holds"
+        " no version of leftpad-rk",
+        "versions": {v: {"name": "leftpad-rk", "version": v} for v in ("1.0.0", "1.1.0")},
+    }
+    r = await reg.client.get(urlsplit(doc["versions"]["1.1.0"]["dist"]["tarball"]).path)
+    assert (r.status, r.reason) == (504, f"upstream {host} is down (no answer within 0.5 s);"
+                                         " next try in 2 s")  # fmt: skip
+    assert reg.mirror.stats.offline_pages == 0
+
+
+async def test_a_packument_served_stale_says_why_without_the_upstream_down(reg: Npm) -> None:
+    """An upstream that answers, badly (a 500, a portal's page): the packument held goes
+    out as offline, and what is not held is restricted in words that say so."""
+    await reg.packument("/npm/leftpad-rk")
+    await (await reg.client.get("/npm/leftpad-rk/-/leftpad-rk-1.0.0.tgz")).read()
+    reg.upstream.rules["/leftpad-rk"] = "fail"
+    doc = await reg.packument("/npm/leftpad-rk")
+    host = reg.upstream.url.split("//")[1].rstrip("/")
+    assert doc["policyRestrictions"]["message"] == (
+        f"upstream {host} did not send leftpad-rk's packument just now, and the mirror holds"
+        " only leftpad-rk 1.0.0"
+    )
+    assert list(doc["versions"]) == ["1.0.0"]
+
+
+def test_an_offline_packument_names_a_few_held_versions() -> None:
+    versions = [f"1.{i}.0" for i in range(7)] + ["\x1b[31mred"]
+    doc = {"name": "x", "versions": {v: {"dist": {"tarball": f"{npm.MARKER}/npm/x/-/x-{v}.tgz"}}
+                                     for v in versions}}  # fmt: skip
+    body, held_only = npm.only(json.dumps(doc).encode(), lambda keys: dict.fromkeys(keys, 1), "W")
+    assert held_only and "policyRestrictions" not in json.loads(body)  # all held
+    body, _ = npm.only(
+        json.dumps({**doc, "versions": {**doc["versions"], "2.0.0": {"dist": {}}}}).encode(),
+        lambda keys: dict.fromkeys(keys, 1),
+        "W",
+    )
+    said = json.loads(body)["policyRestrictions"]["message"]
+    assert said == "W, and the mirror holds only x 1.6.0, 1.5.0, 1.4.0, 1.3.0, 1.2.0 and 3 more"
 
 
 async def test_a_tarball_url_the_mirror_cannot_fetch_leaves_the_other_versions(
