@@ -73,15 +73,23 @@ class Project:
             ),
         )
 
-    def only(self, held: Mapping[str, int]) -> Project:
-        """The offline page: only what the store holds, so clients pick a version they can
-        install; metadata is offered only where it is held too."""
+    def only(self, held: Mapping[str, int], missing: str | None = None) -> Project:
+        """The offline page: what the store holds, so clients pick a version they can
+        install; metadata is offered only where it is held too. With `missing`, the
+        files it does not hold stay listed, yanked for that reason (PEP 592): pip and uv
+        pass them by while a held file will do, and one asked for by its version alone
+        is taken with the reason shown, then answered with why it cannot be had. Left
+        out, pip said `from versions: 1.0` of 2.0, as of a version that does not exist."""
         files = []
         for f in self.files:
-            if f.key not in held:
-                continue
             meta = f.core_metadata if f.key + ".metadata" in held else None
-            files.append(replace(f, size=held[f.key], core_metadata=meta))
+            if f.key in held:
+                files.append(replace(f, size=held[f.key], core_metadata=meta))
+            elif missing is not None:
+                why = (
+                    f"{f.yanked}; {missing}" if isinstance(f.yanked, str) and f.yanked else missing
+                )
+                files.append(replace(f, yanked=why, core_metadata=meta))
         return Project(self.name, tuple(files))
 
     def keys(self) -> list[str]:

@@ -131,7 +131,7 @@ def _make_local(
     if upstream is not None:
         theirs = pypi.load(upstream)
         held = mirror.store.held(theirs.keys())
-        theirs = theirs.only(held) if offline else theirs.with_sizes(held)
+        theirs = theirs.only(held, NOT_HELD) if offline else theirs.with_sizes(held)
         mine = {f.filename for f in project.files}
         extra = tuple(f for f in theirs.files if f.filename not in mine)
         project = pypi.Project(name, project.files + extra)
@@ -162,18 +162,23 @@ async def _render(mirror: Mirror, answer: IndexAnswer, as_json: bool, offline: b
 
 
 def _make(mirror: Mirror, body: bytes, as_json: bool, offline: bool) -> Page:
-    """Offline, only the files held, so the client picks one it can install; but with
-    none of them held, every file: an empty page is what pip says of a name that does
-    not exist (`from versions: none`), and it shows nothing of a page's error. Listed,
-    the file the client picks is answered with why it cannot be had (the upstream is
-    down, fetch.Fetcher.down), which pip and uv print."""
+    """Offline, the files held, so the client picks one it can install, and the rest
+    yanked (pypi.Project.only); but with none of them held, every file as it is: an
+    empty page is what pip says of a name that does not exist (`from versions: none`),
+    and it shows nothing of a page's error. Listed, the file the client picks is
+    answered with why it cannot be had (the upstream is down, fetch.Fetcher.down),
+    which pip and uv print."""
     project = pypi.load(body)
     held = mirror.store.held(project.keys())
     if offline:
         only = project.only(held)
         if only.files or not project.files:
-            return _page(only, as_json, held_only=True)
+            return _page(project.only(held, NOT_HELD), as_json, held_only=True)
     return _page(project.with_sizes(held), as_json)
+
+
+# why an offline page lists a file as yanked: pip prints it as "Reason for being yanked"
+NOT_HELD = "not held by this mirror, whose upstream is down"
 
 
 async def file(request: web.Request) -> web.StreamResponse:

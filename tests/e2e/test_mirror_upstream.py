@@ -380,6 +380,50 @@ def test_pip_is_told_the_upstream_is_down_for_a_page_held_with_no_file_held(
     assert got_one.returncode == 0, got_one.stderr  # the held one installs offline
 
 
+def test_pip_asking_for_a_version_not_held_is_told_the_upstream_is_down(
+    tmp_path: Path, lan: Netns
+) -> None:
+    """The uplink gone, 1.0 held and 2.0 not: the offline page listed 1.0 alone, and pip
+    said `from versions: 1.0` of `one==2.0`, as of a version that does not exist. 2.0 is
+    listed yanked now: pip still takes 1.0 when it will do, and asked for 2.0 says why
+    it cannot have it (the file's 504)."""
+    root = tmp_path / "upstream"
+    write_pypi(root, {"one": [make_wheel("one", "1.0"), make_wheel("one", "2.0")],
+                      "three": [make_wheel("three", "1.0")]})  # fmt: skip
+    upstream = start_upstream(root)
+    host = urlsplit(upstream.url).netloc
+    mirror, _ = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
+                             listen=f"{lan.host}:0")  # fmt: skip
+    try:
+        held = file_path(mirror, "one")
+        assert "one-1.0" in held and request(mirror.url, held)[0] == 200
+        upstream.stop()
+        assert request(mirror.url, "/pypi/simple/three/")[0] == 504  # now known down
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+
+        def pip(requirement: str) -> subprocess.CompletedProcess[str]:
+            argv = lan.argv([
+                sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
+                "--no-deps", "--no-cache-dir", "--index-url", f"{mirror.url}pypi/simple/",
+                "--trusted-host", lan.host, "-d", str(tmp_path / "got"), requirement,
+            ])  # fmt: skip
+            home = {**env, "HOME": str(tmp_path / "home")}
+            return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=home)
+
+        newer, any_one = pip("one==2.0"), pip("one")
+    finally:
+        mirror.stop()
+        upstream.stop()
+    assert newer.returncode == 1, newer.stdout
+    line = rf"upstream {host} is down \([^)]*\); (next try in \d+ s|trying it again now)"
+    said = rf"\nERROR: Could not install requirement one==2\.0 .* 504 Server Error: {line} "
+    assert re.search(said, newer.stderr), newer.stderr
+    assert "from versions" not in newer.stderr and "Traceback" not in newer.stderr
+    assert any_one.returncode == 0, any_one.stderr  # the held one still does, no warning
+    assert "yanked" not in any_one.stderr
+    assert sorted(p.name for p in (tmp_path / "got").iterdir()) == ["one-1.0-py3-none-any.whl"]
+
+
 def test_pip_installs_offline_a_wheel_held_without_its_metadata(tmp_path: Path, lan: Netns) -> None:
     """A wheel fetched by a client that reads no metadata file (uv, curl), then the
     uplink gone while the page is fresh: the page still offers PEP 658 metadata, and pip

@@ -53,8 +53,9 @@ async def test_pep_700_from_a_json_upstream(env: Env) -> None:
 
 
 @pytest.mark.parametrize("env", [{"index_ttl": 0.0}], indirect=True)
-async def test_offline_pages_list_only_what_is_held(env: Env) -> None:
-    # two versions upstream; only 1.0 was ever fetched
+async def test_offline_pages_list_what_is_held_and_the_rest_yanked(env: Env) -> None:
+    # two versions upstream; only 2.0 was ever fetched: 3.0 stays listed, yanked, so a
+    # client asking for it by version is told why (it was left out, as if it did not exist)
     page = env.root / "simple" / "demo-dep" / "index.html"
     old = page.read_text()
     extra = '<a href="../../files/demo_dep-3.0-py3-none-any.whl#sha256=' + "e" * 64 + '">'
@@ -72,10 +73,17 @@ async def test_offline_pages_list_only_what_is_held(env: Env) -> None:
     assert r.headers["Warning"] == '110 - "Response is Stale"'
     assert r.headers["Cache-Control"] == "no-cache"
     doc = json.loads(await r.read())
-    assert [f["filename"] for f in doc["files"]] == ["demo_dep-2.0-py3-none-any.whl"]
-    assert doc["versions"] == ["2.0"] and doc["meta"]["api-version"] == "1.1"
+    assert [(f["filename"], f.get("yanked")) for f in doc["files"]] == [
+        ("demo_dep-2.0-py3-none-any.whl", None),
+        ("demo_dep-3.0-py3-none-any.whl", "not held by this mirror, whose upstream is down"),
+    ]
+    assert doc["versions"] == ["2.0", "3.0"]
+    assert doc["meta"]["api-version"] == "1.0"  # 3.0's size: its HTML upstream gave none
     html = await env.client.get("/pypi/simple/demo-dep/")
-    assert b"3.0" not in await html.read() and html.headers["Mirror-Offline"] == "cached-only"
+    assert html.headers["Mirror-Offline"] == "cached-only"
+    links = [line for line in (await html.read()).decode().split("<a ") if "3.0" in line]
+    assert len(links) == 1
+    assert 'data-yanked="not held by this mirror, whose upstream is down"' in links[0]
     assert env.mirror.stats.offline_pages == 2 and env.mirror.stats.stale_served == 2
 
 
