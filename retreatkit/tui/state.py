@@ -41,6 +41,9 @@ class EndpointState:
     error: str | None = None
     series: dict[str, Series] = field(default_factory=dict)
     url: str = ""
+    # given by the organiser (on the command line, or noted on this machine), not found on
+    # the LAN nor listed as a guest: only such an endpoint's guests are watched
+    named: bool = False
     # a supervising endpoint's guests (None: it supervises none, or they were not read)
     guests: list[Guest] | None = None
     guests_error: str | None = None

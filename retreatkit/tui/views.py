@@ -343,10 +343,13 @@ def guest_rows(state: DashboardState) -> list[tuple[tuple[str, str], Row]]:
     rows: list[tuple[tuple[str, str], Row]] = []
     for supervisor, g in state.guests():
         watched = state.watching(supervisor, g.name)
+        parent = state.endpoints[supervisor]
         if watched is not None:
             admin = f"{watched.url.split('://', 1)[-1]} ({watched.state_of(g.service)})"
+        elif not parent.named:
+            admin = f"not watched: its supervisor was found on the LAN (--connect {parent.url})"
         else:
-            admin = guests.watch_url(state.endpoints[supervisor].url, g.admin)[1]
+            admin = guests.watch_url(parent.url, g.admin)[1]
         row = (
             g.name,
             g.service,
