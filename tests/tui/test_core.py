@@ -15,6 +15,7 @@ from retreatkit.mirror.space import Space
 from retreatkit.tui import answers, columns, views
 from retreatkit.tui.escape import visible
 from retreatkit.tui.fmt import (
+    MAX_ROWS,
     NOT_REPORTED,
     clocks,
     count,
@@ -26,8 +27,10 @@ from retreatkit.tui.fmt import (
     size,
     spark,
 )
+from retreatkit.tui.guests import parse
 from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer, LogFilter, to_line
-from retreatkit.tui.state import DashboardState
+from retreatkit.tui.state import MAX_SERVICES, DashboardState
+from retreatkit.tui.testing import guest
 from retreatkit.tui.trend import Series
 
 NAN, INF = float("nan"), float("inf")
@@ -306,3 +309,27 @@ def test_a_size_reads_alike_on_the_dashboard_in_status_and_on_the_command_line()
     assert [size(999), size(1536), size(99_500), size(999_500), size(3 * 2**40)] == [
         "999 B", "1.5 kB", "100 kB", "1.0 MB", "3.3 TB"
     ]  # fmt: skip
+
+
+def test_every_list_a_peer_sends_is_shown_up_to_max_rows() -> None:
+    """Past MAX_ROWS, one last row says how many more (the local names' total counts)."""
+    extra = [["x", 1]] * (MAX_ROWS + 5)
+    assert views.top_rows(extra)[-2:] == [("x", "1"), ("... 5 more", "")]
+    assert len(views.top_rows(extra)) == MAX_ROWS + 1
+    ups = {f"apt/{i}": {"url": "http://192.0.2.4/", "state": "up"} for i in range(MAX_ROWS + 2)}
+    status = {"mirror": {"upstreams": ups}}
+    state = DashboardState(["a:1"])
+    state.record("a:1", 0, status=status)
+    upstreams = views.upstream_rows(state.endpoints["a:1"])
+    assert len(upstreams) == MAX_ROWS + 1 and upstreams[-1] == ("... 2 more", *[""] * 5)
+    records = {"total": 50_000, "records": [{"name": "a"}] * (MAX_ROWS + 9)}
+    assert views.record_rows(records)[-1] == ("... 49,000 more", "", "")
+    assert views.record_rows({"total": 9, "records": [{"name": "a"}] * 3})[-1] == (
+        "... 6 more", "", "",
+    )  # fmt: skip
+    fetches = {"recent": [{}] * (MAX_ROWS + 1)}
+    assert views.fetch_rows(fetches, "recent")[-1] == ("... 1 more", *[""] * 6)
+    listed = parse({"guests": [guest(f"g{i}", "relay", None) for i in range(MAX_ROWS + 3)]})
+    assert len(listed) == MAX_ROWS
+    state.record("a:1", 1, status={"process": {"services": ["relay"] * 100_000}})
+    assert len(state.endpoints["a:1"].services()) == MAX_SERVICES

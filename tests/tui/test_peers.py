@@ -13,9 +13,11 @@ import pytest
 from textual.pilot import Pilot
 
 from retreatkit.tui.app import Dashboard
+from retreatkit.tui.fmt import MAX_LINES, MAX_ROWS
 from retreatkit.tui.logbuffer import TEXT
 from retreatkit.tui.screens.service import Section
 from retreatkit.tui.sources import MAX_BODY
+from retreatkit.tui.state import MAX_WARNINGS
 from retreatkit.tui.testing import FakeAdmin, canned, make_dashboard, serve, settle
 from retreatkit.tui.widgets import Lines, Table
 
@@ -225,3 +227,57 @@ async def test_log_records_the_dashboard_fails_on_are_one_line_and_it_follows_ag
             f"{fake.url[7:]}: the dashboard failed on its log records (RuntimeError: what"
             " nobody foresaw); it asks again"
         )
+
+
+async def test_a_list_of_millions_of_rows_shows_a_thousand_and_says_how_many_more() -> None:
+    """8 MB of `{}` is 2.8 million local names: each table shows MAX_ROWS of a list, and a
+    last row with how many more it has (the totals the nameserver says, when it says more)."""
+    many = 5000
+    records = b'{"records": [' + b",".join([b"{}"] * many) + b"]}"
+    status = canned()
+    status["nameserver"]["top_domains"] = [[f"d{i}.example", 1] for i in range(many)]
+    with serve(FakeAdmin(status=status, raw={"/nameserver/records": records})) as big:
+        big.lists["/relay/transfers"] = {"active": [{}] * many, "recent": []}
+        app = make_dashboard(big.url)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("4")
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            [section] = app.screen.query(Section)
+            local = section.query_one("#local", Table)
+            assert local.row_count == MAX_ROWS + 1
+            assert [c.plain for c in local.get_row_at(MAX_ROWS)] == ["... 4,000 more", "", ""]
+            top = section.query_one("#top_domains", Table)
+            assert top.row_count == MAX_ROWS + 1
+            assert top.get_row_at(MAX_ROWS)[0].plain == "... 4,000 more"
+            await pilot.press("2")
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            active = app.screen.query_one("#active", Table)
+            assert active.row_count == MAX_ROWS + 1
+            assert active.get_row_at(MAX_ROWS)[0].plain == "... 4,000 more"
+
+
+async def test_a_hundred_thousand_warnings_are_a_few_alarms() -> None:
+    status = canned()
+    status["mirror"]["warnings"] = [f"warning {i}" for i in range(100_000)]
+    status["process"]["attendees"] = [f"line {i}" for i in range(5000)]
+    with serve(FakeAdmin(status=status)) as loud:
+        app = make_dashboard(loud.url)
+        async with app.run_test(size=SIZE) as pilot:
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            shown = alarms(app)
+            attendees = str(app.screen.query_one("#attendees", Lines).render()).splitlines()
+            assert attendees[-2:] == [f"line {MAX_LINES - 1}", f"... {5000 - MAX_LINES:,} more"]
+            mirror = [a for a in shown if a.startswith("! mirror: ")]
+            assert mirror == [
+                *(f"! mirror: warning {i}" for i in range(MAX_WARNINGS)),
+                f"! mirror: {100_000 - MAX_WARNINGS:,} more warnings",
+            ]
+            await pilot.press("3")
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            warnings = str(app.screen.query_one("#warnings", Lines).render()).splitlines()
+            assert warnings[-1] == f"! {100_000 - MAX_WARNINGS:,} more warnings"
+            assert len(warnings) == MAX_WARNINGS + 1
