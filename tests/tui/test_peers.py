@@ -16,7 +16,7 @@ from retreatkit.tui.app import Dashboard
 from retreatkit.tui.fmt import MAX_LINES, MAX_ROWS
 from retreatkit.tui.logbuffer import TEXT
 from retreatkit.tui.screens.service import Section
-from retreatkit.tui.sources import MAX_BODY
+from retreatkit.tui.sources import MAX_BODY, MAX_STATUS
 from retreatkit.tui.state import MAX_WARNINGS
 from retreatkit.tui.testing import FakeAdmin, canned, make_dashboard, serve, settle
 from retreatkit.tui.widgets import Lines, Table
@@ -52,14 +52,15 @@ async def test_a_status_in_pieces_over_a_slow_link_is_read_whole() -> None:
 
 @pytest.mark.parametrize("pieces", [1, 8], ids=["length-said", "in-pieces"])
 async def test_a_status_past_the_limit_is_one_line(fake: FakeAdmin, pieces: int) -> None:
-    body = b'{"pad": "' + b"x" * MAX_BODY + b'"}'
+    """A status of a few kB is far under MAX_STATUS; 8 MB of `{}` took 300-700 MB to parse."""
+    body = b"[" + b"{}," * (MAX_STATUS // 3) + b"{}]"
     with serve(FakeAdmin(raw={"/status": body}, pieces=pieces)) as big:
         app = make_dashboard(fake.url, big.url)
         async with app.run_test(size=SIZE) as pilot:
             async with asyncio.timeout(WAIT):
                 await settle(pilot)
             assert (
-                f"! {big.url[7:]}: /status answered more than 8.4 MB, far more than an admin"
+                f"! {big.url[7:]}: /status answered more than 250 kB, far more than an admin"
                 " endpoint sends"
             ) in alarms(app)
             assert states(app)[-1] == ["—", f"admin {big.url[7:]}", "unreachable"]
@@ -258,10 +259,12 @@ async def test_a_list_of_millions_of_rows_shows_a_thousand_and_says_how_many_mor
             assert active.get_row_at(MAX_ROWS)[0].plain == "... 4,000 more"
 
 
-async def test_a_hundred_thousand_warnings_are_a_few_alarms() -> None:
+async def test_forty_thousand_warnings_are_a_few_alarms() -> None:
     status = canned()
-    status["mirror"]["warnings"] = [f"warning {i}" for i in range(100_000)]
-    status["process"]["attendees"] = [f"line {i}" for i in range(5000)]
+    # as many as a status has room for
+    status["mirror"]["warnings"] = [f"warning {i}" for i in range(MAX_WARNINGS)]
+    status["mirror"]["warnings"] += ["w"] * (40_000 - MAX_WARNINGS)
+    status["process"]["attendees"] = [f"line {i}" for i in range(2000)]
     with serve(FakeAdmin(status=status)) as loud:
         app = make_dashboard(loud.url)
         async with app.run_test(size=SIZE) as pilot:
@@ -269,15 +272,30 @@ async def test_a_hundred_thousand_warnings_are_a_few_alarms() -> None:
                 await settle(pilot)
             shown = alarms(app)
             attendees = str(app.screen.query_one("#attendees", Lines).render()).splitlines()
-            assert attendees[-2:] == [f"line {MAX_LINES - 1}", f"... {5000 - MAX_LINES:,} more"]
+            assert attendees[-2:] == [f"line {MAX_LINES - 1}", f"... {2000 - MAX_LINES:,} more"]
             mirror = [a for a in shown if a.startswith("! mirror: ")]
             assert mirror == [
                 *(f"! mirror: warning {i}" for i in range(MAX_WARNINGS)),
-                f"! mirror: {100_000 - MAX_WARNINGS:,} more warnings",
+                f"! mirror: {40_000 - MAX_WARNINGS:,} more warnings",
             ]
             await pilot.press("3")
             async with asyncio.timeout(WAIT):
                 await settle(pilot)
             warnings = str(app.screen.query_one("#warnings", Lines).render()).splitlines()
-            assert warnings[-1] == f"! {100_000 - MAX_WARNINGS:,} more warnings"
+            assert warnings[-1] == f"! {40_000 - MAX_WARNINGS:,} more warnings"
             assert len(warnings) == MAX_WARNINGS + 1
+
+
+async def test_a_list_larger_than_a_status_may_be_is_read() -> None:
+    """Lists have their own, larger bound: the local names a nameserver sends at most."""
+    records = [{"name": "host.retreat.lan", "type": "A", "value": "10.0.0.9"}] * 6000
+    with serve(FakeAdmin()) as fake:
+        fake.lists["/nameserver/records"] = {"total": 6000, "records": records}
+        assert MAX_STATUS < len(json.dumps(records)) < MAX_BODY
+        app = make_dashboard(fake.url)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("4")
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            [section] = app.screen.query(Section)
+            assert section.query_one("#local", Table).get_row_at(0)[0].plain == "host.retreat.lan"
