@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from retreatkit import units
 from retreatkit.cli import ui as bob_ui
@@ -54,6 +56,25 @@ def test_visible(raw: str, shown: str) -> None:
 
 def test_visible_is_bounded() -> None:
     assert visible("x" * 10_000, 10) == "x" * 9 + "…"
+
+
+@pytest.mark.parametrize(
+    ("ch", "shown"), [("\x1b", "\\x1b"), ("\u202e", "\\u202e"), ("\U000e0001", "\\U000e0001")]
+)
+def test_visible_is_bounded_after_escaping(ch: str, shown: str) -> None:
+    """A control character shows as 4 to 10 characters: what is shown is cut to the
+    limit, never inside an escape, not the raw text before it grew tenfold."""
+    assert visible(ch * 400) == shown * (399 // len(shown)) + "…"
+    assert len(visible(ch * 100_000)) <= 400
+    assert visible("ab" + ch, 2 + len(shown)) == "ab" + shown  # it fits whole
+    assert visible("ab" + ch + "c", 2 + len(shown)) == "ab…"  # it would not
+
+
+@given(st.text(), st.integers(min_value=1, max_value=60))
+def test_visible_is_printable_and_within_its_limit(text: str, limit: int) -> None:
+    shown = visible(text, limit)
+    assert shown.isprintable() and len(shown) <= limit
+    assert shown == visible(text, 10 * len(text) + 1) or shown.endswith("…")
 
 
 def test_figures() -> None:
