@@ -195,7 +195,10 @@ class AdminClient:
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=LOG_IDLE)
         try:
             async with self.session.get(
-                f"{self.endpoint.url}/logs", params={"after": str(after)}, timeout=timeout
+                f"{self.endpoint.url}/logs",
+                params={"after": str(after)},
+                timeout=timeout,
+                allow_redirects=False,  # as request(): a redirect would choose where the token goes
             ) as response:
                 if response.status == 401:
                     raise SourceError(f"{name}: the log stream needs the admin token")

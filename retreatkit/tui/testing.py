@@ -242,7 +242,8 @@ class FakeAdmin:
     supervises them as `retreatkit up` does: `/vm/guests`, and start and stop, which only
     change the state it lists (no VM boots). `raw` answers a path with bytes as they are
     (as JSON), in `pieces` writes with a pause between each, as a slow link brings them;
-    a log record given as bytes is sent as they are."""
+    a log record given as bytes is sent as they are. `redirects` answers a path with a 302
+    to the URL given."""
 
     mode: str = "ok"
     status: dict[str, Any] = field(default_factory=canned)
@@ -252,6 +253,7 @@ class FakeAdmin:
     logs_end: bool = False  # end the log stream once `logs` are sent
     raw: dict[str, bytes] = field(default_factory=dict)
     pieces: int = 1
+    redirects: dict[str, str] = field(default_factory=dict)
     seen: list[tuple[str, str, str | None, str]] = field(default_factory=list)
     url: str = ""
 
@@ -264,6 +266,8 @@ class FakeAdmin:
             return web.Response(text="<html>\x1b[31mnot json", content_type="application/json")
         if self.mode == "unauthorized":
             raise web.HTTPUnauthorized(text="needs the admin token\n")
+        if request.path in self.redirects:
+            raise web.HTTPFound(self.redirects[request.path])
         if request.path in self.raw:
             return await self._raw(request, self.raw[request.path])
         if request.path == "/status":

@@ -16,9 +16,9 @@ from retreatkit.tui.app import Dashboard
 from retreatkit.tui.fmt import MAX_LINES, MAX_ROWS
 from retreatkit.tui.logbuffer import TEXT
 from retreatkit.tui.screens.service import Section
-from retreatkit.tui.sources import MAX_BODY, MAX_STATUS
+from retreatkit.tui.sources import MAX_BODY, MAX_STATUS, AdminClient, Endpoint, SourceError
 from retreatkit.tui.state import MAX_WARNINGS
-from retreatkit.tui.testing import FakeAdmin, canned, make_dashboard, serve, settle
+from retreatkit.tui.testing import TOKEN, FakeAdmin, canned, make_dashboard, serve, settle
 from retreatkit.tui.widgets import Lines, Table
 
 SIZE = (150, 60)
@@ -299,3 +299,24 @@ async def test_a_list_larger_than_a_status_may_be_is_read() -> None:
                 await settle(pilot)
             [section] = app.screen.query(Section)
             assert section.query_one("#local", Table).get_row_at(0)[0].plain == "host.retreat.lan"
+
+
+@pytest.mark.parametrize("path", ["/logs", "/status"])
+async def test_a_redirect_is_not_followed_with_the_token(fake: FakeAdmin, path: str) -> None:
+    """An endpoint that answers with a redirect names where the token would go next:
+    the dashboard goes nowhere, and says what it got."""
+    fake.logs_end = True
+    with serve(FakeAdmin(redirects={path: fake.url + path})) as sender:
+        async with AdminClient(Endpoint(sender.url, TOKEN)) as client:
+            with pytest.raises(SourceError) as raised:
+                if path == "/logs":
+                    async for _ in client.logs():
+                        pass
+                else:
+                    await client.status()
+    said = {
+        "/logs": "/logs answered HTTP 302",
+        "/status": "GET /status answered HTTP 302: 302: Found",
+    }
+    assert str(raised.value) == f"{sender.url[7:]}: {said[path]}"
+    assert fake.seen == []
