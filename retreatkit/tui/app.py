@@ -1,7 +1,9 @@
 """The dashboard app: polls each endpoint, follows its logs, and hands screens the state.
 
 Endpoints are those given at start, plus each VM guest's own admin endpoint, found in its
-supervisor's `GET /vm/guests` and watched with the supervisor's token.
+supervisor's `GET /vm/guests` and watched with the supervisor's token. Only an endpoint
+the organiser named supervises guests: a guest (or a neighbour's announcement) that says
+it supervises would otherwise choose where the token goes and which rows are shown.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from retreatkit.tui.screens.nameserver import NameserverScreen
 from retreatkit.tui.screens.overview import Overview
 from retreatkit.tui.screens.relay import RelayScreen
 from retreatkit.tui.sources import FOUND, AdminClient, Endpoint, SourceError
-from retreatkit.tui.state import DashboardState
+from retreatkit.tui.state import DashboardState, EndpointState
 from retreatkit.tui.widgets import ConfirmScreen
 
 RETRY_LOGS = 3.0  # seconds before following a broken log stream again
@@ -74,6 +76,7 @@ class Dashboard(App[int]):
         self.state = DashboardState(list(self.clients), leak_window)
         for e in endpoints:
             self.state.endpoints[e.name].url = e.url
+            self.state.endpoints[e.name].named = not e.found
         self.logs = LogBuffer()
         self.log_problem: str | None = None
         self.interval = interval
@@ -125,7 +128,15 @@ class Dashboard(App[int]):
             self.state.record(name, self.clock(), error=failed(name, "status", exc))
         e = self.state.endpoints[name]
         if e.error is None and "vm" in e.services():
-            await self._read_guests(name)
+            if e.guest_of is None:
+                await self._read_guests(name)
+            else:  # its list could name its host's endpoint, or any port of this machine
+                self.state.record_guests(
+                    name,
+                    None,
+                    f"{name}: a guest's own list of guests is not read (only an endpoint"
+                    " named with --connect supervises guests)",
+                )
         self._seen.add(name)
         if self._seen >= set(self.clients):
             self.polled.set()
@@ -133,10 +144,11 @@ class Dashboard(App[int]):
             self.screen.reload()
 
     async def _read_guests(self, name: str) -> None:
-        """A supervisor's guests; each guest's admin endpoint is watched from now on."""
+        """A supervisor's guests; each guest's admin endpoint is watched from now on, when
+        the organiser named the supervisor (one found on the LAN only lists them)."""
         try:
             found = guests.parse(await self.clients[name].get_json("/vm/guests"))
-            for guest in found:
+            for guest in found if self.state.endpoints[name].named else ():
                 self._adopt(name, guest)
         except SourceError as exc:
             self.state.record_guests(name, None, str(exc))
@@ -157,8 +169,9 @@ class Dashboard(App[int]):
         if url is None:
             return
         for e in self.state.endpoints.values():
-            if e.url == url:  # already watched (given with --connect): say whose it is
-                e.guest_of = (supervisor, guest.name)
+            if e.url == url:  # watched already: never adopted a second time
+                if linkable(e, supervisor):
+                    e.guest_of = (supervisor, guest.name)  # given with --connect: whose it is
                 return
         if sum(1 for e in self.state.endpoints.values() if e.guest_of) >= MAX_GUESTS:
             return
@@ -255,6 +268,19 @@ class Dashboard(App[int]):
             names = [e.name for e in self.state.hosting(service)]
         answers = await asyncio.gather(*(self.act(n, method, path, body) for n in names))
         return [(n, answer, problem) for n, (answer, problem) in zip(names, answers, strict=True)]
+
+
+def linkable(e: EndpointState, supervisor: str) -> bool:
+    """Whether `e`, watched already (named too, or found on the LAN), may be shown as
+    `supervisor`'s guest (its rows then follow the guest's state): not the supervisor
+    itself, nor another's guest, nor a supervisor (once its status says so), whose rows a
+    list must never take over."""
+    return (
+        e.name != supervisor
+        and e.guest_of is None
+        and e.status is not None
+        and "vm" not in e.services()
+    )
 
 
 def failed(name: str, what: str, exc: Exception) -> str:

@@ -13,15 +13,26 @@ LIMIT = 400  # characters shown of one value; a log line or a name cannot fill t
 
 
 def visible(text: object, limit: int = LIMIT) -> str:
-    """`text` as a string with nothing a terminal would interpret, cut to `limit`."""
+    """`text` as a string with nothing a terminal would interpret, at most `limit`
+    characters: cut once escaped (an escape is up to 10 characters, so a line cut before
+    grew tenfold), never inside an escape, and ending `…` when cut."""
     s = text if isinstance(text, str) else str(text)
-    if len(s) > limit:
-        s = s[: limit - 1] + "…"
+    head = s[:limit]  # each character shows as one or more: none past these is shown
     # str.isprintable is False for every Cc, Cf (bidi controls), Zl, Zp and unassigned
     # character: the common case costs one C-level scan
-    if s.isprintable():
-        return s
-    return "".join(ch if ch.isprintable() else _escape(ch) for ch in s)
+    if head.isprintable():
+        return head if len(s) <= limit else head[: limit - 1] + "…"
+    pieces = [ch if ch.isprintable() else _escape(ch) for ch in head]
+    shown = "".join(pieces)
+    if len(s) <= limit and len(shown) <= limit:
+        return shown
+    kept, used = [], 0
+    for piece in pieces:
+        if used + len(piece) > limit - 1:
+            break
+        kept.append(piece)
+        used += len(piece)
+    return "".join(kept) + "…"
 
 
 def _escape(ch: str) -> str:

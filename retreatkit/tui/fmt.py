@@ -11,6 +11,11 @@ from retreatkit import units
 
 NOT_REPORTED = "—"
 BARS = "▁▂▃▄▅▆▇█"
+# what a table shows of one list a peer sent, and a block of lines of its lines: 8 MB of
+# `{}` is 2.8 million rows, which took minutes and gigabytes to lay out; a last row or
+# line says how many more there are (more())
+MAX_ROWS = 1000
+MAX_LINES = 200
 
 
 def get(doc: Any, *path: str) -> Any:
@@ -40,6 +45,11 @@ def number(value: Any) -> float | None:
 def count(value: Any) -> str:
     n = number(value)
     return NOT_REPORTED if n is None else f"{int(n):,}"
+
+
+def more(hidden: int) -> str:
+    """The last row of a list cut at MAX_ROWS (or lines at MAX_LINES): `... 4,000 more`."""
+    return f"... {hidden:,} more"
 
 
 def plural(n: Any, one: str, many: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from retreatkit.lanaddress import is_loopback
-from retreatkit.tui.fmt import number
+from retreatkit.tui.fmt import MAX_ROWS, number
 from retreatkit.tui.sources import endpoint_url
 
 STATES = ("running", "stopped", "restarting", "failed")
@@ -53,12 +53,13 @@ def _text(value: Any) -> str | None:
 
 def parse(doc: Any) -> list[Guest]:
     """The guests in a `/vm/guests` answer; ValueError (one line) if it is not one.
-    Items that are not guests are left out: one bad item hides no other guest."""
+    Items that are not guests are left out: one bad item hides no other guest. Those past
+    MAX_ROWS are too (the supervisor's status counts them all)."""
     items = doc.get("guests") if isinstance(doc, dict) else None
     if not isinstance(items, list):
         raise ValueError('/vm/guests is not {"guests": [...]}')
     found: list[Guest] = []
-    for item in items:
+    for item in items[:MAX_ROWS]:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             continue
         restarts = number(item.get("restarts"))

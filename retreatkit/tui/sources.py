@@ -18,7 +18,10 @@ import aiohttp
 from retreatkit import units
 
 TIMEOUT = 5.0
-MAX_BODY = 8 << 20  # a status or list larger than this is an endpoint misbehaving
+MAX_BODY = 8 << 20  # a list larger than this is an endpoint misbehaving
+# a status is a few kB (its top lists have ten items): one past this is an endpoint
+# misbehaving, and is never parsed (8 MB of `{}` took 300-700 MB to)
+MAX_STATUS = 250_000
 MAX_EVENT = 1 << 20
 FOUND = "(found on the LAN)"
 LOG_IDLE = 45.0  # the stream sends a keepalive every 15 s; silence past this is a dead peer
@@ -99,7 +102,7 @@ class AdminClient:
         await self.close()
 
     async def status(self) -> dict[str, Any]:
-        doc = await self.get_json("/status")
+        doc = await self.request("GET", "/status", limit=MAX_STATUS)
         if not isinstance(doc, dict):
             raise SourceError(f"{self.endpoint.name}: /status is not a JSON object")
         return doc
@@ -108,9 +111,15 @@ class AdminClient:
         return await self.request("GET", path)
 
     async def request(
-        self, method: str, path: str, body: Any = None, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float | None = None,
+        limit: int = MAX_BODY,
     ) -> Any:
-        """JSON back (or the text, for an answer that is not JSON but 2xx)."""
+        """JSON back (or the text, for an answer that is not JSON but 2xx); an answer past
+        `limit` bytes is refused unread."""
         name = self.endpoint.name
         if method not in ("GET", "HEAD") and (why := self.endpoint.read_only()):
             raise SourceError(why)
@@ -126,7 +135,7 @@ class AdminClient:
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as response:
-                raw = await _body(response, MAX_BODY)
+                raw = await _body(response, limit)
                 kind = response.content_type
                 code = response.status
         except TimeoutError:
@@ -141,7 +150,7 @@ class AdminClient:
             raise SourceError(f"{name}: the connection broke ({type(exc).__name__})") from None
         if raw is None:
             raise SourceError(
-                f"{name}: {path} answered more than {units.size(MAX_BODY)}, far more than an"
+                f"{name}: {path} answered more than {units.size(limit)}, far more than an"
                 " admin endpoint sends"
             )
         text = raw.decode("utf-8", "replace")
@@ -186,7 +195,10 @@ class AdminClient:
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=LOG_IDLE)
         try:
             async with self.session.get(
-                f"{self.endpoint.url}/logs", params={"after": str(after)}, timeout=timeout
+                f"{self.endpoint.url}/logs",
+                params={"after": str(after)},
+                timeout=timeout,
+                allow_redirects=False,  # as request(): a redirect would choose where the token goes
             ) as response:
                 if response.status == 401:
                     raise SourceError(f"{name}: the log stream needs the admin token")

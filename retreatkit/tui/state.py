@@ -13,6 +13,10 @@ from retreatkit.tui.guests import Guest
 from retreatkit.tui.trend import Series
 
 SERVICES = ("relay", "mirror", "nameserver")
+# a service's warnings raised as alarms (a line then says how many more): 100,000 of them
+# stalled the overview
+MAX_WARNINGS = 20
+MAX_SERVICES = 16  # of a process's list of the services it hosts (it hosts four kinds)
 # figures watched for leaks: (label, path in /status)
 WATCHED = (
     ("relay open connections", ("relay", "connections_open")),
@@ -41,6 +45,9 @@ class EndpointState:
     error: str | None = None
     series: dict[str, Series] = field(default_factory=dict)
     url: str = ""
+    # given by the organiser (on the command line, or noted on this machine), not found on
+    # the LAN nor listed as a guest: only such an endpoint's guests are watched
+    named: bool = False
     # a supervising endpoint's guests (None: it supervises none, or they were not read)
     guests: list[Guest] | None = None
     guests_error: str | None = None
@@ -57,7 +64,7 @@ class EndpointState:
             return [self.guest.service] if self.guest is not None else []
         hosted = get(self.status, "process", "services")
         if isinstance(hosted, list):
-            return [s for s in hosted if isinstance(s, str)]
+            return [s for s in hosted[:MAX_SERVICES] if isinstance(s, str)]
         return [s for s in SERVICES if isinstance(self.status.get(s), dict)]
 
     def guest_down(self) -> bool:
@@ -192,9 +199,7 @@ class DashboardState:
             for service in e.services():
                 if e.is_up(service) is False:
                     out.append(f"{service} on {e.name} is down")
-                warnings = e.section(service).get("warnings")
-                if isinstance(warnings, list):
-                    out.extend(f"{service}: {w}" for w in warnings if isinstance(w, str))
+                out.extend(f"{service}: {w}" for w in warnings_of(e.section(service)))
             for label, _ in WATCHED:
                 if label in e.series:
                     least = LEAST_GROWTH.get(label, 0.0)
@@ -202,6 +207,16 @@ class DashboardState:
                     if leak is not None:
                         out.append(f"leak? {leak.line(UNITS.get(label))} on {e.name}")
         return out
+
+
+def warnings_of(section: dict[str, Any]) -> list[str]:
+    """A section's first MAX_WARNINGS warnings, and a line with how many more it has."""
+    warnings = section.get("warnings")
+    if not isinstance(warnings, list):
+        return []
+    said = [w for w in warnings[:MAX_WARNINGS] if isinstance(w, str)]
+    hidden = len(warnings) - MAX_WARNINGS
+    return [*said, f"{hidden:,} more warnings"] if hidden > 0 else said
 
 
 def guest_alarm(g: Guest) -> list[str]:

@@ -19,6 +19,7 @@ from textual.pilot import Pilot
 
 from retreatkit.tui.app import Dashboard
 from retreatkit.tui.screens.base import Panel
+from retreatkit.tui.screens.service import Section
 from retreatkit.tui.sources import Endpoint
 
 PAUSE = 0.05  # seconds between the pieces of an answer over a slow link
@@ -242,7 +243,8 @@ class FakeAdmin:
     supervises them as `retreatkit up` does: `/vm/guests`, and start and stop, which only
     change the state it lists (no VM boots). `raw` answers a path with bytes as they are
     (as JSON), in `pieces` writes with a pause between each, as a slow link brings them;
-    a log record given as bytes is sent as they are."""
+    a log record given as bytes is sent as they are. `redirects` answers a path with a 302
+    to the URL given; a path in `hangs` is never answered."""
 
     mode: str = "ok"
     status: dict[str, Any] = field(default_factory=canned)
@@ -252,18 +254,22 @@ class FakeAdmin:
     logs_end: bool = False  # end the log stream once `logs` are sent
     raw: dict[str, bytes] = field(default_factory=dict)
     pieces: int = 1
+    redirects: dict[str, str] = field(default_factory=dict)
+    hangs: tuple[str, ...] = ()
     seen: list[tuple[str, str, str | None, str]] = field(default_factory=list)
     url: str = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.text()
         self.seen.append((request.method, request.path, request.headers.get("Authorization"), body))
-        if self.mode == "hang":
+        if self.mode == "hang" or request.path in self.hangs:
             await asyncio.Event().wait()
         if self.mode == "garbage":
             return web.Response(text="<html>\x1b[31mnot json", content_type="application/json")
         if self.mode == "unauthorized":
             raise web.HTTPUnauthorized(text="needs the admin token\n")
+        if request.path in self.redirects:
+            raise web.HTTPFound(self.redirects[request.path])
         if request.path in self.raw:
             return await self._raw(request, self.raw[request.path])
         if request.path == "/status":
@@ -417,6 +423,8 @@ async def settle(pilot: Pilot[int]) -> None:
     screen.loaded.clear()
     screen.reload()
     await screen.loaded.wait()
+    for section in screen.query(Section):  # each fetches its own lists
+        await section.loaded.wait()
     await pilot.pause()
 
 

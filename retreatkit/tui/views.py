@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import islice
 from typing import Any
 
 from retreatkit.tui import guests
 from retreatkit.tui.fmt import (
+    MAX_ROWS,
     NOT_REPORTED,
     clock,
     clocks,
     count,
     duration,
     get,
+    more,
     number,
     per_second,
     percent,
@@ -21,14 +24,22 @@ from retreatkit.tui.fmt import (
     size,
     spark,
 )
-from retreatkit.tui.state import SERVICES, DashboardState, EndpointState
+from retreatkit.tui.state import SERVICES, DashboardState, EndpointState, warnings_of
 
 Row = tuple[str, ...]
 
 
-def _items(doc: Any, key: str) -> list[dict[str, Any]]:
+def _items(doc: Any, key: str) -> tuple[list[dict[str, Any]], int]:
+    """The objects among the first MAX_ROWS items of doc[key], and how many items follow."""
     value = doc.get(key) if isinstance(doc, dict) else None
-    return [x for x in value if isinstance(x, dict)] if isinstance(value, list) else []
+    if not isinstance(value, list):
+        return [], 0
+    return [x for x in value[:MAX_ROWS] if isinstance(x, dict)], max(len(value) - MAX_ROWS, 0)
+
+
+def _more(hidden: int, width: int) -> list[Row]:
+    """The last row of a list cut at MAX_ROWS, with how many more it had; none if none."""
+    return [(more(hidden), *("",) * (width - 1))] if hidden > 0 else []
 
 
 def _text(value: Any) -> str:
@@ -134,7 +145,8 @@ def relay_summary(e: EndpointState) -> list[str]:
 
 
 def transfer_rows(doc: Any, key: str) -> list[Row]:
-    return [
+    items, hidden = _items(doc, key)
+    rows: list[Row] = [
         (
             _text(t.get("nameplate")),
             size(t.get("bytes")),
@@ -143,8 +155,9 @@ def transfer_rows(doc: Any, key: str) -> list[Row]:
             clock(t.get("started_at")),
             _text(t.get("ended", "active")),
         )
-        for t in _items(doc, key)
+        for t in items
     ]
+    return rows + _more(hidden, 6)
 
 
 def mirror_summary(e: EndpointState) -> list[str]:
@@ -198,8 +211,7 @@ def check_line(check: Any) -> list[str]:
 
 
 def mirror_warnings(e: EndpointState) -> list[str]:
-    warnings = e.section("mirror").get("warnings")
-    return [w for w in warnings if isinstance(w, str)] if isinstance(warnings, list) else []
+    return warnings_of(e.section("mirror"))
 
 
 def upstream_rows(e: EndpointState) -> list[Row]:
@@ -208,7 +220,7 @@ def upstream_rows(e: EndpointState) -> list[Row]:
     ups = e.section("mirror").get("upstreams")
     rows: list[Row] = []
     if isinstance(ups, dict):
-        for ecosystem, u in ups.items():
+        for ecosystem, u in islice(ups.items(), MAX_ROWS):
             if isinstance(u, dict):
                 retry = number(u.get("retry_in_seconds"))
                 rows.append(
@@ -224,6 +236,7 @@ def upstream_rows(e: EndpointState) -> list[Row]:
                 )
             else:
                 rows.append((str(ecosystem), _text(u), NOT_REPORTED, "", "", ""))
+        rows += _more(len(ups) - MAX_ROWS, 6)
     return rows
 
 
@@ -231,13 +244,17 @@ def top_rows(value: Any) -> list[Row]:
     """`[[name, count], ...]` as rows; anything else as none."""
     if not isinstance(value, list):
         return []
-    return [
-        (_text(x[0]), count(x[1])) for x in value if isinstance(x, list | tuple) and len(x) == 2
+    rows: list[Row] = [
+        (_text(x[0]), count(x[1]))
+        for x in value[:MAX_ROWS]
+        if isinstance(x, list | tuple) and len(x) == 2
     ]
+    return rows + _more(len(value) - MAX_ROWS, 2)
 
 
 def fetch_rows(doc: Any, key: str) -> list[Row]:
-    return [
+    items, hidden = _items(doc, key)
+    rows: list[Row] = [
         (
             _text(f.get("ecosystem")),
             _text(f.get("package")),
@@ -247,8 +264,9 @@ def fetch_rows(doc: Any, key: str) -> list[Row]:
             clock(f.get("started_at")),
             _text(f.get("ended", "fetching")),
         )
-        for f in _items(doc, key)
+        for f in items
     ]
+    return rows + _more(hidden, 7)
 
 
 def nameserver_summary(e: EndpointState) -> list[str]:
@@ -267,7 +285,8 @@ def nameserver_summary(e: EndpointState) -> list[str]:
 
 def dns_upstream_rows(e: EndpointState) -> list[Row]:
     rows: list[Row] = []
-    for u in _items(e.section("nameserver"), "upstreams"):
+    items, hidden = _items(e.section("nameserver"), "upstreams")
+    for u in items:
         state = u.get("state")
         if state is None and isinstance(u.get("healthy"), bool):
             state = "up" if u["healthy"] else "down"
@@ -279,25 +298,25 @@ def dns_upstream_rows(e: EndpointState) -> list[Row]:
                 NOT_REPORTED if latency is None else f"{latency:.1f} ms",
             )
         )
-    return rows
+    return rows + _more(hidden, 3)
 
 
 def record_rows(doc: Any) -> list[Row]:
     """The local names, and a last row saying how many more there are."""
+    items, hidden = _items(doc, "records")
     rows: list[Row] = [
-        (_text(r.get("name")), _text(r.get("type")), _text(r.get("value")))
-        for r in _items(doc, "records")
+        (_text(r.get("name")), _text(r.get("type")), _text(r.get("value"))) for r in items
     ]
     total = number(doc.get("total")) if isinstance(doc, dict) else None
-    if total is not None and total > len(rows):
-        rows.append((f"... {int(total) - len(rows):,} more", "", ""))
-    return rows
+    known = max(int(total or 0), len(rows) + hidden)
+    return rows + _more(known - len(rows), 3)
 
 
 def blocklist_rows(e: EndpointState) -> list[Row]:
     """Each source (`[{"source": ..., "entries": ...}, ...]`, docs/admin-api.md): what it
     gave, the lines it could not read, when it was last read, and what failed last."""
-    return [
+    items, hidden = _items(e.section("nameserver"), "blocklists")
+    rows: list[Row] = [
         (
             _text(b.get("source")),
             count(b.get("entries")),
@@ -305,8 +324,9 @@ def blocklist_rows(e: EndpointState) -> list[Row]:
             clock(b.get("loaded_at")) if b.get("loaded_at") else "never",
             _text(b.get("last_error") or ""),
         )
-        for b in _items(e.section("nameserver"), "blocklists")
+        for b in items
     ]
+    return rows + _more(hidden, 5)
 
 
 def no_blocklists(e: EndpointState) -> str:
@@ -343,10 +363,13 @@ def guest_rows(state: DashboardState) -> list[tuple[tuple[str, str], Row]]:
     rows: list[tuple[tuple[str, str], Row]] = []
     for supervisor, g in state.guests():
         watched = state.watching(supervisor, g.name)
+        parent = state.endpoints[supervisor]
         if watched is not None:
             admin = f"{watched.url.split('://', 1)[-1]} ({watched.state_of(g.service)})"
+        elif not parent.named:
+            admin = f"not watched: its supervisor was found on the LAN (--connect {parent.url})"
         else:
-            admin = guests.watch_url(state.endpoints[supervisor].url, g.admin)[1]
+            admin = guests.watch_url(parent.url, g.admin)[1]
         row = (
             g.name,
             g.service,

@@ -16,6 +16,7 @@ from textual.widgets import Button, DataTable, Input, Label, Static
 
 from retreatkit.tui import columns
 from retreatkit.tui.escape import visible
+from retreatkit.tui.fmt import MAX_LINES, MAX_ROWS, more
 
 
 def plain(value: object, style: str = "") -> Text:
@@ -29,7 +30,10 @@ class Lines(Static):
     _shown: tuple[str, ...] | None = None
 
     def show(self, lines: Iterable[str]) -> None:
-        shown = tuple(visible(line) for line in lines)
+        given = list(lines)
+        if len(given) > MAX_LINES + 1:  # a peer's list: lines past a screenful say how many
+            given[MAX_LINES:] = [more(len(given) - MAX_LINES)]
+        shown = tuple(visible(line) for line in given)
         if shown == self._shown:
             return
         self._shown = shown
@@ -83,7 +87,12 @@ class Table(DataTable[Text]):
         keys: Sequence[str] | None = None,
     ) -> None:
         """Replace the rows. With `keys` (one a row), the cursor stays on the row with the
-        same key wherever it moved, so an action never lands on another row's item."""
+        same key wherever it moved, so an action never lands on another row's item. Past
+        MAX_ROWS, a last row says how many more (views cuts a peer's lists so already)."""
+        if len(rows) > MAX_ROWS + 1:
+            hidden = (more(len(rows) - MAX_ROWS), *[""] * (len(self.names) - 1))
+            rows = [*rows[:MAX_ROWS], hidden]
+            keys = None if keys is None else keys[:MAX_ROWS]
         given = (tuple(map(tuple, rows)), empty, tuple(keys or ()))
         if given == self._given and self._fitted == self.size.width:
             return  # the same rows: refilling them each poll kept an idle dashboard busy

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from retreatkit import units
 from retreatkit.cli import ui as bob_ui
@@ -15,6 +17,7 @@ from retreatkit.mirror.space import Space
 from retreatkit.tui import answers, columns, views
 from retreatkit.tui.escape import visible
 from retreatkit.tui.fmt import (
+    MAX_ROWS,
     NOT_REPORTED,
     clocks,
     count,
@@ -26,8 +29,10 @@ from retreatkit.tui.fmt import (
     size,
     spark,
 )
+from retreatkit.tui.guests import parse
 from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer, LogFilter, to_line
-from retreatkit.tui.state import DashboardState
+from retreatkit.tui.state import MAX_SERVICES, DashboardState
+from retreatkit.tui.testing import guest
 from retreatkit.tui.trend import Series
 
 NAN, INF = float("nan"), float("inf")
@@ -51,6 +56,25 @@ def test_visible(raw: str, shown: str) -> None:
 
 def test_visible_is_bounded() -> None:
     assert visible("x" * 10_000, 10) == "x" * 9 + "…"
+
+
+@pytest.mark.parametrize(
+    ("ch", "shown"), [("\x1b", "\\x1b"), ("\u202e", "\\u202e"), ("\U000e0001", "\\U000e0001")]
+)
+def test_visible_is_bounded_after_escaping(ch: str, shown: str) -> None:
+    """A control character shows as 4 to 10 characters: what is shown is cut to the
+    limit, never inside an escape, not the raw text before it grew tenfold."""
+    assert visible(ch * 400) == shown * (399 // len(shown)) + "…"
+    assert len(visible(ch * 100_000)) <= 400
+    assert visible("ab" + ch, 2 + len(shown)) == "ab" + shown  # it fits whole
+    assert visible("ab" + ch + "c", 2 + len(shown)) == "ab…"  # it would not
+
+
+@given(st.text(), st.integers(min_value=1, max_value=60))
+def test_visible_is_printable_and_within_its_limit(text: str, limit: int) -> None:
+    shown = visible(text, limit)
+    assert shown.isprintable() and len(shown) <= limit
+    assert shown == visible(text, 10 * len(text) + 1) or shown.endswith("…")
 
 
 def test_figures() -> None:
@@ -306,3 +330,27 @@ def test_a_size_reads_alike_on_the_dashboard_in_status_and_on_the_command_line()
     assert [size(999), size(1536), size(99_500), size(999_500), size(3 * 2**40)] == [
         "999 B", "1.5 kB", "100 kB", "1.0 MB", "3.3 TB"
     ]  # fmt: skip
+
+
+def test_every_list_a_peer_sends_is_shown_up_to_max_rows() -> None:
+    """Past MAX_ROWS, one last row says how many more (the local names' total counts)."""
+    extra = [["x", 1]] * (MAX_ROWS + 5)
+    assert views.top_rows(extra)[-2:] == [("x", "1"), ("... 5 more", "")]
+    assert len(views.top_rows(extra)) == MAX_ROWS + 1
+    ups = {f"apt/{i}": {"url": "http://192.0.2.4/", "state": "up"} for i in range(MAX_ROWS + 2)}
+    status = {"mirror": {"upstreams": ups}}
+    state = DashboardState(["a:1"])
+    state.record("a:1", 0, status=status)
+    upstreams = views.upstream_rows(state.endpoints["a:1"])
+    assert len(upstreams) == MAX_ROWS + 1 and upstreams[-1] == ("... 2 more", *[""] * 5)
+    records = {"total": 50_000, "records": [{"name": "a"}] * (MAX_ROWS + 9)}
+    assert views.record_rows(records)[-1] == ("... 49,000 more", "", "")
+    assert views.record_rows({"total": 9, "records": [{"name": "a"}] * 3})[-1] == (
+        "... 6 more", "", "",
+    )  # fmt: skip
+    fetches = {"recent": [{}] * (MAX_ROWS + 1)}
+    assert views.fetch_rows(fetches, "recent")[-1] == ("... 1 more", *[""] * 6)
+    listed = parse({"guests": [guest(f"g{i}", "relay", None) for i in range(MAX_ROWS + 3)]})
+    assert len(listed) == MAX_ROWS
+    state.record("a:1", 1, status={"process": {"services": ["relay"] * 100_000}})
+    assert len(state.endpoints["a:1"].services()) == MAX_SERVICES

@@ -5,6 +5,7 @@ eviction, warnings."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,7 @@ from retreatkit.tui.testing import TOKEN, FakeAdmin, actions_done, make_dashboar
 from retreatkit.tui.widgets import Lines, Table
 
 SIZE = (150, 60)
+WAIT = 20  # seconds: a screen held back fails its test rather than hang it
 
 
 def rows(section: Section, table_id: str) -> list[list[str]]:
@@ -115,3 +117,31 @@ async def test_mirror_upstreams_limit_eviction_and_warnings(fake: FakeAdmin) -> 
         summary = text(section.query_one("#summary", Lines)).splitlines()
         assert summary[3].startswith("store — (no limit but the disk) in — files")
         assert summary[5] == "store check after start: running, 9 checked, 1 damaged files dropped"
+
+
+@pytest.mark.parametrize(
+    ("key", "path", "table_id"),
+    [
+        ("2", "/relay/transfers", "#active"),
+        ("3", "/mirror/fetches", "#in_progress"),
+        ("4", "/nameserver/records", "#local"),
+    ],
+)
+async def test_an_endpoint_stuck_on_its_lists_holds_no_other_back(
+    fake: FakeAdmin, key: str, path: str, table_id: str
+) -> None:
+    """Each endpoint's lists are shown as they come: one whose lists never come (given
+    all the time in the world here) keeps only its own section waiting."""
+    with serve(FakeAdmin(hangs=(path,))) as stuck:
+        app = make_dashboard(fake.url, stuck.url)
+        app.clients[stuck.url[7:]].timeout = 3600.0
+        async with app.run_test(size=SIZE) as pilot:
+            await app.polled.wait()
+            await pilot.press(key)
+            async with asyncio.timeout(WAIT):
+                while len(shown(app)) < 2 or not rows(shown(app)[0], table_id):
+                    await pilot.pause()
+            good, waiting = shown(app)
+            assert good.endpoint == fake.url[7:]
+            assert rows(good, table_id)[0][0] not in ("none now", "none")
+            assert rows(waiting, table_id) == []  # nothing said of lists not read yet

@@ -92,13 +92,18 @@ async def test_marked_wherever_listed_and_never_sent_an_action(
 async def test_a_guest_of_a_supervisor_found_on_the_lan_is_not_stopped(
     fake: FakeAdmin, neighbour: FakeAdmin
 ) -> None:
-    neighbour.guests = [guest("relay", "relay", None)]
+    neighbour.guests = [guest("relay", "relay", "http://127.0.0.1:9")]
     app = dashboard(fake.url, neighbour.url)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("6")
         await settle(pilot)
         guests = app.screen.query_one("#guests", Table)
         assert guests.get_row_at(0)[-1].plain == f"{neighbour.url[7:]} (found on the LAN)"
+        # listed, never watched: its list would choose what this machine is asked
+        assert len(app.clients) == 2
+        assert guests.get_row_at(0)[8].plain == (
+            f"not watched: its supervisor was found on the LAN (--connect {neighbour.url})"
+        )
         await pilot.press("x")  # asks nothing: nothing would be sent
         await actions_done(pilot)
         assert not isinstance(app.screen, ConfirmScreen)

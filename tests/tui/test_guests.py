@@ -363,3 +363,58 @@ async def test_80x24_leaves_columns_out_but_the_line_under_has_them(
         )
         assert str(app.screen.query_one("#detail", Lines).render()) == detail
         assert " ".join(text.split()).count(detail) == 1  # every row of it on the screen
+
+
+async def test_a_guest_claiming_to_supervise_takes_nothing_over(
+    supervisor: FakeAdmin, relay_guest: FakeAdmin
+) -> None:
+    """A compromised guest answers as a supervisor whose guests are its host's own admin
+    endpoint (stopped, say) and some loopback port: its list is never read, so the host's
+    rows stay its own and no port the guest names is sent the token."""
+    with serve(FakeAdmin()) as probe:
+        relay_guest.guests = [
+            guest("host", "mirror", supervisor.url, state="stopped"),
+            guest("probe", "relay", probe.url),
+        ]
+        app = make_dashboard(supervisor.url)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await app.poll(supervisor.url[7:])  # the host read again, after the guest
+            await app.poll("guest relay")
+            await settle(pilot)
+            assert [r[:3] for r in rows(app, "#services")] == [
+                ["mirror", "10.0.0.2:8000", "up"],
+                ["vm", "", "up"],
+                ["relay", "10.0.0.2:9000", "up"],
+                ["vm", "", "up"],
+                ["nameserver", "10.0.0.2:53", "stopped"],
+            ]
+            assert app.state.endpoints[supervisor.url[7:]].guest_of is None
+            assert list(app.clients) == [supervisor.url[7:], "guest relay", "guest nameserver"]
+            assert (
+                "! guest relay: a guest's own list of guests is not read (only an endpoint"
+                " named with --connect supervises guests)"
+            ) in alarms(app)
+            await pilot.press("6")
+            await settle(pilot)
+            assert [r[0] for r in rows(app, "#guests")] == ["relay", "nameserver"]
+    assert probe.seen == []
+    assert not [s for s in relay_guest.seen if s[1].startswith("/vm/")]
+
+
+async def test_a_guest_named_too_is_shown_as_the_guest_it_is(
+    supervisor: FakeAdmin, relay_guest: FakeAdmin
+) -> None:
+    """Both named with --connect: the guest's endpoint is watched once, as its guest; a
+    supervisor that lists itself as a guest is not taken for one."""
+    assert supervisor.guests is not None
+    supervisor.guests.append(guest("itself", "mirror", supervisor.url))
+    app = make_dashboard(supervisor.url, relay_guest.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await app.poll(supervisor.url[7:])  # the guest's status read by now
+        await settle(pilot)
+        sup, relay = supervisor.url[7:], relay_guest.url[7:]
+        assert app.state.endpoints[relay].guest_of == (sup, "relay")
+        assert app.state.endpoints[sup].guest_of is None
+        assert list(app.clients) == [sup, relay, "guest nameserver"]

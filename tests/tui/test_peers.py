@@ -13,10 +13,12 @@ import pytest
 from textual.pilot import Pilot
 
 from retreatkit.tui.app import Dashboard
+from retreatkit.tui.fmt import MAX_LINES, MAX_ROWS
 from retreatkit.tui.logbuffer import TEXT
 from retreatkit.tui.screens.service import Section
-from retreatkit.tui.sources import MAX_BODY
-from retreatkit.tui.testing import FakeAdmin, canned, make_dashboard, serve, settle
+from retreatkit.tui.sources import MAX_BODY, MAX_STATUS, AdminClient, Endpoint, SourceError
+from retreatkit.tui.state import MAX_WARNINGS
+from retreatkit.tui.testing import TOKEN, FakeAdmin, canned, make_dashboard, serve, settle
 from retreatkit.tui.widgets import Lines, Table
 
 SIZE = (150, 60)
@@ -50,14 +52,15 @@ async def test_a_status_in_pieces_over_a_slow_link_is_read_whole() -> None:
 
 @pytest.mark.parametrize("pieces", [1, 8], ids=["length-said", "in-pieces"])
 async def test_a_status_past_the_limit_is_one_line(fake: FakeAdmin, pieces: int) -> None:
-    body = b'{"pad": "' + b"x" * MAX_BODY + b'"}'
+    """A status of a few kB is far under MAX_STATUS; 8 MB of `{}` took 300-700 MB to parse."""
+    body = b"[" + b"{}," * (MAX_STATUS // 3) + b"{}]"
     with serve(FakeAdmin(raw={"/status": body}, pieces=pieces)) as big:
         app = make_dashboard(fake.url, big.url)
         async with app.run_test(size=SIZE) as pilot:
             async with asyncio.timeout(WAIT):
                 await settle(pilot)
             assert (
-                f"! {big.url[7:]}: /status answered more than 8.4 MB, far more than an admin"
+                f"! {big.url[7:]}: /status answered more than 250 kB, far more than an admin"
                 " endpoint sends"
             ) in alarms(app)
             assert states(app)[-1] == ["—", f"admin {big.url[7:]}", "unreachable"]
@@ -225,3 +228,95 @@ async def test_log_records_the_dashboard_fails_on_are_one_line_and_it_follows_ag
             f"{fake.url[7:]}: the dashboard failed on its log records (RuntimeError: what"
             " nobody foresaw); it asks again"
         )
+
+
+async def test_a_list_of_millions_of_rows_shows_a_thousand_and_says_how_many_more() -> None:
+    """8 MB of `{}` is 2.8 million local names: each table shows MAX_ROWS of a list, and a
+    last row with how many more it has (the totals the nameserver says, when it says more)."""
+    many = 5000
+    records = b'{"records": [' + b",".join([b"{}"] * many) + b"]}"
+    status = canned()
+    status["nameserver"]["top_domains"] = [[f"d{i}.example", 1] for i in range(many)]
+    with serve(FakeAdmin(status=status, raw={"/nameserver/records": records})) as big:
+        big.lists["/relay/transfers"] = {"active": [{}] * many, "recent": []}
+        app = make_dashboard(big.url)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("4")
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            [section] = app.screen.query(Section)
+            local = section.query_one("#local", Table)
+            assert local.row_count == MAX_ROWS + 1
+            assert [c.plain for c in local.get_row_at(MAX_ROWS)] == ["... 4,000 more", "", ""]
+            top = section.query_one("#top_domains", Table)
+            assert top.row_count == MAX_ROWS + 1
+            assert top.get_row_at(MAX_ROWS)[0].plain == "... 4,000 more"
+            await pilot.press("2")
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            active = app.screen.query_one("#active", Table)
+            assert active.row_count == MAX_ROWS + 1
+            assert active.get_row_at(MAX_ROWS)[0].plain == "... 4,000 more"
+
+
+async def test_forty_thousand_warnings_are_a_few_alarms() -> None:
+    status = canned()
+    # as many as a status has room for
+    status["mirror"]["warnings"] = [f"warning {i}" for i in range(MAX_WARNINGS)]
+    status["mirror"]["warnings"] += ["w"] * (40_000 - MAX_WARNINGS)
+    status["process"]["attendees"] = [f"line {i}" for i in range(2000)]
+    with serve(FakeAdmin(status=status)) as loud:
+        app = make_dashboard(loud.url)
+        async with app.run_test(size=SIZE) as pilot:
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            shown = alarms(app)
+            attendees = str(app.screen.query_one("#attendees", Lines).render()).splitlines()
+            assert attendees[-2:] == [f"line {MAX_LINES - 1}", f"... {2000 - MAX_LINES:,} more"]
+            mirror = [a for a in shown if a.startswith("! mirror: ")]
+            assert mirror == [
+                *(f"! mirror: warning {i}" for i in range(MAX_WARNINGS)),
+                f"! mirror: {40_000 - MAX_WARNINGS:,} more warnings",
+            ]
+            await pilot.press("3")
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            warnings = str(app.screen.query_one("#warnings", Lines).render()).splitlines()
+            assert warnings[-1] == f"! {40_000 - MAX_WARNINGS:,} more warnings"
+            assert len(warnings) == MAX_WARNINGS + 1
+
+
+async def test_a_list_larger_than_a_status_may_be_is_read() -> None:
+    """Lists have their own, larger bound: the local names a nameserver sends at most."""
+    records = [{"name": "host.retreat.lan", "type": "A", "value": "10.0.0.9"}] * 6000
+    with serve(FakeAdmin()) as fake:
+        fake.lists["/nameserver/records"] = {"total": 6000, "records": records}
+        assert MAX_STATUS < len(json.dumps(records)) < MAX_BODY
+        app = make_dashboard(fake.url)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("4")
+            async with asyncio.timeout(WAIT):
+                await settle(pilot)
+            [section] = app.screen.query(Section)
+            assert section.query_one("#local", Table).get_row_at(0)[0].plain == "host.retreat.lan"
+
+
+@pytest.mark.parametrize("path", ["/logs", "/status"])
+async def test_a_redirect_is_not_followed_with_the_token(fake: FakeAdmin, path: str) -> None:
+    """An endpoint that answers with a redirect names where the token would go next:
+    the dashboard goes nowhere, and says what it got."""
+    fake.logs_end = True
+    with serve(FakeAdmin(redirects={path: fake.url + path})) as sender:
+        async with AdminClient(Endpoint(sender.url, TOKEN)) as client:
+            with pytest.raises(SourceError) as raised:
+                if path == "/logs":
+                    async for _ in client.logs():
+                        pass
+                else:
+                    await client.status()
+    said = {
+        "/logs": "/logs answered HTTP 302",
+        "/status": "GET /status answered HTTP 302: 302: Found",
+    }
+    assert str(raised.value) == f"{sender.url[7:]}: {said[path]}"
+    assert fake.seen == []

@@ -73,7 +73,8 @@ class NameserverSection(Section):
         )
         if not isinstance(doc, dict) or not isinstance(doc.get("queries"), list):
             return
-        found = [q for q in doc["queries"] if isinstance(q, dict)]
+        # the newest a screen keeps, of however many it sent
+        found = [q for q in doc["queries"][-QUERY_LOG:] if isinstance(q, dict)]
         last = doc.get("next")
         if isinstance(last, int) and self.after is not None and last < self.after:
             self.queries.clear()  # it started again: its numbers start again

@@ -1,10 +1,13 @@
 """What the relay, mirror and DNS screens share: a section for each endpoint hosting the
 service (a relay in-process and one in a guest, two hosts), stacked, each headed with its
-endpoint when there are several, so none is hidden behind another."""
+endpoint when there are several, so none is hidden behind another. Each section fetches
+its endpoint's lists on its own and is drawn once they came: an endpoint that holds its
+lists for as long as its timeout holds back no other."""
 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar
 
 from textual.app import ComposeResult
@@ -25,6 +28,10 @@ class Section(Vertical):
     def __init__(self, endpoint: str) -> None:
         super().__init__(classes="section")
         self.endpoint = endpoint
+        self.fetched = False  # its lists were read (or failed) once: it can be drawn
+        self.loaded = asyncio.Event()  # set when its lists were read and none is pending
+        self._loading = False
+        self._again = False
 
     def compose(self) -> ComposeResult:
         yield Lines(classes="heading endpoint")
@@ -37,6 +44,34 @@ class Section(Vertical):
         heading = self.query_one(".endpoint", Lines)
         heading.display = not alone
         heading.show([f"{title} on {self.endpoint}"])
+
+    def reload(self, dash: Dashboard) -> None:
+        """Fetch this endpoint's lists, then redraw the screen, unless a fetch is under
+        way (as Panel.reload: once more after it, with the news)."""
+        self.loaded.clear()
+        if self._loading:
+            self._again = True
+            return
+        self._loading = True
+        fetch = partial(self._reload, dash)
+        self.run_worker(fetch, group="lists", exit_on_error=False)  # type: ignore[arg-type]
+
+    async def _reload(self, dash: Dashboard) -> None:
+        try:
+            await self.load(dash)
+            self.fetched = True
+            if self.is_attached and isinstance(self.screen, ServicePanel):
+                self.screen.draw()
+        except asyncio.CancelledError:  # the screen or the dashboard goes: nothing more
+            self._again = False
+            raise
+        finally:
+            self._loading = False
+            if self._again:
+                self._again = False
+                self.reload(dash)
+            else:
+                self.loaded.set()
 
     async def load(self, dash: Dashboard) -> None:
         """Fetch this endpoint's lists (if the screen has any)."""
@@ -70,7 +105,8 @@ class ServicePanel(Panel):
         new = [self.SECTION(name) for name in hosting if name not in current]
         if new:
             await self.query_one("#sections").mount_all(new)
-        await asyncio.gather(*(s.load(self.dash) for s in self.sections()))
+        for section in self.sections():
+            section.reload(self.dash)  # each drawn when its own lists came
 
     def draw(self) -> None:
         hosting = {e.name: e for e in self.dash.state.hosting(self.SERVICE)}
@@ -81,4 +117,5 @@ class ServicePanel(Panel):
             e = hosting.get(section.endpoint)
             if e is not None:
                 section.label(self.TITLE, len(hosting) == 1)
-                section.draw(self.dash, e)
+                if section.fetched:  # before, its tables would say "none" of lists unread
+                    section.draw(self.dash, e)
