@@ -22,6 +22,26 @@ REFUSALS_LOGGED = 16  # networks whose first refusal is a line, per LOG_AGAIN se
 LOG_AGAIN = 600  # seconds before the same address's flood is a line in the log again
 
 
+WIDE = 1 << 24  # addresses: a public network this big is no LAN (a /8, or ::/0)
+
+
+def too_open(networks: list[str]) -> str | None:
+    """The warning for `networks` that let much of the internet ask (`0.0.0.0/0`), or
+    None. Such a resolver is an open one, an amplifier for anyone's attack, as soon as
+    its port is reachable from outside; a venue's public /16 is not warned of."""
+    wide = [
+        n for n in map(ipaddress.ip_network, networks)
+        if n.num_addresses >= WIDE and not n.is_private
+    ]  # fmt: skip
+    if not wide:
+        return None
+    return (
+        f"networks in [nameserver] holds {', '.join(map(str, wide))}: anyone who reaches"
+        " this host may ask, an open resolver others can use to flood a victim with"
+        " answers; name the LAN's networks instead"
+    )
+
+
 class Gate:
     """An open resolver is an amplifier for anyone's attack: only the LAN's networks get
     answers. Over the rate limit a UDP client gets an empty truncated answer (it retries

@@ -19,7 +19,7 @@ from retreatkit.config import host_port_text
 from retreatkit.memory import physical_memory
 from retreatkit.nameserver import status, wildcard
 from retreatkit.nameserver.cache import max_bytes_for
-from retreatkit.nameserver.gate import LAN, Gate
+from retreatkit.nameserver.gate import LAN, Gate, too_open
 from retreatkit.nameserver.lists import Sources
 from retreatkit.nameserver.local import Record
 from retreatkit.nameserver.policy import Policy
@@ -114,6 +114,9 @@ class Nameserver:
         for zone, group in self.resolver.upstreams.items():
             if zone:
                 say(f"Nameserver forwards {zone} to {', '.join(u.address for u in group.servers)}")
+        wide = too_open(self.settings.networks)
+        if wide is not None:
+            log.warning("%s", wide)
         self._check_loops()  # before a client's question goes round one
         # serve at once; lists arrive when they are read (no DNS outage while loading)
         self._spawn(self._reload_forever())

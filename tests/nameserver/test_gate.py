@@ -9,7 +9,7 @@ import dns.rcode
 import pytest
 
 from retreatkit.nameserver.fakes import UDPClient, Zone, resolver
-from retreatkit.nameserver.gate import LOG_AGAIN, REFUSALS_LOGGED, Gate
+from retreatkit.nameserver.gate import LAN, LOG_AGAIN, REFUSALS_LOGGED, Gate, too_open
 
 ZONE = Zone("$TTL 60\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nwww A 198.51.100.7\n")
 UP = ("192.0.2.53", 53)
@@ -96,3 +96,14 @@ async def test_refusals_from_a_scan_are_a_few_lines_not_thousands(
     )
     assert lines[-1].startswith("refusing queries from 198.51.100.0/24 (198.51.100.9)")
     assert r.stats.counts[6] == 201  # every one refused, and counted
+
+
+def test_networks_that_let_the_internet_ask_are_warned_of_at_start() -> None:
+    """networks = ["0.0.0.0/0"] was taken without a word: an open resolver."""
+    assert too_open(list(LAN)) is None
+    assert too_open(["10.0.0.0/8", "130.10.0.0/16", "fd00::/8"]) is None  # a venue's public /16
+    assert too_open(["0.0.0.0/0", "192.168.0.0/16", "::/0"]) == (
+        "networks in [nameserver] holds 0.0.0.0/0, ::/0: anyone who reaches this host may"
+        " ask, an open resolver others can use to flood a victim with answers; name the"
+        " LAN's networks instead"
+    )
