@@ -43,6 +43,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_own_address(address: str) -> bool:
+    """A literal address of one of this machine's interfaces: the only ones a socket can
+    bind (the kernel refuses any other with EADDRNOTAVAIL). Nothing is sent."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class LanAddress:
     address: str

@@ -11,9 +11,9 @@ within it: the rule is for hosts the mirror was only sent to.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from urllib.parse import urljoin, urlsplit
 
+from retreatkit.lanaddress import is_own_address
 from retreatkit.mirror.errors import UpstreamError
 
 MOST = 5  # redirects followed for one request; PyPI, npm and Debian's CDNs use one at most
@@ -64,16 +64,4 @@ def near(address: str) -> bool:
         ip = ip.ipv4_mapped
     if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
         return True
-    return _ours(ip)
-
-
-def _ours(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """An address of one of this machine's interfaces: the only ones a socket can bind
-    (the kernel refuses any other with EADDRNOTAVAIL). Nothing is sent."""
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((str(ip), 0))
-        except OSError:
-            return False
-    return True
+    return is_own_address(str(ip))

@@ -55,16 +55,19 @@ def flip_a_byte(path: Path) -> None:
 
 
 def pip_download(
-    index: str, package: str, dest: Path, home: Path
+    index: str, package: str, dest: Path, home: Path, lan: Netns | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Real pip fetching `package` alone from the simple index at `index`, with none of the
-    caller's PIP_* settings and its own HOME (no cache, no config)."""
+    caller's PIP_* settings and its own HOME (no cache, no config); with `lan`, from inside
+    the attendees' namespace, trusting the mirror's address there as attendees are told."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    argv = [sys.executable, "-m", "pip", "--disable-pip-version-check", "download", "--no-deps",
+            "--no-cache-dir", "--index-url", index, "-d", str(dest), package]  # fmt: skip
+    if lan is not None:
+        argv = lan.argv([*argv, "--trusted-host", lan.host])
     return subprocess.run(
-        [sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
-         "--no-deps", "--no-cache-dir", "--index-url", index, "-d", str(dest), package],
-        capture_output=True, text=True, timeout=120, env={**env, "HOME": str(home)},
-    )  # fmt: skip
+        argv, capture_output=True, text=True, timeout=120, env={**env, "HOME": str(home)}
+    )
 
 
 def make_wheel(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from retreatkit import config
+from retreatkit.lanaddress import is_own_address
 from retreatkit.nameserver.blocklist import normalize
 from retreatkit.nameserver.errors import BadRecord
 from retreatkit.nameserver.gate import LAN
@@ -49,13 +50,7 @@ def is_itself(host: str, port: int, listen: str) -> bool:
         return True
     if ours not in WILDCARDS:
         return False
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((host, 0))  # only an address of this machine binds
-        except OSError:
-            return False
-    return True
+    return is_own_address(host)
 
 
 def system_upstreams(listen: str, path: Path = Path("/etc/resolv.conf")) -> list[Address]:

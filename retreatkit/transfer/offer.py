@@ -182,11 +182,11 @@ def _entries(text: str, pos: int) -> tuple[Entry, ...]:
         if entry is None:
             raise UnsafeOffer("an offer entry is malformed")
         names = tuple(json.loads(f"[{entry['path']}]"))  # strings only, as matched
-        check_path(names)  # before a name is shown in an error
         path = names[-1:]
         if len(names) > 1:
             parent = folders.get(names[:-1])
             if parent is None:
+                check_path(names)  # an unsafe name says so, before any name is shown
                 raise UnsafeOffer(f"{display_path(names)} comes before its folder")
             path = parent + path
         kind, size = entry["kind"], entry["size"]

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import socket
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from retreatkit.lanaddress import is_loopback
+from retreatkit.lanaddress import is_loopback, is_own_address
 from retreatkit.tui.fmt import MAX_ROWS, number
 from retreatkit.tui.sources import endpoint_url
 
@@ -91,13 +90,7 @@ def is_local(host: str) -> bool:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False  # a name: not resolved here (no DNS on the dashboard's loop)
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((str(address), 0))
-        except OSError:
-            return False
-    return True
+    return is_own_address(str(address))
 
 
 def watch_url(supervisor: str, admin: str | None) -> tuple[str | None, str]:

@@ -63,6 +63,10 @@ def status_of(admin: str) -> dict[str, Any]:
     return doc
 
 
+def index(mirror: Server) -> str:
+    return f"{mirror.url}pypi/simple/"
+
+
 def file_path(mirror: Server, project: str) -> str:
     status, _, body = request(mirror.url, f"/pypi/simple/{project}/", {"Accept": JSON})
     assert status == 200, body
@@ -196,7 +200,7 @@ def test_a_blob_that_rots_while_the_mirror_runs_is_never_served(tmp_path: Path) 
         digests = [hashlib.sha256(w[1]).hexdigest() for w in (one, two)]
         blobs = [store / "blobs" / "sha256" / d[:2] / d for d in digests]
         flip_a_byte(blobs[0])
-        got = pip_download(f"{mirror.url}pypi/simple/", "one", tmp_path / "got", tmp_path)
+        got = pip_download(index(mirror), "one", tmp_path / "got", tmp_path)
         assert got.returncode == 0, got.stderr
         assert (tmp_path / "got" / one[0]).read_bytes() == one[1]
         said(mirror, rf" WARNING dropping corrupt blob {digests[0]} \(changed on disk while the")
@@ -229,15 +233,8 @@ def test_pip_is_told_a_corrupt_wheel_is_bad_not_empty(tmp_path: Path, lan: Netns
                                      listen=f"{lan.host}:0")  # fmt: skip
         try:
             url = mirror.url.rstrip("/") + file_path(mirror, "one")
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-            argv = lan.argv([
-                sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
-                "--no-deps", "--no-cache-dir", "--index-url", f"{mirror.url}pypi/simple/",
-                "--trusted-host", lan.host, "-d", str(tmp_path / "got"), "one",
-            ])  # fmt: skip
-            home = {**env, "HOME": str(tmp_path / "home")}
             runs = [
-                subprocess.run(argv, capture_output=True, text=True, timeout=120, env=home)
+                pip_download(index(mirror), "one", tmp_path / "got", tmp_path / "home", lan)
                 for _ in range(2)
             ]
             errors = status_of(admin)["errors"]
@@ -357,18 +354,8 @@ def test_pip_is_told_the_upstream_is_down_for_a_page_held_with_no_file_held(
         upstream.stop()
         assert request(mirror.url, "/pypi/simple/three/")[0] == 504  # now known down
         assert status_of(admin)["upstreams"]["pypi"]["state"] == "down"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-
-        def pip(project: str) -> subprocess.CompletedProcess[str]:
-            argv = lan.argv([
-                sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
-                "--no-deps", "--no-cache-dir", "--index-url", f"{mirror.url}pypi/simple/",
-                "--trusted-host", lan.host, "-d", str(tmp_path / "got"), project,
-            ])  # fmt: skip
-            home = {**env, "HOME": str(tmp_path / "home")}
-            return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=home)
-
-        got_two, got_one = pip("two"), pip("one")
+        got_two = pip_download(index(mirror), "two", tmp_path / "got", tmp_path / "home", lan)
+        got_one = pip_download(index(mirror), "one", tmp_path / "got", tmp_path / "home", lan)
     finally:
         mirror.stop()
         upstream.stop()
@@ -399,18 +386,8 @@ def test_pip_asking_for_a_version_not_held_is_told_the_upstream_is_down(
         assert "one-1.0" in held and request(mirror.url, held)[0] == 200
         upstream.stop()
         assert request(mirror.url, "/pypi/simple/three/")[0] == 504  # now known down
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-
-        def pip(requirement: str) -> subprocess.CompletedProcess[str]:
-            argv = lan.argv([
-                sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
-                "--no-deps", "--no-cache-dir", "--index-url", f"{mirror.url}pypi/simple/",
-                "--trusted-host", lan.host, "-d", str(tmp_path / "got"), requirement,
-            ])  # fmt: skip
-            home = {**env, "HOME": str(tmp_path / "home")}
-            return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=home)
-
-        newer, any_one = pip("one==2.0"), pip("one")
+        newer = pip_download(index(mirror), "one==2.0", tmp_path / "got", tmp_path / "home", lan)
+        any_one = pip_download(index(mirror), "one", tmp_path / "got", tmp_path / "home", lan)
     finally:
         mirror.stop()
         upstream.stop()
