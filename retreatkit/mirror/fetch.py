@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import socket
 import time
@@ -265,7 +266,7 @@ class Fetcher:
         where = origin(url)
         upstream = self.health.get(where)
         wait = self.health.retry_in(where, self.clock())
-        when = f"next try in {wait:.0f} s"
+        when = f"next try in {math.ceil(wait)} s"  # under a second is 1 s, never 0
         if upstream.probing or wait <= 0:  # this request, or one before it, is the probe
             when = "trying it again now"
         return UpstreamDown(f"{self.why_down(url)}; {when}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import time
 from functools import partial
 
@@ -94,11 +93,11 @@ async def project(request: web.Request) -> web.StreamResponse:
     page = await _render(mirror, answer, as_json, offline)
     if page.held_only:
         mirror.stats.offline_pages += 1
-    age = time.time() - answer.obj.fetched
-    max_age = math.ceil(mirror.settings.index_ttl - age)
-    return await respond.page(
-        request, page, stale=answer.stale, offline=page.held_only, max_age=max_age
-    )
+    # max-age 0: a client asks again each time (a 304 while it is the same page). uv keeps
+    # a page for its max-age, and one kept from before the uplink went lists files the
+    # mirror does not hold as if they could be had: uv picked them and failed on their 504,
+    # where the page served offline lists them yanked and uv takes what is held.
+    return await respond.page(request, page, stale=answer.stale, offline=page.held_only, max_age=0)
 
 
 async def _local(
@@ -107,6 +106,7 @@ async def _local(
     """A project with local files: those alone, or (if the organiser allowed it) with the
     upstream's beside them; upstream files never replace a local one of the same name."""
     upstream: IndexAnswer | None = None
+    offline = False
     if name in mirror.settings.allow_upstream and mirror.settings.pypi is not None:
         url = mirror.settings.pypi.rstrip("/") + f"/{name}/"
         process = partial(_process, name, url)
@@ -114,14 +114,17 @@ async def _local(
             upstream = await mirror.index(
                 pypi.page_key(name), url, pypi.ACCEPT_UPSTREAM, process, pypi.MAX_PAGE
             )
+            offline = upstream.stale or mirror.ecosystem_down("pypi", url)
     as_json = pypi.wants_json(request.headers.get("Accept", ""))
-    offline = upstream is not None and upstream.stale
     merged = upstream.obj.digest if upstream is not None else ""
     key = (record.digest, merged, "json" if as_json else "html", str(offline))
     body = upstream.body if upstream is not None else None
     cost = len(body) if body is not None else 0
     page = await mirror.render(key, _make_local, mirror, name, body, as_json, offline, cost=cost)
-    return await respond.page(request, page, stale=offline, offline=offline, max_age=60)
+    # the upstream's files beside: asked again each time, as a mirrored page (project)
+    max_age = 60 if upstream is None else 0
+    stale = upstream is not None and upstream.stale
+    return await respond.page(request, page, stale=stale, offline=offline, max_age=max_age)
 
 
 def _make_local(

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from retreatkit import serve
 from retreatkit.admin.app import make_app
 from retreatkit.mirror import eviction, fakeupstream, local, wheelmaker
+from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.hosted import MirrorService
 from retreatkit.mirror.testing import make_wheel, mirror_client, settings, write_pypi
 from tests.mirror.conftest import JSON
@@ -87,6 +88,35 @@ async def test_a_course_package_is_served_when_the_upstream_beside_it_fails(
             assert [f["filename"] for f in doc["files"]] == [COURSE[0]]
             assert upstream.counts["/simple/demo-pkg/"] == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_the_upstreams_files_beside_a_course_package_are_yanked_once_it_is_down(
+    tmp_path: Path,
+) -> None:
+    """The upstream's files beside the course's (allow_upstream), the page still fresh
+    when the upstream goes: those not held are listed yanked, as on any page offline, so
+    a client takes the course's rather than one it cannot have. No client keeps a page
+    that lists them (uv keeps one for its max-age): it would not see them yanked."""
+    upstream_root = tmp_path / "upstream"
+    write_pypi(upstream_root, {"demo-pkg": [make_wheel("demo-pkg", "99.0")],
+                               "other": [make_wheel("other", "1.0")]})  # fmt: skip
+    async with fakeupstream.serving(upstream_root) as upstream:
+        config = settings(
+            tmp_path / "store", f"{upstream.url}simple/", allow_upstream=["demo-pkg"],
+            index_ttl=600.0, limits=Limits(connect_timeout=0.5, headers_timeout=0.5),
+        )  # fmt: skip
+        async with mirror_client(config) as (client, mirror):
+            await mirror.store.run(lambda: publish(tmp_path, mirror.store))
+            r = await client.get("/pypi/simple/demo-pkg/", headers={"Accept": JSON})
+            assert r.status == 200 and r.headers["Cache-Control"] == "max-age=0"
+            upstream.rules["/simple/other/"] = "silent"
+            assert (await client.get("/pypi/simple/other/")).status == 504  # now known down
+            doc = await page(client, "demo-pkg")
+            assert upstream.counts["/simple/demo-pkg/"] == 1  # fresh: not asked again
+    assert [(f["filename"], f.get("yanked")) for f in doc["files"]] == [
+        (COURSE[0], None),
+        ("demo_pkg-99.0-py3-none-any.whl", "not held by this mirror, whose upstream is down"),
+    ]
 
 
 def test_what_the_local_index_refuses(tmp_path: Path) -> None:
