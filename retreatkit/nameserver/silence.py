@@ -7,22 +7,28 @@ whole LAN. So an unanswered question counts nothing if the upstream has since re
 another question of ours, or to the check question (upstream.py asks it when silent
 questions are about to take the upstream down).
 
-The check question is the A of a name no cache holds: a fresh random label under the
-forwarded zone, or, for the default upstreams, under the top-level domain of the
-question left unanswered (`<random>.com.` for `www.tracker.com`). Only an upstream that
-still reaches that zone's servers answers it, with NXDOMAIN as a rule, so only NOERROR
-and NXDOMAIN pass. The NS of the root, the check once, is answered from any resolver's
-cache: one whose own uplink was gone answered it and dropped every other question, and
-was never marked down (every cache miss waited on it for good). A rule on how many sites
-went unanswered marked a working upstream down instead when a quiet LAN asked three dead
-zones at once: only a question that needs the uplink tells the two apart. Not a name
-right under the root: dnsmasq (`domain-needed`, OpenWrt's default) answers a name of
-one label NXDOMAIN itself, a resolver with a copy of the root zone (RFC 8806) answers
-any such name, and one that synthesises NXDOMAIN from cached NSEC records (RFC 8198)
-answers it from the root's; a top-level zone signed with NSEC3 opt-out (most are)
-leaves nothing to synthesise from. Under a top-level domain that is no real one, those
-answer the check without their uplink: the upstream stays up, and its misses wait out
-their time as before the check existed.
+The check question is the A of a name no cache holds, which only the uplink answers: a
+fresh random label under the forwarded zone, or, for the default upstreams, under com
+(`<random>.com.`). Only an upstream that still reaches that zone's servers answers it,
+with NXDOMAIN as a rule, so only NOERROR and NXDOMAIN pass. The NS of the root, the check
+once, is answered from any resolver's cache: one whose own uplink was gone answered it
+and dropped every other question, and was never marked down (every cache miss waited on
+it for good). A rule on how many sites went unanswered marked a working upstream down
+instead when a quiet LAN asked three dead zones at once: only a question that needs the
+uplink tells the two apart, and any such question spares the silent ones, whatever their
+domain (as a reply to another question of ours does).
+
+Why com: no resolver answers a name under it from local data. It is delegated from the
+root, and no resolver holds a copy of it; it is signed with NSEC3 opt-out, which leaves
+nothing to synthesise a denial from (RFC 8198). Not right under the root: dnsmasq
+(`domain-needed`, OpenWrt's default) answers a name of one label NXDOMAIN itself, a
+resolver with a copy of the root zone (RFC 8806) answers any such name, and one that
+synthesises NXDOMAIN from cached NSEC records answers it from the root's. Not under the
+unanswered question's own top-level domain: for a reverse lookup that is arpa, a small
+zone signed with NSEC, whose few records a validating resolver with `aggressive-nsec`
+(unbound's default) holds after a few checks, for as long as a denial's TTL, and answers
+any name under it from; some resolvers hold a copy of arpa as well. Such an upstream
+answered the check without its uplink and stayed up, every miss waiting out its time.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from dataclasses import dataclass
 RCODE_NOERROR, RCODE_NXDOMAIN = 0, 3
 PASSING = (RCODE_NOERROR, RCODE_NXDOMAIN)  # the check's rcodes that say it reached the zone
 LABEL_BYTES = 10  # 80 random bits: 16 characters of base32, never asked twice
+DEFAULT_PARENT = b"\3com\0"  # the default upstreams' check goes under com (see above)
 _A_IN = struct.pack(">HH", 1, 1)
 
 
@@ -64,18 +71,9 @@ def check_key(parent: bytes, label: str) -> bytes:
     return zone_wire(label)[:-1] + parent + _A_IN + b"\0"
 
 
-def check_parent(key: bytes, zone: str) -> bytes:
-    """Where the check question goes for the question in cache key `key`: under the
-    forwarded zone, or under the top-level domain of the question's name (wire form)."""
-    if zone:
-        return zone_wire(zone)
-    pos, last = 0, -1
-    while pos < len(key) and key[pos]:
-        last = pos
-        pos += 1 + key[pos]
-    if last < 0 or pos >= len(key):  # the root itself, or no whole name
-        return b"\0"
-    return key[last:pos] + b"\0"
+def check_parent(zone: str) -> bytes:
+    """Where the check question goes: under the forwarded zone, or under com (wire form)."""
+    return zone_wire(zone) if zone else DEFAULT_PARENT
 
 
 def zone_wire(zone: str) -> bytes:

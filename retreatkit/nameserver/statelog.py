@@ -4,10 +4,11 @@ Each change of an upstream's state as /status shows it (unknown, up, failing, do
 looping) is one line. A lossy upstream can flip between up and failing on every other
 query, so each upstream spends from a budget (a token bucket): BURST lines at once, then
 one every REFILL seconds. A change past the budget is held, not written; the once-a-second
-tick writes the state the upstream is in once the budget allows, saying how many
-changes it held. So one upstream writes at most BURST + 60 / REFILL lines a minute
-whatever it does, and the log's last word on it is its current state within REFILL
-seconds. No I/O: lines go to the caller's `say(level, line)`, with the caller's clock.
+tick writes the state the upstream is in once the budget allows, saying how many of the
+changes it held the line does not tell. So one upstream writes at most BURST + 60 /
+REFILL lines a minute whatever it does, and the log's last word on it is its current
+state within REFILL seconds. No I/O: lines go to the caller's `say(level, line)`, with
+the caller's clock.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ class StateLog:
             line += f": {u.last_error}, {u.failures} failures in a row; next check in {wait:.0f} s"
         elif state in ("failing", "looping"):
             line += f": {u.last_error}"
-        if told.held:
-            line += f"; {told.held} changes in between not logged"
+        # the line tells one of the held changes itself when the state it names is new
+        hidden = max(0, told.held - (state != told.written))
+        if hidden:
+            line += f"; {hidden} change{'s' * (hidden > 1)} in between not logged"
         told.written, told.held = state, 0
         self.say(logging.WARNING if state in ("down", "looping") else logging.INFO, line)

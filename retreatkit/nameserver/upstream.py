@@ -13,13 +13,12 @@ tracker firewalled away) while the upstream answers everything else, and three s
 questions asked at once took the LAN's DNS down for everyone, again every 30 s. When
 queries unanswered for ATTEMPT_TIMEOUT, with nothing heard from their upstream since,
 are enough, with the failures already counted, to take it down, it is asked a check
-question beside them (silence.py: a random name under the forwarded zone, or under the
-question's top-level domain, which only an upstream that reaches beyond its cache
-answers), one at a time. An unanswered query counts nothing if the upstream replied to
-another question of ours since it was sent, or passed the check; else it is a failure.
-Three failures in a row and it is down: passed by for RETRY_AFTER seconds (RFC 8767's
-failure recheck timer; the set's `recheck`); then one query at a time probes it while
-the others pass it by.
+question beside them (silence.py: a random name under the forwarded zone, or under com,
+which only an upstream that reaches beyond its cache answers), one at a time. An
+unanswered query counts nothing if the upstream replied to another question of ours
+since it was sent, or passed the check; else it is a failure. Three failures in a row
+and it is down: passed by for RETRY_AFTER seconds (RFC 8767's failure recheck timer;
+the set's `recheck`); then one query at a time probes it while the others pass it by.
 
 When every upstream is down and none is due a probe, asking fails at once: stale answers
 and SERVFAIL come without waiting on servers known to be silent. SERVFAIL and REFUSED
@@ -215,7 +214,7 @@ class UpstreamSet:
         deadline = self.clock() + self.patience
         if len(plan) == 1:  # the common case: nothing to stagger
             only = self._attempt(plan[0], key, question, deadline)
-            result = await self._settle(plan[0], only, deadline, key)
+            result = await self._settle(plan[0], only, deadline)
             if isinstance(result, Answer):
                 return result
             raise UpstreamFailed(result)
@@ -226,7 +225,7 @@ class UpstreamSet:
             async def run() -> Answer | None:
                 sent[index] = self.clock()
                 result = await self._settle(
-                    upstream, self._attempt(upstream, key, question, deadline), deadline, key
+                    upstream, self._attempt(upstream, key, question, deadline), deadline
                 )
                 if isinstance(result, Answer):
                     return result
@@ -283,7 +282,6 @@ class UpstreamSet:
         upstream: Upstream,
         attempt: Awaitable[tuple[bytes, replies.Reply | None]],
         deadline: float,
-        question_key: bytes,
     ) -> Answer | str:
         """An attempt's outcome, told to the upstream's health: the Answer, or why not.
         Unanswered for a whole ATTEMPT_TIMEOUT, nothing heard from the upstream since it
@@ -311,7 +309,7 @@ class UpstreamSet:
                 return
             upstream.checking = True
             try:
-                key = check_key(check_parent(question_key, self.zone), self.check_label())
+                key = check_key(check_parent(self.zone), self.check_label())
                 wait = max(0.0, deadline - self.clock())
                 raw = await self._query(upstream, key, key[:-1], False, wait, upstream.edns)
                 if _rcode(raw, None) in PASSING:  # it reached the zone's servers

@@ -34,9 +34,14 @@ pytestmark = [
 
 
 def is_check(question: dns.rrset.RRset) -> bool:
-    """The check question: A of a random 16-character name under a top-level domain."""
+    """The check question: A of a random 16-character name under com."""
     labels = question.name.labels
-    return len(labels) == 3 and len(labels[0]) == 16 and question.rdtype == dns.rdatatype.A
+    return (
+        len(labels) == 3
+        and len(labels[0]) == 16
+        and labels[1] == b"com"
+        and question.rdtype == dns.rdatatype.A
+    )
 
 
 class UplinkGone:

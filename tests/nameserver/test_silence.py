@@ -24,8 +24,8 @@ A, B = ("192.0.2.1", 53), ("192.0.2.2", 53)
 DEAD = ("www.tracker1.example", "cdn.tracker2.example", "px.tracker3.example")  # three sites
 
 
-def key(name: str) -> bytes:
-    query = wire.parse(make_query(name).to_wire())
+def key(name: str, rdtype: str = "A") -> bytes:
+    query = wire.parse(make_query(name, rdtype).to_wire())
     assert query is not None
     return query.key
 
@@ -40,14 +40,13 @@ def test_a_question_counts_nothing_once_the_upstream_answered_after_it() -> None
     assert s.heard_at == 10.0
 
 
-def test_the_check_is_a_fresh_name_under_the_zone_or_the_questions_top_level_domain() -> None:
-    """Not right under the root: dnsmasq with `domain-needed` (OpenWrt's default) answers
-    a name of one label NXDOMAIN itself, its uplink gone or not."""
-    assert check_parent(key("www.Tracker.COM"), "") == b"\3com\0"
-    assert check_parent(key("wpad"), "") == b"\4wpad\0"
-    assert check_parent(key("h1.lab.corp"), "Lab.Corp.") == b"\3lab\4corp\0"
-    assert check_parent(b"\0\0\2\0\1\0", "") == b"\0"  # NS of the root itself
-    assert check_parent(b"\7trunc", "") == b"\0"  # no whole name: never from a parse
+def test_the_check_is_a_fresh_name_under_the_forwarded_zone_or_com() -> None:
+    """Under com whatever the question: not right under the root (dnsmasq with
+    `domain-needed`, OpenWrt's default, answers a name of one label NXDOMAIN itself, its
+    uplink gone or not), nor under arpa for a reverse lookup (a validating resolver
+    answers any name there from its cached NSEC records)."""
+    assert check_parent("") == b"\3com\0"
+    assert check_parent("Lab.Corp.") == b"\3lab\4corp\0"
     assert wire.key_name(check_key(b"\3com\0", "k7q2m4x9w3j5h6td")) == "k7q2m4x9w3j5h6td.com"
     assert wire.key_name(check_key(b"\3lab\4corp\0", "abc")) == "abc.lab.corp"
     assert check_key(b"\0", "abc").endswith(b"\0\0\1\0\1\0")  # A IN, no DO, no CD
@@ -92,11 +91,16 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 async def asked_at_once(
-    group: UpstreamSet, transport: FakeTransport, hold: Hold, names: tuple[str, ...], out: int
+    group: UpstreamSet,
+    transport: FakeTransport,
+    hold: Hold,
+    names: tuple[str, ...],
+    out: int,
+    rdtype: str = "A",
 ) -> list[object]:
     """`names` asked at once, then let go unanswered once `out` questions (the checks
     among them) went out."""
-    asking = [asyncio.ensure_future(group.ask(key(name))) for name in names]
+    asking = [asyncio.ensure_future(group.ask(key(name, rdtype))) for name in names]
     await until(lambda: transport.asked() == out)
     await asyncio.sleep(0)  # the checks' answers, if any, taken
     hold.released.set()
@@ -114,7 +118,7 @@ async def test_a_sole_upstream_whose_uplink_is_gone_is_down_after_three() -> Non
     (up,) = group.servers
     failed = await asked_at_once(group, transport, hold, DEAD, 4)
     check = transport.sent[3][1].question[0]
-    assert (check.name.parent().to_text(), check.rdtype) == ("example.", dns.rdatatype.A)
+    assert (check.name.parent().to_text(), check.rdtype) == ("com.", dns.rdatatype.A)
     assert all(isinstance(f, UpstreamFailed) for f in failed)
     assert (up.state(), up.down_until) == ("down", clock() + RETRY_AFTER)
     with pytest.raises(UpstreamFailed, match="every upstream is down; the next check is in 30 s"):
@@ -167,6 +171,35 @@ async def test_a_router_that_answers_one_label_names_itself_is_down_when_its_upl
     assert up.state() == "down"
 
 
+async def test_a_resolver_answering_arpa_from_cached_nsec_is_down_when_its_uplink_goes() -> None:
+    """A validating resolver with `aggressive-nsec` (unbound's default) holds the few NSEC
+    records of arpa after a few checks, and answers any name under it from them; its
+    uplink gone, the reverse lookups of three public addresses go unanswered. Before, the
+    check went under arpa, was answered, and the upstream stayed up: every miss waited 4 s."""
+    hold = Hold(SILENT)
+    clock = ManualClock()
+    gone = uplink_gone(hold, clock)
+    arpa, reverse = dns.name.from_text("arpa"), dns.name.from_text("in-addr.arpa")
+
+    def nsec_cached(query: dns.message.Message) -> dns.message.Message | Hold:
+        name = query.question[0].name
+        if name.is_subdomain(arpa) and not name.is_subdomain(reverse):
+            answer = dns.message.make_response(query)
+            answer.set_rcode(dns.rcode.NXDOMAIN)  # synthesised from cached NSEC (RFC 8198)
+            return answer
+        return gone(query)  # type: ignore[operator, no-any-return]
+
+    transport = FakeTransport({A: nsec_cached})  # type: ignore[dict-item]
+    group = UpstreamSet([Upstream(*A)], transport, clock, timeout=0.01)
+    (up,) = group.servers
+    names = tuple(f"9.{n}.0.203.in-addr.arpa" for n in range(3))
+    failed = await asked_at_once(group, transport, hold, names, 4, "PTR")
+    assert all(isinstance(f, UpstreamFailed) for f in failed)
+    assert up.state() == "down"
+    check = transport.sent[3][1].question[0]
+    assert (check.name.parent().to_text(), check.rdtype) == ("com.", dns.rdatatype.A)
+
+
 @pytest.mark.parametrize(
     ("zone", "dead"),
     [("", DEAD), ("lab.corp", ("h1.lab.corp", "h2.lab.corp", "h3.lab.corp"))],
@@ -187,7 +220,7 @@ async def test_a_working_upstream_asked_only_dead_zones_stays_up(
     failed = await asked_at_once(group, transport, hold, dead, 4)
     assert all(isinstance(f, UpstreamFailed) for f in failed)
     check = transport.sent[3][1].question[0]
-    assert check.name == dns.name.from_text(f"k7q2m4x9w3j5h6td.{zone or 'example'}")
+    assert check.name == dns.name.from_text(f"k7q2m4x9w3j5h6td.{zone or 'com'}")
     assert (up.state(), up.failures, up.last_error) == ("up", 0, "no answer in time")
     assert (await group.ask(key("www.next.test"))).upstream is up
 

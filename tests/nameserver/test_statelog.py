@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import logging
 
+import dns.message
+import dns.rcode
 import pytest
 
 from retreatkit.nameserver import wire
@@ -63,6 +65,28 @@ async def test_an_outage_and_its_end_are_four_lines() -> None:
     ]  # fmt: skip
 
 
+async def test_a_change_past_the_budget_comes_late_as_a_line_of_its_own() -> None:
+    """Four changes spent the budget; the fifth is held, and said once a token is back,
+    as the change it is (before: `...; 1 changes in between not logged`, of a change the
+    line itself told)."""
+    group, transport, clock, states, lines = made()
+    refused = dns.message.make_response(make_query("a.www.test"))
+    refused.set_rcode(dns.rcode.REFUSED)
+    for script in (ZONE.answer, lambda q: SILENT, ZONE.answer, lambda q: refused):
+        transport.scripts[UP] = script
+        with contextlib.suppress(UpstreamFailed):
+            await group.ask(key("a.www.test"))
+    transport.scripts[UP] = ZONE.answer
+    await group.ask(key("a.www.test"))
+    assert len(lines) == BURST  # up, failing, up, failing; then up, held
+    clock.advance(REFILL)
+    states.tick(clock())
+    assert lines[BURST - 1 :] == [
+        (INFO, "upstream 192.0.2.1:53 is failing (was up): REFUSED"),
+        (INFO, "upstream 192.0.2.1:53 is up (was failing)"),
+    ]
+
+
 async def test_queries_failing_together_say_each_change_once() -> None:
     group, transport, _, _, lines = made(zone="venue.example")
     await group.ask(key("a.www.test"))
@@ -105,7 +129,7 @@ async def test_a_flapping_upstream_is_held_to_its_budget() -> None:
     states.tick(clock())
     assert lines[5] == (
         INFO,
-        "upstream 192.0.2.1:53 is up (was failing); 51 changes in between not logged",
+        "upstream 192.0.2.1:53 is up (was failing); 50 changes in between not logged",
     )
     clock.advance(3600)
     states.tick(clock())  # nothing held: nothing more to say

@@ -241,5 +241,5 @@ async def test_an_upstream_silent_to_the_check_too_is_down() -> None:
     (up,) = group.servers
     await three_at_once(group, transport, clock)
     check = transport.sent[3][1].question[0]
-    assert (check.name.parent().to_text(), check.rdtype) == ("test.", dns.rdatatype.A)
+    assert (check.name.parent().to_text(), check.rdtype) == ("com.", dns.rdatatype.A)
     assert (up.state(), up.failures, up.down_until) == ("down", 3, clock() + RETRY_AFTER)
