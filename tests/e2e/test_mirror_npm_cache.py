@@ -7,6 +7,8 @@ there decides what npm picks once the uplink goes."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import urllib.error
@@ -91,3 +93,35 @@ def test_npm_with_its_cache_installs_what_is_held_once_the_uplink_goes(
         f"npm error 403 upstream {host} is down (connection refused), and the mirror holds"
         " only one-rk 1.0.0\n"
     ) in not_held.stderr, not_held.stderr
+
+
+def test_npm_set_as_the_page_says_gives_up_on_a_package_the_mirror_cannot_get_in_seconds(
+    tmp_path: Path, lan: Netns
+) -> None:
+    """No status says "cannot get it now" and stops npm: it tries every 5xx three times,
+    10 s then 60 s apart, so a package never fetched, with the uplink gone, took over a
+    minute to say why. The page's advice makes those waits 1 s and 2 s; npm then prints the
+    mirror's words."""
+    root = tmp_path / "upstream"
+    upstream = start_upstream(root)
+    host = urlsplit(upstream.url).netloc
+    write_npm(root, upstream.url, [make_npm_tarball("three-rk", "1.0.0")])
+    mirror, _ = start_mirror(tmp_path / "store", npm=upstream.url, listen=f"{lan.host}:0")
+    npm = Npm(lan, f"{mirror.url}npm/", tmp_path / "attendee")
+    try:
+        with urllib.request.urlopen(mirror.url, timeout=30) as r:
+            said = re.search(r"<code>(npm config set fetch-retry[^<]*)</code>", r.read().decode())
+        assert said is not None
+        assert npm("configured", *shlex.split(said[1])[1:]).returncode == 0
+        upstream.stop()
+        never = npm("never", "install", "three-rk", "--loglevel", "http")
+    finally:
+        mirror.stop()
+        upstream.stop()
+    assert never.returncode == 1, never.stderr
+    assert "attempt 3 failed with 504" in never.stderr  # npm's retries, 1 s then 2 s apart
+    shown = (
+        rf"npm error 504 upstream {re.escape(host)} is down \(connection refused\);"
+        rf" (next try in \d+ s|trying it again now) - GET {re.escape(mirror.url)}npm/three-rk\n"
+    )
+    assert re.search(shown, never.stderr), never.stderr
