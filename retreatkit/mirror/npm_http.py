@@ -9,8 +9,6 @@ answer at `/NAME/-/FILE` too: no other route has a `-` segment there.
 from __future__ import annotations
 
 import hashlib
-import math
-import time
 from functools import partial
 from urllib.parse import urlsplit
 
@@ -97,12 +95,12 @@ async def packument(request: web.Request) -> web.StreamResponse:
     )
     if page.held_only:
         mirror.stats.offline_pages += 1
-    # made offline, for now only: npm keeps a packument for its max-age, and would go on
-    # refusing what is not held (its restrictions) after the uplink is back
-    max_age = 0 if why else math.ceil(mirror.settings.index_ttl - (time.time() - obj.fetched))
-    return await respond.page(
-        request, page, stale=answer.stale, offline=page.held_only, max_age=max_age
-    )
+    # max-age 0: npm asks again each time (a 304 while it is the same packument). npm keeps
+    # a packument for its max-age: one kept from before the uplink went lists versions the
+    # mirror does not hold, so npm picked the newest and failed on its tarball's 504 (after
+    # a minute of retries), where the packument served offline restricts them; and one made
+    # offline would go on refusing what is not held after the uplink is back
+    return await respond.page(request, page, stale=answer.stale, offline=page.held_only, max_age=0)
 
 
 def _offline(mirror: Mirror, answer: IndexAnswer, name: str, url: str) -> str:

@@ -155,7 +155,13 @@ _INTROS = {
     " (a <code>uv.lock</code> made against another index: <code>uv sync</code>, not"
     " <code>--frozen</code>, moves it here, keeping its versions):",
     "opam": "An opam already set up, or a new one:",
-    "npm": "One install, then every install from this machine on:",
+    # npm tries any 5xx three times over 70 s (fetch-retries 2, 10 s then 60 s apart), the
+    # mirror's 504 for what it cannot get too, and no status both says "cannot get it now"
+    # and stops npm: the attendee shortens the waits (1 s, then 2 s) and keeps the retries
+    "npm": "One install, then every install from this machine on (with the internet link"
+    " down, npm tries a package the mirror cannot get for a minute before it says why;"
+    " <code>npm config set fetch-retry-mintimeout=1000 fetch-retry-maxtimeout=2000</code>"
+    " makes that 3 s):",
     "apt": "As the proxy for the archives it keeps ({origins}; https sources go direct), or"
     " in place of your sources line; remove the file after the event:",
     "bob": "bob, to send files to each other (<code>bob send FILE</code>), from this mirror:",

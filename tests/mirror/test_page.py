@@ -58,7 +58,9 @@ export UV_DEFAULT_INDEX=http://mirror.retreat.lan:8000/pypi/simple/</pre>
 <pre>opam repository set-url default http://mirror.retreat.lan:8000/opam
 opam init default http://mirror.retreat.lan:8000/opam</pre>
 <h2>npm</h2>
-<p>One install, then every install from this machine on:</p>
+<p>One install, then every install from this machine on (with the internet link down, npm \
+tries a package the mirror cannot get for a minute before it says why; <code>npm config set \
+fetch-retry-mintimeout=1000 fetch-retry-maxtimeout=2000</code> makes that 3 s):</p>
 <pre>npm install --registry http://mirror.retreat.lan:8000/npm/ PACKAGE
 npm config set registry http://mirror.retreat.lan:8000/npm/</pre>
 <h2>apt</h2>
