@@ -285,7 +285,7 @@ def test_04_ctrl_c_on_the_sender_mid_transfer(
         until(lambda: receiving(out), "data arrives")
         os.kill(sender.pid, signal.SIGINT)
         code, lines = finished(sender)
-    assert (code, lines[-1]) == (1, "ERROR: interrupted")
+    assert (code, lines[-1]) == (130, "ERROR: interrupted")
     code, lines = finished(receiver)
     assert (code, lines[-1]) == (
         1,
@@ -467,7 +467,7 @@ def test_06_ctrl_c_at_the_accept_prompt_stops_at_once(
         screen = receiver.until(b"? [Y/n] ")
         assert b"photo.jpg  4 bytes" in screen
         receiver.type(b"\x03")  # what the key does: the terminal sends SIGINT
-        assert receiver.popen.wait(TIMEOUT) == 1  # without Enter
+        assert receiver.popen.wait(TIMEOUT) == 130  # without Enter
         # the error starts a line of its own, not the prompt's
         assert receiver.until(b"interrupted\r\n") == b"^C\r\nERROR: interrupted\r\n"
     finally:
