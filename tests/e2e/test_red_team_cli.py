@@ -480,6 +480,47 @@ def test_06_ctrl_c_at_the_accept_prompt_stops_at_once(
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("stop", "said"),
+    [
+        ("ctrl-c", b"ERROR: the other side gave up: the sender stopped the transfer\r\n"),
+        ("kill", b"ERROR: the other side closed the connection\r\n"),
+    ],
+)
+def test_06_a_sender_that_stops_while_the_receiver_is_asked_ends_the_question(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path, out: Path, stop: str, said: bytes
+) -> None:
+    """The receiver's user has not answered yet; the sender's user presses Ctrl-C (or its
+    laptop dies). The receiver says so at once, with no key pressed: it went on asking,
+    and heard of it only once answered, as a closed connection."""
+    src = tmp_path / "photo.jpg"
+    src.write_bytes(b"jpeg")
+    sender = Terminal.start(bob_argv("send", "--relay", relay.address, "--no-qr", str(src)), home)
+    receiver: Terminal | None = None
+    try:
+        sender.until(b"Passphrase: ")
+        code = sender.until(b"\r\n").removesuffix(b"\r\n").decode()
+        receiver = Terminal.start(
+            [*bob_argv("recv", "--relay", relay.address, "-o", str(out)), code], home
+        )
+        receiver.until(b"? [Y/n] ")
+        if stop == "ctrl-c":
+            sender.type(b"\x03")
+            assert sender.popen.wait(TIMEOUT) == 130
+            # the line starts over the terminal's echo of the key, if any: ERROR at the left
+            line = sender.until(b"interrupted\r\n").split(b"\r\n")[-2]
+            assert line.removeprefix(b"^C") == b"\rERROR: interrupted"
+        else:
+            sender.popen.kill()
+        assert receiver.popen.wait(TIMEOUT) == 1  # no key pressed
+        assert receiver.until(said) == b"\r\n" + said  # on a line of its own
+    finally:
+        sender.close()
+        if receiver is not None:
+            receiver.close()
+    assert list(out.iterdir()) == []
+
+
 # -- 7. sender-side failures ------------------------------------------------------------------
 
 
