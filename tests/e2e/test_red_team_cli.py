@@ -520,6 +520,64 @@ def test_05_a_hostile_relay_cannot_reach_the_terminal(home: dict[str, str], out:
     )
 
 
+class Tap:
+    """A socket whose received bytes are kept: what a relay in the middle records."""
+
+    def __init__(self, sock: socket.socket, kept: bytes) -> None:
+        self.sock = sock
+        self.kept = kept
+
+    def recv(self, size: int) -> bytes:
+        data = self.sock.recv(size)
+        self.kept += data
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_05_a_relay_that_replays_a_real_sender_meets_a_wrong_passphrase(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path, out: Path
+) -> None:
+    """What a relay can do with a sender's records (the key exchange in clear, then
+    ciphertext) is send them again: to a receiver of the same passphrase, whose own key
+    exchange is fresh, they are another session's. One line and nothing written; the
+    receiver's confirmation went out, so the passphrase counts as used."""
+    (tmp_path / "f").write_text("secret")
+    code = "4246-purple-sofa"
+    sender = send(relay, home, "--no-direct", str(tmp_path / "f"), BOB_PASSPHRASE=code)
+    peer = Peer((relay.host, relay.port), parse(code), Side.RECEIVER)
+    try:
+        assert peer.line().startswith(b"paired ")
+        tap = Tap(peer.sock, peer.buf)
+        peer.sock = tap  # type: ignore[assignment]
+        peer.handshake()
+        assert peer.receive_offer().files[0].path == ("f",)
+        recorded = tap.kept  # the sender's PAKE, CONFIRM, HINTS and OFFER
+    finally:
+        peer.close()
+        sender.stop()
+
+    def replay(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(b"paired 10.0.0.7:1\n" + recorded)
+        while conn.recv(4096):
+            pass
+
+    with fake_relay(replay) as evil:
+        got = recv(evil.address, home, "--yes", "-o", str(out), code)
+    assert (got.returncode, err(got)) == (
+        1,
+        [
+            "ERROR: wrong passphrase: the other side used a different one. The passphrase is"
+            " used up: ask the sender to start a new bob send"
+        ],
+    )
+    assert list(out.iterdir()) == []
+
+
 # -- 6. Ctrl-C at the accept prompt -----------------------------------------------------------
 
 
