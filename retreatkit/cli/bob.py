@@ -68,6 +68,12 @@ ARGV_REFUSED = (
 )
 
 
+# Ctrl-C: 128 + SIGINT, as a shell reports a command the signal stopped (and as the
+# retreatkit command does), so a script can tell its user's stop from a failure
+INTERRUPTED = 130
+INTERRUPTED_LINE = "ERROR: interrupted"
+
+
 class Usage(Exception):
     """Bad arguments: exit 2."""
 
@@ -167,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bob: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        _say("ERROR: interrupted")
-        return 1
+        _over_the_echo()
+        _say(INTERRUPTED_LINE)
+        return INTERRUPTED
     except Exception as exc:  # one line, never a traceback, whatever a peer or relay sent
         print(f"ERROR: {type(exc).__name__}: {escape(str(exc))} (a bug in bob)", file=sys.stderr)
         return 1
@@ -182,15 +189,28 @@ async def _interruptible(command: Callable[[], Awaitable[int]]) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    loop.add_signal_handler(signal.SIGINT, task.cancel)
+
+    def interrupt() -> None:
+        _over_the_echo()
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, interrupt)
     try:
         return await command()
     except asyncio.CancelledError:
         prompt.restore_terminal()
-        _say("ERROR: interrupted")
-        return 1
+        _say(INTERRUPTED_LINE)
+        return INTERRUPTED
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+
+
+def _over_the_echo() -> None:
+    """A terminal echoes Ctrl-C as ^C where the cursor is: at the start of a line, unless
+    a prompt waits (its line is ended instead, prompt.end_line). What bob says next
+    starts there, over the ^C, rather than after it ("^CERROR: interrupted")."""
+    if not prompt.waiting() and sys.stderr.isatty():
+        print("\r", end="", file=sys.stderr, flush=True)
 
 
 def run_relay(args: argparse.Namespace) -> int:

@@ -21,6 +21,11 @@ class _Line:
     open = False
 
 
+def waiting() -> bool:
+    """Whether a prompt waits for the user's Enter."""
+    return _Line.open
+
+
 def end_line() -> None:
     """End the line of a prompt still waiting (Ctrl-C, an error while asking), so what
     bob says next starts a line of its own instead of following what was typed."""

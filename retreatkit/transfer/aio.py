@@ -34,7 +34,7 @@ from retreatkit.transfer.meet import Connector, Place, meet
 from retreatkit.transfer.offer import Offer, show_name
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.receive import WriteError, Writer
-from retreatkit.transfer.receiving import Sink, accepted, offered, receive_data
+from retreatkit.transfer.receiving import Sink, accepted, asked, offered, receive_data
 from retreatkit.transfer.rendezvous import (
     Closed,
     Rendezvous,
@@ -297,7 +297,7 @@ async def receive(
             writer = make_writer(output, offer)
             session.stream_limit = writer.check_space()
         try:
-            ok = await confirm(offer, writer, met.paired.text)
+            ok = await asked(link, session, confirm(offer, writer, met.paired.text))
         except Refused:
             await link.flush(session.answer(False))
             raise

@@ -170,17 +170,17 @@ def _entries(text: str, pos: int) -> tuple[Entry, ...]:
     not once all of them are built, and a path holds its folder's own names, so an offer
     has one string per entry, however deep its paths go."""
     if not text.startswith("[", pos):
-        raise UnsafeOffer("the offer's entry list is malformed or too long")
+        raise UnsafeOffer("the offer's entry list is malformed")
     pos += 1
     entries: list[Entry] = []
     folders: dict[tuple[str, ...], tuple[str, ...]] = {}  # each folder's path, as kept
     close = _CLOSE.match(text, pos)  # an empty list: Offer says so
     while close is None:
-        if len(entries) == MAX_ENTRIES:
-            raise UnsafeOffer("the offer's entry list is malformed or too long")
         entry = _ENTRY.match(text, pos)
         if entry is None:
             raise UnsafeOffer("an offer entry is malformed")
+        if len(entries) == MAX_ENTRIES:  # said as Offer says it; the entry is never built
+            raise UnsafeOffer(f"the offer lists over {MAX_ENTRIES} entries")
         names = tuple(json.loads(f"[{entry['path']}]"))  # strings only, as matched
         path = names[-1:]
         if len(names) > 1:

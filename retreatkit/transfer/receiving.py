@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from retreatkit.transfer import direct, resume
 from retreatkit.transfer.channel import Frame
 from retreatkit.transfer.errors import RemoteProtocolError, TransferError
-from retreatkit.transfer.link import Link, PeerAborted, PeerGone, Worker
+from retreatkit.transfer.link import Link, PeerAborted, PeerGone, Worker, discard
 from retreatkit.transfer.machine import (
     Aborted,
     Ended,
@@ -60,6 +60,28 @@ async def offered(
         if racer is not None:
             await racer.close()
         raise
+
+
+async def asked(link: Link, session: Session, question: Awaitable[bool]) -> bool:
+    """The user's answer to the offer, unless the sender stops first. Nothing is due from
+    an honest sender while its offer waits: what does come is its ABORT (its user pressed
+    Ctrl-C), its connection's end, or a record it has no right to send, and each ends the
+    question at once. Unwatched, a receiver at the prompt heard of none of them until its
+    user answered, and then only "the other side closed the connection"."""
+    asking = asyncio.ensure_future(question)
+    watching = asyncio.ensure_future(link.event(session, None))
+    try:
+        await asyncio.wait({asking, watching}, return_when=asyncio.FIRST_COMPLETED)
+        if not watching.done():
+            return asking.result()
+        # the sender's doing wins over an answer given at the same moment: it has gone
+        event = watching.result()  # raises for an ABORT, an end, a broken record
+        raise RemoteProtocolError(f"the sender sent {type(event).__name__} before the answer")
+    finally:
+        discard(asking)
+        discard(watching)
+        # each is cancelled where it waits (stdin's reader, the socket), which it leaves
+        await asyncio.gather(asking, watching, return_exceptions=True)
 
 
 async def accepted(
@@ -276,4 +298,5 @@ async def receive_data(link: Link, session: Session, writer: Writer | None, sink
 
 
 Confirm = Callable[[Offer, Writer | None, str], Awaitable[bool]]
-__all__ = ["Confirm", "Pump", "Sink", "TransferError", "accepted", "offered", "receive_data"]
+__all__ = ["Confirm", "Pump", "Sink", "TransferError", "accepted", "asked", "offered"]
+__all__ += ["receive_data"]

@@ -180,7 +180,7 @@ def test_ctrl_c_on_a_receive_then_the_same_send_and_receive_resume(
     receiver.popen.send_signal(signal.SIGINT)
     try:
         status, said = finish(receiver)
-        assert (status, said[-2:]) == (1, [KEPT, "ERROR: interrupted"]), said
+        assert (status, said[-2:]) == (130, [KEPT, "ERROR: interrupted"]), said
         assert finish(sender)[0] == 1
     finally:
         sender.stop()
@@ -272,7 +272,7 @@ def test_ctrl_c_mid_folder_keeps_what_arrived_to_resume(
     finally:
         peer.close()
         receiver.stop()
-    assert (status, said[-2:]) == (1, [KEPT, "ERROR: interrupted"])
+    assert (status, said[-2:]) == (130, [KEPT, "ERROR: interrupted"])
     assert told == Aborted("the receiver stopped the transfer")
     names = sorted(p.name for p in out.iterdir())
     assert names[1:] == ["fold", "mine.txt"] and re.fullmatch(r"\.bob-[0-9a-f]+\.resume", names[0])

@@ -299,7 +299,7 @@ def test_ctrl_c_at_a_prompt_says_so_on_a_line_of_its_own(
         shown = receiver.until(b"ERROR: interrupted\r\n")
         # a terminal may echo Ctrl-C as ^C, after what was typed
         assert shown.removeprefix(b"^C") == b"\r\nERROR: interrupted\r\n"
-        assert receiver.popen.wait(TIMEOUT) == 1
+        assert receiver.popen.wait(TIMEOUT) == 130
     finally:
         receiver.close()
 
@@ -318,13 +318,30 @@ def test_ctrl_c_at_a_prompt_on_a_pipe_ends_the_prompt_s_line() -> None:
             shown += chunk
         proc.send_signal(signal.SIGINT)
         assert proc.stderr.read() == b"\nERROR: interrupted\n"
-        assert proc.wait(TIMEOUT) == 1
+        assert proc.wait(TIMEOUT) == 130
     finally:
         proc.kill()
         proc.wait()
         proc.stdin.close()
         proc.stderr.close()
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_ctrl_c_with_no_prompt_writes_over_its_echo_and_exits_130(relay: RelayProcess) -> None:
+    """A sender waiting for its receiver: the terminal echoes the key as ^C at the start
+    of a line, and the error used to follow it there ("^CERROR: interrupted"). 130 is
+    what a shell reports for a command Ctrl-C stopped, and what `retreatkit` exits with."""
+    sender = Terminal.start(bob_argv("send", "--relay", relay.address, "--no-qr", "--text", "x"))
+    try:
+        sender.until(b"bob recv --relay")
+        sender.until(b"\r\n\r\n")
+        sender.type(b"\x03")
+        assert sender.popen.wait(TIMEOUT) == 130
+        shown = sender.until(b"ERROR: interrupted\r\n")
+        # the line starts over the echo, if any: on the screen, ERROR at the left
+        assert shown.removeprefix(b"^C") == b"\rERROR: interrupted\r\n"
+    finally:
+        sender.close()
 
 
 def test_the_passphrase_as_a_qr_code_on_a_terminal(relay: RelayProcess) -> None:

@@ -32,7 +32,8 @@ from retreatkit.testing import (
     start_relay,
 )
 from retreatkit.transfer.codes import Code, parse
-from retreatkit.transfer.offer import Entry, Offer
+from retreatkit.transfer.events import Answered
+from retreatkit.transfer.offer import MAX_ENTRIES, MAX_OFFER, Entry, Offer
 from retreatkit.transfer.pake import Side
 from retreatkit.transfer.records import Kind
 from retreatkit.transfer.testing import Peer, fake_relay, sender_over
@@ -223,6 +224,74 @@ def test_02_a_hundred_thousand_entries_through_the_relay(
         assert (out / "many" / "12345").read_bytes() == b"12345\n"
 
 
+def vm_hwm(pid: int) -> int:
+    """A process's peak resident memory so far, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_02_an_offer_at_the_size_limit_is_summed_up_and_declined(
+    relay: RelayProcess, home: dict[str, str], out: Path
+) -> None:
+    """The most the receiver reads before it asks: 100 000 entries in just under 32 MiB (a
+    hostile sender's, or one that knows the passphrase; a relay can make none). One
+    folder line at the prompt, and bounded memory: the offer is held a few times over
+    while it is read (bench/offer.py), beside the interpreter's own 40 MB."""
+    folder = "d" * 64
+    entries = [Entry((folder,), is_dir=True)]
+    entries += [Entry((folder, f"{i:06d}" + "x" * 249)) for i in range(MAX_ENTRIES - 1)]
+    offer = Offer(entries=tuple(entries))
+    assert MAX_OFFER - (1 << 20) < len(offer.encode()) - 4 <= MAX_OFFER
+    code = Code("4244", ("alpha", "abandon"))
+    peer = Peer((relay.host, relay.port), code)
+    assert peer.line() == b"ok 4244\n"
+    receiver = bob(
+        home, "recv", "--relay", relay.address, "-o", str(out), str(code), stdin=subprocess.PIPE
+    )
+    try:
+        assert peer.line().startswith(b"paired ")
+        peer.handshake()
+        peer.sock.sendall(peer.session.send_offer(offer))
+        receiver.wait_for(rf"^  {folder}/  99999 files \(0 bytes\)$", TIMEOUT)
+        assert vm_hwm(receiver.pid) < 400 << 20
+        stdin = receiver.popen.stdin
+        assert stdin is not None
+        stdin.write(b"n\n")
+        stdin.close()
+        assert peer.event() == Answered(False)
+        status, lines = finished(receiver)
+    finally:
+        peer.close()
+        receiver.stop()
+    assert (status, lines[-1]) == (1, "ERROR: transfer declined")
+    assert list(out.iterdir()) == []
+
+
+def test_02_an_offer_over_the_size_limit_is_refused_at_its_first_record(
+    relay: RelayProcess, home: dict[str, str], out: Path
+) -> None:
+    """Its length comes first: nothing of it is held."""
+    code = Code("4245", ("alpha", "abandon"))
+    peer = Peer((relay.host, relay.port), code)
+    assert peer.line() == b"ok 4245\n"
+    receiver = bob(home, "recv", "--relay", relay.address, "--yes", "-o", str(out), str(code))
+    try:
+        assert peer.line().startswith(b"paired ")
+        peer.handshake()
+        peer.seal(Kind.OFFER, (MAX_OFFER + 1).to_bytes(4, "big") + b'{"v":1,"entries":[')
+        status, lines = finished(receiver)
+    finally:
+        peer.close()
+        receiver.stop()
+    assert (status, lines) == (
+        1,
+        ["ERROR: the sender's offer is refused: the offer is over 33554432 bytes"],
+    )
+    assert list(out.iterdir()) == []
+
+
 # -- 3. nameplate sniping ---------------------------------------------------------------------
 
 
@@ -285,7 +354,7 @@ def test_04_ctrl_c_on_the_sender_mid_transfer(
         until(lambda: receiving(out), "data arrives")
         os.kill(sender.pid, signal.SIGINT)
         code, lines = finished(sender)
-    assert (code, lines[-1]) == (1, "ERROR: interrupted")
+    assert (code, lines[-1]) == (130, "ERROR: interrupted")
     code, lines = finished(receiver)
     assert (code, lines[-1]) == (
         1,
@@ -451,6 +520,64 @@ def test_05_a_hostile_relay_cannot_reach_the_terminal(home: dict[str, str], out:
     )
 
 
+class Tap:
+    """A socket whose received bytes are kept: what a relay in the middle records."""
+
+    def __init__(self, sock: socket.socket, kept: bytes) -> None:
+        self.sock = sock
+        self.kept = kept
+
+    def recv(self, size: int) -> bytes:
+        data = self.sock.recv(size)
+        self.kept += data
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_05_a_relay_that_replays_a_real_sender_meets_a_wrong_passphrase(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path, out: Path
+) -> None:
+    """What a relay can do with a sender's records (the key exchange in clear, then
+    ciphertext) is send them again: to a receiver of the same passphrase, whose own key
+    exchange is fresh, they are another session's. One line and nothing written; the
+    receiver's confirmation went out, so the passphrase counts as used."""
+    (tmp_path / "f").write_text("secret")
+    code = "4246-purple-sofa"
+    sender = send(relay, home, "--no-direct", str(tmp_path / "f"), BOB_PASSPHRASE=code)
+    peer = Peer((relay.host, relay.port), parse(code), Side.RECEIVER)
+    try:
+        assert peer.line().startswith(b"paired ")
+        tap = Tap(peer.sock, peer.buf)
+        peer.sock = tap  # type: ignore[assignment]
+        peer.handshake()
+        assert peer.receive_offer().files[0].path == ("f",)
+        recorded = tap.kept  # the sender's PAKE, CONFIRM, HINTS and OFFER
+    finally:
+        peer.close()
+        sender.stop()
+
+    def replay(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(b"paired 10.0.0.7:1\n" + recorded)
+        while conn.recv(4096):
+            pass
+
+    with fake_relay(replay) as evil:
+        got = recv(evil.address, home, "--yes", "-o", str(out), code)
+    assert (got.returncode, err(got)) == (
+        1,
+        [
+            "ERROR: wrong passphrase: the other side used a different one. The passphrase is"
+            " used up: ask the sender to start a new bob send"
+        ],
+    )
+    assert list(out.iterdir()) == []
+
+
 # -- 6. Ctrl-C at the accept prompt -----------------------------------------------------------
 
 
@@ -467,7 +594,7 @@ def test_06_ctrl_c_at_the_accept_prompt_stops_at_once(
         screen = receiver.until(b"? [Y/n] ")
         assert b"photo.jpg  4 bytes" in screen
         receiver.type(b"\x03")  # what the key does: the terminal sends SIGINT
-        assert receiver.popen.wait(TIMEOUT) == 1  # without Enter
+        assert receiver.popen.wait(TIMEOUT) == 130  # without Enter
         # the error starts a line of its own, not the prompt's
         assert receiver.until(b"interrupted\r\n") == b"^C\r\nERROR: interrupted\r\n"
     finally:
@@ -477,6 +604,47 @@ def test_06_ctrl_c_at_the_accept_prompt_stops_at_once(
         1,
         "ERROR: the other side gave up: the receiver stopped the transfer",
     )
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("stop", "said"),
+    [
+        ("ctrl-c", b"ERROR: the other side gave up: the sender stopped the transfer\r\n"),
+        ("kill", b"ERROR: the other side closed the connection\r\n"),
+    ],
+)
+def test_06_a_sender_that_stops_while_the_receiver_is_asked_ends_the_question(
+    relay: RelayProcess, home: dict[str, str], tmp_path: Path, out: Path, stop: str, said: bytes
+) -> None:
+    """The receiver's user has not answered yet; the sender's user presses Ctrl-C (or its
+    laptop dies). The receiver says so at once, with no key pressed: it went on asking,
+    and heard of it only once answered, as a closed connection."""
+    src = tmp_path / "photo.jpg"
+    src.write_bytes(b"jpeg")
+    sender = Terminal.start(bob_argv("send", "--relay", relay.address, "--no-qr", str(src)), home)
+    receiver: Terminal | None = None
+    try:
+        sender.until(b"Passphrase: ")
+        code = sender.until(b"\r\n").removesuffix(b"\r\n").decode()
+        receiver = Terminal.start(
+            [*bob_argv("recv", "--relay", relay.address, "-o", str(out)), code], home
+        )
+        receiver.until(b"? [Y/n] ")
+        if stop == "ctrl-c":
+            sender.type(b"\x03")
+            assert sender.popen.wait(TIMEOUT) == 130
+            # the line starts over the terminal's echo of the key, if any: ERROR at the left
+            line = sender.until(b"interrupted\r\n").split(b"\r\n")[-2]
+            assert line.removeprefix(b"^C") == b"\rERROR: interrupted"
+        else:
+            sender.popen.kill()
+        assert receiver.popen.wait(TIMEOUT) == 1  # no key pressed
+        assert receiver.until(said) == b"\r\n" + said  # on a line of its own
+    finally:
+        sender.close()
+        if receiver is not None:
+            receiver.close()
     assert list(out.iterdir()) == []
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from retreatkit.relay import wire
 from retreatkit.transfer import aio, resume, source
 from retreatkit.transfer.channel import Channel
 from retreatkit.transfer.codes import Code
-from retreatkit.transfer.errors import PeerGone, Refused, RemoteProtocolError
+from retreatkit.transfer.errors import PeerAborted, PeerGone, Refused, RemoteProtocolError
 from retreatkit.transfer.link import Link
 from retreatkit.transfer.offer import Offer
 from retreatkit.transfer.records import HEADER, HEADER_SIZE, RECORD_SIZE, Kind
@@ -93,11 +94,20 @@ class Relay:
         return HEADER.pack((Kind.DATA << 24) | 0xFFFFFF) + frame[HEADER_SIZE:]
 
 
-async def transfer(
-    sources: source.Sources, output: Path, relay: Relay, accept: bool = True
-) -> tuple[Heard, object]:
-    """One `bob send` and one `bob recv` through `relay`; what the receiver heard, and
-    what its receive returned or raised."""
+@dataclass
+class Running:
+    """A `bob send` and a `bob recv` under way through a relay: three tasks, and what the
+    receiver's user heard."""
+
+    sending: asyncio.Task[None]
+    receiving: asyncio.Task[Offer]
+    relaying: asyncio.Task[None]
+    heard: Heard
+
+
+async def start(
+    sources: source.Sources, output: Path, relay: Relay, confirm: aio.Confirm
+) -> Running:
     loop = asyncio.get_running_loop()
     r_ours, r_relay = socket.socketpair()
     s_ours, s_relay = socket.socketpair()
@@ -110,18 +120,33 @@ async def transfer(
         channel.write(request.encode())
         return Link.over(channel, 10.0)
 
+    heard = Heard()
+    options = aio.Options(compress=False, direct=False, timeout=10.0)
+    sending = aio.send(Handed([Link.over(s_channel, 10.0)]), sources, CODE, Heard(), options)
+    receiving = aio.receive(connector, CODE, output, heard, confirm, options)
+    return Running(
+        asyncio.ensure_future(sending),
+        asyncio.ensure_future(receiving),
+        asyncio.ensure_future(relay.run(r_relay, s_relay)),
+        heard,
+    )
+
+
+async def transfer(
+    sources: source.Sources, output: Path, relay: Relay, accept: bool = True
+) -> tuple[Heard, object]:
+    """One `bob send` and one `bob recv` through `relay`; what the receiver heard, and
+    what its receive returned or raised."""
+
     async def confirm(*_: object) -> bool:
         return accept
 
-    heard = Heard()
-    options = aio.Options(compress=False, direct=False, timeout=10.0)
     async with asyncio.timeout(60):
-        sending = aio.send(Handed([Link.over(s_channel, 10.0)]), sources, CODE, Heard(), options)
-        receiving = aio.receive(connector, CODE, output, heard, confirm, options)
+        run = await start(sources, output, relay, confirm)
         _, got, _ = await asyncio.gather(
-            sending, receiving, relay.run(r_relay, s_relay), return_exceptions=True
+            run.sending, run.receiving, run.relaying, return_exceptions=True
         )
-    return heard, got
+    return run.heard, got
 
 
 @pytest.fixture
@@ -253,4 +278,38 @@ async def test_a_refused_offer_closes_the_receivers_racer(
     _, got = await transfer(sources, output, Relay(), accept=False)
     assert isinstance(got, Refused) and str(got) == "transfer declined"
     assert racer.closed >= 1
+    assert list(output.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("stop", "why"),
+    [
+        ("ctrl-c", "the other side gave up: the sender stopped the transfer"),
+        ("gone", "the other side closed the connection"),
+    ],
+)
+async def test_a_sender_that_stops_while_the_user_decides_ends_the_question(
+    sources: source.Sources, output: Path, stop: str, why: str
+) -> None:
+    """Nothing is due from the sender while its offer waits for an answer: its ABORT (its
+    user's Ctrl-C) or the end of its connection comes instead, and ends the question at
+    once. The receiver used to go on asking, and heard of it only once answered."""
+    asked = asyncio.Event()
+
+    async def undecided(*_: object) -> bool:  # a user who has not answered yet
+        asked.set()
+        await asyncio.Event().wait()
+        return True
+
+    async with asyncio.timeout(60):
+        run = await start(sources, output, Relay(), undecided)
+        await asked.wait()
+        # the sender's Ctrl-C cancels it, as bob's SIGINT handler does; a relay or sender
+        # that dies closes the receiver's connection
+        (run.sending if stop == "ctrl-c" else run.relaying).cancel()
+        got = (await asyncio.gather(run.receiving, return_exceptions=True))[0]
+        await asyncio.gather(run.sending, run.relaying, return_exceptions=True)
+    assert type(got) is (PeerAborted if stop == "ctrl-c" else PeerGone), got
+    assert str(got) == why
+    assert run.heard.said == []
     assert list(output.iterdir()) == []

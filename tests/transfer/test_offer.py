@@ -214,12 +214,19 @@ def test_two_unknown_length_streams() -> None:
 
 
 def test_too_many_entries() -> None:
-    # the limit is checked as the list is read: the entry past it is never built
-    with pytest.raises(UnsafeOffer, match="too long"):
-        Offer.decode(doc([[[f"f{i}"], "f", 1] for i in range(MAX_ENTRIES)] + [0]))
+    # the limit is checked as the list is read: the entry past it is never built, and the
+    # receiver is told what is wrong ("malformed or too long" left it guessing)
+    rows: list[Any] = [[[f"f{i}"], "f", 1] for i in range(MAX_ENTRIES)]
+    with pytest.raises(UnsafeOffer) as raised:
+        Offer.decode(doc([*rows, [["one-more"], "f", 1]]))
+    assert str(raised.value) == "the offer lists over 100000 entries"
+    with pytest.raises(UnsafeOffer) as raised:
+        Offer.decode(doc([*rows, 0]))
+    assert str(raised.value) == "an offer entry is malformed"
     entries = tuple(Entry((f"f{i}",)) for i in range(MAX_ENTRIES + 1))
-    with pytest.raises(UnsafeOffer, match="over"):
+    with pytest.raises(UnsafeOffer) as raised:
         Offer(entries=entries)
+    assert str(raised.value) == "the offer lists over 100000 entries"
 
 
 def deep_offer(entries: int, depth: int) -> bytes:
