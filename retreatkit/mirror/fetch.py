@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from retreatkit import units
-from retreatkit.mirror import continuation, faults, redirects
+from retreatkit.mirror import continuation, faults, hops, redirects
 from retreatkit.mirror.badfiles import BadFiles
 from retreatkit.mirror.blobs import IntegrityError
 from retreatkit.mirror.errors import (
@@ -44,7 +44,7 @@ from retreatkit.mirror.fill import CHUNK, Fill, FillState
 from retreatkit.mirror.health import Health, Verdict, origin
 from retreatkit.mirror.memory import Lease, Working
 from retreatkit.mirror.records import Source
-from retreatkit.mirror.resolver import DaemonResolver, Sessions
+from retreatkit.mirror.resolver import Sessions
 from retreatkit.mirror.stats import Stats
 from retreatkit.mirror.store import Store
 
@@ -146,7 +146,6 @@ class Fetcher:
         self._pages = asyncio.Semaphore(limits.pages)
         # and the bytes of those read at once, with what is made of them (Mirror.working)
         self.working = working if working is not None else Working(MAX_PAGES_READING)
-        self._names = DaemonResolver()  # where a redirect leads, before it is followed
 
     async def close(self) -> None:
         """End every download now: their clients are cut at once (a short answer never
@@ -228,37 +227,35 @@ class Fetcher:
     ) -> aiohttp.ClientResponse:
         """The answer at the end of the upstream's redirects, those the mirror follows
         (redirects.py): the same headers each time, the same method (only GET and HEAD
-        are asked, which a 303 keeps too)."""
+        are asked, which a 303 keeps too). Whether the upstream asked is near is where
+        its first request connected; if it is not, the session's connector keeps each
+        later one off near addresses (hops.py, resolver.session): the addresses checked
+        are those connected to, where a name checked by a lookup of its own may answer
+        the connect's with another."""
+        hop = hops.Hop()  # the upstream's own request: it may be anywhere
         here = None  # whether the upstream asked is on this machine or its link
         at = url
         for _ in range(redirects.MOST + 1):
-            response = await session.request(
-                method, at, headers=headers, timeout=timeout, allow_redirects=False
-            )
+            told = hops.HOP.set(hop)
+            try:
+                response = await session.request(
+                    method, at, headers=headers, timeout=timeout, allow_redirects=False
+                )
+            except aiohttp.ClientConnectorError:
+                if hop.refused:
+                    raise redirects.refused(what, at) from None
+                raise
+            finally:
+                hops.HOP.reset(told)
             location = response.headers.get("Location")
             if response.status not in redirects.STATUSES or location is None:
                 return response
             response.release()
             at = redirects.target(at, location, what)
             if here is None:
-                here = await self._near(url)
-            if not here and await self._near(at):
-                raise redirects.refused(what, at)
+                here = hop.peer is not None and redirects.near(hop.peer)
+            hop = hops.Hop(refuse=None if here else redirects.near)
         raise redirects.too_many(what)
-
-    async def _near(self, url: str) -> bool:
-        """Whether a URL's host is this machine or its link (redirects.near), by every
-        address its name has. A name that does not resolve is for the connect to say."""
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if redirects.near(host):
-            return True
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            found = await self._names.resolve(host, port, socket.AF_UNSPEC)
-        except OSError:
-            return False
-        return any(redirects.near(r["host"]) for r in found)
 
     def down(self, url: str) -> UpstreamDown:
         """The answer to a request for `url` while its upstream is known down: at once,

@@ -5,7 +5,9 @@ An upstream chooses where it redirects, and aiohttp followed ten, to any host, f
 down to http. One upstream sent the mirror to its own admin endpoint on 127.0.0.1; one
 sent it to the mirror itself, whose request then waited on the very fetch that made it.
 An upstream the organiser runs on this machine (a test's, a local devpi) may redirect
-within it: the rule is for hosts the mirror was only sent to.
+within it: the rule is for hosts the mirror was only sent to. It is kept where each
+connection is made, by address (hops.py): a name checked apart from its connect may
+answer the connect another address.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def refused(what: str, url: str) -> UpstreamError:
 def near(address: str) -> bool:
     """Whether an address is this machine or its link: loopback, link-local, unspecified,
     multicast, or one of this machine's own (the mirror itself may listen there). A name
-    is not an address: resolve it first."""
+    is not an address: the connector asks this of each address it connects to."""
     try:
         ip = ipaddress.ip_address(address.partition("%")[0])
     except ValueError:

@@ -22,6 +22,8 @@ from typing import Any
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from retreatkit.mirror import hops
+
 MAX_LOOKUPS = 16  # at once; more wait (each is bounded by the caller's timeout)
 _NUMERIC = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
 
@@ -96,8 +98,13 @@ def session() -> aiohttp.ClientSession:
     Its pool has no limit of its own: the fetcher bounds what it asks at once (downloads,
     pages), and waits its turn in its own queues. aiohttp's limit (100 connections) was a
     second queue inside the connect timeout: with 100 pages coming slowly, the next
-    request waited there, timed out, and the upstream was marked down unasked."""
-    connector = aiohttp.TCPConnector(resolver=DaemonResolver(), limit=0)
+    request waited there, timed out, and the upstream was marked down unasked.
+
+    Its connector keeps each request to the addresses the fetcher allows it (hops.py):
+    a redirect from an upstream elsewhere never connects to this machine or its link."""
+    connector = hops.connector()(
+        resolver=DaemonResolver(), limit=0, socket_factory=hops.open_socket
+    )
     return aiohttp.ClientSession(
         connector=connector, auto_decompress=False, trust_env=False,
         headers={"Accept-Encoding": "identity"},
