@@ -240,7 +240,7 @@ class Suites:
             if isinstance(result, BaseException):
                 why = result if isinstance(result, UpstreamError) else UpstreamError(str(result))
                 raise type(why)(f"kept the last release of {origin}/{suite}: {why}") from why
-            log.info("apt %s/%s: %s fetched for the new release", origin, suite, source.name)
+            log.info("apt %s/%s: %s fetched for the new release", origin, suite, source.file)
         for path, f in new.files.items():
             if apt.is_listing(path):
                 await self._read_packages(origin, suite, new, f)
