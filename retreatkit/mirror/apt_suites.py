@@ -16,8 +16,9 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from retreatkit.mirror import apt
+from retreatkit.mirror import apt, apt_keys
 from retreatkit.mirror.errors import LocalError, NotFound, UpstreamDown, UpstreamError
 from retreatkit.mirror.fetch import Reply
 from retreatkit.mirror.health import origin as origin_of
@@ -49,6 +50,7 @@ class Suites:
         self._catching_up: dict[str, asyncio.Task[None]] = {}
         self._packages: dict[str, str] = {}  # store key of a Packages or Sources -> its origin
         self._held_back: dict[tuple[str, str], str] = {}  # a newer Release not served: why
+        self.keys = apt_keys.Keys([Path(p) for p in mirror.settings.apt_keyrings])
         mirror.warners.append(self.warnings)
 
     def base(self, origin: str) -> str:
@@ -178,6 +180,7 @@ class Suites:
         if cur is not None and digest in {o.digest for o in cur.objects.values()}:
             return await self._confirm(origin, suite, cur)
         try:
+            await self._signed_as_held(origin, suite, cur, replies)
             try:
                 release = await self.mirror.offload(apt.parse_release, main.body)
             except apt.AptError as exc:
@@ -191,6 +194,33 @@ class Suites:
                 self._held_back[(origin, suite)] = str(exc.__cause__ or exc)
             raise
         return await self._save(origin, suite, release, replies)
+
+    async def _signed_as_held(
+        self, origin: str, suite: str, cur: ReleaseSet | None, replies: dict[str, Reply]
+    ) -> None:
+        """Refuse a new set apt would refuse where it took the one held (apt_keys.py): a
+        first one is apt's to judge, as there is nothing to keep serving instead."""
+        if cur is None:
+            return
+        new = {name: reply.body for name, reply in replies.items()}
+        verdict = await self.mirror.offload(self.keys.verdict, new)
+        if verdict is None or verdict.good:
+            return
+        store = self.mirror.store
+
+        def held() -> dict[str, bytes]:
+            return {name: store.read(obj.digest) for name, obj in cur.objects.items()}
+
+        try:
+            before = await self.mirror.offload(self.keys.verdict, await self.mirror.offload(held))
+        except OSError:
+            return
+        if before is None or not before.good:  # never verified here: nothing to hold to
+            return
+        name = next(iter(apt_keys.signed_files(new)))
+        refused = apt.AptError(f"the upstream's {name} {verdict.words}")
+        self.mirror.fetcher.count(refused)
+        raise refused
 
     async def _confirm(self, origin: str, suite: str, cur: ReleaseSet) -> ReleaseSet:
         now = time.time()

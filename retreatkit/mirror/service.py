@@ -66,6 +66,8 @@ class Settings:
     opam: str | None
     npm: str | None = None  # an npm registry
     apt: dict[str, str] = field(default_factory=dict)  # origin name -> archive URL
+    # keyrings (files) whose keys a new Release must verify by, when the held one did
+    apt_keyrings: list[str] = field(default_factory=list)
     index_ttl: float = 600.0  # how long an index is served before asking upstream again
     stale_after: float = 3.0  # how long a request holding a stale index waits to revalidate
     hot_bytes: int = 128 * 1024 * 1024  # small files kept in memory
