@@ -31,6 +31,11 @@ log = logging.getLogger("retreatkit.mirror")
 MAX_SUITES = 256  # sets kept parsed in memory
 MAX_PACKAGES_FILES = 65536  # Packages and Sources files known by key, to read once fetched
 EXPIRY_WARNING = 2 * 86400.0  # warn this long before a Release's Valid-Until
+# apt gives up on an answer after 30 s of silence (Acquire::http::Timeout), asks once more
+# on a new connection, and after another 30 s says only `Connection failed`: a Release
+# not held is waited for less than that, so apt prints the mirror's line instead (its
+# fetch goes on, for apt's own retries and the next update)
+APT_PATIENCE = 20.0
 Unread = tuple[str, str, apt.Release, apt.IndexFile]  # origin, suite: a Packages file not read
 
 
@@ -75,7 +80,9 @@ class Suites:
         running = self._running.start(key, lambda: self._revalidate(origin, suite, cur))
         release = f"{url}/dists/{suite}/InRelease"  # what a wait's words name: not the origin
         try:
-            fresh = await self.mirror.waited(running, release, held=cur is not None, down=down)
+            fresh = await self.mirror.waited(
+                running, release, held=cur is not None, down=down, patience=APT_PATIENCE
+            )
         except (UpstreamError, NotFound):  # a 404 too: a portal's, perhaps (Mirror._revalidate)
             if cur is None:
                 raise

@@ -1,6 +1,6 @@
 """Real apt-get through a real mirror process whose upstream misbehaves while attendees
-update: a new Release apt would refuse (its signature does not verify, or a key nobody
-trusts signed it).
+update: a Release that comes slower than apt waits, and a new Release apt would refuse
+(its signature does not verify, or a key nobody trusts signed it).
 
 Each attendee is a network namespace that reaches the mirror at a non-loopback address;
 apt-get has every folder of its own (AptClient), so the host's apt is never touched.
@@ -31,6 +31,8 @@ pytestmark = [
 
 lan = attendee("u", prefix="aptwalk")
 SUITE = "bookworm"
+# apt's own default (Acquire::http::Timeout): AptClient shortens it for the other tests
+APT_TIMEOUT = ["-o", "Acquire::http::Timeout=30"]
 
 
 def publish(root: Path, debs: dict[str, bytes], signer: Signer) -> Path:
@@ -47,6 +49,29 @@ def warnings(admin: str) -> list[str]:
     with urllib.request.urlopen(f"{admin}/status", timeout=30) as r:
         found: list[str] = json.load(r)["mirror"]["warnings"]
     return found
+
+
+def test_a_release_slower_than_apt_waits_is_said_before_apt_gives_up(
+    tmp_path: Path, lan: Netns, signer: Signer
+) -> None:
+    """An uplink that brings the InRelease a byte a second, to a mirror that holds none.
+    apt gives up on 30 s of silence, asks once more on a new connection, and after 60 s
+    said only `Connection failed` (240 s, with its three retries), while the mirror would
+    have answered at 60 s (index_timeout): it answers apt in time, in words."""
+    root = tmp_path / "upstream"
+    debs = {"hello-rk_1.0_all.deb": make_deb(tmp_path / "build", "hello-rk", "1.0")}
+    dists = publish(root, debs, signer)
+    slow = "/" + str((dists / "InRelease").relative_to(root))
+    (root / ".behaviours.json").write_text(json.dumps({slow: "trickle"}))
+    with mirrored(tmp_path, root, lan) as (upstream, mirror, _admin):
+        apt = attendee_apt(tmp_path / "apt", mirror, signer)
+        done = apt.run(*APT_TIMEOUT, "update", argv=lan.argv([]))
+        url = f"{upstream.url}debian/dists/{SUITE}/InRelease"
+        line = (
+            f"Failed to fetch {mirror.url}debian/dists/{SUITE}/InRelease  504  upstream took"
+            f" over 20 s sending {url}; the mirror goes on fetching it for the next try"
+        )
+        assert line in done.stderr, (done.stdout, done.stderr)
 
 
 @pytest.mark.parametrize("fault", ["bad signature", "unknown key"])
