@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "opam": "",  # empty: from opam's own configuration
         "npm": "",  # empty: the registry npm on this machine uses
         "apt": {},  # origin name = archive URL; empty: the origins of this machine's apt
+        "apt_keyrings": [],  # keys a new Release must verify by, besides this machine's apt's
         "max_size_bytes": 0,  # the store's size limit (least recently used go); 0: the disk
         "max_pages_sending_bytes": 268435456,  # index pages on their way to clients, each once
         "page_stall_timeout": 60.0,  # a client that takes none of a page for this long is cut

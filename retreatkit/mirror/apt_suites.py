@@ -16,8 +16,9 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from retreatkit.mirror import apt
+from retreatkit.mirror import apt, apt_keys
 from retreatkit.mirror.errors import LocalError, NotFound, UpstreamDown, UpstreamError
 from retreatkit.mirror.fetch import Reply
 from retreatkit.mirror.health import origin as origin_of
@@ -30,6 +31,11 @@ log = logging.getLogger("retreatkit.mirror")
 MAX_SUITES = 256  # sets kept parsed in memory
 MAX_PACKAGES_FILES = 65536  # Packages and Sources files known by key, to read once fetched
 EXPIRY_WARNING = 2 * 86400.0  # warn this long before a Release's Valid-Until
+# apt gives up on an answer after 30 s of silence (Acquire::http::Timeout), asks once more
+# on a new connection, and after another 30 s says only `Connection failed`: a Release
+# not held is waited for less than that, so apt prints the mirror's line instead (its
+# fetch goes on, for apt's own retries and the next update)
+APT_PATIENCE = 20.0
 Unread = tuple[str, str, apt.Release, apt.IndexFile]  # origin, suite: a Packages file not read
 
 
@@ -49,6 +55,7 @@ class Suites:
         self._catching_up: dict[str, asyncio.Task[None]] = {}
         self._packages: dict[str, str] = {}  # store key of a Packages or Sources -> its origin
         self._held_back: dict[tuple[str, str], str] = {}  # a newer Release not served: why
+        self.keys = apt_keys.Keys([Path(p) for p in mirror.settings.apt_keyrings])
         mirror.warners.append(self.warnings)
 
     def base(self, origin: str) -> str:
@@ -73,7 +80,9 @@ class Suites:
         running = self._running.start(key, lambda: self._revalidate(origin, suite, cur))
         release = f"{url}/dists/{suite}/InRelease"  # what a wait's words name: not the origin
         try:
-            fresh = await self.mirror.waited(running, release, held=cur is not None, down=down)
+            fresh = await self.mirror.waited(
+                running, release, held=cur is not None, down=down, patience=APT_PATIENCE
+            )
         except (UpstreamError, NotFound):  # a 404 too: a portal's, perhaps (Mirror._revalidate)
             if cur is None:
                 raise
@@ -178,6 +187,7 @@ class Suites:
         if cur is not None and digest in {o.digest for o in cur.objects.values()}:
             return await self._confirm(origin, suite, cur)
         try:
+            await self._signed_as_held(origin, suite, cur, replies)
             try:
                 release = await self.mirror.offload(apt.parse_release, main.body)
             except apt.AptError as exc:
@@ -191,6 +201,33 @@ class Suites:
                 self._held_back[(origin, suite)] = str(exc.__cause__ or exc)
             raise
         return await self._save(origin, suite, release, replies)
+
+    async def _signed_as_held(
+        self, origin: str, suite: str, cur: ReleaseSet | None, replies: dict[str, Reply]
+    ) -> None:
+        """Refuse a new set apt would refuse where it took the one held (apt_keys.py): a
+        first one is apt's to judge, as there is nothing to keep serving instead."""
+        if cur is None:
+            return
+        new = {name: reply.body for name, reply in replies.items()}
+        verdict = await self.mirror.offload(self.keys.verdict, new)
+        if verdict is None or verdict.good:
+            return
+        store = self.mirror.store
+
+        def held() -> dict[str, bytes]:
+            return {name: store.read(obj.digest) for name, obj in cur.objects.items()}
+
+        try:
+            before = await self.mirror.offload(self.keys.verdict, await self.mirror.offload(held))
+        except OSError:
+            return
+        if before is None or not before.good:  # never verified here: nothing to hold to
+            return
+        name = next(iter(apt_keys.signed_files(new)))
+        refused = apt.AptError(f"the upstream's {name} {verdict.words}")
+        self.mirror.fetcher.count(refused)
+        raise refused
 
     async def _confirm(self, origin: str, suite: str, cur: ReleaseSet) -> ReleaseSet:
         now = time.time()
@@ -240,7 +277,7 @@ class Suites:
             if isinstance(result, BaseException):
                 why = result if isinstance(result, UpstreamError) else UpstreamError(str(result))
                 raise type(why)(f"kept the last release of {origin}/{suite}: {why}") from why
-            log.info("apt %s/%s: %s fetched for the new release", origin, suite, source.name)
+            log.info("apt %s/%s: %s fetched for the new release", origin, suite, source.file)
         for path, f in new.files.items():
             if apt.is_listing(path):
                 await self._read_packages(origin, suite, new, f)

@@ -92,6 +92,7 @@ class MirrorService:
             public_url=str(section["public_url"]),
             npm=section["npm"] or upstreams.default_npm(),
             apt=apt_format.checked_origins(section["apt"]) or upstreams.default_apt(),
+            apt_keyrings=[*section["apt_keyrings"], *map(str, upstreams.apt_keyrings())],
             max_size=int(section["max_size_bytes"]),
             max_pages_sending=int(section["max_pages_sending_bytes"]),
             page_stall=float(section["page_stall_timeout"]),

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -66,6 +67,8 @@ class Settings:
     opam: str | None
     npm: str | None = None  # an npm registry
     apt: dict[str, str] = field(default_factory=dict)  # origin name -> archive URL
+    # keyrings (files) whose keys a new Release must verify by, when the held one did
+    apt_keyrings: list[str] = field(default_factory=list)
     index_ttl: float = 600.0  # how long an index is served before asking upstream again
     stale_after: float = 3.0  # how long a request holding a stale index waits to revalidate
     hot_bytes: int = 128 * 1024 * 1024  # small files kept in memory
@@ -312,20 +315,25 @@ class Mirror:
             return await self._answer(cached, "stale")
         return answer
 
-    async def waited(self, task: asyncio.Task[T], url: str, *, held: bool, down: bool) -> T | None:
+    async def waited(
+        self, task: asyncio.Task[T], url: str, *, held: bool, down: bool,
+        patience: float = math.inf,
+    ) -> T | None:  # fmt: skip
         """What a request gets of a revalidation `task` (which goes on without it, as the
         mirror's own): None means serve the copy held, stale. While the upstream is known
         down nobody waits: stale at once, or with nothing held a 504 at once (the probe,
         if this request started one, goes on in the background). A request that holds a
         copy waits `stale_after` at most, so a slow or newly silent upstream costs it a
         moment, not the fetcher's whole bound (pip's own timeout is about as long); with
-        nothing to serve it waits `index_timeout` at most, and a page still coming then
+        nothing to serve it waits `index_timeout` at most (or the client's `patience`, if
+        shorter: it should hear why before it gives up), and a page still coming then
         lands for the client's retry."""
         if down:
             if held:
                 return None
             raise self.fetcher.down(url)
-        bound = self.settings.stale_after if held else self.settings.limits.index_timeout
+        limit = min(self.settings.limits.index_timeout, patience)
+        bound = self.settings.stale_after if held else limit
         done, _ = await asyncio.wait({task}, timeout=bound)
         if done:
             return task.result()

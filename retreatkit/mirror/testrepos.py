@@ -156,6 +156,16 @@ class Signer:
         env = {**os.environ, "GNUPGHOME": str(home)}
         subprocess.run(["gpg", *args], check=True, capture_output=True, env=env, timeout=60)
 
+    @property
+    def keyid(self) -> str:
+        """The key's long ID, as apt and gpgv name it (`BADSIG 87B3A5F1B756CF7D`)."""
+        env = {**os.environ, "GNUPGHOME": str(self.home)}
+        listed = subprocess.run(
+            ["gpg", "--batch", "--with-colons", "--list-keys"], check=True,
+            capture_output=True, text=True, env=env, timeout=60,
+        ).stdout  # fmt: skip
+        return next(line.split(":")[4] for line in listed.splitlines() if line.startswith("pub:"))
+
     def sign(self, release: Path) -> None:
         """InRelease (clearsigned) and Release.gpg (detached) beside a Release."""
         folder, quiet = release.parent, ["--batch", "--yes", "--pinentry-mode", "loopback"]

@@ -147,6 +147,33 @@ def apt_sources(root: Path = Path("/etc/apt")) -> list[str]:
     return list(dict.fromkeys(u.rstrip("/") for u in urls if u.startswith(("http://", "https://"))))
 
 
+_SIGNED_BY = re.compile(r"signed-by=([^\s\]]+)", re.IGNORECASE)
+
+
+def apt_keyrings(root: Path = Path("/etc/apt")) -> list[Path]:
+    """The keyring files this machine's apt trusts: `trusted.gpg`, `trusted.gpg.d/`, and
+    those its sources name (`[signed-by=FILE]`, deb822 `Signed-By: FILE`; a fingerprint
+    or a key written inline there is passed by)."""
+    files = [root / "trusted.gpg", *sorted((root / "trusted.gpg.d").glob("*.gpg"))]
+    files += sorted((root / "trusted.gpg.d").glob("*.asc"))
+    sources = [root / "sources.list", *sorted((root / "sources.list.d").glob("*.list"))]
+    sources += sorted((root / "sources.list.d").glob("*.sources"))
+    for path in sources:
+        try:
+            text = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in text.splitlines():
+            line = line.split("#", 1)[0]
+            if path.suffix == ".sources":
+                name, _, value = line.partition(":")
+                named = value.split() if name.strip().lower() == "signed-by" else []
+            else:
+                named = [v for m in _SIGNED_BY.findall(line) for v in m.split(",")]
+            files += [Path(v) for v in named if v.startswith("/")]
+    return [f for f in dict.fromkeys(files) if f.is_file()]
+
+
 def default_apt(root: Path = Path("/etc/apt")) -> dict[str, str]:
     """Origins named after their URLs' last path segment (`debian`, `debian-security`,
     `ubuntu`); a second origin with the same segment is told apart by its host."""

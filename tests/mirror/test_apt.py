@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
+import logging
 import shutil
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -169,6 +170,20 @@ async def test_a_new_release_is_served_only_once_its_indexes_are_held(archive: A
     assert held is not None
     path = "/debian/pool/main/h/hello-rk/hello-rk_1.1_all.deb"
     assert (await archive.get(path))[:2] == (200, newer)
+
+
+async def test_the_log_names_an_index_fetched_for_a_new_release_by_its_path(
+    archive: Archive, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It named it by the store's key, a digest: `apt/debian/by-hash/sha256/...`."""
+    await archive.get("/debian/dists/stable/Release")
+    await archive.get(f"/debian/dists/stable/{PACKAGES}")
+    newer = make_deb(archive.root.parent / "build", "hello-rk", "1.1")
+    archive.publish({**archive.debs, "hello-rk_1.1_all.deb": newer})
+    with caplog.at_level(logging.INFO, logger="retreatkit.mirror"):
+        await archive.get("/debian/dists/stable/Release")
+    said = [r.getMessage() for r in caplog.records if "for the new release" in r.getMessage()]
+    assert said == [f"apt debian/stable: stable/{PACKAGES} fetched for the new release"]
 
 
 async def test_an_index_by_its_name_comes_from_the_release_just_served(archive: Archive) -> None:
