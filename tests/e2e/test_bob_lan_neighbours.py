@@ -267,6 +267,39 @@ def test_two_bob_on_a_computer_with_no_network_meet_at_loopback(
         sender.stop()
 
 
+def test_on_a_lan_without_ipv4_a_sender_with_no_relay_stops_and_says_why(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """A LAN with IPv6 link-local addresses alone (no DHCP, no router): bob finds a sender
+    on the LAN by IPv4 multicast DNS, so the sender was announced at loopback, said `the
+    receiver finds this computer on the LAN` and waited for nobody: a receiver elsewhere
+    heard nothing, and one on the same computer takes no loopback announcement on a
+    computer on a network. It stops, in one line; the receiver says it found no sender."""
+    for host in ("a", "b"):
+        ip("-n", lan.hosts[host], "-4", "addr", "flush", "dev", "eth0")
+    code, said = finish(lan.bob("a", "send", "--no-qr", str(payload)))
+    assert (code, said) == (
+        1,
+        [
+            "Sending 8.4 MB file named 'image.bin'",
+            "ERROR: no relay on this network, and this computer has no IPv4 address on it,"
+            " where a receiver finds a sender on the LAN: give --relay HOST:PORT",
+        ],
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    code, got = finish(lan.bob("b", "recv", "--yes", "-o", str(out), "4348-alpha-abandon"))
+    assert (code, got) == (
+        1,
+        [
+            "ERROR: no sender is waiting on nameplate 4348 on this network, and no relay"
+            f" answers at relay.retreat.lan:9000 ({NO_NAME}): check the passphrase, or"
+            " give --relay HOST:PORT"
+        ],
+    )
+    assert list(out.iterdir()) == []
+
+
 def test_a_neighbour_holding_every_short_nameplate_costs_a_sender_a_longer_one(
     lan: Lan, payload: Path, tmp_path: Path
 ) -> None:
