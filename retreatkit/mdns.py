@@ -19,7 +19,18 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from zeroconf import IPVersion, NonUniqueNameException, ServiceStateChange, Zeroconf
+# zeroconf's record types: exported at its top level, though not listed in its __all__
+from zeroconf import (  # type: ignore[attr-defined]
+    DNSAddress,
+    DNSRecord,
+    DNSService,
+    DNSText,
+    IPVersion,
+    NonUniqueNameException,
+    ServiceStateChange,
+    Zeroconf,
+    current_time_millis,
+)
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 log = logging.getLogger("retreatkit.mdns")
@@ -28,6 +39,10 @@ MIRROR = "_retreat-mirror._tcp.local."
 MAX_ADDRESSES = 16  # of one announcement, kept by a browse
 RESOLVING = 8  # names a browse asks for at once, those whose records did not come with them
 RESOLVE_MS = 500  # how long a browse asks for one such name
+# SRV records, and TXT records, of one name that a browse takes (the first heard): anyone
+# may answer for any name, the real announcer's records among them (`heard`)
+MAX_RECORDS = 8
+TYPE_A, TYPE_TXT, TYPE_SRV, CLASS_IN = 1, 16, 33, 1
 
 
 class NameTaken(Exception):
@@ -112,39 +127,38 @@ async def browse(
     RESOLVING at a time, each for at most RESOLVE_MS, so one that never resolves holds
     one of those places, never the browse."""
     found: list[Found] = []
+    kept: set[tuple[object, ...]] = set()
     names: asyncio.Queue[str] = asyncio.Queue()
     news = asyncio.Event()  # found grew
 
-    def keep(info: AsyncServiceInfo) -> None:
-        if not info.port:
-            return
-        properties = {
-            k.decode("ascii", "replace"): (v or b"").decode("ascii", "replace")
-            for k, v in info.properties.items()
-        }
-        # anyone may announce hundreds: bob tries a few (transfer.find), and sorts
-        # no more than these each time it counts what it heard
-        addresses = tuple(info.parsed_addresses(IPVersion.V4Only))[:MAX_ADDRESSES]
-        if addresses:
-            found.append(Found(info.name, addresses, info.port, properties))
-            news.set()
+    def keep(zeroconf: Zeroconf, name: str) -> bool:
+        """What the cache holds for `name` now, each record set once; whether it holds any."""
+        sets = heard(zeroconf, name)
+        for f in sets:
+            key = (f.name, f.addresses, f.port, tuple(sorted(f.properties.items())))
+            if key not in kept:
+                kept.add(key)
+                found.append(f)
+                news.set()
+        return bool(sets)
 
     def changed(
         zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
-        if state_change is not ServiceStateChange.Added:
+        # Updated too: a neighbour that copies a name and answers first is heard first,
+        # and the real announcer's records for that name come as an update
+        if state_change is ServiceStateChange.Removed:
             return
-        info = AsyncServiceInfo(service, name)
-        if info.load_from_cache(zeroconf):  # its records came with it (RFC 6763 12.1)
-            keep(info)
-        else:
+        # a name whose records came with it (RFC 6763 12.1) is taken at once
+        if not keep(zeroconf, name) and state_change is ServiceStateChange.Added:
             names.put_nowait(name)
 
     async def resolving() -> None:
         while True:
-            info = AsyncServiceInfo(service, await names.get())
+            name = await names.get()
+            info = AsyncServiceInfo(service, name)
             if await info.async_request(zc.zeroconf, RESOLVE_MS):
-                keep(info)
+                keep(zc.zeroconf, name)
 
     try:
         zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
@@ -174,6 +188,54 @@ async def browse(
         await browser.async_cancel()
         await zc.async_close()
     return found
+
+
+def heard(zeroconf: Zeroconf, name: str) -> list[Found]:
+    """Every record set the cache holds for `name`: each of its SRV records (a port, and
+    the addresses of its host) with each of its TXT records, at most MAX_RECORDS of each,
+    the first heard. Anyone may answer for any name, so one name may have several: a
+    neighbour that copies a sender's name and answers faster than the sender must not
+    stand in for it (the receiver tries both, and only the real one proves the
+    passphrase). A set with no TXT record, no address or port 0 is none."""
+    cache, now = zeroconf.cache, current_time_millis()
+
+    def live(kind: int, owner: str) -> list[DNSRecord]:
+        records = cache.async_all_by_details(owner, kind, CLASS_IN)
+        return [r for r in records if not r.is_expired(now)][:MAX_RECORDS]
+
+    texts = [txt_properties(r.text) for r in live(TYPE_TXT, name) if isinstance(r, DNSText)]
+    out: list[Found] = []
+    for srv in live(TYPE_SRV, name):
+        if not isinstance(srv, DNSService) or not srv.port:
+            continue
+        addresses: list[str] = []
+        for record in cache.async_all_by_details(srv.server_key, TYPE_A, CLASS_IN):
+            if isinstance(record, DNSAddress) and not record.is_expired(now):
+                with contextlib.suppress(ValueError):
+                    text = str(ipaddress.IPv4Address(record.address))
+                    if text not in addresses:
+                        addresses.append(text)
+        # anyone may announce hundreds: bob tries a few (transfer.find), and sorts
+        # no more than these each time it counts what it heard
+        addresses = addresses[:MAX_ADDRESSES]
+        if addresses:
+            out += [Found(name, tuple(addresses), srv.port, dict(p)) for p in texts]
+    return out
+
+
+def txt_properties(text: bytes) -> dict[str, str]:
+    """A TXT record's `key=value` strings (RFC 6763 6.3-6.4: a key given twice counts
+    once, the first), ASCII with anything else replaced."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(text):
+        size = text[pos]
+        item = text[pos + 1 : pos + 1 + size]
+        pos += 1 + size
+        key, _, value = item.partition(b"=")
+        if key:
+            out.setdefault(key.decode("ascii", "replace"), value.decode("ascii", "replace"))
+    return out
 
 
 # How often a service listening on every address looks at this machine's addresses, so an

@@ -208,3 +208,85 @@ def test_a_send_through_a_link_gone_is_no_warning_at_any_time_and_other_failures
         assert caplog.records == []
         said.warning("Error with socket 8: %s", "x", exc_info=OSError(errno.EACCES, "no"))
         assert [r.levelname for r in caplog.records] == ["WARNING"]
+
+
+class Cached:
+    """What `mdns.heard` reads of a Zeroconf: its cache, filled here as answers fill it."""
+
+    def __init__(self) -> None:
+        from zeroconf import DNSCache
+
+        self.cache = DNSCache()
+
+    def srv(self, name: str, port: int, host: str) -> None:
+        from zeroconf import DNSService
+
+        self.cache.async_add_records([DNSService(name, 33, 1, 120, 0, 0, port, host)])
+
+    def txt(self, name: str, *pairs: bytes) -> None:
+        from zeroconf import DNSText
+
+        text = b"".join(bytes([len(pair)]) + pair for pair in pairs)
+        self.cache.async_add_records([DNSText(name, 16, 1, 120, text)])
+
+    def a(self, host: str, *addresses: str) -> None:
+        import socket
+
+        from zeroconf import DNSAddress
+
+        self.cache.async_add_records(
+            [DNSAddress(host, 1, 1, 120, socket.inet_aton(a)) for a in addresses]
+        )
+
+
+NAME = f"bob sender 42.{RELAY}"
+
+
+def test_a_name_answered_for_by_two_machines_is_heard_at_both() -> None:
+    """A neighbour copies a sender's name and answers first: its records and the sender's
+    are two places for one name (a browse that took the first alone never met the
+    sender), each with the TXT records the name was given."""
+    zc = Cached()
+    zc.txt(NAME, b"kind=sender", b"nameplate=42")
+    zc.srv(NAME, 7000, "neighbour.local.")
+    zc.a("neighbour.local.", "10.78.0.3")
+    assert mdns.heard(zc, NAME) == [  # type: ignore[arg-type]
+        mdns.Found(NAME, ("10.78.0.3",), 7000, {"kind": "sender", "nameplate": "42"})
+    ]
+    zc.srv(NAME, 40000, "laptop-1a2b3c4d.local.")
+    zc.a("laptop-1a2b3c4d.local.", "10.78.0.1", "172.17.0.1")
+    assert [(f.addresses, f.port) for f in mdns.heard(zc, NAME)] == [  # type: ignore[arg-type]
+        (("10.78.0.3",), 7000),
+        (("10.78.0.1", "172.17.0.1"), 40000),
+    ]
+
+
+def test_what_a_name_is_heard_at_is_bounded() -> None:
+    """However many SRV, TXT and address records a neighbour gives one name, a browse
+    takes at most MAX_RECORDS of each kind (the first heard) and MAX_ADDRESSES of a host;
+    no TXT record, no address or port 0 is no place at all."""
+    zc = Cached()
+    assert mdns.heard(zc, NAME) == []  # type: ignore[arg-type]
+    zc.srv(NAME, 0, "h.local.")
+    zc.a("h.local.", "10.0.0.1")
+    assert mdns.heard(zc, NAME) == []  # type: ignore[arg-type]  # no TXT, and port 0
+    zc.txt(NAME, b"kind=sender")
+    assert mdns.heard(zc, NAME) == []  # type: ignore[arg-type]  # port 0
+    zc.srv(NAME, 7000, "nowhere.local.")
+    assert mdns.heard(zc, NAME) == []  # type: ignore[arg-type]  # no address
+    for n in range(30):
+        zc.txt(NAME, b"kind=sender", f"nameplate={n}".encode())
+        zc.srv(NAME, 7001 + n, f"h{n}.local.")
+        zc.a(f"h{n}.local.", *(f"10.0.{n}.{m}" for m in range(1, 40)))
+    found = mdns.heard(zc, NAME)  # type: ignore[arg-type]
+    # the first 8 SRV records heard: port 0 and nowhere's among them
+    assert {f.port for f in found} == set(range(7001, 7001 + mdns.MAX_RECORDS - 2))
+    assert len(found) == (mdns.MAX_RECORDS - 2) * mdns.MAX_RECORDS
+    assert max(len(f.addresses) for f in found) == mdns.MAX_ADDRESSES
+
+
+def test_txt_properties_take_the_first_of_a_key_and_escape_nothing_away() -> None:
+    text = b"".join(bytes([len(p)]) + p for p in (b"kind=sender", b"kind=relay", b"flag", b"=x"))
+    text += bytes([3]) + b"n=\xff"
+    assert mdns.txt_properties(text) == {"kind": "sender", "flag": "", "n": "\ufffd"}
+    assert mdns.txt_properties(bytes([200]) + b"k=v") == {"k": "v"}  # cut short: what is there

@@ -40,8 +40,8 @@ LAN's relays first, then every sender announcing it at once: only one that
 proves the passphrase counts); else relay.retreat.lan:9000. With several relays
 announced, bob tries the first 4 it hears all at once: the sender waits at each
 that answers, the receiver tries each. Each at up to 4 of the addresses it
-announces, those on this computer's networks first, each a moment after the one
-before: bob names the one that answered. A sender that no relay takes (none
+announces on this computer's networks (never one elsewhere), each a moment after
+the one before: bob names the one that answered. A sender that no relay takes (none
 answers, or each is full or busy) waits for the receiver on the LAN itself. Once both
 sides proved the passphrase, they try a direct connection on the LAN and keep
 the relay if it fails (--no-direct: never; it needs a relay, and with none to

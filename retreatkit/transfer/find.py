@@ -7,10 +7,11 @@ no relay takes (none reached, none answers, none has room) is its own rendezvous
 
 An announcement lists every address of its host, its uplink's too, in an order that
 varies from one announcement to the next (zeroconf's own): bob tries at most
-link.MAX_ADDRESSES of them, those on a network of this machine's own first
-(lanaddress.nearest), each a moment after the one before (link.open_channel), and names
-the one that answered; never one that leads to this machine's own ports, or nowhere
-(`usable`).
+link.MAX_ADDRESSES of those on a network of this machine's own, in the order of the
+addresses (lanaddress.nearest), and never one elsewhere, nor one that leads to this
+machine's own ports, or nowhere (`usable`). A relay's are tried each a moment after the
+one before (link.open_channel), and bob names the one that answered; a sender's are
+places of their own (`senders`).
 
 Anyone on the LAN can announce anything, so a receiver never takes one announcement's
 word: it meets its sender in stages (`meeting_places`), the relays announced on the LAN
@@ -18,8 +19,8 @@ first, tried together (a sender that found them waits at each), then the senders
 announcing its nameplate, at most MAX_PEERS of them, tried together (meet.meet: each a
 moment after the one before, or as soon as one fails), so a neighbour announcing a
 sender, or a relay, at a port that never answers costs a receiver a moment, one that
-refuses or answers anything but bob/1 nothing; only MAX_PEERS false senders heard
-before the real one keep a receiver from it."""
+refuses or answers anything but bob/1 nothing; only MAX_PEERS false places heard
+before the real sender keep a receiver from it."""
 
 from __future__ import annotations
 
@@ -101,19 +102,22 @@ async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Targ
 
 
 def senders(found: list[mdns.Found], nameplate: str, ours: Sequence[Network] = ()) -> list[Relay]:
-    """The senders announced for `nameplate`, at most MAX_PEERS, in the order heard, each
-    at its addresses (`announced`), once for each place (address and port): one false
+    """The places where senders are announced for `nameplate`, at most MAX_PEERS, in the
+    order heard: each of an announcement's addresses (`usable`, `nearest` first, at most
+    MAX_ADDRESSES) a place of its own, once for each address and port. One false
     announcement at the real sender's address must not stand in for it, nor three that
-    came first for the rest (the receiver tries them one after another, meet.meet)."""
+    came first for the rest, nor a false address for the real sender's name (the first
+    to take the connection kept the others untried, and said nothing): the receiver tries
+    each place, one after another (meet.meet), and only the real one proves the
+    passphrase."""
     chosen: dict[tuple[str, int], Relay] = {}
     for f in found:
-        if len(chosen) == MAX_PEERS:
-            break
         if (f.properties.get("kind"), f.properties.get("nameplate")) != ("sender", nameplate):
             continue
-        peer = announced(f, ours)
-        if peer is not None:
-            chosen.setdefault((peer.host, peer.port), peer)
+        for address in nearest(usable(f.addresses, ours), ours, MAX_ADDRESSES):
+            if len(chosen) == MAX_PEERS:
+                return list(chosen.values())
+            chosen.setdefault((address, f.port), Relay(address, f.port))
     return list(chosen.values())
 
 
@@ -142,14 +146,14 @@ def announced(found: mdns.Found, ours: Sequence[Network] = ()) -> Relay | None:
 
 
 def usable(addresses: Sequence[str], ours: Sequence[Network]) -> list[str]:
-    """The addresses of an announcement that pass the test a peer's direct hints pass
-    (hints.ordinary): anyone can announce anything, and loopback, 0.0.0.0, a multicast or
-    a broadcast address would lead bob to this machine's own ports, or nowhere. Loopback
-    only on a machine on no network but loopback, where nobody else can announce. Unlike
-    a peer's hint, an address off this machine's networks is kept, tried after those on
-    them (`nearest`): an announcement is heard only on the link, from a neighbour who can
-    reach that address itself. This machine's own LAN address is kept: a relay run
-    beside bob is announced there, and anyone on the LAN reaches what listens there."""
+    """The addresses of an announcement on a network of this machine's own (`ours`) that
+    pass the test a peer's direct hints pass (hints.ordinary): anyone can announce
+    anything, and an address elsewhere (the internet, say, or a VPN's far side) would
+    have bob connect beyond the LAN at a neighbour's word, while loopback, 0.0.0.0, a
+    multicast or a broadcast address would lead it to this machine's own ports, or
+    nowhere. Loopback only on a machine on no network but loopback, where nobody else
+    can announce. This machine's own LAN address is kept: a relay run beside bob is
+    announced there, and anyone on the LAN reaches what listens there."""
     alone = bool(ours) and all(network.is_loopback for network in ours)
     out = []
     for text in addresses:
@@ -157,7 +161,7 @@ def usable(addresses: Sequence[str], ours: Sequence[Network]) -> list[str]:
             address = ipaddress.ip_address(text)
         except ValueError:
             continue
-        if hints.ordinary(address, ours, loopback=alone):
+        if hints.ordinary(address, ours, loopback=alone) and any(address in n for n in ours):
             out.append(text)
     return out
 

@@ -58,6 +58,14 @@ def draws() -> Iterator[int]:
             yield below
 
 
+def _offline() -> bool:
+    """On no network but loopback (one laptop, trying bob out): a sender announced at
+    loopback is found there, and nobody else can announce anything."""
+    from retreatkit.lanaddress import networks  # ifaddr: zeroconf has loaded it
+
+    return all(network.is_loopback for network in networks())
+
+
 class Closed(Exception):
     """The offer was closed: no more receivers."""
 
@@ -221,10 +229,19 @@ class OwnRendezvous:
         from retreatkit import mdns  # zeroconf only where it is used: bob starts faster
 
         announce = self._announce or _announce
+        addresses = [str(a) for a in own_addresses(None) if a.version == 4]
+        if not addresses and not _offline():
+            # announced (by IPv4 multicast DNS) at loopback, nobody would find it: not a
+            # receiver elsewhere, nor one here, which takes loopback from an announcement
+            # only on a computer on no network at all (find.usable)
+            raise RelayError(
+                "no relay on this network, and this computer has no IPv4 address on it, where"
+                " a receiver finds a sender on the LAN: give --relay HOST:PORT"
+            )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: Channel(self._accepted), self._host, 0)
         port = self._server.sockets[0].getsockname()[1]
-        addresses = [str(a) for a in own_addresses(None) if a.version == 4] or ["127.0.0.1"]
+        addresses = addresses or ["127.0.0.1"]
         for below in draws():
             plate = nameplate or str(1 + self._randbelow(below - 1))
             try:

@@ -519,7 +519,7 @@ def test_a_relay_heard_first_at_an_address_out_of_reach_is_used_at_the_next(
 ) -> None:
     """The relay's announcement lists first an address neither peer can reach, then one it
     holds on the LAN. Each side, told no relay, tries the announcement's addresses (those
-    on its own networks first, each a moment after the one before) and names the one that
+    on its own networks, each a moment after the one before) and names the one that
     answered; --no-direct on both, so a direct connection cannot hide where they met."""
     if then != lan.address["r"]:
         ip("-n", lan.hosts["r"], "addr", "add", f"{then}/24", "dev", "eth0")

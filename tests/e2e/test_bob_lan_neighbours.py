@@ -267,6 +267,39 @@ def test_two_bob_on_a_computer_with_no_network_meet_at_loopback(
         sender.stop()
 
 
+def test_on_a_lan_without_ipv4_a_sender_with_no_relay_stops_and_says_why(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """A LAN with IPv6 link-local addresses alone (no DHCP, no router): bob finds a sender
+    on the LAN by IPv4 multicast DNS, so the sender was announced at loopback, said `the
+    receiver finds this computer on the LAN` and waited for nobody: a receiver elsewhere
+    heard nothing, and one on the same computer takes no loopback announcement on a
+    computer on a network. It stops, in one line; the receiver says it found no sender."""
+    for host in ("a", "b"):
+        ip("-n", lan.hosts[host], "-4", "addr", "flush", "dev", "eth0")
+    code, said = finish(lan.bob("a", "send", "--no-qr", str(payload)))
+    assert (code, said) == (
+        1,
+        [
+            "Sending 8.4 MB file named 'image.bin'",
+            "ERROR: no relay on this network, and this computer has no IPv4 address on it,"
+            " where a receiver finds a sender on the LAN: give --relay HOST:PORT",
+        ],
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    code, got = finish(lan.bob("b", "recv", "--yes", "-o", str(out), "4348-alpha-abandon"))
+    assert (code, got) == (
+        1,
+        [
+            "ERROR: no sender is waiting on nameplate 4348 on this network, and no relay"
+            f" answers at relay.retreat.lan:9000 ({NO_NAME}): check the passphrase, or"
+            " give --relay HOST:PORT"
+        ],
+    )
+    assert list(out.iterdir()) == []
+
+
 def test_a_neighbour_holding_every_short_nameplate_costs_a_sender_a_longer_one(
     lan: Lan, payload: Path, tmp_path: Path
 ) -> None:
@@ -357,5 +390,150 @@ def test_false_senders_heard_first_keep_no_receiver_from_the_real_one(
         assert (out / "image.bin").read_bytes() == payload.read_bytes()
     finally:
         for proc in (sender, receiver, noise, silent):
+            if proc is not None:
+                proc.stop()
+
+
+def test_a_neighbour_that_copies_the_senders_name_hides_it_from_no_receiver(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """A neighbour hears `bob sender 4345` announced and announces that very name at a port
+    of its own that never answers, at once and again and again: the receiver heard the
+    neighbour's records first and took them alone for that name (`Not met at the sender
+    announced at 10.78.0.3:7000 (the sender did not answer in time)`, then `no sender is
+    waiting on nameplate 4345`). It tries both, and meets the real sender."""
+    r = lan.address["r"]
+    silent = lan.run("r", "-c", SILENT, r, "7000")
+    noise = sender = receiver = None
+    try:
+        silent.wait_for(r"^listening$")
+        sender = lan.bob("a", "send", "--no-qr", str(payload), BOB_PASSPHRASE="4345-alpha-abandon")
+        sender.wait_for(r"\(nameplate 4345 advertised\)$")
+        copy = {"kind": "sender", "nameplate": "4345"}
+        noise = neighbour(
+            lan, [{"name": "bob sender 4345", "port": 7000, "addresses": [r], "txt": copy}]
+        )
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = lan.bob("b", "recv", "--yes", "-o", str(out), "4345-alpha-abandon")
+        code, got = finish(receiver)
+        assert code == 0, got
+        assert got[0].startswith(f"Found the sender on the LAN at {lan.address['a']}:"), got
+        assert finish(sender)[0] == 0
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+    finally:
+        for proc in (sender, receiver, noise, silent):
+            if proc is not None:
+                proc.stop()
+
+
+# Asks for one name (argv[1]) until it resolves; prints the host name and port it names.
+SERVER = """
+import asyncio, sys
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+from retreatkit import mdns
+
+async def main():
+    zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
+    info = AsyncServiceInfo(mdns.RELAY, f"{sys.argv[1]}.{mdns.RELAY}")
+    if await info.async_request(zc.zeroconf, 20000):
+        print(info.server, info.port, file=sys.stderr)
+    await zc.async_close()
+
+asyncio.run(main())
+"""
+
+# Says, unasked and again and again, that a host name (argv[1]) is at an address (argv[2]).
+FALSE_ADDRESS = """
+import socket, struct, sys, time
+host, address = sys.argv[1], sys.argv[2]
+owner = b"".join(bytes([len(label)]) + label.encode() for label in host.rstrip(".").split("."))
+record = owner + b"\\0" + struct.pack(">HHIH", 1, 0x8001, 120, 4) + socket.inet_aton(address)
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+print("saying", file=sys.stderr, flush=True)
+while True:
+    sock.sendto(struct.pack(">HHHHHH", 0, 0x8400, 0, 1, 0, 0) + record, ("224.0.0.251", 5353))
+    time.sleep(0.02)  # the neighbour's pace, not a synchronisation
+"""
+
+
+def test_a_false_address_for_the_senders_own_host_hides_it_from_no_receiver(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """The sender on r is announced at 10.78.0.3; a neighbour on a says that the sender's
+    own host name is at 10.78.0.1 too, where it takes connections at the sender's port and
+    never answers. The receiver dialled both addresses as one place, kept the first to take
+    the connection (the neighbour's, first in the order of the addresses), and gave up on
+    it (`Not met at the sender announced at 10.78.0.1:PORT (the sender did not answer in
+    time)`). Each address is a place of its own: the neighbour's costs a second."""
+    a = lan.address["a"]
+    sender = lan.bob("r", "send", "--no-qr", str(payload), BOB_PASSPHRASE="4346-alpha-abandon")
+    noise = receiver = held = None
+    try:
+        sender.wait_for(r"\(nameplate 4346 advertised\)$")
+        code, said = finish(lan.run("a", "-c", SERVER, "bob sender 4346"))
+        assert code == 0 and len(said) == 1, said
+        host, port = said[0].split()
+        held = lan.run("a", "-c", SILENT, a, port)
+        held.wait_for(r"^listening$")
+        noise = lan.run("a", "-c", FALSE_ADDRESS, host, a)
+        noise.wait_for(r"^saying$")
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = lan.bob("b", "recv", "--yes", "-o", str(out), "4346-alpha-abandon")
+        code, got = finish(receiver)
+        assert code == 0, got
+        assert got[0] == f"Found the sender on the LAN at {lan.address['r']}:{port}", got
+        assert finish(sender)[0] == 0
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+    finally:
+        for proc in (sender, receiver, noise, held):
+            if proc is not None:
+                proc.stop()
+
+
+def test_an_announcement_leads_no_receiver_off_the_lan(
+    lan: Lan, payload: Path, tmp_path: Path
+) -> None:
+    """A neighbour announces senders for the nameplate, heard before the real one, at
+    addresses off the LAN: one on the internet, one link-local (169.254/16) that the
+    receiver holds no address on. Its host holds both (its neighbours reach them through
+    it, as the internet through a gateway): the receiver connected to each and said
+    `bob/1 recv 4347` there. Now it dials neither, and meets the real sender."""
+    r = lan.address["r"]
+    for far in ("203.0.113.7/32", "169.254.9.9/32"):
+        ip("-n", lan.hosts["r"], "addr", "add", far, "dev", "lo")
+    port = 7100
+    there = lan.run("r", "-c", LISTENER, str(port))
+    noise = sender = receiver = None
+    try:
+        there.wait_for(r"^listening$")
+        far = {"kind": "sender", "nameplate": "4347"}
+        noise = neighbour(
+            lan,
+            [
+                {"name": "bob sender far", "port": port, "addresses": ["203.0.113.7"], "txt": far},
+                {"name": "bob sender ll", "port": port, "addresses": ["169.254.9.9"], "txt": far},
+            ],
+        )
+        sender = lan.bob("a", "send", "--no-qr", str(payload), BOB_PASSPHRASE="4347-alpha-abandon")
+        sender.wait_for(r"\(nameplate 4347 advertised\)$")
+        assert heard(lan, "b", "bob sender 4347")
+        out = tmp_path / "out"
+        out.mkdir()
+        receiver = lan.bob("b", "recv", "--yes", "-o", str(out), "4347-alpha-abandon")
+        code, got = finish(receiver)
+        assert code == 0, got
+        assert got[0].startswith(f"Found the sender on the LAN at {lan.address['a']}:"), got
+        assert finish(sender)[0] == 0
+        assert (out / "image.bin").read_bytes() == payload.read_bytes()
+        assert finish(lan.run("r", "-c", MARK, str(port)))[0] == 0
+        there.wait_for(r"^said 'mark'$")
+        assert there.seen == ["listening", "said 'mark'"]  # the first to come
+        assert r not in " ".join(got)
+    finally:
+        for proc in (sender, receiver, noise, there):
             if proc is not None:
                 proc.stop()

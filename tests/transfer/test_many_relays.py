@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -49,13 +50,14 @@ def test_at_most_four_relays_in_the_order_of_their_addresses() -> None:
         announced("10.0.0.3", 9000),
         *(announced(f"10.0.1.{n}", 9000) for n in range(1, 40)),
     ]
-    assert find.relays(heard) == [
+    lan = [ipaddress.ip_network("10.0.0.0/16")]
+    assert find.relays(heard, lan) == [
         Relay("10.0.0.3", 9000),
         Relay("10.0.0.9", 9001),
         Relay("10.0.0.10", 9000),
         Relay("10.0.1.1", 9000),
     ]
-    assert find.relays(heard[:3]) == find.relays([heard[2], heard[0]])
+    assert find.relays(heard[:3], lan) == find.relays([heard[2], heard[0]], lan)
 
 
 @contextlib.asynccontextmanager

@@ -56,17 +56,36 @@ def test_an_announcement_of_many_addresses_makes_bob_dial_a_few() -> None:
 
 
 def test_a_relay_is_one_relay_at_each_of_its_addresses() -> None:
-    """Each announcement is one relay, named by its nearest address, the others tried
-    beside it; heard twice, in two orders, it is still one; a sender is no relay."""
-    one = announced("192.0.2.2", "10.77.0.1")
-    again = announced("10.77.0.1", "192.0.2.2")
+    """Each announcement is one relay, named by its nearest address, the others on this
+    machine's networks tried beside it; heard twice, in two orders, it is still one; a
+    sender is no relay."""
+    one = announced("192.0.2.2", "10.77.0.8", "10.77.0.1")
+    again = announced("10.77.0.1", "10.77.0.8", "192.0.2.2")
     other = announced("10.77.0.7", port=9001)
     sender = announced("10.77.0.2", kind="sender")
     assert find.relays([one, again, other, sender], LAN) == [
-        Relay("10.77.0.1", 9000, ("192.0.2.2",)),
+        Relay("10.77.0.1", 9000, ("10.77.0.8",)),
         Relay("10.77.0.7", 9001),
     ]
     assert find.announced(again, LAN) == find.announced(one, LAN)
+
+
+def test_an_announcement_never_leads_off_the_lan() -> None:
+    """Anyone on the LAN can announce anything: an address on none of this machine's
+    networks (the internet, an uplink's, IPv4 link-local where this machine holds none) is
+    never dialled, relay or sender, even where it is all an announcement names."""
+    far = ("192.0.2.2", "93.184.216.34", "169.254.9.9", "10.78.0.5")
+    assert find.usable([*far, "10.77.0.9"], LAN) == ["10.77.0.9"]
+    assert find.announced(announced(*far), LAN) is None
+    assert find.relays([announced(*far), announced("10.77.0.3", *far, port=9001)], LAN) == [
+        Relay("10.77.0.3", 9001)
+    ]
+    plate = {"kind": "sender", "nameplate": "42"}
+    heard = [mdns.Found(f"x.{mdns.RELAY}", (address,), 7000, plate) for address in far]
+    assert find.senders(heard, "42", LAN) == []
+    # a machine whose LAN hands out no addresses (link-local alone) finds its neighbours
+    linklocal = [ipaddress.ip_network("169.254.0.0/16")]
+    assert find.senders(heard, "42", linklocal) == [Relay("169.254.9.9", 7000)]
 
 
 def test_an_announcement_never_leads_to_this_machine_or_nowhere() -> None:
@@ -125,6 +144,27 @@ def test_a_receiver_tries_the_senders_announced_for_its_nameplate_once_each() ->
     ]
     assert len(chosen) == find.MAX_PEERS == 8
     assert find.senders(heard, "43", LAN) == [Relay("10.77.0.4", 7000)]
+
+
+def test_each_address_of_an_announced_sender_is_a_place_of_its_own() -> None:
+    """A neighbour says the real sender's host name is at an address of its own as well:
+    dialled as one place, the first address to take the connection (the neighbour's, first
+    in the order of the addresses) stood for the sender, and the real one was never asked.
+    Each address is a place of its own, tried one after another (meet.meet), up to
+    MAX_ADDRESSES of one announcement and MAX_PEERS in all."""
+    plate = {"kind": "sender", "nameplate": "42"}
+    real = mdns.Found(f"x.{mdns.RELAY}", ("10.77.0.5", "10.77.0.1", "192.0.2.2"), 40000, plate)
+    assert find.senders([real], "42", LAN) == [
+        Relay("10.77.0.1", 40000),
+        Relay("10.77.0.5", 40000),
+    ]
+    many = tuple(f"10.77.0.{n}" for n in range(1, 30))
+    crowded = [mdns.Found(f"x.{mdns.RELAY}", many[n:], 7000 + n, plate) for n in range(5)]
+    chosen = find.senders(crowded, "42", LAN)
+    assert chosen == [Relay(f"10.77.0.{n}", 7000) for n in (1, 2, 3, 4)] + [
+        Relay(f"10.77.0.{n}", 7001) for n in (2, 3, 4, 5)
+    ]
+    assert len(chosen) == find.MAX_PEERS
 
 
 @pytest.fixture
