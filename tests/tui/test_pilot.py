@@ -278,7 +278,6 @@ async def test_log_view_scrolled_back_stays_on_its_lines() -> None:
         view = app.screen.query_one(LogView)
         height = view.content_size.height
         assert view.following and app.logs.shown[view.first()][SEQ] == 301 - height
-        view.focus()
         await pilot.press("pageup")
         top = app.logs.shown[view.first()][SEQ]
         assert not view.following and top == 301 - height - (height - 1)
@@ -287,6 +286,30 @@ async def test_log_view_scrolled_back_stays_on_its_lines() -> None:
         assert "lines " in view.position()
         await pilot.press("end")
         assert view.following and app.logs.shown[view.first()][SEQ] == 321 - height
+
+
+async def test_the_log_takes_the_arrows_as_the_logs_screen_opens() -> None:
+    """The Logs screen's scroll keys work at once (they did nothing until Tab had been
+    pressed twice), whichever screen it is opened from, and its footer still shows every
+    key at 80 columns, `q Quit` included."""
+    app = make_dashboard("http://127.0.0.1:9")
+    app.logs = LogBuffer(capacity=300)
+    message = "upstream http://192.0.2.1/simple/ is down: " + "x" * 80
+    app.logs.extend(
+        [{"seq": i, "service": "mirror", "level": "INFO", "message": message} for i in range(99)]
+    )
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("5")
+        await settle(pilot)
+        view = app.screen.query_one(LogView)
+        await pilot.press("pageup", "right")
+        assert not view.following and view.x == 8
+        footer = screen_text(app).rstrip().splitlines()[-1]
+        assert footer.startswith("←→ Scroll") and footer.rstrip().endswith("q Quit"), footer
+        await pilot.press("slash", *"x", "escape", "home")  # the filter, then the log again
+        assert view.first() == 0 and not view.following
+        await pilot.press("2", "5", "end", "up")
+        assert not view.following
 
 
 async def test_a_question_takes_its_default_and_a_cancel_says_so(fake: FakeAdmin) -> None:
@@ -372,7 +395,6 @@ async def test_a_log_line_cut_at_the_right_edge_says_so(word: str) -> None:
         view = app.screen.query_one(LogView)
         row = view.render_line(0).text
         assert row.endswith("…") and len(row) == view.content_size.width
-        view.focus()
         await pilot.press(*["right"] * 30)  # to the end of the line
         assert view.render_line(0).text.rstrip().endswith("x")
 
