@@ -14,15 +14,25 @@ from typing import Any
 from retreatkit import config
 from retreatkit.lanaddress import CONFIGURED, LanAddress, is_loopback
 
-# keys whose values must be positive (> 0) or at least zero, by section
+# keys whose values must be positive (> 0) or at least zero, by section. Each limit and
+# timeout is here: at 0 a limit turns every client away and a timeout cuts every one off,
+# silently (0 means "no limit" only for the keys under NOT_NEGATIVE that say so)
 POSITIVE = {
-    "relay": ("per_ip", "waiting", "handshake_timeout", "wait_timeout", "idle_timeout"),
-    "mirror": ("connect_timeout", "read_timeout"),
+    "relay": (
+        "per_ip", "waiting", "waiting_per_ip", "handshake_timeout", "wait_timeout",
+        "idle_timeout", "failed_joins", "pairs",
+    ),
+    "mirror": (
+        "connect_timeout", "headers_timeout", "read_timeout", "index_timeout", "idle_timeout",
+        "page_stall_timeout", "per_address", "max_pages_sending_bytes",
+        "max_pages_reading_bytes",
+    ),
     "nameserver": ("reload_every", "upstream_recheck"),
     "dashboard": ("leak_window",),
-}
+}  # fmt: skip
 NOT_NEGATIVE = {
-    "mirror": ("index_ttl", "max_size_bytes", "min_download_rate"),
+    "relay": ("failed_join_wait",),  # 0: no wait between failed joins
+    "mirror": ("index_ttl", "max_size_bytes", "min_download_rate", "keep_free_bytes"),
     "nameserver": ("rate_limit", "stale_for"),
 }
 

@@ -128,7 +128,8 @@ def sections_and_flags(args: argparse.Namespace) -> tuple[list[str], dict[str, s
     if args.command == "up":
         return ["relay", "mirror", "nameserver"], LISTEN_FLAGS
     flags = {args.command: "--listen", "admin": "--admin"}
-    return [args.command], flags | (NAMESERVER_FLAGS if args.command == "nameserver" else {})
+    own = {"nameserver": NAMESERVER_FLAGS, "relay": {"relay.pairs": "--pairs"}}
+    return [args.command], flags | own.get(args.command, {})
 
 
 def apply_listen_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:

@@ -104,6 +104,18 @@ def test_bad_values_name_their_keys(tmp_path: Path) -> None:
     ]
 
 
+def test_a_key_a_flag_also_sets_names_the_flag_where_the_command_has_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "retreat.toml"
+    cfg.write_text("[relay]\npairs = 0\n")
+    relay = run("--config", str(cfg), "relay", tmp=tmp_path)
+    assert (relay.returncode, relay.stderr) == (
+        2,
+        "retreatkit: [relay] pairs (or --pairs) must be above 0, not 0\n",
+    )
+    up = run("--config", str(cfg), "up", "--no-tui", tmp=tmp_path)  # up has no --pairs
+    assert (up.returncode, up.stderr) == (2, "retreatkit: [relay] pairs must be above 0, not 0\n")
+
+
 def test_up_says_what_attendees_use_and_when_it_stops(tmp_path: Path) -> None:
     argv = [
         sys.executable,
