@@ -35,6 +35,8 @@ from retreatkit.tui.state import DashboardState, EndpointState
 from retreatkit.tui.widgets import ConfirmScreen
 
 RETRY_LOGS = 3.0  # seconds before following a broken log stream again
+# the return code of a dashboard closed by SIGTERM: apart from the organiser's quit (0)
+TERMINATED = 128 + signal.SIGTERM
 MAX_GUESTS = 64  # guest endpoints watched at most: a supervisor's list cannot grow this
 
 
@@ -97,7 +99,9 @@ class Dashboard(App[int]):
             # log flood (the rendering makes cyclic garbage, so full collections happen)
             self.call_after_refresh(gc.freeze)
         if self.stop_on_sigterm:  # `retreatkit up` closes its dashboard so: terminal restored
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit)
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGTERM, partial(self.exit, return_code=TERMINATED)
+            )
         for name in self.clients:
             self._start(name)
 

@@ -324,14 +324,17 @@ def test_a_lost_terminal_never_stalls_the_lan_and_stops_cleanly(
         close_pane(p)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, signal.SIGHUP, signal.SIGTERM], ids=["SIGKILL", "SIGHUP", "SIGTERM"]
+)
 def test_a_killed_dashboard_starts_again_and_the_lan_keeps_its_services(
     tmp_path_factory: pytest.TempPathFactory, sig: signal.Signals
 ) -> None:
     """A dashboard that crashes or is killed is not the organiser quitting: the services
     go on serving, the dashboard comes back and says what happened; q still stops all.
     A SIGHUP meant for `up`'s blocklists (`kill -HUP $(pgrep -f retreatkit)`) that hits
-    the dashboard too is such a kill while its terminal is still there."""
+    the dashboard too is such a kill while its terminal is still there. A plain `kill` of
+    the dashboard (SIGTERM) is one too: it stopped every service, as a quit does."""
     p = open_pane(tmp_path_factory.mktemp("killed"))
     try:
         up = up_started(p)

@@ -12,6 +12,7 @@ from textual.widgets import Input, Label
 from retreatkit.tui.app import Dashboard
 from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer
 from retreatkit.tui.logview import LogView
+from retreatkit.tui.run import ended
 from retreatkit.tui.testing import (
     HOSTILE,
     TOKEN,
@@ -261,6 +262,25 @@ async def test_under_up_q_asks_before_it_stops_the_lans_services(fake: FakeAdmin
         await pilot.press("ctrl+c")  # deliberate: no question
         await pilot.pause()
     assert app.return_value == 0
+
+
+async def test_only_the_organisers_quit_ends_the_dashboard_as_a_quit(fake: FakeAdmin) -> None:
+    """Under `up`, exit code 0 stops every service: a dashboard that Textual ended for a
+    failure (its input thread's, a byte that is not UTF-8) ended with 0 too, and took the
+    LAN's services with it; it is 1 now, and `up` starts it again."""
+    app = make_dashboard(fake.url)
+    app.quit_stops = True
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.panic("the input thread failed")  # what Textual does when its input fails
+    assert ended(app) == 1
+    app = make_dashboard(fake.url)
+    app.quit_stops = True
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("q", "y")
+        await pilot.pause()
+    assert ended(app) == 0
 
 
 async def test_log_view_scrolled_back_stays_on_its_lines() -> None:
