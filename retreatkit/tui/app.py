@@ -19,8 +19,10 @@ from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.driver import Driver
+from textual.drivers.linux_driver import LinuxDriver
 
-from retreatkit.tui import guests
+from retreatkit.tui import driver, guests
 from retreatkit.tui.fmt import get
 from retreatkit.tui.logbuffer import LogBuffer
 from retreatkit.tui.screens.base import SCREEN_KEYS, SCREENS, Panel
@@ -90,6 +92,10 @@ class Dashboard(App[int]):
         self.retry_logs = RETRY_LOGS
         self.polled = asyncio.Event()  # every endpoint answered or failed at least once
         self._seen: set[str] = set()
+
+    def get_driver_class(self) -> type[Driver]:
+        found = super().get_driver_class()
+        return driver.Driver if found is LinuxDriver else found  # (the web's stays its own)
 
     def on_mount(self) -> None:
         if self.freeze_gc:

@@ -360,6 +360,30 @@ def test_a_killed_dashboard_starts_again_and_the_lan_keeps_its_services(
         close_pane(p)
 
 
+def test_bytes_that_are_not_utf8_leave_the_dashboard_running(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A terminal rebuilt under the dashboard (tmux reattached, an SSH session resumed)
+    reports the mouse in the old X10 form, one raw byte a coordinate: past column 95 that
+    byte is not UTF-8, and nor is a paste from a Latin-1 terminal. Textual's input thread
+    died on the first such byte and took the dashboard (and, as a quit, every service)
+    with it; the same dashboard now reads on and answers the next key."""
+    p = open_pane(tmp_path_factory.mktemp("bytes"))
+    try:
+        up = up_started(p)
+        dashboard = dashboard_of(up)
+        p.tmux("send-keys", "-t", "dash", "-H", "1b", "5b", "4d", "20", "ff", "e0")  # X10
+        p.tmux("send-keys", "-t", "dash", "-H", "63", "61", "66", "e9")  # "café", Latin-1
+        p.keys("2")
+        p.wait(r"retreatkit · Relay ·")
+        assert dashboard_of(up) == dashboard
+        p.keys("5")
+        p.wait(r"Nameserver listening on")
+        assert "the dashboard ended" not in p.screen()
+    finally:
+        close_pane(p)
+
+
 IMPOSTOR = """import pathlib
 pathlib.Path(__file__).with_name("ran").write_text("the code in the current folder ran")
 raise SystemExit(3)
