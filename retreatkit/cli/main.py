@@ -210,6 +210,9 @@ def _main(argv: list[str] | None) -> int:
     if conflicts:  # every one at once: the organiser fixes them in one go
         for conflict in conflicts:
             print(f"retreatkit: cannot start: {conflict}", file=sys.stderr)
+        running = startup.already_running(cfg["admin"]["listen"])
+        if running:
+            print(f"retreatkit: {running}", file=sys.stderr)
         return 1
     if address is not None:
         say_address(address)
