@@ -360,10 +360,13 @@ def test_a_relay_whose_config_would_turn_everyone_away_says_which_key(tmp_path: 
         [*argv, "--admin", "127.0.0.1:0"],
         env={"XDG_STATE_HOME": str(tmp_path / "state")},
     )
-    assert relay.finish(30) == (
-        2,
-        [
-            "bob: [relay] per_ip must be above 0, not 0",
-            "bob: [relay] wait_timeout must be a finite number above 0, not nan",
-        ],
-    )
+    try:
+        assert relay.finish(30) == (
+            2,
+            [
+                "bob: [relay] per_ip must be above 0, not 0",
+                "bob: [relay] wait_timeout must be a finite number above 0, not nan",
+            ],
+        )
+    finally:
+        relay.stop()  # a relay that started (the old code did) is not left behind
