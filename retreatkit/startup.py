@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import socket
+import threading
+import urllib.request
 from dataclasses import dataclass
 from math import inf, isfinite
 from pathlib import Path
@@ -14,15 +17,25 @@ from typing import Any
 from retreatkit import config
 from retreatkit.lanaddress import CONFIGURED, LanAddress, is_loopback
 
-# keys whose values must be positive (> 0) or at least zero, by section
+# keys whose values must be positive (> 0) or at least zero, by section. Each limit and
+# timeout is here: at 0 a limit turns every client away and a timeout cuts every one off,
+# silently (0 means "no limit" only for the keys under NOT_NEGATIVE that say so)
 POSITIVE = {
-    "relay": ("per_ip", "waiting", "handshake_timeout", "wait_timeout", "idle_timeout"),
-    "mirror": ("connect_timeout", "read_timeout"),
+    "relay": (
+        "per_ip", "waiting", "waiting_per_ip", "handshake_timeout", "wait_timeout",
+        "idle_timeout", "failed_joins", "pairs",
+    ),
+    "mirror": (
+        "connect_timeout", "headers_timeout", "read_timeout", "index_timeout", "idle_timeout",
+        "page_stall_timeout", "per_address", "max_pages_sending_bytes",
+        "max_pages_reading_bytes",
+    ),
     "nameserver": ("reload_every", "upstream_recheck"),
     "dashboard": ("leak_window",),
-}
+}  # fmt: skip
 NOT_NEGATIVE = {
-    "mirror": ("index_ttl", "max_size_bytes", "min_download_rate"),
+    "relay": ("failed_join_wait",),  # 0: no wait between failed joins
+    "mirror": ("index_ttl", "max_size_bytes", "min_download_rate", "keep_free_bytes"),
     "nameserver": ("rate_limit", "stale_for"),
 }
 
@@ -178,6 +191,43 @@ def _try_bind(lst: Listener) -> str | None:
                 return f"{lst.service}: {lst.host} is not an address of this machine: change {key}"
             return f"{lst.service}: cannot listen on {address}: {exc.strerror}: change {key}"
     return None
+
+
+ALREADY_TIMEOUT = 2.0  # seconds, in all, to ask the admin endpoint in the way who it is
+ALREADY_MAX = 262_144  # bytes of its /status read at most: anyone may hold that port
+
+
+def already_running(admin: str) -> str | None:
+    """When the admin endpoint `up` wants is held by a retreatkit that answers there (an
+    `up` whose terminal was lost, one under systemd), what it runs, as one line: its ports
+    are "in use by another program", which is retreatkit itself. None for anything else,
+    or for no whole answer within ALREADY_TIMEOUT (a thread bounds it, however a holder of
+    the port trickles). Reads are open on loopback without the token (admin/access.py)."""
+    host, port = config.host_port(admin)
+    if host in ("0.0.0.0", "::", ""):
+        host = "::1" if host == "::" else "127.0.0.1"
+    where = config.host_port_text(host, port)
+    found: list[tuple[int, list[str]]] = []
+    asking = threading.Thread(target=_ask, args=(f"http://{where}/status", found), daemon=True)
+    asking.start()
+    asking.join(ALREADY_TIMEOUT)
+    if not found:
+        return None  # not ours, or not answering: the lines above say what is in use
+    pid, services = found[0]
+    return (
+        f"retreatkit already runs here (PID {pid}: {', '.join(services)}; admin {where}):"
+        " `retreatkit tui` opens its dashboard, or stop it first"
+    )
+
+
+def _ask(url: str, found: list[tuple[int, list[str]]]) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+    try:
+        with opener.open(url, timeout=ALREADY_TIMEOUT) as answer:
+            process = json.loads(answer.read(ALREADY_MAX))["process"]
+        found.append((int(process["pid"]), [str(s) for s in process["services"]]))
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        pass
 
 
 def own_names(cfg: dict[str, Any], lan: LanAddress) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retreatkit import startup
+from retreatkit import config, startup
 
 BOUND = {"relay": ("0.0.0.0", 9000), "mirror": ("0.0.0.0", 28000)}
 PAGE = "(its page shows the pip, uv, opam, npm and apt lines)"
@@ -115,3 +115,54 @@ def test_the_relay_and_the_mirror_are_named_where_they_listen() -> None:
     cfg["images"]["run"] = ["relay", "nameserver"]
     [*_, nameserver] = vmservice.guests_for_up(cfg, None, chosen).autostart
     assert nameserver.records == startup.own_names(cfg, chosen)
+
+
+def test_a_limit_that_would_turn_every_client_away_names_its_key() -> None:
+    """Every limit and timeout of the relay and the mirror is checked, not only some: a
+    mirror with `per_address = 0` (0 reads as "no limit" beside `max_size_bytes` and
+    `rate_limit`) started, and refused every attendee without a line saying why."""
+    cfg = config.load(None)
+    cfg["relay"] |= {"waiting_per_ip": 0, "failed_joins": -1, "pairs": 0}
+    cfg["relay"]["failed_join_wait"] = -1.0
+    cfg["mirror"] |= {
+        "per_address": 0,
+        "idle_timeout": 0.0,
+        "headers_timeout": -1.0,
+        "index_timeout": 0.0,
+        "page_stall_timeout": float("nan"),
+        "max_pages_sending_bytes": 0,
+        "max_pages_reading_bytes": -1,
+        "keep_free_bytes": -1,
+    }
+    assert startup.check_config(cfg, ["relay", "mirror"], {"relay.pairs": "--pairs"}) == [
+        "[relay] waiting_per_ip must be above 0, not 0",
+        "[relay] failed_joins must be above 0, not -1",
+        "[relay] pairs (or --pairs) must be above 0, not 0",
+        "[mirror] headers_timeout must be above 0, not -1.0",
+        "[mirror] index_timeout must be above 0, not 0.0",
+        "[mirror] idle_timeout must be above 0, not 0.0",
+        "[mirror] page_stall_timeout must be a finite number above 0, not nan",
+        "[mirror] per_address must be above 0, not 0",
+        "[mirror] max_pages_sending_bytes must be above 0, not 0",
+        "[mirror] max_pages_reading_bytes must be above 0, not -1",
+        "[relay] failed_join_wait must be 0 or more, not -1.0",
+        "[mirror] keep_free_bytes must be 0 or more, not -1",
+    ]
+    assert startup.check_config(config.load(None), ["relay", "mirror"], {}) == []
+
+
+def test_every_number_a_service_reads_is_checked() -> None:
+    """A new limit or timeout is added to one of the two tables, or this fails."""
+    numbers = {
+        (section, key)
+        for section in ("relay", "mirror", "nameserver", "dashboard")
+        for key, value in config.DEFAULTS[section].items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    checked = {
+        (section, key)
+        for table in (startup.POSITIVE, startup.NOT_NEGATIVE)
+        for section, keys in table.items()
+        for key in keys
+    }
+    assert numbers == checked

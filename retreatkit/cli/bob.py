@@ -214,7 +214,7 @@ def _over_the_echo() -> None:
 
 
 def run_relay(args: argparse.Namespace) -> int:
-    from retreatkit import serve  # aiohttp and the services: only the relay needs them
+    from retreatkit import serve, startup  # aiohttp and the services: the relay's alone
     from retreatkit.admin.token import TokenError
     from retreatkit.relay.hosted import RelayService, relay_limits
 
@@ -226,6 +226,15 @@ def run_relay(args: argparse.Namespace) -> int:
         raise Usage(str(exc)) from None
     if args.pairs:
         cfg["relay"]["pairs"] = args.pairs
+    cfg["relay"]["listen"], cfg["admin"]["listen"] = args.listen, args.admin
+    # the relay's limits are checked as `retreatkit relay` checks them: at 0 or nan a
+    # limit or timeout turns every sender away
+    flags = {"relay": "--listen", "admin": "--admin", "relay.pairs": "--pairs"}
+    problems = startup.check_config(cfg, ["relay"], flags)
+    if problems:
+        for problem in problems:
+            print(f"bob: {problem}", file=sys.stderr)
+        return 2
     serve.setup_logging()
     relay = RelayService(listen, relay_limits(cfg["relay"]))
     try:

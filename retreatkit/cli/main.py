@@ -128,7 +128,8 @@ def sections_and_flags(args: argparse.Namespace) -> tuple[list[str], dict[str, s
     if args.command == "up":
         return ["relay", "mirror", "nameserver"], LISTEN_FLAGS
     flags = {args.command: "--listen", "admin": "--admin"}
-    return [args.command], flags | (NAMESERVER_FLAGS if args.command == "nameserver" else {})
+    own = {"nameserver": NAMESERVER_FLAGS, "relay": {"relay.pairs": "--pairs"}}
+    return [args.command], flags | own.get(args.command, {})
 
 
 def apply_listen_flags(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
@@ -209,6 +210,9 @@ def _main(argv: list[str] | None) -> int:
     if conflicts:  # every one at once: the organiser fixes them in one go
         for conflict in conflicts:
             print(f"retreatkit: cannot start: {conflict}", file=sys.stderr)
+        running = startup.already_running(cfg["admin"]["listen"])
+        if running:
+            print(f"retreatkit: {running}", file=sys.stderr)
         return 1
     if address is not None:
         say_address(address)

@@ -19,8 +19,10 @@ from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.driver import Driver
+from textual.drivers.linux_driver import LinuxDriver
 
-from retreatkit.tui import guests
+from retreatkit.tui import driver, guests
 from retreatkit.tui.fmt import get
 from retreatkit.tui.logbuffer import LogBuffer
 from retreatkit.tui.screens.base import SCREEN_KEYS, SCREENS, Panel
@@ -35,6 +37,8 @@ from retreatkit.tui.state import DashboardState, EndpointState
 from retreatkit.tui.widgets import ConfirmScreen
 
 RETRY_LOGS = 3.0  # seconds before following a broken log stream again
+# the return code of a dashboard closed by SIGTERM: apart from the organiser's quit (0)
+TERMINATED = 128 + signal.SIGTERM
 MAX_GUESTS = 64  # guest endpoints watched at most: a supervisor's list cannot grow this
 
 
@@ -89,6 +93,10 @@ class Dashboard(App[int]):
         self.polled = asyncio.Event()  # every endpoint answered or failed at least once
         self._seen: set[str] = set()
 
+    def get_driver_class(self) -> type[Driver]:
+        found = super().get_driver_class()
+        return driver.Driver if found is LinuxDriver else found  # (the web's stays its own)
+
     def on_mount(self) -> None:
         if self.freeze_gc:
             # what is alive once the first screen is drawn (modules, classes, the app, its
@@ -97,7 +105,9 @@ class Dashboard(App[int]):
             # log flood (the rendering makes cyclic garbage, so full collections happen)
             self.call_after_refresh(gc.freeze)
         if self.stop_on_sigterm:  # `retreatkit up` closes its dashboard so: terminal restored
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit)
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGTERM, partial(self.exit, return_code=TERMINATED)
+            )
         for name in self.clients:
             self._start(name)
 

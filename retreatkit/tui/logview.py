@@ -44,7 +44,8 @@ class LogView(Widget, can_focus=True):
         Binding("pagedown", "page(1)", "Page down", show=False),
         Binding("home", "oldest", "Oldest", show=False),
         Binding("end", "newest", "Newest", show=False),
-        Binding("left", "sideways(-8)", "Sideways", key_display="←→"),
+        # "Scroll", not "Sideways": the footer then keeps `q Quit` at 80 columns
+        Binding("left", "sideways(-8)", "Scroll", key_display="←→"),
         Binding("right", "sideways(8)", "Right", show=False),
     ]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from retreatkit import version
 from retreatkit.admin import noted
 from retreatkit.admin import token as admin_token
-from retreatkit.tui.app import Dashboard
+from retreatkit.tui.app import TERMINATED, Dashboard
 from retreatkit.tui.sources import AdminClient, Endpoint, SourceError, endpoint_url
 
 DEFAULT = "http://127.0.0.1:8080"
@@ -73,7 +73,8 @@ async def reachable(found: list[Endpoint]) -> list[str]:
 
 
 def run(connect: list[str], token: str | None, leak_window: float, quit_stops: bool = False) -> int:
-    """`retreatkit tui`: 0 when the organiser quits, 1 when nothing can be reached."""
+    """`retreatkit tui`: 0 when the organiser quits, 1 when nothing can be reached or the
+    dashboard failed."""
     if quit_stops:  # `retreatkit up`'s own: it ends with the services' process
         end_with_parent()
     try:
@@ -88,8 +89,20 @@ def run(connect: list[str], token: str | None, leak_window: float, quit_stops: b
     dashboard = Dashboard(
         found, leak_window=leak_window, freeze_gc=True, stop_on_sigterm=True, quit_stops=quit_stops
     )
-    result = dashboard.run()
-    return result or 0
+    dashboard.run()
+    return ended(dashboard)
+
+
+def ended(dashboard: Dashboard) -> int:
+    """How a dashboard that ran ends its process: 0 only for the organiser's quit, which
+    under `up` stops every service. Textual ends a dashboard that failed in its input
+    thread (a byte that is not UTF-8) with no return code, and SIGTERM closed it with 0:
+    `up` read both as that quit. A dashboard closed by SIGTERM, its terminal restored,
+    ends of the signal, as its sender (`up`, or the organiser's `kill`) reads it."""
+    if dashboard.return_code == TERMINATED:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return 0 if dashboard.return_code == 0 else 1
 
 
 async def in_child(url: str, token: str, config: Path | None, stop: asyncio.Event) -> None:

@@ -348,3 +348,25 @@ def test_a_relay_whose_port_is_taken_says_so_in_one_line(tmp_path: Path) -> None
         "bob relay: cannot start: error while attempting to bind on address"
         f" ('127.0.0.1', {port}): address already in use",
     )
+
+
+def test_a_relay_whose_config_would_turn_everyone_away_says_which_key(tmp_path: Path) -> None:
+    """`bob relay --config` checks the relay's limits as `retreatkit relay` does: it
+    started with `per_ip = 0` and a `wait_timeout` of nan, refusing every sender."""
+    cfg = tmp_path / "retreat.toml"
+    cfg.write_text("[relay]\nper_ip = 0\nwait_timeout = nan\n")
+    argv = bob_argv("relay", "--config", str(cfg), "--listen", "127.0.0.1:0")
+    relay = Process.start(
+        [*argv, "--admin", "127.0.0.1:0"],
+        env={"XDG_STATE_HOME": str(tmp_path / "state")},
+    )
+    try:
+        assert relay.finish(30) == (
+            2,
+            [
+                "bob: [relay] per_ip must be above 0, not 0",
+                "bob: [relay] wait_timeout must be a finite number above 0, not nan",
+            ],
+        )
+    finally:
+        relay.stop()  # a relay that started (the old code did) is not left behind

@@ -324,14 +324,17 @@ def test_a_lost_terminal_never_stalls_the_lan_and_stops_cleanly(
         close_pane(p)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, signal.SIGHUP, signal.SIGTERM], ids=["SIGKILL", "SIGHUP", "SIGTERM"]
+)
 def test_a_killed_dashboard_starts_again_and_the_lan_keeps_its_services(
     tmp_path_factory: pytest.TempPathFactory, sig: signal.Signals
 ) -> None:
     """A dashboard that crashes or is killed is not the organiser quitting: the services
     go on serving, the dashboard comes back and says what happened; q still stops all.
     A SIGHUP meant for `up`'s blocklists (`kill -HUP $(pgrep -f retreatkit)`) that hits
-    the dashboard too is such a kill while its terminal is still there."""
+    the dashboard too is such a kill while its terminal is still there. A plain `kill` of
+    the dashboard (SIGTERM) is one too: it stopped every service, as a quit does."""
     p = open_pane(tmp_path_factory.mktemp("killed"))
     try:
         up = up_started(p)
@@ -353,6 +356,30 @@ def test_a_killed_dashboard_starts_again_and_the_lan_keeps_its_services(
         p.keys("y")
         text = p.wait(r"^EXIT=\d+")
         assert "EXIT=0" in text and gone(up, DEADLINE)
+    finally:
+        close_pane(p)
+
+
+def test_bytes_that_are_not_utf8_leave_the_dashboard_running(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A terminal rebuilt under the dashboard (tmux reattached, an SSH session resumed)
+    reports the mouse in the old X10 form, one raw byte a coordinate: past column 95 that
+    byte is not UTF-8, and nor is a paste from a Latin-1 terminal. Textual's input thread
+    died on the first such byte and took the dashboard (and, as a quit, every service)
+    with it; the same dashboard now reads on and answers the next key."""
+    p = open_pane(tmp_path_factory.mktemp("bytes"))
+    try:
+        up = up_started(p)
+        dashboard = dashboard_of(up)
+        p.tmux("send-keys", "-t", "dash", "-H", "1b", "5b", "4d", "20", "ff", "e0")  # X10
+        p.tmux("send-keys", "-t", "dash", "-H", "63", "61", "66", "e9")  # "café", Latin-1
+        p.keys("2")
+        p.wait(r"retreatkit · Relay ·")
+        assert dashboard_of(up) == dashboard
+        p.keys("5")
+        p.wait(r"Nameserver listening on")
+        assert "the dashboard ended" not in p.screen()
     finally:
         close_pane(p)
 

@@ -83,6 +83,46 @@ def test_every_port_conflict_at_once(tmp_path: Path) -> None:
     ]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_up_started_again_says_it_already_runs(tmp_path: Path) -> None:
+    """The organiser who lost its terminal, or whose `up` runs under systemd, types
+    `retreatkit up` for the dashboard: four lines said the ports were in use by "another
+    program", which was retreatkit; the last line now says so, and what opens the dashboard."""
+    admin, relay, mirror, dns = (free_port() for _ in range(4))
+    cfg = tmp_path / "retreat.toml"
+    cfg.write_text(
+        f'[admin]\nlisten = "127.0.0.1:{admin}"\n[relay]\nlisten = "127.0.0.1:{relay}"\n'
+        f'[mirror]\nlisten = "127.0.0.1:{mirror}"\nstore = "{tmp_path / "store"}"\n'
+        f'[nameserver]\nlisten = "127.0.0.1:{dns}"\nupstreams = ["127.0.0.1:9"]\n'
+    )
+    argv = [sys.executable, "-m", "retreatkit.cli.main", "--config", str(cfg), "up", "--no-tui"]
+    first = Process.start(
+        argv, env={"XDG_STATE_HOME": str(tmp_path / "s"), "XDG_DATA_HOME": str(tmp_path / "d")}
+    )
+    try:
+        first.wait_for(r"^Attendees use:$")
+        again = run("--config", str(cfg), "up", "--no-tui", tmp=tmp_path)
+        assert again.returncode == 1
+        lines = again.stderr.splitlines()
+        assert lines[0] == (
+            f"retreatkit: cannot start: relay: TCP 127.0.0.1:{relay} is in use by another"
+            " program: change [relay] listen (or --relay-listen)"
+        )
+        assert lines[-1] == (
+            f"retreatkit: retreatkit already runs here (PID {first.pid}: relay, mirror,"
+            f" nameserver; admin 127.0.0.1:{admin}): `retreatkit tui` opens its dashboard,"
+            " or stop it first"
+        )
+        assert len(lines) == 5
+    finally:
+        assert first.stop() == 0
+
+
 def test_bad_values_name_their_keys(tmp_path: Path) -> None:
     store = tmp_path / "store-file"
     store.write_text("not a folder")
@@ -102,6 +142,18 @@ def test_bad_values_name_their_keys(tmp_path: Path) -> None:
         f"retreatkit: [mirror] store: {store} is a file; name a folder",
         f"retreatkit: [nameserver] blocklists: {tmp_path / 'gone.txt'}: No such file or directory",
     ]
+
+
+def test_a_key_a_flag_also_sets_names_the_flag_where_the_command_has_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "retreat.toml"
+    cfg.write_text("[relay]\npairs = 0\n")
+    relay = run("--config", str(cfg), "relay", tmp=tmp_path)
+    assert (relay.returncode, relay.stderr) == (
+        2,
+        "retreatkit: [relay] pairs (or --pairs) must be above 0, not 0\n",
+    )
+    up = run("--config", str(cfg), "up", "--no-tui", tmp=tmp_path)  # up has no --pairs
+    assert (up.returncode, up.stderr) == (2, "retreatkit: [relay] pairs must be above 0, not 0\n")
 
 
 def test_up_says_what_attendees_use_and_when_it_stops(tmp_path: Path) -> None:

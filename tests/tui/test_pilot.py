@@ -12,6 +12,7 @@ from textual.widgets import Input, Label
 from retreatkit.tui.app import Dashboard
 from retreatkit.tui.logbuffer import SEQ, TEXT, LogBuffer
 from retreatkit.tui.logview import LogView
+from retreatkit.tui.run import ended
 from retreatkit.tui.testing import (
     HOSTILE,
     TOKEN,
@@ -263,6 +264,25 @@ async def test_under_up_q_asks_before_it_stops_the_lans_services(fake: FakeAdmin
     assert app.return_value == 0
 
 
+async def test_only_the_organisers_quit_ends_the_dashboard_as_a_quit(fake: FakeAdmin) -> None:
+    """Under `up`, exit code 0 stops every service: a dashboard that Textual ended for a
+    failure (its input thread's, a byte that is not UTF-8) ended with 0 too, and took the
+    LAN's services with it; it is 1 now, and `up` starts it again."""
+    app = make_dashboard(fake.url)
+    app.quit_stops = True
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.panic("the input thread failed")  # what Textual does when its input fails
+    assert ended(app) == 1
+    app = make_dashboard(fake.url)
+    app.quit_stops = True
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("q", "y")
+        await pilot.pause()
+    assert ended(app) == 0
+
+
 async def test_log_view_scrolled_back_stays_on_its_lines() -> None:
     app = make_dashboard("http://127.0.0.1:9")
     app.logs = LogBuffer(capacity=300)
@@ -278,7 +298,6 @@ async def test_log_view_scrolled_back_stays_on_its_lines() -> None:
         view = app.screen.query_one(LogView)
         height = view.content_size.height
         assert view.following and app.logs.shown[view.first()][SEQ] == 301 - height
-        view.focus()
         await pilot.press("pageup")
         top = app.logs.shown[view.first()][SEQ]
         assert not view.following and top == 301 - height - (height - 1)
@@ -287,6 +306,30 @@ async def test_log_view_scrolled_back_stays_on_its_lines() -> None:
         assert "lines " in view.position()
         await pilot.press("end")
         assert view.following and app.logs.shown[view.first()][SEQ] == 321 - height
+
+
+async def test_the_log_takes_the_arrows_as_the_logs_screen_opens() -> None:
+    """The Logs screen's scroll keys work at once (they did nothing until Tab had been
+    pressed twice), whichever screen it is opened from, and its footer still shows every
+    key at 80 columns, `q Quit` included."""
+    app = make_dashboard("http://127.0.0.1:9")
+    app.logs = LogBuffer(capacity=300)
+    message = "upstream http://192.0.2.1/simple/ is down: " + "x" * 80
+    app.logs.extend(
+        [{"seq": i, "service": "mirror", "level": "INFO", "message": message} for i in range(99)]
+    )
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("5")
+        await settle(pilot)
+        view = app.screen.query_one(LogView)
+        await pilot.press("pageup", "right")
+        assert not view.following and view.x == 8
+        footer = screen_text(app).rstrip().splitlines()[-1]
+        assert footer.startswith("←→ Scroll") and footer.rstrip().endswith("q Quit"), footer
+        await pilot.press("slash", *"x", "escape", "home")  # the filter, then the log again
+        assert view.first() == 0 and not view.following
+        await pilot.press("2", "5", "end", "up")
+        assert not view.following
 
 
 async def test_a_question_takes_its_default_and_a_cancel_says_so(fake: FakeAdmin) -> None:
@@ -372,7 +415,6 @@ async def test_a_log_line_cut_at_the_right_edge_says_so(word: str) -> None:
         view = app.screen.query_one(LogView)
         row = view.render_line(0).text
         assert row.endswith("…") and len(row) == view.content_size.width
-        view.focus()
         await pilot.press(*["right"] * 30)  # to the end of the line
         assert view.render_line(0).text.rstrip().endswith("x")
 

@@ -43,6 +43,12 @@ class LogsScreen(Panel):
     def on_mount(self) -> None:
         self.set_interval(0.1, self.tick)  # at most 10 redraws a second, however fast lines come
 
+    def on_screen_resume(self) -> None:
+        super().on_screen_resume()
+        # the arrows, page keys, Home and End scroll the log at once (unfocused, they did
+        # nothing until Tab had been pressed twice); `/` moves to the filter
+        self.query_one(LogView).focus()
+
     def tick(self) -> None:
         self.query_one(LogView).sync()
         self.show_filters()
