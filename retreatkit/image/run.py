@@ -482,6 +482,11 @@ class Guest:
 
     async def start(self, accel: str) -> None:
         launch = self.launch
+        # at each start, restarts too: a port another program took meanwhile is the same
+        # one line, and a guest restarted on exit tries again as after any failed start
+        problem = qemu.forward_problem(launch.forwards)
+        if problem is not None:
+            raise RunError(problem)
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         config_disk = self.run_dir / "config.disk"
         launch.config.write(config_disk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -99,6 +100,87 @@ def test_a_forward_from_no_ipv4_address_is_refused_up_front(
     assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
     with pytest.raises(ValueError, match=re.escape(said)):  # a definition sent: a 400
         Definition.parse({"name": "r1", "image": str(image), "forwards": [bad]})
+
+
+def test_a_forward_to_guest_port_0_is_refused_up_front(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo (`tcp:0.0.0.0:9000:0`) was taken: the host's port went to no port of the
+    guest, and the image's own port to a free one on 127.0.0.1 nobody was told to use."""
+    image = whole_image(home / "relay", "relay")
+    bad = "tcp:0.0.0.0:9000:0"
+    said = (
+        "expected tcp|udp:HOST:PORT:GUESTPORT with GUESTPORT a port the guest serves"
+        f" (1-65535), got {bad!r}"
+    )
+    for argv in (["image", "run", str(image)], ["vm", "start", "r1", str(image)]):
+        assert cli.main([*argv, "--forward", bad]) == 1
+        assert capsys.readouterr().err == f"retreatkit: {said}\n"
+    assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
+    with pytest.raises(ValueError, match=re.escape(said)):  # a definition sent: a 400
+        Definition.parse({"name": "r1", "image": str(image), "forwards": [bad]})
+
+
+NETWORKS = [
+    "user",
+    pytest.param("passt", marks=pytest.mark.skipif(
+        not qemu.shutil.which("passt"), reason="passt is not installed (.ci/run installs it)")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_a_forwarded_port_taken_or_named_twice_is_one_line_before_anything_starts(
+    home: Path, capsys: pytest.CaptureFixture[str], network: str
+) -> None:
+    """A port another program holds, or one port named twice: passt said so in its own
+    words ("Failed to bind any port for '-t 19123:9000', exiting"); qemu's user networking
+    after the boot's first lines, in one long line of its own, and the run ended as "The
+    guest stopped by itself"."""
+    image = whole_image(home / "relay", "relay")
+    config = home / "retreat.toml"
+    config.write_text(f'[images]\nnetwork = "{network}"\n')
+    boot = ["image", "run", str(image), "--config", str(config)]
+    with (
+        socket.socket() as tcp,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+    ):
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        udp.bind(("127.0.0.1", 0))
+        held = [("tcp", tcp.getsockname()[1]), ("udp", udp.getsockname()[1])]
+        for (proto, port), host in zip(held, ("127.0.0.1", "0.0.0.0"), strict=True):
+            assert cli.main([*boot, "--forward", f"{proto}:{host}:{port}:9000"]) == 1
+            assert capsys.readouterr().err == (
+                f"retreatkit: {proto} {host}:{port} (to guest port 9000) is in use by another"
+                " program: free it, or forward another port to guest port 9000\n"
+            )
+    port = qemu.free_port("127.0.0.1")
+    twice = [f"tcp:127.0.0.1:{port}:9000", f"tcp:0.0.0.0:{port}:8080"]
+    assert cli.main([*boot, "--forward", twice[0], "--forward", twice[1]]) == 1
+    assert capsys.readouterr().err == (
+        f"retreatkit: tcp port {port} is forwarded twice (to guest ports 9000 and 8080):"
+        " forward one of them from another port\n"
+    )
+
+
+async def test_a_guest_whose_forwarded_port_is_taken_does_not_start(home: Path) -> None:
+    """The supervisor says it in one line, before passt or qemu starts."""
+    image = whole_image(home / "relay", "relay")
+    supervisor = Supervisor(home / "vm")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        supervisor.define(Definition("r1", str(image), [f"tcp:127.0.0.1:{port}:9000"]))
+        keeper = (await supervisor.start("r1")).keeper
+        assert keeper is not None
+        await asyncio.wait_for(keeper, 60)
+    item = supervisor.item("r1")
+    assert (item["state"], item["last_exit"]) == (
+        "failed",
+        f"could not start: tcp 127.0.0.1:{port} (to guest port 9000) is in use by another"
+        " program: free it, or forward another port to guest port 9000",
+    )
 
 
 def test_a_service_run_as_an_image_listens_on_an_ipv4_address(
