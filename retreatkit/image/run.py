@@ -199,7 +199,11 @@ def make_disk(path: Path, size: str = DEFAULT_DISK_SIZE) -> None:
     )
     if done.returncode != 0:
         path.unlink(missing_ok=True)
-        raise RunError(f"cannot make the disk {path}: {done.stderr.strip()}")
+        # its last line says why; those before, on a full disk, each block it could not
+        # write ("Warning: could not erase sector 2: ...")
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        why = lines[-1] if lines else f"mke2fs exit code {done.returncode}"
+        raise RunError(f"cannot make the disk {path}: {why}")
 
 
 # the guest's tty ends lines with CR LF (CRs are dropped, even when a read splits the

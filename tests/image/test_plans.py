@@ -22,6 +22,7 @@ from retreatkit.image import kernel, qemu
 from retreatkit.image.kmod import Index, Module, ModuleError
 from retreatkit.image.supervisor import Definition, GuestError, Supervisor
 from retreatkit.image.testing import manifest
+from retreatkit.testing import fill, scratch_disk
 
 
 def module(name: str, depends: str = "", pre: str = "", aliases: str = "") -> Module:
@@ -596,6 +597,24 @@ def test_a_data_disk_the_guest_cannot_use_is_refused_before_it_boots(
         assert cli.main(["image", "run", str(image), "--disk", str(disk)]) == 1
         why = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
         assert capsys.readouterr().err == f"retreatkit: the disk {disk} cannot be written: {why}\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a tmpfs mount (root)")
+def test_a_data_disk_a_full_file_system_cannot_take_is_one_line(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mke2fs on a full disk says each block it could not write: all of it was the error,
+    four lines and more."""
+    image = whole_image(home / "mirror", "mirror")
+    with scratch_disk("1m") as full:
+        fill(full)
+        disk = full / "mirror.disk"
+        assert cli.main(["image", "run", str(image), "--disk", str(disk)]) == 1
+        assert capsys.readouterr().err == (
+            f"retreatkit: cannot make the disk {disk}: mke2fs: No space left on device while"
+            " writing out and closing file system\n"
+        )
+        assert not disk.exists()
 
 
 @contextlib.contextmanager
