@@ -161,14 +161,18 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 2
     except errors as exc:
-        message = str(exc)
-        if isinstance(exc, OSError) and exc.strerror:  # which file, when the system says
-            message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
-        print(f"retreatkit: {message}", file=sys.stderr)
+        print(f"retreatkit: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("retreatkit: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(exc: BaseException) -> str:
+    """An error these commands expect, as the one line they say."""
+    if isinstance(exc, OSError) and exc.strerror:  # which file, when the system says
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
 
 
 def _say(line: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from retreatkit import config, loop, serve, units, version
-from retreatkit.cli.image import UsageError, guest_memory
+from retreatkit.cli.image import UsageError, guest_memory, one_line
 from retreatkit.image import qemu, vmservice
 from retreatkit.image.paths import private_dir
 from retreatkit.image.supervisor import GuestError, Supervisor, check_name
@@ -61,6 +61,8 @@ def _check_name(name: str) -> None:
 
 
 SUPERVISOR_LOG_MAX = 10_000_000  # bytes, past which a supervisor starts a new log
+FAILED = "failed: "  # a background supervisor's word to `vm start` when it cannot start
+WORD_MAX = 4096
 
 
 def _say(line: str) -> None:
@@ -78,11 +80,22 @@ def _serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             _say(line)
         if args.ready_fd is not None and line.startswith("Admin on "):
-            with contextlib.suppress(OSError):
-                os.write(args.ready_fd, b"ready\n")
-                os.close(args.ready_fd)
+            tell(b"ready\n")
 
-    return loop.run(lambda: serve.serve([service], admin_at, say))
+    def tell(word: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(args.ready_fd, word)
+            os.close(args.ready_fd)
+        args.ready_fd = None  # its number may be another file's from now on
+
+    try:
+        return loop.run(lambda: serve.serve([service], admin_at, say))
+    except Exception as exc:
+        # before it was ready: the `vm start` waiting says why, where this one's log may
+        # have no room for it (the state disk full: "see supervisor.log", found empty)
+        if args.ready_fd is not None:
+            tell(f"{FAILED}{one_line(exc)}\n".encode(errors="replace"))
+        raise
 
 
 def _spawn_supervisor() -> None:
@@ -98,7 +111,10 @@ def _spawn_supervisor() -> None:
                          pass_fds=(write,), start_new_session=True)  # fmt: skip
     os.close(write)
     with os.fdopen(read, "rb") as ready:
-        word = ready.readline()
+        word = ready.readline(WORD_MAX)
+    if word.startswith(FAILED.encode()):
+        why = word[len(FAILED) :].decode(errors="replace").strip()
+        raise VmError(f"the supervisor did not start: {why}")
     if word != b"ready\n":
         raise VmError(f"the supervisor did not start; see {log}")
 

@@ -829,6 +829,26 @@ def test_vm_start_with_the_state_disk_full_is_one_line(
             ended(pid)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a tmpfs mount (root)")
+def test_a_supervisor_that_cannot_start_tells_vm_start_why(
+    home: Path, qemu: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state disk full before the first start (no admin token yet): the supervisor
+    `vm start` leaves in the background could not make the token, said so in its log,
+    which had no room for it, and `vm start` said "see supervisor.log", found empty."""
+    image = Path(relay_guest(home, restart=False).image)
+    with scratch_disk("1m") as disk:
+        monkeypatch.setenv("XDG_STATE_HOME", str(disk))
+        fill(disk)
+        done = run_cli("vm", "start", "r1", str(image), "--memory", "64")
+        assert (done.returncode, done.stderr) == (
+            1,
+            "retreatkit: the supervisor did not start: cannot write the admin token"
+            f" {disk}/retreatkit/admin-token: No space left on device\n",
+        )
+        assert supervisors(disk) == []
+
+
 def test_a_supervisor_started_past_its_logs_limit_moves_the_old_one_aside(
     home: Path, qemu: Path
 ) -> None:
