@@ -322,6 +322,20 @@ def test_up_names_only_services_with_images(home: Path, capsys: pytest.CaptureFi
     )
 
 
+def test_up_refuses_a_service_named_twice_in_images_run(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run = ["relay", "relay"]` built and booted the relay's guest, built its image
+    again, then stopped everything: "guest relay is running: stop it first"."""
+    config = home / "retreat.toml"
+    config.write_text('[images]\nrun = ["relay", "nameserver", "relay"]\n')
+    assert cli.main(["--config", str(config), "up"]) == 2
+    assert capsys.readouterr().err == (
+        "retreatkit: [images] run names relay twice: each service runs once\n"
+    )
+    assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor started
+
+
 def test_too_little_guest_memory_in_retreat_toml(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
