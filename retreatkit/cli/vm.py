@@ -44,6 +44,8 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         if command == "serve":
             return _serve(args)
         if command == "console":
+            if args.lines < 0:  # [-(-3):] showed all but the first 3 lines
+                raise UsageError(f"-n {args.lines}: a number of lines, 0 or more")
             return _console(args)
         return asyncio.run(_client(args, cfg))
     except VmError as exc:

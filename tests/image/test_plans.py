@@ -285,6 +285,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
          "retreatkit: no guest named 'ghost'; `retreatkit vm list` names them\n"),
         (["vm", "console", "ghost"], 1,
          "retreatkit: no console log for 'ghost' (has it ever started?)\n"),
+        (["vm", "console", "ghost", "-n", "-3"], 2,  # all but its first 3 lines were shown
+         "retreatkit: -n -3: a number of lines, 0 or more\n"),
         (["vm", "start", "r9", "/nonexistent", "--memory", "1"], 2,
          "retreatkit: --memory 1: a guest needs at least 56 MB (no image runs in less)\n"),
         (["vm", "start", "r9", "--memory", "1"], 2,  # a known guest: checked all the same
