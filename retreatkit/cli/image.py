@@ -84,7 +84,10 @@ def add_parsers(sub: Any) -> None:
         help=FORWARD_HELP,
     )
     r.add_argument(
-        "--disk", metavar="FILE", type=Path, help="the mirror's store (ext4; made if missing)"
+        "--disk",
+        metavar="FILE",
+        type=Path,
+        help="the mirror's store, which it needs (ext4; made if missing)",
     )
     r.add_argument("--memory", metavar="MB", type=int, help=MEMORY_HELP)
     r.add_argument(

@@ -63,13 +63,24 @@ class Launch:
         forwards: list[qemu.Forward],
         memory_mb: int,
         disk: Path | None = None,
+        *,
+        diskless: bool = False,
     ) -> Launch:
-        """Check the image and render its configuration for this boot."""
+        """Check the image and render its configuration for this boot. `diskless`: an
+        image that keeps data boots without its disk (a benchmark's first answer)."""
         manifest = build.load_manifest(image)
         service = manifest["service"]
         check_whole(image, manifest)
         if disk is not None and not manifest["disk"]:
             raise RunError(f"the {service} image keeps no data: it takes no --disk")
+        if disk is None and manifest["disk"] and not diskless:
+            # its store would be in the guest's memory, which has no room it can measure
+            # (the initramfs's file system): the store kept nothing, and every download
+            # failed (507, "the mirror's disk is full")
+            raise RunError(
+                f"the {service} image keeps its store on a data disk: pass --disk FILE (an"
+                " ext4 disk, made there if missing)"
+            )
         size = str(cfg["images"]["disk_size"])
         problem = disk_problem(disk, size) if disk is not None else None
         if problem is not None:

@@ -20,6 +20,7 @@ import pytest
 from retreatkit.cli import main as cli
 from retreatkit.image import kernel, qemu
 from retreatkit.image.kmod import Index, Module, ModuleError
+from retreatkit.image.run import RunError
 from retreatkit.image.supervisor import Definition, GuestError, Supervisor
 from retreatkit.image.testing import manifest
 from retreatkit.testing import fill, scratch_disk
@@ -585,6 +586,40 @@ def test_a_manifest_that_is_not_whole_is_one_line(
     assert capsys.readouterr().err == (
         f"retreatkit: {image} is not a whole image: {problem}; build it again"
         f" (retreatkit image build {service})\n"
+    )
+
+
+NO_DISK = (
+    "the mirror image keeps its store on a data disk: pass --disk FILE (an ext4 disk, made"
+    " there if missing)"
+)
+
+
+def test_a_mirror_image_without_its_data_disk_is_refused_before_it_boots(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its store went to the guest's memory, a file system with no room it can measure:
+    the mirror kept nothing and answered every download with 507 ("the mirror's disk has
+    no room for demo-1.0-py3-none-any.whl (4.6 kB): 0 B free")."""
+    image = whole_image(home / "mirror", "mirror")
+    assert cli.main(["image", "run", str(image)]) == 1
+    assert capsys.readouterr().err == f"retreatkit: {NO_DISK}\n"
+
+
+async def test_a_mirror_guest_without_its_data_disk_does_not_start(home: Path) -> None:
+    image = whole_image(home / "mirror", "mirror")
+    supervisor = Supervisor(home / "vm")
+    supervisor.define(Definition("m1", str(image), []))  # `vm start m1 IMAGE`, then:
+    with pytest.raises(RunError, match=f"^{re.escape(NO_DISK)}$"):
+        await supervisor.start("m1")
+    assert supervisor.item("m1")["state"] == "stopped"
+    disk = home / "m1.disk"  # `vm start m1 --disk FILE`: as far as the boot
+    supervisor.change("m1", {"disk": str(disk)})
+    keeper = (await supervisor.start("m1")).keeper
+    assert keeper is not None
+    await asyncio.wait_for(keeper, 60)
+    assert supervisor.item("m1")["last_exit"].startswith(
+        f"could not start: {image} is not a whole image: its initramfs does not unpack"
     )
 
 
