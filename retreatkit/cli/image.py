@@ -204,6 +204,10 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     from retreatkit.image import paths, qemu, run
 
     memory = guest_memory(args, cfg)
+    service = _service_of(args.image)  # else the image is said not to be one, below
+    problems = run.config_problems(service, cfg) if service in spec.SPECS else []
+    if problems:
+        raise UsageError("; ".join(problems))
     forwards = [qemu.Forward.parse(f) for f in args.forward]
     disk = args.disk.resolve() if args.disk else None
     launch = run.Launch.prepare(args.image, cfg, load_or_create(), forwards, memory, disk)

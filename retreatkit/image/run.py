@@ -111,6 +111,16 @@ def complete_forwards(manifest: dict[str, Any], forwards: list[qemu.Forward]) ->
     return qemu.bind_forwards([*forwards, *extra])
 
 
+def config_problems(service: str, cfg: dict[str, Any]) -> list[str]:
+    """What `retreatkit SERVICE` and `up` refuse in retreat.toml, for the guest of that
+    service too: it booted with them (`[relay] per_ip = -1` refused every connection)."""
+    from retreatkit import startup
+
+    # the guest's store is on its own disk, whatever the host's [mirror] store names
+    checked = {**cfg, "mirror": {**cfg["mirror"], "store": ""}}
+    return startup.check_config(checked, [service], {})
+
+
 def check_whole(image: Path, manifest: dict[str, Any]) -> None:
     """The kernel and initramfs are as large as the manifest says: a build or a copy cut
     short boots into a kernel panic that names neither."""

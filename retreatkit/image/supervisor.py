@@ -262,6 +262,11 @@ class Supervisor:
 
     def _launch(self, definition: Definition) -> run.Launch:
         cfg = config.load(Path(definition.config) if definition.config else None)
+        service = self.guests[definition.name].service
+        problems = run.config_problems(service, cfg) if service in specs.SPECS else []
+        if problems:  # its image's service: what it boots with, checked as `up` checks it
+            where = f"{definition.config}: " if definition.config else ""
+            raise run.RunError(f"{where}{'; '.join(problems)}")
         named = cfg["nameserver"]["records"]
         named.update({k: v for k, v in definition.records.items() if k not in named})
         disk = Path(definition.disk) if definition.disk else None

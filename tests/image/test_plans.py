@@ -339,6 +339,33 @@ def test_up_refuses_a_service_named_twice_in_images_run(
     assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor started
 
 
+def test_a_setting_the_service_refuses_is_refused_for_its_image(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`retreatkit relay` and `up` refuse `[relay] per_ip = -1`; `image run` booted a guest
+    with it, whose relay then refused every connection."""
+    image = whole_image(home / "relay", "relay")
+    config = home / "retreat.toml"
+    config.write_text("[relay]\nper_ip = -1\nhandshake_timeout = nan\n")
+    assert cli.main(["image", "run", str(image), "--config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        "retreatkit: [relay] per_ip must be above 0, not -1; [relay] handshake_timeout must"
+        " be a finite number above 0, not nan\n"
+    )
+
+
+async def test_a_guest_whose_settings_its_service_refuses_does_not_start(home: Path) -> None:
+    image = whole_image(home / "relay", "relay")
+    config = home / "retreat.toml"
+    config.write_text("[relay]\nper_ip = -1\n")
+    supervisor = Supervisor(home / "vm")
+    supervisor.define(Definition("r1", str(image), [], config=str(config)))
+    with pytest.raises(RunError) as failed:
+        await supervisor.start("r1")
+    assert str(failed.value) == f"{config}: [relay] per_ip must be above 0, not -1"
+    assert supervisor.item("r1")["state"] == "stopped"
+
+
 def test_too_little_guest_memory_in_retreat_toml(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
