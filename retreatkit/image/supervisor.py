@@ -442,6 +442,7 @@ class Supervisor:
             "memory_bytes": memory,
             "cpu_seconds": round(cpu, 2),
             "forwards": entry.definition.forwards,
+            "address": served_at(entry.service, entry.definition.forwards),
             "admin": entry.admin,
             "memory_mb": entry.definition.memory_mb,
             "restart": entry.definition.restart,
@@ -451,6 +452,19 @@ class Supervisor:
 
     def items(self) -> list[dict[str, Any]]:
         return [self.item(n) for n in sorted(self.guests)]
+
+
+def served_at(service: str, forwards: list[str]) -> str | None:
+    """`HOST:PORT` of the forward to the guest's service port: where the dashboard says
+    the guest's service is (it said the address of `up`'s guest of that service for every
+    guest of the image)."""
+    image = specs.SPECS.get(service)
+    for text in forwards if image is not None else []:
+        with contextlib.suppress(ValueError):
+            f = qemu.Forward.parse(text)
+            if image is not None and (f.proto, f.guest_port) == image.ports[0]:
+                return f"{f.host}:{f.port}"
+    return None
 
 
 def _read_exit(path: Path) -> str | None:

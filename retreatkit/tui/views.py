@@ -86,11 +86,17 @@ def address_of(state: DashboardState, e: EndpointState, service: str) -> str:
     supervisor says (the host's side of qemu's forward, not the guest's own listen)."""
     if service not in SERVICES:
         return ""  # a supervisor's `vm`: attendees reach its guests, not it
-    supervisor = state.endpoints.get(e.guest_of[0]) if e.guest_of else None
+    # the supervisor's addresses are those of `up`'s guests, each named after its service:
+    # another guest of the same image (one `vm start` defined) is reached where its own
+    # forward says, not at `up`'s
+    up_guest = e.guest_of is not None and e.guest_of[1] == service
+    supervisor = state.endpoints.get(e.guest_of[0]) if e.guest_of and up_guest else None
     for source in (e, supervisor):
         found = get(source.status, "process", "addresses", service) if source else None
         if isinstance(found, str):
             return found
+    if e.guest_of is not None and e.guest is not None and e.guest.address:
+        return e.guest.address
     return NOT_REPORTED
 
 

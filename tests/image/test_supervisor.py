@@ -281,6 +281,22 @@ async def test_starting_or_redefining_a_running_guest_is_one_answer(home: Path) 
     assert supervisor.guests["r1"].definition.memory_mb == 128
 
 
+def test_a_guest_says_where_its_service_is_forwarded_from(home: Path) -> None:
+    """For the dashboard's overview, which showed every guest of an image at the address
+    of `up`'s guest of that service."""
+    supervisor = Supervisor(home / "vm")
+    for name, service, forwards in (
+        ("r1", "relay", ["tcp:0.0.0.0:19200:9000"]),
+        ("dns", "nameserver", ["tcp:127.0.0.1:5353:53", "udp:192.0.2.1:5353:53"]),
+    ):
+        image = home / f"{name}-image"
+        image.mkdir()
+        (image / "manifest.json").write_text(json.dumps(manifest(service)))
+        supervisor.define(Definition(name, str(image), forwards))
+    assert supervisor.item("r1")["address"] == "0.0.0.0:19200"
+    assert supervisor.item("dns")["address"] == "192.0.2.1:5353"  # DNS is UDP first
+
+
 def test_each_boot_is_marked_on_a_line_of_its_own_in_the_console_log(tmp_path: Path) -> None:
     when = datetime.datetime(
         2026, 7, 1, 9, 30, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
