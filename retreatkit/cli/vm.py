@@ -52,6 +52,17 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        # `console -f` ends so, as `tail -f` does: nothing to say. A start goes on in the
+        # supervisor, which the Ctrl-C did not reach: said, or it reads as undone
+        if command == "start":
+            print(
+                f"retreatkit: interrupted; guest {args.name} may go on starting under the"
+                f" supervisor (retreatkit vm list shows it; retreatkit vm stop {args.name}"
+                " stops it)",
+                file=sys.stderr,
+            )
+        elif command != "console":
+            print("retreatkit: interrupted", file=sys.stderr)
         return 130
 
 

@@ -416,6 +416,10 @@ if [ -e "$0.panics" ]; then
   printf 'Kernel panic - not syncing: System is deadlocked on memory\\n'
   exit 0
 fi
+if [ -e "$0.boots-for-ever" ]; then
+  read line
+  exit 0
+fi
 printf 'Relay listening on 0.0.0.0:9000\\nAdmin on http://0.0.0.0:8080/status\\n'
 read line
 """
@@ -863,6 +867,32 @@ def test_a_supervisor_that_cannot_start_tells_vm_start_why(
             f" {disk}/retreatkit/admin-token: No space left on device\n",
         )
         assert supervisors(disk) == []
+
+
+def test_ctrl_c_while_vm_start_waits_says_the_guest_goes_on(home: Path, qemu: Path) -> None:
+    """`vm start` waits for the guest to be up; a Ctrl-C then ended it without a word,
+    while the supervisor went on starting the guest."""
+    image = Path(relay_guest(home, restart=False).image)
+    Path(f"{qemu}.boots-for-ever").touch()
+    config = str(home / "retreat.toml")
+    start = Process.start(retreatkit_argv("vm", "start", "r1", str(image), "--memory", "64",
+                                          "--config", config))  # fmt: skip
+    try:
+        start.wait_for(r"^Guest r1 \(relay\) starting; ")
+        start.popen.send_signal(signal.SIGINT)
+        code, lines = start.finish()
+        assert (code, lines[-1]) == (
+            130,
+            "retreatkit: interrupted; guest r1 may go on starting under the supervisor"
+            " (retreatkit vm list shows it; retreatkit vm stop r1 stops it)",
+        )
+        listed = run_cli("vm", "list").stdout.splitlines()
+        assert listed[1].split()[:3] == ["r1", "relay", "running"]
+    finally:
+        start.stop()
+        run_cli("vm", "stop", "r1")
+        for pid in supervisors(home / "state"):
+            ended(pid)
 
 
 def test_a_supervisor_started_past_its_logs_limit_moves_the_old_one_aside(
