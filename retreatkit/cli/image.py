@@ -229,10 +229,13 @@ async def _boot(launch: run.Launch, log: run.ConsoleLog) -> int:
     loop = asyncio.get_running_loop()
     asked = asyncio.Event()
     guest: run.Guest | None = None
+    powered_off = False
 
     def interrupt() -> None:
-        if asked.is_set() and guest is not None:
+        nonlocal powered_off
+        if asked.is_set() and guest is not None and guest.running:
             guest.kill()  # a second Ctrl-C: power off now
+            powered_off = True
         asked.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -278,6 +281,10 @@ async def _boot(launch: run.Launch, log: run.ConsoleLog) -> int:
                 await guest.wait()
     if log.lost:  # the guest ran on, its lines shown here and not kept
         _say(f"Its console log {console} lost {log.lost} bytes of its lines ({log.why})")
+    if guest.stopping and powered_off:  # not "stopped": its service was cut off mid-stop
+        disk = "; its data disk's journal puts it right at the next boot" if launch.disk else ""
+        _say(f"Guest powered off (Ctrl-C twice){disk}")
+        return 0
     if guest.stopping:
         _say("Guest stopped")
         return 0
