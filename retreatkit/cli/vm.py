@@ -183,8 +183,12 @@ async def _client(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
                 _say(f"Guest {args.name} is not running (no supervisor is)")
                 return 0
             raise VmError(f"no guest named {args.name!r}; `retreatkit vm list` names them")
-        await _request("POST", f"/vm/guests/{args.name}/stop")
-        _say(f"Guest {args.name} stopped")
+        before = (await _request("GET", f"/vm/guests/{args.name}"))["state"]
+        await _request("POST", f"/vm/guests/{args.name}/stop")  # a failed one is stopped too
+        if before in ("running", "restarting"):
+            _say(f"Guest {args.name} stopped")
+        else:  # stopped, as asked (exit 0), but not by this command
+            _say(f"Guest {args.name} is not running")
         return 0
     if not running:
         await asyncio.to_thread(_spawn_supervisor)

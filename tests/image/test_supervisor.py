@@ -895,6 +895,24 @@ def test_ctrl_c_while_vm_start_waits_says_the_guest_goes_on(home: Path, qemu: Pa
             ended(pid)
 
 
+def test_vm_stop_of_a_guest_that_is_not_running_says_so(home: Path, qemu: Path) -> None:
+    """With a supervisor running it said "Guest r1 stopped", as if this stop had."""
+    image = Path(relay_guest(home, restart=False).image)
+    for name in ("r1", "r2"):  # r2 keeps the supervisor running
+        started = run_cli("vm", "start", name, str(image), "--memory", "64")
+        assert started.returncode == 0, started.stderr
+    try:
+        said = [run_cli("vm", "stop", "r1") for _ in range(2)]
+        assert [(s.returncode, s.stderr) for s in said] == [
+            (0, "Guest r1 stopped\n"),
+            (0, "Guest r1 is not running\n"),
+        ]
+    finally:
+        run_cli("vm", "stop", "r2")
+        for pid in supervisors(home / "state"):
+            ended(pid)
+
+
 def test_a_supervisor_started_past_its_logs_limit_moves_the_old_one_aside(
     home: Path, qemu: Path
 ) -> None:
