@@ -119,21 +119,30 @@ def test_one_guest_and_one_restart_are_said_in_the_singular() -> None:
 
 
 def test_each_guest_is_shown_where_its_own_forward_is() -> None:
-    """`up` with its relay as a guest, and two relay guests defined earlier with `vm
-    start` (stopped): the overview showed all three at `up`'s relay address."""
+    """`up` with its relay as a guest and its mirror in-process, and guests defined
+    earlier with `vm start` (stopped): the overview showed every relay guest at `up`'s
+    relay's address, and an old mirror guest at the in-process mirror's."""
     state = DashboardState(["up:1"])
     state.record("up:1", 0, status=hosting("mirror", addresses=ADDRESSES))
-    listed = [guest("relay", "relay", None), guest("r1", "relay", None, state="stopped"),
-              guest("r2", "relay", None, state="stopped")]  # fmt: skip
-    listed[1]["address"] = "127.0.0.1:19200"
+    stopped = {"state": "stopped"}
+    listed = [
+        {**guest("relay", "relay", None), "address": "0.0.0.0:9000"},  # up's
+        {**guest("r1", "relay", None), **stopped, "address": "127.0.0.1:19200"},
+        {**guest("r2", "relay", None), **stopped},  # a supervisor that does not say
+        {**guest("mirror", "mirror", None), **stopped, "address": "127.0.0.1:18000"},
+    ]
     for item in listed:
         name = item["name"]
         state.add(f"guest {name}", f"http://127.0.0.1:{len(name)}", ("up:1", name))
     state.record_guests("up:1", parse({"guests": listed}))
-    shown = {row[:3] for row in views.overview_rows(state)}
-    assert {("relay", "10.0.0.2:9000", "unreachable"), ("relay", "127.0.0.1:19200", "stopped"),
-            ("relay", "—", "stopped")} <= shown  # fmt: skip
-    assert ("relay", "10.0.0.2:9000", "stopped") not in shown
+    rows = [row[:3] for row in views.overview_rows(state)]
+    assert rows == [
+        ("mirror", "10.0.0.2:8000", "up"),
+        ("relay", "10.0.0.2:9000", "unreachable"),  # from every address: the LAN's
+        ("relay", "127.0.0.1:19200", "stopped"),
+        ("relay", "—", "stopped"),
+        ("mirror", "127.0.0.1:18000", "stopped"),
+    ]
 
 
 def test_a_guest_that_restarts_is_down_and_says_why() -> None:
