@@ -170,7 +170,7 @@ def boot_once(image: Path, service: str, memory: int, cfg: dict[str, object]) ->
     """One boot to the first good answer; the guest is powered off right after."""
 
     async def go() -> Boot:
-        launch = run.Launch.prepare(image, cfg, TOKEN, [], memory)
+        launch = run.Launch.prepare(image, cfg, TOKEN, [], memory, diskless=True)
         port = launch.forwards[0].port
         accel = await asyncio.to_thread(qemu.accel, image / "kernel", launch.manifest["machine"])
         with tempfile.TemporaryDirectory() as scratch:

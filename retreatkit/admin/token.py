@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -61,7 +62,10 @@ def load_or_create(path: Path | None = None) -> str:
     except OSError as exc:  # a full disk: nothing is left that would stop a later start
         raise TokenError(f"cannot write the admin token {path}: {exc.strerror}") from None
     finally:
-        draft.unlink(missing_ok=True)
+        # on a read-only folder unlink() fails even for no file (EROFS before ENOENT): its
+        # error replaced the one above and named the draft, not the token
+        with contextlib.suppress(OSError):
+            draft.unlink(missing_ok=True)
     return token
 
 

@@ -84,7 +84,10 @@ def add_parsers(sub: Any) -> None:
         help=FORWARD_HELP,
     )
     r.add_argument(
-        "--disk", metavar="FILE", type=Path, help="the mirror's store (ext4; made if missing)"
+        "--disk",
+        metavar="FILE",
+        type=Path,
+        help="the mirror's store, which it needs (ext4; made if missing)",
     )
     r.add_argument("--memory", metavar="MB", type=int, help=MEMORY_HELP)
     r.add_argument(
@@ -161,14 +164,18 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 2
     except errors as exc:
-        message = str(exc)
-        if isinstance(exc, OSError) and exc.strerror:  # which file, when the system says
-            message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
-        print(f"retreatkit: {message}", file=sys.stderr)
+        print(f"retreatkit: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("retreatkit: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(exc: BaseException) -> str:
+    """An error these commands expect, as the one line they say."""
+    if isinstance(exc, OSError) and exc.strerror:  # which file, when the system says
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
 
 
 def _say(line: str) -> None:
@@ -197,6 +204,10 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     from retreatkit.image import paths, qemu, run
 
     memory = guest_memory(args, cfg)
+    service = _service_of(args.image)  # else the image is said not to be one, below
+    problems = run.config_problems(service, cfg) if service in spec.SPECS else []
+    if problems:
+        raise UsageError("; ".join(problems))
     forwards = [qemu.Forward.parse(f) for f in args.forward]
     disk = args.disk.resolve() if args.disk else None
     launch = run.Launch.prepare(args.image, cfg, load_or_create(), forwards, memory, disk)
@@ -218,10 +229,13 @@ async def _boot(launch: run.Launch, log: run.ConsoleLog) -> int:
     loop = asyncio.get_running_loop()
     asked = asyncio.Event()
     guest: run.Guest | None = None
+    powered_off = False
 
     def interrupt() -> None:
-        if asked.is_set() and guest is not None:
+        nonlocal powered_off
+        if asked.is_set() and guest is not None and guest.running:
             guest.kill()  # a second Ctrl-C: power off now
+            powered_off = True
         asked.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -267,6 +281,10 @@ async def _boot(launch: run.Launch, log: run.ConsoleLog) -> int:
                 await guest.wait()
     if log.lost:  # the guest ran on, its lines shown here and not kept
         _say(f"Its console log {console} lost {log.lost} bytes of its lines ({log.why})")
+    if guest.stopping and powered_off:  # not "stopped": its service was cut off mid-stop
+        disk = "; its data disk's journal puts it right at the next boot" if launch.disk else ""
+        _say(f"Guest powered off (Ctrl-C twice){disk}")
+        return 0
     if guest.stopping:
         _say("Guest stopped")
         return 0

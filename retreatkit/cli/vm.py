@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from retreatkit import config, loop, serve, units, version
-from retreatkit.cli.image import UsageError, guest_memory
+from retreatkit.cli.image import UsageError, guest_memory, one_line
 from retreatkit.image import qemu, vmservice
 from retreatkit.image.paths import private_dir
 from retreatkit.image.supervisor import GuestError, Supervisor, check_name
@@ -44,12 +44,25 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         if command == "serve":
             return _serve(args)
         if command == "console":
+            if args.lines < 0:  # [-(-3):] showed all but the first 3 lines
+                raise UsageError(f"-n {args.lines}: a number of lines, 0 or more")
             return _console(args)
         return asyncio.run(_client(args, cfg))
     except VmError as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        # `console -f` ends so, as `tail -f` does: nothing to say. A start goes on in the
+        # supervisor, which the Ctrl-C did not reach: said, or it reads as undone
+        if command == "start":
+            print(
+                f"retreatkit: interrupted; guest {args.name} may go on starting under the"
+                f" supervisor (retreatkit vm list shows it; retreatkit vm stop {args.name}"
+                " stops it)",
+                file=sys.stderr,
+            )
+        elif command != "console":
+            print("retreatkit: interrupted", file=sys.stderr)
         return 130
 
 
@@ -61,6 +74,8 @@ def _check_name(name: str) -> None:
 
 
 SUPERVISOR_LOG_MAX = 10_000_000  # bytes, past which a supervisor starts a new log
+FAILED = "failed: "  # a background supervisor's word to `vm start` when it cannot start
+WORD_MAX = 4096
 
 
 def _say(line: str) -> None:
@@ -78,11 +93,22 @@ def _serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             _say(line)
         if args.ready_fd is not None and line.startswith("Admin on "):
-            with contextlib.suppress(OSError):
-                os.write(args.ready_fd, b"ready\n")
-                os.close(args.ready_fd)
+            tell(b"ready\n")
 
-    return loop.run(lambda: serve.serve([service], admin_at, say))
+    def tell(word: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(args.ready_fd, word)
+            os.close(args.ready_fd)
+        args.ready_fd = None  # its number may be another file's from now on
+
+    try:
+        return loop.run(lambda: serve.serve([service], admin_at, say))
+    except Exception as exc:
+        # before it was ready: the `vm start` waiting says why, where this one's log may
+        # have no room for it (the state disk full: "see supervisor.log", found empty)
+        if args.ready_fd is not None:
+            tell(f"{FAILED}{one_line(exc)}\n".encode(errors="replace"))
+        raise
 
 
 def _spawn_supervisor() -> None:
@@ -98,7 +124,10 @@ def _spawn_supervisor() -> None:
                          pass_fds=(write,), start_new_session=True)  # fmt: skip
     os.close(write)
     with os.fdopen(read, "rb") as ready:
-        word = ready.readline()
+        word = ready.readline(WORD_MAX)
+    if word.startswith(FAILED.encode()):
+        why = word[len(FAILED) :].decode(errors="replace").strip()
+        raise VmError(f"the supervisor did not start: {why}")
     if word != b"ready\n":
         raise VmError(f"the supervisor did not start; see {log}")
 
@@ -154,8 +183,12 @@ async def _client(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
                 _say(f"Guest {args.name} is not running (no supervisor is)")
                 return 0
             raise VmError(f"no guest named {args.name!r}; `retreatkit vm list` names them")
-        await _request("POST", f"/vm/guests/{args.name}/stop")
-        _say(f"Guest {args.name} stopped")
+        before = (await _request("GET", f"/vm/guests/{args.name}"))["state"]
+        await _request("POST", f"/vm/guests/{args.name}/stop")  # a failed one is stopped too
+        if before in ("running", "restarting"):
+            _say(f"Guest {args.name} stopped")
+        else:  # stopped, as asked (exit 0), but not by this command
+            _say(f"Guest {args.name} is not running")
         return 0
     if not running:
         await asyncio.to_thread(_spawn_supervisor)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import ipaddress
 import os
@@ -78,6 +79,11 @@ class Forward:
         digits = (port + guest).isascii() and port.isdigit() and guest.isdigit()  # not "²"
         if not digits or int(port) > 65535 or int(guest) > 65535:
             raise ValueError(f"expected tcp|udp:HOST:PORT:GUESTPORT, got {text!r:.80}")
+        if int(guest) == 0:  # PORT 0 is any free port; a guest's port 0 is none at all
+            raise ValueError(
+                f"expected tcp|udp:HOST:PORT:GUESTPORT with GUESTPORT a port the guest serves"
+                f" (1-65535), got {text!r:.80}"
+            )
         try:
             address = ipaddress.IPv4Address(host or "127.0.0.1")
         except ValueError:
@@ -135,6 +141,51 @@ def bind_forwards(forwards: list[Forward]) -> list[Forward]:
             f = Forward(f.proto, f.host, chosen[key], f.guest_port)
         out.append(f)
     return out
+
+
+def _overlap(a: Forward, b: Forward) -> bool:
+    wild = "0.0.0.0"
+    return (a.proto, a.port) == (b.proto, b.port) and (a.host == b.host or wild in (a.host, b.host))
+
+
+def forward_problem(forwards: Sequence[Forward]) -> str | None:
+    """What keeps these forwards from being made, in one line, before passt or qemu
+    starts: a host port named twice, or one another program holds. passt said so in its
+    own words ("Overlapping port specifier", "Failed to bind any port"); qemu's user
+    networking said it after the boot's first lines, in several of its own, and the run
+    ended as "The guest stopped by itself"."""
+    for i, a in enumerate(forwards):
+        for b in forwards[:i]:
+            if a.port and _overlap(a, b):
+                return (
+                    f"{a.proto} port {a.port} is forwarded twice (to guest ports"
+                    f" {b.guest_port} and {a.guest_port}): forward one of them from another port"
+                )
+    for f in forwards:
+        why = _bind_problem(f) if f.port else None
+        if why is not None:
+            return why
+    return None
+
+
+def _bind_problem(f: Forward) -> str | None:
+    kind = socket.SOCK_STREAM if f.proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        if kind == socket.SOCK_STREAM:  # as passt and qemu listen: TIME_WAIT does not hold it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((f.host, f.port))
+        except OSError as exc:
+            where = f"{f.proto} {f.host}:{f.port} (to guest port {f.guest_port})"
+            other = f"forward another port to guest port {f.guest_port}"
+            if exc.errno == errno.EADDRINUSE:
+                return f"{where} is in use by another program: free it, or {other}"
+            if exc.errno == errno.EACCES:
+                return f"{where}: port {f.port} needs root or CAP_NET_BIND_SERVICE, or {other}"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"{where}: {f.host} is not an address of this host"
+            return f"{where} cannot be forwarded: {exc.strerror}"
+    return None
 
 
 def qemu_binary() -> str:

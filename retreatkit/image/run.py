@@ -63,13 +63,24 @@ class Launch:
         forwards: list[qemu.Forward],
         memory_mb: int,
         disk: Path | None = None,
+        *,
+        diskless: bool = False,
     ) -> Launch:
-        """Check the image and render its configuration for this boot."""
+        """Check the image and render its configuration for this boot. `diskless`: an
+        image that keeps data boots without its disk (a benchmark's first answer)."""
         manifest = build.load_manifest(image)
         service = manifest["service"]
         check_whole(image, manifest)
         if disk is not None and not manifest["disk"]:
             raise RunError(f"the {service} image keeps no data: it takes no --disk")
+        if disk is None and manifest["disk"] and not diskless:
+            # its store would be in the guest's memory, which has no room it can measure
+            # (the initramfs's file system): the store kept nothing, and every download
+            # failed (507, "the mirror's disk is full")
+            raise RunError(
+                f"the {service} image keeps its store on a data disk: pass --disk FILE (an"
+                " ext4 disk, made there if missing)"
+            )
         size = str(cfg["images"]["disk_size"])
         problem = disk_problem(disk, size) if disk is not None else None
         if problem is not None:
@@ -98,6 +109,16 @@ def complete_forwards(manifest: dict[str, Any], forwards: list[qemu.Forward]) ->
     given = {(f.proto, f.guest_port) for f in forwards}
     extra = [qemu.Forward(p, "127.0.0.1", 0, g) for p, g in wanted if (p, g) not in given]
     return qemu.bind_forwards([*forwards, *extra])
+
+
+def config_problems(service: str, cfg: dict[str, Any]) -> list[str]:
+    """What `retreatkit SERVICE` and `up` refuse in retreat.toml, for the guest of that
+    service too: it booted with them (`[relay] per_ip = -1` refused every connection)."""
+    from retreatkit import startup
+
+    # the guest's store is on its own disk, whatever the host's [mirror] store names
+    checked = {**cfg, "mirror": {**cfg["mirror"], "store": ""}}
+    return startup.check_config(checked, [service], {})
 
 
 def check_whole(image: Path, manifest: dict[str, Any]) -> None:
@@ -199,7 +220,11 @@ def make_disk(path: Path, size: str = DEFAULT_DISK_SIZE) -> None:
     )
     if done.returncode != 0:
         path.unlink(missing_ok=True)
-        raise RunError(f"cannot make the disk {path}: {done.stderr.strip()}")
+        # its last line says why; those before, on a full disk, each block it could not
+        # write ("Warning: could not erase sector 2: ...")
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        why = lines[-1] if lines else f"mke2fs exit code {done.returncode}"
+        raise RunError(f"cannot make the disk {path}: {why}")
 
 
 # the guest's tty ends lines with CR LF (CRs are dropped, even when a read splits the
@@ -482,6 +507,11 @@ class Guest:
 
     async def start(self, accel: str) -> None:
         launch = self.launch
+        # at each start, restarts too: a port another program took meanwhile is the same
+        # one line, and a guest restarted on exit tries again as after any failed start
+        problem = qemu.forward_problem(launch.forwards)
+        if problem is not None:
+            raise RunError(problem)
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         config_disk = self.run_dir / "config.disk"
         launch.config.write(config_disk)

@@ -262,6 +262,11 @@ class Supervisor:
 
     def _launch(self, definition: Definition) -> run.Launch:
         cfg = config.load(Path(definition.config) if definition.config else None)
+        service = self.guests[definition.name].service
+        problems = run.config_problems(service, cfg) if service in specs.SPECS else []
+        if problems:  # its image's service: what it boots with, checked as `up` checks it
+            where = f"{definition.config}: " if definition.config else ""
+            raise run.RunError(f"{where}{'; '.join(problems)}")
         named = cfg["nameserver"]["records"]
         named.update({k: v for k, v in definition.records.items() if k not in named})
         disk = Path(definition.disk) if definition.disk else None
@@ -437,6 +442,7 @@ class Supervisor:
             "memory_bytes": memory,
             "cpu_seconds": round(cpu, 2),
             "forwards": entry.definition.forwards,
+            "address": served_at(entry.service, entry.definition.forwards),
             "admin": entry.admin,
             "memory_mb": entry.definition.memory_mb,
             "restart": entry.definition.restart,
@@ -446,6 +452,19 @@ class Supervisor:
 
     def items(self) -> list[dict[str, Any]]:
         return [self.item(n) for n in sorted(self.guests)]
+
+
+def served_at(service: str, forwards: list[str]) -> str | None:
+    """`HOST:PORT` of the forward to the guest's service port: where the dashboard says
+    the guest's service is (it said the address of `up`'s guest of that service for every
+    guest of the image)."""
+    image = specs.SPECS.get(service)
+    for text in forwards if image is not None else []:
+        with contextlib.suppress(ValueError):
+            f = qemu.Forward.parse(text)
+            if image is not None and (f.proto, f.guest_port) == image.ports[0]:
+                return f"{f.host}:{f.port}"
+    return None
 
 
 def _read_exit(path: Path) -> str | None:

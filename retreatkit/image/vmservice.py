@@ -211,6 +211,9 @@ def guests_for_up(
         problem = specs.memory_problem(images["memory"], "[images] memory =", service)
         if problem is not None:
             raise config.ConfigError(problem)
+    twice = next((s for i, s in enumerate(images["run"]) if s in images["run"][:i]), None)
+    if twice is not None:  # its second guest was refused only once the first one ran
+        raise config.ConfigError(f"[images] run names {twice} twice: each service runs once")
     if images["kernel"] not in specs.KERNELS:  # said before any guest is built, not after
         raise config.ConfigError(
             f"[images] kernel must be one of {', '.join(specs.KERNELS)}, not {images['kernel']!r}"

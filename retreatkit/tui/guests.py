@@ -36,6 +36,7 @@ class Guest:
     last_exit: str | None
     admin: str | None  # its admin endpoint's URL, as the supervisor wrote it
     up: bool = False  # running, and its admin endpoint answered its supervisor
+    address: str | None = None  # HOST:PORT its service is forwarded from, as the supervisor says
 
     @property
     def running(self) -> bool:
@@ -75,6 +76,7 @@ def parse(doc: Any) -> list[Guest]:
                 last_exit=_text(item.get("last_exit")),
                 admin=_text(item.get("admin")),
                 up=item.get("up") is True,
+                address=_text(item.get("address")),
             )
         )
     return found

@@ -83,15 +83,24 @@ def overview_rows(state: DashboardState) -> list[Row]:
 
 def address_of(state: DashboardState, e: EndpointState, service: str) -> str:
     """Where attendees reach `service` of `e`, as its process says; a guest's as its
-    supervisor says (the host's side of qemu's forward, not the guest's own listen)."""
+    supervisor says (the host side of qemu's forward, not the guest's own listen)."""
     if service not in SERVICES:
         return ""  # a supervisor's `vm`: attendees reach its guests, not it
-    supervisor = state.endpoints.get(e.guest_of[0]) if e.guest_of else None
-    for source in (e, supervisor):
-        found = get(source.status, "process", "addresses", service) if source else None
-        if isinstance(found, str):
-            return found
-    return NOT_REPORTED
+    found = get(e.status, "process", "addresses", service)
+    if isinstance(found, str) or e.guest_of is None:
+        return found if isinstance(found, str) else NOT_REPORTED
+    supervisor = state.endpoints.get(e.guest_of[0])
+    told = get(supervisor.status, "process", "addresses", service) if supervisor else None
+    # the supervisor's address for a service is that of `up`'s (its guest named after the
+    # service, or the service it runs in-process): every guest of the image showed it
+    own = e.guest.address if e.guest is not None else None
+    if own is None:  # a supervisor that does not say each guest's
+        named = e.guest_of[1] == service
+        return told if isinstance(told, str) and named else NOT_REPORTED
+    host, _, port = own.rpartition(":")
+    if isinstance(told, str) and host == "0.0.0.0" and told.rpartition(":")[2] == port:
+        return told  # forwarded from every address: the supervisor names the LAN's
+    return own
 
 
 def process_rows(state: DashboardState) -> list[Row]:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import stat
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -184,6 +185,22 @@ def test_a_token_a_full_disk_cannot_take_is_one_error_and_no_empty_file(
             admin_token.load_or_create()
         assert str(failed.value) == f"cannot write the admin token {path}: No space left on device"
         assert not path.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only folder root cannot write needs a mount")
+def test_a_token_a_read_only_folder_cannot_take_is_said_of_the_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The state folder on a read-only file system: the error named the token's draft
+    (`.admin-token.1234.ab12cd34: Read-only file system`), not the token."""
+    with scratch_disk("1m") as disk:
+        (disk / "retreatkit").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        monkeypatch.setenv("XDG_STATE_HOME", str(disk))
+        path = admin_token.token_path()
+        with pytest.raises(admin_token.TokenError) as failed:
+            admin_token.load_or_create()
+        assert str(failed.value) == f"cannot write the admin token {path}: Read-only file system"
 
 
 async def raw_get(port: int, header: bytes) -> bytes:

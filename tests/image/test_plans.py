@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -19,8 +20,10 @@ import pytest
 from retreatkit.cli import main as cli
 from retreatkit.image import kernel, qemu
 from retreatkit.image.kmod import Index, Module, ModuleError
+from retreatkit.image.run import RunError
 from retreatkit.image.supervisor import Definition, GuestError, Supervisor
 from retreatkit.image.testing import manifest
+from retreatkit.testing import fill, scratch_disk
 
 
 def module(name: str, depends: str = "", pre: str = "", aliases: str = "") -> Module:
@@ -99,6 +102,87 @@ def test_a_forward_from_no_ipv4_address_is_refused_up_front(
     assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
     with pytest.raises(ValueError, match=re.escape(said)):  # a definition sent: a 400
         Definition.parse({"name": "r1", "image": str(image), "forwards": [bad]})
+
+
+def test_a_forward_to_guest_port_0_is_refused_up_front(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo (`tcp:0.0.0.0:9000:0`) was taken: the host's port went to no port of the
+    guest, and the image's own port to a free one on 127.0.0.1 nobody was told to use."""
+    image = whole_image(home / "relay", "relay")
+    bad = "tcp:0.0.0.0:9000:0"
+    said = (
+        "expected tcp|udp:HOST:PORT:GUESTPORT with GUESTPORT a port the guest serves"
+        f" (1-65535), got {bad!r}"
+    )
+    for argv in (["image", "run", str(image)], ["vm", "start", "r1", str(image)]):
+        assert cli.main([*argv, "--forward", bad]) == 1
+        assert capsys.readouterr().err == f"retreatkit: {said}\n"
+    assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor was asked
+    with pytest.raises(ValueError, match=re.escape(said)):  # a definition sent: a 400
+        Definition.parse({"name": "r1", "image": str(image), "forwards": [bad]})
+
+
+NETWORKS = [
+    "user",
+    pytest.param("passt", marks=pytest.mark.skipif(
+        not qemu.shutil.which("passt"), reason="passt is not installed (.ci/run installs it)")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_a_forwarded_port_taken_or_named_twice_is_one_line_before_anything_starts(
+    home: Path, capsys: pytest.CaptureFixture[str], network: str
+) -> None:
+    """A port another program holds, or one port named twice: passt said so in its own
+    words ("Failed to bind any port for '-t 19123:9000', exiting"); qemu's user networking
+    after the boot's first lines, in one long line of its own, and the run ended as "The
+    guest stopped by itself"."""
+    image = whole_image(home / "relay", "relay")
+    config = home / "retreat.toml"
+    config.write_text(f'[images]\nnetwork = "{network}"\n')
+    boot = ["image", "run", str(image), "--config", str(config)]
+    with (
+        socket.socket() as tcp,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+    ):
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        udp.bind(("127.0.0.1", 0))
+        held = [("tcp", tcp.getsockname()[1]), ("udp", udp.getsockname()[1])]
+        for (proto, port), host in zip(held, ("127.0.0.1", "0.0.0.0"), strict=True):
+            assert cli.main([*boot, "--forward", f"{proto}:{host}:{port}:9000"]) == 1
+            assert capsys.readouterr().err == (
+                f"retreatkit: {proto} {host}:{port} (to guest port 9000) is in use by another"
+                " program: free it, or forward another port to guest port 9000\n"
+            )
+    port = qemu.free_port("127.0.0.1")
+    twice = [f"tcp:127.0.0.1:{port}:9000", f"tcp:0.0.0.0:{port}:8080"]
+    assert cli.main([*boot, "--forward", twice[0], "--forward", twice[1]]) == 1
+    assert capsys.readouterr().err == (
+        f"retreatkit: tcp port {port} is forwarded twice (to guest ports 9000 and 8080):"
+        " forward one of them from another port\n"
+    )
+
+
+async def test_a_guest_whose_forwarded_port_is_taken_does_not_start(home: Path) -> None:
+    """The supervisor says it in one line, before passt or qemu starts."""
+    image = whole_image(home / "relay", "relay")
+    supervisor = Supervisor(home / "vm")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        supervisor.define(Definition("r1", str(image), [f"tcp:127.0.0.1:{port}:9000"]))
+        keeper = (await supervisor.start("r1")).keeper
+        assert keeper is not None
+        await asyncio.wait_for(keeper, 60)
+    item = supervisor.item("r1")
+    assert (item["state"], item["last_exit"]) == (
+        "failed",
+        f"could not start: tcp 127.0.0.1:{port} (to guest port 9000) is in use by another"
+        " program: free it, or forward another port to guest port 9000",
+    )
 
 
 def test_a_service_run_as_an_image_listens_on_an_ipv4_address(
@@ -202,6 +286,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
          "retreatkit: no guest named 'ghost'; `retreatkit vm list` names them\n"),
         (["vm", "console", "ghost"], 1,
          "retreatkit: no console log for 'ghost' (has it ever started?)\n"),
+        (["vm", "console", "ghost", "-n", "-3"], 2,  # all but its first 3 lines were shown
+         "retreatkit: -n -3: a number of lines, 0 or more\n"),
         (["vm", "start", "r9", "/nonexistent", "--memory", "1"], 2,
          "retreatkit: --memory 1: a guest needs at least 56 MB (no image runs in less)\n"),
         (["vm", "start", "r9", "--memory", "1"], 2,  # a known guest: checked all the same
@@ -237,6 +323,47 @@ def test_up_names_only_services_with_images(home: Path, capsys: pytest.CaptureFi
     assert capsys.readouterr().err == (
         "retreatkit: no image for 'dashboard'; one of relay, mirror, nameserver\n"
     )
+
+
+def test_up_refuses_a_service_named_twice_in_images_run(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run = ["relay", "relay"]` built and booted the relay's guest, built its image
+    again, then stopped everything: "guest relay is running: stop it first"."""
+    config = home / "retreat.toml"
+    config.write_text('[images]\nrun = ["relay", "nameserver", "relay"]\n')
+    assert cli.main(["--config", str(config), "up"]) == 2
+    assert capsys.readouterr().err == (
+        "retreatkit: [images] run names relay twice: each service runs once\n"
+    )
+    assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor started
+
+
+def test_a_setting_the_service_refuses_is_refused_for_its_image(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`retreatkit relay` and `up` refuse `[relay] per_ip = -1`; `image run` booted a guest
+    with it, whose relay then refused every connection."""
+    image = whole_image(home / "relay", "relay")
+    config = home / "retreat.toml"
+    config.write_text("[relay]\nper_ip = -1\nhandshake_timeout = nan\n")
+    assert cli.main(["image", "run", str(image), "--config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        "retreatkit: [relay] per_ip must be above 0, not -1; [relay] handshake_timeout must"
+        " be a finite number above 0, not nan\n"
+    )
+
+
+async def test_a_guest_whose_settings_its_service_refuses_does_not_start(home: Path) -> None:
+    image = whole_image(home / "relay", "relay")
+    config = home / "retreat.toml"
+    config.write_text("[relay]\nper_ip = -1\n")
+    supervisor = Supervisor(home / "vm")
+    supervisor.define(Definition("r1", str(image), [], config=str(config)))
+    with pytest.raises(RunError) as failed:
+        await supervisor.start("r1")
+    assert str(failed.value) == f"{config}: [relay] per_ip must be above 0, not -1"
+    assert supervisor.item("r1")["state"] == "stopped"
 
 
 def test_too_little_guest_memory_in_retreat_toml(
@@ -489,6 +616,40 @@ def test_a_manifest_that_is_not_whole_is_one_line(
     )
 
 
+NO_DISK = (
+    "the mirror image keeps its store on a data disk: pass --disk FILE (an ext4 disk, made"
+    " there if missing)"
+)
+
+
+def test_a_mirror_image_without_its_data_disk_is_refused_before_it_boots(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its store went to the guest's memory, a file system with no room it can measure:
+    the mirror kept nothing and answered every download with 507 ("the mirror's disk has
+    no room for demo-1.0-py3-none-any.whl (4.6 kB): 0 B free")."""
+    image = whole_image(home / "mirror", "mirror")
+    assert cli.main(["image", "run", str(image)]) == 1
+    assert capsys.readouterr().err == f"retreatkit: {NO_DISK}\n"
+
+
+async def test_a_mirror_guest_without_its_data_disk_does_not_start(home: Path) -> None:
+    image = whole_image(home / "mirror", "mirror")
+    supervisor = Supervisor(home / "vm")
+    supervisor.define(Definition("m1", str(image), []))  # `vm start m1 IMAGE`, then:
+    with pytest.raises(RunError, match=f"^{re.escape(NO_DISK)}$"):
+        await supervisor.start("m1")
+    assert supervisor.item("m1")["state"] == "stopped"
+    disk = home / "m1.disk"  # `vm start m1 --disk FILE`: as far as the boot
+    supervisor.change("m1", {"disk": str(disk)})
+    keeper = (await supervisor.start("m1")).keeper
+    assert keeper is not None
+    await asyncio.wait_for(keeper, 60)
+    assert supervisor.item("m1")["last_exit"].startswith(
+        f"could not start: {image} is not a whole image: its initramfs does not unpack"
+    )
+
+
 def test_a_data_disk_the_guest_cannot_use_is_refused_before_it_boots(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -514,6 +675,24 @@ def test_a_data_disk_the_guest_cannot_use_is_refused_before_it_boots(
         assert cli.main(["image", "run", str(image), "--disk", str(disk)]) == 1
         why = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
         assert capsys.readouterr().err == f"retreatkit: the disk {disk} cannot be written: {why}\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a tmpfs mount (root)")
+def test_a_data_disk_a_full_file_system_cannot_take_is_one_line(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mke2fs on a full disk says each block it could not write: all of it was the error,
+    four lines and more."""
+    image = whole_image(home / "mirror", "mirror")
+    with scratch_disk("1m") as full:
+        fill(full)
+        disk = full / "mirror.disk"
+        assert cli.main(["image", "run", str(image), "--disk", str(disk)]) == 1
+        assert capsys.readouterr().err == (
+            f"retreatkit: cannot make the disk {disk}: mke2fs: No space left on device while"
+            " writing out and closing file system\n"
+        )
+        assert not disk.exists()
 
 
 @contextlib.contextmanager

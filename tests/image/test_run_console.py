@@ -117,6 +117,30 @@ def test_two_runs_of_one_image_each_keep_their_own_console_log(
     assert logs[0] != logs[1]
 
 
+# a guest that does not stop when asked (its service hung)
+DEAF_QEMU = """#!/bin/sh
+printf 'guest pid %s says hello\\n' "$$"
+exec sleep 600
+"""
+
+
+def test_a_guest_powered_off_by_a_second_ctrl_c_is_said_so(
+    tmp_path: Path, image: Path, env: dict[str, str]
+) -> None:
+    """It read "Guest stopped", as a clean stop does."""
+    (tmp_path / "bin" / "qemu-system-x86_64").write_text(DEAF_QEMU)
+    booted = Process.start(image_run(tmp_path, image), env=env)
+    try:
+        booted.wait_for(r"says hello")
+        booted.popen.send_signal(signal.SIGINT)
+        booted.wait_for(r"^Stopping the guest cleanly \(Ctrl-C again powers it off\)$")
+        booted.popen.send_signal(signal.SIGINT)
+        code, lines = booted.finish(60)
+    finally:
+        booted.stop()
+    assert (code, lines[-1]) == (0, "Guest powered off (Ctrl-C twice)")
+
+
 # qemu that says which archive it was handed for the guest's root: its first bytes
 INITRD_QEMU = """#!/bin/sh
 while [ "$#" -gt 0 ]; do

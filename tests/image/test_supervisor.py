@@ -281,6 +281,22 @@ async def test_starting_or_redefining_a_running_guest_is_one_answer(home: Path) 
     assert supervisor.guests["r1"].definition.memory_mb == 128
 
 
+def test_a_guest_says_where_its_service_is_forwarded_from(home: Path) -> None:
+    """For the dashboard's overview, which showed every guest of an image at the address
+    of `up`'s guest of that service."""
+    supervisor = Supervisor(home / "vm")
+    for name, service, forwards in (
+        ("r1", "relay", ["tcp:0.0.0.0:19200:9000"]),
+        ("dns", "nameserver", ["tcp:127.0.0.1:5353:53", "udp:192.0.2.1:5353:53"]),
+    ):
+        image = home / f"{name}-image"
+        image.mkdir()
+        (image / "manifest.json").write_text(json.dumps(manifest(service)))
+        supervisor.define(Definition(name, str(image), forwards))
+    assert supervisor.item("r1")["address"] == "0.0.0.0:19200"
+    assert supervisor.item("dns")["address"] == "192.0.2.1:5353"  # DNS is UDP first
+
+
 def test_each_boot_is_marked_on_a_line_of_its_own_in_the_console_log(tmp_path: Path) -> None:
     when = datetime.datetime(
         2026, 7, 1, 9, 30, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
@@ -398,6 +414,10 @@ async def test_a_stopped_guest_is_removed_and_a_running_one_is_not(home: Path) -
 FAKE_QEMU = """#!/bin/sh
 if [ -e "$0.panics" ]; then
   printf 'Kernel panic - not syncing: System is deadlocked on memory\\n'
+  exit 0
+fi
+if [ -e "$0.boots-for-ever" ]; then
+  read line
   exit 0
 fi
 printf 'Relay listening on 0.0.0.0:9000\\nAdmin on http://0.0.0.0:8080/status\\n'
@@ -826,6 +846,70 @@ def test_vm_start_with_the_state_disk_full_is_one_line(
             "guest.json: No space left on device\n",
         )
         for pid in supervisors(disk):  # it ends, having no guest to run
+            ended(pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a tmpfs mount (root)")
+def test_a_supervisor_that_cannot_start_tells_vm_start_why(
+    home: Path, qemu: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state disk full before the first start (no admin token yet): the supervisor
+    `vm start` leaves in the background could not make the token, said so in its log,
+    which had no room for it, and `vm start` said "see supervisor.log", found empty."""
+    image = Path(relay_guest(home, restart=False).image)
+    with scratch_disk("1m") as disk:
+        monkeypatch.setenv("XDG_STATE_HOME", str(disk))
+        fill(disk)
+        done = run_cli("vm", "start", "r1", str(image), "--memory", "64")
+        assert (done.returncode, done.stderr) == (
+            1,
+            "retreatkit: the supervisor did not start: cannot write the admin token"
+            f" {disk}/retreatkit/admin-token: No space left on device\n",
+        )
+        assert supervisors(disk) == []
+
+
+def test_ctrl_c_while_vm_start_waits_says_the_guest_goes_on(home: Path, qemu: Path) -> None:
+    """`vm start` waits for the guest to be up; a Ctrl-C then ended it without a word,
+    while the supervisor went on starting the guest."""
+    image = Path(relay_guest(home, restart=False).image)
+    Path(f"{qemu}.boots-for-ever").touch()
+    config = str(home / "retreat.toml")
+    start = Process.start(retreatkit_argv("vm", "start", "r1", str(image), "--memory", "64",
+                                          "--config", config))  # fmt: skip
+    try:
+        start.wait_for(r"^Guest r1 \(relay\) starting; ")
+        start.popen.send_signal(signal.SIGINT)
+        code, lines = start.finish()
+        assert (code, lines[-1]) == (
+            130,
+            "retreatkit: interrupted; guest r1 may go on starting under the supervisor"
+            " (retreatkit vm list shows it; retreatkit vm stop r1 stops it)",
+        )
+        listed = run_cli("vm", "list").stdout.splitlines()
+        assert listed[1].split()[:3] == ["r1", "relay", "running"]
+    finally:
+        start.stop()
+        run_cli("vm", "stop", "r1")
+        for pid in supervisors(home / "state"):
+            ended(pid)
+
+
+def test_vm_stop_of_a_guest_that_is_not_running_says_so(home: Path, qemu: Path) -> None:
+    """With a supervisor running it said "Guest r1 stopped", as if this stop had."""
+    image = Path(relay_guest(home, restart=False).image)
+    for name in ("r1", "r2"):  # r2 keeps the supervisor running
+        started = run_cli("vm", "start", name, str(image), "--memory", "64")
+        assert started.returncode == 0, started.stderr
+    try:
+        said = [run_cli("vm", "stop", "r1") for _ in range(2)]
+        assert [(s.returncode, s.stderr) for s in said] == [
+            (0, "Guest r1 stopped\n"),
+            (0, "Guest r1 is not running\n"),
+        ]
+    finally:
+        run_cli("vm", "stop", "r2")
+        for pid in supervisors(home / "state"):
             ended(pid)
 
 

@@ -118,6 +118,33 @@ def test_one_guest_and_one_restart_are_said_in_the_singular() -> None:
     ]
 
 
+def test_each_guest_is_shown_where_its_own_forward_is() -> None:
+    """`up` with its relay as a guest and its mirror in-process, and guests defined
+    earlier with `vm start` (stopped): the overview showed every relay guest at `up`'s
+    relay's address, and an old mirror guest at the in-process mirror's."""
+    state = DashboardState(["up:1"])
+    state.record("up:1", 0, status=hosting("mirror", addresses=ADDRESSES))
+    stopped = {"state": "stopped"}
+    listed = [
+        {**guest("relay", "relay", None), "address": "0.0.0.0:9000"},  # up's
+        {**guest("r1", "relay", None), **stopped, "address": "127.0.0.1:19200"},
+        {**guest("r2", "relay", None), **stopped},  # a supervisor that does not say
+        {**guest("mirror", "mirror", None), **stopped, "address": "127.0.0.1:18000"},
+    ]
+    for item in listed:
+        name = item["name"]
+        state.add(f"guest {name}", f"http://127.0.0.1:{len(name)}", ("up:1", name))
+    state.record_guests("up:1", parse({"guests": listed}))
+    rows = [row[:3] for row in views.overview_rows(state)]
+    assert rows == [
+        ("mirror", "10.0.0.2:8000", "up"),
+        ("relay", "10.0.0.2:9000", "unreachable"),  # from every address: the LAN's
+        ("relay", "127.0.0.1:19200", "stopped"),
+        ("relay", "—", "stopped"),
+        ("mirror", "127.0.0.1:18000", "stopped"),
+    ]
+
+
 def test_a_guest_that_restarts_is_down_and_says_why() -> None:
     state = DashboardState(["up:1"])
     state.add("guest relay", "http://127.0.0.1:2", ("up:1", "relay"))
@@ -281,7 +308,11 @@ def test_a_real_supervisors_list_is_read(tmp_path: Path) -> None:
     supervisor.define(Definition(name="relay", image=str(image), forwards=[]))
     [found] = parse({"guests": supervisor.items()})
     admin = supervisor.item("relay")["admin"]
-    assert found == Guest("relay", "relay", "stopped", 0.0, 0, 0.0, 0.0, 128.0, None, admin)
+    [relay] = [f for f in supervisor.item("relay")["forwards"] if f.endswith(":9000")]
+    address = relay.removeprefix("tcp:").removesuffix(":9000")  # its port 9000, on 127.0.0.1
+    assert found == Guest(
+        "relay", "relay", "stopped", 0.0, 0, 0.0, 0.0, 128.0, None, admin, address=address
+    )
     assert watch_url("http://127.0.0.1:8080", admin) == (admin, "")
 
 
