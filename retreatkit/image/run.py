@@ -189,6 +189,9 @@ def disk_problem(disk: Path, size: str) -> str | None:
     return None
 
 
+MKE2FS_SECONDS = 120.0  # a few seconds on any disk; more is a file system that hangs
+
+
 def make_disk(path: Path, size: str = DEFAULT_DISK_SIZE) -> None:
     """An empty ext4 disk image (sparse), made on the host: no root, no loop mount."""
     mke2fs = shutil.which("mke2fs") or next(
@@ -196,8 +199,26 @@ def make_disk(path: Path, size: str = DEFAULT_DISK_SIZE) -> None:
     )
     if mke2fs is None:
         raise RunError("mke2fs not found: apt-get install e2fsprogs")
+    try:
+        done = _mke2fs(mke2fs, path, size)
+    except subprocess.TimeoutExpired:  # a stuck NFS mount, a dying USB stick
+        path.unlink(missing_ok=True)
+        raise RunError(
+            f"cannot make the disk {path}: mke2fs took over {MKE2FS_SECONDS:.0f} s"
+            " (is that file system stuck?)"
+        ) from None
+    if done.returncode != 0:
+        path.unlink(missing_ok=True)
+        # its last line says why; those before, on a full disk, each block it could not
+        # write ("Warning: could not erase sector 2: ...")
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        why = lines[-1] if lines else f"mke2fs exit code {done.returncode}"
+        raise RunError(f"cannot make the disk {path}: {why}")
+
+
+def _mke2fs(mke2fs: str, path: Path, size: str) -> subprocess.CompletedProcess[str]:
     # inode tables and journal written now, so the guest's CPU does not do it later
-    done = subprocess.run(
+    return subprocess.run(
         [
             mke2fs,
             "-q",
@@ -215,16 +236,9 @@ def make_disk(path: Path, size: str = DEFAULT_DISK_SIZE) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=MKE2FS_SECONDS,
         check=False,
     )
-    if done.returncode != 0:
-        path.unlink(missing_ok=True)
-        # its last line says why; those before, on a full disk, each block it could not
-        # write ("Warning: could not erase sector 2: ...")
-        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-        why = lines[-1] if lines else f"mke2fs exit code {done.returncode}"
-        raise RunError(f"cannot make the disk {path}: {why}")
 
 
 # the guest's tty ends lines with CR LF (CRs are dropped, even when a read splits the

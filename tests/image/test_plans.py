@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from retreatkit.cli import main as cli
-from retreatkit.image import kernel, qemu
+from retreatkit.image import kernel, qemu, run
 from retreatkit.image.kmod import Index, Module, ModuleError
 from retreatkit.image.run import RunError
 from retreatkit.image.supervisor import Definition, GuestError, Supervisor
@@ -693,6 +693,28 @@ def test_a_data_disk_a_full_file_system_cannot_take_is_one_line(
             " writing out and closing file system\n"
         )
         assert not disk.exists()
+
+
+def test_a_data_disk_mke2fs_never_finishes_making_is_one_line(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An mke2fs stuck on its file system (a hung network mount) was a traceback once its
+    time ran out."""
+    image = whole_image(home / "mirror", "mirror")
+    tools = home / "tools"
+    tools.mkdir()
+    stuck = tools / "mke2fs"
+    stuck.write_text("#!/bin/sh\nexec sleep 600\n")  # the stuck program itself
+    stuck.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(run, "MKE2FS_SECONDS", 1.0)
+    disk = home / "mirror.disk"
+    assert cli.main(["image", "run", str(image), "--disk", str(disk)]) == 1
+    assert capsys.readouterr().err == (
+        f"retreatkit: cannot make the disk {disk}: mke2fs took over 1 s"
+        " (is that file system stuck?)\n"
+    )
+    assert not disk.exists()
 
 
 @contextlib.contextmanager
