@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,15 +57,6 @@ def test_what_apt_checks_of_a_suite() -> None:
         "Release.gpg": b"g", "Release": b"r"
     }  # fmt: skip
     assert signed_files({"Release": b"r"}) == {}
-
-
-@pytest.fixture
-def signer(tmp_path: Path) -> Iterator[Signer]:
-    made = Signer.make(tmp_path / "gnupg")
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 @needs_gpg
