@@ -22,6 +22,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SIOCGIFADDR = 0x8915
 SIOCGIFFLAGS = 0x8913
@@ -53,6 +54,21 @@ def is_own_address(address: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def bind_error(proto: str, family: int, sockaddr: tuple[Any, ...]) -> OSError | None:
+    """Why a server cannot listen on `sockaddr` (`proto` tcp or udp) now, or None: bound
+    and let go at once, as those servers bind (asyncio's, passt's, qemu's forwards): TCP
+    with SO_REUSEADDR, so a port a closed connection holds in TIME_WAIT counts as free."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(family, kind) as sock:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            return exc
+    return None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from retreatkit import config
-from retreatkit.lanaddress import CONFIGURED, LanAddress, is_loopback
+from retreatkit.lanaddress import CONFIGURED, LanAddress, bind_error, is_loopback
 
 # keys whose values must be positive (> 0) or at least zero, by section. Each limit and
 # timeout is here: at 0 a limit turns every client away and a timeout cuts every one off,
@@ -174,23 +174,19 @@ def _try_bind(lst: Listener) -> str | None:
     except socket.gaierror:
         return f"{lst.service}: cannot resolve {lst.host!r}: change {key}"
     family, _, _, _, sockaddr = infos[0]
-    with socket.socket(family, kind) as sock:
-        if kind == socket.SOCK_STREAM:  # as asyncio's servers do
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(sockaddr)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return f"{lst.service}: {lst.proto.upper()} {address}{_IN_USE}{key}"
-            if exc.errno == errno.EACCES:
-                return (
-                    f"{lst.service}: port {lst.port} needs root or CAP_NET_BIND_SERVICE "
-                    f"(docs/operations.md, 'Port 53 without root'), or change {key}"
-                )
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return f"{lst.service}: {lst.host} is not an address of this machine: change {key}"
-            return f"{lst.service}: cannot listen on {address}: {exc.strerror}: change {key}"
-    return None
+    exc = bind_error(lst.proto, family, sockaddr)
+    if exc is None:
+        return None
+    if exc.errno == errno.EADDRINUSE:
+        return f"{lst.service}: {lst.proto.upper()} {address}{_IN_USE}{key}"
+    if exc.errno == errno.EACCES:
+        return (
+            f"{lst.service}: port {lst.port} needs root or CAP_NET_BIND_SERVICE "
+            f"(docs/operations.md, 'Port 53 without root'), or change {key}"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{lst.service}: {lst.host} is not an address of this machine: change {key}"
+    return f"{lst.service}: cannot listen on {address}: {exc.strerror}: change {key}"
 
 
 ALREADY_TIMEOUT = 2.0  # seconds, in all, to ask the admin endpoint in the way who it is

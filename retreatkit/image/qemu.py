@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retreatkit.image.paths import cache_dir
+from retreatkit.lanaddress import bind_error
 
 QEMU = "qemu-system-x86_64"
 KVM_PROBE_SECONDS = 8.0  # a kernel reaches its root-mount panic in < 1 s on working KVM
@@ -169,23 +170,18 @@ def forward_problem(forwards: Sequence[Forward]) -> str | None:
 
 
 def _bind_problem(f: Forward) -> str | None:
-    kind = socket.SOCK_STREAM if f.proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
-        if kind == socket.SOCK_STREAM:  # as passt and qemu listen: TIME_WAIT does not hold it
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((f.host, f.port))
-        except OSError as exc:
-            where = f"{f.proto} {f.host}:{f.port} (to guest port {f.guest_port})"
-            other = f"forward another port to guest port {f.guest_port}"
-            if exc.errno == errno.EADDRINUSE:
-                return f"{where} is in use by another program: free it, or {other}"
-            if exc.errno == errno.EACCES:
-                return f"{where}: port {f.port} needs root or CAP_NET_BIND_SERVICE, or {other}"
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return f"{where}: {f.host} is not an address of this host"
-            return f"{where} cannot be forwarded: {exc.strerror}"
-    return None
+    exc = bind_error(f.proto, socket.AF_INET, (f.host, f.port))
+    if exc is None:
+        return None
+    where = f"{f.proto} {f.host}:{f.port} (to guest port {f.guest_port})"
+    other = f"forward another port to guest port {f.guest_port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where} is in use by another program: free it, or {other}"
+    if exc.errno == errno.EACCES:
+        return f"{where}: port {f.port} needs root or CAP_NET_BIND_SERVICE, or {other}"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: {f.host} is not an address of this host"
+    return f"{where} cannot be forwarded: {exc.strerror}"
 
 
 def qemu_binary() -> str:

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 _TIMEOUT = 10
@@ -127,23 +128,30 @@ def default_npm() -> str | None:
     return url if out.returncode == 0 and url.startswith(("http://", "https://")) else None
 
 
-def apt_sources(root: Path = Path("/etc/apt")) -> list[str]:
-    """The archive URLs this machine's apt uses: one-line `deb` entries and deb822
-    `URIs:` fields, in the order apt reads them."""
+def _source_lines(root: Path) -> Iterator[tuple[bool, str]]:
+    """Each line of this machine's apt sources, in the order apt reads them, without its
+    comment: (whether its file is deb822, the line). Files that cannot be read are passed by."""
     files = [root / "sources.list", *sorted((root / "sources.list.d").glob("*.list"))]
     files += sorted((root / "sources.list.d").glob("*.sources"))
-    urls: list[str] = []
     for path in files:
         try:
             text = path.read_text("utf-8")
         except (OSError, UnicodeDecodeError):
             continue
         for line in text.splitlines():
-            words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
-            if path.suffix == ".sources" and words[:1] == ["URIs:"]:
-                urls += words[1:]
-            elif words[:1] == ["deb"] and len(words) >= 2:
-                urls.append(words[1])
+            yield path.suffix == ".sources", line.split("#", 1)[0]
+
+
+def apt_sources(root: Path = Path("/etc/apt")) -> list[str]:
+    """The archive URLs this machine's apt uses: one-line `deb` entries and deb822
+    `URIs:` fields, in the order apt reads them."""
+    urls: list[str] = []
+    for deb822, line in _source_lines(root):
+        words = re.sub(r"\[[^]]*\]", " ", line).split()
+        if deb822 and words[:1] == ["URIs:"]:
+            urls += words[1:]
+        elif words[:1] == ["deb"] and len(words) >= 2:
+            urls.append(words[1])
     return list(dict.fromkeys(u.rstrip("/") for u in urls if u.startswith(("http://", "https://"))))
 
 
@@ -156,21 +164,13 @@ def apt_keyrings(root: Path = Path("/etc/apt")) -> list[Path]:
     or a key written inline there is passed by)."""
     files = [root / "trusted.gpg", *sorted((root / "trusted.gpg.d").glob("*.gpg"))]
     files += sorted((root / "trusted.gpg.d").glob("*.asc"))
-    sources = [root / "sources.list", *sorted((root / "sources.list.d").glob("*.list"))]
-    sources += sorted((root / "sources.list.d").glob("*.sources"))
-    for path in sources:
-        try:
-            text = path.read_text("utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        for line in text.splitlines():
-            line = line.split("#", 1)[0]
-            if path.suffix == ".sources":
-                name, _, value = line.partition(":")
-                named = value.split() if name.strip().lower() == "signed-by" else []
-            else:
-                named = [v for m in _SIGNED_BY.findall(line) for v in m.split(",")]
-            files += [Path(v) for v in named if v.startswith("/")]
+    for deb822, line in _source_lines(root):
+        if deb822:
+            name, _, value = line.partition(":")
+            named = value.split() if name.strip().lower() == "signed-by" else []
+        else:
+            named = [v for m in _SIGNED_BY.findall(line) for v in m.split(",")]
+        files += [Path(v) for v in named if v.startswith("/")]
     return [f for f in dict.fromkeys(files) if f.is_file()]
 
 
