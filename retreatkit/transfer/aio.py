@@ -335,11 +335,16 @@ async def receive(
         full = full and writer is not None and writer.record.fd is not None
         keep = (type(exc) is PeerGone or stopped_here or full) and writer is not None
         if writer is not None:
-            lost = keep and not writer.holds_anything and writer.record.fd is not None
-            writer.abort(keep=keep and not lost)
+            recorded = keep and writer.record.fd is not None
+            # cut before its first byte: nothing arrived, so nothing stays (no record, no
+            # empty folder: the folder as the receive found it) and no word of partial
+            # files, which "The partial files are kept" said there were
+            empty = recorded and not writer.holds_anything
+            lost = recorded and not empty and not writer.worth_keeping
+            writer.abort(keep=keep and not empty and not lost)
             if lost:
                 reporter.say(STREAM_LOST)
-            elif keep and writer.record.fd is not None:
+            elif recorded and not empty:
                 if not writer.all_named:
                     reporter.say(KEPT_FULL if full else KEPT)
                 elif writer.offer.total_size is None:

@@ -45,6 +45,11 @@ class PeerGone(TransferError):
     simply dropped."""
 
 
+class TooSlow(PeerGone):
+    """The peer kept the connection alive but moved too little over it: its offer took
+    longer, on the whole, than an honest one over any link bob is meant for (pace.py)."""
+
+
 class PeerAborted(PeerGone):
     """The peer said why it gives up (an ABORT): a stop on purpose, nothing to resume."""
 

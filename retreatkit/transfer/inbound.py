@@ -78,6 +78,12 @@ class Inbound:
     _path_acked: bool
     _eof: bool
 
+    @property
+    def offer_coming(self) -> int | None:
+        """The length the offer's first record announced, while the rest is still to
+        come (pace.py bounds how long that may take); None before and after."""
+        return self._offer_len if self._offer_buf else None
+
     def _move(self, move: Move, what: str | None = None) -> None:
         after = TABLE.get((self.side, self.state, move))
         if after is None:

@@ -23,6 +23,7 @@ from retreatkit.transfer.errors import PeerAborted as PeerAborted  # found here 
 from retreatkit.transfer.errors import PeerGone as PeerGone
 from retreatkit.transfer.machine import Aborted, Event, Session
 from retreatkit.transfer.offer import escape
+from retreatkit.transfer.pace import Pace
 
 CONNECT_TIMEOUT = 10.0
 _T = TypeVar("_T")
@@ -207,8 +208,11 @@ class Link:
             self.peer_seen = hints.paired_address(reply.text)
         return wire.Reply(reply.word, text)
 
-    async def event(self, session: Session, timeout: float | None) -> Event:
-        """The session's next event from this connection."""
+    async def event(
+        self, session: Session, timeout: float | None, pace: Pace | None = None
+    ) -> Event:
+        """The session's next event from this connection: `timeout` bounds the silence
+        before each frame, and `pace`, if given, the wait for the whole."""
         self.channel.start_frames()
         while True:
             await self.flush(session.data_to_send())
@@ -223,7 +227,8 @@ class Link:
                     if isinstance(event, Aborted):
                         raise PeerAborted(f"the other side gave up: {event.reason}")
                     return event
-            self._pending.extend(await self.frames(timeout))
+            wait, late = (timeout, None) if pace is None else pace.wait(timeout)
+            self._pending.extend(await self.frames(wait, late))
 
     async def arrived(self, timeout: float) -> None:
         """Wait until the peer's first whole frame (its key exchange message) is here, not
@@ -247,14 +252,17 @@ class Link:
             raise NoKeyExchange("the other side closed the connection before its key exchange")
         self._pending.extend(got)
 
-    async def frames(self, timeout: float | None) -> list[Frame]:
-        """Whole frames as they come; PeerGone at the end of the stream or past `timeout`."""
+    async def frames(self, timeout: float | None, late: TransferError | None = None) -> list[Frame]:
+        """Whole frames as they come; PeerGone at the end of the stream or past `timeout`
+        (or `late`, when it was a bound on more than this wait that ran out)."""
         try:
             # asyncio.timeout, not wait_for: no task per read on the hot path
             async with asyncio.timeout(timeout):
                 got = await self.channel.frames()
         except (OSError, ConnectionClosed) as exc:
             if _our_timeout(exc):
+                if late is not None:
+                    raise late from None
                 raise PeerGone(f"the other side went quiet: nothing for {timeout:g} s") from None
             raise broke(exc) from None
         if not got:
@@ -288,22 +296,27 @@ class Link:
             raise PeerGone("the connection broke")
         self.writer.writelines(frames)
 
-    async def flush(self, data: bytes) -> None:
+    async def flush(self, data: bytes, pace: Pace | None = None) -> None:
         if data:
             self.write([data])
-            await self.drain()
+            await self.drain(pace)
 
-    async def drain(self) -> None:
-        """Wait for the buffer to empty; fail when nothing left it for `timeout`."""
+    async def drain(self, pace: Pace | None = None) -> None:
+        """Wait for the buffer to empty; fail when nothing left it for `timeout`, or
+        (with `pace`) when emptying it took too long on the whole: a reader that takes
+        a few bytes before each `timeout` runs out is still moving."""
         transport = self.writer.transport
         waiting = asyncio.ensure_future(self.writer.drain())
         try:
             left = transport.get_write_buffer_size()
             while True:
-                done, _ = await asyncio.wait({waiting}, timeout=self.timeout)
+                wait, late = (self.timeout, None) if pace is None else pace.wait(self.timeout)
+                done, _ = await asyncio.wait({waiting}, timeout=wait)
                 if done:
                     waiting.result()
                     return
+                if late is not None:
+                    raise late
                 now = transport.get_write_buffer_size()
                 if now >= left:
                     raise PeerGone(

@@ -112,6 +112,7 @@ class Writer:
         self._files = offer.files
         self._index = 0
         self._offset: int | None = None  # where the current file's part resumes
+        self._in_part = 0  # bytes the current file's part holds, from an earlier run too
         self._fd: int | None = None
         self._part: str | None = None
         self._part_ours = False  # this run started the part (not one it resumed)
@@ -205,6 +206,7 @@ class Writer:
         self._index = start.index
         held = self.claim.length if start.index == self.claim.index else 0
         self._offset = start.length if held and start.index < len(self._files) else None
+        self._in_part = self._offset or 0
         self.claim = start
 
     def _drop_part(self, index: int) -> None:
@@ -317,6 +319,7 @@ class Writer:
             except OSError as exc:
                 raise self._error("cannot write", self._current_path(), exc) from None
             view = view[written:]
+            self._in_part += written
 
     def finish_file(self) -> str:
         """The current file arrived whole: give it its final name. Returns that name."""
@@ -340,6 +343,7 @@ class Writer:
         os.close(self._parent)
         self._part = self._parent = None
         self._index += 1
+        self._in_part = 0
         shown = display_path(path)
         self.written.append(shown)
         return shown
@@ -368,12 +372,19 @@ class Writer:
 
     @property
     def holds_anything(self) -> bool:
+        """Anything of the offer is here: a file that arrived whole, or a byte of the part
+        of the next, from this run or an earlier one (the claim). A receive cut before
+        its first byte holds nothing."""
+        return self._index > 0 or self._in_part > 0 or self.claim != resume.NOTHING
+
+    @property
+    def worth_keeping(self) -> bool:
         """What a stop keeps is worth keeping: a file that arrived whole, or the part of
         one of known size. A stream's part is not (it is never resumed: stdin is read
         once), so an offer cut in its first file, a stream, leaves nothing to resume."""
         if self._index > 0:
             return True
-        return bool(self._files) and self._files[0].size is not None
+        return self.holds_anything and self._files[0].size is not None
 
     def complete(self) -> None:
         """Everything arrived: nothing is left to resume, nor to remove on a stop."""

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from retreatkit.transfer import direct, resume
+from retreatkit.transfer import direct, pace, resume
 from retreatkit.transfer.channel import Frame
 from retreatkit.transfer.errors import RemoteProtocolError, TransferError
 from retreatkit.transfer.link import Link, PeerAborted, PeerGone, Worker, discard
@@ -45,11 +45,14 @@ class Sink:
 async def offered(
     link: Link, session: Session, options: Options
 ) -> tuple[Offer, direct.Racer | None]:
-    """Our hints out, the sender's in (and raced), then its offer."""
+    """Our hints out, the sender's in (and raced), then its offer: each record within
+    --timeout of the one before, and the whole offer within pace.py's bound from its
+    first record (else TooSlow)."""
     racer = await start_racing(link, session, options)
+    bound = pace.Pace(lambda: session.offer_coming, link.timeout, pace.late_offer, options.clock)
     try:
         while True:
-            event = await link.event(session, link.timeout)
+            event = await link.event(session, link.timeout, bound)
             if isinstance(event, Hinted):
                 race_to(racer, link, event, options)
             elif isinstance(event, Offered):

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from retreatkit.transfer import direct, hints, source
+from retreatkit.transfer import direct, hints, pace, source
 from retreatkit.transfer.errors import (
     NoKeyExchange,
     PakeFailed,
@@ -39,6 +40,7 @@ class Options:
     compress: bool = True
     direct: bool = True  # offer and try direct connections
     timeout: float = 120.0
+    clock: Callable[[], float] = time.monotonic  # what pace.py bounds the offer on
 
 
 # seconds the peer's key exchange message has to come once paired. Each side sends its
@@ -119,7 +121,7 @@ async def send_session(
     its lock while `handshake` runs, so several receivers never guess at once."""
     racer = await start_racing(link, session, options)
     try:
-        await link.flush(session.send_offer(sources.offer))
+        await send_offer(link, session, sources, options)
         answer = await _answer(link, session, racer, options)
         if not answer.accepted:
             raise Refused("the receiver declined the transfer")
@@ -147,6 +149,16 @@ async def send_session(
     finally:
         if racer is not None:
             await racer.close()
+
+
+async def send_offer(
+    link: Link, session: Session, sources: source.Sources, options: Options
+) -> None:
+    """The whole offer out, bounded as a whole (pace.py): a receiver, or a relay, that
+    reads a little of it before each --timeout runs out holds us no longer than an honest
+    one on a slow link would."""
+    offer = session.send_offer(sources.offer)
+    await link.flush(offer, pace.sending(len(offer), link.timeout, options.clock))
 
 
 async def _answer(

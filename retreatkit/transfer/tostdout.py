@@ -18,6 +18,7 @@ class StdoutWriter(Writer):
         self._files = offer.files
         self._fd_out = fd
         self._index = 0
+        self._in_part = 0
         self.claim = resume.NOTHING
         self.resuming = False
         self.record = partial.Record(-1, "")

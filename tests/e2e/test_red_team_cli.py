@@ -468,6 +468,76 @@ def test_04_a_trickled_record_times_out(
     assert [path.stat().st_size for path in parts(out)] == [1 << 16]  # kept, to resume
 
 
+def test_04_a_trickled_offer_times_out(
+    relay: RelayProcess, home: dict[str, str], out: Path
+) -> None:
+    """A hostile sender, or relay, that sends its offer a byte at a time, each in a
+    record of its own and each well inside --timeout: the receiver waited as long as the
+    trickle lasted (this 4 KB one, some 40 s with a 1 s --timeout; 32 MiB, for ever).
+    The whole offer has --timeout plus a second per 8 KiB (transfer/pace.py); then one
+    line, exit 1, nothing written."""
+    code = Code("34", ("alpha", "abandon"))
+    encoded = Offer(text="x" * 4000).encode()
+    peer = Peer((relay.host, relay.port), code)
+    assert peer.line() == b"ok 34\n"
+    receiver = bob(
+        home, "recv", "--relay", relay.address, "--timeout", "1", "--yes", "-o", str(out), str(code)
+    )
+    try:
+        assert peer.line().startswith(b"paired ")
+        peer.handshake()
+        peer.seal(Kind.OFFER, encoded[:5])  # its length, and one byte
+        trickle = iter(encoded[5:])
+
+        def gave_up() -> bool:  # a record a poll: each in time, the offer never
+            if receiver.popen.poll() is not None:
+                return True
+            byte = next(trickle, None)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it just left
+                if byte is not None:
+                    peer.seal(Kind.OFFER, bytes([byte]))
+            return False
+
+        until(gave_up, "the receiver gives up on a trickled offer")
+        status, lines = finished(receiver)
+    finally:
+        peer.close()
+        receiver.stop()
+    assert (status, lines) == (
+        1,
+        [
+            "ERROR: the sender's offer of 4021 bytes did not all come in 1.5 s: a sender or"
+            " relay that stalls, or a link slower than 8 KiB/s"
+        ],
+    )
+    assert list(out.iterdir()) == []
+
+
+def test_04_a_sender_gone_before_the_first_byte_leaves_nothing(
+    relay: RelayProcess, home: dict[str, str], out: Path
+) -> None:
+    """The offer accepted, the path chosen, and the sender gone before any data: nothing
+    arrived, so nothing is left behind, and nothing is said of partial files (bob said
+    "The partial files are kept" and left its resume record and an empty folder)."""
+    code = Code("35", ("alpha", "abandon"))
+    peer = Peer((relay.host, relay.port), code)
+    assert peer.line() == b"ok 35\n"
+    receiver = bob(home, "recv", "--relay", relay.address, "--yes", "-o", str(out), str(code))
+    try:
+        assert peer.line().startswith(b"paired ")
+        peer.handshake()
+        fold = (Entry(("fold",), is_dir=True), Entry(("fold", "a.bin"), size=1 << 20))
+        assert peer.offer(Offer(entries=fold))  # and PATH: the data would come now
+        peer.close()
+        status, lines = finished(receiver)
+    finally:
+        peer.close()
+        receiver.stop()
+    assert (status, lines[-1]) == (1, "ERROR: the other side closed the connection"), lines
+    assert not any("kept" in line or "partial" in line for line in lines), lines
+    assert list(out.iterdir()) == []
+
+
 def test_04_recv_with_no_passphrase_and_nothing_on_stdin(home: dict[str, str]) -> None:
     got = recv("127.0.0.1:1", home)
     assert got.returncode == 1

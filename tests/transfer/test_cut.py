@@ -182,6 +182,44 @@ async def test_a_relay_that_dies_mid_record_leaves_the_part_and_the_next_receive
     assert sorted(p.name for p in output.iterdir()) == ["big.bin"]
 
 
+@pytest.mark.parametrize("what", ["file", "folder", "stream"])
+async def test_a_cut_before_the_first_byte_keeps_nothing_and_says_nothing_of_it(
+    output: Path, tmp_path: Path, what: str
+) -> None:
+    """Cut in the first DATA record, after the yes: no byte of any file arrived. The
+    receiver said "The partial files are kept" (or of a stream, "Nothing was kept") and
+    left its resume record and the folders it made, which held nothing to resume."""
+    fold = tmp_path / "fold"
+    (fold / "inner").mkdir(parents=True)
+    (fold / "inner" / "a.bin").write_bytes(os.urandom(3 << 20))
+    stream = tmp_path / "stream"
+    stream.write_bytes(os.urandom(3 << 20))
+    with stream.open("rb") as stdin, pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.stdin", type("In", (), {"buffer": stdin})())
+        args = {"file": [str(stream)], "folder": [str(fold)], "stream": ["-"]}[what]
+        heard, got = await transfer(source.collect(args), output, Relay(stop_at=0))
+    assert isinstance(got, PeerGone), got
+    assert str(got) == "the connection ended in the middle of a record"
+    assert heard.said == []
+    assert list(output.iterdir()) == []
+
+
+async def test_a_resumed_receive_cut_before_its_first_byte_keeps_what_was_there(
+    sources: source.Sources, output: Path
+) -> None:
+    heard, got = await transfer(sources, output, Relay(stop_at=20))
+    assert heard.said == [KEPT]
+    (part,) = output.glob(".bob-*.part")
+    assert part.stat().st_size == 20 * RECORD_SIZE
+
+    heard, got = await transfer(sources, output, Relay(stop_at=0))
+    assert isinstance(got, PeerGone), got
+    assert heard.resumes == [resume.Claim(0, 20 * RECORD_SIZE)]
+    assert heard.said == [KEPT]  # nothing came this time, and the earlier part stays
+    assert part.stat().st_size == 20 * RECORD_SIZE
+    assert len(list(output.glob(".bob-*.resume"))) == 1
+
+
 async def test_a_relay_that_cuts_only_the_end_says_every_file_arrived(
     sources: source.Sources, output: Path, tmp_path: Path
 ) -> None:
