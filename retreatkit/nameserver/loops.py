@@ -136,5 +136,7 @@ class Loops:
         if rcode not in (RCODE_NOERROR, RCODE_NXDOMAIN):
             return False
         upstream.looping = False
-        upstream.answered(elapsed)  # it answers what we ask: up
+        # it answers what we ask: up. Its failures were the loop's (its questions went
+        # round until they timed out), so they do not keep it down
+        upstream.back(elapsed)
         return True

@@ -35,6 +35,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("retreatkit.nameserver")
 Address = tuple[str, int]
+# what a counter's name alone would leave open (transport.py tells the two kinds apart)
+HELP = {
+    "spoofed_replies_ignored": "upstream replies ignored that match no query we sent that"
+    " upstream lately (an ID we never sent, or another question): forged or garbled",
+    "late_replies_ignored": "upstream replies ignored that repeat the ID and question of a"
+    " recent query of ours no longer waiting for them (a late or second reply)",
+}
 
 
 @dataclass
@@ -186,12 +193,20 @@ class Nameserver:
                 self.resolver.tick(now)
             self.upstream_states.tick(now)
             self._check_loops()
+            self._check_down(now)
 
     def _check_loops(self) -> None:
         """Send the loop probes that are due (loops.py): at start, and when an upstream
         starts failing or loops."""
         for probe in self.resolver.loops.due(self.clock()):
             self._spawn(self.resolver.check_loop(probe))
+
+    def _check_down(self, now: float) -> None:
+        """Ask each down upstream whose recheck is due the check question (upstream.py):
+        it is up again only when it passes, never on an attendee's question."""
+        for group in self.resolver.upstreams.values():
+            for upstream in group.due(now):
+                self._spawn(group.check_again(upstream))
 
     async def reload(self, quiet: bool = False) -> int:
         """Read every list and swap the result in: the next query is answered under it.
@@ -241,8 +256,10 @@ class _Collector(Collector):
         s = self.nameserver.status()
         for key in ("queries", "cache_hits", "blocked", "local", "stale_served", "forwarded",
                     "servfail", "refused", "rate_limited", "formerr", "cname_blocked",
-                    "rebinding_dropped", "spoofed_replies_ignored"):  # fmt: skip
-            yield CounterMetricFamily(f"nameserver_{key}", key.replace("_", " "), value=s[key])
+                    "rebinding_dropped", "spoofed_replies_ignored",
+                    "late_replies_ignored"):  # fmt: skip
+            text = HELP.get(key, key.replace("_", " "))
+            yield CounterMetricFamily(f"nameserver_{key}", text, value=s[key])
         yield GaugeMetricFamily(
             "nameserver_cache_entries", "cache entries", value=s["cache_entries"]
         )

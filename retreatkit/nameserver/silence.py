@@ -5,7 +5,9 @@ A zone's own servers can be silent (a dead domain, a tracker firewalled away) wh
 upstream answers everything else: its questions must not take the upstream down for the
 whole LAN. So an unanswered question counts nothing if the upstream has since replied to
 another question of ours, or to the check question (upstream.py asks it when silent
-questions are about to take the upstream down).
+questions are about to take the upstream down). The same question rechecks an upstream
+that is down, and only it brings one back: an attendee's question may be for a name the
+upstream holds in its cache, and a resolver whose own uplink is gone answers those.
 
 The check question is the A of a name no cache holds, which only the uplink answers: a
 fresh random label under the forwarded zone, or, for the default upstreams, under com
@@ -17,6 +19,12 @@ it for good). A rule on how many sites went unanswered marked a working upstream
 instead when a quiet LAN asked three dead zones at once: only a question that needs the
 uplink tells the two apart, and any such question spares the silent ones, whatever their
 domain (as a reply to another question of ours does).
+
+NOERROR passes as NXDOMAIN does: a resolver that turns NXDOMAIN into an address of its
+own (some ISPs' do) is online, and taken for down it would leave the LAN without DNS. An
+NXDOMAIN need not carry com's SOA: one made from cached NSEC records carries the SOA
+too, so requiring it proves nothing more, and a small forwarder that drops the
+authority section would be taken for down.
 
 Why com: no resolver answers a name under it from local data. It is delegated from the
 root, and no resolver holds a copy of it; it is signed with NSEC3 opt-out, which leaves

@@ -99,6 +99,7 @@ def render(ns: Nameserver) -> dict[str, Any]:
         "cname_blocked": s.cname_blocked,
         "rebinding_dropped": s.rebinding_dropped,
         "spoofed_replies_ignored": ns.pool.spoofs,
+        "late_replies_ignored": ns.pool.late,
         "cache_entries": len(resolver.cache),
         "blocking": blocking(ns),
         "blocklist_entries": len(blocklist),

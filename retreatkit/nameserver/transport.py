@@ -6,11 +6,20 @@ drops datagrams from any other address or port (and answers a port scan with
 ICMP, as for a closed port); its port is the kernel's random pick; it carries at
 most USES queries and lives at most LIFETIME seconds, then a fresh socket takes
 over. Each query has an ID from a CSPRNG (the caller's), and a reply counts only
-with that ID on that socket and our question repeated. Anything else is counted
-as spoofed and ignored, and the real reply is still awaited; but the reply to a
-query we stopped waiting for (its time was up, or another upstream answered first)
-is only late: it is dropped without counting, or a slow uplink would look like an
-attack in /status.
+with that ID on that socket and our question repeated; anything else is ignored, and
+the real reply is still awaited.
+
+What is ignored is counted as one of two kinds. `late`: a reply repeating the ID and
+question of one of the last RECENT queries we sent that upstream, from any of our
+sockets, but not of one waiting on this socket: the reply to a query we stopped
+waiting for (its time was up, or another upstream answered first), a second reply to
+one, or dnsmasq with no route out, which answers a question it still holds from
+before REFUSED with our earlier query's ID, sent to the port the question came from
+this time (another of ours). `spoofs`: a datagram that matches nothing we sent that
+upstream lately (an ID we never sent, our ID with another question, no reply at all):
+forged, or garbled. Counted as spoofed, a slow uplink or a venue router without its
+route out looked like an attack in /status. Only the check by ID, socket and question
+decides what is used; the two counts just tell apart what it turned away.
 
 A socket per query (an asyncio endpoint each) cost more CPU than the rest of a
 cache miss together; a pool of plain sockets read with loop.add_reader does not.
@@ -30,22 +39,23 @@ from retreatkit.nameserver.race import staggered
 from retreatkit.nameserver.upstream import Answer, Upstream
 
 USES = 16  # queries per socket, then a new random port
+RECENT = 1024  # queries per upstream whose replies count as late, not spoofed
 LIFETIME = 10.0  # seconds a socket takes new queries
 MAX_REPLY = 65535
 _ID = struct.Struct(">H")
 
 
 class _Socket:
-    __slots__ = ("fd", "late", "opened", "pending", "retired", "sock", "uses")
+    __slots__ = ("fd", "opened", "pending", "recent", "retired", "sock", "uses")
 
-    def __init__(self, sock: socket.socket, opened: float) -> None:
+    def __init__(self, sock: socket.socket, opened: float, recent: dict[int, bytes]) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.opened = opened
         self.uses = 0
         self.retired = False
         self.pending: dict[int, tuple[asyncio.Future[bytes], bytes]] = {}
-        self.late: dict[int, bytes] = {}  # queries given up on: ID -> question (<= USES)
+        self.recent = recent  # its upstream's last queries from any socket: ID -> question
 
 
 class Pool:
@@ -60,8 +70,11 @@ class Pool:
         self.uses = uses
         self.clock = clock
         self.lifetime = lifetime
-        self.spoofs = 0  # replies ignored: wrong ID, wrong question, not a reply
+        self.spoofs = 0  # replies ignored that match nothing we sent their upstream lately
+        self.late = 0  # replies ignored that repeat a recent query of ours no longer waiting
         self._current: dict[tuple[str, int], _Socket] = {}
+        # by upstream: ID -> question of the last RECENT queries sent to it, oldest first
+        self._recent: dict[tuple[str, int], dict[int, bytes]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # looked up once (a getpid each)
         self._open_sockets: set[_Socket] = set()
 
@@ -78,6 +91,11 @@ class Pool:
         future: asyncio.Future[bytes] = loop.create_future()
         s.pending[qid] = (future, question)
         s.uses += 1
+        recent = s.recent
+        recent.pop(qid, None)  # an ID drawn again: its newest question, counted as newest
+        recent[qid] = question
+        if len(recent) > RECENT:
+            del recent[next(iter(recent))]
         timer = loop.call_later(timeout, _expire, future)
         try:
             try:
@@ -88,8 +106,6 @@ class Pool:
         finally:
             timer.cancel()
             s.pending.pop(qid, None)
-            if not future.done() or future.cancelled() or future.exception() is not None:
-                s.late[qid] = question
             if s.retired and not s.pending:
                 self._close(loop, s)
 
@@ -119,7 +135,7 @@ class Pool:
             except OSError as exc:
                 sock.close()
                 raise UpstreamFailed(f"cannot reach {address[0]}: {exc.strerror or exc}") from None
-            s = _Socket(sock, now)
+            s = _Socket(sock, now, self._recent.setdefault(address, {}))
             loop.add_reader(s.fd, self._readable, s)
             self._current[address] = s
             self._open_sockets.add(s)
@@ -138,20 +154,19 @@ class Pool:
                 if not future.done():
                     future.set_exception(failure)
             return
-        qid = _ID.unpack_from(data)[0] if len(data) >= 12 else -1
+        if len(data) < 12 or not data[2] & 0x80:
+            self.spoofs += 1  # not a reply at all
+            return
+        qid = _ID.unpack_from(data)[0]
         waiting = s.pending.get(qid)
-        if waiting is None or waiting[0].done() or not data[2] & 0x80:
-            late = s.late.get(qid)
-            if late is not None and wire.repeats(data, late):
-                del s.late[qid]  # the reply we stopped waiting for: late, not forged
-                return
-            self.spoofs += 1
+        if waiting is not None and not waiting[0].done() and wire.repeats(data, waiting[1]):
+            waiting[0].set_result(data)
             return
-        future, question = waiting
-        if not wire.repeats(data, question):
+        sent = s.recent.get(qid)
+        if sent is not None and wire.repeats(data, sent):
+            self.late += 1  # a reply of the upstream's to a query of ours: never an answer
+        else:
             self.spoofs += 1
-            return
-        future.set_result(data)
 
     def _close(self, loop: asyncio.AbstractEventLoop, s: _Socket) -> None:
         if s not in self._open_sockets:

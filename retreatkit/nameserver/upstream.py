@@ -18,10 +18,15 @@ which only an upstream that reaches beyond its cache answers), one at a time. An
 unanswered query counts nothing if the upstream replied to another question of ours
 since it was sent, or passed the check; else it is a failure. Three failures in a row
 and it is down: passed by for RETRY_AFTER seconds (RFC 8767's failure recheck timer;
-the set's `recheck`); then one query at a time probes it while the others pass it by.
+the set's `recheck`), then asked the check question (`due`, `check_again`: the caller
+sends it), and up again only when it passes; else passed by for another RETRY_AFTER.
+Never an attendee's question as the probe: a resolver whose own uplink is gone still
+answers the names its cache holds, and one such answer took it for up again, so every
+new name waited on it (4 s each) until three took it down once more. The check's name
+is one no cache holds (silence.py), and nobody waits on it.
 
-When every upstream is down and none is due a probe, asking fails at once: stale answers
-and SERVFAIL come without waiting on servers known to be silent. SERVFAIL and REFUSED
+When every upstream is down, asking fails at once: stale answers and SERVFAIL come
+without waiting on servers known to be silent. SERVFAIL and REFUSED
 from an upstream count as failures (and fail over), never as answers; but they take no
 upstream down: an upstream that answers is there, and validating resolvers answer
 SERVFAIL for one broken name (dnssec-failed.org), so an attendee asking three of them,
@@ -56,6 +61,7 @@ PATIENCE = 4.0  # how long a query waits for any of them; under a stub's 5 s
 RETRY_AFTER = 30.0  # RFC 8767: recheck a failing upstream after ~30 s
 FAILURES_TO_DOWN = 3
 RCODE_FORMERR, RCODE_SERVFAIL, RCODE_NOTIMP, RCODE_REFUSED = 1, 2, 4, 5
+RCODE_NAMES = {1: "FORMERR", 2: "SERVFAIL", 4: "NOTIMP", 5: "REFUSED"}
 
 
 @dataclass
@@ -64,7 +70,6 @@ class Upstream:
     port: int = 53
     failures: int = 0  # in a row
     down_until: float = 0.0
-    probing: bool = False  # a probe is out: nobody else asks until it ends
     queries: int = 0
     errors: int = 0
     latency_ms: float | None = None  # moving average; None until it has answered
@@ -72,7 +77,7 @@ class Upstream:
     edns: bool = True  # False once it refused a query with EDNS and answered one without
     looping: bool = False  # it forwards our questions back to us (loops.py): never asked
     silence: Silence = field(default_factory=Silence)  # when it last answered beyond its cache
-    checking: bool = False  # a check question is out (one at a time)
+    checking: bool = False  # a check question is out (one at a time), or a recheck
     overdue: int = 0  # its queries in progress, unanswered for an attempt's time
 
     @property
@@ -101,9 +106,21 @@ class Upstream:
         return "up" if self.queries else "unknown"
 
     def answered(self, elapsed: float) -> None:
+        """A usable answer to a question of ours. One that comes while it is down (to a
+        question asked before) may be from its cache: only the check brings it back."""
+        self.queries += 1
+        if not self.down:
+            self.failures = 0
+        self.timed(elapsed)
+
+    def back(self, elapsed: float) -> None:
+        """It passed the check while down: it resolves new names again."""
         self.queries += 1
         self.failures = 0
         self.down_until = 0.0
+        self.timed(elapsed)
+
+    def timed(self, elapsed: float) -> None:
         ms = elapsed * 1000
         self.latency_ms = ms if self.latency_ms is None else 0.8 * self.latency_ms + 0.2 * ms
 
@@ -111,11 +128,12 @@ class Upstream:
         self, now: float, why: str, recheck: float = RETRY_AFTER, answered: bool = False
     ) -> None:
         """A failed query; `answered`: the upstream said so itself (SERVFAIL, REFUSED),
-        so it is there: failing, never down."""
+        so it is there: failing, never down (but down already, it stays so: only the
+        check brings it back)."""
         self.missed(why)
         if answered:
-            self.failures = min(self.failures + 1, FAILURES_TO_DOWN - 1)
-            self.down_until = 0.0
+            if not self.down:
+                self.failures = min(self.failures + 1, FAILURES_TO_DOWN - 1)
             return
         self.failures += 1
         if self.down:
@@ -180,18 +198,39 @@ class UpstreamSet:
     note: Callable[[Upstream, str, float], None] | None = None
 
     def plan(self, now: float) -> list[Upstream]:
-        """Who to ask, in order: every upstream that is up, and any down one whose
-        recheck is due and not already being probed; never one that is looping."""
+        """Who to ask, in order: every upstream that is neither down nor looping."""
         servers = self.servers
         for u in servers:
             if u.failures >= FAILURES_TO_DOWN or u.looping:
                 break
         else:
             return servers  # all up: the common case, asked on every cache miss
+        return [u for u in servers if not u.looping and not u.down]
+
+    def due(self, now: float) -> list[Upstream]:
+        """The down upstreams whose recheck is due, to be asked the check (check_again)."""
         return [
-            u for u in servers
-            if not u.looping and (not u.down or (not u.probing and now >= u.down_until))
+            u for u in self.servers
+            if u.down and not u.looping and not u.checking and now >= u.down_until
         ]  # fmt: skip
+
+    async def check_again(self, upstream: Upstream) -> bool:
+        """Ask a down upstream the check question: whether it passed, and so is up again.
+        Else it is passed by for another `recheck` seconds, why in its last_error."""
+        upstream.checking = True
+        started = self.clock()
+        try:
+            why = await self._check(upstream, started + self.patience)
+        finally:
+            upstream.checking = False
+        if why:
+            self._failed(upstream, why)
+            return False
+        now = self.clock()
+        upstream.silence.heard(now)
+        upstream.back(now - started)
+        self._noted(upstream)
+        return True
 
     def next_check(self, now: float) -> float:
         waits = [u.down_until - now for u in self.servers if u.down and not u.looping]
@@ -287,9 +326,6 @@ class UpstreamSet:
         Unanswered for a whole ATTEMPT_TIMEOUT, nothing heard from the upstream since it
         was sent, and enough of them so to take it down: the upstream is asked the check
         question beside it (one at a time)."""
-        probe = upstream.down
-        if probe:
-            upstream.probing = True
         started = self.clock()
         overdue = False
 
@@ -309,13 +345,8 @@ class UpstreamSet:
                 return
             upstream.checking = True
             try:
-                key = check_key(check_parent(self.zone), self.check_label())
-                wait = max(0.0, deadline - self.clock())
-                raw = await self._query(upstream, key, key[:-1], False, wait, upstream.edns)
-                if _rcode(raw, None) in PASSING:  # it reached the zone's servers
+                if not await self._check(upstream, deadline):  # it reached the zone's servers
                     upstream.silence.heard(self.clock())
-            except (UpstreamFailed, TimeoutError, OSError):
-                pass
             finally:
                 upstream.checking = False
 
@@ -328,8 +359,6 @@ class UpstreamSet:
         finally:
             if overdue:
                 upstream.overdue -= 1
-            if probe:
-                upstream.probing = False
         assert answer is not None  # query() answers or raises
         raw, reply = answer.raw, answer.reply
         now = self.clock()
@@ -348,11 +377,25 @@ class UpstreamSet:
         if not upstream.silence.spares(sent):
             return self._failed(upstream, why)
         upstream.missed(why)  # its zone's servers are silent, not it
-        if upstream.down:  # a probe: it is there, so it is asked again from now on
-            upstream.failures = FAILURES_TO_DOWN - 1
-            upstream.down_until = 0.0
         self._noted(upstream)
         return f"{upstream.address}: {why}"
+
+    async def _check(self, upstream: Upstream, deadline: float) -> str:
+        """Ask the check question (silence.py), waiting until `deadline` at most: "" if
+        it passed (the upstream reaches the zone's servers), else why not."""
+        key = check_key(check_parent(self.zone), self.check_label())
+        wait = max(0.0, deadline - self.clock())
+        try:
+            raw = await self._query(upstream, key, key[:-1], False, wait, upstream.edns)
+        except TimeoutError:
+            return "no answer in time"
+        except (UpstreamFailed, OSError) as exc:
+            return str(exc) or type(exc).__name__
+        rcode = _rcode(raw, None)
+        if rcode in PASSING:
+            return ""
+        name = RCODE_NAMES.get(rcode, f"rcode {rcode}")
+        return f"{name} to the check question, a name no cache holds"
 
     async def probe(self, upstream: Upstream, key: bytes) -> int | None:
         """The rcode `upstream` answers the question in cache key `key` with, or None for

@@ -65,7 +65,7 @@ def test_an_upstream_going_silent_and_coming_back_is_a_line_per_change(
     down = "no answer in time, 3 failures in a row; next check in 1 s"
     logged(ns, f"{where} is down (was failing): {down}", "WARNING")
     upstream.silent = False
-    # until the recheck is due, every question gets SERVFAIL at once; then one probes
+    # every question gets SERVFAIL at once until the recheck's check question passes
     deadline = time.monotonic() + 30
     while answer(ns.port, "b.example.test") != "198.51.100.7":
         assert time.monotonic() < deadline, "the upstream back was never asked again"

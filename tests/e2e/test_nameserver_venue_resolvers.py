@@ -8,13 +8,16 @@ host; the venue and the internet are network namespaces of their own."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +40,8 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("dig") is None, reason="dig is not installed (.ci/run does)"),
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
 ]
+# runs side by side on one machine keep their namespaces apart by prefix
+PREFIX = os.environ.get("RETREATKIT_TEST_NETNS", "dnswalk")
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
 UPSTREAM = f"upstream {ROUTER}:53"
@@ -62,6 +67,20 @@ def kit(place: Venue, folder: Path) -> Process:
     return process
 
 
+def admin(place: Venue, ns: Process, path: str) -> str:
+    """GET `path` from the kit's admin endpoint (loopback, in the kit's namespace)."""
+    base = next(line for line in ns.seen if line.startswith("Admin on "))
+    url = base.removeprefix("Admin on ").removesuffix("/status") + path
+    code = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())"
+    argv = place.on(place.kit, [sys.executable, "-c", code, url])
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def status(place: Venue, ns: Process) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(admin(place, ns, "/status"))["nameserver"]
+    return doc
+
+
 def logged(ns: Process, line: str, timeout: float = START_TIMEOUT) -> None:
     ns.wait_for(r" retreatkit\.nameserver (INFO|WARNING) " + re.escape(line) + "$", timeout)
 
@@ -72,7 +91,9 @@ def at_once(ask: Callable[[str], str], names: list[str]) -> list[str]:
 
 
 def up_again(ns: Process, ask: Callable[[], object]) -> None:
-    """Asked until a question, once the recheck is due, finds the upstream there."""
+    """Asked until the kit's check question, once its recheck is due, finds the upstream
+    there (the attendees' questions are no probes: each gets SERVFAIL or stale at once
+    meanwhile)."""
     for _ in range(60):
         ask()
         try:
@@ -86,21 +107,36 @@ def up_again(ns: Process, ask: Callable[[], object]) -> None:
 def venue_router(folder: Path) -> Iterator[Venue]:
     """The venue's router runs dnsmasq as OpenWrt does (`domain-needed`, `bogus-priv`),
     forwarding to the ISP's resolver (dnsmasq too, answering from its hosts file)."""
+    with venue_and_router(folder) as (place, _):
+        yield place
+
+
+@contextlib.contextmanager
+def venue_and_router(folder: Path, ttl: int = 0) -> Iterator[tuple[Venue, Process]]:
+    """venue_router, and the router's dnsmasq, which logs each question it is asked;
+    `ttl`: the ISP's answers' TTL (0: the router keeps none)."""
     hosts = folder / "isp-hosts"
-    hosts.write_text("198.51.100.80 www.example.com\n")  # TTL 0: the router keeps none
-    with venue("dnswalk") as place:
+    hosts.write_text("198.51.100.80 www.example.com\n")
+    with venue(PREFIX) as place:
         isp = [DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts",
                f"--listen-address={ROOT}", "--bind-interfaces", f"--addn-hosts={hosts}",
-               "--local=/#/", "--pid-file=", "--user=root", "--log-facility=-"]  # fmt: skip
+               f"--local-ttl={ttl}", "--local=/#/", "--pid-file=", "--user=root",
+               "--log-facility=-"]  # fmt: skip
         router = [DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts",
                   f"--listen-address={ROUTER}", "--bind-interfaces", f"--server={ROOT}",
                   "--domain-needed", "--bogus-priv", "--pid-file=", "--user=root",
-                  "--log-facility=-"]  # fmt: skip
+                  "--log-facility=-", "--log-queries"]  # fmt: skip
         with (
             running(place.on(place.net, isp), "started, version"),
-            running(place.on(place.router, router), "started, version"),
+            running(place.on(place.router, router), "started, version") as logs,
         ):
-            yield place
+            yield place, logs
+
+
+def checked(router: Process, timeout: float = START_TIMEOUT) -> None:
+    """Wait for the router's dnsmasq to log a check question from the kit: the A of a
+    random 16-character name under com."""
+    router.wait_for(rf"query\[A\] [a-z2-7]{{16}}\.com from {re.escape(KIT)}$", timeout)
 
 
 @pytest.mark.skipif(not Path(DNSMASQ).exists(), reason="dnsmasq is not installed (.ci/run does)")
@@ -138,6 +174,83 @@ def test_a_venue_routers_dnsmasq_without_its_route_out_refuses_at_once(tmp_path:
             logged(ns, f"{UPSTREAM} is failing (was up): REFUSED")
             stale = place.dig("www.example.com", client="kdig")
             assert stale == "www.example.com. 30 A 198.51.100.80"
+        finally:
+            ns.stop()
+
+
+@pytest.mark.skipif(not Path(DNSMASQ).exists(), reason="dnsmasq is not installed (.ci/run does)")
+def test_a_venue_router_answering_from_its_cache_stays_down(tmp_path: Path) -> None:
+    """Others at the venue asked the router for www.example.com, which it keeps an hour.
+    Its uplink gone, the kit marks it down. Its recheck was an attendee's question, and
+    for that name the router answered from its cache: the kit took it for up, and every
+    new name waited on it again. Now the recheck is the check question, a new name under
+    com, which no cache holds: the router drops it, down it stays, and attendees get
+    SERVFAIL at once; the uplink back, the check passes and it is up."""
+    with venue_and_router(tmp_path, ttl=3600) as (place, router):
+        held = "www.example.com. 3600 A 198.51.100.80"
+        assert place.dig("www.example.com", server=ROUTER) == held  # another venue client
+        ns = kit(place, tmp_path)
+        try:
+            place.cut()
+            names = [f"www.site{n}.example.com" for n in range(3)]
+            assert at_once(place.dig, names) == ["SERVFAIL"] * 3
+            logged(ns, DOWN)
+            checked(router)  # the check asked beside those three, dropped
+            for _ in range(60):  # the kit rechecks it a second after it went down
+                # before: the attendee's question was the recheck: the router's cached
+                # answer, and the router up again
+                assert place.dig("www.example.com") == "SERVFAIL"
+                try:
+                    checked(router, 0.5)
+                    break
+                except ProcessFailed:
+                    continue
+            else:
+                raise AssertionError("the kit never checked the router again")
+            upstream = status(place, ns)["upstreams"][0]
+            assert (upstream["state"], upstream["last_error"]) == ("down", "no answer in time")
+            place.mend()
+            up_again(ns, lambda: place.dig("www.example.com"))
+            answer = place.dig("www.example.com")
+            assert re.fullmatch(r"www\.example\.com\. \d+ A 198\.51\.100\.80", answer), answer
+        finally:
+            ns.stop()
+
+
+@pytest.mark.skipif(not Path(DNSMASQ).exists(), reason="dnsmasq is not installed (.ci/run does)")
+def test_a_venue_routers_refusal_with_an_earlier_id_is_late_not_spoofed(tmp_path: Path) -> None:
+    """The router's dnsmasq still holds our question from before its route out went: asked
+    it again from another of our ports, it answers REFUSED with the earlier query's ID.
+    That reply is late, and counted so; before, it was counted as spoofed, an attack in
+    /status that was none. It is never taken as the answer: the question gets SERVFAIL."""
+    with venue_router(tmp_path) as place:
+        ns = kit(place, tmp_path)
+        try:
+            place.cut()
+            assert place.dig("www.held.example.com") == "SERVFAIL"  # the router keeps it
+            place.unplug()
+            # refused at once; 16 queries leave from one port, then a new one takes over
+            names = [f"www.site{n}.example.com" for n in range(16)]
+            assert at_once(place.dig, names) == ["SERVFAIL"] * 16
+            assert place.dig("www.held.example.com") == "SERVFAIL"
+            doc = status(place, ns)
+            assert doc["spoofed_replies_ignored"] == 0  # before: 1
+            assert doc["late_replies_ignored"] == 1
+            metrics = admin(place, ns, "/metrics")
+            assert (
+                "# HELP nameserver_late_replies_ignored_total upstream replies ignored that"
+                " repeat the ID and question of a recent query of ours no longer waiting for"
+                " them (a late or second reply)\n"
+                "# TYPE nameserver_late_replies_ignored_total counter\n"
+                "nameserver_late_replies_ignored_total 1.0\n"
+            ) in metrics
+            assert (
+                "# HELP nameserver_spoofed_replies_ignored_total upstream replies ignored that"
+                " match no query we sent that upstream lately (an ID we never sent, or another"
+                " question): forged or garbled\n"
+                "# TYPE nameserver_spoofed_replies_ignored_total counter\n"
+                "nameserver_spoofed_replies_ignored_total 0.0\n"
+            ) in metrics
         finally:
             ns.stop()
 
@@ -186,7 +299,7 @@ def test_a_validating_unbound_is_down_while_its_uplink_is_gone(tmp_path: Path) -
     did), it answers any other name there by itself. Its uplink gone, three reverse
     lookups of public addresses go unanswered: before, the check went under arpa, and
     unbound answered it without its uplink, so it stayed up and every miss waited 4 s."""
-    with venue("dnswalk") as place:
+    with venue(PREFIX) as place:
         internet = start_internet(place, tmp_path, {**INTERNET, "anchor": f"{tmp_path}/anchor"})
         (tmp_path / "root.hints").write_text(
             f". NS a.root-servers.net.\na.root-servers.net. A {ROOT}\n"
@@ -212,6 +325,51 @@ def test_a_validating_unbound_is_down_while_its_uplink_is_gone(tmp_path: Path) -
                     place.mend()
                     up_again(ns, lambda: place.dig("-x", "203.0.0.9"))
                     assert place.dig("-x", "203.0.1.9") == "NXDOMAIN"
+                finally:
+                    ns.stop()
+        finally:
+            internet.stop()
+
+
+@pytest.mark.skipif(not Path(UNBOUND).exists(), reason="unbound is not installed (.ci/run does)")
+def test_a_validating_unbound_answering_from_its_cache_stays_down(tmp_path: Path) -> None:
+    """unbound keeps www.example.com its five minutes, asked by others at the venue; its
+    uplink gone, it still answers that name, from its cache, but not the check question
+    (a new name under com, a zone it holds no copy of and no NSEC records of): the kit
+    keeps it down until its uplink is back (before: its cached answer had it up)."""
+    with venue(PREFIX) as place:
+        internet = start_internet(place, tmp_path, {**INTERNET, "anchor": f"{tmp_path}/anchor"})
+        (tmp_path / "root.hints").write_text(
+            f". NS a.root-servers.net.\na.root-servers.net. A {ROOT}\n"
+        )
+        conf = tmp_path / "unbound.conf"
+        text = UNBOUND_CONF.format(router=ROUTER, folder=tmp_path)
+        conf.write_text(text.replace("server:\n", "server:\n  log-queries: yes\n", 1))
+        checks = rf"info: {re.escape(KIT)} [a-z2-7]{{16}}\.com\. A IN$"
+        try:
+            with running(place.on(place.router, [UNBOUND, "-d", "-c", str(conf)]),
+                         "start of service") as unbound:  # fmt: skip
+                held = "www.example.com. 300 A 198.51.100.80"
+                assert place.dig("www.example.com", server=ROUTER) == held
+                ns = kit(place, tmp_path)
+                try:
+                    place.cut()
+                    names = [f"www.site{n}.example.com" for n in range(3)]
+                    assert at_once(place.dig, names) == ["SERVFAIL"] * 3
+                    logged(ns, DOWN)
+                    unbound.wait_for(checks)  # the check asked beside those three
+                    for _ in range(60):
+                        assert place.dig("www.example.com") == "SERVFAIL"  # before: its cache
+                        try:
+                            unbound.wait_for(checks, 0.5)
+                            break
+                        except ProcessFailed:
+                            continue
+                    else:
+                        raise AssertionError("the kit never checked unbound again")
+                    assert status(place, ns)["upstreams"][0]["state"] == "down"
+                    place.mend()
+                    up_again(ns, lambda: place.dig("www.example.com"))
                 finally:
                     ns.stop()
         finally:

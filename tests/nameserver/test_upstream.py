@@ -38,7 +38,7 @@ def upstreams(*scripts: object) -> tuple[UpstreamSet, FakeTransport, ManualClock
     return UpstreamSet(servers, transport, clock), transport, clock
 
 
-async def test_three_failures_mark_it_down_then_one_probe_when_due() -> None:
+async def test_three_failures_mark_it_down_then_one_check_when_due() -> None:
     group, transport, clock = upstreams(lambda q: SILENT)
     (up,) = group.servers
     for state in ("failing", "failing", "down"):  # its last query failed: never "up"
@@ -48,21 +48,24 @@ async def test_three_failures_mark_it_down_then_one_probe_when_due() -> None:
     assert up.last_error == "no answer in time"
     with pytest.raises(UpstreamFailed, match="every upstream is down; the next check is in 30 s"):
         await group.ask(key())
-    assert transport.asked() == 3
+    assert (transport.asked(), group.due(clock())) == (3, [])
     clock.advance(RETRY_AFTER)
-    hold = Hold(ZONE.answer(make_query("www.test")))
+    hold = Hold(ZONE.answer(make_query("x.com")))
     transport.scripts[A] = lambda q: hold
-    probe = asyncio.ensure_future(group.ask(key()))
+    assert group.due(clock()) == [up]
+    check = asyncio.ensure_future(group.check_again(up))
     async with asyncio.timeout(10):
         while transport.asked() != 4:
             await asyncio.sleep(0)
-    assert up.probing
-    with pytest.raises(UpstreamFailed, match="every upstream is down"):
-        await group.ask(key())  # one probe at a time: the others fail at once
+    assert up.checking and group.due(clock()) == []  # one check at a time
+    with pytest.raises(UpstreamFailed, match="every upstream is down; the next check is in 0 s"):
+        await group.ask(key())  # an attendee's question is never the probe
     assert transport.asked() == 4
     hold.released.set()
-    await probe
-    assert up.state() == "up" and not up.probing and up.failures == 0
+    assert await check
+    sent = transport.sent[3][1].question[0]
+    assert (sent.name.parent().to_text(), sent.rdtype) == ("com.", dns.rdatatype.A)
+    assert up.state() == "up" and not up.checking and up.failures == 0
 
 
 async def test_servfail_fails_over_and_counts_against_the_upstream() -> None:
