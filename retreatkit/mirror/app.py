@@ -55,7 +55,7 @@ async def home(request: web.Request) -> web.Response:
     cached = request.app[SUMMARY_KEY]
     if not cached or cached[0] != made_from:
         cached[:] = [made_from, await mirror.offload(_summary, mirror)]
-    offline = any(u.state.value == "down" for u in mirror.health.all())
+    offline = mirror.uplink_down()
     now = replace(
         cached[1], bytes_saved=mirror.stats.bytes_saved, offline=offline, kit=mirror.kit_served
     )

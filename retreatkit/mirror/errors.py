@@ -7,14 +7,16 @@ A client retries on its own what it takes for a passing fault: pip 500, 502 and 
 apt-get every 5xx (three tries, 4-12 s), npm every 5xx (three tries, about 70 s). So 502
 is kept for what a retry can mend, because the retry is a new try upstream: a cut, an
 upstream that answered an error. An upstream that cannot be reached
-(`UpstreamUnreachable`: no name, a refused connection, no answer in time) is remembered
-down, and one known down (`UpstreamDown`) is not asked again until the mirror's own
-probe finds it back (once.py, health.py), so a retry asks the mirror the same question;
-so does a file whose bytes failed their hash (`BadFile`), remembered a while and its
-retries answered from that memory (badfiles.py): all are a 504, which pip fails at once
-with the mirror's line (in about a second, not nine, and not "too many 502 error
-responses"), and which the others treat as they do a 502 or 503. A 503 would be worse:
-pip retries it, and sleeps as long as a Retry-After says.
+(`UpstreamUnreachable`: no name, a refused connection) is remembered down, and one known
+down (`UpstreamDown`) is not asked again until the mirror's own probe finds it back
+(once.py, health.py), so a retry asks the mirror the same question; so does a file
+whose bytes failed their hash (`BadFile`), remembered a while and its retries answered
+from that memory (badfiles.py): all are a 504, which pip fails at once with the mirror's
+line (in about a second, not nine, and not "too many 502 error responses"), and which
+the others treat as they do a 502 or 503. A 503 would be worse: pip retries it, and
+sleeps as long as a Retry-After says. An upstream that took the request and sent nothing
+in time (`UpstreamTimeout`) is a 504 too: it is down once it is silent for other requests
+as well (health.py), and until then a retry would only wait as long again.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ class UpstreamError(MirrorError):
 
 
 class UpstreamUnreachable(UpstreamError):
-    """The upstream cannot be reached (no name, no connection, no answer in time): it is
-    remembered down, so a client's retry would ask the mirror, not the upstream."""
+    """The upstream cannot be reached (no name, no connection, no answer in time): a
+    host that cannot be reached is remembered down, so a client's retry would ask the
+    mirror, not the upstream (health.py says when a silent one is)."""
 
     status = 504
 

@@ -3,13 +3,15 @@
 `python -m retreatkit.mirror.fakeupstream ROOT` prints `Upstream listening on URL`;
 in a test's own loop, `async with serving(ROOT) as upstream` does the same on port 0.
 `ROOT/.behaviours.json` (or `Upstream.rules`) maps a request path to a misbehaviour,
-read at each request:
+read at each request (`*`: every path with none of its own, a whole upstream's):
   truncate      half the body, no Content-Length, then close
   truncate-cl   the full Content-Length, half the body, then close
   corrupt       the right length, one byte flipped
   stall         headers and half the body, then silence until the client gives up
   reset         half the body, then a TCP reset
   silent        read the request, never answer (a dead uplink that still accepts)
+  stuck         the first GET as stall, every other request silent (one object stuck
+                on a CDN node)
   nolength      the whole body with no Content-Length, then close
   fail          500
   loop          302 to the same path, for ever (a redirect loop)
@@ -94,8 +96,8 @@ class Upstream:
         try:
             rules = json.loads((self.root / ".behaviours.json").read_text())
         except (OSError, ValueError):
-            return "ok"
-        return str(rules.get(path, "ok"))
+            rules = {}
+        return str(rules.get(path, self.rules.get("*", rules.get("*", "ok"))))
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -129,6 +131,12 @@ class Upstream:
         if path == "/_release":
             self.release.set()
             return await _send(writer, 200, b"released\n", "text/plain")
+        mode = self.behaviour(path)
+        if mode == "stuck":
+            mode = "stall" if self.counts[path] == 1 and method == "GET" else "silent"
+        if mode == "silent":  # whether the path is there or not: nothing is said of it
+            await self.closing.wait()  # the client's timeout is what ends this
+            return
         file = (self.root / path.lstrip("/")).resolve()
         if file.is_dir():
             # JSON to a client that accepts it (PEP 691's type, npm's), or when that is all
@@ -145,15 +153,11 @@ class Upstream:
         if file.name == "index.json":
             kind = JSON_TYPE
         etag = f'"{zlib.crc32(body):08x}"'
-        mode = self.behaviour(path)
         if mode == "ok" and headers.get("if-none-match") == etag:
             return await _send(writer, 304, b"", kind, etag=etag)
         if mode.startswith("cut-") and method == "GET":
             return await self._cut(writer, path, headers, mode, body, kind, etag)
         half = body[: len(body) // 2]
-        if mode == "silent":
-            await self.closing.wait()  # the client's timeout is what ends this
-            return
         if mode == "wait":  # the whole answer, once the test says so (or the test is over)
             await _either(self.release, self.closing)
             if not self.release.is_set():

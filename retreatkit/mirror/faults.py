@@ -1,13 +1,14 @@
 """Whose fault an upstream's failure is, the words for it that a person reads, and how
 slow is too slow.
 
-An upstream that cannot be reached (no name, no connection, no answer in time) is down
-for everyone (health.py). One that answered, however badly (a redirect loop, a header
-too large, a reply that is not HTTP), is up: only the request that met the bad answer
-fails. One that hung up before answering gives no verdict either way. The words go into
-a client's 502, the organiser's log and /status, so they never carry the upstream's
-own bytes: aiohttp's messages quote them (`Got more than 8190 bytes when reading:
-b'aaaa...'`), so each kind of failure is named here in plain words instead.
+An upstream that cannot be reached (no name, no connection) is down for everyone; one
+silent for several requests too (health.py). One that answered, however badly (a
+redirect loop, a header too large, a reply that is not HTTP), is up: only the request
+that met the bad answer fails. One that hung up before answering gives no verdict
+either way. The words go into a client's 502, the organiser's log and /status, so they
+never carry the upstream's own bytes: aiohttp's messages quote them (`Got more than 8190
+bytes when reading: b'aaaa...'`), so each kind of failure is named here in plain words
+instead.
 """
 
 from __future__ import annotations

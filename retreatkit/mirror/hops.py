@@ -17,6 +17,11 @@ session's connector (resolver.session) reads it on the request's own task, at tw
 
 The connector also notes where each request connected (`Hop.peer`): whether the upstream
 asked is near itself is where its first request went, not what its name answers later.
+
+A request's redirects are one `Trip`: the hop under way is what fails, and its host is
+charged for it (health.py). An upstream that answered with a redirect is up, whatever its
+target then does: PyPI's files host, or the mirror an apt redirector picked, unreachable
+from the venue, is that host down, and the rest of the upstream's packages are still had.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ import functools
 import socket
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from retreatkit.mirror.health import Verdict, origin
 
 if TYPE_CHECKING:
     import aiohttp
@@ -42,6 +50,38 @@ class Hop:
     refuse: Callable[[str], bool] | None = None
     peer: str | None = None  # the address it connected to
     refused: int = 0  # connections not made, or not used, for `refuse`
+
+
+@dataclass(slots=True)
+class Trip:
+    """One request of the fetcher's through the redirects it follows: where it is now."""
+
+    url: str  # asked now: the first URL, or the last redirect's target
+    hop: Hop = field(default_factory=Hop)
+    via: str | None = None  # the last other host (`host:port`) that redirected to here
+    verdict: Verdict | None = None  # health's word on the hop under way; None once answered
+    sent: float = 0.0  # when the hop under way was asked
+
+    @property
+    def origin(self) -> str:
+        return origin(self.url)
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc
+
+    def to(self, url: str, hop: Hop) -> None:
+        """On to a redirect's target."""
+        if urlsplit(url).netloc != self.host:
+            self.via = self.host
+        self.url, self.hop, self.verdict = url, hop, None
+
+    def line(self, what: str, why: str) -> str:
+        """A client's line for a hop that failed (`why`): the host that failed, and which
+        upstream sent the mirror there."""
+        if self.via is None:
+            return f"upstream {self.host}: {why}"
+        return f"upstream {self.via} redirected {what} to {self.host}: {why}"
 
 
 HOP: ContextVar[Hop | None] = ContextVar("retreatkit_mirror_hop", default=None)

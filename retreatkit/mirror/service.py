@@ -275,6 +275,15 @@ class Mirror:
                 return self.fetcher.why_down(where)
         return None
 
+    def uplink_down(self) -> bool:
+        """Whether an upstream the mirror asks itself is down: one configured, or a host
+        its indexes name files at. A host it was only redirected to is not the uplink:
+        one far mirror an apt redirector picked, down, leaves the rest to be had."""
+        s = self.settings
+        asked = {origin(url) for url in (s.pypi, s.opam, s.npm, *s.apt.values()) if url}
+        asked.update(*self.origins.values())
+        return any(self.health.is_down(where) for where in asked)
+
     async def index(
         self, key: str, url: str, accept: str, process: Process, limit: int
     ) -> IndexAnswer:

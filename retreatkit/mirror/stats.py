@@ -19,7 +19,8 @@ COUNTERS: dict[str, str] = {
     "upstream_fetches": "File downloads started upstream",
     "upstream_bytes": "Bytes fetched from upstream",
     "upstream_index_bytes": "Index page bytes fetched from upstream, as they crossed",
-    "upstream_skipped": "Requests answered without asking an upstream that is down",
+    "upstream_skipped": "Requests answered without asking an upstream that is down, or"
+    " silent for that request a moment ago",
     "coalesced": "Requests that joined a download already under way",
     "verify_failures": "Upstream bytes rejected by a hash or format check",
     "upstream_errors": "Upstream failures",

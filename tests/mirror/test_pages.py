@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -92,13 +93,14 @@ async def test_a_fresh_page_lists_only_what_is_held_once_its_files_host_is_down(
     env.mirror.fetcher.clock = Clock()
     doc = await env.page("demo-pkg")
     await (await env.client.get(doc["files"][0]["url"])).read()
-    await env.page("demo-dep")
-    env.upstream.rules["/files/" + env.wheels["demo-dep"][0]] = "silent"
+    dep = (await env.page("demo-dep"))["files"][0]["url"]
+    big = (await env.page("big-pkg"))["files"][0]["url"]
+    env.upstream.rules["*"] = "silent"
     env.mirror.settings.limits.connect_timeout = 0.2
     env.mirror.settings.limits.headers_timeout = 0.2
-    dep = (await env.page("demo-dep"))["files"][0]["url"]
-    r = await env.client.get(dep)
-    assert r.status == 504  # the files' host gave no answer in time: it is down
+    asked = await asyncio.gather(*(env.client.get(u) for u in (dep, big, dep + ".metadata")))
+    # the files' host gave no answer in time to three different requests: it is down
+    assert [r.status for r in asked] == [504] * 3
     r = await env.client.get("/pypi/simple/demo-pkg/", headers={"Accept": JSON})
     assert r.headers["Mirror-Offline"] == "cached-only" and "Warning" not in r.headers
     assert [f["url"] for f in json.loads(await r.read())["files"]] == [doc["files"][0]["url"]]
