@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from retreatkit.tui.fmt import clock, number, plural
+from retreatkit.tui.fmt import number, plural
+from retreatkit.tui.times import clock
 
 
 def file_name(source: Any) -> str:
@@ -43,13 +44,14 @@ def _source(s: dict[str, Any]) -> str:
     return line
 
 
-def blocking(answer: Any) -> str:
-    """`{"blocking": "on"}` or `{"blocking": "paused until <*_at>"}`."""
+def blocking(answer: Any, now: float) -> str:
+    """`{"blocking": "on"}` or `{"blocking": "paused until <*_at>"}` (`now`: the wall
+    clock's time, which the moment is told against)."""
     state = answer.get("blocking") if isinstance(answer, dict) else None
     if not isinstance(state, str):
         return "blocking changed"
     if state.startswith("paused until "):
-        return f"blocking paused until {clock(state.removeprefix('paused until '))}"
+        return f"blocking paused until {clock(state.removeprefix('paused until '), now)}"
     return f"blocking {_first_line(state)}"
 
 

@@ -17,13 +17,14 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, ClassVar
 
+from rich.cells import cell_len
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.driver import Driver
 from textual.drivers.linux_driver import LinuxDriver
 
 from retreatkit.tui import driver, guests
-from retreatkit.tui.fmt import get
+from retreatkit.tui.fmt import get, plural
 from retreatkit.tui.logbuffer import LogBuffer
 from retreatkit.tui.screens.base import SCREEN_KEYS, SCREENS, Panel
 from retreatkit.tui.screens.guests import GuestsScreen
@@ -70,6 +71,7 @@ class Dashboard(App[int]):
         leak_window: float = 600.0,
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         follow_logs: bool = True,
         freeze_gc: bool = False,
         stop_on_sigterm: bool = False,
@@ -81,10 +83,11 @@ class Dashboard(App[int]):
         for e in endpoints:
             self.state.endpoints[e.name].url = e.url
             self.state.endpoints[e.name].named = not e.found
-        self.logs = LogBuffer()
+        self.logs = LogBuffer(wall=wall)
         self.log_problem: str | None = None
         self.interval = interval
-        self.clock = clock
+        self.clock = clock  # for rates and trends
+        self.wall = wall  # what today is and how long ago, for the times shown
         self.follow_logs = follow_logs
         self.freeze_gc = freeze_gc
         self.stop_on_sigterm = stop_on_sigterm
@@ -217,11 +220,19 @@ class Dashboard(App[int]):
                 self.log_problem = failed(name, "log records", exc)
             await asyncio.sleep(self.retry_logs)
 
-    def title_line(self, screen: str) -> str:
-        """The screen, the alarms, the endpoints: what a narrow terminal cuts comes last."""
+    def title_line(self, screen: str, width: int = 0) -> str:
+        """The screen, the alarms, the endpoints: as many endpoints as fit in `width`
+        cells (0: all), each whole, then how many more (a cut address names none; the
+        overview's Processes table lists them all)."""
         alarms = len(self.state.alarms(self.clock()))
         said = {0: "no alarms", 1: "1 alarm"}.get(alarms, f"{alarms} alarms")
-        return f"retreatkit · {screen} · {said} · {', '.join(self.clients)}"
+        head, names = f"retreatkit · {screen} · {said}", list(self.clients)
+        for shown in range(len(names), 0, -1):
+            more = len(names) - shown
+            line = f"{head} · {', '.join(names[:shown])}" + (f" and {more} more" if more else "")
+            if not width or cell_len(line) <= width:
+                return line
+        return f"{head} · {plural(len(names), 'endpoint', 'endpoints')}"
 
     async def action_show(self, mode: str) -> None:
         await self.switch_mode(mode)

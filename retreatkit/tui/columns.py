@@ -2,7 +2,9 @@
 
 At 80 columns a domain or a URL would push the columns after it off the screen; here the
 widest columns are cut to one common width instead, so every column shows, and a cut
-value ends (or, where its end says most, starts) with an ellipsis.
+value ends (or, where its end says most, starts) with an ellipsis. Only free text (a
+name, a URL, an error) is cut so: a state, an address, a time or a count is shown whole
+(`whole`), since `unreach…` or `[2001:db8…` says nothing an organiser can act on.
 """
 
 from __future__ import annotations
@@ -50,12 +52,15 @@ def natural_widths(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
 
 
 def least_widths(
-    header: Sequence[str], natural: Sequence[int], first: Collection[int] = ()
+    header: Sequence[str],
+    natural: Sequence[int],
+    first: Collection[int] = (),
+    whole: Collection[int] = (),
 ) -> list[int]:
-    """How far each column may be cut: never below its heading, nor `LEAST` cells (a
-    time, a count, a state say nothing cut) unless it is one cut `first`."""
+    """How far each column may be cut: not at all if it is `whole`; else never below its
+    heading, nor `LEAST` cells unless it is one cut `first`."""
     return [
-        min(n, max(cell_len(h), 0 if i in first else LEAST))
+        n if i in whole else min(n, max(cell_len(h), 0 if i in first else LEAST))
         for i, (h, n) in enumerate(zip(header, natural, strict=True))
     ]
 

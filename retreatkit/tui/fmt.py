@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,19 +106,3 @@ def spark(values: Sequence[float], width: int = 20, from_zero: bool = True) -> s
         return BARS[0] * len(tail)
     top = len(BARS) - 1
     return "".join(BARS[max(0, min(top, int((v / 2 - low) / span * top)))] for v in tail)
-
-
-def clock(at: Any) -> str:
-    """An ISO 8601 time as HH:MM:SS (the date is today's, nearly always)."""
-    if not isinstance(at, str) or "T" not in at:
-        return NOT_REPORTED
-    return at.split("T", 1)[1][:8]
-
-
-_STAMP = re.compile(r"\b\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d)(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)?")
-
-
-def clocks(line: str) -> str:
-    """A line whose ISO 8601 times (a service's words: "down since 2026-12-02T07:13:24Z")
-    read HH:MM:SS, as the tables beside it do."""
-    return _STAMP.sub(r"\1", line)

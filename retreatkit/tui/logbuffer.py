@@ -8,13 +8,14 @@ characters.
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from retreatkit.tui.escape import LIMIT, visible
-from retreatkit.tui.fmt import clock
+from retreatkit.tui.times import clock
 
 CAPACITY = 20_000
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -64,10 +65,10 @@ class LogFilter:
         ]
 
 
-def to_line(record: dict[str, Any], where: str = "") -> LogLine:
+def to_line(record: dict[str, Any], where: str, now: float) -> LogLine:
     """A record from `/logs` as a line; every field may be anything a peer sent (a list
     for a level, an object for a message): a field that is not a string is shown as the
-    JSON it came as."""
+    JSON it came as. Its time reads as the clock at `now` (times.clock)."""
     seq = record.get("seq")
     raw_level = record.get("level", "?")
     # the common case is a level name, with nothing to escape
@@ -78,7 +79,7 @@ def to_line(record: dict[str, Any], where: str = "") -> LogLine:
     service = field(record.get("service", "?"), 20)
     who = f"{service}@{where}" if where else service
     message = field(record.get("message", ""))
-    text = f"{clock(record.get('at'))} {who:<10} {level:<7} {message}"
+    text = f"{clock(record.get('at'), now, seconds=True)} {who:<10} {level:<7} {message}"
     return (
         seq if type(seq) is int else 0,
         service,
@@ -110,7 +111,8 @@ def skipped(record: dict[str, Any]) -> int | None:
 
 
 class LogBuffer:
-    def __init__(self, capacity: int = CAPACITY) -> None:
+    def __init__(self, capacity: int = CAPACITY, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall  # what today is, for the lines' times
         self.lines: deque[LogLine] = deque(maxlen=capacity)
         self.shown: deque[LogLine] = deque(maxlen=capacity)
         self.filter = LogFilter()
@@ -122,11 +124,12 @@ class LogBuffer:
 
     def extend(self, records: list[dict[str, Any]], where: str = "") -> None:
         new: list[LogLine] = []
+        now = self.wall()
         for record in records:
             if (n := skipped(record)) is not None:
                 self.dropped += n
                 continue
-            new.append(to_line(record, where))
+            new.append(to_line(record, where, now))
         if new:
             self.widest = max(self.widest, max(len(x[TEXT]) for x in new))
             self.lines.extend(new)

@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import html
+import io
 import json
+import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from rich.console import Console
 from textual.pilot import Pilot
 
 from retreatkit.tui.app import Dashboard
@@ -399,11 +404,36 @@ class Clock:
         return self.now
 
 
-def make_dashboard(*urls: str, follow_logs: bool = False, label: str | None = None) -> Dashboard:
-    """A dashboard that polls once (its period is an hour) on a clock that stands still;
-    `label` names the endpoint on screen in place of its port-0 address."""
+# the wall clock of a test's dashboard: an hour after `canned`'s process started
+NOW = datetime(2026, 1, 1, 11, 0, tzinfo=UTC).timestamp()
+
+
+def make_dashboard(
+    *urls: str, follow_logs: bool = False, label: str | None = None, wall: float = NOW
+) -> Dashboard:
+    """A dashboard that polls once (its period is an hour) on clocks that stand still
+    (its wall clock at `wall`); `label` names the endpoint on screen in place of its
+    port-0 address."""
     endpoints = [Endpoint(url, TOKEN, label) for url in urls]
-    return Dashboard(endpoints, interval=3600, clock=Clock(), follow_logs=follow_logs)
+    return Dashboard(
+        endpoints, interval=3600, clock=Clock(), wall=Clock(wall), follow_logs=follow_logs
+    )
+
+
+@contextmanager
+def time_zone(name: str) -> Iterator[None]:
+    """The process's local time zone is `name` (`UTC`, `Europe/Berlin`) meanwhile."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = name
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
 
 
 def screen_text(app: Dashboard) -> str:
@@ -411,6 +441,36 @@ def screen_text(app: Dashboard) -> str:
     blanks between widgets side by side are dropped too)."""
     svg = app.export_screenshot()
     return html.unescape(re.sub(r"<[^>]+>", "", svg)).replace("\xa0", " ")
+
+
+def screen_lines(app: Dashboard) -> list[str]:
+    """What the terminal shows, row by row, each as wide as the terminal: the frame
+    export_screenshot draws, as text (so what sits in a column stays in it)."""
+    width, height = app.size
+    console = Console(
+        width=width, height=height, file=io.StringIO(), record=True, force_terminal=True
+    )
+    console.print(
+        app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+    )
+    return console.export_text().splitlines()
+
+
+async def scrolled_through(pilot: Pilot[int]) -> list[str]:
+    """The screen's lines at each position of its body, scrolled from top to bottom a
+    screenful at a time: every line the organiser can bring into view."""
+    app = pilot.app
+    assert isinstance(app, Dashboard)
+    body = app.screen.query_one("#body")
+    seen: list[str] = []
+    y = 0
+    while True:
+        body.scroll_to(y=y, animate=False, immediate=True)
+        await pilot.pause()
+        seen += screen_lines(app)
+        if y >= body.max_scroll_y:
+            return seen
+        y = min(y + max(body.size.height - 1, 1), body.max_scroll_y)
 
 
 async def settle(pilot: Pilot[int]) -> None:

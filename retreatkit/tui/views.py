@@ -10,8 +10,6 @@ from retreatkit.tui import guests
 from retreatkit.tui.fmt import (
     MAX_ROWS,
     NOT_REPORTED,
-    clock,
-    clocks,
     count,
     duration,
     get,
@@ -25,6 +23,7 @@ from retreatkit.tui.fmt import (
     spark,
 )
 from retreatkit.tui.state import SERVICES, DashboardState, EndpointState, warnings_of
+from retreatkit.tui.times import ago, clock, clocks
 
 Row = tuple[str, ...]
 
@@ -153,7 +152,7 @@ def relay_summary(e: EndpointState) -> list[str]:
     ]
 
 
-def transfer_rows(doc: Any, key: str) -> list[Row]:
+def transfer_rows(doc: Any, key: str, now: float) -> list[Row]:
     items, hidden = _items(doc, key)
     rows: list[Row] = [
         (
@@ -161,7 +160,7 @@ def transfer_rows(doc: Any, key: str) -> list[Row]:
             size(t.get("bytes")),
             rate(t.get("rate_bytes_per_second")),
             duration(t.get("duration_seconds")),
-            clock(t.get("started_at")),
+            clock(t.get("started_at"), now),
             _text(t.get("ended", "active")),
         )
         for t in items
@@ -219,13 +218,13 @@ def check_line(check: Any) -> list[str]:
     ]
 
 
-def mirror_warnings(e: EndpointState) -> list[str]:
-    return warnings_of(e.section("mirror"))
+def mirror_warnings(e: EndpointState, now: float) -> list[str]:
+    return [clocks(w, now) for w in warnings_of(e.section("mirror"))]
 
 
-def upstream_rows(e: EndpointState) -> list[Row]:
-    """pypi, opam, npm and each apt archive (`apt/NAME`): where, up or down, since when,
-    when it is tried again, what failed last."""
+def upstream_rows(e: EndpointState, now: float) -> list[Row]:
+    """pypi, opam, npm and each apt archive (`apt/NAME`): where, up or down, for how
+    long (`12 min ago`), when it is tried again, what failed last."""
     ups = e.section("mirror").get("upstreams")
     rows: list[Row] = []
     if isinstance(ups, dict):
@@ -237,7 +236,7 @@ def upstream_rows(e: EndpointState) -> list[Row]:
                         str(ecosystem),
                         _text(u.get("url")),
                         _text(u.get("state")),
-                        clock(u.get("down_since_at")) if u.get("down_since_at") else "",
+                        ago(u.get("down_since_at"), now) if u.get("down_since_at") else "",
                         # due (the first request after its backoff tries it): not "0s"
                         "" if retry is None else duration(retry) if retry >= 1 else "next request",
                         _text(u.get("last_error") or ""),
@@ -261,7 +260,7 @@ def top_rows(value: Any) -> list[Row]:
     return rows + _more(len(value) - MAX_ROWS, 2)
 
 
-def fetch_rows(doc: Any, key: str) -> list[Row]:
+def fetch_rows(doc: Any, key: str, now: float) -> list[Row]:
     items, hidden = _items(doc, key)
     rows: list[Row] = [
         (
@@ -270,7 +269,7 @@ def fetch_rows(doc: Any, key: str) -> list[Row]:
             _text(f.get("file")),
             size(f.get("bytes")),
             size(f.get("size_bytes")),
-            clock(f.get("started_at")),
+            clock(f.get("started_at"), now),
             _text(f.get("ended", "fetching")),
         )
         for f in items
@@ -278,7 +277,7 @@ def fetch_rows(doc: Any, key: str) -> list[Row]:
     return rows + _more(hidden, 7)
 
 
-def nameserver_summary(e: EndpointState) -> list[str]:
+def nameserver_summary(e: EndpointState, now: float) -> list[str]:
     s = e.section("nameserver")
     queries, blocked = number(s.get("queries")), number(s.get("blocked"))
     share = percent(blocked / queries) if queries and blocked is not None else NOT_REPORTED
@@ -288,7 +287,7 @@ def nameserver_summary(e: EndpointState) -> list[str]:
         f"queries {per_second(line.rate() if line else None)} · total {count(queries)} · blocked "
         f"{share} · stale answers {count(s.get('stale_served'))} · cache hits "
         f"{count(s.get('cache_hits'))} · SERVFAIL {count(s.get('servfail'))}",
-        f"blocking {clocks(_text(blocking))}",
+        f"blocking {clocks(_text(blocking), now)}",
     ]
 
 
@@ -321,7 +320,7 @@ def record_rows(doc: Any) -> list[Row]:
     return rows + _more(known - len(rows), 3)
 
 
-def blocklist_rows(e: EndpointState) -> list[Row]:
+def blocklist_rows(e: EndpointState, now: float) -> list[Row]:
     """Each source (`[{"source": ..., "entries": ...}, ...]`, docs/admin-api.md): what it
     gave, the lines it could not read, when it was last read, and what failed last."""
     items, hidden = _items(e.section("nameserver"), "blocklists")
@@ -330,7 +329,7 @@ def blocklist_rows(e: EndpointState) -> list[Row]:
             _text(b.get("source")),
             count(b.get("entries")),
             count(b.get("bad_lines")),
-            clock(b.get("loaded_at")) if b.get("loaded_at") else "never",
+            clock(b.get("loaded_at"), now) if b.get("loaded_at") else "never",
             _text(b.get("last_error") or ""),
         )
         for b in items
@@ -345,10 +344,10 @@ def no_blocklists(e: EndpointState) -> str:
     return "none configured" if isinstance(lists, list) else "not reported"
 
 
-def query_row(q: dict[str, Any]) -> Row:
+def query_row(q: dict[str, Any], now: float) -> Row:
     ms = number(q.get("ms"))
     return (
-        clock(q.get("at")),
+        clock(q.get("at"), now, seconds=True),  # a live list: many share a minute
         _text(q.get("client")),
         _text(q.get("name")),
         _text(q.get("type")),

@@ -54,14 +54,17 @@ class Lines(Static):
 class Table(DataTable[Text]):
     """A table whose rows are replaced on each refresh, keeping the cursor where it was,
     and whose columns fit its width (columns.fit), so none is pushed off the screen:
-    those in `cut_first` (a trend) give way first, then the widest are cut with an
-    ellipsis (at their start for those in `cut_start`); those in `drop`, in that order,
-    are left out only while even the others cut as far as they go do not fit."""
+    those in `cut_first` (a trend) give way first, then the widest of those in `cut`
+    (free text: a name, an error) are cut with an ellipsis (at their start for those in
+    `cut_start`). Every other column (a state, an address, a time) is shown whole: those
+    in `drop`, in that order, are left out while the others do not fit so. Only where
+    even that does not fit (a very narrow terminal, an absurd value) are they cut too."""
 
     def __init__(
         self,
         *names: str,
         id: str | None = None,
+        cut: Collection[str] = (),
         cut_start: Collection[str] = (),
         cut_first: Collection[str] = (),
         drop: Sequence[str] = (),
@@ -70,6 +73,7 @@ class Table(DataTable[Text]):
         self.names = names
         self._cut_start = frozenset(cut_start)
         self._cut_first = frozenset(cut_first)
+        self._free = frozenset(cut) | self._cut_first  # may be cut
         self._drop = tuple(drop)
         self._keys: list[str] = []
         self._rows: list[tuple[Text, ...]] = []
@@ -123,38 +127,64 @@ class Table(DataTable[Text]):
             room -= self.scrollbar_size_vertical
         return room
 
-    def _widths(self, shown: list[int]) -> tuple[list[int], bool]:
-        """The widths of the columns `shown`, and whether they fit."""
+    def _widths(self, shown: list[int], strict: bool) -> tuple[list[int], bool]:
+        """The widths of the columns `shown`, and whether they fit. `strict`: only free
+        text is cut; else it is cut as far as it goes first, then the widest of the
+        rest are narrowed too (and folded, in _cut)."""
         header = [self.names[i] for i in shown]
         natural = columns.natural_widths(header, [[r[i].plain for i in shown] for r in self._rows])
-        first = {k for k, i in enumerate(shown) if self.names[i] in self._cut_first}
-        least = columns.least_widths(header, natural, first)
+        trend = {k for k, i in enumerate(shown) if self.names[i] in self._cut_first}
+        free = {k for k, i in enumerate(shown) if self.names[i] in self._free}
+        whole = set(range(len(shown))) - free if strict else set()
+        least = columns.least_widths(header, natural, trend, whole)
         room = self._room(len(shown))
-        return columns.fit(natural, least, room, first), sum(least) <= room
+        return columns.fit(natural, least, room, trend if strict else free), sum(least) <= room
+
+    def _choose(self) -> tuple[list[int], list[int]]:
+        """The columns shown and their widths: every column, or else all but those
+        `drop` leaves out, as few as need be; on a terminal too narrow even so, all
+        but every one of those."""
+        shown = list(range(len(self.names)))
+        widths, fits = self._widths(shown, strict=True)
+        dropped: list[int] = []
+        for name in self._drop:
+            if fits or self._fitted <= 0:  # (0: not laid out yet)
+                break
+            dropped.append(self.names.index(name))
+            shown.remove(dropped[-1])
+            widths, fits = self._widths(shown, strict=True)
+        if not fits and self._fitted > 0:
+            return shown, self._widths(shown, strict=False)[0]
+        for i in reversed(dropped[:-1]):  # one left out early that fits beside the rest
+            again = sorted([*shown, i])
+            found, room = self._widths(again, strict=True)
+            if room:
+                shown, widths = again, found
+        return shown, widths
 
     def _fill(self, cursor: int) -> None:
         self._fitted = self.size.width
-        shown = list(range(len(self.names)))
-        widths, fits = self._widths(shown)
-        for name in self._drop:
-            if fits or self._fitted <= 0:
-                break
-            shown.remove(self.names.index(name))
-            widths, fits = self._widths(shown)
+        shown, widths = self._choose()
         self.shown = [self.names[i] for i in shown]
         self.clear(columns=True)
         for name, width in zip(self.shown, widths, strict=True):
             self.add_column(name, width=width, key=name)
         for cells in self._rows:
-            self.add_row(
-                *[self._cut(cells[i], w, self.names[i]) for i, w in zip(shown, widths, strict=True)]
-            )
+            row = [
+                self._cut(cells[i], w, self.names[i]) for i, w in zip(shown, widths, strict=True)
+            ]
+            folded = any(not cell.no_wrap for cell in row)  # as tall as its folded cells
+            self.add_row(*row, height=None if folded else 1)
         if self._rows:
             self.move_cursor(row=min(max(cursor, 0), len(self._rows) - 1), animate=False)
 
     def _cut(self, cell: Text, width: int, column: str) -> Text:
-        if column in self._cut_start and cell.cell_len > width:
+        if cell.cell_len <= width:
+            return cell
+        if column in self._cut_start:
             return Text(columns.cut_start(cell.plain, width), style=cell.style, no_wrap=True)
+        if column not in self._free:  # a terminal too narrow for it: folded, never cut
+            return Text(cell.plain, style=cell.style, no_wrap=False, overflow="fold")
         return cell  # rich cuts its end with an ellipsis (`plain`)
 
 

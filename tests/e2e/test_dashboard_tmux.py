@@ -3,6 +3,7 @@ bob transfer, a dig, the reload action, and a clean quit."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -282,6 +284,43 @@ def test_reload_action_reloads_a_changed_blocklist(pane: Pane) -> None:
         timeout=30,
     )
     assert out.stdout.strip() == "0.0.0.0"
+
+
+def test_at_80x24_times_read_as_the_rooms_clock_and_a_dnsmasq_name_is_added(
+    pane: Pane,
+) -> None:
+    """A normal terminal, 80x24: the mirror says since when an upstream is down in the
+    machine's own time (17:50, never an ISO timestamp in UTC) and for how long, each
+    state whole; `NAME=ADDRESS`, as organisers type it, adds a name dig then finds."""
+    # opam's upstream is a port nothing listens on: asked for its index, it goes down
+    with contextlib.suppress(urllib.error.HTTPError):
+        urllib.request.urlopen(f"http://127.0.0.1:{pane.mirror}/opam/index.tar.gz", timeout=30)
+    with urllib.request.urlopen(f"{pane.admin}/status", timeout=5) as r:
+        opam = json.load(r)["mirror"]["upstreams"]["opam"]
+    since = datetime.fromisoformat(opam["down_since_at"]).astimezone().strftime("%H:%M")
+    pane.tmux("resize-window", "-t", "dash", "-x", "80", "-y", "24")
+    try:
+        pane.keys("3")
+        text = pane.wait(rf"upstream down: http://127\.0\.0\.1:1 since {since} \(")
+        assert not re.search(r"\d{4}-\d\d-\d\dT\d\d", text), text
+        pane.wait(r"^\s+opam\s+down\s+(just now|\d+ min ago)\s")
+        pane.wait(r"^\s+apt/debian-security\s+unknown\s")  # whole: it was `apt/debian…`
+        pane.keys("4")
+        pane.wait(r"Query log")
+        pane.keys("a")
+        pane.wait(r"Add a local name: NAME=ADDRESS")
+        pane.tmux("send-keys", "-t", "dash", "-l", "printer.retreat.lan=10.0.0.9")
+        pane.keys("Enter")
+        pane.wait(r"added printer\.retreat\.lan: A 10\.0\.0\.9")
+    finally:
+        pane.tmux("resize-window", "-t", "dash", "-x", "160", "-y", "50")
+    out = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(pane.dns), "+short", "+tries=1", "printer.retreat.lan"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.stdout.strip() == "10.0.0.9"
 
 
 def test_q_stops_everything_and_leaves_the_terminal_sane(pane: Pane) -> None:

@@ -16,10 +16,18 @@ from prometheus_client import CollectorRegistry
 from retreatkit.admin.app import make_app, start
 from retreatkit.nameserver.fakes import FakeTransport, ManualClock, Zone
 from retreatkit.nameserver.service import Nameserver, Settings
-from retreatkit.tui.testing import TOKEN, FakeAdmin, serve
+from retreatkit.tui.testing import TOKEN, FakeAdmin, serve, time_zone
 
 ZONE = Zone("$TTL 300\n@ SOA ns.test. h.test. 1 3600 600 86400 60\nwww.example A 198.51.100.7\n")
 UPSTREAM = ("192.0.2.53", 53)
+
+
+@pytest.fixture(autouse=True)
+def utc() -> Iterator[None]:
+    """The dashboard shows times in the local time zone: UTC here, whatever the machine's,
+    so the times a test pins are those the fixtures give (a test may set another)."""
+    with time_zone("UTC"):
+        yield
 
 
 @pytest.fixture
@@ -39,6 +47,7 @@ class LiveNameserver:
     url: str
     port: int
     lists: Path
+    now: float = 1_800_000_000.0  # its wall clock: the dashboard's too, in a test
 
     async def ask(self, name: str) -> None:
         await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", 2.0, self.port)

@@ -100,11 +100,11 @@ async def test_mirror_upstreams_limit_eviction_and_warnings(fake: FakeAdmin) -> 
         )
         warnings = text(section.query_one("#warnings", Lines)).splitlines()
         assert warnings[1] == (
-            "! apt debian/bookworm: its Release expires at 2026-01-02T09:00:00+00:00; offline,"
-            " apt then needs [check-valid-until=no] in its sources line"
+            "! apt debian/bookworm: its Release expires at 2 Jan 09:00; offline, apt then"
+            " needs [check-valid-until=no] in its sources line"
         )
         assert rows(section, "#upstreams") == [
-            ["pypi", "http://192.0.2.1/simple/", "down", "10:58:00", "42s", "connection refused"],
+            ["pypi", "http://192.0.2.1/simple/", "down", "2 min ago", "42s", "connection refused"],
             ["opam", "http://192.0.2.2/opam", "up", "", "", ""],
             ["npm", "http://192.0.2.3/npm/", "unknown", "", "", ""],
             ["apt/debian", "http://192.0.2.4/debian", "up", "", "", ""],

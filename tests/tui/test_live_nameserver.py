@@ -7,11 +7,19 @@ from __future__ import annotations
 import logging
 import re
 
+import dns.asyncquery
+import dns.message
 from textual.widgets import Input
 
 from retreatkit.tui import views
 from retreatkit.tui.app import Dashboard
-from retreatkit.tui.testing import actions_done, make_dashboard, screen_text, settle
+from retreatkit.tui.testing import (
+    actions_done,
+    make_dashboard,
+    screen_text,
+    scrolled_through,
+    settle,
+)
 from retreatkit.tui.widgets import Lines, Table
 
 from .conftest import LiveNameserver
@@ -26,20 +34,20 @@ def rows(app: Dashboard, table_id: str) -> list[list[str]]:
 
 async def test_blocklists_list_each_source(live_nameserver: LiveNameserver) -> None:
     lists = live_nameserver.lists
-    app = make_dashboard(live_nameserver.url)
+    app = make_dashboard(live_nameserver.url, wall=live_nameserver.now)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("4")
         await settle(pilot)
         [endpoint] = app.state.endpoints.values()
-        assert views.blocklist_rows(endpoint) == [
-            (f"{lists}/blocks.txt", "4", "1", "08:00:00", ""),
+        assert views.blocklist_rows(endpoint, live_nameserver.now) == [
+            (f"{lists}/blocks.txt", "4", "1", "08:00", ""),
             (f"{lists}/gone.txt", "0", "0", "never", "No such file or directory"),
         ]
         shown = rows(app, "#lists")  # a long path keeps its end: the file's name
         assert shown[0][0].startswith("…") and shown[0][0].endswith("/lists/blocks.txt")
         assert shown[1][0].endswith("/lists/gone.txt")
         assert [row[1:] for row in shown] == [
-            ["4", "1", "08:00:00", ""],
+            ["4", "1", "08:00", ""],
             ["0", "0", "never", "No such file or directory"],
         ]
 
@@ -47,7 +55,7 @@ async def test_blocklists_list_each_source(live_nameserver: LiveNameserver) -> N
 async def test_no_blocklist_configured_says_so_before_and_after_a_reload(
     listless_nameserver: LiveNameserver,
 ) -> None:
-    app = make_dashboard(listless_nameserver.url)
+    app = make_dashboard(listless_nameserver.url, wall=listless_nameserver.now)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("4")
         await settle(pilot)
@@ -63,7 +71,7 @@ async def test_no_blocklist_configured_says_so_before_and_after_a_reload(
 async def test_every_action_answers_in_plain_words(live_nameserver: LiveNameserver) -> None:
     """What each action's real answer reads as, after the organiser's keys."""
     await live_nameserver.ask("www.example.test")  # cached: a flush has something to drop
-    app = make_dashboard(live_nameserver.url)
+    app = make_dashboard(live_nameserver.url, wall=live_nameserver.now)
     level = logging.getLogger("retreatkit").level
 
     async def act(*steps: str) -> str:
@@ -84,7 +92,7 @@ async def test_every_action_answers_in_plain_words(live_nameserver: LiveNameserv
             "blocklists reloaded: 4 entries from blocks.txt (1 bad line skipped);"
             " gone.txt failed (No such file or directory)"
         )
-        assert await act("p", "15\n", "y") == "blocking paused until 08:15:00"
+        assert await act("p", "15\n", "y") == "blocking paused until 08:15"
         assert await act("p", "0\n") == "blocking on"
         assert await act("a", "wiki.retreat.lan 10.0.0.9\n") == "added wiki.retreat.lan: A 10.0.0.9"
         await settle(pilot)
@@ -109,27 +117,66 @@ async def test_80x24_shows_every_column_and_the_newest_query(
     live_nameserver: LiveNameserver,
 ) -> None:
     """The smallest terminal: each table's every column, the footer's keys and the
-    alarm count show; scrolled down to the query log, a new query shows as it comes."""
+    alarm count show, scrolled through; at the top, a new query shows as it comes."""
     name = "a-rather-long-name-that-a-laptop-asked-for.www.example.test"
     await live_nameserver.ask(name)
-    app = make_dashboard(live_nameserver.url)
+    app = make_dashboard(live_nameserver.url, wall=live_nameserver.now)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("4")
         await settle(pilot)
-        await pilot.press("end")  # down to the query log
-        await pilot.pause()
-        text = screen_text(app)
-        assert re.search(r"^ Time +Client +Name +Type +Answer +ms +$", text, re.M)
+        text = "\n".join(await scrolled_through(pilot))
+        assert re.search(r"^ +Time +Client +Name +Type +Answer +ms\b", text, re.M)
         assert re.search(
-            r"^ 08:00:00 +127\.0\.0\.1 +a-rather-long-name-.*… +A +forwarded NXDOMAIN +\d",
+            r"^ +08:00:00 +127\.0\.0\.1 +a-rather-long-name-.*… +A +forwarded NXDOMAIN +\d",
             text,
             re.M,
         )
-        assert re.search(r"Name +Queries +Name +Queries +Name +Queries", text)  # top lists
-        assert re.search(r"^ Source +Entries +Bad lines +Loaded +Last error +$", text, re.M)
-        assert "r Reloadp Pausea Add named Removef Flush/ Filter123456Screensq Quit" in text
-        assert re.search(r"^ +retreatkit · Nameserver · 1 alarm · 127\.0\.0\.1:\d+$", text, re.M)
+        assert re.search(r"Name +Queries +Name +Queries", text)  # top domains, top blocked
+        assert re.search(r"^ +Client +Queries\b", text, re.M)
+        assert re.search(r"^ +Address +State +Latency\b", text, re.M)
+        assert re.search(r"^ +Source +Entries +Bad lines +Loaded +Last error\b", text, re.M)
+        assert (
+            "r Reload p Pause a Add name d Remove f Flush / Filter  123456 Screens q Quit" in text
+        )
+        assert re.search(r"^ +retreatkit · Nameserver · 1 alarm · 127\.0\.0\.1:\d+ *$", text, re.M)
         await live_nameserver.ask("ads.example.test")
+        app.screen.query_one("#body").scroll_home(animate=False, immediate=True)
         await settle(pilot)
         newest = screen_text(app).split(" Time ", 1)[1].splitlines()[1]
         assert re.match(r" 08:00:00 +127\.0\.0\.1 +ads\.example\.test +A +blocked +\d", newest)
+
+
+async def test_a_local_name_typed_as_dnsmasq_and_hosts_files_have_it_answers(
+    live_nameserver: LiveNameserver,
+) -> None:
+    """`NAME=ADDRESS` (dnsmasq's address=, the form organisers type) and a hosts-file
+    line are added as the nameserver's own answer; a mistake is one line, nothing set."""
+    app = make_dashboard(live_nameserver.url, wall=live_nameserver.now)
+
+    async def add(typed: str) -> str:
+        await pilot.press("a")
+        await pilot.pause()
+        app.screen.query_one(Input).value = typed
+        await pilot.press("enter")
+        await actions_done(pilot)
+        return str(app.screen.query_one("#result", Lines).render())
+
+    async def answer(name: str, rdtype: str) -> list[str]:
+        query = dns.message.make_query(name, rdtype)
+        reply = await dns.asyncquery.udp(query, "127.0.0.1", 2.0, live_nameserver.port)
+        return [r.to_text() for rrset in reply.answer for r in rrset]
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        assert await add("printer.retreat.lan=10.0.0.9") == "added printer.retreat.lan: A 10.0.0.9"
+        assert await add("fd00::9 printer.retreat.lan") == "added printer.retreat.lan: AAAA fd00::9"
+        assert await add("wiki.retreat.lan=10.0.0.999") == "not an IP address: 10.0.0.999"
+        await settle(pilot)
+        assert rows(app, "#local") == [
+            ["printer.retreat.lan", "A", "10.0.0.9"],
+            ["printer.retreat.lan", "AAAA", "fd00::9"],
+        ]
+    assert await answer("printer.retreat.lan", "A") == ["10.0.0.9"]
+    assert await answer("printer.retreat.lan", "AAAA") == ["fd00::9"]
+    assert await answer("wiki.retreat.lan", "A") == []

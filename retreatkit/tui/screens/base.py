@@ -72,7 +72,7 @@ class Panel(Screen[None]):
         try:
             await self.load()
             self.draw()
-            self.query_one("#title", Lines).show([self.dash.title_line(self.TITLE)])
+            self.show_title()
         finally:
             self._loading = False
             if self._again:
@@ -80,6 +80,13 @@ class Panel(Screen[None]):
                 self.reload()
             else:
                 self.loaded.set()
+
+    def show_title(self) -> None:
+        title = self.query_one("#title", Lines)
+        title.show([self.dash.title_line(self.TITLE, title.content_size.width)])
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self.show_title)  # the endpoints that fit, once laid out
 
     async def load(self) -> None:
         """Fetch what only this screen needs (lists); the status is the app's."""

@@ -20,8 +20,9 @@ COLUMNS = (
     "Guest", "Service", "State", "Uptime", "Restarts", "Memory", "CPU", "RAM", "Admin",
     "Last exit", "Supervisor",
 )  # fmt: skip
-# what a narrow terminal leaves out of the table first (the line under it has them)
-DROP = ("Supervisor", "RAM", "CPU", "Memory", "Restarts", "Uptime")
+# what a narrow terminal leaves out of the table first (the line under it has them): an
+# address is shown whole or not at all
+DROP = ("Supervisor", "Admin", "RAM", "CPU", "Memory", "Restarts", "Uptime")
 # a clean stop lets the service close and the guest sync its disk; the supervisor powers
 # it off if that takes 30 s, so its answer can take that long
 STOP_TIMEOUT = 40.0
@@ -43,7 +44,7 @@ class GuestsScreen(Panel):
     def body(self) -> ComposeResult:
         yield Lines(id="summary")
         yield Label("Guests (s starts the one under the cursor, x stops it)", classes="heading")
-        yield Table(*COLUMNS, id="guests", drop=DROP)
+        yield Table(*COLUMNS, id="guests", cut=("Last exit",), drop=DROP)
         yield Lines(id="detail")
 
     def draw(self) -> None:

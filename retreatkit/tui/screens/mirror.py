@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 FETCH = ("Ecosystem", "Package", "File", "Bytes", "Size", "Started", "State")
 UPSTREAM = ("Upstream", "URL", "State", "Down since", "Retry in", "Last error")
+# a package or a file name is cut to fit, the rest is shown whole or, on a narrow
+# screen, left out
+CUT_FETCH = ("Package", "File")
+DROP_FETCH = ("Started", "Size", "Bytes")
 
 
 class MirrorSection(Section):
@@ -32,14 +36,22 @@ class MirrorSection(Section):
         yield Lines(id="summary")
         yield Lines(id="warnings")
         yield Label("Upstreams", classes="heading")
-        # a URL cut at its end hid what told two apt archives of one host apart
-        yield Table(*UPSTREAM, id="upstreams", cut_start=("URL",))
+        # a URL is shown whole or not at all (the upstream's name says which it is;
+        # cut, `…1/simple/` said nothing); narrower still, when it is tried again, then
+        # since when it is down, give way (the warnings say since when too)
+        yield Table(
+            *UPSTREAM,
+            id="upstreams",
+            cut=("Last error",),
+            cut_start=("URL",),  # on a terminal too narrow even without it
+            drop=("URL", "Retry in", "Down since"),
+        )
         yield Label("Downloads in progress", classes="heading")
-        yield Table(*FETCH, id="in_progress")
+        yield Table(*FETCH, id="in_progress", cut=CUT_FETCH, drop=DROP_FETCH)
         yield Label("Recent fetches", classes="heading")
-        yield Table(*FETCH, id="recent")
+        yield Table(*FETCH, id="recent", cut=CUT_FETCH, drop=DROP_FETCH)
         yield Label("Top packages", classes="heading")
-        yield Table("Package", "Requests", id="top")
+        yield Table("Package", "Requests", id="top", cut=("Package",))
 
     async def load(self, dash: Dashboard) -> None:
         self.fetches, self.problem = await dash.fetch(self.endpoint, "/mirror/fetches")
@@ -49,17 +61,19 @@ class MirrorSection(Section):
         if self.problem:
             summary.append(f"fetches not reported: {self.problem}")
         self.query_one("#summary", Lines).show(summary)
+        now = dash.wall()
         warnings = self.query_one("#warnings", Lines)
-        found = views.mirror_warnings(e)
+        found = views.mirror_warnings(e, now)
         warnings.set_class(bool(found), "alarm")
         warnings.show([f"! {w}" for w in found] or ["no warnings"])
         section = e.section("mirror")
-        self.query_one("#upstreams", Table).set_rows(views.upstream_rows(e))
+        self.query_one("#upstreams", Table).set_rows(views.upstream_rows(e, now))
         self.query_one("#top", Table).set_rows(views.top_rows(section.get("top_packages")))
         self.query_one("#in_progress", Table).set_rows(
-            views.fetch_rows(self.fetches, "in_progress"), "none now"
+            views.fetch_rows(self.fetches, "in_progress", now), "none now"
         )
-        self.query_one("#recent", Table).set_rows(views.fetch_rows(self.fetches, "recent"))
+        recent = views.fetch_rows(self.fetches, "recent", now)
+        self.query_one("#recent", Table).set_rows(recent)
 
 
 class MirrorScreen(ServicePanel):

@@ -16,7 +16,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label
 
-from retreatkit.tui import answers, views
+from retreatkit.tui import answers, localnames, views
 from retreatkit.tui.screens.service import Section, ServicePanel
 from retreatkit.tui.state import EndpointState
 from retreatkit.tui.widgets import Lines, Table
@@ -42,28 +42,33 @@ class NameserverSection(Section):
         yield Lines(id="summary")
         # the live part first: below the tables, an 80x24 terminal never showed it
         yield Label("Query log, newest first (/ to filter)", classes="heading")
-        yield Table("Time", "Client", "Name", "Type", "Answer", "ms", id="queries")
+        # a client's address and the answer are shown whole; a name is cut to fit, and
+        # past that (a long IPv6 client at 80 columns) the ms, then the type, give way
+        yield Table(
+            "Time", "Client", "Name", "Type", "Answer", "ms",
+            id="queries", cut=("Name",), drop=("ms", "Type"),
+        )  # fmt: skip
         with Horizontal(classes="pair"):
-            for key, title in (
-                ("domains", "Top domains"),
-                ("blocked", "Top blocked"),
-                ("clients", "Top clients"),
-            ):
+            for key, title in (("domains", "Top domains"), ("blocked", "Top blocked")):
                 with Vertical():
                     yield Label(title, classes="heading")
-                    yield Table("Name", "Queries", id=f"top_{key}")
+                    yield Table("Name", "Queries", id=f"top_{key}", cut=("Name",))
+        # addresses, shown whole: a third of 80 columns cut an IPv6 client to its prefix,
+        # so these two sit side by side only on a wide screen
         with Horizontal(classes="pair stack"):
+            with Vertical():
+                yield Label("Top clients", classes="heading")
+                yield Table("Client", "Queries", id="top_clients")
             with Vertical():
                 yield Label("Upstreams", classes="heading")
                 yield Table("Address", "State", "Latency", id="upstreams")
-            with Vertical():
-                yield Label("Blocklists", classes="heading")
-                yield Table(
-                    "Source", "Entries", "Bad lines", "Loaded", "Last error",
-                    id="lists", cut_start=("Source",),
-                )  # fmt: skip
+        yield Label("Blocklists", classes="heading")
+        yield Table(
+            "Source", "Entries", "Bad lines", "Loaded", "Last error",
+            id="lists", cut=("Source", "Last error"), cut_start=("Source",),
+        )  # fmt: skip
         yield Label("Local names (a adds, d removes)", classes="heading")
-        yield Table("Name", "Type", "Value", id="local")
+        yield Table("Name", "Type", "Value", id="local", cut=("Name",))
 
     async def load(self, dash: Dashboard) -> None:
         cursor = "" if self.after is None else f"after={self.after}&"
@@ -85,7 +90,8 @@ class NameserverSection(Section):
         self.after = last if isinstance(last, int) and len(found) < PAGE else None
 
     def draw(self, dash: Dashboard, e: EndpointState) -> None:
-        summary = views.nameserver_summary(e)
+        now = dash.wall()
+        summary = views.nameserver_summary(e, now)
         if self.problem:
             summary.append(f"query log not reported: {self.problem}")
         if self.records_problem:
@@ -96,12 +102,13 @@ class NameserverSection(Section):
             rows = views.top_rows(section.get(f"top_{key}"))
             self.query_one(f"#top_{key}", Table).set_rows(rows)
         self.query_one("#upstreams", Table).set_rows(views.dns_upstream_rows(e))
-        self.query_one("#lists", Table).set_rows(views.blocklist_rows(e), views.no_blocklists(e))
+        lists = views.blocklist_rows(e, now)
+        self.query_one("#lists", Table).set_rows(lists, views.no_blocklists(e))
         empty = "not reported" if self.records_problem else "none"
         self.query_one("#local", Table).set_rows(views.record_rows(self.records), empty)
 
-    def draw_queries(self, needle: str) -> None:
-        rows = [views.query_row(q) for q in reversed(self.queries)]  # newest first
+    def draw_queries(self, needle: str, now: float) -> None:
+        rows = [views.query_row(q, now) for q in reversed(self.queries)]  # newest first
         if needle:
             rows = [r for r in rows if any(needle in cell.casefold() for cell in r)]
         self.query_one("#queries", Table).set_rows(
@@ -134,9 +141,10 @@ class NameserverScreen(ServicePanel):
 
     def draw_queries(self) -> None:
         needle = self.query_one("#filter", Input).value.strip().casefold()
+        now = self.dash.wall()
         for section in self.sections():
             if isinstance(section, NameserverSection):
-                section.draw_queries(needle)
+                section.draw_queries(needle, now)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.draw_queries()
@@ -201,22 +209,25 @@ class NameserverScreen(ServicePanel):
         ):
             return
         await self._act(
-            "POST", "/nameserver/blocking/pause", {"minutes": minutes}, answers.blocking
+            "POST",
+            "/nameserver/blocking/pause",
+            {"minutes": minutes},
+            lambda answer: answers.blocking(answer, self.dash.wall()),
         )
 
     async def _add(self) -> None:
         text = await self.ask(
-            "Add a local name: NAME ADDRESS (or NAME cname:TARGET)",
+            "Add a local name: NAME=ADDRESS, or NAME=cname:TARGET for an alias",
             "adding a local name",
-            example="printer.retreat.lan 10.0.0.9",
+            example=localnames.EXAMPLE,
         )
         if text is None:
             return
-        parts = text.split()
-        if len(parts) != 2:
-            self.say(f"expected NAME ADDRESS, got: {text}")
+        try:
+            name, value = localnames.parse(text)
+        except localnames.BadEntry as exc:
+            self.say(str(exc))  # nothing sent
             return
-        name, value = parts
         await self._act(
             "PUT",
             f"/nameserver/records/{quote(name, safe='')}",

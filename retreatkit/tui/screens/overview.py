@@ -11,8 +11,8 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Label
 
 from retreatkit.tui import views
-from retreatkit.tui.fmt import clocks
 from retreatkit.tui.screens.base import SCREENS, Panel
+from retreatkit.tui.times import clocks
 from retreatkit.tui.widgets import Lines, Table
 
 TRENDS = ("Trend",)  # the throughput's per poll, or the memory's
@@ -31,12 +31,14 @@ class Overview(Panel):
             "Address",
             "State",
             "Uptime",
-            "Connections",
+            "Conns",
             "Throughput",
             "Trend",
             id="services",
             cut_first=TRENDS,
             cut_start=TRENDS,  # the newest end of a trend stays
+            # a long IPv6 address at 80 columns: what the service screens say give way
+            drop=("Trend", "Conns", "Uptime", "Throughput"),
         )
         yield Label("Alarms", classes="heading")
         yield Lines(id="alarms")
@@ -55,6 +57,7 @@ class Overview(Panel):
             id="processes",
             cut_first=TRENDS,
             cut_start=TRENDS,
+            drop=("Trend", "Version", "Files", "Log level", "PID"),
         )
         yield Label("Attendees use", classes="heading")
         yield Lines(id="attendees")
@@ -65,7 +68,8 @@ class Overview(Panel):
         alarms = state.alarms(self.dash.clock())
         alarm_lines = self.query_one("#alarms", Lines)
         alarm_lines.set_class(bool(alarms), "alarm")
-        alarm_lines.show([f"! {clocks(a)}" for a in alarms] or ["none"])
+        now = self.dash.wall()
+        alarm_lines.show([f"! {clocks(a, now)}" for a in alarms] or ["none"])
         guests = views.guest_lines(state)
         for part in ("#guests_heading", "#guests"):
             self.query_one(part).display = bool(guests)

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from retreatkit.tui.app import Dashboard
 
 COLUMNS = ("Nameplate", "Bytes", "Rate", "Duration", "Started", "State")
+CUT = ("Nameplate",)  # what a peer chose; the rest is shown whole, or left out:
+DROP = ("Duration", "Started")
 
 
 class RelaySection(Section):
@@ -29,9 +31,9 @@ class RelaySection(Section):
     def body(self) -> ComposeResult:
         yield Lines(id="summary")
         yield Label("Active transfers", classes="heading")
-        yield Table(*COLUMNS, id="active")
+        yield Table(*COLUMNS, id="active", cut=CUT, drop=DROP)
         yield Label("Recent transfers", classes="heading")
-        yield Table(*COLUMNS, id="recent")
+        yield Table(*COLUMNS, id="recent", cut=CUT, drop=DROP)
 
     async def load(self, dash: Dashboard) -> None:
         self.transfers, self.problem = await dash.fetch(self.endpoint, "/relay/transfers")
@@ -42,10 +44,12 @@ class RelaySection(Section):
             summary.append(f"transfers not reported: {self.problem}")
         self.query_one("#summary", Lines).show(summary)
         # "none yet" read wrong once transfers had come and gone
+        now = dash.wall()
         self.query_one("#active", Table).set_rows(
-            views.transfer_rows(self.transfers, "active"), "none now"
+            views.transfer_rows(self.transfers, "active", now), "none now"
         )
-        self.query_one("#recent", Table).set_rows(views.transfer_rows(self.transfers, "recent"))
+        recent = views.transfer_rows(self.transfers, "recent", now)
+        self.query_one("#recent", Table).set_rows(recent)
 
 
 class RelayScreen(ServicePanel):
