@@ -1,7 +1,8 @@
 """Who may read and act on the admin endpoint: the token, loopback, and no cross-site acts.
 
-Reads (`GET`/`HEAD`) are open on a loopback endpoint; every action and the log stream
-need `Authorization: Bearer TOKEN`. An endpoint bound beyond loopback refuses everything
+Reads (`GET`/`HEAD`) are open on a loopback endpoint; every action, the log stream and
+a read of a secret (a path ending in `/token`: a VM guest's own admin token) need
+`Authorization: Bearer TOKEN`. An endpoint bound beyond loopback refuses everything
 without the token. A browser never attaches that header to a simple cross-site request
 and only sends it cross-site after a CORS preflight, which is refused here, so a web page
 on the organiser's machine cannot act (docs/admin-api.md).
@@ -19,6 +20,7 @@ from retreatkit.lanaddress import is_loopback
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_READS = ("GET", "HEAD")
 NEEDS_TOKEN_TO_READ = ("/logs",)
+SECRET = "/token"  # noqa: S105 - a path ending so hands out a secret: never an open read
 
 
 def _host_of(header: str) -> str:
@@ -26,6 +28,11 @@ def _host_of(header: str) -> str:
     if header.startswith("["):
         return header[1 : header.find("]")] if "]" in header else header
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def _needs_token(path: str) -> bool:
+    # any user of the machine can read loopback; a guest's token opens its endpoint
+    return path in NEEDS_TOKEN_TO_READ or path.rstrip("/").endswith(SECRET)
 
 
 def _refuse(status: type[web.HTTPException], text: str) -> web.HTTPException:
@@ -59,7 +66,7 @@ def middleware(token: str, bound_host: str) -> Middleware:
                 web.HTTPUnauthorized,
                 "this admin endpoint needs its token (Authorization: Bearer TOKEN)",
             )
-        if request.method not in OPEN_READS or request.path in NEEDS_TOKEN_TO_READ:
+        if request.method not in OPEN_READS or _needs_token(request.path):
             raise _refuse(web.HTTPUnauthorized, "this needs the admin token")
         # DNS rebinding: a page whose name now points at 127.0.0.1 still sends its own
         # name as Host; open reads answer only requests addressed to loopback

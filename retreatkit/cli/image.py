@@ -27,6 +27,10 @@ FORWARD_HELP = (
     " named go to 127.0.0.1, any free port"
 )
 MEMORY_HELP = "guest memory, from 56 MB to this host's (default: [images] memory)"
+TOKEN = "admin-token"  # noqa: S105 - the file, in the run's folder, of the guest's own token
+# Ctrl-C: 128 + SIGINT, as a shell counts a command the signal stopped (and as bob does);
+# a SIGTERM is a stop asked for (a service manager's), which ends as the guest ends
+INTERRUPTED = 128 + signal.SIGINT
 
 
 class UsageError(Exception):
@@ -210,12 +214,17 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
         raise UsageError("; ".join(problems))
     forwards = [qemu.Forward.parse(f) for f in args.forward]
     disk = args.disk.resolve() if args.disk else None
-    launch = run.Launch.prepare(args.image, cfg, load_or_create(), forwards, memory, disk)
-    console = run.own_console(args.console, paths.state_dir() / "console", launch.service)
-    try:
-        return asyncio.run(_boot(launch, console))
-    finally:
-        console.release()
+    # the run's own folder (mode 0700), gone with it: the guest's configuration disk and
+    # its admin token, made for this run alone. Never the host's token: a guest taken over
+    # would hold what acts on every service of this host
+    with tempfile.TemporaryDirectory(prefix="retreatkit-guest-") as run_dir:
+        token = Path(run_dir) / TOKEN
+        launch = run.Launch.prepare(args.image, cfg, load_or_create(token), forwards, memory, disk)
+        console = run.own_console(args.console, paths.state_dir() / "console", launch.service)
+        try:
+            return asyncio.run(_boot(launch, console, Path(run_dir)))
+        finally:
+            console.release()
 
 
 def _echo(line: bytes) -> None:
@@ -223,23 +232,33 @@ def _echo(line: bytes) -> None:
     sys.stderr.flush()
 
 
-async def _boot(launch: run.Launch, log: run.ConsoleLog) -> int:
+def _interrupted(code: int) -> int:
+    """The last line of a run stopped by Ctrl-C, and its exit code; else `code`."""
+    if code == INTERRUPTED:
+        print("retreatkit: interrupted", file=sys.stderr, flush=True)
+    return code
+
+
+async def _boot(launch: run.Launch, log: run.ConsoleLog, run_dir: Path) -> int:
     from retreatkit.image import network, qemu, run
 
     loop = asyncio.get_running_loop()
     asked = asyncio.Event()
     guest: run.Guest | None = None
     powered_off = False
+    stopped = 0  # the exit code of a run stopped by a signal
 
-    def interrupt() -> None:
-        nonlocal powered_off
+    def interrupt(sig: signal.Signals) -> None:
+        nonlocal powered_off, stopped
         if asked.is_set() and guest is not None and guest.running:
             guest.kill()  # a second Ctrl-C: power off now
             powered_off = True
+        if sig == signal.SIGINT:
+            stopped = INTERRUPTED
         asked.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupt)
+        loop.add_signal_handler(sig, interrupt, sig)
     probe = asyncio.ensure_future(
         asyncio.to_thread(qemu.accel, launch.image / "kernel", launch.manifest["machine"])
     )
@@ -247,47 +266,47 @@ async def _boot(launch: run.Launch, log: run.ConsoleLog) -> int:
         {probe, asyncio.ensure_future(asked.wait())}, return_when=asyncio.FIRST_COMPLETED
     )
     if asked.is_set():
-        return 130  # Ctrl-C before anything booted
+        return _interrupted(stopped)  # before anything booted
     accel = probe.result()
     console = log.path
-    with tempfile.TemporaryDirectory(prefix="retreatkit-guest-") as run_dir:
-        guest = run.Guest(launch, Path(run_dir), log, echo=_echo)
-        try:
-            await guest.start(accel)
-            m = launch.manifest
-            _say(
-                f"Booting {launch.service} ({m['kernel']['label']}, {_mb(m['size_bytes'])}) "
-                f"in {launch.memory_mb} MB under {accel}; console log {console}"
-            )
-            for f in launch.forwards:
-                _say(f"Forward {f.proto} {f.host}:{f.port} -> guest port {f.guest_port}")
-            _say(network.describe(launch.network))
-            ended = asyncio.ensure_future(guest.wait())
-            ready = asyncio.ensure_future(guest.ready.wait())
-            stop = asyncio.ensure_future(asked.wait())
-            await asyncio.wait({ended, ready, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if ready.done():
-                _say(f"Guest {launch.service} up; admin on {launch.admin_url}/status")
-                await asyncio.wait({ended, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not ended.done():
-                _say("Stopping the guest cleanly (Ctrl-C again powers it off)")
-                await guest.stop()
-            for task in (ready, stop):
-                task.cancel()
-            await ended
-        finally:
-            guest.kill()
-            if guest.process is not None:
-                await guest.wait()
+    guest = run.Guest(launch, run_dir, log, echo=_echo)
+    try:
+        await guest.start(accel)
+        m = launch.manifest
+        _say(
+            f"Booting {launch.service} ({m['kernel']['label']}, {_mb(m['size_bytes'])}) "
+            f"in {launch.memory_mb} MB under {accel}; console log {console}"
+        )
+        for f in launch.forwards:
+            _say(f"Forward {f.proto} {f.host}:{f.port} -> guest port {f.guest_port}")
+        _say(network.describe(launch.network))
+        _say(f"The guest's own admin token is in {run_dir / TOKEN}")
+        ended = asyncio.ensure_future(guest.wait())
+        ready = asyncio.ensure_future(guest.ready.wait())
+        stop = asyncio.ensure_future(asked.wait())
+        await asyncio.wait({ended, ready, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            _say(f"Guest {launch.service} up; admin on {launch.admin_url}/status")
+            await asyncio.wait({ended, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not ended.done():
+            _say("Stopping the guest cleanly (Ctrl-C again powers it off)")
+            await guest.stop()
+        for task in (ready, stop):
+            task.cancel()
+        await ended
+    finally:
+        guest.kill()
+        if guest.process is not None:
+            await guest.wait()
     if log.lost:  # the guest ran on, its lines shown here and not kept
         _say(f"Its console log {console} lost {log.lost} bytes of its lines ({log.why})")
     if guest.stopping and powered_off:  # not "stopped": its service was cut off mid-stop
         disk = "; its data disk's journal puts it right at the next boot" if launch.disk else ""
         _say(f"Guest powered off (Ctrl-C twice){disk}")
-        return 0
+        return _interrupted(stopped)
     if guest.stopping:
         _say("Guest stopped")
-        return 0
+        return _interrupted(stopped)
     code = guest.process.returncode if guest.process is not None else None
     last = guest.last_line
     if last.panic or last.failed or code:  # or qemu's own error (memory it cannot get)

@@ -20,6 +20,7 @@ from typing import Any
 
 from retreatkit.image import bootcache, build, bzimage, cpio, guestconfig, network, qemu
 from retreatkit.image import spec as specs
+from retreatkit.image.paths import private_dir
 
 CONSOLE_MAX = 1024 * 1024  # then the log moves to console.log.1: bounded on disk
 CONSOLES_PER_SERVICE = 100  # `image run`s of one service at once, each with its own log
@@ -405,7 +406,10 @@ class ConsoleLog:
         with contextlib.suppress(FileNotFoundError):
             if self.path.stat().st_size + len(data) > CONSOLE_MAX:
                 self.path.replace(self.path.with_name(self.path.name + ".1"))
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        # this user's alone, as everything else a guest leaves on the host: what a guest
+        # prints is its own business, and a log others can read would be the first place
+        # a secret that slipped onto its console is looked for
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             end = os.fstat(fd).st_size  # one writer: the log is held (hold)
             view = memoryview(data)
@@ -431,6 +435,7 @@ def own_console(given: Path | None, folder: Path, service: str) -> ConsoleLog:
                 f"the console log {given} is in use by another guest; pass another --console FILE"
             )
         return log
+    private_dir(folder)
     for n in range(1, CONSOLES_PER_SERVICE + 1):
         log = ConsoleLog(folder / (f"{service}.log" if n == 1 else f"{service}-{n}.log"))
         if log.hold():

@@ -1,9 +1,14 @@
 """Several named guests, as Albatross keeps unikernels: start, stop, restart on exit, stats.
 
 A guest's definition (image, forwards, memory, disk, restart policy, configuration file)
-lives in `<state>/vm/<name>/guest.json` beside its console log, how it last ended and its
-restarts since a start was last asked for, so all of it outlives the process that
-supervised it.
+lives in `<state>/vm/<name>/guest.json` beside its console log, how it last ended, its
+restarts since a start was last asked for and its own admin token, so all of it outlives
+the process that supervised it.
+
+Each guest's admin endpoint takes a token of its own (`<state>/vm/<name>/admin-token`,
+mode 0600), never the host's: a guest is the part of the kit that meets the internet (the
+mirror parses what upstreams send), and one taken over would otherwise hold the token that
+starts and stops every guest and sets every service's log level on the host.
 
 What befalls a guest is logged on `retreatkit.vm`: a start, its admin answering and a stop
 asked for at INFO; an exit nobody asked for (a kernel panic among them), a restart and
@@ -36,6 +41,7 @@ from retreatkit.serve import SAID
 
 log = logging.getLogger("retreatkit.vm")
 LAST_EXIT = "last-exit"  # beside guest.json: how the guest last ended
+TOKEN = "admin-token"  # noqa: S105 - the file, beside guest.json, of the guest's own token
 RESTARTS = "restarts"  # beside guest.json: restarts since a start was last asked for
 MAX_EXIT_NOTE = 1024  # bytes read back of it (describe_exit keeps it one short line)
 
@@ -203,6 +209,11 @@ class Supervisor:
     def folder(self, name: str) -> Path:
         return private_dir(self.root / name)
 
+    def token(self, name: str) -> str:
+        """The guest's own admin token, made at its first start (TokenError if it cannot be
+        made or read safely, as the host's own)."""
+        return load_or_create(self.folder(name) / TOKEN)
+
     def get(self, name: str) -> Supervised:
         if name not in self.guests:
             raise KeyError(name)
@@ -271,8 +282,9 @@ class Supervisor:
         named.update({k: v for k, v in definition.records.items() if k not in named})
         disk = Path(definition.disk) if definition.disk else None
         forwards = [qemu.Forward.parse(f) for f in definition.forwards]
+        token = self.token(definition.name)
         return run.Launch.prepare(
-            Path(definition.image), cfg, load_or_create(), forwards, definition.memory_mb, disk
+            Path(definition.image), cfg, token, forwards, definition.memory_mb, disk
         )
 
     async def start(self, name: str) -> Supervised:

@@ -17,7 +17,8 @@ from retreatkit.testing import Process
 BOOT_TIMEOUT = 180.0  # a loaded CI machine emulating the guest: generous
 LINE = re.compile(
     r"^(?:Forward (tcp|udp) (\S+):(\d+) -> guest port (\d+)"
-    r"|Guest (\S+) up; admin on (http://\S+)/status)$"
+    r"|Guest (\S+) up; admin on (http://\S+)/status"
+    r"|The guest's own admin token is in (/\S+))$"
 )
 
 
@@ -77,6 +78,7 @@ class GuestProcess:
     process: Process
     forwards: dict[tuple[str, int], tuple[str, int]]  # (proto, guest port) -> host address
     admin: str
+    token: str  # the guest's own admin token, made for this run
 
     def port(self, guest_port: int, proto: str = "tcp") -> int:
         return self.forwards[(proto, guest_port)][1]
@@ -98,11 +100,15 @@ def start_guest(
     top = ["--config", str(config)] if config else []
     proc = Process.start(retreatkit_argv(*top, "image", "run", str(image), *args), env=env)
     forwards: dict[tuple[str, int], tuple[str, int]] = {}
+    token = ""
     try:
         while True:
             match = proc.wait_for(LINE.pattern, BOOT_TIMEOUT)
             if match[6]:
-                return GuestProcess(proc, forwards, match[6])
+                return GuestProcess(proc, forwards, match[6], token)
+            if match[7]:
+                token = Path(match[7]).read_text().strip()
+                continue
             forwards[(match[1], int(match[4]))] = (match[2], int(match[3]))
     except BaseException:
         proc.popen.send_signal(signal.SIGINT)

@@ -1,7 +1,9 @@
 """The guest supervisor as a service: its admin routes, and a control socket for `retreatkit vm`.
 
-On the process's admin endpoint (docs/admin-api.md): `GET /vm/guests` and
-`POST /vm/guests/NAME/start|stop`. On the control socket, a UNIX socket only this user
+On the process's admin endpoint (docs/admin-api.md): `GET /vm/guests`,
+`POST /vm/guests/NAME/start|stop`, and `GET /vm/guests/NAME/token` (the guest's own admin
+token, for the dashboard that watches it: a read that needs the host's token, see
+admin/access.py). On the control socket, a UNIX socket only this user
 can open (`<state>/vm/control.sock`), the same routes plus `PUT /vm/guests/NAME` (define
 a guest), `PATCH /vm/guests/NAME` (change some keys of a known guest's definition) and
 `GET /vm/guests/NAME`.
@@ -102,6 +104,14 @@ class Handlers:
             raise _error(web.HTTPBadRequest, f"cannot start {name}: {exc}") from None
         return web.json_response(self.supervisor.item(name))
 
+    async def guest_token(self, request: web.Request) -> web.Response:
+        name = self._name(request)
+        try:
+            token = self.supervisor.token(name)
+        except TokenError as exc:
+            raise _error(web.HTTPInternalServerError, str(exc)) from None
+        return web.json_response({"token": token})
+
     async def stop_guest(self, request: web.Request) -> web.Response:
         name = self._name(request)
         await self.supervisor.stop(name)
@@ -150,6 +160,7 @@ class Handlers:
             web.get("/vm/guests", self.list_guests),
             web.post("/vm/guests/{name}/start", self.start_guest),
             web.post("/vm/guests/{name}/stop", self.stop_guest),
+            web.get("/vm/guests/{name}/token", self.guest_token),
         ]
 
     def control_app(self) -> web.Application:

@@ -1,9 +1,11 @@
 """The dashboard app: polls each endpoint, follows its logs, and hands screens the state.
 
 Endpoints are those given at start, plus each VM guest's own admin endpoint, found in its
-supervisor's `GET /vm/guests` and watched with the supervisor's token. Only an endpoint
-the organiser named supervises guests: a guest (or a neighbour's announcement) that says
-it supervises would otherwise choose where the token goes and which rows are shown.
+supervisor's `GET /vm/guests` and watched with the guest's own token, which the supervisor
+gives (`GET /vm/guests/NAME/token`): never with the supervisor's, which a guest taken over
+would keep. Only an endpoint the organiser named supervises guests: a guest (or a
+neighbour's announcement) that says it supervises would otherwise choose where a token
+goes and which rows are shown.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from rich.cells import cell_len
 from textual.app import App
@@ -162,7 +165,7 @@ class Dashboard(App[int]):
         try:
             found = guests.parse(await self.clients[name].get_json("/vm/guests"))
             for guest in found if self.state.endpoints[name].named else ():
-                self._adopt(name, guest)
+                await self._adopt(name, guest)
         except SourceError as exc:
             self.state.record_guests(name, None, str(exc))
             return
@@ -174,22 +177,26 @@ class Dashboard(App[int]):
             return
         self.state.record_guests(name, found)
 
-    def _adopt(self, supervisor: str, guest: guests.Guest) -> None:
-        if self.state.watching(supervisor, guest.name) is not None:
-            return
-        parent = self.clients[supervisor].endpoint
-        url, _why = guests.watch_url(parent.url, guest.admin)
+    async def _adopt(self, supervisor: str, guest: guests.Guest) -> None:
+        url = self._to_adopt(supervisor, guest)
         if url is None:
             return
-        for e in self.state.endpoints.values():
-            if e.url == url:  # watched already: never adopted a second time
-                if linkable(e, supervisor):
-                    e.guest_of = (supervisor, guest.name)  # given with --connect: whose it is
+        parent = self.clients[supervisor]
+        token = None
+        if parent.endpoint.token:
+            # the guest's own token, which its supervisor gives for the asking with its
+            # own; a guest is never sent the supervisor's (docs/admin-api.md)
+            path = f"/vm/guests/{quote(guest.name, safe='')}/token"
+            try:
+                token = guests.token_of(await parent.get_json(path))
+            except (SourceError, ValueError) as exc:
+                self.state.unwatched[(supervisor, guest.name)] = f"not watched: {exc}"
                 return
-        if sum(1 for e in self.state.endpoints.values() if e.guest_of) >= MAX_GUESTS:
+        if self._to_adopt(supervisor, guest) != url:  # adopted while the token came
             return
-        # the supervisor's token, and found on the LAN as it was
-        endpoint = replace(parent, url=url, label=f"guest {guest.name}")
+        self.state.unwatched.pop((supervisor, guest.name), None)
+        # found on the LAN as its supervisor was
+        endpoint = replace(parent.endpoint, url=url, label=f"guest {guest.name}", token=token)
         if endpoint.name in self.clients:
             where = supervisor.removesuffix(f" {FOUND}")  # said once, at the end
             endpoint = replace(endpoint, label=f"guest {guest.name}@{where}")
@@ -198,6 +205,22 @@ class Dashboard(App[int]):
         self.state.add(name, url, (supervisor, guest.name))
         self.polled.clear()  # set again once this one has answered too
         self._start(name)
+
+    def _to_adopt(self, supervisor: str, guest: guests.Guest) -> str | None:
+        """The URL to watch `supervisor`'s guest at, if it is not watched yet."""
+        if self.state.watching(supervisor, guest.name) is not None:
+            return None
+        url, _why = guests.watch_url(self.clients[supervisor].endpoint.url, guest.admin)
+        if url is None:
+            return None
+        for e in self.state.endpoints.values():
+            if e.url == url:  # watched already: never adopted a second time
+                if linkable(e, supervisor):
+                    e.guest_of = (supervisor, guest.name)  # given with --connect: whose it is
+                return None
+        if sum(1 for e in self.state.endpoints.values() if e.guest_of) >= MAX_GUESTS:
+            return None
+        return url
 
     async def _follow(self, name: str) -> None:
         client = self.clients[name]

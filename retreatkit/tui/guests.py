@@ -1,16 +1,18 @@
 """VM guests as a supervising endpoint lists them (`GET /vm/guests`), and which of their
 admin endpoints the dashboard may watch (no Textual here).
 
-A guest's own admin endpoint needs the admin token even for reads; the dashboard sends it
-only where the organiser already sends it: the supervisor's host, or this machine's
-loopback when the supervisor is on this machine. A guest whose admin port is forwarded
-to its host's loopback cannot be reached from another machine at all.
+A guest's own admin endpoint needs a token even for reads: the guest's own, never its
+host's (which opens every guest and service there). The dashboard asks the supervisor for
+it and sends it only where the organiser already sends the supervisor's: the supervisor's
+host, or this machine's loopback when the supervisor is on this machine. A guest whose
+admin port is forwarded to its host's loopback cannot be reached from another machine.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -80,6 +82,18 @@ def parse(doc: Any) -> list[Guest]:
             )
         )
     return found
+
+
+TOKEN = re.compile(r"[A-Za-z0-9_-]{16,256}")  # as admin/token.py makes them (URL-safe)
+
+
+def token_of(doc: Any) -> str:
+    """The token in a `/vm/guests/NAME/token` answer; ValueError (one line) if there is none
+    that can go in a header."""
+    token = doc.get("token") if isinstance(doc, dict) else None
+    if not isinstance(token, str) or not TOKEN.fullmatch(token):
+        raise ValueError("its supervisor's answer for its admin token holds no token")
+    return token
 
 
 @functools.lru_cache(maxsize=64)  # asked at each poll for a guest it cannot watch

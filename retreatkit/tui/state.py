@@ -111,6 +111,8 @@ class DashboardState:
     def __init__(self, endpoints: list[str], leak_window: float = 600.0) -> None:
         self.endpoints = {name: EndpointState(name) for name in endpoints}
         self.leak_window = leak_window
+        # (supervisor, guest): why the guest's endpoint is not watched (its token not had)
+        self.unwatched: dict[tuple[str, str], str] = {}
 
     def add(self, name: str, url: str = "", guest_of: tuple[str, str] | None = None) -> None:
         """An endpoint found while running (a guest's, from its supervisor's list)."""

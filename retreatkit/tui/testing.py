@@ -245,8 +245,9 @@ def lists(name: str = HOSTILE) -> dict[str, Any]:
 class FakeAdmin:
     """`mode`: "ok" (canned JSON), "garbage" (not JSON), "hang" (never answers),
     "unauthorized" (401 to everything: a token it does not take). With `guests`, it
-    supervises them as `retreatkit up` does: `/vm/guests`, and start and stop, which only
-    change the state it lists (no VM boots). `raw` answers a path with bytes as they are
+    supervises them as `retreatkit up` does: `/vm/guests`, each guest's token (to the
+    supervisor's token only: `guest_token`), and start and stop, which only change the
+    state it lists (no VM boots). `raw` answers a path with bytes as they are
     (as JSON), in `pieces` writes with a pause between each, as a slow link brings them;
     a log record given as bytes is sent as they are. `redirects` answers a path with a 302
     to the URL given; a path in `hangs` is never answered."""
@@ -256,6 +257,7 @@ class FakeAdmin:
     lists: dict[str, Any] = field(default_factory=lists)
     logs: list[dict[str, Any] | bytes] = field(default_factory=list)
     guests: list[dict[str, Any]] | None = None
+    gives_tokens: bool = True  # False: a supervisor whose guests have no token of their own
     logs_end: bool = False  # end the log stream once `logs` are sent
     raw: dict[str, bytes] = field(default_factory=dict)
     pieces: int = 1
@@ -349,6 +351,10 @@ class FakeAdmin:
             return web.json_response({"guests": self.guests})
         parts = request.path.split("/")  # "", "vm", "guests", NAME, VERB
         found = [g for g in self.guests if len(parts) == 5 and g["name"] == parts[3]]
+        if found and parts[4] == "token" and request.method == "GET" and self.gives_tokens:
+            if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+                raise web.HTTPUnauthorized(text="this needs the admin token\n")
+            return web.json_response({"token": guest_token(parts[3])})
         if request.method != "POST" or not found or parts[4] not in ("start", "stop"):
             raise web.HTTPNotFound(text="no such guest\n")
         found[0]["state"] = "running" if parts[4] == "start" else "stopped"
@@ -392,6 +398,11 @@ def serve(fake: FakeAdmin) -> Iterator[FakeAdmin]:
 
 
 TOKEN = "test-token"  # noqa: S105 - a fake endpoint's, in tests only
+
+
+def guest_token(name: str) -> str:
+    """The token a fake supervisor gives for its guest `name`."""
+    return f"guest-{name}-token"
 
 
 class Clock:

@@ -377,7 +377,10 @@ def guest_rows(state: DashboardState) -> list[tuple[tuple[str, str], Row]]:
         elif not parent.named:
             admin = f"not watched: its supervisor was found on the LAN (--connect {parent.url})"
         else:
-            admin = guests.watch_url(parent.url, g.admin)[1]
+            admin = (
+                state.unwatched.get((supervisor, g.name))
+                or guests.watch_url(parent.url, g.admin)[1]
+            )
         row = (
             g.name,
             g.service,

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from retreatkit import version
+from retreatkit.admin import token as admin_token
 from retreatkit.image import network, tlstesting
 from retreatkit.image.paths import cache_dir
 from retreatkit.image.spec import HOST_FROM_GUEST
@@ -74,19 +76,33 @@ def env(tmp_path: Path) -> dict[str, str]:
     return isolated_env(tmp_path / "home")
 
 
-def admin_get(url: str, env: dict[str, str]) -> bytes:
-    """A read from an admin endpoint with the user's token: a guest's endpoint is bound
-    beyond its loopback, so it answers nothing without it."""
-    token = (Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token").read_text().strip()
+def admin_get(url: str, token: str) -> bytes:
+    """A read from an admin endpoint with its token: a guest's endpoint is bound beyond its
+    loopback, so it answers nothing without its own."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=30) as r:
         body: bytes = r.read()
     return body
 
 
-def get_json(url: str, env: dict[str, str]) -> dict[str, object]:
-    doc: dict[str, object] = json.loads(admin_get(url, env))
+def get_json(url: str, token: str) -> dict[str, object]:
+    doc: dict[str, object] = json.loads(admin_get(url, token))
     return doc
+
+
+def host_token(env: dict[str, str]) -> str:
+    """The user's admin token, which acts on this host (made if missing)."""
+    return admin_token.load_or_create(Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token")
+
+
+def refused(url: str, token: str) -> int:
+    """The HTTP status of a read sent `token`, which the endpoint refuses."""
+    try:
+        admin_get(url, token)
+    except urllib.error.HTTPError as refusal:
+        refusal.close()  # its connection, which the error holds
+        return refusal.code
+    raise AssertionError(f"{url} took the token")
 
 
 def child_named(guest: GuestProcess, program: bytes) -> int:
@@ -110,6 +126,7 @@ def test_relay_image_carries_a_bob_transfer(
     relay = image("relay")
     config = tmp_path / "retreat.toml"
     config.write_text('[images]\nnetwork = "user"\n')  # passt carries the other images
+    host = host_token(env)
     guest = start_guest(
         relay, "--forward", "tcp:0.0.0.0:0:9000", "--memory", "64", env=env, config=config
     )
@@ -137,33 +154,40 @@ def test_relay_image_carries_a_bob_transfer(
         assert got.returncode == 0, got.stderr
         assert code == 0, lines
         assert (out / "notes.bin").read_bytes() == src.read_bytes()
-        status = get_json(f"{guest.admin}/status", env)
+        status = get_json(f"{guest.admin}/status", guest.token)
         assert status["process"]["version"] == version.number() != "unknown"
         relay_status = status["relay"]
         assert isinstance(relay_status, dict)
         assert relay_status["bytes_relayed"] > 3_000_000  # the file went through the guest
-        token = (Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token").read_text().strip()
         # its start-up lines are records on /logs too, as a local process's are: the
         # dashboard's Logs screen has them before the guest logs anything else
-        started = logged(guest.admin, token, "Admin on http://0.0.0.0:8080/status")
+        started = logged(guest.admin, guest.token, "Admin on http://0.0.0.0:8080/status")
         assert started[-1] == ("process", "INFO", "Admin on http://0.0.0.0:8080/status")
         assert ("process", "INFO", "Relay listening on 0.0.0.0:9000") in started
+        # its own token, never the host's: a guest taken over holds nothing of its host
+        assert guest.token != host and refused(f"{guest.admin}/status", host) == 401
 
-        # the admin token reaches the guest on its configuration disk, never on argv
+        # the token reaches the guest on its configuration disk, never on argv (the
+        # kernel's command line among it, which the guest's /proc/cmdline shows)
         argv = Path(f"/proc/{qemu_of(guest)}/cmdline").read_bytes().split(b"\0")
-        assert token.encode() not in b" ".join(argv)
+        for secret in (guest.token, host):
+            assert secret.encode() not in b" ".join(argv)
         disk = next(a for a in argv if a.startswith(b"file=") and b"config.disk" in a)
         config_disk = Path(disk.split(b",")[0][5:].decode())
         assert config_disk.stat().st_mode & 0o777 == 0o600
+        assert host.encode() not in config_disk.read_bytes()
     finally:
         code, lines = guest.interrupt()
-    assert code == 0, lines
+    assert code == 130, lines  # Ctrl-C, as a shell counts it
     assert "Stopping the guest cleanly (Ctrl-C again powers it off)" in lines
     assert NETWORK_USER in lines
-    assert "Guest stopped" in lines
+    assert lines[-2:] == ["Guest stopped", "retreatkit: interrupted"]
     assert "retreatkit: guest stopping (exit code 0)" in lines
     console = Path(env["XDG_STATE_HOME"]) / "retreatkit" / "console" / "relay.log"
     assert "Relay listening on 0.0.0.0:9000" in console.read_text()
+    for secret in (guest.token, host):  # nor anything the guest said on its console
+        assert secret not in console.read_text()
+    assert console.stat().st_mode & 0o777 == 0o600
     assert not config_disk.exists()  # the run folder goes with the guest
 
 
@@ -220,7 +244,7 @@ def test_nameserver_image_answers_dig(
         assert dig(port, "ads.example.test") == ["0.0.0.0"]  # the host's blocklist file
         assert dig(port, "laptop.retreat.lan") == ["10.0.0.7"]  # a local record
         assert dig(port, "+tcp", "www.example.test") == ["198.51.100.7"]
-        status = get_json(f"{guest.admin}/status", env)["nameserver"]
+        status = get_json(f"{guest.admin}/status", guest.token)["nameserver"]
         assert isinstance(status, dict)
         assert status["blocked"] == 1
     finally:
@@ -303,7 +327,7 @@ def test_a_nameserver_guest_behind_passt_refuses_the_world_and_answers_the_lan(
             passt = child_named(guest, b"passt")
         finally:
             code, lines = guest.interrupt()
-    assert code == 0, lines
+    assert code == 130, lines
     assert NETWORK_PASST in lines
     assert not Path(f"/proc/{passt}").exists()  # passt ends with its guest
 
@@ -365,7 +389,7 @@ def test_mirror_image_fetches_over_https_and_its_store_survives_a_reboot(
             assert (tmp_path / "t1" / "demo_pkg" / "__init__.py").is_file()
         finally:
             code, lines = guest.interrupt()
-        assert code == 0, lines
+        assert code == 130, lines
         assert "retreatkit: data disk unmounted cleanly" in lines
         assert not [line for line in lines if "watermark boost" in line]
         assert disk.stat().st_size == 256 * 1024 * 1024  # made by the host at [images] disk_size
@@ -387,7 +411,7 @@ def test_mirror_image_fetches_over_https_and_its_store_survives_a_reboot(
         again = pip_install(index, tmp_path / "t2")
         assert again.returncode == 0, again.stderr
         assert (tmp_path / "t2" / "demo_pkg" / "__init__.py").is_file()
-        status = get_json(f"{guest.admin}/status", env)["mirror"]
+        status = get_json(f"{guest.admin}/status", guest.token)["mirror"]
         assert isinstance(status, dict)
         assert status["bytes_from_cache"] > 300_000  # the wheel came from the disk
     finally:
@@ -473,7 +497,7 @@ def test_vm_supervisor_restarts_a_killed_guest(
             assert re.search(rf"^Guest {name} up; admin on http://\S+/status$", done.stderr, re.M)
         up = {supervisor.wait_for(r"^Guest (one|two) up; admin on ", BOOT_TIMEOUT)[1] for _ in "12"}
         assert up == {"one", "two"}
-        token = (Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token").read_text().strip()
+        token = host_token(env)
         before = {g["name"]: g for g in admin_call(f"{admin}/vm/guests", token)["guests"]}  # type: ignore[union-attr]
         for again in (("two",), ("two", str(relay))):  # with or without an image: one answer
             done = subprocess.run(
@@ -515,7 +539,13 @@ def test_vm_supervisor_restarts_a_killed_guest(
         assert after["two"]["pid"] == before["two"]["pid"]
         assert after["two"]["memory_bytes"] > 64_000_000
         assert after["two"]["cpu_seconds"] > 0
-        assert admin_get(f"{after['one']['admin']}/healthz", env) == b"ok\n"  # it serves
+        # each guest serves with a token of its own, which the supervisor gives for its own
+        own = admin_call(f"{admin}/vm/guests/one/token", token)["token"]
+        assert isinstance(own, str) and own != token
+        kept = Path(env["XDG_STATE_HOME"]) / "retreatkit" / "vm" / "one" / "admin-token"
+        assert kept.read_text() == own + "\n" and kept.stat().st_mode & 0o777 == 0o600
+        assert admin_get(f"{after['one']['admin']}/healthz", own) == b"ok\n"  # it serves
+        assert refused(f"{after['one']['admin']}/healthz", token) == 401  # not the host's
 
         stats = subprocess.run(
             retreatkit_argv("vm", "stats", "one"),
@@ -624,14 +654,16 @@ def test_up_runs_a_service_as_an_image(tmp_path: Path, env: dict[str, str]) -> N
         admin, guest_admin = seen["Admin on"], seen["Guest relay up; admin on"]
         assert any(re.match(r"^Image \S+/relay built \(\d+\.\d MB\)$", line) for line in up.seen)
         assert not any(line.startswith("Relay listening") for line in up.seen)  # not in-process
-        status = get_json(f"{admin}/status", env)
+        status = get_json(f"{admin}/status", host_token(env))
         assert "relay" not in status
         assert status["vm"]["guests_running"] == 1  # type: ignore[index]
-        guests = get_json(f"{admin}/vm/guests", env)["guests"]
+        guests = get_json(f"{admin}/vm/guests", host_token(env))["guests"]
         assert [(g["name"], g["service"], g["state"]) for g in guests] == [  # type: ignore[union-attr,index]
             ("relay", "relay", "running")
         ]
-        assert "relay" in get_json(f"{guest_admin}/status", env)  # the guest serves its own status
+        own = Path(env["XDG_STATE_HOME"]) / "retreatkit" / "vm" / "relay" / "admin-token"
+        # the guest serves its own status, for its own token
+        assert "relay" in get_json(f"{guest_admin}/status", own.read_text().strip())
         # attendees are told of the guest's relay, at its forward (on the console and on
         # the dashboard's overview)
         [port] = [f.split(":")[2] for f in guests[0]["forwards"] if f.endswith(":9000")]  # type: ignore[index]
@@ -660,10 +692,10 @@ def test_a_guest_stopped_while_its_kernel_boots_still_stops_cleanly(
     finally:
         proc.popen.send_signal(signal.SIGINT)
         code, lines = proc.finish(BOOT_TIMEOUT)
-    assert code == 0, lines
+    assert code == 130, lines
     assert "retreatkit: stopping at the host's request" in lines  # it heard, not a power-off
     assert "retreatkit: guest stopping (exit code 0)" in lines
-    assert lines[-1] == "Guest stopped"
+    assert lines[-2:] == ["Guest stopped", "retreatkit: interrupted"]
 
 
 def test_up_stops_at_once_when_asked_while_it_builds_its_images(
@@ -716,7 +748,7 @@ def test_debians_kernel_boots_with_the_modules_it_needs(
     assert modules.index("virtio_ring") < modules.index("virtio_pci") < modules.index("virtio_net")
     guest = start_guest(tmp_path / "relay", "--memory", "160", env=env)
     try:
-        assert admin_get(f"{guest.admin}/healthz", env) == b"ok\n"
+        assert admin_get(f"{guest.admin}/healthz", guest.token) == b"ok\n"
     finally:
         code, lines = guest.interrupt()
-    assert code == 0, lines
+    assert code == 130, lines

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from retreatkit.image import cpio, run
+from retreatkit.admin import token as admin_token
+from retreatkit.image import cpio, guestconfig, run
 from retreatkit.image.testing import retreatkit_argv
 from retreatkit.testing import Process, scratch_disk
 
@@ -138,7 +139,78 @@ def test_a_guest_powered_off_by_a_second_ctrl_c_is_said_so(
         code, lines = booted.finish(60)
     finally:
         booted.stop()
-    assert (code, lines[-1]) == (0, "Guest powered off (Ctrl-C twice)")
+    assert (code, lines[-2:]) == (
+        130,
+        ["Guest powered off (Ctrl-C twice)", "retreatkit: interrupted"],
+    )
+
+
+def test_ctrl_c_stops_the_guest_cleanly_and_exits_130(
+    tmp_path: Path, image: Path, env: dict[str, str]
+) -> None:
+    """As bob and the rest of the `retreatkit` command count a Ctrl-C (a shell's 128 +
+    SIGINT): a script could not tell it from a guest that ran and ended well (exit 0)."""
+    booted = Process.start(image_run(tmp_path, image), env=env)
+    try:
+        booted.wait_for(r"says hello")
+        booted.popen.send_signal(signal.SIGINT)
+        code, lines = booted.finish(60)
+    finally:
+        booted.stop()
+    assert (code, lines[-3:]) == (
+        130,
+        [
+            "Stopping the guest cleanly (Ctrl-C again powers it off)",
+            "Guest stopped",
+            "retreatkit: interrupted",
+        ],
+    )
+
+
+# qemu that keeps what it was handed: its command line (the kernel's among it) and the
+# guest's configuration disk, beside itself
+KEEPING_QEMU = """#!/bin/sh
+printf '%s\\n' "$@" > "$0.argv"
+for a in "$@"; do
+    case "$a" in file=*config.disk,*) f="${a#file=}"; cp "${f%%,*}" "$0.config";; esac
+done
+printf 'guest pid %s says hello\n' "$$"
+read line
+"""
+
+
+def test_a_guest_is_given_a_token_of_its_own_never_the_hosts(
+    tmp_path: Path, image: Path, env: dict[str, str]
+) -> None:
+    """The host's admin token was on every guest's configuration disk: a guest taken over
+    (a mirror parses what the internet sends) held what acts on every service here."""
+    qemu = tmp_path / "bin" / "qemu-system-x86_64"
+    qemu.write_text(KEEPING_QEMU)
+    host = admin_token.load_or_create(Path(env["XDG_STATE_HOME"]) / "retreatkit" / "admin-token")
+    booted = Process.start(image_run(tmp_path, image), env=env)
+    try:
+        kept = Path(booted.wait_for(r"^The guest's own admin token is in (/\S+)$")[1])
+        booted.wait_for(r"says hello")
+        own = kept.read_text().strip()
+        assert kept.stat().st_mode & 0o777 == 0o600
+        assert kept.parent.stat().st_mode & 0o777 == 0o700
+        booted.popen.send_signal(signal.SIGTERM)  # a stop asked for: no Ctrl-C, exit 0
+        code, lines = booted.finish(60)
+    finally:
+        booted.stop()
+    assert (code, lines[-1]) == (0, "Guest stopped")
+    with qemu.with_name(qemu.name + ".config").open("rb") as disk:
+        carried = guestconfig.read(disk).token
+    assert carried == own != host
+    assert len(own) == len(host)  # as random as the host's: 32 bytes, URL-safe
+    argv = qemu.with_name(qemu.name + ".argv").read_text()
+    console = tmp_path / "state" / "retreatkit" / "console" / "relay.log"
+    for secret in (own, host):  # on neither the kernel's command line nor the console log
+        assert secret not in argv
+        assert secret not in console.read_text()
+    assert console.stat().st_mode & 0o777 == 0o600
+    assert console.parent.stat().st_mode & 0o777 == 0o700
+    assert not kept.exists()  # gone with the run
 
 
 # qemu that says which archive it was handed for the guest's root: its first bytes
@@ -250,11 +322,12 @@ def test_a_console_log_whose_disk_fills_loses_lines_not_the_guest(
     assert not any("Traceback" in line for line in lines), lines
     assert "the guest stopping, line 199 of its last words" in lines  # all of it read
     lost = sum(len(f"the guest stopping, line {i} of its last words\n") for i in range(200))
-    assert (code, lines[-2:]) == (
-        0,
+    assert (code, lines[-3:]) == (
+        130,
         [
             f"Its console log {log} lost {lost} bytes of its lines (No space left on device)",
             "Guest stopped",
+            "retreatkit: interrupted",
         ],
     )
 

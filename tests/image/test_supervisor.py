@@ -27,9 +27,10 @@ from prometheus_client import CollectorRegistry
 from retreatkit import config, serve
 from retreatkit.admin import noted
 from retreatkit.admin import token as admin_token
+from retreatkit.admin.app import make_app
 from retreatkit.admin.logs import LogRing
 from retreatkit.cli import vm
-from retreatkit.image import bootcache, cpio, run, vmservice
+from retreatkit.image import bootcache, cpio, guestconfig, run, vmservice
 from retreatkit.image import qemu as qemu_module
 from retreatkit.image.paths import private_dir
 from retreatkit.image.supervisor import Definition, Restarts, Supervised, Supervisor
@@ -412,6 +413,12 @@ async def test_a_stopped_guest_is_removed_and_a_running_one_is_not(home: Path) -
 # qemu as the supervisor sees it: the guest's console on stdout, then its end. With
 # `<itself>.panics` beside it the kernel panics at boot; else it serves until told to stop.
 FAKE_QEMU = """#!/bin/sh
+if [ -e "$0.keeps" ]; then  # what it was handed: its command line, the configuration disk
+  printf '%s\\n' "$@" > "$0.argv"
+  for a in "$@"; do
+    case "$a" in file=*config.disk,*) f="${a#file=}"; cp "${f%%,*}" "$0.config";; esac
+  done
+fi
 if [ -e "$0.panics" ]; then
   printf 'Kernel panic - not syncing: System is deadlocked on memory\\n'
   exit 0
@@ -544,9 +551,10 @@ async def test_a_guest_whose_image_is_cut_short_is_not_restarted_and_says_why(
 async def test_a_guest_that_cannot_restart_for_its_token_is_failed_and_says_why(
     home: Path, qemu: Path, ring: LogRing
 ) -> None:
-    """The admin token made readable by others while the guest ran, then its qemu killed:
-    the restart could not render its configuration, and the guest was left "restarting"
-    with no qemu, its stop a 500 and a supervisor meant to end with it running on."""
+    """The guest's admin token made readable by others while the guest ran, then its qemu
+    killed: the restart could not render its configuration, and the guest was left
+    "restarting" with no qemu, its stop a 500 and a supervisor meant to end with it running
+    on."""
     idle: list[bool] = []
     supervisor = Supervisor(home / "vm", lambda: idle.append(True), lambda: Restarts(0.0))
     supervisor.define(relay_guest(home, restart=True))
@@ -554,7 +562,7 @@ async def test_a_guest_that_cannot_restart_for_its_token_is_failed_and_says_why(
     keeper = (await supervisor.start("r1")).keeper
     assert keeper is not None
     await until_told(ring, f"Guest r1 up; admin on {admin}/status")
-    token = admin_token.token_path()
+    token = home / "vm" / "r1" / "admin-token"
     token.chmod(0o644)
     os.kill(supervisor.item("r1")["pid"], signal.SIGKILL)
     await asyncio.wait_for(keeper, 60)
@@ -567,6 +575,51 @@ async def test_a_guest_that_cannot_restart_for_its_token_is_failed_and_says_why(
         assert (start.status, await start.text()) == (400, f"cannot start r1: {why[17:]}\n")
         stop = await client.post("/vm/guests/r1/stop")
         assert (stop.status, (await stop.json())["state"]) == (200, "stopped")
+
+
+async def test_each_guest_is_given_a_token_of_its_own_never_the_hosts(
+    home: Path, qemu: Path, ring: LogRing
+) -> None:
+    """Every guest was given the host's admin token: a guest taken over (a mirror parses
+    what the internet sends) held what starts and stops every guest and sets every
+    service's log level on the host. Its own is kept by the supervisor, this user's alone,
+    and given to the dashboard (GET /vm/guests/NAME/token) for the host's token only."""
+    host = admin_token.load_or_create()
+    qemu.with_name(qemu.name + ".keeps").touch()
+    supervisor = Supervisor(home / "vm")
+    definition = relay_guest(home, restart=False)
+    supervisor.define(definition)
+    supervisor.define(Definition("r2", definition.image, [], memory_mb=64))
+    admin = supervisor.item("r1")["admin"]
+    carried = []
+    for _ in range(2):  # the same at each start: a dashboard watching it keeps its token
+        await supervisor.start("r1")
+        await until_told(ring, f"Guest r1 up; admin on {admin}/status")
+        await supervisor.stop("r1")
+        with qemu.with_name(qemu.name + ".config").open("rb") as disk:
+            carried.append(guestconfig.read(disk).token)
+    own = carried[0]
+    kept = home / "vm" / "r1" / "admin-token"
+    assert carried == [own, own] and own != host
+    assert kept.read_text() == own + "\n" and kept.stat().st_mode & 0o777 == 0o600
+    assert supervisor.token("r2") not in (own, host)  # one each
+    argv = qemu.with_name(qemu.name + ".argv").read_text()
+    console = home / "vm" / "r1" / "console.log"
+    for secret in (own, host):  # on neither the kernel's command line nor the console log
+        assert secret not in argv
+        assert secret not in console.read_text()
+    assert console.stat().st_mode & 0o777 == 0o600
+
+    app = make_app(CollectorRegistry(), {}, Handlers(supervisor).admin_routes(), token=host)
+    async with TestClient(TestServer(app)) as client:
+        anyone = await client.get("/vm/guests/r1/token")  # open reads on loopback: not this
+        assert (anyone.status, await anyone.text()) == (401, "this needs the admin token\n")
+        listed = await client.get("/vm/guests")
+        assert own not in await listed.text()
+        asked = await client.get("/vm/guests/r1/token", headers={"Authorization": f"Bearer {host}"})
+        assert (asked.status, await asked.json()) == (200, {"token": own})
+        wrong = await client.get("/vm/guests/r1/token", headers={"Authorization": f"Bearer {own}"})
+        assert wrong.status == 401  # a guest's own token opens nothing of its host's
 
 
 @pytest.mark.parametrize(

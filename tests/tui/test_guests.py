@@ -24,6 +24,7 @@ from retreatkit.tui.testing import (
     FakeAdmin,
     actions_done,
     guest,
+    guest_token,
     hosting,
     make_dashboard,
     screen_text,
@@ -167,9 +168,11 @@ def test_a_guest_that_restarts_is_down_and_says_why() -> None:
     assert e.state_of("relay") == "stopped" and state.alarms(1) == []
 
 
-async def test_guests_listed_and_watched_with_the_token(
+async def test_guests_listed_and_watched_with_their_own_token(
     supervisor: FakeAdmin, relay_guest: FakeAdmin
 ) -> None:
+    """Each guest is sent its own token, which its supervisor gives for the supervisor's;
+    it was sent the supervisor's, which a guest taken over would keep and use on its host."""
     app = make_dashboard(supervisor.url, follow_logs=True)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -184,7 +187,9 @@ async def test_guests_listed_and_watched_with_the_token(
         ]
         assert not [a for a in alarms(app) if "nameserver" in a]  # stopped: no alarm
         assert not [a for a in alarms(app) if "cannot connect" in a]
-        assert ("GET", "/status", f"Bearer {TOKEN}", "") in relay_guest.seen
+        own = f"Bearer {guest_token('relay')}"
+        assert ("GET", "/status", own, "") in relay_guest.seen
+        assert ("GET", "/vm/guests/relay/token", f"Bearer {TOKEN}", "") in supervisor.seen
         while not app.logs.received:  # its log stream is followed in the background
             await pilot.pause()
         assert app.logs.lines[0][TEXT].endswith("relay@guest relay INFO    paired nameplate 7")
@@ -192,7 +197,7 @@ async def test_guests_listed_and_watched_with_the_token(
         await settle(pilot)
         [section] = app.screen.query(Section)
         assert section.endpoint == "guest relay"
-        assert ("GET", "/relay/transfers", f"Bearer {TOKEN}", "") in relay_guest.seen
+        assert ("GET", "/relay/transfers", own, "") in relay_guest.seen
         await pilot.press("6")
         await settle(pilot)
         assert rows(app, "#guests") == [
@@ -206,6 +211,33 @@ async def test_guests_listed_and_watched_with_the_token(
             summary
             == f"{supervisor.url[7:]} supervises 2 guests, 1 running, 4 restarts since it started"
         )
+    assert {s[2] for s in relay_guest.seen} == {own}  # the logs too: never the host's token
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        # a supervisor that keeps no token per guest (its guests hold the host's)
+        (None, "{sup}: no such guest"),
+        (b'{"token": "x\\r\\nHost: evil"}',
+         "its supervisor's answer for its admin token holds no token"),
+    ],
+)  # fmt: skip
+async def test_a_guest_whose_token_is_not_given_is_not_watched(
+    supervisor: FakeAdmin, relay_guest: FakeAdmin, answer: bytes | None, why: str
+) -> None:
+    """Nor sent the supervisor's token in its place: it is listed, and says why."""
+    if answer is None:
+        supervisor.gives_tokens = False
+    else:
+        supervisor.raw["/vm/guests/relay/token"] = answer
+    app = make_dashboard(supervisor.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("6")
+        await settle(pilot)
+        shown = why.format(sup=supervisor.url[7:])
+        assert rows(app, "#guests")[0][8] == f"not watched: {shown}"
+    assert relay_guest.seen == []
 
 
 async def test_stopping_a_guest_asks_first(supervisor: FakeAdmin) -> None:
