@@ -236,7 +236,10 @@ async def test_a_guest_whose_token_is_not_given_is_not_watched(
         await pilot.press("6")
         await settle(pilot)
         shown = why.format(sup=supervisor.url[7:])
-        assert rows(app, "#guests")[0][8] == f"not watched: {shown}"
+        # the line under the table holds the whole row: the table leaves out the admin
+        # column when a long reason would make it too wide
+        detail = " ".join(str(app.screen.query_one("#detail", Lines).render()).split())
+        assert f"not watched: {shown}" in detail
     assert relay_guest.seen == []
 
 
