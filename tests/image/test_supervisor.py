@@ -919,7 +919,9 @@ def test_a_supervisor_that_cannot_start_tells_vm_start_why(
             "retreatkit: the supervisor did not start: cannot write the admin token"
             f" {disk}/retreatkit/admin-token: No space left on device\n",
         )
-        assert supervisors(disk) == []
+        # none is left running: one that said why may still be on its way out
+        for pid in supervisors(disk):
+            ended(pid)
 
 
 def test_ctrl_c_while_vm_start_waits_says_the_guest_goes_on(home: Path, qemu: Path) -> None:
