@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -20,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp_jinja2
+import jinja2
 from aiohttp import web
 from textual_serve.server import Server
 
@@ -32,6 +35,8 @@ from retreatkit.lanaddress import is_loopback
 from retreatkit.tui.run import chosen, local_token
 
 COOKIE = "retreatkit_dashboard"
+# textual-serve's page asks Google's font servers for its typeface
+FROM_THE_INTERNET = re.compile(r"<link\b[^>]*\bhref=\"https?://[^>]*>", re.IGNORECASE)
 
 
 def access(token: str) -> Any:
@@ -67,6 +72,19 @@ def access(token: str) -> Any:
     return check
 
 
+class OfflineTemplates(jinja2.FileSystemLoader):
+    """textual-serve's templates without what they would fetch from the internet: at an
+    event with no uplink the organiser's browser waited on Google's font servers for
+    nothing, and with one it told them who opened the dashboard. The terminal then draws
+    in the browser's own monospace font."""
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Any]:
+        source, filename, uptodate = super().get_source(environment, template)
+        return FROM_THE_INTERNET.sub("", source), filename, uptodate
+
+
 class DashboardServer(Server):
     def __init__(self, command: str, host: str, port: int, public_url: str, token: str) -> None:
         super().__init__(command, host=host, port=port, title="retreatkit", public_url=public_url)
@@ -74,6 +92,7 @@ class DashboardServer(Server):
 
     async def _make_app(self) -> web.Application:
         app = await super()._make_app()
+        aiohttp_jinja2.setup(app, loader=OfflineTemplates(self.templates_path))
         app.middlewares.append(access(self.token))
         return app
 

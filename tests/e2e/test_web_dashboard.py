@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,14 @@ def test_browser_loads_the_dashboard(tmp_path: Path) -> None:
                 urllib.request.urlopen(f"{base}/", timeout=10)
             assert refused.value.code == 401  # no token, no page
             refused.value.close()
+            # the page fetches nothing from the internet (an event may have none)
+            jar = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+            with jar.open(f"{base}/?token={token}", timeout=10) as page:
+                html = page.read().decode()
+            assert "textual.js" in html
+            fetched = re.findall(r"(?:href|src)=[\"']?(https?:[^\"'> ]+)", html)
+            assert fetched
+            assert [u for u in fetched if not u.startswith(f"{base}/")] == []
             profile = tmp_path / "chromium"
             browser = subprocess.Popen(
                 ["chromium", *FLAGS, f"--user-data-dir={profile}", f"{base}/?token={token}"],
