@@ -140,6 +140,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, MirrorError, admin_token.TokenError) as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
-    except KeyboardInterrupt:
-        print("retreatkit: stopped", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:  # as every command Ctrl-C stops, and as a shell counts it
+        print("retreatkit: interrupted", file=sys.stderr)
+        return 130
