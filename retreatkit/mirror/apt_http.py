@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import math
 import time
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from retreatkit.mirror import apt, respond
 from retreatkit.mirror.apt_suites import Suites
-from retreatkit.mirror.errors import NotFound
+from retreatkit.mirror.errors import NotFound, StoreFull
 from retreatkit.mirror.memory import Page
 from retreatkit.mirror.respond import Handler, mirror_of
+from retreatkit.mirror.service import Mirror
 
 SUITES_KEY = web.AppKey("apt_suites", Suites)
 # apt shows a refusal's status line, not its body: the words go in both. apt sends its
@@ -83,10 +85,7 @@ async def serve(request: web.Request, origin: str, path: str) -> web.StreamRespo
         if mirror.store.source(key) is None:
             await suites.catch_up(origin)  # an index just fetched, not yet read
             if mirror.store.source(key) is None:
-                raise NotFound(
-                    f"{asked.path} is in no Packages or Sources index this mirror holds"
-                    " (apt update first)"
-                )
+                _not_listed(mirror, suites, origin, asked.path)
         return await respond.file(request, key)
     if asked.kind == "index":
         if ".diff/" in asked.path:  # pdiffs: apt then takes the whole index, shared by all
@@ -101,6 +100,21 @@ async def serve(request: web.Request, origin: str, path: str) -> web.StreamRespo
     response = await respond.file(request, key)
     suites.after_index(key)
     return response
+
+
+def _not_listed(mirror: Mirror, suites: Suites, origin: str, path: str) -> NoReturn:
+    """A pool file no index the mirror noted names: one it read but had no room to note
+    may (the disk's fault, said so: `apt update first` would send apt round again)."""
+    unread = suites.unrecorded(origin)
+    space, free = mirror.store.space, mirror.store.free_bytes()
+    if unread is not None and space.full(free):  # with room again, an update mends it
+        raise StoreFull(
+            f"the mirror's disk is {space.fullness(free)}, so it could not note the files"
+            f" {origin}/{unread} lists; {path} may be one"
+        )
+    raise NotFound(
+        f"{path} is in no Packages or Sources index this mirror holds (apt update first)"
+    )
 
 
 async def _release(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retreatkit.mirror import apt, apt_keys
-from retreatkit.mirror.errors import LocalError, NotFound, UpstreamDown, UpstreamError
+from retreatkit.mirror.errors import LocalError, NotFound, StoreFull, UpstreamDown, UpstreamError
 from retreatkit.mirror.fetch import Reply
 from retreatkit.mirror.health import origin as origin_of
 from retreatkit.mirror.once import Once
@@ -53,8 +53,12 @@ class Suites:
         self._running: Once[tuple[str, str], ReleaseSet] = Once(mirror.spawn)
         self._parsed: set[str] = set()  # Packages and Sources digests whose files are recorded
         self._catching_up: dict[str, asyncio.Task[None]] = {}
-        self._packages: dict[str, str] = {}  # store key of a Packages or Sources -> its origin
+        # store key of a Packages or Sources -> its origin, and which it is (suite/path)
+        self._packages: dict[str, tuple[str, str]] = {}
         self._held_back: dict[tuple[str, str], str] = {}  # a newer Release not served: why
+        # Packages and Sources files whose files the catalog had no room for: origin,
+        # store key -> which (suite/path), so their files are said refused for the disk
+        self._unrecorded: dict[tuple[str, str], str] = {}
         self.keys = apt_keys.Keys([Path(p) for p in mirror.settings.apt_keyrings])
         mirror.warners.append(self.warnings)
 
@@ -83,7 +87,9 @@ class Suites:
             fresh = await self.mirror.waited(
                 running, release, held=cur is not None, down=down, patience=APT_PATIENCE
             )
-        except (UpstreamError, NotFound):  # a 404 too: a portal's, perhaps (Mirror._revalidate)
+        # a 404 too: a portal's, perhaps (Mirror._revalidate); and a new set the disk has
+        # no room for (_save): the one held is as good to apt as it was
+        except (UpstreamError, NotFound, LocalError):
             if cur is None:
                 raise
             fresh = None
@@ -136,15 +142,15 @@ class Suites:
             del self._sets[next(iter(self._sets))]
         for path, f in found.release.files.items():
             if apt.is_listing(path) and len(self._packages) < MAX_PACKAGES_FILES:
-                self._packages[apt.index_key(key[0], *f.strongest)] = key[0]
+                self._packages[apt.index_key(key[0], *f.strongest)] = (key[0], f"{key[1]}/{path}")
 
     async def _revalidate(self, origin: str, suite: str, cur: ReleaseSet | None) -> ReleaseSet:
         try:
             return await self._ask(origin, suite, cur)
-        except (UpstreamError, NotFound) as exc:
+        except (UpstreamError, NotFound, LocalError) as exc:
             # whoever asked gets the set held, stale: said once, here, as a page's is
-            # (service.py); a down upstream is said as such
-            if cur is not None and not isinstance(exc, UpstreamDown):
+            # (service.py); a down upstream is said as such, a full disk with the rest
+            if cur is not None and not isinstance(exc, UpstreamDown | StoreFull):
                 why = exc.__cause__ or exc
                 log.warning("apt %s/%s: serving its last Release stale: %s", origin, suite, why)
             raise
@@ -200,7 +206,7 @@ class Suites:
             if cur is not None and not isinstance(exc, UpstreamDown):
                 self._held_back[(origin, suite)] = str(exc.__cause__ or exc)
             raise
-        return await self._save(origin, suite, release, replies)
+        return await self._save(origin, suite, release, replies, held=cur is not None)
 
     async def _signed_as_held(
         self, origin: str, suite: str, cur: ReleaseSet | None, replies: dict[str, Reply]
@@ -283,7 +289,13 @@ class Suites:
                 await self._read_packages(origin, suite, new, f)
 
     async def _save(
-        self, origin: str, suite: str, release: apt.Release, replies: dict[str, Reply]
+        self,
+        origin: str,
+        suite: str,
+        release: apt.Release,
+        replies: dict[str, Reply],
+        *,
+        held: bool,
     ) -> ReleaseSet:
         store, base, now = self.mirror.store, self.base(origin), time.time()
         sources = [
@@ -306,12 +318,37 @@ class Suites:
             store.transaction(lambda db: db.executemany("delete from objects where key = ?", gone))
             return objs
 
-        objs = await store.run(save)
+        try:
+            objs = await store.run(save)
+        except StoreFull as exc:
+            raise self._no_room(origin, suite, held, exc) from None
         found = ReleaseSet(release, objs, now)
         self._keep((origin, suite), found)
         self._held_back.pop((origin, suite), None)
         self.mirror.evict_if_over()
         return found
+
+    def _no_room(self, origin: str, suite: str, held: bool, exc: StoreFull) -> StoreFull:
+        """A Release set the disk has no room for. With one held, that one goes on being
+        served (the organiser is told). With none, apt is answered 507 in words that
+        say why, as apt follows any failed InRelease but a 404 with `The repository ...
+        is not signed` (acquire-item.cc, pkgAcqMetaClearSig::Failed): a signing problem
+        to whoever reads its last line."""
+        store = self.mirror.store
+        store.outgrown()  # a write found the disk full: it is, until there is more room
+        self.mirror.fetcher.no_room.said(f"apt/{origin}/{suite}", f"apt {origin}/{suite}: {exc}")
+        free = store.free_bytes()
+        if held:
+            self._held_back[(origin, suite)] = f"the mirror's disk is {store.space.fullness(free)}"
+        return StoreFull(
+            f"the mirror's disk is {store.space.fullness(free)}, so it cannot keep the"
+            f" Release of {origin}/{suite}; apt's 'not signed' that follows means only this"
+        )
+
+    def unrecorded(self, origin: str) -> str | None:
+        """A Packages or Sources file of `origin` whose files the disk had no room to note
+        (suite/path), or None: a pool file none names may be one of them."""
+        return next((shown for (o, _), shown in self._unrecorded.items() if o == origin), None)
 
     # -- Packages and Sources: the pool files they promise --------------------------------
 
@@ -319,9 +356,12 @@ class Suites:
         self, origin: str, suite: str, release: apt.Release, f: apt.IndexFile
     ) -> None:
         store = self.mirror.store
-        obj = store.get(apt.index_key(origin, *f.strongest))
+        key = apt.index_key(origin, *f.strongest)
+        obj = store.get(key)
         if obj is None or obj.digest in self._parsed:
             return
+        if (origin, key) in self._unrecorded and store.space.full(store.free_bytes()):
+            return  # read whole again for each pool file asked, to fail the same way
         base = self.base(origin)
 
         def read() -> int:
@@ -336,11 +376,19 @@ class Suites:
             async with self.mirror.working.lease() as lease:
                 await lease.hold(apt.unpacked_size(release, f))
                 count = await self.mirror.offload(read)
+        except StoreFull as exc:
+            shown = f"{suite}/{f.path}"
+            if len(self._unrecorded) < MAX_PACKAGES_FILES:
+                self._unrecorded[(origin, key)] = shown
+            said = f"cannot note the files {origin}/{shown} lists: {exc}"
+            self.mirror.fetcher.no_room.said(key, said)
+            return
         except (apt.AptError, LocalError, OSError) as exc:
             log.warning("cannot read %s of %s/%s: %s", f.path, origin, suite, exc)
             if isinstance(exc, apt.AptError):  # the same bytes never read better: said once
                 self._parsed.add(obj.digest)
             return
+        self._unrecorded.pop((origin, key), None)
         self._parsed.add(obj.digest)
         files = f"{count} file" + ("" if count == 1 else "s")
         log.info("apt %s/%s: %s lists %s", origin, suite, f.path, files)
@@ -374,12 +422,19 @@ class Suites:
                     del self._catching_up[origin]
 
     def after_index(self, key: str) -> None:
-        """An index file was served: read it soon if it is a Packages file not read yet."""
-        origin = self._packages.get(key)
-        if origin is None:
+        """An index file was served: read it soon if it is a Packages file not read yet.
+        One served but not held, on a full disk, is one the catalog had no room for:
+        the files it lists cannot be noted either."""
+        listing = self._packages.get(key)
+        if listing is None:
             return
-        held = self.mirror.store.get(key)
-        if held is not None and held.digest not in self._parsed:
+        origin, shown = listing
+        store = self.mirror.store
+        held = store.get(key)
+        if held is None and store.space.full(store.free_bytes()):
+            if len(self._unrecorded) < MAX_PACKAGES_FILES:
+                self._unrecorded[(origin, key)] = shown
+        elif held is not None and held.digest not in self._parsed:
             self.mirror.spawn(self.catch_up(origin))
 
     async def _unread(self, origin: str) -> list[Unread]:

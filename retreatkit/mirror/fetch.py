@@ -43,6 +43,7 @@ from retreatkit.mirror.errors import (
 from retreatkit.mirror.fill import CHUNK, Fill, FillState
 from retreatkit.mirror.health import Health, Verdict, origin
 from retreatkit.mirror.memory import Lease, Working
+from retreatkit.mirror.noroom import NoRoom
 from retreatkit.mirror.records import Source
 from retreatkit.mirror.resolver import Sessions
 from retreatkit.mirror.stats import Stats
@@ -140,6 +141,7 @@ class Fetcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
         self.bad = BadFiles()  # files whose bytes failed their hash: not asked again at once
+        self.no_room = NoRoom(store, clock)  # refusals for want of room, in the log
         # clients choose how many different files they ask for: the uplink is not theirs
         self._slots = asyncio.Semaphore(limits.downloads)
         # pages apart: slow ones never hold a download back, nor downloads a page
@@ -503,16 +505,18 @@ class Fetcher:
             self.stats.upstream_errors += 1
 
     def _failed(self, fill: Fill, exc: MirrorError) -> str:
-        log.warning("fetch of %s failed: %s", fill.label, exc)
+        said = f"fetch of {fill.label} failed: {exc}"
         self.count(exc)
-        if isinstance(exc, LargerThanStore):
-            return "too large"
-        if isinstance(exc, StoreFull):
+        if isinstance(exc, StoreFull) and not isinstance(exc, LargerThanStore):
             if fill.writer is not None:  # a write found the disk full
                 self.store.space.outgrew(self._outgrew(fill))
             elif fill.expected_size is not None:  # refused before a byte: too big for the room
                 self.store.space.did_not_fit(fill.expected_size)
+            self.no_room.said(fill.name, said)  # once a while, however many retry
             return "disk full"
+        log.warning("%s", said)
+        if isinstance(exc, LargerThanStore):
+            return "too large"
         if isinstance(exc, BadFile):
             self.bad.remember(fill.source.keys, str(exc), self.clock())
         if isinstance(exc, BadUpstreamData):

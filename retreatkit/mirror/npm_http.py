@@ -132,7 +132,7 @@ async def tarball(request: web.Request) -> web.StreamResponse:
     held = await mirror.blob(key)
     if held is not None:  # the hot path: one lookup
         return await respond.blob(request, mirror, held)
-    if mirror.store.source(key) is None:
+    if mirror.named(key) is None:
         # a lockfile names tarballs directly (`npm ci`): their hashes are in the packument
         await read(mirror, name, abbreviated=False)
     return await respond.file(request, key)

@@ -208,7 +208,7 @@ async def _metadata(
     try:
         return await respond.file(request, name)
     except UpstreamError as exc:
-        wheel = mirror.store.source(name.removesuffix(".metadata"))
+        wheel = mirror.named(name.removesuffix(".metadata"))
         if isinstance(exc, UpstreamUnreachable | UpstreamDown) or wheel is None:
             raise
         log.warning("%s: %s; making it from the wheel", filename, exc)
@@ -247,7 +247,7 @@ async def _metadata_from_wheel(mirror: Mirror, name: str, filename: str) -> byte
     if await mirror.blob(name) is not None:
         return None
     wheel = await mirror.blob(name.removesuffix(".metadata"))
-    source = mirror.store.source(name)
+    source = mirror.named(name)
     if wheel is None or source is None or "sha256" not in source.hashes:
         return None
     wheel_file = filename.removesuffix(".metadata")

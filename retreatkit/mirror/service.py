@@ -32,6 +32,7 @@ from retreatkit.mirror.errors import (
     BadUpstreamData,
     LocalError,
     NotFound,
+    StoreFull,
     UpstreamDown,
     UpstreamError,
     UpstreamTimeout,
@@ -134,6 +135,7 @@ class Mirror:
         self.warners: list[Callable[[], list[str]]] = []  # ecosystems' lines for /status
         self._pace = pace
         self._pages: dict[str, tuple[Object, Page]] = {}  # pages the disk could not take
+        self._unsaved: dict[str, dict[str, Source]] = {}  # and the files each names, by name
         self._refreshing: Once[str, IndexAnswer] = Once(self.spawn)
         self._sizing: Once[str, int | None] = Once(self.spawn)  # one HEAD for many asking
         self._rendering: Once[tuple[str, ...], Page] = Once(self.spawn)
@@ -445,22 +447,34 @@ class Mirror:
             )
         except LocalError as exc:
             # serve it anyway, and keep it in memory for its freshness: a full disk must
-            # not turn every index into a 500 (or an upstream request per client)
-            log.warning("cannot keep %s: %s", key, exc)
+            # not turn every index into a 500 (or an upstream request per client); and
+            # the files it names with it, which the catalog could not take: a client
+            # asking for one is told the disk is full, not that no index names it
+            self._not_kept(key, exc)
             digest = hashlib.sha256(page.body).hexdigest()
             obj = Object(
                 key, digest, len(page.body), page.content_type, time.time(), etag, modified
             )
             kept = Page(page.body, f'"{digest}"', page.content_type)
             self._pages[key] = (obj, kept)
+            self._unsaved[key] = {name: s for s in page.sources for name in s.keys}
             while len(self._pages) > MAX_UNSAVED:  # the oldest go: refetched if asked again
-                del self._pages[next(iter(self._pages))]
+                oldest = next(iter(self._pages))
+                del self._pages[oldest]
+                self._unsaved.pop(oldest, None)
             return obj, kept
         self._pages.pop(key, None)
+        self._unsaved.pop(key, None)
         self.evict_if_over()
         kept = Page(page.body, f'"{obj.digest}"', obj.content_type)
         self.renders.put(("raw", obj.digest), kept)
         return obj, kept
+
+    def _not_kept(self, key: str, exc: LocalError) -> None:
+        if isinstance(exc, StoreFull):  # said once a while, with every other refusal
+            self.fetcher.no_room.said(key, f"cannot keep {key}: {exc}")
+        else:
+            log.warning("cannot keep %s: %s", key, exc)
 
     async def _touch(self, cached: Object) -> None:
         unsaved = self._pages.get(cached.key)
@@ -539,10 +553,21 @@ class Mirror:
         return bool(verdict)
 
     def source(self, name: str) -> Source:
-        source = self.store.source(name)
+        source = self.named(name)
         if source is None:
             raise NotFound("not in any index the mirror has read")
         return source
+
+    def named(self, name: str) -> Source | None:
+        """The file an index names under `name`: from the catalog, else from a page
+        served while the catalog could not take the files it names."""
+        source = self.store.source(name)
+        if source is not None:
+            return source
+        for named in self._unsaved.values():
+            if name in named:
+                return named[name]
+        return None
 
     async def size(self, source: Source) -> int | None:
         """A file's size, from its index or else from a HEAD upstream (kept for next time):
@@ -586,7 +611,10 @@ class Mirror:
         try:
             await self.store.run(lambda: self.store.put(*objs, hashes=source.hashes))
         except LocalError as exc:  # the bytes are good: its readers get them all the same
-            log.warning("cannot index %s: %s", fill.name, exc)
+            if isinstance(exc, StoreFull):
+                self.fetcher.no_room.said(fill.name, f"cannot index {fill.name}: {exc}")
+            else:
+                log.warning("cannot index %s: %s", fill.name, exc)
         self.evict_if_over()
 
     async def fetched(self, fill: Fill) -> Blob:

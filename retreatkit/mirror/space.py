@@ -87,11 +87,29 @@ class Space:
     def fullness(self, free: int) -> str:
         """Why files of unknown size are refused, once full() says so: 'full' only when
         it is (a file of unknown size that filled it is deleted, which frees its room)."""
-        state = "full" if free < MARGIN else "nearly full"
-        if free <= self.keep_free:
+        if self.keep_free and free <= self.keep_free:
+            state = "full" if free < MARGIN else "nearly full"
             keep = human(self.keep_free)
             return f"{state}: {human(free)} free, below the {keep} it keeps free (keep_free_bytes)"
-        return f"{state}: {human(free)} free, and a file of unknown size filled it"
+        if free < MARGIN:  # a full disk needs no reason ("below the 0 B it keeps free")
+            return f"full: {human(free)} free"
+        return f"nearly full: {human(free)} free, and a file of unknown size filled it"
+
+    def warning(self, free: int) -> str | None:
+        """The organiser's line while files are refused for want of room (/status and
+        the log), or None while there is room."""
+        if self.full(free):
+            which = "new files" if free <= self.keep_free else "files of unknown size"
+            return f"disk {self.fullness(free)}; {which} are not kept, cached ones are still served"
+        too_big = self.refused(free)
+        if too_big is None:
+            return None
+        room = max(0, free - self.keep_free - self.held)
+        kept = f" ({self.kept()})" if self.keep_free else ""
+        return (
+            f"no room for a file of {human(too_big)}: {human(room)} left to the store on its"
+            f" disk{kept}; smaller files are still kept"
+        )
 
     def unknown_size(self, name: str, free: int) -> str:
         """A file whose size nobody gave, refused: it could only find out by filling it."""

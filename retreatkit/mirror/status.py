@@ -14,7 +14,6 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from retreatkit import units
 from retreatkit.mirror.health import Upstream, origin
 from retreatkit.mirror.service import Mirror
 from retreatkit.mirror.stats import COUNTERS, iso
@@ -54,20 +53,8 @@ def section(mirror: Mirror, up: bool, connections_open: int) -> dict[str, Any]:
     free = store.free_bytes()
     full = store.space.full(free)
     too_big = store.space.refused(free)
-    warnings = []
-    space = store.space
-    if full:
-        which = "new files" if free <= space.keep_free else "files of unknown size"
-        warnings.append(
-            f"disk {space.fullness(free)}; {which} are not kept, cached ones are still served"
-        )
-    elif too_big is not None:
-        room = max(0, free - space.keep_free - space.held)
-        kept = f" ({space.kept()})" if space.keep_free else ""
-        warnings.append(
-            f"no room for a file of {units.size(too_big)}: {units.size(room)} left to the"
-            f" store on its disk{kept}; smaller files are still kept"
-        )
+    warning = store.space.warning(free)
+    warnings = [warning] if warning is not None else []
     for u in known.values():
         if u.state.value == "down":
             since = _upstream(u, None, wall, mono)["down_since_at"]

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import html
 import logging
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -21,6 +22,7 @@ from aiohttp.test_utils import TestClient
 
 from retreatkit.mirror import apt, apt_http, fakeupstream
 from retreatkit.mirror.apt_suites import ReleaseSet
+from retreatkit.mirror.errors import StoreFull
 from retreatkit.mirror.fakeupstream import Upstream
 from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.records import Object, Source
@@ -593,3 +595,34 @@ async def test_a_suite_slower_than_apt_waits_is_named_by_its_release(archive: Ar
         f"upstream took over 0.1 s sending {archive.upstream.url}debian/dists/stable/InRelease;"
         " the mirror goes on fetching it for the next try\n",
     )
+
+
+async def test_a_deb_whose_packages_file_the_catalog_had_no_room_for_is_refused_for_the_disk(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Packages file fetched and served, but the files it lists with no room in the
+    catalog (SQLite's `database or disk is full`): a .deb it lists was `404 ... is in no
+    Packages or Sources index this mirror holds (apt update first)`, for an attendee whose
+    update had just worked. With room again, the next request reads it."""
+    store = archive.mirror.store
+    noted = store.add_sources
+
+    def no_room(sources: list[Source]) -> None:
+        if any(s.name.startswith("apt/debian/pool/") for s in sources):
+            store.outgrown()  # as Store._catalog_error does
+            raise StoreFull("the mirror's disk is full (its catalog cannot grow)")
+        noted(sources)
+
+    monkeypatch.setattr(store, "add_sources", no_room)
+    assert (await archive.get("/debian/dists/stable/Release"))[0] == 200
+    assert (await archive.get(f"/debian/dists/stable/{PACKAGES}"))[0] == 200
+    deb = "/debian/pool/main/h/hello-rk/hello-rk_1.0_all.deb"
+    r = await archive.client.get(deb)
+    said = (  # how full is the test machine's disk's (Space.fullness)
+        rf"the mirror's disk is .+, so it could not note the files debian/stable/"
+        rf"{re.escape(PACKAGES)} lists; pool/main/h/hello-rk/hello-rk_1\.0_all\.deb may be one"
+    )
+    assert r.status == 507 and re.fullmatch(said, r.reason or ""), (r.status, r.reason)
+    monkeypatch.setattr(store, "add_sources", noted)
+    store.space.outgrown = None  # room made
+    assert (await archive.get(deb))[:2] == (200, archive.debs["hello-rk_1.0_all.deb"])

@@ -181,8 +181,11 @@ def test_every_refusal_names_the_room_the_mirror_keeps_free() -> None:
         "the mirror's disk is nearly full: 17.0 MB free, below the 512 MB it keeps free"
         " (keep_free_bytes); y.whl has no known size"
     )
-    assert Space(keep_free=0).fullness(1_000) == (
-        "full: 1.0 kB free, and a file of unknown size filled it"
+    # a full disk needs no reason; one nearly full does, with nothing kept free
+    assert Space(keep_free=0).fullness(1_000) == "full: 1.0 kB free"
+    assert Space(keep_free=0).fullness(0) == "full: 0 B free"  # not "below the 0 B it keeps"
+    assert Space(keep_free=0).fullness(5_000_000) == (
+        "nearly full: 5.0 MB free, and a file of unknown size filled it"
     )
 
 
