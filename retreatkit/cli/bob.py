@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from retreatkit import config, loop, version
-from retreatkit.cli import prompt, ui
+from retreatkit.cli import prompt, relayhelp, ui
 from retreatkit.cli.reporters import RecvReporter, SendReporter
 from retreatkit.transfer import aio, codes, find, source
 from retreatkit.transfer.errors import PakeFailed, Refused, TransferError, UnsafeOffer
@@ -343,8 +343,8 @@ async def send(args: argparse.Namespace) -> int:
         await aio.send(rendezvous, sources, code, reporter, options, args.count)
     except TransferError as exc:
         if args.no_direct:
-            exc = _needs_relay(exc, target, "to let the receiver connect to this computer")
-        return _fail(reporter, exc, "start a new bob send")
+            exc = relayhelp.needs_relay(exc, target, "to let the receiver connect to this computer")
+        return _fail(reporter, relayhelp.advised(exc, target), "start a new bob send")
     finally:
         reporter.stop()
     _say("Transfer complete." if args.count == 1 else f"Sent to {args.count} receivers.")
@@ -390,41 +390,6 @@ def _place(target: find.Target, timeout: float) -> aio.Place:
     return aio.Place(connector, f"the relay at {target.relay}", used)
 
 
-def _needs_relay(exc: TransferError, target: find.Target | None, otherwise: str) -> TransferError:
-    """--no-direct found no relay: the one bob looked for by name is not there, and the
-    way bob meets a peer without one (a sender as its own rendezvous) is direct."""
-    if not isinstance(exc, aio.Unreachable) or target is None or target.how != "default":
-        return exc
-    return aio.RelayError(
-        f"--no-direct needs a relay, and none answers at {exc.relay} ({exc.why}): give"
-        f" --relay HOST:PORT, or leave out --no-direct {otherwise}"
-    )
-
-
-def _unreached(
-    exc: TransferError, target: find.Target | None, code: codes.Code, no_direct: bool = False
-) -> TransferError:
-    """What a receiver that reached nobody is told: the LAN had no sender waiting on its
-    nameplate (or the one it found has gone), which says more than a default relay name
-    that leads nowhere; with --no-direct, that it looked for a relay alone."""
-    if no_direct:
-        return _needs_relay(exc, target, "to connect to a sender on the LAN")
-    if not isinstance(exc, aio.Unreachable) or target is None:
-        return exc
-    if target.how == "peer":
-        return aio.RelayError(
-            f"the sender of nameplate {code.nameplate} on this network is not waiting any"
-            f" more ({exc.why}): ask for a new bob send"
-        )
-    if target.how == "default":
-        return aio.RelayError(
-            f"no sender is waiting on nameplate {code.nameplate} on this network, and no relay"
-            f" answers at {exc.relay} ({exc.why}): check the passphrase, or give --relay"
-            " HOST:PORT"
-        )
-    return exc
-
-
 async def _passphrase(args: argparse.Namespace, lines: prompt.Lines) -> codes.Code | None:
     env = os.environ.get("BOB_PASSPHRASE") if not args.code else None
     text = args.code or env
@@ -460,9 +425,32 @@ async def _passphrase(args: argparse.Namespace, lines: prompt.Lines) -> codes.Co
     return code
 
 
-def _check_output(given: str, output: Path) -> None:
+# Why a receiver refuses an offer its user never saw a question about, as the sender
+# hears it (an ABORT in place of the answer, PROTOCOL.md 6): "declined" would be untrue,
+# and the sender is the one who can mend it. Said as the sender reads it, after its
+# "the other side gave up: ". No path: an ABORT says what failed, never where.
+STDOUT_REFUSED = (
+    "the receiver asked for the offer on its standard output, which takes one file or"
+    " text: send it one file, or ask it to receive into a folder"
+)
+HIDDEN_REFUSED = (
+    "the receiver was told to accept without asking (--yes), which never takes hidden"
+    " names at the top: ask it to receive without --yes, to see the offer and choose"
+)
+UNANSWERED = (
+    "nobody answered the receiver's question (its input ended): ask it to receive where"
+    " it can answer, or with --yes"
+)
+
+
+def _check_output(given: str, output: Path) -> str:
     """A folder we can write into, found out before the key exchange: after it, the
-    passphrase would be used up for nothing."""
+    passphrase would be used up for nothing. Returns it as the user is shown it: absolute
+    (`.` tells nobody where the files went), escaped as names are."""
+    try:
+        shown = escape(str(output.resolve()))
+    except OSError as exc:  # the working folder was removed
+        raise Usage(f"--output {escape(given)}: {exc.strerror or exc}") from None
     if not output.is_dir():
         raise Usage(f"--output {escape(given)}: not a folder")
     effective = os.access in os.supports_effective_ids
@@ -470,6 +458,7 @@ def _check_output(given: str, output: Path) -> None:
         read_only = os.statvfs(output).f_flag & os.ST_RDONLY
         why = "Read-only file system" if read_only else "Permission denied"
         raise Usage(f"--output {escape(given)}: cannot write there ({why})")
+    return shown
 
 
 async def recv(args: argparse.Namespace) -> int:
@@ -477,13 +466,13 @@ async def recv(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if args.stdout and args.output != ".":
         raise Usage("give --stdout or --output, not both")
-    if not args.stdout:
-        _check_output(args.output, output)
+    # the folder as the prompt shows it and the last line names it: the same
+    folder = "stdout" if args.stdout else _check_output(args.output, output)
     stdin = prompt.Lines()
     code = await _passphrase(args, stdin)
     if code is None:
         return 1
-    reporter = RecvReporter(output)
+    reporter = RecvReporter(folder)
 
     async def confirm(offer: Offer, writer: Writer | None, peer: str) -> bool:
         if writer is None:  # text goes to stdout, nothing touches the disk
@@ -492,6 +481,8 @@ async def recv(args: argparse.Namespace) -> int:
             raise Refused(
                 f"not accepted: --stdout takes one file, and this is {ui.files_phrase(offer)}"
                 + (" in folders" if len(offer.entries) != len(offer.files) else "")
+                + ": ask the sender to send it again, and receive it without --stdout",
+                STDOUT_REFUSED,
             )
         for line in ui.describe_offer(offer, writer, peer):
             reporter.say(line)
@@ -503,13 +494,13 @@ async def recv(args: argparse.Namespace) -> int:
                 )
                 raise Refused(
                     f"not accepted: --yes never accepts hidden names at the top ({names});"
-                    " receive without --yes to see the offer and choose"
+                    " receive without --yes to see the offer and choose",
+                    HIDDEN_REFUSED,
                 )
             return True
-        where = "stdout" if args.stdout else escape(str(output.resolve()))
-        answer = await stdin.ask(f"Accept into {where}? [Y/n] ")
+        answer = await stdin.ask(f"Accept into {folder}? [Y/n] ")
         if answer is None:
-            raise Refused("no answer on stdin: transfer declined")
+            raise Refused("no answer on stdin: transfer declined", UNANSWERED)
         return answer.strip().lower() in ("", "y", "yes")
 
     def writer(folder: Path, offer: Offer) -> Writer:
@@ -527,10 +518,9 @@ async def recv(args: argparse.Namespace) -> int:
         places = [[_place(t, timeout) for t in stage] for stage in stages]
         offer = await aio.receive(places, code, output, reporter, confirm, options, writer)
     except TransferError as exc:
+        told = relayhelp.unreached(exc, target, code, args.no_direct)
         return _fail(
-            reporter,
-            _unreached(exc, target, code, args.no_direct),
-            "ask the sender to start a new bob send",
+            reporter, relayhelp.advised(told, target), "ask the sender to start a new bob send"
         )
     finally:
         reporter.stop()
@@ -538,7 +528,7 @@ async def recv(args: argparse.Namespace) -> int:
         if len(reporter.written) == 1:
             _say(f"Received file written to: {reporter.written[0]}")
         else:
-            _say(f"Received {len(reporter.written)} files into: {escape(str(output))}")
+            _say(f"Received {len(reporter.written)} files into: {folder}")
     return 0
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from retreatkit.cli import ui
 from retreatkit.transfer import codes, find
 from retreatkit.transfer.errors import TransferError
-from retreatkit.transfer.offer import escape
 
 
 def _given_env() -> find.Target | None:
@@ -56,10 +54,10 @@ class SendReporter(ui.Reporter):
 
 
 class RecvReporter(ui.Reporter):
-    def __init__(self, output: Path) -> None:
+    def __init__(self, folder: str) -> None:
+        """`folder`: the output folder as the user is shown it (absolute, escaped)."""
         super().__init__()
-        shown = escape(str(output))
-        self.prefix = "" if shown == "." else shown.rstrip("/") + "/"
+        self.prefix = folder.rstrip("/") + "/"
         self.written: list[str] = []
 
     def saved(self, name: str) -> None:

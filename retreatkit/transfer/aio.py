@@ -298,8 +298,9 @@ async def receive(
             session.stream_limit = writer.check_space()
         try:
             ok = await asked(link, session, confirm(offer, writer, met.paired.text))
-        except Refused:
-            await link.flush(session.answer(False))
+        except Refused as exc:
+            if exc.public is None:  # the user's no; a refusal with a reason is an ABORT
+                await link.flush(session.answer(False))
             raise
         if not ok:
             await link.flush(session.answer(False))
@@ -351,7 +352,7 @@ async def receive(
                     reporter.say(ALL_NAMED + ".")
                 else:
                     reporter.say(ALL_NAMED + ALL_NAMED_AGAIN)
-        if not isinstance(exc, Refused):
+        if not isinstance(exc, Refused) or exc.public is not None:
             await give_up(data_link, session, exc)
         raise
     finally:

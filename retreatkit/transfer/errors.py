@@ -31,7 +31,13 @@ class NoKeyExchange(RemoteProtocolError):
 
 
 class Refused(TransferError):
-    """The other side declined the transfer."""
+    """The other side declined the transfer. A refusal that is not its user's no (the
+    offer cannot go where the receiver was told to put it) says why in `public`, which
+    the peer hears in an ABORT in place of the answer: "declined" would be untrue."""
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class UnsafeOffer(RemoteProtocolError):

@@ -10,6 +10,7 @@ from retreatkit.transfer import source
 from retreatkit.transfer.errors import (
     LocalProtocolError,
     OverLimit,
+    Refused,
     RemoteProtocolError,
     TransferError,
 )
@@ -25,6 +26,8 @@ def tell_peer(exc: BaseException, side: Side) -> str:
     """Why we give up, as the peer may hear it: what failed, never where on our disk."""
     who = side.value
     if isinstance(exc, WriteError):
+        return exc.public
+    if isinstance(exc, Refused) and exc.public is not None:
         return exc.public
     if isinstance(exc, source.SourceError):
         return "the sender could not read a file"

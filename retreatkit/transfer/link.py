@@ -38,10 +38,9 @@ class Unreachable(RelayError):
 
     def __init__(self, relay: Relay, why: str) -> None:
         nor = f" nor at {', '.join(relay.also)}" if relay.also else ""
-        super().__init__(
-            f"cannot reach the relay at {relay}{nor}: {why} (give --relay HOST:PORT or set"
-            " BOB_RELAY)"
-        )
+        # no advice here: what to do depends on where the address came from, which only
+        # the command knows (cli/relayhelp.py)
+        super().__init__(f"cannot reach the relay at {relay}{nor}: {why}")
         self.relay = relay
         self.why = why
 

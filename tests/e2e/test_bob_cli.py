@@ -177,6 +177,34 @@ def test_passphrase_prompt_and_yes_prompt(relay: RelayProcess, tmp_path: Path, o
     ]
 
 
+def test_the_last_line_names_the_folder_the_prompt_named(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    """Received into the working folder (no --output): the prompt said where, absolute,
+    and the last line said `.`, which tells nobody where the files went. A zero-width
+    space in the folder's name shows escaped in both, as in a name."""
+    here = tmp_path / "recv\u200bone"
+    here.mkdir()
+    tree = tmp_path / "d"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a").write_text("a")
+    (tree / "sub" / "b").write_text("b")
+    sender = start_send(relay, str(tree), passphrase="19-alpha-beta")
+    got = subprocess.run(
+        bob_argv("recv", "--relay", relay.address, "19-alpha-beta"),
+        input="\n", capture_output=True, text=True, timeout=TIMEOUT, cwd=here,
+    )  # fmt: skip
+    code, lines = sender.finish(TIMEOUT)
+    assert (code, got.returncode) == (0, 0), (lines, got.stderr)
+    shown = str(tmp_path) + "/recv\\u200bone"
+    assert got.stderr.splitlines()[-3:] == [
+        f"Accept into {shown}? [Y/n] ",
+        "Path: direct",
+        f"Received 2 files into: {shown}",
+    ]
+    assert (here / "d" / "sub" / "b").read_text() == "b"
+
+
 def test_declined_fails_both_sides(relay: RelayProcess, tmp_path: Path, out: Path) -> None:
     src = tmp_path / "f"
     src.write_bytes(b"x")
@@ -187,6 +215,27 @@ def test_declined_fails_both_sides(relay: RelayProcess, tmp_path: Path, out: Pat
     assert lines[-1] == "ERROR: the receiver declined the transfer"
     said = got.stderr.splitlines()[-2:]
     assert said == [f"Accept into {out}? [Y/n] ", "ERROR: transfer declined"]
+    assert list(out.iterdir()) == []
+
+
+def test_a_question_nobody_can_answer_is_no_decline(
+    relay: RelayProcess, tmp_path: Path, out: Path
+) -> None:
+    """The receiver's input ended before its user answered (a script's, say): nobody
+    declined, and the sender hears what happened and what to do."""
+    (tmp_path / "f").write_bytes(b"x")
+    sender = start_send(relay, str(tmp_path / "f"), passphrase="23-not-now")
+    got = recv(relay, "-o", str(out), "23-not-now", input="")
+    code, lines = sender.finish(TIMEOUT)
+    assert (code, got.returncode) == (1, 1)
+    assert got.stderr.splitlines()[-2:] == [
+        f"Accept into {out}? [Y/n] ",
+        "ERROR: no answer on stdin: transfer declined",
+    ]
+    assert lines[-1] == (
+        "ERROR: the other side gave up: nobody answered the receiver's question (its input"
+        " ended): ask it to receive where it can answer, or with --yes"
+    )
     assert list(out.iterdir()) == []
 
 
@@ -223,8 +272,8 @@ def test_relay_unreachable(tmp_path: Path) -> None:
     )
     assert got.returncode == 1
     assert got.stderr == (
-        "ERROR: cannot reach the relay at 127.0.0.1:1: Connection refused"
-        " (give --relay HOST:PORT or set BOB_RELAY)\n"
+        "ERROR: cannot reach the relay at 127.0.0.1:1: Connection refused (--relay names"
+        " 127.0.0.1:1: check it, or leave it out to let bob look for one on the LAN)\n"
     )
 
 

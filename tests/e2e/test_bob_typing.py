@@ -196,9 +196,15 @@ def test_stdout_takes_one_file_only(relay: RelayProcess, tmp_path: Path) -> None
     code, lines = sender.finish(TIMEOUT)
     assert (code, got.returncode) == (1, 1)
     assert got.stderr.decode().splitlines()[-1] == (
-        "ERROR: not accepted: --stdout takes one file, and this is 1 file (1 byte) in folders"
+        "ERROR: not accepted: --stdout takes one file, and this is 1 file (1 byte) in folders:"
+        " ask the sender to send it again, and receive it without --stdout"
     )
-    assert lines[-1] == "ERROR: the receiver declined the transfer"
+    # the receiver's user declined nothing: the sender hears why, and what to do
+    assert lines[-1] == (
+        "ERROR: the other side gave up: the receiver asked for the offer on its standard"
+        " output, which takes one file or text: send it one file, or ask it to receive into"
+        " a folder"
+    )
     assert got.stdout == b""
 
 

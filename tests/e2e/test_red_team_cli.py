@@ -174,7 +174,11 @@ def test_01_yes_refuses_hidden_top_level_names_and_the_prompt_shows_them(
         "ERROR: not accepted: --yes never accepts hidden names at the top (.bash_profile, .ssh);"
         " receive without --yes to see the offer and choose",
     ]
-    assert lines[-1] == "ERROR: the receiver declined the transfer"
+    assert lines[-1] == (
+        "ERROR: the other side gave up: the receiver was told to accept without asking"
+        " (--yes), which never takes hidden names at the top: ask it to receive without"
+        " --yes, to see the offer and choose"
+    )
     assert list(out.iterdir()) == []
 
     # asked, the user sees every name and may say yes

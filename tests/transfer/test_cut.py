@@ -319,6 +319,28 @@ async def test_a_refused_offer_closes_the_receivers_racer(
     assert list(output.iterdir()) == []
 
 
+async def test_a_refusal_with_a_reason_reaches_the_sender_in_an_abort(
+    sources: source.Sources, output: Path
+) -> None:
+    """A receiver that cannot take the offer where it was told to put it (--stdout and a
+    folder) refused with ANSWER no, and its sender said "the receiver declined the
+    transfer", which its user never did. The reason travels in the ABORT's reason field,
+    which every bob/1 sender reads after its offer; the user's own no stays ANSWER no."""
+
+    async def refuse(*_: object) -> bool:
+        raise Refused("not accepted here", "the receiver cannot take it: send another way")
+
+    async with asyncio.timeout(60):
+        run = await start(sources, output, Relay(), refuse)
+        sent, got, _ = await asyncio.gather(
+            run.sending, run.receiving, run.relaying, return_exceptions=True
+        )
+    assert isinstance(got, Refused) and str(got) == "not accepted here"
+    assert type(sent) is PeerAborted
+    assert str(sent) == "the other side gave up: the receiver cannot take it: send another way"
+    assert list(output.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("stop", "why"),
     [

@@ -216,10 +216,7 @@ async def test_a_relay_reached_at_none_of_its_addresses_names_them_all(port: int
         await connect(relay, REQUEST, 60.0, connect_timeout=60.0)
     # (the reason is the nearest address's, in the words of the event loop running)
     said = str(caught.value).replace(caught.value.why, "WHY")
-    assert said == (
-        f"cannot reach the relay at 127.0.0.2:{port} nor at 127.0.0.3: WHY"
-        " (give --relay HOST:PORT or set BOB_RELAY)"
-    )
+    assert said == f"cannot reach the relay at 127.0.0.2:{port} nor at 127.0.0.3: WHY"
     assert caught.value.why in ("Connection refused", f"Connect call failed ('127.0.0.2', {port})")
 
 

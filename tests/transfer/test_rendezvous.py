@@ -13,7 +13,7 @@ import socket
 import pytest
 
 from retreatkit import mdns
-from retreatkit.cli import bob
+from retreatkit.cli import bob, relayhelp
 from retreatkit.transfer import find
 from retreatkit.transfer.codes import Code
 from retreatkit.transfer.link import Relay, RelayError, Unreachable
@@ -203,18 +203,18 @@ def test_a_receiver_that_reaches_nobody_is_told_what_it_looked_for() -> None:
     code = Code("42", ("purple", "sofa"))
     gone = Unreachable(Relay("10.78.0.1", 40000), "Connection refused")
     peer = find.Target(Relay("10.78.0.1", 40000), "peer")
-    assert str(bob._unreached(gone, peer, code)) == (
+    assert str(relayhelp.unreached(gone, peer, code)) == (
         "the sender of nameplate 42 on this network is not waiting any more"
         " (Connection refused): ask for a new bob send"
     )
     nothing = Unreachable(find.DEFAULT, "Temporary failure in name resolution")
-    assert str(bob._unreached(nothing, find.Target(find.DEFAULT, "default"), code)) == (
+    assert str(relayhelp.unreached(nothing, find.Target(find.DEFAULT, "default"), code)) == (
         "no sender is waiting on nameplate 42 on this network, and no relay answers at"
         " relay.retreat.lan:9000 (Temporary failure in name resolution): check the"
         " passphrase, or give --relay HOST:PORT"
     )
     given = find.Target(Relay("10.0.0.5", 9000), "given")  # the user's own word stands
-    assert bob._unreached(gone, given, code) is gone
+    assert relayhelp.unreached(gone, given, code) is gone
 
 
 def test_no_direct_with_no_relay_is_told_it_needs_one() -> None:
@@ -223,14 +223,14 @@ def test_no_direct_with_no_relay_is_told_it_needs_one() -> None:
     code = Code("42", ("purple", "sofa"))
     nothing = Unreachable(find.DEFAULT, "Temporary failure in name resolution")
     default = find.Target(find.DEFAULT, "default")
-    assert str(bob._unreached(nothing, default, code, no_direct=True)) == (
+    assert str(relayhelp.unreached(nothing, default, code, no_direct=True)) == (
         "--no-direct needs a relay, and none answers at relay.retreat.lan:9000 (Temporary"
         " failure in name resolution): give --relay HOST:PORT, or leave out --no-direct to"
         " connect to a sender on the LAN"
     )
     given = find.Target(Relay("10.0.0.5", 9000), "given")  # the user's own word stands
     gone = Unreachable(given.relay, "Connection refused")
-    assert bob._unreached(gone, given, code, no_direct=True) is gone
+    assert relayhelp.unreached(gone, given, code, no_direct=True) is gone
 
 
 @pytest.mark.parametrize("command", ["send", "recv"])
