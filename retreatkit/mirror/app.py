@@ -56,9 +56,11 @@ async def home(request: web.Request) -> web.Response:
     if not cached or cached[0] != made_from:
         cached[:] = [made_from, await mirror.offload(_summary, mirror)]
     offline = mirror.uplink_down()
+    kit = await mirror.kit.verdict()
     now = replace(
-        cached[1], bytes_saved=mirror.stats.bytes_saved, offline=offline, kit=mirror.kit_served
-    )
+        cached[1], bytes_saved=mirror.stats.bytes_saved, offline=offline, kit=kit.offered,
+        kit_waiting=kit.served,
+    )  # fmt: skip
     return web.Response(text=page.render(base, now), content_type="text/html")
 
 

@@ -123,6 +123,7 @@ class MirrorService:
         self.url = f"http://{config.host_port_text(local, port)}"
         lan = lan_address().address if host in ("0.0.0.0", "::") else host
         self.mirror.lan_url = f"http://{config.host_port_text(lan, port)}"
+        self.mirror.local_url = self.url
         listening = config.host_port_text(host, port)
         say(f"Mirror listening on http://{listening}/ (store {self.settings.store})")
         for ecosystem in ("pypi", "opam", "npm"):

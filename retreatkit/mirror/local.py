@@ -218,5 +218,8 @@ async def publish_own(mirror: Mirror, say: Callable[[str], None]) -> None:
     except (MirrorError, OSError) as exc:
         log.warning("cannot serve this retreatkit to attendees: %s", exc)
         return
-    mirror.kit_served = True
+    mirror.kit.served = True
     say(f"Mirror local index: {line}")
+    verdict = await mirror.kit.verdict()
+    if verdict.missing:  # the organiser hears it at the start, and on /status until it is done
+        say(f"Mirror: {mirror.kit.line(verdict)}")

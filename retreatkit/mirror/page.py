@@ -34,7 +34,9 @@ class Summary:
     debs: int = 0
     apt_origins: tuple[str, ...] = ()  # names of the apt archives the mirror keeps
     apt_suites: tuple[tuple[str, str, str], ...] = ()  # (origin, suite, components) held
-    kit: bool = False  # the kit's own wheel is in the local index: the page offers bob
+    # the page offers bob: the kit's wheel and all its install needs here are held (kitready)
+    kit: bool = False
+    kit_waiting: bool = False  # the kit's wheel is served, not yet all that it needs
 
 
 def loopback(host: str) -> bool:
@@ -92,7 +94,8 @@ def lines(
     kit: bool = True,
 ) -> dict[str, list[str]]:
     """The commands, by client; tests run them as they are. bob's only with `kit`: a
-    mirror that does not serve the kit's wheel (a VM guest's) cannot install it."""
+    mirror that does not serve the kit's wheel (a VM guest's), or does not hold all that
+    installing it needs, cannot install it with the uplink gone."""
     index, host = f"{base}/pypi/simple/", host_of(base)
     found = {
         "pip": [
@@ -168,6 +171,15 @@ _INTROS = {
 }
 
 
+# no line to paste: it would fail (`... was not found in the package registry`, or a 504
+# once the uplink is gone), so the attendee hears why there is none, the organiser how to
+# mend it (/status)
+_BOB_WAITING = (
+    "bob, to send files to each other, cannot be installed from this mirror yet: it does not"
+    " hold everything bob needs. The line that installs it appears here once it does."
+)
+
+
 def render(base: str, s: Summary) -> str:
     commands = lines(base, s.apt_origins, s.apt_suites, s.kit)
     origins = html.escape(", ".join(s.apt_origins))
@@ -176,6 +188,8 @@ def render(base: str, s: Summary) -> str:
         f"<pre>{html.escape(chr(10).join(found), quote=False)}</pre>\n"
         for name, found in commands.items()
     )
+    if s.kit_waiting and not s.kit:
+        blocks += f"<h2>bob</h2>\n<p>{_BOB_WAITING}</p>\n"
     now = (
         "<p><strong>The internet link is down right now:</strong> installing from what is"
         " cached.</p>\n"

@@ -40,6 +40,7 @@ from retreatkit.mirror.errors import (
 from retreatkit.mirror.fetch import Fetcher, Limits
 from retreatkit.mirror.fill import Fill
 from retreatkit.mirror.health import Health, origin
+from retreatkit.mirror.kitready import Kit
 from retreatkit.mirror.memory import SMALL, HotCache, Lease, Page, Renders, Sending, Working
 from retreatkit.mirror.once import Once
 from retreatkit.mirror.records import Blob, Object, Processed, Source, agrees
@@ -128,11 +129,13 @@ class Mirror:
         self.sending = Sending(settings.max_pages_sending)
         self.started = time.time()
         self.lan_url = "http://localhost"  # where the LAN reaches it; the service sets it
-        self.kit_served = False  # the kit's own wheel is in the local index (publish_own)
+        self.local_url = "http://localhost"  # where this machine reaches it; the service too
         self.offload = offload  # CPU or disk work that must not stall the loop
         self.generation: Counter[str] = Counter()  # per package: bumps as files land
         self.origins: dict[str, set[str]] = {}  # ecosystem -> upstream hosts its files use
         self.warners: list[Callable[[], list[str]]] = []  # ecosystems' lines for /status
+        self.kit = Kit(self)  # whether attendees can install bob from here (the page)
+        self.warners.append(self.kit.warnings)
         self._pace = pace
         self._pages: dict[str, tuple[Object, Page]] = {}  # pages the disk could not take
         self._unsaved: dict[str, dict[str, Source]] = {}  # and the files each names, by name

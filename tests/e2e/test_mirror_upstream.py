@@ -334,6 +334,55 @@ def test_pip_fails_at_once_in_the_mirrors_words_while_the_upstream_is_down(
     assert asked <= 2  # once, or the probe's refusal and then once: not six times
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_pip_shows_the_mirrors_words_for_a_page_at_the_verbosity_the_readme_names(
+    tmp_path: Path, lan: Netns
+) -> None:
+    """A page the mirror cannot give (never fetched, the upstream down): pip prints only
+    `No matching distribution found`, and the README names the flag that shows the
+    mirror's line. It named `pip -v`, which shows nothing more: pip (23.2.1 as 26.3) logs
+    a page that failed at debug level, shown from `-vv` on."""
+    said = re.search(
+        r"pip prints only `No matching distribution found`, and\s+`pip (-v+)`\s+shows the"
+        r"\s+mirror's words", README.read_text(),
+    )  # fmt: skip
+    assert said is not None
+    root = tmp_path / "upstream"
+    write_pypi(root, {"one": [make_wheel("one", "1.0")]})
+    upstream = start_upstream(root)
+    host = urlsplit(upstream.url).netloc
+    mirror, admin = start_mirror(tmp_path / "store", pypi=f"{upstream.url}simple/",
+                                 listen=f"{lan.host}:0")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+
+    def pip(*flags: str) -> str:
+        argv = [sys.executable, "-m", "pip", "--disable-pip-version-check", "download",
+                "--no-deps", "--no-cache-dir", "--index-url", index(mirror), "--trusted-host",
+                lan.host, "-d", str(tmp_path / "got"), *flags, "requests"]  # fmt: skip
+        done = subprocess.run(lan.argv(argv), capture_output=True, text=True, timeout=120,
+                              env={**env, "HOME": str(tmp_path / "home")})  # fmt: skip
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done
+        assert "ERROR: No matching distribution found for requests" in done.stderr, done
+        return done.stdout + done.stderr
+
+    try:
+        upstream.stop()
+        assert request(mirror.url, "/pypi/simple/one/")[0] == 504  # now known down
+        assert status_of(admin)["upstreams"]["pypi"]["state"] == "down"
+        flag = said[1]
+        quiet, fewer, told = pip(), pip(flag[:-1]) if len(flag) > 2 else "", pip(flag)
+    finally:
+        mirror.stop()
+        upstream.stop()
+    page = re.escape(f"{index(mirror)}requests/")
+    line = rf"upstream {re.escape(host)} is down \([^)]*\); (next try in \d+ s|trying it again now)"
+    words = rf"Could not fetch URL {page}: 504 Server Error: {line} for url: {page} - skipping"
+    assert re.search(words, told), told
+    assert "upstream" not in quiet + fewer, (quiet, fewer)  # pip's line alone, as README says
+
+
 def test_pip_is_told_the_upstream_is_down_for_a_page_held_with_no_file_held(
     tmp_path: Path, lan: Netns
 ) -> None:

@@ -3,6 +3,7 @@ object and the process's admin app, in process."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,13 @@ async def admin(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], str
 async def test_status_fetches_and_metrics(admin: tuple[TestClient[Any, Any], str, Any]) -> None:
     client, url, wheels = admin
     status = (await (await client.get("/status")).json())["mirror"]
-    assert status["up"] is True and status["warnings"] == [] and status["hit_ratio"] == 0.0
+    assert status["up"] is True and status["hit_ratio"] == 0.0
+    # the kit's wheel is served and none of its dependencies held: the organiser is told
+    seed = f"retreatkit mirror seed --kit --mirror {url}"
+    kit = (r"bob is not offered on the attendee page: the store lacks (\d+) of the \1"
+           r" distributions installing it needs here; with the uplink up,"
+           rf" run `{re.escape(seed)}`")  # fmt: skip
+    assert [re.fullmatch(kit, w) is not None for w in status["warnings"]] == [True], status
     assert status["upstreams"]["pypi"]["state"] == "unknown"
     async with aiohttp.ClientSession() as session:
         r = await session.get(f"{url}/pypi/simple/demo-dep/", headers={"Accept": JSON})
