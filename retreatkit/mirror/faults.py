@@ -1,5 +1,5 @@
-"""Whose fault an upstream's failure is, the words for it that a person reads, and how
-slow is too slow.
+"""Whose fault an upstream's failure is, the words for it that a person reads, how a
+download that failed is listed, and how slow is too slow.
 
 An upstream that cannot be reached (no name, no connection) is down for everyone; one
 silent for several requests too (health.py). One that answered, however badly (a
@@ -15,9 +15,19 @@ from __future__ import annotations
 
 import enum
 import os
+import socket
 from dataclasses import dataclass
 
 import aiohttp
+
+from retreatkit.mirror.errors import (
+    BadUpstreamData,
+    LargerThanStore,
+    MirrorError,
+    StoreFull,
+    UpstreamDown,
+    UpstreamError,
+)
 
 # aiohttp's client refuses a status line or header line longer than this (its default)
 HEADER_LIMIT = "8 KB"
@@ -73,6 +83,33 @@ def tls_words(exc: BaseException | None) -> str | None:
     if isinstance(exc, aiohttp.ClientSSLError):
         return "the TLS handshake failed"
     return None
+
+
+def why(exc: BaseException | None) -> str:
+    """One short line: the system's words for an OSError, else the exception's first line."""
+    if (tls := tls_words(exc)) is not None:
+        return tls
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        # the resolver's own words: its codes are not errnos (strerror(-3) is "Unknown
+        # error -3" where the resolver says "Temporary failure in name resolution")
+        return exc.strerror.lower()
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def ended(exc: MirrorError) -> str:
+    """How a download that failed with `exc` ends in the organiser's list of fetches."""
+    if isinstance(exc, LargerThanStore):
+        return "too large"
+    if isinstance(exc, StoreFull):
+        return "disk full"
+    if isinstance(exc, BadUpstreamData):
+        return "verify failed"
+    if isinstance(exc, UpstreamDown):
+        return "upstream down"
+    return "upstream error" if isinstance(exc, UpstreamError) else "mirror error"
 
 
 @dataclass

@@ -20,11 +20,11 @@ from retreatkit.mirror import server as mirror_server
 from retreatkit.mirror import space as mirror_space
 from retreatkit.mirror import status as mirror_status
 from retreatkit.mirror import upstreams
-from retreatkit.mirror.fetch import Limits as FetchLimits
 from retreatkit.mirror.server import Gate
 from retreatkit.mirror.service import Mirror, ServerLimits, Settings
 from retreatkit.mirror.status import MirrorCollector
 from retreatkit.mirror.store import StoreInUse, StoreUnusable
+from retreatkit.mirror.uplink import Limits as FetchLimits
 from retreatkit.serve import Say, StartError
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ evicted. A file name, once published, always names the same bytes.
 from __future__ import annotations
 
 import email.parser
+import errno
 import io
 import json
 import logging
@@ -35,7 +36,7 @@ from packaging.utils import (
 
 from retreatkit.mirror import pypi, wheelmaker
 from retreatkit.mirror.blobs import hash_file
-from retreatkit.mirror.errors import MirrorError
+from retreatkit.mirror.errors import LocalError, MirrorError, StoreFull
 from retreatkit.mirror.records import Object
 from retreatkit.mirror.store import Store
 
@@ -204,10 +205,22 @@ def add_bytes(store: Store, filename: str, data: bytes, replace: bool = False) -
     """`add` for bytes in memory (blocking): through a private file in the store's tmp."""
     tmp = store.tmp / f"local-{os.getpid()}-{threading.get_ident()}.part"
     try:
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except OSError as exc:
+            raise _disk_error(store, exc) from None
         return add(store, tmp, filename, replace)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _disk_error(store: Store, exc: OSError) -> LocalError:
+    """The store's disk refusing a write, as one line naming the store's folder and the
+    cause ("[Errno 28] No space left on device" names neither)."""
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(f"the disk of the store {store.root} is full ({why})")
+    return LocalError(f"cannot write in the store {store.root}: {why}")
 
 
 async def publish_own(mirror: Mirror, say: Callable[[str], None]) -> None:

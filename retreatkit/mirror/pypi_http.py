@@ -169,7 +169,7 @@ def _make(mirror: Mirror, body: bytes, as_json: bool, offline: bool) -> Page:
     yanked (pypi.Project.only); but with none of them held, every file as it is: an
     empty page is what pip says of a name that does not exist (`from versions: none`),
     and it shows nothing of a page's error. Listed, the file the client picks is
-    answered with why it cannot be had (the upstream is down, fetch.Fetcher.down),
+    answered with why it cannot be had (the upstream is down, uplink.Uplink.down),
     which pip and uv print."""
     project = pypi.load(body)
     held = mirror.store.held(project.keys())

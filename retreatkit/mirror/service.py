@@ -37,7 +37,7 @@ from retreatkit.mirror.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from retreatkit.mirror.fetch import Fetcher, Limits
+from retreatkit.mirror.fetch import Fetcher
 from retreatkit.mirror.fill import Fill
 from retreatkit.mirror.health import Health, origin
 from retreatkit.mirror.kitready import Kit
@@ -47,6 +47,7 @@ from retreatkit.mirror.records import Blob, Object, Processed, Source, agrees
 from retreatkit.mirror.resolver import Sessions
 from retreatkit.mirror.stats import Stats
 from retreatkit.mirror.store import Store
+from retreatkit.mirror.uplink import Limits
 
 log = logging.getLogger("retreatkit.mirror")
 Offload = Callable[..., Awaitable[Any]]

@@ -29,9 +29,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from retreatkit.mirror import resolver, wheelmaker
 from retreatkit.mirror.app import make_app
-from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.service import Mirror, Settings
 from retreatkit.mirror.testrepos import source_tarball
+from retreatkit.mirror.uplink import Limits
 from retreatkit.testing import Process
 
 

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.testing import make_wheel, start_mirror, start_upstream, write_pypi
+from retreatkit.mirror.uplink import Limits
 from tests.e2e.mirror_attendee import fetched
 
 pytestmark = pytest.mark.e2e

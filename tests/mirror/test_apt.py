@@ -24,12 +24,12 @@ from retreatkit.mirror import apt, apt_http, fakeupstream
 from retreatkit.mirror.apt_suites import ReleaseSet
 from retreatkit.mirror.errors import StoreFull
 from retreatkit.mirror.fakeupstream import Upstream
-from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.records import Object, Source
 from retreatkit.mirror.service import Mirror
 from retreatkit.mirror.status import section
 from retreatkit.mirror.testing import Clock, mirror_client, settings
 from retreatkit.mirror.testrepos import arch, make_deb, write_apt
+from retreatkit.mirror.uplink import Limits
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dpkg-scanpackages") is None, reason="dpkg-dev is not installed (.ci/run)"

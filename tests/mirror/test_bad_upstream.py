@@ -14,11 +14,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from retreatkit.mirror.bodies import decoded
 from retreatkit.mirror.errors import BadUpstreamData, UpstreamTimeout
-from retreatkit.mirror.fetch import Limits, _decoded
 from retreatkit.mirror.respond import reason
 from retreatkit.mirror.status import section
 from retreatkit.mirror.testing import Clock
+from retreatkit.mirror.uplink import Limits
 from tests.mirror.conftest import JSON, Env
 
 QUICK = {"limits": Limits(connect_timeout=1.0, headers_timeout=1.0, read_timeout=0.3)}
@@ -246,8 +247,8 @@ def test_a_gzipped_page_is_bounded_and_checked() -> None:
     url = "https://upstream.test/simple/x/"
     page = b"<html>" + b"a" * 1000 + b"</html>"
     packed = gzip.compress(page)
-    assert _decoded("gzip", packed, 2000, url) == page
-    assert _decoded("", page, 2000, url) == page
+    assert decoded("gzip", packed, 2000, url) == page
+    assert decoded("", page, 2000, url) == page
     failures = {
         (
             "gzip",
@@ -258,12 +259,12 @@ def test_a_gzipped_page_is_bounded_and_checked() -> None:
     }
     for (coding, body), words in failures.items():
         with pytest.raises(BadUpstreamData) as failed:
-            _decoded(coding, body, 2000, url)
+            decoded(coding, body, 2000, url)
         assert str(failed.value) == words
     with pytest.raises(
         BadUpstreamData, match=r"^https://upstream.test/simple/x/: upstream sent a broken gzip page"
     ):
-        _decoded("gzip", b"\x1f\x8b" + b"\xff" * 40, 2000, url)
+        decoded("gzip", b"\x1f\x8b" + b"\xff" * 40, 2000, url)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from retreatkit import units
-from retreatkit.mirror.fetch import Limits
+from retreatkit.mirror.uplink import Limits
 from tests.mirror.conftest import Env
 
 QUICK = {"limits": Limits(connect_timeout=1.0, headers_timeout=1.0, read_timeout=0.3)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import re
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from retreatkit.mirror import fakeupstream
+from retreatkit.mirror import fakeupstream, local
 from retreatkit.mirror.space import Space, start_warning
 from retreatkit.mirror.status import section
 from retreatkit.mirror.testing import make_wheel, mirror_client, settings, write_pypi
@@ -259,3 +260,21 @@ async def test_max_size_evicts_the_coldest_file_to_make_room_on_the_disk(
             # big-c went and comes back on request, evicting big-d in turn
             assert (await fetch(env, await env.file_url("big-c"))) == (200, wheels["big-c"][1])
             assert env.fetched(wheels["big-c"][0]) == 2
+
+
+async def test_the_kits_own_wheel_on_a_full_disk_is_said_in_one_plain_line(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It was `cannot serve this retreatkit to attendees: [Errno 28] No space left on
+    device`: neither which disk nor in words."""
+    fill_up(env.mirror.settings.store.parent)
+    said: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="retreatkit.mirror"):
+        await local.publish_own(env.mirror, said.append)
+    store = env.mirror.settings.store
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot serve this retreatkit to attendees: the disk of the store {store} is full"
+        " (No space left on device)"
+    ]
+    assert said == [] and env.mirror.kit_served is False
+    assert not list((store / "tmp").iterdir())  # nothing left half-written

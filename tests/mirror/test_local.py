@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry
 from retreatkit import serve
 from retreatkit.admin.app import make_app
 from retreatkit.mirror import eviction, fakeupstream, local, wheelmaker
-from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.hosted import MirrorService
 from retreatkit.mirror.testing import make_wheel, mirror_client, settings, write_pypi
+from retreatkit.mirror.uplink import Limits
 from tests.mirror.conftest import JSON
 
 COURSE = make_wheel("demo-pkg", "0.1")  # the course's own demo-pkg

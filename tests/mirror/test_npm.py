@@ -17,10 +17,10 @@ from aiohttp.test_utils import TestClient
 
 from retreatkit.mirror import fakeupstream, npm
 from retreatkit.mirror.fakeupstream import Upstream
-from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.service import Mirror
 from retreatkit.mirror.testing import Clock, mirror_client, settings
 from retreatkit.mirror.testrepos import integrity, make_npm_tarball, write_npm
+from retreatkit.mirror.uplink import Limits
 
 HOST = {"Host": "mirror.retreat.lan:8000"}
 

@@ -13,9 +13,9 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from retreatkit.mirror import fakeupstream
-from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.hosted import MirrorService
 from retreatkit.mirror.testing import make_wheel, settings, write_pypi
+from retreatkit.mirror.uplink import Limits
 from tests.mirror.conftest import JSON, wheel_set
 
 

@@ -12,9 +12,9 @@ import re
 
 import pytest
 
-from retreatkit.mirror.fetch import Limits
 from retreatkit.mirror.status import section
 from retreatkit.mirror.testing import Clock
+from retreatkit.mirror.uplink import Limits
 from tests.mirror.conftest import JSON, Env
 
 PROJECTS = ("demo-pkg", "demo-dep", "big-pkg")
