@@ -7,7 +7,6 @@ import contextlib
 import gc
 import importlib
 import logging
-import os
 import re
 import signal
 import sys
@@ -24,6 +23,7 @@ from retreatkit.admin.logs import LogRing
 from retreatkit.admin.process import ProcessInfo
 from retreatkit.config import host_port_text
 from retreatkit.lanaddress import choose as lan_address
+from retreatkit.logfile import LOG_FORMAT, log_file
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -34,7 +34,6 @@ log = logging.getLogger("retreatkit")
 Say = Callable[[str], None]
 # (admin URL, token, stop): runs until the organiser quits it, or until `stop` is set
 Dashboard = Callable[[str, str, asyncio.Event], Awaitable[None]]
-LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 # the admin endpoint's code, aiohttp's server among it: loaded once the services listen
 # (see serve), since no service needs it to answer
 ADMIN_CODE = "retreatkit.admin.app"
@@ -69,50 +68,6 @@ def setup_logging(level: str = "INFO", to_file: Path | None = None) -> None:
         handler = log_file(to_file)
         logging.basicConfig(handlers=[handler], level="WARNING")
     logging.getLogger("retreatkit").setLevel(level)
-
-
-def log_file(path: Path) -> logging.Handler:
-    """The log file while the dashboard holds the terminal (rotated at 10 MB, 3 kept)."""
-    from logging.handlers import RotatingFileHandler  # only with the dashboard
-
-    class LogFile(RotatingFileHandler):
-        """A record it cannot write (its disk full) is never reported on stderr, which is
-        the dashboard's screen (Python prints `--- Logging error ---` and a traceback per
-        record): the failure is logged once, for the Logs screen, until a write works."""
-
-        failing = False
-        wrote = False
-
-        def _open(self) -> Any:
-            """For the organiser alone, rotated files too: it names attendees' addresses
-            and what they fetched. One left readable by an earlier version is tightened."""
-            fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                         0o600)  # fmt: skip
-            try:
-                os.fchmod(fd, 0o600)
-            except OSError:
-                os.close(fd)
-                raise
-            return open(fd, "a", encoding=self.encoding, errors=self.errors)
-
-        def emit(self, record: logging.LogRecord) -> None:
-            self.wrote = True
-            super().emit(record)  # a failure goes to handleError
-            if self.wrote:
-                self.failing = False
-
-        def handleError(self, record: logging.LogRecord) -> None:
-            self.wrote = False
-            if not self.failing:
-                self.failing = True
-                exc = sys.exc_info()[1]
-                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                log.warning("cannot write the log file %s (%s); the Logs screen still has"
-                            " every line", self.baseFilename, why)  # fmt: skip
-
-    handler = LogFile(path, maxBytes=10_000_000, backupCount=3)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    return handler
 
 
 class StartError(Exception):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from retreatkit import serve
+from retreatkit.admin.process import ProcessInfo
 from retreatkit.testing import fill, scratch_disk
 
 
@@ -62,3 +63,26 @@ def test_the_log_file_and_those_rotated_out_are_the_organisers_alone(tmp_path: P
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert modes == {"retreatkit.log": 0o600, "retreatkit.log.1": 0o600}
     assert (tmp_path / "retreatkit.log.1").read_text().startswith("from before\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk needs a mount (root)")
+def test_a_log_file_not_written_is_in_status_until_a_write_works() -> None:
+    """The line on the Logs screen scrolls away; /status (so the dashboard's alarms)
+    says it while it lasts."""
+    logger = logging.getLogger("retreatkit")
+    with scratch_disk("1m") as disk:
+        handler = serve.log_file(disk / "retreatkit.log")
+        logger.addHandler(handler)
+        try:
+            fill(disk)
+            logger.warning("not written")
+            said = ProcessInfo(["nameserver"]).status()["warnings"]
+            (disk / "filler").unlink()
+            logger.warning("written")
+            after = ProcessInfo(["nameserver"]).status()["warnings"]
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+    path = disk / "retreatkit.log"
+    assert said == [f"the log {path} cannot be written: No space left on device"]
+    assert after == []

@@ -10,6 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from retreatkit import logfile
 from retreatkit.version import number as version_number
 
 
@@ -56,4 +57,6 @@ class ProcessInfo:
             "log_level": logging.getLevelName(level),
             "attendees": list(self.attendees),
             "addresses": dict(self.addresses),
+            # the process's own troubles, for the dashboard's alarms: its log not written
+            "warnings": logfile.problems(),
         }

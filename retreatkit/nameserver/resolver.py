@@ -29,7 +29,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from retreatkit.lognews import News
-from retreatkit.nameserver import answers, fill, wire
+from retreatkit.nameserver import answers, fill, trace, wire
 from retreatkit.nameserver.cache import Cache, Entry
 from retreatkit.nameserver.errors import (
     BadReply,
@@ -298,6 +298,10 @@ class Resolver:
         Never cached: each one that reaches us is seen."""
         probe = self.loops.came_back(query.key)
         if probe is not None:
+            if trace.on():
+                trace.log.debug("loop: our probe %s came back to us from %s: upstream %s"
+                                " forwards our questions to us", trace.shown(name), client,
+                                probe.upstream.address)  # fmt: skip
             group = self.upstreams[probe.zone]
             if group.note is not None:
                 group.note(probe.upstream, probe.zone, now)
@@ -345,6 +349,9 @@ class Resolver:
                         query, data, client, now, Route(BLOCKED, listed), name, qtype, tally
                     )
                 tally.answered(now, client, name, LOCAL_ANSWER, response.rcode(), key=query.key)
+                if trace.on():
+                    trace.log.debug("%s: %s", self._asked(name, qtype, client),
+                                    _own_text(route, response.rcode()))  # fmt: skip
                 return fill.encode(response)
         elif route.kind == PTR:
             response = answers.ptr(message, route.zone)
@@ -357,6 +364,10 @@ class Resolver:
             kind = BLOCKED_ANSWER
         entry = fill.own(self.cache, query, response, kind, now, self.generation)
         tally.answered(now, client, name, kind, entry.rcode, key=query.key)
+        if trace.on():
+            trace.log.debug(
+                "%s: %s", self._asked(name, qtype, client), _own_text(route, entry.rcode)
+            )
         return entry.template.render(query, data, None)
 
     async def _follow(
@@ -464,12 +475,25 @@ class Resolver:
             if stale_ok and entry is not None:
                 tally.answered(later, client, name, STALE, entry.rcode, key=key,
                                     ms=(later - now) * 1000)  # fmt: skip
+                if trace.on():
+                    trace.log.debug("%s: stale answer served, cached %.0f s ago (%s)",
+                                    self._asked(name, wire.key_type(key), client),
+                                    later - entry.stored_at, self._why(exc))  # fmt: skip
                 return entry.template.render(query, data, wire.STALE)
             unsigned = await self._unsigned_stale(query, data, client, (now, later), name, tally)
             if unsigned is not None:
+                if trace.on():
+                    trace.log.debug("%s: another kind of client's stale answer served, without"
+                                    " its DNSSEC records (%s)",
+                                    self._asked(name, wire.key_type(key), client),
+                                    self._why(exc))  # fmt: skip
                 return unsigned
             tally.answered(later, client, name, SERVFAIL, 2, key=key,
                                 ms=(later - now) * 1000)  # fmt: skip
+            if trace.on():
+                trace.log.debug("%s: SERVFAIL, nothing stale to serve (%s)",
+                                self._asked(name, wire.key_type(key), client),
+                                self._why(exc))  # fmt: skip
             return _bare(query, data, 2)
         later = self.clock()
         if fetched.cloaked is not None:
@@ -485,6 +509,11 @@ class Resolver:
                 tally.answered(later, client, name, SERVFAIL, 2, key=key)
                 return _bare(query, data, 2)
         tally.answered(later, client, name, FORWARDED, entry.rcode, key=key, ms=fetched.ms)
+        if trace.on():
+            trace.log.debug("%s: forwarded to %s, %s in %.0f ms",
+                            self._asked(name, wire.key_type(key), client),
+                            fetched.answer.upstream.address, trace.rcode_text(entry.rcode),
+                            fetched.ms)  # fmt: skip
         return entry.template.render(query, data, int(later - entry.stored_at))
 
     async def _unsigned_stale(
@@ -539,6 +568,15 @@ class Resolver:
         self.stats.rebinding_dropped += dropped
         return entry
 
+    def _asked(self, name: str, qtype: int, client: str) -> str:
+        """How a DEBUG line names a query: its name (escaped), its type and who asked."""
+        return f"{trace.shown(name)} {_type_text(qtype)} from {client}"
+
+    def _why(self, exc: Exception) -> str:
+        if type(exc) is TimeoutError:  # the stale answer's wait, not an upstream's
+            return f"no answer within {self.stale_wait:g} s; the refresh goes on"
+        return str(exc) or type(exc).__name__
+
     def _cloaked(self, name: str, targets: tuple[str, ...]) -> str | None:
         """The rule blocking a CNAME target of `name` (blocky, Pi-hole and AdGuard Home
         block the name too); an allowed name is never blocked this way. A public name
@@ -563,6 +601,18 @@ class Resolver:
 
 def _type_text(qtype: int) -> str:
     return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype))
+
+
+def _own_text(route: Route, rcode: int) -> str:
+    """What a DEBUG line says of an answer made here, not upstream."""
+    if route.kind == BLOCKED:
+        return f"blocked by the rule {trace.shown(route.zone)}, {trace.rcode_text(rcode)}"
+    if route.kind == LOCAL:
+        zone = trace.shown(route.zone)
+        return f"answered from the local records of {zone}, {trace.rcode_text(rcode)}"
+    if route.kind == PTR:
+        return f"answered here: a local address, named {trace.shown(route.zone)}"
+    return f"answered {trace.rcode_text(rcode)} here, under {trace.shown(route.zone)}"
 
 
 def _bare(query: wire.Query, data: bytes, rcode: int) -> bytes:

@@ -33,7 +33,8 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from retreatkit.nameserver import wire
+from retreatkit.config import host_port_text
+from retreatkit.nameserver import trace, wire
 from retreatkit.nameserver.errors import BadReply, UpstreamFailed
 from retreatkit.nameserver.race import staggered
 from retreatkit.nameserver.upstream import Answer, Upstream
@@ -156,6 +157,9 @@ class Pool:
             return
         if len(data) < 12 or not data[2] & 0x80:
             self.spoofs += 1  # not a reply at all
+            if trace.on():
+                trace.log.debug("ignored %d bytes from %s: not a DNS reply (spoofed, or garbled)",
+                                len(data), _peer(s))  # fmt: skip
             return
         qid = _ID.unpack_from(data)[0]
         waiting = s.pending.get(qid)
@@ -165,8 +169,16 @@ class Pool:
         sent = s.recent.get(qid)
         if sent is not None and wire.repeats(data, sent):
             self.late += 1  # a reply of the upstream's to a query of ours: never an answer
+            if trace.on():
+                trace.log.debug("ignored a late reply from %s: ID %d, %s, asked before and no"
+                                " longer waited on", _peer(s), qid, _name(data))  # fmt: skip
         else:
             self.spoofs += 1
+            if trace.on():
+                trace.log.debug(
+                    "ignored a reply from %s: ID %d, %s, matches no question we sent it"
+                    " (spoofed, or garbled)", _peer(s), qid, _name(data),
+                )  # fmt: skip
 
     def _close(self, loop: asyncio.AbstractEventLoop, s: _Socket) -> None:
         if s not in self._open_sockets:
@@ -201,6 +213,24 @@ class Pool:
         if reply[:2] != data[:2] or not wire.repeats(reply, question):
             raise BadReply("mismatched TCP reply")
         return reply
+
+
+def _peer(s: _Socket) -> str:
+    """The upstream a socket is connected to (a system call: for DEBUG lines only)."""
+    try:
+        host, port = s.sock.getpeername()[:2]
+    except OSError:
+        return "an upstream"
+    return f"upstream {host_port_text(host, port)}"
+
+
+def _name(data: bytes) -> str:
+    """The question a reply names, escaped (it is whatever the sender put there)."""
+    try:
+        name = wire.read_name(data, 12)
+    except (ValueError, IndexError):
+        return "no question we can read"
+    return f"for {trace.shown(name)}"
 
 
 def _expire(future: asyncio.Future[bytes]) -> None:

@@ -185,7 +185,8 @@ class DashboardState:
         return [e for e in self.endpoints.values() if service in e.services()]
 
     def alarms(self, now: float) -> list[str]:
-        """One line each: unreachable endpoints, services down, their warnings, leaks."""
+        """One line each: unreachable endpoints, services down, their warnings and their
+        processes', leaks."""
         out = []
         for e in self.endpoints.values():
             if e.guest is not None and (e.guest_down() or (e.error and e.guest.booting())):
@@ -198,6 +199,7 @@ class DashboardState:
                 out += guest_alarm(g)
             if e.guest_down():
                 continue  # what its last status said is over
+            out.extend(warnings_of(e.section("process")))  # its log not written
             for service in e.services():
                 if e.is_up(service) is False:
                     out.append(f"{service} on {e.name} is down")

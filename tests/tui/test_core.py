@@ -140,6 +140,15 @@ def test_state_alarms_and_fields_not_reported() -> None:
     ]
 
 
+def test_a_process_whose_log_is_not_written_is_an_alarm_until_it_is() -> None:
+    state = DashboardState(["a:1"])
+    line = "the log /x/retreatkit.log cannot be written: No space left on device"
+    state.record("a:1", 0, status={"process": {"warnings": [line]}, "relay": {"up": True}})
+    assert state.alarms(0) == [line]
+    state.record("a:1", 1, status={"process": {"warnings": []}, "relay": {"up": True}})
+    assert state.alarms(1) == []
+
+
 def test_log_buffer_is_bounded_and_filters_as_lines_arrive() -> None:
     buffer = LogBuffer(capacity=100)
     records = [
