@@ -45,6 +45,9 @@ class Fill:
     state: FillState = FillState.RUNNING
     digest: str | None = None
     rewinds: int = 0  # times the upstream sent it whole again, written over from byte 0
+    # the furthest any reader was sent: the bytes before it crossed the uplink for that
+    # reader; another reader sent them again is saved them (Stats.bytes_saved)
+    furthest: int = 0
     error: MirrorError | None = None
     headers: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -113,6 +116,14 @@ class Fill:
             if self.error is not None:
                 item["error"] = str(self.error)
         return item
+
+
+def sent(fill: Fill, before: int, after: int) -> int:
+    """A reader was sent the fill's bytes `before` to `after`: how many of them another
+    reader had been sent already (saved the uplink)."""
+    saved = max(0, min(after, fill.furthest) - before)
+    fill.furthest = max(fill.furthest, after)
+    return saved
 
 
 async def follow(fill: Fill, store: Store) -> AsyncIterator[bytes]:

@@ -21,7 +21,7 @@ from aiohttp import web
 from retreatkit import units
 from retreatkit.mirror import ranges
 from retreatkit.mirror.errors import MirrorError, NotFound
-from retreatkit.mirror.fill import Fill, follow, open_fill
+from retreatkit.mirror.fill import Fill, follow, open_fill, sent
 from retreatkit.mirror.memory import SMALL, Page
 from retreatkit.mirror.records import Blob, Object, Source
 from retreatkit.mirror.service import Mirror
@@ -156,9 +156,12 @@ async def _send(
             body = body[plan.start : plan.start + plan.length]
         if request.method != "HEAD":
             stats.bytes_from_cache += len(body)
+            stats.bytes_saved += len(body) if hit else 0
         return web.Response(status=plan.status, body=body, headers=headers)
     response = FileSlice(content, plan, headers)
-    stats.bytes_from_cache += await response.send(request)
+    left = await response.send(request)
+    stats.bytes_from_cache += left
+    stats.bytes_saved += left if hit else 0  # not a range of a file fetched for it
     return response
 
 
@@ -240,10 +243,13 @@ async def stream(
     else:
         response.enable_chunked_encoding()
     await response.prepare(request)
+    offset = 0
     try:
         async for chunk in follow(fill, mirror.store):
             await response.write(chunk)
             mirror.stats.bytes_from_upstream += len(chunk)
+            mirror.stats.bytes_saved += sent(fill, offset, offset + len(chunk))
+            offset += len(chunk)
     except (MirrorError, OSError) as exc:
         if not isinstance(exc, ConnectionError):
             log.warning("cutting a response for %s: %s", fill.name, exc)

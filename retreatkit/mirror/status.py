@@ -72,7 +72,6 @@ def section(mirror: Mirror, up: bool, connections_open: int) -> dict[str, Any]:
         "warnings": warnings,
         **stats.counters(),
         "hit_ratio": stats.hit_ratio,
-        "bytes_saved": stats.bytes_saved,
         "downloads_in_progress": len(mirror.fetcher.inflight),
         "pages_sending_bytes": mirror.sending.bytes,
         "pages_reading_bytes": mirror.working.budget.used,

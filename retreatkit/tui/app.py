@@ -25,6 +25,7 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.driver import Driver
 from textual.drivers.linux_driver import LinuxDriver
+from textual.worker import Worker
 
 from retreatkit.tui import driver, guests
 from retreatkit.tui.fmt import get, plural
@@ -36,7 +37,7 @@ from retreatkit.tui.screens.mirror import MirrorScreen
 from retreatkit.tui.screens.nameserver import NameserverScreen
 from retreatkit.tui.screens.overview import Overview
 from retreatkit.tui.screens.relay import RelayScreen
-from retreatkit.tui.sources import FOUND, AdminClient, Endpoint, SourceError
+from retreatkit.tui.sources import FOUND, AdminClient, Endpoint, SourceError, endpoint_url
 from retreatkit.tui.state import DashboardState, EndpointState
 from retreatkit.tui.widgets import ConfirmScreen
 
@@ -44,6 +45,7 @@ RETRY_LOGS = 3.0  # seconds before following a broken log stream again
 # the return code of a dashboard closed by SIGTERM: apart from the organiser's quit (0)
 TERMINATED = 128 + signal.SIGTERM
 MAX_GUESTS = 64  # guest endpoints watched at most: a supervisor's list cannot grow this
+MAX_LOCAL = 64  # endpoints noted on this machine watched at most
 
 
 class Dashboard(App[int]):
@@ -79,6 +81,8 @@ class Dashboard(App[int]):
         freeze_gc: bool = False,
         stop_on_sigterm: bool = False,
         quit_stops: bool = False,
+        local: Callable[[], list[str]] | None = None,
+        local_token: str | None = None,
     ) -> None:
         super().__init__()
         self.clients = {e.name: AdminClient(e) for e in endpoints}
@@ -96,8 +100,14 @@ class Dashboard(App[int]):
         self.stop_on_sigterm = stop_on_sigterm
         self.quit_stops = quit_stops  # `retreatkit up`: quitting stops what the LAN uses
         self.retry_logs = RETRY_LOGS
+        # the admin endpoints running on this machine (admin/noted.py), read at each poll:
+        # one started after the dashboard (`retreatkit vm start` beside `up`) is watched
+        # too, as a `retreatkit tui` started then would; named, so its guests are watched
+        self.local = local
+        self.local_token = local_token
         self.polled = asyncio.Event()  # every endpoint answered or failed at least once
         self._seen: set[str] = set()
+        self._pollers: dict[str, list[Worker[None]]] = {}  # each endpoint's poll and logs
 
     def get_driver_class(self) -> type[Driver]:
         found = super().get_driver_class()
@@ -116,13 +126,59 @@ class Dashboard(App[int]):
             )
         for name in self.clients:
             self._start(name)
+        if self.local is not None:
+            self.run_worker(self._watch_local, group="local", exit_on_error=False)  # type: ignore[arg-type]
+
+    async def _watch_local(self) -> None:
+        while True:
+            self.add_local()
+            await asyncio.sleep(self.interval)  # the polling period, not a synchronisation
+
+    def add_local(self) -> None:
+        """Watch each endpoint noted on this machine that is not watched yet."""
+        assert self.local is not None
+        watched = {c.endpoint.url for c in self.clients.values()}
+        for text in self.local()[:MAX_LOCAL]:
+            try:
+                url = endpoint_url(text)
+            except ValueError:
+                continue
+            endpoint = Endpoint(url, self.local_token)
+            if url in watched or endpoint.name in self.clients:
+                continue
+            watched.add(url)
+            self.clients[endpoint.name] = AdminClient(endpoint)
+            self.state.add(endpoint.name, url)
+            self.state.endpoints[endpoint.name].named = True
+            self.polled.clear()  # set again once this one has answered too
+            self._start(endpoint.name)
 
     def _start(self, name: str) -> None:
         # coroutines made when the workers start, not now (see Panel.reload)
         poll, follow = partial(self._poll, name), partial(self._follow, name)
-        self.run_worker(poll, group="poll", exit_on_error=False)  # type: ignore[arg-type]
+        workers: list[Worker[None]] = [self.run_worker(poll, group="poll", exit_on_error=False)]
         if self.follow_logs:
-            self.run_worker(follow, group="logs", exit_on_error=False)  # type: ignore[arg-type]
+            workers.append(self.run_worker(follow, group="logs", exit_on_error=False))
+        self._pollers[name] = workers
+
+    async def _unwatch(self, name: str) -> None:
+        """Stop polling and following `name`, and forget it: its rows, its alarms."""
+        for worker in self._pollers.pop(name, []):
+            worker.cancel()
+        client = self.clients.pop(name, None)
+        self.state.forget(name)
+        self._seen.discard(name)
+        if self._seen >= set(self.clients):
+            self.polled.set()
+        if client is not None:
+            await client.close()
+
+    async def record_guests(self, supervisor: str, found: list[guests.Guest]) -> None:
+        """A supervisor's guests, as listed now: a guest removed or stopped is watched no
+        longer (started again, it is watched again)."""
+        self.state.record_guests(supervisor, found)
+        for name in self.state.not_watched_now(supervisor):
+            await self._unwatch(name)
 
     async def on_unmount(self) -> None:
         for client in self.clients.values():
@@ -136,11 +192,21 @@ class Dashboard(App[int]):
     async def poll(self, name: str) -> None:
         """Read one endpoint's status (and a supervisor's guests) once, and redraw. Whatever
         fails is one line for that endpoint: its polling, and every other's, goes on."""
+        client = self.clients.get(name)
+        if client is None:  # watched no longer (a guest removed or stopped)
+            return
         try:
-            self.state.record(name, self.clock(), status=await self.clients[name].status())
+            status = await client.status()
+            if name not in self.state.endpoints:  # forgotten while it was read
+                return
+            self.state.record(name, self.clock(), status=status)
         except SourceError as exc:
+            if name not in self.state.endpoints:
+                return
             self.state.record(name, self.clock(), error=str(exc))
         except Exception as exc:  # a peer's answer the dashboard failed on
+            if name not in self.state.endpoints:
+                return
             self.state.record(name, self.clock(), error=failed(name, "status", exc))
         e = self.state.endpoints[name]
         if e.error is None and "vm" in e.services():
@@ -165,7 +231,8 @@ class Dashboard(App[int]):
         try:
             found = guests.parse(await self.clients[name].get_json("/vm/guests"))
             for guest in found if self.state.endpoints[name].named else ():
-                await self._adopt(name, guest)
+                if guest.state != "stopped":  # nothing there to read, nor to act on
+                    await self._adopt(name, guest)
         except SourceError as exc:
             self.state.record_guests(name, None, str(exc))
             return
@@ -175,7 +242,7 @@ class Dashboard(App[int]):
         except Exception as exc:  # a peer's answer the dashboard failed on
             self.state.record_guests(name, None, failed(name, "list of guests", exc))
             return
-        self.state.record_guests(name, found)
+        await self.record_guests(name, found)
 
     async def _adopt(self, supervisor: str, guest: guests.Guest) -> None:
         url = self._to_adopt(supervisor, guest)

@@ -21,6 +21,12 @@ CAPACITY = 20_000
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 NUMBERS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50, "WARN": 30}
 MOST_SKIPPED = 1 << 63
+# Lines are kept in the order they arrive: a guest's stream, followed again after a break
+# or a restart, brings lines older than some already shown. Sorting them in would move
+# the lines under a reader's eyes and cost a walk of the ring per batch; each such line
+# says so instead, one comparison each
+LATE = "(arrived late) "
+SECOND = len("2026-01-01T10:00:00")
 
 
 # A line is a plain tuple of strings and numbers, not an object: the garbage collector
@@ -65,10 +71,11 @@ class LogFilter:
         ]
 
 
-def to_line(record: dict[str, Any], where: str, now: float) -> LogLine:
+def to_line(record: dict[str, Any], where: str, now: float, late: bool = False) -> LogLine:
     """A record from `/logs` as a line; every field may be anything a peer sent (a list
     for a level, an object for a message): a field that is not a string is shown as the
-    JSON it came as. Its time reads as the clock at `now` (times.clock)."""
+    JSON it came as. Its time reads as the clock at `now` (times.clock). A `late` one
+    says so (LATE)."""
     seq = record.get("seq")
     raw_level = record.get("level", "?")
     # the common case is a level name, with nothing to escape
@@ -79,7 +86,8 @@ def to_line(record: dict[str, Any], where: str, now: float) -> LogLine:
     service = field(record.get("service", "?"), 20)
     who = f"{service}@{where}" if where else service
     message = field(record.get("message", ""))
-    text = f"{clock(record.get('at'), now, seconds=True)} {who:<10} {level:<7} {message}"
+    said = f"{LATE}{message}" if late else message
+    text = f"{clock(record.get('at'), now, seconds=True)} {who:<10} {level:<7} {said}"
     return (
         seq if type(seq) is int else 0,
         service,
@@ -103,6 +111,14 @@ def field(value: Any, limit: int = LIMIT) -> str:
     return visible(text, limit)
 
 
+def second_of(at: Any) -> str | None:
+    """`at` (ISO 8601, UTC, as the admin API gives it) to the second, as text that sorts
+    as time does; None for anything else."""
+    if isinstance(at, str) and len(at) >= SECOND and at[4] == "-" and at[10] == "T":
+        return at[:SECOND]
+    return None
+
+
 def skipped(record: dict[str, Any]) -> int | None:
     """How many records the endpoint says it skipped, for a `{"dropped": N}` notice."""
     n = record.get("dropped")
@@ -121,6 +137,7 @@ class LogBuffer:
         self.version = 0  # bumps on every change, so a view knows when to redraw
         self.widest = 0  # characters in the longest line seen (escaped lines are one cell each)
         self.trimmed = 0  # shown lines pushed out of the front since the filter was set
+        self.newest = ""  # the latest second any line was stamped with (second_of)
 
     def extend(self, records: list[dict[str, Any]], where: str = "") -> None:
         new: list[LogLine] = []
@@ -129,7 +146,11 @@ class LogBuffer:
             if (n := skipped(record)) is not None:
                 self.dropped += n
                 continue
-            new.append(to_line(record, where, now))
+            at = second_of(record.get("at"))
+            late = at is not None and at < self.newest
+            if at is not None and not late:
+                self.newest = at
+            new.append(to_line(record, where, now, late))
         if new:
             self.widest = max(self.widest, max(len(x[TEXT]) for x in new))
             self.lines.extend(new)

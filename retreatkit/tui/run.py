@@ -35,19 +35,37 @@ def local_token() -> str | None:
         return None
 
 
-def chosen(connect: list[str]) -> list[str]:
+def chosen(connect: list[str], local: bool = False) -> list[str]:
     """The endpoints named; else every one running on this machine (admin/noted.py), else
-    the default. ValueError for a URL that is none."""
-    return [endpoint_url(u) for u in connect] or noted.noted() or [DEFAULT]
+    the default. With `local` (`up`'s own dashboard), the named and those on this machine:
+    a `retreatkit vm start` supervisor beside `up` is shown as `retreatkit tui` shows it.
+    ValueError for a URL that is none."""
+    named = [endpoint_url(u) for u in connect]
+    if not named or local:
+        named += [u for u in here() if u not in named]
+    return named or [DEFAULT]
 
 
-async def endpoints(connect: list[str], token: str | None, find: bool) -> list[Endpoint]:
+def here() -> list[str]:
+    """The admin endpoints noted on this machine, as URLs; a note that is none is left out."""
+    urls = []
+    for text in noted.noted():
+        try:
+            urls.append(endpoint_url(text))
+        except ValueError:
+            continue
+    return urls
+
+
+async def endpoints(
+    connect: list[str], token: str | None, find: bool, local: bool = False
+) -> list[Endpoint]:
     """`chosen(connect)`, with the token; and, when `find`, those announced on the LAN,
     each at the address that answered within PROBE_TIMEOUT (discover.py), without it: a
     neighbour can announce an endpoint of its own, and would be sent the token that opens
     the organiser's (its DNS names, its blocklists). Each found is listed as found and only
     read (sources.Endpoint.found). The organiser names one to send it the token."""
-    urls = chosen(connect)
+    urls = chosen(connect, local)
     token = token or local_token()
     named = [Endpoint(u, token) for u in urls]
     if not (find and not connect):
@@ -78,7 +96,8 @@ def run(connect: list[str], token: str | None, leak_window: float, quit_stops: b
     if quit_stops:  # `retreatkit up`'s own: it ends with the services' process
         end_with_parent()
     try:
-        found = asyncio.run(endpoints(connect, admin_token.given(token), find=True))
+        token = admin_token.given(token) or local_token()
+        found = asyncio.run(endpoints(connect, token, find=True, local=quit_stops))
         problems = asyncio.run(reachable(found))
     except ValueError as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)
@@ -87,7 +106,14 @@ def run(connect: list[str], token: str | None, leak_window: float, quit_stops: b
         print(f"retreatkit: no admin endpoint reachable: {'; '.join(problems)}", file=sys.stderr)
         return 1
     dashboard = Dashboard(
-        found, leak_window=leak_window, freeze_gc=True, stop_on_sigterm=True, quit_stops=quit_stops
+        found,
+        leak_window=leak_window,
+        freeze_gc=True,
+        stop_on_sigterm=True,
+        quit_stops=quit_stops,
+        # endpoints started on this machine later, where the dashboard shows this machine's
+        local=here if quit_stops or not connect else None,
+        local_token=token,
     )
     dashboard.run()
     return ended(dashboard)

@@ -139,6 +139,28 @@ class DashboardState:
                     e.status = None
                 e.guest = guest
 
+    def not_watched_now(self, supervisor: str) -> list[str]:
+        """The guests' endpoints of `supervisor` watched no longer: those of a guest it no
+        longer lists (removed) or lists stopped, on purpose. Their last status would read
+        as current, and `cannot connect` as an alarm; actions would go to them. One the
+        organiser named too stays: it was watched before it was known as a guest."""
+        state = self.endpoints[supervisor]
+        if state.guests is None:
+            return []
+        listed = {g.name: g for g in state.guests}
+        return [
+            e.name
+            for e in self.endpoints.values()
+            if e.guest_of is not None
+            and e.guest_of[0] == supervisor
+            and not e.named
+            and (e.guest_of[1] not in listed or listed[e.guest_of[1]].state == "stopped")
+        ]
+
+    def forget(self, endpoint: str) -> None:
+        """An endpoint not watched any more, and whatever it said."""
+        self.endpoints.pop(endpoint, None)
+
     def guests(self) -> list[tuple[str, Guest]]:
         """Every guest every supervisor lists: (the supervisor, the guest)."""
         return [(e.name, g) for e in self.endpoints.values() for g in e.guests or []]

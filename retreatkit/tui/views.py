@@ -55,10 +55,14 @@ def overview_rows(state: DashboardState) -> list[Row]:
         if not e.services():
             waiting = "unreachable" if e.error else "waiting"
             rows.append(("—", f"admin {e.name}", waiting, *(NOT_REPORTED,) * 3, ""))
+        # an endpoint that stopped answering (or a guest not running): its last uptime,
+        # connections and throughput are of a moment gone, so none are shown (as
+        # process_rows shows no PID), only its state
+        current = e.error is None and e.status is not None and not e.guest_down()
         for service in e.services():
-            section = e.section(service)
+            section = e.section(service) if current else {}
             shown = e.state_of(service)
-            line = e.series.get(f"{service} throughput")
+            line = e.series.get(f"{service} throughput") if current else None
             speed = line.rate() if line else None
             throughput = (
                 per_second(speed).replace("/s", " q/s")
@@ -376,6 +380,8 @@ def guest_rows(state: DashboardState) -> list[tuple[tuple[str, str], Row]]:
             admin = f"{watched.url.split('://', 1)[-1]} ({watched.state_of(g.service)})"
         elif not parent.named:
             admin = f"not watched: its supervisor was found on the LAN (--connect {parent.url})"
+        elif g.state == "stopped":  # not watched while stopped: its state says so once
+            admin = (guests.watch_url(parent.url, g.admin)[0] or "").split("://", 1)[-1]
         else:
             admin = (
                 state.unwatched.get((supervisor, g.name))

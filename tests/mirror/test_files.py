@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+import os
+import zipfile
 
 import pytest
 
+from retreatkit.mirror.testing import write_pypi
 from tests.mirror.conftest import Env
 
 
@@ -131,3 +135,37 @@ async def test_without_sendfile_a_large_file_still_goes_out_whole_and_in_ranges(
     assert await whole.read() == data
     part = await env.client.get(url, headers={"Range": "bytes=1000000-1100000"})
     assert await part.read() == data[1_000_000:1_100_001]
+
+
+def incompressible_wheel(size: int) -> tuple[str, bytes, bytes]:
+    """A wheel of `size` random bytes, stored as they are: it crosses the uplink whole."""
+    metadata = b"Metadata-Version: 2.1\nName: huge\nVersion: 1.0\n"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("huge/blob.bin", os.urandom(size))
+        z.writestr("huge-1.0.dist-info/METADATA", metadata)
+    return "huge-1.0-py3-none-any.whl", buf.getvalue(), metadata
+
+
+async def test_bytes_saved_never_falls_while_a_download_runs_ahead_of_its_client(
+    env: Env,
+) -> None:
+    """The Mirror screen's "saved" fell from 12.4 MB to 0 B while a download ran: it was
+    the bytes sent less those fetched, and the fetch runs ahead of a slow client."""
+    _, small, _ = env.wheels["demo-dep"]
+    url = await env.file_url("demo-dep")
+    for _ in range(2):  # fetched, then from the store: saved once
+        await (await env.client.get(url)).read()
+    stats = env.mirror.stats  # what /status says (bytes_saved)
+    assert stats.bytes_saved == len(small)
+    filename, data, metadata = incompressible_wheel(24 << 20)
+    write_pypi(env.root, {"huge": [(filename, data, metadata)]})
+    slow = await env.client.get(await env.file_url("huge"))  # its body not read yet
+    [fill] = env.mirror.fetcher.inflight.values()
+    await fill.ended()  # all of it crossed the uplink; the client holds a part
+    assert stats.upstream_bytes >= len(data)
+    assert stats.bytes_saved == len(small)
+    assert await slow.read() == data
+    assert stats.bytes_saved == len(small)  # it crossed for this client
+    await (await env.client.get(await env.file_url("huge"))).read()
+    assert stats.bytes_saved == len(small) + len(data)

@@ -183,8 +183,10 @@ async def test_guests_listed_and_watched_with_their_own_token(
             ["mirror", "10.0.0.2:8000", "up"],
             ["vm", "", "up"],
             ["relay", "10.0.0.2:9000", "up"],
-            ["nameserver", "10.0.0.2:53", "stopped"],
-        ]
+        ]  # the stopped nameserver guest is not watched: its line under Guests says so
+        assert "nameserver (nameserver) stopped · 2 restarts" in str(
+            app.screen.query_one("#guests", Lines).render()
+        )
         assert not [a for a in alarms(app) if "nameserver" in a]  # stopped: no alarm
         assert not [a for a in alarms(app) if "cannot connect" in a]
         own = f"Bearer {guest_token('relay')}"
@@ -204,7 +206,7 @@ async def test_guests_listed_and_watched_with_their_own_token(
             ["relay", "relay", "running", "1h 00m", "2", "147 MB", "93.2 s", "128 MB",
              f"{relay_guest.url[7:]} (up)", "qemu exit code 1", supervisor.url[7:]],
             ["nameserver", "nameserver", "stopped", "", "2", "", "93.2 s", "128 MB",
-             "127.0.0.1:9 (stopped)", "qemu exit code 1", supervisor.url[7:]],
+             "127.0.0.1:9", "qemu exit code 1", supervisor.url[7:]],
         ]  # fmt: skip
         summary = str(app.screen.query_one("#summary", Lines).render())
         assert (
@@ -262,8 +264,12 @@ async def test_stopping_a_guest_asks_first(supervisor: FakeAdmin) -> None:
         assert rows(app, "#guests")[0][2] == "stopped"
         await pilot.press("1")
         await settle(pilot)
-        assert rows(app, "#services")[2][:3] == ["relay", "10.0.0.2:9000", "stopped"]
-        assert not [a for a in alarms(app) if "relay" in a]  # stopped on purpose
+        # stopped on purpose: not watched, so no row of its own, and no alarm
+        assert [r[0] for r in rows(app, "#services")] == ["mirror", "vm"]
+        assert "relay (relay) stopped · 2 restarts" in str(
+            app.screen.query_one("#guests", Lines).render()
+        )
+        assert not [a for a in alarms(app) if "relay" in a]
         await pilot.press("6")
         await settle(pilot)
         await pilot.press("s")  # starting asks nothing
@@ -455,10 +461,9 @@ async def test_a_guest_claiming_to_supervise_takes_nothing_over(
                 ["vm", "", "up"],
                 ["relay", "10.0.0.2:9000", "up"],
                 ["vm", "", "up"],
-                ["nameserver", "10.0.0.2:53", "stopped"],
             ]
             assert app.state.endpoints[supervisor.url[7:]].guest_of is None
-            assert list(app.clients) == [supervisor.url[7:], "guest relay", "guest nameserver"]
+            assert list(app.clients) == [supervisor.url[7:], "guest relay"]
             assert (
                 "! guest relay: a guest's own list of guests is not read (only an endpoint"
                 " named with --connect supervises guests)"
@@ -485,4 +490,4 @@ async def test_a_guest_named_too_is_shown_as_the_guest_it_is(
         sup, relay = supervisor.url[7:], relay_guest.url[7:]
         assert app.state.endpoints[relay].guest_of == (sup, "relay")
         assert app.state.endpoints[sup].guest_of is None
-        assert list(app.clients) == [sup, relay, "guest nameserver"]
+        assert list(app.clients) == [sup, relay]  # its stopped nameserver is not watched

@@ -155,7 +155,7 @@ class GuestsScreen(Panel):
                 self.starting = key
             else:
                 self.say(f"guest {name} {guest.state}")
-            self.dash.state.record_guests(supervisor, self._replaced(supervisor, guest))
+            await self.dash.record_guests(supervisor, self._replaced(supervisor, guest))
         self.reload()
 
     def _replaced(self, supervisor: str, guest: guests.Guest) -> list[guests.Guest]:
