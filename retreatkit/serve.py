@@ -98,6 +98,28 @@ def served_elsewhere(service: Service) -> dict[str, tuple[str, int]]:
     return dict(own()) if own is not None else {}
 
 
+async def hang_up(services: list[Service]) -> None:
+    """SIGHUP: what each started service can reload, reloaded (the nameserver's lists, a
+    nameserver guest's lists from this host's files), each said in the log. An optional
+    `hangup()` method returns the lines; a process with none says there is nothing to
+    reload. SIGHUP's default action, ending the process, took every service and guest
+    with it when no in-process nameserver had caught the signal."""
+    able = [(s, hook) for s in services if (hook := getattr(s, "hangup", None)) is not None]
+    if not able:
+        names = ", ".join(s.name for s in services) or "no service started yet"
+        log.info("SIGHUP: nothing to reload (%s)", names, extra=SAID)
+        return
+    results = await asyncio.gather(*(hangup() for _, hangup in able), return_exceptions=True)
+    for (service, _), result in zip(able, results, strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result
+            log.warning("SIGHUP: %s reloaded nothing: %s", service.name, result, extra=SAID)
+            continue
+        for line in result:
+            log.info("SIGHUP: %s", line, extra=SAID)
+
+
 def stopped_name(service: Service) -> str:
     """How `Stopped:` names a service: an optional `stopped_as()` method says more (the
     guests a supervisor stopped with it, which serve their services outside this process)."""
@@ -146,6 +168,7 @@ async def serve(
     logging.getLogger("retreatkit").addHandler(ring)
     process = ProcessInfo(names)
     started: list[Service] = []
+    hangups = _reload_on_hangup(started)  # before anything starts, as the stop
     runner: web.AppRunner | None = None
     advert: LanAdvert | None = None
     note: Path | None = None
@@ -198,6 +221,8 @@ async def serve(
             await stop.wait()
         say("Stopping...")
     finally:
+        for task in list(hangups):  # a reload under way ends with the services
+            task.cancel()
         noted.forget(note)
         if advert is not None:
             await advert.stop()
@@ -249,6 +274,19 @@ async def _start_unless_stopped(
         return False
     starting.result()  # its error, if it failed
     return True
+
+
+def _reload_on_hangup(started: list[Service]) -> set[asyncio.Task[None]]:
+    """SIGHUP reloads the started services (hang_up); the reloads under way, to cancel."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:
+        task = asyncio.ensure_future(hang_up(list(started)))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup)
+    return tasks
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -26,8 +26,14 @@ STATE = "/run/state"  # XDG_STATE_HOME in the guest: the admin token lives there
 
 
 def services(name: str, cfg: dict[str, Any]) -> list[serve.Service]:
-    """The same services `retreatkit NAME` would run, from a retreat.toml-shaped dict."""
-    return hosting.services(argparse.Namespace(command=name), cfg, on_lan=False)
+    """The same services `retreatkit NAME` would run, from a retreat.toml-shaped dict; a
+    nameserver's list files are the copies its host carries (and renews on a reload)."""
+    chosen = hosting.services(argparse.Namespace(command=name), cfg, on_lan=False)
+    for service in chosen:
+        settings = getattr(service, "settings", None)
+        if service.name == "nameserver" and settings is not None:
+            settings.carried = specs.FILES_DIR
+    return chosen
 
 
 def write_token(token: str, state: Path) -> None:

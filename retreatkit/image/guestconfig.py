@@ -113,6 +113,22 @@ def _guest_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def carried_name(number: int, source: str) -> str:
+    """The name a list file carried to the guest has there (in spec.FILES_DIR): numbered,
+    since two folders may hold files of one name."""
+    return f"{number}-{PurePosixPath(source).name}"
+
+
+def guest_lists(blocklists: list[str], folder: str = specs.FILES_DIR) -> list[str]:
+    """The nameserver's `blocklists` as the guest reads them, in the host's order: a file
+    as its carried copy in `folder`, a URL with the host's loopback as the guest reaches it."""
+    return [
+        _guest_url(source) if "://" in source
+        else f"{folder}/{carried_name(number, source)}"
+        for number, source in enumerate(blocklists)
+    ]  # fmt: skip
+
+
 GUEST_KEEP_FREE = 16 * 1024 * 1024  # what a store disk of the mirror's own keeps free
 
 # Through qemu's user networking (not passt) every client arrives from 10.0.2.2, so a bound
@@ -169,18 +185,15 @@ def render(
         section["upstreams"] = ups or [f"{specs.DNS_FROM_GUEST}:53"]
         section["forward"] = {z: _guest_servers(v) for z, v in section["forward"].items()}
         section["mirror"] = _guest_url(section["mirror"]) if section["mirror"] else ""
-        lists = []
         for number, source in enumerate(section["blocklists"]):
-            if "://" in source:
-                lists.append(_guest_url(source))
-                continue
-            name = f"{number}-{PurePosixPath(source).name}"
-            try:
-                files[name] = Path(source).read_bytes()
-            except OSError as exc:
-                raise GuestConfigError(f"cannot read blocklist {source}: {exc.strerror}") from None
-            lists.append(f"{specs.FILES_DIR}/{name}")
-        section["blocklists"] = lists
+            if "://" not in source:
+                name = carried_name(number, source)
+                try:
+                    files[name] = Path(source).read_bytes()
+                except OSError as exc:
+                    why = exc.strerror
+                    raise GuestConfigError(f"cannot read blocklist {source}: {why}") from None
+        section["blocklists"] = guest_lists(section["blocklists"])
         if not keeps_clients:
             # through qemu's user networking every client arrives from 10.0.2.2: a limit
             # per client would be one limit for the whole LAN

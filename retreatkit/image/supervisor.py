@@ -394,6 +394,26 @@ class Supervisor:
         await guest.ready.wait()
         _tell(logging.INFO, f"Guest {name} up; admin on {admin}/status")
 
+    async def reload_lists(self, name: str) -> list[dict[str, Any]]:
+        """A nameserver guest's blocklists read again from this host's files and handed
+        to it (guestlists.py): its state of each list, named as retreat.toml names it.
+        GuestError if it is no nameserver that is up; GuestListsError if it does not
+        answer; ConfigError or TokenError as a start would meet them."""
+        from retreatkit.image import guestlists  # its HTTP client: only when asked
+
+        entry = self.get(name)
+        if entry.service != "nameserver":
+            raise GuestError(f"guest {name} runs the {entry.service}: it has no blocklists")
+        guest = entry.guest
+        up = entry.state == "running" and guest is not None and guest.ready.is_set()
+        if not up or entry.admin is None:
+            raise GuestError(f"guest {name} is not up ({entry.state}): it reads the list"
+                             " files when it starts")  # fmt: skip
+        path = Path(entry.definition.config) if entry.definition.config else None
+        cfg = await asyncio.to_thread(config.load, path)
+        token = self.token(name)
+        return await guestlists.reload(entry.admin, token, cfg["nameserver"]["blocklists"])
+
     async def stop(self, name: str) -> Supervised:
         entry = self.get(name)
         keeper, guest = entry.keeper, entry.guest

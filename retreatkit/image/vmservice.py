@@ -1,12 +1,13 @@
 """The guest supervisor as a service: its admin routes, and a control socket for `retreatkit vm`.
 
 On the process's admin endpoint (docs/admin-api.md): `GET /vm/guests`,
-`POST /vm/guests/NAME/start|stop`, and `GET /vm/guests/NAME/token` (the guest's own admin
-token, for the dashboard that watches it: a read that needs the host's token, see
-admin/access.py). On the control socket, a UNIX socket only this user
-can open (`<state>/vm/control.sock`), the same routes plus `PUT /vm/guests/NAME` (define
-a guest), `PATCH /vm/guests/NAME` (change some keys of a known guest's definition) and
-`GET /vm/guests/NAME`.
+`POST /vm/guests/NAME/start|stop`, `POST /vm/guests/NAME/blocklists/reload` (a nameserver
+guest's lists read again from this host's files and handed to it: guestlists.py), and
+`GET /vm/guests/NAME/token` (the guest's own admin token, for the dashboard that watches
+it: a read that needs the host's token, see admin/access.py). On the control socket, a
+UNIX socket only this user can open (`<state>/vm/control.sock`), the same routes plus
+`PUT /vm/guests/NAME` (define a guest), `PATCH /vm/guests/NAME` (change some keys of a
+known guest's definition) and `GET /vm/guests/NAME`.
 """
 
 from __future__ import annotations
@@ -112,6 +113,22 @@ class Handlers:
             raise _error(web.HTTPInternalServerError, str(exc)) from None
         return web.json_response({"token": token})
 
+    async def reload_lists(self, request: web.Request) -> web.Response:
+        from retreatkit.image.guestlists import GuestListsError
+        from retreatkit.nameserver import reloaded
+
+        name = self._name(request)
+        try:
+            states = await self.supervisor.reload_lists(name)
+        except GuestError as exc:
+            raise _error(web.HTTPConflict, str(exc)) from None
+        except GuestListsError as exc:
+            raise _error(web.HTTPBadGateway, f"guest {name}: {exc}") from None
+        except (ValueError, TokenError) as exc:  # retreat.toml, the guest's token
+            raise _error(web.HTTPInternalServerError, f"guest {name}: {exc}") from None
+        log.info("admin (%s): guest %s: %s", request.remote, name, reloaded.line(states))
+        return web.json_response({"blocklists": states})
+
     async def stop_guest(self, request: web.Request) -> web.Response:
         name = self._name(request)
         await self.supervisor.stop(name)
@@ -161,6 +178,7 @@ class Handlers:
             web.post("/vm/guests/{name}/start", self.start_guest),
             web.post("/vm/guests/{name}/stop", self.stop_guest),
             web.get("/vm/guests/{name}/token", self.guest_token),
+            web.post("/vm/guests/{name}/blocklists/reload", self.reload_lists),
         ]
 
     def control_app(self) -> web.Application:
@@ -462,6 +480,27 @@ class VmService:
             await self._runner.cleanup()
             with contextlib.suppress(OSError):
                 control_path().unlink()
+
+    async def hangup(self) -> list[str]:
+        """SIGHUP (serve.py): each nameserver guest's blocklists read again from this
+        host's files and handed to it; a line for each guest saying what it reloaded."""
+        from retreatkit.image.guestlists import GuestListsError
+        from retreatkit.nameserver import reloaded
+
+        supervisor = self.supervisor
+        if supervisor is None:
+            return []
+        lines = []
+        for name, entry in sorted(supervisor.guests.items()):
+            if entry.service != "nameserver" or entry.state == "stopped":
+                continue
+            try:
+                states = await supervisor.reload_lists(name)
+            except (GuestListsError, ValueError, TokenError) as exc:  # GuestError among them
+                lines.append(f"guest {name}: blocklists not reloaded: {exc}")
+            else:
+                lines.append(f"guest {name}: {reloaded.line(states)}")
+        return lines or ["vm: no nameserver guest runs, no blocklist to reload"]
 
     def stopped_as(self) -> str:
         """`vm (guest relay)`: what stopped with the supervisor, named for `Stopped:`."""

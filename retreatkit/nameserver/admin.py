@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from retreatkit.httpserver import body_text
 from retreatkit.nameserver import status
 from retreatkit.nameserver.blocklist import normalize
 from retreatkit.nameserver.errors import BadRecord, CnameLoop
+from retreatkit.nameserver.lists import MAX_LIST
 from retreatkit.nameserver.local import API_FORM, LocalNames, Record, make_record
 
 if TYPE_CHECKING:
@@ -44,6 +46,40 @@ def routes(ns: Nameserver) -> list[web.RouteDef]:
             after = await ns.reload(quiet=True)
             _did(request, f"blocklists reloaded: {after} domains (was {before})")
         return web.json_response({"blocklists": status.blocklists(ns)})
+
+    async def carried(request: web.Request) -> web.Response:
+        """A new copy of a list file the host carried to this guest at its boot: the host
+        reads its file and hands the bytes over, the guest never reaches the host's files.
+        Only a copy it was booted with is replaced; the next reload reads it."""
+        if not ns.settings.carried:
+            raise web.HTTPNotFound(text="this nameserver reads its own list files\n")
+        name = request.match_info["name"]
+        path = Path(ns.settings.carried) / name
+        if "/" in name or name.startswith(".") or str(path) not in ns.sources.sources:
+            raise web.HTTPNotFound(text=f"no list carried as {name!r:.80}\n")
+        size = request.content_length
+        if size is not None and size > MAX_LIST:  # refused before a byte is read
+            raise web.HTTPRequestEntityTooLarge(MAX_LIST, size, text="list larger than 256 MiB\n")
+        partial = path.with_name(f".{name}.partial")
+        written = 0
+        try:
+            with partial.open("wb") as out:
+                async for chunk in request.content.iter_chunked(1 << 16):
+                    written += len(chunk)
+                    if written > MAX_LIST:
+                        raise web.HTTPRequestEntityTooLarge(
+                            MAX_LIST, written, text="list larger than 256 MiB\n"
+                        )
+                    out.write(chunk)
+            partial.replace(path)
+        except OSError as exc:  # the guest's memory, which holds its files, is full
+            raise web.HTTPInsufficientStorage(
+                text=f"cannot keep the list: {exc.strerror or exc}\n"
+            ) from None
+        finally:
+            partial.unlink(missing_ok=True)
+        _did(request, f"blocklist {path} replaced by the host's copy ({written} bytes)")
+        return web.Response(status=204)
 
     async def pause(request: web.Request) -> web.Response:
         body = await _json(request, '{"minutes": N} (0 resumes)')
@@ -115,6 +151,7 @@ def routes(ns: Nameserver) -> list[web.RouteDef]:
     return [
         web.get("/nameserver/queries", queries),
         web.post("/nameserver/blocklists/reload", reload),
+        web.put("/nameserver/blocklists/carried/{name}", carried),
         web.post("/nameserver/blocking/pause", pause),
         web.get("/nameserver/records", records),
         web.put("/nameserver/records/{name}", put_record),

@@ -118,6 +118,22 @@ def file_problem(source: str) -> str | None:
     return None
 
 
+def read_bytes(source: str, limit: int = MAX_LIST) -> bytes:
+    """A list file's bytes, read as a reload reads it (a regular file, at most `limit`
+    bytes): what a host carries to a guest's nameserver. BadList says why not."""
+    fd, size = _open(source)
+    with open(fd, "rb") as raw:
+        if size > limit:
+            raise BadList(f"list larger than {limit >> 20} MiB")
+        try:
+            data = raw.read(limit + 1)
+        except OSError as exc:
+            raise BadList(_why(exc)) from None
+    if len(data) > limit:  # it grew while read
+        raise BadList(f"list larger than {limit >> 20} MiB")
+    return data
+
+
 def _open(source: str) -> tuple[int, int]:
     """(a descriptor, the size) of a list file, opened once and judged by what is open,
     so nothing can change between the check and the read. Without blocking: a FIFO would

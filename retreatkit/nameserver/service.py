@@ -1,11 +1,10 @@
-"""The nameserver as a service: sockets, list reloads (timer, SIGHUP, admin), status."""
+"""The nameserver as a service: sockets, list reloads (timer, SIGHUP via serve, admin), status."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from retreatkit.config import host_port_text
 from retreatkit.memory import physical_memory
-from retreatkit.nameserver import status, wildcard
+from retreatkit.nameserver import reloaded, status, wildcard
 from retreatkit.nameserver.cache import max_bytes_for
 from retreatkit.nameserver.gate import LAN, Gate, too_open
 from retreatkit.nameserver.lists import Sources
@@ -62,6 +61,9 @@ class Settings:
     # where URL lists come from when a mirror is configured: it fetches each once for
     # the LAN and keeps serving it when the uplink is gone
     mirror: Callable[[], str | None] = lambda: None
+    # a VM guest's folder of the list files its host carried to it: the host hands it new
+    # copies (PUT /nameserver/blocklists/carried/NAME), the guest never reads the host's
+    carried: str = ""
 
 
 class Nameserver:
@@ -108,7 +110,6 @@ class Nameserver:
         self._transports: list[asyncio.BaseTransport] = []
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sighup = False
 
     async def start(self, registry: CollectorRegistry, say: Any) -> None:
         host, port = self.settings.listen
@@ -129,9 +130,6 @@ class Nameserver:
         self._spawn(self._reload_forever())
         self._spawn(self.connections.sweep_forever())
         self._spawn(self._tick_forever())
-        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
-            self._sighup = True
 
     async def _bind(self, host: str, port: int) -> tuple[str, int]:
         """UDP and TCP on one port. With port 0 the kernel picks a UDP port that TCP may
@@ -160,14 +158,14 @@ class Nameserver:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _on_sighup(self) -> None:
-        log.info("SIGHUP: reloading blocklists")
-        self._spawn(self.reload())
+    async def hangup(self) -> list[str]:
+        """SIGHUP (serve.py): read every list again; what was reloaded, in one line."""
+        if not self.sources.sources:
+            return ["nameserver: no blocklist configured"]
+        await self.reload(quiet=True)
+        return [f"nameserver: {reloaded.line(status.blocklists(self))}"]
 
     async def stop(self) -> None:
-        if self._sighup:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            self._sighup = False
         for task in list(self._tasks):
             task.cancel()
         for transport in self._transports:

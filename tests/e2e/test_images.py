@@ -680,6 +680,56 @@ def test_up_runs_a_service_as_an_image(tmp_path: Path, env: dict[str, str]) -> N
     assert lines[-1] == "Stopped: mirror, nameserver, vm (guest relay)"  # the guest named too
 
 
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig is not installed (.ci/run does)")
+def test_up_survives_sighup_and_hands_a_nameserver_guest_the_edited_list(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """SIGHUP, docs/operations.md's reload after editing a blocklist, ended `up` (129, every
+    guest gone) when the nameserver ran as a guest; and a reload asked of the guest read
+    again only the copy it booted with, while saying it had reloaded."""
+    lists = tmp_path / "blocks.txt"
+    lists.write_text("0.0.0.0 ads.example.test\n")
+    config = tmp_path / "retreat.toml"
+    config.write_text(
+        '[admin]\nlisten = "127.0.0.1:0"\n[relay]\nlisten = "127.0.0.1:0"\n'
+        f'[mirror]\nlisten = "127.0.0.1:0"\nstore = "{tmp_path / "store"}"\n'
+        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
+        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n'
+        f'blocklists = ["{lists}"]\n'
+        f'[images]\nrun = ["nameserver"]\nmemory = 64\ndir = "{tmp_path / "images"}"\n'
+    )
+    up = Process.start(retreatkit_argv("--config", str(config), "up", "--no-tui"), env=env)
+    try:
+        admin = up.wait_for(r"^Admin on (http://\S+)/status$", BOOT_TIMEOUT)[1]
+        if not any(line.startswith("Guest nameserver up;") for line in up.seen):
+            up.wait_for(r"^Guest nameserver up; admin on ", BOOT_TIMEOUT)
+        guests = get_json(f"{admin}/vm/guests", host_token(env))["guests"]
+        port = int(guests[0]["address"].rsplit(":", 1)[1])  # type: ignore[index]
+        assert dig(port, "new.example.test") == []  # upstream 127.0.0.1:9 answers nothing
+
+        lists.write_text("0.0.0.0 ads.example.test\n0.0.0.0 new.example.test\n")
+        up.popen.send_signal(signal.SIGHUP)
+        up.wait_for(
+            f"^SIGHUP: guest nameserver: blocklists reloaded: 2 entries from {lists}$",
+            BOOT_TIMEOUT,
+        )
+        assert dig(port, "new.example.test") == ["0.0.0.0"]
+
+        # the dashboard's `r` for the guest: its supervisor reads the file and hands it over
+        lists.write_text("0.0.0.0 new.example.test\n")
+        path = "/vm/guests/nameserver/blocklists/reload"
+        answer = admin_call(f"{admin}{path}", host_token(env), "POST")
+        assert [(s["source"], s["entries"]) for s in answer["blocklists"]] == [  # type: ignore[union-attr,index]
+            (str(lists), 1)
+        ]
+        assert dig(port, "ads.example.test") == []
+    finally:
+        up.popen.send_signal(signal.SIGTERM)
+        code, lines = up.finish(BOOT_TIMEOUT)
+    assert code == 0, lines
+    assert lines[-1] == "Stopped: relay, mirror, vm (guest nameserver)"
+
+
 def test_a_guest_stopped_while_its_kernel_boots_still_stops_cleanly(
     image: Callable[[str], Path], env: dict[str, str]
 ) -> None:
