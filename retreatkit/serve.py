@@ -127,6 +127,16 @@ def stopped_name(service: Service) -> str:
     return str(own()) if own is not None else service.name
 
 
+def stopped_names(started: list[Service], cut_short: list[Service]) -> list[str]:
+    """What `Stopped:` names: each service started, then each whose start was cut short
+    (Ctrl-C while the supervisor built its second image) if it says it stopped something
+    it had begun (the first guest, already up) rather than only its own name."""
+    return [
+        *(stopped_name(s) for s in started),
+        *(name for s in cut_short if (name := stopped_name(s)) != s.name),
+    ]
+
+
 LISTENING = re.compile(
     r"^(Relay|Mirror|Nameserver) listening on (?:http://)?\[?([^\s/\]]+)\]?:(\d+)"
 )
@@ -169,11 +179,12 @@ async def serve(
     process = ProcessInfo(names)
     started: list[Service] = []
     hangups = _reload_on_hangup(started)  # before anything starts, as the stop
+    cut_short: list[Service] = []  # a start stopped or failed midway: it stopped its part
     runner: web.AppRunner | None = None
     advert: LanAdvert | None = None
     note: Path | None = None
     try:
-        if not await _start_unless_stopped(services, started, registry, say, stop):
+        if not await _start_unless_stopped(services, started, cut_short, registry, say, stop):
             say("Stopping...")
             return 0
         # in a thread, so the services answer meanwhile: on a VM guest's emulated CPU the
@@ -234,8 +245,9 @@ async def serve(
         if runner is not None:
             await runner.cleanup()
         logging.getLogger("retreatkit").removeHandler(ring)
-        if started:
-            say(f"Stopped: {', '.join(stopped_name(s) for s in started)}")
+        stopped = stopped_names(started, cut_short)
+        if stopped:
+            say(f"Stopped: {', '.join(stopped)}")
         elif stop.is_set():  # asked while the first was starting (building an image)
             say("Stopped before any service had started")
     return 0
@@ -244,17 +256,23 @@ async def serve(
 async def _start_unless_stopped(
     services: list[Service],
     started: list[Service],
+    cut_short: list[Service],
     registry: CollectorRegistry,
     say: Say,
     stop: asyncio.Event,
 ) -> bool:
-    """Start each service in turn, noting it in `started`; False if a stop came first.
+    """Start each service in turn, noting it in `started` (or in `cut_short`, the one whose
+    start a stop or an error ended midway); False if a stop came first.
     Ctrl-C while `up` built its images waited for every guest to boot: the start under
     way is now cancelled, and stops what it had begun."""
 
     async def start_all() -> None:
         for service in services:
-            await service.start(registry, say)
+            try:
+                await service.start(registry, say)
+            except BaseException:
+                cut_short.append(service)
+                raise
             started.append(service)
 
     starting = asyncio.ensure_future(start_all())

@@ -11,6 +11,7 @@ import asyncio
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -191,11 +192,16 @@ def _mb(n: int) -> str:
 
 
 def _build(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
-    from retreatkit.image import build
+    from retreatkit.image import build, inputs
 
     out = args.output / args.service
     out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be is said before the build
+    inputs.forget(out)  # a build cut short leaves no record of the image it replaced
+    started = time.monotonic()
+    shared = inputs.common()  # as the build starts: what it reads from here on
     manifest = build.build(args.service, out, args.kernel or cfg["images"]["kernel"], _say)
+    # what it was built from, beside it: `up` uses the image again while none changes
+    inputs.record(out, inputs.of_build(args.service, shared, manifest), time.monotonic() - started)
     k, i = manifest["kernel"], manifest["initramfs"]
     _say(
         f"Built {out}: kernel {_mb(k['size_bytes'])} + initramfs {_mb(i['size_bytes'])}"

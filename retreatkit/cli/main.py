@@ -194,6 +194,10 @@ def _main(argv: list[str] | None) -> int:
         apply_listen_flags(args, cfg)
         readings: dict[str, Any] = {}  # what the check read, the services take
         problems = startup.check_config(cfg, sections, flags, readings)
+        if args.command == "up":  # [images], whether or not it runs any
+            from retreatkit.image import upconfig
+
+            problems += upconfig.problems(cfg)
         if problems:
             for problem in problems:
                 print(f"retreatkit: {problem}", file=sys.stderr)

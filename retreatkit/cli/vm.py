@@ -201,8 +201,6 @@ async def _client(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
             await _request("PATCH", f"/vm/guests/{args.name}", changes)
     item = await _request("POST", f"/vm/guests/{args.name}/start")
     _say(f"Guest {item['name']} ({item['service']}) starting; admin on {item['admin']}/status")
-    for forward in item["forwards"]:
-        _say(f"Forward {_forward(forward)}")
     return await _until_up(args.name)
 
 
@@ -216,14 +214,24 @@ async def _until_up(name: str) -> int:
     while True:
         item = await _request("GET", f"/vm/guests/{name}")
         if item.get("up"):
+            _say_forwards(item)
             _say(f"Guest {name} up; admin on {item['admin']}/status")
             return 0
         if item["state"] in ("failed", "stopped"):
             raise VmError(f"guest {name} did not start: {item['last_exit'] or item['state']}")
         if time.monotonic() > deadline:
+            if item.get("pid"):
+                _say_forwards(item)
             _say(f"Guest {name} is still starting: `retreatkit vm list` shows how it goes")
             return 0
         await asyncio.sleep(0.25)
+
+
+def _say_forwards(item: dict[str, Any]) -> None:
+    """Where each forwarded port is, said once its qemu runs (and so holds them): said
+    before, a port another program held read as forwarded, then as why the start failed."""
+    for forward in item["forwards"]:
+        _say(f"Forward {_forward(forward)}")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

@@ -174,6 +174,24 @@ def fetch(name: str) -> Path:
     raise PackageError(f"cannot fetch {name}: {reason}")
 
 
+def chosen_versions(names: list[str]) -> dict[str, str]:
+    """The version `fetch` would take of each package, found with one apt query: apt's
+    candidate, else the newest cached (a name neither knows is left out)."""
+    if not names:
+        return {}
+    shown = _apt("apt-cache", "show", "--no-all-versions", *names)  # fails if one is unknown
+    found: dict[str, str] = {}
+    for stanza in shown.stdout.split("\n\n"):
+        fields = parse_fields(stanza)
+        if fields.get("Package") in names and "Version" in fields and "Filename" in fields:
+            found[fields["Package"]] = fields["Version"]  # the last, as `fetch` reads it
+    for name in names:
+        cached = _cached(name)
+        if name not in found and cached:
+            found[name] = control_fields(cached[-1]).get("Version", "?")
+    return found
+
+
 def package(name: str) -> Package:
     """Fetch (once) and unpack (once) a package; its files are under `.tree`."""
     deb = fetch(name)

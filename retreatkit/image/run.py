@@ -181,12 +181,19 @@ def disk_problem(disk: Path, size: str) -> str | None:
         except RunError as exc:
             return str(exc)
         return None
-    if not DISK_SIZE.fullmatch(size) or int(size[:-1]) * _UNITS[size[-1].upper()] < DISK_LEAST:
-        return f"disk_size = {size!r} is not a size from 64M up (a number and K, M, G or T)"
+    if (problem := size_problem(size)) is not None:
+        return problem
     if not disk.parent.is_dir():
         return f"the disk {disk} cannot be made: {disk.parent} is not a folder"
     if not os.access(disk.parent, os.W_OK):
         return f"the disk {disk} cannot be made: {disk.parent} is not writable"
+    return None
+
+
+def size_problem(size: str) -> str | None:
+    """Why `size` is no size a data disk is made at, in a few words; None if it is one."""
+    if not DISK_SIZE.fullmatch(size) or int(size[:-1]) * _UNITS[size[-1].upper()] < DISK_LEAST:
+        return f"disk_size = {size!r} is not a size from 64M up (a number and K, M, G or T)"
     return None
 
 

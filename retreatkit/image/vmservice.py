@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 
 from retreatkit import config, startup
 from retreatkit.admin.token import TokenError
-from retreatkit.image import network, qemu, run
+from retreatkit.image import inputs, network, qemu
 from retreatkit.image import spec as specs
 from retreatkit.image.paths import cache_dir, private_dir, state_dir
 from retreatkit.image.supervisor import (
@@ -230,52 +230,25 @@ def guests_for_up(
     announce: bool = True,
 ) -> VmService:
     """The guests `retreatkit up` runs for `[images] run`: each on its service's configured
-    address (forwarded to the guest), restarted when it exits, rebuilt at each start;
-    `address` is what the LAN names relay.retreat.lan and mirror.retreat.lan after;
-    `announce`: the relay's and the mirror's forwards are announced on the LAN."""
-    from retreatkit.mirror.hosted import default_store
+    address (forwarded to the guest), restarted when it exits, its image built at each
+    start unless one built from the same inputs is there (image/inputs.py); `address` is
+    what the LAN names relay.retreat.lan and mirror.retreat.lan after; `announce`: the
+    relay's and the mirror's forwards are announced on the LAN."""
+    from retreatkit.image import upconfig
 
     images = cfg["images"]
-    for service in images["run"] or [None]:
-        problem = specs.memory_problem(images["memory"], "[images] memory =", service)
-        if problem is not None:
-            raise config.ConfigError(problem)
-    twice = next((s for i, s in enumerate(images["run"]) if s in images["run"][:i]), None)
-    if twice is not None:  # its second guest was refused only once the first one ran
-        raise config.ConfigError(f"[images] run names {twice} twice: each service runs once")
-    if images["kernel"] not in specs.KERNELS:  # said before any guest is built, not after
-        raise config.ConfigError(
-            f"[images] kernel must be one of {', '.join(specs.KERNELS)}, not {images['kernel']!r}"
-        )
-    try:
-        chosen = network.choose(str(images["network"]))
-    except network.NetworkError as exc:
-        raise config.ConfigError(str(exc)) from None
+    problems = upconfig.problems(cfg)  # `up` said them all already, before it got here
+    if problems:
+        raise config.ConfigError(problems[0])
+    chosen = network.choose(str(images["network"]))
     folder = Path(images["dir"]) if images["dir"] else cache_dir() / "images"
     lan = address if isinstance(address, LanAddress) else LanAddress(address, "chosen")
     own = startup.own_names(cfg, lan)
     definitions = []
     for service in images["run"]:
         image = specs.spec(service)
-        listen = cfg[service]["listen"]
-        host, port = config.host_port(listen, image.ports[0][1])
-        try:  # the forward's host: qemu and passt take an IPv4 address, and no name
-            forwards = [str(qemu.Forward.parse(f"{proto}:{host}:{port}:{guest}"))
-                        for proto, guest in image.ports]  # fmt: skip
-        except ValueError:
-            raise config.ConfigError(
-                f"[{service}] listen = {listen!r}: a service run as an image listens on an"
-                " IPv4 address of this host (0.0.0.0: all of them), not a name"
-            ) from None
-        disk = None
-        if image.disk:  # beside where the in-process mirror keeps its store
-            if not images["disk"]:
-                with contextlib.suppress(OSError):  # if it cannot be, the check says why
-                    default_store().parent.mkdir(parents=True, exist_ok=True)
-            disk = images["disk"] or str(default_store().parent / f"{service}.disk")
-            problem = run.disk_problem(Path(disk), str(images["disk_size"]))
-            if problem is not None:  # said before any guest boots, not after the others
-                raise config.ConfigError(f"[images] {problem}")
+        forwards = upconfig.forwards(cfg, service)
+        disk = str(upconfig.mirror_disk(cfg)) if image.disk else None
         definitions.append(
             Definition(
                 name=service, image=str(folder / service), forwards=forwards,
@@ -305,11 +278,26 @@ async def build_apart(out: Path, kernel: str) -> int:
         await child.wait()
         raise
     lines = err.decode(errors="replace").splitlines()
-    if child.returncode != 0:  # its own one-line reason comes last
-        raise RuntimeError(lines[-1] if lines else f"the build exited with {child.returncode}")
+    if child.returncode != 0:  # its own one-line reason comes last, after its program's name
+        why = lines[-1].removeprefix("retreatkit: ") if lines else ""
+        raise RuntimeError(why or f"the build exited with {child.returncode}")
     manifest = json.loads((out / "manifest.json").read_bytes())
     size: int = manifest["size_bytes"]
     return size
+
+
+def _when(built_at: float | None) -> str:
+    """`at 2026-07-01 09:30 `: when an image was built, in local time, if known."""
+    if built_at is None:
+        return ""
+    return f"at {time.strftime('%Y-%m-%d %H:%M', time.localtime(built_at))} "
+
+
+def _about(seconds: float | None) -> str:
+    """` (about 30 s)`: what the last build of an image took, to the nearest 5 s."""
+    if seconds is None:
+        return ""  # its first build here: nothing to go by
+    return f" (about {max(5, round(seconds / 5) * 5)} s)"
 
 
 def exposure_warning(definition: Definition, chosen: str) -> str | None:
@@ -391,9 +379,13 @@ class VmService:
         if self.autostart:
             say(network.describe(self.network))
         try:
+            priors: dict[Path, inputs.Prior] = {}
+            if self.build_kernel is not None:  # what earlier starts built: one apt query
+                wanted = [(Path(d.image), d.name) for d in self.autostart]
+                priors = await asyncio.to_thread(inputs.priors, wanted, self.build_kernel)
             for definition in self.autostart:
                 try:
-                    await self._autostart(definition, say)
+                    await self._autostart(definition, priors.get(Path(definition.image)), say)
                 except (RuntimeError, ValueError) as exc:  # serve() says an OSError in one line
                     raise OSError(f"the {definition.name} guest: {exc}") from None
         except BaseException:  # cut short (Ctrl-C while images build): what it began stops
@@ -421,13 +413,20 @@ class VmService:
                     await advert.stop()
             await asyncio.sleep(FOLLOW_EVERY)
 
-    async def _autostart(self, definition: Definition, say: Callable[[str], None]) -> None:
+    async def _autostart(
+        self, definition: Definition, prior: inputs.Prior | None, say: Callable[[str], None]
+    ) -> None:
         supervisor = self.supervisor
         assert supervisor is not None
         if self.build_kernel is not None:
             out = Path(definition.image)
-            size = await build_apart(out, self.build_kernel)
-            say(f"Image {out} built ({size / 1e6:.1f} MB)")
+            prior = prior or inputs.NONE
+            if prior.reusable:
+                say(f"Using the {definition.name} image built {_when(prior.built_at)}({out})")
+            else:
+                say(f"Building the {definition.name} image{_about(prior.seconds)}...")
+                size = await build_apart(out, self.build_kernel)
+                say(f"Image {out} built ({size / 1e6:.1f} MB)")
         supervisor.define(definition)
         if (warning := exposure_warning(definition, self.network)) is not None:
             say(warning)

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -652,7 +653,9 @@ def test_up_runs_a_service_as_an_image(tmp_path: Path, env: dict[str, str]) -> N
             match = up.wait_for(pattern, BOOT_TIMEOUT)
             seen[match[1]] = match[2]
         admin, guest_admin = seen["Admin on"], seen["Guest relay up; admin on"]
-        assert any(re.match(r"^Image \S+/relay built \(\d+\.\d MB\)$", line) for line in up.seen)
+        built = next(i for i, line in enumerate(up.seen) if line.startswith("Image "))
+        assert re.match(r"^Image \S+/relay built \(\d+\.\d MB\)$", up.seen[built])
+        assert "Building the relay image..." in up.seen[:built]  # its first: no estimate
         assert not any(line.startswith("Relay listening") for line in up.seen)  # not in-process
         status = get_json(f"{admin}/status", host_token(env))
         assert "relay" not in status
@@ -728,6 +731,38 @@ def test_up_survives_sighup_and_hands_a_nameserver_guest_the_edited_list(
         code, lines = up.finish(BOOT_TIMEOUT)
     assert code == 0, lines
     assert lines[-1] == "Stopped: relay, mirror, vm (guest nameserver)"
+
+
+def test_up_uses_an_image_built_from_the_same_inputs_and_names_its_guest_at_ctrl_c(
+    image: Callable[[str], Path], tmp_path: Path, env: dict[str, str]
+) -> None:
+    """Every start rebuilt each image, one after the other, without a word (the DNS of a
+    nameserver guest was down about a minute at each restart); Ctrl-C while the nameserver's
+    image built, with the relay's guest running, ended on `Stopped: mirror`."""
+    images = tmp_path / "images"
+    shutil.copytree(image("relay"), images / "relay")  # built by `image build`, as here
+    built_at = json.loads((images / "relay" / "inputs.json").read_text())["built_at"]
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(built_at))
+    config = tmp_path / "retreat.toml"
+    config.write_text(
+        '[admin]\nlisten = "127.0.0.1:0"\n[relay]\nlisten = "127.0.0.1:0"\n'
+        f'[mirror]\nlisten = "127.0.0.1:0"\nstore = "{tmp_path / "store"}"\n'
+        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
+        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n'
+        f'[images]\nrun = ["relay", "nameserver"]\nmemory = 64\ndir = "{images}"\n'
+    )
+    up = Process.start(retreatkit_argv("--config", str(config), "up"), env=env)
+    try:
+        # said once the relay's guest is started: Ctrl-C then, as its build takes a while
+        up.wait_for(r"^Building the nameserver image\.\.\.$", BOOT_TIMEOUT)
+    finally:
+        up.popen.send_signal(signal.SIGINT)
+        code, lines = up.finish(BOOT_TIMEOUT)
+    assert code == 0, lines
+    assert f"Using the relay image built at {when} ({images / 'relay'})" in lines
+    assert not any(line.startswith("Image ") for line in lines), lines  # nothing built
+    assert lines[-1] == "Stopped: mirror, vm (guest relay)"
+    assert not processes_naming(str(images))  # the build was ended, not left
 
 
 def test_a_guest_stopped_while_its_kernel_boots_still_stops_cleanly(

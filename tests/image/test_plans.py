@@ -739,3 +739,35 @@ def read_only_ext4(folder: Path) -> Iterator[Path]:
         yield mount / "ro.disk"
     finally:
         subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def test_every_images_key_is_checked_and_every_problem_said_at_once(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With `run` empty, `network = "pasta"`, `kernel = "mine"` and `disk_size = "4X"`
+    were taken without a word (and `up` started); with a service to run, a bad kernel and
+    a bad disk size were said one at a time, the second only once the first was fixed."""
+    bad = '[images]\nnetwork = "pasta"\nkernel = "mine"\ndisk_size = "4X"\n'
+    lines = [
+        "retreatkit: [images] kernel must be one of auto, own, debian, not 'mine'",
+        "retreatkit: [images] network must be one of auto, passt, user, not 'pasta'",
+        "retreatkit: [images] disk_size = '4X' is not a size from 64M up"
+        " (a number and K, M, G or T)",
+    ]
+    config = home / "retreat.toml"
+    listens = "".join(f'[{s}]\nlisten = "127.0.0.1:0"\n' for s in ("admin", "relay", "mirror"))
+    config.write_text(f"{listens}{bad}")
+    # a process of its own: the old `up` started here, and would have served on
+    done = subprocess.run(
+        [sys.executable, "-m", "retreatkit.cli.main", "--config", str(config), "up",
+         "--no-tui", "--nameserver-listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr.splitlines()) == (2, lines)
+    config.write_text(f'{bad}run = ["relay"]\nmemory = 1\n')
+    assert cli.main(["--config", str(config), "up"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "retreatkit: [images] memory = 1: a guest needs at least 56 MB (no image runs in less)",
+        *lines,
+    ]
+    assert not (home / "state" / "retreatkit" / "vm").exists()  # no supervisor started

@@ -11,9 +11,11 @@ import gc
 import json
 import logging
 import os
+import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -1134,3 +1136,42 @@ async def test_a_relay_guest_stopped_is_no_longer_announced_and_started_is_again
     finally:
         await service.stop()
     assert log[-1] == ("withdrawn", "relay")  # goodbyes when up stops
+
+
+def test_vm_start_says_a_forward_only_once_it_holds(home: Path, qemu: Path) -> None:
+    """With its port taken, `vm start` said `Forward tcp ...:PORT -> guest port 9000`, then
+    that the guest did not start, since that very port was in use."""
+    image = Path(relay_guest(home, restart=False).image)
+    config = str(home / "retreat.toml")
+    started = r"^Guest r\d \(relay\) starting; admin on http://127\.0\.0\.1:(\d+)/status$"
+    try:
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            held.listen()
+            port = held.getsockname()[1]
+            forward = f"tcp:127.0.0.1:{port}:9000"
+            taken = run_cli("vm", "start", "r1", str(image), "--forward", forward,
+                            "--memory", "64", "--config", config)  # fmt: skip
+        said = taken.stderr.splitlines()
+        assert taken.returncode == 1 and len(said) == 2 and re.match(started, said[0]), said
+        assert said[1] == (
+            f"retreatkit: guest r1 did not start: could not start: tcp 127.0.0.1:{port} (to"
+            " guest port 9000) is in use by another program: free it, or forward another port"
+            " to guest port 9000"
+        )
+        # free, it is said: once the guest is up, just before it is said to be
+        done = run_cli("vm", "start", "r2", str(image), "--forward", f"tcp:127.0.0.1:{port}:9000",
+                       "--memory", "64", "--config", config)  # fmt: skip
+        said = done.stderr.splitlines()
+        assert done.returncode == 0 and len(said) == 4, said
+        admin = re.match(started, said[0])
+        assert admin is not None, said
+        assert said[1:] == [
+            f"Forward tcp 127.0.0.1:{port} -> guest port 9000",
+            f"Forward tcp 127.0.0.1:{admin[1]} -> guest port 8080",
+            f"Guest r2 up; admin on http://127.0.0.1:{admin[1]}/status",
+        ]
+    finally:
+        run_cli("vm", "stop", "r2")
+        for pid in supervisors(home / "state"):
+            ended(pid)
