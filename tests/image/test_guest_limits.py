@@ -145,7 +145,9 @@ def test_up_refuses_a_mirror_disk_it_cannot_make_before_any_guest_boots(
         )
     not_ext4 = tmp_path / "notes.txt"
     not_ext4.write_bytes(bytes(4096))
-    assert refused(str(not_ext4), "lots") == (  # made already: its size is not asked
+    # a disk_size that is no size is refused whether or not the disk is made already
+    # (every [images] key is checked); a good one is not what refuses a disk made already
+    assert refused(str(not_ext4), "4G") == (
         f"[images] the disk {not_ext4} holds no ext4 file system: name a file that does not"
         " exist yet, and one is made there"
     )
