@@ -70,7 +70,10 @@ def services(
         else:  # the nameserver's URL lists come through this mirror: one fetch for the LAN
             urls = [u for u in cfg["nameserver"]["blocklists"] if "://" in u]
             section["lists"] = list(dict.fromkeys([*section["lists"], *urls]))
-        mirror = MirrorService.from_config(section, announce=on_lan, own_wheel=on_lan)
+        store_key = startup.where(
+            "mirror", "store", "--store" if args.command == "mirror" else None
+        )
+        mirror = MirrorService.from_config(section, on_lan, on_lan, store_key)
         mirror_url = lambda: mirror.url  # noqa: E731
         out.append(mirror)
     if args.command in ("up", "nameserver") and "nameserver" not in images:

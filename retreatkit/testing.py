@@ -228,6 +228,20 @@ def scratch_disk(size: str, read_only: bool = False) -> Iterator[Path]:
             subprocess.run(["umount", "--lazy", folder], check=True)
 
 
+@contextmanager
+def read_only_view(folder: Path) -> Iterator[Path]:
+    """`folder` seen through a read-only bind mount (root only): what a service meets in
+    a folder it cannot write whatever its mode says (a disk mounted read-only, a
+    container's read-only volume), with what was in it before."""
+    with tempfile.TemporaryDirectory(prefix="rkro-") as view:
+        subprocess.run(["mount", "--bind", str(folder), view], check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", view], check=True)
+            yield Path(view)
+        finally:  # lazily: a process that failed may still hold a file open
+            subprocess.run(["umount", "--lazy", view], check=True)
+
+
 def fill(disk: Path) -> None:
     """Write to `disk` until it has no room left (a scratch_disk: gone at umount)."""
     with contextlib.suppress(OSError), (disk / "filler").open("wb", buffering=0) as out:

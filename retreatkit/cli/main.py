@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retreatkit import config, hosting, loop, serve, startup, version
+from retreatkit import config, hosting, loop, room, serve, startup, version
 from retreatkit import lanaddress as lan
 from retreatkit.admin import token as admin_token
 from retreatkit.cli import image as image_cli
@@ -211,12 +211,23 @@ def _main(argv: list[str] | None) -> int:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 2
     conflicts = startup.port_problems(startup.listeners(cfg, sections, flags))
-    if conflicts:  # every one at once: the organiser fixes them in one go
+    # every folder start-up writes to: a full or read-only one is said now, not by the
+    # service that meets it once those before it have started
+    folders = [room.state_folder(admin_token.state_dir())]
+    no_room = room.problems([*folders, *(f for s in chosen for f in room.written_by(s))])
+    if conflicts or no_room:  # every one at once: the organiser fixes them in one go
         for conflict in conflicts:
             print(f"retreatkit: cannot start: {conflict}", file=sys.stderr)
-        running = startup.already_running(cfg["admin"]["listen"])
+        for problem in no_room:
+            print(f"retreatkit: {problem}", file=sys.stderr)
+        running = startup.already_running(cfg["admin"]["listen"]) if conflicts else None
         if running:
             print(f"retreatkit: {running}", file=sys.stderr)
+        return 1
+    unmade = [problem for s in chosen for problem in room.make_disks(s)]
+    if unmade:
+        for problem in unmade:
+            print(f"retreatkit: {problem}", file=sys.stderr)
         return 1
     if address is not None:
         say_address(address)

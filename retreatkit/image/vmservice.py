@@ -49,6 +49,7 @@ from retreatkit.lanaddress import LanAddress
 
 if TYPE_CHECKING:
     from retreatkit.mdns import LanAdvert
+    from retreatkit.room import Folder
 
 log = logging.getLogger("retreatkit.vm")
 MAX_DEFINITION = 16 * 1024
@@ -257,7 +258,10 @@ def guests_for_up(
                 records=own if service == "nameserver" else {},
             )
         )  # fmt: skip
-    return VmService(definitions, build_kernel=images["kernel"], network=chosen, announce=announce)
+    return VmService(
+        definitions, build_kernel=images["kernel"], network=chosen, announce=announce,
+        disk_size=str(images["disk_size"]),
+    )  # fmt: skip
 
 
 async def build_apart(out: Path, kernel: str) -> int:
@@ -335,8 +339,10 @@ class VmService:
         build_kernel: str | None = None,
         network: str = "user",
         announce: bool = False,
+        disk_size: str = run.DEFAULT_DISK_SIZE,
     ) -> None:
         self.autostart = list(autostart or [])
+        self.disk_size = disk_size  # of an autostart guest's disk, when it is made
         self.announce = announce
         self._adverts: dict[str, LanAdvert] = {}  # guest name -> its announcement
         self._follow: asyncio.Task[None] | None = None
@@ -431,6 +437,38 @@ class VmService:
         if (warning := exposure_warning(definition, self.network)) is not None:
             say(warning)
         await supervisor.start(definition.name)  # which says so
+
+    def folders_written(self) -> list[Folder]:
+        """Where its autostart guests are built and the folder of each data disk not made
+        yet (room.py); their console logs are in the state folder, checked for every
+        service."""
+        from retreatkit.room import FEW_FILES, IMAGE_NEEDS, Folder  # only where checked
+
+        needs = IMAGE_NEEDS * len(self.autostart)
+        images = sorted({Path(d.image).parent for d in self.autostart})
+        out = [Folder(folder, "the images folder", "[images] dir", needs) for folder in images]
+        for definition in self.autostart:
+            if definition.disk is not None and not Path(definition.disk).exists():
+                # asked only for a start here (a read-only or full folder said as the
+                # others are): make_disks then finds out whether the disk itself fits
+                what = f"the folder of the {definition.name} guest's disk"
+                out.append(Folder(Path(definition.disk).parent, what, "[images] disk", FEW_FILES))
+        return out
+
+    def make_disks(self) -> list[str]:
+        """Each autostart guest's data disk not made yet, made now, before any service
+        starts: mke2fs writes its journal and inode tables (86 MB for a 4G disk on ext4,
+        2 MB on a tmpfs), which no fixed need foretells, and a disk it could not make was
+        said only once the services before it had started, and stopped again."""
+        problems = []
+        for definition in self.autostart:
+            disk = Path(definition.disk) if definition.disk is not None else None
+            if disk is not None and not disk.exists():
+                try:
+                    run.make_disk(disk, self.disk_size)
+                except run.RunError as exc:
+                    problems.append(f"the {definition.name} guest: {exc}")
+        return problems
 
     def attendee_addresses(self) -> dict[str, tuple[str, int]]:
         """Where attendees reach each service this process runs as a guest (`up`'s guests

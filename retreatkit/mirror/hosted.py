@@ -29,6 +29,7 @@ from retreatkit.serve import Say, StartError
 
 if TYPE_CHECKING:
     from retreatkit.mdns import LanAdvert
+    from retreatkit.room import Folder
 
 WARM_AFTER = 2.0  # seconds after it listens: its first answers and the admin endpoint first
 
@@ -48,9 +49,11 @@ class MirrorService:
         settings: Settings,
         announce: bool = True,
         own_wheel: bool = True,
+        store_key: str = "[mirror] store",
     ) -> None:
         self.listen = listen
         self.settings = settings
+        self.store_key = store_key  # what names another store, in a line for the organiser
         # the running kit as a wheel for attendees; a VM guest's kit is compiled modules
         # without sources or package metadata: nothing to make one from
         self.offers_own_wheel = own_wheel
@@ -69,7 +72,11 @@ class MirrorService:
 
     @classmethod
     def from_config(
-        cls, section: dict[str, Any], announce: bool = True, own_wheel: bool = True
+        cls,
+        section: dict[str, Any],
+        announce: bool = True,
+        own_wheel: bool = True,
+        store_key: str = "[mirror] store",
     ) -> MirrorService:
         settings = Settings(
             store=Path(section["store"]) if section["store"] else default_store(),
@@ -99,7 +106,14 @@ class MirrorService:
             max_pages_reading=int(section["max_pages_reading_bytes"]),
             allow_upstream=list(section["allow_upstream"]),
         )
-        return cls(config.host_port(section["listen"]), settings, announce, own_wheel)
+        listen = config.host_port(section["listen"])
+        return cls(listen, settings, announce, own_wheel, store_key)
+
+    def folders_written(self) -> list[Folder]:
+        """Its store, opened as it starts (room.py)."""
+        from retreatkit.room import STORE_NEEDS, Folder  # only where a check runs first
+
+        return [Folder(self.settings.store, "the mirror's store", self.store_key, STORE_NEEDS)]
 
     async def start(self, registry: CollectorRegistry, say: Say) -> None:
         self._session = mirror_resolver.Sessions()

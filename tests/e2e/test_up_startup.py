@@ -3,8 +3,6 @@ addresses attendees use, a plain stop; `retreatkit tui` against nothing."""
 
 from __future__ import annotations
 
-import os
-import re
 import socket
 import subprocess
 import sys
@@ -12,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from retreatkit.mirror.store import Store
-from retreatkit.testing import Process, Terminal, fill, scratch_disk
+from retreatkit.testing import Process
 
 pytestmark = pytest.mark.e2e
 
@@ -256,75 +253,4 @@ def test_a_store_another_process_holds_is_one_line(tmp_path: Path) -> None:
     assert got.stderr.splitlines()[-1] == (
         f"retreatkit: the mirror: the store {store} is in use by another retreatkit process;"
         " stop it first (or send files to the running mirror)"
-    )
-
-
-def up_on_store(store: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
-    cfg = tmp / "retreat.toml"
-    cfg.write_text(f'[mirror]\nstore = "{store}"\n')
-    return run(
-        "--config", str(cfg), "up", "--no-tui", "--relay-listen", "127.0.0.1:0",
-        "--admin", "127.0.0.1:0", "--mirror-listen", "127.0.0.1:0",
-        "--nameserver-listen", "127.0.0.1:0", tmp=tmp,
-    )  # fmt: skip
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only or full disk needs a mount (root)")
-def test_a_store_on_a_read_only_disk_is_one_line(tmp_path: Path) -> None:
-    with scratch_disk("1m", read_only=True) as disk:
-        got = up_on_store(disk / "store", tmp_path)
-    assert got.returncode == 1
-    assert "Traceback" not in got.stderr
-    assert got.stderr.splitlines()[-2:] == [
-        "Stopped: relay",
-        f"retreatkit: the mirror: cannot use the store {disk / 'store'}: Read-only file system;"
-        " name another folder",
-    ]
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only or full disk needs a mount (root)")
-@pytest.mark.parametrize("made_before", [False, True], ids=["new store", "store made before"])
-def test_a_store_on_a_full_disk_is_one_line(tmp_path: Path, made_before: bool) -> None:
-    """A store the disk has no room to open (SQLite says "database or disk is full", or for
-    one made before, "disk I/O error" making its WAL files): the organiser reads that the
-    disk is full, not a traceback."""
-    with scratch_disk("2m") as disk:
-        store = disk / "store"
-        if made_before:
-            Store(store).close()
-        fill(disk)
-        got = up_on_store(store, tmp_path)
-    assert got.returncode == 1
-    assert "Traceback" not in got.stderr
-    last = got.stderr.splitlines()[-1]
-    assert re.fullmatch(
-        rf"retreatkit: the mirror: cannot use the store {re.escape(str(store))}: its disk is"
-        r" full \((database or disk is full|disk I/O error)\); free space there or name"
-        r" another folder",
-        last,
-    ), last
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only disk needs a mount (root)")
-def test_up_in_a_terminal_with_a_read_only_state_folder_is_one_line(tmp_path: Path) -> None:
-    """In a terminal `up` logs to a file in the state folder while its dashboard holds the
-    screen: a folder it cannot write is said in one line before anything starts."""
-    with scratch_disk("1m", read_only=True) as state:
-        term = Terminal.start(
-            [sys.executable, "-m", "retreatkit.cli.main", "up", "--relay-listen", "127.0.0.1:0",
-             "--admin", "127.0.0.1:0", "--mirror-listen", "127.0.0.1:0",
-             "--nameserver-listen", "127.0.0.1:0"],
-            env={"XDG_STATE_HOME": str(state), "XDG_DATA_HOME": str(tmp_path / "data"),
-                 "HOME": str(tmp_path), "TERM": "xterm-256color"},
-        )  # fmt: skip
-        try:
-            shown = term.until(b"Read-only file system\r\n").decode()
-            code = term.popen.wait(60)
-        finally:
-            term.close()
-    assert code == 1
-    assert "Traceback" not in shown
-    assert shown.splitlines()[-1] == (
-        f"retreatkit: cannot write the dashboard's log {state}/retreatkit/retreatkit.log:"
-        " Read-only file system"
     )
