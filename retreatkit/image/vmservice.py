@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 
 from retreatkit import config, startup
 from retreatkit.admin.token import TokenError
-from retreatkit.image import inputs, network, qemu
+from retreatkit.image import inputs, network, qemu, run
 from retreatkit.image import spec as specs
 from retreatkit.image.paths import cache_dir, private_dir, state_dir
 from retreatkit.image.supervisor import (
