@@ -16,16 +16,11 @@ from retreatkit import config, loop, version
 from retreatkit.cli import prompt, relayhelp, ui
 from retreatkit.cli.reporters import RecvReporter, SendReporter
 from retreatkit.transfer import aio, codes, find, source
+from retreatkit.transfer.anyrelay import AnyRelay, FirstReachable, Said
 from retreatkit.transfer.errors import PakeFailed, Refused, TransferError, UnsafeOffer
 from retreatkit.transfer.offer import MAX_TEXT, Offer, check_component, escape
 from retreatkit.transfer.receive import Writer
-from retreatkit.transfer.rendezvous import (
-    AnyRelay,
-    FirstReachable,
-    OwnRendezvous,
-    RelayRendezvous,
-    Said,
-)
+from retreatkit.transfer.rendezvous import OwnRendezvous, RelayRendezvous
 from retreatkit.transfer.tostdout import StdoutWriter
 
 DESCRIPTION = """\
@@ -35,17 +30,21 @@ The relay in between never sees the words (README: what the relay learns).
 
 Where bob connects, in this order: --relay HOST:PORT; else $BOB_RELAY; else the
 relays that announce themselves on the LAN (zeroconf, _retreat-relay._tcp), or
-for the receiver the sender itself when it announces the passphrase's number (the
-LAN's relays first, then every sender announcing it at once: only one that
-proves the passphrase counts); else relay.retreat.lan:9000. With several relays
-announced, bob tries the first 4 it hears all at once: the sender waits at each
-that answers, the receiver tries each. Each at up to 4 of the addresses it
-announces on this computer's networks (never one elsewhere), each a moment after
-the one before: bob names the one that answered. A sender that no relay takes (none
-answers, or each is full or busy) waits for the receiver on the LAN itself. Once both
-sides proved the passphrase, they try a direct connection on the LAN and keep
-the relay if it fails (--no-direct: never; it needs a relay, and with none to
-reach bob stops rather than connect to the other computer).
+for the receiver the sender itself when it announces the passphrase's number
+(the LAN's relays first, then every sender announcing it at once: only one that
+proves the passphrase counts); else relay.retreat.lan:9000. Anyone can announce
+a relay: bob takes one for each address announced, at most 4, in the order of
+the addresses, with relay.retreat.lan first when any is announced and the name
+resolves. The sender asks them all at once and waits at each that answers (it
+stops waiting a moment after the first answer, or after 1 s); the receiver tries
+them in that order, each until it answers or for 1 s. Each at up to 4 of the
+addresses it announces on this computer's networks (never one elsewhere), each a
+moment after the one before: bob names the one that answered. A sender that no
+relay takes (none answers, or each is full or busy) waits for the receiver on
+the LAN itself. Once both sides proved the passphrase, they try a direct
+connection on the LAN and keep the relay if it fails (--no-direct: never; it
+needs a relay, and with none to reach bob stops rather than connect to the other
+computer).
 
 Not dinosaure/bob: this bob speaks bob/1, a different protocol from the
 OCaml tool of the same name, and the two cannot talk to each other."""
@@ -312,33 +311,33 @@ async def send(args: argparse.Namespace) -> int:
         timeout = args.timeout or aio.PEER_TIMEOUT
         options = aio.Options(not args.no_compress, not args.no_direct, timeout)
         rendezvous: aio.Rendezvous
-        lan: list[aio.Relay] = []
-        if target is None:
-            lan = [t.relay for t in await find.on_lan(None)]
-            target = find.Target(lan[0], "lan") if lan else None
-        if lan:
-            # several: each one holds the nameplate; none that answers: our own
+        heard = None if target is not None else await find.on_lan(None)
+        if heard is not None and heard.relays:
+            target = heard.relays[0]
+            # each one that answers holds the nameplate; none that answers: our own
             relays = Said(
-                AnyRelay(lan, args.count, timeout, find.REACH, find.ANSWER)
-                if len(lan) > 1
-                else RelayRendezvous(lan[0], args.count, timeout, find.REACH, find.ANSWER),
-                _say_relays,
+                AnyRelay(
+                    [t.relay for t in heard.relays], args.count, timeout, find.REACH, find.HELLO
+                ),
+                lambda held: _say_relays(held, heard.relays),
             )
             rendezvous = relays
             if not args.no_direct:
                 rendezvous = FirstReachable(relays, OwnRendezvous(args.count, timeout), _say)
-        elif target is None and args.no_direct:
+        elif heard is not None:
+            target = heard.default
+            at_default = Said(
+                RelayRendezvous(target.relay, args.count, timeout, find.REACH, find.HELLO),
+                lambda held: _say_relays(held, [heard.default]),
+            )
             # our own rendezvous would be a direct connection: --no-direct needs a relay
-            target = await find.default()
-            rendezvous = RelayRendezvous(target.relay, args.count, timeout, find.REACH)
-        elif target is None:
-            target = await find.default()
-            rendezvous = FirstReachable(
-                RelayRendezvous(target.relay, args.count, timeout, find.REACH),
-                OwnRendezvous(args.count, timeout),
-                _say,
+            rendezvous = (
+                at_default
+                if args.no_direct
+                else FirstReachable(at_default, OwnRendezvous(args.count, timeout), _say)
             )
         else:
+            assert target is not None
             rendezvous = RelayRendezvous(target.relay, args.count, timeout)
         await aio.send(rendezvous, sources, code, reporter, options, args.count)
     except TransferError as exc:
@@ -351,14 +350,20 @@ async def send(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_relays(lan: list[aio.Relay]) -> None:
-    """The relays found on the LAN that took the offer (or met the sender), at the
-    addresses that answered, in the order of those (not of their answers)."""
-    lan = sorted(lan, key=find.in_order)
+def _say_relays(held: list[aio.Relay], tried: list[find.Target]) -> None:
+    """The relays that took the offer (or met the sender), at the addresses that answered,
+    in the order of those (not of their answers): the one the event's nameserver names,
+    and those found on the LAN."""
+    named = {t.relay for t in tried if t.how == "default"}
+    held = sorted(held, key=find.in_order)
+    lan = [relay for relay in held if relay not in named]
     if len(lan) == 1:
-        _say(f"Using the relay at {lan[0]} (found on the LAN)")
-    elif lan:
-        _say(f"Using the {len(lan)} relays found on the LAN: {', '.join(map(str, lan))}")
+        found = f"the relay at {lan[0]} (found on the LAN)"
+    else:
+        found = f"the {len(lan)} relays found on the LAN: {', '.join(map(str, lan))}"
+    own = [f"the relay at {relay} ({find.DEFAULT.host})" for relay in held if relay in named]
+    if held:
+        _say("Using " + " and ".join(own + ([found] if lan else [])))
 
 
 def _fail(reporter: ui.Reporter, exc: Exception, advice: str) -> int:
@@ -374,7 +379,10 @@ def _fail(reporter: ui.Reporter, exc: Exception, advice: str) -> int:
 def _place(target: find.Target, timeout: float) -> aio.Place:
     """Where a receiver may meet its sender, as the user is told of it: one found on the
     LAN is named where it answered, once the sender is met there."""
-    reach = find.REACH if target.how == "default" else aio.CONNECT_TIMEOUT
+    # the user's own relay (--relay) may be far: the bounds of a relay on the LAN are not its
+    nearby = target.how in ("lan", "default")
+    reach = find.REACH if nearby else aio.CONNECT_TIMEOUT
+    hello = find.HELLO if nearby else aio.CONNECT_TIMEOUT
     connector = aio.via_relay(target.relay, timeout, direct=target.direct, reach=reach)
     if target.direct:
 
@@ -384,10 +392,10 @@ def _place(target: find.Target, timeout: float) -> aio.Place:
         return aio.Place(connector, f"the sender announced at {target.relay}", found)
 
     def used(link: aio.Link) -> None:
-        if target.how == "lan":
-            _say_relays([link.relay or target.relay])
+        if nearby:
+            _say_relays([link.relay or target.relay], [target])
 
-    return aio.Place(connector, f"the relay at {target.relay}", used)
+    return aio.Place(connector, f"the relay at {target.relay}", used, hello)
 
 
 async def _passphrase(args: argparse.Namespace, lines: prompt.Lines) -> codes.Code | None:

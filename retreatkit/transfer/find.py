@@ -1,9 +1,22 @@
 """Where bob connects, tried in order: `--relay`, then `$BOB_RELAY`, then the relays (or,
 for a receiver, the very sender) found on the LAN by zeroconf within DISCOVERY seconds,
-at most MAX_RELAYS of them, all at once (rendezvous.AnyRelay), then
-`relay.retreat.lan:9000`, the name the event's nameserver gives the relay. A sender that
-no relay takes (none reached, none answers, none has room) is its own rendezvous
-(rendezvous.OwnRendezvous).
+then `relay.retreat.lan:9000`, the name the event's nameserver gives the relay.
+
+Anyone on the LAN can announce a relay, so the relays announced never push out the one
+the event's nameserver names: when any relay is announced, bob tries
+`relay.retreat.lan:9000` too, if the name resolves, first (`candidates`). Of the relays
+announced it takes one for each address (the one at port 9000, else the lowest port: a
+neighbour announcing six relays from one machine has one place, and announcing others
+at a real relay's address pushes that one out of nothing), at most MAX_RELAYS of those,
+in the order of their addresses; a sender and a receiver that heard the same
+announcements, in whatever order, try the same relays in the same order. The sender
+asks them all at once (anyrelay.AnyRelay), each with HELLO seconds to answer, and holds
+its nameplate at every one that answers; the receiver tries them in that order, each a
+second after the one before or as soon as one fails (meet.meet), so it meets the sender
+at the first that holds it. A relay that takes connections and never answers costs the
+sender nothing once a real one answered, and the receiver a second if it comes first.
+A sender that no relay takes (none reached, none answers, none has room) is its own
+rendezvous (rendezvous.OwnRendezvous).
 
 An announcement lists every address of its host, its uplink's too, in an order that
 varies from one announcement to the next (zeroconf's own): bob tries at most
@@ -14,13 +27,13 @@ one before (link.open_channel), and bob names the one that answered; a sender's 
 places of their own (`senders`).
 
 Anyone on the LAN can announce anything, so a receiver never takes one announcement's
-word: it meets its sender in stages (`meeting_places`), the relays announced on the LAN
-first, tried together (a sender that found them waits at each), then the senders
-announcing its nameplate, at most MAX_PEERS of them, tried together (meet.meet: each a
-moment after the one before, or as soon as one fails), so a neighbour announcing a
-sender, or a relay, at a port that never answers costs a receiver a moment, one that
-refuses or answers anything but bob/1 nothing; only MAX_PEERS false places heard
-before the real sender keep a receiver from it."""
+word: it meets its sender in stages (`meeting_places`), the relays first, tried in turn
+(a sender that found them waits at each), then the senders announcing its nameplate, at
+most MAX_PEERS of them, tried together (meet.meet: each a moment after the one before,
+or as soon as one fails), so a neighbour announcing a sender, or a relay, at a port that
+never answers costs a receiver a moment, one that refuses or answers anything but bob/1
+nothing; only MAX_PEERS false places heard before the real sender keep a receiver from
+it."""
 
 from __future__ import annotations
 
@@ -34,7 +47,7 @@ from typing import TYPE_CHECKING
 
 from retreatkit.lanaddress import Network, address_order, nearest
 from retreatkit.transfer import hints
-from retreatkit.transfer.link import MAX_ADDRESSES, Relay, in_thread
+from retreatkit.transfer.link import MAX_ADDRESSES, Relay, discard, in_thread
 
 if TYPE_CHECKING:
     from retreatkit import mdns
@@ -42,14 +55,18 @@ if TYPE_CHECKING:
 DISCOVERY = 1.5  # seconds to listen for relays on the LAN
 RESOLVE = 2.0  # seconds for the default name to resolve
 REACH = 2.0  # seconds to connect to it: a name that leads nowhere must not hold bob up
-ANSWER = 5.0  # seconds for a relay found on the LAN to hold a sender's nameplate
+# seconds for a relay found on the LAN (or by the default name) to answer bob's request
+# line: a real one answers in milliseconds, and one that took the connection and says
+# nothing costs no more than this
+HELLO = 1.0
 # Senders announced for one nameplate that a receiver tries, each a second after the one
 # before (meet.STAGGER) or as soon as one fails. Anyone can announce one, and only its
 # key exchange tells the real one: a false one costs a receiver a second at most, one
 # that plays the key exchange gets one guess at the words, and this many heard before
 # the real sender keep the receiver from it.
 MAX_PEERS = 8
-MAX_RELAYS = 4  # relays announced on the LAN that bob tries together
+MAX_RELAYS = 4  # relays announced on the LAN that bob tries, one for each address
+MAX_HEARD = 256  # announcements a browse takes at most
 GRACE = 0.3  # seconds to hear more relays (and senders) after the first relay
 DEFAULT = Relay("relay.retreat.lan", 9000)
 
@@ -78,27 +95,59 @@ def given(text: str | None) -> Target | None:
     return None
 
 
-async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> list[Target]:
-    """What the LAN announces: the relays (`relays`), then for a receiver the senders of
-    its `nameplate` (`senders`). Empty if nothing answers in time."""
+@dataclass(frozen=True, slots=True)
+class Heard:
+    relays: list[Target]  # to try, in the order both sides try them (`candidates`)
+    peers: list[Target]  # senders announced for a receiver's nameplate (`senders`)
+    default: Target  # relay.retreat.lan:9000, at its address if it resolved
+
+
+async def on_lan(nameplate: str | None, seconds: float = DISCOVERY) -> Heard:
+    """What the LAN announces, and the default relay looked up meanwhile: the relays to
+    try (`candidates`), then for a receiver the senders of its `nameplate` (`senders`).
+    No relay and no sender if nothing answers in time."""
     from retreatkit import mdns  # zeroconf only where it is used
     from retreatkit.lanaddress import networks  # ifaddr: zeroconf has loaded it
 
     ours = networks()
-    # The browse ends GRACE after the first relay (the others announced answer the same
-    # query), at once with MAX_RELAYS; a receiver that hears no relay listens the whole
-    # window: anyone can announce its nameplate, and the first to answer may be false.
-    found = await mdns.browse(
-        mdns.RELAY,
-        seconds,
-        stop=lambda found: len(relays(found)) >= MAX_RELAYS,
-        soon=lambda found: bool(relays(found)),
-        grace=GRACE,
+    named = asyncio.ensure_future(default())
+    try:
+        # The browse ends GRACE after the first relay (the others announced answer the
+        # same query); a receiver that hears no relay listens the whole window: anyone
+        # can announce its nameplate, and the first to answer may be false.
+        found = await mdns.browse(
+            mdns.RELAY,
+            seconds,
+            stop=lambda found: len(found) >= MAX_HEARD,
+            soon=lambda found: bool(relays(found, ours)),
+            grace=GRACE,
+        )
+        fallback = await named
+    finally:
+        discard(named)
+    peers = [] if nameplate is None else senders(found, nameplate, ours)
+    return Heard(
+        candidates(relays(found, ours), fallback),
+        [Target(peer, "peer") for peer in peers],
+        fallback,
     )
-    targets = [Target(relay, "lan") for relay in relays(found, ours)]
-    if nameplate is not None:
-        targets += [Target(peer, "peer") for peer in senders(found, nameplate, ours)]
-    return targets
+
+
+def candidates(announced: Sequence[Relay], fallback: Target) -> list[Target]:
+    """The relays to try, in the order both sides try them: with any relay announced,
+    the default one first if its name resolved (the event's nameserver said where it is:
+    no announcement pushes it out), then the announced ones (`relays`). A relay both
+    named and announced is tried once, as announced (at all its addresses), first."""
+    lan = [Target(relay, "lan") for relay in announced]
+    if not lan or fallback.relay == DEFAULT:  # nothing announced, or the name did not resolve
+        return lan
+    same = [t for t in lan if _same(t.relay, fallback.relay)]
+    first = same[0] if same else fallback
+    return [first, *(t for t in lan if t is not first)]
+
+
+def _same(announced: Relay, named: Relay) -> bool:
+    return announced.port == named.port and named.host in (announced.host, *announced.also)
 
 
 def senders(found: list[mdns.Found], nameplate: str, ours: Sequence[Network] = ()) -> list[Relay]:
@@ -122,16 +171,27 @@ def senders(found: list[mdns.Found], nameplate: str, ours: Sequence[Network] = (
 
 
 def relays(found: list[mdns.Found], ours: Sequence[Network] = ()) -> list[Relay]:
-    """The relays announced, at most MAX_RELAYS, the first heard (dozens announced make
-    bob dial no more), each at its addresses (`announced`), in the order of the first, so
-    both sides of one network list them alike."""
-    chosen: dict[tuple[str, int], Relay] = {}
+    """The relays announced, each at its addresses (`announced`): one for each address,
+    the one at port 9000 there, else the lowest port (a neighbour announcing dozens from
+    one machine takes one place, and none announced at a real relay's address and
+    another port pushes it out), at most MAX_RELAYS, in the order of their addresses
+    (then ports): two sides that heard the same announcements, in whatever order, list
+    the same relays alike."""
+    chosen: dict[str, Relay] = {}
     for f in found:
-        if _is_relay(f) and len(chosen) < MAX_RELAYS:
-            relay = announced(f, ours)
-            if relay is not None:
-                chosen.setdefault((relay.host, relay.port), relay)
-    return sorted(chosen.values(), key=in_order)
+        relay = announced(f, ours) if _is_relay(f) else None
+        if relay is None:
+            continue
+        kept = chosen.get(relay.host)
+        if kept is None or _rank(relay) < _rank(kept):
+            chosen[relay.host] = relay
+    return sorted(chosen.values(), key=in_order)[:MAX_RELAYS]
+
+
+def _rank(relay: Relay) -> tuple[bool, int]:
+    """Which of the relays announced at one address is taken: 9000 (a relay's port), else
+    the lowest."""
+    return (relay.port != DEFAULT.port, relay.port)
 
 
 def announced(found: mdns.Found, ours: Sequence[Network] = ()) -> Relay | None:
@@ -178,15 +238,14 @@ def _is_relay(found: mdns.Found) -> bool:
 async def meeting_places(
     nameplate: str, seconds: float = DISCOVERY, senders: bool = True
 ) -> list[list[Target]]:
-    """A receiver's stages (module docstring): the LAN's relays, then the senders the LAN
-    announces for `nameplate`, tried together; with no relay on the LAN, the default one
-    last. Without `senders` (--no-direct: a sender is a direct connection), relays only."""
-    found = await on_lan(nameplate if senders else None, seconds)
-    relays = [t for t in found if t.how == "lan"]
-    peers = [t for t in found if t.how == "peer"]
-    stages = [stage for stage in (relays, peers) if stage]
-    if not relays:
-        stages.append([await default()])
+    """A receiver's stages (module docstring): the relays (`candidates`), then the senders
+    the LAN announces for `nameplate`, tried together; with no relay announced, the
+    default one last. Without `senders` (--no-direct: a sender is a direct connection),
+    relays only."""
+    heard = await on_lan(nameplate if senders else None, seconds)
+    stages = [stage for stage in (heard.relays, heard.peers) if stage]
+    if not heard.relays:
+        stages.append([heard.default])
     return stages
 
 

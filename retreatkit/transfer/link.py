@@ -12,7 +12,6 @@ import queue
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from retreatkit.relay import wire
@@ -24,46 +23,14 @@ from retreatkit.transfer.errors import PeerGone as PeerGone
 from retreatkit.transfer.machine import Aborted, Event, Session
 from retreatkit.transfer.offer import escape
 from retreatkit.transfer.pace import Pace
+from retreatkit.transfer.relays import NoAnswer as NoAnswer  # found here too
+from retreatkit.transfer.relays import Relay as Relay
+from retreatkit.transfer.relays import RelayBusy as RelayBusy
+from retreatkit.transfer.relays import RelayError as RelayError
+from retreatkit.transfer.relays import Unreachable as Unreachable
 
 CONNECT_TIMEOUT = 10.0
 _T = TypeVar("_T")
-
-
-class RelayError(TransferError):
-    """The relay refused, could not be reached, or said something that is not bob/1."""
-
-
-class Unreachable(RelayError):
-    """No connection to the relay (or to a sender that is its own) could be made."""
-
-    def __init__(self, relay: Relay, why: str) -> None:
-        nor = f" nor at {', '.join(relay.also)}" if relay.also else ""
-        # no advice here: what to do depends on where the address came from, which only
-        # the command knows (cli/relayhelp.py)
-        super().__init__(f"cannot reach the relay at {relay}{nor}: {why}")
-        self.relay = relay
-        self.why = why
-
-
-class RelayBusy(RelayError):
-    """The relay has no room (`busy`): a sender meets its receivers without it."""
-
-
-class NoAnswer(RelayError):
-    """The relay took the connection and said nothing in time."""
-
-
-@dataclass(frozen=True, slots=True)
-class Relay:
-    host: str
-    port: int
-    # more addresses of the same relay, tried beside `host` (open_channel): an announcement
-    # on the LAN lists every address of the relay's host, some perhaps out of our reach
-    also: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
 
 class Worker:
@@ -176,36 +143,42 @@ class Link:
 
     async def line(self, timeout: float | None, expect: str) -> wire.Reply:
         """The relay's next line (or a sender's that is its own rendezvous), which must be
-        `expect` (or an error)."""
-        who = "the sender" if self.direct else "the relay"
+        `expect` (or an error). What goes wrong names the relay's address."""
         try:
             async with asyncio.timeout(timeout):
                 raw = await self.reader.readline()
         except ValueError:
-            raise RelayError(f"{who} sent an overlong line") from None
+            raise self._fault(RelayError, "sent an overlong line") from None
         except OSError as exc:
             if _our_timeout(exc):
-                raise NoAnswer(f"{who} did not answer in time") from None
-            raise RelayError(f"lost {who}: {exc.strerror or exc}") from None
+                raise self._fault(NoAnswer, f"did not answer in {timeout:g} s") from None
+            raise self._fault(RelayError, f"was lost: {exc.strerror or exc}") from None
         if not raw.endswith(b"\n"):
-            raise RelayError(f"{who} closed the connection")
+            raise self._fault(RelayError, "closed the connection")
         if len(raw) > wire.MAX_LINE:
-            raise RelayError(f"{who} sent an overlong line")
+            raise self._fault(RelayError, "sent an overlong line")
         try:
             reply = wire.parse_reply(raw)
         except wire.WireError:  # its text names the relay, which this may not be
-            raise RelayError(f"{who} answered something that is not bob/1") from None
+            raise self._fault(RelayError, "answered something that is not bob/1") from None
         # the relay is not trusted with the terminal any more than the peer is
         text = escape(reply.text)
         if reply.word == "error":
-            raise RelayError(f"{who} says: {text}")
+            raise self._fault(RelayError, f"says: {text}")
         if reply.word == "busy":
-            raise RelayBusy(f"{who} says: {text}")
+            raise self._fault(RelayBusy, f"says: {text}")
         if reply.word != expect:
-            raise RelayError(f"{who} answered {reply.word!r} where bob/1 says {expect!r}")
+            raise self._fault(RelayError, f"answered {reply.word!r} where bob/1 says {expect!r}")
         if reply.word == "paired":
             self.peer_seen = hints.paired_address(reply.text)
         return wire.Reply(reply.word, text)
+
+    def _fault(self, kind: type[RelayError], what: str) -> RelayError:
+        """`what` the other end did, said of it: the relay at its address, or the sender
+        (a sender that is its own rendezvous; the place tried names its address)."""
+        if self.direct:
+            return kind(f"the sender {what}")
+        return kind.at(self.relay, what)
 
     async def event(
         self, session: Session, timeout: float | None, pace: Pace | None = None

@@ -20,6 +20,7 @@ from retreatkit.transfer.errors import PakeFailed, TransferError
 from retreatkit.transfer.link import CONNECT_TIMEOUT, Link, NoAnswer, Unreachable
 from retreatkit.transfer.machine import Session
 from retreatkit.transfer.pake import Side
+from retreatkit.transfer.relays import together
 from retreatkit.transfer.sending import handshake
 
 Connector = Callable[[wire.Request], Awaitable[Link]]
@@ -34,6 +35,9 @@ class Place:
     label: str = "the relay"  # what the user is told: "the relay at 10.0.0.3:9000"
     # said when the sender is met here, on that link (link.relay: where it was reached)
     met: Callable[[Link], None] = lambda link: None
+    # seconds for the first line (`paired`, or an error) once connected: a relay on the LAN
+    # answers in milliseconds, and one that says nothing must not hold the receiver up
+    hello: float = CONNECT_TIMEOUT
 
 
 @dataclass(slots=True)
@@ -64,9 +68,15 @@ async def meet(
 
 def _telling(errors: Sequence[TransferError]) -> TransferError:
     """The error to show for a stage: the first from a place that answered (`no sender
-    is waiting on nameplate N` says to check the passphrase), over one that stayed silent
-    or out of reach (anyone can announce a relay at a port that never answers)."""
-    return next((e for e in errors if not isinstance(e, NoAnswer | Unreachable)), errors[0])
+    is waiting on nameplate N` says to check the passphrase), over those that stayed
+    silent or out of reach (anyone can announce a relay at a port that never answers);
+    several relays that all stayed silent, each named (relays.together)."""
+    answered = [e for e in errors if not isinstance(e, NoAnswer | Unreachable)]
+    if answered:
+        return answered[0]
+    if len(errors) > 1 and any(isinstance(e, NoAnswer) for e in errors):
+        return NoAnswer(together(errors))
+    return errors[0]
 
 
 def _what(stage: Sequence[Place]) -> str:
@@ -149,7 +159,7 @@ async def _race(stage: Sequence[Place], code: codes.Code, search: _Search) -> Me
 async def _at(place: Place, code: codes.Code, search: _Search) -> Met:
     link = await place.connector(wire.Request(wire.Role.RECV, code.nameplate))
     try:
-        paired = await link.line(CONNECT_TIMEOUT, "paired")
+        paired = await link.line(place.hello, "paired")
         session = Session(Side.RECEIVER, code)
         await handshake(link, session, search.lock, search.turn, search.end)
         search.end()  # met: as the lock is let go, before any other place's turn

@@ -8,7 +8,7 @@ import asyncio
 import collections
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from retreatkit.relay import wire
@@ -19,11 +19,9 @@ from retreatkit.transfer.errors import TransferError
 from retreatkit.transfer.link import (
     CONNECT_TIMEOUT,
     Link,
-    NoAnswer,
     Relay,
     RelayBusy,
     RelayError,
-    Unreachable,
     connect,
     discard,
 )
@@ -112,7 +110,9 @@ class RelayRendezvous:
             raise
         if codes.NAMEPLATE_RE.match(ok.text) is None or ok.text != (nameplate or ok.text):
             await link.close()
-            raise RelayError(f"the relay gave a nameplate that is not the one asked: {ok.text}")
+            raise RelayError.at(
+                self.relay, f"gave a nameplate that is not the one asked: {ok.text}"
+            )
         self.nameplate = ok.text
         self._wait_on(link)
         await self._top_up()
@@ -348,168 +348,3 @@ class OwnRendezvous:
         if self._advert is not None:
             advert, self._advert = self._advert, None
             await advert.close()
-
-
-# A relay that cannot be reached, says nothing, or has no room is as good as none: the
-# sender meets its receivers on the LAN instead (a receiver tries the relay, then the LAN).
-NO_RELAY = (Unreachable, NoAnswer, RelayBusy)
-
-
-class AnyRelay:
-    """Several relays announced on the LAN, and anyone can announce one: none is trusted
-    over another. The sender holds its nameplate at every one that answers `ok` (the
-    first to answer chooses it; the others are asked for that one), receivers try them all
-    at once (find.meeting_places), and the first receiver to join anywhere is served. So
-    a relay that never answers, or answers and forwards nothing, costs only itself."""
-
-    def __init__(
-        self,
-        relays: Sequence[Relay],
-        count: int,
-        timeout: float,
-        reach: float = CONNECT_TIMEOUT,
-        answer: float = CONNECT_TIMEOUT,
-    ) -> None:
-        self.count, self.timeout, self.reach, self.answer = count, timeout, reach, answer
-        self.members = [self._member(r) for r in relays]
-        self.held: list[RelayRendezvous] = []
-        self._nexts: dict[asyncio.Task[tuple[Link, str]], RelayRendezvous] = {}
-        self._closed = False
-
-    async def open(self, nameplate: str | None) -> str:
-        tasks = [asyncio.ensure_future(m.open(nameplate)) for m in self.members]
-        errors: list[BaseException] = []
-        plate: str | None = None
-        moved: list[Relay] = []  # gave another nameplate: asked again for ours
-        try:
-            pending = set(tasks)
-            while pending:  # each bounded by `reach`
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in sorted(done, key=tasks.index):
-                    member = self.members[tasks.index(task)]
-                    exc = task.exception()
-                    if exc is not None:
-                        errors.append(exc)
-                    elif plate is None or task.result() == plate:
-                        plate = plate or task.result()
-                        self.held.append(member)
-                    else:
-                        await member.close()
-                        moved.append(member.relay)
-        finally:
-            for task in tasks:
-                discard(task)
-        if plate is None:
-            refused = [e for e in errors if not isinstance(e, NO_RELAY)]
-            raise (refused or errors)[0]
-        again = [
-            RelayRendezvous(r, self.count, self.timeout, self.reach, self.reach) for r in moved
-        ]
-        self.members += again
-        opened = await asyncio.gather(*(m.open(plate) for m in again), return_exceptions=True)
-        self.held += [m for m, done in zip(again, opened, strict=True) if done == plate]
-        return plate
-
-    def _member(self, relay: Relay) -> RelayRendezvous:
-        return RelayRendezvous(relay, self.count, self.timeout, self.reach, self.answer)
-
-    async def next(self) -> tuple[Link, str]:
-        while True:
-            if self._closed or not self.held:
-                raise Closed
-            for member in self.held:
-                if member not in self._nexts.values():
-                    self._nexts[asyncio.ensure_future(member.next())] = member
-            done, _ = await asyncio.wait(set(self._nexts), return_when=asyncio.FIRST_COMPLETED)
-            task = min(done, key=lambda t: self.held.index(self._nexts[t]))
-            member = self._nexts.pop(task)
-            exc = task.exception()
-            if exc is None:
-                for other in self.held:
-                    if other is not member:
-                        other.wanted -= 1  # served: none of them waits for this one
-                return task.result()
-            self.held.remove(member)  # that relay went away; the others still hold
-            await member.close()
-            if not self.held:
-                raise exc
-
-    def one_more(self) -> None:
-        for member in self.members:
-            member.one_more()
-
-    async def close(self) -> None:
-        self._closed = True
-        nexts, self._nexts = self._nexts, {}
-        for task in nexts:
-            task.cancel()
-        for task in nexts:
-            with contextlib.suppress(BaseException):
-                result = await task
-                await result[0].close()  # joined while we stopped: it goes too
-        for member in self.members:
-            await member.close()
-
-
-class Said:
-    """Relays found on the LAN, said (`say`) once they hold the nameplate, at the addresses
-    that answered: a line said before could name an address out of reach, or a relay that
-    then took nothing (FirstReachable says so instead)."""
-
-    def __init__(
-        self, relays: RelayRendezvous | AnyRelay, say: Callable[[list[Relay]], None]
-    ) -> None:
-        self.relays = relays
-        self._say = say
-
-    async def open(self, nameplate: str | None) -> str:
-        plate = await self.relays.open(nameplate)
-        held = self.relays.held if isinstance(self.relays, AnyRelay) else [self.relays]
-        self._say([member.relay for member in held])
-        return plate
-
-    async def next(self) -> tuple[Link, str]:
-        return await self.relays.next()
-
-    def one_more(self) -> None:
-        self.relays.one_more()
-
-    async def close(self) -> None:
-        await self.relays.close()
-
-
-class FirstReachable:
-    """The relay, if it is reached and has room; else our own."""
-
-    def __init__(
-        self,
-        first: Rendezvous,
-        then: OwnRendezvous,
-        said: Callable[[str], None],
-    ) -> None:
-        self.current: Rendezvous = first
-        self._then = then
-        self._said = said
-
-    async def open(self, nameplate: str | None) -> str:
-        try:
-            return await self.current.open(nameplate)
-        except NO_RELAY as exc:
-            why = None if isinstance(exc, Unreachable) else str(exc)
-        await self.current.close()
-        self.current = self._then
-        plate = await self._then.open(nameplate)
-        self._said(
-            ("No relay on this network" if why is None else f"No relay took the offer ({why})")
-            + f": the receiver finds this computer on the LAN (nameplate {plate} advertised)"
-        )
-        return plate
-
-    async def next(self) -> tuple[Link, str]:
-        return await self.current.next()
-
-    def one_more(self) -> None:
-        self.current.one_more()
-
-    async def close(self) -> None:
-        await self.current.close()

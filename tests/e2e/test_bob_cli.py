@@ -260,7 +260,9 @@ def test_wrong_passphrase_fails_both_and_burns_nameplate(
     # one online guess per session: the right code no longer finds the sender
     again = recv(relay, "--yes", "-o", str(out), "5-alpha-beta")
     assert again.returncode == 1
-    assert again.stderr == "ERROR: the relay says: no sender is waiting on nameplate 5\n"
+    assert again.stderr == (
+        f"ERROR: the relay at {relay.address} says: no sender is waiting on nameplate 5\n"
+    )
 
 
 def test_relay_unreachable(tmp_path: Path) -> None:

@@ -708,9 +708,12 @@ def test_a_silent_relay_and_a_full_one_leave_the_sender_its_own_rendezvous(
         assert filler.wait_for(r"^ok \d+$")
         out = tmp_path / "out"
         said, got = transfer(lan, payload, out, "4327-alpha-abandon", "--no-qr")
-        assert said[1] == (
-            "No relay took the offer (the relay says: the relay is full; try again later):"
-            " the receiver finds this computer on the LAN (nameplate 4327 advertised)"
+        # each named, with what it did
+        assert re.fullmatch(
+            r"No relay took the offer \(the relay at 10\.78\.0\.3:9000 says: the relay is full;"
+            r" try again later; the relay at 10\.78\.0\.4:\d+ did not answer in 1 s\): the"
+            r" receiver finds this computer on the LAN \(nameplate 4327 advertised\)",
+            said[1],
         ), said
         assert not any(line.startswith("Using the") for line in said + got)
         assert got[0].startswith("Not met at the 2 relays announced on the LAN ("), got
@@ -795,7 +798,9 @@ def test_a_silent_relay_does_not_hide_what_the_real_one_says(lan: Lan, tmp_path:
         code, got = finish(lan.bob("b", "recv", "--yes", "-o", str(out), "4329-alpha-abandon"))
         assert code == 1
         # (and no relay is said to be used: the receiver met no sender at either)
-        assert got == ["ERROR: the relay says: no sender is waiting on nameplate 4329"]
+        assert got == [
+            "ERROR: the relay at 10.78.0.3:9000 says: no sender is waiting on nameplate 4329"
+        ]
         assert list(out.iterdir()) == []
     finally:
         for proc in (impostor, relay):
@@ -1075,6 +1080,6 @@ sys.exit(main(sys.argv[1:]))
 FIND_RELAYS = """
 import asyncio, sys
 from retreatkit.transfer import find
-for t in asyncio.run(find.on_lan(None, 5.0)):
+for t in asyncio.run(find.on_lan(None, 5.0)).relays:
     print(t.how, f"{t.relay.host}:{t.relay.port}", file=sys.stderr)
 """

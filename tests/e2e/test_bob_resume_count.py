@@ -396,7 +396,9 @@ def test_a_wrong_passphrase_closes_the_offer(
     # the right passphrase no longer finds anyone: one guess, and the offer is gone
     late = recv_once(relay, home, tmp_path, passphrase)
     assert late.returncode == 1
-    assert late.stderr == f"ERROR: the relay says: no sender is waiting on nameplate {nameplate}\n"
+    assert late.stderr == (
+        f"ERROR: the relay at {relay.address} says: no sender is waiting on nameplate {nameplate}\n"
+    )
 
 
 def test_count_9_at_a_relay_with_room_for_one_pair(home: dict[str, str], tmp_path: Path) -> None:

@@ -564,7 +564,10 @@ def test_05_a_hostile_relay_cannot_reach_the_terminal(home: dict[str, str], out:
     with fake_relay(refuse) as relay:
         got = recv(relay.address, home, "-o", str(out), str(code))
     assert got.returncode == 1
-    assert got.stderr == b"ERROR: the relay says: \\x1b]0;owned\\x07\\x1b[2J\\x1b[31mgone\n"
+    assert got.stderr == (
+        f"ERROR: the relay at {relay.address} says:".encode()
+        + b" \\x1b]0;owned\\x07\\x1b[2J\\x1b[31mgone\n"
+    )
 
     def pair_and_offer(conn: socket.socket, request: bytes) -> None:
         # a relay that is also the peer: its `paired` address reaches the prompt
@@ -590,7 +593,7 @@ def test_05_a_hostile_relay_cannot_reach_the_terminal(home: dict[str, str], out:
         status, lines = finished(sender)
     assert (status, lines[-1]) == (
         1,
-        "ERROR: the relay gave a nameplate that is not the one asked: 99",
+        f"ERROR: the relay at {relay.address} gave a nameplate that is not the one asked: 99",
     )
 
 

@@ -61,4 +61,6 @@ def test_a_sender_waiting_when_the_relay_stops_is_told_so() -> None:
     finally:
         sender.stop()
     assert code == 1
-    assert said[-1] == "ERROR: the relay says: it is stopping (its organiser stopped it)"
+    assert said[-1] == (
+        f"ERROR: the relay at {relay.address} says: it is stopping (its organiser stopped it)"
+    )

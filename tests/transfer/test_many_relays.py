@@ -19,16 +19,12 @@ from retreatkit.relay import wire
 from retreatkit.testing import RelayProcess, start_relay
 from retreatkit.transfer import codes, find, rendezvous
 from retreatkit.transfer.aio import via_relay
+from retreatkit.transfer.anyrelay import AnyRelay, FirstReachable
 from retreatkit.transfer.link import Relay
 from retreatkit.transfer.machine import Session
 from retreatkit.transfer.meet import Place, meet
 from retreatkit.transfer.pake import Side
-from retreatkit.transfer.rendezvous import (
-    AnyRelay,
-    FirstReachable,
-    OwnRendezvous,
-    RelayRendezvous,
-)
+from retreatkit.transfer.rendezvous import OwnRendezvous, RelayRendezvous
 from retreatkit.transfer.sending import handshake
 
 HERE = "127.0.0.1"
@@ -58,6 +54,80 @@ def test_at_most_four_relays_in_the_order_of_their_addresses() -> None:
         Relay("10.0.1.1", 9000),
     ]
     assert find.relays(heard[:3], lan) == find.relays([heard[2], heard[0]], lan)
+
+
+LAN = [ipaddress.ip_network("10.0.0.0/16")]
+SIX = [announced("10.0.0.9", port) for port in range(9101, 9107)]  # one neighbour's
+REAL = announced("10.0.0.20", 9000)
+
+
+def test_a_neighbour_announcing_six_relays_from_one_machine_takes_one_place() -> None:
+    """Six tarpits at one address, ahead of the real relay in the order of the addresses:
+    bob took the first four heard, so a side that heard them first never tried the real
+    relay, and two sides that heard them apart tried different ones. Now one relay of each
+    address, whatever the order heard: both sides try the same two."""
+    want = [Relay("10.0.0.9", 9101), Relay("10.0.0.20", 9000)]
+    assert find.relays([*SIX, REAL], LAN) == want
+    assert find.relays([REAL, *SIX[::-1]], LAN) == want
+    assert find.relays([SIX[3], REAL, *SIX], LAN) == want
+
+
+def test_relays_announced_at_a_real_relays_address_push_it_out_of_nothing() -> None:
+    """Anyone can announce a relay at any address: others at the real relay's address and
+    other ports (nothing there, or ssh) never stand in for the one at port 9000."""
+    lies = [announced("10.0.0.3", port) for port in (1, 22, 9001)]
+    assert find.relays([*lies, announced("10.0.0.3", 9000)], LAN) == [Relay("10.0.0.3", 9000)]
+    assert find.relays(lies, LAN) == [Relay("10.0.0.3", 1)]
+
+
+def test_the_relay_the_nameserver_names_is_tried_first_whatever_is_announced() -> None:
+    """Announced relays, however many, never push out relay.retreat.lan where it resolves:
+    it is tried first, once (as announced, at all its addresses, when it is), beside four
+    announced; unresolved, or with nothing announced, it is not among them (with no relay
+    announced it is the receiver's last stage, the sender's first try)."""
+    many = [announced(f"10.0.0.{n}", 9000) for n in range(9, 15)]
+    named = find.Target(Relay("10.0.0.20", 9000), "default")
+    chosen = find.candidates(find.relays([*many, REAL], LAN), named)
+    assert chosen == [
+        named,
+        *(find.Target(Relay(f"10.0.0.{n}", 9000), "lan") for n in range(9, 13)),
+    ]
+    both = mdns.Found(f"y.{mdns.RELAY}", ("10.0.0.8", "10.0.0.20"), 9000, {"kind": "relay"})
+    assert find.candidates(find.relays([*many, both], LAN), named)[0] == find.Target(
+        Relay("10.0.0.8", 9000, ("10.0.0.20",)), "lan"
+    )
+    unresolved = find.Target(find.DEFAULT, "default")
+    assert find.candidates(find.relays(many, LAN), unresolved)[0].relay == Relay("10.0.0.9", 9000)
+    assert find.candidates([], named) == []
+
+
+async def test_discovery_ends_soon_after_a_relay_and_tries_the_default_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The browse ends a moment after the first relay resolves (it held on for the whole
+    window: the test of a relay heard never saw this machine's networks), and the relay
+    the nameserver names comes first."""
+    asked: dict[str, object] = {}
+
+    async def browse(service: str, seconds: float, **when: object) -> list[mdns.Found]:
+        asked.update(when)
+        return [*SIX, REAL]
+
+    async def resolved() -> find.Target:
+        return find.Target(Relay("10.0.0.30", 9000), "default")
+
+    monkeypatch.setattr(mdns, "browse", browse)
+    monkeypatch.setattr(find, "default", resolved)
+    monkeypatch.setattr("retreatkit.lanaddress.networks", lambda: LAN)
+    heard = await find.on_lan(None)
+    soon = asked["soon"]
+    assert callable(soon) and soon([REAL]) and not soon([announced("10.0.0.2", 9000, "sender")])
+    assert [t.relay for t in heard.relays] == [
+        Relay("10.0.0.30", 9000),
+        Relay("10.0.0.9", 9101),
+        Relay("10.0.0.20", 9000),
+    ]
+    assert heard.peers == []
 
 
 @contextlib.asynccontextmanager
@@ -172,7 +242,7 @@ async def test_a_relay_with_no_room_is_no_relay_for_the_sender(
             else "the relay carries as many transfers as it may (1); try again later"
         )
         assert said == [
-            f"No relay took the offer (the relay says: {why}): the receiver finds this"
+            f"No relay took the offer (the relay at {real} says: {why}): the receiver finds this"
             f" computer on the LAN (nameplate {mine} advertised)"
         ]
 

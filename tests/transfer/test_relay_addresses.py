@@ -19,9 +19,10 @@ from retreatkit.lanaddress import nearest
 from retreatkit.relay import wire
 from retreatkit.testing import RelayProcess
 from retreatkit.transfer import find
+from retreatkit.transfer.anyrelay import Said
 from retreatkit.transfer.channel import socket_of, watch_liveness
 from retreatkit.transfer.link import MAX_ADDRESSES, Relay, Unreachable, _addresses, connect
-from retreatkit.transfer.rendezvous import RelayRendezvous, Said
+from retreatkit.transfer.rendezvous import RelayRendezvous
 
 LAN = [ipaddress.ip_network("10.77.0.0/24"), ipaddress.ip_network("127.0.0.0/8")]
 REQUEST = wire.Request(wire.Role.RECV, "12")
