@@ -55,7 +55,7 @@ def until(what: str, check: Any) -> Any:
 def test_a_log_the_full_disk_keeps_from_being_written_is_an_alarm(tmp_path: Path) -> None:
     admin, dns = free_port(), free_port()
     blocklist = tmp_path / "blocks.txt"
-    blocklist.write_text("ads.example.test\n")
+    blocklist.write_text("ads.example.test\nmore.example.test\n")
     cfg = tmp_path / "retreat.toml"
     cfg.write_text(
         f'[relay]\nlisten = "127.0.0.1:{free_port()}"\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
@@ -72,7 +72,6 @@ def test_a_log_the_full_disk_keeps_from_being_written_is_an_alarm(tmp_path: Path
 
     with scratch_disk("1m") as state:
         token = admin_token.load_or_create(state / "retreatkit" / "admin-token")
-        fill(state)  # the token made first: `up` runs on a full disk, as the organiser met it
         log = state / "retreatkit" / "retreatkit.log"
         env = {"XDG_STATE_HOME": str(state), "HOME": str(tmp_path), "TERM": "xterm-256color"}
         up = shlex.join([sys.executable, "-P", "-m", "retreatkit.cli.main", "--config", str(cfg),
@@ -90,6 +89,20 @@ def test_a_log_the_full_disk_keeps_from_being_written_is_an_alarm(tmp_path: Path
                     return None
                 return list(said)
 
+            def dig(name: str) -> None:
+                argv = ["dig", "@127.0.0.1", "-p", str(dns), "+short", "+tries=1", name]
+                subprocess.run(argv, capture_output=True, timeout=30, check=True)
+
+            # `up` refuses to start on a full disk: the disk fills once it runs, and the
+            # next line it logs (a blocked name, at DEBUG) finds no room
+            assert until("the first /status", lambda: warnings() == [])
+            put = urllib.request.Request(
+                f"http://127.0.0.1:{admin}/loglevel", data=b"debug", method="PUT",
+                headers={"Authorization": f"Bearer {token}"},
+            )  # fmt: skip
+            urllib.request.urlopen(put, timeout=5).close()
+            fill(state)
+            dig("more.example.test")  # its line may still fit the last page the log holds
             line = f"the log {log} cannot be written: No space left on device"
             assert until("the warning in /status", warnings) == [line]
 
@@ -105,15 +118,8 @@ def test_a_log_the_full_disk_keeps_from_being_written_is_an_alarm(tmp_path: Path
                 raise AssertionError(f"no alarm; the screen:\n{seen[0]}") from None
             screen = seen[0]
             assert "Logging error" not in screen and "Traceback" not in screen
-            assert log.stat().st_size == 0
             (state / "filler").unlink()  # room again: the next line is written
-            put = urllib.request.Request(
-                f"http://127.0.0.1:{admin}/loglevel", data=b"debug", method="PUT",
-                headers={"Authorization": f"Bearer {token}"},
-            )  # fmt: skip
-            urllib.request.urlopen(put, timeout=5).close()
-            dig = ["dig", "@127.0.0.1", "-p", str(dns), "+short", "+tries=1", "ads.example.test"]
-            subprocess.run(dig, capture_output=True, timeout=30, check=True)
+            dig("ads.example.test")
             assert until("the alarm gone", lambda: warnings() == [])
             blocked = "ads.example.test A from 127.0.0.1: blocked by the rule ads.example.test"
             assert re.search(rf" retreatkit\.nameserver DEBUG {re.escape(blocked)}, NOERROR$",

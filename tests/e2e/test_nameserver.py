@@ -8,6 +8,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -632,7 +633,9 @@ def test_sighup_reloads_and_the_next_query_is_blocked(upstream: Dnsmasq, tmp_pat
         assert short(ns.port, "www.example.test") == ["198.51.100.7"]  # cached for 60 s
         lists.write_text("||ads.example.test^\n0.0.0.0 www.example.test\n")
         os.kill(ns.process.pid, signal.SIGHUP)
-        ns.process.wait_for(r"blocklists loaded: 2 domains")
+        ns.process.wait_for(
+            f"^SIGHUP: nameserver: blocklists reloaded: 2 entries from {re.escape(str(lists))}$"
+        )
         assert short(ns.port, "www.example.test") == ["0.0.0.0"]
         source = status(ns)["blocklists"][0]  # type: ignore[index]
         assert (source["entries"], source["bad_lines"], source["last_error"]) == (2, 0, None)
@@ -657,7 +660,10 @@ def test_a_login_page_in_place_of_the_list_is_no_list(upstream: Dnsmasq, tmp_pat
         why = "not a blocklist: it is a web page (a Wi-Fi login page in its place?)"
         line = ns.process.wait_for(r"WARNING blocklist ").string
         assert line.endswith(f"blocklist {lists} failed ({why}); keeping the last good copy")
-        ns.process.wait_for(r"blocklists loaded: 4 domains")
+        ns.process.wait_for(
+            f"^SIGHUP: nameserver: blocklists reloaded: {re.escape(str(lists))} failed \\(not a"
+            r" blocklist: .*\), its last 4 entries kept$"
+        )
         doc = status(ns)
         source = doc["blocklists"][0]  # type: ignore[index]
         assert (source["entries"], source["bad_lines"], source["last_error"]) == (4, 0, why)
