@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from retreatkit.lognews import News
+from retreatkit.peers import limited_as
 from retreatkit.relay import wire
 from retreatkit.relay.matching import (
     ATTACK_WINDOW,
@@ -27,7 +28,6 @@ from retreatkit.relay.matching import (
     Matcher,
     NoSender,
     Refusal,
-    limited_as,
 )
 
 # A bob/1 sender's first two frames, PAKE (4 + 33 bytes) and CONFIRM (4 + 32): it sends

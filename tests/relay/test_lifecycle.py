@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from retreatkit.peers import limited_as
 from retreatkit.relay import status
 from retreatkit.relay.lifecycle import (
     HANDSHAKE_BYTES,
@@ -20,7 +21,7 @@ from retreatkit.relay.lifecycle import (
     Warn,
     Write,
 )
-from retreatkit.relay.matching import Limits, limited_as
+from retreatkit.relay.matching import Limits
 
 LIMITS = Limits(
     per_ip=4,
