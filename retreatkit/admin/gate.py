@@ -5,8 +5,9 @@ in aiohttp 3.14), and the token is only asked for once a request arrives: one at
 held 8,000 silent connections to an endpoint bound beyond loopback, 8,000 of the
 process's open files, until it had none left for the relay, the mirror or the nameserver
 it hosts. Now each address (an IPv6 address: its /64) holds PER_ADDRESS, the LAN holds
-REMOTE in all, and an idle one is closed after IDLE_TIMEOUT seconds. Loopback is not
-held to REMOTE, so a crowd on the LAN never locks out a dashboard on the host itself.
+REMOTE in all, and an idle one is closed after IDLE_TIMEOUT seconds. Loopback is held
+to neither (the host's own users, and `retreatkit tui --web` starts a dashboard per
+browser), so a crowd on the LAN never locks out a dashboard on the host itself.
 """
 
 from __future__ import annotations
@@ -46,21 +47,25 @@ class AdminGate:
         self._news = News(LOGGED_AGAIN, most=1)
 
     def admit(self, address: str) -> bool:
-        key, local = limited_as(address), is_loopback(address)
+        if is_loopback(address):
+            return True
+        key = limited_as(address)
         if self.by_address[key] >= self.per_address:
             return self._refuse(f"{key} holds {self.per_address}, the most one address may")
-        if not local and self.remote_open >= self.remote:
+        if self.remote_open >= self.remote:
             return self._refuse(f"{self.remote} are open from the LAN, the most in all")
         self.by_address[key] += 1
-        self.remote_open += not local
+        self.remote_open += 1
         return True
 
     def release(self, address: str) -> None:
+        if is_loopback(address):
+            return
         key = limited_as(address)
         self.by_address[key] -= 1
         if self.by_address[key] <= 0:
             del self.by_address[key]
-        self.remote_open -= not is_loopback(address)
+        self.remote_open -= 1
 
     def _refuse(self, why: str) -> bool:
         self.refused += 1
