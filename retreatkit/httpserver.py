@@ -12,12 +12,13 @@ the runner swaps in a server whose connections answer these themselves.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -149,3 +150,76 @@ class Runner(web.AppRunner):
         quiet = cast(QuietServer, server)
         quiet.refusals = self.refusals
         return quiet
+
+
+REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 39\r\n"
+    b"Retry-After: 2\r\nConnection: close\r\n\r\ntoo many connections from your address\n"
+)
+
+
+class Gate(Protocol):
+    """Who may hold a connection (the mirror's per-address and total caps, the admin
+    endpoint's): `admit` says yes and counts it, `release` forgets it."""
+
+    def admit(self, address: str) -> bool: ...
+
+    def release(self, address: str) -> None: ...
+
+
+class Guarded(asyncio.Protocol):
+    """A connection's protocol behind the gate: refused ones never reach aiohttp."""
+
+    def __init__(self, inner: asyncio.Protocol, gate: Gate) -> None:
+        self.inner = inner
+        self.gate = gate
+        self.address: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if peer else "?"
+        if not self.gate.admit(address):
+            # a TCP server's transport writes, though uvloop's do not subclass
+            # asyncio.WriteTransport: an isinstance test sent uvloop's clients no line
+            cast(asyncio.Transport, transport).write(REFUSAL)
+            transport.close()
+            return
+        self.address = address
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.address is not None:
+            self.gate.release(self.address)
+            self.address = None
+            self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.address is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.address is not None else None
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class GuardedSite(web.TCPSite):
+    """A TCPSite whose every connection passes the gate first."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, gate: Gate) -> None:
+        super().__init__(runner, host, port, backlog=1024)
+        self.gate = gate
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        factory: Callable[[], Any] = lambda: Guarded(server(), self.gate)  # noqa: E731
+        self._server = await asyncio.get_running_loop().create_server(
+            factory, self._host, self._port, backlog=self._backlog, reuse_address=True
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]

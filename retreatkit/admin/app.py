@@ -12,10 +12,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from retreatkit.admin import access
+from retreatkit.admin.gate import IDLE_TIMEOUT, AdminGate
 from retreatkit.admin.logs import LogRing
 from retreatkit.admin.logstream import RING_KEY, close_streams, stream
 from retreatkit.admin.process import ProcessInfo
-from retreatkit.httpserver import Runner, body_text
+from retreatkit.httpserver import GuardedSite, Runner, body_text
 
 StatusSource = Callable[[], dict[str, Any]]
 
@@ -103,9 +104,11 @@ async def start(
     app: web.Application, host: str, port: int
 ) -> tuple[web.AppRunner, tuple[str, int]]:
     """Serve the admin endpoint; returns the runner (to clean up) and the bound address."""
-    runner = Runner(app, logging.getLogger("retreatkit.admin"))
+    # every connection passes the gate before aiohttp sees it (admin/gate.py: silent
+    # connections held the process's open files), and an idle one closes
+    runner = Runner(app, logging.getLogger("retreatkit.admin"), keepalive_timeout=IDLE_TIMEOUT)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = GuardedSite(runner, host, port, AdminGate())
     await site.start()
     address: tuple[str, int] = tuple(runner.addresses[0][:2])  # the real port of a port-0 bind
     return runner, address

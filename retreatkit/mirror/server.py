@@ -11,16 +11,13 @@ byte as well as between requests, so that timeout is the header timeout too.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import resource
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 
-from retreatkit.httpserver import Runner
+from retreatkit.httpserver import GuardedSite, Runner
 from retreatkit.mirror.app import make_app
 from retreatkit.mirror.service import Mirror
 from retreatkit.mirror.stats import Stats
@@ -31,10 +28,6 @@ RESERVED_FILES = 256  # descriptors kept for the store, the upstreams and the ad
 # at stop, what requests in flight get to finish before they are cut (aiohttp's default,
 # 60 s, behind one slow client, outlasts systemd's 90 s stop timeout with the rest)
 SHUTDOWN_GRACE = 3.0
-REFUSAL = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 39\r\n"
-    b"Retry-After: 2\r\nConnection: close\r\n\r\ntoo many connections from your address\n"
-)
 
 
 def raise_open_files() -> int:
@@ -73,63 +66,6 @@ class Gate:
         self.by_address[address] -= 1
         if self.by_address[address] <= 0:
             del self.by_address[address]
-
-
-class Guarded(asyncio.Protocol):
-    """A connection's protocol behind the gate: refused ones never reach aiohttp."""
-
-    def __init__(self, inner: asyncio.Protocol, gate: Gate) -> None:
-        self.inner = inner
-        self.gate = gate
-        self.address: str | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if peer else "?"
-        if not self.gate.admit(address):
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.write(REFUSAL)
-            transport.close()
-            return
-        self.address = address
-        self.inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.address is not None:
-            self.gate.release(self.address)
-            self.address = None
-            self.inner.connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self.address is not None:
-            self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.address is not None else None
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-
-class GuardedSite(web.TCPSite):
-    """A TCPSite whose every connection passes the gate first."""
-
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, gate: Gate) -> None:
-        super().__init__(runner, host, port, backlog=1024)
-        self.gate = gate
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with its runner
-        server = self._runner.server
-        assert server is not None
-        factory: Callable[[], Any] = lambda: Guarded(server(), self.gate)  # noqa: E731
-        self._server = await asyncio.get_running_loop().create_server(
-            factory, self._host, self._port, backlog=self._backlog, reuse_address=True
-        )
-        self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
 async def listen(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from retreatkit.lognews import News
+from retreatkit.peers import limited_as
 from retreatkit.relay import wire
 from retreatkit.relay.matching import (
     ATTACK_WINDOW,
@@ -87,7 +88,7 @@ class Transfer:
 
 @dataclass(eq=False, slots=True)
 class Conn:
-    ip: str
+    ip: str  # what per-address limits count it against: an IPv6 address's /64 (limited_as)
     address: str
     handle: object  # the shell's own object for this connection
     phase: Phase = Phase.HANDSHAKE
@@ -168,11 +169,12 @@ class RelayCore:
     # -- what the shell reports -------------------------------------------------------
 
     def connect(self, ip: str, address: str, handle: object) -> tuple[Conn, list[Action]]:
+        """`ip` as the socket gives it; the connection counts against its /64 if IPv6."""
         unpaired = self.unpaired
-        conn = Conn(ip, address, handle)
+        conn = Conn(limited_as(ip), address, handle)
         self.conns.add(conn)
         try:
-            self.matcher.admit(ip)
+            self.matcher.admit(conn.ip)
         except Refusal as exc:
             return conn, self._refuse(conn, str(exc), Ending.REFUSED)
         conn.admitted = True

@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from retreatkit.httpserver import REFUSAL, GuardedSite
 from retreatkit.mirror.app import make_app
-from retreatkit.mirror.server import REFUSAL, Gate, GuardedSite
+from retreatkit.mirror.server import Gate
 from retreatkit.mirror.service import Mirror
 from retreatkit.mirror.testing import settings
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from retreatkit.peers import limited_as
 from retreatkit.relay import status
 from retreatkit.relay.lifecycle import (
     HANDSHAKE_BYTES,
@@ -457,3 +458,46 @@ def test_an_address_whose_joins_end_offers_in_their_key_exchange_is_logged() -> 
     sender, receiver = r.pair("10.0.0.1", "10.0.0.8")
     r.core.forwarded(sender, HANDSHAKE_BYTES + 1)
     assert not [a for a in r.core.lost(receiver) if isinstance(a, Warn)]
+
+
+def test_an_ipv6_64_is_one_address_for_every_limit() -> None:
+    """One machine picks any address of its /64: it counts as one."""
+    r = Relay()
+    for i in range(4):
+        r.connect(f"fd88::{i + 16:x}")
+    _conn, actions = r.connect("fd88::ffff:1")
+    assert written(actions) == ["error too many connections from fd88::/64\n"]
+    assert closed(actions) == [Ending.REFUSED]
+    r.connect("fd88:0:0:1::10")  # the next /64 is someone else
+
+
+def test_waiting_senders_from_one_ipv6_64_are_bounded_as_one_address() -> None:
+    r = Relay()
+    for i in range(3):
+        r.line("bob/1 send", f"fd88::{i + 16:x}")
+    _, actions = r.line("bob/1 send", "fd88::99")
+    assert written(actions) == ["error too many senders waiting from fd88::/64\n"]
+
+
+def test_failed_joins_from_one_ipv6_64_share_one_throttle() -> None:
+    r = Relay()
+    for i in range(2):  # failed_joins = 2
+        _, actions = r.line("bob/1 recv 77", f"fd88::{i + 16:x}")
+        assert written(actions) == ["error no sender is waiting on nameplate 77\n"]
+    _, actions = r.line("bob/1 recv 77", "fd88::20")
+    assert written(actions) == ["error too many failed joins from fd88::/64; try again in 15 s\n"]
+
+
+@pytest.mark.parametrize(
+    ("ip", "counted"),
+    [
+        ("10.0.0.9", "10.0.0.9"),
+        ("::ffff:10.0.0.9", "10.0.0.9"),  # an IPv4 client of a dual-stack socket
+        ("fd88::1", "fd88::/64"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("?", "?"),
+    ],
+)
+def test_limited_as(ip: str, counted: str) -> None:
+    assert limited_as(ip) == counted
