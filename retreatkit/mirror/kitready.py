@@ -29,10 +29,10 @@ from packaging.version import InvalidVersion, Version
 
 from retreatkit.mirror import local, pypi
 from retreatkit.mirror.errors import MirrorError
-from retreatkit.mirror.seedfiles import Want, running_kit
 from retreatkit.mirror.store import Store
 
 if TYPE_CHECKING:
+    from retreatkit.mirror.seedfiles import Want
     from retreatkit.mirror.service import Mirror
 
 log = logging.getLogger("retreatkit.mirror")
@@ -117,6 +117,15 @@ def here() -> frozenset[Tag]:
     return frozenset(sys_tags())
 
 
+def _running_kit() -> list[Want]:
+    # imported at the first check: reading requirements takes packaging's markers and
+    # specifiers, importlib.metadata and tomllib, 1.3 MB of a process's memory, which a
+    # guest's mirror (it serves no wheel of the kit, so never checks) cannot spare in 64 MB
+    from retreatkit.mirror.seedfiles import running_kit
+
+    return running_kit().wants
+
+
 class Kit:
     """The verdict for the page and the organiser's line for /status, checked again off
     the loop when the store changes in a way that could change it."""
@@ -124,12 +133,12 @@ class Kit:
     def __init__(
         self,
         mirror: Mirror,
-        needs: Callable[[], list[Want]] = lambda: running_kit().wants,
+        needs: Callable[[], list[Want]] | None = None,
         tags: Callable[[], frozenset[Tag]] = here,
     ) -> None:
         self.mirror = mirror
         self.served = False  # set once the kit's own wheel is published (local.publish_own)
-        self.needs, self.tags = needs, tags  # read once, at the first check
+        self.needs, self.tags = needs or _running_kit, tags  # read once, at the first check
         self._needs: tuple[list[Want], frozenset[Tag]] | None = None  # read once, off the loop
         self._known: tuple[Token, Verdict] | None = None
         self._task: asyncio.Task[Verdict] | None = None
