@@ -276,5 +276,5 @@ async def test_the_kits_own_wheel_on_a_full_disk_is_said_in_one_plain_line(
         f"cannot serve this retreatkit to attendees: the disk of the store {store} is full"
         " (No space left on device)"
     ]
-    assert said == [] and env.mirror.kit_served is False
+    assert said == [] and env.mirror.kit.served is False
     assert not list((store / "tmp").iterdir())  # nothing left half-written
