@@ -290,6 +290,20 @@ def attendee_link() -> Iterator[tuple[str, str]]:
 
 @pytest.mark.skipif(shutil.which("passt") is None, reason="passt is not installed (.ci/run does)")
 @pytest.mark.skipif(shutil.which("dig") is None, reason="dig is not installed (.ci/run does)")
+def free_udp_and_tcp_port(host: str) -> int:
+    """A port free on `host` for UDP and TCP alike, as a nameserver's forward needs."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket() as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+
+
 def test_a_nameserver_guest_behind_passt_refuses_the_world_and_answers_the_lan(
     image: Callable[[str], Path], env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -302,10 +316,11 @@ def test_a_nameserver_guest_behind_passt_refuses_the_world_and_answers_the_lan(
         '[nameserver]\nrecords = { "laptop.retreat.lan" = "10.0.0.7" }\n'
     )
     with attendee_link() as (attendee, host):
+        port = free_udp_and_tcp_port(host)  # not mDNS's 5353, which zeroconf may hold
         guest = start_guest(
             nameserver,
-            "--forward", f"udp:{host}:5353:53",
-            "--forward", f"tcp:{host}:5353:53",
+            "--forward", f"udp:{host}:{port}:53",
+            "--forward", f"tcp:{host}:{port}:53",
             "--memory", "64",
             env=env, config=config,
         )  # fmt: skip
@@ -313,7 +328,7 @@ def test_a_nameserver_guest_behind_passt_refuses_the_world_and_answers_the_lan(
 
             def ask(source: str, *args: str) -> str:
                 done = subprocess.run(
-                    ["ip", "netns", "exec", attendee, "dig", f"@{host}", "-p", "5353", "-b",
+                    ["ip", "netns", "exec", attendee, "dig", f"@{host}", "-p", str(port), "-b",
                      source, "+time=5", "+tries=2", *args, "laptop.retreat.lan"],
                     capture_output=True, text=True, timeout=60, check=False,
                 )  # fmt: skip
