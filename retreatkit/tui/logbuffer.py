@@ -27,6 +27,10 @@ MOST_SKIPPED = 1 << 63
 # says so instead, one comparison each
 LATE = "(arrived late) "
 SECOND = len("2026-01-01T10:00:00")
+# a line stamped further ahead of this machine's clock than this is not believed for what
+# counts as late: one record dated 9999 would have marked every line after it, from every
+# endpoint, as late for good
+AHEAD = 60.0
 
 
 # A line is a plain tuple of strings and numbers, not an object: the garbage collector
@@ -142,13 +146,14 @@ class LogBuffer:
     def extend(self, records: list[dict[str, Any]], where: str = "") -> None:
         new: list[LogLine] = []
         now = self.wall()
+        believable = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now + AHEAD))
         for record in records:
             if (n := skipped(record)) is not None:
                 self.dropped += n
                 continue
             at = second_of(record.get("at"))
             late = at is not None and at < self.newest
-            if at is not None and not late:
+            if at is not None and not late and at <= believable:
                 self.newest = at
             new.append(to_line(record, where, now, late))
         if new:

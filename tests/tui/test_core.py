@@ -363,3 +363,19 @@ def test_every_list_a_peer_sends_is_shown_up_to_max_rows() -> None:
     assert len(listed) == MAX_ROWS
     state.record("a:1", 1, status={"process": {"services": ["relay"] * 100_000}})
     assert len(state.endpoints["a:1"].services()) == MAX_SERVICES
+
+
+def test_a_line_dated_far_ahead_does_not_mark_every_later_line_late() -> None:
+    """One record an endpoint (a guest taken over, a clock set wrong) dated 9999 left every
+    later line, from every endpoint, reading "(arrived late)"."""
+    wall = 1_767_262_908.0  # 2026-01-01T10:21:48Z
+    buffer = LogBuffer(capacity=10, wall=lambda: wall)
+
+    def line(at: str, message: str) -> dict[str, Any]:
+        return {"seq": 1, "at": at, "service": "relay", "level": "INFO", "message": message}
+
+    buffer.extend([line("9999-12-31T23:59:59.000Z", "from the future")], "guest relay")
+    buffer.extend([line("2026-01-01T10:21:48.100Z", "now"), line("2026-01-01T10:21:31.000Z",
+                                                                 "earlier")])  # fmt: skip
+    shown = [x[TEXT].split("INFO", 1)[1].strip() for x in buffer.lines]
+    assert shown[1:] == ["now", "(arrived late) earlier"]
