@@ -59,6 +59,14 @@ def read_all(blocklists: list[str], folder: str = FILES_DIR) -> list[Carried]:
     return out
 
 
+def _plain(text: object, most: int = 200) -> str | None:
+    """`text` as one printable line of at most `most` characters (None stays None)."""
+    if text is None:
+        return None
+    cut = str(text)[:most]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+
+
 def answered(carried: list[Carried], answer: Any) -> list[dict[str, Any]]:
     """The guest's state of each list (its reload's answer), named as this host names it.
     A file this host could not read, or the guest would not take, shows that error: the
@@ -71,12 +79,17 @@ def answered(carried: list[Carried], answer: Any) -> list[dict[str, Any]]:
     for state in sources:
         if not isinstance(state, dict):
             continue
-        item = dict(state)
         mine = by_guest.pop(str(state.get("source")), None)
-        if mine is not None:
-            item["source"] = mine.source
-            if mine.problem:
-                item["last_error"] = mine.problem
+        if mine is None:
+            continue  # not a list this host carried: a guest's word alone is not logged
+        # what the guest says reaches the host's log: numbers only as numbers, its error
+        # on one line and cut, so a guest taken over cannot forge lines there
+        item: dict[str, Any] = {"source": mine.source, "loaded_at": _plain(state.get("loaded_at"))}
+        for key in ("entries", "bad_lines"):
+            n = state.get(key)
+            item[key] = n if type(n) is int and 0 <= n < 1 << 40 else 0
+        error = mine.problem or state.get("last_error")
+        item["last_error"] = _plain(error) if error else None
         out.append(item)
     for mine in by_guest.values():  # named in retreat.toml since the guest started
         why = "the guest started without it: restart the guest to add it"

@@ -175,3 +175,19 @@ def test_an_answer_of_another_shape_is_one_line() -> None:
         guestlists.GuestListsError, match=r"^the guest's answer to the reload names no blocklists$"
     ):
         guestlists.answered([], ["not", "an", "object"])
+
+
+def test_a_guests_answer_reaches_the_hosts_log_only_as_what_the_host_carried() -> None:
+    """A guest taken over answered with lists nobody carried, counts of any kind and an
+    error holding a newline: each went into the host's log line as it came."""
+    carried = [guestlists.Carried("/srv/blocks.txt", "/etc/retreatkit/files/0-blocks.txt")]
+    answer = {"blocklists": [
+        {"source": "/etc/retreatkit/files/0-blocks.txt", "entries": "lots", "bad_lines": -4,
+         "last_error": "refused\n2026-12-04 12:00:00 retreatkit INFO all is well" + "x" * 999},
+        {"source": "/etc/shadow", "entries": 3, "bad_lines": 0, "last_error": None},
+    ]}  # fmt: skip
+    said = reloaded.line(guestlists.answered(carried, answer))
+    assert "\n" not in said and "/etc/shadow" not in said and len(said) < 300
+    assert said.startswith(
+        "blocklists reloaded: /srv/blocks.txt failed (refused\\n2026-12-04 12:00:00 retreatkit"
+    )
