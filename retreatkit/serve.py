@@ -294,17 +294,36 @@ async def _start_unless_stopped(
     return True
 
 
+class Hangups:
+    """SIGHUPs as reloads, one at a time: a SIGHUP during a reload asks for one more after
+    it, however many come (the organiser edited again), never a second reload beside it,
+    where a guest's copy of a list was being written twice at once."""
+
+    def __init__(self, reload: Callable[[], Awaitable[None]]) -> None:
+        self.reload = reload
+        self.tasks: set[asyncio.Task[None]] = set()  # the reload under way, to cancel
+        self.again = False
+
+    def __call__(self) -> None:
+        if self.tasks:
+            self.again = True
+            return
+        task = asyncio.ensure_future(self.reload())
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if self.again and not task.cancelled():
+            self.again = False
+            self()
+
+
 def _reload_on_hangup(started: list[Service]) -> set[asyncio.Task[None]]:
     """SIGHUP reloads the started services (hang_up); the reloads under way, to cancel."""
-    tasks: set[asyncio.Task[None]] = set()
-
-    def hangup() -> None:
-        task = asyncio.ensure_future(hang_up(list(started)))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup)
-    return tasks
+    hangups = Hangups(lambda: hang_up(list(started)))
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangups)
+    return hangups.tasks
 
 
 def _stop_on_signals() -> asyncio.Event:

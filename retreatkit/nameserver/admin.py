@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,9 @@ def routes(ns: Nameserver) -> list[web.RouteDef]:
         size = request.content_length
         if size is not None and size > MAX_LIST:  # refused before a byte is read
             raise web.HTTPRequestEntityTooLarge(MAX_LIST, size, text="list larger than 256 MiB\n")
-        partial = path.with_name(f".{name}.partial")
+        # a name of its own: two copies handed over at once (a SIGHUP and the dashboard's
+        # reload) each write their own file, and the last replace wins
+        partial = path.with_name(f".{name}.{secrets.token_hex(8)}.partial")
         written = 0
         try:
             with partial.open("wb") as out:
