@@ -4,7 +4,7 @@ aiohttp keeps a connection that never sends a request for its keep-alive timeout
 in aiohttp 3.14), and the token is only asked for once a request arrives: one attendee
 held 8,000 silent connections to an endpoint bound beyond loopback, 8,000 of the
 process's open files, until it had none left for the relay, the mirror or the nameserver
-it hosts. Now each address (an IPv6 address: its /64) holds PER_ADDRESS, the LAN holds
+it hosts. Now each address holds PER_ADDRESS, the LAN holds
 REMOTE in all, and an idle one is closed after IDLE_TIMEOUT seconds. Loopback is held
 to neither (the host's own users, and `retreatkit tui --web` starts a dashboard per
 browser), so a crowd on the LAN never locks out a dashboard on the host itself.

@@ -88,7 +88,7 @@ class Transfer:
 
 @dataclass(eq=False, slots=True)
 class Conn:
-    ip: str  # what per-address limits count it against: an IPv6 address's /64 (limited_as)
+    ip: str  # what per-address limits count it against (limited_as)
     address: str
     handle: object  # the shell's own object for this connection
     phase: Phase = Phase.HANDSHAKE
@@ -169,7 +169,7 @@ class RelayCore:
     # -- what the shell reports -------------------------------------------------------
 
     def connect(self, ip: str, address: str, handle: object) -> tuple[Conn, list[Action]]:
-        """`ip` as the socket gives it; the connection counts against its /64 if IPv6."""
+        """`ip` as the socket gives it; the connection counts against it (limited_as)."""
         unpaired = self.unpaired
         conn = Conn(limited_as(ip), address, handle)
         self.conns.add(conn)

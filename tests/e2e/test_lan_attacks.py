@@ -1,7 +1,8 @@
 """A relay and its admin endpoint on a LAN address, attacked from another machine, in
-network namespaces of their own: one attendee with many addresses of an IPv6 /64 is one
-address to every relay limit, and one that opens silent connections to the admin
-endpoint holds a few of the process's open files, not all of them."""
+network namespaces of their own: an IPv6 address that holds its waiting senders is
+refused by name while another of its /64 (on a LAN, every attendee's) is not, and one
+that opens silent connections to the admin endpoint holds a few of the process's open
+files, not all of them."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ pytestmark = [
 TIMEOUT = 10.0
 PREFIX = os.environ.get("RETREATKIT_TEST_NETNS", "rkatk")
 WAITING_PER_IP = 20  # the default [relay] waiting_per_ip
-ATTACKER = [f"fd88::{i:x}" for i in range(0x10, 0x10 + WAITING_PER_IP + 5)]
-NEIGHBOUR = "fd88:0:0:1::2"  # another attendee: another /64 on the same link
+ATTACKER = ["fd88::10"] * (WAITING_PER_IP + 5)
+NEIGHBOUR = "fd88::2"  # another attendee: the same /64, as SLAAC gives a whole LAN
 ADMIN_PER_ADDRESS = 16  # retreatkit/admin/gate.py
 REFUSAL = "too many connections from your address"
 
@@ -77,9 +78,9 @@ def lan(tmp_path: Path) -> Iterator[Lan]:
             ip("-n", ns, "link", "set", "lo", "up")
         ip("link", "add", "eth0", "netns", relay_ns, "type", "veth",
            "peer", "name", "eth0", "netns", lan_ns)  # fmt: skip
-        for address in ("10.88.0.1/24", "fd88::1/48"):
+        for address in ("10.88.0.1/24", "fd88::1/64"):
             ip("-n", relay_ns, "addr", "add", address, "dev", "eth0", "nodad")
-        lan_addresses = [f"{a}/48" for a in [*ATTACKER, NEIGHBOUR]]
+        lan_addresses = [f"{a}/64" for a in dict.fromkeys([*ATTACKER, NEIGHBOUR])]
         for address in ["10.88.0.2/24", "10.88.0.3/24", *lan_addresses]:
             ip("-n", lan_ns, "addr", "add", address, "dev", "eth0", "nodad")
         for ns in (relay_ns, lan_ns):
@@ -112,13 +113,13 @@ for source in sys.argv[2:]:
 """
 
 
-def test_one_64_holds_the_waiting_slots_of_one_address(lan: Lan) -> None:
+def test_one_address_holds_its_waiting_slots_not_its_64s(lan: Lan) -> None:
     relay = lan.relay()
     try:
         lines = lan.attendee(SENDERS, str(TIMEOUT), *ATTACKER, NEIGHBOUR)
         attacker, neighbour = lines[: len(ATTACKER)], lines[len(ATTACKER) :]
         assert [line.split()[0] for line in attacker[:WAITING_PER_IP]] == ["ok"] * WAITING_PER_IP
-        assert attacker[WAITING_PER_IP:] == ["error too many senders waiting from fd88::/64"] * 5
+        assert attacker[WAITING_PER_IP:] == ["error too many senders waiting from fd88::10"] * 5
         assert [line.split()[0] for line in neighbour] == ["ok"]
     finally:
         no_traceback(relay)

@@ -460,32 +460,15 @@ def test_an_address_whose_joins_end_offers_in_their_key_exchange_is_logged() -> 
     assert not [a for a in r.core.lost(receiver) if isinstance(a, Warn)]
 
 
-def test_an_ipv6_64_is_one_address_for_every_limit() -> None:
-    """One machine picks any address of its /64: it counts as one."""
+def test_two_attendees_of_one_ipv6_64_are_limited_apart() -> None:
+    """A LAN's SLAAC /64 is every attendee on it: one's limit is not the room's."""
     r = Relay()
-    for i in range(4):
-        r.connect(f"fd88::{i + 16:x}")
-    _conn, actions = r.connect("fd88::ffff:1")
-    assert written(actions) == ["error too many connections from fd88::/64\n"]
-    assert closed(actions) == [Ending.REFUSED]
-    r.connect("fd88:0:0:1::10")  # the next /64 is someone else
-
-
-def test_waiting_senders_from_one_ipv6_64_are_bounded_as_one_address() -> None:
-    r = Relay()
-    for i in range(3):
-        r.line("bob/1 send", f"fd88::{i + 16:x}")
-    _, actions = r.line("bob/1 send", "fd88::99")
-    assert written(actions) == ["error too many senders waiting from fd88::/64\n"]
-
-
-def test_failed_joins_from_one_ipv6_64_share_one_throttle() -> None:
-    r = Relay()
-    for i in range(2):  # failed_joins = 2
-        _, actions = r.line("bob/1 recv 77", f"fd88::{i + 16:x}")
-        assert written(actions) == ["error no sender is waiting on nameplate 77\n"]
-    _, actions = r.line("bob/1 recv 77", "fd88::20")
-    assert written(actions) == ["error too many failed joins from fd88::/64; try again in 15 s\n"]
+    for _ in range(4):  # per_ip = 4
+        r.connect("2001:db8:1:2::10")
+    _conn, actions = r.connect("2001:db8:1:2::10")
+    assert written(actions) == ["error too many connections from 2001:db8:1:2::10\n"]
+    _conn, actions = r.connect("2001:db8:1:2::11")  # the next attendee, same /64
+    assert written(actions) == []
 
 
 @pytest.mark.parametrize(
@@ -493,9 +476,9 @@ def test_failed_joins_from_one_ipv6_64_share_one_throttle() -> None:
     [
         ("10.0.0.9", "10.0.0.9"),
         ("::ffff:10.0.0.9", "10.0.0.9"),  # an IPv4 client of a dual-stack socket
-        ("fd88::1", "fd88::/64"),
-        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
-        ("fe80::1%eth0", "fe80::/64"),
+        ("fd88::1", "fd88::1"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2:aaaa:bbbb:cccc:dddd"),
+        ("fe80::1%eth0", "fe80::1"),
         ("?", "?"),
     ],
 )
