@@ -232,8 +232,7 @@ async def serve(
             await stop.wait()
         say("Stopping...")
     finally:
-        for task in list(hangups):  # a reload under way ends with the services
-            task.cancel()
+        hangups.close()  # a reload under way ends with the services; none starts now
         noted.forget(note)
         if advert is not None:
             await advert.stop()
@@ -303,8 +302,16 @@ class Hangups:
         self.reload = reload
         self.tasks: set[asyncio.Task[None]] = set()  # the reload under way, to cancel
         self.again = False
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        for task in list(self.tasks):
+            task.cancel()
 
     def __call__(self) -> None:
+        if self.closed:  # the services are stopping: nothing to reload, nor to die of
+            return
         if self.tasks:
             self.again = True
             return
@@ -319,11 +326,11 @@ class Hangups:
             self()
 
 
-def _reload_on_hangup(started: list[Service]) -> set[asyncio.Task[None]]:
-    """SIGHUP reloads the started services (hang_up); the reloads under way, to cancel."""
+def _reload_on_hangup(started: list[Service]) -> Hangups:
+    """SIGHUP reloads the started services (hang_up), until `close`d as they stop."""
     hangups = Hangups(lambda: hang_up(list(started)))
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangups)
-    return hangups.tasks
+    return hangups
 
 
 def _stop_on_signals() -> asyncio.Event:

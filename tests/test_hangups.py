@@ -54,3 +54,17 @@ async def test_a_cancelled_reload_asks_for_none_after_it() -> None:
     while hangups.tasks:
         await asyncio.sleep(0)
     assert started == 1
+
+
+async def test_a_sighup_as_the_services_stop_starts_no_reload() -> None:
+    started = 0
+
+    async def reload() -> None:
+        nonlocal started
+        started += 1
+
+    hangups = Hangups(reload)
+    hangups.close()
+    hangups()
+    await asyncio.sleep(0)
+    assert (started, hangups.tasks) == (0, set())

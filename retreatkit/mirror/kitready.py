@@ -164,7 +164,9 @@ class Kit:
         token = self._token()
         if self._known is not None and self._fresh(token):
             return self._known[1]
-        if self._task is None or self._task_token != token:
+        # a check under way is awaited whatever changed since it began: a new one each
+        # time a file landed, started by each view of the page, piled up off the loop
+        if self._task is None or (self._task.done() and self._task_token != token):
             self._start(token)
         assert self._task is not None
         return await asyncio.shield(self._task)
