@@ -152,15 +152,25 @@ class Runner(web.AppRunner):
         return quiet
 
 
-REFUSAL = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 39\r\n"
-    b"Retry-After: 2\r\nConnection: close\r\n\r\ntoo many connections from your address\n"
-)
+def turned_away(text: str) -> bytes:
+    """The whole answer of a connection the gate turns away, `text` its body."""
+    body = text.encode()
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: %d\r\nRetry-After: 2\r\nConnection: close\r\n\r\n" % len(body)
+    ) + body
+
+
+REFUSAL = turned_away("too many connections from your address\n")
+# the bound in all: "from your address" told a client with one connection it held many
+REFUSAL_ALL = turned_away("too many connections in all: try again in a moment\n")
 
 
 class Gate(Protocol):
     """Who may hold a connection (the mirror's per-address and total caps, the admin
     endpoint's): `admit` says yes and counts it, `release` forgets it."""
+
+    full: bool  # the last refusal was for the bound in all, not the address's own
 
     def admit(self, address: str) -> bool: ...
 
@@ -181,7 +191,7 @@ class Guarded(asyncio.Protocol):
         if not self.gate.admit(address):
             # a TCP server's transport writes, though uvloop's do not subclass
             # asyncio.WriteTransport: an isinstance test sent uvloop's clients no line
-            cast(asyncio.Transport, transport).write(REFUSAL)
+            cast(asyncio.Transport, transport).write(REFUSAL_ALL if self.gate.full else REFUSAL)
             transport.close()
             return
         self.address = address

@@ -43,6 +43,7 @@ class AdminGate:
         self.clock = clock
         self.by_address: Counter[str] = Counter()
         self.remote_open = 0
+        self.full = False  # the last refusal was for the LAN's bound in all
         self.refused = 0
         self._news = News(LOGGED_AGAIN, most=1)
 
@@ -51,8 +52,10 @@ class AdminGate:
             return True
         key = limited_as(address)
         if self.by_address[key] >= self.per_address:
+            self.full = False
             return self._refuse(f"{key} holds {self.per_address}, the most one address may")
         if self.remote_open >= self.remote:
+            self.full = True
             return self._refuse(f"{self.remote} are open from the LAN, the most in all")
         self.by_address[key] += 1
         self.remote_open += 1

@@ -52,9 +52,11 @@ class Gate:
         self.stats = stats
         self.by_address: Counter[str] = Counter()
         self.open = 0
+        self.full = False  # the last refusal was for `total`
 
     def admit(self, address: str) -> bool:
         if self.open >= self.total or self.by_address[address] >= self.per_address:
+            self.full = self.open >= self.total
             self.stats.connections_refused += 1
             return False
         self.by_address[address] += 1

@@ -1,5 +1,5 @@
-"""The admin endpoint's gate: a few connections per address (an IPv6 /64 is one) and a
-bound in all, both for the LAN only; refusals logged once a minute."""
+"""The admin endpoint's gate: a few connections per address and a bound in all, both for
+the LAN only; refusals logged once a minute, and told as what they are."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from retreatkit.admin.gate import AdminGate
-from retreatkit.httpserver import REFUSAL, GuardedSite
+from retreatkit.httpserver import REFUSAL, REFUSAL_ALL, GuardedSite
 
 
 class Clock:
@@ -60,6 +60,8 @@ def test_refusals_are_logged_once_a_minute(caplog: pytest.LogCaptureFixture) -> 
 
 
 class Refuses:
+    full = False
+
     def admit(self, address: str) -> bool:
         return False
 
@@ -67,10 +69,10 @@ class Refuses:
         raise AssertionError("never admitted")
 
 
-async def refused_answer() -> bytes:
+async def refused_answer(gate: Refuses | None = None) -> bytes:
     runner = web.AppRunner(web.Application(), access_log=None)
     await runner.setup()
-    site = GuardedSite(runner, "127.0.0.1", 0, Refuses())
+    site = GuardedSite(runner, "127.0.0.1", 0, gate or Refuses())
     await site.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
@@ -88,3 +90,17 @@ def test_a_refused_connection_is_told_why_on_uvloop_too() -> None:
 
     assert uvloop.run(refused_answer()) == REFUSAL
     assert REFUSAL.endswith(b"\r\n\r\ntoo many connections from your address\n")
+
+
+def test_a_refusal_for_the_bound_in_all_says_so() -> None:
+    """It said "too many connections from your address" to a client with one open."""
+    gate = AdminGate(per_address=1, remote=2, clock=Clock())
+    assert gate.admit("10.0.0.1") and not gate.admit("10.0.0.1")
+    assert not gate.full  # the address's own bound
+    assert gate.admit("10.0.0.2") and not gate.admit("10.0.0.3")
+    assert gate.full  # the LAN's bound in all
+    full = Refuses()
+    full.full = True
+    assert asyncio.run(refused_answer(full)) == REFUSAL_ALL
+    assert REFUSAL_ALL.endswith(b"\r\n\r\ntoo many connections in all: try again in a moment\n")
+    assert b"Content-Length: 51\r\n" in REFUSAL_ALL

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from retreatkit.httpserver import REFUSAL, GuardedSite
+from retreatkit.httpserver import REFUSAL, REFUSAL_ALL, GuardedSite
 from retreatkit.mirror.app import make_app
 from retreatkit.mirror.server import Gate
 from retreatkit.mirror.service import Mirror
@@ -73,7 +73,7 @@ async def test_half_sent_requests_are_capped_per_address_and_timed_out(
             assert gate.by_address["127.0.0.1"] == 4
             other = [await clients.connect("127.0.0.2") for _ in range(2)]
             third = await clients.connect("127.0.0.2", send=b"")
-            assert await third.read() == REFUSAL  # the total cap (6) holds across addresses
+            assert await third.read() == REFUSAL_ALL  # the total cap (6), across addresses
             for reader in held + other:  # no complete request: closed by the idle timeout
                 assert await reader.read() == b""
             assert gate.open == 0 and mirror.stats.connections_refused == 3
