@@ -14,10 +14,17 @@ def limited_as(ip: str) -> str:
     one attendee's typo throttled everyone's joins, and 20 senders could wait in the whole
     room. An attendee who holds many addresses (IPv6 privacy addresses, IPv4 aliases)
     gets each address's share; the relay's limits in all bound what that takes."""
+    address = plain(ip)
+    return ip if address is None else str(address)  # not an address ("?"): as it is
+
+
+def plain(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as a socket gives it, as what it is: without an IPv6 zone (fe80::1%eth0),
+    an IPv4 address mapped into IPv6 as IPv4; None for what is not an address."""
     try:
-        address = ipaddress.ip_address(ip.partition("%")[0])  # fe80::1%eth0: its zone
+        address = ipaddress.ip_address(text.partition("%")[0])
     except ValueError:
-        return ip  # not an address (a Unix socket, "?"): counted as it is
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
+        return address.ipv4_mapped
+    return address

@@ -12,11 +12,11 @@ answer the connect another address.
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urljoin, urlsplit
 
 from retreatkit.lanaddress import is_own_address
 from retreatkit.mirror.errors import UpstreamError
+from retreatkit.peers import plain
 
 MOST = 5  # redirects followed for one request; PyPI, npm and Debian's CDNs use one at most
 STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -58,12 +58,9 @@ def near(address: str) -> bool:
     """Whether an address is this machine or its link: loopback, link-local, unspecified,
     multicast, or one of this machine's own (the mirror itself may listen there). A name
     is not an address: the connector asks this of each address it connects to."""
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])
-    except ValueError:
+    ip = plain(address)
+    if ip is None:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
         return True
     return is_own_address(str(ip))
