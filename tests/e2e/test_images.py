@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -348,7 +349,7 @@ def test_a_nameserver_guest_behind_passt_refuses_the_world_and_answers_the_lan(
     assert not Path(f"/proc/{passt}").exists()  # passt ends with its guest
 
 
-def pip_install(index: str, target: Path) -> subprocess.CompletedProcess[str]:
+def pip_install(index: str, target: Path, *names: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     return subprocess.run(
         [
@@ -363,7 +364,7 @@ def pip_install(index: str, target: Path) -> subprocess.CompletedProcess[str]:
             str(target),
             "--index-url",
             index,
-            "demo-pkg",
+            *(names or ("demo-pkg",)),
         ],
         capture_output=True,
         text=True,
@@ -432,6 +433,50 @@ def test_mirror_image_fetches_over_https_and_its_store_survives_a_reboot(
         assert status["bytes_from_cache"] > 300_000  # the wheel came from the disk
     finally:
         guest.stop()
+
+
+def test_a_mirror_guest_in_its_default_memory_serves_a_room_installing_at_once(
+    image: Callable[[str], Path],
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    # In 64 MB, its floor, a mirror guest has about 4 MB free once it answers: four pip
+    # installs of 3 MB wheels at once panic it. [images] memory's default must carry them.
+    ca = tlstesting.make_ca("Retreat Test CA")
+    mirror = tlstesting.trusting(image("mirror"), ca[0], tmp_path / "image" / "mirror")
+    names = [f"wheel{i}" for i in range(8)]
+    root = tmp_path / "upstream"
+    write_pypi(root, {name: [make_wheel(name, "1.0", pad=3_000_000)] for name in names})
+    upstream = start_upstream(root)
+    chain = tlstesting.server_chain(ca, ("127.0.0.1", HOST_FROM_GUEST), tmp_path / "chain.pem")
+    plain = urlsplit(upstream.url)
+    front = tlstesting.TlsFront(chain, (plain.hostname or "", plain.port or 0)).start()
+    config = tmp_path / "retreat.toml"
+    config.write_text(
+        f'[mirror]\npypi = "https://127.0.0.1:{front.port}/simple/"\n[images]\ndisk_size = "256M"\n'
+    )
+    guest = start_guest(mirror, "--disk", str(tmp_path / "store.disk"), env=env, config=config)
+    try:
+        index = f"http://127.0.0.1:{guest.port(8000)}/pypi/simple/"
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            # four attendees, two new wheels each (eight downloads at once), then each all
+            # eight, from the store
+            fetching = [
+                pool.submit(pip_install, index, tmp_path / f"a{i}", *names[2 * i : 2 * i + 2])
+                for i in range(4)
+            ]
+            assert [f.result().returncode for f in fetching] == [0] * 4, fetching[0].result()
+            held = [pool.submit(pip_install, index, tmp_path / f"b{i}", *names) for i in range(4)]
+            assert [f.result().returncode for f in held] == [0] * 4, held[0].result()
+        status = get_json(f"{guest.admin}/status", guest.token)["mirror"]
+        assert isinstance(status, dict)
+        assert status["bytes_from_cache"] >= 4 * 8 * 3_000_000
+    finally:
+        code, lines = guest.interrupt()
+        front.stop()
+        upstream.stop()
+    assert code == 130, lines
+    assert not [line for line in lines if "panic" in line.lower()], lines
 
 
 def _link_or_copy(source: str, target: str) -> None:
