@@ -65,7 +65,9 @@ def _service_of(image: str | Path | None) -> str | None:
 def add_parsers(sub: Any) -> None:
     image = sub.add_parser("image", help="build and boot single-service VM images")
     isub = image.add_subparsers(dest="image_command", required=True, metavar="{kernel,build,run}")
-    k = isub.add_parser("kernel", help="build the small guest kernel once (cached)")
+    k = isub.add_parser(
+        "kernel", help="build the small guest kernel and SQLite library once (cached)"
+    )
     k.add_argument("--jobs", type=int, metavar="N", help="parallel compile jobs (default: CPUs)")
     k.add_argument("--force", action="store_true", help="build again even if one is cached")
     b = isub.add_parser("build", help="build SERVICE's image into DIR/SERVICE/")
@@ -139,12 +141,13 @@ def add_vm_parser(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
-    from retreatkit.image import debs, guestconfig, kernel, kmod, network, qemu, run
+    from retreatkit.image import debs, guestconfig, kernel, kmod, network, qemu, run, sqlitelib
 
     errors = (
         network.NetworkError,
         debs.PackageError,
         kernel.KernelError,
+        sqlitelib.SqliteError,
         kmod.ModuleError,
         qemu.QemuError,
         run.RunError,
@@ -161,6 +164,7 @@ def main(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
             return code
         if args.image_command == "kernel":
             kernel.build(_say, args.jobs, args.force)
+            sqlitelib.build(_say, args.force)
             return 0
         if args.image_command == "build":
             return _build(args, cfg)

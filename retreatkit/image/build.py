@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from retreatkit.image import cpio, debs, kernel, kmod, payload, qemu, sysroot
+from retreatkit.image import cpio, debs, kernel, kmod, payload, qemu, sqlitelib, sysroot
 from retreatkit.image import spec as specs
 from retreatkit.image.elf import Elf
 
@@ -109,7 +109,17 @@ def build(
     tree = base_tree(interp.version)
     tree.update(payload.python_tree(interp, origins, image.deflate))
     objects = [interp.binary, *payload.extension_files(origins)]
-    libraries = sysroot.Libraries(interp.packages).resolve(objects)
+    sqlite: list[sqlitelib.Library] = []
+
+    def ours(soname: str, path: Path, package: debs.Package) -> Path:
+        if soname != sqlitelib.SONAME:
+            return path
+        chosen, why_not = sqlitelib.choose(package, path, objects)
+        say(f"SQLite: {chosen.label}" + (f" ({why_not})" if why_not else ""))
+        sqlite.append(chosen)
+        return chosen.path
+
+    libraries = sysroot.Libraries(interp.packages).resolve(objects, ours)
     packages = {p.name: p for p in interp.packages}
     for soname, (path, package) in libraries.items():
         tree[f"{sysroot.GUEST_LIB}/{soname}"] = cpio.file(path.read_bytes(), executable=True)
@@ -151,6 +161,8 @@ def build(
             "sha256": _sha256(kernel_bytes),
         },
         "initramfs": {"size_bytes": len(initramfs), "sha256": _sha256(initramfs)},
+        # which libsqlite3.so.0 it ships, where it ships one (sqlitelib.py)
+        **({"sqlite": sqlite[0].identity()} if sqlite else {}),
         "size_bytes": len(kernel_bytes) + len(initramfs),
         "python": interp.version,
         "ports": [[proto, port] for proto, port in image.ports],

@@ -1,4 +1,5 @@
-"""Just enough ELF64 to read a kernel module's `.modinfo` and a shared object's needs.
+"""Just enough ELF64 to read a kernel module's `.modinfo` and a shared object's needs
+(the libraries and symbols it asks the loader for, the symbols it gives).
 
 The System V ABI's generic ELF layout (little-endian, 64-bit only: the images are x86_64).
 Reading these ourselves, rather than running `ldd` or `modinfo`, keeps the build free of
@@ -12,6 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SHT_DYNAMIC = 6
+SHT_DYNSYM = 11
+SHN_UNDEF = 0
+STB_GLOBAL, STB_WEAK = 1, 2
+STV_DEFAULT = 0
 PT_INTERP = 3
 PT_NOTE = 4
 DT_NEEDED = 1
@@ -108,6 +113,27 @@ class Elf:
     def soname(self) -> str | None:
         names = self._dynamic(DT_SONAME)
         return names[0] if names else None
+
+    def dynamic_symbols(self) -> tuple[set[str], set[str]]:
+        """(defined, undefined): the names in the dynamic symbol table that the object
+        gives other objects (global or weak, default visibility), and those it asks the
+        loader to find elsewhere."""
+        defined: set[str] = set()
+        undefined: set[str] = set()
+        for s in self.sections:
+            if s.kind != SHT_DYNSYM:
+                continue
+            strings = self.sections[s.link].offset
+            for at in range(s.offset + 24, s.offset + s.size, 24):  # entry 0 is null
+                name_at, info, other, shndx = struct.unpack_from("<IBBH", self.data, at)
+                name = self._string(strings, name_at)
+                if not name or info >> 4 not in (STB_GLOBAL, STB_WEAK):
+                    continue
+                if shndx == SHN_UNDEF:
+                    undefined.add(name)
+                elif other & 3 == STV_DEFAULT:
+                    defined.add(name)
+        return defined, undefined
 
     def modinfo(self) -> list[tuple[str, str]]:
         """A kernel module's `key=value` strings (alias, depends, softdep, ...)."""

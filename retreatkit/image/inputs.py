@@ -12,6 +12,8 @@ The inputs, each as it would be taken now:
 - the Debian packages the image took (the interpreter, the libraries, the CA
   certificates): apt's candidate version of each, which a build would fetch;
 - the kernel (its kind, label and bytes: ours, or Debian's, as `[images] kernel` picks);
+- SQLite, where the image ships it: ours (its bytes) when built for apt's version of
+  libsqlite3-0, else Debian's (sqlitelib.py);
 - the tools whose output lands in the image: strip (extension modules) and openssl (the
   CA folder's names).
 
@@ -36,7 +38,7 @@ from typing import Any
 
 import retreatkit
 from retreatkit import version
-from retreatkit.image import build, debs, kernel, payload
+from retreatkit.image import build, debs, kernel, payload, sqlitelib
 
 INPUTS = "inputs.json"
 TOOLS = ("strip", "openssl")
@@ -101,6 +103,7 @@ def of_build(service: str, shared: dict[str, Any], manifest: dict[str, Any]) -> 
         **shared,
         "kernel": {"kind": kern["kind"], "label": kern["label"], "sha256": kern["sha256"]},
         "packages": {name: version for name, version, _ in manifest["packages"]},
+        "sqlite": manifest.get("sqlite"),
     }
 
 
@@ -197,6 +200,11 @@ def priors(images: list[tuple[Path, str]], which_kernel: str) -> dict[Path, Prio
                 "service": service,
                 **taken,
                 "packages": {n: versions.get(n) for n in doc["packages"]},
+                "sqlite": (
+                    sqlitelib.expected(versions.get(sqlitelib.BINARY))
+                    if sqlitelib.BINARY in doc["packages"]
+                    else None
+                ),
             }
             reusable = all(doc.get(k) == v for k, v in wanted.items())
             reusable = reusable and _whole(folder, doc, service)

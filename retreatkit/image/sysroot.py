@@ -6,7 +6,7 @@ import hashlib
 import os
 import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -145,8 +145,14 @@ class Libraries:
         self._queue(package)
         return True
 
-    def resolve(self, objects: Iterable[Path]) -> dict[str, tuple[Path, debs.Package]]:
-        """soname -> (file, package) for everything `objects` need, transitively."""
+    def resolve(
+        self,
+        objects: Iterable[Path],
+        given: Callable[[str, Path, debs.Package], Path] = lambda _, path, __: path,
+    ) -> dict[str, tuple[Path, debs.Package]]:
+        """soname -> (file, package) for everything `objects` need, transitively. `given`
+        may ship another file for a library found (ours for Debian's): that file's own
+        needs are followed, not those of the one it replaces."""
         wanted = deque(n for o in objects for n in Elf.read(o).needed())
         found: dict[str, tuple[Path, debs.Package]] = {}
         while wanted:
@@ -158,6 +164,7 @@ class Libraries:
                 hit = self._search(soname)
             if hit is None:
                 raise debs.PackageError(f"no package found that provides {soname}")
+            hit = (given(soname, *hit), hit[1])
             found[soname] = hit
             wanted.extend(Elf.read(hit[0]).needed())
         return found

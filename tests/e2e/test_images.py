@@ -381,6 +381,9 @@ def test_mirror_image_fetches_over_https_and_its_store_survives_a_reboot(
     # the upstream speaks HTTPS with a certificate from a CA of the test's own, which the
     # guest trusts the way it trusts Debian's: in its CA folder, found by subject hash
     ca = tlstesting.make_ca("Retreat Test CA")
+    # its SQLite is ours (`image kernel` built it beside the kernel): the store runs on it
+    shipped = json.loads((image("mirror") / "manifest.json").read_text())["sqlite"]
+    assert shipped["kind"] == "own", shipped
     mirror = tlstesting.trusting(image("mirror"), ca[0], tmp_path / "image" / "mirror")
     root = tmp_path / "upstream"
     write_pypi(root, {"demo-pkg": [make_wheel("demo-pkg", "1.0", pad=300_000)]})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from retreatkit.image import cpio, inputs, kernel
+from retreatkit.image import cpio, inputs, kernel, sqlitelib
 from retreatkit.image.testing import manifest, retreatkit_argv
 from retreatkit.testing import Process
 
@@ -63,9 +63,12 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def built_image(folder: Path, service: str, built_at: float) -> None:
+def built_image(
+    folder: Path, service: str, built_at: float, sqlite: sqlitelib.Library | None = None
+) -> None:
     """An image in `folder` with the record `image build` leaves beside it, built from
-    what a build would take here now (libc6 2.36-9, our kernel, this kit)."""
+    what a build would take here now (libc6 2.36-9, our kernel, this kit; `sqlite` and
+    libsqlite3-0 3.40.1-2 where given)."""
     folder.mkdir(parents=True)
     doc = manifest(service, len(KERNEL), len(INITRAMFS))
     doc["kernel"].update(
@@ -73,6 +76,9 @@ def built_image(folder: Path, service: str, built_at: float) -> None:
     )
     doc["initramfs"]["sha256"] = _sha256(INITRAMFS)
     doc["packages"] = [["libc6", "2.36-9", "0" * 64]]
+    if sqlite is not None:
+        doc["packages"].append([sqlitelib.BINARY, "3.40.1-2", "0" * 64])
+        doc["sqlite"] = sqlite.identity()
     (folder / "manifest.json").write_text(json.dumps(doc))
     (folder / "kernel").write_bytes(KERNEL)
     (folder / "initramfs").write_bytes(INITRAMFS)
@@ -114,6 +120,36 @@ def test_an_image_is_used_again_only_while_what_it_is_built_from_is_unchanged(
     )  # another kernel asked for; and no record at all is none
     (image / inputs.INPUTS).unlink()
     assert inputs.priors([(image, "relay")], "auto")[image] == inputs.NONE
+
+
+def test_an_image_with_our_sqlite_is_used_again_only_while_that_library_is_unchanged(
+    home: Path,
+) -> None:
+    (home / "bin" / "apt-cache.versions").write_text("libc6=2.36-9\nlibsqlite3-0=3.40.1-2\n")
+    ours = sqlitelib.folder("3.40.1-2") / sqlitelib.SONAME
+    ours.parent.mkdir(parents=True)
+    ours.write_bytes(b"our SQLite, as built")
+    built = sqlitelib.own("3.40.1-2")
+    assert built is not None
+    image = home / "images" / "mirror"
+    built_image(image, "mirror", time.time(), built)
+
+    def reusable() -> bool:
+        return inputs.priors([(image, "mirror")], "auto")[image].reusable
+
+    assert reusable()
+    record = json.loads((image / inputs.INPUTS).read_text())
+    assert record["sqlite"] == {
+        "kind": "own",
+        "label": f"retreatkit build of sqlite3 3.40.1-2 (options {sqlitelib.options_key()})",
+        "sha256": _sha256(b"our SQLite, as built"),
+    }
+    ours.write_bytes(b"our SQLite, built again with other options")  # a build would take it
+    assert not reusable()
+    ours.write_bytes(b"our SQLite, as built")
+    assert reusable()
+    ours.unlink()  # none built: a build would take Debian's
+    assert not reusable()
 
 
 def test_up_uses_the_image_it_built_and_names_the_guest_it_stopped_when_the_next_fails(
