@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from retreatkit.image import cpio, debs, kernel, kmod, payload, qemu, sysroot
+from retreatkit.image import cpio, debs, kernel, kmod, payload, qemu, relink, sysroot
 from retreatkit.image import spec as specs
 from retreatkit.image.elf import Elf
 
@@ -104,17 +104,25 @@ def build(
     kern = kernel.choose(which_kernel)
     say(f"Kernel: {kern.label}")
     interp = sysroot.interpreter()
+    # the probe runs Debian's binary, which has every built-in: what it loads of them is
+    # what the relinked one keeps
     loaded = payload.probe(interp, service, image.leave_out, image.whole)
-    origins = payload.made_lazy(payload.select(interp, loaded), image.lazy)
+    origins = payload.made_lazy(payload.select(interp, payload.files(loaded)), image.lazy)
+    extensions = payload.extension_files(origins)
+    finder = sysroot.Libraries(interp.packages)
+    # a deflated zip of modules is inflated by zlib before any of them loads
+    keep = relink.builtins(loaded) | ({"zlib"} if image.deflate else set())
+    python = relink.choose(interp, keep, finder.resolve(extensions))
+    say(f"Interpreter: {python.label}")
     tree = base_tree(interp.version)
-    tree.update(payload.python_tree(interp, origins, image.deflate))
-    objects = [interp.binary, *payload.extension_files(origins)]
-    libraries = sysroot.Libraries(interp.packages).resolve(objects)
-    packages = {p.name: p for p in interp.packages}
+    tree.update(payload.python_tree(interp, origins, image.deflate, python.binary))
+    # a library goes in only when a shipped program or module names it (DT_NEEDED)
+    libraries = finder.resolve([python.binary, *extensions])
+    packages = {p.name: p for p in (*interp.packages, *python.packages)}
     for soname, (path, package) in libraries.items():
         tree[f"{sysroot.GUEST_LIB}/{soname}"] = cpio.file(path.read_bytes(), executable=True)
         packages[package.name] = package
-    loader = Elf.read(interp.binary).interpreter()
+    loader = Elf.read(python.binary).interpreter()
     if loader and loader.lstrip("/") not in tree:
         tree[loader.lstrip("/")] = cpio.symlink(f"/{sysroot.GUEST_LIB}/{Path(loader).name}")
     if image.tls:
@@ -153,6 +161,11 @@ def build(
         "initramfs": {"size_bytes": len(initramfs), "sha256": _sha256(initramfs)},
         "size_bytes": len(kernel_bytes) + len(initramfs),
         "python": interp.version,
+        "interpreter": {
+            "kind": python.kind,
+            "label": python.label,
+            "builtins": list(python.builtins),
+        },
         "ports": [[proto, port] for proto, port in image.ports],
         "admin_port": specs.ADMIN_PORT,
         "disk": image.disk,

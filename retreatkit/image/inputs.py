@@ -12,8 +12,9 @@ The inputs, each as it would be taken now:
 - the Debian packages the image took (the interpreter, the libraries, the CA
   certificates): apt's candidate version of each, which a build would fetch;
 - the kernel (its kind, label and bytes: ours, or Debian's, as `[images] kernel` picks);
-- the tools whose output lands in the image: strip (extension modules) and openssl (the
-  CA folder's names).
+- the tools whose output lands in the image: strip (extension modules), openssl (the
+  CA folder's names), gcc and ld (the relinked interpreter; without them the image takes
+  Debian's, so their coming or going changes the image too).
 
 `image build` takes no configuration into the image (a guest's settings come on its
 configuration disk at each boot), so none is among them. The record is written last, once
@@ -36,10 +37,10 @@ from typing import Any
 
 import retreatkit
 from retreatkit import version
-from retreatkit.image import build, debs, kernel, payload
+from retreatkit.image import build, debs, kernel, payload, relink
 
 INPUTS = "inputs.json"
-TOOLS = ("strip", "openssl")
+TOOLS = ("strip", "openssl", *relink.TOOLS)
 UNTAKEN = ("__pycache__",)  # a folder of the kit's that no image is built from
 
 
