@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from retreatkit.image import cpio, debs, kernel, kmod, payload, qemu, sqlitelib, sysroot
+from retreatkit.image import cpio, debs, kernel, kmod, payload, qemu, relink, sqlitelib, sysroot
 from retreatkit.image import spec as specs
 from retreatkit.image.elf import Elf
 
@@ -104,27 +104,37 @@ def build(
     kern = kernel.choose(which_kernel)
     say(f"Kernel: {kern.label}")
     interp = sysroot.interpreter()
+    # the probe runs Debian's binary, which has every built-in: what it loads of them is
+    # what the relinked one keeps
     loaded = payload.probe(interp, service, image.leave_out, image.whole)
-    origins = payload.made_lazy(payload.select(interp, loaded), image.lazy)
-    tree = base_tree(interp.version)
-    tree.update(payload.python_tree(interp, origins, image.deflate))
-    objects = [interp.binary, *payload.extension_files(origins)]
+    origins = payload.made_lazy(payload.select(interp, payload.files(loaded)), image.lazy)
+    extensions = payload.extension_files(origins)
+    finder = sysroot.Libraries(interp.packages)
+    # a deflated zip of modules is inflated by zlib before any of them loads
+    keep = relink.builtins(loaded) | ({"zlib"} if image.deflate else set())
+    # SQLite: ours for Debian's where ours gives all the extension modules ask of it
     sqlite: list[sqlitelib.Library] = []
 
     def ours(soname: str, path: Path, package: debs.Package) -> Path:
         if soname != sqlitelib.SONAME:
             return path
-        chosen, why_not = sqlitelib.choose(package, path, objects)
-        say(f"SQLite: {chosen.label}" + (f" ({why_not})" if why_not else ""))
-        sqlite.append(chosen)
-        return chosen.path
+        if not sqlite:
+            chosen, why_not = sqlitelib.choose(package, path, extensions)
+            say(f"SQLite: {chosen.label}" + (f" ({why_not})" if why_not else ""))
+            sqlite.append(chosen)
+        return sqlite[0].path
 
-    libraries = sysroot.Libraries(interp.packages).resolve(objects, ours)
-    packages = {p.name: p for p in interp.packages}
+    python = relink.choose(interp, keep, finder.resolve(extensions, ours))
+    say(f"Interpreter: {python.label}")
+    tree = base_tree(interp.version)
+    tree.update(payload.python_tree(interp, origins, image.deflate, python.binary))
+    # a library goes in only when a shipped program or module names it (DT_NEEDED)
+    libraries = finder.resolve([python.binary, *extensions], ours)
+    packages = {p.name: p for p in (*interp.packages, *python.packages)}
     for soname, (path, package) in libraries.items():
         tree[f"{sysroot.GUEST_LIB}/{soname}"] = cpio.file(path.read_bytes(), executable=True)
         packages[package.name] = package
-    loader = Elf.read(interp.binary).interpreter()
+    loader = Elf.read(python.binary).interpreter()
     if loader and loader.lstrip("/") not in tree:
         tree[loader.lstrip("/")] = cpio.symlink(f"/{sysroot.GUEST_LIB}/{Path(loader).name}")
     if image.tls:
@@ -165,6 +175,11 @@ def build(
         **({"sqlite": sqlite[0].identity()} if sqlite else {}),
         "size_bytes": len(kernel_bytes) + len(initramfs),
         "python": interp.version,
+        "interpreter": {
+            "kind": python.kind,
+            "label": python.label,
+            "builtins": list(python.builtins),
+        },
         "ports": [[proto, port] for proto, port in image.ports],
         "admin_port": specs.ADMIN_PORT,
         "disk": image.disk,

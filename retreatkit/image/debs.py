@@ -144,34 +144,43 @@ def _apt(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
         raise PackageError(f"{args[0]} not found: building images needs Debian's apt") from None
 
 
-def _cached(name: str) -> list[Path]:
-    return sorted(debs_dir().glob(f"{name}_*.deb"), key=lambda p: p.stat().st_mtime)
+def _cached(name: str, version: str | None = None) -> list[Path]:
+    found = sorted(debs_dir().glob(f"{name}_*.deb"), key=lambda p: p.stat().st_mtime)
+    if version is not None:  # the file name quotes the epoch's colon: read the control
+        found = [deb for deb in found if control_fields(deb).get("Version") == version]
+    return found
 
 
-def fetch(name: str) -> Path:
-    """The package's .deb in the cache: apt's candidate version, or the newest one cached."""
+def fetch(name: str, version: str | None = None) -> Path:
+    """The package's .deb in the cache: `version`, else apt's candidate version, or the
+    newest one cached."""
     folder = debs_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    shown = _apt("apt-cache", "show", "--no-all-versions", name)
+    asked = f"{name}={version}" if version else name
+    shown = _apt("apt-cache", "show", "--no-all-versions", asked)
     fields = parse_fields(shown.stdout) if shown.returncode == 0 else {}
     if "Filename" in fields:
-        deb = folder / PurePosixPath(fields["Filename"]).name
-        if deb.exists():
-            return deb
+        # apt-get download names the file with the version's epoch quoted (1%3a1.2),
+        # where the archive's file name has none
+        arch = fields.get("Architecture", "")
+        quoted = f"{name}_{fields['Version'].replace(':', '%3a')}_{arch}.deb"
+        names = [folder / PurePosixPath(fields["Filename"]).name, folder / quoted]
+        for deb in names:
+            if deb.exists():
+                return deb
         # apt-get download writes into the current folder
-        version = f"{name}={fields['Version']}"
-        got = _apt(
-            "apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", version, cwd=folder
-        )
-        if got.returncode == 0 and deb.exists():
-            return deb
+        exact = f"{name}={fields['Version']}"
+        got = _apt("apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", exact, cwd=folder)
+        written = [deb for deb in names if got.returncode == 0 and deb.exists()]
+        if written:
+            return written[0]
         reason = (got.stderr.strip().splitlines() or ["apt-get download failed"])[-1]
     else:
-        reason = f"apt knows no package {name}"
-    cached = _cached(name)
+        reason = f"apt knows no package {asked}"
+    cached = _cached(name, version)
     if cached:
         return cached[-1]
-    raise PackageError(f"cannot fetch {name}: {reason}")
+    raise PackageError(f"cannot fetch {asked}: {reason}")
 
 
 def chosen_versions(names: list[str]) -> dict[str, str]:
@@ -192,9 +201,10 @@ def chosen_versions(names: list[str]) -> dict[str, str]:
     return found
 
 
-def package(name: str) -> Package:
-    """Fetch (once) and unpack (once) a package; its files are under `.tree`."""
-    deb = fetch(name)
+def package(name: str, version: str | None = None) -> Package:
+    """Fetch (once) and unpack (once) a package, of `version` if given (else as `fetch`
+    chooses); its files are under `.tree`."""
+    deb = fetch(name, version)
     fields = control_fields(deb)
     tree = cache_dir() / "unpacked" / deb.stem
     if not (tree / ".complete").exists():

@@ -14,8 +14,9 @@ The inputs, each as it would be taken now:
 - the kernel (its kind, label and bytes: ours, or Debian's, as `[images] kernel` picks);
 - SQLite, where the image ships it: ours (its bytes) when built for apt's version of
   libsqlite3-0, else Debian's (sqlitelib.py);
-- the tools whose output lands in the image: strip (extension modules) and openssl (the
-  CA folder's names).
+- the tools whose output lands in the image: strip (extension modules), openssl (the
+  CA folder's names), gcc and ld (the relinked interpreter; without them the image takes
+  Debian's, so their coming or going changes the image too).
 
 `image build` takes no configuration into the image (a guest's settings come on its
 configuration disk at each boot), so none is among them. The record is written last, once
@@ -38,10 +39,10 @@ from typing import Any
 
 import retreatkit
 from retreatkit import version
-from retreatkit.image import build, debs, kernel, payload, sqlitelib
+from retreatkit.image import build, debs, kernel, payload, relink, sqlitelib
 
 INPUTS = "inputs.json"
-TOOLS = ("strip", "openssl")
+TOOLS = ("strip", "openssl", *relink.TOOLS)
 UNTAKEN = ("__pycache__",)  # a folder of the kit's that no image is built from
 
 

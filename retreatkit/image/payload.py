@@ -89,9 +89,9 @@ def site_roots() -> list[Path]:
 
 def probe(
     interp: Interpreter, service: str, leave_out: tuple[str, ...], whole: tuple[str, ...] = ()
-) -> dict[str, str]:
-    """module name -> the file it was loaded from, for every module the service loaded
-    and every module of the packages in `whole`."""
+) -> dict[str, str | None]:
+    """module name -> where it was loaded from (a file, "built-in", "frozen" or None), for
+    every module the service loaded and every module of the packages in `whole`."""
     arg = json.dumps([[str(p) for p in site_roots()], list(leave_out), list(whole), service])
     try:
         done = subprocess.run(
@@ -106,6 +106,11 @@ def probe(
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise PackageError(f"probing the {service} service failed: {last}")
     loaded: dict[str, str | None] = json.loads(done.stdout.strip().splitlines()[-1])
+    return loaded
+
+
+def files(loaded: dict[str, str | None]) -> dict[str, str]:
+    """Of a probe's report, the modules loaded from a file: name -> that file."""
     return {n: o for n, o in loaded.items() if o and o not in ("built-in", "frozen")}
 
 
@@ -233,9 +238,10 @@ def kit_metadata(libdir: str) -> dict[str, cpio.Entry]:
 
 
 def python_tree(
-    interp: Interpreter, origins: list[Origin], deflate: bool = False
+    interp: Interpreter, origins: list[Origin], deflate: bool = False, binary: Path | None = None
 ) -> dict[str, cpio.Entry]:
-    """Guest path -> entry for the interpreter and every module it will load.
+    """Guest path -> entry for the interpreter (`binary`, else Debian's) and every module
+    it will load.
 
     Pure-Python modules go in `pythonXY.zip`, first on the interpreter's default path:
     one file instead of hundreds, found by one lookup per import, and no memory lost to
@@ -267,7 +273,8 @@ def python_tree(
     for o in origins:
         if o.source.suffix == ".so":
             tree[o.guest] = cpio.file(stripped(o.source), executable=True)
-    tree[f"usr/bin/python{interp.version}"] = cpio.file(interp.binary.read_bytes(), True)
+    binary = binary or interp.binary
+    tree[f"usr/bin/python{interp.version}"] = cpio.file(binary.read_bytes(), True)
     # and the extension modules by this folder (exec_prefix's landmark)
     tree.setdefault(f"{libdir}/lib-dynload", cpio.directory())
     return tree

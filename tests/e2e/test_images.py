@@ -516,6 +516,24 @@ def test_the_same_inputs_build_the_same_bytes(image: Callable[[str], Path], tmp_
     )
 
 
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed (.ci/run does)")
+def test_an_image_ships_a_relinked_interpreter_and_only_the_libraries_something_needs(
+    image: Callable[[str], Path],
+) -> None:
+    for service in ("relay", "mirror"):
+        manifest = json.loads((image(service) / "manifest.json").read_text())
+        assert manifest["interpreter"]["kind"] == "relinked"
+        assert manifest["interpreter"]["label"].startswith("relinked from libpython3.11-dev ")
+        shipped = {Path(f["path"]).name for f in manifest["files"]}
+        # nothing needs expat (no service parses XML) or zlib's library (linked in)
+        assert not {"libexpat.so.1", "libz.so.1"} & shipped
+        assert "libc.so.6" in shipped
+        # the mirror's SQLite needs libm, which its interpreter then shares; the relay's
+        # interpreter has libm's few functions linked in
+        assert ("libm.so.6" in shipped) == (service == "mirror")
+        assert "pyexpat" not in manifest["interpreter"]["builtins"]
+
+
 def admin_call(url: str, token: str, method: str = "GET") -> dict[str, object]:
     request = urllib.request.Request(
         url, method=method, headers={"Authorization": f"Bearer {token}"}

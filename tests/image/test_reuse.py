@@ -111,6 +111,12 @@ def test_an_image_is_used_again_only_while_what_it_is_built_from_is_unchanged(
         assert not reusable()
         (image / changed).write_bytes(original)
     assert reusable()
+    # another gcc first on the PATH: it would link the guest's interpreter again
+    (home / "bin" / "gcc").write_text("#!/bin/sh\nexit 1\n")
+    (home / "bin" / "gcc").chmod(0o755)
+    assert not reusable()
+    (home / "bin" / "gcc").unlink()
+    assert reusable()
     for key, other in (("kit", {"version": "0.0.1", "files": "0" * 64}),  # the code changed
                        ("kernel", {**record["kernel"], "sha256": "0" * 64})):  # fmt: skip
         (image / inputs.INPUTS).write_text(json.dumps({**record, key: other}))
