@@ -62,9 +62,16 @@ print(json.dumps({n: getattr(getattr(m, "__spec__", None), "origin", None)
                   for n, m in list(sys.modules.items())}))
 """
 
-PYC_FLAVOUR = "OO-nodebugranges"  # how COMPILE compiles: part of the cache's key
+PYC_FLAVOUR = "OO-nodebugranges-1char"  # how COMPILE compiles: part of the cache's key
+# marshal writes a string as interned or not as it finds it, and CPython's one-character
+# strings are singletons whose interned mark, once set, stays for the process: so a
+# module's .pyc could differ by which modules were compiled before it in one batch (a '.'
+# interned or not), and an image by what the cache held. Each is interned first, alike
+# in every batch.
 COMPILE = """
 import json, py_compile, sys
+for code in range(256):
+    sys.intern(chr(code))
 for source, target, shown in json.load(sys.stdin):
     py_compile.compile(source, cfile=target, dfile=shown, doraise=True, optimize=2,
                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
