@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from retreatkit import version
 from retreatkit.admin import token as admin_token
@@ -38,7 +39,7 @@ from retreatkit.image.testing import (
     retreatkit_argv,
     start_guest,
 )
-from retreatkit.mirror.testing import make_wheel, start_upstream, write_pypi
+from retreatkit.mirror.testing import Server, make_wheel, start_upstream, write_pypi
 from retreatkit.nameserver.testing import Dnsmasq
 from retreatkit.testing import Process, bob_argv
 from retreatkit.tui.sources import AdminClient, Endpoint
@@ -373,6 +374,29 @@ def pip_install(index: str, target: Path, *names: str) -> subprocess.CompletedPr
     )
 
 
+def https_pypi(
+    ca: tuple[bytes, ec.EllipticCurvePrivateKey],
+    tmp_path: Path,
+    wheels: dict[str, list[tuple[str, bytes, bytes]]],
+    more: str = "",
+) -> tuple[Server, tlstesting.TlsFront, Path]:
+    """A PyPI of `wheels` behind HTTPS with a certificate from `ca`, and a configuration
+    whose mirror takes it as its upstream (`more`: further [mirror] lines)."""
+    root = tmp_path / "upstream"
+    write_pypi(root, wheels)
+    upstream = start_upstream(root)
+    # the guest reaches the host's loopback at 10.0.2.2: the address it checks the name of
+    chain = tlstesting.server_chain(ca, ("127.0.0.1", HOST_FROM_GUEST), tmp_path / "chain.pem")
+    plain = urlsplit(upstream.url)
+    front = tlstesting.TlsFront(chain, (plain.hostname or "", plain.port or 0)).start()
+    config = tmp_path / "retreat.toml"
+    config.write_text(
+        f'[mirror]\npypi = "https://127.0.0.1:{front.port}/simple/"\n{more}'
+        '[images]\ndisk_size = "256M"\n'
+    )
+    return upstream, front, config
+
+
 def test_mirror_image_fetches_over_https_and_its_store_survives_a_reboot(
     image: Callable[[str], Path],
     env: dict[str, str],
@@ -385,18 +409,8 @@ def test_mirror_image_fetches_over_https_and_its_store_survives_a_reboot(
     shipped = json.loads((image("mirror") / "manifest.json").read_text())["sqlite"]
     assert shipped["kind"] == "own", shipped
     mirror = tlstesting.trusting(image("mirror"), ca[0], tmp_path / "image" / "mirror")
-    root = tmp_path / "upstream"
-    write_pypi(root, {"demo-pkg": [make_wheel("demo-pkg", "1.0", pad=300_000)]})
-    upstream = start_upstream(root)
-    # the guest reaches the host's loopback at 10.0.2.2: the address it checks the name of
-    chain = tlstesting.server_chain(ca, ("127.0.0.1", HOST_FROM_GUEST), tmp_path / "chain.pem")
-    plain = urlsplit(upstream.url)
-    front = tlstesting.TlsFront(chain, (plain.hostname or "", plain.port or 0)).start()
-    config = tmp_path / "retreat.toml"
-    config.write_text(
-        f'[mirror]\npypi = "https://127.0.0.1:{front.port}/simple/"\nindex_ttl = 0.0\n'
-        '[images]\ndisk_size = "256M"\n'
-    )
+    wheels = {"demo-pkg": [make_wheel("demo-pkg", "1.0", pad=300_000)]}
+    upstream, front, config = https_pypi(ca, tmp_path, wheels, "index_ttl = 0.0\n")
     disk = tmp_path / "store.disk"
     # in the issue's 64 MB, the mirror's floor (spec.LEAST_BY_SERVICE)
     args = ("--disk", str(disk), "--memory", "64")
@@ -443,21 +457,13 @@ def test_a_mirror_guest_in_its_default_memory_serves_a_room_installing_at_once(
     env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    # In 64 MB, its floor, a mirror guest has about 4 MB free once it answers: four pip
-    # installs of 3 MB wheels at once panic it. [images] memory's default must carry them.
+    # In 64 MB, its floor, four pip installs of 3 MB wheels at once panic a mirror guest
+    # out of memory; [images] memory's default must carry them.
     ca = tlstesting.make_ca("Retreat Test CA")
     mirror = tlstesting.trusting(image("mirror"), ca[0], tmp_path / "image" / "mirror")
     names = [f"wheel{i}" for i in range(8)]
-    root = tmp_path / "upstream"
-    write_pypi(root, {name: [make_wheel(name, "1.0", pad=3_000_000)] for name in names})
-    upstream = start_upstream(root)
-    chain = tlstesting.server_chain(ca, ("127.0.0.1", HOST_FROM_GUEST), tmp_path / "chain.pem")
-    plain = urlsplit(upstream.url)
-    front = tlstesting.TlsFront(chain, (plain.hostname or "", plain.port or 0)).start()
-    config = tmp_path / "retreat.toml"
-    config.write_text(
-        f'[mirror]\npypi = "https://127.0.0.1:{front.port}/simple/"\n[images]\ndisk_size = "256M"\n'
-    )
+    wheels = {name: [make_wheel(name, "1.0", pad=3_000_000)] for name in names}
+    upstream, front, config = https_pypi(ca, tmp_path, wheels)
     guest = start_guest(mirror, "--disk", str(tmp_path / "store.disk"), env=env, config=config)
     try:
         index = f"http://127.0.0.1:{guest.port(8000)}/pypi/simple/"
