@@ -8,13 +8,17 @@ version of a package is used.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import lzma
+import os
 import re
 import shutil
 import subprocess
 import tarfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -168,9 +172,25 @@ def fetch(name: str, version: str | None = None) -> Path:
         for deb in names:
             if deb.exists():
                 return deb
-        # apt-get download writes into the current folder
+        # apt-get download writes into the current folder; another build may be fetching
+        # the same package (CI builds beside `image kernel`): one at a time, none half-seen
         exact = f"{name}={fields['Version']}"
-        got = _apt("apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", exact, cwd=folder)
+        with _locked(folder / ".download.lock"):
+            if any(deb.exists() for deb in names):
+                return next(deb for deb in names if deb.exists())
+            scratch = folder / ".download"
+            shutil.rmtree(scratch, ignore_errors=True)  # a download cut short
+            scratch.mkdir()
+            try:
+                got = _apt(
+                    "apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", exact,
+                    cwd=scratch,
+                )  # fmt: skip
+                for deb in names:
+                    if got.returncode == 0 and (scratch / deb.name).exists():
+                        (scratch / deb.name).rename(deb)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
         written = [deb for deb in names if got.returncode == 0 and deb.exists()]
         if written:
             return written[0]
@@ -208,12 +228,27 @@ def package(name: str, version: str | None = None) -> Package:
     fields = control_fields(deb)
     tree = cache_dir() / "unpacked" / deb.stem
     if not (tree / ".complete").exists():
-        partial = tree.with_name(tree.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        unpack(deb, partial)
-        (partial / ".complete").touch()
-        shutil.rmtree(tree, ignore_errors=True)
-        partial.rename(tree)
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        # another build may be unpacking it too: one does, the other then finds it done
+        with _locked(tree.with_name(tree.name + ".lock")):
+            if not (tree / ".complete").exists():
+                partial = tree.with_name(tree.name + ".partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir()
+                unpack(deb, partial)
+                (partial / ".complete").touch()
+                shutil.rmtree(tree, ignore_errors=True)
+                partial.rename(tree)
     depends = parse_depends(", ".join(fields.get(k, "") for k in ("Pre-Depends", "Depends")))
     return Package(fields.get("Package", name), fields.get("Version", "?"), deb, depends, tree)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold `path`'s lock (released when the descriptor closes, a crash included)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -211,6 +211,10 @@ def _link(folder: Path, config_c: str, interp: Interpreter, libraries: list[Path
             )  # fmt: skip
         except FileNotFoundError:
             raise RelinkError("gcc not found") from None
+        except subprocess.TimeoutExpired:
+            raise RelinkError(f"{step[-1]} took over 10 minutes") from None
+        except OSError as exc:
+            raise RelinkError(f"gcc could not run: {exc.strerror or exc}") from None
         if done.returncode != 0:
             lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
             # gcc's last line is "compilation terminated."; the error is before it

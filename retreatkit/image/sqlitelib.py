@@ -268,10 +268,15 @@ def _check_tools() -> None:
 
 def _step(args: list[str], cwd: Path, log: Path, what: str) -> None:
     with log.open("ab") as out:
-        done = subprocess.run(
-            args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, check=False,
-            env={**os.environ, "LC_ALL": "C"},
-        )  # fmt: skip
+        try:
+            done = subprocess.run(
+                args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, check=False,
+                stdin=subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C"}, timeout=1800,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise SqliteError(f"{what} took over 30 minutes (its log: {log})") from None
+        except OSError as exc:
+            raise SqliteError(f"{what} could not run {args[0]}: {exc.strerror or exc}") from None
     if done.returncode != 0:
         tail = log.read_text("utf-8", "replace").strip().splitlines()[-3:]
         raise SqliteError(f"{what} failed: {' | '.join(tail)}")
