@@ -8,20 +8,17 @@ version of a package is used.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 import lzma
-import os
 import re
 import shutil
 import subprocess
 import tarfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from retreatkit.image import locks
 from retreatkit.image.paths import cache_dir
 
 AR_MAGIC = b"!<arch>\n"
@@ -175,7 +172,7 @@ def fetch(name: str, version: str | None = None) -> Path:
         # apt-get download writes into the current folder; another build may be fetching
         # the same package (CI builds beside `image kernel`): one at a time, none half-seen
         exact = f"{name}={fields['Version']}"
-        with _locked(folder / ".download.lock"):
+        with locks.held(folder / ".download.lock"):
             if any(deb.exists() for deb in names):
                 return next(deb for deb in names if deb.exists())
             scratch = folder / ".download"
@@ -230,7 +227,7 @@ def package(name: str, version: str | None = None) -> Package:
     if not (tree / ".complete").exists():
         tree.parent.mkdir(parents=True, exist_ok=True)
         # another build may be unpacking it too: one does, the other then finds it done
-        with _locked(tree.with_name(tree.name + ".lock")):
+        with locks.held(tree.with_name(tree.name + ".lock")):
             if not (tree / ".complete").exists():
                 partial = tree.with_name(tree.name + ".partial")
                 shutil.rmtree(partial, ignore_errors=True)
@@ -241,14 +238,3 @@ def package(name: str, version: str | None = None) -> Package:
                 partial.rename(tree)
     depends = parse_depends(", ".join(fields.get(k, "") for k in ("Pre-Depends", "Depends")))
     return Package(fields.get("Package", name), fields.get("Version", "?"), deb, depends, tree)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold `path`'s lock (released when the descriptor closes, a crash included)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

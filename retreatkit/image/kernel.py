@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import lzma
@@ -16,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from retreatkit.image import debs
+from retreatkit.image import debs, locks
 from retreatkit.image.paths import cache_dir
 from retreatkit.image.spec import KERNELS
 
@@ -136,17 +135,15 @@ def build(say: Callable[[str], None], jobs: int | None = None, force: bool = Fal
     kernel (CI starts the build beside the linters; the image tests then wait for it)."""
     folder = cache_dir() / "kernel"
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("w") as lock:
-        if own() is None or force:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                say("Another build of the kernel is under way: waiting for it")
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                force = False  # what that build made is what was asked for
-        else:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_locked(say, jobs, force)
+    building = own() is None or force
+
+    def waiting() -> None:
+        if building:
+            say("Another build of the kernel is under way: waiting for it")
+
+    with locks.waited(folder / ".lock", waiting) as other:
+        # what another build made is what was asked for
+        return _build_locked(say, jobs, force and not other)
 
 
 def _build_locked(say: Callable[[str], None], jobs: int | None, force: bool) -> Kernel:

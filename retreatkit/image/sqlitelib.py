@@ -17,7 +17,6 @@ else Debian's, and says which.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import lzma
@@ -31,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from retreatkit.image import aptsource, debs
+from retreatkit.image import aptsource, debs, locks
 from retreatkit.image.elf import Elf
 from retreatkit.image.paths import cache_dir
 
@@ -238,15 +237,13 @@ def build(say: Callable[[str], None], force: bool = False) -> Library:
     package = debs.package(BINARY)
     base = cache_dir() / "sqlite"
     base.mkdir(parents=True, exist_ok=True)
-    with (base / ".lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say("Another build of SQLite is under way: waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            force = False  # what that build made is what was asked for
-        found = own(package.version)
-        if found is not None and not force and not missing(found.path, wants):
+
+    def waiting() -> None:
+        say("Another build of SQLite is under way: waiting for it")
+
+    with locks.waited(base / ".lock", waiting) as other:
+        found = own(package.version)  # another build's is what was asked for
+        if found is not None and (other or not force) and not missing(found.path, wants):
             say(f"SQLite ready: {found.path} ({_sizes(found.path)}, cached)")
             return found
         return _build_locked(say, package, wants)

@@ -52,6 +52,19 @@ def isolated_env(home: Path) -> dict[str, str]:
     }
 
 
+def up_config(folder: Path, more: str = "") -> Path:
+    """`folder/retreat.toml` for an `up` whose services listen on loopback ports of their
+    own and fetch from nowhere; `more` follows the [nameserver] section's lines."""
+    config = folder / "retreat.toml"
+    config.write_text(
+        '[admin]\nlisten = "127.0.0.1:0"\n[relay]\nlisten = "127.0.0.1:0"\n'
+        f'[mirror]\nlisten = "127.0.0.1:0"\nstore = "{folder / "store"}"\n'
+        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
+        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n' + more
+    )
+    return config
+
+
 def build_image(service: str, out: Path, env: dict[str, str]) -> Path:
     """`retreatkit image build SERVICE -o OUT`; its last line says what was built."""
     done = subprocess.run(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import ipaddress
 import json
 import logging
@@ -23,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,7 @@ from prometheus_client.registry import Collector
 
 from retreatkit import config, startup
 from retreatkit.admin.token import TokenError
-from retreatkit.image import inputs, network, qemu, run
+from retreatkit.image import inputs, locks, network, qemu, run
 from retreatkit.image import spec as specs
 from retreatkit.image.paths import cache_dir, private_dir, state_dir
 from retreatkit.image.supervisor import (
@@ -190,18 +189,6 @@ class Handlers:
         app.router.add_patch("/vm/guests/{name}", self.define_guest)
         app.router.add_delete("/vm/guests/{name}", self.remove_guest)
         return app
-
-
-@contextlib.contextmanager
-def _held(lock: Path) -> Iterator[None]:
-    """`lock` taken for this process alone, waiting while another holds it: only while it
-    makes its control socket, a moment."""
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # which releases it
 
 
 def socket_in_use(path: Path) -> bool:
@@ -366,7 +353,7 @@ class VmService:
         path = control_path()
         # under a lock: supervisors started at once (`vm start`s at once, each starting
         # one) each found the socket free, and the later one took it from the earlier
-        with _held(path.with_name("control.lock")):
+        with locks.held(path.with_name("control.lock"), 0o600):  # a moment: its socket made
             answered = socket_in_use(path)
             if not answered:
                 path.unlink(missing_ok=True)  # a supervisor's that was killed

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from retreatkit.image.testing import isolated_env, retreatkit_argv
+from retreatkit.image.testing import isolated_env, retreatkit_argv, up_config
 from retreatkit.testing import Process
 
 pytestmark = pytest.mark.e2e
@@ -18,13 +18,9 @@ TIMEOUT = 60.0
 def test_up_reloads_its_lists_on_sighup_and_says_from_which_file(tmp_path: Path) -> None:
     lists = tmp_path / "blocks.txt"
     lists.write_text("0.0.0.0 ads.example\n")
-    config = tmp_path / "retreat.toml"
-    config.write_text(
-        '[admin]\nlisten = "127.0.0.1:0"\n[relay]\nlisten = "127.0.0.1:0"\n'
-        f'[mirror]\nlisten = "127.0.0.1:0"\nstore = "{tmp_path / "store"}"\n'
-        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
-        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n'
-        f'blocklists = ["{lists}"]\n'
+    config = up_config(
+        tmp_path,
+        f'blocklists = ["{lists}"]\n',
     )
     env = isolated_env(tmp_path / "home")
     up = Process.start(retreatkit_argv("--config", str(config), "up", "--no-tui"), env=env)

@@ -38,6 +38,7 @@ from retreatkit.image.testing import (
     isolated_env,
     retreatkit_argv,
     start_guest,
+    up_config,
 )
 from retreatkit.mirror.testing import Server, make_wheel, start_upstream, write_pypi
 from retreatkit.nameserver.testing import Dnsmasq
@@ -726,13 +727,9 @@ async def test_a_guest_that_cannot_start_is_given_up_with_its_reason(
 
 
 def test_up_runs_a_service_as_an_image(tmp_path: Path, env: dict[str, str]) -> None:
-    config = tmp_path / "retreat.toml"
-    config.write_text(
-        '[admin]\nlisten = "127.0.0.1:0"\n[relay]\nlisten = "127.0.0.1:0"\n'
-        f'[mirror]\nlisten = "127.0.0.1:0"\nstore = "{tmp_path / "store"}"\n'
-        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
-        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n'
-        f'[images]\nrun = ["relay"]\nmemory = 64\ndir = "{tmp_path / "images"}"\n'
+    config = up_config(
+        tmp_path,
+        f'[images]\nrun = ["relay"]\nmemory = 64\ndir = "{tmp_path / "images"}"\n',
     )
     up = Process.start(retreatkit_argv("--config", str(config), "up"), env=env)
     try:
@@ -781,14 +778,10 @@ def test_up_survives_sighup_and_hands_a_nameserver_guest_the_edited_list(
     again only the copy it booted with, while saying it had reloaded."""
     lists = tmp_path / "blocks.txt"
     lists.write_text("0.0.0.0 ads.example.test\n")
-    config = tmp_path / "retreat.toml"
-    config.write_text(
-        '[admin]\nlisten = "127.0.0.1:0"\n[relay]\nlisten = "127.0.0.1:0"\n'
-        f'[mirror]\nlisten = "127.0.0.1:0"\nstore = "{tmp_path / "store"}"\n'
-        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
-        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n'
+    config = up_config(
+        tmp_path,
         f'blocklists = ["{lists}"]\n'
-        f'[images]\nrun = ["nameserver"]\nmemory = 64\ndir = "{tmp_path / "images"}"\n'
+        f'[images]\nrun = ["nameserver"]\nmemory = 64\ndir = "{tmp_path / "images"}"\n',
     )
     up = Process.start(retreatkit_argv("--config", str(config), "up", "--no-tui"), env=env)
     try:
@@ -832,13 +825,9 @@ def test_up_uses_an_image_built_from_the_same_inputs_and_names_its_guest_at_ctrl
     shutil.copytree(image("relay"), images / "relay")  # built by `image build`, as here
     built_at = json.loads((images / "relay" / "inputs.json").read_text())["built_at"]
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(built_at))
-    config = tmp_path / "retreat.toml"
-    config.write_text(
-        '[admin]\nlisten = "127.0.0.1:0"\n[relay]\nlisten = "127.0.0.1:0"\n'
-        f'[mirror]\nlisten = "127.0.0.1:0"\nstore = "{tmp_path / "store"}"\n'
-        'pypi = "http://127.0.0.1:1/simple/"\nopam = "http://127.0.0.1:1/opam"\n'
-        '[nameserver]\nlisten = "127.0.0.1:0"\nupstreams = ["127.0.0.1:9"]\n'
-        f'[images]\nrun = ["relay", "nameserver"]\nmemory = 64\ndir = "{images}"\n'
+    config = up_config(
+        tmp_path,
+        f'[images]\nrun = ["relay", "nameserver"]\nmemory = 64\ndir = "{images}"\n',
     )
     up = Process.start(retreatkit_argv("--config", str(config), "up"), env=env)
     try:
