@@ -16,7 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from retreatkit.image import cpio, debs, kernel, kmod, payload, qemu, relink, sqlitelib, sysroot
+from retreatkit.image import (
+    cpio,
+    debs,
+    kernel,
+    kmod,
+    openssllib,
+    payload,
+    qemu,
+    relink,
+    sqlitelib,
+    sysroot,
+)
 from retreatkit.image import spec as specs
 from retreatkit.image.elf import Elf
 
@@ -115,7 +126,16 @@ def build(
     # SQLite: ours for Debian's where ours gives all the extension modules ask of it
     sqlite: list[sqlitelib.Library] = []
 
+    # OpenSSL: both its libraries linked again for what the extension modules ask
+    openssl: list[openssllib.OpenSSL] = []
+
     def ours(soname: str, path: Path, package: debs.Package) -> Path:
+        if soname in openssllib.SONAMES:
+            if not openssl:
+                theirs = {s: path.with_name(s) for s in openssllib.SONAMES}
+                openssl.append(openssllib.choose(package, theirs, extensions))
+                say(f"OpenSSL: {openssl[0].label}")
+            return openssl[0].paths[soname]
         if soname != sqlitelib.SONAME:
             return path
         if not sqlite:
@@ -130,7 +150,10 @@ def build(
     tree.update(payload.python_tree(interp, origins, image.deflate, python.binary))
     # a library goes in only when a shipped program or module names it (DT_NEEDED)
     libraries = finder.resolve([python.binary, *extensions], ours)
-    packages = {p.name: p for p in (*interp.packages, *python.packages)}
+    packages = {
+        p.name: p
+        for p in (*interp.packages, *python.packages, *(p for o in openssl for p in o.packages))
+    }
     for soname, (path, package) in libraries.items():
         tree[f"{sysroot.GUEST_LIB}/{soname}"] = cpio.file(path.read_bytes(), executable=True)
         packages[package.name] = package
@@ -173,6 +196,8 @@ def build(
         "initramfs": {"size_bytes": len(initramfs), "sha256": _sha256(initramfs)},
         # which libsqlite3.so.0 it ships, where it ships one (sqlitelib.py)
         **({"sqlite": sqlite[0].identity()} if sqlite else {}),
+        # and which libssl.so.3 and libcrypto.so.3 (openssllib.py)
+        **({"openssl": openssl[0].identity()} if openssl else {}),
         "size_bytes": len(kernel_bytes) + len(initramfs),
         "python": interp.version,
         "interpreter": {

@@ -14,6 +14,9 @@ from pathlib import Path
 
 SHT_DYNAMIC = 6
 SHT_DYNSYM = 11
+SHT_GNU_VERDEF = 0x6FFFFFFD
+SHT_GNU_VERSYM = 0x6FFFFFFF
+VER_FLG_BASE = 1
 SHN_UNDEF = 0
 STB_GLOBAL, STB_WEAK = 1, 2
 STV_DEFAULT = 0
@@ -135,6 +138,60 @@ class Elf:
                     defined.add(name)
         return defined, undefined
 
+    def version_nodes(self) -> list[tuple[str, str | None]]:
+        """The symbol versions the object defines (.gnu.version_d), in order, each with the
+        version it follows ("OPENSSL_3.0.3" follows "OPENSSL_3.0.0"); the entry naming the
+        object itself is left out."""
+        return [(name, parent) for _index, name, parent in self._verdefs()]
+
+    def _verdefs(self) -> list[tuple[int, str, str | None]]:
+        found: list[tuple[int, str, str | None]] = []
+        for s in self.sections:
+            if s.kind != SHT_GNU_VERDEF:
+                continue
+            strings = self.sections[s.link].offset
+            at = s.offset
+            while True:
+                _ver, flags, index, count, _hash, aux, following = struct.unpack_from(
+                    "<HHHHIII", self.data, at
+                )
+                names = []
+                name_at = at + aux
+                for _ in range(count):
+                    vda_name, vda_next = struct.unpack_from("<II", self.data, name_at)
+                    names.append(self._string(strings, vda_name))
+                    name_at += vda_next
+                if not flags & VER_FLG_BASE and names:
+                    found.append((index, names[0], names[1] if len(names) > 1 else None))
+                if not following:
+                    break
+                at += following
+        return found
+
+    def symbol_versions(self) -> dict[str, str]:
+        """Each symbol the object gives (as `dynamic_symbols`) and the version it gives it
+        under; a symbol given unversioned is left out."""
+        names = {index: name for index, name, _parent in self._verdefs()}
+        versym = next((s for s in self.sections if s.kind == SHT_GNU_VERSYM), None)
+        found: dict[str, str] = {}
+        for s in self.sections:
+            if s.kind != SHT_DYNSYM or versym is None:
+                continue
+            strings = self.sections[s.link].offset
+            for number in range(1, s.size // 24):
+                name_at, info, other, shndx = struct.unpack_from(
+                    "<IBBH", self.data, s.offset + number * 24
+                )
+                (index,) = struct.unpack_from("<H", self.data, versym.offset + number * 2)
+                version = names.get(index & 0x7FFF)  # the top bit marks a hidden version
+                if (
+                    version is not None and shndx != SHN_UNDEF and other & 3 == STV_DEFAULT
+                    and info >> 4 in (STB_GLOBAL, STB_WEAK) and not index & 0x8000
+                ):  # fmt: skip
+                    found[self._string(strings, name_at)] = version
+        # each version is also a symbol of its own name, which no other object asks for
+        return {symbol: v for symbol, v in found.items() if symbol not in names.values()}
+
     def modinfo(self) -> list[tuple[str, str]]:
         """A kernel module's `key=value` strings (alias, depends, softdep, ...)."""
         raw = self.section(".modinfo") or b""
@@ -144,3 +201,15 @@ class Elf:
             if sep:
                 pairs.append((key, value))
         return pairs
+
+
+def archive_symbols(data: bytes) -> set[str]:
+    """The symbols a static archive's index (its first member, "/") says its members
+    define; an archive without one gives none."""
+    if not data.startswith(b"!<arch>\n") or len(data) < 68 or data[8:10] != b"/ ":
+        return set()
+    size = int(data[56:66].decode("ascii").strip() or 0)
+    index = data[68 : 68 + size]
+    (count,) = struct.unpack_from(">I", index, 0)
+    names = index[4 + 4 * count :].split(b"\0")[:count]
+    return {name.decode("utf-8", "replace") for name in names}

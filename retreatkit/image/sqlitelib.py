@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from retreatkit.image import aptsource, debs, locks
+from retreatkit.image import aptsource, debs, linking, locks
 from retreatkit.image.elf import Elf
 from retreatkit.image.paths import cache_dir
 
@@ -96,12 +96,16 @@ OMIT = (
     "-DSQLITE_OMIT_GENERATED_COLUMNS",
 )
 FEATURES = DEBIAN + OMIT  # given to the parser generator too: they change the grammar
-CFLAGS = ("-Os", "-DNDEBUG", "-fPIC", "-ffunction-sections", "-fdata-sections")
+CFLAGS = (
+    "-Os", "-DNDEBUG", "-fPIC", "-ffunction-sections", "-fdata-sections",
+    *linking.NO_UNWIND_CFLAGS,  # nothing in a guest unwinds (linking.py)
+)  # fmt: skip
 # -z defs: a symbol no object defines fails the link, not the guest's import
 LDFLAGS = (
     "-shared",
     f"-Wl,-soname,{SONAME}",
     "-Wl,--gc-sections",
+    "-Wl,--no-eh-frame-hdr",
     "-Wl,-z,defs",
     "-Wl,-z,relro,-z,now",
     "-Wl,--version-script=exports.map",

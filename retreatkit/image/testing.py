@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,22 @@ LINE = re.compile(
     r"|Guest (\S+) up; admin on (http://\S+)/status"
     r"|The guest's own admin token is in (/\S+))$"
 )
+
+
+def guest_libraries(
+    libraries: dict[str, tuple[Path, Any]], program: Path, folder: Path
+) -> list[str]:
+    """The libraries an image ships (`sysroot.Libraries.resolve`'s answer), in `folder` and
+    nothing else; the command that runs `program` on them through the image's own loader,
+    as the guest does (no qemu: the same programs run here)."""
+    from retreatkit.image.elf import Elf
+
+    folder.mkdir()
+    for soname, (path, _) in libraries.items():
+        shutil.copyfile(path, folder / soname)
+    loader = folder / Path(Elf.read(program).interpreter() or "").name
+    loader.chmod(0o755)
+    return [str(loader), "--library-path", str(folder), str(program)]
 
 
 def manifest(service: str, kernel: int = 0, initramfs: int = 0) -> dict[str, Any]:

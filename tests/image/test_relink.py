@@ -120,6 +120,9 @@ def test_the_relinked_interpreter_needs_only_libc_and_computes_as_debians(
     python = relink.relink(interp, KEEP)
     assert python.kind == "relinked"
     assert Elf.read(python.binary).needed() == ["libc.so.6"]
+    # nothing in a guest unwinds: no unwind tables (linking.py)
+    sections = {s.name for s in Elf.read(python.binary).sections}
+    assert ".text" in sections and {".eh_frame", ".eh_frame_hdr"} & sections == set()
     code = "import sys; print(*sys.builtin_module_names)"
     names = _run(python.binary, interp, tmp_path / "a", code).split()
     assert "math" in names and "cmath" not in names

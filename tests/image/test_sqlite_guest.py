@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from retreatkit.image import debs, payload, sqlitelib, sysroot
+from retreatkit.image import debs, payload, sqlitelib, sysroot, testing
 from retreatkit.image.elf import Elf
 
 pytestmark = [
@@ -71,6 +71,9 @@ def test_the_guests_interpreter_runs_the_store_on_our_sqlite(tmp_path: Path) -> 
     assert ours.kind == "own"
     # no libm: Debian's needs it for the math functions ours leaves out
     assert Elf.read(ours.path).needed() == ["libc.so.6"]
+    # compiled without unwind tables (linking.py): at most the C runtime's few bytes stay
+    assert len(Elf.read(ours.path).section(".eh_frame") or b"") < 1024
+    assert Elf.read(ours.path).section(".eh_frame_hdr") is None
     interp = sysroot.interpreter()
     extension = next((interp.stdlib / "lib-dynload").glob("_sqlite3.*.so"))
     assert sqlitelib.missing(ours.path, sqlitelib.wanted([extension])) == []
@@ -85,18 +88,13 @@ def test_the_guests_interpreter_runs_the_store_on_our_sqlite(tmp_path: Path) -> 
     # the libraries an image ships, in a folder of their own, and nothing else
     libraries = sysroot.Libraries(interp.packages).resolve([interp.binary, extension], given)
     folder = tmp_path / "lib"
-    folder.mkdir()
-    for soname, (path, _) in libraries.items():
-        shutil.copyfile(path, folder / soname)
-    loader = folder / Path(Elf.read(interp.binary).interpreter() or "").name
-    loader.chmod(0o755)
+    run = testing.guest_libraries(libraries, interp.binary, folder)
     assert (folder / sqlitelib.SONAME).read_bytes() == ours.path.read_bytes()
     store = tmp_path / "store"
     store.mkdir()
     roots = json.dumps([str(p) for p in payload.site_roots()])
     done = subprocess.run(
-        [str(loader), "--library-path", str(folder), str(interp.binary), "-I", "-S",
-         "-c", STORE, str(store), roots],
+        [*run, "-I", "-S", "-c", STORE, str(store), roots],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
