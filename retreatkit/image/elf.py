@@ -145,6 +145,12 @@ class Elf:
         return [(name, parent) for _index, name, parent in self._verdefs()]
 
     def _verdefs(self) -> list[tuple[int, str, str | None]]:
+        try:
+            return self._read_verdefs()
+        except (struct.error, IndexError, ValueError) as exc:
+            raise ElfError(f"{self.name or 'file'}: unreadable symbol versions ({exc})") from None
+
+    def _read_verdefs(self) -> list[tuple[int, str, str | None]]:
         found: list[tuple[int, str, str | None]] = []
         for s in self.sections:
             if s.kind != SHT_GNU_VERDEF:
@@ -170,8 +176,14 @@ class Elf:
 
     def symbol_versions(self) -> dict[str, str]:
         """Each symbol the object gives (as `dynamic_symbols`) and the version it gives it
-        under; a symbol given unversioned is left out."""
+        under; a symbol given unversioned, or under a hidden version, is left out."""
         names = {index: name for index, name, _parent in self._verdefs()}
+        try:
+            return self._read_symbol_versions(names)
+        except (struct.error, IndexError, ValueError) as exc:
+            raise ElfError(f"{self.name or 'file'}: unreadable symbol versions ({exc})") from None
+
+    def _read_symbol_versions(self, names: dict[int, str]) -> dict[str, str]:
         versym = next((s for s in self.sections if s.kind == SHT_GNU_VERSYM), None)
         found: dict[str, str] = {}
         for s in self.sections:
@@ -204,12 +216,20 @@ class Elf:
 
 
 def archive_symbols(data: bytes) -> set[str]:
-    """The symbols a static archive's index (its first member, "/") says its members
-    define; an archive without one gives none."""
-    if not data.startswith(b"!<arch>\n") or len(data) < 68 or data[8:10] != b"/ ":
+    """The symbols a static archive's index (its first member: "/", or "/SYM64/" with
+    64-bit offsets) says its members define; an archive without one gives none."""
+    if not data.startswith(b"!<arch>\n") or len(data) < 68:
         return set()
-    size = int(data[56:66].decode("ascii").strip() or 0)
-    index = data[68 : 68 + size]
-    (count,) = struct.unpack_from(">I", index, 0)
-    names = index[4 + 4 * count :].split(b"\0")[:count]
-    return {name.decode("utf-8", "replace") for name in names}
+    name = data[8:24].rstrip(b" ")
+    if name not in (b"/", b"/SYM64/"):
+        return set()
+    width = 8 if name == b"/SYM64/" else 4
+    size = data[56:66].strip()
+    if not size.isdigit():
+        raise ElfError("unreadable archive index (its size is not a number)")
+    index = data[68 : 68 + int(size)]
+    count = int.from_bytes(index[:width], "big")
+    names = index[width + width * count :].split(b"\0")
+    if len(index) < width or len(names) < count:
+        raise ElfError("unreadable archive index (cut short)")
+    return {n.decode("utf-8", "replace") for n in names[:count]}

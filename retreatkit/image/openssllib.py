@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retreatkit.image import debs, linking
-from retreatkit.image.elf import Elf, archive_symbols
+from retreatkit.image.elf import Elf, ElfError, archive_symbols
 from retreatkit.image.paths import cache_dir
 from retreatkit.image.sysroot import MULTIARCH
 
@@ -41,6 +41,12 @@ DEV = "libssl-dev"  # the static archives, of the version of libssl3 the image s
 LDFLAGS = (
     "-shared", "-s", "-Wl,-O1", "-Wl,--hash-style=gnu", "-Wl,-z,relro,-z,now", "-Wl,-z,defs",
 )  # fmt: skip
+
+
+# how the libraries are made is this file's code and linking.py's: part of the cache's key
+RECIPE = hashlib.sha256(
+    Path(__file__).read_bytes() + Path(linking.__file__).read_bytes()
+).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,10 @@ def choose(package: debs.Package, paths: dict[str, Path], objects: list[Path]) -
         )
     try:
         return relink(package, paths, objects)
-    except (linking.LinkError, debs.PackageError) as exc:
+    except (linking.LinkError, debs.PackageError, ElfError) as exc:
         return debian(package, paths, f"relinking failed: {exc}")
+    except OSError as exc:
+        return debian(package, paths, f"relinking failed: {exc.strerror or exc}")
 
 
 def relink(package: debs.Package, paths: dict[str, Path], objects: list[Path]) -> OpenSSL:
@@ -127,7 +135,7 @@ def relink(package: debs.Package, paths: dict[str, Path], objects: list[Path]) -
     key = hashlib.sha256(
         "\0".join([
             package.deb.name, dev.deb.name, libc.libc.deb.name, libc.dev.deb.name,
-            repr(LDFLAGS), linking.NO_UNWIND_SCRIPT, linking.tool_hashes(),
+            repr(LDFLAGS), RECIPE, linking.tool_hashes(),
             *(f"{soname}:{','.join(sorted(asked[soname]))}" for soname in SONAMES),
         ]).encode()
     ).hexdigest()[:16]  # fmt: skip
@@ -186,7 +194,10 @@ def _link(
 
     ssl_versions = versioned(SSL, asked[SSL])
     first = Elf.read(link(SSL, ssl_versions, [], check=False))
-    private = first.dynamic_symbols()[1] & archive_symbols(archives[CRYPTO].read_bytes())
+    index = archive_symbols(archives[CRYPTO].read_bytes())
+    if not index:
+        raise linking.LinkError(f"{archives[CRYPTO].name} has no symbol index")
+    private = first.dynamic_symbols()[1] & index
     crypto = link(CRYPTO, versioned(CRYPTO, asked[CRYPTO] | private), [], check=True)
     crypto.replace(folder / "crypto.so")
     ssl = link(SSL, ssl_versions, [str(folder / "crypto.so")], check=True)
@@ -195,7 +206,21 @@ def _link(
         (SSL, ssl, asked[SSL]),
         (CRYPTO, folder / CRYPTO, asked[CRYPTO] | private),
     ):
-        gaps = sorted(wants - Elf.read(path).dynamic_symbols()[0])
+        given = Elf.read(path).symbol_versions()
+        gaps = sorted(wants - set(given))
         if gaps:
-            shown = ", ".join(gaps[:5]) + (f" and {len(gaps) - 5} more" if len(gaps) > 5 else "")
-            raise linking.LinkError(f"our {soname} lacks {shown}")
+            raise linking.LinkError(f"our {soname} lacks {_some(gaps)}")
+        # a module names each symbol with its version: ours must give it under Debian's
+        moved = sorted(version_gaps(given, theirs[soname].symbol_versions(), asked[soname]))
+        if moved:
+            raise linking.LinkError(f"our {soname} gives {_some(moved)} under another version")
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def version_gaps(ours: dict[str, str], theirs: dict[str, str], asked: set[str]) -> set[str]:
+    """Of the symbols `asked`, those ours does not give under the version theirs gives them
+    under."""
+    return {symbol for symbol in asked if ours.get(symbol) != theirs.get(symbol)}

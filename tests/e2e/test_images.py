@@ -407,8 +407,12 @@ def test_mirror_image_fetches_over_https_and_its_store_survives_a_reboot(
     # guest trusts the way it trusts Debian's: in its CA folder, found by subject hash
     ca = tlstesting.make_ca("Retreat Test CA")
     # its SQLite is ours (`image kernel` built it beside the kernel): the store runs on it
-    shipped = json.loads((image("mirror") / "manifest.json").read_text())["sqlite"]
-    assert shipped["kind"] == "own", shipped
+    manifest = json.loads((image("mirror") / "manifest.json").read_text())
+    assert manifest["sqlite"]["kind"] == "own", manifest["sqlite"]
+    # and its OpenSSL relinked from libssl-dev: the handshakes below run on it
+    assert manifest["openssl"]["kind"] == "relinked", manifest["openssl"]
+    versions = {name: version for name, version, _ in manifest["packages"]}
+    assert versions["libssl-dev"] == versions["libssl3"]
     mirror = tlstesting.trusting(image("mirror"), ca[0], tmp_path / "image" / "mirror")
     wheels = {"demo-pkg": [make_wheel("demo-pkg", "1.0", pad=300_000)]}
     upstream, front, config = https_pypi(ca, tmp_path, wheels, "index_ttl = 0.0\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from retreatkit.image import debs, linking, openssllib
-from retreatkit.image.elf import Elf, archive_symbols
+from retreatkit.image.elf import Elf, ElfError, archive_symbols
 
 needs_gcc = pytest.mark.skipif(
     any(shutil.which(t) is None for t in ("gcc", "ar")), reason="gcc builds the test objects"
@@ -104,3 +104,86 @@ def test_without_gcc_an_image_takes_debians_openssl_and_says_what_to_install(
     chosen = openssllib.choose(package, {}, [])
     assert chosen.label == "Debian libssl3 3.0.22-1 (no ld to relink it: apt-get install gcc)"
     assert linking.TOOLS == ("gcc", "ld")
+
+
+def test_a_symbol_given_under_another_version_than_debians_is_a_gap() -> None:
+    theirs = {"SSL_new": "OPENSSL_3.0.0", "OPENSSL_strcasecmp": "OPENSSL_3.0.3"}
+    ours = {"SSL_new": "OPENSSL_3.0.0", "OPENSSL_strcasecmp": "OPENSSL_3.0.0"}
+    assert openssllib.version_gaps(ours, theirs, {"SSL_new"}) == set()
+    assert openssllib.version_gaps(ours, theirs, set(theirs)) == {"OPENSSL_strcasecmp"}
+    assert openssllib.version_gaps({}, theirs, {"SSL_new"}) == {"SSL_new"}
+
+
+def _ar_index(name: bytes, width: int, symbols: list[bytes]) -> bytes:
+    """An archive holding only its index, as GNU ar writes one."""
+    body = len(symbols).to_bytes(width, "big") + b"\0" * width * len(symbols)
+    body += b"".join(s + b"\0" for s in symbols)
+    header = name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) * 2 + b"0".ljust(8)
+    return b"!<arch>\n" + header + str(len(body)).encode().ljust(10) + b"`\n" + body
+
+
+def test_archive_indexes_of_both_widths_and_broken_ones() -> None:
+    assert archive_symbols(_ar_index(b"/", 4, [b"one", b"two"])) == {"one", "two"}
+    assert archive_symbols(_ar_index(b"/SYM64/", 8, [b"three"])) == {"three"}
+    broken = _ar_index(b"/", 4, [b"one", b"two"])
+    with pytest.raises(ElfError) as caught:
+        archive_symbols(broken[:56] + b"twelve    " + broken[66:])
+    assert str(caught.value) == "unreadable archive index (its size is not a number)"
+    with pytest.raises(ElfError) as caught:
+        archive_symbols(broken[:-8])  # cut inside its names
+    assert str(caught.value) == "unreadable archive index (cut short)"
+
+
+@needs_gcc
+def test_symbol_versions_that_point_outside_the_file_are_an_elf_error(tmp_path: Path) -> None:
+    (tmp_path / "lib.c").write_text(LIBRARY)
+    (tmp_path / "lib.map").write_text(LIBRARY_MAP)
+    _gcc(tmp_path, "-shared", "-fPIC", "-Wl,--version-script=lib.map", "lib.c", "-o", "l.so")
+    lib = Elf.read(tmp_path / "l.so")
+    verdef = next(s for s in lib.sections if s.name == ".gnu.version_d")
+    data = bytearray(lib.data)
+    data[verdef.offset + 12 : verdef.offset + 16] = (1 << 31).to_bytes(4, "little")  # vd_aux
+    broken = Elf(bytes(data), "l.so")
+    with pytest.raises(ElfError) as caught:
+        broken.version_nodes()
+    assert str(caught.value).startswith("l.so: unreadable symbol versions (")
+    with pytest.raises(ElfError):
+        broken.symbol_versions()
+
+
+@needs_gcc
+def test_a_link_that_fails_gives_debians_libraries_and_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libssl-dev's archives unreadable: the build goes on with Debian's, saying why."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "lib.c").write_text(LIBRARY)
+    (tmp_path / "lib.map").write_text(LIBRARY_MAP)
+    paths = {}
+    for soname in openssllib.SONAMES:
+        _gcc(tmp_path, "-shared", "-fPIC", f"-Wl,-soname,{soname}",
+             "-Wl,--version-script=lib.map", "lib.c", "-o", soname)  # fmt: skip
+        paths[soname] = tmp_path / soname
+    dev = tmp_path / "dev"
+    (dev / "usr" / "lib" / "x86_64-linux-gnu").mkdir(parents=True)
+    for name in ("libssl.a", "libcrypto.a"):
+        (dev / "usr" / "lib" / "x86_64-linux-gnu" / name).write_bytes(b"not an archive\n")
+
+    def fetched(name: str, version: str | None = None) -> debs.Package:
+        return debs.Package(name, version or "1", tmp_path / f"{name}.deb", (), dev)
+
+    monkeypatch.setattr(debs, "package", fetched)
+    package = debs.Package("libssl3", "3.0.22-1", tmp_path / "libssl3.deb", (), tmp_path)
+    chosen = openssllib.choose(package, paths, [])
+    assert chosen.kind == "debian"
+    assert chosen.label.startswith(
+        "Debian libssl3 3.0.22-1 (relinking failed: linking libssl.so.3 failed: "
+    )
+    assert "\n" not in chosen.label
+    # a Debian library that is not ELF: the same, not a traceback
+    (tmp_path / "libssl.so.3").write_bytes(b"#!/bin/sh\n")
+    chosen = openssllib.choose(package, paths, [])
+    assert chosen.label == (
+        f"Debian libssl3 3.0.22-1 (relinking failed: {tmp_path / 'libssl.so.3'}"
+        " is not a 64-bit little-endian ELF object)"
+    )
