@@ -233,6 +233,11 @@ def git_commit() -> str:
     return (head or "?") + (" + uncommitted changes under retreatkit/" if dirty else "")
 
 
+def stamp() -> str:
+    """Which code ran, and when: "commit abc1234, 2026-12-04 23:27 UTC"."""
+    return f"commit {git_commit()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+
+
 def py_spy_top(raw: Path, count: int) -> tuple[list[tuple[str, float]], int]:
     """From `py-spy record --format raw` (collapsed stacks): the innermost frames holding
     the most samples, each with its share, and the number of samples."""

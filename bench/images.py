@@ -52,6 +52,7 @@ from benchlib import (
     cpu_model,
     memory_mb,
     proc_cpu,
+    stamp,
     time_until,
     verdict,
     wait_quiet,
@@ -344,8 +345,8 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         SECTION,
         "",
         f"`uv run python bench/images.py --rounds {args.rounds} --memory {args.memory}` "
-        f"on {cpu_model()}; medians. Image = kernel + initramfs; first answer from qemu's "
-        "(or the process's) start; floor = least guest memory that boots to an answer "
+        f"on {cpu_model()} ({stamp()}); medians. Image = kernel + initramfs; first answer "
+        "from qemu's (or the process's) start; floor = least guest memory that boots to an answer "
         "and then its admin endpoint's, ten times in ten; "
         "admin = its admin endpoint's first /healthz, from the same start (it loads after the "
         "service answers); CPU = the CPU seconds qemu (or the process) used until the first "

@@ -16,9 +16,8 @@ import statistics
 import sys
 import time
 import tracemalloc
-from datetime import UTC, datetime
 
-from benchlib import cpu_model, git_commit, write_section
+from benchlib import cpu_model, stamp, write_section
 
 from retreatkit.transfer.offer import MAX_ENTRIES, MAX_OFFER, Entry, Offer
 
@@ -80,12 +79,11 @@ def main() -> int:
         cpu, peak = measure(body, args.rounds)
         rows.append(f"| {label} | {len(body) / 1e6:.1f} | {cpu:.2f} | {peak:.0f} |")
         print(rows[-1], flush=True)
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = "\n".join(
         [
             "## bob offers (bench/offer.py)",
             "",
-            f"Command (commit {git_commit()}, {when}):",
+            f"Command ({stamp()}):",
             "",
             f"    uv run python bench/offer.py --rounds {args.rounds}",
             "",
