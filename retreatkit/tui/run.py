@@ -11,11 +11,14 @@ import os
 import signal
 import sys
 import termios
+from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 from retreatkit import version
 from retreatkit.admin import noted
 from retreatkit.admin import token as admin_token
+from retreatkit.tui import guests
 from retreatkit.tui.app import TERMINATED, Dashboard
 from retreatkit.tui.sources import AdminClient, Endpoint, SourceError, endpoint_url
 
@@ -64,16 +67,47 @@ async def endpoints(
     each at the address that answered within PROBE_TIMEOUT (discover.py), without it: a
     neighbour can announce an endpoint of its own, and would be sent the token that opens
     the organiser's (its DNS names, its blocklists). Each found is listed as found and only
-    read (sources.Endpoint.found). The organiser names one to send it the token."""
+    read (sources.Endpoint.found). The organiser names one to send it the token. Without
+    a token given, one named that is a guest of a supervisor on this machine gets the
+    guest's own (`guests_own_tokens`)."""
     urls = chosen(connect, local)
-    token = token or local_token()
-    named = [Endpoint(u, token) for u in urls]
+    named = [Endpoint(u, token or local_token()) for u in urls]
+    if token is None and (host := local_token()) is not None:
+        named = await guests_own_tokens(named, host)
     if not (find and not connect):
         return named
     from retreatkit.tui.discover import discover
 
     found = [u for u in await discover(answer=PROBE_TIMEOUT) if u not in urls]
     return named + [Endpoint(u, None, found=True) for u in found]
+
+
+async def guests_own_tokens(named: list[Endpoint], host: str) -> list[Endpoint]:
+    """`named`, each that is a guest's admin endpoint (as a supervisor noted on this
+    machine lists it) with the guest's own token, which the supervisor gives for this
+    machine's `host` token, in place of `host`: a guest is never sent its host's token,
+    which opens every guest and service there (docs/admin-api.md). Without the guest's
+    (its supervisor refused or failed), none."""
+    wanted = {e.url for e in named} - set(here())
+    if not wanted:
+        return named
+    owned: dict[str, str | None] = {}
+    for supervisor in here():
+        async with AdminClient(Endpoint(supervisor, host), PROBE_TIMEOUT) as client:
+            try:
+                listed = guests.parse(await client.get_json("/vm/guests"))
+            except (SourceError, ValueError):
+                continue  # not a supervisor, or not answering: it names no guest
+            for guest in listed:
+                url, _why = guests.watch_url(supervisor, guest.admin)
+                if url not in wanted or url in owned:
+                    continue
+                path = f"/vm/guests/{quote(guest.name, safe='')}/token"
+                try:
+                    owned[url] = guests.token_of(await client.get_json(path))
+                except (SourceError, ValueError):
+                    owned[url] = None
+    return [replace(e, token=owned[e.url]) if e.url in owned else e for e in named]
 
 
 async def reachable(found: list[Endpoint]) -> list[str]:
@@ -96,8 +130,9 @@ def run(connect: list[str], token: str | None, leak_window: float, quit_stops: b
     if quit_stops:  # `retreatkit up`'s own: it ends with the services' process
         end_with_parent()
     try:
-        token = admin_token.given(token) or local_token()
-        found = asyncio.run(endpoints(connect, token, find=True, local=quit_stops))
+        given = admin_token.given(token)
+        found = asyncio.run(endpoints(connect, given, find=True, local=quit_stops))
+        token = given or local_token()
         problems = asyncio.run(reachable(found))
     except ValueError as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)

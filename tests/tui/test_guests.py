@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Label
 
-from retreatkit.tui import views
+from retreatkit.tui import run, views
 from retreatkit.tui.app import Dashboard
 from retreatkit.tui.guests import Guest, parse, watch_url
 from retreatkit.tui.logbuffer import TEXT
@@ -491,3 +491,35 @@ async def test_a_guest_named_too_is_shown_as_the_guest_it_is(
         assert app.state.endpoints[relay].guest_of == (sup, "relay")
         assert app.state.endpoints[sup].guest_of is None
         assert list(app.clients) == [sup, relay]  # its stopped nameserver is not watched
+
+
+async def test_a_guest_named_with_connect_is_sent_its_own_token_not_its_hosts(
+    supervisor: FakeAdmin, relay_guest: FakeAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`retreatkit tui --connect GUEST_URL` with no token given sent the guest this
+    machine's token, which opens the supervisor and every guest and service here."""
+    monkeypatch.setattr(run, "here", lambda: [supervisor.url])  # noted on this machine
+    monkeypatch.setattr(run, "local_token", lambda: TOKEN)
+    found = await run.endpoints([relay_guest.url], None, find=False)
+    assert [(e.url, e.token) for e in found] == [(relay_guest.url, guest_token("relay"))]
+    assert await run.reachable(found) == []
+    assert {s[2] for s in relay_guest.seen} == {f"Bearer {guest_token('relay')}"}
+    assert ("GET", "/vm/guests/relay/token", f"Bearer {TOKEN}", "") in supervisor.seen
+    # the supervisor named beside it keeps this machine's token
+    both = await run.endpoints([supervisor.url, relay_guest.url], None, find=False)
+    assert [e.token for e in both] == [TOKEN, guest_token("relay")]
+    # a token given is the organiser's choice, sent as given
+    given = await run.endpoints([relay_guest.url], "organisers-own-token", find=False)
+    assert [e.token for e in given] == ["organisers-own-token"]
+
+
+async def test_a_guest_whose_supervisor_keeps_its_token_is_sent_none(
+    supervisor: FakeAdmin, relay_guest: FakeAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "here", lambda: [supervisor.url])
+    monkeypatch.setattr(run, "local_token", lambda: TOKEN)
+    supervisor.gives_tokens = False
+    found = await run.endpoints([relay_guest.url], None, find=False)
+    assert [(e.url, e.token) for e in found] == [(relay_guest.url, None)]
+    await run.reachable(found)
+    assert relay_guest.seen and {s[2] for s in relay_guest.seen} == {None}  # no token at all
