@@ -55,6 +55,11 @@ class UpstreamTimeout(UpstreamUnreachable):
     """The upstream (or its name) did not answer within the mirror's bound."""
 
 
+class UpstreamStillQuiet(UpstreamTimeout):
+    """A request the upstream was silent for a moment ago, refused at once (a client's
+    retry): the silence was counted when it happened, this is not another failure."""
+
+
 class UpstreamDown(UpstreamError):
     """The upstream failed recently, so the mirror does not ask it again yet."""
 

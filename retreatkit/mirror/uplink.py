@@ -21,6 +21,7 @@ from retreatkit.mirror.errors import (
     MirrorError,
     UpstreamDown,
     UpstreamError,
+    UpstreamStillQuiet,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
@@ -200,13 +201,13 @@ class Uplink:
             f"upstream {via} redirected {what} to {host}, which is down ({why}); {when}"
         )
 
-    def quiet(self, trip: hops.Trip, what: str) -> UpstreamTimeout:
+    def quiet(self, trip: hops.Trip, what: str) -> UpstreamStillQuiet:
         """The answer to a request its host was silent for a moment ago (a client's
         retry): what it was told then, and when the mirror asks again."""
         quiet = self.health.quiet(trip.origin, trip.url)
         why = quiet.why if quiet is not None else "no answer"
         wait = quiet.retry_at - self.clock() if quiet is not None else 0.0
-        return UpstreamTimeout(f"{trip.line(what, why)}; next try in {math.ceil(wait)} s")
+        return UpstreamStillQuiet(f"{trip.line(what, why)}; next try in {math.ceil(wait)} s")
 
     def why_down(self, url: str) -> str:
         """`upstream HOST is down (WHY)`, for `url` (or an origin) known down."""
@@ -258,7 +259,9 @@ class Uplink:
         """One home for counting an upstream's failure, whatever request met it."""
         if isinstance(exc, BadUpstreamData):
             self.stats.verify_failures += 1
-        elif isinstance(exc, UpstreamError) and not isinstance(exc, UpstreamDown):
+        elif isinstance(exc, UpstreamError) and not isinstance(
+            exc, UpstreamDown | UpstreamStillQuiet
+        ):  # refused at once, not asked: counted as skipped where refused (_hop)
             self.stats.upstream_errors += 1
 
     def floor(self) -> faults.Floor:

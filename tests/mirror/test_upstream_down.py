@@ -151,6 +151,9 @@ async def test_one_silent_page_fails_alone_and_its_retries_at_once(
         line = f"upstream {host}: no answer within 0.6 s; next try in 2 s"
         assert (r.status, r.reason, await r.text()) == (504, line, line + "\n")
         assert env.upstream.counts["/simple/demo-pkg/"] == 1  # the retry waited on nothing
+        # the silence is one failure; the retry refused at once is skipped, not another
+        stats = env.mirror.stats
+        assert (stats.upstream_errors, stats.upstream_skipped) == (1, 1)
         for project in ("demo-dep", "big-pkg"):  # the same upstream, asked and answered
             status, headers, _ = await get(env, project)
             assert status == 200 and "Mirror-Offline" not in headers
