@@ -37,6 +37,7 @@ class Process:
     popen: subprocess.Popen[bytes]
     lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
     seen: list[str] = field(default_factory=list)
+    pump: threading.Thread | None = None
 
     @classmethod
     def start(
@@ -56,12 +57,16 @@ class Process:
         )
         proc = cls(popen)
         assert popen.stderr is not None
-        threading.Thread(target=proc._pump, args=(popen.stderr,), daemon=True).start()
+        proc.pump = threading.Thread(target=proc._pump, args=(popen.stderr,), daemon=True)
+        proc.pump.start()
         return proc
 
     def _pump(self, stream: IO[bytes]) -> None:
-        for raw in stream:
-            self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        try:
+            for raw in stream:
+                self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        except (ValueError, OSError):
+            pass  # closed under it: a child of the process still held the pipe (below)
         self.lines.put(None)
 
     def wait_for(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
@@ -103,6 +108,11 @@ class Process:
         return self.popen.returncode
 
     def _close_pipes(self) -> None:
+        # the reader first reads to the end; closing a stream another thread reads from
+        # fails that read in ways of its own. A child that outlived the process and holds
+        # the pipe open keeps it from the end: then it is closed after a while regardless.
+        if self.pump is not None and self.pump is not threading.current_thread():
+            self.pump.join(2)
         for stream in (self.popen.stdout, self.popen.stderr):
             if stream is not None:
                 stream.close()
