@@ -66,7 +66,9 @@ class Process:
             for raw in stream:
                 self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
         except (ValueError, OSError):
-            pass  # closed under it: a child of the process still held the pipe (below)
+            pass  # closed under it (below)
+        finally:
+            stream.close()  # at the end: where _close_pipes left it to the reader
         self.lines.put(None)
 
     def wait_for(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
@@ -108,14 +110,13 @@ class Process:
         return self.popen.returncode
 
     def _close_pipes(self) -> None:
-        # the reader first reads to the end; closing a stream another thread reads from
-        # fails that read in ways of its own. A child that outlived the process and holds
-        # the pipe open keeps it from the end: then it is closed after a while regardless.
-        if self.pump is not None and self.pump is not threading.current_thread():
-            self.pump.join(2)
-        for stream in (self.popen.stdout, self.popen.stderr):
-            if stream is not None:
-                stream.close()
+        # the reader reads stderr to the end and closes it: closing a stream another
+        # thread reads from fails that read in ways of its own, and waits on the reader.
+        # A child that outlived the process and holds the pipe keeps it open until it ends.
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+        if self.pump is None and self.popen.stderr is not None:
+            self.popen.stderr.close()
 
 
 @dataclass

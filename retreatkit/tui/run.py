@@ -13,7 +13,7 @@ import sys
 import termios
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from retreatkit import version
 from retreatkit.admin import noted
@@ -86,28 +86,57 @@ async def guests_own_tokens(named: list[Endpoint], host: str) -> list[Endpoint]:
     """`named`, each that is a guest's admin endpoint (as a supervisor noted on this
     machine lists it) with the guest's own token, which the supervisor gives for this
     machine's `host` token, in place of `host`: a guest is never sent its host's token,
-    which opens every guest and service there (docs/admin-api.md). Without the guest's
-    (its supervisor refused or failed), none."""
-    wanted = {e.url for e in named} - set(here())
-    if not wanted:
+    which opens every guest and service there (docs/admin-api.md). An endpoint on this
+    machine that is none noted here may be a guest's forward: when its supervisor cannot
+    say (it refused, failed or gave no token), it is sent none."""
+    noted_here = here()
+    if not noted_here:
         return named
-    owned: dict[str, str | None] = {}
-    for supervisor in here():
+    # a guest's forward is a port of this machine, whichever of its names the URL says,
+    # and not one where an endpoint noted here listens
+    noted_ports = {_port_here(u) for u in noted_here}
+
+    def maybe_guest(url: str) -> int | None:
+        port = _port_here(url)
+        return None if port in noted_ports else port
+
+    local = {maybe_guest(e.url) for e in named} - {None}
+    if not local:
+        return named
+    owned: dict[int, str] = {}
+    for supervisor in noted_here:
         async with AdminClient(Endpoint(supervisor, host), PROBE_TIMEOUT) as client:
             try:
                 listed = guests.parse(await client.get_json("/vm/guests"))
             except (SourceError, ValueError):
-                continue  # not a supervisor, or not answering: it names no guest
+                continue  # not a supervisor, or not answering: its guests go unsent
             for guest in listed:
-                url, _why = guests.watch_url(supervisor, guest.admin)
-                if url not in wanted or url in owned:
+                where = _port_here(guest.admin or "")
+                if where is None or where not in local or where in owned:
                     continue
                 path = f"/vm/guests/{quote(guest.name, safe='')}/token"
                 try:
-                    owned[url] = guests.token_of(await client.get_json(path))
+                    owned[where] = guests.token_of(await client.get_json(path))
                 except (SourceError, ValueError):
-                    owned[url] = None
-    return [replace(e, token=owned[e.url]) if e.url in owned else e for e in named]
+                    continue
+    out = []
+    for e in named:
+        where = maybe_guest(e.url)
+        out.append(e if where is None else replace(e, token=owned.get(where)))
+    return out
+
+
+def _port_here(url: str) -> int | None:
+    """The port of an admin URL on this machine (loopback or one of its addresses, by any
+    name of them), else None."""
+    try:
+        parts = urlsplit(endpoint_url(url))
+    except ValueError:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = (parts.hostname or "").lower()
+    here_too = host == "localhost" or guests.is_local(host)
+    return port if here_too else None
 
 
 async def reachable(found: list[Endpoint]) -> list[str]:

@@ -110,7 +110,8 @@ def serve_web(
     except ValueError as exc:
         print(f"retreatkit: {exc}", file=sys.stderr)
         return 2
-    token = admin_token.given(token_flag) or local_token()
+    given = admin_token.given(token_flag)
+    token = given or local_token()
     if token is None:
         print(
             f"retreatkit: the web dashboard needs the admin token: start a service here "
@@ -137,8 +138,11 @@ def serve_web(
     if config is not None:
         argv += ["--config", str(config)]
     argv += ["tui", *(a for u in urls for a in ("--connect", u))]
-    # the token reaches each dashboard process in its environment, never in its argv
-    os.environ[admin_token.ENV] = token
+    # a token given reaches each dashboard process in its environment, never in its argv;
+    # without one, each reads this machine's as `retreatkit tui` does, and sends a guest
+    # named among the endpoints the guest's own (run.guests_own_tokens)
+    if given is not None:
+        os.environ[admin_token.ENV] = given
     server = DashboardServer(shlex.join(argv), host, port, public, token)
     if not is_loopback(host):
         print(

@@ -511,6 +511,28 @@ async def test_a_guest_named_with_connect_is_sent_its_own_token_not_its_hosts(
     # a token given is the organiser's choice, sent as given
     given = await run.endpoints([relay_guest.url], "organisers-own-token", find=False)
     assert [e.token for e in given] == ["organisers-own-token"]
+    # named by another of this machine's names for the same port: the same guest
+    other = relay_guest.url.replace("127.0.0.1", "localhost")
+    found = await run.endpoints([other], None, find=False)
+    assert [(e.url, e.token) for e in found] == [(other, guest_token("relay"))]
+    # the supervisor by another name is still this machine's own endpoint
+    same = supervisor.url.replace("127.0.0.1", "localhost")
+    assert [e.token for e in await run.endpoints([same], None, find=False)] == [TOKEN]
+
+
+async def test_an_endpoint_here_that_no_supervisor_can_vouch_for_is_sent_no_token(
+    supervisor: FakeAdmin, relay_guest: FakeAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port of this machine where nothing noted here listens may be a guest's forward:
+    with its supervisor unable to answer, it was sent this machine's token."""
+    monkeypatch.setattr(run, "here", lambda: [supervisor.url])
+    monkeypatch.setattr(run, "local_token", lambda: TOKEN)
+    supervisor.mode = "unauthorized"  # it refuses this machine's token
+    found = await run.endpoints([relay_guest.url], None, find=False)
+    assert [(e.url, e.token) for e in found] == [(relay_guest.url, None)]
+    # one on another host is the organiser's to name, as before
+    remote = "http://192.0.2.7:8080"
+    assert [e.token for e in await run.endpoints([remote], None, find=False)] == [TOKEN]
 
 
 async def test_a_guest_whose_supervisor_keeps_its_token_is_sent_none(
