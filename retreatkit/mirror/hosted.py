@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,17 +17,19 @@ from retreatkit.lanaddress import choose as lan_address
 from retreatkit.mirror import apt as apt_format
 from retreatkit.mirror import local as mirror_local
 from retreatkit.mirror import local_http as mirror_local_http
+from retreatkit.mirror import memshare, upstreams
 from retreatkit.mirror import resolver as mirror_resolver
 from retreatkit.mirror import server as mirror_server
 from retreatkit.mirror import space as mirror_space
 from retreatkit.mirror import status as mirror_status
-from retreatkit.mirror import upstreams
 from retreatkit.mirror.server import Gate
 from retreatkit.mirror.service import Mirror, ServerLimits, Settings
 from retreatkit.mirror.status import MirrorCollector
 from retreatkit.mirror.store import StoreInUse, StoreUnusable
 from retreatkit.mirror.uplink import Limits as FetchLimits
 from retreatkit.serve import Say, StartError
+
+log = logging.getLogger("retreatkit.mirror")
 
 if TYPE_CHECKING:
     from retreatkit.mdns import LanAdvert
@@ -106,6 +110,22 @@ class MirrorService:
             max_pages_reading=int(section["max_pages_reading_bytes"]),
             allow_upstream=list(section["allow_upstream"]),
         )
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        bounds, lowered = memshare.fitted(
+            {name: int(getattr(settings, name)) for name in memshare.SHARES}, memory
+        )
+        settings = replace(
+            settings,
+            hot_bytes=bounds["hot_bytes"],
+            page_bytes=bounds["page_bytes"],
+            max_pages_sending=bounds["max_pages_sending"],
+            max_pages_reading=bounds["max_pages_reading"],
+        )
+        if lowered:
+            log.info(
+                "mirror: memory bounds fitted to this machine's %.0f MB: %s",
+                memory / 1e6, ", ".join(lowered),
+            )  # fmt: skip
         listen = config.host_port(section["listen"])
         return cls(listen, settings, announce, own_wheel, store_key)
 

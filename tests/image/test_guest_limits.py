@@ -13,8 +13,10 @@ from retreatkit import config
 from retreatkit.image import guestconfig, network
 from retreatkit.image import spec as specs
 from retreatkit.image.vmservice import exposure_warning, guests_for_up
+from retreatkit.mirror import hosted, memshare
 from retreatkit.mirror.hosted import MirrorService
 from retreatkit.mirror.server import Gate
+from retreatkit.mirror.service import Settings
 from retreatkit.mirror.stats import Stats
 from retreatkit.relay.hosted import relay_limits
 from retreatkit.relay.matching import Matcher, NoSender, Refusal
@@ -83,6 +85,40 @@ def test_a_mirror_guest_lets_a_lans_installers_connect_at_once() -> None:
     settings = MirrorService.from_config(section, announce=False).settings
     gate = Gate(settings.server.per_address, 4000, Stats())
     assert all(gate.admit(LAN) for _ in range(10 * 50))  # ten attendees' uv at once
+
+
+def test_a_mirror_guests_memory_bounds_fit_its_memory(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A guest of 128 MB (the default) kept up to 128 MB of small files and 64 MB of pages:
+    a room's npm installs (thousands of tarballs under 1 MB, each kept) would fill its
+    memory, and a guest out of memory panics."""
+    caplog.set_level("INFO", "retreatkit.mirror")
+    section = guest_section("mirror")
+    section["store"] = "/nonexistent"
+    pages = {"SC_PHYS_PAGES": 128 * 256, "SC_PAGE_SIZE": 4096}  # 128 MiB, as the guest sees it
+    monkeypatch.setattr(hosted.os, "sysconf", pages.__getitem__)
+    settings = MirrorService.from_config(section, announce=False).settings
+    memory = 128 * 1024 * 1024
+    assert (settings.hot_bytes, settings.page_bytes) == (memory // 16, memory // 32)
+    assert (settings.max_pages_sending, settings.max_pages_reading) == (memory // 16,) * 2
+    # the four together: under a quarter of the guest's memory
+    assert settings.hot_bytes + settings.page_bytes + 2 * settings.max_pages_sending < memory / 4
+    assert caplog.messages == [
+        "mirror: memory bounds fitted to this machine's 134 MB: hot_bytes 134 -> 8.4 MB,"
+        " page_bytes 67 -> 4.2 MB, max_pages_sending 268 -> 8.4 MB,"
+        " max_pages_reading 67 -> 8.4 MB"
+    ]
+
+
+def test_a_mirror_with_memory_to_spare_keeps_its_bounds() -> None:
+    defaults = Settings(store=Path("/nonexistent"), pypi=None, opam=None)
+    bounds = {name: getattr(defaults, name) for name in memshare.SHARES}
+    assert memshare.fitted(bounds, 24 * 1024**3) == (bounds, [])  # this kind of machine
+    bigger = {**bounds, "max_pages_sending": 2 * 1024**3}  # an organiser's choice
+    fitted, lowered = memshare.fitted(bigger, 24 * 1024**3)
+    assert fitted == {**bounds, "max_pages_sending": 24 * 1024**3 // 16}
+    assert lowered == ["max_pages_sending 2147 -> 1610.6 MB"]
 
 
 @pytest.mark.parametrize(
