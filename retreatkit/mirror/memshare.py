@@ -2,11 +2,11 @@
 
 Its defaults suit a laptop or a server: 128 MB of small files, 64 MB of index pages kept,
 256 MB of pages on their way to clients and 64 MB being read and parsed. A guest has 128 MB
-in all by default (56 at least), and its files take 17 MB of that: filled by a room's npm
-installs (thousands of tarballs under 1 MB each, all kept), those caches would take a guest
-past its memory, and a guest out of memory panics. So each bound is at most a share of the
-machine's memory; where memory is plentiful, the shares are far above the defaults and
-change nothing.
+in all by default (the mirror's, 64 at least), and its files take 17 MB of that: filled by
+a room's npm installs (thousands of tarballs under 1 MB each, all kept), those caches could
+take a guest past its memory, and a guest out of memory panics. So each bound is at most a
+share of the machine's memory; where memory is plentiful, the shares are far above the
+defaults and change nothing.
 """
 
 from __future__ import annotations
