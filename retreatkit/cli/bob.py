@@ -436,7 +436,7 @@ async def _passphrase(args: argparse.Namespace, lines: prompt.Lines) -> codes.Co
 # Why a receiver refuses an offer its user never saw a question about, as the sender
 # hears it (an ABORT in place of the answer, PROTOCOL.md 6): "declined" would be untrue,
 # and the sender is the one who can mend it. Said as the sender reads it, after its
-# "the other side gave up: ". No path: an ABORT says what failed, never where.
+# "the other side says: ". No path: an ABORT says what failed, never where.
 STDOUT_REFUSED = (
     "the receiver asked for the offer on its standard output, which takes one file or"
     " text: send it one file, or ask it to receive into a folder"

@@ -197,7 +197,7 @@ class Link:
                 await self.flush(session.data_to_send())
                 if event is not None:
                     if isinstance(event, Aborted):
-                        raise PeerAborted(f"the other side gave up: {event.reason}")
+                        raise PeerAborted(f"the other side says: {event.reason}")
                     return event
             wait, late = (timeout, None) if pace is None else pace.wait(timeout)
             self._pending.extend(await self.frames(wait, late))

@@ -251,7 +251,7 @@ class Pump:
                 elif isinstance(event, Ended):
                     batch.ended = True
                 elif isinstance(event, Aborted):
-                    raise PeerAborted(f"the other side gave up: {event.reason}")
+                    raise PeerAborted(f"the other side says: {event.reason}")
                 elif event is not None:
                     raise RemoteProtocolError(f"unexpected {type(event).__name__} from the sender")
             if used and writer is not None:

@@ -141,7 +141,7 @@ def test_stdout_refuses_a_folder_and_the_sender_hears_why(
     )
     assert (code, lines[-1]) == (
         1,
-        "ERROR: the other side gave up: the receiver asked for the offer on its standard"
+        "ERROR: the other side says: the receiver asked for the offer on its standard"
         " output, which takes one file or text: send it one file, or ask it to receive into"
         " a folder",
     )

@@ -233,7 +233,7 @@ def test_a_question_nobody_can_answer_is_no_decline(
         "ERROR: no answer on stdin: transfer declined",
     ]
     assert lines[-1] == (
-        "ERROR: the other side gave up: nobody answered the receiver's question (its input"
+        "ERROR: the other side says: nobody answered the receiver's question (its input"
         " ended): ask it to receive where it can answer, or with --yes"
     )
     assert list(out.iterdir()) == []

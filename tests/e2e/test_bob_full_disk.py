@@ -26,7 +26,7 @@ KEPT_FULL = (
     "What arrived is kept: free space on that disk, then ask the sender to run the same"
     " bob send again, and receive it into the same folder to resume."
 )
-TOLD = "ERROR: the other side gave up: the receiver's disk is full"
+TOLD = "ERROR: the other side says: the receiver's disk is full"
 
 
 @pytest.fixture
@@ -135,6 +135,6 @@ def test_many_small_files_that_fit_in_bytes_but_not_in_blocks_are_refused_at_onc
         said[-1],
     ), said
     assert finished(sender)[1][-1] == (
-        "ERROR: the other side gave up: the receiver has not enough free space"
+        "ERROR: the other side says: the receiver has not enough free space"
     )
     assert list(disk.iterdir()) == []

@@ -201,7 +201,7 @@ def test_stdout_takes_one_file_only(relay: RelayProcess, tmp_path: Path) -> None
     )
     # the receiver's user declined nothing: the sender hears why, and what to do
     assert lines[-1] == (
-        "ERROR: the other side gave up: the receiver asked for the offer on its standard"
+        "ERROR: the other side says: the receiver asked for the offer on its standard"
         " output, which takes one file or text: send it one file, or ask it to receive into"
         " a folder"
     )

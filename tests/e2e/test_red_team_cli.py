@@ -175,7 +175,7 @@ def test_01_yes_refuses_hidden_top_level_names_and_the_prompt_shows_them(
         " receive without --yes to see the offer and choose",
     ]
     assert lines[-1] == (
-        "ERROR: the other side gave up: the receiver was told to accept without asking"
+        "ERROR: the other side says: the receiver was told to accept without asking"
         " (--yes), which never takes hidden names at the top: ask it to receive without"
         " --yes, to see the offer and choose"
     )
@@ -362,7 +362,7 @@ def test_04_ctrl_c_on_the_sender_mid_transfer(
     code, lines = finished(receiver)
     assert (code, lines[-1]) == (
         1,
-        "ERROR: the other side gave up: the sender stopped the transfer",
+        "ERROR: the other side says: the sender stopped the transfer",
     )
     assert list(out.iterdir()) == []  # the partial file is gone
 
@@ -679,7 +679,7 @@ def test_06_ctrl_c_at_the_accept_prompt_stops_at_once(
     code, lines = finished(sender)
     assert (code, lines[-1]) == (
         1,
-        "ERROR: the other side gave up: the receiver stopped the transfer",
+        "ERROR: the other side says: the receiver stopped the transfer",
     )
     assert list(out.iterdir()) == []
 
@@ -687,7 +687,7 @@ def test_06_ctrl_c_at_the_accept_prompt_stops_at_once(
 @pytest.mark.parametrize(
     ("stop", "said"),
     [
-        ("ctrl-c", b"ERROR: the other side gave up: the sender stopped the transfer\r\n"),
+        ("ctrl-c", b"ERROR: the other side says: the sender stopped the transfer\r\n"),
         ("kill", b"ERROR: the other side closed the connection\r\n"),
     ],
 )
@@ -979,7 +979,7 @@ def test_12_a_stream_that_would_fill_the_disk_is_stopped(
         status, said = finished(sender)
     assert (status, said[-1]) == (
         1,
-        "ERROR: the other side gave up: the stream is larger than the receiver can take",
+        "ERROR: the other side says: the stream is larger than the receiver can take",
     )
     assert list(small_disk.iterdir()) == []
     free = os.statvfs(small_disk)
@@ -1024,7 +1024,7 @@ def test_13_the_sender_hears_what_failed_not_where(
         rf"ERROR: not enough space in {small_disk}: 9\.4 MB offered, [\d.]+ MB free",
         err(got)[-1],
     )
-    assert lines[-1] == "ERROR: the other side gave up: the receiver has not enough free space"
+    assert lines[-1] == "ERROR: the other side says: the receiver has not enough free space"
 
 
 def test_03_the_relay_logs_an_address_whose_joins_end_offers(

@@ -337,14 +337,14 @@ async def test_a_refusal_with_a_reason_reaches_the_sender_in_an_abort(
         )
     assert isinstance(got, Refused) and str(got) == "not accepted here"
     assert type(sent) is PeerAborted
-    assert str(sent) == "the other side gave up: the receiver cannot take it: send another way"
+    assert str(sent) == "the other side says: the receiver cannot take it: send another way"
     assert list(output.iterdir()) == []
 
 
 @pytest.mark.parametrize(
     ("stop", "why"),
     [
-        ("ctrl-c", "the other side gave up: the sender stopped the transfer"),
+        ("ctrl-c", "the other side says: the sender stopped the transfer"),
         ("gone", "the other side closed the connection"),
     ],
 )
