@@ -150,14 +150,16 @@ def close_pane(p: Pane) -> None:
 def gone(pid: int, within: float) -> bool:
     """Whether process `pid` has ended within `within` seconds (it is not our child)."""
     deadline = time.monotonic() + within
-    while Path(f"/proc/{pid}").exists():
-        stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}").exists() else ""
+    while True:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return True  # reaped, between any two looks at /proc
         if stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]:
             return True  # a zombie: ended, waiting for its parent to notice
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)  # polling /proc: a process that is not our child has no wait()
-    return True
 
 
 def up_started(p: Pane) -> int:
