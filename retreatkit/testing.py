@@ -55,6 +55,11 @@ class Process:
             env={**os.environ, **(env or {})},
             cwd=cwd,
         )
+        return cls.reading(popen)
+
+    @classmethod
+    def reading(cls, popen: subprocess.Popen[bytes]) -> Process:
+        """`popen` (its stderr a pipe), its stderr read from now on."""
         proc = cls(popen)
         assert popen.stderr is not None
         proc.pump = threading.Thread(target=proc._pump, args=(popen.stderr,), daemon=True)
@@ -66,7 +71,7 @@ class Process:
             for raw in stream:
                 self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
         except (ValueError, OSError):
-            pass  # closed under it (below)
+            pass  # closed under it by whoever holds the process
         finally:
             stream.close()  # at the end: where _close_pipes left it to the reader
         self.lines.put(None)

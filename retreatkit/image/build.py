@@ -144,12 +144,14 @@ def build(
             sqlite.append(chosen)
         return sqlite[0].path
 
-    python = relink.choose(interp, keep, finder.resolve(extensions, ours))
+    # a library goes in only when a shipped program or module names it (DT_NEEDED); the
+    # interpreter may link to those the extension modules need anyway
+    libraries = finder.resolve(extensions, ours)
+    python = relink.choose(interp, keep, libraries)
     say(f"Interpreter: {python.label}")
     tree = base_tree(interp.version)
     tree.update(payload.python_tree(interp, origins, image.deflate, python.binary))
-    # a library goes in only when a shipped program or module names it (DT_NEEDED)
-    libraries = finder.resolve([python.binary, *extensions], ours)
+    libraries.update(finder.resolve([python.binary], ours))
     packages = {
         p.name: p
         for p in (*interp.packages, *python.packages, *(p for o in openssl for p in o.packages))

@@ -77,6 +77,11 @@ def tool_hashes() -> str:
     return "\n".join(found)
 
 
+def some(names: list[str]) -> str:
+    """The first few of `names` for a one-line error: "a, b, c, d, e and 7 more"."""
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def run(args: list[str], folder: Path, what: str) -> None:
     """Run gcc's `args` in `folder`; `what` ("the link", "compiling main.c") names the step
     in the one line a failure gives."""

@@ -171,53 +171,49 @@ def _link(
     libcrypto, giving that and what the objects ask; then libssl against it."""
     gcc = shutil.which("gcc") or "gcc"
     no_unwind = linking.no_unwind(folder)
-
-    def link(soname: str, versions: dict[str, str], after: list[str], check: bool) -> Path:
-        nodes = theirs[soname].version_nodes()
-        if not nodes:
+    nodes = {soname: theirs[soname].version_nodes() for soname in SONAMES}
+    versions = {soname: theirs[soname].symbol_versions() for soname in SONAMES}
+    for soname in SONAMES:
+        if not nodes[soname]:
             raise linking.LinkError(f"Debian's {soname} defines no symbol versions")
+
+    def versioned(soname: str, symbols: set[str]) -> dict[str, str]:
+        """Each symbol under Debian's version of it; one Debian's keeps private under the
+        first version."""
+        base = nodes[soname][0][0]
+        return {symbol: versions[soname].get(symbol, base) for symbol in symbols}
+
+    def link(soname: str, symbols: set[str], after: list[str], check: bool) -> Path:
         script = f"{soname}.map"
-        (folder / script).write_text(version_script(versions, nodes))
+        given = versioned(soname, symbols)
+        (folder / script).write_text(version_script(given, nodes[soname]))
         args = [
             gcc, *libc.start(), *(LDFLAGS if check else LDFLAGS[:-1]), *no_unwind,
             "-o", soname, f"-Wl,-soname,{soname}", f"-Wl,--version-script={script}",
-            *(f"-Wl,-u,{symbol}" for symbol in sorted(versions)),
+            *(f"-Wl,-u,{symbol}" for symbol in sorted(given)),
             str(archives[soname]), *after, *libc.end(),
         ]  # fmt: skip
         linking.run(args, folder, f"linking {soname}")
         return folder / soname
 
-    def versioned(soname: str, symbols: set[str]) -> dict[str, str]:
-        known = theirs[soname].symbol_versions()
-        base = theirs[soname].version_nodes()[0][0] if theirs[soname].version_nodes() else ""
-        return {symbol: known.get(symbol, base) for symbol in symbols}
-
-    ssl_versions = versioned(SSL, asked[SSL])
-    first = Elf.read(link(SSL, ssl_versions, [], check=False))
+    first = Elf.read(link(SSL, asked[SSL], [], check=False))
     index = archive_symbols(archives[CRYPTO].read_bytes())
     if not index:
         raise linking.LinkError(f"{archives[CRYPTO].name} has no symbol index")
     private = first.dynamic_symbols()[1] & index
-    crypto = link(CRYPTO, versioned(CRYPTO, asked[CRYPTO] | private), [], check=True)
-    crypto.replace(folder / "crypto.so")
-    ssl = link(SSL, ssl_versions, [str(folder / "crypto.so")], check=True)
-    (folder / "crypto.so").replace(folder / CRYPTO)
-    for soname, path, wants in (
-        (SSL, ssl, asked[SSL]),
-        (CRYPTO, folder / CRYPTO, asked[CRYPTO] | private),
-    ):
+    crypto = link(CRYPTO, asked[CRYPTO] | private, [], check=True)
+    ssl = link(SSL, asked[SSL], [str(crypto)], check=True)
+    for soname, path, wants in ((SSL, ssl, asked[SSL]), (CRYPTO, crypto, asked[CRYPTO] | private)):
         given = Elf.read(path).symbol_versions()
         gaps = sorted(wants - set(given))
         if gaps:
-            raise linking.LinkError(f"our {soname} lacks {_some(gaps)}")
+            raise linking.LinkError(f"our {soname} lacks {linking.some(gaps)}")
         # a module names each symbol with its version: ours must give it under Debian's
-        moved = sorted(version_gaps(given, theirs[soname].symbol_versions(), asked[soname]))
+        moved = sorted(version_gaps(given, versions[soname], asked[soname]))
         if moved:
-            raise linking.LinkError(f"our {soname} gives {_some(moved)} under another version")
-
-
-def _some(names: list[str]) -> str:
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise linking.LinkError(
+                f"our {soname} gives {linking.some(moved)} under another version"
+            )
 
 
 def version_gaps(ours: dict[str, str], theirs: dict[str, str], asked: set[str]) -> set[str]:

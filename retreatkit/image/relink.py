@@ -118,8 +118,7 @@ def inittab(config_c: str, keep: Iterable[str]) -> tuple[str, list[str]]:
 @dataclass(frozen=True)
 class _Sources:
     dev: debs.Package  # libpythonX.Y-dev
-    libc: debs.Package  # libc6: libc.so.6 and libm.so.6, as the image ships them
-    libc_dev: debs.Package  # libc6-dev: crt files, libc_nonshared.a, libm.a
+    libc: linking.Libc  # libc6 (libc.so.6, libm.so.6) and libc6-dev (crt files, libm.a)
     zlib: debs.Package  # zlib1g: libz.so.1
     zlib_dev: debs.Package  # zlib1g-dev: libz.a
 
@@ -128,12 +127,10 @@ def _sources(interp: Interpreter) -> _Sources:
     """The -dev packages of exactly the versions the image ships at run time: libm.a
     reaches into libc.so.6's private symbols (errno), which only the same build has."""
     python = interp.packages[0]
-    libc = debs.package("libc6")
     zlib = debs.package("zlib1g")
     return _Sources(
         debs.package(f"libpython{interp.version}-dev", python.version),
-        libc,
-        debs.package("libc6-dev", libc.version),
+        linking.libc(),
         zlib,
         debs.package("zlib1g-dev", zlib.version),
     )
@@ -157,18 +154,17 @@ def _libraries(src: _Sources, kept: list[str], shared: set[str]) -> list[Path]:
     else:
         found.append(_one(src.zlib_dev.tree, f"usr/{lib}/libz.a"))
     if "libm.so.6" in shared:
-        found.append(_one(src.libc.tree, f"{lib}/libm.so.6"))
+        found.append(_one(src.libc.libc.tree, f"{lib}/libm.so.6"))
     else:
-        found.append(_one(src.libc_dev.tree, f"usr/{lib}/libm-*.a"))
+        found.append(_one(src.libc.dev.tree, f"usr/{lib}/libm-*.a"))
     if "pyexpat" in kept or "_elementtree" in kept:  # no service of ours parses XML
         found.append(_one(debs.package("libexpat1").tree, f"{lib}/libexpat.so.1"))
     return found
 
 
 def _link(folder: Path, config_c: str, interp: Interpreter, libraries: list[Path],
-          src: _Sources) -> Path:  # fmt: skip
-    """Compile config.c and main, link them with the archive: `folder`/python."""
-    config_dir = _one(src.dev.tree, f"usr/lib/python{interp.version}/config-*")
+          src: _Sources, config_dir: Path) -> Path:  # fmt: skip
+    """Compile config.c and main, link them with `config_dir`'s archive: `folder`/python."""
     include = src.dev.tree / "usr" / "include"
     gcc = shutil.which("gcc") or "gcc"
     static_libm = any(p.suffix == ".a" and p.name.startswith("libm") for p in libraries)
@@ -180,14 +176,13 @@ def _link(folder: Path, config_c: str, interp: Interpreter, libraries: list[Path
         (folder / f"{name}.c").write_text(text)
         linking.run([gcc, "-c", *flags, "-o", f"{name}.o", f"{name}.c"], folder,
                     f"compiling {name}.c")  # fmt: skip
-    libc = linking.Libc(src.libc, src.libc_dev)
     linking.no_unwind(folder)
     link = [
-        gcc, *libc.start(), *LDFLAGS, "-o", "python",
+        gcc, *src.libc.start(), *LDFLAGS, "-o", "python",
         *(f"{name}.o" for name in sources),
         str(config_dir / f"libpython{interp.version}.a"),
         *map(str, libraries),
-        *libc.end(),
+        *src.libc.end(),
     ]  # fmt: skip
     linking.run(link, folder, "the link")
     return folder / "python"
@@ -204,7 +199,7 @@ def relink(interp: Interpreter, keep: Iterable[str], shared: Iterable[str] = ())
         "\0".join([
             config_c, MAIN_C, LIBM_C, repr((CFLAGS, LDFLAGS)), linking.NO_UNWIND_SCRIPT,
             linking.tool_hashes(),
-            *(p.deb.name for p in (src.dev, src.libc, src.libc_dev, src.zlib, src.zlib_dev)),
+            *(p.deb.name for p in (src.dev, src.libc.libc, src.libc.dev, src.zlib, src.zlib_dev)),
             *(str(p.relative_to(cache_dir())) for p in libraries),
         ]).encode()
     ).hexdigest()[:16]  # fmt: skip
@@ -212,10 +207,10 @@ def relink(interp: Interpreter, keep: Iterable[str], shared: Iterable[str] = ())
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-            built = _link(Path(scratch), config_c, interp, libraries, src)
+            built = _link(Path(scratch), config_c, interp, libraries, src, config_dir)
             built.replace(target)
     label = f"relinked from {src.dev.label} ({len(kept)} built-in modules)"
-    return Python("relinked", label, target, tuple(kept), (src.dev, src.libc_dev, src.zlib_dev))
+    return Python("relinked", label, target, tuple(kept), (src.dev, src.libc.dev, src.zlib_dev))
 
 
 def debian(interp: Interpreter, why: str) -> Python:

@@ -179,8 +179,7 @@ def missing(library: Path, wants: set[str]) -> list[str]:
 
 
 def lacking(name: str, gaps: list[str]) -> str:
-    shown = ", ".join(gaps[:5]) + (f" and {len(gaps) - 5} more" if len(gaps) > 5 else "")
-    return f"{name} lacks {shown}, which the guest's _sqlite3 needs"
+    return f"{name} lacks {linking.some(gaps)}, which the guest's _sqlite3 needs"
 
 
 def source_of(fields: dict[str, str]) -> tuple[str, str]:

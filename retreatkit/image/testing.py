@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from retreatkit.image import spec
+from retreatkit.image.elf import Elf
 from retreatkit.image.paths import cache_dir
 from retreatkit.testing import Process
 
@@ -29,8 +30,6 @@ def guest_libraries(
     """The libraries an image ships (`sysroot.Libraries.resolve`'s answer), in `folder` and
     nothing else; the command that runs `program` on them through the image's own loader,
     as the guest does (no qemu: the same programs run here)."""
-    from retreatkit.image.elf import Elf
-
     folder.mkdir()
     for soname, (path, _) in libraries.items():
         shutil.copyfile(path, folder / soname)

@@ -62,12 +62,7 @@ class Lan:
             stderr=subprocess.PIPE,
             env=environ,
         )
-        proc = Process(popen)
-        import threading
-
-        assert popen.stderr is not None
-        threading.Thread(target=proc._pump, args=(popen.stderr,), daemon=True).start()
-        return proc
+        return Process.reading(popen)
 
     def bob(self, host: str, *args: str, stdin: int = subprocess.DEVNULL, **env: str) -> Process:
         return self.run(host, "-m", "retreatkit.cli.bob", *args, stdin=stdin, **env)
